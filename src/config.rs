@@ -1,0 +1,78 @@
+//! Settings: command-line flags, `MADOGUCHI_*` environment variables and an
+//! optional `madoguchi.toml` in the state directory, in that order of precedence.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+/// How tenant connections are pooled.
+#[derive(Debug, Clone)]
+pub struct PoolSettings {
+    /// Connections all tenant pools together may hold open (the global budget).
+    pub budget: usize,
+    /// Connections one tenant's pool may hold.
+    pub per_tenant: usize,
+    /// How long a request waits for a connection before it gets 503.
+    pub wait: Duration,
+    /// Idle connections and pools older than this are closed.
+    pub idle: Duration,
+}
+
+impl Default for PoolSettings {
+    fn default() -> Self {
+        Self { budget: 60, per_tenant: 8, wait: Duration::from_secs(2), idle: Duration::from_secs(300) }
+    }
+}
+
+/// Everything a command needs to reach the platform's state.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub state_dir: PathBuf,
+    /// Admin connection URL of an external cluster; `None` runs the embedded one.
+    pub database_url: Option<String>,
+    /// Name of the catalog (control) database in the cluster.
+    pub catalog_db: String,
+    pub pool: PoolSettings,
+    /// How often the host cache is reloaded even without a notification.
+    pub cache_refresh: Duration,
+}
+
+impl Settings {
+    pub fn new(state_dir: PathBuf) -> Self {
+        Self {
+            state_dir,
+            database_url: None,
+            catalog_db: "madoguchi".to_owned(),
+            pool: PoolSettings::default(),
+            cache_refresh: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The optional `madoguchi.toml` in the state directory. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileSettings {
+    pub listen: Option<SocketAddr>,
+    pub ops_listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+    pub catalog_db: Option<String>,
+    pub pool_budget: Option<usize>,
+    pub pool_per_tenant: Option<usize>,
+    pub pool_wait_ms: Option<u64>,
+    pub pool_idle_secs: Option<u64>,
+}
+
+impl FileSettings {
+    pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
+        let path = state_dir.join("madoguchi.toml");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Declarative tenant manifests (`tenants/<slug>.toml`), applied idempotently:
+//! a manifest applied twice changes nothing the second time.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use crate::catalog::TenantState;
+use crate::control::provision::{provision, reconcile, TenantSpec};
+use crate::platform::Platform;
+
+/// The file format.
+///
+/// ```toml
+/// slug = "chiyoda"
+/// name = "千代田区"
+/// code = "131016"
+/// hosts = ["chiyoda.localhost"]
+/// state = "active"        # optional: "active" or "suspended"
+/// ```
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub slug: String,
+    pub name: String,
+    pub code: String,
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub state: Option<String>,
+}
+
+/// What applying one manifest did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    Created,
+    Updated(Vec<String>),
+    Unchanged,
+}
+
+pub fn read(path: &Path) -> anyhow::Result<Manifest> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+}
+
+/// The manifests of a directory (every `*.toml`, sorted), or the one file given.
+pub fn paths(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let mut out: Vec<PathBuf> = std::fs::read_dir(path)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect();
+        out.sort();
+        Ok(out)
+    } else {
+        Ok(vec![path.to_path_buf()])
+    }
+}
+
+pub async fn apply(p: &Platform, m: &Manifest) -> anyhow::Result<Applied> {
+    let spec = TenantSpec::parse(&m.slug, &m.name, &m.code, &m.hosts)?;
+    let wanted_state = match m.state.as_deref() {
+        None | Some("active") => TenantState::Active,
+        Some("suspended") => TenantState::Suspended,
+        Some(other) => anyhow::bail!("state must be \"active\" or \"suspended\", not {other:?}"),
+    };
+    let existing = p.catalog.tenant_by_slug(spec.slug.as_str()).await?;
+    let (rec, mut applied) = match existing {
+        Some(rec) if rec.state != TenantState::Provisioning => {
+            let changes = reconcile(p, &rec, &spec).await?;
+            let applied = if changes.is_empty() { Applied::Unchanged } else { Applied::Updated(changes) };
+            (rec, applied)
+        }
+        _ => (provision(p, &spec).await?, Applied::Created),
+    };
+    let current = p.catalog.tenant_by_id(rec.id).await?.context("tenant vanished")?;
+    if current.state != wanted_state {
+        p.catalog.set_state(rec.id, wanted_state).await?;
+        let change = format!("state: {} -> {}", current.state, wanted_state);
+        applied = match applied {
+            Applied::Unchanged => Applied::Updated(vec![change]),
+            Applied::Updated(mut v) => {
+                v.push(change);
+                Applied::Updated(v)
+            }
+            Applied::Created => Applied::Created,
+        };
+    }
+    Ok(applied)
+}

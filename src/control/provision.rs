@@ -1,0 +1,208 @@
+//! Provisioning a municipality: its data key, its own role and database, its schema.
+//!
+//! Every step can be repeated: a tenant left half-made (state `provisioning`) is
+//! finished by running the same command again.
+
+use anyhow::{bail, Context};
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use crate::catalog::{quote_ident, TenantRecord, TenantState};
+use crate::control::cluster::password_aad;
+use crate::control::migrate::migrate_tenant;
+use crate::crypto::{random_token, DataKey};
+use crate::domain::{HostName, Invalid, LocalGovCode, Slug};
+use crate::platform::Platform;
+
+/// What a tenant should look like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantSpec {
+    pub slug: Slug,
+    pub name: String,
+    pub code: LocalGovCode,
+    pub hosts: Vec<HostName>,
+}
+
+impl TenantSpec {
+    pub fn parse(slug: &str, name: &str, code: &str, hosts: &[String]) -> Result<Self, Invalid> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(Invalid {
+                ja: "団体名は1〜100文字で入力してください".into(),
+                en: "name must be 1-100 characters".into(),
+            });
+        }
+        let mut hosts = hosts.iter().map(|h| HostName::parse(h)).collect::<Result<Vec<_>, _>>()?;
+        hosts.sort();
+        hosts.dedup();
+        if hosts.is_empty() {
+            return Err(Invalid { ja: "ホスト名を1つ以上指定してください".into(), en: "at least one host is required".into() });
+        }
+        Ok(Self { slug: Slug::parse(slug)?, name: name.to_owned(), code: LocalGovCode::parse(code)?, hosts })
+    }
+}
+
+/// Creates a tenant, or finishes one left half-made. Refuses a slug that is
+/// already an active or suspended tenant, and a host that belongs to another.
+pub async fn provision(p: &Platform, spec: &TenantSpec) -> anyhow::Result<TenantRecord> {
+    let rec = match p.catalog.tenant_by_slug(spec.slug.as_str()).await? {
+        Some(rec) if rec.state == TenantState::Provisioning => {
+            tracing::info!(tenant = %rec.slug, "resuming provisioning");
+            rec
+        }
+        Some(rec) => bail!("テナント「{}」は既に存在します / tenant {} already exists ({})", rec.slug, rec.slug, rec.state),
+        None => register(p, spec).await.context("step 1/5: registering the tenant and its keys in the catalog")?,
+    };
+    finish(p, &rec).await?;
+    p.catalog.tenant_by_id(rec.id).await?.context("tenant vanished from the catalog")
+}
+
+/// Steps 2–5, each idempotent.
+pub(crate) async fn finish(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+    let pw = crate::control::cluster::tenant_password(&p.catalog, p.keys.as_ref(), rec).await?;
+    create_role(p, rec, &pw).await.with_context(|| format!("step 2/5: creating role {} (run the command again to resume)", rec.role))?;
+    create_database(p, rec)
+        .await
+        .with_context(|| format!("step 3/5: creating database {} (run the command again to resume)", rec.database))?;
+    migrate_tenant(p, rec).await.context("step 4/5: migrating the tenant database (run the command again to resume)")?;
+    write_settings(p, rec).await.context("step 5/5: writing the tenant's settings (run the command again to resume)")?;
+    p.catalog.set_state(rec.id, TenantState::Active).await?;
+    Ok(())
+}
+
+async fn register(p: &Platform, spec: &TenantSpec) -> anyhow::Result<TenantRecord> {
+    let id = Uuid::new_v4();
+    let db = format!("t_{}", id.simple());
+    let data_key = DataKey::generate();
+    let wrapped_key = data_key.wrap(p.keys.as_ref(), &id, 1)?;
+    let password = Zeroizing::new(random_token(32));
+    let wrapped_pw = p.keys.wrap(password.as_bytes(), &password_aad(&id, 1))?;
+    let provider = p.keys.id().to_owned();
+
+    let mut c = p.catalog.client().await?;
+    let tx = c.transaction().await?;
+    tx.execute(
+        "INSERT INTO tenants (id, slug, name, local_gov_code, state, db_name, role_name) VALUES ($1, $2, $3, $4, 'provisioning', $5, $5)",
+        &[&id, &spec.slug.as_str(), &spec.name, &spec.code.as_str(), &db],
+    )
+    .await
+    .map_err(|e| unique_violation(e, spec))?;
+    for host in &spec.hosts {
+        tx.execute("INSERT INTO tenant_hosts (host, tenant_id) VALUES ($1, $2)", &[&host.as_str(), &id])
+            .await
+            .map_err(|e| unique_violation(e, spec))?;
+    }
+    for (purpose, wrapped) in [("data", &wrapped_key), ("db_password", &wrapped_pw)] {
+        tx.execute(
+            "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped, provider) VALUES ($1, $2, 1, $3, $4)",
+            &[&id, &purpose, wrapped, &provider],
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    p.catalog.tenant_by_id(id).await?.context("tenant vanished from the catalog")
+}
+
+fn unique_violation(e: tokio_postgres::Error, spec: &TenantSpec) -> anyhow::Error {
+    if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+        let what = e.as_db_error().and_then(|d| d.constraint()).unwrap_or_default().to_owned();
+        if what.contains("host") {
+            let hosts: Vec<&str> = spec.hosts.iter().map(HostName::as_str).collect();
+            return anyhow::anyhow!(
+                "ホスト名 {} は別のテナントが使用しています / host {} already belongs to another tenant",
+                hosts.join(", "),
+                hosts.join(", ")
+            );
+        }
+        return anyhow::anyhow!("テナント「{}」は既に存在します / tenant {} already exists", spec.slug, spec.slug);
+    }
+    e.into()
+}
+
+async fn create_role(p: &Platform, rec: &TenantRecord, password: &str) -> anyhow::Result<()> {
+    let admin = p.cluster.admin().await?;
+    // The password goes over as a SCRAM verifier, so not even the server's
+    // statement log can show it.
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    let role = quote_ident(&rec.role);
+    let exists = admin.client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&rec.role]).await?.is_some();
+    let verb = if exists { "ALTER" } else { "CREATE" };
+    admin
+        .client
+        .batch_execute(&format!(
+            "{verb} ROLE {role} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE INHERIT NOREPLICATION NOBYPASSRLS PASSWORD '{}'",
+            verifier.replace('\'', "''")
+        ))
+        .await?;
+    // A non-superuser admin (CREATEROLE) must be a member of the role to make it a database owner.
+    let superuser: bool = admin.client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[]).await?.get(0);
+    if !superuser {
+        admin.client.batch_execute(&format!("GRANT {role} TO current_user")).await?;
+    }
+    Ok(())
+}
+
+async fn create_database(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+    let admin = p.cluster.admin().await?;
+    let db = quote_ident(&rec.database);
+    let exists = admin.client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&rec.database]).await?.is_some();
+    if !exists {
+        admin
+            .client
+            .batch_execute(&format!(
+                "CREATE DATABASE {db} OWNER {} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'",
+                quote_ident(&rec.role)
+            ))
+            .await?;
+    }
+    admin.client.batch_execute(&format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC")).await?;
+    Ok(())
+}
+
+async fn write_settings(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+    let conn = p.cluster.connect_tenant(&p.catalog, p.keys.as_ref(), rec).await?;
+    conn.client
+        .execute(
+            "INSERT INTO settings (tenant_id, name, local_gov_code) VALUES ($1, $2, $3)
+             ON CONFLICT (id) DO UPDATE SET name = excluded.name, local_gov_code = excluded.local_gov_code, updated_at = now()
+             WHERE (settings.name, settings.local_gov_code) IS DISTINCT FROM (excluded.name, excluded.local_gov_code)",
+            &[&rec.id, &rec.name, &rec.code],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Updates name, code and hosts of an existing tenant to match `spec`; returns what changed.
+pub async fn reconcile(p: &Platform, rec: &TenantRecord, spec: &TenantSpec) -> anyhow::Result<Vec<String>> {
+    let mut changes = Vec::new();
+    let wanted_hosts: Vec<String> = spec.hosts.iter().map(|h| h.as_str().to_owned()).collect();
+    let mut c = p.catalog.client().await?;
+    let tx = c.transaction().await?;
+    if rec.name != spec.name || rec.code != spec.code.as_str() {
+        tx.execute(
+            "UPDATE tenants SET name = $2, local_gov_code = $3, updated_at = now() WHERE id = $1",
+            &[&rec.id, &spec.name, &spec.code.as_str()],
+        )
+        .await?;
+        changes.push(format!("name/code: {} {} -> {} {}", rec.name, rec.code, spec.name, spec.code));
+    }
+    if rec.hosts != wanted_hosts {
+        tx.execute("DELETE FROM tenant_hosts WHERE tenant_id = $1 AND NOT (host = ANY($2))", &[&rec.id, &wanted_hosts]).await?;
+        for h in &wanted_hosts {
+            tx.execute("INSERT INTO tenant_hosts (host, tenant_id) VALUES ($1, $2) ON CONFLICT (host) DO NOTHING", &[h, &rec.id])
+                .await?;
+            let owner: Uuid = tx.query_one("SELECT tenant_id FROM tenant_hosts WHERE host = $1", &[h]).await?.get(0);
+            if owner != rec.id {
+                bail!("ホスト名 {h} は別のテナントが使用しています / host {h} already belongs to another tenant");
+            }
+        }
+        changes.push(format!("hosts: {} -> {}", rec.hosts.join(","), wanted_hosts.join(",")));
+    }
+    tx.commit().await?;
+    if !changes.is_empty() {
+        let updated = p.catalog.tenant_by_id(rec.id).await?.context("tenant vanished from the catalog")?;
+        write_settings(p, &updated).await?;
+    }
+    Ok(changes)
+}

@@ -1,0 +1,336 @@
+//! A private PostgreSQL cluster under the state directory, for development, the
+//! demo and tests, used when no external cluster is configured.
+//!
+//! Layout: `DIR/pg` holds the unix socket and the server log, `DIR/pg/data` the
+//! cluster. Authentication is `scram-sha-256` for every connection (never `trust`),
+//! so tenant roles really are separated; the admin password is `DIR/pg-admin.password`
+//! (0600). When the program runs as root, PostgreSQL runs as user `postgres` via
+//! `runuser`, because it refuses to run as root.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context};
+use zeroize::Zeroizing;
+
+use crate::crypto::random_token;
+
+/// The superuser the embedded cluster is created with.
+pub const ADMIN_USER: &str = "madoguchi_admin";
+/// Port number only names the socket file (`.s.PGSQL.5432`); there is no TCP listener.
+pub const PORT: u16 = 5432;
+
+/// Extra `postgresql.conf` lines for a new cluster.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterOptions {
+    /// Development/test only: turns off fsync and synchronous commit.
+    pub unsafe_fast: bool,
+    pub max_connections: Option<u32>,
+}
+
+/// A running embedded cluster.
+#[derive(Debug)]
+pub struct EmbeddedPg {
+    root: PathBuf,
+    data: PathBuf,
+    bin: PathBuf,
+    as_postgres: bool,
+    started_here: bool,
+    password: Zeroizing<String>,
+}
+
+impl EmbeddedPg {
+    /// Creates the cluster on first use, starts it unless it is already running
+    /// (for example under a `serve` on the same state directory), and returns it.
+    pub fn ensure(state_dir: &Path, opts: &ClusterOptions) -> anyhow::Result<Self> {
+        let state_dir = absolute(state_dir)?;
+        let root = state_dir.join("pg");
+        let data = root.join("data");
+        let bin = find_bin_dir()?;
+        let as_postgres = running_as_root();
+        fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;
+        let password = admin_password(&state_dir)?;
+        if as_postgres {
+            // The postgres user must be able to reach the socket directory.
+            fs::set_permissions(&state_dir, fs::Permissions::from_mode(0o711))?;
+            chown_to_postgres(&root)?;
+            check_reachable_by_postgres(&root)?;
+        }
+        let mut pg = Self { root, data, bin, as_postgres, started_here: false, password };
+        if !pg.data.join("PG_VERSION").exists() {
+            pg.initdb(opts)?;
+        }
+        if !pg.is_running() {
+            pg.start()?;
+            pg.started_here = true;
+        }
+        Ok(pg)
+    }
+
+    /// Directory of the unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// Whether this process started the cluster (and so should stop it).
+    pub fn started_here(&self) -> bool {
+        self.started_here
+    }
+
+    /// Admin connection settings for database `dbname`.
+    pub fn admin_config(&self, dbname: &str) -> tokio_postgres::Config {
+        let mut c = tokio_postgres::Config::new();
+        c.host_path(&self.root).port(PORT).user(ADMIN_USER).password(self.password.as_bytes()).dbname(dbname);
+        c
+    }
+
+    /// A URL that `psql` and libpq accept.
+    pub fn admin_url(&self, dbname: &str) -> String {
+        format!(
+            "postgresql://{ADMIN_USER}:{}@/{dbname}?host={}&port={PORT}",
+            self.password.as_str(),
+            percent_encode(&self.root.to_string_lossy())
+        )
+    }
+
+    fn pg_command(&self, program: &str) -> Command {
+        let path = self.bin.join(program);
+        if self.as_postgres {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(path);
+            c
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn initdb(&self, opts: &ClusterOptions) -> anyhow::Result<()> {
+        let pwfile = self.root.join(".initdb-pw");
+        {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&pwfile)?;
+            f.write_all(self.password.as_bytes())?;
+        }
+        if self.as_postgres {
+            chown_to_postgres(&pwfile)?;
+        }
+        let out = self
+            .pg_command("initdb")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-U", ADMIN_USER, "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-instructions"])
+            .arg(format!("--pwfile={}", pwfile.display()))
+            .stdin(Stdio::null())
+            .output()
+            .context("running initdb")?;
+        let _ = fs::remove_file(&pwfile);
+        if !out.status.success() {
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let mut conf = format!(
+            "\n# Madoguchi embedded cluster\nlisten_addresses = ''\nunix_socket_directories = '{}'\nport = {PORT}\npassword_encryption = 'scram-sha-256'\nmax_connections = {}\n",
+            self.root.display().to_string().replace('\'', "''"),
+            opts.max_connections.unwrap_or(200),
+        );
+        if opts.unsafe_fast {
+            conf.push_str("fsync = off\nsynchronous_commit = off\nfull_page_writes = off\n");
+        }
+        fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))?
+            .write_all(conf.as_bytes())?;
+        Ok(())
+    }
+
+    /// Whether a postmaster serves the data directory.
+    pub fn is_running(&self) -> bool {
+        self.pg_command("pg_ctl")
+            .arg("status")
+            .arg("-D")
+            .arg(&self.data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    fn start(&self) -> anyhow::Result<()> {
+        let log = self.root.join("server.log");
+        let out = self
+            .pg_command("pg_ctl")
+            .arg("start")
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(&log)
+            .args(["-w", "-t", "60", "-s"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .context("running pg_ctl start")?;
+        if !out.status.success() {
+            // Another process may have started it at the same moment.
+            if self.is_running() {
+                return Ok(());
+            }
+            let tail = fs::read_to_string(&log).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(10).collect();
+            bail!(
+                "PostgreSQL did not start: {}\n{}",
+                String::from_utf8_lossy(&out.stderr).trim(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// Stops the cluster (fast shutdown: sessions are ended, nothing committed is lost).
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        if !self.is_running() {
+            self.started_here = false;
+            return Ok(());
+        }
+        let out = self
+            .pg_command("pg_ctl")
+            .arg("stop")
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "fast", "-w", "-t", "60", "-s"])
+            .stdin(Stdio::null())
+            .output()
+            .context("running pg_ctl stop")?;
+        if !out.status.success() && self.is_running() {
+            bail!("pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        self.started_here = false;
+        Ok(())
+    }
+
+    /// Stops the cluster if this process started it.
+    pub fn stop_if_started_here(&mut self) -> anyhow::Result<()> {
+        if self.started_here {
+            self.stop()
+        } else {
+            Ok(())
+        }
+    }
+}
+
+/// Directory with `pg_ctl` and `initdb`: from `PATH` first, then the newest
+/// `/usr/lib/postgresql/<version>/bin` with version 15 or later.
+pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            if dir.join("pg_ctl").is_file() && dir.join("initdb").is_file() {
+                let dir = fs::canonicalize(dir.join("pg_ctl"))
+                    .ok()
+                    .and_then(|p| p.parent().map(Path::to_path_buf))
+                    .unwrap_or(dir);
+                return Ok(dir);
+            }
+        }
+    }
+    let mut best: Option<(u32, PathBuf)> = None;
+    if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
+        for e in entries.flatten() {
+            let v: Option<u32> = e.file_name().to_str().and_then(|s| s.parse().ok());
+            let bin = e.path().join("bin");
+            if let Some(v) = v.filter(|v| *v >= 15) {
+                if bin.join("pg_ctl").is_file() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+                    best = Some((v, bin));
+                }
+            }
+        }
+    }
+    match best {
+        Some((_, bin)) => Ok(bin),
+        None => bail!(
+            "PostgreSQL server programs (initdb, pg_ctl) were not found on PATH or in /usr/lib/postgresql/*/bin; install PostgreSQL 15 or later (Debian: apt-get install postgresql) or set MADOGUCHI_DATABASE_URL"
+        ),
+    }
+}
+
+/// Whether this process runs as root. `/proc/self` belongs to the effective user.
+fn running_as_root() -> bool {
+    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+fn postgres_ids() -> anyhow::Result<(u32, u32)> {
+    let passwd = fs::read_to_string("/etc/passwd")?;
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() > 3 && f[0] == "postgres" {
+            return Ok((f[2].parse()?, f[3].parse()?));
+        }
+    }
+    bail!("running as root, but there is no 'postgres' user to run PostgreSQL as")
+}
+
+fn chown_to_postgres(path: &Path) -> anyhow::Result<()> {
+    let (uid, gid) = postgres_ids()?;
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))
+}
+
+fn check_reachable_by_postgres(dir: &Path) -> anyhow::Result<()> {
+    let ok = Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-w"])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !ok {
+        bail!(
+            "the 'postgres' user cannot reach {} (a parent directory is private); choose a --state-dir it can reach",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn admin_password(state_dir: &Path) -> anyhow::Result<Zeroizing<String>> {
+    let path = state_dir.join("pg-admin.password");
+    match fs::read_to_string(&path) {
+        Ok(s) => {
+            let mode = fs::metadata(&path)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                bail!("{} is readable by others (mode {:o}); chmod 600 it", path.display(), mode & 0o777);
+            }
+            Ok(Zeroizing::new(s.trim().to_owned()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let pw = Zeroizing::new(random_token(32));
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+            f.write_all(pw.as_bytes())?;
+            Ok(pw)
+        }
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
+    fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+    fs::canonicalize(p).with_context(|| format!("resolving {}", p.display()))
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

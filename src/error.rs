@@ -1,0 +1,51 @@
+//! The one error type of the web side: an HTML page for people, with a request id
+//! for anything unexpected, never a stack trace.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use crate::web::ErrorPage;
+
+/// Errors a handler can return.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("not found")]
+    NotFound,
+    /// The service (or this tenant's share of it) is busy or down for now.
+    #[error("temporarily unavailable")]
+    Unavailable { retry_after_secs: u32 },
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<tokio_postgres::Error> for AppError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        AppError::Internal(e.into())
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match self {
+            AppError::NotFound => ErrorPage::not_found().into_response(),
+            AppError::Unavailable { retry_after_secs } => {
+                let mut resp = ErrorPage::busy().into_response();
+                if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                    resp.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+                resp
+            }
+            AppError::Internal(err) => {
+                // The request id is on the span; the cause chain goes to the log only.
+                tracing::error!(error = format!("{err:#}"), "internal error");
+                ErrorPage::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "システムエラーが発生しました",
+                    "System error",
+                    "申し訳ありません。時間をおいてもう一度お試しください。解決しない場合は、表示されている受付IDを添えてお問い合わせください。",
+                )
+                .into_response()
+            }
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Prometheus metrics of the front tier, served on the ops listener.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub tenant: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    pub tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PoolLabels {
+    pub tenant: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabels {
+    pub state: String,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<TenantLabels, Histogram, fn() -> Histogram>,
+    pub pool_connections: Family<PoolLabels, Gauge>,
+    pub budget_in_use: Gauge,
+    pub budget_limit: Gauge,
+    pub tenants: Family<StateLabels, Gauge>,
+    pub catalog_up: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("madoguchi");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let latency = Family::<TenantLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let pool_connections = Family::<PoolLabels, Gauge>::default();
+        let budget_in_use = Gauge::default();
+        let budget_limit = Gauge::default();
+        let tenants = Family::<StateLabels, Gauge>::default();
+        let catalog_up = Gauge::default();
+        registry.register("http_requests", "HTTP requests per tenant and status class", requests.clone());
+        registry.register("http_request_duration_seconds", "HTTP request latency per tenant", latency.clone());
+        registry.register("tenant_pool_connections", "Open connections per tenant pool (idle or in use)", pool_connections.clone());
+        registry.register("db_budget_in_use", "Tenant connections open, all pools together", budget_in_use.clone());
+        registry.register("db_budget_limit", "Global tenant connection budget", budget_limit.clone());
+        registry.register("tenants", "Tenants per state", tenants.clone());
+        registry.register("catalog_up", "1 when the catalog database answers", catalog_up.clone());
+        Self {
+            registry: Mutex::new(registry),
+            requests,
+            latency,
+            pool_connections,
+            budget_in_use,
+            budget_limit,
+            tenants,
+            catalog_up,
+        }
+    }
+
+    pub fn observe(&self, tenant: &str, status: u16, elapsed: Duration) {
+        let class = format!("{}xx", status / 100);
+        self.requests.get_or_create(&RequestLabels { tenant: tenant.to_owned(), status: class }).inc();
+        self.latency.get_or_create(&TenantLabels { tenant: tenant.to_owned() }).observe(elapsed.as_secs_f64());
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if let Ok(reg) = self.registry.lock() {
+            if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &reg) {
+                tracing::error!(error = %e, "encoding metrics failed");
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,288 @@
+//! The front tier: listeners, host → tenant routing, per-tenant pools under the
+//! global budget, request ids and metrics. Tenant handlers get a `TenantCtx` and
+//! nothing else.
+
+pub mod metrics;
+pub mod pools;
+pub mod routes;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::catalog::{Catalog, TenantState};
+use crate::domain::HostName;
+use crate::platform::Platform;
+use crate::tenant::TenantCtx;
+use crate::web::{ErrorPage, REQUEST_ID};
+use metrics::{Metrics, PoolLabels, StateLabels};
+use pools::TenantPools;
+use routes::HostCache;
+
+/// Shared state of the front tier.
+pub struct App {
+    pub catalog: Catalog,
+    pub hosts: Arc<HostCache>,
+    pub pools: TenantPools,
+    pub metrics: Metrics,
+    next_request: AtomicU64,
+    instance: String,
+}
+
+pub type AppState = Arc<App>;
+
+impl App {
+    pub fn new(p: &Platform) -> AppState {
+        let pools = TenantPools::new(p.settings.pool.clone(), p.cluster.clone(), p.catalog.clone(), Arc::clone(&p.keys));
+        let metrics = Metrics::new();
+        metrics.budget_limit.set(i64::try_from(p.settings.pool.budget).unwrap_or(i64::MAX));
+        Arc::new(Self {
+            catalog: p.catalog.clone(),
+            hosts: Arc::new(HostCache::default()),
+            pools,
+            metrics,
+            next_request: AtomicU64::new(1),
+            instance: crate::crypto::random_token(3),
+        })
+    }
+
+    fn request_id(&self) -> Arc<str> {
+        let n = self.next_request.fetch_add(1, Ordering::Relaxed);
+        Arc::from(format!("{}-{n:06}", self.instance))
+    }
+}
+
+/// Citizens' and staff's listener: health checks, static assets, and everything else
+/// routed by host name to a tenant.
+pub fn public_router(app: AppState) -> Router {
+    let tenant = crate::tenant::router().layer(middleware::from_fn_with_state(Arc::clone(&app), route_to_tenant));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/static/app.css", get(crate::web::stylesheet))
+        .fallback_service(tenant)
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), request_context))
+        .with_state(app)
+}
+
+/// Operators' listener: console, metrics, health checks.
+pub fn ops_router(app: AppState) -> Router {
+    Router::new()
+        .route("/", get(console))
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), request_context))
+        .with_state(app)
+}
+
+/// Gives each request an id (response header `X-Request-Id`, every log line, error
+/// pages) and logs one line per request, without query strings (they may hold
+/// personal data).
+async fn request_context(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let id = app.request_id();
+    let span = tracing::info_span!("request", id = %id, tenant = tracing::field::Empty);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = Instant::now();
+    let mut resp = REQUEST_ID.scope(Arc::clone(&id), next.run(req)).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(%method, %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "served");
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// Resolves the tenant from the `Host` header before any tenant code runs.
+async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
+    let Some(route) = host.as_deref().map(HostName::lookup_key).and_then(|k| app.hosts.lookup(&k)) else {
+        return ErrorPage::unknown_host().into_response();
+    };
+    tracing::Span::current().record("tenant", &*route.slug);
+    let started = Instant::now();
+    let resp = match route.state {
+        TenantState::Active => match app.pools.runtime(route.id).await {
+            Ok(rt) => {
+                let ctx = TenantCtx::new(route.id, Arc::clone(&route.slug), rt.pool.clone(), app.pools.settings().wait, Arc::clone(&rt.cipher));
+                req.extensions_mut().insert(ctx);
+                next.run(req).await
+            }
+            Err(e) => {
+                tracing::error!(error = format!("{e:#}"), "tenant runtime unavailable");
+                crate::error::AppError::Unavailable { retry_after_secs: 5 }.into_response()
+            }
+        },
+        TenantState::Suspended | TenantState::Provisioning => {
+            let mut r = ErrorPage::maintenance(&route.name).into_response();
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+            r
+        }
+    };
+    app.metrics.observe(&route.slug, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(app): State<AppState>) -> Response {
+    if app.catalog.ping().await {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "catalog unreachable\n").into_response()
+    }
+}
+
+async fn metrics_text(State(app): State<AppState>) -> Response {
+    let m = &app.metrics;
+    m.catalog_up.set(i64::from(app.catalog.ping().await));
+    m.budget_in_use.set(i64::try_from(app.pools.budget_in_use()).unwrap_or(i64::MAX));
+    m.pool_connections.clear();
+    for s in app.pools.stats() {
+        let idle = i64::try_from(s.idle).unwrap_or(0);
+        let size = i64::try_from(s.size).unwrap_or(0);
+        m.pool_connections.get_or_create(&PoolLabels { tenant: s.slug.to_string(), state: "idle".into() }).set(idle);
+        m.pool_connections.get_or_create(&PoolLabels { tenant: s.slug.to_string(), state: "in_use".into() }).set(size - idle);
+    }
+    if let Ok(counts) = app.catalog.counts_by_state().await {
+        m.tenants.clear();
+        for state in ["provisioning", "active", "suspended"] {
+            m.tenants.get_or_create(&StateLabels { state: state.into() }).set(0);
+        }
+        for (state, n) in counts {
+            m.tenants.get_or_create(&StateLabels { state }).set(n);
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))],
+        m.encode(),
+    )
+        .into_response()
+}
+
+/// A plain status page for operators until the full console arrives.
+async fn console(State(app): State<AppState>) -> Response {
+    let tenants = match app.catalog.list_tenants().await {
+        Ok(t) => t,
+        Err(e) => return crate::error::AppError::Internal(e).into_response(),
+    };
+    let mut rows = String::new();
+    for t in &tenants {
+        rows.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&t.slug),
+            esc(&t.name),
+            esc(&t.code),
+            esc(&t.hosts.join(", ")),
+            t.state,
+            t.schema_version
+        ));
+    }
+    let html = format!(
+        "<!doctype html><html lang=\"ja\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>運用コンソール</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head><body><main class=\"wrap\"><h1>運用コンソール <span class=\"en\" lang=\"en\">Operator console</span></h1><p>接続予算 <span lang=\"en\">Connection budget</span>: {} / {}</p><table><thead><tr><th>slug</th><th>名称</th><th>コード</th><th>ホスト</th><th>状態</th><th>スキーマ</th></tr></thead><tbody>{rows}</tbody></table></main></body></html>",
+        app.pools.budget_in_use(),
+        app.pools.settings().budget
+    );
+    Html(html).into_response()
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// Addresses the server actually bound (ports may have been 0).
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    pub public: SocketAddr,
+    pub ops: SocketAddr,
+}
+
+/// A running front tier.
+pub struct Server {
+    pub bound: Bound,
+    pub app: AppState,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds both listeners, loads the host table and starts serving.
+    pub async fn start(p: &Platform, public: SocketAddr, ops: SocketAddr) -> anyhow::Result<Self> {
+        let app = App::new(p);
+        app.hosts.reload(&app.catalog).await?;
+        let public_l = TcpListener::bind(public).await.map_err(|e| anyhow::anyhow!("cannot listen on {public}: {e}"))?;
+        let ops_l = TcpListener::bind(ops).await.map_err(|e| anyhow::anyhow!("cannot listen on {ops}: {e}"))?;
+        let bound = Bound { public: public_l.local_addr()?, ops: ops_l.local_addr()? };
+        let (shutdown, rx) = watch::channel(false);
+
+        let mut background = Vec::new();
+        let listen_cfg = p.cluster.admin_config(&p.settings.catalog_db);
+        let pools = app.pools.clone();
+        background.push(tokio::spawn(routes::keep_fresh(
+            Arc::clone(&app.hosts),
+            app.catalog.clone(),
+            listen_cfg,
+            p.settings.cache_refresh,
+            move |map| {
+                let active: std::collections::HashSet<uuid::Uuid> =
+                    map.values().filter(|r| r.state == TenantState::Active).map(|r| r.id).collect();
+                pools.retain_tenants(|id| active.contains(id));
+            },
+        )));
+        let pools = app.pools.clone();
+        let every = (p.settings.pool.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        background.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                pools.evict_idle();
+            }
+        }));
+
+        let mut tasks = Vec::new();
+        for (listener, router) in [(public_l, public_router(Arc::clone(&app))), (ops_l, ops_router(Arc::clone(&app)))] {
+            let mut rx = rx.clone();
+            tasks.push(tokio::spawn(async move {
+                let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                });
+                if let Err(e) = serve.await {
+                    tracing::error!(error = %e, "listener failed");
+                }
+            }));
+        }
+        Ok(Self { bound, app, shutdown, tasks, background })
+    }
+
+    /// Stops accepting, lets in-flight requests finish, closes every pool.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        for t in self.background {
+            t.abort();
+        }
+        self.app.pools.close_all();
+    }
+}

@@ -1,0 +1,129 @@
+//! Host → tenant: an in-memory copy of the catalog's host table, reloaded when the
+//! catalog announces a change (LISTEN/NOTIFY) and on a timer as a fallback.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_postgres::{AsyncMessage, NoTls};
+use uuid::Uuid;
+
+use crate::catalog::{Catalog, TenantState};
+
+/// What routing needs to know about a tenant.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub id: Uuid,
+    pub slug: Arc<str>,
+    pub name: Arc<str>,
+    pub state: TenantState,
+}
+
+/// The host table, swapped whole on every reload.
+#[derive(Debug, Default)]
+pub struct HostCache {
+    map: RwLock<Arc<HashMap<String, Route>>>,
+}
+
+impl HostCache {
+    /// Exact match on a lookup key (see [`crate::domain::HostName::lookup_key`]).
+    pub fn lookup(&self, key: &str) -> Option<Route> {
+        self.snapshot().get(key).cloned()
+    }
+
+    pub fn snapshot(&self) -> Arc<HashMap<String, Route>> {
+        match self.map.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        }
+    }
+
+    pub async fn reload(&self, catalog: &Catalog) -> anyhow::Result<()> {
+        let c = catalog.client().await?;
+        let rows = c
+            .query(
+                "SELECT h.host, t.id, t.slug, t.name, t.state FROM tenant_hosts h JOIN tenants t ON t.id = h.tenant_id",
+                &[],
+            )
+            .await?;
+        let mut map = HashMap::with_capacity(rows.len());
+        for r in rows {
+            let state: String = r.get(4);
+            map.insert(
+                r.get::<_, String>(0),
+                Route {
+                    id: r.get(1),
+                    slug: Arc::from(r.get::<_, String>(2)),
+                    name: Arc::from(r.get::<_, String>(3)),
+                    state: state.parse()?,
+                },
+            );
+        }
+        let map = Arc::new(map);
+        match self.map.write() {
+            Ok(mut g) => *g = map,
+            Err(p) => *p.into_inner() = map,
+        }
+        Ok(())
+    }
+}
+
+/// Keeps `cache` current until the task is dropped: listens for catalog changes on
+/// its own connection, reloads on each (coalescing bursts) and every `refresh`;
+/// reconnects after a lost connection. `on_reload` runs after every reload.
+pub async fn keep_fresh(
+    cache: Arc<HostCache>,
+    catalog: Catalog,
+    listen_config: tokio_postgres::Config,
+    refresh: Duration,
+    on_reload: impl Fn(&HashMap<String, Route>) + Send + Sync + 'static,
+) {
+    loop {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let connected = listen_config.connect(NoTls).await;
+        let (client, mut conn) = match connected {
+            Ok(pair) => pair,
+            Err(e) => {
+                tracing::warn!(error = %e, "catalog listener cannot connect; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        let pump = tokio::spawn(async move {
+            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
+            while let Some(Ok(msg)) = messages.next().await {
+                if let AsyncMessage::Notification(_) = msg {
+                    if tx.send(()).is_err() {
+                        break;
+                    }
+                }
+            }
+        });
+        if let Err(e) = client.batch_execute("LISTEN madoguchi_catalog").await {
+            tracing::warn!(error = %e, "LISTEN failed; retrying");
+            pump.abort();
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        loop {
+            match cache.reload(&catalog).await {
+                Ok(()) => on_reload(&cache.snapshot()),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "reloading the host table failed"),
+            }
+            tokio::select! {
+                msg = rx.recv() => {
+                    if msg.is_none() {
+                        tracing::warn!("catalog listener connection lost; reconnecting");
+                        break;
+                    }
+                    while rx.try_recv().is_ok() {}
+                }
+                () = tokio::time::sleep(refresh) => {}
+            }
+        }
+        pump.abort();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1,0 +1,14 @@
+//! Madoguchi: an online application platform for Japanese municipalities.
+//! Each municipality (tenant) gets its own PostgreSQL database, role and data key.
+
+pub mod catalog;
+pub mod config;
+pub mod control;
+pub mod crypto;
+pub mod domain;
+pub mod embedded_pg;
+pub mod error;
+pub mod front;
+pub mod platform;
+pub mod tenant;
+pub mod web;

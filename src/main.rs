@@ -1,0 +1,320 @@
+//! The `madoguchi` command line: parse, then call the library.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use madoguchi::catalog::TenantState;
+use madoguchi::config::{FileSettings, Settings};
+use madoguchi::control::manifest::{self, Applied};
+use madoguchi::control::migrate::migrate_many;
+use madoguchi::control::provision::{provision, TenantSpec};
+use madoguchi::front::Server;
+use madoguchi::platform::Platform;
+
+#[derive(Parser, Debug)]
+#[command(name = "madoguchi", version, about = "窓口 Madoguchi: online applications for Japanese municipalities")]
+struct Cli {
+    #[command(flatten)]
+    common: Common,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// State directory: master key, embedded PostgreSQL cluster, settings file.
+    #[arg(long, global = true, env = "MADOGUCHI_STATE_DIR", default_value = "./var")]
+    state_dir: PathBuf,
+    /// Admin URL of an external PostgreSQL cluster (role with CREATEDB and CREATEROLE).
+    #[arg(long, global = true, env = "MADOGUCHI_DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Name of the catalog database.
+    #[arg(long, global = true, env = "MADOGUCHI_CATALOG_DB")]
+    catalog_db: Option<String>,
+    /// Connections all tenant pools may hold together.
+    #[arg(long, global = true, env = "MADOGUCHI_POOL_BUDGET")]
+    pool_budget: Option<usize>,
+    /// Connections one tenant's pool may hold.
+    #[arg(long, global = true, env = "MADOGUCHI_POOL_PER_TENANT")]
+    pool_per_tenant: Option<usize>,
+    /// Milliseconds a request waits for a connection before 503.
+    #[arg(long, global = true, env = "MADOGUCHI_POOL_WAIT_MS")]
+    pool_wait_ms: Option<u64>,
+    /// Seconds after which idle connections and pools are closed.
+    #[arg(long, global = true, env = "MADOGUCHI_POOL_IDLE_SECS")]
+    pool_idle_secs: Option<u64>,
+}
+
+#[derive(Args, Debug, Clone)]
+struct ServeArgs {
+    /// Citizens' and staff's listener.
+    #[arg(long, env = "MADOGUCHI_LISTEN")]
+    listen: Option<SocketAddr>,
+    /// Operators' listener (console, /metrics).
+    #[arg(long, env = "MADOGUCHI_OPS_LISTEN")]
+    ops_listen: Option<SocketAddr>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the service.
+    Serve(ServeArgs),
+    /// Apply every manifest in tenants/, print each tenant's URL, then serve.
+    Demo {
+        #[command(flatten)]
+        serve: ServeArgs,
+        /// Directory of tenant manifests.
+        #[arg(long, default_value = "tenants")]
+        tenants: PathBuf,
+    },
+    /// Manage tenants (municipalities).
+    #[command(subcommand)]
+    Tenant(TenantCmd),
+    /// Apply catalog and tenant migrations.
+    Migrate {
+        /// Every tenant.
+        #[arg(long, conflicts_with = "slug")]
+        all: bool,
+        /// One tenant.
+        slug: Option<String>,
+        /// Tenants migrated at the same time.
+        #[arg(long, default_value_t = 4)]
+        parallel: usize,
+    },
+    /// The database cluster in use.
+    #[command(subcommand)]
+    Db(DbCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum TenantCmd {
+    /// Provision a municipality: its key, role, database and schema.
+    Create {
+        #[arg(long)]
+        slug: String,
+        #[arg(long)]
+        name: String,
+        /// 全国地方公共団体コード (six digits).
+        #[arg(long)]
+        code: String,
+        #[arg(long = "host", required = true, num_args = 1..)]
+        hosts: Vec<String>,
+    },
+    /// Apply a manifest file, or every *.toml in a directory (idempotent).
+    Apply { path: PathBuf },
+    /// List tenants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend a tenant: its sites answer 503 with a maintenance page.
+    Suspend { slug: String },
+    /// Resume a suspended tenant.
+    Resume { slug: String },
+}
+
+#[derive(Subcommand, Debug)]
+enum DbCmd {
+    /// Print the admin connection URL (use: psql "$(madoguchi db url)").
+    Url,
+}
+
+fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
+    let file = FileSettings::load(&c.state_dir)?;
+    let mut s = Settings::new(c.state_dir.clone());
+    s.database_url = c.database_url.clone().or_else(|| file.database_url.clone());
+    if let Some(db) = c.catalog_db.clone().or_else(|| file.catalog_db.clone()) {
+        s.catalog_db = db;
+    }
+    if let Some(v) = c.pool_budget.or(file.pool_budget) {
+        s.pool.budget = v.max(1);
+    }
+    if let Some(v) = c.pool_per_tenant.or(file.pool_per_tenant) {
+        s.pool.per_tenant = v.max(1);
+    }
+    if let Some(v) = c.pool_wait_ms.or(file.pool_wait_ms) {
+        s.pool.wait = Duration::from_millis(v);
+    }
+    if let Some(v) = c.pool_idle_secs.or(file.pool_idle_secs) {
+        s.pool.idle = Duration::from_secs(v);
+    }
+    Ok((s, file))
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MADOGUCHI_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let (settings, file) = settings(&cli.common)?;
+    let platform = Platform::open(settings).await?;
+    let result = dispatch(&platform, &file, cli.command).await;
+    let closed = platform.close();
+    let code = result?;
+    closed?;
+    Ok(code)
+}
+
+async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Serve(args) => serve(p, file, &args, false).await,
+        Command::Demo { serve: args, tenants } => {
+            for path in manifest::paths(&tenants)? {
+                let m = manifest::read(&path)?;
+                let applied = manifest::apply(p, &m).await.with_context(|| format!("applying {}", path.display()))?;
+                eprintln!("{}: {}", m.slug, describe(&applied));
+            }
+            serve(p, file, &args, true).await
+        }
+        Command::Tenant(cmd) => tenant(p, cmd).await,
+        Command::Migrate { all, slug, parallel } => {
+            let tenants = match (all, slug) {
+                (_, Some(slug)) => vec![p.catalog.tenant_by_slug(&slug).await?.with_context(|| format!("no tenant {slug}"))?],
+                (true, None) => p.catalog.list_tenants().await?,
+                (false, None) => {
+                    println!("catalog: schema version {}", madoguchi::catalog::Catalog::latest_version());
+                    println!("name a tenant or pass --all to migrate tenant databases");
+                    return Ok(ExitCode::SUCCESS);
+                }
+            };
+            let report = migrate_many(p, tenants, parallel).await;
+            println!(
+                "catalog: schema version {}; tenants migrated: {} (schema version {}), failed: {}",
+                madoguchi::catalog::Catalog::latest_version(),
+                report.migrated,
+                madoguchi::control::migrate::latest_tenant_version(),
+                report.failed.len()
+            );
+            for (slug, err) in &report.failed {
+                eprintln!("  {slug}: {err}");
+            }
+            Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        }
+        Command::Db(DbCmd::Url) => {
+            println!("{}", p.admin_url());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn describe(a: &Applied) -> String {
+    match a {
+        Applied::Created => "created".into(),
+        Applied::Unchanged => "unchanged".into(),
+        Applied::Updated(changes) => format!("updated ({})", changes.join("; ")),
+    }
+}
+
+async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        TenantCmd::Create { slug, name, code, hosts } => {
+            let spec = TenantSpec::parse(&slug, &name, &code, &hosts)?;
+            let rec = provision(p, &spec).await?;
+            println!("created {} ({} {}) database {} hosts {}", rec.slug, rec.name, rec.code, rec.database, rec.hosts.join(","));
+        }
+        TenantCmd::Apply { path } => {
+            for path in manifest::paths(&path)? {
+                let m = manifest::read(&path)?;
+                let applied = manifest::apply(p, &m).await.with_context(|| format!("applying {}", path.display()))?;
+                println!("{}: {}", m.slug, describe(&applied));
+            }
+        }
+        TenantCmd::List { json } => {
+            let tenants = p.catalog.list_tenants().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&tenants)?);
+            } else {
+                println!("{:<16} {:<12} {:<7} {:<12} {:<6} {:<35} HOSTS", "SLUG", "NAME", "CODE", "STATE", "SCHEMA", "DATABASE");
+                for t in tenants {
+                    println!(
+                        "{:<16} {:<12} {:<7} {:<12} {:<6} {:<35} {}",
+                        t.slug,
+                        t.name,
+                        t.code,
+                        t.state,
+                        t.schema_version,
+                        t.database,
+                        t.hosts.join(",")
+                    );
+                }
+            }
+        }
+        TenantCmd::Suspend { slug } | TenantCmd::Resume { slug } if p.catalog.tenant_by_slug(&slug).await?.is_none() => {
+            anyhow::bail!("テナント「{slug}」はありません / no tenant {slug}");
+        }
+        TenantCmd::Suspend { slug } => {
+            let rec = p.catalog.tenant_by_slug(&slug).await?.context("no such tenant")?;
+            p.catalog.set_state(rec.id, TenantState::Suspended).await?;
+            println!("suspended {slug}");
+        }
+        TenantCmd::Resume { slug } => {
+            let rec = p.catalog.tenant_by_slug(&slug).await?.context("no such tenant")?;
+            if rec.state == TenantState::Provisioning {
+                anyhow::bail!("tenant {slug} is still being provisioned; run `madoguchi tenant create` again to finish it");
+            }
+            p.catalog.set_state(rec.id, TenantState::Active).await?;
+            println!("resumed {slug}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(p: &Platform, file: &FileSettings, args: &ServeArgs, demo: bool) -> anyhow::Result<ExitCode> {
+    let listen = args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let ops = args.ops_listen.or(file.ops_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
+    let server = Server::start(p, listen, ops).await?;
+    let port = server.bound.public.port();
+    println!("listening: http://{}", server.bound.public);
+    println!("ops: http://{}", server.bound.ops);
+    if demo {
+        for t in p.catalog.list_tenants().await? {
+            for h in &t.hosts {
+                println!("{} {}: http://{h}:{port}/", t.slug, t.name);
+            }
+        }
+    }
+    println!("ready (Ctrl-C to stop)");
+    wait_for_signal().await;
+    eprintln!("shutting down: draining requests");
+    server.shutdown().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}

@@ -23,7 +23,12 @@ pub struct PoolSettings {
 
 impl Default for PoolSettings {
     fn default() -> Self {
-        Self { budget: 60, per_tenant: 8, wait: Duration::from_secs(2), idle: Duration::from_secs(300) }
+        Self {
+            budget: 60,
+            per_tenant: 8,
+            wait: Duration::from_secs(2),
+            idle: Duration::from_secs(300),
+        }
     }
 }
 
@@ -70,7 +75,9 @@ impl FileSettings {
     pub fn load(state_dir: &Path) -> anyhow::Result<Self> {
         let path = state_dir.join("madoguchi.toml");
         match std::fs::read_to_string(&path) {
-            Ok(text) => toml::from_str(&text).with_context(|| format!("reading {}", path.display())),
+            Ok(text) => {
+                toml::from_str(&text).with_context(|| format!("reading {}", path.display()))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }

@@ -16,7 +16,10 @@ pub struct Invalid {
 }
 
 fn invalid(ja: impl Into<String>, en: impl Into<String>) -> Invalid {
-    Invalid { ja: ja.into(), en: en.into() }
+    Invalid {
+        ja: ja.into(),
+        en: en.into(),
+    }
 }
 
 /// A tenant's short name: lower-case ASCII letters, digits and hyphens, 2–40 long,
@@ -28,7 +31,9 @@ pub struct Slug(String);
 impl Slug {
     pub fn parse(s: &str) -> Result<Self, Invalid> {
         let ok_len = (2..=40).contains(&s.len());
-        let ok_chars = s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let ok_chars = s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         let ok_start = s.bytes().next().is_some_and(|b| b.is_ascii_lowercase());
         let ok_end = !s.ends_with('-');
         if ok_len && ok_chars && ok_start && ok_end {
@@ -76,12 +81,18 @@ pub fn local_governments() -> &'static HashMap<String, LocalGov> {
     static LIST: OnceLock<HashMap<String, LocalGov>> = OnceLock::new();
     LIST.get_or_init(|| {
         let mut out = HashMap::new();
-        let mut rdr = csv::Reader::from_reader(include_str!("data/local-governments.csv").as_bytes());
+        let mut rdr =
+            csv::Reader::from_reader(include_str!("data/local-governments.csv").as_bytes());
         for rec in rdr.records().flatten() {
             let field = |i: usize| rec.get(i).unwrap_or_default().to_owned();
             out.insert(
                 field(0),
-                LocalGov { code: field(0), prefecture: field(1), name: field(2), kind: field(4) },
+                LocalGov {
+                    code: field(0),
+                    prefecture: field(1),
+                    name: field(2),
+                    kind: field(4),
+                },
             );
         }
         out
@@ -112,7 +123,12 @@ impl LocalGovCode {
             ));
         }
         let d: Vec<u32> = digits.bytes().map(|b| u32::from(b - b'0')).collect();
-        let sum: u32 = d.iter().take(5).zip([6, 5, 4, 3, 2]).map(|(a, w)| a * w).sum();
+        let sum: u32 = d
+            .iter()
+            .take(5)
+            .zip([6, 5, 4, 3, 2])
+            .map(|(a, w)| a * w)
+            .sum();
         let check = (11 - sum % 11) % 10;
         if check != d[5] {
             return Err(invalid(
@@ -235,11 +251,18 @@ mod tests {
     fn local_gov_codes_check_digit_and_existence() {
         let c = LocalGovCode::parse("131016").map(|c| c.local_gov().map(|g| g.name.clone()));
         assert_eq!(c, Ok(Some("千代田区".to_owned())));
-        assert_eq!(LocalGovCode::parse("０１１００２").map(|c| c.to_string()), Ok("011002".into()));
+        assert_eq!(
+            LocalGovCode::parse("０１１００２").map(|c| c.to_string()),
+            Ok("011002".into())
+        );
         assert!(LocalGovCode::parse("131017").is_err(), "wrong check digit");
         assert!(LocalGovCode::parse("13101").is_err());
         // Right check digit, but no such government: 99999 -> check digit computed here.
-        let sum: u32 = [9, 9, 9, 9, 9].iter().zip([6, 5, 4, 3, 2]).map(|(a, w)| a * w).sum();
+        let sum: u32 = [9, 9, 9, 9, 9]
+            .iter()
+            .zip([6, 5, 4, 3, 2])
+            .map(|(a, w)| a * w)
+            .sum();
         let code = format!("99999{}", (11 - sum % 11) % 10);
         let err = LocalGovCode::parse(&code).err().map(|e| e.ja);
         assert!(err.is_some_and(|m| m.contains("該当する団体がありません")));
@@ -248,8 +271,14 @@ mod tests {
 
     #[test]
     fn host_lookup_key() {
-        assert_eq!(HostName::lookup_key("Chiyoda.Localhost:8080"), "chiyoda.localhost");
-        assert_eq!(HostName::lookup_key("chiyoda.localhost."), "chiyoda.localhost.");
+        assert_eq!(
+            HostName::lookup_key("Chiyoda.Localhost:8080"),
+            "chiyoda.localhost"
+        );
+        assert_eq!(
+            HostName::lookup_key("chiyoda.localhost."),
+            "chiyoda.localhost."
+        );
         assert_eq!(HostName::lookup_key("[::1]:80"), "::1");
         assert!(HostName::parse("chiyoda.localhost").is_ok());
         assert!(HostName::parse("千代田.jp").is_err());

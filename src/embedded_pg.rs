@@ -59,7 +59,14 @@ impl EmbeddedPg {
             chown_to_postgres(&root)?;
             check_reachable_by_postgres(&root)?;
         }
-        let mut pg = Self { root, data, bin, as_postgres, started_here: false, password };
+        let mut pg = Self {
+            root,
+            data,
+            bin,
+            as_postgres,
+            started_here: false,
+            password,
+        };
         if !pg.data.join("PG_VERSION").exists() {
             pg.initdb(opts)?;
         }
@@ -87,7 +94,11 @@ impl EmbeddedPg {
     /// Admin connection settings for database `dbname`.
     pub fn admin_config(&self, dbname: &str) -> tokio_postgres::Config {
         let mut c = tokio_postgres::Config::new();
-        c.host_path(&self.root).port(PORT).user(ADMIN_USER).password(self.password.as_bytes()).dbname(dbname);
+        c.host_path(&self.root)
+            .port(PORT)
+            .user(ADMIN_USER)
+            .password(self.password.as_bytes())
+            .dbname(dbname);
         c
     }
 
@@ -129,7 +140,14 @@ impl EmbeddedPg {
             .pg_command("initdb")
             .arg("-D")
             .arg(&self.data)
-            .args(["-U", ADMIN_USER, "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale", "--no-instructions"])
+            .args([
+                "-U",
+                ADMIN_USER,
+                "--auth=scram-sha-256",
+                "--encoding=UTF8",
+                "--no-locale",
+                "--no-instructions",
+            ])
             .arg(format!("--pwfile={}", pwfile.display()))
             .stdin(Stdio::null())
             .output()
@@ -212,7 +230,10 @@ impl EmbeddedPg {
             .output()
             .context("running pg_ctl stop")?;
         if !out.status.success() && self.is_running() {
-            bail!("pg_ctl stop failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "pg_ctl stop failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         self.started_here = false;
         Ok(())
@@ -280,7 +301,8 @@ fn postgres_ids() -> anyhow::Result<(u32, u32)> {
 
 fn chown_to_postgres(path: &Path) -> anyhow::Result<()> {
     let (uid, gid) = postgres_ids()?;
-    std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("chown {}", path.display()))
+    std::os::unix::fs::chown(path, Some(uid), Some(gid))
+        .with_context(|| format!("chown {}", path.display()))
 }
 
 fn check_reachable_by_postgres(dir: &Path) -> anyhow::Result<()> {
@@ -304,13 +326,21 @@ fn admin_password(state_dir: &Path) -> anyhow::Result<Zeroizing<String>> {
         Ok(s) => {
             let mode = fs::metadata(&path)?.permissions().mode();
             if mode & 0o077 != 0 {
-                bail!("{} is readable by others (mode {:o}); chmod 600 it", path.display(), mode & 0o777);
+                bail!(
+                    "{} is readable by others (mode {:o}); chmod 600 it",
+                    path.display(),
+                    mode & 0o777
+                );
             }
             Ok(Zeroizing::new(s.trim().to_owned()))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let pw = Zeroizing::new(random_token(32));
-            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path)?;
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)?;
             f.write_all(pw.as_bytes())?;
             Ok(pw)
         }

@@ -16,7 +16,11 @@ use madoguchi::front::Server;
 use madoguchi::platform::Platform;
 
 #[derive(Parser, Debug)]
-#[command(name = "madoguchi", version, about = "窓口 Madoguchi: online applications for Japanese municipalities")]
+#[command(
+    name = "madoguchi",
+    version,
+    about = "窓口 Madoguchi: online applications for Japanese municipalities"
+)]
 struct Cli {
     #[command(flatten)]
     common: Common,
@@ -27,10 +31,20 @@ struct Cli {
 #[derive(Args, Debug, Clone)]
 struct Common {
     /// State directory: master key, embedded PostgreSQL cluster, settings file.
-    #[arg(long, global = true, env = "MADOGUCHI_STATE_DIR", default_value = "./var")]
+    #[arg(
+        long,
+        global = true,
+        env = "MADOGUCHI_STATE_DIR",
+        default_value = "./var"
+    )]
     state_dir: PathBuf,
     /// Admin URL of an external PostgreSQL cluster (role with CREATEDB and CREATEROLE).
-    #[arg(long, global = true, env = "MADOGUCHI_DATABASE_URL", hide_env_values = true)]
+    #[arg(
+        long,
+        global = true,
+        env = "MADOGUCHI_DATABASE_URL",
+        hide_env_values = true
+    )]
     database_url: Option<String>,
     /// Name of the catalog database.
     #[arg(long, global = true, env = "MADOGUCHI_CATALOG_DB")]
@@ -149,11 +163,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MADOGUCHI_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn")),
+            tracing_subscriber::EnvFilter::try_from_env("MADOGUCHI_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn")
+            }),
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -182,21 +201,37 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Serve(args) => serve(p, file, &args, false).await,
-        Command::Demo { serve: args, tenants } => {
+        Command::Demo {
+            serve: args,
+            tenants,
+        } => {
             for path in manifest::paths(&tenants)? {
                 let m = manifest::read(&path)?;
-                let applied = manifest::apply(p, &m).await.with_context(|| format!("applying {}", path.display()))?;
+                let applied = manifest::apply(p, &m)
+                    .await
+                    .with_context(|| format!("applying {}", path.display()))?;
                 eprintln!("{}: {}", m.slug, describe(&applied));
             }
             serve(p, file, &args, true).await
         }
         Command::Tenant(cmd) => tenant(p, cmd).await,
-        Command::Migrate { all, slug, parallel } => {
+        Command::Migrate {
+            all,
+            slug,
+            parallel,
+        } => {
             let tenants = match (all, slug) {
-                (_, Some(slug)) => vec![p.catalog.tenant_by_slug(&slug).await?.with_context(|| format!("no tenant {slug}"))?],
+                (_, Some(slug)) => vec![p
+                    .catalog
+                    .tenant_by_slug(&slug)
+                    .await?
+                    .with_context(|| format!("no tenant {slug}"))?],
                 (true, None) => p.catalog.list_tenants().await?,
                 (false, None) => {
-                    println!("catalog: schema version {}", madoguchi::catalog::Catalog::latest_version());
+                    println!(
+                        "catalog: schema version {}",
+                        madoguchi::catalog::Catalog::latest_version()
+                    );
                     println!("name a tenant or pass --all to migrate tenant databases");
                     return Ok(ExitCode::SUCCESS);
                 }
@@ -212,7 +247,11 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             for (slug, err) in &report.failed {
                 eprintln!("  {slug}: {err}");
             }
-            Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            Ok(if report.failed.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
         Command::Db(DbCmd::Url) => {
             println!("{}", p.admin_url());
@@ -231,15 +270,29 @@ fn describe(a: &Applied) -> String {
 
 async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
     match cmd {
-        TenantCmd::Create { slug, name, code, hosts } => {
+        TenantCmd::Create {
+            slug,
+            name,
+            code,
+            hosts,
+        } => {
             let spec = TenantSpec::parse(&slug, &name, &code, &hosts)?;
             let rec = provision(p, &spec).await?;
-            println!("created {} ({} {}) database {} hosts {}", rec.slug, rec.name, rec.code, rec.database, rec.hosts.join(","));
+            println!(
+                "created {} ({} {}) database {} hosts {}",
+                rec.slug,
+                rec.name,
+                rec.code,
+                rec.database,
+                rec.hosts.join(",")
+            );
         }
         TenantCmd::Apply { path } => {
             for path in manifest::paths(&path)? {
                 let m = manifest::read(&path)?;
-                let applied = manifest::apply(p, &m).await.with_context(|| format!("applying {}", path.display()))?;
+                let applied = manifest::apply(p, &m)
+                    .await
+                    .with_context(|| format!("applying {}", path.display()))?;
                 println!("{}: {}", m.slug, describe(&applied));
             }
         }
@@ -248,7 +301,10 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             if json {
                 println!("{}", serde_json::to_string_pretty(&tenants)?);
             } else {
-                println!("{:<16} {:<12} {:<7} {:<12} {:<6} {:<35} HOSTS", "SLUG", "NAME", "CODE", "STATE", "SCHEMA", "DATABASE");
+                println!(
+                    "{:<16} {:<12} {:<7} {:<12} {:<6} {:<35} HOSTS",
+                    "SLUG", "NAME", "CODE", "STATE", "SCHEMA", "DATABASE"
+                );
                 for t in tenants {
                     println!(
                         "{:<16} {:<12} {:<7} {:<12} {:<6} {:<35} {}",
@@ -263,16 +319,26 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        TenantCmd::Suspend { slug } | TenantCmd::Resume { slug } if p.catalog.tenant_by_slug(&slug).await?.is_none() => {
+        TenantCmd::Suspend { slug } | TenantCmd::Resume { slug }
+            if p.catalog.tenant_by_slug(&slug).await?.is_none() =>
+        {
             anyhow::bail!("テナント「{slug}」はありません / no tenant {slug}");
         }
         TenantCmd::Suspend { slug } => {
-            let rec = p.catalog.tenant_by_slug(&slug).await?.context("no such tenant")?;
+            let rec = p
+                .catalog
+                .tenant_by_slug(&slug)
+                .await?
+                .context("no such tenant")?;
             p.catalog.set_state(rec.id, TenantState::Suspended).await?;
             println!("suspended {slug}");
         }
         TenantCmd::Resume { slug } => {
-            let rec = p.catalog.tenant_by_slug(&slug).await?.context("no such tenant")?;
+            let rec = p
+                .catalog
+                .tenant_by_slug(&slug)
+                .await?
+                .context("no such tenant")?;
             if rec.state == TenantState::Provisioning {
                 anyhow::bail!("tenant {slug} is still being provisioned; run `madoguchi tenant create` again to finish it");
             }
@@ -283,9 +349,20 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(p: &Platform, file: &FileSettings, args: &ServeArgs, demo: bool) -> anyhow::Result<ExitCode> {
-    let listen = args.listen.or(file.listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
-    let ops = args.ops_listen.or(file.ops_listen).unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
+async fn serve(
+    p: &Platform,
+    file: &FileSettings,
+    args: &ServeArgs,
+    demo: bool,
+) -> anyhow::Result<ExitCode> {
+    let listen = args
+        .listen
+        .or(file.listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let ops = args
+        .ops_listen
+        .or(file.ops_listen)
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
     let server = Server::start(p, listen, ops).await?;
     let port = server.bound.public.port();
     println!("listening: http://{}", server.bound.public);

@@ -23,29 +23,44 @@ pub struct Platform {
 
 impl std::fmt::Debug for Platform {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Platform").field("state_dir", &self.settings.state_dir).finish_non_exhaustive()
+        f.debug_struct("Platform")
+            .field("state_dir", &self.settings.state_dir)
+            .finish_non_exhaustive()
     }
 }
 
 impl Platform {
     /// Starts (or joins) the cluster, loads the master key and opens the catalog.
     pub async fn open(settings: Settings) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(&settings.state_dir)
-            .with_context(|| format!("creating state directory {}", settings.state_dir.display()))?;
-        let keys: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::load_or_create(&settings.state_dir.join("master.key"))?);
+        std::fs::create_dir_all(&settings.state_dir).with_context(|| {
+            format!("creating state directory {}", settings.state_dir.display())
+        })?;
+        let keys: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::load_or_create(
+            &settings.state_dir.join("master.key"),
+        )?);
         let (admin, admin_url, embedded) = match &settings.database_url {
             Some(url) => {
-                let cfg: tokio_postgres::Config = url.parse().context("MADOGUCHI_DATABASE_URL is not a valid PostgreSQL URL")?;
+                let cfg: tokio_postgres::Config = url
+                    .parse()
+                    .context("MADOGUCHI_DATABASE_URL is not a valid PostgreSQL URL")?;
                 (cfg, url.clone(), None)
             }
             None => {
                 let dir = settings.state_dir.clone();
-                let pg = tokio::task::spawn_blocking(move || EmbeddedPg::ensure(&dir, &ClusterOptions::default())).await??;
-                (pg.admin_config("postgres"), pg.admin_url(&settings.catalog_db), Some(pg))
+                let pg = tokio::task::spawn_blocking(move || {
+                    EmbeddedPg::ensure(&dir, &ClusterOptions::default())
+                })
+                .await??;
+                (
+                    pg.admin_config("postgres"),
+                    pg.admin_url(&settings.catalog_db),
+                    Some(pg),
+                )
             }
         };
         let cluster = Cluster::new(admin);
-        let catalog = match Catalog::open(cluster.maintenance_config(), &settings.catalog_db).await {
+        let catalog = match Catalog::open(cluster.maintenance_config(), &settings.catalog_db).await
+        {
             Ok(c) => c,
             Err(e) => {
                 if let Some(mut pg) = embedded {
@@ -54,7 +69,14 @@ impl Platform {
                 return Err(e);
             }
         };
-        Ok(Self { settings, cluster, catalog, keys, admin_url, embedded: Mutex::new(embedded) })
+        Ok(Self {
+            settings,
+            cluster,
+            catalog,
+            keys,
+            admin_url,
+            embedded: Mutex::new(embedded),
+        })
     }
 
     /// Admin URL of the catalog database, usable with `psql`.
@@ -65,7 +87,10 @@ impl Platform {
     /// Stops the embedded cluster if this process started it.
     pub fn close(&self) -> anyhow::Result<()> {
         self.catalog.close();
-        let mut guard = self.embedded.lock().map_err(|_| anyhow::anyhow!("embedded cluster lock poisoned"))?;
+        let mut guard = self
+            .embedded
+            .lock()
+            .map_err(|_| anyhow::anyhow!("embedded cluster lock poisoned"))?;
         if let Some(pg) = guard.as_mut() {
             pg.stop_if_started_here()?;
         }

@@ -96,7 +96,10 @@ impl fmt::Debug for Catalog {
 impl Catalog {
     /// Creates the catalog database if needed, migrates it, and returns a handle.
     /// `maintenance` is an admin connection to any existing database (e.g. `postgres`).
-    pub async fn open(maintenance: &tokio_postgres::Config, catalog_db: &str) -> anyhow::Result<Self> {
+    pub async fn open(
+        maintenance: &tokio_postgres::Config,
+        catalog_db: &str,
+    ) -> anyhow::Result<Self> {
         ensure_database(maintenance, catalog_db).await?;
         let mut cfg = maintenance.clone();
         cfg.dbname(catalog_db).application_name("madoguchi-control");
@@ -116,16 +119,25 @@ impl Catalog {
     async fn migrate(&self) -> anyhow::Result<()> {
         let mut conn = self.pool.get().await.context("connecting to the catalog")?;
         let client: &mut tokio_postgres::Client = &mut conn;
-        client.execute("SELECT pg_advisory_lock($1)", &[&CATALOG_MIGRATION_LOCK]).await?;
+        client
+            .execute("SELECT pg_advisory_lock($1)", &[&CATALOG_MIGRATION_LOCK])
+            .await?;
         let result = embedded::migrations::runner().run_async(client).await;
-        client.execute("SELECT pg_advisory_unlock($1)", &[&CATALOG_MIGRATION_LOCK]).await?;
+        client
+            .execute("SELECT pg_advisory_unlock($1)", &[&CATALOG_MIGRATION_LOCK])
+            .await?;
         result.context("migrating the catalog")?;
         Ok(())
     }
 
     /// The newest catalog schema version compiled into this binary.
     pub fn latest_version() -> u32 {
-        embedded::migrations::runner().get_migrations().iter().map(refinery::Migration::version).max().unwrap_or(0)
+        embedded::migrations::runner()
+            .get_migrations()
+            .iter()
+            .map(refinery::Migration::version)
+            .max()
+            .unwrap_or(0)
     }
 
     pub async fn client(&self) -> anyhow::Result<deadpool_postgres::Object> {
@@ -199,7 +211,10 @@ impl Catalog {
         rows.iter()
             .map(|r| {
                 let v: i32 = r.get(0);
-                Ok(WrappedKey { version: u32::try_from(v)?, wrapped: r.get(1) })
+                Ok(WrappedKey {
+                    version: u32::try_from(v)?,
+                    wrapped: r.get(1),
+                })
             })
             .collect()
     }
@@ -227,7 +242,9 @@ impl Catalog {
     /// Counts of tenants per state, for metrics.
     pub async fn counts_by_state(&self) -> anyhow::Result<Vec<(String, i64)>> {
         let c = self.client().await?;
-        let rows = c.query("SELECT state, count(*) FROM tenants GROUP BY state", &[]).await?;
+        let rows = c
+            .query("SELECT state, count(*) FROM tenants GROUP BY state", &[])
+            .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
     }
 }
@@ -249,11 +266,19 @@ fn record_from_row(r: &tokio_postgres::Row) -> anyhow::Result<TenantRecord> {
 
 /// Creates database `name` unless it exists, with PUBLIC's CONNECT revoked.
 async fn ensure_database(maintenance: &tokio_postgres::Config, name: &str) -> anyhow::Result<()> {
-    let (client, conn) = maintenance.connect(NoTls).await.context("connecting to PostgreSQL as the admin role")?;
+    let (client, conn) = maintenance
+        .connect(NoTls)
+        .await
+        .context("connecting to PostgreSQL as the admin role")?;
     let task = tokio::spawn(conn);
-    let exists = client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name]).await?.is_some();
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .await?
+        .is_some();
     if !exists {
-        let created = client.batch_execute(&format!("CREATE DATABASE {}", quote_ident(name))).await;
+        let created = client
+            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(name)))
+            .await;
         if let Err(e) = created {
             // Another process may have created it at the same moment.
             if e.code() != Some(&tokio_postgres::error::SqlState::DUPLICATE_DATABASE) {
@@ -261,7 +286,12 @@ async fn ensure_database(maintenance: &tokio_postgres::Config, name: &str) -> an
             }
         }
     }
-    client.batch_execute(&format!("REVOKE CONNECT ON DATABASE {} FROM PUBLIC", quote_ident(name))).await?;
+    client
+        .batch_execute(&format!(
+            "REVOKE CONNECT ON DATABASE {} FROM PUBLIC",
+            quote_ident(name)
+        ))
+        .await?;
     drop(client);
     let _ = task.await;
     Ok(())

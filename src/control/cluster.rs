@@ -17,7 +17,9 @@ pub struct Cluster {
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Cluster").field("hosts", &self.admin.get_hosts()).finish_non_exhaustive()
+        f.debug_struct("Cluster")
+            .field("hosts", &self.admin.get_hosts())
+            .finish_non_exhaustive()
     }
 }
 
@@ -49,7 +51,10 @@ impl Cluster {
     /// Settings for a tenant's own role on its own database.
     pub fn tenant_config(&self, rec: &TenantRecord, password: &str) -> Config {
         let mut c = self.admin.clone();
-        c.user(&rec.role).password(password.as_bytes()).dbname(&rec.database).application_name("madoguchi");
+        c.user(&rec.role)
+            .password(password.as_bytes())
+            .dbname(&rec.database)
+            .application_name("madoguchi");
         c
     }
 
@@ -58,30 +63,53 @@ impl Cluster {
         let task = tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Conn { client, _task: task })
+        Ok(Conn {
+            client,
+            _task: task,
+        })
     }
 
     pub async fn admin(&self) -> anyhow::Result<Conn> {
-        Self::connect(&self.admin).await.context("connecting to PostgreSQL as the admin role")
+        Self::connect(&self.admin)
+            .await
+            .context("connecting to PostgreSQL as the admin role")
     }
 
     /// Connects as the tenant's own role to its own database.
-    pub async fn connect_tenant(&self, catalog: &Catalog, keys: &dyn KeyProvider, rec: &TenantRecord) -> anyhow::Result<Conn> {
+    pub async fn connect_tenant(
+        &self,
+        catalog: &Catalog,
+        keys: &dyn KeyProvider,
+        rec: &TenantRecord,
+    ) -> anyhow::Result<Conn> {
         let pw = tenant_password(catalog, keys, rec).await?;
         Self::connect(&self.tenant_config(rec, &pw))
             .await
-            .with_context(|| format!("connecting to database {} as role {}", rec.database, rec.role))
+            .with_context(|| {
+                format!(
+                    "connecting to database {} as role {}",
+                    rec.database, rec.role
+                )
+            })
     }
 }
 
 /// The tenant role's password, unwrapped from the catalog.
-pub async fn tenant_password(catalog: &Catalog, keys: &dyn KeyProvider, rec: &TenantRecord) -> anyhow::Result<Zeroizing<String>> {
+pub async fn tenant_password(
+    catalog: &Catalog,
+    keys: &dyn KeyProvider,
+    rec: &TenantRecord,
+) -> anyhow::Result<Zeroizing<String>> {
     let wrapped = catalog.keys(rec.id, "db_password").await?;
-    let newest = wrapped.last().with_context(|| format!("tenant {} has no database password", rec.slug))?;
+    let newest = wrapped
+        .last()
+        .with_context(|| format!("tenant {} has no database password", rec.slug))?;
     let raw = keys
         .unwrap(&newest.wrapped, &password_aad(&rec.id, newest.version))
         .with_context(|| format!("unwrapping the database password of tenant {}", rec.slug))?;
-    Ok(Zeroizing::new(String::from_utf8(raw.to_vec()).context("database password is not UTF-8")?))
+    Ok(Zeroizing::new(
+        String::from_utf8(raw.to_vec()).context("database password is not UTF-8")?,
+    ))
 }
 
 pub fn password_aad(tenant: &uuid::Uuid, version: u32) -> Vec<u8> {

@@ -39,7 +39,8 @@ pub enum Applied {
 }
 
 pub fn read(path: &Path) -> anyhow::Result<Manifest> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
@@ -69,12 +70,20 @@ pub async fn apply(p: &Platform, m: &Manifest) -> anyhow::Result<Applied> {
     let (rec, mut applied) = match existing {
         Some(rec) if rec.state != TenantState::Provisioning => {
             let changes = reconcile(p, &rec, &spec).await?;
-            let applied = if changes.is_empty() { Applied::Unchanged } else { Applied::Updated(changes) };
+            let applied = if changes.is_empty() {
+                Applied::Unchanged
+            } else {
+                Applied::Updated(changes)
+            };
             (rec, applied)
         }
         _ => (provision(p, &spec).await?, Applied::Created),
     };
-    let current = p.catalog.tenant_by_id(rec.id).await?.context("tenant vanished")?;
+    let current = p
+        .catalog
+        .tenant_by_id(rec.id)
+        .await?
+        .context("tenant vanished")?;
     if current.state != wanted_state {
         p.catalog.set_state(rec.id, wanted_state).await?;
         let change = format!("state: {} -> {}", current.state, wanted_state);

@@ -27,13 +27,20 @@ pub fn latest_tenant_version() -> i32 {
 
 /// Brings one tenant database to the newest schema; records the version in the catalog.
 pub async fn migrate_tenant(p: &Platform, rec: &TenantRecord) -> anyhow::Result<i32> {
-    let mut conn = p.cluster.connect_tenant(&p.catalog, p.keys.as_ref(), rec).await?;
+    let mut conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
     let client = &mut conn.client;
-    client.execute("SELECT pg_advisory_lock($1)", &[&TENANT_MIGRATION_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&TENANT_MIGRATION_LOCK])
+        .await?;
     let runner = embedded::migrations::runner();
     let result = runner.run_async(client).await;
     let version = runner.get_last_applied_migration_async(client).await;
-    client.execute("SELECT pg_advisory_unlock($1)", &[&TENANT_MIGRATION_LOCK]).await?;
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&TENANT_MIGRATION_LOCK])
+        .await?;
     result.with_context(|| format!("migrating tenant {}", rec.slug))?;
     let version = version?.map_or(0, |m| i32::try_from(m.version()).unwrap_or(i32::MAX));
     p.catalog.set_schema_version(rec.id, version).await?;
@@ -49,8 +56,15 @@ pub struct MigrateReport {
 
 /// Migrates the given tenants, `parallel` at a time, with a progress bar on stderr.
 /// Tenants still being provisioned are skipped (provisioning migrates them).
-pub async fn migrate_many(p: &Platform, tenants: Vec<TenantRecord>, parallel: usize) -> MigrateReport {
-    let tenants: Vec<_> = tenants.into_iter().filter(|t| t.state != TenantState::Provisioning).collect();
+pub async fn migrate_many(
+    p: &Platform,
+    tenants: Vec<TenantRecord>,
+    parallel: usize,
+) -> MigrateReport {
+    let tenants: Vec<_> = tenants
+        .into_iter()
+        .filter(|t| t.state != TenantState::Provisioning)
+        .collect();
     let bar = ProgressBar::new(tenants.len() as u64);
     bar.set_style(
         ProgressStyle::with_template("{prefix} [{bar:40}] {pos}/{len} {msg} ({eta})")

@@ -33,13 +33,24 @@ impl TenantSpec {
                 en: "name must be 1-100 characters".into(),
             });
         }
-        let mut hosts = hosts.iter().map(|h| HostName::parse(h)).collect::<Result<Vec<_>, _>>()?;
+        let mut hosts = hosts
+            .iter()
+            .map(|h| HostName::parse(h))
+            .collect::<Result<Vec<_>, _>>()?;
         hosts.sort();
         hosts.dedup();
         if hosts.is_empty() {
-            return Err(Invalid { ja: "ホスト名を1つ以上指定してください".into(), en: "at least one host is required".into() });
+            return Err(Invalid {
+                ja: "ホスト名を1つ以上指定してください".into(),
+                en: "at least one host is required".into(),
+            });
         }
-        Ok(Self { slug: Slug::parse(slug)?, name: name.to_owned(), code: LocalGovCode::parse(code)?, hosts })
+        Ok(Self {
+            slug: Slug::parse(slug)?,
+            name: name.to_owned(),
+            code: LocalGovCode::parse(code)?,
+            hosts,
+        })
     }
 }
 
@@ -51,22 +62,44 @@ pub async fn provision(p: &Platform, spec: &TenantSpec) -> anyhow::Result<Tenant
             tracing::info!(tenant = %rec.slug, "resuming provisioning");
             rec
         }
-        Some(rec) => bail!("テナント「{}」は既に存在します / tenant {} already exists ({})", rec.slug, rec.slug, rec.state),
-        None => register(p, spec).await.context("step 1/5: registering the tenant and its keys in the catalog")?,
+        Some(rec) => bail!(
+            "テナント「{}」は既に存在します / tenant {} already exists ({})",
+            rec.slug,
+            rec.slug,
+            rec.state
+        ),
+        None => register(p, spec)
+            .await
+            .context("step 1/5: registering the tenant and its keys in the catalog")?,
     };
     finish(p, &rec).await?;
-    p.catalog.tenant_by_id(rec.id).await?.context("tenant vanished from the catalog")
+    p.catalog
+        .tenant_by_id(rec.id)
+        .await?
+        .context("tenant vanished from the catalog")
 }
 
 /// Steps 2–5, each idempotent.
 pub(crate) async fn finish(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
     let pw = crate::control::cluster::tenant_password(&p.catalog, p.keys.as_ref(), rec).await?;
-    create_role(p, rec, &pw).await.with_context(|| format!("step 2/5: creating role {} (run the command again to resume)", rec.role))?;
-    create_database(p, rec)
+    create_role(p, rec, &pw).await.with_context(|| {
+        format!(
+            "step 2/5: creating role {} (run the command again to resume)",
+            rec.role
+        )
+    })?;
+    create_database(p, rec).await.with_context(|| {
+        format!(
+            "step 3/5: creating database {} (run the command again to resume)",
+            rec.database
+        )
+    })?;
+    migrate_tenant(p, rec)
         .await
-        .with_context(|| format!("step 3/5: creating database {} (run the command again to resume)", rec.database))?;
-    migrate_tenant(p, rec).await.context("step 4/5: migrating the tenant database (run the command again to resume)")?;
-    write_settings(p, rec).await.context("step 5/5: writing the tenant's settings (run the command again to resume)")?;
+        .context("step 4/5: migrating the tenant database (run the command again to resume)")?;
+    write_settings(p, rec)
+        .await
+        .context("step 5/5: writing the tenant's settings (run the command again to resume)")?;
     p.catalog.set_state(rec.id, TenantState::Active).await?;
     Ok(())
 }
@@ -89,9 +122,12 @@ async fn register(p: &Platform, spec: &TenantSpec) -> anyhow::Result<TenantRecor
     .await
     .map_err(|e| unique_violation(e, spec))?;
     for host in &spec.hosts {
-        tx.execute("INSERT INTO tenant_hosts (host, tenant_id) VALUES ($1, $2)", &[&host.as_str(), &id])
-            .await
-            .map_err(|e| unique_violation(e, spec))?;
+        tx.execute(
+            "INSERT INTO tenant_hosts (host, tenant_id) VALUES ($1, $2)",
+            &[&host.as_str(), &id],
+        )
+        .await
+        .map_err(|e| unique_violation(e, spec))?;
     }
     for (purpose, wrapped) in [("data", &wrapped_key), ("db_password", &wrapped_pw)] {
         tx.execute(
@@ -101,12 +137,19 @@ async fn register(p: &Platform, spec: &TenantSpec) -> anyhow::Result<TenantRecor
         .await?;
     }
     tx.commit().await?;
-    p.catalog.tenant_by_id(id).await?.context("tenant vanished from the catalog")
+    p.catalog
+        .tenant_by_id(id)
+        .await?
+        .context("tenant vanished from the catalog")
 }
 
 fn unique_violation(e: tokio_postgres::Error, spec: &TenantSpec) -> anyhow::Error {
     if e.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-        let what = e.as_db_error().and_then(|d| d.constraint()).unwrap_or_default().to_owned();
+        let what = e
+            .as_db_error()
+            .and_then(|d| d.constraint())
+            .unwrap_or_default()
+            .to_owned();
         if what.contains("host") {
             let hosts: Vec<&str> = spec.hosts.iter().map(HostName::as_str).collect();
             return anyhow::anyhow!(
@@ -115,7 +158,11 @@ fn unique_violation(e: tokio_postgres::Error, spec: &TenantSpec) -> anyhow::Erro
                 hosts.join(", ")
             );
         }
-        return anyhow::anyhow!("テナント「{}」は既に存在します / tenant {} already exists", spec.slug, spec.slug);
+        return anyhow::anyhow!(
+            "テナント「{}」は既に存在します / tenant {} already exists",
+            spec.slug,
+            spec.slug
+        );
     }
     e.into()
 }
@@ -126,7 +173,11 @@ async fn create_role(p: &Platform, rec: &TenantRecord, password: &str) -> anyhow
     // statement log can show it.
     let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
     let role = quote_ident(&rec.role);
-    let exists = admin.client.query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&rec.role]).await?.is_some();
+    let exists = admin
+        .client
+        .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&rec.role])
+        .await?
+        .is_some();
     let verb = if exists { "ALTER" } else { "CREATE" };
     admin
         .client
@@ -136,9 +187,19 @@ async fn create_role(p: &Platform, rec: &TenantRecord, password: &str) -> anyhow
         ))
         .await?;
     // A non-superuser admin (CREATEROLE) must be a member of the role to make it a database owner.
-    let superuser: bool = admin.client.query_one("SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &[]).await?.get(0);
+    let superuser: bool = admin
+        .client
+        .query_one(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?
+        .get(0);
     if !superuser {
-        admin.client.batch_execute(&format!("GRANT {role} TO current_user")).await?;
+        admin
+            .client
+            .batch_execute(&format!("GRANT {role} TO current_user"))
+            .await?;
     }
     Ok(())
 }
@@ -146,7 +207,14 @@ async fn create_role(p: &Platform, rec: &TenantRecord, password: &str) -> anyhow
 async fn create_database(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
     let admin = p.cluster.admin().await?;
     let db = quote_ident(&rec.database);
-    let exists = admin.client.query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&rec.database]).await?.is_some();
+    let exists = admin
+        .client
+        .query_opt(
+            "SELECT 1 FROM pg_database WHERE datname = $1",
+            &[&rec.database],
+        )
+        .await?
+        .is_some();
     if !exists {
         admin
             .client
@@ -156,12 +224,18 @@ async fn create_database(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()>
             ))
             .await?;
     }
-    admin.client.batch_execute(&format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC")).await?;
+    admin
+        .client
+        .batch_execute(&format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC"))
+        .await?;
     Ok(())
 }
 
 async fn write_settings(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
-    let conn = p.cluster.connect_tenant(&p.catalog, p.keys.as_ref(), rec).await?;
+    let conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
     conn.client
         .execute(
             "INSERT INTO settings (tenant_id, name, local_gov_code) VALUES ($1, $2, $3)
@@ -174,7 +248,11 @@ async fn write_settings(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> 
 }
 
 /// Updates name, code and hosts of an existing tenant to match `spec`; returns what changed.
-pub async fn reconcile(p: &Platform, rec: &TenantRecord, spec: &TenantSpec) -> anyhow::Result<Vec<String>> {
+pub async fn reconcile(
+    p: &Platform,
+    rec: &TenantRecord,
+    spec: &TenantSpec,
+) -> anyhow::Result<Vec<String>> {
     let mut changes = Vec::new();
     let wanted_hosts: Vec<String> = spec.hosts.iter().map(|h| h.as_str().to_owned()).collect();
     let mut c = p.catalog.client().await?;
@@ -185,23 +263,41 @@ pub async fn reconcile(p: &Platform, rec: &TenantRecord, spec: &TenantSpec) -> a
             &[&rec.id, &spec.name, &spec.code.as_str()],
         )
         .await?;
-        changes.push(format!("name/code: {} {} -> {} {}", rec.name, rec.code, spec.name, spec.code));
+        changes.push(format!(
+            "name/code: {} {} -> {} {}",
+            rec.name, rec.code, spec.name, spec.code
+        ));
     }
     if rec.hosts != wanted_hosts {
-        tx.execute("DELETE FROM tenant_hosts WHERE tenant_id = $1 AND NOT (host = ANY($2))", &[&rec.id, &wanted_hosts]).await?;
+        tx.execute(
+            "DELETE FROM tenant_hosts WHERE tenant_id = $1 AND NOT (host = ANY($2))",
+            &[&rec.id, &wanted_hosts],
+        )
+        .await?;
         for h in &wanted_hosts {
             tx.execute("INSERT INTO tenant_hosts (host, tenant_id) VALUES ($1, $2) ON CONFLICT (host) DO NOTHING", &[h, &rec.id])
                 .await?;
-            let owner: Uuid = tx.query_one("SELECT tenant_id FROM tenant_hosts WHERE host = $1", &[h]).await?.get(0);
+            let owner: Uuid = tx
+                .query_one("SELECT tenant_id FROM tenant_hosts WHERE host = $1", &[h])
+                .await?
+                .get(0);
             if owner != rec.id {
                 bail!("ホスト名 {h} は別のテナントが使用しています / host {h} already belongs to another tenant");
             }
         }
-        changes.push(format!("hosts: {} -> {}", rec.hosts.join(","), wanted_hosts.join(",")));
+        changes.push(format!(
+            "hosts: {} -> {}",
+            rec.hosts.join(","),
+            wanted_hosts.join(",")
+        ));
     }
     tx.commit().await?;
     if !changes.is_empty() {
-        let updated = p.catalog.tenant_by_id(rec.id).await?.context("tenant vanished from the catalog")?;
+        let updated = p
+            .catalog
+            .tenant_by_id(rec.id)
+            .await?
+            .context("tenant vanished from the catalog")?;
         write_settings(p, &updated).await?;
     }
     Ok(changes)

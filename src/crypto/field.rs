@@ -53,7 +53,11 @@ impl fmt::Debug for FieldCipher {
 impl FieldCipher {
     /// `keys` holds (version, key) pairs; the highest version encrypts.
     pub fn new(tenant_id: Uuid, keys: Vec<(u32, DataKey)>) -> Result<Self, CryptoError> {
-        let current = keys.iter().map(|(v, _)| *v).max().ok_or(CryptoError::UnknownKeyVersion(0))?;
+        let current = keys
+            .iter()
+            .map(|(v, _)| *v)
+            .max()
+            .ok_or(CryptoError::UnknownKeyVersion(0))?;
         let mut blind_key = Zeroizing::new([0u8; 32]);
         let mut map = HashMap::new();
         for (v, k) in &keys {
@@ -62,9 +66,17 @@ impl FieldCipher {
                     .expand(b"madoguchi blind index v1", blind_key.as_mut())
                     .map_err(|_| CryptoError::Encrypt)?;
             }
-            map.insert(*v, Aes256Gcm::new_from_slice(k.bytes()).map_err(|_| CryptoError::Format)?);
+            map.insert(
+                *v,
+                Aes256Gcm::new_from_slice(k.bytes()).map_err(|_| CryptoError::Format)?,
+            );
         }
-        Ok(Self { tenant_id, current, keys: map, blind_key })
+        Ok(Self {
+            tenant_id,
+            current,
+            keys: map,
+            blind_key,
+        })
     }
 
     pub fn tenant_id(&self) -> Uuid {
@@ -83,11 +95,20 @@ impl FieldCipher {
     }
 
     pub fn encrypt(&self, at: &FieldRef<'_>, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let aead = self.keys.get(&self.current).ok_or(CryptoError::UnknownKeyVersion(self.current))?;
+        let aead = self
+            .keys
+            .get(&self.current)
+            .ok_or(CryptoError::UnknownKeyVersion(self.current))?;
         let mut nonce = [0u8; 12];
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = aead
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &self.aad(at, self.current) })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad: &self.aad(at, self.current),
+                },
+            )
             .map_err(|_| CryptoError::Encrypt)?;
         let mut out = Vec::with_capacity(HEADER + ct.len());
         out.push(FORMAT_V1);
@@ -97,15 +118,28 @@ impl FieldCipher {
         Ok(out)
     }
 
-    pub fn decrypt(&self, at: &FieldRef<'_>, data: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn decrypt(
+        &self,
+        at: &FieldRef<'_>,
+        data: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         if data.len() < HEADER + 16 || data[0] != FORMAT_V1 {
             return Err(CryptoError::Format);
         }
         let version = u32::from_be_bytes([data[1], data[2], data[3], data[4]]);
-        let aead = self.keys.get(&version).ok_or(CryptoError::UnknownKeyVersion(version))?;
-        aead.decrypt(Nonce::from_slice(&data[5..HEADER]), Payload { msg: &data[HEADER..], aad: &self.aad(at, version) })
-            .map(Zeroizing::new)
-            .map_err(|_| CryptoError::Decrypt)
+        let aead = self
+            .keys
+            .get(&version)
+            .ok_or(CryptoError::UnknownKeyVersion(version))?;
+        aead.decrypt(
+            Nonce::from_slice(&data[5..HEADER]),
+            Payload {
+                msg: &data[HEADER..],
+                aad: &self.aad(at, version),
+            },
+        )
+        .map(Zeroizing::new)
+        .map_err(|_| CryptoError::Decrypt)
     }
 
     /// HMAC-SHA-256 of a normalised value, keyed per tenant (HKDF from the data key),
@@ -117,7 +151,11 @@ impl FieldCipher {
             // HMAC accepts keys of any length; this arm cannot be reached.
             Err(_) => return [0u8; 32],
         };
-        mac.update(&aad(&[table.as_bytes(), column.as_bytes(), value.as_bytes()]));
+        mac.update(&aad(&[
+            table.as_bytes(),
+            column.as_bytes(),
+            value.as_bytes(),
+        ]));
         mac.finalize().into_bytes().into()
     }
 }
@@ -131,7 +169,11 @@ mod tests {
         FieldCipher::new(tenant, vec![(version, k)]).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    const AT: FieldRef<'static> = FieldRef { table: "submissions", column: "answers", row_id: "42" };
+    const AT: FieldRef<'static> = FieldRef {
+        table: "submissions",
+        column: "answers",
+        row_id: "42",
+    };
 
     #[test]
     fn round_trip_and_binding() {
@@ -140,15 +182,27 @@ mod tests {
         let c = cipher(t, &key, 1);
         let ct = c.encrypt(&AT, "山田 太郎".as_bytes()).unwrap_or_default();
         assert!(!ct.windows(3).any(|w| w == &"山".as_bytes()[..3]));
-        assert_eq!(c.decrypt(&AT, &ct).map(|p| p.to_vec()), Ok("山田 太郎".as_bytes().to_vec()));
+        assert_eq!(
+            c.decrypt(&AT, &ct).map(|p| p.to_vec()),
+            Ok("山田 太郎".as_bytes().to_vec())
+        );
         let other_row = FieldRef { row_id: "43", ..AT };
-        let other_col = FieldRef { column: "email", ..AT };
-        let other_table = FieldRef { table: "drafts", ..AT };
+        let other_col = FieldRef {
+            column: "email",
+            ..AT
+        };
+        let other_table = FieldRef {
+            table: "drafts",
+            ..AT
+        };
         for at in [other_row, other_col, other_table] {
             assert_eq!(c.decrypt(&at, &ct).err(), Some(CryptoError::Decrypt));
         }
         // Same key, another tenant id: refused.
-        assert_eq!(cipher(Uuid::new_v4(), &key, 1).decrypt(&AT, &ct).err(), Some(CryptoError::Decrypt));
+        assert_eq!(
+            cipher(Uuid::new_v4(), &key, 1).decrypt(&AT, &ct).err(),
+            Some(CryptoError::Decrypt)
+        );
         // Every single flipped byte is refused.
         for i in 0..ct.len() {
             let mut bad = ct.clone();

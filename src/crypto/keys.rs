@@ -34,7 +34,9 @@ pub struct FileKeyProvider {
 
 impl fmt::Debug for FileKeyProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("FileKeyProvider").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("FileKeyProvider")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -61,14 +63,19 @@ impl FileKeyProvider {
                 path.display()
             );
         }
-        let mut bytes = fs::read(path).with_context(|| format!("reading master key {}", path.display()))?;
+        let mut bytes =
+            fs::read(path).with_context(|| format!("reading master key {}", path.display()))?;
         if bytes.len() != 32 {
             bytes.zeroize();
             bail!("master key {} must be exactly 32 bytes", path.display());
         }
-        let aead = Aes256Gcm::new_from_slice(&bytes).map_err(|_| anyhow::anyhow!("bad master key length"))?;
+        let aead = Aes256Gcm::new_from_slice(&bytes)
+            .map_err(|_| anyhow::anyhow!("bad master key length"))?;
         bytes.zeroize();
-        Ok(Self { id: format!("file:{}", path.display()), aead })
+        Ok(Self {
+            id: format!("file:{}", path.display()),
+            aead,
+        })
     }
 }
 
@@ -82,7 +89,13 @@ impl KeyProvider for FileKeyProvider {
         rand::rngs::OsRng.fill_bytes(&mut nonce);
         let ct = self
             .aead
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .encrypt(
+                Nonce::from_slice(&nonce),
+                Payload {
+                    msg: plaintext,
+                    aad,
+                },
+            )
             .map_err(|_| CryptoError::Encrypt)?;
         let mut out = Vec::with_capacity(1 + 12 + ct.len());
         out.push(WRAP_FORMAT);
@@ -131,15 +144,91 @@ impl DataKey {
 
     /// Associated data binding a wrapped key to its tenant, purpose and version.
     pub fn wrap_aad(tenant_id: &uuid::Uuid, purpose: &str, version: u32) -> Vec<u8> {
-        super::aad(&[b"madoguchi-key-v1", tenant_id.as_bytes(), purpose.as_bytes(), &version.to_be_bytes()])
+        super::aad(&[
+            b"madoguchi-key-v1",
+            tenant_id.as_bytes(),
+            purpose.as_bytes(),
+            &version.to_be_bytes(),
+        ])
     }
 
-    pub fn wrap(&self, kp: &dyn KeyProvider, tenant_id: &uuid::Uuid, version: u32) -> Result<Vec<u8>, CryptoError> {
+    pub fn wrap(
+        &self,
+        kp: &dyn KeyProvider,
+        tenant_id: &uuid::Uuid,
+        version: u32,
+    ) -> Result<Vec<u8>, CryptoError> {
         kp.wrap(self.bytes(), &Self::wrap_aad(tenant_id, "data", version))
     }
 
-    pub fn unwrap(kp: &dyn KeyProvider, wrapped: &[u8], tenant_id: &uuid::Uuid, version: u32) -> Result<Self, CryptoError> {
+    pub fn unwrap(
+        kp: &dyn KeyProvider,
+        wrapped: &[u8],
+        tenant_id: &uuid::Uuid,
+        version: u32,
+    ) -> Result<Self, CryptoError> {
         let raw = kp.unwrap(wrapped, &Self::wrap_aad(tenant_id, "data", version))?;
         Self::from_bytes(&raw)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(dir: &Path, name: &str) -> FileKeyProvider {
+        FileKeyProvider::load_or_create(&dir.join(name)).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    #[test]
+    fn wrap_unwrap_and_refusals() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let a = provider(dir.path(), "a.key");
+        let b = provider(dir.path(), "b.key");
+        let tenant = uuid::Uuid::new_v4();
+        let key = DataKey::generate();
+        let wrapped = key.wrap(&a, &tenant, 1).unwrap_or_default();
+        let back = DataKey::unwrap(&a, &wrapped, &tenant, 1).map(|k| *k.bytes());
+        assert_eq!(back, Ok(*key.bytes()));
+        // The same file loaded again is the same key.
+        assert!(DataKey::unwrap(&provider(dir.path(), "a.key"), &wrapped, &tenant, 1).is_ok());
+        assert_eq!(
+            DataKey::unwrap(&b, &wrapped, &tenant, 1).err(),
+            Some(CryptoError::Decrypt),
+            "wrong master key"
+        );
+        assert!(
+            DataKey::unwrap(&a, &wrapped, &uuid::Uuid::new_v4(), 1).is_err(),
+            "other tenant"
+        );
+        assert!(
+            DataKey::unwrap(&a, &wrapped, &tenant, 2).is_err(),
+            "other version"
+        );
+        let mut bad = wrapped.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 0x80;
+        assert!(DataKey::unwrap(&a, &bad, &tenant, 1).is_err(), "tampered");
+        assert_eq!(format!("{key:?}"), "DataKey(<redacted>)");
+    }
+
+    #[test]
+    fn readable_master_key_is_refused() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join("m.key");
+        drop(provider(dir.path(), "m.key"));
+        assert_eq!(
+            fs::metadata(&path)
+                .map(|m| m.permissions().mode() & 0o777)
+                .ok(),
+            Some(0o600)
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644))
+            .unwrap_or_else(|e| panic!("{e}"));
+        let err = FileKeyProvider::load_or_create(&path)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("readable by group or others"), "{err}");
     }
 }

@@ -33,7 +33,9 @@ pub struct StateLabels {
 }
 
 fn latency_histogram() -> Histogram {
-    Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0])
+    Histogram::new([
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ])
 }
 
 pub struct Metrics {
@@ -63,19 +65,45 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("madoguchi");
         let requests = Family::<RequestLabels, Counter>::default();
-        let latency = Family::<TenantLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let latency = Family::<TenantLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let pool_connections = Family::<PoolLabels, Gauge>::default();
         let budget_in_use = Gauge::default();
         let budget_limit = Gauge::default();
         let tenants = Family::<StateLabels, Gauge>::default();
         let catalog_up = Gauge::default();
-        registry.register("http_requests", "HTTP requests per tenant and status class", requests.clone());
-        registry.register("http_request_duration_seconds", "HTTP request latency per tenant", latency.clone());
-        registry.register("tenant_pool_connections", "Open connections per tenant pool (idle or in use)", pool_connections.clone());
-        registry.register("db_budget_in_use", "Tenant connections open, all pools together", budget_in_use.clone());
-        registry.register("db_budget_limit", "Global tenant connection budget", budget_limit.clone());
+        registry.register(
+            "http_requests",
+            "HTTP requests per tenant and status class",
+            requests.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "HTTP request latency per tenant",
+            latency.clone(),
+        );
+        registry.register(
+            "tenant_pool_connections",
+            "Open connections per tenant pool (idle or in use)",
+            pool_connections.clone(),
+        );
+        registry.register(
+            "db_budget_in_use",
+            "Tenant connections open, all pools together",
+            budget_in_use.clone(),
+        );
+        registry.register(
+            "db_budget_limit",
+            "Global tenant connection budget",
+            budget_limit.clone(),
+        );
         registry.register("tenants", "Tenants per state", tenants.clone());
-        registry.register("catalog_up", "1 when the catalog database answers", catalog_up.clone());
+        registry.register(
+            "catalog_up",
+            "1 when the catalog database answers",
+            catalog_up.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -90,8 +118,17 @@ impl Metrics {
 
     pub fn observe(&self, tenant: &str, status: u16, elapsed: Duration) {
         let class = format!("{}xx", status / 100);
-        self.requests.get_or_create(&RequestLabels { tenant: tenant.to_owned(), status: class }).inc();
-        self.latency.get_or_create(&TenantLabels { tenant: tenant.to_owned() }).observe(elapsed.as_secs_f64());
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: tenant.to_owned(),
+                status: class,
+            })
+            .inc();
+        self.latency
+            .get_or_create(&TenantLabels {
+                tenant: tenant.to_owned(),
+            })
+            .observe(elapsed.as_secs_f64());
     }
 
     /// The OpenMetrics text exposition.

@@ -44,9 +44,16 @@ pub type AppState = Arc<App>;
 
 impl App {
     pub fn new(p: &Platform) -> AppState {
-        let pools = TenantPools::new(p.settings.pool.clone(), p.cluster.clone(), p.catalog.clone(), Arc::clone(&p.keys));
+        let pools = TenantPools::new(
+            p.settings.pool.clone(),
+            p.cluster.clone(),
+            p.catalog.clone(),
+            Arc::clone(&p.keys),
+        );
         let metrics = Metrics::new();
-        metrics.budget_limit.set(i64::try_from(p.settings.pool.budget).unwrap_or(i64::MAX));
+        metrics
+            .budget_limit
+            .set(i64::try_from(p.settings.pool.budget).unwrap_or(i64::MAX));
         Arc::new(Self {
             catalog: p.catalog.clone(),
             hosts: Arc::new(HostCache::default()),
@@ -66,13 +73,19 @@ impl App {
 /// Citizens' and staff's listener: health checks, static assets, and everything else
 /// routed by host name to a tenant.
 pub fn public_router(app: AppState) -> Router {
-    let tenant = crate::tenant::router().layer(middleware::from_fn_with_state(Arc::clone(&app), route_to_tenant));
+    let tenant = crate::tenant::router().layer(middleware::from_fn_with_state(
+        Arc::clone(&app),
+        route_to_tenant,
+    ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/static/app.css", get(crate::web::stylesheet))
         .fallback_service(tenant)
-        .layer(middleware::from_fn_with_state(Arc::clone(&app), request_context))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            request_context,
+        ))
         .with_state(app)
 }
 
@@ -83,7 +96,10 @@ pub fn ops_router(app: AppState) -> Router {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .layer(middleware::from_fn_with_state(Arc::clone(&app), request_context))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            request_context,
+        ))
         .with_state(app)
 }
 
@@ -96,7 +112,10 @@ async fn request_context(State(app): State<AppState>, req: Request, next: Next) 
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let started = Instant::now();
-    let mut resp = REQUEST_ID.scope(Arc::clone(&id), next.run(req)).instrument(span.clone()).await;
+    let mut resp = REQUEST_ID
+        .scope(Arc::clone(&id), next.run(req))
+        .instrument(span.clone())
+        .await;
     span.in_scope(|| {
         tracing::info!(%method, %path, status = resp.status().as_u16(), ms = started.elapsed().as_millis() as u64, "served");
     });
@@ -114,7 +133,11 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
         .and_then(|h| h.to_str().ok())
         .map(str::to_owned)
         .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
-    let Some(route) = host.as_deref().map(HostName::lookup_key).and_then(|k| app.hosts.lookup(&k)) else {
+    let Some(route) = host
+        .as_deref()
+        .map(HostName::lookup_key)
+        .and_then(|k| app.hosts.lookup(&k))
+    else {
         return ErrorPage::unknown_host().into_response();
     };
     tracing::Span::current().record("tenant", &*route.slug);
@@ -122,22 +145,33 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
     let resp = match route.state {
         TenantState::Active => match app.pools.runtime(route.id).await {
             Ok(rt) => {
-                let ctx = TenantCtx::new(route.id, Arc::clone(&route.slug), rt.pool.clone(), app.pools.settings().wait, Arc::clone(&rt.cipher));
+                let ctx = TenantCtx::new(
+                    route.id,
+                    Arc::clone(&route.slug),
+                    rt.pool.clone(),
+                    app.pools.settings().wait,
+                    Arc::clone(&rt.cipher),
+                );
                 req.extensions_mut().insert(ctx);
                 next.run(req).await
             }
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "tenant runtime unavailable");
-                crate::error::AppError::Unavailable { retry_after_secs: 5 }.into_response()
+                crate::error::AppError::Unavailable {
+                    retry_after_secs: 5,
+                }
+                .into_response()
             }
         },
         TenantState::Suspended | TenantState::Provisioning => {
             let mut r = ErrorPage::maintenance(&route.name).into_response();
-            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
             r
         }
     };
-    app.metrics.observe(&route.slug, resp.status().as_u16(), started.elapsed());
+    app.metrics
+        .observe(&route.slug, resp.status().as_u16(), started.elapsed());
     resp
 }
 
@@ -156,25 +190,43 @@ async fn readyz(State(app): State<AppState>) -> Response {
 async fn metrics_text(State(app): State<AppState>) -> Response {
     let m = &app.metrics;
     m.catalog_up.set(i64::from(app.catalog.ping().await));
-    m.budget_in_use.set(i64::try_from(app.pools.budget_in_use()).unwrap_or(i64::MAX));
+    m.budget_in_use
+        .set(i64::try_from(app.pools.budget_in_use()).unwrap_or(i64::MAX));
     m.pool_connections.clear();
     for s in app.pools.stats() {
         let idle = i64::try_from(s.idle).unwrap_or(0);
         let size = i64::try_from(s.size).unwrap_or(0);
-        m.pool_connections.get_or_create(&PoolLabels { tenant: s.slug.to_string(), state: "idle".into() }).set(idle);
-        m.pool_connections.get_or_create(&PoolLabels { tenant: s.slug.to_string(), state: "in_use".into() }).set(size - idle);
+        m.pool_connections
+            .get_or_create(&PoolLabels {
+                tenant: s.slug.to_string(),
+                state: "idle".into(),
+            })
+            .set(idle);
+        m.pool_connections
+            .get_or_create(&PoolLabels {
+                tenant: s.slug.to_string(),
+                state: "in_use".into(),
+            })
+            .set(size - idle);
     }
     if let Ok(counts) = app.catalog.counts_by_state().await {
         m.tenants.clear();
         for state in ["provisioning", "active", "suspended"] {
-            m.tenants.get_or_create(&StateLabels { state: state.into() }).set(0);
+            m.tenants
+                .get_or_create(&StateLabels {
+                    state: state.into(),
+                })
+                .set(0);
         }
         for (state, n) in counts {
             m.tenants.get_or_create(&StateLabels { state }).set(n);
         }
     }
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        )],
         m.encode(),
     )
         .into_response()
@@ -207,7 +259,10 @@ async fn console(State(app): State<AppState>) -> Response {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
 }
 
 /// Addresses the server actually bound (ports may have been 0).
@@ -231,9 +286,16 @@ impl Server {
     pub async fn start(p: &Platform, public: SocketAddr, ops: SocketAddr) -> anyhow::Result<Self> {
         let app = App::new(p);
         app.hosts.reload(&app.catalog).await?;
-        let public_l = TcpListener::bind(public).await.map_err(|e| anyhow::anyhow!("cannot listen on {public}: {e}"))?;
-        let ops_l = TcpListener::bind(ops).await.map_err(|e| anyhow::anyhow!("cannot listen on {ops}: {e}"))?;
-        let bound = Bound { public: public_l.local_addr()?, ops: ops_l.local_addr()? };
+        let public_l = TcpListener::bind(public)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {public}: {e}"))?;
+        let ops_l = TcpListener::bind(ops)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {ops}: {e}"))?;
+        let bound = Bound {
+            public: public_l.local_addr()?,
+            ops: ops_l.local_addr()?,
+        };
         let (shutdown, rx) = watch::channel(false);
 
         let mut background = Vec::new();
@@ -245,13 +307,17 @@ impl Server {
             listen_cfg,
             p.settings.cache_refresh,
             move |map| {
-                let active: std::collections::HashSet<uuid::Uuid> =
-                    map.values().filter(|r| r.state == TenantState::Active).map(|r| r.id).collect();
+                let active: std::collections::HashSet<uuid::Uuid> = map
+                    .values()
+                    .filter(|r| r.state == TenantState::Active)
+                    .map(|r| r.id)
+                    .collect();
                 pools.retain_tenants(|id| active.contains(id));
             },
         )));
         let pools = app.pools.clone();
-        let every = (p.settings.pool.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let every =
+            (p.settings.pool.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
         background.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -260,7 +326,10 @@ impl Server {
         }));
 
         let mut tasks = Vec::new();
-        for (listener, router) in [(public_l, public_router(Arc::clone(&app))), (ops_l, ops_router(Arc::clone(&app)))] {
+        for (listener, router) in [
+            (public_l, public_router(Arc::clone(&app))),
+            (ops_l, ops_router(Arc::clone(&app))),
+        ] {
             let mut rx = rx.clone();
             tasks.push(tokio::spawn(async move {
                 let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
@@ -271,7 +340,13 @@ impl Server {
                 }
             }));
         }
-        Ok(Self { bound, app, shutdown, tasks, background })
+        Ok(Self {
+            bound,
+            app,
+            shutdown,
+            tasks,
+            background,
+        })
     }
 
     /// Stops accepting, lets in-flight requests finish, closes every pool.

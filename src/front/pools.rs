@@ -40,7 +40,10 @@ impl TenantRuntime {
         }
     }
     fn idle_for(&self) -> Duration {
-        self.last_used.lock().map(|t| t.elapsed()).unwrap_or_default()
+        self.last_used
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
     }
 }
 
@@ -70,9 +73,23 @@ pub struct PoolStat {
 }
 
 impl TenantPools {
-    pub fn new(settings: PoolSettings, cluster: Cluster, catalog: Catalog, keys: Arc<dyn KeyProvider>) -> Self {
+    pub fn new(
+        settings: PoolSettings,
+        cluster: Cluster,
+        catalog: Catalog,
+        keys: Arc<dyn KeyProvider>,
+    ) -> Self {
         let budget = Arc::new(Semaphore::new(settings.budget));
-        Self { inner: Arc::new(Inner { settings, budget, runtimes: Mutex::new(HashMap::new()), cluster, catalog, keys }) }
+        Self {
+            inner: Arc::new(Inner {
+                settings,
+                budget,
+                runtimes: Mutex::new(HashMap::new()),
+                cluster,
+                catalog,
+                keys,
+            }),
+        }
     }
 
     pub fn settings(&self) -> &PoolSettings {
@@ -81,13 +98,20 @@ impl TenantPools {
 
     /// Connections open now, over all tenants.
     pub fn budget_in_use(&self) -> usize {
-        self.inner.settings.budget.saturating_sub(self.inner.budget.available_permits())
+        self.inner
+            .settings
+            .budget
+            .saturating_sub(self.inner.budget.available_permits())
     }
 
     /// The tenant's runtime, creating it (one lookup of its keys in the catalog) on first use.
     pub async fn runtime(&self, tenant: Uuid) -> anyhow::Result<Arc<TenantRuntime>> {
         let slot = {
-            let mut map = self.inner.runtimes.lock().map_err(|_| anyhow::anyhow!("pool registry poisoned"))?;
+            let mut map = self
+                .inner
+                .runtimes
+                .lock()
+                .map_err(|_| anyhow::anyhow!("pool registry poisoned"))?;
             Arc::clone(map.entry(tenant).or_default())
         };
         let rt = slot.get_or_try_init(|| self.build(tenant)).await?;
@@ -97,22 +121,44 @@ impl TenantPools {
 
     async fn build(&self, tenant: Uuid) -> anyhow::Result<Arc<TenantRuntime>> {
         let inner = &self.inner;
-        let rec = inner.catalog.tenant_by_id(tenant).await?.context("tenant not in the catalog")?;
+        let rec = inner
+            .catalog
+            .tenant_by_id(tenant)
+            .await?
+            .context("tenant not in the catalog")?;
         let password = tenant_password(&inner.catalog, inner.keys.as_ref(), &rec).await?;
         let mut keys = Vec::new();
         for k in inner.catalog.keys(tenant, "data").await? {
-            keys.push((k.version, DataKey::unwrap(inner.keys.as_ref(), &k.wrapped, &tenant, k.version)?));
+            keys.push((
+                k.version,
+                DataKey::unwrap(inner.keys.as_ref(), &k.wrapped, &tenant, k.version)?,
+            ));
         }
         let cipher = Arc::new(FieldCipher::new(tenant, keys)?);
         let config = inner.cluster.tenant_config(&rec, &password);
-        let connect = BudgetedConnect { budget: Arc::clone(&inner.budget), registry: Arc::downgrade(&self.inner), tenant };
-        let mgr = Manager::from_connect(config, connect, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+        let connect = BudgetedConnect {
+            budget: Arc::clone(&inner.budget),
+            registry: Arc::downgrade(&self.inner),
+            tenant,
+        };
+        let mgr = Manager::from_connect(
+            config,
+            connect,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
         let pool = Pool::builder(mgr)
             .max_size(inner.settings.per_tenant)
             .runtime(Runtime::Tokio1)
             .build()
             .context("building tenant pool")?;
-        Ok(Arc::new(TenantRuntime { pool, cipher, slug: Arc::from(rec.slug), last_used: Mutex::new(Instant::now()) }))
+        Ok(Arc::new(TenantRuntime {
+            pool,
+            cipher,
+            slug: Arc::from(rec.slug),
+            last_used: Mutex::new(Instant::now()),
+        }))
     }
 
     /// Closes the pools of tenants not in `keep` (suspended, removed).
@@ -148,12 +194,18 @@ impl TenantPools {
     }
 
     pub fn stats(&self) -> Vec<PoolStat> {
-        let Ok(map) = self.inner.runtimes.lock() else { return Vec::new() };
+        let Ok(map) = self.inner.runtimes.lock() else {
+            return Vec::new();
+        };
         map.values()
             .filter_map(|slot| slot.get())
             .map(|rt| {
                 let s = rt.pool.status();
-                PoolStat { slug: Arc::clone(&rt.slug), size: s.size, idle: s.available }
+                PoolStat {
+                    slug: Arc::clone(&rt.slug),
+                    size: s.size,
+                    idle: idle_count(&rt.pool),
+                }
             })
             .collect()
     }
@@ -165,18 +217,25 @@ impl TenantPools {
 }
 
 impl Inner {
-    /// Closes one idle connection of the tenant (other than `except`) holding the most
-    /// idle connections. Returns whether one was closed.
-    fn close_one_idle(&self, except: Uuid) -> bool {
-        let Ok(map) = self.runtimes.lock() else { return false };
+    /// Closes one idle connection, preferring the tenant (other than `asking`) with the
+    /// most idle connections, and taking one of `asking`'s own only when no other
+    /// tenant has any (its own waiting requests may have left one idle while this
+    /// creation was already under way). Returns whether one was closed.
+    fn close_one_idle(&self, asking: Uuid) -> bool {
+        let Ok(map) = self.runtimes.lock() else {
+            return false;
+        };
         let victim = map
             .iter()
-            .filter(|(id, _)| **id != except)
-            .filter_map(|(_, slot)| slot.get())
-            .map(|rt| (rt.pool.status().available, rt))
-            .filter(|(idle, _)| *idle > 0)
-            .max_by_key(|(idle, _)| *idle);
-        let Some((_, rt)) = victim else { return false };
+            .filter_map(|(id, slot)| {
+                slot.get()
+                    .map(|rt| (*id != asking, idle_count(&rt.pool), rt))
+            })
+            .filter(|(_, idle, _)| *idle > 0)
+            .max_by_key(|(other, idle, _)| (*other, *idle));
+        let Some((_, _, rt)) = victim else {
+            return false;
+        };
         let mut closed = false;
         rt.pool.retain(|_, _| {
             if closed {
@@ -190,6 +249,17 @@ impl Inner {
     }
 }
 
+/// Connections sitting idle in a pool (`Status::available` counts waiting callers
+/// against them, so it can read 0 while connections are idle).
+fn idle_count(pool: &Pool) -> usize {
+    let mut n = 0;
+    pool.retain(|_, _| {
+        n += 1;
+        true
+    });
+    n
+}
+
 /// Opens tenant connections only against a permit of the global budget; the permit
 /// lives as long as the connection does.
 struct BudgetedConnect {
@@ -199,7 +269,10 @@ struct BudgetedConnect {
 }
 
 impl Connect for BudgetedConnect {
-    fn connect(&self, pg_config: &Config) -> BoxFuture<'_, Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>> {
+    fn connect(
+        &self,
+        pg_config: &Config,
+    ) -> BoxFuture<'_, Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>> {
         let pg_config = pg_config.clone();
         Box::pin(async move {
             let permit = loop {
@@ -211,7 +284,11 @@ impl Connect for BudgetedConnect {
                 }
                 // A closed connection returns its permit as soon as its task ends; the
                 // pool's create timeout bounds this loop.
-                let waited = tokio::time::timeout(Duration::from_millis(25), Arc::clone(&self.budget).acquire_owned()).await;
+                let waited = tokio::time::timeout(
+                    Duration::from_millis(25),
+                    Arc::clone(&self.budget).acquire_owned(),
+                )
+                .await;
                 if let Ok(Ok(p)) = waited {
                     break p;
                 }

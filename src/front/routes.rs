@@ -110,7 +110,9 @@ pub async fn keep_fresh(
         loop {
             match cache.reload(&catalog).await {
                 Ok(()) => on_reload(&cache.snapshot()),
-                Err(e) => tracing::warn!(error = format!("{e:#}"), "reloading the host table failed"),
+                Err(e) => {
+                    tracing::warn!(error = format!("{e:#}"), "reloading the host table failed")
+                }
             }
             tokio::select! {
                 msg = rx.recv() => {

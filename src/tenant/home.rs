@@ -23,8 +23,14 @@ struct HomePage {
 
 pub async fn show(ctx: TenantCtx) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let stmt = db.prepare_cached("SELECT name, local_gov_code FROM settings").await?;
+    let stmt = db
+        .prepare_cached("SELECT name, local_gov_code FROM settings")
+        .await?;
     let row = db.query_opt(&stmt, &[]).await?.ok_or(AppError::NotFound)?;
-    let page = HomePage { site: row.get(0), code: row.get(1), forms: Vec::new() };
+    let page = HomePage {
+        site: row.get(0),
+        code: row.get(1),
+        forms: Vec::new(),
+    };
     Ok(render(StatusCode::OK, &page))
 }

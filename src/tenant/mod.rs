@@ -28,30 +28,52 @@ pub struct TenantCtx {
 
 impl std::fmt::Debug for TenantCtx {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TenantCtx").field("slug", &self.slug).finish_non_exhaustive()
+        f.debug_struct("TenantCtx")
+            .field("slug", &self.slug)
+            .finish_non_exhaustive()
     }
 }
 
 impl TenantCtx {
     /// Made by the front tier only.
-    pub(crate) fn new(id: Uuid, slug: Arc<str>, pool: Pool, wait: Duration, cipher: Arc<FieldCipher>) -> Self {
-        Self { id, slug, pool, wait, cipher }
+    pub(crate) fn new(
+        id: Uuid,
+        slug: Arc<str>,
+        pool: Pool,
+        wait: Duration,
+        cipher: Arc<FieldCipher>,
+    ) -> Self {
+        Self {
+            id,
+            slug,
+            pool,
+            wait,
+            cipher,
+        }
     }
 
     /// A connection to this tenant's own database, as its own role. When the
     /// global connection budget is exhausted for longer than the configured wait,
     /// the request gets 503 with `Retry-After`, never an extra connection.
     pub async fn db(&self) -> Result<Object, AppError> {
-        let timeouts = Timeouts { wait: Some(self.wait), create: Some(self.wait), recycle: Some(Duration::from_secs(5)) };
+        let timeouts = Timeouts {
+            wait: Some(self.wait),
+            create: Some(self.wait),
+            recycle: Some(Duration::from_secs(5)),
+        };
         match self.pool.timeout_get(&timeouts).await {
             Ok(c) => Ok(c),
             Err(PoolError::Timeout(_)) => {
                 tracing::warn!("no database connection within the wait limit");
-                Err(AppError::Unavailable { retry_after_secs: 1 })
+                Err(AppError::Unavailable {
+                    retry_after_secs: 1,
+                })
             }
             Err(PoolError::Backend(e)) => {
                 tracing::warn!(error = %e, "tenant database unreachable");
-                Err(AppError::Unavailable { retry_after_secs: 5 })
+                Err(AppError::Unavailable {
+                    retry_after_secs: 5,
+                })
             }
             Err(e) => Err(AppError::Internal(anyhow::anyhow!("tenant pool: {e}"))),
         }
@@ -67,11 +89,17 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, AppError> {
-        parts.extensions.get::<TenantCtx>().cloned().ok_or(AppError::NotFound)
+        parts
+            .extensions
+            .get::<TenantCtx>()
+            .cloned()
+            .ok_or(AppError::NotFound)
     }
 }
 
 /// Every route of the municipality app.
 pub fn router() -> Router {
-    Router::new().route("/", get(home::show)).fallback(|| async { AppError::NotFound })
+    Router::new()
+        .route("/", get(home::show))
+        .fallback(|| async { AppError::NotFound })
 }

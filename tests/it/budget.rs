@@ -1,0 +1,156 @@
+//! The global connection budget: many tenants, many concurrent requests, never more
+//! connections than the budget, every request answered 200 or 503.
+
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::harness::{admin_client, client_for, unique, url, TestEnv};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_hundred_requests_over_fifty_tenants_stay_within_the_budget() {
+    const BUDGET: usize = 12;
+    let env = TestEnv::with(|s| {
+        s.pool.budget = BUDGET;
+        s.pool.per_tenant = 3;
+        s.pool.wait = Duration::from_secs(3);
+    })
+    .await;
+    let codes = ["131016", "011002", "012025", "012033"];
+    let mut tenants = Vec::new();
+    for i in 0..50 {
+        tenants.push(
+            env.tenant(
+                &unique(&format!("b{i}x")),
+                "テスト市",
+                codes[i % codes.len()],
+            )
+            .await,
+        );
+    }
+    let server = env.serve().await;
+    let hosts: Vec<&str> = tenants.iter().map(|t| t.hosts[0].as_str()).collect();
+    let client = client_for(&server, &hosts);
+    let databases: Vec<String> = tenants.iter().map(|t| t.database.clone()).collect();
+
+    // Watch the cluster itself while the load runs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let peak = Arc::new(AtomicI64::new(0));
+    let watcher = {
+        let (stop, peak) = (Arc::clone(&stop), Arc::clone(&peak));
+        tokio::spawn(async move {
+            let admin = admin_client("postgres").await;
+            while !stop.load(Ordering::Relaxed) {
+                let n: i64 = admin
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1)",
+                        &[&databases],
+                    )
+                    .await
+                    .unwrap()
+                    .get(0);
+                peak.fetch_max(n, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    let mut handles = Vec::new();
+    for i in 0..300 {
+        let client = client.clone();
+        let target = url(&server, hosts[i % hosts.len()], "/");
+        handles.push(tokio::spawn(async move {
+            client.get(target).send().await.map(|r| r.status().as_u16())
+        }));
+    }
+    let mut ok = 0;
+    let mut busy = 0;
+    for h in handles {
+        match h.await.unwrap() {
+            Ok(200) => ok += 1,
+            Ok(503) => busy += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    eprintln!("budget test: {ok} served, {busy} busy");
+    watcher.await.unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    eprintln!("budget test: peak {peak} connections of {BUDGET}");
+    assert!(
+        peak as usize <= BUDGET,
+        "{peak} connections open, budget {BUDGET}"
+    );
+    assert!(peak > 0, "the watcher saw no tenant connection at all");
+    assert!(ok > 0, "no request was served ({busy} got 503)");
+    assert_eq!(ok + busy, 300);
+    assert!(server.app.pools.budget_in_use() <= BUDGET);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_budget_answers_503_with_retry_after_never_an_extra_connection() {
+    let env = TestEnv::with(|s| {
+        s.pool.budget = 1;
+        s.pool.per_tenant = 1;
+        s.pool.wait = Duration::from_millis(300);
+    })
+    .await;
+    let a = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let b = env.tenant(&unique("b"), "札幌市", "011002").await;
+    let server = env.serve().await;
+    let client = client_for(&server, &[&a.hosts[0], &b.hosts[0]]);
+    assert_eq!(
+        client
+            .get(url(&server, &a.hosts[0], "/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Tenant A's one connection is busy: B cannot have one.
+    let held = server
+        .app
+        .pools
+        .runtime(a.id)
+        .await
+        .unwrap()
+        .pool
+        .get()
+        .await
+        .unwrap();
+    let resp = client
+        .get(url(&server, &b.hosts[0], "/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(
+        resp.headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    assert!(resp
+        .text()
+        .await
+        .unwrap()
+        .contains("ただいま混み合っています"));
+    assert_eq!(server.app.pools.budget_in_use(), 1);
+
+    // Once it is idle again, B takes it over (A's idle connection is closed for it).
+    drop(held);
+    assert_eq!(
+        client
+            .get(url(&server, &b.hosts[0], "/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(server.app.pools.budget_in_use(), 1);
+    server.shutdown().await;
+}

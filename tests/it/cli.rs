@@ -1,0 +1,293 @@
+//! The `madoguchi` binary as an operator uses it: its own embedded cluster under a
+//! state directory, commands while `serve` runs, and a restart.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_madoguchi");
+
+struct StateDir(PathBuf);
+
+impl StateDir {
+    fn new() -> Self {
+        let dir = std::env::temp_dir().join(crate::harness::unique("madoguchi-cli-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for StateDir {
+    fn drop(&mut self) {
+        // Stop the embedded cluster if a failed test left it running.
+        if self.0.join("pg/data/postmaster.pid").exists() {
+            let bin = madoguchi::embedded_pg::find_bin_dir().unwrap();
+            let _ = Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("pg_ctl"))
+                .args(["stop", "-m", "immediate", "-D"])
+                .arg(self.0.join("pg/data"))
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn madoguchi(state: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(BIN)
+        .arg("--state-dir")
+        .arg(state)
+        .args(args)
+        .env_remove("MADOGUCHI_DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+struct Serving {
+    child: Child,
+    public: String,
+}
+
+impl Serving {
+    fn start(state: &Path, sub: &[&str]) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("--state-dir")
+            .arg(state)
+            .args(sub)
+            .args(["--listen", "127.0.0.1:0", "--ops-listen", "127.0.0.1:0"])
+            .env_remove("MADOGUCHI_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut public = String::new();
+        let mut seen = Vec::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(addr) = line.strip_prefix("listening: http://") {
+                public = addr.to_owned();
+            }
+            let done = line.starts_with("ready");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        assert!(!public.is_empty(), "serve printed no address: {seen:?}");
+        // Keep draining stdout so the child never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, public }
+    }
+
+    fn get(&self, host: &str) -> u16 {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+            .arg(format!("Host: {host}"))
+            .arg(format!("http://{}/", self.public))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+    }
+
+    fn wait_for(&self, host: &str, status: u16) -> u16 {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let got = self.get(host);
+            if got == status || Instant::now() > deadline {
+                return got;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    fn stop(mut self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                assert!(status.success(), "serve exited with {status}");
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "serve did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+#[test]
+fn serve_restart_and_commands_on_the_same_state_dir() {
+    let state = StateDir::new();
+    let dir = state.0.as_path();
+
+    // A command on a fresh state dir makes everything, and leaves no cluster running.
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "create",
+            "--slug",
+            "chiyoda",
+            "--name",
+            "千代田区",
+            "--code",
+            "131016",
+            "--host",
+            "chiyoda.localhost",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        !dir.join("pg/data/postmaster.pid").exists(),
+        "the command left the cluster running"
+    );
+    let key_mode = std::fs::metadata(dir.join("master.key"))
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(key_mode.ok(), Some(0o600));
+    let conf = std::fs::read_to_string(dir.join("pg/data/pg_hba.conf")).unwrap();
+    assert!(
+        !conf
+            .lines()
+            .any(|l| !l.trim_start().starts_with('#') && l.contains("trust")),
+        "trust auth in pg_hba.conf"
+    );
+
+    let serving = Serving::start(dir, &["serve"]);
+    assert_eq!(serving.get("chiyoda.localhost"), 200);
+    assert_eq!(serving.get("sapporo.localhost"), 404);
+
+    // Commands work while serve runs; changes reach it without a restart.
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "create",
+            "--slug",
+            "sapporo",
+            "--name",
+            "札幌市",
+            "--code",
+            "011002",
+            "--host",
+            "sapporo.localhost",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert_eq!(serving.wait_for("sapporo.localhost", 200), 200);
+    let (ok, _, _) = madoguchi(dir, &["tenant", "suspend", "sapporo"]);
+    assert!(ok);
+    assert_eq!(serving.wait_for("sapporo.localhost", 503), 503);
+    assert!(
+        dir.join("pg/data/postmaster.pid").exists(),
+        "a command stopped the cluster serve uses"
+    );
+
+    let (ok, out, _) = madoguchi(dir, &["tenant", "list", "--json"]);
+    assert!(ok);
+    let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let states: Vec<(&str, &str)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| (t["slug"].as_str().unwrap(), t["state"].as_str().unwrap()))
+        .collect();
+    assert_eq!(states, [("chiyoda", "active"), ("sapporo", "suspended")]);
+    for field in ["name", "code", "hosts", "database", "schema_version"] {
+        assert!(!list[0][field].is_null(), "tenant list lacks {field}");
+    }
+
+    // `db url` gives a URL psql can use.
+    let (ok, url, _) = madoguchi(dir, &["db", "url"]);
+    assert!(ok);
+    let out = Command::new("psql")
+        .arg(url.trim())
+        .args(["-At", "-c", "SELECT count(*) FROM tenants"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "2",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    serving.stop();
+    assert!(
+        !dir.join("pg/data/postmaster.pid").exists(),
+        "serve left the cluster running"
+    );
+
+    // Second start reuses everything: same tenants, same keys.
+    let serving = Serving::start(dir, &["serve"]);
+    assert_eq!(serving.get("chiyoda.localhost"), 200);
+    assert_eq!(serving.get("sapporo.localhost"), 503);
+    let (ok, _, _) = madoguchi(dir, &["tenant", "resume", "sapporo"]);
+    assert!(ok);
+    assert_eq!(serving.wait_for("sapporo.localhost", 200), 200);
+    serving.stop();
+}
+
+#[test]
+fn manifests_apply_idempotently_and_migrate_reports() {
+    let state = StateDir::new();
+    let dir = state.0.as_path();
+    let manifests = dir.join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let file = manifests.join("hakodate.toml");
+    std::fs::write(&file, "slug = \"hakodate\"\nname = \"函館市\"\ncode = \"012025\"\nhosts = [\"hakodate.localhost\"]\n").unwrap();
+    let path = manifests.to_str().unwrap();
+    let (ok, out, err) = madoguchi(dir, &["tenant", "apply", path]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "hakodate: created");
+    let (ok, out, _) = madoguchi(dir, &["tenant", "apply", path]);
+    assert!(ok);
+    assert_eq!(out.trim(), "hakodate: unchanged");
+    std::fs::write(&file, "slug = \"hakodate\"\nname = \"函館市\"\ncode = \"012025\"\nhosts = [\"hakodate.localhost\", \"www.hakodate.localhost\"]\n").unwrap();
+    let (ok, out, _) = madoguchi(dir, &["tenant", "apply", path]);
+    assert!(ok);
+    assert!(out.starts_with("hakodate: updated (hosts:"), "{out}");
+    let (ok, out, _) = madoguchi(dir, &["tenant", "apply", path]);
+    assert!(ok);
+    assert_eq!(out.trim(), "hakodate: unchanged");
+
+    // A bad manifest says what is wrong, in Japanese first.
+    std::fs::write(
+        manifests.join("bad.toml"),
+        "slug = \"bad\"\nname = \"x\"\ncode = \"123456\"\nhosts = [\"bad.localhost\"]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "apply",
+            manifests.join("bad.toml").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("地方公共団体コード"), "{err}");
+
+    let (ok, out, err) = madoguchi(dir, &["migrate", "--all"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("tenants migrated: 1"), "{out}");
+    let (ok, out, _) = madoguchi(dir, &["migrate", "hakodate"]);
+    assert!(ok);
+    assert!(out.contains("failed: 0"), "{out}");
+}

@@ -1,0 +1,9 @@
+//! Integration tests against a real PostgreSQL cluster started by the harness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod harness;
+
+mod budget;
+mod cli;
+mod isolation;
+mod routing;

@@ -1,0 +1,184 @@
+//! Layer 1: the Host header picks the tenant, from a cache kept fresh by the catalog.
+
+use std::time::{Duration, Instant};
+
+use madoguchi::catalog::TenantState;
+
+use crate::harness::{get_with_host, unique, TestEnv};
+
+/// Polls until `host` answers `status`, up to `limit`; returns the last answer.
+async fn wait_for(
+    server: &madoguchi::front::Server,
+    host: &str,
+    status: u16,
+    limit: Duration,
+) -> (u16, String) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let got = get_with_host(server, host, "/").await;
+        if got.0 == status || Instant::now() > deadline {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn each_host_reaches_its_own_tenant() {
+    // A long timer: only LISTEN/NOTIFY can make changes visible within the test.
+    let env = TestEnv::with(|s| s.cache_refresh = Duration::from_secs(600)).await;
+    let a = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let b = env.tenant(&unique("b"), "札幌市", "011002").await;
+    let server = env.serve().await;
+    let host_a = &a.hosts[0];
+    let host_b = &b.hosts[0];
+
+    let (status, body) = get_with_host(&server, host_a, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("千代田区のオンライン申請") && !body.contains("札幌市"),
+        "{body}"
+    );
+    let (status, body) = get_with_host(&server, host_b, "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("札幌市のオンライン申請") && !body.contains("千代田区"));
+
+    // Case and port do not matter; anything else must match exactly.
+    let (status, body) =
+        get_with_host(&server, &format!("{}:8080", host_a.to_uppercase()), "/").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("千代田区"));
+    for unknown in [
+        "unknown.test",
+        &format!("{host_a}."),
+        &format!("x.{host_a}"),
+        "127.0.0.1",
+    ] {
+        let (status, body) = get_with_host(&server, unknown, "/").await;
+        assert_eq!(status, 404, "{unknown}");
+        assert!(body.contains("このアドレスでは提供していません"));
+        assert!(!body.contains("千代田区") && !body.contains("札幌市"));
+    }
+    // Unknown paths of a known tenant: the tenant's 404 page, in Japanese.
+    let (status, body) = get_with_host(&server, host_a, "/no/such/page").await;
+    assert_eq!(status, 404);
+    assert!(body.contains("ページが見つかりません"));
+
+    // Suspended: 503 with a maintenance page; resumed: back.
+    env.platform
+        .catalog
+        .set_state(a.id, TenantState::Suspended)
+        .await
+        .unwrap();
+    let (status, body) = wait_for(&server, host_a, 503, Duration::from_secs(5)).await;
+    assert_eq!(status, 503);
+    assert!(body.contains("ただいまご利用いただけません"), "{body}");
+    assert_eq!(
+        get_with_host(&server, host_b, "/").await.0,
+        200,
+        "the other tenant is unaffected"
+    );
+    env.platform
+        .catalog
+        .set_state(a.id, TenantState::Active)
+        .await
+        .unwrap();
+    assert_eq!(
+        wait_for(&server, host_a, 200, Duration::from_secs(5))
+            .await
+            .0,
+        200
+    );
+
+    // A tenant created while serving is reachable without a restart.
+    let c = env.tenant(&unique("c"), "函館市", "012025").await;
+    let started = Instant::now();
+    let (status, body) = wait_for(&server, &c.hosts[0], 200, Duration::from_secs(5)).await;
+    assert_eq!(
+        status,
+        200,
+        "new tenant not reachable after {:?}",
+        started.elapsed()
+    );
+    assert!(body.contains("函館市"));
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_host_touches_no_tenant_database() {
+    let env = TestEnv::new().await;
+    let a = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    for _ in 0..20 {
+        assert_eq!(get_with_host(&server, "nobody.test", "/").await.0, 404);
+    }
+    assert!(
+        server.app.pools.stats().is_empty(),
+        "a pool was opened for an unknown host"
+    );
+    assert_eq!(server.app.pools.budget_in_use(), 0);
+    assert_eq!(get_with_host(&server, &a.hosts[0], "/").await.0, 200);
+    assert_eq!(server.app.pools.stats().len(), 1);
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_metrics_and_request_ids() {
+    let env = TestEnv::new().await;
+    let a = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let c = reqwest::Client::new();
+    for addr in [server.bound.public, server.bound.ops] {
+        for path in ["/healthz", "/readyz"] {
+            let r = c.get(format!("http://{addr}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 200, "{addr}{path}");
+        }
+    }
+    let r = c
+        .get(format!("http://{}/", server.bound.public))
+        .header("host", &a.hosts[0])
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers().get("x-request-id").is_some());
+    let metrics = c
+        .get(format!("http://{}/metrics", server.bound.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        format!(
+            "madoguchi_http_requests_total{{tenant=\"{}\",status=\"2xx\"}} 1",
+            a.slug
+        ),
+        format!(
+            "madoguchi_http_request_duration_seconds_count{{tenant=\"{}\"}} 1",
+            a.slug
+        ),
+        format!(
+            "madoguchi_tenant_pool_connections{{tenant=\"{}\",state=\"idle\"}} 1",
+            a.slug
+        ),
+        "madoguchi_db_budget_in_use 1".to_owned(),
+        "madoguchi_db_budget_limit 60".to_owned(),
+        "madoguchi_tenants{state=\"active\"} 1".to_owned(),
+    ] {
+        assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
+    }
+    // Error pages carry the request id; the console lists the tenant.
+    let (_, body) = get_with_host(&server, &a.hosts[0], "/missing").await;
+    assert!(body.contains("受付ID"));
+    let console = c
+        .get(format!("http://{}/", server.bound.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(console.contains(&a.slug) && console.contains("千代田区"));
+    server.shutdown().await;
+}

@@ -161,14 +161,19 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("MADOGUCHI_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn")
-            }),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("MADOGUCHI_LOG").unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("info,refinery_core=warn,tokio_postgres=warn")
+        });
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // MADOGUCHI_LOG_FORMAT=json: one JSON object per line, for log collectors.
+    if std::env::var("MADOGUCHI_LOG_FORMAT").is_ok_and(|f| f == "json") {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -154,3 +154,64 @@ async fn a_spent_budget_answers_503_with_retry_after_never_an_extra_connection()
     assert_eq!(server.app.pools.budget_in_use(), 1);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn idle_connections_and_pools_are_closed() {
+    let env = TestEnv::with(|s| s.pool.idle = Duration::from_millis(300)).await;
+    let a = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let client = client_for(&server, &[&a.hosts[0]]);
+    assert_eq!(
+        client
+            .get(url(&server, &a.hosts[0], "/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(server.app.pools.stats().len(), 1);
+    assert_eq!(server.app.pools.budget_in_use(), 1);
+    // The sweeper runs every second at most; idle limit 300 ms.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while (!server.app.pools.stats().is_empty() || server.app.pools.budget_in_use() > 0)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(server.app.pools.stats().is_empty(), "idle pool still open");
+    assert_eq!(
+        server.app.pools.budget_in_use(),
+        0,
+        "idle connection still open"
+    );
+    // The server side of the closed connection is gone too (its backend may take a moment to exit).
+    let admin = admin_client("postgres").await;
+    let mut n: i64 = -1;
+    for _ in 0..50 {
+        n = admin
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = $1",
+                &[&a.database],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(n, 0, "backends still connected to the idle tenant");
+    // And the tenant still answers: the pool is made again on demand.
+    assert_eq!(
+        client
+            .get(url(&server, &a.hosts[0], "/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.shutdown().await;
+}

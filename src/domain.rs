@@ -285,3 +285,135 @@ mod tests {
         assert!(HostName::parse("a..b").is_err());
     }
 }
+
+/// 受付番号: seven random symbols and a check symbol from the 32-symbol Crockford
+/// alphabet (no I, L, O, U), shown as `XXXX-XXXX`. Readable aloud, and typed back
+/// without ambiguity: lower case, full width, O for 0 and I/L for 1 are accepted,
+/// and a single mistyped symbol or swapped neighbours fail the check.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ReceiptNumber(String);
+
+const CROCKFORD: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+
+fn crockford_value(c: char) -> Option<u32> {
+    let c = match c.to_ascii_uppercase() {
+        'O' => '0',
+        'I' | 'L' => '1',
+        other => other,
+    };
+    CROCKFORD.iter().position(|&b| char::from(b) == c).and_then(|p| u32::try_from(p).ok())
+}
+
+/// Luhn mod N over the 32 symbols.
+fn luhn32(values: &[u32]) -> u32 {
+    let mut sum = 0;
+    for (i, v) in values.iter().rev().enumerate() {
+        let mut x = if i % 2 == 0 { v * 2 } else { *v };
+        x = x / 32 + x % 32;
+        sum += x;
+    }
+    (32 - sum % 32) % 32
+}
+
+impl ReceiptNumber {
+    pub fn generate() -> Self {
+        use rand::Rng;
+        let mut rng = rand::rngs::OsRng;
+        let values: Vec<u32> = (0..7).map(|_| rng.gen_range(0..32)).collect();
+        Self::from_values(&values)
+    }
+
+    fn from_values(values: &[u32]) -> Self {
+        let check = luhn32(values);
+        let mut s = String::with_capacity(9);
+        for (i, v) in values.iter().chain(std::iter::once(&check)).enumerate() {
+            if i == 4 {
+                s.push('-');
+            }
+            s.push(char::from(CROCKFORD[*v as usize]));
+        }
+        Self(s)
+    }
+
+    pub fn parse(s: &str) -> Result<Self, Invalid> {
+        let bad = || {
+            invalid(
+                format!("受付番号「{s}」が正しくありません（例: 4K7M-9XPQ）"),
+                format!("receipt number {s:?} is not valid (e.g. 4K7M-9XPQ)"),
+            )
+        };
+        let cleaned: String = crate::ja::nfkc(s).chars().filter(|c| !matches!(c, '-' | ' ' | '‐' | 'ー' | '−')).collect();
+        let values: Vec<u32> = cleaned.chars().map(crockford_value).collect::<Option<_>>().ok_or_else(bad)?;
+        if values.len() != 8 || luhn32(&values[..7]) != values[7] {
+            return Err(bad());
+        }
+        Ok(Self::from_values(&values[..7]))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ReceiptNumber {
+    type Error = Invalid;
+    fn try_from(s: String) -> Result<Self, Invalid> {
+        Self::parse(&s)
+    }
+}
+impl From<ReceiptNumber> for String {
+    fn from(r: ReceiptNumber) -> String {
+        r.0
+    }
+}
+impl fmt::Display for ReceiptNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod receipt_tests {
+    use super::*;
+
+    #[test]
+    fn receipt_numbers_round_trip_and_catch_typos() {
+        for _ in 0..200 {
+            let r = ReceiptNumber::generate();
+            assert_eq!(r.as_str().len(), 9);
+            assert_eq!(ReceiptNumber::parse(r.as_str()).as_ref(), Ok(&r));
+            assert_eq!(ReceiptNumber::parse(&r.as_str().to_lowercase()).as_ref(), Ok(&r));
+            let bytes: Vec<char> = r.as_str().chars().filter(|c| *c != '-').collect();
+            // Every single-symbol substitution is caught.
+            for i in 0..8 {
+                for &b in CROCKFORD {
+                    let c = char::from(b);
+                    if c == bytes[i] {
+                        continue;
+                    }
+                    let mut t = bytes.clone();
+                    t[i] = c;
+                    let s: String = t.into_iter().collect();
+                    assert!(ReceiptNumber::parse(&s).is_err(), "{s} accepted for {r}");
+                }
+            }
+            // Swapped neighbours are caught unless equal.
+            for i in 0..7 {
+                let mut t = bytes.clone();
+                t.swap(i, i + 1);
+                if t != bytes {
+                    let s: String = t.into_iter().collect();
+                    let ok = ReceiptNumber::parse(&s).is_ok();
+                    // Luhn mod N misses only the pair of symbols worth 0 and N-1.
+                    let pair = [bytes[i], bytes[i + 1]];
+                    assert!(!ok || (pair.contains(&'0') && pair.contains(&'Z')), "{s} accepted for {r}");
+                }
+            }
+        }
+        let r = ReceiptNumber::generate();
+        let fullwidth: String = r.as_str().chars().map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap_or(c)).collect();
+        assert_eq!(ReceiptNumber::parse(&fullwidth).as_ref(), Ok(&r));
+        assert!(ReceiptNumber::parse("ABC").is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! Japanese text: 和暦 dates, full-width/half-width normalisation, katakana checks,
+//! and character counting that never penalises variation selectors (IVS).
+
+use time::{Date, Month};
+use unicode_normalization::UnicodeNormalization;
+
+/// Eras by first day, newest first.
+const ERAS: &[(&str, i32, Month, u8)] = &[
+    ("令和", 2019, Month::May, 1),
+    ("平成", 1989, Month::January, 8),
+    ("昭和", 1926, Month::December, 25),
+    ("大正", 1912, Month::July, 30),
+    ("明治", 1868, Month::October, 23),
+];
+
+/// `令和8年11月25日` for 2026-11-25 (first years as 元年). `None` before 明治.
+pub fn wareki(d: Date) -> Option<String> {
+    for (name, y, m, day) in ERAS {
+        let start = Date::from_calendar_date(*y, *m, *day).ok()?;
+        if d >= start {
+            let n = d.year() - y + 1;
+            let year = if n == 1 { "元".to_owned() } else { n.to_string() };
+            return Some(format!("{name}{year}年{}月{}日", u8::from(d.month()), d.day()));
+        }
+    }
+    None
+}
+
+/// `2026年11月25日（令和8年11月25日）`: 西暦 with 和暦 beside it.
+pub fn date_both(d: Date) -> String {
+    let seireki = format!("{}年{}月{}日", d.year(), u8::from(d.month()), d.day());
+    match wareki(d) {
+        Some(w) => format!("{seireki}（{w}）"),
+        None => seireki,
+    }
+}
+
+/// NFKC: full-width digits and letters to ASCII, half-width katakana to full-width.
+/// For codes, numbers, e-mail addresses and kana; never for names in kanji, where
+/// it would replace compatibility ideographs people rely on.
+pub fn nfkc(s: &str) -> String {
+    s.nfkc().collect()
+}
+
+/// Characters as a person counts them: variation selectors (IVS, U+FE00–FE0F,
+/// U+E0100–E01EF) and zero-width joiners do not count.
+pub fn char_count(s: &str) -> usize {
+    s.chars()
+        .filter(|c| !matches!(*c as u32, 0xFE00..=0xFE0F | 0xE0100..=0xE01EF | 0x200D))
+        .count()
+}
+
+/// Furigana as katakana: NFKC (half-width to full-width), hiragana to katakana,
+/// spaces to one ideographic space. `None` if anything but kana remains.
+pub fn to_katakana(s: &str) -> Option<String> {
+    let mut out = String::new();
+    for c in nfkc(s.trim()).chars() {
+        let c = match c {
+            'ぁ'..='ゖ' => char::from_u32(c as u32 + 0x60)?,
+            ' ' | '\u{3000}' => '\u{3000}',
+            _ => c,
+        };
+        let ok = matches!(c, 'ァ'..='ヺ' | 'ー' | '・' | 'ヽ' | 'ヾ' | '\u{3000}');
+        if !ok {
+            return None;
+        }
+        if c == '\u{3000}' && out.ends_with('\u{3000}') {
+            continue;
+        }
+        out.push(c);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::date;
+
+    #[test]
+    fn wareki_dates() {
+        assert_eq!(wareki(date!(2026 - 11 - 25)).as_deref(), Some("令和8年11月25日"));
+        assert_eq!(wareki(date!(2019 - 05 - 01)).as_deref(), Some("令和元年5月1日"));
+        assert_eq!(wareki(date!(2019 - 04 - 30)).as_deref(), Some("平成31年4月30日"));
+        assert_eq!(wareki(date!(1989 - 01 - 07)).as_deref(), Some("昭和64年1月7日"));
+        assert_eq!(wareki(date!(1989 - 01 - 08)).as_deref(), Some("平成元年1月8日"));
+        assert_eq!(wareki(date!(1800 - 01 - 01)), None);
+        assert_eq!(date_both(date!(2026 - 11 - 25)), "2026年11月25日（令和8年11月25日）");
+    }
+
+    #[test]
+    fn kana_and_counting() {
+        assert_eq!(to_katakana("やまだ　たろう").as_deref(), Some("ヤマダ\u{3000}タロウ"));
+        assert_eq!(to_katakana("ﾔﾏﾀﾞ").as_deref(), Some("ヤマダ"));
+        assert_eq!(to_katakana("山田"), None);
+        assert_eq!(to_katakana("yamada"), None);
+        // 葛 with an IVS selector counts as one character.
+        assert_eq!(char_count("葛\u{E0100}飾"), 2);
+        assert_eq!(nfkc("１２３－４５６７"), "123-4567");
+    }
+}

@@ -1,0 +1,435 @@
+//! The form definition: a documented, versioned JSON document (`madoguchi.form/1`)
+//! that the builder edits, publishing freezes, and municipalities can exchange.
+//!
+//! ```json
+//! { "format": "madoguchi.form/1", "title": "粗大ごみ収集申込", "description": "…",
+//!   "settings": { "opens_at": "2026-12-01T09:00:00+09:00", "closes_at": null,
+//!                 "capacity": 100, "completion_message": "…" },
+//!   "pages": [ { "id": "p1", "title": "申込者", "show_if": null,
+//!                "fields": [ { "id": "name", "type": "name", "label": "氏名", "required": true } ] } ] }
+//! ```
+
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+/// The one format this version reads and writes.
+pub const FORMAT: &str = "madoguchi.form/1";
+
+/// Limits on a definition, so a form stays usable and a stored one stays small.
+pub const MAX_PAGES: usize = 30;
+pub const MAX_FIELDS: usize = 200;
+pub const MAX_OPTIONS: usize = 100;
+pub const MAX_LABEL: usize = 200;
+pub const MAX_TEXT: usize = 2000;
+/// Largest accepted definition document, in bytes.
+pub const MAX_DOCUMENT: usize = 512 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormDefinition {
+    pub format: String,
+    pub title: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub settings: FormSettings,
+    pub pages: Vec<Page>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FormSettings {
+    /// 受付開始 (RFC 3339; the builder works in Asia/Tokyo).
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub opens_at: Option<OffsetDateTime>,
+    /// 受付終了.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub closes_at: Option<OffsetDateTime>,
+    /// 定員: accepted submissions never exceed it.
+    #[serde(default)]
+    pub capacity: Option<u32>,
+    /// Shown on the completion page with the receipt number.
+    #[serde(default)]
+    pub completion_message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    pub id: String,
+    #[serde(default)]
+    pub title: String,
+    #[serde(default)]
+    pub show_if: Option<Condition>,
+    #[serde(default)]
+    pub fields: Vec<Field>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Field {
+    pub id: String,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub help: String,
+    #[serde(default)]
+    pub required: bool,
+    #[serde(default)]
+    pub placeholder: String,
+    #[serde(default)]
+    pub show_if: Option<Condition>,
+    #[serde(flatten)]
+    pub kind: FieldKind,
+}
+
+/// Field types. Each has its own rules; `heading` and `paragraph` take no answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum FieldKind {
+    /// 1行テキスト
+    Text {
+        #[serde(default)]
+        min_length: Option<u32>,
+        #[serde(default)]
+        max_length: Option<u32>,
+        /// A regular expression the whole answer must match.
+        #[serde(default)]
+        pattern: Option<String>,
+        /// Shown when the pattern does not match.
+        #[serde(default)]
+        pattern_message: Option<String>,
+    },
+    /// 複数行テキスト
+    Textarea {
+        #[serde(default)]
+        min_length: Option<u32>,
+        #[serde(default)]
+        max_length: Option<u32>,
+    },
+    /// 数値 (with unit, min/max)
+    Number {
+        #[serde(default)]
+        min: Option<f64>,
+        #[serde(default)]
+        max: Option<f64>,
+        #[serde(default)]
+        unit: String,
+        #[serde(default)]
+        integer: bool,
+    },
+    Email {},
+    /// 電話番号
+    Tel {},
+    /// 日付 (shown as 和暦 beside 西暦)
+    Date {
+        #[serde(default)]
+        min: Option<time::Date>,
+        #[serde(default)]
+        max: Option<time::Date>,
+    },
+    /// 単一選択
+    Choice {
+        options: Vec<String>,
+        #[serde(default)]
+        display: ChoiceDisplay,
+    },
+    /// 複数選択
+    MultiChoice {
+        options: Vec<String>,
+        #[serde(default)]
+        min_selected: Option<u32>,
+        #[serde(default)]
+        max_selected: Option<u32>,
+    },
+    /// 郵便番号と住所
+    Address {},
+    /// 氏名 (漢字 and フリガナ)
+    Name {
+        #[serde(default = "yes")]
+        furigana: bool,
+    },
+    /// 同意 (yes/no)
+    Consent { statement: String },
+    /// 見出し (no answer)
+    Heading {},
+    /// 説明文 (no answer)
+    Paragraph { text: String },
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChoiceDisplay {
+    #[default]
+    Radio,
+    Select,
+}
+
+/// Show a page or field when an earlier answer matches.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    pub field: String,
+    pub op: ConditionOp,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConditionOp {
+    /// The answer equals `values[0]` (for multiple choice: includes it).
+    Equals,
+    /// The answer is one of `values` (for multiple choice: includes any).
+    In,
+    /// The field has an answer.
+    NotEmpty,
+}
+
+impl FieldKind {
+    /// Whether the field takes an answer.
+    pub fn takes_answer(&self) -> bool {
+        !matches!(self, Self::Heading {} | Self::Paragraph { .. })
+    }
+
+    /// The builder's name for the type.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Text { .. } => "text",
+            Self::Textarea { .. } => "textarea",
+            Self::Number { .. } => "number",
+            Self::Email {} => "email",
+            Self::Tel {} => "tel",
+            Self::Date { .. } => "date",
+            Self::Choice { .. } => "choice",
+            Self::MultiChoice { .. } => "multi_choice",
+            Self::Address {} => "address",
+            Self::Name { .. } => "name",
+            Self::Consent { .. } => "consent",
+            Self::Heading {} => "heading",
+            Self::Paragraph { .. } => "paragraph",
+        }
+    }
+
+    /// A new field of the named type with empty settings.
+    pub fn new_of(type_name: &str) -> Option<Self> {
+        Some(match type_name {
+            "text" => Self::Text { min_length: None, max_length: None, pattern: None, pattern_message: None },
+            "textarea" => Self::Textarea { min_length: None, max_length: None },
+            "number" => Self::Number { min: None, max: None, unit: String::new(), integer: false },
+            "email" => Self::Email {},
+            "tel" => Self::Tel {},
+            "date" => Self::Date { min: None, max: None },
+            "choice" => Self::Choice { options: vec!["選択肢1".into(), "選択肢2".into()], display: ChoiceDisplay::Radio },
+            "multi_choice" => Self::MultiChoice { options: vec!["選択肢1".into(), "選択肢2".into()], min_selected: None, max_selected: None },
+            "address" => Self::Address {},
+            "name" => Self::Name { furigana: true },
+            "consent" => Self::Consent { statement: "内容に同意します".into() },
+            "heading" => Self::Heading {},
+            "paragraph" => Self::Paragraph { text: String::new() },
+            _ => return None,
+        })
+    }
+}
+
+/// Every field type, with its Japanese and English names, for the builder.
+pub const FIELD_TYPES: &[(&str, &str, &str)] = &[
+    ("text", "1行テキスト", "Single-line text"),
+    ("textarea", "複数行テキスト", "Multi-line text"),
+    ("number", "数値", "Number"),
+    ("email", "メールアドレス", "Email"),
+    ("tel", "電話番号", "Telephone"),
+    ("date", "日付", "Date"),
+    ("choice", "単一選択", "Single choice"),
+    ("multi_choice", "複数選択", "Multiple choice"),
+    ("address", "郵便番号・住所", "Postal code and address"),
+    ("name", "氏名（フリガナ付き）", "Name with furigana"),
+    ("consent", "同意", "Consent"),
+    ("heading", "見出し", "Heading"),
+    ("paragraph", "説明文", "Explanatory text"),
+];
+
+/// A problem found in a definition, in Japanese (for the builder) and English.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub ja: String,
+    pub en: String,
+}
+
+fn problem(ja: String, en: String) -> Problem {
+    Problem { ja, en }
+}
+
+fn valid_id(id: &str) -> bool {
+    (1..=40).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl FormDefinition {
+    /// An empty form with one page.
+    pub fn new(title: &str) -> Self {
+        Self {
+            format: FORMAT.to_owned(),
+            title: title.to_owned(),
+            description: String::new(),
+            settings: FormSettings::default(),
+            pages: vec![Page { id: "p1".into(), title: String::new(), show_if: None, fields: Vec::new() }],
+        }
+    }
+
+    /// Parses a JSON document and checks it; returns every problem found.
+    pub fn from_json(text: &str) -> Result<Self, Vec<Problem>> {
+        if text.len() > MAX_DOCUMENT {
+            return Err(vec![problem(
+                format!("フォーム定義が大きすぎます（{} KB まで）", MAX_DOCUMENT / 1024),
+                "definition too large".into(),
+            )]);
+        }
+        let def: Self = serde_json::from_str(text).map_err(|e| {
+            vec![problem(format!("フォーム定義の JSON を読み取れません: {e}"), format!("cannot read the definition JSON: {e}"))]
+        })?;
+        let problems = def.check();
+        if problems.is_empty() {
+            Ok(def)
+        } else {
+            Err(problems)
+        }
+    }
+
+    pub fn fields(&self) -> impl Iterator<Item = &Field> {
+        self.pages.iter().flat_map(|p| p.fields.iter())
+    }
+
+    pub fn field(&self, id: &str) -> Option<&Field> {
+        self.fields().find(|f| f.id == id)
+    }
+
+    /// Every rule a publishable definition must meet. An empty list means it is fine.
+    pub fn check(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        if self.format != FORMAT {
+            out.push(problem(format!("形式「{}」には対応していません（{FORMAT}）", self.format), format!("unsupported format {:?}", self.format)));
+        }
+        if self.title.trim().is_empty() || self.title.chars().count() > MAX_LABEL {
+            out.push(problem("フォームの題名を1〜200文字で入力してください".into(), "title must be 1-200 characters".into()));
+        }
+        if self.description.chars().count() > MAX_TEXT * 5 {
+            out.push(problem("説明が長すぎます".into(), "description too long".into()));
+        }
+        if self.pages.is_empty() || self.pages.len() > MAX_PAGES {
+            out.push(problem(format!("ページは1〜{MAX_PAGES}個にしてください"), "1-30 pages".into()));
+        }
+        if self.fields().count() > MAX_FIELDS {
+            out.push(problem(format!("項目は{MAX_FIELDS}個までです"), "too many fields".into()));
+        }
+        if let (Some(o), Some(c)) = (self.settings.opens_at, self.settings.closes_at) {
+            if c <= o {
+                out.push(problem("受付終了日時は受付開始日時より後にしてください".into(), "closes_at must be after opens_at".into()));
+            }
+        }
+        if self.settings.capacity == Some(0) {
+            out.push(problem("定員は1以上にしてください（定員なしは空欄）".into(), "capacity must be at least 1".into()));
+        }
+        let mut seen: Vec<&str> = Vec::new();
+        let mut page_ids: Vec<&str> = Vec::new();
+        for page in &self.pages {
+            if !valid_id(&page.id) || page_ids.contains(&page.id.as_str()) {
+                out.push(problem(format!("ページID「{}」が不正か重複しています", page.id), format!("bad or duplicate page id {:?}", page.id)));
+            }
+            page_ids.push(&page.id);
+            if let Some(c) = &page.show_if {
+                self.check_condition(c, &seen, &format!("ページ「{}」", page.title), &mut out);
+            }
+            for f in &page.fields {
+                let name = if f.label.is_empty() { f.id.clone() } else { f.label.clone() };
+                if !valid_id(&f.id) || seen.contains(&f.id.as_str()) {
+                    out.push(problem(
+                        format!("項目ID「{}」が不正か重複しています（英小文字・数字・_・- の40文字まで）", f.id),
+                        format!("bad or duplicate field id {:?}", f.id),
+                    ));
+                }
+                if let Some(c) = &f.show_if {
+                    self.check_condition(c, &seen, &format!("項目「{name}」"), &mut out);
+                }
+                if f.kind.takes_answer() && f.label.trim().is_empty() {
+                    out.push(problem(format!("項目「{}」に項目名を入力してください", f.id), format!("field {} needs a label", f.id)));
+                }
+                if f.label.chars().count() > MAX_LABEL || f.placeholder.chars().count() > MAX_LABEL || f.help.chars().count() > MAX_TEXT {
+                    out.push(problem(format!("項目「{name}」の項目名・説明が長すぎます"), format!("field {} texts too long", f.id)));
+                }
+                check_kind(&name, &f.kind, &mut out);
+                seen.push(&f.id);
+            }
+        }
+        out
+    }
+
+    fn check_condition(&self, c: &Condition, earlier: &[&str], what: &str, out: &mut Vec<Problem>) {
+        if !earlier.contains(&c.field.as_str()) {
+            out.push(problem(
+                format!("{what}の表示条件は、それより前の項目を参照してください（「{}」）", c.field),
+                format!("condition of {what} must refer to an earlier field, not {:?}", c.field),
+            ));
+        } else if self.field(&c.field).is_some_and(|f| !f.kind.takes_answer()) {
+            out.push(problem(format!("{what}の表示条件が回答のない項目を参照しています"), "condition refers to a field without answer".into()));
+        }
+        if matches!(c.op, ConditionOp::Equals | ConditionOp::In) && c.values.is_empty() {
+            out.push(problem(format!("{what}の表示条件に値を指定してください"), "condition needs a value".into()));
+        }
+    }
+}
+
+fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
+    let bad_range = |min: Option<u32>, max: Option<u32>| matches!((min, max), (Some(a), Some(b)) if a > b);
+    match kind {
+        FieldKind::Text { min_length, max_length, pattern, .. } => {
+            if bad_range(*min_length, *max_length) {
+                out.push(problem(format!("項目「{name}」の文字数の下限が上限を超えています"), "min_length > max_length".into()));
+            }
+            if let Some(p) = pattern {
+                if p.len() > 500 || regex::RegexBuilder::new(&format!("^(?:{p})$")).size_limit(1 << 20).build().is_err() {
+                    out.push(problem(format!("項目「{name}」の入力パターン（正規表現）が正しくありません"), "invalid pattern".into()));
+                }
+            }
+        }
+        FieldKind::Textarea { min_length, max_length } => {
+            if bad_range(*min_length, *max_length) {
+                out.push(problem(format!("項目「{name}」の文字数の下限が上限を超えています"), "min_length > max_length".into()));
+            }
+        }
+        FieldKind::Number { min, max, .. } => {
+            if matches!((min, max), (Some(a), Some(b)) if a > b) {
+                out.push(problem(format!("項目「{name}」の最小値が最大値を超えています"), "min > max".into()));
+            }
+        }
+        FieldKind::Date { min, max } => {
+            if matches!((min, max), (Some(a), Some(b)) if a > b) {
+                out.push(problem(format!("項目「{name}」の日付の範囲が正しくありません"), "min > max".into()));
+            }
+        }
+        FieldKind::Choice { options, .. } | FieldKind::MultiChoice { options, .. } => {
+            let mut sorted: Vec<&String> = options.iter().collect();
+            sorted.sort();
+            sorted.dedup();
+            if options.is_empty() || options.len() > MAX_OPTIONS || sorted.len() != options.len() {
+                out.push(problem(format!("項目「{name}」の選択肢は1〜{MAX_OPTIONS}個の重複しない値にしてください"), "1-100 distinct options".into()));
+            }
+            if options.iter().any(|o| o.trim().is_empty() || o.chars().count() > MAX_LABEL) {
+                out.push(problem(format!("項目「{name}」に空の、または長すぎる選択肢があります"), "empty or long option".into()));
+            }
+            if let FieldKind::MultiChoice { min_selected, max_selected, .. } = kind {
+                if bad_range(*min_selected, *max_selected) || max_selected.is_some_and(|m| m as usize > options.len()) {
+                    out.push(problem(format!("項目「{name}」の選択数の範囲が正しくありません"), "bad selection range".into()));
+                }
+            }
+        }
+        FieldKind::Consent { statement } | FieldKind::Paragraph { text: statement } => {
+            if statement.chars().count() > MAX_TEXT * 5 {
+                out.push(problem(format!("項目「{name}」の文章が長すぎます"), "text too long".into()));
+            }
+        }
+        FieldKind::Email {} | FieldKind::Tel {} | FieldKind::Address {} | FieldKind::Name { .. } | FieldKind::Heading {} => {}
+    }
+}

@@ -302,7 +302,10 @@ fn crockford_value(c: char) -> Option<u32> {
         'I' | 'L' => '1',
         other => other,
     };
-    CROCKFORD.iter().position(|&b| char::from(b) == c).and_then(|p| u32::try_from(p).ok())
+    CROCKFORD
+        .iter()
+        .position(|&b| char::from(b) == c)
+        .and_then(|p| u32::try_from(p).ok())
 }
 
 /// Luhn mod N over the 32 symbols.
@@ -343,8 +346,15 @@ impl ReceiptNumber {
                 format!("receipt number {s:?} is not valid (e.g. 4K7M-9XPQ)"),
             )
         };
-        let cleaned: String = crate::ja::nfkc(s).chars().filter(|c| !matches!(c, '-' | ' ' | '‐' | 'ー' | '−')).collect();
-        let values: Vec<u32> = cleaned.chars().map(crockford_value).collect::<Option<_>>().ok_or_else(bad)?;
+        let cleaned: String = crate::ja::nfkc(s)
+            .chars()
+            .filter(|c| !matches!(c, '-' | ' ' | '‐' | 'ー' | '−'))
+            .collect();
+        let values: Vec<u32> = cleaned
+            .chars()
+            .map(crockford_value)
+            .collect::<Option<_>>()
+            .ok_or_else(bad)?;
         if values.len() != 8 || luhn32(&values[..7]) != values[7] {
             return Err(bad());
         }
@@ -383,7 +393,10 @@ mod receipt_tests {
             let r = ReceiptNumber::generate();
             assert_eq!(r.as_str().len(), 9);
             assert_eq!(ReceiptNumber::parse(r.as_str()).as_ref(), Ok(&r));
-            assert_eq!(ReceiptNumber::parse(&r.as_str().to_lowercase()).as_ref(), Ok(&r));
+            assert_eq!(
+                ReceiptNumber::parse(&r.as_str().to_lowercase()).as_ref(),
+                Ok(&r)
+            );
             let bytes: Vec<char> = r.as_str().chars().filter(|c| *c != '-').collect();
             // Every single-symbol substitution is caught.
             for i in 0..8 {
@@ -407,12 +420,19 @@ mod receipt_tests {
                     let ok = ReceiptNumber::parse(&s).is_ok();
                     // Luhn mod N misses only the pair of symbols worth 0 and N-1.
                     let pair = [bytes[i], bytes[i + 1]];
-                    assert!(!ok || (pair.contains(&'0') && pair.contains(&'Z')), "{s} accepted for {r}");
+                    assert!(
+                        !ok || (pair.contains(&'0') && pair.contains(&'Z')),
+                        "{s} accepted for {r}"
+                    );
                 }
             }
         }
         let r = ReceiptNumber::generate();
-        let fullwidth: String = r.as_str().chars().map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap_or(c)).collect();
+        let fullwidth: String = r
+            .as_str()
+            .chars()
+            .map(|c| char::from_u32(c as u32 + 0xFEE0).unwrap_or(c))
+            .collect();
         assert_eq!(ReceiptNumber::parse(&fullwidth).as_ref(), Ok(&r));
         assert!(ReceiptNumber::parse("ABC").is_err());
     }

@@ -19,8 +19,16 @@ pub fn wareki(d: Date) -> Option<String> {
         let start = Date::from_calendar_date(*y, *m, *day).ok()?;
         if d >= start {
             let n = d.year() - y + 1;
-            let year = if n == 1 { "元".to_owned() } else { n.to_string() };
-            return Some(format!("{name}{year}年{}月{}日", u8::from(d.month()), d.day()));
+            let year = if n == 1 {
+                "元".to_owned()
+            } else {
+                n.to_string()
+            };
+            return Some(format!(
+                "{name}{year}年{}月{}日",
+                u8::from(d.month()),
+                d.day()
+            ));
         }
     }
     None
@@ -79,18 +87,39 @@ mod tests {
 
     #[test]
     fn wareki_dates() {
-        assert_eq!(wareki(date!(2026 - 11 - 25)).as_deref(), Some("令和8年11月25日"));
-        assert_eq!(wareki(date!(2019 - 05 - 01)).as_deref(), Some("令和元年5月1日"));
-        assert_eq!(wareki(date!(2019 - 04 - 30)).as_deref(), Some("平成31年4月30日"));
-        assert_eq!(wareki(date!(1989 - 01 - 07)).as_deref(), Some("昭和64年1月7日"));
-        assert_eq!(wareki(date!(1989 - 01 - 08)).as_deref(), Some("平成元年1月8日"));
+        assert_eq!(
+            wareki(date!(2026 - 11 - 25)).as_deref(),
+            Some("令和8年11月25日")
+        );
+        assert_eq!(
+            wareki(date!(2019 - 05 - 01)).as_deref(),
+            Some("令和元年5月1日")
+        );
+        assert_eq!(
+            wareki(date!(2019 - 04 - 30)).as_deref(),
+            Some("平成31年4月30日")
+        );
+        assert_eq!(
+            wareki(date!(1989 - 01 - 07)).as_deref(),
+            Some("昭和64年1月7日")
+        );
+        assert_eq!(
+            wareki(date!(1989 - 01 - 08)).as_deref(),
+            Some("平成元年1月8日")
+        );
         assert_eq!(wareki(date!(1800 - 01 - 01)), None);
-        assert_eq!(date_both(date!(2026 - 11 - 25)), "2026年11月25日（令和8年11月25日）");
+        assert_eq!(
+            date_both(date!(2026 - 11 - 25)),
+            "2026年11月25日（令和8年11月25日）"
+        );
     }
 
     #[test]
     fn kana_and_counting() {
-        assert_eq!(to_katakana("やまだ　たろう").as_deref(), Some("ヤマダ\u{3000}タロウ"));
+        assert_eq!(
+            to_katakana("やまだ　たろう").as_deref(),
+            Some("ヤマダ\u{3000}タロウ")
+        );
         assert_eq!(to_katakana("ﾔﾏﾀﾞ").as_deref(), Some("ヤマダ"));
         assert_eq!(to_katakana("山田"), None);
         assert_eq!(to_katakana("yamada"), None);

@@ -9,6 +9,7 @@ pub mod domain;
 pub mod embedded_pg;
 pub mod error;
 pub mod front;
+pub mod ja;
 pub mod platform;
 pub mod tenant;
 pub mod web;

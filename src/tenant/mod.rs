@@ -1,6 +1,7 @@
 //! The municipality app. Every handler here receives a [`TenantCtx`] and can reach
 //! nothing else: no catalog, no other tenant's pool.
 
+pub mod forms;
 mod home;
 
 use std::sync::Arc;

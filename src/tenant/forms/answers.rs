@@ -29,8 +29,17 @@ pub enum Answer {
     Date(Date),
     Choice(String),
     Multi(Vec<String>),
-    Address { postal_code: String, address1: String, address2: String },
-    Name { family: String, given: String, family_kana: String, given_kana: String },
+    Address {
+        postal_code: String,
+        address1: String,
+        address2: String,
+    },
+    Name {
+        family: String,
+        given: String,
+        family_kana: String,
+        given_kana: String,
+    },
     Consent(bool),
 }
 
@@ -43,11 +52,24 @@ impl Answer {
             Self::Text(s) | Self::Choice(s) | Self::Number(s) => s.clone(),
             Self::Date(d) => ja::date_both(*d),
             Self::Multi(v) => v.join("、"),
-            Self::Address { postal_code, address1, address2 } => {
-                let pc = if postal_code.len() == 7 { format!("〒{}-{}", &postal_code[..3], &postal_code[3..]) } else { postal_code.clone() };
+            Self::Address {
+                postal_code,
+                address1,
+                address2,
+            } => {
+                let pc = if postal_code.len() == 7 {
+                    format!("〒{}-{}", &postal_code[..3], &postal_code[3..])
+                } else {
+                    postal_code.clone()
+                };
                 format!("{pc} {address1} {address2}").trim().to_owned()
             }
-            Self::Name { family, given, family_kana, given_kana } => {
+            Self::Name {
+                family,
+                given,
+                family_kana,
+                given_kana,
+            } => {
                 let kana = format!("{family_kana}\u{3000}{given_kana}");
                 let kana = kana.trim_matches('\u{3000}');
                 if kana.is_empty() {
@@ -82,7 +104,9 @@ pub struct FieldError {
 }
 
 fn matches(c: &Condition, answers: &Answers) -> bool {
-    let Some(a) = answers.get(&c.field) else { return false };
+    let Some(a) = answers.get(&c.field) else {
+        return false;
+    };
     let values = a.values();
     match c.op {
         ConditionOp::NotEmpty => values.iter().any(|v| !v.is_empty()),
@@ -102,7 +126,10 @@ pub fn field_visible(field: &Field, answers: &Answers) -> bool {
 }
 
 fn first(raw: &Raw, name: &str) -> String {
-    raw.get(name).and_then(|v| v.first()).map(|s| s.trim().to_owned()).unwrap_or_default()
+    raw.get(name)
+        .and_then(|v| v.first())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 /// Checks one page's inputs. `before` holds the answers of earlier pages (for
@@ -152,7 +179,11 @@ pub fn page_inputs(page: &Page, raw: &Raw) -> Raw {
     for f in &page.fields {
         for name in input_names(f) {
             if let Some(v) = raw.get(&name) {
-                let v: Vec<String> = v.iter().take(MAX_OPTIONS_INPUT).map(|s| s.chars().take(MAX_INPUT).collect()).collect();
+                let v: Vec<String> = v
+                    .iter()
+                    .take(MAX_OPTIONS_INPUT)
+                    .map(|s| s.chars().take(MAX_INPUT).collect())
+                    .collect();
                 out.insert(name, v);
             }
         }
@@ -165,26 +196,48 @@ const MAX_OPTIONS_INPUT: usize = 100;
 /// Input names a field uses.
 pub fn input_names(f: &Field) -> Vec<String> {
     match f.kind {
-        FieldKind::Address {} => vec![format!("{}.postal", f.id), format!("{}.address1", f.id), format!("{}.address2", f.id)],
-        FieldKind::Name { .. } => ["family", "given", "family_kana", "given_kana"].iter().map(|p| format!("{}.{p}", f.id)).collect(),
+        FieldKind::Address {} => vec![
+            format!("{}.postal", f.id),
+            format!("{}.address1", f.id),
+            format!("{}.address2", f.id),
+        ],
+        FieldKind::Name { .. } => ["family", "given", "family_kana", "given_kana"]
+            .iter()
+            .map(|p| format!("{}.{p}", f.id))
+            .collect(),
         _ if f.kind.takes_answer() => vec![f.id.clone()],
         _ => Vec::new(),
     }
 }
 
 fn err(f: &Field, input: &str, message: String) -> FieldError {
-    FieldError { field: f.id.clone(), input: input.to_owned(), message }
+    FieldError {
+        field: f.id.clone(),
+        input: input.to_owned(),
+        message,
+    }
 }
 
 fn check_length(f: &Field, v: &str, min: Option<u32>, max: Option<u32>) -> Result<(), FieldError> {
     let n = ja::char_count(v);
     let max = max.map_or(MAX_INPUT, |m| m as usize);
     if n > max {
-        return Err(err(f, &f.id, format!("{}は{max}文字以内で入力してください（現在{n}文字）", f.label)));
+        return Err(err(
+            f,
+            &f.id,
+            format!(
+                "{}は{max}文字以内で入力してください（現在{n}文字）",
+                f.label
+            ),
+        ));
     }
     if let Some(min) = min {
         if n < min as usize {
-            return Err(err(f, &f.id, format!("{}は{min}文字以上で入力してください", f.label)));
+            return Err(err(
+                f,
+                &f.id,
+                format!("{}は{min}文字以上で入力してください", f.label),
+            ));
         }
     }
     Ok(())
@@ -195,82 +248,165 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
     let label = &f.label;
     let required = |input: &str| err(f, input, format!("{label}を入力してください"));
     match &f.kind {
-        FieldKind::Text { min_length, max_length, pattern, pattern_message } => {
+        FieldKind::Text {
+            min_length,
+            max_length,
+            pattern,
+            pattern_message,
+        } => {
             let v = first(raw, &f.id);
             if v.is_empty() {
-                return if f.required { Err(required(&f.id)) } else { Ok(None) };
+                return if f.required {
+                    Err(required(&f.id))
+                } else {
+                    Ok(None)
+                };
             }
             if v.contains(['\n', '\r']) {
                 return Err(err(f, &f.id, format!("{label}は1行で入力してください")));
             }
             check_length(f, &v, *min_length, *max_length)?;
             if let Some(p) = pattern {
-                let re = regex::RegexBuilder::new(&format!("^(?:{p})$")).size_limit(1 << 20).build();
+                let re = regex::RegexBuilder::new(&format!("^(?:{p})$"))
+                    .size_limit(1 << 20)
+                    .build();
                 if !re.is_ok_and(|re| re.is_match(&v)) {
-                    let msg = pattern_message.clone().filter(|m| !m.is_empty()).unwrap_or_else(|| format!("{label}の形式が正しくありません"));
+                    let msg = pattern_message
+                        .clone()
+                        .filter(|m| !m.is_empty())
+                        .unwrap_or_else(|| format!("{label}の形式が正しくありません"));
                     return Err(err(f, &f.id, msg));
                 }
             }
             Ok(Some(Answer::Text(v)))
         }
-        FieldKind::Textarea { min_length, max_length } => {
+        FieldKind::Textarea {
+            min_length,
+            max_length,
+        } => {
             let v = first(raw, &f.id).replace("\r\n", "\n");
             if v.is_empty() {
-                return if f.required { Err(required(&f.id)) } else { Ok(None) };
+                return if f.required {
+                    Err(required(&f.id))
+                } else {
+                    Ok(None)
+                };
             }
             check_length(f, &v, *min_length, *max_length)?;
             Ok(Some(Answer::Text(v)))
         }
-        FieldKind::Number { min, max, unit, integer } => {
-            let v: String = ja::nfkc(&first(raw, &f.id)).chars().filter(|c| *c != ',' && !c.is_whitespace()).collect();
-            let v = v.strip_suffix(unit.as_str()).filter(|_| !unit.is_empty()).map(str::to_owned).unwrap_or(v);
+        FieldKind::Number {
+            min,
+            max,
+            unit,
+            integer,
+        } => {
+            let v: String = ja::nfkc(&first(raw, &f.id))
+                .chars()
+                .filter(|c| *c != ',' && !c.is_whitespace())
+                .collect();
+            let v = v
+                .strip_suffix(unit.as_str())
+                .filter(|_| !unit.is_empty())
+                .map(str::to_owned)
+                .unwrap_or(v);
             if v.is_empty() {
-                return if f.required { Err(required(&f.id)) } else { Ok(None) };
+                return if f.required {
+                    Err(required(&f.id))
+                } else {
+                    Ok(None)
+                };
             }
-            let ok_chars = v.chars().enumerate().all(|(i, c)| c.is_ascii_digit() || c == '.' || (i == 0 && c == '-'));
-            let n: Option<f64> = if ok_chars && v.len() <= 30 { v.parse().ok().filter(|n: &f64| n.is_finite()) } else { None };
+            let ok_chars = v
+                .chars()
+                .enumerate()
+                .all(|(i, c)| c.is_ascii_digit() || c == '.' || (i == 0 && c == '-'));
+            let n: Option<f64> = if ok_chars && v.len() <= 30 {
+                v.parse().ok().filter(|n: &f64| n.is_finite())
+            } else {
+                None
+            };
             let Some(n) = n else {
                 return Err(err(f, &f.id, format!("{label}は数字で入力してください")));
             };
             if *integer && v.contains('.') {
                 return Err(err(f, &f.id, format!("{label}は整数で入力してください")));
             }
-            let unit_sfx = if unit.is_empty() { String::new() } else { unit.clone() };
+            let unit_sfx = if unit.is_empty() {
+                String::new()
+            } else {
+                unit.clone()
+            };
             if let Some(min) = min.filter(|m| n < *m) {
-                return Err(err(f, &f.id, format!("{label}は{min}{unit_sfx}以上で入力してください")));
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!("{label}は{min}{unit_sfx}以上で入力してください"),
+                ));
             }
             if let Some(max) = max.filter(|m| n > *m) {
-                return Err(err(f, &f.id, format!("{label}は{max}{unit_sfx}以下で入力してください")));
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!("{label}は{max}{unit_sfx}以下で入力してください"),
+                ));
             }
             Ok(Some(Answer::Number(v)))
         }
         FieldKind::Email {} => {
             let v = ja::nfkc(&first(raw, &f.id));
             if v.is_empty() {
-                return if f.required { Err(required(&f.id)) } else { Ok(None) };
+                return if f.required {
+                    Err(required(&f.id))
+                } else {
+                    Ok(None)
+                };
             }
             let ok = v.len() <= 254
                 && !v.chars().any(|c| c.is_whitespace() || c.is_control())
                 && v.split_once('@').is_some_and(|(local, domain)| {
-                    !local.is_empty() && local.len() <= 64 && !domain.contains('@') && domain.contains('.') && !domain.starts_with('.') && !domain.ends_with('.') && !domain.contains("..")
+                    !local.is_empty()
+                        && local.len() <= 64
+                        && !domain.contains('@')
+                        && domain.contains('.')
+                        && !domain.starts_with('.')
+                        && !domain.ends_with('.')
+                        && !domain.contains("..")
                 });
             if !ok {
-                return Err(err(f, &f.id, format!("{label}の形式が正しくありません（例: yamada@example.jp）")));
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!("{label}の形式が正しくありません（例: yamada@example.jp）"),
+                ));
             }
             let (local, domain) = v.split_once('@').unwrap_or_default();
-            Ok(Some(Answer::Text(format!("{local}@{}", domain.to_ascii_lowercase()))))
+            Ok(Some(Answer::Text(format!(
+                "{local}@{}",
+                domain.to_ascii_lowercase()
+            ))))
         }
         FieldKind::Tel {} => {
             let v = ja::nfkc(&first(raw, &f.id));
             if v.is_empty() {
-                return if f.required { Err(required(&f.id)) } else { Ok(None) };
+                return if f.required {
+                    Err(required(&f.id))
+                } else {
+                    Ok(None)
+                };
             }
-            let digits: String = v.chars().filter(|c| !matches!(c, '-' | ' ' | '(' | ')' | '‐' | 'ー' | '−')).collect();
+            let digits: String = v
+                .chars()
+                .filter(|c| !matches!(c, '-' | ' ' | '(' | ')' | '‐' | 'ー' | '−'))
+                .collect();
             let digits = match digits.strip_prefix("+81") {
                 Some(rest) => format!("0{rest}"),
                 None => digits,
             };
-            if !(digits.starts_with('0') && (10..=11).contains(&digits.len()) && digits.bytes().all(|b| b.is_ascii_digit())) {
+            if !(digits.starts_with('0')
+                && (10..=11).contains(&digits.len())
+                && digits.bytes().all(|b| b.is_ascii_digit()))
+            {
                 return Err(err(f, &f.id, format!("{label}は市外局番から10桁または11桁の数字で入力してください（例: 03-1234-5678）")));
             }
             Ok(Some(Answer::Text(digits)))
@@ -278,7 +414,11 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
         FieldKind::Date { min, max } => {
             let v = ja::nfkc(&first(raw, &f.id)).replace('/', "-");
             if v.is_empty() {
-                return if f.required { Err(required(&f.id)) } else { Ok(None) };
+                return if f.required {
+                    Err(required(&f.id))
+                } else {
+                    Ok(None)
+                };
             }
             let parts: Vec<&str> = v.split('-').collect();
             let d = (parts.len() == 3)
@@ -290,38 +430,87 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
                 })
                 .flatten();
             let Some(d) = d else {
-                return Err(err(f, &f.id, format!("{label}は正しい日付で入力してください（例: 2026-11-25）")));
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!("{label}は正しい日付で入力してください（例: 2026-11-25）"),
+                ));
             };
             if let Some(min) = min.filter(|m| d < *m) {
-                return Err(err(f, &f.id, format!("{label}は{}以降の日付を入力してください", ja::date_both(min))));
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!(
+                        "{label}は{}以降の日付を入力してください",
+                        ja::date_both(min)
+                    ),
+                ));
             }
             if let Some(max) = max.filter(|m| d > *m) {
-                return Err(err(f, &f.id, format!("{label}は{}以前の日付を入力してください", ja::date_both(max))));
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!(
+                        "{label}は{}以前の日付を入力してください",
+                        ja::date_both(max)
+                    ),
+                ));
             }
             Ok(Some(Answer::Date(d)))
         }
         FieldKind::Choice { options, .. } => {
             let v = first(raw, &f.id);
             if v.is_empty() {
-                return if f.required { Err(err(f, &f.id, format!("{label}を選択してください"))) } else { Ok(None) };
+                return if f.required {
+                    Err(err(f, &f.id, format!("{label}を選択してください")))
+                } else {
+                    Ok(None)
+                };
             }
             if !options.contains(&v) {
-                return Err(err(f, &f.id, format!("{label}は表示されている選択肢から選んでください")));
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!("{label}は表示されている選択肢から選んでください"),
+                ));
             }
             Ok(Some(Answer::Choice(v)))
         }
-        FieldKind::MultiChoice { options, min_selected, max_selected } => {
-            let chosen: Vec<String> = raw.get(&f.id).map(|v| v.iter().filter(|s| !s.is_empty()).cloned().collect()).unwrap_or_default();
+        FieldKind::MultiChoice {
+            options,
+            min_selected,
+            max_selected,
+        } => {
+            let chosen: Vec<String> = raw
+                .get(&f.id)
+                .map(|v| v.iter().filter(|s| !s.is_empty()).cloned().collect())
+                .unwrap_or_default();
             if chosen.is_empty() {
-                return if f.required { Err(err(f, &f.id, format!("{label}を選択してください"))) } else { Ok(None) };
+                return if f.required {
+                    Err(err(f, &f.id, format!("{label}を選択してください")))
+                } else {
+                    Ok(None)
+                };
             }
             if chosen.iter().any(|c| !options.contains(c)) {
-                return Err(err(f, &f.id, format!("{label}は表示されている選択肢から選んでください")));
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!("{label}は表示されている選択肢から選んでください"),
+                ));
             }
             // Keep the definition's order, once each.
-            let chosen: Vec<String> = options.iter().filter(|o| chosen.contains(o)).cloned().collect();
+            let chosen: Vec<String> = options
+                .iter()
+                .filter(|o| chosen.contains(o))
+                .cloned()
+                .collect();
             if let Some(min) = min_selected.filter(|m| chosen.len() < *m as usize) {
-                return Err(err(f, &f.id, format!("{label}は{min}個以上選択してください")));
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!("{label}は{min}個以上選択してください"),
+                ));
             }
             if let Some(max) = max_selected.filter(|m| chosen.len() > *m as usize) {
                 return Err(err(f, &f.id, format!("{label}は{max}個まで選択できます")));
@@ -329,53 +518,117 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
             Ok(Some(Answer::Multi(chosen)))
         }
         FieldKind::Address {} => {
-            let (pc_name, a1_name, a2_name) = (format!("{}.postal", f.id), format!("{}.address1", f.id), format!("{}.address2", f.id));
-            let pc: String = ja::nfkc(&first(raw, &pc_name)).chars().filter(|c| !matches!(c, '-' | ' ' | '〒' | '‐' | 'ー' | '−')).collect();
+            let (pc_name, a1_name, a2_name) = (
+                format!("{}.postal", f.id),
+                format!("{}.address1", f.id),
+                format!("{}.address2", f.id),
+            );
+            let pc: String = ja::nfkc(&first(raw, &pc_name))
+                .chars()
+                .filter(|c| !matches!(c, '-' | ' ' | '〒' | '‐' | 'ー' | '−'))
+                .collect();
             let a1 = first(raw, &a1_name);
             let a2 = first(raw, &a2_name);
             if pc.is_empty() && a1.is_empty() && a2.is_empty() {
-                return if f.required { Err(err(f, &pc_name, format!("{label}の郵便番号を入力してください"))) } else { Ok(None) };
+                return if f.required {
+                    Err(err(
+                        f,
+                        &pc_name,
+                        format!("{label}の郵便番号を入力してください"),
+                    ))
+                } else {
+                    Ok(None)
+                };
             }
             if pc.len() != 7 || !pc.bytes().all(|b| b.is_ascii_digit()) {
-                return Err(err(f, &pc_name, format!("{label}の郵便番号は7桁の数字で入力してください（例: 102-8688）")));
+                return Err(err(
+                    f,
+                    &pc_name,
+                    format!("{label}の郵便番号は7桁の数字で入力してください（例: 102-8688）"),
+                ));
             }
             if a1.is_empty() {
                 return Err(err(f, &a1_name, format!("{label}の住所を入力してください")));
             }
             for (name, v) in [(&a1_name, &a1), (&a2_name, &a2)] {
                 if ja::char_count(v) > 200 {
-                    return Err(err(f, name, format!("{label}の住所は200文字以内で入力してください")));
+                    return Err(err(
+                        f,
+                        name,
+                        format!("{label}の住所は200文字以内で入力してください"),
+                    ));
                 }
             }
-            Ok(Some(Answer::Address { postal_code: pc, address1: a1, address2: a2 }))
+            Ok(Some(Answer::Address {
+                postal_code: pc,
+                address1: a1,
+                address2: a2,
+            }))
         }
         FieldKind::Name { furigana } => {
-            let names: Vec<String> = ["family", "given", "family_kana", "given_kana"].iter().map(|p| format!("{}.{p}", f.id)).collect();
+            let names: Vec<String> = ["family", "given", "family_kana", "given_kana"]
+                .iter()
+                .map(|p| format!("{}.{p}", f.id))
+                .collect();
             let [family, given, fk, gk]: [String; 4] = [0, 1, 2, 3].map(|i| first(raw, &names[i]));
             if family.is_empty() && given.is_empty() && fk.is_empty() && gk.is_empty() {
-                return if f.required { Err(err(f, &names[0], format!("{label}（姓）を入力してください"))) } else { Ok(None) };
+                return if f.required {
+                    Err(err(
+                        f,
+                        &names[0],
+                        format!("{label}（姓）を入力してください"),
+                    ))
+                } else {
+                    Ok(None)
+                };
             }
             if family.is_empty() {
-                return Err(err(f, &names[0], format!("{label}（姓）を入力してください")));
+                return Err(err(
+                    f,
+                    &names[0],
+                    format!("{label}（姓）を入力してください"),
+                ));
             }
             for (name, v) in [(&names[0], &family), (&names[1], &given)] {
                 if ja::char_count(v) > 50 {
-                    return Err(err(f, name, format!("{label}は50文字以内で入力してください")));
+                    return Err(err(
+                        f,
+                        name,
+                        format!("{label}は50文字以内で入力してください"),
+                    ));
                 }
             }
             let (mut family_kana, mut given_kana) = (String::new(), String::new());
             if *furigana {
                 if fk.is_empty() {
-                    return Err(err(f, &names[2], format!("{label}のフリガナ（セイ）を入力してください")));
+                    return Err(err(
+                        f,
+                        &names[2],
+                        format!("{label}のフリガナ（セイ）を入力してください"),
+                    ));
                 }
-                for (name, v, slot) in [(&names[2], &fk, &mut family_kana), (&names[3], &gk, &mut given_kana)] {
+                for (name, v, slot) in [
+                    (&names[2], &fk, &mut family_kana),
+                    (&names[3], &gk, &mut given_kana),
+                ] {
                     match ja::to_katakana(v) {
                         Some(k) if ja::char_count(&k) <= 50 => *slot = k,
-                        _ => return Err(err(f, name, format!("{label}のフリガナはカタカナで入力してください"))),
+                        _ => {
+                            return Err(err(
+                                f,
+                                name,
+                                format!("{label}のフリガナはカタカナで入力してください"),
+                            ))
+                        }
                     }
                 }
             }
-            Ok(Some(Answer::Name { family, given, family_kana, given_kana }))
+            Ok(Some(Answer::Name {
+                family,
+                given,
+                family_kana,
+                given_kana,
+            }))
         }
         FieldKind::Consent { .. } => {
             let yes = first(raw, &f.id) == "yes";
@@ -385,5 +638,371 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
             Ok(Some(Answer::Consent(yes)))
         }
         FieldKind::Heading {} | FieldKind::Paragraph { .. } => Ok(None),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tenant::forms::definition::{
+        ChoiceDisplay, Condition, ConditionOp, FormDefinition, Page,
+    };
+
+    fn field(id: &str, required: bool, kind: FieldKind) -> Field {
+        Field {
+            id: id.into(),
+            label: id.to_uppercase(),
+            help: String::new(),
+            required,
+            placeholder: String::new(),
+            show_if: None,
+            kind,
+        }
+    }
+
+    fn raw(pairs: &[(&str, &str)]) -> Raw {
+        let mut r = Raw::new();
+        for (k, v) in pairs {
+            r.entry((*k).to_owned()).or_default().push((*v).to_owned());
+        }
+        r
+    }
+
+    fn one(f: &Field, pairs: &[(&str, &str)]) -> Result<Option<Answer>, String> {
+        check_field(f, &raw(pairs)).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn text_rules() {
+        let f = field(
+            "t",
+            true,
+            FieldKind::Text {
+                min_length: Some(2),
+                max_length: Some(5),
+                pattern: None,
+                pattern_message: None,
+            },
+        );
+        assert_eq!(one(&f, &[]), Err("Tを入力してください".into()));
+        assert_eq!(
+            one(&f, &[("t", "  あいう  ")]),
+            Ok(Some(Answer::Text("あいう".into())))
+        );
+        assert!(one(&f, &[("t", "あ")]).is_err_and(|m| m.contains("2文字以上")));
+        assert!(one(&f, &[("t", "あいうえおか")]).is_err_and(|m| m.contains("5文字以内")));
+        assert!(one(&f, &[("t", "あ\nい")]).is_err_and(|m| m.contains("1行")));
+        // An IVS sequence is one character and is kept as typed.
+        assert_eq!(
+            one(&f, &[("t", "葛\u{E0100}飾区")]),
+            Ok(Some(Answer::Text("葛\u{E0100}飾区".into())))
+        );
+        let p = field(
+            "p",
+            false,
+            FieldKind::Text {
+                min_length: None,
+                max_length: None,
+                pattern: Some("[A-Z]{2}[0-9]+".into()),
+                pattern_message: Some("英大文字2字と数字".into()),
+            },
+        );
+        assert_eq!(one(&p, &[]), Ok(None));
+        assert_eq!(
+            one(&p, &[("p", "AB12")]),
+            Ok(Some(Answer::Text("AB12".into())))
+        );
+        assert_eq!(one(&p, &[("p", "AB12x")]), Err("英大文字2字と数字".into()));
+        let long = "あ".repeat(MAX_INPUT + 1);
+        let t = field(
+            "t",
+            false,
+            FieldKind::Textarea {
+                min_length: None,
+                max_length: None,
+            },
+        );
+        assert!(one(&t, &[("t", &long)]).is_err());
+        assert_eq!(
+            one(&t, &[("t", "一行目\r\n二行目")]),
+            Ok(Some(Answer::Text("一行目\n二行目".into())))
+        );
+    }
+
+    #[test]
+    fn numbers_emails_phones_dates() {
+        let n = field(
+            "n",
+            true,
+            FieldKind::Number {
+                min: Some(1.0),
+                max: Some(10.0),
+                unit: "個".into(),
+                integer: true,
+            },
+        );
+        assert_eq!(
+            one(&n, &[("n", "３")]),
+            Ok(Some(Answer::Number("3".into())))
+        );
+        assert_eq!(
+            one(&n, &[("n", "3個")]),
+            Ok(Some(Answer::Number("3".into())))
+        );
+        assert!(one(&n, &[("n", "2.5")]).is_err_and(|m| m.contains("整数")));
+        assert!(one(&n, &[("n", "11")]).is_err_and(|m| m.contains("10個以下")));
+        assert!(one(&n, &[("n", "0")]).is_err_and(|m| m.contains("1個以上")));
+        assert!(one(&n, &[("n", "abc")]).is_err_and(|m| m.contains("数字")));
+        assert!(one(&n, &[("n", "1e3")]).is_err());
+
+        let e = field("e", true, FieldKind::Email {});
+        assert_eq!(
+            one(&e, &[("e", "ｙａｍａｄａ＠Example.JP")]),
+            Ok(Some(Answer::Text("yamada@example.jp".into())))
+        );
+        for bad in ["yamada", "a@b", "a@@b.jp", "a b@c.jp", "@c.jp", "a@.jp"] {
+            assert!(one(&e, &[("e", bad)]).is_err(), "{bad}");
+        }
+
+        let t = field("t", true, FieldKind::Tel {});
+        assert_eq!(
+            one(&t, &[("t", "０３－１２３４－５６７８")]),
+            Ok(Some(Answer::Text("0312345678".into())))
+        );
+        assert_eq!(
+            one(&t, &[("t", "+81 90 1234 5678")]),
+            Ok(Some(Answer::Text("09012345678".into())))
+        );
+        assert!(one(&t, &[("t", "12345")]).is_err());
+
+        let d = field(
+            "d",
+            true,
+            FieldKind::Date {
+                min: Some(time::macros::date!(2026 - 01 - 01)),
+                max: None,
+            },
+        );
+        assert_eq!(
+            one(&d, &[("d", "2026/11/25")]),
+            Ok(Some(Answer::Date(time::macros::date!(2026 - 11 - 25))))
+        );
+        assert!(one(&d, &[("d", "2026-02-30")]).is_err_and(|m| m.contains("正しい日付")));
+        assert!(one(&d, &[("d", "2025-12-31")]).is_err_and(|m| m.contains("令和8年1月1日")));
+        assert_eq!(
+            Answer::Date(time::macros::date!(2026 - 11 - 25)).display(),
+            "2026年11月25日（令和8年11月25日）"
+        );
+    }
+
+    #[test]
+    fn choices_address_name_consent() {
+        let c = field(
+            "c",
+            true,
+            FieldKind::Choice {
+                options: vec!["はい".into(), "いいえ".into()],
+                display: ChoiceDisplay::Radio,
+            },
+        );
+        assert_eq!(
+            one(&c, &[("c", "はい")]),
+            Ok(Some(Answer::Choice("はい".into())))
+        );
+        assert!(one(&c, &[("c", "たぶん")]).is_err());
+        assert_eq!(one(&c, &[]), Err("Cを選択してください".into()));
+
+        let m = field(
+            "m",
+            false,
+            FieldKind::MultiChoice {
+                options: vec!["A".into(), "B".into(), "C".into()],
+                min_selected: Some(2),
+                max_selected: Some(2),
+            },
+        );
+        assert_eq!(
+            one(&m, &[("m", "C"), ("m", "A")]),
+            Ok(Some(Answer::Multi(vec!["A".into(), "C".into()])))
+        );
+        assert!(one(&m, &[("m", "A")]).is_err_and(|e| e.contains("2個以上")));
+        assert!(
+            one(&m, &[("m", "A"), ("m", "B"), ("m", "C")]).is_err_and(|e| e.contains("2個まで"))
+        );
+        assert!(one(&m, &[("m", "A"), ("m", "Z")]).is_err());
+        assert_eq!(one(&m, &[]), Ok(None));
+
+        let a = field("a", true, FieldKind::Address {});
+        assert_eq!(
+            one(
+                &a,
+                &[
+                    ("a.postal", "〒１０２－８６８８"),
+                    ("a.address1", "東京都千代田区九段南1-2-1"),
+                    ("a.address2", "")
+                ]
+            ),
+            Ok(Some(Answer::Address {
+                postal_code: "1028688".into(),
+                address1: "東京都千代田区九段南1-2-1".into(),
+                address2: String::new()
+            }))
+        );
+        let e = check_field(&a, &raw(&[("a.postal", "12345"), ("a.address1", "x")])).err();
+        assert_eq!(e.map(|e| e.input), Some("a.postal".to_owned()));
+        let e = check_field(&a, &raw(&[("a.postal", "1028688")])).err();
+        assert_eq!(e.map(|e| e.input), Some("a.address1".to_owned()));
+
+        let n = field("n", true, FieldKind::Name { furigana: true });
+        let ok = one(
+            &n,
+            &[
+                ("n.family", "山田"),
+                ("n.given", "太郎"),
+                ("n.family_kana", "やまだ"),
+                ("n.given_kana", "ﾀﾛｳ"),
+            ],
+        );
+        assert_eq!(
+            ok,
+            Ok(Some(Answer::Name {
+                family: "山田".into(),
+                given: "太郎".into(),
+                family_kana: "ヤマダ".into(),
+                given_kana: "タロウ".into()
+            }))
+        );
+        let e = check_field(
+            &n,
+            &raw(&[("n.family", "山田"), ("n.family_kana", "yamada")]),
+        )
+        .err();
+        assert_eq!(
+            e.map(|e| (e.input, e.message.contains("カタカナ"))),
+            Some(("n.family_kana".to_owned(), true))
+        );
+        // 𠮷 (outside the BMP) and 髙 are kept exactly.
+        let kept = one(
+            &n,
+            &[
+                ("n.family", "𠮷髙"),
+                ("n.given", "花子"),
+                ("n.family_kana", "ヨシタカ"),
+                ("n.given_kana", "ハナコ"),
+            ],
+        );
+        assert!(matches!(kept, Ok(Some(Answer::Name { ref family, .. })) if family == "𠮷髙"));
+
+        let k = field(
+            "k",
+            true,
+            FieldKind::Consent {
+                statement: "同意します".into(),
+            },
+        );
+        assert_eq!(one(&k, &[("k", "yes")]), Ok(Some(Answer::Consent(true))));
+        assert!(one(&k, &[]).is_err_and(|m| m.contains("同意が必要")));
+    }
+
+    fn two_page_form() -> FormDefinition {
+        let mut def = FormDefinition::new("粗大ごみ");
+        let mut has_items = field(
+            "has",
+            true,
+            FieldKind::Choice {
+                options: vec!["ある".into(), "ない".into()],
+                display: ChoiceDisplay::Radio,
+            },
+        );
+        has_items.label = "品目".into();
+        let mut detail = field(
+            "detail",
+            true,
+            FieldKind::Text {
+                min_length: None,
+                max_length: None,
+                pattern: None,
+                pattern_message: None,
+            },
+        );
+        detail.show_if = Some(Condition {
+            field: "has".into(),
+            op: ConditionOp::Equals,
+            values: vec!["ある".into()],
+        });
+        def.pages[0].fields = vec![has_items, detail];
+        def.pages.push(Page {
+            id: "p2".into(),
+            title: "品目".into(),
+            show_if: Some(Condition {
+                field: "has".into(),
+                op: ConditionOp::In,
+                values: vec!["ある".into()],
+            }),
+            fields: vec![field(
+                "count",
+                true,
+                FieldKind::Number {
+                    min: None,
+                    max: None,
+                    unit: String::new(),
+                    integer: true,
+                },
+            )],
+        });
+        def
+    }
+
+    #[test]
+    fn show_hide_rules() {
+        let def = two_page_form();
+        assert_eq!(def.check(), Vec::new());
+        // Hidden: neither required nor stored, even if sent.
+        let a = check_all(
+            &def,
+            &raw(&[("has", "ない"), ("detail", "こっそり"), ("count", "x")]),
+        );
+        let a = a.unwrap_or_default();
+        assert_eq!(a.len(), 1);
+        assert!(!a.contains_key("detail") && !a.contains_key("count"));
+        // Shown: required.
+        let e = check_all(&def, &raw(&[("has", "ある")]))
+            .err()
+            .unwrap_or_default();
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["detail", "count"]);
+        let a = check_all(
+            &def,
+            &raw(&[("has", "ある"), ("detail", "ソファ"), ("count", "2")]),
+        )
+        .unwrap_or_default();
+        assert_eq!(a.len(), 3);
+    }
+
+    #[test]
+    fn definition_problems_are_reported() {
+        let mut def = two_page_form();
+        def.pages[0].fields[1].show_if = Some(Condition {
+            field: "count".into(),
+            op: ConditionOp::NotEmpty,
+            values: vec![],
+        });
+        def.pages[1]
+            .fields
+            .push(field("count", false, FieldKind::Tel {}));
+        def.settings.capacity = Some(0);
+        let problems: Vec<String> = def.check().into_iter().map(|p| p.ja).collect();
+        assert!(
+            problems.iter().any(|p| p.contains("前の項目を参照")),
+            "{problems:?}"
+        );
+        assert!(problems.iter().any(|p| p.contains("重複")), "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("定員")), "{problems:?}");
+        // Round trip through JSON, and bad JSON gets a message.
+        let def = two_page_form();
+        let json = serde_json::to_string_pretty(&def).unwrap_or_default();
+        assert_eq!(FormDefinition::from_json(&json).ok(), Some(def));
+        assert!(FormDefinition::from_json("{").is_err_and(|p| p[0].ja.contains("JSON")));
+        assert!(FormDefinition::from_json(&json.replace("madoguchi.form/1", "other/9")).is_err());
     }
 }

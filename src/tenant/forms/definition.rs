@@ -149,11 +149,15 @@ pub enum FieldKind {
         furigana: bool,
     },
     /// 同意 (yes/no)
-    Consent { statement: String },
+    Consent {
+        statement: String,
+    },
     /// 見出し (no answer)
     Heading {},
     /// 説明文 (no answer)
-    Paragraph { text: String },
+    Paragraph {
+        text: String,
+    },
 }
 
 fn yes() -> bool {
@@ -217,19 +221,46 @@ impl FieldKind {
     /// A new field of the named type with empty settings.
     pub fn new_of(type_name: &str) -> Option<Self> {
         Some(match type_name {
-            "text" => Self::Text { min_length: None, max_length: None, pattern: None, pattern_message: None },
-            "textarea" => Self::Textarea { min_length: None, max_length: None },
-            "number" => Self::Number { min: None, max: None, unit: String::new(), integer: false },
+            "text" => Self::Text {
+                min_length: None,
+                max_length: None,
+                pattern: None,
+                pattern_message: None,
+            },
+            "textarea" => Self::Textarea {
+                min_length: None,
+                max_length: None,
+            },
+            "number" => Self::Number {
+                min: None,
+                max: None,
+                unit: String::new(),
+                integer: false,
+            },
             "email" => Self::Email {},
             "tel" => Self::Tel {},
-            "date" => Self::Date { min: None, max: None },
-            "choice" => Self::Choice { options: vec!["選択肢1".into(), "選択肢2".into()], display: ChoiceDisplay::Radio },
-            "multi_choice" => Self::MultiChoice { options: vec!["選択肢1".into(), "選択肢2".into()], min_selected: None, max_selected: None },
+            "date" => Self::Date {
+                min: None,
+                max: None,
+            },
+            "choice" => Self::Choice {
+                options: vec!["選択肢1".into(), "選択肢2".into()],
+                display: ChoiceDisplay::Radio,
+            },
+            "multi_choice" => Self::MultiChoice {
+                options: vec!["選択肢1".into(), "選択肢2".into()],
+                min_selected: None,
+                max_selected: None,
+            },
             "address" => Self::Address {},
             "name" => Self::Name { furigana: true },
-            "consent" => Self::Consent { statement: "内容に同意します".into() },
+            "consent" => Self::Consent {
+                statement: "内容に同意します".into(),
+            },
             "heading" => Self::Heading {},
-            "paragraph" => Self::Paragraph { text: String::new() },
+            "paragraph" => Self::Paragraph {
+                text: String::new(),
+            },
             _ => return None,
         })
     }
@@ -264,7 +295,10 @@ fn problem(ja: String, en: String) -> Problem {
 }
 
 fn valid_id(id: &str) -> bool {
-    (1..=40).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+    (1..=40).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 impl FormDefinition {
@@ -275,7 +309,12 @@ impl FormDefinition {
             title: title.to_owned(),
             description: String::new(),
             settings: FormSettings::default(),
-            pages: vec![Page { id: "p1".into(), title: String::new(), show_if: None, fields: Vec::new() }],
+            pages: vec![Page {
+                id: "p1".into(),
+                title: String::new(),
+                show_if: None,
+                fields: Vec::new(),
+            }],
         }
     }
 
@@ -283,12 +322,18 @@ impl FormDefinition {
     pub fn from_json(text: &str) -> Result<Self, Vec<Problem>> {
         if text.len() > MAX_DOCUMENT {
             return Err(vec![problem(
-                format!("フォーム定義が大きすぎます（{} KB まで）", MAX_DOCUMENT / 1024),
+                format!(
+                    "フォーム定義が大きすぎます（{} KB まで）",
+                    MAX_DOCUMENT / 1024
+                ),
                 "definition too large".into(),
             )]);
         }
         let def: Self = serde_json::from_str(text).map_err(|e| {
-            vec![problem(format!("フォーム定義の JSON を読み取れません: {e}"), format!("cannot read the definition JSON: {e}"))]
+            vec![problem(
+                format!("フォーム定義の JSON を読み取れません: {e}"),
+                format!("cannot read the definition JSON: {e}"),
+            )]
         })?;
         let problems = def.check();
         if problems.is_empty() {
@@ -310,40 +355,68 @@ impl FormDefinition {
     pub fn check(&self) -> Vec<Problem> {
         let mut out = Vec::new();
         if self.format != FORMAT {
-            out.push(problem(format!("形式「{}」には対応していません（{FORMAT}）", self.format), format!("unsupported format {:?}", self.format)));
+            out.push(problem(
+                format!("形式「{}」には対応していません（{FORMAT}）", self.format),
+                format!("unsupported format {:?}", self.format),
+            ));
         }
         if self.title.trim().is_empty() || self.title.chars().count() > MAX_LABEL {
-            out.push(problem("フォームの題名を1〜200文字で入力してください".into(), "title must be 1-200 characters".into()));
+            out.push(problem(
+                "フォームの題名を1〜200文字で入力してください".into(),
+                "title must be 1-200 characters".into(),
+            ));
         }
         if self.description.chars().count() > MAX_TEXT * 5 {
-            out.push(problem("説明が長すぎます".into(), "description too long".into()));
+            out.push(problem(
+                "説明が長すぎます".into(),
+                "description too long".into(),
+            ));
         }
         if self.pages.is_empty() || self.pages.len() > MAX_PAGES {
-            out.push(problem(format!("ページは1〜{MAX_PAGES}個にしてください"), "1-30 pages".into()));
+            out.push(problem(
+                format!("ページは1〜{MAX_PAGES}個にしてください"),
+                "1-30 pages".into(),
+            ));
         }
         if self.fields().count() > MAX_FIELDS {
-            out.push(problem(format!("項目は{MAX_FIELDS}個までです"), "too many fields".into()));
+            out.push(problem(
+                format!("項目は{MAX_FIELDS}個までです"),
+                "too many fields".into(),
+            ));
         }
         if let (Some(o), Some(c)) = (self.settings.opens_at, self.settings.closes_at) {
             if c <= o {
-                out.push(problem("受付終了日時は受付開始日時より後にしてください".into(), "closes_at must be after opens_at".into()));
+                out.push(problem(
+                    "受付終了日時は受付開始日時より後にしてください".into(),
+                    "closes_at must be after opens_at".into(),
+                ));
             }
         }
         if self.settings.capacity == Some(0) {
-            out.push(problem("定員は1以上にしてください（定員なしは空欄）".into(), "capacity must be at least 1".into()));
+            out.push(problem(
+                "定員は1以上にしてください（定員なしは空欄）".into(),
+                "capacity must be at least 1".into(),
+            ));
         }
         let mut seen: Vec<&str> = Vec::new();
         let mut page_ids: Vec<&str> = Vec::new();
         for page in &self.pages {
             if !valid_id(&page.id) || page_ids.contains(&page.id.as_str()) {
-                out.push(problem(format!("ページID「{}」が不正か重複しています", page.id), format!("bad or duplicate page id {:?}", page.id)));
+                out.push(problem(
+                    format!("ページID「{}」が不正か重複しています", page.id),
+                    format!("bad or duplicate page id {:?}", page.id),
+                ));
             }
             page_ids.push(&page.id);
             if let Some(c) = &page.show_if {
                 self.check_condition(c, &seen, &format!("ページ「{}」", page.title), &mut out);
             }
             for f in &page.fields {
-                let name = if f.label.is_empty() { f.id.clone() } else { f.label.clone() };
+                let name = if f.label.is_empty() {
+                    f.id.clone()
+                } else {
+                    f.label.clone()
+                };
                 if !valid_id(&f.id) || seen.contains(&f.id.as_str()) {
                     out.push(problem(
                         format!("項目ID「{}」が不正か重複しています（英小文字・数字・_・- の40文字まで）", f.id),
@@ -354,10 +427,19 @@ impl FormDefinition {
                     self.check_condition(c, &seen, &format!("項目「{name}」"), &mut out);
                 }
                 if f.kind.takes_answer() && f.label.trim().is_empty() {
-                    out.push(problem(format!("項目「{}」に項目名を入力してください", f.id), format!("field {} needs a label", f.id)));
+                    out.push(problem(
+                        format!("項目「{}」に項目名を入力してください", f.id),
+                        format!("field {} needs a label", f.id),
+                    ));
                 }
-                if f.label.chars().count() > MAX_LABEL || f.placeholder.chars().count() > MAX_LABEL || f.help.chars().count() > MAX_TEXT {
-                    out.push(problem(format!("項目「{name}」の項目名・説明が長すぎます"), format!("field {} texts too long", f.id)));
+                if f.label.chars().count() > MAX_LABEL
+                    || f.placeholder.chars().count() > MAX_LABEL
+                    || f.help.chars().count() > MAX_TEXT
+                {
+                    out.push(problem(
+                        format!("項目「{name}」の項目名・説明が長すぎます"),
+                        format!("field {} texts too long", f.id),
+                    ));
                 }
                 check_kind(&name, &f.kind, &mut out);
                 seen.push(&f.id);
@@ -369,44 +451,85 @@ impl FormDefinition {
     fn check_condition(&self, c: &Condition, earlier: &[&str], what: &str, out: &mut Vec<Problem>) {
         if !earlier.contains(&c.field.as_str()) {
             out.push(problem(
-                format!("{what}の表示条件は、それより前の項目を参照してください（「{}」）", c.field),
-                format!("condition of {what} must refer to an earlier field, not {:?}", c.field),
+                format!(
+                    "{what}の表示条件は、それより前の項目を参照してください（「{}」）",
+                    c.field
+                ),
+                format!(
+                    "condition of {what} must refer to an earlier field, not {:?}",
+                    c.field
+                ),
             ));
         } else if self.field(&c.field).is_some_and(|f| !f.kind.takes_answer()) {
-            out.push(problem(format!("{what}の表示条件が回答のない項目を参照しています"), "condition refers to a field without answer".into()));
+            out.push(problem(
+                format!("{what}の表示条件が回答のない項目を参照しています"),
+                "condition refers to a field without answer".into(),
+            ));
         }
         if matches!(c.op, ConditionOp::Equals | ConditionOp::In) && c.values.is_empty() {
-            out.push(problem(format!("{what}の表示条件に値を指定してください"), "condition needs a value".into()));
+            out.push(problem(
+                format!("{what}の表示条件に値を指定してください"),
+                "condition needs a value".into(),
+            ));
         }
     }
 }
 
 fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
-    let bad_range = |min: Option<u32>, max: Option<u32>| matches!((min, max), (Some(a), Some(b)) if a > b);
+    let bad_range =
+        |min: Option<u32>, max: Option<u32>| matches!((min, max), (Some(a), Some(b)) if a > b);
     match kind {
-        FieldKind::Text { min_length, max_length, pattern, .. } => {
+        FieldKind::Text {
+            min_length,
+            max_length,
+            pattern,
+            ..
+        } => {
             if bad_range(*min_length, *max_length) {
-                out.push(problem(format!("項目「{name}」の文字数の下限が上限を超えています"), "min_length > max_length".into()));
+                out.push(problem(
+                    format!("項目「{name}」の文字数の下限が上限を超えています"),
+                    "min_length > max_length".into(),
+                ));
             }
             if let Some(p) = pattern {
-                if p.len() > 500 || regex::RegexBuilder::new(&format!("^(?:{p})$")).size_limit(1 << 20).build().is_err() {
-                    out.push(problem(format!("項目「{name}」の入力パターン（正規表現）が正しくありません"), "invalid pattern".into()));
+                if p.len() > 500
+                    || regex::RegexBuilder::new(&format!("^(?:{p})$"))
+                        .size_limit(1 << 20)
+                        .build()
+                        .is_err()
+                {
+                    out.push(problem(
+                        format!("項目「{name}」の入力パターン（正規表現）が正しくありません"),
+                        "invalid pattern".into(),
+                    ));
                 }
             }
         }
-        FieldKind::Textarea { min_length, max_length } => {
+        FieldKind::Textarea {
+            min_length,
+            max_length,
+        } => {
             if bad_range(*min_length, *max_length) {
-                out.push(problem(format!("項目「{name}」の文字数の下限が上限を超えています"), "min_length > max_length".into()));
+                out.push(problem(
+                    format!("項目「{name}」の文字数の下限が上限を超えています"),
+                    "min_length > max_length".into(),
+                ));
             }
         }
         FieldKind::Number { min, max, .. } => {
             if matches!((min, max), (Some(a), Some(b)) if a > b) {
-                out.push(problem(format!("項目「{name}」の最小値が最大値を超えています"), "min > max".into()));
+                out.push(problem(
+                    format!("項目「{name}」の最小値が最大値を超えています"),
+                    "min > max".into(),
+                ));
             }
         }
         FieldKind::Date { min, max } => {
             if matches!((min, max), (Some(a), Some(b)) if a > b) {
-                out.push(problem(format!("項目「{name}」の日付の範囲が正しくありません"), "min > max".into()));
+                out.push(problem(
+                    format!("項目「{name}」の日付の範囲が正しくありません"),
+                    "min > max".into(),
+                ));
             }
         }
         FieldKind::Choice { options, .. } | FieldKind::MultiChoice { options, .. } => {
@@ -414,22 +537,50 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
             sorted.sort();
             sorted.dedup();
             if options.is_empty() || options.len() > MAX_OPTIONS || sorted.len() != options.len() {
-                out.push(problem(format!("項目「{name}」の選択肢は1〜{MAX_OPTIONS}個の重複しない値にしてください"), "1-100 distinct options".into()));
+                out.push(problem(
+                    format!(
+                        "項目「{name}」の選択肢は1〜{MAX_OPTIONS}個の重複しない値にしてください"
+                    ),
+                    "1-100 distinct options".into(),
+                ));
             }
-            if options.iter().any(|o| o.trim().is_empty() || o.chars().count() > MAX_LABEL) {
-                out.push(problem(format!("項目「{name}」に空の、または長すぎる選択肢があります"), "empty or long option".into()));
+            if options
+                .iter()
+                .any(|o| o.trim().is_empty() || o.chars().count() > MAX_LABEL)
+            {
+                out.push(problem(
+                    format!("項目「{name}」に空の、または長すぎる選択肢があります"),
+                    "empty or long option".into(),
+                ));
             }
-            if let FieldKind::MultiChoice { min_selected, max_selected, .. } = kind {
-                if bad_range(*min_selected, *max_selected) || max_selected.is_some_and(|m| m as usize > options.len()) {
-                    out.push(problem(format!("項目「{name}」の選択数の範囲が正しくありません"), "bad selection range".into()));
+            if let FieldKind::MultiChoice {
+                min_selected,
+                max_selected,
+                ..
+            } = kind
+            {
+                if bad_range(*min_selected, *max_selected)
+                    || max_selected.is_some_and(|m| m as usize > options.len())
+                {
+                    out.push(problem(
+                        format!("項目「{name}」の選択数の範囲が正しくありません"),
+                        "bad selection range".into(),
+                    ));
                 }
             }
         }
         FieldKind::Consent { statement } | FieldKind::Paragraph { text: statement } => {
             if statement.chars().count() > MAX_TEXT * 5 {
-                out.push(problem(format!("項目「{name}」の文章が長すぎます"), "text too long".into()));
+                out.push(problem(
+                    format!("項目「{name}」の文章が長すぎます"),
+                    "text too long".into(),
+                ));
             }
         }
-        FieldKind::Email {} | FieldKind::Tel {} | FieldKind::Address {} | FieldKind::Name { .. } | FieldKind::Heading {} => {}
+        FieldKind::Email {}
+        | FieldKind::Tel {}
+        | FieldKind::Address {}
+        | FieldKind::Name { .. }
+        | FieldKind::Heading {} => {}
     }
 }

@@ -1,0 +1,5 @@
+//! Forms: the definition format, answer checking, and (in submodules) the
+//! builder's storage and the citizen's pages.
+
+pub mod answers;
+pub mod definition;

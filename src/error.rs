@@ -11,6 +11,17 @@ use crate::web::ErrorPage;
 pub enum AppError {
     #[error("not found")]
     NotFound,
+    /// The request cannot be understood; the message is shown to the person.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error("payload too large")]
+    PayloadTooLarge,
+    /// Signed in, but not allowed to do this.
+    #[error("forbidden")]
+    Forbidden,
+    /// A state-changing request without a valid CSRF token.
+    #[error("csrf token mismatch")]
+    Csrf,
     /// The service (or this tenant's share of it) is busy or down for now.
     #[error("temporarily unavailable")]
     Unavailable { retry_after_secs: u32 },
@@ -28,6 +39,28 @@ impl IntoResponse for AppError {
     fn into_response(self) -> Response {
         match self {
             AppError::NotFound => ErrorPage::not_found().into_response(),
+            AppError::BadRequest(msg) => ErrorPage::new(StatusCode::BAD_REQUEST, "入力内容を確認してください", "Bad request", &msg).into_response(),
+            AppError::PayloadTooLarge => ErrorPage::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "送信内容が大きすぎます",
+                "Request too large",
+                "送信できる大きさ（256KB）を超えています。入力内容を短くしてから、もう一度送信してください。",
+            )
+            .into_response(),
+            AppError::Forbidden => ErrorPage::new(
+                StatusCode::FORBIDDEN,
+                "この操作の権限がありません",
+                "Forbidden",
+                "この画面または操作は、あなたの権限では利用できません。必要な場合は管理者に依頼してください。",
+            )
+            .into_response(),
+            AppError::Csrf => ErrorPage::new(
+                StatusCode::FORBIDDEN,
+                "画面の有効期限が切れました",
+                "Session expired",
+                "安全のため、この送信は受け付けられませんでした。前の画面に戻り、ページを再読み込みしてからもう一度操作してください。",
+            )
+            .into_response(),
             AppError::Unavailable { retry_after_secs } => {
                 let mut resp = ErrorPage::busy().into_response();
                 if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {

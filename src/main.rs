@@ -129,6 +129,23 @@ enum TenantCmd {
     Suspend { slug: String },
     /// Resume a suspended tenant.
     Resume { slug: String },
+    /// Add a staff member and print a one-time setup link (valid 24 hours).
+    AddStaff {
+        slug: String,
+        #[arg(long)]
+        email: String,
+        /// admin, dept_manager, staff or viewer.
+        #[arg(long, default_value = "admin")]
+        role: String,
+        /// Department (所属); created if new. Required except for administrators.
+        #[arg(long)]
+        department: Option<String>,
+        #[arg(long, default_value = "")]
+        name: String,
+        /// How the tenant's site is reached, for the printed link.
+        #[arg(long)]
+        base_url: Option<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,7 +222,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Serve(args) => serve(p, file, &args, false).await,
+        Command::Serve(args) => serve_with(p, file, &args, &[]).await,
         Command::Demo {
             serve: args,
             tenants,
@@ -217,7 +234,16 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     .with_context(|| format!("applying {}", path.display()))?;
                 eprintln!("{}: {}", m.slug, describe(&applied));
             }
-            serve(p, file, &args, true).await
+            let mut accounts = Vec::new();
+            for t in p.catalog.list_tenants().await? {
+                if t.state == TenantState::Active {
+                    let account = madoguchi::control::tenant_admin::seed_demo(p, &t)
+                        .await
+                        .with_context(|| format!("seeding demo data of {}", t.slug))?;
+                    accounts.push((t, account));
+                }
+            }
+            serve_with(p, file, &args, &accounts).await
         }
         Command::Tenant(cmd) => tenant(p, cmd).await,
         Command::Migrate {
@@ -324,6 +350,44 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 }
             }
         }
+        TenantCmd::AddStaff {
+            slug,
+            email,
+            role,
+            department,
+            name,
+            base_url,
+        } => {
+            let rec =
+                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
+                    format!("テナント「{slug}」はありません / no tenant {slug}")
+                })?;
+            let role = madoguchi::tenant::staff::Role::parse(&role)
+                .with_context(|| format!("権限「{role}」はありません（admin, dept_manager, staff, viewer） / unknown role {role:?}"))?;
+            if role != madoguchi::tenant::staff::Role::Admin && department.is_none() {
+                anyhow::bail!("管理者以外は --department が必要です / --department is required for roles other than admin");
+            }
+            let token = madoguchi::control::tenant_admin::add_staff(
+                p,
+                &rec,
+                &email,
+                &name,
+                role,
+                department.as_deref(),
+            )
+            .await?;
+            let base = base_url.unwrap_or_else(|| {
+                format!(
+                    "http://{}:8080",
+                    rec.hosts.first().map_or("localhost", String::as_str)
+                )
+            });
+            println!("{}/admin/setup/{token}", base.trim_end_matches('/'));
+            eprintln!(
+                "one-time setup link for {email} ({}), valid 24 hours",
+                role.label()
+            );
+        }
         TenantCmd::Suspend { slug } | TenantCmd::Resume { slug }
             if p.catalog.tenant_by_slug(&slug).await?.is_none() =>
         {
@@ -354,11 +418,14 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(
+async fn serve_with(
     p: &Platform,
     file: &FileSettings,
     args: &ServeArgs,
-    demo: bool,
+    demo: &[(
+        madoguchi::catalog::TenantRecord,
+        madoguchi::control::tenant_admin::DemoAccount,
+    )],
 ) -> anyhow::Result<ExitCode> {
     let listen = args
         .listen
@@ -372,12 +439,16 @@ async fn serve(
     let port = server.bound.public.port();
     println!("listening: http://{}", server.bound.public);
     println!("ops: http://{}", server.bound.ops);
-    if demo {
-        for t in p.catalog.list_tenants().await? {
-            for h in &t.hosts {
-                println!("{} {}: http://{h}:{port}/", t.slug, t.name);
-            }
+    for (t, a) in demo {
+        let host = t.hosts.first().map_or("localhost", String::as_str);
+        println!("{} {}: http://{host}:{port}/", t.slug, t.name);
+        if let Some(path) = &a.form_path {
+            println!("  sample form: http://{host}:{port}{path}");
         }
+        println!(
+            "  admin: http://{host}:{port}/admin/login  email {}  password {}  TOTP secret {}",
+            a.email, a.password, a.totp_secret
+        );
     }
     println!("ready (Ctrl-C to stop)");
     wait_for_signal().await;

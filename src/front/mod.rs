@@ -81,6 +81,8 @@ pub fn public_router(app: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/static/app.css", get(crate::web::stylesheet))
+        .route("/static/forms.js", get(crate::web::forms_js))
+        .route("/static/admin.js", get(crate::web::admin_js))
         .fallback_service(tenant)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -145,9 +147,13 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
     let resp = match route.state {
         TenantState::Active => match app.pools.runtime(route.id).await {
             Ok(rt) => {
+                let base_url = format!("http://{}", host.as_deref().unwrap_or_default());
                 let ctx = TenantCtx::new(
                     route.id,
                     Arc::clone(&route.slug),
+                    Arc::clone(&route.name),
+                    base_url,
+                    false,
                     rt.pool.clone(),
                     app.pools.settings().wait,
                     Arc::clone(&rt.cipher),

@@ -30,7 +30,14 @@ pub async fn show(ctx: TenantCtx) -> Result<Response, AppError> {
     let page = HomePage {
         site: row.get(0),
         code: row.get(1),
-        forms: Vec::new(),
+        forms: super::forms::store::open_forms(&db)
+            .await?
+            .into_iter()
+            .map(|(public_id, title)| FormLink {
+                url: format!("/f/{public_id}"),
+                title,
+            })
+            .collect(),
     };
     Ok(render(StatusCode::OK, &page))
 }

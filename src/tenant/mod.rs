@@ -1,15 +1,18 @@
 //! The municipality app. Every handler here receives a [`TenantCtx`] and can reach
 //! nothing else: no catalog, no other tenant's pool.
 
+pub mod admin;
 pub mod forms;
 mod home;
+pub mod http;
+pub mod staff;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use deadpool_postgres::{Object, Pool, PoolError, Timeouts};
 use uuid::Uuid;
@@ -22,6 +25,12 @@ use crate::error::AppError;
 pub struct TenantCtx {
     pub id: Uuid,
     pub slug: Arc<str>,
+    /// The municipality's name, for page headers.
+    pub name: Arc<str>,
+    /// `scheme://host[:port]` as this request reached us, for links shown to people.
+    pub base_url: String,
+    /// Whether the request came over TLS: cookies are then `Secure`.
+    pub secure_cookies: bool,
     pool: Pool,
     wait: Duration,
     cipher: Arc<FieldCipher>,
@@ -37,9 +46,13 @@ impl std::fmt::Debug for TenantCtx {
 
 impl TenantCtx {
     /// Made by the front tier only.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         id: Uuid,
         slug: Arc<str>,
+        name: Arc<str>,
+        base_url: String,
+        secure_cookies: bool,
         pool: Pool,
         wait: Duration,
         cipher: Arc<FieldCipher>,
@@ -47,6 +60,9 @@ impl TenantCtx {
         Self {
             id,
             slug,
+            name,
+            base_url,
+            secure_cookies,
             pool,
             wait,
             cipher,
@@ -100,7 +116,42 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
 
 /// Every route of the municipality app.
 pub fn router() -> Router {
+    use admin::forms as b;
+    use forms::citizen as c;
+    use staff::pages as s;
     Router::new()
         .route("/", get(home::show))
+        // Citizens
+        .route("/f/{form}", get(c::show).post(c::post_page))
+        .route("/f/{form}/confirm", get(c::confirm))
+        .route("/f/{form}/submit", post(c::submit))
+        .route("/f/{form}/done", get(c::done))
+        // Staff: account
+        .route("/admin", get(|| async { http::see_other("/admin/forms") }))
+        .route("/admin/login", get(s::login_form).post(s::login))
+        .route("/admin/logout", post(s::logout))
+        .route("/admin/setup/{token}", get(s::setup_form).post(s::setup))
+        .route("/admin/staff", get(s::staff_list).post(s::staff_add))
+        .route("/admin/staff/{id}", post(s::staff_update))
+        .route("/admin/departments", post(s::department_add))
+        // Staff: form builder
+        .route("/admin/forms", get(b::list).post(b::create))
+        .route("/admin/forms/{id}", get(b::show))
+        .route("/admin/forms/{id}/settings", post(b::save_settings))
+        .route("/admin/forms/{id}/fields", post(b::add_field))
+        .route(
+            "/admin/forms/{id}/fields/{field}",
+            get(b::edit_field).post(b::save_field),
+        )
+        .route("/admin/forms/{id}/fields/{field}/move", post(b::move_field))
+        .route("/admin/forms/{id}/pages", post(b::pages))
+        .route("/admin/forms/{id}/publish", post(b::publish))
+        .route("/admin/forms/{id}/close", post(b::close))
+        .route("/admin/forms/{id}/duplicate", post(b::duplicate))
+        .route("/admin/forms/{id}/export", get(b::export))
+        .route("/admin/forms/{id}/import", post(b::import))
+        .route("/admin/forms/{id}/preview", get(b::preview_page))
+        .route("/admin/forms/{id}/qr", get(b::qr))
+        .layer(axum::extract::DefaultBodyLimit::max(http::MAX_FORM_BODY))
         .fallback(|| async { AppError::NotFound })
 }

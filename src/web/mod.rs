@@ -120,3 +120,30 @@ pub async fn stylesheet() -> Response {
     )
         .into_response()
 }
+
+fn script(body: &'static str) -> Response {
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/javascript; charset=utf-8"),
+            ),
+            (
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=3600"),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Citizen forms: show/hide rules applied as people answer (the server applies them anyway).
+pub async fn forms_js() -> Response {
+    script(include_str!("static/forms.js"))
+}
+
+/// Admin screens: confirmations before destructive actions.
+pub async fn admin_js() -> Response {
+    script(include_str!("static/admin.js"))
+}

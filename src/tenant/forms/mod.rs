@@ -2,4 +2,7 @@
 //! builder's storage and the citizen's pages.
 
 pub mod answers;
+pub mod citizen;
 pub mod definition;
+pub mod store;
+pub mod view;

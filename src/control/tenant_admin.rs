@@ -1,0 +1,141 @@
+//! Operator actions inside a tenant's database: adding staff (the first
+//! administrator comes this way) and seeding the demo.
+
+use anyhow::Context;
+
+use crate::catalog::TenantRecord;
+use crate::crypto::{DataKey, FieldCipher};
+use crate::platform::Platform;
+use crate::tenant::forms::definition::FormDefinition;
+use crate::tenant::staff::pages::{create_staff, encrypt_totp};
+use crate::tenant::staff::{hash_password, new_totp_secret, totp_base32, Role};
+
+/// The tenant's field cipher, from its wrapped keys in the catalog.
+pub async fn tenant_cipher(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FieldCipher> {
+    let mut keys = Vec::new();
+    for k in p.catalog.keys(rec.id, "data").await? {
+        keys.push((
+            k.version,
+            DataKey::unwrap(p.keys.as_ref(), &k.wrapped, &rec.id, k.version)?,
+        ));
+    }
+    Ok(FieldCipher::new(rec.id, keys)?)
+}
+
+/// Adds a staff member; returns the one-time setup token.
+pub async fn add_staff(
+    p: &Platform,
+    rec: &TenantRecord,
+    email: &str,
+    name: &str,
+    role: Role,
+    department: Option<&str>,
+) -> anyhow::Result<String> {
+    let conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let (_, token) = create_staff(&conn.client, email, name, role, department)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    Ok(token)
+}
+
+fn describe(e: crate::error::AppError) -> String {
+    match e {
+        crate::error::AppError::BadRequest(m) => m,
+        other => format!("{other:#}"),
+    }
+}
+
+/// What `madoguchi demo` prints for each tenant.
+#[derive(Debug)]
+pub struct DemoAccount {
+    pub email: String,
+    pub password: String,
+    pub totp_secret: String,
+    pub form_path: Option<String>,
+}
+
+/// Makes the demo administrator usable with a fresh password and TOTP secret (printed
+/// once by the caller) and, if the tenant has no form yet, publishes the sample
+/// 粗大ごみ収集申込 form.
+pub async fn seed_demo(p: &Platform, rec: &TenantRecord) -> anyhow::Result<DemoAccount> {
+    let cipher = tenant_cipher(p, rec).await?;
+    let mut conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let email = format!("admin@{}.example.jp", rec.slug);
+    let password = crate::crypto::random_token(12);
+    let secret = new_totp_secret();
+    let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    let tx = conn.client.transaction().await?;
+    let dept: i64 = tx
+        .query_one(
+            "WITH ins AS (INSERT INTO departments (name) VALUES ('環境政策課') ON CONFLICT (name) DO NOTHING RETURNING id)
+             SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = '環境政策課' LIMIT 1",
+            &[],
+        )
+        .await?
+        .get(0);
+    let staff_id: i64 = tx
+        .query_one(
+            "INSERT INTO staff (email, display_name, role) VALUES ($1, 'デモ管理者', 'admin')
+             ON CONFLICT (email) DO UPDATE SET role = 'admin', disabled = false RETURNING id",
+            &[&email],
+        )
+        .await?
+        .get(0);
+    let encrypted =
+        encrypt_totp(&cipher, staff_id, &secret).map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    tx.execute(
+        "UPDATE staff SET password_hash = $2, totp_secret = $3, totp_enabled = true, totp_last_step = 0,
+                failed_attempts = 0, locked_until = NULL WHERE id = $1",
+        &[&staff_id, &hash, &encrypted],
+    )
+    .await?;
+    let has_forms: bool = tx
+        .query_one("SELECT EXISTS (SELECT 1 FROM forms)", &[])
+        .await?
+        .get(0);
+    let mut form_path = None;
+    if !has_forms {
+        let def =
+            FormDefinition::from_json(include_str!("samples/bulky-waste.json")).map_err(|p| {
+                anyhow::anyhow!(
+                    "sample form: {}",
+                    p.into_iter().map(|p| p.en).collect::<Vec<_>>().join("; ")
+                )
+            })?;
+        let json = serde_json::to_value(&def)?;
+        let public_id = crate::tenant::forms::store::new_public_id();
+        let form_id: i64 = tx
+            .query_one(
+                "INSERT INTO forms (public_id, department_id, draft, current_version, created_by) VALUES ($1, $2, $3, 1, $4) RETURNING id",
+                &[&public_id, &dept, &json, &staff_id],
+            )
+            .await?
+            .get(0);
+        tx.execute("INSERT INTO form_versions (form_id, version, definition, published_by) VALUES ($1, 1, $2, $3)", &[&form_id, &json, &staff_id])
+            .await?;
+        form_path = Some(format!("/f/{public_id}"));
+    } else {
+        let row = tx
+            .query_opt(
+                "SELECT public_id FROM forms WHERE current_version IS NOT NULL ORDER BY id LIMIT 1",
+                &[],
+            )
+            .await?;
+        form_path = row
+            .map(|r| format!("/f/{}", r.get::<_, String>(0)))
+            .or(form_path);
+    }
+    tx.commit().await.context("seeding the demo")?;
+    Ok(DemoAccount {
+        email,
+        password,
+        totp_secret: totp_base32(&secret),
+        form_path,
+    })
+}

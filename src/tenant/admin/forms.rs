@@ -1,0 +1,1081 @@
+//! The form builder: works without JavaScript (every change is a plain form post),
+//! edits a draft, and publishes immutable versions.
+
+use askama::Template;
+use axum::extract::{Path, Query};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use time::{OffsetDateTime, PrimitiveDateTime};
+
+use super::Nav;
+use crate::error::AppError;
+use crate::tenant::forms::citizen::preview;
+use crate::tenant::forms::definition::{
+    ChoiceDisplay, Condition, ConditionOp, Field, FieldKind, FormDefinition, Page, FIELD_TYPES,
+    MAX_DOCUMENT,
+};
+use crate::tenant::forms::store::{self, FormRow};
+use crate::tenant::http::{see_other, FormData};
+use crate::tenant::staff::pages::{departments, Department};
+use crate::tenant::staff::{qr_svg, StaffUser};
+use crate::tenant::TenantCtx;
+use crate::web::render;
+
+/// The departments whose forms this person sees (`None`: every department).
+fn scope(user: &StaffUser) -> Option<Vec<i64>> {
+    if user.is_admin() {
+        None
+    } else {
+        Some(user.department_id.into_iter().collect())
+    }
+}
+
+async fn load(db: &tokio_postgres::Client, user: &StaffUser, id: i64) -> Result<FormRow, AppError> {
+    let form = store::get(db, id).await?;
+    if !user.can_see(form.department_id) {
+        // Another department's form does not exist for this person.
+        return Err(AppError::NotFound);
+    }
+    Ok(form)
+}
+
+async fn load_for_edit(
+    db: &tokio_postgres::Client,
+    user: &StaffUser,
+    id: i64,
+    body: &FormData,
+) -> Result<FormRow, AppError> {
+    user.check_csrf(body)?;
+    let form = load(db, user, id).await?;
+    if !user.can_edit(form.department_id) {
+        return Err(AppError::Forbidden);
+    }
+    Ok(form)
+}
+
+pub struct FormListRow {
+    pub id: i64,
+    pub title: String,
+    pub department: String,
+    pub status: String,
+    pub accepted: i32,
+}
+
+#[derive(Template)]
+#[template(path = "admin/forms.html")]
+struct FormsPage {
+    site: String,
+    nav: Option<Nav>,
+    forms: Vec<FormListRow>,
+    departments: Vec<Department>,
+    can_create: bool,
+    error: Option<String>,
+}
+
+fn status_label(f: &FormRow) -> String {
+    match (f.current_version, f.closed) {
+        (None, _) => "下書き".into(),
+        (Some(v), true) => format!("停止中（第{v}版）"),
+        (Some(v), false) if f.unpublished_changes => format!("公開中（第{v}版）・未公開の変更あり"),
+        (Some(v), false) => format!("公開中（第{v}版）"),
+    }
+}
+
+async fn forms_page(
+    ctx: &TenantCtx,
+    user: &StaffUser,
+    error: Option<String>,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let scope = scope(user);
+    let forms = store::list(&db, scope.as_deref()).await?;
+    let mut depts = departments(&db).await?;
+    if let Some(s) = &scope {
+        depts.retain(|d| s.contains(&d.id));
+    }
+    let rows = forms
+        .iter()
+        .map(|f| FormListRow {
+            id: f.id,
+            title: f.draft.title.clone(),
+            department: f.department.clone(),
+            status: status_label(f),
+            accepted: f.accepted,
+        })
+        .collect();
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok(render(
+        status,
+        &FormsPage {
+            site: ctx.name.to_string(),
+            nav: Some(Nav::new(user, "forms")),
+            forms: rows,
+            can_create: user.role != crate::tenant::staff::Role::Viewer && !depts.is_empty(),
+            departments: depts,
+            error,
+        },
+    ))
+}
+
+pub async fn list(ctx: TenantCtx, user: StaffUser) -> Result<Response, AppError> {
+    forms_page(&ctx, &user, None).await
+}
+
+pub async fn create(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Response, AppError> {
+    user.check_csrf(&body)?;
+    let title = body.get("title").trim();
+    let Ok(dept) = body.get("department").parse::<i64>() else {
+        return forms_page(&ctx, &user, Some("所属を選択してください".into())).await;
+    };
+    if !user.can_edit(dept) {
+        return Err(AppError::Forbidden);
+    }
+    if title.is_empty() || title.chars().count() > 200 {
+        return forms_page(
+            &ctx,
+            &user,
+            Some("題名を1〜200文字で入力してください".into()),
+        )
+        .await;
+    }
+    let db = ctx.db().await?;
+    let id = store::create(&db, dept, &FormDefinition::new(title), user.id).await?;
+    Ok(see_other(&format!("/admin/forms/{id}")))
+}
+
+pub struct FieldRow {
+    pub id: String,
+    pub label: String,
+    pub type_label: &'static str,
+    pub required: bool,
+    pub condition: String,
+}
+
+pub struct PageRow {
+    pub index: usize,
+    pub title: String,
+    pub condition: String,
+    pub fields: Vec<FieldRow>,
+}
+
+#[derive(Template)]
+#[template(path = "admin/form.html")]
+struct BuilderPage {
+    site: String,
+    nav: Option<Nav>,
+    id: i64,
+    title: String,
+    description: String,
+    opens_at: String,
+    closes_at: String,
+    capacity: String,
+    completion_message: String,
+    department_id: i64,
+    departments: Vec<Department>,
+    pages: Vec<PageRow>,
+    field_types: Vec<(&'static str, &'static str)>,
+    problems: Vec<String>,
+    status: String,
+    published: bool,
+    closed: bool,
+    can_edit: bool,
+    public_url: String,
+    qr: String,
+    message: Option<String>,
+    csrf: String,
+    json: String,
+    accepted: i32,
+}
+
+fn type_label(kind: &FieldKind) -> &'static str {
+    FIELD_TYPES
+        .iter()
+        .find(|(t, _, _)| *t == kind.type_name())
+        .map_or("", |(_, ja, _)| ja)
+}
+
+fn condition_text(def: &FormDefinition, c: &Option<Condition>) -> String {
+    let Some(c) = c else { return String::new() };
+    let label = def
+        .field(&c.field)
+        .map_or(c.field.as_str(), |f| f.label.as_str());
+    match c.op {
+        ConditionOp::NotEmpty => format!("「{label}」に回答があるとき表示"),
+        ConditionOp::Equals => format!("「{label}」が「{}」のとき表示", c.values.join("")),
+        ConditionOp::In => format!(
+            "「{label}」が「{}」のいずれかのとき表示",
+            c.values.join("」「")
+        ),
+    }
+}
+
+/// `2026-12-01T09:00` for a datetime-local input, in Asia/Tokyo.
+fn local_input(t: Option<OffsetDateTime>) -> String {
+    t.map(|t| {
+        let t = t.to_offset(time::macros::offset!(+9));
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}",
+            t.year(),
+            u8::from(t.month()),
+            t.day(),
+            t.hour(),
+            t.minute()
+        )
+    })
+    .unwrap_or_default()
+}
+
+fn parse_local(s: &str) -> Result<Option<OffsetDateTime>, String> {
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(None);
+    }
+    let fmt = time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]");
+    PrimitiveDateTime::parse(s, &fmt)
+        .map(|p| Some(p.assume_offset(time::macros::offset!(+9))))
+        .map_err(|_| format!("日時「{s}」を読み取れません（例: 2026-12-01T09:00）"))
+}
+
+async fn builder(
+    ctx: &TenantCtx,
+    user: &StaffUser,
+    id: i64,
+    message: Option<String>,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let form = load(&db, user, id).await?;
+    let def = &form.draft;
+    let pages = def
+        .pages
+        .iter()
+        .enumerate()
+        .map(|(i, p)| PageRow {
+            index: i,
+            title: p.title.clone(),
+            condition: condition_text(def, &p.show_if),
+            fields: p
+                .fields
+                .iter()
+                .map(|f| FieldRow {
+                    id: f.id.clone(),
+                    label: if f.label.is_empty() {
+                        "（項目名なし）".into()
+                    } else {
+                        f.label.clone()
+                    },
+                    type_label: type_label(&f.kind),
+                    required: f.required,
+                    condition: condition_text(def, &f.show_if),
+                })
+                .collect(),
+        })
+        .collect();
+    let public_url = format!("{}/f/{}", ctx.base_url, form.public_id);
+    let status = if message.as_deref().is_some_and(|m| m.starts_with('!')) {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok(render(
+        status,
+        &BuilderPage {
+            site: ctx.name.to_string(),
+            nav: Some(Nav::new(user, "forms")),
+            id,
+            title: def.title.clone(),
+            description: def.description.clone(),
+            opens_at: local_input(def.settings.opens_at),
+            closes_at: local_input(def.settings.closes_at),
+            capacity: def
+                .settings
+                .capacity
+                .map(|c| c.to_string())
+                .unwrap_or_default(),
+            completion_message: def.settings.completion_message.clone(),
+            department_id: form.department_id,
+            departments: departments(&db)
+                .await?
+                .into_iter()
+                .filter(|d| user.can_see(d.id))
+                .collect(),
+            pages,
+            field_types: FIELD_TYPES.iter().map(|(t, ja, _)| (*t, *ja)).collect(),
+            problems: def.check().into_iter().map(|p| p.ja).collect(),
+            status: status_label(&form),
+            published: form.current_version.is_some(),
+            closed: form.closed,
+            can_edit: user.can_edit(form.department_id),
+            qr: if form.current_version.is_some() {
+                qr_svg(&public_url).unwrap_or_default()
+            } else {
+                String::new()
+            },
+            public_url,
+            message: message.map(|m| m.trim_start_matches('!').to_owned()),
+            csrf: user.csrf.clone(),
+            json: serde_json::to_string_pretty(def).unwrap_or_default(),
+            accepted: form.accepted,
+        },
+    ))
+}
+
+pub async fn show(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+) -> Result<Response, AppError> {
+    builder(&ctx, &user, id, None).await
+}
+
+pub async fn save_settings(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let form = load_for_edit(&db, &user, id, &body).await?;
+    let mut def = form.draft;
+    def.title = body.get("title").trim().to_owned();
+    def.description = body.get("description").trim().replace("\r\n", "\n");
+    def.settings.completion_message = body.get("completion_message").trim().replace("\r\n", "\n");
+    let opens = parse_local(body.get("opens_at"));
+    let closes = parse_local(body.get("closes_at"));
+    let capacity = crate::ja::nfkc(body.get("capacity").trim());
+    let capacity: Result<Option<u32>, String> = if capacity.is_empty() {
+        Ok(None)
+    } else {
+        capacity
+            .parse()
+            .map(Some)
+            .map_err(|_| "定員は数字で入力してください（定員なしは空欄）".into())
+    };
+    match (opens, closes, capacity) {
+        (Ok(o), Ok(c), Ok(cap)) => {
+            def.settings.opens_at = o;
+            def.settings.closes_at = c;
+            def.settings.capacity = cap;
+        }
+        (o, c, cap) => {
+            let msg = [o.err(), c.err(), cap.err()]
+                .into_iter()
+                .flatten()
+                .collect::<Vec<_>>()
+                .join("。");
+            drop(db);
+            return builder(&ctx, &user, id, Some(format!("!{msg}"))).await;
+        }
+    }
+    if let Ok(dept) = body.get("department").parse::<i64>() {
+        if dept != form.department_id {
+            if !user.can_edit(dept) {
+                return Err(AppError::Forbidden);
+            }
+            store::set_department(&db, id, dept).await?;
+        }
+    }
+    store::save_draft(&db, id, &def).await?;
+    drop(db);
+    builder(
+        &ctx,
+        &user,
+        id,
+        Some("設定を保存しました（公開中の版は、公開するまで変わりません）".into()),
+    )
+    .await
+}
+
+fn next_field_id(def: &FormDefinition) -> String {
+    (1..)
+        .map(|n| format!("q{n}"))
+        .find(|id| def.field(id).is_none())
+        .unwrap_or_else(|| "q".into())
+}
+
+pub async fn add_field(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let mut def = load_for_edit(&db, &user, id, &body).await?.draft;
+    let page: usize = body.get("page").parse().unwrap_or(0);
+    let kind = FieldKind::new_of(body.get("type"))
+        .ok_or_else(|| AppError::BadRequest("項目の種類を選択してください".into()))?;
+    let label = body.get("label").trim();
+    let label = if label.is_empty() {
+        type_label(&kind).to_owned()
+    } else {
+        label.to_owned()
+    };
+    let fid = next_field_id(&def);
+    let p = def.pages.get_mut(page).ok_or(AppError::NotFound)?;
+    p.fields.push(Field {
+        id: fid.clone(),
+        label,
+        help: String::new(),
+        required: false,
+        placeholder: String::new(),
+        show_if: None,
+        kind,
+    });
+    store::save_draft(&db, id, &def).await?;
+    Ok(see_other(&format!("/admin/forms/{id}/fields/{fid}")))
+}
+
+fn find_field(def: &mut FormDefinition, fid: &str) -> Option<(usize, usize)> {
+    def.pages
+        .iter()
+        .enumerate()
+        .find_map(|(pi, p)| p.fields.iter().position(|f| f.id == fid).map(|fi| (pi, fi)))
+}
+
+pub async fn move_field(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path((id, fid)): Path<(i64, String)>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let mut def = load_for_edit(&db, &user, id, &body).await?.draft;
+    let (pi, fi) = find_field(&mut def, &fid).ok_or(AppError::NotFound)?;
+    match body.get("action") {
+        "up" if fi > 0 => def.pages[pi].fields.swap(fi, fi - 1),
+        "down" if fi + 1 < def.pages[pi].fields.len() => def.pages[pi].fields.swap(fi, fi + 1),
+        "up" if pi > 0 => {
+            let f = def.pages[pi].fields.remove(fi);
+            def.pages[pi - 1].fields.push(f);
+        }
+        "down" if pi + 1 < def.pages.len() => {
+            let f = def.pages[pi].fields.remove(fi);
+            def.pages[pi + 1].fields.insert(0, f);
+        }
+        "delete" => {
+            def.pages[pi].fields.remove(fi);
+        }
+        _ => {}
+    }
+    store::save_draft(&db, id, &def).await?;
+    Ok(see_other(&format!("/admin/forms/{id}#page-{pi}")))
+}
+
+pub async fn pages(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let mut def = load_for_edit(&db, &user, id, &body).await?.draft;
+    let index: usize = body.get("page").parse().unwrap_or(usize::MAX);
+    match body.get("action") {
+        "add" => {
+            let n = (1..)
+                .map(|n| format!("p{n}"))
+                .find(|pid| !def.pages.iter().any(|p| &p.id == pid))
+                .unwrap_or_default();
+            def.pages.push(Page {
+                id: n,
+                title: body.get("title").trim().to_owned(),
+                show_if: None,
+                fields: Vec::new(),
+            });
+        }
+        "update" => {
+            let cond = condition_from(&body);
+            let p = def.pages.get_mut(index).ok_or(AppError::NotFound)?;
+            p.title = body.get("title").trim().to_owned();
+            p.show_if = cond;
+        }
+        "delete"
+            if def.pages.len() > 1 && def.pages.get(index).is_some_and(|p| p.fields.is_empty()) =>
+        {
+            def.pages.remove(index);
+        }
+        "delete" => {
+            drop(db);
+            return builder(
+                &ctx,
+                &user,
+                id,
+                Some("!項目が残っているページと、最後の1ページは削除できません".into()),
+            )
+            .await;
+        }
+        _ => return Err(AppError::BadRequest("操作が正しくありません".into())),
+    }
+    store::save_draft(&db, id, &def).await?;
+    Ok(see_other(&format!("/admin/forms/{id}")))
+}
+
+fn condition_from(body: &FormData) -> Option<Condition> {
+    let field = body.get("cond_field").trim();
+    if field.is_empty() {
+        return None;
+    }
+    let op = match body.get("cond_op") {
+        "in" => ConditionOp::In,
+        "not_empty" => ConditionOp::NotEmpty,
+        _ => ConditionOp::Equals,
+    };
+    let values = lines(body.get("cond_values"));
+    Some(Condition {
+        field: field.to_owned(),
+        op,
+        values,
+    })
+}
+
+fn lines(s: &str) -> Vec<String> {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+pub struct EarlierField {
+    pub id: String,
+    pub label: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/field.html")]
+struct FieldPage {
+    site: String,
+    nav: Option<Nav>,
+    form_id: i64,
+    form_title: String,
+    f: Field,
+    kind: &'static str,
+    type_label: &'static str,
+    earlier: Vec<EarlierField>,
+    cond_field: String,
+    cond_op: &'static str,
+    cond_values: String,
+    options: String,
+    select: bool,
+    min_length: String,
+    max_length: String,
+    pattern: String,
+    pattern_message: String,
+    min: String,
+    max: String,
+    unit: String,
+    integer: bool,
+    furigana: bool,
+    text: String,
+    error: Option<String>,
+    csrf: String,
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_default()
+}
+
+fn field_page(
+    ctx: &TenantCtx,
+    user: &StaffUser,
+    form: &FormRow,
+    fid: &str,
+    error: Option<String>,
+) -> Result<Response, AppError> {
+    let def = &form.draft;
+    let mut earlier = Vec::new();
+    let mut found = None;
+    'pages: for p in &def.pages {
+        for f in &p.fields {
+            if f.id == fid {
+                found = Some(f.clone());
+                break 'pages;
+            }
+            if f.kind.takes_answer() {
+                earlier.push(EarlierField {
+                    id: f.id.clone(),
+                    label: f.label.clone(),
+                });
+            }
+        }
+    }
+    let f = found.ok_or(AppError::NotFound)?;
+    let (cond_field, cond_op, cond_values) = match &f.show_if {
+        Some(c) => (
+            c.field.clone(),
+            match c.op {
+                ConditionOp::Equals => "equals",
+                ConditionOp::In => "in",
+                ConditionOp::NotEmpty => "not_empty",
+            },
+            c.values.join("\n"),
+        ),
+        None => (String::new(), "equals", String::new()),
+    };
+    let mut page = FieldPage {
+        site: ctx.name.to_string(),
+        nav: Some(Nav::new(user, "forms")),
+        form_id: form.id,
+        form_title: def.title.clone(),
+        kind: f.kind.type_name(),
+        type_label: type_label(&f.kind),
+        earlier,
+        cond_field,
+        cond_op,
+        cond_values,
+        options: String::new(),
+        select: false,
+        min_length: String::new(),
+        max_length: String::new(),
+        pattern: String::new(),
+        pattern_message: String::new(),
+        min: String::new(),
+        max: String::new(),
+        unit: String::new(),
+        integer: false,
+        furigana: true,
+        text: String::new(),
+        error,
+        csrf: user.csrf.clone(),
+        f: f.clone(),
+    };
+    match &f.kind {
+        FieldKind::Text {
+            min_length,
+            max_length,
+            pattern,
+            pattern_message,
+        } => {
+            page.min_length = opt(*min_length);
+            page.max_length = opt(*max_length);
+            page.pattern = pattern.clone().unwrap_or_default();
+            page.pattern_message = pattern_message.clone().unwrap_or_default();
+        }
+        FieldKind::Textarea {
+            min_length,
+            max_length,
+        } => {
+            page.min_length = opt(*min_length);
+            page.max_length = opt(*max_length);
+        }
+        FieldKind::Number {
+            min,
+            max,
+            unit,
+            integer,
+        } => {
+            page.min = opt(*min);
+            page.max = opt(*max);
+            page.unit = unit.clone();
+            page.integer = *integer;
+        }
+        FieldKind::Date { min, max } => {
+            page.min = opt(*min);
+            page.max = opt(*max);
+        }
+        FieldKind::Choice { options, display } => {
+            page.options = options.join("\n");
+            page.select = *display == ChoiceDisplay::Select;
+        }
+        FieldKind::MultiChoice {
+            options,
+            min_selected,
+            max_selected,
+        } => {
+            page.options = options.join("\n");
+            page.min = opt(*min_selected);
+            page.max = opt(*max_selected);
+        }
+        FieldKind::Name { furigana } => page.furigana = *furigana,
+        FieldKind::Consent { statement } | FieldKind::Paragraph { text: statement } => {
+            page.text = statement.clone()
+        }
+        FieldKind::Email {} | FieldKind::Tel {} | FieldKind::Address {} | FieldKind::Heading {} => {
+        }
+    }
+    let status = if page.error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok(render(status, &page))
+}
+
+pub async fn edit_field(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path((id, fid)): Path<(i64, String)>,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let form = load(&db, &user, id).await?;
+    field_page(&ctx, &user, &form, &fid, None)
+}
+
+fn num<T: std::str::FromStr>(body: &FormData, name: &str, what: &str) -> Result<Option<T>, String> {
+    let v = crate::ja::nfkc(body.get(name).trim());
+    if v.is_empty() {
+        return Ok(None);
+    }
+    v.parse()
+        .map(Some)
+        .map_err(|_| format!("{what}は数字で入力してください"))
+}
+
+fn field_from(body: &FormData, old: &Field) -> Result<Field, String> {
+    let date = |name: &str| -> Result<Option<time::Date>, String> {
+        let v = body.get(name).trim();
+        if v.is_empty() {
+            return Ok(None);
+        }
+        time::Date::parse(
+            v,
+            &time::macros::format_description!("[year]-[month]-[day]"),
+        )
+        .map(Some)
+        .map_err(|_| format!("日付「{v}」を読み取れません（例: 2026-12-01）"))
+    };
+    let kind = match &old.kind {
+        FieldKind::Text { .. } => FieldKind::Text {
+            min_length: num(body, "min_length", "最小文字数")?,
+            max_length: num(body, "max_length", "最大文字数")?,
+            pattern: Some(body.get("pattern").trim().to_owned()).filter(|p| !p.is_empty()),
+            pattern_message: Some(body.get("pattern_message").trim().to_owned())
+                .filter(|p| !p.is_empty()),
+        },
+        FieldKind::Textarea { .. } => FieldKind::Textarea {
+            min_length: num(body, "min_length", "最小文字数")?,
+            max_length: num(body, "max_length", "最大文字数")?,
+        },
+        FieldKind::Number { .. } => FieldKind::Number {
+            min: num(body, "min", "最小値")?,
+            max: num(body, "max", "最大値")?,
+            unit: body.get("unit").trim().to_owned(),
+            integer: body.get("integer") == "yes",
+        },
+        FieldKind::Date { .. } => FieldKind::Date {
+            min: date("min")?,
+            max: date("max")?,
+        },
+        FieldKind::Choice { .. } => FieldKind::Choice {
+            options: lines(body.get("options")),
+            display: if body.get("display") == "select" {
+                ChoiceDisplay::Select
+            } else {
+                ChoiceDisplay::Radio
+            },
+        },
+        FieldKind::MultiChoice { .. } => FieldKind::MultiChoice {
+            options: lines(body.get("options")),
+            min_selected: num(body, "min", "最小選択数")?,
+            max_selected: num(body, "max", "最大選択数")?,
+        },
+        FieldKind::Name { .. } => FieldKind::Name {
+            furigana: body.get("furigana") == "yes",
+        },
+        FieldKind::Consent { .. } => FieldKind::Consent {
+            statement: body.get("text").trim().replace("\r\n", "\n"),
+        },
+        FieldKind::Paragraph { .. } => FieldKind::Paragraph {
+            text: body.get("text").trim().replace("\r\n", "\n"),
+        },
+        other => other.clone(),
+    };
+    let new_id = body.get("id").trim();
+    Ok(Field {
+        id: if new_id.is_empty() {
+            old.id.clone()
+        } else {
+            new_id.to_owned()
+        },
+        label: body.get("label").trim().to_owned(),
+        help: body.get("help").trim().replace("\r\n", "\n"),
+        required: body.get("required") == "yes",
+        placeholder: body.get("placeholder").trim().to_owned(),
+        show_if: condition_from(body),
+        kind,
+    })
+}
+
+pub async fn save_field(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path((id, fid)): Path<(i64, String)>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let mut form = load_for_edit(&db, &user, id, &body).await?;
+    let (pi, fi) = find_field(&mut form.draft, &fid).ok_or(AppError::NotFound)?;
+    let old = form.draft.pages[pi].fields[fi].clone();
+    let new = match field_from(&body, &old) {
+        Ok(f) => f,
+        Err(msg) => return field_page(&ctx, &user, &form, &fid, Some(msg)),
+    };
+    let new_id = new.id.clone();
+    let mut def = form.draft.clone();
+    def.pages[pi].fields[fi] = new;
+    if new_id != fid {
+        // Rules that pointed at the old id follow the rename.
+        for p in &mut def.pages {
+            for c in p
+                .show_if
+                .iter_mut()
+                .chain(p.fields.iter_mut().filter_map(|f| f.show_if.as_mut()))
+            {
+                if c.field == fid {
+                    c.field.clone_from(&new_id);
+                }
+            }
+        }
+    }
+    // Problems of this field are shown here; the rest of the form is the builder's business.
+    let label = def.pages[pi].fields[fi].label.clone();
+    let mine: Vec<String> = def
+        .check()
+        .into_iter()
+        .map(|p| p.ja)
+        .filter(|p| p.contains(&format!("「{label}」")) || p.contains(&format!("「{new_id}」")))
+        .collect();
+    if !mine.is_empty() {
+        form.draft = def;
+        return field_page(&ctx, &user, &form, &new_id, Some(mine.join("。")));
+    }
+    store::save_draft(&db, id, &def).await?;
+    Ok(see_other(&format!("/admin/forms/{id}#field-{new_id}")))
+}
+
+pub async fn publish(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let mut db = ctx.db().await?;
+    let form = load_for_edit(&db, &user, id, &body).await?;
+    let problems = form.draft.check();
+    if !problems.is_empty() {
+        drop(db);
+        return builder(
+            &ctx,
+            &user,
+            id,
+            Some("!公開できません。下の「確認が必要な点」を直してください".into()),
+        )
+        .await;
+    }
+    let msg = match store::publish(&mut db, id, user.id).await {
+        Ok(v) => format!("第{v}版を公開しました"),
+        Err(AppError::BadRequest(m)) => format!("!{m}"),
+        Err(e) => return Err(e),
+    };
+    drop(db);
+    builder(&ctx, &user, id, Some(msg)).await
+}
+
+pub async fn close(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    load_for_edit(&db, &user, id, &body).await?;
+    let closed = body.get("action") != "reopen";
+    store::set_closed(&db, id, closed).await?;
+    drop(db);
+    builder(
+        &ctx,
+        &user,
+        id,
+        Some(if closed {
+            "受付を停止しました".into()
+        } else {
+            "受付を再開しました".into()
+        }),
+    )
+    .await
+}
+
+pub async fn duplicate(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let form = load_for_edit(&db, &user, id, &body).await?;
+    let mut def = form.draft;
+    def.title = format!("{}（コピー）", def.title)
+        .chars()
+        .take(200)
+        .collect();
+    let new_id = store::create(&db, form.department_id, &def, user.id).await?;
+    Ok(see_other(&format!("/admin/forms/{new_id}")))
+}
+
+pub async fn export(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let form = load(&db, &user, id).await?;
+    let json =
+        serde_json::to_string_pretty(&form.draft).map_err(|e| AppError::Internal(e.into()))?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_str(&format!("attachment; filename=\"form-{id}.json\""))
+                    .unwrap_or(HeaderValue::from_static("attachment")),
+            ),
+        ],
+        json,
+    )
+        .into_response())
+}
+
+pub async fn import(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    load_for_edit(&db, &user, id, &body).await?;
+    let text = body.get("json");
+    if text.len() > MAX_DOCUMENT {
+        drop(db);
+        return builder(&ctx, &user, id, Some("!フォーム定義が大きすぎます".into())).await;
+    }
+    match FormDefinition::from_json(text) {
+        Ok(def) => {
+            store::save_draft(&db, id, &def).await?;
+            drop(db);
+            builder(
+                &ctx,
+                &user,
+                id,
+                Some("フォーム定義を読み込みました（下書き）".into()),
+            )
+            .await
+        }
+        Err(problems) => {
+            drop(db);
+            let msg = problems
+                .into_iter()
+                .map(|p| p.ja)
+                .collect::<Vec<_>>()
+                .join("。");
+            builder(
+                &ctx,
+                &user,
+                id,
+                Some(format!("!読み込めませんでした: {msg}")),
+            )
+            .await
+        }
+    }
+}
+
+#[derive(Deserialize)]
+pub struct PreviewQuery {
+    page: Option<usize>,
+}
+
+pub async fn preview_page(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+    Query(q): Query<PreviewQuery>,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let form = load(&db, &user, id).await?;
+    Ok(preview(&ctx, &form.draft, id, q.page.unwrap_or(0)))
+}
+
+/// The public URL as a QR code, for posters and 広報誌: SVG, or PNG with `?format=png`.
+pub async fn qr(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+    Query(q): Query<QrQuery>,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let form = load(&db, &user, id).await?;
+    let url = format!("{}/f/{}", ctx.base_url, form.public_id);
+    let code = qrcode::QrCode::with_error_correction_level(url.as_bytes(), qrcode::EcLevel::M)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("qr: {e}")))?;
+    let disposition = |ext: &str| {
+        HeaderValue::from_str(&format!("attachment; filename=\"form-{id}-qr.{ext}\""))
+            .unwrap_or(HeaderValue::from_static("attachment"))
+    };
+    if q.format.as_deref() == Some("png") {
+        let png = qr_png(&code, 8).map_err(|e| AppError::Internal(anyhow::anyhow!("png: {e}")))?;
+        return Ok((
+            [
+                (header::CONTENT_TYPE, HeaderValue::from_static("image/png")),
+                (header::CONTENT_DISPOSITION, disposition("png")),
+            ],
+            png,
+        )
+            .into_response());
+    }
+    let svg = code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(400, 400)
+        .quiet_zone(true)
+        .build();
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("image/svg+xml"),
+            ),
+            (header::CONTENT_DISPOSITION, disposition("svg")),
+        ],
+        svg,
+    )
+        .into_response())
+}
+
+#[derive(Deserialize)]
+pub struct QrQuery {
+    format: Option<String>,
+}
+
+/// A black-and-white PNG of a QR code, `scale` pixels per module, 4-module quiet zone.
+fn qr_png(code: &qrcode::QrCode, scale: usize) -> Result<Vec<u8>, png::EncodingError> {
+    let w = code.width();
+    let size = (w + 8) * scale;
+    let colors = code.to_colors();
+    let mut pixels = vec![255u8; size * size];
+    for y in 0..w {
+        for x in 0..w {
+            if colors[y * w + x] == qrcode::Color::Dark {
+                for dy in 0..scale {
+                    let row = (y + 4) * scale + dy;
+                    let start = row * size + (x + 4) * scale;
+                    pixels[start..start + scale].fill(0);
+                }
+            }
+        }
+    }
+    let mut out = Vec::new();
+    {
+        let side = u32::try_from(size).unwrap_or(u32::MAX);
+        let mut enc = png::Encoder::new(&mut out, side, side);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut writer = enc.write_header()?;
+        writer.write_image_data(&pixels)?;
+    }
+    Ok(out)
+}

@@ -1,0 +1,768 @@
+//! The citizen's side of a form: page by page with 戻る / 次へ that keep answers, a
+//! 確認画面, then 送信 and a 受付番号. Works without JavaScript. Answers between
+//! pages are kept encrypted in a draft found by a random token in a cookie; the same
+//! token in each form body is the CSRF check (double submit), and the draft's id is
+//! the idempotency key of the submission.
+
+use askama::Template;
+use axum::extract::{Path, Query};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use serde::Deserialize;
+use tokio_postgres::error::SqlState;
+use uuid::Uuid;
+
+use super::answers::{
+    check_all, check_page, field_visible, input_names, page_inputs, page_visible, Answer, Answers,
+    FieldError, Raw,
+};
+use super::definition::{FieldKind, FormDefinition};
+use super::store::{self, Availability, Published};
+use super::view::{page_views, FieldView};
+use crate::crypto::{random_token, FieldCipher, FieldRef};
+use crate::domain::ReceiptNumber;
+use crate::error::AppError;
+use crate::tenant::http::{cookie, same_secret, see_other, set_cookie, token_hash, FormData};
+use crate::tenant::TenantCtx;
+use crate::web::render;
+
+/// How long an unfinished application is kept.
+const DRAFT_HOURS: i32 = 24;
+
+fn cookie_name(public_id: &str) -> String {
+    format!("md_f_{public_id}")
+}
+
+struct Draft {
+    id: Uuid,
+    inputs: Raw,
+    submission: Option<Uuid>,
+}
+
+fn draft_ref(id: &str) -> FieldRef<'_> {
+    FieldRef {
+        table: "citizen_drafts",
+        column: "inputs",
+        row_id: id,
+    }
+}
+
+async fn load_draft(
+    ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
+    form_id: i64,
+    token: &str,
+) -> Result<Option<Draft>, AppError> {
+    let row = db
+        .query_opt(
+            "SELECT id, inputs, submission_id FROM citizen_drafts WHERE token_hash = $1 AND form_id = $2 AND expires_at > now()",
+            &[&token_hash(token), &form_id],
+        )
+        .await?;
+    let Some(r) = row else { return Ok(None) };
+    let id: Uuid = r.get(0);
+    let inputs: Option<Vec<u8>> = r.get(1);
+    let inputs = match inputs {
+        Some(ct) => {
+            let plain = ctx
+                .cipher()
+                .decrypt(&draft_ref(&id.to_string()), &ct)
+                .map_err(|e| AppError::Internal(anyhow::anyhow!("draft: {e}")))?;
+            serde_json::from_slice(&plain).unwrap_or_default()
+        }
+        None => Raw::new(),
+    };
+    Ok(Some(Draft {
+        id,
+        inputs,
+        submission: r.get(2),
+    }))
+}
+
+async fn save_draft(
+    ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
+    form: &Published,
+    token: &str,
+    draft: &Draft,
+) -> Result<(), AppError> {
+    let plain = serde_json::to_vec(&draft.inputs).map_err(|e| AppError::Internal(e.into()))?;
+    let ct = ctx
+        .cipher()
+        .encrypt(&draft_ref(&draft.id.to_string()), &plain)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("draft: {e}")))?;
+    db.execute(
+        "INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, expires_at)
+         VALUES ($1, $2, $3, $4, $5, now() + make_interval(hours => $6))
+         ON CONFLICT (id) DO UPDATE SET inputs = excluded.inputs, form_version = excluded.form_version, updated_at = now()",
+        &[&draft.id, &token_hash(token), &form.id, &form.version, &ct, &DRAFT_HOURS],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Answers of the visible pages before `upto`, ignoring their errors (for show/hide).
+fn answers_before(def: &FormDefinition, raw: &Raw, upto: usize) -> Answers {
+    let mut answers = Answers::new();
+    for page in def.pages.iter().take(upto) {
+        if page_visible(page, &answers) {
+            let (a, _) = check_page(page, raw, &answers);
+            answers.extend(a);
+        }
+    }
+    answers
+}
+
+fn visible_pages(def: &FormDefinition, raw: &Raw) -> Vec<usize> {
+    (0..def.pages.len())
+        .filter(|&i| page_visible(&def.pages[i], &answers_before(def, raw, i)))
+        .collect()
+}
+
+pub struct ErrorLink {
+    pub href: String,
+    pub message: String,
+}
+
+#[derive(Template)]
+#[template(path = "citizen/form.html")]
+struct FormPage {
+    site: String,
+    title: String,
+    description: String,
+    page_title: String,
+    step: usize,
+    steps: usize,
+    page: usize,
+    fields: Vec<FieldView>,
+    errors: Vec<ErrorLink>,
+    token: String,
+    action: String,
+    first: bool,
+    preview: bool,
+}
+
+#[derive(Template)]
+#[template(path = "citizen/notice.html")]
+struct NoticePage {
+    site: String,
+    title: String,
+    heading: String,
+    message: String,
+}
+
+fn notice(
+    ctx: &TenantCtx,
+    status: StatusCode,
+    title: &str,
+    heading: &str,
+    message: &str,
+) -> Response {
+    render(
+        status,
+        &NoticePage {
+            site: ctx.name.to_string(),
+            title: title.to_owned(),
+            heading: heading.to_owned(),
+            message: message.to_owned(),
+        },
+    )
+}
+
+fn unavailable(ctx: &TenantCtx, form: &Published) -> Option<Response> {
+    let title = &form.def.title;
+    let (heading, msg) = match form.availability {
+        Availability::Open => return None,
+        Availability::NotYetOpen => {
+            let when = form.def.settings.opens_at.map(jst).unwrap_or_default();
+            (
+                "受付開始前です",
+                format!("この手続きの受付は{when}から始まります。"),
+            )
+        }
+        Availability::Ended => (
+            "受付は終了しました",
+            "この手続きの受付期間は終了しました。".to_owned(),
+        ),
+        Availability::Full => (
+            "定員に達しました",
+            "この手続きは定員に達したため、受付を終了しました。".to_owned(),
+        ),
+        Availability::Closed => (
+            "受付を停止しています",
+            "この手続きは現在受け付けていません。".to_owned(),
+        ),
+    };
+    Some(notice(ctx, StatusCode::OK, title, heading, &msg))
+}
+
+/// A time in Asia/Tokyo (UTC+9, no daylight saving) for people.
+pub fn jst(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::macros::offset!(+9));
+    format!(
+        "{} {:02}:{:02}",
+        crate::ja::date_both(t.date()),
+        t.hour(),
+        t.minute()
+    )
+}
+
+#[derive(Deserialize)]
+pub struct PageQuery {
+    page: Option<usize>,
+}
+
+fn error_links(errors: &[FieldError]) -> Vec<ErrorLink> {
+    errors
+        .iter()
+        .map(|e| ErrorLink {
+            href: format!("#{}", super::view::input_id(&e.input)),
+            message: e.message.clone(),
+        })
+        .collect()
+}
+
+fn form_page(
+    ctx: &TenantCtx,
+    form: &Published,
+    page: usize,
+    raw: &Raw,
+    errors: &[FieldError],
+    token: &str,
+) -> FormPage {
+    let def = &form.def;
+    let visible = visible_pages(def, raw);
+    let step = visible.iter().position(|&p| p == page).unwrap_or(0);
+    let before = answers_before(def, raw, page);
+    let p = &def.pages[page];
+    // Rules on an earlier page are decided here; rules on this page are shown to the
+    // person (and applied by the server when the page is sent).
+    let same_page: Vec<&str> = p.fields.iter().map(|f| f.id.as_str()).collect();
+    let mut fields = page_views(p, raw, errors, |f| match &f.show_if {
+        Some(c) if !same_page.contains(&c.field.as_str()) => field_visible(f, &before),
+        _ => true,
+    });
+    for f in &mut fields {
+        if !same_page.contains(&f.show_field.as_str()) {
+            f.show_field.clear();
+        }
+    }
+    FormPage {
+        site: ctx.name.to_string(),
+        title: def.title.clone(),
+        description: if step == 0 {
+            def.description.clone()
+        } else {
+            String::new()
+        },
+        page_title: p.title.clone(),
+        step: step + 1,
+        steps: visible.len(),
+        page,
+        fields,
+        errors: error_links(errors),
+        token: token.to_owned(),
+        action: format!("/f/{}", form.public_id),
+        first: step == 0,
+        preview: false,
+    }
+}
+
+fn with_cookie(mut resp: Response, ctx: &TenantCtx, form: &Published, token: &str) -> Response {
+    let path = format!("/f/{}", form.public_id);
+    let max_age = u64::try_from(DRAFT_HOURS).unwrap_or(24) * 3600;
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(
+            &cookie_name(&form.public_id),
+            token,
+            &path,
+            Some(max_age),
+            ctx.secure_cookies,
+        ),
+    );
+    resp
+}
+
+pub async fn show(
+    ctx: TenantCtx,
+    Path(public_id): Path<String>,
+    Query(q): Query<PageQuery>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let form = store::published(&db, &public_id).await?;
+    if let Some(r) = unavailable(&ctx, &form) {
+        return Ok(r);
+    }
+    let existing = cookie(&headers, &cookie_name(&public_id));
+    let draft = match &existing {
+        Some(t) => load_draft(&ctx, &db, form.id, t).await?,
+        None => None,
+    };
+    let token = existing
+        .filter(|_| draft.is_some())
+        .unwrap_or_else(|| random_token(32));
+    let raw = draft
+        .as_ref()
+        .filter(|d| d.submission.is_none())
+        .map(|d| d.inputs.clone())
+        .unwrap_or_default();
+    let visible = visible_pages(&form.def, &raw);
+    let page = q
+        .page
+        .filter(|p| visible.contains(p))
+        .or_else(|| visible.first().copied())
+        .unwrap_or(0);
+    let resp = render(
+        StatusCode::OK,
+        &form_page(&ctx, &form, page, &raw, &[], &token),
+    );
+    Ok(with_cookie(resp, &ctx, &form, &token))
+}
+
+/// The token in the body must be the one in the cookie.
+fn checked_token(
+    headers: &HeaderMap,
+    public_id: &str,
+    body: &FormData,
+) -> Result<String, AppError> {
+    let Some(cookie_token) = cookie(headers, &cookie_name(public_id)) else {
+        return Err(AppError::BadRequest(
+            "入力内容を一時保存できませんでした。ブラウザのCookieを有効にして、最初からやり直してください。".into(),
+        ));
+    };
+    if !same_secret(&cookie_token, body.get("_token")) {
+        return Err(AppError::Csrf);
+    }
+    Ok(cookie_token)
+}
+
+pub async fn post_page(
+    ctx: TenantCtx,
+    Path(public_id): Path<String>,
+    headers: HeaderMap,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let token = checked_token(&headers, &public_id, &body)?;
+    let db = ctx.db().await?;
+    let form = store::published(&db, &public_id).await?;
+    if let Some(r) = unavailable(&ctx, &form) {
+        return Ok(r);
+    }
+    let def = &form.def;
+    let page: usize = body
+        .get("_page")
+        .parse()
+        .ok()
+        .filter(|p| *p < def.pages.len())
+        .unwrap_or(0);
+    let mut draft = match load_draft(&ctx, &db, form.id, &token).await? {
+        Some(d) if d.submission.is_some() => return Ok(see_other(&format!("/f/{public_id}/done"))),
+        Some(d) => d,
+        None => Draft {
+            id: Uuid::new_v4(),
+            inputs: Raw::new(),
+            submission: None,
+        },
+    };
+    // This page's inputs replace what the draft held for them; nothing else is lost.
+    let p = &def.pages[page];
+    for f in &p.fields {
+        for name in input_names(f) {
+            draft.inputs.remove(&name);
+        }
+    }
+    draft.inputs.extend(page_inputs(p, &body.0));
+    save_draft(&ctx, &db, &form, &token, &draft).await?;
+
+    let visible = visible_pages(def, &draft.inputs);
+    let pos = visible.iter().position(|&i| i == page);
+    if body.get("_nav") == "back" {
+        let prev = pos
+            .and_then(|i| i.checked_sub(1))
+            .and_then(|i| visible.get(i))
+            .copied()
+            .unwrap_or(0);
+        return Ok(see_other(&format!("/f/{public_id}?page={prev}")));
+    }
+    let before = answers_before(def, &draft.inputs, page);
+    let (_, errors) = check_page(p, &draft.inputs, &before);
+    if !errors.is_empty() {
+        return Ok(render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &form_page(&ctx, &form, page, &draft.inputs, &errors, &token),
+        ));
+    }
+    match pos.and_then(|i| visible.get(i + 1)) {
+        Some(next) => Ok(see_other(&format!("/f/{public_id}?page={next}"))),
+        None => Ok(see_other(&format!("/f/{public_id}/confirm"))),
+    }
+}
+
+pub struct AnswerRow {
+    pub label: String,
+    pub value: String,
+    pub change: String,
+}
+
+#[derive(Template)]
+#[template(path = "citizen/confirm.html")]
+struct ConfirmPage {
+    site: String,
+    title: String,
+    rows: Vec<AnswerRow>,
+    token: String,
+    action: String,
+    back: String,
+}
+
+/// Rows for every answered field, in the form's order, with the page to change it on.
+fn answer_rows(def: &FormDefinition, answers: &Answers, public_id: &str) -> Vec<AnswerRow> {
+    let mut rows = Vec::new();
+    for (i, page) in def.pages.iter().enumerate() {
+        for f in &page.fields {
+            if let Some(a) = answers.get(&f.id) {
+                let anchor = input_names(f).into_iter().next().unwrap_or_default();
+                rows.push(AnswerRow {
+                    label: f.label.clone(),
+                    value: a.display(),
+                    change: format!("/f/{public_id}?page={i}#{}", super::view::input_id(&anchor)),
+                });
+            }
+        }
+    }
+    rows
+}
+
+async fn draft_for(
+    ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
+    form: &Published,
+    headers: &HeaderMap,
+) -> Result<Option<(String, Draft)>, AppError> {
+    let Some(token) = cookie(headers, &cookie_name(&form.public_id)) else {
+        return Ok(None);
+    };
+    Ok(load_draft(ctx, db, form.id, &token)
+        .await?
+        .map(|d| (token, d)))
+}
+
+pub async fn confirm(
+    ctx: TenantCtx,
+    Path(public_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let form = store::published(&db, &public_id).await?;
+    if let Some(r) = unavailable(&ctx, &form) {
+        return Ok(r);
+    }
+    let Some((token, draft)) = draft_for(&ctx, &db, &form, &headers).await? else {
+        return Ok(see_other(&format!("/f/{public_id}")));
+    };
+    if draft.submission.is_some() {
+        return Ok(see_other(&format!("/f/{public_id}/done")));
+    }
+    match check_all(&form.def, &draft.inputs) {
+        Ok(answers) => {
+            let last = visible_pages(&form.def, &draft.inputs)
+                .last()
+                .copied()
+                .unwrap_or(0);
+            Ok(render(
+                StatusCode::OK,
+                &ConfirmPage {
+                    site: ctx.name.to_string(),
+                    title: form.def.title.clone(),
+                    rows: answer_rows(&form.def, &answers, &public_id),
+                    token,
+                    action: format!("/f/{public_id}/submit"),
+                    back: format!("/f/{public_id}?page={last}"),
+                },
+            ))
+        }
+        Err(errors) => {
+            let page = first_error_page(&form.def, &errors);
+            Ok(render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &form_page(&ctx, &form, page, &draft.inputs, &errors, &token),
+            ))
+        }
+    }
+}
+
+fn first_error_page(def: &FormDefinition, errors: &[FieldError]) -> usize {
+    def.pages
+        .iter()
+        .position(|p| {
+            p.fields
+                .iter()
+                .any(|f| errors.iter().any(|e| e.field == f.id))
+        })
+        .unwrap_or(0)
+}
+
+/// Encrypts each answer on its own, bound to this submission and field.
+fn encrypt_answers(
+    cipher: &FieldCipher,
+    id: Uuid,
+    answers: &Answers,
+) -> Result<serde_json::Value, AppError> {
+    let row = id.to_string();
+    let mut map = serde_json::Map::new();
+    for (field, answer) in answers {
+        let plain = serde_json::to_vec(answer).map_err(|e| AppError::Internal(e.into()))?;
+        let column = format!("answer:{field}");
+        let ct = cipher
+            .encrypt(
+                &FieldRef {
+                    table: "submissions",
+                    column: &column,
+                    row_id: &row,
+                },
+                &plain,
+            )
+            .map_err(|e| AppError::Internal(anyhow::anyhow!("encrypting an answer: {e}")))?;
+        map.insert(
+            field.clone(),
+            serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(ct)),
+        );
+    }
+    Ok(serde_json::Value::Object(map))
+}
+
+/// Decrypts a stored submission's answers.
+pub fn decrypt_answers(
+    cipher: &FieldCipher,
+    id: Uuid,
+    stored: &serde_json::Value,
+) -> Result<Answers, AppError> {
+    let row = id.to_string();
+    let mut out = Answers::new();
+    if let Some(map) = stored.as_object() {
+        for (field, v) in map {
+            let ct = base64::engine::general_purpose::STANDARD
+                .decode(v.as_str().unwrap_or_default())
+                .map_err(|e| AppError::Internal(anyhow::anyhow!("stored answer: {e}")))?;
+            let column = format!("answer:{field}");
+            let plain = cipher
+                .decrypt(
+                    &FieldRef {
+                        table: "submissions",
+                        column: &column,
+                        row_id: &row,
+                    },
+                    &ct,
+                )
+                .map_err(|e| AppError::Internal(anyhow::anyhow!("decrypting an answer: {e}")))?;
+            let a: Answer =
+                serde_json::from_slice(&plain).map_err(|e| AppError::Internal(e.into()))?;
+            out.insert(field.clone(), a);
+        }
+    }
+    Ok(out)
+}
+
+fn first_of_kind(
+    def: &FormDefinition,
+    answers: &Answers,
+    pick: fn(&FieldKind) -> bool,
+) -> Option<String> {
+    def.fields()
+        .filter(|f| pick(&f.kind))
+        .find_map(|f| match answers.get(&f.id) {
+            Some(Answer::Text(s)) => Some(s.clone()),
+            _ => None,
+        })
+}
+
+enum Outcome {
+    Accepted,
+    AlreadySubmitted,
+    Full,
+}
+
+pub async fn submit(
+    ctx: TenantCtx,
+    Path(public_id): Path<String>,
+    headers: HeaderMap,
+    body: FormData,
+) -> Result<Response, AppError> {
+    let token = checked_token(&headers, &public_id, &body)?;
+    let mut db = ctx.db().await?;
+    let form = store::published(&db, &public_id).await?;
+    let Some(draft) = load_draft(&ctx, &db, form.id, &token).await? else {
+        return Ok(see_other(&format!("/f/{public_id}")));
+    };
+    if draft.submission.is_some() {
+        return Ok(see_other(&format!("/f/{public_id}/done")));
+    }
+    if let Some(r) = unavailable(&ctx, &form) {
+        return Ok(r);
+    }
+    // Every answer is checked again, against the version published now.
+    let answers = match check_all(&form.def, &draft.inputs) {
+        Ok(a) => a,
+        Err(errors) => {
+            let page = first_error_page(&form.def, &errors);
+            return Ok(render(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                &form_page(&ctx, &form, page, &draft.inputs, &errors, &token),
+            ));
+        }
+    };
+    let email = first_of_kind(&form.def, &answers, |k| matches!(k, FieldKind::Email {})).map(|e| {
+        ctx.cipher()
+            .blind_index("submissions", "email", &e)
+            .to_vec()
+    });
+    let phone = first_of_kind(&form.def, &answers, |k| matches!(k, FieldKind::Tel {})).map(|p| {
+        ctx.cipher()
+            .blind_index("submissions", "phone", &p)
+            .to_vec()
+    });
+    let id = Uuid::new_v4();
+    let encrypted = encrypt_answers(ctx.cipher(), id, &answers)?;
+    let mut outcome = None;
+    for _ in 0..3 {
+        let receipt = ReceiptNumber::generate();
+        let tx = db.transaction().await?;
+        let inserted = tx
+            .query_opt(
+                "INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
+                &[&id, &form.id, &form.version, &receipt.as_str(), &encrypted, &email, &phone, &draft.id],
+            )
+            .await;
+        match inserted {
+            Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue, // receipt number taken: draw again
+            Err(e) => return Err(e.into()),
+            Ok(None) => {
+                outcome = Some(Outcome::AlreadySubmitted);
+                break;
+            }
+            Ok(Some(_)) => {}
+        }
+        // 定員: the row lock makes concurrent submits wait their turn; none passes the limit.
+        let counted = tx
+            .execute(
+                "UPDATE forms SET accepted_count = accepted_count + 1
+                  WHERE id = $1 AND current_version = $2 AND NOT closed AND (capacity IS NULL OR accepted_count < capacity)",
+                &[&form.id, &form.version],
+            )
+            .await?;
+        if counted == 0 {
+            outcome = Some(Outcome::Full);
+            break;
+        }
+        tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now() WHERE id = $1", &[&draft.id, &id])
+            .await?;
+        tx.commit().await?;
+        outcome = Some(Outcome::Accepted);
+        break;
+    }
+    match outcome {
+        Some(Outcome::Accepted | Outcome::AlreadySubmitted) => {
+            if matches!(outcome, Some(Outcome::AlreadySubmitted)) {
+                // A concurrent request with the same key won; point the draft at its submission.
+                db.execute(
+                    "UPDATE citizen_drafts SET submission_id = s.id, inputs = NULL FROM submissions s WHERE s.idempotency_key = $1 AND citizen_drafts.id = $1",
+                    &[&draft.id],
+                )
+                .await?;
+            }
+            Ok(see_other(&format!("/f/{public_id}/done")))
+        }
+        Some(Outcome::Full) => Ok(notice(
+            &ctx,
+            StatusCode::CONFLICT,
+            &form.def.title,
+            "定員に達しました",
+            "申し訳ありません。送信の直前に定員に達したため、受け付けられませんでした。",
+        )),
+        None => Err(AppError::Internal(anyhow::anyhow!(
+            "no free receipt number after three tries"
+        ))),
+    }
+}
+
+#[derive(Template)]
+#[template(path = "citizen/done.html")]
+struct DonePage {
+    site: String,
+    title: String,
+    receipt: String,
+    message: String,
+}
+
+pub async fn done(
+    ctx: TenantCtx,
+    Path(public_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let form = store::published(&db, &public_id).await?;
+    let Some((_, draft)) = draft_for(&ctx, &db, &form, &headers).await? else {
+        return Ok(see_other(&format!("/f/{public_id}")));
+    };
+    let Some(sub) = draft.submission else {
+        return Ok(see_other(&format!("/f/{public_id}")));
+    };
+    let row = db
+        .query_one(
+            "SELECT receipt_number, form_version FROM submissions WHERE id = $1",
+            &[&sub],
+        )
+        .await?;
+    let def = store::version(&db, form.id, row.get(1)).await?;
+    Ok(render(
+        StatusCode::OK,
+        &DonePage {
+            site: ctx.name.to_string(),
+            title: def.title,
+            receipt: row.get(0),
+            message: def.settings.completion_message,
+        },
+    ))
+}
+
+/// The builder's preview of one page of a draft definition: what citizens will see,
+/// with nothing sent.
+pub fn preview(ctx: &TenantCtx, def: &FormDefinition, form_id: i64, page: usize) -> Response {
+    let page = page.min(def.pages.len().saturating_sub(1));
+    let Some(p) = def.pages.get(page) else {
+        return notice(
+            ctx,
+            StatusCode::OK,
+            &def.title,
+            "ページがありません",
+            "このフォームにはまだページがありません。",
+        );
+    };
+    let fields = page_views(p, &Raw::new(), &[], |_| true);
+    render(
+        StatusCode::OK,
+        &FormPage {
+            site: ctx.name.to_string(),
+            title: def.title.clone(),
+            description: if page == 0 {
+                def.description.clone()
+            } else {
+                String::new()
+            },
+            page_title: p.title.clone(),
+            step: page + 1,
+            steps: def.pages.len(),
+            page,
+            fields,
+            errors: Vec::new(),
+            token: String::new(),
+            action: format!("/admin/forms/{form_id}/preview"),
+            first: page == 0,
+            preview: true,
+        },
+    )
+}

@@ -1,0 +1,266 @@
+//! Forms in the tenant database: drafts, published versions, and what the citizen
+//! side needs to know about a form right now.
+
+use time::OffsetDateTime;
+use tokio_postgres::Client;
+
+use super::definition::FormDefinition;
+use crate::error::AppError;
+
+/// A form as the builder sees it.
+#[derive(Debug, Clone)]
+pub struct FormRow {
+    pub id: i64,
+    pub public_id: String,
+    pub department_id: i64,
+    pub department: String,
+    pub draft: FormDefinition,
+    pub current_version: Option<i32>,
+    pub closed: bool,
+    pub accepted: i32,
+    /// Whether the draft differs from the published version.
+    pub unpublished_changes: bool,
+}
+
+/// Where a published form stands for citizens now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Open,
+    NotYetOpen,
+    Ended,
+    Full,
+    Closed,
+}
+
+/// A published form, for the citizen side.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub id: i64,
+    pub public_id: String,
+    pub version: i32,
+    pub def: FormDefinition,
+    pub availability: Availability,
+}
+
+pub fn new_public_id() -> String {
+    use rand::Rng;
+    const ALPHABET: &[u8] = b"23456789abcdefghjkmnpqrstuvwxyz";
+    let mut rng = rand::rngs::OsRng;
+    (0..10)
+        .map(|_| char::from(ALPHABET[rng.gen_range(0..ALPHABET.len())]))
+        .collect()
+}
+
+fn parse_def(v: serde_json::Value) -> Result<FormDefinition, AppError> {
+    serde_json::from_value(v)
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("stored form definition unreadable: {e}")))
+}
+
+fn to_json(def: &FormDefinition) -> Result<serde_json::Value, AppError> {
+    serde_json::to_value(def).map_err(|e| AppError::Internal(e.into()))
+}
+
+const FORM_COLUMNS: &str = "f.id, f.public_id, f.department_id, d.name, f.draft, f.current_version, f.closed, f.accepted_count,
+     f.current_version IS NULL OR f.draft IS DISTINCT FROM (SELECT v.definition FROM form_versions v WHERE v.form_id = f.id AND v.version = f.current_version)";
+
+fn row_to_form(r: &tokio_postgres::Row) -> Result<FormRow, AppError> {
+    Ok(FormRow {
+        id: r.get(0),
+        public_id: r.get(1),
+        department_id: r.get(2),
+        department: r.get(3),
+        draft: parse_def(r.get(4))?,
+        current_version: r.get(5),
+        closed: r.get(6),
+        accepted: r.get(7),
+        unpublished_changes: r.get(8),
+    })
+}
+
+/// Forms of the given departments (`None`: all), newest first.
+pub async fn list(db: &Client, departments: Option<&[i64]>) -> Result<Vec<FormRow>, AppError> {
+    let rows = match departments {
+        None => db.query(&format!("SELECT {FORM_COLUMNS} FROM forms f JOIN departments d ON d.id = f.department_id ORDER BY f.id DESC"), &[]).await?,
+        Some(ids) => {
+            db.query(
+                &format!("SELECT {FORM_COLUMNS} FROM forms f JOIN departments d ON d.id = f.department_id WHERE f.department_id = ANY($1) ORDER BY f.id DESC"),
+                &[&ids],
+            )
+            .await?
+        }
+    };
+    rows.iter().map(row_to_form).collect()
+}
+
+pub async fn get(db: &Client, id: i64) -> Result<FormRow, AppError> {
+    let row = db
+        .query_opt(&format!("SELECT {FORM_COLUMNS} FROM forms f JOIN departments d ON d.id = f.department_id WHERE f.id = $1"), &[&id])
+        .await?
+        .ok_or(AppError::NotFound)?;
+    row_to_form(&row)
+}
+
+pub async fn create(
+    db: &Client,
+    department_id: i64,
+    def: &FormDefinition,
+    staff_id: i64,
+) -> Result<i64, AppError> {
+    let row = db
+        .query_one(
+            "INSERT INTO forms (public_id, department_id, draft, created_by) VALUES ($1, $2, $3, $4) RETURNING id",
+            &[&new_public_id(), &department_id, &to_json(def)?, &staff_id],
+        )
+        .await?;
+    Ok(row.get(0))
+}
+
+pub async fn save_draft(db: &Client, id: i64, def: &FormDefinition) -> Result<(), AppError> {
+    db.execute(
+        "UPDATE forms SET draft = $2, draft_updated_at = now() WHERE id = $1",
+        &[&id, &to_json(def)?],
+    )
+    .await?;
+    Ok(())
+}
+
+pub async fn set_department(db: &Client, id: i64, department_id: i64) -> Result<(), AppError> {
+    db.execute(
+        "UPDATE forms SET department_id = $2 WHERE id = $1",
+        &[&id, &department_id],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Freezes the draft as the next version. The caller has checked it.
+pub async fn publish(db: &mut Client, id: i64, staff_id: i64) -> Result<i32, AppError> {
+    let tx = db.transaction().await?;
+    let row = tx
+        .query_one(
+            "SELECT draft, coalesce(current_version, 0) FROM forms WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?;
+    let draft: serde_json::Value = row.get(0);
+    let def = parse_def(draft.clone())?;
+    let version: i32 = row.get::<_, i32>(1) + 1;
+    tx.execute(
+        "INSERT INTO form_versions (form_id, version, definition, published_by) VALUES ($1, $2, $3, $4)",
+        &[&id, &version, &draft, &staff_id],
+    )
+    .await?;
+    let capacity = def
+        .settings
+        .capacity
+        .map(|c| i32::try_from(c).unwrap_or(i32::MAX));
+    let updated = tx
+        .execute(
+            "UPDATE forms SET current_version = $2, capacity = $3, closed = false WHERE id = $1 AND ($3::int IS NULL OR accepted_count <= $3)",
+            &[&id, &version, &capacity],
+        )
+        .await?;
+    if updated == 0 {
+        return Err(AppError::BadRequest(
+            "定員を、既に受け付けた件数より少なくすることはできません。".into(),
+        ));
+    }
+    tx.commit().await?;
+    Ok(version)
+}
+
+pub async fn set_closed(db: &Client, id: i64, closed: bool) -> Result<(), AppError> {
+    db.execute(
+        "UPDATE forms SET closed = $2 WHERE id = $1",
+        &[&id, &closed],
+    )
+    .await?;
+    Ok(())
+}
+
+fn availability(
+    def: &FormDefinition,
+    closed: bool,
+    accepted: i32,
+    capacity: Option<i32>,
+    now: OffsetDateTime,
+) -> Availability {
+    if closed {
+        Availability::Closed
+    } else if def.settings.opens_at.is_some_and(|o| now < o) {
+        Availability::NotYetOpen
+    } else if def.settings.closes_at.is_some_and(|c| now >= c) {
+        Availability::Ended
+    } else if capacity.is_some_and(|c| accepted >= c) {
+        Availability::Full
+    } else {
+        Availability::Open
+    }
+}
+
+/// The published version of a form by its public id.
+pub async fn published(
+    db: &deadpool_postgres::ClientWrapper,
+    public_id: &str,
+) -> Result<Published, AppError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT f.id, f.public_id, v.version, v.definition, f.closed, f.accepted_count, f.capacity
+               FROM forms f JOIN form_versions v ON v.form_id = f.id AND v.version = f.current_version
+              WHERE f.public_id = $1",
+        )
+        .await?;
+    let r = db
+        .query_opt(&stmt, &[&public_id])
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let def = parse_def(r.get(3))?;
+    let availability = availability(
+        &def,
+        r.get(4),
+        r.get(5),
+        r.get(6),
+        OffsetDateTime::now_utc(),
+    );
+    Ok(Published {
+        id: r.get(0),
+        public_id: r.get(1),
+        version: r.get(2),
+        def,
+        availability,
+    })
+}
+
+/// A specific version (what a submission was made against).
+pub async fn version(db: &Client, form_id: i64, version: i32) -> Result<FormDefinition, AppError> {
+    let r = db
+        .query_opt(
+            "SELECT definition FROM form_versions WHERE form_id = $1 AND version = $2",
+            &[&form_id, &version],
+        )
+        .await?
+        .ok_or(AppError::NotFound)?;
+    parse_def(r.get(0))
+}
+
+/// Published forms open now, for the home page.
+pub async fn open_forms(
+    db: &deadpool_postgres::ClientWrapper,
+) -> Result<Vec<(String, String)>, AppError> {
+    let stmt = db
+        .prepare_cached(
+            "SELECT f.public_id, v.definition, f.closed, f.accepted_count, f.capacity
+               FROM forms f JOIN form_versions v ON v.form_id = f.id AND v.version = f.current_version
+              WHERE NOT f.closed ORDER BY f.id",
+        )
+        .await?;
+    let now = OffsetDateTime::now_utc();
+    let mut out = Vec::new();
+    for r in db.query(&stmt, &[]).await? {
+        let def = parse_def(r.get(1))?;
+        if availability(&def, r.get(2), r.get(3), r.get(4), now) == Availability::Open {
+            out.push((r.get(0), def.title));
+        }
+    }
+    Ok(out)
+}

@@ -1,0 +1,220 @@
+//! What a form page shows: fields turned into view models the templates render,
+//! with the values typed so far and the errors beside them.
+
+use super::answers::{FieldError, Raw};
+use super::definition::{ChoiceDisplay, Field, FieldKind, Page};
+
+pub struct OptionView {
+    pub value: String,
+    pub input_id: String,
+    pub checked: bool,
+}
+
+/// A sub-input of a composite field (address, name).
+pub struct PartView {
+    pub name: String,
+    pub id: String,
+    pub label: String,
+    pub value: String,
+    pub autocomplete: &'static str,
+    pub inputmode: &'static str,
+    pub error: bool,
+    pub size_class: &'static str,
+}
+
+pub struct FieldView {
+    pub id: String,
+    /// The element the label points at and the error summary links to.
+    pub input_id: String,
+    pub kind: &'static str,
+    pub label: String,
+    pub help: String,
+    pub required: bool,
+    pub placeholder: String,
+    pub value: String,
+    pub options: Vec<OptionView>,
+    pub select: bool,
+    pub parts: Vec<PartView>,
+    pub text: String,
+    pub unit: String,
+    pub input_type: &'static str,
+    pub inputmode: &'static str,
+    pub autocomplete: &'static str,
+    pub error: Option<String>,
+    pub maxlength: Option<u32>,
+    /// A show/hide rule on another field of the same page, for the script.
+    pub show_field: String,
+    pub show_op: &'static str,
+    pub show_values: String,
+}
+
+fn first(raw: &Raw, name: &str) -> String {
+    raw.get(name)
+        .and_then(|v| v.first())
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// HTML ids: field ids are `[a-z0-9_-]`, so this is safe and unique per page.
+pub fn input_id(name: &str) -> String {
+    format!("f-{}", name.replace('.', "-"))
+}
+
+pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
+    let error = errors.iter().find(|e| e.field == f.id);
+    let err_input = error.map(|e| e.input.clone()).unwrap_or_default();
+    let mut v = FieldView {
+        id: f.id.clone(),
+        input_id: input_id(&f.id),
+        kind: f.kind.type_name(),
+        label: f.label.clone(),
+        help: f.help.clone(),
+        required: f.required,
+        placeholder: f.placeholder.clone(),
+        value: first(raw, &f.id),
+        options: Vec::new(),
+        select: false,
+        parts: Vec::new(),
+        text: String::new(),
+        unit: String::new(),
+        input_type: "text",
+        inputmode: "",
+        autocomplete: "",
+        error: error.map(|e| e.message.clone()),
+        maxlength: None,
+        show_field: String::new(),
+        show_op: "",
+        show_values: String::new(),
+    };
+    if let Some(c) = &f.show_if {
+        v.show_field.clone_from(&c.field);
+        v.show_op = match c.op {
+            super::definition::ConditionOp::Equals => "equals",
+            super::definition::ConditionOp::In => "in",
+            super::definition::ConditionOp::NotEmpty => "not_empty",
+        };
+        let values = if c.op == super::definition::ConditionOp::Equals {
+            c.values.iter().take(1).cloned().collect()
+        } else {
+            c.values.clone()
+        };
+        v.show_values = serde_json::to_string(&values).unwrap_or_default();
+    }
+    let part = |name: &str,
+                label: &str,
+                autocomplete: &'static str,
+                inputmode: &'static str,
+                size_class: &'static str| PartView {
+        name: format!("{}.{name}", f.id),
+        id: input_id(&format!("{}.{name}", f.id)),
+        label: label.to_owned(),
+        value: first(raw, &format!("{}.{name}", f.id)),
+        autocomplete,
+        inputmode,
+        error: err_input == format!("{}.{name}", f.id),
+        size_class,
+    };
+    match &f.kind {
+        FieldKind::Text { max_length, .. } => v.maxlength = *max_length,
+        FieldKind::Textarea { max_length, .. } => v.maxlength = *max_length,
+        FieldKind::Number { unit, integer, .. } => {
+            v.unit = unit.clone();
+            v.inputmode = if *integer { "numeric" } else { "decimal" };
+        }
+        FieldKind::Email {} => {
+            v.input_type = "email";
+            v.autocomplete = "email";
+            v.inputmode = "email";
+        }
+        FieldKind::Tel {} => {
+            v.input_type = "tel";
+            v.autocomplete = "tel";
+            v.inputmode = "tel";
+        }
+        FieldKind::Date { .. } => v.input_type = "date",
+        FieldKind::Choice { options, display } => {
+            v.select = *display == ChoiceDisplay::Select;
+            v.options = options
+                .iter()
+                .enumerate()
+                .map(|(i, o)| OptionView {
+                    value: o.clone(),
+                    input_id: format!("{}-{i}", v.input_id),
+                    checked: v.value == *o,
+                })
+                .collect();
+            if !v.select {
+                v.input_id = format!("{}-0", v.input_id);
+            }
+        }
+        FieldKind::MultiChoice { options, .. } => {
+            let chosen = raw.get(&f.id).cloned().unwrap_or_default();
+            v.options = options
+                .iter()
+                .enumerate()
+                .map(|(i, o)| OptionView {
+                    value: o.clone(),
+                    input_id: format!("{}-{i}", v.input_id),
+                    checked: chosen.contains(o),
+                })
+                .collect();
+            v.input_id = format!("{}-0", v.input_id);
+        }
+        FieldKind::Address {} => {
+            v.parts = vec![
+                part(
+                    "postal",
+                    "郵便番号（例: 102-8688）",
+                    "postal-code",
+                    "numeric",
+                    "short",
+                ),
+                part(
+                    "address1",
+                    "住所（都道府県・市区町村・番地）",
+                    "street-address",
+                    "",
+                    "long",
+                ),
+                part("address2", "建物名・部屋番号", "", "", "long"),
+            ];
+        }
+        FieldKind::Name { furigana } => {
+            v.parts = vec![
+                part("family", "姓", "family-name", "", "mid"),
+                part("given", "名", "given-name", "", "mid"),
+            ];
+            if *furigana {
+                v.parts
+                    .push(part("family_kana", "セイ（カタカナ）", "", "", "mid"));
+                v.parts
+                    .push(part("given_kana", "メイ（カタカナ）", "", "", "mid"));
+            }
+        }
+        FieldKind::Consent { statement } => v.text = statement.clone(),
+        FieldKind::Paragraph { text } => v.text = text.clone(),
+        FieldKind::Heading {} => {}
+    }
+    if !v.parts.is_empty() {
+        let target = if err_input.is_empty() {
+            v.parts[0].name.clone()
+        } else {
+            err_input
+        };
+        v.input_id = input_id(&target);
+    }
+    v
+}
+
+pub fn page_views(
+    page: &Page,
+    raw: &Raw,
+    errors: &[FieldError],
+    visible: impl Fn(&Field) -> bool,
+) -> Vec<FieldView> {
+    page.fields
+        .iter()
+        .filter(|f| visible(f))
+        .map(|f| field_view(f, raw, errors))
+        .collect()
+}

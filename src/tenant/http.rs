@@ -1,0 +1,111 @@
+//! Small HTTP pieces the tenant app shares: cookies, url-encoded forms with repeated
+//! keys, redirects, constant-time token comparison.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+
+use super::forms::answers::Raw;
+use crate::error::AppError;
+
+/// Largest url-encoded form body accepted (bytes).
+pub const MAX_FORM_BODY: usize = 256 * 1024;
+
+/// The value of cookie `name`, if sent.
+pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Secure over TLS.
+pub fn set_cookie(
+    name: &str,
+    value: &str,
+    path: &str,
+    max_age_secs: Option<u64>,
+    secure: bool,
+) -> HeaderValue {
+    let mut s = format!("{name}={value}; Path={path}; HttpOnly; SameSite=Lax");
+    if let Some(age) = max_age_secs {
+        s.push_str(&format!("; Max-Age={age}"));
+    }
+    if secure {
+        s.push_str("; Secure");
+    }
+    HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
+}
+
+/// 303 See Other to `to`, with extra headers.
+pub fn see_other(to: &str) -> Response {
+    let mut r = StatusCode::SEE_OTHER.into_response();
+    if let Ok(v) = HeaderValue::from_str(to) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// SHA-256 of a token: what the database stores instead of the token itself.
+pub fn token_hash(token: &str) -> Vec<u8> {
+    Sha256::digest(token.as_bytes()).to_vec()
+}
+
+/// Compares two secrets in constant time.
+pub fn same_secret(a: &str, b: &str) -> bool {
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
+}
+
+/// A url-encoded form body, with repeated keys kept (multiple choice).
+#[derive(Debug, Default)]
+pub struct FormData(pub Raw);
+
+impl FormData {
+    pub fn get(&self, name: &str) -> &str {
+        self.0
+            .get(name)
+            .and_then(|v| v.first())
+            .map_or("", String::as_str)
+    }
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0.get(name).cloned().unwrap_or_default()
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for FormData {
+    type Rejection = AppError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        if !ct.starts_with("application/x-www-form-urlencoded") {
+            return Err(AppError::BadRequest(
+                "フォームの送信形式が正しくありません。".into(),
+            ));
+        }
+        let body = Bytes::from_request(req, state)
+            .await
+            .map_err(|_| AppError::PayloadTooLarge)?;
+        if body.len() > MAX_FORM_BODY {
+            return Err(AppError::PayloadTooLarge);
+        }
+        let mut raw = Raw::new();
+        for (k, v) in form_urlencoded::parse(&body) {
+            raw.entry(k.into_owned()).or_default().push(v.into_owned());
+        }
+        Ok(Self(raw))
+    }
+}

@@ -1,0 +1,625 @@
+//! Sign-in, account setup, sign-out, and the administrators' staff and department
+//! screens.
+
+use askama::Template;
+use axum::extract::Path;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::Response;
+use tokio_postgres::Client;
+
+use super::{
+    hash_password, new_totp_secret, now_unix, otpauth_uri, password_problem, qr_svg, totp_base32,
+    totp_from_base32, totp_step, verify_password, Role, StaffUser, ABSOLUTE_SECS, FREE_ATTEMPTS,
+    SESSION_COOKIE,
+};
+use crate::crypto::{random_token, FieldCipher, FieldRef};
+use crate::error::AppError;
+use crate::tenant::admin::Nav;
+use crate::tenant::http::{see_other, set_cookie, token_hash, FormData};
+use crate::tenant::TenantCtx;
+use crate::web::render;
+
+/// Setup links expire after this.
+pub const SETUP_LINK_HOURS: i64 = 24;
+
+/// A hash that takes as long to check as a real one, for unknown accounts, so the
+/// answer time does not tell which e-mail addresses have an account.
+fn dummy_hash() -> &'static str {
+    static HASH: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HASH.get_or_init(|| hash_password(&random_token(16)).unwrap_or_default())
+}
+
+/// Creates a staff member (and the department, when named and new) and returns the
+/// one-time setup token. Used by the admin screen and by `madoguchi tenant add-staff`.
+pub async fn create_staff(
+    db: &Client,
+    email: &str,
+    display_name: &str,
+    role: Role,
+    department: Option<&str>,
+) -> Result<(i64, String), AppError> {
+    let email = crate::ja::nfkc(email.trim()).to_lowercase();
+    if !email.contains('@') || email.len() > 254 || email.chars().any(char::is_whitespace) {
+        return Err(AppError::BadRequest(format!(
+            "メールアドレス「{email}」の形式が正しくありません"
+        )));
+    }
+    let dept: Option<i64> = match department.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(name) => Some(
+            db.query_one(
+                "WITH ins AS (INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
+                 SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = $1 LIMIT 1",
+                &[&name],
+            )
+            .await?
+            .get(0),
+        ),
+        None => None,
+    };
+    let row = db
+        .query_opt(
+            "INSERT INTO staff (email, display_name, role, department_id) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (email) DO NOTHING RETURNING id",
+            &[&email, &display_name, &role.as_str(), &dept],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Err(AppError::BadRequest(format!(
+            "メールアドレス「{email}」の職員は既に登録されています"
+        )));
+    };
+    let id: i64 = row.get(0);
+    let token = new_setup_token(db, id).await?;
+    Ok((id, token))
+}
+
+/// A new setup link for an existing staff member (e.g. a forgotten password).
+pub async fn new_setup_token(db: &Client, staff_id: i64) -> Result<String, AppError> {
+    let token = random_token(32);
+    db.execute(
+        "INSERT INTO staff_setup_tokens (token_hash, staff_id, expires_at) VALUES ($1, $2, now() + make_interval(hours => $3))",
+        &[&token_hash(&token), &staff_id, &(SETUP_LINK_HOURS as i32)],
+    )
+    .await?;
+    Ok(token)
+}
+
+#[derive(Template)]
+#[template(path = "admin/login.html")]
+struct LoginPage {
+    site: String,
+    nav: Option<Nav>,
+    email: String,
+    error: Option<String>,
+}
+
+pub async fn login_form(ctx: TenantCtx) -> Response {
+    render(
+        StatusCode::OK,
+        &LoginPage {
+            site: ctx.name.to_string(),
+            nav: None,
+            email: String::new(),
+            error: None,
+        },
+    )
+}
+
+pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError> {
+    let email = crate::ja::nfkc(form.get("email").trim()).to_lowercase();
+    let fail = |msg: &str| {
+        render(
+            StatusCode::UNAUTHORIZED,
+            &LoginPage {
+                site: ctx.name.to_string(),
+                nav: None,
+                email: email.clone(),
+                error: Some(msg.to_owned()),
+            },
+        )
+    };
+    const GENERIC: &str = "メールアドレス、パスワードまたは確認コードが正しくありません。";
+    let db = ctx.db().await?;
+    let row = db
+        .query_opt(
+            "SELECT id, password_hash, role, totp_secret, totp_enabled, totp_last_step, disabled,
+                    ceil(extract(epoch FROM locked_until - now()))::bigint
+               FROM staff WHERE email = $1",
+            &[&email],
+        )
+        .await?;
+    let Some(row) = row else {
+        let _ = verify_password(form.get("password"), dummy_hash());
+        return Ok(fail(GENERIC));
+    };
+    let id: i64 = row.get(0);
+    let hash: Option<String> = row.get(1);
+    let locked_secs: Option<i64> = row.get(7);
+    if let Some(secs) = locked_secs.filter(|s| *s > 0) {
+        let minutes = (secs + 59) / 60;
+        return Ok(fail(&format!("サインインの失敗が続いたため、一時的にロックしています。{minutes}分後にもう一度お試しください。")));
+    }
+    let disabled: bool = row.get(6);
+    let password_ok = hash
+        .as_deref()
+        .is_some_and(|h| verify_password(form.get("password"), h))
+        && !disabled;
+    let role = Role::parse(row.get::<_, &str>(2)).unwrap_or(Role::Viewer);
+    let totp_enabled: bool = row.get(4);
+    let mut step = None;
+    if password_ok && totp_enabled {
+        let secret: Option<Vec<u8>> = row.get(3);
+        let secret = secret.map(|s| {
+            ctx.cipher().decrypt(
+                &FieldRef {
+                    table: "staff",
+                    column: "totp_secret",
+                    row_id: &id.to_string(),
+                },
+                &s,
+            )
+        });
+        if let Some(Ok(secret)) = secret {
+            step = totp_step(&secret, form.get("code"), now_unix())
+                .filter(|s| *s > row.get::<_, i64>(5));
+        }
+    }
+    let ok = password_ok && (!totp_enabled || step.is_some());
+    if !ok {
+        db.execute(
+            "UPDATE staff SET failed_attempts = failed_attempts + 1,
+                    locked_until = CASE WHEN failed_attempts + 1 >= $2
+                        THEN now() + least(interval '30 seconds' * power(2, failed_attempts + 1 - $2), interval '1 hour') END
+              WHERE id = $1",
+            &[&id, &FREE_ATTEMPTS],
+        )
+        .await?;
+        return Ok(fail(GENERIC));
+    }
+    if role.needs_totp() && !totp_enabled {
+        return Ok(fail("この権限では二要素認証（確認コード）の設定が必要です。管理者に設定用リンクの再発行を依頼してください。"));
+    }
+    db.execute(
+        "UPDATE staff SET failed_attempts = 0, locked_until = NULL, totp_last_step = coalesce($2, totp_last_step) WHERE id = $1",
+        &[&id, &step],
+    )
+    .await?;
+    start_session(&ctx, &db, id).await
+}
+
+async fn start_session(ctx: &TenantCtx, db: &Client, staff_id: i64) -> Result<Response, AppError> {
+    let token = random_token(32);
+    db.execute(
+        "INSERT INTO staff_sessions (id_hash, staff_id, csrf_token, expires_at) VALUES ($1, $2, $3, now() + make_interval(secs => $4))",
+        &[&token_hash(&token), &staff_id, &random_token(24), &(ABSOLUTE_SECS as f64)],
+    )
+    .await?;
+    let mut resp = see_other("/admin/forms");
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, &token, "/admin", None, ctx.secure_cookies),
+    );
+    Ok(resp)
+}
+
+fn clear_session_cookie(ctx: &TenantCtx) -> HeaderValue {
+    set_cookie(SESSION_COOKIE, "", "/admin", Some(0), ctx.secure_cookies)
+}
+
+pub async fn logout(ctx: TenantCtx, user: StaffUser, form: FormData) -> Result<Response, AppError> {
+    user.check_csrf(&form)?;
+    let db = ctx.db().await?;
+    if form.get("everywhere") == "yes" {
+        db.execute(
+            "DELETE FROM staff_sessions WHERE staff_id = $1",
+            &[&user.id],
+        )
+        .await?;
+    } else {
+        db.execute(
+            "DELETE FROM staff_sessions WHERE id_hash = $1",
+            &[&user.session_hash()],
+        )
+        .await?;
+    }
+    let mut resp = see_other("/admin/login");
+    resp.headers_mut()
+        .append(header::SET_COOKIE, clear_session_cookie(&ctx));
+    Ok(resp)
+}
+
+#[derive(Template)]
+#[template(path = "admin/setup.html")]
+struct SetupPage {
+    site: String,
+    nav: Option<Nav>,
+    email: String,
+    role: String,
+    totp_required: bool,
+    secret_b32: String,
+    otpauth: String,
+    qr: String,
+    errors: Vec<String>,
+}
+
+struct SetupTarget {
+    staff_id: i64,
+    email: String,
+    role: Role,
+}
+
+async fn setup_target(db: &Client, token: &str) -> Result<SetupTarget, AppError> {
+    let row = db
+        .query_opt(
+            "SELECT s.id, s.email, s.role FROM staff_setup_tokens t JOIN staff s ON s.id = t.staff_id
+              WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > now() AND NOT s.disabled",
+            &[&token_hash(token)],
+        )
+        .await?;
+    let Some(r) = row else {
+        return Err(AppError::BadRequest(
+            "この設定用リンクは無効か、有効期限（24時間）が切れています。管理者に再発行を依頼してください。".into(),
+        ));
+    };
+    Ok(SetupTarget {
+        staff_id: r.get(0),
+        email: r.get(1),
+        role: Role::parse(r.get::<_, &str>(2)).unwrap_or(Role::Viewer),
+    })
+}
+
+fn setup_page(ctx: &TenantCtx, t: &SetupTarget, secret: &[u8], errors: Vec<String>) -> Response {
+    let issuer = format!("Madoguchi {}", ctx.name);
+    let otpauth = otpauth_uri(secret, &issuer, &t.email);
+    let status = if errors.is_empty() {
+        StatusCode::OK
+    } else {
+        StatusCode::UNPROCESSABLE_ENTITY
+    };
+    render(
+        status,
+        &SetupPage {
+            site: ctx.name.to_string(),
+            nav: None,
+            email: t.email.clone(),
+            role: t.role.label().to_owned(),
+            totp_required: t.role.needs_totp(),
+            secret_b32: totp_base32(secret),
+            qr: qr_svg(&otpauth).unwrap_or_default(),
+            otpauth,
+            errors,
+        },
+    )
+}
+
+pub async fn setup_form(ctx: TenantCtx, Path(token): Path<String>) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let target = setup_target(&db, &token).await?;
+    Ok(setup_page(&ctx, &target, &new_totp_secret(), Vec::new()))
+}
+
+pub async fn setup(
+    ctx: TenantCtx,
+    Path(token): Path<String>,
+    form: FormData,
+) -> Result<Response, AppError> {
+    let mut db = ctx.db().await?;
+    let target = setup_target(&db, &token).await?;
+    let secret = totp_from_base32(form.get("totp_secret")).unwrap_or_else(new_totp_secret);
+    let mut errors = Vec::new();
+    let password = form.get("password");
+    if let Some(p) = password_problem(password, &target.email) {
+        errors.push(p);
+    } else if password != form.get("password2") {
+        errors.push("確認用のパスワードが一致しません".into());
+    }
+    let code = form.get("code").trim();
+    let wants_totp = target.role.needs_totp() || !code.is_empty();
+    let step = if wants_totp {
+        totp_step(&secret, code, now_unix())
+    } else {
+        None
+    };
+    if wants_totp && step.is_none() {
+        errors.push(
+            "確認コードが正しくありません。認証アプリに表示されている6桁の数字を入力してください"
+                .into(),
+        );
+    }
+    if !errors.is_empty() {
+        return Ok(setup_page(&ctx, &target, &secret, errors));
+    }
+    let hash = hash_password(password)?;
+    let encrypted = if wants_totp {
+        Some(encrypt_totp(ctx.cipher(), target.staff_id, &secret)?)
+    } else {
+        None
+    };
+    let tx = db.transaction().await?;
+    let used = tx
+        .execute("UPDATE staff_setup_tokens SET used_at = now() WHERE token_hash = $1 AND used_at IS NULL", &[&token_hash(&token)])
+        .await?;
+    if used != 1 {
+        return Err(AppError::BadRequest(
+            "この設定用リンクは既に使用されています。".into(),
+        ));
+    }
+    tx.execute(
+        "UPDATE staff SET password_hash = $2, totp_secret = $3, totp_enabled = $4, totp_last_step = coalesce($5, 0),
+                failed_attempts = 0, locked_until = NULL, updated_at = now() WHERE id = $1",
+        &[&target.staff_id, &hash, &encrypted, &wants_totp, &step],
+    )
+    .await?;
+    // A new password ends every earlier session.
+    tx.execute(
+        "DELETE FROM staff_sessions WHERE staff_id = $1",
+        &[&target.staff_id],
+    )
+    .await?;
+    tx.commit().await?;
+    start_session(&ctx, &db, target.staff_id).await
+}
+
+pub fn encrypt_totp(
+    cipher: &FieldCipher,
+    staff_id: i64,
+    secret: &[u8],
+) -> Result<Vec<u8>, AppError> {
+    cipher
+        .encrypt(
+            &FieldRef {
+                table: "staff",
+                column: "totp_secret",
+                row_id: &staff_id.to_string(),
+            },
+            secret,
+        )
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("encrypting a TOTP secret: {e}")))
+}
+
+pub struct StaffRow {
+    pub id: i64,
+    pub email: String,
+    pub display_name: String,
+    pub role: Role,
+    pub department: String,
+    pub department_id: Option<i64>,
+    pub disabled: bool,
+    pub totp: bool,
+    pub set_up: bool,
+}
+
+impl StaffRow {
+    pub fn in_department(&self, id: impl std::borrow::Borrow<i64>) -> bool {
+        self.department_id == Some(*id.borrow())
+    }
+}
+
+pub struct Department {
+    pub id: i64,
+    pub name: String,
+}
+
+pub async fn departments(db: &Client) -> Result<Vec<Department>, AppError> {
+    let rows = db
+        .query("SELECT id, name FROM departments ORDER BY name", &[])
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Department {
+            id: r.get(0),
+            name: r.get(1),
+        })
+        .collect())
+}
+
+#[derive(Template)]
+#[template(path = "admin/staff.html")]
+struct StaffPage {
+    site: String,
+    nav: Option<Nav>,
+    staff: Vec<StaffRow>,
+    departments: Vec<Department>,
+    roles: Vec<(&'static str, &'static str)>,
+    new_link: Option<(String, String)>,
+    error: Option<String>,
+    csrf: String,
+}
+
+async fn staff_page(
+    ctx: &TenantCtx,
+    user: &StaffUser,
+    new_link: Option<(String, String)>,
+    error: Option<String>,
+) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let rows = db
+        .query(
+            "SELECT s.id, s.email, s.display_name, s.role, coalesce(d.name, ''), s.department_id, s.disabled, s.totp_enabled,
+                    s.password_hash IS NOT NULL
+               FROM staff s LEFT JOIN departments d ON d.id = s.department_id ORDER BY s.email",
+            &[],
+        )
+        .await?;
+    let staff = rows
+        .iter()
+        .map(|r| StaffRow {
+            id: r.get(0),
+            email: r.get(1),
+            display_name: r.get(2),
+            role: Role::parse(r.get::<_, &str>(3)).unwrap_or(Role::Viewer),
+            department: r.get(4),
+            department_id: r.get(5),
+            disabled: r.get(6),
+            totp: r.get(7),
+            set_up: r.get(8),
+        })
+        .collect();
+    let status = if error.is_some() {
+        StatusCode::UNPROCESSABLE_ENTITY
+    } else {
+        StatusCode::OK
+    };
+    Ok(render(
+        status,
+        &StaffPage {
+            site: ctx.name.to_string(),
+            nav: Some(Nav::new(user, "staff")),
+            staff,
+            departments: departments(&db).await?,
+            roles: Role::ALL.iter().map(|r| (r.as_str(), r.label())).collect(),
+            new_link,
+            error,
+            csrf: user.csrf.clone(),
+        },
+    ))
+}
+
+pub async fn staff_list(ctx: TenantCtx, user: StaffUser) -> Result<Response, AppError> {
+    user.require_admin()?;
+    staff_page(&ctx, &user, None, None).await
+}
+
+fn setup_url(host: &str, token: &str) -> String {
+    format!("{host}/admin/setup/{token}")
+}
+
+pub async fn staff_add(
+    ctx: TenantCtx,
+    user: StaffUser,
+    form: FormData,
+) -> Result<Response, AppError> {
+    user.require_admin()?;
+    user.check_csrf(&form)?;
+    let Some(role) = Role::parse(form.get("role")) else {
+        return staff_page(&ctx, &user, None, Some("権限を選択してください".into())).await;
+    };
+    let dept_id: Option<i64> = form.get("department").parse().ok();
+    let db = ctx.db().await?;
+    let dept_name: Option<String> = match dept_id {
+        Some(id) => db
+            .query_opt("SELECT name FROM departments WHERE id = $1", &[&id])
+            .await?
+            .map(|r| r.get(0)),
+        None => None,
+    };
+    if role != Role::Admin && dept_name.is_none() {
+        return staff_page(
+            &ctx,
+            &user,
+            None,
+            Some("管理者以外は所属を選択してください".into()),
+        )
+        .await;
+    }
+    match create_staff(
+        &db,
+        form.get("email"),
+        form.get("display_name").trim(),
+        role,
+        dept_name.as_deref(),
+    )
+    .await
+    {
+        Ok((id, token)) => {
+            let email: String = db
+                .query_one("SELECT email FROM staff WHERE id = $1", &[&id])
+                .await?
+                .get(0);
+            drop(db);
+            staff_page(
+                &ctx,
+                &user,
+                Some((email, setup_url(&ctx.base_url, &token))),
+                None,
+            )
+            .await
+        }
+        Err(AppError::BadRequest(msg)) => {
+            drop(db);
+            staff_page(&ctx, &user, None, Some(msg)).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+pub async fn staff_update(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<i64>,
+    form: FormData,
+) -> Result<Response, AppError> {
+    user.require_admin()?;
+    user.check_csrf(&form)?;
+    let db = ctx.db().await?;
+    if form.get("action") == "reset" {
+        let token = new_setup_token(&db, id).await?;
+        let email: String = db
+            .query_opt("SELECT email FROM staff WHERE id = $1", &[&id])
+            .await?
+            .ok_or(AppError::NotFound)?
+            .get(0);
+        drop(db);
+        return staff_page(
+            &ctx,
+            &user,
+            Some((email, setup_url(&ctx.base_url, &token))),
+            None,
+        )
+        .await;
+    }
+    let role = Role::parse(form.get("role"))
+        .ok_or_else(|| AppError::BadRequest("権限を選択してください".into()))?;
+    let dept: Option<i64> = form.get("department").parse().ok();
+    let disabled = form.get("disabled") == "yes";
+    if id == user.id && (role != Role::Admin || disabled) {
+        drop(db);
+        return staff_page(
+            &ctx,
+            &user,
+            None,
+            Some("自分自身の管理者権限は外せません".into()),
+        )
+        .await;
+    }
+    let n = db
+        .execute(
+            "UPDATE staff SET role = $2, department_id = $3, disabled = $4, updated_at = now() WHERE id = $1",
+            &[&id, &role.as_str(), &dept, &disabled],
+        )
+        .await?;
+    if n == 0 {
+        return Err(AppError::NotFound);
+    }
+    if disabled {
+        db.execute("DELETE FROM staff_sessions WHERE staff_id = $1", &[&id])
+            .await?;
+    }
+    Ok(see_other("/admin/staff"))
+}
+
+pub async fn department_add(
+    ctx: TenantCtx,
+    user: StaffUser,
+    form: FormData,
+) -> Result<Response, AppError> {
+    user.require_admin()?;
+    user.check_csrf(&form)?;
+    let name = form.get("name").trim().to_owned();
+    if name.is_empty() || name.chars().count() > 100 {
+        return staff_page(
+            &ctx,
+            &user,
+            None,
+            Some("所属名を1〜100文字で入力してください".into()),
+        )
+        .await;
+    }
+    let db = ctx.db().await?;
+    db.execute(
+        "INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+        &[&name],
+    )
+    .await?;
+    Ok(see_other("/admin/staff"))
+}

@@ -34,6 +34,11 @@ extern "C" fn stop_cluster() {
 
 fn shared() -> &'static Shared {
     CLUSTER.get_or_init(|| {
+        let filter = std::env::var("MADOGUCHI_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .try_init();
         let dir = std::env::temp_dir().join(format!("madoguchi-it-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let opts = ClusterOptions {

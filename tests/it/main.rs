@@ -5,5 +5,6 @@ mod harness;
 
 mod budget;
 mod cli;
+mod forms;
 mod isolation;
 mod routing;

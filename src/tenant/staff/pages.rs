@@ -345,7 +345,7 @@ pub async fn setup(
         ));
     }
     tx.execute(
-        "UPDATE staff SET password_hash = $2, totp_secret = $3, totp_enabled = $4, totp_last_step = coalesce($5, 0),
+        "UPDATE staff SET password_hash = $2, totp_secret = $3, totp_enabled = $4, totp_last_step = coalesce($5::bigint, 0),
                 failed_attempts = 0, locked_until = NULL, updated_at = now() WHERE id = $1",
         &[&target.staff_id, &hash, &encrypted, &wants_totp, &step],
     )

@@ -1,0 +1,797 @@
+//! Staff accounts, the form builder and the citizen's flow, over HTTP against a real
+//! server and database.
+
+use std::time::Duration;
+
+use madoguchi::catalog::TenantRecord;
+use madoguchi::front::Server;
+use madoguchi::tenant::staff::{now_unix, totp_code, totp_from_base32, Role};
+use regex::Regex;
+
+use crate::harness::{unique, url, TestEnv};
+
+/// A browser-like client: cookies kept, redirects not followed (so each step is seen).
+fn browser(server: &Server, hosts: &[&str]) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30));
+    for h in hosts {
+        b = b.resolve(h, server.bound.public);
+    }
+    b.build().unwrap()
+}
+
+fn capture(re: &str, body: &str) -> String {
+    Regex::new(re)
+        .unwrap()
+        .captures(body)
+        .unwrap_or_else(|| panic!("{re} not in\n{body}"))[1]
+        .to_owned()
+}
+
+async fn get(c: &reqwest::Client, u: &str) -> (u16, String, String) {
+    let r = c.get(u).send().await.unwrap();
+    let loc = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (r.status().as_u16(), loc, r.text().await.unwrap())
+}
+
+async fn post(c: &reqwest::Client, u: &str, form: &[(&str, &str)]) -> (u16, String, String) {
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(form)
+        .finish();
+    let r = c
+        .post(u)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let loc = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (r.status().as_u16(), loc, r.text().await.unwrap())
+}
+
+/// A signed-in staff member.
+pub struct Staff {
+    pub client: reqwest::Client,
+    pub csrf: String,
+    pub email: String,
+    pub password: String,
+    pub secret: Vec<u8>,
+}
+
+/// Creates a staff member through the operator's path, completes the setup link
+/// (password + TOTP) and signs in.
+pub async fn staff(
+    env: &TestEnv,
+    server: &Server,
+    t: &TenantRecord,
+    role: Role,
+    dept: Option<&str>,
+) -> Staff {
+    let host = t.hosts[0].as_str();
+    let email = format!("{}@city.example.jp", unique("s"));
+    let token = madoguchi::control::tenant_admin::add_staff(
+        &env.platform,
+        t,
+        &email,
+        "テスト職員",
+        role,
+        dept,
+    )
+    .await
+    .unwrap();
+    let client = browser(server, &[host]);
+    let (status, _, page) = get(
+        &client,
+        &url(server, host, &format!("/admin/setup/{token}")),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let secret_b32 = capture(r#"name="totp_secret" value="([A-Z2-7=]+)""#, &page);
+    let secret = totp_from_base32(&secret_b32).unwrap();
+    let password = "correct horse battery staple";
+    let code = totp_code(&secret, now_unix());
+    let (status, loc, body) = post(
+        &client,
+        &url(server, host, &format!("/admin/setup/{token}")),
+        &[
+            ("totp_secret", &secret_b32),
+            ("password", password),
+            ("password2", password),
+            ("code", &code),
+        ],
+    )
+    .await;
+    assert_eq!((status, loc.as_str()), (303, "/admin/forms"), "{body}");
+    let (status, _, page) = get(&client, &url(server, host, "/admin/forms")).await;
+    assert_eq!(status, 200);
+    let csrf = capture(r#"name="csrf" value="([^"]+)""#, &page);
+    Staff {
+        client,
+        csrf,
+        email,
+        password: password.to_owned(),
+        secret,
+    }
+}
+
+/// Builds the two-page bulky-waste form through the builder's own endpoints and
+/// publishes it; returns (form id, public path).
+async fn build_form(
+    s: &Staff,
+    server: &Server,
+    host: &str,
+    dept_id: &str,
+    capacity: &str,
+) -> (String, String) {
+    let u = |p: &str| url(server, host, p);
+    let (status, loc, body) = post(
+        &s.client,
+        &u("/admin/forms"),
+        &[
+            ("csrf", &s.csrf),
+            ("title", "粗大ごみ収集申込"),
+            ("department", dept_id),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let id = loc.trim_start_matches("/admin/forms/").to_owned();
+    let base = format!("/admin/forms/{id}");
+    let add = |page: &'static str, ty: &'static str, label: &'static str| {
+        let (c, csrf, target) = (
+            s.client.clone(),
+            s.csrf.clone(),
+            u(&format!("{base}/fields")),
+        );
+        async move {
+            let (status, loc, _) = post(
+                &c,
+                &target,
+                &[
+                    ("csrf", &csrf),
+                    ("page", page),
+                    ("type", ty),
+                    ("label", label),
+                ],
+            )
+            .await;
+            assert_eq!(status, 303);
+            loc.rsplit('/').next().unwrap().to_owned()
+        }
+    };
+    let name = add("0", "name", "氏名").await;
+    let email = add("0", "email", "メールアドレス").await;
+    let kind = add("0", "choice", "品目").await;
+    let (status, _, body) = post(
+        &s.client,
+        &u(&format!("{base}/fields/{name}")),
+        &[
+            ("csrf", &s.csrf),
+            ("label", "氏名"),
+            ("required", "yes"),
+            ("furigana", "yes"),
+            ("id", "name"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    post(
+        &s.client,
+        &u(&format!("{base}/fields/{email}")),
+        &[
+            ("csrf", &s.csrf),
+            ("label", "メールアドレス"),
+            ("required", "yes"),
+            ("id", "email"),
+        ],
+    )
+    .await;
+    post(
+        &s.client,
+        &u(&format!("{base}/fields/{kind}")),
+        &[
+            ("csrf", &s.csrf),
+            ("label", "品目"),
+            ("required", "yes"),
+            ("options", "ソファ\r\nその他"),
+            ("id", "kind"),
+        ],
+    )
+    .await;
+    // Shown only when 品目 is その他.
+    let other = add("0", "text", "その他の品目").await;
+    post(
+        &s.client,
+        &u(&format!("{base}/fields/{other}")),
+        &[
+            ("csrf", &s.csrf),
+            ("label", "その他の品目"),
+            ("required", "yes"),
+            ("id", "other"),
+            ("cond_field", "kind"),
+            ("cond_op", "equals"),
+            ("cond_values", "その他"),
+        ],
+    )
+    .await;
+    let (status, _, _) = post(
+        &s.client,
+        &u(&format!("{base}/pages")),
+        &[("csrf", &s.csrf), ("action", "add"), ("title", "希望日")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let date = add("1", "date", "収集希望日").await;
+    post(
+        &s.client,
+        &u(&format!("{base}/fields/{date}")),
+        &[
+            ("csrf", &s.csrf),
+            ("label", "収集希望日"),
+            ("required", "yes"),
+            ("id", "date"),
+        ],
+    )
+    .await;
+    post(
+        &s.client,
+        &u(&format!("{base}/settings")),
+        &[
+            ("csrf", &s.csrf),
+            ("title", "粗大ごみ収集申込"),
+            ("capacity", capacity),
+            ("completion_message", "ありがとうございました"),
+            ("department", dept_id),
+        ],
+    )
+    .await;
+    let (status, _, page) = post(
+        &s.client,
+        &u(&format!("{base}/publish")),
+        &[("csrf", &s.csrf)],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("第1版を公開しました"), "{page}");
+    let public = capture(r#"id="public-url">https?://[^/]+(/f/[a-z0-9]+)<"#, &page);
+    (id, public)
+}
+
+/// A citizen completes the form; returns the receipt number.
+async fn apply(
+    server: &Server,
+    host: &str,
+    public: &str,
+    kind: &str,
+) -> Result<String, (u16, String)> {
+    let c = browser(server, &[host]);
+    let u = |p: &str| url(server, host, p);
+    let (status, _, page) = get(&c, &u(public)).await;
+    if status != 200 || !page.contains("_token") {
+        return Err((status, page));
+    }
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let mut first = vec![
+        ("_token", token.as_str()),
+        ("_page", "0"),
+        ("_nav", "next"),
+        ("name.family", "葛\u{E0100}西"),
+        ("name.given", "花子"),
+        ("name.family_kana", "かさい"),
+        ("name.given_kana", "ﾊﾅｺ"),
+        ("email", "hanako.kasai@example.jp"),
+        ("kind", kind),
+    ];
+    if kind == "その他" {
+        first.push(("other", "古いピアノ椅子"));
+    }
+    let (status, loc, body) = post(&c, &u(public), &first).await;
+    if status != 303 {
+        return Err((status, body));
+    }
+    assert!(loc.ends_with("?page=1"), "{loc}");
+    let (status, loc, body) = post(
+        &c,
+        &u(public),
+        &[
+            ("_token", &token),
+            ("_page", "1"),
+            ("_nav", "next"),
+            ("date", "2026-12-10"),
+        ],
+    )
+    .await;
+    if status != 303 {
+        return Err((status, body));
+    }
+    assert!(loc.ends_with("/confirm"));
+    let (status, _, confirm) = get(&c, &u(&loc)).await;
+    assert_eq!(status, 200);
+    assert!(
+        confirm.contains("葛\u{E0100}西\u{3000}花子（カサイ\u{3000}ハナコ）"),
+        "{confirm}"
+    );
+    assert!(confirm.contains("令和8年12月10日"));
+    let submit = format!("{public}/submit");
+    let (status, loc, body) = post(&c, &u(&submit), &[("_token", &token)]).await;
+    if status != 303 {
+        return Err((status, body));
+    }
+    // Sending again (double tap, reload) changes nothing.
+    let (again, loc2, _) = post(&c, &u(&submit), &[("_token", &token)]).await;
+    assert_eq!((again, loc2.as_str()), (303, loc.as_str()));
+    let (_, _, done) = get(&c, &u(&loc)).await;
+    Ok(capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done))
+}
+
+async fn dept_id(env: &TestEnv, t: &TenantRecord, name: &str) -> String {
+    let conn = env
+        .platform
+        .cluster
+        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), t)
+        .await
+        .unwrap();
+    let id: i64 = conn
+        .client
+        .query_one(
+            "WITH ins AS (INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
+             SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = $1 LIMIT 1",
+            &[&name],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    id.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (id, public) = build_form(&admin, &server, host, &dept, "").await;
+
+    // The home page lists it.
+    let (_, _, home) = get(&browser(&server, &[host]), &url(&server, host, "/")).await;
+    assert!(home.contains("粗大ごみ収集申込") && home.contains(&public));
+
+    let receipt = apply(&server, host, &public, "その他").await.unwrap();
+    assert!(
+        madoguchi::domain::ReceiptNumber::parse(&receipt).is_ok(),
+        "{receipt}"
+    );
+    let receipt2 = apply(&server, host, &public, "ソファ").await.unwrap();
+    assert_ne!(receipt, receipt2);
+
+    // Stored: one submission each, against version 1, the hidden field not stored.
+    let conn = env
+        .platform
+        .cluster
+        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &t)
+        .await
+        .unwrap();
+    let rows = conn.client.query("SELECT id, form_version, answers, receipt_number FROM submissions ORDER BY submitted_at", &[]).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
+        .await
+        .unwrap();
+    for (row, has_other) in rows.iter().zip([true, false]) {
+        assert_eq!(row.get::<_, i32>(1), 1);
+        let answers =
+            madoguchi::tenant::forms::citizen::decrypt_answers(&cipher, row.get(0), &row.get(2))
+                .unwrap();
+        assert_eq!(answers.contains_key("other"), has_other);
+        assert!(
+            answers["name"].display().starts_with("葛\u{E0100}西"),
+            "IVS kept"
+        );
+    }
+
+    // Editing the draft does not change what citizens see until it is published again.
+    let base = format!("/admin/forms/{id}");
+    post(
+        &admin.client,
+        &url(&server, host, &format!("{base}/settings")),
+        &[
+            ("csrf", &admin.csrf),
+            ("title", "粗大ごみ収集申込（改）"),
+            ("department", &dept),
+        ],
+    )
+    .await;
+    let (_, _, page) = get(&browser(&server, &[host]), &url(&server, host, &public)).await;
+    assert!(page.contains("<h1>粗大ごみ収集申込</h1>"));
+    let (_, _, page) = post(
+        &admin.client,
+        &url(&server, host, &format!("{base}/publish")),
+        &[("csrf", &admin.csrf)],
+    )
+    .await;
+    assert!(page.contains("第2版を公開しました"));
+    apply(&server, host, &public, "ソファ").await.unwrap();
+    let v: i32 = conn
+        .client
+        .query_one("SELECT max(form_version) FROM submissions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(v, 2);
+
+    // Export, duplicate, preview, QR codes.
+    let (status, _, json) = get(
+        &admin.client,
+        &url(&server, host, &format!("{base}/export")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(madoguchi::tenant::forms::definition::FormDefinition::from_json(&json).is_ok());
+    let (status, loc, _) = post(
+        &admin.client,
+        &url(&server, host, &format!("{base}/duplicate")),
+        &[("csrf", &admin.csrf)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, _, copy) = get(&admin.client, &url(&server, host, &loc)).await;
+    assert!(copy.contains("（コピー）") && copy.contains("下書き"));
+    let (status, _, preview) = get(
+        &admin.client,
+        &url(&server, host, &format!("{base}/preview?page=1")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(preview.contains("プレビュー") && preview.contains("収集希望日"));
+    let r = admin
+        .client
+        .get(url(&server, host, &format!("{base}/qr?format=png")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "image/png");
+    assert!(r.bytes().await.unwrap().starts_with(b"\x89PNG"));
+    let (_, _, svg) = get(&admin.client, &url(&server, host, &format!("{base}/qr"))).await;
+    assert!(svg.contains("<svg"));
+
+    // Import: bad JSON is refused with a message and the draft is kept.
+    let (status, _, page) = post(
+        &admin.client,
+        &url(&server, host, &format!("{base}/import")),
+        &[("csrf", &admin.csrf), ("json", "{\"format\": 1}")],
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(page.contains("読み込めませんでした"));
+
+    // Close: citizens are told, nothing is accepted.
+    post(
+        &admin.client,
+        &url(&server, host, &format!("{base}/close")),
+        &[("csrf", &admin.csrf), ("action", "close")],
+    )
+    .await;
+    let err = apply(&server, host, &public, "ソファ").await.err().unwrap();
+    assert!(err.1.contains("受付を停止しています"));
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn capacity_holds_under_concurrent_submits() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].clone();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "子育て支援課").await;
+    let (_, public) = build_form(&admin, &server, &host, &dept, "3").await;
+    let server = std::sync::Arc::new(server);
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (server, host, public) = (server.clone(), host.clone(), public.clone());
+        tasks.push(tokio::spawn(async move {
+            apply(&server, &host, &public, "ソファ").await
+        }));
+    }
+    let mut accepted = 0;
+    let mut refused = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(_) => accepted += 1,
+            Err((_, body)) if body.contains("定員に達しました") => refused += 1,
+            Err((status, body)) => panic!("unexpected {status}: {body}"),
+        }
+    }
+    assert_eq!((accepted, refused), (3, 9));
+    let conn = env
+        .platform
+        .cluster
+        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &t)
+        .await
+        .unwrap();
+    let n: i64 = conn
+        .client
+        .query_one("SELECT count(*) FROM submissions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+    // And the form now says so on its first page.
+    let (_, _, page) = get(&browser(&server, &[&host]), &url(&server, &host, &public)).await;
+    assert!(page.contains("定員に達しました"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opening_and_closing_times_are_enforced() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "市民課").await;
+    let (id, public) = build_form(&admin, &server, host, &dept, "").await;
+    let settings = url(&server, host, &format!("/admin/forms/{id}/settings"));
+    let publish = url(&server, host, &format!("/admin/forms/{id}/publish"));
+    post(
+        &admin.client,
+        &settings,
+        &[
+            ("csrf", &admin.csrf),
+            ("title", "粗大ごみ収集申込"),
+            ("opens_at", "2099-04-01T09:00"),
+            ("department", &dept),
+        ],
+    )
+    .await;
+    post(&admin.client, &publish, &[("csrf", &admin.csrf)]).await;
+    let (_, _, page) = get(&browser(&server, &[host]), &url(&server, host, &public)).await;
+    assert!(
+        page.contains("受付開始前です") && page.contains("2099年4月1日") && page.contains("09:00"),
+        "{page}"
+    );
+    assert!(!page.contains("_token"));
+    post(
+        &admin.client,
+        &settings,
+        &[
+            ("csrf", &admin.csrf),
+            ("title", "粗大ごみ収集申込"),
+            ("closes_at", "2020-04-01T09:00"),
+            ("department", &dept),
+        ],
+    )
+    .await;
+    post(&admin.client, &publish, &[("csrf", &admin.csrf)]).await;
+    let err = apply(&server, host, &public, "ソファ").await.err().unwrap();
+    assert!(err.1.contains("受付は終了しました"));
+    // A closing time before the opening time is a problem the builder shows, and it will not publish.
+    post(
+        &admin.client,
+        &settings,
+        &[
+            ("csrf", &admin.csrf),
+            ("title", "粗大ごみ収集申込"),
+            ("opens_at", "2030-04-01T09:00"),
+            ("closes_at", "2030-03-01T09:00"),
+            ("department", &dept),
+        ],
+    )
+    .await;
+    let (status, _, page) = post(&admin.client, &publish, &[("csrf", &admin.csrf)]).await;
+    assert_eq!(status, 422);
+    assert!(page.contains("受付終了日時は受付開始日時より後にしてください"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_rules_roles_and_departments() {
+    let env = TestEnv::new().await;
+    let a = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let b = env.tenant(&unique("b"), "札幌市", "011002").await;
+    let server = env.serve().await;
+    let (ha, hb) = (a.hosts[0].as_str(), b.hosts[0].as_str());
+    let admin = staff(&env, &server, &a, Role::Admin, None).await;
+    let env_dept = dept_id(&env, &a, "環境政策課").await;
+    let (form_id, _) = build_form(&admin, &server, ha, &env_dept, "").await;
+    let other = staff(&env, &server, &a, Role::Staff, Some("子育て支援課")).await;
+    let viewer = staff(&env, &server, &a, Role::Viewer, Some("環境政策課")).await;
+    let form_url = url(&server, ha, &format!("/admin/forms/{form_id}"));
+
+    // Another department's staff: the form is not there for them, not listed, not editable.
+    assert_eq!(get(&other.client, &form_url).await.0, 404);
+    let (_, _, list) = get(&other.client, &url(&server, ha, "/admin/forms")).await;
+    assert!(
+        !list.contains(&format!("/admin/forms/{form_id}\"")),
+        "another department's form is listed"
+    );
+    let (_, _, list) = get(&viewer.client, &url(&server, ha, "/admin/forms")).await;
+    assert!(
+        list.contains(&format!("/admin/forms/{form_id}\"")),
+        "own department's form is missing"
+    );
+    let (status, _, _) = post(
+        &other.client,
+        &format!("{form_url}/publish"),
+        &[("csrf", &other.csrf)],
+    )
+    .await;
+    assert_eq!(status, 404);
+    // The read-only user sees it but changes nothing.
+    assert_eq!(get(&viewer.client, &form_url).await.0, 200);
+    let (status, _, _) = post(
+        &viewer.client,
+        &format!("{form_url}/settings"),
+        &[
+            ("csrf", &viewer.csrf),
+            ("title", "x"),
+            ("department", &env_dept),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403);
+    // Only administrators manage staff.
+    assert_eq!(
+        get(&other.client, &url(&server, ha, "/admin/staff"))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        get(&admin.client, &url(&server, ha, "/admin/staff"))
+            .await
+            .0,
+        200
+    );
+    // A state-changing request without the CSRF token is refused.
+    let (status, _, body) = post(&admin.client, &format!("{form_url}/publish"), &[]).await;
+    assert_eq!(status, 403);
+    assert!(body.contains("画面の有効期限が切れました"));
+    // Not signed in: to the sign-in page.
+    let anon = browser(&server, &[ha, hb]);
+    let (status, loc, _) = get(&anon, &form_url).await;
+    assert_eq!((status, loc.as_str()), (303, "/admin/login"));
+
+    // Sign-in: password and TOTP; the same credentials mean nothing on another tenant.
+    let login = |host: &str| url(&server, host, "/admin/login");
+    let code = totp_code(&admin.secret, now_unix() + 30);
+    let fresh = browser(&server, &[ha, hb]);
+    let (status, _, body) = post(
+        &fresh,
+        &login(hb),
+        &[
+            ("email", &admin.email),
+            ("password", &admin.password),
+            ("code", &code),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401, "signed in on another tenant's host");
+    assert!(body.contains("正しくありません"));
+    let (status, loc, _) = post(
+        &fresh,
+        &login(ha),
+        &[
+            ("email", &admin.email),
+            ("password", &admin.password),
+            ("code", &code),
+        ],
+    )
+    .await;
+    assert_eq!((status, loc.as_str()), (303, "/admin/forms"));
+    // The same code again (replay) is refused; so is a wrong one.
+    let (status, _, _) = post(
+        &browser(&server, &[ha]),
+        &login(ha),
+        &[
+            ("email", &admin.email),
+            ("password", &admin.password),
+            ("code", &code),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401, "a TOTP code was accepted twice");
+    // The session cookie of tenant A is not sent to, nor valid on, tenant B.
+    assert_eq!(get(&fresh, &url(&server, hb, "/admin/forms")).await.0, 303);
+    // Sign out everywhere ends every session of that person.
+    let (status, _, _) = post(
+        &admin.client,
+        &url(&server, ha, "/admin/logout"),
+        &[("csrf", &admin.csrf), ("everywhere", "yes")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(get(&fresh, &url(&server, ha, "/admin/forms")).await.0, 303);
+
+    // Repeated failures lock the account, with a message, even for the right password.
+    let c = browser(&server, &[ha]);
+    for _ in 0..5 {
+        post(
+            &c,
+            &login(ha),
+            &[
+                ("email", &other.email),
+                ("password", "wrong password here"),
+                ("code", ""),
+            ],
+        )
+        .await;
+    }
+    let (status, _, body) = post(
+        &c,
+        &login(ha),
+        &[
+            ("email", &other.email),
+            ("password", &other.password),
+            ("code", ""),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(body.contains("一時的にロックしています"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_personal_data_in_plain_text_in_the_database() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    // Leave one application half-way too (a draft).
+    apply(&server, host, &public, "その他").await.unwrap();
+    let c = browser(&server, &[host]);
+    let (_, _, page) = get(&c, &url(&server, host, &public)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    post(
+        &c,
+        &url(&server, host, &public),
+        &[
+            ("_token", &token),
+            ("_page", "0"),
+            ("_nav", "next"),
+            ("name.family", "下書太郎"),
+            ("email", "draft.only@example.jp"),
+        ],
+    )
+    .await;
+
+    let bin = madoguchi::embedded_pg::find_bin_dir().unwrap();
+    let url_admin = crate::harness::admin_url().replace("/postgres?", &format!("/{}?", t.database));
+    let out = std::process::Command::new(bin.join("pg_dump"))
+        .arg("--dbname")
+        .arg(&url_admin)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dump = String::from_utf8_lossy(&out.stdout);
+    assert!(dump.contains("submissions") && dump.len() > 1000);
+    for secret in [
+        "花子",
+        "カサイ",
+        "hanako.kasai@example.jp",
+        "古いピアノ椅子",
+        "下書太郎",
+        "draft.only@example.jp",
+        "2026-12-10",
+    ] {
+        assert!(!dump.contains(secret), "{secret} in plain text in pg_dump");
+    }
+}

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod browser;
 mod budget;
 mod cli;
 mod forms;

@@ -1,0 +1,416 @@
+//! Browser tests in headless Chromium (Debian's `chromium` and `chromium-driver`),
+//! driven over WebDriver: a staff member signs in with TOTP, builds a two-page form
+//! with a show/hide rule and publishes it; a citizen on a 390×844 phone completes it
+//! through the 確認画面 and gets a receipt number. axe-core runs on every citizen
+//! page; screenshots are saved under `target/screenshots/`.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use madoguchi::tenant::staff::{now_unix, totp_code, totp_from_base32, Role};
+use serde_json::json;
+
+use crate::harness::{unique, TestEnv};
+
+/// A chromedriver on a free port, stopped when dropped.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver not found: install Debian's chromium-driver (ops/test does)");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    async fn session(&self, phone: bool) -> Client {
+        let profile = std::env::temp_dir().join(unique("madoguchi-chromium-"));
+        let mut args = vec![
+            "--headless=new".to_owned(),
+            "--no-sandbox".to_owned(),
+            "--disable-gpu".to_owned(),
+            "--disable-dev-shm-usage".to_owned(),
+            "--disable-quic".to_owned(),
+            "--no-first-run".to_owned(),
+            "--disable-background-networking".to_owned(),
+            "--disable-component-update".to_owned(),
+            "--disable-sync".to_owned(),
+            "--lang=ja".to_owned(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        let mut options = json!({ "args": [] });
+        if phone {
+            options["mobileEmulation"] = json!({
+                "deviceMetrics": { "width": 390, "height": 844, "pixelRatio": 3.0, "touch": true },
+                "userAgent": "Mozilla/5.0 (iPhone; CPU iPhone OS 18_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/18.0 Mobile/15E148 Safari/604.1"
+            });
+        } else {
+            args.push("--window-size=1280,1000".to_owned());
+        }
+        options["args"] = json!(args);
+        let mut caps = serde_json::Map::new();
+        caps.insert("goog:chromeOptions".to_owned(), options);
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("starting a Chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn screenshots() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    std::fs::write(screenshots().join(format!("{name}.png")), png).unwrap();
+}
+
+/// Runs axe-core (WCAG 2.1 A/AA rules) and returns the serious and critical violations.
+async fn axe(c: &Client) -> Vec<String> {
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/browser/node_modules/axe-core/axe.min.js"
+    ))
+    .expect("axe-core not installed: run `npm ci --prefix tests/browser` (ops/test does)");
+    c.execute(&format!("{source}\nreturn true;"), vec![])
+        .await
+        .unwrap();
+    let result = c
+        .execute_async(
+            "const done = arguments[arguments.length - 1];
+             axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } })
+               .then(r => done(r.violations
+                 .filter(v => v.impact === 'serious' || v.impact === 'critical')
+                 .map(v => v.id + ' (' + v.impact + '): ' + v.help + ' at ' + v.nodes.map(n => n.target.join(' ')).join(', '))))
+               .catch(e => done(['axe failed: ' + e]));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    serde_json::from_value(result).unwrap()
+}
+
+async fn check_page(c: &Client, name: &str) {
+    shot(c, name).await;
+    let violations = axe(c).await;
+    assert!(
+        violations.is_empty(),
+        "{name}: accessibility violations:\n{}",
+        violations.join("\n")
+    );
+}
+
+async fn fill(c: &Client, css: &str, text: &str) {
+    let el = c
+        .find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"));
+    el.clear().await.unwrap();
+    el.send_keys(text).await.unwrap();
+}
+
+/// Clicks something that loads a new page, and waits until the new page is there.
+async fn click(c: &Client, css: &str) {
+    let old = c.find(Locator::Css("html")).await.unwrap();
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    // The old document's root goes stale once the next page has replaced it.
+    while old.tag_name().await.is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "clicking {css} loaded no new page"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let ready = "return document.readyState === 'complete';";
+    while c.execute(ready, vec![]).await.ok() != Some(serde_json::Value::Bool(true)) {
+        assert!(
+            Instant::now() < deadline,
+            "the page after {css} did not finish loading"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Clicks something on the page itself (a radio button's label).
+async fn tap(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn select(c: &Client, css: &str, value: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .select_by_value(value)
+        .await
+        .unwrap();
+}
+
+async fn text(c: &Client, css: &str) -> String {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .text()
+        .await
+        .unwrap()
+}
+
+async fn body(c: &Client) -> String {
+    c.source().await.unwrap()
+}
+
+/// Adds a field on the builder page and lands in its editor.
+async fn add_field(c: &Client, page: usize, ty: &str, label: &str) {
+    select(c, &format!("#type-{page}"), ty).await;
+    fill(c, &format!("#label-{page}"), label).await;
+    click(
+        c,
+        &format!("#page-{page} form.add-field button[type=submit]"),
+    )
+    .await;
+    assert!(body(c).await.contains("項目の編集"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
+    let env = TestEnv::new().await;
+    let slug = unique("br");
+    let host = format!("{slug}.localhost");
+    let spec = madoguchi::control::provision::TenantSpec::parse(
+        &slug,
+        "千代田区",
+        "131016",
+        &[host.clone()],
+    )
+    .unwrap();
+    let t = madoguchi::control::provision::provision(&env.platform, &spec)
+        .await
+        .unwrap();
+    let server = env.serve().await;
+    let base = format!("http://{host}:{}", server.bound.public.port());
+    let driver = Driver::start();
+
+    // Staff: the setup link, a password and TOTP.
+    let token = madoguchi::control::tenant_admin::add_staff(
+        &env.platform,
+        &t,
+        "kanri@city.example.jp",
+        "管理 花子",
+        Role::Admin,
+        None,
+    )
+    .await
+    .unwrap();
+    let staff = driver.session(false).await;
+    staff
+        .goto(&format!("{base}/admin/setup/{token}"))
+        .await
+        .unwrap();
+    let secret = totp_from_base32(&text(&staff, "#totp-secret").await).unwrap();
+    fill(&staff, "#password", "correct horse battery staple").await;
+    fill(&staff, "#password2", "correct horse battery staple").await;
+    fill(&staff, "#code", &totp_code(&secret, now_unix())).await;
+    click(&staff, "form button.primary").await;
+    // Sign out and in again, as on any other day.
+    click(&staff, ".admin-nav form.inline button").await;
+    assert!(staff
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/admin/login"));
+    fill(&staff, "#email", "kanri@city.example.jp").await;
+    fill(&staff, "#password", "correct horse battery staple").await;
+    fill(&staff, "#code", &totp_code(&secret, now_unix() + 30)).await;
+    click(&staff, "form button.primary").await;
+    assert!(
+        staff
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/admin/forms"),
+        "sign-in with TOTP failed"
+    );
+
+    // A department, then the form.
+    staff.goto(&format!("{base}/admin/staff")).await.unwrap();
+    fill(&staff, "#dept-name", "子育て支援課").await;
+    click(&staff, "form[action='/admin/departments'] button").await;
+    staff.goto(&format!("{base}/admin/forms")).await.unwrap();
+    fill(&staff, "#new-title", "子育て支援アンケート").await;
+    click(&staff, "form[action='/admin/forms'] button.primary").await;
+    add_field(&staff, 0, "name", "氏名").await;
+    tap(&staff, "input[name=required]").await;
+    click(&staff, "form button.primary").await;
+    add_field(&staff, 0, "choice", "お子さんの有無").await;
+    fill(&staff, "#options", "いる\nいない").await;
+    tap(&staff, "input[name=required]").await;
+    fill(&staff, "#id", "has_children").await;
+    click(&staff, "form button.primary").await;
+    // Page 2, with a field shown only to those who have children.
+    fill(&staff, "#new-page", "お子さんについて").await;
+    click(&staff, "form.add-page button").await;
+    add_field(&staff, 1, "number", "お子さんの人数").await;
+    fill(&staff, "#unit", "人").await;
+    fill(&staff, "#min", "1").await;
+    tap(&staff, "input[name=required]").await;
+    select(&staff, "#cond_field", "has_children").await;
+    select(&staff, "#cond_op", "equals").await;
+    fill(&staff, "#cond_values", "いる").await;
+    click(&staff, "form button.primary").await;
+    add_field(&staff, 1, "textarea", "ご意見").await;
+    click(&staff, "form button.primary").await;
+    let page = body(&staff).await;
+    assert!(
+        page.contains("「お子さんの有無」が「いる」のとき表示"),
+        "the rule is not shown in the builder"
+    );
+    click(&staff, "#publish").await;
+    assert!(text(&staff, "#form-status").await.starts_with("公開中"));
+    shot(&staff, "admin-builder").await;
+    let public = staff
+        .find(Locator::Css("#public-url"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    staff.close().await.unwrap();
+
+    // Citizen, on a phone.
+    let phone = driver.session(true).await;
+    phone.goto(&public).await.unwrap();
+    let width: f64 = serde_json::from_value(
+        phone
+            .execute("return window.innerWidth;", vec![])
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert!((380.0..=400.0).contains(&width), "viewport {width}");
+    check_page(&phone, "citizen-1-page1").await;
+    // Sent empty: errors at the top and beside the fields, in Japanese.
+    click(&phone, "button[value=next]").await;
+    let page = body(&phone).await;
+    assert!(
+        page.contains("入力内容に誤りがあります") && page.contains("氏名（姓）を入力してください")
+    );
+    check_page(&phone, "citizen-2-errors").await;
+    fill(&phone, "#f-q1-family", "千代田").await;
+    fill(&phone, "#f-q1-given", "花子").await;
+    fill(&phone, "#f-q1-family_kana", "ちよだ").await;
+    fill(&phone, "#f-q1-given_kana", "はなこ").await;
+    tap(&phone, "label[for='f-has_children-0']").await;
+    click(&phone, "button[value=next]").await;
+    assert!(
+        body(&phone).await.contains("お子さんの人数"),
+        "the field shown by the rule is missing"
+    );
+    check_page(&phone, "citizen-3-page2").await;
+    fill(&phone, "#f-q2", "２").await;
+    fill(
+        &phone,
+        "#f-q3",
+        "保育園の入園手続きをオンラインでできるようにしてください。",
+    )
+    .await;
+    // 戻る keeps what was typed on both pages.
+    click(&phone, "button[value=back]").await;
+    assert_eq!(
+        phone
+            .find(Locator::Css("#f-q1-family"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("千代田")
+    );
+    click(&phone, "button[value=next]").await;
+    assert_eq!(
+        phone
+            .find(Locator::Css("#f-q2"))
+            .await
+            .unwrap()
+            .prop("value")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some("２"),
+        "kept as typed"
+    );
+    click(&phone, "button[value=next]").await;
+    let page = body(&phone).await;
+    assert!(
+        page.contains("入力内容の確認")
+            && page.contains("千代田　花子（チヨダ　ハナコ）")
+            && page.contains("2")
+    );
+    check_page(&phone, "citizen-4-confirm").await;
+    click(&phone, "form button.primary").await;
+    let receipt = text(&phone, "#receipt").await;
+    assert!(
+        madoguchi::domain::ReceiptNumber::parse(&receipt).is_ok(),
+        "receipt {receipt}"
+    );
+    check_page(&phone, "citizen-5-done").await;
+    phone.close().await.unwrap();
+
+    let conn = env
+        .platform
+        .cluster
+        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &t)
+        .await
+        .unwrap();
+    let stored: String = conn
+        .client
+        .query_one("SELECT receipt_number FROM submissions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, receipt);
+    server.shutdown().await;
+}

@@ -129,6 +129,17 @@ enum TenantCmd {
     Suspend { slug: String },
     /// Resume a suspended tenant.
     Resume { slug: String },
+    /// Import a form definition (madoguchi.form/1 JSON) and print its public path.
+    ImportForm {
+        slug: String,
+        file: PathBuf,
+        /// Department (所属) that owns the form; created if new.
+        #[arg(long, default_value = "総務課")]
+        department: String,
+        /// Publish it at once.
+        #[arg(long)]
+        publish: bool,
+    },
     /// Add a staff member and print a one-time setup link (valid 24 hours).
     AddStaff {
         slug: String,
@@ -387,6 +398,23 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 "one-time setup link for {email} ({}), valid 24 hours",
                 role.label()
             );
+        }
+        TenantCmd::ImportForm {
+            slug,
+            file,
+            department,
+            publish,
+        } => {
+            let rec =
+                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
+                    format!("テナント「{slug}」はありません / no tenant {slug}")
+                })?;
+            let json = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let path =
+                madoguchi::control::tenant_admin::import_form(p, &rec, &json, &department, publish)
+                    .await?;
+            println!("{path}");
         }
         TenantCmd::Suspend { slug } | TenantCmd::Resume { slug }
             if p.catalog.tenant_by_slug(&slug).await?.is_none() =>

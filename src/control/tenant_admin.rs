@@ -139,3 +139,52 @@ pub async fn seed_demo(p: &Platform, rec: &TenantRecord) -> anyhow::Result<DemoA
         form_path,
     })
 }
+
+/// Imports a form definition (a `madoguchi.form/1` JSON document, e.g. a template
+/// shared by another municipality) into a tenant, optionally publishing it; returns
+/// the form's public path.
+pub async fn import_form(
+    p: &Platform,
+    rec: &TenantRecord,
+    json: &str,
+    department: &str,
+    publish: bool,
+) -> anyhow::Result<String> {
+    let def = FormDefinition::from_json(json).map_err(|problems| {
+        anyhow::anyhow!(
+            "{}",
+            problems
+                .into_iter()
+                .map(|p| format!("{} / {}", p.ja, p.en))
+                .collect::<Vec<_>>()
+                .join("\n")
+        )
+    })?;
+    let mut conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let dept: i64 = conn
+        .client
+        .query_one(
+            "WITH ins AS (INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
+             SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = $1 LIMIT 1",
+            &[&department],
+        )
+        .await?
+        .get(0);
+    let staff_id: Option<i64> = None;
+    let json = serde_json::to_value(&def)?;
+    let public_id = crate::tenant::forms::store::new_public_id();
+    let form_id: i64 = conn
+        .client
+        .query_one("INSERT INTO forms (public_id, department_id, draft, created_by) VALUES ($1, $2, $3, $4) RETURNING id", &[&public_id, &dept, &json, &staff_id])
+        .await?
+        .get(0);
+    if publish {
+        crate::tenant::forms::store::publish_by(&mut conn.client, form_id, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    }
+    Ok(format!("/f/{public_id}"))
+}

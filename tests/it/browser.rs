@@ -5,6 +5,7 @@
 //! page; screenshots are saved under `target/screenshots/`.
 
 use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,10 +16,13 @@ use serde_json::json;
 
 use crate::harness::{unique, TestEnv};
 
-/// A chromedriver on a free port, stopped when dropped.
+/// A chromedriver on a free port, in its own process group: dropping it stops the
+/// driver and every browser it started, even when a test fails half-way, and removes
+/// their profiles.
 struct Driver {
     child: Child,
     port: u16,
+    profiles: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl Driver {
@@ -30,6 +34,7 @@ impl Driver {
             .port();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -39,11 +44,16 @@ impl Driver {
             assert!(Instant::now() < deadline, "chromedriver did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Self { child, port }
+        Self {
+            child,
+            port,
+            profiles: std::sync::Mutex::new(Vec::new()),
+        }
     }
 
     async fn session(&self, phone: bool) -> Client {
         let profile = std::env::temp_dir().join(unique("madoguchi-chromium-"));
+        self.profiles.lock().unwrap().push(profile.clone());
         let mut args = vec![
             "--headless=new".to_owned(),
             "--no-sandbox".to_owned(),
@@ -79,8 +89,12 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.child.wait();
+        for p in self.profiles.lock().map(|p| p.clone()).unwrap_or_default() {
+            let _ = std::fs::remove_dir_all(p);
+        }
     }
 }
 

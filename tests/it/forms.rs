@@ -309,7 +309,7 @@ async fn apply(
             ("_token", &token),
             ("_page", "1"),
             ("_nav", "next"),
-            ("date", "2026-12-10"),
+            ("date", "2031-07-19"),
         ],
     )
     .await;
@@ -323,7 +323,7 @@ async fn apply(
         confirm.contains("葛\u{E0100}西\u{3000}花子（カサイ\u{3000}ハナコ）"),
         "{confirm}"
     );
-    assert!(confirm.contains("令和8年12月10日"));
+    assert!(confirm.contains("令和13年7月19日"));
     let submit = format!("{public}/submit");
     let (status, loc, body) = post(&c, &u(&submit), &[("_token", &token)]).await;
     if status != 303 {
@@ -790,7 +790,7 @@ async fn no_personal_data_in_plain_text_in_the_database() {
         "古いピアノ椅子",
         "下書太郎",
         "draft.only@example.jp",
-        "2026-12-10",
+        "2031-07-19",
     ] {
         assert!(!dump.contains(secret), "{secret} in plain text in pg_dump");
     }

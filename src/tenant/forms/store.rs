@@ -135,6 +135,11 @@ pub async fn set_department(db: &Client, id: i64, department_id: i64) -> Result<
 
 /// Freezes the draft as the next version. The caller has checked it.
 pub async fn publish(db: &mut Client, id: i64, staff_id: i64) -> Result<i32, AppError> {
+    publish_by(db, id, Some(staff_id)).await
+}
+
+/// As [`publish`]; `staff_id` is `None` when an operator publishes from the command line.
+pub async fn publish_by(db: &mut Client, id: i64, staff_id: Option<i64>) -> Result<i32, AppError> {
     let tx = db.transaction().await?;
     let row = tx
         .query_one(

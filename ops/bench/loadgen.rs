@@ -1,0 +1,170 @@
+//! Load generator for the citizen submit path: each worker plays a citizen who opens
+//! a form, sends its one page, and submits from the 確認画面, as fast as it can.
+//! Prints one JSON line of figures. Used by `ops/bench/run`; not part of the product.
+//!
+//! cargo run --release --example loadgen -- URL HOST SECONDS CONCURRENCY FIELDS...
+//! where each FIELD is `name=value` (the form's inputs for its one page).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+struct Timings {
+    get: Vec<f64>,
+    page: Vec<f64>,
+    submit: Vec<f64>,
+    errors: u64,
+}
+
+async fn citizen(
+    client: &reqwest::Client,
+    url: &str,
+    host: &str,
+    fields: &[(String, String)],
+    t: &mut Timings,
+) -> Option<()> {
+    let started = Instant::now();
+    let resp = client.get(url).header("host", host).send().await.ok()?;
+    let cookie = resp
+        .headers()
+        .get("set-cookie")?
+        .to_str()
+        .ok()?
+        .split(';')
+        .next()?
+        .to_owned();
+    let body = resp.text().await.ok()?;
+    let token = body
+        .split("name=\"_token\" value=\"")
+        .nth(1)?
+        .split('"')
+        .next()?
+        .to_owned();
+    t.get.push(started.elapsed().as_secs_f64());
+
+    let mut form = vec![
+        ("_token".to_owned(), token.clone()),
+        ("_page".to_owned(), "0".to_owned()),
+        ("_nav".to_owned(), "next".to_owned()),
+    ];
+    form.extend(fields.iter().cloned());
+    let started = Instant::now();
+    let resp = client
+        .post(url)
+        .header("host", host)
+        .header("cookie", &cookie)
+        .form(&form)
+        .send()
+        .await
+        .ok()?;
+    if resp.status().as_u16() != 303 {
+        return None;
+    }
+    t.page.push(started.elapsed().as_secs_f64());
+
+    let started = Instant::now();
+    let resp = client
+        .post(format!("{url}/submit"))
+        .header("host", host)
+        .header("cookie", &cookie)
+        .form(&[("_token", token.as_str())])
+        .send()
+        .await
+        .ok()?;
+    if resp.status().as_u16() != 303 {
+        return None;
+    }
+    t.submit.push(started.elapsed().as_secs_f64());
+    Some(())
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let [url, host, seconds, concurrency] =
+        [0, 1, 2, 3].map(|i| args.get(i).cloned().unwrap_or_default());
+    let seconds: u64 = seconds.parse().unwrap_or(10);
+    let concurrency: usize = concurrency.parse().unwrap_or(16);
+    let fields: Vec<(String, String)> = args
+        .iter()
+        .skip(4)
+        .filter_map(|f| f.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .collect();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .pool_max_idle_per_host(concurrency)
+        .build()
+        .unwrap_or_default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency {
+        let (client, url, host, fields, stop) = (
+            client.clone(),
+            url.clone(),
+            host.clone(),
+            fields.clone(),
+            stop.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let mut t = Timings {
+                get: Vec::new(),
+                page: Vec::new(),
+                submit: Vec::new(),
+                errors: 0,
+            };
+            while !stop.load(Ordering::Relaxed) {
+                if citizen(&client, &url, &host, &fields, &mut t)
+                    .await
+                    .is_none()
+                {
+                    t.errors += 1;
+                }
+            }
+            t
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Timings {
+        get: Vec::new(),
+        page: Vec::new(),
+        submit: Vec::new(),
+        errors: 0,
+    };
+    for w in workers {
+        if let Ok(t) = w.await {
+            all.get.extend(t.get);
+            all.page.extend(t.page);
+            all.submit.extend(t.submit);
+            all.errors += t.errors;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    for v in [&mut all.get, &mut all.page, &mut all.submit] {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    let ms = |v: &[f64], p: f64| percentile(v, p) * 1000.0;
+    println!(
+        "{{\"submissions\":{},\"seconds\":{elapsed:.2},\"submissions_per_s\":{:.1},\"requests_per_s\":{:.1},\"errors\":{},\
+\"get_p50_ms\":{:.2},\"get_p99_ms\":{:.2},\"page_p50_ms\":{:.2},\"page_p99_ms\":{:.2},\"submit_p50_ms\":{:.2},\"submit_p99_ms\":{:.2}}}",
+        all.submit.len(),
+        all.submit.len() as f64 / elapsed,
+        (all.get.len() + all.page.len() + all.submit.len()) as f64 / elapsed,
+        all.errors,
+        ms(&all.get, 0.5),
+        ms(&all.get, 0.99),
+        ms(&all.page, 0.5),
+        ms(&all.page, 0.99),
+        ms(&all.submit, 0.5),
+        ms(&all.submit, 0.99),
+    );
+}

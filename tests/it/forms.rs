@@ -318,7 +318,10 @@ async fn apply(
     }
     assert!(loc.ends_with("/confirm"));
     let (status, _, confirm) = get(&c, &u(&loc)).await;
-    assert_eq!(status, 200);
+    if status != 200 || !confirm.contains("入力内容の確認") {
+        // The form may have closed or filled up meanwhile.
+        return Err((status, confirm));
+    }
     assert!(
         confirm.contains("葛\u{E0100}西\u{3000}花子（カサイ\u{3000}ハナコ）"),
         "{confirm}"

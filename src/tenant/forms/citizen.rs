@@ -646,17 +646,21 @@ pub async fn submit(
             }
             Ok(Some(_)) => {}
         }
-        // 定員: the row lock makes concurrent submits wait their turn; none passes the limit.
-        let counted = tx
-            .execute(
-                "UPDATE forms SET accepted_count = accepted_count + 1
-                  WHERE id = $1 AND current_version = $2 AND NOT closed AND (capacity IS NULL OR accepted_count < capacity)",
-                &[&form.id, &form.version],
-            )
-            .await?;
-        if counted == 0 {
-            outcome = Some(Outcome::Full);
-            break;
+        // 定員: the row lock makes concurrent submits to a limited form wait their turn,
+        // so none passes the limit. Forms without a limit take no lock, so their
+        // submissions do not queue behind each other.
+        if form.capacity.is_some() {
+            let counted = tx
+                .execute(
+                    "UPDATE forms SET accepted_count = accepted_count + 1
+                      WHERE id = $1 AND current_version = $2 AND NOT closed AND accepted_count < capacity",
+                    &[&form.id, &form.version],
+                )
+                .await?;
+            if counted == 0 {
+                outcome = Some(Outcome::Full);
+                break;
+            }
         }
         tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now() WHERE id = $1", &[&draft.id, &id])
             .await?;

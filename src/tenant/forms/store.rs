@@ -40,6 +40,8 @@ pub struct Published {
     pub version: i32,
     pub def: FormDefinition,
     pub availability: Availability,
+    /// 定員, if the published version sets one.
+    pub capacity: Option<i32>,
 }
 
 pub fn new_public_id() -> String {
@@ -60,7 +62,7 @@ fn to_json(def: &FormDefinition) -> Result<serde_json::Value, AppError> {
     serde_json::to_value(def).map_err(|e| AppError::Internal(e.into()))
 }
 
-const FORM_COLUMNS: &str = "f.id, f.public_id, f.department_id, d.name, f.draft, f.current_version, f.closed, f.accepted_count,
+const FORM_COLUMNS: &str = "f.id, f.public_id, f.department_id, d.name, f.draft, f.current_version, f.closed, (SELECT count(*)::int FROM submissions s WHERE s.form_id = f.id),
      f.current_version IS NULL OR f.draft IS DISTINCT FROM (SELECT v.definition FROM form_versions v WHERE v.form_id = f.id AND v.version = f.current_version)";
 
 fn row_to_form(r: &tokio_postgres::Row) -> Result<FormRow, AppError> {
@@ -161,7 +163,9 @@ pub async fn publish_by(db: &mut Client, id: i64, staff_id: Option<i64>) -> Resu
         .map(|c| i32::try_from(c).unwrap_or(i32::MAX));
     let updated = tx
         .execute(
-            "UPDATE forms SET current_version = $2, capacity = $3, closed = false WHERE id = $1 AND ($3::int IS NULL OR accepted_count <= $3)",
+            "WITH n AS (SELECT count(*)::int AS n FROM submissions WHERE form_id = $1)
+             UPDATE forms SET current_version = $2, capacity = $3, closed = false, accepted_count = (SELECT n FROM n)
+              WHERE id = $1 AND ($3::int IS NULL OR (SELECT n FROM n) <= $3)",
             &[&id, &version, &capacity],
         )
         .await?;
@@ -233,6 +237,7 @@ pub async fn published(
         version: r.get(2),
         def,
         availability,
+        capacity: r.get(6),
     })
 }
 

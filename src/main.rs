@@ -102,6 +102,9 @@ enum Command {
     /// The database cluster in use.
     #[command(subcommand)]
     Db(DbCmd),
+    /// A tenant's operation log (操作ログ).
+    #[command(subcommand)]
+    Audit(AuditCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -157,6 +160,14 @@ enum TenantCmd {
         #[arg(long)]
         base_url: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Check the hash chain; names the first broken row and exits non-zero if any.
+    Verify { slug: String },
+    /// Delete entries older than the tenant's retention period (default 5 years).
+    Prune { slug: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -294,6 +305,43 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Command::Audit(cmd) => {
+            let slug = match &cmd {
+                AuditCmd::Verify { slug } | AuditCmd::Prune { slug } => slug.clone(),
+            };
+            let rec =
+                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
+                    format!("テナント「{slug}」はありません / no tenant {slug}")
+                })?;
+            let mut conn = p
+                .cluster
+                .connect_tenant(&p.catalog, p.keys.as_ref(), &rec)
+                .await?;
+            match cmd {
+                AuditCmd::Verify { .. } => {
+                    match madoguchi::tenant::audit::verify(&conn.client)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                    {
+                        madoguchi::tenant::audit::Verdict::Intact(n) => {
+                            println!("OK: operation log of {slug} intact ({n} entries)");
+                            Ok(ExitCode::SUCCESS)
+                        }
+                        madoguchi::tenant::audit::Verdict::Broken { seq, reason } => {
+                            println!("BROKEN: operation log of {slug}: first broken entry {seq}: {reason}");
+                            Ok(ExitCode::FAILURE)
+                        }
+                    }
+                }
+                AuditCmd::Prune { .. } => {
+                    let n = madoguchi::tenant::audit::prune(&mut conn.client)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    println!("deleted {n} entries older than the retention period");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
         }
         Command::Db(DbCmd::Url) => {
             println!("{}", p.admin_url());

@@ -86,3 +86,6 @@ ALTER TABLE settings ADD COLUMN audit_retention_days integer NOT NULL DEFAULT 18
 -- The first kept row's predecessor hash after old rows are pruned, so the chain still verifies.
 ALTER TABLE settings ADD COLUMN audit_anchor_seq bigint NOT NULL DEFAULT 0;
 ALTER TABLE settings ADD COLUMN audit_anchor_hash bytea NOT NULL DEFAULT '\x0000000000000000000000000000000000000000000000000000000000000000';
+
+-- A draft that corrects a returned (差戻し) submission instead of making a new one.
+ALTER TABLE citizen_drafts ADD COLUMN resubmit_of uuid REFERENCES submissions (id) ON DELETE CASCADE;

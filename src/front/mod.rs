@@ -2,6 +2,7 @@
 //! global budget, request ids and metrics. Tenant handlers get a `TenantCtx` and
 //! nothing else.
 
+pub mod limits;
 pub mod metrics;
 pub mod pools;
 pub mod routes;
@@ -346,7 +347,11 @@ impl Server {
         ] {
             let mut rx = rx.clone();
             tasks.push(tokio::spawn(async move {
-                let serve = axum::serve(listener, router).with_graceful_shutdown(async move {
+                let serve = axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move {
                     let _ = rx.wait_for(|stop| *stop).await;
                 });
                 if let Err(e) = serve.await {

@@ -2,10 +2,13 @@
 //! nothing else: no catalog, no other tenant's pool.
 
 pub mod admin;
+pub mod audit;
+pub mod cases;
 pub mod forms;
 mod home;
 pub mod http;
 pub mod staff;
+pub mod status;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -126,6 +129,22 @@ pub fn router() -> Router {
         .route("/f/{form}/confirm", get(c::confirm))
         .route("/f/{form}/submit", post(c::submit))
         .route("/f/{form}/done", get(c::done))
+        .route(
+            "/status",
+            get(status::form)
+                .post(status::lookup)
+                .layer(crate::front::limits::post_limit(
+                    Duration::from_secs(status::LOOKUP_EVERY_SECS),
+                    status::LOOKUP_BURST,
+                )),
+        )
+        .route(
+            "/status/resubmit",
+            post(status::resubmit).layer(crate::front::limits::post_limit(
+                Duration::from_secs(status::LOOKUP_EVERY_SECS),
+                status::LOOKUP_BURST,
+            )),
+        )
         // Staff: account
         .route("/admin", get(|| async { http::see_other("/admin/forms") }))
         .route("/admin/login", get(s::login_form).post(s::login))
@@ -152,6 +171,24 @@ pub fn router() -> Router {
         .route("/admin/forms/{id}/import", post(b::import))
         .route("/admin/forms/{id}/preview", get(b::preview_page))
         .route("/admin/forms/{id}/qr", get(b::qr))
+        .route("/admin/forms/{id}/totals", get(cases::totals::show))
+        // Staff: cases
+        .route("/admin/inbox", get(cases::pages::inbox))
+        .route("/admin/inbox/bulk", post(cases::pages::bulk))
+        .route("/admin/export.csv", get(cases::export::csv_export))
+        .route("/admin/export.xlsx", get(cases::export::xlsx_export))
+        .route("/admin/submissions/{id}", get(cases::pages::detail))
+        .route(
+            "/admin/submissions/{id}/status",
+            post(cases::pages::set_status),
+        )
+        .route("/admin/submissions/{id}/assign", post(cases::pages::assign))
+        .route(
+            "/admin/submissions/{id}/notes",
+            post(cases::pages::add_note),
+        )
+        .route("/admin/audit", get(audit::pages::list))
+        .route("/admin/audit.csv", get(audit::pages::csv))
         .layer(axum::extract::DefaultBodyLimit::max(http::MAX_FORM_BODY))
         .fallback(|| async { AppError::NotFound })
 }

@@ -297,6 +297,9 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
     add_field(&staff, 0, "name", "氏名").await;
     tap(&staff, "input[name=required]").await;
     click(&staff, "form button.primary").await;
+    add_field(&staff, 0, "email", "メールアドレス").await;
+    tap(&staff, "input[name=required]").await;
+    click(&staff, "form button.primary").await;
     add_field(&staff, 0, "choice", "お子さんの有無").await;
     fill(&staff, "#options", "いる\nいない").await;
     tap(&staff, "input[name=required]").await;
@@ -331,7 +334,6 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
         .await
         .unwrap()
         .unwrap();
-    staff.close().await.unwrap();
 
     // Citizen, on a phone.
     let phone = driver.session(true).await;
@@ -356,6 +358,7 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
     fill(&phone, "#f-q1-given", "花子").await;
     fill(&phone, "#f-q1-family_kana", "ちよだ").await;
     fill(&phone, "#f-q1-given_kana", "はなこ").await;
+    fill(&phone, "#f-q2", "chiyoda.hanako@example.jp").await;
     tap(&phone, "label[for='f-has_children-0']").await;
     click(&phone, "button[value=next]").await;
     assert!(
@@ -363,10 +366,10 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
         "the field shown by the rule is missing"
     );
     check_page(&phone, "citizen-3-page2").await;
-    fill(&phone, "#f-q2", "２").await;
+    fill(&phone, "#f-q3", "２").await;
     fill(
         &phone,
-        "#f-q3",
+        "#f-q4",
         "保育園の入園手続きをオンラインでできるようにしてください。",
     )
     .await;
@@ -386,7 +389,7 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
     click(&phone, "button[value=next]").await;
     assert_eq!(
         phone
-            .find(Locator::Css("#f-q2"))
+            .find(Locator::Css("#f-q3"))
             .await
             .unwrap()
             .prop("value")
@@ -411,6 +414,45 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
         "receipt {receipt}"
     );
     check_page(&phone, "citizen-5-done").await;
+
+    // Staff opens the case from the inbox and returns it (差戻し) with a reason.
+    staff.goto(&format!("{base}/admin/inbox")).await.unwrap();
+    click(&staff, &format!("a[href^='/admin/submissions/']")).await;
+    assert!(body(&staff).await.contains(&receipt));
+    select(&staff, "#to", "returned").await;
+    fill(
+        &staff,
+        "#reason",
+        "お子さんの人数の欄に、年齢も書き添えてください。",
+    )
+    .await;
+    staff
+        .execute(
+            "document.getElementById('deadline').value = '2031-08-31';",
+            vec![],
+        )
+        .await
+        .unwrap();
+    click(&staff, "form[action$='/status'] button").await;
+    assert_eq!(text(&staff, "#status").await, "差戻し");
+    shot(&staff, "admin-returned").await;
+    staff.close().await.unwrap();
+
+    // The citizen's status lookup shows it.
+    phone.goto(&format!("{base}/status")).await.unwrap();
+    check_page(&phone, "citizen-6-status-form").await;
+    fill(&phone, "#receipt", &receipt.to_lowercase()).await;
+    fill(&phone, "#email", "chiyoda.hanako@example.jp").await;
+    click(&phone, "form button.primary").await;
+    assert_eq!(text(&phone, "#status").await, "差戻し");
+    assert!(text(&phone, "#return-reason")
+        .await
+        .contains("年齢も書き添えてください"));
+    assert!(
+        !body(&phone).await.contains("保育園の入園手続き"),
+        "the answers are never shown"
+    );
+    check_page(&phone, "citizen-7-status-returned").await;
     phone.close().await.unwrap();
 
     let conn = env

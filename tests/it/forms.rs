@@ -11,7 +11,7 @@ use regex::Regex;
 use crate::harness::{unique, url, TestEnv};
 
 /// A browser-like client: cookies kept, redirects not followed (so each step is seen).
-fn browser(server: &Server, hosts: &[&str]) -> reqwest::Client {
+pub fn browser(server: &Server, hosts: &[&str]) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
@@ -22,7 +22,7 @@ fn browser(server: &Server, hosts: &[&str]) -> reqwest::Client {
     b.build().unwrap()
 }
 
-fn capture(re: &str, body: &str) -> String {
+pub fn capture(re: &str, body: &str) -> String {
     Regex::new(re)
         .unwrap()
         .captures(body)
@@ -30,7 +30,7 @@ fn capture(re: &str, body: &str) -> String {
         .to_owned()
 }
 
-async fn get(c: &reqwest::Client, u: &str) -> (u16, String, String) {
+pub async fn get(c: &reqwest::Client, u: &str) -> (u16, String, String) {
     let r = c.get(u).send().await.unwrap();
     let loc = r
         .headers()
@@ -41,7 +41,7 @@ async fn get(c: &reqwest::Client, u: &str) -> (u16, String, String) {
     (r.status().as_u16(), loc, r.text().await.unwrap())
 }
 
-async fn post(c: &reqwest::Client, u: &str, form: &[(&str, &str)]) -> (u16, String, String) {
+pub async fn post(c: &reqwest::Client, u: &str, form: &[(&str, &str)]) -> (u16, String, String) {
     let body: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
@@ -128,7 +128,7 @@ pub async fn staff(
 
 /// Builds the two-page bulky-waste form through the builder's own endpoints and
 /// publishes it; returns (form id, public path).
-async fn build_form(
+pub async fn build_form(
     s: &Staff,
     server: &Server,
     host: &str,
@@ -270,7 +270,7 @@ async fn build_form(
 }
 
 /// A citizen completes the form; returns the receipt number.
-async fn apply(
+pub async fn apply(
     server: &Server,
     host: &str,
     public: &str,
@@ -339,7 +339,7 @@ async fn apply(
     Ok(capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done))
 }
 
-async fn dept_id(env: &TestEnv, t: &TenantRecord, name: &str) -> String {
+pub async fn dept_id(env: &TestEnv, t: &TenantRecord, name: &str) -> String {
     let conn = env
         .platform
         .cluster

@@ -5,6 +5,7 @@ mod harness;
 
 mod browser;
 mod budget;
+mod cases;
 mod cli;
 mod forms;
 mod isolation;

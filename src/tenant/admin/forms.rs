@@ -867,7 +867,21 @@ pub async fn publish(
         .await;
     }
     let msg = match store::publish(&mut db, id, user.id).await {
-        Ok(v) => format!("第{v}版を公開しました"),
+        Ok(v) => {
+            let actor = crate::tenant::audit::Actor::Staff {
+                id: user.id,
+                email: user.email.clone(),
+            };
+            crate::tenant::audit::record(
+                &mut db,
+                &actor,
+                "form.publish",
+                &format!("form:{id}"),
+                serde_json::json!({ "version": v }),
+            )
+            .await?;
+            format!("第{v}版を公開しました")
+        }
         Err(AppError::BadRequest(m)) => format!("!{m}"),
         Err(e) => return Err(e),
     };
@@ -885,6 +899,19 @@ pub async fn close(
     load_for_edit(&db, &user, id, &body).await?;
     let closed = body.get("action") != "reopen";
     store::set_closed(&db, id, closed).await?;
+    let mut db = db;
+    let actor = crate::tenant::audit::Actor::Staff {
+        id: user.id,
+        email: user.email.clone(),
+    };
+    crate::tenant::audit::record(
+        &mut db,
+        &actor,
+        if closed { "form.close" } else { "form.reopen" },
+        &format!("form:{id}"),
+        serde_json::json!({}),
+    )
+    .await?;
     drop(db);
     builder(
         &ctx,

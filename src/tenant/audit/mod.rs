@@ -19,8 +19,14 @@ const AUDIT_LOCK: i64 = 0x6d61_646f_6175_64;
 /// Who did something.
 #[derive(Debug, Clone)]
 pub enum Actor {
-    Staff { id: i64, email: String },
-    Api { token_id: i64, name: String },
+    Staff {
+        id: i64,
+        email: String,
+    },
+    Api {
+        token_id: i64,
+        name: String,
+    },
     Citizen,
     Operator,
     /// An attempt by someone not (yet) known, e.g. a failed sign-in.
@@ -41,7 +47,15 @@ impl Actor {
 
 /// The hash of a row: SHA-256 over the previous hash and the row's fields, each
 /// length-prefixed.
-pub fn row_hash(prev: &[u8], seq: i64, at_micros: i128, actor: &str, action: &str, target: &str, detail: &str) -> Vec<u8> {
+pub fn row_hash(
+    prev: &[u8],
+    seq: i64,
+    at_micros: i128,
+    actor: &str,
+    action: &str,
+    target: &str,
+    detail: &str,
+) -> Vec<u8> {
     let content = aad(&[
         prev,
         &seq.to_be_bytes(),
@@ -60,20 +74,39 @@ fn micros(t: OffsetDateTime) -> i128 {
 
 /// Appends one entry. Call inside the transaction of the act it records, so that
 /// either both are stored or neither.
-pub async fn append(db: &impl GenericClient, actor: &Actor, action: &str, target: &str, detail: serde_json::Value) -> Result<(), AppError> {
-    db.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
-    let last = db.query_opt("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1", &[]).await?;
+pub async fn append(
+    db: &impl GenericClient,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<(), AppError> {
+    db.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+        .await?;
+    let last = db
+        .query_opt(
+            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await?;
     let (prev_seq, prev_hash): (i64, Vec<u8>) = match last {
         Some(r) => (r.get(0), r.get(1)),
         None => {
-            let r = db.query_one("SELECT audit_anchor_seq, audit_anchor_hash FROM settings", &[]).await?;
+            let r = db
+                .query_one(
+                    "SELECT audit_anchor_seq, audit_anchor_hash FROM settings",
+                    &[],
+                )
+                .await?;
             (r.get(0), r.get(1))
         }
     };
     let seq = prev_seq + 1;
     // Stored with microsecond precision, so hash exactly that.
     let now = OffsetDateTime::now_utc();
-    let at = now.replace_nanosecond(now.nanosecond() / 1000 * 1000).unwrap_or(now);
+    let at = now
+        .replace_nanosecond(now.nanosecond() / 1000 * 1000)
+        .unwrap_or(now);
     let actor = actor.label();
     let detail = detail.to_string();
     let hash = row_hash(&prev_hash, seq, micros(at), &actor, action, target, &detail);
@@ -86,7 +119,13 @@ pub async fn append(db: &impl GenericClient, actor: &Actor, action: &str, target
 }
 
 /// Appends an entry in a transaction of its own (for acts that are reads, like a view).
-pub async fn record(db: &mut tokio_postgres::Client, actor: &Actor, action: &str, target: &str, detail: serde_json::Value) -> Result<(), AppError> {
+pub async fn record(
+    db: &mut tokio_postgres::Client,
+    actor: &Actor,
+    action: &str,
+    target: &str,
+    detail: serde_json::Value,
+) -> Result<(), AppError> {
     let tx = db.transaction().await?;
     append(&tx, actor, action, target, detail).await?;
     tx.commit().await?;
@@ -104,7 +143,12 @@ pub enum Verdict {
 
 /// Walks the whole log in order, recomputing every hash.
 pub async fn verify(db: &tokio_postgres::Client) -> Result<Verdict, AppError> {
-    let anchor = db.query_one("SELECT audit_anchor_seq, audit_anchor_hash FROM settings", &[]).await?;
+    let anchor = db
+        .query_one(
+            "SELECT audit_anchor_seq, audit_anchor_hash FROM settings",
+            &[],
+        )
+        .await?;
     let (mut expect_seq, mut prev): (i64, Vec<u8>) = (anchor.get::<_, i64>(0) + 1, anchor.get(1));
     let mut n = 0u64;
     let mut after = expect_seq - 1;
@@ -121,17 +165,34 @@ pub async fn verify(db: &tokio_postgres::Client) -> Result<Verdict, AppError> {
         for r in &rows {
             let seq: i64 = r.get(0);
             if seq != expect_seq {
-                return Ok(Verdict::Broken { seq, reason: format!("row {expect_seq} is missing (next is {seq})") });
+                return Ok(Verdict::Broken {
+                    seq,
+                    reason: format!("row {expect_seq} is missing (next is {seq})"),
+                });
             }
             let stored_prev: Vec<u8> = r.get(6);
             if stored_prev != prev {
-                return Ok(Verdict::Broken { seq, reason: "its previous-hash does not match the row before it".into() });
+                return Ok(Verdict::Broken {
+                    seq,
+                    reason: "its previous-hash does not match the row before it".into(),
+                });
             }
             let at: OffsetDateTime = r.get(1);
-            let hash = row_hash(&prev, seq, micros(at), r.get(2), r.get(3), r.get(4), r.get(5));
+            let hash = row_hash(
+                &prev,
+                seq,
+                micros(at),
+                r.get(2),
+                r.get(3),
+                r.get(4),
+                r.get(5),
+            );
             let stored: Vec<u8> = r.get(7);
             if stored != hash {
-                return Ok(Verdict::Broken { seq, reason: "its content does not match its hash (edited)".into() });
+                return Ok(Verdict::Broken {
+                    seq,
+                    reason: "its content does not match its hash (edited)".into(),
+                });
             }
             prev = stored;
             expect_seq += 1;
@@ -145,7 +206,8 @@ pub async fn verify(db: &tokio_postgres::Client) -> Result<Verdict, AppError> {
 /// from the first kept row, and records that it did.
 pub async fn prune(db: &mut tokio_postgres::Client) -> Result<u64, AppError> {
     let tx = db.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK]).await?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
+        .await?;
     let last_old = tx
         .query_opt(
             "SELECT seq, hash FROM audit_log WHERE at < now() - make_interval(days => (SELECT audit_retention_days FROM settings))
@@ -155,9 +217,22 @@ pub async fn prune(db: &mut tokio_postgres::Client) -> Result<u64, AppError> {
         .await?;
     let Some(r) = last_old else { return Ok(0) };
     let (seq, hash): (i64, Vec<u8>) = (r.get(0), r.get(1));
-    let n = tx.execute("DELETE FROM audit_log WHERE seq <= $1", &[&seq]).await?;
-    tx.execute("UPDATE settings SET audit_anchor_seq = $1, audit_anchor_hash = $2", &[&seq, &hash]).await?;
+    let n = tx
+        .execute("DELETE FROM audit_log WHERE seq <= $1", &[&seq])
+        .await?;
+    tx.execute(
+        "UPDATE settings SET audit_anchor_seq = $1, audit_anchor_hash = $2",
+        &[&seq, &hash],
+    )
+    .await?;
     tx.commit().await?;
-    record(db, &Actor::Operator, "audit.prune", "", serde_json::json!({ "deleted": n, "through_seq": seq })).await?;
+    record(
+        db,
+        &Actor::Operator,
+        "audit.prune",
+        "",
+        serde_json::json!({ "deleted": n, "through_seq": seq }),
+    )
+    .await?;
     Ok(n)
 }

@@ -94,6 +94,44 @@ impl Answer {
     }
 }
 
+/// The inputs that would give these answers: to open a submitted application again
+/// for correction.
+pub fn to_raw(answers: &Answers) -> Raw {
+    let mut raw = Raw::new();
+    for (id, a) in answers {
+        let mut put = |name: String, v: String| raw.entry(name).or_default().push(v);
+        match a {
+            Answer::Text(v) | Answer::Number(v) | Answer::Choice(v) => put(id.clone(), v.clone()),
+            Answer::Date(d) => put(id.clone(), d.to_string()),
+            Answer::Multi(vs) => vs.iter().for_each(|v| put(id.clone(), v.clone())),
+            Answer::Consent(yes) => {
+                put(id.clone(), if *yes { "yes".into() } else { String::new() })
+            }
+            Answer::Address {
+                postal_code,
+                address1,
+                address2,
+            } => {
+                put(format!("{id}.postal"), postal_code.clone());
+                put(format!("{id}.address1"), address1.clone());
+                put(format!("{id}.address2"), address2.clone());
+            }
+            Answer::Name {
+                family,
+                given,
+                family_kana,
+                given_kana,
+            } => {
+                put(format!("{id}.family"), family.clone());
+                put(format!("{id}.given"), given.clone());
+                put(format!("{id}.family_kana"), family_kana.clone());
+                put(format!("{id}.given_kana"), given_kana.clone());
+            }
+        }
+    }
+    raw
+}
+
 /// One error, tied to the input it concerns.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct FieldError {

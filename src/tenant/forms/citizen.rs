@@ -38,6 +38,8 @@ struct Draft {
     id: Uuid,
     inputs: Raw,
     submission: Option<Uuid>,
+    /// Set when this draft corrects a returned (差戻し) submission.
+    resubmit_of: Option<Uuid>,
 }
 
 fn draft_ref(id: &str) -> FieldRef<'_> {
@@ -56,7 +58,7 @@ async fn load_draft(
 ) -> Result<Option<Draft>, AppError> {
     let row = db
         .query_opt(
-            "SELECT id, inputs, submission_id FROM citizen_drafts WHERE token_hash = $1 AND form_id = $2 AND expires_at > now()",
+            "SELECT id, inputs, submission_id, resubmit_of FROM citizen_drafts WHERE token_hash = $1 AND form_id = $2 AND expires_at > now()",
             &[&token_hash(token), &form_id],
         )
         .await?;
@@ -77,6 +79,7 @@ async fn load_draft(
         id,
         inputs,
         submission: r.get(2),
+        resubmit_of: r.get(3),
     }))
 }
 
@@ -93,10 +96,10 @@ async fn save_draft(
         .encrypt(&draft_ref(&draft.id.to_string()), &plain)
         .map_err(|e| AppError::Internal(anyhow::anyhow!("draft: {e}")))?;
     db.execute(
-        "INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, expires_at)
-         VALUES ($1, $2, $3, $4, $5, now() + make_interval(hours => $6))
+        "INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, resubmit_of, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $7, now() + make_interval(hours => $6))
          ON CONFLICT (id) DO UPDATE SET inputs = excluded.inputs, form_version = excluded.form_version, updated_at = now()",
-        &[&draft.id, &token_hash(token), &form.id, &form.version, &ct, &DRAFT_HOURS],
+        &[&draft.id, &token_hash(token), &form.id, &form.version, &ct, &DRAFT_HOURS, &draft.resubmit_of],
     )
     .await?;
     Ok(())
@@ -365,6 +368,7 @@ pub async fn post_page(
             id: Uuid::new_v4(),
             inputs: Raw::new(),
             submission: None,
+            resubmit_of: None,
         },
     };
     // This page's inputs replace what the draft held for them; nothing else is lost.
@@ -624,6 +628,10 @@ pub async fn submit(
             .blind_index("submissions", "phone", &p)
             .to_vec()
     });
+    if let Some(orig) = draft.resubmit_of {
+        return resubmit_correction(&ctx, &mut db, &form, &draft, orig, &answers, email, phone)
+            .await;
+    }
     let id = Uuid::new_v4();
     let encrypted = encrypt_answers(ctx.cipher(), id, &answers)?;
     let mut outcome = None;
@@ -769,4 +777,94 @@ pub fn preview(ctx: &TenantCtx, def: &FormDefinition, form_id: i64, page: usize)
             preview: true,
         },
     )
+}
+
+/// Replaces the answers of a returned (差戻し) submission with the corrected ones and
+/// puts it back to 受付, with a history row and an operation-log entry.
+#[allow(clippy::too_many_arguments)]
+async fn resubmit_correction(
+    ctx: &TenantCtx,
+    db: &mut tokio_postgres::Client,
+    form: &Published,
+    draft: &Draft,
+    orig: Uuid,
+    answers: &Answers,
+    email: Option<Vec<u8>>,
+    phone: Option<Vec<u8>>,
+) -> Result<Response, AppError> {
+    let encrypted = encrypt_answers(ctx.cipher(), orig, answers)?;
+    let tx = db.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE submissions SET answers = $2, form_version = $3, email_index = $4, phone_index = $5, status = 'received',
+                    return_reason = NULL, return_deadline = NULL, updated_at = now()
+              WHERE id = $1 AND form_id = $6 AND status = 'returned'",
+            &[&orig, &encrypted, &form.version, &email, &phone, &form.id],
+        )
+        .await?;
+    if n == 0 {
+        return Ok(notice(
+            ctx,
+            StatusCode::CONFLICT,
+            &form.def.title,
+            "修正を受け付けられません",
+            "この申請は現在、修正を受け付けていません。状況照会で最新の状況をご確認ください。",
+        ));
+    }
+    tx.execute(
+        "INSERT INTO submission_events (submission_id, actor_label, from_status, to_status) VALUES ($1, 'citizen', 'returned', 'received')",
+        &[&orig],
+    )
+    .await?;
+    crate::tenant::audit::append(
+        &tx,
+        &crate::tenant::audit::Actor::Citizen,
+        "submission.resubmit",
+        &orig.to_string(),
+        serde_json::json!({ "version": form.version }),
+    )
+    .await?;
+    tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now() WHERE id = $1", &[&draft.id, &orig]).await?;
+    tx.commit().await?;
+    Ok(see_other(&format!("/f/{}/done", form.public_id)))
+}
+
+/// Opens a returned (差戻し) submission for correction: a new draft holding its answers,
+/// marked to replace it. Returns where to go and the draft cookie to set.
+pub async fn start_resubmission(
+    ctx: &TenantCtx,
+    id: Uuid,
+) -> Result<(String, axum::http::HeaderValue), AppError> {
+    let db = ctx.db().await?;
+    let r = db
+        .query_one("SELECT s.status, s.answers, f.public_id FROM submissions s JOIN forms f ON f.id = s.form_id WHERE s.id = $1", &[&id])
+        .await?;
+    if r.get::<_, &str>(0) != "returned" {
+        return Err(AppError::BadRequest(
+            "この申請は現在、修正を受け付けていません。".into(),
+        ));
+    }
+    let answers = decrypt_answers(ctx.cipher(), id, &r.get(1))?;
+    let public_id: String = r.get(2);
+    let form = store::published(&db, &public_id).await?;
+    let token = random_token(32);
+    let draft = Draft {
+        id: Uuid::new_v4(),
+        inputs: super::answers::to_raw(&answers),
+        submission: None,
+        resubmit_of: Some(id),
+    };
+    save_draft(ctx, &db, &form, &token, &draft).await?;
+    let path = format!("/f/{public_id}");
+    let max_age = u64::try_from(DRAFT_HOURS).unwrap_or(24) * 3600;
+    Ok((
+        path.clone(),
+        set_cookie(
+            &cookie_name(&public_id),
+            &token,
+            &path,
+            Some(max_age),
+            ctx.secure_cookies,
+        ),
+    ))
 }

@@ -15,6 +15,7 @@ use super::{
 use crate::crypto::{random_token, FieldCipher, FieldRef};
 use crate::error::AppError;
 use crate::tenant::admin::Nav;
+use crate::tenant::audit::{self, Actor};
 use crate::tenant::http::{see_other, set_cookie, token_hash, FormData};
 use crate::tenant::TenantCtx;
 use crate::web::render;
@@ -119,7 +120,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         )
     };
     const GENERIC: &str = "メールアドレス、パスワードまたは確認コードが正しくありません。";
-    let db = ctx.db().await?;
+    let mut db = ctx.db().await?;
     let row = db
         .query_opt(
             "SELECT id, password_hash, role, totp_secret, totp_enabled, totp_last_step, disabled,
@@ -130,6 +131,14 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         .await?;
     let Some(row) = row else {
         let _ = verify_password(form.get("password"), dummy_hash());
+        audit::record(
+            &mut db,
+            &Actor::Anonymous,
+            "signin.failure",
+            &email,
+            serde_json::json!({ "reason": "unknown account" }),
+        )
+        .await?;
         return Ok(fail(GENERIC));
     };
     let id: i64 = row.get(0);
@@ -137,6 +146,17 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     let locked_secs: Option<i64> = row.get(7);
     if let Some(secs) = locked_secs.filter(|s| *s > 0) {
         let minutes = (secs + 59) / 60;
+        audit::record(
+            &mut db,
+            &Actor::Staff {
+                id,
+                email: email.clone(),
+            },
+            "signin.failure",
+            &email,
+            serde_json::json!({ "reason": "locked" }),
+        )
+        .await?;
         return Ok(fail(&format!("サインインの失敗が続いたため、一時的にロックしています。{minutes}分後にもう一度お試しください。")));
     }
     let disabled: bool = row.get(6);
@@ -174,6 +194,22 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
             &[&id, &FREE_ATTEMPTS],
         )
         .await?;
+        let reason = if password_ok {
+            "wrong code"
+        } else {
+            "wrong password"
+        };
+        audit::record(
+            &mut db,
+            &Actor::Staff {
+                id,
+                email: email.clone(),
+            },
+            "signin.failure",
+            &email,
+            serde_json::json!({ "reason": reason }),
+        )
+        .await?;
         return Ok(fail(GENERIC));
     }
     if role.needs_totp() && !totp_enabled {
@@ -182,6 +218,17 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     db.execute(
         "UPDATE staff SET failed_attempts = 0, locked_until = NULL, totp_last_step = coalesce($2, totp_last_step) WHERE id = $1",
         &[&id, &step],
+    )
+    .await?;
+    audit::record(
+        &mut db,
+        &Actor::Staff {
+            id,
+            email: email.clone(),
+        },
+        "signin.success",
+        &email,
+        serde_json::json!({}),
     )
     .await?;
     start_session(&ctx, &db, id).await
@@ -357,6 +404,17 @@ pub async fn setup(
     )
     .await?;
     tx.commit().await?;
+    audit::record(
+        &mut db,
+        &Actor::Staff {
+            id: target.staff_id,
+            email: target.email.clone(),
+        },
+        "staff.setup",
+        &target.email,
+        serde_json::json!({ "totp": wants_totp }),
+    )
+    .await?;
     start_session(&ctx, &db, target.staff_id).await
 }
 
@@ -522,6 +580,15 @@ pub async fn staff_add(
     .await
     {
         Ok((id, token)) => {
+            let mut db = db;
+            audit::record(
+                &mut db,
+                &staff_actor(&user),
+                "staff.create",
+                &id.to_string(),
+                serde_json::json!({ "role": role.as_str(), "department": dept_id }),
+            )
+            .await?;
             let email: String = db
                 .query_one("SELECT email FROM staff WHERE id = $1", &[&id])
                 .await?
@@ -554,6 +621,15 @@ pub async fn staff_update(
     let db = ctx.db().await?;
     if form.get("action") == "reset" {
         let token = new_setup_token(&db, id).await?;
+        let mut db = db;
+        audit::record(
+            &mut db,
+            &staff_actor(&user),
+            "staff.setup_link",
+            &id.to_string(),
+            serde_json::json!({}),
+        )
+        .await?;
         let email: String = db
             .query_opt("SELECT email FROM staff WHERE id = $1", &[&id])
             .await?
@@ -622,4 +698,11 @@ pub async fn department_add(
     )
     .await?;
     Ok(see_other("/admin/staff"))
+}
+
+fn staff_actor(user: &StaffUser) -> Actor {
+    Actor::Staff {
+        id: user.id,
+        email: user.email.clone(),
+    }
 }

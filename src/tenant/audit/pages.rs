@@ -1,0 +1,236 @@
+//! The operation log on the admin screen: search, filter, page, export as CSV.
+//! Administrators only.
+
+use askama::Template;
+use axum::extract::RawQuery;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use time::OffsetDateTime;
+
+use crate::error::AppError;
+use crate::tenant::admin::Nav;
+use crate::tenant::forms::citizen::jst;
+use crate::tenant::staff::StaffUser;
+use crate::tenant::TenantCtx;
+use crate::web::render;
+
+const PAGE: i64 = 100;
+
+#[derive(Debug, Default)]
+struct Filters {
+    action: String,
+    actor: String,
+    from: Option<time::Date>,
+    to: Option<time::Date>,
+    before: Option<i64>,
+}
+
+impl Filters {
+    fn parse(q: Option<&str>) -> Self {
+        let mut f = Self::default();
+        let date = |v: &str| {
+            time::Date::parse(
+                v,
+                &time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .ok()
+        };
+        for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+            match &*k {
+                "action" => f.action = v.trim().chars().take(100).collect(),
+                "actor" => f.actor = v.trim().chars().take(200).collect(),
+                "from" => f.from = date(&v),
+                "to" => f.to = date(&v),
+                "before" => f.before = v.parse().ok(),
+                _ => {}
+            }
+        }
+        f
+    }
+
+    fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        for (k, v) in [("action", &self.action), ("actor", &self.actor)] {
+            if !v.is_empty() {
+                q.append_pair(k, v);
+            }
+        }
+        if let Some(d) = self.from {
+            q.append_pair("from", &d.to_string());
+        }
+        if let Some(d) = self.to {
+            q.append_pair("to", &d.to_string());
+        }
+        q.finish()
+    }
+}
+
+pub struct Entry {
+    pub seq: i64,
+    pub at: String,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub detail: String,
+}
+
+async fn entries(
+    db: &tokio_postgres::Client,
+    f: &Filters,
+    limit: i64,
+) -> Result<Vec<Entry>, AppError> {
+    let jst = time::macros::offset!(+9);
+    let from: Option<OffsetDateTime> = f.from.map(|d| d.midnight().assume_offset(jst));
+    let to: Option<OffsetDateTime> =
+        f.to.and_then(|d| d.next_day())
+            .map(|d| d.midnight().assume_offset(jst));
+    let action = if f.action.is_empty() {
+        None
+    } else {
+        Some(format!("{}%", f.action.replace(['%', '_'], "")))
+    };
+    let actor = if f.actor.is_empty() {
+        None
+    } else {
+        Some(format!("%{}%", f.actor.replace(['%', '_'], "")))
+    };
+    let rows = db
+        .query(
+            "SELECT seq, at, actor, action, target, detail FROM audit_log
+              WHERE ($1::text IS NULL OR action LIKE $1) AND ($2::text IS NULL OR actor LIKE $2)
+                AND ($3::timestamptz IS NULL OR at >= $3) AND ($4::timestamptz IS NULL OR at < $4)
+                AND ($5::bigint IS NULL OR seq < $5)
+              ORDER BY seq DESC LIMIT $6",
+            &[&action, &actor, &from, &to, &f.before, &limit],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| Entry {
+            seq: r.get(0),
+            at: jst_full(r.get(1)),
+            actor: r.get(2),
+            action: r.get(3),
+            target: r.get(4),
+            detail: r.get(5),
+        })
+        .collect())
+}
+
+fn jst_full(t: OffsetDateTime) -> String {
+    let l = t.to_offset(time::macros::offset!(+9));
+    format!(
+        "{} {:02}:{:02}:{:02}",
+        jst(t).split(' ').next().unwrap_or_default(),
+        l.hour(),
+        l.minute(),
+        l.second()
+    )
+}
+
+#[derive(Template)]
+#[template(path = "admin/audit.html")]
+struct AuditPage {
+    site: String,
+    nav: Option<Nav>,
+    entries: Vec<Entry>,
+    action: String,
+    actor: String,
+    from: String,
+    to: String,
+    query: String,
+    next: Option<String>,
+}
+
+pub async fn list(
+    ctx: TenantCtx,
+    user: StaffUser,
+    RawQuery(q): RawQuery,
+) -> Result<Response, AppError> {
+    user.require_admin()?;
+    let f = Filters::parse(q.as_deref());
+    let db = ctx.db().await?;
+    let mut rows = entries(&db, &f, PAGE + 1).await?;
+    let more = rows.len() as i64 > PAGE;
+    rows.truncate(usize::try_from(PAGE).unwrap_or(100));
+    let query = f.query();
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => Some(format!(
+            "/admin/audit?{query}{}before={}",
+            if query.is_empty() { "" } else { "&" },
+            last.seq
+        )),
+        _ => None,
+    };
+    Ok(render(
+        StatusCode::OK,
+        &AuditPage {
+            site: ctx.name.to_string(),
+            nav: Some(Nav::new(&user, "audit")),
+            entries: rows,
+            action: f.action.clone(),
+            actor: f.actor.clone(),
+            from: f.from.map(|d| d.to_string()).unwrap_or_default(),
+            to: f.to.map(|d| d.to_string()).unwrap_or_default(),
+            query,
+            next,
+        },
+    ))
+}
+
+pub async fn csv(
+    ctx: TenantCtx,
+    user: StaffUser,
+    RawQuery(q): RawQuery,
+) -> Result<Response, AppError> {
+    user.require_admin()?;
+    let mut f = Filters::parse(q.as_deref());
+    let mut db = ctx.db().await?;
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(vec![0xEF, 0xBB, 0xBF]);
+    let _ = w.write_record(["番号", "日時", "操作者", "操作", "対象", "詳細"]);
+    let mut n = 0u64;
+    loop {
+        let rows = entries(&db, &f, 5000).await?;
+        let Some(last) = rows.last() else { break };
+        f.before = Some(last.seq);
+        for e in &rows {
+            let _ = w.write_record([
+                e.seq.to_string(),
+                e.at.clone(),
+                e.actor.clone(),
+                e.action.clone(),
+                e.target.clone(),
+                e.detail.clone(),
+            ]);
+            n += 1;
+        }
+    }
+    let body = w.into_inner().unwrap_or_default();
+    super::record(
+        &mut db,
+        &super::Actor::Staff {
+            id: user.id,
+            email: user.email.clone(),
+        },
+        "audit.export",
+        "",
+        serde_json::json!({ "rows": n }),
+    )
+    .await?;
+    Ok((
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/csv; charset=utf-8"),
+            ),
+            (
+                header::CONTENT_DISPOSITION,
+                HeaderValue::from_static("attachment; filename=\"audit-log.csv\""),
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

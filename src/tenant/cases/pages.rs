@@ -1,0 +1,855 @@
+//! The staff inbox and a case's detail page: filters, exact search through blind
+//! indexes, keyset pagination, status changes, assignment, comments and messages.
+
+use askama::Template;
+use axum::extract::{Path, RawQuery};
+use axum::http::StatusCode;
+use axum::response::Response;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::{add_note_in, change_status, open_text, Change, Status};
+use crate::domain::ReceiptNumber;
+use crate::error::AppError;
+use crate::tenant::admin::Nav;
+use crate::tenant::audit::{self, Actor};
+use crate::tenant::forms::answers::Answer;
+use crate::tenant::forms::citizen::{decrypt_answers, jst};
+use crate::tenant::forms::store;
+use crate::tenant::http::{see_other, FormData};
+use crate::tenant::staff::StaffUser;
+use crate::tenant::TenantCtx;
+use crate::web::render;
+
+/// Rows per inbox page.
+pub const PAGE_SIZE: i64 = 50;
+
+/// The inbox filters, from the query string (also used by exports).
+#[derive(Debug, Default, Clone)]
+pub struct Filters {
+    pub form: Option<i64>,
+    pub status: Option<Status>,
+    pub from: Option<time::Date>,
+    pub to: Option<time::Date>,
+    /// Staff id, or 0 for "unassigned".
+    pub assignee: Option<i64>,
+    pub q: String,
+    /// Keyset cursor: (submitted_at, id) of the last row shown.
+    pub after: Option<(OffsetDateTime, Uuid)>,
+}
+
+fn date(s: &str) -> Option<time::Date> {
+    time::Date::parse(
+        s,
+        &time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .ok()
+}
+
+impl Filters {
+    pub fn parse(query: Option<&str>) -> Self {
+        let mut f = Self::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match &*k {
+                "form" => f.form = v.parse().ok(),
+                "status" => f.status = Status::parse(&v),
+                "from" => f.from = date(&v),
+                "to" => f.to = date(&v),
+                "assignee" => f.assignee = v.parse().ok(),
+                "q" => f.q = v.trim().chars().take(200).collect(),
+                "after" => {
+                    f.after = v.split_once('_').and_then(|(t, id)| {
+                        let micros: i128 = t.parse().ok()?;
+                        let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).ok()?;
+                        Some((at, id.parse().ok()?))
+                    })
+                }
+                _ => {}
+            }
+        }
+        f
+    }
+
+    /// The query string for these filters, without the cursor.
+    pub fn query(&self) -> String {
+        let mut q = form_urlencoded::Serializer::new(String::new());
+        if let Some(v) = self.form {
+            q.append_pair("form", &v.to_string());
+        }
+        if let Some(v) = self.status {
+            q.append_pair("status", v.as_str());
+        }
+        if let Some(v) = self.from {
+            q.append_pair("from", &v.to_string());
+        }
+        if let Some(v) = self.to {
+            q.append_pair("to", &v.to_string());
+        }
+        if let Some(v) = self.assignee {
+            q.append_pair("assignee", &v.to_string());
+        }
+        if !self.q.is_empty() {
+            q.append_pair("q", &self.q);
+        }
+        q.finish()
+    }
+}
+
+/// One page of matching submissions, newest first. Only the forms this person may
+/// see; exact search goes through the receipt number or a blind index, never by
+/// decrypting the table. Returns rows and whether there are more.
+pub struct Query<'a> {
+    pub user: &'a StaffUser,
+    pub filters: &'a Filters,
+    pub limit: i64,
+}
+
+pub struct Row {
+    pub id: Uuid,
+    pub receipt: String,
+    pub submitted_at: OffsetDateTime,
+    pub status: Status,
+    pub assignee: String,
+    pub form_id: i64,
+    pub form_title: String,
+    pub form_version: i32,
+    pub summary: Option<(String, String)>,
+    pub answers: serde_json::Value,
+}
+
+/// Builds the inbox's SQL from fixed fragments; every value is a parameter.
+pub async fn fetch(
+    ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
+    q: &Query<'_>,
+) -> Result<Vec<Row>, AppError> {
+    use tokio_postgres::types::ToSql;
+    let f = q.filters;
+    let mut sql = String::from(
+        "SELECT s.id, s.receipt_number, s.submitted_at, s.status, coalesce(st.email, ''), s.form_id, f.draft->>'title', s.form_version,
+                f.summary_field, s.answers
+           FROM submissions s JOIN forms f ON f.id = s.form_id LEFT JOIN staff st ON st.id = s.assignee_id WHERE true",
+    );
+    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
+    let mut add = |sql: &mut String, frag: &str, p: Box<dyn ToSql + Sync + Send>| {
+        params.push(p);
+        sql.push_str(&frag.replace('?', &format!("${}", params.len())));
+    };
+    if !q.user.is_admin() {
+        add(
+            &mut sql,
+            " AND f.department_id = ?",
+            Box::new(q.user.department_id.unwrap_or(-1)),
+        );
+    }
+    if let Some(v) = f.form {
+        add(&mut sql, " AND s.form_id = ?", Box::new(v));
+    }
+    if let Some(v) = f.status {
+        add(&mut sql, " AND s.status = ?", Box::new(v.as_str()));
+    }
+    let jst = time::macros::offset!(+9);
+    if let Some(v) = f.from {
+        add(
+            &mut sql,
+            " AND s.submitted_at >= ?",
+            Box::new(v.midnight().assume_offset(jst)),
+        );
+    }
+    if let Some(v) = f.to {
+        add(
+            &mut sql,
+            " AND s.submitted_at < ?",
+            Box::new(v.next_day().unwrap_or(v).midnight().assume_offset(jst)),
+        );
+    }
+    match f.assignee {
+        Some(0) => sql.push_str(" AND s.assignee_id IS NULL"),
+        Some(v) => add(&mut sql, " AND s.assignee_id = ?", Box::new(v)),
+        None => {}
+    }
+    if !f.q.is_empty() {
+        let q = crate::ja::nfkc(&f.q);
+        if let Ok(r) = ReceiptNumber::parse(&q) {
+            add(
+                &mut sql,
+                " AND s.receipt_number = ?",
+                Box::new(r.as_str().to_owned()),
+            );
+        } else if let Some((local, domain)) = q.split_once('@') {
+            let email = format!("{local}@{}", domain.to_ascii_lowercase());
+            add(
+                &mut sql,
+                " AND s.email_index = ?",
+                Box::new(
+                    ctx.cipher()
+                        .blind_index("submissions", "email", &email)
+                        .to_vec(),
+                ),
+            );
+        } else {
+            let digits: String = q.chars().filter(char::is_ascii_digit).collect();
+            let digits = match digits.strip_prefix("81") {
+                Some(rest) if q.starts_with('+') => format!("0{rest}"),
+                _ => digits,
+            };
+            add(
+                &mut sql,
+                " AND s.phone_index = ?",
+                Box::new(
+                    ctx.cipher()
+                        .blind_index("submissions", "phone", &digits)
+                        .to_vec(),
+                ),
+            );
+        }
+    }
+    if let Some((at, id)) = f.after {
+        params.push(Box::new(at));
+        params.push(Box::new(id));
+        sql.push_str(&format!(
+            " AND (s.submitted_at, s.id) < (${}, ${})",
+            params.len() - 1,
+            params.len()
+        ));
+    }
+    params.push(Box::new(q.limit));
+    sql.push_str(&format!(
+        " ORDER BY s.submitted_at DESC, s.id DESC LIMIT ${}",
+        params.len()
+    ));
+    let refs: Vec<&(dyn ToSql + Sync)> = params
+        .iter()
+        .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+        .collect();
+    let rows = db.query(&sql, &refs).await?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let id: Uuid = r.get(0);
+        let answers: serde_json::Value = r.get(9);
+        let summary_field: Option<String> = r.get(8);
+        let summary = match summary_field {
+            Some(field) => {
+                let one = serde_json::json!({ &field: answers.get(&field).cloned().unwrap_or(serde_json::Value::Null) });
+                let decrypted = if answers.get(&field).is_some() {
+                    decrypt_answers(ctx.cipher(), id, &one)?
+                } else {
+                    Default::default()
+                };
+                Some((
+                    field.clone(),
+                    decrypted
+                        .get(&field)
+                        .map(Answer::display)
+                        .unwrap_or_default(),
+                ))
+            }
+            None => None,
+        };
+        out.push(Row {
+            id,
+            receipt: r.get(1),
+            submitted_at: r.get(2),
+            status: Status::parse(r.get::<_, &str>(3)).unwrap_or(Status::Received),
+            assignee: r.get(4),
+            form_id: r.get(5),
+            form_title: r.get::<_, Option<String>>(6).unwrap_or_default(),
+            form_version: r.get(7),
+            summary,
+            answers,
+        });
+    }
+    Ok(out)
+}
+
+pub struct InboxRow {
+    pub id: Uuid,
+    pub receipt: String,
+    pub received: String,
+    pub status: &'static str,
+    pub assignee: String,
+    pub form: String,
+    pub summary: String,
+}
+
+pub struct Choice {
+    pub value: String,
+    pub label: String,
+    pub selected: bool,
+}
+
+#[derive(Template)]
+#[template(path = "admin/inbox.html")]
+struct InboxPage {
+    site: String,
+    nav: Option<Nav>,
+    rows: Vec<InboxRow>,
+    forms: Vec<Choice>,
+    statuses: Vec<Choice>,
+    assignees: Vec<Choice>,
+    from: String,
+    to: String,
+    q: String,
+    next: Option<String>,
+    export: String,
+    csrf: String,
+    can_edit: bool,
+    form_id: Option<i64>,
+    message: Option<String>,
+}
+
+/// Staff who may be assigned cases: everyone active (an administrator may assign any;
+/// the form's department is checked when assigning).
+async fn staff_choices(
+    db: &tokio_postgres::Client,
+    user: &StaffUser,
+    selected: Option<i64>,
+) -> Result<Vec<Choice>, AppError> {
+    let rows = if user.is_admin() {
+        db.query(
+            "SELECT id, email FROM staff WHERE NOT disabled AND role <> 'viewer' ORDER BY email",
+            &[],
+        )
+        .await?
+    } else {
+        db.query(
+            "SELECT id, email FROM staff WHERE NOT disabled AND role <> 'viewer' AND (department_id = $1 OR role = 'admin') ORDER BY email",
+            &[&user.department_id],
+        )
+        .await?
+    };
+    Ok(rows
+        .iter()
+        .map(|r| {
+            let id: i64 = r.get(0);
+            Choice {
+                value: id.to_string(),
+                label: r.get(1),
+                selected: selected == Some(id),
+            }
+        })
+        .collect())
+}
+
+pub async fn inbox(
+    ctx: TenantCtx,
+    user: StaffUser,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
+    inbox_page(&ctx, &user, query.as_deref(), None).await
+}
+
+async fn inbox_page(
+    ctx: &TenantCtx,
+    user: &StaffUser,
+    query: Option<&str>,
+    message: Option<String>,
+) -> Result<Response, AppError> {
+    let filters = Filters::parse(query);
+    let db = ctx.db().await?;
+    let scope = if user.is_admin() {
+        None
+    } else {
+        Some(user.department_id.into_iter().collect::<Vec<_>>())
+    };
+    let forms = store::list(&db, scope.as_deref()).await?;
+    if let Some(id) = filters.form {
+        if !forms.iter().any(|f| f.id == id) {
+            return Err(AppError::NotFound);
+        }
+    }
+    let mut rows = fetch(
+        ctx,
+        &db,
+        &Query {
+            user,
+            filters: &filters,
+            limit: PAGE_SIZE + 1,
+        },
+    )
+    .await?;
+    let more = rows.len() as i64 > PAGE_SIZE;
+    rows.truncate(usize::try_from(PAGE_SIZE).unwrap_or(50));
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => {
+            let micros = last.submitted_at.unix_timestamp_nanos() / 1000;
+            let base = filters.query();
+            Some(format!(
+                "/admin/inbox?{base}{}after={micros}_{}",
+                if base.is_empty() { "" } else { "&" },
+                last.id
+            ))
+        }
+        _ => None,
+    };
+    let mut assignees = vec![Choice {
+        value: "0".into(),
+        label: "（未割当）".into(),
+        selected: filters.assignee == Some(0),
+    }];
+    assignees.extend(staff_choices(&db, user, filters.assignee).await?);
+    let page = InboxPage {
+        site: ctx.name.to_string(),
+        nav: Some(Nav::new(user, "inbox")),
+        rows: rows
+            .iter()
+            .map(|r| InboxRow {
+                id: r.id,
+                receipt: r.receipt.clone(),
+                received: jst(r.submitted_at),
+                status: r.status.label(),
+                assignee: r.assignee.clone(),
+                form: r.form_title.clone(),
+                summary: r
+                    .summary
+                    .as_ref()
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        forms: forms
+            .iter()
+            .map(|f| Choice {
+                value: f.id.to_string(),
+                label: f.draft.title.clone(),
+                selected: filters.form == Some(f.id),
+            })
+            .collect(),
+        statuses: Status::ALL
+            .iter()
+            .map(|s| Choice {
+                value: s.as_str().into(),
+                label: s.label().into(),
+                selected: filters.status == Some(*s),
+            })
+            .collect(),
+        assignees,
+        from: filters.from.map(|d| d.to_string()).unwrap_or_default(),
+        to: filters.to.map(|d| d.to_string()).unwrap_or_default(),
+        q: filters.q.clone(),
+        next,
+        export: filters.query(),
+        csrf: user.csrf.clone(),
+        can_edit: user.role != crate::tenant::staff::Role::Viewer,
+        form_id: filters.form,
+        message,
+    };
+    Ok(render(StatusCode::OK, &page))
+}
+
+/// A case as far as permissions go.
+struct CaseRef {
+    form_id: i64,
+    department_id: i64,
+}
+
+async fn case_ref(
+    db: &tokio_postgres::Client,
+    user: &StaffUser,
+    id: Uuid,
+) -> Result<CaseRef, AppError> {
+    let r = db
+        .query_opt("SELECT s.form_id, f.department_id FROM submissions s JOIN forms f ON f.id = s.form_id WHERE s.id = $1", &[&id])
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let c = CaseRef {
+        form_id: r.get(0),
+        department_id: r.get(1),
+    };
+    if !user.can_see(c.department_id) {
+        return Err(AppError::NotFound);
+    }
+    Ok(c)
+}
+
+pub struct AnswerLine {
+    pub label: String,
+    pub value: String,
+}
+
+pub struct EventLine {
+    pub at: String,
+    pub who: String,
+    pub from: String,
+    pub to: String,
+    pub comment: String,
+}
+
+pub struct NoteLine {
+    pub at: String,
+    pub who: String,
+    pub kind: &'static str,
+    pub body: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/submission.html")]
+struct DetailPage {
+    site: String,
+    nav: Option<Nav>,
+    id: Uuid,
+    receipt: String,
+    form_title: String,
+    form_version: i32,
+    received: String,
+    status: &'static str,
+    status_value: &'static str,
+    next: Vec<Choice>,
+    assignees: Vec<Choice>,
+    answers: Vec<AnswerLine>,
+    events: Vec<EventLine>,
+    notes: Vec<NoteLine>,
+    return_reason: String,
+    return_deadline: String,
+    csrf: String,
+    can_edit: bool,
+    message: Option<String>,
+}
+
+pub async fn detail(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<Uuid>,
+) -> Result<Response, AppError> {
+    detail_page(&ctx, &user, id, None).await
+}
+
+async fn detail_page(
+    ctx: &TenantCtx,
+    user: &StaffUser,
+    id: Uuid,
+    message: Option<String>,
+) -> Result<Response, AppError> {
+    let mut db = ctx.db().await?;
+    let c = case_ref(&db, user, id).await?;
+    let r = db
+        .query_one(
+            "SELECT receipt_number, form_version, submitted_at, status, answers, assignee_id, return_reason, return_deadline FROM submissions WHERE id = $1",
+            &[&id],
+        )
+        .await?;
+    let version: i32 = r.get(1);
+    let def = store::version(&db, c.form_id, version).await?;
+    let answers = decrypt_answers(ctx.cipher(), id, &r.get(4))?;
+    // Opening a case is recorded: who saw which submission, when.
+    audit::record(
+        &mut db,
+        &Actor::Staff {
+            id: user.id,
+            email: user.email.clone(),
+        },
+        "submission.view",
+        &id.to_string(),
+        serde_json::json!({}),
+    )
+    .await?;
+    let status = Status::parse(r.get::<_, &str>(3)).unwrap_or(Status::Received);
+    let row_id = id.to_string();
+    let events = db
+        .query(
+            "SELECT e.id, e.at, e.actor_label, coalesce(st.email, ''), e.from_status, e.to_status, e.comment FROM submission_events e
+               LEFT JOIN staff st ON st.id = e.actor_id WHERE e.submission_id = $1 ORDER BY e.at, e.id",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|e| {
+            let comment: Option<Vec<u8>> = e.get(6);
+            let email: String = e.get(3);
+            Ok(EventLine {
+                at: jst(e.get(1)),
+                who: if email.is_empty() { e.get::<_, String>(2) } else { email },
+                from: e.get::<_, Option<&str>>(4).and_then(Status::parse).map(Status::label).unwrap_or("—").to_owned(),
+                to: Status::parse(e.get::<_, &str>(5)).map(Status::label).unwrap_or_default().to_owned(),
+                comment: comment.map(|c| open_text(ctx.cipher(), "submission_events", "comment", &row_id, &c)).transpose()?.unwrap_or_default(),
+            })
+        })
+        .collect::<Result<Vec<_>, AppError>>()?;
+    let notes = db
+        .query(
+            "SELECT n.id, n.at, coalesce(st.email, '申請者'), n.kind, n.body FROM submission_notes n LEFT JOIN staff st ON st.id = n.author_id
+              WHERE n.submission_id = $1 ORDER BY n.at, n.id",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|n| {
+            let note_id: i64 = n.get(0);
+            Ok(NoteLine {
+                at: jst(n.get(1)),
+                who: n.get(2),
+                kind: if n.get::<_, &str>(3) == "message" { "申請者へのメッセージ" } else { "内部コメント" },
+                body: open_text(ctx.cipher(), "submission_notes", "body", &note_id.to_string(), &n.get::<_, Vec<u8>>(4))?,
+            })
+        })
+        .collect::<Result<Vec<_>, AppError>>()?;
+    let reason: Option<Vec<u8>> = r.get(6);
+    let deadline: Option<time::Date> = r.get(7);
+    let assignee: Option<i64> = r.get(5);
+    let mut assignees = vec![Choice {
+        value: "0".into(),
+        label: "（未割当）".into(),
+        selected: assignee.is_none(),
+    }];
+    assignees.extend(staff_choices(&db, user, assignee).await?);
+    let page = DetailPage {
+        site: ctx.name.to_string(),
+        nav: Some(Nav::new(user, "inbox")),
+        id,
+        receipt: r.get(0),
+        form_title: def.title.clone(),
+        form_version: version,
+        received: jst(r.get(2)),
+        status: status.label(),
+        status_value: status.as_str(),
+        next: status
+            .staff_next()
+            .iter()
+            .map(|s| Choice {
+                value: s.as_str().into(),
+                label: s.label().into(),
+                selected: false,
+            })
+            .collect(),
+        assignees,
+        answers: def
+            .fields()
+            .filter_map(|f| {
+                answers.get(&f.id).map(|a| AnswerLine {
+                    label: f.label.clone(),
+                    value: a.display(),
+                })
+            })
+            .collect(),
+        events,
+        notes,
+        return_reason: reason
+            .map(|r| open_text(ctx.cipher(), "submissions", "return_reason", &row_id, &r))
+            .transpose()?
+            .unwrap_or_default(),
+        return_deadline: deadline.map(crate::ja::date_both).unwrap_or_default(),
+        csrf: user.csrf.clone(),
+        can_edit: user.can_edit(c.department_id),
+        message,
+    };
+    Ok(render(
+        if page.message.as_deref().is_some_and(|m| m.starts_with('!')) {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::OK
+        },
+        &page,
+    ))
+}
+
+fn staff_actor(user: &StaffUser) -> Actor {
+    Actor::Staff {
+        id: user.id,
+        email: user.email.clone(),
+    }
+}
+
+fn change_from(body: &FormData) -> Result<Change, AppError> {
+    let to = Status::parse(body.get("to"))
+        .ok_or_else(|| AppError::BadRequest("変更後の状態を選択してください".into()))?;
+    Ok(Change {
+        to,
+        comment: body.get("comment").chars().take(2000).collect(),
+        reason: body.get("reason").chars().take(2000).collect(),
+        deadline: date(body.get("deadline")),
+    })
+}
+
+pub async fn set_status(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<Uuid>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    user.check_csrf(&body)?;
+    let mut db = ctx.db().await?;
+    let c = case_ref(&db, &user, id).await?;
+    if !user.can_edit(c.department_id) {
+        return Err(AppError::Forbidden);
+    }
+    let change = change_from(&body)?;
+    let expected = Status::parse(body.get("from"));
+    let outcome = change_status(
+        &mut db,
+        ctx.cipher(),
+        &staff_actor(&user),
+        Some(user.id),
+        id,
+        expected,
+        &change,
+    )
+    .await?;
+    drop(db);
+    match outcome {
+        Ok(_) => Ok(see_other(&format!("/admin/submissions/{id}"))),
+        Err(refusal) => detail_page(&ctx, &user, id, Some(format!("!{}", refusal.message()))).await,
+    }
+}
+
+async fn assign_one(
+    db: &mut tokio_postgres::Client,
+    user: &StaffUser,
+    id: Uuid,
+    assignee: Option<i64>,
+) -> Result<bool, AppError> {
+    let c = case_ref(db, user, id).await?;
+    if !user.can_edit(c.department_id) {
+        return Err(AppError::Forbidden);
+    }
+    if let Some(a) = assignee {
+        // Only staff of the form's department (or administrators) take its cases.
+        let ok = db
+            .query_opt(
+                "SELECT 1 FROM staff WHERE id = $1 AND NOT disabled AND role <> 'viewer' AND (department_id = $2 OR role = 'admin')",
+                &[&a, &c.department_id],
+            )
+            .await?
+            .is_some();
+        if !ok {
+            return Ok(false);
+        }
+    }
+    let tx = db.transaction().await?;
+    tx.execute(
+        "UPDATE submissions SET assignee_id = $2, updated_at = now() WHERE id = $1",
+        &[&id, &assignee],
+    )
+    .await?;
+    audit::append(
+        &tx,
+        &staff_actor(user),
+        "submission.assign",
+        &id.to_string(),
+        serde_json::json!({ "assignee": assignee }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+pub async fn assign(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<Uuid>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    user.check_csrf(&body)?;
+    let mut db = ctx.db().await?;
+    let assignee = body.get("assignee").parse::<i64>().ok().filter(|a| *a != 0);
+    let ok = assign_one(&mut db, &user, id, assignee).await?;
+    drop(db);
+    if ok {
+        Ok(see_other(&format!("/admin/submissions/{id}")))
+    } else {
+        detail_page(
+            &ctx,
+            &user,
+            id,
+            Some("!担当者は、このフォームの所属の職員から選んでください".into()),
+        )
+        .await
+    }
+}
+
+pub async fn add_note(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<Uuid>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    user.check_csrf(&body)?;
+    let mut db = ctx.db().await?;
+    let c = case_ref(&db, &user, id).await?;
+    if !user.can_edit(c.department_id) {
+        return Err(AppError::Forbidden);
+    }
+    let kind = if body.get("kind") == "message" {
+        "message"
+    } else {
+        "comment"
+    };
+    let text = body.get("body").trim();
+    if text.is_empty() || text.chars().count() > 4000 {
+        drop(db);
+        return detail_page(
+            &ctx,
+            &user,
+            id,
+            Some("!本文を1〜4000文字で入力してください".into()),
+        )
+        .await;
+    }
+    let client: &mut tokio_postgres::Client = &mut db;
+    let tx = client.transaction().await?;
+    add_note_in(&tx, ctx.cipher(), id, Some(user.id), kind, text).await?;
+    audit::append(
+        &tx,
+        &staff_actor(&user),
+        &format!("submission.{kind}"),
+        &id.to_string(),
+        serde_json::json!({}),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(see_other(&format!("/admin/submissions/{id}")))
+}
+
+/// Bulk status change or assignment on the rows ticked in the inbox.
+pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Response, AppError> {
+    user.check_csrf(&body)?;
+    let ids: Vec<Uuid> = body
+        .all("ids")
+        .iter()
+        .filter_map(|s| s.parse().ok())
+        .take(500)
+        .collect();
+    let back = body.get("back").to_owned();
+    let mut db = ctx.db().await?;
+    let (mut done, mut refused) = (0, 0);
+    match body.get("action") {
+        "status" => {
+            let change = change_from(&body)?;
+            for id in &ids {
+                match change_status(
+                    &mut db,
+                    ctx.cipher(),
+                    &staff_actor(&user),
+                    Some(user.id),
+                    *id,
+                    None,
+                    &change,
+                )
+                .await
+                {
+                    Ok(Ok(_)) => done += 1,
+                    Ok(Err(_)) | Err(AppError::NotFound | AppError::Forbidden) => refused += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        "assign" => {
+            let assignee = body.get("assignee").parse::<i64>().ok().filter(|a| *a != 0);
+            for id in &ids {
+                match assign_one(&mut db, &user, *id, assignee).await {
+                    Ok(true) => done += 1,
+                    Ok(false) | Err(AppError::NotFound | AppError::Forbidden) => refused += 1,
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        _ => return Err(AppError::BadRequest("一括操作を選択してください".into())),
+    }
+    drop(db);
+    let query = back.strip_prefix("/admin/inbox?").map(str::to_owned);
+    let msg = if refused == 0 {
+        format!("{done}件を変更しました")
+    } else {
+        format!("{done}件を変更しました。{refused}件は変更できませんでした（状態の流れに合わない、または権限がない）")
+    };
+    inbox_page(&ctx, &user, query.as_deref(), Some(msg)).await
+}

@@ -1,0 +1,238 @@
+//! Survey totals (集計) of a form: counts and percentages per option for choice
+//! fields, min/median/mean/max for number fields, with SVG bar charts that print.
+
+use std::collections::BTreeMap;
+
+use askama::Template;
+use axum::extract::Path;
+use axum::http::StatusCode;
+use axum::response::Response;
+use uuid::Uuid;
+
+use crate::error::AppError;
+use crate::tenant::admin::Nav;
+use crate::tenant::audit::{self, Actor};
+use crate::tenant::forms::answers::Answer;
+use crate::tenant::forms::citizen::decrypt_answers;
+use crate::tenant::forms::definition::{FieldKind, FormDefinition};
+use crate::tenant::staff::StaffUser;
+use crate::tenant::TenantCtx;
+use crate::web::render;
+
+pub struct Bar {
+    pub label: String,
+    pub count: u64,
+    pub percent: String,
+    /// Bar width in the chart, 0–100.
+    pub width: f64,
+    pub y: u32,
+}
+
+pub struct ChoiceTotal {
+    pub label: String,
+    pub answered: u64,
+    pub multiple: bool,
+    pub bars: Vec<Bar>,
+    pub height: u32,
+}
+
+pub struct NumberTotal {
+    pub label: String,
+    pub unit: String,
+    pub count: usize,
+    pub min: String,
+    pub median: String,
+    pub mean: String,
+    pub max: String,
+}
+
+#[derive(Template)]
+#[template(path = "admin/totals.html")]
+struct TotalsPage {
+    site: String,
+    nav: Option<Nav>,
+    form_id: i64,
+    title: String,
+    submissions: u64,
+    choices: Vec<ChoiceTotal>,
+    numbers: Vec<NumberTotal>,
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// The median of sorted values.
+pub fn median(sorted: &[f64]) -> Option<f64> {
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2.0),
+    }
+}
+
+pub async fn show(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(form_id): Path<i64>,
+) -> Result<Response, AppError> {
+    let mut db = ctx.db().await?;
+    let row = db
+        .query_opt(
+            "SELECT department_id, draft FROM forms WHERE id = $1",
+            &[&form_id],
+        )
+        .await?
+        .ok_or(AppError::NotFound)?;
+    if !user.can_see(row.get(0)) {
+        return Err(AppError::NotFound);
+    }
+    let latest: FormDefinition = match db
+        .query_opt(
+            "SELECT definition FROM form_versions WHERE form_id = $1 ORDER BY version DESC LIMIT 1",
+            &[&form_id],
+        )
+        .await?
+    {
+        Some(r) => serde_json::from_value(r.get(0)).map_err(|e| AppError::Internal(e.into()))?,
+        None => serde_json::from_value(row.get(1)).map_err(|e| AppError::Internal(e.into()))?,
+    };
+    // Counts by field id over every version; labels and options of the latest.
+    let mut choice_counts: BTreeMap<String, (u64, BTreeMap<String, u64>)> = BTreeMap::new();
+    let mut numbers: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut submissions = 0u64;
+    let mut after: Option<Uuid> = None;
+    loop {
+        let rows = db
+            .query(
+                "SELECT id, answers FROM submissions WHERE form_id = $1 AND status <> 'withdrawn' AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT 1000",
+                &[&form_id, &after],
+            )
+            .await?;
+        let Some(last) = rows.last() else { break };
+        after = Some(last.get(0));
+        for r in &rows {
+            submissions += 1;
+            let answers = decrypt_answers(ctx.cipher(), r.get(0), &r.get(1))?;
+            for (field, a) in answers {
+                match a {
+                    Answer::Choice(v) => {
+                        let e = choice_counts.entry(field).or_default();
+                        e.0 += 1;
+                        *e.1.entry(v).or_default() += 1;
+                    }
+                    Answer::Multi(vs) => {
+                        let e = choice_counts.entry(field).or_default();
+                        e.0 += 1;
+                        for v in vs {
+                            *e.1.entry(v).or_default() += 1;
+                        }
+                    }
+                    Answer::Number(n) => {
+                        if let Ok(v) = n.parse::<f64>() {
+                            numbers.entry(field).or_default().push(v);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let mut choices = Vec::new();
+    let mut number_totals = Vec::new();
+    for f in latest.fields() {
+        match &f.kind {
+            FieldKind::Choice { options, .. } | FieldKind::MultiChoice { options, .. } => {
+                let (answered, counts) = choice_counts.remove(&f.id).unwrap_or_default();
+                let max = counts.values().copied().max().unwrap_or(0).max(1);
+                let mut labels: Vec<String> = options.clone();
+                labels.extend(counts.keys().filter(|k| !options.contains(k)).cloned());
+                let bars: Vec<Bar> = labels
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, label)| {
+                        let count = counts.get(&label).copied().unwrap_or(0);
+                        let pct = if answered == 0 {
+                            0.0
+                        } else {
+                            count as f64 * 100.0 / answered as f64
+                        };
+                        Bar {
+                            label,
+                            count,
+                            percent: format!("{pct:.1}"),
+                            width: count as f64 * 100.0 / max as f64,
+                            y: u32::try_from(i).unwrap_or(0) * 32,
+                        }
+                    })
+                    .collect();
+                let height = u32::try_from(bars.len()).unwrap_or(0) * 32;
+                choices.push(ChoiceTotal {
+                    label: f.label.clone(),
+                    answered,
+                    multiple: matches!(f.kind, FieldKind::MultiChoice { .. }),
+                    bars,
+                    height,
+                });
+            }
+            FieldKind::Number { unit, .. } => {
+                let mut v = numbers.remove(&f.id).unwrap_or_default();
+                v.sort_by(f64::total_cmp);
+                let mean = if v.is_empty() {
+                    None
+                } else {
+                    Some(v.iter().sum::<f64>() / v.len() as f64)
+                };
+                let show = |x: Option<f64>| x.map(fmt_num).unwrap_or_else(|| "—".into());
+                number_totals.push(NumberTotal {
+                    label: f.label.clone(),
+                    unit: unit.clone(),
+                    count: v.len(),
+                    min: show(v.first().copied()),
+                    median: show(median(&v)),
+                    mean: show(mean),
+                    max: show(v.last().copied()),
+                });
+            }
+            _ => {}
+        }
+    }
+    audit::record(
+        &mut db,
+        &Actor::Staff {
+            id: user.id,
+            email: user.email.clone(),
+        },
+        "form.totals",
+        &format!("form:{form_id}"),
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(render(
+        StatusCode::OK,
+        &TotalsPage {
+            site: ctx.name.to_string(),
+            nav: Some(Nav::new(&user, "inbox")),
+            form_id,
+            title: latest.title,
+            submissions,
+            choices,
+            numbers: number_totals,
+        },
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn median_of_even_and_odd() {
+        assert_eq!(super::median(&[]), None);
+        assert_eq!(super::median(&[1.0, 3.0, 10.0]), Some(3.0));
+        assert_eq!(super::median(&[1.0, 2.0, 3.0, 10.0]), Some(2.5));
+    }
+}

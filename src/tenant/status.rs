@@ -1,0 +1,183 @@
+//! 状況照会: a citizen looks up an application with its receipt number and the
+//! e-mail address used, and sees its status and any message, never the answers.
+//! A returned (差戻し) application can be corrected and sent again from here.
+
+use askama::Template;
+use axum::http::{header, StatusCode};
+use axum::response::Response;
+use uuid::Uuid;
+
+use super::cases::{open_text, Status};
+use super::forms::citizen::{jst, start_resubmission};
+use super::http::FormData;
+use super::TenantCtx;
+use crate::domain::ReceiptNumber;
+use crate::error::AppError;
+use crate::tenant::audit::{self, Actor};
+use crate::web::render;
+
+/// Lookups allowed per tenant and client address: a burst, then one every few seconds.
+pub const LOOKUP_BURST: u32 = 5;
+pub const LOOKUP_EVERY_SECS: u64 = 6;
+
+pub struct Message {
+    pub at: String,
+    pub body: String,
+}
+
+pub struct Found {
+    pub receipt: String,
+    pub title: String,
+    pub status: &'static str,
+    pub returned: bool,
+    pub updated: String,
+    pub reason: String,
+    pub deadline: String,
+    pub messages: Vec<Message>,
+}
+
+#[derive(Template)]
+#[template(path = "citizen/status.html")]
+struct StatusPage {
+    site: String,
+    receipt: String,
+    email: String,
+    error: Option<String>,
+    found: Option<Found>,
+}
+
+pub async fn form(ctx: TenantCtx) -> Response {
+    render(
+        StatusCode::OK,
+        &StatusPage {
+            site: ctx.name.to_string(),
+            receipt: String::new(),
+            email: String::new(),
+            error: None,
+            found: None,
+        },
+    )
+}
+
+/// The submission a receipt number and e-mail address point at, if both match.
+async fn find(
+    ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
+    body: &FormData,
+) -> Result<Result<Uuid, String>, AppError> {
+    let Ok(receipt) = ReceiptNumber::parse(body.get("receipt")) else {
+        return Ok(Err(
+            "受付番号の形式が正しくありません（例: 4K7M-9XPQ）".into()
+        ));
+    };
+    let email = crate::ja::nfkc(body.get("email").trim());
+    let email = match email.split_once('@') {
+        Some((l, d)) => format!("{l}@{}", d.to_ascii_lowercase()),
+        None => return Ok(Err("メールアドレスを入力してください".into())),
+    };
+    let index = ctx
+        .cipher()
+        .blind_index("submissions", "email", &email)
+        .to_vec();
+    let row = db
+        .query_opt(
+            "SELECT id FROM submissions WHERE receipt_number = $1 AND email_index = $2",
+            &[&receipt.as_str(), &index],
+        )
+        .await?;
+    // The same answer whichever of the two did not match.
+    Ok(row.map(|r| r.get(0)).ok_or_else(|| {
+        "該当する申請が見つかりません。受付番号とメールアドレスをご確認ください".to_owned()
+    }))
+}
+
+pub async fn lookup(ctx: TenantCtx, body: FormData) -> Result<Response, AppError> {
+    let mut db = ctx.db().await?;
+    let page = |error: Option<String>, found: Option<Found>| StatusPage {
+        site: ctx.name.to_string(),
+        receipt: body.get("receipt").to_owned(),
+        email: body.get("email").to_owned(),
+        error,
+        found,
+    };
+    let id = match find(&ctx, &db, &body).await? {
+        Ok(id) => id,
+        Err(msg) => return Ok(render(StatusCode::NOT_FOUND, &page(Some(msg), None))),
+    };
+    let r = db
+        .query_one(
+            "SELECT s.receipt_number, f.draft->>'title', s.status, s.updated_at, s.return_reason, s.return_deadline, v.definition->>'title'
+               FROM submissions s JOIN forms f ON f.id = s.form_id
+               JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version WHERE s.id = $1",
+            &[&id],
+        )
+        .await?;
+    let row_id = id.to_string();
+    let status = Status::parse(r.get::<_, &str>(2)).unwrap_or(Status::Received);
+    let reason: Option<Vec<u8>> = r.get(4);
+    let deadline: Option<time::Date> = r.get(5);
+    let messages = db
+        .query("SELECT id, at, body FROM submission_notes WHERE submission_id = $1 AND kind = 'message' ORDER BY at, id", &[&id])
+        .await?
+        .iter()
+        .map(|n| {
+            let note: i64 = n.get(0);
+            Ok(Message { at: jst(n.get(1)), body: open_text(ctx.cipher(), "submission_notes", "body", &note.to_string(), &n.get::<_, Vec<u8>>(2))? })
+        })
+        .collect::<Result<Vec<_>, AppError>>()?;
+    audit::record(
+        &mut db,
+        &Actor::Citizen,
+        "status.lookup",
+        &row_id,
+        serde_json::json!({}),
+    )
+    .await?;
+    let found = Found {
+        receipt: r.get(0),
+        title: r.get::<_, Option<String>>(6).unwrap_or_default(),
+        status: status.label(),
+        returned: status == Status::Returned,
+        updated: jst(r.get(3)),
+        reason: if status == Status::Returned {
+            reason
+                .map(|x| open_text(ctx.cipher(), "submissions", "return_reason", &row_id, &x))
+                .transpose()?
+                .unwrap_or_default()
+        } else {
+            String::new()
+        },
+        deadline: if status == Status::Returned {
+            deadline.map(crate::ja::date_both).unwrap_or_default()
+        } else {
+            String::new()
+        },
+        messages,
+    };
+    Ok(render(StatusCode::OK, &page(None, Some(found))))
+}
+
+/// 差戻し: open the form again with the earlier answers, to correct and send.
+pub async fn resubmit(ctx: TenantCtx, body: FormData) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let id = match find(&ctx, &db, &body).await? {
+        Ok(id) => id,
+        Err(msg) => {
+            return Ok(render(
+                StatusCode::NOT_FOUND,
+                &StatusPage {
+                    site: ctx.name.to_string(),
+                    receipt: body.get("receipt").to_owned(),
+                    email: body.get("email").to_owned(),
+                    error: Some(msg),
+                    found: None,
+                },
+            ))
+        }
+    };
+    drop(db);
+    let (location, cookie) = start_resubmission(&ctx, id).await?;
+    let mut resp = super::http::see_other(&location);
+    resp.headers_mut().append(header::SET_COOKIE, cookie);
+    Ok(resp)
+}

@@ -1,0 +1,889 @@
+//! Case processing: inbox, workflow, permissions, exports, the operation log and the
+//! citizen's status lookup.
+
+use std::sync::Arc;
+
+use madoguchi::catalog::TenantRecord;
+use madoguchi::front::Server;
+use madoguchi::tenant::audit::Verdict;
+use madoguchi::tenant::cases::{change_status, Change, Refusal, Status};
+use madoguchi::tenant::staff::Role;
+use uuid::Uuid;
+
+use crate::forms::{apply, browser, build_form, capture, dept_id, get, post, staff, Staff};
+use crate::harness::{unique, url, TestEnv};
+
+/// A one-page form with free text, imported as an operator would; returns its public path.
+async fn text_form(env: &TestEnv, t: &TenantRecord, dept: &str) -> String {
+    let json = r#"{ "format": "madoguchi.form/1", "title": "ご意見募集", "pages": [ { "id": "p1", "fields": [
+        { "id": "name", "type": "text", "label": "お名前", "required": true },
+        { "id": "email", "type": "email", "label": "メールアドレス", "required": true },
+        { "id": "phone", "type": "tel", "label": "電話番号" },
+        { "id": "opinion", "type": "textarea", "label": "ご意見", "required": true },
+        { "id": "topic", "type": "choice", "label": "分野", "options": ["子育て", "ごみ", "道路"], "required": true },
+        { "id": "age", "type": "number", "label": "年齢", "unit": "歳", "integer": true }
+    ] } ] }"#;
+    madoguchi::control::tenant_admin::import_form(&env.platform, t, json, dept, true)
+        .await
+        .unwrap()
+}
+
+/// A citizen sends a one-page form with the given inputs; returns the receipt number.
+async fn submit(server: &Server, host: &str, public: &str, fields: &[(&str, &str)]) -> String {
+    let c = browser(server, &[host]);
+    let (_, _, page) = get(&c, &url(server, host, public)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let mut form = vec![("_token", token.as_str()), ("_page", "0"), ("_nav", "next")];
+    form.extend_from_slice(fields);
+    let (status, loc, body) = post(&c, &url(server, host, public), &form).await;
+    assert_eq!(status, 303, "{body}");
+    assert!(loc.ends_with("/confirm"));
+    let (status, loc, _) = post(
+        &c,
+        &url(server, host, &format!("{public}/submit")),
+        &[("_token", &token)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, _, done) = get(&c, &url(server, host, &loc)).await;
+    capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done)
+}
+
+async fn tenant_db(env: &TestEnv, t: &TenantRecord) -> madoguchi::control::cluster::Conn {
+    env.platform
+        .cluster
+        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), t)
+        .await
+        .unwrap()
+}
+
+async fn id_of(env: &TestEnv, t: &TenantRecord, receipt: &str) -> Uuid {
+    tenant_db(env, t)
+        .await
+        .client
+        .query_one(
+            "SELECT id FROM submissions WHERE receipt_number = $1",
+            &[&receipt],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
+struct Setup {
+    env: TestEnv,
+    t: TenantRecord,
+    server: Server,
+    host: String,
+    admin: Staff,
+    dept: String,
+}
+
+async fn setup() -> Setup {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].clone();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    Setup {
+        env,
+        t,
+        server,
+        host,
+        admin,
+        dept,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflow_through_the_admin_screen_and_the_status_lookup() {
+    let Setup {
+        env,
+        t,
+        server,
+        host,
+        admin,
+        dept,
+    } = setup().await;
+    let host = host.as_str();
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let receipt = apply(&server, host, &public, "ソファ").await.unwrap();
+    let id = id_of(&env, &t, &receipt).await;
+    let case = url(&server, host, &format!("/admin/submissions/{id}"));
+
+    // The inbox lists it; the detail shows every answer with the version's labels.
+    let (_, _, inbox) = get(&admin.client, &url(&server, host, "/admin/inbox")).await;
+    assert!(inbox.contains(&receipt) && inbox.contains("受付"));
+    let (status, _, detail) = get(&admin.client, &case).await;
+    assert_eq!(status, 200);
+    assert!(
+        detail.contains("葛\u{E0100}西")
+            && detail.contains("hanako.kasai@example.jp")
+            && detail.contains("令和13年7月19日")
+    );
+
+    // 受付 -> 完了 is refused; 受付 -> 審査中 -> 差戻し with reason and deadline works.
+    let (status, _, page) = post(
+        &admin.client,
+        &format!("{case}/status"),
+        &[
+            ("csrf", &admin.csrf),
+            ("from", "received"),
+            ("to", "completed"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert!(page.contains("「受付」から「完了」には変更できません"));
+    let (status, _, _) = post(
+        &admin.client,
+        &format!("{case}/status"),
+        &[
+            ("csrf", &admin.csrf),
+            ("from", "received"),
+            ("to", "reviewing"),
+            ("comment", "書類確認中"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, _, page) = post(
+        &admin.client,
+        &format!("{case}/status"),
+        &[
+            ("csrf", &admin.csrf),
+            ("from", "reviewing"),
+            ("to", "returned"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 409, "a return without reason was accepted");
+    assert!(page.contains("理由と期限が必要"));
+    let (status, _, _) = post(
+        &admin.client,
+        &format!("{case}/status"),
+        &[
+            ("csrf", &admin.csrf),
+            ("from", "reviewing"),
+            ("to", "returned"),
+            ("reason", "品目の点数を記入してください"),
+            ("deadline", "2031-08-31"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    // A stale form (status seen before the change) is refused, not applied twice.
+    let (status, _, page) = post(
+        &admin.client,
+        &format!("{case}/status"),
+        &[
+            ("csrf", &admin.csrf),
+            ("from", "reviewing"),
+            ("to", "withdrawn"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert!(page.contains("他の職員が先に状態を変更しました"));
+    let (_, _, detail) = get(&admin.client, &case).await;
+    assert!(detail.contains("書類確認中") && detail.contains("品目の点数を記入してください"));
+
+    // A message to the applicant goes to the outbox in the same transaction.
+    post(
+        &admin.client,
+        &format!("{case}/notes"),
+        &[
+            ("csrf", &admin.csrf),
+            ("kind", "message"),
+            ("body", "お電話でもご連絡しました。"),
+        ],
+    )
+    .await;
+    post(
+        &admin.client,
+        &format!("{case}/notes"),
+        &[
+            ("csrf", &admin.csrf),
+            ("kind", "comment"),
+            ("body", "内部メモ: 要確認"),
+        ],
+    )
+    .await;
+    let db = tenant_db(&env, &t).await;
+    let outbox: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE submission_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        outbox, 2,
+        "the return and the message are both queued for mail"
+    );
+
+    // The citizen looks it up: status, reason and messages; never the answers or comments.
+    let citizen = browser(&server, &[host]);
+    let status_url = url(&server, host, "/status");
+    let (status, _, page) = post(
+        &citizen,
+        &status_url,
+        &[
+            ("receipt", &receipt.to_lowercase().replace('-', "")),
+            ("email", "HANAKO.kasai@example.jp"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        status, 404,
+        "the local part of an e-mail address is case-sensitive"
+    );
+    assert!(page.contains("該当する申請が見つかりません"));
+    let (status, _, page) = post(
+        &citizen,
+        &status_url,
+        &[
+            ("receipt", &receipt.to_lowercase().replace('-', "")),
+            ("email", "hanako.kasai@EXAMPLE.JP"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("差戻し")
+            && page.contains("品目の点数を記入してください")
+            && page.contains("お電話でもご連絡しました")
+    );
+    assert!(
+        !page.contains("葛\u{E0100}西")
+            && !page.contains("内部メモ")
+            && !page.contains("2031-07-19")
+            && !page.contains("令和13年7月19日")
+    );
+
+    // Corrected and sent again: back to 受付, same receipt, new answers.
+    let (status, loc, _) = post(
+        &citizen,
+        &url(&server, host, "/status/resubmit"),
+        &[("receipt", &receipt), ("email", "hanako.kasai@example.jp")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, _, form) = get(&citizen, &url(&server, host, &loc)).await;
+    assert!(
+        form.contains("value=\"花子\""),
+        "earlier answers are filled in"
+    );
+    let token = capture(r#"name="_token" value="([^"]+)""#, &form);
+    let next = post(
+        &citizen,
+        &url(&server, host, &loc),
+        &[
+            ("_token", &token),
+            ("_page", "0"),
+            ("_nav", "next"),
+            ("name.family", "葛西"),
+            ("name.given", "花子"),
+            ("name.family_kana", "カサイ"),
+            ("name.given_kana", "ハナコ"),
+            ("email", "hanako.kasai@example.jp"),
+            ("kind", "その他"),
+            ("other", "ソファ 2点"),
+        ],
+    )
+    .await;
+    assert_eq!(next.0, 303);
+    post(
+        &citizen,
+        &url(&server, host, &loc),
+        &[
+            ("_token", &token),
+            ("_page", "1"),
+            ("_nav", "next"),
+            ("date", "2031-08-20"),
+        ],
+    )
+    .await;
+    let (status, done, _) = post(
+        &citizen,
+        &url(&server, host, &format!("{loc}/submit")),
+        &[("_token", &token)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, _, page) = get(&citizen, &url(&server, host, &done)).await;
+    assert!(page.contains(&receipt), "the same receipt number");
+    let row = db
+        .client
+        .query_one(
+            "SELECT status, (SELECT count(*) FROM submissions) FROM submissions WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        ("received".to_owned(), 1)
+    );
+    let (_, _, detail) = get(&admin.client, &case).await;
+    assert!(detail.contains("ソファ 2点") && detail.contains("令和13年8月20日"));
+
+    // Every act is in the operation log, and the chain is intact.
+    let actions: Vec<String> = db
+        .client
+        .query("SELECT action FROM audit_log ORDER BY seq", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for a in [
+        "staff.setup",
+        "form.publish",
+        "submission.view",
+        "submission.status",
+        "submission.message",
+        "status.lookup",
+        "submission.resubmit",
+    ] {
+        assert!(
+            actions.iter().any(|x| x == a),
+            "{a} missing from {actions:?}"
+        );
+    }
+    assert!(
+        matches!(madoguchi::tenant::audit::verify(&db.client).await.unwrap(), Verdict::Intact(n) if n as usize == actions.len())
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_status_changes_do_not_lose_one() {
+    let Setup {
+        env,
+        t,
+        server,
+        host,
+        admin,
+        dept,
+    } = setup().await;
+    let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
+    let receipt = apply(&server, &host, &public, "ソファ").await.unwrap();
+    let id = id_of(&env, &t, &receipt).await;
+    let cipher = Arc::new(
+        madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
+            .await
+            .unwrap(),
+    );
+    let actor = madoguchi::tenant::audit::Actor::Operator;
+    let mut tasks = Vec::new();
+    for to in [
+        Status::Reviewing,
+        Status::Withdrawn,
+        Status::Returned,
+        Status::Reviewing,
+    ] {
+        let (env_db, cipher, actor) = (tenant_db(&env, &t).await, cipher.clone(), actor.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut client = env_db.client;
+            let change = Change {
+                to,
+                comment: String::new(),
+                reason: "理由".into(),
+                deadline: Some(time::macros::date!(2031 - 01 - 01)),
+            };
+            change_status(
+                &mut client,
+                &cipher,
+                &actor,
+                None,
+                id,
+                Some(Status::Received),
+                &change,
+            )
+            .await
+            .unwrap()
+        }));
+    }
+    let mut ok = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(from) => {
+                assert_eq!(from, Status::Received);
+                ok += 1;
+            }
+            Err(Refusal::Conflict { .. }) => {}
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(
+        ok, 1,
+        "exactly one of the concurrent changes from 受付 wins"
+    );
+    let db = tenant_db(&env, &t).await;
+    let events: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM submission_events WHERE submission_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        events, 1,
+        "the history holds exactly the change that happened"
+    );
+    // Without an expected status, sequential changes all land, each recorded.
+    let mut client = tenant_db(&env, &t).await.client;
+    let now: String = db
+        .client
+        .query_one("SELECT status FROM submissions WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0);
+    if now == "reviewing" {
+        let c = Change {
+            to: Status::Completed,
+            comment: String::new(),
+            reason: String::new(),
+            deadline: None,
+        };
+        assert!(
+            change_status(&mut client, &cipher, &actor, None, id, None, &c)
+                .await
+                .unwrap()
+                .is_ok()
+        );
+        let c = Change {
+            to: Status::Reviewing,
+            comment: String::new(),
+            reason: String::new(),
+            deadline: None,
+        };
+        assert_eq!(
+            change_status(&mut client, &cipher, &actor, None, id, None, &c)
+                .await
+                .unwrap(),
+            Err(Refusal::NotAllowed {
+                from: Status::Completed,
+                to: Status::Reviewing
+            })
+        );
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn permissions_on_cases() {
+    let Setup {
+        env,
+        t,
+        server,
+        host,
+        admin,
+        dept,
+    } = setup().await;
+    let h = host.as_str();
+    let (_, public) = build_form(&admin, &server, h, &dept, "").await;
+    let receipt = apply(&server, h, &public, "ソファ").await.unwrap();
+    let id = id_of(&env, &t, &receipt).await;
+    let case = url(&server, h, &format!("/admin/submissions/{id}"));
+    let other = staff(&env, &server, &t, Role::Staff, Some("子育て支援課")).await;
+    let viewer = staff(&env, &server, &t, Role::Viewer, Some("環境政策課")).await;
+    let colleague = staff(&env, &server, &t, Role::Staff, Some("環境政策課")).await;
+
+    assert_eq!(
+        get(&other.client, &case).await.0,
+        404,
+        "another department's case is not there"
+    );
+    let (_, _, inbox) = get(&other.client, &url(&server, h, "/admin/inbox")).await;
+    assert!(!inbox.contains(&receipt));
+    let (status, _, _) = post(
+        &other.client,
+        &format!("{case}/status"),
+        &[("csrf", &other.csrf), ("to", "reviewing")],
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _, _) = get(
+        &other.client,
+        &url(
+            &server,
+            h,
+            &format!("/admin/export.csv?form={}", form_of(&env, &t, id).await),
+        ),
+    )
+    .await;
+    assert_eq!(status, 404, "another department's export");
+
+    assert_eq!(
+        get(&viewer.client, &case).await.0,
+        200,
+        "the read-only user may read"
+    );
+    let (status, _, _) = post(
+        &viewer.client,
+        &format!("{case}/status"),
+        &[("csrf", &viewer.csrf), ("to", "reviewing")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let (status, _, _) = post(
+        &viewer.client,
+        &format!("{case}/notes"),
+        &[("csrf", &viewer.csrf), ("kind", "comment"), ("body", "x")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        get(&viewer.client, &url(&server, h, "/admin/audit"))
+            .await
+            .0,
+        403,
+        "only administrators read the operation log"
+    );
+
+    // Assignment: only to staff of the form's department.
+    let other_id: i64 = tenant_db(&env, &t)
+        .await
+        .client
+        .query_one("SELECT id FROM staff WHERE email = $1", &[&other.email])
+        .await
+        .unwrap()
+        .get(0);
+    let colleague_id: i64 = tenant_db(&env, &t)
+        .await
+        .client
+        .query_one("SELECT id FROM staff WHERE email = $1", &[&colleague.email])
+        .await
+        .unwrap()
+        .get(0);
+    let (status, _, page) = post(
+        &admin.client,
+        &format!("{case}/assign"),
+        &[("csrf", &admin.csrf), ("assignee", &other_id.to_string())],
+    )
+    .await;
+    assert_eq!(status, 409);
+    assert!(page.contains("所属の職員から選んで"));
+    let (status, _, _) = post(
+        &admin.client,
+        &format!("{case}/assign"),
+        &[
+            ("csrf", &admin.csrf),
+            ("assignee", &colleague_id.to_string()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    // Bulk: status change on a selection, including one that cannot move.
+    let receipt2 = apply(&server, h, &public, "ソファ").await.unwrap();
+    let id2 = id_of(&env, &t, &receipt2).await;
+    let (status, _, page) = post(
+        &colleague.client,
+        &url(&server, h, "/admin/inbox/bulk"),
+        &[
+            ("csrf", &colleague.csrf),
+            ("ids", &id.to_string()),
+            ("ids", &id2.to_string()),
+            ("action", "status"),
+            ("to", "reviewing"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(page.contains("2件を変更しました"), "{page}");
+    let (_, _, page) = post(
+        &colleague.client,
+        &url(&server, h, "/admin/inbox/bulk"),
+        &[
+            ("csrf", &colleague.csrf),
+            ("ids", &id.to_string()),
+            ("ids", &id2.to_string()),
+            ("action", "status"),
+            ("to", "reviewing"),
+        ],
+    )
+    .await;
+    assert!(page.contains("2件は変更できませんでした"));
+    // The inbox filters by assignee and status, and finds by e-mail or phone exactly.
+    let (_, _, page) = get(
+        &colleague.client,
+        &url(&server, h, &format!("/admin/inbox?assignee={colleague_id}")),
+    )
+    .await;
+    assert!(page.contains(&receipt) && !page.contains(&receipt2));
+    let (_, _, page) = get(
+        &colleague.client,
+        &url(&server, h, "/admin/inbox?q=hanako.kasai%40example.jp"),
+    )
+    .await;
+    assert!(page.contains(&receipt) && page.contains(&receipt2));
+    let (_, _, page) = get(
+        &colleague.client,
+        &url(&server, h, "/admin/inbox?q=nobody%40example.jp"),
+    )
+    .await;
+    assert!(!page.contains(&receipt));
+    let (_, _, page) = get(
+        &colleague.client,
+        &url(
+            &server,
+            h,
+            &format!("/admin/inbox?q={}", receipt2.to_lowercase()),
+        ),
+    )
+    .await;
+    assert!(page.contains(&receipt2) && !page.contains(&format!(">{receipt}<")));
+    server.shutdown().await;
+}
+
+async fn form_of(env: &TestEnv, t: &TenantRecord, id: Uuid) -> i64 {
+    tenant_db(env, t)
+        .await
+        .client
+        .query_one("SELECT form_id FROM submissions WHERE id = $1", &[&id])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_round_trip_and_are_logged() {
+    let Setup {
+        env,
+        t,
+        server,
+        host,
+        admin,
+        ..
+    } = setup().await;
+    let h = host.as_str();
+    let public = text_form(&env, &t, "環境政策課").await;
+    let tricky = "カンマ, \"引用\"\n改行あり😀 と 葛\u{E0100}飾区";
+    let receipts = [
+        submit(
+            &server,
+            h,
+            &public,
+            &[
+                ("name", "山田, 太郎"),
+                ("email", "a@example.jp"),
+                ("opinion", tricky),
+                ("topic", "ごみ"),
+                ("age", "41"),
+            ],
+        )
+        .await,
+        submit(
+            &server,
+            h,
+            &public,
+            &[
+                ("name", "佐藤 \"花\""),
+                ("email", "b@example.jp"),
+                ("phone", "090-1234-5678"),
+                ("opinion", "短い意見"),
+                ("topic", "子育て"),
+            ],
+        )
+        .await,
+    ];
+    let form_id: i64 = tenant_db(&env, &t)
+        .await
+        .client
+        .query_one("SELECT id FROM forms", &[])
+        .await
+        .unwrap()
+        .get(0);
+
+    let r = admin
+        .client
+        .get(url(
+            &server,
+            h,
+            &format!("/admin/export.csv?form={form_id}"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["content-type"], "text/csv; charset=utf-8");
+    let bytes = r.bytes().await.unwrap();
+    assert!(bytes.starts_with(&[0xEF, 0xBB, 0xBF]), "BOM");
+    let mut reader = csv::ReaderBuilder::new().from_reader(&bytes[3..]);
+    let header: Vec<String> = reader
+        .headers()
+        .unwrap()
+        .iter()
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(&header[..4], ["受付番号", "受付日時", "フォーム", "版"]);
+    assert!(header.contains(&"ご意見".to_owned()) && header.contains(&"年齢".to_owned()));
+    let rows: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+    assert_eq!(rows.len(), 2);
+    let col = |name: &str| header.iter().position(|h| h == name).unwrap();
+    let yamada = rows.iter().find(|r| &r[0] == receipts[0].as_str()).unwrap();
+    assert_eq!(&yamada[col("ご意見")], tricky);
+    assert_eq!(&yamada[col("お名前")], "山田, 太郎");
+    let sato = rows.iter().find(|r| &r[0] == receipts[1].as_str()).unwrap();
+    assert_eq!(&sato[col("お名前")], "佐藤 \"花\"");
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("\r\n"),
+        "RFC 4180 line ends"
+    );
+
+    let r = admin
+        .client
+        .get(url(
+            &server,
+            h,
+            &format!("/admin/export.xlsx?form={form_id}&status=received"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap().to_vec();
+    use calamine::Reader;
+    let mut book: calamine::Xlsx<_> =
+        calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap();
+    let range = book.worksheet_range("申請一覧").unwrap();
+    let cells: Vec<Vec<String>> = range
+        .rows()
+        .map(|r| r.iter().map(|c| c.to_string()).collect())
+        .collect();
+    assert_eq!(cells.len(), 3);
+    let yamada = cells.iter().find(|r| r[0] == receipts[0]).unwrap();
+    assert_eq!(yamada[col("ご意見")], tricky);
+
+    let db = tenant_db(&env, &t).await;
+    let logged: Vec<String> = db
+        .client
+        .query(
+            "SELECT detail FROM audit_log WHERE action = 'submission.export' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(logged.len(), 2);
+    assert!(logged[0].contains("\"rows\":2") && logged[0].contains("csv"));
+    assert!(logged[1].contains("\"rows\":2") && logged[1].contains("xlsx"));
+
+    // Totals: counts per option and number statistics, with a chart.
+    let (status, _, page) = get(
+        &admin.client,
+        &url(&server, h, &format!("/admin/forms/{form_id}/totals")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<svg")
+            && page.contains("<td>ごみ</td><td>1</td><td>50.0</td>")
+            && page.contains("<td>道路</td><td>0</td>")
+    );
+    assert!(
+        page.contains("<td>1</td><td>41</td><td>41</td><td>41</td><td>41</td>"),
+        "{page}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampering_with_the_operation_log_is_detected() {
+    let Setup {
+        env,
+        t,
+        server,
+        host,
+        admin,
+        dept,
+    } = setup().await;
+    let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
+    let receipt = apply(&server, &host, &public, "ソファ").await.unwrap();
+    let id = id_of(&env, &t, &receipt).await;
+    for _ in 0..2 {
+        get(
+            &admin.client,
+            &url(&server, &host, &format!("/admin/submissions/{id}")),
+        )
+        .await;
+    }
+    let db = tenant_db(&env, &t).await;
+    let Verdict::Intact(n) = madoguchi::tenant::audit::verify(&db.client).await.unwrap() else {
+        panic!("chain broken before tampering")
+    };
+    assert!(n >= 3);
+    let admin_db = crate::harness::admin_client(&t.database).await;
+    admin_db
+        .execute(
+            "UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        madoguchi::tenant::audit::verify(&db.client).await.unwrap(),
+        Verdict::Broken {
+            seq: 2,
+            reason: "its content does not match its hash (edited)".into()
+        }
+    );
+    admin_db.execute("UPDATE audit_log SET actor = (SELECT actor FROM audit_log WHERE seq = 3) WHERE seq = 2", &[]).await.unwrap();
+    // Deleting a row is found too.
+    let (db2, _) = (tenant_db(&env, &t).await, ());
+    admin_db
+        .execute("DELETE FROM audit_log WHERE seq = 3", &[])
+        .await
+        .unwrap();
+    match madoguchi::tenant::audit::verify(&db2.client).await.unwrap() {
+        Verdict::Broken { seq, .. } => assert!(seq <= 4, "broken at {seq}"),
+        Verdict::Intact(_) => panic!("a deleted row went unnoticed"),
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_lookup_is_rate_limited() {
+    let Setup { server, host, .. } = setup().await;
+    let c = browser(&server, &[&host]);
+    let lookup = url(&server, &host, "/status");
+    let mut limited = None;
+    for i in 0..12 {
+        let r = c
+            .post(&lookup)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("receipt=0000-0000&email=x%40example.jp")
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            limited = Some((
+                i,
+                r.headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
+                r.text().await.unwrap(),
+            ));
+            break;
+        }
+    }
+    let (after, retry, body) = limited.expect("twelve lookups in a row were all answered");
+    assert!(
+        after >= madoguchi::tenant::status::LOOKUP_BURST as usize,
+        "limited after {after}"
+    );
+    assert!(retry.is_some_and(|r| r.parse::<u64>().is_ok_and(|s| s >= 1)));
+    assert!(body.contains("操作の回数が多すぎます"));
+    // The page itself (GET) is not limited.
+    assert_eq!(c.get(&lookup).send().await.unwrap().status(), 200);
+    server.shutdown().await;
+}

@@ -107,10 +107,28 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
         dept,
     } = setup().await;
     let host = host.as_str();
-    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let (form_id, public) = build_form(&admin, &server, host, &dept, "").await;
     let receipt = apply(&server, host, &public, "ソファ").await.unwrap();
     let id = id_of(&env, &t, &receipt).await;
     let case = url(&server, host, &format!("/admin/submissions/{id}"));
+    // The inbox's summary column shows the answer chosen per form.
+    post(
+        &admin.client,
+        &url(&server, host, &format!("/admin/forms/{form_id}/settings")),
+        &[
+            ("csrf", &admin.csrf),
+            ("title", "粗大ごみ収集申込"),
+            ("department", &dept),
+            ("summary_field", "email"),
+        ],
+    )
+    .await;
+    let (_, _, inbox) = get(&admin.client, &url(&server, host, "/admin/inbox")).await;
+    assert!(
+        inbox.contains("<td>hanako.kasai@example.jp</td>"),
+        "summary column: {}",
+        &inbox[inbox.find("<tbody>").unwrap_or(0)..]
+    );
 
     // The inbox lists it; the detail shows every answer with the version's labels.
     let (_, _, inbox) = get(&admin.client, &url(&server, host, "/admin/inbox")).await;

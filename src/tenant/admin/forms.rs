@@ -175,6 +175,7 @@ struct BuilderPage {
     closes_at: String,
     capacity: String,
     completion_message: String,
+    summary_choices: Vec<(String, String, bool)>,
     department_id: i64,
     departments: Vec<Department>,
     pages: Vec<PageRow>,
@@ -297,6 +298,17 @@ async fn builder(
                 .map(|c| c.to_string())
                 .unwrap_or_default(),
             completion_message: def.settings.completion_message.clone(),
+            summary_choices: def
+                .fields()
+                .filter(|f| f.kind.takes_answer())
+                .map(|f| {
+                    (
+                        f.id.clone(),
+                        f.label.clone(),
+                        form.summary_field.as_deref() == Some(f.id.as_str()),
+                    )
+                })
+                .collect(),
             department_id: form.department_id,
             departments: departments(&db)
                 .await?
@@ -379,6 +391,12 @@ pub async fn save_settings(
             store::set_department(&db, id, dept).await?;
         }
     }
+    let summary = body.get("summary_field");
+    let summary = def
+        .field(summary)
+        .filter(|f| f.kind.takes_answer())
+        .map(|f| f.id.clone());
+    store::set_summary_field(&db, id, summary.as_deref()).await?;
     store::save_draft(&db, id, &def).await?;
     drop(db);
     builder(

@@ -20,6 +20,8 @@ pub struct FormRow {
     pub accepted: i32,
     /// Whether the draft differs from the published version.
     pub unpublished_changes: bool,
+    /// The answer the inbox shows beside each submission.
+    pub summary_field: Option<String>,
 }
 
 /// Where a published form stands for citizens now.
@@ -63,7 +65,8 @@ fn to_json(def: &FormDefinition) -> Result<serde_json::Value, AppError> {
 }
 
 const FORM_COLUMNS: &str = "f.id, f.public_id, f.department_id, d.name, f.draft, f.current_version, f.closed, (SELECT count(*)::int FROM submissions s WHERE s.form_id = f.id),
-     f.current_version IS NULL OR f.draft IS DISTINCT FROM (SELECT v.definition FROM form_versions v WHERE v.form_id = f.id AND v.version = f.current_version)";
+     f.current_version IS NULL OR f.draft IS DISTINCT FROM (SELECT v.definition FROM form_versions v WHERE v.form_id = f.id AND v.version = f.current_version),
+     f.summary_field";
 
 fn row_to_form(r: &tokio_postgres::Row) -> Result<FormRow, AppError> {
     Ok(FormRow {
@@ -76,6 +79,7 @@ fn row_to_form(r: &tokio_postgres::Row) -> Result<FormRow, AppError> {
         closed: r.get(6),
         accepted: r.get(7),
         unpublished_changes: r.get(8),
+        summary_field: r.get(9),
     })
 }
 
@@ -273,4 +277,13 @@ pub async fn open_forms(
         }
     }
     Ok(out)
+}
+
+pub async fn set_summary_field(db: &Client, id: i64, field: Option<&str>) -> Result<(), AppError> {
+    db.execute(
+        "UPDATE forms SET summary_field = $2 WHERE id = $1",
+        &[&id, &field],
+    )
+    .await?;
+    Ok(())
 }

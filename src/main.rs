@@ -132,6 +132,15 @@ enum TenantCmd {
     Suspend { slug: String },
     /// Resume a suspended tenant.
     Resume { slug: String },
+    /// Create an API token for the integration API (/api/v1) and print it once.
+    ApiToken {
+        slug: String,
+        #[arg(long)]
+        name: String,
+        /// Comma-separated: forms:read, submissions:read, submissions:write, submissions:submit.
+        #[arg(long, value_delimiter = ',', required = true)]
+        scopes: Vec<String>,
+    },
     /// Import a form definition (madoguchi.form/1 JSON) and print its public path.
     ImportForm {
         slug: String,
@@ -445,6 +454,19 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             eprintln!(
                 "one-time setup link for {email} ({}), valid 24 hours",
                 role.label()
+            );
+        }
+        TenantCmd::ApiToken { slug, name, scopes } => {
+            let rec =
+                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
+                    format!("テナント「{slug}」はありません / no tenant {slug}")
+                })?;
+            let token =
+                madoguchi::control::tenant_admin::api_token(p, &rec, &name, &scopes).await?;
+            println!("{token}");
+            eprintln!(
+                "API token {name:?} for {slug} ({}); it is not shown again",
+                scopes.join(", ")
             );
         }
         TenantCmd::ImportForm {

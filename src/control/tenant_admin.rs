@@ -188,3 +188,25 @@ pub async fn import_form(
     }
     Ok(format!("/f/{public_id}"))
 }
+
+/// Creates an API token for a tenant; returns it (shown once).
+pub async fn api_token(
+    p: &Platform,
+    rec: &TenantRecord,
+    name: &str,
+    scopes: &[String],
+) -> anyhow::Result<String> {
+    let mut conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    crate::tenant::api::tokens::create(
+        &mut conn.client,
+        &crate::tenant::audit::Actor::Operator,
+        None,
+        name,
+        scopes,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", describe(e)))
+}

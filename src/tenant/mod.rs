@@ -2,6 +2,7 @@
 //! nothing else: no catalog, no other tenant's pool.
 
 pub mod admin;
+pub mod api;
 pub mod audit;
 pub mod cases;
 pub mod forms;
@@ -188,7 +189,13 @@ pub fn router() -> Router {
             post(cases::pages::add_note),
         )
         .route("/admin/audit", get(audit::pages::list))
+        .route(
+            "/admin/api-tokens",
+            get(api::tokens::list).post(api::tokens::add),
+        )
+        .route("/admin/api-tokens/{id}/revoke", post(api::tokens::revoke))
         .route("/admin/audit.csv", get(audit::pages::csv))
+        .merge(api::router())
         .layer(axum::extract::DefaultBodyLimit::max(http::MAX_FORM_BODY))
         .fallback(|| async { AppError::NotFound })
 }

@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod api;
 mod browser;
 mod budget;
 mod cases;

@@ -583,12 +583,6 @@ fn first_of_kind(
         })
 }
 
-enum Outcome {
-    Accepted,
-    AlreadySubmitted,
-    Full,
-}
-
 pub async fn submit(
     ctx: TenantCtx,
     Path(public_id): Path<String>,
@@ -618,23 +612,74 @@ pub async fn submit(
             ));
         }
     };
-    let email = first_of_kind(&form.def, &answers, |k| matches!(k, FieldKind::Email {})).map(|e| {
+    if let Some(orig) = draft.resubmit_of {
+        let (email, phone) = indexes(&ctx, &form.def, &answers);
+        return resubmit_correction(&ctx, &mut db, &form, &draft, orig, &answers, email, phone)
+            .await;
+    }
+    match store_submission(&ctx, &mut db, &form, &answers, draft.id, Some(draft.id)).await? {
+        Stored::Accepted { .. } | Stored::Existing { .. } => {
+            Ok(see_other(&format!("/f/{public_id}/done")))
+        }
+        Stored::Full => Ok(notice(
+            &ctx,
+            StatusCode::CONFLICT,
+            &form.def.title,
+            "定員に達しました",
+            "申し訳ありません。送信の直前に定員に達したため、受け付けられませんでした。",
+        )),
+    }
+}
+
+/// Blind indexes of the first e-mail and telephone answers, for exact search.
+fn indexes(
+    ctx: &TenantCtx,
+    def: &FormDefinition,
+    answers: &Answers,
+) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    let email = first_of_kind(def, answers, |k| matches!(k, FieldKind::Email {})).map(|e| {
         ctx.cipher()
             .blind_index("submissions", "email", &e)
             .to_vec()
     });
-    let phone = first_of_kind(&form.def, &answers, |k| matches!(k, FieldKind::Tel {})).map(|p| {
+    let phone = first_of_kind(def, answers, |k| matches!(k, FieldKind::Tel {})).map(|p| {
         ctx.cipher()
             .blind_index("submissions", "phone", &p)
             .to_vec()
     });
-    if let Some(orig) = draft.resubmit_of {
-        return resubmit_correction(&ctx, &mut db, &form, &draft, orig, &answers, email, phone)
-            .await;
-    }
+    (email, phone)
+}
+
+/// What storing a submission came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    Accepted {
+        id: Uuid,
+        receipt: String,
+    },
+    /// The idempotency key was used before: the submission it made.
+    Existing {
+        id: Uuid,
+        receipt: String,
+    },
+    /// 定員 reached.
+    Full,
+}
+
+/// Stores checked answers as a new submission in one transaction: encrypted answer by
+/// answer, a fresh receipt number, the 定員 counter, and (from the web) the draft's
+/// pointer to it. The same `key` twice stores one submission.
+pub async fn store_submission(
+    ctx: &TenantCtx,
+    db: &mut tokio_postgres::Client,
+    form: &Published,
+    answers: &Answers,
+    key: Uuid,
+    draft: Option<Uuid>,
+) -> Result<Stored, AppError> {
+    let (email, phone) = indexes(ctx, &form.def, answers);
     let id = Uuid::new_v4();
-    let encrypted = encrypt_answers(ctx.cipher(), id, &answers)?;
-    let mut outcome = None;
+    let encrypted = encrypt_answers(ctx.cipher(), id, answers)?;
     for _ in 0..3 {
         let receipt = ReceiptNumber::generate();
         let tx = db.transaction().await?;
@@ -642,15 +687,32 @@ pub async fn submit(
             .query_opt(
                 "INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id",
-                &[&id, &form.id, &form.version, &receipt.as_str(), &encrypted, &email, &phone, &draft.id],
+                &[&id, &form.id, &form.version, &receipt.as_str(), &encrypted, &email, &phone, &key],
             )
             .await;
         match inserted {
             Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue, // receipt number taken: draw again
             Err(e) => return Err(e.into()),
             Ok(None) => {
-                outcome = Some(Outcome::AlreadySubmitted);
-                break;
+                drop(tx);
+                let r = db
+                    .query_one(
+                        "SELECT id, receipt_number FROM submissions WHERE idempotency_key = $1",
+                        &[&key],
+                    )
+                    .await?;
+                let existing: Uuid = r.get(0);
+                if let Some(d) = draft {
+                    db.execute(
+                        "UPDATE citizen_drafts SET submission_id = $2, inputs = NULL WHERE id = $1",
+                        &[&d, &existing],
+                    )
+                    .await?;
+                }
+                return Ok(Stored::Existing {
+                    id: existing,
+                    receipt: r.get(1),
+                });
             }
             Ok(Some(_)) => {}
         }
@@ -666,39 +728,21 @@ pub async fn submit(
                 )
                 .await?;
             if counted == 0 {
-                outcome = Some(Outcome::Full);
-                break;
+                return Ok(Stored::Full);
             }
         }
-        tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now() WHERE id = $1", &[&draft.id, &id])
-            .await?;
+        if let Some(d) = draft {
+            tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now() WHERE id = $1", &[&d, &id]).await?;
+        }
         tx.commit().await?;
-        outcome = Some(Outcome::Accepted);
-        break;
+        return Ok(Stored::Accepted {
+            id,
+            receipt: receipt.as_str().to_owned(),
+        });
     }
-    match outcome {
-        Some(Outcome::Accepted | Outcome::AlreadySubmitted) => {
-            if matches!(outcome, Some(Outcome::AlreadySubmitted)) {
-                // A concurrent request with the same key won; point the draft at its submission.
-                db.execute(
-                    "UPDATE citizen_drafts SET submission_id = s.id, inputs = NULL FROM submissions s WHERE s.idempotency_key = $1 AND citizen_drafts.id = $1",
-                    &[&draft.id],
-                )
-                .await?;
-            }
-            Ok(see_other(&format!("/f/{public_id}/done")))
-        }
-        Some(Outcome::Full) => Ok(notice(
-            &ctx,
-            StatusCode::CONFLICT,
-            &form.def.title,
-            "定員に達しました",
-            "申し訳ありません。送信の直前に定員に達したため、受け付けられませんでした。",
-        )),
-        None => Err(AppError::Internal(anyhow::anyhow!(
-            "no free receipt number after three tries"
-        ))),
-    }
+    Err(AppError::Internal(anyhow::anyhow!(
+        "no free receipt number after three tries"
+    )))
 }
 
 #[derive(Template)]

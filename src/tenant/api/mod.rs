@@ -1,0 +1,695 @@
+//! The integration API (`/api/v1`) for the municipality's core (基幹) systems:
+//! per-tenant bearer tokens with scopes, forms, submissions, status changes. Errors
+//! are RFC 9457 problem documents. The OpenAPI 3.1 document is generated from this
+//! code (`/api/v1/openapi.json`) and is the published interface specification.
+
+pub mod tokens;
+
+use std::collections::BTreeMap;
+
+use axum::extract::{FromRequestParts, Path, Query};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use utoipa::{IntoParams, OpenApi, ToSchema};
+use uuid::Uuid;
+
+use super::audit::{self, Actor};
+use super::cases::{change_status, Change, Status};
+use super::forms::answers::{check_all, Raw};
+use super::forms::citizen::{decrypt_answers, store_submission, Stored};
+use super::forms::store::{self, Availability};
+use super::http::token_hash;
+use super::TenantCtx;
+use crate::error::AppError;
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Problem {
+    /// A URI naming the kind of problem.
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: String,
+    pub status: u16,
+    pub detail: String,
+    /// Per-field errors of a rejected submission.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldProblem>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FieldProblem {
+    pub field: String,
+    pub input: String,
+    pub message: String,
+}
+
+impl Problem {
+    fn new(status: StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> Self {
+        Self {
+            kind: format!("https://madoguchi.jp/problems/{kind}"),
+            title: title.to_owned(),
+            status: status.as_u16(),
+            detail: detail.into(),
+            errors: Vec::new(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, Json(&self)).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        r
+    }
+}
+
+impl From<AppError> for Problem {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::NotFound => Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "見つかりません",
+            ),
+            AppError::BadRequest(m) => {
+                Problem::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", m)
+            }
+            AppError::PayloadTooLarge => Problem::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too-large",
+                "Payload too large",
+                "256KB を超えています",
+            ),
+            AppError::Forbidden | AppError::Csrf => Problem::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "Forbidden",
+                "権限がありません",
+            ),
+            AppError::Unavailable { .. } => Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "Service unavailable",
+                "混み合っています。時間をおいて再試行してください",
+            ),
+            AppError::Internal(err) => {
+                tracing::error!(error = format!("{err:#}"), "internal error in the API");
+                Problem::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "Internal error",
+                    "システムエラーが発生しました",
+                )
+            }
+        }
+    }
+}
+
+/// Scopes a token may carry.
+pub const SCOPES: [&str; 4] = [
+    "forms:read",
+    "submissions:read",
+    "submissions:write",
+    "submissions:submit",
+];
+
+/// The token a request came with.
+#[derive(Debug, Clone)]
+pub struct ApiClient {
+    pub id: i64,
+    pub name: String,
+    pub scopes: Vec<String>,
+    actor: Actor,
+}
+
+impl ApiClient {
+    fn require(&self, scope: &str) -> Result<(), Problem> {
+        if self.scopes.iter().any(|s| s == scope) {
+            Ok(())
+        } else {
+            Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "scope",
+                "Missing scope",
+                format!("このトークンには {scope} の権限がありません"),
+            ))
+        }
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for ApiClient {
+    type Rejection = Problem;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        let ctx = TenantCtx::from_request_parts(parts, state)
+            .await
+            .map_err(Problem::from)?;
+        let unauthorized = || {
+            Problem::new(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "Unauthorized",
+                "有効なAPIトークンが必要です（Authorization: Bearer …）",
+            )
+        };
+        let token = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim)
+            .ok_or_else(unauthorized)?;
+        let mut db = ctx.db().await.map_err(Problem::from)?;
+        let row = db
+            .query_opt(
+                "UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id, name, scopes",
+                &[&token_hash(token)],
+            )
+            .await
+            .map_err(|e| Problem::from(AppError::from(e)))?;
+        let Some(r) = row else {
+            return Err(unauthorized());
+        };
+        let (id, name): (i64, String) = (r.get(0), r.get(1));
+        let actor = Actor::Api {
+            token_id: id,
+            name: name.clone(),
+        };
+        // Every use of a token is in the operation log.
+        let target = format!("{} {}", parts.method, parts.uri.path());
+        audit::record(&mut db, &actor, "api.use", &target, serde_json::json!({}))
+            .await
+            .map_err(Problem::from)?;
+        Ok(Self {
+            id,
+            name,
+            scopes: r.get(2),
+            actor,
+        })
+    }
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FormSummary {
+    /// The form's public id (as in `/f/{id}`).
+    pub id: String,
+    pub title: String,
+    pub version: i32,
+    /// open, not_yet_open, ended, full or closed.
+    pub availability: String,
+}
+
+fn availability(a: Availability) -> &'static str {
+    match a {
+        Availability::Open => "open",
+        Availability::NotYetOpen => "not_yet_open",
+        Availability::Ended => "ended",
+        Availability::Full => "full",
+        Availability::Closed => "closed",
+    }
+}
+
+/// Published forms.
+#[utoipa::path(get, path = "/api/v1/forms", tag = "forms", security(("bearer" = [])),
+    responses((status = 200, body = Vec<FormSummary>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+pub async fn list_forms(
+    ctx: TenantCtx,
+    client: ApiClient,
+) -> Result<Json<Vec<FormSummary>>, Problem> {
+    client.require("forms:read")?;
+    let db = ctx.db().await?;
+    let rows = db
+        .query(
+            "SELECT public_id FROM forms WHERE current_version IS NOT NULL ORDER BY id",
+            &[],
+        )
+        .await
+        .map_err(AppError::from)?;
+    let mut out = Vec::new();
+    for r in rows {
+        let f = store::published(&db, r.get::<_, &str>(0)).await?;
+        out.push(FormSummary {
+            id: f.public_id,
+            title: f.def.title,
+            version: f.version,
+            availability: availability(f.availability).into(),
+        });
+    }
+    Ok(Json(out))
+}
+
+/// A form's published definition (format `madoguchi.form/1`).
+#[utoipa::path(get, path = "/api/v1/forms/{form}", tag = "forms", security(("bearer" = [])),
+    params(("form" = String, Path, description = "The form's public id")),
+    responses((status = 200, body = Object, description = "The definition document"), (status = 404, body = Problem)))]
+pub async fn get_form(
+    ctx: TenantCtx,
+    client: ApiClient,
+    Path(form): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    client.require("forms:read")?;
+    let db = ctx.db().await?;
+    let f = store::published(&db, &form).await?;
+    Ok(Json(
+        serde_json::to_value(&f.def).map_err(|e| AppError::Internal(e.into()))?,
+    ))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct NewSubmission {
+    /// Makes a retried request safe: the same key stores one submission.
+    pub idempotency_key: Uuid,
+    /// Input name → value, or a list of values for multiple choice. Names as in the
+    /// web form: a field's id, `<id>.postal`/`.address1`/`.address2` for addresses,
+    /// `<id>.family`/`.given`/`.family_kana`/`.given_kana` for names.
+    #[schema(value_type = Object)]
+    pub answers: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmissionCreated {
+    pub id: Uuid,
+    pub receipt_number: String,
+    /// False when the idempotency key was used before.
+    pub created: bool,
+}
+
+/// Submits to a form, with the same checks and idempotency as the web form.
+#[utoipa::path(post, path = "/api/v1/forms/{form}/submissions", tag = "submissions", security(("bearer" = [])),
+    params(("form" = String, Path, description = "The form's public id")), request_body = NewSubmission,
+    responses((status = 201, body = SubmissionCreated), (status = 200, body = SubmissionCreated, description = "Already submitted with this key"),
+        (status = 409, body = Problem, description = "Not open, closed or full"), (status = 422, body = Problem, description = "Answers refused")))]
+pub async fn submit(
+    ctx: TenantCtx,
+    client: ApiClient,
+    Path(form): Path<String>,
+    Json(body): Json<NewSubmission>,
+) -> Result<Response, Problem> {
+    client.require("submissions:submit")?;
+    let mut db = ctx.db().await?;
+    let f = store::published(&db, &form).await?;
+    if f.availability != Availability::Open {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "not-open",
+            "Form not open",
+            format!(
+                "このフォームは受付中ではありません（{}）",
+                availability(f.availability)
+            ),
+        ));
+    }
+    let mut raw = Raw::new();
+    for (k, v) in body.answers {
+        let values = match v {
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect(),
+            serde_json::Value::String(s) => vec![s],
+            serde_json::Value::Null => Vec::new(),
+            other => vec![other.to_string()],
+        };
+        raw.insert(k, values);
+    }
+    let answers = match check_all(&f.def, &raw) {
+        Ok(a) => a,
+        Err(errors) => {
+            let mut p = Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-answers",
+                "Answers refused",
+                "入力内容に誤りがあります",
+            );
+            p.errors = errors
+                .into_iter()
+                .map(|e| FieldProblem {
+                    field: e.field,
+                    input: e.input,
+                    message: e.message,
+                })
+                .collect();
+            return Err(p);
+        }
+    };
+    match store_submission(&ctx, &mut db, &f, &answers, body.idempotency_key, None).await? {
+        Stored::Accepted { id, receipt } => Ok((
+            StatusCode::CREATED,
+            Json(SubmissionCreated {
+                id,
+                receipt_number: receipt,
+                created: true,
+            }),
+        )
+            .into_response()),
+        Stored::Existing { id, receipt } => Ok((
+            StatusCode::OK,
+            Json(SubmissionCreated {
+                id,
+                receipt_number: receipt,
+                created: false,
+            }),
+        )
+            .into_response()),
+        Stored::Full => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "full",
+            "Form full",
+            "定員に達しました",
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct ListParams {
+    /// received, reviewing, completed, rejected, returned or withdrawn.
+    pub status: Option<String>,
+    /// Only submissions changed at or after this time (RFC 3339).
+    pub updated_since: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1–500, default 100.
+    pub limit: Option<i64>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmissionOut {
+    pub id: Uuid,
+    pub receipt_number: String,
+    pub form: String,
+    pub form_version: i32,
+    pub status: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub submitted_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: String,
+    /// Field id → { label, value, answer }; only when one submission is fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Object)]
+    pub answers: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SubmissionPage {
+    pub items: Vec<SubmissionOut>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn row_out(r: &tokio_postgres::Row) -> SubmissionOut {
+    SubmissionOut {
+        id: r.get(0),
+        receipt_number: r.get(1),
+        form: r.get(2),
+        form_version: r.get(3),
+        status: r.get(4),
+        submitted_at: rfc3339(r.get(5)),
+        updated_at: rfc3339(r.get(6)),
+        answers: None,
+    }
+}
+
+/// Submissions in the order they last changed, a page at a time.
+#[utoipa::path(get, path = "/api/v1/submissions", tag = "submissions", security(("bearer" = [])), params(ListParams),
+    responses((status = 200, body = SubmissionPage), (status = 400, body = Problem)))]
+pub async fn list_submissions(
+    ctx: TenantCtx,
+    client: ApiClient,
+    Query(p): Query<ListParams>,
+) -> Result<Json<SubmissionPage>, Problem> {
+    client.require("submissions:read")?;
+    let bad = |m: &str| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-parameter",
+            "Bad parameter",
+            m.to_owned(),
+        )
+    };
+    let status = match p.status.as_deref() {
+        Some(s) => Some(
+            Status::parse(s)
+                .ok_or_else(|| bad("status が正しくありません"))?
+                .as_str(),
+        ),
+        None => None,
+    };
+    let since = match p.updated_since.as_deref() {
+        Some(s) => Some(
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| bad("updated_since は RFC 3339 の日時で指定してください"))?,
+        ),
+        None => None,
+    };
+    let cursor: Option<(OffsetDateTime, Uuid)> = match p.cursor.as_deref() {
+        Some(c) => {
+            let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or_else(|| bad("cursor が正しくありません"))?;
+            let (t, id) = text
+                .split_once('_')
+                .ok_or_else(|| bad("cursor が正しくありません"))?;
+            let micros: i128 = t.parse().map_err(|_| bad("cursor が正しくありません"))?;
+            Some((
+                OffsetDateTime::from_unix_timestamp_nanos(micros * 1000)
+                    .map_err(|_| bad("cursor が正しくありません"))?,
+                id.parse().map_err(|_| bad("cursor が正しくありません"))?,
+            ))
+        }
+        None => None,
+    };
+    let limit = p.limit.unwrap_or(100).clamp(1, 500);
+    let (c_at, c_id) = (cursor.map(|c| c.0), cursor.map(|c| c.1));
+    let db = ctx.db().await?;
+    let rows = db
+        .query(
+            "SELECT s.id, s.receipt_number, f.public_id, s.form_version, s.status, s.submitted_at, s.updated_at
+               FROM submissions s JOIN forms f ON f.id = s.form_id
+              WHERE ($1::text IS NULL OR s.status = $1) AND ($2::timestamptz IS NULL OR s.updated_at >= $2)
+                AND ($3::timestamptz IS NULL OR (s.updated_at, s.id) > ($3, $4::uuid))
+              ORDER BY s.updated_at, s.id LIMIT $5",
+            &[&status, &since, &c_at, &c_id, &(limit + 1)],
+        )
+        .await
+        .map_err(AppError::from)?;
+    let mut items: Vec<SubmissionOut> = rows.iter().map(row_out).collect();
+    let more = items.len() as i64 > limit;
+    items.truncate(usize::try_from(limit).unwrap_or(100));
+    let next_cursor = if more {
+        rows.get(items.len().saturating_sub(1)).map(|r| {
+            let at: OffsetDateTime = r.get(6);
+            let id: Uuid = r.get(0);
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .encode(format!("{}_{id}", at.unix_timestamp_nanos() / 1000))
+        })
+    } else {
+        None
+    };
+    Ok(Json(SubmissionPage { items, next_cursor }))
+}
+
+/// One submission with its answers (labels of the version it was made against).
+#[utoipa::path(get, path = "/api/v1/submissions/{id}", tag = "submissions", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), responses((status = 200, body = SubmissionOut), (status = 404, body = Problem)))]
+pub async fn get_submission(
+    ctx: TenantCtx,
+    client: ApiClient,
+    Path(id): Path<Uuid>,
+) -> Result<Json<SubmissionOut>, Problem> {
+    client.require("submissions:read")?;
+    let mut db = ctx.db().await?;
+    let r = db
+        .query_opt(
+            "SELECT s.id, s.receipt_number, f.public_id, s.form_version, s.status, s.submitted_at, s.updated_at, s.answers, s.form_id
+               FROM submissions s JOIN forms f ON f.id = s.form_id WHERE s.id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(AppError::from)?
+        .ok_or(AppError::NotFound)?;
+    let mut out = row_out(&r);
+    let def = store::version(&db, r.get(8), out.form_version).await?;
+    let answers = decrypt_answers(ctx.cipher(), id, &r.get(7))?;
+    let mut map = BTreeMap::new();
+    for f in def.fields() {
+        if let Some(a) = answers.get(&f.id) {
+            map.insert(
+                f.id.clone(),
+                serde_json::json!({ "label": f.label, "value": a.display(), "answer": a }),
+            );
+        }
+    }
+    out.answers = Some(map);
+    audit::record(
+        &mut db,
+        &client.actor,
+        "submission.view",
+        &id.to_string(),
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct StatusChange {
+    /// reviewing, completed, rejected, returned or withdrawn.
+    pub to: String,
+    /// The status the caller saw; the change is refused (409) if it differs now.
+    pub from: Option<String>,
+    #[serde(default)]
+    pub comment: String,
+    /// For `returned`: shown to the applicant.
+    #[serde(default)]
+    pub reason: String,
+    /// For `returned`: YYYY-MM-DD.
+    pub deadline: Option<String>,
+}
+
+/// Changes a submission's status within the workflow.
+#[utoipa::path(post, path = "/api/v1/submissions/{id}/status", tag = "submissions", security(("bearer" = [])),
+    params(("id" = Uuid, Path)), request_body = StatusChange,
+    responses((status = 200, body = SubmissionOut), (status = 409, body = Problem, description = "Not allowed by the workflow, or changed meanwhile")))]
+pub async fn set_status(
+    ctx: TenantCtx,
+    client: ApiClient,
+    Path(id): Path<Uuid>,
+    Json(body): Json<StatusChange>,
+) -> Result<Json<SubmissionOut>, Problem> {
+    client.require("submissions:write")?;
+    let bad = |m: &str| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-parameter",
+            "Bad parameter",
+            m.to_owned(),
+        )
+    };
+    let to = Status::parse(&body.to).ok_or_else(|| bad("to が正しくありません"))?;
+    let expected = match body.from.as_deref() {
+        Some(s) => Some(Status::parse(s).ok_or_else(|| bad("from が正しくありません"))?),
+        None => None,
+    };
+    let deadline = match body.deadline.as_deref() {
+        Some(d) => Some(
+            time::Date::parse(
+                d,
+                &time::macros::format_description!("[year]-[month]-[day]"),
+            )
+            .map_err(|_| bad("deadline は YYYY-MM-DD で指定してください"))?,
+        ),
+        None => None,
+    };
+    let mut db = ctx.db().await?;
+    let change = Change {
+        to,
+        comment: body.comment,
+        reason: body.reason,
+        deadline,
+    };
+    if let Err(refusal) = change_status(
+        &mut db,
+        ctx.cipher(),
+        &client.actor,
+        None,
+        id,
+        expected,
+        &change,
+    )
+    .await?
+    {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "workflow",
+            "Change refused",
+            refusal.message(),
+        ));
+    }
+    let r = db
+        .query_one(
+            "SELECT s.id, s.receipt_number, f.public_id, s.form_version, s.status, s.submitted_at, s.updated_at
+               FROM submissions s JOIN forms f ON f.id = s.form_id WHERE s.id = $1",
+            &[&id],
+        )
+        .await
+        .map_err(AppError::from)?;
+    Ok(Json(row_out(&r)))
+}
+
+struct SecurityAddon;
+
+impl utoipa::Modify for SecurityAddon {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("Madoguchi API token")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The interface specification.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Madoguchi integration API", version = "1",
+        description = "各自治体のホスト名で提供する連携API。トークンは自治体ごとに発行され、他の自治体では使えません。/ Per-municipality API; tokens are valid on their own municipality's host only."),
+    paths(list_forms, get_form, submit, list_submissions, get_submission, set_status),
+    components(schemas(Problem, FieldProblem, FormSummary, NewSubmission, SubmissionCreated, SubmissionOut, SubmissionPage, StatusChange)),
+    modifiers(&SecurityAddon),
+    tags((name = "forms"), (name = "submissions"))
+)]
+pub struct ApiDoc;
+
+pub async fn openapi_json() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        ApiDoc::openapi().to_pretty_json().unwrap_or_default(),
+    )
+        .into_response()
+}
+
+pub fn router() -> Router {
+    Router::new()
+        .route("/api/v1/openapi.json", get(openapi_json))
+        .route("/api/v1/forms", get(list_forms))
+        .route("/api/v1/forms/{form}", get(get_form))
+        .route("/api/v1/forms/{form}/submissions", post(submit))
+        .route("/api/v1/submissions", get(list_submissions))
+        .route("/api/v1/submissions/{id}", get(get_submission))
+        .route("/api/v1/submissions/{id}/status", post(set_status))
+        .fallback(|| async {
+            Problem::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                "見つかりません",
+            )
+        })
+}

@@ -280,6 +280,44 @@ fn esc(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
+/// Once a day, deletes operation-log entries past each tenant's retention period.
+async fn prune_audit_logs_daily(
+    cluster: crate::control::Cluster,
+    catalog: Catalog,
+    keys: Arc<dyn crate::crypto::KeyProvider>,
+) {
+    let mut every = tokio::time::interval(Duration::from_secs(24 * 3600));
+    loop {
+        every.tick().await;
+        let tenants = match catalog.list_tenants().await {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(
+                    error = format!("{e:#}"),
+                    "audit pruning: cannot list tenants"
+                );
+                continue;
+            }
+        };
+        for t in tenants.iter().filter(|t| t.state == TenantState::Active) {
+            let result = async {
+                let mut conn = cluster.connect_tenant(&catalog, keys.as_ref(), t).await?;
+                crate::tenant::audit::prune(&mut conn.client)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))
+            }
+            .await;
+            match result {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(tenant = %t.slug, deleted = n, "operation log pruned"),
+                Err(e) => {
+                    tracing::warn!(tenant = %t.slug, error = format!("{e:#}"), "audit pruning failed")
+                }
+            }
+        }
+    }
+}
+
 /// Addresses the server actually bound (ports may have been 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
@@ -339,6 +377,12 @@ impl Server {
                 pools.evict_idle();
             }
         }));
+
+        background.push(tokio::spawn(prune_audit_logs_daily(
+            p.cluster.clone(),
+            p.catalog.clone(),
+            Arc::clone(&p.keys),
+        )));
 
         let mut tasks = Vec::new();
         for (listener, router) in [

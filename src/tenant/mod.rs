@@ -195,6 +195,7 @@ pub fn router() -> Router {
         )
         .route("/admin/api-tokens/{id}/revoke", post(api::tokens::revoke))
         .route("/admin/audit.csv", get(audit::pages::csv))
+        .route("/admin/audit/retention", post(audit::pages::set_retention))
         .merge(api::router())
         .layer(axum::extract::DefaultBodyLimit::max(http::MAX_FORM_BODY))
         .fallback(|| async { AppError::NotFound })

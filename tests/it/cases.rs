@@ -905,3 +905,66 @@ async fn status_lookup_is_rate_limited() {
     assert_eq!(c.get(&lookup).send().await.unwrap().status(), 200);
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_prunes_old_entries_and_the_chain_still_verifies() {
+    let Setup {
+        env,
+        t,
+        server,
+        host,
+        admin,
+        dept,
+    } = setup().await;
+    build_form(&admin, &server, &host, &dept, "").await;
+    // The administrator sets the retention; out-of-range values are refused.
+    let (status, _, _) = post(
+        &admin.client,
+        &url(&server, &host, "/admin/audit/retention"),
+        &[("csrf", &admin.csrf), ("days", "5")],
+    )
+    .await;
+    assert_eq!(status, 400);
+    let (status, _, _) = post(
+        &admin.client,
+        &url(&server, &host, "/admin/audit/retention"),
+        &[("csrf", &admin.csrf), ("days", "３０")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let mut db = tenant_db(&env, &t).await;
+    let before: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM audit_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // Age the first two entries past the retention period (as if written 40 days ago).
+    crate::harness::admin_client(&t.database)
+        .await
+        .execute(
+            "UPDATE audit_log SET at = at - interval '40 days' WHERE seq <= 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    let deleted = madoguchi::tenant::audit::prune(&mut db.client)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 2);
+    let after: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM audit_log", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        after,
+        before - 2 + 1,
+        "two deleted, the pruning itself recorded"
+    );
+    assert!(
+        matches!(madoguchi::tenant::audit::verify(&db.client).await.unwrap(), Verdict::Intact(n) if n as i64 == after)
+    );
+    server.shutdown().await;
+}

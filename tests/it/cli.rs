@@ -284,6 +284,11 @@ fn manifests_apply_idempotently_and_migrate_reports() {
     assert!(!ok);
     assert!(err.contains("地方公共団体コード"), "{err}");
 
+    // The operation log of a new tenant verifies (and the command says so).
+    let (ok, out, err) = madoguchi(dir, &["audit", "verify", "hakodate"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("OK:") && out.contains("intact"), "{out}");
+
     let (ok, out, err) = madoguchi(dir, &["migrate", "--all"]);
     assert!(ok, "{err}");
     assert!(out.contains("tenants migrated: 1"), "{out}");

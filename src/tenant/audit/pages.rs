@@ -140,6 +140,8 @@ struct AuditPage {
     to: String,
     query: String,
     next: Option<String>,
+    retention_days: i32,
+    csrf: String,
 }
 
 pub async fn list(
@@ -150,6 +152,10 @@ pub async fn list(
     user.require_admin()?;
     let f = Filters::parse(q.as_deref());
     let db = ctx.db().await?;
+    let retention_days: i32 = db
+        .query_one("SELECT audit_retention_days FROM settings", &[])
+        .await?
+        .get(0);
     let mut rows = entries(&db, &f, PAGE + 1).await?;
     let more = rows.len() as i64 > PAGE;
     rows.truncate(usize::try_from(PAGE).unwrap_or(100));
@@ -174,8 +180,45 @@ pub async fn list(
             to: f.to.map(|d| d.to_string()).unwrap_or_default(),
             query,
             next,
+            retention_days,
+            csrf: user.csrf.clone(),
         },
     ))
+}
+
+/// Sets how long the log is kept (30 days to 20 years); older entries are pruned daily.
+pub async fn set_retention(
+    ctx: TenantCtx,
+    user: StaffUser,
+    body: crate::tenant::http::FormData,
+) -> Result<Response, AppError> {
+    user.require_admin()?;
+    user.check_csrf(&body)?;
+    let days: i32 = crate::ja::nfkc(body.get("days").trim())
+        .parse()
+        .ok()
+        .filter(|d| (30..=7305).contains(d))
+        .ok_or_else(|| {
+            AppError::BadRequest("保存期間は30〜7305日（20年）の日数で入力してください".into())
+        })?;
+    let mut db = ctx.db().await?;
+    let client: &mut tokio_postgres::Client = &mut db;
+    let tx = client.transaction().await?;
+    tx.execute("UPDATE settings SET audit_retention_days = $1", &[&days])
+        .await?;
+    super::append(
+        &tx,
+        &super::Actor::Staff {
+            id: user.id,
+            email: user.email.clone(),
+        },
+        "audit.retention",
+        "",
+        serde_json::json!({ "days": days }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(crate::tenant::http::see_other("/admin/audit"))
 }
 
 pub async fn csv(

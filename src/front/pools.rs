@@ -260,8 +260,34 @@ fn idle_count(pool: &Pool) -> usize {
     n
 }
 
+/// How long a closed connection still counts against the budget: the server-side
+/// backend needs a moment to exit after the socket closes, and the budget is a
+/// promise about what the cluster sees, not only about what this process holds.
+const CLOSE_GRACE: Duration = Duration::from_millis(100);
+
+/// A budget permit that is returned [`CLOSE_GRACE`] after its connection closed
+/// (whether the connection ended or its task was aborted).
+struct LingeringPermit(Option<tokio::sync::OwnedSemaphorePermit>);
+
+impl Drop for LingeringPermit {
+    fn drop(&mut self) {
+        if let Some(permit) = self.0.take() {
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    rt.spawn(async move {
+                        tokio::time::sleep(CLOSE_GRACE).await;
+                        drop(permit);
+                    });
+                }
+                // Shutting down: nothing is waiting for the permit any more.
+                Err(_) => drop(permit),
+            }
+        }
+    }
+}
+
 /// Opens tenant connections only against a permit of the global budget; the permit
-/// lives as long as the connection does.
+/// lives as long as the connection does, and a little longer.
 struct BudgetedConnect {
     budget: Arc<Semaphore>,
     registry: Weak<Inner>,
@@ -294,6 +320,7 @@ impl Connect for BudgetedConnect {
                 }
             };
             let (client, connection) = pg_config.connect(NoTls).await?;
+            let permit = LingeringPermit(Some(permit));
             let task = tokio::spawn(async move {
                 let _ = connection.await;
                 drop(permit);

@@ -7,7 +7,7 @@ use crate::catalog::TenantRecord;
 use crate::crypto::{DataKey, FieldCipher};
 use crate::platform::Platform;
 use crate::tenant::forms::definition::FormDefinition;
-use crate::tenant::staff::pages::{create_staff, encrypt_totp};
+use crate::tenant::staff::pages::{create_staff, encrypt_totp, ensure_department};
 use crate::tenant::staff::{hash_password, new_totp_secret, totp_base32, Role};
 
 /// The tenant's field cipher, from its wrapped keys in the catalog.
@@ -71,14 +71,9 @@ pub async fn seed_demo(p: &Platform, rec: &TenantRecord) -> anyhow::Result<DemoA
     let secret = new_totp_secret();
     let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     let tx = conn.client.transaction().await?;
-    let dept: i64 = tx
-        .query_one(
-            "WITH ins AS (INSERT INTO departments (name) VALUES ('環境政策課') ON CONFLICT (name) DO NOTHING RETURNING id)
-             SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = '環境政策課' LIMIT 1",
-            &[],
-        )
-        .await?
-        .get(0);
+    let dept = ensure_department(&tx, "環境政策課")
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     let staff_id: i64 = tx
         .query_one(
             "INSERT INTO staff (email, display_name, role) VALUES ($1, 'デモ管理者', 'admin')
@@ -164,15 +159,9 @@ pub async fn import_form(
         .cluster
         .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
         .await?;
-    let dept: i64 = conn
-        .client
-        .query_one(
-            "WITH ins AS (INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
-             SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = $1 LIMIT 1",
-            &[&department],
-        )
-        .await?
-        .get(0);
+    let dept = ensure_department(&conn.client, department)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     let staff_id: Option<i64> = None;
     let json = serde_json::to_value(&def)?;
     let public_id = crate::tenant::forms::store::new_public_id();

@@ -123,6 +123,11 @@ pub fn router() -> Router {
     use admin::forms as b;
     use forms::citizen as c;
     use staff::pages as s;
+    // One quota for looking up and for reopening a returned application.
+    let lookups = crate::front::limits::post_limit(
+        Duration::from_secs(status::LOOKUP_EVERY_SECS),
+        status::LOOKUP_BURST,
+    );
     Router::new()
         .route("/", get(home::show))
         // Citizens
@@ -134,18 +139,9 @@ pub fn router() -> Router {
             "/status",
             get(status::form)
                 .post(status::lookup)
-                .layer(crate::front::limits::post_limit(
-                    Duration::from_secs(status::LOOKUP_EVERY_SECS),
-                    status::LOOKUP_BURST,
-                )),
+                .layer(lookups.clone()),
         )
-        .route(
-            "/status/resubmit",
-            post(status::resubmit).layer(crate::front::limits::post_limit(
-                Duration::from_secs(status::LOOKUP_EVERY_SECS),
-                status::LOOKUP_BURST,
-            )),
-        )
+        .route("/status/resubmit", post(status::resubmit).layer(lookups))
         // Staff: account
         .route("/admin", get(|| async { http::see_other("/admin/forms") }))
         .route("/admin/login", get(s::login_form).post(s::login))

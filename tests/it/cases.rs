@@ -282,6 +282,15 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
             && !page.contains("令和13年7月19日")
     );
 
+    // The form closes meanwhile: new applications are refused, the correction is not.
+    post(
+        &admin.client,
+        &url(&server, host, &format!("/admin/forms/{form_id}/close")),
+        &[("csrf", &admin.csrf), ("action", "close")],
+    )
+    .await;
+    let (_, _, closed) = get(&browser(&server, &[host]), &url(&server, host, &public)).await;
+    assert!(closed.contains("受付を停止しています"));
     // Corrected and sent again: back to 受付, same receipt, new answers.
     let (status, loc, _) = post(
         &citizen,

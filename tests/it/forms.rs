@@ -346,17 +346,10 @@ pub async fn dept_id(env: &TestEnv, t: &TenantRecord, name: &str) -> String {
         .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), t)
         .await
         .unwrap();
-    let id: i64 = conn
-        .client
-        .query_one(
-            "WITH ins AS (INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
-             SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = $1 LIMIT 1",
-            &[&name],
-        )
+    madoguchi::tenant::staff::pages::ensure_department(&conn.client, name)
         .await
         .unwrap()
-        .get(0);
-    id.to_string()
+        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

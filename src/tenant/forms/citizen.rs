@@ -173,6 +173,24 @@ fn notice(
     )
 }
 
+/// Whether the person is correcting a returned application (its draft says so).
+async fn correcting(
+    db: &tokio_postgres::Client,
+    form: &Published,
+    headers: &HeaderMap,
+) -> Result<bool, AppError> {
+    let Some(token) = cookie(headers, &cookie_name(&form.public_id)) else {
+        return Ok(false);
+    };
+    let row = db
+        .query_opt(
+            "SELECT 1 FROM citizen_drafts WHERE token_hash = $1 AND form_id = $2 AND resubmit_of IS NOT NULL AND submission_id IS NULL AND expires_at > now()",
+            &[&token_hash(&token), &form.id],
+        )
+        .await?;
+    Ok(row.is_some())
+}
+
 fn unavailable(ctx: &TenantCtx, form: &Published) -> Option<Response> {
     let title = &form.def.title;
     let (heading, msg) = match form.availability {
@@ -296,8 +314,10 @@ pub async fn show(
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
     let form = store::published(&db, &public_id).await?;
-    if let Some(r) = unavailable(&ctx, &form) {
-        return Ok(r);
+    if !correcting(&db, &form, &headers).await? {
+        if let Some(r) = unavailable(&ctx, &form) {
+            return Ok(r);
+        }
     }
     let existing = cookie(&headers, &cookie_name(&public_id));
     let draft = match &existing {
@@ -351,8 +371,10 @@ pub async fn post_page(
     let token = checked_token(&headers, &public_id, &body)?;
     let db = ctx.db().await?;
     let form = store::published(&db, &public_id).await?;
-    if let Some(r) = unavailable(&ctx, &form) {
-        return Ok(r);
+    if !correcting(&db, &form, &headers).await? {
+        if let Some(r) = unavailable(&ctx, &form) {
+            return Ok(r);
+        }
     }
     let def = &form.def;
     let page: usize = body
@@ -461,8 +483,10 @@ pub async fn confirm(
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
     let form = store::published(&db, &public_id).await?;
-    if let Some(r) = unavailable(&ctx, &form) {
-        return Ok(r);
+    if !correcting(&db, &form, &headers).await? {
+        if let Some(r) = unavailable(&ctx, &form) {
+            return Ok(r);
+        }
     }
     let Some((token, draft)) = draft_for(&ctx, &db, &form, &headers).await? else {
         return Ok(see_other(&format!("/f/{public_id}")));
@@ -598,8 +622,12 @@ pub async fn submit(
     if draft.submission.is_some() {
         return Ok(see_other(&format!("/f/{public_id}/done")));
     }
-    if let Some(r) = unavailable(&ctx, &form) {
-        return Ok(r);
+    // A correction of a returned application is accepted even if the form has since
+    // closed or filled up: the application was already received and counted.
+    if draft.resubmit_of.is_none() {
+        if let Some(r) = unavailable(&ctx, &form) {
+            return Ok(r);
+        }
     }
     // Every answer is checked again, against the version published now.
     let answers = match check_all(&form.def, &draft.inputs) {

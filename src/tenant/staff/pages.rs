@@ -45,16 +45,8 @@ pub async fn create_staff(
             "メールアドレス「{email}」の形式が正しくありません"
         )));
     }
-    let dept: Option<i64> = match department.map(str::trim).filter(|d| !d.is_empty()) {
-        Some(name) => Some(
-            db.query_one(
-                "WITH ins AS (INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
-                 SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = $1 LIMIT 1",
-                &[&name],
-            )
-            .await?
-            .get(0),
-        ),
+    let dept = match department.map(str::trim).filter(|d| !d.is_empty()) {
+        Some(name) => Some(ensure_department(db, name).await?),
         None => None,
     };
     let row = db
@@ -72,6 +64,21 @@ pub async fn create_staff(
     let id: i64 = row.get(0);
     let token = new_setup_token(db, id).await?;
     Ok((id, token))
+}
+
+/// The id of the department with this name, created if new.
+pub async fn ensure_department(
+    db: &impl tokio_postgres::GenericClient,
+    name: &str,
+) -> Result<i64, AppError> {
+    let row = db
+        .query_one(
+            "WITH ins AS (INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
+             SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = $1 LIMIT 1",
+            &[&name],
+        )
+        .await?;
+    Ok(row.get(0))
 }
 
 /// A new setup link for an existing staff member (e.g. a forgotten password).

@@ -265,6 +265,11 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     .with_context(|| format!("applying {}", path.display()))?;
                 eprintln!("{}: {}", m.slug, describe(&applied));
             }
+            // The demo's tenants follow the binary's schema, whatever ran before.
+            let report = migrate_many(p, p.catalog.list_tenants().await?, 4).await;
+            for (slug, err) in &report.failed {
+                eprintln!("{slug}: migration failed: {err}");
+            }
             let mut accounts = Vec::new();
             for t in p.catalog.list_tenants().await? {
                 if t.state == TenantState::Active {

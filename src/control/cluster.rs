@@ -54,7 +54,8 @@ impl Cluster {
         c.user(&rec.role)
             .password(password.as_bytes())
             .dbname(&rec.database)
-            .application_name("madoguchi");
+            .application_name("madoguchi")
+            .options("-c jit=off");
         c
     }
 

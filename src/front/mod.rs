@@ -339,6 +339,12 @@ impl Server {
     pub async fn start(p: &Platform, public: SocketAddr, ops: SocketAddr) -> anyhow::Result<Self> {
         let app = App::new(p);
         app.hosts.reload(&app.catalog).await?;
+        let latest = crate::control::migrate::latest_tenant_version();
+        for t in app.catalog.list_tenants().await? {
+            if t.state == TenantState::Active && t.schema_version < latest {
+                tracing::warn!(tenant = %t.slug, schema = t.schema_version, latest, "tenant database is behind this binary's schema; run `madoguchi migrate --all`");
+            }
+        }
         let public_l = TcpListener::bind(public)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {public}: {e}"))?;

@@ -352,9 +352,9 @@ async fn inbox_page(
     } else {
         Some(user.department_id.into_iter().collect::<Vec<_>>())
     };
-    let forms = store::list(&db, scope.as_deref()).await?;
+    let forms = store::titles(&db, scope.as_deref()).await?;
     if let Some(id) = filters.form {
-        if !forms.iter().any(|f| f.id == id) {
+        if !forms.iter().any(|(fid, _)| *fid == id) {
             return Err(AppError::NotFound);
         }
     }
@@ -410,9 +410,9 @@ async fn inbox_page(
         forms: forms
             .iter()
             .map(|f| Choice {
-                value: f.id.to_string(),
-                label: f.draft.title.clone(),
-                selected: filters.form == Some(f.id),
+                value: f.0.to_string(),
+                label: f.1.clone(),
+                selected: filters.form == Some(f.0),
             })
             .collect(),
         statuses: Status::ALL

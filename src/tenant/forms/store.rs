@@ -287,3 +287,18 @@ pub async fn set_summary_field(db: &Client, id: i64, field: Option<&str>) -> Res
     .await?;
     Ok(())
 }
+
+/// Form ids and titles of the given departments (`None`: all), for pickers.
+pub async fn titles(
+    db: &Client,
+    departments: Option<&[i64]>,
+) -> Result<Vec<(i64, String)>, AppError> {
+    let rows = match departments {
+        None => db.query("SELECT id, draft->>'title' FROM forms ORDER BY id DESC", &[]).await?,
+        Some(ids) => db.query("SELECT id, draft->>'title' FROM forms WHERE department_id = ANY($1) ORDER BY id DESC", &[&ids]).await?,
+    };
+    Ok(rows
+        .iter()
+        .map(|r| (r.get(0), r.get::<_, Option<String>>(1).unwrap_or_default()))
+        .collect())
+}

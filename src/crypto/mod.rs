@@ -3,6 +3,8 @@
 
 pub mod field;
 pub mod keys;
+pub mod note;
+pub mod tlog;
 
 pub use field::{FieldCipher, FieldRef};
 pub use keys::{DataKey, FileKeyProvider, KeyProvider};

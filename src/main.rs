@@ -105,6 +105,14 @@ enum Command {
     /// A tenant's operation log (操作ログ).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Platform operators and their Ed25519 keys.
+    #[command(subcommand)]
+    Operator(OperatorCmd),
+    /// Print the platform's public key (verifier form), which co-signs erasure certificates.
+    PlatformKey,
+    /// The transparency log of erasure certificates.
+    #[command(subcommand)]
+    Tlog(TlogCmd),
 }
 
 #[derive(Subcommand, Debug)]
@@ -169,6 +177,40 @@ enum TenantCmd {
         #[arg(long)]
         base_url: Option<String>,
     },
+}
+
+#[derive(Subcommand, Debug)]
+enum OperatorCmd {
+    /// Write a new key pair: FILE (secret, 0600) and FILE.pub (`ID ed25519 BASE64`).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// Operator id written in FILE.pub (default: the file name).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Register an operator with the public key from a .pub file.
+    Add {
+        id: String,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        title: String,
+        #[arg(long)]
+        public_key: PathBuf,
+    },
+    /// List registered operators.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum TlogCmd {
+    /// Print the current checkpoint, signed by the log key.
+    Checkpoint,
+    /// Print the log key (verifier form) that signs checkpoints.
+    Key,
+    /// Print the consistency proof from an earlier size to the current tree (base64, one hash per line).
+    Consistency { old_size: u64 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -242,6 +284,30 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Making an operator's key pair needs no platform at all.
+    if let Command::Operator(OperatorCmd::Keygen { out, id }) = &cli.command {
+        let id = id
+            .clone()
+            .or_else(|| out.file_stem().map(|s| s.to_string_lossy().into_owned()))
+            .context("--id is needed")?;
+        let signer = madoguchi::crypto::note::NoteSigner::generate(&id)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        use base64::Engine;
+        madoguchi::control::keys::write_secret(
+            out,
+            &base64::engine::general_purpose::STANDARD.encode(*signer.seed()),
+        )?;
+        let public = out.with_extension(
+            out.extension()
+                .map_or("pub".to_owned(), |e| format!("{}.pub", e.to_string_lossy())),
+        );
+        std::fs::write(
+            &public,
+            madoguchi::control::keys::public_line(&id, signer.public_key().as_bytes()) + "\n",
+        )?;
+        println!("{}\n{}", out.display(), public.display());
+        return Ok(ExitCode::SUCCESS);
+    }
     let (settings, file) = settings(&cli.common)?;
     let platform = Platform::open(settings).await?;
     let result = dispatch(&platform, &file, cli.command).await;
@@ -356,6 +422,86 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     Ok(ExitCode::SUCCESS)
                 }
             }
+        }
+        Command::Operator(OperatorCmd::Keygen { .. }) => Ok(ExitCode::SUCCESS),
+        Command::Operator(OperatorCmd::Add {
+            id,
+            name,
+            title,
+            public_key,
+        }) => {
+            let text = std::fs::read_to_string(&public_key)
+                .with_context(|| format!("reading {}", public_key.display()))?;
+            let keys = madoguchi::control::keys::parse_public_lines(&text)?;
+            let (_, key) = keys
+                .iter()
+                .find(|(kid, _)| *kid == id)
+                .with_context(|| format!("{} holds no key for {id}", public_key.display()))?;
+            p.catalog
+                .add_operator(&madoguchi::catalog::Operator {
+                    id: id.clone(),
+                    name,
+                    title,
+                    public_key: key.to_vec(),
+                })
+                .await?;
+            println!("registered operator {id}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Operator(OperatorCmd::List) => {
+            for o in p.catalog.operators().await? {
+                let key: [u8; 32] = o.public_key.clone().try_into().unwrap_or([0; 32]);
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    o.id,
+                    o.name,
+                    o.title,
+                    madoguchi::control::keys::public_line(&o.id, &key)
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::PlatformKey => {
+            println!(
+                "{}",
+                madoguchi::control::keys::platform_signer(&p.settings.state_dir)?.verifier_key()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tlog(cmd) => {
+            let signer = madoguchi::control::keys::log_signer(&p.settings.state_dir)?;
+            let leaves = p.catalog.tlog_leaves().await?;
+            match cmd {
+                TlogCmd::Key => println!("{}", signer.verifier_key()),
+                TlogCmd::Checkpoint => {
+                    let root = madoguchi::crypto::tlog::root(&leaves);
+                    let text = madoguchi::crypto::note::checkpoint_text(
+                        signer.name(),
+                        leaves.len() as u64,
+                        &root,
+                    );
+                    print!(
+                        "{}",
+                        signer
+                            .sign_note(&text)
+                            .map_err(|e| anyhow::anyhow!("{e}"))?
+                    );
+                }
+                TlogCmd::Consistency { old_size } => {
+                    let old = usize::try_from(old_size)?;
+                    if old == 0 || old > leaves.len() {
+                        anyhow::bail!(
+                            "OLD_SIZE must be between 1 and the current size {}",
+                            leaves.len()
+                        );
+                    }
+                    use base64::Engine;
+                    for h in madoguchi::crypto::tlog::consistency_proof(&leaves, old) {
+                        println!("{}", base64::engine::general_purpose::STANDARD.encode(h));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Db(DbCmd::Url) => {
             println!("{}", p.admin_url());

@@ -296,3 +296,69 @@ async fn ensure_database(maintenance: &tokio_postgres::Config, name: &str) -> an
     let _ = task.await;
     Ok(())
 }
+
+/// A registered platform operator.
+#[derive(Debug, Clone, Serialize)]
+pub struct Operator {
+    pub id: String,
+    pub name: String,
+    pub title: String,
+    #[serde(skip)]
+    pub public_key: Vec<u8>,
+}
+
+impl Catalog {
+    pub async fn add_operator(&self, op: &Operator) -> anyhow::Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO operators (id, name, title, public_key) VALUES ($1, $2, $3, $4)",
+            &[&op.id, &op.name, &op.title, &op.public_key],
+        )
+        .await
+        .map_err(|e| match e.code() {
+            Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
+                anyhow::anyhow!("operator {} is already registered", op.id)
+            }
+            Some(&tokio_postgres::error::SqlState::CHECK_VIOLATION) => anyhow::anyhow!(
+                "operator id {:?} must be 2-40 lower-case letters, digits, '.', '_' or '-'",
+                op.id
+            ),
+            _ => e.into(),
+        })?;
+        Ok(())
+    }
+
+    pub async fn operators(&self) -> anyhow::Result<Vec<Operator>> {
+        let c = self.client().await?;
+        let rows = c
+            .query(
+                "SELECT id, name, title, public_key FROM operators ORDER BY id",
+                &[],
+            )
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| Operator {
+                id: r.get(0),
+                name: r.get(1),
+                title: r.get(2),
+                public_key: r.get(3),
+            })
+            .collect())
+    }
+
+    /// Every leaf hash of the transparency log, in order.
+    pub async fn tlog_leaves(&self) -> anyhow::Result<Vec<crate::crypto::tlog::Hash>> {
+        let c = self.client().await?;
+        let rows = c
+            .query("SELECT leaf_hash FROM tlog_entries ORDER BY seq", &[])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let h: Vec<u8> = r.get(0);
+                h.try_into()
+                    .map_err(|_| anyhow::anyhow!("a stored leaf hash is not 32 bytes"))
+            })
+            .collect()
+    }
+}

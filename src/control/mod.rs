@@ -2,6 +2,7 @@
 //! actions inside a tenant (first administrator, demo data).
 
 pub mod cluster;
+pub mod keys;
 pub mod manifest;
 pub mod migrate;
 pub mod provision;

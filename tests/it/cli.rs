@@ -296,3 +296,95 @@ fn manifests_apply_idempotently_and_migrate_reports() {
     assert!(ok);
     assert!(out.contains("failed: 0"), "{out}");
 }
+
+#[test]
+fn operators_platform_key_and_transparency_log() {
+    let state = StateDir::new();
+    let dir = state.0.as_path();
+    // Key pairs are made without any platform; the public file is one `ID ed25519 BASE64` line.
+    let key = dir.join("sato.key");
+    let (ok, out, err) = madoguchi(dir, &["operator", "keygen", "--out", key.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("sato.key.pub"));
+    let mode = std::fs::metadata(&key)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777)
+        .unwrap();
+    assert_eq!(mode, 0o600);
+    let public = std::fs::read_to_string(dir.join("sato.key.pub")).unwrap();
+    let keys = madoguchi::control::keys::parse_public_lines(&public).unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].0, "sato");
+    let (ok, _, _) = madoguchi(
+        dir,
+        &[
+            "operator",
+            "keygen",
+            "--out",
+            dir.join("suzuki.key").to_str().unwrap(),
+            "--id",
+            "suzuki",
+        ],
+    );
+    assert!(ok);
+
+    // Registering: several keys may share one file; each id once.
+    let both = format!(
+        "{public}{}",
+        std::fs::read_to_string(dir.join("suzuki.key.pub")).unwrap()
+    );
+    std::fs::write(dir.join("all.pub"), both).unwrap();
+    for (id, name) in [("sato", "佐藤 一郎"), ("suzuki", "鈴木 花子")] {
+        let (ok, out, err) = madoguchi(
+            dir,
+            &[
+                "operator",
+                "add",
+                id,
+                "--name",
+                name,
+                "--title",
+                "運用担当",
+                "--public-key",
+                dir.join("all.pub").to_str().unwrap(),
+            ],
+        );
+        assert!(ok, "{out}{err}");
+    }
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "operator",
+            "add",
+            "sato",
+            "--name",
+            "x",
+            "--title",
+            "x",
+            "--public-key",
+            dir.join("all.pub").to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("already registered"), "{err}");
+    let (ok, out, _) = madoguchi(dir, &["operator", "list"]);
+    assert!(ok && out.contains("佐藤 一郎") && out.contains("鈴木 花子"));
+
+    // The platform key is stable across runs and parses as a verifier key.
+    let (ok, key1, _) = madoguchi(dir, &["platform-key"]);
+    let (_, key2, _) = madoguchi(dir, &["platform-key"]);
+    assert!(ok);
+    assert_eq!(key1, key2);
+    assert!(madoguchi::crypto::note::NoteVerifier::parse(&key1).is_ok());
+
+    // The checkpoint of the (empty) log is signed by the log key.
+    let (ok, log_key, _) = madoguchi(dir, &["tlog", "key"]);
+    assert!(ok);
+    let (ok, note, err) = madoguchi(dir, &["tlog", "checkpoint"]);
+    assert!(ok, "{err}");
+    let verifier = madoguchi::crypto::note::NoteVerifier::parse(&log_key).unwrap();
+    let text = verifier.open(&note).unwrap();
+    let (origin, size, root) = madoguchi::crypto::note::parse_checkpoint(text).unwrap();
+    assert_eq!((origin.as_str(), size), ("madoguchi.erasure-log", 0));
+    assert_eq!(root, madoguchi::crypto::tlog::root(&[]));
+    let (ok, _, err) = madoguchi(dir, &["tlog", "consistency", "1"]);
+    assert!(!ok && err.contains("OLD_SIZE"));
+}

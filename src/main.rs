@@ -105,6 +105,9 @@ enum Command {
     /// A tenant's operation log (操作ログ).
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// Encrypted backups of tenant databases.
+    #[command(subcommand)]
+    Backup(BackupCmd),
     /// Platform operators and their Ed25519 keys.
     #[command(subcommand)]
     Operator(OperatorCmd),
@@ -176,6 +179,25 @@ enum TenantCmd {
         /// How the tenant's site is reached, for the printed link.
         #[arg(long)]
         base_url: Option<String>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum BackupCmd {
+    /// Back up one tenant, or every active tenant with --all.
+    Run {
+        #[arg(conflicts_with = "all")]
+        slug: Option<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    /// Backups recorded in the catalog, newest first.
+    List { slug: Option<String> },
+    /// Decrypt a backup file (path under DIR/backups) to a pg_dump archive, checking every byte.
+    Decrypt {
+        file: String,
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -419,6 +441,87 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                         .await
                         .map_err(|e| anyhow::anyhow!("{e}"))?;
                     println!("deleted {n} entries older than the retention period");
+                    Ok(ExitCode::SUCCESS)
+                }
+            }
+        }
+        Command::Backup(cmd) => {
+            let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
+            match cmd {
+                BackupCmd::Run { slug, all } => {
+                    let tenants = match (slug, all) {
+                        (Some(s), _) => {
+                            vec![p.catalog.tenant_by_slug(&s).await?.with_context(|| {
+                                format!("テナント「{s}」はありません / no tenant {s}")
+                            })?]
+                        }
+                        (None, true) => p
+                            .catalog
+                            .list_tenants()
+                            .await?
+                            .into_iter()
+                            .filter(|t| t.state != TenantState::Provisioning)
+                            .collect(),
+                        (None, false) => anyhow::bail!("name a tenant or pass --all"),
+                    };
+                    let bar = indicatif::ProgressBar::new(tenants.len() as u64);
+                    let mut failed = 0;
+                    for t in &tenants {
+                        bar.set_message(t.slug.clone());
+                        match madoguchi::control::backup::run(p, &store, t).await {
+                            Ok(m) => bar.println(format!(
+                                "{}: {} ({} bytes, sha256 {})",
+                                t.slug, m.file, m.size, m.sha256
+                            )),
+                            Err(e) => {
+                                failed += 1;
+                                bar.println(format!("{}: FAILED: {e:#}", t.slug));
+                            }
+                        }
+                        bar.inc(1);
+                    }
+                    bar.finish_and_clear();
+                    Ok(if failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                BackupCmd::List { slug } => {
+                    for m in madoguchi::control::backup::list(p, slug.as_deref()).await? {
+                        println!(
+                            "{}\t{}\t{}\t{}\tschema {}\tkey v{}\t{}",
+                            m.created_at,
+                            m.tenant,
+                            m.file,
+                            m.size,
+                            m.schema_version,
+                            m.key_version,
+                            m.sha256
+                        );
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                BackupCmd::Decrypt { file, out } => {
+                    use std::os::unix::fs::OpenOptionsExt;
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&out)
+                        .with_context(|| format!("creating {}", out.display()))?;
+                    if let Err(e) = madoguchi::control::backup::decrypt(
+                        p,
+                        &store,
+                        &file,
+                        std::io::BufWriter::new(f),
+                    )
+                    .await
+                    {
+                        let _ = std::fs::remove_file(&out);
+                        return Err(e);
+                    }
+                    println!("{}", out.display());
                     Ok(ExitCode::SUCCESS)
                 }
             }

@@ -1,6 +1,7 @@
 //! Control-plane services: provisioning, migrations, tenant manifests, and operator
 //! actions inside a tenant (first administrator, demo data).
 
+pub mod backup;
 pub mod cluster;
 pub mod keys;
 pub mod manifest;

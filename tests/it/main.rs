@@ -4,6 +4,7 @@
 mod harness;
 
 mod api;
+mod backup;
 mod browser;
 mod budget;
 mod cases;

@@ -193,6 +193,8 @@ enum BackupCmd {
     },
     /// Backups recorded in the catalog, newest first.
     List { slug: Option<String> },
+    /// Restore the latest backup into a scratch database and compare it with the tenant.
+    Drill { slug: String },
     /// Decrypt a backup file (path under DIR/backups) to a pg_dump archive, checking every byte.
     Decrypt {
         file: String,
@@ -501,6 +503,33 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                         );
                     }
                     Ok(ExitCode::SUCCESS)
+                }
+                BackupCmd::Drill { slug } => {
+                    let rec = p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
+                        format!("テナント「{slug}」はありません / no tenant {slug}")
+                    })?;
+                    let report = madoguchi::control::backup::drill(p, &store, &rec).await?;
+                    for t in &report.tables {
+                        println!(
+                            "{}\t{}\t{}\t{}",
+                            if t.same { "same" } else { "DIFFERENT" },
+                            t.table,
+                            t.source_rows,
+                            t.restored_rows
+                        );
+                    }
+                    println!(
+                        "{}: drill of backup {} {} in {:.1} s",
+                        report.tenant,
+                        report.backup,
+                        if report.ok { "OK" } else { "FAILED" },
+                        report.seconds
+                    );
+                    Ok(if report.ok {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
                 }
                 BackupCmd::Decrypt { file, out } => {
                     use std::os::unix::fs::OpenOptionsExt;

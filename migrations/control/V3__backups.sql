@@ -11,3 +11,16 @@ CREATE TABLE backups (
     key_version     integer NOT NULL
 );
 CREATE INDEX backups_tenant ON backups (tenant_slug, created_at DESC);
+
+-- Restore drills: the latest backup restored into a scratch database and compared.
+CREATE TABLE drills (
+    id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    tenant_id   uuid REFERENCES tenants (id) ON DELETE SET NULL,
+    tenant_slug text NOT NULL,
+    backup_id   uuid REFERENCES backups (id) ON DELETE SET NULL,
+    at          timestamptz NOT NULL DEFAULT now(),
+    ok          boolean NOT NULL,
+    seconds     double precision NOT NULL,
+    detail      jsonb NOT NULL
+);
+CREATE INDEX drills_tenant ON drills (tenant_slug, at DESC);

@@ -483,3 +483,147 @@ pub async fn decrypt(
     })
     .await?
 }
+
+/// One table compared by a drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableCheck {
+    pub table: String,
+    pub source_rows: i64,
+    pub restored_rows: i64,
+    pub same: bool,
+}
+
+/// The outcome of a restore drill.
+#[derive(Debug, Clone, Serialize)]
+pub struct DrillReport {
+    pub tenant: String,
+    pub backup: Uuid,
+    pub ok: bool,
+    pub seconds: f64,
+    pub tables: Vec<TableCheck>,
+}
+
+/// Per table of the public schema: row count and an MD5 over the rows in order.
+async fn table_sums(client: &tokio_postgres::Client) -> anyhow::Result<Vec<(String, i64, String)>> {
+    let tables: Vec<String> = client
+        .query(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for t in tables {
+        let q = format!(
+            "SELECT count(*), md5(coalesce(string_agg(x::text, ',' ORDER BY x::text), '')) FROM {} x",
+            crate::catalog::quote_ident(&t)
+        );
+        let r = client.query_one(&q, &[]).await?;
+        out.push((t, r.get(0), r.get(1)));
+    }
+    Ok(out)
+}
+
+/// Restores the tenant's latest backup into a scratch database, compares every table
+/// (row count and checksum) with the tenant's database, records the result and the
+/// time it took in the catalog, and drops the scratch database.
+pub async fn drill(
+    p: &Platform,
+    store: &dyn BackupStore,
+    rec: &TenantRecord,
+) -> anyhow::Result<DrillReport> {
+    let started = std::time::Instant::now();
+    let latest = list(p, Some(&rec.slug))
+        .await?
+        .into_iter()
+        .next()
+        .with_context(|| format!("tenant {} has no backup yet", rec.slug))?;
+    let dump = tempfile::NamedTempFile::new()?;
+    decrypt(p, store, &latest.file, dump.reopen()?).await?;
+    let scratch = format!("drill_{}", Uuid::new_v4().simple());
+    let admin = p.cluster.admin().await?;
+    admin
+        .client
+        .batch_execute(&format!(
+            "CREATE DATABASE {}",
+            crate::catalog::quote_ident(&scratch)
+        ))
+        .await?;
+    let result = async {
+        let bin = crate::embedded_pg::find_bin_dir()?;
+        let cfg = p.cluster.admin_config(&scratch);
+        let mut cmd = Command::new(bin.join("pg_restore"));
+        cmd.args([
+            "--no-owner",
+            "--no-privileges",
+            "--exit-on-error",
+            "--dbname",
+        ])
+        .arg(&scratch)
+        .arg(dump.path());
+        if let Some(host) = cfg.get_hosts().first() {
+            match host {
+                tokio_postgres::config::Host::Tcp(h) => cmd.arg("--host").arg(h),
+                tokio_postgres::config::Host::Unix(path) => cmd.arg("--host").arg(path),
+            };
+        }
+        if let Some(port) = cfg.get_ports().first() {
+            cmd.arg("--port").arg(port.to_string());
+        }
+        if let Some(user) = cfg.get_user() {
+            cmd.arg("--username").arg(user);
+        }
+        if let Some(pw) = cfg.get_password() {
+            cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
+        }
+        let out = tokio::task::spawn_blocking(move || cmd.stdin(Stdio::null()).output()).await??;
+        if !out.status.success() {
+            bail!(
+                "pg_restore failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        let source =
+            crate::control::Cluster::connect(&p.cluster.admin_config(&rec.database)).await?;
+        let restored = crate::control::Cluster::connect(&cfg).await?;
+        let a = table_sums(&source.client).await?;
+        let b = table_sums(&restored.client).await?;
+        let mut tables = Vec::new();
+        for (t, rows, sum) in &a {
+            let other = b.iter().find(|(bt, _, _)| bt == t);
+            tables.push(TableCheck {
+                table: t.clone(),
+                source_rows: *rows,
+                restored_rows: other.map_or(-1, |o| o.1),
+                same: other.is_some_and(|o| o.1 == *rows && o.2 == *sum),
+            });
+        }
+        anyhow::Ok(tables)
+    }
+    .await;
+    admin
+        .client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            crate::catalog::quote_ident(&scratch)
+        ))
+        .await?;
+    let tables = result?;
+    let ok = !tables.is_empty() && tables.iter().all(|t| t.same);
+    let report = DrillReport {
+        tenant: rec.slug.clone(),
+        backup: latest.id,
+        ok,
+        seconds: started.elapsed().as_secs_f64(),
+        tables,
+    };
+    let c = p.catalog.client().await?;
+    c.execute(
+        "INSERT INTO drills (tenant_id, tenant_slug, backup_id, ok, seconds, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&rec.id, &rec.slug, &latest.id, &report.ok, &report.seconds, &serde_json::to_value(&report.tables)?],
+    )
+    .await?;
+    Ok(report)
+}

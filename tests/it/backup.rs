@@ -33,6 +33,51 @@ async fn backup_restores_the_same_rows_holds_no_plaintext_and_refuses_tampering(
         "manifest beside the file"
     );
 
+    // The drill restores the latest backup into a scratch database and finds every
+    // table identical; after a change in the tenant it reports the difference.
+    let report = backup::drill(&env.platform, &store, &t).await.unwrap();
+    assert!(report.ok, "{report:?}");
+    assert!(report
+        .tables
+        .iter()
+        .any(|c| c.table == "submissions" && c.source_rows == 2 && c.restored_rows == 2));
+    admin_client(&t.database)
+        .await
+        .execute("INSERT INTO departments (name) VALUES ('新しい課')", &[])
+        .await
+        .unwrap();
+    let report = backup::drill(&env.platform, &store, &t).await.unwrap();
+    assert!(!report.ok);
+    let changed: Vec<&str> = report
+        .tables
+        .iter()
+        .filter(|c| !c.same)
+        .map(|c| c.table.as_str())
+        .collect();
+    assert_eq!(changed, ["departments"]);
+    let catalog = admin_client(&env.platform.settings.catalog_db).await;
+    let drills: Vec<bool> = catalog
+        .query(
+            "SELECT ok FROM drills WHERE tenant_slug = $1 ORDER BY id",
+            &[&t.slug],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(drills, [true, false]);
+    let scratch_left: i64 = admin_client("postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname LIKE 'drill_%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(scratch_left, 0, "scratch databases are dropped");
+
     // Nothing readable in the file: not the department (stored in clear in the
     // database), not table names, not the dump's own signature.
     let bytes = std::fs::read(&path).unwrap();

@@ -195,6 +195,14 @@ enum BackupCmd {
     List { slug: Option<String> },
     /// Restore the latest backup into a scratch database and compare it with the tenant.
     Drill { slug: String },
+    /// Restore a backup (path under DIR/backups) into a new tenant.
+    Restore {
+        file: String,
+        #[arg(long)]
+        into: String,
+        #[arg(long = "host", required = true, num_args = 1..)]
+        hosts: Vec<String>,
+    },
     /// Decrypt a backup file (path under DIR/backups) to a pg_dump archive, checking every byte.
     Decrypt {
         file: String,
@@ -530,6 +538,17 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     } else {
                         ExitCode::FAILURE
                     })
+                }
+                BackupCmd::Restore { file, into, hosts } => {
+                    let rec = madoguchi::control::backup::restore(p, &store, &file, &into, &hosts)
+                        .await?;
+                    println!(
+                        "restored into {} (database {}, hosts {})",
+                        rec.slug,
+                        rec.database,
+                        rec.hosts.join(",")
+                    );
+                    Ok(ExitCode::SUCCESS)
                 }
                 BackupCmd::Decrypt { file, out } => {
                     use std::os::unix::fs::OpenOptionsExt;

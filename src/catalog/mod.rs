@@ -65,6 +65,8 @@ pub struct TenantRecord {
     pub database: String,
     pub role: String,
     pub schema_version: i32,
+    /// The id bound into this tenant's ciphertexts (its own, unless restored from another's backup).
+    pub crypto_id: Uuid,
     pub hosts: Vec<String>,
 }
 
@@ -161,7 +163,7 @@ impl Catalog {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version,
+                "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version, t.crypto_id,
                         coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts
                    FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
                   GROUP BY t.id ORDER BY t.slug",
@@ -175,7 +177,7 @@ impl Catalog {
         let c = self.client().await?;
         let row = c
             .query_opt(
-                "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version,
+                "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version, t.crypto_id,
                         coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts
                    FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
                   WHERE t.slug = $1 GROUP BY t.id",
@@ -189,7 +191,7 @@ impl Catalog {
         let c = self.client().await?;
         let row = c
             .query_opt(
-                "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version,
+                "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version, t.crypto_id,
                         coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts
                    FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
                   WHERE t.id = $1 GROUP BY t.id",
@@ -260,7 +262,8 @@ fn record_from_row(r: &tokio_postgres::Row) -> anyhow::Result<TenantRecord> {
         database: r.get(5),
         role: r.get(6),
         schema_version: r.get(7),
-        hosts: r.get(8),
+        crypto_id: r.get(8),
+        hosts: r.get(9),
     })
 }
 

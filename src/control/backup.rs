@@ -627,3 +627,113 @@ pub async fn drill(
     .await?;
     Ok(report)
 }
+
+/// The tenant a backup file belongs to, from its header.
+fn backup_tenant(store: &dyn BackupStore, file: &str) -> anyhow::Result<Uuid> {
+    let mut r = store.open(file)?;
+    let mut magic = [0u8; 8];
+    r.read_exact(&mut magic).context("not a Madoguchi backup")?;
+    if &magic != MAGIC {
+        bail!("not a Madoguchi backup (unknown format)");
+    }
+    let mut len = [0u8; 4];
+    r.read_exact(&mut len)?;
+    let hlen = u32::from_be_bytes(len) as usize;
+    if hlen > 64 * 1024 {
+        bail!("backup header too large");
+    }
+    let mut header = vec![0u8; hlen];
+    r.read_exact(&mut header)?;
+    Ok(serde_json::from_slice::<Header>(&header)
+        .context("backup header unreadable")?
+        .tenant_id)
+}
+
+/// Restores a backup into a new tenant (new slug, hosts, role and database). The new
+/// tenant keeps the source's crypto identity and gets its own wrapped copies of the
+/// source's data keys, so the restored ciphertexts decrypt; the source is untouched.
+pub async fn restore(
+    p: &Platform,
+    store: &dyn BackupStore,
+    file: &str,
+    slug: &str,
+    hosts: &[String],
+) -> anyhow::Result<TenantRecord> {
+    use crate::control::provision::{
+        create_database, create_role, register_with, write_settings, TenantSpec,
+    };
+    let source_id = backup_tenant(store, file)?;
+    let source = p
+        .catalog
+        .tenant_by_id(source_id)
+        .await?
+        .context("the tenant this backup belongs to has no keys any more (erased?)")?;
+    let mut keys = Vec::new();
+    for k in p.catalog.keys(source.id, "data").await? {
+        keys.push((
+            k.version,
+            DataKey::unwrap(p.keys.as_ref(), &k.wrapped, &source.id, k.version)?,
+        ));
+    }
+    let spec = TenantSpec::parse(slug, &source.name, &source.code, hosts)?;
+    if p.catalog
+        .tenant_by_slug(spec.slug.as_str())
+        .await?
+        .is_some()
+    {
+        bail!("テナント「{slug}」は既に存在します / tenant {slug} already exists");
+    }
+    // Check the backup whole before making anything.
+    let dump = tempfile::NamedTempFile::new()?;
+    decrypt(p, store, file, dump.reopen()?).await?;
+    let rec = register_with(p, &spec, Some(source.crypto_id), keys).await?;
+    let pw = crate::control::cluster::tenant_password(&p.catalog, p.keys.as_ref(), &rec).await?;
+    create_role(p, &rec, &pw)
+        .await
+        .context("creating the restored tenant's role")?;
+    create_database(p, &rec)
+        .await
+        .context("creating the restored tenant's database")?;
+    let bin = crate::embedded_pg::find_bin_dir()?;
+    let cfg = p.cluster.admin_config(&rec.database);
+    let mut cmd = Command::new(bin.join("pg_restore"));
+    cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])
+        .arg(format!("--role={}", rec.role))
+        .arg("--dbname")
+        .arg(&rec.database)
+        .arg(dump.path());
+    if let Some(host) = cfg.get_hosts().first() {
+        match host {
+            tokio_postgres::config::Host::Tcp(h) => cmd.arg("--host").arg(h),
+            tokio_postgres::config::Host::Unix(path) => cmd.arg("--host").arg(path),
+        };
+    }
+    if let Some(port) = cfg.get_ports().first() {
+        cmd.arg("--port").arg(port.to_string());
+    }
+    if let Some(user) = cfg.get_user() {
+        cmd.arg("--username").arg(user);
+    }
+    if let Some(pwd) = cfg.get_password() {
+        cmd.env("PGPASSWORD", String::from_utf8_lossy(pwd).into_owned());
+    }
+    let out = tokio::task::spawn_blocking(move || cmd.stdin(Stdio::null()).output()).await??;
+    if !out.status.success() {
+        bail!(
+            "pg_restore into {} failed (the tenant {slug} is left in state provisioning): {}",
+            rec.database,
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    crate::control::migrate::migrate_tenant(p, &rec)
+        .await
+        .context("bringing the restored schema up to date")?;
+    write_settings(p, &rec).await?;
+    p.catalog
+        .set_state(rec.id, crate::catalog::TenantState::Active)
+        .await?;
+    p.catalog
+        .tenant_by_id(rec.id)
+        .await?
+        .context("tenant vanished from the catalog")
+}

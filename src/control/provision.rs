@@ -105,10 +105,27 @@ pub(crate) async fn finish(p: &Platform, rec: &TenantRecord) -> anyhow::Result<(
 }
 
 async fn register(p: &Platform, spec: &TenantSpec) -> anyhow::Result<TenantRecord> {
+    register_with(p, spec, None, vec![(1, DataKey::generate())]).await
+}
+
+/// Registers a tenant in the catalog with the given data keys (each version wrapped
+/// for the new tenant) and crypto identity (`None`: its own id).
+pub(crate) async fn register_with(
+    p: &Platform,
+    spec: &TenantSpec,
+    crypto_id: Option<Uuid>,
+    data_keys: Vec<(u32, DataKey)>,
+) -> anyhow::Result<TenantRecord> {
     let id = Uuid::new_v4();
     let db = format!("t_{}", id.simple());
-    let data_key = DataKey::generate();
-    let wrapped_key = data_key.wrap(p.keys.as_ref(), &id, 1)?;
+    let crypto_id = crypto_id.unwrap_or(id);
+    let mut wrapped_keys = Vec::new();
+    for (version, key) in &data_keys {
+        wrapped_keys.push((
+            i32::try_from(*version)?,
+            key.wrap(p.keys.as_ref(), &id, *version)?,
+        ));
+    }
     let password = Zeroizing::new(random_token(32));
     let wrapped_pw = p.keys.wrap(password.as_bytes(), &password_aad(&id, 1))?;
     let provider = p.keys.id().to_owned();
@@ -116,8 +133,8 @@ async fn register(p: &Platform, spec: &TenantSpec) -> anyhow::Result<TenantRecor
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
     tx.execute(
-        "INSERT INTO tenants (id, slug, name, local_gov_code, state, db_name, role_name) VALUES ($1, $2, $3, $4, 'provisioning', $5, $5)",
-        &[&id, &spec.slug.as_str(), &spec.name, &spec.code.as_str(), &db],
+        "INSERT INTO tenants (id, slug, name, local_gov_code, state, db_name, role_name, crypto_id) VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, $6)",
+        &[&id, &spec.slug.as_str(), &spec.name, &spec.code.as_str(), &db, &crypto_id],
     )
     .await
     .map_err(|e| unique_violation(e, spec))?;
@@ -129,13 +146,18 @@ async fn register(p: &Platform, spec: &TenantSpec) -> anyhow::Result<TenantRecor
         .await
         .map_err(|e| unique_violation(e, spec))?;
     }
-    for (purpose, wrapped) in [("data", &wrapped_key), ("db_password", &wrapped_pw)] {
+    for (version, wrapped) in &wrapped_keys {
         tx.execute(
-            "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped, provider) VALUES ($1, $2, 1, $3, $4)",
-            &[&id, &purpose, wrapped, &provider],
+            "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped, provider) VALUES ($1, 'data', $2, $3, $4)",
+            &[&id, version, wrapped, &provider],
         )
         .await?;
     }
+    tx.execute(
+        "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped, provider) VALUES ($1, 'db_password', 1, $2, $3)",
+        &[&id, &wrapped_pw, &provider],
+    )
+    .await?;
     tx.commit().await?;
     p.catalog
         .tenant_by_id(id)
@@ -167,7 +189,11 @@ fn unique_violation(e: tokio_postgres::Error, spec: &TenantSpec) -> anyhow::Erro
     e.into()
 }
 
-async fn create_role(p: &Platform, rec: &TenantRecord, password: &str) -> anyhow::Result<()> {
+pub(crate) async fn create_role(
+    p: &Platform,
+    rec: &TenantRecord,
+    password: &str,
+) -> anyhow::Result<()> {
     let admin = p.cluster.admin().await?;
     // The password goes over as a SCRAM verifier, so not even the server's
     // statement log can show it.
@@ -240,7 +266,7 @@ fn scram_verifier(password: &str) -> String {
     )
 }
 
-async fn create_database(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+pub(crate) async fn create_database(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
     let admin = p.cluster.admin().await?;
     let db = quote_ident(&rec.database);
     let exists = admin
@@ -267,7 +293,7 @@ async fn create_database(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()>
     Ok(())
 }
 
-async fn write_settings(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+pub(crate) async fn write_settings(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
     let conn = p
         .cluster
         .connect_tenant(&p.catalog, p.keys.as_ref(), rec)

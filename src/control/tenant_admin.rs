@@ -19,7 +19,7 @@ pub async fn tenant_cipher(p: &Platform, rec: &TenantRecord) -> anyhow::Result<F
             DataKey::unwrap(p.keys.as_ref(), &k.wrapped, &rec.id, k.version)?,
         ));
     }
-    Ok(FieldCipher::new(rec.id, keys)?)
+    Ok(FieldCipher::new(rec.crypto_id, keys)?)
 }
 
 /// Adds a staff member; returns the one-time setup token.

@@ -134,7 +134,7 @@ impl TenantPools {
                 DataKey::unwrap(inner.keys.as_ref(), &k.wrapped, &tenant, k.version)?,
             ));
         }
-        let cipher = Arc::new(FieldCipher::new(tenant, keys)?);
+        let cipher = Arc::new(FieldCipher::new(rec.crypto_id, keys)?);
         let config = inner.cluster.tenant_config(&rec, &password);
         let connect = BudgetedConnect {
             budget: Arc::clone(&inner.budget),

@@ -78,6 +78,63 @@ async fn backup_restores_the_same_rows_holds_no_plaintext_and_refuses_tampering(
         .get(0);
     assert_eq!(scratch_left, 0, "scratch databases are dropped");
 
+    // Restored into a new tenant: its own role and database, the same answers readable.
+    let new_slug = unique("r");
+    let new_host = format!("{new_slug}.test");
+    let restored = backup::restore(
+        &env.platform,
+        &store,
+        &m.file,
+        &new_slug,
+        &[new_host.clone()],
+    )
+    .await
+    .unwrap();
+    assert_eq!(restored.state, madoguchi::catalog::TenantState::Active);
+    assert_ne!(restored.database, t.database);
+    assert_eq!(restored.crypto_id, t.crypto_id);
+    let conn = env
+        .platform
+        .cluster
+        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &restored)
+        .await
+        .unwrap();
+    let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &restored)
+        .await
+        .unwrap();
+    let rows = conn
+        .client
+        .query("SELECT id, answers FROM submissions", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    for r in &rows {
+        let answers =
+            madoguchi::tenant::forms::citizen::decrypt_answers(&cipher, r.get(0), &r.get(1))
+                .unwrap();
+        assert!(answers["email"]
+            .display()
+            .contains("hanako.kasai@example.jp"));
+    }
+    let owner: String = admin_client("postgres")
+        .await
+        .query_one(
+            "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = $1",
+            &[&restored.database],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(owner, restored.role);
+    let server = env.serve().await;
+    let (status, body) = crate::harness::get_with_host(&server, &new_host, "/").await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("粗大ごみ収集申込"),
+        "the restored tenant serves its published form"
+    );
+    server.shutdown().await;
+
     // Nothing readable in the file: not the department (stored in clear in the
     // database), not table names, not the dump's own signature.
     let bytes = std::fs::read(&path).unwrap();

@@ -71,6 +71,9 @@ struct ServeArgs {
     /// Operators' listener (console, /metrics).
     #[arg(long, env = "MADOGUCHI_OPS_LISTEN")]
     ops_listen: Option<SocketAddr>,
+    /// Hours between scheduled backups of every tenant (0: no schedule).
+    #[arg(long, env = "MADOGUCHI_BACKUP_INTERVAL_HOURS", default_value_t = 24)]
+    backup_interval_hours: u64,
 }
 
 #[derive(Subcommand, Debug)]
@@ -851,10 +854,36 @@ async fn serve_with(
         );
     }
     println!("ready (Ctrl-C to stop)");
-    wait_for_signal().await;
+    tokio::select! {
+        () = wait_for_signal() => {}
+        () = backup_schedule(p, args.backup_interval_hours) => {}
+    }
     eprintln!("shutting down: draining requests");
     server.shutdown().await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Backs up every tenant every `hours` (the first run one interval after start) and
+/// applies the retention policy (7 daily, 4 weekly, 12 monthly). Never returns.
+async fn backup_schedule(p: &Platform, hours: u64) {
+    if hours == 0 {
+        return std::future::pending().await;
+    }
+    let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
+    let every = Duration::from_secs(hours * 3600);
+    loop {
+        tokio::time::sleep(every).await;
+        let (ok, failed) = madoguchi::control::backup::run_all(
+            p,
+            &store,
+            &madoguchi::control::backup::Retention::default(),
+        )
+        .await;
+        tracing::info!(backed_up = ok, failed = failed.len(), "scheduled backups");
+        for (slug, err) in failed {
+            tracing::error!(tenant = %slug, error = %err, "scheduled backup failed");
+        }
+    }
 }
 
 async fn wait_for_signal() {

@@ -737,3 +737,167 @@ pub async fn restore(
         .await?
         .context("tenant vanished from the catalog")
 }
+
+/// How many backups to keep: the newest of each of the last `daily` days, `weekly`
+/// ISO weeks and `monthly` months that have one.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub daily: usize,
+    pub weekly: usize,
+    pub monthly: usize,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Self {
+            daily: 7,
+            weekly: 4,
+            monthly: 12,
+        }
+    }
+}
+
+impl Retention {
+    /// Which of these backup times to keep (by index), the rest may be deleted.
+    pub fn keep(&self, times: &[time::OffsetDateTime]) -> Vec<bool> {
+        let mut order: Vec<usize> = (0..times.len()).collect();
+        order.sort_by(|a, b| times[*b].cmp(&times[*a]));
+        let mut keep = vec![false; times.len()];
+        let jst = time::macros::offset!(+9);
+        let mut pick = |bucket: &dyn Fn(time::OffsetDateTime) -> (i32, u32), limit: usize| {
+            let mut seen: Vec<(i32, u32)> = Vec::new();
+            for &i in &order {
+                let b = bucket(times[i].to_offset(jst));
+                if !seen.contains(&b) {
+                    if seen.len() == limit {
+                        break;
+                    }
+                    seen.push(b);
+                    keep[i] = true;
+                }
+            }
+        };
+        pick(&|t| (t.year(), u32::from(t.ordinal())), self.daily);
+        pick(
+            &|t| {
+                let (y, w, _) = t.to_iso_week_date();
+                (y, u32::from(w))
+            },
+            self.weekly,
+        );
+        pick(
+            &|t| (t.year(), u32::from(u8::from(t.month()))),
+            self.monthly,
+        );
+        keep
+    }
+}
+
+/// Deletes the backups of a tenant that the retention policy does not keep (files,
+/// manifests and catalog rows); returns how many.
+pub async fn prune(
+    p: &Platform,
+    store: &dyn BackupStore,
+    slug: &str,
+    retention: &Retention,
+) -> anyhow::Result<usize> {
+    let c = p.catalog.client().await?;
+    let rows = c
+        .query(
+            "SELECT id, created_at, file FROM backups WHERE tenant_slug = $1",
+            &[&slug],
+        )
+        .await?;
+    let times: Vec<time::OffsetDateTime> = rows.iter().map(|r| r.get(1)).collect();
+    let keep = retention.keep(&times);
+    let mut n = 0;
+    for (r, k) in rows.iter().zip(keep) {
+        if k {
+            continue;
+        }
+        let (id, file): (Uuid, String) = (r.get(0), r.get(2));
+        for name in [file.clone(), format!("{file}.json")] {
+            if store.exists(&name) {
+                store.delete(&name)?;
+            }
+        }
+        c.execute("DELETE FROM backups WHERE id = $1", &[&id])
+            .await?;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Backs up every active tenant and applies the retention policy; for the schedule
+/// in `serve` and for `backup run --all`.
+pub async fn run_all(
+    p: &Platform,
+    store: &dyn BackupStore,
+    retention: &Retention,
+) -> (usize, Vec<(String, String)>) {
+    let tenants = match p.catalog.list_tenants().await {
+        Ok(t) => t,
+        Err(e) => return (0, vec![("*".into(), format!("{e:#}"))]),
+    };
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in tenants
+        .iter()
+        .filter(|t| t.state == crate::catalog::TenantState::Active)
+    {
+        match run(p, store, t).await {
+            Ok(_) => {
+                ok += 1;
+                if let Err(e) = prune(p, store, &t.slug, retention).await {
+                    failed.push((t.slug.clone(), format!("pruning: {e:#}")));
+                }
+            }
+            Err(e) => failed.push((t.slug.clone(), format!("{e:#}"))),
+        }
+    }
+    (ok, failed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use time::macros::datetime;
+
+    #[test]
+    fn retention_keeps_daily_weekly_monthly() {
+        // One backup a day for 400 days, plus a second one on the newest day.
+        let newest = datetime!(2026-11-26 03:00 +09:00);
+        let mut times: Vec<time::OffsetDateTime> =
+            (0..400).map(|d| newest - time::Duration::days(d)).collect();
+        times.push(newest - time::Duration::hours(2));
+        let keep = Retention::default().keep(&times);
+        let kept: Vec<time::OffsetDateTime> = times
+            .iter()
+            .zip(&keep)
+            .filter(|(_, k)| **k)
+            .map(|(t, _)| *t)
+            .collect();
+        // 7 days (the newest of the doubled day only), up to 4 weeks and 12 months overlapping them.
+        assert!(kept.contains(&newest));
+        assert!(!kept.contains(&(newest - time::Duration::hours(2))));
+        for d in 0..7 {
+            assert!(
+                kept.contains(&(newest - time::Duration::days(d))),
+                "day {d}"
+            );
+        }
+        assert!(
+            kept.len() >= 12 && kept.len() <= 7 + 4 + 12,
+            "{}",
+            kept.len()
+        );
+        let oldest = kept.iter().min().copied().unwrap_or(newest);
+        assert!(
+            newest - oldest < time::Duration::days(370),
+            "nothing older than about a year"
+        );
+        assert!(
+            newest - oldest > time::Duration::days(300),
+            "monthly backups reach back about a year"
+        );
+    }
+}

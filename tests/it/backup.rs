@@ -235,3 +235,29 @@ async fn backup_restores_the_same_rows_holds_no_plaintext_and_refuses_tampering(
         "a truncated backup was accepted"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_removes_older_backups_files_and_records() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let store = DirStore::new(env.state.path());
+    let first = backup::run(&env.platform, &store, &t).await.unwrap();
+    let second = backup::run(&env.platform, &store, &t).await.unwrap();
+    let one_a_day = backup::Retention {
+        daily: 1,
+        weekly: 0,
+        monthly: 0,
+    };
+    assert_eq!(
+        backup::prune(&env.platform, &store, &t.slug, &one_a_day)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(
+        !store.path(&first.file).exists() && !store.path(&format!("{}.json", first.file)).exists()
+    );
+    assert!(store.path(&second.file).exists());
+    let left = backup::list(&env.platform, Some(&t.slug)).await.unwrap();
+    assert_eq!(left.iter().map(|m| m.id).collect::<Vec<_>>(), [second.id]);
+}

@@ -137,20 +137,13 @@ fn aead_with(key: &[u8]) -> anyhow::Result<Aes256Gcm> {
     Aes256Gcm::new_from_slice(key).map_err(|_| anyhow::anyhow!("bad key length"))
 }
 
-/// A `pg_dump` of the tenant's database as the admin role; the password goes through
-/// the environment, never the command line.
-fn pg_dump(p: &Platform, database: &str) -> anyhow::Result<std::process::Child> {
+/// A PostgreSQL client program (`pg_dump`, `pg_restore`) connecting as the admin role
+/// to `database`; the password goes through the environment, never the command line.
+fn pg_tool(p: &Platform, program: &str, database: &str) -> anyhow::Result<Command> {
     let bin = crate::embedded_pg::find_bin_dir()?;
     let cfg = p.cluster.admin_config(database);
-    let mut cmd = Command::new(bin.join("pg_dump"));
-    cmd.args([
-        "--format=custom",
-        "--no-owner",
-        "--no-privileges",
-        "--compress=6",
-    ])
-    .arg("--dbname")
-    .arg(database);
+    let mut cmd = Command::new(bin.join(program));
+    cmd.arg("--dbname").arg(database);
     if let Some(host) = cfg.get_hosts().first() {
         match host {
             tokio_postgres::config::Host::Tcp(h) => cmd.arg("--host").arg(h),
@@ -166,9 +159,43 @@ fn pg_dump(p: &Platform, database: &str) -> anyhow::Result<std::process::Child> 
     if let Some(pw) = cfg.get_password() {
         cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
     }
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.stdin(Stdio::null());
+    Ok(cmd)
+}
+
+/// Restores a `pg_dump` archive into `database` (objects owned by `role`, if given).
+async fn pg_restore(
+    p: &Platform,
+    database: &str,
+    dump: &Path,
+    role: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut cmd = pg_tool(p, "pg_restore", database)?;
+    cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"]);
+    if let Some(role) = role {
+        cmd.arg(format!("--role={role}"));
+    }
+    cmd.arg(dump);
+    let out = tokio::task::spawn_blocking(move || cmd.output()).await??;
+    if !out.status.success() {
+        bail!(
+            "pg_restore into {database} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// A `pg_dump` (custom format) of a tenant's database, streaming on stdout.
+fn pg_dump(p: &Platform, database: &str) -> anyhow::Result<std::process::Child> {
+    let mut cmd = pg_tool(p, "pg_dump", database)?;
+    cmd.args([
+        "--format=custom",
+        "--no-owner",
+        "--no-privileges",
+        "--compress=6",
+    ]);
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
     cmd.spawn().context("starting pg_dump")
 }
 
@@ -376,22 +403,7 @@ pub async fn decrypt(
     file: &str,
     out: impl Write + Send + 'static,
 ) -> anyhow::Result<()> {
-    let mut r = store.open(file)?;
-    let mut magic = [0u8; 8];
-    r.read_exact(&mut magic).context("not a Madoguchi backup")?;
-    if &magic != MAGIC {
-        bail!("not a Madoguchi backup (unknown format)");
-    }
-    let mut len = [0u8; 4];
-    r.read_exact(&mut len)?;
-    let hlen = u32::from_be_bytes(len) as usize;
-    if hlen > 64 * 1024 {
-        bail!("backup header too large");
-    }
-    let mut header_bytes = vec![0u8; hlen];
-    r.read_exact(&mut header_bytes)?;
-    let header: Header =
-        serde_json::from_slice(&header_bytes).context("backup header unreadable")?;
+    let (header, header_bytes, mut r) = read_header(store, file)?;
     let rec = p
         .catalog
         .tenant_by_id(header.tenant_id)
@@ -551,40 +563,9 @@ pub async fn drill(
             crate::catalog::quote_ident(&scratch)
         ))
         .await?;
+    let cfg = p.cluster.admin_config(&scratch);
     let result = async {
-        let bin = crate::embedded_pg::find_bin_dir()?;
-        let cfg = p.cluster.admin_config(&scratch);
-        let mut cmd = Command::new(bin.join("pg_restore"));
-        cmd.args([
-            "--no-owner",
-            "--no-privileges",
-            "--exit-on-error",
-            "--dbname",
-        ])
-        .arg(&scratch)
-        .arg(dump.path());
-        if let Some(host) = cfg.get_hosts().first() {
-            match host {
-                tokio_postgres::config::Host::Tcp(h) => cmd.arg("--host").arg(h),
-                tokio_postgres::config::Host::Unix(path) => cmd.arg("--host").arg(path),
-            };
-        }
-        if let Some(port) = cfg.get_ports().first() {
-            cmd.arg("--port").arg(port.to_string());
-        }
-        if let Some(user) = cfg.get_user() {
-            cmd.arg("--username").arg(user);
-        }
-        if let Some(pw) = cfg.get_password() {
-            cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
-        }
-        let out = tokio::task::spawn_blocking(move || cmd.stdin(Stdio::null()).output()).await??;
-        if !out.status.success() {
-            bail!(
-                "pg_restore failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
-        }
+        pg_restore(p, &scratch, dump.path(), None).await?;
         let source =
             crate::control::Cluster::connect(&p.cluster.admin_config(&rec.database)).await?;
         let restored = crate::control::Cluster::connect(&cfg).await?;
@@ -630,6 +611,14 @@ pub async fn drill(
 
 /// The tenant a backup file belongs to, from its header.
 fn backup_tenant(store: &dyn BackupStore, file: &str) -> anyhow::Result<Uuid> {
+    Ok(read_header(store, file)?.0.tenant_id)
+}
+
+/// Opens a backup file and reads its header: (header, its bytes, the rest).
+fn read_header(
+    store: &dyn BackupStore,
+    file: &str,
+) -> anyhow::Result<(Header, Vec<u8>, Box<dyn Read + Send>)> {
     let mut r = store.open(file)?;
     let mut magic = [0u8; 8];
     r.read_exact(&mut magic).context("not a Madoguchi backup")?;
@@ -642,11 +631,10 @@ fn backup_tenant(store: &dyn BackupStore, file: &str) -> anyhow::Result<Uuid> {
     if hlen > 64 * 1024 {
         bail!("backup header too large");
     }
-    let mut header = vec![0u8; hlen];
-    r.read_exact(&mut header)?;
-    Ok(serde_json::from_slice::<Header>(&header)
-        .context("backup header unreadable")?
-        .tenant_id)
+    let mut bytes = vec![0u8; hlen];
+    r.read_exact(&mut bytes)?;
+    let header: Header = serde_json::from_slice(&bytes).context("backup header unreadable")?;
+    Ok((header, bytes, r))
 }
 
 /// Restores a backup into a new tenant (new slug, hosts, role and database). The new
@@ -694,37 +682,9 @@ pub async fn restore(
     create_database(p, &rec)
         .await
         .context("creating the restored tenant's database")?;
-    let bin = crate::embedded_pg::find_bin_dir()?;
-    let cfg = p.cluster.admin_config(&rec.database);
-    let mut cmd = Command::new(bin.join("pg_restore"));
-    cmd.args(["--no-owner", "--no-privileges", "--exit-on-error"])
-        .arg(format!("--role={}", rec.role))
-        .arg("--dbname")
-        .arg(&rec.database)
-        .arg(dump.path());
-    if let Some(host) = cfg.get_hosts().first() {
-        match host {
-            tokio_postgres::config::Host::Tcp(h) => cmd.arg("--host").arg(h),
-            tokio_postgres::config::Host::Unix(path) => cmd.arg("--host").arg(path),
-        };
-    }
-    if let Some(port) = cfg.get_ports().first() {
-        cmd.arg("--port").arg(port.to_string());
-    }
-    if let Some(user) = cfg.get_user() {
-        cmd.arg("--username").arg(user);
-    }
-    if let Some(pwd) = cfg.get_password() {
-        cmd.env("PGPASSWORD", String::from_utf8_lossy(pwd).into_owned());
-    }
-    let out = tokio::task::spawn_blocking(move || cmd.stdin(Stdio::null()).output()).await??;
-    if !out.status.success() {
-        bail!(
-            "pg_restore into {} failed (the tenant {slug} is left in state provisioning): {}",
-            rec.database,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    pg_restore(p, &rec.database, dump.path(), Some(&rec.role))
+        .await
+        .with_context(|| format!("restoring (the tenant {slug} is left in state provisioning)"))?;
     crate::control::migrate::migrate_tenant(p, &rec)
         .await
         .context("bringing the restored schema up to date")?;

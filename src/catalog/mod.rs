@@ -365,3 +365,44 @@ impl Catalog {
             .collect()
     }
 }
+
+/// Figures for monitoring, read at each scrape.
+#[derive(Debug, Default)]
+pub struct ControlFigures {
+    /// (slug, unix time of the newest backup, 0 if none) per active tenant.
+    pub backups: Vec<(String, i64)>,
+    /// (slug, ok, seconds) of each tenant's latest drill.
+    pub drills: Vec<(String, bool, f64)>,
+    pub tlog_size: i64,
+}
+
+impl Catalog {
+    pub async fn control_figures(&self) -> anyhow::Result<ControlFigures> {
+        let c = self.client().await?;
+        let backups = c
+            .query(
+                "SELECT t.slug, coalesce(extract(epoch FROM max(b.created_at))::bigint, 0) FROM tenants t
+                   LEFT JOIN backups b ON b.tenant_id = t.id WHERE t.state = 'active' GROUP BY t.slug",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let drills = c
+            .query("SELECT DISTINCT ON (tenant_slug) tenant_slug, ok, seconds FROM drills ORDER BY tenant_slug, at DESC", &[])
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        let tlog_size = c
+            .query_one("SELECT count(*) FROM tlog_entries", &[])
+            .await?
+            .get(0);
+        Ok(ControlFigures {
+            backups,
+            drills,
+            tlog_size,
+        })
+    }
+}

@@ -47,6 +47,10 @@ pub struct Metrics {
     pub budget_limit: Gauge,
     pub tenants: Family<StateLabels, Gauge>,
     pub catalog_up: Gauge,
+    pub backup_last: Family<TenantLabels, Gauge>,
+    pub drill_ok: Family<TenantLabels, Gauge>,
+    pub drill_seconds: Family<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub tlog_size: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -73,6 +77,11 @@ impl Metrics {
         let budget_limit = Gauge::default();
         let tenants = Family::<StateLabels, Gauge>::default();
         let catalog_up = Gauge::default();
+        let backup_last = Family::<TenantLabels, Gauge>::default();
+        let drill_ok = Family::<TenantLabels, Gauge>::default();
+        let drill_seconds =
+            Family::<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
+        let tlog_size = Gauge::default();
         registry.register(
             "http_requests",
             "HTTP requests per tenant and status class",
@@ -104,6 +113,26 @@ impl Metrics {
             "1 when the catalog database answers",
             catalog_up.clone(),
         );
+        registry.register(
+            "backup_last_success_timestamp_seconds",
+            "Unix time of each active tenant's newest backup (0: none yet)",
+            backup_last.clone(),
+        );
+        registry.register(
+            "drill_ok",
+            "1 when the tenant's latest restore drill matched, 0 when it did not",
+            drill_ok.clone(),
+        );
+        registry.register(
+            "drill_duration_seconds",
+            "How long the tenant's latest restore drill took",
+            drill_seconds.clone(),
+        );
+        registry.register(
+            "tlog_size",
+            "Entries in the erasure transparency log",
+            tlog_size.clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -113,6 +142,10 @@ impl Metrics {
             budget_limit,
             tenants,
             catalog_up,
+            backup_last,
+            drill_ok,
+            drill_seconds,
+            tlog_size,
         }
     }
 

@@ -251,6 +251,33 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
             })
             .set(size - idle);
     }
+    match app.catalog.control_figures().await {
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "control-plane figures unavailable"
+        ),
+        Ok(f) => {
+            m.backup_last.clear();
+            for (slug, at) in f.backups {
+                m.backup_last
+                    .get_or_create(&metrics::TenantLabels { tenant: slug })
+                    .set(at);
+            }
+            m.drill_ok.clear();
+            m.drill_seconds.clear();
+            for (slug, ok, secs) in f.drills {
+                m.drill_ok
+                    .get_or_create(&metrics::TenantLabels {
+                        tenant: slug.clone(),
+                    })
+                    .set(i64::from(ok));
+                m.drill_seconds
+                    .get_or_create(&metrics::TenantLabels { tenant: slug })
+                    .set(secs);
+            }
+            m.tlog_size.set(f.tlog_size);
+        }
+    }
     if let Ok(counts) = app.catalog.counts_by_state().await {
         m.tenants.clear();
         for state in ["provisioning", "active", "suspended"] {

@@ -168,6 +168,48 @@ async fn health_metrics_and_request_ids() {
     ] {
         assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
     }
+    // Monitoring of the control plane: no backup yet is 0; after one, its time.
+    assert!(
+        metrics.contains(&format!(
+            "madoguchi_backup_last_success_timestamp_seconds{{tenant=\"{}\"}} 0",
+            a.slug
+        )),
+        "{metrics}"
+    );
+    assert!(metrics.contains("madoguchi_tlog_size 0"));
+    let store = madoguchi::control::backup::DirStore::new(env.state.path());
+    madoguchi::control::backup::run(&env.platform, &store, &a)
+        .await
+        .unwrap();
+    madoguchi::control::backup::drill(&env.platform, &store, &a)
+        .await
+        .unwrap();
+    let metrics = c
+        .get(format!("http://{}/metrics", server.bound.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with(&format!(
+                "madoguchi_backup_last_success_timestamp_seconds{{tenant=\"{}\"}}",
+                a.slug
+            ))
+        })
+        .unwrap();
+    let at: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(
+        (at - time::OffsetDateTime::now_utc().unix_timestamp()).abs() < 600,
+        "{line}"
+    );
+    assert!(
+        metrics.contains(&format!("madoguchi_drill_ok{{tenant=\"{}\"}} 1", a.slug)),
+        "{metrics}"
+    );
     // Error pages carry the request id; the console lists the tenant.
     let (_, body) = get_with_host(&server, &a.hosts[0], "/missing").await;
     assert!(body.contains("受付ID"));

@@ -187,12 +187,14 @@ enum TenantCmd {
 
 #[derive(Subcommand, Debug)]
 enum BackupCmd {
-    /// Back up one tenant, or every active tenant with --all.
+    /// Back up one tenant, the catalog (--catalog), or every active tenant and the catalog (--all).
     Run {
-        #[arg(conflicts_with = "all")]
+        #[arg(conflicts_with_all = ["all", "catalog"])]
         slug: Option<String>,
         #[arg(long)]
         all: bool,
+        #[arg(long, conflicts_with = "all")]
+        catalog: bool,
     },
     /// Backups recorded in the catalog, newest first.
     List { slug: Option<String> },
@@ -461,7 +463,22 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         Command::Backup(cmd) => {
             let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
             match cmd {
-                BackupCmd::Run { slug, all } => {
+                BackupCmd::Run { catalog: true, .. } => {
+                    let m = madoguchi::control::backup::run_catalog(p, &store).await?;
+                    println!(
+                        "catalog: {} ({} bytes, sha256 {})",
+                        m.file, m.size, m.sha256
+                    );
+                    Ok(ExitCode::SUCCESS)
+                }
+                BackupCmd::Run { slug, all, .. } => {
+                    if all {
+                        let m = madoguchi::control::backup::run_catalog(p, &store).await?;
+                        println!(
+                            "catalog: {} ({} bytes, sha256 {})",
+                            m.file, m.size, m.sha256
+                        );
+                    }
                     let tenants = match (slug, all) {
                         (Some(s), _) => {
                             vec![p.catalog.tenant_by_slug(&s).await?.with_context(|| {

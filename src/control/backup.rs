@@ -281,37 +281,85 @@ fn encrypt_stream(
     Ok((w.size, hex::encode(w.hash.finalize())))
 }
 
+/// What is backed up: a tenant's database (key wrapped by its data key) or the
+/// catalog (key wrapped by the master key).
+enum Subject<'a> {
+    Tenant(&'a TenantRecord),
+    Catalog,
+}
+
+/// The name under which catalog backups are listed.
+pub const CATALOG: &str = "_catalog";
+
+fn catalog_key_aad(backup: &Uuid) -> Vec<u8> {
+    aad(&[b"madoguchi-catalog-backup-key-v1", backup.as_bytes()])
+}
+
 /// Backs up one tenant: dump, encrypt, store, manifest, catalog row.
 pub async fn run(
     p: &Platform,
     store: &dyn BackupStore,
     rec: &TenantRecord,
 ) -> anyhow::Result<Manifest> {
+    backup(p, store, Subject::Tenant(rec)).await
+}
+
+/// Backs up the catalog itself, its backup key wrapped by the master key.
+pub async fn run_catalog(p: &Platform, store: &dyn BackupStore) -> anyhow::Result<Manifest> {
+    backup(p, store, Subject::Catalog).await
+}
+
+async fn backup(
+    p: &Platform,
+    store: &dyn BackupStore,
+    subject: Subject<'_>,
+) -> anyhow::Result<Manifest> {
     let id = Uuid::new_v4();
-    let (key_version, dk) = data_key(p, rec).await?;
     let mut backup_key = Zeroizing::new([0u8; 32]);
     rand::rngs::OsRng.fill_bytes(backup_key.as_mut());
     let mut prefix = [0u8; 7];
     rand::rngs::OsRng.fill_bytes(&mut prefix);
-    let wrapped = {
-        use aes_gcm::aead::Aead;
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ct = aead_with(dk.bytes())?
-            .encrypt(
-                aes_gcm::Nonce::from_slice(&nonce),
-                Payload {
-                    msg: backup_key.as_ref(),
-                    aad: &backup_key_aad(&rec.id, &id),
-                },
+    let (tenant_id, slug, database, schema_version, key_version, wrapped) = match subject {
+        Subject::Tenant(rec) => {
+            let (key_version, dk) = data_key(p, rec).await?;
+            use aes_gcm::aead::Aead;
+            let mut nonce = [0u8; 12];
+            rand::rngs::OsRng.fill_bytes(&mut nonce);
+            let ct = aead_with(dk.bytes())?
+                .encrypt(
+                    aes_gcm::Nonce::from_slice(&nonce),
+                    Payload {
+                        msg: backup_key.as_ref(),
+                        aad: &backup_key_aad(&rec.id, &id),
+                    },
+                )
+                .map_err(|_| anyhow::anyhow!("wrapping the backup key failed"))?;
+            (
+                Some(rec.id),
+                rec.slug.clone(),
+                rec.database.clone(),
+                rec.schema_version,
+                key_version,
+                [nonce.to_vec(), ct].concat(),
             )
-            .map_err(|_| anyhow::anyhow!("wrapping the backup key failed"))?;
-        [nonce.to_vec(), ct].concat()
+        }
+        Subject::Catalog => {
+            let wrapped = p.keys.wrap(backup_key.as_ref(), &catalog_key_aad(&id))?;
+            let version = i32::try_from(crate::catalog::Catalog::latest_version())?;
+            (
+                None,
+                CATALOG.to_owned(),
+                p.settings.catalog_db.clone(),
+                version,
+                0,
+                wrapped,
+            )
+        }
     };
     let header = serde_json::to_vec(&Header {
         format: 1,
         backup_id: id,
-        tenant_id: rec.id,
+        tenant_id: tenant_id.unwrap_or(Uuid::nil()),
         key_version,
         wrapped_key: B64.encode(&wrapped),
         nonce_prefix: B64.encode(prefix),
@@ -320,13 +368,9 @@ pub async fn run(
     let stamp = created.format(&time::macros::format_description!(
         "[year][month][day]T[hour][minute][second]Z"
     ))?;
-    let file = format!(
-        "{}/{stamp}-{}.mdgbak",
-        rec.slug,
-        &id.simple().to_string()[..8]
-    );
+    let file = format!("{slug}/{stamp}-{}.mdgbak", &id.simple().to_string()[..8]);
     let out = store.create(&file)?;
-    let mut child = pg_dump(p, &rec.database)?;
+    let mut child = pg_dump(p, &database)?;
     let stdout = child.stdout.take().context("pg_dump has no output")?;
     let key = backup_key.clone();
     let (size, sha) = tokio::task::spawn_blocking(move || {
@@ -343,13 +387,13 @@ pub async fn run(
     }
     let manifest = Manifest {
         id,
-        tenant_id: rec.id,
-        tenant: rec.slug.clone(),
+        tenant_id: tenant_id.unwrap_or(Uuid::nil()),
+        tenant: slug.clone(),
         created_at: created.format(&time::format_description::well_known::Rfc3339)?,
         file: file.clone(),
         size,
         sha256: sha.clone(),
-        schema_version: rec.schema_version,
+        schema_version,
         key_version,
     };
     let mut m = store.create(&format!("{file}.json"))?;
@@ -360,7 +404,7 @@ pub async fn run(
     c.execute(
         "INSERT INTO backups (id, tenant_id, tenant_slug, created_at, file, size, sha256, schema_version, key_version)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        &[&id, &rec.id, &rec.slug, &created, &file, &i64::try_from(size)?, &sha_bytes, &rec.schema_version, &i32::try_from(key_version)?],
+        &[&id, &tenant_id, &slug, &created, &file, &i64::try_from(size)?, &sha_bytes, &schema_version, &i32::try_from(key_version)?],
     )
     .await?;
     Ok(manifest)
@@ -404,45 +448,18 @@ pub async fn decrypt(
     out: impl Write + Send + 'static,
 ) -> anyhow::Result<()> {
     let (header, header_bytes, mut r) = read_header(store, file)?;
-    let rec = p
-        .catalog
-        .tenant_by_id(header.tenant_id)
-        .await?
-        .with_context(|| {
-            format!(
-                "the tenant of this backup ({}) no longer has keys",
-                header.tenant_id
-            )
-        })?;
-    let k = p
-        .catalog
-        .keys(rec.id, "data")
-        .await?
-        .into_iter()
-        .find(|k| k.version == header.key_version)
-        .context("the data key this backup was made with no longer exists")?;
-    let dk = DataKey::unwrap(p.keys.as_ref(), &k.wrapped, &rec.id, k.version)?;
-    let wrapped = B64.decode(&header.wrapped_key)?;
-    if wrapped.len() < 12 {
-        bail!("backup header damaged");
-    }
-    let backup_key = {
-        use aes_gcm::aead::Aead;
-        Zeroizing::new(
-            aead_with(dk.bytes())?
-                .decrypt(
-                    aes_gcm::Nonce::from_slice(&wrapped[..12]),
-                    Payload {
-                        msg: &wrapped[12..],
-                        aad: &backup_key_aad(&rec.id, &header.backup_id),
-                    },
+    let backup_key = if header.tenant_id.is_nil() {
+        // A catalog backup: its key is wrapped by the master key.
+        let wrapped = B64.decode(&header.wrapped_key)?;
+        p.keys
+            .unwrap(&wrapped, &catalog_key_aad(&header.backup_id))
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "the backup key does not unwrap: wrong master key or damaged header"
                 )
-                .map_err(|_| {
-                    anyhow::anyhow!(
-                        "the backup key does not unwrap: wrong tenant key or damaged header"
-                    )
-                })?,
-        )
+            })?
+    } else {
+        tenant_backup_key(p, &header).await?
     };
     let prefix: [u8; 7] = B64
         .decode(&header.nonce_prefix)?
@@ -612,6 +629,45 @@ pub async fn drill(
 /// The tenant a backup file belongs to, from its header.
 fn backup_tenant(store: &dyn BackupStore, file: &str) -> anyhow::Result<Uuid> {
     Ok(read_header(store, file)?.0.tenant_id)
+}
+
+/// A tenant backup's key, unwrapped with the tenant's data key of the right version.
+async fn tenant_backup_key(p: &Platform, header: &Header) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let rec = p
+        .catalog
+        .tenant_by_id(header.tenant_id)
+        .await?
+        .with_context(|| {
+            format!(
+                "the tenant of this backup ({}) no longer has keys",
+                header.tenant_id
+            )
+        })?;
+    let k = p
+        .catalog
+        .keys(rec.id, "data")
+        .await?
+        .into_iter()
+        .find(|k| k.version == header.key_version)
+        .context("the data key this backup was made with no longer exists")?;
+    let dk = DataKey::unwrap(p.keys.as_ref(), &k.wrapped, &rec.id, k.version)?;
+    let wrapped = B64.decode(&header.wrapped_key)?;
+    if wrapped.len() < 12 {
+        bail!("backup header damaged");
+    }
+    use aes_gcm::aead::Aead;
+    let key = aead_with(dk.bytes())?
+        .decrypt(
+            aes_gcm::Nonce::from_slice(&wrapped[..12]),
+            Payload {
+                msg: &wrapped[12..],
+                aad: &backup_key_aad(&rec.id, &header.backup_id),
+            },
+        )
+        .map_err(|_| {
+            anyhow::anyhow!("the backup key does not unwrap: wrong tenant key or damaged header")
+        })?;
+    Ok(Zeroizing::new(key))
 }
 
 /// Opens a backup file and reads its header: (header, its bytes, the rest).
@@ -813,6 +869,15 @@ pub async fn run_all(
             }
             Err(e) => failed.push((t.slug.clone(), format!("{e:#}"))),
         }
+    }
+    match run_catalog(p, store).await {
+        Ok(_) => {
+            ok += 1;
+            if let Err(e) = prune(p, store, CATALOG, retention).await {
+                failed.push((CATALOG.into(), format!("pruning: {e:#}")));
+            }
+        }
+        Err(e) => failed.push((CATALOG.into(), format!("{e:#}"))),
     }
     (ok, failed)
 }

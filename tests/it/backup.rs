@@ -261,3 +261,52 @@ async fn retention_removes_older_backups_files_and_records() {
     let left = backup::list(&env.platform, Some(&t.slug)).await.unwrap();
     assert_eq!(left.iter().map(|m| m.id).collect::<Vec<_>>(), [second.id]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_is_backed_up_under_the_master_key() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("cat"), "千代田区", "131016").await;
+    let store = DirStore::new(env.state.path());
+    let m = backup::run_catalog(&env.platform, &store).await.unwrap();
+    assert_eq!(m.tenant, backup::CATALOG);
+    let bytes = std::fs::read(store.path(&m.file)).unwrap();
+    for needle in [
+        t.slug.as_bytes(),
+        t.database.as_bytes(),
+        b"tenant_keys",
+        b"PGDMP",
+    ] {
+        assert!(
+            !bytes.windows(needle.len()).any(|w| w == needle),
+            "{} in the catalog backup",
+            String::from_utf8_lossy(needle)
+        );
+    }
+    let dump = env.state.path().join("catalog.dump");
+    backup::decrypt(
+        &env.platform,
+        &store,
+        &m.file,
+        std::fs::File::create(&dump).unwrap(),
+    )
+    .await
+    .unwrap();
+    let plain = std::fs::read(&dump).unwrap();
+    assert!(plain.starts_with(b"PGDMP"));
+    // Another master key cannot open it.
+    let other = TestEnv::new().await;
+    let other_store = DirStore::new(other.state.path());
+    std::fs::create_dir_all(other_store.path(backup::CATALOG)).unwrap();
+    std::fs::copy(store.path(&m.file), other_store.path(&m.file)).unwrap();
+    let sink = other.state.path().join("x.dump");
+    let err = backup::decrypt(
+        &other.platform,
+        &other_store,
+        &m.file,
+        std::fs::File::create(&sink).unwrap(),
+    )
+    .await
+    .err()
+    .expect("opened with another master key");
+    assert!(format!("{err:#}").contains("does not unwrap"), "{err:#}");
+}

@@ -17,6 +17,11 @@ use tower_governor::{GovernorError, GovernorLayer};
 use crate::domain::HostName;
 use crate::web::ErrorPage;
 
+/// POSTs allowed at once per tenant and client address, before the steady rate
+/// (given where each limit is applied) takes over.
+pub const SIGN_IN_BURST: u32 = 10;
+pub const SETUP_BURST: u32 = 5;
+
 /// The tenant (by host) and the client's address.
 #[derive(Debug, Clone, Copy)]
 pub struct TenantIp;

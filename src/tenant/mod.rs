@@ -120,6 +120,7 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
 
 /// Every route of the municipality app.
 pub fn router() -> Router {
+    use crate::front::limits::{self, post_limit};
     use admin::forms as b;
     use forms::citizen as c;
     use staff::pages as s;
@@ -144,9 +145,19 @@ pub fn router() -> Router {
         .route("/status/resubmit", post(status::resubmit).layer(lookups))
         // Staff: account
         .route("/admin", get(|| async { http::see_other("/admin/forms") }))
-        .route("/admin/login", get(s::login_form).post(s::login))
+        .route(
+            "/admin/login",
+            get(s::login_form)
+                .post(s::login)
+                .layer(post_limit(Duration::from_secs(6), limits::SIGN_IN_BURST)),
+        )
         .route("/admin/logout", post(s::logout))
-        .route("/admin/setup/{token}", get(s::setup_form).post(s::setup))
+        .route(
+            "/admin/setup/{token}",
+            get(s::setup_form)
+                .post(s::setup)
+                .layer(post_limit(Duration::from_secs(12), limits::SETUP_BURST)),
+        )
         .route("/admin/staff", get(s::staff_list).post(s::staff_add))
         .route("/admin/staff/{id}", post(s::staff_update))
         .route("/admin/departments", post(s::department_add))

@@ -977,3 +977,48 @@ async fn retention_prunes_old_entries_and_the_chain_still_verifies() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_attempts_are_rate_limited_per_tenant_and_address() {
+    let env = TestEnv::new().await;
+    let a = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let b = env.tenant(&unique("b"), "札幌市", "011002").await;
+    let server = env.serve().await;
+    let c = browser(&server, &[&a.hosts[0], &b.hosts[0]]);
+    let mut limited_after = None;
+    for i in 0..20 {
+        let (status, _, body) = post(
+            &c,
+            &url(&server, &a.hosts[0], "/admin/login"),
+            &[
+                ("email", "x@example.jp"),
+                ("password", "wrong wrong wrong"),
+                ("code", ""),
+            ],
+        )
+        .await;
+        if status == 429 {
+            assert!(body.contains("操作の回数が多すぎます"));
+            limited_after = Some(i);
+            break;
+        }
+        assert_eq!(status, 401);
+    }
+    assert_eq!(
+        limited_after,
+        Some(madoguchi::front::limits::SIGN_IN_BURST as usize)
+    );
+    // Another municipality's sign-in page is not affected by this tenant's limit.
+    let (status, _, _) = post(
+        &c,
+        &url(&server, &b.hosts[0], "/admin/login"),
+        &[
+            ("email", "x@example.jp"),
+            ("password", "wrong wrong wrong"),
+            ("code", ""),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
+    server.shutdown().await;
+}

@@ -146,6 +146,43 @@ struct FormPage {
     preview: bool,
 }
 
+impl FormPage {
+    /// One page of a form: `page` is the page's index, `step` its position (from 0)
+    /// among the `steps` pages shown to this person.
+    fn shell(
+        ctx: &TenantCtx,
+        def: &FormDefinition,
+        page: usize,
+        step: usize,
+        steps: usize,
+        fields: Vec<FieldView>,
+    ) -> Self {
+        Self {
+            site: ctx.name.to_string(),
+            title: def.title.clone(),
+            description: if step == 0 {
+                def.description.clone()
+            } else {
+                String::new()
+            },
+            page_title: def
+                .pages
+                .get(page)
+                .map(|p| p.title.clone())
+                .unwrap_or_default(),
+            step: step + 1,
+            steps,
+            page,
+            fields,
+            errors: Vec::new(),
+            token: String::new(),
+            action: String::new(),
+            first: step == 0,
+            preview: false,
+        }
+    }
+}
+
 #[derive(Template)]
 #[template(path = "citizen/notice.html")]
 struct NoticePage {
@@ -270,23 +307,10 @@ fn form_page(
         }
     }
     FormPage {
-        site: ctx.name.to_string(),
-        title: def.title.clone(),
-        description: if step == 0 {
-            def.description.clone()
-        } else {
-            String::new()
-        },
-        page_title: p.title.clone(),
-        step: step + 1,
-        steps: visible.len(),
-        page,
-        fields,
         errors: error_links(errors),
         token: token.to_owned(),
         action: format!("/f/{}", form.public_id),
-        first: step == 0,
-        preview: false,
+        ..FormPage::shell(ctx, def, page, step, visible.len(), fields)
     }
 }
 
@@ -830,23 +854,9 @@ pub fn preview(ctx: &TenantCtx, def: &FormDefinition, form_id: i64, page: usize)
     render(
         StatusCode::OK,
         &FormPage {
-            site: ctx.name.to_string(),
-            title: def.title.clone(),
-            description: if page == 0 {
-                def.description.clone()
-            } else {
-                String::new()
-            },
-            page_title: p.title.clone(),
-            step: page + 1,
-            steps: def.pages.len(),
-            page,
-            fields,
-            errors: Vec::new(),
-            token: String::new(),
             action: format!("/admin/forms/{form_id}/preview"),
-            first: page == 0,
             preview: true,
+            ..FormPage::shell(ctx, def, page, page, def.pages.len(), fields)
         },
     )
 }

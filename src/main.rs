@@ -119,6 +119,50 @@ enum Command {
     /// The transparency log of erasure certificates.
     #[command(subcommand)]
     Tlog(TlogCmd),
+    /// Erasure certificates: verify offline, export, list.
+    #[command(subcommand)]
+    Cert(CertCmd),
+    /// The control plane's own operation log.
+    #[command(subcommand)]
+    OpsLog(OpsLogCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum CertCmd {
+    /// Check a certificate offline: three signatures, inclusion in the log, the
+    /// checkpoint's signature and (given an older checkpoint) consistency.
+    Verify {
+        cert: PathBuf,
+        /// The platform key (verifier form, as printed by `madoguchi platform-key`), or a file holding it.
+        #[arg(long)]
+        platform_key: String,
+        /// Registered operators' public keys (`ID ed25519 BASE64` lines).
+        #[arg(long)]
+        operators: Option<PathBuf>,
+        /// An older checkpoint kept by the auditor.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+    },
+    /// Print a certificate with a current checkpoint and proofs (JSON).
+    Export {
+        id: uuid::Uuid,
+        /// Add a consistency proof from this older tree size (repeatable).
+        #[arg(long)]
+        since: Vec<u64>,
+    },
+    /// Issued certificates, newest first.
+    List,
+}
+
+#[derive(Subcommand, Debug)]
+enum OpsLogCmd {
+    /// Check the hash chain; exits non-zero at the first broken entry.
+    Verify,
+    /// The newest entries.
+    Show {
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -146,6 +190,42 @@ enum TenantCmd {
     Suspend { slug: String },
     /// Resume a suspended tenant.
     Resume { slug: String },
+    /// Request decommissioning (step 1 of 2): the tenant closes at once, an optional
+    /// final export is made, and the request is signed with the operator's key.
+    Decommission {
+        slug: String,
+        /// The requesting operator's id.
+        #[arg(long)]
+        operator: String,
+        /// The requesting operator's private key file (from `operator keygen`).
+        #[arg(long)]
+        key: PathBuf,
+        #[arg(long, default_value = "契約終了 / end of contract")]
+        reason: String,
+        /// First export every form and submission for the municipality (DIR/exports/).
+        #[arg(long)]
+        final_export: bool,
+    },
+    /// Withdraw an open decommissioning request; the tenant returns to its former state.
+    WithdrawDecommission {
+        slug: String,
+        #[arg(long)]
+        operator: String,
+    },
+    /// Erase a decommissioned tenant (step 2 of 2, by another operator): destroy its
+    /// database, role, backups and keys, verify, and write a signed certificate.
+    Erase {
+        slug: String,
+        /// The verifying operator's id (not the one who requested it).
+        #[arg(long)]
+        verifier: String,
+        /// The verifying operator's private key file.
+        #[arg(long)]
+        key: PathBuf,
+        /// Go on although another tenant restored from this one's backups holds its keys.
+        #[arg(long)]
+        allow_shared_keys: bool,
+    },
     /// Create an API token for the integration API (/api/v1) and print it once.
     ApiToken {
         slug: String,
@@ -226,15 +306,18 @@ enum OperatorCmd {
         #[arg(long)]
         id: Option<String>,
     },
-    /// Register an operator with the public key from a .pub file.
+    /// Register an operator with the public key from a .pub file (auditors need none).
     Add {
         id: String,
         #[arg(long)]
         name: String,
         #[arg(long)]
         title: String,
+        #[arg(long, required_unless_present = "auditor")]
+        public_key: Option<PathBuf>,
+        /// A read-only auditor of erasure certificates on the ops console.
         #[arg(long)]
-        public_key: PathBuf,
+        auditor: bool,
     },
     /// List registered operators.
     List,
@@ -345,6 +428,21 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         println!("{}\n{}", out.display(), public.display());
         return Ok(ExitCode::SUCCESS);
     }
+    // Verifying a certificate is offline: no catalog, no cluster.
+    if let Command::Cert(CertCmd::Verify {
+        cert,
+        platform_key,
+        operators,
+        checkpoint,
+    }) = &cli.command
+    {
+        return cert_verify(
+            cert,
+            platform_key,
+            operators.as_deref(),
+            checkpoint.as_deref(),
+        );
+    }
     let (settings, file) = settings(&cli.common)?;
     let platform = Platform::open(settings).await?;
     let result = dispatch(&platform, &file, cli.command).await;
@@ -385,6 +483,26 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             serve_with(p, file, &args, &accounts).await
         }
         Command::Tenant(cmd) => tenant(p, cmd).await,
+        Command::Cert(cmd) => cert_cmd(p, cmd).await,
+        Command::OpsLog(OpsLogCmd::Verify) => {
+            let n = madoguchi::control::oplog::verify(&p.catalog).await?;
+            println!("operation log intact: {n} entries");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::OpsLog(OpsLogCmd::Show { limit }) => {
+            for e in madoguchi::control::oplog::recent(&p.catalog, limit).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\t{}",
+                    e.seq,
+                    e.at.format(&time::format_description::well_known::Rfc3339)?,
+                    e.actor,
+                    e.action,
+                    e.target,
+                    e.detail
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Migrate {
             all,
             slug,
@@ -490,7 +608,9 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                             .list_tenants()
                             .await?
                             .into_iter()
-                            .filter(|t| t.state != TenantState::Provisioning)
+                            .filter(|t| {
+                                matches!(t.state, TenantState::Active | TenantState::Suspended)
+                            })
                             .collect(),
                         (None, false) => anyhow::bail!("name a tenant or pass --all"),
                     };
@@ -600,35 +720,52 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             name,
             title,
             public_key,
+            auditor,
         }) => {
-            let text = std::fs::read_to_string(&public_key)
-                .with_context(|| format!("reading {}", public_key.display()))?;
-            let keys = madoguchi::control::keys::parse_public_lines(&text)?;
-            let (_, key) = keys
-                .iter()
-                .find(|(kid, _)| *kid == id)
-                .with_context(|| format!("{} holds no key for {id}", public_key.display()))?;
+            let key = match (&public_key, auditor) {
+                (Some(path), false) => {
+                    let text = std::fs::read_to_string(path)
+                        .with_context(|| format!("reading {}", path.display()))?;
+                    let keys = madoguchi::control::keys::parse_public_lines(&text)?;
+                    keys.iter()
+                        .find(|(kid, _)| *kid == id)
+                        .with_context(|| format!("{} holds no key for {id}", path.display()))?
+                        .1
+                        .to_vec()
+                }
+                (Some(_), true) => anyhow::bail!("auditors do not sign; leave out --public-key"),
+                (None, _) => Vec::new(),
+            };
+            let role = if auditor { "auditor" } else { "operator" };
             p.catalog
                 .add_operator(&madoguchi::catalog::Operator {
                     id: id.clone(),
                     name,
                     title,
-                    public_key: key.to_vec(),
+                    role: role.to_owned(),
+                    public_key: key,
                 })
                 .await?;
-            println!("registered operator {id}");
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "operator.add",
+                &id,
+                serde_json::json!({ "role": role }),
+            )
+            .await?;
+            println!("registered {role} {id}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Operator(OperatorCmd::List) => {
             for o in p.catalog.operators().await? {
                 let key: [u8; 32] = o.public_key.clone().try_into().unwrap_or([0; 32]);
-                println!(
-                    "{}\t{}\t{}\t{}",
-                    o.id,
-                    o.name,
-                    o.title,
+                let key = if o.role == "auditor" {
+                    "auditor (no signing key)".to_owned()
+                } else {
                     madoguchi::control::keys::public_line(&o.id, &key)
-                );
+                };
+                println!("{}\t{}\t{}\t{key}", o.id, o.name, o.title);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -676,6 +813,92 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         }
         Command::Db(DbCmd::Url) => {
             println!("{}", p.admin_url());
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Who ran a command, for the operation log.
+fn cli_actor() -> String {
+    format!(
+        "cli:{}",
+        std::env::var("SUDO_USER")
+            .or_else(|_| std::env::var("USER"))
+            .unwrap_or_else(|_| "unknown".into())
+    )
+}
+
+fn read_text(path: &std::path::Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn cert_verify(
+    cert: &std::path::Path,
+    platform_key: &str,
+    operators: Option<&std::path::Path>,
+    checkpoint: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
+    let platform_key = if std::path::Path::new(platform_key).is_file() {
+        read_text(std::path::Path::new(platform_key))?
+    } else {
+        platform_key.to_owned()
+    };
+    let ops = operators
+        .map(|p| madoguchi::control::keys::parse_public_lines(&read_text(p)?))
+        .transpose()?;
+    let older = checkpoint.map(read_text).transpose()?;
+    let verdict = madoguchi::control::certificate::verify(
+        &read_text(cert)?,
+        &madoguchi::control::certificate::Trust {
+            platform_key: platform_key.trim(),
+            operators: ops.as_deref(),
+            older_checkpoint: older.as_deref(),
+        },
+    );
+    print!("{}", verdict.report());
+    Ok(if verdict.ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints each erasure step as it finishes.
+struct PrintSteps;
+impl madoguchi::control::erase::Progress for PrintSteps {
+    fn step(&self, n: usize, total: usize, s: &madoguchi::control::certificate::Step) {
+        eprintln!("[{n}/{total}] {}: {} ({})", s.step, s.detail, s.finished_at);
+    }
+}
+
+async fn cert_cmd(p: &Platform, cmd: CertCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CertCmd::Verify { .. } => Ok(ExitCode::SUCCESS),
+        CertCmd::Export { id, since } => {
+            let file = madoguchi::control::erase::export_certificate(p, id, &since).await?;
+            println!("{}", serde_json::to_string_pretty(&file)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        CertCmd::List => {
+            for c in madoguchi::control::erase::issued(p).await? {
+                println!(
+                    "{}\t{}\t{}\t{}\t{}\tlog #{}\t{} / {}\t{}",
+                    c.id,
+                    c.issued_at
+                        .format(&time::format_description::well_known::Rfc3339)?,
+                    c.tenant_slug,
+                    c.tenant_name,
+                    c.local_gov_code,
+                    c.tlog_index,
+                    c.sanitized_by,
+                    c.verified_by,
+                    if c.verified {
+                        "verified"
+                    } else {
+                        "VERIFICATION FAILED"
+                    }
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -819,7 +1042,21 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 .tenant_by_slug(&slug)
                 .await?
                 .context("no such tenant")?;
+            if !matches!(rec.state, TenantState::Active | TenantState::Suspended) {
+                anyhow::bail!(
+                    "tenant {slug} is {}; only an active tenant can be suspended",
+                    rec.state
+                );
+            }
             p.catalog.set_state(rec.id, TenantState::Suspended).await?;
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "tenant.suspend",
+                &slug,
+                serde_json::json!({}),
+            )
+            .await?;
             println!("suspended {slug}");
         }
         TenantCmd::Resume { slug } => {
@@ -828,11 +1065,86 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 .tenant_by_slug(&slug)
                 .await?
                 .context("no such tenant")?;
-            if rec.state == TenantState::Provisioning {
-                anyhow::bail!("tenant {slug} is still being provisioned; run `madoguchi tenant create` again to finish it");
+            match rec.state {
+                TenantState::Provisioning => anyhow::bail!("tenant {slug} is still being provisioned; run `madoguchi tenant create` again to finish it"),
+                TenantState::Decommissioning => anyhow::bail!("tenant {slug} is being decommissioned; withdraw the request first (madoguchi tenant withdraw-decommission)"),
+                TenantState::Erased => anyhow::bail!("tenant {slug} has been erased"),
+                TenantState::Active | TenantState::Suspended => {}
             }
             p.catalog.set_state(rec.id, TenantState::Active).await?;
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "tenant.resume",
+                &slug,
+                serde_json::json!({}),
+            )
+            .await?;
             println!("resumed {slug}");
+        }
+        TenantCmd::Decommission {
+            slug,
+            operator,
+            key,
+            reason,
+            final_export,
+        } => {
+            let req = madoguchi::control::erase::decommission(
+                p,
+                &madoguchi::control::erase::DecommissionArgs {
+                    slug: &slug,
+                    operator: &operator,
+                    key: &key,
+                    reason: &reason,
+                    final_export,
+                },
+            )
+            .await?;
+            if let Some(export) = &req.final_export {
+                println!(
+                    "final export: {} ({} files)",
+                    export.directory,
+                    export.files.len()
+                );
+            }
+            println!("decommissioning of {slug} requested by {operator} (request {}); the tenant is closed.\nAnother operator completes it with: madoguchi tenant erase {slug} --verifier ID --key FILE", req.id);
+        }
+        TenantCmd::WithdrawDecommission { slug, operator } => {
+            madoguchi::control::erase::withdraw(p, &slug, &operator).await?;
+            println!("decommissioning of {slug} withdrawn");
+        }
+        TenantCmd::Erase {
+            slug,
+            verifier,
+            key,
+            allow_shared_keys,
+        } => {
+            let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
+            let (file, path) = madoguchi::control::erase::erase(
+                p,
+                &store,
+                &madoguchi::control::erase::EraseArgs {
+                    slug: &slug,
+                    verifier: &verifier,
+                    key: &key,
+                    allow_shared_keys,
+                },
+                &PrintSteps,
+            )
+            .await?;
+            for c in &file.certificate.verification.results {
+                eprintln!(
+                    "  {} {}: {}",
+                    if c.passed { "ok  " } else { "FAIL" },
+                    c.check,
+                    c.detail
+                );
+            }
+            println!("{}", path.display());
+            if !file.certificate.verification.passed {
+                eprintln!("error: the erasure's verification failed; the certificate records it");
+                return Ok(ExitCode::FAILURE);
+            }
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -15,7 +15,7 @@ mod embedded {
 }
 
 /// Advisory lock key under which catalog migrations run ("madocat" in ASCII).
-const CATALOG_MIGRATION_LOCK: i64 = 0x6d61_646f_6361_74;
+const CATALOG_MIGRATION_LOCK: i64 = i64::from_be_bytes(*b"\0madocat");
 
 /// A tenant's life-cycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -24,6 +24,11 @@ pub enum TenantState {
     Provisioning,
     Active,
     Suspended,
+    /// Closed, waiting for a second operator to erase it.
+    Decommissioning,
+    /// Its database, role, backups and keys are destroyed; only this record and the
+    /// certificate remain.
+    Erased,
 }
 
 impl TenantState {
@@ -32,6 +37,8 @@ impl TenantState {
             Self::Provisioning => "provisioning",
             Self::Active => "active",
             Self::Suspended => "suspended",
+            Self::Decommissioning => "decommissioning",
+            Self::Erased => "erased",
         }
     }
 }
@@ -43,6 +50,8 @@ impl FromStr for TenantState {
             "provisioning" => Ok(Self::Provisioning),
             "active" => Ok(Self::Active),
             "suspended" => Ok(Self::Suspended),
+            "decommissioning" => Ok(Self::Decommissioning),
+            "erased" => Ok(Self::Erased),
             other => anyhow::bail!("unknown tenant state {other:?}"),
         }
     }
@@ -306,6 +315,9 @@ pub struct Operator {
     pub id: String,
     pub name: String,
     pub title: String,
+    /// `operator` (signs decommissioning and erasure) or `auditor` (reads only).
+    pub role: String,
+    /// Ed25519 public key (32 bytes); empty for auditors.
     #[serde(skip)]
     pub public_key: Vec<u8>,
 }
@@ -314,8 +326,14 @@ impl Catalog {
     pub async fn add_operator(&self, op: &Operator) -> anyhow::Result<()> {
         let c = self.client().await?;
         c.execute(
-            "INSERT INTO operators (id, name, title, public_key) VALUES ($1, $2, $3, $4)",
-            &[&op.id, &op.name, &op.title, &op.public_key],
+            "INSERT INTO operators (id, name, title, role, public_key) VALUES ($1, $2, $3, $4, $5)",
+            &[
+                &op.id,
+                &op.name,
+                &op.title,
+                &op.role,
+                &(!op.public_key.is_empty()).then_some(&op.public_key),
+            ],
         )
         .await
         .map_err(|e| match e.code() {
@@ -335,7 +353,7 @@ impl Catalog {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT id, name, title, public_key FROM operators ORDER BY id",
+                "SELECT id, name, title, role, coalesce(public_key, '') FROM operators ORDER BY id",
                 &[],
             )
             .await?;
@@ -345,7 +363,8 @@ impl Catalog {
                 id: r.get(0),
                 name: r.get(1),
                 title: r.get(2),
-                public_key: r.get(3),
+                role: r.get(3),
+                public_key: r.get(4),
             })
             .collect())
     }

@@ -37,6 +37,24 @@ pub trait BackupStore: Send + Sync {
     fn open(&self, name: &str) -> anyhow::Result<Box<dyn Read + Send>>;
     fn delete(&self, name: &str) -> anyhow::Result<()>;
     fn exists(&self, name: &str) -> bool;
+    /// Every file under `prefix/` (names relative to the store).
+    fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>>;
+    /// Size and SHA-256 (hex) of a file.
+    fn digest(&self, name: &str) -> anyhow::Result<(u64, String)> {
+        let mut r = self.open(name)?;
+        let mut h = Sha256::new();
+        let mut buf = vec![0u8; CHUNK];
+        let mut size = 0u64;
+        loop {
+            let n = r.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            h.update(&buf[..n]);
+            size += n as u64;
+        }
+        Ok((size, hex::encode(h.finalize())))
+    }
 }
 
 /// `DIR/backups/<name>`.
@@ -82,6 +100,23 @@ impl BackupStore for DirStore {
     }
     fn exists(&self, name: &str) -> bool {
         self.path(name).exists()
+    }
+    fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        let dir = self.root.join(prefix);
+        let mut out = Vec::new();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e).with_context(|| format!("listing {}", dir.display())),
+        };
+        for e in entries {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                out.push(format!("{prefix}/{}", e.file_name().to_string_lossy()));
+            }
+        }
+        out.sort();
+        Ok(out)
     }
 }
 

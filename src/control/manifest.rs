@@ -68,6 +68,18 @@ pub async fn apply(p: &Platform, m: &Manifest) -> anyhow::Result<Applied> {
     };
     let existing = p.catalog.tenant_by_slug(spec.slug.as_str()).await?;
     let (rec, mut applied) = match existing {
+        Some(rec)
+            if matches!(
+                rec.state,
+                TenantState::Decommissioning | TenantState::Erased
+            ) =>
+        {
+            anyhow::bail!(
+                "tenant {} is {}; its manifest can no longer be applied",
+                rec.slug,
+                rec.state
+            )
+        }
         Some(rec) if rec.state != TenantState::Provisioning => {
             let changes = reconcile(p, &rec, &spec).await?;
             let applied = if changes.is_empty() {

@@ -13,7 +13,7 @@ mod embedded {
 }
 
 /// Advisory lock key under which a tenant database is migrated ("madoten").
-const TENANT_MIGRATION_LOCK: i64 = 0x6d61_646f_7465_6e;
+const TENANT_MIGRATION_LOCK: i64 = i64::from_be_bytes(*b"\0madoten");
 
 /// The newest tenant schema version compiled into this binary.
 pub fn latest_tenant_version() -> i32 {
@@ -63,7 +63,7 @@ pub async fn migrate_many(
 ) -> MigrateReport {
     let tenants: Vec<_> = tenants
         .into_iter()
-        .filter(|t| t.state != TenantState::Provisioning)
+        .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
         .collect();
     let bar = ProgressBar::new(tenants.len() as u64);
     bar.set_style(

@@ -1,11 +1,16 @@
 //! Control-plane services: provisioning, migrations, tenant manifests, and operator
-//! actions inside a tenant (first administrator, demo data).
+//! actions inside a tenant (first administrator, demo data), backups, and
+//! decommissioning with erasure certificates.
 
 pub mod backup;
+pub mod certificate;
 pub mod cluster;
+pub mod erase;
+pub mod final_export;
 pub mod keys;
 pub mod manifest;
 pub mod migrate;
+pub mod oplog;
 pub mod provision;
 pub mod tenant_admin;
 

@@ -126,6 +126,9 @@ pub(crate) async fn register_with(
             key.wrap(p.keys.as_ref(), &id, *version)?,
         ));
     }
+    let (canary_version, canary_key) = data_keys.last().context("no data key")?;
+    let canary = crate::control::erase::make_canary(canary_key, &crypto_id, *canary_version)?;
+    let canary_version = i32::try_from(*canary_version)?;
     let password = Zeroizing::new(random_token(32));
     let wrapped_pw = p.keys.wrap(password.as_bytes(), &password_aad(&id, 1))?;
     let provider = p.keys.id().to_owned();
@@ -133,8 +136,9 @@ pub(crate) async fn register_with(
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
     tx.execute(
-        "INSERT INTO tenants (id, slug, name, local_gov_code, state, db_name, role_name, crypto_id) VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, $6)",
-        &[&id, &spec.slug.as_str(), &spec.name, &spec.code.as_str(), &db, &crypto_id],
+        "INSERT INTO tenants (id, slug, name, local_gov_code, state, db_name, role_name, crypto_id, canary, canary_key_version)
+         VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, $6, $7, $8)",
+        &[&id, &spec.slug.as_str(), &spec.name, &spec.code.as_str(), &db, &crypto_id, &canary, &canary_version],
     )
     .await
     .map_err(|e| unique_violation(e, spec))?;

@@ -155,6 +155,24 @@ impl NoteVerifier {
         })
     }
 
+    /// A verifier for a raw Ed25519 public key under `name`.
+    pub fn from_public(name: &str, public: &[u8; 32]) -> Result<Self, NoteError> {
+        let key = VerifyingKey::from_bytes(public).map_err(|_| NoteError::BadKey)?;
+        if !valid_name(name) {
+            return Err(NoteError::BadKey);
+        }
+        Ok(Self {
+            name: name.to_owned(),
+            hash: key_hash(name, &key),
+            key,
+        })
+    }
+
+    /// The raw public key.
+    pub fn public_bytes(&self) -> [u8; 32] {
+        self.key.to_bytes()
+    }
+
     /// Verifies a raw signature.
     pub fn verify_bytes(&self, msg: &[u8], sig: &[u8]) -> bool {
         Signature::from_slice(sig).is_ok_and(|s| self.key.verify(msg, &s).is_ok())

@@ -203,6 +203,9 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
             r
         }
+        TenantState::Decommissioning | TenantState::Erased => {
+            ErrorPage::closed(&route.name).into_response()
+        }
     };
     app.metrics
         .observe(&route.slug, resp.status().as_u16(), started.elapsed());

@@ -83,6 +83,18 @@ impl ErrorPage {
         p
     }
 
+    /// A municipality that has left the service.
+    pub fn closed(site: &str) -> Self {
+        let mut p = Self::new(
+            StatusCode::GONE,
+            "このサービスは終了しました",
+            "This service has closed",
+            "このサイトでのオンライン申請の受付は終了しました。お手続きについては、各自治体の窓口にお問い合わせください。",
+        );
+        site.clone_into(&mut p.site);
+        p
+    }
+
     pub fn busy() -> Self {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,

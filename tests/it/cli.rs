@@ -387,4 +387,153 @@ fn operators_platform_key_and_transparency_log() {
     assert_eq!(root, madoguchi::crypto::tlog::root(&[]));
     let (ok, _, err) = madoguchi(dir, &["tlog", "consistency", "1"]);
     assert!(!ok && err.contains("OLD_SIZE"));
+
+    // Decommissioning by one, erasure by the other; the certificate verifies offline.
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "create",
+            "--slug",
+            "yubari",
+            "--name",
+            "夕張市",
+            "--code",
+            "012092",
+            "--host",
+            "yubari.test",
+        ],
+    );
+    assert!(ok, "{err}");
+    let sato_key = dir.join("sato.key");
+    let suzuki_key = dir.join("suzuki.key");
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "decommission",
+            "yubari",
+            "--operator",
+            "sato",
+            "--key",
+            sato_key.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("tenant erase yubari"), "{out}");
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "erase",
+            "yubari",
+            "--verifier",
+            "sato",
+            "--key",
+            sato_key.to_str().unwrap(),
+        ],
+    );
+    assert!(!ok && err.contains("other than sato"), "{err}");
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "erase",
+            "yubari",
+            "--verifier",
+            "suzuki",
+            "--key",
+            suzuki_key.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("[7/7] new_catalog_backup"), "{err}");
+    let cert = out.trim().to_owned();
+    assert!(
+        cert.ends_with(".json") && Path::new(&cert).exists(),
+        "{out}"
+    );
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "cert",
+            "verify",
+            &cert,
+            "--platform-key",
+            key1.trim(),
+            "--operators",
+            dir.join("all.pub").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("VERIFIED") && !out.contains("FAIL"), "{out}");
+    // The platform key may also be given as a file; the log now holds one entry.
+    std::fs::write(dir.join("platform.pub"), &key1).unwrap();
+    let (ok, note, _) = madoguchi(dir, &["tlog", "checkpoint"]);
+    assert!(ok);
+    std::fs::write(dir.join("old.checkpoint"), &note).unwrap();
+    let (ok, out, _) = madoguchi(
+        dir,
+        &[
+            "cert",
+            "verify",
+            &cert,
+            "--platform-key",
+            dir.join("platform.pub").to_str().unwrap(),
+            "--checkpoint",
+            dir.join("old.checkpoint").to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{out}");
+    let tampered = std::fs::read_to_string(&cert)
+        .unwrap()
+        .replacen("夕張市", "夕張町", 1);
+    std::fs::write(dir.join("tampered.json"), tampered).unwrap();
+    let (ok, out, _) = madoguchi(
+        dir,
+        &[
+            "cert",
+            "verify",
+            dir.join("tampered.json").to_str().unwrap(),
+            "--platform-key",
+            key1.trim(),
+        ],
+    );
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("NOT VERIFIED") && out.contains("FAIL"),
+        "{out}"
+    );
+    let (ok, out, _) = madoguchi(dir, &["cert", "list"]);
+    assert!(
+        ok && out.contains("yubari") && out.contains("sato / suzuki"),
+        "{out}"
+    );
+    let (ok, out, _) = madoguchi(dir, &["tenant", "list"]);
+    assert!(ok && out.contains("erased"), "{out}");
+    // Auditors register without a key; every operator action is in the chained log.
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "operator",
+            "add",
+            "kansa",
+            "--name",
+            "監査 太郎",
+            "--title",
+            "監査人",
+            "--auditor",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = madoguchi(dir, &["ops-log", "verify"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("intact"), "{out}");
+    let (ok, out, _) = madoguchi(dir, &["ops-log", "show"]);
+    assert!(
+        ok && out.contains("tenant.erase")
+            && out.contains("tenant.decommission")
+            && out.contains("operator.add"),
+        "{out}"
+    );
 }

@@ -14,7 +14,7 @@ use crate::crypto::aad;
 use crate::error::AppError;
 
 /// Advisory lock that serialises appends within one tenant database.
-const AUDIT_LOCK: i64 = 0x6d61_646f_6175_64;
+const AUDIT_LOCK: i64 = i64::from_be_bytes(*b"\0madoaud");
 
 /// Who did something.
 #[derive(Debug, Clone)]

@@ -1,0 +1,181 @@
+//! The final export handed to a municipality before its data is erased: every form
+//! (all published versions, as `madoguchi.form/1` JSON) and every submission, one
+//! CSV per form (UTF-8 with BOM, as staff exports), in `DIR/exports/<slug>-<time>/`
+//! (directory 0700, files 0600: they hold personal data in clear).
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::Path;
+
+use anyhow::Context;
+use sha2::{Digest, Sha256};
+
+use super::certificate::{ExportFile, FinalExport};
+use super::tenant_admin::tenant_cipher;
+use crate::catalog::TenantRecord;
+use crate::platform::Platform;
+use crate::tenant::cases::Status;
+use crate::tenant::forms::citizen::{decrypt_answers, jst};
+use crate::tenant::forms::definition::FormDefinition;
+
+const BATCH: i64 = 500;
+
+/// A file being written and hashed.
+struct Out {
+    file: std::io::BufWriter<std::fs::File>,
+    hash: Sha256,
+    size: u64,
+    name: String,
+}
+
+impl Out {
+    fn create(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let path = dir.join(name);
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        Ok(Self {
+            file: std::io::BufWriter::new(f),
+            hash: Sha256::new(),
+            size: 0,
+            name: name.to_owned(),
+        })
+    }
+
+    fn write(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        self.file.write_all(bytes)?;
+        self.hash.update(bytes);
+        self.size += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn finish(mut self) -> anyhow::Result<ExportFile> {
+        self.file.flush()?;
+        self.file.get_ref().sync_all()?;
+        Ok(ExportFile {
+            name: self.name,
+            sha256: hex::encode(self.hash.finalize()),
+            size: self.size,
+        })
+    }
+}
+
+fn csv_line(fields: &[String]) -> anyhow::Result<Vec<u8>> {
+    let mut w = csv::WriterBuilder::new()
+        .terminator(csv::Terminator::CRLF)
+        .from_writer(Vec::new());
+    w.write_record(fields)?;
+    w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Writes the export and returns what it holds.
+pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExport> {
+    let cipher = tenant_cipher(p, rec).await?;
+    let conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let db = &conn.client;
+    let stamp = time::OffsetDateTime::now_utc().format(&time::macros::format_description!(
+        "[year][month][day]T[hour][minute][second]Z"
+    ))?;
+    let dir = p
+        .settings
+        .state_dir
+        .join("exports")
+        .join(format!("{}-{stamp}", rec.slug));
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let mut files = Vec::new();
+
+    let forms = db
+        .query(
+            "SELECT f.id, f.public_id, v.version, v.definition, v.published_at
+               FROM forms f JOIN form_versions v ON v.form_id = f.id ORDER BY f.id, v.version",
+            &[],
+        )
+        .await?;
+    let mut out = Out::create(&dir, "forms.json")?;
+    let all: Vec<serde_json::Value> = forms
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "public_id": r.get::<_, String>(1),
+                "version": r.get::<_, i32>(2),
+                "published_at": jst(r.get(4)),
+                "definition": r.get::<_, serde_json::Value>(3),
+            })
+        })
+        .collect();
+    out.write(serde_json::to_string_pretty(&all)?.as_bytes())?;
+    files.push(out.finish()?);
+
+    // One CSV per form: columns are the union of its versions' fields.
+    let mut form_ids: Vec<(i64, String)> = forms.iter().map(|r| (r.get(0), r.get(1))).collect();
+    form_ids.dedup();
+    for (form_id, public_id) in form_ids {
+        let mut cols: Vec<(String, String)> = Vec::new();
+        for r in forms.iter().filter(|r| r.get::<_, i64>(0) == form_id) {
+            let def: FormDefinition = serde_json::from_value(r.get(3))?;
+            for f in def.fields().filter(|f| f.kind.takes_answer()) {
+                match cols.iter_mut().find(|(id, _)| *id == f.id) {
+                    Some(c) => c.1.clone_from(&f.label),
+                    None => cols.push((f.id.clone(), f.label.clone())),
+                }
+            }
+        }
+        let mut out = Out::create(&dir, &format!("submissions-{public_id}.csv"))?;
+        out.write("\u{feff}".as_bytes())?;
+        let mut header: Vec<String> = ["受付番号", "受付日時", "版", "状態"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        header.extend(cols.iter().map(|(_, l)| l.clone()));
+        out.write(&csv_line(&header)?)?;
+        let mut after: Option<(time::OffsetDateTime, uuid::Uuid)> = None;
+        loop {
+            let rows = db
+                .query(
+                    "SELECT id, receipt_number, submitted_at, form_version, status, answers FROM submissions
+                      WHERE form_id = $1 AND ($2::timestamptz IS NULL OR (submitted_at, id) > ($2, $3))
+                      ORDER BY submitted_at, id LIMIT $4",
+                    &[&form_id, &after.map(|a| a.0), &after.map(|a| a.1), &BATCH],
+                )
+                .await?;
+            for r in &rows {
+                let id: uuid::Uuid = r.get(0);
+                let answers = decrypt_answers(&cipher, id, &r.get(5))
+                    .map_err(|e| anyhow::anyhow!("submission {id}: {e}"))?;
+                let status: String = r.get(4);
+                let mut line = vec![
+                    r.get::<_, String>(1),
+                    jst(r.get(2)),
+                    r.get::<_, i32>(3).to_string(),
+                    Status::parse(&status).map_or(status.clone(), |s| s.label().to_owned()),
+                ];
+                line.extend(
+                    cols.iter()
+                        .map(|(f, _)| answers.get(f).map(|a| a.display()).unwrap_or_default()),
+                );
+                out.write(&csv_line(&line)?)?;
+            }
+            match rows.last() {
+                Some(last) if rows.len() as i64 == BATCH => {
+                    after = Some((last.get(2), last.get(0)))
+                }
+                _ => break,
+            }
+        }
+        files.push(out.finish()?);
+    }
+    Ok(FinalExport {
+        directory: dir.display().to_string(),
+        files,
+    })
+}

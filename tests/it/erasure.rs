@@ -1,0 +1,450 @@
+//! Decommissioning and erasure: two operators, a closed site, a final export, then
+//! nothing left (database, role, backups, keys), a backup copied aside that nobody can
+//! decrypt, and a certificate that verifies offline and fails when anything changes.
+
+use std::path::{Path, PathBuf};
+
+use madoguchi::catalog::{Operator, TenantRecord};
+use madoguchi::control::backup::{self, BackupStore, DirStore};
+use madoguchi::control::certificate::{self, Trust};
+use madoguchi::control::erase::{self, DecommissionArgs, EraseArgs, Quiet};
+use madoguchi::control::keys::platform_signer;
+use madoguchi::crypto::note::NoteSigner;
+use madoguchi::tenant::staff::Role;
+
+use crate::forms::{apply, build_form, dept_id, staff};
+use crate::harness::{admin_client, get_with_host, unique, TestEnv};
+
+/// Registers an operator and writes their private key file.
+async fn operator(env: &TestEnv, id: &str, name: &str) -> (PathBuf, [u8; 32]) {
+    let signer = NoteSigner::generate(id).unwrap();
+    let path = env.state.path().join(format!("{id}.key"));
+    use base64::Engine;
+    madoguchi::control::keys::write_secret(
+        &path,
+        &base64::engine::general_purpose::STANDARD.encode(*signer.seed()),
+    )
+    .unwrap();
+    let public = *signer.public_key().as_bytes();
+    env.platform
+        .catalog
+        .add_operator(&Operator {
+            id: id.into(),
+            name: name.into(),
+            title: "基盤運用担当".into(),
+            role: "operator".into(),
+            public_key: public.to_vec(),
+        })
+        .await
+        .unwrap();
+    (path, public)
+}
+
+async fn count(db: &str, sql: &str, arg: &str) -> i64 {
+    admin_client(db)
+        .await
+        .query_one(sql, &[&arg])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+async fn erase_tenant(
+    env: &TestEnv,
+    t: &TenantRecord,
+    requester: (&str, &Path),
+    verifier: (&str, &Path),
+) -> (certificate::CertificateFile, PathBuf) {
+    erase::decommission(
+        &env.platform,
+        &DecommissionArgs {
+            slug: &t.slug,
+            operator: requester.0,
+            key: requester.1,
+            reason: "契約終了",
+            final_export: false,
+        },
+    )
+    .await
+    .unwrap();
+    let store = DirStore::new(env.state.path());
+    erase::erase(
+        &env.platform,
+        &store,
+        &EraseArgs {
+            slug: &t.slug,
+            verifier: verifier.0,
+            key: verifier.1,
+            allow_shared_keys: false,
+        },
+        &Quiet,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("gone"), "夕張市", "012092").await;
+    let keep = env.tenant(&unique("stay"), "三笠市", "012220").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].clone();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "市民課").await;
+    let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
+    apply(&server, &host, &public, "その他").await.unwrap();
+
+    // Backups of the tenant and of the catalog (which holds its wrapped keys); one
+    // copied aside, as someone might.
+    let store = DirStore::new(env.state.path());
+    let m = backup::run(&env.platform, &store, &t).await.unwrap();
+    backup::run_catalog(&env.platform, &store).await.unwrap();
+    let aside = env.state.path().join("aside.mdgbak");
+    std::fs::copy(store.path(&m.file), &aside).unwrap();
+
+    let (alice_key, alice_pub) = operator(&env, "alice", "山田 花子").await;
+    let (bob_key, bob_pub) = operator(&env, "bob", "佐藤 一郎").await;
+
+    // Step 1: alice requests, with a final export; the site closes at once.
+    let req = erase::decommission(
+        &env.platform,
+        &DecommissionArgs {
+            slug: &t.slug,
+            operator: "alice",
+            key: &alice_key,
+            reason: "契約終了",
+            final_export: true,
+        },
+    )
+    .await
+    .unwrap();
+    let export = req.final_export.clone().unwrap();
+    let csv = export
+        .files
+        .iter()
+        .find(|f| f.name.starts_with("submissions-"))
+        .unwrap();
+    let text = std::fs::read_to_string(Path::new(&export.directory).join(&csv.name)).unwrap();
+    assert!(text.contains("古いピアノ椅子"), "{text}");
+    assert!(text.contains("葛\u{E0100}西"), "IVS kept: {text}");
+    assert!(text.starts_with('\u{feff}'));
+    // Routing follows the catalog through LISTEN/NOTIFY; give it a moment.
+    let mut closed = (0, String::new());
+    for _ in 0..50 {
+        closed = get_with_host(&server, &host, "/").await;
+        if closed.0 == 410 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(closed.0, 410, "{}", closed.1);
+    assert!(closed.1.contains("このサービスは終了しました"));
+    // The other tenant is untouched.
+    assert_eq!(get_with_host(&server, &keep.hosts[0], "/").await.0, 200);
+    // A second request for the same tenant is refused.
+    assert!(erase::decommission(
+        &env.platform,
+        &DecommissionArgs {
+            slug: &t.slug,
+            operator: "bob",
+            key: &bob_key,
+            reason: "",
+            final_export: false,
+        },
+    )
+    .await
+    .is_err());
+
+    // One person cannot do both, nor sign with another's key.
+    let erase_as = |who: &'static str, key: PathBuf| {
+        let env = &env;
+        let store = store.clone();
+        let slug = t.slug.clone();
+        async move {
+            erase::erase(
+                &env.platform,
+                &store,
+                &EraseArgs {
+                    slug: &slug,
+                    verifier: who,
+                    key: &key,
+                    allow_shared_keys: false,
+                },
+                &Quiet,
+            )
+            .await
+        }
+    };
+    let err = format!(
+        "{:#}",
+        erase_as("alice", alice_key.clone()).await.unwrap_err()
+    );
+    assert!(err.contains("other than alice"), "{err}");
+    let err = format!(
+        "{:#}",
+        erase_as("bob", alice_key.clone()).await.unwrap_err()
+    );
+    assert!(
+        err.contains("not the registered key of operator bob"),
+        "{err}"
+    );
+    assert_eq!(
+        count(
+            &t.database,
+            "SELECT count(*) FROM submissions WHERE receipt_number <> $1",
+            ""
+        )
+        .await,
+        1,
+        "refused attempts destroy nothing"
+    );
+
+    // Step 2: bob erases.
+    let (file, path) = erase_as("bob", bob_key.clone()).await.unwrap();
+    assert!(path.starts_with(env.state.path().join("certificates")));
+    assert!(
+        file.certificate.verification.passed,
+        "{:#?}",
+        file.certificate.verification
+    );
+    let steps: Vec<&str> = file
+        .certificate
+        .steps
+        .iter()
+        .map(|s| s.step.as_str())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "terminate_connections",
+            "drop_database",
+            "drop_role",
+            "destroy_backups",
+            "destroy_keys",
+            "destroy_catalog_backups",
+            "new_catalog_backup"
+        ]
+    );
+    assert_eq!(file.certificate.organization.local_gov_code, "012092");
+    assert_eq!(file.certificate.sanitization.method, "Purge");
+    assert_eq!(file.certificate.media.backups.len(), 1);
+    assert_eq!(file.certificate.media.backups[0].sha256, m.sha256);
+    assert!(file
+        .certificate
+        .media
+        .keys
+        .iter()
+        .any(|k| k.purpose == "data"));
+    assert!(file
+        .certificate
+        .media
+        .keys
+        .iter()
+        .any(|k| k.purpose == "db_password"));
+
+    // Nothing is left, checked independently of the erasure's own checks.
+    assert_eq!(
+        count(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &t.database
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            "postgres",
+            "SELECT count(*) FROM pg_roles WHERE rolname = $1",
+            &t.role
+        )
+        .await,
+        0
+    );
+    let cat = &env.platform.settings.catalog_db;
+    assert_eq!(
+        count(
+            cat,
+            "SELECT count(*) FROM tenant_keys WHERE tenant_id::text = $1",
+            &t.id.to_string()
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            cat,
+            "SELECT count(*) FROM tenant_hosts WHERE tenant_id::text = $1",
+            &t.id.to_string()
+        )
+        .await,
+        0
+    );
+    assert!(!store.path(&m.file).exists());
+    assert!(store.list(&t.slug).unwrap().is_empty());
+    // Only the catalog backup made after the keys were destroyed remains.
+    assert_eq!(
+        count(
+            cat,
+            "SELECT count(*) FROM backups WHERE tenant_slug = $1 AND destroyed_at IS NULL",
+            "_catalog"
+        )
+        .await,
+        1
+    );
+    // The copy set aside cannot be decrypted: no key for it exists any more.
+    let back = DirStore::new(env.state.path()).path(&m.file);
+    std::fs::create_dir_all(back.parent().unwrap()).unwrap();
+    std::fs::copy(&aside, &back).unwrap();
+    let out = env.state.path().join("restored.dump");
+    let err = backup::decrypt(
+        &env.platform,
+        &store,
+        &m.file,
+        std::fs::File::create(&out).unwrap(),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("no longer"), "{err:#}");
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 0);
+    // The other tenant still works.
+    assert_eq!(get_with_host(&server, &keep.hosts[0], "/").await.0, 200);
+    server.shutdown().await;
+
+    // Offline verification.
+    let platform_key = platform_signer(env.state.path()).unwrap().verifier_key();
+    let text = std::fs::read_to_string(&path).unwrap();
+    let trust = Trust {
+        platform_key: &platform_key,
+        ..Trust::default()
+    };
+    let v = certificate::verify(&text, &trust);
+    assert!(v.ok(), "{}", v.report());
+    let ops = vec![("alice".to_owned(), alice_pub), ("bob".to_owned(), bob_pub)];
+    let v = certificate::verify(
+        &text,
+        &Trust {
+            platform_key: &platform_key,
+            operators: Some(&ops),
+            older_checkpoint: None,
+        },
+    );
+    assert!(v.ok(), "{}", v.report());
+    // Any change is caught.
+    let forged = text.replacen("山田 花子", "山田 花代", 1);
+    assert!(!certificate::verify(&forged, &trust).ok());
+    let forged = text.replacen("\"passed\": true", "\"passed\": false", 1);
+    assert!(!certificate::verify(&forged, &trust).ok());
+    let other = NoteSigner::generate("madoguchi-platform")
+        .unwrap()
+        .verifier_key();
+    let v = certificate::verify(
+        &text,
+        &Trust {
+            platform_key: &other,
+            ..Trust::default()
+        },
+    );
+    assert!(!v.ok());
+    assert!(
+        v.report().contains("FAIL  signed by the platform key"),
+        "{}",
+        v.report()
+    );
+    let only_alice = vec![("alice".to_owned(), alice_pub)];
+    assert!(!certificate::verify(
+        &text,
+        &Trust {
+            platform_key: &platform_key,
+            operators: Some(&only_alice),
+            older_checkpoint: None,
+        },
+    )
+    .ok());
+    let mallory = vec![
+        ("alice".to_owned(), alice_pub),
+        (
+            "bob".to_owned(),
+            *NoteSigner::generate("bob").unwrap().public_key().as_bytes(),
+        ),
+    ];
+    assert!(!certificate::verify(
+        &text,
+        &Trust {
+            platform_key: &platform_key,
+            operators: Some(&mallory),
+            older_checkpoint: None,
+        },
+    )
+    .ok());
+
+    // A second erasure grows the log; the first certificate's checkpoint is now an
+    // older one, and a fresh export proves the log only grew by appending.
+    let (second, _) = erase_tenant(&env, &keep, ("bob", &bob_key), ("alice", &alice_key)).await;
+    assert_eq!(second.transparency.log_index, 1);
+    let older = file.transparency.checkpoint.clone();
+    let fresh = erase::export_certificate(&env.platform, file.certificate.id, &[1])
+        .await
+        .unwrap();
+    let fresh_text = serde_json::to_string(&fresh).unwrap();
+    let v = certificate::verify(
+        &fresh_text,
+        &Trust {
+            platform_key: &platform_key,
+            operators: None,
+            older_checkpoint: Some(&older),
+        },
+    );
+    assert!(v.ok(), "{}", v.report());
+    assert!(v.report().contains("size 1 → 2"), "{}", v.report());
+    // Without the proof in the file, the verdict says how to get one.
+    let v = certificate::verify(
+        &serde_json::to_string(&certificate::CertificateFile {
+            transparency: certificate::Transparency {
+                consistency: Vec::new(),
+                ..fresh.transparency.clone()
+            },
+            ..fresh.clone()
+        })
+        .unwrap(),
+        &Trust {
+            platform_key: &platform_key,
+            operators: None,
+            older_checkpoint: Some(&older),
+        },
+    );
+    assert!(!v.ok());
+    assert!(v.report().contains("--since 1"), "{}", v.report());
+    // A wrong consistency proof is refused.
+    let mut rewritten = fresh.clone();
+    rewritten.transparency.consistency[0].proof[0] =
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_owned();
+    assert!(!certificate::verify(
+        &serde_json::to_string(&rewritten).unwrap(),
+        &Trust {
+            platform_key: &platform_key,
+            operators: None,
+            older_checkpoint: Some(&older),
+        },
+    )
+    .ok());
+
+    // The operation log holds both requests and both erasures, chained.
+    let n = madoguchi::control::oplog::verify(&env.platform.catalog)
+        .await
+        .unwrap();
+    assert!(n >= 4, "{n}");
+    admin_client(cat)
+        .await
+        .execute(
+            "UPDATE ops_log SET target = 'someone-else' WHERE seq = 1",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = madoguchi::control::oplog::verify(&env.platform.catalog)
+        .await
+        .unwrap_err();
+    assert!(format!("{err}").contains("entry 1 was edited"), "{err}");
+}

@@ -1126,9 +1126,9 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 &madoguchi::control::erase::EraseArgs {
                     slug: &slug,
                     verifier: &verifier,
-                    key: &key,
                     allow_shared_keys,
                 },
+                &key,
                 &PrintSteps,
             )
             .await?;

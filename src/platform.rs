@@ -84,6 +84,19 @@ impl Platform {
         &self.admin_url
     }
 
+    /// Another handle on the same platform for long-lived tasks (the ops console,
+    /// schedules); it shares the catalog pool and never stops the cluster.
+    pub fn handle(&self) -> Platform {
+        Platform {
+            settings: self.settings.clone(),
+            cluster: self.cluster.clone(),
+            catalog: self.catalog.clone(),
+            keys: Arc::clone(&self.keys),
+            admin_url: self.admin_url.clone(),
+            embedded: Mutex::new(None),
+        }
+    }
+
     /// Stops the embedded cluster if this process started it.
     pub fn close(&self) -> anyhow::Result<()> {
         self.catalog.close();

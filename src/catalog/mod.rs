@@ -393,6 +393,9 @@ pub struct ControlFigures {
     /// (slug, ok, seconds) of each tenant's latest drill.
     pub drills: Vec<(String, bool, f64)>,
     pub tlog_size: i64,
+    pub certificates: i64,
+    /// (slug, bytes) of each tenant database that exists.
+    pub database_sizes: Vec<(String, i64)>,
 }
 
 impl Catalog {
@@ -418,10 +421,28 @@ impl Catalog {
             .query_one("SELECT count(*) FROM tlog_entries", &[])
             .await?
             .get(0);
+        let certificates = c
+            .query_one("SELECT count(*) FROM certificates", &[])
+            .await?
+            .get(0);
+        // Sizes come from the cluster's own catalog (pg_database), without connecting
+        // to each tenant database.
+        let database_sizes = c
+            .query(
+                "SELECT t.slug, pg_database_size(d.oid) FROM tenants t JOIN pg_database d ON d.datname = t.db_name
+                  WHERE t.state IN ('active', 'suspended', 'decommissioning')",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         Ok(ControlFigures {
             backups,
             drills,
             tlog_size,
+            certificates,
+            database_sizes,
         })
     }
 }

@@ -81,13 +81,9 @@ fn rfc3339(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_default()
 }
 
-/// A registered operator with a signing key, and their key file checked against it.
-struct SigningOperator {
-    person: Person,
-    signer: NoteSigner,
-}
-
-async fn signing_operator(p: &Platform, id: &str, key: &Path) -> anyhow::Result<SigningOperator> {
+/// A registered operator who may sign (not an auditor): as named in certificates,
+/// and their public key.
+pub async fn registered_operator(p: &Platform, id: &str) -> anyhow::Result<(Person, [u8; 32])> {
     let op = p
         .catalog
         .operators()
@@ -97,26 +93,46 @@ async fn signing_operator(p: &Platform, id: &str, key: &Path) -> anyhow::Result<
         .with_context(|| {
             format!("オペレーター {id} は登録されていません / operator {id} is not registered")
         })?;
-    if op.role != "operator" || op.public_key.len() != 32 {
-        bail!("{id} is an auditor; only operators with a signing key may decommission or erase");
-    }
+    let key: [u8; 32] = match (op.role.as_str(), op.public_key.clone().try_into()) {
+        ("operator", Ok(k)) => k,
+        _ => {
+            bail!("{id} is an auditor; only operators with a signing key may decommission or erase")
+        }
+    };
+    Ok((
+        Person {
+            operator_id: op.id,
+            name: op.name,
+            title: op.title,
+            public_key: B64.encode(key),
+            date: String::new(),
+        },
+        key,
+    ))
+}
+
+/// Loads an operator's key file and checks it is their registered key.
+async fn operator_key(p: &Platform, id: &str, key: &Path) -> anyhow::Result<NoteSigner> {
+    let (_, public) = registered_operator(p, id).await?;
     let signer = load_signer(key, id, false)?;
-    if signer.public_key().as_bytes()[..] != op.public_key[..] {
+    if signer.public_key().as_bytes() != &public {
         bail!(
             "the key file {} is not the registered key of operator {id}",
             key.display()
         );
     }
-    Ok(SigningOperator {
-        person: Person {
-            operator_id: op.id,
-            name: op.name,
-            title: op.title,
-            public_key: B64.encode(&op.public_key),
-            date: String::new(),
-        },
-        signer,
-    })
+    Ok(signer)
+}
+
+/// Checks a signature by a registered operator.
+async fn check_signature(p: &Platform, id: &str, msg: &[u8], sig: &[u8]) -> anyhow::Result<()> {
+    let (_, public) = registered_operator(p, id).await?;
+    let ok = crate::crypto::note::NoteVerifier::from_public(id, &public)
+        .is_ok_and(|v| v.verify_bytes(msg, sig));
+    if !ok {
+        bail!("署名が {id} の登録済みの鍵と一致しません / the signature does not verify with {id}'s registered key");
+    }
+    Ok(())
 }
 
 fn identity(rec: &TenantRecord) -> TenantIdentity {
@@ -172,18 +188,33 @@ pub struct DecommissionArgs<'a> {
 }
 
 /// Step one: the request. The tenant is closed at once (citizens and staff see a
-/// closed page); the request is signed and kept for the second operator.
+/// closed page); the request is signed with the operator's key file and kept for
+/// the second operator.
 pub async fn decommission(p: &Platform, args: &DecommissionArgs<'_>) -> anyhow::Result<Request> {
-    let rec = p
-        .catalog
-        .tenant_by_slug(args.slug)
+    let signer = operator_key(p, args.operator, args.key).await?;
+    let request =
+        prepare_decommission(p, args.slug, args.operator, args.reason, args.final_export).await?;
+    let signature = signer.sign_bytes(&cert::request_message(&request)?);
+    submit_decommission(p, &request, &signature).await?;
+    Ok(request)
+}
+
+async fn tenant(p: &Platform, slug: &str) -> anyhow::Result<TenantRecord> {
+    p.catalog
+        .tenant_by_slug(slug)
         .await?
-        .with_context(|| {
-            format!(
-                "テナント {} はありません / no tenant {}",
-                args.slug, args.slug
-            )
-        })?;
+        .with_context(|| format!("テナント {slug} はありません / no tenant {slug}"))
+}
+
+/// Builds the request (making the final export first, if asked) for the operator to sign.
+pub async fn prepare_decommission(
+    p: &Platform,
+    slug: &str,
+    operator: &str,
+    reason: &str,
+    final_export: bool,
+) -> anyhow::Result<Request> {
+    let rec = tenant(p, slug).await?;
     if !matches!(rec.state, TenantState::Active | TenantState::Suspended) {
         bail!(
             "tenant {} is {}; only an active or suspended tenant can be decommissioned",
@@ -191,33 +222,47 @@ pub async fn decommission(p: &Platform, args: &DecommissionArgs<'_>) -> anyhow::
             rec.state
         );
     }
-    let op = signing_operator(p, args.operator, args.key).await?;
+    let (person, _) = registered_operator(p, operator).await?;
     ensure_canary(p, &rec).await?;
-    let final_export = if args.final_export {
+    let final_export = if final_export {
         Some(super::final_export::export(p, &rec).await?)
     } else {
         None
     };
-    let at = now();
-    let mut requested_by = op.person.clone();
-    requested_by.date = rfc3339(at);
-    let request = Request {
+    let at = rfc3339(now());
+    Ok(Request {
         format: cert::REQUEST_FORMAT.to_owned(),
         id: Uuid::new_v4(),
         tenant: identity(&rec),
-        requested_at: rfc3339(at),
-        requested_by,
-        reason: args.reason.to_owned(),
+        requested_at: at.clone(),
+        requested_by: Person { date: at, ..person },
+        reason: reason.to_owned(),
         final_export,
-    };
-    let text = String::from_utf8(cert::canonical(&request)?)?;
-    let signature = op.signer.sign_bytes(&cert::request_message(&request)?);
+    })
+}
+
+/// Records a signed request and closes the tenant.
+pub async fn submit_decommission(
+    p: &Platform,
+    request: &Request,
+    signature: &[u8],
+) -> anyhow::Result<()> {
+    let operator = request.requested_by.operator_id.as_str();
+    check_signature(p, operator, &cert::request_message(request)?, signature).await?;
+    let rec = tenant(p, &request.tenant.slug).await?;
+    if identity(&rec) != request.tenant
+        || !matches!(rec.state, TenantState::Active | TenantState::Suspended)
+    {
+        bail!("tenant {} changed since the request was prepared", rec.slug);
+    }
+    let at = OffsetDateTime::parse(&request.requested_at, &Rfc3339)?;
+    let text = String::from_utf8(cert::canonical(request)?)?;
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
     tx.execute(
         "INSERT INTO decommissions (id, tenant_id, requested_by, requested_at, request, signature, previous_state)
          VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        &[&request.id, &rec.id, &args.operator, &at, &text, &signature.to_vec(), &rec.state.as_str()],
+        &[&request.id, &rec.id, &operator, &at, &text, &signature, &rec.state.as_str()],
     )
     .await
     .map_err(|e| {
@@ -234,14 +279,14 @@ pub async fn decommission(p: &Platform, args: &DecommissionArgs<'_>) -> anyhow::
     .await?;
     oplog::append(
         &tx,
-        args.operator,
+        operator,
         "tenant.decommission",
         &rec.slug,
         &serde_json::json!({ "request": request.id, "final_export": request.final_export.is_some() }),
     )
     .await?;
     tx.commit().await?;
-    Ok(request)
+    Ok(())
 }
 
 /// Withdraws an open request: the tenant returns to the state it had.
@@ -283,7 +328,6 @@ pub async fn withdraw(p: &Platform, slug: &str, operator: &str) -> anyhow::Resul
 pub struct EraseArgs<'a> {
     pub slug: &'a str,
     pub verifier: &'a str,
-    pub key: &'a Path,
     /// Go on although another tenant (restored from this one's backup) holds copies
     /// of its data keys; the certificate then records that crypto-erase was not achieved.
     pub allow_shared_keys: bool,
@@ -325,14 +369,30 @@ fn key_id(wrapped: &[u8]) -> String {
     hex::encode(&Sha256::digest(wrapped)[..8])
 }
 
-/// Step two: erasure, verification and the certificate. Returns the certificate
-/// file's path.
+/// Step two from the command line: erasure, then the certificate signed with the
+/// verifier's key file. Returns the certificate and its file's path.
 pub async fn erase(
     p: &Platform,
     store: &dyn BackupStore,
     args: &EraseArgs<'_>,
+    key: &Path,
     progress: &dyn Progress,
 ) -> anyhow::Result<(CertificateFile, PathBuf)> {
+    // The key is checked before anything is destroyed.
+    let signer = operator_key(p, args.verifier, key).await?;
+    let certificate = execute(p, store, args, progress).await?;
+    let signature = signer.sign_bytes(&cert::certificate_message(&certificate)?);
+    issue(p, certificate.id, &signature).await
+}
+
+/// Erasure and its verification. The certificate is kept, unsigned, until the
+/// verifier signs it ([`issue`]); the tenant is already gone by then.
+pub async fn execute(
+    p: &Platform,
+    store: &dyn BackupStore,
+    args: &EraseArgs<'_>,
+    progress: &dyn Progress,
+) -> anyhow::Result<Certificate> {
     let rec = p
         .catalog
         .tenant_by_slug(args.slug)
@@ -366,7 +426,7 @@ pub async fn erase(
     }
     let request: Request = serde_json::from_str(req_row.get::<_, &str>(2))?;
     let sanitizer_sig: Vec<u8> = req_row.get(3);
-    let verifier = signing_operator(p, args.verifier, args.key).await?;
+    let (verifier, _) = registered_operator(p, args.verifier).await?;
     // The stored request must still be what the requester signed.
     let requester_key: [u8; 32] = B64
         .decode(&request.requested_by.public_key)?
@@ -685,7 +745,7 @@ pub async fn erase(
     let platform = platform_signer(&p.settings.state_dir)?;
     let mut sanitized_by = request.requested_by.clone();
     sanitized_by.date = request.requested_at.clone();
-    let mut verified_by = verifier.person.clone();
+    let mut verified_by = verifier;
     verified_by.date = rfc3339(finished);
     let mut techniques =
         vec!["logical deletion (DROP DATABASE, DROP ROLE, backup files deleted)".to_owned()];
@@ -734,11 +794,88 @@ pub async fn erase(
         },
         platform_key: platform.verifier_key(),
     };
+    let body = String::from_utf8(cert::canonical(&certificate)?)?;
+    let mut c = p.catalog.client().await?;
+    let tx = c.transaction().await?;
+    tx.execute(
+        "INSERT INTO pending_signatures (id, kind, tenant_id, operator_id, body) VALUES ($1, 'erasure_certificate', $2, $3, $4)",
+        &[&certificate.id, &rec.id, &args.verifier, &body],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE tenants SET state = 'erased', updated_at = now() WHERE id = $1",
+        &[&rec.id],
+    )
+    .await?;
+    tx.execute(
+        "UPDATE decommissions SET state = 'erased', certificate_id = $2 WHERE id = $1",
+        &[&request_id, &certificate.id],
+    )
+    .await?;
+    oplog::append(
+        &tx,
+        args.verifier,
+        "tenant.erase",
+        &rec.slug,
+        &serde_json::json!({ "certificate": certificate.id, "verified": passed }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(certificate)
+}
+
+/// An erasure certificate waiting for its verifier's signature.
+pub async fn pending_certificate(p: &Platform, id: Uuid) -> anyhow::Result<Certificate> {
+    let c = p.catalog.client().await?;
+    let row = c
+        .query_opt(
+            "SELECT body FROM pending_signatures WHERE id = $1 AND kind = 'erasure_certificate'",
+            &[&id],
+        )
+        .await?
+        .with_context(|| format!("no certificate {id} awaits a signature"))?;
+    Ok(serde_json::from_str(row.get::<_, &str>(0))?)
+}
+
+/// Certificates awaiting their verifier's signature: (id, tenant slug, verifier).
+pub async fn pending_certificates(p: &Platform) -> anyhow::Result<Vec<(Uuid, String, String)>> {
+    let c = p.catalog.client().await?;
+    Ok(c.query(
+        "SELECT s.id, t.slug, s.operator_id FROM pending_signatures s JOIN tenants t ON t.id = s.tenant_id
+          WHERE s.kind = 'erasure_certificate' ORDER BY s.created_at",
+        &[],
+    )
+    .await?
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect())
+}
+
+/// Completes a certificate with the verifier's signature: the platform signs it, it
+/// is appended to the transparency log and written to `DIR/certificates/<id>.json`.
+pub async fn issue(
+    p: &Platform,
+    id: Uuid,
+    verifier_signature: &[u8],
+) -> anyhow::Result<(CertificateFile, PathBuf)> {
+    let certificate = pending_certificate(p, id).await?;
+    let verifier = certificate.verified_by.operator_id.clone();
     let msg = cert::certificate_message(&certificate)?;
+    check_signature(p, &verifier, &msg, verifier_signature).await?;
+    let c = p.catalog.client().await?;
+    let sanitizer_sig: Vec<u8> = c
+        .query_one(
+            "SELECT signature FROM decommissions WHERE certificate_id = $1",
+            &[&id],
+        )
+        .await?
+        .get(0);
+    drop(c);
+    let platform = platform_signer(&p.settings.state_dir)?;
     let signed = Signed {
         signatures: Signatures {
             sanitizer: B64.encode(&sanitizer_sig),
-            verifier: cert::sign(&verifier.signer, &msg),
+            verifier: B64.encode(verifier_signature),
             platform: cert::sign(&platform, &msg),
         },
         certificate,
@@ -746,6 +883,8 @@ pub async fn erase(
     let entry = cert::log_entry(&signed)?;
     let document = String::from_utf8(entry.clone())?;
     let leaf = crate::crypto::tlog::leaf_hash(&entry);
+    let org = &signed.certificate.organization;
+    let finished = OffsetDateTime::parse(&signed.certificate.finished_at, &Rfc3339)?;
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
     tx.execute("LOCK TABLE tlog_entries IN EXCLUSIVE MODE", &[])
@@ -762,31 +901,23 @@ pub async fn erase(
     tx.execute(
         "INSERT INTO certificates (id, tenant_slug, tenant_name, local_gov_code, issued_at, tlog_seq, sanitized_by, verified_by, verified, document)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[&signed.certificate.id, &rec.slug, &rec.name, &rec.code, &finished, &seq, &requested_by, &args.verifier, &passed, &document],
+        &[&id, &org.slug, &org.name, &org.local_gov_code, &finished, &seq,
+          &signed.certificate.sanitized_by.operator_id, &verifier, &signed.certificate.verification.passed, &document],
     )
     .await?;
-    tx.execute(
-        "UPDATE tenants SET state = 'erased', updated_at = now() WHERE id = $1",
-        &[&rec.id],
-    )
-    .await?;
-    tx.execute(
-        "UPDATE decommissions SET state = 'erased', certificate_id = $2 WHERE id = $1",
-        &[&request_id, &signed.certificate.id],
-    )
-    .await?;
+    tx.execute("DELETE FROM pending_signatures WHERE id = $1", &[&id])
+        .await?;
     oplog::append(
         &tx,
-        args.verifier,
-        "tenant.erase",
-        &rec.slug,
-        &serde_json::json!({ "certificate": signed.certificate.id, "verified": passed, "tlog_index": seq }),
+        &verifier,
+        "certificate.issue",
+        &org.slug,
+        &serde_json::json!({ "certificate": id, "tlog_index": seq }),
     )
     .await?;
     tx.commit().await?;
-    let file = export_certificate(p, signed.certificate.id, &[]).await?;
-    let path =
-        certificates_dir(&p.settings.state_dir).join(format!("{}.json", signed.certificate.id));
+    let file = export_certificate(p, id, &[]).await?;
+    let path = certificates_dir(&p.settings.state_dir).join(format!("{id}.json"));
     write_public(&path, &serde_json::to_string_pretty(&file)?)?;
     Ok((file, path))
 }

@@ -51,6 +51,10 @@ pub struct Metrics {
     pub drill_ok: Family<TenantLabels, Gauge>,
     pub drill_seconds: Family<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub tlog_size: Gauge,
+    pub database_size: Family<TenantLabels, Gauge>,
+    pub erasure_certificates: Gauge,
+    /// The last minute per tenant, for the ops console.
+    pub recent: super::recent::Recent,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -82,6 +86,18 @@ impl Metrics {
         let drill_seconds =
             Family::<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let tlog_size = Gauge::default();
+        let database_size = Family::<TenantLabels, Gauge>::default();
+        let erasure_certificates = Gauge::default();
+        registry.register(
+            "tenant_database_size_bytes",
+            "Size of each tenant's database",
+            database_size.clone(),
+        );
+        registry.register(
+            "erasure_certificates",
+            "Erasure certificates issued",
+            erasure_certificates.clone(),
+        );
         registry.register(
             "http_requests",
             "HTTP requests per tenant and status class",
@@ -146,6 +162,9 @@ impl Metrics {
             drill_ok,
             drill_seconds,
             tlog_size,
+            database_size,
+            erasure_certificates,
+            recent: super::recent::Recent::default(),
         }
     }
 
@@ -162,6 +181,7 @@ impl Metrics {
                 tenant: tenant.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
+        self.recent.observe(tenant, status, elapsed);
     }
 
     /// The OpenMetrics text exposition.

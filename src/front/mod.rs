@@ -5,6 +5,7 @@
 pub mod limits;
 pub mod metrics;
 pub mod pools;
+pub mod recent;
 pub mod routes;
 
 use std::net::SocketAddr;
@@ -279,11 +280,24 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
                     .set(secs);
             }
             m.tlog_size.set(f.tlog_size);
+            m.erasure_certificates.set(f.certificates);
+            m.database_size.clear();
+            for (slug, bytes) in f.database_sizes {
+                m.database_size
+                    .get_or_create(&metrics::TenantLabels { tenant: slug })
+                    .set(bytes);
+            }
         }
     }
     if let Ok(counts) = app.catalog.counts_by_state().await {
         m.tenants.clear();
-        for state in ["provisioning", "active", "suspended"] {
+        for state in [
+            "provisioning",
+            "active",
+            "suspended",
+            "decommissioning",
+            "erased",
+        ] {
             m.tenants
                 .get_or_create(&StateLabels {
                     state: state.into(),

@@ -74,9 +74,9 @@ async fn erase_tenant(
         &EraseArgs {
             slug: &t.slug,
             verifier: verifier.0,
-            key: verifier.1,
             allow_shared_keys: false,
         },
+        verifier.1,
         &Quiet,
     )
     .await
@@ -168,9 +168,9 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
                 &EraseArgs {
                     slug: &slug,
                     verifier: who,
-                    key: &key,
                     allow_shared_keys: false,
                 },
+                &key,
                 &Quiet,
             )
             .await

@@ -10,6 +10,7 @@ pub mod embedded_pg;
 pub mod error;
 pub mod front;
 pub mod ja;
+pub mod ops;
 pub mod platform;
 pub mod tenant;
 pub mod web;

@@ -11,6 +11,7 @@ use madoguchi::catalog::TenantState;
 use madoguchi::config::{FileSettings, Settings};
 use madoguchi::control::manifest::{self, Applied};
 use madoguchi::control::migrate::migrate_many;
+use madoguchi::control::progress::with_spinner;
 use madoguchi::control::provision::{provision, TenantSpec};
 use madoguchi::front::Server;
 use madoguchi::platform::Platform;
@@ -152,6 +153,13 @@ enum CertCmd {
     },
     /// Issued certificates, newest first.
     List,
+    /// Sign a certificate that awaits its verifier's signature (after an erasure
+    /// started from the console) and issue it.
+    Sign {
+        id: uuid::Uuid,
+        #[arg(long)]
+        key: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -321,6 +329,9 @@ enum OperatorCmd {
     },
     /// List registered operators.
     List,
+    /// Set an operator's (or auditor's) console password and a new TOTP secret. The
+    /// password is read from MADOGUCHI_OPERATOR_PASSWORD or the first line of stdin.
+    SetPassword { id: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -582,7 +593,11 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
             match cmd {
                 BackupCmd::Run { catalog: true, .. } => {
-                    let m = madoguchi::control::backup::run_catalog(p, &store).await?;
+                    let m = with_spinner(
+                        "backup _catalog",
+                        madoguchi::control::backup::run_catalog(p, &store),
+                    )
+                    .await?;
                     println!(
                         "catalog: {} ({} bytes, sha256 {})",
                         m.file, m.size, m.sha256
@@ -591,7 +606,11 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                 }
                 BackupCmd::Run { slug, all, .. } => {
                     if all {
-                        let m = madoguchi::control::backup::run_catalog(p, &store).await?;
+                        let m = with_spinner(
+                            "backup _catalog",
+                            madoguchi::control::backup::run_catalog(p, &store),
+                        )
+                        .await?;
                         println!(
                             "catalog: {} ({} bytes, sha256 {})",
                             m.file, m.size, m.sha256
@@ -618,7 +637,12 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     let mut failed = 0;
                     for t in &tenants {
                         bar.set_message(t.slug.clone());
-                        match madoguchi::control::backup::run(p, &store, t).await {
+                        match with_spinner(
+                            &format!("backup {}", t.slug),
+                            madoguchi::control::backup::run(p, &store, t),
+                        )
+                        .await
+                        {
                             Ok(m) => bar.println(format!(
                                 "{}: {} ({} bytes, sha256 {})",
                                 t.slug, m.file, m.size, m.sha256
@@ -656,7 +680,11 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     let rec = p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
                         format!("テナント「{slug}」はありません / no tenant {slug}")
                     })?;
-                    let report = madoguchi::control::backup::drill(p, &store, &rec).await?;
+                    let report = with_spinner(
+                        &format!("drill {slug}"),
+                        madoguchi::control::backup::drill(p, &store, &rec),
+                    )
+                    .await?;
                     for t in &report.tables {
                         println!(
                             "{}\t{}\t{}\t{}",
@@ -680,8 +708,11 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     })
                 }
                 BackupCmd::Restore { file, into, hosts } => {
-                    let rec = madoguchi::control::backup::restore(p, &store, &file, &into, &hosts)
-                        .await?;
+                    let rec = with_spinner(
+                        &format!("restore into {into}"),
+                        madoguchi::control::backup::restore(p, &store, &file, &into, &hosts),
+                    )
+                    .await?;
                     println!(
                         "restored into {} (database {}, hosts {})",
                         rec.slug,
@@ -767,6 +798,34 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                 };
                 println!("{}\t{}\t{}\t{key}", o.id, o.name, o.title);
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Operator(OperatorCmd::SetPassword { id }) => {
+            let password = match std::env::var("MADOGUCHI_OPERATOR_PASSWORD") {
+                Ok(p) => zeroize::Zeroizing::new(p),
+                Err(_) => {
+                    eprintln!(
+                        "パスワードを入力してください（12文字以上） / Password (12+ characters):"
+                    );
+                    let mut line = zeroize::Zeroizing::new(String::new());
+                    std::io::stdin().read_line(&mut line)?;
+                    zeroize::Zeroizing::new(line.trim_end_matches(['\r', '\n']).to_owned())
+                }
+            };
+            let secret = madoguchi::ops::set_credentials(p, &id, &password).await?;
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "operator.set_password",
+                &id,
+                serde_json::json!({}),
+            )
+            .await?;
+            println!(
+                "TOTP secret (add it to an authenticator app): {}\n{}",
+                madoguchi::tenant::staff::totp_base32(&secret),
+                madoguchi::tenant::staff::otpauth_uri(&secret, "Madoguchi ops", &id)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::PlatformKey => {
@@ -877,6 +936,19 @@ async fn cert_cmd(p: &Platform, cmd: CertCmd) -> anyhow::Result<ExitCode> {
         CertCmd::Export { id, since } => {
             let file = madoguchi::control::erase::export_certificate(p, id, &since).await?;
             println!("{}", serde_json::to_string_pretty(&file)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        CertCmd::Sign { id, key } => {
+            let certificate = madoguchi::control::erase::pending_certificate(p, id).await?;
+            let signer = madoguchi::control::keys::load_signer(
+                &key,
+                &certificate.verified_by.operator_id,
+                false,
+            )?;
+            let msg = madoguchi::control::certificate::certificate_message(&certificate)?;
+            let (_, path) =
+                madoguchi::control::erase::issue(p, id, &signer.sign_bytes(&msg)).await?;
+            println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
         }
         CertCmd::List => {
@@ -1089,15 +1161,18 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             reason,
             final_export,
         } => {
-            let req = madoguchi::control::erase::decommission(
-                p,
-                &madoguchi::control::erase::DecommissionArgs {
-                    slug: &slug,
-                    operator: &operator,
-                    key: &key,
-                    reason: &reason,
-                    final_export,
-                },
+            let req = with_spinner(
+                &format!("decommission {slug}"),
+                madoguchi::control::erase::decommission(
+                    p,
+                    &madoguchi::control::erase::DecommissionArgs {
+                        slug: &slug,
+                        operator: &operator,
+                        key: &key,
+                        reason: &reason,
+                        final_export,
+                    },
+                ),
             )
             .await?;
             if let Some(export) = &req.final_export {
@@ -1120,16 +1195,19 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             allow_shared_keys,
         } => {
             let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
-            let (file, path) = madoguchi::control::erase::erase(
-                p,
-                &store,
-                &madoguchi::control::erase::EraseArgs {
-                    slug: &slug,
-                    verifier: &verifier,
-                    allow_shared_keys,
-                },
-                &key,
-                &PrintSteps,
+            let (file, path) = with_spinner(
+                &format!("erase {slug}"),
+                madoguchi::control::erase::erase(
+                    p,
+                    &store,
+                    &madoguchi::control::erase::EraseArgs {
+                        slug: &slug,
+                        verifier: &verifier,
+                        allow_shared_keys,
+                    },
+                    &key,
+                    &PrintSteps,
+                ),
             )
             .await?;
             for c in &file.certificate.verification.results {

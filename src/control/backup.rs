@@ -405,6 +405,7 @@ async fn backup(
     ))?;
     let file = format!("{slug}/{stamp}-{}.mdgbak", &id.simple().to_string()[..8]);
     let out = store.create(&file)?;
+    crate::control::progress::step(&format!("pg_dump {database} → encrypting to {file}"));
     let mut child = pg_dump(p, &database)?;
     let stdout = child.stdout.take().context("pg_dump has no output")?;
     let key = backup_key.clone();
@@ -605,6 +606,7 @@ pub async fn drill(
         .next()
         .with_context(|| format!("tenant {} has no backup yet", rec.slug))?;
     let dump = tempfile::NamedTempFile::new()?;
+    crate::control::progress::step(&format!("decrypting and checking {}", latest.file));
     decrypt(p, store, &latest.file, dump.reopen()?).await?;
     let scratch = format!("drill_{}", Uuid::new_v4().simple());
     let admin = p.cluster.admin().await?;
@@ -617,7 +619,9 @@ pub async fn drill(
         .await?;
     let cfg = p.cluster.admin_config(&scratch);
     let result = async {
+        crate::control::progress::step(&format!("pg_restore into scratch database {scratch}"));
         pg_restore(p, &scratch, dump.path(), None).await?;
+        crate::control::progress::step("comparing row counts and checksums, table by table");
         let source =
             crate::control::Cluster::connect(&p.cluster.admin_config(&rec.database)).await?;
         let restored = crate::control::Cluster::connect(&cfg).await?;
@@ -764,7 +768,9 @@ pub async fn restore(
     }
     // Check the backup whole before making anything.
     let dump = tempfile::NamedTempFile::new()?;
+    crate::control::progress::step(&format!("decrypting and checking {file}"));
     decrypt(p, store, file, dump.reopen()?).await?;
+    crate::control::progress::step("creating the new tenant's role and database");
     let rec = register_with(p, &spec, Some(source.crypto_id), keys).await?;
     let pw = crate::control::cluster::tenant_password(&p.catalog, p.keys.as_ref(), &rec).await?;
     create_role(p, &rec, &pw)
@@ -773,9 +779,11 @@ pub async fn restore(
     create_database(p, &rec)
         .await
         .context("creating the restored tenant's database")?;
+    crate::control::progress::step(&format!("pg_restore into {}", rec.database));
     pg_restore(p, &rec.database, dump.path(), Some(&rec.role))
         .await
         .with_context(|| format!("restoring (the tenant {slug} is left in state provisioning)"))?;
+    crate::control::progress::step("migrating the restored schema");
     crate::control::migrate::migrate_tenant(p, &rec)
         .await
         .context("bringing the restored schema up to date")?;

@@ -361,6 +361,7 @@ impl Steps<'_> {
             detail,
         };
         self.progress.step(self.done.len() + 1, STEPS, &s);
+        super::progress::step(&format!("{}/{STEPS} {} done", self.done.len() + 1, s.step));
         self.done.push(s);
     }
 }

@@ -130,6 +130,7 @@ pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExp
                 }
             }
         }
+        crate::control::progress::step(&format!("final export: submissions of form {public_id}"));
         let mut out = Out::create(&dir, &format!("submissions-{public_id}.csv"))?;
         out.write("\u{feff}".as_bytes())?;
         let mut header: Vec<String> = ["受付番号", "受付日時", "版", "状態"]

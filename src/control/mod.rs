@@ -11,6 +11,7 @@ pub mod keys;
 pub mod manifest;
 pub mod migrate;
 pub mod oplog;
+pub mod progress;
 pub mod provision;
 pub mod tenant_admin;
 

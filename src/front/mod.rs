@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
-use axum::response::{Html, IntoResponse, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -95,18 +95,16 @@ pub fn public_router(app: AppState) -> Router {
 }
 
 /// Operators' listener: console, metrics, health checks.
-pub fn ops_router(app: AppState) -> Router {
+pub fn ops_router(app: AppState, platform: Platform) -> Router {
+    let console = crate::ops::router(Arc::clone(&app), platform);
     Router::new()
-        .route("/", get(console))
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .with_state(Arc::clone(&app))
+        .merge(console)
         .layer(middleware::from_fn(security_headers))
-        .layer(middleware::from_fn_with_state(
-            Arc::clone(&app),
-            request_context,
-        ))
-        .with_state(app)
+        .layer(middleware::from_fn_with_state(app, request_context))
 }
 
 /// Gives each request an id (response header `X-Request-Id`, every log line, error
@@ -318,39 +316,6 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-/// A plain status page for operators until the full console arrives.
-async fn console(State(app): State<AppState>) -> Response {
-    let tenants = match app.catalog.list_tenants().await {
-        Ok(t) => t,
-        Err(e) => return crate::error::AppError::Internal(e).into_response(),
-    };
-    let mut rows = String::new();
-    for t in &tenants {
-        rows.push_str(&format!(
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            esc(&t.slug),
-            esc(&t.name),
-            esc(&t.code),
-            esc(&t.hosts.join(", ")),
-            t.state,
-            t.schema_version
-        ));
-    }
-    let html = format!(
-        "<!doctype html><html lang=\"ja\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>運用コンソール</title><link rel=\"stylesheet\" href=\"/static/app.css\"></head><body><main class=\"wrap\"><h1>運用コンソール <span class=\"en\" lang=\"en\">Operator console</span></h1><p>接続予算 <span lang=\"en\">Connection budget</span>: {} / {}</p><table><thead><tr><th>slug</th><th>名称</th><th>コード</th><th>ホスト</th><th>状態</th><th>スキーマ</th></tr></thead><tbody>{rows}</tbody></table></main></body></html>",
-        app.pools.budget_in_use(),
-        app.pools.settings().budget
-    );
-    Html(html).into_response()
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// Once a day, deletes operation-log entries past each tenant's retention period.
 async fn prune_audit_logs_daily(
     cluster: crate::control::Cluster,
@@ -464,7 +429,7 @@ impl Server {
         let mut tasks = Vec::new();
         for (listener, router) in [
             (public_l, public_router(Arc::clone(&app))),
-            (ops_l, ops_router(Arc::clone(&app))),
+            (ops_l, ops_router(Arc::clone(&app), p.handle())),
         ] {
             let mut rx = rx.clone();
             tasks.push(tokio::spawn(async move {

@@ -470,3 +470,74 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
     assert_eq!(stored, receipt);
     server.shutdown().await;
 }
+
+/// An operator signs in to the console and signs a decommissioning request with the
+/// key file she selects: the signature is made by the browser (WebCrypto Ed25519) and
+/// checked by the control plane against her registered key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_signs_with_her_key_file_in_the_browser() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("sig"), "三笠市", "012220").await;
+    let alice = crate::console::account(&env, "alice", false).await;
+    let key_file = env.state.path().join("alice.key");
+    madoguchi::control::keys::write_secret(
+        &key_file,
+        &base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            *alice.signer.as_ref().unwrap().seed(),
+        ),
+    )
+    .unwrap();
+    let server = env.serve().await;
+    let base = format!("http://127.0.0.1:{}", server.bound.ops.port());
+    let driver = Driver::start();
+    let c = driver.session(false).await;
+
+    c.goto(&format!("{base}/login")).await.unwrap();
+    check_page(&c, "ops-login").await;
+    fill(&c, "#id", "alice").await;
+    fill(&c, "#password", &alice.password).await;
+    fill(&c, "#code", &totp_code(&alice.totp, now_unix())).await;
+    click(&c, "button.primary").await;
+    assert!(body(&c).await.contains(&t.slug));
+    shot(&c, "ops-tenants").await;
+
+    c.goto(&format!("{base}/tenants/{}/decommission", t.slug))
+        .await
+        .unwrap();
+    check_page(&c, "ops-decommission").await;
+    click(&c, "button.primary").await;
+    assert!(body(&c).await.contains("廃止依頼への署名"));
+    check_page(&c, "ops-sign").await;
+    c.find(Locator::Id("keyfile"))
+        .await
+        .unwrap()
+        .send_keys(key_file.to_str().unwrap())
+        .await
+        .unwrap();
+    c.find(Locator::Id("sign-button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let page = body(&c).await;
+        if page.contains("廃止を依頼しました") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not signed: {page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    shot(&c, "ops-signed").await;
+    let state: String = crate::harness::admin_client(&env.platform.settings.catalog_db)
+        .await
+        .query_one("SELECT state FROM tenants WHERE id = $1", &[&t.id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "decommissioning");
+    c.close().await.unwrap();
+    server.shutdown().await;
+}

@@ -9,6 +9,7 @@ mod browser;
 mod budget;
 mod cases;
 mod cli;
+mod console;
 mod erasure;
 mod forms;
 mod isolation;

@@ -213,14 +213,33 @@ async fn health_metrics_and_request_ids() {
     // Error pages carry the request id; the console lists the tenant.
     let (_, body) = get_with_host(&server, &a.hosts[0], "/missing").await;
     assert!(body.contains("受付ID"));
-    let console = c
+    // The console asks operators to sign in (its pages are tested in console.rs).
+    let console = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
         .get(format!("http://{}/", server.bound.ops))
         .send()
         .await
-        .unwrap()
-        .text()
-        .await
         .unwrap();
-    assert!(console.contains(&a.slug) && console.contains("千代田区"));
+    assert_eq!(console.status(), 303);
+    assert_eq!(
+        console
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok()),
+        Some("/login")
+    );
+    assert!(
+        metrics.contains(&format!(
+            "madoguchi_tenant_database_size_bytes{{tenant=\"{}\"}}",
+            a.slug
+        )),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("madoguchi_erasure_certificates 0"),
+        "{metrics}"
+    );
     server.shutdown().await;
 }

@@ -1,0 +1,347 @@
+//! The operators' console on the ops listener: password + TOTP, roles (operator,
+//! auditor), actions in the chained operation log, and decommissioning and erasure
+//! by two people with signatures made on their side.
+
+use std::time::Duration;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use madoguchi::catalog::Operator;
+use madoguchi::control::certificate::{self, Trust};
+use madoguchi::crypto::note::NoteSigner;
+use madoguchi::front::Server;
+use madoguchi::tenant::staff::{now_unix, totp_code};
+
+use crate::forms::{capture, get, post};
+use crate::harness::{admin_client, unique, TestEnv};
+
+pub struct Account {
+    pub id: String,
+    pub password: String,
+    pub totp: Vec<u8>,
+    pub signer: Option<NoteSigner>,
+}
+
+/// Registers an operator (with a key) or an auditor, with console credentials.
+pub async fn account(env: &TestEnv, id: &str, auditor: bool) -> Account {
+    let signer = (!auditor).then(|| NoteSigner::generate(id).unwrap());
+    env.platform
+        .catalog
+        .add_operator(&Operator {
+            id: id.into(),
+            name: format!("{id} 担当"),
+            title: if auditor { "監査人" } else { "運用担当" }.into(),
+            role: if auditor { "auditor" } else { "operator" }.into(),
+            public_key: signer
+                .as_ref()
+                .map(|s| s.public_key().as_bytes().to_vec())
+                .unwrap_or_default(),
+        })
+        .await
+        .unwrap();
+    let password = "correct horse battery staple 窓口".to_owned();
+    let totp = madoguchi::ops::set_credentials(&env.platform, id, &password)
+        .await
+        .unwrap();
+    Account {
+        id: id.into(),
+        password,
+        totp,
+        signer,
+    }
+}
+
+pub fn ops_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+pub fn ops_url(server: &Server, path: &str) -> String {
+    format!("http://{}{path}", server.bound.ops)
+}
+
+/// Signs in; the code is for the step `offset` steps from now (each code works once).
+pub async fn sign_in(server: &Server, a: &Account, offset: i64) -> reqwest::Client {
+    let c = ops_client();
+    let code = totp_code(&a.totp, (now_unix() as i64 + offset * 30) as u64);
+    let (status, loc, body) = post(
+        &c,
+        &ops_url(server, "/login"),
+        &[("id", &a.id), ("password", &a.password), ("code", &code)],
+    )
+    .await;
+    assert_eq!((status, loc.as_str()), (303, "/"), "{body}");
+    c
+}
+
+async fn csrf(c: &reqwest::Client, server: &Server, path: &str) -> String {
+    let (status, _, page) = get(c, &ops_url(server, path)).await;
+    assert_eq!(status, 200, "{page}");
+    capture(r#"name="csrf" value="([^"]+)""#, &page)
+}
+
+async fn sign_pending(
+    c: &reqwest::Client,
+    server: &Server,
+    location: &str,
+    signer: &NoteSigner,
+) -> (u16, String, String) {
+    let (status, _, page) = get(c, &ops_url(server, location)).await;
+    assert_eq!(status, 200, "{page}");
+    let message = B64
+        .decode(capture(r#"data-message="([^"]+)""#, &page))
+        .unwrap();
+    let token = capture(r#"name="csrf" value="([^"]+)""#, &page);
+    let signature = B64.encode(signer.sign_bytes(&message));
+    post(
+        c,
+        &ops_url(server, location),
+        &[("csrf", &token), ("signature", &signature)],
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_and_auditors_on_the_console() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("ops"), "夕張市", "012092").await;
+    let alice = account(&env, "alice", false).await;
+    let bob = account(&env, "bob", false).await;
+    let kansa = account(&env, "kansa", true).await;
+    let server = env.serve().await;
+
+    // Without a session: to the sign-in page. Wrong code: refused, and logged.
+    let anon = ops_client();
+    let (status, loc, _) = get(&anon, &ops_url(&server, "/")).await;
+    assert_eq!((status, loc.as_str()), (303, "/login"));
+    let (status, _, page) = post(
+        &anon,
+        &ops_url(&server, "/login"),
+        &[
+            ("id", "alice"),
+            ("password", &alice.password),
+            ("code", "000000"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(page.contains("正しくありません"), "{page}");
+    // /metrics and health stay open to the monitoring system.
+    assert_eq!(get(&anon, &ops_url(&server, "/metrics")).await.0, 200);
+
+    let a = sign_in(&server, &alice, 0).await;
+    // The same code cannot be used twice.
+    let code = totp_code(&alice.totp, now_unix());
+    let (status, _, _) = post(
+        &ops_client(),
+        &ops_url(&server, "/login"),
+        &[
+            ("id", "alice"),
+            ("password", &alice.password),
+            ("code", &code),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401, "replayed code");
+
+    let (status, _, page) = get(&a, &ops_url(&server, "/")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains(&t.slug) && page.contains("稼働中"), "{page}");
+    assert!(
+        page.contains("KiB") || page.contains("MiB"),
+        "database size: {page}"
+    );
+    let token = capture(r#"name="csrf" value="([^"]+)""#, &page);
+
+    // Actions need the CSRF token.
+    let backup_url = ops_url(&server, &format!("/tenants/{}/backup", t.slug));
+    assert_eq!(post(&a, &backup_url, &[("csrf", "wrong")]).await.0, 403);
+    let (status, _, page) = post(&a, &backup_url, &[("csrf", &token)]).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("バックアップしました"), "{page}");
+    let (status, _, page) = post(
+        &a,
+        &ops_url(&server, &format!("/tenants/{}/drill", t.slug)),
+        &[("csrf", &token)],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("一致 / match"), "{page}");
+    let (_, _, page) = get(&a, &ops_url(&server, "/")).await;
+    assert!(
+        page.contains("分前") && page.contains("一致 ("),
+        "backup age and drill: {page}"
+    );
+    // Provisioning from the console.
+    let new_slug = unique("new");
+    let (status, _, page) = post(
+        &a,
+        &ops_url(&server, "/tenants"),
+        &[
+            ("csrf", &token),
+            ("slug", &new_slug),
+            ("name", "三笠市"),
+            ("code", "012220"),
+            ("host", &format!("{new_slug}.test")),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("テナントを作成しました"), "{page}");
+
+    // The auditor reads certificates and the log, and may not act.
+    let k = sign_in(&server, &kansa, 0).await;
+    let (status, loc, _) = get(&k, &ops_url(&server, "/")).await;
+    assert_eq!((status, loc.as_str()), (303, "/certificates"));
+    let k_token = csrf(&k, &server, "/certificates").await;
+    assert_eq!(post(&k, &backup_url, &[("csrf", &k_token)]).await.0, 403);
+
+    // Decommissioning: alice prepares and signs with her key (as her browser would).
+    let (status, loc, page) = post(
+        &a,
+        &ops_url(&server, &format!("/tenants/{}/decommission", t.slug)),
+        &[
+            ("csrf", &token),
+            ("reason", "契約終了"),
+            ("final_export", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{page}");
+    assert!(loc.starts_with("/sign/"), "{loc}");
+    // Bob cannot sign alice's request; a signature by the wrong key is refused.
+    let b = sign_in(&server, &bob, 0).await;
+    assert_eq!(get(&b, &ops_url(&server, &loc)).await.0, 403);
+    let (status, _, page) = sign_pending(&a, &server, &loc, bob.signer.as_ref().unwrap()).await;
+    assert_eq!(status, 422, "{page}");
+    assert!(page.contains("一致しません"), "{page}");
+    let (status, _, page) = sign_pending(&a, &server, &loc, alice.signer.as_ref().unwrap()).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("廃止を依頼しました"), "{page}");
+    let state: String = admin_client(&env.platform.settings.catalog_db)
+        .await
+        .query_one("SELECT state FROM tenants WHERE id = $1", &[&t.id])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(state, "decommissioning");
+
+    // Alice cannot erase what she requested.
+    let erase_url = ops_url(&server, &format!("/tenants/{}/erase", t.slug));
+    let (_, _, page) = get(&a, &ops_url(&server, "/")).await;
+    assert!(page.contains("消去は別のオペレーターが行います"), "{page}");
+    let (status, _, page) = post(&a, &erase_url, &[("csrf", &token), ("confirm", &t.slug)]).await;
+    assert_eq!(status, 422, "{page}");
+    assert!(page.contains("other than alice"), "{page}");
+    // Bob must type the slug, then erases and signs the certificate.
+    let b_token = csrf(&b, &server, "/").await;
+    let (status, _, _) = post(&b, &erase_url, &[("csrf", &b_token), ("confirm", "wrong")]).await;
+    assert_eq!(status, 422);
+    let (status, loc, page) =
+        post(&b, &erase_url, &[("csrf", &b_token), ("confirm", &t.slug)]).await;
+    assert_eq!(status, 303, "{page}");
+    assert!(loc.starts_with("/sign/"));
+    let (_, _, page) = get(&b, &ops_url(&server, &loc)).await;
+    assert!(
+        page.contains("canary_undecryptable") && page.contains("✔"),
+        "{page}"
+    );
+    let (status, cert_loc, page) =
+        sign_pending(&b, &server, &loc, bob.signer.as_ref().unwrap()).await;
+    assert_eq!(status, 303, "{page}");
+    assert!(cert_loc.starts_with("/certificates/"), "{cert_loc}");
+
+    // The auditor sees the certificate, its steps and checks, and downloads it and
+    // the checkpoint; it verifies offline.
+    let (status, _, page) = get(&k, &ops_url(&server, "/certificates")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("夕張市") && page.contains("alice / bob") && page.contains("✔ 合格"),
+        "{page}"
+    );
+    let (status, _, page) = get(&k, &ops_url(&server, &cert_loc)).await;
+    assert_eq!(status, 200);
+    for step in [
+        "drop_database",
+        "destroy_keys",
+        "keys_absent",
+        "database_absent",
+    ] {
+        assert!(page.contains(step), "{step}: {page}");
+    }
+    let r = k
+        .get(ops_url(&server, &format!("{cert_loc}.json")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r
+        .headers()
+        .get("content-disposition")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("attachment")));
+    let file = r.text().await.unwrap();
+    let platform_key = madoguchi::control::keys::platform_signer(env.state.path())
+        .unwrap()
+        .verifier_key();
+    let checkpoint = get(&k, &ops_url(&server, "/checkpoint")).await.2;
+    let v = certificate::verify(
+        &file,
+        &Trust {
+            platform_key: &platform_key,
+            operators: None,
+            older_checkpoint: Some(&checkpoint),
+        },
+    );
+    assert!(v.ok(), "{}", v.report());
+
+    // Every action is in the operation log, whose chain is intact.
+    let (status, _, page) = get(&k, &ops_url(&server, "/log")).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("chain intact"), "{page}");
+    for action in [
+        "console.login_failed",
+        "console.login",
+        "tenant.backup",
+        "tenant.drill",
+        "tenant.create",
+        "tenant.decommission",
+        "tenant.erase",
+        "certificate.issue",
+        "certificate.download",
+    ] {
+        assert!(page.contains(action), "{action} missing from the log");
+    }
+
+    // Five failures lock the account for a while, even with the right code next.
+    for _ in 0..5 {
+        post(
+            &anon,
+            &ops_url(&server, "/login"),
+            &[
+                ("id", "kansa"),
+                ("password", "wrong password!"),
+                ("code", "123456"),
+            ],
+        )
+        .await;
+    }
+    let code = totp_code(&kansa.totp, now_unix() + 30);
+    let (status, _, page) = post(
+        &anon,
+        &ops_url(&server, "/login"),
+        &[
+            ("id", "kansa"),
+            ("password", &kansa.password),
+            ("code", &code),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert!(page.contains("ロック"), "{page}");
+    server.shutdown().await;
+}

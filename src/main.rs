@@ -643,10 +643,23 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                         )
                         .await
                         {
-                            Ok(m) => bar.println(format!(
-                                "{}: {} ({} bytes, sha256 {})",
-                                t.slug, m.file, m.size, m.sha256
-                            )),
+                            Ok(m) => {
+                                bar.println(format!(
+                                    "{}: {} ({} bytes, sha256 {})",
+                                    t.slug, m.file, m.size, m.sha256
+                                ));
+                                if all {
+                                    let kept = madoguchi::control::backup::Retention::default();
+                                    match madoguchi::control::backup::prune(p, &store, &t.slug, &kept).await {
+                                        Ok(0) => {}
+                                        Ok(n) => bar.println(format!("{}: {n} old backup(s) removed (retention 7 daily, 4 weekly, 12 monthly)", t.slug)),
+                                        Err(e) => {
+                                            failed += 1;
+                                            bar.println(format!("{}: pruning FAILED: {e:#}", t.slug));
+                                        }
+                                    }
+                                }
+                            }
                             Err(e) => {
                                 failed += 1;
                                 bar.println(format!("{}: FAILED: {e:#}", t.slug));

@@ -43,6 +43,8 @@ pub struct Settings {
     pub pool: PoolSettings,
     /// How often the host cache is reloaded even without a notification.
     pub cache_refresh: Duration,
+    /// Proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -53,6 +55,7 @@ impl Settings {
             catalog_db: "madoguchi".to_owned(),
             pool: PoolSettings::default(),
             cache_refresh: Duration::from_secs(30),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -69,6 +72,11 @@ pub struct FileSettings {
     pub pool_per_tenant: Option<usize>,
     pub pool_wait_ms: Option<u64>,
     pub pool_idle_secs: Option<u64>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_listen: Option<SocketAddr>,
+    pub lgwan_listen: Option<SocketAddr>,
+    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
 }
 
 impl FileSettings {

@@ -62,6 +62,15 @@ struct Common {
     /// Seconds after which idle connections and pools are closed.
     #[arg(long, global = true, env = "MADOGUCHI_POOL_IDLE_SECS")]
     pool_idle_secs: Option<u64>,
+    /// A reverse proxy (address or CIDR) whose X-Forwarded-For and X-Forwarded-Proto
+    /// are believed; repeatable.
+    #[arg(
+        long = "trusted-proxy",
+        global = true,
+        env = "MADOGUCHI_TRUSTED_PROXIES",
+        value_delimiter = ','
+    )]
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -75,6 +84,18 @@ struct ServeArgs {
     /// Hours between scheduled backups of every tenant (0: no schedule).
     #[arg(long, env = "MADOGUCHI_BACKUP_INTERVAL_HOURS", default_value_t = 24)]
     backup_interval_hours: u64,
+    /// Certificate chain (PEM) for HTTPS; with it, --listen only redirects to HTTPS.
+    #[arg(long, env = "MADOGUCHI_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the certificate.
+    #[arg(long, env = "MADOGUCHI_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// HTTPS listener (default 127.0.0.1:8443).
+    #[arg(long, env = "MADOGUCHI_TLS_LISTEN")]
+    tls_listen: Option<SocketAddr>,
+    /// A listener facing LGWAN (zone lgwan); the others face the internet.
+    #[arg(long, env = "MADOGUCHI_LGWAN_LISTEN")]
+    lgwan_listen: Option<SocketAddr>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -88,6 +109,9 @@ enum Command {
         /// Directory of tenant manifests.
         #[arg(long, default_value = "tenants")]
         tenants: PathBuf,
+        /// Serve HTTPS too, with a local CA made under DIR/tls (trust DIR/tls/ca.pem).
+        #[arg(long)]
+        tls: bool,
     },
     /// Manage tenants (municipalities).
     #[command(subcommand)]
@@ -377,6 +401,19 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     if let Some(v) = c.pool_idle_secs.or(file.pool_idle_secs) {
         s.pool.idle = Duration::from_secs(v);
     }
+    s.trusted_proxies = if c.trusted_proxies.is_empty() {
+        file.trusted_proxies.clone().unwrap_or_default()
+    } else {
+        c.trusted_proxies
+            .iter()
+            .map(|t| {
+                let t = t.trim();
+                t.parse::<ipnet::IpNet>()
+                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    .with_context(|| format!("--trusted-proxy {t:?} is not an address or CIDR"))
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
     Ok((s, file))
 }
 
@@ -467,8 +504,9 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
     match command {
         Command::Serve(args) => serve_with(p, file, &args, &[]).await,
         Command::Demo {
-            serve: args,
+            serve: mut args,
             tenants,
+            tls,
         } => {
             for path in manifest::paths(&tenants)? {
                 let m = manifest::read(&path)?;
@@ -490,6 +528,19 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                         .with_context(|| format!("seeding demo data of {}", t.slug))?;
                     accounts.push((t, account));
                 }
+            }
+            if tls && args.tls_cert.is_none() {
+                let mut hosts: Vec<String> =
+                    accounts.iter().flat_map(|(t, _)| t.hosts.clone()).collect();
+                hosts.extend(["localhost".to_owned(), "127.0.0.1".to_owned()]);
+                let dir = p.settings.state_dir.join("tls");
+                let files = madoguchi::front::tls::local_ca(&dir, &hosts)?;
+                eprintln!(
+                    "TLS: a local CA made for the demo; trust {} in the browser (or curl --cacert)",
+                    dir.join("ca.pem").display()
+                );
+                args.tls_cert = Some(files.cert);
+                args.tls_key = Some(files.key);
             }
             serve_with(p, file, &args, &accounts).await
         }
@@ -1258,18 +1309,49 @@ async fn serve_with(
         .ops_listen
         .or(file.ops_listen)
         .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9090)));
-    let server = Server::start(p, listen, ops).await?;
-    let port = server.bound.public.port();
+    let tls = match (
+        args.tls_cert.clone().or_else(|| file.tls_cert.clone()),
+        args.tls_key.clone().or_else(|| file.tls_key.clone()),
+    ) {
+        (Some(cert), Some(key)) => Some((
+            madoguchi::front::tls::TlsFiles { cert, key },
+            args.tls_listen
+                .or(file.tls_listen)
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8443))),
+        )),
+        (None, None) => None,
+        _ => anyhow::bail!("TLS needs both a certificate and its key"),
+    };
+    let server = Server::start_with(
+        p,
+        madoguchi::front::Listeners {
+            public: listen,
+            ops,
+            tls,
+            lgwan: args.lgwan_listen.or(file.lgwan_listen),
+        },
+    )
+    .await?;
+    let (scheme, port) = match server.bound.https {
+        Some(https) => ("https", https.port()),
+        None => ("http", server.bound.public.port()),
+    };
     println!("listening: http://{}", server.bound.public);
+    if let Some(https) = server.bound.https {
+        println!("https: https://{https} (plain HTTP now redirects here)");
+    }
+    if let Some(lgwan) = server.bound.lgwan {
+        println!("lgwan: http://{lgwan}");
+    }
     println!("ops: http://{}", server.bound.ops);
     for (t, a) in demo {
         let host = t.hosts.first().map_or("localhost", String::as_str);
-        println!("{} {}: http://{host}:{port}/", t.slug, t.name);
+        println!("{} {}: {scheme}://{host}:{port}/", t.slug, t.name);
         if let Some(path) = &a.form_path {
-            println!("  sample form: http://{host}:{port}{path}");
+            println!("  sample form: {scheme}://{host}:{port}{path}");
         }
         println!(
-            "  admin: http://{host}:{port}/admin/login  email {}  password {}  TOTP secret {}",
+            "  admin: {scheme}://{host}:{port}/admin/login  email {}  password {}  TOTP secret {}",
             a.email, a.password, a.totp_secret
         );
     }

@@ -36,10 +36,14 @@ impl KeyExtractor for TenantIp {
             .and_then(|h| h.to_str().ok())
             .map(HostName::lookup_key)
             .unwrap_or_default();
-        let ip = req
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip());
+        // The address a trusted proxy reported, else the socket's.
+        let ip = match req.extensions().get::<super::conn::ClientIp>() {
+            Some(c) => c.0,
+            None => req
+                .extensions()
+                .get::<ConnectInfo<SocketAddr>>()
+                .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
+        };
         Ok((host, ip))
     }
 }

@@ -2,11 +2,13 @@
 //! global budget, request ids and metrics. Tenant handlers get a `TenantCtx` and
 //! nothing else.
 
+pub mod conn;
 pub mod limits;
 pub mod metrics;
 pub mod pools;
 pub mod recent;
 pub mod routes;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,6 +42,7 @@ pub struct App {
     pub metrics: Metrics,
     next_request: AtomicU64,
     instance: String,
+    trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 pub type AppState = Arc<App>;
@@ -63,6 +66,7 @@ impl App {
             metrics,
             next_request: AtomicU64::new(1),
             instance: crate::crypto::random_token(3),
+            trusted_proxies: p.settings.trusted_proxies.clone(),
         })
     }
 
@@ -91,7 +95,71 @@ pub fn public_router(app: AppState) -> Router {
             Arc::clone(&app),
             request_context,
         ))
+        .layer(middleware::from_fn_with_state(Arc::clone(&app), client))
         .with_state(app)
+}
+
+/// With TLS on, the plain listener only sends people to HTTPS (health checks stay).
+pub fn redirect_router(https_port: u16) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .fallback(move |req: Request| async move { to_https(&req, https_port) })
+}
+
+fn to_https(req: &Request, https_port: u16) -> Response {
+    let host = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(HostName::lookup_key)
+        .filter(|h| {
+            !h.is_empty()
+                && h.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
+        });
+    let Some(host) = host else {
+        return ErrorPage::unknown_host().into_response();
+    };
+    let port = if https_port == 443 {
+        String::new()
+    } else {
+        format!(":{https_port}")
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut r = StatusCode::PERMANENT_REDIRECT.into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("https://{host}{port}{path}")) {
+        r.headers_mut().insert(header::LOCATION, v);
+    }
+    r
+}
+
+/// Works out who the client is and whether they came over HTTPS: from the socket,
+/// or from a trusted proxy's `X-Forwarded-For` / `X-Forwarded-Proto`.
+async fn client(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip());
+    if let Some(peer) = peer {
+        let xff = req
+            .headers()
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let ip = conn::client_ip(peer, xff.as_deref(), &app.trusted_proxies);
+        req.extensions_mut().insert(conn::ClientIp(ip));
+        let from_proxy = app.trusted_proxies.iter().any(|n| n.contains(&peer));
+        let proto_https = req
+            .headers()
+            .get("x-forwarded-proto")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        if from_proxy && proto_https {
+            if let Some(t) = req.extensions_mut().get_mut::<conn::Transport>() {
+                t.https = true;
+            }
+        }
+    }
+    next.run(req).await
 }
 
 /// Operators' listener: console, metrics, health checks.
@@ -132,8 +200,17 @@ async fn request_context(State(app): State<AppState>, req: Request, next: Next) 
 /// Security headers on every response: a CSP without inline script or style, no
 /// framing, no MIME sniffing, no referrer to other sites, no powerful features.
 async fn security_headers(req: Request, next: Next) -> Response {
+    let https = req
+        .extensions()
+        .get::<conn::Transport>()
+        .is_some_and(|t| t.https);
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
+    if https {
+        // Two years; sub-domains are the municipality's business, not ours.
+        h.entry(header::STRICT_TRANSPORT_SECURITY)
+            .or_insert(HeaderValue::from_static("max-age=63072000"));
+    }
     let set = |h: &mut axum::http::HeaderMap, name: &'static str, value: &'static str| {
         h.entry(name).or_insert(HeaderValue::from_static(value));
     };
@@ -174,13 +251,21 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
     let resp = match route.state {
         TenantState::Active => match app.pools.runtime(route.id).await {
             Ok(rt) => {
-                let base_url = format!("http://{}", host.as_deref().unwrap_or_default());
+                let https = req
+                    .extensions()
+                    .get::<conn::Transport>()
+                    .is_some_and(|t| t.https);
+                let base_url = format!(
+                    "{}://{}",
+                    if https { "https" } else { "http" },
+                    host.as_deref().unwrap_or_default()
+                );
                 let ctx = TenantCtx::new(
                     route.id,
                     Arc::clone(&route.slug),
                     Arc::clone(&route.name),
                     base_url,
-                    false,
+                    https,
                     rt.pool.clone(),
                     app.pools.settings().wait,
                     Arc::clone(&rt.cipher),
@@ -357,8 +442,24 @@ async fn prune_audit_logs_daily(
 /// Addresses the server actually bound (ports may have been 0).
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
+    /// Citizens' and staff's plain listener (with TLS on: redirects to HTTPS).
     pub public: SocketAddr,
     pub ops: SocketAddr,
+    /// The HTTPS listener, when TLS is on.
+    pub https: Option<SocketAddr>,
+    /// The LGWAN-zone listener, if any.
+    pub lgwan: Option<SocketAddr>,
+}
+
+/// Where to listen.
+#[derive(Debug, Clone)]
+pub struct Listeners {
+    pub public: SocketAddr,
+    pub ops: SocketAddr,
+    /// Certificate files and the HTTPS address.
+    pub tls: Option<(tls::TlsFiles, SocketAddr)>,
+    /// A listener facing LGWAN (zone `lgwan`); the others face the internet.
+    pub lgwan: Option<SocketAddr>,
 }
 
 /// A running front tier.
@@ -373,6 +474,20 @@ pub struct Server {
 impl Server {
     /// Binds both listeners, loads the host table and starts serving.
     pub async fn start(p: &Platform, public: SocketAddr, ops: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(
+            p,
+            Listeners {
+                public,
+                ops,
+                tls: None,
+                lgwan: None,
+            },
+        )
+        .await
+    }
+
+    /// Binds every listener, loads the host table and starts serving.
+    pub async fn start_with(p: &Platform, l: Listeners) -> anyhow::Result<Self> {
         let app = App::new(p);
         app.hosts.reload(&app.catalog).await?;
         let latest = crate::control::migrate::latest_tenant_version();
@@ -381,15 +496,34 @@ impl Server {
                 tracing::warn!(tenant = %t.slug, schema = t.schema_version, latest, "tenant database is behind this binary's schema; run `madoguchi migrate --all`");
             }
         }
-        let public_l = TcpListener::bind(public)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {public}: {e}"))?;
-        let ops_l = TcpListener::bind(ops)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {ops}: {e}"))?;
+        let bind = |addr: SocketAddr| async move {
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+        };
+        let public_l = bind(l.public).await?;
+        let ops_l = bind(l.ops).await?;
+        let tls = match &l.tls {
+            Some((files, addr)) => {
+                let cert = tls::ReloadingCert::new(files.clone())?;
+                let config = tls::server_config(std::sync::Arc::clone(&cert))?;
+                Some((
+                    cert,
+                    tokio_rustls::TlsAcceptor::from(config),
+                    bind(*addr).await?,
+                ))
+            }
+            None => None,
+        };
+        let lgwan_l = match l.lgwan {
+            Some(addr) => Some(bind(addr).await?),
+            None => None,
+        };
         let bound = Bound {
             public: public_l.local_addr()?,
             ops: ops_l.local_addr()?,
+            https: tls.as_ref().map(|t| t.2.local_addr()).transpose()?,
+            lgwan: lgwan_l.as_ref().map(TcpListener::local_addr).transpose()?,
         };
         let (shutdown, rx) = watch::channel(false);
 
@@ -427,23 +561,44 @@ impl Server {
         )));
 
         let mut tasks = Vec::new();
-        for (listener, router) in [
-            (public_l, public_router(Arc::clone(&app))),
-            (ops_l, ops_router(Arc::clone(&app), p.handle())),
-        ] {
-            let mut rx = rx.clone();
-            tasks.push(tokio::spawn(async move {
-                let serve = axum::serve(
-                    listener,
-                    router.into_make_service_with_connect_info::<SocketAddr>(),
-                )
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                });
-                if let Err(e) = serve.await {
-                    tracing::error!(error = %e, "listener failed");
-                }
-            }));
+        let public = public_router(Arc::clone(&app));
+        let mut listeners: Vec<(
+            TcpListener,
+            Option<tokio_rustls::TlsAcceptor>,
+            conn::Zone,
+            Router,
+        )> = Vec::new();
+        match tls {
+            Some((cert, acceptor, https_l)) => {
+                background.push(tokio::spawn(tls::watch(cert, Duration::from_secs(5))));
+                let port = bound.https.map_or(443, |a| a.port());
+                listeners.push((public_l, None, conn::Zone::Internet, redirect_router(port)));
+                listeners.push((
+                    https_l,
+                    Some(acceptor),
+                    conn::Zone::Internet,
+                    public.clone(),
+                ));
+            }
+            None => listeners.push((public_l, None, conn::Zone::Internet, public.clone())),
+        }
+        if let Some(l) = lgwan_l {
+            listeners.push((l, None, conn::Zone::Lgwan, public));
+        }
+        listeners.push((
+            ops_l,
+            None,
+            conn::Zone::Internet,
+            ops_router(Arc::clone(&app), p.handle()),
+        ));
+        for (listener, acceptor, zone, router) in listeners {
+            tasks.push(tokio::spawn(conn::serve(
+                listener,
+                acceptor,
+                zone,
+                router,
+                rx.clone(),
+            )));
         }
         Ok(Self {
             bound,

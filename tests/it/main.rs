@@ -14,3 +14,4 @@ mod erasure;
 mod forms;
 mod isolation;
 mod routing;
+mod tls;

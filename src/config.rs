@@ -45,6 +45,29 @@ pub struct Settings {
     pub cache_refresh: Duration,
     /// Proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    pub limits: RateLimits,
+}
+
+/// Request rates allowed (0 turns a limit off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    /// Citizens' form POSTs (pages and the final submit) per minute, per tenant and
+    /// client address, after a burst of [`RateLimits::submit_burst`].
+    pub submit_per_minute: u32,
+    pub submit_burst: u32,
+    /// Requests per second one tenant may receive in all, after a burst of twice that:
+    /// a flood aimed at one municipality is turned away before it costs anything.
+    pub tenant_per_second: u32,
+}
+
+impl Default for RateLimits {
+    fn default() -> Self {
+        Self {
+            submit_per_minute: 60,
+            submit_burst: 30,
+            tenant_per_second: 300,
+        }
+    }
 }
 
 impl Settings {
@@ -56,6 +79,7 @@ impl Settings {
             pool: PoolSettings::default(),
             cache_refresh: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
+            limits: RateLimits::default(),
         }
     }
 }
@@ -77,6 +101,9 @@ pub struct FileSettings {
     pub tls_listen: Option<SocketAddr>,
     pub lgwan_listen: Option<SocketAddr>,
     pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    pub submit_per_minute: Option<u32>,
+    pub submit_burst: Option<u32>,
+    pub tenant_per_second: Option<u32>,
 }
 
 impl FileSettings {

@@ -71,6 +71,12 @@ struct Common {
         value_delimiter = ','
     )]
     trusted_proxies: Vec<String>,
+    /// Citizens' form POSTs per minute per tenant and client address (0: no limit).
+    #[arg(long, global = true, env = "MADOGUCHI_SUBMIT_PER_MINUTE")]
+    submit_per_minute: Option<u32>,
+    /// Requests per second one tenant may receive in all (0: no ceiling).
+    #[arg(long, global = true, env = "MADOGUCHI_TENANT_PER_SECOND")]
+    tenant_per_second: Option<u32>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -400,6 +406,15 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     }
     if let Some(v) = c.pool_idle_secs.or(file.pool_idle_secs) {
         s.pool.idle = Duration::from_secs(v);
+    }
+    if let Some(v) = c.submit_per_minute.or(file.submit_per_minute) {
+        s.limits.submit_per_minute = v;
+    }
+    if let Some(v) = file.submit_burst {
+        s.limits.submit_burst = v.max(1);
+    }
+    if let Some(v) = c.tenant_per_second.or(file.tenant_per_second) {
+        s.limits.tenant_per_second = v;
     }
     s.trusted_proxies = if c.trusted_proxies.is_empty() {
         file.trusted_proxies.clone().unwrap_or_default()

@@ -65,6 +65,62 @@ pub fn post_limit(
     GovernorLayer::new(Arc::new(config)).error_handler(too_many)
 }
 
+/// Citizens' form POSTs: `per_minute` after `burst`, per tenant and client; `None` when off.
+pub fn submit_limit(
+    limits: &crate::config::RateLimits,
+) -> Option<GovernorLayer<TenantIp, NoOpMiddleware<governor::clock::QuantaInstant>, Body>> {
+    (limits.submit_per_minute > 0).then(|| {
+        post_limit(
+            Duration::from_secs(60) / limits.submit_per_minute,
+            limits.submit_burst,
+        )
+    })
+}
+
+/// The per-tenant ceiling: requests per second to one tenant from everyone together.
+pub struct TenantCeiling {
+    limiter: Option<governor::DefaultKeyedRateLimiter<uuid::Uuid>>,
+}
+
+impl TenantCeiling {
+    pub fn new(per_second: u32) -> Self {
+        let limiter = std::num::NonZeroU32::new(per_second).map(|rate| {
+            let burst = std::num::NonZeroU32::new(per_second.saturating_mul(2)).unwrap_or(rate);
+            governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
+        });
+        Self { limiter }
+    }
+
+    /// `Err(429 page)` when the tenant is over its ceiling.
+    pub fn check(&self, tenant: &uuid::Uuid) -> Result<(), Response<Body>> {
+        let Some(l) = &self.limiter else {
+            return Ok(());
+        };
+        match l.check_key(tenant) {
+            Ok(()) => Ok(()),
+            Err(not_until) => {
+                let wait = not_until
+                    .wait_time_from(governor::clock::Clock::now(
+                        &governor::clock::DefaultClock::default(),
+                    ))
+                    .as_secs()
+                    .max(1);
+                Err(too_many(GovernorError::TooManyRequests {
+                    wait_time: wait,
+                    headers: None,
+                }))
+            }
+        }
+    }
+
+    /// Forgets tenants that have been quiet (bounded memory with many tenants).
+    pub fn retain_recent(&self) {
+        if let Some(l) = &self.limiter {
+            l.retain_recent();
+        }
+    }
+}
+
 fn too_many(e: GovernorError) -> Response<Body> {
     match e {
         GovernorError::TooManyRequests { wait_time, .. } => {

@@ -43,6 +43,8 @@ pub struct App {
     next_request: AtomicU64,
     instance: String,
     trusted_proxies: Vec<ipnet::IpNet>,
+    rates: crate::config::RateLimits,
+    ceiling: limits::TenantCeiling,
 }
 
 pub type AppState = Arc<App>;
@@ -67,6 +69,8 @@ impl App {
             next_request: AtomicU64::new(1),
             instance: crate::crypto::random_token(3),
             trusted_proxies: p.settings.trusted_proxies.clone(),
+            rates: p.settings.limits,
+            ceiling: limits::TenantCeiling::new(p.settings.limits.tenant_per_second),
         })
     }
 
@@ -79,7 +83,7 @@ impl App {
 /// Citizens' and staff's listener: health checks, static assets, and everything else
 /// routed by host name to a tenant.
 pub fn public_router(app: AppState) -> Router {
-    let tenant = crate::tenant::router().layer(middleware::from_fn_with_state(
+    let tenant = crate::tenant::router(&app.rates).layer(middleware::from_fn_with_state(
         Arc::clone(&app),
         route_to_tenant,
     ));
@@ -248,6 +252,12 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
     };
     tracing::Span::current().record("tenant", &*route.slug);
     let started = Instant::now();
+    // The tenant's ceiling comes before any other work, the database included.
+    if let Err(r) = app.ceiling.check(&route.id) {
+        app.metrics
+            .observe(&route.slug, r.status().as_u16(), started.elapsed());
+        return r;
+    }
     let resp = match route.state {
         TenantState::Active => match app.pools.runtime(route.id).await {
             Ok(rt) => {
@@ -545,12 +555,14 @@ impl Server {
             },
         )));
         let pools = app.pools.clone();
+        let app_for_ceiling = Arc::clone(&app);
         let every =
             (p.settings.pool.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
         background.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
                 pools.evict_idle();
+                app_for_ceiling.ceiling.retain_recent();
             }
         }));
 

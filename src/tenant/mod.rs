@@ -119,11 +119,13 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
 }
 
 /// Every route of the municipality app.
-pub fn router() -> Router {
+pub fn router(rates: &crate::config::RateLimits) -> Router {
     use crate::front::limits::{self, post_limit};
     use admin::forms as b;
     use forms::citizen as c;
     use staff::pages as s;
+    // One quota for a citizen's page POSTs and final submit.
+    let submits = crate::front::limits::submit_limit(rates);
     // One quota for looking up and for reopening a returned application.
     let lookups = crate::front::limits::post_limit(
         Duration::from_secs(status::LOOKUP_EVERY_SECS),
@@ -132,9 +134,21 @@ pub fn router() -> Router {
     Router::new()
         .route("/", get(home::show))
         // Citizens
-        .route("/f/{form}", get(c::show).post(c::post_page))
+        .route("/f/{form}", {
+            let r = get(c::show).post(c::post_page);
+            match &submits {
+                Some(l) => r.layer(l.clone()),
+                None => r,
+            }
+        })
         .route("/f/{form}/confirm", get(c::confirm))
-        .route("/f/{form}/submit", post(c::submit))
+        .route("/f/{form}/submit", {
+            let r = post(c::submit);
+            match &submits {
+                Some(l) => r.layer(l.clone()),
+                None => r,
+            }
+        })
         .route("/f/{form}/done", get(c::done))
         .route(
             "/status",

@@ -124,6 +124,9 @@ impl TestEnv {
         let mut settings = Settings::new(state.path().to_path_buf());
         settings.database_url = Some(url);
         settings.catalog_db = catalog_db;
+        // Tests send many submissions from one address; the rate limits have tests of their own.
+        settings.limits.submit_per_minute = 0;
+        settings.limits.tenant_per_second = 0;
         tweak(&mut settings);
         let platform = Platform::open(settings)
             .await

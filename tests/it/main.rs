@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod abuse;
 mod api;
 mod backup;
 mod browser;

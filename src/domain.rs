@@ -195,6 +195,44 @@ impl HostName {
         }
     }
 
+    /// The lookup key of a `Host` header or request authority, or `None` when it is
+    /// not a host name or an IPv6 literal (with an optional numeric port).
+    pub fn request_key(header: &str) -> Option<String> {
+        let h = header.trim();
+        if h.is_empty() || h.len() > 300 {
+            return None;
+        }
+        let (name, port) = match h.strip_prefix('[') {
+            Some(rest) => {
+                let (inner, after) = rest.split_once(']')?;
+                inner.parse::<std::net::Ipv6Addr>().ok()?;
+                let port = match after.strip_prefix(':') {
+                    Some(p) => Some(p),
+                    None if after.is_empty() => None,
+                    None => return None,
+                };
+                (inner, port)
+            }
+            None => match h.rsplit_once(':') {
+                Some((name, port)) => (name, Some(port)),
+                None => (h, None),
+            },
+        };
+        if port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
+            return None;
+        }
+        let ipv6 = h.starts_with('[');
+        if !ipv6
+            && (name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-' || b == b'_'))
+        {
+            return None;
+        }
+        Some(name.to_ascii_lowercase())
+    }
+
     /// The key the front tier looks a request up by: the `Host` header lower-cased
     /// with its port removed. Anything else is compared as it came, so tricks such as
     /// a trailing dot simply do not match.
@@ -236,6 +274,33 @@ impl fmt::Display for HostName {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn request_keys_are_strict() {
+        let k = HostName::request_key;
+        assert_eq!(
+            k("City.Example.jp:8080").as_deref(),
+            Some("city.example.jp")
+        );
+        assert_eq!(k("city.example.jp.").as_deref(), Some("city.example.jp."));
+        assert_eq!(k("[::1]:80").as_deref(), Some("::1"));
+        for bad in [
+            "",
+            "[a.test]",
+            "[a.test]:80",
+            "[::1]b.test",
+            "a.test:",
+            "a.test:x",
+            "b.test:a.test",
+            "evil@a.test",
+            "a b",
+            "а.test",
+            "a.test/x",
+        ] {
+            assert_eq!(k(bad), None, "{bad:?}");
+        }
+    }
+
     use super::*;
 
     #[test]

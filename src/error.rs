@@ -31,7 +31,22 @@ pub enum AppError {
 
 impl From<tokio_postgres::Error> for AppError {
     fn from(e: tokio_postgres::Error) -> Self {
-        AppError::Internal(e.into())
+        use tokio_postgres::error::SqlState;
+        match e.code() {
+            // Text PostgreSQL cannot store (a NUL byte) or values outside its range:
+            // the input is at fault, not the service.
+            Some(c)
+                if *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+                    || *c == SqlState::UNTRANSLATABLE_CHARACTER
+                    || *c == SqlState::DATETIME_FIELD_OVERFLOW
+                    || *c == SqlState::NUMERIC_VALUE_OUT_OF_RANGE =>
+            {
+                AppError::BadRequest(
+                    "入力に使用できない文字、または範囲外の値が含まれています。入力内容を確認してください。".into(),
+                )
+            }
+            _ => AppError::Internal(e.into()),
+        }
     }
 }
 

@@ -94,6 +94,7 @@ pub fn public_router(app: AppState) -> Router {
         .route("/static/forms.js", get(crate::web::forms_js))
         .route("/static/admin.js", get(crate::web::admin_js))
         .fallback_service(tenant)
+        .layer(middleware::from_fn(request_timeout))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -237,17 +238,15 @@ async fn security_headers(req: Request, next: Next) -> Response {
 
 /// Resolves the tenant from the `Host` header before any tenant code runs.
 async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri().authority().map(|a| a.as_str().to_owned()));
-    let Some(route) = host
-        .as_deref()
-        .map(HostName::lookup_key)
-        .and_then(|k| app.hosts.lookup(&k))
-    else {
+    // A NUL byte has no business in a path; refuse it before anything reads it.
+    if req.uri().path().to_ascii_lowercase().contains("%00") {
+        return bad_request();
+    }
+    let host = match request_host(&req) {
+        Ok(h) => h,
+        Err(()) => return bad_request(),
+    };
+    let Some(route) = host.as_ref().and_then(|(k, _)| app.hosts.lookup(k)) else {
         return ErrorPage::unknown_host().into_response();
     };
     tracing::Span::current().record("tenant", &*route.slug);
@@ -268,9 +267,9 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
                 let base_url = format!(
                     "{}://{}",
                     if https { "https" } else { "http" },
-                    host.as_deref().unwrap_or_default()
+                    host.as_ref().map_or("", |(_, raw)| raw.as_str())
                 );
-                let ctx = TenantCtx::new(
+                let mut ctx = TenantCtx::new(
                     route.id,
                     Arc::clone(&route.slug),
                     Arc::clone(&route.name),
@@ -280,6 +279,11 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
                     app.pools.settings().wait,
                     Arc::clone(&rt.cipher),
                 );
+                ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
+                ctx.zone = req
+                    .extensions()
+                    .get::<conn::Transport>()
+                    .map_or(conn::Zone::Internet, |t| t.zone);
                 req.extensions_mut().insert(ctx);
                 next.run(req).await
             }
@@ -304,6 +308,71 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
     app.metrics
         .observe(&route.slug, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// How long a request may take until its response starts (a streamed export then
+/// goes on as long as it needs).
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn request_timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::warn!("request timed out");
+            let mut r = ErrorPage::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "処理に時間がかかりすぎました",
+                "Request timed out",
+                "ただいま処理に時間がかかっています。入力内容は送信されていない可能性があります。少し待ってから、もう一度お試しください。",
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            r
+        }
+    }
+}
+
+fn bad_request() -> Response {
+    ErrorPage::new(
+        StatusCode::BAD_REQUEST,
+        "リクエストの形式が正しくありません",
+        "Bad request",
+        "アドレス（URL）を確認して、もう一度お試しください。",
+    )
+    .into_response()
+}
+
+/// The host a request names: its one `Host` header, or for HTTP/2 its authority.
+/// Two `Host` headers, a malformed one, a `Host` that disagrees with an absolute
+/// request target, or none at all in HTTP/1.1 are refused (RFC 9112 §3.2).
+fn request_host(req: &Request) -> Result<Option<(String, String)>, ()> {
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(()),
+        (Some(h), None) => Some(h.to_str().map_err(|_| ())?),
+        (None, _) => None,
+    };
+    // (lookup key, the host as sent, port included, for links)
+    let key = |s: &str| {
+        HostName::request_key(s)
+            .map(|k| (k, s.trim().to_owned()))
+            .ok_or(())
+    };
+    match (header, req.uri().authority().map(|a| a.as_str())) {
+        (Some(h), Some(a)) => {
+            let (h, a) = (key(h)?, key(a)?);
+            if h.0 == a.0 {
+                Ok(Some(h))
+            } else {
+                Err(())
+            }
+        }
+        (Some(h), None) => Ok(Some(key(h)?)),
+        (None, Some(a)) if req.version() >= axum::http::Version::HTTP_2 => Ok(Some(key(a)?)),
+        (None, _) if req.version() >= axum::http::Version::HTTP_11 => Err(()),
+        (None, _) => Ok(None),
+    }
 }
 
 /// The path as logged: secrets that travel in a path (setup tokens) are cut off.

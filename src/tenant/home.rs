@@ -30,7 +30,7 @@ pub async fn show(ctx: TenantCtx) -> Result<Response, AppError> {
     let page = HomePage {
         site: row.get(0),
         code: row.get(1),
-        forms: super::forms::store::open_forms(&db)
+        forms: super::forms::store::open_forms(&db, ctx.zone)
             .await?
             .into_iter()
             .map(|(public_id, title)| FormLink {

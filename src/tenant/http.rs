@@ -104,6 +104,11 @@ impl<S: Send + Sync> FromRequest<S> for FormData {
         }
         let mut raw = Raw::new();
         for (k, v) in form_urlencoded::parse(&body) {
+            if k.contains('\0') || v.contains('\0') {
+                return Err(AppError::BadRequest(
+                    "入力に使用できない文字（NUL）が含まれています。".into(),
+                ));
+            }
             raw.entry(k.into_owned()).or_default().push(v.into_owned());
         }
         Ok(Self(raw))

@@ -35,6 +35,10 @@ pub struct TenantCtx {
     pub base_url: String,
     /// Whether the request came over TLS: cookies are then `Secure`.
     pub secure_cookies: bool,
+    /// The client's address (from a trusted proxy, or the socket).
+    pub client_ip: Option<std::net::IpAddr>,
+    /// The network zone of the listener the request came through.
+    pub zone: crate::front::conn::Zone,
     pool: Pool,
     wait: Duration,
     cipher: Arc<FieldCipher>,
@@ -67,6 +71,8 @@ impl TenantCtx {
             name,
             base_url,
             secure_cookies,
+            client_ip: None,
+            zone: crate::front::conn::Zone::Internet,
             pool,
             wait,
             cipher,
@@ -209,6 +215,10 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             "/admin/submissions/{id}/notes",
             post(cases::pages::add_note),
         )
+        .route(
+            "/admin/access",
+            get(admin::access::show).post(admin::access::save),
+        )
         .route("/admin/audit", get(audit::pages::list))
         .route(
             "/admin/api-tokens",
@@ -219,5 +229,6 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         .route("/admin/audit/retention", post(audit::pages::set_retention))
         .merge(api::router())
         .layer(axum::extract::DefaultBodyLimit::max(http::MAX_FORM_BODY))
+        .layer(axum::middleware::from_fn(admin::access::guard))
         .fallback(|| async { AppError::NotFound })
 }

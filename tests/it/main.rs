@@ -5,6 +5,7 @@ mod harness;
 
 mod abuse;
 mod api;
+mod attacks;
 mod backup;
 mod browser;
 mod budget;
@@ -16,3 +17,4 @@ mod forms;
 mod isolation;
 mod routing;
 mod tls;
+mod zones;

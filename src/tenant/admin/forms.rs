@@ -175,6 +175,8 @@ struct BuilderPage {
     closes_at: String,
     capacity: String,
     completion_message: String,
+    zone_internet: bool,
+    zone_lgwan: bool,
     summary_choices: Vec<(String, String, bool)>,
     department_id: i64,
     departments: Vec<Department>,
@@ -298,6 +300,10 @@ async fn builder(
                 .map(|c| c.to_string())
                 .unwrap_or_default(),
             completion_message: def.settings.completion_message.clone(),
+            zone_internet: def
+                .settings
+                .published_in(crate::front::conn::Zone::Internet),
+            zone_lgwan: def.settings.published_in(crate::front::conn::Zone::Lgwan),
             summary_choices: def
                 .fields()
                 .filter(|f| f.kind.takes_answer())
@@ -356,6 +362,32 @@ pub async fn save_settings(
     def.title = body.get("title").trim().to_owned();
     def.description = body.get("description").trim().replace("\r\n", "\n");
     def.settings.completion_message = body.get("completion_message").trim().replace("\r\n", "\n");
+    // The zone checkboxes (sent with a marker, so a form without them keeps its zones).
+    if body.get("zones_shown") == "1" {
+        use crate::front::conn::Zone;
+        let zones: Vec<Zone> = body
+            .all("zone")
+            .iter()
+            .filter_map(|z| Zone::parse(z))
+            .collect();
+        if zones.is_empty() {
+            return builder(
+                &ctx,
+                &user,
+                id,
+                Some(
+                    "!公開先のネットワークを1つ以上選んでください（インターネット、LGWAN）".into(),
+                ),
+            )
+            .await;
+        }
+        // Both: stored as "everywhere".
+        def.settings.zones = if zones.contains(&Zone::Internet) && zones.contains(&Zone::Lgwan) {
+            Vec::new()
+        } else {
+            zones
+        };
+    }
     let opens = parse_local(body.get("opens_at"));
     let closes = parse_local(body.get("closes_at"));
     let capacity = crate::ja::nfkc(body.get("capacity").trim());

@@ -1,6 +1,7 @@
 //! The staff's admin screens (`/admin/…`): the form builder and, for
 //! administrators, staff and departments.
 
+pub mod access;
 pub mod forms;
 
 use super::staff::StaffUser;

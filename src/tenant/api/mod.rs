@@ -467,10 +467,9 @@ pub async fn list_submissions(
             let (t, id) = text
                 .split_once('_')
                 .ok_or_else(|| bad("cursor が正しくありません"))?;
-            let micros: i128 = t.parse().map_err(|_| bad("cursor が正しくありません"))?;
             Some((
-                OffsetDateTime::from_unix_timestamp_nanos(micros * 1000)
-                    .map_err(|_| bad("cursor が正しくありません"))?,
+                crate::tenant::cases::cursor_time(t)
+                    .ok_or_else(|| bad("cursor が正しくありません"))?,
                 id.parse().map_err(|_| bad("cursor が正しくありません"))?,
             ))
         }

@@ -14,6 +14,15 @@ use crate::crypto::{FieldCipher, FieldRef};
 use crate::error::AppError;
 use crate::tenant::audit::{self, Actor};
 
+/// The time in a paging cursor (microseconds since the epoch), if it is a time the
+/// database can hold: years 1 to 9999.
+pub fn cursor_time(micros: &str) -> Option<time::OffsetDateTime> {
+    let micros: i64 = micros.parse().ok()?;
+    time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(micros) * 1000)
+        .ok()
+        .filter(|t| (1..=9999).contains(&t.year()))
+}
+
 /// Where an application stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Status {

@@ -44,6 +44,7 @@ fn date(s: &str) -> Option<time::Date> {
         &time::macros::format_description!("[year]-[month]-[day]"),
     )
     .ok()
+    .filter(|d| (1..=9999).contains(&d.year()))
 }
 
 impl Filters {
@@ -58,11 +59,9 @@ impl Filters {
                 "assignee" => f.assignee = v.parse().ok(),
                 "q" => f.q = v.trim().chars().take(200).collect(),
                 "after" => {
-                    f.after = v.split_once('_').and_then(|(t, id)| {
-                        let micros: i128 = t.parse().ok()?;
-                        let at = OffsetDateTime::from_unix_timestamp_nanos(micros * 1000).ok()?;
-                        Some((at, id.parse().ok()?))
-                    })
+                    f.after = v
+                        .split_once('_')
+                        .and_then(|(t, id)| Some((super::cursor_time(t)?, id.parse().ok()?)))
                 }
                 _ => {}
             }

@@ -338,6 +338,9 @@ pub async fn show(
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
     let form = store::published(&db, &public_id).await?;
+    if !form.def.settings.published_in(ctx.zone) {
+        return Err(AppError::NotFound);
+    }
     if !correcting(&db, &form, &headers).await? {
         if let Some(r) = unavailable(&ctx, &form) {
             return Ok(r);
@@ -395,6 +398,9 @@ pub async fn post_page(
     let token = checked_token(&headers, &public_id, &body)?;
     let db = ctx.db().await?;
     let form = store::published(&db, &public_id).await?;
+    if !form.def.settings.published_in(ctx.zone) {
+        return Err(AppError::NotFound);
+    }
     if !correcting(&db, &form, &headers).await? {
         if let Some(r) = unavailable(&ctx, &form) {
             return Ok(r);
@@ -507,6 +513,9 @@ pub async fn confirm(
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
     let form = store::published(&db, &public_id).await?;
+    if !form.def.settings.published_in(ctx.zone) {
+        return Err(AppError::NotFound);
+    }
     if !correcting(&db, &form, &headers).await? {
         if let Some(r) = unavailable(&ctx, &form) {
             return Ok(r);
@@ -640,6 +649,9 @@ pub async fn submit(
     let token = checked_token(&headers, &public_id, &body)?;
     let mut db = ctx.db().await?;
     let form = store::published(&db, &public_id).await?;
+    if !form.def.settings.published_in(ctx.zone) {
+        return Err(AppError::NotFound);
+    }
     let Some(draft) = load_draft(&ctx, &db, form.id, &token).await? else {
         return Ok(see_other(&format!("/f/{public_id}")));
     };
@@ -813,6 +825,9 @@ pub async fn done(
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
     let form = store::published(&db, &public_id).await?;
+    if !form.def.settings.published_in(ctx.zone) {
+        return Err(AppError::NotFound);
+    }
     let Some((_, draft)) = draft_for(&ctx, &db, &form, &headers).await? else {
         return Ok(see_other(&format!("/f/{public_id}")));
     };
@@ -929,6 +944,9 @@ pub async fn start_resubmission(
     let answers = decrypt_answers(ctx.cipher(), id, &r.get(1))?;
     let public_id: String = r.get(2);
     let form = store::published(&db, &public_id).await?;
+    if !form.def.settings.published_in(ctx.zone) {
+        return Err(AppError::NotFound);
+    }
     let token = random_token(32);
     let draft = Draft {
         id: Uuid::new_v4(),

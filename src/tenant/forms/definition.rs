@@ -51,6 +51,16 @@ pub struct FormSettings {
     /// Shown on the completion page with the receipt number.
     #[serde(default)]
     pub completion_message: String,
+    /// Networks the form is published to (internet, LGWAN); empty: both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<crate::front::conn::Zone>,
+}
+
+impl FormSettings {
+    /// Whether the form may be used through a listener of `zone`.
+    pub fn published_in(&self, zone: crate::front::conn::Zone) -> bool {
+        self.zones.is_empty() || self.zones.contains(&zone)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -260,6 +260,7 @@ pub async fn version(db: &Client, form_id: i64, version: i32) -> Result<FormDefi
 /// Published forms open now, for the home page.
 pub async fn open_forms(
     db: &deadpool_postgres::ClientWrapper,
+    zone: crate::front::conn::Zone,
 ) -> Result<Vec<(String, String)>, AppError> {
     let stmt = db
         .prepare_cached(
@@ -272,7 +273,9 @@ pub async fn open_forms(
     let mut out = Vec::new();
     for r in db.query(&stmt, &[]).await? {
         let def = parse_def(r.get(1))?;
-        if availability(&def, r.get(2), r.get(3), r.get(4), now) == Availability::Open {
+        if availability(&def, r.get(2), r.get(3), r.get(4), now) == Availability::Open
+            && def.settings.published_in(zone)
+        {
             out.push((r.get(0), def.title));
         }
     }

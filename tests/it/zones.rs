@@ -1,0 +1,169 @@
+//! Network zones (LGWAN and internet): citizens' forms published to one zone only,
+//! and the admin screen limited to zones and address ranges, with refusals logged.
+
+use madoguchi::front::{Listeners, Server};
+use madoguchi::tenant::staff::Role;
+
+use crate::forms::{capture, get, post, staff};
+use crate::harness::{admin_client, unique, TestEnv};
+
+async fn get_on(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, String) {
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(format!("http://{addr}{path}"))
+        .header("host", host)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forms_and_the_admin_screen_per_zone() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("zone"), "千代田区", "131016").await;
+    let host = t.hosts[0].clone();
+    // A form for LGWAN only, and one for both.
+    let lgwan_only = include_str!("../../src/control/samples/bulky-waste.json").replacen(
+        "\"settings\": {",
+        "\"settings\": { \"zones\": [\"lgwan\"],",
+        1,
+    );
+    assert!(
+        lgwan_only.contains("\"zones\""),
+        "the sample has a settings object"
+    );
+    let p_lgwan = madoguchi::control::tenant_admin::import_form(
+        &env.platform,
+        &t,
+        &lgwan_only,
+        "総務課",
+        true,
+    )
+    .await
+    .unwrap();
+    let p_both = madoguchi::control::tenant_admin::import_form(
+        &env.platform,
+        &t,
+        include_str!("../../src/control/samples/bulky-waste.json"),
+        "総務課",
+        true,
+    )
+    .await
+    .unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    let server = Server::start_with(
+        &env.platform,
+        Listeners {
+            public: any,
+            ops: any,
+            tls: None,
+            lgwan: Some(any),
+        },
+    )
+    .await
+    .unwrap();
+    let (internet, lgwan) = (server.bound.public, server.bound.lgwan.unwrap());
+    assert_eq!(get_on(internet, &host, &p_lgwan).await.0, 404);
+    assert_eq!(get_on(lgwan, &host, &p_lgwan).await.0, 200);
+    assert_eq!(get_on(internet, &host, &p_both).await.0, 200);
+    assert_eq!(get_on(lgwan, &host, &p_both).await.0, 200);
+    let home = get_on(internet, &host, "/").await.1;
+    assert!(home.contains(&p_both) && !home.contains(&p_lgwan), "{home}");
+    assert!(get_on(lgwan, &host, "/").await.1.contains(&p_lgwan));
+
+    // The admin screen: by default from anywhere.
+    assert_eq!(get_on(internet, &host, "/admin/login").await.0, 200);
+    let db = admin_client(&t.database).await;
+    db.execute("UPDATE settings SET admin_zones = '{lgwan}'", &[])
+        .await
+        .unwrap();
+    let (status, page) = get_on(internet, &host, "/admin/login").await;
+    assert_eq!(status, 403);
+    assert!(
+        page.contains("このネットワークからは利用できません"),
+        "{page}"
+    );
+    get_on(internet, &host, "/admin/forms").await;
+    assert_eq!(get_on(lgwan, &host, "/admin/login").await.0, 200);
+    // Refusals are logged, once a minute per address.
+    let refused: i64 = db
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'access.refused'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(refused, 1);
+    // Address ranges.
+    db.execute(
+        "UPDATE settings SET admin_zones = '{internet,lgwan}', admin_cidrs = '{10.0.0.0/8}'",
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(get_on(internet, &host, "/admin/login").await.0, 403);
+    db.execute("UPDATE settings SET admin_cidrs = '{}'", &[])
+        .await
+        .unwrap();
+
+    // The administrator sets it on the screen, and cannot lock themselves out.
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let u = |p: &str| format!("http://{host}:{}{p}", internet.port());
+    let (status, _, page) = get(&admin.client, &u("/admin/access")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("127.0.0.1"),
+        "shows the current address: {page}"
+    );
+    let csrf = capture(r#"name="csrf" value="([^"]+)""#, &page);
+    let (status, _, page) = post(
+        &admin.client,
+        &u("/admin/access"),
+        &[
+            ("csrf", &csrf),
+            ("zone", "internet"),
+            ("cidrs", "10.0.0.0/8"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(page.contains("あなた"), "{page}");
+    let (status, _, page) = post(
+        &admin.client,
+        &u("/admin/access"),
+        &[
+            ("csrf", &csrf),
+            ("zone", "internet"),
+            ("cidrs", "not an address"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 422, "{page}");
+    let (status, loc, _) = post(
+        &admin.client,
+        &u("/admin/access"),
+        &[
+            ("csrf", &csrf),
+            ("zone", "internet"),
+            ("zone", "lgwan"),
+            ("cidrs", "127.0.0.0/8\n１９２.０.２.０/２４"),
+        ],
+    )
+    .await;
+    assert_eq!((status, loc.as_str()), (303, "/admin/access"));
+    let cidrs: Vec<String> = db
+        .query_one("SELECT admin_cidrs FROM settings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        cidrs,
+        ["127.0.0.0/8", "192.0.2.0/24"],
+        "full-width digits normalised"
+    );
+    server.shutdown().await;
+}

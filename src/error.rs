@@ -29,24 +29,85 @@ pub enum AppError {
     Internal(#[from] anyhow::Error),
 }
 
+/// Why the database could not do what was asked, for the `db_errors` metric.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub struct DbErrorLabels {
+    pub reason: String,
+}
+
+/// Database failures that are not the request's fault (read-only, disk full,
+/// restarting, unreachable), counted for alerts; shared by every metrics registry.
+pub fn db_errors() -> &'static prometheus_client::metrics::family::Family<
+    DbErrorLabels,
+    prometheus_client::metrics::counter::Counter,
+> {
+    static F: std::sync::OnceLock<
+        prometheus_client::metrics::family::Family<
+            DbErrorLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+    > = std::sync::OnceLock::new();
+    F.get_or_init(Default::default)
+}
+
+tokio::task_local! {
+    /// Set while a request runs when its database failed in a way that may stick to
+    /// open connections; the front tier then closes that tenant's pool.
+    pub static DB_TROUBLE: std::cell::Cell<bool>;
+}
+
+fn db_unavailable(reason: &str) -> AppError {
+    let _ = DB_TROUBLE.try_with(|c| c.set(true));
+    db_errors()
+        .get_or_create(&DbErrorLabels {
+            reason: reason.to_owned(),
+        })
+        .inc();
+    tracing::error!(reason, "database unavailable for this request");
+    AppError::Unavailable {
+        retry_after_secs: 5,
+    }
+}
+
 impl From<tokio_postgres::Error> for AppError {
     fn from(e: tokio_postgres::Error) -> Self {
         use tokio_postgres::error::SqlState;
-        match e.code() {
+        if e.is_closed() {
+            return db_unavailable("connection_lost");
+        }
+        let Some(c) = e.code() else {
+            // No SQLSTATE: the connection broke (server restarting or unreachable).
+            return db_unavailable("connection_lost");
+        };
+        if *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE
+            || *c == SqlState::UNTRANSLATABLE_CHARACTER
+            || *c == SqlState::DATETIME_FIELD_OVERFLOW
+            || *c == SqlState::NUMERIC_VALUE_OUT_OF_RANGE
+        {
             // Text PostgreSQL cannot store (a NUL byte) or values outside its range:
             // the input is at fault, not the service.
-            Some(c)
-                if *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE
-                    || *c == SqlState::UNTRANSLATABLE_CHARACTER
-                    || *c == SqlState::DATETIME_FIELD_OVERFLOW
-                    || *c == SqlState::NUMERIC_VALUE_OUT_OF_RANGE =>
-            {
-                AppError::BadRequest(
-                    "入力に使用できない文字、または範囲外の値が含まれています。入力内容を確認してください。".into(),
-                )
-            }
-            _ => AppError::Internal(e.into()),
+            return AppError::BadRequest(
+                "入力に使用できない文字、または範囲外の値が含まれています。入力内容を確認してください。".into(),
+            );
         }
+        if *c == SqlState::READ_ONLY_SQL_TRANSACTION {
+            return db_unavailable("read_only");
+        }
+        if *c == SqlState::DISK_FULL
+            || *c == SqlState::INSUFFICIENT_RESOURCES
+            || *c == SqlState::OUT_OF_MEMORY
+        {
+            return db_unavailable("disk_full_or_resources");
+        }
+        if *c == SqlState::ADMIN_SHUTDOWN
+            || *c == SqlState::CRASH_SHUTDOWN
+            || *c == SqlState::CANNOT_CONNECT_NOW
+            || *c == SqlState::TOO_MANY_CONNECTIONS
+            || c.code().starts_with("08")
+        {
+            return db_unavailable("server_unavailable");
+        }
+        AppError::Internal(e.into())
     }
 }
 

@@ -89,6 +89,11 @@ impl Metrics {
         let database_size = Family::<TenantLabels, Gauge>::default();
         let erasure_certificates = Gauge::default();
         registry.register(
+            "db_errors",
+            "Requests refused because a database was read-only, full, restarting or unreachable",
+            crate::error::db_errors().clone(),
+        );
+        registry.register(
             "tenant_database_size_bytes",
             "Size of each tenant's database",
             database_size.clone(),

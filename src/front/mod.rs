@@ -285,7 +285,17 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
                     .get::<conn::Transport>()
                     .map_or(conn::Zone::Internet, |t| t.zone);
                 req.extensions_mut().insert(ctx);
-                next.run(req).await
+                let (resp, trouble) = crate::error::DB_TROUBLE
+                    .scope(std::cell::Cell::new(false), async {
+                        let resp = next.run(req).await;
+                        (resp, crate::error::DB_TROUBLE.with(std::cell::Cell::get))
+                    })
+                    .await;
+                if trouble {
+                    tracing::warn!("closing the tenant's pool after a database failure");
+                    app.pools.reset(&route.id);
+                }
+                resp
             }
             Err(e) => {
                 tracing::error!(error = format!("{e:#}"), "tenant runtime unavailable");

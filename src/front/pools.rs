@@ -176,6 +176,12 @@ impl TenantPools {
         }
     }
 
+    /// Closes one tenant's pool (after its database failed in a way that may stick
+    /// to open connections, e.g. read-only); the next request opens fresh ones.
+    pub fn reset(&self, tenant: &Uuid) {
+        self.retain_tenants(|id| id != tenant);
+    }
+
     /// Closes connections idle longer than the idle limit, and pools that have
     /// served nothing for that long.
     pub fn evict_idle(&self) {

@@ -8,10 +8,10 @@ use std::time::{Duration, Instant};
 
 const BIN: &str = env!("CARGO_BIN_EXE_madoguchi");
 
-struct StateDir(PathBuf);
+pub(crate) struct StateDir(pub(crate) PathBuf);
 
 impl StateDir {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let dir = std::env::temp_dir().join(crate::harness::unique("madoguchi-cli-"));
         std::fs::create_dir_all(&dir).unwrap();
         Self(dir)
@@ -34,7 +34,7 @@ impl Drop for StateDir {
     }
 }
 
-fn madoguchi(state: &Path, args: &[&str]) -> (bool, String, String) {
+pub(crate) fn madoguchi(state: &Path, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(BIN)
         .arg("--state-dir")
         .arg(state)
@@ -50,13 +50,24 @@ fn madoguchi(state: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
-struct Serving {
-    child: Child,
-    public: String,
+pub(crate) struct Serving {
+    pub(crate) child: Child,
+    pub(crate) public: String,
+    pub(crate) ops: String,
+}
+
+/// A failed test must not leave the service running.
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }
 
 impl Serving {
-    fn start(state: &Path, sub: &[&str]) -> Self {
+    pub(crate) fn start(state: &Path, sub: &[&str]) -> Self {
         let mut child = Command::new(BIN)
             .arg("--state-dir")
             .arg(state)
@@ -70,11 +81,15 @@ impl Serving {
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut public = String::new();
+        let mut ops = String::new();
         let mut seen = Vec::new();
         for line in lines.by_ref() {
             let line = line.unwrap();
             if let Some(addr) = line.strip_prefix("listening: http://") {
                 public = addr.to_owned();
+            }
+            if let Some(addr) = line.strip_prefix("ops: http://") {
+                ops = addr.to_owned();
             }
             let done = line.starts_with("ready");
             seen.push(line);
@@ -85,7 +100,7 @@ impl Serving {
         assert!(!public.is_empty(), "serve printed no address: {seen:?}");
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, public }
+        Self { child, public, ops }
     }
 
     fn get(&self, host: &str) -> u16 {
@@ -110,7 +125,7 @@ impl Serving {
     }
 
     /// SIGTERM, then wait for a clean exit.
-    fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         let ok = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status()

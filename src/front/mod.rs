@@ -226,7 +226,14 @@ async fn security_headers(req: Request, next: Next) -> Response {
     );
     set(h, "x-content-type-options", "nosniff");
     set(h, "referrer-policy", "same-origin");
-    set(h, "x-frame-options", "DENY");
+    // Pages a tenant lets its own sites frame say so in their CSP; others are never framed.
+    let framable = h
+        .get(header::CONTENT_SECURITY_POLICY)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| !v.contains("frame-ancestors 'none'"));
+    if !framable {
+        set(h, "x-frame-options", "DENY");
+    }
     set(
         h,
         "permissions-policy",

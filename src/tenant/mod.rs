@@ -230,5 +230,6 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         .merge(api::router())
         .layer(axum::extract::DefaultBodyLimit::max(http::MAX_FORM_BODY))
         .layer(axum::middleware::from_fn(admin::access::guard))
+        .layer(axum::middleware::from_fn(admin::access::embed_headers))
         .fallback(|| async { AppError::NotFound })
 }

@@ -28,6 +28,87 @@ use crate::web::{render, ErrorPage};
 pub struct Access {
     pub cidrs: Vec<ipnet::IpNet>,
     pub zones: Vec<Zone>,
+    /// Origins that may frame citizen forms (`https://www.city.example.lg.jp`).
+    pub embed: Vec<String>,
+}
+
+/// `scheme://host[:port]` with https (http only for localhost), nothing more.
+pub fn parse_origin(s: &str) -> Option<String> {
+    let s = s.trim().trim_end_matches('/').to_ascii_lowercase();
+    let (scheme, rest) = s.split_once("://")?;
+    let host = rest.rsplit_once(':').map_or(rest, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) && !p.is_empty() {
+            h
+        } else {
+            rest
+        }
+    });
+    let local = host == "localhost" || host.ends_with(".localhost");
+    let ok_scheme = scheme == "https" || (scheme == "http" && local);
+    let ok_host = !host.is_empty()
+        && host.contains('.') | local
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-');
+    (ok_scheme && ok_host && !rest.contains('/')).then_some(s)
+}
+
+/// The frame-ancestors list for citizen pages, cached for half a minute per tenant
+/// (read on every citizen page, changed rarely).
+type EmbedCache = HashMap<uuid::Uuid, (Instant, Vec<String>)>;
+static EMBED_CACHE: Mutex<Option<EmbedCache>> = Mutex::new(None);
+
+pub async fn embed_origins(ctx: &TenantCtx) -> Vec<String> {
+    if let Ok(mut g) = EMBED_CACHE.lock() {
+        if let Some((at, v)) = g.get_or_insert_with(HashMap::new).get(&ctx.id) {
+            if at.elapsed() < Duration::from_secs(30) {
+                return v.clone();
+            }
+        }
+    }
+    let v = match ctx.db().await {
+        Ok(db) => match db
+            .query_one("SELECT embed_origins FROM settings", &[])
+            .await
+        {
+            Ok(r) => r.get::<_, Vec<String>>(0),
+            Err(_) => return Vec::new(),
+        },
+        Err(_) => return Vec::new(),
+    };
+    if let Ok(mut g) = EMBED_CACHE.lock() {
+        let map = g.get_or_insert_with(HashMap::new);
+        if map.len() > 5000 {
+            map.clear();
+        }
+        map.insert(ctx.id, (Instant::now(), v.clone()));
+    }
+    v
+}
+
+/// On citizen pages: let the tenant's own sites frame them, if it chose any.
+pub async fn embed_headers(req: Request, next: Next) -> Response {
+    let ctx = req
+        .uri()
+        .path()
+        .starts_with("/f/")
+        .then(|| req.extensions().get::<TenantCtx>().cloned())
+        .flatten();
+    let mut resp = next.run(req).await;
+    if let Some(ctx) = ctx {
+        let origins = embed_origins(&ctx).await;
+        if !origins.is_empty() {
+            let csp = format!(
+                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self' {}",
+                origins.join(" ")
+            );
+            if let Ok(v) = axum::http::HeaderValue::from_str(&csp) {
+                resp.headers_mut()
+                    .insert(axum::http::header::CONTENT_SECURITY_POLICY, v);
+            }
+        }
+    }
+    resp
 }
 
 impl Access {
@@ -40,13 +121,17 @@ impl Access {
 
 async fn load(db: &tokio_postgres::Client) -> Result<Access, AppError> {
     let r = db
-        .query_one("SELECT admin_cidrs, admin_zones FROM settings", &[])
+        .query_one(
+            "SELECT admin_cidrs, admin_zones, embed_origins FROM settings",
+            &[],
+        )
         .await?;
     let cidrs: Vec<String> = r.get(0);
     let zones: Vec<String> = r.get(1);
     Ok(Access {
         cidrs: cidrs.iter().filter_map(|c| c.parse().ok()).collect(),
         zones: zones.iter().filter_map(|z| Zone::parse(z)).collect(),
+        embed: r.get(2),
     })
 }
 
@@ -117,6 +202,7 @@ struct AccessPage {
     site: String,
     nav: Option<Nav>,
     cidrs: String,
+    embed: String,
     internet: bool,
     lgwan: bool,
     your_ip: String,
@@ -129,6 +215,7 @@ fn page(
     user: &StaffUser,
     a: &Access,
     cidrs: String,
+    embed: String,
     error: Option<String>,
 ) -> Response {
     render(
@@ -141,6 +228,7 @@ fn page(
             site: ctx.name.to_string(),
             nav: Some(Nav::new(user, "access")),
             cidrs,
+            embed,
             internet: a.zones.contains(&Zone::Internet),
             lgwan: a.zones.contains(&Zone::Lgwan),
             your_ip: ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
@@ -160,7 +248,8 @@ pub async fn show(ctx: TenantCtx, user: StaffUser) -> Result<Response, AppError>
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join("\n");
-    Ok(page(&ctx, &user, &a, cidrs, None))
+    let embed = a.embed.join("\n");
+    Ok(page(&ctx, &user, &a, cidrs, embed, None))
 }
 
 pub async fn save(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Response, AppError> {
@@ -187,10 +276,22 @@ pub async fn save(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
         .iter()
         .filter_map(|z| Zone::parse(z))
         .collect();
-    let a = Access { cidrs, zones };
+    let embed_text = body.get("embed").to_owned();
+    let mut embed = Vec::new();
+    for line in embed_text.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        match parse_origin(line) {
+            Some(o) => embed.push(o),
+            None => bad.push(line.to_owned()),
+        }
+    }
+    let a = Access {
+        cidrs,
+        zones,
+        embed,
+    };
     let error = if !bad.is_empty() {
         Some(format!(
-            "アドレスの形式が正しくありません: {}（例: 192.0.2.0/24）",
+            "形式が正しくありません: {}（アドレス範囲の例: 192.0.2.0/24、埋め込みを許可するサイトの例: https://www.city.example.lg.jp）",
             bad.join(", ")
         ))
     } else if a.zones.is_empty() {
@@ -207,7 +308,7 @@ pub async fn save(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
         None
     };
     if let Some(e) = error {
-        return Ok(page(&ctx, &user, &a, text, Some(e)));
+        return Ok(page(&ctx, &user, &a, text, embed_text, Some(e)));
     }
     let cidr_text: Vec<String> = a.cidrs.iter().map(ToString::to_string).collect();
     let zone_text: Vec<String> = a.zones.iter().map(|z| z.as_str().to_owned()).collect();
@@ -215,8 +316,8 @@ pub async fn save(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
     let client: &mut tokio_postgres::Client = &mut db;
     let tx = client.transaction().await?;
     tx.execute(
-        "UPDATE settings SET admin_cidrs = $1, admin_zones = $2",
-        &[&cidr_text, &zone_text],
+        "UPDATE settings SET admin_cidrs = $1, admin_zones = $2, embed_origins = $3",
+        &[&cidr_text, &zone_text, &a.embed],
     )
     .await?;
     audit::append(
@@ -227,9 +328,14 @@ pub async fn save(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
         },
         "settings.access",
         "",
-        serde_json::json!({ "cidrs": cidr_text, "zones": zone_text }),
+        serde_json::json!({ "cidrs": cidr_text, "zones": zone_text, "embed": a.embed }),
     )
     .await?;
     tx.commit().await?;
+    if let Ok(mut g) = EMBED_CACHE.lock() {
+        if let Some(map) = g.as_mut() {
+            map.remove(&ctx.id);
+        }
+    }
     Ok(see_other("/admin/access"))
 }

@@ -1085,10 +1085,16 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
         TenantCmd::Apply { path } => {
             for path in manifest::paths(&path)? {
                 let m = manifest::read(&path)?;
+                let started = std::time::Instant::now();
                 let applied = manifest::apply(p, &m)
                     .await
                     .with_context(|| format!("applying {}", path.display()))?;
-                println!("{}: {}", m.slug, describe(&applied));
+                println!(
+                    "{}: {} ({} ms)",
+                    m.slug,
+                    describe(&applied),
+                    started.elapsed().as_millis()
+                );
             }
         }
         TenantCmd::List { json } => {

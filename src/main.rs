@@ -714,6 +714,14 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                                     "{}: {} ({} bytes, sha256 {})",
                                     t.slug, m.file, m.size, m.sha256
                                 ));
+                                madoguchi::control::oplog::record(
+                                    &p.catalog,
+                                    &cli_actor(),
+                                    "tenant.backup",
+                                    &t.slug,
+                                    serde_json::json!({ "file": m.file, "sha256": m.sha256 }),
+                                )
+                                .await?;
                                 if all {
                                     let kept = madoguchi::control::backup::Retention::default();
                                     match madoguchi::control::backup::prune(p, &store, &t.slug, &kept).await {
@@ -764,6 +772,14 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                         madoguchi::control::backup::drill(p, &store, &rec),
                     )
                     .await?;
+                    madoguchi::control::oplog::record(
+                        &p.catalog,
+                        &cli_actor(),
+                        "tenant.drill",
+                        &slug,
+                        serde_json::json!({ "ok": report.ok, "seconds": report.seconds }),
+                    )
+                    .await?;
                     for t in &report.tables {
                         println!(
                             "{}\t{}\t{}\t{}",
@@ -790,6 +806,14 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     let rec = with_spinner(
                         &format!("restore into {into}"),
                         madoguchi::control::backup::restore(p, &store, &file, &into, &hosts),
+                    )
+                    .await?;
+                    madoguchi::control::oplog::record(
+                        &p.catalog,
+                        &cli_actor(),
+                        "backup.restore",
+                        &rec.slug,
+                        serde_json::json!({ "file": file }),
                     )
                     .await?;
                     println!(
@@ -1073,6 +1097,14 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
         } => {
             let spec = TenantSpec::parse(&slug, &name, &code, &hosts)?;
             let rec = provision(p, &spec).await?;
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "tenant.create",
+                &rec.slug,
+                serde_json::json!({ "code": rec.code, "hosts": rec.hosts }),
+            )
+            .await?;
             println!(
                 "created {} ({} {}) database {} hosts {}",
                 rec.slug,
@@ -1089,6 +1121,16 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 let applied = manifest::apply(p, &m)
                     .await
                     .with_context(|| format!("applying {}", path.display()))?;
+                if !matches!(applied, Applied::Unchanged) {
+                    madoguchi::control::oplog::record(
+                        &p.catalog,
+                        &cli_actor(),
+                        "tenant.apply",
+                        &m.slug,
+                        serde_json::json!({ "result": describe(&applied) }),
+                    )
+                    .await?;
+                }
                 println!(
                     "{}: {} ({} ms)",
                     m.slug,

@@ -115,6 +115,8 @@ pub fn server_config(cert: Arc<ReloadingCert>) -> anyhow::Result<Arc<ServerConfi
         .with_no_client_auth()
         .with_cert_resolver(cert);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Our order of suites (ChaCha20 / AES-GCM, TLS 1.3 first), not the client's.
+    config.ignore_client_order = true;
     Ok(Arc::new(config))
 }
 
@@ -160,10 +162,16 @@ pub fn local_ca(dir: &Path, hosts: &[String]) -> anyhow::Result<TlsFiles> {
         .distinguished_name
         .push(DnType::CommonName, "Madoguchi local CA (demo only)");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.not_before = time::OffsetDateTime::now_utc() - time::Duration::days(1);
+    ca_params.not_after = time::OffsetDateTime::now_utc() + time::Duration::days(3650);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = ca_params.self_signed(&ca_key)?;
     let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
     let mut params = CertificateParams::new(hosts.to_vec())?;
+    // Browsers accept at most 398 days for a server certificate.
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(397);
     params.distinguished_name.push(
         DnType::CommonName,
         hosts.first().map_or("localhost", String::as_str),

@@ -214,9 +214,29 @@ pub struct CertificateFile {
     pub transparency: Transparency,
 }
 
-/// RFC 8785 canonical JSON.
+/// RFC 8785 canonical JSON. Numbers are written as IEEE doubles there, so integers
+/// a double cannot hold exactly (some above 2^53) are refused: they would not be
+/// signed exactly.
 pub fn canonical<T: Serialize>(value: &T) -> anyhow::Result<Vec<u8>> {
-    Ok(serde_json_canonicalizer::to_vec(value)?)
+    fn exact(v: &serde_json::Value) -> bool {
+        match v {
+            // An integer is signed exactly when a double holds it exactly.
+            serde_json::Value::Number(n) => n
+                .as_u64()
+                .map(|u| (u as f64) as u128 == u128::from(u))
+                .or_else(|| n.as_i64().map(|i| (i as f64) as i128 == i128::from(i)))
+                .unwrap_or(true),
+            serde_json::Value::Array(a) => a.iter().all(exact),
+            serde_json::Value::Object(o) => o.values().all(exact),
+            _ => true,
+        }
+    }
+    let v = serde_json::to_value(value)?;
+    anyhow::ensure!(
+        exact(&v),
+        "a number in the document cannot be signed exactly (an integer a double does not hold)"
+    );
+    Ok(serde_json_canonicalizer::to_vec(&v)?)
 }
 
 fn message(format: &str, body: &[u8]) -> Vec<u8> {

@@ -305,9 +305,15 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
             }
             check_length(f, &v, *min_length, *max_length)?;
             if let Some(p) = pattern {
-                let re = regex::RegexBuilder::new(&format!("^(?:{p})$"))
+                // The pattern must stand on its own, so it cannot close the anchoring group.
+                let re = regex::RegexBuilder::new(p)
                     .size_limit(1 << 20)
-                    .build();
+                    .build()
+                    .and_then(|_| {
+                        regex::RegexBuilder::new(&format!("^(?:{p})$"))
+                            .size_limit(1 << 20)
+                            .build()
+                    });
                 if !re.is_ok_and(|re| re.is_match(&v)) {
                     let msg = pattern_message
                         .clone()
@@ -322,7 +328,7 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
             min_length,
             max_length,
         } => {
-            let v = first(raw, &f.id).replace("\r\n", "\n");
+            let v = first(raw, &f.id).replace("\r\n", "\n").replace('\r', "\n");
             if v.is_empty() {
                 return if f.required {
                     Err(required(&f.id))
@@ -343,9 +349,11 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
                 .chars()
                 .filter(|c| *c != ',' && !c.is_whitespace())
                 .collect();
+            // The input is NFKC-normalised, so the unit is compared the same way (㎡ → m2).
+            let unit_nfkc = ja::nfkc(unit);
             let v = v
-                .strip_suffix(unit.as_str())
-                .filter(|_| !unit.is_empty())
+                .strip_suffix(unit_nfkc.as_str())
+                .filter(|_| !unit_nfkc.is_empty())
                 .map(str::to_owned)
                 .unwrap_or(v);
             if v.is_empty() {
@@ -419,9 +427,10 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
                 ));
             }
             let (local, domain) = v.split_once('@').unwrap_or_default();
+            // Lower case first, then NFKC, so the stored address is NFKC too.
             Ok(Some(Answer::Text(format!(
                 "{local}@{}",
-                domain.to_ascii_lowercase()
+                ja::nfkc(&domain.to_ascii_lowercase())
             ))))
         }
         FieldKind::Tel {} => {

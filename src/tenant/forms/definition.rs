@@ -503,6 +503,10 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
             }
             if let Some(p) = pattern {
                 if p.len() > 500
+                    || regex::RegexBuilder::new(p)
+                        .size_limit(1 << 20)
+                        .build()
+                        .is_err()
                     || regex::RegexBuilder::new(&format!("^(?:{p})$"))
                         .size_limit(1 << 20)
                         .build()

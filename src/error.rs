@@ -120,7 +120,7 @@ impl IntoResponse for AppError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "送信内容が大きすぎます",
                 "Request too large",
-                "送信できる大きさ（256KB）を超えています。入力内容を短くしてから、もう一度送信してください。",
+                "送信できる大きさを超えています。入力内容を短くしてから、もう一度送信してください。",
             )
             .into_response(),
             AppError::Forbidden => ErrorPage::new(

@@ -24,6 +24,9 @@ use tower::ServiceExt;
 pub const HANDSHAKE: Duration = Duration::from_secs(10);
 pub const HEADER_READ: Duration = Duration::from_secs(10);
 pub const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// What hyper itself reads before refusing with a bare 431; between the two, the
+/// front tier answers 431 with a Japanese page.
+const HARD_HEADER_BYTES: usize = 64 * 1024;
 /// How long a stop waits for requests in flight.
 pub const DRAIN: Duration = Duration::from_secs(30);
 
@@ -79,11 +82,11 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ)
-        .max_buf_size(MAX_HEADER_BYTES);
+        .max_buf_size(HARD_HEADER_BYTES);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_header_list_size(HARD_HEADER_BYTES as u32)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let transport = Transport {
         https: tls.is_some(),

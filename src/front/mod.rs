@@ -95,6 +95,7 @@ pub fn public_router(app: AppState) -> Router {
         .route("/static/admin.js", get(crate::web::admin_js))
         .fallback_service(tenant)
         .layer(middleware::from_fn(request_timeout))
+        .layer(middleware::from_fn(header_limit))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&app),
@@ -330,6 +331,26 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
 /// How long a request may take until its response starts (a streamed export then
 /// goes on as long as it needs).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Request headers over `conn::MAX_HEADER_BYTES`: 431 with a Japanese page.
+async fn header_limit(req: Request, next: Next) -> Response {
+    let size: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len() + 4)
+        .sum::<usize>()
+        + req.uri().to_string().len();
+    if size > conn::MAX_HEADER_BYTES {
+        return ErrorPage::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "リクエストが大きすぎます",
+            "Request headers too large",
+            "アドレス（URL）またはCookieが長すぎます。ブラウザのCookieを削除してから、もう一度お試しください。",
+        )
+        .into_response();
+    }
+    next.run(req).await
+}
 
 async fn request_timeout(req: Request, next: Next) -> Response {
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {

@@ -124,6 +124,14 @@ impl<S: Send + Sync> FromRequestParts<S> for TenantCtx {
     }
 }
 
+/// Forms with a few short fields (sign-in, account setup, status lookup) take at
+/// most this many bytes; everything else up to `http::MAX_FORM_BODY`.
+pub const SMALL_FORM_BODY: usize = 16 * 1024;
+
+fn small_body() -> axum::extract::DefaultBodyLimit {
+    axum::extract::DefaultBodyLimit::max(SMALL_FORM_BODY)
+}
+
 /// Every route of the municipality app.
 pub fn router(rates: &crate::config::RateLimits) -> Router {
     use crate::front::limits::{self, post_limit};
@@ -160,6 +168,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             "/status",
             get(status::form)
                 .post(status::lookup)
+                .layer::<_, std::convert::Infallible>(small_body())
                 .layer(lookups.clone()),
         )
         .route("/status/resubmit", post(status::resubmit).layer(lookups))
@@ -169,6 +178,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             "/admin/login",
             get(s::login_form)
                 .post(s::login)
+                .layer::<_, std::convert::Infallible>(small_body())
                 .layer(post_limit(Duration::from_secs(6), limits::SIGN_IN_BURST)),
         )
         .route("/admin/logout", post(s::logout))
@@ -176,6 +186,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             "/admin/setup/{token}",
             get(s::setup_form)
                 .post(s::setup)
+                .layer::<_, std::convert::Infallible>(small_body())
                 .layer(post_limit(Duration::from_secs(12), limits::SETUP_BURST)),
         )
         .route("/admin/staff", get(s::staff_list).post(s::staff_add))

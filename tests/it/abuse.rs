@@ -117,3 +117,34 @@ async fn a_flooded_tenant_does_not_starve_a_quiet_one() {
         s.shutdown().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_headers_and_bodies_get_a_japanese_page() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("big"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let c = reqwest::Client::new();
+    // Headers over 32 KiB (but under hyper's own limit): 431 with a page.
+    let r = c
+        .get(format!("http://{}/", server.bound.public))
+        .header("host", &t.hosts[0])
+        .header("cookie", format!("x={}", "a".repeat(40 * 1024)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 431);
+    assert!(r.text().await.unwrap().contains("リクエストが大きすぎます"));
+    // Sign-in takes 16 KiB at most; a citizen form page up to 256 KiB.
+    let body = format!("email=a%40example.jp&password={}", "x".repeat(20 * 1024));
+    let r = c
+        .post(format!("http://{}/admin/login", server.bound.public))
+        .header("host", &t.hosts[0])
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    assert!(r.text().await.unwrap().contains("送信内容が大きすぎます"));
+    server.shutdown().await;
+}

@@ -148,3 +148,115 @@ async fn oversized_headers_and_bodies_get_a_japanese_page() {
     assert!(r.text().await.unwrap().contains("送信内容が大きすぎます"));
     server.shutdown().await;
 }
+
+const POW_FORM: &str = r#"{ "format": "madoguchi.form/1", "title": "イベント申込", "settings": { "proof_of_work": true },
+  "pages": [ { "id": "p1", "fields": [ { "id": "memo", "type": "text", "label": "メモ", "required": true } ] } ] }"#;
+
+/// Opens the form, answers and reaches the confirmation page; returns (client, token, challenge JSON).
+async fn to_confirm(
+    server: &madoguchi::front::Server,
+    host: &str,
+    public: &str,
+) -> (reqwest::Client, String, String) {
+    use crate::forms::{browser, capture, get, post};
+    let c = browser(server, &[host]);
+    let u = |p: &str| crate::harness::url(server, host, p);
+    let (_, _, page) = get(&c, &u(public)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let (status, loc, body) = post(
+        &c,
+        &u(public),
+        &[
+            ("_token", &token),
+            ("_page", "0"),
+            ("_nav", "next"),
+            ("memo", "よろしく"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (status, _, confirm) = get(&c, &u(&loc)).await;
+    assert_eq!(status, 200);
+    let challenge = capture(r#"data-pow="([^"]+)""#, &confirm)
+        .replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&#38;", "&")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&");
+    (c, token, challenge)
+}
+
+fn solve(challenge: &str) -> String {
+    use base64::Engine;
+    let c: serde_json::Value = serde_json::from_str(challenge).unwrap();
+    let n = altcha_lib_rs::solve_challenge(
+        c["challenge"].as_str().unwrap(),
+        c["salt"].as_str().unwrap(),
+        None,
+        c["maxnumber"].as_u64(),
+        0,
+    )
+    .unwrap();
+    let payload = serde_json::json!({ "algorithm": c["algorithm"], "challenge": c["challenge"], "number": n,
+        "salt": c["salt"], "signature": c["signature"] });
+    base64::engine::general_purpose::STANDARD.encode(payload.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_of_work_before_the_final_submit_once_per_solution() {
+    use crate::forms::post;
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("pow"), "千代田区", "131016").await;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, POW_FORM, "総務課", true)
+            .await
+            .unwrap();
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let submit = crate::harness::url(&server, host, &format!("{public}/submit"));
+    let (c, token, challenge) = to_confirm(&server, host, &public).await;
+    // Without a solution, or with a wrong one: refused, and the application waits.
+    let (status, _, page) = post(&c, &submit, &[("_token", &token)]).await;
+    assert_eq!(status, 400);
+    assert!(page.contains("JavaScript"), "{page}");
+    let mut wrong: serde_json::Value = serde_json::from_slice(
+        &base64::Engine::decode(
+            &base64::engine::general_purpose::STANDARD,
+            solve(&challenge),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    wrong["number"] = serde_json::json!(wrong["number"].as_u64().unwrap() + 1);
+    let wrong = base64::Engine::encode(
+        &base64::engine::general_purpose::STANDARD,
+        wrong.to_string(),
+    );
+    assert_eq!(
+        post(&c, &submit, &[("_token", &token), ("pow", &wrong)])
+            .await
+            .0,
+        400
+    );
+    // Solved: accepted.
+    let solution = solve(&challenge);
+    let (status, loc, body) = post(&c, &submit, &[("_token", &token), ("pow", &solution)]).await;
+    assert_eq!(status, 303, "{body}");
+    assert!(loc.ends_with("/done"));
+    // The same solution cannot be used for another application.
+    let (c2, token2, _) = to_confirm(&server, host, &public).await;
+    assert_eq!(
+        post(&c2, &submit, &[("_token", &token2), ("pow", &solution)])
+            .await
+            .0,
+        400
+    );
+    let n: i64 = crate::harness::admin_client(&t.database)
+        .await
+        .query_one("SELECT count(*) FROM submissions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+    server.shutdown().await;
+}

@@ -541,3 +541,50 @@ async fn an_operator_signs_with_her_key_file_in_the_browser() {
     c.close().await.unwrap();
     server.shutdown().await;
 }
+
+/// A form with proof of work: the confirmation page's script solves the challenge in
+/// the browser (WebCrypto SHA-256) before sending, and the application is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_of_work_is_solved_by_the_browser() {
+    let env = TestEnv::new().await;
+    let slug = unique("pw");
+    let host = format!("{slug}.localhost");
+    let spec = madoguchi::control::provision::TenantSpec::parse(
+        &slug,
+        "千代田区",
+        "131016",
+        &[host.clone()],
+    )
+    .unwrap();
+    let t = madoguchi::control::provision::provision(&env.platform, &spec)
+        .await
+        .unwrap();
+    let form = r#"{ "format": "madoguchi.form/1", "title": "イベント申込", "settings": { "proof_of_work": true },
+      "pages": [ { "id": "p1", "fields": [ { "id": "memo", "type": "text", "label": "メモ", "required": true } ] } ] }"#;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, form, "総務課", true)
+            .await
+            .unwrap();
+    let server = env.serve().await;
+    let base = format!("http://{host}:{}", server.bound.public.port());
+    let driver = Driver::start();
+    let c = driver.session(true).await;
+    c.goto(&format!("{base}{public}")).await.unwrap();
+    fill(&c, "#f-memo", "よろしくお願いします").await;
+    click(&c, "button.primary").await;
+    assert!(body(&c).await.contains("入力内容の確認"));
+    check_page(&c, "pow-confirm").await;
+    click(&c, "button.primary").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let page = body(&c).await;
+        if page.contains("受付番号") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not accepted: {page}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    shot(&c, "pow-done").await;
+    c.close().await.unwrap();
+    server.shutdown().await;
+}

@@ -177,6 +177,7 @@ struct BuilderPage {
     completion_message: String,
     zone_internet: bool,
     zone_lgwan: bool,
+    proof_of_work: bool,
     summary_choices: Vec<(String, String, bool)>,
     department_id: i64,
     departments: Vec<Department>,
@@ -304,6 +305,7 @@ async fn builder(
                 .settings
                 .published_in(crate::front::conn::Zone::Internet),
             zone_lgwan: def.settings.published_in(crate::front::conn::Zone::Lgwan),
+            proof_of_work: def.settings.proof_of_work,
             summary_choices: def
                 .fields()
                 .filter(|f| f.kind.takes_answer())
@@ -362,7 +364,10 @@ pub async fn save_settings(
     def.title = body.get("title").trim().to_owned();
     def.description = body.get("description").trim().replace("\r\n", "\n");
     def.settings.completion_message = body.get("completion_message").trim().replace("\r\n", "\n");
-    // The zone checkboxes (sent with a marker, so a form without them keeps its zones).
+    // The checkboxes (sent with a marker, so a request without them keeps the settings).
+    if body.get("zones_shown") == "1" {
+        def.settings.proof_of_work = body.get("proof_of_work") == "yes";
+    }
     if body.get("zones_shown") == "1" {
         use crate::front::conn::Zone;
         let zones: Vec<Zone> = body

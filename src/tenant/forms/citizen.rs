@@ -472,6 +472,8 @@ struct ConfirmPage {
     token: String,
     action: String,
     back: String,
+    /// A proof-of-work challenge (JSON) when the submit needs one.
+    pow: Option<String>,
 }
 
 /// Rows for every answered field, in the form's order, with the page to change it on.
@@ -542,6 +544,11 @@ pub async fn confirm(
                     token,
                     action: format!("/f/{public_id}/submit"),
                     back: format!("/f/{public_id}?page={last}"),
+                    pow: if super::pow::required(&ctx, form.id, form.def.settings.proof_of_work) {
+                        Some(super::pow::challenge(&ctx)?)
+                    } else {
+                        None
+                    },
                 },
             ))
         }
@@ -665,6 +672,9 @@ pub async fn submit(
             return Ok(r);
         }
     }
+    if super::pow::required(&ctx, form.id, form.def.settings.proof_of_work) {
+        super::pow::check(&ctx, &db, body.get("pow")).await?;
+    }
     // Every answer is checked again, against the version published now.
     let answers = match check_all(&form.def, &draft.inputs) {
         Ok(a) => a,
@@ -682,9 +692,11 @@ pub async fn submit(
             .await;
     }
     match store_submission(&ctx, &mut db, &form, &answers, draft.id, Some(draft.id)).await? {
-        Stored::Accepted { .. } | Stored::Existing { .. } => {
+        Stored::Accepted { .. } => {
+            super::pow::count_submit(ctx.id, form.id);
             Ok(see_other(&format!("/f/{public_id}/done")))
         }
+        Stored::Existing { .. } => Ok(see_other(&format!("/f/{public_id}/done"))),
         Stored::Full => Ok(notice(
             &ctx,
             StatusCode::CONFLICT,

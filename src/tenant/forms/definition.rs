@@ -51,6 +51,9 @@ pub struct FormSettings {
     /// Shown on the completion page with the receipt number.
     #[serde(default)]
     pub completion_message: String,
+    /// A proof of work (about a second in the browser) before the final submit.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub proof_of_work: bool,
     /// Networks the form is published to (internet, LGWAN); empty: both.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zones: Vec<crate::front::conn::Zone>,

@@ -4,5 +4,6 @@
 pub mod answers;
 pub mod citizen;
 pub mod definition;
+pub mod pow;
 pub mod store;
 pub mod view;

@@ -31,3 +31,36 @@
   form.addEventListener("input", apply);
   apply();
 })();
+
+// Proof of work before the final submit, when the confirmation page asks for it:
+// find the number n (0..maxnumber) with SHA-256(salt + n) = challenge, then send it.
+document.addEventListener("submit", function (ev) {
+  var form = ev.target;
+  if (!form.hasAttribute || !form.hasAttribute("data-pow") || form.getAttribute("data-pow-done")) return;
+  ev.preventDefault();
+  var c = JSON.parse(form.getAttribute("data-pow"));
+  var status = document.getElementById("pow-status");
+  var button = form.querySelector("button[type=submit]");
+  if (button) button.disabled = true;
+  if (status) status.textContent = "確認しています… / Checking…";
+  var enc = new TextEncoder();
+  function hex(buf) {
+    return Array.prototype.map.call(new Uint8Array(buf), function (b) { return ("0" + b.toString(16)).slice(-2); }).join("");
+  }
+  (async function () {
+    for (var n = 0; n <= c.maxnumber; n++) {
+      var h = hex(await crypto.subtle.digest("SHA-256", enc.encode(c.salt + n)));
+      if (h === c.challenge) {
+        form.querySelector("input[name=pow]").value = btoa(JSON.stringify({
+          algorithm: c.algorithm, challenge: c.challenge, number: n, salt: c.salt, signature: c.signature
+        }));
+        form.setAttribute("data-pow-done", "1");
+        if (status) status.textContent = "送信しています… / Sending…";
+        form.submit();
+        return;
+      }
+    }
+    if (status) status.textContent = "確認できませんでした。ページを読み込み直してください。 / Could not check; reload the page.";
+    if (button) button.disabled = false;
+  })();
+});

@@ -352,3 +352,126 @@ async fn restarts_and_kills_lose_no_acknowledged_submission() {
     }
     drop(state);
 }
+
+/// A full disk under a tenant's tables: 503 with `Retry-After` and the alert metric,
+/// never 500, and nothing half-stored. (The tables are moved to a tablespace on a
+/// small tmpfs, which needs root to mount; other users skip this one test.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_answers_503_and_counts() {
+    use crate::harness::{admin_client, unique, TestEnv};
+    // /proc/self belongs to the process's effective user.
+    let root = std::os::unix::fs::MetadataExt::uid(&std::fs::metadata("/proc/self").unwrap()) == 0;
+    if !root {
+        eprintln!("skipped: mounting a small tmpfs needs root");
+        return;
+    }
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("full"), "千代田区", "131016").await;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, FORM, "総務課", true)
+            .await
+            .unwrap();
+    let form = public.trim_start_matches("/f/").to_owned();
+    let token = madoguchi::control::tenant_admin::api_token(
+        &env.platform,
+        &t,
+        "disk",
+        &["submissions:submit".to_owned()],
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mount = |args: &[&str]| {
+        std::process::Command::new(args[0])
+            .args(&args[1..])
+            .status()
+            .unwrap()
+            .success()
+    };
+    let path = dir.path().to_str().unwrap().to_owned();
+    assert!(
+        mount(&["mount", "-t", "tmpfs", "-o", "size=6M", "tmpfs", &path]),
+        "mount"
+    );
+    struct Unmount(String);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(path.clone());
+    // The cluster runs as postgres when started by root.
+    let _ = std::process::Command::new("chown")
+        .args(["postgres:postgres", &path])
+        .status();
+    let space = unique("full_");
+    let maintenance = admin_client("postgres").await;
+    maintenance
+        .batch_execute(&format!("CREATE TABLESPACE {space} LOCATION '{path}'"))
+        .await
+        .unwrap();
+    let db = admin_client(&t.database).await;
+    db.batch_execute(&format!(
+        "ALTER TABLE submissions SET TABLESPACE {space}; CREATE TABLE filler (b text) TABLESPACE {space}; ALTER TABLE filler ALTER COLUMN b SET STORAGE EXTERNAL"
+    ))
+    .await
+    .unwrap();
+    // Fill the disk.
+    let mut full = false;
+    for _ in 0..400 {
+        if let Err(e) = db
+            .execute(
+                "INSERT INTO filler SELECT string_agg(md5(random()::text), '') FROM generate_series(1, 2000)",
+                &[],
+            )
+            .await
+        {
+            assert_eq!(e.code(), Some(&tokio_postgres::error::SqlState::DISK_FULL), "{e}");
+            full = true;
+            break;
+        }
+    }
+    assert!(full, "the tablespace never filled up");
+
+    let server = env.serve().await;
+    let c = reqwest::Client::new();
+    let r = c
+        .post(format!(
+            "http://{}/api/v1/forms/{form}/submissions",
+            server.bound.public
+        ))
+        .header("host", &t.hosts[0])
+        .bearer_auth(&token)
+        .json(&body(uuid::Uuid::new_v4()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap_or_default());
+    assert!(r.headers().get("retry-after").is_some());
+    let metrics = c
+        .get(format!("http://{}/metrics", server.bound.ops))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("madoguchi_db_errors_total{reason=\"disk_full_or_resources\"}"),
+        "{metrics}"
+    );
+    server.shutdown().await;
+    let n: i64 = db
+        .query_one("SELECT count(*) FROM submissions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "nothing half-stored");
+    db.batch_execute("DROP TABLE filler; ALTER TABLE submissions SET TABLESPACE pg_default")
+        .await
+        .unwrap();
+    drop(db);
+    let _ = maintenance
+        .batch_execute(&format!("DROP TABLESPACE {space}"))
+        .await;
+}

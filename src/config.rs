@@ -58,6 +58,9 @@ pub struct RateLimits {
     /// Requests per second one tenant may receive in all, after a burst of twice that:
     /// a flood aimed at one municipality is turned away before it costs anything.
     pub tenant_per_second: u32,
+    /// Submissions a minute to one form above which proof of work switches itself
+    /// on for ten minutes (0: never by itself).
+    pub pow_spike_per_minute: u32,
 }
 
 impl Default for RateLimits {
@@ -66,6 +69,7 @@ impl Default for RateLimits {
             submit_per_minute: 60,
             submit_burst: 30,
             tenant_per_second: 300,
+            pow_spike_per_minute: crate::tenant::forms::pow::SPIKE_PER_MINUTE,
         }
     }
 }
@@ -104,6 +108,7 @@ pub struct FileSettings {
     pub submit_per_minute: Option<u32>,
     pub submit_burst: Option<u32>,
     pub tenant_per_second: Option<u32>,
+    pub pow_spike_per_minute: Option<u32>,
 }
 
 impl FileSettings {

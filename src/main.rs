@@ -77,6 +77,9 @@ struct Common {
     /// Requests per second one tenant may receive in all (0: no ceiling).
     #[arg(long, global = true, env = "MADOGUCHI_TENANT_PER_SECOND")]
     tenant_per_second: Option<u32>,
+    /// Submissions a minute to one form above which proof of work switches itself on (0: never).
+    #[arg(long, global = true, env = "MADOGUCHI_POW_SPIKE_PER_MINUTE")]
+    pow_spike_per_minute: Option<u32>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -415,6 +418,9 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     }
     if let Some(v) = c.tenant_per_second.or(file.tenant_per_second) {
         s.limits.tenant_per_second = v;
+    }
+    if let Some(v) = c.pow_spike_per_minute.or(file.pow_spike_per_minute) {
+        s.limits.pow_spike_per_minute = v;
     }
     s.trusted_proxies = if c.trusted_proxies.is_empty() {
         file.trusted_proxies.clone().unwrap_or_default()

@@ -70,7 +70,12 @@ impl App {
             instance: crate::crypto::random_token(3),
             trusted_proxies: p.settings.trusted_proxies.clone(),
             rates: p.settings.limits,
-            ceiling: limits::TenantCeiling::new(p.settings.limits.tenant_per_second),
+            ceiling: {
+                crate::tenant::forms::pow::set_spike_per_minute(
+                    p.settings.limits.pow_spike_per_minute,
+                );
+                limits::TenantCeiling::new(p.settings.limits.tenant_per_second)
+            },
         })
     }
 

@@ -127,6 +127,7 @@ impl TestEnv {
         // Tests send many submissions from one address; the rate limits have tests of their own.
         settings.limits.submit_per_minute = 0;
         settings.limits.tenant_per_second = 0;
+        settings.limits.pow_spike_per_minute = 0;
         tweak(&mut settings);
         let platform = Platform::open(settings)
             .await

@@ -18,8 +18,15 @@ use crate::tenant::TenantCtx;
 const MAX_NUMBER: u64 = 50_000;
 /// How long a challenge may be answered.
 const VALID_MINUTES: i64 = 10;
-/// Submissions a minute to one form above which proof of work switches itself on.
+/// Submissions a minute to one form above which proof of work switches itself on
+/// (the default of `RateLimits::pow_spike_per_minute`; 0 turns the switch off).
 pub const SPIKE_PER_MINUTE: u32 = 120;
+static SPIKE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(SPIKE_PER_MINUTE);
+
+/// Sets the spike threshold (from the settings, when the front tier starts).
+pub fn set_spike_per_minute(n: u32) {
+    SPIKE.store(n, std::sync::atomic::Ordering::Relaxed);
+}
 const SPIKE_HOLD: Duration = Duration::from_secs(600);
 
 fn key(ctx: &TenantCtx) -> String {
@@ -42,7 +49,8 @@ pub fn count_submit(tenant: uuid::Uuid, form: i64) {
         *e = (now, 0, e.2);
     }
     e.1 += 1;
-    if e.1 > SPIKE_PER_MINUTE {
+    let limit = SPIKE.load(std::sync::atomic::Ordering::Relaxed);
+    if limit > 0 && e.1 > limit {
         e.2 = Some(now);
     }
 }

@@ -664,20 +664,8 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         Command::Backup(cmd) => {
             let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
             match cmd {
-                BackupCmd::Run { catalog: true, .. } => {
-                    let m = with_spinner(
-                        "backup _catalog",
-                        madoguchi::control::backup::run_catalog(p, &store),
-                    )
-                    .await?;
-                    println!(
-                        "catalog: {} ({} bytes, sha256 {})",
-                        m.file, m.size, m.sha256
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                BackupCmd::Run { slug, all, .. } => {
-                    if all {
+                BackupCmd::Run { slug, all, catalog } => {
+                    if catalog || all {
                         let m = with_spinner(
                             "backup _catalog",
                             madoguchi::control::backup::run_catalog(p, &store),
@@ -687,6 +675,9 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                             "catalog: {} ({} bytes, sha256 {})",
                             m.file, m.size, m.sha256
                         );
+                        if catalog {
+                            return Ok(ExitCode::SUCCESS);
+                        }
                     }
                     let tenants = match (slug, all) {
                         (Some(s), _) => {

@@ -5,14 +5,10 @@
 use serde::Serialize;
 use time::OffsetDateTime;
 
-use crate::tenant::audit::row_hash;
+use crate::tenant::audit::{micros, row_hash};
 
 /// Advisory lock under which entries are appended ("mdgoplog").
 const OPLOG_LOCK: i64 = i64::from_be_bytes(*b"mdgoplog");
-
-fn micros(t: OffsetDateTime) -> i128 {
-    t.unix_timestamp_nanos() / 1000
-}
 
 /// Appends one entry (inside the caller's transaction, if it has one).
 pub async fn append(

@@ -344,7 +344,7 @@ async fn header_limit(req: Request, next: Next) -> Response {
         .iter()
         .map(|(k, v)| k.as_str().len() + v.len() + 4)
         .sum::<usize>()
-        + req.uri().to_string().len();
+        + req.uri().path_and_query().map_or(0, |p| p.as_str().len());
     if size > conn::MAX_HEADER_BYTES {
         return ErrorPage::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,

@@ -448,3 +448,55 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
         .unwrap_err();
     assert!(format!("{err}").contains("entry 1 was edited"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_withdrawn_request_reopens_the_tenant() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("back"), "夕張市", "012092").await;
+    let (alice_key, _) = operator(&env, "alice", "山田 花子").await;
+    let args = DecommissionArgs {
+        slug: &t.slug,
+        operator: "alice",
+        key: &alice_key,
+        reason: "誤り",
+        final_export: false,
+    };
+    erase::decommission(&env.platform, &args).await.unwrap();
+    let state = |env: &TestEnv| {
+        let slug = t.slug.clone();
+        let p = std::sync::Arc::clone(&env.platform);
+        async move {
+            p.catalog
+                .tenant_by_slug(&slug)
+                .await
+                .unwrap()
+                .unwrap()
+                .state
+        }
+    };
+    assert_eq!(
+        state(&env).await,
+        madoguchi::catalog::TenantState::Decommissioning
+    );
+    erase::withdraw(&env.platform, &t.slug, "alice")
+        .await
+        .unwrap();
+    assert_eq!(state(&env).await, madoguchi::catalog::TenantState::Active);
+    assert!(
+        erase::withdraw(&env.platform, &t.slug, "alice")
+            .await
+            .is_err(),
+        "nothing left to withdraw"
+    );
+    // A new request can be made, and the database was never touched.
+    erase::decommission(&env.platform, &args).await.unwrap();
+    assert_eq!(
+        count(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &t.database
+        )
+        .await,
+        1
+    );
+}

@@ -68,7 +68,8 @@ pub fn row_hash(
     Sha256::digest(&content).to_vec()
 }
 
-fn micros(t: OffsetDateTime) -> i128 {
+/// Microseconds since the epoch: the precision PostgreSQL stores, so what is hashed.
+pub fn micros(t: OffsetDateTime) -> i128 {
     t.unix_timestamp_nanos() / 1000
 }
 

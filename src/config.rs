@@ -15,6 +15,10 @@ pub struct PoolSettings {
     pub budget: usize,
     /// Connections one tenant's pool may hold.
     pub per_tenant: usize,
+    /// Requests one tenant may have in progress at once; more wait their turn in
+    /// order (up to `wait`). Kept near the core count, so that a flood aimed at one
+    /// municipality cannot occupy every core while others wait for CPU.
+    pub tenant_active: usize,
     /// How long a request waits for a connection before it gets 503.
     pub wait: Duration,
     /// Idle connections and pools older than this are closed.
@@ -26,6 +30,7 @@ impl Default for PoolSettings {
         Self {
             budget: 60,
             per_tenant: 8,
+            tenant_active: std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
             wait: Duration::from_secs(2),
             idle: Duration::from_secs(300),
         }
@@ -98,6 +103,7 @@ pub struct FileSettings {
     pub catalog_db: Option<String>,
     pub pool_budget: Option<usize>,
     pub pool_per_tenant: Option<usize>,
+    pub tenant_active: Option<usize>,
     pub pool_wait_ms: Option<u64>,
     pub pool_idle_secs: Option<u64>,
     pub tls_cert: Option<PathBuf>,

@@ -56,6 +56,9 @@ struct Common {
     /// Connections one tenant's pool may hold.
     #[arg(long, global = true, env = "MADOGUCHI_POOL_PER_TENANT")]
     pool_per_tenant: Option<usize>,
+    /// Requests one tenant may have in progress at once (default: the core count).
+    #[arg(long, global = true, env = "MADOGUCHI_TENANT_ACTIVE")]
+    tenant_active: Option<usize>,
     /// Milliseconds a request waits for a connection before 503.
     #[arg(long, global = true, env = "MADOGUCHI_POOL_WAIT_MS")]
     pool_wait_ms: Option<u64>,
@@ -403,6 +406,9 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     }
     if let Some(v) = c.pool_per_tenant.or(file.pool_per_tenant) {
         s.pool.per_tenant = v.max(1);
+    }
+    if let Some(v) = c.tenant_active.or(file.tenant_active) {
+        s.pool.tenant_active = v.max(1);
     }
     if let Some(v) = c.pool_wait_ms.or(file.pool_wait_ms) {
         s.pool.wait = Duration::from_millis(v);

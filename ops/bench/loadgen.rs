@@ -4,6 +4,12 @@
 //!
 //! cargo run --release --example loadgen -- URL HOST SECONDS CONCURRENCY FIELDS...
 //! where each FIELD is `name=value` (the form's inputs for its one page).
+//!
+//! cargo run --release --example loadgen -- paced URL HOST SECONDS RATE
+//! plays a quiet tenant's visitors instead: GETs at a steady RATE per second, each
+//! sent on schedule whether or not earlier ones have been answered (open loop), with
+//! latency counted from the moment it was due, so a stalled server cannot hide its
+//! stall by slowing the sender down.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -86,9 +92,55 @@ async fn citizen(
     Some(())
 }
 
+async fn paced(args: &[String]) {
+    let [url, host, seconds, rate] = [0, 1, 2, 3].map(|i| args.get(i).cloned().unwrap_or_default());
+    let seconds: f64 = seconds.parse().unwrap_or(10.0);
+    let rate: f64 = rate.parse().unwrap_or(50.0);
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap_or_default();
+    let total = (seconds * rate) as u64;
+    let every = Duration::from_secs_f64(1.0 / rate);
+    let started = tokio::time::Instant::now();
+    let mut sent = Vec::new();
+    for i in 0..total {
+        let due = started + every * u32::try_from(i).unwrap_or(u32::MAX);
+        tokio::time::sleep_until(due).await;
+        let (client, url, host) = (client.clone(), url.clone(), host.clone());
+        sent.push(tokio::spawn(async move {
+            let ok = match client.get(&url).header("host", host).send().await {
+                Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                Err(_) => false,
+            };
+            (due.elapsed().as_secs_f64(), ok)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0u64;
+    for s in sent {
+        match s.await {
+            Ok((t, true)) => lat.push(t),
+            _ => errors += 1,
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    lat.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "{{\"requests_per_s\":{:.1},\"p50_ms\":{:.2},\"p99_ms\":{:.2},\"errors\":{errors}}}",
+        lat.len() as f64 / elapsed,
+        percentile(&lat, 0.5) * 1000.0,
+        percentile(&lat, 0.99) * 1000.0,
+    );
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("paced") {
+        paced(&args[1..]).await;
+        return;
+    }
     let [url, host, seconds, concurrency] =
         [0, 1, 2, 3].map(|i| args.get(i).cloned().unwrap_or_default());
     let seconds: u64 = seconds.parse().unwrap_or(10);

@@ -43,6 +43,7 @@ pub struct Metrics {
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<TenantLabels, Histogram, fn() -> Histogram>,
     pub pool_connections: Family<PoolLabels, Gauge>,
+    pub tenant_requests: Family<PoolLabels, Gauge>,
     pub budget_in_use: Gauge,
     pub budget_limit: Gauge,
     pub tenants: Family<StateLabels, Gauge>,
@@ -77,6 +78,7 @@ impl Metrics {
             latency_histogram,
         );
         let pool_connections = Family::<PoolLabels, Gauge>::default();
+        let tenant_requests = Family::<PoolLabels, Gauge>::default();
         let budget_in_use = Gauge::default();
         let budget_limit = Gauge::default();
         let tenants = Family::<StateLabels, Gauge>::default();
@@ -119,6 +121,11 @@ impl Metrics {
             pool_connections.clone(),
         );
         registry.register(
+            "tenant_requests",
+            "Requests per tenant in progress (running) and waiting for a turn (waiting); a tenant runs at most --tenant-active at once",
+            tenant_requests.clone(),
+        );
+        registry.register(
             "db_budget_in_use",
             "Tenant connections open, all pools together",
             budget_in_use.clone(),
@@ -159,6 +166,7 @@ impl Metrics {
             requests,
             latency,
             pool_connections,
+            tenant_requests,
             budget_in_use,
             budget_limit,
             tenants,

@@ -250,7 +250,7 @@ async fn security_headers(req: Request, next: Next) -> Response {
 }
 
 /// Resolves the tenant from the `Host` header before any tenant code runs.
-async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Next) -> Response {
+async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) -> Response {
     // A NUL byte has no business in a path; refuse it before anything reads it.
     if req.uri().path().to_ascii_lowercase().contains("%00") {
         return bad_request();
@@ -272,7 +272,18 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
     }
     let resp = match route.state {
         TenantState::Active => match app.pools.runtime(route.id).await {
-            Ok(rt) => {
+            Ok(rt) => 'run: {
+                // One tenant's requests take turns beyond a few at once, so a flood
+                // at one municipality queues here, cheaply, instead of on the CPU.
+                // The body is read before taking a turn: a client trickling its
+                // body must not hold one of the tenant's few turns while it does.
+                let mut req = read_body_first(req).await;
+                let Some(_turn) = rt.turn(app.pools.settings().wait).await else {
+                    break 'run crate::error::AppError::Unavailable {
+                        retry_after_secs: 1,
+                    }
+                    .into_response();
+                };
                 let https = req
                     .extensions()
                     .get::<conn::Transport>()
@@ -331,6 +342,36 @@ async fn route_to_tenant(State(app): State<AppState>, mut req: Request, next: Ne
     app.metrics
         .observe(&route.slug, resp.status().as_u16(), started.elapsed());
     resp
+}
+
+/// Reads a request's body into memory, up to the largest body any tenant route
+/// takes. A larger body is passed on as it comes (what was read, then the rest), for
+/// the route's own limit to refuse with its own page.
+async fn read_body_first(req: Request) -> Request {
+    use axum::body::{Body, Bytes};
+    use futures::StreamExt;
+    if axum::body::HttpBody::size_hint(req.body()).exact() == Some(0) {
+        return req;
+    }
+    let (parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut read = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                read.extend_from_slice(&c);
+                if read.len() > crate::tenant::http::MAX_FORM_BODY {
+                    let head = futures::stream::once(async move { Ok(Bytes::from(read)) });
+                    return Request::from_parts(parts, Body::from_stream(head.chain(stream)));
+                }
+            }
+            Err(e) => {
+                let failed = futures::stream::once(async move { Err::<Bytes, _>(e) });
+                return Request::from_parts(parts, Body::from_stream(failed));
+            }
+        }
+    }
+    Request::from_parts(parts, Body::from(read))
 }
 
 /// How long a request may take until its response starts (a streamed export then
@@ -444,6 +485,7 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     m.budget_in_use
         .set(i64::try_from(app.pools.budget_in_use()).unwrap_or(i64::MAX));
     m.pool_connections.clear();
+    m.tenant_requests.clear();
     for s in app.pools.stats() {
         let idle = i64::try_from(s.idle).unwrap_or(0);
         let size = i64::try_from(s.size).unwrap_or(0);
@@ -459,6 +501,14 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
                 state: "in_use".into(),
             })
             .set(size - idle);
+        for (state, n) in [("running", s.running), ("waiting", s.waiting)] {
+            m.tenant_requests
+                .get_or_create(&PoolLabels {
+                    tenant: s.slug.to_string(),
+                    state: state.into(),
+                })
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
     }
     match app.catalog.control_figures().await {
         Err(e) => tracing::warn!(

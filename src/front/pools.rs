@@ -30,10 +30,32 @@ pub struct TenantRuntime {
     pub pool: Pool,
     pub cipher: Arc<FieldCipher>,
     pub slug: Arc<str>,
+    /// Turns for requests in progress (see [`PoolSettings::tenant_active`]); the
+    /// semaphore queues waiters in arrival order.
+    pub active: Arc<Semaphore>,
+    /// Requests waiting for a turn now.
+    pub waiting: std::sync::atomic::AtomicUsize,
     last_used: Mutex<Instant>,
 }
 
 impl TenantRuntime {
+    /// Waits (up to `wait`) for one of the tenant's turns; `None` when none came.
+    pub async fn turn(&self, wait: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        use std::sync::atomic::Ordering::Relaxed;
+        struct Waiting<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Relaxed);
+            }
+        }
+        self.waiting.fetch_add(1, Relaxed);
+        let _waiting = Waiting(&self.waiting);
+        tokio::time::timeout(wait, Arc::clone(&self.active).acquire_owned())
+            .await
+            .ok()?
+            .ok()
+    }
+
     fn touch(&self) {
         if let Ok(mut t) = self.last_used.lock() {
             *t = Instant::now();
@@ -70,6 +92,9 @@ pub struct PoolStat {
     pub slug: Arc<str>,
     pub size: usize,
     pub idle: usize,
+    /// Requests in progress and waiting for a turn.
+    pub running: usize,
+    pub waiting: usize,
 }
 
 impl TenantPools {
@@ -157,6 +182,8 @@ impl TenantPools {
             pool,
             cipher,
             slug: Arc::from(rec.slug),
+            active: Arc::new(Semaphore::new(inner.settings.tenant_active)),
+            waiting: std::sync::atomic::AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
         }))
     }
@@ -211,6 +238,12 @@ impl TenantPools {
                     slug: Arc::clone(&rt.slug),
                     size: s.size,
                     idle: idle_count(&rt.pool),
+                    running: self
+                        .inner
+                        .settings
+                        .tenant_active
+                        .saturating_sub(rt.active.available_permits()),
+                    waiting: rt.waiting.load(std::sync::atomic::Ordering::Relaxed),
                 }
             })
             .collect()

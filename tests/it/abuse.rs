@@ -75,6 +75,7 @@ async fn a_flooded_tenant_does_not_starve_a_quiet_one() {
     let env = TestEnv::with(|s| {
         s.pool.budget = 6;
         s.pool.per_tenant = 3;
+        s.pool.tenant_active = 2;
     })
     .await;
     let noisy = env.tenant(&unique("noisy"), "千代田区", "131016").await;
@@ -97,12 +98,40 @@ async fn a_flooded_tenant_does_not_starve_a_quiet_one() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut worst = Duration::ZERO;
+    // The flooded tenant runs at most two requests at once; the rest wait their turn.
+    let (mut most_running, mut most_waiting) = (0, 0);
+    let metrics = reqwest::Client::new();
+    let noisy_gauge = |text: &str, state: &str| -> i64 {
+        let key = format!(
+            "madoguchi_tenant_requests{{tenant=\"{}\",state=\"{state}\"}} ",
+            noisy.slug
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
     for _ in 0..15 {
         let t = Instant::now();
         let (status, body) = get_with_host(&server, &quiet.hosts[0], &pq).await;
         assert_eq!(status, 200, "{body}");
         worst = worst.max(t.elapsed());
+        let text = metrics
+            .get(format!("http://{}/metrics", server.bound.ops))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        most_running = most_running.max(noisy_gauge(&text, "running"));
+        most_waiting = most_waiting.max(noisy_gauge(&text, "waiting"));
     }
+    assert!(
+        (1..=2).contains(&most_running),
+        "the flooded tenant ran {most_running} requests at once"
+    );
+    assert!(most_waiting > 0, "no request of the flood ever waited");
     let mut sent = 0;
     for f in flood {
         sent += f.await.unwrap();
@@ -258,5 +287,37 @@ async fn proof_of_work_before_the_final_submit_once_per_solution() {
         .unwrap()
         .get(0);
     assert_eq!(n, 1);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_trickling_a_body_do_not_hold_the_tenants_turns() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::with(|s| s.pool.tenant_active = 1).await;
+    let t = env.tenant(&unique("slowbody"), "千代田区", "131016").await;
+    let path = publish(&env, &t).await;
+    let server = env.serve().await;
+    // Three clients send a form POST's head and a little of its body, then stall.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(server.bound.public)
+            .await
+            .unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 4000\r\n\r\n_token=abc",
+            t.hosts[0]
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The tenant's only turn is free for everyone else.
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let (status, body) = get_with_host(&server, &t.hosts[0], &path).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(t0.elapsed() < Duration::from_secs(1), "{:?}", t0.elapsed());
+    }
+    drop(stalled);
     server.shutdown().await;
 }

@@ -28,7 +28,23 @@ pub const PORT: u16 = 5432;
 pub struct ClusterOptions {
     /// Development/test only: turns off fsync and synchronous commit.
     pub unsafe_fast: bool,
+    /// `max_connections` (set at creation and at every start); 200 when `None`.
     pub max_connections: Option<u32>,
+}
+
+/// Connections the embedded cluster keeps beyond the tenant pools' budget: the
+/// catalog pool, control-plane commands, backups and an operator's `psql`.
+pub const RESERVED_CONNECTIONS: usize = 40;
+
+impl ClusterOptions {
+    /// Options for a cluster whose tenant pools may hold `budget` connections.
+    pub fn for_budget(budget: usize) -> Self {
+        let n = budget.saturating_add(RESERVED_CONNECTIONS).max(200);
+        Self {
+            unsafe_fast: false,
+            max_connections: Some(u32::try_from(n).unwrap_or(u32::MAX)),
+        }
+    }
 }
 
 /// A running embedded cluster.
@@ -71,7 +87,7 @@ impl EmbeddedPg {
             pg.initdb(opts)?;
         }
         if !pg.is_running() {
-            pg.start()?;
+            pg.start(opts)?;
             pg.started_here = true;
         }
         Ok(pg)
@@ -183,15 +199,20 @@ impl EmbeddedPg {
             .is_ok_and(|s| s.success())
     }
 
-    fn start(&self) -> anyhow::Result<()> {
+    fn start(&self, opts: &ClusterOptions) -> anyhow::Result<()> {
         let log = self.root.join("server.log");
-        let out = self
-            .pg_command("pg_ctl")
-            .arg("start")
+        let mut cmd = self.pg_command("pg_ctl");
+        cmd.arg("start")
             .arg("-D")
             .arg(&self.data)
             .arg("-l")
-            .arg(&log)
+            .arg(&log);
+        // The connection limit follows the settings of the command that starts the
+        // cluster (the pool budget, for `serve`), not only those it was created with.
+        if let Some(n) = opts.max_connections {
+            cmd.arg("-o").arg(format!("-c max_connections={n}"));
+        }
+        let out = cmd
             .args(["-w", "-t", "60", "-s"])
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -47,10 +47,9 @@ impl Platform {
             }
             None => {
                 let dir = settings.state_dir.clone();
-                let pg = tokio::task::spawn_blocking(move || {
-                    EmbeddedPg::ensure(&dir, &ClusterOptions::default())
-                })
-                .await??;
+                let opts = ClusterOptions::for_budget(settings.pool.budget);
+                let pg =
+                    tokio::task::spawn_blocking(move || EmbeddedPg::ensure(&dir, &opts)).await??;
                 (
                     pg.admin_config("postgres"),
                     pg.admin_url(&settings.catalog_db),

@@ -344,6 +344,34 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
     resp
 }
 
+/// Warns when the cluster accepts fewer connections than the tenant pools' budget
+/// plus what the control plane needs: the budget would then promise connections the
+/// cluster refuses.
+async fn warn_if_cluster_too_small(p: &Platform) {
+    let Ok(admin) = p.cluster.admin().await else {
+        return;
+    };
+    let max: Option<i64> = admin
+        .client
+        .query_one("SELECT current_setting('max_connections')::bigint", &[])
+        .await
+        .ok()
+        .map(|r| r.get(0));
+    let want = p
+        .settings
+        .pool
+        .budget
+        .saturating_add(crate::embedded_pg::RESERVED_CONNECTIONS);
+    if let Some(max) = max.filter(|m| usize::try_from(*m).unwrap_or(0) < want) {
+        tracing::warn!(
+            max_connections = max,
+            budget = p.settings.pool.budget,
+            "PostgreSQL's max_connections is below the pool budget plus {} reserved; lower --pool-budget or raise max_connections",
+            crate::embedded_pg::RESERVED_CONNECTIONS
+        );
+    }
+}
+
 /// Reads a request's body into memory, up to the largest body any tenant route
 /// takes. A larger body is passed on as it comes (what was read, then the rest), for
 /// the route's own limit to refuse with its own page.
@@ -574,12 +602,12 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
 }
 
 /// Once a day, deletes operation-log entries past each tenant's retention period.
-async fn prune_audit_logs_daily(
-    cluster: crate::control::Cluster,
-    catalog: Catalog,
-    keys: Arc<dyn crate::crypto::KeyProvider>,
-) {
-    let mut every = tokio::time::interval(Duration::from_secs(24 * 3600));
+async fn prune_audit_logs_daily(catalog: Catalog, pools: TenantPools) {
+    // Not at start-up: a restart should not open a connection to every tenant at
+    // once. The connections come from the tenants' pools, inside the budget.
+    let day = Duration::from_secs(24 * 3600);
+    let mut every =
+        tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(600), day);
     loop {
         every.tick().await;
         let tenants = match catalog.list_tenants().await {
@@ -594,8 +622,9 @@ async fn prune_audit_logs_daily(
         };
         for t in tenants.iter().filter(|t| t.state == TenantState::Active) {
             let result = async {
-                let mut conn = cluster.connect_tenant(&catalog, keys.as_ref(), t).await?;
-                crate::tenant::audit::prune(&mut conn.client)
+                let rt = pools.runtime(t.id).await?;
+                let mut db = rt.pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                crate::tenant::audit::prune(&mut db)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))
             }
@@ -662,6 +691,7 @@ impl Server {
     pub async fn start_with(p: &Platform, l: Listeners) -> anyhow::Result<Self> {
         let app = App::new(p);
         app.hosts.reload(&app.catalog).await?;
+        warn_if_cluster_too_small(p).await;
         let latest = crate::control::migrate::latest_tenant_version();
         for t in app.catalog.list_tenants().await? {
             if t.state == TenantState::Active && t.schema_version < latest {
@@ -720,6 +750,13 @@ impl Server {
         let app_for_ceiling = Arc::clone(&app);
         let every =
             (p.settings.pool.idle / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let shares = app.pools.clone();
+        background.push(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                shares.rebalance();
+            }
+        }));
         background.push(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
@@ -729,9 +766,8 @@ impl Server {
         }));
 
         background.push(tokio::spawn(prune_audit_logs_daily(
-            p.cluster.clone(),
             p.catalog.clone(),
-            Arc::clone(&p.keys),
+            app.pools.clone(),
         )));
 
         let mut tasks = Vec::new();

@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use deadpool_postgres::{Connect, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::future::BoxFuture;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_postgres::{Client, Config, NoTls};
 use uuid::Uuid;
@@ -31,14 +35,36 @@ pub struct TenantRuntime {
     pub cipher: Arc<FieldCipher>,
     pub slug: Arc<str>,
     /// Turns for requests in progress (see [`PoolSettings::tenant_active`]); the
-    /// semaphore queues waiters in arrival order.
+    /// semaphore queues waiters in arrival order. A request uses one connection at
+    /// a time, so the turns also bound the connections the tenant needs.
     pub active: Arc<Semaphore>,
+    /// How many turns `active` holds in all (changed by [`TenantPools::rebalance`]).
+    turns: Mutex<usize>,
     /// Requests waiting for a turn now.
     pub waiting: std::sync::atomic::AtomicUsize,
     last_used: Mutex<Instant>,
 }
 
 impl TenantRuntime {
+    /// Turns in all now.
+    pub fn turns(&self) -> usize {
+        self.turns.lock().map_or(0, |t| *t)
+    }
+
+    /// Gives the tenant `target` turns: adds them, or takes back those not in use
+    /// now (the rest on a later call).
+    fn set_turns(&self, target: usize) {
+        let Ok(mut turns) = self.turns.lock() else {
+            return;
+        };
+        if target > *turns {
+            self.active.add_permits(target - *turns);
+            *turns = target;
+        } else if target < *turns {
+            *turns -= self.active.forget_permits(*turns - target);
+        }
+    }
+
     /// Waits (up to `wait`) for one of the tenant's turns; `None` when none came.
     pub async fn turn(&self, wait: Duration) -> Option<tokio::sync::OwnedSemaphorePermit> {
         use std::sync::atomic::Ordering::Relaxed;
@@ -139,9 +165,37 @@ impl TenantPools {
                 .map_err(|_| anyhow::anyhow!("pool registry poisoned"))?;
             Arc::clone(map.entry(tenant).or_default())
         };
+        let fresh = !slot.initialized();
         let rt = slot.get_or_try_init(|| self.build(tenant)).await?;
         rt.touch();
+        if fresh {
+            self.rebalance();
+        }
         Ok(Arc::clone(rt))
+    }
+
+    /// Shares the budget between the tenants that were served in the last
+    /// [`RECENT`]: each gets as many turns (requests at once, so connections in use)
+    /// as the budget divided by their number, at least one and at most
+    /// `tenant_active` and `per_tenant`. A lone busy tenant gets every turn; when more
+    /// tenants are busy than the budget covers generously, each keeps to one
+    /// connection and its further requests wait for it, instead of closing another
+    /// tenant's connection only to have that tenant reopen it a moment later.
+    pub fn rebalance(&self) {
+        let runtimes: Vec<Arc<TenantRuntime>> = match self.inner.runtimes.lock() {
+            Ok(map) => map.values().filter_map(|s| s.get().cloned()).collect(),
+            Err(_) => return,
+        };
+        let recent = runtimes
+            .iter()
+            .filter(|rt| rt.idle_for() < RECENT)
+            .count()
+            .max(1);
+        let s = &self.inner.settings;
+        let share = (s.budget / recent).clamp(1, s.per_tenant.min(s.tenant_active).max(1));
+        for rt in runtimes {
+            rt.set_turns(share);
+        }
     }
 
     async fn build(&self, tenant: Uuid) -> anyhow::Result<Arc<TenantRuntime>> {
@@ -183,6 +237,7 @@ impl TenantPools {
             cipher,
             slug: Arc::from(rec.slug),
             active: Arc::new(Semaphore::new(inner.settings.tenant_active)),
+            turns: Mutex::new(inner.settings.tenant_active),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
         }))
@@ -238,11 +293,7 @@ impl TenantPools {
                     slug: Arc::clone(&rt.slug),
                     size: s.size,
                     idle: idle_count(&rt.pool),
-                    running: self
-                        .inner
-                        .settings
-                        .tenant_active
-                        .saturating_sub(rt.active.available_permits()),
+                    running: rt.turns().saturating_sub(rt.active.available_permits()),
                     waiting: rt.waiting.load(std::sync::atomic::Ordering::Relaxed),
                 }
             })
@@ -299,30 +350,151 @@ fn idle_count(pool: &Pool) -> usize {
     n
 }
 
-/// How long a closed connection still counts against the budget: the server-side
-/// backend needs a moment to exit after the socket closes, and the budget is a
-/// promise about what the cluster sees, not only about what this process holds.
-const CLOSE_GRACE: Duration = Duration::from_millis(100);
+/// Tenants served within this time count as busy when the budget is shared out.
+const RECENT: Duration = Duration::from_secs(10);
 
-/// A budget permit that is returned [`CLOSE_GRACE`] after its connection closed
-/// (whether the connection ended or its task was aborted).
-struct LingeringPermit(Option<tokio::sync::OwnedSemaphorePermit>);
+/// How long a closing connection waits for the server to close its end: the
+/// backend leaves `pg_stat_activity` before it closes its socket, so the end of the
+/// stream means the cluster no longer counts it.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
-impl Drop for LingeringPermit {
+/// Any stream to the server (Unix socket or TCP).
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A connection's stream holding its budget permit. When the connection is done
+/// with the stream (after sending Terminate), the permit goes back only once the
+/// server has closed its end, so the budget is a promise about what the cluster
+/// sees, not only about what this process holds.
+struct BudgetedStream {
+    io: Box<dyn Io>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+impl AsyncRead for BudgetedStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for BudgetedStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl Drop for BudgetedStream {
     fn drop(&mut self) {
-        if let Some(permit) = self.0.take() {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => {
-                    rt.spawn(async move {
-                        tokio::time::sleep(CLOSE_GRACE).await;
-                        drop(permit);
-                    });
+        let Some(permit) = self.permit.take() else {
+            return;
+        };
+        // Shutting down: nothing is waiting for the permit any more.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut io: Box<dyn Io> = std::mem::replace(&mut self.io, Box::new(tokio::io::empty()));
+        rt.spawn(async move {
+            let mut buf = [0u8; 512];
+            let _ = tokio::time::timeout(CLOSE_WAIT, async {
+                // Terminate (if the client has not sent it already) and end our side;
+                // the server then ends the backend and closes its side.
+                let _ = io.write_all(&[b'X', 0, 0, 0, 4]).await;
+                let _ = io.shutdown().await;
+                while let Ok(n) = io.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
                 }
-                // Shutting down: nothing is waiting for the permit any more.
-                Err(_) => drop(permit),
+            })
+            .await;
+            drop(permit);
+        });
+    }
+}
+
+/// Stands in for a stream that could not be opened: every read and write fails
+/// with the reason, which the handshake reports as a `tokio_postgres::Error`.
+struct Unreachable(std::io::ErrorKind, String);
+
+impl Unreachable {
+    fn error(&self) -> std::io::Error {
+        std::io::Error::new(self.0, self.1.clone())
+    }
+}
+
+impl AsyncRead for Unreachable {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Err(self.error()))
+    }
+}
+
+impl AsyncWrite for Unreachable {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut TaskContext<'_>,
+        _: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Err(self.error()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Err(self.error()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Opens the stream to the first of the configured hosts that answers.
+async fn open_stream(pg_config: &Config) -> std::io::Result<Box<dyn Io>> {
+    use tokio_postgres::config::Host;
+    let ports = pg_config.get_ports();
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no host configured");
+    for (i, host) in pg_config.get_hosts().iter().enumerate() {
+        let port = ports
+            .get(i)
+            .or_else(|| ports.first())
+            .copied()
+            .unwrap_or(5432);
+        let opened: std::io::Result<Box<dyn Io>> = match host {
+            Host::Unix(dir) => {
+                tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
+                    .await
+                    .map(|s| Box::new(s) as Box<dyn Io>)
             }
+            Host::Tcp(name) => tokio::net::TcpStream::connect((name.as_str(), port))
+                .await
+                .and_then(|s| {
+                    s.set_nodelay(true)?;
+                    Ok(Box::new(s) as Box<dyn Io>)
+                }),
+        };
+        match opened {
+            Ok(s) => return Ok(s),
+            Err(e) => last = e,
         }
     }
+    Err(last)
 }
 
 /// Opens tenant connections only against a permit of the global budget; the permit
@@ -358,11 +530,21 @@ impl Connect for BudgetedConnect {
                     break p;
                 }
             };
-            let (client, connection) = pg_config.connect(NoTls).await?;
-            let permit = LingeringPermit(Some(permit));
+            let stream = match open_stream(&pg_config).await {
+                Ok(io) => BudgetedStream {
+                    io,
+                    permit: Some(permit),
+                },
+                // The server never saw this connection: the permit goes back now, and
+                // the handshake below fails with the reason.
+                Err(e) => BudgetedStream {
+                    io: Box::new(Unreachable(e.kind(), e.to_string())),
+                    permit: None,
+                },
+            };
+            let (client, connection) = pg_config.connect_raw(stream, NoTls).await?;
             let task = tokio::spawn(async move {
                 let _ = connection.await;
-                drop(permit);
             });
             Ok((client, task))
         })

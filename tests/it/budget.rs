@@ -215,3 +215,45 @@ async fn idle_connections_and_pools_are_closed() {
     );
     server.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_budget_is_shared_between_the_tenants_being_served() {
+    let env = TestEnv::with(|s| {
+        s.pool.budget = 12;
+        s.pool.per_tenant = 8;
+        s.pool.tenant_active = 4;
+    })
+    .await;
+    let mut tenants = Vec::new();
+    for i in 0..6 {
+        tenants.push(
+            env.tenant(&unique(&format!("s{i}x")), "テスト市", "131016")
+                .await,
+        );
+    }
+    let server = env.serve().await;
+    let pools = &server.app.pools;
+    let wait = Duration::from_millis(200);
+
+    // Alone, a tenant has all its turns.
+    let first = pools.runtime(tenants[0].id).await.unwrap();
+    assert_eq!(first.turns(), 4);
+
+    // Six tenants served at once: 12 ÷ 6 = 2 turns (so connections in use) each.
+    let mut runtimes = Vec::new();
+    for t in &tenants {
+        runtimes.push(pools.runtime(t.id).await.unwrap());
+    }
+    for rt in &runtimes {
+        assert_eq!(rt.turns(), 2, "{}", rt.slug);
+    }
+    // A tenant's third request waits for one of its two turns.
+    let a = runtimes[0].turn(wait).await.unwrap();
+    let b = runtimes[0].turn(wait).await.unwrap();
+    assert!(runtimes[0].turn(wait).await.is_none());
+    assert!(runtimes[1].turn(wait).await.is_some());
+    drop((a, b));
+    assert!(runtimes[0].turn(wait).await.is_some());
+
+    server.shutdown().await;
+}

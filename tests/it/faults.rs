@@ -291,7 +291,19 @@ async fn restarts_and_kills_lose_no_acknowledged_submission() {
         assert_ne!(last, 500);
         if last == 503 {
             assert!(r.headers().get("retry-after").is_some());
-            break;
+            // A connection the termination cut may answer first (503 as well, as
+            // unreachable); the read-only refusal follows on a fresh connection.
+            let metrics = c
+                .get(format!("http://{}/metrics", serving.ops))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if metrics.contains("madoguchi_db_errors_total{reason=\"read_only\"}") {
+                break;
+            }
         }
     }
     assert_eq!(

@@ -3,7 +3,9 @@
 //! Prints one JSON line of figures. Used by `ops/bench/run`; not part of the product.
 //!
 //! cargo run --release --example loadgen -- URL HOST SECONDS CONCURRENCY FIELDS...
-//! where each FIELD is `name=value` (the form's inputs for its one page).
+//! where each FIELD is `name=value` (the form's inputs for its one page). URL and
+//! HOST may be comma-separated lists of the same length (one form per tenant):
+//! worker i then plays a citizen of tenant i mod their number.
 //!
 //! cargo run --release --example loadgen -- paced URL HOST SECONDS RATE
 //! plays a quiet tenant's visitors instead: GETs at a steady RATE per second, each
@@ -158,11 +160,13 @@ async fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut workers = Vec::new();
-    for _ in 0..concurrency {
+    let urls: Vec<&str> = url.split(',').collect();
+    let hosts: Vec<&str> = host.split(',').collect();
+    for i in 0..concurrency {
         let (client, url, host, fields, stop) = (
             client.clone(),
-            url.clone(),
-            host.clone(),
+            urls[i % urls.len()].to_owned(),
+            hosts[i % hosts.len()].to_owned(),
             fields.clone(),
             stop.clone(),
         );
@@ -207,7 +211,7 @@ async fn main() {
     let ms = |v: &[f64], p: f64| percentile(v, p) * 1000.0;
     println!(
         "{{\"submissions\":{},\"seconds\":{elapsed:.2},\"submissions_per_s\":{:.1},\"requests_per_s\":{:.1},\"errors\":{},\
-\"get_p50_ms\":{:.2},\"get_p99_ms\":{:.2},\"page_p50_ms\":{:.2},\"page_p99_ms\":{:.2},\"submit_p50_ms\":{:.2},\"submit_p99_ms\":{:.2}}}",
+\"get_p50_ms\":{:.2},\"get_p99_ms\":{:.2},\"page_p50_ms\":{:.2},\"page_p99_ms\":{:.2},\"submit_p50_ms\":{:.2},\"submit_p99_ms\":{:.2},\"submit_p999_ms\":{:.2}}}",
         all.submit.len(),
         all.submit.len() as f64 / elapsed,
         (all.get.len() + all.page.len() + all.submit.len()) as f64 / elapsed,
@@ -218,5 +222,6 @@ async fn main() {
         ms(&all.page, 0.99),
         ms(&all.submit, 0.5),
         ms(&all.submit, 0.99),
+        ms(&all.submit, 0.999),
     );
 }

@@ -195,6 +195,15 @@ impl TenantPools {
         let share = (s.budget / recent).clamp(1, s.per_tenant.min(s.tenant_active).max(1));
         for rt in runtimes {
             rt.set_turns(share);
+            // Idle connections beyond the share go back to the budget for others.
+            let mut excess = rt.pool.status().size.saturating_sub(share);
+            if excess > 0 {
+                rt.pool.retain(|_, _| {
+                    let keep = excess == 0;
+                    excess = excess.saturating_sub(1);
+                    keep
+                });
+            }
         }
     }
 

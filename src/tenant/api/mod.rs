@@ -243,10 +243,10 @@ pub async fn list_forms(
         .map_err(AppError::from)?;
     let mut out = Vec::new();
     for r in rows {
-        let f = store::published(&db, r.get::<_, &str>(0)).await?;
+        let f = store::published(ctx.id, &db, r.get::<_, &str>(0)).await?;
         out.push(FormSummary {
             id: f.public_id,
-            title: f.def.title,
+            title: f.def.title.clone(),
             version: f.version,
             availability: availability(f.availability).into(),
         });
@@ -265,9 +265,9 @@ pub async fn get_form(
 ) -> Result<Json<serde_json::Value>, Problem> {
     client.require("forms:read")?;
     let db = ctx.db().await?;
-    let f = store::published(&db, &form).await?;
+    let f = store::published(ctx.id, &db, &form).await?;
     Ok(Json(
-        serde_json::to_value(&f.def).map_err(|e| AppError::Internal(e.into()))?,
+        serde_json::to_value(&*f.def).map_err(|e| AppError::Internal(e.into()))?,
     ))
 }
 
@@ -303,7 +303,7 @@ pub async fn submit(
 ) -> Result<Response, Problem> {
     client.require("submissions:submit")?;
     let mut db = ctx.db().await?;
-    let f = store::published(&db, &form).await?;
+    let f = store::published(ctx.id, &db, &form).await?;
     if f.availability != Availability::Open {
         return Err(Problem::new(
             StatusCode::CONFLICT,

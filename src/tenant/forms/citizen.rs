@@ -52,16 +52,16 @@ fn draft_ref(id: &str) -> FieldRef<'_> {
 
 async fn load_draft(
     ctx: &TenantCtx,
-    db: &tokio_postgres::Client,
+    db: &deadpool_postgres::ClientWrapper,
     form_id: i64,
     token: &str,
 ) -> Result<Option<Draft>, AppError> {
-    let row = db
-        .query_opt(
+    let stmt = db
+        .prepare_cached(
             "SELECT id, inputs, submission_id, resubmit_of FROM citizen_drafts WHERE token_hash = $1 AND form_id = $2 AND expires_at > now()",
-            &[&token_hash(token), &form_id],
         )
         .await?;
+    let row = db.query_opt(&stmt, &[&token_hash(token), &form_id]).await?;
     let Some(r) = row else { return Ok(None) };
     let id: Uuid = r.get(0);
     let inputs: Option<Vec<u8>> = r.get(1);
@@ -85,7 +85,7 @@ async fn load_draft(
 
 async fn save_draft(
     ctx: &TenantCtx,
-    db: &tokio_postgres::Client,
+    db: &deadpool_postgres::ClientWrapper,
     form: &Published,
     token: &str,
     draft: &Draft,
@@ -95,11 +95,24 @@ async fn save_draft(
         .cipher()
         .encrypt(&draft_ref(&draft.id.to_string()), &plain)
         .map_err(|e| AppError::Internal(anyhow::anyhow!("draft: {e}")))?;
+    let stmt = db
+        .prepare_cached(
+            "INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, resubmit_of, expires_at)
+             VALUES ($1, $2, $3, $4, $5, $7, now() + make_interval(hours => $6))
+             ON CONFLICT (id) DO UPDATE SET inputs = excluded.inputs, form_version = excluded.form_version, updated_at = now()",
+        )
+        .await?;
     db.execute(
-        "INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, resubmit_of, expires_at)
-         VALUES ($1, $2, $3, $4, $5, $7, now() + make_interval(hours => $6))
-         ON CONFLICT (id) DO UPDATE SET inputs = excluded.inputs, form_version = excluded.form_version, updated_at = now()",
-        &[&draft.id, &token_hash(token), &form.id, &form.version, &ct, &DRAFT_HOURS, &draft.resubmit_of],
+        &stmt,
+        &[
+            &draft.id,
+            &token_hash(token),
+            &form.id,
+            &form.version,
+            &ct,
+            &DRAFT_HOURS,
+            &draft.resubmit_of,
+        ],
     )
     .await?;
     Ok(())
@@ -337,7 +350,7 @@ pub async fn show(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let form = store::published(&db, &public_id).await?;
+    let form = store::published(ctx.id, &db, &public_id).await?;
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }
@@ -397,7 +410,7 @@ pub async fn post_page(
 ) -> Result<Response, AppError> {
     let token = checked_token(&headers, &public_id, &body)?;
     let db = ctx.db().await?;
-    let form = store::published(&db, &public_id).await?;
+    let form = store::published(ctx.id, &db, &public_id).await?;
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }
@@ -496,7 +509,7 @@ fn answer_rows(def: &FormDefinition, answers: &Answers, public_id: &str) -> Vec<
 
 async fn draft_for(
     ctx: &TenantCtx,
-    db: &tokio_postgres::Client,
+    db: &deadpool_postgres::ClientWrapper,
     form: &Published,
     headers: &HeaderMap,
 ) -> Result<Option<(String, Draft)>, AppError> {
@@ -514,7 +527,7 @@ pub async fn confirm(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let form = store::published(&db, &public_id).await?;
+    let form = store::published(ctx.id, &db, &public_id).await?;
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }
@@ -655,7 +668,7 @@ pub async fn submit(
 ) -> Result<Response, AppError> {
     let token = checked_token(&headers, &public_id, &body)?;
     let mut db = ctx.db().await?;
-    let form = store::published(&db, &public_id).await?;
+    let form = store::published(ctx.id, &db, &public_id).await?;
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }
@@ -747,7 +760,7 @@ pub enum Stored {
 /// pointer to it. The same `key` twice stores one submission.
 pub async fn store_submission(
     ctx: &TenantCtx,
-    db: &mut tokio_postgres::Client,
+    db: &mut deadpool_postgres::ClientWrapper,
     form: &Published,
     answers: &Answers,
     key: Uuid,
@@ -758,6 +771,49 @@ pub async fn store_submission(
     let encrypted = encrypt_answers(ctx.cipher(), id, answers)?;
     for _ in 0..3 {
         let receipt = ReceiptNumber::generate();
+        if form.capacity.is_none() {
+            // Without 定員 there is nothing to count: the row and the draft's pointer
+            // to it are one statement, so one round trip and one commit.
+            let stmt = db
+                .prepare_cached(
+                    "WITH ins AS (
+                       INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
+                     ), closed AS (
+                       UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now()
+                         FROM ins WHERE d.id = $9
+                     )
+                     SELECT id FROM ins",
+                )
+                .await?;
+            let inserted = db
+                .query_opt(
+                    &stmt,
+                    &[
+                        &id,
+                        &form.id,
+                        &form.version,
+                        &receipt.as_str(),
+                        &encrypted,
+                        &email,
+                        &phone,
+                        &key,
+                        &draft,
+                    ],
+                )
+                .await;
+            match inserted {
+                Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue, // receipt number taken: draw again
+                Err(e) => return Err(e.into()),
+                Ok(None) => return existing_submission(db, key, draft).await,
+                Ok(Some(_)) => {
+                    return Ok(Stored::Accepted {
+                        id,
+                        receipt: receipt.as_str().to_owned(),
+                    })
+                }
+            }
+        }
         let tx = db.transaction().await?;
         let inserted = tx
             .query_opt(
@@ -771,24 +827,7 @@ pub async fn store_submission(
             Err(e) => return Err(e.into()),
             Ok(None) => {
                 drop(tx);
-                let r = db
-                    .query_one(
-                        "SELECT id, receipt_number FROM submissions WHERE idempotency_key = $1",
-                        &[&key],
-                    )
-                    .await?;
-                let existing: Uuid = r.get(0);
-                if let Some(d) = draft {
-                    db.execute(
-                        "UPDATE citizen_drafts SET submission_id = $2, inputs = NULL WHERE id = $1",
-                        &[&d, &existing],
-                    )
-                    .await?;
-                }
-                return Ok(Stored::Existing {
-                    id: existing,
-                    receipt: r.get(1),
-                });
+                return existing_submission(db, key, draft).await;
             }
             Ok(Some(_)) => {}
         }
@@ -821,6 +860,32 @@ pub async fn store_submission(
     )))
 }
 
+/// The submission an idempotency key made before (the draft, if any, now points to it).
+async fn existing_submission(
+    db: &deadpool_postgres::ClientWrapper,
+    key: Uuid,
+    draft: Option<Uuid>,
+) -> Result<Stored, AppError> {
+    let r = db
+        .query_one(
+            "SELECT id, receipt_number FROM submissions WHERE idempotency_key = $1",
+            &[&key],
+        )
+        .await?;
+    let existing: Uuid = r.get(0);
+    if let Some(d) = draft {
+        db.execute(
+            "UPDATE citizen_drafts SET submission_id = $2, inputs = NULL WHERE id = $1",
+            &[&d, &existing],
+        )
+        .await?;
+    }
+    Ok(Stored::Existing {
+        id: existing,
+        receipt: r.get(1),
+    })
+}
+
 #[derive(Template)]
 #[template(path = "citizen/done.html")]
 struct DonePage {
@@ -836,7 +901,7 @@ pub async fn done(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let form = store::published(&db, &public_id).await?;
+    let form = store::published(ctx.id, &db, &public_id).await?;
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }
@@ -955,7 +1020,7 @@ pub async fn start_resubmission(
     }
     let answers = decrypt_answers(ctx.cipher(), id, &r.get(1))?;
     let public_id: String = r.get(2);
-    let form = store::published(&db, &public_id).await?;
+    let form = store::published(ctx.id, &db, &public_id).await?;
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }

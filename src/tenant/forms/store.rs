@@ -1,8 +1,11 @@
 //! Forms in the tenant database: drafts, published versions, and what the citizen
 //! side needs to know about a form right now.
 
+use std::sync::Arc;
+
 use time::OffsetDateTime;
 use tokio_postgres::Client;
+use uuid::Uuid;
 
 use super::definition::FormDefinition;
 use crate::error::AppError;
@@ -40,7 +43,7 @@ pub struct Published {
     pub id: i64,
     pub public_id: String,
     pub version: i32,
-    pub def: FormDefinition,
+    pub def: Arc<FormDefinition>,
     pub availability: Availability,
     /// 定員, if the published version sets one.
     pub capacity: Option<i32>,
@@ -211,37 +214,75 @@ fn availability(
     }
 }
 
-/// The published version of a form by its public id.
+/// Published versions are immutable, so their parsed definitions are kept in
+/// memory, keyed by tenant, form and version: a form page or submit reads only the
+/// form's row, not its definition. Bounded; emptied when full.
+type DefinitionCache =
+    std::sync::Mutex<std::collections::HashMap<(Uuid, i64, i32), Arc<FormDefinition>>>;
+const DEFINITIONS_KEPT: usize = 2048;
+
+fn definitions() -> &'static DefinitionCache {
+    static CACHE: std::sync::OnceLock<DefinitionCache> = std::sync::OnceLock::new();
+    CACHE.get_or_init(Default::default)
+}
+
+/// The published version of a form of `tenant` by its public id.
 pub async fn published(
+    tenant: Uuid,
     db: &deadpool_postgres::ClientWrapper,
     public_id: &str,
 ) -> Result<Published, AppError> {
     let stmt = db
         .prepare_cached(
-            "SELECT f.id, f.public_id, v.version, v.definition, f.closed, f.accepted_count, f.capacity
-               FROM forms f JOIN form_versions v ON v.form_id = f.id AND v.version = f.current_version
-              WHERE f.public_id = $1",
+            "SELECT id, public_id, current_version, closed, accepted_count, capacity
+               FROM forms WHERE public_id = $1 AND current_version IS NOT NULL",
         )
         .await?;
     let r = db
         .query_opt(&stmt, &[&public_id])
         .await?
         .ok_or(AppError::NotFound)?;
-    let def = parse_def(r.get(3))?;
+    let (id, version): (i64, i32) = (r.get(0), r.get(2));
+    let cached = definitions()
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&(tenant, id, version)).cloned());
+    let def = match cached {
+        Some(d) => d,
+        None => {
+            let stmt = db
+                .prepare_cached(
+                    "SELECT definition FROM form_versions WHERE form_id = $1 AND version = $2",
+                )
+                .await?;
+            let v = db
+                .query_opt(&stmt, &[&id, &version])
+                .await?
+                .ok_or(AppError::NotFound)?;
+            let d = Arc::new(parse_def(v.get(0))?);
+            if let Ok(mut c) = definitions().lock() {
+                if c.len() >= DEFINITIONS_KEPT {
+                    c.clear();
+                }
+                c.insert((tenant, id, version), Arc::clone(&d));
+            }
+            d
+        }
+    };
     let availability = availability(
         &def,
+        r.get(3),
         r.get(4),
         r.get(5),
-        r.get(6),
         OffsetDateTime::now_utc(),
     );
     Ok(Published {
-        id: r.get(0),
+        id,
         public_id: r.get(1),
-        version: r.get(2),
+        version,
         def,
         availability,
-        capacity: r.get(6),
+        capacity: r.get(5),
     })
 }
 

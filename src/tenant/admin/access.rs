@@ -119,13 +119,11 @@ impl Access {
     }
 }
 
-async fn load(db: &tokio_postgres::Client) -> Result<Access, AppError> {
-    let r = db
-        .query_one(
-            "SELECT admin_cidrs, admin_zones, embed_origins FROM settings",
-            &[],
-        )
+async fn load(db: &deadpool_postgres::ClientWrapper) -> Result<Access, AppError> {
+    let stmt = db
+        .prepare_cached("SELECT admin_cidrs, admin_zones, embed_origins FROM settings")
         .await?;
+    let r = db.query_one(&stmt, &[]).await?;
     let cidrs: Vec<String> = r.get(0);
     let zones: Vec<String> = r.get(1);
     Ok(Access {

@@ -105,6 +105,7 @@ impl<'a> Batches<'a> {
                 user: self.user,
                 filters: &self.filters,
                 limit: BATCH,
+                all_answers: true,
             },
         )
         .await?;

@@ -101,6 +101,8 @@ pub struct Query<'a> {
     pub user: &'a StaffUser,
     pub filters: &'a Filters,
     pub limit: i64,
+    /// Every answer (for exports); otherwise only the summary field's.
+    pub all_answers: bool,
 }
 
 pub struct Row {
@@ -119,15 +121,22 @@ pub struct Row {
 /// Builds the inbox's SQL from fixed fragments; every value is a parameter.
 pub async fn fetch(
     ctx: &TenantCtx,
-    db: &tokio_postgres::Client,
+    db: &deadpool_postgres::ClientWrapper,
     q: &Query<'_>,
 ) -> Result<Vec<Row>, AppError> {
     use tokio_postgres::types::ToSql;
     let f = q.filters;
-    let mut sql = String::from(
-        "SELECT s.id, s.receipt_number, s.submitted_at, s.status, coalesce(st.email, ''), s.form_id, f.draft->>'title', s.form_version,
-                f.summary_field, s.answers
-           FROM submissions s JOIN forms f ON f.id = s.form_id LEFT JOIN staff st ON st.id = s.assignee_id WHERE true",
+    // A list page needs one answer per row (the summary field), not all of them; and
+    // the forms' titles are read once per form below, not once per row.
+    let answers = if q.all_answers {
+        "s.answers"
+    } else {
+        "CASE WHEN f.summary_field IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(f.summary_field, s.answers -> f.summary_field) END"
+    };
+    let mut sql = format!(
+        "SELECT s.id, s.receipt_number, s.submitted_at, s.status, coalesce(st.email, ''), s.form_id, s.form_version,
+                f.summary_field, {answers}
+           FROM submissions s JOIN forms f ON f.id = s.form_id LEFT JOIN staff st ON st.id = s.assignee_id WHERE true"
     );
     let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
     let mut add = |sql: &mut String, frag: &str, p: Box<dyn ToSql + Sync + Send>| {
@@ -221,12 +230,27 @@ pub async fn fetch(
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))
         .collect();
-    let rows = db.query(&sql, &refs).await?;
+    // The SQL is one of a few shapes (which filters are set), each prepared once
+    // per connection.
+    let stmt = db.prepare_cached(&sql).await?;
+    let rows = db.query(&stmt, &refs).await?;
+    let mut form_ids: Vec<i64> = rows.iter().map(|r| r.get(5)).collect();
+    form_ids.sort_unstable();
+    form_ids.dedup();
+    let stmt = db
+        .prepare_cached("SELECT id, coalesce(draft->>'title', '') FROM forms WHERE id = ANY($1)")
+        .await?;
+    let titles: std::collections::HashMap<i64, String> = db
+        .query(&stmt, &[&form_ids])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let id: Uuid = r.get(0);
-        let answers: serde_json::Value = r.get(9);
-        let summary_field: Option<String> = r.get(8);
+        let answers: serde_json::Value = r.get(8);
+        let summary_field: Option<String> = r.get(7);
         let summary = match summary_field {
             Some(field) => {
                 let one = serde_json::json!({ &field: answers.get(&field).cloned().unwrap_or(serde_json::Value::Null) });
@@ -252,8 +276,8 @@ pub async fn fetch(
             status: Status::parse(r.get::<_, &str>(3)).unwrap_or(Status::Received),
             assignee: r.get(4),
             form_id: r.get(5),
-            form_title: r.get::<_, Option<String>>(6).unwrap_or_default(),
-            form_version: r.get(7),
+            form_title: titles.get(&r.get(5)).cloned().unwrap_or_default(),
+            form_version: r.get(6),
             summary,
             answers,
         });
@@ -300,22 +324,24 @@ struct InboxPage {
 /// Staff who may be assigned cases: everyone active (an administrator may assign any;
 /// the form's department is checked when assigning).
 async fn staff_choices(
-    db: &tokio_postgres::Client,
+    db: &deadpool_postgres::ClientWrapper,
     user: &StaffUser,
     selected: Option<i64>,
 ) -> Result<Vec<Choice>, AppError> {
     let rows = if user.is_admin() {
-        db.query(
-            "SELECT id, email FROM staff WHERE NOT disabled AND role <> 'viewer' ORDER BY email",
-            &[],
-        )
-        .await?
+        let stmt = db
+            .prepare_cached(
+                "SELECT id, email FROM staff WHERE NOT disabled AND role <> 'viewer' ORDER BY email",
+            )
+            .await?;
+        db.query(&stmt, &[]).await?
     } else {
-        db.query(
-            "SELECT id, email FROM staff WHERE NOT disabled AND role <> 'viewer' AND (department_id = $1 OR role = 'admin') ORDER BY email",
-            &[&user.department_id],
-        )
-        .await?
+        let stmt = db
+            .prepare_cached(
+                "SELECT id, email FROM staff WHERE NOT disabled AND role <> 'viewer' AND (department_id = $1 OR role = 'admin') ORDER BY email",
+            )
+            .await?;
+        db.query(&stmt, &[&user.department_id]).await?
     };
     Ok(rows
         .iter()
@@ -364,6 +390,7 @@ async fn inbox_page(
             user,
             filters: &filters,
             limit: PAGE_SIZE + 1,
+            all_answers: false,
         },
     )
     .await?;

@@ -334,12 +334,22 @@ pub async fn set_summary_field(db: &Client, id: i64, field: Option<&str>) -> Res
 
 /// Form ids and titles of the given departments (`None`: all), for pickers.
 pub async fn titles(
-    db: &Client,
+    db: &deadpool_postgres::ClientWrapper,
     departments: Option<&[i64]>,
 ) -> Result<Vec<(i64, String)>, AppError> {
     let rows = match departments {
-        None => db.query("SELECT id, draft->>'title' FROM forms ORDER BY id DESC", &[]).await?,
-        Some(ids) => db.query("SELECT id, draft->>'title' FROM forms WHERE department_id = ANY($1) ORDER BY id DESC", &[&ids]).await?,
+        None => {
+            let stmt = db
+                .prepare_cached("SELECT id, draft->>'title' FROM forms ORDER BY id DESC")
+                .await?;
+            db.query(&stmt, &[]).await?
+        }
+        Some(ids) => {
+            let stmt = db
+                .prepare_cached("SELECT id, draft->>'title' FROM forms WHERE department_id = ANY($1) ORDER BY id DESC")
+                .await?;
+            db.query(&stmt, &[&ids]).await?
+        }
     };
     Ok(rows
         .iter()

@@ -5,19 +5,25 @@
 //! global semaphore, returned when the connection closes; so the connections all
 //! pools hold together never exceed the budget. A tenant that needs a connection
 //! while the budget is spent closes an idle connection of another tenant, or waits
-//! (bounded by the request's wait limit, after which it gets 503). Idle connections
+//! (bounded by the request's wait limit, after which it gets 503). A permit comes
+//! back only when the server has closed its end of the connection. Idle connections
 //! and idle pools are closed after a configurable time.
+//!
+//! Each tenant also has turns: requests it may run at once, so connections it uses.
+//! They number at most `tenant_active` (about the core count) and, when many tenants
+//! are busy, the budget divided by their number ([`TenantPools::rebalance`]), so
+//! that with more busy tenants than connections each keeps to one instead of taking
+//! connections from the others.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use deadpool_postgres::{Connect, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use futures::future::BoxFuture;
-use std::pin::Pin;
-use std::task::{Context as TaskContext, Poll};
-
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_postgres::{Client, Config, NoTls};

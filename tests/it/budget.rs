@@ -1,5 +1,5 @@
 //! The global connection budget: many tenants, many concurrent requests, never more
-//! connections than the budget, every request answered 200 or 503.
+//! connections than the budget; shares of it between busy tenants; 503 when spent.
 
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
@@ -8,26 +8,33 @@ use std::time::Duration;
 use crate::harness::{admin_client, client_for, unique, url, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn three_hundred_requests_over_fifty_tenants_stay_within_the_budget() {
-    const BUDGET: usize = 12;
+async fn two_hundred_tenants_with_concurrent_traffic_stay_within_the_budget_and_are_all_answered() {
+    use futures::StreamExt;
+    const BUDGET: usize = 40;
+    const TENANTS: usize = 200;
     let env = TestEnv::with(|s| {
         s.pool.budget = BUDGET;
         s.pool.per_tenant = 3;
-        s.pool.wait = Duration::from_secs(3);
+        // Generous: every request is to be answered, none turned away.
+        s.pool.wait = Duration::from_secs(20);
     })
     .await;
     let codes = ["131016", "011002", "012025", "012033"];
-    let mut tenants = Vec::new();
-    for i in 0..50 {
-        tenants.push(
-            env.tenant(
-                &unique(&format!("b{i}x")),
-                "テスト市",
-                codes[i % codes.len()],
-            )
-            .await,
-        );
-    }
+    let tenants: Vec<_> = futures::stream::iter(0..TENANTS)
+        .map(|i| {
+            let env = &env;
+            async move {
+                env.tenant(
+                    &unique(&format!("b{i}x")),
+                    "テスト市",
+                    codes[i % codes.len()],
+                )
+                .await
+            }
+        })
+        .buffer_unordered(4)
+        .collect()
+        .await;
     let server = env.serve().await;
     let hosts: Vec<&str> = tenants.iter().map(|t| t.hosts[0].as_str()).collect();
     let client = client_for(&server, &hosts);
@@ -55,8 +62,10 @@ async fn three_hundred_requests_over_fifty_tenants_stay_within_the_budget() {
         })
     };
 
+    // Three requests to every tenant, all at once, in an order that keeps each
+    // tenant's three apart.
     let mut handles = Vec::new();
-    for i in 0..300 {
+    for i in 0..3 * TENANTS {
         let client = client.clone();
         let target = url(&server, hosts[i % hosts.len()], "/");
         handles.push(tokio::spawn(async move {
@@ -64,26 +73,22 @@ async fn three_hundred_requests_over_fifty_tenants_stay_within_the_budget() {
         }));
     }
     let mut ok = 0;
-    let mut busy = 0;
     for h in handles {
         match h.await.unwrap() {
             Ok(200) => ok += 1,
-            Ok(503) => busy += 1,
             other => panic!("unexpected answer {other:?}"),
         }
     }
     stop.store(true, Ordering::Relaxed);
-    eprintln!("budget test: {ok} served, {busy} busy");
     watcher.await.unwrap();
     let peak = peak.load(Ordering::Relaxed);
-    eprintln!("budget test: peak {peak} connections of {BUDGET}");
+    eprintln!("budget test: {ok} served, peak {peak} connections of {BUDGET}");
     assert!(
         peak as usize <= BUDGET,
         "{peak} connections open, budget {BUDGET}"
     );
     assert!(peak > 0, "the watcher saw no tenant connection at all");
-    assert!(ok > 0, "no request was served ({busy} got 503)");
-    assert_eq!(ok + busy, 300);
+    assert_eq!(ok, 3 * TENANTS);
     assert!(server.app.pools.budget_in_use() <= BUDGET);
     server.shutdown().await;
 }

@@ -16,6 +16,7 @@ mod erasure;
 mod faults;
 mod forms;
 mod isolation;
+mod plans;
 mod routing;
 mod tls;
 mod zones;

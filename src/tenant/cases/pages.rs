@@ -118,17 +118,22 @@ pub struct Row {
     pub answers: serde_json::Value,
 }
 
-/// Builds the inbox's SQL from fixed fragments; every value is a parameter.
-pub async fn fetch(
-    ctx: &TenantCtx,
-    db: &deadpool_postgres::ClientWrapper,
-    q: &Query<'_>,
-) -> Result<Vec<Row>, AppError> {
-    use tokio_postgres::types::ToSql;
-    let f = q.filters;
+/// Parameters of a statement built at run time.
+pub type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
+
+/// The inbox's SQL for `filters`, from fixed fragments; every value is a parameter.
+/// `department`: only that department's forms (`None`: all, for administrators).
+pub fn inbox_sql(
+    cipher: &crate::crypto::FieldCipher,
+    department: Option<i64>,
+    filters: &Filters,
+    limit: i64,
+    all_answers: bool,
+) -> (String, Params) {
+    let f = filters;
     // A list page needs one answer per row (the summary field), not all of them; and
     // the forms' titles are read once per form below, not once per row.
-    let answers = if q.all_answers {
+    let answers = if all_answers {
         "s.answers"
     } else {
         "CASE WHEN f.summary_field IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(f.summary_field, s.answers -> f.summary_field) END"
@@ -138,17 +143,14 @@ pub async fn fetch(
                 f.summary_field, {answers}
            FROM submissions s JOIN forms f ON f.id = s.form_id LEFT JOIN staff st ON st.id = s.assignee_id WHERE true"
     );
-    let mut params: Vec<Box<dyn ToSql + Sync + Send>> = Vec::new();
-    let mut add = |sql: &mut String, frag: &str, p: Box<dyn ToSql + Sync + Send>| {
-        params.push(p);
-        sql.push_str(&frag.replace('?', &format!("${}", params.len())));
-    };
-    if !q.user.is_admin() {
-        add(
-            &mut sql,
-            " AND f.department_id = ?",
-            Box::new(q.user.department_id.unwrap_or(-1)),
-        );
+    let mut params: Params = Vec::new();
+    let mut add =
+        |sql: &mut String, frag: &str, p: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
+            params.push(p);
+            sql.push_str(&frag.replace('?', &format!("${}", params.len())));
+        };
+    if let Some(d) = department {
+        add(&mut sql, " AND f.department_id = ?", Box::new(d));
     }
     if let Some(v) = f.form {
         add(&mut sql, " AND s.form_id = ?", Box::new(v));
@@ -189,11 +191,7 @@ pub async fn fetch(
             add(
                 &mut sql,
                 " AND s.email_index = ?",
-                Box::new(
-                    ctx.cipher()
-                        .blind_index("submissions", "email", &email)
-                        .to_vec(),
-                ),
+                Box::new(cipher.blind_index("submissions", "email", &email).to_vec()),
             );
         } else {
             let digits: String = q.chars().filter(char::is_ascii_digit).collect();
@@ -204,11 +202,7 @@ pub async fn fetch(
             add(
                 &mut sql,
                 " AND s.phone_index = ?",
-                Box::new(
-                    ctx.cipher()
-                        .blind_index("submissions", "phone", &digits)
-                        .to_vec(),
-                ),
+                Box::new(cipher.blind_index("submissions", "phone", &digits).to_vec()),
             );
         }
     }
@@ -221,11 +215,23 @@ pub async fn fetch(
             params.len()
         ));
     }
-    params.push(Box::new(q.limit));
+    params.push(Box::new(limit));
     sql.push_str(&format!(
         " ORDER BY s.submitted_at DESC, s.id DESC LIMIT ${}",
         params.len()
     ));
+    (sql, params)
+}
+
+/// The inbox page (or an export batch) for `q`.
+pub async fn fetch(
+    ctx: &TenantCtx,
+    db: &deadpool_postgres::ClientWrapper,
+    q: &Query<'_>,
+) -> Result<Vec<Row>, AppError> {
+    use tokio_postgres::types::ToSql;
+    let department = (!q.user.is_admin()).then_some(q.user.department_id.unwrap_or(-1));
+    let (sql, params) = inbox_sql(ctx.cipher(), department, q.filters, q.limit, q.all_answers);
     let refs: Vec<&(dyn ToSql + Sync)> = params
         .iter()
         .map(|p| p.as_ref() as &(dyn ToSql + Sync))

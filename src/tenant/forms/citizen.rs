@@ -50,17 +50,16 @@ fn draft_ref(id: &str) -> FieldRef<'_> {
     }
 }
 
+/// A citizen's draft by the hash of the token in their cookie.
+pub const LOAD_DRAFT_SQL: &str = "SELECT id, inputs, submission_id, resubmit_of FROM citizen_drafts WHERE token_hash = $1 AND form_id = $2 AND expires_at > now()";
+
 async fn load_draft(
     ctx: &TenantCtx,
     db: &deadpool_postgres::ClientWrapper,
     form_id: i64,
     token: &str,
 ) -> Result<Option<Draft>, AppError> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT id, inputs, submission_id, resubmit_of FROM citizen_drafts WHERE token_hash = $1 AND form_id = $2 AND expires_at > now()",
-        )
-        .await?;
+    let stmt = db.prepare_cached(LOAD_DRAFT_SQL).await?;
     let row = db.query_opt(&stmt, &[&token_hash(token), &form_id]).await?;
     let Some(r) = row else { return Ok(None) };
     let id: Uuid = r.get(0);

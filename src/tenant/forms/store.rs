@@ -226,18 +226,18 @@ fn definitions() -> &'static DefinitionCache {
     CACHE.get_or_init(Default::default)
 }
 
+/// A published form's row by its public id (its definition is cached).
+pub const PUBLISHED_SQL: &str =
+    "SELECT id, public_id, current_version, closed, accepted_count, capacity
+   FROM forms WHERE public_id = $1 AND current_version IS NOT NULL";
+
 /// The published version of a form of `tenant` by its public id.
 pub async fn published(
     tenant: Uuid,
     db: &deadpool_postgres::ClientWrapper,
     public_id: &str,
 ) -> Result<Published, AppError> {
-    let stmt = db
-        .prepare_cached(
-            "SELECT id, public_id, current_version, closed, accepted_count, capacity
-               FROM forms WHERE public_id = $1 AND current_version IS NOT NULL",
-        )
-        .await?;
+    let stmt = db.prepare_cached(PUBLISHED_SQL).await?;
     let r = db
         .query_opt(&stmt, &[&public_id])
         .await?

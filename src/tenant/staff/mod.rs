@@ -21,6 +21,18 @@ use crate::error::AppError;
 pub const SESSION_COOKIE: &str = "md_staff";
 /// Idle timeout and absolute lifetime of a staff session.
 pub const IDLE_SECS: i64 = 30 * 60;
+/// The signed-in member of staff by the hash of their session cookie; the session's
+/// last activity is written at most every `$3` seconds.
+pub const SESSION_SQL: &str = "WITH s AS (
+                    SELECT staff_id, csrf_token, last_seen_at FROM staff_sessions
+                     WHERE id_hash = $1 AND last_seen_at > now() - make_interval(secs => $2) AND expires_at > now()),
+                 touched AS (
+                    UPDATE staff_sessions SET last_seen_at = now()
+                     WHERE id_hash = $1 AND last_seen_at < now() - make_interval(secs => $3)
+                       AND EXISTS (SELECT 1 FROM s))
+                 SELECT st.id, st.email, st.display_name, st.role, st.department_id, s.csrf_token
+                   FROM s JOIN staff st ON st.id = s.staff_id WHERE NOT st.disabled";
+
 /// How often a session's last activity is written at most (seconds).
 const TOUCH_SECS: f64 = 30.0;
 pub const ABSOLUTE_SECS: i64 = 12 * 60 * 60;
@@ -154,17 +166,7 @@ impl<S: Send + Sync> FromRequestParts<S> for StaffUser {
         // page views of a signed-in member of staff write nothing (no commit to wait
         // for); the idle limit is kept to within that much.
         let stmt = db
-            .prepare_cached(
-                "WITH s AS (
-                    SELECT staff_id, csrf_token, last_seen_at FROM staff_sessions
-                     WHERE id_hash = $1 AND last_seen_at > now() - make_interval(secs => $2) AND expires_at > now()),
-                 touched AS (
-                    UPDATE staff_sessions SET last_seen_at = now()
-                     WHERE id_hash = $1 AND last_seen_at < now() - make_interval(secs => $3)
-                       AND EXISTS (SELECT 1 FROM s))
-                 SELECT st.id, st.email, st.display_name, st.role, st.department_id, s.csrf_token
-                   FROM s JOIN staff st ON st.id = s.staff_id WHERE NOT st.disabled",
-            )
+            .prepare_cached(SESSION_SQL)
             .await
             .map_err(|e| AppError::from(e).into_response())?;
         let row = db

@@ -4,15 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{get_with_host, unique, TestEnv};
-
-const FORM: &str = include_str!("../../src/control/samples/bulky-waste.json");
-
-async fn publish(env: &TestEnv, t: &madoguchi::catalog::TenantRecord) -> String {
-    madoguchi::control::tenant_admin::import_form(&env.platform, t, FORM, "環境課", true)
-        .await
-        .unwrap()
-}
+use crate::harness::{get_with_host, publish_sample as publish, unique, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn form_posts_are_limited_per_tenant_and_client_before_anything_else() {
@@ -100,7 +92,6 @@ async fn a_flooded_tenant_does_not_starve_a_quiet_one() {
     let mut worst = Duration::ZERO;
     // The flooded tenant runs at most two requests at once; the rest wait their turn.
     let (mut most_running, mut most_waiting) = (0, 0);
-    let metrics = reqwest::Client::new();
     let noisy_gauge = |text: &str, state: &str| -> i64 {
         let key = format!(
             "madoguchi_tenant_requests{{tenant=\"{}\",state=\"{state}\"}} ",
@@ -116,14 +107,7 @@ async fn a_flooded_tenant_does_not_starve_a_quiet_one() {
         let (status, body) = get_with_host(&server, &quiet.hosts[0], &pq).await;
         assert_eq!(status, 200, "{body}");
         worst = worst.max(t.elapsed());
-        let text = metrics
-            .get(format!("http://{}/metrics", server.bound.ops))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let text = crate::harness::ops_metrics(server.bound.ops).await;
         most_running = most_running.max(noisy_gauge(&text, "running"));
         most_waiting = most_waiting.max(noisy_gauge(&text, "waiting"));
     }

@@ -293,14 +293,7 @@ async fn restarts_and_kills_lose_no_acknowledged_submission() {
             assert!(r.headers().get("retry-after").is_some());
             // A connection the termination cut may answer first (503 as well, as
             // unreachable); the read-only refusal follows on a fresh connection.
-            let metrics = c
-                .get(format!("http://{}/metrics", serving.ops))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let metrics = crate::harness::ops_metrics(&serving.ops).await;
             if metrics.contains("madoguchi_db_errors_total{reason=\"read_only\"}") {
                 break;
             }
@@ -310,14 +303,7 @@ async fn restarts_and_kills_lose_no_acknowledged_submission() {
         last, 503,
         "a read-only database was not reported as unavailable"
     );
-    let metrics = c
-        .get(format!("http://{}/metrics", serving.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::ops_metrics(&serving.ops).await;
     assert!(
         metrics.contains("madoguchi_db_errors_total{reason=\"read_only\"}"),
         "{metrics}"
@@ -460,14 +446,7 @@ async fn a_full_disk_answers_503_and_counts() {
         .unwrap();
     assert_eq!(r.status(), 503, "{}", r.text().await.unwrap_or_default());
     assert!(r.headers().get("retry-after").is_some());
-    let metrics = c
-        .get(format!("http://{}/metrics", server.bound.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::ops_metrics(server.bound.ops).await;
     assert!(
         metrics.contains("madoguchi_db_errors_total{reason=\"disk_full_or_resources\"}"),
         "{metrics}"

@@ -194,3 +194,26 @@ pub async fn admin_client(db: &str) -> tokio_postgres::Client {
     tokio::spawn(conn);
     client
 }
+
+/// The text of `/metrics` on an operators' listener.
+pub async fn ops_metrics(ops: impl std::fmt::Display) -> String {
+    reqwest::get(format!("http://{ops}/metrics"))
+        .await
+        .unwrap_or_else(|e| panic!("GET /metrics: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("reading /metrics: {e}"))
+}
+
+/// Publishes the sample form (粗大ごみ) in `t`; returns its public path (`/f/…`).
+pub async fn publish_sample(env: &TestEnv, t: &TenantRecord) -> String {
+    madoguchi::control::tenant_admin::import_form(
+        &env.platform,
+        t,
+        include_str!("../../src/control/samples/bulky-waste.json"),
+        "環境課",
+        true,
+    )
+    .await
+    .unwrap_or_else(|e| panic!("publishing the sample form: {e:#}"))
+}

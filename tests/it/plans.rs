@@ -7,9 +7,7 @@ use madoguchi::tenant::cases::pages::{inbox_sql, Filters};
 use madoguchi::tenant::cases::Status;
 use tokio_postgres::types::ToSql;
 
-use crate::harness::{admin_client, unique, TestEnv};
-
-const FORM: &str = include_str!("../../src/control/samples/bulky-waste.json");
+use crate::harness::{admin_client, publish_sample, unique, TestEnv};
 
 async fn plan(db: &tokio_postgres::Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> String {
     db.query(&format!("EXPLAIN {sql}"), params)
@@ -32,10 +30,7 @@ fn assert_indexed(what: &str, plan: &str) {
 async fn hot_queries_are_served_by_indexes() {
     let env = TestEnv::new().await;
     let t = env.tenant(&unique("plans"), "千代田区", "131016").await;
-    let public_id =
-        madoguchi::control::tenant_admin::import_form(&env.platform, &t, FORM, "環境課", true)
-            .await
-            .unwrap();
+    let public_id = publish_sample(&env, &t).await;
     let public_id = public_id.trim_start_matches("/f/").to_owned();
     let server = env.serve().await;
     let rt = server.app.pools.runtime(t.id).await.unwrap();

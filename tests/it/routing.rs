@@ -141,14 +141,7 @@ async fn health_metrics_and_request_ids() {
         .await
         .unwrap();
     assert!(r.headers().get("x-request-id").is_some());
-    let metrics = c
-        .get(format!("http://{}/metrics", server.bound.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::ops_metrics(server.bound.ops).await;
     for needle in [
         format!(
             "madoguchi_http_requests_total{{tenant=\"{}\",status=\"2xx\"}} 1",
@@ -184,14 +177,7 @@ async fn health_metrics_and_request_ids() {
     madoguchi::control::backup::drill(&env.platform, &store, &a)
         .await
         .unwrap();
-    let metrics = c
-        .get(format!("http://{}/metrics", server.bound.ops))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = crate::harness::ops_metrics(server.bound.ops).await;
     let line = metrics
         .lines()
         .find(|l| {

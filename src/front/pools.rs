@@ -171,12 +171,8 @@ impl TenantPools {
                 .map_err(|_| anyhow::anyhow!("pool registry poisoned"))?;
             Arc::clone(map.entry(tenant).or_default())
         };
-        let fresh = !slot.initialized();
         let rt = slot.get_or_try_init(|| self.build(tenant)).await?;
         rt.touch();
-        if fresh {
-            self.rebalance();
-        }
         Ok(Arc::clone(rt))
     }
 
@@ -197,8 +193,7 @@ impl TenantPools {
             .filter(|rt| rt.idle_for() < RECENT)
             .count()
             .max(1);
-        let s = &self.inner.settings;
-        let share = (s.budget / recent).clamp(1, s.per_tenant.min(s.tenant_active).max(1));
+        let share = self.inner.share(recent);
         for rt in runtimes {
             rt.set_turns(share);
             // Idle connections beyond the share go back to the budget for others.
@@ -229,6 +224,11 @@ impl TenantPools {
             ));
         }
         let cipher = Arc::new(FieldCipher::new(rec.crypto_id, keys)?);
+        // A new tenant starts with its share as if every tenant with a pool were busy
+        // (cheap: no walk over them on the request path); the next rebalance, within
+        // a second, corrects it.
+        let pools = inner.runtimes.lock().map_or(1, |m| m.len().max(1));
+        let turns = inner.share(pools);
         let config = inner.cluster.tenant_config(&rec, &password);
         let connect = BudgetedConnect {
             budget: Arc::clone(&inner.budget),
@@ -251,8 +251,8 @@ impl TenantPools {
             pool,
             cipher,
             slug: Arc::from(rec.slug),
-            active: Arc::new(Semaphore::new(inner.settings.tenant_active)),
-            turns: Mutex::new(inner.settings.tenant_active),
+            active: Arc::new(Semaphore::new(turns)),
+            turns: Mutex::new(turns),
             waiting: std::sync::atomic::AtomicUsize::new(0),
             last_used: Mutex::new(Instant::now()),
         }))
@@ -322,6 +322,12 @@ impl TenantPools {
 }
 
 impl Inner {
+    /// Turns each of `busy` tenants gets (see [`TenantPools::rebalance`]).
+    fn share(&self, busy: usize) -> usize {
+        let s = &self.settings;
+        (s.budget / busy.max(1)).clamp(1, s.per_tenant.min(s.tenant_active).max(1))
+    }
+
     /// Closes one idle connection, preferring the tenant (other than `asking`) with the
     /// most idle connections, and taking one of `asking`'s own only when no other
     /// tenant has any (its own waiting requests may have left one idle while this

@@ -40,6 +40,26 @@ async fn two_hundred_tenants_with_concurrent_traffic_stay_within_the_budget_and_
     let client = client_for(&server, &hosts);
     let databases: Vec<String> = tenants.iter().map(|t| t.database.clone()).collect();
 
+    // Provisioning's own connections (as the admin role) must be gone before the
+    // count starts: a backend can outlive its client's close by a moment.
+    {
+        let admin = admin_client("postgres").await;
+        for _ in 0..200 {
+            let n: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1)",
+                    &[&databases],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if n == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     // Watch the cluster itself while the load runs.
     let stop = Arc::new(AtomicBool::new(false));
     let peak = Arc::new(AtomicI64::new(0));

@@ -7,6 +7,12 @@
 //! HOST may be comma-separated lists of the same length (one form per tenant):
 //! worker i then plays a citizen of tenant i mod their number.
 //!
+//! cargo run --release --example loadgen -- api URL HOST TOKEN SECONDS CONCURRENCY FIELDS...
+//! submits through the integration API instead: one POST of the answers as JSON
+//! (bearer TOKEN, a fresh idempotency key each) per submission, as fast as answered.
+//! URL is the form's `/api/v1/forms/{id}/submissions`; URL, HOST and TOKEN may be
+//! comma-separated lists of the same length.
+//!
 //! cargo run --release --example loadgen -- paced URL HOST SECONDS RATE
 //! plays a quiet tenant's visitors instead: GETs at a steady RATE per second, each
 //! sent on schedule whether or not earlier ones have been answered (open loop), with
@@ -94,6 +100,35 @@ async fn citizen(
     Some(())
 }
 
+/// One submission through the integration API: Some(()) when it was stored (201).
+async fn api_submission(
+    client: &reqwest::Client,
+    url: &str,
+    host: &str,
+    token: &str,
+    body: &serde_json::Value,
+    t: &mut Timings,
+) -> Option<()> {
+    let mut body = body.clone();
+    body["idempotency_key"] = serde_json::Value::String(uuid::Uuid::new_v4().to_string());
+    let started = Instant::now();
+    let resp = client
+        .post(url)
+        .header("host", host)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
+    let created = resp.status().as_u16() == 201;
+    resp.bytes().await.ok()?;
+    if !created {
+        return None;
+    }
+    t.submit.push(started.elapsed().as_secs_f64());
+    Some(())
+}
+
 async fn paced(args: &[String]) {
     let [url, host, seconds, rate] = [0, 1, 2, 3].map(|i| args.get(i).cloned().unwrap_or_default());
     let seconds: f64 = seconds.parse().unwrap_or(10.0);
@@ -143,6 +178,19 @@ async fn main() {
         paced(&args[1..]).await;
         return;
     }
+    let api = args.first().map(String::as_str) == Some("api");
+    let args = if api { &args[1..] } else { &args[..] };
+    let (tokens, args) = if api {
+        let mut rest = args.to_vec();
+        let tokens = if rest.len() > 2 {
+            rest.remove(2)
+        } else {
+            String::new()
+        };
+        (tokens, rest)
+    } else {
+        (String::new(), args.to_vec())
+    };
     let [url, host, seconds, concurrency] =
         [0, 1, 2, 3].map(|i| args.get(i).cloned().unwrap_or_default());
     let seconds: u64 = seconds.parse().unwrap_or(10);
@@ -162,12 +210,20 @@ async fn main() {
     let mut workers = Vec::new();
     let urls: Vec<&str> = url.split(',').collect();
     let hosts: Vec<&str> = host.split(',').collect();
+    let tokens: Vec<&str> = tokens.split(',').collect();
+    let answers: serde_json::Map<String, serde_json::Value> = fields
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+        .collect();
+    let body = serde_json::json!({ "answers": answers });
     for i in 0..concurrency {
-        let (client, url, host, fields, stop) = (
+        let (client, url, host, token, fields, body, stop) = (
             client.clone(),
             urls[i % urls.len()].to_owned(),
             hosts[i % hosts.len()].to_owned(),
+            tokens[i % tokens.len()].to_owned(),
             fields.clone(),
+            body.clone(),
             stop.clone(),
         );
         workers.push(tokio::spawn(async move {
@@ -178,10 +234,12 @@ async fn main() {
                 errors: 0,
             };
             while !stop.load(Ordering::Relaxed) {
-                if citizen(&client, &url, &host, &fields, &mut t)
-                    .await
-                    .is_none()
-                {
+                let done = if api {
+                    api_submission(&client, &url, &host, &token, &body, &mut t).await
+                } else {
+                    citizen(&client, &url, &host, &fields, &mut t).await
+                };
+                if done.is_none() {
                     t.errors += 1;
                 }
             }

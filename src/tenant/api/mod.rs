@@ -153,6 +153,12 @@ impl ApiClient {
     }
 }
 
+/// A live token by its hash, touching its last use when that is a minute old.
+pub const TOKEN_SQL: &str = "WITH t AS (SELECT id, name, scopes, last_used_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL),
+      touched AS (UPDATE api_tokens a SET last_used_at = now() FROM t
+                   WHERE a.id = t.id AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute'))
+ SELECT id, name, scopes FROM t";
+
 impl<S: Send + Sync> FromRequestParts<S> for ApiClient {
     type Rejection = Problem;
 
@@ -176,11 +182,15 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiClient {
             .map(str::trim)
             .ok_or_else(unauthorized)?;
         let mut db = ctx.db().await.map_err(Problem::from)?;
+        // Last use is written at most once a minute (to the minute is what the token
+        // list shows): a busy integration would otherwise queue every request behind
+        // the lock on its token's row until the previous one commits.
+        let stmt = db
+            .prepare_cached(TOKEN_SQL)
+            .await
+            .map_err(|e| Problem::from(AppError::from(e)))?;
         let row = db
-            .query_opt(
-                "UPDATE api_tokens SET last_used_at = now() WHERE token_hash = $1 AND revoked_at IS NULL RETURNING id, name, scopes",
-                &[&token_hash(token)],
-            )
+            .query_opt(&stmt, &[&token_hash(token)])
             .await
             .map_err(|e| Problem::from(AppError::from(e)))?;
         let Some(r) = row else {

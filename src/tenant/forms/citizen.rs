@@ -353,8 +353,9 @@ pub async fn show(
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }
-    if !correcting(&db, &form, &headers).await? {
-        if let Some(r) = unavailable(&ctx, &form) {
+    // Only a closed (or full) form needs to know whether this is a correction.
+    if let Some(r) = unavailable(&ctx, &form) {
+        if !correcting(&db, &form, &headers).await? {
             return Ok(r);
         }
     }
@@ -413,8 +414,9 @@ pub async fn post_page(
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }
-    if !correcting(&db, &form, &headers).await? {
-        if let Some(r) = unavailable(&ctx, &form) {
+    // Only a closed (or full) form needs to know whether this is a correction.
+    if let Some(r) = unavailable(&ctx, &form) {
+        if !correcting(&db, &form, &headers).await? {
             return Ok(r);
         }
     }
@@ -530,8 +532,9 @@ pub async fn confirm(
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }
-    if !correcting(&db, &form, &headers).await? {
-        if let Some(r) = unavailable(&ctx, &form) {
+    // Only a closed (or full) form needs to know whether this is a correction.
+    if let Some(r) = unavailable(&ctx, &form) {
+        if !correcting(&db, &form, &headers).await? {
             return Ok(r);
         }
     }

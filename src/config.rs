@@ -17,7 +17,8 @@ pub struct PoolSettings {
     pub per_tenant: usize,
     /// Requests one tenant may have in progress at once; more wait their turn in
     /// order (up to `wait`). Kept near the core count, so that a flood aimed at one
-    /// municipality cannot occupy every core while others wait for CPU.
+    /// municipality cannot occupy every core while others wait for CPU; while other
+    /// tenants are being served, one tenant gets one fewer.
     pub tenant_active: usize,
     /// How long a request waits for a connection before it gets 503.
     pub wait: Duration,

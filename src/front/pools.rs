@@ -179,7 +179,8 @@ impl TenantPools {
     /// Shares the budget between the tenants that were served in the last
     /// [`RECENT`]: each gets as many turns (requests at once, so connections in use)
     /// as the budget divided by their number, at least one and at most
-    /// `tenant_active` and `per_tenant`. A lone busy tenant gets every turn; when more
+    /// `tenant_active` (one fewer when others are served too) and `per_tenant`.
+    /// A lone busy tenant gets every turn; when more
     /// tenants are busy than the budget covers generously, each keeps to one
     /// connection and its further requests wait for it, instead of closing another
     /// tenant's connection only to have that tenant reopen it a moment later.
@@ -321,11 +322,24 @@ impl TenantPools {
     }
 }
 
+/// Turns each of `busy` tenants gets: the budget divided between them, at least one,
+/// at most the pool size and `tenant_active`, and, when any other tenant is being
+/// served, one fewer than `tenant_active`: a flood at one municipality then always
+/// leaves a core's worth of turns to the others (on 2 cores, one turn each).
+fn share(s: &PoolSettings, busy: usize) -> usize {
+    let busy = busy.max(1);
+    let most = if busy > 1 {
+        s.tenant_active.saturating_sub(1)
+    } else {
+        s.tenant_active
+    };
+    (s.budget / busy).clamp(1, s.per_tenant.min(most).max(1))
+}
+
 impl Inner {
     /// Turns each of `busy` tenants gets (see [`TenantPools::rebalance`]).
     fn share(&self, busy: usize) -> usize {
-        let s = &self.settings;
-        (s.budget / busy.max(1)).clamp(1, s.per_tenant.min(s.tenant_active).max(1))
+        share(&self.settings, busy)
     }
 
     /// Closes one idle connection, preferring the tenant (other than `asking`) with the
@@ -569,5 +583,35 @@ impl Connect for BudgetedConnect {
             });
             Ok((client, task))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(budget: usize, per_tenant: usize, tenant_active: usize) -> PoolSettings {
+        PoolSettings {
+            budget,
+            per_tenant,
+            tenant_active,
+            ..PoolSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_lone_tenant_has_every_turn_and_others_leave_one() {
+        // Alone: all of tenant_active.
+        assert_eq!(share(&settings(100, 10, 2), 1), 2);
+        assert_eq!(share(&settings(100, 10, 8), 1), 8);
+        // With another tenant served: one fewer, never below one.
+        assert_eq!(share(&settings(100, 10, 2), 2), 1);
+        assert_eq!(share(&settings(100, 10, 8), 2), 7);
+        assert_eq!(share(&settings(100, 10, 1), 2), 1);
+        // Many tenants: the budget divided, at least one.
+        assert_eq!(share(&settings(12, 8, 4), 6), 2);
+        assert_eq!(share(&settings(40, 8, 4), 200), 1);
+        // Never more than a pool holds.
+        assert_eq!(share(&settings(100, 3, 8), 1), 3);
     }
 }

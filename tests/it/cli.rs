@@ -249,9 +249,21 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
         "serve left the cluster running"
     );
 
-    // Second start reuses everything: same tenants, same keys.
-    let serving = Serving::start(dir, &["serve"]);
+    // Second start reuses everything: same tenants, same keys; the embedded cluster
+    // takes as many connections as the pool budget asks for, plus the reserve.
+    let serving = Serving::start(dir, &["--pool-budget", "300", "serve"]);
     assert_eq!(serving.get("chiyoda.localhost"), 200);
+    let out = Command::new("psql")
+        .arg(url.trim())
+        .args(["-At", "-c", "SHOW max_connections"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        (300 + madoguchi::embedded_pg::RESERVED_CONNECTIONS).to_string(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(serving.get("sapporo.localhost"), 503);
     let (ok, _, _) = madoguchi(dir, &["tenant", "resume", "sapporo"]);
     assert!(ok);

@@ -650,6 +650,71 @@ async fn sign_in_rules_roles_and_departments() {
             .0,
         200
     );
+    // An administrator's change to someone's role is in the operation log: who, whom, what.
+    let conn = env
+        .platform
+        .cluster
+        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &a)
+        .await
+        .unwrap();
+    let viewer_id: i64 = conn
+        .client
+        .query_one("SELECT id FROM staff WHERE email = $1", &[&viewer.email])
+        .await
+        .unwrap()
+        .get(0);
+    let (status, _, _) = post(
+        &admin.client,
+        &url(&server, ha, &format!("/admin/staff/{viewer_id}")),
+        &[
+            ("csrf", admin.csrf.as_str()),
+            ("role", "staff"),
+            ("department", env_dept.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let logged = conn
+        .client
+        .query_one(
+            "SELECT actor, detail FROM audit_log WHERE action = 'staff.update' AND target = $1",
+            &[&viewer_id.to_string()],
+        )
+        .await
+        .unwrap();
+    let (actor, detail): (String, String) = (logged.get(0), logged.get(1));
+    assert!(actor.contains(&admin.email), "{actor}");
+    assert!(detail.contains("\"role\":\"staff\""), "{detail}");
+    // A new department too.
+    let (status, _, _) = post(
+        &admin.client,
+        &url(&server, ha, "/admin/departments"),
+        &[("csrf", admin.csrf.as_str()), ("name", "防災危機管理課")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let created: i64 = conn
+        .client
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'department.create' AND target = '防災危機管理課'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(created, 1);
+    // (and back, so the checks below still see a read-only user)
+    let (status, _, _) = post(
+        &admin.client,
+        &url(&server, ha, &format!("/admin/staff/{viewer_id}")),
+        &[
+            ("csrf", admin.csrf.as_str()),
+            ("role", "viewer"),
+            ("department", env_dept.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
     // A state-changing request without the CSRF token is refused.
     let (status, _, body) = post(&admin.client, &format!("{form_url}/publish"), &[]).await;
     assert_eq!(status, 403);
@@ -709,6 +774,19 @@ async fn sign_in_rules_roles_and_departments() {
     .await;
     assert_eq!(status, 303);
     assert_eq!(get(&fresh, &url(&server, ha, "/admin/forms")).await.0, 303);
+    let signouts: i64 = conn
+        .client
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'signout' AND actor LIKE '%' || $1 || '%' AND detail LIKE '%\"everywhere\":true%'",
+            &[&admin.email],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        signouts, 1,
+        "sign-out everywhere is not in the operation log"
+    );
 
     // Repeated failures lock the account, with a message, even for the right password.
     let c = browser(&server, &[ha]);

@@ -168,7 +168,7 @@ async fn log_export(
             .form
             .map(|f| format!("form:{f}"))
             .unwrap_or_default(),
-        serde_json::json!({ "format": format, "rows": rows, "filters": filters.query() }),
+        serde_json::json!({ "format": format, "rows": rows, "filters": filters.logged() }),
     )
     .await
 }

@@ -92,6 +92,24 @@ impl Filters {
         }
         q.finish()
     }
+
+    /// The filters as the operation log keeps them: a search by e-mail address or
+    /// telephone number is recorded as such, without the address or number (personal
+    /// data stays out of the log); a receipt number is kept.
+    pub fn logged(&self) -> String {
+        let mut redacted = self.clone();
+        if !self.q.is_empty() {
+            let q = crate::ja::nfkc(&self.q);
+            redacted.q = if ReceiptNumber::parse(&q).is_ok() {
+                q
+            } else if q.contains('@') {
+                "（メールアドレスで検索）".into()
+            } else {
+                "（電話番号で検索）".into()
+            };
+        }
+        redacted.query()
+    }
 }
 
 /// One page of matching submissions, newest first. Only the forms this person may

@@ -262,20 +262,32 @@ fn clear_session_cookie(ctx: &TenantCtx) -> HeaderValue {
 
 pub async fn logout(ctx: TenantCtx, user: StaffUser, form: FormData) -> Result<Response, AppError> {
     user.check_csrf(&form)?;
-    let db = ctx.db().await?;
-    if form.get("everywhere") == "yes" {
-        db.execute(
+    let mut db = ctx.db().await?;
+    let client: &mut tokio_postgres::Client = &mut db;
+    let tx = client.transaction().await?;
+    let everywhere = form.get("everywhere") == "yes";
+    if everywhere {
+        tx.execute(
             "DELETE FROM staff_sessions WHERE staff_id = $1",
             &[&user.id],
         )
         .await?;
     } else {
-        db.execute(
+        tx.execute(
             "DELETE FROM staff_sessions WHERE id_hash = $1",
             &[&user.session_hash()],
         )
         .await?;
     }
+    audit::append(
+        &tx,
+        &staff_actor(&user),
+        "signout",
+        "",
+        serde_json::json!({ "everywhere": everywhere }),
+    )
+    .await?;
+    tx.commit().await?;
     let mut resp = see_other("/admin/login");
     resp.headers_mut()
         .append(header::SET_COOKIE, clear_session_cookie(&ctx));
@@ -665,7 +677,10 @@ pub async fn staff_update(
         )
         .await;
     }
-    let n = db
+    let mut db = db;
+    let client: &mut tokio_postgres::Client = &mut db;
+    let tx = client.transaction().await?;
+    let n = tx
         .execute(
             "UPDATE staff SET role = $2, department_id = $3, disabled = $4, updated_at = now() WHERE id = $1",
             &[&id, &role.as_str(), &dept, &disabled],
@@ -675,9 +690,19 @@ pub async fn staff_update(
         return Err(AppError::NotFound);
     }
     if disabled {
-        db.execute("DELETE FROM staff_sessions WHERE staff_id = $1", &[&id])
+        tx.execute("DELETE FROM staff_sessions WHERE staff_id = $1", &[&id])
             .await?;
     }
+    // Who changed whose role, department or access, in the same transaction.
+    audit::append(
+        &tx,
+        &staff_actor(&user),
+        "staff.update",
+        &id.to_string(),
+        serde_json::json!({ "role": role.as_str(), "department": dept, "disabled": disabled }),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(see_other("/admin/staff"))
 }
 
@@ -698,12 +723,26 @@ pub async fn department_add(
         )
         .await;
     }
-    let db = ctx.db().await?;
-    db.execute(
-        "INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
-        &[&name],
-    )
-    .await?;
+    let mut db = ctx.db().await?;
+    let client: &mut tokio_postgres::Client = &mut db;
+    let tx = client.transaction().await?;
+    let added = tx
+        .execute(
+            "INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING",
+            &[&name],
+        )
+        .await?;
+    if added > 0 {
+        audit::append(
+            &tx,
+            &staff_actor(&user),
+            "department.create",
+            &name,
+            serde_json::json!({}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
     Ok(see_other("/admin/staff"))
 }
 

@@ -50,6 +50,21 @@ pub fn nfkc(s: &str) -> String {
     s.nfkc().collect()
 }
 
+/// A telephone number in domestic form: NFKC, separators (hyphens, spaces,
+/// parentheses, 長音) dropped, and +81 (Japan's country code) turned back into the
+/// trunk 0, also when that 0 is still written after it ("+81 (0)3-1234-5678").
+/// Anything else is kept, so that a caller can refuse it.
+pub fn phone_digits(v: &str) -> String {
+    let digits: String = nfkc(v)
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' ' | '(' | ')' | '‐' | 'ー' | '−'))
+        .collect();
+    match digits.strip_prefix("+81") {
+        Some(rest) => format!("0{}", rest.strip_prefix('0').unwrap_or(rest)),
+        None => digits,
+    }
+}
+
 /// Characters as a person counts them: variation selectors (IVS, U+FE00–FE0F,
 /// U+E0100–E01EF) and zero-width joiners do not count.
 pub fn char_count(s: &str) -> usize {
@@ -112,6 +127,23 @@ mod tests {
             date_both(date!(2026 - 11 - 25)),
             "2026年11月25日（令和8年11月25日）"
         );
+    }
+
+    #[test]
+    fn telephone_numbers_in_domestic_form() {
+        for written in [
+            "03-1234-5678",
+            "０３－１２３４－５６７８",
+            "(03) 1234 5678",
+            "+81 3-1234-5678",
+            "+81 (0)3-1234-5678",
+            "＋８１（０）３‐１２３４‐５６７８",
+        ] {
+            assert_eq!(phone_digits(written), "0312345678", "{written}");
+        }
+        // Not a Japanese number with its country code: left as written.
+        assert_eq!(phone_digits("8131234567"), "8131234567");
+        assert_eq!(phone_digits("TEL 03"), "TEL03");
     }
 
     #[test]

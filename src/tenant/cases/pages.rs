@@ -212,11 +212,11 @@ pub fn inbox_sql(
                 Box::new(cipher.blind_index("submissions", "email", &email).to_vec()),
             );
         } else {
-            let digits: String = q.chars().filter(char::is_ascii_digit).collect();
-            let digits = match digits.strip_prefix("81") {
-                Some(rest) if q.starts_with('+') => format!("0{rest}"),
-                _ => digits,
-            };
+            // As the answer was stored (see the telephone field's check).
+            let digits: String = crate::ja::phone_digits(&q)
+                .chars()
+                .filter(char::is_ascii_digit)
+                .collect();
             add(
                 &mut sql,
                 " AND s.phone_index = ?",

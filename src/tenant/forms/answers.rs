@@ -433,14 +433,7 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
                     Ok(None)
                 };
             }
-            let digits: String = v
-                .chars()
-                .filter(|c| !matches!(c, '-' | ' ' | '(' | ')' | '‐' | 'ー' | '−'))
-                .collect();
-            let digits = match digits.strip_prefix("+81") {
-                Some(rest) => format!("0{rest}"),
-                None => digits,
-            };
+            let digits = ja::phone_digits(&v);
             if !(digits.starts_with('0')
                 && (10..=11).contains(&digits.len())
                 && digits.bytes().all(|b| b.is_ascii_digit()))
@@ -810,6 +803,10 @@ mod tests {
         assert_eq!(
             one(&t, &[("t", "+81 90 1234 5678")]),
             Ok(Some(Answer::Text("09012345678".into())))
+        );
+        assert_eq!(
+            one(&t, &[("t", "+81 (0)3-1234-5678")]),
+            Ok(Some(Answer::Text("0312345678".into())))
         );
         assert!(one(&t, &[("t", "12345")]).is_err());
 

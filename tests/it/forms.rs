@@ -663,17 +663,16 @@ async fn sign_in_rules_roles_and_departments() {
         .await
         .unwrap()
         .get(0);
-    let (status, _, _) = post(
-        &admin.client,
-        &url(&server, ha, &format!("/admin/staff/{viewer_id}")),
-        &[
-            ("csrf", admin.csrf.as_str()),
-            ("role", "staff"),
-            ("department", env_dept.as_str()),
-        ],
-    )
-    .await;
-    assert_eq!(status, 303);
+    let staff_url = url(&server, ha, &format!("/admin/staff/{viewer_id}"));
+    let set_role = |role: &'static str| {
+        let (client, csrf, dept) = (&admin.client, admin.csrf.as_str(), env_dept.as_str());
+        let staff_url = staff_url.as_str();
+        async move {
+            let form = [("csrf", csrf), ("role", role), ("department", dept)];
+            post(client, staff_url, &form).await.0
+        }
+    };
+    assert_eq!(set_role("staff").await, 303);
     let logged = conn
         .client
         .query_one(
@@ -704,17 +703,7 @@ async fn sign_in_rules_roles_and_departments() {
         .get(0);
     assert_eq!(created, 1);
     // (and back, so the checks below still see a read-only user)
-    let (status, _, _) = post(
-        &admin.client,
-        &url(&server, ha, &format!("/admin/staff/{viewer_id}")),
-        &[
-            ("csrf", admin.csrf.as_str()),
-            ("role", "viewer"),
-            ("department", env_dept.as_str()),
-        ],
-    )
-    .await;
-    assert_eq!(status, 303);
+    assert_eq!(set_role("viewer").await, 303);
     // A state-changing request without the CSRF token is refused.
     let (status, _, body) = post(&admin.client, &format!("{form_url}/publish"), &[]).await;
     assert_eq!(status, 403);

@@ -243,12 +243,7 @@ async fn api_end_to_end() {
     assert_eq!(filtered["items"].as_array().unwrap().len(), 1);
 
     // Every token use is in the operation log.
-    let conn = env
-        .platform
-        .cluster
-        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &a)
-        .await
-        .unwrap();
+    let conn = env.tenant_conn(&a).await;
     let uses: i64 = conn
         .client
         .query_one(

@@ -93,12 +93,7 @@ async fn backup_restores_the_same_rows_holds_no_plaintext_and_refuses_tampering(
     assert_eq!(restored.state, madoguchi::catalog::TenantState::Active);
     assert_ne!(restored.database, t.database);
     assert_eq!(restored.crypto_id, t.crypto_id);
-    let conn = env
-        .platform
-        .cluster
-        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &restored)
-        .await
-        .unwrap();
+    let conn = env.tenant_conn(&restored).await;
     let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &restored)
         .await
         .unwrap();

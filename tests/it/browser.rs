@@ -455,12 +455,7 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
     check_page(&phone, "citizen-7-status-returned").await;
     phone.close().await.unwrap();
 
-    let conn = env
-        .platform
-        .cluster
-        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &t)
-        .await
-        .unwrap();
+    let conn = env.tenant_conn(&t).await;
     let stored: String = conn
         .client
         .query_one("SELECT receipt_number FROM submissions", &[])

@@ -49,16 +49,8 @@ async fn submit(server: &Server, host: &str, public: &str, fields: &[(&str, &str
     capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done)
 }
 
-async fn tenant_db(env: &TestEnv, t: &TenantRecord) -> madoguchi::control::cluster::Conn {
-    env.platform
-        .cluster
-        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), t)
-        .await
-        .unwrap()
-}
-
 async fn id_of(env: &TestEnv, t: &TenantRecord, receipt: &str) -> Uuid {
-    tenant_db(env, t)
+    env.tenant_conn(t)
         .await
         .client
         .query_one(
@@ -228,7 +220,7 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
         ],
     )
     .await;
-    let db = tenant_db(&env, &t).await;
+    let db = env.tenant_conn(&t).await;
     let outbox: i64 = db
         .client
         .query_one(
@@ -413,7 +405,7 @@ async fn concurrent_status_changes_do_not_lose_one() {
         Status::Returned,
         Status::Reviewing,
     ] {
-        let (env_db, cipher, actor) = (tenant_db(&env, &t).await, cipher.clone(), actor.clone());
+        let (env_db, cipher, actor) = (env.tenant_conn(&t).await, cipher.clone(), actor.clone());
         tasks.push(tokio::spawn(async move {
             let mut client = env_db.client;
             let change = Change {
@@ -450,7 +442,7 @@ async fn concurrent_status_changes_do_not_lose_one() {
         ok, 1,
         "exactly one of the concurrent changes from 受付 wins"
     );
-    let db = tenant_db(&env, &t).await;
+    let db = env.tenant_conn(&t).await;
     let events: i64 = db
         .client
         .query_one(
@@ -465,7 +457,7 @@ async fn concurrent_status_changes_do_not_lose_one() {
         "the history holds exactly the change that happened"
     );
     // Without an expected status, sequential changes all land, each recorded.
-    let mut client = tenant_db(&env, &t).await.client;
+    let mut client = env.tenant_conn(&t).await.client;
     let now: String = db
         .client
         .query_one("SELECT status FROM submissions WHERE id = $1", &[&id])
@@ -576,14 +568,16 @@ async fn permissions_on_cases() {
     );
 
     // Assignment: only to staff of the form's department.
-    let other_id: i64 = tenant_db(&env, &t)
+    let other_id: i64 = env
+        .tenant_conn(&t)
         .await
         .client
         .query_one("SELECT id FROM staff WHERE email = $1", &[&other.email])
         .await
         .unwrap()
         .get(0);
-    let colleague_id: i64 = tenant_db(&env, &t)
+    let colleague_id: i64 = env
+        .tenant_conn(&t)
         .await
         .client
         .query_one("SELECT id FROM staff WHERE email = $1", &[&colleague.email])
@@ -671,7 +665,7 @@ async fn permissions_on_cases() {
 }
 
 async fn form_of(env: &TestEnv, t: &TenantRecord, id: Uuid) -> i64 {
-    tenant_db(env, t)
+    env.tenant_conn(t)
         .await
         .client
         .query_one("SELECT form_id FROM submissions WHERE id = $1", &[&id])
@@ -721,7 +715,8 @@ async fn exports_round_trip_and_are_logged() {
         )
         .await,
     ];
-    let form_id: i64 = tenant_db(&env, &t)
+    let form_id: i64 = env
+        .tenant_conn(&t)
         .await
         .client
         .query_one("SELECT id FROM forms", &[])
@@ -788,7 +783,7 @@ async fn exports_round_trip_and_are_logged() {
     let yamada = cells.iter().find(|r| r[0] == receipts[0]).unwrap();
     assert_eq!(yamada[col("ご意見")], tricky);
 
-    let db = tenant_db(&env, &t).await;
+    let db = env.tenant_conn(&t).await;
     let logged: Vec<String> = db
         .client
         .query(
@@ -866,7 +861,7 @@ async fn tampering_with_the_operation_log_is_detected() {
         )
         .await;
     }
-    let db = tenant_db(&env, &t).await;
+    let db = env.tenant_conn(&t).await;
     let Verdict::Intact(n) = madoguchi::tenant::audit::verify(&db.client).await.unwrap() else {
         panic!("chain broken before tampering")
     };
@@ -888,7 +883,7 @@ async fn tampering_with_the_operation_log_is_detected() {
     );
     admin_db.execute("UPDATE audit_log SET actor = (SELECT actor FROM audit_log WHERE seq = 3) WHERE seq = 2", &[]).await.unwrap();
     // Deleting a row is found too.
-    let (db2, _) = (tenant_db(&env, &t).await, ());
+    let (db2, _) = (env.tenant_conn(&t).await, ());
     admin_db
         .execute("DELETE FROM audit_log WHERE seq = 3", &[])
         .await
@@ -964,7 +959,7 @@ async fn retention_prunes_old_entries_and_the_chain_still_verifies() {
     )
     .await;
     assert_eq!(status, 303);
-    let mut db = tenant_db(&env, &t).await;
+    let mut db = env.tenant_conn(&t).await;
     let before: i64 = db
         .client
         .query_one("SELECT count(*) FROM audit_log", &[])

@@ -340,12 +340,7 @@ pub async fn apply(
 }
 
 pub async fn dept_id(env: &TestEnv, t: &TenantRecord, name: &str) -> String {
-    let conn = env
-        .platform
-        .cluster
-        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), t)
-        .await
-        .unwrap();
+    let conn = env.tenant_conn(t).await;
     madoguchi::tenant::staff::pages::ensure_department(&conn.client, name)
         .await
         .unwrap()
@@ -375,12 +370,7 @@ async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
     assert_ne!(receipt, receipt2);
 
     // Stored: one submission each, against version 1, the hidden field not stored.
-    let conn = env
-        .platform
-        .cluster
-        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &t)
-        .await
-        .unwrap();
+    let conn = env.tenant_conn(&t).await;
     let rows = conn.client.query("SELECT id, form_version, answers, receipt_number FROM submissions ORDER BY submitted_at", &[]).await.unwrap();
     assert_eq!(rows.len(), 2);
     let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
@@ -512,12 +502,7 @@ async fn capacity_holds_under_concurrent_submits() {
         }
     }
     assert_eq!((accepted, refused), (3, 9));
-    let conn = env
-        .platform
-        .cluster
-        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &t)
-        .await
-        .unwrap();
+    let conn = env.tenant_conn(&t).await;
     let n: i64 = conn
         .client
         .query_one("SELECT count(*) FROM submissions", &[])
@@ -651,12 +636,7 @@ async fn sign_in_rules_roles_and_departments() {
         200
     );
     // An administrator's change to someone's role is in the operation log: who, whom, what.
-    let conn = env
-        .platform
-        .cluster
-        .connect_tenant(&env.platform.catalog, env.platform.keys.as_ref(), &a)
-        .await
-        .unwrap();
+    let conn = env.tenant_conn(&a).await;
     let viewer_id: i64 = conn
         .client
         .query_one("SELECT id FROM staff WHERE email = $1", &[&viewer.email])

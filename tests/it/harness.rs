@@ -88,6 +88,15 @@ impl TestEnv {
         Self::with(|_| {}).await
     }
 
+    /// A connection to `t`'s own database, as the control plane opens it.
+    pub async fn tenant_conn(&self, t: &TenantRecord) -> madoguchi::control::cluster::Conn {
+        self.platform
+            .cluster
+            .connect_tenant(&self.platform.catalog, self.platform.keys.as_ref(), t)
+            .await
+            .unwrap()
+    }
+
     pub async fn with(tweak: impl FnOnce(&mut Settings)) -> Self {
         let url = admin_url();
         let maintenance: tokio_postgres::Config = url.parse().unwrap_or_else(|e| panic!("{e}"));

@@ -254,6 +254,19 @@ async fn api_end_to_end() {
         .unwrap()
         .get(0);
     assert!(uses >= 12, "{uses}");
+    // Last use is kept (to the minute), for the token list.
+    let used: Vec<(String, bool)> = conn
+        .client
+        .query(
+            "SELECT name, last_used_at IS NOT NULL AND last_used_at > now() - interval '2 minutes' FROM api_tokens ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert!(used.iter().any(|(_, recent)| *recent), "{used:?}");
     server.shutdown().await;
 }
 

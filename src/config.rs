@@ -67,6 +67,9 @@ pub struct RateLimits {
     /// Submissions a minute to one form above which proof of work switches itself
     /// on for ten minutes (0: never by itself).
     pub pow_spike_per_minute: u32,
+    /// How long a refusal for the tenant ceiling is held before it is sent (see
+    /// [`crate::front::limits::TenantCeiling`]); zero sends it at once.
+    pub ceiling_delay: Duration,
 }
 
 impl Default for RateLimits {
@@ -76,6 +79,7 @@ impl Default for RateLimits {
             submit_burst: 30,
             tenant_per_second: 300,
             pow_spike_per_minute: crate::tenant::forms::pow::SPIKE_PER_MINUTE,
+            ceiling_delay: Duration::from_secs(1),
         }
     }
 }
@@ -116,6 +120,7 @@ pub struct FileSettings {
     pub submit_burst: Option<u32>,
     pub tenant_per_second: Option<u32>,
     pub pow_spike_per_minute: Option<u32>,
+    pub ceiling_delay_ms: Option<u64>,
 }
 
 impl FileSettings {

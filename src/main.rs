@@ -428,6 +428,9 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     if let Some(v) = c.pow_spike_per_minute.or(file.pow_spike_per_minute) {
         s.limits.pow_spike_per_minute = v;
     }
+    if let Some(v) = file.ceiling_delay_ms {
+        s.limits.ceiling_delay = std::time::Duration::from_millis(v.min(10_000));
+    }
     s.trusted_proxies = if c.trusted_proxies.is_empty() {
         file.trusted_proxies.clone().unwrap_or_default()
     } else {

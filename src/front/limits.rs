@@ -77,18 +77,44 @@ pub fn submit_limit(
     })
 }
 
+/// Refusals held at once (all tenants together); beyond this they are sent at once.
+pub const HELD_REFUSALS: usize = 1024;
+
 /// The per-tenant ceiling: requests per second to one tenant from everyone together.
+///
+/// A refusal costs almost nothing, so a client that repeats at once would be refused
+/// as fast as it can send, and the refusals alone would take the CPU from other
+/// municipalities. Each refusal is therefore held for `delay` before it is sent (at
+/// most [`HELD_REFUSALS`] at a time, so held refusals cannot pile up without bound):
+/// a client flooding over C connections gets at most C refusals per `delay`, and
+/// nothing runs while they wait.
 pub struct TenantCeiling {
     limiter: Option<governor::DefaultKeyedRateLimiter<uuid::Uuid>>,
+    delay: Duration,
+    held: tokio::sync::Semaphore,
 }
 
 impl TenantCeiling {
-    pub fn new(per_second: u32) -> Self {
+    pub fn new(per_second: u32, delay: Duration) -> Self {
         let limiter = std::num::NonZeroU32::new(per_second).map(|rate| {
             let burst = std::num::NonZeroU32::new(per_second.saturating_mul(2)).unwrap_or(rate);
             governor::RateLimiter::keyed(governor::Quota::per_second(rate).allow_burst(burst))
         });
-        Self { limiter }
+        Self {
+            limiter,
+            delay,
+            held: tokio::sync::Semaphore::new(HELD_REFUSALS),
+        }
+    }
+
+    /// Waits before a refusal is sent (see the type's documentation).
+    pub async fn hold_refusal(&self) {
+        if self.delay.is_zero() {
+            return;
+        }
+        if let Ok(_held) = self.held.try_acquire() {
+            tokio::time::sleep(self.delay).await;
+        }
     }
 
     /// `Err(429 page)` when the tenant is over its ceiling.

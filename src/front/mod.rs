@@ -74,7 +74,10 @@ impl App {
                 crate::tenant::forms::pow::set_spike_per_minute(
                     p.settings.limits.pow_spike_per_minute,
                 );
-                limits::TenantCeiling::new(p.settings.limits.tenant_per_second)
+                limits::TenantCeiling::new(
+                    p.settings.limits.tenant_per_second,
+                    p.settings.limits.ceiling_delay,
+                )
             },
         })
     }
@@ -266,6 +269,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
     let started = Instant::now();
     // The tenant's ceiling comes before any other work, the database included.
     if let Err(r) = app.ceiling.check(&route.id) {
+        app.ceiling.hold_refusal().await;
         app.metrics
             .observe(&route.slug, r.status().as_u16(), started.elapsed());
         return r;

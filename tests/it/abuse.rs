@@ -45,7 +45,11 @@ async fn form_posts_are_limited_per_tenant_and_client_before_anything_else() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_tenant_has_a_ceiling_of_its_own() {
-    let env = TestEnv::with(|s| s.limits.tenant_per_second = 5).await;
+    let env = TestEnv::with(|s| {
+        s.limits.tenant_per_second = 5;
+        s.limits.ceiling_delay = Duration::from_millis(20);
+    })
+    .await;
     let a = env.tenant(&unique("ca"), "千代田区", "131016").await;
     let b = env.tenant(&unique("cb"), "札幌市", "011002").await;
     let server = env.serve().await;
@@ -60,6 +64,66 @@ async fn each_tenant_has_a_ceiling_of_its_own() {
     assert!(limited >= 15, "only {limited} of 30 were turned away");
     assert_eq!(get_with_host(&server, &b.hosts[0], "/").await.0, 200);
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_over_the_ceiling_are_held_so_a_flood_slows_down() {
+    let hold = Duration::from_millis(250);
+    let env = TestEnv::with(|s| {
+        s.limits.tenant_per_second = 5;
+        s.limits.ceiling_delay = hold;
+    })
+    .await;
+    let a = env.tenant(&unique("ha"), "千代田区", "131016").await;
+    let b = env.tenant(&unique("hb"), "札幌市", "011002").await;
+    let server = std::sync::Arc::new(env.serve().await);
+    // Eight clients, each sending its next request as soon as it is answered, for 2 s.
+    let clients = 8u32;
+    let started = Instant::now();
+    let stop = started + Duration::from_secs(2);
+    let mut flood = Vec::new();
+    for _ in 0..clients {
+        let server = std::sync::Arc::clone(&server);
+        let host = a.hosts[0].clone();
+        flood.push(tokio::spawn(async move {
+            let (mut refused, mut quickest) = (0u32, Duration::MAX);
+            while Instant::now() < stop {
+                let t = Instant::now();
+                let (status, body) = get_with_host(&server, &host, "/").await;
+                if status == 429 {
+                    assert!(body.contains("操作の回数が多すぎます"));
+                    refused += 1;
+                    quickest = quickest.min(t.elapsed());
+                }
+            }
+            (refused, quickest)
+        }));
+    }
+    // Meanwhile another municipality is answered at once.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let t = Instant::now();
+    assert_eq!(get_with_host(&server, &b.hosts[0], "/").await.0, 200);
+    assert!(
+        t.elapsed() < hold,
+        "the other tenant waited {:?}",
+        t.elapsed()
+    );
+    let (mut refused, mut quickest) = (0, Duration::MAX);
+    for f in flood {
+        let (r, q) = f.await.unwrap();
+        refused += r;
+        quickest = quickest.min(q);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    // Each refusal took the hold, so eight clients got at most eight per hold; sent at
+    // once, they would have been refused thousands of times.
+    assert!(refused > 0, "the ceiling never refused");
+    assert!(quickest >= hold, "a refusal came after {quickest:?}");
+    let most = f64::from(clients) * (elapsed / hold.as_secs_f64() + 1.0);
+    assert!(
+        f64::from(refused) <= most,
+        "{refused} refusals in {elapsed:.1} s"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

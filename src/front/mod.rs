@@ -748,6 +748,7 @@ impl Server {
                     .map(|r| r.id)
                     .collect();
                 pools.retain_tenants(|id| active.contains(id));
+                crate::tenant::forms::store::forget_definitions(|id| active.contains(id));
             },
         )));
         let pools = app.pools.clone();

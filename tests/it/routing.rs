@@ -64,6 +64,14 @@ async fn each_host_reaches_its_own_tenant() {
     assert_eq!(status, 404);
     assert!(body.contains("ページが見つかりません"));
 
+    // A published form's definition is cached while the tenant is active...
+    let form = crate::harness::publish_sample(&env, &a).await;
+    assert_eq!(get_with_host(&server, host_a, &form).await.0, 200);
+    assert_eq!(
+        madoguchi::tenant::forms::store::cached_definitions(&a.id),
+        1
+    );
+
     // Suspended: 503 with a maintenance page; resumed: back.
     env.platform
         .catalog
@@ -78,6 +86,15 @@ async fn each_host_reaches_its_own_tenant() {
         200,
         "the other tenant is unaffected"
     );
+    // ...and dropped from memory when it is suspended (or leaves).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while madoguchi::tenant::forms::store::cached_definitions(&a.id) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the suspended tenant's form stayed cached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     env.platform
         .catalog
         .set_state(a.id, TenantState::Active)

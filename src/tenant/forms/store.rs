@@ -226,6 +226,21 @@ fn definitions() -> &'static DefinitionCache {
     CACHE.get_or_init(Default::default)
 }
 
+/// Drops the cached definitions of every tenant `keep` refuses (suspended, leaving or
+/// erased municipalities: nothing of theirs stays in memory).
+pub fn forget_definitions(keep: impl Fn(&Uuid) -> bool) {
+    if let Ok(mut c) = definitions().lock() {
+        c.retain(|(tenant, _, _), _| keep(tenant));
+    }
+}
+
+/// How many of `tenant`'s published definitions are cached.
+pub fn cached_definitions(tenant: &Uuid) -> usize {
+    definitions()
+        .lock()
+        .map_or(0, |c| c.keys().filter(|(t, _, _)| t == tenant).count())
+}
+
 /// A published form's row by its public id (its definition is cached).
 pub const PUBLISHED_SQL: &str =
     "SELECT id, public_id, current_version, closed, accepted_count, capacity

@@ -7,6 +7,18 @@ use std::time::Duration;
 
 use crate::harness::{admin_client, client_for, unique, url, TestEnv};
 
+/// Backends the cluster has open to any of `databases`.
+async fn connections_to(admin: &tokio_postgres::Client, databases: &[String]) -> i64 {
+    admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1)",
+            &[&databases],
+        )
+        .await
+        .unwrap()
+        .get(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_tenants_with_concurrent_traffic_stay_within_the_budget_and_are_all_answered() {
     use futures::StreamExt;
@@ -45,15 +57,7 @@ async fn two_hundred_tenants_with_concurrent_traffic_stay_within_the_budget_and_
     {
         let admin = admin_client("postgres").await;
         for _ in 0..200 {
-            let n: i64 = admin
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1)",
-                    &[&databases],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if n == 0 {
+            if connections_to(&admin, &databases).await == 0 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -68,14 +72,7 @@ async fn two_hundred_tenants_with_concurrent_traffic_stay_within_the_budget_and_
         tokio::spawn(async move {
             let admin = admin_client("postgres").await;
             while !stop.load(Ordering::Relaxed) {
-                let n: i64 = admin
-                    .query_one(
-                        "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1)",
-                        &[&databases],
-                    )
-                    .await
-                    .unwrap()
-                    .get(0);
+                let n = connections_to(&admin, &databases).await;
                 peak.fetch_max(n, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }

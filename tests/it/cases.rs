@@ -799,28 +799,37 @@ async fn exports_round_trip_and_are_logged() {
     assert!(logged[0].contains("\"rows\":2") && logged[0].contains("csv"));
     assert!(logged[1].contains("\"rows\":2") && logged[1].contains("xlsx"));
 
-    // An export found by a person's e-mail address: the log says how it was searched,
-    // not for whom.
-    let r = admin
-        .client
-        .get(url(&server, h, "/admin/export.csv?q=b%40example.jp"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let exported = String::from_utf8_lossy(&r.bytes().await.unwrap()).into_owned();
-    assert!(exported.contains(receipts[1].as_str()) && !exported.contains(receipts[0].as_str()));
-    let detail: String = db
-        .client
-        .query_one(
-            "SELECT detail FROM audit_log WHERE action = 'submission.export' ORDER BY seq DESC LIMIT 1",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
-    assert!(!detail.contains("example.jp"), "{detail}");
-    assert!(detail.contains("\"rows\":1"), "{detail}");
+    // An export found by a person's e-mail address or telephone number (written the
+    // international way, with the trunk 0): the log says how it was searched, not for
+    // whom.
+    for (q, hidden) in [
+        ("b%40example.jp", "example.jp"),
+        ("%2B81%20(0)90-1234-5678", "1234"),
+    ] {
+        let r = admin
+            .client
+            .get(url(&server, h, &format!("/admin/export.csv?q={q}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let exported = String::from_utf8_lossy(&r.bytes().await.unwrap()).into_owned();
+        assert!(
+            exported.contains(receipts[1].as_str()) && !exported.contains(receipts[0].as_str()),
+            "{q}"
+        );
+        let detail: String = db
+            .client
+            .query_one(
+                "SELECT detail FROM audit_log WHERE action = 'submission.export' ORDER BY seq DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        assert!(!detail.contains(hidden), "{detail}");
+        assert!(detail.contains("\"rows\":1"), "{detail}");
+    }
 
     // Totals: counts per option and number statistics, with a chart.
     let (status, _, page) = get(

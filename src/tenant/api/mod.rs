@@ -154,7 +154,7 @@ impl ApiClient {
 }
 
 /// A live token by its hash, touching its last use when that is a minute old.
-pub const TOKEN_SQL: &str = "WITH t AS (SELECT id, name, scopes, last_used_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL),
+const TOKEN_SQL: &str = "WITH t AS (SELECT id, name, scopes, last_used_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL),
       touched AS (UPDATE api_tokens a SET last_used_at = now() FROM t
                    WHERE a.id = t.id AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute'))
  SELECT id, name, scopes FROM t";

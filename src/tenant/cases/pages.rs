@@ -93,23 +93,48 @@ impl Filters {
         q.finish()
     }
 
+    /// What the search box asks for: an exact receipt number, or a person by e-mail
+    /// address or telephone number, each in the form it was stored in.
+    fn search(&self) -> Option<Search> {
+        if self.q.is_empty() {
+            return None;
+        }
+        let q = crate::ja::nfkc(&self.q);
+        Some(if let Ok(r) = ReceiptNumber::parse(&q) {
+            Search::Receipt(r.as_str().to_owned())
+        } else if let Some((local, domain)) = q.split_once('@') {
+            Search::Email(format!("{local}@{}", domain.to_ascii_lowercase()))
+        } else {
+            // As the answer was stored (see the telephone field's check).
+            Search::Phone(
+                crate::ja::phone_digits(&q)
+                    .chars()
+                    .filter(char::is_ascii_digit)
+                    .collect(),
+            )
+        })
+    }
+
     /// The filters as the operation log keeps them: a search by e-mail address or
     /// telephone number is recorded as such, without the address or number (personal
     /// data stays out of the log); a receipt number is kept.
     pub fn logged(&self) -> String {
         let mut redacted = self.clone();
-        if !self.q.is_empty() {
-            let q = crate::ja::nfkc(&self.q);
-            redacted.q = if ReceiptNumber::parse(&q).is_ok() {
-                q
-            } else if q.contains('@') {
-                "（メールアドレスで検索）".into()
-            } else {
-                "（電話番号で検索）".into()
-            };
-        }
+        redacted.q = match self.search() {
+            Some(Search::Receipt(r)) => r,
+            Some(Search::Email(_)) => "（メールアドレスで検索）".into(),
+            Some(Search::Phone(_)) => "（電話番号で検索）".into(),
+            None => String::new(),
+        };
         redacted.query()
     }
+}
+
+/// A search of the inbox (see [`Filters::search`]).
+enum Search {
+    Receipt(String),
+    Email(String),
+    Phone(String),
 }
 
 /// One page of matching submissions, newest first. Only the forms this person may
@@ -196,33 +221,19 @@ pub fn inbox_sql(
         Some(v) => add(&mut sql, " AND s.assignee_id = ?", Box::new(v)),
         None => {}
     }
-    if !f.q.is_empty() {
-        let q = crate::ja::nfkc(&f.q);
-        if let Ok(r) = ReceiptNumber::parse(&q) {
-            add(
-                &mut sql,
-                " AND s.receipt_number = ?",
-                Box::new(r.as_str().to_owned()),
-            );
-        } else if let Some((local, domain)) = q.split_once('@') {
-            let email = format!("{local}@{}", domain.to_ascii_lowercase());
-            add(
-                &mut sql,
-                " AND s.email_index = ?",
-                Box::new(cipher.blind_index("submissions", "email", &email).to_vec()),
-            );
-        } else {
-            // As the answer was stored (see the telephone field's check).
-            let digits: String = crate::ja::phone_digits(&q)
-                .chars()
-                .filter(char::is_ascii_digit)
-                .collect();
-            add(
-                &mut sql,
-                " AND s.phone_index = ?",
-                Box::new(cipher.blind_index("submissions", "phone", &digits).to_vec()),
-            );
-        }
+    match f.search() {
+        Some(Search::Receipt(r)) => add(&mut sql, " AND s.receipt_number = ?", Box::new(r)),
+        Some(Search::Email(email)) => add(
+            &mut sql,
+            " AND s.email_index = ?",
+            Box::new(cipher.blind_index("submissions", "email", &email).to_vec()),
+        ),
+        Some(Search::Phone(digits)) => add(
+            &mut sql,
+            " AND s.phone_index = ?",
+            Box::new(cipher.blind_index("submissions", "phone", &digits).to_vec()),
+        ),
+        None => {}
     }
     if let Some((at, id)) = f.after {
         params.push(Box::new(at));

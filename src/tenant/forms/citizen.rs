@@ -240,6 +240,28 @@ async fn correcting(
     Ok(row.is_some())
 }
 
+/// The published form at `public_id` as this listener's zone sees it, or the page to
+/// show instead when it is closed or full and this visit is not the correction of a
+/// returned application.
+async fn open_form(
+    ctx: &TenantCtx,
+    db: &deadpool_postgres::ClientWrapper,
+    public_id: &str,
+    headers: &HeaderMap,
+) -> Result<Result<Published, Response>, AppError> {
+    let form = store::published(ctx.id, db, public_id).await?;
+    if !form.def.settings.published_in(ctx.zone) {
+        return Err(AppError::NotFound);
+    }
+    // Only a closed (or full) form needs to know whether this is a correction.
+    if let Some(page) = unavailable(ctx, &form) {
+        if !correcting(db, &form, headers).await? {
+            return Ok(Err(page));
+        }
+    }
+    Ok(Ok(form))
+}
+
 fn unavailable(ctx: &TenantCtx, form: &Published) -> Option<Response> {
     let title = &form.def.title;
     let (heading, msg) = match form.availability {
@@ -349,16 +371,10 @@ pub async fn show(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let form = store::published(ctx.id, &db, &public_id).await?;
-    if !form.def.settings.published_in(ctx.zone) {
-        return Err(AppError::NotFound);
-    }
-    // Only a closed (or full) form needs to know whether this is a correction.
-    if let Some(r) = unavailable(&ctx, &form) {
-        if !correcting(&db, &form, &headers).await? {
-            return Ok(r);
-        }
-    }
+    let form = match open_form(&ctx, &db, &public_id, &headers).await? {
+        Ok(form) => form,
+        Err(page) => return Ok(page),
+    };
     let existing = cookie(&headers, &cookie_name(&public_id));
     let draft = match &existing {
         Some(t) => load_draft(&ctx, &db, form.id, t).await?,
@@ -410,16 +426,10 @@ pub async fn post_page(
 ) -> Result<Response, AppError> {
     let token = checked_token(&headers, &public_id, &body)?;
     let db = ctx.db().await?;
-    let form = store::published(ctx.id, &db, &public_id).await?;
-    if !form.def.settings.published_in(ctx.zone) {
-        return Err(AppError::NotFound);
-    }
-    // Only a closed (or full) form needs to know whether this is a correction.
-    if let Some(r) = unavailable(&ctx, &form) {
-        if !correcting(&db, &form, &headers).await? {
-            return Ok(r);
-        }
-    }
+    let form = match open_form(&ctx, &db, &public_id, &headers).await? {
+        Ok(form) => form,
+        Err(page) => return Ok(page),
+    };
     let def = &form.def;
     let page: usize = body
         .get("_page")
@@ -528,16 +538,10 @@ pub async fn confirm(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let form = store::published(ctx.id, &db, &public_id).await?;
-    if !form.def.settings.published_in(ctx.zone) {
-        return Err(AppError::NotFound);
-    }
-    // Only a closed (or full) form needs to know whether this is a correction.
-    if let Some(r) = unavailable(&ctx, &form) {
-        if !correcting(&db, &form, &headers).await? {
-            return Ok(r);
-        }
-    }
+    let form = match open_form(&ctx, &db, &public_id, &headers).await? {
+        Ok(form) => form,
+        Err(page) => return Ok(page),
+    };
     let Some((token, draft)) = draft_for(&ctx, &db, &form, &headers).await? else {
         return Ok(see_other(&format!("/f/{public_id}")));
     };

@@ -6,7 +6,9 @@ use anyhow::Context;
 use crate::catalog::TenantRecord;
 use crate::crypto::{DataKey, FieldCipher};
 use crate::platform::Platform;
+use crate::tenant::audit::{self, Actor};
 use crate::tenant::forms::definition::FormDefinition;
+use crate::tenant::forms::store;
 use crate::tenant::staff::pages::{create_staff, encrypt_totp, ensure_department};
 use crate::tenant::staff::{hash_password, new_totp_secret, totp_base32, Role};
 
@@ -31,13 +33,20 @@ pub async fn add_staff(
     role: Role,
     department: Option<&str>,
 ) -> anyhow::Result<String> {
-    let conn = p
+    let mut conn = p
         .cluster
         .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
         .await?;
-    let (_, token) = create_staff(&conn.client, email, name, role, department)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    let (_, token) = create_staff(
+        &mut conn.client,
+        &Actor::Operator,
+        email,
+        name,
+        role,
+        department,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     Ok(token)
 }
 
@@ -90,6 +99,15 @@ pub async fn seed_demo(p: &Platform, rec: &TenantRecord) -> anyhow::Result<DemoA
         &[&staff_id, &hash, &encrypted],
     )
     .await?;
+    audit::append(
+        &tx,
+        &Actor::Operator,
+        "demo.seed",
+        &staff_id.to_string(),
+        serde_json::json!({ "role": "admin", "department": dept }),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     let has_forms: bool = tx
         .query_one("SELECT EXISTS (SELECT 1 FROM forms)", &[])
         .await?
@@ -104,7 +122,7 @@ pub async fn seed_demo(p: &Platform, rec: &TenantRecord) -> anyhow::Result<DemoA
                 )
             })?;
         let json = serde_json::to_value(&def)?;
-        let public_id = crate::tenant::forms::store::new_public_id();
+        let public_id = store::new_public_id();
         let form_id: i64 = tx
             .query_one(
                 "INSERT INTO forms (public_id, department_id, draft, current_version, created_by) VALUES ($1, $2, $3, 1, $4) RETURNING id",
@@ -162,19 +180,25 @@ pub async fn import_form(
     let dept = ensure_department(&conn.client, department)
         .await
         .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
-    let staff_id: Option<i64> = None;
-    let json = serde_json::to_value(&def)?;
-    let public_id = crate::tenant::forms::store::new_public_id();
-    let form_id: i64 = conn
-        .client
-        .query_one("INSERT INTO forms (public_id, department_id, draft, created_by) VALUES ($1, $2, $3, $4) RETURNING id", &[&public_id, &dept, &json, &staff_id])
-        .await?
-        .get(0);
+    let form_id = store::create(
+        &mut conn.client,
+        &Actor::Operator,
+        dept,
+        &def,
+        serde_json::json!({ "imported": true }),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     if publish {
-        crate::tenant::forms::store::publish_by(&mut conn.client, form_id, None)
+        store::publish(&mut conn.client, form_id, &Actor::Operator)
             .await
             .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     }
+    let public_id: String = conn
+        .client
+        .query_one("SELECT public_id FROM forms WHERE id = $1", &[&form_id])
+        .await?
+        .get(0);
     Ok(format!("/f/{public_id}"))
 }
 
@@ -189,13 +213,7 @@ pub async fn api_token(
         .cluster
         .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
         .await?;
-    crate::tenant::api::tokens::create(
-        &mut conn.client,
-        &crate::tenant::audit::Actor::Operator,
-        None,
-        name,
-        scopes,
-    )
-    .await
-    .map_err(|e| anyhow::anyhow!("{}", describe(e)))
+    crate::tenant::api::tokens::create(&mut conn.client, &Actor::Operator, None, name, scopes)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(e)))
 }

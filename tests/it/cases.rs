@@ -361,6 +361,7 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
         .collect();
     for a in [
         "staff.setup",
+        "form.create",
         "form.publish",
         "submission.view",
         "submission.status",

@@ -435,6 +435,26 @@ async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
     assert_eq!(status, 303);
     let (_, _, copy) = get(&admin.client, &url(&server, host, &loc)).await;
     assert!(copy.contains("（コピー）") && copy.contains("下書き"));
+    // Both the form and its copy were made by the administrator, as the log says.
+    let made: Vec<(String, String, String)> = conn
+        .client
+        .query(
+            "SELECT actor, target, detail FROM audit_log WHERE action = 'form.create' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let copy_id = loc.trim_start_matches("/admin/forms/");
+    assert_eq!(made.len(), 2, "{made:?}");
+    assert!(made
+        .iter()
+        .all(|(actor, _, _)| actor.contains(&admin.email)));
+    assert_eq!(made[0].1, format!("form:{id}"));
+    assert_eq!(made[1].1, format!("form:{copy_id}"));
+    assert!(made[1].2.contains(&format!("\"copy_of\":{id}")), "{made:?}");
     let (status, _, preview) = get(
         &admin.client,
         &url(&server, host, &format!("{base}/preview?page=1")),
@@ -473,6 +493,80 @@ async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
     let err = apply(&server, host, &public, "ソファ").await.err().unwrap();
     assert!(err.1.contains("受付を停止しています"));
     server.shutdown().await;
+}
+
+/// What an operator does to a tenant from the command line (a staff member, an
+/// imported and published form, an API token) is in the tenant's operation log as
+/// the operator's, in an intact chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_are_in_the_operation_log() {
+    use madoguchi::control::tenant_admin;
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("op"), "千代田区", "131016").await;
+    tenant_admin::add_staff(
+        &env.platform,
+        &t,
+        "kanri@example.jp",
+        "管理 花子",
+        Role::Admin,
+        None,
+    )
+    .await
+    .unwrap();
+    let path = crate::harness::publish_sample(&env, &t).await;
+    tenant_admin::api_token(&env.platform, &t, "基幹連携", &["forms:read".into()])
+        .await
+        .unwrap();
+    let conn = env.tenant_conn(&t).await;
+    let (form_id, staff_id): (i64, i64) = {
+        let r = conn
+            .client
+            .query_one(
+                "SELECT (SELECT id FROM forms WHERE public_id = $1), (SELECT id FROM staff WHERE email = 'kanri@example.jp')",
+                &[&path.trim_start_matches("/f/")],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    let log: Vec<(String, String, String)> = conn
+        .client
+        .query(
+            "SELECT actor, action, target FROM audit_log ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let op =
+        |action: &str, target: &str| ("operator".to_owned(), action.to_owned(), target.to_owned());
+    assert_eq!(
+        log,
+        [
+            op("staff.create", &staff_id.to_string()),
+            op("form.create", &format!("form:{form_id}")),
+            op("form.publish", &format!("form:{form_id}")),
+            op("api_token.create", &log[3].2),
+        ]
+    );
+    let detail: String = conn
+        .client
+        .query_one(
+            "SELECT detail FROM audit_log WHERE action = 'form.create'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(detail.contains("\"imported\":true"), "{detail}");
+    assert_eq!(
+        madoguchi::tenant::audit::verify(&conn.client)
+            .await
+            .unwrap(),
+        madoguchi::tenant::audit::Verdict::Intact(4)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -320,10 +320,7 @@ pub async fn save(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
     .await?;
     audit::append(
         &tx,
-        &Actor::Staff {
-            id: user.id,
-            email: user.email.clone(),
-        },
+        &user.actor(),
         "settings.access",
         "",
         serde_json::json!({ "cidrs": cidr_text, "zones": zone_text, "embed": a.embed }),

@@ -143,8 +143,15 @@ pub async fn create(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<R
         )
         .await;
     }
-    let db = ctx.db().await?;
-    let id = store::create(&db, dept, &FormDefinition::new(title), user.id).await?;
+    let mut db = ctx.db().await?;
+    let id = store::create(
+        &mut db,
+        &user.actor(),
+        dept,
+        &FormDefinition::new(title),
+        serde_json::json!({}),
+    )
+    .await?;
     Ok(see_other(&format!("/admin/forms/{id}")))
 }
 
@@ -921,22 +928,8 @@ pub async fn publish(
         )
         .await;
     }
-    let msg = match store::publish(&mut db, id, user.id).await {
-        Ok(v) => {
-            let actor = crate::tenant::audit::Actor::Staff {
-                id: user.id,
-                email: user.email.clone(),
-            };
-            crate::tenant::audit::record(
-                &mut db,
-                &actor,
-                "form.publish",
-                &format!("form:{id}"),
-                serde_json::json!({ "version": v }),
-            )
-            .await?;
-            format!("第{v}版を公開しました")
-        }
+    let msg = match store::publish(&mut db, id, &user.actor()).await {
+        Ok(v) => format!("第{v}版を公開しました"),
         Err(AppError::BadRequest(m)) => format!("!{m}"),
         Err(e) => return Err(e),
     };
@@ -955,10 +948,7 @@ pub async fn close(
     let closed = body.get("action") != "reopen";
     store::set_closed(&db, id, closed).await?;
     let mut db = db;
-    let actor = crate::tenant::audit::Actor::Staff {
-        id: user.id,
-        email: user.email.clone(),
-    };
+    let actor = user.actor();
     crate::tenant::audit::record(
         &mut db,
         &actor,
@@ -987,14 +977,21 @@ pub async fn duplicate(
     Path(id): Path<i64>,
     body: FormData,
 ) -> Result<Response, AppError> {
-    let db = ctx.db().await?;
+    let mut db = ctx.db().await?;
     let form = load_for_edit(&db, &user, id, &body).await?;
     let mut def = form.draft;
     def.title = format!("{}（コピー）", def.title)
         .chars()
         .take(200)
         .collect();
-    let new_id = store::create(&db, form.department_id, &def, user.id).await?;
+    let new_id = store::create(
+        &mut db,
+        &user.actor(),
+        form.department_id,
+        &def,
+        serde_json::json!({ "copy_of": id }),
+    )
+    .await?;
     Ok(see_other(&format!("/admin/forms/{new_id}")))
 }
 

@@ -126,10 +126,7 @@ pub async fn add(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Resp
     user.require_admin()?;
     user.check_csrf(&body)?;
     let mut db = ctx.db().await?;
-    let actor = Actor::Staff {
-        id: user.id,
-        email: user.email.clone(),
-    };
+    let actor = user.actor();
     match create(
         &mut db,
         &actor,
@@ -173,10 +170,7 @@ pub async fn revoke(
     }
     audit::append(
         &tx,
-        &Actor::Staff {
-            id: user.id,
-            email: user.email.clone(),
-        },
+        &user.actor(),
         "api_token.revoke",
         &id.to_string(),
         serde_json::json!({}),

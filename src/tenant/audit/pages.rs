@@ -208,10 +208,7 @@ pub async fn set_retention(
         .await?;
     super::append(
         &tx,
-        &super::Actor::Staff {
-            id: user.id,
-            email: user.email.clone(),
-        },
+        &user.actor(),
         "audit.retention",
         "",
         serde_json::json!({ "days": days }),
@@ -253,10 +250,7 @@ pub async fn csv(
     let body = w.into_inner().unwrap_or_default();
     super::record(
         &mut db,
-        &super::Actor::Staff {
-            id: user.id,
-            email: user.email.clone(),
-        },
+        &user.actor(),
         "audit.export",
         "",
         serde_json::json!({ "rows": n }),

@@ -13,7 +13,7 @@ use tokio::sync::mpsc;
 
 use super::pages::{fetch, Filters, Query};
 use crate::error::AppError;
-use crate::tenant::audit::{self, Actor};
+use crate::tenant::audit;
 use crate::tenant::forms::citizen::{decrypt_answers, jst};
 use crate::tenant::forms::definition::FormDefinition;
 use crate::tenant::staff::StaffUser;
@@ -156,10 +156,7 @@ async fn log_export(
     rows: u64,
 ) -> Result<(), AppError> {
     let mut db = ctx.db().await?;
-    let actor = Actor::Staff {
-        id: user.id,
-        email: user.email.clone(),
-    };
+    let actor = user.actor();
     audit::record(
         &mut db,
         &actor,

@@ -12,7 +12,7 @@ use super::{add_note_in, change_status, open_text, Change, Status};
 use crate::domain::ReceiptNumber;
 use crate::error::AppError;
 use crate::tenant::admin::Nav;
-use crate::tenant::audit::{self, Actor};
+use crate::tenant::audit;
 use crate::tenant::forms::answers::Answer;
 use crate::tenant::forms::citizen::{decrypt_answers, jst};
 use crate::tenant::forms::store;
@@ -595,10 +595,7 @@ async fn detail_page(
     // Opening a case is recorded: who saw which submission, when.
     audit::record(
         &mut db,
-        &Actor::Staff {
-            id: user.id,
-            email: user.email.clone(),
-        },
+        &user.actor(),
         "submission.view",
         &id.to_string(),
         serde_json::json!({}),
@@ -703,13 +700,6 @@ async fn detail_page(
     ))
 }
 
-fn staff_actor(user: &StaffUser) -> Actor {
-    Actor::Staff {
-        id: user.id,
-        email: user.email.clone(),
-    }
-}
-
 fn change_from(body: &FormData) -> Result<Change, AppError> {
     let to = Status::parse(body.get("to"))
         .ok_or_else(|| AppError::BadRequest("変更後の状態を選択してください".into()))?;
@@ -738,7 +728,7 @@ pub async fn set_status(
     let outcome = change_status(
         &mut db,
         ctx.cipher(),
-        &staff_actor(&user),
+        &user.actor(),
         Some(user.id),
         id,
         expected,
@@ -783,7 +773,7 @@ async fn assign_one(
     .await?;
     audit::append(
         &tx,
-        &staff_actor(user),
+        &user.actor(),
         "submission.assign",
         &id.to_string(),
         serde_json::json!({ "assignee": assignee }),
@@ -850,7 +840,7 @@ pub async fn add_note(
     add_note_in(&tx, ctx.cipher(), id, Some(user.id), kind, text).await?;
     audit::append(
         &tx,
-        &staff_actor(&user),
+        &user.actor(),
         &format!("submission.{kind}"),
         &id.to_string(),
         serde_json::json!({}),
@@ -879,7 +869,7 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
                 match change_status(
                     &mut db,
                     ctx.cipher(),
-                    &staff_actor(&user),
+                    &user.actor(),
                     Some(user.id),
                     *id,
                     None,

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use crate::error::AppError;
 use crate::tenant::admin::Nav;
-use crate::tenant::audit::{self, Actor};
+use crate::tenant::audit;
 use crate::tenant::forms::answers::Answer;
 use crate::tenant::forms::citizen::decrypt_answers;
 use crate::tenant::forms::definition::{FieldKind, FormDefinition};
@@ -204,10 +204,7 @@ pub async fn show(
     }
     audit::record(
         &mut db,
-        &Actor::Staff {
-            id: user.id,
-            email: user.email.clone(),
-        },
+        &user.actor(),
         "form.totals",
         &format!("form:{form_id}"),
         serde_json::json!({}),

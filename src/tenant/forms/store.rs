@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use super::definition::FormDefinition;
 use crate::error::AppError;
+use crate::tenant::audit::{self, Actor};
 
 /// A form as the builder sees it.
 #[derive(Debug, Clone)]
@@ -109,19 +110,35 @@ pub async fn get(db: &Client, id: i64) -> Result<FormRow, AppError> {
     row_to_form(&row)
 }
 
+/// Creates a form from `def` as a draft, with its `form.create` entry in the
+/// operation log (in the same transaction); `detail` says how it came (new, a copy,
+/// an import). Returns its id.
 pub async fn create(
-    db: &Client,
+    db: &mut Client,
+    actor: &Actor,
     department_id: i64,
     def: &FormDefinition,
-    staff_id: i64,
+    detail: serde_json::Value,
 ) -> Result<i64, AppError> {
-    let row = db
+    let created_by = match actor {
+        Actor::Staff { id, .. } => Some(*id),
+        _ => None,
+    };
+    let tx = db.transaction().await?;
+    let id: i64 = tx
         .query_one(
             "INSERT INTO forms (public_id, department_id, draft, created_by) VALUES ($1, $2, $3, $4) RETURNING id",
-            &[&new_public_id(), &department_id, &to_json(def)?, &staff_id],
+            &[&new_public_id(), &department_id, &to_json(def)?, &created_by],
         )
-        .await?;
-    Ok(row.get(0))
+        .await?
+        .get(0);
+    let mut detail = detail;
+    if let Some(map) = detail.as_object_mut() {
+        map.insert("department".into(), department_id.into());
+    }
+    audit::append(&tx, actor, "form.create", &format!("form:{id}"), detail).await?;
+    tx.commit().await?;
+    Ok(id)
 }
 
 pub async fn save_draft(db: &Client, id: i64, def: &FormDefinition) -> Result<(), AppError> {
@@ -142,13 +159,14 @@ pub async fn set_department(db: &Client, id: i64, department_id: i64) -> Result<
     Ok(())
 }
 
-/// Freezes the draft as the next version. The caller has checked it.
-pub async fn publish(db: &mut Client, id: i64, staff_id: i64) -> Result<i32, AppError> {
-    publish_by(db, id, Some(staff_id)).await
-}
-
-/// As [`publish`]; `staff_id` is `None` when an operator publishes from the command line.
-pub async fn publish_by(db: &mut Client, id: i64, staff_id: Option<i64>) -> Result<i32, AppError> {
+/// Freezes the draft as the next version, with its `form.publish` entry in the
+/// operation log (in the same transaction); returns the version. The caller has
+/// checked the draft.
+pub async fn publish(db: &mut Client, id: i64, actor: &Actor) -> Result<i32, AppError> {
+    let staff_id = match actor {
+        Actor::Staff { id, .. } => Some(*id),
+        _ => None,
+    };
     let tx = db.transaction().await?;
     let row = tx
         .query_one(
@@ -181,6 +199,14 @@ pub async fn publish_by(db: &mut Client, id: i64, staff_id: Option<i64>) -> Resu
             "定員を、既に受け付けた件数より少なくすることはできません。".into(),
         ));
     }
+    audit::append(
+        &tx,
+        actor,
+        "form.publish",
+        &format!("form:{id}"),
+        serde_json::json!({ "version": version }),
+    )
+    .await?;
     tx.commit().await?;
     Ok(version)
 }

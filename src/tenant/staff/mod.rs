@@ -105,6 +105,14 @@ pub struct StaffUser {
 }
 
 impl StaffUser {
+    /// This staff member as the actor of an operation-log entry.
+    pub fn actor(&self) -> crate::tenant::audit::Actor {
+        crate::tenant::audit::Actor::Staff {
+            id: self.id,
+            email: self.email.clone(),
+        }
+    }
+
     pub fn is_admin(&self) -> bool {
         self.role == Role::Admin
     }

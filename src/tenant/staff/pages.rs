@@ -33,7 +33,8 @@ fn dummy_hash() -> &'static str {
 /// Creates a staff member (and the department, when named and new) and returns the
 /// one-time setup token. Used by the admin screen and by `madoguchi tenant add-staff`.
 pub async fn create_staff(
-    db: &Client,
+    db: &mut Client,
+    actor: &Actor,
     email: &str,
     display_name: &str,
     role: Role,
@@ -45,11 +46,12 @@ pub async fn create_staff(
             "メールアドレス「{email}」の形式が正しくありません"
         )));
     }
+    let tx = db.transaction().await?;
     let dept = match department.map(str::trim).filter(|d| !d.is_empty()) {
-        Some(name) => Some(ensure_department(db, name).await?),
+        Some(name) => Some(ensure_department(&tx, name).await?),
         None => None,
     };
-    let row = db
+    let row = tx
         .query_opt(
             "INSERT INTO staff (email, display_name, role, department_id) VALUES ($1, $2, $3, $4)
              ON CONFLICT (email) DO NOTHING RETURNING id",
@@ -62,7 +64,16 @@ pub async fn create_staff(
         )));
     };
     let id: i64 = row.get(0);
-    let token = new_setup_token(db, id).await?;
+    let token = new_setup_token(&tx, id).await?;
+    audit::append(
+        &tx,
+        actor,
+        "staff.create",
+        &id.to_string(),
+        serde_json::json!({ "role": role.as_str(), "department": dept }),
+    )
+    .await?;
+    tx.commit().await?;
     Ok((id, token))
 }
 
@@ -82,7 +93,10 @@ pub async fn ensure_department(
 }
 
 /// A new setup link for an existing staff member (e.g. a forgotten password).
-pub async fn new_setup_token(db: &Client, staff_id: i64) -> Result<String, AppError> {
+pub async fn new_setup_token(
+    db: &impl tokio_postgres::GenericClient,
+    staff_id: i64,
+) -> Result<String, AppError> {
     let token = random_token(32);
     db.execute(
         "INSERT INTO staff_setup_tokens (token_hash, staff_id, expires_at) VALUES ($1, $2, now() + make_interval(hours => $3))",
@@ -281,7 +295,7 @@ pub async fn logout(ctx: TenantCtx, user: StaffUser, form: FormData) -> Result<R
     }
     audit::append(
         &tx,
-        &staff_actor(&user),
+        &user.actor(),
         "signout",
         "",
         serde_json::json!({ "everywhere": everywhere }),
@@ -572,7 +586,7 @@ pub async fn staff_add(
         return staff_page(&ctx, &user, None, Some("権限を選択してください".into())).await;
     };
     let dept_id: Option<i64> = form.get("department").parse().ok();
-    let db = ctx.db().await?;
+    let mut db = ctx.db().await?;
     let dept_name: Option<String> = match dept_id {
         Some(id) => db
             .query_opt("SELECT name FROM departments WHERE id = $1", &[&id])
@@ -590,7 +604,8 @@ pub async fn staff_add(
         .await;
     }
     match create_staff(
-        &db,
+        &mut db,
+        &user.actor(),
         form.get("email"),
         form.get("display_name").trim(),
         role,
@@ -599,15 +614,6 @@ pub async fn staff_add(
     .await
     {
         Ok((id, token)) => {
-            let mut db = db;
-            audit::record(
-                &mut db,
-                &staff_actor(&user),
-                "staff.create",
-                &id.to_string(),
-                serde_json::json!({ "role": role.as_str(), "department": dept_id }),
-            )
-            .await?;
             let email: String = db
                 .query_one("SELECT email FROM staff WHERE id = $1", &[&id])
                 .await?
@@ -639,11 +645,11 @@ pub async fn staff_update(
     user.check_csrf(&form)?;
     let db = ctx.db().await?;
     if form.get("action") == "reset" {
-        let token = new_setup_token(&db, id).await?;
+        let token = new_setup_token(&**db, id).await?;
         let mut db = db;
         audit::record(
             &mut db,
-            &staff_actor(&user),
+            &user.actor(),
             "staff.setup_link",
             &id.to_string(),
             serde_json::json!({}),
@@ -696,7 +702,7 @@ pub async fn staff_update(
     // Who changed whose role, department or access, in the same transaction.
     audit::append(
         &tx,
-        &staff_actor(&user),
+        &user.actor(),
         "staff.update",
         &id.to_string(),
         serde_json::json!({ "role": role.as_str(), "department": dept, "disabled": disabled }),
@@ -735,7 +741,7 @@ pub async fn department_add(
     if added > 0 {
         audit::append(
             &tx,
-            &staff_actor(&user),
+            &user.actor(),
             "department.create",
             &name,
             serde_json::json!({}),
@@ -744,11 +750,4 @@ pub async fn department_add(
     }
     tx.commit().await?;
     Ok(see_other("/admin/staff"))
-}
-
-fn staff_actor(user: &StaffUser) -> Actor {
-    Actor::Staff {
-        id: user.id,
-        email: user.email.clone(),
-    }
 }

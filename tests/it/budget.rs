@@ -281,3 +281,64 @@ async fn the_budget_is_shared_between_the_tenants_being_served() {
 
     server.shutdown().await;
 }
+
+/// With a database per municipality, autovacuum's round grows with their number: the
+/// control plane sets `autovacuum_naptime` for the databases the cluster holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn autovacuum_round_follows_the_number_of_databases() {
+    use madoguchi::control::cluster::autovacuum_naptime_secs;
+    let env = TestEnv::new().await;
+    let admin = admin_client("postgres").await;
+    let count = || async {
+        let n: i64 = admin
+            .query_one("SELECT count(*) FROM pg_database", &[])
+            .await
+            .unwrap()
+            .get(0);
+        autovacuum_naptime_secs(u64::try_from(n).unwrap())
+    };
+    let naptime = || async {
+        // Each read on a fresh connection, which sees the reloaded configuration.
+        let c = admin_client("postgres").await;
+        let v: String = c
+            .query_one(
+                "SELECT setting FROM pg_settings WHERE name = 'autovacuum_naptime'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        v.parse::<u64>().unwrap()
+    };
+    // Someone set it by hand to a value that fits no cluster size.
+    for sql in [
+        "ALTER SYSTEM SET autovacuum_naptime = '17s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    // (A server starting in another test at this moment may set it back already.)
+    for _ in 0..50 {
+        if naptime().await == 17 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Provisioning a municipality sets it for the databases there are (other tests
+    // may provision at the same time, so the count is read before and after).
+    let low = count().await;
+    env.tenant(&unique("nap"), "千代田区", "131016").await;
+    let high = count().await;
+    let mut seen = 17;
+    for _ in 0..50 {
+        seen = naptime().await;
+        if seen != 17 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        low <= seen && seen <= high,
+        "autovacuum_naptime {seen}s, expected between {low}s and {high}s"
+    );
+}

@@ -113,49 +113,49 @@ pub fn autovacuum_naptime_secs(databases: u64) -> u64 {
 }
 
 impl Cluster {
-    /// Sets `autovacuum_naptime` for the number of databases in the cluster now
-    /// ([`autovacuum_naptime_secs`]), if it differs; returns the value in seconds. On
-    /// a cluster where the admin role may not change settings it only warns, naming
-    /// the value to set by hand.
+    /// [`tune_autovacuum_on`] over a new admin connection.
     pub async fn tune_autovacuum(&self) -> anyhow::Result<u64> {
-        let admin = self.admin().await?;
-        let row = admin
-            .client
-            .query_one(
-                "SELECT count(*), (SELECT setting::bigint FROM pg_settings WHERE name = 'autovacuum_naptime') FROM pg_database",
-                &[],
-            )
-            .await?;
-        let (databases, now): (i64, i64) = (row.get(0), row.get(1));
-        let want = autovacuum_naptime_secs(u64::try_from(databases).unwrap_or(0));
-        if u64::try_from(now).ok() == Some(want) {
-            return Ok(want);
+        tune_autovacuum_on(&self.admin().await?.client).await
+    }
+}
+
+/// Sets `autovacuum_naptime` for the number of databases in the cluster now
+/// ([`autovacuum_naptime_secs`]), if it differs; returns the value in seconds. `admin`
+/// is a connection as the admin role. Where that role may not change settings it
+/// only warns, naming the value to set by hand.
+pub async fn tune_autovacuum_on(admin: &Client) -> anyhow::Result<u64> {
+    let row = admin
+        .query_one(
+            "SELECT count(*), (SELECT setting::bigint FROM pg_settings WHERE name = 'autovacuum_naptime') FROM pg_database",
+            &[],
+        )
+        .await?;
+    let (databases, now): (i64, i64) = (row.get(0), row.get(1));
+    let want = autovacuum_naptime_secs(u64::try_from(databases).unwrap_or(0));
+    if u64::try_from(now).ok() == Some(want) {
+        return Ok(want);
+    }
+    // (ALTER SYSTEM may not share a statement batch: that is a transaction.)
+    let set = match admin
+        .batch_execute(&format!("ALTER SYSTEM SET autovacuum_naptime = '{want}s'"))
+        .await
+    {
+        Ok(()) => admin.batch_execute("SELECT pg_reload_conf()").await,
+        Err(e) => Err(e),
+    };
+    match set {
+        Ok(()) => {
+            tracing::info!(databases, seconds = want, "autovacuum_naptime set");
+            Ok(want)
         }
-        // (ALTER SYSTEM may not share a statement batch: that is a transaction.)
-        let set = match admin
-            .client
-            .batch_execute(&format!("ALTER SYSTEM SET autovacuum_naptime = '{want}s'"))
-            .await
-        {
-            Ok(()) => admin.client.batch_execute("SELECT pg_reload_conf()").await,
-            Err(e) => Err(e),
-        };
-        match set {
-            Ok(()) => {
-                tracing::info!(databases, seconds = want, "autovacuum_naptime set");
-                Ok(want)
-            }
-            Err(e)
-                if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) =>
-            {
-                tracing::warn!(
-                    databases,
-                    "cannot set autovacuum_naptime here; set it to {want}s on the cluster"
-                );
-                Ok(want)
-            }
-            Err(e) => Err(e.into()),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE) => {
+            tracing::warn!(
+                databases,
+                "cannot set autovacuum_naptime here; set it to {want}s on the cluster"
+            );
+            Ok(want)
         }
+        Err(e) => Err(e.into()),
     }
 }
 

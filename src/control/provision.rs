@@ -101,10 +101,6 @@ pub(crate) async fn finish(p: &Platform, rec: &TenantRecord) -> anyhow::Result<(
         .await
         .context("step 5/5: writing the tenant's settings (run the command again to resume)")?;
     p.catalog.set_state(rec.id, TenantState::Active).await?;
-    // One database more: autovacuum's round may need to be longer.
-    if let Err(e) = p.cluster.tune_autovacuum().await {
-        tracing::warn!(error = format!("{e:#}"), "tuning autovacuum_naptime failed");
-    }
     Ok(())
 }
 
@@ -293,6 +289,10 @@ pub(crate) async fn create_database(p: &Platform, rec: &TenantRecord) -> anyhow:
                 quote_ident(&rec.role)
             ))
             .await?;
+        // One database more: autovacuum's round may need to be longer.
+        if let Err(e) = crate::control::cluster::tune_autovacuum_on(&admin.client).await {
+            tracing::warn!(error = format!("{e:#}"), "tuning autovacuum_naptime failed");
+        }
     }
     admin
         .client

@@ -436,17 +436,11 @@ async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
     let (_, _, copy) = get(&admin.client, &url(&server, host, &loc)).await;
     assert!(copy.contains("（コピー）") && copy.contains("下書き"));
     // Both the form and its copy were made by the administrator, as the log says.
-    let made: Vec<(String, String, String)> = conn
-        .client
-        .query(
-            "SELECT actor, target, detail FROM audit_log WHERE action = 'form.create' ORDER BY seq",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let made = log_rows(
+        &conn.client,
+        "SELECT actor, target, detail FROM audit_log WHERE action = 'form.create' ORDER BY seq",
+    )
+    .await;
     let copy_id = loc.trim_start_matches("/admin/forms/");
     assert_eq!(made.len(), 2, "{made:?}");
     assert!(made
@@ -495,6 +489,16 @@ async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
     server.shutdown().await;
 }
 
+/// Operation-log rows as three text columns, as `sql` selects them.
+async fn log_rows(db: &tokio_postgres::Client, sql: &str) -> Vec<(String, String, String)> {
+    db.query(sql, &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect()
+}
+
 /// What an operator does to a tenant from the command line (a staff member, an
 /// imported and published form, an API token) is in the tenant's operation log as
 /// the operator's, in an intact chain.
@@ -529,17 +533,11 @@ async fn operator_commands_are_in_the_operation_log() {
             .unwrap();
         (r.get(0), r.get(1))
     };
-    let log: Vec<(String, String, String)> = conn
-        .client
-        .query(
-            "SELECT actor, action, target FROM audit_log ORDER BY seq",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let log = log_rows(
+        &conn.client,
+        "SELECT actor, action, target FROM audit_log ORDER BY seq",
+    )
+    .await;
     let op =
         |action: &str, target: &str| ("operator".to_owned(), action.to_owned(), target.to_owned());
     assert_eq!(

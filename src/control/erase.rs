@@ -521,6 +521,11 @@ pub async fn execute(
         t,
         format!("DROP DATABASE {}", rec.database),
     );
+    // One database fewer: autovacuum's round may be shortened (not a step of the
+    // erasure, so not in the certificate, and a failure here does not stop it).
+    if let Err(e) = crate::control::cluster::tune_autovacuum_on(db).await {
+        tracing::warn!(error = format!("{e:#}"), "tuning autovacuum_naptime failed");
+    }
 
     // 3. Role.
     let t = now();

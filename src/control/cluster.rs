@@ -114,16 +114,26 @@ pub fn autovacuum_naptime_secs(databases: u64) -> u64 {
 
 impl Cluster {
     /// [`tune_autovacuum_on`] over a new admin connection.
-    pub async fn tune_autovacuum(&self) -> anyhow::Result<u64> {
-        tune_autovacuum_on(&self.admin().await?.client).await
+    pub async fn tune_autovacuum(&self) {
+        match self.admin().await {
+            Ok(admin) => tune_autovacuum_on(&admin.client).await,
+            Err(e) => tracing::warn!(error = format!("{e:#}"), "tuning autovacuum_naptime failed"),
+        }
     }
 }
 
 /// Sets `autovacuum_naptime` for the number of databases in the cluster now
-/// ([`autovacuum_naptime_secs`]), if it differs; returns the value in seconds. `admin`
-/// is a connection as the admin role. Where that role may not change settings it
-/// only warns, naming the value to set by hand.
-pub async fn tune_autovacuum_on(admin: &Client) -> anyhow::Result<u64> {
+/// ([`autovacuum_naptime_secs`]), if it differs. `admin` is a connection as the
+/// admin role. Never fails the caller (provisioning, erasure, start-up): a failure
+/// is logged, and where the role may not change settings the warning names the
+/// value to set by hand.
+pub async fn tune_autovacuum_on(admin: &Client) {
+    if let Err(e) = try_tune_autovacuum(admin).await {
+        tracing::warn!(error = format!("{e:#}"), "tuning autovacuum_naptime failed");
+    }
+}
+
+async fn try_tune_autovacuum(admin: &Client) -> anyhow::Result<u64> {
     let row = admin
         .query_one(
             "SELECT count(*), (SELECT setting::bigint FROM pg_settings WHERE name = 'autovacuum_naptime') FROM pg_database",

@@ -523,9 +523,7 @@ pub async fn execute(
     );
     // One database fewer: autovacuum's round may be shortened (not a step of the
     // erasure, so not in the certificate, and a failure here does not stop it).
-    if let Err(e) = crate::control::cluster::tune_autovacuum_on(db).await {
-        tracing::warn!(error = format!("{e:#}"), "tuning autovacuum_naptime failed");
-    }
+    crate::control::cluster::tune_autovacuum_on(db).await;
 
     // 3. Role.
     let t = now();

@@ -736,11 +736,7 @@ impl Server {
         let mut background = Vec::new();
         // A cluster made or grown by another version gets its autovacuum round here.
         let cluster = p.cluster.clone();
-        background.push(tokio::spawn(async move {
-            if let Err(e) = cluster.tune_autovacuum().await {
-                tracing::warn!(error = format!("{e:#}"), "tuning autovacuum_naptime failed");
-            }
-        }));
+        background.push(tokio::spawn(async move { cluster.tune_autovacuum().await }));
         let listen_cfg = p.cluster.admin_config(&p.settings.catalog_db);
         let pools = app.pools.clone();
         background.push(tokio::spawn(routes::keep_fresh(

@@ -34,6 +34,14 @@ pub enum Actor {
 }
 
 impl Actor {
+    /// The staff member's id, when the actor is one.
+    pub fn staff_id(&self) -> Option<i64> {
+        match self {
+            Self::Staff { id, .. } => Some(*id),
+            _ => None,
+        }
+    }
+
     pub fn label(&self) -> String {
         match self {
             Self::Staff { id, email } => format!("staff:{id}:{email}"),

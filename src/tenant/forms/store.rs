@@ -120,10 +120,7 @@ pub async fn create(
     def: &FormDefinition,
     detail: serde_json::Value,
 ) -> Result<i64, AppError> {
-    let created_by = match actor {
-        Actor::Staff { id, .. } => Some(*id),
-        _ => None,
-    };
+    let created_by = actor.staff_id();
     let tx = db.transaction().await?;
     let id: i64 = tx
         .query_one(
@@ -163,10 +160,7 @@ pub async fn set_department(db: &Client, id: i64, department_id: i64) -> Result<
 /// operation log (in the same transaction); returns the version. The caller has
 /// checked the draft.
 pub async fn publish(db: &mut Client, id: i64, actor: &Actor) -> Result<i32, AppError> {
-    let staff_id = match actor {
-        Actor::Staff { id, .. } => Some(*id),
-        _ => None,
-    };
+    let staff_id = actor.staff_id();
     let tx = db.transaction().await?;
     let row = tx
         .query_one(

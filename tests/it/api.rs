@@ -138,6 +138,32 @@ async fn api_end_to_end() {
         (created["receipt_number"].clone(), json!(false))
     );
     let id = created["id"].as_str().unwrap().to_owned();
+    // One submission for the two requests: its history starts with 受付 by the
+    // integration, and one e-mailed copy waits in the outbox.
+    let uid: uuid::Uuid = id.parse().unwrap();
+    let db = env.tenant_conn(&a).await;
+    let events = db
+        .client
+        .query(
+            "SELECT actor_label, from_status, to_status FROM submission_events WHERE submission_id = $1",
+            &[&uid],
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert!(events[0].get::<_, &str>(0).ends_with(":基幹連携"));
+    assert_eq!(
+        (
+            events[0].get::<_, Option<&str>>(1),
+            events[0].get::<_, &str>(2)
+        ),
+        (None, "received")
+    );
+    let mails = crate::forms::receipt_mails(&env, &a, uid).await;
+    assert_eq!(
+        mails,
+        [json!({ "template": "received", "to": "yamada@example.jp" })]
+    );
     let second = json!({ "idempotency_key": uuid::Uuid::new_v4(), "answers": {
         "owner.family": "佐藤", "owner.given": "一郎", "owner.family_kana": "サトウ", "owner.given_kana": "イチロウ",
         "email": "sato@example.jp", "breeds": "秋田犬" } });

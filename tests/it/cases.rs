@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use madoguchi::catalog::TenantRecord;
 use madoguchi::front::Server;
-use madoguchi::tenant::audit::Verdict;
+use madoguchi::tenant::audit::{Actor, Verdict};
 use madoguchi::tenant::cases::{change_status, Change, Refusal, Status};
 use madoguchi::tenant::staff::Role;
 use uuid::Uuid;
@@ -224,7 +224,7 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
     let outbox: i64 = db
         .client
         .query_one(
-            "SELECT count(*) FROM outbox WHERE submission_id = $1",
+            "SELECT count(*) FROM outbox WHERE submission_id = $1 AND kind = 'mail'",
             &[&id],
         )
         .await
@@ -349,6 +349,15 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
     );
     let (_, _, detail) = get(&admin.client, &case).await;
     assert!(detail.contains("ソファ 2点") && detail.contains("令和13年8月20日"));
+    // The applicant gets an e-mailed copy of the first application and of the correction.
+    let to = "hanako.kasai@example.jp";
+    assert_eq!(
+        crate::forms::receipt_mails(&env, &t, id).await,
+        [
+            serde_json::json!({ "template": "received", "to": to }),
+            serde_json::json!({ "template": "resubmitted", "to": to })
+        ]
+    );
 
     // Every act is in the operation log, and the chain is intact.
     let actions: Vec<String> = db
@@ -398,7 +407,7 @@ async fn concurrent_status_changes_do_not_lose_one() {
             .await
             .unwrap(),
     );
-    let actor = madoguchi::tenant::audit::Actor::Operator;
+    let actor = Actor::Operator;
     let mut tasks = Vec::new();
     for to in [
         Status::Reviewing,
@@ -447,7 +456,7 @@ async fn concurrent_status_changes_do_not_lose_one() {
     let events: i64 = db
         .client
         .query_one(
-            "SELECT count(*) FROM submission_events WHERE submission_id = $1",
+            "SELECT count(*) FROM submission_events WHERE submission_id = $1 AND from_status IS NOT NULL",
             &[&id],
         )
         .await
@@ -849,6 +858,48 @@ async fn exports_round_trip_and_are_logged() {
         "{page}"
     );
     server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_appends_keep_one_unbroken_chain() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    // Eight connections, each appending ten entries as fast as it can.
+    let mut tasks = Vec::new();
+    for c in 0..8 {
+        let mut conn = env.tenant_conn(&t).await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..10 {
+                madoguchi::tenant::audit::record(
+                    &mut conn.client,
+                    &Actor::Operator,
+                    "test.append",
+                    &format!("{c}/{i}"),
+                    serde_json::json!({}),
+                )
+                .await
+                .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let db = env.tenant_conn(&t).await;
+    let n: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'test.append'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 80);
+    let Verdict::Intact(all) = madoguchi::tenant::audit::verify(&db.client).await.unwrap() else {
+        panic!("concurrent appends broke the chain")
+    };
+    assert!(all >= 80);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

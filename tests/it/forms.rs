@@ -386,7 +386,34 @@ async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
             answers["name"].display().starts_with("葛\u{E0100}西"),
             "IVS kept"
         );
+        // With it, in the same statement: the case history's first row (受付, by the
+        // applicant) and the applicant's e-mailed copy in the outbox.
+        let events = conn
+            .client
+            .query(
+                "SELECT actor_label, to_status FROM submission_events WHERE submission_id = $1",
+                &[&row.get::<_, uuid::Uuid>(0)],
+            )
+            .await
+            .unwrap();
+        let events: Vec<(String, String)> = events.iter().map(|e| (e.get(0), e.get(1))).collect();
+        assert_eq!(events, [("citizen".to_owned(), "received".to_owned())]);
+        assert_eq!(
+            receipt_mails(&env, &t, row.get(0)).await,
+            [serde_json::json!({ "template": "received", "to": "hanako.kasai@example.jp" })]
+        );
     }
+    // Staff see who made the history row in words.
+    let first: uuid::Uuid = rows[0].get(0);
+    let (_, _, case) = get(
+        &admin.client,
+        &url(&server, host, &format!("/admin/submissions/{first}")),
+    )
+    .await;
+    assert!(
+        case.contains("<td>申請者</td><td>—</td><td>受付</td>"),
+        "{case}"
+    );
 
     // Editing the draft does not change what citizens see until it is published again.
     let base = format!("/admin/forms/{id}");
@@ -487,6 +514,35 @@ async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
     let err = apply(&server, host, &public, "ソファ").await.err().unwrap();
     assert!(err.1.contains("受付を停止しています"));
     server.shutdown().await;
+}
+
+/// The e-mailed copies (受付完了メール) queued for a submission, decrypted.
+pub async fn receipt_mails(
+    env: &TestEnv,
+    t: &TenantRecord,
+    submission: uuid::Uuid,
+) -> Vec<serde_json::Value> {
+    let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, t)
+        .await
+        .unwrap();
+    let conn = env.tenant_conn(t).await;
+    let rows = conn
+        .client
+        .query(
+            "SELECT payload FROM outbox WHERE submission_id = $1 AND kind = 'receipt' ORDER BY id",
+            &[&submission],
+        )
+        .await
+        .unwrap();
+    let row_id = submission.to_string();
+    let at = madoguchi::crypto::FieldRef {
+        table: "outbox",
+        column: "payload",
+        row_id: &row_id,
+    };
+    rows.iter()
+        .map(|r| serde_json::from_slice(&cipher.decrypt(&at, r.get(0)).unwrap()).unwrap())
+        .collect()
 }
 
 /// Operation-log rows as three text columns, as `sql` selects them.
@@ -602,6 +658,20 @@ async fn capacity_holds_under_concurrent_submits() {
         .unwrap()
         .get(0);
     assert_eq!(n, 3);
+    // Each accepted one (and none refused) has its 受付 row and e-mailed copy.
+    let (events, mails): (i64, i64) = {
+        let r = conn
+            .client
+            .query_one(
+                "SELECT (SELECT count(*) FROM submission_events WHERE to_status = 'received'),
+                        (SELECT count(*) FROM outbox WHERE kind = 'receipt')",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((events, mails), (3, 3));
     // And the form now says so on its first page.
     let (_, _, page) = get(&browser(&server, &[&host]), &url(&server, &host, &public)).await;
     assert!(page.contains("定員に達しました"));

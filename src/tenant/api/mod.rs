@@ -358,7 +358,17 @@ pub async fn submit(
             return Err(p);
         }
     };
-    match store_submission(&ctx, &mut db, &f, &answers, body.idempotency_key, None).await? {
+    let stored = store_submission(
+        &ctx,
+        &mut db,
+        &f,
+        &answers,
+        body.idempotency_key,
+        None,
+        &client.actor,
+    )
+    .await?;
+    match stored {
         Stored::Accepted { id, receipt } => Ok((
             StatusCode::CREATED,
             Json(SubmissionCreated {

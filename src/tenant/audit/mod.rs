@@ -8,6 +8,7 @@ pub mod pages;
 
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
+use tokio_postgres::types::Type;
 use tokio_postgres::GenericClient;
 
 use crate::crypto::aad;
@@ -90,14 +91,19 @@ pub async fn append(
     target: &str,
     detail: serde_json::Value,
 ) -> Result<(), AppError> {
-    db.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-        .await?;
-    let last = db
-        .query_opt(
-            "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-            &[],
-        )
-        .await?;
+    // Three statements, two round trips: the lock and the read of the chain's end are
+    // sent together (the server runs them in order, so the read sees every append
+    // committed before the lock was granted), each in one message with its types
+    // (no separate round trip to prepare).
+    let lock = db.execute_typed(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[(&AUDIT_LOCK, Type::INT8)],
+    );
+    let last = db.query_typed_opt(
+        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
+        &[],
+    );
+    let (_, last) = tokio::try_join!(biased; lock, last)?;
     let (prev_seq, prev_hash): (i64, Vec<u8>) = match last {
         Some(r) => (r.get(0), r.get(1)),
         None => {
@@ -119,9 +125,18 @@ pub async fn append(
     let actor = actor.label();
     let detail = detail.to_string();
     let hash = row_hash(&prev_hash, seq, micros(at), &actor, action, target, &detail);
-    db.execute(
+    db.execute_typed(
         "INSERT INTO audit_log (seq, at, actor, action, target, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        &[&seq, &at, &actor, &action, &target, &detail, &prev_hash, &hash],
+        &[
+            (&seq, Type::INT8),
+            (&at, Type::TIMESTAMPTZ),
+            (&actor, Type::TEXT),
+            (&action, Type::TEXT),
+            (&target, Type::TEXT),
+            (&detail, Type::TEXT),
+            (&prev_hash, Type::BYTEA),
+            (&hash, Type::BYTEA),
+        ],
     )
     .await?;
     Ok(())

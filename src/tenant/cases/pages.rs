@@ -528,6 +528,18 @@ pub struct AnswerLine {
     pub value: String,
 }
 
+/// Who made a history row, for people: the applicant, an integration by its token's
+/// name, or the stored label as it is.
+fn who(label: &str) -> String {
+    if label == "citizen" {
+        return "申請者".into();
+    }
+    match label.strip_prefix("api:").and_then(|l| l.split_once(':')) {
+        Some((_, name)) => format!("API（{name}）"),
+        None => label.to_owned(),
+    }
+}
+
 pub struct EventLine {
     pub at: String,
     pub who: String,
@@ -616,7 +628,7 @@ async fn detail_page(
             let email: String = e.get(3);
             Ok(EventLine {
                 at: jst(e.get(1)),
-                who: if email.is_empty() { e.get::<_, String>(2) } else { email },
+                who: if email.is_empty() { who(e.get(2)) } else { email },
                 from: e.get::<_, Option<&str>>(4).and_then(Status::parse).map(Status::label).unwrap_or("—").to_owned(),
                 to: Status::parse(e.get::<_, &str>(5)).map(Status::label).unwrap_or_default().to_owned(),
                 comment: comment.map(|c| open_text(ctx.cipher(), "submission_events", "comment", &row_id, &c)).transpose()?.unwrap_or_default(),
@@ -903,4 +915,16 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
         format!("{done}件を変更しました。{refused}件は変更できませんでした（状態の流れに合わない、または権限がない）")
     };
     inbox_page(&ctx, &user, query.as_deref(), Some(msg)).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::who;
+
+    #[test]
+    fn history_rows_name_who_in_words() {
+        assert_eq!(who("citizen"), "申請者");
+        assert_eq!(who("api:6001:基幹連携:本庁"), "API（基幹連携:本庁）");
+        assert_eq!(who("operator"), "operator");
+    }
 }

@@ -23,6 +23,7 @@ use super::view::{page_views, FieldView};
 use crate::crypto::{random_token, FieldCipher, FieldRef};
 use crate::domain::ReceiptNumber;
 use crate::error::AppError;
+use crate::tenant::audit::Actor;
 use crate::tenant::http::{cookie, same_secret, see_other, set_cookie, token_hash, FormData};
 use crate::tenant::TenantCtx;
 use crate::web::render;
@@ -710,7 +711,17 @@ pub async fn submit(
         return resubmit_correction(&ctx, &mut db, &form, &draft, orig, &answers, email, phone)
             .await;
     }
-    match store_submission(&ctx, &mut db, &form, &answers, draft.id, Some(draft.id)).await? {
+    let stored = store_submission(
+        &ctx,
+        &mut db,
+        &form,
+        &answers,
+        draft.id,
+        Some(draft.id),
+        &Actor::Citizen,
+    )
+    .await?;
+    match stored {
         Stored::Accepted { .. } => {
             super::pow::count_submit(ctx.id, form.id);
             Ok(see_other(&format!("/f/{public_id}/done")))
@@ -724,6 +735,34 @@ pub async fn submit(
             "申し訳ありません。送信の直前に定員に達したため、受け付けられませんでした。",
         )),
     }
+}
+
+/// The applicant's e-mailed copy (受付完了メール), queued in the outbox with the
+/// submission: the first e-mail answer as recipient and which mail it is; subject and
+/// body are made from the submission when it is sent. Outbox rows of kind `receipt`
+/// are sealed to their submission's id (not their own, which the statement that
+/// writes them draws), so the submission and its mail are written in one round trip.
+pub const RECEIPT_MAIL: &str = "receipt";
+
+fn receipt_mail(
+    ctx: &TenantCtx,
+    def: &FormDefinition,
+    answers: &Answers,
+    submission: Uuid,
+    template: &str,
+) -> Result<Option<Vec<u8>>, AppError> {
+    let Some(to) = first_of_kind(def, answers, |k| matches!(k, FieldKind::Email {})) else {
+        return Ok(None);
+    };
+    let payload = serde_json::json!({ "template": template, "to": to }).to_string();
+    crate::tenant::cases::seal(
+        ctx.cipher(),
+        "outbox",
+        "payload",
+        &submission.to_string(),
+        &payload,
+    )
+    .map(Some)
 }
 
 /// Blind indexes of the first e-mail and telephone answers, for exact search.
@@ -762,8 +801,9 @@ pub enum Stored {
 }
 
 /// Stores checked answers as a new submission in one transaction: encrypted answer by
-/// answer, a fresh receipt number, the 定員 counter, and (from the web) the draft's
-/// pointer to it. The same `key` twice stores one submission.
+/// answer, a fresh receipt number, the 定員 counter, the case history's first row
+/// (受付, by `by`), the applicant's e-mailed copy in the outbox, and (from the web)
+/// the draft's pointer to it. The same `key` twice stores one submission.
 pub async fn store_submission(
     ctx: &TenantCtx,
     db: &mut deadpool_postgres::ClientWrapper,
@@ -771,10 +811,13 @@ pub async fn store_submission(
     answers: &Answers,
     key: Uuid,
     draft: Option<Uuid>,
+    by: &Actor,
 ) -> Result<Stored, AppError> {
     let (email, phone) = indexes(ctx, &form.def, answers);
     let id = Uuid::new_v4();
     let encrypted = encrypt_answers(ctx.cipher(), id, answers)?;
+    let mail = receipt_mail(ctx, &form.def, answers, id, "received")?;
+    let by = by.label();
     for _ in 0..3 {
         let receipt = ReceiptNumber::generate();
         if form.capacity.is_none() {
@@ -788,6 +831,10 @@ pub async fn store_submission(
                      ), closed AS (
                        UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now()
                          FROM ins WHERE d.id = $9
+                     ), received AS (
+                       INSERT INTO submission_events (submission_id, actor_label, to_status) SELECT id, $10, 'received' FROM ins
+                     ), mailed AS (
+                       INSERT INTO outbox (kind, submission_id, payload) SELECT $11, id, $12 FROM ins WHERE $12::bytea IS NOT NULL
                      )
                      SELECT id FROM ins",
                 )
@@ -805,6 +852,9 @@ pub async fn store_submission(
                         &phone,
                         &key,
                         &draft,
+                        &by,
+                        &RECEIPT_MAIL,
+                        &mail,
                     ],
                 )
                 .await;
@@ -854,6 +904,18 @@ pub async fn store_submission(
         }
         if let Some(d) = draft {
             tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now() WHERE id = $1", &[&d, &id]).await?;
+        }
+        tx.execute(
+            "INSERT INTO submission_events (submission_id, actor_label, to_status) VALUES ($1, $2, 'received')",
+            &[&id, &by],
+        )
+        .await?;
+        if let Some(m) = &mail {
+            tx.execute(
+                "INSERT INTO outbox (kind, submission_id, payload) VALUES ($1, $2, $3)",
+                &[&RECEIPT_MAIL, &id, m],
+            )
+            .await?;
         }
         tx.commit().await?;
         return Ok(Stored::Accepted {
@@ -973,6 +1035,7 @@ async fn resubmit_correction(
     phone: Option<Vec<u8>>,
 ) -> Result<Response, AppError> {
     let encrypted = encrypt_answers(ctx.cipher(), orig, answers)?;
+    let mail = receipt_mail(ctx, &form.def, answers, orig, "resubmitted")?;
     let tx = db.transaction().await?;
     let n = tx
         .execute(
@@ -996,9 +1059,16 @@ async fn resubmit_correction(
         &[&orig],
     )
     .await?;
+    if let Some(m) = &mail {
+        tx.execute(
+            "INSERT INTO outbox (kind, submission_id, payload) VALUES ($1, $2, $3)",
+            &[&RECEIPT_MAIL, &orig, m],
+        )
+        .await?;
+    }
     crate::tenant::audit::append(
         &tx,
-        &crate::tenant::audit::Actor::Citizen,
+        &Actor::Citizen,
         "submission.resubmit",
         &orig.to_string(),
         serde_json::json!({ "version": form.version }),

@@ -16,6 +16,12 @@ use madoguchi::control::provision::{provision, TenantSpec};
 use madoguchi::front::Server;
 use madoguchi::platform::Platform;
 
+/// mimalloc instead of the system allocator: a request allocates and frees many small
+/// buffers on whichever worker thread runs it, where glibc's malloc spent about an
+/// eighth of the server's time on the submit path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "madoguchi",

@@ -52,6 +52,27 @@ pub struct Settings {
     /// Proxies whose `X-Forwarded-For` and `X-Forwarded-Proto` are believed.
     pub trusted_proxies: Vec<ipnet::IpNet>,
     pub limits: RateLimits,
+    /// Mail to applicants; `None` leaves it queued in each tenant's outbox.
+    pub mail: Option<MailSettings>,
+}
+
+/// Where mail leaves: an SMTP relay and the sender address.
+#[derive(Clone)]
+pub struct MailSettings {
+    /// `smtp://host[:port]` (plain, for a relay on the same host or segment),
+    /// `smtp://user:password@host:587?tls=required` (STARTTLS) or
+    /// `smtps://user:password@host:465` (TLS from the start).
+    pub url: zeroize::Zeroizing<String>,
+    /// The sender's address; the display name is the municipality's.
+    pub from: String,
+}
+
+impl std::fmt::Debug for MailSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MailSettings")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Request rates allowed (0 turns a limit off).
@@ -94,6 +115,7 @@ impl Settings {
             cache_refresh: Duration::from_secs(30),
             trusted_proxies: Vec::new(),
             limits: RateLimits::default(),
+            mail: None,
         }
     }
 }
@@ -121,6 +143,8 @@ pub struct FileSettings {
     pub tenant_per_second: Option<u32>,
     pub pow_spike_per_minute: Option<u32>,
     pub ceiling_delay_ms: Option<u64>,
+    pub smtp_url: Option<String>,
+    pub mail_from: Option<String>,
 }
 
 impl FileSettings {

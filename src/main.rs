@@ -89,6 +89,18 @@ struct Common {
     /// Submissions a minute to one form above which proof of work switches itself on (0: never).
     #[arg(long, global = true, env = "MADOGUCHI_POW_SPIKE_PER_MINUTE")]
     pow_spike_per_minute: Option<u32>,
+    /// SMTP relay for mail to applicants: smtp://host:25, smtp://user:pass@host:587?tls=required
+    /// or smtps://user:pass@host:465. Without it mail waits in each tenant's outbox.
+    #[arg(
+        long,
+        global = true,
+        env = "MADOGUCHI_SMTP_URL",
+        hide_env_values = true
+    )]
+    smtp_url: Option<String>,
+    /// The sender address of that mail (the display name is the municipality's).
+    #[arg(long, global = true, env = "MADOGUCHI_MAIL_FROM")]
+    mail_from: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -434,6 +446,18 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     if let Some(v) = c.pow_spike_per_minute.or(file.pow_spike_per_minute) {
         s.limits.pow_spike_per_minute = v;
     }
+    let smtp_url = c.smtp_url.clone().or_else(|| file.smtp_url.clone());
+    let mail_from = c.mail_from.clone().or_else(|| file.mail_from.clone());
+    s.mail = match (smtp_url, mail_from) {
+        (Some(url), Some(from)) => Some(madoguchi::config::MailSettings {
+            url: zeroize::Zeroizing::new(url),
+            from,
+        }),
+        (Some(_), None) => {
+            anyhow::bail!("--smtp-url needs --mail-from (MADOGUCHI_MAIL_FROM): the sender address")
+        }
+        (None, _) => None,
+    };
     if let Some(v) = file.ceiling_delay_ms {
         s.limits.ceiling_delay = std::time::Duration::from_millis(v.min(10_000));
     }

@@ -4,6 +4,7 @@
 
 pub mod conn;
 pub mod limits;
+pub mod mail;
 pub mod metrics;
 pub mod pools;
 pub mod recent;
@@ -45,6 +46,8 @@ pub struct App {
     trusted_proxies: Vec<ipnet::IpNet>,
     rates: crate::config::RateLimits,
     ceiling: limits::TenantCeiling,
+    /// Tenants whose outbox has new mail, for the deliverer.
+    pub mail: Arc<mail::MailQueue>,
 }
 
 pub type AppState = Arc<App>;
@@ -79,6 +82,7 @@ impl App {
                     p.settings.limits.ceiling_delay,
                 )
             },
+            mail: Arc::default(),
         })
     }
 
@@ -306,6 +310,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                     rt.pool.clone(),
                     app.pools.settings().wait,
                     Arc::clone(&rt.cipher),
+                    Arc::clone(&app.mail),
                 );
                 ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
                 ctx.zone = req
@@ -777,6 +782,27 @@ impl Server {
             p.catalog.clone(),
             app.pools.clone(),
         )));
+        match &p.settings.mail {
+            Some(m) => {
+                let mailer = crate::tenant::mail::Mailer::new(m)?;
+                let port = |a: SocketAddr, default: u16| Some(a.port()).filter(|p| *p != default);
+                // Links in mail: how people reach us. Behind a trusted proxy that is
+                // its HTTPS; with our own TLS, our HTTPS port; otherwise the plain port.
+                let links = match bound.https {
+                    Some(a) => mail::LinkBase { https: true, port: port(a, 443) },
+                    None if !p.settings.trusted_proxies.is_empty() => mail::LinkBase { https: true, port: None },
+                    None => mail::LinkBase { https: false, port: port(bound.public, 80) },
+                };
+                background.push(tokio::spawn(mail::run(
+                    Arc::clone(&app.mail),
+                    p.catalog.clone(),
+                    app.pools.clone(),
+                    mailer,
+                    links,
+                )));
+            }
+            None => tracing::info!("no SMTP relay set (MADOGUCHI_SMTP_URL): mail to applicants waits in each tenant's outbox"),
+        }
 
         let mut tasks = Vec::new();
         let public = public_router(Arc::clone(&app));

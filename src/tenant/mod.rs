@@ -8,6 +8,7 @@ pub mod cases;
 pub mod forms;
 mod home;
 pub mod http;
+pub mod mail;
 pub mod staff;
 pub mod status;
 
@@ -42,6 +43,7 @@ pub struct TenantCtx {
     pool: Pool,
     wait: Duration,
     cipher: Arc<FieldCipher>,
+    mail: Arc<crate::front::mail::MailQueue>,
 }
 
 impl std::fmt::Debug for TenantCtx {
@@ -64,6 +66,7 @@ impl TenantCtx {
         pool: Pool,
         wait: Duration,
         cipher: Arc<FieldCipher>,
+        mail: Arc<crate::front::mail::MailQueue>,
     ) -> Self {
         Self {
             id,
@@ -76,7 +79,13 @@ impl TenantCtx {
             pool,
             wait,
             cipher,
+            mail,
         }
+    }
+
+    /// Mail was queued in this tenant's outbox (and committed): deliver it now.
+    pub fn mail_queued(&self) {
+        self.mail.queued(self.id);
     }
 
     /// A connection to this tenant's own database, as its own role. When the

@@ -369,15 +369,18 @@ pub async fn submit(
     )
     .await?;
     match stored {
-        Stored::Accepted { id, receipt } => Ok((
-            StatusCode::CREATED,
-            Json(SubmissionCreated {
-                id,
-                receipt_number: receipt,
-                created: true,
-            }),
-        )
-            .into_response()),
+        Stored::Accepted { id, receipt } => {
+            ctx.mail_queued();
+            Ok((
+                StatusCode::CREATED,
+                Json(SubmissionCreated {
+                    id,
+                    receipt_number: receipt,
+                    created: true,
+                }),
+            )
+                .into_response())
+        }
         Stored::Existing { id, receipt } => Ok((
             StatusCode::OK,
             Json(SubmissionCreated {
@@ -646,6 +649,9 @@ pub async fn set_status(
             "Change refused",
             refusal.message(),
         ));
+    }
+    if change.to == Status::Returned {
+        ctx.mail_queued();
     }
     let r = db
         .query_one(

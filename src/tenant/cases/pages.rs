@@ -749,7 +749,12 @@ pub async fn set_status(
     .await?;
     drop(db);
     match outcome {
-        Ok(_) => Ok(see_other(&format!("/admin/submissions/{id}"))),
+        Ok(_) => {
+            if change.to == Status::Returned {
+                ctx.mail_queued();
+            }
+            Ok(see_other(&format!("/admin/submissions/{id}")))
+        }
         Err(refusal) => detail_page(&ctx, &user, id, Some(format!("!{}", refusal.message()))).await,
     }
 }
@@ -859,6 +864,9 @@ pub async fn add_note(
     )
     .await?;
     tx.commit().await?;
+    if kind == "message" {
+        ctx.mail_queued();
+    }
     Ok(see_other(&format!("/admin/submissions/{id}")))
 }
 
@@ -893,6 +901,9 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
                     Ok(Err(_)) | Err(AppError::NotFound | AppError::Forbidden) => refused += 1,
                     Err(e) => return Err(e),
                 }
+            }
+            if change.to == Status::Returned && done > 0 {
+                ctx.mail_queued();
             }
         }
         "assign" => {

@@ -724,6 +724,7 @@ pub async fn submit(
     match stored {
         Stored::Accepted { .. } => {
             super::pow::count_submit(ctx.id, form.id);
+            ctx.mail_queued();
             Ok(see_other(&format!("/f/{public_id}/done")))
         }
         Stored::Existing { .. } => Ok(see_other(&format!("/f/{public_id}/done"))),
@@ -1076,6 +1077,7 @@ async fn resubmit_correction(
     .await?;
     tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now() WHERE id = $1", &[&draft.id, &orig]).await?;
     tx.commit().await?;
+    ctx.mail_queued();
     Ok(see_other(&format!("/f/{}/done", form.public_id)))
 }
 

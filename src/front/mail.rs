@@ -1,0 +1,169 @@
+//! Delivers the tenants' outboxes through the platform's SMTP relay.
+//!
+//! A handler that queued mail says so ([`MailQueue::queued`]); the deliverer then
+//! visits that tenant's database at once. A tenant whose rows failed is visited
+//! again when its earliest row is due. An hourly sweep visits every active tenant, so
+//! mail queued before a restart (or by another server) is not left behind; at 1,788
+//! tenants that is one short indexed query every two seconds. Connections come from
+//! the tenants' own pools, inside the connection budget, one tenant at a time.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use time::OffsetDateTime;
+use tokio::sync::Notify;
+use uuid::Uuid;
+
+use super::pools::TenantPools;
+use crate::catalog::{Catalog, TenantState};
+use crate::tenant::mail::{deliver_due, Letterhead, Mailer};
+
+/// Tenants with mail waiting, told by the handlers that queued it.
+#[derive(Default)]
+pub struct MailQueue {
+    waiting: Mutex<HashSet<Uuid>>,
+    wake: Notify,
+}
+
+impl MailQueue {
+    /// This tenant's outbox has something new.
+    pub fn queued(&self, tenant: Uuid) {
+        if let Ok(mut w) = self.waiting.lock() {
+            w.insert(tenant);
+        }
+        self.wake.notify_one();
+    }
+
+    fn take(&self) -> Vec<Uuid> {
+        self.waiting
+            .lock()
+            .map(|mut w| w.drain().collect())
+            .unwrap_or_default()
+    }
+}
+
+/// How links in mail start: the scheme and port people reach the service on.
+#[derive(Debug, Clone)]
+pub struct LinkBase {
+    pub https: bool,
+    /// A port other than the scheme's default, if any.
+    pub port: Option<u16>,
+}
+
+impl LinkBase {
+    pub fn status_url(&self, host: &str) -> String {
+        let scheme = if self.https { "https" } else { "http" };
+        match self.port {
+            Some(p) => format!("{scheme}://{host}:{p}/status"),
+            None => format!("{scheme}://{host}/status"),
+        }
+    }
+}
+
+/// Runs until the task is aborted.
+pub async fn run(
+    queue: Arc<MailQueue>,
+    catalog: Catalog,
+    pools: TenantPools,
+    mailer: Mailer,
+    links: LinkBase,
+) {
+    // When each tenant with rows left is due again.
+    let mut later: BTreeMap<Uuid, OffsetDateTime> = BTreeMap::new();
+    let mut sweep = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(3600),
+    );
+    loop {
+        let now = OffsetDateTime::now_utc();
+        let nap = later
+            .values()
+            .min()
+            .map(|t| (*t - now).try_into().unwrap_or(Duration::ZERO))
+            .unwrap_or(Duration::from_secs(300))
+            .min(Duration::from_secs(300));
+        let mut visit: HashSet<Uuid> = HashSet::new();
+        tokio::select! {
+            () = queue.wake.notified() => {}
+            () = tokio::time::sleep(nap) => {}
+            _ = sweep.tick() => match catalog.list_tenants().await {
+                Ok(all) => visit.extend(all.iter().filter(|t| t.state == TenantState::Active).map(|t| t.id)),
+                Err(e) => tracing::warn!(error = format!("{e:#}"), "mail: cannot list tenants"),
+            },
+        }
+        visit.extend(queue.take());
+        let now = OffsetDateTime::now_utc();
+        visit.extend(later.iter().filter(|(_, t)| **t <= now).map(|(id, _)| *id));
+        for tenant in visit {
+            later.remove(&tenant);
+            match deliver_tenant(&catalog, &pools, &mailer, &links, tenant).await {
+                Ok(Some(next)) => {
+                    later.insert(tenant, next);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(%tenant, error = format!("{e:#}"), "mail delivery failed; trying again in a minute");
+                    later.insert(tenant, OffsetDateTime::now_utc() + Duration::from_secs(60));
+                }
+            }
+        }
+    }
+}
+
+/// One pass over one tenant's outbox; when its earliest row left is due.
+async fn deliver_tenant(
+    catalog: &Catalog,
+    pools: &TenantPools,
+    mailer: &Mailer,
+    links: &LinkBase,
+    tenant: Uuid,
+) -> anyhow::Result<Option<OffsetDateTime>> {
+    let Some(record) = catalog.tenant_by_id(tenant).await? else {
+        return Ok(None);
+    };
+    if record.state != TenantState::Active {
+        return Ok(None);
+    }
+    let Some(host) = record.hosts.first() else {
+        return Ok(None);
+    };
+    let head = Letterhead {
+        site: record.name.clone(),
+        status_url: links.status_url(host),
+    };
+    let rt = pools.runtime(tenant).await?;
+    let mut db = rt.pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let pass = deliver_due(&mut db, &rt.cipher, &head, mailer)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if pass.sent + pass.failed > 0 {
+        tracing::info!(tenant = %record.slug, sent = pass.sent, failed = pass.failed, "mail delivered");
+    }
+    Ok(pass.next_due)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_links_follow_how_people_reach_the_service() {
+        let tls = LinkBase {
+            https: true,
+            port: None,
+        };
+        assert_eq!(
+            tls.status_url("city.example.jp"),
+            "https://city.example.jp/status"
+        );
+        let plain = LinkBase {
+            https: false,
+            port: Some(8080),
+        };
+        assert_eq!(
+            plain.status_url("chiyoda.localhost"),
+            "http://chiyoda.localhost:8080/status"
+        );
+    }
+}

@@ -1,0 +1,358 @@
+//! Mail to applicants from the outbox: the e-mailed copy of an application
+//! (受付完了メール, kind `receipt`) and staff's messages about a case (kind `mail`).
+//!
+//! Rows are written in the same transaction as what caused them; here they are sent
+//! through the platform's SMTP relay, one tenant database at a time, oldest first.
+//! A sent row keeps its time and loses its payload (recipient and text: personal
+//! data that has done its job). A refused row is tried again later, at growing
+//! intervals, and given up after [`MAX_ATTEMPTS`] or at once when the relay refuses
+//! it for good (5xx); what is kept of a failure is the SMTP reply code or a class of
+//! error, never the server's text, which may name the recipient.
+
+use std::time::Duration;
+
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox};
+use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use time::OffsetDateTime;
+use tokio_postgres::GenericClient;
+use uuid::Uuid;
+
+use super::cases::open_text;
+use super::forms::answers::Answers;
+use super::forms::citizen::{decrypt_answers, jst, RECEIPT_MAIL};
+use super::forms::definition::{FieldKind, FormDefinition};
+use crate::config::MailSettings;
+use crate::crypto::FieldCipher;
+use crate::error::AppError;
+
+/// Tries before a row is given up.
+pub const MAX_ATTEMPTS: i32 = 12;
+/// Rows taken per transaction.
+const BATCH: i64 = 20;
+
+/// The platform's way out: an SMTP relay and the sender address.
+pub struct Mailer {
+    transport: AsyncSmtpTransport<Tokio1Executor>,
+    from: Address,
+}
+
+impl std::fmt::Debug for Mailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mailer")
+            .field("from", &self.from)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Mailer {
+    pub fn new(s: &MailSettings) -> anyhow::Result<Self> {
+        let from: Address = s
+            .from
+            .parse()
+            .map_err(|e| anyhow::anyhow!("the sender address {:?}: {e}", s.from))?;
+        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.url)
+            .map_err(|e| anyhow::anyhow!("the SMTP URL: {e}"))?
+            .timeout(Some(Duration::from_secs(30)))
+            .build();
+        Ok(Self { transport, from })
+    }
+}
+
+/// What a municipality's mail says about itself.
+#[derive(Debug, Clone)]
+pub struct Letterhead {
+    /// The municipality's name: the sender's display name and the signature.
+    pub site: String,
+    /// Where applicants look an application up (状況照会).
+    pub status_url: String,
+}
+
+/// One mail, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Letter {
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+/// What one pass over a tenant's outbox did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Pass {
+    pub sent: usize,
+    /// Tried and refused (to be tried again, or given up).
+    pub failed: usize,
+    /// When the earliest row left is due, if any is.
+    pub next_due: Option<OffsetDateTime>,
+}
+
+/// Sends every row of this tenant's outbox that is due now.
+pub async fn deliver_due(
+    db: &mut tokio_postgres::Client,
+    cipher: &FieldCipher,
+    head: &Letterhead,
+    mailer: &Mailer,
+) -> Result<Pass, AppError> {
+    let mut pass = Pass::default();
+    loop {
+        let tx = db.transaction().await?;
+        // SKIP LOCKED: a second server delivering from the same outbox takes other rows.
+        let rows = tx
+            .query(
+                "SELECT id, kind, submission_id, payload, attempts FROM outbox
+                  WHERE sent_at IS NULL AND next_attempt_at <= now()
+                  ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
+                &[&BATCH],
+            )
+            .await?;
+        for r in &rows {
+            let (id, kind, submission, payload, attempts): (
+                i64,
+                String,
+                Option<Uuid>,
+                Vec<u8>,
+                i32,
+            ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            let outcome = match compose(&tx, cipher, head, id, &kind, submission, &payload).await {
+                Ok(letter) => send(mailer, &head.site, &letter).await,
+                Err(e) => {
+                    tracing::warn!(outbox = id, error = %e, "mail cannot be composed; given up");
+                    Err(Refused::ForGood("unreadable".into()))
+                }
+            };
+            match outcome {
+                Ok(()) => {
+                    tx.execute(
+                        "UPDATE outbox SET sent_at = now(), payload = ''::bytea, last_error = NULL, attempts = attempts + 1 WHERE id = $1",
+                        &[&id],
+                    )
+                    .await?;
+                    pass.sent += 1;
+                }
+                Err(refused) => {
+                    let (why, retry) = match &refused {
+                        Refused::ForGood(why) => (why.as_str(), None),
+                        Refused::ForNow(why) => (why.as_str(), retry_after(attempts + 1)),
+                    };
+                    if retry.is_none() {
+                        tracing::warn!(outbox = id, reason = why, "mail given up");
+                    }
+                    let secs = retry.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                    tx.execute(
+                        "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
+                                next_attempt_at = CASE WHEN $3::bigint IS NULL THEN 'infinity'::timestamptz
+                                                       ELSE now() + make_interval(secs => $3::bigint) END
+                          WHERE id = $1",
+                        &[&id, &why, &secs],
+                    )
+                    .await?;
+                    pass.failed += 1;
+                }
+            }
+        }
+        tx.commit().await?;
+        if i64::try_from(rows.len()).unwrap_or(0) < BATCH {
+            break;
+        }
+    }
+    pass.next_due = db
+        .query_one(
+            "SELECT min(next_attempt_at) FROM outbox WHERE sent_at IS NULL AND next_attempt_at < 'infinity'",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(pass)
+}
+
+/// How long to wait before try number `attempt` (2, 3, …): a minute, doubling, at
+/// most six hours; `None` once [`MAX_ATTEMPTS`] are spent (about 20 hours after the first).
+pub fn retry_after(attempt: i32) -> Option<Duration> {
+    if attempt >= MAX_ATTEMPTS {
+        return None;
+    }
+    let doublings = u32::try_from(attempt.max(1) - 1).unwrap_or(0).min(16);
+    Some(Duration::from_secs((60u64 << doublings).min(6 * 3600)))
+}
+
+enum Refused {
+    /// 4xx, a lost connection, a timeout: worth trying again.
+    ForNow(String),
+    /// 5xx or an address no server would take.
+    ForGood(String),
+}
+
+async fn send(mailer: &Mailer, site: &str, letter: &Letter) -> Result<(), Refused> {
+    let to: Mailbox = letter
+        .to
+        .parse()
+        .map_err(|_| Refused::ForGood("invalid recipient address".into()))?;
+    let message = Message::builder()
+        .from(Mailbox::new(Some(site.to_owned()), mailer.from.clone()))
+        .to(to)
+        .subject(&letter.subject)
+        .header(ContentType::TEXT_PLAIN)
+        .body(
+            Body::new_with_encoding(letter.body.clone(), ContentTransferEncoding::Base64)
+                .map_err(|_| Refused::ForGood("body".into()))?,
+        )
+        .map_err(|e| Refused::ForGood(format!("message: {e}")))?;
+    match mailer.transport.send(message).await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let why = match e.status() {
+                Some(code) => format!("smtp {code}"),
+                None if e.is_timeout() => "timeout".into(),
+                None if e.is_tls() => "tls".into(),
+                None => "connection".into(),
+            };
+            if e.is_permanent() {
+                Err(Refused::ForGood(why))
+            } else {
+                Err(Refused::ForNow(why))
+            }
+        }
+    }
+}
+
+/// Makes the mail an outbox row stands for, from its payload and the submission.
+async fn compose(
+    db: &impl GenericClient,
+    cipher: &FieldCipher,
+    head: &Letterhead,
+    id: i64,
+    kind: &str,
+    submission: Option<Uuid>,
+    payload: &[u8],
+) -> Result<Letter, AppError> {
+    let submission = submission.ok_or(AppError::NotFound)?;
+    // Receipts are sealed to their submission (see `RECEIPT_MAIL`), the rest to their own row.
+    let bound = if kind == RECEIPT_MAIL {
+        submission.to_string()
+    } else {
+        id.to_string()
+    };
+    let payload: serde_json::Value =
+        serde_json::from_str(&open_text(cipher, "outbox", "payload", &bound, payload)?)
+            .map_err(|e| AppError::Internal(e.into()))?;
+    let field = |k: &str| payload.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let s = db
+        .query_opt(
+            "SELECT s.receipt_number, s.submitted_at, s.answers, v.definition FROM submissions s
+               JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version
+              WHERE s.id = $1",
+            &[&submission],
+        )
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let (receipt, at): (String, OffsetDateTime) = (s.get(0), s.get(1));
+    let def: FormDefinition = serde_json::from_value(s.get(3))
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("stored form definition: {e}")))?;
+    let answers = decrypt_answers(cipher, submission, &s.get(2))?;
+    let letter = match field("template") {
+        t @ ("received" | "resubmitted") => Letter {
+            to: field("to").to_owned(),
+            subject: format!(
+                "【{}】{} {}のお知らせ（受付番号 {receipt}）",
+                head.site,
+                def.title,
+                if t == "received" { "受付完了" } else { "修正受付" }
+            ),
+            body: receipt_body(head, &def, &answers, &receipt, at, t == "resubmitted"),
+        },
+        "case_message" => Letter {
+            to: first_email(&def, &answers).ok_or(AppError::NotFound)?,
+            subject: format!("【{}】{} についてのお知らせ（受付番号 {receipt}）", head.site, def.title),
+            body: format!(
+                "{title}（受付番号 {receipt}）について、担当からのお知らせです。\n\n{text}\n\n\
+                 申請の状況とこれまでのお知らせは、受付番号とメールアドレスで次のページから確認できます。\n{url}\n\n{foot}",
+                title = def.title,
+                text = field("body"),
+                url = head.status_url,
+                foot = footer(&head.site),
+            ),
+        },
+        other => {
+            return Err(AppError::Internal(anyhow::anyhow!(
+                "unknown mail template {other:?}"
+            )))
+        }
+    };
+    if letter.to.is_empty() {
+        return Err(AppError::NotFound);
+    }
+    Ok(letter)
+}
+
+fn first_email(def: &FormDefinition, answers: &Answers) -> Option<String> {
+    def.fields()
+        .filter(|f| matches!(f.kind, FieldKind::Email {}))
+        .find_map(|f| answers.get(&f.id).map(|a| a.display()))
+}
+
+/// The applicant's copy: receipt number, time (和暦 and 西暦), every answer.
+fn receipt_body(
+    head: &Letterhead,
+    def: &FormDefinition,
+    answers: &Answers,
+    receipt: &str,
+    at: OffsetDateTime,
+    corrected: bool,
+) -> String {
+    let mut body = if corrected {
+        format!("「{}」の修正を受け付けました。\n", def.title)
+    } else {
+        format!("「{}」のお申し込みを受け付けました。\n", def.title)
+    };
+    body.push_str("このメールは申請内容の控えです。大切に保管してください。\n\n");
+    body.push_str(&format!("受付番号: {receipt}\n受付日時: {}\n\n", jst(at)));
+    body.push_str("― 申請内容 ―\n");
+    for f in def.fields() {
+        if let Some(a) = answers.get(&f.id) {
+            let label = if f.label.is_empty() { &f.id } else { &f.label };
+            body.push_str(&format!("{label}: {}\n", a.display()));
+        }
+    }
+    body.push_str(&format!(
+        "\n申請の状況は、受付番号とこのメールアドレスで次のページから確認できます。\n{}\n\n{}",
+        head.status_url,
+        footer(&head.site)
+    ));
+    body
+}
+
+fn footer(site: &str) -> String {
+    format!(
+        "このメールは送信専用のアドレスからお送りしています。ご返信いただいてもお答えできません。\n\
+         お心当たりのない場合は、このメールを破棄してください。\n\n{site}\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_double_from_a_minute_to_six_hours_then_stop() {
+        let waits: Vec<Option<u64>> = (1..=MAX_ATTEMPTS)
+            .map(|a| retry_after(a).map(|d| d.as_secs()))
+            .collect();
+        assert_eq!(
+            waits,
+            [
+                Some(60),
+                Some(120),
+                Some(240),
+                Some(480),
+                Some(960),
+                Some(1920),
+                Some(3840),
+                Some(7680),
+                Some(15360),
+                Some(21600),
+                Some(21600),
+                None
+            ]
+        );
+    }
+}

@@ -1,0 +1,190 @@
+//! Mail to applicants through a real SMTP exchange (an SMTP server in this process):
+//! the e-mailed copy of an application, a relay that refuses for now and then takes
+//! it, staff's message about a case, and a recipient refused for good.
+
+use std::time::Duration;
+
+use madoguchi::config::MailSettings;
+use madoguchi::tenant::staff::Role;
+use uuid::Uuid;
+
+use crate::forms::{apply, build_form, dept_id, post, staff};
+use crate::harness::{unique, url, TestEnv};
+use crate::smtp::SmtpServer;
+
+const FROM: &str = "noreply@madoguchi.example";
+
+/// The outbox row of a submission's e-mailed copy: attempts, last error, sent, payload length.
+async fn receipt_row(
+    db: &tokio_postgres::Client,
+    id: Uuid,
+) -> (i32, Option<String>, bool, usize, bool) {
+    let r = db
+        .query_one(
+            "SELECT attempts, last_error, sent_at IS NOT NULL, length(payload), next_attempt_at = 'infinity'
+               FROM outbox WHERE submission_id = $1 AND kind = 'receipt'",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    (
+        r.get(0),
+        r.get(1),
+        r.get(2),
+        usize::try_from(r.get::<_, i32>(3)).unwrap(),
+        r.get(4),
+    )
+}
+
+/// Waits (up to 20 s) until the deliverer has tried the copy `tries` times.
+async fn tried(db: &tokio_postgres::Client, id: Uuid, tries: i32) {
+    for _ in 0..200 {
+        if receipt_row(db, id).await.0 >= tries {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the e-mailed copy was not tried {tries} times");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applicants_get_their_copy_and_messages_by_mail() {
+    let smtp = SmtpServer::start().await;
+    let relay = format!("smtp://127.0.0.1:{}", smtp.port);
+    let env = TestEnv::with(|s| {
+        s.mail = Some(MailSettings {
+            url: zeroize::Zeroizing::new(relay.clone()),
+            from: FROM.into(),
+        });
+    })
+    .await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let db = env.tenant_conn(&t).await.client;
+    let id_of = |receipt: String| {
+        let db = &db;
+        async move {
+            db.query_one(
+                "SELECT id FROM submissions WHERE receipt_number = $1",
+                &[&receipt],
+            )
+            .await
+            .unwrap()
+            .get::<_, Uuid>(0)
+        }
+    };
+
+    // The relay refuses the first try for now: the copy waits, with the reply code.
+    smtp.refuse_next_for_now();
+    let receipt = apply(&server, host, &public, "その他").await.unwrap();
+    let id = id_of(receipt.clone()).await;
+    tried(&db, id, 1).await;
+    let (attempts, error, sent, _, given_up) = receipt_row(&db, id).await;
+    assert_eq!(
+        (attempts, error.as_deref(), sent, given_up),
+        (1, Some("smtp 451"), false, false)
+    );
+    assert!(smtp.received().is_empty());
+    let wait: f64 = db
+        .query_one(
+            "SELECT extract(epoch FROM next_attempt_at - now())::float8 FROM outbox WHERE submission_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!((30.0..=61.0).contains(&wait), "next try in {wait} s");
+
+    // When it is due again it goes (here: made due now, and delivered directly).
+    db.execute(
+        "UPDATE outbox SET next_attempt_at = now() WHERE submission_id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let mailer = madoguchi::tenant::mail::Mailer::new(&MailSettings {
+        url: zeroize::Zeroizing::new(relay.clone()),
+        from: FROM.into(),
+    })
+    .unwrap();
+    let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
+        .await
+        .unwrap();
+    let status_url = url(&server, host, "/status");
+    let head = madoguchi::tenant::mail::Letterhead {
+        site: t.name.clone(),
+        status_url: status_url.clone(),
+    };
+    let mut conn = env.tenant_conn(&t).await.client;
+    let pass = madoguchi::tenant::mail::deliver_due(&mut conn, &cipher, &head, &mailer)
+        .await
+        .unwrap();
+    assert_eq!((pass.sent, pass.failed, pass.next_due), (1, 0, None));
+    let mails = smtp.wait_for(1).await;
+    let copy = &mails[0];
+    assert_eq!(copy.to, ["hanako.kasai@example.jp"]);
+    assert_eq!(copy.from, format!("<{FROM}>"));
+    assert_eq!(
+        copy.header("Subject"),
+        format!("【千代田区】粗大ごみ収集申込 受付完了のお知らせ（受付番号 {receipt}）")
+    );
+    assert!(
+        copy.header("From").contains("千代田区"),
+        "{}",
+        copy.header("From")
+    );
+    let body = copy.body();
+    for part in [
+        format!("受付番号: {receipt}"),
+        "古いピアノ椅子".to_owned(),
+        "収集希望日: 2031年7月19日（令和13年7月19日）".to_owned(),
+        "葛\u{E0100}西".to_owned(),
+        status_url.clone(),
+    ] {
+        assert!(body.contains(&part), "{part} missing from:\n{body}");
+    }
+    // Sent: the time is kept, the recipient and text are not.
+    let (attempts, error, sent, payload, _) = receipt_row(&db, id).await;
+    assert_eq!((attempts, error, sent, payload), (2, None, true, 0));
+
+    // Staff write to the applicant: the server delivers it by itself.
+    let case = url(&server, host, &format!("/admin/submissions/{id}"));
+    let (status, _, _) = post(
+        &admin.client,
+        &format!("{case}/notes"),
+        &[
+            ("csrf", &admin.csrf),
+            ("kind", "message"),
+            ("body", "収集日を7月20日に変更しました。"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let mails = smtp.wait_for(2).await;
+    let message = &mails[1];
+    assert_eq!(message.to, ["hanako.kasai@example.jp"]);
+    assert_eq!(
+        message.header("Subject"),
+        format!("【千代田区】粗大ごみ収集申込 についてのお知らせ（受付番号 {receipt}）")
+    );
+    assert!(message.body().contains("収集日を7月20日に変更しました。"));
+
+    // A recipient refused for good is given up at once, and nothing else is held up.
+    smtp.refuse_next_for_good();
+    let refused = apply(&server, host, &public, "ソファ").await.unwrap();
+    let refused = id_of(refused).await;
+    tried(&db, refused, 1).await;
+    let (attempts, error, sent, _, given_up) = receipt_row(&db, refused).await;
+    assert_eq!(
+        (attempts, error.as_deref(), sent, given_up),
+        (1, Some("smtp 550"), false, true)
+    );
+    let third = apply(&server, host, &public, "ソファ").await.unwrap();
+    let mails = smtp.wait_for(3).await;
+    assert!(mails[2].body().contains(&format!("受付番号: {third}")));
+    server.shutdown().await;
+}

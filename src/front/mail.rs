@@ -8,16 +8,18 @@
 //! the tenants' own pools, inside the connection budget, one tenant at a time.
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use time::OffsetDateTime;
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use super::metrics::OutcomeLabels;
 use super::pools::TenantPools;
+use super::AppState;
 use crate::catalog::{Catalog, TenantState};
-use crate::tenant::mail::{deliver_due, Letterhead, Mailer};
+use crate::tenant::mail::{deliver_due, Letterhead, Mailer, Pass};
 
 /// Tenants with mail waiting, told by the handlers that queued it.
 #[derive(Default)]
@@ -62,13 +64,8 @@ impl LinkBase {
 }
 
 /// Runs until the task is aborted.
-pub async fn run(
-    queue: Arc<MailQueue>,
-    catalog: Catalog,
-    pools: TenantPools,
-    mailer: Mailer,
-    links: LinkBase,
-) {
+pub async fn run(app: AppState, mailer: Mailer, links: LinkBase) {
+    let (queue, catalog, pools) = (&app.mail, &app.catalog, &app.pools);
     // When each tenant with rows left is due again.
     let mut later: BTreeMap<Uuid, OffsetDateTime> = BTreeMap::new();
     let mut sweep = tokio::time::interval_at(
@@ -97,11 +94,23 @@ pub async fn run(
         visit.extend(later.iter().filter(|(_, t)| **t <= now).map(|(id, _)| *id));
         for tenant in visit {
             later.remove(&tenant);
-            match deliver_tenant(&catalog, &pools, &mailer, &links, tenant).await {
-                Ok(Some(next)) => {
-                    later.insert(tenant, next);
+            match deliver_tenant(catalog, pools, &mailer, &links, tenant).await {
+                Ok(pass) => {
+                    let count = |outcome: &str, n: usize| {
+                        app.metrics
+                            .mail
+                            .get_or_create(&OutcomeLabels {
+                                outcome: outcome.to_owned(),
+                            })
+                            .inc_by(u64::try_from(n).unwrap_or(u64::MAX));
+                    };
+                    count("sent", pass.sent);
+                    count("retrying", pass.retrying);
+                    count("given_up", pass.given_up);
+                    if let Some(next) = pass.next_due {
+                        later.insert(tenant, next);
+                    }
                 }
-                Ok(None) => {}
                 Err(e) => {
                     tracing::warn!(%tenant, error = format!("{e:#}"), "mail delivery failed; trying again in a minute");
                     later.insert(tenant, OffsetDateTime::now_utc() + Duration::from_secs(60));
@@ -111,22 +120,23 @@ pub async fn run(
     }
 }
 
-/// One pass over one tenant's outbox; when its earliest row left is due.
+/// One pass over one tenant's outbox.
 async fn deliver_tenant(
     catalog: &Catalog,
     pools: &TenantPools,
     mailer: &Mailer,
     links: &LinkBase,
     tenant: Uuid,
-) -> anyhow::Result<Option<OffsetDateTime>> {
+) -> anyhow::Result<Pass> {
     let Some(record) = catalog.tenant_by_id(tenant).await? else {
-        return Ok(None);
+        return Ok(Pass::default());
     };
-    if record.state != TenantState::Active {
-        return Ok(None);
-    }
-    let Some(host) = record.hosts.first() else {
-        return Ok(None);
+    let Some(host) = record
+        .hosts
+        .first()
+        .filter(|_| record.state == TenantState::Active)
+    else {
+        return Ok(Pass::default());
     };
     let head = Letterhead {
         site: record.name.clone(),
@@ -137,10 +147,10 @@ async fn deliver_tenant(
     let pass = deliver_due(&mut db, &rt.cipher, &head, mailer)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if pass.sent + pass.failed > 0 {
-        tracing::info!(tenant = %record.slug, sent = pass.sent, failed = pass.failed, "mail delivered");
+    if pass.sent + pass.retrying + pass.given_up > 0 {
+        tracing::info!(tenant = %record.slug, sent = pass.sent, retrying = pass.retrying, given_up = pass.given_up, "mail delivered");
     }
-    Ok(pass.next_due)
+    Ok(pass)
 }
 
 #[cfg(test)]

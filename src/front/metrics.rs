@@ -28,6 +28,11 @@ pub struct PoolLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct StateLabels {
     pub state: String,
 }
@@ -54,6 +59,7 @@ pub struct Metrics {
     pub tlog_size: Gauge,
     pub database_size: Family<TenantLabels, Gauge>,
     pub erasure_certificates: Gauge,
+    pub mail: Family<OutcomeLabels, Counter>,
     /// The last minute per tenant, for the ops console.
     pub recent: super::recent::Recent,
 }
@@ -90,6 +96,12 @@ impl Metrics {
         let tlog_size = Gauge::default();
         let database_size = Family::<TenantLabels, Gauge>::default();
         let erasure_certificates = Gauge::default();
+        let mail = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "mail_attempts",
+            "Mail to applicants tried, by outcome: sent, retrying (refused for now) or given_up",
+            mail.clone(),
+        );
         registry.register(
             "db_errors",
             "Requests refused because a database was read-only, full, restarting or unreachable",
@@ -177,6 +189,7 @@ impl Metrics {
             tlog_size,
             database_size,
             erasure_certificates,
+            mail,
             recent: super::recent::Recent::default(),
         }
     }

@@ -793,13 +793,7 @@ impl Server {
                     None if !p.settings.trusted_proxies.is_empty() => mail::LinkBase { https: true, port: None },
                     None => mail::LinkBase { https: false, port: port(bound.public, 80) },
                 };
-                background.push(tokio::spawn(mail::run(
-                    Arc::clone(&app.mail),
-                    p.catalog.clone(),
-                    app.pools.clone(),
-                    mailer,
-                    links,
-                )));
+                background.push(tokio::spawn(mail::run(Arc::clone(&app), mailer, links)));
             }
             None => tracing::info!("no SMTP relay set (MADOGUCHI_SMTP_URL): mail to applicants waits in each tenant's outbox"),
         }

@@ -80,8 +80,10 @@ pub struct Letter {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Pass {
     pub sent: usize,
-    /// Tried and refused (to be tried again, or given up).
-    pub failed: usize,
+    /// Refused for now: to be tried again.
+    pub retrying: usize,
+    /// Refused for good, or out of tries.
+    pub given_up: usize,
     /// When the earliest row left is due, if any is.
     pub next_due: Option<OffsetDateTime>,
 }
@@ -136,6 +138,9 @@ pub async fn deliver_due(
                     };
                     if retry.is_none() {
                         tracing::warn!(outbox = id, reason = why, "mail given up");
+                        pass.given_up += 1;
+                    } else {
+                        pass.retrying += 1;
                     }
                     let secs = retry.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
                     tx.execute(
@@ -146,7 +151,6 @@ pub async fn deliver_due(
                         &[&id, &why, &secs],
                     )
                     .await?;
-                    pass.failed += 1;
                 }
             }
         }

@@ -123,7 +123,10 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     let pass = madoguchi::tenant::mail::deliver_due(&mut conn, &cipher, &head, &mailer)
         .await
         .unwrap();
-    assert_eq!((pass.sent, pass.failed, pass.next_due), (1, 0, None));
+    assert_eq!(
+        (pass.sent, pass.retrying, pass.given_up, pass.next_due),
+        (1, 0, 0, None)
+    );
     let mails = smtp.wait_for(1).await;
     let copy = &mails[0];
     assert_eq!(copy.to, ["hanako.kasai@example.jp"]);
@@ -186,5 +189,19 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     let third = apply(&server, host, &public, "ソファ").await.unwrap();
     let mails = smtp.wait_for(3).await;
     assert!(mails[2].body().contains(&format!("受付番号: {third}")));
+    // What the server itself tried is counted for the operators' monitoring (the
+    // delivery made directly above is not the server's).
+    let (_, _, metrics) = crate::forms::get(
+        &reqwest::Client::new(),
+        &crate::console::ops_url(&server, "/metrics"),
+    )
+    .await;
+    for line in [
+        r#"madoguchi_mail_attempts_total{outcome="sent"} 2"#,
+        r#"madoguchi_mail_attempts_total{outcome="retrying"} 1"#,
+        r#"madoguchi_mail_attempts_total{outcome="given_up"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
     server.shutdown().await;
 }

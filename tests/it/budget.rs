@@ -341,4 +341,34 @@ async fn autovacuum_round_follows_the_number_of_databases() {
         low <= seen && seen <= high,
         "autovacuum_naptime {seen}s, expected between {low}s and {high}s"
     );
+    // A server starting on a cluster set otherwise (by hand, or by an older version)
+    // sets it too.
+    for sql in [
+        "ALTER SYSTEM SET autovacuum_naptime = '17s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    for _ in 0..50 {
+        if naptime().await == 17 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let low = count().await;
+    let server = env.serve().await;
+    let mut seen = 17;
+    for _ in 0..50 {
+        seen = naptime().await;
+        if seen != 17 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let high = count().await;
+    assert!(
+        low <= seen && seen <= high,
+        "after serve started: autovacuum_naptime {seen}s, expected between {low}s and {high}s"
+    );
+    server.shutdown().await;
 }

@@ -623,6 +623,55 @@ async fn operator_commands_are_in_the_operation_log() {
     );
 }
 
+/// `madoguchi demo` seeds an administrator (new password and TOTP each time) and,
+/// once, the sample form (its path printed each time); each seeding is in the
+/// operation log as the operator's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_seeding_is_repeatable_and_logged() {
+    use madoguchi::control::tenant_admin::seed_demo;
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("demo"), "千代田区", "131016").await;
+    let first = seed_demo(&env.platform, &t).await.unwrap();
+    let again = seed_demo(&env.platform, &t).await.unwrap();
+    assert_eq!(first.email, again.email);
+    assert_ne!(first.password, again.password);
+    assert_ne!(first.totp_secret, again.totp_secret);
+    assert!(first.form_path.is_some());
+    assert_eq!(
+        first.form_path, again.form_path,
+        "the same sample form, not a second"
+    );
+    let conn = env.tenant_conn(&t).await;
+    let r = conn
+        .client
+        .query_one(
+            "SELECT (SELECT count(*) FROM forms WHERE current_version IS NOT NULL),
+                    (SELECT id FROM staff WHERE email = $1 AND role = 'admin' AND totp_enabled)",
+            &[&first.email],
+        )
+        .await
+        .unwrap();
+    let (forms, staff_id): (i64, i64) = (r.get(0), r.get(1));
+    assert_eq!(forms, 1);
+    let seeded = log_rows(
+        &conn.client,
+        "SELECT actor, action, target FROM audit_log WHERE action = 'demo.seed' ORDER BY seq",
+    )
+    .await;
+    let entry = (
+        "operator".to_owned(),
+        "demo.seed".to_owned(),
+        staff_id.to_string(),
+    );
+    assert_eq!(seeded, [entry.clone(), entry]);
+    assert!(matches!(
+        madoguchi::tenant::audit::verify(&conn.client)
+            .await
+            .unwrap(),
+        madoguchi::tenant::audit::Verdict::Intact(_)
+    ));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_holds_under_concurrent_submits() {
     let env = TestEnv::new().await;

@@ -310,61 +310,51 @@ async fn autovacuum_round_follows_the_number_of_databases() {
             .get(0);
         v.parse::<u64>().unwrap()
     };
-    // Someone set it by hand to a value that fits no cluster size.
-    for sql in [
-        "ALTER SYSTEM SET autovacuum_naptime = '17s'",
-        "SELECT pg_reload_conf()",
-    ] {
-        admin.batch_execute(sql).await.unwrap();
-    }
-    // (A server starting in another test at this moment may set it back already.)
-    for _ in 0..50 {
-        if naptime().await == 17 {
-            break;
+    // Sets it by hand to a value that fits no cluster size, then waits until it reads
+    // so. (A server starting in another test at this moment may set it back already.)
+    let by_hand = || async {
+        for sql in [
+            "ALTER SYSTEM SET autovacuum_naptime = '17s'",
+            "SELECT pg_reload_conf()",
+        ] {
+            admin.batch_execute(sql).await.unwrap();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        for _ in 0..50 {
+            if naptime().await == 17 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    // The value once it is no longer the hand-set one (up to 5 s).
+    let changed = || async {
+        let mut seen = 17;
+        for _ in 0..50 {
+            seen = naptime().await;
+            if seen != 17 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        seen
+    };
+    by_hand().await;
     // Provisioning a municipality sets it for the databases there are (other tests
     // may provision at the same time, so the count is read before and after).
     let low = count().await;
     env.tenant(&unique("nap"), "千代田区", "131016").await;
     let high = count().await;
-    let mut seen = 17;
-    for _ in 0..50 {
-        seen = naptime().await;
-        if seen != 17 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = changed().await;
     assert!(
         low <= seen && seen <= high,
         "autovacuum_naptime {seen}s, expected between {low}s and {high}s"
     );
     // A server starting on a cluster set otherwise (by hand, or by an older version)
     // sets it too.
-    for sql in [
-        "ALTER SYSTEM SET autovacuum_naptime = '17s'",
-        "SELECT pg_reload_conf()",
-    ] {
-        admin.batch_execute(sql).await.unwrap();
-    }
-    for _ in 0..50 {
-        if naptime().await == 17 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    by_hand().await;
     let low = count().await;
     let server = env.serve().await;
-    let mut seen = 17;
-    for _ in 0..50 {
-        seen = naptime().await;
-        if seen != 17 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let seen = changed().await;
     let high = count().await;
     assert!(
         low <= seen && seen <= high,

@@ -189,6 +189,19 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     let third = apply(&server, host, &public, "ソファ").await.unwrap();
     let mails = smtp.wait_for(3).await;
     assert!(mails[2].body().contains(&format!("受付番号: {third}")));
+    // Staff see on the case how its mail went.
+    let (_, _, page) = crate::forms::get(
+        &admin.client,
+        &url(&server, host, &format!("/admin/submissions/{refused}")),
+    )
+    .await;
+    assert!(
+        page.contains("受付・修正受付の控え</td><td>送信できませんでした（smtp 550）"),
+        "{page}"
+    );
+    let (_, _, page) = crate::forms::get(&admin.client, &case).await;
+    assert!(page.contains("<td>送信済み "), "{page}");
+    assert!(page.contains("メッセージ・差戻しの通知"), "{page}");
     // What the server itself tried is counted for the operators' monitoring (the
     // delivery made directly above is not the server's).
     let (_, _, metrics) = crate::forms::get(

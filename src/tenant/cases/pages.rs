@@ -540,6 +540,29 @@ fn who(label: &str) -> String {
     }
 }
 
+/// One mail to the applicant, for staff: which, when queued, and how it went.
+pub struct MailLine {
+    pub what: &'static str,
+    pub at: String,
+    pub state: String,
+}
+
+/// 送信済み, 送信待ち or 送信できませんでした, with the SMTP reply when it failed.
+fn mail_state(
+    sent: Option<OffsetDateTime>,
+    attempts: i32,
+    error: Option<String>,
+    given_up: bool,
+) -> String {
+    let why = error.map(|e| format!("（{e}）")).unwrap_or_default();
+    match sent {
+        Some(t) => format!("送信済み {}", jst(t)),
+        None if given_up => format!("送信できませんでした{why}"),
+        None if attempts > 0 => format!("再送待ち（{attempts}回失敗）{why}"),
+        None => "送信待ち".to_owned(),
+    }
+}
+
 pub struct EventLine {
     pub at: String,
     pub who: String,
@@ -572,6 +595,7 @@ struct DetailPage {
     answers: Vec<AnswerLine>,
     events: Vec<EventLine>,
     notes: Vec<NoteLine>,
+    mails: Vec<MailLine>,
     return_reason: String,
     return_deadline: String,
     csrf: String,
@@ -635,6 +659,25 @@ async fn detail_page(
             })
         })
         .collect::<Result<Vec<_>, AppError>>()?;
+    // Mail to the applicant about this case: what went, what waits, what failed.
+    let mails = db
+        .query(
+            "SELECT kind, created_at, sent_at, attempts, last_error, next_attempt_at = 'infinity'
+               FROM outbox WHERE submission_id = $1 ORDER BY created_at, id",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|m| MailLine {
+            what: if m.get::<_, &str>(0) == crate::tenant::forms::citizen::RECEIPT_MAIL {
+                "受付・修正受付の控え"
+            } else {
+                "メッセージ・差戻しの通知"
+            },
+            at: jst(m.get(1)),
+            state: mail_state(m.get(2), m.get(3), m.get(4), m.get(5)),
+        })
+        .collect();
     let notes = db
         .query(
             "SELECT n.id, n.at, coalesce(st.email, '申請者'), n.kind, n.body FROM submission_notes n LEFT JOIN staff st ON st.id = n.author_id
@@ -693,6 +736,7 @@ async fn detail_page(
             .collect(),
         events,
         notes,
+        mails,
         return_reason: reason
             .map(|r| open_text(ctx.cipher(), "submissions", "return_reason", &row_id, &r))
             .transpose()?
@@ -931,6 +975,25 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
 #[cfg(test)]
 mod tests {
     use super::who;
+
+    #[test]
+    fn mail_states_for_staff() {
+        use super::mail_state;
+        assert_eq!(mail_state(None, 0, None, false), "送信待ち");
+        assert_eq!(
+            mail_state(None, 2, Some("smtp 451".into()), false),
+            "再送待ち（2回失敗）（smtp 451）"
+        );
+        assert_eq!(
+            mail_state(None, 1, Some("smtp 550".into()), true),
+            "送信できませんでした（smtp 550）"
+        );
+        let t = time::macros::datetime!(2026-11-26 05:30 UTC);
+        assert_eq!(
+            mail_state(Some(t), 1, None, false),
+            "送信済み 2026年11月26日（令和8年11月26日） 14:30"
+        );
+    }
 
     #[test]
     fn history_rows_name_who_in_words() {

@@ -2,10 +2,11 @@
 //!
 //! A handler that queued mail says so ([`MailQueue::queued`]); the deliverer then
 //! visits that tenant's database at once. A tenant whose rows failed is visited
-//! again when its earliest row is due. An hourly sweep visits every active tenant, so
-//! mail queued before a restart (or by another server) is not left behind; at 1,788
-//! tenants that is one short indexed query every two seconds. Connections come from
-//! the tenants' own pools, inside the connection budget, one tenant at a time.
+//! again when its earliest row is due. A minute after start, and then daily, a sweep
+//! visits every active tenant, so mail queued before a restart (or left by a server
+//! that stopped) is not left behind; like the daily operation-log pruning it opens
+//! each tenant's pool in turn, one tenant at a time. Connections come from the
+//! tenants' own pools, inside the connection budget.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Mutex;
@@ -70,7 +71,7 @@ pub async fn run(app: AppState, mailer: Mailer, links: LinkBase) {
     let mut later: BTreeMap<Uuid, OffsetDateTime> = BTreeMap::new();
     let mut sweep = tokio::time::interval_at(
         tokio::time::Instant::now() + Duration::from_secs(60),
-        Duration::from_secs(3600),
+        Duration::from_secs(24 * 3600),
     );
     loop {
         let now = OffsetDateTime::now_utc();

@@ -7,3 +7,5 @@ ALTER TABLE outbox
     ADD COLUMN last_error text;
 DROP INDEX outbox_pending;
 CREATE INDEX outbox_due ON outbox (next_attempt_at) WHERE sent_at IS NULL;
+-- A case's mail (the staff page) and the cascade when a submission is deleted.
+CREATE INDEX outbox_submission ON outbox (submission_id);

@@ -31,6 +31,12 @@ pub const MAX_ATTEMPTS: i32 = 12;
 /// Rows taken per transaction.
 const BATCH: i64 = 20;
 
+/// The rows due now, oldest first ($1: how many). SKIP LOCKED: a second server
+/// delivering from the same outbox takes other rows.
+pub const DUE_SQL: &str = "SELECT id, kind, submission_id, payload, attempts FROM outbox
+  WHERE sent_at IS NULL AND next_attempt_at <= now()
+  ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED";
+
 /// The platform's way out: an SMTP relay and the sender address.
 pub struct Mailer {
     transport: AsyncSmtpTransport<Tokio1Executor>,
@@ -98,15 +104,7 @@ pub async fn deliver_due(
     let mut pass = Pass::default();
     loop {
         let tx = db.transaction().await?;
-        // SKIP LOCKED: a second server delivering from the same outbox takes other rows.
-        let rows = tx
-            .query(
-                "SELECT id, kind, submission_id, payload, attempts FROM outbox
-                  WHERE sent_at IS NULL AND next_attempt_at <= now()
-                  ORDER BY next_attempt_at, id LIMIT $1 FOR UPDATE SKIP LOCKED",
-                &[&BATCH],
-            )
-            .await?;
+        let rows = tx.query(DUE_SQL, &[&BATCH]).await?;
         for r in &rows {
             let (id, kind, submission, payload, attempts): (
                 i64,

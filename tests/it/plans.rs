@@ -190,6 +190,32 @@ async fn hot_queries_are_served_by_indexes() {
         )
         .await,
     );
+    // Mail: the rows due for delivery, and a case's mail on its staff page.
+    db.batch_execute(
+        "INSERT INTO outbox (kind, submission_id, payload, sent_at)
+           SELECT 'receipt', id, ''::bytea, now() FROM submissions;
+         ANALYZE outbox;",
+    )
+    .await
+    .unwrap();
+    assert_indexed(
+        "mail due",
+        &plan(&db, madoguchi::tenant::mail::DUE_SQL, &[&20i64]).await,
+    );
+    let any: uuid::Uuid = db
+        .query_one("SELECT id FROM submissions LIMIT 1", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_indexed(
+        "a case's mail",
+        &plan(
+            &db,
+            madoguchi::tenant::cases::pages::CASE_MAILS_SQL,
+            &[&any],
+        )
+        .await,
+    );
     assert_indexed(
         "staff session",
         &plan(

@@ -540,6 +540,11 @@ fn who(label: &str) -> String {
     }
 }
 
+/// A case's mail to the applicant, oldest first.
+pub const CASE_MAILS_SQL: &str =
+    "SELECT kind, created_at, sent_at, attempts, last_error, next_attempt_at = 'infinity'
+   FROM outbox WHERE submission_id = $1 ORDER BY created_at, id";
+
 /// One mail to the applicant, for staff: which, when queued, and how it went.
 pub struct MailLine {
     pub what: &'static str,
@@ -661,11 +666,7 @@ async fn detail_page(
         .collect::<Result<Vec<_>, AppError>>()?;
     // Mail to the applicant about this case: what went, what waits, what failed.
     let mails = db
-        .query(
-            "SELECT kind, created_at, sent_at, attempts, last_error, next_attempt_at = 'infinity'
-               FROM outbox WHERE submission_id = $1 ORDER BY created_at, id",
-            &[&id],
-        )
+        .query(CASE_MAILS_SQL, &[&id])
         .await?
         .iter()
         .map(|m| MailLine {

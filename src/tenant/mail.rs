@@ -61,8 +61,34 @@ impl Mailer {
             .map_err(|e| anyhow::anyhow!("the SMTP URL: {e}"))?
             .timeout(Some(Duration::from_secs(30)))
             .build();
+        if let Some(host) = plain_remote(&s.url) {
+            tracing::warn!(
+                host,
+                "mail to the SMTP relay is not encrypted: use smtps:// or ?tls=required unless the relay is on this host or a private segment"
+            );
+        }
         Ok(Self { transport, from })
     }
+}
+
+/// The relay's host when mail would travel to it in clear over the network: a
+/// plain `smtp://` URL without `tls=`, to a host other than this one.
+fn plain_remote(url: &str) -> Option<String> {
+    let rest = url.strip_prefix("smtp://")?;
+    if url.contains("tls=") {
+        return None;
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let host_port = authority.rsplit('@').next().unwrap_or_default();
+    let host = match host_port.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host_port.split(':').next().unwrap_or_default(),
+    };
+    let local = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!local).then(|| host.to_owned())
 }
 
 /// What a municipality's mail says about itself.
@@ -333,6 +359,23 @@ fn footer(site: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plain_mail_to_another_host_is_noticed() {
+        assert_eq!(
+            plain_remote("smtp://relay.city.lg.jp:25").as_deref(),
+            Some("relay.city.lg.jp")
+        );
+        assert_eq!(
+            plain_remote("smtp://user:p%40ss@10.0.0.5").as_deref(),
+            Some("10.0.0.5")
+        );
+        assert_eq!(plain_remote("smtp://127.0.0.1:2525"), None);
+        assert_eq!(plain_remote("smtp://[::1]:25"), None);
+        assert_eq!(plain_remote("smtp://localhost"), None);
+        assert_eq!(plain_remote("smtp://relay.example:587?tls=required"), None);
+        assert_eq!(plain_remote("smtps://relay.example"), None);
+    }
 
     #[test]
     fn retries_double_from_a_minute_to_six_hours_then_stop() {

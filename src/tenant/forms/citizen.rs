@@ -766,6 +766,22 @@ fn receipt_mail(
     .map(Some)
 }
 
+/// Queues a sealed copy (from [`receipt_mail`]) for a submission, in the caller's transaction.
+async fn queue_receipt(
+    tx: &tokio_postgres::Transaction<'_>,
+    submission: Uuid,
+    sealed: Option<&[u8]>,
+) -> Result<(), AppError> {
+    if let Some(m) = sealed {
+        tx.execute(
+            "INSERT INTO outbox (kind, submission_id, payload) VALUES ($1, $2, $3)",
+            &[&RECEIPT_MAIL, &submission, &m],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// Blind indexes of the first e-mail and telephone answers, for exact search.
 fn indexes(
     ctx: &TenantCtx,
@@ -911,13 +927,7 @@ pub async fn store_submission(
             &[&id, &by],
         )
         .await?;
-        if let Some(m) = &mail {
-            tx.execute(
-                "INSERT INTO outbox (kind, submission_id, payload) VALUES ($1, $2, $3)",
-                &[&RECEIPT_MAIL, &id, m],
-            )
-            .await?;
-        }
+        queue_receipt(&tx, id, mail.as_deref()).await?;
         tx.commit().await?;
         return Ok(Stored::Accepted {
             id,
@@ -1060,13 +1070,7 @@ async fn resubmit_correction(
         &[&orig],
     )
     .await?;
-    if let Some(m) = &mail {
-        tx.execute(
-            "INSERT INTO outbox (kind, submission_id, payload) VALUES ($1, $2, $3)",
-            &[&RECEIPT_MAIL, &orig, m],
-        )
-        .await?;
-    }
+    queue_receipt(&tx, orig, mail.as_deref()).await?;
     crate::tenant::audit::append(
         &tx,
         &Actor::Citizen,

@@ -284,78 +284,84 @@ async fn the_budget_is_shared_between_the_tenants_being_served() {
 
 /// With a database per municipality, autovacuum's round grows with their number: the
 /// control plane sets `autovacuum_naptime` for the databases the cluster holds.
+/// The `autovacuum_naptime` (s) the control plane chooses for the databases there are now.
+pub async fn naptime_for_databases() -> u64 {
+    let n: i64 = admin_client("postgres")
+        .await
+        .query_one("SELECT count(*) FROM pg_database", &[])
+        .await
+        .unwrap()
+        .get(0);
+    madoguchi::control::cluster::autovacuum_naptime_secs(u64::try_from(n).unwrap())
+}
+
+/// `autovacuum_naptime` (s) as the cluster has it now (a fresh connection each time,
+/// which sees the reloaded configuration).
+async fn naptime() -> u64 {
+    let v: String = admin_client("postgres")
+        .await
+        .query_one(
+            "SELECT setting FROM pg_settings WHERE name = 'autovacuum_naptime'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    v.parse::<u64>().unwrap()
+}
+
+/// Sets it by hand to 17 s, a value that fits no cluster size, and waits until it
+/// reads so. (A server starting in another test at this moment may set it back already.)
+pub async fn naptime_set_by_hand() {
+    let admin = admin_client("postgres").await;
+    for sql in [
+        "ALTER SYSTEM SET autovacuum_naptime = '17s'",
+        "SELECT pg_reload_conf()",
+    ] {
+        admin.batch_execute(sql).await.unwrap();
+    }
+    for _ in 0..50 {
+        if naptime().await == 17 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The value once it is no longer the hand-set one (waiting up to 5 s).
+pub async fn naptime_once_changed() -> u64 {
+    let mut seen = 17;
+    for _ in 0..50 {
+        seen = naptime().await;
+        if seen != 17 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    seen
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn autovacuum_round_follows_the_number_of_databases() {
-    use madoguchi::control::cluster::autovacuum_naptime_secs;
     let env = TestEnv::new().await;
-    let admin = admin_client("postgres").await;
-    let count = || async {
-        let n: i64 = admin
-            .query_one("SELECT count(*) FROM pg_database", &[])
-            .await
-            .unwrap()
-            .get(0);
-        autovacuum_naptime_secs(u64::try_from(n).unwrap())
-    };
-    let naptime = || async {
-        // Each read on a fresh connection, which sees the reloaded configuration.
-        let c = admin_client("postgres").await;
-        let v: String = c
-            .query_one(
-                "SELECT setting FROM pg_settings WHERE name = 'autovacuum_naptime'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        v.parse::<u64>().unwrap()
-    };
-    // Sets it by hand to a value that fits no cluster size, then waits until it reads
-    // so. (A server starting in another test at this moment may set it back already.)
-    let by_hand = || async {
-        for sql in [
-            "ALTER SYSTEM SET autovacuum_naptime = '17s'",
-            "SELECT pg_reload_conf()",
-        ] {
-            admin.batch_execute(sql).await.unwrap();
-        }
-        for _ in 0..50 {
-            if naptime().await == 17 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    // The value once it is no longer the hand-set one (up to 5 s).
-    let changed = || async {
-        let mut seen = 17;
-        for _ in 0..50 {
-            seen = naptime().await;
-            if seen != 17 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        seen
-    };
-    by_hand().await;
+    naptime_set_by_hand().await;
     // Provisioning a municipality sets it for the databases there are (other tests
     // may provision at the same time, so the count is read before and after).
-    let low = count().await;
+    let low = naptime_for_databases().await;
     env.tenant(&unique("nap"), "千代田区", "131016").await;
-    let high = count().await;
-    let seen = changed().await;
+    let high = naptime_for_databases().await;
+    let seen = naptime_once_changed().await;
     assert!(
         low <= seen && seen <= high,
         "autovacuum_naptime {seen}s, expected between {low}s and {high}s"
     );
     // A server starting on a cluster set otherwise (by hand, or by an older version)
     // sets it too.
-    by_hand().await;
-    let low = count().await;
+    naptime_set_by_hand().await;
+    let low = naptime_for_databases().await;
     let server = env.serve().await;
-    let seen = changed().await;
-    let high = count().await;
+    let seen = naptime_once_changed().await;
+    let high = naptime_for_databases().await;
     assert!(
         low <= seen && seen <= high,
         "after serve started: autovacuum_naptime {seen}s, expected between {low}s and {high}s"

@@ -332,13 +332,17 @@ fn receipt_body(
     } else {
         format!("「{}」のお申し込みを受け付けました。\n", def.title)
     };
-    body.push_str("このメールは申請内容の控えです。大切に保管してください。\n\n");
+    body.push_str("このメールは申請の控えです。大切に保管してください。\n\n");
     body.push_str(&format!("受付番号: {receipt}\n受付日時: {}\n\n", jst(at)));
-    body.push_str("― 申請内容 ―\n");
-    for f in def.fields() {
-        if let Some(a) = answers.get(&f.id) {
-            let label = if f.label.is_empty() { &f.id } else { &f.label };
-            body.push_str(&format!("{label}: {}\n", a.display()));
+    if def.settings.mail_without_answers {
+        body.push_str("申請内容は、このメールには記載していません。\n");
+    } else {
+        body.push_str("― 申請内容 ―\n");
+        for f in def.fields() {
+            if let Some(a) = answers.get(&f.id) {
+                let label = if f.label.is_empty() { &f.id } else { &f.label };
+                body.push_str(&format!("{label}: {}\n", a.display()));
+            }
         }
     }
     body.push_str(&format!(

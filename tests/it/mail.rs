@@ -63,7 +63,7 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     let host = t.hosts[0].as_str();
     let admin = staff(&env, &server, &t, Role::Admin, None).await;
     let dept = dept_id(&env, &t, "環境政策課").await;
-    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let (form_id, public) = build_form(&admin, &server, host, &dept, "").await;
     let db = env.tenant_conn(&t).await.client;
     let id_of = |receipt: String| {
         let db = &db;
@@ -189,6 +189,51 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     let third = apply(&server, host, &public, "ソファ").await.unwrap();
     let mails = smtp.wait_for(3).await;
     assert!(mails[2].body().contains(&format!("受付番号: {third}")));
+    // A form whose answers should not travel by mail: the copy has the receipt number
+    // and the link, not the answers (the builder's setting, in the next version).
+    let base = url(&server, host, &format!("/admin/forms/{form_id}"));
+    let (status, _, saved) = post(
+        &admin.client,
+        &format!("{base}/settings"),
+        &[
+            ("csrf", &admin.csrf),
+            ("title", "粗大ごみ収集申込"),
+            ("department", &dept),
+            ("zones_shown", "1"),
+            ("zone", "internet"),
+            ("zone", "lgwan"),
+            ("mail_without_answers", "yes"),
+        ],
+    )
+    .await;
+    assert!(
+        status == 200
+            && saved.contains("設定を保存しました")
+            && saved.contains(r#"id="s-mail" name="mail_without_answers" value="yes" checked"#),
+        "{saved}"
+    );
+    let (status, _, page) = post(
+        &admin.client,
+        &format!("{base}/publish"),
+        &[("csrf", &admin.csrf)],
+    )
+    .await;
+    assert!(
+        status == 200 && page.contains("第2版を公開しました"),
+        "{page}"
+    );
+    let fourth = apply(&server, host, &public, "その他").await.unwrap();
+    let mails = smtp.wait_for(4).await;
+    let body = mails[3].body();
+    assert!(body.contains(&format!("受付番号: {fourth}")), "{body}");
+    assert!(
+        body.contains("申請内容は、このメールには記載していません。"),
+        "{body}"
+    );
+    for answer in ["古いピアノ椅子", "花子", "2031年7月19日"] {
+        assert!(!body.contains(answer), "{answer} in:\n{body}");
+    }
+
     // Staff see on the case how its mail went.
     let (_, _, page) = crate::forms::get(
         &admin.client,
@@ -210,7 +255,7 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     )
     .await;
     for line in [
-        r#"madoguchi_mail_attempts_total{outcome="sent"} 2"#,
+        r#"madoguchi_mail_attempts_total{outcome="sent"} 3"#,
         r#"madoguchi_mail_attempts_total{outcome="retrying"} 1"#,
         r#"madoguchi_mail_attempts_total{outcome="given_up"} 1"#,
     ] {

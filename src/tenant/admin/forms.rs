@@ -185,6 +185,7 @@ struct BuilderPage {
     zone_internet: bool,
     zone_lgwan: bool,
     proof_of_work: bool,
+    mail_without_answers: bool,
     summary_choices: Vec<(String, String, bool)>,
     department_id: i64,
     departments: Vec<Department>,
@@ -313,6 +314,7 @@ async fn builder(
                 .published_in(crate::front::conn::Zone::Internet),
             zone_lgwan: def.settings.published_in(crate::front::conn::Zone::Lgwan),
             proof_of_work: def.settings.proof_of_work,
+            mail_without_answers: def.settings.mail_without_answers,
             summary_choices: def
                 .fields()
                 .filter(|f| f.kind.takes_answer())
@@ -374,6 +376,7 @@ pub async fn save_settings(
     // The checkboxes (sent with a marker, so a request without them keeps the settings).
     if body.get("zones_shown") == "1" {
         def.settings.proof_of_work = body.get("proof_of_work") == "yes";
+        def.settings.mail_without_answers = body.get("mail_without_answers") == "yes";
     }
     if body.get("zones_shown") == "1" {
         use crate::front::conn::Zone;

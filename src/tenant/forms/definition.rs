@@ -54,6 +54,11 @@ pub struct FormSettings {
     /// A proof of work (about a second in the browser) before the final submit.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub proof_of_work: bool,
+    /// The applicant's e-mailed copy carries only the receipt number and the
+    /// status-lookup link, not the answers (for forms whose answers should not travel
+    /// by e-mail).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mail_without_answers: bool,
     /// Networks the form is published to (internet, LGWAN); empty: both.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zones: Vec<crate::front::conn::Zone>,

@@ -128,6 +128,7 @@ pub async fn deliver_due(
     mailer: &Mailer,
 ) -> Result<Pass, AppError> {
     let mut pass = Pass::default();
+    let mut relay_down = false;
     loop {
         let tx = db.transaction().await?;
         let rows = tx.query(DUE_SQL, &[&BATCH]).await?;
@@ -158,7 +159,9 @@ pub async fn deliver_due(
                 Err(refused) => {
                     let (why, retry) = match &refused {
                         Refused::ForGood(why) => (why.as_str(), None),
-                        Refused::ForNow(why) => (why.as_str(), retry_after(attempts + 1)),
+                        Refused::ForNow(why) | Refused::RelayDown(why) => {
+                            (why.as_str(), retry_after(attempts + 1))
+                        }
                     };
                     if retry.is_none() {
                         tracing::warn!(outbox = id, reason = why, "mail given up");
@@ -175,11 +178,24 @@ pub async fn deliver_due(
                         &[&id, &why, &secs],
                     )
                     .await?;
+                    if let (Refused::RelayDown(_), Some(wait)) = (&refused, retry) {
+                        // The rest of the due rows wait as long (no try counted), so a
+                        // relay that is down costs one timeout per tenant, not one per row.
+                        let secs = i64::try_from(wait.as_secs()).unwrap_or(i64::MAX);
+                        tx.execute(
+                            "UPDATE outbox SET next_attempt_at = now() + make_interval(secs => $1::bigint)
+                              WHERE sent_at IS NULL AND next_attempt_at <= now()",
+                            &[&secs],
+                        )
+                        .await?;
+                        relay_down = true;
+                        break;
+                    }
                 }
             }
         }
         tx.commit().await?;
-        if i64::try_from(rows.len()).unwrap_or(0) < BATCH {
+        if relay_down || i64::try_from(rows.len()).unwrap_or(0) < BATCH {
             break;
         }
     }
@@ -204,8 +220,11 @@ pub fn retry_after(attempt: i32) -> Option<Duration> {
 }
 
 enum Refused {
-    /// 4xx, a lost connection, a timeout: worth trying again.
+    /// 4xx from the relay: worth trying again.
     ForNow(String),
+    /// No answer at all (connection refused or lost, a timeout, TLS): the relay is
+    /// down, so the other rows would only wait for the same failure.
+    RelayDown(String),
     /// 5xx or an address no server would take.
     ForGood(String),
 }
@@ -227,19 +246,13 @@ async fn send(mailer: &Mailer, site: &str, letter: &Letter) -> Result<(), Refuse
         .map_err(|e| Refused::ForGood(format!("message: {e}")))?;
     match mailer.transport.send(message).await {
         Ok(_) => Ok(()),
-        Err(e) => {
-            let why = match e.status() {
-                Some(code) => format!("smtp {code}"),
-                None if e.is_timeout() => "timeout".into(),
-                None if e.is_tls() => "tls".into(),
-                None => "connection".into(),
-            };
-            if e.is_permanent() {
-                Err(Refused::ForGood(why))
-            } else {
-                Err(Refused::ForNow(why))
-            }
-        }
+        Err(e) => match e.status() {
+            Some(code) if e.is_permanent() => Err(Refused::ForGood(format!("smtp {code}"))),
+            Some(code) => Err(Refused::ForNow(format!("smtp {code}"))),
+            None if e.is_timeout() => Err(Refused::RelayDown("timeout".into())),
+            None if e.is_tls() => Err(Refused::RelayDown("tls".into())),
+            None => Err(Refused::RelayDown("connection".into())),
+        },
     }
 }
 

@@ -263,3 +263,61 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     }
     server.shutdown().await;
 }
+
+/// A relay that does not answer costs one try per pass, not one per mail: the first
+/// row counts a failed try, the others wait as long without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_is_down_holds_the_whole_outbox_back() {
+    // No relay set for the server: the test delivers by itself.
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("down"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    for _ in 0..3 {
+        apply(&server, host, &public, "その他").await.unwrap();
+    }
+    // A port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let mailer = madoguchi::tenant::mail::Mailer::new(&MailSettings {
+        url: zeroize::Zeroizing::new(format!("smtp://127.0.0.1:{port}")),
+        from: FROM.into(),
+    })
+    .unwrap();
+    let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
+        .await
+        .unwrap();
+    let head = madoguchi::tenant::mail::Letterhead {
+        site: t.name.clone(),
+        status_url: url(&server, host, "/status"),
+    };
+    let mut db = env.tenant_conn(&t).await.client;
+    let pass = madoguchi::tenant::mail::deliver_due(&mut db, &cipher, &head, &mailer)
+        .await
+        .unwrap();
+    assert_eq!((pass.sent, pass.retrying, pass.given_up), (0, 1, 0));
+    let rows: Vec<(i32, Option<String>, f64)> = db
+        .query(
+            "SELECT attempts, last_error, extract(epoch FROM next_attempt_at - now())::float8 FROM outbox ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(rows.len(), 3);
+    assert_eq!((rows[0].0, rows[0].1.as_deref()), (1, Some("connection")));
+    for (attempts, error, wait) in &rows {
+        assert!((30.0..=61.0).contains(wait), "{rows:?}");
+        if error.is_none() {
+            assert_eq!(*attempts, 0, "{rows:?}");
+        }
+    }
+    assert!(pass.next_due.is_some());
+    server.shutdown().await;
+}

@@ -8,10 +8,12 @@ use std::time::Duration;
 use crate::harness::{admin_client, client_for, unique, url, TestEnv};
 
 /// Backends the cluster has open to any of `databases`.
+/// Client connections to these databases (an autovacuum worker visiting one is the
+/// cluster's own, not a connection of the budget).
 async fn connections_to(admin: &tokio_postgres::Client, databases: &[String]) -> i64 {
     admin
         .query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1)",
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = ANY($1) AND backend_type = 'client backend'",
             &[&databases],
         )
         .await

@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use madoguchi::catalog::TenantState;
 use madoguchi::config::{FileSettings, Settings};
 use madoguchi::control::manifest::{self, Applied};
-use madoguchi::control::migrate::migrate_many;
+use madoguchi::control::migrate::{migrate_many, SchemaTarget};
 use madoguchi::control::progress::with_spinner;
 use madoguchi::control::provision::{provision, TenantSpec};
 use madoguchi::front::Server;
@@ -156,6 +156,9 @@ enum Command {
         /// Tenants migrated at the same time.
         #[arg(long, default_value_t = 4)]
         parallel: usize,
+        /// Stop after this tenant schema version (default: the newest this binary has).
+        #[arg(long, value_name = "VERSION")]
+        to: Option<u32>,
     },
     /// The database cluster in use.
     #[command(subcommand)]
@@ -242,7 +245,13 @@ enum TenantCmd {
         hosts: Vec<String>,
     },
     /// Apply a manifest file, or every *.toml in a directory (idempotent).
-    Apply { path: PathBuf },
+    Apply {
+        path: PathBuf,
+        /// Give the tenants this creates an older schema version, to rehearse the
+        /// `migrate --all` a newer one needs (`serve` wants the newest).
+        #[arg(long, value_name = "VERSION")]
+        schema_version: Option<u32>,
+    },
     /// List tenants.
     List {
         #[arg(long)]
@@ -570,13 +579,14 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         } => {
             for path in manifest::paths(&tenants)? {
                 let m = manifest::read(&path)?;
-                let applied = manifest::apply(p, &m)
+                let applied = manifest::apply(p, &m, SchemaTarget::Newest)
                     .await
                     .with_context(|| format!("applying {}", path.display()))?;
                 eprintln!("{}: {}", m.slug, describe(&applied));
             }
             // The demo's tenants follow the binary's schema, whatever ran before.
-            let report = migrate_many(p, p.catalog.list_tenants().await?, 4).await;
+            let report =
+                migrate_many(p, p.catalog.list_tenants().await?, SchemaTarget::Newest, 4).await;
             for (slug, err) in &report.failed {
                 eprintln!("{slug}: migration failed: {err}");
             }
@@ -629,7 +639,9 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             all,
             slug,
             parallel,
+            to,
         } => {
+            let target = to.map_or(Ok(SchemaTarget::Newest), SchemaTarget::version)?;
             let tenants = match (all, slug) {
                 (_, Some(slug)) => vec![p
                     .catalog
@@ -646,12 +658,17 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     return Ok(ExitCode::SUCCESS);
                 }
             };
-            let report = migrate_many(p, tenants, parallel).await;
+            let report = migrate_many(p, tenants, target, parallel).await;
+            let versions: Vec<String> = report
+                .versions
+                .iter()
+                .map(|(version, n)| format!("{n} at {version}"))
+                .collect();
             println!(
                 "catalog: schema version {}; tenants migrated: {} (schema version {}), failed: {}",
                 madoguchi::catalog::Catalog::latest_version(),
-                report.migrated,
-                madoguchi::control::migrate::latest_tenant_version(),
+                report.migrated(),
+                versions.join(", "),
                 report.failed.len()
             );
             for (slug, err) in &report.failed {
@@ -1150,11 +1167,15 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 rec.hosts.join(",")
             );
         }
-        TenantCmd::Apply { path } => {
+        TenantCmd::Apply {
+            path,
+            schema_version,
+        } => {
+            let schema = schema_version.map_or(Ok(SchemaTarget::Newest), SchemaTarget::version)?;
             for path in manifest::paths(&path)? {
                 let m = manifest::read(&path)?;
                 let started = std::time::Instant::now();
-                let applied = manifest::apply(p, &m)
+                let applied = manifest::apply(p, &m, schema)
                     .await
                     .with_context(|| format!("applying {}", path.display()))?;
                 if !matches!(applied, Applied::Unchanged) {

@@ -7,7 +7,8 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use crate::catalog::TenantState;
-use crate::control::provision::{provision, reconcile, TenantSpec};
+use crate::control::migrate::SchemaTarget;
+use crate::control::provision::{provision_at, reconcile, TenantSpec};
 use crate::platform::Platform;
 
 /// The file format.
@@ -59,7 +60,9 @@ pub fn paths(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
 }
 
-pub async fn apply(p: &Platform, m: &Manifest) -> anyhow::Result<Applied> {
+/// Creates the manifest's tenant (its schema at `schema`) or brings an existing one
+/// in line with it (its schema is `migrate`'s business, not this).
+pub async fn apply(p: &Platform, m: &Manifest, schema: SchemaTarget) -> anyhow::Result<Applied> {
     let spec = TenantSpec::parse(&m.slug, &m.name, &m.code, &m.hosts)?;
     let wanted_state = match m.state.as_deref() {
         None | Some("active") => TenantState::Active,
@@ -89,7 +92,7 @@ pub async fn apply(p: &Platform, m: &Manifest) -> anyhow::Result<Applied> {
             };
             (rec, applied)
         }
-        _ => (provision(p, &spec).await?, Applied::Created),
+        _ => (provision_at(p, &spec, schema).await?, Applied::Created),
     };
     let current = p
         .catalog

@@ -25,8 +25,58 @@ pub fn latest_tenant_version() -> i32 {
         .map_or(0, |v| i32::try_from(v).unwrap_or(i32::MAX))
 }
 
+/// The schema version a migration brings tenant databases to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SchemaTarget {
+    /// The newest version compiled into this binary (what `serve` expects).
+    #[default]
+    Newest,
+    /// Every migration up to and including this version, none after it: a tenant
+    /// held at an older schema, to rehearse the `migrate --all` a new version needs.
+    Version(u32),
+}
+
+impl SchemaTarget {
+    /// A version this binary has a migration for.
+    pub fn version(v: u32) -> anyhow::Result<Self> {
+        let newest = latest_tenant_version();
+        match i32::try_from(v) {
+            Ok(n) if (1..=newest).contains(&n) => Ok(Self::Version(v)),
+            _ => anyhow::bail!(
+                "スキーマのバージョン {v} はありません（1〜{newest}） / no tenant schema version {v} (this binary has 1 to {newest})"
+            ),
+        }
+    }
+
+    /// The version a database holds after migrating to this target from below it.
+    pub fn number(self) -> i32 {
+        match self {
+            Self::Newest => latest_tenant_version(),
+            Self::Version(v) => i32::try_from(v).unwrap_or(i32::MAX),
+        }
+    }
+
+    fn refinery(self) -> refinery::Target {
+        match self {
+            Self::Newest => refinery::Target::Latest,
+            Self::Version(v) => refinery::Target::Version(v),
+        }
+    }
+}
+
 /// Brings one tenant database to the newest schema; records the version in the catalog.
 pub async fn migrate_tenant(p: &Platform, rec: &TenantRecord) -> anyhow::Result<i32> {
+    migrate_tenant_to(p, rec, SchemaTarget::Newest).await
+}
+
+/// Applies the migrations a tenant database lacks up to `target` (a database already
+/// past it is left as it is: migrations only go forward); records the version it
+/// holds in the catalog.
+pub async fn migrate_tenant_to(
+    p: &Platform,
+    rec: &TenantRecord,
+    target: SchemaTarget,
+) -> anyhow::Result<i32> {
     let mut conn = p
         .cluster
         .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
@@ -35,7 +85,7 @@ pub async fn migrate_tenant(p: &Platform, rec: &TenantRecord) -> anyhow::Result<
     client
         .execute("SELECT pg_advisory_lock($1)", &[&TENANT_MIGRATION_LOCK])
         .await?;
-    let runner = embedded::migrations::runner();
+    let runner = embedded::migrations::runner().set_target(target.refinery());
     let result = runner.run_async(client).await;
     let version = runner.get_last_applied_migration_async(client).await;
     client
@@ -50,15 +100,24 @@ pub async fn migrate_tenant(p: &Platform, rec: &TenantRecord) -> anyhow::Result<
 /// Outcome of migrating many tenants.
 #[derive(Debug, Default)]
 pub struct MigrateReport {
-    pub migrated: usize,
+    /// How many tenants hold each schema version afterwards.
+    pub versions: std::collections::BTreeMap<i32, usize>,
     pub failed: Vec<(String, String)>,
 }
 
-/// Migrates the given tenants, `parallel` at a time, with a progress bar on stderr.
-/// Tenants still being provisioned are skipped (provisioning migrates them).
+impl MigrateReport {
+    /// Tenants whose migration succeeded (or had nothing to apply).
+    pub fn migrated(&self) -> usize {
+        self.versions.values().sum()
+    }
+}
+
+/// Migrates the given tenants to `target`, `parallel` at a time, with a progress bar
+/// on stderr. Tenants still being provisioned are skipped (provisioning migrates them).
 pub async fn migrate_many(
     p: &Platform,
     tenants: Vec<TenantRecord>,
+    target: SchemaTarget,
     parallel: usize,
 ) -> MigrateReport {
     let tenants: Vec<_> = tenants
@@ -76,7 +135,7 @@ pub async fn migrate_many(
         .map(|t| {
             let bar = bar.clone();
             async move {
-                let r = migrate_tenant(p, &t).await;
+                let r = migrate_tenant_to(p, &t, target).await;
                 bar.set_message(t.slug.clone());
                 bar.inc(1);
                 (t.slug, r)
@@ -89,7 +148,7 @@ pub async fn migrate_many(
     let mut report = MigrateReport::default();
     for (slug, r) in results {
         match r {
-            Ok(_) => report.migrated += 1,
+            Ok(version) => *report.versions.entry(version).or_default() += 1,
             Err(e) => report.failed.push((slug, format!("{e:#}"))),
         }
     }

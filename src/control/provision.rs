@@ -10,7 +10,7 @@ use zeroize::Zeroizing;
 
 use crate::catalog::{quote_ident, TenantRecord, TenantState};
 use crate::control::cluster::password_aad;
-use crate::control::migrate::migrate_tenant;
+use crate::control::migrate::{migrate_tenant_to, SchemaTarget};
 use crate::crypto::{random_token, DataKey};
 use crate::domain::{HostName, Invalid, LocalGovCode, Slug};
 use crate::platform::Platform;
@@ -57,6 +57,16 @@ impl TenantSpec {
 /// Creates a tenant, or finishes one left half-made. Refuses a slug that is
 /// already an active or suspended tenant, and a host that belongs to another.
 pub async fn provision(p: &Platform, spec: &TenantSpec) -> anyhow::Result<TenantRecord> {
+    provision_at(p, spec, SchemaTarget::Newest).await
+}
+
+/// [`provision`], with the tenant's schema brought to `schema` (an older one only to
+/// rehearse a later `migrate --all`).
+pub async fn provision_at(
+    p: &Platform,
+    spec: &TenantSpec,
+    schema: SchemaTarget,
+) -> anyhow::Result<TenantRecord> {
     let rec = match p.catalog.tenant_by_slug(spec.slug.as_str()).await? {
         Some(rec) if rec.state == TenantState::Provisioning => {
             tracing::info!(tenant = %rec.slug, "resuming provisioning");
@@ -72,7 +82,7 @@ pub async fn provision(p: &Platform, spec: &TenantSpec) -> anyhow::Result<Tenant
             .await
             .context("step 1/5: registering the tenant and its keys in the catalog")?,
     };
-    finish(p, &rec).await?;
+    finish(p, &rec, schema).await?;
     p.catalog
         .tenant_by_id(rec.id)
         .await?
@@ -80,7 +90,11 @@ pub async fn provision(p: &Platform, spec: &TenantSpec) -> anyhow::Result<Tenant
 }
 
 /// Steps 2–5, each idempotent.
-pub(crate) async fn finish(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+pub(crate) async fn finish(
+    p: &Platform,
+    rec: &TenantRecord,
+    schema: SchemaTarget,
+) -> anyhow::Result<()> {
     let pw = crate::control::cluster::tenant_password(&p.catalog, p.keys.as_ref(), rec).await?;
     create_role(p, rec, &pw).await.with_context(|| {
         format!(
@@ -94,7 +108,7 @@ pub(crate) async fn finish(p: &Platform, rec: &TenantRecord) -> anyhow::Result<(
             rec.database
         )
     })?;
-    migrate_tenant(p, rec)
+    migrate_tenant_to(p, rec, schema)
         .await
         .context("step 4/5: migrating the tenant database (run the command again to resume)")?;
     write_settings(p, rec)

@@ -322,6 +322,56 @@ fn manifests_apply_idempotently_and_migrate_reports() {
     let (ok, out, _) = madoguchi(dir, &["migrate", "hakodate"]);
     assert!(ok);
     assert!(out.contains("failed: 0"), "{out}");
+
+    // A rehearsal of a new schema version: a tenant made at the version before the
+    // newest, then `migrate --all` applying the newest to it (the benchmark's figure).
+    let newest = madoguchi::control::migrate::latest_tenant_version();
+    let older = (newest - 1).to_string();
+    let otaru = dir.join("otaru.toml");
+    std::fs::write(
+        &otaru,
+        "slug = \"otaru\"\nname = \"小樽市\"\ncode = \"012033\"\nhosts = [\"otaru.localhost\"]\n",
+    )
+    .unwrap();
+    let otaru = otaru.to_str().unwrap();
+    for bad in ["0", &(newest + 1).to_string()] {
+        let (ok, _, err) = madoguchi(dir, &["tenant", "apply", otaru, "--schema-version", bad]);
+        assert!(!ok);
+        assert!(err.contains("スキーマのバージョン"), "{err}");
+    }
+    let (ok, out, err) = madoguchi(dir, &["tenant", "apply", otaru, "--schema-version", &older]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("otaru: created ("), "{out}");
+    let schema_of = |slug: &str| {
+        let (ok, out, _) = madoguchi(dir, &["tenant", "list", "--json"]);
+        assert!(ok);
+        let list: serde_json::Value = serde_json::from_str(&out).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["slug"] == slug)
+            .map(|t| t["schema_version"].as_i64().unwrap())
+            .unwrap()
+    };
+    assert_eq!(schema_of("otaru"), i64::from(newest - 1));
+    // Migrating only to that version leaves both where they are: nothing goes back.
+    let (ok, out, err) = madoguchi(dir, &["migrate", "--all", "--to", &older]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "tenants migrated: 2 (schema version 1 at {older}, 1 at {newest})"
+        )),
+        "{out}"
+    );
+    let (ok, out, err) = madoguchi(dir, &["migrate", "--all"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "tenants migrated: 2 (schema version 2 at {newest}), failed: 0"
+        )),
+        "{out}"
+    );
+    assert_eq!(schema_of("otaru"), i64::from(newest));
 }
 
 #[test]

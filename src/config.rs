@@ -65,6 +65,8 @@ pub struct MailSettings {
     pub url: zeroize::Zeroizing<String>,
     /// The sender's address; the display name is the municipality's.
     pub from: String,
+    /// PEM certificates of CAs trusted for the relay besides the system's store.
+    pub ca: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for MailSettings {
@@ -145,6 +147,7 @@ pub struct FileSettings {
     pub ceiling_delay_ms: Option<u64>,
     pub smtp_url: Option<String>,
     pub mail_from: Option<String>,
+    pub smtp_ca: Option<PathBuf>,
 }
 
 impl FileSettings {

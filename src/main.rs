@@ -101,6 +101,10 @@ struct Common {
     /// The sender address of that mail (the display name is the municipality's).
     #[arg(long, global = true, env = "MADOGUCHI_MAIL_FROM")]
     mail_from: Option<String>,
+    /// PEM file of CA certificates to trust for the relay besides the system's (a
+    /// relay inside LGWAN or a city's network often has a private CA's certificate).
+    #[arg(long, global = true, env = "MADOGUCHI_SMTP_CA", value_name = "FILE")]
+    smtp_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -457,10 +461,12 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     }
     let smtp_url = c.smtp_url.clone().or_else(|| file.smtp_url.clone());
     let mail_from = c.mail_from.clone().or_else(|| file.mail_from.clone());
+    let smtp_ca = c.smtp_ca.clone().or_else(|| file.smtp_ca.clone());
     s.mail = match (smtp_url, mail_from) {
         (Some(url), Some(from)) => Some(madoguchi::config::MailSettings {
             url: zeroize::Zeroizing::new(url),
             from,
+            ca: smtp_ca,
         }),
         (Some(_), None) => {
             anyhow::bail!("--smtp-url needs --mail-from (MADOGUCHI_MAIL_FROM): the sender address")

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Body, Mailbox};
+use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
@@ -57,10 +58,13 @@ impl Mailer {
             .from
             .parse()
             .map_err(|e| anyhow::anyhow!("the sender address {:?}: {e}", s.from))?;
-        let transport = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.url)
+        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.url)
             .map_err(|e| anyhow::anyhow!("the SMTP URL: {e}"))?
-            .timeout(Some(Duration::from_secs(30)))
-            .build();
+            .timeout(Some(Duration::from_secs(30)));
+        if let Some(ca) = &s.ca {
+            builder = builder.tls(tls_trusting(&s.url, ca)?);
+        }
+        let transport = builder.build();
         if let Some(host) = plain_remote(&s.url) {
             tracing::warn!(
                 host,
@@ -68,6 +72,40 @@ impl Mailer {
             );
         }
         Ok(Self { transport, from })
+    }
+}
+
+/// The URL's TLS mode (as lettre reads it), with the CA certificates of `ca_file`
+/// trusted besides the system's store.
+fn tls_trusting(url: &str, ca_file: &std::path::Path) -> anyhow::Result<Tls> {
+    let url = url::Url::parse(url).map_err(|e| anyhow::anyhow!("the SMTP URL: {e}"))?;
+    let host = url.host_str().unwrap_or_default().to_owned();
+    let pem = std::fs::read(ca_file)
+        .map_err(|e| anyhow::anyhow!("the relay's CA file {}: {e}", ca_file.display()))?;
+    let cert = Certificate::from_pem(&pem)
+        .ok()
+        .filter(|_| pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----"))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "the relay's CA file {} holds no PEM certificate",
+                ca_file.display()
+            )
+        })?;
+    let params = TlsParameters::builder(host)
+        .add_root_certificate(cert)
+        .build_rustls()
+        .map_err(|e| anyhow::anyhow!("TLS to the relay: {e}"))?;
+    let mode = url
+        .query_pairs()
+        .find(|(k, _)| k == "tls")
+        .map(|(_, v)| v.into_owned());
+    match (url.scheme(), mode.as_deref()) {
+        ("smtps", _) => Ok(Tls::Wrapper(params)),
+        ("smtp", Some("required")) => Ok(Tls::Required(params)),
+        ("smtp", Some("opportunistic")) => Ok(Tls::Opportunistic(params)),
+        _ => anyhow::bail!(
+            "a CA file for the relay is given, but its URL asks for no TLS: use smtps:// or ?tls=required"
+        ),
     }
 }
 
@@ -250,10 +288,26 @@ async fn send(mailer: &Mailer, site: &str, letter: &Letter) -> Result<(), Refuse
             Some(code) if e.is_permanent() => Err(Refused::ForGood(format!("smtp {code}"))),
             Some(code) => Err(Refused::ForNow(format!("smtp {code}"))),
             None if e.is_timeout() => Err(Refused::RelayDown("timeout".into())),
-            None if e.is_tls() => Err(Refused::RelayDown("tls".into())),
+            None if e.is_tls() || tls_failed(&e) => Err(Refused::RelayDown("tls".into())),
             None => Err(Refused::RelayDown("connection".into())),
         },
     }
+}
+
+/// Whether a failure came from TLS (the relay's certificate not trusted, a failed
+/// handshake), which lettre reports as a connection error around rustls's.
+fn tls_failed(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        let io_inner = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::get_ref);
+        if c.is::<rustls::Error>() || io_inner.is_some_and(|i| i.is::<rustls::Error>()) {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 /// Makes the mail an outbox row stands for, from its payload and the submission.

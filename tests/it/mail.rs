@@ -1,6 +1,7 @@
 //! Mail to applicants through a real SMTP exchange (an SMTP server in this process):
 //! the e-mailed copy of an application, a relay that refuses for now and then takes
-//! it, staff's message about a case, and a recipient refused for good.
+//! it, staff's message about a case, a recipient refused for good, a relay that is
+//! down, and relays reached over STARTTLS and TLS whose certificate a private CA signed.
 
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use uuid::Uuid;
 
 use crate::forms::{apply, build_form, dept_id, post, staff};
 use crate::harness::{unique, url, TestEnv};
-use crate::smtp::SmtpServer;
+use crate::smtp::{Security, SmtpServer};
 
 const FROM: &str = "noreply@madoguchi.example";
 
@@ -55,6 +56,7 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
         s.mail = Some(MailSettings {
             url: zeroize::Zeroizing::new(relay.clone()),
             from: FROM.into(),
+            ca: None,
         });
     })
     .await;
@@ -109,6 +111,7 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     let mailer = madoguchi::tenant::mail::Mailer::new(&MailSettings {
         url: zeroize::Zeroizing::new(relay.clone()),
         from: FROM.into(),
+        ca: None,
     })
     .unwrap();
     let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
@@ -286,6 +289,7 @@ async fn a_relay_that_is_down_holds_the_whole_outbox_back() {
     let mailer = madoguchi::tenant::mail::Mailer::new(&MailSettings {
         url: zeroize::Zeroizing::new(format!("smtp://127.0.0.1:{port}")),
         from: FROM.into(),
+        ca: None,
     })
     .unwrap();
     let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
@@ -319,5 +323,107 @@ async fn a_relay_that_is_down_holds_the_whole_outbox_back() {
         }
     }
     assert!(pass.next_due.is_some());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relays_over_tls_are_checked_against_the_system_and_the_given_ca() {
+    // A private CA (as a relay inside LGWAN or a city's network may have) and a
+    // certificate for 127.0.0.1 that it signed; relays with STARTTLS and with TLS
+    // from the start, both with that certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let files = madoguchi::front::tls::local_ca(dir.path(), &["127.0.0.1".to_owned()]).unwrap();
+    let ca = dir.path().join("ca.pem");
+    let config = madoguchi::front::tls::server_config(
+        madoguchi::front::tls::ReloadingCert::new(files).unwrap(),
+    )
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let starttls = SmtpServer::start_with(Security::StartTls(acceptor.clone())).await;
+    let wrapper = SmtpServer::start_with(Security::Wrapper(acceptor)).await;
+    let starttls_url = format!("smtp://127.0.0.1:{}?tls=required", starttls.port);
+    let mailer = |url: &str, ca: Option<&std::path::Path>| {
+        madoguchi::tenant::mail::Mailer::new(&MailSettings {
+            url: zeroize::Zeroizing::new(url.to_owned()),
+            from: FROM.into(),
+            ca: ca.map(std::path::Path::to_path_buf),
+        })
+    };
+
+    // No relay set for the server: the test delivers by itself.
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("tls"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
+        .await
+        .unwrap();
+    let head = madoguchi::tenant::mail::Letterhead {
+        site: t.name.clone(),
+        status_url: url(&server, host, "/status"),
+    };
+    let mut db = env.tenant_conn(&t).await.client;
+    let first = apply(&server, host, &public, "その他").await.unwrap();
+
+    // Trusting only the system's store, the private CA's certificate is refused:
+    // nothing is sent, the copy waits with the class of error.
+    let plain_trust = mailer(&starttls_url, None).unwrap();
+    let pass = madoguchi::tenant::mail::deliver_due(&mut db, &cipher, &head, &plain_trust)
+        .await
+        .unwrap();
+    assert_eq!((pass.sent, pass.retrying, pass.given_up), (0, 1, 0));
+    let error: Option<String> = db
+        .query_one("SELECT last_error FROM outbox WHERE kind = 'receipt'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(error.as_deref(), Some("tls"));
+    assert!(starttls.received().is_empty());
+
+    // With the CA given, the copy goes over STARTTLS.
+    db.execute("UPDATE outbox SET next_attempt_at = now()", &[])
+        .await
+        .unwrap();
+    let trusting = mailer(&starttls_url, Some(&ca)).unwrap();
+    let pass = madoguchi::tenant::mail::deliver_due(&mut db, &cipher, &head, &trusting)
+        .await
+        .unwrap();
+    assert_eq!((pass.sent, pass.retrying, pass.given_up), (1, 0, 0));
+    let mails = starttls.wait_for(1).await;
+    assert!(mails[0].tls, "sent in clear");
+    assert!(
+        mails[0].header("Subject").contains(&first),
+        "{:?}",
+        mails[0]
+    );
+
+    // And over TLS from the start (smtps://).
+    let second = apply(&server, host, &public, "その他").await.unwrap();
+    let smtps = mailer(&format!("smtps://127.0.0.1:{}", wrapper.port), Some(&ca)).unwrap();
+    let pass = madoguchi::tenant::mail::deliver_due(&mut db, &cipher, &head, &smtps)
+        .await
+        .unwrap();
+    assert_eq!((pass.sent, pass.retrying, pass.given_up), (1, 0, 0));
+    let mails = wrapper.wait_for(1).await;
+    assert!(mails[0].tls, "sent in clear");
+    assert!(
+        mails[0].header("Subject").contains(&second),
+        "{:?}",
+        mails[0]
+    );
+
+    // A CA for a relay reached in clear is a mistake, and so is a file without one.
+    let err = mailer(&format!("smtp://127.0.0.1:{}", starttls.port), Some(&ca)).unwrap_err();
+    assert!(format!("{err:#}").contains("asks for no TLS"), "{err:#}");
+    let not_pem = dir.path().join("server.key.txt");
+    std::fs::write(&not_pem, "not a certificate").unwrap();
+    let err = mailer(&starttls_url, Some(&not_pem)).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("holds no PEM certificate"),
+        "{err:#}"
+    );
     server.shutdown().await;
 }

@@ -1,13 +1,15 @@
 //! A small SMTP server inside the test process (RFC 5321: EHLO, MAIL, RCPT, DATA,
-//! RSET, NOOP, QUIT over plain TCP on a free port), keeping what it receives. It can
-//! refuse the next recipients for now (451) or for good (550), as a relay would.
+//! RSET, NOOP, QUIT on a free port; in clear, with STARTTLS (RFC 3207) or TLS from
+//! the start), keeping what it receives. It can refuse the next recipients for now
+//! (451) or for good (550), as a relay would.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use base64::Engine;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
 
 /// One mail as received.
 #[derive(Debug, Clone)]
@@ -15,6 +17,8 @@ pub struct Received {
     pub from: String,
     pub to: Vec<String>,
     pub data: String,
+    /// Whether it came over TLS.
+    pub tls: bool,
 }
 
 impl Received {
@@ -87,8 +91,23 @@ impl Drop for SmtpServer {
     }
 }
 
+/// How the server meets a client.
+#[derive(Clone)]
+pub enum Security {
+    /// In clear, offering nothing.
+    Plain,
+    /// In clear, offering STARTTLS (port 587's way).
+    StartTls(TlsAcceptor),
+    /// TLS from the first byte (port 465's way).
+    Wrapper(TlsAcceptor),
+}
+
 impl SmtpServer {
     pub async fn start() -> Self {
+        Self::start_with(Security::Plain).await
+    }
+
+    pub async fn start_with(security: Security) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap_or_else(|e| panic!("{e}"));
@@ -100,7 +119,7 @@ impl SmtpServer {
         let shared = Arc::clone(&state);
         let task = tokio::spawn(async move {
             while let Ok((sock, _)) = listener.accept().await {
-                tokio::spawn(session(sock, Arc::clone(&shared)));
+                tokio::spawn(session(sock, Arc::clone(&shared), security.clone()));
             }
         });
         Self { port, state, task }
@@ -137,29 +156,76 @@ impl SmtpServer {
     }
 }
 
-async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
-    let (read, mut write) = sock.into_split();
+async fn session(sock: TcpStream, state: Arc<Mutex<State>>, security: Security) {
+    match security {
+        Security::Plain => {
+            converse(sock, &state, Stage::Clear { offer_tls: false }).await;
+        }
+        Security::Wrapper(acceptor) => {
+            if let Ok(tls) = acceptor.accept(sock).await {
+                converse(tls, &state, Stage::Tls { greet: true }).await;
+            }
+        }
+        Security::StartTls(acceptor) => {
+            if let Some(sock) = converse(sock, &state, Stage::Clear { offer_tls: true }).await {
+                if let Ok(tls) = acceptor.accept(sock).await {
+                    // The client greets again (EHLO) over TLS; the server does not.
+                    converse(tls, &state, Stage::Tls { greet: false }).await;
+                }
+            }
+        }
+    }
+}
+
+/// Where a conversation stands.
+#[derive(Clone, Copy)]
+enum Stage {
+    Clear { offer_tls: bool },
+    Tls { greet: bool },
+}
+
+/// One conversation over `stream`; gives the stream back when the client asked
+/// for STARTTLS and was told to go ahead.
+async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: S,
+    state: &Mutex<State>,
+    stage: Stage,
+) -> Option<S> {
+    let (read, mut write) = tokio::io::split(stream);
     let mut lines = BufReader::new(read);
-    if write
-        .write_all(b"220 test.invalid ESMTP\r\n")
-        .await
-        .is_err()
+    let (greet, offer_tls, tls) = match stage {
+        Stage::Clear { offer_tls } => (true, offer_tls, false),
+        Stage::Tls { greet } => (greet, false, true),
+    };
+    if greet
+        && write
+            .write_all(b"220 test.invalid ESMTP\r\n")
+            .await
+            .is_err()
     {
-        return;
+        return None;
     }
     let (mut from, mut to) = (String::new(), Vec::new());
     let mut line = String::new();
     loop {
         line.clear();
         match lines.read_line(&mut line).await {
-            Ok(0) | Err(_) => return,
+            Ok(0) | Err(_) => return None,
             Ok(_) => {}
         }
         let cmd = line.trim_end().to_owned();
         let upper = cmd.to_ascii_uppercase();
-        // No extensions offered: the service needs none (its mail is 7-bit).
-        let answer: String = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+        // No other extension offered: the service needs none (its mail is 7-bit).
+        let answer: String = if upper.starts_with("EHLO") && offer_tls {
+            "250-test.invalid\r\n250 STARTTLS".into()
+        } else if upper.starts_with("EHLO") || upper.starts_with("HELO") {
             "250 test.invalid".into()
+        } else if upper == "STARTTLS" && offer_tls {
+            write
+                .write_all(b"220 2.0.0 Ready to start TLS\r\n")
+                .await
+                .ok()?;
+            return Some(lines.into_inner().unsplit(write));
         } else if upper.starts_with("MAIL FROM:") {
             // The reverse path, without parameters such as BODY=.
             let path = cmd[10..].trim();
@@ -182,18 +248,15 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
             if to.is_empty() {
                 "554 5.5.1 No valid recipients".into()
             } else {
-                if write
+                write
                     .write_all(b"354 End data with <CR><LF>.<CR><LF>\r\n")
                     .await
-                    .is_err()
-                {
-                    return;
-                }
+                    .ok()?;
                 let mut data = String::new();
                 loop {
                     line.clear();
                     match lines.read_line(&mut line).await {
-                        Ok(0) | Err(_) => return,
+                        Ok(0) | Err(_) => return None,
                         Ok(_) => {}
                     }
                     if line == ".\r\n" {
@@ -210,6 +273,7 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
                         from: from.clone(),
                         to: std::mem::take(&mut to),
                         data,
+                        tls,
                     });
                 "250 2.0.0 Queued".into()
             }
@@ -220,16 +284,13 @@ async fn session(sock: tokio::net::TcpStream, state: Arc<Mutex<State>>) {
             "250 2.0.0 OK".into()
         } else if upper == "QUIT" {
             let _ = write.write_all(b"221 2.0.0 Bye\r\n").await;
-            return;
+            return None;
         } else {
             "502 5.5.2 Command not implemented".into()
         };
-        if write
+        write
             .write_all(format!("{answer}\r\n").as_bytes())
             .await
-            .is_err()
-        {
-            return;
-        }
+            .ok()?;
     }
 }

@@ -4,14 +4,15 @@
 //!
 //! cargo run --release --example loadgen -- URL HOST SECONDS CONCURRENCY FIELDS...
 //! where each FIELD is `name=value` (the form's inputs for its one page). URL and
-//! HOST may be comma-separated lists of the same length (one form per tenant):
-//! worker i then plays a citizen of tenant i mod their number.
+//! HOST may be comma-separated lists of the same length (one form per tenant), or
+//! `@FILE` with one item per line: worker i then plays citizens of tenants i,
+//! i + CONCURRENCY, i + 2 × CONCURRENCY … (mod their number) in turn.
 //!
 //! cargo run --release --example loadgen -- api URL HOST TOKEN SECONDS CONCURRENCY FIELDS...
 //! submits through the integration API instead: one POST of the answers as JSON
 //! (bearer TOKEN, a fresh idempotency key each) per submission, as fast as answered.
 //! URL is the form's `/api/v1/forms/{id}/submissions`; URL, HOST and TOKEN may be
-//! comma-separated lists of the same length.
+//! lists of the same length, as above.
 //!
 //! cargo run --release --example loadgen -- paced URL HOST SECONDS RATE
 //! plays a quiet tenant's visitors instead: GETs at a steady RATE per second, each
@@ -182,6 +183,20 @@ async fn paced(args: &[String]) {
     );
 }
 
+/// A comma-separated list given in place, or `@FILE`: one item per line (for
+/// thousands of tenants, past what one argument may hold).
+fn list(arg: &str) -> String {
+    match arg.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .unwrap_or_else(|e| panic!("{path}: {e}"))
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(","),
+        None => arg.to_owned(),
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -219,20 +234,21 @@ async fn main() {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let mut workers = Vec::new();
-    let urls: Vec<&str> = url.split(',').collect();
-    let hosts: Vec<&str> = host.split(',').collect();
-    let tokens: Vec<&str> = tokens.split(',').collect();
+    let (url, host, tokens) = (list(&url), list(&host), list(&tokens));
+    let urls: Arc<Vec<String>> = Arc::new(url.split(',').map(str::to_owned).collect());
+    let hosts: Arc<Vec<String>> = Arc::new(host.split(',').map(str::to_owned).collect());
+    let tokens: Arc<Vec<String>> = Arc::new(tokens.split(',').map(str::to_owned).collect());
     let answers: serde_json::Map<String, serde_json::Value> = fields
         .iter()
         .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
         .collect();
     let body = serde_json::json!({ "answers": answers });
     for i in 0..concurrency {
-        let (client, url, host, token, fields, body, stop) = (
+        let (client, urls, hosts, tokens, fields, body, stop) = (
             client.clone(),
-            urls[i % urls.len()].to_owned(),
-            hosts[i % hosts.len()].to_owned(),
-            tokens[i % tokens.len()].to_owned(),
+            Arc::clone(&urls),
+            Arc::clone(&hosts),
+            Arc::clone(&tokens),
             fields.clone(),
             body.clone(),
             stop.clone(),
@@ -244,11 +260,18 @@ async fn main() {
                 submit: Vec::new(),
                 errors: 0,
             };
+            // Worker i takes tenants i, i + concurrency, i + 2 × concurrency … in
+            // turn, so that every tenant gets flows however many there are.
+            let mut next = i;
             while !stop.load(Ordering::Relaxed) {
+                let tenant = next % urls.len();
+                next += concurrency;
+                let (url, host) = (&urls[tenant], &hosts[tenant % hosts.len()]);
                 let done = if api {
-                    api_submission(&client, &url, &host, &token, &body, &mut t).await
+                    let token = &tokens[tenant % tokens.len()];
+                    api_submission(&client, url, host, token, &body, &mut t).await
                 } else {
-                    citizen(&client, &url, &host, &fields, &mut t).await
+                    citizen(&client, url, host, &fields, &mut t).await
                 };
                 if done.is_none() {
                     t.errors += 1;

@@ -264,6 +264,13 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // shared_buffers follows the budget too: half a MiB per connection.
+    let out = Command::new("psql")
+        .arg(url.trim())
+        .args(["-At", "-c", "SHOW shared_buffers"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "150MB");
     assert_eq!(serving.get("sapporo.localhost"), 503);
     let (ok, _, _) = madoguchi(dir, &["tenant", "resume", "sapporo"]);
     assert!(ok);

@@ -44,6 +44,7 @@ fn shared() -> &'static Shared {
         let opts = ClusterOptions {
             unsafe_fast: true,
             max_connections: Some(300),
+            shared_buffers_mib: None,
         };
         let pg = EmbeddedPg::ensure(&dir, &opts)
             .unwrap_or_else(|e| panic!("starting the test cluster: {e:#}"));

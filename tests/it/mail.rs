@@ -326,6 +326,34 @@ async fn a_relay_that_is_down_holds_the_whole_outbox_back() {
     server.shutdown().await;
 }
 
+/// One delivery pass that must send the one copy due, over TLS, to `relay`.
+struct SentOverTls<'a> {
+    cipher: &'a madoguchi::crypto::FieldCipher,
+    head: &'a madoguchi::tenant::mail::Letterhead,
+}
+
+impl SentOverTls<'_> {
+    async fn check(
+        &self,
+        db: &mut tokio_postgres::Client,
+        mailer: &madoguchi::tenant::mail::Mailer,
+        relay: &SmtpServer,
+        receipt: &str,
+    ) {
+        let pass = madoguchi::tenant::mail::deliver_due(db, self.cipher, self.head, mailer)
+            .await
+            .unwrap();
+        assert_eq!((pass.sent, pass.retrying, pass.given_up), (1, 0, 0));
+        let mails = relay.wait_for(1).await;
+        assert!(mails[0].tls, "sent in clear");
+        assert!(
+            mails[0].header("Subject").contains(receipt),
+            "{:?}",
+            mails[0]
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_over_tls_are_checked_against_the_system_and_the_given_ca() {
     // A private CA (as a relay inside LGWAN or a city's network may have) and a
@@ -388,32 +416,16 @@ async fn relays_over_tls_are_checked_against_the_system_and_the_given_ca() {
         .await
         .unwrap();
     let trusting = mailer(&starttls_url, Some(&ca)).unwrap();
-    let pass = madoguchi::tenant::mail::deliver_due(&mut db, &cipher, &head, &trusting)
-        .await
-        .unwrap();
-    assert_eq!((pass.sent, pass.retrying, pass.given_up), (1, 0, 0));
-    let mails = starttls.wait_for(1).await;
-    assert!(mails[0].tls, "sent in clear");
-    assert!(
-        mails[0].header("Subject").contains(&first),
-        "{:?}",
-        mails[0]
-    );
+    let over_tls = SentOverTls {
+        cipher: &cipher,
+        head: &head,
+    };
+    over_tls.check(&mut db, &trusting, &starttls, &first).await;
 
     // And over TLS from the start (smtps://).
     let second = apply(&server, host, &public, "その他").await.unwrap();
     let smtps = mailer(&format!("smtps://127.0.0.1:{}", wrapper.port), Some(&ca)).unwrap();
-    let pass = madoguchi::tenant::mail::deliver_due(&mut db, &cipher, &head, &smtps)
-        .await
-        .unwrap();
-    assert_eq!((pass.sent, pass.retrying, pass.given_up), (1, 0, 0));
-    let mails = wrapper.wait_for(1).await;
-    assert!(mails[0].tls, "sent in clear");
-    assert!(
-        mails[0].header("Subject").contains(&second),
-        "{:?}",
-        mails[0]
-    );
+    over_tls.check(&mut db, &smtps, &wrapper, &second).await;
 
     // A CA for a relay reached in clear is a mistake, and so is a file without one.
     let err = mailer(&format!("smtp://127.0.0.1:{}", starttls.port), Some(&ca)).unwrap_err();

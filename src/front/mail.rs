@@ -9,6 +9,7 @@
 //! tenants' own pools, inside the connection budget.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,16 +23,22 @@ use super::AppState;
 use crate::catalog::{Catalog, TenantState};
 use crate::tenant::mail::{deliver_due, Letterhead, Mailer, Pass};
 
-/// Tenants with mail waiting, told by the handlers that queued it.
+/// Tenants with mail waiting, told by the handlers that queued it. Without a
+/// deliverer (no relay configured) nothing is kept: the mail waits in the outbox.
 #[derive(Default)]
 pub struct MailQueue {
     waiting: Mutex<HashSet<Uuid>>,
     wake: Notify,
+    /// Set once the deliverer runs.
+    delivering: AtomicBool,
 }
 
 impl MailQueue {
     /// This tenant's outbox has something new.
     pub fn queued(&self, tenant: Uuid) {
+        if !self.delivering.load(Ordering::Relaxed) {
+            return;
+        }
         if let Ok(mut w) = self.waiting.lock() {
             w.insert(tenant);
         }
@@ -67,6 +74,8 @@ impl LinkBase {
 /// Runs until the task is aborted.
 pub async fn run(app: AppState, mailer: Mailer, links: LinkBase) {
     let (queue, catalog, pools) = (&app.mail, &app.catalog, &app.pools);
+    // Mail queued before this point is found by the first sweep.
+    queue.delivering.store(true, Ordering::Relaxed);
     // When each tenant with rows left is due again.
     let mut later: BTreeMap<Uuid, OffsetDateTime> = BTreeMap::new();
     let mut sweep = tokio::time::interval_at(
@@ -176,5 +185,18 @@ mod tests {
             plain.status_url("chiyoda.localhost"),
             "http://chiyoda.localhost:8080/status"
         );
+    }
+
+    #[test]
+    fn nudges_are_kept_only_while_a_deliverer_runs() {
+        let queue = MailQueue::default();
+        let tenant = Uuid::new_v4();
+        queue.queued(tenant);
+        assert!(queue.take().is_empty(), "kept without a deliverer");
+        queue.delivering.store(true, Ordering::Relaxed);
+        queue.queued(tenant);
+        queue.queued(tenant);
+        assert_eq!(queue.take(), vec![tenant]);
+        assert!(queue.take().is_empty());
     }
 }

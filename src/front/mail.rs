@@ -71,11 +71,20 @@ impl LinkBase {
     }
 }
 
-/// Runs until the task is aborted.
-pub async fn run(app: AppState, mailer: Mailer, links: LinkBase) {
+/// The deliverer, to spawn; runs until the task is aborted. Handlers' nudges are
+/// kept from the call on, before the task first runs, so none in between is lost
+/// (mail queued before the call is found by the first sweep).
+pub fn run(
+    app: AppState,
+    mailer: Mailer,
+    links: LinkBase,
+) -> impl std::future::Future<Output = ()> {
+    app.mail.delivering.store(true, Ordering::Relaxed);
+    deliver(app, mailer, links)
+}
+
+async fn deliver(app: AppState, mailer: Mailer, links: LinkBase) {
     let (queue, catalog, pools) = (&app.mail, &app.catalog, &app.pools);
-    // Mail queued before this point is found by the first sweep.
-    queue.delivering.store(true, Ordering::Relaxed);
     // When each tenant with rows left is due again.
     let mut later: BTreeMap<Uuid, OffsetDateTime> = BTreeMap::new();
     let mut sweep = tokio::time::interval_at(

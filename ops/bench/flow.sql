@@ -1,0 +1,21 @@
+-- pgbench: the database work of one citizen flow, without the HTTP server in between.
+-- The same seven statements, in the same order and each in its own transaction, as
+-- the server sends for form page GET + page POST + submit POST (a form without 定員):
+--   store::PUBLISHED_SQL            (each of the three requests)
+--   citizen::LOAD_DRAFT_SQL         (page POST and submit POST)
+--   citizen::save_draft's INSERT    (page POST)
+--   citizen::store_submission's WITH statement (submit POST)
+-- Values the server makes in Rust (ids, receipt number, blind indexes) are made here
+-- by PostgreSQL from one random number; the encrypted values are given with -D:
+--   pid (the form's public id), answers (a stored submission's encrypted answers),
+--   mail (a stored outbox payload), inputs (random bytes as long as a sealed draft).
+-- ops/bench/run checks that both do the same work: transactions and rows written per
+-- flow, from pg_stat_database, side by side in the report.
+\set n random(1, 9000000000000000)
+SELECT id AS f_id, public_id, current_version AS f_version, closed, accepted_count, capacity FROM forms WHERE public_id = :pid AND current_version IS NOT NULL \gset
+SELECT id, public_id, current_version, closed, accepted_count, capacity FROM forms WHERE public_id = :pid AND current_version IS NOT NULL;
+SELECT id, inputs, submission_id, resubmit_of FROM citizen_drafts WHERE token_hash = sha256(:n::text::bytea) AND form_id = :f_id AND expires_at > now();
+INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, resubmit_of, expires_at) VALUES (gen_random_uuid(), sha256(:n::text::bytea), :f_id, :f_version, :inputs::bytea, NULL, now() + make_interval(hours => 72)) ON CONFLICT (id) DO UPDATE SET inputs = excluded.inputs, form_version = excluded.form_version, updated_at = now() RETURNING id AS d_id \gset
+SELECT id, public_id, current_version, closed, accepted_count, capacity FROM forms WHERE public_id = :pid AND current_version IS NOT NULL;
+SELECT id, inputs, submission_id, resubmit_of FROM citizen_drafts WHERE token_hash = sha256(:n::text::bytea) AND form_id = :f_id AND expires_at > now();
+WITH ins AS (INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key) VALUES (gen_random_uuid(), :f_id, :f_version, 'B' || :n, :answers::jsonb, sha256(('e' || :n)::bytea), sha256(('p' || :n)::bytea), gen_random_uuid()) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), closed AS (UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now() FROM ins WHERE d.id = :d_id), received AS (INSERT INTO submission_events (submission_id, actor_label, to_status) SELECT id, 'citizen', 'received' FROM ins), mailed AS (INSERT INTO outbox (kind, submission_id, payload) SELECT 'receipt', id, :mail::bytea FROM ins WHERE :mail::bytea IS NOT NULL) SELECT id FROM ins;

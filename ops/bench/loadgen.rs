@@ -22,6 +22,8 @@
 //! (tokio's timer has millisecond resolution, and on a busy machine the sender waits
 //! for a core too), and from the moment it was handed to the HTTP client
 //! (`sent_p50_ms`, `sent_p99_ms`): the server, the network and reading the answer.
+//! With `PACED_TRACE=FILE` set, each request is also written to FILE as a line
+//! "seconds-after-start from-due-ms from-sent-ms ok", to find when slow ones happened.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -143,6 +145,23 @@ async fn paced(args: &[String]) {
         .unwrap_or_default();
     let total = (seconds * rate) as u64;
     let every = Duration::from_secs_f64(1.0 / rate);
+    // Connections are opened before the clock starts: a new client's first requests
+    // would otherwise each wait for a TCP handshake and count among the slowest.
+    for _ in 0..2 {
+        let warm: Vec<_> = (0..8)
+            .map(|_| {
+                let request = client.get(&url).header("host", host.clone());
+                tokio::spawn(async move {
+                    if let Ok(r) = request.send().await {
+                        let _ = r.bytes().await;
+                    }
+                })
+            })
+            .collect();
+        for w in warm {
+            let _ = w.await;
+        }
+    }
     let started = tokio::time::Instant::now();
     let mut sent = Vec::new();
     for i in 0..total {
@@ -161,13 +180,28 @@ async fn paced(args: &[String]) {
     let mut lat = Vec::new();
     let mut from_sent = Vec::new();
     let mut errors = 0u64;
-    for s in sent {
-        match s.await {
+    let mut trace = String::new();
+    for (i, s) in sent.into_iter().enumerate() {
+        let answer = s.await;
+        if let Ok((t, u, ok)) = answer {
+            let at = every.as_secs_f64() * i as f64;
+            trace.push_str(&format!(
+                "{at:.3} {:.3} {:.3} {ok}\n",
+                t * 1000.0,
+                u * 1000.0
+            ));
+        }
+        match answer {
             Ok((t, u, true)) => {
                 lat.push(t);
                 from_sent.push(u);
             }
             _ => errors += 1,
+        }
+    }
+    if let Ok(path) = std::env::var("PACED_TRACE") {
+        if let Err(e) = std::fs::write(&path, trace) {
+            eprintln!("{path}: {e}");
         }
     }
     let elapsed = started.elapsed().as_secs_f64();

@@ -374,13 +374,6 @@ fn nfkc_inputs(f: &Field) -> Vec<String> {
     }
 }
 
-/// Known exceptions to "the stored answer checks again to itself", in src/
-/// (reported, not fixed here):
-/// - a textarea answer keeps a lone CR that came before CRLF ("a\r\r\nb" is
-///   stored as "a\r\nb", which checks again as "a\nb");
-/// - an e-mail domain is lower-cased after NFKC, and a capital followed by a
-///   combining mark that only composes with the small letter ("J\u{30C}") is then
-///   no longer in NFKC, so checking it again composes it ("ǰ").
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(256))]
 

@@ -117,8 +117,9 @@ impl TenantCeiling {
         }
     }
 
-    /// `Err(429 page)` when the tenant is over its ceiling.
-    pub fn check(&self, tenant: &uuid::Uuid) -> Result<(), Response<Body>> {
+    /// `Err(429 page)` when the tenant is over its ceiling (boxed: the refusal is the
+    /// rare case, and a `Response` is large to carry on every check).
+    pub fn check(&self, tenant: &uuid::Uuid) -> Result<(), Box<Response<Body>>> {
         let Some(l) = &self.limiter else {
             return Ok(());
         };
@@ -131,10 +132,10 @@ impl TenantCeiling {
                     ))
                     .as_secs()
                     .max(1);
-                Err(too_many(GovernorError::TooManyRequests {
+                Err(Box::new(too_many(GovernorError::TooManyRequests {
                     wait_time: wait,
                     headers: None,
-                }))
+                })))
             }
         }
     }

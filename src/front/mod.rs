@@ -276,7 +276,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
         app.ceiling.hold_refusal().await;
         app.metrics
             .observe(&route.slug, r.status().as_u16(), started.elapsed());
-        return r;
+        return *r;
     }
     let resp = match route.state {
         TenantState::Active => match app.pools.runtime(route.id).await {

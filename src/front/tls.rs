@@ -58,8 +58,11 @@ pub fn load(files: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
 #[derive(Debug)]
 pub struct ReloadingCert {
     files: TlsFiles,
-    current: RwLock<(Arc<CertifiedKey>, Option<(SystemTime, SystemTime)>)>,
+    current: RwLock<Loaded>,
 }
+
+/// The certificate in use and the modification times of the files it came from.
+type Loaded = (Arc<CertifiedKey>, Option<(SystemTime, SystemTime)>);
 
 impl ReloadingCert {
     pub fn new(files: TlsFiles) -> anyhow::Result<Arc<Self>> {

@@ -492,8 +492,8 @@ pub async fn decommission_form(
 
 /// A document waiting for the signed-in operator's signature.
 enum Pending {
-    Request(Request),
-    Certificate(Certificate),
+    Request(Box<Request>),
+    Certificate(Box<Certificate>),
 }
 
 async fn pending(s: &OpsState, op: &Operator, id: Uuid) -> Result<Pending, AppError> {
@@ -520,9 +520,9 @@ async fn pending(s: &OpsState, op: &Operator, id: Uuid) -> Result<Pending, AppEr
         "decommission_request" => Err(AppError::BadRequest(
             "この依頼は30分を過ぎたため無効です。もう一度やり直してください。".into(),
         )),
-        _ => Ok(Pending::Certificate(
+        _ => Ok(Pending::Certificate(Box::new(
             serde_json::from_str(&body).map_err(|e| AppError::Internal(e.into()))?,
-        )),
+        ))),
     }
 }
 

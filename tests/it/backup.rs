@@ -86,7 +86,7 @@ async fn backup_restores_the_same_rows_holds_no_plaintext_and_refuses_tampering(
         &store,
         &m.file,
         &new_slug,
-        &[new_host.clone()],
+        std::slice::from_ref(&new_host),
     )
     .await
     .unwrap();
@@ -209,8 +209,7 @@ async fn backup_restores_the_same_rows_holds_no_plaintext_and_refuses_tampering(
             std::fs::File::create(&sink).unwrap(),
         )
         .await
-        .err()
-        .expect("a tampered backup was accepted");
+        .expect_err("a tampered backup was accepted");
         assert!(
             format!("{err:#}").contains("damaged") || format!("{err:#}").contains("truncated"),
             "{err:#}"
@@ -301,7 +300,6 @@ async fn the_catalog_is_backed_up_under_the_master_key() {
         std::fs::File::create(&sink).unwrap(),
     )
     .await
-    .err()
-    .expect("opened with another master key");
+    .expect_err("opened with another master key");
     assert!(format!("{err:#}").contains("does not unwrap"), "{err:#}");
 }

@@ -417,7 +417,7 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
 
     // Staff opens the case from the inbox and returns it (差戻し) with a reason.
     staff.goto(&format!("{base}/admin/inbox")).await.unwrap();
-    click(&staff, &format!("a[href^='/admin/submissions/']")).await;
+    click(&staff, &"a[href^='/admin/submissions/']".to_string()).await;
     assert!(body(&staff).await.contains(&receipt));
     select(&staff, "#to", "returned").await;
     fill(

@@ -134,7 +134,8 @@ async fn load(db: &deadpool_postgres::ClientWrapper) -> Result<Access, AppError>
 }
 
 fn should_log(tenant: uuid::Uuid, ip: Option<IpAddr>) -> bool {
-    static SEEN: Mutex<Option<HashMap<(uuid::Uuid, Option<IpAddr>), Instant>>> = Mutex::new(None);
+    type Seen = HashMap<(uuid::Uuid, Option<IpAddr>), Instant>;
+    static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
     let Ok(mut guard) = SEEN.lock() else {
         return false;
     };

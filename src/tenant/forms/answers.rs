@@ -672,6 +672,39 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
     }
 }
 
+/// A text field's pattern compiled to match the whole answer, or None if it does not
+/// compile. Compiled once per pattern text and kept (a form's patterns are few and
+/// fixed per published version); the cache is emptied when it reaches
+/// `PATTERN_CACHE` entries, so no sequence of forms makes it grow without bound.
+fn anchored(p: &str) -> Option<std::sync::Arc<regex::Regex>> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, LazyLock, Mutex};
+    const PATTERN_CACHE: usize = 4096;
+    type Cache = Mutex<HashMap<String, Option<Arc<regex::Regex>>>>;
+    static CACHE: LazyLock<Cache> = LazyLock::new(|| Mutex::new(HashMap::new()));
+    if let Some(hit) = CACHE.lock().ok().and_then(|c| c.get(p).cloned()) {
+        return hit;
+    }
+    // The pattern must stand on its own, so it cannot close the anchoring group.
+    let re = regex::RegexBuilder::new(p)
+        .size_limit(1 << 20)
+        .build()
+        .and_then(|_| {
+            regex::RegexBuilder::new(&format!("^(?:{p})$"))
+                .size_limit(1 << 20)
+                .build()
+        })
+        .ok()
+        .map(Arc::new);
+    if let Ok(mut c) = CACHE.lock() {
+        if c.len() >= PATTERN_CACHE {
+            c.clear();
+        }
+        c.insert(p.to_owned(), re.clone());
+    }
+    re
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1040,37 +1073,4 @@ mod tests {
         assert!(FormDefinition::from_json("{").is_err_and(|p| p[0].ja.contains("JSON")));
         assert!(FormDefinition::from_json(&json.replace("madoguchi.form/1", "other/9")).is_err());
     }
-}
-
-/// A text field's pattern compiled to match the whole answer, or None if it does not
-/// compile. Compiled once per pattern text and kept (a form's patterns are few and
-/// fixed per published version); the cache is emptied when it reaches
-/// `PATTERN_CACHE` entries, so no sequence of forms makes it grow without bound.
-fn anchored(p: &str) -> Option<std::sync::Arc<regex::Regex>> {
-    use std::collections::HashMap;
-    use std::sync::{Arc, LazyLock, Mutex};
-    const PATTERN_CACHE: usize = 4096;
-    type Cache = Mutex<HashMap<String, Option<Arc<regex::Regex>>>>;
-    static CACHE: LazyLock<Cache> = LazyLock::new(|| Mutex::new(HashMap::new()));
-    if let Some(hit) = CACHE.lock().ok().and_then(|c| c.get(p).cloned()) {
-        return hit;
-    }
-    // The pattern must stand on its own, so it cannot close the anchoring group.
-    let re = regex::RegexBuilder::new(p)
-        .size_limit(1 << 20)
-        .build()
-        .and_then(|_| {
-            regex::RegexBuilder::new(&format!("^(?:{p})$"))
-                .size_limit(1 << 20)
-                .build()
-        })
-        .ok()
-        .map(Arc::new);
-    if let Ok(mut c) = CACHE.lock() {
-        if c.len() >= PATTERN_CACHE {
-            c.clear();
-        }
-        c.insert(p.to_owned(), re.clone());
-    }
-    re
 }

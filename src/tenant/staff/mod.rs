@@ -243,9 +243,7 @@ pub fn password_problem(password: &str, email: &str) -> Option<String> {
         return Some("パスワードは256文字以内にしてください".into());
     }
     let lower = password.to_lowercase();
-    if COMMON_PASSWORDS.contains(&lower.as_str())
-        || lower.chars().all(|c| Some(c) == lower.chars().next())
-    {
+    if COMMON_PASSWORDS.contains(&lower.as_str()) || lower.chars().all(|c| lower.starts_with(c)) {
         return Some(
             "このパスワードはよく使われていて危険です。別のパスワードにしてください".into(),
         );

@@ -54,6 +54,9 @@ pub struct Settings {
     pub limits: RateLimits,
     /// Mail to applicants; `None` leaves it queued in each tenant's outbox.
     pub mail: Option<MailSettings>,
+    /// When, after start, the mail deliverer first visits every tenant's outbox
+    /// (then daily): mail left queued by an earlier run goes out then.
+    pub mail_sweep_after: Duration,
 }
 
 /// Where mail leaves: an SMTP relay and the sender address.
@@ -118,6 +121,7 @@ impl Settings {
             trusted_proxies: Vec::new(),
             limits: RateLimits::default(),
             mail: None,
+            mail_sweep_after: Duration::from_secs(60),
         }
     }
 }

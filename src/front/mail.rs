@@ -2,7 +2,8 @@
 //!
 //! A handler that queued mail says so ([`MailQueue::queued`]); the deliverer then
 //! visits that tenant's database at once. A tenant whose rows failed is visited
-//! again when its earliest row is due. A minute after start, and then daily, a sweep
+//! again when its earliest row is due. A minute after start (`mail_sweep_after`),
+//! and then daily, a sweep
 //! visits every active tenant, so mail queued before a restart (or left by a server
 //! that stopped) is not left behind; like the daily operation-log pruning it opens
 //! each tenant's pool in turn, one tenant at a time. Connections come from the
@@ -78,17 +79,18 @@ pub fn run(
     app: AppState,
     mailer: Mailer,
     links: LinkBase,
+    first_sweep: Duration,
 ) -> impl std::future::Future<Output = ()> {
     app.mail.delivering.store(true, Ordering::Relaxed);
-    deliver(app, mailer, links)
+    deliver(app, mailer, links, first_sweep)
 }
 
-async fn deliver(app: AppState, mailer: Mailer, links: LinkBase) {
+async fn deliver(app: AppState, mailer: Mailer, links: LinkBase, first_sweep: Duration) {
     let (queue, catalog, pools) = (&app.mail, &app.catalog, &app.pools);
     // When each tenant with rows left is due again.
     let mut later: BTreeMap<Uuid, OffsetDateTime> = BTreeMap::new();
     let mut sweep = tokio::time::interval_at(
-        tokio::time::Instant::now() + Duration::from_secs(60),
+        tokio::time::Instant::now() + first_sweep,
         Duration::from_secs(24 * 3600),
     );
     loop {

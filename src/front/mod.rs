@@ -793,7 +793,12 @@ impl Server {
                     None if !p.settings.trusted_proxies.is_empty() => mail::LinkBase { https: true, port: None },
                     None => mail::LinkBase { https: false, port: port(bound.public, 80) },
                 };
-                background.push(tokio::spawn(mail::run(Arc::clone(&app), mailer, links)));
+                background.push(tokio::spawn(mail::run(
+                    Arc::clone(&app),
+                    mailer,
+                    links,
+                    p.settings.mail_sweep_after,
+                )));
             }
             None => tracing::info!("no SMTP relay set (MADOGUCHI_SMTP_URL): mail to applicants waits in each tenant's outbox"),
         }

@@ -1,7 +1,8 @@
 //! Mail to applicants through a real SMTP exchange (an SMTP server in this process):
 //! the e-mailed copy of an application, a relay that refuses for now and then takes
-//! it, staff's message about a case, a recipient refused for good, a relay that is
-//! down, and relays reached over STARTTLS and TLS whose certificate a private CA signed.
+//! it, staff's message about a case, a recipient refused for good, mail left queued
+//! across a restart, a relay that is down, and relays reached over STARTTLS and TLS
+//! whose certificate a private CA signed.
 
 use std::time::Duration;
 
@@ -269,6 +270,65 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
 
 /// A relay that does not answer costs one try per pass, not one per mail: the first
 /// row counts a failed try, the others wait as long without one.
+/// Mail still queued when a server stops goes out from the next server's first
+/// sweep, though no request tells that server about it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
+    let smtp = SmtpServer::start().await;
+    let relay = format!("smtp://127.0.0.1:{}", smtp.port);
+    let env = TestEnv::with(|s| {
+        s.mail = Some(MailSettings {
+            url: zeroize::Zeroizing::new(relay.clone()),
+            from: FROM.into(),
+            ca: None,
+        });
+        s.mail_sweep_after = Duration::from_secs(1);
+    })
+    .await;
+    let t = env.tenant(&unique("r"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let db = env.tenant_conn(&t).await.client;
+
+    // The relay refuses for now; the server stops before the copy's next try.
+    smtp.refuse_next_for_now();
+    let receipt = apply(&server, host, &public, "その他").await.unwrap();
+    let id: Uuid = db
+        .query_one(
+            "SELECT id FROM submissions WHERE receipt_number = $1",
+            &[&receipt],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    tried(&db, id, 1).await;
+    server.shutdown().await;
+    db.execute(
+        "UPDATE outbox SET next_attempt_at = now() WHERE submission_id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    assert!(smtp.received().is_empty());
+
+    // A new server, sent no request at all, finds and delivers it.
+    let server = env.serve().await;
+    let mails = smtp.wait_for(1).await;
+    assert_eq!(mails.len(), 1);
+    assert!(
+        mails[0].header("Subject").contains(&receipt),
+        "{}",
+        mails[0].header("Subject")
+    );
+    tried(&db, id, 2).await;
+    let (attempts, error, sent, payload, _) = receipt_row(&db, id).await;
+    assert_eq!((attempts, error, sent, payload), (2, None, true, 0));
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_is_down_holds_the_whole_outbox_back() {
     // No relay set for the server: the test delivers by itself.

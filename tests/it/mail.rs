@@ -38,6 +38,26 @@ async fn receipt_row(
     )
 }
 
+/// Mail through the relay at `url` (plain SMTP), from [`FROM`].
+fn relay(url: &str) -> MailSettings {
+    MailSettings {
+        url: zeroize::Zeroizing::new(url.to_owned()),
+        from: FROM.into(),
+        ca: None,
+    }
+}
+
+/// The id of the submission with this receipt number.
+async fn submission_id(db: &tokio_postgres::Client, receipt: &str) -> Uuid {
+    db.query_one(
+        "SELECT id FROM submissions WHERE receipt_number = $1",
+        &[&receipt],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Waits (up to 20 s) until the deliverer has tried the copy `tries` times.
 async fn tried(db: &tokio_postgres::Client, id: Uuid, tries: i32) {
     for _ in 0..200 {
@@ -52,13 +72,9 @@ async fn tried(db: &tokio_postgres::Client, id: Uuid, tries: i32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn applicants_get_their_copy_and_messages_by_mail() {
     let smtp = SmtpServer::start().await;
-    let relay = format!("smtp://127.0.0.1:{}", smtp.port);
+    let relay_url = format!("smtp://127.0.0.1:{}", smtp.port);
     let env = TestEnv::with(|s| {
-        s.mail = Some(MailSettings {
-            url: zeroize::Zeroizing::new(relay.clone()),
-            from: FROM.into(),
-            ca: None,
-        });
+        s.mail = Some(relay(&relay_url));
     })
     .await;
     let t = env.tenant(&unique("a"), "千代田区", "131016").await;
@@ -68,23 +84,11 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     let dept = dept_id(&env, &t, "環境政策課").await;
     let (form_id, public) = build_form(&admin, &server, host, &dept, "").await;
     let db = env.tenant_conn(&t).await.client;
-    let id_of = |receipt: String| {
-        let db = &db;
-        async move {
-            db.query_one(
-                "SELECT id FROM submissions WHERE receipt_number = $1",
-                &[&receipt],
-            )
-            .await
-            .unwrap()
-            .get::<_, Uuid>(0)
-        }
-    };
 
     // The relay refuses the first try for now: the copy waits, with the reply code.
     smtp.refuse_next_for_now();
     let receipt = apply(&server, host, &public, "その他").await.unwrap();
-    let id = id_of(receipt.clone()).await;
+    let id = submission_id(&db, &receipt).await;
     tried(&db, id, 1).await;
     let (attempts, error, sent, _, given_up) = receipt_row(&db, id).await;
     assert_eq!(
@@ -109,12 +113,7 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     )
     .await
     .unwrap();
-    let mailer = madoguchi::tenant::mail::Mailer::new(&MailSettings {
-        url: zeroize::Zeroizing::new(relay.clone()),
-        from: FROM.into(),
-        ca: None,
-    })
-    .unwrap();
+    let mailer = madoguchi::tenant::mail::Mailer::new(&relay(&relay_url)).unwrap();
     let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
         .await
         .unwrap();
@@ -183,7 +182,7 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     // A recipient refused for good is given up at once, and nothing else is held up.
     smtp.refuse_next_for_good();
     let refused = apply(&server, host, &public, "ソファ").await.unwrap();
-    let refused = id_of(refused).await;
+    let refused = submission_id(&db, &refused).await;
     tried(&db, refused, 1).await;
     let (attempts, error, sent, _, given_up) = receipt_row(&db, refused).await;
     assert_eq!(
@@ -275,13 +274,9 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
     let smtp = SmtpServer::start().await;
-    let relay = format!("smtp://127.0.0.1:{}", smtp.port);
+    let relay_url = format!("smtp://127.0.0.1:{}", smtp.port);
     let env = TestEnv::with(|s| {
-        s.mail = Some(MailSettings {
-            url: zeroize::Zeroizing::new(relay.clone()),
-            from: FROM.into(),
-            ca: None,
-        });
+        s.mail = Some(relay(&relay_url));
         s.mail_sweep_after = Duration::from_secs(1);
     })
     .await;
@@ -296,14 +291,7 @@ async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
     // The relay refuses for now; the server stops before the copy's next try.
     smtp.refuse_next_for_now();
     let receipt = apply(&server, host, &public, "その他").await.unwrap();
-    let id: Uuid = db
-        .query_one(
-            "SELECT id FROM submissions WHERE receipt_number = $1",
-            &[&receipt],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let id = submission_id(&db, &receipt).await;
     tried(&db, id, 1).await;
     server.shutdown().await;
     db.execute(
@@ -346,12 +334,8 @@ async fn a_relay_that_is_down_holds_the_whole_outbox_back() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let mailer = madoguchi::tenant::mail::Mailer::new(&MailSettings {
-        url: zeroize::Zeroizing::new(format!("smtp://127.0.0.1:{port}")),
-        from: FROM.into(),
-        ca: None,
-    })
-    .unwrap();
+    let mailer =
+        madoguchi::tenant::mail::Mailer::new(&relay(&format!("smtp://127.0.0.1:{port}"))).unwrap();
     let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
         .await
         .unwrap();

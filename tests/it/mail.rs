@@ -270,7 +270,8 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
 /// A relay that does not answer costs one try per pass, not one per mail: the first
 /// row counts a failed try, the others wait as long without one.
 /// Mail still queued when a server stops goes out from the next server's first
-/// sweep, though no request tells that server about it.
+/// sweep, though no request tells that server about it; and a nudge that comes
+/// before the deliverer's task first runs is not lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
     let smtp = SmtpServer::start().await;
@@ -314,7 +315,42 @@ async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
     tried(&db, id, 2).await;
     let (attempts, error, sent, payload, _) = receipt_row(&db, id).await;
     assert_eq!((attempts, error, sent, payload), (2, None, true, 0));
+
+    // Another copy left behind, and a deliverer started by hand with its sweep an
+    // hour away: a handler's nudge between `mail::run` and the task's first turn is
+    // kept, so the copy goes at once.
+    smtp.refuse_next_for_now();
+    let second = apply(&server, host, &public, "その他").await.unwrap();
+    let second_id = submission_id(&db, &second).await;
+    tried(&db, second_id, 1).await;
     server.shutdown().await;
+    db.execute(
+        "UPDATE outbox SET next_attempt_at = now() WHERE submission_id = $1",
+        &[&second_id],
+    )
+    .await
+    .unwrap();
+    let app = madoguchi::front::App::new(&env.platform);
+    let deliverer = madoguchi::front::mail::run(
+        std::sync::Arc::clone(&app),
+        madoguchi::tenant::mail::Mailer::new(&relay(&relay_url)).unwrap(),
+        madoguchi::front::mail::LinkBase {
+            https: false,
+            port: None,
+        },
+        Duration::from_secs(3600),
+    );
+    app.mail.queued(t.id);
+    let task = tokio::spawn(deliverer);
+    let mails = smtp.wait_for(2).await;
+    assert!(
+        mails[1].header("Subject").contains(&second),
+        "{}",
+        mails[1].header("Subject")
+    );
+    tried(&db, second_id, 2).await;
+    task.abort();
+    app.pools.close_all();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -180,10 +180,14 @@ async fn paced(args: &[String]) {
     let mut lat = Vec::new();
     let mut from_sent = Vec::new();
     let mut errors = 0u64;
+    let trace_to = std::env::var("PACED_TRACE").ok();
     let mut trace = String::new();
     for (i, s) in sent.into_iter().enumerate() {
-        let answer = s.await;
-        if let Ok((t, u, ok)) = answer {
+        let Ok((t, u, ok)) = s.await else {
+            errors += 1;
+            continue;
+        };
+        if trace_to.is_some() {
             let at = every.as_secs_f64() * i as f64;
             trace.push_str(&format!(
                 "{at:.3} {:.3} {:.3} {ok}\n",
@@ -191,15 +195,14 @@ async fn paced(args: &[String]) {
                 u * 1000.0
             ));
         }
-        match answer {
-            Ok((t, u, true)) => {
-                lat.push(t);
-                from_sent.push(u);
-            }
-            _ => errors += 1,
+        if ok {
+            lat.push(t);
+            from_sent.push(u);
+        } else {
+            errors += 1;
         }
     }
-    if let Ok(path) = std::env::var("PACED_TRACE") {
+    if let Some(path) = trace_to {
         if let Err(e) = std::fs::write(&path, trace) {
             eprintln!("{path}: {e}");
         }

@@ -3,9 +3,8 @@
 //! A handler that queued mail says so ([`MailQueue::queued`]); the deliverer then
 //! visits that tenant's database at once. A tenant whose rows failed is visited
 //! again when its earliest row is due. A minute after start (`mail_sweep_after`),
-//! and then daily, a sweep
-//! visits every active tenant, so mail queued before a restart (or left by a server
-//! that stopped) is not left behind; like the daily operation-log pruning it opens
+//! and then daily, a sweep visits every active tenant, so mail queued before a
+//! restart (or left by a server that stopped) is not left behind; like the daily operation-log pruning it opens
 //! each tenant's pool in turn, one tenant at a time. Connections come from the
 //! tenants' own pools, inside the connection budget.
 

@@ -520,9 +520,9 @@ async fn pending(s: &OpsState, op: &Operator, id: Uuid) -> Result<Pending, AppEr
         "decommission_request" => Err(AppError::BadRequest(
             "この依頼は30分を過ぎたため無効です。もう一度やり直してください。".into(),
         )),
-        _ => Ok(Pending::Certificate(Box::new(
+        _ => Ok(Pending::Certificate(
             serde_json::from_str(&body).map_err(|e| AppError::Internal(e.into()))?,
-        ))),
+        )),
     }
 }
 

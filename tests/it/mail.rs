@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use madoguchi::config::MailSettings;
+use madoguchi::front::Server;
 use madoguchi::tenant::staff::Role;
 use uuid::Uuid;
 
@@ -58,6 +59,32 @@ async fn submission_id(db: &tokio_postgres::Client, receipt: &str) -> Uuid {
     .get(0)
 }
 
+/// An application whose e-mailed copy the relay refuses for now: its receipt number
+/// and id, once the server has tried the copy (the row then waits for a later try).
+async fn refused_once(
+    smtp: &SmtpServer,
+    server: &Server,
+    db: &tokio_postgres::Client,
+    host: &str,
+    public: &str,
+) -> (String, Uuid) {
+    smtp.refuse_next_for_now();
+    let receipt = apply(server, host, public, "その他").await.unwrap();
+    let id = submission_id(db, &receipt).await;
+    tried(db, id, 1).await;
+    (receipt, id)
+}
+
+/// Makes the submission's waiting copy due now.
+async fn make_due(db: &tokio_postgres::Client, id: Uuid) {
+    db.execute(
+        "UPDATE outbox SET next_attempt_at = now() WHERE submission_id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+}
+
 /// Waits (up to 20 s) until the deliverer has tried the copy `tries` times.
 async fn tried(db: &tokio_postgres::Client, id: Uuid, tries: i32) {
     for _ in 0..200 {
@@ -86,10 +113,7 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     let db = env.tenant_conn(&t).await.client;
 
     // The relay refuses the first try for now: the copy waits, with the reply code.
-    smtp.refuse_next_for_now();
-    let receipt = apply(&server, host, &public, "その他").await.unwrap();
-    let id = submission_id(&db, &receipt).await;
-    tried(&db, id, 1).await;
+    let (receipt, id) = refused_once(&smtp, &server, &db, host, &public).await;
     let (attempts, error, sent, _, given_up) = receipt_row(&db, id).await;
     assert_eq!(
         (attempts, error.as_deref(), sent, given_up),
@@ -107,12 +131,7 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     assert!((30.0..=61.0).contains(&wait), "next try in {wait} s");
 
     // When it is due again it goes (here: made due now, and delivered directly).
-    db.execute(
-        "UPDATE outbox SET next_attempt_at = now() WHERE submission_id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap();
+    make_due(&db, id).await;
     let mailer = madoguchi::tenant::mail::Mailer::new(&relay(&relay_url)).unwrap();
     let cipher = madoguchi::control::tenant_admin::tenant_cipher(&env.platform, &t)
         .await
@@ -267,8 +286,6 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     server.shutdown().await;
 }
 
-/// A relay that does not answer costs one try per pass, not one per mail: the first
-/// row counts a failed try, the others wait as long without one.
 /// Mail still queued when a server stops goes out from the next server's first
 /// sweep, though no request tells that server about it; and a nudge that comes
 /// before the deliverer's task first runs is not lost.
@@ -290,17 +307,9 @@ async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
     let db = env.tenant_conn(&t).await.client;
 
     // The relay refuses for now; the server stops before the copy's next try.
-    smtp.refuse_next_for_now();
-    let receipt = apply(&server, host, &public, "その他").await.unwrap();
-    let id = submission_id(&db, &receipt).await;
-    tried(&db, id, 1).await;
+    let (receipt, id) = refused_once(&smtp, &server, &db, host, &public).await;
     server.shutdown().await;
-    db.execute(
-        "UPDATE outbox SET next_attempt_at = now() WHERE submission_id = $1",
-        &[&id],
-    )
-    .await
-    .unwrap();
+    make_due(&db, id).await;
     assert!(smtp.received().is_empty());
 
     // A new server, sent no request at all, finds and delivers it.
@@ -319,17 +328,9 @@ async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
     // Another copy left behind, and a deliverer started by hand with its sweep an
     // hour away: a handler's nudge between `mail::run` and the task's first turn is
     // kept, so the copy goes at once.
-    smtp.refuse_next_for_now();
-    let second = apply(&server, host, &public, "その他").await.unwrap();
-    let second_id = submission_id(&db, &second).await;
-    tried(&db, second_id, 1).await;
+    let (second, second_id) = refused_once(&smtp, &server, &db, host, &public).await;
     server.shutdown().await;
-    db.execute(
-        "UPDATE outbox SET next_attempt_at = now() WHERE submission_id = $1",
-        &[&second_id],
-    )
-    .await
-    .unwrap();
+    make_due(&db, second_id).await;
     let app = madoguchi::front::App::new(&env.platform);
     let deliverer = madoguchi::front::mail::run(
         std::sync::Arc::clone(&app),
@@ -353,6 +354,8 @@ async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
     app.pools.close_all();
 }
 
+/// A relay that does not answer costs one try per pass, not one per mail: the first
+/// row counts a failed try, the others wait as long without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_that_is_down_holds_the_whole_outbox_back() {
     // No relay set for the server: the test delivers by itself.

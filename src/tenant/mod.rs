@@ -9,6 +9,7 @@ pub mod forms;
 mod home;
 pub mod http;
 pub mod mail;
+pub mod spreadsheet;
 pub mod staff;
 pub mod status;
 

@@ -576,6 +576,36 @@ async fn permissions_on_cases() {
         403,
         "only administrators read the operation log"
     );
+    // The bulk form checks each row as its own page does: neither another
+    // department's staff nor a read-only user changes the case that way.
+    for who in [&other, &viewer] {
+        let (status, _, page) = post(
+            &who.client,
+            &url(&server, h, "/admin/inbox/bulk"),
+            &[
+                ("csrf", &who.csrf),
+                ("ids", &id.to_string()),
+                ("action", "status"),
+                ("to", "reviewing"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(
+            page.contains("0件を変更しました。1件は変更できませんでした"),
+            "{page}"
+        );
+    }
+    let status_now = || async {
+        env.tenant_conn(&t)
+            .await
+            .client
+            .query_one("SELECT status FROM submissions WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    assert_eq!(status_now().await, "received");
 
     // Assignment: only to staff of the form's department.
     let other_id: i64 = env
@@ -642,6 +672,29 @@ async fn permissions_on_cases() {
     )
     .await;
     assert!(page.contains("2件は変更できませんでした"));
+    // A row ticked on a page drawn before someone else changed it carries the
+    // status it showed, and is refused rather than changed again.
+    let (_, _, page) = get(&colleague.client, &url(&server, h, "/admin/inbox")).await;
+    assert!(
+        page.contains(&format!("value=\"{id}:reviewing\"")),
+        "{page}"
+    );
+    let (_, _, page) = post(
+        &colleague.client,
+        &url(&server, h, "/admin/inbox/bulk"),
+        &[
+            ("csrf", &colleague.csrf),
+            ("ids", &format!("{id}:received")),
+            ("action", "status"),
+            ("to", "rejected"),
+        ],
+    )
+    .await;
+    assert!(
+        page.contains("0件を変更しました。1件は変更できませんでした"),
+        "{page}"
+    );
+    assert_eq!(status_now().await, "reviewing");
     // The inbox filters by assignee and status, and finds by e-mail or phone exactly.
     let (_, _, page) = get(
         &colleague.client,
@@ -719,7 +772,7 @@ async fn exports_round_trip_and_are_logged() {
                 ("name", "佐藤 \"花\""),
                 ("email", "b@example.jp"),
                 ("phone", "090-1234-5678"),
-                ("opinion", "短い意見"),
+                ("opinion", "=HYPERLINK(\"https://example.com/\",\"詳細\")"),
                 ("topic", "子育て"),
             ],
         )
@@ -764,6 +817,11 @@ async fn exports_round_trip_and_are_logged() {
     assert_eq!(&yamada[col("お名前")], "山田, 太郎");
     let sato = rows.iter().find(|r| &r[0] == receipts[1].as_str()).unwrap();
     assert_eq!(&sato[col("お名前")], "佐藤 \"花\"");
+    // An answer that a spreadsheet would run as a formula is written as text.
+    assert_eq!(
+        &sato[col("ご意見")],
+        "'=HYPERLINK(\"https://example.com/\",\"詳細\")"
+    );
     assert!(
         String::from_utf8_lossy(&bytes).contains("\r\n"),
         "RFC 4180 line ends"
@@ -807,6 +865,7 @@ async fn exports_round_trip_and_are_logged() {
         .collect();
     assert_eq!(logged.len(), 2);
     assert!(logged[0].contains("\"rows\":2") && logged[0].contains("csv"));
+    assert!(logged[0].contains("\"complete\":true"), "{}", logged[0]);
     assert!(logged[1].contains("\"rows\":2") && logged[1].contains("xlsx"));
 
     // An export found by a person's e-mail address or telephone number (written the

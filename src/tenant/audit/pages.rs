@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use crate::error::AppError;
 use crate::tenant::admin::Nav;
 use crate::tenant::forms::citizen::jst;
+use crate::tenant::spreadsheet;
 use crate::tenant::staff::StaffUser;
 use crate::tenant::TenantCtx;
 use crate::web::render;
@@ -226,24 +227,25 @@ pub async fn csv(
     user.require_admin()?;
     let mut f = Filters::parse(q.as_deref());
     let mut db = ctx.db().await?;
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(vec![0xEF, 0xBB, 0xBF]);
-    let _ = w.write_record(["番号", "日時", "操作者", "操作", "対象", "詳細"]);
+    let mut w = spreadsheet::writer(true);
+    let _ = spreadsheet::write_row(&mut w, ["番号", "日時", "操作者", "操作", "対象", "詳細"]);
     let mut n = 0u64;
     loop {
         let rows = entries(&db, &f, 5000).await?;
         let Some(last) = rows.last() else { break };
         f.before = Some(last.seq);
         for e in &rows {
-            let _ = w.write_record([
-                e.seq.to_string(),
-                e.at.clone(),
-                e.actor.clone(),
-                e.action.clone(),
-                e.target.clone(),
-                e.detail.clone(),
-            ]);
+            let _ = spreadsheet::write_row(
+                &mut w,
+                [
+                    e.seq.to_string(),
+                    e.at.clone(),
+                    e.actor.clone(),
+                    e.action.clone(),
+                    e.target.clone(),
+                    e.detail.clone(),
+                ],
+            );
             n += 1;
         }
     }

@@ -16,6 +16,7 @@ use crate::error::AppError;
 use crate::tenant::audit;
 use crate::tenant::forms::citizen::{decrypt_answers, jst};
 use crate::tenant::forms::definition::FormDefinition;
+use crate::tenant::spreadsheet;
 use crate::tenant::staff::StaffUser;
 use crate::tenant::TenantCtx;
 
@@ -154,6 +155,7 @@ async fn log_export(
     format: &str,
     filters: &Filters,
     rows: u64,
+    complete: bool,
 ) -> Result<(), AppError> {
     let mut db = ctx.db().await?;
     let actor = user.actor();
@@ -165,7 +167,12 @@ async fn log_export(
             .form
             .map(|f| format!("form:{f}"))
             .unwrap_or_default(),
-        serde_json::json!({ "format": format, "rows": rows, "filters": filters.logged() }),
+        serde_json::json!({
+            "format": format,
+            "rows": rows,
+            "complete": complete,
+            "filters": filters.logged(),
+        }),
     )
     .await
 }
@@ -184,19 +191,11 @@ fn download(content_type: &'static str, name: &str, body: Body) -> Response {
 }
 
 fn csv_bytes(rows: &[Vec<String>], bom: bool) -> Bytes {
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::new());
+    let mut w = spreadsheet::writer(bom);
     for r in rows {
-        let _ = w.write_record(r);
+        let _ = spreadsheet::write_row(&mut w, r);
     }
-    let mut out = if bom {
-        vec![0xEF, 0xBB, 0xBF]
-    } else {
-        Vec::new()
-    };
-    out.extend(w.into_inner().unwrap_or_default());
-    Bytes::from(out)
+    Bytes::from(w.into_inner().unwrap_or_default())
 }
 
 async fn check_form(ctx: &TenantCtx, user: &StaffUser, filters: &Filters) -> Result<(), AppError> {
@@ -227,28 +226,32 @@ pub async fn csv_export(
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let header = csv_bytes(&[cols.header()], true);
     tokio::spawn(async move {
-        if tx.send(Ok(header)).await.is_err() {
-            return;
-        }
         let mut batches = Batches::new(&ctx, &user, filters.clone(), version, &cols);
-        loop {
-            match batches.next().await {
-                Ok(Some(batch)) => {
-                    // A client that went away ends the export.
-                    if tx.send(Ok(csv_bytes(&batch, false))).await.is_err() {
-                        return;
+        // Every ending is logged, with the rows handed out and whether the file was
+        // whole: a client that leaves before the end has still taken those rows.
+        let complete = async {
+            if tx.send(Ok(header)).await.is_err() {
+                return false;
+            }
+            loop {
+                match batches.next().await {
+                    Ok(Some(batch)) => {
+                        if tx.send(Ok(csv_bytes(&batch, false))).await.is_err() {
+                            return false;
+                        }
                     }
-                }
-                Ok(None) => break,
-                Err(e) => {
-                    tracing::error!(error = %e, "export failed");
-                    let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
-                    return;
+                    Ok(None) => return true,
+                    Err(e) => {
+                        tracing::error!(error = %e, "export failed");
+                        let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
+                        return false;
+                    }
                 }
             }
         }
+        .await;
         let n = batches.rows;
-        if let Err(e) = log_export(&ctx, &user, "csv", &filters, n).await {
+        if let Err(e) = log_export(&ctx, &user, "csv", &filters, n, complete).await {
             tracing::error!(error = %e, "recording an export failed");
         }
     });
@@ -301,7 +304,7 @@ pub async fn xlsx_export(
     workbook
         .save(file.path())
         .map_err(|e| AppError::Internal(e.into()))?;
-    log_export(&ctx, &user, "xlsx", &filters, n).await?;
+    log_export(&ctx, &user, "xlsx", &filters, n, true).await?;
     let reader = tokio::fs::File::open(file.path())
         .await
         .map_err(|e| AppError::Internal(e.into()))?;

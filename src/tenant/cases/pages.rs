@@ -8,7 +8,7 @@ use axum::response::Response;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{add_note_in, change_status, open_text, Change, Status};
+use super::{add_note_in, change_status, open_text, Change, Refusal, Status};
 use crate::domain::ReceiptNumber;
 use crate::error::AppError;
 use crate::tenant::admin::Nav;
@@ -325,6 +325,9 @@ pub struct InboxRow {
     pub receipt: String,
     pub received: String,
     pub status: &'static str,
+    /// The status as stored, sent back with a bulk change so a row changed by
+    /// someone else since the page was drawn is refused.
+    pub status_code: &'static str,
     pub assignee: String,
     pub form: String,
     pub summary: String,
@@ -459,6 +462,7 @@ async fn inbox_page(
                 receipt: r.receipt.clone(),
                 received: jst(r.submitted_at),
                 status: r.status.label(),
+                status_code: r.status.as_str(),
                 assignee: r.assignee.clone(),
                 form: r.form_title.clone(),
                 summary: r
@@ -915,13 +919,18 @@ pub async fn add_note(
     Ok(see_other(&format!("/admin/submissions/{id}")))
 }
 
-/// Bulk status change or assignment on the rows ticked in the inbox.
+/// Bulk status change or assignment on the rows ticked in the inbox. Each row is
+/// checked as on its own page: the department's edit right, and (for a status
+/// change) the status the inbox showed, sent as `id:status`.
 pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Response, AppError> {
     user.check_csrf(&body)?;
-    let ids: Vec<Uuid> = body
+    let rows: Vec<(Uuid, Option<Status>)> = body
         .all("ids")
         .iter()
-        .filter_map(|s| s.parse().ok())
+        .filter_map(|s| {
+            let (id, seen) = s.split_once(':').unwrap_or((s, ""));
+            Some((id.parse().ok()?, Status::parse(seen)))
+        })
         .take(500)
         .collect();
     let back = body.get("back").to_owned();
@@ -930,18 +939,8 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
     match body.get("action") {
         "status" => {
             let change = change_from(&body)?;
-            for id in &ids {
-                match change_status(
-                    &mut db,
-                    ctx.cipher(),
-                    &user.actor(),
-                    Some(user.id),
-                    *id,
-                    None,
-                    &change,
-                )
-                .await
-                {
+            for (id, seen) in &rows {
+                match status_one(&mut db, &ctx, &user, *id, *seen, &change).await {
                     Ok(Ok(_)) => done += 1,
                     Ok(Err(_)) | Err(AppError::NotFound | AppError::Forbidden) => refused += 1,
                     Err(e) => return Err(e),
@@ -953,7 +952,7 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
         }
         "assign" => {
             let assignee = body.get("assignee").parse::<i64>().ok().filter(|a| *a != 0);
-            for id in &ids {
+            for (id, _) in &rows {
                 match assign_one(&mut db, &user, *id, assignee).await {
                     Ok(true) => done += 1,
                     Ok(false) | Err(AppError::NotFound | AppError::Forbidden) => refused += 1,
@@ -968,9 +967,34 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
     let msg = if refused == 0 {
         format!("{done}件を変更しました")
     } else {
-        format!("{done}件を変更しました。{refused}件は変更できませんでした（状態の流れに合わない、または権限がない）")
+        format!("{done}件を変更しました。{refused}件は変更できませんでした（状態の流れに合わない、ほかの職員が先に変更した、または権限がない）")
     };
     inbox_page(&ctx, &user, query.as_deref(), Some(msg)).await
+}
+
+/// One row of a bulk status change, with the checks of the case's own page.
+async fn status_one(
+    db: &mut tokio_postgres::Client,
+    ctx: &TenantCtx,
+    user: &StaffUser,
+    id: Uuid,
+    seen: Option<Status>,
+    change: &Change,
+) -> Result<Result<Status, Refusal>, AppError> {
+    let c = case_ref(db, user, id).await?;
+    if !user.can_edit(c.department_id) {
+        return Err(AppError::Forbidden);
+    }
+    change_status(
+        db,
+        ctx.cipher(),
+        &user.actor(),
+        Some(user.id),
+        id,
+        seen,
+        change,
+    )
+    .await
 }
 
 #[cfg(test)]

@@ -44,6 +44,17 @@ pub fn set_cookie(
 }
 
 /// 303 See Other to `to`, with extra headers.
+/// A date typed or sent as `YYYY-MM-DD`, in years 1 to 9999 only: a year such as
+/// `-9999` parses, but its midnight in JST cannot be sent to PostgreSQL as UTC.
+pub fn date(s: &str) -> Option<time::Date> {
+    time::Date::parse(
+        s,
+        &time::macros::format_description!("[year]-[month]-[day]"),
+    )
+    .ok()
+    .filter(|d| (1..=9999).contains(&d.year()))
+}
+
 pub fn see_other(to: &str) -> Response {
     let mut r = StatusCode::SEE_OTHER.into_response();
     if let Ok(v) = HeaderValue::from_str(to) {

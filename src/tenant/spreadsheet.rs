@@ -86,6 +86,6 @@ mod tests {
         let mut w = super::writer(true);
         super::write_row(&mut w, ["=cmd|' /c calc'!a0", "ok"]).unwrap();
         let bytes = w.into_inner().unwrap();
-        assert_eq!(bytes, "\u{feff}\"'=cmd|' /c calc'!a0\",ok\r\n".as_bytes());
+        assert_eq!(bytes, "\u{feff}'=cmd|' /c calc'!a0,ok\r\n".as_bytes());
     }
 }

@@ -724,6 +724,35 @@ async fn permissions_on_cases() {
     )
     .await;
     assert!(page.contains(&receipt2) && !page.contains(&format!(">{receipt}<")));
+    // Moving the form to another department moves who may read its cases, and is
+    // in the operation log with where it came from.
+    let form_id = form_of(&env, &t, id).await;
+    let childcare = dept_id(&env, &t, "子育て支援課").await;
+    let (status, _, _) = post(
+        &admin.client,
+        &url(&server, h, &format!("/admin/forms/{form_id}/settings")),
+        &[
+            ("csrf", &admin.csrf),
+            ("title", "粗大ごみ収集申込"),
+            ("department", &childcare),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(get(&other.client, &case).await.0, 200);
+    assert_eq!(get(&colleague.client, &case).await.0, 404);
+    let detail: String = env
+        .tenant_conn(&t)
+        .await
+        .client
+        .query_one(
+            "SELECT detail FROM audit_log WHERE action = 'form.department' AND target = $1",
+            &[&format!("form:{form_id}")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(detail, format!("{{\"from\":{dept},\"to\":{childcare}}}"));
     server.shutdown().await;
 }
 

@@ -1049,3 +1049,157 @@ async fn no_personal_data_in_plain_text_in_the_database() {
         assert!(!dump.contains(secret), "{secret} in plain text in pg_dump");
     }
 }
+
+/// A staff member who signed in with a password alone and is then given a role that
+/// needs TOTP loses that session; two sign-ins racing with one TOTP code get one
+/// session; the operation log's filters and download stand odd input.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_holds_under_promotion_races_and_odd_input() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let login = url(&server, host, "/admin/login");
+
+    // A 職員 may set up without TOTP, and is signed in by it.
+    let email = format!("{}@city.example.jp", unique("s"));
+    let token = madoguchi::control::tenant_admin::add_staff(
+        &env.platform,
+        &t,
+        &email,
+        "テスト職員",
+        Role::Staff,
+        Some("環境政策課"),
+    )
+    .await
+    .unwrap();
+    let plain = browser(&server, &[host]);
+    let password = "correct horse battery staple";
+    let (status, loc, body) = post(
+        &plain,
+        &url(&server, host, &format!("/admin/setup/{token}")),
+        &[
+            ("password", password),
+            ("password2", password),
+            ("code", ""),
+        ],
+    )
+    .await;
+    assert_eq!((status, loc.as_str()), (303, "/admin/forms"), "{body}");
+    assert_eq!(
+        get(&plain, &url(&server, host, "/admin/forms")).await.0,
+        200
+    );
+    // Made 管理者, that password-only session ends at once.
+    let conn = env.tenant_conn(&t).await;
+    let id: i64 = conn
+        .client
+        .query_one("SELECT id FROM staff WHERE email = $1", &[&email])
+        .await
+        .unwrap()
+        .get(0);
+    let (status, _, _) = post(
+        &admin.client,
+        &url(&server, host, &format!("/admin/staff/{id}")),
+        &[("csrf", admin.csrf.as_str()), ("role", "admin")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, loc, _) = get(&plain, &url(&server, host, "/admin/staff")).await;
+    assert_eq!(
+        (status, loc.as_str()),
+        (303, "/admin/login"),
+        "a promoted password-only session kept its rights"
+    );
+
+    // One code, two sign-ins at once: exactly one gets a session. The staff row is
+    // held locked until both have checked the password and code and wait to record
+    // the code's use, so they race for certain.
+    let code = totp_code(&admin.secret, now_unix() + 30);
+    let mut holder = crate::harness::admin_client(&t.database).await;
+    let hold = holder.transaction().await.unwrap();
+    hold.execute(
+        "SELECT 1 FROM staff WHERE email = $1 FOR UPDATE",
+        &[&admin.email],
+    )
+    .await
+    .unwrap();
+    let watcher = crate::harness::admin_client(&t.database).await;
+    let release = async {
+        for _ in 0..200 {
+            let waiting: i64 = watcher
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND wait_event_type = 'Lock'
+                        AND query LIKE 'UPDATE staff SET failed_attempts = 0%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting == 2 {
+                return hold.commit().await.map(|()| true);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hold.commit().await.map(|()| false)
+    };
+    let attempt = || {
+        let c = browser(&server, &[host]);
+        let (login, email, password, code) = (
+            login.clone(),
+            admin.email.clone(),
+            admin.password.clone(),
+            code.clone(),
+        );
+        async move {
+            let form = [
+                ("email", email.as_str()),
+                ("password", password.as_str()),
+                ("code", code.as_str()),
+            ];
+            post(&c, &login, &form).await.0
+        }
+    };
+    let (a, b, raced) = tokio::join!(attempt(), attempt(), release);
+    assert!(
+        raced.unwrap(),
+        "the two sign-ins did not both reach the code's record"
+    );
+    let mut got = [a, b];
+    got.sort_unstable();
+    assert_eq!(got, [303, 401], "one TOTP code signed in twice");
+
+    // An e-mail address that a spreadsheet would run as a formula, typed at the
+    // sign-in page, is in the operation log's download as text.
+    let (status, _, _) = post(
+        &browser(&server, &[host]),
+        &login,
+        &[("email", "=1+1@x"), ("password", "x"), ("code", "")],
+    )
+    .await;
+    assert_eq!(status, 401);
+    let r = admin
+        .client
+        .get(url(&server, host, "/admin/audit.csv"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let bytes = r.bytes().await.unwrap();
+    let mut reader = csv::ReaderBuilder::new().from_reader(&bytes[3..]);
+    let targets: Vec<String> = reader.records().map(|r| r.unwrap()[4].to_owned()).collect();
+    assert!(targets.contains(&"'=1+1@x".to_owned()), "{targets:?}");
+    assert!(!targets.contains(&"=1+1@x".to_owned()));
+    // A date filter out of range is ignored, not a dropped connection.
+    for q in ["from=-9999-01-01", "to=-9999-12-31", "from=0000-01-01"] {
+        let (status, _, page) = get(
+            &admin.client,
+            &url(&server, host, &format!("/admin/audit?{q}")),
+        )
+        .await;
+        assert_eq!(status, 200, "{q}: {page}");
+    }
+    server.shutdown().await;
+}

@@ -367,7 +367,7 @@ pub async fn save_settings(
     Path(id): Path<i64>,
     body: FormData,
 ) -> Result<Response, AppError> {
-    let db = ctx.db().await?;
+    let mut db = ctx.db().await?;
     let form = load_for_edit(&db, &user, id, &body).await?;
     let mut def = form.draft;
     def.title = body.get("title").trim().to_owned();
@@ -435,7 +435,7 @@ pub async fn save_settings(
             if !user.can_edit(dept) {
                 return Err(AppError::Forbidden);
             }
-            store::set_department(&db, id, dept).await?;
+            store::set_department(&mut db, id, dept, &user.actor()).await?;
         }
     }
     let summary = body.get("summary_field");
@@ -946,20 +946,10 @@ pub async fn close(
     Path(id): Path<i64>,
     body: FormData,
 ) -> Result<Response, AppError> {
-    let db = ctx.db().await?;
+    let mut db = ctx.db().await?;
     load_for_edit(&db, &user, id, &body).await?;
     let closed = body.get("action") != "reopen";
-    store::set_closed(&db, id, closed).await?;
-    let mut db = db;
-    let actor = user.actor();
-    crate::tenant::audit::record(
-        &mut db,
-        &actor,
-        if closed { "form.close" } else { "form.reopen" },
-        &format!("form:{id}"),
-        serde_json::json!({}),
-    )
-    .await?;
+    store::set_closed(&mut db, id, closed, &user.actor()).await?;
     drop(db);
     builder(
         &ctx,

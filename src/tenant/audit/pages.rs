@@ -10,6 +10,7 @@ use time::OffsetDateTime;
 use crate::error::AppError;
 use crate::tenant::admin::Nav;
 use crate::tenant::forms::citizen::jst;
+use crate::tenant::http::date;
 use crate::tenant::spreadsheet;
 use crate::tenant::staff::StaffUser;
 use crate::tenant::TenantCtx;
@@ -29,13 +30,6 @@ struct Filters {
 impl Filters {
     fn parse(q: Option<&str>) -> Self {
         let mut f = Self::default();
-        let date = |v: &str| {
-            time::Date::parse(
-                v,
-                &time::macros::format_description!("[year]-[month]-[day]"),
-            )
-            .ok()
-        };
         for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
             match &*k {
                 "action" => f.action = v.trim().chars().take(100).collect(),

@@ -16,7 +16,7 @@ use crate::tenant::audit;
 use crate::tenant::forms::answers::Answer;
 use crate::tenant::forms::citizen::{decrypt_answers, jst};
 use crate::tenant::forms::store;
-use crate::tenant::http::{see_other, FormData};
+use crate::tenant::http::{date, see_other, FormData};
 use crate::tenant::staff::StaffUser;
 use crate::tenant::TenantCtx;
 use crate::web::render;
@@ -36,15 +36,6 @@ pub struct Filters {
     pub q: String,
     /// Keyset cursor: (submitted_at, id) of the last row shown.
     pub after: Option<(OffsetDateTime, Uuid)>,
-}
-
-fn date(s: &str) -> Option<time::Date> {
-    time::Date::parse(
-        s,
-        &time::macros::format_description!("[year]-[month]-[day]"),
-    )
-    .ok()
-    .filter(|d| (1..=9999).contains(&d.year()))
 }
 
 impl Filters {

@@ -147,12 +147,37 @@ pub async fn save_draft(db: &Client, id: i64, def: &FormDefinition) -> Result<()
     Ok(())
 }
 
-pub async fn set_department(db: &Client, id: i64, department_id: i64) -> Result<(), AppError> {
-    db.execute(
+/// Moves the form (and so who may read its submissions) to another department,
+/// with its `form.department` entry in the operation log in the same transaction.
+pub async fn set_department(
+    db: &mut Client,
+    id: i64,
+    department_id: i64,
+    actor: &Actor,
+) -> Result<(), AppError> {
+    let tx = db.transaction().await?;
+    let from: i64 = tx
+        .query_opt(
+            "SELECT department_id FROM forms WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or(AppError::NotFound)?
+        .get(0);
+    tx.execute(
         "UPDATE forms SET department_id = $2 WHERE id = $1",
         &[&id, &department_id],
     )
     .await?;
+    audit::append(
+        &tx,
+        actor,
+        "form.department",
+        &format!("form:{id}"),
+        serde_json::json!({ "from": from, "to": department_id }),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 
@@ -205,12 +230,29 @@ pub async fn publish(db: &mut Client, id: i64, actor: &Actor) -> Result<i32, App
     Ok(version)
 }
 
-pub async fn set_closed(db: &Client, id: i64, closed: bool) -> Result<(), AppError> {
-    db.execute(
+/// Stops or reopens acceptance, with its `form.close` / `form.reopen` entry in the
+/// operation log in the same transaction.
+pub async fn set_closed(
+    db: &mut Client,
+    id: i64,
+    closed: bool,
+    actor: &Actor,
+) -> Result<(), AppError> {
+    let tx = db.transaction().await?;
+    tx.execute(
         "UPDATE forms SET closed = $2 WHERE id = $1",
         &[&id, &closed],
     )
     .await?;
+    audit::append(
+        &tx,
+        actor,
+        if closed { "form.close" } else { "form.reopen" },
+        &format!("form:{id}"),
+        serde_json::json!({}),
+    )
+    .await?;
+    tx.commit().await?;
     Ok(())
 }
 

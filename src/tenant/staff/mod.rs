@@ -22,7 +22,10 @@ pub const SESSION_COOKIE: &str = "md_staff";
 /// Idle timeout and absolute lifetime of a staff session.
 pub const IDLE_SECS: i64 = 30 * 60;
 /// The signed-in member of staff by the hash of their session cookie; the session's
-/// last activity is written at most every `$3` seconds.
+/// last activity is written at most every `$3` seconds. The role is read live, and a
+/// role that needs TOTP ([`Role::needs_totp`]) held without TOTP enrolled ends the
+/// session: a staff member promoted after signing in with a password alone signs in
+/// again, and is refused until they enrol.
 pub const SESSION_SQL: &str = "WITH s AS (
                     SELECT staff_id, csrf_token, last_seen_at FROM staff_sessions
                      WHERE id_hash = $1 AND last_seen_at > now() - make_interval(secs => $2) AND expires_at > now()),
@@ -31,7 +34,9 @@ pub const SESSION_SQL: &str = "WITH s AS (
                      WHERE id_hash = $1 AND last_seen_at < now() - make_interval(secs => $3)
                        AND EXISTS (SELECT 1 FROM s))
                  SELECT st.id, st.email, st.display_name, st.role, st.department_id, s.csrf_token
-                   FROM s JOIN staff st ON st.id = s.staff_id WHERE NOT st.disabled";
+                   FROM s JOIN staff st ON st.id = s.staff_id
+                  WHERE NOT st.disabled
+                    AND (st.totp_enabled OR st.role NOT IN ('admin', 'dept_manager'))";
 
 /// How often a session's last activity is written at most (seconds).
 const TOUCH_SECS: f64 = 30.0;
@@ -358,6 +363,14 @@ pub fn now_unix() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_session_query_names_the_roles_that_need_totp() {
+        for role in Role::ALL {
+            let named = SESSION_SQL.contains(&format!("'{}'", role.as_str()));
+            assert_eq!(named, role.needs_totp(), "{role:?}");
+        }
+    }
 
     #[test]
     fn password_policy() {

@@ -236,11 +236,31 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     if role.needs_totp() && !totp_enabled {
         return Ok(fail("この権限では二要素認証（確認コード）の設定が必要です。管理者に設定用リンクの再発行を依頼してください。"));
     }
-    db.execute(
-        "UPDATE staff SET failed_attempts = 0, locked_until = NULL, totp_last_step = coalesce($2, totp_last_step) WHERE id = $1",
-        &[&id, &step],
-    )
-    .await?;
+    // The code's time step is taken only if no sign-in took it (or a later one)
+    // first: two sign-ins racing with one code get one session (a code is accepted
+    // once, SECURITY.md).
+    let taken = db
+        .execute(
+            "UPDATE staff SET failed_attempts = 0, locked_until = NULL,
+                    totp_last_step = coalesce($2, totp_last_step)
+              WHERE id = $1 AND ($2::bigint IS NULL OR totp_last_step < $2)",
+            &[&id, &step],
+        )
+        .await?;
+    if taken == 0 {
+        audit::record(
+            &mut db,
+            &Actor::Staff {
+                id,
+                email: email.clone(),
+            },
+            "signin.failure",
+            &email,
+            serde_json::json!({ "reason": "code used" }),
+        )
+        .await?;
+        return Ok(fail(GENERIC));
+    }
     audit::record(
         &mut db,
         &Actor::Staff {

@@ -610,8 +610,9 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Once a day, deletes operation-log entries past each tenant's retention period.
-async fn prune_audit_logs_daily(catalog: Catalog, pools: TenantPools) {
+/// Once a day, in each tenant: deletes operation-log entries past the retention
+/// period and citizens' drafts past their expiry.
+async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
     // Not at start-up: a restart should not open a connection to every tenant at
     // once. The connections come from the tenants' pools, inside the budget.
     let day = Duration::from_secs(24 * 3600);
@@ -633,16 +634,25 @@ async fn prune_audit_logs_daily(catalog: Catalog, pools: TenantPools) {
             let result = async {
                 let rt = pools.runtime(t.id).await?;
                 let mut db = rt.pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
-                crate::tenant::audit::prune(&mut db)
+                let entries = crate::tenant::audit::prune(&mut db)
                     .await
-                    .map_err(|e| anyhow::anyhow!("{e}"))
+                    .map_err(|e| anyhow::anyhow!("operation log: {e}"))?;
+                let drafts = crate::tenant::forms::citizen::purge_expired_drafts(&db)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("drafts: {e}"))?;
+                anyhow::Ok((entries, drafts))
             }
             .await;
             match result {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(tenant = %t.slug, deleted = n, "operation log pruned"),
+                Ok((0, 0)) => {}
+                Ok((entries, drafts)) => tracing::info!(
+                    tenant = %t.slug,
+                    entries,
+                    drafts,
+                    "operation log pruned, expired drafts deleted"
+                ),
                 Err(e) => {
-                    tracing::warn!(tenant = %t.slug, error = format!("{e:#}"), "audit pruning failed")
+                    tracing::warn!(tenant = %t.slug, error = format!("{e:#}"), "daily housekeeping failed")
                 }
             }
         }
@@ -778,7 +788,7 @@ impl Server {
             }
         }));
 
-        background.push(tokio::spawn(prune_audit_logs_daily(
+        background.push(tokio::spawn(housekeeping_daily(
             p.catalog.clone(),
             app.pools.clone(),
         )));

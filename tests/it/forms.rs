@@ -276,7 +276,18 @@ pub async fn apply(
     public: &str,
     kind: &str,
 ) -> Result<String, (u16, String)> {
-    let c = browser(server, &[host]);
+    apply_with(&browser(server, &[host]), server, host, public, kind).await
+}
+
+/// [`apply`] in a given browser (its cookies kept from earlier visits).
+pub async fn apply_with(
+    c: &reqwest::Client,
+    server: &Server,
+    host: &str,
+    public: &str,
+    kind: &str,
+) -> Result<String, (u16, String)> {
+    let c = c.clone();
     let u = |p: &str| url(server, host, p);
     let (status, _, page) = get(&c, &u(public)).await;
     if status != 200 || !page.contains("_token") {
@@ -1201,5 +1212,98 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
         .await;
         assert_eq!(status, 200, "{q}: {page}");
     }
+    server.shutdown().await;
+}
+
+/// Drafts: a second application from the same browser is a new one; a double tap on
+/// the first 次へ and a draft expired under an open page are saved, not a 500; each
+/// step moves the expiry; expired drafts are deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drafts_start_afresh_survive_double_taps_and_expire() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let conn = env.tenant_conn(&t).await;
+    let count = |sql: &'static str| {
+        let client = &conn.client;
+        async move { client.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
+    };
+
+    // The same browser applies twice (for two households, or two people at one PC).
+    let c = browser(&server, &[host]);
+    let first = apply_with(&c, &server, host, &public, "ソファ")
+        .await
+        .unwrap();
+    let second = apply_with(&c, &server, host, &public, "その他")
+        .await
+        .unwrap();
+    assert_ne!(
+        first, second,
+        "the second application showed the first's receipt"
+    );
+    assert_eq!(count("SELECT count(*) FROM submissions").await, 2);
+
+    // A double tap on the first 次へ: both taps land on the next page.
+    let c = browser(&server, &[host]);
+    let (_, _, page) = get(&c, &url(&server, host, &public)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let first_page = [
+        ("_token", token.as_str()),
+        ("_page", "0"),
+        ("_nav", "next"),
+        ("name.family", "山田"),
+        ("name.given", "太郎"),
+        ("name.family_kana", "やまだ"),
+        ("name.given_kana", "たろう"),
+        ("email", "taro.yamada@example.jp"),
+        ("kind", "ソファ"),
+    ];
+    let form_url = url(&server, host, &public);
+    let (a, b) = tokio::join!(
+        post(&c, &form_url, &first_page),
+        post(&c, &form_url, &first_page)
+    );
+    assert_eq!((a.0, b.0), (303, 303), "{} / {}", a.2, b.2);
+    let open = "SELECT count(*) FROM citizen_drafts WHERE submission_id IS NULL";
+    assert_eq!(count(open).await, 1);
+
+    // The draft expires under the open page: the next step saves it again, for
+    // another full period from now.
+    conn.client
+        .execute(
+            "UPDATE citizen_drafts SET expires_at = now() - interval '1 second' WHERE submission_id IS NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, loc, body) = post(&c, &form_url, &first_page).await;
+    assert_eq!(status, 303, "{body}");
+    assert!(loc.ends_with("?page=1"), "{loc}");
+    assert_eq!(
+        count("SELECT count(*) FROM citizen_drafts WHERE submission_id IS NULL AND expires_at > now() + interval '23 hours'").await,
+        1
+    );
+    // What was typed is there on the next visit.
+    let (_, _, page) = get(&c, &format!("{form_url}?page=0")).await;
+    assert!(page.contains("taro.yamada@example.jp"), "{page}");
+
+    // Expired drafts, sent or not, are deleted by the daily housekeeping.
+    conn.client
+        .execute(
+            "UPDATE citizen_drafts SET expires_at = now() - interval '1 second'",
+            &[],
+        )
+        .await
+        .unwrap();
+    let deleted = madoguchi::tenant::forms::citizen::purge_expired_drafts(&conn.client)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 3);
+    assert_eq!(count("SELECT count(*) FROM citizen_drafts").await, 0);
+    assert_eq!(count("SELECT count(*) FROM submissions").await, 2);
     server.shutdown().await;
 }

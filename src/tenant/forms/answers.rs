@@ -147,7 +147,11 @@ fn matches(c: &Condition, answers: &Answers) -> bool {
     };
     let values = a.values();
     match c.op {
-        ConditionOp::NotEmpty => values.iter().any(|v| !v.is_empty()),
+        // An unticked box is not an answer (as the page's script sees it too), though
+        // it is stored as 同意しない and compares equal to "no".
+        ConditionOp::NotEmpty => {
+            !matches!(a, Answer::Consent(false)) && values.iter().any(|v| !v.is_empty())
+        }
         ConditionOp::Equals => c.values.first().is_some_and(|want| values.contains(want)),
         ConditionOp::In => c.values.iter().any(|want| values.contains(want)),
     }
@@ -220,7 +224,7 @@ pub fn page_inputs(page: &Page, raw: &Raw) -> Raw {
                 let v: Vec<String> = v
                     .iter()
                     .take(MAX_OPTIONS_INPUT)
-                    .map(|s| s.chars().take(MAX_INPUT).collect())
+                    .map(|s| s.chars().take(KEPT_INPUT).collect())
                     .collect();
                 out.insert(name, v);
             }
@@ -230,6 +234,10 @@ pub fn page_inputs(page: &Page, raw: &Raw) -> Raw {
 }
 
 const MAX_OPTIONS_INPUT: usize = 100;
+/// Characters of one input kept in a draft: more than any field accepts
+/// ([`MAX_INPUT`]), so an answer that is too long is refused with its length, not
+/// cut short and accepted.
+const KEPT_INPUT: usize = 2 * MAX_INPUT;
 
 /// Input names a field uses.
 pub fn input_names(f: &Field) -> Vec<String> {
@@ -258,7 +266,7 @@ fn err(f: &Field, input: &str, message: String) -> FieldError {
 
 fn check_length(f: &Field, v: &str, min: Option<u32>, max: Option<u32>) -> Result<(), FieldError> {
     let n = ja::char_count(v);
-    let max = max.map_or(MAX_INPUT, |m| m as usize);
+    let max = max.map_or(MAX_INPUT, |m| (m as usize).min(MAX_INPUT));
     if n > max {
         return Err(err(
             f,
@@ -1045,6 +1053,67 @@ mod tests {
         )
         .unwrap_or_default();
         assert_eq!(a.len(), 3);
+    }
+
+    #[test]
+    fn an_unticked_box_does_not_show_what_needs_an_answer() {
+        let mut def = two_page_form();
+        let agent = field(
+            "agent",
+            false,
+            FieldKind::Consent {
+                statement: "代理人が申請します".into(),
+            },
+        );
+        let mut agent_name = field(
+            "agent_name",
+            true,
+            FieldKind::Text {
+                min_length: None,
+                max_length: None,
+                pattern: None,
+                pattern_message: None,
+            },
+        );
+        agent_name.show_if = Some(Condition {
+            field: "agent".into(),
+            op: ConditionOp::NotEmpty,
+            values: vec![],
+        });
+        def.pages[0].fields = vec![agent, agent_name];
+        def.pages.truncate(1);
+        let a = check_all(&def, &raw(&[])).unwrap_or_default();
+        assert_eq!(a.get("agent"), Some(&Answer::Consent(false)));
+        assert!(!a.contains_key("agent_name"));
+        let e = check_all(&def, &raw(&[("agent", "yes")]))
+            .err()
+            .unwrap_or_default();
+        assert_eq!(e.len(), 1);
+        assert_eq!(e[0].field, "agent_name");
+    }
+
+    #[test]
+    fn an_answer_too_long_is_refused_not_cut_short() {
+        let t = field(
+            "t",
+            false,
+            FieldKind::Textarea {
+                min_length: None,
+                max_length: Some(20_000),
+            },
+        );
+        let page = Page {
+            id: "p".into(),
+            title: String::new(),
+            show_if: None,
+            fields: vec![t.clone()],
+        };
+        let kept = page_inputs(&page, &raw(&[("t", &"意".repeat(MAX_INPUT + 5))]));
+        let e = check_field(&t, &kept).err().map(|e| e.message);
+        assert_eq!(
+            e.as_deref(),
+            Some("Tは10000文字以内で入力してください（現在10005文字）")
+        );
     }
 
     #[test]

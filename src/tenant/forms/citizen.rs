@@ -83,6 +83,18 @@ async fn load_draft(
     }))
 }
 
+/// Deletes drafts past their expiry, sent or not: what a citizen typed and left is
+/// kept [`DRAFT_HOURS`] after their last step, no longer. Run daily by the server.
+pub async fn purge_expired_drafts(db: &tokio_postgres::Client) -> Result<u64, AppError> {
+    Ok(db
+        .execute("DELETE FROM citizen_drafts WHERE expires_at <= now()", &[])
+        .await?)
+}
+
+/// Saves the draft, keyed by its token: a new draft whose token already has a row
+/// (a double tap on the first 次へ, or a draft expired under an open page) takes
+/// that row over rather than failing on the token's uniqueness. Every save moves
+/// the expiry to [`DRAFT_HOURS`] from now, as the cookie's lifetime moves.
 async fn save_draft(
     ctx: &TenantCtx,
     db: &deadpool_postgres::ClientWrapper,
@@ -99,7 +111,10 @@ async fn save_draft(
         .prepare_cached(
             "INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, resubmit_of, expires_at)
              VALUES ($1, $2, $3, $4, $5, $7, now() + make_interval(hours => $6))
-             ON CONFLICT (id) DO UPDATE SET inputs = excluded.inputs, form_version = excluded.form_version, updated_at = now()",
+             ON CONFLICT (token_hash) DO UPDATE SET id = excluded.id, form_id = excluded.form_id,
+                    form_version = excluded.form_version, inputs = excluded.inputs,
+                    resubmit_of = excluded.resubmit_of, submission_id = NULL,
+                    expires_at = excluded.expires_at, updated_at = now()",
         )
         .await?;
     db.execute(
@@ -381,8 +396,11 @@ pub async fn show(
         Some(t) => load_draft(&ctx, &db, form.id, t).await?,
         None => None,
     };
+    // A draft already sent is done with: the form starts afresh under a new token
+    // (another application from the same browser, or the next person at a shared
+    // PC, must not land on the earlier receipt and lose what they type).
     let token = existing
-        .filter(|_| draft.is_some())
+        .filter(|_| draft.as_ref().is_some_and(|d| d.submission.is_none()))
         .unwrap_or_else(|| random_token(32));
     let raw = draft
         .as_ref()

@@ -69,6 +69,21 @@ fn db_unavailable(reason: &str) -> AppError {
     }
 }
 
+/// Errors without SQLSTATE that the caller made, not the connection: tokio-postgres
+/// keeps its error kinds private, so they are known by their fixed messages.
+fn is_fault_of_the_caller(e: &tokio_postgres::Error) -> bool {
+    const CALLER: [&str; 6] = [
+        "error serializing parameter",
+        "error deserializing column",
+        "invalid column",
+        "query returned an unexpected number of",
+        "expected ",
+        "invalid configuration",
+    ];
+    let text = e.to_string();
+    CALLER.iter().any(|p| text.starts_with(p))
+}
+
 impl From<tokio_postgres::Error> for AppError {
     fn from(e: tokio_postgres::Error) -> Self {
         use tokio_postgres::error::SqlState;
@@ -76,7 +91,13 @@ impl From<tokio_postgres::Error> for AppError {
             return db_unavailable("connection_lost");
         }
         let Some(c) = e.code() else {
-            // No SQLSTATE: the connection broke (server restarting or unreachable).
+            // No SQLSTATE: either the connection broke (server restarting or
+            // unreachable), or this code asked for the wrong thing (a row that is not
+            // there, a type that does not convert), which is a fault here and must not
+            // close the tenant's pool or count as the database refusing.
+            if is_fault_of_the_caller(&e) {
+                return AppError::Internal(e.into());
+            }
             return db_unavailable("connection_lost");
         };
         if *c == SqlState::CHARACTER_NOT_IN_REPERTOIRE

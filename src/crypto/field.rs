@@ -164,6 +164,15 @@ impl FieldCipher {
 mod tests {
     use super::*;
 
+    /// The key schedule and the GHASH key a cipher holds are wiped when it is
+    /// dropped (this fails to build without the `zeroize` features of Cargo.toml).
+    #[test]
+    fn cipher_state_is_wiped_on_drop() {
+        fn wiped<T: zeroize::ZeroizeOnDrop>() {}
+        wiped::<aes::Aes256>();
+        wiped::<aes::Aes256Enc>();
+    }
+
     fn cipher(tenant: Uuid, key: &DataKey, version: u32) -> FieldCipher {
         let k = DataKey::from_bytes(key.bytes()).unwrap_or_else(|_| DataKey::generate());
         FieldCipher::new(tenant, vec![(version, k)]).unwrap_or_else(|e| panic!("{e}"))

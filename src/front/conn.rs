@@ -149,6 +149,17 @@ pub async fn serve(
     }
 }
 
+/// Every `X-Forwarded-For` line of a request as one list, in order: a proxy that
+/// appends its own line after the client's (HAProxy's `option forwardfor`) puts the
+/// address it saw last, and reading the first line alone would take the client's
+/// word for its address. A line that is not text ends the list there.
+pub fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<String> {
+    let mut lines = headers.get_all("x-forwarded-for").iter().peekable();
+    lines.peek()?;
+    let joined: Vec<&str> = lines.map(|v| v.to_str().unwrap_or("invalid")).collect();
+    Some(joined.join(","))
+}
+
 /// The client address for a request: the socket peer, unless the peer is a trusted
 /// proxy, in which case the right-most `X-Forwarded-For` address that is not itself
 /// a trusted proxy.
@@ -174,6 +185,21 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[ipnet::Ip
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_forwarded_for_line_is_read() {
+        let mut headers = axum::http::HeaderMap::new();
+        assert_eq!(forwarded_for(&headers), None);
+        headers.append("x-forwarded-for", "192.0.2.10".parse().unwrap());
+        headers.append("x-forwarded-for", "203.0.113.66, 10.0.0.7".parse().unwrap());
+        let list = forwarded_for(&headers);
+        assert_eq!(list.as_deref(), Some("192.0.2.10,203.0.113.66, 10.0.0.7"));
+        let trusted: Vec<ipnet::IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        assert_eq!(
+            client_ip("10.0.0.5".parse().unwrap(), list.as_deref(), &trusted),
+            "203.0.113.66".parse::<IpAddr>().unwrap()
+        );
+    }
 
     #[test]
     fn forwarded_for_only_from_trusted_proxies() {

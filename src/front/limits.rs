@@ -1,8 +1,8 @@
-//! Rate limits (tower-governor) keyed by (tenant host, client IP), with a Japanese
+//! Rate limits (tower-governor) keyed by (tenant, client address), with a Japanese
 //! 429 page and `Retry-After`.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -10,11 +10,12 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use axum::response::IntoResponse;
 use governor::middleware::NoOpMiddleware;
-use tower_governor::governor::GovernorConfigBuilder;
+use tower_governor::governor::{GovernorConfigBuilder, SharedRateLimiter};
 use tower_governor::key_extractor::KeyExtractor;
 use tower_governor::{GovernorError, GovernorLayer};
+use uuid::Uuid;
 
-use crate::domain::HostName;
+use crate::tenant::TenantCtx;
 use crate::web::ErrorPage;
 
 /// POSTs allowed at once per tenant and client address, before the steady rate
@@ -22,20 +23,21 @@ use crate::web::ErrorPage;
 pub const SIGN_IN_BURST: u32 = 10;
 pub const SETUP_BURST: u32 = 5;
 
-/// The tenant (by host) and the client's address.
+/// The tenant and the client: its address, or for IPv6 its /64 (one subscriber's
+/// network, whose addresses it can change at will).
 #[derive(Debug, Clone, Copy)]
 pub struct TenantIp;
 
 impl KeyExtractor for TenantIp {
-    type Key = (String, IpAddr);
+    type Key = (Uuid, IpAddr);
 
     fn extract<T>(&self, req: &Request<T>) -> Result<Self::Key, GovernorError> {
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(HostName::lookup_key)
-            .unwrap_or_default();
+        // The tenant the front tier resolved (by Host, or by :authority over HTTP/2,
+        // and the same for every host name of one municipality).
+        let tenant = req
+            .extensions()
+            .get::<TenantCtx>()
+            .map_or(Uuid::nil(), |c| c.id);
         // The address a trusted proxy reported, else the socket's.
         let ip = match req.extensions().get::<super::conn::ClientIp>() {
             Some(c) => c.0,
@@ -44,8 +46,51 @@ impl KeyExtractor for TenantIp {
                 .get::<ConnectInfo<SocketAddr>>()
                 .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |c| c.0.ip()),
         };
-        Ok((host, ip))
+        Ok((tenant, client_network(ip)))
     }
+}
+
+/// The address a limit counts by: IPv4 as it is, IPv6 cut to its /64.
+pub fn client_network(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
+        },
+    }
+}
+
+type PostLimiter =
+    SharedRateLimiter<(Uuid, IpAddr), NoOpMiddleware<governor::clock::QuantaInstant>>;
+
+/// Every POST limit made in this process, so their state for clients not seen for a
+/// while can be dropped ([`forget_quiet_clients`]); a limiter keeps one entry per
+/// key until told.
+static POST_LIMITERS: Mutex<Vec<Weak<<PostLimiter as std::ops::Deref>::Target>>> =
+    Mutex::new(Vec::new());
+
+/// Drops the state of clients whose limit has fully recovered, in every POST limit
+/// still in use (the server calls this every few seconds); returns the keys kept.
+pub fn forget_quiet_clients() -> usize {
+    match POST_LIMITERS.lock() {
+        Ok(mut all) => forget_in(&mut all),
+        Err(_) => 0,
+    }
+}
+
+fn forget_in(all: &mut Vec<Weak<<PostLimiter as std::ops::Deref>::Target>>) -> usize {
+    let mut kept = 0;
+    all.retain(|w| match w.upgrade() {
+        Some(l) => {
+            l.retain_recent();
+            l.shrink_to_fit();
+            kept += l.len();
+            true
+        }
+        None => false,
+    });
+    kept
 }
 
 /// A limit on POSTs: `burst` at once, then one every `every`.
@@ -62,6 +107,9 @@ pub fn post_limit(
         Some(c) => c,
         None => unreachable!("a period and a burst of at least 1 always make a valid limit"),
     };
+    if let Ok(mut all) = POST_LIMITERS.lock() {
+        all.push(Arc::downgrade(config.limiter()));
+    }
     GovernorLayer::new(Arc::new(config)).error_handler(too_many)
 }
 
@@ -173,5 +221,48 @@ fn too_many(e: GovernorError) -> Response<Body> {
             )
             .into_response()
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_clients_count_by_their_64() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert_eq!(client_network(ip("198.51.100.7")), ip("198.51.100.7"));
+        assert_eq!(
+            client_network(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(
+            client_network(ip("::ffff:198.51.100.7")),
+            ip("198.51.100.7")
+        );
+    }
+
+    #[test]
+    fn quiet_clients_are_forgotten_and_dropped_limits_let_go() {
+        let quota = governor::Quota::with_period(Duration::from_millis(1)).unwrap();
+        let limiter: PostLimiter = Arc::new(governor::RateLimiter::keyed(quota));
+        for n in 0..100u32 {
+            let _ = limiter.check_key(&(Uuid::nil(), IpAddr::from(n.to_be_bytes())));
+        }
+        assert_eq!(limiter.len(), 100);
+        let gone: PostLimiter = Arc::new(governor::RateLimiter::keyed(quota));
+        let mut all = vec![Arc::downgrade(&limiter), Arc::downgrade(&gone)];
+        drop(gone);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(forget_in(&mut all), 0);
+        assert_eq!(limiter.len(), 0);
+        assert_eq!(all.len(), 1, "a dropped limit is still listed");
+        // A limit made for a route is listed.
+        let before = POST_LIMITERS.lock().map(|l| l.len()).unwrap_or(0);
+        let _layer = post_limit(Duration::from_secs(1), 1);
+        assert_eq!(
+            POST_LIMITERS.lock().map(|l| l.len()).unwrap_or(0),
+            before + 1
+        );
     }
 }

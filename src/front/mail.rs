@@ -163,7 +163,7 @@ async fn deliver_tenant(
         status_url: links.status_url(host),
     };
     let rt = pools.runtime(tenant).await?;
-    let mut db = rt.pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut db = pools.background_connection(&rt).await?;
     let pass = deliver_due(&mut db, &rt.cipher, &head, mailer)
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;

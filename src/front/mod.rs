@@ -117,11 +117,13 @@ pub fn public_router(app: AppState) -> Router {
         .with_state(app)
 }
 
-/// With TLS on, the plain listener only sends people to HTTPS (health checks stay).
+/// With TLS on, the plain listener only sends people to HTTPS (health checks stay),
+/// with the same security headers as every other response.
 pub fn redirect_router(https_port: u16) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .fallback(move |req: Request| async move { to_https(&req, https_port) })
+        .layer(middleware::from_fn(security_headers))
 }
 
 fn to_https(req: &Request, https_port: u16) -> Response {
@@ -159,11 +161,7 @@ async fn client(State(app): State<AppState>, mut req: Request, next: Next) -> Re
         .get::<axum::extract::ConnectInfo<SocketAddr>>()
         .map(|c| c.0.ip());
     if let Some(peer) = peer {
-        let xff = req
-            .headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
+        let xff = conn::forwarded_for(req.headers());
         let ip = conn::client_ip(peer, xff.as_deref(), &app.trusted_proxies);
         req.extensions_mut().insert(conn::ClientIp(ip));
         let from_proxy = app.trusted_proxies.iter().any(|n| n.contains(&peer));
@@ -633,7 +631,7 @@ async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
         for t in tenants.iter().filter(|t| t.state == TenantState::Active) {
             let result = async {
                 let rt = pools.runtime(t.id).await?;
-                let mut db = rt.pool.get().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut db = pools.background_connection(&rt).await?;
                 let entries = crate::tenant::audit::prune(&mut db)
                     .await
                     .map_err(|e| anyhow::anyhow!("operation log: {e}"))?;
@@ -785,6 +783,7 @@ impl Server {
                 tokio::time::sleep(every).await;
                 pools.evict_idle();
                 app_for_ceiling.ceiling.retain_recent();
+                limits::forget_quiet_clients();
             }
         }));
 

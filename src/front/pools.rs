@@ -176,6 +176,25 @@ impl TenantPools {
         Ok(Arc::clone(rt))
     }
 
+    /// A connection from the tenant's pool for background work (mail, housekeeping),
+    /// waited for no longer than a request would: a database host that drops packets
+    /// must not hold the single mail task for the kernel's connect timeout.
+    pub async fn background_connection(
+        &self,
+        rt: &TenantRuntime,
+    ) -> anyhow::Result<deadpool_postgres::Object> {
+        let wait = self.inner.settings.wait;
+        let timeouts = deadpool_postgres::Timeouts {
+            wait: Some(wait),
+            create: Some(wait),
+            recycle: Some(wait),
+        };
+        rt.pool
+            .timeout_get(&timeouts)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
     /// Shares the budget between the tenants that were served in the last
     /// [`RECENT`]: each gets as many turns (requests at once, so connections in use)
     /// as the budget divided by their number, at least one and at most
@@ -555,7 +574,7 @@ impl Connect for BudgetedConnect {
                     reg.close_one_idle(self.tenant);
                 }
                 // A closed connection returns its permit as soon as its task ends; the
-                // pool's create timeout bounds this loop.
+                // create timeout every caller passes to the pool bounds this loop.
                 let waited = tokio::time::timeout(
                     Duration::from_millis(25),
                     Arc::clone(&self.budget).acquire_owned(),

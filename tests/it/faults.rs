@@ -466,3 +466,43 @@ async fn a_full_disk_answers_503_and_counts() {
         .batch_execute(&format!("DROP TABLESPACE {space}"))
         .await;
 }
+
+/// A query asking for the wrong thing (a row that is not there) is this code's fault:
+/// a 500, not "database unavailable", and the tenant's pool is not closed for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_caller_mistake_is_not_taken_for_a_database_outage() {
+    use madoguchi::error::{AppError, DB_TROUBLE};
+    let client = crate::harness::admin_client("postgres").await;
+    let (mistake, trouble) = DB_TROUBLE
+        .scope(std::cell::Cell::new(false), async {
+            let e = client
+                .query_one("SELECT 1 WHERE false", &[])
+                .await
+                .unwrap_err();
+            let mistake = AppError::from(e);
+            (mistake, DB_TROUBLE.with(std::cell::Cell::get))
+        })
+        .await;
+    assert!(matches!(mistake, AppError::Internal(_)), "{mistake:?}");
+    assert!(!trouble, "the pool would be closed for a caller's mistake");
+    // A connection that is gone is still an outage.
+    let gone = crate::harness::admin_client("postgres").await;
+    let pid: i32 = gone
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    client
+        .execute("SELECT pg_terminate_backend($1)", &[&pid])
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (outage, trouble) = DB_TROUBLE
+        .scope(std::cell::Cell::new(false), async {
+            let e = gone.query_one("SELECT 1", &[]).await.unwrap_err();
+            (AppError::from(e), DB_TROUBLE.with(std::cell::Cell::get))
+        })
+        .await;
+    assert!(matches!(outage, AppError::Unavailable { .. }), "{outage:?}");
+    assert!(trouble);
+}

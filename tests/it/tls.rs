@@ -193,6 +193,24 @@ async fn https_with_redirect_hsts_secure_cookies_and_reload() {
             server.bound.https.unwrap().port()
         )
     );
+    // Its answers carry the security headers too, the unknown-host page included.
+    let r = plain
+        .get(format!("http://{}/", server.bound.public))
+        .header("host", "nosuch.invalid")
+        .send()
+        .await
+        .unwrap();
+    for name in [
+        "content-security-policy",
+        "x-content-type-options",
+        "x-frame-options",
+    ] {
+        assert!(
+            r.headers().contains_key(name),
+            "{name} missing: {:?}",
+            r.headers()
+        );
+    }
 
     // A new certificate written over the files is served without a restart.
     let old_ca = std::fs::read_to_string(&ca).unwrap();
@@ -254,5 +272,81 @@ async fn client_address_from_trusted_proxies_only() {
     assert!(limited, "the client was never limited");
     // ...and another client behind the same proxy is still served.
     assert_ne!(login("198.51.100.8").await.unwrap().status(), 429);
+    server.shutdown().await;
+}
+
+/// A client cannot pick its own address behind a proxy that appends its own
+/// `X-Forwarded-For` line: every line is read, the proxy's last.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_forwarded_for_line_does_not_escape_a_limit() {
+    let env = TestEnv::with(|s| s.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()]).await;
+    let t = env.tenant(&unique("xff"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let c = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let mut limited = false;
+    for n in 0..(madoguchi::front::limits::SIGN_IN_BURST + 2) {
+        let mut headers = reqwest::header::HeaderMap::new();
+        // What the client sent (a new address each time), then the proxy's line.
+        headers.append("x-forwarded-for", format!("192.0.2.{n}").parse().unwrap());
+        headers.append("x-forwarded-for", "198.51.100.9".parse().unwrap());
+        let status = c
+            .post(format!("http://{}/admin/login", server.bound.public))
+            .header("host", &t.hosts[0])
+            .headers(headers)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("email=a%40example.jp&password=x&code=1")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        limited |= status == 429;
+    }
+    assert!(
+        limited,
+        "a client escaped the limit by forging its first line"
+    );
+    server.shutdown().await;
+}
+
+/// Limits count per municipality also over HTTP/2, which sends no Host header: the
+/// sign-ins one address spends at one city leave another city's untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_are_per_municipality_over_http2_too() {
+    let env = TestEnv::new().await;
+    let a = env.tenant(&unique("h2a"), "千代田区", "131016").await;
+    let b = env.tenant(&unique("h2b"), "札幌市", "011002").await;
+    let server = env.serve().await;
+    let port = server.bound.public.port();
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .redirect(reqwest::redirect::Policy::none())
+        .resolve(&a.hosts[0], server.bound.public)
+        .resolve(&b.hosts[0], server.bound.public)
+        .build()
+        .unwrap();
+    let login = |host: &str| {
+        let r = c
+            .post(format!("http://{host}:{port}/admin/login"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body("email=a%40example.jp&password=x&code=1")
+            .send();
+        async move { r.await.unwrap() }
+    };
+    let first = login(&a.hosts[0]).await;
+    assert_eq!(first.version(), reqwest::Version::HTTP_2);
+    assert_eq!(first.status(), 401);
+    let mut limited = false;
+    for _ in 0..(madoguchi::front::limits::SIGN_IN_BURST + 1) {
+        limited |= login(&a.hosts[0]).await.status() == 429;
+    }
+    assert!(limited, "never limited at the first city");
+    assert_eq!(
+        login(&b.hosts[0]).await.status(),
+        401,
+        "the first city's sign-ins used up the second's"
+    );
     server.shutdown().await;
 }

@@ -594,6 +594,10 @@ async fn table_sums(client: &tokio_postgres::Client) -> anyhow::Result<Vec<(Stri
 /// Restores the tenant's latest backup into a scratch database, compares every table
 /// (row count and checksum) with the tenant's database, records the result and the
 /// time it took in the catalog, and drops the scratch database.
+///
+/// The scratch database is named after the tenant ([`drill_prefix`]) and closed to
+/// everyone but the admin role, so a copy left by a drill cut short is found and
+/// dropped by the next drill and by the tenant's erasure.
 pub async fn drill(
     p: &Platform,
     store: &dyn BackupStore,
@@ -608,14 +612,22 @@ pub async fn drill(
     let dump = tempfile::NamedTempFile::new()?;
     crate::control::progress::step(&format!("decrypting and checking {}", latest.file));
     decrypt(p, store, &latest.file, dump.reopen()?).await?;
-    let scratch = format!("drill_{}", Uuid::new_v4().simple());
     let admin = p.cluster.admin().await?;
+    // A drill cut short (Ctrl-C, a dropped console request) left its copy behind.
+    drop_drill_copies(&admin.client, rec).await?;
+    let scratch = format!(
+        "{}{}",
+        drill_prefix(rec),
+        &Uuid::new_v4().simple().to_string()[..8]
+    );
+    let quoted = crate::catalog::quote_ident(&scratch);
     admin
         .client
-        .batch_execute(&format!(
-            "CREATE DATABASE {}",
-            crate::catalog::quote_ident(&scratch)
-        ))
+        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .await?;
+    admin
+        .client
+        .batch_execute(&format!("REVOKE ALL ON DATABASE {quoted} FROM PUBLIC"))
         .await?;
     let cfg = p.cluster.admin_config(&scratch);
     let result = async {
@@ -968,4 +980,35 @@ mod tests {
             "monthly backups reach back about a year"
         );
     }
+}
+
+/// The name every restore-drill copy of the tenant begins with.
+pub fn drill_prefix(rec: &TenantRecord) -> String {
+    format!("drill_{}_", rec.id.simple())
+}
+
+/// Drops every restore-drill copy of the tenant still in the cluster; returns their names.
+pub async fn drop_drill_copies(
+    admin: &tokio_postgres::Client,
+    rec: &TenantRecord,
+) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
+            &[&drill_prefix(rec)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in &names {
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                crate::catalog::quote_ident(name)
+            ))
+            .await
+            .with_context(|| format!("dropping drill copy {name}"))?;
+    }
+    Ok(names)
 }

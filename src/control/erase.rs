@@ -225,6 +225,20 @@ pub async fn prepare_decommission(
     let (person, _) = registered_operator(p, operator).await?;
     ensure_canary(p, &rec).await?;
     let final_export = if final_export {
+        // Closed first, so nothing is applied or changed after the export is made
+        // (what the municipality gets is all there was). A request left unsigned
+        // leaves the tenant suspended, for `tenant resume`.
+        if rec.state == TenantState::Active {
+            p.catalog.set_state(rec.id, TenantState::Suspended).await?;
+            oplog::record(
+                &p.catalog,
+                operator,
+                "tenant.suspend",
+                &rec.slug,
+                serde_json::json!({ "reason": "final export before decommissioning" }),
+            )
+            .await?;
+        }
         Some(super::final_export::export(p, &rec).await?)
     } else {
         None
@@ -289,22 +303,45 @@ pub async fn submit_decommission(
     Ok(())
 }
 
-/// Withdraws an open request: the tenant returns to the state it had.
+/// Withdraws an open request: the tenant returns to the state it had. Refused once
+/// an erasure has begun (its database may already be gone) or while one runs.
 pub async fn withdraw(p: &Platform, slug: &str, operator: &str) -> anyhow::Result<()> {
     let rec = p
         .catalog
         .tenant_by_slug(slug)
         .await?
         .with_context(|| format!("no tenant {slug}"))?;
+    registered_operator(p, operator).await?;
+    let admin = p.cluster.admin().await?;
+    if !erasure_lock(&admin.client, &rec).await? {
+        bail!("テナント {slug} は消去の実行中です / tenant {slug} is being erased right now; the request can no longer be withdrawn");
+    }
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
     let row = tx
         .query_opt(
-            "UPDATE decommissions SET state = 'withdrawn' WHERE tenant_id = $1 AND state = 'requested' RETURNING previous_state",
+            "UPDATE decommissions SET state = 'withdrawn'
+              WHERE tenant_id = $1 AND state = 'requested' AND erasure_started_at IS NULL
+             RETURNING previous_state",
             &[&rec.id],
         )
-        .await?
-        .with_context(|| format!("tenant {slug} has no open decommissioning request"))?;
+        .await?;
+    let Some(row) = row else {
+        let started = tx
+            .query_opt(
+                "SELECT erasure_started_by FROM decommissions WHERE tenant_id = $1 AND state = 'requested'",
+                &[&rec.id],
+            )
+            .await?;
+        match started {
+            Some(r) => bail!(
+                "テナント {slug} の消去は {} が開始済みです / the erasure of tenant {slug} was begun by {}; it can only be finished (madoguchi tenant erase {slug}), not withdrawn",
+                r.get::<_, Option<String>>(0).unwrap_or_default(),
+                r.get::<_, Option<String>>(0).unwrap_or_default()
+            ),
+            None => bail!("tenant {slug} has no open decommissioning request"),
+        }
+    };
     let previous: String = row.get(0);
     tx.execute(
         "UPDATE tenants SET state = $2, updated_at = now() WHERE id = $1",
@@ -321,6 +358,19 @@ pub async fn withdraw(p: &Platform, slug: &str, operator: &str) -> anyhow::Resul
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Takes the tenant's erasure lock on `admin` (a connection of its own, so the lock
+/// goes when it closes, on every way out): one erasure of a tenant at a time, and no
+/// withdrawal while one runs. `false` when another holds it.
+async fn erasure_lock(admin: &tokio_postgres::Client, rec: &TenantRecord) -> anyhow::Result<bool> {
+    Ok(admin
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended('madoguchi.erase:' || $1::uuid::text, 0))",
+            &[&rec.id],
+        )
+        .await?
+        .get(0))
 }
 
 /// What `tenant erase` is told.
@@ -404,6 +454,14 @@ pub async fn execute(
                 args.slug, args.slug
             )
         })?;
+    let admin = p.cluster.admin().await?;
+    if !erasure_lock(&admin.client, &rec).await? {
+        bail!(
+            "テナント {} の消去は別のオペレーターが実行中です / another erasure of tenant {} is running",
+            rec.slug,
+            rec.slug
+        );
+    }
     let c = p.catalog.client().await?;
     let req_row = c
         .query_opt(
@@ -476,6 +534,35 @@ pub async fn execute(
         "SELECT current_setting('server_version') || ' system ' || (SELECT system_identifier::text FROM pg_control_system())",
         &[],
     ).await.map(|r| format!("PostgreSQL {}", r.get::<_, String>(0))).unwrap_or_else(|_| "PostgreSQL".into());
+
+    // A final export is personal data in clear on the platform's disk: it must have
+    // been handed over and deleted, or the certificate would not be true.
+    let exports = super::final_export::left_on_disk(&p.settings.state_dir, &rec.slug);
+    if !exports.is_empty() {
+        bail!(
+            "最終エクスポートがまだこのサーバーにあります。自治体に引き渡してから削除し、もう一度実行してください / the final export is still on this server: hand it to the municipality, delete it, then run the erasure again: {}",
+            exports
+                .iter()
+                .map(|e| e.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    // From here on the request cannot be withdrawn.
+    let began = c
+        .execute(
+            "UPDATE decommissions SET erasure_started_at = coalesce(erasure_started_at, now()),
+                    erasure_started_by = coalesce(erasure_started_by, $2)
+              WHERE id = $1 AND state = 'requested'",
+            &[&request_id, &args.verifier],
+        )
+        .await?;
+    if began != 1 {
+        bail!(
+            "the decommissioning request of tenant {} was withdrawn meanwhile; not erasing",
+            rec.slug
+        );
+    }
     drop(c);
 
     let started = now();
@@ -483,7 +570,6 @@ pub async fn execute(
         done: Vec::new(),
         progress,
     };
-    let admin = p.cluster.admin().await?;
     let db = &admin.client;
 
     // 1. Connections.
@@ -516,10 +602,19 @@ pub async fn execute(
     ))
     .await
     .with_context(|| format!("dropping database {}", rec.database))?;
+    let drills = backup::drop_drill_copies(db, &rec).await?;
     steps.record(
         "drop_database",
         t,
-        format!("DROP DATABASE {}", rec.database),
+        if drills.is_empty() {
+            format!("DROP DATABASE {}", rec.database)
+        } else {
+            format!(
+                "DROP DATABASE {}; restore-drill copies left by interrupted drills: DROP DATABASE {}",
+                rec.database,
+                drills.join(", ")
+            )
+        },
     );
     // One database fewer: autovacuum's round may be shortened (not a step of the
     // erasure, so not in the certificate, and a failure here does not stop it).
@@ -624,6 +719,31 @@ pub async fn execute(
         check: "database_absent".into(),
         passed: n == 0,
         detail: format!("pg_database has {n} row(s) named {}", rec.database),
+    });
+    let n: i64 = db
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE starts_with(datname, $1)",
+            &[&backup::drill_prefix(&rec)],
+        )
+        .await?
+        .get(0);
+    results.push(Check {
+        check: "drill_copies_absent".into(),
+        passed: n == 0,
+        detail: format!(
+            "pg_database has {n} restore-drill copy(ies) named {}*",
+            backup::drill_prefix(&rec)
+        ),
+    });
+    let exports = super::final_export::left_on_disk(&p.settings.state_dir, &rec.slug);
+    results.push(Check {
+        check: "final_export_absent".into(),
+        passed: exports.is_empty(),
+        detail: format!(
+            "{} final export folder(s) of {} on the platform's disk",
+            exports.len(),
+            rec.slug
+        ),
     });
     let n: i64 = db
         .query_one(
@@ -811,11 +931,18 @@ pub async fn execute(
         &[&rec.id],
     )
     .await?;
-    tx.execute(
-        "UPDATE decommissions SET state = 'erased', certificate_id = $2 WHERE id = $1",
-        &[&request_id, &certificate.id],
-    )
-    .await?;
+    let closed = tx
+        .execute(
+            "UPDATE decommissions SET state = 'erased', certificate_id = $2 WHERE id = $1 AND state = 'requested'",
+            &[&request_id, &certificate.id],
+        )
+        .await?;
+    if closed != 1 {
+        bail!(
+            "the decommissioning request of tenant {} is no longer open; no certificate recorded",
+            rec.slug
+        );
+    }
     oplog::append(
         &tx,
         args.verifier,

@@ -20,6 +20,34 @@ use crate::tenant::forms::definition::FormDefinition;
 
 const BATCH: i64 = 500;
 
+/// The tenant's final export folders still on the platform's disk
+/// (`DIR/exports/<slug>-<YYYYMMDDTHHMMSSZ>`; another tenant whose slug begins with
+/// this one's is not matched).
+pub fn left_on_disk(state_dir: &Path, slug: &str) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(state_dir.join("exports")) else {
+        return Vec::new();
+    };
+    let prefix = format!("{slug}-");
+    let mut out: Vec<std::path::PathBuf> = entries
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let stamp = name.to_str().and_then(|n| n.strip_prefix(&prefix));
+            stamp.is_some_and(|s| {
+                s.len() == 16
+                    && s.bytes().enumerate().all(|(i, b)| match i {
+                        8 => b == b'T',
+                        15 => b == b'Z',
+                        _ => b.is_ascii_digit(),
+                    })
+            })
+        })
+        .map(|e| e.path())
+        .collect();
+    out.sort();
+    out
+}
+
 /// A file being written and hashed.
 struct Out {
     file: std::io::BufWriter<std::fs::File>,

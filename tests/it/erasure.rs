@@ -200,8 +200,56 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
         "refused attempts destroy nothing"
     );
 
-    // Step 2: bob erases.
-    let (file, path) = erase_as("bob", bob_key.clone()).await.unwrap();
+    // A restore drill cut short left a copy of the tenant behind.
+    let admin = admin_client("postgres").await;
+    let drill_copy = format!("{}1234abcd", backup::drill_prefix(&t));
+    admin
+        .batch_execute(&format!("CREATE DATABASE \"{drill_copy}\""))
+        .await
+        .unwrap();
+
+    // The final export is personal data in clear on this server: the erasure waits
+    // until it has been handed over and deleted.
+    let err = format!("{:#}", erase_as("bob", bob_key.clone()).await.unwrap_err());
+    assert!(
+        err.contains("final export is still on this server"),
+        "{err}"
+    );
+    assert!(err.contains(&export.directory), "{err}");
+    std::fs::remove_dir_all(&export.directory).unwrap();
+
+    // Step 2: bob erases, once: a second erasure at the same time is refused.
+    let (first, second) = tokio::join!(
+        erase_as("bob", bob_key.clone()),
+        erase_as("bob", bob_key.clone())
+    );
+    let (file, path, other) = match (first, second) {
+        (Ok((f, p)), Err(e)) | (Err(e), Ok((f, p))) => (f, p, e),
+        (a, b) => panic!("expected one erasure and one refusal: {a:?} / {b:?}"),
+    };
+    let other = format!("{other:#}");
+    assert!(
+        other.contains("another erasure") || other.contains("no open decommissioning request"),
+        "{other}"
+    );
+    // It cannot be withdrawn any more.
+    let err = format!(
+        "{:#}",
+        erase::withdraw(&env.platform, &t.slug, "alice")
+            .await
+            .unwrap_err()
+    );
+    assert!(err.contains("no open decommissioning request"), "{err}");
+    assert_eq!(
+        count(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &drill_copy
+        )
+        .await,
+        0,
+        "the interrupted drill's copy survived the erasure"
+    );
     assert!(path.starts_with(env.state.path().join("certificates")));
     assert!(
         file.certificate.verification.passed,
@@ -507,5 +555,34 @@ async fn a_withdrawn_request_reopens_the_tenant() {
         )
         .await,
         1
+    );
+    // Only a registered operator withdraws.
+    let err = format!(
+        "{:#}",
+        erase::withdraw(&env.platform, &t.slug, "mallory")
+            .await
+            .unwrap_err()
+    );
+    assert!(err.contains("mallory"), "{err}");
+    // An erasure that began (and was cut short) is finished, never withdrawn: the
+    // tenant's database may already be gone.
+    admin_client(&env.platform.settings.catalog_db)
+        .await
+        .execute(
+            "UPDATE decommissions SET erasure_started_at = now(), erasure_started_by = 'bob' WHERE tenant_id = $1 AND state = 'requested'",
+            &[&t.id],
+        )
+        .await
+        .unwrap();
+    let err = format!(
+        "{:#}",
+        erase::withdraw(&env.platform, &t.slug, "alice")
+            .await
+            .unwrap_err()
+    );
+    assert!(err.contains("begun by bob"), "{err}");
+    assert_eq!(
+        state(&env).await,
+        madoguchi::catalog::TenantState::Decommissioning
     );
 }

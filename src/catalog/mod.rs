@@ -337,6 +337,14 @@ impl Catalog {
         )
         .await
         .map_err(|e| match e.code() {
+            Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+                if e.as_db_error().and_then(|d| d.constraint())
+                    == Some("operators_public_key_once") =>
+            {
+                anyhow::anyhow!(
+                    "この公開鍵は別のオペレーターに登録済みです / this public key is already registered to another operator (one key, one person)"
+                )
+            }
             Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 anyhow::anyhow!("operator {} is already registered", op.id)
             }
@@ -404,8 +412,13 @@ impl Catalog {
         let backups = c
             .query(
                 "SELECT t.slug, coalesce(extract(epoch FROM max(b.created_at))::bigint, 0) FROM tenants t
-                   LEFT JOIN backups b ON b.tenant_id = t.id WHERE t.state = 'active' GROUP BY t.slug",
-                &[],
+                   LEFT JOIN backups b ON b.tenant_id = t.id WHERE t.state = 'active' GROUP BY t.slug
+                 UNION ALL
+                 -- The catalog's own backups (they hold the wrapped keys every tenant
+                 -- backup needs), under the name they are filed by.
+                 SELECT $1, coalesce(extract(epoch FROM max(created_at))::bigint, 0)
+                   FROM backups WHERE tenant_id IS NULL",
+                &[&crate::control::backup::CATALOG],
             )
             .await?
             .iter()

@@ -409,10 +409,23 @@ async fn backup(
     let mut child = pg_dump(p, &database)?;
     let stdout = child.stdout.take().context("pg_dump has no output")?;
     let key = backup_key.clone();
-    let (size, sha) = tokio::task::spawn_blocking(move || {
+    let encrypted = tokio::task::spawn_blocking(move || {
         encrypt_stream(stdout, out, &header, key.as_ref(), &prefix)
     })
-    .await??;
+    .await
+    .map_err(anyhow::Error::from)
+    .and_then(|r| r);
+    let (size, sha) = match encrypted {
+        Ok(done) => done,
+        Err(e) => {
+            // Disk full, say: no partial file left to fill it further (nothing lists
+            // it, so retention would never remove it), and pg_dump reaped.
+            let _ = child.kill();
+            let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+            let _ = store.delete(&file);
+            return Err(e.context(format!("writing backup {file}")));
+        }
+    };
     let status = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
     if !status.status.success() {
         let _ = store.delete(&file);
@@ -611,6 +624,7 @@ pub async fn drill(
         .with_context(|| format!("tenant {} has no backup yet", rec.slug))?;
     let dump = tempfile::NamedTempFile::new()?;
     crate::control::progress::step(&format!("decrypting and checking {}", latest.file));
+    check_against_record(p, store, &latest.file).await?;
     decrypt(p, store, &latest.file, dump.reopen()?).await?;
     let admin = p.cluster.admin().await?;
     // A drill cut short (Ctrl-C, a dropped console request) left its copy behind.
@@ -722,6 +736,44 @@ async fn tenant_backup_key(p: &Platform, header: &Header) -> anyhow::Result<Zero
 }
 
 /// Opens a backup file and reads its header: (header, its bytes, the rest).
+/// Refuses a file that is not the one the catalog recorded under the backup id its
+/// header carries: another name, another SHA-256 (an older backup of the same
+/// tenant copied over a newer one decrypts fine, and would be restored as if it were
+/// the newer), or no record at all.
+async fn check_against_record(
+    p: &Platform,
+    store: &dyn BackupStore,
+    file: &str,
+) -> anyhow::Result<()> {
+    let (header, _, _) = read_header(store, file)?;
+    let c = p.catalog.client().await?;
+    let Some(row) = c
+        .query_opt(
+            "SELECT file, sha256 FROM backups WHERE id = $1",
+            &[&header.backup_id],
+        )
+        .await?
+    else {
+        bail!(
+            "バックアップ {} はカタログに記録がありません / backup {} ({file}) is not recorded in the catalog; not restoring a file this platform did not record",
+            header.backup_id,
+            header.backup_id
+        );
+    };
+    let recorded: String = row.get(0);
+    if recorded != file {
+        bail!(
+            "{file} carries backup {}, which the catalog records as {recorded}: the file was swapped; not restoring it",
+            header.backup_id
+        );
+    }
+    let (_, sha) = store.digest(file)?;
+    if hex::decode(&sha)? != row.get::<_, Vec<u8>>(1) {
+        bail!("{file} is not the file recorded in the catalog (SHA-256 differs): damaged or swapped; not restoring it");
+    }
+    Ok(())
+}
+
 fn read_header(
     store: &dyn BackupStore,
     file: &str,
@@ -757,6 +809,7 @@ pub async fn restore(
     use crate::control::provision::{
         create_database, create_role, register_with, write_settings, TenantSpec,
     };
+    check_against_record(p, store, file).await?;
     let source_id = backup_tenant(store, file)?;
     let source = p
         .catalog

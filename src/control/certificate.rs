@@ -385,9 +385,10 @@ pub fn verify(file_text: &str, trust: &Trust<'_>) -> Verdict {
 
     // The two operators.
     v.check(
-        cert.sanitized_by.operator_id != cert.verified_by.operator_id,
+        cert.sanitized_by.operator_id != cert.verified_by.operator_id
+            && cert.sanitized_by.public_key != cert.verified_by.public_key,
         format!(
-            "two different operators: requested by {}, erased and verified by {}",
+            "two different operators, with different keys: requested by {}, erased and verified by {}",
             cert.sanitized_by.operator_id, cert.verified_by.operator_id
         ),
     );

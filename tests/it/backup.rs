@@ -1,7 +1,7 @@
 //! Encrypted backups: a real pg_dump, encrypted in chunks, that restores to the same
 //! rows, holds no plaintext, and refuses any changed byte.
 
-use madoguchi::control::backup::{self, DirStore};
+use madoguchi::control::backup::{self, BackupStore, DirStore};
 use madoguchi::tenant::staff::Role;
 
 use crate::forms::{apply, build_form, dept_id, staff};
@@ -237,6 +237,33 @@ async fn retention_removes_older_backups_files_and_records() {
     let store = DirStore::new(env.state.path());
     let first = backup::run(&env.platform, &store, &t).await.unwrap();
     let second = backup::run(&env.platform, &store, &t).await.unwrap();
+
+    // The older backup copied over the newer one decrypts well, but is not what the
+    // catalog recorded there: restore and drill refuse it.
+    let newer = std::fs::read(store.path(&second.file)).unwrap();
+    std::fs::copy(store.path(&first.file), store.path(&second.file)).unwrap();
+    let err = backup::restore(
+        &env.platform,
+        &store,
+        &second.file,
+        &unique("r"),
+        &[format!("{}.test", unique("r"))],
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("swapped"), "{err:#}");
+    let err = backup::drill(&env.platform, &store, &t).await.unwrap_err();
+    assert!(format!("{err:#}").contains("swapped"), "{err:#}");
+    // The same name with other bytes: refused by its SHA-256.
+    let mut changed = newer.clone();
+    let last = changed.len() - 1;
+    changed[last] ^= 1;
+    std::fs::write(store.path(&second.file), &changed).unwrap();
+    let err = backup::drill(&env.platform, &store, &t).await.unwrap_err();
+    assert!(format!("{err:#}").contains("SHA-256 differs"), "{err:#}");
+    std::fs::write(store.path(&second.file), &newer).unwrap();
+    assert!(backup::drill(&env.platform, &store, &t).await.unwrap().ok);
+
     let one_a_day = backup::Retention {
         daily: 1,
         weekly: 0,
@@ -302,4 +329,61 @@ async fn the_catalog_is_backed_up_under_the_master_key() {
     .await
     .expect_err("opened with another master key");
     assert!(format!("{err:#}").contains("does not unwrap"), "{err:#}");
+}
+
+/// A store whose disk fills after a few kilobytes.
+struct FullDisk(DirStore);
+
+struct FillingWriter {
+    inner: Box<dyn std::io::Write + Send>,
+    room: usize,
+}
+
+impl std::io::Write for FillingWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if buf.len() > self.room {
+            return Err(std::io::Error::from_raw_os_error(28)); // ENOSPC
+        }
+        self.room -= buf.len();
+        self.inner.write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl backup::BackupStore for FullDisk {
+    fn create(&self, name: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+        Ok(Box::new(FillingWriter {
+            inner: self.0.create(name)?,
+            room: 4096,
+        }))
+    }
+    fn open(&self, name: &str) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+        self.0.open(name)
+    }
+    fn delete(&self, name: &str) -> anyhow::Result<()> {
+        self.0.delete(name)
+    }
+    fn exists(&self, name: &str) -> bool {
+        self.0.exists(name)
+    }
+    fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        self.0.list(prefix)
+    }
+}
+
+/// A backup that fails half-way (disk full) leaves no partial file and no record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_cut_short_by_a_full_disk_leaves_nothing() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("full"), "千代田区", "131016").await;
+    let store = FullDisk(DirStore::new(env.state.path()));
+    let err = backup::run(&env.platform, &store, &t).await.unwrap_err();
+    assert!(format!("{err:#}").contains("writing backup"), "{err:#}");
+    assert_eq!(store.list(&t.slug).unwrap(), Vec::<String>::new());
+    assert!(backup::list(&env.platform, Some(&t.slug))
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -510,7 +510,25 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
 async fn a_withdrawn_request_reopens_the_tenant() {
     let env = TestEnv::new().await;
     let t = env.tenant(&unique("back"), "夕張市", "012092").await;
-    let (alice_key, _) = operator(&env, "alice", "山田 花子").await;
+    let (alice_key, alice_pub) = operator(&env, "alice", "山田 花子").await;
+    // One key is one person: it cannot be registered again under another id (which
+    // would let one person both request and erase).
+    let err = env
+        .platform
+        .catalog
+        .add_operator(&Operator {
+            id: "alice2".into(),
+            name: "山田 花子".into(),
+            title: "基盤運用担当".into(),
+            role: "operator".into(),
+            public_key: alice_pub.to_vec(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("already registered to another operator"),
+        "{err:#}"
+    );
     let args = DecommissionArgs {
         slug: &t.slug,
         operator: "alice",

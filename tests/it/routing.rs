@@ -186,9 +186,16 @@ async fn health_metrics_and_request_ids() {
         )),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("madoguchi_backup_last_success_timestamp_seconds{tenant=\"_catalog\"} 0"),
+        "the catalog's backups are not watched: {metrics}"
+    );
     assert!(metrics.contains("madoguchi_tlog_size 0"));
     let store = madoguchi::control::backup::DirStore::new(env.state.path());
     madoguchi::control::backup::run(&env.platform, &store, &a)
+        .await
+        .unwrap();
+    madoguchi::control::backup::run_catalog(&env.platform, &store)
         .await
         .unwrap();
     madoguchi::control::backup::drill(&env.platform, &store, &a)
@@ -208,6 +215,10 @@ async fn health_metrics_and_request_ids() {
     assert!(
         (at - time::OffsetDateTime::now_utc().unix_timestamp()).abs() < 600,
         "{line}"
+    );
+    assert!(
+        !metrics.contains("madoguchi_backup_last_success_timestamp_seconds{tenant=\"_catalog\"} 0"),
+        "{metrics}"
     );
     assert!(
         metrics.contains(&format!("madoguchi_drill_ok{{tenant=\"{}\"}} 1", a.slug)),

@@ -182,6 +182,20 @@ impl Catalog {
         rows.iter().map(record_from_row).collect()
     }
 
+    /// Removes a tenant that never finished being made (state `provisioning`), with
+    /// its hosts and keys: a restore that failed half-way, so it can be run again.
+    /// Returns whether it was there.
+    pub async fn forget_unfinished(&self, tenant: Uuid) -> anyhow::Result<bool> {
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "DELETE FROM tenants WHERE id = $1 AND state = 'provisioning'",
+                &[&tenant],
+            )
+            .await?;
+        Ok(n == 1)
+    }
+
     pub async fn tenant_by_slug(&self, slug: &str) -> anyhow::Result<Option<TenantRecord>> {
         let c = self.client().await?;
         let row = c

@@ -837,22 +837,40 @@ pub async fn restore(
     decrypt(p, store, file, dump.reopen()?).await?;
     crate::control::progress::step("creating the new tenant's role and database");
     let rec = register_with(p, &spec, Some(source.crypto_id), keys).await?;
-    let pw = crate::control::cluster::tenant_password(&p.catalog, p.keys.as_ref(), &rec).await?;
-    create_role(p, &rec, &pw)
-        .await
-        .context("creating the restored tenant's role")?;
-    create_database(p, &rec)
-        .await
-        .context("creating the restored tenant's database")?;
-    crate::control::progress::step(&format!("pg_restore into {}", rec.database));
-    pg_restore(p, &rec.database, dump.path(), Some(&rec.role))
-        .await
-        .with_context(|| format!("restoring (the tenant {slug} is left in state provisioning)"))?;
-    crate::control::progress::step("migrating the restored schema");
-    crate::control::migrate::migrate_tenant(p, &rec)
-        .await
-        .context("bringing the restored schema up to date")?;
-    write_settings(p, &rec).await?;
+    let made = async {
+        let pw =
+            crate::control::cluster::tenant_password(&p.catalog, p.keys.as_ref(), &rec).await?;
+        create_role(p, &rec, &pw)
+            .await
+            .context("creating the restored tenant's role")?;
+        create_database(p, &rec)
+            .await
+            .context("creating the restored tenant's database")?;
+        crate::control::progress::step(&format!("pg_restore into {}", rec.database));
+        pg_restore(p, &rec.database, dump.path(), Some(&rec.role))
+            .await
+            .context("restoring")?;
+        crate::control::progress::step("migrating the restored schema");
+        crate::control::migrate::migrate_tenant(p, &rec)
+            .await
+            .context("bringing the restored schema up to date")?;
+        write_settings(p, &rec).await
+    }
+    .await;
+    if let Err(e) = made {
+        // Nothing half-restored is left to go live (`tenant create` would have
+        // finished it as it was) or to hold copies of the source's keys: the
+        // database, role and catalog entry go, and the restore can be run again.
+        return Err(match undo_restore(p, &rec).await {
+            Ok(()) => e.context(format!(
+                "the restore into {slug} failed and was undone; nothing of it is left, so it can be run again"
+            )),
+            Err(undo) => e.context(format!(
+                "the restore into {slug} failed, and undoing it failed too ({undo:#}): database {} and role {} may be left, with the tenant in state provisioning",
+                rec.database, rec.role
+            )),
+        });
+    }
     p.catalog
         .set_state(rec.id, crate::catalog::TenantState::Active)
         .await?;
@@ -860,6 +878,27 @@ pub async fn restore(
         .tenant_by_id(rec.id)
         .await?
         .context("tenant vanished from the catalog")
+}
+
+/// Drops what a failed restore made: its database, its role and its catalog entry.
+async fn undo_restore(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+    let admin = p.cluster.admin().await?;
+    admin
+        .client
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            crate::catalog::quote_ident(&rec.database)
+        ))
+        .await?;
+    admin
+        .client
+        .batch_execute(&format!(
+            "DROP ROLE IF EXISTS {}",
+            crate::catalog::quote_ident(&rec.role)
+        ))
+        .await?;
+    p.catalog.forget_unfinished(rec.id).await?;
+    Ok(())
 }
 
 /// How many backups to keep: the newest of each of the last `daily` days, `weekly`

@@ -387,3 +387,72 @@ async fn a_backup_cut_short_by_a_full_disk_leaves_nothing() {
         .unwrap()
         .is_empty());
 }
+
+/// A restore that fails half-way leaves nothing behind (no tenant in `provisioning`
+/// holding the source's keys, no database, no role) and can simply be run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_restore_is_undone_and_can_be_run_again() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("src"), "千代田区", "131016").await;
+    let store = DirStore::new(env.state.path());
+    // An object only a superuser may create: the restore, run as the new tenant's
+    // own role, fails on it.
+    let source = admin_client(&t.database).await;
+    source
+        .batch_execute(
+            "CREATE FUNCTION noop_ddl() RETURNS event_trigger LANGUAGE plpgsql AS $$ BEGIN END $$;
+             CREATE EVENT TRIGGER restore_blocker ON ddl_command_start EXECUTE FUNCTION noop_ddl();",
+        )
+        .await
+        .unwrap();
+    let bad = backup::run(&env.platform, &store, &t).await.unwrap();
+    let databases = || async {
+        admin_client("postgres")
+            .await
+            .query_one("SELECT count(*) FROM pg_database", &[])
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+    };
+    let before = databases().await;
+    let slug = unique("r");
+    let host = format!("{slug}.test");
+    let err = backup::restore(
+        &env.platform,
+        &store,
+        &bad.file,
+        &slug,
+        std::slice::from_ref(&host),
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:#}").contains("was undone"), "{err:#}");
+    assert!(env
+        .platform
+        .catalog
+        .tenant_by_slug(&slug)
+        .await
+        .unwrap()
+        .is_none());
+    assert_eq!(
+        databases().await,
+        before,
+        "the half-restored database is left"
+    );
+    // Fixed at the source and backed up again, the same restore goes through.
+    source
+        .batch_execute("DROP EVENT TRIGGER restore_blocker; DROP FUNCTION noop_ddl()")
+        .await
+        .unwrap();
+    let good = backup::run(&env.platform, &store, &t).await.unwrap();
+    let restored = backup::restore(
+        &env.platform,
+        &store,
+        &good.file,
+        &slug,
+        std::slice::from_ref(&host),
+    )
+    .await
+    .unwrap();
+    assert_eq!(restored.state, madoguchi::catalog::TenantState::Active);
+}

@@ -1310,7 +1310,14 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                     rec.state
                 );
             }
-            p.catalog.set_state(rec.id, TenantState::Suspended).await?;
+            let open = [TenantState::Active, TenantState::Suspended];
+            if !p
+                .catalog
+                .move_state(rec.id, &open, TenantState::Suspended)
+                .await?
+            {
+                anyhow::bail!("tenant {slug} changed state meanwhile; not suspended");
+            }
             madoguchi::control::oplog::record(
                 &p.catalog,
                 &cli_actor(),
@@ -1333,7 +1340,14 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 TenantState::Erased => anyhow::bail!("tenant {slug} has been erased"),
                 TenantState::Active | TenantState::Suspended => {}
             }
-            p.catalog.set_state(rec.id, TenantState::Active).await?;
+            let open = [TenantState::Active, TenantState::Suspended];
+            if !p
+                .catalog
+                .move_state(rec.id, &open, TenantState::Active)
+                .await?
+            {
+                anyhow::bail!("tenant {slug} changed state meanwhile; not resumed");
+            }
             madoguchi::control::oplog::record(
                 &p.catalog,
                 &cli_actor(),

@@ -244,6 +244,36 @@ impl Catalog {
             .collect()
     }
 
+    /// Moves the tenant to `to` only from one of `from`, checked in the same
+    /// statement: a suspend, resume or manifest racing a decommissioning never
+    /// reopens a closed tenant. `Ok(false)` when it was in none of them.
+    pub async fn move_state(
+        &self,
+        tenant: Uuid,
+        from: &[TenantState],
+        to: TenantState,
+    ) -> anyhow::Result<bool> {
+        let from: Vec<&str> = from.iter().map(|s| s.as_str()).collect();
+        let c = self.client().await?;
+        let n = c
+            .execute(
+                "UPDATE tenants SET state = $2, updated_at = now()
+                  WHERE id = $1 AND state = ANY($3) AND state IS DISTINCT FROM $2",
+                &[&tenant, &to.as_str(), &from],
+            )
+            .await?;
+        if n == 1 {
+            return Ok(true);
+        }
+        // Already there counts as done.
+        Ok(c.query_opt(
+            "SELECT 1 FROM tenants WHERE id = $1 AND state = $2",
+            &[&tenant, &to.as_str()],
+        )
+        .await?
+        .is_some())
+    }
+
     pub async fn set_state(&self, tenant: Uuid, state: TenantState) -> anyhow::Result<()> {
         let c = self.client().await?;
         c.execute(

@@ -229,7 +229,17 @@ pub async fn prepare_decommission(
         // (what the municipality gets is all there was). A request left unsigned
         // leaves the tenant suspended, for `tenant resume`.
         if rec.state == TenantState::Active {
-            p.catalog.set_state(rec.id, TenantState::Suspended).await?;
+            let open = [TenantState::Active, TenantState::Suspended];
+            if !p
+                .catalog
+                .move_state(rec.id, &open, TenantState::Suspended)
+                .await?
+            {
+                bail!(
+                    "tenant {} changed state meanwhile; not decommissioned",
+                    rec.slug
+                );
+            }
             oplog::record(
                 &p.catalog,
                 operator,

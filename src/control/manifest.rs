@@ -100,7 +100,13 @@ pub async fn apply(p: &Platform, m: &Manifest, schema: SchemaTarget) -> anyhow::
         .await?
         .context("tenant vanished")?;
     if current.state != wanted_state {
-        p.catalog.set_state(rec.id, wanted_state).await?;
+        let open = [TenantState::Active, TenantState::Suspended];
+        if !p.catalog.move_state(rec.id, &open, wanted_state).await? {
+            anyhow::bail!(
+                "tenant {} changed state meanwhile (decommissioning?); its manifest was not applied",
+                rec.slug
+            );
+        }
         let change = format!("state: {} -> {}", current.state, wanted_state);
         applied = match applied {
             Applied::Unchanged => Applied::Updated(vec![change]),

@@ -328,8 +328,12 @@ pub async fn tenant_action(
             } else {
                 (TenantState::Active, rec.state == TenantState::Suspended)
             };
-            if allowed {
-                p.catalog.set_state(rec.id, want).await?;
+            let from = if want == TenantState::Suspended {
+                TenantState::Active
+            } else {
+                TenantState::Suspended
+            };
+            if allowed && p.catalog.move_state(rec.id, &[from], want).await? {
                 Ok((
                     format!("{slug}: {}", state_label(want)),
                     vec![format!("{} は{}です", rec.name, state_label(want))],

@@ -553,6 +553,19 @@ async fn a_withdrawn_request_reopens_the_tenant() {
         state(&env).await,
         madoguchi::catalog::TenantState::Decommissioning
     );
+    // A resume (or a manifest) that read the tenant as open a moment before does not
+    // reopen it now.
+    use madoguchi::catalog::TenantState::{Active, Suspended};
+    assert!(!env
+        .platform
+        .catalog
+        .move_state(t.id, &[Active, Suspended], Active)
+        .await
+        .unwrap());
+    assert_eq!(
+        state(&env).await,
+        madoguchi::catalog::TenantState::Decommissioning
+    );
     erase::withdraw(&env.platform, &t.slug, "alice")
         .await
         .unwrap();

@@ -34,6 +34,13 @@ pub fn wareki(d: Date) -> Option<String> {
     None
 }
 
+/// Today's date in Japan (deadlines are whole days there, whatever the server's zone).
+pub fn today() -> Date {
+    time::OffsetDateTime::now_utc()
+        .to_offset(time::macros::offset!(+9))
+        .date()
+}
+
 /// `2026年11月25日（令和8年11月25日）`: 西暦 with 和暦 beside it.
 pub fn date_both(d: Date) -> String {
     let seireki = format!("{}年{}月{}日", d.year(), u8::from(d.month()), d.day());

@@ -30,6 +30,8 @@ pub struct Found {
     pub title: String,
     pub status: &'static str,
     pub returned: bool,
+    /// Returned, and the deadline for the correction has passed.
+    pub late: bool,
     pub updated: String,
     pub reason: String,
     pub deadline: String,
@@ -138,6 +140,7 @@ pub async fn lookup(ctx: TenantCtx, body: FormData) -> Result<Response, AppError
         title: r.get::<_, Option<String>>(6).unwrap_or_default(),
         status: status.label(),
         returned: status == Status::Returned,
+        late: status == Status::Returned && deadline.is_some_and(|d| d < crate::ja::today()),
         updated: jst(r.get(3)),
         reason: if status == Status::Returned {
             reason

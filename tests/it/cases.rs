@@ -283,6 +283,37 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
     .await;
     let (_, _, closed) = get(&browser(&server, &[host]), &url(&server, host, &public)).await;
     assert!(closed.contains("受付を停止しています"));
+    // Past the deadline for the correction (the day before, in Japan), the status
+    // page says so and offers no correction; the correction itself is refused.
+    let set_deadline = |days: i64| {
+        let (env, t, id) = (&env, &t, id);
+        async move {
+            env.tenant_conn(t)
+                .await
+                .client
+                .execute(
+                    "UPDATE submissions SET return_deadline = (now() AT TIME ZONE 'Asia/Tokyo')::date + $2::int WHERE id = $1",
+                    &[&id, &(days as i32)],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    set_deadline(-1).await;
+    let lookup = [
+        ("receipt", receipt.as_str()),
+        ("email", "hanako.kasai@example.jp"),
+    ];
+    let (_, _, page) = post(&citizen, &status_url, &lookup).await;
+    assert!(
+        page.contains("id=\"late\"") && !page.contains("/status/resubmit"),
+        "{page}"
+    );
+    let (status, _, page) = post(&citizen, &url(&server, host, "/status/resubmit"), &lookup).await;
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("修正の期限"), "{page}");
+    // The deadline day itself still counts.
+    set_deadline(0).await;
     // Corrected and sent again: back to 受付, same receipt, new answers.
     let (status, loc, _) = post(
         &citizen,

@@ -1070,8 +1070,9 @@ async fn resubmit_correction(
         .execute(
             "UPDATE submissions SET answers = $2, form_version = $3, email_index = $4, phone_index = $5, status = 'received',
                     return_reason = NULL, return_deadline = NULL, updated_at = now()
-              WHERE id = $1 AND form_id = $6 AND status = 'returned'",
-            &[&orig, &encrypted, &form.version, &email, &phone, &form.id],
+              WHERE id = $1 AND form_id = $6 AND status = 'returned'
+                AND (return_deadline IS NULL OR return_deadline >= $7)",
+            &[&orig, &encrypted, &form.version, &email, &phone, &form.id, &crate::ja::today()],
         )
         .await?;
     if n == 0 {
@@ -1080,7 +1081,7 @@ async fn resubmit_correction(
             StatusCode::CONFLICT,
             &form.def.title,
             "修正を受け付けられません",
-            "この申請は現在、修正を受け付けていません。状況照会で最新の状況をご確認ください。",
+            "この申請は現在、修正を受け付けていません（修正の期限を過ぎた場合を含みます）。状況照会で最新の状況をご確認のうえ、担当の窓口にお問い合わせください。",
         ));
     }
     tx.execute(
@@ -1111,12 +1112,21 @@ pub async fn start_resubmission(
 ) -> Result<(String, axum::http::HeaderValue), AppError> {
     let db = ctx.db().await?;
     let r = db
-        .query_one("SELECT s.status, s.answers, f.public_id FROM submissions s JOIN forms f ON f.id = s.form_id WHERE s.id = $1", &[&id])
+        .query_one("SELECT s.status, s.answers, f.public_id, s.return_deadline FROM submissions s JOIN forms f ON f.id = s.form_id WHERE s.id = $1", &[&id])
         .await?;
     if r.get::<_, &str>(0) != "returned" {
         return Err(AppError::BadRequest(
             "この申請は現在、修正を受け付けていません。".into(),
         ));
+    }
+    if let Some(deadline) = r
+        .get::<_, Option<time::Date>>(3)
+        .filter(|d| *d < crate::ja::today())
+    {
+        return Err(AppError::BadRequest(format!(
+            "修正の期限（{}）を過ぎたため、オンラインでは修正できません。担当の窓口にお問い合わせください。",
+            crate::ja::date_both(deadline)
+        )));
     }
     let answers = decrypt_answers(ctx.cipher(), id, &r.get(1))?;
     let public_id: String = r.get(2);

@@ -583,3 +583,73 @@ async fn proof_of_work_is_solved_by_the_browser() {
     c.close().await.unwrap();
     server.shutdown().await;
 }
+
+/// Show/hide rules on one page: the script compares a number as the server does
+/// (「３人」 is 3), and an unticked box is no answer; the page sent as the person saw
+/// it is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_page_rules_agree_with_the_server() {
+    let env = TestEnv::new().await;
+    let slug = unique("sr");
+    let host = format!("{slug}.localhost");
+    let spec = madoguchi::control::provision::TenantSpec::parse(
+        &slug,
+        "千代田区",
+        "131016",
+        &[host.clone()],
+    )
+    .unwrap();
+    let t = madoguchi::control::provision::provision(&env.platform, &spec)
+        .await
+        .unwrap();
+    let form = r#"{ "format": "madoguchi.form/1", "title": "施設予約",
+      "pages": [ { "id": "p1", "fields": [
+        { "id": "people", "type": "number", "label": "人数", "required": true, "unit": "人", "integer": true },
+        { "id": "room", "type": "text", "label": "部屋の希望", "required": true,
+          "show_if": { "field": "people", "op": "in", "values": ["2", "3"] } },
+        { "id": "agent", "type": "consent", "label": "代理申請", "statement": "代理人が申請します" },
+        { "id": "agent_name", "type": "text", "label": "代理人の氏名", "required": true,
+          "show_if": { "field": "agent", "op": "not_empty" } } ] } ] }"#;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, form, "総務課", true)
+            .await
+            .unwrap();
+    let server = env.serve().await;
+    let base = format!("http://{host}:{}", server.bound.public.port());
+    let driver = Driver::start();
+    let c = driver.session(true).await;
+    c.goto(&format!("{base}{public}")).await.unwrap();
+    let hidden = |id: &'static str| {
+        let c = c.clone();
+        async move {
+            c.execute(
+                &format!("return document.getElementById('field-{id}').hidden;"),
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_bool()
+            .unwrap()
+        }
+    };
+    assert!(hidden("room").await && hidden("agent_name").await);
+    fill(&c, "#f-people", "３人").await;
+    assert!(
+        !hidden("room").await,
+        "「３人」 did not show the field the server requires"
+    );
+    assert!(
+        hidden("agent_name").await,
+        "an unticked box showed its dependant"
+    );
+    fill(&c, "#f-room", "和室").await;
+    click(&c, "button.primary").await;
+    let page = body(&c).await;
+    assert!(page.contains("入力内容の確認"), "{page}");
+    assert!(
+        page.contains("和室") && !page.contains("代理人の氏名"),
+        "{page}"
+    );
+    c.close().await.unwrap();
+    server.shutdown().await;
+}

@@ -1291,6 +1291,33 @@ async fn drafts_start_afresh_survive_double_taps_and_expire() {
     let (_, _, page) = get(&c, &format!("{form_url}?page=0")).await;
     assert!(page.contains("taro.yamada@example.jp"), "{page}");
 
+    // A page sent empty: every link of the error summary leads to an input on the
+    // page (a radio group's to its first option).
+    let c = browser(&server, &[host]);
+    let (_, _, page) = get(&c, &form_url).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let (status, _, page) = post(
+        &c,
+        &form_url,
+        &[("_token", token.as_str()), ("_page", "0"), ("_nav", "next")],
+    )
+    .await;
+    assert_eq!(status, 422, "{page}");
+    let summary = &page[page.find("error-summary").unwrap()..];
+    let summary = &summary[..summary.find("</ul>").unwrap()];
+    let targets: Vec<String> = Regex::new(r##"href="#([^"]+)""##)
+        .unwrap()
+        .captures_iter(summary)
+        .map(|m| m[1].to_owned())
+        .collect();
+    assert!(targets.len() >= 3, "{summary}");
+    for id in &targets {
+        assert!(
+            page.contains(&format!("id=\"{id}\"")),
+            "#{id} leads nowhere"
+        );
+    }
+
     // Expired drafts, sent or not, are deleted by the daily housekeeping.
     conn.client
         .execute(
@@ -1302,7 +1329,7 @@ async fn drafts_start_afresh_survive_double_taps_and_expire() {
     let deleted = madoguchi::tenant::forms::citizen::purge_expired_drafts(&conn.client)
         .await
         .unwrap();
-    assert_eq!(deleted, 3);
+    assert_eq!(deleted, 4, "two sent, the double-tapped one, the empty page's");
     assert_eq!(count("SELECT count(*) FROM citizen_drafts").await, 0);
     assert_eq!(count("SELECT count(*) FROM submissions").await, 2);
     server.shutdown().await;

@@ -321,12 +321,24 @@ pub struct PageQuery {
     page: Option<usize>,
 }
 
-fn error_links(errors: &[FieldError]) -> Vec<ErrorLink> {
+/// Links from the error summary to the input at fault: a part's own input (名 of a
+/// name), or the field's first input as the page draws it (a radio or checkbox
+/// group's first option).
+fn error_links(errors: &[FieldError], fields: &[super::view::FieldView]) -> Vec<ErrorLink> {
     errors
         .iter()
-        .map(|e| ErrorLink {
-            href: format!("#{}", super::view::input_id(&e.input)),
-            message: e.message.clone(),
+        .map(|e| {
+            let drawn = fields
+                .iter()
+                .find(|f| f.id == e.field && e.input == e.field)
+                .map(|f| f.input_id.clone());
+            ErrorLink {
+                href: format!(
+                    "#{}",
+                    drawn.unwrap_or_else(|| super::view::input_id(&e.input))
+                ),
+                message: e.message.clone(),
+            }
         })
         .collect()
 }
@@ -357,7 +369,7 @@ fn form_page(
         }
     }
     FormPage {
-        errors: error_links(errors),
+        errors: error_links(errors, &fields),
         token: token.to_owned(),
         action: format!("/f/{}", form.public_id),
         ..FormPage::shell(ctx, def, page, step, visible.len(), fields)

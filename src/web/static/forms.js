@@ -9,12 +9,26 @@
   if (summary) { summary.focus(); }
   var rules = Array.prototype.slice.call(form.querySelectorAll("[data-show-field]"));
   if (rules.length === 0) { return; }
+  // The value as the server compares it (src/tenant/forms/answers.rs): typed text
+  // trimmed; a number also NFKC-normalised (３ → 3), without commas or spaces, and
+  // without its unit (「3人」 → 3).
+  function compared(el) {
+    var v = el.value.trim();
+    var mode = el.getAttribute("inputmode");
+    if (mode !== "numeric" && mode !== "decimal") { return v; }
+    v = v.normalize("NFKC").replace(/[,\s]/g, "");
+    var unit = el.parentNode && el.parentNode.querySelector(".unit");
+    var u = unit ? unit.textContent.normalize("NFKC") : "";
+    if (u !== "" && v.length > u.length && v.slice(-u.length) === u) { v = v.slice(0, -u.length); }
+    return v;
+  }
   function values(name) {
     var out = [];
     Array.prototype.forEach.call(form.elements, function (el) {
       if (el.name !== name) { return; }
       if ((el.type === "radio" || el.type === "checkbox") && !el.checked) { return; }
-      if (el.value !== "") { out.push(el.type === "checkbox" && el.value === "yes" ? "yes" : el.value); }
+      var v = (el.type === "radio" || el.type === "checkbox" || el.tagName === "SELECT") ? el.value : compared(el);
+      if (v !== "") { out.push(v); }
     });
     return out;
   }

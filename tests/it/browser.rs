@@ -586,7 +586,7 @@ async fn proof_of_work_is_solved_by_the_browser() {
 
 /// Show/hide rules on one page: the script compares a number as the server does
 /// (「３人」 is 3), and an unticked box is no answer; the page sent as the person saw
-/// it is accepted.
+/// it is accepted; a length limit counts characters as the server does (𠮷 is one).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_page_rules_agree_with_the_server() {
     let env = TestEnv::new().await;
@@ -607,6 +607,7 @@ async fn same_page_rules_agree_with_the_server() {
         { "id": "people", "type": "number", "label": "人数", "required": true, "unit": "人", "integer": true },
         { "id": "room", "type": "text", "label": "部屋の希望", "required": true,
           "show_if": { "field": "people", "op": "in", "values": ["2", "3"] } },
+        { "id": "shop", "type": "text", "label": "店名", "max_length": 3 },
         { "id": "agent", "type": "consent", "label": "代理申請", "statement": "代理人が申請します" },
         { "id": "agent_name", "type": "text", "label": "代理人の氏名", "required": true,
           "show_if": { "field": "agent", "op": "not_empty" } } ] } ] }"#;
@@ -643,12 +644,18 @@ async fn same_page_rules_agree_with_the_server() {
         "an unticked box showed its dependant"
     );
     fill(&c, "#f-room", "和室").await;
+    // Three characters by the server's count, four UTF-16 units by a browser's.
+    fill(&c, "#f-shop", "𠮷野家").await;
     click(&c, "button.primary").await;
     let page = body(&c).await;
     assert!(page.contains("入力内容の確認"), "{page}");
     assert!(
         page.contains("和室") && !page.contains("代理人の氏名"),
         "{page}"
+    );
+    assert!(
+        page.contains("𠮷野家"),
+        "the browser cut a valid name: {page}"
     );
     c.close().await.unwrap();
     server.shutdown().await;

@@ -1329,7 +1329,10 @@ async fn drafts_start_afresh_survive_double_taps_and_expire() {
     let deleted = madoguchi::tenant::forms::citizen::purge_expired_drafts(&conn.client)
         .await
         .unwrap();
-    assert_eq!(deleted, 4, "two sent, the double-tapped one, the empty page's");
+    assert_eq!(
+        deleted, 4,
+        "two sent, the double-tapped one, the empty page's"
+    );
     assert_eq!(count("SELECT count(*) FROM citizen_drafts").await, 0);
     assert_eq!(count("SELECT count(*) FROM submissions").await, 2);
     server.shutdown().await;

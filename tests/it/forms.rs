@@ -1124,6 +1124,21 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
         "a promoted password-only session kept its rights"
     );
 
+    // A new setup link (a forgotten password) replaces any earlier unused one.
+    let earlier = madoguchi::tenant::staff::pages::new_setup_token(&conn.client, id)
+        .await
+        .unwrap();
+    let newer = madoguchi::tenant::staff::pages::new_setup_token(&conn.client, id)
+        .await
+        .unwrap();
+    let setup = |t: &str| url(&server, host, &format!("/admin/setup/{t}"));
+    assert_ne!(
+        get(&plain, &setup(&earlier)).await.0,
+        200,
+        "an older link still works"
+    );
+    assert_eq!(get(&plain, &setup(&newer)).await.0, 200);
+
     // One code, two sign-ins at once: exactly one gets a session. The staff row is
     // held locked until both have checked the password and code and wait to record
     // the code's use, so they race for certain.

@@ -98,6 +98,13 @@ pub async fn new_setup_token(
     staff_id: i64,
 ) -> Result<String, AppError> {
     let token = random_token(32);
+    // A new link replaces any earlier one not yet used: only the newest works.
+    db.execute(
+        "UPDATE staff_setup_tokens SET expires_at = least(expires_at, now())
+          WHERE staff_id = $1 AND used_at IS NULL",
+        &[&staff_id],
+    )
+    .await?;
     db.execute(
         "INSERT INTO staff_setup_tokens (token_hash, staff_id, expires_at) VALUES ($1, $2, now() + make_interval(hours => $3))",
         &[&token_hash(&token), &staff_id, &(SETUP_LINK_HOURS as i32)],

@@ -421,8 +421,15 @@ enum AuditCmd {
 
 #[derive(Subcommand, Debug)]
 enum DbCmd {
-    /// Print the admin connection URL (use: psql "$(madoguchi db url)").
+    /// Print the admin connection URL (it holds the admin password: prefer `db psql`).
     Url,
+    /// Run psql on the catalog as the admin role, the password passed in the
+    /// environment (PGPASSWORD), not on the command line where `ps` shows it.
+    Psql {
+        /// Arguments for psql (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
@@ -1036,7 +1043,41 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             println!("{}", p.admin_url());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Db(DbCmd::Psql { args }) => {
+            let (url, password) = without_password(p.admin_url())?;
+            let mut cmd = std::process::Command::new("psql");
+            cmd.arg(url).args(&args);
+            if let Some(pw) = password {
+                cmd.env("PGPASSWORD", pw.as_str());
+            }
+            let status = cmd.status().context("running psql")?;
+            Ok(if status.success() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
     }
+}
+
+/// The URL without its password, and the password (decoded), so the password can
+/// travel in the environment rather than in a process's arguments.
+fn without_password(url: &str) -> anyhow::Result<(String, Option<zeroize::Zeroizing<String>>)> {
+    let cfg: tokio_postgres::Config = url.parse().context("the admin URL does not parse")?;
+    let password = cfg
+        .get_password()
+        .map(|p| zeroize::Zeroizing::new(String::from_utf8_lossy(p).into_owned()));
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Ok((url.to_owned(), password));
+    };
+    let stripped = match rest.split_once('@') {
+        Some((userinfo, host)) if !userinfo.contains('/') => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
+            format!("{scheme}://{user}@{host}")
+        }
+        _ => url.to_owned(),
+    };
+    Ok((stripped, password))
 }
 
 /// Who ran a command, for the operation log.

@@ -243,6 +243,21 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // `db psql` runs psql with the password in its environment, not its arguments.
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "db",
+            "psql",
+            "--",
+            "-At",
+            "-c",
+            "SELECT count(*) FROM tenants",
+        ],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "2");
+
     serving.stop();
     assert!(
         !dir.join("pg/data/postmaster.pid").exists(),

@@ -863,7 +863,8 @@ pub async fn restore(
         // database, role and catalog entry go, and the restore can be run again.
         return Err(match undo_restore(p, &rec).await {
             Ok(()) => e.context(format!(
-                "the restore into {slug} failed and was undone; nothing of it is left, so it can be run again"
+                "the restore into {slug} failed and was undone (database {} and role {} dropped, catalog entry removed); it can be run again",
+                rec.database, rec.role
             )),
             Err(undo) => e.context(format!(
                 "the restore into {slug} failed, and undoing it failed too ({undo:#}): database {} and role {} may be left, with the tenant in state provisioning",
@@ -1029,6 +1030,37 @@ pub async fn run_all(
     (ok, failed)
 }
 
+/// The name every restore-drill copy of the tenant begins with.
+pub fn drill_prefix(rec: &TenantRecord) -> String {
+    format!("drill_{}_", rec.id.simple())
+}
+
+/// Drops every restore-drill copy of the tenant still in the cluster; returns their names.
+pub async fn drop_drill_copies(
+    admin: &tokio_postgres::Client,
+    rec: &TenantRecord,
+) -> anyhow::Result<Vec<String>> {
+    let names: Vec<String> = admin
+        .query(
+            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
+            &[&drill_prefix(rec)],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for name in &names {
+        admin
+            .batch_execute(&format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                crate::catalog::quote_ident(name)
+            ))
+            .await
+            .with_context(|| format!("dropping drill copy {name}"))?;
+    }
+    Ok(names)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1072,35 +1104,4 @@ mod tests {
             "monthly backups reach back about a year"
         );
     }
-}
-
-/// The name every restore-drill copy of the tenant begins with.
-pub fn drill_prefix(rec: &TenantRecord) -> String {
-    format!("drill_{}_", rec.id.simple())
-}
-
-/// Drops every restore-drill copy of the tenant still in the cluster; returns their names.
-pub async fn drop_drill_copies(
-    admin: &tokio_postgres::Client,
-    rec: &TenantRecord,
-) -> anyhow::Result<Vec<String>> {
-    let names: Vec<String> = admin
-        .query(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
-            &[&drill_prefix(rec)],
-        )
-        .await?
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    for name in &names {
-        admin
-            .batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                crate::catalog::quote_ident(name)
-            ))
-            .await
-            .with_context(|| format!("dropping drill copy {name}"))?;
-    }
-    Ok(names)
 }

@@ -230,7 +230,7 @@ mod tests {
 
     #[test]
     fn ipv6_clients_count_by_their_64() {
-        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(client_network(ip("198.51.100.7")), ip("198.51.100.7"));
         assert_eq!(
             client_network(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd")),
@@ -244,7 +244,9 @@ mod tests {
 
     #[test]
     fn quiet_clients_are_forgotten_and_dropped_limits_let_go() {
-        let quota = governor::Quota::with_period(Duration::from_millis(1)).unwrap();
+        let Some(quota) = governor::Quota::with_period(Duration::from_millis(1)) else {
+            panic!("a 1 ms period is a valid quota")
+        };
         let limiter: PostLimiter = Arc::new(governor::RateLimiter::keyed(quota));
         for n in 0..100u32 {
             let _ = limiter.check_key(&(Uuid::nil(), IpAddr::from(n.to_be_bytes())));

@@ -84,8 +84,8 @@ mod tests {
     #[test]
     fn rows_are_written_safe() {
         let mut w = super::writer(true);
-        super::write_row(&mut w, ["=cmd|' /c calc'!a0", "ok"]).unwrap();
-        let bytes = w.into_inner().unwrap();
+        super::write_row(&mut w, ["=cmd|' /c calc'!a0", "ok"]).unwrap_or_else(|e| panic!("{e}"));
+        let bytes = w.into_inner().unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(bytes, "\u{feff}'=cmd|' /c calc'!a0,ok\r\n".as_bytes());
     }
 }

@@ -234,7 +234,7 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
         &slug,
         "千代田区",
         "131016",
-        &[host.clone()],
+        std::slice::from_ref(&host),
     )
     .unwrap();
     let t = madoguchi::control::provision::provision(&env.platform, &spec)
@@ -417,7 +417,7 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
 
     // Staff opens the case from the inbox and returns it (差戻し) with a reason.
     staff.goto(&format!("{base}/admin/inbox")).await.unwrap();
-    click(&staff, &"a[href^='/admin/submissions/']".to_string()).await;
+    click(&staff, "a[href^='/admin/submissions/']").await;
     assert!(body(&staff).await.contains(&receipt));
     select(&staff, "#to", "returned").await;
     fill(
@@ -548,7 +548,7 @@ async fn proof_of_work_is_solved_by_the_browser() {
         &slug,
         "千代田区",
         "131016",
-        &[host.clone()],
+        std::slice::from_ref(&host),
     )
     .unwrap();
     let t = madoguchi::control::provision::provision(&env.platform, &spec)
@@ -596,7 +596,7 @@ async fn same_page_rules_agree_with_the_server() {
         &slug,
         "千代田区",
         "131016",
-        &[host.clone()],
+        std::slice::from_ref(&host),
     )
     .unwrap();
     let t = madoguchi::control::provision::provision(&env.platform, &spec)

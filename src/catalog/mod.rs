@@ -367,9 +367,30 @@ pub struct Operator {
 }
 
 impl Catalog {
+    /// Registers an operator. One key is one person: a public key already registered
+    /// under another id is refused (the two-person rule of erasure compares
+    /// operators). Checked under a table lock rather than a unique index, so a
+    /// catalog that already holds such a pair still opens (erasure refuses the pair).
     pub async fn add_operator(&self, op: &Operator) -> anyhow::Result<()> {
-        let c = self.client().await?;
-        c.execute(
+        let mut c = self.client().await?;
+        let tx = c.transaction().await?;
+        tx.batch_execute("LOCK TABLE operators IN SHARE ROW EXCLUSIVE MODE")
+            .await?;
+        if !op.public_key.is_empty() {
+            if let Some(r) = tx
+                .query_opt(
+                    "SELECT id FROM operators WHERE public_key = $1",
+                    &[&op.public_key],
+                )
+                .await?
+            {
+                anyhow::bail!(
+                    "この公開鍵はオペレーター {0} に登録済みです / this public key is already registered to operator {0} (one key, one person)",
+                    r.get::<_, String>(0)
+                );
+            }
+        }
+        tx.execute(
             "INSERT INTO operators (id, name, title, role, public_key) VALUES ($1, $2, $3, $4, $5)",
             &[
                 &op.id,
@@ -381,14 +402,6 @@ impl Catalog {
         )
         .await
         .map_err(|e| match e.code() {
-            Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
-                if e.as_db_error().and_then(|d| d.constraint())
-                    == Some("operators_public_key_once") =>
-            {
-                anyhow::anyhow!(
-                    "この公開鍵は別のオペレーターに登録済みです / this public key is already registered to another operator (one key, one person)"
-                )
-            }
             Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {
                 anyhow::anyhow!("operator {} is already registered", op.id)
             }
@@ -398,6 +411,7 @@ impl Catalog {
             ),
             _ => e.into(),
         })?;
+        tx.commit().await?;
         Ok(())
     }
 

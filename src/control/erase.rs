@@ -467,7 +467,7 @@ pub async fn execute(
     let admin = p.cluster.admin().await?;
     if !erasure_lock(&admin.client, &rec).await? {
         bail!(
-            "テナント {} の消去は別のオペレーターが実行中です / another erasure of tenant {} is running",
+            "テナント {} の消去処理が別に実行中です / another erasure of tenant {} is running",
             rec.slug,
             rec.slug
         );
@@ -495,7 +495,14 @@ pub async fn execute(
     }
     let request: Request = serde_json::from_str(req_row.get::<_, &str>(2))?;
     let sanitizer_sig: Vec<u8> = req_row.get(3);
-    let (verifier, _) = registered_operator(p, args.verifier).await?;
+    let (verifier, verifier_key) = registered_operator(p, args.verifier).await?;
+    if request.requested_by.public_key == B64.encode(verifier_key) {
+        bail!(
+            "二人目のオペレーターが必要です / {} and {} hold the same key: one person cannot both request and carry out the erasure",
+            requested_by,
+            args.verifier
+        );
+    }
     // The stored request must still be what the requester signed.
     let requester_key: [u8; 32] = B64
         .decode(&request.requested_by.public_key)?

@@ -328,6 +328,55 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
         "earlier answers are filled in"
     );
     let token = capture(r#"name="_token" value="([^"]+)""#, &form);
+    // A correction left past the draft's 24 hours does not become a new
+    // application when its page is sent: the person is sent back to the lookup.
+    let correction_page = [
+        ("_token", token.as_str()),
+        ("_page", "0"),
+        ("_nav", "next"),
+        ("name.family", "葛西"),
+        ("name.given", "花子"),
+        ("name.family_kana", "カサイ"),
+        ("name.given_kana", "ハナコ"),
+        ("email", "hanako.kasai@example.jp"),
+        ("kind", "その他"),
+        ("other", "ソファ 2点"),
+    ];
+    let set_closed = |action: &'static str| {
+        let (client, csrf) = (&admin.client, admin.csrf.as_str());
+        let u = url(&server, host, &format!("/admin/forms/{form_id}/close"));
+        async move { post(client, &u, &[("csrf", csrf), ("action", action)]).await }
+    };
+    set_closed("reopen").await;
+    let drafts = env.tenant_conn(&t).await;
+    drafts
+        .client
+        .execute(
+            "UPDATE citizen_drafts SET expires_at = now() - interval '1 second' WHERE resubmit_of IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (status, _, page) = post(&citizen, &url(&server, host, &loc), &correction_page).await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("状況照会"), "{page}");
+    let stored: i64 = drafts
+        .client
+        .query_one("SELECT count(*) FROM citizen_drafts WHERE resubmit_of IS NULL AND submission_id IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 0, "the correction became a plain draft");
+    set_closed("close").await;
+    // (Its time given back, the correction goes on below.)
+    drafts
+        .client
+        .execute(
+            "UPDATE citizen_drafts SET expires_at = now() + interval '1 hour' WHERE resubmit_of IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap();
     let next = post(
         &citizen,
         &url(&server, host, &loc),

@@ -93,15 +93,17 @@ pub async fn purge_expired_drafts(db: &tokio_postgres::Client) -> Result<u64, Ap
 
 /// Saves the draft, keyed by its token: a new draft whose token already has a row
 /// (a double tap on the first 次へ, or a draft expired under an open page) takes
-/// that row over rather than failing on the token's uniqueness. Every save moves
-/// the expiry to [`DRAFT_HOURS`] from now, as the cookie's lifetime moves.
+/// that row over rather than failing on the token's uniqueness, unless that row was
+/// sent already or is a correction (差戻し) of another application, which a plain
+/// draft must not become. Every save moves the expiry to [`DRAFT_HOURS`] from now.
+/// Returns whether it was saved.
 async fn save_draft(
     ctx: &TenantCtx,
     db: &deadpool_postgres::ClientWrapper,
     form: &Published,
     token: &str,
     draft: &Draft,
-) -> Result<(), AppError> {
+) -> Result<bool, AppError> {
     let plain = serde_json::to_vec(&draft.inputs).map_err(|e| AppError::Internal(e.into()))?;
     let ct = ctx
         .cipher()
@@ -111,23 +113,37 @@ async fn save_draft(
         .prepare_cached(
             "INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, resubmit_of, expires_at)
              VALUES ($1, $2, $3, $4, $5, $7, now() + make_interval(hours => $6))
-             ON CONFLICT (token_hash) DO UPDATE SET id = excluded.id, form_id = excluded.form_id,
+             ON CONFLICT (token_hash) DO UPDATE SET id = excluded.id,
                     form_version = excluded.form_version, inputs = excluded.inputs,
-                    resubmit_of = excluded.resubmit_of, submission_id = NULL,
-                    expires_at = excluded.expires_at, updated_at = now()",
+                    expires_at = excluded.expires_at, updated_at = now()
+              WHERE citizen_drafts.submission_id IS NULL
+                AND citizen_drafts.form_id = excluded.form_id
+                AND citizen_drafts.resubmit_of IS NOT DISTINCT FROM excluded.resubmit_of",
         )
         .await?;
+    let n = db
+        .execute(
+            &stmt,
+            &[
+                &draft.id,
+                &token_hash(token),
+                &form.id,
+                &form.version,
+                &ct,
+                &DRAFT_HOURS,
+                &draft.resubmit_of,
+            ],
+        )
+        .await?;
+    Ok(n == 1)
+}
+
+/// Moves an open draft's expiry to [`DRAFT_HOURS`] from now (the form page renews
+/// its cookie for as long).
+async fn renew_draft(db: &deadpool_postgres::ClientWrapper, id: Uuid) -> Result<(), AppError> {
     db.execute(
-        &stmt,
-        &[
-            &draft.id,
-            &token_hash(token),
-            &form.id,
-            &form.version,
-            &ct,
-            &DRAFT_HOURS,
-            &draft.resubmit_of,
-        ],
+        "UPDATE citizen_drafts SET expires_at = now() + make_interval(hours => $2) WHERE id = $1 AND submission_id IS NULL",
+        &[&id, &DRAFT_HOURS],
     )
     .await?;
     Ok(())
@@ -411,8 +427,12 @@ pub async fn show(
     // A draft already sent is done with: the form starts afresh under a new token
     // (another application from the same browser, or the next person at a shared
     // PC, must not land on the earlier receipt and lose what they type).
+    let open = draft.as_ref().filter(|d| d.submission.is_none());
+    if let Some(d) = open {
+        renew_draft(&db, d.id).await?;
+    }
     let token = existing
-        .filter(|_| draft.as_ref().is_some_and(|d| d.submission.is_none()))
+        .filter(|_| open.is_some())
         .unwrap_or_else(|| random_token(32));
     let raw = draft
         .as_ref()
@@ -486,7 +506,27 @@ pub async fn post_page(
         }
     }
     draft.inputs.extend(page_inputs(p, &body.0));
-    save_draft(&ctx, &db, &form, &token, &draft).await?;
+    if !save_draft(&ctx, &db, &form, &token, &draft).await? {
+        // The row under this token was sent meanwhile, or is a correction that
+        // expired: its earlier receipt, or a way back in, not a new application.
+        let sent = db
+            .query_opt(
+                "SELECT submission_id IS NOT NULL FROM citizen_drafts WHERE token_hash = $1",
+                &[&token_hash(&token)],
+            )
+            .await?
+            .is_some_and(|r| r.get::<_, bool>(0));
+        if sent {
+            return Ok(see_other(&format!("/f/{public_id}/done")));
+        }
+        return Ok(notice(
+            &ctx,
+            StatusCode::CONFLICT,
+            &def.title,
+            "入力の保存期間が切れました",
+            "入力内容の保存期間（24時間）が過ぎました。申請内容の修正の場合は、状況照会からもう一度お進みください。",
+        ));
+    }
 
     let visible = visible_pages(def, &draft.inputs);
     let pos = visible.iter().position(|&i| i == page);
@@ -1153,7 +1193,11 @@ pub async fn start_resubmission(
         submission: None,
         resubmit_of: Some(id),
     };
-    save_draft(ctx, &db, &form, &token, &draft).await?;
+    if !save_draft(ctx, &db, &form, &token, &draft).await? {
+        return Err(AppError::Internal(anyhow::anyhow!(
+            "a new correction draft's token was taken"
+        )));
+    }
     let path = format!("/f/{public_id}");
     let max_age = u64::try_from(DRAFT_HOURS).unwrap_or(24) * 3600;
     Ok((

@@ -137,11 +137,61 @@ async fn api_end_to_end() {
         (again["receipt_number"].clone(), again["created"].clone()),
         (created["receipt_number"].clone(), json!(false))
     );
+    // A retry is answered as such even after the form closed (or filled up), and a
+    // key used for one form is refused on another.
+    let db = env.tenant_conn(&a).await;
+    db.client
+        .execute("UPDATE forms SET closed = true", &[])
+        .await
+        .unwrap();
+    let r = c
+        .post(api(ha, &format!("/forms/{form}/submissions")))
+        .bearer_auth(&full)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "a stored application retried after closing was refused"
+    );
+    let retried: Value = r.json().await.unwrap();
+    assert_eq!(retried["receipt_number"], created["receipt_number"]);
+    db.client
+        .execute("UPDATE forms SET closed = false", &[])
+        .await
+        .unwrap();
+    let other = madoguchi::control::tenant_admin::import_form(
+        &env.platform,
+        &a,
+        &FORM.replace("犬の登録", "犬の登録（変更）"),
+        "生活衛生課",
+        true,
+    )
+    .await
+    .unwrap();
+    let other = other.trim_start_matches("/f/").to_owned();
+    let r = c
+        .post(api(ha, &format!("/forms/{other}/submissions")))
+        .bearer_auth(&full)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let p: Value = r.json().await.unwrap();
+    assert!(
+        p["type"]
+            .as_str()
+            .unwrap()
+            .ends_with("idempotency-key-reused"),
+        "{p}"
+    );
     let id = created["id"].as_str().unwrap().to_owned();
     // One submission for the two requests: its history starts with 受付 by the
     // integration, and one e-mailed copy waits in the outbox.
     let uid: uuid::Uuid = id.parse().unwrap();
-    let db = env.tenant_conn(&a).await;
     let events = db
         .client
         .query(

@@ -304,7 +304,7 @@ pub struct SubmissionCreated {
 #[utoipa::path(post, path = "/api/v1/forms/{form}/submissions", tag = "submissions", security(("bearer" = [])),
     params(("form" = String, Path, description = "The form's public id")), request_body = NewSubmission,
     responses((status = 201, body = SubmissionCreated), (status = 200, body = SubmissionCreated, description = "Already submitted with this key"),
-        (status = 409, body = Problem, description = "Not open, closed or full"), (status = 422, body = Problem, description = "Answers refused")))]
+        (status = 409, body = Problem, description = "Not open, closed or full; or the idempotency key was used for another form"), (status = 422, body = Problem, description = "Answers refused")))]
 pub async fn submit(
     ctx: TenantCtx,
     client: ApiClient,
@@ -314,6 +314,35 @@ pub async fn submit(
     client.require("submissions:submit")?;
     let mut db = ctx.db().await?;
     let f = store::published(ctx.id, &db, &form).await?;
+    // A retry is answered before anything else is checked: the first attempt may
+    // have filled the form, or it may have closed since, and the client must still
+    // learn that its application was stored.
+    if let Some(r) = db
+        .query_opt(
+            "SELECT id, receipt_number, form_id FROM submissions WHERE idempotency_key = $1",
+            &[&body.idempotency_key],
+        )
+        .await
+        .map_err(AppError::from)?
+    {
+        if r.get::<_, i64>(2) != f.id {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-reused",
+                "Idempotency key used for another form",
+                "この冪等キー（idempotency_key）は別のフォームへの申請に使われています。申請ごとに新しいキーを使ってください。",
+            ));
+        }
+        return Ok((
+            StatusCode::OK,
+            Json(SubmissionCreated {
+                id: r.get(0),
+                receipt_number: r.get(1),
+                created: false,
+            }),
+        )
+            .into_response());
+    }
     if f.availability != Availability::Open {
         return Err(Problem::new(
             StatusCode::CONFLICT,

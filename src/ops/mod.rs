@@ -41,11 +41,24 @@ pub struct Ops {
 
 pub type OpsState = Arc<Ops>;
 
+/// Console sign-ins allowed at once per client address (then one every 3 s): a
+/// bound on the password hashing anyone can make the server do; each account also
+/// locks after [`MAX_FAILURES`].
+pub const OPS_SIGN_IN_BURST: u32 = 20;
+
 pub fn router(app: AppState, platform: Platform) -> Router<()> {
     let state = Arc::new(Ops { app, platform });
     Router::new()
         .route("/", get(pages::home))
-        .route("/login", get(pages::login_form).post(login))
+        .route(
+            "/login",
+            get(pages::login_form)
+                .post(login)
+                .layer(crate::front::limits::post_limit(
+                    std::time::Duration::from_secs(3),
+                    OPS_SIGN_IN_BURST,
+                )),
+        )
         .route("/logout", post(logout))
         .route("/tenants", post(pages::provision))
         .route("/tenants/{slug}/{action}", post(pages::tenant_action))
@@ -234,15 +247,17 @@ async fn login(State(s): State<OpsState>, form: FormData) -> Result<Response, Ap
         None
     };
     let Some(step) = step else {
-        let n = failures + 1;
-        c.execute(
-            "UPDATE operators SET failed_logins = $2::int,
-                    locked_until = CASE WHEN $2::int >= $3::int
-                        THEN now() + make_interval(secs => least(3600, 30 * power(2, $2::int - $3::int))) END
-              WHERE id = $1",
-            &[&id, &n, &MAX_FAILURES],
-        )
-        .await?;
+        // Counted in the statement, so failures sent at once all count.
+        let n: i32 = c
+            .query_opt(
+                "UPDATE operators SET failed_logins = failed_logins + 1,
+                        locked_until = CASE WHEN failed_logins + 1 >= $2::int
+                            THEN now() + make_interval(secs => least(3600, 30 * power(2, failed_logins + 1 - $2::int))) END
+                  WHERE id = $1 RETURNING failed_logins",
+                &[&id, &MAX_FAILURES],
+            )
+            .await?
+            .map_or(failures + 1, |r| r.get(0));
         crate::control::oplog::record(
             &p.catalog,
             &id,
@@ -255,11 +270,18 @@ async fn login(State(s): State<OpsState>, form: FormData) -> Result<Response, Ap
     };
     let token = crate::crypto::random_token(32);
     let csrf = crate::crypto::random_token(24);
-    c.execute(
-        "UPDATE operators SET failed_logins = 0, locked_until = NULL, totp_last_step = $2 WHERE id = $1",
-        &[&id, &step],
-    )
-    .await?;
+    // The code's time step is taken only if no other sign-in took it first: two
+    // sign-ins racing with one code get one session.
+    let taken = c
+        .execute(
+            "UPDATE operators SET failed_logins = 0, locked_until = NULL, totp_last_step = $2
+              WHERE id = $1 AND totp_last_step < $2",
+            &[&id, &step],
+        )
+        .await?;
+    if taken == 0 {
+        return Ok(refuse(REFUSED));
+    }
     c.execute(
         "INSERT INTO ops_sessions (token_hash, operator_id, csrf) VALUES ($1, $2, $3)",
         &[&token_hash(&token), &id, &csrf],

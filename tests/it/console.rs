@@ -351,3 +351,98 @@ async fn operators_and_auditors_on_the_console() {
     assert!(page.contains("ロック"), "{page}");
     server.shutdown().await;
 }
+
+/// Console sign-in under attack: failures sent at once all count toward the lock,
+/// and two sign-ins racing with one TOTP code get one session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_sign_in_holds_under_concurrency() {
+    let env = TestEnv::new().await;
+    let server = env.serve().await;
+    let carol = account(&env, "carol", false).await;
+    let dave = account(&env, "dave", false).await;
+    let catalog = admin_client(&env.platform.settings.catalog_db).await;
+    let login = ops_url(&server, "/login");
+
+    // Four wrong passwords at once: four failures.
+    let wrong = || {
+        let (c, login, id) = (ops_client(), login.clone(), carol.id.clone());
+        async move {
+            post(
+                &c,
+                &login,
+                &[
+                    ("id", &id),
+                    ("password", "wrong password"),
+                    ("code", "000000"),
+                ],
+            )
+            .await
+            .0
+        }
+    };
+    let _ = tokio::join!(wrong(), wrong(), wrong(), wrong());
+    let failures: i32 = catalog
+        .query_one(
+            "SELECT failed_logins FROM operators WHERE id = 'carol'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(failures, 4, "failures sent at once were lost");
+
+    // One code, two sign-ins: the operator's row is held until both wait to record
+    // the code's use.
+    let code = totp_code(&dave.totp, now_unix() + 30);
+    let mut holder = admin_client(&env.platform.settings.catalog_db).await;
+    let hold = holder.transaction().await.unwrap();
+    hold.execute("SELECT 1 FROM operators WHERE id = 'dave' FOR UPDATE", &[])
+        .await
+        .unwrap();
+    let attempt = || {
+        let (c, login, id, password, code) = (
+            ops_client(),
+            login.clone(),
+            dave.id.clone(),
+            dave.password.clone(),
+            code.clone(),
+        );
+        async move {
+            post(
+                &c,
+                &login,
+                &[("id", &id), ("password", &password), ("code", &code)],
+            )
+            .await
+            .0
+        }
+    };
+    let release = async {
+        for _ in 0..200 {
+            let waiting: i64 = catalog
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
+                        AND query LIKE 'UPDATE operators SET failed_logins = 0%'",
+                    &[],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting == 2 {
+                return hold.commit().await.map(|()| true);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        hold.commit().await.map(|()| false)
+    };
+    let (a, b, raced) = tokio::join!(attempt(), attempt(), release);
+    assert!(
+        raced.unwrap(),
+        "the two sign-ins did not both reach the code's record"
+    );
+    let mut got = [a, b];
+    got.sort_unstable();
+    assert_eq!(got[0], 303, "{got:?}");
+    assert_ne!(got[1], 303, "one TOTP code opened two console sessions");
+    server.shutdown().await;
+}

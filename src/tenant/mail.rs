@@ -29,8 +29,10 @@ use crate::error::AppError;
 
 /// Tries before a row is given up.
 pub const MAX_ATTEMPTS: i32 = 12;
-/// Rows taken per transaction.
-const BATCH: i64 = 20;
+/// Rows taken per transaction: one, so each mail the relay accepted is recorded as
+/// sent at once (committed before the next is sent). A restart or a database error
+/// then sends again at most the one mail that was in flight, never a batch.
+const BATCH: i64 = 1;
 
 /// The rows due now, oldest first ($1: how many). SKIP LOCKED: a second server
 /// delivering from the same outbox takes other rows.

@@ -354,6 +354,62 @@ async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
     app.pools.close_all();
 }
 
+/// Each mail the relay accepts is recorded as sent before the next is sent, so a
+/// restart (or a database error) in the middle of a pass sends none of them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_accepted_mail_is_recorded_before_the_next_is_sent() {
+    let smtp = SmtpServer::start().await;
+    let relay_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let env = TestEnv::with(|s| {
+        s.mail = Some(relay(&relay_url));
+        s.mail_sweep_after = Duration::from_secs(1);
+    })
+    .await;
+    let t = env.tenant(&unique("r"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let db = env.tenant_conn(&t).await.client;
+    // Two copies waiting, due together when a new server starts.
+    let (_, first) = refused_once(&smtp, &server, &db, host, &public).await;
+    let (_, second) = refused_once(&smtp, &server, &db, host, &public).await;
+    server.shutdown().await;
+    db.execute(
+        "UPDATE outbox SET next_attempt_at = now() - interval '1 second' WHERE submission_id = ANY($1)",
+        &[&vec![first, second]],
+    )
+    .await
+    .unwrap();
+    // The relay takes one mail, then holds the next.
+    smtp.stall_after(1);
+    let server = env.serve().await;
+    smtp.wait_for(1).await;
+    let mut recorded = false;
+    for _ in 0..100 {
+        let sent: i64 = db
+            .query_one("SELECT count(*) FROM outbox WHERE sent_at IS NOT NULL", &[])
+            .await
+            .unwrap()
+            .get(0);
+        if sent == 1 {
+            recorded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        recorded,
+        "a mail the relay accepted was not recorded while the next was sent"
+    );
+    smtp.release();
+    smtp.wait_for(2).await;
+    tried(&db, second, 2).await;
+    assert_eq!(smtp.received().len(), 2);
+    server.shutdown().await;
+}
+
 /// A relay that does not answer costs one try per pass, not one per mail: the first
 /// row counts a failed try, the others wait as long without one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,8 @@ struct State {
     mails: Vec<Received>,
     /// Replies for the next recipients, instead of 250.
     refusals: Vec<&'static str>,
+    /// While set to the number of mails received, the next recipient gets no answer.
+    stall_at: Option<usize>,
 }
 
 pub struct SmtpServer {
@@ -133,6 +135,16 @@ impl SmtpServer {
     /// The next recipient is refused with 550 (no such mailbox).
     pub fn refuse_next_for_good(&self) {
         self.lock().refusals.push("550 5.1.1 Mailbox unavailable");
+    }
+
+    /// Holds the answer to the recipient of mail number `n + 1` (after `n` have
+    /// arrived) until [`Self::release`].
+    pub fn stall_after(&self, n: usize) {
+        self.lock().stall_at = Some(n);
+    }
+
+    pub fn release(&self) {
+        self.lock().stall_at = None;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -233,6 +245,16 @@ async fn converse<S: AsyncRead + AsyncWrite + Unpin>(
             to.clear();
             "250 2.1.0 OK".into()
         } else if upper.starts_with("RCPT TO:") {
+            loop {
+                let stalled = {
+                    let s = state.lock().unwrap_or_else(|e| panic!("{e}"));
+                    s.stall_at == Some(s.mails.len())
+                };
+                if !stalled {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
             let refusal = {
                 let mut s = state.lock().unwrap_or_else(|e| panic!("{e}"));
                 (!s.refusals.is_empty()).then(|| s.refusals.remove(0))

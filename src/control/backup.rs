@@ -627,6 +627,14 @@ pub async fn drill(
     check_against_record(p, store, &latest.file).await?;
     decrypt(p, store, &latest.file, dump.reopen()?).await?;
     let admin = p.cluster.admin().await?;
+    // One drill of a tenant at a time, and none during its erasure (the same lock).
+    if !crate::control::erase::tenant_lock(&admin.client, rec).await? {
+        bail!(
+            "テナント {} の消去または別のリストア訓練が実行中です / an erasure or another restore drill of tenant {} is running",
+            rec.slug,
+            rec.slug
+        );
+    }
     // A drill cut short (Ctrl-C, a dropped console request) left its copy behind.
     drop_drill_copies(&admin.client, rec).await?;
     let scratch = format!(
@@ -1035,16 +1043,19 @@ pub fn drill_prefix(rec: &TenantRecord) -> String {
     format!("drill_{}_", rec.id.simple())
 }
 
+/// Restore-drill copies of the tenant in the cluster: those named after it, and any
+/// older copy named `drill_<uuid>` (made before copies were named after their
+/// tenant, so possibly its). The query's one parameter is the tenant's prefix.
+pub const DRILL_COPIES_SQL: &str = "SELECT datname FROM pg_database
+  WHERE starts_with(datname, $1) OR datname ~ '^drill_[0-9a-f]{32}$' ORDER BY datname";
+
 /// Drops every restore-drill copy of the tenant still in the cluster; returns their names.
 pub async fn drop_drill_copies(
     admin: &tokio_postgres::Client,
     rec: &TenantRecord,
 ) -> anyhow::Result<Vec<String>> {
     let names: Vec<String> = admin
-        .query(
-            "SELECT datname FROM pg_database WHERE starts_with(datname, $1) ORDER BY datname",
-            &[&drill_prefix(rec)],
-        )
+        .query(DRILL_COPIES_SQL, &[&drill_prefix(rec)])
         .await?
         .iter()
         .map(|r| r.get(0))

@@ -323,7 +323,7 @@ pub async fn withdraw(p: &Platform, slug: &str, operator: &str) -> anyhow::Resul
         .with_context(|| format!("no tenant {slug}"))?;
     registered_operator(p, operator).await?;
     let admin = p.cluster.admin().await?;
-    if !erasure_lock(&admin.client, &rec).await? {
+    if !tenant_lock(&admin.client, &rec).await? {
         bail!("テナント {slug} は消去の実行中です / tenant {slug} is being erased right now; the request can no longer be withdrawn");
     }
     let mut c = p.catalog.client().await?;
@@ -370,10 +370,15 @@ pub async fn withdraw(p: &Platform, slug: &str, operator: &str) -> anyhow::Resul
     Ok(())
 }
 
-/// Takes the tenant's erasure lock on `admin` (a connection of its own, so the lock
-/// goes when it closes, on every way out): one erasure of a tenant at a time, and no
-/// withdrawal while one runs. `false` when another holds it.
-async fn erasure_lock(admin: &tokio_postgres::Client, rec: &TenantRecord) -> anyhow::Result<bool> {
+/// Takes the tenant's lock on `admin` (a connection of its own, so the lock goes
+/// when it closes, on every way out): one erasure of a tenant at a time, no
+/// withdrawal while one runs, and no restore drill during either (a drill's copy
+/// made after the erasure dropped them would outlive it). `false` when another
+/// holds it.
+pub(crate) async fn tenant_lock(
+    admin: &tokio_postgres::Client,
+    rec: &TenantRecord,
+) -> anyhow::Result<bool> {
     Ok(admin
         .query_one(
             "SELECT pg_try_advisory_lock(hashtextextended('madoguchi.erase:' || $1::uuid::text, 0))",
@@ -465,7 +470,7 @@ pub async fn execute(
             )
         })?;
     let admin = p.cluster.admin().await?;
-    if !erasure_lock(&admin.client, &rec).await? {
+    if !tenant_lock(&admin.client, &rec).await? {
         bail!(
             "テナント {} の消去処理が別に実行中です / another erasure of tenant {} is running",
             rec.slug,
@@ -737,18 +742,15 @@ pub async fn execute(
         passed: n == 0,
         detail: format!("pg_database has {n} row(s) named {}", rec.database),
     });
-    let n: i64 = db
-        .query_one(
-            "SELECT count(*) FROM pg_database WHERE starts_with(datname, $1)",
-            &[&backup::drill_prefix(&rec)],
-        )
+    let n = db
+        .query(backup::DRILL_COPIES_SQL, &[&backup::drill_prefix(&rec)])
         .await?
-        .get(0);
+        .len();
     results.push(Check {
         check: "drill_copies_absent".into(),
         passed: n == 0,
         detail: format!(
-            "pg_database has {n} restore-drill copy(ies) named {}*",
+            "pg_database has {n} restore-drill copy(ies) named {}* or drill_<uuid>",
             backup::drill_prefix(&rec)
         ),
     });

@@ -262,6 +262,22 @@ async fn retention_removes_older_backups_files_and_records() {
     let err = backup::drill(&env.platform, &store, &t).await.unwrap_err();
     assert!(format!("{err:#}").contains("SHA-256 differs"), "{err:#}");
     std::fs::write(store.path(&second.file), &newer).unwrap();
+    // Not while the tenant's erasure (or another drill) holds its lock.
+    let holder = admin_client("postgres").await;
+    holder
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended('madoguchi.erase:' || $1::uuid::text, 0))",
+            &[&t.id],
+        )
+        .await
+        .unwrap();
+    let err = backup::drill(&env.platform, &store, &t).await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("another restore drill"),
+        "{err:#}"
+    );
+    drop(holder);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(backup::drill(&env.platform, &store, &t).await.unwrap().ok);
 
     let one_a_day = backup::Retention {

@@ -203,10 +203,14 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
     // A restore drill cut short left a copy of the tenant behind.
     let admin = admin_client("postgres").await;
     let drill_copy = format!("{}1234abcd", backup::drill_prefix(&t));
-    admin
-        .batch_execute(&format!("CREATE DATABASE \"{drill_copy}\""))
-        .await
-        .unwrap();
+    // (and one named as drills named their copies before, which may be this tenant's)
+    let legacy_copy = format!("drill_{}", uuid::Uuid::new_v4().simple());
+    for name in [&drill_copy, &legacy_copy] {
+        admin
+            .batch_execute(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .unwrap();
+    }
 
     // The final export is personal data in clear on this server: the erasure waits
     // until it has been handed over and deleted.
@@ -237,16 +241,18 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
             .unwrap_err()
     );
     assert!(err.contains("no open decommissioning request"), "{err}");
-    assert_eq!(
-        count(
-            "postgres",
-            "SELECT count(*) FROM pg_database WHERE datname = $1",
-            &drill_copy
-        )
-        .await,
-        0,
-        "the interrupted drill's copy survived the erasure"
-    );
+    for name in [&drill_copy, &legacy_copy] {
+        assert_eq!(
+            count(
+                "postgres",
+                "SELECT count(*) FROM pg_database WHERE datname = $1",
+                name
+            )
+            .await,
+            0,
+            "the interrupted drill's copy {name} survived the erasure"
+        );
+    }
     assert!(path.starts_with(env.state.path().join("certificates")));
     assert!(
         file.certificate.verification.passed,

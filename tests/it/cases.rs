@@ -170,6 +170,21 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
     .await;
     assert_eq!(status, 409, "a return without reason was accepted");
     assert!(page.contains("理由と期限が必要"));
+    // A deadline already past would leave the applicant no way to correct.
+    let (status, _, page) = post(
+        &admin.client,
+        &format!("{case}/status"),
+        &[
+            ("csrf", &admin.csrf),
+            ("from", "reviewing"),
+            ("to", "returned"),
+            ("reason", "品目の点数を記入してください"),
+            ("deadline", "2020-01-31"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 409, "a past deadline was accepted");
+    assert!(page.contains("今日以降の日付"), "{page}");
     let (status, _, _) = post(
         &admin.client,
         &format!("{case}/status"),
@@ -664,7 +679,7 @@ async fn permissions_on_cases() {
             &url(&server, h, "/admin/inbox/bulk"),
             &[
                 ("csrf", &who.csrf),
-                ("ids", &id.to_string()),
+                ("ids", &format!("{id}:received")),
                 ("action", "status"),
                 ("to", "reviewing"),
             ],
@@ -730,8 +745,8 @@ async fn permissions_on_cases() {
         &url(&server, h, "/admin/inbox/bulk"),
         &[
             ("csrf", &colleague.csrf),
-            ("ids", &id.to_string()),
-            ("ids", &id2.to_string()),
+            ("ids", &format!("{id}:received")),
+            ("ids", &format!("{id2}:received")),
             ("action", "status"),
             ("to", "reviewing"),
         ],
@@ -744,8 +759,8 @@ async fn permissions_on_cases() {
         &url(&server, h, "/admin/inbox/bulk"),
         &[
             ("csrf", &colleague.csrf),
-            ("ids", &id.to_string()),
-            ("ids", &id2.to_string()),
+            ("ids", &format!("{id}:received")),
+            ("ids", &format!("{id2}:received")),
             ("action", "status"),
             ("to", "reviewing"),
         ],

@@ -126,6 +126,9 @@ pub enum Refusal {
         now: Status,
     },
     MissingReturnDetails,
+    /// A deadline for the correction that has already passed (the applicant could
+    /// not correct at all).
+    PastDeadline,
 }
 
 impl Refusal {
@@ -134,6 +137,7 @@ impl Refusal {
             Self::NotAllowed { from, to } => format!("「{from}」から「{to}」には変更できません"),
             Self::Conflict { now } => format!("他の職員が先に状態を変更しました（現在「{now}」）。内容を確認してからもう一度操作してください"),
             Self::MissingReturnDetails => "差戻しには、理由と期限が必要です".into(),
+            Self::PastDeadline => "修正の期限には、今日以降の日付を指定してください".into(),
         }
     }
 }
@@ -213,6 +217,9 @@ pub async fn change_status(
     if change.to == Status::Returned {
         if change.reason.trim().is_empty() || change.deadline.is_none() {
             return Ok(Err(Refusal::MissingReturnDetails));
+        }
+        if change.deadline.is_some_and(|d| d < crate::ja::today()) {
+            return Ok(Err(Refusal::PastDeadline));
         }
         let reason = seal(
             cipher,

@@ -931,7 +931,12 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
         "status" => {
             let change = change_from(&body)?;
             for (id, seen) in &rows {
-                match status_one(&mut db, &ctx, &user, *id, *seen, &change).await {
+                // Without the status the inbox showed, a stale page could not be told.
+                let Some(seen) = seen else {
+                    refused += 1;
+                    continue;
+                };
+                match status_one(&mut db, &ctx, &user, *id, Some(*seen), &change).await {
                     Ok(Ok(_)) => done += 1,
                     Ok(Err(_)) | Err(AppError::NotFound | AppError::Forbidden) => refused += 1,
                     Err(e) => return Err(e),

@@ -91,22 +91,68 @@ impl Out {
     }
 }
 
+/// One CSV line, written as the staff's downloads are (a cell a spreadsheet would
+/// run as a formula is written as text): this is the file the municipality opens.
 fn csv_line(fields: &[String]) -> anyhow::Result<Vec<u8>> {
-    let mut w = csv::WriterBuilder::new()
-        .terminator(csv::Terminator::CRLF)
-        .from_writer(Vec::new());
-    w.write_record(fields)?;
+    let mut w = crate::tenant::spreadsheet::writer(false);
+    crate::tenant::spreadsheet::write_row(&mut w, fields)?;
     w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Waits (up to `wait`) until no connection of the tenant's role is running a
+/// statement or holding a transaction open: requests already past routing when the
+/// tenant was closed finish, and what they stored is in the export.
+async fn quiesce(
+    p: &Platform,
+    rec: &TenantRecord,
+    wait: std::time::Duration,
+) -> anyhow::Result<()> {
+    // The servers learn of the closure by NOTIFY, within milliseconds; a second
+    // covers a busy one before the connections are looked at.
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    let admin = p.cluster.admin().await?;
+    let until = std::time::Instant::now() + wait;
+    loop {
+        let busy: i64 = admin
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = $1 AND usename = $2
+                    AND state IN ('active', 'idle in transaction', 'idle in transaction (aborted)')",
+                &[&rec.database, &rec.role],
+            )
+            .await?
+            .get(0);
+        if busy == 0 {
+            return Ok(());
+        }
+        if std::time::Instant::now() >= until {
+            anyhow::bail!(
+                "tenant {} still has {busy} request(s) in progress after it was closed; try the export again",
+                rec.slug
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// Writes the export and returns what it holds.
 pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExport> {
     let cipher = tenant_cipher(p, rec).await?;
-    let conn = p
+    quiesce(p, rec, std::time::Duration::from_secs(10)).await?;
+    let mut conn = p
         .cluster
         .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
         .await?;
-    let db = &conn.client;
+    // One snapshot for every file: forms and submissions as of one moment.
+    let db = conn
+        .client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let db = &db;
     let stamp = time::OffsetDateTime::now_utc().format(&time::macros::format_description!(
         "[year][month][day]T[hour][minute][second]Z"
     ))?;

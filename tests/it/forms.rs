@@ -1352,3 +1352,48 @@ async fn drafts_start_afresh_survive_double_taps_and_expire() {
     assert_eq!(count("SELECT count(*) FROM submissions").await, 2);
     server.shutdown().await;
 }
+
+/// Publishing checks the draft as it locks it: an edit saved after the builder's
+/// own check (an empty title here) is not published unchecked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_checks_the_draft_it_publishes() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("p"), "千代田区", "131016").await;
+    let form = r#"{ "format": "madoguchi.form/1", "title": "イベント申込",
+      "pages": [ { "id": "p1", "fields": [ { "id": "memo", "type": "text", "label": "メモ" } ] } ] }"#;
+    madoguchi::control::tenant_admin::import_form(&env.platform, &t, form, "総務課", false)
+        .await
+        .unwrap();
+    let mut conn = env.tenant_conn(&t).await;
+    let id: i64 = conn
+        .client
+        .query_one("SELECT id FROM forms", &[])
+        .await
+        .unwrap()
+        .get(0);
+    conn.client
+        .execute(
+            "UPDATE forms SET draft = jsonb_set(draft, '{title}', '\"\"') WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let err = madoguchi::tenant::forms::store::publish(
+        &mut conn.client,
+        id,
+        &madoguchi::tenant::audit::Actor::Operator,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(err, madoguchi::error::AppError::BadRequest(_)),
+        "{err:?}"
+    );
+    let versions: i64 = conn
+        .client
+        .query_one("SELECT count(*) FROM form_versions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(versions, 0);
+}

@@ -195,6 +195,14 @@ pub async fn publish(db: &mut Client, id: i64, actor: &Actor) -> Result<i32, App
         .await?;
     let draft: serde_json::Value = row.get(0);
     let def = parse_def(draft.clone())?;
+    // Checked again as locked: an edit saved since the caller's check must not be
+    // published unchecked.
+    if !def.check().is_empty() {
+        return Err(AppError::BadRequest(
+            "公開できません。編集中の内容が変わりました。下の「確認が必要な点」を直してください"
+                .into(),
+        ));
+    }
     let version: i32 = row.get::<_, i32>(1) + 1;
     tx.execute(
         "INSERT INTO form_versions (form_id, version, definition, published_by) VALUES ($1, $2, $3, $4)",

@@ -1068,7 +1068,12 @@ fn without_password(url: &str) -> anyhow::Result<(String, Option<zeroize::Zeroiz
         .get_password()
         .map(|p| zeroize::Zeroizing::new(String::from_utf8_lossy(p).into_owned()));
     let Some((scheme, rest)) = url.split_once("://") else {
-        return Ok((url.to_owned(), password));
+        // A key=value string: every word but the password.
+        let kept: Vec<&str> = url
+            .split_whitespace()
+            .filter(|w| !w.starts_with("password="))
+            .collect();
+        return Ok((kept.join(" "), password));
     };
     let stripped = match rest.split_once('@') {
         Some((userinfo, host)) if !userinfo.contains('/') => {

@@ -164,8 +164,8 @@ impl FieldCipher {
 mod tests {
     use super::*;
 
-    /// The key schedule and the GHASH key a cipher holds are wiped when it is
-    /// dropped (this fails to build without the `zeroize` features of Cargo.toml).
+    /// The AES key schedule a cipher holds is wiped when it is dropped (this fails to
+    /// build without the `zeroize` feature of `aes` in Cargo.toml).
     #[test]
     fn cipher_state_is_wiped_on_drop() {
         fn wiped<T: zeroize::ZeroizeOnDrop>() {}

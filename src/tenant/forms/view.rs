@@ -1,7 +1,7 @@
 //! What a form page shows: fields turned into view models the templates render,
 //! with the values typed so far and the errors beside them.
 
-use super::answers::{FieldError, Raw};
+use super::answers::{FieldError, Raw, MAX_INPUT};
 use super::definition::{ChoiceDisplay, Field, FieldKind, Page};
 
 pub struct OptionView {
@@ -115,8 +115,11 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
         size_class,
     };
     match &f.kind {
-        FieldKind::Text { max_length, .. } => v.maxlength = *max_length,
-        FieldKind::Textarea { max_length, .. } => v.maxlength = *max_length,
+        // The limit the server applies: the field's own, at most MAX_INPUT.
+        FieldKind::Text { max_length, .. } | FieldKind::Textarea { max_length, .. } => {
+            let most = u32::try_from(MAX_INPUT).unwrap_or(u32::MAX);
+            v.maxlength = max_length.map(|m| m.min(most));
+        }
         FieldKind::Number { unit, integer, .. } => {
             v.unit = unit.clone();
             v.inputmode = if *integer { "numeric" } else { "decimal" };

@@ -137,6 +137,41 @@ async fn api_end_to_end() {
         (again["receipt_number"].clone(), again["created"].clone()),
         (created["receipt_number"].clone(), json!(false))
     );
+    // Requests that do not parse get problem documents too.
+    for (r, status) in [
+        (
+            c.post(api(ha, &format!("/forms/{form}/submissions")))
+                .bearer_auth(&full)
+                .json(&json!({})),
+            422,
+        ),
+        (
+            c.post(api(ha, &format!("/forms/{form}/submissions")))
+                .bearer_auth(&full)
+                .body("not json")
+                .header("content-type", "application/json"),
+            400,
+        ),
+        (
+            c.get(api(ha, "/submissions/not-a-uuid")).bearer_auth(&full),
+            400,
+        ),
+        (
+            c.get(api(ha, "/submissions?limit=many")).bearer_auth(&full),
+            400,
+        ),
+    ] {
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), status);
+        assert_eq!(r.headers()["content-type"], "application/problem+json");
+        let p: Value = r.json().await.unwrap();
+        assert_eq!(p["status"], status);
+        assert!(
+            p["detail"].as_str().unwrap().contains("正しくありません")
+                || p["detail"].as_str().unwrap().contains("読み取れません"),
+            "{p}"
+        );
+    }
     // A retry is answered as such even after the form closed (or filled up), and a
     // key used for one form is refused on another.
     let db = env.tenant_conn(&a).await;
@@ -361,6 +396,24 @@ async fn openapi_document_is_the_published_interface() {
         .await
         .unwrap();
     assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"));
+    // Every operation declares the errors any request can meet, and every error
+    // is a problem document, as the handlers send them.
+    for (path, methods) in doc["paths"].as_object().unwrap() {
+        for (method, op) in methods.as_object().unwrap() {
+            let responses = op["responses"].as_object().unwrap();
+            for code in ["400", "401", "403", "503"] {
+                assert!(responses.contains_key(code), "{method} {path} lacks {code}");
+            }
+            for (code, r) in responses {
+                if !code.starts_with('2') {
+                    assert!(
+                        r["content"].get("application/problem+json").is_some(),
+                        "{method} {path} {code} is not a problem document"
+                    );
+                }
+            }
+        }
+    }
     // A change to the interface shows up here (cargo insta review).
     insta::assert_json_snapshot!("openapi", doc);
     server.shutdown().await;

@@ -121,6 +121,110 @@ impl From<AppError> for Problem {
     }
 }
 
+/// A refused request's problem document: `detail` in Japanese first, then what the
+/// parser said.
+fn refused(status: StatusCode, kind: &str, title: &str, ja: &str, why: &str) -> Problem {
+    Problem::new(status, kind, title, format!("{ja} / {why}"))
+}
+
+/// axum's `Path`, its refusal a problem document like every other error.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned + Send> FromRequestParts<S> for ApiPath<T> {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(v)| Self(v))
+            .map_err(|r| {
+                refused(
+                    r.status(),
+                    "invalid-path",
+                    "Invalid path",
+                    "URLの値が正しくありません",
+                    &r.body_text(),
+                )
+            })
+    }
+}
+
+/// axum's `Query`, its refusal a problem document.
+pub struct ApiQuery<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = Problem;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Problem> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| Self(v))
+            .map_err(|r| {
+                refused(
+                    r.status(),
+                    "invalid-query",
+                    "Invalid query",
+                    "クエリの値が正しくありません",
+                    &r.body_text(),
+                )
+            })
+    }
+}
+
+/// axum's `Json`, its refusal (not JSON, wrong content type, a field missing or of
+/// the wrong type) a problem document.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> axum::extract::FromRequest<S> for ApiJson<T> {
+    type Rejection = Problem;
+    async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, Problem> {
+        Json::<T>::from_request(req, state)
+            .await
+            .map(|Json(v)| Self(v))
+            .map_err(|r| {
+                refused(
+                    r.status(),
+                    "invalid-body",
+                    "Invalid request body",
+                    "リクエスト本文（JSON）を読み取れません",
+                    &r.body_text(),
+                )
+            })
+    }
+}
+
+/// The error responses every operation can give besides its own: problem documents.
+pub struct CommonErrors;
+
+impl utoipa::IntoResponses for CommonErrors {
+    fn responses() -> BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::response::Response>>
+    {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder, ResponsesBuilder};
+        let problem = |description: &str| {
+            ResponseBuilder::new()
+                .description(description)
+                .content(
+                    "application/problem+json",
+                    ContentBuilder::new()
+                        .schema(Some(Ref::from_schema_name("Problem")))
+                        .build(),
+                )
+                .build()
+        };
+        ResponsesBuilder::new()
+            .response("400", problem("A path, query or body that does not parse"))
+            .response(
+                "401",
+                problem("No token, or one this municipality did not issue or has revoked"),
+            )
+            .response("403", problem("The token lacks the operation's scope"))
+            .response(
+                "503",
+                problem("The municipality's database is busy or restarting (Retry-After)"),
+            )
+            .build()
+            .into()
+    }
+}
+
 /// Scopes a token may carry.
 pub const SCOPES: [&str; 4] = [
     "forms:read",
@@ -237,7 +341,7 @@ fn availability(a: Availability) -> &'static str {
 
 /// Published forms.
 #[utoipa::path(get, path = "/api/v1/forms", tag = "forms", security(("bearer" = [])),
-    responses((status = 200, body = Vec<FormSummary>), (status = 401, body = Problem), (status = 403, body = Problem)))]
+    responses((status = 200, body = Vec<FormSummary>), CommonErrors))]
 pub async fn list_forms(
     ctx: TenantCtx,
     client: ApiClient,
@@ -267,11 +371,12 @@ pub async fn list_forms(
 /// A form's published definition (format `madoguchi.form/1`).
 #[utoipa::path(get, path = "/api/v1/forms/{form}", tag = "forms", security(("bearer" = [])),
     params(("form" = String, Path, description = "The form's public id")),
-    responses((status = 200, body = Object, description = "The definition document"), (status = 404, body = Problem)))]
+    responses((status = 200, body = Object, description = "The definition document"),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No published form with this id"), CommonErrors))]
 pub async fn get_form(
     ctx: TenantCtx,
     client: ApiClient,
-    Path(form): Path<String>,
+    ApiPath(form): ApiPath<String>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     client.require("forms:read")?;
     let db = ctx.db().await?;
@@ -304,12 +409,14 @@ pub struct SubmissionCreated {
 #[utoipa::path(post, path = "/api/v1/forms/{form}/submissions", tag = "submissions", security(("bearer" = [])),
     params(("form" = String, Path, description = "The form's public id")), request_body = NewSubmission,
     responses((status = 201, body = SubmissionCreated), (status = 200, body = SubmissionCreated, description = "Already submitted with this key"),
-        (status = 409, body = Problem, description = "Not open, closed or full; or the idempotency key was used for another form"), (status = 422, body = Problem, description = "Answers refused")))]
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No published form with this id"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "Not open, closed or full; or the idempotency key was used for another form"),
+        (status = 422, body = Problem, content_type = "application/problem+json", description = "Answers refused, each field's error in `errors`"), CommonErrors))]
 pub async fn submit(
     ctx: TenantCtx,
     client: ApiClient,
-    Path(form): Path<String>,
-    Json(body): Json<NewSubmission>,
+    ApiPath(form): ApiPath<String>,
+    ApiJson(body): ApiJson<NewSubmission>,
 ) -> Result<Response, Problem> {
     client.require("submissions:submit")?;
     let mut db = ctx.db().await?;
@@ -484,11 +591,11 @@ fn row_out(r: &tokio_postgres::Row) -> SubmissionOut {
 
 /// Submissions in the order they last changed, a page at a time.
 #[utoipa::path(get, path = "/api/v1/submissions", tag = "submissions", security(("bearer" = [])), params(ListParams),
-    responses((status = 200, body = SubmissionPage), (status = 400, body = Problem)))]
+    responses((status = 200, body = SubmissionPage), CommonErrors))]
 pub async fn list_submissions(
     ctx: TenantCtx,
     client: ApiClient,
-    Query(p): Query<ListParams>,
+    ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<SubmissionPage>, Problem> {
     client.require("submissions:read")?;
     let bad = |m: &str| {
@@ -564,11 +671,12 @@ pub async fn list_submissions(
 
 /// One submission with its answers (labels of the version it was made against).
 #[utoipa::path(get, path = "/api/v1/submissions/{id}", tag = "submissions", security(("bearer" = [])),
-    params(("id" = Uuid, Path)), responses((status = 200, body = SubmissionOut), (status = 404, body = Problem)))]
+    params(("id" = Uuid, Path)), responses((status = 200, body = SubmissionOut),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No submission with this id"), CommonErrors))]
 pub async fn get_submission(
     ctx: TenantCtx,
     client: ApiClient,
-    Path(id): Path<Uuid>,
+    ApiPath(id): ApiPath<Uuid>,
 ) -> Result<Json<SubmissionOut>, Problem> {
     client.require("submissions:read")?;
     let mut db = ctx.db().await?;
@@ -623,12 +731,14 @@ pub struct StatusChange {
 /// Changes a submission's status within the workflow.
 #[utoipa::path(post, path = "/api/v1/submissions/{id}/status", tag = "submissions", security(("bearer" = [])),
     params(("id" = Uuid, Path)), request_body = StatusChange,
-    responses((status = 200, body = SubmissionOut), (status = 409, body = Problem, description = "Not allowed by the workflow, or changed meanwhile")))]
+    responses((status = 200, body = SubmissionOut),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No submission with this id"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "Not allowed by the workflow, or changed meanwhile"), CommonErrors))]
 pub async fn set_status(
     ctx: TenantCtx,
     client: ApiClient,
-    Path(id): Path<Uuid>,
-    Json(body): Json<StatusChange>,
+    ApiPath(id): ApiPath<Uuid>,
+    ApiJson(body): ApiJson<StatusChange>,
 ) -> Result<Json<SubmissionOut>, Problem> {
     client.require("submissions:write")?;
     let bad = |m: &str| {

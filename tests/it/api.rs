@@ -418,3 +418,89 @@ async fn openapi_document_is_the_published_interface() {
     insta::assert_json_snapshot!("openapi", doc);
     server.shutdown().await;
 }
+
+/// Paging never passes a change still being made: a status change that started
+/// before a later submission but commits after it is not skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paging_does_not_pass_a_change_still_being_made() {
+    let env = TestEnv::new().await;
+    let a = env.tenant(&unique("pg"), "千代田区", "131016").await;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &a, FORM, "生活衛生課", true)
+            .await
+            .unwrap();
+    let form = public.trim_start_matches("/f/").to_owned();
+    let server = env.serve().await;
+    let h = a.hosts[0].as_str();
+    let c = client_for(&server, &[h]);
+    let tok = token(&env, &a, &["submissions:read", "submissions:submit"]).await;
+    let submit = |n: u32| {
+        let r = c
+            .post(url(&server, h, &format!("/api/v1/forms/{form}/submissions")))
+            .bearer_auth(&tok)
+            .json(&json!({ "idempotency_key": uuid::Uuid::new_v4(), "answers": {
+                "owner.family": "山田", "owner.given": format!("{n}郎"), "owner.family_kana": "ヤマダ",
+                "owner.given_kana": "タロウ", "email": "yamada@example.jp", "breeds": "柴犬" } }))
+            .send();
+        async move {
+            r.await.unwrap().json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let list = |cursor: Option<String>| {
+        let mut u = url(&server, h, "/api/v1/submissions?limit=100");
+        if let Some(c) = cursor {
+            u.push_str(&format!("&cursor={c}"));
+        }
+        let r = c.get(u).bearer_auth(&tok).send();
+        async move { r.await.unwrap().json::<Value>().await.unwrap() }
+    };
+    let first = submit(1).await;
+    // A change to the first begins (its row will carry this moment) ...
+    let mut conn = env.tenant_conn(&a).await;
+    let tx = conn.client.transaction().await.unwrap();
+    let id: uuid::Uuid = first.parse().unwrap();
+    tx.execute(
+        "UPDATE submissions SET status = 'reviewing', updated_at = now() WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    // ... a second application is stored meanwhile, and a client pages to the end.
+    let second = submit(2).await;
+    let mut seen: Vec<String> = Vec::new();
+    let page = list(None).await;
+    for item in page["items"].as_array().unwrap() {
+        seen.push(item["id"].as_str().unwrap().to_owned());
+    }
+    let last = page["items"].as_array().unwrap().last().map(|i| {
+        (
+            i["updated_at"].as_str().unwrap().to_owned(),
+            i["id"].as_str().unwrap().to_owned(),
+        )
+    });
+    tx.commit().await.unwrap();
+    // Resuming after the last item seen, the client now gets both changes.
+    let (at, last_id) = last.unwrap();
+    let at =
+        time::OffsetDateTime::parse(&at, &time::format_description::well_known::Rfc3339).unwrap();
+    use base64::Engine;
+    let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}_{last_id}", at.unix_timestamp_nanos() / 1000));
+    let page = list(Some(cursor)).await;
+    let later: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        later.contains(&first.as_str()),
+        "the first's change was skipped: {seen:?} then {later:?}"
+    );
+    assert!(seen.contains(&second) || later.contains(&second.as_str()));
+    server.shutdown().await;
+}

@@ -589,7 +589,9 @@ fn row_out(r: &tokio_postgres::Row) -> SubmissionOut {
     }
 }
 
-/// Submissions in the order they last changed, a page at a time.
+/// Submissions in the order they last changed, a page at a time. A change still
+/// being made elsewhere holds back the changes after it until it is done, so paging
+/// (or polling with `updated_since`) never passes a change that is still to come.
 #[utoipa::path(get, path = "/api/v1/submissions", tag = "submissions", security(("bearer" = [])), params(ListParams),
     responses((status = 200, body = SubmissionPage), CommonErrors))]
 pub async fn list_submissions(
@@ -648,6 +650,12 @@ pub async fn list_submissions(
                FROM submissions s JOIN forms f ON f.id = s.form_id
               WHERE ($1::text IS NULL OR s.status = $1) AND ($2::timestamptz IS NULL OR s.updated_at >= $2)
                 AND ($3::timestamptz IS NULL OR (s.updated_at, s.id) > ($3, $4::uuid))
+                -- Only changes older than every transaction still open: one that
+                -- commits later stamps its rows with its own start, so a row behind
+                -- a cursor already handed out could otherwise appear after it.
+                AND s.updated_at < (SELECT coalesce(min(xact_start), 'infinity') FROM pg_stat_activity
+                                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                                       AND xact_start IS NOT NULL)
               ORDER BY s.updated_at, s.id LIMIT $5",
             &[&status, &since, &c_at, &c_id, &(limit + 1)],
         )

@@ -650,12 +650,13 @@ pub async fn list_submissions(
                FROM submissions s JOIN forms f ON f.id = s.form_id
               WHERE ($1::text IS NULL OR s.status = $1) AND ($2::timestamptz IS NULL OR s.updated_at >= $2)
                 AND ($3::timestamptz IS NULL OR (s.updated_at, s.id) > ($3, $4::uuid))
-                -- Only changes older than every transaction still open: one that
-                -- commits later stamps its rows with its own start, so a row behind
-                -- a cursor already handed out could otherwise appear after it.
+                -- Only changes older than every writing transaction still open: one
+                -- that commits later stamps its rows with its own start, so a row
+                -- behind a cursor already handed out could otherwise appear after it.
+                -- (Readers and autovacuum hold no row back.)
                 AND s.updated_at < (SELECT coalesce(min(xact_start), 'infinity') FROM pg_stat_activity
                                      WHERE datname = current_database() AND pid <> pg_backend_pid()
-                                       AND xact_start IS NOT NULL)
+                                       AND backend_type = 'client backend' AND backend_xid IS NOT NULL)
               ORDER BY s.updated_at, s.id LIMIT $5",
             &[&status, &since, &c_at, &c_id, &(limit + 1)],
         )

@@ -537,12 +537,14 @@ async fn an_operator_signs_with_her_key_file_in_the_browser() {
     server.shutdown().await;
 }
 
-/// A form with proof of work: the confirmation page's script solves the challenge in
-/// the browser (WebCrypto SHA-256) before sending, and the application is accepted.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn proof_of_work_is_solved_by_the_browser() {
-    let env = TestEnv::new().await;
-    let slug = unique("pw");
+/// A municipality at `<prefix…>.localhost` (browsers send it to this machine) with
+/// one published form: the form's path, the server, and the site's base URL.
+async fn one_form_site(
+    env: &TestEnv,
+    prefix: &str,
+    form: &str,
+) -> (String, madoguchi::front::Server, String) {
+    let slug = unique(prefix);
     let host = format!("{slug}.localhost");
     let spec = madoguchi::control::provision::TenantSpec::parse(
         &slug,
@@ -554,14 +556,23 @@ async fn proof_of_work_is_solved_by_the_browser() {
     let t = madoguchi::control::provision::provision(&env.platform, &spec)
         .await
         .unwrap();
-    let form = r#"{ "format": "madoguchi.form/1", "title": "イベント申込", "settings": { "proof_of_work": true },
-      "pages": [ { "id": "p1", "fields": [ { "id": "memo", "type": "text", "label": "メモ", "required": true } ] } ] }"#;
     let public =
         madoguchi::control::tenant_admin::import_form(&env.platform, &t, form, "総務課", true)
             .await
             .unwrap();
     let server = env.serve().await;
     let base = format!("http://{host}:{}", server.bound.public.port());
+    (public, server, base)
+}
+
+/// A form with proof of work: the confirmation page's script solves the challenge in
+/// the browser (WebCrypto SHA-256) before sending, and the application is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proof_of_work_is_solved_by_the_browser() {
+    let env = TestEnv::new().await;
+    let form = r#"{ "format": "madoguchi.form/1", "title": "イベント申込", "settings": { "proof_of_work": true },
+      "pages": [ { "id": "p1", "fields": [ { "id": "memo", "type": "text", "label": "メモ", "required": true } ] } ] }"#;
+    let (public, server, base) = one_form_site(&env, "pw", form).await;
     let driver = Driver::start();
     let c = driver.session(true).await;
     c.goto(&format!("{base}{public}")).await.unwrap();
@@ -590,18 +601,6 @@ async fn proof_of_work_is_solved_by_the_browser() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_page_rules_agree_with_the_server() {
     let env = TestEnv::new().await;
-    let slug = unique("sr");
-    let host = format!("{slug}.localhost");
-    let spec = madoguchi::control::provision::TenantSpec::parse(
-        &slug,
-        "千代田区",
-        "131016",
-        std::slice::from_ref(&host),
-    )
-    .unwrap();
-    let t = madoguchi::control::provision::provision(&env.platform, &spec)
-        .await
-        .unwrap();
     let form = r#"{ "format": "madoguchi.form/1", "title": "施設予約",
       "pages": [ { "id": "p1", "fields": [
         { "id": "people", "type": "number", "label": "人数", "required": true, "unit": "人", "integer": true },
@@ -611,12 +610,7 @@ async fn same_page_rules_agree_with_the_server() {
         { "id": "agent", "type": "consent", "label": "代理申請", "statement": "代理人が申請します" },
         { "id": "agent_name", "type": "text", "label": "代理人の氏名", "required": true,
           "show_if": { "field": "agent", "op": "not_empty" } } ] } ] }"#;
-    let public =
-        madoguchi::control::tenant_admin::import_form(&env.platform, &t, form, "総務課", true)
-            .await
-            .unwrap();
-    let server = env.serve().await;
-    let base = format!("http://{host}:{}", server.bound.public.port());
+    let (public, server, base) = one_form_site(&env, "sr", form).await;
     let driver = Driver::start();
     let c = driver.session(true).await;
     c.goto(&format!("{base}{public}")).await.unwrap();

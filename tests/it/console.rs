@@ -417,27 +417,14 @@ async fn console_sign_in_holds_under_concurrency() {
             .0
         }
     };
-    let release = async {
-        for _ in 0..200 {
-            let waiting: i64 = catalog
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'
-                        AND query LIKE 'UPDATE operators SET failed_logins = 0%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting == 2 {
-                return hold.commit().await.map(|()| true);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        hold.commit().await.map(|()| false)
-    };
+    let release = crate::harness::commit_when_two_wait(
+        &catalog,
+        hold,
+        "UPDATE operators SET failed_logins = 0",
+    );
     let (a, b, raced) = tokio::join!(attempt(), attempt(), release);
     assert!(
-        raced.unwrap(),
+        raced,
         "the two sign-ins did not both reach the code's record"
     );
     let mut got = [a, b];

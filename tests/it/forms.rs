@@ -1152,25 +1152,11 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
     .await
     .unwrap();
     let watcher = crate::harness::admin_client(&t.database).await;
-    let release = async {
-        for _ in 0..200 {
-            let waiting: i64 = watcher
-                .query_one(
-                    "SELECT count(*) FROM pg_stat_activity
-                      WHERE datname = current_database() AND wait_event_type = 'Lock'
-                        AND query LIKE 'UPDATE staff SET failed_attempts = 0%'",
-                    &[],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            if waiting == 2 {
-                return hold.commit().await.map(|()| true);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        hold.commit().await.map(|()| false)
-    };
+    let release = crate::harness::commit_when_two_wait(
+        &watcher,
+        hold,
+        "UPDATE staff SET failed_attempts = 0",
+    );
     let attempt = || {
         let c = browser(&server, &[host]);
         let (login, email, password, code) = (
@@ -1190,7 +1176,7 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
     };
     let (a, b, raced) = tokio::join!(attempt(), attempt(), release);
     assert!(
-        raced.unwrap(),
+        raced,
         "the two sign-ins did not both reach the code's record"
     );
     let mut got = [a, b];

@@ -227,3 +227,33 @@ pub async fn publish_sample(env: &TestEnv, t: &TenantRecord) -> String {
     .await
     .unwrap_or_else(|e| panic!("publishing the sample form: {e:#}"))
 }
+
+/// Commits `hold` (a transaction holding a row lock) once two backends of
+/// `watcher`'s database wait on a lock running a statement that begins with
+/// `statement`, so the two race for certain; whether they did within 10 s.
+pub async fn commit_when_two_wait(
+    watcher: &tokio_postgres::Client,
+    hold: tokio_postgres::Transaction<'_>,
+    statement: &str,
+) -> bool {
+    let mut both = false;
+    for _ in 0..200 {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                  WHERE datname = current_database() AND wait_event_type = 'Lock'
+                    AND starts_with(query, $1)",
+                &[&statement],
+            )
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .get(0);
+        if waiting == 2 {
+            both = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    hold.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    both
+}

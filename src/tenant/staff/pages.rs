@@ -174,17 +174,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     let locked_secs: Option<i64> = row.get(7);
     if let Some(secs) = locked_secs.filter(|s| *s > 0) {
         let minutes = (secs + 59) / 60;
-        audit::record(
-            &mut db,
-            &Actor::Staff {
-                id,
-                email: email.clone(),
-            },
-            "signin.failure",
-            &email,
-            serde_json::json!({ "reason": "locked" }),
-        )
-        .await?;
+        signin_failure(&mut db, id, &email, "locked").await?;
         return Ok(fail(&format!("サインインの失敗が続いたため、一時的にロックしています。{minutes}分後にもう一度お試しください。")));
     }
     let disabled: bool = row.get(6);
@@ -227,17 +217,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         } else {
             "wrong password"
         };
-        audit::record(
-            &mut db,
-            &Actor::Staff {
-                id,
-                email: email.clone(),
-            },
-            "signin.failure",
-            &email,
-            serde_json::json!({ "reason": reason }),
-        )
-        .await?;
+        signin_failure(&mut db, id, &email, reason).await?;
         return Ok(fail(GENERIC));
     }
     if role.needs_totp() && !totp_enabled {
@@ -255,17 +235,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         )
         .await?;
     if taken == 0 {
-        audit::record(
-            &mut db,
-            &Actor::Staff {
-                id,
-                email: email.clone(),
-            },
-            "signin.failure",
-            &email,
-            serde_json::json!({ "reason": "code used" }),
-        )
-        .await?;
+        signin_failure(&mut db, id, &email, "code used").await?;
         return Ok(fail(GENERIC));
     }
     audit::record(
@@ -280,6 +250,26 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     )
     .await?;
     start_session(&ctx, &db, id).await
+}
+
+/// A refused sign-in of a known account, in the operation log with why.
+async fn signin_failure(
+    db: &mut Client,
+    id: i64,
+    email: &str,
+    reason: &str,
+) -> Result<(), AppError> {
+    audit::record(
+        db,
+        &Actor::Staff {
+            id,
+            email: email.to_owned(),
+        },
+        "signin.failure",
+        email,
+        serde_json::json!({ "reason": reason }),
+    )
+    .await
 }
 
 async fn start_session(ctx: &TenantCtx, db: &Client, staff_id: i64) -> Result<Response, AppError> {

@@ -424,11 +424,14 @@ pub async fn submit(
     // A retry is answered before anything else is checked: the first attempt may
     // have filled the form, or it may have closed since, and the client must still
     // learn that its application was stored.
-    if let Some(r) = db
-        .query_opt(
+    let by_key = db
+        .prepare_cached(
             "SELECT id, receipt_number, form_id FROM submissions WHERE idempotency_key = $1",
-            &[&body.idempotency_key],
         )
+        .await
+        .map_err(AppError::from)?;
+    if let Some(r) = db
+        .query_opt(&by_key, &[&body.idempotency_key])
         .await
         .map_err(AppError::from)?
     {

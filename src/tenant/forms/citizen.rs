@@ -141,11 +141,12 @@ async fn save_draft(
 /// Moves an open draft's expiry to [`DRAFT_HOURS`] from now (the form page renews
 /// its cookie for as long).
 async fn renew_draft(db: &deadpool_postgres::ClientWrapper, id: Uuid) -> Result<(), AppError> {
-    db.execute(
-        "UPDATE citizen_drafts SET expires_at = now() + make_interval(hours => $2) WHERE id = $1 AND submission_id IS NULL",
-        &[&id, &DRAFT_HOURS],
-    )
-    .await?;
+    let stmt = db
+        .prepare_cached(
+            "UPDATE citizen_drafts SET expires_at = now() + make_interval(hours => $2) WHERE id = $1 AND submission_id IS NULL",
+        )
+        .await?;
+    db.execute(&stmt, &[&id, &DRAFT_HOURS]).await?;
     Ok(())
 }
 

@@ -609,7 +609,7 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
 }
 
 /// Once a day, in each tenant: deletes operation-log entries past the retention
-/// period and citizens' drafts past their expiry.
+/// period, citizens' drafts past their expiry and staff sessions that have ended.
 async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
     // Not at start-up: a restart should not open a connection to every tenant at
     // once. The connections come from the tenants' pools, inside the budget.
@@ -638,16 +638,20 @@ async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
                 let drafts = crate::tenant::forms::citizen::purge_expired_drafts(&db)
                     .await
                     .map_err(|e| anyhow::anyhow!("drafts: {e}"))?;
-                anyhow::Ok((entries, drafts))
+                let sessions = crate::tenant::staff::purge_expired_sessions(&db)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("sessions: {e}"))?;
+                anyhow::Ok((entries, drafts, sessions))
             }
             .await;
             match result {
-                Ok((0, 0)) => {}
-                Ok((entries, drafts)) => tracing::info!(
+                Ok((0, 0, 0)) => {}
+                Ok((entries, drafts, sessions)) => tracing::info!(
                     tenant = %t.slug,
                     entries,
                     drafts,
-                    "operation log pruned, expired drafts deleted"
+                    sessions,
+                    "operation log pruned, expired drafts and sessions deleted"
                 ),
                 Err(e) => {
                     tracing::warn!(tenant = %t.slug, error = format!("{e:#}"), "daily housekeeping failed")

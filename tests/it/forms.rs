@@ -1204,6 +1204,40 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
     let targets: Vec<String> = reader.records().map(|r| r.unwrap()[4].to_owned()).collect();
     assert!(targets.contains(&"'=1+1@x".to_owned()), "{targets:?}");
     assert!(!targets.contains(&"=1+1@x".to_owned()));
+    // Sessions that have ended are deleted by the daily housekeeping; live ones stay.
+    conn.client
+        .execute(
+            "UPDATE staff_sessions SET last_seen_at = now() - interval '31 minutes' WHERE staff_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let live_before: i64 = conn
+        .client
+        .query_one(
+            "SELECT count(*) FROM staff_sessions WHERE staff_id <> $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(live_before > 0);
+    let deleted = madoguchi::tenant::staff::purge_expired_sessions(&conn.client)
+        .await
+        .unwrap();
+    assert!(deleted >= 1);
+    let (ended, live): (i64, i64) = {
+        let r = conn
+            .client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE staff_id = $1), count(*) FILTER (WHERE staff_id <> $1) FROM staff_sessions",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((ended, live), (0, live_before));
     // A date filter out of range is ignored, not a dropped connection.
     for q in ["from=-9999-01-01", "to=-9999-12-31", "from=0000-01-01"] {
         let (status, _, page) = get(

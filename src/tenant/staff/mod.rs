@@ -38,6 +38,18 @@ pub const SESSION_SQL: &str = "WITH s AS (
                   WHERE NOT st.disabled
                     AND (st.totp_enabled OR st.role NOT IN ('admin', 'dept_manager'))";
 
+/// Deletes sessions past their absolute lifetime or idle for longer than
+/// [`IDLE_SECS`]: they no longer sign anyone in. Run daily by the server.
+pub async fn purge_expired_sessions(db: &tokio_postgres::Client) -> Result<u64, AppError> {
+    Ok(db
+        .execute(
+            "DELETE FROM staff_sessions
+              WHERE expires_at <= now() OR last_seen_at <= now() - make_interval(secs => $1)",
+            &[&(IDLE_SECS as f64)],
+        )
+        .await?)
+}
+
 /// How often a session's last activity is written at most (seconds).
 const TOUCH_SECS: f64 = 30.0;
 pub const ABSOLUTE_SECS: i64 = 12 * 60 * 60;

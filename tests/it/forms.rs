@@ -1204,6 +1204,28 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
     let targets: Vec<String> = reader.records().map(|r| r.unwrap()[4].to_owned()).collect();
     assert!(targets.contains(&"'=1+1@x".to_owned()), "{targets:?}");
     assert!(!targets.contains(&"=1+1@x".to_owned()));
+    // The download is in the log once it has ended, whole.
+    let mut logged = String::new();
+    for _ in 0..50 {
+        if let Some(r) = conn
+            .client
+            .query_opt(
+                "SELECT detail FROM audit_log WHERE action = 'audit.export' ORDER BY seq DESC LIMIT 1",
+                &[],
+            )
+            .await
+            .unwrap()
+        {
+            logged = r.get(0);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(logged.contains("\"complete\":true"), "{logged}");
+    assert!(
+        logged.contains(&format!("\"rows\":{}", targets.len())),
+        "{logged}"
+    );
     // Sessions that have ended are deleted by the daily housekeeping; live ones stay.
     conn.client
         .execute(

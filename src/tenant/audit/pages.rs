@@ -213,6 +213,9 @@ pub async fn set_retention(
     Ok(crate::tenant::http::see_other("/admin/audit"))
 }
 
+/// The operation log as CSV, streamed a batch at a time (a log kept for years does
+/// not fit in memory); the download itself is logged when it ends, with the rows
+/// handed out and whether the file was whole.
 pub async fn csv(
     ctx: TenantCtx,
     user: StaffUser,
@@ -220,38 +223,84 @@ pub async fn csv(
 ) -> Result<Response, AppError> {
     user.require_admin()?;
     let mut f = Filters::parse(q.as_deref());
-    let mut db = ctx.db().await?;
-    let mut w = spreadsheet::writer(true);
-    let _ = spreadsheet::write_row(&mut w, ["番号", "日時", "操作者", "操作", "対象", "詳細"]);
-    let mut n = 0u64;
-    loop {
-        let rows = entries(&db, &f, 5000).await?;
-        let Some(last) = rows.last() else { break };
-        f.before = Some(last.seq);
-        for e in &rows {
-            let _ = spreadsheet::write_row(
-                &mut w,
-                [
-                    e.seq.to_string(),
-                    e.at.clone(),
-                    e.actor.clone(),
-                    e.action.clone(),
-                    e.target.clone(),
-                    e.detail.clone(),
-                ],
-            );
-            n += 1;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<axum::body::Bytes, std::io::Error>>(4);
+    tokio::spawn(async move {
+        let mut n = 0u64;
+        let complete = async {
+            let mut w = spreadsheet::writer(true);
+            let _ =
+                spreadsheet::write_row(&mut w, ["番号", "日時", "操作者", "操作", "対象", "詳細"]);
+            if tx
+                .send(Ok(w.into_inner().unwrap_or_default().into()))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let failed = |e: AppError| {
+                tracing::error!(error = %e, "operation log export failed");
+                Err(std::io::Error::other("export failed"))
+            };
+            let db = match ctx.db().await {
+                Ok(db) => db,
+                Err(e) => {
+                    let _ = tx.send(failed(e)).await;
+                    return false;
+                }
+            };
+            loop {
+                let rows = match entries(&db, &f, 5000).await {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = tx.send(failed(e)).await;
+                        return false;
+                    }
+                };
+                let Some(last) = rows.last() else { return true };
+                f.before = Some(last.seq);
+                let mut w = spreadsheet::writer(false);
+                for e in &rows {
+                    let _ = spreadsheet::write_row(
+                        &mut w,
+                        [
+                            e.seq.to_string(),
+                            e.at.clone(),
+                            e.actor.clone(),
+                            e.action.clone(),
+                            e.target.clone(),
+                            e.detail.clone(),
+                        ],
+                    );
+                }
+                n += rows.len() as u64;
+                if tx
+                    .send(Ok(w.into_inner().unwrap_or_default().into()))
+                    .await
+                    .is_err()
+                {
+                    return false;
+                }
+            }
         }
-    }
-    let body = w.into_inner().unwrap_or_default();
-    super::record(
-        &mut db,
-        &user.actor(),
-        "audit.export",
-        "",
-        serde_json::json!({ "rows": n }),
-    )
-    .await?;
+        .await;
+        let logged = async {
+            let mut db = ctx.db().await?;
+            super::record(
+                &mut db,
+                &user.actor(),
+                "audit.export",
+                "",
+                serde_json::json!({ "rows": n, "complete": complete }),
+            )
+            .await
+        }
+        .await;
+        if let Err(e) = logged {
+            tracing::error!(error = %e, "recording an operation log export failed");
+        }
+    });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
     Ok((
         [
             (
@@ -263,7 +312,7 @@ pub async fn csv(
                 HeaderValue::from_static("attachment; filename=\"audit-log.csv\""),
             ),
         ],
-        body,
+        axum::body::Body::from_stream(stream),
     )
         .into_response())
 }

@@ -343,11 +343,9 @@ pub async fn withdraw(p: &Platform, slug: &str, operator: &str) -> anyhow::Resul
                 &[&rec.id],
             )
             .await?;
-        match started {
-            Some(r) => bail!(
-                "テナント {slug} の消去は {} が開始済みです / the erasure of tenant {slug} was begun by {}; it can only be finished (madoguchi tenant erase {slug}), not withdrawn",
-                r.get::<_, Option<String>>(0).unwrap_or_default(),
-                r.get::<_, Option<String>>(0).unwrap_or_default()
+        match started.map(|r| r.get::<_, Option<String>>(0).unwrap_or_default()) {
+            Some(by) => bail!(
+                "テナント {slug} の消去は {by} が開始済みです / the erasure of tenant {slug} was begun by {by}; it can only be finished (madoguchi tenant erase {slug}), not withdrawn"
             ),
             None => bail!("tenant {slug} has no open decommissioning request"),
         }

@@ -286,11 +286,19 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     server.shutdown().await;
 }
 
-/// Mail still queued when a server stops goes out from the next server's first
-/// sweep, though no request tells that server about it; and a nudge that comes
-/// before the deliverer's task first runs is not lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
+/// A municipality with a published form whose mail goes to a test relay, and whose
+/// deliverer sweeps a second after a server starts (so a restart is quick to see).
+struct Restartable {
+    smtp: SmtpServer,
+    relay_url: String,
+    env: TestEnv,
+    t: madoguchi::catalog::TenantRecord,
+    server: Server,
+    public: String,
+    db: tokio_postgres::Client,
+}
+
+async fn restartable() -> Restartable {
     let smtp = SmtpServer::start().await;
     let relay_url = format!("smtp://127.0.0.1:{}", smtp.port);
     let env = TestEnv::with(|s| {
@@ -305,6 +313,32 @@ async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
     let dept = dept_id(&env, &t, "環境政策課").await;
     let (_, public) = build_form(&admin, &server, host, &dept, "").await;
     let db = env.tenant_conn(&t).await.client;
+    Restartable {
+        smtp,
+        relay_url,
+        env,
+        t,
+        server,
+        public,
+        db,
+    }
+}
+
+/// Mail still queued when a server stops goes out from the next server's first
+/// sweep, though no request tells that server about it; and a nudge that comes
+/// before the deliverer's task first runs is not lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
+    let Restartable {
+        smtp,
+        relay_url,
+        env,
+        t,
+        server,
+        public,
+        db,
+    } = restartable().await;
+    let host = t.hosts[0].as_str();
 
     // The relay refuses for now; the server stops before the copy's next try.
     let (receipt, id) = refused_once(&smtp, &server, &db, host, &public).await;
@@ -358,20 +392,16 @@ async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
 /// restart (or a database error) in the middle of a pass sends none of them again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_accepted_mail_is_recorded_before_the_next_is_sent() {
-    let smtp = SmtpServer::start().await;
-    let relay_url = format!("smtp://127.0.0.1:{}", smtp.port);
-    let env = TestEnv::with(|s| {
-        s.mail = Some(relay(&relay_url));
-        s.mail_sweep_after = Duration::from_secs(1);
-    })
-    .await;
-    let t = env.tenant(&unique("r"), "千代田区", "131016").await;
-    let server = env.serve().await;
+    let Restartable {
+        smtp,
+        relay_url: _,
+        env,
+        t,
+        server,
+        public,
+        db,
+    } = restartable().await;
     let host = t.hosts[0].as_str();
-    let admin = staff(&env, &server, &t, Role::Admin, None).await;
-    let dept = dept_id(&env, &t, "環境政策課").await;
-    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
-    let db = env.tenant_conn(&t).await.client;
     // Two copies waiting, due together when a new server starts.
     let (_, first) = refused_once(&smtp, &server, &db, host, &public).await;
     let (_, second) = refused_once(&smtp, &server, &db, host, &public).await;

@@ -57,6 +57,8 @@ pub struct Settings {
     /// When, after start, the mail deliverer first visits every tenant's outbox
     /// (then daily): mail left queued by an earlier run goes out then.
     pub mail_sweep_after: Duration,
+    /// A client connection with no request in progress for this long is closed.
+    pub connection_idle: Duration,
 }
 
 /// Where mail leaves: an SMTP relay and the sender address.
@@ -122,6 +124,7 @@ impl Settings {
             limits: RateLimits::default(),
             mail: None,
             mail_sweep_after: Duration::from_secs(60),
+            connection_idle: crate::front::conn::IDLE,
         }
     }
 }
@@ -149,6 +152,7 @@ pub struct FileSettings {
     pub tenant_per_second: Option<u32>,
     pub pow_spike_per_minute: Option<u32>,
     pub ceiling_delay_ms: Option<u64>,
+    pub connection_idle_secs: Option<u64>,
     pub smtp_url: Option<String>,
     pub mail_from: Option<String>,
     pub smtp_ca: Option<PathBuf>,

@@ -480,6 +480,9 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
         }
         (None, _) => None,
     };
+    if let Some(v) = file.connection_idle_secs {
+        s.connection_idle = Duration::from_secs(v.clamp(1, 3600));
+    }
     if let Some(v) = file.ceiling_delay_ms {
         s.limits.ceiling_delay = std::time::Duration::from_millis(v.min(10_000));
     }

@@ -4,12 +4,20 @@
 //!
 //! Limits: the TLS handshake must finish within [`HANDSHAKE`]; request headers must
 //! arrive within [`HEADER_READ`] and fit in [`MAX_HEADER_BYTES`] (larger: 431, from
-//! hyper); idle HTTP/2 connections are pinged. Body sizes are limited per route and
-//! whole requests by the request timeout (see `front::mod`).
+//! hyper); idle HTTP/2 connections are pinged. A connection with no request in
+//! progress for the idle limit (`Settings::connection_idle`) is closed gracefully, and
+//! dropped if it has not gone [`idle_grace`] later: HTTP/2 has no header timeout of
+//! its own, and hyper waits for a connection's first bytes without one, so this is
+//! what ends a connection that never sends a request or dribbles its headers. Body
+//! sizes are limited per route and whole requests by the request timeout (see
+//! `front::mod`).
 
 use std::convert::Infallible;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
 use axum::Router;
@@ -17,6 +25,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -29,6 +38,16 @@ pub const MAX_HEADER_BYTES: usize = 32 * 1024;
 const HARD_HEADER_BYTES: usize = 64 * 1024;
 /// How long a stop waits for requests in flight.
 pub const DRAIN: Duration = Duration::from_secs(30);
+/// Without a request in progress for this long, a connection is closed (the
+/// default of `Settings::connection_idle`).
+pub const IDLE: Duration = Duration::from_secs(60);
+
+/// How long a connection being closed for idleness (or for a stop) may take to go
+/// while no request is in progress on it: a request in progress finishes, but a
+/// client holding half a request's headers is not waited for.
+pub fn idle_grace(idle: Duration) -> Duration {
+    idle.min(Duration::from_secs(5))
+}
 
 /// How the request reached us: over TLS or not, and from which zone's listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,12 +87,14 @@ impl Zone {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
-/// Serves `router` on `listener` until `stop` turns true, then drains.
+/// Serves `router` on `listener` until `stop` turns true, then drains; connections
+/// without a request in progress for `idle` are closed.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     zone: Zone,
     router: Router,
+    idle: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -110,16 +131,30 @@ pub async fn serve(
         let router = router.clone();
         let tls = tls.clone();
         let builder = builder.clone();
+        // Held until the connection ends: the drain at a stop waits for it.
         let watcher = graceful.watcher();
+        let stop = stop.clone();
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                req.extensions_mut().insert(transport);
-                let router = router.clone();
-                async move {
-                    Ok::<_, Infallible>(router.oneshot(req).await.unwrap_or_else(|e| match e {}))
-                }
-            });
+            let activity = Arc::new(Activity::new());
+            let svc = {
+                let activity = Arc::clone(&activity);
+                hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+                    // Counted from here until the response's body is dropped.
+                    let in_flight = activity.begin();
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    req.extensions_mut().insert(transport);
+                    let router = router.clone();
+                    async move {
+                        let response = router.oneshot(req).await.unwrap_or_else(|e| match e {});
+                        Ok::<_, Infallible>(response.map(|body| {
+                            axum::body::Body::new(Tracked {
+                                body,
+                                _in_flight: in_flight,
+                            })
+                        }))
+                    }
+                })
+            };
             let served = match tls {
                 Some(acceptor) => {
                     let Ok(Ok(stream)) =
@@ -127,14 +162,11 @@ pub async fn serve(
                     else {
                         return;
                     };
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    watcher.watch(conn).await
+                    drive(&builder, stream, svc, &activity, idle, stop).await
                 }
-                None => {
-                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
-                    watcher.watch(conn).await
-                }
+                None => drive(&builder, stream, svc, &activity, idle, stop).await,
             };
+            drop(watcher);
             if let Err(e) = served {
                 tracing::debug!(error = %e, %peer, "connection ended with an error");
             }
@@ -146,6 +178,122 @@ pub async fn serve(
         .is_err()
     {
         tracing::warn!("requests still running after the drain period; closing them");
+    }
+}
+
+type ServeError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Runs one connection to its end: closes it gracefully at a stop or once no request
+/// has been in progress for `idle`, and drops it if, with no request in progress, it
+/// has not gone [`idle_grace`] after that.
+async fn drive<S, Svc>(
+    builder: &Builder<TokioExecutor>,
+    stream: S,
+    svc: Svc,
+    activity: &Activity,
+    idle: Duration,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    Svc: hyper::service::Service<
+            hyper::Request<Incoming>,
+            Response = hyper::Response<axum::body::Body>,
+            Error = Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    Svc::Future: Send + 'static,
+{
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    let grace = idle_grace(idle);
+    let mut closing: Option<Instant> = None;
+    loop {
+        let now = Instant::now();
+        let check = match (closing, activity.idle_since()) {
+            // Busy: nothing to decide until it is idle, and at least `idle` after that.
+            (_, None) => now + idle.min(grace),
+            (None, Some(since)) => since + idle,
+            (Some(at), Some(since)) => at.max(since) + grace,
+        };
+        tokio::select! {
+            ended = conn.as_mut() => return ended,
+            _ = stop.wait_for(|s| *s), if closing.is_none() => {
+                conn.as_mut().graceful_shutdown();
+                closing = Some(Instant::now());
+            }
+            () = tokio::time::sleep_until(check.into()) => match (closing, activity.idle_since()) {
+                (None, Some(since)) if since.elapsed() >= idle => {
+                    conn.as_mut().graceful_shutdown();
+                    closing = Some(Instant::now());
+                }
+                (Some(at), Some(since)) if at.max(since).elapsed() >= grace => return Ok(()),
+                _ => {}
+            },
+        }
+    }
+}
+
+/// Requests in progress on one connection, and since when it has had none.
+struct Activity(Mutex<(usize, Instant)>);
+
+impl Activity {
+    fn new() -> Self {
+        Self(Mutex::new((0, Instant::now())))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (usize, Instant)> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.lock().0 += 1;
+        InFlight(Arc::clone(self))
+    }
+
+    /// When the last request ended (or the connection opened), if none is in progress.
+    fn idle_since(&self) -> Option<Instant> {
+        let state = self.lock();
+        (state.0 == 0).then_some(state.1)
+    }
+}
+
+/// One request in progress; ends when dropped.
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut state = self.0.lock();
+        state.0 = state.0.saturating_sub(1);
+        state.1 = Instant::now();
+    }
+}
+
+/// A response body that keeps its request counted as in progress until it is sent
+/// or abandoned (a streamed export is not idle).
+struct Tracked {
+    body: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl axum::body::HttpBody for Tracked {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -853,6 +853,7 @@ impl Server {
                 acceptor,
                 zone,
                 router,
+                p.settings.connection_idle,
                 rx.clone(),
             )));
         }

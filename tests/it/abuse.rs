@@ -369,3 +369,190 @@ async fn clients_trickling_a_body_do_not_hold_the_tenants_turns() {
     drop(stalled);
     server.shutdown().await;
 }
+
+/// Reads until the server closes the connection; panics if it is still open after
+/// `limit`. Returns how long it took and what the server sent.
+async fn closed_within(mut s: tokio::net::TcpStream, limit: Duration) -> (Duration, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let t = Instant::now();
+    let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
+    loop {
+        match tokio::time::timeout_at((t + limit).into(), s.read(&mut buf)).await {
+            Err(_) => panic!("still open after {limit:?}"),
+            Ok(Ok(0) | Err(_)) => return (t.elapsed(), seen),
+            Ok(Ok(n)) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// The types of the HTTP/2 frames in what a server sent.
+fn h2_frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut types = Vec::new();
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        types.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    types
+}
+
+/// A connection with no request in progress is closed after the idle limit, whatever
+/// the client left it in: nothing sent at all, half a request's headers (HTTP/1.1), an
+/// HTTP/2 stream whose headers never end. Before, hyper waited for a connection's
+/// first bytes without a limit, and HTTP/2 had no header timeout: such connections
+/// stayed open for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_finish_a_request_are_closed() {
+    use tokio::io::AsyncWriteExt;
+    let idle = Duration::from_secs(1);
+    let env = TestEnv::with(|s| s.connection_idle = idle).await;
+    let t = env.tenant(&unique("idle"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let limit = idle + madoguchi::front::conn::idle_grace(idle) + Duration::from_secs(1);
+    let connect = || tokio::net::TcpStream::connect(server.bound.public);
+
+    let silent = connect().await.unwrap();
+    let mut half_h1 = connect().await.unwrap();
+    half_h1
+        .write_all(
+            format!(
+                "GET / HTTP/1.1\r\nHost: {}\r\nAccept: text/html",
+                t.hosts[0]
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut half_h2 = connect().await.unwrap();
+    let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    hello.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]); // SETTINGS, empty
+                                                           // HEADERS on stream 1 without END_HEADERS: a CONTINUATION that never comes.
+    hello.extend_from_slice(&[0, 0, 1, 1, 0, 0, 0, 0, 1, 0x82]);
+    half_h2.write_all(&hello).await.unwrap();
+
+    let (silent, h1, h2) = tokio::join!(
+        closed_within(silent, limit),
+        closed_within(half_h1, limit),
+        closed_within(half_h2, limit),
+    );
+    for (what, (after, _)) in [
+        ("silent", &silent),
+        ("half HTTP/1.1", &h1),
+        ("half HTTP/2", &h2),
+    ] {
+        assert!(
+            *after >= idle - Duration::from_millis(100),
+            "{what}: closed after {after:?}"
+        );
+    }
+    // The HTTP/2 client was told first (GOAWAY), then dropped.
+    assert!(
+        h2_frame_types(&h2.1).contains(&7),
+        "no GOAWAY: {:?}",
+        h2_frame_types(&h2.1)
+    );
+    server.shutdown().await;
+}
+
+/// Idleness counts from the end of the last request: a connection used more often
+/// than the limit stays open, a request answered after longer than the limit (a
+/// refusal held over the tenant's ceiling) is not cut, and the connection closes
+/// once it has really been idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_in_use_are_kept_and_closed_once_idle() {
+    let idle = Duration::from_secs(1);
+    let hold = Duration::from_millis(2500);
+    let env = TestEnv::with(|s| {
+        s.connection_idle = idle;
+        s.limits.tenant_per_second = 2;
+        s.limits.ceiling_delay = hold;
+    })
+    .await;
+    let t = env.tenant(&unique("busy"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    for version in ["HTTP/1.1", "HTTP/2"] {
+        let tcp = tokio::net::TcpStream::connect(server.bound.public)
+            .await
+            .unwrap();
+        let io = hyper_util::rt::TokioIo::new(tcp);
+        type Send = Box<
+            dyn Fn(
+                    hyper::Request<axum::body::Body>,
+                ) -> std::pin::Pin<
+                    Box<
+                        dyn std::future::Future<
+                                Output = hyper::Result<hyper::Response<hyper::body::Incoming>>,
+                            > + std::marker::Send,
+                    >,
+                > + std::marker::Send
+                + Sync,
+        >;
+        let (send, conn): (Send, tokio::task::JoinHandle<hyper::Result<()>>) =
+            if version == "HTTP/2" {
+                let (tx, conn) =
+                    hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await
+                        .unwrap();
+                (
+                    Box::new(move |r| {
+                        let mut tx = tx.clone();
+                        Box::pin(async move { tx.send_request(r).await })
+                    }),
+                    tokio::spawn(conn),
+                )
+            } else {
+                let (tx, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+                let tx = std::sync::Arc::new(tokio::sync::Mutex::new(tx));
+                (
+                    Box::new(move |r| {
+                        let tx = std::sync::Arc::clone(&tx);
+                        Box::pin(async move {
+                            let mut tx = tx.lock().await;
+                            tx.ready().await?;
+                            tx.send_request(r).await
+                        })
+                    }),
+                    tokio::spawn(conn),
+                )
+            };
+        let get = |host: &str| {
+            hyper::Request::get(format!("http://{host}/"))
+                .header("host", host)
+                .body(axum::body::Body::empty())
+                .unwrap()
+        };
+        // Used every 0.6 s for 2.4 s: more than twice the limit in all, never idle for it.
+        for _ in 0..4 {
+            let r = send(get(&t.hosts[0]))
+                .await
+                .unwrap_or_else(|e| panic!("{version}: {e}"));
+            assert_eq!(r.status(), 200, "{version}");
+            tokio::time::sleep(Duration::from_millis(600)).await;
+        }
+        // Over the ceiling (2 a second, a burst of 4 used up above and refilled at
+        // 2 a second): refusals held 2.5 s each, longer than the limit.
+        let started = Instant::now();
+        let mut held = false;
+        for _ in 0..8 {
+            let r = send(get(&t.hosts[0]))
+                .await
+                .unwrap_or_else(|e| panic!("{version}: {e}"));
+            if r.status() == 429 {
+                assert!(started.elapsed() >= hold, "{version}");
+                held = true;
+                break;
+            }
+        }
+        assert!(held, "{version}: never over the ceiling");
+        // Still open after the held answer: the next request goes on this connection.
+        let r = send(get(&t.hosts[0]))
+            .await
+            .unwrap_or_else(|e| panic!("{version}: {e}"));
+        assert!([200, 429].contains(&r.status().as_u16()), "{version}");
+        // Then nothing: the server closes it.
+        let closed = tokio::time::timeout(idle + Duration::from_secs(2), conn).await;
+        assert!(closed.is_ok(), "{version}: still open");
+        tokio::time::sleep(hold).await;
+    }
+    server.shutdown().await;
+}

@@ -7,7 +7,7 @@
 --                                    the lock and the read together, here they are
 --                                    two round trips)
 --   store::PUBLISHED_SQL
---   api::submit's look-up of the idempotency key (a retry is answered first)
+--   api::BY_KEY_SQL, the look-up of the idempotency key (a retry is answered first)
 --   citizen::store_submission's WITH statement (no draft)
 -- Given with -D: tokhash (the token's stored hash), actor (its operation-log label),
 -- pid, answers and mail (as for flow.sql). ops/bench/run counts the work per
@@ -21,5 +21,5 @@ INSERT INTO audit_log (seq, at, actor, action, target, detail, prev_hash, hash) 
 COMMIT;
 SELECT id AS f_id, public_id, current_version AS f_version, closed, accepted_count, capacity FROM forms WHERE public_id = :pid AND current_version IS NOT NULL \gset
 \set key random(1, 9000000000000000)
-SELECT id, receipt_number, form_id FROM submissions WHERE idempotency_key = md5(:key::text)::uuid;
+SELECT s.id, s.receipt_number, s.form_id, s.form_version, s.answers, (SELECT e.actor_label FROM submission_events e WHERE e.submission_id = s.id ORDER BY e.id LIMIT 1) FROM submissions s WHERE s.idempotency_key = md5(:key::text)::uuid;
 WITH ins AS (INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key) VALUES (gen_random_uuid(), :f_id, :f_version, 'A' || :n, :answers::jsonb, sha256(('e' || :n)::bytea), sha256(('p' || :n)::bytea), gen_random_uuid()) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), closed AS (UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now() FROM ins WHERE d.id = NULL::uuid), received AS (INSERT INTO submission_events (submission_id, actor_label, to_status) SELECT id, :actor, 'received' FROM ins), mailed AS (INSERT INTO outbox (kind, submission_id, payload) SELECT 'receipt', id, :mail::bytea FROM ins WHERE :mail::bytea IS NOT NULL) SELECT id FROM ins;

@@ -504,3 +504,96 @@ async fn paging_does_not_pass_a_change_still_being_made() {
     assert!(seen.contains(&second) || later.contains(&second.as_str()));
     server.shutdown().await;
 }
+
+/// An idempotency key answers only its own retry: the same form, the same token, the
+/// same answers. Another token using the key (another system of the city, with fewer
+/// rights perhaps) learns nothing of the application it made, and other answers under
+/// a used key are refused instead of being answered with an application that is not
+/// theirs; the same holds when the two requests arrive at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_answers_only_its_own_retry() {
+    let env = TestEnv::new().await;
+    let a = env.tenant(&unique("idem"), "千代田区", "131016").await;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &a, FORM, "生活衛生課", true)
+            .await
+            .unwrap();
+    let form = public.trim_start_matches("/f/").to_owned();
+    let server = env.serve().await;
+    let host = a.hosts[0].as_str();
+    let c = client_for(&server, &[host]);
+    let first = token(&env, &a, &["submissions:submit"]).await;
+    let second = token(&env, &a, &["submissions:submit"]).await;
+    let submissions = url(&server, host, &format!("/api/v1/forms/{form}/submissions"));
+    let body = |key: uuid::Uuid, email: &str| {
+        json!({ "idempotency_key": key, "answers": {
+            "owner.family": "鈴木", "owner.given": "一郎", "owner.family_kana": "スズキ", "owner.given_kana": "イチロウ",
+            "email": email, "breeds": ["秋田犬"] } })
+    };
+    let send = |token: &str, body: Value| {
+        let r = c.post(&submissions).bearer_auth(token).json(&body).send();
+        async move {
+            let r = r.await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+
+    let key = uuid::Uuid::new_v4();
+    let (status, made) = send(&first, body(key, "suzuki@example.jp")).await;
+    assert_eq!(status, 201, "{made}");
+    let made: Value = serde_json::from_str(&made).unwrap();
+    let receipt = made["receipt_number"].as_str().unwrap();
+
+    // The same key from another token: refused, without the application's number.
+    let (status, refused) = send(&second, body(key, "suzuki@example.jp")).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused.contains("idempotency-key-reused"), "{refused}");
+    assert!(refused.contains("別の連携"), "{refused}");
+    assert!(!refused.contains(receipt), "{refused}");
+    assert!(!refused.contains(made["id"].as_str().unwrap()), "{refused}");
+    // The same token, the same key, other answers: refused.
+    let (status, refused) = send(&first, body(key, "ichiro@example.jp")).await;
+    assert_eq!(status, 409, "{refused}");
+    assert!(refused.contains("別の内容の申請"), "{refused}");
+    // The real retry is answered with the application it stored.
+    let (status, again) = send(&first, body(key, "suzuki@example.jp")).await;
+    assert_eq!(status, 200, "{again}");
+    let again: Value = serde_json::from_str(&again).unwrap();
+    assert_eq!(
+        (&again["receipt_number"], &again["created"]),
+        (&made["receipt_number"], &json!(false))
+    );
+
+    // Two tokens sending one key at the same moment: one application, for one of
+    // them; the other is refused and not told its number.
+    for _ in 0..5 {
+        let key = uuid::Uuid::new_v4();
+        let (one, two) = tokio::join!(
+            send(&first, body(key, "suzuki@example.jp")),
+            send(&second, body(key, "suzuki@example.jp")),
+        );
+        let mut statuses = [one.0, two.0];
+        statuses.sort_unstable();
+        assert_eq!(statuses, [201, 409], "{one:?} {two:?}");
+        let (made, refused) = if one.0 == 201 {
+            (one.1, two.1)
+        } else {
+            (two.1, one.1)
+        };
+        let made: Value = serde_json::from_str(&made).unwrap();
+        assert!(
+            !refused.contains(made["receipt_number"].as_str().unwrap()),
+            "{refused}"
+        );
+    }
+    let db = env.tenant_conn(&a).await;
+    let stored: i64 = db
+        .client
+        .query_one("SELECT count(*) FROM submissions", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(stored, 6);
+    server.shutdown().await;
+}

@@ -410,7 +410,7 @@ pub struct SubmissionCreated {
     params(("form" = String, Path, description = "The form's public id")), request_body = NewSubmission,
     responses((status = 201, body = SubmissionCreated), (status = 200, body = SubmissionCreated, description = "Already submitted with this key"),
         (status = 404, body = Problem, content_type = "application/problem+json", description = "No published form with this id"),
-        (status = 409, body = Problem, content_type = "application/problem+json", description = "Not open, closed or full; or the idempotency key was used for another form"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "Not open, closed or full; or the idempotency key was used for another request (another form, another token or other answers)"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "Answers refused, each field's error in `errors`"), CommonErrors))]
 pub async fn submit(
     ctx: TenantCtx,
@@ -421,37 +421,12 @@ pub async fn submit(
     client.require("submissions:submit")?;
     let mut db = ctx.db().await?;
     let f = store::published(ctx.id, &db, &form).await?;
+    let raw = raw_answers(body.answers);
     // A retry is answered before anything else is checked: the first attempt may
     // have filled the form, or it may have closed since, and the client must still
     // learn that its application was stored.
-    let by_key = db
-        .prepare_cached(
-            "SELECT id, receipt_number, form_id FROM submissions WHERE idempotency_key = $1",
-        )
-        .await
-        .map_err(AppError::from)?;
-    if let Some(r) = db
-        .query_opt(&by_key, &[&body.idempotency_key])
-        .await
-        .map_err(AppError::from)?
-    {
-        if r.get::<_, i64>(2) != f.id {
-            return Err(Problem::new(
-                StatusCode::CONFLICT,
-                "idempotency-key-reused",
-                "Idempotency key used for another form",
-                "この冪等キー（idempotency_key）は別のフォームへの申請に使われています。申請ごとに新しいキーを使ってください。",
-            ));
-        }
-        return Ok((
-            StatusCode::OK,
-            Json(SubmissionCreated {
-                id: r.get(0),
-                receipt_number: r.get(1),
-                created: false,
-            }),
-        )
-            .into_response());
+    if let Some(earlier) = earlier_use(&ctx, &db, &client, &f, body.idempotency_key, &raw).await? {
+        return Ok((StatusCode::OK, Json(earlier)).into_response());
     }
     if f.availability != Availability::Open {
         return Err(Problem::new(
@@ -463,19 +438,6 @@ pub async fn submit(
                 availability(f.availability)
             ),
         ));
-    }
-    let mut raw = Raw::new();
-    for (k, v) in body.answers {
-        let values = match v {
-            serde_json::Value::Array(items) => items
-                .into_iter()
-                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
-                .collect(),
-            serde_json::Value::String(s) => vec![s],
-            serde_json::Value::Null => Vec::new(),
-            other => vec![other.to_string()],
-        };
-        raw.insert(k, values);
     }
     let answers = match check_all(&f.def, &raw) {
         Ok(a) => a,
@@ -520,15 +482,17 @@ pub async fn submit(
             )
                 .into_response())
         }
-        Stored::Existing { id, receipt } => Ok((
-            StatusCode::OK,
-            Json(SubmissionCreated {
-                id,
-                receipt_number: receipt,
-                created: false,
-            }),
-        )
-            .into_response()),
+        // The same key stored by a request running at the same time: answered as a
+        // retry only if it is one.
+        Stored::Existing { .. } => {
+            match earlier_use(&ctx, &db, &client, &f, body.idempotency_key, &raw).await? {
+                Some(earlier) => Ok((StatusCode::OK, Json(earlier)).into_response()),
+                None => Err(AppError::Internal(anyhow::anyhow!(
+                    "idempotency key stored, then not found"
+                ))
+                .into()),
+            }
+        }
         Stored::Full => Err(Problem::new(
             StatusCode::CONFLICT,
             "full",
@@ -536,6 +500,83 @@ pub async fn submit(
             "定員に達しました",
         )),
     }
+}
+
+/// The request's answers as the web form's inputs: strings, a list for several.
+fn raw_answers(answers: BTreeMap<String, serde_json::Value>) -> Raw {
+    let mut raw = Raw::new();
+    for (k, v) in answers {
+        let values = match v {
+            serde_json::Value::Array(items) => items
+                .into_iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_owned))
+                .collect(),
+            serde_json::Value::String(s) => vec![s],
+            serde_json::Value::Null => Vec::new(),
+            other => vec![other.to_string()],
+        };
+        raw.insert(k, values);
+    }
+    raw
+}
+
+/// A submission by its idempotency key, with who made it (its history's first row).
+const BY_KEY_SQL: &str = "SELECT s.id, s.receipt_number, s.form_id, s.form_version, s.answers,
+        (SELECT e.actor_label FROM submission_events e WHERE e.submission_id = s.id ORDER BY e.id LIMIT 1)
+   FROM submissions s WHERE s.idempotency_key = $1";
+
+/// What an idempotency key used before comes to: `None` if it was not; the stored
+/// application if this request is a retry of the one that stored it (same form, same
+/// token, same answers); else 409. A key is the client's own, so another token
+/// (another system of the city, perhaps with fewer rights) that happens to use it
+/// learns nothing of the application it names, and a key reused for other answers is
+/// refused rather than answered with an application that is not this one.
+async fn earlier_use(
+    ctx: &TenantCtx,
+    db: &deadpool_postgres::Object,
+    client: &ApiClient,
+    form: &store::Published,
+    key: Uuid,
+    raw: &Raw,
+) -> Result<Option<SubmissionCreated>, Problem> {
+    let stmt = db
+        .prepare_cached(BY_KEY_SQL)
+        .await
+        .map_err(AppError::from)?;
+    let Some(r) = db.query_opt(&stmt, &[&key]).await.map_err(AppError::from)? else {
+        return Ok(None);
+    };
+    let reused = |detail: &str| {
+        Problem::new(
+            StatusCode::CONFLICT,
+            "idempotency-key-reused",
+            "Idempotency key used for another request",
+            format!("この冪等キー（idempotency_key）は{detail}に使われています。申請ごとに新しいキーを使ってください。"),
+        )
+    };
+    let id: Uuid = r.get(0);
+    let made_by: Option<String> = r.get(5);
+    let this_token = format!("api:{}:", client.id);
+    if !made_by.is_some_and(|by| by.starts_with(&this_token)) {
+        return Err(reused("別の連携（APIトークン）または別の経路の申請"));
+    }
+    if r.get::<_, i64>(2) != form.id {
+        return Err(reused("別のフォームへの申請"));
+    }
+    // Answers are compared when the form is still at the version they were stored
+    // against; after a new version they may check differently, and the retry is
+    // answered as such.
+    if r.get::<_, i32>(3) == form.version {
+        let stored = decrypt_answers(ctx.cipher(), id, &r.get::<_, serde_json::Value>(4))?;
+        if check_all(&form.def, raw).ok().as_ref() != Some(&stored) {
+            return Err(reused("別の内容の申請"));
+        }
+    }
+    Ok(Some(SubmissionCreated {
+        id,
+        receipt_number: r.get(1),
+        created: false,
+    }))
 }
 
 #[derive(Debug, Deserialize, IntoParams)]

@@ -1397,6 +1397,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             {
                 anyhow::bail!("tenant {slug} changed state meanwhile; not resumed");
             }
+            madoguchi::control::final_export::reopen_writes(p, &rec).await?;
             madoguchi::control::oplog::record(
                 &p.catalog,
                 &cli_actor(),

@@ -84,14 +84,16 @@ impl Cluster {
         rec: &TenantRecord,
     ) -> anyhow::Result<Conn> {
         let pw = tenant_password(catalog, keys, rec).await?;
-        Self::connect(&self.tenant_config(rec, &pw))
-            .await
-            .with_context(|| {
-                format!(
-                    "connecting to database {} as role {}",
-                    rec.database, rec.role
-                )
-            })
+        // The control plane writes (migrations, forms, tokens) even while a final
+        // export keeps the tenant's requests from writing (`final_export::quiesce`).
+        let mut config = self.tenant_config(rec, &pw);
+        config.options("-c jit=off -c default_transaction_read_only=off");
+        Self::connect(&config).await.with_context(|| {
+            format!(
+                "connecting to database {} as role {}",
+                rec.database, rec.role
+            )
+        })
     }
 }
 

@@ -365,6 +365,7 @@ pub async fn withdraw(p: &Platform, slug: &str, operator: &str) -> anyhow::Resul
     )
     .await?;
     tx.commit().await?;
+    super::final_export::reopen_writes(p, &rec).await?;
     Ok(())
 }
 

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::certificate::{ExportFile, FinalExport};
 use super::tenant_admin::tenant_cipher;
-use crate::catalog::TenantRecord;
+use crate::catalog::{quote_ident, TenantRecord};
 use crate::platform::Platform;
 use crate::tenant::cases::Status;
 use crate::tenant::forms::citizen::{decrypt_answers, jst};
@@ -99,9 +99,17 @@ fn csv_line(fields: &[String]) -> anyhow::Result<Vec<u8>> {
     w.into_inner().map_err(|e| anyhow::anyhow!("{e}"))
 }
 
-/// Waits (up to `wait`) until no connection of the tenant's role is running a
-/// statement or holding a transaction open: requests already past routing when the
-/// tenant was closed finish, and what they stored is in the export.
+/// Makes sure nothing is written to the tenant's database after the export's
+/// snapshot, and that what requests already under way store is in it.
+///
+/// A request routed just before the closure may still be waiting for a connection
+/// when the export looks: waiting for sessions to go quiet is not enough. So the
+/// tenant's role is made read-only for new sessions (the control plane's own
+/// connections turn it off for themselves, see [`crate::control::cluster::Cluster::connect_tenant`]),
+/// statements under way get up to `wait` to finish, and every session opened before
+/// is ended: what a request stores after that point is refused (503, never
+/// acknowledged), never stored unexported. Resuming the tenant lifts it
+/// ([`reopen_writes`]).
 async fn quiesce(
     p: &Platform,
     rec: &TenantRecord,
@@ -111,6 +119,13 @@ async fn quiesce(
     // covers a busy one before the connections are looked at.
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     let admin = p.cluster.admin().await?;
+    admin
+        .client
+        .batch_execute(&format!(
+            "ALTER ROLE {} SET default_transaction_read_only = on",
+            quote_ident(&rec.role)
+        ))
+        .await?;
     let until = std::time::Instant::now() + wait;
     loop {
         let busy: i64 = admin
@@ -124,16 +139,44 @@ async fn quiesce(
             .await?
             .get(0);
         if busy == 0 {
-            return Ok(());
+            break;
         }
         if std::time::Instant::now() >= until {
             anyhow::bail!(
-                "tenant {} still has {busy} request(s) in progress after it was closed; try the export again",
+                "tenant {} still has {busy} request(s) in progress after it was closed; try the export again (`madoguchi tenant resume {}` opens it again)",
+                rec.slug,
                 rec.slug
             );
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+    // Sessions opened before the role became read-only can still write: ended, each
+    // waited for (5 s). One that began a transaction since the look above loses it,
+    // uncommitted and so never acknowledged.
+    admin
+        .client
+        .execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = $1 AND usename = $2",
+            &[&rec.database, &rec.role],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Lets the tenant's requests write again after a final export closed its database
+/// to them ([`quiesce`]); harmless when none did. Called wherever a tenant is opened
+/// again: resuming it, withdrawing its decommissioning.
+pub async fn reopen_writes(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+    p.cluster
+        .admin()
+        .await?
+        .client
+        .batch_execute(&format!(
+            "ALTER ROLE {} RESET default_transaction_read_only",
+            quote_ident(&rec.role)
+        ))
+        .await?;
+    Ok(())
 }
 
 /// Writes the export and returns what it holds.

@@ -287,9 +287,34 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "150MB");
     assert_eq!(serving.get("sapporo.localhost"), 503);
+    // As a final export leaves a tenant whose decommissioning was never signed: its
+    // requests may not write. Resuming it lets them again.
+    let psql = |sql: &str| {
+        let out = Command::new("psql")
+            .arg(url.trim())
+            .args(["-At", "-c", sql])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let role = psql("SELECT role_name FROM tenants WHERE slug = 'sapporo'");
+    psql(&format!(
+        "ALTER ROLE \"{role}\" SET default_transaction_read_only = on"
+    ));
     let (ok, _, _) = madoguchi(dir, &["tenant", "resume", "sapporo"]);
     assert!(ok);
     assert_eq!(serving.wait_for("sapporo.localhost", 200), 200);
+    assert_eq!(
+        psql(&format!(
+            "SELECT count(*) FROM pg_roles WHERE rolname = '{role}' AND rolconfig IS NOT NULL"
+        )),
+        "0"
+    );
     serving.stop();
 }
 

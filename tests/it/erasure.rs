@@ -653,3 +653,82 @@ async fn a_withdrawn_request_reopens_the_tenant() {
         1
     );
 }
+
+/// A final export is everything the tenant ever stored: a request routed before the
+/// closure that reaches the database only after the export's snapshot cannot store
+/// anything (it would be acknowledged, then erased unexported). Sessions opened
+/// before are ended and new ones of the tenant's role cannot write, while the
+/// control plane still can; withdrawing the request opens the tenant to writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_stored_after_the_final_exports_snapshot() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("late"), "夕張市", "012092").await;
+    madoguchi::control::tenant_admin::import_form(
+        &env.platform,
+        &t,
+        include_str!("../../src/control/samples/bulky-waste.json"),
+        "環境課",
+        true,
+    )
+    .await
+    .unwrap();
+    let (alice_key, _) = operator(&env, "alice", "山田 花子").await;
+    let password = madoguchi::control::cluster::tenant_password(
+        &env.platform.catalog,
+        env.platform.keys.as_ref(),
+        &t,
+    )
+    .await
+    .unwrap();
+    // As the servers' pools connect.
+    let as_requests = || {
+        let config = env.platform.cluster.tenant_config(&t, &password);
+        async move {
+            madoguchi::control::cluster::Cluster::connect(&config)
+                .await
+                .unwrap()
+        }
+    };
+    let write = "UPDATE forms SET closed = closed";
+    let pooled = as_requests().await;
+    pooled.client.execute(write, &[]).await.unwrap();
+
+    let args = DecommissionArgs {
+        slug: &t.slug,
+        operator: "alice",
+        key: &alice_key,
+        reason: "契約終了",
+        final_export: true,
+    };
+    let req = erase::decommission(&env.platform, &args).await.unwrap();
+    assert!(req.final_export.is_some());
+
+    // The session a request held from before: ended.
+    assert!(pooled.client.execute(write, &[]).await.is_err());
+    // A session opened now, as a late request's: read-only.
+    let late = as_requests().await;
+    let err = late.client.execute(write, &[]).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        Some(&tokio_postgres::error::SqlState::READ_ONLY_SQL_TRANSACTION),
+        "{err}"
+    );
+    // The control plane (migrations, tokens) still writes.
+    let control = env.tenant_conn(&t).await;
+    control.client.execute(write, &[]).await.unwrap();
+
+    erase::withdraw(&env.platform, &t.slug, "alice")
+        .await
+        .unwrap();
+    as_requests()
+        .await
+        .client
+        .execute(write, &[])
+        .await
+        .unwrap();
+    for dir in
+        madoguchi::control::final_export::left_on_disk(&env.platform.settings.state_dir, &t.slug)
+    {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+}

@@ -19,6 +19,10 @@ pub enum AppError {
     /// Signed in, but not allowed to do this.
     #[error("forbidden")]
     Forbidden,
+    /// What the person changed was changed by someone else since they saw it; the
+    /// message says what to do.
+    #[error("conflict: {0}")]
+    Conflict(String),
     /// A state-changing request without a valid CSRF token.
     #[error("csrf token mismatch")]
     Csrf,
@@ -149,6 +153,13 @@ impl IntoResponse for AppError {
                 "この操作の権限がありません",
                 "Forbidden",
                 "この画面または操作は、あなたの権限では利用できません。必要な場合は管理者に依頼してください。",
+            )
+            .into_response(),
+            AppError::Conflict(msg) => ErrorPage::new(
+                StatusCode::CONFLICT,
+                "他の人が先に変更しました",
+                "Changed by someone else",
+                &msg,
             )
             .into_response(),
             AppError::Csrf => ErrorPage::new(

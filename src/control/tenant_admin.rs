@@ -190,7 +190,7 @@ pub async fn import_form(
     .await
     .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     if publish {
-        store::publish(&mut conn.client, form_id, &Actor::Operator)
+        store::publish(&mut conn.client, form_id, &Actor::Operator, None)
             .await
             .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     }

@@ -1424,6 +1424,7 @@ async fn publish_checks_the_draft_it_publishes() {
         &mut conn.client,
         id,
         &madoguchi::tenant::audit::Actor::Operator,
+        None,
     )
     .await
     .unwrap_err();
@@ -1438,4 +1439,204 @@ async fn publish_checks_the_draft_it_publishes() {
         .unwrap()
         .get(0);
     assert_eq!(versions, 0);
+}
+
+/// The builder keeps what staff did not touch and never edits the wrong thing:
+/// saving a page's settings keeps its show/hide rule; a new field never takes the id
+/// of one deleted after a version was published (answers are exported and totalled
+/// by id); a field save refused after its id was changed still saves that field, not
+/// the one whose id was typed; and a page older than the draft (someone else saved
+/// meanwhile) is refused instead of undoing their change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builder_keeps_rules_ids_and_other_peoples_changes() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("bk"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (id, _) = build_form(&admin, &server, host, &dept, "").await;
+    let u = |p: &str| url(&server, host, &format!("/admin/forms/{id}{p}"));
+    let conn = env.tenant_conn(&t).await;
+    let draft = || async {
+        let v: serde_json::Value = conn
+            .client
+            .query_one(
+                "SELECT draft FROM forms WHERE id = $1",
+                &[&id.parse::<i64>().unwrap()],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        v
+    };
+    let rev = |page: &str| capture(r#"name="rev" value="(-?\d+)""#, page);
+
+    // A rule on page 2, then its settings saved as the page shows them, heading changed.
+    let (status, _, body) = post(
+        &admin.client,
+        &u("/pages"),
+        &[
+            ("csrf", &admin.csrf),
+            ("action", "update"),
+            ("page", "1"),
+            ("title", "希望日"),
+            ("cond_field", "kind"),
+            ("cond_op", "in"),
+            ("cond_values", "ソファ\r\nその他"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, page) = get(&admin.client, &u("")).await;
+    let settings = capture(
+        r#"(?s)(<form method="post" action="/admin/forms/\d+/pages"><input type="hidden" name="rev"[^>]*>\s*<input type="hidden" name="csrf" value="[^"]*"><input type="hidden" name="page" value="1">.*?</form>)"#,
+        &page,
+    );
+    let cond_field = capture(r#"<option value="([^"]+)" selected>"#, &settings);
+    let cond_op = capture(
+        r#"name="cond_op">.*?<option value="([a-z_]+)" selected>"#,
+        &settings,
+    );
+    let cond_values = capture(
+        r#"(?s)name="cond_values" rows="2">(.*?)</textarea>"#,
+        &settings,
+    );
+    let (status, _, body) = post(
+        &admin.client,
+        &u("/pages"),
+        &[
+            ("csrf", &admin.csrf),
+            ("rev", &rev(&settings)),
+            ("action", "update"),
+            ("page", "1"),
+            ("title", "収集の希望日"),
+            ("cond_field", &cond_field),
+            ("cond_op", &cond_op),
+            ("cond_values", &cond_values),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let d = draft().await;
+    assert_eq!(d["pages"][1]["title"], "収集の希望日");
+    assert_eq!(
+        d["pages"][1]["show_if"],
+        serde_json::json!({ "field": "kind", "op": "in", "values": ["ソファ", "その他"] })
+    );
+
+    // q1 published, then deleted: the next new field is not q1 again.
+    let add = |label: &'static str| {
+        let (c, csrf, target) = (admin.client.clone(), admin.csrf.clone(), u("/fields"));
+        async move {
+            let (status, loc, body) = post(
+                &c,
+                &target,
+                &[
+                    ("csrf", &csrf),
+                    ("page", "0"),
+                    ("type", "text"),
+                    ("label", label),
+                ],
+            )
+            .await;
+            assert_eq!(status, 303, "{body}");
+            loc.rsplit('/').next().unwrap().to_owned()
+        }
+    };
+    assert_eq!(add("備考").await, "q1");
+    let (_, _, page) = post(&admin.client, &u("/publish"), &[("csrf", &admin.csrf)]).await;
+    assert!(page.contains("第2版を公開しました"), "{page}");
+    post(
+        &admin.client,
+        &u("/fields/q1/move"),
+        &[("csrf", &admin.csrf), ("action", "delete")],
+    )
+    .await;
+    let phone = add("電話番号").await;
+    assert_ne!(
+        phone, "q1",
+        "a new field took the id of one answered in version 2"
+    );
+
+    // Its id changed to one already taken: refused, and the page still saves this field.
+    let (status, _, page) = post(
+        &admin.client,
+        &u(&format!("/fields/{phone}")),
+        &[
+            ("csrf", &admin.csrf),
+            ("label", "電話番号"),
+            ("id", "email"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 422, "{page}");
+    assert!(
+        page.contains(&format!(r#"action="/admin/forms/{id}/fields/{phone}""#)),
+        "the corrected save would go to another field: {page}"
+    );
+    let (status, _, body) = post(
+        &admin.client,
+        &u(&format!("/fields/{phone}")),
+        &[
+            ("csrf", &admin.csrf),
+            ("rev", &rev(&page)),
+            ("label", "電話番号"),
+            ("id", "phone"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let d = draft().await;
+    let ids: Vec<&str> = d["pages"][0]["fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["name", "email", "kind", "other", "phone"]);
+    assert_eq!(d["pages"][0]["fields"][1]["label"], "メールアドレス");
+
+    // Two people on the builder: the second save, from the older page, is refused.
+    let (_, _, page) = get(&admin.client, &u("")).await;
+    let seen = rev(&page);
+    let settings = |title: &'static str, rev: String| {
+        let (c, csrf, target, dept) = (
+            admin.client.clone(),
+            admin.csrf.clone(),
+            u("/settings"),
+            dept.clone(),
+        );
+        async move {
+            post(
+                &c,
+                &target,
+                &[
+                    ("csrf", &csrf),
+                    ("rev", &rev),
+                    ("title", title),
+                    ("department", &dept),
+                    ("completion_message", "ありがとうございました"),
+                ],
+            )
+            .await
+        }
+    };
+    let (status, _, body) = settings("粗大ごみ収集申込（令和8年度）", seen.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _, body) = settings("粗大ごみ申込", seen.clone()).await;
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("他の職員が変更しました"), "{body}");
+    assert_eq!(draft().await["title"], "粗大ごみ収集申込（令和8年度）");
+    let (status, _, body) = post(
+        &admin.client,
+        &u("/publish"),
+        &[("csrf", &admin.csrf), ("rev", &seen)],
+    )
+    .await;
+    assert_eq!(
+        status, 409,
+        "published a draft the page did not show: {body}"
+    );
+    server.shutdown().await;
 }

@@ -54,6 +54,33 @@ async fn load_for_edit(
     Ok(form)
 }
 
+/// [`load_for_edit`] for a change to the draft: also refused (409) when the page
+/// the person edited on shows an older draft than the stored one (its `rev`). Every
+/// builder page sends `rev`; a post without one (a page cached from before pages
+/// carried it) is still kept from overwriting a save made while it is handled
+/// ([`store::save_draft`]).
+async fn load_for_change(
+    db: &tokio_postgres::Client,
+    user: &StaffUser,
+    id: i64,
+    body: &FormData,
+) -> Result<FormRow, AppError> {
+    let form = load_for_edit(db, user, id, body).await?;
+    match seen_revision(body) {
+        Some(seen) if seen != form.revision => Err(AppError::Conflict(store::STALE_DRAFT.into())),
+        _ => Ok(form),
+    }
+}
+
+/// The draft revision the page showed, if it says.
+fn seen_revision(body: &FormData) -> Option<i64> {
+    match body.get("rev") {
+        "" => None,
+        // Unreadable: as stale as can be.
+        r => Some(r.parse().unwrap_or(-1)),
+    }
+}
+
 pub struct FormListRow {
     pub id: i64,
     pub title: String,
@@ -167,6 +194,15 @@ pub struct PageRow {
     pub index: usize,
     pub title: String,
     pub condition: String,
+    /// The page's show/hide rule as its settings form shows it, so that saving the
+    /// settings keeps it: the field (one of `earlier`), the operator and the values.
+    pub cond_field: String,
+    pub cond_op: &'static str,
+    pub cond_values: String,
+    /// Fields of earlier pages, which a page's rule may refer to.
+    pub earlier: Vec<EarlierField>,
+    /// The rule names a field not among them (shown, so that saving keeps it).
+    pub cond_missing: bool,
     pub fields: Vec<FieldRow>,
 }
 
@@ -200,6 +236,8 @@ struct BuilderPage {
     qr: String,
     message: Option<String>,
     csrf: String,
+    /// The draft's revision, sent back with every change ([`load_for_change`]).
+    rev: i64,
     json: String,
     accepted: i32,
 }
@@ -266,25 +304,44 @@ async fn builder(
         .pages
         .iter()
         .enumerate()
-        .map(|(i, p)| PageRow {
-            index: i,
-            title: p.title.clone(),
-            condition: condition_text(def, &p.show_if),
-            fields: p
-                .fields
+        .map(|(i, p)| {
+            let (cond_field, cond_op, cond_values) = condition_inputs(&p.show_if);
+            let earlier: Vec<EarlierField> = def.pages[..i]
                 .iter()
-                .map(|f| FieldRow {
+                .flat_map(|p| &p.fields)
+                .filter(|f| f.kind.takes_answer())
+                .map(|f| EarlierField {
                     id: f.id.clone(),
-                    label: if f.label.is_empty() {
-                        "（項目名なし）".into()
-                    } else {
-                        f.label.clone()
-                    },
-                    type_label: type_label(&f.kind),
-                    required: f.required,
-                    condition: condition_text(def, &f.show_if),
+                    label: f.label.clone(),
                 })
-                .collect(),
+                .collect();
+            let cond_missing =
+                !cond_field.is_empty() && !earlier.iter().any(|e| e.id == cond_field);
+            PageRow {
+                index: i,
+                title: p.title.clone(),
+                condition: condition_text(def, &p.show_if),
+                cond_field,
+                cond_op,
+                cond_values,
+                earlier,
+                cond_missing,
+                fields: p
+                    .fields
+                    .iter()
+                    .map(|f| FieldRow {
+                        id: f.id.clone(),
+                        label: if f.label.is_empty() {
+                            "（項目名なし）".into()
+                        } else {
+                            f.label.clone()
+                        },
+                        type_label: type_label(&f.kind),
+                        required: f.required,
+                        condition: condition_text(def, &f.show_if),
+                    })
+                    .collect(),
+            }
         })
         .collect();
     let public_url = format!("{}/f/{}", ctx.base_url, form.public_id);
@@ -347,6 +404,7 @@ async fn builder(
             public_url,
             message: message.map(|m| m.trim_start_matches('!').to_owned()),
             csrf: user.csrf.clone(),
+            rev: form.revision,
             json: serde_json::to_string_pretty(def).unwrap_or_default(),
             accepted: form.accepted,
         },
@@ -368,7 +426,8 @@ pub async fn save_settings(
     body: FormData,
 ) -> Result<Response, AppError> {
     let mut db = ctx.db().await?;
-    let form = load_for_edit(&db, &user, id, &body).await?;
+    let form = load_for_change(&db, &user, id, &body).await?;
+    let revision = form.revision;
     let mut def = form.draft;
     def.title = body.get("title").trim().to_owned();
     def.description = body.get("description").trim().replace("\r\n", "\n");
@@ -444,7 +503,7 @@ pub async fn save_settings(
         .filter(|f| f.kind.takes_answer())
         .map(|f| f.id.clone());
     store::set_summary_field(&db, id, summary.as_deref()).await?;
-    store::save_draft(&db, id, &def).await?;
+    store::save_draft(&db, id, &def, revision).await?;
     drop(db);
     builder(
         &ctx,
@@ -455,10 +514,13 @@ pub async fn save_settings(
     .await
 }
 
-fn next_field_id(def: &FormDefinition) -> String {
+/// The first `qN` not used by the draft nor by any published version: answers are
+/// kept, exported and totalled by field id across versions, so a new field must not
+/// take the id of one deleted after it was answered.
+fn next_field_id(def: &FormDefinition, published: &std::collections::HashSet<String>) -> String {
     (1..)
         .map(|n| format!("q{n}"))
-        .find(|id| def.field(id).is_none())
+        .find(|id| def.field(id).is_none() && !published.contains(id))
         .unwrap_or_else(|| "q".into())
 }
 
@@ -469,7 +531,8 @@ pub async fn add_field(
     body: FormData,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let mut def = load_for_edit(&db, &user, id, &body).await?.draft;
+    let form = load_for_change(&db, &user, id, &body).await?;
+    let (mut def, revision) = (form.draft, form.revision);
     let page: usize = body.get("page").parse().unwrap_or(0);
     let kind = FieldKind::new_of(body.get("type"))
         .ok_or_else(|| AppError::BadRequest("項目の種類を選択してください".into()))?;
@@ -479,7 +542,7 @@ pub async fn add_field(
     } else {
         label.to_owned()
     };
-    let fid = next_field_id(&def);
+    let fid = next_field_id(&def, &store::published_field_ids(&db, id).await?);
     let p = def.pages.get_mut(page).ok_or(AppError::NotFound)?;
     p.fields.push(Field {
         id: fid.clone(),
@@ -490,7 +553,7 @@ pub async fn add_field(
         show_if: None,
         kind,
     });
-    store::save_draft(&db, id, &def).await?;
+    store::save_draft(&db, id, &def, revision).await?;
     Ok(see_other(&format!("/admin/forms/{id}/fields/{fid}")))
 }
 
@@ -508,7 +571,8 @@ pub async fn move_field(
     body: FormData,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let mut def = load_for_edit(&db, &user, id, &body).await?.draft;
+    let form = load_for_change(&db, &user, id, &body).await?;
+    let (mut def, revision) = (form.draft, form.revision);
     let (pi, fi) = find_field(&mut def, &fid).ok_or(AppError::NotFound)?;
     match body.get("action") {
         "up" if fi > 0 => def.pages[pi].fields.swap(fi, fi - 1),
@@ -526,7 +590,7 @@ pub async fn move_field(
         }
         _ => {}
     }
-    store::save_draft(&db, id, &def).await?;
+    store::save_draft(&db, id, &def, revision).await?;
     Ok(see_other(&format!("/admin/forms/{id}#page-{pi}")))
 }
 
@@ -537,7 +601,8 @@ pub async fn pages(
     body: FormData,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let mut def = load_for_edit(&db, &user, id, &body).await?.draft;
+    let form = load_for_change(&db, &user, id, &body).await?;
+    let (mut def, revision) = (form.draft, form.revision);
     let index: usize = body.get("page").parse().unwrap_or(usize::MAX);
     match body.get("action") {
         "add" => {
@@ -575,7 +640,7 @@ pub async fn pages(
         }
         _ => return Err(AppError::BadRequest("操作が正しくありません".into())),
     }
-    store::save_draft(&db, id, &def).await?;
+    store::save_draft(&db, id, &def, revision).await?;
     Ok(see_other(&format!("/admin/forms/{id}")))
 }
 
@@ -595,6 +660,22 @@ fn condition_from(body: &FormData) -> Option<Condition> {
         op,
         values,
     })
+}
+
+/// A rule as the settings forms show it: field id, operator, values one per line.
+fn condition_inputs(c: &Option<Condition>) -> (String, &'static str, String) {
+    match c {
+        Some(c) => (
+            c.field.clone(),
+            match c.op {
+                ConditionOp::Equals => "equals",
+                ConditionOp::In => "in",
+                ConditionOp::NotEmpty => "not_empty",
+            },
+            c.values.join("\n"),
+        ),
+        None => (String::new(), "equals", String::new()),
+    }
 }
 
 fn lines(s: &str) -> Vec<String> {
@@ -617,6 +698,9 @@ struct FieldPage {
     nav: Option<Nav>,
     form_id: i64,
     form_title: String,
+    /// The id the field is stored under, which the form posts to: after a refused
+    /// save that also changed the id, `f.id` is the new one, not yet stored.
+    stored_id: String,
     f: Field,
     kind: &'static str,
     type_label: &'static str,
@@ -638,6 +722,7 @@ struct FieldPage {
     text: String,
     error: Option<String>,
     csrf: String,
+    rev: i64,
 }
 
 fn opt<T: ToString>(v: Option<T>) -> String {
@@ -649,6 +734,7 @@ fn field_page(
     user: &StaffUser,
     form: &FormRow,
     fid: &str,
+    stored_id: &str,
     error: Option<String>,
 ) -> Result<Response, AppError> {
     let def = &form.draft;
@@ -669,23 +755,13 @@ fn field_page(
         }
     }
     let f = found.ok_or(AppError::NotFound)?;
-    let (cond_field, cond_op, cond_values) = match &f.show_if {
-        Some(c) => (
-            c.field.clone(),
-            match c.op {
-                ConditionOp::Equals => "equals",
-                ConditionOp::In => "in",
-                ConditionOp::NotEmpty => "not_empty",
-            },
-            c.values.join("\n"),
-        ),
-        None => (String::new(), "equals", String::new()),
-    };
+    let (cond_field, cond_op, cond_values) = condition_inputs(&f.show_if);
     let mut page = FieldPage {
         site: ctx.name.to_string(),
         nav: Some(Nav::new(user, "forms")),
         form_id: form.id,
         form_title: def.title.clone(),
+        stored_id: stored_id.to_owned(),
         kind: f.kind.type_name(),
         type_label: type_label(&f.kind),
         earlier,
@@ -706,6 +782,7 @@ fn field_page(
         text: String::new(),
         error,
         csrf: user.csrf.clone(),
+        rev: form.revision,
         f: f.clone(),
     };
     match &f.kind {
@@ -777,7 +854,7 @@ pub async fn edit_field(
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
     let form = load(&db, &user, id).await?;
-    field_page(&ctx, &user, &form, &fid, None)
+    field_page(&ctx, &user, &form, &fid, &fid, None)
 }
 
 fn num<T: std::str::FromStr>(body: &FormData, name: &str, what: &str) -> Result<Option<T>, String> {
@@ -872,12 +949,13 @@ pub async fn save_field(
     body: FormData,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let mut form = load_for_edit(&db, &user, id, &body).await?;
+    let mut form = load_for_change(&db, &user, id, &body).await?;
+    let revision = form.revision;
     let (pi, fi) = find_field(&mut form.draft, &fid).ok_or(AppError::NotFound)?;
     let old = form.draft.pages[pi].fields[fi].clone();
     let new = match field_from(&body, &old) {
         Ok(f) => f,
-        Err(msg) => return field_page(&ctx, &user, &form, &fid, Some(msg)),
+        Err(msg) => return field_page(&ctx, &user, &form, &fid, &fid, Some(msg)),
     };
     let new_id = new.id.clone();
     let mut def = form.draft.clone();
@@ -906,9 +984,9 @@ pub async fn save_field(
         .collect();
     if !mine.is_empty() {
         form.draft = def;
-        return field_page(&ctx, &user, &form, &new_id, Some(mine.join("。")));
+        return field_page(&ctx, &user, &form, &new_id, &fid, Some(mine.join("。")));
     }
-    store::save_draft(&db, id, &def).await?;
+    store::save_draft(&db, id, &def, revision).await?;
     Ok(see_other(&format!("/admin/forms/{id}#field-{new_id}")))
 }
 
@@ -919,7 +997,7 @@ pub async fn publish(
     body: FormData,
 ) -> Result<Response, AppError> {
     let mut db = ctx.db().await?;
-    let form = load_for_edit(&db, &user, id, &body).await?;
+    let form = load_for_change(&db, &user, id, &body).await?;
     let problems = form.draft.check();
     if !problems.is_empty() {
         drop(db);
@@ -931,7 +1009,7 @@ pub async fn publish(
         )
         .await;
     }
-    let msg = match store::publish(&mut db, id, &user.actor()).await {
+    let msg = match store::publish(&mut db, id, &user.actor(), seen_revision(&body)).await {
         Ok(v) => format!("第{v}版を公開しました"),
         Err(AppError::BadRequest(m)) => format!("!{m}"),
         Err(e) => return Err(e),
@@ -1021,7 +1099,7 @@ pub async fn import(
     body: FormData,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    load_for_edit(&db, &user, id, &body).await?;
+    let revision = load_for_change(&db, &user, id, &body).await?.revision;
     let text = body.get("json");
     if text.len() > MAX_DOCUMENT {
         drop(db);
@@ -1029,7 +1107,7 @@ pub async fn import(
     }
     match FormDefinition::from_json(text) {
         Ok(def) => {
-            store::save_draft(&db, id, &def).await?;
+            store::save_draft(&db, id, &def, revision).await?;
             drop(db);
             builder(
                 &ctx,

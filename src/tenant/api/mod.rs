@@ -102,6 +102,7 @@ impl From<AppError> for Problem {
                 "Forbidden",
                 "権限がありません",
             ),
+            AppError::Conflict(m) => Problem::new(StatusCode::CONFLICT, "conflict", "Conflict", m),
             AppError::Unavailable { .. } => Problem::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

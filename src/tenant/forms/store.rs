@@ -26,6 +26,9 @@ pub struct FormRow {
     pub unpublished_changes: bool,
     /// The answer the inbox shows beside each submission.
     pub summary_field: Option<String>,
+    /// When the draft was last saved (µs): the builder's pages carry it, and a save
+    /// from a page older than the draft is refused ([`save_draft`]).
+    pub revision: i64,
 }
 
 /// Where a published form stands for citizens now.
@@ -70,7 +73,7 @@ fn to_json(def: &FormDefinition) -> Result<serde_json::Value, AppError> {
 
 const FORM_COLUMNS: &str = "f.id, f.public_id, f.department_id, d.name, f.draft, f.current_version, f.closed, (SELECT count(*)::int FROM submissions s WHERE s.form_id = f.id),
      f.current_version IS NULL OR f.draft IS DISTINCT FROM (SELECT v.definition FROM form_versions v WHERE v.form_id = f.id AND v.version = f.current_version),
-     f.summary_field";
+     f.summary_field, (extract(epoch FROM f.draft_updated_at) * 1000000)::bigint";
 
 fn row_to_form(r: &tokio_postgres::Row) -> Result<FormRow, AppError> {
     Ok(FormRow {
@@ -84,6 +87,7 @@ fn row_to_form(r: &tokio_postgres::Row) -> Result<FormRow, AppError> {
         accepted: r.get(7),
         unpublished_changes: r.get(8),
         summary_field: r.get(9),
+        revision: r.get(10),
     })
 }
 
@@ -138,12 +142,47 @@ pub async fn create(
     Ok(id)
 }
 
-pub async fn save_draft(db: &Client, id: i64, def: &FormDefinition) -> Result<(), AppError> {
-    db.execute(
-        "UPDATE forms SET draft = $2, draft_updated_at = now() WHERE id = $1",
-        &[&id, &to_json(def)?],
-    )
-    .await?;
+/// Every field id of every published version of a form.
+pub async fn published_field_ids(
+    db: &Client,
+    id: i64,
+) -> Result<std::collections::HashSet<String>, AppError> {
+    let rows = db
+        .query(
+            "SELECT DISTINCT jsonb_path_query(definition, '$.pages[*].fields[*].id') #>> '{}'
+               FROM form_versions WHERE form_id = $1",
+            &[&id],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| r.get::<_, Option<String>>(0))
+        .collect())
+}
+
+/// What staff are told when the draft they edited was saved by someone else since
+/// they opened it.
+pub const STALE_DRAFT: &str = "このフォームは、あなたが画面を開いた後に他の職員が変更しました。変更は保存していません。フォームの画面を開き直して最新の内容を確かめてから、もう一度操作してください。";
+
+/// Saves the draft if it is still at `revision` (the [`FormRow::revision`] the
+/// person edited): two staff editing one form never overwrite each other's changes
+/// unseen; the second is told ([`STALE_DRAFT`]).
+pub async fn save_draft(
+    db: &Client,
+    id: i64,
+    def: &FormDefinition,
+    revision: i64,
+) -> Result<(), AppError> {
+    let saved = db
+        .execute(
+            "UPDATE forms SET draft = $2, draft_updated_at = clock_timestamp()
+              WHERE id = $1 AND (extract(epoch FROM draft_updated_at) * 1000000)::bigint = $3",
+            &[&id, &to_json(def)?, &revision],
+        )
+        .await?;
+    if saved == 0 {
+        return Err(AppError::Conflict(STALE_DRAFT.into()));
+    }
     Ok(())
 }
 
@@ -183,16 +222,26 @@ pub async fn set_department(
 
 /// Freezes the draft as the next version, with its `form.publish` entry in the
 /// operation log (in the same transaction); returns the version. The caller has
-/// checked the draft.
-pub async fn publish(db: &mut Client, id: i64, actor: &Actor) -> Result<i32, AppError> {
+/// checked the draft; `seen`, the revision the person saw, if they saw one: a draft
+/// saved by someone else since is not published (409).
+pub async fn publish(
+    db: &mut Client,
+    id: i64,
+    actor: &Actor,
+    seen: Option<i64>,
+) -> Result<i32, AppError> {
     let staff_id = actor.staff_id();
     let tx = db.transaction().await?;
     let row = tx
         .query_one(
-            "SELECT draft, coalesce(current_version, 0) FROM forms WHERE id = $1 FOR UPDATE",
+            "SELECT draft, coalesce(current_version, 0), (extract(epoch FROM draft_updated_at) * 1000000)::bigint
+               FROM forms WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .await?;
+    if seen.is_some_and(|seen| seen != row.get::<_, i64>(2)) {
+        return Err(AppError::Conflict(STALE_DRAFT.into()));
+    }
     let draft: serde_json::Value = row.get(0);
     let def = parse_def(draft.clone())?;
     // Checked again as locked: an edit saved since the caller's check must not be

@@ -96,7 +96,14 @@ pub struct EmbeddedPg {
     as_postgres: bool,
     started_here: bool,
     password: Zeroizing<String>,
+    /// A shared lock on `pg/users.lock`, held while this process uses the cluster:
+    /// the last process to let go stops it ([`EmbeddedPg::stop_if_last`]).
+    users: Option<fs::File>,
 }
+
+/// Present while the cluster runs because a Madoguchi process started it (one
+/// started by hand is never stopped by Madoguchi).
+const STARTED_MARKER: &str = "started-by-madoguchi";
 
 impl EmbeddedPg {
     /// Creates the cluster on first use, starts it unless it is already running
@@ -115,6 +122,19 @@ impl EmbeddedPg {
             chown_to_postgres(&root)?;
             check_reachable_by_postgres(&root)?;
         }
+        // Taken before the cluster is looked at: a process stopping it holds the lock
+        // exclusively until it has stopped, so this one then finds it stopped and
+        // starts it, rather than joining a cluster about to go.
+        let users = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(root.join("users.lock"))
+            .with_context(|| format!("opening {}", root.join("users.lock").display()))?;
+        users
+            .lock_shared()
+            .with_context(|| format!("locking {}", root.join("users.lock").display()))?;
         let mut pg = Self {
             root,
             data,
@@ -122,6 +142,7 @@ impl EmbeddedPg {
             as_postgres,
             started_here: false,
             password,
+            users: Some(users),
         };
         if !pg.data.join("PG_VERSION").exists() {
             pg.initdb(opts)?;
@@ -129,6 +150,8 @@ impl EmbeddedPg {
         if !pg.is_running() {
             pg.start(opts)?;
             pg.started_here = true;
+            fs::write(pg.root.join(STARTED_MARKER), b"")
+                .with_context(|| format!("writing {}", pg.root.join(STARTED_MARKER).display()))?;
         }
         Ok(pg)
     }
@@ -307,12 +330,36 @@ impl EmbeddedPg {
         Ok(())
     }
 
-    /// Stops the cluster if this process started it.
-    pub fn stop_if_started_here(&mut self) -> anyhow::Result<()> {
-        if self.started_here {
-            self.stop()
-        } else {
-            Ok(())
+    /// Stops the cluster if no other Madoguchi process on this state directory uses
+    /// it and a Madoguchi process started it. A command that started the cluster while
+    /// `serve` was down leaves it running for a `serve` started meanwhile (stopping it
+    /// took every municipality offline), and that `serve` stops it when it ends.
+    pub fn stop_if_last(&mut self) -> anyhow::Result<()> {
+        drop(self.users.take());
+        let path = self.root.join("users.lock");
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {
+                let marker = self.root.join(STARTED_MARKER);
+                if self.started_here || marker.exists() {
+                    self.stop()?;
+                    let _ = fs::remove_file(marker);
+                }
+                Ok(())
+            }
+            Err(fs::TryLockError::WouldBlock) => {
+                tracing::info!("the embedded cluster is left running: another madoguchi process on this state directory is using it");
+                Ok(())
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("locking {}", path.display()))
+            }
         }
     }
 }

@@ -63,7 +63,7 @@ impl Platform {
             Ok(c) => c,
             Err(e) => {
                 if let Some(mut pg) = embedded {
-                    let _ = pg.stop_if_started_here();
+                    let _ = pg.stop_if_last();
                 }
                 return Err(e);
             }
@@ -96,7 +96,8 @@ impl Platform {
         }
     }
 
-    /// Stops the embedded cluster if this process started it.
+    /// Stops the embedded cluster if this process is the last to use it (and it was
+    /// started by Madoguchi).
     pub fn close(&self) -> anyhow::Result<()> {
         self.catalog.close();
         let mut guard = self
@@ -104,7 +105,7 @@ impl Platform {
             .lock()
             .map_err(|_| anyhow::anyhow!("embedded cluster lock poisoned"))?;
         if let Some(pg) = guard.as_mut() {
-            pg.stop_if_started_here()?;
+            pg.stop_if_last()?;
         }
         Ok(())
     }

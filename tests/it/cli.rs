@@ -661,3 +661,41 @@ fn operators_platform_key_and_transparency_log() {
         "{out}"
     );
 }
+
+/// A command that started the embedded cluster while `serve` was down leaves it
+/// running for a `serve` started meanwhile (stopping it took every municipality
+/// offline until someone restarted `serve`), and that `serve` stops it when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_leaves_the_cluster_to_a_serve_started_meanwhile() {
+    let state = StateDir::new();
+    let dir = state.0.clone();
+    let pid = dir.join("pg/data/postmaster.pid");
+    // The command: this process, starting the cluster.
+    let platform =
+        madoguchi::platform::Platform::open(madoguchi::config::Settings::new(dir.clone()))
+            .await
+            .unwrap();
+    assert!(pid.exists());
+    let serving = {
+        let dir = dir.clone();
+        tokio::task::spawn_blocking(move || {
+            Serving::start(&dir, &["serve", "--backup-interval-hours", "0"])
+        })
+        .await
+        .unwrap()
+    };
+    platform.close().unwrap();
+    assert!(
+        pid.exists(),
+        "the command stopped the cluster serve had joined"
+    );
+    let ready = reqwest::get(format!("http://{}/readyz", serving.ops))
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(ready, 200);
+    tokio::task::spawn_blocking(move || serving.stop())
+        .await
+        .unwrap();
+    assert!(!pid.exists(), "serve left the cluster running");
+}

@@ -8,7 +8,7 @@ use anyhow::Context;
 use crate::catalog::Catalog;
 use crate::config::Settings;
 use crate::control::Cluster;
-use crate::crypto::{FileKeyProvider, KeyProvider};
+use crate::crypto::{DataKey, FileKeyProvider, KeyProvider};
 use crate::embedded_pg::{ClusterOptions, EmbeddedPg};
 
 pub struct Platform {
@@ -35,9 +35,6 @@ impl Platform {
         std::fs::create_dir_all(&settings.state_dir).with_context(|| {
             format!("creating state directory {}", settings.state_dir.display())
         })?;
-        let keys: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::load_or_create(
-            &settings.state_dir.join("master.key"),
-        )?);
         let (admin, admin_url, embedded) = match &settings.database_url {
             Some(url) => {
                 let cfg: tokio_postgres::Config = url
@@ -68,6 +65,17 @@ impl Platform {
                 return Err(e);
             }
         };
+        let keys: Arc<dyn KeyProvider> =
+            match master_key(&catalog, &settings.state_dir.join("master.key")).await {
+                Ok(k) => Arc::new(k),
+                Err(e) => {
+                    catalog.close();
+                    if let Some(mut pg) = embedded {
+                        let _ = pg.stop_if_last();
+                    }
+                    return Err(e);
+                }
+            };
         Ok(Self {
             settings,
             cluster,
@@ -109,4 +117,66 @@ impl Platform {
         }
         Ok(())
     }
+}
+
+/// What the master key's check value is wrapped with.
+const CHECK_AAD: &[u8] = b"madoguchi-master-key-check-v1";
+
+/// The master key at `path`, if it is the catalog's: a catalog that already holds
+/// keys is never met with a new master key made on the spot (a command run with
+/// the wrong `--state-dir` against the real catalog wrapped a tenant's keys under a
+/// stray key no `serve` could open), nor with another one.
+async fn master_key(catalog: &Catalog, path: &std::path::Path) -> anyhow::Result<FileKeyProvider> {
+    let c = catalog.client().await?;
+    let check: Option<Vec<u8>> = c
+        .query_opt("SELECT wrapped FROM master_key_check", &[])
+        .await?
+        .map(|r| r.get(0));
+    // A catalog from before the check: one of its wrapped keys, if it has any.
+    let sample = c
+        .query_opt(
+            "SELECT tenant_id, purpose, version, wrapped FROM tenant_keys LIMIT 1",
+            &[],
+        )
+        .await?;
+    let wrong_key = || {
+        anyhow::anyhow!(
+            "マスターキー {} はこのカタログの鍵ではありません。--state-dir（MADOGUCHI_STATE_DIR）が正しいか確かめてください / the master key {} is not the one this catalog's keys are wrapped with; check --state-dir",
+            path.display(),
+            path.display()
+        )
+    };
+    if !path.exists() && (check.is_some() || sample.is_some()) {
+        anyhow::bail!(
+            "マスターキー {} がありません。このカタログの鍵は別のマスターキーで保護されています。--state-dir（MADOGUCHI_STATE_DIR）が正しいか確かめてください / no master key at {}, but this catalog holds keys wrapped with one; check --state-dir",
+            path.display(),
+            path.display()
+        );
+    }
+    let keys = FileKeyProvider::load_or_create(path)?;
+    if let Some(wrapped) = check {
+        keys.unwrap(&wrapped, CHECK_AAD).map_err(|_| wrong_key())?;
+        return Ok(keys);
+    }
+    if let Some(r) = sample {
+        let version = u32::try_from(r.get::<_, i32>(2)).unwrap_or(0);
+        let aad = DataKey::wrap_aad(&r.get(0), r.get(1), version);
+        keys.unwrap(&r.get::<_, Vec<u8>>(3), &aad)
+            .map_err(|_| wrong_key())?;
+    }
+    let mut value = zeroize::Zeroizing::new([0u8; 32]);
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, value.as_mut());
+    let wrapped = keys.wrap(value.as_ref(), CHECK_AAD)?;
+    c.execute(
+        "INSERT INTO master_key_check (id, wrapped, provider) VALUES (1, $1, $2) ON CONFLICT (id) DO NOTHING",
+        &[&wrapped, &keys.id()],
+    )
+    .await?;
+    // Another process may have written its own at the same moment: it must be ours too.
+    let stored: Vec<u8> = c
+        .query_one("SELECT wrapped FROM master_key_check", &[])
+        .await?
+        .get(0);
+    keys.unwrap(&stored, CHECK_AAD).map_err(|_| wrong_key())?;
+    Ok(keys)
 }

@@ -475,3 +475,46 @@ async fn a_failed_restore_is_undone_and_can_be_run_again() {
     .unwrap();
     assert_eq!(restored.state, madoguchi::catalog::TenantState::Active);
 }
+
+/// A process given the wrong state directory (so no master key, or another one) is
+/// refused before it touches the catalog's keys: before, it made a new master key on
+/// the spot and wrapped a new tenant's keys under it, which no `serve` could open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_state_directory_is_refused_before_any_key_is_made() {
+    let env = TestEnv::new().await;
+    env.tenant(&unique("mk"), "千代田区", "131016").await;
+    let open = |dir: &std::path::Path| {
+        let mut s = env.platform.settings.clone();
+        s.state_dir = dir.to_path_buf();
+        madoguchi::platform::Platform::open(s)
+    };
+    let elsewhere = tempfile::tempdir().unwrap();
+    let err = format!("{:#}", open(elsewhere.path()).await.unwrap_err());
+    assert!(
+        err.contains("マスターキー") && err.contains("--state-dir"),
+        "{err}"
+    );
+    assert!(
+        !elsewhere.path().join("master.key").exists(),
+        "a master key was made for a catalog that has one"
+    );
+    // Another master key: refused too.
+    let other = elsewhere.path().join("master.key");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&other)
+            .unwrap();
+        std::io::Write::write_all(&mut f, &[7u8; 32]).unwrap();
+    }
+    let err = format!("{:#}", open(elsewhere.path()).await.unwrap_err());
+    assert!(err.contains("鍵ではありません"), "{err}");
+    // The right one opens it.
+    std::fs::copy(env.state.path().join("master.key"), &other).unwrap();
+    let p = open(elsewhere.path()).await.unwrap();
+    assert_eq!(p.catalog.list_tenants().await.unwrap().len(), 1);
+    p.close().unwrap();
+}

@@ -421,13 +421,40 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
         ],
     )
     .await;
-    let (status, done, _) = post(
-        &citizen,
-        &url(&server, host, &format!("{loc}/submit")),
-        &[("_token", &token)],
+    // The same correction opened in a second browser before the first sends it
+    // (after the lookup limit gives one more: this address has used its burst).
+    tokio::time::sleep(std::time::Duration::from_secs(
+        madoguchi::tenant::status::LOOKUP_EVERY_SECS,
+    ))
+    .await;
+    let other_browser = crate::forms::browser(&server, &[host]);
+    let (status, other_loc, _) = post(
+        &other_browser,
+        &url(&server, host, "/status/resubmit"),
+        &[("receipt", &receipt), ("email", "hanako.kasai@example.jp")],
     )
     .await;
     assert_eq!(status, 303);
+    let (_, _, other_form) = get(&other_browser, &url(&server, host, &other_loc)).await;
+    let other_token = capture(r#"name="_token" value="([^"]+)""#, &other_form);
+    // A double tap: both sends wait on the application's row (held here); one
+    // stores the correction, and the other gets the same 受付 page, not a refusal.
+    let hold = env.tenant_conn(&t).await;
+    hold.client.batch_execute("BEGIN").await.unwrap();
+    hold.client
+        .query("SELECT 1 FROM submissions WHERE id = $1 FOR UPDATE", &[&id])
+        .await
+        .unwrap();
+    let submit_url = url(&server, host, &format!("{loc}/submit"));
+    let tap = [("_token", token.as_str())];
+    let send = || post(&citizen, &submit_url, &tap);
+    let (taps, ()) = tokio::join!(async { tokio::join!(send(), send()) }, async {
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        hold.client.batch_execute("COMMIT").await.unwrap();
+    });
+    let ((first, done, first_page), (second, second_done, second_page)) = taps;
+    assert_eq!((first, second), (303, 303), "{first_page}{second_page}");
+    assert_eq!(done, second_done);
     let (_, _, page) = get(&citizen, &url(&server, host, &done)).await;
     assert!(page.contains(&receipt), "the same receipt number");
     let row = db
@@ -444,6 +471,42 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
     );
     let (_, _, detail) = get(&admin.client, &case).await;
     assert!(detail.contains("ソファ 2点") && detail.contains("令和13年8月20日"));
+    // Returned once more, the correction left open in the second browser (the first
+    // answers) does not replace the one sent: it was closed when that was sent.
+    db.client
+        .execute(
+            "UPDATE submissions SET status = 'returned' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (status, _, page) = post(
+        &other_browser,
+        &url(&server, host, &format!("{other_loc}/submit")),
+        &[("_token", &other_token)],
+    )
+    .await;
+    assert_eq!(status, 303, "{page}");
+    let (_, _, detail) = get(&admin.client, &case).await;
+    assert!(
+        detail.contains("ソファ 2点"),
+        "an older correction replaced the newer one"
+    );
+    assert_eq!(
+        db.client
+            .query_one("SELECT status FROM submissions WHERE id = $1", &[&id])
+            .await
+            .unwrap()
+            .get::<_, String>(0),
+        "returned"
+    );
+    db.client
+        .execute(
+            "UPDATE submissions SET status = 'received' WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
     // The applicant gets an e-mailed copy of the first application and of the correction.
     let to = "hanako.kasai@example.jp";
     assert_eq!(

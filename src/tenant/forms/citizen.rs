@@ -1119,6 +1119,18 @@ async fn resubmit_correction(
     let encrypted = encrypt_answers(ctx.cipher(), orig, answers)?;
     let mail = receipt_mail(ctx, &form.def, answers, orig, "resubmitted")?;
     let tx = db.transaction().await?;
+    // This correction, locked: a second send of it (a double tap) waits here for the
+    // first, then finds it sent and gets the same 受付 page.
+    let sent = tx
+        .query_opt(
+            "SELECT submission_id FROM citizen_drafts WHERE id = $1 FOR UPDATE",
+            &[&draft.id],
+        )
+        .await?
+        .is_some_and(|r| r.get::<_, Option<Uuid>>(0).is_some());
+    if sent {
+        return Ok(see_other(&format!("/f/{}/done", form.public_id)));
+    }
     let n = tx
         .execute(
             "UPDATE submissions SET answers = $2, form_version = $3, email_index = $4, phone_index = $5, status = 'received',
@@ -1151,7 +1163,15 @@ async fn resubmit_correction(
         serde_json::json!({ "version": form.version }),
     )
     .await?;
-    tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now() WHERE id = $1", &[&draft.id, &orig]).await?;
+    // This correction and any other still open for the same application (another
+    // browser's, holding older answers) are closed: after a later 差戻し, one of them
+    // would otherwise replace what was sent now.
+    tx.execute(
+        "UPDATE citizen_drafts SET submission_id = $1, inputs = NULL, updated_at = now()
+          WHERE resubmit_of = $1 AND submission_id IS NULL",
+        &[&orig],
+    )
+    .await?;
     tx.commit().await?;
     ctx.mail_queued();
     Ok(see_other(&format!("/f/{}/done", form.public_id)))

@@ -1347,3 +1347,86 @@ async fn sign_in_attempts_are_rate_limited_per_tenant_and_address() {
     assert_eq!(status, 401);
     server.shutdown().await;
 }
+
+/// 差戻し asks the applicant to correct online, which needs their e-mail address
+/// (the message goes there, and the status lookup asks for it): an application
+/// without one is refused a 差戻し with a reason, instead of being stranded in it with
+/// a message that can never be sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_needs_an_address_to_reach_the_applicant() {
+    let Setup {
+        env,
+        t,
+        server,
+        host,
+        admin,
+        dept,
+    } = setup().await;
+    let host = host.as_str();
+    let json = r#"{ "format": "madoguchi.form/1", "title": "ご意見", "pages": [ { "id": "p1", "fields": [
+        { "id": "name", "type": "text", "label": "お名前", "required": true },
+        { "id": "email", "type": "email", "label": "メールアドレス" }
+    ] } ] }"#;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, json, &dept, true)
+            .await
+            .unwrap();
+    let to_returned = |receipt: String| {
+        let (env, t, admin, server) = (&env, &t, &admin, &server);
+        async move {
+            let id = id_of(env, t, &receipt).await;
+            let case = url(server, host, &format!("/admin/submissions/{id}"));
+            let (status, _, _) = post(
+                &admin.client,
+                &format!("{case}/status"),
+                &[
+                    ("csrf", &admin.csrf),
+                    ("from", "received"),
+                    ("to", "reviewing"),
+                ],
+            )
+            .await;
+            assert_eq!(status, 303);
+            let (status, _, page) = post(
+                &admin.client,
+                &format!("{case}/status"),
+                &[
+                    ("csrf", &admin.csrf),
+                    ("from", "reviewing"),
+                    ("to", "returned"),
+                    ("reason", "ご意見の内容を確認させてください"),
+                    ("deadline", "2031-08-31"),
+                ],
+            )
+            .await;
+            (id, status, page)
+        }
+    };
+    let without = submit(&server, host, &public, &[("name", "匿名希望")]).await;
+    let (id, status, page) = to_returned(without).await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("メールアドレスの回答がない"), "{page}");
+    let db = env.tenant_conn(&t).await;
+    let row = db
+        .client
+        .query_one(
+            "SELECT status, (SELECT count(*) FROM outbox WHERE submission_id = $1 AND kind = 'mail') FROM submissions WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, i64>(1)),
+        ("reviewing".to_owned(), 0)
+    );
+    let with = submit(
+        &server,
+        host,
+        &public,
+        &[("name", "葛西 花子"), ("email", "hanako.kasai@example.jp")],
+    )
+    .await;
+    let (_, status, page) = to_returned(with).await;
+    assert_eq!(status, 303, "{page}");
+    server.shutdown().await;
+}

@@ -129,6 +129,9 @@ pub enum Refusal {
     /// A deadline for the correction that has already passed (the applicant could
     /// not correct at all).
     PastDeadline,
+    /// 差戻し of an application without an e-mail answer: the applicant is never told
+    /// and cannot look it up (the status lookup needs the address) to correct it.
+    Unreachable,
 }
 
 impl Refusal {
@@ -138,6 +141,7 @@ impl Refusal {
             Self::Conflict { now } => format!("他の職員が先に状態を変更しました（現在「{now}」）。内容を確認してからもう一度操作してください"),
             Self::MissingReturnDetails => "差戻しには、理由と期限が必要です".into(),
             Self::PastDeadline => "修正の期限には、今日以降の日付を指定してください".into(),
+            Self::Unreachable => "この申請にはメールアドレスの回答がないため、差戻しはできません（申請者に届かず、オンラインで修正もできません）。電話などで申請者に連絡し、窓口で対応してください".into(),
         }
     }
 }
@@ -197,7 +201,7 @@ pub async fn change_status(
     let tx = db.transaction().await?;
     let row = tx
         .query_opt(
-            "SELECT status FROM submissions WHERE id = $1 FOR UPDATE",
+            "SELECT status, email_index IS NOT NULL FROM submissions WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .await?
@@ -220,6 +224,9 @@ pub async fn change_status(
         }
         if change.deadline.is_some_and(|d| d < crate::ja::today()) {
             return Ok(Err(Refusal::PastDeadline));
+        }
+        if !row.get::<_, bool>(1) {
+            return Ok(Err(Refusal::Unreachable));
         }
         let reason = seal(
             cipher,

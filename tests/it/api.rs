@@ -352,6 +352,34 @@ async fn api_end_to_end() {
         .await
         .unwrap();
     assert_eq!(filtered["items"].as_array().unwrap().len(), 1);
+    // A 差戻し by the integration: its message to the applicant is shown to staff as
+    // the integration's, not the applicant's.
+    let r = c
+        .post(api(ha, &format!("/submissions/{id}/status")))
+        .bearer_auth(&full)
+        .json(&json!({ "to": "returned", "from": "reviewing", "reason": "写真を添付してください", "deadline": "2031-08-31" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let admin = crate::forms::staff(
+        &env,
+        &server,
+        &a,
+        madoguchi::tenant::staff::Role::Admin,
+        None,
+    )
+    .await;
+    let (_, _, case) = crate::forms::get(
+        &admin.client,
+        &url(&server, ha, &format!("/admin/submissions/{id}")),
+    )
+    .await;
+    assert!(
+        case.contains("・API（基幹連携）・申請者へのメッセージ"),
+        "{case}"
+    );
+    assert!(!case.contains("・申請者・申請者へのメッセージ"), "{case}");
 
     // Every token use is in the operation log.
     let conn = env.tenant_conn(&a).await;

@@ -248,7 +248,15 @@ pub async fn change_status(
                 .map(crate::ja::date_both)
                 .unwrap_or_default()
         );
-        add_note_in(&tx, cipher, id, actor_id, "message", &message).await?;
+        add_note_in(
+            &tx,
+            cipher,
+            id,
+            (actor_id, &actor.label()),
+            "message",
+            &message,
+        )
+        .await?;
     } else {
         tx.execute(
             "UPDATE submissions SET status = $2, updated_at = now() WHERE id = $1",
@@ -289,7 +297,7 @@ pub async fn add_note_in(
     tx: &tokio_postgres::Transaction<'_>,
     cipher: &FieldCipher,
     id: Uuid,
-    author: Option<i64>,
+    (author, author_label): (Option<i64>, &str),
     kind: &str,
     body: &str,
 ) -> Result<(), AppError> {
@@ -309,8 +317,8 @@ pub async fn add_note_in(
         body,
     )?;
     tx.execute(
-        "INSERT INTO submission_notes (id, submission_id, author_id, kind, body) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5)",
-        &[&note_id, &id, &author, &kind, &sealed],
+        "INSERT INTO submission_notes (id, submission_id, author_id, author_label, kind, body) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&note_id, &id, &author, &author_label, &kind, &sealed],
     )
     .await?;
     if kind == "message" {

@@ -674,7 +674,7 @@ async fn detail_page(
         .collect();
     let notes = db
         .query(
-            "SELECT n.id, n.at, coalesce(st.email, '申請者'), n.kind, n.body FROM submission_notes n LEFT JOIN staff st ON st.id = n.author_id
+            "SELECT n.id, n.at, st.email, n.kind, n.body, n.author_label FROM submission_notes n LEFT JOIN staff st ON st.id = n.author_id
               WHERE n.submission_id = $1 ORDER BY n.at, n.id",
             &[&id],
         )
@@ -684,7 +684,12 @@ async fn detail_page(
             let note_id: i64 = n.get(0);
             Ok(NoteLine {
                 at: jst(n.get(1)),
-                who: n.get(2),
+                // Staff by their address; anyone else (an integration) as the history
+                // names them; notes from before the label, without an author, as
+                // written by the system.
+                who: n.get::<_, Option<String>>(2).unwrap_or_else(|| {
+                    n.get::<_, Option<&str>>(5).map_or_else(|| "システム".to_owned(), who)
+                }),
                 kind: if n.get::<_, &str>(3) == "message" { "申請者へのメッセージ" } else { "内部コメント" },
                 body: open_text(ctx.cipher(), "submission_notes", "body", &note_id.to_string(), &n.get::<_, Vec<u8>>(4))?,
             })
@@ -879,7 +884,15 @@ pub async fn add_note(
     }
     let client: &mut tokio_postgres::Client = &mut db;
     let tx = client.transaction().await?;
-    add_note_in(&tx, ctx.cipher(), id, Some(user.id), kind, text).await?;
+    add_note_in(
+        &tx,
+        ctx.cipher(),
+        id,
+        (Some(user.id), &user.actor().label()),
+        kind,
+        text,
+    )
+    .await?;
     audit::append(
         &tx,
         &user.actor(),

@@ -181,7 +181,12 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
                 .layer::<_, std::convert::Infallible>(small_body())
                 .layer(lookups.clone()),
         )
-        .route("/status/resubmit", post(status::resubmit).layer(lookups))
+        .route(
+            "/status/resubmit",
+            post(status::resubmit)
+                .layer::<_, std::convert::Infallible>(small_body())
+                .layer(lookups),
+        )
         // Staff: account
         .route("/admin", get(|| async { http::see_other("/admin/forms") }))
         .route(

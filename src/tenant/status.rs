@@ -160,7 +160,9 @@ pub async fn lookup(ctx: TenantCtx, body: FormData) -> Result<Response, AppError
     Ok(render(StatusCode::OK, &page(None, Some(found))))
 }
 
-/// 差戻し: open the form again with the earlier answers, to correct and send.
+/// 差戻し: open the form again with the earlier answers, to correct and send. The
+/// answers are shown to whoever holds the receipt number and the address, so the
+/// opening is logged as a lookup is.
 pub async fn resubmit(ctx: TenantCtx, body: FormData) -> Result<Response, AppError> {
     let db = ctx.db().await?;
     let id = match find(&ctx, &db, &body).await? {
@@ -180,6 +182,16 @@ pub async fn resubmit(ctx: TenantCtx, body: FormData) -> Result<Response, AppErr
     };
     drop(db);
     let (location, cookie) = start_resubmission(&ctx, id).await?;
+    let mut db = ctx.db().await?;
+    audit::record(
+        &mut db,
+        &Actor::Citizen,
+        "status.resubmit_open",
+        &id.to_string(),
+        serde_json::json!({}),
+    )
+    .await?;
+    drop(db);
     let mut resp = super::http::see_other(&location);
     resp.headers_mut().append(header::SET_COOKIE, cookie);
     Ok(resp)

@@ -223,6 +223,19 @@ async fn oversized_headers_and_bodies_get_a_japanese_page() {
         .unwrap();
     assert_eq!(r.status(), 413);
     assert!(r.text().await.unwrap().contains("送信内容が大きすぎます"));
+    // So do the status lookup and the opening of a correction.
+    for path in ["/status", "/status/resubmit"] {
+        let body = format!("receipt=A&email={}", "x".repeat(20 * 1024));
+        let r = c
+            .post(format!("http://{}{path}", server.bound.public))
+            .header("host", &t.hosts[0])
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "{path}");
+    }
     server.shutdown().await;
 }
 

@@ -534,6 +534,7 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
         "submission.status",
         "submission.message",
         "status.lookup",
+        "status.resubmit_open",
         "submission.resubmit",
     ] {
         assert!(

@@ -103,6 +103,10 @@ pub struct MigrateReport {
     /// How many tenants hold each schema version afterwards.
     pub versions: std::collections::BTreeMap<i32, usize>,
     pub failed: Vec<(String, String)>,
+    /// Tenants not migrated, and why (still being provisioned: `tenant create`
+    /// finishes and migrates them). Erased tenants, which have no database, are not
+    /// listed.
+    pub skipped: Vec<(String, TenantState)>,
 }
 
 impl MigrateReport {
@@ -113,16 +117,26 @@ impl MigrateReport {
 }
 
 /// Migrates the given tenants to `target`, `parallel` at a time, with a progress bar
-/// on stderr. Tenants still being provisioned are skipped (provisioning migrates them).
+/// on stderr. Tenants still being provisioned are skipped (provisioning migrates
+/// them) and reported; a tenant awaiting erasure is migrated, since a withdrawn
+/// request opens it again.
 pub async fn migrate_many(
     p: &Platform,
     tenants: Vec<TenantRecord>,
     target: SchemaTarget,
     parallel: usize,
 ) -> MigrateReport {
+    let mut skipped = Vec::new();
     let tenants: Vec<_> = tenants
         .into_iter()
-        .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
+        .filter(|t| match t.state {
+            TenantState::Active | TenantState::Suspended | TenantState::Decommissioning => true,
+            TenantState::Erased => false,
+            TenantState::Provisioning => {
+                skipped.push((t.slug.clone(), t.state));
+                false
+            }
+        })
         .collect();
     let bar = ProgressBar::new(tenants.len() as u64);
     bar.set_style(
@@ -145,7 +159,10 @@ pub async fn migrate_many(
         .collect()
         .await;
     bar.finish_and_clear();
-    let mut report = MigrateReport::default();
+    let mut report = MigrateReport {
+        skipped,
+        ..MigrateReport::default()
+    };
     for (slug, r) in results {
         match r {
             Ok(version) => *report.versions.entry(version).or_default() += 1,

@@ -414,10 +414,30 @@ fn manifests_apply_idempotently_and_migrate_reports() {
     assert!(ok, "{err}");
     assert!(
         out.contains(&format!(
-            "tenants migrated: 2 (schema version 2 at {newest}), failed: 0"
+            "tenants migrated: 2 (schema version 2 at {newest}), failed: 0, skipped: 0"
         )),
         "{out}"
     );
+    // A tenant left half-provisioned is not migrated, and the report says so: a
+    // failure when it was the one named, a line among all.
+    let psql = |sql: &str| {
+        let (ok, _, err) = madoguchi(dir, &["db", "psql", "--", "-At", "-c", sql]);
+        assert!(ok, "{err}");
+    };
+    psql("UPDATE tenants SET state = 'provisioning' WHERE slug = 'otaru'");
+    let (ok, out, err) = madoguchi(dir, &["migrate", "otaru"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("skipped: 1") && err.contains("otaru: 未移行"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = madoguchi(dir, &["migrate", "--all"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("skipped: 1") && err.contains("otaru: 未移行"),
+        "{out}{err}"
+    );
+    psql("UPDATE tenants SET state = 'active' WHERE slug = 'otaru'");
     assert_eq!(schema_of("otaru"), i64::from(newest));
 }
 

@@ -1087,14 +1087,59 @@ fn without_password(url: &str) -> anyhow::Result<(String, Option<zeroize::Zeroiz
             .collect();
         return Ok((kept.join(" "), password));
     };
-    let stripped = match rest.split_once('@') {
+    let (rest, query) = rest.split_once('?').unwrap_or((rest, ""));
+    let mut stripped = match rest.split_once('@') {
         Some((userinfo, host)) if !userinfo.contains('/') => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
             format!("{scheme}://{user}@{host}")
         }
-        _ => url.to_owned(),
+        _ => format!("{scheme}://{rest}"),
     };
+    // `?password=…` among the parameters is a password too.
+    let kept: Vec<&str> = query
+        .split('&')
+        .filter(|p| !p.is_empty() && !p.starts_with("password="))
+        .collect();
+    if !kept.is_empty() {
+        stripped.push('?');
+        stripped.push_str(&kept.join("&"));
+    }
     Ok((stripped, password))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn the_password_leaves_the_url_wherever_it_was() {
+        for (url, want) in [
+            (
+                "postgresql://adm:s3cret@db/postgres",
+                "postgresql://adm@db/postgres",
+            ),
+            (
+                "postgresql://adm@db/postgres?password=s3cret",
+                "postgresql://adm@db/postgres",
+            ),
+            (
+                "postgresql:///postgres?host=/run/pg&password=s3cret&sslmode=disable",
+                "postgresql:///postgres?host=/run/pg&sslmode=disable",
+            ),
+            (
+                "host=/run/pg user=adm password=s3cret dbname=postgres",
+                "host=/run/pg user=adm dbname=postgres",
+            ),
+        ] {
+            let (stripped, password) = without_password(url).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(stripped, want);
+            assert_eq!(
+                password.as_deref().map(String::as_str),
+                Some("s3cret"),
+                "{url}"
+            );
+        }
+    }
 }
 
 /// Who ran a command, for the operation log.

@@ -1107,41 +1107,6 @@ fn without_password(url: &str) -> anyhow::Result<(String, Option<zeroize::Zeroiz
     Ok((stripped, password))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::without_password;
-
-    #[test]
-    fn the_password_leaves_the_url_wherever_it_was() {
-        for (url, want) in [
-            (
-                "postgresql://adm:s3cret@db/postgres",
-                "postgresql://adm@db/postgres",
-            ),
-            (
-                "postgresql://adm@db/postgres?password=s3cret",
-                "postgresql://adm@db/postgres",
-            ),
-            (
-                "postgresql:///postgres?host=/run/pg&password=s3cret&sslmode=disable",
-                "postgresql:///postgres?host=/run/pg&sslmode=disable",
-            ),
-            (
-                "host=/run/pg user=adm password=s3cret dbname=postgres",
-                "host=/run/pg user=adm dbname=postgres",
-            ),
-        ] {
-            let (stripped, password) = without_password(url).unwrap_or_else(|e| panic!("{e}"));
-            assert_eq!(stripped, want);
-            assert_eq!(
-                password.as_deref().map(String::as_str),
-                Some("s3cret"),
-                "{url}"
-            );
-        }
-    }
-}
-
 /// Who ran a command, for the operation log.
 fn cli_actor() -> String {
     format!(
@@ -1644,5 +1609,40 @@ async fn wait_for_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         () = term => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_password;
+
+    #[test]
+    fn the_password_leaves_the_url_wherever_it_was() {
+        for (url, want) in [
+            (
+                "postgresql://adm:s3cret@db/postgres",
+                "postgresql://adm@db/postgres",
+            ),
+            (
+                "postgresql://adm@db/postgres?password=s3cret",
+                "postgresql://adm@db/postgres",
+            ),
+            (
+                "postgresql:///postgres?host=/run/pg&password=s3cret&sslmode=disable",
+                "postgresql:///postgres?host=/run/pg&sslmode=disable",
+            ),
+            (
+                "host=/run/pg user=adm password=s3cret dbname=postgres",
+                "host=/run/pg user=adm dbname=postgres",
+            ),
+        ] {
+            let (stripped, password) = without_password(url).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(stripped, want);
+            assert_eq!(
+                password.as_deref().map(String::as_str),
+                Some("s3cret"),
+                "{url}"
+            );
+        }
     }
 }

@@ -483,7 +483,14 @@ impl Catalog {
             .map(|r| (r.get(0), r.get(1)))
             .collect();
         let drills = c
-            .query("SELECT DISTINCT ON (tenant_slug) tenant_slug, ok, seconds FROM drills ORDER BY tenant_slug, at DESC", &[])
+            // Tenants still here only: an erased tenant's last drill would hold its
+            // alert for good, with no backup left to drill again.
+            .query(
+                "SELECT DISTINCT ON (d.tenant_slug) d.tenant_slug, d.ok, d.seconds FROM drills d
+                   JOIN tenants t ON t.id = d.tenant_id AND t.state IN ('active', 'suspended')
+                  ORDER BY d.tenant_slug, d.at DESC",
+                &[],
+            )
             .await?
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))

@@ -622,10 +622,6 @@ pub async fn drill(
         .into_iter()
         .next()
         .with_context(|| format!("tenant {} has no backup yet", rec.slug))?;
-    let dump = tempfile::NamedTempFile::new()?;
-    crate::control::progress::step(&format!("decrypting and checking {}", latest.file));
-    check_against_record(p, store, &latest.file).await?;
-    decrypt(p, store, &latest.file, dump.reopen()?).await?;
     let admin = p.cluster.admin().await?;
     // One drill of a tenant at a time, and none during its erasure (the same lock).
     if !crate::control::erase::tenant_lock(&admin.client, rec).await? {
@@ -635,6 +631,77 @@ pub async fn drill(
             rec.slug
         );
     }
+    // A backup that cannot be restored is what the drill is for: recorded as a
+    // failed drill (and so alerted on), not only returned as an error.
+    match drill_backup(p, store, rec, &latest, &admin).await {
+        Ok(tables) => {
+            let ok = !tables.is_empty() && tables.iter().all(|t| t.same);
+            let report = DrillReport {
+                tenant: rec.slug.clone(),
+                backup: latest.id,
+                ok,
+                seconds: started.elapsed().as_secs_f64(),
+                tables,
+            };
+            record_drill(
+                p,
+                rec,
+                latest.id,
+                ok,
+                report.seconds,
+                serde_json::to_value(&report.tables)?,
+            )
+            .await?;
+            Ok(report)
+        }
+        Err(e) => {
+            let detail = serde_json::json!({ "error": format!("{e:#}") });
+            record_drill(
+                p,
+                rec,
+                latest.id,
+                false,
+                started.elapsed().as_secs_f64(),
+                detail,
+            )
+            .await?;
+            Err(e)
+        }
+    }
+}
+
+async fn record_drill(
+    p: &Platform,
+    rec: &TenantRecord,
+    backup: Uuid,
+    ok: bool,
+    seconds: f64,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    p.catalog
+        .client()
+        .await?
+        .execute(
+            "INSERT INTO drills (tenant_id, tenant_slug, backup_id, ok, seconds, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+            &[&rec.id, &rec.slug, &backup, &ok, &seconds, &detail],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Checks, decrypts and restores `latest` into a scratch copy, and compares it with
+/// the tenant's database table by table.
+async fn drill_backup(
+    p: &Platform,
+    store: &dyn BackupStore,
+    rec: &TenantRecord,
+    latest: &Manifest,
+    admin: &crate::control::cluster::Conn,
+) -> anyhow::Result<Vec<TableCheck>> {
+    let dump = tempfile::NamedTempFile::new()?;
+    crate::control::progress::step(&format!("decrypting and checking {}", latest.file));
+    check_against_record(p, store, &latest.file).await?;
+    decrypt(p, store, &latest.file, dump.reopen()?).await?;
     // A drill cut short (Ctrl-C, a dropped console request) left its copy behind.
     drop_drill_copies(&admin.client, rec).await?;
     let scratch = format!(
@@ -681,22 +748,7 @@ pub async fn drill(
             crate::catalog::quote_ident(&scratch)
         ))
         .await?;
-    let tables = result?;
-    let ok = !tables.is_empty() && tables.iter().all(|t| t.same);
-    let report = DrillReport {
-        tenant: rec.slug.clone(),
-        backup: latest.id,
-        ok,
-        seconds: started.elapsed().as_secs_f64(),
-        tables,
-    };
-    let c = p.catalog.client().await?;
-    c.execute(
-        "INSERT INTO drills (tenant_id, tenant_slug, backup_id, ok, seconds, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[&rec.id, &rec.slug, &latest.id, &report.ok, &report.seconds, &serde_json::to_value(&report.tables)?],
-    )
-    .await?;
-    Ok(report)
+    result
 }
 
 /// The tenant a backup file belongs to, from its header.

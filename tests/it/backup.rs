@@ -261,6 +261,25 @@ async fn retention_removes_older_backups_files_and_records() {
     std::fs::write(store.path(&second.file), &changed).unwrap();
     let err = backup::drill(&env.platform, &store, &t).await.unwrap_err();
     assert!(format!("{err:#}").contains("SHA-256 differs"), "{err:#}");
+    // A backup that cannot be restored is a failed drill on record (the alert reads
+    // the newest drill), not only an error on the operator's screen.
+    let catalog = env.platform.catalog.client().await.unwrap();
+    let last_drill = || async {
+        let r = catalog
+            .query_one(
+                "SELECT ok, coalesce(detail->>'error', ''), count(*) OVER () FROM drills WHERE tenant_id = $1 ORDER BY at DESC LIMIT 1",
+                &[&t.id],
+            )
+            .await
+            .unwrap();
+        (
+            r.get::<_, bool>(0),
+            r.get::<_, String>(1),
+            r.get::<_, i64>(2),
+        )
+    };
+    let (ok, error, drills) = last_drill().await;
+    assert!(!ok && error.contains("SHA-256 differs"), "{error}");
     std::fs::write(store.path(&second.file), &newer).unwrap();
     // Not while the tenant's erasure (or another drill) holds its lock.
     let holder = admin_client("postgres").await;
@@ -276,6 +295,8 @@ async fn retention_removes_older_backups_files_and_records() {
         format!("{err:#}").contains("another restore drill"),
         "{err:#}"
     );
+    // Not run, so not a drill on record.
+    assert_eq!(last_drill().await.2, drills);
     drop(holder);
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert!(backup::drill(&env.platform, &store, &t).await.unwrap().ok);

@@ -100,6 +100,26 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
     let store = DirStore::new(env.state.path());
     let m = backup::run(&env.platform, &store, &t).await.unwrap();
     backup::run_catalog(&env.platform, &store).await.unwrap();
+    // Its last restore drill failed: the alert's series is there until the erasure.
+    env.platform
+        .catalog
+        .client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO drills (tenant_id, tenant_slug, backup_id, ok, seconds, detail) VALUES ($1, $2, $3, false, 1, '{}')",
+            &[&t.id, &t.slug, &m.id],
+        )
+        .await
+        .unwrap();
+    let drill_series = |metrics: &str| {
+        metrics
+            .lines()
+            .any(|l| l.starts_with("madoguchi_drill_ok") && l.contains(&format!("\"{}\"", t.slug)))
+    };
+    assert!(drill_series(
+        &crate::harness::ops_metrics(server.bound.ops).await
+    ));
     let aside = env.state.path().join("aside.mdgbak");
     std::fs::copy(store.path(&m.file), &aside).unwrap();
 
@@ -293,6 +313,11 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
         .keys
         .iter()
         .any(|k| k.purpose == "db_password"));
+
+    // No alert left behind for a tenant that is gone.
+    assert!(!drill_series(
+        &crate::harness::ops_metrics(server.bound.ops).await
+    ));
 
     // Nothing is left, checked independently of the erasure's own checks.
     assert_eq!(

@@ -633,7 +633,9 @@ pub async fn drill(
     }
     // A backup that cannot be restored is what the drill is for: recorded as a
     // failed drill (and so alerted on), not only returned as an error.
-    match drill_backup(p, store, rec, &latest, &admin).await {
+    let drilled = drill_backup(p, store, rec, &latest, &admin).await;
+    let _ = crate::control::erase::tenant_unlock(&admin.client, rec).await;
+    match drilled {
         Ok(tables) => {
             let ok = !tables.is_empty() && tables.iter().all(|t| t.same);
             let report = DrillReport {

@@ -1142,4 +1142,82 @@ mod tests {
         assert!(FormDefinition::from_json("{").is_err_and(|p| p[0].ja.contains("JSON")));
         assert!(FormDefinition::from_json(&json.replace("madoguchi.form/1", "other/9")).is_err());
     }
+
+    /// Rules no answer can meet are problems the builder shows (and publishing
+    /// refuses): a required field with one would make the form impossible to send, a
+    /// rule value that is no option would never show what depends on it.
+    #[test]
+    fn rules_no_answer_can_meet_are_problems() {
+        let text = |min: Option<u32>, max: Option<u32>| FieldKind::Text {
+            min_length: min,
+            max_length: max,
+            pattern: None,
+            pattern_message: None,
+        };
+        let multi = |min: Option<u32>, max: Option<u32>| FieldKind::MultiChoice {
+            options: vec!["柴犬".into(), "秋田犬".into()],
+            min_selected: min,
+            max_selected: max,
+        };
+        for (kind, want) in [
+            (text(None, Some(0)), "上限は1以上"),
+            (text(Some(15_000), Some(20_000)), "下限は10000以下"),
+            (
+                FieldKind::Textarea {
+                    min_length: Some(10_001),
+                    max_length: None,
+                },
+                "下限は10000以下",
+            ),
+            (multi(Some(3), None), "選択数の範囲"),
+            (multi(None, Some(0)), "選択数の範囲"),
+        ] {
+            let mut def = two_page_form();
+            def.pages[0].fields.push(field("x", true, kind));
+            let problems: Vec<String> = def.check().into_iter().map(|p| p.ja).collect();
+            assert!(
+                problems.iter().any(|p| p.contains(want)),
+                "{want}: {problems:?}"
+            );
+        }
+        // Still fine: limits an answer can meet.
+        let mut def = two_page_form();
+        def.pages[0]
+            .fields
+            .push(field("x", true, text(Some(1), Some(10_000))));
+        def.pages[0]
+            .fields
+            .push(field("y", true, multi(Some(2), Some(2))));
+        assert_eq!(def.check(), Vec::new());
+        // A rule on a choice whose value is not an option (renamed since).
+        let mut def = two_page_form();
+        def.pages[0].fields.push(field(
+            "breed",
+            true,
+            FieldKind::Choice {
+                options: vec!["柴犬".into(), "その他".into()],
+                display: ChoiceDisplay::Radio,
+            },
+        ));
+        let mut dependent = field("breed_other", true, text(None, None));
+        dependent.show_if = Some(Condition {
+            field: "breed".into(),
+            op: ConditionOp::Equals,
+            values: vec!["そのほか".into()],
+        });
+        def.pages[1].fields.push(dependent);
+        let problems: Vec<String> = def.check().into_iter().map(|p| p.ja).collect();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("「そのほか」は、「breed」の選択肢にありません")),
+            "{problems:?}"
+        );
+        def.pages[1].fields[1].show_if = Some(Condition {
+            field: "breed".into(),
+            op: ConditionOp::Equals,
+            values: vec!["その他".into()],
+        });
+        assert_eq!(def.check(), Vec::new());
+    }
 }

@@ -490,6 +490,54 @@ impl FormDefinition {
                 "condition needs a value".into(),
             ));
         }
+        // A value no answer can have never shows what depends on it (an option
+        // renamed after the rule was written, a typo).
+        if matches!(c.op, ConditionOp::Equals | ConditionOp::In) {
+            let possible: Option<Vec<&str>> = self.field(&c.field).and_then(|f| match &f.kind {
+                FieldKind::Choice { options, .. } | FieldKind::MultiChoice { options, .. } => {
+                    Some(options.iter().map(String::as_str).collect())
+                }
+                FieldKind::Consent { .. } => Some(vec!["yes", "no"]),
+                _ => None,
+            });
+            if let Some(possible) = possible {
+                for v in c.values.iter().filter(|v| !possible.contains(&v.as_str())) {
+                    out.push(problem(
+                        format!(
+                            "{what}の表示条件の値「{v}」は、「{}」の選択肢にありません",
+                            c.field
+                        ),
+                        format!("condition value {v:?} is not an option of {:?}", c.field),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// Length rules a text answer can meet: the lower bound at most the upper one and at
+/// most the longest answer kept ([`super::answers::MAX_INPUT`]), the upper above 0.
+fn check_lengths(name: &str, min: Option<u32>, max: Option<u32>, out: &mut Vec<Problem>) {
+    if matches!((min, max), (Some(a), Some(b)) if a > b) {
+        out.push(problem(
+            format!("項目「{name}」の文字数の下限が上限を超えています"),
+            "min_length > max_length".into(),
+        ));
+    }
+    if max == Some(0) {
+        out.push(problem(
+            format!("項目「{name}」の文字数の上限は1以上にしてください"),
+            "max_length 0".into(),
+        ));
+    }
+    let most = super::answers::MAX_INPUT;
+    if min.is_some_and(|m| m as usize > most) {
+        out.push(problem(
+            format!(
+                "項目「{name}」の文字数の下限は{most}以下にしてください（回答は{most}文字まで）"
+            ),
+            format!("min_length above {most}"),
+        ));
     }
 }
 
@@ -503,12 +551,7 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
             pattern,
             ..
         } => {
-            if bad_range(*min_length, *max_length) {
-                out.push(problem(
-                    format!("項目「{name}」の文字数の下限が上限を超えています"),
-                    "min_length > max_length".into(),
-                ));
-            }
+            check_lengths(name, *min_length, *max_length, out);
             if let Some(p) = pattern {
                 if p.len() > 500
                     || regex::RegexBuilder::new(p)
@@ -530,14 +573,7 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
         FieldKind::Textarea {
             min_length,
             max_length,
-        } => {
-            if bad_range(*min_length, *max_length) {
-                out.push(problem(
-                    format!("項目「{name}」の文字数の下限が上限を超えています"),
-                    "min_length > max_length".into(),
-                ));
-            }
-        }
+        } => check_lengths(name, *min_length, *max_length, out),
         FieldKind::Number { min, max, .. } => {
             if matches!((min, max), (Some(a), Some(b)) if a > b) {
                 out.push(problem(
@@ -582,7 +618,8 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
             } = kind
             {
                 if bad_range(*min_selected, *max_selected)
-                    || max_selected.is_some_and(|m| m as usize > options.len())
+                    || max_selected.is_some_and(|m| m == 0 || m as usize > options.len())
+                    || min_selected.is_some_and(|m| m as usize > options.len())
                 {
                     out.push(problem(
                         format!("項目「{name}」の選択数の範囲が正しくありません"),

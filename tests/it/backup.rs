@@ -70,8 +70,8 @@ async fn backup_restores_the_same_rows_holds_no_plaintext_and_refuses_tampering(
     let scratch_left: i64 = admin_client("postgres")
         .await
         .query_one(
-            "SELECT count(*) FROM pg_database WHERE datname LIKE 'drill_%'",
-            &[],
+            "SELECT count(*) FROM pg_database WHERE starts_with(datname, $1)",
+            &[&backup::drill_prefix(&t)],
         )
         .await
         .unwrap()

@@ -1640,3 +1640,122 @@ async fn the_builder_keeps_rules_ids_and_other_peoples_changes() {
     );
     server.shutdown().await;
 }
+
+/// A new version published while a citizen is part-way through: the page they send
+/// (numbered in the version they saw) is not taken for another page of the new one.
+/// What they typed is kept, and they go through the new version from its start, told
+/// why. Before, page 2 of version 1 was read as page 2 of version 2 (here the old
+/// first page): their name was dropped and an error shown on a page they never sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_mid_way_loses_nothing_typed() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("nv"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (id, public) = build_form(&admin, &server, host, &dept, "").await;
+    let u = |p: &str| url(&server, host, p);
+    let c = browser(&server, &[host]);
+    let (_, _, page) = get(&c, &u(&public)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    assert!(page.contains(r#"name="_version" value="1""#), "{page}");
+    let (status, loc, body) = post(
+        &c,
+        &u(&public),
+        &[
+            ("_token", &token),
+            ("_page", "0"),
+            ("_version", "1"),
+            ("_nav", "next"),
+            ("name.family", "葛西"),
+            ("name.given", "花子"),
+            ("name.family_kana", "カサイ"),
+            ("name.given_kana", "ハナコ"),
+            ("email", "hanako.kasai@example.jp"),
+            ("kind", "ソファ"),
+        ],
+    )
+    .await;
+    assert_eq!((status, loc.ends_with("?page=1")), (303, true), "{body}");
+    // Version 2: a consent page first.
+    let conn = env.tenant_conn(&t).await;
+    conn.client
+        .execute(
+            r#"UPDATE forms SET draft = jsonb_set(draft, '{pages}', jsonb_build_array(jsonb_build_object('id', 'p0', 'title', '同意',
+                 'fields', jsonb_build_array(jsonb_build_object('id', 'agree', 'type', 'consent', 'label', '利用規約', 'required', true, 'statement', '規約に同意します')))) || (draft->'pages'))
+               WHERE id = $1"#,
+            &[&id.parse::<i64>().unwrap()],
+        )
+        .await
+        .unwrap();
+    let (_, _, page) = post(
+        &admin.client,
+        &u(&format!("/admin/forms/{id}/publish")),
+        &[("csrf", &admin.csrf)],
+    )
+    .await;
+    assert!(page.contains("第2版を公開しました"), "{page}");
+
+    // The citizen sends page 2 as they saw it (the collection date).
+    let (status, loc, body) = post(
+        &c,
+        &u(&public),
+        &[
+            ("_token", &token),
+            ("_page", "1"),
+            ("_version", "1"),
+            ("_nav", "next"),
+            ("date", "2031-07-19"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    assert!(loc.ends_with("?page=0&updated=1"), "{loc}");
+    let (_, _, page) = get(&c, &u(&loc)).await;
+    assert!(page.contains("入力の途中で内容が更新されました"), "{page}");
+    assert!(page.contains(r#"name="_version" value="2""#), "{page}");
+    // Nothing typed was lost: through the new first page, the rest is filled in.
+    let (status, loc, body) = post(
+        &c,
+        &u(&public),
+        &[
+            ("_token", &token),
+            ("_page", "0"),
+            ("_version", "2"),
+            ("_nav", "next"),
+            ("agree", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, page) = get(&c, &u(&loc)).await;
+    assert!(
+        page.contains(r#"value="葛西""#) && page.contains(r#"value="花子""#),
+        "{page}"
+    );
+    let (status, _, body) = post(
+        &c,
+        &u(&public),
+        &[
+            ("_token", &token),
+            ("_page", "1"),
+            ("_version", "2"),
+            ("_nav", "next"),
+            ("name.family", "葛西"),
+            ("name.given", "花子"),
+            ("name.family_kana", "カサイ"),
+            ("name.given_kana", "ハナコ"),
+            ("email", "hanako.kasai@example.jp"),
+            ("kind", "ソファ"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, page) = get(&c, &u(&format!("{public}?page=2"))).await;
+    assert!(
+        page.contains(r#"value="2031-07-19""#),
+        "the date sent with the old page was lost: {page}"
+    );
+    server.shutdown().await;
+}

@@ -189,6 +189,10 @@ struct FormPage {
     action: String,
     first: bool,
     preview: bool,
+    /// The published version the page shows (sent back as `_version`).
+    version: i32,
+    /// A new version was published while this person filled in the form.
+    updated: bool,
 }
 
 impl FormPage {
@@ -224,6 +228,8 @@ impl FormPage {
             action: String::new(),
             first: step == 0,
             preview: false,
+            version: 0,
+            updated: false,
         }
     }
 }
@@ -336,6 +342,8 @@ pub fn jst(t: time::OffsetDateTime) -> String {
 #[derive(Deserialize)]
 pub struct PageQuery {
     page: Option<usize>,
+    /// Set when a page of an earlier version was sent (see [`post_page`]).
+    updated: Option<u8>,
 }
 
 /// Links from the error summary to the input at fault: a part's own input (名 of a
@@ -389,6 +397,7 @@ fn form_page(
         errors: error_links(errors, &fields),
         token: token.to_owned(),
         action: format!("/f/{}", form.public_id),
+        version: form.version,
         ..FormPage::shell(ctx, def, page, step, visible.len(), fields)
     }
 }
@@ -448,7 +457,10 @@ pub async fn show(
         .unwrap_or(0);
     let resp = render(
         StatusCode::OK,
-        &form_page(&ctx, &form, page, &raw, &[], &token),
+        &FormPage {
+            updated: q.updated.is_some(),
+            ..form_page(&ctx, &form, page, &raw, &[], &token)
+        },
     );
     Ok(with_cookie(resp, &ctx, &form, &token))
 }
@@ -499,6 +511,27 @@ pub async fn post_page(
             resubmit_of: None,
         },
     };
+    // A page of an earlier version (a new one was published while this person filled
+    // in the form): its number may now be another page's. What it sent that the new
+    // version asks for is kept, nothing the draft holds is dropped, and the person
+    // goes through the new version from its first page, told why.
+    if body
+        .get("_version")
+        .parse::<i32>()
+        .is_ok_and(|v| v != form.version)
+    {
+        for p in &def.pages {
+            draft.inputs.extend(page_inputs(p, &body.0));
+        }
+        if !save_draft(&ctx, &db, &form, &token, &draft).await? {
+            return Ok(see_other(&format!("/f/{public_id}")));
+        }
+        let first = visible_pages(def, &draft.inputs)
+            .first()
+            .copied()
+            .unwrap_or(0);
+        return Ok(see_other(&format!("/f/{public_id}?page={first}&updated=1")));
+    }
     // This page's inputs replace what the draft held for them; nothing else is lost.
     let p = &def.pages[page];
     for f in &p.fields {

@@ -17,6 +17,9 @@ mod embedded {
 /// Advisory lock key under which catalog migrations run ("madocat" in ASCII).
 const CATALOG_MIGRATION_LOCK: i64 = i64::from_be_bytes(*b"\0madocat");
 
+/// How long the catalog may take to answer a health check.
+pub const PING_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// A tenant's life-cycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -160,12 +163,19 @@ impl Catalog {
         self.pool.close();
     }
 
-    /// Whether the catalog answers (for `/readyz`).
+    /// Whether the catalog answers, within [`PING_TIMEOUT`] (for `/readyz` and
+    /// `/metrics`): a catalog that hangs (a network partition, a half-open pooled
+    /// connection) is down too, not a scrape that never ends and so never says so.
     pub async fn ping(&self) -> bool {
-        match self.pool.get().await {
-            Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
-            Err(_) => false,
-        }
+        let ping = async {
+            match self.pool.get().await {
+                Ok(c) => c.simple_query("SELECT 1").await.is_ok(),
+                Err(_) => false,
+            }
+        };
+        tokio::time::timeout(PING_TIMEOUT, ping)
+            .await
+            .unwrap_or(false)
     }
 
     pub async fn list_tenants(&self) -> anyhow::Result<Vec<TenantRecord>> {
@@ -522,5 +532,41 @@ impl Catalog {
             certificates,
             database_sizes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A catalog that accepts connections and never answers is reported down within
+    /// the timeout (a Prometheus scrape times out after 10 s and then says nothing).
+    #[tokio::test]
+    async fn a_catalog_that_hangs_is_down() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let port = listener
+            .local_addr()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .port();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        let mut cfg = tokio_postgres::Config::new();
+        cfg.host("127.0.0.1").port(port).user("x").dbname("x");
+        let pool = Pool::builder(deadpool_postgres::Manager::new(cfg, NoTls))
+            .max_size(1)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let catalog = Catalog { pool };
+        let t = std::time::Instant::now();
+        assert!(!catalog.ping().await);
+        assert!(t.elapsed() < PING_TIMEOUT + std::time::Duration::from_secs(1));
+        held.abort();
     }
 }

@@ -516,7 +516,8 @@ async fn readyz(State(app): State<AppState>) -> Response {
 
 async fn metrics_text(State(app): State<AppState>) -> Response {
     let m = &app.metrics;
-    m.catalog_up.set(i64::from(app.catalog.ping().await));
+    let up = app.catalog.ping().await;
+    m.catalog_up.set(i64::from(up));
     m.budget_in_use
         .set(i64::try_from(app.pools.budget_in_use()).unwrap_or(i64::MAX));
     m.pool_connections.clear();
@@ -545,7 +546,16 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
-    match app.catalog.control_figures().await {
+    // A catalog down (or hanging) has no figures to give: the scrape answers at once
+    // with catalog_up 0 rather than waiting on it twice more.
+    let figures = if up {
+        tokio::time::timeout(Duration::from_secs(3), app.catalog.control_figures())
+            .await
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("timed out")))
+    } else {
+        Err(anyhow::anyhow!("catalog down"))
+    };
+    match figures {
         Err(e) => tracing::warn!(
             error = format!("{e:#}"),
             "control-plane figures unavailable"
@@ -579,7 +589,14 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
             }
         }
     }
-    if let Ok(counts) = app.catalog.counts_by_state().await {
+    let counts = if up {
+        tokio::time::timeout(Duration::from_secs(3), app.catalog.counts_by_state())
+            .await
+            .ok()
+    } else {
+        None
+    };
+    if let Some(Ok(counts)) = counts {
         m.tenants.clear();
         for state in [
             "provisioning",

@@ -331,12 +331,35 @@ fn catalog_key_aad(backup: &Uuid) -> Vec<u8> {
 }
 
 /// Backs up one tenant: dump, encrypt, store, manifest, catalog row.
+///
+/// A tenant backup opens only with the tenant's data key, which only the catalog
+/// holds: when no catalog backup yet holds this tenant's newest key (a tenant made or
+/// rotated since the last one), a catalog backup is made too, so that the catalog's
+/// loss does not take this backup with it.
 pub async fn run(
     p: &Platform,
     store: &dyn BackupStore,
     rec: &TenantRecord,
 ) -> anyhow::Result<Manifest> {
-    backup(p, store, Subject::Tenant(rec)).await
+    let manifest = backup(p, store, Subject::Tenant(rec)).await?;
+    let covered: bool = p
+        .catalog
+        .client()
+        .await?
+        .query_one(
+            "SELECT coalesce((SELECT max(created_at) FROM backups WHERE tenant_id IS NULL)
+                             >= (SELECT max(created_at) FROM tenant_keys WHERE tenant_id = $1), false)",
+            &[&rec.id],
+        )
+        .await?
+        .get(0);
+    if !covered {
+        crate::control::progress::step(
+            "backing up the catalog too (it holds this tenant's newest key)",
+        );
+        run_catalog(p, store).await?;
+    }
+    Ok(manifest)
 }
 
 /// Backs up the catalog itself, its backup key wrapped by the master key.

@@ -539,3 +539,30 @@ async fn a_wrong_state_directory_is_refused_before_any_key_is_made() {
     assert_eq!(p.catalog.list_tenants().await.unwrap().len(), 1);
     p.close().unwrap();
 }
+
+/// A tenant's backup opens only with its data key, which only the catalog holds: the
+/// first backup of a new tenant also backs up the catalog (before, a tenant made
+/// after the last scheduled catalog backup had backups that the catalog's loss made
+/// unreadable); later ones do not, until its key changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_tenants_first_backup_backs_up_the_catalog_too() {
+    let env = TestEnv::new().await;
+    let store = DirStore::new(env.state.path());
+    backup::run_catalog(&env.platform, &store).await.unwrap();
+    let t = env.tenant(&unique("nb"), "函館市", "012025").await;
+    let catalog_backups = || async {
+        backup::list(&env.platform, Some(backup::CATALOG))
+            .await
+            .unwrap()
+            .len()
+    };
+    assert_eq!(catalog_backups().await, 1);
+    backup::run(&env.platform, &store, &t).await.unwrap();
+    assert_eq!(
+        catalog_backups().await,
+        2,
+        "the catalog holding its key was not backed up"
+    );
+    backup::run(&env.platform, &store, &t).await.unwrap();
+    assert_eq!(catalog_backups().await, 2);
+}

@@ -39,6 +39,11 @@ pub trait BackupStore: Send + Sync {
     fn exists(&self, name: &str) -> bool;
     /// Every file under `prefix/` (names relative to the store).
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>>;
+    /// Makes a written file durable (before the catalog records it): a power cut
+    /// after the record must not leave it empty or short.
+    fn sync(&self, _name: &str) -> anyhow::Result<()> {
+        Ok(())
+    }
     /// Size and SHA-256 (hex) of a file.
     fn digest(&self, name: &str) -> anyhow::Result<(u64, String)> {
         let mut r = self.open(name)?;
@@ -100,6 +105,18 @@ impl BackupStore for DirStore {
     }
     fn exists(&self, name: &str) -> bool {
         self.path(name).exists()
+    }
+    fn sync(&self, name: &str) -> anyhow::Result<()> {
+        let path = self.path(name);
+        std::fs::File::open(&path)
+            .and_then(|f| f.sync_all())
+            .with_context(|| format!("syncing {}", path.display()))?;
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("syncing {}", dir.display()))?;
+        }
+        Ok(())
     }
     fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
         let dir = self.root.join(prefix);
@@ -468,17 +485,31 @@ async fn backup(
         schema_version,
         key_version,
     };
-    let mut m = store.create(&format!("{file}.json"))?;
-    m.write_all(serde_json::to_string_pretty(&manifest)?.as_bytes())?;
-    m.flush()?;
-    let c = p.catalog.client().await?;
-    let sha_bytes = hex::decode(&sha)?;
-    c.execute(
-        "INSERT INTO backups (id, tenant_id, tenant_slug, created_at, file, size, sha256, schema_version, key_version)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-        &[&id, &tenant_id, &slug, &created, &file, &i64::try_from(size)?, &sha_bytes, &schema_version, &i32::try_from(key_version)?],
-    )
-    .await?;
+    let recorded = async {
+        let mut m = store.create(&format!("{file}.json"))?;
+        m.write_all(serde_json::to_string_pretty(&manifest)?.as_bytes())?;
+        m.flush()?;
+        drop(m);
+        // On disk before the catalog says it is there.
+        store.sync(&file)?;
+        store.sync(&format!("{file}.json"))?;
+        let c = p.catalog.client().await?;
+        let sha_bytes = hex::decode(&sha)?;
+        c.execute(
+            "INSERT INTO backups (id, tenant_id, tenant_slug, created_at, file, size, sha256, schema_version, key_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            &[&id, &tenant_id, &slug, &created, &file, &i64::try_from(size)?, &sha_bytes, &schema_version, &i32::try_from(key_version)?],
+        )
+        .await?;
+        anyhow::Ok(())
+    }
+    .await;
+    if let Err(e) = recorded {
+        // A file the catalog does not record is one nothing lists, restores or prunes.
+        let _ = store.delete(&file);
+        let _ = store.delete(&format!("{file}.json"));
+        return Err(e.context(format!("recording backup {file}")));
+    }
     Ok(manifest)
 }
 
@@ -1074,7 +1105,39 @@ pub async fn prune(
             .await?;
         n += 1;
     }
+    // Files the catalog does not record: left by a backup cut short (Ctrl-C, a kill,
+    // a stop during a scheduled one) or whose recording failed. Nothing lists,
+    // restores or prunes them, and a cut one may hold a truncated dump. Those over an
+    // hour old (their name says when they were begun) are deleted.
+    let recorded: std::collections::HashSet<String> = c
+        .query("SELECT file FROM backups WHERE tenant_slug = $1", &[&slug])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let hour_ago = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
+    for name in store.list(slug)? {
+        let backup = name.strip_suffix(".json").unwrap_or(&name);
+        if recorded.contains(backup) || !backup.ends_with(".mdgbak") {
+            continue;
+        }
+        if begun(backup).is_some_and(|at| at < hour_ago) {
+            store.delete(&name)?;
+            tracing::info!(file = %name, "deleted a backup file the catalog does not record");
+        }
+    }
     Ok(n)
+}
+
+/// When a backup file was begun, from its name (`<slug>/<YYYYMMDDTHHMMSSZ>-<id>.mdgbak`).
+fn begun(file: &str) -> Option<time::OffsetDateTime> {
+    let stamp = file.rsplit('/').next()?.split('-').next()?;
+    time::PrimitiveDateTime::parse(
+        stamp,
+        &time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"),
+    )
+    .ok()
+    .map(time::PrimitiveDateTime::assume_utc)
 }
 
 /// Backs up every active tenant and applies the retention policy; for the schedule

@@ -566,3 +566,77 @@ async fn a_new_tenants_first_backup_backs_up_the_catalog_too() {
     backup::run(&env.platform, &store, &t).await.unwrap();
     assert_eq!(catalog_backups().await, 2);
 }
+
+/// A store whose manifests cannot be written (a full disk, say) after the backup
+/// itself was.
+struct NoManifests(DirStore);
+
+impl BackupStore for NoManifests {
+    fn create(&self, name: &str) -> anyhow::Result<Box<dyn std::io::Write + Send>> {
+        if name.ends_with(".json") {
+            anyhow::bail!("No space left on device");
+        }
+        self.0.create(name)
+    }
+    fn open(&self, name: &str) -> anyhow::Result<Box<dyn std::io::Read + Send>> {
+        self.0.open(name)
+    }
+    fn delete(&self, name: &str) -> anyhow::Result<()> {
+        self.0.delete(name)
+    }
+    fn exists(&self, name: &str) -> bool {
+        self.0.exists(name)
+    }
+    fn list(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
+        self.0.list(prefix)
+    }
+}
+
+/// Files the catalog does not record are never left behind: a backup whose
+/// recording fails removes its file, and retention deletes those a backup cut short
+/// left (over an hour old; a backup under way is not touched).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_backup_file_is_left_that_the_catalog_does_not_record() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("orph"), "函館市", "012025").await;
+    let store = DirStore::new(env.state.path());
+    let kept = backup::run(&env.platform, &store, &t).await.unwrap();
+    let err = backup::run(&env.platform, &NoManifests(store.clone()), &t)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("No space left"), "{err:#}");
+    let files = |store: &DirStore| {
+        let mut f = store.list(&t.slug).unwrap();
+        f.sort();
+        f
+    };
+    assert_eq!(
+        files(&store),
+        [kept.file.clone(), format!("{}.json", kept.file)]
+    );
+    // Left by backups cut short: one from long ago, one begun just now.
+    let old = format!("{}/20200101T000000Z-0badf00d.mdgbak", t.slug);
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap();
+    let fresh = format!("{}/{now}-0badcafe.mdgbak", t.slug);
+    for name in [&old, &format!("{old}.json"), &fresh] {
+        std::io::Write::write_all(&mut store.create(name).unwrap(), b"partial").unwrap();
+    }
+    let keep_all = backup::Retention {
+        daily: 100,
+        weekly: 0,
+        monthly: 0,
+    };
+    assert_eq!(
+        backup::prune(&env.platform, &store, &t.slug, &keep_all)
+            .await
+            .unwrap(),
+        0
+    );
+    let mut want = vec![kept.file.clone(), format!("{}.json", kept.file), fresh];
+    want.sort();
+    assert_eq!(files(&store), want);
+}

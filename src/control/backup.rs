@@ -940,12 +940,22 @@ pub async fn restore(
         ));
     }
     let spec = TenantSpec::parse(slug, &source.name, &source.code, hosts)?;
-    if p.catalog
-        .tenant_by_slug(spec.slug.as_str())
-        .await?
-        .is_some()
-    {
-        bail!("テナント「{slug}」は既に存在します / tenant {slug} already exists");
+    match p.catalog.tenant_by_slug(spec.slug.as_str()).await? {
+        None => {}
+        // An earlier restore into this slug cut short (Ctrl-C, a kill, a stop): its
+        // half-made database, role and catalog entry go before this one starts.
+        Some(left)
+            if left.state == crate::catalog::TenantState::Provisioning
+                && left.crypto_id != left.id =>
+        {
+            crate::control::progress::step(&format!(
+                "clearing the restore into {slug} that was cut short"
+            ));
+            undo_restore(p, &left)
+                .await
+                .with_context(|| format!("clearing the restore into {slug} that was cut short"))?;
+        }
+        Some(_) => bail!("テナント「{slug}」は既に存在します / tenant {slug} already exists"),
     }
     // Check the backup whole before making anything.
     let dump = tempfile::NamedTempFile::new()?;

@@ -68,6 +68,13 @@ pub async fn provision_at(
     schema: SchemaTarget,
 ) -> anyhow::Result<TenantRecord> {
     let rec = match p.catalog.tenant_by_slug(spec.slug.as_str()).await? {
+        // A restore cut short (its tenant keeps another's crypto identity): finishing
+        // it would put a half-restored database live.
+        Some(rec) if rec.state == TenantState::Provisioning && rec.crypto_id != rec.id => bail!(
+            "テナント「{}」はバックアップからのリストアが途中で止まったものです。`madoguchi backup restore` をもう一度実行してください（途中のものは片付けてからやり直します） / tenant {} is a restore that was cut short; run `madoguchi backup restore` again (it clears what was left first)",
+            rec.slug,
+            rec.slug
+        ),
         Some(rec) if rec.state == TenantState::Provisioning => {
             tracing::info!(tenant = %rec.slug, "resuming provisioning");
             rec

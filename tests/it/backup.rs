@@ -640,3 +640,56 @@ async fn no_backup_file_is_left_that_the_catalog_does_not_record() {
     want.sort();
     assert_eq!(files(&store), want);
 }
+
+/// A restore cut short (Ctrl-C, a kill, a stop of the cluster) leaves a tenant in
+/// `provisioning` holding a half-loaded database and copies of the source's keys.
+/// `tenant create` must not finish it (it would go live half-restored), and running
+/// the restore again clears it and restores whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_cut_short_is_cleared_by_the_next_not_finished_half_made() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("src"), "函館市", "012025").await;
+    let store = DirStore::new(env.state.path());
+    let m = backup::run(&env.platform, &store, &t).await.unwrap();
+    let slug = unique("cut");
+    let hosts = [format!("{slug}.test")];
+    let first = backup::restore(&env.platform, &store, &m.file, &slug, &hosts)
+        .await
+        .unwrap();
+    // As the catalog is left when the restore stops before its last step.
+    env.platform
+        .catalog
+        .client()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE tenants SET state = 'provisioning' WHERE id = $1",
+            &[&first.id],
+        )
+        .await
+        .unwrap();
+    let spec = madoguchi::control::provision::TenantSpec::parse(&slug, "函館市", "012025", &hosts)
+        .unwrap();
+    let err = format!(
+        "{:#}",
+        madoguchi::control::provision::provision(&env.platform, &spec)
+            .await
+            .unwrap_err()
+    );
+    assert!(err.contains("backup restore"), "{err}");
+    let again = backup::restore(&env.platform, &store, &m.file, &slug, &hosts)
+        .await
+        .unwrap();
+    assert_eq!(again.state, madoguchi::catalog::TenantState::Active);
+    assert_ne!(again.id, first.id);
+    let gone = admin_client("postgres")
+        .await
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&first.database],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(gone, 0, "the half-made database was left");
+}

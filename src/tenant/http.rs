@@ -107,12 +107,11 @@ impl<S: Send + Sync> FromRequest<S> for FormData {
                 "フォームの送信形式が正しくありません。".into(),
             ));
         }
+        // Limited by the route's `DefaultBodyLimit` (every tenant route has one:
+        // `MAX_FORM_BODY`, less for sign-in and lookups, more for importing a form).
         let body = Bytes::from_request(req, state)
             .await
             .map_err(|_| AppError::PayloadTooLarge)?;
-        if body.len() > MAX_FORM_BODY {
-            return Err(AppError::PayloadTooLarge);
-        }
         let mut raw = Raw::new();
         for (k, v) in form_urlencoded::parse(&body) {
             if k.contains('\0') || v.contains('\0') {

@@ -222,7 +222,14 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         .route("/admin/forms/{id}/close", post(b::close))
         .route("/admin/forms/{id}/duplicate", post(b::duplicate))
         .route("/admin/forms/{id}/export", get(b::export))
-        .route("/admin/forms/{id}/import", post(b::import))
+        // A definition may be 512 KB of JSON; sent url-encoded, Japanese text takes
+        // up to 9 bytes a character.
+        .route(
+            "/admin/forms/{id}/import",
+            post(b::import).layer::<_, std::convert::Infallible>(
+                axum::extract::DefaultBodyLimit::max(forms::definition::MAX_DOCUMENT * 10),
+            ),
+        )
         .route("/admin/forms/{id}/preview", get(b::preview_page))
         .route("/admin/forms/{id}/qr", get(b::qr))
         .route("/admin/forms/{id}/totals", get(cases::totals::show))

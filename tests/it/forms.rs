@@ -1759,3 +1759,88 @@ async fn a_new_version_mid_way_loses_nothing_typed() {
     );
     server.shutdown().await;
 }
+
+/// Every text of a definition has a limit the builder shows, the whole draft stays
+/// within what an import accepts, and a definition exported from the builder can be
+/// imported again through it (its Japanese text, url-encoded, is up to 9 bytes a
+/// character: it was refused as too large although within the 512 KB).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn definitions_have_limits_and_round_trip_through_the_builder() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("lim"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (id, _) = build_form(&admin, &server, host, &dept, "").await;
+    let u = |p: &str| url(&server, host, &format!("/admin/forms/{id}{p}"));
+    let long_title = "見".repeat(300);
+    let (status, _, body) = post(
+        &admin.client,
+        &u("/pages"),
+        &[
+            ("csrf", &admin.csrf),
+            ("action", "update"),
+            ("page", "1"),
+            ("title", &long_title),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, page) = get(&admin.client, &u("")).await;
+    assert!(page.contains("ページの見出しは200文字までです"), "{page}");
+    let (_, _, page) = post(&admin.client, &u("/publish"), &[("csrf", &admin.csrf)]).await;
+    assert!(page.contains("公開できません"), "{page}");
+    // Beyond 512 KB a save is refused (each save within the body limit, the draft
+    // growing field by field), and the draft is kept as it was.
+    let title = "説".repeat(28_000);
+    let mut refused = None;
+    for n in 0..10 {
+        let (status, _, body) = post(
+            &admin.client,
+            &u("/pages"),
+            &[("csrf", &admin.csrf), ("action", "add"), ("title", &title)],
+        )
+        .await;
+        if status != 303 {
+            refused = Some((n, status, body));
+            break;
+        }
+    }
+    let (n, status, body) = refused.expect("a draft over 512 KB was saved");
+    assert!(n >= 5, "refused after {n} saves");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("大きすぎるため保存していません"), "{body}");
+    let conn = env.tenant_conn(&t).await;
+    let size: i32 = conn
+        .client
+        .query_one(
+            "SELECT length(draft::text) FROM forms WHERE id = $1",
+            &[&id.parse::<i64>().unwrap()],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(size <= 512 * 1024, "{size}");
+    // A valid form with three 10,000-character paragraphs, imported through the builder.
+    let paragraph = "説".repeat(10_000);
+    let json = serde_json::json!({
+        "format": "madoguchi.form/1", "title": "長い説明のある申請",
+        "pages": [ { "id": "p1", "title": "", "fields": [
+            { "id": "a", "type": "paragraph", "label": "", "text": paragraph },
+            { "id": "b", "type": "paragraph", "label": "", "text": paragraph },
+            { "id": "c", "type": "paragraph", "label": "", "text": paragraph },
+            { "id": "name", "type": "text", "label": "氏名", "required": true }
+        ] } ]
+    })
+    .to_string();
+    let (status, _, page) = post(
+        &admin.client,
+        &u("/import"),
+        &[("csrf", &admin.csrf), ("json", &json)],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("フォーム定義を読み込みました"), "{page}");
+    server.shutdown().await;
+}

@@ -410,6 +410,23 @@ impl FormDefinition {
                 ));
             }
         }
+        if self.settings.completion_message.chars().count() > MAX_TEXT * 5 {
+            out.push(problem(
+                "完了メッセージが長すぎます".into(),
+                "completion message too long".into(),
+            ));
+        }
+        // Whatever is built a field at a time, the whole stays within what an import
+        // accepts (and so can be exported and imported again).
+        if serde_json::to_string(self).map_or(0, |j| j.len()) > MAX_DOCUMENT {
+            out.push(problem(
+                format!(
+                    "フォーム定義が大きすぎます（{} KB まで）",
+                    MAX_DOCUMENT / 1024
+                ),
+                "definition too large".into(),
+            ));
+        }
         if self.settings.capacity == Some(0) {
             out.push(problem(
                 "定員は1以上にしてください（定員なしは空欄）".into(),
@@ -426,6 +443,12 @@ impl FormDefinition {
                 ));
             }
             page_ids.push(&page.id);
+            if page.title.chars().count() > MAX_LABEL {
+                out.push(problem(
+                    format!("ページの見出しは{MAX_LABEL}文字までです"),
+                    "page title too long".into(),
+                ));
+            }
             if let Some(c) = &page.show_if {
                 self.check_condition(c, &seen, &format!("ページ「{}」", page.title), &mut out);
             }
@@ -482,6 +505,12 @@ impl FormDefinition {
             out.push(problem(
                 format!("{what}の表示条件が回答のない項目を参照しています"),
                 "condition refers to a field without answer".into(),
+            ));
+        }
+        if c.values.len() > MAX_OPTIONS || c.values.iter().any(|v| v.chars().count() > MAX_LABEL) {
+            out.push(problem(
+                format!("{what}の表示条件の値は{MAX_OPTIONS}個まで、各{MAX_LABEL}文字までです"),
+                "condition values too many or too long".into(),
             ));
         }
         if matches!(c.op, ConditionOp::Equals | ConditionOp::In) && c.values.is_empty() {
@@ -549,9 +578,18 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
             min_length,
             max_length,
             pattern,
-            ..
+            pattern_message,
         } => {
             check_lengths(name, *min_length, *max_length, out);
+            if pattern_message
+                .as_ref()
+                .is_some_and(|m| m.chars().count() > MAX_LABEL)
+            {
+                out.push(problem(
+                    format!("項目「{name}」の入力パターンのメッセージが長すぎます"),
+                    "pattern message too long".into(),
+                ));
+            }
             if let Some(p) = pattern {
                 if p.len() > 500
                     || regex::RegexBuilder::new(p)
@@ -574,7 +612,13 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
             min_length,
             max_length,
         } => check_lengths(name, *min_length, *max_length, out),
-        FieldKind::Number { min, max, .. } => {
+        FieldKind::Number { min, max, unit, .. } => {
+            if unit.chars().count() > MAX_LABEL {
+                out.push(problem(
+                    format!("項目「{name}」の単位が長すぎます"),
+                    "unit too long".into(),
+                ));
+            }
             if matches!((min, max), (Some(a), Some(b)) if a > b) {
                 out.push(problem(
                     format!("項目「{name}」の最小値が最大値を超えています"),

@@ -173,6 +173,13 @@ pub async fn save_draft(
     def: &FormDefinition,
     revision: i64,
 ) -> Result<(), AppError> {
+    let size = serde_json::to_string(def).map_or(usize::MAX, |j| j.len());
+    if size > super::definition::MAX_DOCUMENT {
+        return Err(AppError::BadRequest(format!(
+            "フォーム定義が大きすぎるため保存していません（{} KB まで）。項目や文章を減らしてください。",
+            super::definition::MAX_DOCUMENT / 1024
+        )));
+    }
     let saved = db
         .execute(
             "UPDATE forms SET draft = $2, draft_updated_at = clock_timestamp()

@@ -609,7 +609,12 @@ async fn same_page_rules_agree_with_the_server() {
         { "id": "shop", "type": "text", "label": "店名", "max_length": 3 },
         { "id": "agent", "type": "consent", "label": "代理申請", "statement": "代理人が申請します" },
         { "id": "agent_name", "type": "text", "label": "代理人の氏名", "required": true,
-          "show_if": { "field": "agent", "op": "not_empty" } } ] } ] }"#;
+          "show_if": { "field": "agent", "op": "not_empty" } },
+        { "id": "self_check", "type": "text", "label": "本人確認の方法", "required": true,
+          "show_if": { "field": "agent", "op": "equals", "values": ["no"] } },
+        { "id": "proxy", "type": "name", "label": "同行者", "furigana": false },
+        { "id": "relation", "type": "text", "label": "同行者との続柄", "required": true,
+          "show_if": { "field": "proxy", "op": "not_empty" } } ] } ] }"#;
     let (public, server, base) = one_form_site(&env, "sr", form).await;
     let driver = Driver::start();
     let c = driver.session(true).await;
@@ -627,7 +632,11 @@ async fn same_page_rules_agree_with_the_server() {
             .unwrap()
         }
     };
-    assert!(hidden("room").await && hidden("agent_name").await);
+    assert!(hidden("room").await && hidden("agent_name").await && hidden("relation").await);
+    assert!(
+        !hidden("self_check").await,
+        "an unticked 同意 is 「no」 to the server: its dependant is required"
+    );
     fill(&c, "#f-people", "３人").await;
     assert!(
         !hidden("room").await,
@@ -638,6 +647,15 @@ async fn same_page_rules_agree_with_the_server() {
         "an unticked box showed its dependant"
     );
     fill(&c, "#f-room", "和室").await;
+    fill(&c, "#f-self_check", "運転免許証").await;
+    // A name is answered once any part of it is filled in.
+    fill(&c, "#f-proxy-family", "葛西").await;
+    assert!(
+        !hidden("relation").await,
+        "a filled-in name left hidden a field the server requires"
+    );
+    fill(&c, "#f-proxy-given", "太郎").await;
+    fill(&c, "#f-relation", "夫").await;
     // Three characters by the server's count, four UTF-16 units by a browser's.
     fill(&c, "#f-shop", "𠮷野家").await;
     click(&c, "button.primary").await;
@@ -647,6 +665,7 @@ async fn same_page_rules_agree_with_the_server() {
         page.contains("和室") && !page.contains("代理人の氏名"),
         "{page}"
     );
+    assert!(page.contains("運転免許証") && page.contains("夫"), "{page}");
     assert!(
         page.contains("𠮷野家"),
         "the browser cut a valid name: {page}"

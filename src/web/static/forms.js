@@ -22,13 +22,27 @@
     if (u !== "" && v.length > u.length && v.slice(-u.length) === u) { v = v.slice(0, -u.length); }
     return v;
   }
+  // A field's values as the server compares them, and whether it is answered. A
+  // 同意 box is "yes" ticked and "no" unticked (stored as 同意しない), answered only
+  // ticked; a name or an address (inputs `<id>.family`, `<id>.postal`…) is answered
+  // when any of its parts is filled in.
   function values(name) {
-    var out = [];
+    var out = { vals: [], answered: false };
     Array.prototype.forEach.call(form.elements, function (el) {
-      if (el.name !== name) { return; }
+      var part = el.name.indexOf(name + ".") === 0;
+      if (el.name !== name && !part) { return; }
+      if (el.hasAttribute("data-consent")) {
+        out.vals.push(el.checked ? "yes" : "no");
+        out.answered = out.answered || el.checked;
+        return;
+      }
+      if (part) {
+        out.answered = out.answered || compared(el) !== "";
+        return;
+      }
       if ((el.type === "radio" || el.type === "checkbox") && !el.checked) { return; }
       var v = (el.type === "radio" || el.type === "checkbox" || el.tagName === "SELECT") ? el.value : compared(el);
-      if (v !== "") { out.push(v); }
+      if (v !== "") { out.vals.push(v); out.answered = true; }
     });
     return out;
   }
@@ -37,7 +51,7 @@
       var have = values(box.getAttribute("data-show-field"));
       var op = box.getAttribute("data-show-op");
       var want = JSON.parse(box.getAttribute("data-show-values") || "[]");
-      var show = op === "not_empty" ? have.length > 0 : want.some(function (w) { return have.indexOf(w) >= 0; });
+      var show = op === "not_empty" ? have.answered : want.some(function (w) { return have.vals.indexOf(w) >= 0; });
       box.hidden = !show;
     });
   }

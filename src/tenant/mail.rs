@@ -335,10 +335,12 @@ async fn compose(
     let field = |k: &str| payload.get(k).and_then(|v| v.as_str()).unwrap_or_default();
     let s = db
         .query_opt(
-            "SELECT s.receipt_number, s.submitted_at, s.answers, v.definition FROM submissions s
+            "SELECT s.receipt_number, s.submitted_at, s.answers, v.definition,
+                    (SELECT o.created_at FROM outbox o WHERE o.id = $2)
+               FROM submissions s
                JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version
               WHERE s.id = $1",
-            &[&submission],
+            &[&submission, &id],
         )
         .await?
         .ok_or(AppError::NotFound)?;
@@ -355,7 +357,20 @@ async fn compose(
                 def.title,
                 if t == "received" { "受付完了" } else { "修正受付" }
             ),
-            body: receipt_body(head, &def, &answers, &receipt, at, t == "resubmitted"),
+            // A correction's copy gives when the correction was received (its mail
+            // was queued in the same transaction), not the first application's time.
+            body: receipt_body(
+                head,
+                &def,
+                &answers,
+                &receipt,
+                if t == "resubmitted" {
+                    s.get::<_, Option<OffsetDateTime>>(4).unwrap_or(at)
+                } else {
+                    at
+                },
+                t == "resubmitted",
+            ),
         },
         "case_message" => Letter {
             to: first_email(&def, &answers).ok_or(AppError::NotFound)?,

@@ -608,3 +608,82 @@ async fn relays_over_tls_are_checked_against_the_system_and_the_given_ca() {
     );
     server.shutdown().await;
 }
+
+/// A correction's e-mailed copy says when the correction was received, not when the
+/// application first was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrections_copy_gives_the_time_the_correction_was_received() {
+    let Restartable {
+        smtp,
+        t,
+        server,
+        public,
+        db,
+        ..
+    } = restartable().await;
+    let host = t.hosts[0].as_str();
+    let receipt = apply(&server, host, &public, "ソファ").await.unwrap();
+    smtp.wait_for(1).await;
+    let id = submission_id(&db, &receipt).await;
+    // Applied for three days ago, returned for correction since.
+    db.execute(
+        "UPDATE submissions SET status = 'returned', submitted_at = submitted_at - interval '3 days' WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let day = |t: time::OffsetDateTime| {
+        let d = t.to_offset(time::macros::offset!(+9)).date();
+        format!("{}年{}月{}日", d.year(), u8::from(d.month()), d.day())
+    };
+    let now = time::OffsetDateTime::now_utc();
+    let c = crate::forms::browser(&server, &[host]);
+    let u = |p: &str| url(&server, host, p);
+    let (status, loc, body) = crate::forms::post(
+        &c,
+        &u("/status/resubmit"),
+        &[("receipt", &receipt), ("email", "hanako.kasai@example.jp")],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, page) = crate::forms::get(&c, &u(&loc)).await;
+    let token = crate::forms::capture(r#"name="_token" value="([^"]+)""#, &page);
+    for (page, fields) in [
+        (
+            "0",
+            vec![
+                ("name.family", "葛西"),
+                ("name.given", "花子"),
+                ("name.family_kana", "カサイ"),
+                ("name.given_kana", "ハナコ"),
+                ("email", "hanako.kasai@example.jp"),
+                ("kind", "ソファ"),
+            ],
+        ),
+        ("1", vec![("date", "2031-08-20")]),
+    ] {
+        let mut form = vec![
+            ("_token", token.as_str()),
+            ("_page", page),
+            ("_nav", "next"),
+        ];
+        form.extend(fields);
+        let (status, _, body) = crate::forms::post(&c, &u(&loc), &form).await;
+        assert_eq!(status, 303, "{body}");
+    }
+    let (status, _, body) =
+        crate::forms::post(&c, &u(&format!("{loc}/submit")), &[("_token", &token)]).await;
+    assert_eq!(status, 303, "{body}");
+    let mails = smtp.wait_for(2).await;
+    let body = mails[1].body();
+    assert!(body.contains("修正を受け付けました"), "{body}");
+    assert!(
+        body.contains(&format!("受付日時: {}", day(now))),
+        "the correction's copy gives another time:\n{body}"
+    );
+    assert!(
+        !body.contains(&day(now - time::Duration::days(3))),
+        "{body}"
+    );
+    server.shutdown().await;
+}

@@ -1409,6 +1409,8 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 TenantState::Active | TenantState::Suspended => {}
             }
             let open = [TenantState::Active, TenantState::Suspended];
+            // Open to writes before it is open to requests.
+            madoguchi::control::final_export::reopen_writes(p, &rec).await?;
             if !p
                 .catalog
                 .move_state(rec.id, &open, TenantState::Active)
@@ -1416,7 +1418,6 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             {
                 anyhow::bail!("tenant {slug} changed state meanwhile; not resumed");
             }
-            madoguchi::control::final_export::reopen_writes(p, &rec).await?;
             madoguchi::control::oplog::record(
                 &p.catalog,
                 &cli_actor(),

@@ -351,6 +351,8 @@ pub async fn withdraw(p: &Platform, slug: &str, operator: &str) -> anyhow::Resul
         }
     };
     let previous: String = row.get(0);
+    // Open to writes (a final export may have closed it) before it is open again.
+    super::final_export::reopen_writes(p, &rec).await?;
     tx.execute(
         "UPDATE tenants SET state = $2, updated_at = now() WHERE id = $1",
         &[&rec.id, &previous],
@@ -365,7 +367,6 @@ pub async fn withdraw(p: &Platform, slug: &str, operator: &str) -> anyhow::Resul
     )
     .await?;
     tx.commit().await?;
-    super::final_export::reopen_writes(p, &rec).await?;
     Ok(())
 }
 

@@ -751,6 +751,45 @@ async fn nothing_is_stored_after_the_final_exports_snapshot() {
         .execute(write, &[])
         .await
         .unwrap();
+    // A request prepared (the export made) and never signed leaves the tenant closed
+    // to writes; a manifest that opens it again opens it to writes too.
+    for dir in
+        madoguchi::control::final_export::left_on_disk(&env.platform.settings.state_dir, &t.slug)
+    {
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+    erase::prepare_decommission(&env.platform, &t.slug, "alice", "契約終了", true)
+        .await
+        .unwrap();
+    assert!(as_requests()
+        .await
+        .client
+        .execute(write, &[])
+        .await
+        .is_err());
+    let manifest = env.state.path().join("late.toml");
+    std::fs::write(
+        &manifest,
+        format!(
+            "slug = \"{}\"\nname = \"夕張市\"\ncode = \"012092\"\nhosts = [\"{}\"]\n",
+            t.slug, t.hosts[0]
+        ),
+    )
+    .unwrap();
+    let m = madoguchi::control::manifest::read(&manifest).unwrap();
+    madoguchi::control::manifest::apply(
+        &env.platform,
+        &m,
+        madoguchi::control::migrate::SchemaTarget::Newest,
+    )
+    .await
+    .unwrap();
+    as_requests()
+        .await
+        .client
+        .execute(write, &[])
+        .await
+        .unwrap();
     for dir in
         madoguchi::control::final_export::left_on_disk(&env.platform.settings.state_dir, &t.slug)
     {

@@ -311,7 +311,12 @@ pub fn forwarded_for(headers: &axum::http::HeaderMap) -> Option<String> {
 /// The client address for a request: the socket peer, unless the peer is a trusted
 /// proxy, in which case the right-most `X-Forwarded-For` address that is not itself
 /// a trusted proxy.
+///
+/// Addresses are canonical: an IPv4 client reaching a dual-stack listener (`[::]`)
+/// arrives as `::ffff:a.b.c.d`, which no IPv4 network contains, so trusted proxies,
+/// the admin allow-list and the limits would not recognise it.
 pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[ipnet::IpNet]) -> IpAddr {
+    let peer = peer.to_canonical();
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|n| n.contains(ip));
     if !is_trusted(&peer) {
         return peer;
@@ -321,7 +326,7 @@ pub fn client_ip(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[ipnet::Ip
     };
     let mut last = peer;
     for hop in list.rsplit(',') {
-        match hop.trim().parse::<IpAddr>() {
+        match hop.trim().parse::<IpAddr>().map(|ip| ip.to_canonical()) {
             Ok(ip) if is_trusted(&ip) => last = ip,
             Ok(ip) => return ip,
             Err(_) => return last,
@@ -355,6 +360,34 @@ mod tests {
             client_ip(ip("10.0.0.5"), list.as_deref(), &trusted),
             ip("203.0.113.66")
         );
+    }
+
+    /// An IPv4 client on a dual-stack listener arrives as `::ffff:a.b.c.d`: it is
+    /// still the IPv4 address for trusted proxies, the allow-list and the limits.
+    #[test]
+    fn ipv4_mapped_addresses_are_ipv4() {
+        let trusted: Vec<ipnet::IpNet> =
+            vec!["10.0.0.0/8".parse().unwrap_or_else(|e| panic!("{e}"))];
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            client_ip(ip("::ffff:10.0.0.5"), Some("198.51.100.1"), &trusted),
+            ip("198.51.100.1")
+        );
+        assert_eq!(
+            client_ip(ip("::ffff:203.0.113.9"), None, &trusted),
+            ip("203.0.113.9")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.5"), Some("::ffff:198.51.100.1"), &trusted),
+            ip("198.51.100.1")
+        );
+        let access = crate::tenant::admin::access::Access {
+            cidrs: vec!["192.0.2.0/24".parse().unwrap_or_else(|e| panic!("{e}"))],
+            zones: vec![Zone::Internet],
+            embed: Vec::new(),
+        };
+        assert!(access.allows(Some(ip("::ffff:192.0.2.5")), Zone::Internet));
+        assert!(!access.allows(Some(ip("::ffff:198.51.100.5")), Zone::Internet));
     }
 
     #[test]

@@ -495,7 +495,7 @@ fn request_host(req: &Request) -> Result<Option<(String, String)>, ()> {
 }
 
 /// The path as logged: secrets that travel in a path (setup tokens) are cut off.
-fn loggable_path(path: &str) -> String {
+pub fn loggable_path(path: &str) -> String {
     match path.strip_prefix("/admin/setup/") {
         Some(_) => "/admin/setup/…".to_owned(),
         None => path.chars().take(200).collect(),

@@ -264,5 +264,21 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         .layer(axum::extract::DefaultBodyLimit::max(http::MAX_FORM_BODY))
         .layer(axum::middleware::from_fn(admin::access::guard))
         .layer(axum::middleware::from_fn(admin::access::embed_headers))
+        .layer(axum::middleware::from_fn(no_store))
         .fallback(|| async { AppError::NotFound })
+}
+
+/// Every municipality page is someone's: a case with its answers, a citizen's form
+/// with what they typed, a setup page with its TOTP secret. None is kept by the
+/// browser (a shared counter PC's Back button after sign-out, its disk cache), unless
+/// the handler said otherwise.
+async fn no_store(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .entry(axum::http::header::CACHE_CONTROL)
+        .or_insert(axum::http::HeaderValue::from_static("no-store"));
+    resp
 }

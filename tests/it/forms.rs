@@ -1844,3 +1844,151 @@ async fn definitions_have_limits_and_round_trip_through_the_builder() {
     assert!(page.contains("フォーム定義を読み込みました"), "{page}");
     server.shutdown().await;
 }
+
+/// Staff pages are never kept by the browser (a shared PC's Back button after sign
+/// out); sign-ins are logged with where they came from, and what an unknown address
+/// typed is kept no longer than an address; an account change naming no such account
+/// or department is refused as such (not a 500); and two administrators demoting each
+/// other at the same moment leave the city one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_accounts_hold_under_odd_requests() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("acc"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let a = staff(&env, &server, &t, Role::Admin, None).await;
+    let b = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let u = |p: &str| url(&server, host, p);
+    let token = madoguchi::control::tenant_admin::add_staff(
+        &env.platform,
+        &t,
+        &format!("{}@city.example.jp", unique("n")),
+        "新任職員",
+        Role::Staff,
+        Some("環境政策課"),
+    )
+    .await
+    .unwrap();
+    for (client, path) in [
+        (&a.client, "/admin/forms".to_owned()),
+        (&a.client, "/admin/staff".to_owned()),
+        (&a.client, "/admin/audit".to_owned()),
+        (&browser(&server, &[host]), format!("/admin/setup/{token}")),
+    ] {
+        let r = client.get(u(&path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        let cache = r
+            .headers()
+            .get("cache-control")
+            .map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(cache.as_deref(), Some("no-store"), "{path}");
+    }
+
+    let code = totp_code(&a.secret, now_unix() + 30);
+    let (status, _, body) = post(
+        &browser(&server, &[host]),
+        &u("/admin/login"),
+        &[
+            ("email", &a.email),
+            ("password", &a.password),
+            ("code", &code),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let conn = env.tenant_conn(&t).await;
+    let detail: String = conn
+        .client
+        .query_one(
+            "SELECT detail FROM audit_log WHERE action = 'signin.success' AND target = $1",
+            &[&a.email],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        detail.contains("\"ip\":\"127.0.0.1\"") && detail.contains("\"zone\":\"internet\""),
+        "{detail}"
+    );
+    let typed = format!("{}@example.jp", "x".repeat(2000));
+    post(
+        &browser(&server, &[host]),
+        &u("/admin/login"),
+        &[("email", &typed), ("password", "x")],
+    )
+    .await;
+    let longest: i32 = conn
+        .client
+        .query_one(
+            "SELECT max(length(target)) FROM audit_log WHERE action = 'signin.failure'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(longest <= 254, "{longest}");
+
+    let (status, _, _) = post(
+        &a.client,
+        &u("/admin/staff/999999"),
+        &[("csrf", &a.csrf), ("action", "reset")],
+    )
+    .await;
+    assert_eq!(status, 404);
+    let id_of = |email: String| {
+        let conn = &conn;
+        async move {
+            conn.client
+                .query_one("SELECT id FROM staff WHERE email = $1", &[&email])
+                .await
+                .unwrap()
+                .get::<_, i64>(0)
+        }
+    };
+    let (a_id, b_id) = (id_of(a.email.clone()).await, id_of(b.email.clone()).await);
+    let (status, _, page) = post(
+        &a.client,
+        &u(&format!("/admin/staff/{b_id}")),
+        &[
+            ("csrf", &a.csrf),
+            ("role", "staff"),
+            ("department", "999999"),
+        ],
+    )
+    .await;
+    assert!(
+        status < 500 && page.contains("所属を選択してください"),
+        "{status} {page}"
+    );
+
+    // Each demotes the other at once: one of them stays an administrator.
+    let demote = |s: &Staff, other: i64| {
+        let (c, csrf, target, dept) = (
+            s.client.clone(),
+            s.csrf.clone(),
+            u(&format!("/admin/staff/{other}")),
+            dept.clone(),
+        );
+        async move {
+            post(
+                &c,
+                &target,
+                &[("csrf", &csrf), ("role", "staff"), ("department", &dept)],
+            )
+            .await
+        }
+    };
+    let (first, second) = tokio::join!(demote(&a, b_id), demote(&b, a_id));
+    let admins: i64 = conn
+        .client
+        .query_one(
+            "SELECT count(*) FROM staff WHERE role = 'admin' AND NOT disabled",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(admins, 1, "{} / {}", first.0, second.0);
+    server.shutdown().await;
+}

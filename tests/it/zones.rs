@@ -80,6 +80,15 @@ async fn forms_and_the_admin_screen_per_zone() {
     db.execute("UPDATE settings SET admin_zones = '{lgwan}'", &[])
         .await
         .unwrap();
+    // A setup link opened from where the admin screen is closed: its token is a
+    // secret, and the refusal's log entry must not keep it.
+    let token = "0123456789abcdefSECRETTOKEN0123456789";
+    assert_eq!(
+        get_on(internet, &host, &format!("/admin/setup/{token}"))
+            .await
+            .0,
+        403
+    );
     let (status, page) = get_on(internet, &host, "/admin/login").await;
     assert_eq!(status, 403);
     assert!(
@@ -98,6 +107,15 @@ async fn forms_and_the_admin_screen_per_zone() {
         .unwrap()
         .get(0);
     assert_eq!(refused, 1);
+    let kept: i64 = db
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE target LIKE '%SECRETTOKEN%' OR detail::text LIKE '%SECRETTOKEN%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 0, "a setup token was kept in the operation log");
     // Address ranges.
     db.execute(
         "UPDATE settings SET admin_zones = '{internet,lgwan}', admin_cidrs = '{10.0.0.0/8}'",

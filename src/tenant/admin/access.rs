@@ -114,7 +114,7 @@ pub async fn embed_headers(req: Request, next: Next) -> Response {
 impl Access {
     pub fn allows(&self, ip: Option<IpAddr>, zone: Zone) -> bool {
         let ip_ok = self.cidrs.is_empty()
-            || ip.is_some_and(|ip| self.cidrs.iter().any(|n| n.contains(&ip)));
+            || ip.is_some_and(|ip| self.cidrs.iter().any(|n| n.contains(&ip.to_canonical())));
         ip_ok && self.zones.contains(&zone)
     }
 }
@@ -174,7 +174,8 @@ pub async fn guard(req: Request, next: Next) -> Response {
                         &mut db,
                         &Actor::Anonymous,
                         "access.refused",
-                        req.uri().path(),
+                        // A setup link's token is a secret: not kept for years.
+                        &crate::front::loggable_path(req.uri().path()),
                         serde_json::json!({
                             "ip": ctx.client_ip.map(|i| i.to_string()),
                             "zone": ctx.zone.as_str(),

@@ -148,6 +148,12 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         )
     };
     const GENERIC: &str = "メールアドレス、パスワードまたは確認コードが正しくありません。";
+    // Where each attempt came from, for the operation log (an auditor following a
+    // sign-in needs it as much as for a refused access).
+    let from = serde_json::json!({
+        "ip": ctx.client_ip.map(|i| i.to_string()),
+        "zone": ctx.zone.as_str(),
+    });
     let mut db = ctx.db().await?;
     let row = db
         .query_opt(
@@ -159,12 +165,15 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         .await?;
     let Some(row) = row else {
         let _ = verify_password(form.get("password"), dummy_hash());
+        // What was typed is kept as long as an address can be (254), no longer: a
+        // password typed into the wrong box is not kept for years in full.
+        let typed: String = email.chars().take(254).collect();
         audit::record(
             &mut db,
             &Actor::Anonymous,
             "signin.failure",
-            &email,
-            serde_json::json!({ "reason": "unknown account" }),
+            &typed,
+            serde_json::json!({ "reason": "unknown account", "from": from }),
         )
         .await?;
         return Ok(fail(GENERIC));
@@ -174,13 +183,16 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     let locked_secs: Option<i64> = row.get(7);
     if let Some(secs) = locked_secs.filter(|s| *s > 0) {
         let minutes = (secs + 59) / 60;
-        signin_failure(&mut db, id, &email, "locked").await?;
+        signin_failure(&mut db, id, &email, "locked", &from).await?;
         return Ok(fail(&format!("サインインの失敗が続いたため、一時的にロックしています。{minutes}分後にもう一度お試しください。")));
     }
     let disabled: bool = row.get(6);
-    let password_ok = hash
-        .as_deref()
-        .is_some_and(|h| verify_password(form.get("password"), h))
+    // An account whose setup is not finished has no password: checked against the
+    // dummy all the same, so that it takes as long to refuse as any other.
+    let password_ok = verify_password(
+        form.get("password"),
+        hash.as_deref().unwrap_or(dummy_hash()),
+    ) && hash.is_some()
         && !disabled;
     let role = Role::parse(row.get::<_, &str>(2)).unwrap_or(Role::Viewer);
     let totp_enabled: bool = row.get(4);
@@ -217,7 +229,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         } else {
             "wrong password"
         };
-        signin_failure(&mut db, id, &email, reason).await?;
+        signin_failure(&mut db, id, &email, reason, &from).await?;
         return Ok(fail(GENERIC));
     }
     if role.needs_totp() && !totp_enabled {
@@ -235,7 +247,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         )
         .await?;
     if taken == 0 {
-        signin_failure(&mut db, id, &email, "code used").await?;
+        signin_failure(&mut db, id, &email, "code used", &from).await?;
         return Ok(fail(GENERIC));
     }
     audit::record(
@@ -246,7 +258,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         },
         "signin.success",
         &email,
-        serde_json::json!({}),
+        serde_json::json!({ "from": from }),
     )
     .await?;
     start_session(&ctx, &db, id).await
@@ -258,6 +270,7 @@ async fn signin_failure(
     id: i64,
     email: &str,
     reason: &str,
+    from: &serde_json::Value,
 ) -> Result<(), AppError> {
     audit::record(
         db,
@@ -267,7 +280,7 @@ async fn signin_failure(
         },
         "signin.failure",
         email,
-        serde_json::json!({ "reason": reason }),
+        serde_json::json!({ "reason": reason, "from": from }),
     )
     .await
 }
@@ -662,6 +675,11 @@ pub async fn staff_update(
     user.check_csrf(&form)?;
     let db = ctx.db().await?;
     if form.get("action") == "reset" {
+        let email: String = db
+            .query_opt("SELECT email FROM staff WHERE id = $1", &[&id])
+            .await?
+            .ok_or(AppError::NotFound)?
+            .get(0);
         let token = new_setup_token(&**db, id).await?;
         let mut db = db;
         audit::record(
@@ -672,11 +690,6 @@ pub async fn staff_update(
             serde_json::json!({}),
         )
         .await?;
-        let email: String = db
-            .query_opt("SELECT email FROM staff WHERE id = $1", &[&id])
-            .await?
-            .ok_or(AppError::NotFound)?
-            .get(0);
         drop(db);
         return staff_page(
             &ctx,
@@ -690,6 +703,24 @@ pub async fn staff_update(
         .ok_or_else(|| AppError::BadRequest("権限を選択してください".into()))?;
     let dept: Option<i64> = form.get("department").parse().ok();
     let disabled = form.get("disabled") == "yes";
+    let dept_exists = match dept {
+        Some(d) => db
+            .query_opt("SELECT 1 FROM departments WHERE id = $1", &[&d])
+            .await?
+            .is_some(),
+        None => false,
+    };
+    // A department that exists, or none for an administrator.
+    if !(dept_exists || dept.is_none() && role == Role::Admin) {
+        drop(db);
+        return staff_page(
+            &ctx,
+            &user,
+            None,
+            Some("管理者以外は所属を選択してください（一覧にある所属）".into()),
+        )
+        .await;
+    }
     if id == user.id && (role != Role::Admin || disabled) {
         drop(db);
         return staff_page(
@@ -703,6 +734,13 @@ pub async fn staff_update(
     let mut db = db;
     let client: &mut tokio_postgres::Client = &mut db;
     let tx = client.transaction().await?;
+    // The administrators, locked: two admins demoting each other at the same moment
+    // would otherwise leave the city with none.
+    tx.query(
+        "SELECT id FROM staff WHERE role = 'admin' AND NOT disabled ORDER BY id FOR UPDATE",
+        &[],
+    )
+    .await?;
     let n = tx
         .execute(
             "UPDATE staff SET role = $2, department_id = $3, disabled = $4, updated_at = now() WHERE id = $1",
@@ -711,6 +749,24 @@ pub async fn staff_update(
         .await?;
     if n == 0 {
         return Err(AppError::NotFound);
+    }
+    let admins: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM staff WHERE role = 'admin' AND NOT disabled",
+            &[],
+        )
+        .await?
+        .get(0);
+    if admins == 0 {
+        drop(tx);
+        drop(db);
+        return staff_page(
+            &ctx,
+            &user,
+            None,
+            Some("管理者が一人もいなくなるため、この変更はできません".into()),
+        )
+        .await;
     }
     if disabled {
         tx.execute("DELETE FROM staff_sessions WHERE staff_id = $1", &[&id])

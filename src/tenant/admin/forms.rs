@@ -502,8 +502,9 @@ pub async fn save_settings(
         .field(summary)
         .filter(|f| f.kind.takes_answer())
         .map(|f| f.id.clone());
-    store::set_summary_field(&db, id, summary.as_deref()).await?;
+    // The draft first: a save refused (stale page, too large) changes nothing.
     store::save_draft(&db, id, &def, revision).await?;
+    store::set_summary_field(&db, id, summary.as_deref()).await?;
     drop(db);
     builder(
         &ctx,
@@ -1101,7 +1102,7 @@ pub async fn import(
     let db = ctx.db().await?;
     let revision = load_for_change(&db, &user, id, &body).await?.revision;
     let text = body.get("json");
-    if text.len() > MAX_DOCUMENT {
+    if text.len() > MAX_DOCUMENT * 2 {
         drop(db);
         return builder(&ctx, &user, id, Some("!フォーム定義が大きすぎます".into())).await;
     }

@@ -1143,6 +1143,35 @@ mod tests {
         assert!(FormDefinition::from_json(&json.replace("madoguchi.form/1", "other/9")).is_err());
     }
 
+    /// A definition within the limit imports again when exported indented (the
+    /// builder's export and its JSON box), though the indented text is larger.
+    #[test]
+    fn an_indented_export_within_the_limit_imports_again() {
+        let mut def = two_page_form();
+        let options: Vec<String> = (0..100).map(|n| format!("選択肢{n}")).collect();
+        for n in 0..190 {
+            def.pages[0].fields.push(field(
+                &format!("m{n}"),
+                false,
+                FieldKind::MultiChoice {
+                    options: options.clone(),
+                    min_selected: None,
+                    max_selected: None,
+                },
+            ));
+        }
+        let compact = serde_json::to_string(&def).unwrap_or_default();
+        let pretty = serde_json::to_string_pretty(&def).unwrap_or_default();
+        let most = crate::tenant::forms::definition::MAX_DOCUMENT;
+        assert!(
+            compact.len() <= most && pretty.len() > most,
+            "{} / {}",
+            compact.len(),
+            pretty.len()
+        );
+        assert_eq!(FormDefinition::from_json(&pretty).ok(), Some(def));
+    }
+
     /// Rules no answer can meet are problems the builder shows (and publishing
     /// refuses): a required field with one would make the form impossible to send, a
     /// rule value that is no option would never show what depends on it.

@@ -1152,8 +1152,15 @@ async fn resubmit_correction(
     let encrypted = encrypt_answers(ctx.cipher(), orig, answers)?;
     let mail = receipt_mail(ctx, &form.def, answers, orig, "resubmitted")?;
     let tx = db.transaction().await?;
-    // This correction, locked: a second send of it (a double tap) waits here for the
-    // first, then finds it sent and gets the same 受付 page.
+    // The application first, then this correction: every send of a correction of it
+    // (a double tap, another browser's) queues here in one order, so none deadlocks
+    // on the other's draft; a second send of this one then finds it sent and gets the
+    // same 受付 page.
+    tx.query(
+        "SELECT 1 FROM submissions WHERE id = $1 FOR UPDATE",
+        &[&orig],
+    )
+    .await?;
     let sent = tx
         .query_opt(
             "SELECT submission_id FROM citizen_drafts WHERE id = $1 FOR UPDATE",

@@ -336,9 +336,11 @@ impl FormDefinition {
         }
     }
 
-    /// Parses a JSON document and checks it; returns every problem found.
+    /// Parses a JSON document and checks it; returns every problem found. The limit
+    /// is on the definition ([`MAX_DOCUMENT`], compact, as [`Self::check`] measures
+    /// it); the text may be indented as exports are, so it may be up to twice that.
     pub fn from_json(text: &str) -> Result<Self, Vec<Problem>> {
-        if text.len() > MAX_DOCUMENT {
+        if text.len() > MAX_DOCUMENT * 2 {
             return Err(vec![problem(
                 format!(
                     "フォーム定義が大きすぎます（{} KB まで）",

@@ -174,7 +174,18 @@ pub async fn save_draft(
     revision: i64,
 ) -> Result<(), AppError> {
     let size = serde_json::to_string(def).map_or(usize::MAX, |j| j.len());
-    if size > super::definition::MAX_DOCUMENT {
+    // Over the limit, a save may still make the draft smaller (one stored before
+    // the limit can be brought under it a step at a time); it may not make it grow.
+    let before = if size > super::definition::MAX_DOCUMENT {
+        db.query_opt("SELECT draft FROM forms WHERE id = $1", &[&id])
+            .await?
+            .map_or(0, |r| {
+                serde_json::to_string(&r.get::<_, serde_json::Value>(0)).map_or(0, |j| j.len())
+            })
+    } else {
+        0
+    };
+    if size > super::definition::MAX_DOCUMENT && size >= before {
         return Err(AppError::BadRequest(format!(
             "フォーム定義が大きすぎるため保存していません（{} KB まで）。項目や文章を減らしてください。",
             super::definition::MAX_DOCUMENT / 1024

@@ -187,6 +187,10 @@ pub fn ops_router(app: AppState, platform: Platform) -> Router {
         .route("/readyz", get(readyz))
         .with_state(Arc::clone(&app))
         .merge(console)
+        // The console's forms (sign-in included, before anyone is known) are small.
+        .layer(axum::extract::DefaultBodyLimit::max(
+            crate::tenant::http::MAX_FORM_BODY,
+        ))
         .layer(middleware::from_fn(security_headers))
         .layer(middleware::from_fn_with_state(app, request_context))
 }

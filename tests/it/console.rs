@@ -130,6 +130,15 @@ async fn operators_and_auditors_on_the_console() {
     .await;
     assert_eq!(status, 401);
     assert!(page.contains("正しくありません"), "{page}");
+    // Its forms are small: a sign-in of a megabyte is refused unread.
+    let big = "x".repeat(1024 * 1024);
+    let (status, _, _) = post(
+        &anon,
+        &ops_url(&server, "/login"),
+        &[("id", "alice"), ("password", &big), ("code", "000000")],
+    )
+    .await;
+    assert_eq!(status, 413);
     // /metrics and health stay open to the monitoring system.
     assert_eq!(get(&anon, &ops_url(&server, "/metrics")).await.0, 200);
 

@@ -691,10 +691,8 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             for (slug, err) in &report.failed {
                 eprintln!("  {slug}: {err}");
             }
-            for (slug, state) in &report.skipped {
-                eprintln!(
-                    "  {slug}: 未移行（{state}）: `madoguchi tenant create` で作成を完了すると移行されます / not migrated ({state}): finishing it with `madoguchi tenant create` migrates it"
-                );
+            for (slug, what) in &report.skipped {
+                eprintln!("  {slug}: 未移行 / not migrated: {what}");
             }
             // A tenant named and not migrated is a failure; skipped among all, a note.
             Ok(

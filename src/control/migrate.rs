@@ -103,10 +103,9 @@ pub struct MigrateReport {
     /// How many tenants hold each schema version afterwards.
     pub versions: std::collections::BTreeMap<i32, usize>,
     pub failed: Vec<(String, String)>,
-    /// Tenants not migrated, and why (still being provisioned: `tenant create`
-    /// finishes and migrates them). Erased tenants, which have no database, are not
-    /// listed.
-    pub skipped: Vec<(String, TenantState)>,
+    /// Tenants not migrated, and what to do about each. Erased tenants, which have no
+    /// database, are not listed.
+    pub skipped: Vec<(String, String)>,
 }
 
 impl MigrateReport {
@@ -127,13 +126,44 @@ pub async fn migrate_many(
     parallel: usize,
 ) -> MigrateReport {
     let mut skipped = Vec::new();
+    // An erasure begun cannot be withdrawn, and may have dropped the database already.
+    let erasing: std::collections::HashSet<uuid::Uuid> = match p.catalog.client().await {
+        Ok(c) => c
+            .query(
+                "SELECT tenant_id FROM decommissions WHERE state = 'requested' AND erasure_started_at IS NOT NULL",
+                &[],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default(),
+        Err(_) => std::collections::HashSet::new(),
+    };
     let tenants: Vec<_> = tenants
         .into_iter()
         .filter(|t| match t.state {
-            TenantState::Active | TenantState::Suspended | TenantState::Decommissioning => true,
+            TenantState::Active | TenantState::Suspended => true,
+            TenantState::Decommissioning if erasing.contains(&t.id) => {
+                skipped.push((
+                    t.slug.clone(),
+                    "消去の途中です: `madoguchi tenant erase` で完了してください / being erased: finish it with `madoguchi tenant erase`".to_owned(),
+                ));
+                false
+            }
+            TenantState::Decommissioning => true,
             TenantState::Erased => false,
+            // A restore cut short keeps its source's crypto identity.
+            TenantState::Provisioning if t.crypto_id != t.id => {
+                skipped.push((
+                    t.slug.clone(),
+                    "リストアが途中で止まっています: `madoguchi backup restore` をもう一度実行してください / a restore cut short: run `madoguchi backup restore` again".to_owned(),
+                ));
+                false
+            }
             TenantState::Provisioning => {
-                skipped.push((t.slug.clone(), t.state));
+                skipped.push((
+                    t.slug.clone(),
+                    "作成の途中です: `madoguchi tenant create` で完了すると移行されます / being provisioned: finishing it with `madoguchi tenant create` migrates it".to_owned(),
+                ));
                 false
             }
         })

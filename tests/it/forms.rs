@@ -1596,6 +1596,41 @@ async fn the_builder_keeps_rules_ids_and_other_peoples_changes() {
         .collect();
     assert_eq!(ids, ["name", "email", "kind", "other", "phone"]);
     assert_eq!(d["pages"][0]["fields"][1]["label"], "メールアドレス");
+    // An id a published version gave to another kind of question (here by a rename;
+    // an import could too) is refused when publishing: the answers would mix.
+    let (status, loc, _) = post(
+        &admin.client,
+        &u("/fields"),
+        &[
+            ("csrf", &admin.csrf),
+            ("page", "0"),
+            ("type", "choice"),
+            ("label", "区分"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let choice = loc.rsplit('/').next().unwrap().to_owned();
+    let (status, _, body) = post(
+        &admin.client,
+        &u(&format!("/fields/{choice}")),
+        &[
+            ("csrf", &admin.csrf),
+            ("label", "区分"),
+            ("id", "q1"),
+            ("options", "個人\r\n法人"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, page) = post(&admin.client, &u("/publish"), &[("csrf", &admin.csrf)]).await;
+    assert!(page.contains("第2版で別の種類の項目（「備考」）"), "{page}");
+    post(
+        &admin.client,
+        &u("/fields/q1/move"),
+        &[("csrf", &admin.csrf), ("action", "delete")],
+    )
+    .await;
 
     // Two people on the builder: the second save, from the older page, is refused.
     let (_, _, page) = get(&admin.client, &u("")).await;

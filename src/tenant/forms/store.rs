@@ -270,6 +270,30 @@ pub async fn publish(
                 .into(),
         ));
     }
+    // Answers are kept, exported and totalled by field id across versions: an id an
+    // earlier version gave to another kind of question (a field deleted, its id then
+    // reused by a rename or an import) would mix the two.
+    let earlier = tx
+        .query(
+            "SELECT version, definition FROM form_versions WHERE form_id = $1 ORDER BY version DESC",
+            &[&id],
+        )
+        .await?;
+    for f in def.fields().filter(|f| f.kind.takes_answer()) {
+        let before = earlier.iter().find_map(|r| {
+            let old: FormDefinition = serde_json::from_value(r.get(1)).ok()?;
+            let field = old.field(&f.id)?.clone();
+            Some((r.get::<_, i32>(0), field))
+        });
+        if let Some((v, old)) = before {
+            if old.kind.type_name() != f.kind.type_name() {
+                return Err(AppError::BadRequest(format!(
+                    "公開できません。項目ID「{}」は第{v}版で別の種類の項目（「{}」）に使われていました。回答が混ざるため、この項目には別の項目IDを付けてください",
+                    f.id, old.label
+                )));
+            }
+        }
+    }
     let version: i32 = row.get::<_, i32>(1) + 1;
     tx.execute(
         "INSERT INTO form_versions (form_id, version, definition, published_by) VALUES ($1, $2, $3, $4)",

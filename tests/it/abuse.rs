@@ -333,6 +333,29 @@ async fn proof_of_work_before_the_final_submit_once_per_solution() {
     let (status, loc, body) = post(&c, &submit, &[("_token", &token), ("pow", &solution)]).await;
     assert_eq!(status, 303, "{body}");
     assert!(loc.ends_with("/done"));
+    // A double tap sends one solution twice at once: both get the 受付 page (the
+    // second was refused as a replay before).
+    let (c3, token3, challenge3) = to_confirm(&server, host, &public).await;
+    let solution3 = solve(&challenge3);
+    let tap = [("_token", token3.as_str()), ("pow", solution3.as_str())];
+    // The draft held here a moment, so that the two sends overlap for sure.
+    let hold = crate::harness::admin_client(&t.database).await;
+    hold.batch_execute("BEGIN").await.unwrap();
+    hold.query(
+        "SELECT 1 FROM citizen_drafts WHERE submission_id IS NULL FOR UPDATE",
+        &[],
+    )
+    .await
+    .unwrap();
+    let ((one, two), ()) = tokio::join!(
+        async { tokio::join!(post(&c3, &submit, &tap), post(&c3, &submit, &tap)) },
+        async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            hold.batch_execute("COMMIT").await.unwrap();
+        }
+    );
+    assert_eq!((one.0, two.0), (303, 303), "{} {}", one.2, two.2);
+    assert!(one.1.ends_with("/done") && two.1.ends_with("/done"));
     // The same solution cannot be used for another application.
     let (c2, token2, _) = to_confirm(&server, host, &public).await;
     assert_eq!(
@@ -347,7 +370,7 @@ async fn proof_of_work_before_the_final_submit_once_per_solution() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2, "one application each, the double tap's included");
     server.shutdown().await;
 }
 

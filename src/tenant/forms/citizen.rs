@@ -797,7 +797,17 @@ pub async fn submit(
         }
     }
     if super::pow::required(&ctx, form.id, form.def.settings.proof_of_work) {
-        super::pow::check(&ctx, &db, body.get("pow")).await?;
+        if let Err(e) = super::pow::check(&ctx, &db, body.get("pow")).await {
+            // A double tap carries the same solution twice: the second is refused
+            // here while the first is being stored. Once that is through, the second
+            // gets the same 受付 page.
+            if super::pow::already_used(&db, body.get("pow")).await?
+                && draft_sent(&db, draft.id).await?
+            {
+                return Ok(see_other(&format!("/f/{public_id}/done")));
+            }
+            return Err(e);
+        }
     }
     // Every answer is checked again, against the version published now.
     let answers = match check_all(&form.def, &draft.inputs) {
@@ -1041,6 +1051,25 @@ pub async fn store_submission(
     Err(AppError::Internal(anyhow::anyhow!(
         "no free receipt number after three tries"
     )))
+}
+
+/// Whether a draft has been sent, waiting (a moment) for a send of it under way.
+async fn draft_sent(db: &tokio_postgres::Client, draft: Uuid) -> Result<bool, AppError> {
+    for wait in [0, 100, 300] {
+        tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+        // FOR SHARE waits for a transaction that is marking it sent.
+        let sent = db
+            .query_opt(
+                "SELECT submission_id IS NOT NULL FROM citizen_drafts WHERE id = $1 FOR SHARE",
+                &[&draft],
+            )
+            .await?
+            .is_some_and(|r| r.get::<_, bool>(0));
+        if sent {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 /// The submission an idempotency key made before (the draft, if any, now points to it).

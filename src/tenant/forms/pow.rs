@@ -88,6 +88,22 @@ fn refused() -> AppError {
 }
 
 /// Checks a solution (base64 JSON, as the page sends it) and records it as used.
+/// Whether a solution (valid or not) names a salt already spent: the mark of a second
+/// send of one solution.
+pub async fn already_used(db: &tokio_postgres::Client, solution: &str) -> Result<bool, AppError> {
+    let Some(payload) = base64::engine::general_purpose::STANDARD
+        .decode(solution.trim())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<altcha_lib_rs::Payload>(&b).ok())
+    else {
+        return Ok(false);
+    };
+    Ok(db
+        .query_opt("SELECT 1 FROM pow_used WHERE salt = $1", &[&payload.salt])
+        .await?
+        .is_some())
+}
+
 pub async fn check(
     ctx: &TenantCtx,
     db: &tokio_postgres::Client,

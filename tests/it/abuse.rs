@@ -496,8 +496,8 @@ async fn connections_that_never_finish_a_request_are_closed() {
 /// once it has really been idle.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_in_use_are_kept_and_closed_once_idle() {
-    let idle = Duration::from_secs(1);
-    let hold = Duration::from_millis(2500);
+    let idle = Duration::from_secs(2);
+    let hold = Duration::from_millis(3000);
     let env = TestEnv::with(|s| {
         s.connection_idle = idle;
         s.limits.tenant_per_second = 2;
@@ -557,13 +557,14 @@ async fn connections_in_use_are_kept_and_closed_once_idle() {
                 .body(axum::body::Body::empty())
                 .unwrap()
         };
-        // Used every 0.6 s for 2.4 s: more than twice the limit in all, never idle for it.
-        for _ in 0..4 {
+        // Used every 0.5 s for 3 s: more than the limit in all, never idle for a
+        // quarter of it.
+        for _ in 0..6 {
             let r = send(get(&t.hosts[0]))
                 .await
                 .unwrap_or_else(|e| panic!("{version}: {e}"));
             assert_eq!(r.status(), 200, "{version}");
-            tokio::time::sleep(Duration::from_millis(600)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         // Over the ceiling (2 a second, a burst of 4 used up above and refilled at
         // 2 a second): refusals held 2.5 s each, longer than the limit.

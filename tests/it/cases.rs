@@ -121,6 +121,22 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
         "summary column: {}",
         &inbox[inbox.find("<tbody>").unwrap_or(0)..]
     );
+    // A summary field this case did not answer (shown only for その他): an empty
+    // cell, not a failed inbox.
+    post(
+        &admin.client,
+        &url(&server, host, &format!("/admin/forms/{form_id}/settings")),
+        &[
+            ("csrf", &admin.csrf),
+            ("title", "粗大ごみ収集申込"),
+            ("department", &dept),
+            ("summary_field", "other"),
+        ],
+    )
+    .await;
+    let (status, _, inbox) = get(&admin.client, &url(&server, host, "/admin/inbox")).await;
+    assert_eq!(status, 200, "{inbox}");
+    assert!(inbox.contains(&receipt), "{inbox}");
 
     // The inbox lists it; the detail shows every answer with the version's labels.
     let (_, _, inbox) = get(&admin.client, &url(&server, host, "/admin/inbox")).await;

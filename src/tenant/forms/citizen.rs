@@ -736,6 +736,11 @@ pub fn decrypt_answers(
     let mut out = Answers::new();
     if let Some(map) = stored.as_object() {
         for (field, v) in map {
+            // No answer (a JSON null: the inbox picks one field by name, and
+            // `answers -> 'field'` of a case that did not answer it is null).
+            if v.is_null() {
+                continue;
+            }
             let ct = base64::engine::general_purpose::STANDARD
                 .decode(v.as_str().unwrap_or_default())
                 .map_err(|e| AppError::Internal(anyhow::anyhow!("stored answer: {e}")))?;

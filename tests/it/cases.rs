@@ -137,6 +137,8 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
     let (status, _, inbox) = get(&admin.client, &url(&server, host, "/admin/inbox")).await;
     assert_eq!(status, 200, "{inbox}");
     assert!(inbox.contains(&receipt), "{inbox}");
+    // Staff are told which export Excel reads without changing answers.
+    assert!(inbox.contains("Excel で開くときは Excel（XLSX）を使ってください"), "{inbox}");
 
     // The inbox lists it; the detail shows every answer with the version's labels.
     let (_, _, inbox) = get(&admin.client, &url(&server, host, "/admin/inbox")).await;

@@ -122,13 +122,14 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
         &inbox[inbox.find("<tbody>").unwrap_or(0)..]
     );
     // A summary field this case did not answer (shown only for その他): an empty
-    // cell, not a failed inbox.
+    // cell, not a failed inbox. (The draft renamed meanwhile, unpublished: the inbox
+    // keeps the published title.)
     post(
         &admin.client,
         &url(&server, host, &format!("/admin/forms/{form_id}/settings")),
         &[
             ("csrf", &admin.csrf),
-            ("title", "粗大ごみ収集申込"),
+            ("title", "粗大ごみ収集申込（改訂中）"),
             ("department", &dept),
             ("summary_field", "other"),
         ],
@@ -137,8 +138,16 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
     let (status, _, inbox) = get(&admin.client, &url(&server, host, "/admin/inbox")).await;
     assert_eq!(status, 200, "{inbox}");
     assert!(inbox.contains(&receipt), "{inbox}");
+    assert!(
+        inbox.contains("<td>粗大ごみ収集申込</td>")
+            && !inbox.contains("<td>粗大ごみ収集申込（改訂中）</td>"),
+        "{inbox}"
+    );
     // Staff are told which export Excel reads without changing answers.
-    assert!(inbox.contains("Excel で開くときは Excel（XLSX）を使ってください"), "{inbox}");
+    assert!(
+        inbox.contains("Excel で開くときは Excel（XLSX）を使ってください"),
+        "{inbox}"
+    );
 
     // The inbox lists it; the detail shows every answer with the version's labels.
     let (_, _, inbox) = get(&admin.client, &url(&server, host, "/admin/inbox")).await;

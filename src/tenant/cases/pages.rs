@@ -264,7 +264,13 @@ pub async fn fetch(
     form_ids.sort_unstable();
     form_ids.dedup();
     let stmt = db
-        .prepare_cached("SELECT id, coalesce(draft->>'title', '') FROM forms WHERE id = ANY($1)")
+        // The published title (a draft renamed and not yet published does not rename
+        // every case in the inbox).
+        .prepare_cached(
+            "SELECT f.id, coalesce(v.definition->>'title', f.draft->>'title', '') FROM forms f
+               LEFT JOIN form_versions v ON v.form_id = f.id AND v.version = f.current_version
+              WHERE f.id = ANY($1)",
+        )
         .await?;
     let titles: std::collections::HashMap<i64, String> = db
         .query(&stmt, &[&form_ids])

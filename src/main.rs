@@ -265,6 +265,9 @@ enum TenantCmd {
     Suspend { slug: String },
     /// Resume a suspended tenant.
     Resume { slug: String },
+    /// Open a tenant's admin screen to every network again (clears its address
+    /// rules, allows both zones): when its administrators have shut themselves out.
+    AccessReset { slug: String },
     /// Request decommissioning (step 1 of 2): the tenant closes at once, an optional
     /// final export is made, and the request is signed with the operator's key.
     Decommission {
@@ -1371,6 +1374,23 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             if p.catalog.tenant_by_slug(&slug).await?.is_none() =>
         {
             anyhow::bail!("テナント「{slug}」はありません / no tenant {slug}");
+        }
+        TenantCmd::AccessReset { slug } => {
+            let rec = p
+                .catalog
+                .tenant_by_slug(&slug)
+                .await?
+                .with_context(|| format!("テナント「{slug}」はありません / no tenant {slug}"))?;
+            madoguchi::control::tenant_admin::reset_access(p, &rec).await?;
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "tenant.access_reset",
+                &slug,
+                serde_json::json!({}),
+            )
+            .await?;
+            println!("{slug}: 管理画面はすべてのネットワークから利用できます / the admin screen is open to every network again");
         }
         TenantCmd::Suspend { slug } => {
             let rec = p

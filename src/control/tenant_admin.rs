@@ -50,6 +50,37 @@ pub async fn add_staff(
     Ok(token)
 }
 
+/// Opens the admin screen again to every network (no address rule, both zones): for
+/// a city whose administrators all shut themselves out (an office's address changed,
+/// a rule typed wrong). Logged in the tenant's operation log as the operator's act.
+pub async fn reset_access(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+    let mut conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let tx = conn.client.transaction().await?;
+    let before = tx
+        .query_one("SELECT admin_cidrs::text[], admin_zones FROM settings", &[])
+        .await?;
+    let (cidrs, zones): (Vec<String>, Vec<String>) = (before.get(0), before.get(1));
+    tx.execute(
+        "UPDATE settings SET admin_cidrs = '{}', admin_zones = '{internet,lgwan}'",
+        &[],
+    )
+    .await?;
+    crate::tenant::audit::append(
+        &tx,
+        &Actor::Operator,
+        "access.reset",
+        "settings",
+        serde_json::json!({ "cidrs_before": cidrs, "zones_before": zones }),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    tx.commit().await?;
+    Ok(())
+}
+
 fn describe(e: crate::error::AppError) -> String {
     match e {
         crate::error::AppError::BadRequest(m) => m,

@@ -1376,11 +1376,10 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             anyhow::bail!("テナント「{slug}」はありません / no tenant {slug}");
         }
         TenantCmd::AccessReset { slug } => {
-            let rec = p
-                .catalog
-                .tenant_by_slug(&slug)
-                .await?
-                .with_context(|| format!("テナント「{slug}」はありません / no tenant {slug}"))?;
+            let rec =
+                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
+                    format!("テナント「{slug}」はありません / no tenant {slug}")
+                })?;
             madoguchi::control::tenant_admin::reset_access(p, &rec).await?;
             madoguchi::control::oplog::record(
                 &p.catalog,

@@ -1080,6 +1080,18 @@ async fn exports_round_trip_and_are_logged() {
         .collect();
     assert_eq!(logged.len(), 2);
     assert!(logged[0].contains("\"rows\":2") && logged[0].contains("csv"));
+    // The CSV export is on record from its start too (a restart during a long one
+    // would otherwise leave no trace of the rows already handed out).
+    let started: i64 = db
+        .client
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'submission.export_start' AND detail LIKE '%\"format\":\"csv\"%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(started, 1);
     assert!(logged[0].contains("\"complete\":true"), "{}", logged[0]);
     assert!(logged[1].contains("\"rows\":2") && logged[1].contains("xlsx"));
 

@@ -223,6 +223,21 @@ pub async fn csv_export(
     check_form(&ctx, &user, &filters).await?;
     let version = parse_version(query.as_deref());
     let cols = columns(&*ctx.db().await?, filters.form, version).await?;
+    // Logged before the first row leaves (as the XLSX export is), so a restart during
+    // a long export cannot lose the record of it; its ending is logged too, below.
+    let mut db = ctx.db().await?;
+    audit::record(
+        &mut db,
+        &user.actor(),
+        "submission.export_start",
+        &filters
+            .form
+            .map(|f| format!("form:{f}"))
+            .unwrap_or_default(),
+        serde_json::json!({ "format": "csv", "version": version, "filters": filters.logged() }),
+    )
+    .await?;
+    drop(db);
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let header = csv_bytes(&[cols.header()], true);
     tokio::spawn(async move {

@@ -1143,6 +1143,41 @@ async fn exports_round_trip_and_are_logged() {
         page.contains("<td>1</td><td>41</td><td>41</td><td>41</td><td>41</td>"),
         "{page}"
     );
+    // A version without the 分野 question: its answers are still counted, under its
+    // label marked with the last version that asked it.
+    let mut conn = env.tenant_conn(&t).await;
+    let form_id: i64 = conn
+        .client
+        .query_one("SELECT id FROM forms", &[])
+        .await
+        .unwrap()
+        .get(0);
+    conn.client
+        .execute(
+            "UPDATE forms SET draft = jsonb_set(draft, '{pages,0,fields}',
+               (SELECT jsonb_agg(f) FROM jsonb_array_elements(draft->'pages'->0->'fields') f WHERE f->>'id' <> 'topic'))",
+            &[],
+        )
+        .await
+        .unwrap();
+    madoguchi::tenant::forms::store::publish(
+        &mut conn.client,
+        form_id,
+        &madoguchi::tenant::audit::Actor::Operator,
+        None,
+    )
+    .await
+    .unwrap();
+    let (status, _, page) = get(
+        &admin.client,
+        &url(&server, h, &format!("/admin/forms/{form_id}/totals")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("分野（第1版まで）") && page.contains("<td>ごみ</td><td>1</td><td>50.0</td>"),
+        "{page}"
+    );
     server.shutdown().await;
 }
 

@@ -92,17 +92,38 @@ pub async fn show(
     if !user.can_see(row.get(0)) {
         return Err(AppError::NotFound);
     }
-    let latest: FormDefinition = match db
-        .query_opt(
-            "SELECT definition FROM form_versions WHERE form_id = $1 ORDER BY version DESC LIMIT 1",
+    // Every field of every version, the newest's first: a question dropped in a later
+    // version still has its answers counted and shown, marked with its last version.
+    let mut versions: Vec<(i32, FormDefinition)> = Vec::new();
+    for r in db
+        .query(
+            "SELECT version, definition FROM form_versions WHERE form_id = $1 ORDER BY version DESC",
             &[&form_id],
         )
         .await?
     {
-        Some(r) => serde_json::from_value(r.get(0)).map_err(|e| AppError::Internal(e.into()))?,
-        None => serde_json::from_value(row.get(1)).map_err(|e| AppError::Internal(e.into()))?,
-    };
-    // Counts by field id over every version; labels and options of the latest.
+        versions.push((
+            r.get(0),
+            serde_json::from_value(r.get(1)).map_err(|e| AppError::Internal(e.into()))?,
+        ));
+    }
+    if versions.is_empty() {
+        versions.push((
+            0,
+            serde_json::from_value(row.get(1)).map_err(|e| AppError::Internal(e.into()))?,
+        ));
+    }
+    let newest = versions[0].0;
+    let mut fields: Vec<(crate::tenant::forms::definition::Field, Option<i32>)> = Vec::new();
+    for (version, def) in &versions {
+        for f in def.fields() {
+            if !fields.iter().any(|(seen, _)| seen.id == f.id) {
+                fields.push((f.clone(), (*version != newest).then_some(*version)));
+            }
+        }
+    }
+    // Counts by field id over every version; labels and options of the newest
+    // version that has the field.
     let mut choice_counts: BTreeMap<String, (u64, BTreeMap<String, u64>)> = BTreeMap::new();
     let mut numbers: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     let mut submissions = 0u64;
@@ -145,7 +166,11 @@ pub async fn show(
     }
     let mut choices = Vec::new();
     let mut number_totals = Vec::new();
-    for f in latest.fields() {
+    for (f, until) in &fields {
+        let label = match until {
+            Some(v) => format!("{}（第{v}版まで）", f.label),
+            None => f.label.clone(),
+        };
         match &f.kind {
             FieldKind::Choice { options, .. } | FieldKind::MultiChoice { options, .. } => {
                 let (answered, counts) = choice_counts.remove(&f.id).unwrap_or_default();
@@ -173,7 +198,7 @@ pub async fn show(
                     .collect();
                 let height = u32::try_from(bars.len()).unwrap_or(0) * 32;
                 choices.push(ChoiceTotal {
-                    label: f.label.clone(),
+                    label: label.clone(),
                     answered,
                     multiple: matches!(f.kind, FieldKind::MultiChoice { .. }),
                     bars,
@@ -190,7 +215,7 @@ pub async fn show(
                 };
                 let show = |x: Option<f64>| x.map(fmt_num).unwrap_or_else(|| "—".into());
                 number_totals.push(NumberTotal {
-                    label: f.label.clone(),
+                    label,
                     unit: unit.clone(),
                     count: v.len(),
                     min: show(v.first().copied()),
@@ -216,7 +241,7 @@ pub async fn show(
             site: ctx.name.to_string(),
             nav: Some(Nav::new(&user, "inbox")),
             form_id,
-            title: latest.title,
+            title: versions[0].1.title.clone(),
             submissions,
             choices,
             numbers: number_totals,

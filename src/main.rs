@@ -1434,11 +1434,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 TenantState::Active | TenantState::Suspended => {}
             }
             let open = [TenantState::Active, TenantState::Suspended];
-            // Open to writes before it is open to requests.
-            madoguchi::control::final_export::reopen_writes(p, &rec).await?;
-            if !p
-                .catalog
-                .move_state(rec.id, &open, TenantState::Active)
+            if !madoguchi::control::tenant_admin::move_state(p, &rec, &open, TenantState::Active)
                 .await?
             {
                 anyhow::bail!("tenant {slug} changed state meanwhile; not resumed");

@@ -101,12 +101,7 @@ pub async fn apply(p: &Platform, m: &Manifest, schema: SchemaTarget) -> anyhow::
         .context("tenant vanished")?;
     if current.state != wanted_state {
         let open = [TenantState::Active, TenantState::Suspended];
-        if wanted_state == TenantState::Active {
-            // Open to writes before it is open to requests (a final export may have
-            // closed it: see `final_export::reopen_writes`).
-            crate::control::final_export::reopen_writes(p, &current).await?;
-        }
-        if !p.catalog.move_state(rec.id, &open, wanted_state).await? {
+        if !crate::control::tenant_admin::move_state(p, &current, &open, wanted_state).await? {
             anyhow::bail!(
                 "tenant {} changed state meanwhile (decommissioning?); its manifest was not applied",
                 rec.slug

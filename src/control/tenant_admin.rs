@@ -50,6 +50,21 @@ pub async fn add_staff(
     Ok(token)
 }
 
+/// [`crate::catalog::Catalog::move_state`] for a command or the console: a tenant
+/// made active is first opened to writes again, before it takes requests (a final
+/// export may have closed its database to them: `final_export::reopen_writes`).
+pub async fn move_state(
+    p: &Platform,
+    rec: &TenantRecord,
+    from: &[crate::catalog::TenantState],
+    to: crate::catalog::TenantState,
+) -> anyhow::Result<bool> {
+    if to == crate::catalog::TenantState::Active {
+        crate::control::final_export::reopen_writes(p, rec).await?;
+    }
+    p.catalog.move_state(rec.id, from, to).await
+}
+
 /// Opens the admin screen again to every network (no address rule, both zones): for
 /// a city whose administrators all shut themselves out (an office's address changed,
 /// a rule typed wrong). Logged in the tenant's operation log as the operator's act.

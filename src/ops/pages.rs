@@ -333,15 +333,7 @@ pub async fn tenant_action(
             } else {
                 TenantState::Suspended
             };
-            // Open to writes before it is open to requests.
-            let reopened = if allowed && want == TenantState::Active {
-                crate::control::final_export::reopen_writes(p, &rec).await
-            } else {
-                Ok(())
-            };
-            if let Err(e) = reopened {
-                Err(e)
-            } else if allowed && p.catalog.move_state(rec.id, &[from], want).await? {
+            if allowed && crate::control::tenant_admin::move_state(p, &rec, &[from], want).await? {
                 Ok((
                     format!("{slug}: {}", state_label(want)),
                     vec![format!("{} は{}です", rec.name, state_label(want))],

@@ -39,12 +39,19 @@ async fn hot_queries_are_served_by_indexes() {
     // received or under review, the older completed, and a few returned among them
     // (a status no recent submission has: read in order from its own index, not
     // found by walking every submission newest first).
+    // Spread over five forms of one department, as a department's inbox is.
     db.batch_execute(&format!(
-        "INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, idempotency_key, submitted_at, status)
-           SELECT gen_random_uuid(), f.id, 1, 'P' || lpad(g::text, 8, '0'), '{{}}'::jsonb, gen_random_uuid(),
+        "INSERT INTO forms (public_id, department_id, draft, current_version)
+           SELECT 'plans' || g, f.department_id, '{{}}', 1 FROM generate_series(1, 4) g, forms f
+            WHERE f.public_id = '{public_id}';
+         INSERT INTO form_versions (form_id, version, definition)
+           SELECT id, 1, '{{}}' FROM forms WHERE public_id LIKE 'plans%';
+         INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, idempotency_key, submitted_at, status)
+           SELECT gen_random_uuid(), (ARRAY(SELECT id FROM forms ORDER BY id))[1 + g % 5], 1,
+                  'P' || lpad(g::text, 8, '0'), '{{}}'::jsonb, gen_random_uuid(),
                   now() - g * interval '1 minute',
                   CASE WHEN g % 97 = 0 THEN 'returned' WHEN g < 2000 THEN 'received' WHEN g < 4000 THEN 'reviewing' ELSE 'completed' END
-             FROM generate_series(1, 20000) g, forms f WHERE f.public_id = '{public_id}';
+             FROM generate_series(1, 20000) g;
          ANALYZE;
          SET enable_seqscan = off;"
     ))
@@ -159,6 +166,22 @@ async fn hot_queries_are_served_by_indexes() {
                     "form and status" => Some("submissions_form_status"),
                     _ => None,
                 };
+                // A department's staff without a filter that picks the rows read each
+                // of the department's forms from its own index, never the tenant-wide
+                // walk newest first that keeps only the department's rows.
+                let per_form = scope.is_some()
+                    && matches!(
+                        *name,
+                        "no filter" | "status" | "dates" | "unassigned" | "next page"
+                    );
+                if per_form {
+                    assert!(
+                        shown.contains("forms_department")
+                            && !shown.contains("submissions_inbox")
+                            && !shown.contains("submissions_status "),
+                        "inbox ({name}, {who}, {mode}) walks the tenant's submissions:\n{shown}"
+                    );
+                }
                 if let Some(index) = wanted {
                     assert!(
                         shown.contains(index) && !shown.contains("Sort"),
@@ -225,5 +248,138 @@ async fn hot_queries_are_served_by_indexes() {
         )
         .await,
     );
+    server.shutdown().await;
+}
+
+/// The inbox's rows for `scope` and `filters`, every page followed by its cursor.
+async fn every_page(
+    db: &tokio_postgres::Client,
+    cipher: &madoguchi::crypto::FieldCipher,
+    scope: Option<i64>,
+    filters: &Filters,
+) -> Vec<uuid::Uuid> {
+    let mut filters = filters.clone();
+    let mut ids = Vec::new();
+    loop {
+        let (sql, params) = inbox_sql(cipher, scope, &filters, 7, false);
+        let refs: Vec<&(dyn ToSql + Sync)> = params
+            .iter()
+            .map(|p| p.as_ref() as &(dyn ToSql + Sync))
+            .collect();
+        let rows = db
+            .query(&sql, &refs)
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let Some(last) = rows.last() else {
+            return ids;
+        };
+        filters.after = Some((last.get(2), last.get(0)));
+        ids.extend(rows.iter().map(|r| r.get::<_, uuid::Uuid>(0)));
+    }
+}
+
+/// Both shapes of the inbox list the same cases in the same order, page after page: a
+/// department's, merged from its forms, matches the plain query, for each filter,
+/// with cases sent in the same second told apart by their id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departments_inbox_merges_its_forms_in_order() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("merge"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let rt = server.app.pools.runtime(t.id).await.unwrap();
+    let db = admin_client(&t.database).await;
+    // Two departments of three forms each (one never used), a hundred cases each,
+    // some sharing a second, some assigned.
+    db.batch_execute(
+        "INSERT INTO departments (name) VALUES ('市民課'), ('福祉課'), ('空の課');
+         INSERT INTO staff (email, role) VALUES ('merge@example.jp', 'staff');
+         INSERT INTO forms (public_id, department_id, draft, current_version)
+           SELECT 'merge' || g || '-' || d.id, d.id, '{}', 1
+             FROM generate_series(1, 3) g, departments d WHERE d.name IN ('市民課', '福祉課');
+         INSERT INTO form_versions (form_id, version, definition)
+           SELECT id, 1, '{}' FROM forms WHERE public_id LIKE 'merge%';
+         INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, idempotency_key, submitted_at, status, assignee_id)
+           SELECT gen_random_uuid(), f.id, 1, 'M' || lpad((f.id * 1000 + g)::text, 9, '0'), '{}'::jsonb, gen_random_uuid(),
+                  timestamptz '2026-06-01 12:00+09' - ((g * 7 + f.id) % 40) * interval '1 day',
+                  (ARRAY['received','reviewing','completed','returned'])[1 + (g + f.id) % 4],
+                  CASE WHEN g % 3 = 0 THEN (SELECT id FROM staff WHERE email = 'merge@example.jp') END
+             FROM generate_series(1, 100) g, forms f WHERE f.public_id LIKE 'merge1-%' OR f.public_id LIKE 'merge2-%';
+         ANALYZE;",
+    )
+    .await
+    .unwrap();
+    let departments: Vec<(String, i64)> = db
+        .query("SELECT name, id FROM departments WHERE name IN ('市民課', '福祉課', '空の課') ORDER BY name", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let shapes: Vec<(&str, Filters, &str)> = vec![
+        ("no filter", Filters::default(), "true"),
+        (
+            "status",
+            Filters {
+                status: Some(Status::Returned),
+                ..Default::default()
+            },
+            "s.status = 'returned'",
+        ),
+        (
+            "unassigned",
+            Filters {
+                assignee: Some(0),
+                ..Default::default()
+            },
+            "s.assignee_id IS NULL",
+        ),
+        (
+            "dates",
+            Filters::parse(Some("from=2026-05-01&to=2026-05-20")),
+            "s.submitted_at >= '2026-05-01 00:00+09' AND s.submitted_at < '2026-05-21 00:00+09'",
+        ),
+    ];
+    for (name, filters, condition) in &shapes {
+        for (department, id) in &departments {
+            let expected: Vec<uuid::Uuid> = db
+                .query(
+                    &format!(
+                        "SELECT s.id FROM submissions s JOIN forms f ON f.id = s.form_id
+                          WHERE f.department_id = $1 AND {condition}
+                          ORDER BY s.submitted_at DESC, s.id DESC"
+                    ),
+                    &[id],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            if department != "空の課" {
+                assert!(expected.len() > 20, "{name} {department}: too few to page");
+            }
+            let shown = every_page(&db, &rt.cipher, Some(*id), filters).await;
+            assert_eq!(shown, expected, "inbox ({name}) of {department}");
+        }
+        // An administrator's list (the tenant-wide shape) has both departments' cases,
+        // in the same order.
+        let all: Vec<uuid::Uuid> = db
+            .query(
+                &format!(
+                    "SELECT s.id FROM submissions s WHERE {condition} ORDER BY s.submitted_at DESC, s.id DESC"
+                ),
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(
+            every_page(&db, &rt.cipher, None, filters).await,
+            all,
+            "inbox ({name}) of an administrator"
+        );
+    }
     server.shutdown().await;
 }

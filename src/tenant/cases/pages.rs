@@ -157,6 +157,14 @@ pub type Params = Vec<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>;
 
 /// The inbox's SQL for `filters`, from fixed fragments; every value is a parameter.
 /// `department`: only that department's forms (`None`: all, for administrators).
+///
+/// Two shapes. Across every form (an administrator), or where a filter picks the rows
+/// (one form, a search, one person's cases), the newest are read in order from the
+/// index that fits. A department's staff without such a filter get each of the
+/// department's forms' newest `limit` rows (from the per-form indexes), merged: walking
+/// every submission newest first and keeping the department's would read most of a
+/// large tenant when the department's cases are few or old (180 ms at 1M rows, where
+/// this takes under 1 ms).
 pub fn inbox_sql(
     cipher: &crate::crypto::FieldCipher,
     department: Option<i64>,
@@ -165,81 +173,90 @@ pub fn inbox_sql(
     all_answers: bool,
 ) -> (String, Params) {
     let f = filters;
+    let mut params: Params = Vec::new();
+    // Conditions on the submission `s`, each value a parameter.
+    let mut conds = String::new();
+    // `frag` with its `?` standing for `p` (none: a condition without a value).
+    let mut add = |frag: &str, p: Option<Box<dyn tokio_postgres::types::ToSql + Sync + Send>>| {
+        if let Some(p) = p {
+            params.push(p);
+        }
+        conds.push_str(&frag.replace('?', &format!("${}", params.len())));
+    };
+    if let Some(v) = f.form {
+        add(" AND s.form_id = ?", Some(Box::new(v)));
+    }
+    if let Some(v) = f.status {
+        add(" AND s.status = ?", Some(Box::new(v.as_str())));
+    }
+    let jst = time::macros::offset!(+9);
+    if let Some(v) = f.from {
+        let at = v.midnight().assume_offset(jst);
+        add(" AND s.submitted_at >= ?", Some(Box::new(at)));
+    }
+    if let Some(v) = f.to {
+        let at = v.next_day().unwrap_or(v).midnight().assume_offset(jst);
+        add(" AND s.submitted_at < ?", Some(Box::new(at)));
+    }
+    match f.assignee {
+        Some(0) => add(" AND s.assignee_id IS NULL", None),
+        Some(v) => add(" AND s.assignee_id = ?", Some(Box::new(v))),
+        None => {}
+    }
+    let search = f.search();
+    match &search {
+        Some(Search::Receipt(r)) => add(" AND s.receipt_number = ?", Some(Box::new(r.clone()))),
+        Some(Search::Email(email)) => {
+            let index = cipher.blind_index("submissions", "email", email).to_vec();
+            add(" AND s.email_index = ?", Some(Box::new(index)))
+        }
+        Some(Search::Phone(digits)) => {
+            let index = cipher.blind_index("submissions", "phone", digits).to_vec();
+            add(" AND s.phone_index = ?", Some(Box::new(index)))
+        }
+        None => {}
+    }
+    if let Some((at, id)) = f.after {
+        add(" AND (s.submitted_at, s.id) < (?", Some(Box::new(at)));
+        add(", ?)", Some(Box::new(id)));
+    }
+    params.push(Box::new(limit));
+    let limit = format!("${}", params.len());
+    let department = department.map(|d| {
+        params.push(Box::new(d));
+        format!("${}", params.len())
+    });
     // A list page needs one answer per row (the summary field), not all of them; and
-    // the forms' titles are read once per form below, not once per row.
+    // the forms' titles are read once per form (see `fetch`), not once per row.
     let answers = if all_answers {
         "s.answers"
     } else {
         "CASE WHEN f.summary_field IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(f.summary_field, s.answers -> f.summary_field) END"
     };
-    let mut sql = format!(
-        "SELECT s.id, s.receipt_number, s.submitted_at, s.status, coalesce(st.email, ''), s.form_id, s.form_version,
-                f.summary_field, {answers}
-           FROM submissions s JOIN forms f ON f.id = s.form_id LEFT JOIN staff st ON st.id = s.assignee_id WHERE true"
+    let columns = format!(
+        "s.id, s.receipt_number, s.submitted_at, s.status, coalesce(st.email, ''), s.form_id, s.form_version,
+                f.summary_field, {answers}"
     );
-    let mut params: Params = Vec::new();
-    let mut add =
-        |sql: &mut String, frag: &str, p: Box<dyn tokio_postgres::types::ToSql + Sync + Send>| {
-            params.push(p);
-            sql.push_str(&frag.replace('?', &format!("${}", params.len())));
-        };
-    if let Some(d) = department {
-        add(&mut sql, " AND f.department_id = ?", Box::new(d));
-    }
-    if let Some(v) = f.form {
-        add(&mut sql, " AND s.form_id = ?", Box::new(v));
-    }
-    if let Some(v) = f.status {
-        add(&mut sql, " AND s.status = ?", Box::new(v.as_str()));
-    }
-    let jst = time::macros::offset!(+9);
-    if let Some(v) = f.from {
-        add(
-            &mut sql,
-            " AND s.submitted_at >= ?",
-            Box::new(v.midnight().assume_offset(jst)),
-        );
-    }
-    if let Some(v) = f.to {
-        add(
-            &mut sql,
-            " AND s.submitted_at < ?",
-            Box::new(v.next_day().unwrap_or(v).midnight().assume_offset(jst)),
-        );
-    }
-    match f.assignee {
-        Some(0) => sql.push_str(" AND s.assignee_id IS NULL"),
-        Some(v) => add(&mut sql, " AND s.assignee_id = ?", Box::new(v)),
-        None => {}
-    }
-    match f.search() {
-        Some(Search::Receipt(r)) => add(&mut sql, " AND s.receipt_number = ?", Box::new(r)),
-        Some(Search::Email(email)) => add(
-            &mut sql,
-            " AND s.email_index = ?",
-            Box::new(cipher.blind_index("submissions", "email", &email).to_vec()),
+    let order = "ORDER BY s.submitted_at DESC, s.id DESC";
+    let picked = f.form.is_some() || search.is_some() || matches!(f.assignee, Some(v) if v != 0);
+    let sql = match department {
+        Some(d) if !picked => format!(
+            "SELECT {columns}
+               FROM forms f
+               CROSS JOIN LATERAL (
+                 SELECT s.id, s.receipt_number, s.submitted_at, s.status, s.assignee_id, s.form_id, s.form_version, s.answers
+                   FROM submissions s WHERE s.form_id = f.id{conds} {order} LIMIT {limit}) s
+               LEFT JOIN staff st ON st.id = s.assignee_id
+              WHERE f.department_id = {d} {order} LIMIT {limit}"
         ),
-        Some(Search::Phone(digits)) => add(
-            &mut sql,
-            " AND s.phone_index = ?",
-            Box::new(cipher.blind_index("submissions", "phone", &digits).to_vec()),
+        d => format!(
+            "SELECT {columns}
+               FROM submissions s JOIN forms f ON f.id = s.form_id LEFT JOIN staff st ON st.id = s.assignee_id
+              WHERE true{conds}{} {order} LIMIT {limit}",
+            d.map(|d| format!(" AND f.department_id = {d}"))
+                .unwrap_or_default()
         ),
-        None => {}
-    }
-    if let Some((at, id)) = f.after {
-        params.push(Box::new(at));
-        params.push(Box::new(id));
-        sql.push_str(&format!(
-            " AND (s.submitted_at, s.id) < (${}, ${})",
-            params.len() - 1,
-            params.len()
-        ));
-    }
-    params.push(Box::new(limit));
-    sql.push_str(&format!(
-        " ORDER BY s.submitted_at DESC, s.id DESC LIMIT ${}",
-        params.len()
-    ));
+    };
     (sql, params)
 }
 

@@ -1041,6 +1041,30 @@ async fn exports_round_trip_and_are_logged() {
         String::from_utf8_lossy(&bytes).contains("\r\n"),
         "RFC 4180 line ends"
     );
+    // The time a case was sent is written as a time (Japan time, to the second), not
+    // as Japanese text that sorts wrongly and other systems cannot read.
+    let sent: time::OffsetDateTime = env
+        .tenant_conn(&t)
+        .await
+        .client
+        .query_one(
+            "SELECT submitted_at FROM submissions WHERE receipt_number = $1",
+            &[&receipts[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let sent = sent.to_offset(time::macros::offset!(+9));
+    assert_eq!(
+        &yamada[col("受付日時")],
+        format!(
+            "{} {:02}:{:02}:{:02}",
+            sent.date(),
+            sent.hour(),
+            sent.minute(),
+            sent.second()
+        )
+    );
 
     let r = admin
         .client
@@ -1065,6 +1089,29 @@ async fn exports_round_trip_and_are_logged() {
     assert_eq!(cells.len(), 3);
     let yamada = cells.iter().find(|r| r[0] == receipts[0]).unwrap();
     assert_eq!(yamada[col("ご意見")], tricky);
+    // In the workbook the time is a date cell (Excel's serial day number, Japan time)
+    // and a number answer a number, so both sort and add up.
+    let at = cells.iter().position(|r| r[0] == receipts[0]).unwrap();
+    let serial = (sent.date() - time::macros::date!(1899 - 12 - 30)).whole_days() as f64
+        + f64::from(
+            u32::from(sent.hour()) * 3600
+                + u32::from(sent.minute()) * 60
+                + u32::from(sent.second()),
+        ) / 86400.0;
+    match range.get((at, col("受付日時"))) {
+        Some(calamine::Data::DateTime(d)) => {
+            assert!(
+                (d.as_f64() - serial).abs() < 1e-6,
+                "{} != {serial}",
+                d.as_f64()
+            )
+        }
+        other => panic!("受付日時 is {other:?}"),
+    }
+    assert_eq!(
+        range.get((at, col("年齢"))),
+        Some(&calamine::Data::Float(41.0))
+    );
 
     let db = env.tenant_conn(&t).await;
     let logged: Vec<String> = db
@@ -1178,6 +1225,47 @@ async fn exports_round_trip_and_are_logged() {
         page.contains("分野（第1版まで）") && page.contains("<td>ごみ</td><td>1</td><td>50.0</td>"),
         "{page}"
     );
+    // One version's export has that version's cases and questions only.
+    let third = submit(
+        &server,
+        h,
+        &public,
+        &[
+            ("name", "鈴木 一郎"),
+            ("email", "c@example.jp"),
+            ("opinion", "第2版から"),
+        ],
+    )
+    .await;
+    for (version, expected, asks_topic) in [
+        (1, vec![receipts[0].as_str(), receipts[1].as_str()], true),
+        (2, vec![third.as_str()], false),
+    ] {
+        let r = admin
+            .client
+            .get(url(
+                &server,
+                h,
+                &format!("/admin/export.csv?form={form_id}&version={version}"),
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let bytes = r.bytes().await.unwrap();
+        let mut reader = csv::ReaderBuilder::new().from_reader(&bytes[3..]);
+        let header = reader.headers().unwrap().clone();
+        assert_eq!(
+            header.iter().any(|h| h == "分野"),
+            asks_topic,
+            "version {version}"
+        );
+        let mut got: Vec<String> = reader.records().map(|r| r.unwrap()[0].to_owned()).collect();
+        got.sort();
+        let mut expected: Vec<String> = expected.iter().map(|s| (*s).to_owned()).collect();
+        expected.sort();
+        assert_eq!(got, expected, "version {version}");
+    }
     server.shutdown().await;
 }
 

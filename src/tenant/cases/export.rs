@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use super::pages::{fetch, Filters, Query};
 use crate::error::AppError;
 use crate::tenant::audit;
-use crate::tenant::forms::citizen::{decrypt_answers, jst};
+use crate::tenant::forms::answers::Answer;
+use crate::tenant::forms::citizen::decrypt_answers;
 use crate::tenant::forms::definition::FormDefinition;
 use crate::tenant::spreadsheet;
 use crate::tenant::staff::StaffUser;
@@ -64,37 +65,66 @@ async fn columns(
     Ok(Columns { fields })
 }
 
+/// One cell of an exported row. Times and dates are written as such, so that a
+/// spreadsheet sorts and filters them, and a receiving system reads them without
+/// parsing Japanese text (they are shown with 和暦 on screen).
+enum Cell {
+    Text(String),
+    /// A moment, in Japan time.
+    Time(time::PrimitiveDateTime),
+    Date(time::Date),
+    /// A number as the citizen's answer keeps it (already normalised).
+    Number(String),
+}
+
+impl Cell {
+    /// The CSV text: ISO 8601 for times (Japan time, to the second) and dates.
+    fn text(&self) -> String {
+        match self {
+            Self::Text(s) | Self::Number(s) => s.clone(),
+            Self::Time(t) => format!(
+                "{} {:02}:{:02}:{:02}",
+                t.date(),
+                t.hour(),
+                t.minute(),
+                t.second()
+            ),
+            Self::Date(d) => d.to_string(),
+        }
+    }
+}
+
+fn answer_cell(answer: &Answer) -> Cell {
+    match answer {
+        Answer::Date(d) => Cell::Date(*d),
+        Answer::Number(n) => Cell::Number(n.clone()),
+        other => Cell::Text(other.display()),
+    }
+}
+
 /// Pages through the selection a batch at a time, decrypting only that batch.
 struct Batches<'a> {
     ctx: &'a TenantCtx,
     user: &'a StaffUser,
     filters: Filters,
-    version: Option<i32>,
     cols: &'a Columns,
     done: bool,
     rows: u64,
 }
 
 impl<'a> Batches<'a> {
-    fn new(
-        ctx: &'a TenantCtx,
-        user: &'a StaffUser,
-        filters: Filters,
-        version: Option<i32>,
-        cols: &'a Columns,
-    ) -> Self {
+    fn new(ctx: &'a TenantCtx, user: &'a StaffUser, filters: Filters, cols: &'a Columns) -> Self {
         Self {
             ctx,
             user,
             filters,
-            version,
             cols,
             done: false,
             rows: 0,
         }
     }
 
-    async fn next(&mut self) -> Result<Option<Vec<Vec<String>>>, AppError> {
+    async fn next(&mut self) -> Result<Option<Vec<Vec<Cell>>>, AppError> {
         if self.done {
             return Ok(None);
         }
@@ -117,36 +147,28 @@ impl<'a> Batches<'a> {
         };
         self.filters.after = Some((last.submitted_at, last.id));
         let mut batch = Vec::with_capacity(rows.len());
-        for r in rows
-            .iter()
-            .filter(|r| self.version.is_none_or(|v| v == r.form_version))
-        {
+        for r in &rows {
             let answers = decrypt_answers(self.ctx.cipher(), r.id, &r.answers)?;
+            let at = r.submitted_at.to_offset(time::macros::offset!(+9));
             let mut line = vec![
-                r.receipt.clone(),
-                jst(r.submitted_at),
-                r.form_title.clone(),
-                r.form_version.to_string(),
-                r.status.label().to_owned(),
-                r.assignee.clone(),
+                Cell::Text(r.receipt.clone()),
+                Cell::Time(time::PrimitiveDateTime::new(at.date(), at.time())),
+                Cell::Text(r.form_title.clone()),
+                Cell::Number(r.form_version.to_string()),
+                Cell::Text(r.status.label().to_owned()),
+                Cell::Text(r.assignee.clone()),
             ];
-            line.extend(
-                self.cols
-                    .fields
-                    .iter()
-                    .map(|(id, _)| answers.get(id).map(|a| a.display()).unwrap_or_default()),
-            );
+            line.extend(self.cols.fields.iter().map(|(id, _)| {
+                answers
+                    .get(id)
+                    .map(answer_cell)
+                    .unwrap_or(Cell::Text(String::new()))
+            }));
             batch.push(line);
         }
         self.rows += batch.len() as u64;
         Ok(Some(batch))
     }
-}
-
-fn parse_version(query: Option<&str>) -> Option<i32> {
-    form_urlencoded::parse(query.unwrap_or_default().as_bytes())
-        .find(|(k, _)| k == "version")
-        .and_then(|(_, v)| v.parse().ok())
 }
 
 async fn log_export(
@@ -190,10 +212,10 @@ fn download(content_type: &'static str, name: &str, body: Body) -> Response {
         .into_response()
 }
 
-fn csv_bytes(rows: &[Vec<String>], bom: bool) -> Bytes {
+fn csv_bytes(rows: &[Vec<Cell>], bom: bool) -> Bytes {
     let mut w = spreadsheet::writer(bom);
     for r in rows {
-        let _ = spreadsheet::write_row(&mut w, r);
+        let _ = spreadsheet::write_row(&mut w, r.iter().map(Cell::text));
     }
     Bytes::from(w.into_inner().unwrap_or_default())
 }
@@ -221,7 +243,7 @@ pub async fn csv_export(
     let mut filters = Filters::parse(query.as_deref());
     filters.after = None;
     check_form(&ctx, &user, &filters).await?;
-    let version = parse_version(query.as_deref());
+    let version = filters.form.and(filters.version);
     let cols = columns(&*ctx.db().await?, filters.form, version).await?;
     // Logged before the first row leaves (as the XLSX export is), so a restart during
     // a long export cannot lose the record of it; its ending is logged too, below.
@@ -239,9 +261,9 @@ pub async fn csv_export(
     .await?;
     drop(db);
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
-    let header = csv_bytes(&[cols.header()], true);
+    let header = csv_bytes(&[cols.header().into_iter().map(Cell::Text).collect()], true);
     tokio::spawn(async move {
-        let mut batches = Batches::new(&ctx, &user, filters.clone(), version, &cols);
+        let mut batches = Batches::new(&ctx, &user, filters.clone(), &cols);
         // Every ending is logged, with the rows handed out and whether the file was
         // whole: a client that leaves before the end has still taken those rows.
         let complete = async {
@@ -279,6 +301,95 @@ pub async fn csv_export(
     ))
 }
 
+/// The number formats of the XLSX export's typed cells.
+struct XlsxFormats {
+    time: rust_xlsxwriter::Format,
+    date: rust_xlsxwriter::Format,
+}
+
+impl XlsxFormats {
+    fn new() -> Self {
+        Self {
+            time: rust_xlsxwriter::Format::new().set_num_format("yyyy/mm/dd hh:mm:ss"),
+            date: rust_xlsxwriter::Format::new().set_num_format("yyyy/mm/dd"),
+        }
+    }
+}
+
+/// Writes `line` at `row`: text as text (never a formula), times and dates as date
+/// cells, numbers as numbers where Excel keeps them exactly (up to 15 significant
+/// digits), as text otherwise.
+fn write_xlsx_row(
+    sheet: &mut rust_xlsxwriter::Worksheet,
+    formats: &XlsxFormats,
+    row: u32,
+    line: &[Cell],
+) -> Result<(), rust_xlsxwriter::XlsxError> {
+    use rust_xlsxwriter::ExcelDateTime;
+    for (c, cell) in line.iter().enumerate() {
+        let col = u16::try_from(c).unwrap_or(u16::MAX);
+        let day = |d: time::Date| {
+            ExcelDateTime::from_ymd(
+                u16::try_from(d.year()).unwrap_or(1900),
+                u8::from(d.month()),
+                d.day(),
+            )
+        };
+        match cell {
+            Cell::Time(t) => {
+                let at = day(t.date())?.and_hms(
+                    u16::from(t.hour()),
+                    t.minute(),
+                    f64::from(t.second()),
+                )?;
+                sheet.write_datetime_with_format(row, col, at, &formats.time)?;
+            }
+            Cell::Date(d) => match day(*d) {
+                Ok(at) => {
+                    sheet.write_datetime_with_format(row, col, at, &formats.date)?;
+                }
+                // A date Excel cannot hold (before 1900): as text.
+                Err(_) => {
+                    sheet.write_string(row, col, cell.text())?;
+                }
+            },
+            Cell::Number(n) => match exact_number(n) {
+                Some(v) => {
+                    sheet.write_number(row, col, v)?;
+                }
+                None => {
+                    sheet.write_string(row, col, n)?;
+                }
+            },
+            Cell::Text(s) => {
+                sheet.write_string(row, col, s)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `n` as a spreadsheet number, when it holds it exactly as written: a plain decimal
+/// of at most 15 significant digits, without a leading zero Excel would drop.
+fn exact_number(n: &str) -> Option<f64> {
+    let digits = n.trim_start_matches('-');
+    let plain = !digits.is_empty()
+        && digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+        && digits.matches('.').count() <= 1
+        && !digits.starts_with('.')
+        && !digits.ends_with('.')
+        && !(digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0."));
+    let significant = digits
+        .chars()
+        .filter(char::is_ascii_digit)
+        .skip_while(|c| *c == '0')
+        .count();
+    (plain && significant <= 15)
+        .then(|| n.parse::<f64>().ok())
+        .flatten()
+        .filter(|v| v.is_finite())
+}
+
 pub async fn xlsx_export(
     ctx: TenantCtx,
     user: StaffUser,
@@ -287,37 +398,32 @@ pub async fn xlsx_export(
     let mut filters = Filters::parse(query.as_deref());
     filters.after = None;
     check_form(&ctx, &user, &filters).await?;
-    let version = parse_version(query.as_deref());
+    let version = filters.form.and(filters.version);
     let cols = columns(&*ctx.db().await?, filters.form, version).await?;
     let mut workbook = rust_xlsxwriter::Workbook::new();
     let sheet = workbook.add_worksheet_with_constant_memory();
     sheet
         .set_name("申請一覧")
         .map_err(|e| AppError::Internal(e.into()))?;
-    let write = |sheet: &mut rust_xlsxwriter::Worksheet,
-                 line: &[String],
-                 row: u32|
-     -> Result<(), AppError> {
-        for (c, v) in line.iter().enumerate() {
-            sheet
-                .write_string(row, u16::try_from(c).unwrap_or(u16::MAX), v)
-                .map_err(|e| AppError::Internal(e.into()))?;
-        }
-        Ok(())
-    };
-    write(sheet, &cols.header(), 0)?;
+    let formats = XlsxFormats::new();
+    let header: Vec<Cell> = cols.header().into_iter().map(Cell::Text).collect();
+    write_xlsx_row(sheet, &formats, 0, &header).map_err(|e| AppError::Internal(e.into()))?;
     let mut row: u32 = 0;
-    let mut batches = Batches::new(&ctx, &user, filters.clone(), version, &cols);
+    let mut batches = Batches::new(&ctx, &user, filters.clone(), &cols);
     while let Some(batch) = batches.next().await? {
         for line in batch {
             row += 1;
-            write(sheet, &line, row)?;
+            write_xlsx_row(sheet, &formats, row, &line)
+                .map_err(|e| AppError::Internal(e.into()))?;
         }
     }
     let n = batches.rows;
     let file = tempfile::NamedTempFile::new().map_err(|e| AppError::Internal(e.into()))?;
-    workbook
-        .save(file.path())
+    // Assembling the file is blocking work (it compresses every row written).
+    let path = file.path().to_owned();
+    tokio::task::spawn_blocking(move || workbook.save(path))
+        .await
+        .map_err(|e| AppError::Internal(e.into()))?
         .map_err(|e| AppError::Internal(e.into()))?;
     log_export(&ctx, &user, "xlsx", &filters, n, true).await?;
     let reader = tokio::fs::File::open(file.path())
@@ -343,4 +449,32 @@ pub async fn xlsx_export(
         "submissions.xlsx",
         Body::from_stream(stream),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exact_number;
+
+    #[test]
+    fn numbers_go_to_the_spreadsheet_only_when_kept_exactly() {
+        assert_eq!(exact_number("41"), Some(41.0));
+        assert_eq!(exact_number("-2.5"), Some(-2.5));
+        assert_eq!(exact_number("0.75"), Some(0.75));
+        assert_eq!(exact_number("123456789012345"), Some(123_456_789_012_345.0));
+        // A leading zero Excel would drop, more digits than it keeps, not a plain
+        // decimal: text.
+        for text in [
+            "007",
+            "1234567890123456",
+            "1e5",
+            "1.",
+            ".5",
+            "1.2.3",
+            "",
+            "-",
+            "１２",
+        ] {
+            assert_eq!(exact_number(text), None, "{text}");
+        }
+    }
 }

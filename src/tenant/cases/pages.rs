@@ -28,6 +28,8 @@ pub const PAGE_SIZE: i64 = 50;
 #[derive(Debug, Default, Clone)]
 pub struct Filters {
     pub form: Option<i64>,
+    /// One version of `form` (exports); ignored without a form.
+    pub version: Option<i32>,
     pub status: Option<Status>,
     pub from: Option<time::Date>,
     pub to: Option<time::Date>,
@@ -44,6 +46,7 @@ impl Filters {
         for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
             match &*k {
                 "form" => f.form = v.parse().ok(),
+                "version" => f.version = v.parse().ok(),
                 "status" => f.status = Status::parse(&v),
                 "from" => f.from = date(&v),
                 "to" => f.to = date(&v),
@@ -65,6 +68,9 @@ impl Filters {
         let mut q = form_urlencoded::Serializer::new(String::new());
         if let Some(v) = self.form {
             q.append_pair("form", &v.to_string());
+        }
+        if let Some(v) = self.version {
+            q.append_pair("version", &v.to_string());
         }
         if let Some(v) = self.status {
             q.append_pair("status", v.as_str());
@@ -185,6 +191,9 @@ pub fn inbox_sql(
     };
     if let Some(v) = f.form {
         add(" AND s.form_id = ?", Some(Box::new(v)));
+        if let Some(v) = f.version {
+            add(" AND s.form_version = ?", Some(Box::new(v)));
+        }
     }
     if let Some(v) = f.status {
         add(" AND s.status = ?", Some(Box::new(v.as_str())));

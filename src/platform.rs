@@ -43,6 +43,26 @@ impl Platform {
                 (cfg, url.clone(), None)
             }
             None => {
+                // A master key without a private cluster: this directory belongs to a
+                // deployment on an external database, and the command was run without
+                // its settings. A new empty cluster here would show no tenants, take
+                // new ones out of the real catalog's sight, and leave files the
+                // service cannot read.
+                let key = settings.state_dir.join("master.key");
+                let cluster = settings
+                    .state_dir
+                    .join("pg")
+                    .join("data")
+                    .join("PG_VERSION");
+                if key.exists() && !cluster.exists() {
+                    anyhow::bail!(
+                        "{} holds a master key but no private PostgreSQL cluster: its database is elsewhere. \
+                         Set database_url in {} (or MADOGUCHI_DATABASE_URL) as the service has it, \
+                         and run the command as the service's user. No cluster was created.",
+                        settings.state_dir.display(),
+                        settings.state_dir.join("madoguchi.toml").display()
+                    );
+                }
                 let dir = settings.state_dir.clone();
                 let opts = ClusterOptions::for_budget(settings.pool.budget);
                 let pg =

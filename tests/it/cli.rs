@@ -147,6 +147,29 @@ impl Serving {
     }
 }
 
+/// A command run without the settings of a deployment on an external database (its
+/// state directory holds the master key) stops, rather than making an empty private
+/// cluster there that shows no tenants and would take new ones.
+#[test]
+fn a_command_without_the_external_databases_settings_makes_no_cluster() {
+    let state = StateDir::new();
+    let dir = state.0.as_path();
+    std::fs::write(dir.join("master.key"), [7u8; 32]).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        dir.join("master.key"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let (ok, out, err) = madoguchi(dir, &["tenant", "list"]);
+    assert!(!ok, "{out}");
+    assert!(
+        err.contains("no private PostgreSQL cluster") && err.contains("database_url"),
+        "{err}"
+    );
+    assert!(!dir.join("pg").exists(), "a cluster was made");
+}
+
 #[test]
 fn serve_restart_and_commands_on_the_same_state_dir() {
     let state = StateDir::new();

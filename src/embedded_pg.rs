@@ -378,24 +378,69 @@ pub fn find_bin_dir() -> anyhow::Result<PathBuf> {
             }
         }
     }
-    let mut best: Option<(u32, PathBuf)> = None;
-    if let Ok(entries) = fs::read_dir("/usr/lib/postgresql") {
-        for e in entries.flatten() {
-            let v: Option<u32> = e.file_name().to_str().and_then(|s| s.parse().ok());
-            let bin = e.path().join("bin");
-            if let Some(v) = v.filter(|v| *v >= 15) {
-                if bin.join("pg_ctl").is_file() && best.as_ref().is_none_or(|(b, _)| v > *b) {
-                    best = Some((v, bin));
-                }
-            }
-        }
-    }
-    match best {
-        Some((_, bin)) => Ok(bin),
+    match newest_with(Path::new(DEBIAN_ROOT), "pg_ctl") {
+        Some(bin) => Ok(bin),
         None => bail!(
             "PostgreSQL server programs (initdb, pg_ctl) were not found on PATH or in /usr/lib/postgresql/*/bin; install PostgreSQL 15 or later (Debian: apt-get install postgresql) or set MADOGUCHI_DATABASE_URL"
         ),
     }
+}
+
+/// Where Debian installs each PostgreSQL version's programs (`VERSION/bin`).
+const DEBIAN_ROOT: &str = "/usr/lib/postgresql";
+
+/// The `bin` directory of the newest PostgreSQL (15 or later) under `root` that has
+/// `program`.
+fn newest_with(root: &Path, program: &str) -> Option<PathBuf> {
+    let mut best: Option<(u32, PathBuf)> = None;
+    for e in fs::read_dir(root).ok()?.flatten() {
+        let v: Option<u32> = e.file_name().to_str().and_then(|s| s.parse().ok());
+        let bin = e.path().join("bin");
+        if let Some(v) = v.filter(|v| *v >= 15) {
+            if bin.join(program).is_file() && best.as_ref().is_none_or(|(b, _)| v > *b) {
+                best = Some((v, bin));
+            }
+        }
+    }
+    best.map(|(_, bin)| bin)
+}
+
+/// A PostgreSQL client program (`pg_dump`, `pg_restore`): beside the server programs
+/// where they are installed (the private cluster's own version), else the newest
+/// installed version's, else on `PATH`. A host whose database is elsewhere may
+/// have only the client programs.
+pub fn find_client_program(program: &str) -> anyhow::Result<PathBuf> {
+    let server = find_bin_dir().ok();
+    client_program_in(
+        program,
+        server.as_deref(),
+        Path::new(DEBIAN_ROOT),
+        std::env::var_os("PATH"),
+    )
+}
+
+fn client_program_in(
+    program: &str,
+    server_bin: Option<&Path>,
+    versions: &Path,
+    path: Option<std::ffi::OsString>,
+) -> anyhow::Result<PathBuf> {
+    let beside_server = server_bin.map(|b| b.join(program));
+    let versioned = newest_with(versions, program).map(|b| b.join(program));
+    let on_path = path.and_then(|p| {
+        std::env::split_paths(&p)
+            .map(|d| d.join(program))
+            .find(|f| f.is_file())
+    });
+    [beside_server, versioned, on_path]
+        .into_iter()
+        .flatten()
+        .find(|f| f.is_file())
+        .with_context(|| {
+            format!(
+                "{program} was not found beside the PostgreSQL server programs, in {DEBIAN_ROOT}/*/bin or on PATH; install the PostgreSQL client programs, version 15 or later (Debian: apt-get install postgresql-client)"
+            )
+        })
 }
 
 /// Whether this process runs as root. `/proc/self` belongs to the effective user.
@@ -482,7 +527,50 @@ fn percent_encode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::shared_buffers_mib;
+    use super::{client_program_in, shared_buffers_mib};
+    use std::path::Path;
+
+    #[test]
+    fn client_programs_are_found_without_the_server_programs() {
+        let root = std::env::temp_dir().join(format!("madoguchi-bins-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let make = |p: &Path| {
+            std::fs::create_dir_all(p.parent().unwrap_or(p)).unwrap_or_else(|e| panic!("{e}"));
+            std::fs::write(p, b"").unwrap_or_else(|e| panic!("{e}"));
+        };
+        // Client programs only (no pg_ctl), of two versions and on PATH.
+        make(&root.join("versions/15/bin/pg_dump"));
+        make(&root.join("versions/17/bin/pg_dump"));
+        make(&root.join("versions/17/bin/psql"));
+        make(&root.join("path/pg_dump"));
+        make(&root.join("path/pg_restore"));
+        make(&root.join("server/pg_dump"));
+        let versions = root.join("versions");
+        let path = Some(root.join("path").into_os_string());
+        let found = |program, server: Option<&Path>| {
+            client_program_in(program, server, &versions, path.clone())
+        };
+        // The newest installed version's, then PATH's.
+        assert_eq!(
+            found("pg_dump", None).ok(),
+            Some(root.join("versions/17/bin/pg_dump"))
+        );
+        assert_eq!(
+            found("pg_restore", None).ok(),
+            Some(root.join("path/pg_restore"))
+        );
+        // Beside the server programs first (the private cluster's version).
+        assert_eq!(
+            found("pg_dump", Some(&root.join("server"))).ok(),
+            Some(root.join("server/pg_dump"))
+        );
+        let missing = match found("pg_dumpall", None) {
+            Ok(p) => panic!("found {}", p.display()),
+            Err(e) => e.to_string(),
+        };
+        assert!(missing.contains("postgresql-client"), "{missing}");
+        let _ = std::fs::remove_dir_all(&root);
+    }
 
     #[test]
     fn shared_buffers_follow_the_budget_within_the_machine() {

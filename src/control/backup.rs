@@ -192,9 +192,8 @@ fn aead_with(key: &[u8]) -> anyhow::Result<Aes256Gcm> {
 /// A PostgreSQL client program (`pg_dump`, `pg_restore`) connecting as the admin role
 /// to `database`; the password goes through the environment, never the command line.
 fn pg_tool(p: &Platform, program: &str, database: &str) -> anyhow::Result<Command> {
-    let bin = crate::embedded_pg::find_bin_dir()?;
     let cfg = p.cluster.admin_config(database);
-    let mut cmd = Command::new(bin.join(program));
+    let mut cmd = Command::new(crate::embedded_pg::find_client_program(program)?);
     cmd.arg("--dbname").arg(database);
     if let Some(host) = cfg.get_hosts().first() {
         match host {

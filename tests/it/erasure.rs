@@ -16,7 +16,7 @@ use crate::forms::{apply, build_form, dept_id, staff};
 use crate::harness::{admin_client, get_with_host, unique, TestEnv};
 
 /// Registers an operator and writes their private key file.
-async fn operator(env: &TestEnv, id: &str, name: &str) -> (PathBuf, [u8; 32]) {
+pub(crate) async fn operator(env: &TestEnv, id: &str, name: &str) -> (PathBuf, [u8; 32]) {
     let signer = NoteSigner::generate(id).unwrap();
     let path = env.state.path().join(format!("{id}.key"));
     use base64::Engine;
@@ -49,11 +49,22 @@ async fn count(db: &str, sql: &str, arg: &str) -> i64 {
         .get(0)
 }
 
-async fn erase_tenant(
+pub(crate) async fn erase_tenant(
     env: &TestEnv,
     t: &TenantRecord,
     requester: (&str, &Path),
     verifier: (&str, &Path),
+) -> (certificate::CertificateFile, PathBuf) {
+    erase_sharing(env, t, requester, verifier, false).await
+}
+
+/// [`erase_tenant`], allowing (or not) another tenant to hold copies of its keys.
+pub(crate) async fn erase_sharing(
+    env: &TestEnv,
+    t: &TenantRecord,
+    requester: (&str, &Path),
+    verifier: (&str, &Path),
+    allow_shared_keys: bool,
 ) -> (certificate::CertificateFile, PathBuf) {
     erase::decommission(
         &env.platform,
@@ -74,7 +85,7 @@ async fn erase_tenant(
         &EraseArgs {
             slug: &t.slug,
             verifier: verifier.0,
-            allow_shared_keys: false,
+            allow_shared_keys,
         },
         verifier.1,
         &Quiet,

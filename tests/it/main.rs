@@ -13,6 +13,7 @@ mod cases;
 mod cli;
 mod console;
 mod erasure;
+mod external;
 mod faults;
 mod forms;
 mod isolation;

@@ -1,0 +1,121 @@
+//! An external cluster whose admin role is not a superuser, only CREATEDB and
+//! CREATEROLE as the README asks: a tenant's whole life works under it, from
+//! provisioning through a submission, a backup, its drill and a restore, to the
+//! erasure and its certificate.
+
+use std::sync::Arc;
+
+use madoguchi::config::Settings;
+use madoguchi::control::backup::{self, DirStore};
+use madoguchi::platform::Platform;
+
+use crate::erasure::{erase_sharing, erase_tenant, operator};
+use crate::forms::{apply, build_form, dept_id, staff};
+use crate::harness::{admin_client, admin_url, unique, TestEnv};
+use madoguchi::tenant::staff::Role;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_whole_life_under_an_admin_role_that_is_not_a_superuser() {
+    let role = unique("ext_admin_");
+    let password = unique("pw");
+    admin_client("postgres")
+        .await
+        .batch_execute(&format!(
+            "CREATE ROLE {role} LOGIN CREATEDB CREATEROLE NOSUPERUSER PASSWORD '{password}'"
+        ))
+        .await
+        .unwrap();
+    let base = admin_url();
+    let (scheme, rest) = base.split_once("://").unwrap();
+    let (_, place) = rest.split_once('@').unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let mut settings = Settings::new(state.path().to_path_buf());
+    settings.database_url = Some(format!("{scheme}://{role}:{password}@{place}"));
+    settings.catalog_db = unique("cat_");
+    settings.limits.submit_per_minute = 0;
+    let platform = Platform::open(settings)
+        .await
+        .unwrap_or_else(|e| panic!("opening the platform as {role}: {e:#}"));
+    let env = TestEnv {
+        platform: Arc::new(platform),
+        state,
+    };
+
+    let t = env.tenant(&unique("ext"), "小樽市", "012033").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].clone();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "市民課").await;
+    let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
+    apply(&server, &host, &public, "その他").await.unwrap();
+
+    let store = DirStore::new(env.state.path());
+    backup::run(&env.platform, &store, &t)
+        .await
+        .unwrap_or_else(|e| panic!("backup: {e:#}"));
+    let drill = backup::drill(&env.platform, &store, &t)
+        .await
+        .unwrap_or_else(|e| panic!("drill: {e:#}"));
+    assert!(drill.ok, "{:?}", drill.tables);
+    let latest = backup::list(&env.platform, Some(&t.slug))
+        .await
+        .unwrap()
+        .into_iter()
+        .next()
+        .unwrap();
+    let copy = unique("extcopy");
+    backup::restore(
+        &env.platform,
+        &store,
+        &latest.file,
+        &copy,
+        &[format!("{copy}.test")],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("restore: {e:#}"));
+    server.shutdown().await;
+
+    // The erasure finishes; the certificate says the checkpoint was not allowed,
+    // rather than the erasure stopping after the keys were gone.
+    let (requester, _) = operator(&env, "ext-requester", "申請 太郎").await;
+    let (verifier, _) = operator(&env, "ext-verifier", "確認 花子").await;
+    let copy = env
+        .platform
+        .catalog
+        .tenant_by_slug(&copy)
+        .await
+        .unwrap()
+        .unwrap();
+    // The copy first (it shares the keys of the tenant it came from), then the
+    // tenant, each with its certificate.
+    let (file, _) = erase_sharing(
+        &env,
+        &copy,
+        ("ext-requester", &requester),
+        ("ext-verifier", &verifier),
+        true,
+    )
+    .await;
+    let keys = |file: &madoguchi::control::certificate::CertificateFile| {
+        file.certificate
+            .steps
+            .iter()
+            .find(|s| s.step == "destroy_keys")
+            .map(|s| s.detail.clone())
+            .unwrap_or_default()
+    };
+    assert!(keys(&file).contains("pg_checkpoint"), "{}", keys(&file));
+    let (file, _) = erase_tenant(
+        &env,
+        &t,
+        ("ext-requester", &requester),
+        ("ext-verifier", &verifier),
+    )
+    .await;
+    assert!(
+        file.certificate.verification.passed,
+        "{:#?}",
+        file.certificate.verification
+    );
+    assert!(keys(&file).contains("pg_checkpoint"), "{}", keys(&file));
+}

@@ -146,7 +146,8 @@ pub struct FileSettings {
     pub tls_key: Option<PathBuf>,
     pub tls_listen: Option<SocketAddr>,
     pub lgwan_listen: Option<SocketAddr>,
-    pub trusted_proxies: Option<Vec<ipnet::IpNet>>,
+    /// Addresses or networks, as `--trusted-proxy` takes them.
+    pub trusted_proxies: Option<Vec<String>>,
     pub submit_per_minute: Option<u32>,
     pub submit_burst: Option<u32>,
     pub tenant_per_second: Option<u32>,
@@ -168,5 +169,39 @@ impl FileSettings {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
             Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
         }
+    }
+}
+
+/// A trusted proxy as configured: a network (`10.0.0.0/8`) or one address
+/// (`127.0.0.1`, `::1`). `from` names the setting in the message.
+pub fn proxy_net(text: &str, from: &str) -> anyhow::Result<ipnet::IpNet> {
+    let t = text.trim();
+    t.parse::<ipnet::IpNet>()
+        .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .with_context(|| format!("{from} {t:?} is not an address or CIDR"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{proxy_net, FileSettings};
+
+    #[test]
+    fn trusted_proxies_in_the_file_are_written_as_on_the_command_line() {
+        let file: FileSettings =
+            toml::from_str(r#"trusted_proxies = ["127.0.0.1", "::1", "10.0.0.0/8"]"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        let nets: Vec<String> = file
+            .trusted_proxies
+            .iter()
+            .flatten()
+            .map(|t| proxy_net(t, "trusted_proxies").map(|n| n.to_string()))
+            .collect::<anyhow::Result<_>>()
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(nets, ["127.0.0.1/32", "::1/128", "10.0.0.0/8"]);
+        let wrong = match proxy_net("proxy.example.jp", "trusted_proxies") {
+            Ok(n) => panic!("took {n}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(wrong.contains("proxy.example.jp"), "{wrong}");
     }
 }

@@ -490,16 +490,15 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
         s.limits.ceiling_delay = std::time::Duration::from_millis(v.min(10_000));
     }
     s.trusted_proxies = if c.trusted_proxies.is_empty() {
-        file.trusted_proxies.clone().unwrap_or_default()
+        file.trusted_proxies
+            .iter()
+            .flatten()
+            .map(|t| madoguchi::config::proxy_net(t, "trusted_proxies in madoguchi.toml:"))
+            .collect::<anyhow::Result<_>>()?
     } else {
         c.trusted_proxies
             .iter()
-            .map(|t| {
-                let t = t.trim();
-                t.parse::<ipnet::IpNet>()
-                    .or_else(|_| t.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    .with_context(|| format!("--trusted-proxy {t:?} is not an address or CIDR"))
-            })
+            .map(|t| madoguchi::config::proxy_net(t, "--trusted-proxy"))
             .collect::<anyhow::Result<_>>()?
     };
     Ok((s, file))

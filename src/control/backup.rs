@@ -518,7 +518,8 @@ pub async fn list(p: &Platform, slug: Option<&str>) -> anyhow::Result<Vec<Manife
     let rows = c
         .query(
             "SELECT id, coalesce(tenant_id, '00000000-0000-0000-0000-000000000000'), tenant_slug, created_at, file, size, sha256, schema_version, key_version
-               FROM backups WHERE $1::text IS NULL OR tenant_slug = $1 ORDER BY created_at DESC",
+               FROM backups WHERE ($1::text IS NULL OR tenant_slug = $1) AND destroyed_at IS NULL
+              ORDER BY created_at DESC",
             &[&slug],
         )
         .await?;
@@ -876,6 +877,11 @@ async fn check_against_record(
         );
     };
     let recorded: String = row.get(0);
+    if recorded != file && std::path::Path::new(file).ends_with(&recorded) {
+        bail!(
+            "{file}: give the backup by the name `madoguchi backup list` prints, relative to the backup directory: {recorded}"
+        );
+    }
     if recorded != file {
         bail!(
             "{file} carries backup {}, which the catalog records as {recorded}: the file was swapped; not restoring it",

@@ -20,27 +20,30 @@ use crate::tenant::forms::definition::FormDefinition;
 
 const BATCH: i64 = 500;
 
-/// The tenant's final export folders still on the platform's disk
-/// (`DIR/exports/<slug>-<YYYYMMDDTHHMMSSZ>`; another tenant whose slug begins with
-/// this one's is not matched).
+/// The tenant's final exports still on the platform's disk: the folder an export
+/// writes (`DIR/exports/<slug>-<YYYYMMDDTHHMMSSZ>`) and anything named from it, such
+/// as an archive or a copy of it made for the hand-over (`…Z.zip`, `…Z-copy`). Another
+/// tenant whose slug begins with this one's is not matched: what follows `<slug>-`
+/// must begin with the time stamp.
 pub fn left_on_disk(state_dir: &Path, slug: &str) -> Vec<std::path::PathBuf> {
     let Ok(entries) = std::fs::read_dir(state_dir.join("exports")) else {
         return Vec::new();
     };
     let prefix = format!("{slug}-");
+    let stamped = |rest: &[u8]| {
+        rest.len() >= 16
+            && rest[..16].iter().enumerate().all(|(i, b)| match i {
+                8 => *b == b'T',
+                15 => *b == b'Z',
+                _ => b.is_ascii_digit(),
+            })
+    };
     let mut out: Vec<std::path::PathBuf> = entries
         .filter_map(Result::ok)
         .filter(|e| {
             let name = e.file_name();
-            let stamp = name.to_str().and_then(|n| n.strip_prefix(&prefix));
-            stamp.is_some_and(|s| {
-                s.len() == 16
-                    && s.bytes().enumerate().all(|(i, b)| match i {
-                        8 => b == b'T',
-                        15 => b == b'Z',
-                        _ => b.is_ascii_digit(),
-                    })
-            })
+            let rest = name.to_str().and_then(|n| n.strip_prefix(&prefix));
+            rest.is_some_and(|r| stamped(r.as_bytes()))
         })
         .map(|e| e.path())
         .collect();
@@ -296,4 +299,41 @@ pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExp
         directory: dir.display().to_string(),
         files,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::left_on_disk;
+
+    #[test]
+    fn an_export_left_on_disk_is_found_under_any_name_made_from_its_own() {
+        let dir = std::env::temp_dir().join(format!("madoguchi-exports-{}", std::process::id()));
+        let exports = dir.join("exports");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(exports.join("chiyoda-20261126T030000Z"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        for name in [
+            "chiyoda-20261126T030000Z.zip",
+            "chiyoda-20261126T030000Z-copy",
+            // Another tenant's (chiyoda-kita), and names that are not exports.
+            "chiyoda-kita-20261126T030000Z",
+            "chiyoda-notes.txt",
+            "chiyoda-2026.zip",
+        ] {
+            std::fs::write(exports.join(name), b"").unwrap_or_else(|e| panic!("{e}"));
+        }
+        let found: Vec<String> = left_on_disk(&dir, "chiyoda")
+            .iter()
+            .filter_map(|p| p.file_name()?.to_str().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "chiyoda-20261126T030000Z",
+                "chiyoda-20261126T030000Z-copy",
+                "chiyoda-20261126T030000Z.zip"
+            ]
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

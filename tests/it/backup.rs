@@ -240,6 +240,20 @@ async fn retention_removes_older_backups_files_and_records() {
 
     // The older backup copied over the newer one decrypts well, but is not what the
     // catalog recorded there: restore and drill refuse it.
+    // The right file by its full path: refused with the name to give instead.
+    let err = backup::restore(
+        &env.platform,
+        &store,
+        &store.path(&second.file).to_string_lossy(),
+        &unique("r"),
+        &[format!("{}.test", unique("r"))],
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("backup list") && format!("{err:#}").ends_with(&second.file),
+        "{err:#}"
+    );
     let newer = std::fs::read(store.path(&second.file)).unwrap();
     std::fs::copy(store.path(&first.file), store.path(&second.file)).unwrap();
     let err = backup::restore(

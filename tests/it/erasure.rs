@@ -308,6 +308,13 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
             "new_catalog_backup"
         ]
     );
+    // `backup list` no longer shows the deleted catalog backups, only the one made
+    // after the erasure.
+    let catalog_backups = backup::list(&env.platform, Some(backup::CATALOG))
+        .await
+        .unwrap();
+    assert_eq!(catalog_backups.len(), 1, "{catalog_backups:?}");
+    assert!(store.exists(&catalog_backups[0].file));
     assert_eq!(file.certificate.organization.local_gov_code, "012092");
     assert_eq!(file.certificate.sanitization.method, "Purge");
     assert_eq!(file.certificate.media.backups.len(), 1);

@@ -243,6 +243,16 @@ const POW_FORM: &str = r#"{ "format": "madoguchi.form/1", "title": "イベント
   "pages": [ { "id": "p1", "fields": [ { "id": "memo", "type": "text", "label": "メモ", "required": true } ] } ] }"#;
 
 /// Opens the form, answers and reaches the confirmation page; returns (client, token, challenge JSON).
+/// The proof-of-work challenge (JSON) of a confirmation page.
+fn challenge_of(page: &str) -> String {
+    crate::forms::capture(r#"data-pow="([^"]+)""#, page)
+        .replace("&#34;", "\"")
+        .replace("&quot;", "\"")
+        .replace("&#38;", "&")
+        .replace("&#39;", "'")
+        .replace("&amp;", "&")
+}
+
 async fn to_confirm(
     server: &madoguchi::front::Server,
     host: &str,
@@ -267,12 +277,7 @@ async fn to_confirm(
     assert_eq!(status, 303, "{body}");
     let (status, _, confirm) = get(&c, &u(&loc)).await;
     assert_eq!(status, 200);
-    let challenge = capture(r#"data-pow="([^"]+)""#, &confirm)
-        .replace("&#34;", "\"")
-        .replace("&quot;", "\"")
-        .replace("&#38;", "&")
-        .replace("&#39;", "'")
-        .replace("&amp;", "&");
+    let challenge = challenge_of(&confirm);
     (c, token, challenge)
 }
 
@@ -305,10 +310,20 @@ async fn proof_of_work_before_the_final_submit_once_per_solution() {
     let host = t.hosts[0].as_str();
     let submit = crate::harness::url(&server, host, &format!("{public}/submit"));
     let (c, token, challenge) = to_confirm(&server, host, &public).await;
-    // Without a solution, or with a wrong one: refused, and the application waits.
-    let (status, _, page) = post(&c, &submit, &[("_token", &token)]).await;
-    assert_eq!(status, 400);
-    assert!(page.contains("JavaScript"), "{page}");
+    // Without a solution, or with a wrong one: not sent; the confirmation page is
+    // drawn again with a fresh challenge and a word on why (the check may have been
+    // switched on after the page was drawn, or have expired), answers kept.
+    let retry = |status: u16, loc: &str| status == 303 && loc.ends_with("/confirm?retry=1");
+    let (status, loc, page) = post(&c, &submit, &[("_token", &token)]).await;
+    assert!(retry(status, &loc), "{status} {loc} {page}");
+    let (status, _, again) = crate::forms::get(&c, &crate::harness::url(&server, host, &loc)).await;
+    assert_eq!(status, 200);
+    assert!(
+        again.contains("自動確認をやり直す") && again.contains("よろしく"),
+        "{again}"
+    );
+    let fresh = challenge_of(&again);
+    assert!(fresh.contains("salt") && fresh != challenge, "{fresh}");
     let mut wrong: serde_json::Value = serde_json::from_slice(
         &base64::Engine::decode(
             &base64::engine::general_purpose::STANDARD,
@@ -322,12 +337,8 @@ async fn proof_of_work_before_the_final_submit_once_per_solution() {
         &base64::engine::general_purpose::STANDARD,
         wrong.to_string(),
     );
-    assert_eq!(
-        post(&c, &submit, &[("_token", &token), ("pow", &wrong)])
-            .await
-            .0,
-        400
-    );
+    let (status, loc, _) = post(&c, &submit, &[("_token", &token), ("pow", &wrong)]).await;
+    assert!(retry(status, &loc), "{status} {loc}");
     // Solved: accepted.
     let solution = solve(&challenge);
     let (status, loc, body) = post(&c, &submit, &[("_token", &token), ("pow", &solution)]).await;
@@ -358,12 +369,8 @@ async fn proof_of_work_before_the_final_submit_once_per_solution() {
     assert!(one.1.ends_with("/done") && two.1.ends_with("/done"));
     // The same solution cannot be used for another application.
     let (c2, token2, _) = to_confirm(&server, host, &public).await;
-    assert_eq!(
-        post(&c2, &submit, &[("_token", &token2), ("pow", &solution)])
-            .await
-            .0,
-        400
-    );
+    let (status, loc, _) = post(&c2, &submit, &[("_token", &token2), ("pow", &solution)]).await;
+    assert!(retry(status, &loc), "{status} {loc}");
     let n: i64 = crate::harness::admin_client(&t.database)
         .await
         .query_one("SELECT count(*) FROM submissions", &[])

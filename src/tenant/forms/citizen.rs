@@ -603,6 +603,9 @@ struct ConfirmPage {
     back: String,
     /// A proof-of-work challenge (JSON) when the submit needs one.
     pow: Option<String>,
+    /// The automatic check before sending failed (or was asked for after the page
+    /// was drawn), and this page has a fresh one.
+    retry: bool,
 }
 
 /// Rows for every answered field, in the form's order, with the page to change it on.
@@ -637,9 +640,15 @@ async fn draft_for(
         .map(|d| (token, d)))
 }
 
+#[derive(Deserialize)]
+pub struct ConfirmQuery {
+    retry: Option<u8>,
+}
+
 pub async fn confirm(
     ctx: TenantCtx,
     Path(public_id): Path<String>,
+    Query(q): Query<ConfirmQuery>,
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
@@ -673,6 +682,7 @@ pub async fn confirm(
                     } else {
                         None
                     },
+                    retry: q.retry.is_some(),
                 },
             ))
         }
@@ -811,7 +821,12 @@ pub async fn submit(
             {
                 return Ok(see_other(&format!("/f/{public_id}/done")));
             }
-            return Err(e);
+            // Otherwise the check was switched on after the page was drawn (a spike),
+            // its challenge expired, or the browser sent an old solution again (Back
+            // to a page kept in its cache): the confirmation page again, with a fresh
+            // challenge and a word on why. Nothing the person entered is lost.
+            tracing::info!(error = %e, "proof of work refused; confirmation page drawn again");
+            return Ok(see_other(&format!("/f/{public_id}/confirm?retry=1")));
         }
     }
     // Every answer is checked again, against the version published now.

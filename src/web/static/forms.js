@@ -92,3 +92,16 @@ document.addEventListener("submit", function (ev) {
     if (button) button.disabled = false;
   })();
 });
+
+// Back to a confirmation page the browser kept (iOS Safari does): its button was
+// disabled and its solution used. Make it ready to check and send again.
+window.addEventListener("pageshow", function (ev) {
+  if (!ev.persisted) return;
+  document.querySelectorAll("form[data-pow]").forEach(function (form) {
+    form.removeAttribute("data-pow-done");
+    var input = form.querySelector("input[name=pow]");
+    if (input) input.value = "";
+    var button = form.querySelector("button[type=submit]");
+    if (button) button.disabled = false;
+  });
+});

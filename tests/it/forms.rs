@@ -1392,6 +1392,71 @@ async fn drafts_start_afresh_survive_double_taps_and_expire() {
     );
     assert_eq!(count("SELECT count(*) FROM citizen_drafts").await, 0);
     assert_eq!(count("SELECT count(*) FROM submissions").await, 2);
+
+    // Two tabs opened before the first 次へ: the second keeps the first's token, so
+    // the first tab's page is still accepted (it was refused, its page lost).
+    let token_of = |page: &str| capture(r#"name="_token" value="([^"]+)""#, page);
+    let c = browser(&server, &[host]);
+    let (_, _, one) = get(&c, &form_url).await;
+    let (_, _, two) = get(&c, &form_url).await;
+    assert_eq!(token_of(&one), token_of(&two));
+    let token = token_of(&one);
+    let mut sent = first_page.to_vec();
+    sent[0] = ("_token", token.as_str());
+    let (status, loc, body) = post(&c, &form_url, &sent).await;
+    assert_eq!(status, 303, "{body}");
+    assert!(loc.ends_with("?page=1"), "{loc}");
+
+    // The cookie gone (it lasts as long as the saved draft, 24 hours) under a page
+    // left open, as phone tabs are: a page sent from this site keeps its answers under
+    // a new token, and the person is told why to go through the form again. From
+    // another site, or without saying where from: refused as before.
+    let send = |origin: Option<String>| {
+        let c = browser(&server, &[host]);
+        let body: String = form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(&sent)
+            .finish();
+        let form_url = form_url.clone();
+        async move {
+            let mut r = c
+                .post(&form_url)
+                .header("content-type", "application/x-www-form-urlencoded");
+            if let Some(o) = origin {
+                r = r.header("origin", o);
+            }
+            let r = r.body(body).send().await.unwrap();
+            let loc = r
+                .headers()
+                .get("location")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_owned();
+            (c, r.status().as_u16(), loc)
+        }
+    };
+    for origin in [None, Some("http://evil.example".to_owned())] {
+        let (_, status, _) = send(origin.clone()).await;
+        assert_eq!(status, 400, "{origin:?}");
+    }
+    let (c, status, loc) = send(Some(format!(
+        "http://{host}:{}",
+        server.bound.public.port()
+    )))
+    .await;
+    assert_eq!(status, 303);
+    assert!(loc.ends_with("?page=0&expired=1"), "{loc}");
+    let (status, _, page) = get(&c, &url(&server, host, &loc)).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("保存期間") && page.contains("taro.yamada@example.jp"),
+        "{page}"
+    );
+    let renewed = token_of(&page);
+    let mut again = sent.clone();
+    again[0] = ("_token", renewed.as_str());
+    let (status, loc, body) = post(&c, &form_url, &again).await;
+    assert_eq!(status, 303, "{body}");
+    assert!(loc.ends_with("?page=1"), "{loc}");
     server.shutdown().await;
 }
 

@@ -193,6 +193,9 @@ struct FormPage {
     version: i32,
     /// A new version was published while this person filled in the form.
     updated: bool,
+    /// What was saved had expired when this person sent a page: that page's
+    /// answers are kept, the others must be given again.
+    expired: bool,
 }
 
 impl FormPage {
@@ -230,6 +233,7 @@ impl FormPage {
             preview: false,
             version: 0,
             updated: false,
+            expired: false,
         }
     }
 }
@@ -344,6 +348,8 @@ pub struct PageQuery {
     page: Option<usize>,
     /// Set when a page of an earlier version was sent (see [`post_page`]).
     updated: Option<u8>,
+    /// Set when a page was sent after what was saved had expired (see [`post_page`]).
+    expired: Option<u8>,
 }
 
 /// Links from the error summary to the input at fault: a part's own input (名 of a
@@ -441,8 +447,11 @@ pub async fn show(
     if let Some(d) = open {
         renew_draft(&db, d.id).await?;
     }
+    // The token is kept while nothing was saved under it yet, too: a second tab
+    // opened before the first 次へ must not replace the cookie the first tab's page
+    // was drawn for (its next 次へ would be refused and its page lost).
     let token = existing
-        .filter(|_| open.is_some())
+        .filter(|_| open.is_some() || draft.is_none())
         .unwrap_or_else(|| random_token(32));
     let raw = draft
         .as_ref()
@@ -459,6 +468,7 @@ pub async fn show(
         StatusCode::OK,
         &FormPage {
             updated: q.updated.is_some(),
+            expired: q.expired.is_some(),
             ..form_page(&ctx, &form, page, &raw, &[], &token)
         },
     );
@@ -482,19 +492,58 @@ fn checked_token(
     Ok(cookie_token)
 }
 
+/// Whether the request says it comes from a page of this site: `Origin`, which
+/// browsers send with every form POST, is the address this request reached.
+fn same_origin(ctx: &TenantCtx, headers: &HeaderMap) -> bool {
+    headers
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|origin| origin.eq_ignore_ascii_case(&ctx.base_url))
+}
+
 pub async fn post_page(
     ctx: TenantCtx,
     Path(public_id): Path<String>,
     headers: HeaderMap,
     body: FormData,
 ) -> Result<Response, AppError> {
-    let token = checked_token(&headers, &public_id, &body)?;
+    // A page sent from this site without its cookie: the cookie expired with the
+    // draft (24 hours) while the page stayed open, as phone tabs do. This page's
+    // answers are kept under a new token rather than lost with an error; a page
+    // sent from another site without the cookie is still refused.
+    let renewed =
+        cookie(&headers, &cookie_name(&public_id)).is_none() && same_origin(&ctx, &headers);
+    let token = if renewed {
+        random_token(32)
+    } else {
+        checked_token(&headers, &public_id, &body)?
+    };
     let db = ctx.db().await?;
     let form = match open_form(&ctx, &db, &public_id, &headers).await? {
         Ok(form) => form,
         Err(page) => return Ok(page),
     };
     let def = &form.def;
+    if renewed {
+        let mut draft = Draft {
+            id: Uuid::new_v4(),
+            inputs: Raw::new(),
+            submission: None,
+            resubmit_of: None,
+        };
+        for p in &def.pages {
+            draft.inputs.extend(page_inputs(p, &body.0));
+        }
+        if !save_draft(&ctx, &db, &form, &token, &draft).await? {
+            return Ok(see_other(&format!("/f/{public_id}")));
+        }
+        let first = visible_pages(def, &draft.inputs)
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let back = see_other(&format!("/f/{public_id}?page={first}&expired=1"));
+        return Ok(with_cookie(back, &ctx, &form, &token));
+    }
     let page: usize = body
         .get("_page")
         .parse()

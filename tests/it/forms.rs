@@ -2112,3 +2112,156 @@ async fn staff_accounts_hold_under_odd_requests() {
     assert_eq!(admins, 1, "{} / {}", first.0, second.0);
     server.shutdown().await;
 }
+
+/// Every `aria-describedby` of a page names an element the page has.
+fn descriptions_lead_somewhere(page: &str) {
+    let refs = Regex::new(r#"aria-describedby="([^"]+)""#).unwrap();
+    let mut n = 0;
+    for m in refs.captures_iter(page) {
+        for id in m[1].split_whitespace() {
+            n += 1;
+            assert!(
+                page.contains(&format!("id=\"{id}\"")),
+                "aria-describedby names #{id}, which the page does not have"
+            );
+        }
+    }
+    assert!(n > 0, "no description at all");
+}
+
+/// What a screen reader and a phone are told about each field: errors, help, limits,
+/// units and consent statements tied to their inputs (radio groups and a name's or
+/// an address's parts included), a date's range for the picker; the confirmation
+/// page's 変更 links land on the input; the 受付 page offers the status lookup only
+/// where it can work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn citizen_pages_tie_every_message_to_its_input() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("aria"), "千代田区", "131016").await;
+    let json = r#"{ "format": "madoguchi.form/1", "title": "説明確認", "pages": [
+        { "id": "p1", "fields": [
+          { "id": "nickname", "type": "text", "label": "呼び名", "help": "ひらがなで", "max_length": 20, "required": true },
+          { "id": "count", "type": "number", "label": "人数", "unit": "人", "integer": true, "required": true },
+          { "id": "day", "type": "date", "label": "希望日", "min": "2026-04-01", "max": "2027-03-31", "required": true },
+          { "id": "kind", "type": "choice", "label": "種類", "options": ["大", "小"], "required": true },
+          { "id": "extras", "type": "multi_choice", "label": "追加", "options": ["甲", "乙"], "help": "いくつでも" },
+          { "id": "name", "type": "name", "label": "氏名", "required": true },
+          { "id": "agree", "type": "consent", "label": "同意します", "statement": "個人情報の取扱いに同意してください。", "help": "必ずお読みください", "required": true }
+        ] },
+        { "id": "p2", "fields": [
+          { "id": "home", "type": "address", "label": "住所", "required": true },
+          { "id": "mail", "type": "email", "label": "メール", "required": true }
+        ] } ] }"#;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, json, "総務課", true)
+            .await
+            .unwrap();
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let c = browser(&server, &[host]);
+    let form_url = url(&server, host, &public);
+    let (_, _, page) = get(&c, &form_url).await;
+    descriptions_lead_somewhere(&page);
+    assert!(page.contains(r#"min="2026-04-01""#) && page.contains(r#"max="2027-03-31""#));
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+
+    // Sent empty: each error is tied to its inputs, a radio group's options included.
+    let (status, _, page) = post(
+        &c,
+        &form_url,
+        &[("_token", token.as_str()), ("_page", "0"), ("_nav", "next")],
+    )
+    .await;
+    assert_eq!(status, 422);
+    descriptions_lead_somewhere(&page);
+    for input in [
+        "f-kind-0",
+        "f-kind-1",
+        "f-name-family",
+        "f-agree",
+        "f-nickname",
+    ] {
+        let tag = capture(&format!(r#"(<[a-z]+ [^>]*id="{input}"[^>]*>)"#), &page);
+        assert!(
+            tag.contains(r#"aria-invalid="true""#) && tag.contains("error-"),
+            "{input}: {tag}"
+        );
+    }
+
+    let first = [
+        ("_token", token.as_str()),
+        ("_page", "0"),
+        ("_nav", "next"),
+        ("nickname", "たろう"),
+        ("count", "3"),
+        ("day", "2026-05-01"),
+        ("kind", "小"),
+        ("extras", "乙"),
+        ("name.family", "山田"),
+        ("name.given", "太郎"),
+        ("name.family_kana", "ヤマダ"),
+        ("name.given_kana", "タロウ"),
+        ("agree", "yes"),
+    ];
+    assert_eq!(post(&c, &form_url, &first).await.0, 303);
+    let second = [
+        ("_token", token.as_str()),
+        ("_page", "1"),
+        ("_nav", "next"),
+        ("home.postal", "1028688"),
+        ("home.address1", "東京都千代田区九段南1-2-1"),
+        ("mail", "taro@example.jp"),
+    ];
+    let (status, loc, _) = post(&c, &form_url, &second).await;
+    assert_eq!(status, 303);
+    let (_, _, confirm) = get(&c, &url(&server, host, &loc)).await;
+    // Each 変更 link lands on an input of the page it opens.
+    let links: Vec<(String, String)> = Regex::new(r##"href="(/f/[^"?]+\?page=\d+)#([^"]+)""##)
+        .unwrap()
+        .captures_iter(&confirm)
+        .map(|m| (m[1].to_owned(), m[2].to_owned()))
+        .collect();
+    assert_eq!(links.len(), 9, "{confirm}");
+    for (target, anchor) in &links {
+        let (_, _, page) = get(&c, &url(&server, host, target)).await;
+        assert!(
+            page.contains(&format!("id=\"{anchor}\"")),
+            "{target}#{anchor} leads nowhere"
+        );
+    }
+    // Sent: the 受付 page points to the status lookup (an e-mail address was given).
+    let submit = url(&server, host, &format!("{public}/submit"));
+    let (status, loc, _) = post(&c, &submit, &[("_token", token.as_str())]).await;
+    assert_eq!(status, 303);
+    let (_, _, done) = get(&c, &url(&server, host, &loc)).await;
+    assert!(done.contains(r#"href="/status""#), "{done}");
+
+    // A form without an e-mail question: its applications cannot be looked up, and
+    // the 受付 page does not say they can.
+    let json = r#"{ "format": "madoguchi.form/1", "title": "匿名アンケート", "pages": [
+        { "id": "p1", "fields": [ { "id": "opinion", "type": "textarea", "label": "ご意見", "required": true } ] } ] }"#;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, json, "総務課", true)
+            .await
+            .unwrap();
+    let c = browser(&server, &[host]);
+    let form_url = url(&server, host, &public);
+    let (_, _, page) = get(&c, &form_url).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let answer = [
+        ("_token", token.as_str()),
+        ("_page", "0"),
+        ("_nav", "next"),
+        ("opinion", "特になし"),
+    ];
+    assert_eq!(post(&c, &form_url, &answer).await.0, 303);
+    let submit = url(&server, host, &format!("{public}/submit"));
+    let (status, loc, _) = post(&c, &submit, &[("_token", token.as_str())]).await;
+    assert_eq!(status, 303);
+    let (_, _, done) = get(&c, &url(&server, host, &loc)).await;
+    assert!(
+        done.contains("受付番号") && !done.contains("/status") && !done.contains("状況の確認"),
+        "{done}"
+    );
+    server.shutdown().await;
+}

@@ -399,8 +399,16 @@ fn form_page(
             f.show_field.clear();
         }
     }
+    // The summary lists this page's errors only: the confirmation step can find
+    // errors on several pages (after a new version), and links to fields of other
+    // pages lead nowhere.
+    let errors: Vec<FieldError> = errors
+        .iter()
+        .filter(|e| same_page.contains(&e.field.as_str()))
+        .cloned()
+        .collect();
     FormPage {
-        errors: error_links(errors, &fields),
+        errors: error_links(&errors, &fields),
         token: token.to_owned(),
         action: format!("/f/{}", form.public_id),
         version: form.version,
@@ -663,11 +671,12 @@ fn answer_rows(def: &FormDefinition, answers: &Answers, public_id: &str) -> Vec<
     for (i, page) in def.pages.iter().enumerate() {
         for f in &page.fields {
             if let Some(a) = answers.get(&f.id) {
-                let anchor = input_names(f).into_iter().next().unwrap_or_default();
+                // The input the page draws first (a radio group's first option).
+                let anchor = super::view::field_view(f, &Raw::new(), &[]).input_id;
                 rows.push(AnswerRow {
                     label: f.label.clone(),
                     value: a.display(),
-                    change: format!("/f/{public_id}?page={i}#{}", super::view::input_id(&anchor)),
+                    change: format!("/f/{public_id}?page={i}#{anchor}"),
                 });
             }
         }
@@ -1174,6 +1183,8 @@ struct DonePage {
     title: String,
     receipt: String,
     message: String,
+    /// The application can be looked up (the lookup asks for its e-mail address).
+    lookup: bool,
 }
 
 pub async fn done(
@@ -1194,7 +1205,7 @@ pub async fn done(
     };
     let row = db
         .query_one(
-            "SELECT receipt_number, form_version FROM submissions WHERE id = $1",
+            "SELECT receipt_number, form_version, email_index IS NOT NULL FROM submissions WHERE id = $1",
             &[&sub],
         )
         .await?;
@@ -1206,6 +1217,7 @@ pub async fn done(
             title: def.title,
             receipt: row.get(0),
             message: def.settings.completion_message,
+            lookup: row.get(2),
         },
     ))
 }

@@ -140,9 +140,9 @@ pub enum FieldKind {
     Tel {},
     /// 日付 (shown as 和暦 beside 西暦)
     Date {
-        #[serde(default)]
+        #[serde(default, with = "iso_date")]
         min: Option<time::Date>,
-        #[serde(default)]
+        #[serde(default, with = "iso_date")]
         max: Option<time::Date>,
     },
     /// 単一選択
@@ -180,6 +180,41 @@ pub enum FieldKind {
 
 fn yes() -> bool {
     true
+}
+
+/// A date in a definition, written `"2026-04-01"` (ISO 8601), as a person editing an
+/// exported form expects. Definitions saved before were written `[2026, 91]` (year
+/// and day of the year): those are still read.
+mod iso_date {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<time::Date>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_str(&d.to_string()),
+            None => s.serialize_none(),
+        }
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Written {
+        Iso(String),
+        YearDay(i32, u16),
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<time::Date>, D::Error> {
+        use serde::de::Error;
+        let format = time::macros::format_description!("[year]-[month]-[day]");
+        match Option::<Written>::deserialize(d)? {
+            None => Ok(None),
+            Some(Written::Iso(text)) => time::Date::parse(text.trim(), &format)
+                .map(Some)
+                .map_err(|_| D::Error::custom(format!("{text:?} is not a date (YYYY-MM-DD)"))),
+            Some(Written::YearDay(year, day)) => time::Date::from_ordinal_date(year, day)
+                .map(Some)
+                .map_err(D::Error::custom),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -687,5 +722,34 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
         | FieldKind::Address {}
         | FieldKind::Name { .. }
         | FieldKind::Heading {} => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FieldKind;
+
+    #[test]
+    fn a_dates_range_is_written_as_iso_dates_and_read_in_the_earlier_form_too() {
+        let written: FieldKind =
+            serde_json::from_str(r#"{ "type": "date", "min": "2026-04-01", "max": null }"#)
+                .unwrap_or_else(|e| panic!("{e}"));
+        let earlier: FieldKind = serde_json::from_str(r#"{ "type": "date", "min": [2026, 91] }"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let april = time::macros::date!(2026 - 04 - 01);
+        for kind in [&written, &earlier] {
+            assert_eq!(
+                kind,
+                &FieldKind::Date {
+                    min: Some(april),
+                    max: None
+                }
+            );
+        }
+        let out = serde_json::to_value(&earlier).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(out["min"], "2026-04-01");
+        assert!(out["max"].is_null());
+        let wrong = serde_json::from_str::<FieldKind>(r#"{ "type": "date", "min": "4月1日" }"#);
+        assert!(wrong.is_err_and(|e| e.to_string().contains("YYYY-MM-DD")));
     }
 }

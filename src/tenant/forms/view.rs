@@ -42,6 +42,12 @@ pub struct FieldView {
     pub autocomplete: &'static str,
     pub error: Option<String>,
     pub maxlength: Option<u32>,
+    /// A date's earliest and latest (ISO), for the browser's date picker.
+    pub min: String,
+    pub max: String,
+    /// The ids of what describes the input, for `aria-describedby`: its error, help,
+    /// length limit, unit or consent statement, in the order the page shows them.
+    pub described_by: String,
     /// A show/hide rule on another field of the same page, for the script.
     pub show_field: String,
     pub show_op: &'static str,
@@ -82,6 +88,9 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
         autocomplete: "",
         error: error.map(|e| e.message.clone()),
         maxlength: None,
+        min: String::new(),
+        max: String::new(),
+        described_by: String::new(),
         show_field: String::new(),
         show_op: "",
         show_values: String::new(),
@@ -134,7 +143,11 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
             v.autocomplete = "tel";
             v.inputmode = "tel";
         }
-        FieldKind::Date { .. } => v.input_type = "date",
+        FieldKind::Date { min, max } => {
+            v.input_type = "date";
+            v.min = min.map(|d| d.to_string()).unwrap_or_default();
+            v.max = max.map(|d| d.to_string()).unwrap_or_default();
+        }
         FieldKind::Choice { options, display } => {
             v.select = *display == ChoiceDisplay::Select;
             v.options = options
@@ -167,7 +180,7 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
             v.parts = vec![
                 part(
                     "postal",
-                    "郵便番号（例: 102-8688）",
+                    "郵便番号（例: 1028688、ハイフンなしで可）",
                     "postal-code",
                     "numeric",
                     "short",
@@ -198,6 +211,19 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
         FieldKind::Paragraph { text } => v.text = text.clone(),
         FieldKind::Heading {} => {}
     }
+    let described: [(bool, &str); 5] = [
+        (v.error.is_some(), "error"),
+        (!v.help.is_empty(), "help"),
+        (v.maxlength.is_some(), "limit"),
+        (!v.unit.is_empty(), "unit"),
+        (matches!(f.kind, FieldKind::Consent { .. }), "statement"),
+    ];
+    v.described_by = described
+        .iter()
+        .filter(|(shown, _)| *shown)
+        .map(|(_, what)| format!("{what}-{}", f.id))
+        .collect::<Vec<_>>()
+        .join(" ");
     if !v.parts.is_empty() {
         let target = if err_input.is_empty() {
             v.parts[0].name.clone()

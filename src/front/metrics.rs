@@ -195,7 +195,19 @@ impl Metrics {
     }
 
     pub fn observe(&self, tenant: &str, status: u16, elapsed: Duration) {
-        let class = format!("{}xx", status / 100);
+        self.observe_as(tenant, status, &format!("{}xx", status / 100), elapsed);
+    }
+
+    /// A suspended or provisioning tenant's maintenance page (503 by design, not a
+    /// failure): counted under `status="maintenance"`, so that the error-rate alert
+    /// and the console's error counts do not fire for a tenant suspended on purpose.
+    pub fn observe_maintenance(&self, tenant: &str, elapsed: Duration) {
+        self.observe_as(tenant, 200, "maintenance", elapsed);
+    }
+
+    /// `status` is what the console's recent figures count (errors are 5xx).
+    fn observe_as(&self, tenant: &str, status: u16, class: &str, elapsed: Duration) {
+        let class = class.to_owned();
         self.requests
             .get_or_create(&RequestLabels {
                 tenant: tenant.to_owned(),

@@ -344,7 +344,9 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
             let mut r = ErrorPage::maintenance(&route.name).into_response();
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("3600"));
-            r
+            app.metrics
+                .observe_maintenance(&route.slug, started.elapsed());
+            return r;
         }
         TenantState::Decommissioning | TenantState::Erased => {
             ErrorPage::closed(&route.name).into_response()

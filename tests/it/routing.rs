@@ -86,6 +86,18 @@ async fn each_host_reaches_its_own_tenant() {
         200,
         "the other tenant is unaffected"
     );
+    // A maintenance page is not an error: counted apart, so the error-rate alert
+    // does not fire for a tenant suspended on purpose.
+    let metrics = crate::harness::ops_metrics(server.bound.ops).await;
+    let counted = |status: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with(&format!(
+                "madoguchi_http_requests_total{{tenant=\"{}\",status=\"{status}\"}}",
+                a.slug
+            ))
+        })
+    };
+    assert!(counted("maintenance") && !counted("5xx"), "{metrics}");
     // ...and dropped from memory when it is suspended (or leaves).
     let deadline = Instant::now() + Duration::from_secs(5);
     while madoguchi::tenant::forms::store::cached_definitions(&a.id) > 0 {

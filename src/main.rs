@@ -213,7 +213,11 @@ enum CertCmd {
         since: Vec<u64>,
     },
     /// Issued certificates, newest first.
-    List,
+    List {
+        /// Instead: certificates awaiting their verifier's signature (`cert sign ID`).
+        #[arg(long)]
+        pending: bool,
+    },
     /// Sign a certificate that awaits its verifier's signature (after an erasure
     /// started from the console) and issue it.
     Sign {
@@ -1189,7 +1193,15 @@ async fn cert_cmd(p: &Platform, cmd: CertCmd) -> anyhow::Result<ExitCode> {
             println!("{}", path.display());
             Ok(ExitCode::SUCCESS)
         }
-        CertCmd::List => {
+        CertCmd::List { pending: true } => {
+            for (id, slug, verifier) in madoguchi::control::erase::pending_certificates(p).await? {
+                println!(
+                    "{id}\t{slug}\tawaits the signature of {verifier} (cert sign {id} --key FILE)"
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        CertCmd::List { pending: false } => {
             for c in madoguchi::control::erase::issued(p).await? {
                 println!(
                     "{}\t{}\t{}\t{}\t{}\tlog #{}\t{} / {}\t{}",

@@ -265,6 +265,28 @@ async fn operators_and_auditors_on_the_console() {
         page.contains("canary_undecryptable") && page.contains("✔"),
         "{page}"
     );
+    // Until it is signed, `cert list --pending` names it (for `cert sign` without the
+    // console).
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_madoguchi"))
+        .arg("--state-dir")
+        .arg(env.state.path())
+        .args(["cert", "list", "--pending"])
+        .env(
+            "MADOGUCHI_DATABASE_URL",
+            env.platform.settings.database_url.as_deref().unwrap(),
+        )
+        .env("MADOGUCHI_CATALOG_DB", &env.platform.settings.catalog_db)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && listed.contains(loc.trim_start_matches("/sign/"))
+            && listed.contains(&t.slug)
+            && listed.contains("bob"),
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (status, cert_loc, page) =
         sign_pending(&b, &server, &loc, bob.signer.as_ref().unwrap()).await;
     assert_eq!(status, 303, "{page}");

@@ -57,6 +57,27 @@ pub fn nfkc(s: &str) -> String {
     s.nfkc().collect()
 }
 
+/// What an e-mail address is found by (its blind index's input): NFKC and lower case
+/// throughout. The part before `@` may in theory differ by case, but no mail service
+/// here treats it so, while phone keyboards capitalise its first letter: an applicant
+/// who typed `Taro@…` and looks it up as `taro@…` must find the application.
+pub fn email_key(address: &str) -> String {
+    nfkc(address.trim()).to_lowercase()
+}
+
+/// The keys to look an address up by: [`email_key`], and the key applications sent
+/// before it was used had (lower case after `@` only), while such applications exist.
+pub fn email_lookup_keys(address: &str) -> Vec<String> {
+    let address = nfkc(address.trim());
+    let earlier = match address.split_once('@') {
+        Some((local, domain)) => format!("{local}@{}", domain.to_ascii_lowercase()),
+        None => address.clone(),
+    };
+    let mut keys = vec![email_key(&address), earlier];
+    keys.dedup();
+    keys
+}
+
 /// A telephone number in domestic form: NFKC, separators (hyphens, spaces,
 /// parentheses, 長音) dropped, and +81 (Japan's country code) turned back into the
 /// trunk 0, also when that 0 is still written after it ("+81 (0)3-1234-5678").
@@ -104,6 +125,21 @@ pub fn to_katakana(s: &str) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn e_mail_addresses_are_found_whatever_their_case() {
+        use super::{email_key, email_lookup_keys};
+        assert_eq!(
+            email_key("Taro.Yamada@Example.JP"),
+            "taro.yamada@example.jp"
+        );
+        assert_eq!(email_key(" ｔａｒｏ＠example.jp "), "taro@example.jp");
+        assert_eq!(
+            email_lookup_keys("Taro@Example.jp"),
+            ["taro@example.jp", "Taro@example.jp"]
+        );
+        assert_eq!(email_lookup_keys("taro@example.jp"), ["taro@example.jp"]);
+    }
+
     use super::*;
     use time::macros::date;
 

@@ -72,19 +72,18 @@ async fn find(
             "受付番号の形式が正しくありません（例: 4K7M-9XPQ）".into()
         ));
     };
-    let email = crate::ja::nfkc(body.get("email").trim());
-    let email = match email.split_once('@') {
-        Some((l, d)) => format!("{l}@{}", d.to_ascii_lowercase()),
-        None => return Ok(Err("メールアドレスを入力してください".into())),
-    };
-    let index = ctx
-        .cipher()
-        .blind_index("submissions", "email", &email)
-        .to_vec();
+    let email = body.get("email");
+    if !crate::ja::nfkc(email).contains('@') {
+        return Ok(Err("メールアドレスを入力してください".into()));
+    }
+    let indexes: Vec<Vec<u8>> = crate::ja::email_lookup_keys(email)
+        .iter()
+        .map(|k| ctx.cipher().blind_index("submissions", "email", k).to_vec())
+        .collect();
     let row = db
         .query_opt(
-            "SELECT id FROM submissions WHERE receipt_number = $1 AND email_index = $2",
-            &[&receipt.as_str(), &index],
+            "SELECT id FROM submissions WHERE receipt_number = $1 AND email_index = ANY($2)",
+            &[&receipt.as_str(), &indexes],
         )
         .await?;
     // The same answer whichever of the two did not match.

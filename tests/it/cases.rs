@@ -285,21 +285,20 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
         &status_url,
         &[
             ("receipt", &receipt.to_lowercase().replace('-', "")),
-            ("email", "HANAKO.kasai@example.jp"),
+            ("email", "taro@example.jp"),
         ],
     )
     .await;
-    assert_eq!(
-        status, 404,
-        "the local part of an e-mail address is case-sensitive"
-    );
+    assert_eq!(status, 404, "another address");
     assert!(page.contains("該当する申請が見つかりません"));
+    // Found whatever the case the address is typed in (a phone keyboard capitalises
+    // its first letter).
     let (status, _, page) = post(
         &citizen,
         &status_url,
         &[
             ("receipt", &receipt.to_lowercase().replace('-', "")),
-            ("email", "hanako.kasai@EXAMPLE.JP"),
+            ("email", "Hanako.Kasai@EXAMPLE.JP"),
         ],
     )
     .await;
@@ -890,7 +889,7 @@ async fn permissions_on_cases() {
     assert!(page.contains(&receipt) && !page.contains(&receipt2));
     let (_, _, page) = get(
         &colleague.client,
-        &url(&server, h, "/admin/inbox?q=hanako.kasai%40example.jp"),
+        &url(&server, h, "/admin/inbox?q=Hanako.KASAI%40example.jp"),
     )
     .await;
     assert!(page.contains(&receipt) && page.contains(&receipt2));

@@ -216,8 +216,11 @@ pub fn inbox_sql(
     match &search {
         Some(Search::Receipt(r)) => add(" AND s.receipt_number = ?", Some(Box::new(r.clone()))),
         Some(Search::Email(email)) => {
-            let index = cipher.blind_index("submissions", "email", email).to_vec();
-            add(" AND s.email_index = ?", Some(Box::new(index)))
+            let indexes: Vec<Vec<u8>> = crate::ja::email_lookup_keys(email)
+                .iter()
+                .map(|k| cipher.blind_index("submissions", "email", k).to_vec())
+                .collect();
+            add(" AND s.email_index = ANY(?)", Some(Box::new(indexes)))
         }
         Some(Search::Phone(digits)) => {
             let index = cipher.blind_index("submissions", "phone", digits).to_vec();

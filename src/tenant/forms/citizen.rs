@@ -982,7 +982,7 @@ fn indexes(
 ) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     let email = first_of_kind(def, answers, |k| matches!(k, FieldKind::Email {})).map(|e| {
         ctx.cipher()
-            .blind_index("submissions", "email", &e)
+            .blind_index("submissions", "email", &crate::ja::email_key(&e))
             .to_vec()
     });
     let phone = first_of_kind(def, answers, |k| matches!(k, FieldKind::Tel {})).map(|p| {

@@ -1265,6 +1265,36 @@ async fn exports_round_trip_and_are_logged() {
         expected.sort();
         assert_eq!(got, expected, "version {version}");
     }
+    // The question back in a third version, one option renamed: the answers naming
+    // the old option keep their bar, marked with the last version that offered it.
+    conn.client
+        .execute(
+            r#"UPDATE forms SET draft = jsonb_set(draft, '{pages,0,fields}',
+                 (draft->'pages'->0->'fields') || '[{"id": "topic", "type": "choice", "label": "分野", "options": ["子育て", "ごみ・リサイクル", "道路"]}]'::jsonb)"#,
+            &[],
+        )
+        .await
+        .unwrap();
+    madoguchi::tenant::forms::store::publish(
+        &mut conn.client,
+        form_id,
+        &madoguchi::tenant::audit::Actor::Operator,
+        None,
+    )
+    .await
+    .unwrap();
+    let (status, _, page) = get(
+        &admin.client,
+        &url(&server, h, &format!("/admin/forms/{form_id}/totals")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<td>ごみ・リサイクル</td><td>0</td>")
+            && page.contains("<td>ごみ（第1版まで）</td><td>1</td>")
+            && !page.contains("分野（第"),
+        "{page}"
+    );
     server.shutdown().await;
 }
 

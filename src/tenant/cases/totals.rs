@@ -175,13 +175,37 @@ pub async fn show(
             FieldKind::Choice { options, .. } | FieldKind::MultiChoice { options, .. } => {
                 let (answered, counts) = choice_counts.remove(&f.id).unwrap_or_default();
                 let max = counts.values().copied().max().unwrap_or(0).max(1);
-                let mut labels: Vec<String> = options.clone();
-                labels.extend(counts.keys().filter(|k| !options.contains(k)).cloned());
+                // Answers naming an option the newest version no longer offers
+                // (renamed or dropped) keep their own bar, marked with the last
+                // version that offered it, as a dropped question is.
+                let offered_until = |answer: &str| {
+                    versions.iter().find_map(|(v, def)| {
+                        def.fields()
+                            .filter(|g| g.id == f.id)
+                            .any(|g| match &g.kind {
+                                FieldKind::Choice { options, .. }
+                                | FieldKind::MultiChoice { options, .. } => {
+                                    options.iter().any(|o| o == answer)
+                                }
+                                _ => false,
+                            })
+                            .then_some(*v)
+                    })
+                };
+                let mut labels: Vec<(String, String)> =
+                    options.iter().map(|o| (o.clone(), o.clone())).collect();
+                labels.extend(counts.keys().filter(|k| !options.contains(k)).map(|k| {
+                    let shown = match offered_until(k) {
+                        Some(v) if v > 0 => format!("{k}（第{v}版まで）"),
+                        _ => k.clone(),
+                    };
+                    (k.clone(), shown)
+                }));
                 let bars: Vec<Bar> = labels
                     .into_iter()
                     .enumerate()
-                    .map(|(i, label)| {
-                        let count = counts.get(&label).copied().unwrap_or(0);
+                    .map(|(i, (answer, label))| {
+                        let count = counts.get(&answer).copied().unwrap_or(0);
                         let pct = if answered == 0 {
                             0.0
                         } else {

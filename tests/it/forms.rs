@@ -796,6 +796,37 @@ async fn opening_and_closing_times_are_enforced() {
     let (status, _, page) = post(&admin.client, &publish, &[("csrf", &admin.csrf)]).await;
     assert_eq!(status, 422);
     assert!(page.contains("受付終了日時は受付開始日時より後にしてください"));
+
+    // Intake stopped by hand (受付を停止) stays stopped when a new version is
+    // published, and the builder says so.
+    post(
+        &admin.client,
+        &settings,
+        &[
+            ("csrf", &admin.csrf),
+            ("title", "粗大ごみ収集申込"),
+            ("department", &dept),
+        ],
+    )
+    .await;
+    let close = url(&server, host, &format!("/admin/forms/{id}/close"));
+    post(
+        &admin.client,
+        &close,
+        &[("csrf", &admin.csrf), ("action", "close")],
+    )
+    .await;
+    let (_, _, page) = post(&admin.client, &publish, &[("csrf", &admin.csrf)]).await;
+    assert!(page.contains("受付は停止したままです"), "{page}");
+    let err = apply(&server, host, &public, "ソファ").await.err().unwrap();
+    assert!(err.1.contains("受付を停止しています"), "{}", err.1);
+    post(
+        &admin.client,
+        &close,
+        &[("csrf", &admin.csrf), ("action", "reopen")],
+    )
+    .await;
+    assert!(apply(&server, host, &public, "ソファ").await.is_ok());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

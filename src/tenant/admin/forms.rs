@@ -1011,6 +1011,11 @@ pub async fn publish(
         .await;
     }
     let msg = match store::publish(&mut db, id, &user.actor(), seen_revision(&body)).await {
+        // Publishing changes what is asked, not whether applications are taken: a
+        // form whose intake was stopped stays stopped.
+        Ok(v) if store::is_closed(&db, id).await? => format!(
+            "第{v}版を公開しました。受付は停止したままです（再開するには「受付を再開」を押してください）"
+        ),
         Ok(v) => format!("第{v}版を公開しました"),
         Err(AppError::BadRequest(m)) => format!("!{m}"),
         Err(e) => return Err(e),

@@ -307,7 +307,7 @@ pub async fn publish(
     let updated = tx
         .execute(
             "WITH n AS (SELECT count(*)::int AS n FROM submissions WHERE form_id = $1)
-             UPDATE forms SET current_version = $2, capacity = $3, closed = false, accepted_count = (SELECT n FROM n)
+             UPDATE forms SET current_version = $2, capacity = $3, accepted_count = (SELECT n FROM n)
               WHERE id = $1 AND ($3::int IS NULL OR (SELECT n FROM n) <= $3)",
             &[&id, &version, &capacity],
         )
@@ -327,6 +327,14 @@ pub async fn publish(
     .await?;
     tx.commit().await?;
     Ok(version)
+}
+
+/// Whether the form's intake is stopped (受付停止).
+pub async fn is_closed(db: &tokio_postgres::Client, id: i64) -> Result<bool, AppError> {
+    Ok(db
+        .query_opt("SELECT closed FROM forms WHERE id = $1", &[&id])
+        .await?
+        .is_some_and(|r| r.get(0)))
 }
 
 /// Stops or reopens acceptance, with its `form.close` / `form.reopen` entry in the

@@ -1618,7 +1618,98 @@ async fn a_return_needs_an_address_to_reach_the_applicant() {
         &[("name", "葛西 花子"), ("email", "hanako.kasai@example.jp")],
     )
     .await;
-    let (_, status, page) = to_returned(with).await;
+    let (id, status, page) = to_returned(with.clone()).await;
+    assert_eq!(status, 303, "{page}");
+
+    // The applicant opens the correction; meanwhile it is settled by telephone and
+    // staff take the case back to 審査中: the correction asked for is closed (reason
+    // and deadline gone), and the correction page left open is refused.
+    let citizen = browser(&server, &[host]);
+    let lookup = [
+        ("receipt", with.as_str()),
+        ("email", "hanako.kasai@example.jp"),
+    ];
+    let (status, loc, _) = post(&citizen, &url(&server, host, "/status/resubmit"), &lookup).await;
+    assert_eq!(status, 303);
+    let (_, _, form) = get(&citizen, &url(&server, host, &loc)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &form);
+    let case = url(&server, host, &format!("/admin/submissions/{id}"));
+    let (status, _, page) = post(
+        &admin.client,
+        &format!("{case}/status"),
+        &[
+            ("csrf", &admin.csrf),
+            ("from", "returned"),
+            ("to", "reviewing"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{page}");
+    let cleared: bool = db
+        .client
+        .query_one(
+            "SELECT return_reason IS NULL AND return_deadline IS NULL FROM submissions WHERE id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cleared);
+    let (_, _, page) = post(&citizen, &url(&server, host, "/status"), &lookup).await;
+    assert!(
+        page.contains("審査中") && !page.contains("/status/resubmit"),
+        "{page}"
+    );
+    let correction = url(&server, host, &loc);
+    let (status, _, _) = post(
+        &citizen,
+        &correction,
+        &[
+            ("_token", token.as_str()),
+            ("_page", "0"),
+            ("_nav", "next"),
+            ("name", "葛西 花子"),
+            ("email", "hanako.kasai@example.jp"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, _, page) = post(
+        &citizen,
+        &url(
+            &server,
+            host,
+            &format!("{}/submit", loc.split('?').next().unwrap()),
+        ),
+        &[("_token", token.as_str())],
+    )
+    .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("修正を受け付けていません"), "{page}");
+    // Returned again, and the deadline passes without a correction: 却下.
+    let (status, _, page) = post(
+        &admin.client,
+        &format!("{case}/status"),
+        &[
+            ("csrf", &admin.csrf),
+            ("from", "reviewing"),
+            ("to", "returned"),
+            ("reason", "ご意見の内容を確認させてください"),
+            ("deadline", "2031-08-31"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{page}");
+    let (status, _, page) = post(
+        &admin.client,
+        &format!("{case}/status"),
+        &[
+            ("csrf", &admin.csrf),
+            ("from", "returned"),
+            ("to", "rejected"),
+        ],
+    )
+    .await;
     assert_eq!(status, 303, "{page}");
     server.shutdown().await;
 }

@@ -77,7 +77,9 @@ impl Status {
     }
 
     /// The statuses staff may move a case to from this one. 差戻し goes back to 受付
-    /// only when the applicant resubmits; 完了, 却下 and 取下げ are final.
+    /// when the applicant resubmits; staff may take it back to 審査中 (corrected on
+    /// paper or by telephone, or returned by mistake) or end it, as 却下 when the
+    /// deadline passed without a correction or 取下げ. 完了, 却下 and 取下げ are final.
     pub fn staff_next(self) -> &'static [Status] {
         match self {
             Self::Received => &[Self::Reviewing, Self::Returned, Self::Withdrawn],
@@ -87,7 +89,7 @@ impl Status {
                 Self::Returned,
                 Self::Withdrawn,
             ],
-            Self::Returned => &[Self::Withdrawn],
+            Self::Returned => &[Self::Reviewing, Self::Rejected, Self::Withdrawn],
             Self::Completed | Self::Rejected | Self::Withdrawn => &[],
         }
     }
@@ -258,8 +260,14 @@ pub async fn change_status(
         )
         .await?;
     } else {
+        // Leaving 差戻し, the correction asked for is no longer open: its reason and
+        // deadline go, as when the applicant resubmits (the message stays in the
+        // case's history), and a correction page left open is refused.
         tx.execute(
-            "UPDATE submissions SET status = $2, updated_at = now() WHERE id = $1",
+            "UPDATE submissions SET status = $2, updated_at = now(),
+                    return_reason = CASE WHEN status = 'returned' THEN NULL ELSE return_reason END,
+                    return_deadline = CASE WHEN status = 'returned' THEN NULL ELSE return_deadline END
+              WHERE id = $1",
             &[&id, &change.to.as_str()],
         )
         .await?;
@@ -357,6 +365,8 @@ mod tests {
             (Reviewing, Rejected),
             (Reviewing, Returned),
             (Reviewing, Withdrawn),
+            (Returned, Reviewing),
+            (Returned, Rejected),
             (Returned, Withdrawn),
         ];
         for from in Status::ALL {

@@ -400,6 +400,78 @@ pub async fn xlsx_export(
     check_form(&ctx, &user, &filters).await?;
     let version = filters.form.and(filters.version);
     let cols = columns(&*ctx.db().await?, filters.form, version).await?;
+    // The workbook can only be sent once it is whole, and a large one takes longer
+    // than a request may before its answer starts: the answer starts now, and its
+    // body follows once the workbook is built (the CSV export streams its rows).
+    let (tx, rx) = tokio::sync::oneshot::channel::<Option<tempfile::NamedTempFile>>();
+    tokio::spawn(async move {
+        let built = build_xlsx(&ctx, &user, &filters, &cols).await;
+        let file = match built {
+            Ok((file, n, whole)) => match log_export(&ctx, &user, "xlsx", &filters, n, whole).await
+            {
+                Ok(()) => Some(file),
+                Err(e) => {
+                    tracing::error!(error = %e, "recording an export failed");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::error!(error = %e, "export failed");
+                None
+            }
+        };
+        let _ = tx.send(file);
+    });
+    enum Sending {
+        Building(tokio::sync::oneshot::Receiver<Option<tempfile::NamedTempFile>>),
+        Reading(tokio::fs::File, tempfile::NamedTempFile),
+    }
+    let stream = futures::stream::unfold(Some(Sending::Building(rx)), |state| async move {
+        use tokio::io::AsyncReadExt;
+        let failed = || std::io::Error::other("export failed");
+        let (mut reader, file) = match state? {
+            Sending::Building(rx) => {
+                let Ok(Some(file)) = rx.await else {
+                    return Some((Err(failed()), None));
+                };
+                match tokio::fs::File::open(file.path()).await {
+                    Ok(reader) => (reader, file),
+                    Err(e) => return Some((Err(e), None)),
+                }
+            }
+            Sending::Reading(reader, file) => (reader, file),
+        };
+        let mut buf = vec![0u8; 64 * 1024];
+        match reader.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(k) => {
+                buf.truncate(k);
+                Some((
+                    Ok::<Bytes, std::io::Error>(Bytes::from(buf)),
+                    Some(Sending::Reading(reader, file)),
+                ))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok(download(
+        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        "submissions.xlsx",
+        Body::from_stream(stream),
+    ))
+}
+
+/// The last row index of a worksheet (Excel's limit is 1,048,576 rows).
+const XLSX_LAST_ROW: u32 = 1_048_575;
+
+/// Writes the selection to a workbook in a temporary file; returns it, the
+/// applications it holds and whether that is all of them (Excel's row limit).
+async fn build_xlsx(
+    ctx: &TenantCtx,
+    user: &StaffUser,
+    filters: &Filters,
+    cols: &Columns,
+) -> Result<(tempfile::NamedTempFile, u64, bool), AppError> {
     let mut workbook = rust_xlsxwriter::Workbook::new();
     let sheet = workbook.add_worksheet_with_constant_memory();
     sheet
@@ -409,15 +481,25 @@ pub async fn xlsx_export(
     let header: Vec<Cell> = cols.header().into_iter().map(Cell::Text).collect();
     write_xlsx_row(sheet, &formats, 0, &header).map_err(|e| AppError::Internal(e.into()))?;
     let mut row: u32 = 0;
-    let mut batches = Batches::new(&ctx, &user, filters.clone(), &cols);
-    while let Some(batch) = batches.next().await? {
+    let mut batches = Batches::new(ctx, user, filters.clone(), cols);
+    let mut whole = true;
+    'rows: while let Some(batch) = batches.next().await? {
         for line in batch {
             row += 1;
+            // A worksheet holds 1,048,576 rows: the last says where the rest is.
+            if row == XLSX_LAST_ROW {
+                let note = "（Excelの行数の上限に達したため、以降の申請はこのファイルにありません。すべての申請はCSVで出力してください）";
+                sheet
+                    .write_string(row, 0, note)
+                    .map_err(|e| AppError::Internal(e.into()))?;
+                whole = false;
+                break 'rows;
+            }
             write_xlsx_row(sheet, &formats, row, &line)
                 .map_err(|e| AppError::Internal(e.into()))?;
         }
     }
-    let n = batches.rows;
+    let written = u64::from(row) - u64::from(!whole);
     let file = tempfile::NamedTempFile::new().map_err(|e| AppError::Internal(e.into()))?;
     // Assembling the file is blocking work (it compresses every row written).
     let path = file.path().to_owned();
@@ -425,30 +507,7 @@ pub async fn xlsx_export(
         .await
         .map_err(|e| AppError::Internal(e.into()))?
         .map_err(|e| AppError::Internal(e.into()))?;
-    log_export(&ctx, &user, "xlsx", &filters, n, true).await?;
-    let reader = tokio::fs::File::open(file.path())
-        .await
-        .map_err(|e| AppError::Internal(e.into()))?;
-    let stream = futures::stream::unfold((reader, file), |(mut reader, file)| async move {
-        use tokio::io::AsyncReadExt;
-        let mut buf = vec![0u8; 64 * 1024];
-        match reader.read(&mut buf).await {
-            Ok(0) => None,
-            Ok(k) => {
-                buf.truncate(k);
-                Some((
-                    Ok::<Bytes, std::io::Error>(Bytes::from(buf)),
-                    (reader, file),
-                ))
-            }
-            Err(e) => Some((Err(e), (reader, file))),
-        }
-    });
-    Ok(download(
-        "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
-        "submissions.xlsx",
-        Body::from_stream(stream),
-    ))
+    Ok((file, written, whole))
 }
 
 #[cfg(test)]

@@ -32,6 +32,13 @@ use tokio::net::TcpStream;
 use crate::forms::{capture, staff};
 use crate::harness::{admin_client, unique, url, TestEnv};
 
+/// A request target and its headers (name, raw value).
+type Request = (String, Vec<(&'static str, Vec<u8>)>);
+/// Headers as sent, values as raw bytes.
+type RawHeaders<'a> = Vec<(&'a str, &'a [u8])>;
+/// (label, content type, body, the status wanted).
+type BodyCase<W> = (&'static str, Option<&'static str>, Vec<u8>, W);
+
 const FORM_CT: &str = "application/x-www-form-urlencoded";
 const SCOPES: [&str; 4] = [
     "forms:read",
@@ -521,7 +528,7 @@ async fn host_header_tricks_never_reach_another_tenant() {
         };
         let origin = |hs: Vec<(&'static str, Vec<u8>)>| (path.to_owned(), hs);
         let absolute_a = |hs: Vec<(&'static str, Vec<u8>)>| (format!("http://{ha}{path}"), hs);
-        let cases: Vec<(&str, (String, Vec<(&str, Vec<u8>)>), Want)> = vec![
+        let cases: Vec<(&str, Request, Want)> = vec![
             ("B upper-case", origin(hdr(&[("Host", &upper_b)])), Want::B),
             ("B with port", origin(hdr(&[("Host", &b_port)])), Want::B),
             (
@@ -1564,7 +1571,7 @@ async fn oversized_and_malformed_bodies_get_4xx() {
         ("another tenant's form on B", hb, w.a_public.clone(), None),
     ];
     // (label, content type, body, the status wanted; None: any 4xx)
-    let bodies: Vec<(&str, Option<&str>, Vec<u8>, Option<u16>)> = vec![
+    let bodies: Vec<BodyCase<Option<u16>>> = vec![
         (
             "over the limit",
             Some(FORM_CT),
@@ -1698,7 +1705,7 @@ async fn oversized_and_malformed_bodies_get_4xx() {
         uuid::Uuid::new_v4(),
         "a".repeat(MAX_FORM_BODY)
     );
-    let json_bodies: Vec<(&str, Option<&str>, Vec<u8>, Vec<u16>)> = vec![
+    let json_bodies: Vec<BodyCase<Vec<u16>>> = vec![
         (
             "form data",
             Some(FORM_CT),
@@ -1929,7 +1936,7 @@ async fn malformed_missing_or_doubled_host_is_refused_not_guessed() {
     let bracketed_a_then_b = format!("[{ha}]{hb}");
     for path in ["/", w.a_public.as_str()] {
         let absolute_a = format!("http://{ha}{path}");
-        let cases: Vec<(&str, &str, Vec<(&str, &[u8])>)> = vec![
+        let cases: Vec<(&str, &str, RawHeaders)> = vec![
             (
                 "absolute URI of A, Host a non-ASCII look-alike of B",
                 &absolute_a,

@@ -52,6 +52,11 @@ impl Driver {
     }
 
     async fn session(&self, phone: bool) -> Client {
+        self.session_with(phone, &[]).await
+    }
+
+    /// A session with more command-line switches for Chromium.
+    async fn session_with(&self, phone: bool, extra: &[&str]) -> Client {
         let profile = std::env::temp_dir().join(unique("madoguchi-chromium-"));
         self.profiles.lock().unwrap().push(profile.clone());
         let mut args = vec![
@@ -67,6 +72,7 @@ impl Driver {
             "--lang=ja".to_owned(),
             format!("--user-data-dir={}", profile.display()),
         ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let mut options = json!({ "args": [] });
         if phone {
             options["mobileEmulation"] = json!({
@@ -671,5 +677,124 @@ async fn same_page_rules_agree_with_the_server() {
         "the browser cut a valid name: {page}"
     );
     c.close().await.unwrap();
+    server.shutdown().await;
+}
+
+/// A page of another site (`parent….localhost`) framing `form`, served over plain
+/// HTTP until the returned sender is dropped; returns its address.
+async fn framing_site(form: &str) -> (String, tokio::sync::oneshot::Sender<()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let origin = format!(
+        "http://{}.localhost:{}",
+        unique("parent"),
+        listener.local_addr().unwrap().port()
+    );
+    let html = format!(
+        "<!doctype html><html lang=\"ja\"><head><meta charset=\"utf-8\"><title>市のサイト</title></head>\
+         <body><h1>市のサイト</h1><iframe src=\"{form}\" title=\"申請フォーム\" width=\"800\" height=\"900\"></iframe></body></html>"
+    );
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        loop {
+            let (mut conn, _) = tokio::select! {
+                c = listener.accept() => match c { Ok(c) => c, Err(_) => return },
+                _ = &mut stopped => return,
+            };
+            let html = html.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let _ = conn.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    html.len()
+                );
+                let _ = conn.write_all(head.as_bytes()).await;
+                let _ = conn.write_all(html.as_bytes()).await;
+            });
+        }
+    });
+    (origin, stop)
+}
+
+/// A form embedded in the municipality's own site, another site than the form's
+/// (the city's pages at one address, the forms at ours), over HTTPS: what is typed
+/// survives each 次へ inside the frame, through to the receipt number. A form
+/// cookie limited to its own site (`SameSite=Lax`) is neither stored nor sent there,
+/// so every step started afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_framed_on_the_citys_own_site_keeps_what_is_typed() {
+    use madoguchi::front::tls::local_ca;
+    use madoguchi::front::{Listeners, Server};
+    let env = TestEnv::new().await;
+    let slug = unique("embed");
+    let host = format!("{slug}.localhost");
+    let spec = madoguchi::control::provision::TenantSpec::parse(
+        &slug,
+        "千代田区",
+        "131016",
+        std::slice::from_ref(&host),
+    )
+    .unwrap();
+    let t = madoguchi::control::provision::provision(&env.platform, &spec)
+        .await
+        .unwrap();
+    let form = r#"{ "format": "madoguchi.form/1", "title": "講座申込",
+      "pages": [ { "id": "p1", "fields": [ { "id": "memo", "type": "text", "label": "メモ", "required": true } ] },
+                 { "id": "p2", "fields": [ { "id": "note", "type": "text", "label": "連絡事項" } ] } ] }"#;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, form, "総務課", true)
+            .await
+            .unwrap();
+    let dir = env.state.path().join("tls");
+    let files = local_ca(&dir, std::slice::from_ref(&host)).unwrap();
+    let any = "127.0.0.1:0".parse().unwrap();
+    let server = Server::start_with(
+        &env.platform,
+        Listeners {
+            public: any,
+            ops: any,
+            tls: Some((files, any)),
+            lgwan: None,
+        },
+    )
+    .await
+    .unwrap();
+    let form_url = format!(
+        "https://{host}:{}{public}",
+        server.bound.https.unwrap().port()
+    );
+    let (parent, stop) = framing_site(&form_url).await;
+    crate::harness::admin_client(&t.database)
+        .await
+        .execute("UPDATE settings SET embed_origins = ARRAY[$1]", &[&parent])
+        .await
+        .unwrap();
+
+    let driver = Driver::start();
+    let c = driver
+        .session_with(false, &["--ignore-certificate-errors"])
+        .await;
+    c.goto(&format!("{parent}/")).await.unwrap();
+    c.wait().for_element(Locator::Css("iframe")).await.unwrap();
+    c.enter_frame(0).await.unwrap();
+    c.wait().for_element(Locator::Css("#f-memo")).await.unwrap();
+    fill(&c, "#f-memo", "枠の中から").await;
+    click(&c, "button.primary").await;
+    c.wait()
+        .for_element(Locator::Css("#f-note"))
+        .await
+        .unwrap_or_else(|e| panic!("the second page did not come: {e}"));
+    click(&c, "button.primary").await;
+    let page = body(&c).await;
+    assert!(
+        page.contains("入力内容の確認") && page.contains("枠の中から"),
+        "{page}"
+    );
+    click(&c, "button.primary").await;
+    let page = body(&c).await;
+    assert!(page.contains("受付番号"), "{page}");
+    c.close().await.unwrap();
+    drop(stop);
     server.shutdown().await;
 }

@@ -54,7 +54,17 @@ impl Platform {
                     .join("pg")
                     .join("data")
                     .join("PG_VERSION");
-                if key.exists() && !cluster.exists() {
+                // A directory this user may not read is said so, not taken for a
+                // missing cluster.
+                let present = |p: &std::path::Path| {
+                    p.try_exists().with_context(|| {
+                        format!(
+                            "{} cannot be read by this user: run the command as the service's user",
+                            p.display()
+                        )
+                    })
+                };
+                if present(&key)? && !present(&cluster)? {
                     anyhow::bail!(
                         "{} holds a master key but no private PostgreSQL cluster: its database is elsewhere. \
                          Set database_url in {} (or MADOGUCHI_DATABASE_URL) as the service has it, \

@@ -766,9 +766,13 @@ async fn drill_backup(
         &Uuid::new_v4().simple().to_string()[..8]
     );
     let quoted = crate::catalog::quote_ident(&scratch);
+    // Made as a tenant's database is (template0, UTF-8, C collation): nothing of
+    // template1 in the way of the restore, and rows compared in the same order.
     admin
         .client
-        .batch_execute(&format!("CREATE DATABASE {quoted}"))
+        .batch_execute(&format!(
+            "CREATE DATABASE {quoted} TEMPLATE template0 ENCODING 'UTF8' LC_COLLATE 'C' LC_CTYPE 'C'"
+        ))
         .await?;
     admin
         .client

@@ -15,14 +15,24 @@ pub const MAX_FORM_BODY: usize = 256 * 1024;
 
 /// The value of cookie `name`, if sent.
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
+    cookies(headers, name).into_iter().next()
+}
+
+/// Every value sent under `name`, in the order sent. A browser may send two: one
+/// kept for a site framing the page (partitioned) and one kept for the page's own.
+pub fn cookies(headers: &HeaderMap, name: &str) -> Vec<String> {
+    let mut values: Vec<String> = headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
+        .collect();
+    values.dedup();
+    values.truncate(4);
+    values
 }
 
 /// A `Set-Cookie` value: HttpOnly, SameSite=Lax, Secure over TLS.

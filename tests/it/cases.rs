@@ -368,6 +368,10 @@ async fn workflow_through_the_admin_screen_and_the_status_lookup() {
         form.contains("value=\"花子\""),
         "earlier answers are filled in"
     );
+    assert!(
+        form.contains(r#"name="_correction" value="1""#),
+        "a correction's page says so"
+    );
     let token = capture(r#"name="_token" value="([^"]+)""#, &form);
     // A correction left past the draft's 24 hours does not become a new
     // application when its page is sent: the person is sent back to the lookup.
@@ -1138,6 +1142,42 @@ async fn exports_round_trip_and_are_logged() {
     let mut book: calamine::Xlsx<_> =
         calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap();
     assert_eq!(book.worksheet_range("申請一覧").unwrap().rows().count(), 3);
+    // Left before the workbook came: its building stops, logged as handing nothing out.
+    lock.batch_execute("BEGIN; LOCK TABLE submissions IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let r = admin
+        .client
+        .get(url(
+            &server,
+            h,
+            &format!("/admin/export.xlsx?form={form_id}"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    drop(r);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    lock.batch_execute("COMMIT").await.unwrap();
+    let abandoned = "SELECT count(*) FROM audit_log WHERE action = 'submission.export'
+                       AND detail LIKE '%\"complete\":false%' AND detail LIKE '%\"rows\":0%'";
+    let conn = env.tenant_conn(&t).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while conn
+        .client
+        .query_one(abandoned, &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+        == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the abandoned export was not logged"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     let db = env.tenant_conn(&t).await;
     let logged: Vec<String> = db
@@ -1151,7 +1191,7 @@ async fn exports_round_trip_and_are_logged() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(logged.len(), 3, "the CSV and the two workbooks");
+    assert_eq!(logged.len(), 4, "the CSV and the three workbooks");
     assert!(logged[0].contains("\"rows\":2") && logged[0].contains("csv"));
     // The CSV export is on record from its start too (a restart during a long one
     // would otherwise leave no trace of the rows already handed out).
@@ -1739,5 +1779,60 @@ async fn a_return_needs_an_address_to_reach_the_applicant() {
     )
     .await;
     assert_eq!(status, 303, "{page}");
+    server.shutdown().await;
+}
+
+/// Applications whose e-mail index was taken before addresses were lower-cased for
+/// it (of the address as typed, lower case after `@` only) are still found by the
+/// address as typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_application_is_found_by_its_address_as_typed() {
+    let Setup {
+        env,
+        t,
+        server,
+        host,
+        ..
+    } = setup().await;
+    let h = host.as_str();
+    let public = text_form(&env, &t, "環境政策課").await;
+    let receipt = submit(
+        &server,
+        h,
+        &public,
+        &[
+            ("name", "葛西 花子"),
+            ("email", "Hanako.Kasai@example.jp"),
+            ("opinion", "以前の申請"),
+            ("topic", "ごみ"),
+        ],
+    )
+    .await;
+    let rt = server.app.pools.runtime(t.id).await.unwrap();
+    let earlier = rt
+        .cipher
+        .blind_index("submissions", "email", "Hanako.Kasai@example.jp")
+        .to_vec();
+    env.tenant_conn(&t)
+        .await
+        .client
+        .execute(
+            "UPDATE submissions SET email_index = $2 WHERE receipt_number = $1",
+            &[&receipt, &earlier],
+        )
+        .await
+        .unwrap();
+    let citizen = browser(&server, &[h]);
+    let (status, _, page) = post(
+        &citizen,
+        &url(&server, h, "/status"),
+        &[
+            ("receipt", receipt.as_str()),
+            ("email", "Hanako.Kasai@EXAMPLE.jp"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("受付"), "{page}");
     server.shutdown().await;
 }

@@ -1424,19 +1424,64 @@ async fn drafts_start_afresh_survive_double_taps_and_expire() {
     assert_eq!(count("SELECT count(*) FROM citizen_drafts").await, 0);
     assert_eq!(count("SELECT count(*) FROM submissions").await, 2);
 
-    // Two tabs opened before the first 次へ: the second keeps the first's token, so
-    // the first tab's page is still accepted (it was refused, its page lost).
+    // Two tabs opened before the first 次へ: the second replaced the cookie's token,
+    // and the first tab's page (an older token) was refused, its page lost. Sent by
+    // the browser from this site (its Origin), it is now saved under the cookie's
+    // token; without an Origin it is still refused.
     let token_of = |page: &str| capture(r#"name="_token" value="([^"]+)""#, page);
+    let origin = format!("http://{host}:{}", server.bound.public.port());
     let c = browser(&server, &[host]);
     let (_, _, one) = get(&c, &form_url).await;
     let (_, _, two) = get(&c, &form_url).await;
-    assert_eq!(token_of(&one), token_of(&two));
     let token = token_of(&one);
+    assert_ne!(token, token_of(&two));
     let mut sent = first_page.to_vec();
     sent[0] = ("_token", token.as_str());
-    let (status, loc, body) = post(&c, &form_url, &sent).await;
-    assert_eq!(status, 303, "{body}");
+    let encoded = |pairs: &[(&str, &str)]| {
+        form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish()
+    };
+    let (status, _, _) = post(&c, &form_url, &sent).await;
+    assert_eq!(status, 403, "an older token without an Origin");
+    let r = c
+        .post(&form_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", &origin)
+        .body(encoded(&sent))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let loc = r.headers()["location"].to_str().unwrap().to_owned();
     assert!(loc.ends_with("?page=1"), "{loc}");
+    let (_, _, page) = get(&c, &format!("{form_url}?page=0")).await;
+    assert!(page.contains("taro.yamada@example.jp"), "{page}");
+    assert_eq!(
+        token_of(&page),
+        token_of(&two),
+        "saved under the cookie's token"
+    );
+
+    // A token planted in the browser by someone else (the city's site setting a
+    // cookie for its sub-domains, say) is not taken up: the form gives its own, so
+    // what the person types is never saved under a token another knows.
+    let planted = "PlantedTokenKnownToSomeoneElse0123456789abc";
+    let r = reqwest::Client::builder()
+        .resolve(host, server.bound.public)
+        .build()
+        .unwrap()
+        .get(&form_url)
+        .header(
+            "cookie",
+            format!("md_f_{}={planted}", public.trim_start_matches("/f/")),
+        )
+        .send()
+        .await
+        .unwrap();
+    let set = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let page = r.text().await.unwrap();
+    assert!(!set.contains(planted) && !page.contains(planted), "{set}");
 
     // The cookie gone (it lasts as long as the saved draft, 24 hours) under a page
     // left open, as phone tabs are: a page sent from this site keeps its answers under
@@ -1476,6 +1521,40 @@ async fn drafts_start_afresh_survive_double_taps_and_expire() {
     .await;
     assert_eq!(status, 303);
     assert!(loc.ends_with("?page=0&expired=1"), "{loc}");
+    // A browser that keeps no cookie at all comes back without one: told so, not
+    // sent round again.
+    let no_cookies = reqwest::Client::builder()
+        .resolve(host, server.bound.public)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = no_cookies
+        .get(url(&server, host, &loc))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("Cookieが保存されていません"));
+    // A correction's page sent so: not taken as a new application.
+    let mut correcting = sent.clone();
+    correcting.push(("_correction", "1"));
+    let r = no_cookies
+        .post(&form_url)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "origin",
+            format!("http://{host}:{}", server.bound.public.port()),
+        )
+        .body(encoded(&correcting))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    assert!(r.text().await.unwrap().contains("状況照会"));
     let (status, _, page) = get(&c, &url(&server, host, &loc)).await;
     assert_eq!(status, 200);
     assert!(

@@ -88,16 +88,21 @@ pub async fn embed_origins(ctx: &TenantCtx) -> Vec<String> {
 
 /// On citizen pages: let the tenant's own sites frame them, if it chose any.
 pub async fn embed_headers(req: Request, next: Next) -> Response {
-    let ctx = req
-        .uri()
-        .path()
-        .starts_with("/f/")
+    let path = req.uri().path();
+    // The forms, and the status page's way into a correction (it sets the form's
+    // cookie, which must then be the same kind as the form's own).
+    let form = path.starts_with("/f/");
+    let ctx = (form || path.starts_with("/status"))
         .then(|| req.extensions().get::<TenantCtx>().cloned())
         .flatten();
     let mut resp = next.run(req).await;
     if let Some(ctx) = ctx {
         let origins = embed_origins(&ctx).await;
-        if !origins.is_empty() {
+        if !origins.is_empty() && !form {
+            if ctx.secure_cookies {
+                embeddable_cookies(resp.headers_mut());
+            }
+        } else if !origins.is_empty() {
             let csp = format!(
                 "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self' {}",
                 origins.join(" ")

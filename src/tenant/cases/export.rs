@@ -405,18 +405,26 @@ pub async fn xlsx_export(
     // body follows once the workbook is built (the CSV export streams its rows).
     let (tx, rx) = tokio::sync::oneshot::channel::<Option<tempfile::NamedTempFile>>();
     tokio::spawn(async move {
-        let built = build_xlsx(&ctx, &user, &filters, &cols).await;
-        let file = match built {
-            Ok((file, n, whole)) => match log_export(&ctx, &user, "xlsx", &filters, n, whole).await
-            {
-                Ok(()) => Some(file),
-                Err(e) => {
+        // Building stops when the person has gone (the answer's body was dropped):
+        // nothing was handed out, and it is logged so.
+        let built = build_xlsx(&ctx, &user, &filters, &cols, &|| tx.is_closed()).await;
+        let (file, n, whole) = match built {
+            Ok(Some(done)) => done,
+            Ok(None) => {
+                if let Err(e) = log_export(&ctx, &user, "xlsx", &filters, 0, false).await {
                     tracing::error!(error = %e, "recording an export failed");
-                    None
                 }
-            },
+                return;
+            }
             Err(e) => {
                 tracing::error!(error = %e, "export failed");
+                return;
+            }
+        };
+        let file = match log_export(&ctx, &user, "xlsx", &filters, n, whole).await {
+            Ok(()) => Some(file),
+            Err(e) => {
+                tracing::error!(error = %e, "recording an export failed");
                 None
             }
         };
@@ -465,13 +473,15 @@ pub async fn xlsx_export(
 const XLSX_LAST_ROW: u32 = 1_048_575;
 
 /// Writes the selection to a workbook in a temporary file; returns it, the
-/// applications it holds and whether that is all of them (Excel's row limit).
+/// applications it holds and whether that is all of them (Excel's row limit), or
+/// nothing once `gone` says nobody waits for it any more.
 async fn build_xlsx(
     ctx: &TenantCtx,
     user: &StaffUser,
     filters: &Filters,
     cols: &Columns,
-) -> Result<(tempfile::NamedTempFile, u64, bool), AppError> {
+    gone: &(dyn Fn() -> bool + Send + Sync),
+) -> Result<Option<(tempfile::NamedTempFile, u64, bool)>, AppError> {
     let mut workbook = rust_xlsxwriter::Workbook::new();
     let sheet = workbook.add_worksheet_with_constant_memory();
     sheet
@@ -484,6 +494,9 @@ async fn build_xlsx(
     let mut batches = Batches::new(ctx, user, filters.clone(), cols);
     let mut whole = true;
     'rows: while let Some(batch) = batches.next().await? {
+        if gone() {
+            return Ok(None);
+        }
         for line in batch {
             row += 1;
             // A worksheet holds 1,048,576 rows: the last says where the rest is.
@@ -507,7 +520,7 @@ async fn build_xlsx(
         .await
         .map_err(|e| AppError::Internal(e.into()))?
         .map_err(|e| AppError::Internal(e.into()))?;
-    Ok((file, written, whole))
+    Ok(Some((file, written, whole)))
 }
 
 #[cfg(test)]

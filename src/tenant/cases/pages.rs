@@ -252,14 +252,20 @@ pub fn inbox_sql(
     let order = "ORDER BY s.submitted_at DESC, s.id DESC";
     let picked = f.form.is_some() || search.is_some() || matches!(f.assignee, Some(v) if v != 0);
     let sql = match department {
+        // The merge picks ids only; the rows' answers are read for the page's rows
+        // alone (an export batch would otherwise carry every form's batch of answers).
         Some(d) if !picked => format!(
             "SELECT {columns}
-               FROM forms f
-               CROSS JOIN LATERAL (
-                 SELECT s.id, s.receipt_number, s.submitted_at, s.status, s.assignee_id, s.form_id, s.form_version, s.answers
-                   FROM submissions s WHERE s.form_id = f.id{conds} {order} LIMIT {limit}) s
+               FROM (SELECT s.id
+                       FROM forms f
+                       CROSS JOIN LATERAL (
+                         SELECT s.id, s.submitted_at FROM submissions s
+                          WHERE s.form_id = f.id{conds} {order} LIMIT {limit}) s
+                      WHERE f.department_id = {d} {order} LIMIT {limit}) page
+               JOIN submissions s ON s.id = page.id
+               JOIN forms f ON f.id = s.form_id
                LEFT JOIN staff st ON st.id = s.assignee_id
-              WHERE f.department_id = {d} {order} LIMIT {limit}"
+              {order}"
         ),
         d => format!(
             "SELECT {columns}

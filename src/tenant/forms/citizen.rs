@@ -24,7 +24,7 @@ use crate::crypto::{random_token, FieldCipher, FieldRef};
 use crate::domain::ReceiptNumber;
 use crate::error::AppError;
 use crate::tenant::audit::Actor;
-use crate::tenant::http::{cookie, same_secret, see_other, set_cookie, token_hash, FormData};
+use crate::tenant::http::{cookies, same_secret, see_other, set_cookie, token_hash, FormData};
 use crate::tenant::TenantCtx;
 use crate::web::render;
 
@@ -196,6 +196,9 @@ struct FormPage {
     /// What was saved had expired when this person sent a page: that page's
     /// answers are kept, the others must be given again.
     expired: bool,
+    /// The person is correcting a returned application (sent back as `_correction`,
+    /// so that a page sent after its cookie expired is not taken as a new one).
+    correction: bool,
 }
 
 impl FormPage {
@@ -234,6 +237,7 @@ impl FormPage {
             version: 0,
             updated: false,
             expired: false,
+            correction: false,
         }
     }
 }
@@ -271,13 +275,17 @@ async fn correcting(
     form: &Published,
     headers: &HeaderMap,
 ) -> Result<bool, AppError> {
-    let Some(token) = cookie(headers, &cookie_name(&form.public_id)) else {
+    let hashes: Vec<Vec<u8>> = cookies(headers, &cookie_name(&form.public_id))
+        .iter()
+        .map(|t| token_hash(t))
+        .collect();
+    if hashes.is_empty() {
         return Ok(false);
-    };
+    }
     let row = db
         .query_opt(
-            "SELECT 1 FROM citizen_drafts WHERE token_hash = $1 AND form_id = $2 AND resubmit_of IS NOT NULL AND submission_id IS NULL AND expires_at > now()",
-            &[&token_hash(&token), &form.id],
+            "SELECT 1 FROM citizen_drafts WHERE token_hash = ANY($1) AND form_id = $2 AND resubmit_of IS NOT NULL AND submission_id IS NULL AND expires_at > now() LIMIT 1",
+            &[&hashes, &form.id],
         )
         .await?;
     Ok(row.is_some())
@@ -443,29 +451,35 @@ pub async fn show(
         Ok(form) => form,
         Err(page) => return Ok(page),
     };
-    let existing = cookie(&headers, &cookie_name(&public_id));
-    let draft = match &existing {
-        Some(t) => load_draft(&ctx, &db, form.id, t).await?,
-        None => None,
-    };
+    let drafts = cookie_drafts(&ctx, &db, form.id, &public_id, &headers).await?;
+    // Sent here after a page was sent without the form's cookie, and there is still
+    // none: this browser does not keep it, and nothing typed can be kept.
+    if q.expired.is_some() && drafts.is_empty() {
+        return Ok(notice(
+            &ctx,
+            StatusCode::BAD_REQUEST,
+            &form.def.title,
+            "入力内容を一時保存できません",
+            "このブラウザでは入力内容を一時保存できません（Cookieが保存されていません）。ブラウザのCookieを有効にするか、別のブラウザでお試しください。",
+        ));
+    }
     // A draft already sent is done with: the form starts afresh under a new token
     // (another application from the same browser, or the next person at a shared
-    // PC, must not land on the earlier receipt and lose what they type).
-    let open = draft.as_ref().filter(|d| d.submission.is_none());
-    if let Some(d) = open {
+    // PC, must not land on the earlier receipt and lose what they type). A token
+    // with nothing saved under it is not kept either: it may have been planted.
+    let open = drafts.iter().find_map(|(t, d)| {
+        d.as_ref()
+            .filter(|d| d.submission.is_none())
+            .map(|d| (t, d))
+    });
+    if let Some((_, d)) = open {
         renew_draft(&db, d.id).await?;
     }
-    // The token is kept while nothing was saved under it yet, too: a second tab
-    // opened before the first 次へ must not replace the cookie the first tab's page
-    // was drawn for (its next 次へ would be refused and its page lost).
-    let token = existing
-        .filter(|_| open.is_some() || draft.is_none())
+    let token = open
+        .map(|(t, _)| t.clone())
         .unwrap_or_else(|| random_token(32));
-    let raw = draft
-        .as_ref()
-        .filter(|d| d.submission.is_none())
-        .map(|d| d.inputs.clone())
-        .unwrap_or_default();
+    let correction = open.is_some_and(|(_, d)| d.resubmit_of.is_some());
+    let raw = open.map(|(_, d)| d.inputs.clone()).unwrap_or_default();
     let visible = visible_pages(&form.def, &raw);
     let page = q
         .page
@@ -477,27 +491,77 @@ pub async fn show(
         &FormPage {
             updated: q.updated.is_some(),
             expired: q.expired.is_some(),
+            correction,
             ..form_page(&ctx, &form, page, &raw, &[], &token)
         },
     );
     Ok(with_cookie(resp, &ctx, &form, &token))
 }
 
-/// The token in the body must be the one in the cookie.
-fn checked_token(
+/// Which of the form's tokens a posted page belongs to.
+enum Posted {
+    Token(String),
+    /// Sent from this site without the form's cookie (see [`post_page`]).
+    Renew,
+}
+
+/// The token a posted page is saved under: the cookie's, when the page carries it
+/// (double submit), or when the request says it comes from a page of this site
+/// (`Origin`): a page drawn before another tab opened the form carries an older
+/// token than the cookie. Another site's request, or one that says neither, is
+/// refused.
+async fn posted_token(
+    ctx: &TenantCtx,
+    db: &deadpool_postgres::ClientWrapper,
+    form: &Published,
     headers: &HeaderMap,
-    public_id: &str,
     body: &FormData,
-) -> Result<String, AppError> {
-    let Some(cookie_token) = cookie(headers, &cookie_name(public_id)) else {
-        return Err(AppError::BadRequest(
-            "入力内容を一時保存できませんでした。ブラウザのCookieを有効にして、最初からやり直してください。".into(),
-        ));
-    };
-    if !same_secret(&cookie_token, body.get("_token")) {
-        return Err(AppError::Csrf);
+) -> Result<Posted, AppError> {
+    let values = cookies(headers, &cookie_name(&form.public_id));
+    if let Some(t) = values.iter().find(|v| same_secret(v, body.get("_token"))) {
+        return Ok(Posted::Token(t.clone()));
     }
-    Ok(cookie_token)
+    if !same_origin(ctx, headers) {
+        return Err(if values.is_empty() {
+            AppError::BadRequest(
+                "入力内容を一時保存できませんでした。ブラウザのCookieを有効にして、最初からやり直してください。".into(),
+            )
+        } else {
+            AppError::Csrf
+        });
+    }
+    Ok(
+        match cookie_drafts(ctx, db, form.id, &form.public_id, headers)
+            .await?
+            .into_iter()
+            .next()
+        {
+            Some((t, _)) => Posted::Token(t),
+            None => Posted::Renew,
+        },
+    )
+}
+
+/// The form's cookie tokens with their drafts, best first: one whose draft is open,
+/// then one without a draft, then one whose draft was sent.
+async fn cookie_drafts(
+    ctx: &TenantCtx,
+    db: &deadpool_postgres::ClientWrapper,
+    form_id: i64,
+    public_id: &str,
+    headers: &HeaderMap,
+) -> Result<Vec<(String, Option<Draft>)>, AppError> {
+    let mut out = Vec::new();
+    for t in cookies(headers, &cookie_name(public_id)) {
+        let d = load_draft(ctx, db, form_id, &t).await?;
+        out.push((t, d));
+    }
+    out.sort_by_key(|(_, d)| match d {
+        Some(d) if d.submission.is_none() => 0,
+        None => 1,
+        Some(_) => 2,
+    });
+    Ok(out)
 }
 
 /// Whether the request says it comes from a page of this site: `Origin`, which
@@ -515,23 +579,29 @@ pub async fn post_page(
     headers: HeaderMap,
     body: FormData,
 ) -> Result<Response, AppError> {
-    // A page sent from this site without its cookie: the cookie expired with the
-    // draft (24 hours) while the page stayed open, as phone tabs do. This page's
-    // answers are kept under a new token rather than lost with an error; a page
-    // sent from another site without the cookie is still refused.
-    let renewed =
-        cookie(&headers, &cookie_name(&public_id)).is_none() && same_origin(&ctx, &headers);
-    let token = if renewed {
-        random_token(32)
-    } else {
-        checked_token(&headers, &public_id, &body)?
-    };
     let db = ctx.db().await?;
     let form = match open_form(&ctx, &db, &public_id, &headers).await? {
         Ok(form) => form,
         Err(page) => return Ok(page),
     };
     let def = &form.def;
+    // A page sent from this site without its cookie: the cookie expired with the
+    // draft (24 hours) while the page stayed open, as phone tabs do. This page's
+    // answers are kept under a new token rather than lost with an error (unless it is
+    // a correction, which must start again from the status page).
+    let (token, renewed) = match posted_token(&ctx, &db, &form, &headers, &body).await? {
+        Posted::Token(t) => (t, false),
+        Posted::Renew if body.get("_correction") == "1" => {
+            return Ok(notice(
+                &ctx,
+                StatusCode::CONFLICT,
+                &def.title,
+                "入力の保存期間が切れました",
+                "入力内容の保存期間（24時間）が過ぎました。申請内容の修正は、状況照会からもう一度お進みください。",
+            ))
+        }
+        Posted::Renew => (random_token(32), true),
+    };
     if renewed {
         let mut draft = Draft {
             id: Uuid::new_v4(),
@@ -634,7 +704,10 @@ pub async fn post_page(
     if !errors.is_empty() {
         return Ok(render(
             StatusCode::UNPROCESSABLE_ENTITY,
-            &form_page(&ctx, &form, page, &draft.inputs, &errors, &token),
+            &FormPage {
+                correction: draft.resubmit_of.is_some(),
+                ..form_page(&ctx, &form, page, &draft.inputs, &errors, &token)
+            },
         ));
     }
     match pos.and_then(|i| visible.get(i + 1)) {
@@ -690,12 +763,10 @@ async fn draft_for(
     form: &Published,
     headers: &HeaderMap,
 ) -> Result<Option<(String, Draft)>, AppError> {
-    let Some(token) = cookie(headers, &cookie_name(&form.public_id)) else {
-        return Ok(None);
-    };
-    Ok(load_draft(ctx, db, form.id, &token)
+    Ok(cookie_drafts(ctx, db, form.id, &form.public_id, headers)
         .await?
-        .map(|d| (token, d)))
+        .into_iter()
+        .find_map(|(t, d)| d.map(|d| (t, d))))
 }
 
 #[derive(Deserialize)]
@@ -748,7 +819,10 @@ pub async fn confirm(
             let page = first_error_page(&form.def, &errors);
             Ok(render(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &form_page(&ctx, &form, page, &draft.inputs, &errors, &token),
+                &FormPage {
+                    correction: draft.resubmit_of.is_some(),
+                    ..form_page(&ctx, &form, page, &draft.inputs, &errors, &token)
+                },
             ))
         }
     }
@@ -850,12 +924,14 @@ pub async fn submit(
     headers: HeaderMap,
     body: FormData,
 ) -> Result<Response, AppError> {
-    let token = checked_token(&headers, &public_id, &body)?;
     let mut db = ctx.db().await?;
     let form = store::published(ctx.id, &db, &public_id).await?;
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }
+    let Posted::Token(token) = posted_token(&ctx, &db, &form, &headers, &body).await? else {
+        return Ok(see_other(&format!("/f/{public_id}")));
+    };
     let Some(draft) = load_draft(&ctx, &db, form.id, &token).await? else {
         return Ok(see_other(&format!("/f/{public_id}")));
     };
@@ -883,7 +959,10 @@ pub async fn submit(
             // its challenge expired, or the browser sent an old solution again (Back
             // to a page kept in its cache): the confirmation page again, with a fresh
             // challenge and a word on why. Nothing the person entered is lost.
-            tracing::info!(error = %e, "proof of work refused; confirmation page drawn again");
+            if !matches!(e, AppError::BadRequest(_)) {
+                return Err(e);
+            }
+            tracing::info!("proof of work refused; confirmation page drawn again");
             return Ok(see_other(&format!("/f/{public_id}/confirm?retry=1")));
         }
     }
@@ -894,7 +973,10 @@ pub async fn submit(
             let page = first_error_page(&form.def, &errors);
             return Ok(render(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &form_page(&ctx, &form, page, &draft.inputs, &errors, &token),
+                &FormPage {
+                    correction: draft.resubmit_of.is_some(),
+                    ..form_page(&ctx, &form, page, &draft.inputs, &errors, &token)
+                },
             ));
         }
     };
@@ -1197,10 +1279,12 @@ pub async fn done(
     if !form.def.settings.published_in(ctx.zone) {
         return Err(AppError::NotFound);
     }
-    let Some((_, draft)) = draft_for(&ctx, &db, &form, &headers).await? else {
-        return Ok(see_other(&format!("/f/{public_id}")));
-    };
-    let Some(sub) = draft.submission else {
+    // The sent application this browser holds (it may also hold an open draft).
+    let sent = cookie_drafts(&ctx, &db, form.id, &public_id, &headers)
+        .await?
+        .into_iter()
+        .find_map(|(_, d)| d.and_then(|d| d.submission));
+    let Some(sub) = sent else {
         return Ok(see_other(&format!("/f/{public_id}")));
     };
     let row = db

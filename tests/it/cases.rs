@@ -1363,6 +1363,50 @@ async fn exports_round_trip_and_are_logged() {
             && !page.contains("分野（第"),
         "{page}"
     );
+    // Two workbooks are built at once on the server; a third waits its turn, then
+    // comes whole.
+    let lock = crate::harness::admin_client(&t.database).await;
+    lock.batch_execute("BEGIN; LOCK TABLE submissions IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut pending = Vec::new();
+    for _ in 0..3 {
+        let r = admin
+            .client
+            .get(url(
+                &server,
+                h,
+                &format!("/admin/export.xlsx?form={form_id}"),
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        pending.push(r);
+    }
+    let waiting = || async {
+        lock.query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get::<_, i64>(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while waiting().await < 2 {
+        assert!(std::time::Instant::now() < deadline, "no workbook started");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(waiting().await, 2, "more than two workbooks built at once");
+    lock.batch_execute("COMMIT").await.unwrap();
+    for r in pending {
+        let bytes = r.bytes().await.unwrap().to_vec();
+        let mut book: calamine::Xlsx<_> =
+            calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap();
+        assert_eq!(book.worksheet_range("申請一覧").unwrap().rows().count(), 4);
+    }
     server.shutdown().await;
 }
 

@@ -405,6 +405,9 @@ pub async fn xlsx_export(
     // body follows once the workbook is built (the CSV export streams its rows).
     let (tx, rx) = tokio::sync::oneshot::channel::<Option<tempfile::NamedTempFile>>();
     tokio::spawn(async move {
+        // A few workbooks are built at once on the whole server, the others wait:
+        // building runs outside the tenant's turns and takes a core while it runs.
+        let _permit = WORKBOOKS.acquire().await;
         // Building stops when the person has gone (the answer's body was dropped):
         // nothing was handed out, and it is logged so.
         let built = build_xlsx(&ctx, &user, &filters, &cols, &|| tx.is_closed()).await;
@@ -469,6 +472,9 @@ pub async fn xlsx_export(
     ))
 }
 
+/// Workbooks built at once on the whole server.
+static WORKBOOKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
 /// The last row index of a worksheet (Excel's limit is 1,048,576 rows).
 const XLSX_LAST_ROW: u32 = 1_048_575;
 
@@ -493,6 +499,9 @@ async fn build_xlsx(
     let mut row: u32 = 0;
     let mut batches = Batches::new(ctx, user, filters.clone(), cols);
     let mut whole = true;
+    if gone() {
+        return Ok(None);
+    }
     'rows: while let Some(batch) = batches.next().await? {
         if gone() {
             return Ok(None);

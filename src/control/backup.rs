@@ -1204,9 +1204,13 @@ pub fn drill_prefix(rec: &TenantRecord) -> String {
 
 /// Restore-drill copies of the tenant in the cluster: those named after it, and any
 /// older copy named `drill_<uuid>` (made before copies were named after their
-/// tenant, so possibly its). The query's one parameter is the tenant's prefix.
+/// tenant, so possibly its) that this platform's admin role made (owns): a database
+/// of that name made by someone else is not this platform's to drop, and the admin
+/// role may not be allowed to. The query's one parameter is the tenant's prefix.
 pub const DRILL_COPIES_SQL: &str = "SELECT datname FROM pg_database
-  WHERE starts_with(datname, $1) OR datname ~ '^drill_[0-9a-f]{32}$' ORDER BY datname";
+  WHERE starts_with(datname, $1)
+     OR (datname ~ '^drill_[0-9a-f]{32}$' AND datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user))
+  ORDER BY datname";
 
 /// Drops every restore-drill copy of the tenant still in the cluster; returns their names.
 pub async fn drop_drill_copies(

@@ -49,6 +49,14 @@ async fn a_tenants_whole_life_under_an_admin_role_that_is_not_a_superuser() {
     let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
     apply(&server, &host, &public, "その他").await.unwrap();
 
+    // A database named as restore-drill copies once were, made by another role (as
+    // another platform on the same cluster might): not this platform's to drop, and
+    // its admin role may not. The drill and the erasure leave it alone.
+    let foreign = format!("drill_{}", uuid::Uuid::new_v4().simple());
+    let su = admin_client("postgres").await;
+    su.batch_execute(&format!("CREATE DATABASE {foreign}"))
+        .await
+        .unwrap();
     let store = DirStore::new(env.state.path());
     backup::run(&env.platform, &store, &t)
         .await
@@ -118,4 +126,16 @@ async fn a_tenants_whole_life_under_an_admin_role_that_is_not_a_superuser() {
         file.certificate.verification
     );
     assert!(keys(&file).contains("pg_checkpoint"), "{}", keys(&file));
+    let left: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &[&foreign],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 1, "another role's database was dropped");
+    su.batch_execute(&format!("DROP DATABASE {foreign}"))
+        .await
+        .unwrap();
 }

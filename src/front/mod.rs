@@ -224,7 +224,15 @@ async fn security_headers(req: Request, next: Next) -> Response {
         .extensions()
         .get::<conn::Transport>()
         .is_some_and(|t| t.https);
+    let http1 = req.version() <= axum::http::Version::HTTP_11;
     let mut resp = next.run(req).await;
+    // A body refused unread (too large) leaves the rest of it on the connection,
+    // which is then closed: the client is told, rather than sending its next request
+    // on a connection about to go (it failed as an incomplete answer).
+    if http1 && resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     let h = resp.headers_mut();
     if https {
         // Two years; sub-domains are the municipality's business, not ours.

@@ -43,6 +43,18 @@ struct Draft {
     resubmit_of: Option<Uuid>,
 }
 
+impl Draft {
+    /// A new draft, with nothing in it yet.
+    fn fresh() -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            inputs: Raw::new(),
+            submission: None,
+            resubmit_of: None,
+        }
+    }
+}
+
 fn draft_ref(id: &str) -> FieldRef<'_> {
     FieldRef {
         table: "citizen_drafts",
@@ -573,6 +585,31 @@ fn same_origin(ctx: &TenantCtx, headers: &HeaderMap) -> bool {
         .is_some_and(|origin| origin.eq_ignore_ascii_case(&ctx.base_url))
 }
 
+/// Keeps what a page sent (for any page of the form it names) in `draft`, and sends
+/// the person to the form's first page with a notice (`?…&{why}=1`) of why.
+async fn restart(
+    ctx: &TenantCtx,
+    db: &deadpool_postgres::ClientWrapper,
+    form: &Published,
+    token: &str,
+    mut draft: Draft,
+    body: &FormData,
+    why: &str,
+) -> Result<Response, AppError> {
+    let public_id = &form.public_id;
+    for p in &form.def.pages {
+        draft.inputs.extend(page_inputs(p, &body.0));
+    }
+    if !save_draft(ctx, db, form, token, &draft).await? {
+        return Ok(see_other(&format!("/f/{public_id}")));
+    }
+    let first = visible_pages(&form.def, &draft.inputs)
+        .first()
+        .copied()
+        .unwrap_or(0);
+    Ok(see_other(&format!("/f/{public_id}?page={first}&{why}=1")))
+}
+
 pub async fn post_page(
     ctx: TenantCtx,
     Path(public_id): Path<String>,
@@ -603,23 +640,7 @@ pub async fn post_page(
         Posted::Renew => (random_token(32), true),
     };
     if renewed {
-        let mut draft = Draft {
-            id: Uuid::new_v4(),
-            inputs: Raw::new(),
-            submission: None,
-            resubmit_of: None,
-        };
-        for p in &def.pages {
-            draft.inputs.extend(page_inputs(p, &body.0));
-        }
-        if !save_draft(&ctx, &db, &form, &token, &draft).await? {
-            return Ok(see_other(&format!("/f/{public_id}")));
-        }
-        let first = visible_pages(def, &draft.inputs)
-            .first()
-            .copied()
-            .unwrap_or(0);
-        let back = see_other(&format!("/f/{public_id}?page={first}&expired=1"));
+        let back = restart(&ctx, &db, &form, &token, Draft::fresh(), &body, "expired").await?;
         return Ok(with_cookie(back, &ctx, &form, &token));
     }
     let page: usize = body
@@ -631,12 +652,7 @@ pub async fn post_page(
     let mut draft = match load_draft(&ctx, &db, form.id, &token).await? {
         Some(d) if d.submission.is_some() => return Ok(see_other(&format!("/f/{public_id}/done"))),
         Some(d) => d,
-        None => Draft {
-            id: Uuid::new_v4(),
-            inputs: Raw::new(),
-            submission: None,
-            resubmit_of: None,
-        },
+        None => Draft::fresh(),
     };
     // A page of an earlier version (a new one was published while this person filled
     // in the form): its number may now be another page's. What it sent that the new
@@ -647,17 +663,7 @@ pub async fn post_page(
         .parse::<i32>()
         .is_ok_and(|v| v != form.version)
     {
-        for p in &def.pages {
-            draft.inputs.extend(page_inputs(p, &body.0));
-        }
-        if !save_draft(&ctx, &db, &form, &token, &draft).await? {
-            return Ok(see_other(&format!("/f/{public_id}")));
-        }
-        let first = visible_pages(def, &draft.inputs)
-            .first()
-            .copied()
-            .unwrap_or(0);
-        return Ok(see_other(&format!("/f/{public_id}?page={first}&updated=1")));
+        return restart(&ctx, &db, &form, &token, draft, &body, "updated").await;
     }
     // This page's inputs replace what the draft held for them; nothing else is lost.
     let p = &def.pages[page];

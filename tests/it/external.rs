@@ -53,10 +53,14 @@ async fn a_tenants_whole_life_under_an_admin_role_that_is_not_a_superuser() {
     // another platform on the same cluster might): not this platform's to drop, and
     // its admin role may not. The drill and the erasure leave it alone.
     let foreign = format!("drill_{}", uuid::Uuid::new_v4().simple());
+    let stranger = unique("stranger_");
     let su = admin_client("postgres").await;
-    su.batch_execute(&format!("CREATE DATABASE {foreign}"))
-        .await
-        .unwrap();
+    for sql in [
+        format!("CREATE ROLE {stranger} NOLOGIN"),
+        format!("CREATE DATABASE {foreign} OWNER {stranger}"),
+    ] {
+        su.batch_execute(&sql).await.unwrap();
+    }
     let store = DirStore::new(env.state.path());
     backup::run(&env.platform, &store, &t)
         .await
@@ -135,7 +139,10 @@ async fn a_tenants_whole_life_under_an_admin_role_that_is_not_a_superuser() {
         .unwrap()
         .get(0);
     assert_eq!(left, 1, "another role's database was dropped");
-    su.batch_execute(&format!("DROP DATABASE {foreign}"))
-        .await
-        .unwrap();
+    for sql in [
+        format!("DROP DATABASE {foreign}"),
+        format!("DROP ROLE {stranger}"),
+    ] {
+        su.batch_execute(&sql).await.unwrap();
+    }
 }

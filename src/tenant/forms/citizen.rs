@@ -436,6 +436,21 @@ fn form_page(
     }
 }
 
+/// One page of `draft` with its errors (a correction's page says so).
+fn draft_page(
+    ctx: &TenantCtx,
+    form: &Published,
+    page: usize,
+    draft: &Draft,
+    errors: &[FieldError],
+    token: &str,
+) -> FormPage {
+    FormPage {
+        correction: draft.resubmit_of.is_some(),
+        ..form_page(ctx, form, page, &draft.inputs, errors, token)
+    }
+}
+
 fn with_cookie(mut resp: Response, ctx: &TenantCtx, form: &Published, token: &str) -> Response {
     let path = format!("/f/{}", form.public_id);
     let max_age = u64::try_from(DRAFT_HOURS).unwrap_or(24) * 3600;
@@ -626,8 +641,8 @@ pub async fn post_page(
     // draft (24 hours) while the page stayed open, as phone tabs do. This page's
     // answers are kept under a new token rather than lost with an error (unless it is
     // a correction, which must start again from the status page).
-    let (token, renewed) = match posted_token(&ctx, &db, &form, &headers, &body).await? {
-        Posted::Token(t) => (t, false),
+    let token = match posted_token(&ctx, &db, &form, &headers, &body).await? {
+        Posted::Token(t) => t,
         Posted::Renew if body.get("_correction") == "1" => {
             return Ok(notice(
                 &ctx,
@@ -637,12 +652,12 @@ pub async fn post_page(
                 "入力内容の保存期間（24時間）が過ぎました。申請内容の修正は、状況照会からもう一度お進みください。",
             ))
         }
-        Posted::Renew => (random_token(32), true),
+        Posted::Renew => {
+            let token = random_token(32);
+            let back = restart(&ctx, &db, &form, &token, Draft::fresh(), &body, "expired").await?;
+            return Ok(with_cookie(back, &ctx, &form, &token));
+        }
     };
-    if renewed {
-        let back = restart(&ctx, &db, &form, &token, Draft::fresh(), &body, "expired").await?;
-        return Ok(with_cookie(back, &ctx, &form, &token));
-    }
     let page: usize = body
         .get("_page")
         .parse()
@@ -710,10 +725,7 @@ pub async fn post_page(
     if !errors.is_empty() {
         return Ok(render(
             StatusCode::UNPROCESSABLE_ENTITY,
-            &FormPage {
-                correction: draft.resubmit_of.is_some(),
-                ..form_page(&ctx, &form, page, &draft.inputs, &errors, &token)
-            },
+            &draft_page(&ctx, &form, page, &draft, &errors, &token),
         ));
     }
     match pos.and_then(|i| visible.get(i + 1)) {
@@ -825,10 +837,7 @@ pub async fn confirm(
             let page = first_error_page(&form.def, &errors);
             Ok(render(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &FormPage {
-                    correction: draft.resubmit_of.is_some(),
-                    ..form_page(&ctx, &form, page, &draft.inputs, &errors, &token)
-                },
+                &draft_page(&ctx, &form, page, &draft, &errors, &token),
             ))
         }
     }
@@ -979,10 +988,7 @@ pub async fn submit(
             let page = first_error_page(&form.def, &errors);
             return Ok(render(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                &FormPage {
-                    correction: draft.resubmit_of.is_some(),
-                    ..form_page(&ctx, &form, page, &draft.inputs, &errors, &token)
-                },
+                &draft_page(&ctx, &form, page, &draft, &errors, &token),
             ));
         }
     };

@@ -195,23 +195,26 @@ impl Metrics {
     }
 
     pub fn observe(&self, tenant: &str, status: u16, elapsed: Duration) {
-        self.observe_as(tenant, status, &format!("{}xx", status / 100), elapsed);
+        self.observe_as(
+            tenant,
+            &format!("{}xx", status / 100),
+            status >= 500,
+            elapsed,
+        );
     }
 
     /// A suspended or provisioning tenant's maintenance page (503 by design, not a
     /// failure): counted under `status="maintenance"`, so that the error-rate alert
     /// and the console's error counts do not fire for a tenant suspended on purpose.
     pub fn observe_maintenance(&self, tenant: &str, elapsed: Duration) {
-        self.observe_as(tenant, 200, "maintenance", elapsed);
+        self.observe_as(tenant, "maintenance", false, elapsed);
     }
 
-    /// `status` is what the console's recent figures count (errors are 5xx).
-    fn observe_as(&self, tenant: &str, status: u16, class: &str, elapsed: Duration) {
-        let class = class.to_owned();
+    fn observe_as(&self, tenant: &str, class: &str, failed: bool, elapsed: Duration) {
         self.requests
             .get_or_create(&RequestLabels {
                 tenant: tenant.to_owned(),
-                status: class,
+                status: class.to_owned(),
             })
             .inc();
         self.latency
@@ -219,7 +222,7 @@ impl Metrics {
                 tenant: tenant.to_owned(),
             })
             .observe(elapsed.as_secs_f64());
-        self.recent.observe(tenant, status, elapsed);
+        self.recent.observe(tenant, failed, elapsed);
     }
 
     /// The OpenMetrics text exposition.

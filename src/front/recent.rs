@@ -43,11 +43,13 @@ fn epoch_now() -> u64 {
 }
 
 impl Recent {
-    pub fn observe(&self, tenant: &str, status: u16, elapsed: Duration) {
-        self.observe_at(epoch_now(), tenant, status, elapsed);
+    /// One answer: whether it was a failure (a 5xx other than a maintenance page),
+    /// and how long it took.
+    pub fn observe(&self, tenant: &str, failed: bool, elapsed: Duration) {
+        self.observe_at(epoch_now(), tenant, failed, elapsed);
     }
 
-    fn observe_at(&self, epoch: u64, tenant: &str, status: u16, elapsed: Duration) {
+    fn observe_at(&self, epoch: u64, tenant: &str, failed: bool, elapsed: Duration) {
         let ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
         let b = BOUNDS_MS
             .iter()
@@ -68,7 +70,7 @@ impl Recent {
             };
         }
         slot.count += 1;
-        slot.errors += u64::from(status >= 500);
+        slot.errors += u64::from(failed);
         slot.buckets[b] += 1;
     }
 
@@ -132,16 +134,16 @@ mod tests {
                 1 | 2 => (503, 3),
                 _ => (200, 3),
             };
-            r.observe_at(100 + i / 100, "a", status, Duration::from_millis(ms));
+            r.observe_at(100 + i / 100, "a", status >= 500, Duration::from_millis(ms));
         }
         let s = r.summary_at(105, "a");
         assert!((s.requests_per_sec - 10.0).abs() < 1e-9, "{s:?}");
         assert!((s.error_rate - 0.02).abs() < 1e-9, "{s:?}");
         assert_eq!(s.p99, Some(Duration::from_millis(5)));
         // With 2 % slow, the p99 is in the slow bucket.
-        r.observe_at(105, "a", 200, Duration::from_millis(800));
+        r.observe_at(105, "a", false, Duration::from_millis(800));
         for _ in 0..10 {
-            r.observe_at(105, "a", 200, Duration::from_millis(800));
+            r.observe_at(105, "a", false, Duration::from_millis(800));
         }
         assert_eq!(
             r.summary_at(105, "a").p99,

@@ -53,6 +53,36 @@ pub fn set_cookie(
     HeaderValue::from_str(&s).unwrap_or_else(|_| HeaderValue::from_static("invalid=; Max-Age=0"))
 }
 
+/// Rewrites the `SameSite=Lax; Secure` cookies [`set_cookie`] made to
+/// `SameSite=None; Secure; Partitioned`, for a form shown in a frame on the
+/// municipality's own site (another site than the form's): a `Lax` cookie is neither
+/// stored nor sent in a frame of another site, so every 次へ started afresh.
+/// Partitioned cookies are kept apart for each site the form is framed in, never
+/// shared between sites; over plain HTTP (no `Secure`) cookies stay as they are. The
+/// form's token in each page still guards against requests made by another site.
+pub fn embeddable_cookies(headers: &mut axum::http::HeaderMap) {
+    use axum::http::{header::SET_COOKIE, HeaderValue};
+    let cookies: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().cloned().collect();
+    if cookies.is_empty() {
+        return;
+    }
+    headers.remove(SET_COOKIE);
+    for c in cookies {
+        let changed = c
+            .to_str()
+            .ok()
+            .filter(|s| s.contains("; SameSite=Lax") && s.contains("; Secure"))
+            .map(|s| {
+                format!(
+                    "{}; Partitioned",
+                    s.replace("; SameSite=Lax", "; SameSite=None")
+                )
+            })
+            .and_then(|s| HeaderValue::from_str(&s).ok());
+        headers.append(SET_COOKIE, changed.unwrap_or(c));
+    }
+}
+
 /// 303 See Other to `to`, with extra headers.
 /// A date typed or sent as `YYYY-MM-DD`, in years 1 to 9999 only: a year such as
 /// `-9999` parses, but its midnight in JST cannot be sent to PostgreSQL as UTC.
@@ -132,5 +162,37 @@ impl<S: Send + Sync> FromRequest<S> for FormData {
             raw.entry(k.into_owned()).or_default().push(v.into_owned());
         }
         Ok(Self(raw))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cookies_of_an_embeddable_form_can_live_in_a_frame_over_https() {
+        use axum::http::{header::SET_COOKIE, HeaderMap, HeaderValue};
+        let mut h = HeaderMap::new();
+        h.append(
+            SET_COOKIE,
+            HeaderValue::from_static(
+                "md_f_x=t; Path=/f/x; HttpOnly; SameSite=Lax; Max-Age=86400; Secure",
+            ),
+        );
+        h.append(
+            SET_COOKIE,
+            HeaderValue::from_static("plain=t; Path=/; HttpOnly; SameSite=Lax"),
+        );
+        super::embeddable_cookies(&mut h);
+        let got: Vec<&str> = h
+            .get_all(SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "md_f_x=t; Path=/f/x; HttpOnly; SameSite=None; Max-Age=86400; Secure; Partitioned",
+                "plain=t; Path=/; HttpOnly; SameSite=Lax"
+            ]
+        );
     }
 }

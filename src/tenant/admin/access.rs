@@ -100,7 +100,7 @@ pub async fn embed_headers(req: Request, next: Next) -> Response {
         let origins = embed_origins(&ctx).await;
         if !origins.is_empty() && !form {
             if ctx.secure_cookies {
-                embeddable_cookies(resp.headers_mut());
+                crate::tenant::http::embeddable_cookies(resp.headers_mut());
             }
         } else if !origins.is_empty() {
             let csp = format!(
@@ -112,41 +112,11 @@ pub async fn embed_headers(req: Request, next: Next) -> Response {
                     .insert(axum::http::header::CONTENT_SECURITY_POLICY, v);
             }
             if ctx.secure_cookies {
-                embeddable_cookies(resp.headers_mut());
+                crate::tenant::http::embeddable_cookies(resp.headers_mut());
             }
         }
     }
     resp
-}
-
-/// A form shown in a frame on the municipality's own site (another site than the
-/// form's) keeps what was typed in a cookie the browser stores and sends there: a
-/// `SameSite=Lax` cookie is neither stored nor sent in a frame of another site, so
-/// every 次へ started afresh. `SameSite=None` with `Partitioned` (kept apart for each
-/// site the form is framed in, never shared between sites) and `Secure` (HTTPS only;
-/// over plain HTTP the cookies stay as they are). The form's token in each page
-/// still guards against requests made by another site.
-fn embeddable_cookies(headers: &mut axum::http::HeaderMap) {
-    use axum::http::{header::SET_COOKIE, HeaderValue};
-    let cookies: Vec<HeaderValue> = headers.get_all(SET_COOKIE).iter().cloned().collect();
-    if cookies.is_empty() {
-        return;
-    }
-    headers.remove(SET_COOKIE);
-    for c in cookies {
-        let changed = c
-            .to_str()
-            .ok()
-            .filter(|s| s.contains("; SameSite=Lax") && s.contains("; Secure"))
-            .map(|s| {
-                format!(
-                    "{}; Partitioned",
-                    s.replace("; SameSite=Lax", "; SameSite=None")
-                )
-            })
-            .and_then(|s| HeaderValue::from_str(&s).ok());
-        headers.append(SET_COOKIE, changed.unwrap_or(c));
-    }
 }
 
 impl Access {
@@ -373,36 +343,4 @@ pub async fn save(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
         }
     }
     Ok(see_other("/admin/access"))
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cookies_of_an_embeddable_form_can_live_in_a_frame_over_https() {
-        use axum::http::{header::SET_COOKIE, HeaderMap, HeaderValue};
-        let mut h = HeaderMap::new();
-        h.append(
-            SET_COOKIE,
-            HeaderValue::from_static(
-                "md_f_x=t; Path=/f/x; HttpOnly; SameSite=Lax; Max-Age=86400; Secure",
-            ),
-        );
-        h.append(
-            SET_COOKIE,
-            HeaderValue::from_static("plain=t; Path=/; HttpOnly; SameSite=Lax"),
-        );
-        super::embeddable_cookies(&mut h);
-        let got: Vec<&str> = h
-            .get_all(SET_COOKIE)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        assert_eq!(
-            got,
-            [
-                "md_f_x=t; Path=/f/x; HttpOnly; SameSite=None; Max-Age=86400; Secure; Partitioned",
-                "plain=t; Path=/; HttpOnly; SameSite=Lax"
-            ]
-        );
-    }
 }

@@ -178,8 +178,7 @@ impl TenantCeiling {
                     .wait_time_from(governor::clock::Clock::now(
                         &governor::clock::DefaultClock::default(),
                     ))
-                    .as_secs()
-                    .max(1);
+                    .as_secs();
                 Err(Box::new(too_many(GovernorError::TooManyRequests {
                     wait_time: wait,
                     headers: None,
@@ -196,9 +195,13 @@ impl TenantCeiling {
     }
 }
 
+/// The 429 page. `wait_time` is the whole seconds of the wait, rounded down (as
+/// tower-governor gives it); the page and `Retry-After` say one more, so a client
+/// that waits as told is not refused again.
 fn too_many(e: GovernorError) -> Response<Body> {
     match e {
         GovernorError::TooManyRequests { wait_time, .. } => {
+            let wait_time = wait_time.saturating_add(1);
             let mut r = ErrorPage::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "操作の回数が多すぎます",
@@ -206,7 +209,7 @@ fn too_many(e: GovernorError) -> Response<Body> {
                 &format!("短い時間に多くの操作が行われました。{wait_time}秒ほど待ってから、もう一度お試しください。"),
             )
             .into_response();
-            if let Ok(v) = HeaderValue::from_str(&wait_time.max(1).to_string()) {
+            if let Ok(v) = HeaderValue::from_str(&wait_time.to_string()) {
                 r.headers_mut().insert(header::RETRY_AFTER, v);
             }
             r

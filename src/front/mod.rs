@@ -3,6 +3,7 @@
 //! nothing else.
 
 pub mod conn;
+pub mod kept;
 pub mod limits;
 pub mod mail;
 pub mod metrics;
@@ -283,11 +284,23 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
     let started = Instant::now();
     // The tenant's ceiling comes before any other work, the database included.
     if let Err(r) = app.ceiling.check(&route.id) {
+        // A citizen's page is refused with what was typed (its body read for that).
+        let resend = if kept::Resend::wanted(&req) {
+            let (req, body) = read_body_first(req).await;
+            kept::Resend::of(&req, body.as_ref())
+        } else {
+            None
+        };
         app.ceiling.hold_refusal().await;
         app.metrics
             .observe(&route.slug, r.status().as_u16(), started.elapsed());
-        return *r;
+        return match resend {
+            Some(k) => k.refused(*r, &route.name),
+            None => *r,
+        };
     }
+    // A citizen's page or submit, to offer again if it is refused below.
+    let mut resend = None;
     let resp = match route.state {
         TenantState::Active => match app.pools.runtime(route.id).await {
             Ok(rt) => 'run: {
@@ -295,7 +308,8 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                 // at one municipality queues here, cheaply, instead of on the CPU.
                 // The body is read before taking a turn: a client trickling its
                 // body must not hold one of the tenant's few turns while it does.
-                let mut req = read_body_first(req).await;
+                let (mut req, body) = read_body_first(req).await;
+                resend = kept::Resend::of(&req, body.as_ref());
                 let Some(_turn) = rt.turn(app.pools.settings().wait).await else {
                     break 'run crate::error::AppError::Unavailable {
                         retry_after_secs: 1,
@@ -362,7 +376,10 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
     };
     app.metrics
         .observe(&route.slug, resp.status().as_u16(), started.elapsed());
-    resp
+    match resend {
+        Some(k) => k.refused(resp, &route.name),
+        None => resp,
+    }
 }
 
 /// Warns when the cluster accepts fewer connections than the tenant pools' budget
@@ -394,13 +411,14 @@ async fn warn_if_cluster_too_small(p: &Platform) {
 }
 
 /// Reads a request's body into memory, up to the largest body any tenant route
-/// takes. A larger body is passed on as it comes (what was read, then the rest), for
-/// the route's own limit to refuse with its own page.
-async fn read_body_first(req: Request) -> Request {
+/// takes, and returns it beside the request when it was read whole. A larger body is
+/// passed on as it comes (what was read, then the rest), for the route's own limit to
+/// refuse with its own page.
+async fn read_body_first(req: Request) -> (Request, Option<axum::body::Bytes>) {
     use axum::body::{Body, Bytes};
     use futures::StreamExt;
     if axum::body::HttpBody::size_hint(req.body()).exact() == Some(0) {
-        return req;
+        return (req, Some(Bytes::new()));
     }
     let (parts, body) = req.into_parts();
     let mut stream = body.into_data_stream();
@@ -411,16 +429,21 @@ async fn read_body_first(req: Request) -> Request {
                 read.extend_from_slice(&c);
                 if read.len() > crate::tenant::http::MAX_FORM_BODY {
                     let head = futures::stream::once(async move { Ok(Bytes::from(read)) });
-                    return Request::from_parts(parts, Body::from_stream(head.chain(stream)));
+                    let rest = Body::from_stream(head.chain(stream));
+                    return (Request::from_parts(parts, rest), None);
                 }
             }
             Err(e) => {
                 let failed = futures::stream::once(async move { Err::<Bytes, _>(e) });
-                return Request::from_parts(parts, Body::from_stream(failed));
+                return (Request::from_parts(parts, Body::from_stream(failed)), None);
             }
         }
     }
-    Request::from_parts(parts, Body::from(read))
+    let read = Bytes::from(read);
+    (
+        Request::from_parts(parts, Body::from(read.clone())),
+        Some(read),
+    )
 }
 
 /// How long a request may take until its response starts (a streamed export then

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{get_with_host, publish_sample as publish, unique, TestEnv};
+use crate::forms::{browser, capture, get, post};
+use crate::harness::{get_with_host, publish_sample as publish, unique, url, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn form_posts_are_limited_per_tenant_and_client_before_anything_else() {
@@ -35,12 +36,138 @@ async fn form_posts_are_limited_per_tenant_and_client_before_anything_else() {
     let r = post(&a.hosts[0], &format!("{pa}/submit")).await.unwrap();
     assert_eq!(r.status(), 429, "the final submit shares the quota");
     assert!(r.headers().get("retry-after").is_some());
-    assert!(r.text().await.unwrap().contains("操作の回数が多すぎます"));
+    // A form POST is refused with the fields it carried, to send again.
+    let refused = r.text().await.unwrap();
+    assert!(
+        refused.contains("短い時間に多くの操作が行われたため"),
+        "{refused}"
+    );
+    assert!(refused.contains(r#"name="_nav" value="next""#), "{refused}");
     // Another municipality is counted separately.
     assert_ne!(post(&b.hosts[0], &pb).await.unwrap().status(), 429);
     // Reading the form is not limited.
     assert_eq!(get_with_host(&server, &a.hosts[0], &pa).await.0, 200);
     server.shutdown().await;
+}
+
+/// A citizen's page turned away by a limit comes back with what was typed, as a page
+/// that sends it again with one press; the application then goes on as if the first
+/// press had been taken.
+async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
+    let t = env.tenant(&unique("kp"), "千代田区", "131016").await;
+    let public = publish(&env, &t).await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let c = browser(&server, &[host]);
+    let u = |p: &str| url(&server, host, p);
+    let (_, _, page) = get(&c, &u(&public)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let typed = [
+        ("_token", token.as_str()),
+        ("_page", "0"),
+        ("_nav", "next"),
+        ("name.family", "葛\u{E0100}西"),
+        ("name.given", "花子"),
+        ("name.family_kana", "かさい"),
+        ("name.given_kana", "はなこ"),
+        ("email", "hanako.kasai@example.jp"),
+        ("address.postal", "1000001"),
+        ("address.address1", "東京都千代田区千代田1-1"),
+        ("address.address2", "架空ハイツ101"),
+        ("phone", "03-1234-5678"),
+    ];
+    // Sent at once, again and again, until the limit turns one away (each one
+    // taken only saves the same page again).
+    let mut refused = None;
+    for _ in 0..50 {
+        let (status, _, body) = post(&c, &u(&public), &typed).await;
+        if status == 429 {
+            refused = Some(body);
+            break;
+        }
+        assert_eq!(status, 303, "{body}");
+    }
+    let refused = refused.unwrap_or_else(|| panic!("no page was turned away"));
+    assert!(
+        refused.contains("入力した内容は消えていません"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!(r#"<form method="post" action="{public}">"#)),
+        "{refused}"
+    );
+    let wait: u64 = capture(r"(\d+)秒ほど待ってから", &refused).parse().unwrap();
+    // What the page would send: its hidden fields, in order.
+    let fields: Vec<(String, String)> =
+        regex::Regex::new(r#"<input type="hidden" name="([^"]*)" value="([^"]*)">"#)
+            .unwrap()
+            .captures_iter(&refused)
+            .map(|m| (m[1].to_owned(), m[2].to_owned()))
+            .collect();
+    let expected: Vec<(String, String)> = typed
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(fields, expected);
+    // Pressed once the wait it names has passed: it is taken (the wait is not
+    // rounded down).
+    let sent: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    let (status, loc, body) = post(&c, &u(&public), &sent).await;
+    assert_eq!(status, 303, "{body}");
+    assert!(loc.ends_with("?page=1"), "{loc}");
+    // The page was saved as typed: the next page follows, and its answers are shown
+    // back on the confirmation step (after the limit has room for two more requests).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (status, loc, body) = post(
+        &c,
+        &u(&public),
+        &[
+            ("_token", &token),
+            ("_page", "1"),
+            ("_nav", "next"),
+            ("items", "ソファ"),
+            ("count", "1"),
+            ("date", "2031-07-19"),
+            ("place", "玄関前"),
+            ("consent", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, confirm) = get(&c, &u(&loc)).await;
+    assert!(
+        confirm.contains("葛\u{E0100}西\u{3000}花子（カサイ\u{3000}ハナコ）"),
+        "{confirm}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_over_the_clients_limit_keeps_what_was_typed() {
+    a_refused_page_is_sent_again_as_typed(
+        TestEnv::with(|s| {
+            s.limits.submit_per_minute = 30;
+            s.limits.submit_burst = 2;
+        })
+        .await,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_over_the_municipalitys_ceiling_keeps_what_was_typed() {
+    a_refused_page_is_sent_again_as_typed(
+        TestEnv::with(|s| {
+            s.limits.tenant_per_second = 2;
+            s.limits.ceiling_delay = Duration::from_millis(20);
+        })
+        .await,
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -798,3 +798,55 @@ async fn a_form_framed_on_the_citys_own_site_keeps_what_is_typed() {
     drop(stop);
     server.shutdown().await;
 }
+
+/// A page turned away by the rate limit comes back with what was typed (a textarea's
+/// lines and a variant selector included) on a page that sends it again with one
+/// press; the confirmation step then shows it as typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_refused_at_a_peak_is_sent_again_with_one_press() {
+    let env = TestEnv::with(|s| {
+        s.limits.submit_per_minute = 12;
+        s.limits.submit_burst = 1;
+    })
+    .await;
+    let form = r#"{ "format": "madoguchi.form/1", "title": "意見募集",
+      "pages": [ { "id": "p1", "fields": [
+        { "id": "who", "type": "text", "label": "お名前", "required": true },
+        { "id": "memo", "type": "textarea", "label": "ご意見", "required": true } ] } ] }"#;
+    let (public, server, base) = one_form_site(&env, "kept", form).await;
+    let host = base.trim_start_matches("http://").to_owned();
+    let driver = Driver::start();
+    let c = driver.session(true).await;
+    c.goto(&format!("{base}{public}")).await.unwrap();
+    fill(&c, "#f-who", "葛\u{E0100}西 花子").await;
+    fill(&c, "#f-memo", "一行目\n二行目").await;
+    // Another POST from this address just before takes the one the limit allows.
+    let r = reqwest::Client::new()
+        .post(format!("http://{}{public}", server.bound.public))
+        .header("host", &host)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("_page=0")
+        .send()
+        .await
+        .unwrap();
+    assert_ne!(r.status(), 429);
+    click(&c, "button.primary").await;
+    let page = body(&c).await;
+    assert!(page.contains("入力した内容は消えていません"), "{page}");
+    check_page(&c, "kept-refused").await;
+    let wait: u64 = regex::Regex::new(r"(\d+)秒ほど待ってから")
+        .unwrap()
+        .captures(&page)
+        .unwrap_or_else(|| panic!("no wait in {page}"))[1]
+        .parse()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    click(&c, "button.primary").await;
+    let page = body(&c).await;
+    assert!(page.contains("入力内容の確認"), "{page}");
+    assert!(page.contains("葛\u{E0100}西 花子"), "{page}");
+    let memo = text(&c, "main").await;
+    assert!(memo.contains("一行目\n二行目"), "{memo}");
+    c.close().await.unwrap();
+    server.shutdown().await;
+}

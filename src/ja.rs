@@ -93,6 +93,16 @@ pub fn phone_digits(v: &str) -> String {
     }
 }
 
+/// A postal code as typed, reduced to what is checked: NFKC, and the mark 〒,
+/// hyphens (the 長音 a phone's kana keyboard offers included) and spaces dropped.
+/// Anything else is kept, so that a caller can refuse it.
+pub fn postal_digits(v: &str) -> String {
+    nfkc(v)
+        .chars()
+        .filter(|c| !matches!(c, '-' | ' ' | '〒' | '‐' | 'ー' | '−'))
+        .collect()
+}
+
 /// Characters as a person counts them: variation selectors (IVS, U+FE00–FE0F,
 /// U+E0100–E01EF) and zero-width joiners do not count.
 pub fn char_count(s: &str) -> usize {

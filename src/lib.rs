@@ -12,5 +12,6 @@ pub mod front;
 pub mod ja;
 pub mod ops;
 pub mod platform;
+pub mod postal;
 pub mod tenant;
 pub mod web;

@@ -106,6 +106,7 @@ pub fn public_router(app: AppState) -> Router {
         .route("/static/app.css", get(crate::web::stylesheet))
         .route("/static/forms.js", get(crate::web::forms_js))
         .route("/static/admin.js", get(crate::web::admin_js))
+        .route("/postal/{code}", get(crate::postal::show))
         .fallback_service(tenant)
         .layer(middleware::from_fn(request_timeout))
         .layer(middleware::from_fn(header_limit))
@@ -531,11 +532,26 @@ fn request_host(req: &Request) -> Result<Option<(String, String)>, ()> {
     }
 }
 
-/// The path as logged: secrets that travel in a path (setup tokens) are cut off.
+/// The path as logged: secrets that travel in a path (setup tokens) and a citizen's
+/// postal code (part of an address) are cut off.
 pub fn loggable_path(path: &str) -> String {
-    match path.strip_prefix("/admin/setup/") {
-        Some(_) => "/admin/setup/…".to_owned(),
-        None => path.chars().take(200).collect(),
+    for cut in ["/admin/setup/", "/postal/"] {
+        if path.starts_with(cut) {
+            return format!("{cut}…");
+        }
+    }
+    path.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paths_are_logged_without_tokens_or_postal_codes() {
+        use super::loggable_path as logged;
+        assert_eq!(logged("/admin/setup/Zm9vYmFy"), "/admin/setup/…");
+        assert_eq!(logged("/postal/0600042"), "/postal/…");
+        assert_eq!(logged("/f/abc/confirm"), "/f/abc/confirm");
+        assert_eq!(logged(&"/f/".repeat(100)).chars().count(), 200);
     }
 }
 

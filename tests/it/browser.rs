@@ -850,3 +850,60 @@ async fn a_page_refused_at_a_peak_is_sent_again_with_one_press() {
     c.close().await.unwrap();
     server.shutdown().await;
 }
+
+/// 郵便番号 → 住所 on a phone: seven digits typed (full-width here) fill the empty
+/// address line and say so; an address line the person has written is not replaced,
+/// only the code's place is said; the page goes on with what is in the boxes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postal_code_fills_the_address_line() {
+    let env = TestEnv::new().await;
+    let form = r#"{ "format": "madoguchi.form/1", "title": "転入届の予約",
+      "pages": [ { "id": "p1", "fields": [
+        { "id": "home", "type": "address", "label": "新しい住所", "required": true } ] } ] }"#;
+    let (public, server, base) = one_form_site(&env, "postal", form).await;
+    let driver = Driver::start();
+    let c = driver.session(true).await;
+    c.goto(&format!("{base}{public}")).await.unwrap();
+    let line_value = "return document.getElementById('f-home-address1').value;";
+    let said = "return document.getElementById('postal-home').textContent;";
+    let wait_for = |script: &'static str, want: &'static str| {
+        let c = c.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let got = c.execute(script, vec![]).await.unwrap();
+                if got.as_str().is_some_and(|s| s.contains(want)) {
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{script}: {got} lacks {want}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    fill(&c, "#f-home-postal", "０６０－００４２").await;
+    wait_for(line_value, "北海道札幌市中央区大通西").await;
+    wait_for(said, "続けて番地を入力してください").await;
+    check_page(&c, "postal-filled").await;
+    // The person writes the rest; another code then does not replace the line.
+    c.find(Locator::Css("#f-home-address1"))
+        .await
+        .unwrap()
+        .send_keys("1丁目")
+        .await
+        .unwrap();
+    fill(&c, "#f-home-postal", "1000001").await;
+    wait_for(
+        said,
+        "郵便番号 1000001 の住所は「東京都千代田区千代田」です",
+    )
+    .await;
+    let line = c.execute(line_value, vec![]).await.unwrap();
+    assert_eq!(line, "北海道札幌市中央区大通西1丁目");
+    click(&c, "button.primary").await;
+    let page = body(&c).await;
+    assert!(page.contains("入力内容の確認"), "{page}");
+    assert!(page.contains("〒100-0001"), "{page}");
+    assert!(page.contains("北海道札幌市中央区大通西1丁目"), "{page}");
+    c.close().await.unwrap();
+    server.shutdown().await;
+}

@@ -269,3 +269,46 @@ async fn health_metrics_and_request_ids() {
     );
     server.shutdown().await;
 }
+
+/// 郵便番号 → 住所 for the citizens' forms: the same for every municipality, found as
+/// typed (full-width, with 〒 and a hyphen), and refused with a message otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postal_codes_are_looked_up_for_every_municipality() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("pc"), "札幌市", "011002").await;
+    let server = env.serve().await;
+    let json = |body: &str| -> serde_json::Value {
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+    };
+    let (status, body) = get_with_host(&server, &t.hosts[0], "/postal/0600042").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        json(&body),
+        serde_json::json!({ "postal_code": "0600042", "prefecture": "北海道",
+                            "city": "札幌市中央区", "town": "大通西" })
+    );
+    let typed = "/postal/%E3%80%92%EF%BC%91%EF%BC%90%EF%BC%90-%EF%BC%90%EF%BC%90%EF%BC%90%EF%BC%91";
+    let (status, body) = get_with_host(&server, &t.hosts[0], typed).await;
+    assert_eq!(
+        (status, json(&body)["city"].clone()),
+        (200, "千代田区".into())
+    );
+    let (status, body) = get_with_host(&server, &t.hosts[0], "/postal/0000000").await;
+    assert_eq!(status, 404);
+    assert!(json(&body)["error"]
+        .as_str()
+        .unwrap()
+        .contains("見つかりません"));
+    let (status, body) = get_with_host(&server, &t.hosts[0], "/postal/12345").await;
+    assert_eq!(status, 400);
+    assert!(json(&body)["error"].as_str().unwrap().contains("7桁"));
+    let r = reqwest::Client::new()
+        .get(format!("http://{}/postal/0600042", server.bound.public))
+        .header("host", &t.hosts[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "public, max-age=86400");
+    assert_eq!(r.headers()["x-content-type-options"], "nosniff");
+    server.shutdown().await;
+}

@@ -562,10 +562,7 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
                 format!("{}.address1", f.id),
                 format!("{}.address2", f.id),
             );
-            let pc: String = ja::nfkc(&first(raw, &pc_name))
-                .chars()
-                .filter(|c| !matches!(c, '-' | ' ' | '〒' | '‐' | 'ー' | '−'))
-                .collect();
+            let pc = ja::postal_digits(&first(raw, &pc_name));
             let a1 = first(raw, &a1_name);
             let a2 = first(raw, &a2_name);
             if pc.is_empty() && a1.is_empty() && a2.is_empty() {

@@ -105,3 +105,37 @@ window.addEventListener("pageshow", function (ev) {
     if (button) button.disabled = false;
   });
 });
+
+// 郵便番号 → 住所: seven digits typed in an address's postal code fill its empty
+// address line with the prefecture, city and town (Japan Post's data, from
+// /postal/NNNNNNN), said aloud by the line under it; what the person typed there
+// is never replaced. Without this script the address is typed as usual.
+document.querySelectorAll("form.citizen-form input[autocomplete=postal-code]").forEach(function (postal) {
+  var id = postal.name.slice(0, -".postal".length);
+  var line = postal.form.elements[id + ".address1"];
+  var said = document.getElementById("postal-" + id);
+  if (!line || !said) return;
+  var asked = "", filled = "";
+  function look() {
+    // As the server reads it (src/ja.rs postal_digits): NFKC, 〒 hyphens and spaces dropped.
+    var d = postal.value.normalize("NFKC").replace(/[-\s〒‐ー−]/g, "");
+    if (!/^[0-9]{7}$/.test(d) || d === asked) return;
+    asked = d;
+    fetch("/postal/" + d, { credentials: "omit" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (p) {
+        if (!p || asked !== d) return;
+        var place = p.prefecture + p.city + p.town;
+        if (line.value.trim() === "" || line.value === filled) {
+          line.value = place;
+          filled = place;
+          said.textContent = "住所に「" + place + "」を入れました。続けて番地を入力してください。";
+        } else if (line.value.indexOf(place) !== 0) {
+          said.textContent = "郵便番号 " + d + " の住所は「" + place + "」です。";
+        }
+      })
+      .catch(function () {});
+  }
+  postal.addEventListener("input", look);
+  postal.addEventListener("change", look);
+});

@@ -303,66 +303,69 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
     // A citizen's page or submit, to offer again if it is refused below.
     let mut resend = None;
     let resp = match route.state {
-        TenantState::Active => match app.pools.runtime(route.id).await {
-            Ok(rt) => 'run: {
-                // One tenant's requests take turns beyond a few at once, so a flood
-                // at one municipality queues here, cheaply, instead of on the CPU.
-                // The body is read before taking a turn: a client trickling its
-                // body must not hold one of the tenant's few turns while it does.
-                let (mut req, body) = read_body_first(req).await;
-                resend = kept::Resend::of(&req, body.as_ref());
-                let Some(_turn) = rt.turn(app.pools.settings().wait).await else {
-                    break 'run crate::error::AppError::Unavailable {
-                        retry_after_secs: 1,
+        TenantState::Active => {
+            // The body is read first: before taking a turn (a client trickling its
+            // body must not hold one of the tenant's few turns while it does), and
+            // for a citizen's page to be offered again if it is refused below.
+            let (mut req, body) = read_body_first(req).await;
+            resend = kept::Resend::of(&req, body.as_ref());
+            match app.pools.runtime(route.id).await {
+                Ok(rt) => 'run: {
+                    // One tenant's requests take turns beyond a few at once, so a flood
+                    // at one municipality queues here, cheaply, instead of on the CPU.
+                    let Some(_turn) = rt.turn(app.pools.settings().wait).await else {
+                        break 'run crate::error::AppError::Unavailable {
+                            retry_after_secs: 1,
+                        }
+                        .into_response();
+                    };
+                    let https = req
+                        .extensions()
+                        .get::<conn::Transport>()
+                        .is_some_and(|t| t.https);
+                    let base_url = format!(
+                        "{}://{}",
+                        if https { "https" } else { "http" },
+                        host.as_ref().map_or("", |(_, raw)| raw.as_str())
+                    );
+                    let mut ctx = TenantCtx::new(
+                        route.id,
+                        Arc::clone(&route.slug),
+                        Arc::clone(&route.name),
+                        base_url,
+                        https,
+                        rt.pool.clone(),
+                        app.pools.settings().wait,
+                        Arc::clone(&rt.cipher),
+                        Arc::clone(&app.mail),
+                    );
+                    ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
+                    ctx.zone = req
+                        .extensions()
+                        .get::<conn::Transport>()
+                        .map_or(conn::Zone::Internet, |t| t.zone);
+                    req.extensions_mut().insert(ctx);
+                    let (resp, trouble) = crate::error::DB_TROUBLE
+                        .scope(std::cell::Cell::new(false), async {
+                            let resp = next.run(req).await;
+                            (resp, crate::error::DB_TROUBLE.with(std::cell::Cell::get))
+                        })
+                        .await;
+                    if trouble {
+                        tracing::warn!("closing the tenant's pool after a database failure");
+                        app.pools.reset(&route.id);
                     }
-                    .into_response();
-                };
-                let https = req
-                    .extensions()
-                    .get::<conn::Transport>()
-                    .is_some_and(|t| t.https);
-                let base_url = format!(
-                    "{}://{}",
-                    if https { "https" } else { "http" },
-                    host.as_ref().map_or("", |(_, raw)| raw.as_str())
-                );
-                let mut ctx = TenantCtx::new(
-                    route.id,
-                    Arc::clone(&route.slug),
-                    Arc::clone(&route.name),
-                    base_url,
-                    https,
-                    rt.pool.clone(),
-                    app.pools.settings().wait,
-                    Arc::clone(&rt.cipher),
-                    Arc::clone(&app.mail),
-                );
-                ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
-                ctx.zone = req
-                    .extensions()
-                    .get::<conn::Transport>()
-                    .map_or(conn::Zone::Internet, |t| t.zone);
-                req.extensions_mut().insert(ctx);
-                let (resp, trouble) = crate::error::DB_TROUBLE
-                    .scope(std::cell::Cell::new(false), async {
-                        let resp = next.run(req).await;
-                        (resp, crate::error::DB_TROUBLE.with(std::cell::Cell::get))
-                    })
-                    .await;
-                if trouble {
-                    tracing::warn!("closing the tenant's pool after a database failure");
-                    app.pools.reset(&route.id);
+                    resp
                 }
-                resp
-            }
-            Err(e) => {
-                tracing::error!(error = format!("{e:#}"), "tenant runtime unavailable");
-                crate::error::AppError::Unavailable {
-                    retry_after_secs: 5,
+                Err(e) => {
+                    tracing::error!(error = format!("{e:#}"), "tenant runtime unavailable");
+                    crate::error::AppError::Unavailable {
+                        retry_after_secs: 5,
+                    }
+                    .into_response()
                 }
-                .into_response()
             }
-        },
+        }
         TenantState::Suspended | TenantState::Provisioning => {
             let mut r = ErrorPage::maintenance(&route.name).into_response();
             r.headers_mut()

@@ -50,6 +50,49 @@ async fn form_posts_are_limited_per_tenant_and_client_before_anything_else() {
     server.shutdown().await;
 }
 
+/// The sample form's first page as a citizen types it.
+fn first_page(token: &str) -> Vec<(&str, &str)> {
+    vec![
+        ("_token", token),
+        ("_page", "0"),
+        ("_nav", "next"),
+        ("name.family", "葛\u{E0100}西"),
+        ("name.given", "花子"),
+        ("name.family_kana", "かさい"),
+        ("name.given_kana", "はなこ"),
+        ("email", "hanako.kasai@example.jp"),
+        ("address.postal", "1000001"),
+        ("address.address1", "東京都千代田区千代田1-1"),
+        ("address.address2", "架空ハイツ101"),
+        ("phone", "03-1234-5678"),
+    ]
+}
+
+/// What a refusal that kept the page `typed` (sent to `public`) would send again:
+/// its hidden fields, in order, checked to be exactly what was typed.
+fn kept_fields(refused: &str, public: &str, typed: &[(&str, &str)]) -> Vec<(String, String)> {
+    assert!(
+        refused.contains("入力した内容は消えていません"),
+        "{refused}"
+    );
+    assert!(
+        refused.contains(&format!(r#"<form method="post" action="{public}">"#)),
+        "{refused}"
+    );
+    let fields: Vec<(String, String)> =
+        regex::Regex::new(r#"<input type="hidden" name="([^"]*)" value="([^"]*)">"#)
+            .unwrap()
+            .captures_iter(refused)
+            .map(|m| (m[1].to_owned(), m[2].to_owned()))
+            .collect();
+    let expected: Vec<(String, String)> = typed
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    assert_eq!(fields, expected);
+    fields
+}
+
 /// A citizen's page turned away by a limit comes back with what was typed, as a page
 /// that sends it again with one press; the application then goes on as if the first
 /// press had been taken.
@@ -62,20 +105,7 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
     let u = |p: &str| url(&server, host, p);
     let (_, _, page) = get(&c, &u(&public)).await;
     let token = capture(r#"name="_token" value="([^"]+)""#, &page);
-    let typed = [
-        ("_token", token.as_str()),
-        ("_page", "0"),
-        ("_nav", "next"),
-        ("name.family", "葛\u{E0100}西"),
-        ("name.given", "花子"),
-        ("name.family_kana", "かさい"),
-        ("name.given_kana", "はなこ"),
-        ("email", "hanako.kasai@example.jp"),
-        ("address.postal", "1000001"),
-        ("address.address1", "東京都千代田区千代田1-1"),
-        ("address.address2", "架空ハイツ101"),
-        ("phone", "03-1234-5678"),
-    ];
+    let typed = first_page(&token);
     // Sent at once, again and again, until the limit turns one away (each one
     // taken only saves the same page again).
     let mut refused = None;
@@ -88,27 +118,8 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
         assert_eq!(status, 303, "{body}");
     }
     let refused = refused.unwrap_or_else(|| panic!("no page was turned away"));
-    assert!(
-        refused.contains("入力した内容は消えていません"),
-        "{refused}"
-    );
-    assert!(
-        refused.contains(&format!(r#"<form method="post" action="{public}">"#)),
-        "{refused}"
-    );
     let wait: u64 = capture(r"(\d+)秒ほど待ってから", &refused).parse().unwrap();
-    // What the page would send: its hidden fields, in order.
-    let fields: Vec<(String, String)> =
-        regex::Regex::new(r#"<input type="hidden" name="([^"]*)" value="([^"]*)">"#)
-            .unwrap()
-            .captures_iter(&refused)
-            .map(|m| (m[1].to_owned(), m[2].to_owned()))
-            .collect();
-    let expected: Vec<(String, String)> = typed
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect();
-    assert_eq!(fields, expected);
+    let fields = kept_fields(&refused, &public, &typed);
     // Pressed once the wait it names has passed: it is taken (the wait is not
     // rounded down).
     let sent: Vec<(&str, &str)> = fields
@@ -143,6 +154,69 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
         confirm.contains("葛\u{E0100}西\u{3000}花子（カサイ\u{3000}ハナコ）"),
         "{confirm}"
     );
+    server.shutdown().await;
+}
+
+/// A page met by a database that cannot take it (here: read-only) is answered 503
+/// with what was typed, and sent again once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_met_by_a_database_outage_keeps_what_was_typed() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("ko"), "千代田区", "131016").await;
+    let public = publish(&env, &t).await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let c = browser(&server, &[host]);
+    let u = |p: &str| url(&server, host, p);
+    let (_, _, page) = get(&c, &u(&public)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let typed = first_page(&token);
+    let admin = crate::harness::admin_client("postgres").await;
+    let set = |sql: String| {
+        let admin = &admin;
+        let db = t.database.clone();
+        async move {
+            admin.batch_execute(&sql).await.unwrap();
+            admin
+                .execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+                    &[&db],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set(format!(
+        "ALTER DATABASE \"{}\" SET default_transaction_read_only = on",
+        t.database
+    ))
+    .await;
+    let (status, _, refused) = post(&c, &u(&public), &typed).await;
+    assert_eq!(status, 503, "{refused}");
+    assert!(refused.contains("ただいま混み合っているため"), "{refused}");
+    let fields = kept_fields(&refused, &public, &typed);
+    set(format!(
+        "ALTER DATABASE \"{}\" RESET default_transaction_read_only",
+        t.database
+    ))
+    .await;
+    let sent: Vec<(&str, &str)> = fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    // The tenant's pool reconnects after the outage (a connection the termination
+    // cut may answer 503 once more).
+    let mut answer = (0, String::new(), String::new());
+    for _ in 0..20 {
+        answer = post(&c, &u(&public), &sent).await;
+        if answer.0 != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (status, loc, body) = answer;
+    assert_eq!(status, 303, "{body}");
+    assert!(loc.ends_with("?page=1"), "{loc}");
     server.shutdown().await;
 }
 

@@ -6,6 +6,13 @@
 //! typing the page again (a phone's Back does not always keep it). The refusal now
 //! carries the fields sent as hidden inputs of a form that posts them again to the
 //! same address, so one press sends the page once the peak has passed.
+//!
+//! Only a page this site's own form sent is offered again (its `Origin` is the
+//! address the request reached): a page another site made a browser post would
+//! otherwise come back on this site's origin, where one press would send it with
+//! the citizen's cookie and pass the forms' check of where a page comes from. A
+//! refusal stays cheap: a body of more than [`MAX_KEPT_FIELDS`] fields, or with a
+//! NUL or malformed UTF-8 (which the form would refuse anyway), gets the plain page.
 
 use askama::Template;
 use axum::body::Bytes;
@@ -15,6 +22,10 @@ use axum::response::Response;
 
 use crate::web::{current_request_id, render};
 
+/// Fields a kept page carries at most (a form has at most 200 questions; a name
+/// takes four inputs, an address three).
+pub const MAX_KEPT_FIELDS: usize = 2000;
+
 /// A citizen's form POST read whole, to be offered again if it is refused.
 #[derive(Debug)]
 pub struct Resend {
@@ -23,11 +34,20 @@ pub struct Resend {
 }
 
 impl Resend {
-    /// For a page of a citizen's form or its final submit, url-encoded, when its
-    /// body was read whole (`body`); `None` for anything else.
-    pub fn of(req: &Request, body: Option<&Bytes>) -> Option<Self> {
+    /// For a page of a citizen's form or its final submit, url-encoded, sent by a
+    /// page of `origin` (`scheme://host[:port]`, the address the request reached),
+    /// when its body was read whole (`body`); `None` for anything else.
+    pub fn of(req: &Request, body: Option<&Bytes>, origin: &str) -> Option<Self> {
         let body = body?;
-        if !Self::wanted(req) {
+        let same_origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|o| o.eq_ignore_ascii_case(origin));
+        if !same_origin
+            || !Self::wanted(req)
+            || body.iter().filter(|&&b| b == b'&').count() >= MAX_KEPT_FIELDS
+        {
             return None;
         }
         let action = req.uri().path_and_query()?.as_str().to_owned();
@@ -55,15 +75,23 @@ impl Resend {
     }
 
     /// `resp` unless it is a refusal to try again later (429 or 503); then the same
-    /// refusal (status and `Retry-After`) as a page that can send the fields again.
+    /// refusal (status and headers: `Retry-After`, and the framing a municipality
+    /// allows its forms) as a page that can send the fields again.
     pub fn refused(self, resp: Response, site: &str) -> Response {
         let status = resp.status();
         if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
             return resp;
         }
-        let retry_after = resp.headers().get(header::RETRY_AFTER).cloned();
-        let wait = retry_after
-            .as_ref()
+        let fields: Vec<(String, String)> =
+            form_urlencoded::parse(&self.body).into_owned().collect();
+        let unsendable = |v: &String| v.contains('\0') || v.contains('\u{FFFD}');
+        if fields.iter().any(|(k, v)| unsendable(k) || unsendable(v)) {
+            return resp;
+        }
+        let (mut parts, _) = resp.into_parts();
+        let wait = parts
+            .headers
+            .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(5)
@@ -73,17 +101,22 @@ impl Resend {
             many: status == StatusCode::TOO_MANY_REQUESTS,
             wait,
             action: self.action,
-            fields: form_urlencoded::parse(&self.body).into_owned().collect(),
+            fields,
             status: status.as_u16(),
             request_id: current_request_id(),
         };
-        let mut out = render(status, &page);
-        let h = out.headers_mut();
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(v) = retry_after {
-            h.insert(header::RETRY_AFTER, v);
+        let (rendered, body) = render(status, &page).into_parts();
+        for name in [header::CONTENT_TYPE, header::CONTENT_LENGTH] {
+            match rendered.headers.get(&name) {
+                Some(v) => parts.headers.insert(name, v.clone()),
+                None => parts.headers.remove(name),
+            };
         }
-        out
+        parts.status = rendered.status;
+        parts
+            .headers
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        Response::from_parts(parts, body)
     }
 }
 
@@ -114,11 +147,14 @@ mod tests {
     use super::*;
     use axum::body::Body;
 
+    const ORIGIN: &str = "https://chiyoda.madoguchi.test";
+
     fn post(path: &str, content_type: &str) -> Request {
         Request::builder()
             .method(Method::POST)
             .uri(path)
             .header(header::CONTENT_TYPE, content_type)
+            .header(header::ORIGIN, ORIGIN)
             .body(Body::empty())
             .unwrap_or_else(|e| panic!("{e}"))
     }
@@ -145,7 +181,21 @@ mod tests {
         let mut get = post("/f/abc", form);
         *get.method_mut() = Method::GET;
         assert!(!Resend::wanted(&get));
-        assert!(Resend::of(&post("/f/abc", form), None).is_none());
+        let body = Bytes::from_static(b"_token=t&a=1");
+        assert!(Resend::of(&post("/f/abc", form), None, ORIGIN).is_none());
+        assert!(Resend::of(&post("/f/abc", form), Some(&body), ORIGIN).is_some());
+        // Only a page of this site: not one another site (or nobody) says it sent.
+        let mut other = post("/f/abc", form);
+        other.headers_mut().insert(
+            header::ORIGIN,
+            HeaderValue::from_static("https://evil.example"),
+        );
+        assert!(Resend::of(&other, Some(&body), ORIGIN).is_none());
+        other.headers_mut().remove(header::ORIGIN);
+        assert!(Resend::of(&other, Some(&body), ORIGIN).is_none());
+        // Not a body of more fields than a form has.
+        let many = Bytes::from("a=1&".repeat(MAX_KEPT_FIELDS));
+        assert!(Resend::of(&post("/f/abc", form), Some(&many), ORIGIN).is_none());
     }
 
     #[tokio::test]
@@ -160,7 +210,11 @@ mod tests {
             *r.status_mut() = status;
             r.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("7"));
-            Resend::of(&req, Some(&body))
+            r.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("frame-ancestors 'self' https://www.city.example"),
+            );
+            Resend::of(&req, Some(&body), ORIGIN)
                 .unwrap_or_else(|| panic!("kept"))
                 .refused(r, "千代田区")
         };
@@ -177,6 +231,15 @@ mod tests {
         assert_eq!(page.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(page.headers()[header::RETRY_AFTER], "7");
         assert_eq!(page.headers()[header::CACHE_CONTROL], "no-store");
+        // A form the municipality lets its own site frame is refused inside the frame.
+        assert_eq!(
+            page.headers()[header::CONTENT_SECURITY_POLICY],
+            "frame-ancestors 'self' https://www.city.example"
+        );
+        assert_eq!(
+            page.headers()[header::CONTENT_TYPE],
+            "text/html; charset=utf-8"
+        );
         let html = text(page).await;
         assert!(
             html.contains(r#"<form method="post" action="/f/abc?page=1">"#),
@@ -194,6 +257,18 @@ mod tests {
         assert!(!html.contains("<b>"), "{html}");
         assert!(html.contains("7秒"), "{html}");
         assert!(html.contains("千代田区"), "{html}");
+        // What the form refuses anyway (a NUL) is not offered again.
+        let nul = Bytes::from_static(b"_token=t&a=%00");
+        let plain = Resend::of(&req, Some(&nul), ORIGIN)
+            .unwrap_or_else(|| panic!("kept"))
+            .refused(
+                Response::builder()
+                    .status(StatusCode::TOO_MANY_REQUESTS)
+                    .body(Body::from("refused"))
+                    .unwrap_or_else(|e| panic!("{e}")),
+                "千代田区",
+            );
+        assert_eq!(text(plain).await, "refused");
         let busy = refused(StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(busy.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(text(busy).await.contains("混み合って"));

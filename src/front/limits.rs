@@ -155,6 +155,11 @@ impl TenantCeiling {
         }
     }
 
+    /// How long a refusal is held.
+    pub fn hold(&self) -> Duration {
+        self.delay
+    }
+
     /// Waits before a refusal is sent (see the type's documentation).
     pub async fn hold_refusal(&self) {
         if self.delay.is_zero() {

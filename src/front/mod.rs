@@ -283,16 +283,31 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
     };
     tracing::Span::current().record("tenant", &*route.slug);
     let started = Instant::now();
+    let https = req
+        .extensions()
+        .get::<conn::Transport>()
+        .is_some_and(|t| t.https);
+    // The address the request reached, as a page of this site names its origin.
+    let base_url = format!(
+        "{}://{}",
+        if https { "https" } else { "http" },
+        host.as_ref().map_or("", |(_, raw)| raw.as_str())
+    );
     // The tenant's ceiling comes before any other work, the database included.
     if let Err(r) = app.ceiling.check(&route.id) {
-        // A citizen's page is refused with what was typed (its body read for that).
-        let resend = if kept::Resend::wanted(&req) {
-            let (req, body) = read_body_first(req).await;
-            kept::Resend::of(&req, body.as_ref())
-        } else {
-            None
+        // A citizen's page is refused with what was typed: its body is read for
+        // that while the refusal is held, for as long as the hold (half a second at
+        // least; a body still not in by then gets the plain refusal).
+        let keep = async {
+            if !kept::Resend::wanted(&req) {
+                return None;
+            }
+            let budget = app.ceiling.hold().max(Duration::from_millis(500));
+            let read = tokio::time::timeout(budget, read_body_first(req));
+            let (req, body) = read.await.ok()?;
+            kept::Resend::of(&req, body.as_ref(), &base_url)
         };
-        app.ceiling.hold_refusal().await;
+        let (resend, ()) = tokio::join!(keep, app.ceiling.hold_refusal());
         app.metrics
             .observe(&route.slug, r.status().as_u16(), started.elapsed());
         return match resend {
@@ -308,7 +323,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
             // body must not hold one of the tenant's few turns while it does), and
             // for a citizen's page to be offered again if it is refused below.
             let (mut req, body) = read_body_first(req).await;
-            resend = kept::Resend::of(&req, body.as_ref());
+            resend = kept::Resend::of(&req, body.as_ref(), &base_url);
             match app.pools.runtime(route.id).await {
                 Ok(rt) => 'run: {
                     // One tenant's requests take turns beyond a few at once, so a flood
@@ -319,15 +334,6 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                         }
                         .into_response();
                     };
-                    let https = req
-                        .extensions()
-                        .get::<conn::Transport>()
-                        .is_some_and(|t| t.https);
-                    let base_url = format!(
-                        "{}://{}",
-                        if https { "https" } else { "http" },
-                        host.as_ref().map_or("", |(_, raw)| raw.as_str())
-                    );
                     let mut ctx = TenantCtx::new(
                         route.id,
                         Arc::clone(&route.slug),

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::forms::{browser, capture, get, post};
+use crate::forms::{browser, capture, get, post, post_from};
 use crate::harness::{get_with_host, publish_sample as publish, unique, url, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,18 +36,38 @@ async fn form_posts_are_limited_per_tenant_and_client_before_anything_else() {
     let r = post(&a.hosts[0], &format!("{pa}/submit")).await.unwrap();
     assert_eq!(r.status(), 429, "the final submit shares the quota");
     assert!(r.headers().get("retry-after").is_some());
-    // A form POST is refused with the fields it carried, to send again.
-    let refused = r.text().await.unwrap();
-    assert!(
-        refused.contains("短い時間に多くの操作が行われたため"),
-        "{refused}"
-    );
-    assert!(refused.contains(r#"name="_nav" value="next""#), "{refused}");
+    assert!(r.text().await.unwrap().contains("操作の回数が多すぎます"));
     // Another municipality is counted separately.
     assert_ne!(post(&b.hosts[0], &pb).await.unwrap().status(), 429);
     // Reading the form is not limited.
     assert_eq!(get_with_host(&server, &a.hosts[0], &pa).await.0, 200);
     server.shutdown().await;
+}
+
+/// A citizen with the sample form open, in a browser of their own (and its host).
+struct Opened {
+    t: madoguchi::catalog::TenantRecord,
+    public: String,
+    server: madoguchi::front::Server,
+    c: (reqwest::Client, String),
+    token: String,
+}
+
+async fn open_sample(env: &TestEnv, prefix: &str) -> Opened {
+    let t = env.tenant(&unique(prefix), "千代田区", "131016").await;
+    let public = publish(env, &t).await;
+    let server = env.serve().await;
+    let host = t.hosts[0].clone();
+    let c = browser(&server, &[&host]);
+    let (_, _, page) = get(&c, &url(&server, &host, &public)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    Opened {
+        t,
+        public,
+        server,
+        c: (c, host),
+        token,
+    }
 }
 
 /// The sample form's first page as a citizen types it.
@@ -97,20 +117,40 @@ fn kept_fields(refused: &str, public: &str, typed: &[(&str, &str)]) -> Vec<(Stri
 /// that sends it again with one press; the application then goes on as if the first
 /// press had been taken.
 async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
-    let t = env.tenant(&unique("kp"), "千代田区", "131016").await;
-    let public = publish(&env, &t).await;
-    let server = env.serve().await;
-    let host = t.hosts[0].as_str();
-    let c = browser(&server, &[host]);
-    let u = |p: &str| url(&server, host, p);
-    let (_, _, page) = get(&c, &u(&public)).await;
-    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let Opened {
+        public,
+        server,
+        c,
+        token,
+        ..
+    } = open_sample(&env, "kp").await;
+    let u = |p: &str| url(&server, &c.1, p);
+    let here = u("");
+    let here = Some(here.as_str());
+    let c = &c.0;
     let typed = first_page(&token);
-    // Sent at once, again and again, until the limit turns one away (each one
-    // taken only saves the same page again).
+    // A page another site made the browser post (the same fields) is refused plainly:
+    // offered again on this site, one press would pass the forms' check of origin.
+    let mut forged = typed.clone();
+    forged[0].1 = "forged";
     let mut refused = None;
     for _ in 0..50 {
-        let (status, _, body) = post(&c, &u(&public), &typed).await;
+        let (status, _, body) =
+            post_from(c, &u(&public), Some("https://evil.example"), &forged).await;
+        if status == 429 {
+            refused = Some(body);
+            break;
+        }
+        assert_ne!(status, 303, "{body}");
+    }
+    let refused = refused.unwrap_or_else(|| panic!("no page was turned away"));
+    assert!(refused.contains("操作の回数が多すぎます"), "{refused}");
+    assert!(!refused.contains("type=\"hidden\""), "{refused}");
+    // The citizen's own page, sent at once, again and again, until the limit turns
+    // one away (each one taken only saves the same page again).
+    let mut refused = None;
+    for _ in 0..50 {
+        let (status, _, body) = post_from(c, &u(&public), here, &typed).await;
         if status == 429 {
             refused = Some(body);
             break;
@@ -127,14 +167,14 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
         .map(|(k, v)| (k.as_str(), v.as_str()))
         .collect();
     tokio::time::sleep(Duration::from_secs(wait)).await;
-    let (status, loc, body) = post(&c, &u(&public), &sent).await;
+    let (status, loc, body) = post_from(c, &u(&public), here, &sent).await;
     assert_eq!(status, 303, "{body}");
     assert!(loc.ends_with("?page=1"), "{loc}");
     // The page was saved as typed: the next page follows, and its answers are shown
     // back on the confirmation step (after the limit has room for two more requests).
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, loc, body) = post(
-        &c,
+        c,
         &u(&public),
         &[
             ("_token", &token),
@@ -149,7 +189,7 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
     )
     .await;
     assert_eq!(status, 303, "{body}");
-    let (_, _, confirm) = get(&c, &u(&loc)).await;
+    let (_, _, confirm) = get(c, &u(&loc)).await;
     assert!(
         confirm.contains("葛\u{E0100}西\u{3000}花子（カサイ\u{3000}ハナコ）"),
         "{confirm}"
@@ -162,14 +202,17 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_met_by_a_database_outage_keeps_what_was_typed() {
     let env = TestEnv::new().await;
-    let t = env.tenant(&unique("ko"), "千代田区", "131016").await;
-    let public = publish(&env, &t).await;
-    let server = env.serve().await;
-    let host = t.hosts[0].as_str();
-    let c = browser(&server, &[host]);
-    let u = |p: &str| url(&server, host, p);
-    let (_, _, page) = get(&c, &u(&public)).await;
-    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let Opened {
+        t,
+        public,
+        server,
+        c,
+        token,
+    } = open_sample(&env, "ko").await;
+    let u = |p: &str| url(&server, &c.1, p);
+    let here = u("");
+    let here = Some(here.as_str());
+    let c = &c.0;
     let typed = first_page(&token);
     let admin = crate::harness::admin_client("postgres").await;
     let set = |sql: String| {
@@ -191,7 +234,7 @@ async fn a_page_met_by_a_database_outage_keeps_what_was_typed() {
         t.database
     ))
     .await;
-    let (status, _, refused) = post(&c, &u(&public), &typed).await;
+    let (status, _, refused) = post_from(c, &u(&public), here, &typed).await;
     assert_eq!(status, 503, "{refused}");
     assert!(refused.contains("ただいま混み合っているため"), "{refused}");
     let fields = kept_fields(&refused, &public, &typed);
@@ -208,7 +251,7 @@ async fn a_page_met_by_a_database_outage_keeps_what_was_typed() {
     // cut may answer 503 once more).
     let mut answer = (0, String::new(), String::new());
     for _ in 0..20 {
-        answer = post(&c, &u(&public), &sent).await;
+        answer = post_from(c, &u(&public), here, &sent).await;
         if answer.0 != 503 {
             break;
         }

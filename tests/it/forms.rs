@@ -42,16 +42,26 @@ pub async fn get(c: &reqwest::Client, u: &str) -> (u16, String, String) {
 }
 
 pub async fn post(c: &reqwest::Client, u: &str, form: &[(&str, &str)]) -> (u16, String, String) {
+    post_from(c, u, None, form).await
+}
+
+/// [`post`] as a browser sends it from a page of `origin` (its `Origin` header).
+pub async fn post_from(
+    c: &reqwest::Client,
+    u: &str,
+    origin: Option<&str>,
+    form: &[(&str, &str)],
+) -> (u16, String, String) {
     let body: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
-    let r = c
+    let mut r = c
         .post(u)
-        .header("content-type", "application/x-www-form-urlencoded")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(o) = origin {
+        r = r.header("origin", o);
+    }
+    let r = r.body(body).send().await.unwrap();
     let loc = r
         .headers()
         .get("location")

@@ -13,8 +13,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 
-/// The place a postal code stands for. `town` is empty where Japan Post names none
-/// (a code for the rest of a city: 「以下に掲載がない場合」).
+/// The place a postal code stands for. `town` is empty where Japan Post names no
+/// single place (a code for the rest of a city: 「以下に掲載がない場合」; a list or a
+/// range of areas; see `ops/data/postal-codes`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Place {
     pub postal_code: String,
@@ -159,11 +160,15 @@ mod tests {
                 "{typed}"
             );
         }
-        // A code for the rest of a city has no town.
-        assert_eq!(
-            place("0010000").as_deref(),
-            Some("0010000 北海道札幌市北区")
-        );
+        // A code for the rest of a city has no town; nor has one whose 町域 is a list
+        // or a range of areas, or a note on the numbers that follow.
+        for (typed, want) in [
+            ("0010000", "0010000 北海道札幌市北区"),
+            ("0295502", "0295502 岩手県和賀郡西和賀町"),
+            ("4090142", "4090142 山梨県北都留郡小菅村"),
+        ] {
+            assert_eq!(place(typed).as_deref(), Some(want));
+        }
         // The first and last codes of the table (its ends are read right).
         let (first, last) = (t.codes[0].0, t.codes[t.codes.len() - 1].0);
         assert!(place(&format!("{first:07}")).is_some());

@@ -899,6 +899,15 @@ async fn a_postal_code_fills_the_address_line() {
     .await;
     let line = c.execute(line_value, vec![]).await.unwrap();
     assert_eq!(line, "北海道札幌市中央区大通西1丁目");
+    // A code Japan Post does not have is said so (and accepted: codes are added).
+    fill(&c, "#f-home-postal", "0000000").await;
+    wait_for(said, "郵便番号 0000000 の住所は見つかりませんでした").await;
+    fill(&c, "#f-home-postal", "100-0001").await;
+    wait_for(
+        said,
+        "郵便番号 1000001 の住所は「東京都千代田区千代田」です",
+    )
+    .await;
     click(&c, "button.primary").await;
     let page = body(&c).await;
     assert!(page.contains("入力内容の確認"), "{page}");

@@ -115,16 +115,27 @@ document.querySelectorAll("form.citizen-form input[autocomplete=postal-code]").f
   var line = postal.form.elements[id + ".address1"];
   var said = document.getElementById("postal-" + id);
   if (!line || !said) return;
+  // `asked`: the code whose answer is awaited or shown ("" when none is, so an answer
+  // for a code no longer in the box is dropped, and a failed one is asked again).
   var asked = "", filled = "";
   function look() {
     // As the server reads it (src/ja.rs postal_digits): NFKC, 〒 hyphens and spaces dropped.
     var d = postal.value.normalize("NFKC").replace(/[-\s〒‐ー−]/g, "");
-    if (!/^[0-9]{7}$/.test(d) || d === asked) return;
+    if (!/^[0-9]{7}$/.test(d)) { asked = ""; return; }
+    if (d === asked) return;
     asked = d;
     fetch("/postal/" + d, { credentials: "omit" })
-      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (r) {
+        if (r.status === 404) return null;
+        if (!r.ok) throw new Error(r.status);
+        return r.json();
+      })
       .then(function (p) {
-        if (!p || asked !== d) return;
+        if (asked !== d) return;
+        if (!p) {
+          said.textContent = "郵便番号 " + d + " の住所は見つかりませんでした。番号をご確認のうえ、住所を入力してください。";
+          return;
+        }
         var place = p.prefecture + p.city + p.town;
         if (line.value.trim() === "" || line.value === filled) {
           line.value = place;
@@ -132,9 +143,11 @@ document.querySelectorAll("form.citizen-form input[autocomplete=postal-code]").f
           said.textContent = "住所に「" + place + "」を入れました。続けて番地を入力してください。";
         } else if (line.value.indexOf(place) !== 0) {
           said.textContent = "郵便番号 " + d + " の住所は「" + place + "」です。";
+        } else {
+          said.textContent = "";
         }
       })
-      .catch(function () {});
+      .catch(function () { if (asked === d) asked = ""; });
   }
   postal.addEventListener("input", look);
   postal.addEventListener("change", look);

@@ -11,8 +11,8 @@
 //! address the request reached): a page another site made a browser post would
 //! otherwise come back on this site's origin, where one press would send it with
 //! the citizen's cookie and pass the forms' check of where a page comes from. A
-//! refusal stays cheap: a body of more than [`MAX_KEPT_FIELDS`] fields, or with a
-//! NUL or malformed UTF-8 (which the form would refuse anyway), gets the plain page.
+//! refusal stays cheap: a body of [`MAX_KEPT_FIELDS`] fields or more, or with a NUL
+//! (which the form refuses), gets the plain page.
 
 use askama::Template;
 use axum::body::Bytes;
@@ -77,15 +77,18 @@ impl Resend {
     /// `resp` unless it is a refusal to try again later (429 or 503); then the same
     /// refusal (status and headers: `Retry-After`, and the framing a municipality
     /// allows its forms) as a page that can send the fields again.
-    pub fn refused(self, resp: Response, site: &str) -> Response {
+    pub fn refused(self, resp: Response, site: &str, tenant: &uuid::Uuid) -> Response {
         let status = resp.status();
         if status != StatusCode::TOO_MANY_REQUESTS && status != StatusCode::SERVICE_UNAVAILABLE {
             return resp;
         }
         let fields: Vec<(String, String)> =
             form_urlencoded::parse(&self.body).into_owned().collect();
-        let unsendable = |v: &String| v.contains('\0') || v.contains('\u{FFFD}');
-        if fields.iter().any(|(k, v)| unsendable(k) || unsendable(v)) {
+        // A NUL would come back from the page as U+FFFD, past the form's check.
+        if fields
+            .iter()
+            .any(|(k, v)| k.contains('\0') || v.contains('\0'))
+        {
             return resp;
         }
         let (mut parts, _) = resp.into_parts();
@@ -113,6 +116,13 @@ impl Resend {
             };
         }
         parts.status = rendered.status;
+        // A refusal of the front tier's own (the municipality's ceiling, no turn in
+        // time) has not been through the forms' routes: the framing they allow.
+        if !parts.headers.contains_key(header::CONTENT_SECURITY_POLICY) {
+            if let Some(v) = crate::tenant::admin::access::framed_csp_as_last_read(tenant) {
+                parts.headers.insert(header::CONTENT_SECURITY_POLICY, v);
+            }
+        }
         parts
             .headers
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -216,7 +226,7 @@ mod tests {
             );
             Resend::of(&req, Some(&body), ORIGIN)
                 .unwrap_or_else(|| panic!("kept"))
-                .refused(r, "千代田区")
+                .refused(r, "千代田区", &uuid::Uuid::nil())
         };
         let text = |r: Response| async move {
             let b = axum::body::to_bytes(r.into_body(), usize::MAX)
@@ -267,6 +277,7 @@ mod tests {
                     .body(Body::from("refused"))
                     .unwrap_or_else(|e| panic!("{e}")),
                 "千代田区",
+                &uuid::Uuid::nil(),
             );
         assert_eq!(text(plain).await, "refused");
         let busy = refused(StatusCode::SERVICE_UNAVAILABLE);

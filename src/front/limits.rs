@@ -160,14 +160,14 @@ impl TenantCeiling {
         self.delay
     }
 
-    /// Waits before a refusal is sent (see the type's documentation).
-    pub async fn hold_refusal(&self) {
+    /// A place among the refusals held (see the type's documentation), for as long
+    /// as it is kept; `None` when refusals are not held or [`HELD_REFUSALS`] already
+    /// are: the refusal is then sent at once.
+    pub fn try_hold(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
         if self.delay.is_zero() {
-            return;
+            return None;
         }
-        if let Ok(_held) = self.held.try_acquire() {
-            tokio::time::sleep(self.delay).await;
-        }
+        self.held.try_acquire().ok()
     }
 
     /// `Err(429 page)` when the tenant is over its ceiling (boxed: the refusal is the

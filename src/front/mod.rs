@@ -295,23 +295,27 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
     );
     // The tenant's ceiling comes before any other work, the database included.
     if let Err(r) = app.ceiling.check(&route.id) {
-        // A citizen's page is refused with what was typed: its body is read for
-        // that while the refusal is held, for as long as the hold (half a second at
-        // least; a body still not in by then gets the plain refusal).
-        let keep = async {
-            if !kept::Resend::wanted(&req) {
-                return None;
+        // A citizen's page is refused with what was typed, when the refusal is held:
+        // its body is read meanwhile (a body not in by the end of the hold gets the
+        // plain refusal), so a kept refusal costs no more time than a plain one.
+        let resend = match app.ceiling.try_hold() {
+            Some(_held) => {
+                let keep = async {
+                    if !kept::Resend::wanted(&req) {
+                        return None;
+                    }
+                    let read = tokio::time::timeout(app.ceiling.hold(), read_body_first(req));
+                    let (req, body) = read.await.ok()?;
+                    kept::Resend::of(&req, body.as_ref(), &base_url)
+                };
+                tokio::join!(keep, tokio::time::sleep(app.ceiling.hold())).0
             }
-            let budget = app.ceiling.hold().max(Duration::from_millis(500));
-            let read = tokio::time::timeout(budget, read_body_first(req));
-            let (req, body) = read.await.ok()?;
-            kept::Resend::of(&req, body.as_ref(), &base_url)
+            None => None,
         };
-        let (resend, ()) = tokio::join!(keep, app.ceiling.hold_refusal());
         app.metrics
             .observe(&route.slug, r.status().as_u16(), started.elapsed());
         return match resend {
-            Some(k) => k.refused(*r, &route.name),
+            Some(k) => k.refused(*r, &route.name, &route.id),
             None => *r,
         };
     }
@@ -387,7 +391,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
     app.metrics
         .observe(&route.slug, resp.status().as_u16(), started.elapsed());
     match resend {
-        Some(k) => k.refused(resp, &route.name),
+        Some(k) => k.refused(resp, &route.name, &route.id),
         None => resp,
     }
 }

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::forms::{browser, capture, get, post, post_from};
+use crate::forms::{browser, capture, get, post, post_from, send_form};
 use crate::harness::{get_with_host, publish_sample as publish, unique, url, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -44,6 +44,20 @@ async fn form_posts_are_limited_per_tenant_and_client_before_anything_else() {
     server.shutdown().await;
 }
 
+/// The city's own site, which may frame its forms.
+const CITY_SITE: &str = "https://www.city.example";
+
+/// A refusal as the citizen's browser gets it: status, body, and whether the city's
+/// site may frame it.
+async fn refusal(r: reqwest::Response) -> (u16, String, bool) {
+    let framed = r
+        .headers()
+        .get("content-security-policy")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains(&format!("frame-ancestors 'self' {CITY_SITE}")));
+    (r.status().as_u16(), r.text().await.unwrap(), framed)
+}
+
 /// A citizen with the sample form open, in a browser of their own (and its host).
 struct Opened {
     t: madoguchi::catalog::TenantRecord,
@@ -56,6 +70,15 @@ struct Opened {
 async fn open_sample(env: &TestEnv, prefix: &str) -> Opened {
     let t = env.tenant(&unique(prefix), "千代田区", "131016").await;
     let public = publish(env, &t).await;
+    // The city lets its own site frame the forms: refusals show inside the frame.
+    crate::harness::admin_client(&t.database)
+        .await
+        .execute(
+            "UPDATE settings SET embed_origins = ARRAY[$1]",
+            &[&CITY_SITE],
+        )
+        .await
+        .unwrap();
     let server = env.serve().await;
     let host = t.hosts[0].clone();
     let c = browser(&server, &[&host]);
@@ -150,8 +173,9 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
     // one away (each one taken only saves the same page again).
     let mut refused = None;
     for _ in 0..50 {
-        let (status, _, body) = post_from(c, &u(&public), here, &typed).await;
+        let (status, body, framed) = refusal(send_form(c, &u(&public), here, &typed).await).await;
         if status == 429 {
+            assert!(framed, "the refusal cannot show in the city's frame");
             refused = Some(body);
             break;
         }
@@ -234,8 +258,9 @@ async fn a_page_met_by_a_database_outage_keeps_what_was_typed() {
         t.database
     ))
     .await;
-    let (status, _, refused) = post_from(c, &u(&public), here, &typed).await;
+    let (status, refused, framed) = refusal(send_form(c, &u(&public), here, &typed).await).await;
     assert_eq!(status, 503, "{refused}");
+    assert!(framed, "the refusal cannot show in the city's frame");
     assert!(refused.contains("ただいま混み合っているため"), "{refused}");
     let fields = kept_fields(&refused, &public, &typed);
     set(format!(
@@ -280,7 +305,8 @@ async fn a_page_over_the_municipalitys_ceiling_keeps_what_was_typed() {
     a_refused_page_is_sent_again_as_typed(
         TestEnv::with(|s| {
             s.limits.tenant_per_second = 2;
-            s.limits.ceiling_delay = Duration::from_millis(20);
+            // Held long enough for the page's body to be read while it waits.
+            s.limits.ceiling_delay = Duration::from_millis(300);
         })
         .await,
     )

@@ -52,6 +52,23 @@ pub async fn post_from(
     origin: Option<&str>,
     form: &[(&str, &str)],
 ) -> (u16, String, String) {
+    let r = send_form(c, u, origin, form).await;
+    let loc = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (r.status().as_u16(), loc, r.text().await.unwrap())
+}
+
+/// A url-encoded POST from a page of `origin` (if given); the whole response.
+pub async fn send_form(
+    c: &reqwest::Client,
+    u: &str,
+    origin: Option<&str>,
+    form: &[(&str, &str)],
+) -> reqwest::Response {
     let body: String = form_urlencoded::Serializer::new(String::new())
         .extend_pairs(form)
         .finish();
@@ -61,14 +78,7 @@ pub async fn post_from(
     if let Some(o) = origin {
         r = r.header("origin", o);
     }
-    let r = r.body(body).send().await.unwrap();
-    let loc = r
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    (r.status().as_u16(), loc, r.text().await.unwrap())
+    r.body(body).send().await.unwrap()
 }
 
 /// A signed-in staff member.

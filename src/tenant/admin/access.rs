@@ -59,22 +59,27 @@ type EmbedCache = HashMap<uuid::Uuid, (Instant, Vec<String>)>;
 static EMBED_CACHE: Mutex<Option<EmbedCache>> = Mutex::new(None);
 
 pub async fn embed_origins(ctx: &TenantCtx) -> Vec<String> {
+    let mut stale = None;
     if let Ok(mut g) = EMBED_CACHE.lock() {
         if let Some((at, v)) = g.get_or_insert_with(HashMap::new).get(&ctx.id) {
             if at.elapsed() < Duration::from_secs(30) {
                 return v.clone();
             }
+            stale = Some(v.clone());
         }
     }
-    let v = match ctx.db().await {
-        Ok(db) => match db
+    // A database that cannot answer leaves the list as it was last read: the page
+    // telling of the outage still shows inside the municipality's frame.
+    let read = match ctx.db().await {
+        Ok(db) => db
             .query_one("SELECT embed_origins FROM settings", &[])
             .await
-        {
-            Ok(r) => r.get::<_, Vec<String>>(0),
-            Err(_) => return Vec::new(),
-        },
-        Err(_) => return Vec::new(),
+            .ok()
+            .map(|r| r.get::<_, Vec<String>>(0)),
+        Err(_) => None,
+    };
+    let Some(v) = read else {
+        return stale.unwrap_or_default();
     };
     if let Ok(mut g) = EMBED_CACHE.lock() {
         let map = g.get_or_insert_with(HashMap::new);
@@ -84,6 +89,26 @@ pub async fn embed_origins(ctx: &TenantCtx) -> Vec<String> {
         map.insert(ctx.id, (Instant::now(), v.clone()));
     }
     v
+}
+
+/// The CSP of a citizen form that `origins` may frame (`None` when none may).
+fn framed_csp(origins: &[String]) -> Option<axum::http::HeaderValue> {
+    if origins.is_empty() {
+        return None;
+    }
+    let csp = format!(
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self' {}",
+        origins.join(" ")
+    );
+    axum::http::HeaderValue::from_str(&csp).ok()
+}
+
+/// For a refusal the front tier sends before the tenant's routes run (over the
+/// municipality's ceiling, no turn or runtime in time): the form's CSP from the
+/// list as last read, without waiting for the database.
+pub fn framed_csp_as_last_read(tenant: &uuid::Uuid) -> Option<axum::http::HeaderValue> {
+    let g = EMBED_CACHE.lock().ok()?;
+    framed_csp(&g.as_ref()?.get(tenant)?.1)
 }
 
 /// On citizen pages: let the tenant's own sites frame them, if it chose any.
@@ -102,15 +127,9 @@ pub async fn embed_headers(req: Request, next: Next) -> Response {
             if ctx.secure_cookies {
                 crate::tenant::http::embeddable_cookies(resp.headers_mut());
             }
-        } else if !origins.is_empty() {
-            let csp = format!(
-                "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'self' {}",
-                origins.join(" ")
-            );
-            if let Ok(v) = axum::http::HeaderValue::from_str(&csp) {
-                resp.headers_mut()
-                    .insert(axum::http::header::CONTENT_SECURITY_POLICY, v);
-            }
+        } else if let Some(v) = framed_csp(&origins) {
+            resp.headers_mut()
+                .insert(axum::http::header::CONTENT_SECURITY_POLICY, v);
             if ctx.secure_cookies {
                 crate::tenant::http::embeddable_cookies(resp.headers_mut());
             }

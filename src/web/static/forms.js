@@ -121,7 +121,11 @@ document.querySelectorAll("form.citizen-form input[autocomplete=postal-code]").f
   function look() {
     // As the server reads it (src/ja.rs postal_digits): NFKC, 〒 hyphens and spaces dropped.
     var d = postal.value.normalize("NFKC").replace(/[-\s〒‐ー−]/g, "");
-    if (!/^[0-9]{7}$/.test(d)) { asked = ""; return; }
+    if (!/^[0-9]{7}$/.test(d)) {
+      // What was said of the code before no longer holds.
+      if (asked !== "") { asked = ""; said.textContent = ""; }
+      return;
+    }
     if (d === asked) return;
     asked = d;
     fetch("/postal/" + d, { credentials: "omit" })

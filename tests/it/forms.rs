@@ -31,7 +31,11 @@ pub fn capture(re: &str, body: &str) -> String {
 }
 
 pub async fn get(c: &reqwest::Client, u: &str) -> (u16, String, String) {
-    let r = c.get(u).send().await.unwrap();
+    seen(c.get(u).send().await.unwrap()).await
+}
+
+/// What a step shows: status, where it sends the browser on, and the page.
+async fn seen(r: reqwest::Response) -> (u16, String, String) {
     let loc = r
         .headers()
         .get("location")
@@ -52,14 +56,7 @@ pub async fn post_from(
     origin: Option<&str>,
     form: &[(&str, &str)],
 ) -> (u16, String, String) {
-    let r = send_form(c, u, origin, form).await;
-    let loc = r
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    (r.status().as_u16(), loc, r.text().await.unwrap())
+    seen(send_form(c, u, origin, form).await).await
 }
 
 /// A url-encoded POST from a page of `origin` (if given); the whole response.

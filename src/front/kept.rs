@@ -8,7 +8,8 @@
 //! same address, so one press sends the page once the peak has passed.
 //!
 //! Only a page this site's own form sent is offered again (its `Origin` is the
-//! address the request reached): a page another site made a browser post would
+//! address the request reached, or its token is the one the form's cookie holds,
+//! which no other site knows): a page another site made a browser post would
 //! otherwise come back on this site's origin, where one press would send it with
 //! the citizen's cookie and pass the forms' check of where a page comes from. A
 //! refusal stays cheap: a body of [`MAX_KEPT_FIELDS`] fields or more, or with a NUL
@@ -39,15 +40,26 @@ impl Resend {
     /// when its body was read whole (`body`); `None` for anything else.
     pub fn of(req: &Request, body: Option<&Bytes>, origin: &str) -> Option<Self> {
         let body = body?;
+        if !Self::wanted(req) || body.iter().filter(|&&b| b == b'&').count() >= MAX_KEPT_FIELDS {
+            return None;
+        }
         let same_origin = req
             .headers()
             .get(header::ORIGIN)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|o| o.eq_ignore_ascii_case(origin));
-        if !same_origin
-            || !Self::wanted(req)
-            || body.iter().filter(|&&b| b == b'&').count() >= MAX_KEPT_FIELDS
-        {
+        // Without an `Origin` that says so (some browsers' privacy settings drop it,
+        // a proxy may name the port), a page whose token the form's cookie holds.
+        let carries_token = || {
+            let form = citizen_form(req.uri().path())?;
+            let token = form_urlencoded::parse(body).find(|(k, _)| k == "_token")?.1;
+            Some(crate::tenant::forms::citizen::carries_the_cookies_token(
+                req.headers(),
+                form,
+                &token,
+            ))
+        };
+        if !same_origin && !carries_token().unwrap_or(false) {
             return None;
         }
         let action = req.uri().path_and_query()?.as_str().to_owned();
@@ -132,11 +144,14 @@ impl Resend {
 
 /// `/f/{form}` (a page) or `/f/{form}/submit`.
 fn is_citizen_post(path: &str) -> bool {
-    let Some(rest) = path.strip_prefix("/f/") else {
-        return false;
-    };
+    citizen_form(path).is_some()
+}
+
+/// The form's public id in `/f/{form}` or `/f/{form}/submit`.
+fn citizen_form(path: &str) -> Option<&str> {
+    let rest = path.strip_prefix("/f/")?;
     let form = rest.strip_suffix("/submit").unwrap_or(rest);
-    !form.is_empty() && !form.contains('/')
+    (!form.is_empty() && !form.contains('/')).then_some(form)
 }
 
 #[derive(Template)]
@@ -203,6 +218,13 @@ mod tests {
         assert!(Resend::of(&other, Some(&body), ORIGIN).is_none());
         other.headers_mut().remove(header::ORIGIN);
         assert!(Resend::of(&other, Some(&body), ORIGIN).is_none());
+        // Without an Origin, a page whose token the form's cookie holds is this site's.
+        other
+            .headers_mut()
+            .insert(header::COOKIE, HeaderValue::from_static("md_f_abc=t"));
+        assert!(Resend::of(&other, Some(&body), ORIGIN).is_some());
+        let wrong = Bytes::from_static(b"_token=u&a=1");
+        assert!(Resend::of(&other, Some(&wrong), ORIGIN).is_none());
         // Not a body of more fields than a form has.
         let many = Bytes::from("a=1&".repeat(MAX_KEPT_FIELDS));
         assert!(Resend::of(&post("/f/abc", form), Some(&many), ORIGIN).is_none());

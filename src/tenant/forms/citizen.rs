@@ -532,6 +532,17 @@ enum Posted {
     Renew,
 }
 
+/// The form's cookie value a posted `_token` matches (double submit), if any.
+fn cookie_holding<'a>(values: &'a [String], posted: &str) -> Option<&'a String> {
+    values.iter().find(|v| same_secret(v, posted))
+}
+
+/// Whether a page posted to the form `public_id` carries a token its cookie holds:
+/// then it comes from a page of this site, whatever its `Origin` says.
+pub fn carries_the_cookies_token(headers: &HeaderMap, public_id: &str, posted: &str) -> bool {
+    cookie_holding(&cookies(headers, &cookie_name(public_id)), posted).is_some()
+}
+
 /// The token a posted page is saved under: the cookie's, when the page carries it
 /// (double submit), or when the request says it comes from a page of this site
 /// (`Origin`): a page drawn before another tab opened the form carries an older
@@ -545,7 +556,7 @@ async fn posted_token(
     body: &FormData,
 ) -> Result<Posted, AppError> {
     let values = cookies(headers, &cookie_name(&form.public_id));
-    if let Some(t) = values.iter().find(|v| same_secret(v, body.get("_token"))) {
+    if let Some(t) = cookie_holding(&values, body.get("_token")) {
         return Ok(Posted::Token(t.clone()));
     }
     if !same_origin(ctx, headers) {

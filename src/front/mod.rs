@@ -295,29 +295,10 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
     );
     // The tenant's ceiling comes before any other work, the database included.
     if let Err(r) = app.ceiling.check(&route.id) {
-        // A citizen's page is refused with what was typed, when the refusal is held:
-        // its body is read meanwhile (a body not in by the end of the hold gets the
-        // plain refusal), so a kept refusal costs no more time than a plain one.
-        let resend = match app.ceiling.try_hold() {
-            Some(_held) => {
-                let keep = async {
-                    if !kept::Resend::wanted(&req) {
-                        return None;
-                    }
-                    let read = tokio::time::timeout(app.ceiling.hold(), read_body_first(req));
-                    let (req, body) = read.await.ok()?;
-                    kept::Resend::of(&req, body.as_ref(), &base_url)
-                };
-                tokio::join!(keep, tokio::time::sleep(app.ceiling.hold())).0
-            }
-            None => None,
-        };
+        let r = over_ceiling(&app, req, *r, &route, &base_url).await;
         app.metrics
             .observe(&route.slug, r.status().as_u16(), started.elapsed());
-        return match resend {
-            Some(k) => k.refused(*r, &route.name, &route.id),
-            None => *r,
-        };
+        return r;
     }
     // A citizen's page or submit, to offer again if it is refused below.
     let mut resend = None;
@@ -393,6 +374,34 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
     match resend {
         Some(k) => k.refused(resp, &route.name, &route.id),
         None => resp,
+    }
+}
+
+/// The refusal of a request over the municipality's ceiling, held (see
+/// [`limits::TenantCeiling`]). A citizen's page is refused with what was typed when
+/// the refusal is held: its body is read meanwhile (a body not in by the end of the
+/// hold gets the plain refusal), so a kept refusal takes no longer than a plain one.
+async fn over_ceiling(
+    app: &App,
+    req: Request,
+    refusal: Response,
+    route: &routes::Route,
+    base_url: &str,
+) -> Response {
+    let Some(_held) = app.ceiling.try_hold() else {
+        return refusal;
+    };
+    let keep = async {
+        if !kept::Resend::wanted(&req) {
+            return None;
+        }
+        let read = tokio::time::timeout(app.ceiling.hold(), read_body_first(req));
+        let (req, body) = read.await.ok()?;
+        kept::Resend::of(&req, body.as_ref(), base_url)
+    };
+    match tokio::join!(keep, tokio::time::sleep(app.ceiling.hold())).0 {
+        Some(k) => k.refused(refusal, &route.name, &route.id),
+        None => refusal,
     }
 }
 

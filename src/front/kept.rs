@@ -73,7 +73,7 @@ impl Resend {
     /// not yet read).
     pub fn wanted(req: &Request) -> bool {
         req.method() == Method::POST
-            && is_citizen_post(req.uri().path())
+            && citizen_form(req.uri().path()).is_some()
             && req
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -140,11 +140,6 @@ impl Resend {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         Response::from_parts(parts, body)
     }
-}
-
-/// `/f/{form}` (a page) or `/f/{form}/submit`.
-fn is_citizen_post(path: &str) -> bool {
-    citizen_form(path).is_some()
 }
 
 /// The form's public id in `/f/{form}` or `/f/{form}/submit`.

@@ -15,7 +15,8 @@ use serde::Serialize;
 
 /// The place a postal code stands for. `town` is empty where Japan Post names no
 /// single place (a code for the rest of a city: 「以下に掲載がない場合」; a list or a
-/// range of areas; see `ops/data/postal-codes`).
+/// range of areas; see `ops/data/postal-codes`). A floor of a high-rise building
+/// has its town, without the building's name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Place {
     pub postal_code: String,
@@ -166,6 +167,11 @@ mod tests {
             ("0010000", "0010000 北海道札幌市北区"),
             ("0295502", "0295502 岩手県和賀郡西和賀町"),
             ("4090142", "4090142 山梨県北都留郡小菅村"),
+            // A floor of a high-rise building: its town, not the building's name.
+            ("1006001", "1006001 東京都千代田区霞が関"),
+            ("1636090", "1636090 東京都新宿区西新宿"),
+            // A town whose name begins with another's is itself.
+            ("0395204", "0395204 青森県むつ市川内町蛎崎"),
         ] {
             assert_eq!(place(typed).as_deref(), Some(want));
         }

@@ -58,13 +58,23 @@ async fn refusal(r: reqwest::Response) -> (u16, String, bool) {
     (r.status().as_u16(), r.text().await.unwrap(), framed)
 }
 
-/// A citizen with the sample form open, in a browser of their own (and its host).
+/// A citizen with the sample form open, in a browser of their own.
 struct Opened {
     t: madoguchi::catalog::TenantRecord,
-    public: String,
     server: madoguchi::front::Server,
-    c: (reqwest::Client, String),
+    client: reqwest::Client,
+    /// The site as its pages name their origin (`http://host:port`).
+    origin: String,
+    /// The form's path (`/f/…`) and full address.
+    public: String,
+    form: String,
     token: String,
+}
+
+impl Opened {
+    fn at(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
 }
 
 async fn open_sample(env: &TestEnv, prefix: &str) -> Opened {
@@ -80,15 +90,18 @@ async fn open_sample(env: &TestEnv, prefix: &str) -> Opened {
         .await
         .unwrap();
     let server = env.serve().await;
-    let host = t.hosts[0].clone();
-    let c = browser(&server, &[&host]);
-    let (_, _, page) = get(&c, &url(&server, &host, &public)).await;
+    let client = browser(&server, &[&t.hosts[0]]);
+    let origin = url(&server, &t.hosts[0], "");
+    let form = format!("{origin}{public}");
+    let (_, _, page) = get(&client, &form).await;
     let token = capture(r#"name="_token" value="([^"]+)""#, &page);
     Opened {
         t,
-        public,
         server,
-        c: (c, host),
+        client,
+        origin,
+        public,
+        form,
         token,
     }
 }
@@ -109,6 +122,14 @@ fn first_page(token: &str) -> Vec<(&str, &str)> {
         ("address.address2", "架空ハイツ101"),
         ("phone", "03-1234-5678"),
     ]
+}
+
+/// Fields as a request takes them.
+fn pairs(fields: &[(String, String)]) -> Vec<(&str, &str)> {
+    fields
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
 }
 
 /// What a refusal that kept the page `typed` (sent to `public`) would send again:
@@ -140,26 +161,21 @@ fn kept_fields(refused: &str, public: &str, typed: &[(&str, &str)]) -> Vec<(Stri
 /// that sends it again with one press; the application then goes on as if the first
 /// press had been taken.
 async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
-    let Opened {
-        public,
-        server,
-        c,
-        token,
-        ..
-    } = open_sample(&env, "kp").await;
-    let u = |p: &str| url(&server, &c.1, p);
-    let here = u("");
-    let here = Some(here.as_str());
-    let c = &c.0;
-    let typed = first_page(&token);
+    let o = open_sample(&env, "kp").await;
+    let (c, form, here, token) = (
+        &o.client,
+        o.form.as_str(),
+        Some(o.origin.as_str()),
+        &o.token,
+    );
+    let typed = first_page(token);
     // A page another site made the browser post (the same fields) is refused plainly:
     // offered again on this site, one press would pass the forms' check of origin.
     let mut forged = typed.clone();
     forged[0].1 = "forged";
     let mut refused = None;
     for _ in 0..50 {
-        let (status, _, body) =
-            post_from(c, &u(&public), Some("https://evil.example"), &forged).await;
+        let (status, _, body) = post_from(c, form, Some("https://evil.example"), &forged).await;
         if status == 429 {
             refused = Some(body);
             break;
@@ -173,7 +189,7 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
     // one away (each one taken only saves the same page again).
     let mut refused = None;
     for _ in 0..50 {
-        let (status, body, framed) = refusal(send_form(c, &u(&public), here, &typed).await).await;
+        let (status, body, framed) = refusal(send_form(c, form, here, &typed).await).await;
         if status == 429 {
             assert!(framed, "the refusal cannot show in the city's frame");
             refused = Some(body);
@@ -183,22 +199,19 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
     }
     let refused = refused.unwrap_or_else(|| panic!("no page was turned away"));
     let wait: u64 = capture(r"(\d+)秒ほど待ってから", &refused).parse().unwrap();
-    let fields = kept_fields(&refused, &public, &typed);
+    let fields = kept_fields(&refused, &o.public, &typed);
     // A page sent without an Origin (a browser's privacy setting drops it) whose token
     // the form's cookie holds is kept as well (or taken, if the limit had room again).
-    let (status, _, body) = post(c, &u(&public), &typed).await;
+    let (status, _, body) = post(c, form, &typed).await;
     match status {
-        429 => drop(kept_fields(&body, &public, &typed)),
+        429 => drop(kept_fields(&body, &o.public, &typed)),
         _ => assert_eq!(status, 303, "{body}"),
     }
     // Pressed once the wait it names has passed: it is taken (the wait is not
     // rounded down).
-    let sent: Vec<(&str, &str)> = fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let sent = pairs(&fields);
     tokio::time::sleep(Duration::from_secs(wait)).await;
-    let (status, loc, body) = post_from(c, &u(&public), here, &sent).await;
+    let (status, loc, body) = post_from(c, form, here, &sent).await;
     assert_eq!(status, 303, "{body}");
     assert!(loc.ends_with("?page=1"), "{loc}");
     // The page was saved as typed: the next page follows, and its answers are shown
@@ -206,9 +219,9 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (status, loc, body) = post(
         c,
-        &u(&public),
+        form,
         &[
-            ("_token", &token),
+            ("_token", token),
             ("_page", "1"),
             ("_nav", "next"),
             ("items", "ソファ"),
@@ -220,12 +233,12 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
     )
     .await;
     assert_eq!(status, 303, "{body}");
-    let (_, _, confirm) = get(c, &u(&loc)).await;
+    let (_, _, confirm) = get(c, &o.at(&loc)).await;
     assert!(
         confirm.contains("葛\u{E0100}西\u{3000}花子（カサイ\u{3000}ハナコ）"),
         "{confirm}"
     );
-    server.shutdown().await;
+    o.server.shutdown().await;
 }
 
 /// A page met by a database that cannot take it (here: read-only) is answered 503
@@ -233,18 +246,15 @@ async fn a_refused_page_is_sent_again_as_typed(env: TestEnv) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_met_by_a_database_outage_keeps_what_was_typed() {
     let env = TestEnv::new().await;
-    let Opened {
-        t,
-        public,
-        server,
-        c,
-        token,
-    } = open_sample(&env, "ko").await;
-    let u = |p: &str| url(&server, &c.1, p);
-    let here = u("");
-    let here = Some(here.as_str());
-    let c = &c.0;
-    let typed = first_page(&token);
+    let o = open_sample(&env, "ko").await;
+    let (c, form, here, token, t) = (
+        &o.client,
+        o.form.as_str(),
+        Some(o.origin.as_str()),
+        &o.token,
+        &o.t,
+    );
+    let typed = first_page(token);
     let admin = crate::harness::admin_client("postgres").await;
     let set = |sql: String| {
         let admin = &admin;
@@ -265,25 +275,22 @@ async fn a_page_met_by_a_database_outage_keeps_what_was_typed() {
         t.database
     ))
     .await;
-    let (status, refused, framed) = refusal(send_form(c, &u(&public), here, &typed).await).await;
+    let (status, refused, framed) = refusal(send_form(c, form, here, &typed).await).await;
     assert_eq!(status, 503, "{refused}");
     assert!(framed, "the refusal cannot show in the city's frame");
     assert!(refused.contains("ただいま混み合っているため"), "{refused}");
-    let fields = kept_fields(&refused, &public, &typed);
+    let fields = kept_fields(&refused, &o.public, &typed);
     set(format!(
         "ALTER DATABASE \"{}\" RESET default_transaction_read_only",
         t.database
     ))
     .await;
-    let sent: Vec<(&str, &str)> = fields
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let sent = pairs(&fields);
     // The tenant's pool reconnects after the outage (a connection the termination
     // cut may answer 503 once more).
     let mut answer = (0, String::new(), String::new());
     for _ in 0..20 {
-        answer = post_from(c, &u(&public), here, &sent).await;
+        answer = post_from(c, form, here, &sent).await;
         if answer.0 != 503 {
             break;
         }
@@ -292,7 +299,7 @@ async fn a_page_met_by_a_database_outage_keeps_what_was_typed() {
     let (status, loc, body) = answer;
     assert_eq!(status, 303, "{body}");
     assert!(loc.ends_with("?page=1"), "{loc}");
-    server.shutdown().await;
+    o.server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -562,6 +562,13 @@ pub fn loggable_path(path: &str) -> String {
             return format!("{cut}…");
         }
     }
+    // A mailed link's key (一時保存): /f/{form}/resume/{key}.
+    if let Some(at) = path
+        .strip_prefix("/f/")
+        .and_then(|rest| rest.find("/resume/"))
+    {
+        return format!("{}/resume/…", &path[..at + 3]);
+    }
     path.chars().take(200).collect()
 }
 
@@ -573,6 +580,7 @@ mod tests {
         assert_eq!(logged("/admin/setup/Zm9vYmFy"), "/admin/setup/…");
         assert_eq!(logged("/postal/0600042"), "/postal/…");
         assert_eq!(logged("/f/abc/confirm"), "/f/abc/confirm");
+        assert_eq!(logged("/f/abc/resume/S2V5a2V5"), "/f/abc/resume/…");
         assert_eq!(logged(&"/f/".repeat(100)).chars().count(), 200);
     }
 }

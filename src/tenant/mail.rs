@@ -1,5 +1,6 @@
 //! Mail to applicants from the outbox: the e-mailed copy of an application
-//! (受付完了メール, kind `receipt`) and staff's messages about a case (kind `mail`).
+//! (受付完了メール, kind `receipt`), staff's messages about a case (kind `mail`) and
+//! the link to go on with a saved form (一時保存, kind `resume`).
 //!
 //! Rows are written in the same transaction as what caused them; here they are sent
 //! through the platform's SMTP relay, one tenant database at a time, oldest first.
@@ -19,10 +20,11 @@ use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
 
-use super::cases::open_text;
+use super::cases::{open_text, seal};
 use super::forms::answers::Answers;
 use super::forms::citizen::{decrypt_answers, jst, RECEIPT_MAIL};
 use super::forms::definition::{FieldKind, FormDefinition};
+use super::forms::resume::RESUME_MAIL;
 use crate::config::MailSettings;
 use crate::crypto::FieldCipher;
 use crate::error::AppError;
@@ -249,6 +251,31 @@ pub async fn deliver_due(
     Ok(pass)
 }
 
+/// Queues a mail in the caller's transaction, its payload sealed to the row's own id
+/// (drawn first); returns the id.
+pub(crate) async fn queue(
+    tx: &impl GenericClient,
+    cipher: &FieldCipher,
+    kind: &str,
+    submission: Option<Uuid>,
+    payload: &str,
+) -> Result<i64, AppError> {
+    let id: i64 = tx
+        .query_one(
+            "SELECT nextval(pg_get_serial_sequence('outbox', 'id'))",
+            &[],
+        )
+        .await?
+        .get(0);
+    let sealed = seal(cipher, "outbox", "payload", &id.to_string(), payload)?;
+    tx.execute(
+        "INSERT INTO outbox (id, kind, submission_id, payload) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4)",
+        &[&id, &kind, &submission, &sealed],
+    )
+    .await?;
+    Ok(id)
+}
+
 /// How long to wait before try number `attempt` (2, 3, …): a minute, doubling, at
 /// most six hours; `None` once [`MAX_ATTEMPTS`] are spent (about 20 hours after the first).
 pub fn retry_after(attempt: i32) -> Option<Duration> {
@@ -322,6 +349,9 @@ async fn compose(
     submission: Option<Uuid>,
     payload: &[u8],
 ) -> Result<Letter, AppError> {
+    if kind == RESUME_MAIL {
+        return resume_letter(cipher, head, id, payload);
+    }
     let submission = submission.ok_or(AppError::NotFound)?;
     // Receipts are sealed to their submission (see `RECEIPT_MAIL`), the rest to their own row.
     let bound = if kind == RECEIPT_MAIL {
@@ -394,6 +424,43 @@ async fn compose(
         return Err(AppError::NotFound);
     }
     Ok(letter)
+}
+
+/// The link to go on with a saved form (一時保存). Nothing the person typed is in
+/// it: only the form's title, the link and until when it works.
+fn resume_letter(
+    cipher: &FieldCipher,
+    head: &Letterhead,
+    id: i64,
+    payload: &[u8],
+) -> Result<Letter, AppError> {
+    let payload: serde_json::Value = serde_json::from_str(&open_text(
+        cipher,
+        "outbox",
+        "payload",
+        &id.to_string(),
+        payload,
+    )?)
+    .map_err(|e| AppError::Internal(e.into()))?;
+    let field = |k: &str| payload.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let (to, title, url, until) = (field("to"), field("title"), field("url"), field("until"));
+    if to.is_empty() || url.is_empty() {
+        return Err(AppError::NotFound);
+    }
+    Ok(Letter {
+        to: to.to_owned(),
+        subject: format!("【{}】{title} 入力の続きのご案内", head.site),
+        body: format!(
+            "{title} の入力内容を一時保存しました。\n\
+             次のリンクを開くと、続きから入力できます。スマートフォンでもパソコンでも開けます。\n\n\
+             {url}\n\n\
+             有効期限: {until}\n\n\
+             ・まだ申請は完了していません。最後に「送信する」を押すと申請になります。\n\
+             ・このリンクを知っている人は、入力内容を見ることができます。他の人に転送しないでください。\n\
+             ・リンクを開いて続きを始めると、このリンクは使えなくなります。\n\n{foot}",
+            foot = footer(&head.site),
+        ),
+    })
 }
 
 fn first_email(def: &FormDefinition, answers: &Answers) -> Option<String> {

@@ -174,6 +174,23 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             }
         })
         .route("/f/{form}/done", get(c::done))
+        // 一時保存: a link mailed to go on later, on any device.
+        .route("/f/{form}/save", {
+            let r = get(forms::resume::save_form)
+                .post(forms::resume::send_link)
+                .layer::<_, std::convert::Infallible>(small_body());
+            match &submits {
+                Some(l) => r.layer(l.clone()),
+                None => r,
+            }
+        })
+        .route("/f/{form}/resume/{key}", {
+            let r = get(forms::resume::link_page).post(forms::resume::take_up);
+            match &submits {
+                Some(l) => r.layer(l.clone()),
+                None => r,
+            }
+        })
         .route(
             "/status",
             get(status::form)

@@ -916,3 +916,54 @@ async fn a_postal_code_fills_the_address_line() {
     c.close().await.unwrap();
     server.shutdown().await;
 }
+
+/// 一時保存 on a phone, then on with it on a PC: the link comes by mail (a real SMTP
+/// exchange), its page moves what was typed into the PC's browser, and the
+/// application goes on from there. axe-core runs on the pages this adds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_saved_on_a_phone_goes_on_on_a_pc() {
+    let smtp = crate::smtp::SmtpServer::start().await;
+    let relay_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let env = TestEnv::with(|s| s.mail = Some(crate::mail::relay(&relay_url))).await;
+    let form = r#"{ "format": "madoguchi.form/1", "title": "意見募集",
+      "pages": [ { "id": "p1", "fields": [
+        { "id": "who", "type": "text", "label": "お名前", "required": true },
+        { "id": "memo", "type": "textarea", "label": "ご意見", "required": true } ] } ] }"#;
+    let (public, server, base) = one_form_site(&env, "save", form).await;
+    let driver = Driver::start();
+    let phone = driver.session(true).await;
+    phone.goto(&format!("{base}{public}")).await.unwrap();
+    fill(&phone, "#f-who", "葛\u{E0100}西 花子").await;
+    click(&phone, "button[value=save]").await;
+    assert!(body(&phone)
+        .await
+        .contains("ここまでの入力内容を保存しました"));
+    check_page(&phone, "save-ask").await;
+    fill(&phone, "#email", "hanako.kasai@example.jp").await;
+    click(&phone, "button.primary").await;
+    assert!(body(&phone).await.contains("続きのリンクを送りました"));
+    check_page(&phone, "save-sent").await;
+
+    let mails = smtp.wait_for(1).await;
+    let link = crate::forms::capture(r"(https?://\S+/resume/\S+)", &mails[0].body());
+    let pc = driver.session(false).await;
+    pc.goto(&link).await.unwrap();
+    check_page(&pc, "resume-link").await;
+    click(&pc, "button.primary").await;
+    let page = body(&pc).await;
+    assert!(page.contains("1 / 1 ページ"), "{page}");
+    let who = pc
+        .execute("return document.getElementById('f-who').value;", vec![])
+        .await
+        .unwrap();
+    assert_eq!(who, "葛\u{E0100}西 花子");
+    fill(&pc, "#f-memo", "続きはパソコンで書きました").await;
+    click(&pc, "button.primary").await;
+    let page = body(&pc).await;
+    assert!(page.contains("入力内容の確認"), "{page}");
+    assert!(page.contains("続きはパソコンで書きました"), "{page}");
+    for c in [phone, pc] {
+        c.close().await.unwrap();
+    }
+    server.shutdown().await;
+}

@@ -40,7 +40,7 @@ async fn receipt_row(
 }
 
 /// Mail through the relay at `url` (plain SMTP), from [`FROM`].
-fn relay(url: &str) -> MailSettings {
+pub fn relay(url: &str) -> MailSettings {
     MailSettings {
         url: zeroize::Zeroizing::new(url.to_owned()),
         from: FROM.into(),

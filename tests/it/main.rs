@@ -12,6 +12,7 @@ mod budget;
 mod cases;
 mod cli;
 mod console;
+mod drafts;
 mod erasure;
 mod external;
 mod faults;

@@ -333,19 +333,7 @@ pub async fn add_note_in(
         let payload =
             serde_json::json!({ "template": "case_message", "submission": id, "body": body })
                 .to_string();
-        let out_id: i64 = tx
-            .query_one(
-                "SELECT nextval(pg_get_serial_sequence('outbox', 'id'))",
-                &[],
-            )
-            .await?
-            .get(0);
-        let sealed = seal(cipher, "outbox", "payload", &out_id.to_string(), &payload)?;
-        tx.execute(
-            "INSERT INTO outbox (id, kind, submission_id, payload) OVERRIDING SYSTEM VALUE VALUES ($1, 'mail', $2, $3)",
-            &[&out_id, &id, &sealed],
-        )
-        .await?;
+        crate::tenant::mail::queue(tx, cipher, "mail", Some(id), &payload).await?;
     }
     Ok(())
 }

@@ -20,6 +20,28 @@ pub const MAX_INPUT: usize = 10_000;
 /// Raw inputs: name → values (several for multiple choice).
 pub type Raw = BTreeMap<String, Vec<String>>;
 
+/// An e-mail address as stored (`v` already NFKC): the domain in lower case, or
+/// `None` when it is not the shape of an address.
+pub fn email_address(v: &str) -> Option<String> {
+    let ok = v.len() <= 254
+        && !v.chars().any(|c| c.is_whitespace() || c.is_control())
+        && v.split_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty()
+                && local.len() <= 64
+                && !domain.contains('@')
+                && domain.contains('.')
+                && !domain.starts_with('.')
+                && !domain.ends_with('.')
+                && !domain.contains("..")
+        });
+    let (local, domain) = v.split_once('@').filter(|_| ok)?;
+    // Lower case first, then NFKC, so the stored address is NFKC too.
+    Some(format!(
+        "{local}@{}",
+        ja::nfkc(&domain.to_ascii_lowercase())
+    ))
+}
+
 /// A checked answer.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "t", content = "v", rename_all = "snake_case")]
@@ -407,30 +429,14 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
                     Ok(None)
                 };
             }
-            let ok = v.len() <= 254
-                && !v.chars().any(|c| c.is_whitespace() || c.is_control())
-                && v.split_once('@').is_some_and(|(local, domain)| {
-                    !local.is_empty()
-                        && local.len() <= 64
-                        && !domain.contains('@')
-                        && domain.contains('.')
-                        && !domain.starts_with('.')
-                        && !domain.ends_with('.')
-                        && !domain.contains("..")
-                });
-            if !ok {
-                return Err(err(
+            match email_address(&v) {
+                Some(a) => Ok(Some(Answer::Text(a))),
+                None => Err(err(
                     f,
                     &f.id,
                     format!("{label}の形式が正しくありません（例: yamada@example.jp）"),
-                ));
+                )),
             }
-            let (local, domain) = v.split_once('@').unwrap_or_default();
-            // Lower case first, then NFKC, so the stored address is NFKC too.
-            Ok(Some(Answer::Text(format!(
-                "{local}@{}",
-                ja::nfkc(&domain.to_ascii_lowercase())
-            ))))
         }
         FieldKind::Tel {} => {
             let v = ja::nfkc(&first(raw, &f.id));

@@ -29,18 +29,18 @@ use crate::tenant::TenantCtx;
 use crate::web::render;
 
 /// How long an unfinished application is kept.
-const DRAFT_HOURS: i32 = 24;
+pub(super) const DRAFT_HOURS: i32 = 24;
 
-fn cookie_name(public_id: &str) -> String {
+pub(super) fn cookie_name(public_id: &str) -> String {
     format!("md_f_{public_id}")
 }
 
-struct Draft {
-    id: Uuid,
-    inputs: Raw,
-    submission: Option<Uuid>,
+pub(super) struct Draft {
+    pub(super) id: Uuid,
+    pub(super) inputs: Raw,
+    pub(super) submission: Option<Uuid>,
     /// Set when this draft corrects a returned (差戻し) submission.
-    resubmit_of: Option<Uuid>,
+    pub(super) resubmit_of: Option<Uuid>,
 }
 
 impl Draft {
@@ -66,7 +66,7 @@ fn draft_ref(id: &str) -> FieldRef<'_> {
 /// A citizen's draft by the hash of the token in their cookie.
 pub const LOAD_DRAFT_SQL: &str = "SELECT id, inputs, submission_id, resubmit_of FROM citizen_drafts WHERE token_hash = $1 AND form_id = $2 AND expires_at > now()";
 
-async fn load_draft(
+pub(super) async fn load_draft(
     ctx: &TenantCtx,
     db: &deadpool_postgres::ClientWrapper,
     form_id: i64,
@@ -107,7 +107,8 @@ pub async fn purge_expired_drafts(db: &tokio_postgres::Client) -> Result<u64, Ap
 /// (a double tap on the first 次へ, or a draft expired under an open page) takes
 /// that row over rather than failing on the token's uniqueness, unless that row was
 /// sent already or is a correction (差戻し) of another application, which a plain
-/// draft must not become. Every save moves the expiry to [`DRAFT_HOURS`] from now.
+/// draft must not become. Every save moves the expiry to [`DRAFT_HOURS`] from now,
+/// or leaves it later (a draft whose link was mailed, see `resume`).
 /// Returns whether it was saved.
 async fn save_draft(
     ctx: &TenantCtx,
@@ -127,7 +128,7 @@ async fn save_draft(
              VALUES ($1, $2, $3, $4, $5, $7, now() + make_interval(hours => $6))
              ON CONFLICT (token_hash) DO UPDATE SET id = excluded.id,
                     form_version = excluded.form_version, inputs = excluded.inputs,
-                    expires_at = excluded.expires_at, updated_at = now()
+                    expires_at = greatest(citizen_drafts.expires_at, excluded.expires_at), updated_at = now()
               WHERE citizen_drafts.submission_id IS NULL
                 AND citizen_drafts.form_id = excluded.form_id
                 AND citizen_drafts.resubmit_of IS NOT DISTINCT FROM excluded.resubmit_of",
@@ -150,12 +151,12 @@ async fn save_draft(
     Ok(n == 1)
 }
 
-/// Moves an open draft's expiry to [`DRAFT_HOURS`] from now (the form page renews
-/// its cookie for as long).
+/// Moves an open draft's expiry to [`DRAFT_HOURS`] from now, unless it is later
+/// already (the form page renews its cookie for as long).
 async fn renew_draft(db: &deadpool_postgres::ClientWrapper, id: Uuid) -> Result<(), AppError> {
     let stmt = db
         .prepare_cached(
-            "UPDATE citizen_drafts SET expires_at = now() + make_interval(hours => $2) WHERE id = $1 AND submission_id IS NULL",
+            "UPDATE citizen_drafts SET expires_at = greatest(expires_at, now() + make_interval(hours => $2)) WHERE id = $1 AND submission_id IS NULL",
         )
         .await?;
     db.execute(&stmt, &[&id, &DRAFT_HOURS]).await?;
@@ -174,7 +175,7 @@ fn answers_before(def: &FormDefinition, raw: &Raw, upto: usize) -> Answers {
     answers
 }
 
-fn visible_pages(def: &FormDefinition, raw: &Raw) -> Vec<usize> {
+pub(super) fn visible_pages(def: &FormDefinition, raw: &Raw) -> Vec<usize> {
     (0..def.pages.len())
         .filter(|&i| page_visible(&def.pages[i], &answers_before(def, raw, i)))
         .collect()
@@ -263,7 +264,7 @@ struct NoticePage {
     message: String,
 }
 
-fn notice(
+pub(super) fn notice(
     ctx: &TenantCtx,
     status: StatusCode,
     title: &str,
@@ -306,7 +307,7 @@ async fn correcting(
 /// The published form at `public_id` as this listener's zone sees it, or the page to
 /// show instead when it is closed or full and this visit is not the correction of a
 /// returned application.
-async fn open_form(
+pub(super) async fn open_form(
     ctx: &TenantCtx,
     db: &deadpool_postgres::ClientWrapper,
     public_id: &str,
@@ -451,7 +452,12 @@ fn draft_page(
     }
 }
 
-fn with_cookie(mut resp: Response, ctx: &TenantCtx, form: &Published, token: &str) -> Response {
+pub(super) fn with_cookie(
+    mut resp: Response,
+    ctx: &TenantCtx,
+    form: &Published,
+    token: &str,
+) -> Response {
     let path = format!("/f/{}", form.public_id);
     let max_age = u64::try_from(DRAFT_HOURS).unwrap_or(24) * 3600;
     resp.headers_mut().append(
@@ -526,7 +532,7 @@ pub async fn show(
 }
 
 /// Which of the form's tokens a posted page belongs to.
-enum Posted {
+pub(super) enum Posted {
     Token(String),
     /// Sent from this site without the form's cookie (see [`post_page`]).
     Renew,
@@ -548,7 +554,7 @@ pub fn carries_the_cookies_token(headers: &HeaderMap, public_id: &str, posted: &
 /// (`Origin`): a page drawn before another tab opened the form carries an older
 /// token than the cookie. Another site's request, or one that says neither, is
 /// refused.
-async fn posted_token(
+pub(super) async fn posted_token(
     ctx: &TenantCtx,
     db: &deadpool_postgres::ClientWrapper,
     form: &Published,
@@ -604,7 +610,7 @@ async fn cookie_drafts(
 
 /// Whether the request says it comes from a page of this site: `Origin`, which
 /// browsers send with every form POST, is the address this request reached.
-fn same_origin(ctx: &TenantCtx, headers: &HeaderMap) -> bool {
+pub(super) fn same_origin(ctx: &TenantCtx, headers: &HeaderMap) -> bool {
     headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())
@@ -721,6 +727,11 @@ pub async fn post_page(
         ));
     }
 
+    // 一時保存: this page is kept as typed, errors and all, and the person is asked
+    // where to mail the link that brings them back.
+    if body.get("_nav") == "save" {
+        return Ok(see_other(&format!("/f/{public_id}/save?page={page}")));
+    }
     let visible = visible_pages(def, &draft.inputs);
     let pos = visible.iter().position(|&i| i == page);
     if body.get("_nav") == "back" {
@@ -760,6 +771,8 @@ struct ConfirmPage {
     token: String,
     action: String,
     back: String,
+    /// 一時保存 (see `resume`).
+    save: String,
     /// A proof-of-work challenge (JSON) when the submit needs one.
     pow: Option<String>,
     /// The automatic check before sending failed (or was asked for after the page
@@ -798,6 +811,26 @@ async fn draft_for(
         .find_map(|(t, d)| d.map(|d| (t, d))))
 }
 
+/// The published form with this browser's open draft and its token, or the page to
+/// show instead: the form's own when it is closed, its first page when nothing is
+/// saved, the receipt when the draft was sent.
+pub(super) async fn open_draft(
+    ctx: &TenantCtx,
+    db: &deadpool_postgres::ClientWrapper,
+    public_id: &str,
+    headers: &HeaderMap,
+) -> Result<Result<(Published, String, Draft), Response>, AppError> {
+    let form = match open_form(ctx, db, public_id, headers).await? {
+        Ok(form) => form,
+        Err(page) => return Ok(Err(page)),
+    };
+    Ok(match draft_for(ctx, db, &form, headers).await? {
+        None => Err(see_other(&format!("/f/{public_id}"))),
+        Some((_, d)) if d.submission.is_some() => Err(see_other(&format!("/f/{public_id}/done"))),
+        Some((token, draft)) => Ok((form, token, draft)),
+    })
+}
+
 #[derive(Deserialize)]
 pub struct ConfirmQuery {
     retry: Option<u8>,
@@ -810,16 +843,10 @@ pub async fn confirm(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let form = match open_form(&ctx, &db, &public_id, &headers).await? {
-        Ok(form) => form,
-        Err(page) => return Ok(page),
+    let (form, token, draft) = match open_draft(&ctx, &db, &public_id, &headers).await? {
+        Ok(found) => found,
+        Err(elsewhere) => return Ok(elsewhere),
     };
-    let Some((token, draft)) = draft_for(&ctx, &db, &form, &headers).await? else {
-        return Ok(see_other(&format!("/f/{public_id}")));
-    };
-    if draft.submission.is_some() {
-        return Ok(see_other(&format!("/f/{public_id}/done")));
-    }
     match check_all(&form.def, &draft.inputs) {
         Ok(answers) => {
             let last = visible_pages(&form.def, &draft.inputs)
@@ -835,6 +862,7 @@ pub async fn confirm(
                     token,
                     action: format!("/f/{public_id}/submit"),
                     back: format!("/f/{public_id}?page={last}"),
+                    save: format!("/f/{public_id}/save"),
                     pow: if super::pow::required(&ctx, form.id, form.def.settings.proof_of_work) {
                         Some(super::pow::challenge(&ctx)?)
                     } else {
@@ -854,7 +882,7 @@ pub async fn confirm(
     }
 }
 
-fn first_error_page(def: &FormDefinition, errors: &[FieldError]) -> usize {
+pub(super) fn first_error_page(def: &FormDefinition, errors: &[FieldError]) -> usize {
     def.pages
         .iter()
         .position(|p| {

@@ -5,5 +5,6 @@ pub mod answers;
 pub mod citizen;
 pub mod definition;
 pub mod pow;
+pub mod resume;
 pub mod store;
 pub mod view;

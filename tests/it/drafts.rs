@@ -1,0 +1,333 @@
+//! 一時保存: a citizen saves a form part-way, gets a link by mail (through a real
+//! SMTP exchange), and goes on from it in another browser; the link works once,
+//! for a week, and a draft sends a few links at most.
+
+use madoguchi::front::Server;
+use madoguchi::tenant::staff::Role;
+
+use crate::forms::{
+    apply_with, browser, build_form, capture, dept_id, get, post, post_from, staff,
+};
+use crate::harness::{unique, url, TestEnv};
+use crate::mail::relay;
+use crate::smtp::SmtpServer;
+
+/// A municipality with the two-page bulky-waste form published, its mail going to
+/// an SMTP server in this process.
+struct Site {
+    smtp: SmtpServer,
+    /// Kept for as long as the server runs.
+    _env: TestEnv,
+    server: Server,
+    host: String,
+    public: String,
+    db: tokio_postgres::Client,
+}
+
+impl Site {
+    async fn open() -> Self {
+        let smtp = SmtpServer::start().await;
+        let relay_url = format!("smtp://127.0.0.1:{}", smtp.port);
+        let env = TestEnv::with(|s| s.mail = Some(relay(&relay_url))).await;
+        let t = env.tenant(&unique("d"), "千代田区", "131016").await;
+        let server = env.serve().await;
+        let host = t.hosts[0].clone();
+        let admin = staff(&env, &server, &t, Role::Admin, None).await;
+        let dept = dept_id(&env, &t, "環境政策課").await;
+        let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
+        let db = env.tenant_conn(&t).await.client;
+        Self {
+            smtp,
+            _env: env,
+            server,
+            host,
+            public,
+            db,
+        }
+    }
+}
+
+/// Starts the form in a new browser and sends its first page with `_nav=save`
+/// (with 品目, which is required, not chosen); returns the browser and its token.
+async fn saved_part_way(server: &Server, host: &str, public: &str) -> (reqwest::Client, String) {
+    let c = browser(server, &[host]);
+    let (_, _, page) = get(&c, &url(server, host, public)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    assert!(
+        page.contains(r#"name="_nav" value="save""#),
+        "the form has no 一時保存 button:\n{page}"
+    );
+    let (status, loc, body) = post(
+        &c,
+        &url(server, host, public),
+        &[
+            ("_token", &token),
+            ("_page", "0"),
+            ("_nav", "save"),
+            ("name.family", "葛\u{E0100}西"),
+            ("name.given", "花子"),
+            ("name.family_kana", "かさい"),
+            ("name.given_kana", "はなこ"),
+            ("email", "hanako.kasai@example.jp"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        (status, loc.as_str()),
+        (303, &*format!("{public}/save?page=0")),
+        "{body}"
+    );
+    (c, token)
+}
+
+/// Asks for a link to `email`: the status and the page.
+async fn send_link(
+    c: &reqwest::Client,
+    server: &Server,
+    host: &str,
+    public: &str,
+    token: &str,
+    email: &str,
+) -> (u16, String) {
+    let (status, _, page) = post(
+        c,
+        &url(server, host, &format!("{public}/save")),
+        &[("_token", token), ("page", "0"), ("email", email)],
+    )
+    .await;
+    (status, page)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saved_form_goes_on_from_a_mailed_link_in_another_browser() {
+    let Site {
+        smtp,
+        _env,
+        server,
+        host,
+        public,
+        db,
+    } = Site::open().await;
+    let host = host.as_str();
+    let u = |p: &str| url(&server, host, p);
+
+    // On the phone: the first page, part-filled, saved. The page asking where to
+    // send the link offers the address typed in the form.
+    let (phone, token) = saved_part_way(&server, host, &public).await;
+    let r = phone
+        .get(u(&format!("{public}/save?page=0")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains(r#"value="hanako.kasai@example.jp""#),
+        "{page}"
+    );
+    assert!(
+        page.contains(&format!(r#"href="{public}?page=0""#)),
+        "{page}"
+    );
+
+    // A mistyped address is refused in Japanese; nothing saved is lost.
+    let (status, page) = send_link(&phone, &server, host, &public, &token, "hanako.kasai").await;
+    assert_eq!(status, 422);
+    assert!(
+        page.contains("メールアドレスの形式が正しくありません"),
+        "{page}"
+    );
+    assert!(page.contains(r#"aria-invalid="true""#), "{page}");
+    let (status, page) = send_link(&phone, &server, host, &public, &token, " ").await;
+    assert_eq!(status, 422);
+    assert!(page.contains("メールアドレスを入力してください"), "{page}");
+    let (_, _, form) = get(&phone, &u(&format!("{public}?page=0"))).await;
+    assert!(form.contains(r#"value="花子""#), "{form}");
+
+    // Typed in full width, it is taken as the address it is.
+    let (status, page) = send_link(
+        &phone,
+        &server,
+        host,
+        &public,
+        &token,
+        "ｈａｎａｋｏ．ｋａｓａｉ＠ＥＸＡＭＰＬＥ．ＪＰ",
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("続きのリンクを送りました"), "{page}");
+    assert!(page.contains("hanako.kasai@example.jp"), "{page}");
+    // The draft is now kept a week, not a day.
+    let days: f64 = db
+        .query_one(
+            "SELECT extract(epoch FROM max(expires_at) - now())::float8 / 86400 FROM citizen_drafts WHERE resume_hash IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!((6.99..=7.0).contains(&days), "kept {days} days");
+
+    // The mail: the link, nothing typed but the address it goes to.
+    let mails = smtp.wait_for(1).await;
+    let mail = &mails[0];
+    assert_eq!(mail.to, ["hanako.kasai@example.jp"]);
+    assert_eq!(
+        mail.header("Subject"),
+        "【千代田区】粗大ごみ収集申込 入力の続きのご案内"
+    );
+    let body = mail.body();
+    let link = capture(r"(https?://\S+/resume/\S+)", &body);
+    assert!(link.starts_with(&u(&format!("{public}/resume/"))), "{link}");
+    assert!(body.contains("有効期限: "), "{body}");
+    assert!(!body.contains("花子"), "{body}");
+    // Sent: the row keeps its time and loses the link.
+    let (sent, kept): (bool, i32) = {
+        let r = db
+            .query_one(
+                "SELECT sent_at IS NOT NULL, length(payload) FROM outbox WHERE kind = 'resume'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((sent, kept), (true, 0));
+
+    // On a PC: the link's page changes nothing (mail scanners fetch links), and
+    // tells only its origin to what it loads.
+    let pc = browser(&server, &[host]);
+    for _ in 0..2 {
+        let r = pc.get(&link).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["referrer-policy"], "strict-origin");
+        let page = r.text().await.unwrap();
+        assert!(page.contains("続きから入力する"), "{page}");
+    }
+    // Its button, from another site, is refused.
+    let (status, _, _) = post_from(&pc, &link, Some("https://evil.example"), &[]).await;
+    assert_eq!(status, 403);
+    // From the page itself: the draft moves to the PC, on the first page not done.
+    let origin = u("");
+    let origin = origin.trim_end_matches('/');
+    let (status, loc, body) = post_from(&pc, &link, Some(origin), &[]).await;
+    assert_eq!(
+        (status, loc.as_str()),
+        (303, &*format!("{public}?page=0")),
+        "{body}"
+    );
+    let (_, _, form) = get(&pc, &u(&loc)).await;
+    assert!(form.contains("葛\u{E0100}西"), "{form}");
+    assert!(
+        form.contains(r#"value="hanako.kasai@example.jp""#),
+        "{form}"
+    );
+
+    // The link is spent; the phone starts afresh.
+    let (status, _, page) = get(&pc, &link).await;
+    assert_eq!(status, 404);
+    assert!(page.contains("このリンクは使えません"), "{page}");
+    let (_, _, form) = get(&phone, &u(&public)).await;
+    assert!(!form.contains("花子"), "{form}");
+
+    // The PC goes on to a 受付番号.
+    let receipt = apply_with(&pc, &server, host, &public, "ソファ")
+        .await
+        .unwrap_or_else(|(s, p)| panic!("{s}: {p}"));
+    assert!(!receipt.is_empty());
+    let sent: i64 = db
+        .query_one(
+            "SELECT count(*) FROM citizen_drafts WHERE submission_id IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sent, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_link_replaces_the_last_and_a_draft_sends_five_at_most() {
+    let Site {
+        smtp,
+        _env,
+        server,
+        host,
+        public,
+        db,
+    } = Site::open().await;
+    let host = host.as_str();
+
+    let (c, token) = saved_part_way(&server, host, &public).await;
+    // Asked for from the 確認画面 (no page named), it leads back there.
+    let (status, _, page) = get(&c, &url(&server, host, &format!("{public}/save"))).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&format!(r#"href="{public}/confirm""#)),
+        "{page}"
+    );
+    for n in 1..=5 {
+        let (status, page) = send_link(
+            &c,
+            &server,
+            host,
+            &public,
+            &token,
+            "hanako.kasai@example.jp",
+        )
+        .await;
+        assert_eq!(status, 200, "link {n}: {page}");
+    }
+    let mails = smtp.wait_for(5).await;
+    let links: Vec<String> = mails
+        .iter()
+        .map(|m| capture(r"(https?://\S+/resume/\S+)", &m.body()))
+        .collect();
+    // Only the latest works.
+    for old in &links[..4] {
+        let (status, _, _) = get(&c, old).await;
+        assert_eq!(status, 404, "{old}");
+    }
+    let (status, _, _) = get(&c, &links[4]).await;
+    assert_eq!(status, 200);
+    // A sixth is refused, in words; the draft and its link stay.
+    let (status, page) = send_link(
+        &c,
+        &server,
+        host,
+        &public,
+        &token,
+        "hanako.kasai@example.jp",
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(page.contains("5通まで"), "{page}");
+    let (status, _, _) = get(&c, &links[4]).await;
+    assert_eq!(status, 200);
+    let queued: i64 = db
+        .query_one("SELECT count(*) FROM outbox WHERE kind = 'resume'", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 5);
+
+    // Past its week, the link leads nowhere, and the daily purge takes the draft.
+    db.execute(
+        "UPDATE citizen_drafts SET expires_at = now() - interval '1 second' WHERE resume_hash IS NOT NULL",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (status, _, page) = get(&c, &links[4]).await;
+    assert_eq!(status, 404);
+    assert!(page.contains("有効期限が過ぎた"), "{page}");
+    madoguchi::tenant::forms::citizen::purge_expired_drafts(&db)
+        .await
+        .unwrap();
+    let left: i64 = db
+        .query_one("SELECT count(*) FROM citizen_drafts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0);
+}

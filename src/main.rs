@@ -775,9 +775,7 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                             .list_tenants()
                             .await?
                             .into_iter()
-                            .filter(|t| {
-                                matches!(t.state, TenantState::Active | TenantState::Suspended)
-                            })
+                            .filter(|t| t.state.backed_up())
                             .collect(),
                         (None, false) => anyhow::bail!("name a tenant or pass --all"),
                     };

@@ -35,6 +35,13 @@ pub enum TenantState {
 }
 
 impl TenantState {
+    /// Whether scheduled backups (and `backup run --all`) take the tenant, and its
+    /// backups' age is watched: active, or suspended (whose last writes a backup
+    /// may not hold yet).
+    pub fn backed_up(self) -> bool {
+        matches!(self, Self::Active | Self::Suspended)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Provisioning => "provisioning",
@@ -480,7 +487,7 @@ impl Catalog {
         let backups = c
             .query(
                 "SELECT t.slug, coalesce(extract(epoch FROM max(b.created_at))::bigint, 0) FROM tenants t
-                   LEFT JOIN backups b ON b.tenant_id = t.id WHERE t.state = 'active' GROUP BY t.slug
+                   LEFT JOIN backups b ON b.tenant_id = t.id WHERE t.state IN ('active', 'suspended') GROUP BY t.slug
                  UNION ALL
                  -- The catalog's own backups (they hold the wrapped keys every tenant
                  -- backup needs), under the name they are filed by.

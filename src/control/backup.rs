@@ -1171,10 +1171,7 @@ pub async fn run_all(
         Err(e) => return (0, vec![("*".into(), format!("{e:#}"))]),
     };
     let (mut ok, mut failed) = (0, Vec::new());
-    for t in tenants
-        .iter()
-        .filter(|t| t.state == crate::catalog::TenantState::Active)
-    {
+    for t in tenants.iter().filter(|t| t.state.backed_up()) {
         match run(p, store, t).await {
             Ok(_) => {
                 ok += 1;

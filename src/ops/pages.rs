@@ -205,11 +205,10 @@ pub async fn home(State(s): State<OpsState>, op: Operator) -> Result<Response, A
                 schema: t.schema_version,
                 backup_age: match backup {
                     Some(at) => age(now - at),
-                    None if t.state == TenantState::Active => "なし".into(),
+                    None if t.state.backed_up() => "なし".into(),
                     None => String::new(),
                 },
-                backup_stale: t.state == TenantState::Active
-                    && backup.is_none_or(|at| now - at > 26 * 3600),
+                backup_stale: t.state.backed_up() && backup.is_none_or(|at| now - at > 26 * 3600),
                 drill: match drills.get(&t.slug) {
                     Some((true, secs)) => format!("一致 ({secs:.1} s)"),
                     Some((false, _)) => "不一致".into(),

@@ -707,3 +707,58 @@ async fn a_restore_cut_short_is_cleared_by_the_next_not_finished_half_made() {
         .get::<_, i64>(0);
     assert_eq!(gone, 0, "the half-made database was left");
 }
+
+/// A suspended municipality's data is still its own: the schedule backs it up with
+/// the active ones, and its backups' age is watched (the alert's metric, from 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_backups_and_their_alert_cover_suspended_tenants() {
+    use madoguchi::catalog::TenantState;
+    let env = TestEnv::new().await;
+    let on = env.tenant(&unique("on"), "函館市", "012025").await;
+    let off = env.tenant(&unique("off"), "小樽市", "012033").await;
+    assert!(madoguchi::control::tenant_admin::move_state(
+        &env.platform,
+        &off,
+        &[TenantState::Active],
+        TenantState::Suspended
+    )
+    .await
+    .unwrap());
+    let server = env.serve().await;
+    let metric = |slug: &str| {
+        format!("madoguchi_backup_last_success_timestamp_seconds{{tenant=\"{slug}\"}}")
+    };
+    let metrics = crate::harness::ops_metrics(server.bound.ops).await;
+    for t in [&on, &off] {
+        assert!(
+            metrics.contains(&format!("{} 0", metric(&t.slug))),
+            "{} not watched:\n{metrics}",
+            t.slug
+        );
+    }
+    let store = DirStore::new(env.state.path());
+    let (ok, failed) = backup::run_all(&env.platform, &store, &backup::Retention::default()).await;
+    assert!(failed.is_empty(), "{failed:?}");
+    // Both tenants and the catalog.
+    assert_eq!(ok, 3);
+    let metrics = crate::harness::ops_metrics(server.bound.ops).await;
+    for t in [&on, &off] {
+        assert_eq!(
+            backup::list(&env.platform, Some(&t.slug))
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(&metric(&t.slug)))
+            .unwrap_or_else(|| panic!("{} missing:\n{metrics}", t.slug));
+        let at: i64 = line.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!(
+            (at - time::OffsetDateTime::now_utc().unix_timestamp()).abs() < 600,
+            "{line}"
+        );
+    }
+    server.shutdown().await;
+}

@@ -1,5 +1,19 @@
--- 一時保存: a draft whose owner asked for a link to go on later (on any device)
--- keeps the hash of the link's key, and how many links it has sent (a few at most).
+-- 一時保存: a draft whose owner asked for a link to go on later, on any device.
 ALTER TABLE citizen_drafts
+    -- SHA-256 of the mailed link's key; NULL once the link is opened or replaced.
     ADD COLUMN resume_hash bytea UNIQUE,
-    ADD COLUMN resume_mails integer NOT NULL DEFAULT 0;
+    -- Links this draft has sent (a few at most).
+    ADD COLUMN resume_mails integer NOT NULL DEFAULT 0,
+    -- The page it was saved from (NULL: the confirmation step), where the link leads.
+    ADD COLUMN resume_page integer,
+    -- When a link moved it into another browser: a second press soon after (the
+    -- first answer lost) is answered alike.
+    ADD COLUMN resumed_at timestamptz,
+    -- The hash of the token it was under before a link moved it, so the browser
+    -- that saved it is told where its draft went.
+    ADD COLUMN moved_from bytea;
+CREATE INDEX citizen_drafts_moved_from ON citizen_drafts (moved_from) WHERE moved_from IS NOT NULL;
+-- A link mail's recipient as a blind index (HMAC under the municipality's key), so
+-- one address is sent a few links a day at most.
+ALTER TABLE outbox ADD COLUMN recipient_index bytea;
+CREATE INDEX outbox_recipient ON outbox (recipient_index, created_at) WHERE recipient_index IS NOT NULL;

@@ -45,6 +45,11 @@ impl MailQueue {
         self.wake.notify_one();
     }
 
+    /// Whether mail is delivered at all (a relay is configured and its deliverer runs).
+    pub fn delivering(&self) -> bool {
+        self.delivering.load(Ordering::Relaxed)
+    }
+
     fn take(&self) -> Vec<Uuid> {
         self.waiting
             .lock()

@@ -212,10 +212,13 @@ pub async fn deliver_due(
                         pass.retrying += 1;
                     }
                     let secs = retry.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                    // A link to a saved form given up loses its key and recipient:
+                    // nothing can send it any more.
                     tx.execute(
                         "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
                                 next_attempt_at = CASE WHEN $3::bigint IS NULL THEN 'infinity'::timestamptz
-                                                       ELSE now() + make_interval(secs => $3::bigint) END
+                                                       ELSE now() + make_interval(secs => $3::bigint) END,
+                                payload = CASE WHEN $3::bigint IS NULL AND kind = 'resume' THEN ''::bytea ELSE payload END
                           WHERE id = $1",
                         &[&id, &why, &secs],
                     )

@@ -89,6 +89,11 @@ impl TenantCtx {
         self.mail.queued(self.id);
     }
 
+    /// Whether mail queued now will be sent: without a relay it waits in the outbox.
+    pub fn mail_on(&self) -> bool {
+        self.mail.delivering()
+    }
+
     /// A connection to this tenant's own database, as its own role. When the
     /// global connection budget is exhausted for longer than the configured wait,
     /// the request gets 503 with `Retry-After`, never an extra connection.

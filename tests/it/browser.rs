@@ -937,7 +937,7 @@ async fn a_form_saved_on_a_phone_goes_on_on_a_pc() {
     click(&phone, "button[value=save]").await;
     assert!(body(&phone)
         .await
-        .contains("ここまでの入力内容を保存しました"));
+        .contains("続きから始めるためのリンクをメールでお送りします"));
     check_page(&phone, "save-ask").await;
     fill(&phone, "#email", "hanako.kasai@example.jp").await;
     click(&phone, "button.primary").await;

@@ -47,23 +47,37 @@ impl Site {
     }
 }
 
+/// Opens the form at `form` (a full URL) in `c` and sends its first page with
+/// `_nav` and `fields`; returns the page's token, and the status, location and body
+/// of the answer.
+async fn first_page(
+    c: &reqwest::Client,
+    form: &str,
+    nav: &str,
+    fields: &[(&str, &str)],
+) -> (String, (u16, String, String)) {
+    let (_, _, page) = get(c, form).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let mut sent = vec![("_token", token.as_str()), ("_page", "0"), ("_nav", nav)];
+    sent.extend_from_slice(fields);
+    let answer = post(c, form, &sent).await;
+    (token, answer)
+}
+
 /// Starts the form in a new browser and sends its first page with `_nav=save`
 /// (with 品目, which is required, not chosen); returns the browser and its token.
 async fn saved_part_way(server: &Server, host: &str, public: &str) -> (reqwest::Client, String) {
     let c = browser(server, &[host]);
     let (_, _, page) = get(&c, &url(server, host, public)).await;
-    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
     assert!(
         page.contains(r#"name="_nav" value="save""#),
         "the form has no 一時保存 button:\n{page}"
     );
-    let (status, loc, body) = post(
+    let (token, (status, loc, body)) = first_page(
         &c,
         &url(server, host, public),
+        "save",
         &[
-            ("_token", &token),
-            ("_page", "0"),
-            ("_nav", "save"),
             ("name.family", "葛\u{E0100}西"),
             ("name.given", "花子"),
             ("name.family_kana", "かさい"),
@@ -194,26 +208,50 @@ async fn a_saved_form_goes_on_from_a_mailed_link_in_another_browser() {
     };
     assert_eq!((sent, kept), (true, 0));
 
-    // On a PC: the link's page changes nothing (mail scanners fetch links), and
-    // tells only its origin to what it loads.
+    // On a PC that has begun an application of its own: the link's page changes
+    // nothing (mail scanners fetch links), tells only its origin to what it loads,
+    // and says that opening replaces what the PC has begun.
     let pc = browser(&server, &[host]);
+    let (_, (status, _, _)) = first_page(&pc, &u(&public), "next", &[("kind", "その他")]).await;
+    assert_eq!(status, 422);
     for _ in 0..2 {
         let r = pc.get(&link).send().await.unwrap();
         assert_eq!(r.status(), 200);
         assert_eq!(r.headers()["referrer-policy"], "strict-origin");
         let page = r.text().await.unwrap();
         assert!(page.contains("続きから入力する"), "{page}");
+        assert!(page.contains("保存した内容に置き換わります"), "{page}");
     }
-    // Its button, from another site, is refused.
-    let (status, _, _) = post_from(&pc, &link, Some("https://evil.example"), &[]).await;
-    assert_eq!(status, 403);
-    // From the page itself: the draft moves to the PC, on the first page not done.
+    let unspent: i64 = db
+        .query_one(
+            "SELECT count(*) FROM citizen_drafts WHERE resume_hash IS NOT NULL AND resumed_at IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unspent, 1, "fetching the link's page spent it");
+    // Its button, from another site or from nowhere said, is refused.
+    for from in [Some("https://evil.example"), None] {
+        let (status, _, _) = post_from(&pc, &link, from, &[]).await;
+        assert_eq!(status, 403, "{from:?}");
+    }
+    // From the page itself: the draft moves, to the page it was saved from. The
+    // first answer is lost on the way (the button pressed twice): the second press
+    // gets the same.
     let origin = u("");
     let origin = origin.trim_end_matches('/');
+    let lost = browser(&server, &[host]);
+    let (status, first, _) = post_from(&lost, &link, Some(origin), &[]).await;
+    assert_eq!(status, 303);
     let (status, loc, body) = post_from(&pc, &link, Some(origin), &[]).await;
     assert_eq!(
-        (status, loc.as_str()),
-        (303, &*format!("{public}?page=0")),
+        (status, loc.as_str(), first.as_str()),
+        (
+            303,
+            &*format!("{public}?page=0"),
+            &*format!("{public}?page=0")
+        ),
         "{body}"
     );
     let (_, _, form) = get(&pc, &u(&loc)).await;
@@ -223,12 +261,49 @@ async fn a_saved_form_goes_on_from_a_mailed_link_in_another_browser() {
         "{form}"
     );
 
-    // The link is spent; the phone starts afresh.
+    // Moved, the draft is kept 24 hours from the last step again.
+    let hours: f64 = db
+        .query_one(
+            "SELECT extract(epoch FROM max(expires_at) - now())::float8 / 3600 FROM citizen_drafts WHERE resumed_at IS NOT NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!((23.9..=24.0).contains(&hours), "kept {hours} hours");
+
+    // The link is spent. The phone is told where its draft went: a page sent from
+    // its open tab is not taken as a new application, and the form says why it
+    // starts afresh.
     let (status, _, page) = get(&pc, &link).await;
     assert_eq!(status, 404);
     assert!(page.contains("このリンクは使えません"), "{page}");
+    let (status, _, page) = post(
+        &phone,
+        &u(&public),
+        &[
+            ("_token", &token),
+            ("_page", "0"),
+            ("_nav", "next"),
+            ("kind", "ソファ"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("入力内容は別の端末に移りました"), "{page}");
     let (_, _, form) = get(&phone, &u(&public)).await;
     assert!(!form.contains("花子"), "{form}");
+    assert!(
+        form.contains("別の端末（ブラウザ）で開かれました"),
+        "{form}"
+    );
+    let drafts: i64 = db
+        .query_one("SELECT count(*) FROM citizen_drafts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    // The moved one and the PC's own it replaced; none made of the phone's page.
+    assert_eq!(drafts, 2, "a new draft was made of the phone's page");
 
     // The PC goes on to a 受付番号.
     let receipt = apply_with(&pc, &server, host, &public, "ソファ")
@@ -244,6 +319,44 @@ async fn a_saved_form_goes_on_from_a_mailed_link_in_another_browser() {
         .unwrap()
         .get(0);
     assert_eq!(sent, 1);
+
+    // A correction (差戻し) is reopened from the status page, not saved for later.
+    db.execute(
+        "UPDATE submissions SET status = 'returned', return_deadline = current_date + 7 WHERE receipt_number = $1",
+        &[&receipt],
+    )
+    .await
+    .unwrap();
+    let (status, loc, _) = post(
+        &pc,
+        &u("/status/resubmit"),
+        &[("receipt", &receipt), ("email", "hanako.kasai@example.jp")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, _, form) = get(&pc, &u(&loc)).await;
+    assert!(form.contains(r#"name="_correction" value="1""#), "{form}");
+    assert!(!form.contains(r#"value="save""#), "{form}");
+    let (status, loc, _) = get(&pc, &u(&format!("{public}/save"))).await;
+    assert_eq!((status, loc.as_str()), (303, public.as_str()));
+}
+
+/// Without a relay no mail goes out, so no link is offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_relay_no_link_is_offered() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("d"), "千代田区", "131016").await;
+    let public = crate::harness::publish_sample(&env, &t).await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let c = browser(&server, &[host]);
+    let (status, _, form) = get(&c, &url(&server, host, &public)).await;
+    assert_eq!(status, 200);
+    assert!(form.contains("_token"), "{form}");
+    assert!(!form.contains(r#"value="save""#), "{form}");
+    let (status, loc, _) = get(&c, &url(&server, host, &format!("{public}/save"))).await;
+    assert_eq!((status, loc.as_str()), (303, public.as_str()));
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -266,17 +379,28 @@ async fn a_new_link_replaces_the_last_and_a_draft_sends_five_at_most() {
         page.contains(&format!(r#"href="{public}/confirm""#)),
         "{page}"
     );
-    for n in 1..=5 {
-        let (status, page) = send_link(
-            &c,
-            &server,
-            host,
-            &public,
-            &token,
-            "hanako.kasai@example.jp",
-        )
-        .await;
-        assert_eq!(status, 200, "link {n}: {page}");
+    // One address is sent three a day (typed differently, it is the same address).
+    for to in [
+        "hanako.kasai@example.jp",
+        "hanako.kasai@EXAMPLE.JP",
+        "ｈａｎａｋｏ．ｋａｓａｉ＠example.jp",
+        "hanako.kasai@example.jp",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let (status, page) = send_link(&c, &server, host, &public, &token, to.1).await;
+        if to.0 < 3 {
+            assert_eq!(status, 200, "link {}: {page}", to.0);
+        } else {
+            assert_eq!(status, 422, "{page}");
+            assert!(page.contains("24時間に3通まで"), "{page}");
+        }
+    }
+    // Other addresses take the draft to its five.
+    for to in ["taro@example.jp", "jiro@example.jp"] {
+        let (status, page) = send_link(&c, &server, host, &public, &token, to).await;
+        assert_eq!(status, 200, "{to}: {page}");
     }
     let mails = smtp.wait_for(5).await;
     let links: Vec<String> = mails
@@ -291,15 +415,7 @@ async fn a_new_link_replaces_the_last_and_a_draft_sends_five_at_most() {
     let (status, _, _) = get(&c, &links[4]).await;
     assert_eq!(status, 200);
     // A sixth is refused, in words; the draft and its link stay.
-    let (status, page) = send_link(
-        &c,
-        &server,
-        host,
-        &public,
-        &token,
-        "hanako.kasai@example.jp",
-    )
-    .await;
+    let (status, page) = send_link(&c, &server, host, &public, &token, "saburo@example.jp").await;
     assert_eq!(status, 422);
     assert!(page.contains("5通まで"), "{page}");
     let (status, _, _) = get(&c, &links[4]).await;
@@ -330,4 +446,80 @@ async fn a_new_link_replaces_the_last_and_a_draft_sends_five_at_most() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+}
+
+/// A form that asks for proof of work before its final submit asks for it before a
+/// link is mailed too: without it, none is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_from_a_form_with_proof_of_work_needs_it() {
+    let smtp = SmtpServer::start().await;
+    let relay_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let env = TestEnv::with(|s| s.mail = Some(relay(&relay_url))).await;
+    let t = env.tenant(&unique("d"), "千代田区", "131016").await;
+    let form = r#"{ "format": "madoguchi.form/1", "title": "イベント申込", "settings": { "proof_of_work": true },
+      "pages": [ { "id": "p1", "fields": [ { "id": "memo", "type": "text", "label": "メモ", "required": true } ] } ] }"#;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, form, "総務課", true)
+            .await
+            .unwrap();
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let u = |p: &str| url(&server, host, p);
+    let c = browser(&server, &[host]);
+    let (token, (status, loc, _)) = first_page(&c, &u(&public), "save", &[("memo", "途中")]).await;
+    assert_eq!(status, 303);
+    let (_, _, page) = get(&c, &u(&loc)).await;
+    assert!(page.contains("data-pow="), "{page}");
+    let (status, page) = send_link(
+        &c,
+        &server,
+        host,
+        &public,
+        &token,
+        "hanako.kasai@example.jp",
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(page.contains("自動確認"), "{page}");
+    let db = env.tenant_conn(&t).await.client;
+    let queued: i64 = db
+        .query_one("SELECT count(*) FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(queued, 0);
+    server.shutdown().await;
+}
+
+/// A link the relay refuses for good is given up, and its key and recipient with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_link_given_up_keeps_nothing() {
+    let Site {
+        smtp,
+        _env,
+        server,
+        host,
+        public,
+        db,
+    } = Site::open().await;
+    let (c, token) = saved_part_way(&server, &host, &public).await;
+    smtp.refuse_next_for_good();
+    let (status, page) = send_link(&c, &server, &host, &public, &token, "nobody@example.jp").await;
+    assert_eq!(status, 200, "{page}");
+    let mut row = (false, -1);
+    for _ in 0..200 {
+        let r = db
+            .query_one(
+                "SELECT next_attempt_at = 'infinity', length(payload) FROM outbox WHERE kind = 'resume'",
+                &[],
+            )
+            .await
+            .unwrap();
+        row = (r.get(0), r.get(1));
+        if row.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(row, (true, 0), "given up, payload length");
 }

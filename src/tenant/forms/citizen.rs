@@ -96,7 +96,8 @@ pub(super) async fn load_draft(
 }
 
 /// Deletes drafts past their expiry, sent or not: what a citizen typed and left is
-/// kept [`DRAFT_HOURS`] after their last step, no longer. Run daily by the server.
+/// kept [`DRAFT_HOURS`] after their last step (or, saved with a mailed link, until
+/// the link expires), no longer. Run daily by the server.
 pub async fn purge_expired_drafts(db: &tokio_postgres::Client) -> Result<u64, AppError> {
     Ok(db
         .execute("DELETE FROM citizen_drafts WHERE expires_at <= now()", &[])
@@ -128,7 +129,12 @@ async fn save_draft(
              VALUES ($1, $2, $3, $4, $5, $7, now() + make_interval(hours => $6))
              ON CONFLICT (token_hash) DO UPDATE SET id = excluded.id,
                     form_version = excluded.form_version, inputs = excluded.inputs,
-                    expires_at = greatest(citizen_drafts.expires_at, excluded.expires_at), updated_at = now()
+                    expires_at = greatest(citizen_drafts.expires_at, excluded.expires_at), updated_at = now(),
+                    -- A new draft taking the row over takes none of its links.
+                    resume_hash = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.resume_hash END,
+                    resume_mails = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.resume_mails ELSE 0 END,
+                    resume_page = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.resume_page END,
+                    moved_from = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.moved_from END
               WHERE citizen_drafts.submission_id IS NULL
                 AND citizen_drafts.form_id = excluded.form_id
                 AND citizen_drafts.resubmit_of IS NOT DISTINCT FROM excluded.resubmit_of",
@@ -212,6 +218,10 @@ struct FormPage {
     /// The person is correcting a returned application (sent back as `_correction`,
     /// so that a page sent after its cookie expired is not taken as a new one).
     correction: bool,
+    /// 一時保存 is offered (mail is delivered; not for a correction).
+    save: bool,
+    /// What this browser had saved was moved to another by a mailed link.
+    moved: bool,
 }
 
 impl FormPage {
@@ -251,6 +261,8 @@ impl FormPage {
             updated: false,
             expired: false,
             correction: false,
+            save: false,
+            moved: false,
         }
     }
 }
@@ -433,6 +445,7 @@ fn form_page(
         token: token.to_owned(),
         action: format!("/f/{}", form.public_id),
         version: form.version,
+        save: ctx.mail_on(),
         ..FormPage::shell(ctx, def, page, step, visible.len(), fields)
     }
 }
@@ -512,6 +525,7 @@ pub async fn show(
         .map(|(t, _)| t.clone())
         .unwrap_or_else(|| random_token(32));
     let correction = open.is_some_and(|(_, d)| d.resubmit_of.is_some());
+    let moved = open.is_none() && !drafts.is_empty() && moved_away(&db, &form, &drafts).await?;
     let raw = open.map(|(_, d)| d.inputs.clone()).unwrap_or_default();
     let visible = visible_pages(&form.def, &raw);
     let page = q
@@ -525,10 +539,28 @@ pub async fn show(
             updated: q.updated.is_some(),
             expired: q.expired.is_some(),
             correction,
+            moved,
             ..form_page(&ctx, &form, page, &raw, &[], &token)
         },
     );
     Ok(with_cookie(resp, &ctx, &form, &token))
+}
+
+/// Whether a draft under one of these cookie tokens was moved to another browser by
+/// a mailed link (一時保存) and is still open there.
+async fn moved_away(
+    db: &tokio_postgres::Client,
+    form: &Published,
+    drafts: &[(String, Option<Draft>)],
+) -> Result<bool, AppError> {
+    let hashes: Vec<Vec<u8>> = drafts.iter().map(|(t, _)| token_hash(t)).collect();
+    Ok(db
+        .query_opt(
+            "SELECT 1 FROM citizen_drafts WHERE moved_from = ANY($1) AND form_id = $2 AND submission_id IS NULL AND expires_at > now() LIMIT 1",
+            &[&hashes, &form.id],
+        )
+        .await?
+        .is_some())
 }
 
 /// Which of the form's tokens a posted page belongs to.
@@ -588,7 +620,7 @@ pub(super) async fn posted_token(
 
 /// The form's cookie tokens with their drafts, best first: one whose draft is open,
 /// then one without a draft, then one whose draft was sent.
-async fn cookie_drafts(
+pub(super) async fn cookie_drafts(
     ctx: &TenantCtx,
     db: &deadpool_postgres::ClientWrapper,
     form_id: i64,
@@ -684,6 +716,17 @@ pub async fn post_page(
     let mut draft = match load_draft(&ctx, &db, form.id, &token).await? {
         Some(d) if d.submission.is_some() => return Ok(see_other(&format!("/f/{public_id}/done"))),
         Some(d) => d,
+        // Opened on another device from a mailed link: go on there, not with a new
+        // application made of this one page.
+        None if moved_away(&db, &form, &[(token.clone(), None)]).await? => {
+            return Ok(notice(
+                &ctx,
+                StatusCode::CONFLICT,
+                &def.title,
+                "入力内容は別の端末に移りました",
+                "この画面で入力していた内容は、メールで送ったリンクから別の端末（ブラウザ）で開かれました。続きはそちらで入力してください。この端末で新しく申請するときは、フォームを開き直して最初から入力してください。",
+            ));
+        }
         None => Draft::fresh(),
     };
     // A page of an earlier version (a new one was published while this person filled
@@ -771,8 +814,8 @@ struct ConfirmPage {
     token: String,
     action: String,
     back: String,
-    /// 一時保存 (see `resume`).
-    save: String,
+    /// 一時保存 (see `resume`), when offered.
+    save: Option<String>,
     /// A proof-of-work challenge (JSON) when the submit needs one.
     pow: Option<String>,
     /// The automatic check before sending failed (or was asked for after the page
@@ -862,7 +905,8 @@ pub async fn confirm(
                     token,
                     action: format!("/f/{public_id}/submit"),
                     back: format!("/f/{public_id}?page={last}"),
-                    save: format!("/f/{public_id}/save"),
+                    save: (ctx.mail_on() && draft.resubmit_of.is_none())
+                        .then(|| format!("/f/{public_id}/save")),
                     pow: if super::pow::required(&ctx, form.id, form.def.settings.proof_of_work) {
                         Some(super::pow::challenge(&ctx)?)
                     } else {

@@ -1,23 +1,31 @@
 //! 一時保存: a citizen part-way through a form has a link mailed to them, and opens
-//! it later, on this device or another, to go on where they left off.
+//! it later, on this device or another, to go on from the page they saved.
 //!
 //! The link carries a random key; the draft keeps only its hash, and the mail (in the
-//! outbox, sealed like every payload) loses it once sent. A draft whose link was
-//! mailed is kept [`LINK_DAYS`] from the latest link instead of 24 hours from the last
-//! step. Opening the link is two steps: the page it leads to changes nothing (mail
-//! scanners fetch links), and its button moves the draft into this browser under a
-//! new cookie, spending the key. The browser that saved it then starts afresh.
+//! outbox, sealed like every payload) loses it once sent or given up. A draft whose
+//! link was mailed is kept [`LINK_DAYS`] from the latest link instead of 24 hours
+//! from the last step. Opening the link is two steps: the page it leads to changes
+//! nothing (mail scanners fetch links), and its button moves the draft into this
+//! browser under a new cookie, spending the key; from then on the draft is kept 24
+//! hours from the last step again. The browser that saved it is told where it went.
+//!
+//! Offered only where mail is delivered, and not for a correction (差戻し), which is
+//! reopened from the status page. Links are limited per draft ([`MAX_LINKS`]) and per
+//! address ([`LINKS_PER_ADDRESS`] a day), and ask for the form's proof of work when
+//! its final submit does.
 
 use askama::Template;
 use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
 
 use super::answers::check_all;
 use super::citizen::{
-    first_error_page, jst, load_draft, notice, open_draft, open_form, posted_token, same_origin,
-    with_cookie, Draft, Posted,
+    cookie_drafts, first_error_page, jst, load_draft, notice, open_draft, open_form, posted_token,
+    same_origin, visible_pages, with_cookie, Draft, Posted, DRAFT_HOURS,
 };
 use super::definition::{FieldKind, FormDefinition};
 use super::store::Published;
@@ -29,9 +37,14 @@ use crate::web::render;
 
 /// How long a mailed link (and the draft behind it) lasts.
 pub const LINK_DAYS: i32 = 7;
-/// Links one draft may send: enough for a typo in the address and a second try,
-/// not a way to mail strangers.
+/// Links one draft may send: enough for a typo in the address and a second try.
 pub const MAX_LINKS: i32 = 5;
+/// Links one address is sent in 24 hours, from any draft of the municipality: the
+/// form is not a way to fill a stranger's inbox.
+pub const LINKS_PER_ADDRESS: i64 = 3;
+/// How long after a link was opened a second press of its button (the first answer
+/// lost on the way) is answered alike.
+const SECOND_PRESS_SECS: i32 = 120;
 /// The outbox kind of the mail with the link. Sealed to its own row, with no
 /// submission behind it.
 pub const RESUME_MAIL: &str = "resume";
@@ -51,6 +64,8 @@ struct SavePage {
     days: i32,
     /// Until when the link sent works, once it is sent.
     sent: Option<String>,
+    /// A proof-of-work challenge (JSON) when the form asks for one.
+    pow: Option<String>,
 }
 
 #[derive(Template)]
@@ -60,6 +75,8 @@ struct ResumePage {
     title: String,
     action: String,
     until: String,
+    /// This browser has another draft of the form open, which opening replaces.
+    replaces: bool,
 }
 
 #[derive(Deserialize)]
@@ -67,13 +84,13 @@ pub struct SaveQuery {
     page: Option<usize>,
 }
 
-/// The page to go back to: the one saved from, if the form has it, else the
-/// confirmation step (saved from there).
-fn back_to(form: &Published, page: Option<usize>) -> (String, String) {
+/// The page saved from, if the form has it (else the confirmation step), and where
+/// 戻る leads.
+fn saved_from(form: &Published, page: Option<usize>) -> (Option<usize>, String) {
     let public_id = &form.public_id;
     match page.filter(|p| *p < form.def.pages.len()) {
-        Some(p) => (format!("/f/{public_id}?page={p}"), p.to_string()),
-        None => (format!("/f/{public_id}/confirm"), String::new()),
+        Some(p) => (Some(p), format!("/f/{public_id}?page={p}")),
+        None => (None, format!("/f/{public_id}/confirm")),
     }
 }
 
@@ -86,6 +103,50 @@ fn typed_email(def: &FormDefinition, draft: &Draft) -> String {
         .unwrap_or_default()
 }
 
+/// The published form and this browser's open draft when 一時保存 is offered for
+/// it, or where to go instead.
+async fn savable(
+    ctx: &TenantCtx,
+    db: &deadpool_postgres::ClientWrapper,
+    public_id: &str,
+    headers: &HeaderMap,
+) -> Result<Result<(Published, String, Draft), Response>, AppError> {
+    let found = open_draft(ctx, db, public_id, headers).await?;
+    Ok(match found {
+        Ok((_, _, d)) if !ctx.mail_on() || d.resubmit_of.is_some() => {
+            Err(see_other(&format!("/f/{public_id}")))
+        }
+        other => other,
+    })
+}
+
+fn save_page(
+    ctx: &TenantCtx,
+    form: &Published,
+    token: String,
+    page: Option<usize>,
+    email: String,
+) -> Result<SavePage, AppError> {
+    let (page, back) = saved_from(form, page);
+    Ok(SavePage {
+        site: ctx.name.to_string(),
+        title: form.def.title.clone(),
+        token,
+        action: format!("/f/{}/save", form.public_id),
+        back,
+        page: page.map(|p| p.to_string()).unwrap_or_default(),
+        email,
+        error: None,
+        days: LINK_DAYS,
+        sent: None,
+        pow: if super::pow::required(ctx, form.id, form.def.settings.proof_of_work) {
+            Some(super::pow::challenge(ctx)?)
+        } else {
+            None
+        },
+    })
+}
+
 /// 一時保存: where to mail the link (the form's page sent with 「一時保存」 leads here).
 pub async fn save_form(
     ctx: TenantCtx,
@@ -94,26 +155,13 @@ pub async fn save_form(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let (form, token, draft) = match open_draft(&ctx, &db, &public_id, &headers).await? {
+    let (form, token, draft) = match savable(&ctx, &db, &public_id, &headers).await? {
         Ok(found) => found,
         Err(elsewhere) => return Ok(elsewhere),
     };
-    let (back, page) = back_to(&form, q.page);
-    Ok(no_store(render(
-        StatusCode::OK,
-        &SavePage {
-            site: ctx.name.to_string(),
-            title: form.def.title.clone(),
-            token,
-            action: format!("/f/{public_id}/save"),
-            back,
-            page,
-            email: typed_email(&form.def, &draft),
-            error: None,
-            days: LINK_DAYS,
-            sent: None,
-        },
-    )))
+    let email = typed_email(&form.def, &draft);
+    let page = save_page(&ctx, &form, token, q.page, email)?;
+    Ok(no_store(render(StatusCode::OK, &page)))
 }
 
 /// Mails the link: a new key for the draft (the earlier link stops working), its
@@ -132,26 +180,14 @@ pub async fn send_link(
     let Posted::Token(token) = posted_token(&ctx, &db, &form, &headers, &body).await? else {
         return Ok(see_other(&format!("/f/{public_id}")));
     };
-    let Some(draft) = load_draft(&ctx, &db, form.id, &token).await? else {
-        return Ok(see_other(&format!("/f/{public_id}")));
+    let draft = match load_draft(&ctx, &db, form.id, &token).await? {
+        Some(d) if d.submission.is_some() => return Ok(see_other(&format!("/f/{public_id}/done"))),
+        Some(d) if ctx.mail_on() && d.resubmit_of.is_none() => d,
+        _ => return Ok(see_other(&format!("/f/{public_id}"))),
     };
-    if draft.submission.is_some() {
-        return Ok(see_other(&format!("/f/{public_id}/done")));
-    }
     let typed: String = body.get("email").chars().take(254).collect();
-    let (back, page) = back_to(&form, body.get("page").parse().ok());
-    let mut shown = SavePage {
-        site: ctx.name.to_string(),
-        title: form.def.title.clone(),
-        token: token.clone(),
-        action: format!("/f/{public_id}/save"),
-        back,
-        page,
-        email: typed.clone(),
-        error: None,
-        days: LINK_DAYS,
-        sent: None,
-    };
+    let page = body.get("page").parse().ok();
+    let mut shown = save_page(&ctx, &form, token, page, typed.clone())?;
     let refused = |mut shown: SavePage, why: &str| {
         shown.error = Some(why.to_owned());
         Ok(no_store(render(StatusCode::UNPROCESSABLE_ENTITY, &shown)))
@@ -166,23 +202,60 @@ pub async fn send_link(
             "メールアドレスの形式が正しくありません（例: yamada@example.jp）",
         );
     };
+    if shown.pow.is_some() {
+        if let Err(e) = super::pow::check(&ctx, &db, body.get("pow")).await {
+            if !matches!(e, AppError::BadRequest(_)) {
+                return Err(e);
+            }
+            return refused(
+                shown,
+                "送信前の自動確認をやり直しました。もう一度「リンクを送る」を押してください",
+            );
+        }
+    }
+    let recipient = ctx
+        .cipher()
+        .blind_index("outbox", "recipient", &crate::ja::email_key(&to))
+        .to_vec();
     let key = random_token(32);
     let tx = db.transaction().await?;
-    let until = tx
-        .query_opt(
-            "UPDATE citizen_drafts SET resume_hash = $2, resume_mails = resume_mails + 1, updated_at = now(),
-                    expires_at = greatest(expires_at, now() + make_interval(days => $3))
-              WHERE id = $1 AND submission_id IS NULL AND expires_at > now() AND resume_mails < $4
-              RETURNING expires_at",
-            &[&draft.id, &token_hash(&key), &LINK_DAYS, &MAX_LINKS],
+    let sent_today: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM outbox WHERE recipient_index = $1 AND created_at > now() - interval '1 day'",
+            &[&recipient],
         )
         .await?
-        .map(|r| jst(r.get(0)));
-    let Some(until) = until else {
+        .get(0);
+    if sent_today >= LINKS_PER_ADDRESS {
         return refused(
             shown,
-            &format!("この入力内容について送れるリンクは{MAX_LINKS}通までです。前に届いたメールのリンクをお使いください"),
+            &format!("このメールアドレスには、24時間に{LINKS_PER_ADDRESS}通までしかリンクを送れません。届いたメールのリンクをお使いいただくか、時間をおいてお試しください"),
         );
+    }
+    let saved_page = saved_from(&form, page)
+        .0
+        .and_then(|p| i32::try_from(p).ok());
+    let updated = tx
+        .query_opt(
+            "UPDATE citizen_drafts SET resume_hash = $2, resume_mails = resume_mails + 1, resume_page = $5,
+                    updated_at = now(), expires_at = greatest(expires_at, now() + make_interval(days => $3))
+              WHERE id = $1 AND submission_id IS NULL AND expires_at > now()
+              RETURNING expires_at, resume_mails <= $4",
+            &[&draft.id, &token_hash(&key), &LINK_DAYS, &MAX_LINKS, &saved_page],
+        )
+        .await?;
+    let until = match updated {
+        Some(r) if r.get::<_, bool>(1) => jst(r.get(0)),
+        // Over the limit: the transaction is dropped, and the draft and its last
+        // link stay as they were.
+        Some(_) => {
+            return refused(
+                shown,
+                &format!("この入力内容について送れるリンクは{MAX_LINKS}通までです。前に届いたメールのリンクをお使いください"),
+            )
+        }
+        // Sent or expired meanwhile.
+        None => return Ok(see_other(&format!("/f/{public_id}"))),
     };
     let payload = serde_json::json!({
         "to": to,
@@ -191,7 +264,12 @@ pub async fn send_link(
         "until": until,
     })
     .to_string();
-    crate::tenant::mail::queue(&*tx, ctx.cipher(), RESUME_MAIL, None, &payload).await?;
+    let out = crate::tenant::mail::queue(&*tx, ctx.cipher(), RESUME_MAIL, None, &payload).await?;
+    tx.execute(
+        "UPDATE outbox SET recipient_index = $2 WHERE id = $1",
+        &[&out, &recipient],
+    )
+    .await?;
     tx.commit().await?;
     ctx.mail_queued();
     shown.email = to;
@@ -204,15 +282,15 @@ async fn linked_draft(
     db: &tokio_postgres::Client,
     form: &Published,
     key: &str,
-) -> Result<Option<time::OffsetDateTime>, AppError> {
+) -> Result<Option<(Uuid, time::OffsetDateTime)>, AppError> {
     Ok(db
         .query_opt(
-            "SELECT expires_at FROM citizen_drafts
+            "SELECT id, expires_at FROM citizen_drafts
               WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()",
             &[&token_hash(key), &form.id],
         )
         .await?
-        .map(|r| r.get(0)))
+        .map(|r| (r.get(0), r.get(1))))
 }
 
 fn spent_link(ctx: &TenantCtx, form: &Published) -> Response {
@@ -237,9 +315,16 @@ pub async fn link_page(
         Ok(form) => form,
         Err(page) => return Ok(page),
     };
-    let Some(until) = linked_draft(&db, &form, &key).await? else {
+    let Some((id, until)) = linked_draft(&db, &form, &key).await? else {
         return Ok(spent_link(&ctx, &form));
     };
+    let replaces = cookie_drafts(&ctx, &db, form.id, &public_id, &headers)
+        .await?
+        .iter()
+        .any(|(_, d)| {
+            d.as_ref()
+                .is_some_and(|d| d.submission.is_none() && d.id != id)
+        });
     let mut resp = no_store(render(
         StatusCode::OK,
         &ResumePage {
@@ -247,6 +332,7 @@ pub async fn link_page(
             title: form.def.title.clone(),
             action: format!("/f/{public_id}/resume/{key}"),
             until: jst(until),
+            replaces,
         },
     ));
     // The key is in this page's address: requests from it (its stylesheet) tell
@@ -259,8 +345,20 @@ pub async fn link_page(
     Ok(resp)
 }
 
-/// Moves the draft into this browser: a new cookie token, the key spent, and on to
-/// the first page still to be answered (or the confirmation step).
+/// The cookie token a link's key moves its draft under: derived from the key, so a
+/// second press soon after (the first answer lost) can be given the same cookie.
+fn moved_token(key: &str) -> String {
+    use base64::Engine;
+    let digest = Sha256::new()
+        .chain_update(b"madoguchi draft moved by a link\0")
+        .chain_update(key.as_bytes())
+        .finalize();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+}
+
+/// Moves the draft into this browser: a cookie token of its own, the key spent, and
+/// on to the page it was saved from (or the first page still to be answered, or the
+/// confirmation step).
 pub async fn take_up(
     ctx: TenantCtx,
     Path((public_id, key)): Path<(String, String)>,
@@ -275,28 +373,50 @@ pub async fn take_up(
         Ok(form) => form,
         Err(page) => return Ok(page),
     };
-    let token = random_token(32);
+    let token = moved_token(&key);
     let moved = db
-        .execute(
-            "UPDATE citizen_drafts SET token_hash = $3, resume_hash = NULL, updated_at = now()
-              WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()",
-            &[&token_hash(&key), &form.id, &token_hash(&token)],
+        .query_opt(
+            "UPDATE citizen_drafts SET moved_from = token_hash, token_hash = $3, resume_hash = NULL,
+                    resumed_at = now(), updated_at = now(),
+                    expires_at = now() + make_interval(hours => $4)
+              WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()
+              RETURNING resume_page",
+            &[&token_hash(&key), &form.id, &token_hash(&token), &DRAFT_HOURS],
         )
         .await?;
-    if moved != 1 {
-        return Ok(spent_link(&ctx, &form));
-    }
+    let saved_page = match moved {
+        Some(r) => r.get::<_, Option<i32>>(0),
+        None => {
+            // A second press just after the first: the same cookie, the same page.
+            let again = db
+                .query_opt(
+                    "SELECT resume_page FROM citizen_drafts
+                      WHERE token_hash = $1 AND form_id = $2 AND submission_id IS NULL
+                        AND resumed_at > now() - make_interval(secs => $3)",
+                    &[&token_hash(&token), &form.id, &f64::from(SECOND_PRESS_SECS)],
+                )
+                .await?;
+            match again {
+                Some(r) => r.get(0),
+                None => return Ok(spent_link(&ctx, &form)),
+            }
+        }
+    };
     let Some(draft) = load_draft(&ctx, &db, form.id, &token).await? else {
         return Ok(spent_link(&ctx, &form));
     };
-    let next = match check_all(&form.def, &draft.inputs) {
-        Ok(_) => format!("/f/{public_id}/confirm"),
-        Err(errors) => format!(
-            "/f/{public_id}?page={}",
-            first_error_page(&form.def, &errors)
-        ),
+    let visible = visible_pages(&form.def, &draft.inputs);
+    let next = match saved_page.and_then(|p| usize::try_from(p).ok()) {
+        Some(p) if visible.contains(&p) => format!("/f/{public_id}?page={p}"),
+        _ => match check_all(&form.def, &draft.inputs) {
+            Ok(_) => format!("/f/{public_id}/confirm"),
+            Err(errors) => format!(
+                "/f/{public_id}?page={}",
+                first_error_page(&form.def, &errors)
+            ),
+        },
     };
-    tracing::info!(form = %public_id, "draft resumed from a mailed link");
+    tracing::info!(form = %public_id, "draft moved by a mailed link");
     Ok(with_cookie(see_other(&next), &ctx, &form, &token))
 }
 
@@ -304,4 +424,19 @@ fn no_store(mut resp: Response) -> Response {
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_moved_draft_s_token_is_the_key_s_own_and_no_other() {
+        let a = random_token(32);
+        let b = random_token(32);
+        assert_eq!(moved_token(&a), moved_token(&a));
+        assert_ne!(moved_token(&a), moved_token(&b));
+        assert_ne!(moved_token(&a), a);
+        assert_eq!(moved_token(&a).len(), 43);
+    }
 }

@@ -93,10 +93,24 @@ document.addEventListener("submit", function (ev) {
   })();
 });
 
+// A form that must go once (sending a mailed link, opening one): its button is
+// disabled while the request is under way, so a double tap sends one.
+document.addEventListener("submit", function (ev) {
+  var form = ev.target;
+  if (!form.hasAttribute || !form.hasAttribute("data-once") || form.hasAttribute("data-pow")) return;
+  var button = form.querySelector("button[type=submit]");
+  if (!button) return;
+  if (button.getAttribute("aria-disabled") === "true") { ev.preventDefault(); return; }
+  button.setAttribute("aria-disabled", "true");
+});
+
 // Back to a confirmation page the browser kept (iOS Safari does): its button was
 // disabled and its solution used. Make it ready to check and send again.
 window.addEventListener("pageshow", function (ev) {
   if (!ev.persisted) return;
+  document.querySelectorAll("form[data-once] button[type=submit]").forEach(function (b) {
+    b.removeAttribute("aria-disabled");
+  });
   document.querySelectorAll("form[data-pow]").forEach(function (form) {
     form.removeAttribute("data-pow-done");
     var input = form.querySelector("input[name=pow]");

@@ -230,6 +230,35 @@ async fn hot_queries_are_served_by_indexes() {
         .await
         .unwrap()
         .get(0);
+    // 一時保存: the links mailed to an address today (among every receipt), a link's
+    // draft, and a draft moved away from this browser.
+    assert_indexed(
+        "links mailed to an address",
+        &plan(
+            &db,
+            madoguchi::tenant::forms::resume::LINKS_TO_SQL,
+            &[&token],
+        )
+        .await,
+    );
+    assert_indexed(
+        "a mailed link's draft",
+        &plan(
+            &db,
+            madoguchi::tenant::forms::resume::LINKED_DRAFT_SQL,
+            &[&token, &form_id],
+        )
+        .await,
+    );
+    assert_indexed(
+        "a draft moved away",
+        &plan(
+            &db,
+            madoguchi::tenant::forms::citizen::MOVED_AWAY_SQL,
+            &[&vec![token.clone()], &form_id],
+        )
+        .await,
+    );
     assert_indexed(
         "a case's mail",
         &plan(

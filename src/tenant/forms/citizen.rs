@@ -546,6 +546,10 @@ pub async fn show(
     Ok(with_cookie(resp, &ctx, &form, &token))
 }
 
+/// An open draft moved away from one of these token hashes ($1) of the form $2.
+pub const MOVED_AWAY_SQL: &str = "SELECT 1 FROM citizen_drafts
+  WHERE moved_from = ANY($1) AND moved_from IS NOT NULL AND form_id = $2 AND submission_id IS NULL AND expires_at > now() LIMIT 1";
+
 /// Whether a draft under one of these cookie tokens was moved to another browser by
 /// a mailed link (一時保存) and is still open there.
 async fn moved_away(
@@ -555,10 +559,7 @@ async fn moved_away(
 ) -> Result<bool, AppError> {
     let hashes: Vec<Vec<u8>> = drafts.iter().map(|(t, _)| token_hash(t)).collect();
     Ok(db
-        .query_opt(
-            "SELECT 1 FROM citizen_drafts WHERE moved_from = ANY($1) AND form_id = $2 AND submission_id IS NULL AND expires_at > now() LIMIT 1",
-            &[&hashes, &form.id],
-        )
+        .query_opt(MOVED_AWAY_SQL, &[&hashes, &form.id])
         .await?
         .is_some())
 }

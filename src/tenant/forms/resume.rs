@@ -45,6 +45,12 @@ pub const LINKS_PER_ADDRESS: i64 = 3;
 /// How long after a link was opened a second press of its button (the first answer
 /// lost on the way) is answered alike.
 const SECOND_PRESS_SECS: i32 = 120;
+/// Links mailed to an address ($1, its blind index) in the last 24 hours.
+pub const LINKS_TO_SQL: &str = "SELECT count(*) FROM outbox
+  WHERE recipient_index = $1 AND created_at > now() - interval '1 day'";
+/// The open draft a link's key ($1, hashed) opens in the form $2, and its expiry.
+pub const LINKED_DRAFT_SQL: &str = "SELECT id, expires_at FROM citizen_drafts
+  WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()";
 /// The outbox kind of the mail with the link. Sealed to its own row, with no
 /// submission behind it.
 pub const RESUME_MAIL: &str = "resume";
@@ -219,13 +225,7 @@ pub async fn send_link(
         .to_vec();
     let key = random_token(32);
     let tx = db.transaction().await?;
-    let sent_today: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM outbox WHERE recipient_index = $1 AND created_at > now() - interval '1 day'",
-            &[&recipient],
-        )
-        .await?
-        .get(0);
+    let sent_today: i64 = tx.query_one(LINKS_TO_SQL, &[&recipient]).await?.get(0);
     if sent_today >= LINKS_PER_ADDRESS {
         return refused(
             shown,
@@ -284,11 +284,7 @@ async fn linked_draft(
     key: &str,
 ) -> Result<Option<(Uuid, time::OffsetDateTime)>, AppError> {
     Ok(db
-        .query_opt(
-            "SELECT id, expires_at FROM citizen_drafts
-              WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()",
-            &[&token_hash(key), &form.id],
-        )
+        .query_opt(LINKED_DRAFT_SQL, &[&token_hash(key), &form.id])
         .await?
         .map(|r| (r.get(0), r.get(1))))
 }

@@ -237,8 +237,8 @@ async fn a_saved_form_goes_on_from_a_mailed_link_in_another_browser() {
         assert_eq!(status, 403, "{from:?}");
     }
     // From the page itself: the draft moves, to the page it was saved from. The
-    // first answer is lost on the way (the button pressed twice): the second press
-    // gets the same.
+    // first answer is lost on the way (its cookie with it): pressed again at once,
+    // the link moves the draft again, to the browser that has it now.
     let origin = u("");
     let origin = origin.trim_end_matches('/');
     let lost = browser(&server, &[host]);
@@ -272,12 +272,41 @@ async fn a_saved_form_goes_on_from_a_mailed_link_in_another_browser() {
         .get(0);
     assert!((23.9..=24.0).contains(&hours), "kept {hours} hours");
 
-    // The link is spent. The phone is told where its draft went: a page sent from
-    // its open tab is not taken as a new application, and the form says why it
-    // starts afresh.
+    // Two minutes after it was opened, the link is spent.
+    let (status, _, _) = get(&pc, &link).await;
+    assert_eq!(status, 200, "a reload just after opening");
+    db.execute(
+        "UPDATE citizen_drafts SET resumed_at = resumed_at - interval '121 seconds' WHERE resumed_at IS NOT NULL",
+        &[],
+    )
+    .await
+    .unwrap();
     let (status, _, page) = get(&pc, &link).await;
     assert_eq!(status, 404);
     assert!(page.contains("このリンクは使えません"), "{page}");
+    let (status, _, _) = post_from(&lost, &link, Some(origin), &[]).await;
+    assert_eq!(status, 404);
+    let (_, _, form) = get(&pc, &u(&format!("{public}?page=0"))).await;
+    assert!(form.contains("葛\u{E0100}西"), "the PC lost it: {form}");
+
+    // The phone is told where its draft went: a page sent from its open tab (with
+    // its cookie, or after the cookie expired) is not taken as a new application,
+    // and the form says why it starts afresh.
+    let cookieless = browser(&server, &[host]);
+    let (status, _, page) = post_from(
+        &cookieless,
+        &u(&public),
+        Some(origin),
+        &[
+            ("_token", &token),
+            ("_page", "0"),
+            ("_nav", "next"),
+            ("kind", "ソファ"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("入力内容は別の端末に移りました"), "{page}");
     let (status, _, page) = post(
         &phone,
         &u(&public),
@@ -379,12 +408,13 @@ async fn a_new_link_replaces_the_last_and_a_draft_sends_five_at_most() {
         page.contains(&format!(r#"href="{public}/confirm""#)),
         "{page}"
     );
-    // One address is sent three a day (typed differently, it is the same address).
+    // One address is sent three a day (typed differently, or with a +tag, it is the
+    // same mailbox).
     for to in [
         "hanako.kasai@example.jp",
-        "hanako.kasai@EXAMPLE.JP",
+        "Hanako.Kasai@EXAMPLE.JP",
+        "hanako.kasai+save@example.jp",
         "ｈａｎａｋｏ．ｋａｓａｉ＠example.jp",
-        "hanako.kasai@example.jp",
     ]
     .iter()
     .enumerate()
@@ -446,6 +476,22 @@ async fn a_new_link_replaces_the_last_and_a_draft_sends_five_at_most() {
         .unwrap()
         .get(0);
     assert_eq!(left, 0);
+    // The link mails go once they are a day old (their recipients no longer counted).
+    db.execute(
+        "UPDATE outbox SET created_at = created_at - interval '25 hours' WHERE kind = 'resume'",
+        &[],
+    )
+    .await
+    .unwrap();
+    madoguchi::tenant::forms::citizen::purge_expired_drafts(&db)
+        .await
+        .unwrap();
+    let mails: i64 = db
+        .query_one("SELECT count(*) FROM outbox", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(mails, 0);
 }
 
 /// A form that asks for proof of work before its final submit asks for it before a

@@ -246,7 +246,7 @@ async fn hot_queries_are_served_by_indexes() {
         &plan(
             &db,
             madoguchi::tenant::forms::resume::LINKED_DRAFT_SQL,
-            &[&token, &form_id],
+            &[&token, &form_id, &120.0f64],
         )
         .await,
     );

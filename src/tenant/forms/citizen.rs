@@ -97,18 +97,30 @@ pub(super) async fn load_draft(
 
 /// Deletes drafts past their expiry, sent or not: what a citizen typed and left is
 /// kept [`DRAFT_HOURS`] after their last step (or, saved with a mailed link, until
-/// the link expires), no longer. Run daily by the server.
+/// the link expires), no longer; and the link mails done with a day ago. Returns
+/// the rows deleted. Run daily by the server.
 pub async fn purge_expired_drafts(db: &tokio_postgres::Client) -> Result<u64, AppError> {
-    Ok(db
+    let drafts = db
         .execute("DELETE FROM citizen_drafts WHERE expires_at <= now()", &[])
-        .await?)
+        .await?;
+    // Link mails (一時保存) done with for a day: sent or given up, their key and
+    // recipient already gone; their recipient's blind index counted for a day.
+    let links = db
+        .execute(
+            "DELETE FROM outbox WHERE recipient_index IS NOT NULL AND created_at < now() - interval '1 day'
+               AND (sent_at IS NOT NULL OR next_attempt_at = 'infinity')",
+            &[],
+        )
+        .await?;
+    Ok(drafts + links)
 }
 
 /// Saves the draft, keyed by its token: a new draft whose token already has a row
 /// (a double tap on the first 次へ, or a draft expired under an open page) takes
 /// that row over rather than failing on the token's uniqueness, unless that row was
 /// sent already or is a correction (差戻し) of another application, which a plain
-/// draft must not become. Every save moves the expiry to [`DRAFT_HOURS`] from now,
+/// draft must not become, and nothing is saved under a token whose draft a mailed
+/// link moved to another browser (see `resume`). Every save moves the expiry to [`DRAFT_HOURS`] from now,
 /// or leaves it later (a draft whose link was mailed, see `resume`).
 /// Returns whether it was saved.
 async fn save_draft(
@@ -126,7 +138,10 @@ async fn save_draft(
     let stmt = db
         .prepare_cached(
             "INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, resubmit_of, expires_at)
-             VALUES ($1, $2, $3, $4, $5, $7, now() + make_interval(hours => $6))
+             SELECT $1::uuid, $2::bytea, $3::bigint, $4::integer, $5::bytea, $7::uuid, now() + make_interval(hours => $6::integer)
+              -- Not under a token whose draft a mailed link moved elsewhere.
+              WHERE NOT EXISTS (SELECT 1 FROM citizen_drafts m WHERE m.moved_from = $2 AND m.moved_from IS NOT NULL
+                                  AND m.submission_id IS NULL AND m.expires_at > now())
              ON CONFLICT (token_hash) DO UPDATE SET id = excluded.id,
                     form_version = excluded.form_version, inputs = excluded.inputs,
                     expires_at = greatest(citizen_drafts.expires_at, excluded.expires_at), updated_at = now(),
@@ -140,7 +155,7 @@ async fn save_draft(
                 AND citizen_drafts.resubmit_of IS NOT DISTINCT FROM excluded.resubmit_of",
         )
         .await?;
-    let n = db
+    let saved = db
         .execute(
             &stmt,
             &[
@@ -153,8 +168,14 @@ async fn save_draft(
                 &draft.resubmit_of,
             ],
         )
-        .await?;
-    Ok(n == 1)
+        .await;
+    match saved {
+        Ok(n) => Ok(n == 1),
+        // The draft's own id under this token, after a mailed link moved it to
+        // another token between its loading and this save.
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(false),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Moves an open draft's expiry to [`DRAFT_HOURS`] from now, unless it is later
@@ -525,7 +546,10 @@ pub async fn show(
         .map(|(t, _)| t.clone())
         .unwrap_or_else(|| random_token(32));
     let correction = open.is_some_and(|(_, d)| d.resubmit_of.is_some());
-    let moved = open.is_none() && !drafts.is_empty() && moved_away(&db, &form, &drafts).await?;
+    let moved = open.is_none() && !drafts.is_empty() && {
+        let tokens: Vec<&str> = drafts.iter().map(|(t, _)| t.as_str()).collect();
+        moved_away(&db, &form, &tokens).await?
+    };
     let raw = open.map(|(_, d)| d.inputs.clone()).unwrap_or_default();
     let visible = visible_pages(&form.def, &raw);
     let page = q
@@ -550,18 +574,27 @@ pub async fn show(
 pub const MOVED_AWAY_SQL: &str = "SELECT 1 FROM citizen_drafts
   WHERE moved_from = ANY($1) AND moved_from IS NOT NULL AND form_id = $2 AND submission_id IS NULL AND expires_at > now() LIMIT 1";
 
+/// Said to the browser whose draft a mailed link moved to another: go on there.
+fn moved_notice(ctx: &TenantCtx, form: &Published) -> Response {
+    notice(
+        ctx,
+        StatusCode::CONFLICT,
+        &form.def.title,
+        "入力内容は別の端末に移りました",
+        "この画面で入力していた内容は、メールで送ったリンクから別の端末（ブラウザ）で開かれました。続きはそちらで入力してください。この端末で新しく申請するときは、フォームを開き直して最初から入力してください。",
+    )
+}
+
 /// Whether a draft under one of these cookie tokens was moved to another browser by
 /// a mailed link (一時保存) and is still open there.
 async fn moved_away(
-    db: &tokio_postgres::Client,
+    db: &deadpool_postgres::ClientWrapper,
     form: &Published,
-    drafts: &[(String, Option<Draft>)],
+    tokens: &[&str],
 ) -> Result<bool, AppError> {
-    let hashes: Vec<Vec<u8>> = drafts.iter().map(|(t, _)| token_hash(t)).collect();
-    Ok(db
-        .query_opt(MOVED_AWAY_SQL, &[&hashes, &form.id])
-        .await?
-        .is_some())
+    let hashes: Vec<Vec<u8>> = tokens.iter().map(|t| token_hash(t)).collect();
+    let stmt = db.prepare_cached(MOVED_AWAY_SQL).await?;
+    Ok(db.query_opt(&stmt, &[&hashes, &form.id]).await?.is_some())
 }
 
 /// Which of the form's tokens a posted page belongs to.
@@ -702,6 +735,11 @@ pub async fn post_page(
                 "入力内容の保存期間（24時間）が過ぎました。申請内容の修正は、状況照会からもう一度お進みください。",
             ))
         }
+        // The cookie expired (24 hours) and the draft went to another browser by a
+        // mailed link meanwhile: go on there.
+        Posted::Renew if moved_away(&db, &form, &[body.get("_token")]).await? => {
+            return Ok(moved_notice(&ctx, &form))
+        }
         Posted::Renew => {
             let token = random_token(32);
             let back = restart(&ctx, &db, &form, &token, Draft::fresh(), &body, "expired").await?;
@@ -717,17 +755,8 @@ pub async fn post_page(
     let mut draft = match load_draft(&ctx, &db, form.id, &token).await? {
         Some(d) if d.submission.is_some() => return Ok(see_other(&format!("/f/{public_id}/done"))),
         Some(d) => d,
-        // Opened on another device from a mailed link: go on there, not with a new
-        // application made of this one page.
-        None if moved_away(&db, &form, &[(token.clone(), None)]).await? => {
-            return Ok(notice(
-                &ctx,
-                StatusCode::CONFLICT,
-                &def.title,
-                "入力内容は別の端末に移りました",
-                "この画面で入力していた内容は、メールで送ったリンクから別の端末（ブラウザ）で開かれました。続きはそちらで入力してください。この端末で新しく申請するときは、フォームを開き直して最初から入力してください。",
-            ));
-        }
+        // Nothing under this token (a new application, or a draft a mailed link
+        // moved elsewhere, which the save below refuses).
         None => Draft::fresh(),
     };
     // A page of an earlier version (a new one was published while this person filled
@@ -761,6 +790,9 @@ pub async fn post_page(
             .is_some_and(|r| r.get::<_, bool>(0));
         if sent {
             return Ok(see_other(&format!("/f/{public_id}/done")));
+        }
+        if moved_away(&db, &form, &[&token]).await? {
+            return Ok(moved_notice(&ctx, &form));
         }
         return Ok(notice(
             &ctx,

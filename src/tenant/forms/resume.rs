@@ -6,8 +6,10 @@
 //! link was mailed is kept [`LINK_DAYS`] from the latest link instead of 24 hours
 //! from the last step. Opening the link is two steps: the page it leads to changes
 //! nothing (mail scanners fetch links), and its button moves the draft into this
-//! browser under a new cookie, spending the key; from then on the draft is kept 24
-//! hours from the last step again. The browser that saved it is told where it went.
+//! browser under a new random cookie token; from then on the draft is kept 24 hours
+//! from the last step again. The key works [`SECOND_PRESS_SECS`] more (a reload, or
+//! a second press whose first answer was lost, moves it again), then no longer. The
+//! browser that saved it is told where it went.
 //!
 //! Offered only where mail is delivered, and not for a correction (差戻し), which is
 //! reopened from the status page. Links are limited per draft ([`MAX_LINKS`]) and per
@@ -19,7 +21,6 @@ use axum::extract::{Path, Query};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::answers::check_all;
@@ -42,15 +43,17 @@ pub const MAX_LINKS: i32 = 5;
 /// Links one address is sent in 24 hours, from any draft of the municipality: the
 /// form is not a way to fill a stranger's inbox.
 pub const LINKS_PER_ADDRESS: i64 = 3;
-/// How long after a link was opened a second press of its button (the first answer
-/// lost on the way) is answered alike.
-const SECOND_PRESS_SECS: i32 = 120;
+/// How long after a link was opened it still works (a reload, or a second press whose
+/// first answer was lost on the way), moving the draft again.
+const SECOND_PRESS_SECS: f64 = 120.0;
 /// Links mailed to an address ($1, its blind index) in the last 24 hours.
 pub const LINKS_TO_SQL: &str = "SELECT count(*) FROM outbox
   WHERE recipient_index = $1 AND created_at > now() - interval '1 day'";
-/// The open draft a link's key ($1, hashed) opens in the form $2, and its expiry.
+/// The open draft a link's key ($1, hashed) opens in the form $2, and its expiry,
+/// while the key works: unopened, or opened less than $3 seconds ago.
 pub const LINKED_DRAFT_SQL: &str = "SELECT id, expires_at FROM citizen_drafts
-  WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()";
+  WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()
+    AND (resumed_at IS NULL OR resumed_at > now() - make_interval(secs => $3))";
 /// The outbox kind of the mail with the link. Sealed to its own row, with no
 /// submission behind it.
 pub const RESUME_MAIL: &str = "resume";
@@ -221,10 +224,14 @@ pub async fn send_link(
     }
     let recipient = ctx
         .cipher()
-        .blind_index("outbox", "recipient", &crate::ja::email_key(&to))
+        .blind_index("outbox", "recipient", &mailbox(&to))
         .to_vec();
     let key = random_token(32);
     let tx = db.transaction().await?;
+    // Two requests for one address at once are counted one after the other.
+    let lock = i64::from_be_bytes(recipient[..8].try_into().unwrap_or_default());
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+        .await?;
     let sent_today: i64 = tx.query_one(LINKS_TO_SQL, &[&recipient]).await?.get(0);
     if sent_today >= LINKS_PER_ADDRESS {
         return refused(
@@ -238,7 +245,7 @@ pub async fn send_link(
     let updated = tx
         .query_opt(
             "UPDATE citizen_drafts SET resume_hash = $2, resume_mails = resume_mails + 1, resume_page = $5,
-                    updated_at = now(), expires_at = greatest(expires_at, now() + make_interval(days => $3))
+                    resumed_at = NULL, updated_at = now(), expires_at = greatest(expires_at, now() + make_interval(days => $3))
               WHERE id = $1 AND submission_id IS NULL AND expires_at > now()
               RETURNING expires_at, resume_mails <= $4",
             &[&draft.id, &token_hash(&key), &LINK_DAYS, &MAX_LINKS, &saved_page],
@@ -284,7 +291,10 @@ async fn linked_draft(
     key: &str,
 ) -> Result<Option<(Uuid, time::OffsetDateTime)>, AppError> {
     Ok(db
-        .query_opt(LINKED_DRAFT_SQL, &[&token_hash(key), &form.id])
+        .query_opt(
+            LINKED_DRAFT_SQL,
+            &[&token_hash(key), &form.id, &SECOND_PRESS_SECS],
+        )
         .await?
         .map(|r| (r.get(0), r.get(1))))
 }
@@ -341,15 +351,18 @@ pub async fn link_page(
     Ok(resp)
 }
 
-/// The cookie token a link's key moves its draft under: derived from the key, so a
-/// second press soon after (the first answer lost) can be given the same cookie.
-fn moved_token(key: &str) -> String {
-    use base64::Engine;
-    let digest = Sha256::new()
-        .chain_update(b"madoguchi draft moved by a link\0")
-        .chain_update(key.as_bytes())
-        .finalize();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest)
+/// An address as one mailbox, for the per-address limit: lower case, without a
+/// `+tag`, and for Gmail without dots (which it ignores).
+fn mailbox(address: &str) -> String {
+    let address = crate::ja::email_key(address);
+    let Some((local, domain)) = address.rsplit_once('@') else {
+        return address;
+    };
+    let local = local.split('+').next().unwrap_or(local);
+    match domain {
+        "gmail.com" | "googlemail.com" => format!("{}@gmail.com", local.replace('.', "")),
+        _ => format!("{local}@{domain}"),
+    }
 }
 
 /// Moves the draft into this browser: a cookie token of its own, the key spent, and
@@ -369,34 +382,28 @@ pub async fn take_up(
         Ok(form) => form,
         Err(page) => return Ok(page),
     };
-    let token = moved_token(&key);
+    // The browser that saved it is remembered from the first opening, not a second.
+    let token = random_token(32);
     let moved = db
         .query_opt(
-            "UPDATE citizen_drafts SET moved_from = token_hash, token_hash = $3, resume_hash = NULL,
-                    resumed_at = now(), updated_at = now(),
+            "UPDATE citizen_drafts SET token_hash = $3, updated_at = now(),
+                    moved_from = CASE WHEN resumed_at IS NULL THEN token_hash ELSE moved_from END,
+                    resumed_at = coalesce(resumed_at, now()),
                     expires_at = now() + make_interval(hours => $4)
               WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()
+                AND (resumed_at IS NULL OR resumed_at > now() - make_interval(secs => $5))
               RETURNING resume_page",
-            &[&token_hash(&key), &form.id, &token_hash(&token), &DRAFT_HOURS],
+            &[
+                &token_hash(&key),
+                &form.id,
+                &token_hash(&token),
+                &DRAFT_HOURS,
+                &SECOND_PRESS_SECS,
+            ],
         )
         .await?;
-    let saved_page = match moved {
-        Some(r) => r.get::<_, Option<i32>>(0),
-        None => {
-            // A second press just after the first: the same cookie, the same page.
-            let again = db
-                .query_opt(
-                    "SELECT resume_page FROM citizen_drafts
-                      WHERE token_hash = $1 AND form_id = $2 AND submission_id IS NULL
-                        AND resumed_at > now() - make_interval(secs => $3)",
-                    &[&token_hash(&token), &form.id, &f64::from(SECOND_PRESS_SECS)],
-                )
-                .await?;
-            match again {
-                Some(r) => r.get(0),
-                None => return Ok(spent_link(&ctx, &form)),
-            }
-        }
+    let Some(saved_page) = moved.map(|r| r.get::<_, Option<i32>>(0)) else {
+        return Ok(spent_link(&ctx, &form));
     };
     let Some(draft) = load_draft(&ctx, &db, form.id, &token).await? else {
         return Ok(spent_link(&ctx, &form));
@@ -427,12 +434,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_moved_draft_s_token_is_the_key_s_own_and_no_other() {
-        let a = random_token(32);
-        let b = random_token(32);
-        assert_eq!(moved_token(&a), moved_token(&a));
-        assert_ne!(moved_token(&a), moved_token(&b));
-        assert_ne!(moved_token(&a), a);
-        assert_eq!(moved_token(&a).len(), 43);
+    fn one_mailbox_is_one_address_however_it_is_written() {
+        for a in [
+            "hanako.kasai@example.jp",
+            "Hanako.Kasai@EXAMPLE.JP",
+            "hanako.kasai+save@example.jp",
+            "hanako.kasai+a+b@example.jp",
+        ] {
+            assert_eq!(mailbox(a), "hanako.kasai@example.jp", "{a}");
+        }
+        assert_eq!(mailbox("H.Kasai+x@googlemail.com"), "hkasai@gmail.com");
+        assert_eq!(mailbox("h.kasai@gmail.com"), "hkasai@gmail.com");
+        assert_ne!(mailbox("h.kasai@example.jp"), mailbox("hkasai@example.jp"));
+        assert_eq!(mailbox("no-at-sign"), "no-at-sign");
     }
 }

@@ -9,6 +9,9 @@ ALTER TABLE citizen_drafts
     ADD COLUMN resume_page integer,
     -- When its link was first opened, moving it into another browser.
     ADD COLUMN resumed_at timestamptz,
+    -- The hash of the claim cookie of the browser that first opened it (set by the
+    -- link's page): only that browser may open the link again, for two minutes.
+    ADD COLUMN resume_claim bytea,
     -- The hash of the token it was under before a link moved it, so the browser
     -- that saved it is told where its draft went.
     ADD COLUMN moved_from bytea;

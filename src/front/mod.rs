@@ -751,7 +751,7 @@ async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
                     entries,
                     drafts,
                     sessions,
-                    "operation log pruned, expired drafts and sessions deleted"
+                    "operation log pruned, expired drafts (and link mails done with) and sessions deleted"
                 ),
                 Err(e) => {
                     tracing::warn!(tenant = %t.slug, error = format!("{e:#}"), "daily housekeeping failed")

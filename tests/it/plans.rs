@@ -246,7 +246,7 @@ async fn hot_queries_are_served_by_indexes() {
         &plan(
             &db,
             madoguchi::tenant::forms::resume::LINKED_DRAFT_SQL,
-            &[&token, &form_id, &120.0f64],
+            &[&token, &form_id, &120.0f64, &token],
         )
         .await,
     );
@@ -256,6 +256,24 @@ async fn hot_queries_are_served_by_indexes() {
             &db,
             madoguchi::tenant::forms::citizen::MOVED_AWAY_SQL,
             &[&vec![token.clone()], &form_id],
+        )
+        .await,
+    );
+    // Every save of a draft looks for a draft moved away from its token.
+    assert_indexed(
+        "saving a draft",
+        &plan(
+            &db,
+            madoguchi::tenant::forms::citizen::SAVE_DRAFT_SQL,
+            &[
+                &uuid::Uuid::new_v4(),
+                &token,
+                &form_id,
+                &1i32,
+                &token,
+                &24i32,
+                &None::<uuid::Uuid>,
+            ],
         )
         .await,
     );

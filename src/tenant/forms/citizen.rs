@@ -115,6 +115,25 @@ pub async fn purge_expired_drafts(db: &tokio_postgres::Client) -> Result<u64, Ap
     Ok(drafts + links)
 }
 
+/// The draft saved under a token (see [`save_draft`]; $1 id, $2 token hash, $3 form,
+/// $4 version, $5 sealed inputs, $6 hours, $7 the submission it corrects).
+pub const SAVE_DRAFT_SQL: &str = "INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, resubmit_of, expires_at)
+  SELECT $1::uuid, $2::bytea, $3::bigint, $4::integer, $5::bytea, $7::uuid, now() + make_interval(hours => $6::integer)
+   -- Not under a token whose draft a mailed link moved elsewhere.
+   WHERE NOT EXISTS (SELECT 1 FROM citizen_drafts m WHERE m.moved_from = $2 AND m.moved_from IS NOT NULL
+                       AND m.submission_id IS NULL AND m.expires_at > now())
+  ON CONFLICT (token_hash) DO UPDATE SET id = excluded.id,
+         form_version = excluded.form_version, inputs = excluded.inputs,
+         expires_at = greatest(citizen_drafts.expires_at, excluded.expires_at), updated_at = now(),
+         -- A new draft taking the row over takes none of its links.
+         resume_hash = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.resume_hash END,
+         resume_mails = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.resume_mails ELSE 0 END,
+         resume_page = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.resume_page END,
+         moved_from = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.moved_from END
+   WHERE citizen_drafts.submission_id IS NULL
+     AND citizen_drafts.form_id = excluded.form_id
+     AND citizen_drafts.resubmit_of IS NOT DISTINCT FROM excluded.resubmit_of";
+
 /// Saves the draft, keyed by its token: a new draft whose token already has a row
 /// (a double tap on the first 次へ, or a draft expired under an open page) takes
 /// that row over rather than failing on the token's uniqueness, unless that row was
@@ -135,26 +154,7 @@ async fn save_draft(
         .cipher()
         .encrypt(&draft_ref(&draft.id.to_string()), &plain)
         .map_err(|e| AppError::Internal(anyhow::anyhow!("draft: {e}")))?;
-    let stmt = db
-        .prepare_cached(
-            "INSERT INTO citizen_drafts (id, token_hash, form_id, form_version, inputs, resubmit_of, expires_at)
-             SELECT $1::uuid, $2::bytea, $3::bigint, $4::integer, $5::bytea, $7::uuid, now() + make_interval(hours => $6::integer)
-              -- Not under a token whose draft a mailed link moved elsewhere.
-              WHERE NOT EXISTS (SELECT 1 FROM citizen_drafts m WHERE m.moved_from = $2 AND m.moved_from IS NOT NULL
-                                  AND m.submission_id IS NULL AND m.expires_at > now())
-             ON CONFLICT (token_hash) DO UPDATE SET id = excluded.id,
-                    form_version = excluded.form_version, inputs = excluded.inputs,
-                    expires_at = greatest(citizen_drafts.expires_at, excluded.expires_at), updated_at = now(),
-                    -- A new draft taking the row over takes none of its links.
-                    resume_hash = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.resume_hash END,
-                    resume_mails = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.resume_mails ELSE 0 END,
-                    resume_page = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.resume_page END,
-                    moved_from = CASE WHEN citizen_drafts.id = excluded.id THEN citizen_drafts.moved_from END
-              WHERE citizen_drafts.submission_id IS NULL
-                AND citizen_drafts.form_id = excluded.form_id
-                AND citizen_drafts.resubmit_of IS NOT DISTINCT FROM excluded.resubmit_of",
-        )
-        .await?;
+    let stmt = db.prepare_cached(SAVE_DRAFT_SQL).await?;
     let saved = db
         .execute(
             &stmt,
@@ -173,7 +173,9 @@ async fn save_draft(
         Ok(n) => Ok(n == 1),
         // The draft's own id under this token, after a mailed link moved it to
         // another token between its loading and this save.
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => Ok(false),
+        Err(e) if e.as_db_error().and_then(|d| d.constraint()) == Some("citizen_drafts_pkey") => {
+            Ok(false)
+        }
         Err(e) => Err(e.into()),
     }
 }
@@ -581,7 +583,7 @@ fn moved_notice(ctx: &TenantCtx, form: &Published) -> Response {
         StatusCode::CONFLICT,
         &form.def.title,
         "入力内容は別の端末に移りました",
-        "この画面で入力していた内容は、メールで送ったリンクから別の端末（ブラウザ）で開かれました。続きはそちらで入力してください。この端末で新しく申請するときは、フォームを開き直して最初から入力してください。",
+        "一時保存していた入力内容は、メールのリンクから開かれ、リンクを開いたブラウザに移りました。続きはそちらで入力してください。ここで新しく申請するときは、フォームを開き直して最初から入力してください。",
     )
 }
 
@@ -725,6 +727,14 @@ pub async fn post_page(
     // answers are kept under a new token rather than lost with an error (unless it is
     // a correction, which must start again from the status page).
     let token = match posted_token(&ctx, &db, &form, &headers, &body).await? {
+        // A page of a tab older than the cookie (the same-origin fallback) whose draft
+        // a mailed link moved elsewhere: not a page of the cookie's application.
+        Posted::Token(t)
+            if !same_secret(&t, body.get("_token"))
+                && moved_away(&db, &form, &[body.get("_token")]).await? =>
+        {
+            return Ok(moved_notice(&ctx, &form))
+        }
         Posted::Token(t) => t,
         Posted::Renew if body.get("_correction") == "1" => {
             return Ok(notice(

@@ -7,9 +7,10 @@
 //! from the last step. Opening the link is two steps: the page it leads to changes
 //! nothing (mail scanners fetch links), and its button moves the draft into this
 //! browser under a new random cookie token; from then on the draft is kept 24 hours
-//! from the last step again. The key works [`SECOND_PRESS_SECS`] more (a reload, or
-//! a second press whose first answer was lost, moves it again), then no longer. The
-//! browser that saved it is told where it went.
+//! from the last step again. For [`SECOND_PRESS_SECS`] more the key still works in
+//! the browser that opened it (told by a claim cookie its page set), for a reload or
+//! a press whose answer was lost; then in none. The browser that saved the draft is
+//! told where it went.
 //!
 //! Offered only where mail is delivered, and not for a correction (差戻し), which is
 //! reopened from the status page. Links are limited per draft ([`MAX_LINKS`]) and per
@@ -32,7 +33,7 @@ use super::definition::{FieldKind, FormDefinition};
 use super::store::Published;
 use crate::crypto::random_token;
 use crate::error::AppError;
-use crate::tenant::http::{see_other, token_hash, FormData};
+use crate::tenant::http::{cookies, see_other, set_cookie, token_hash, FormData};
 use crate::tenant::TenantCtx;
 use crate::web::render;
 
@@ -46,14 +47,28 @@ pub const LINKS_PER_ADDRESS: i64 = 3;
 /// How long after a link was opened it still works (a reload, or a second press whose
 /// first answer was lost on the way), moving the draft again.
 const SECOND_PRESS_SECS: f64 = 120.0;
+/// How long a browser keeps its claim on a form's links (see `claim_cookie`).
+const CLAIM_SECS: u64 = 3600;
 /// Links mailed to an address ($1, its blind index) in the last 24 hours.
 pub const LINKS_TO_SQL: &str = "SELECT count(*) FROM outbox
   WHERE recipient_index = $1 AND created_at > now() - interval '1 day'";
 /// The open draft a link's key ($1, hashed) opens in the form $2, and its expiry,
-/// while the key works: unopened, or opened less than $3 seconds ago.
+/// while the key works: unopened, or opened less than $3 seconds ago by the browser
+/// with the claim $4 (hashed).
 pub const LINKED_DRAFT_SQL: &str = "SELECT id, expires_at FROM citizen_drafts
   WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()
-    AND (resumed_at IS NULL OR resumed_at > now() - make_interval(secs => $3))";
+    AND (resumed_at IS NULL OR (resumed_at > now() - make_interval(secs => $3) AND resume_claim = $4))";
+
+fn claim_cookie(public_id: &str) -> String {
+    format!("md_r_{public_id}")
+}
+
+/// This browser's claim on the form's links (see [`claim_cookie`]), hashed, if it has one.
+fn claim(headers: &HeaderMap, public_id: &str) -> Option<Vec<u8>> {
+    cookies(headers, &claim_cookie(public_id))
+        .first()
+        .map(|c| token_hash(c))
+}
 /// The outbox kind of the mail with the link. Sealed to its own row, with no
 /// submission behind it.
 pub const RESUME_MAIL: &str = "resume";
@@ -245,10 +260,18 @@ pub async fn send_link(
     let updated = tx
         .query_opt(
             "UPDATE citizen_drafts SET resume_hash = $2, resume_mails = resume_mails + 1, resume_page = $5,
-                    resumed_at = NULL, updated_at = now(), expires_at = greatest(expires_at, now() + make_interval(days => $3))
-              WHERE id = $1 AND submission_id IS NULL AND expires_at > now()
+                    resumed_at = NULL, resume_claim = NULL, updated_at = now(),
+                    expires_at = greatest(expires_at, now() + make_interval(days => $3))
+              WHERE id = $1 AND token_hash = $6 AND submission_id IS NULL AND expires_at > now()
               RETURNING expires_at, resume_mails <= $4",
-            &[&draft.id, &token_hash(&key), &LINK_DAYS, &MAX_LINKS, &saved_page],
+            &[
+                &draft.id,
+                &token_hash(&key),
+                &LINK_DAYS,
+                &MAX_LINKS,
+                &saved_page,
+                &token_hash(&shown.token),
+            ],
         )
         .await?;
     let until = match updated {
@@ -261,7 +284,7 @@ pub async fn send_link(
                 &format!("この入力内容について送れるリンクは{MAX_LINKS}通までです。前に届いたメールのリンクをお使いください"),
             )
         }
-        // Sent or expired meanwhile.
+        // Sent, expired or moved to another browser meanwhile.
         None => return Ok(see_other(&format!("/f/{public_id}"))),
     };
     let payload = serde_json::json!({
@@ -289,11 +312,12 @@ async fn linked_draft(
     db: &tokio_postgres::Client,
     form: &Published,
     key: &str,
+    claim: Option<&Vec<u8>>,
 ) -> Result<Option<(Uuid, time::OffsetDateTime)>, AppError> {
     Ok(db
         .query_opt(
             LINKED_DRAFT_SQL,
-            &[&token_hash(key), &form.id, &SECOND_PRESS_SECS],
+            &[&token_hash(key), &form.id, &SECOND_PRESS_SECS, &claim],
         )
         .await?
         .map(|r| (r.get(0), r.get(1))))
@@ -310,7 +334,8 @@ fn spent_link(ctx: &TenantCtx, form: &Published) -> Response {
 }
 
 /// The page a mailed link leads to: what opening it does, and a button to do it.
-/// Fetching it changes nothing.
+/// Fetching it changes nothing but the browser's claim cookie, set when it has none
+/// (a random value, for the link's path only).
 pub async fn link_page(
     ctx: TenantCtx,
     Path((public_id, key)): Path<(String, String)>,
@@ -321,7 +346,12 @@ pub async fn link_page(
         Ok(form) => form,
         Err(page) => return Ok(page),
     };
-    let Some((id, until)) = linked_draft(&db, &form, &key).await? else {
+    let held = cookies(&headers, &claim_cookie(&public_id))
+        .into_iter()
+        .next();
+    let Some((id, until)) =
+        linked_draft(&db, &form, &key, held.map(|c| token_hash(&c)).as_ref()).await?
+    else {
         return Ok(spent_link(&ctx, &form));
     };
     let replaces = cookie_drafts(&ctx, &db, form.id, &public_id, &headers)
@@ -348,6 +378,18 @@ pub async fn link_page(
         header::REFERRER_POLICY,
         HeaderValue::from_static("strict-origin"),
     );
+    if cookies(&headers, &claim_cookie(&public_id)).is_empty() {
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(
+                &claim_cookie(&public_id),
+                &random_token(32),
+                &format!("/f/{public_id}/resume"),
+                Some(CLAIM_SECS),
+                ctx.secure_cookies,
+            ),
+        );
+    }
     Ok(resp)
 }
 
@@ -382,16 +424,18 @@ pub async fn take_up(
         Ok(form) => form,
         Err(page) => return Ok(page),
     };
-    // The browser that saved it is remembered from the first opening, not a second.
+    // The first opening records the browser that saved it and this browser's claim;
+    // a second, within the window, must come with the same claim.
     let token = random_token(32);
     let moved = db
         .query_opt(
             "UPDATE citizen_drafts SET token_hash = $3, updated_at = now(),
                     moved_from = CASE WHEN resumed_at IS NULL THEN token_hash ELSE moved_from END,
+                    resume_claim = CASE WHEN resumed_at IS NULL THEN $6 ELSE resume_claim END,
                     resumed_at = coalesce(resumed_at, now()),
                     expires_at = now() + make_interval(hours => $4)
               WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()
-                AND (resumed_at IS NULL OR resumed_at > now() - make_interval(secs => $5))
+                AND (resumed_at IS NULL OR (resumed_at > now() - make_interval(secs => $5) AND resume_claim = $6))
               RETURNING resume_page",
             &[
                 &token_hash(&key),
@@ -399,6 +443,7 @@ pub async fn take_up(
                 &token_hash(&token),
                 &DRAFT_HOURS,
                 &SECOND_PRESS_SECS,
+                &claim(&headers, &public_id),
             ],
         )
         .await?;

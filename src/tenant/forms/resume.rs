@@ -59,6 +59,12 @@ pub const LINKED_DRAFT_SQL: &str = "SELECT id, expires_at FROM citizen_drafts
   WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()
     AND (resumed_at IS NULL OR (resumed_at > now() - make_interval(secs => $3) AND resume_claim = $4))";
 
+/// The outbox kind of the mail with the link. Sealed to its own row, with no
+/// submission behind it.
+pub const RESUME_MAIL: &str = "resume";
+
+/// The cookie that tells the browser which opened a form's link (set by the link's
+/// page, for the link's path only).
 fn claim_cookie(public_id: &str) -> String {
     format!("md_r_{public_id}")
 }
@@ -69,9 +75,6 @@ fn claim(headers: &HeaderMap, public_id: &str) -> Option<Vec<u8>> {
         .first()
         .map(|c| token_hash(c))
 }
-/// The outbox kind of the mail with the link. Sealed to its own row, with no
-/// submission behind it.
-pub const RESUME_MAIL: &str = "resume";
 
 #[derive(Template)]
 #[template(path = "citizen/save.html")]
@@ -237,26 +240,69 @@ pub async fn send_link(
             );
         }
     }
+    let tx = db.transaction().await?;
+    let until = match issue(&tx, &ctx, &form, &draft, &shown.token, page, &to).await? {
+        Issued::Until(until) => until,
+        Issued::AddressFull => {
+            return refused(
+                shown,
+                &format!("このメールアドレスには、24時間に{LINKS_PER_ADDRESS}通までしかリンクを送れません。届いたメールのリンクをお使いいただくか、時間をおいてお試しください"),
+            )
+        }
+        Issued::DraftFull => {
+            return refused(
+                shown,
+                &format!("この入力内容について送れるリンクは{MAX_LINKS}通までです。前に届いたメールのリンクをお使いください"),
+            )
+        }
+        // Sent, expired or moved to another browser meanwhile.
+        Issued::Gone => return Ok(see_other(&format!("/f/{public_id}"))),
+    };
+    tx.commit().await?;
+    ctx.mail_queued();
+    shown.email = to;
+    shown.sent = Some(until);
+    Ok(no_store(render(StatusCode::OK, &shown)))
+}
+
+/// What [`issue`] came to. Anything but `Until` leaves the transaction to be
+/// dropped, so nothing changes.
+enum Issued {
+    /// The link was queued; it works until then (for people).
+    Until(String),
+    /// The address was sent [`LINKS_PER_ADDRESS`] links in the last 24 hours.
+    AddressFull,
+    /// The draft sent [`MAX_LINKS`].
+    DraftFull,
+    /// The draft was sent, expired or moved away meanwhile.
+    Gone,
+}
+
+/// Gives the draft (under `token`) a new key, saved from `page`, and queues its link
+/// to `to`, within the limits, in `tx`.
+async fn issue(
+    tx: &deadpool_postgres::Transaction<'_>,
+    ctx: &TenantCtx,
+    form: &Published,
+    draft: &Draft,
+    token: &str,
+    page: Option<usize>,
+    to: &str,
+) -> Result<Issued, AppError> {
     let recipient = ctx
         .cipher()
-        .blind_index("outbox", "recipient", &mailbox(&to))
+        .blind_index("outbox", "recipient", &mailbox(to))
         .to_vec();
-    let key = random_token(32);
-    let tx = db.transaction().await?;
     // Two requests for one address at once are counted one after the other.
     let lock = i64::from_be_bytes(recipient[..8].try_into().unwrap_or_default());
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
         .await?;
     let sent_today: i64 = tx.query_one(LINKS_TO_SQL, &[&recipient]).await?.get(0);
     if sent_today >= LINKS_PER_ADDRESS {
-        return refused(
-            shown,
-            &format!("このメールアドレスには、24時間に{LINKS_PER_ADDRESS}通までしかリンクを送れません。届いたメールのリンクをお使いいただくか、時間をおいてお試しください"),
-        );
+        return Ok(Issued::AddressFull);
     }
-    let saved_page = saved_from(&form, page)
-        .0
-        .and_then(|p| i32::try_from(p).ok());
+    let key = random_token(32);
+    let saved_page = saved_from(form, page).0.and_then(|p| i32::try_from(p).ok());
     let updated = tx
         .query_opt(
             "UPDATE citizen_drafts SET resume_hash = $2, resume_mails = resume_mails + 1, resume_page = $5,
@@ -270,41 +316,29 @@ pub async fn send_link(
                 &LINK_DAYS,
                 &MAX_LINKS,
                 &saved_page,
-                &token_hash(&shown.token),
+                &token_hash(token),
             ],
         )
         .await?;
     let until = match updated {
         Some(r) if r.get::<_, bool>(1) => jst(r.get(0)),
-        // Over the limit: the transaction is dropped, and the draft and its last
-        // link stay as they were.
-        Some(_) => {
-            return refused(
-                shown,
-                &format!("この入力内容について送れるリンクは{MAX_LINKS}通までです。前に届いたメールのリンクをお使いください"),
-            )
-        }
-        // Sent, expired or moved to another browser meanwhile.
-        None => return Ok(see_other(&format!("/f/{public_id}"))),
+        Some(_) => return Ok(Issued::DraftFull),
+        None => return Ok(Issued::Gone),
     };
     let payload = serde_json::json!({
         "to": to,
         "title": form.def.title,
-        "url": format!("{}/f/{public_id}/resume/{key}", ctx.base_url),
+        "url": format!("{}/f/{}/resume/{key}", ctx.base_url, form.public_id),
         "until": until,
     })
     .to_string();
-    let out = crate::tenant::mail::queue(&*tx, ctx.cipher(), RESUME_MAIL, None, &payload).await?;
+    let out = crate::tenant::mail::queue(&**tx, ctx.cipher(), RESUME_MAIL, None, &payload).await?;
     tx.execute(
         "UPDATE outbox SET recipient_index = $2 WHERE id = $1",
         &[&out, &recipient],
     )
     .await?;
-    tx.commit().await?;
-    ctx.mail_queued();
-    shown.email = to;
-    shown.sent = Some(until);
-    Ok(no_store(render(StatusCode::OK, &shown)))
+    Ok(Issued::Until(until))
 }
 
 /// The draft a link's key opens, and until when, if the key is current.
@@ -346,12 +380,8 @@ pub async fn link_page(
         Ok(form) => form,
         Err(page) => return Ok(page),
     };
-    let held = cookies(&headers, &claim_cookie(&public_id))
-        .into_iter()
-        .next();
-    let Some((id, until)) =
-        linked_draft(&db, &form, &key, held.map(|c| token_hash(&c)).as_ref()).await?
-    else {
+    let held = claim(&headers, &public_id);
+    let Some((id, until)) = linked_draft(&db, &form, &key, held.as_ref()).await? else {
         return Ok(spent_link(&ctx, &form));
     };
     let replaces = cookie_drafts(&ctx, &db, form.id, &public_id, &headers)
@@ -378,7 +408,7 @@ pub async fn link_page(
         header::REFERRER_POLICY,
         HeaderValue::from_static("strict-origin"),
     );
-    if cookies(&headers, &claim_cookie(&public_id)).is_empty() {
+    if held.is_none() {
         resp.headers_mut().append(
             header::SET_COOKIE,
             set_cookie(

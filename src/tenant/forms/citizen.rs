@@ -31,7 +31,7 @@ use crate::web::render;
 /// How long an unfinished application is kept.
 pub(super) const DRAFT_HOURS: i32 = 24;
 
-pub(super) fn cookie_name(public_id: &str) -> String {
+fn cookie_name(public_id: &str) -> String {
     format!("md_f_{public_id}")
 }
 
@@ -138,9 +138,9 @@ pub const SAVE_DRAFT_SQL: &str = "INSERT INTO citizen_drafts (id, token_hash, fo
 /// (a double tap on the first 次へ, or a draft expired under an open page) takes
 /// that row over rather than failing on the token's uniqueness, unless that row was
 /// sent already or is a correction (差戻し) of another application, which a plain
-/// draft must not become, and nothing is saved under a token whose draft a mailed
-/// link moved to another browser (see `resume`). Every save moves the expiry to [`DRAFT_HOURS`] from now,
-/// or leaves it later (a draft whose link was mailed, see `resume`).
+/// draft must not become; and nothing is saved under a token whose draft a mailed
+/// link moved to another browser (see `resume`). Every save moves the expiry to
+/// [`DRAFT_HOURS`] from now, or leaves it later (a draft whose link was mailed).
 /// Returns whether it was saved.
 async fn save_draft(
     ctx: &TenantCtx,

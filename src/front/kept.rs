@@ -1,6 +1,7 @@
 //! A citizen's page turned away at a peak keeps what was typed.
 //!
-//! A page of a form or its final submit can be refused before it is read: over the
+//! A page of a form, its final submit or a 一時保存 link's request can be refused
+//! before it is read: over the
 //! client's or the municipality's rate limit (429), or with no turn or database
 //! connection free in time (503). Those refusals were error pages, and going on meant
 //! typing the page again (a phone's Back does not always keep it). The refusal now
@@ -142,10 +143,14 @@ impl Resend {
     }
 }
 
-/// The form's public id in `/f/{form}` or `/f/{form}/submit`.
+/// The form's public id in `/f/{form}`, `/f/{form}/submit` or `/f/{form}/save` (the
+/// address a 一時保存 link is mailed to).
 fn citizen_form(path: &str) -> Option<&str> {
     let rest = path.strip_prefix("/f/")?;
-    let form = rest.strip_suffix("/submit").unwrap_or(rest);
+    let form = rest
+        .strip_suffix("/submit")
+        .or_else(|| rest.strip_suffix("/save"))
+        .unwrap_or(rest);
     (!form.is_empty() && !form.contains('/')).then_some(form)
 }
 
@@ -184,6 +189,7 @@ mod tests {
         let form = "application/x-www-form-urlencoded";
         assert!(Resend::wanted(&post("/f/abc", form)));
         assert!(Resend::wanted(&post("/f/abc/submit", form)));
+        assert!(Resend::wanted(&post("/f/abc/save", form)));
         assert!(Resend::wanted(&post(
             "/f/abc?page=1",
             "Application/X-WWW-Form-Urlencoded; charset=UTF-8"
@@ -192,6 +198,7 @@ mod tests {
             "/f/",
             "/f//submit",
             "/f/abc/confirm",
+            "/f/abc/resume/key",
             "/status",
             "/admin/login",
         ] {

@@ -211,6 +211,7 @@ mod tests {
         let body = Bytes::from_static(b"_token=t&a=1");
         assert!(Resend::of(&post("/f/abc", form), None, ORIGIN).is_none());
         assert!(Resend::of(&post("/f/abc", form), Some(&body), ORIGIN).is_some());
+        assert!(Resend::of(&post("/f/abc/save", form), Some(&body), ORIGIN).is_some());
         // Only a page of this site: not one another site (or nobody) says it sent.
         let mut other = post("/f/abc", form);
         other.headers_mut().insert(

@@ -218,9 +218,9 @@ pub async fn deliver_due(
                         "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
                                 next_attempt_at = CASE WHEN $3::bigint IS NULL THEN 'infinity'::timestamptz
                                                        ELSE now() + make_interval(secs => $3::bigint) END,
-                                payload = CASE WHEN $3::bigint IS NULL AND kind = 'resume' THEN ''::bytea ELSE payload END
+                                payload = CASE WHEN $3::bigint IS NULL AND kind = $4 THEN ''::bytea ELSE payload END
                           WHERE id = $1",
-                        &[&id, &why, &secs],
+                        &[&id, &why, &secs, &RESUME_MAIL],
                     )
                     .await?;
                     if let (Refused::RelayDown(_), Some(wait)) = (&refused, retry) {

@@ -95,6 +95,21 @@ async fn saved_part_way(server: &Server, host: &str, public: &str) -> (reqwest::
     (c, token)
 }
 
+/// The link mail's row once the first column of `sql` (a query of it: a state, and
+/// the payload's length) is true, waiting up to 20 s for the deliverer.
+async fn link_mail_once(db: &tokio_postgres::Client, sql: &str) -> (bool, i32) {
+    let mut row = (false, -1);
+    for _ in 0..200 {
+        let r = db.query_one(sql, &[]).await.unwrap();
+        row = (r.get(0), r.get(1));
+        if row.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    row
+}
+
 /// Asks for a link to `email`: the status and the page.
 async fn send_link(
     c: &reqwest::Client,
@@ -198,21 +213,11 @@ async fn a_saved_form_goes_on_from_a_mailed_link_in_another_browser() {
     assert!(!body.contains("花子"), "{body}");
     // Sent: the row keeps its time and loses the link (recorded just after the
     // relay's answer).
-    let mut row = (false, -1);
-    for _ in 0..200 {
-        let r = db
-            .query_one(
-                "SELECT sent_at IS NOT NULL, length(payload) FROM outbox WHERE kind = 'resume'",
-                &[],
-            )
-            .await
-            .unwrap();
-        row = (r.get(0), r.get(1));
-        if row.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    let row = link_mail_once(
+        &db,
+        "SELECT sent_at IS NOT NULL, length(payload) FROM outbox WHERE kind = 'resume'",
+    )
+    .await;
     assert_eq!(row, (true, 0), "sent, payload length");
 
     // On a PC that has begun an application of its own: the link's page changes
@@ -595,20 +600,10 @@ async fn a_link_given_up_keeps_nothing() {
     smtp.refuse_next_for_good();
     let (status, page) = send_link(&c, &server, &host, &public, &token, "nobody@example.jp").await;
     assert_eq!(status, 200, "{page}");
-    let mut row = (false, -1);
-    for _ in 0..200 {
-        let r = db
-            .query_one(
-                "SELECT next_attempt_at = 'infinity', length(payload) FROM outbox WHERE kind = 'resume'",
-                &[],
-            )
-            .await
-            .unwrap();
-        row = (r.get(0), r.get(1));
-        if row.0 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    let row = link_mail_once(
+        &db,
+        "SELECT next_attempt_at = 'infinity', length(payload) FROM outbox WHERE kind = 'resume'",
+    )
+    .await;
     assert_eq!(row, (true, 0), "given up, payload length");
 }

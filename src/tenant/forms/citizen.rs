@@ -950,11 +950,11 @@ pub async fn confirm(
                     back: format!("/f/{public_id}?page={last}"),
                     save: (ctx.mail_on() && draft.resubmit_of.is_none())
                         .then(|| format!("/f/{public_id}/save")),
-                    pow: if super::pow::required(&ctx, form.id, form.def.settings.proof_of_work) {
-                        Some(super::pow::challenge(&ctx)?)
-                    } else {
-                        None
-                    },
+                    pow: super::pow::challenge_if_required(
+                        &ctx,
+                        form.id,
+                        form.def.settings.proof_of_work,
+                    )?,
                     retry: q.retry.is_some(),
                 },
             ))

@@ -68,6 +68,19 @@ pub fn required(ctx: &TenantCtx, form_id: i64, always: bool) -> bool {
     always || spiking(ctx.id, form_id)
 }
 
+/// A challenge for a page whose form needs a solution now ([`required`]), if it does.
+pub fn challenge_if_required(
+    ctx: &TenantCtx,
+    form_id: i64,
+    always: bool,
+) -> Result<Option<String>, AppError> {
+    if required(ctx, form_id, always) {
+        challenge(ctx).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
 /// A signed challenge (JSON) for the confirmation page.
 pub fn challenge(ctx: &TenantCtx) -> Result<String, AppError> {
     let key = key(ctx);

@@ -166,11 +166,7 @@ fn save_page(
         error: None,
         days: LINK_DAYS,
         sent: None,
-        pow: if super::pow::required(ctx, form.id, form.def.settings.proof_of_work) {
-            Some(super::pow::challenge(ctx)?)
-        } else {
-            None
-        },
+        pow: super::pow::challenge_if_required(ctx, form.id, form.def.settings.proof_of_work)?,
     })
 }
 

@@ -8,7 +8,10 @@
 --                                    two round trips)
 --   store::PUBLISHED_SQL
 --   api::BY_KEY_SQL, the look-up of the idempotency key (a retry is answered first)
---   citizen::store_submission's WITH statement (no draft)
+--   citizen::STORE_SQL (no draft)
+-- Each statement is the server's own text, with pgbench expressions for its
+-- parameters; `cargo test` checks that (src/tenant/bench_sql.rs), so a change to the
+-- server's statement that is not made here too fails the tests.
 -- Given with -D: tokhash (the token's stored hash), actor (its operation-log label),
 -- pid, answers and mail (as for flow.sql). ops/bench/run counts the work per
 -- submission of both, side by side in the report.
@@ -16,10 +19,10 @@
 WITH t AS (SELECT id, name, scopes, last_used_at FROM api_tokens WHERE token_hash = :tokhash::bytea AND revoked_at IS NULL), touched AS (UPDATE api_tokens a SET last_used_at = now() FROM t WHERE a.id = t.id AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute')) SELECT id, name, scopes FROM t;
 BEGIN;
 SELECT pg_advisory_xact_lock(30787856454743396);
-SELECT seq AS last_seq, hash AS last_hash FROM audit_log ORDER BY seq DESC LIMIT 1 \gset
+SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1 \gset last_
 INSERT INTO audit_log (seq, at, actor, action, target, detail, prev_hash, hash) VALUES (:last_seq + 1, now(), :actor, 'api.use', 'POST /api/v1/forms/' || :pid || '/submissions', '{}', :last_hash::bytea, sha256(:last_hash::bytea || convert_to(:actor || :n, 'UTF8')));
 COMMIT;
-SELECT id AS f_id, public_id, current_version AS f_version, closed, accepted_count, capacity FROM forms WHERE public_id = :pid AND current_version IS NOT NULL \gset
+SELECT id, public_id, current_version, closed, accepted_count, capacity FROM forms WHERE public_id = :pid AND current_version IS NOT NULL \gset f_
 \set key random(1, 9000000000000000)
 SELECT s.id, s.receipt_number, s.form_id, s.form_version, s.answers, (SELECT e.actor_label FROM submission_events e WHERE e.submission_id = s.id ORDER BY e.id LIMIT 1) FROM submissions s WHERE s.idempotency_key = md5(:key::text)::uuid;
-WITH ins AS (INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key) VALUES (gen_random_uuid(), :f_id, :f_version, 'A' || :n, :answers::jsonb, sha256(('e' || :n)::bytea), sha256(('p' || :n)::bytea), gen_random_uuid()) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), closed AS (UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now() FROM ins WHERE d.id = NULL::uuid), received AS (INSERT INTO submission_events (submission_id, actor_label, to_status) SELECT id, :actor, 'received' FROM ins), mailed AS (INSERT INTO outbox (kind, submission_id, payload) SELECT 'receipt', id, :mail::bytea FROM ins WHERE :mail::bytea IS NOT NULL) SELECT id FROM ins;
+WITH ins AS (INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key) VALUES (gen_random_uuid(), :f_id, :f_current_version, 'A' || :n, :answers, sha256(('e' || :n)::bytea), sha256(('p' || :n)::bytea), gen_random_uuid()) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id), closed AS (UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now() FROM ins WHERE d.id = NULL::uuid), received AS (INSERT INTO submission_events (submission_id, actor_label, to_status) SELECT id, :actor, 'received' FROM ins), mailed AS (INSERT INTO outbox (kind, submission_id, payload) SELECT 'receipt', id, :mail FROM ins WHERE :mail::bytea IS NOT NULL) SELECT id FROM ins;

@@ -4,6 +4,8 @@
 pub mod admin;
 pub mod api;
 pub mod audit;
+#[cfg(test)]
+mod bench_sql;
 pub mod cases;
 pub mod forms;
 mod home;

@@ -259,7 +259,7 @@ impl ApiClient {
 }
 
 /// A live token by its hash, touching its last use when that is a minute old.
-const TOKEN_SQL: &str = "WITH t AS (SELECT id, name, scopes, last_used_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL),
+pub(crate) const TOKEN_SQL: &str = "WITH t AS (SELECT id, name, scopes, last_used_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL),
       touched AS (UPDATE api_tokens a SET last_used_at = now() FROM t
                    WHERE a.id = t.id AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute'))
  SELECT id, name, scopes FROM t";
@@ -522,7 +522,7 @@ fn raw_answers(answers: BTreeMap<String, serde_json::Value>) -> Raw {
 }
 
 /// A submission by its idempotency key, with who made it (its history's first row).
-const BY_KEY_SQL: &str = "SELECT s.id, s.receipt_number, s.form_id, s.form_version, s.answers,
+pub(crate) const BY_KEY_SQL: &str = "SELECT s.id, s.receipt_number, s.form_id, s.form_version, s.answers,
         (SELECT e.actor_label FROM submission_events e WHERE e.submission_id = s.id ORDER BY e.id LIMIT 1)
    FROM submissions s WHERE s.idempotency_key = $1";
 

@@ -15,7 +15,14 @@ use crate::crypto::aad;
 use crate::error::AppError;
 
 /// Advisory lock that serialises appends within one tenant database.
-const AUDIT_LOCK: i64 = i64::from_be_bytes(*b"\0madoaud");
+pub(crate) const AUDIT_LOCK: i64 = i64::from_be_bytes(*b"\0madoaud");
+/// Holds the chain's end for the transaction ($1 [`AUDIT_LOCK`]).
+pub(crate) const LOCK_SQL: &str = "SELECT pg_advisory_xact_lock($1)";
+/// The chain's end: its last entry's number and hash.
+pub(crate) const END_SQL: &str = "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1";
+/// One entry ($1 seq, $2 at, $3 actor, $4 action, $5 target, $6 detail, $7 the
+/// previous entry's hash, $8 its own).
+pub(crate) const APPEND_SQL: &str = "INSERT INTO audit_log (seq, at, actor, action, target, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// Who did something.
 #[derive(Debug, Clone)]
@@ -95,14 +102,8 @@ pub async fn append(
     // sent together (the server runs them in order, so the read sees every append
     // committed before the lock was granted), each in one message with its types
     // (no separate round trip to prepare).
-    let lock = db.execute_typed(
-        "SELECT pg_advisory_xact_lock($1)",
-        &[(&AUDIT_LOCK, Type::INT8)],
-    );
-    let last = db.query_typed_opt(
-        "SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1",
-        &[],
-    );
+    let lock = db.execute_typed(LOCK_SQL, &[(&AUDIT_LOCK, Type::INT8)]);
+    let last = db.query_typed_opt(END_SQL, &[]);
     let (_, last) = tokio::try_join!(biased; lock, last)?;
     let (prev_seq, prev_hash): (i64, Vec<u8>) = match last {
         Some(r) => (r.get(0), r.get(1)),
@@ -126,7 +127,7 @@ pub async fn append(
     let detail = detail.to_string();
     let hash = row_hash(&prev_hash, seq, micros(at), &actor, action, target, &detail);
     db.execute_typed(
-        "INSERT INTO audit_log (seq, at, actor, action, target, detail, prev_hash, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        APPEND_SQL,
         &[
             (&seq, Type::INT8),
             (&at, Type::TIMESTAMPTZ),
@@ -230,8 +231,7 @@ pub async fn verify(db: &tokio_postgres::Client) -> Result<Verdict, AppError> {
 /// from the first kept row, and records that it did.
 pub async fn prune(db: &mut tokio_postgres::Client) -> Result<u64, AppError> {
     let tx = db.transaction().await?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&AUDIT_LOCK])
-        .await?;
+    tx.execute(LOCK_SQL, &[&AUDIT_LOCK]).await?;
     let last_old = tx
         .query_opt(
             "SELECT seq, hash FROM audit_log WHERE at < now() - make_interval(days => (SELECT audit_retention_days FROM settings))

@@ -1229,6 +1229,23 @@ pub enum Stored {
     Full,
 }
 
+/// A submission without 定員 and its draft's pointer to it, in one statement ($1 id,
+/// $2 form, $3 version, $4 receipt number, $5 encrypted answers, $6 and $7 the e-mail
+/// and phone blind indexes, $8 idempotency key, $9 draft, $10 by, $11 the outbox kind,
+/// $12 the sealed copy or NULL). Returns the id, or no row when the key was used.
+pub const STORE_SQL: &str = "WITH ins AS (
+     INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
+   ), closed AS (
+     UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now()
+       FROM ins WHERE d.id = $9
+   ), received AS (
+     INSERT INTO submission_events (submission_id, actor_label, to_status) SELECT id, $10, 'received' FROM ins
+   ), mailed AS (
+     INSERT INTO outbox (kind, submission_id, payload) SELECT $11, id, $12 FROM ins WHERE $12::bytea IS NOT NULL
+   )
+   SELECT id FROM ins";
+
 /// Stores checked answers as a new submission in one transaction: encrypted answer by
 /// answer, a fresh receipt number, the 定員 counter, the case history's first row
 /// (受付, by `by`), the applicant's e-mailed copy in the outbox, and (from the web)
@@ -1252,22 +1269,7 @@ pub async fn store_submission(
         if form.capacity.is_none() {
             // Without 定員 there is nothing to count: the row and the draft's pointer
             // to it are one statement, so one round trip and one commit.
-            let stmt = db
-                .prepare_cached(
-                    "WITH ins AS (
-                       INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key)
-                       VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
-                     ), closed AS (
-                       UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now()
-                         FROM ins WHERE d.id = $9
-                     ), received AS (
-                       INSERT INTO submission_events (submission_id, actor_label, to_status) SELECT id, $10, 'received' FROM ins
-                     ), mailed AS (
-                       INSERT INTO outbox (kind, submission_id, payload) SELECT $11, id, $12 FROM ins WHERE $12::bytea IS NOT NULL
-                     )
-                     SELECT id FROM ins",
-                )
-                .await?;
+            let stmt = db.prepare_cached(STORE_SQL).await?;
             let inserted = db
                 .query_opt(
                     &stmt,

@@ -8,6 +8,7 @@ pub mod audit;
 mod bench_sql;
 pub mod cases;
 pub mod forms;
+mod help;
 mod home;
 pub mod http;
 pub mod mail;
@@ -164,6 +165,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
     );
     Router::new()
         .route("/", get(home::show))
+        .route("/help", get(help::citizen_guide))
         // Citizens
         .route("/f/{form}", {
             let r = get(c::show).post(c::post_page);
@@ -221,6 +223,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
                 .layer(post_limit(Duration::from_secs(6), limits::SIGN_IN_BURST)),
         )
         .route("/admin/logout", post(s::logout))
+        .route("/admin/help", get(help::staff_manual))
         .route(
             "/admin/setup/{token}",
             get(s::setup_form)

@@ -442,6 +442,10 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
     click(&staff, "form[action$='/status'] button").await;
     assert_eq!(text(&staff, "#status").await, "差戻し");
     shot(&staff, "admin-returned").await;
+    // The manual, from the menu.
+    click(&staff, ".admin-nav a[href='/admin/help']").await;
+    assert!(text(&staff, "h1").await.starts_with("操作マニュアル"));
+    check_page(&staff, "admin-help").await;
     staff.close().await.unwrap();
 
     // The citizen's status lookup shows it.
@@ -459,6 +463,14 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
         "the answers are never shown"
     );
     check_page(&phone, "citizen-7-status-returned").await;
+    // The guide, from the foot of the page, and a section from its contents.
+    click(&phone, ".site-footer a[href='/help']").await;
+    check_page(&phone, "citizen-8-help").await;
+    tap(&phone, ".toc a[href='#status']").await;
+    assert_eq!(
+        phone.current_url().await.unwrap().fragment(),
+        Some("status")
+    );
     phone.close().await.unwrap();
 
     let conn = env.tenant_conn(&t).await;

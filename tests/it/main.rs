@@ -17,6 +17,7 @@ mod erasure;
 mod external;
 mod faults;
 mod forms;
+mod help;
 mod isolation;
 mod mail;
 mod plans;

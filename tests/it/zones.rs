@@ -95,6 +95,9 @@ async fn forms_and_the_admin_screen_per_zone() {
         page.contains("このネットワークからは利用できません"),
         "{page}"
     );
+    // The staff manual with the rest of the admin screen; the citizens' guide stays.
+    assert_eq!(get_on(internet, &host, "/admin/help").await.0, 403);
+    assert_eq!(get_on(internet, &host, "/help").await.0, 200);
     get_on(internet, &host, "/admin/forms").await;
     assert_eq!(get_on(lgwan, &host, "/admin/login").await.0, 200);
     // Refusals are logged, once a minute per address.

@@ -29,7 +29,7 @@ use crate::tenant::TenantCtx;
 use crate::web::render;
 
 /// How long an unfinished application is kept.
-pub(super) const DRAFT_HOURS: i32 = 24;
+pub const DRAFT_HOURS: i32 = 24;
 
 fn cookie_name(public_id: &str) -> String {
     format!("md_f_{public_id}")

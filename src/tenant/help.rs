@@ -1,0 +1,102 @@
+//! The operating manuals (操作マニュアル): the citizens' guide at `/help` and the
+//! staff's and administrators' manual at `/admin/help`, served by every municipality.
+
+use askama::Template;
+use axum::http::StatusCode;
+use axum::response::Response;
+
+use super::admin::Nav;
+use super::cases::pages::PAGE_SIZE;
+use super::forms::answers::MAX_INPUT;
+use super::forms::citizen::DRAFT_HOURS;
+use super::forms::definition::{MAX_FIELDS, MAX_PAGES};
+use super::forms::resume::{LINKS_PER_ADDRESS, LINK_DAYS, MAX_LINKS};
+use super::staff::{self, StaffUser};
+use super::TenantCtx;
+use crate::web::render;
+
+/// The citizens' guide. Its durations and limits are the code's own.
+#[derive(Template)]
+#[template(path = "citizen/help.html")]
+struct CitizenGuide {
+    site: String,
+    draft_hours: i32,
+    link_days: i32,
+    links_per_draft: i32,
+    links_per_address: i64,
+}
+
+pub async fn citizen_guide(ctx: TenantCtx) -> Response {
+    render(
+        StatusCode::OK,
+        &CitizenGuide {
+            site: ctx.name.to_string(),
+            draft_hours: DRAFT_HOURS,
+            link_days: LINK_DAYS,
+            links_per_draft: MAX_LINKS,
+            links_per_address: LINKS_PER_ADDRESS,
+        },
+    )
+}
+
+/// The staff's and administrators' manual: readable before signing in (it explains
+/// signing in), with the menu once signed in. It stays behind the 管理画面's network
+/// rule, as every `/admin` page does.
+#[derive(Template)]
+#[template(path = "admin/help.html")]
+struct StaffManual {
+    site: String,
+    nav: Option<Nav>,
+    setup_link_hours: i64,
+    min_password: usize,
+    free_attempts: i32,
+    idle_minutes: i64,
+    absolute_hours: i64,
+    max_input: String,
+    max_pages: usize,
+    max_fields: usize,
+    page_size: i64,
+}
+
+/// A count as Japanese text writes it: digits grouped by thousands (10,000).
+fn grouped(n: usize) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, d) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(d);
+    }
+    out
+}
+
+pub async fn staff_manual(ctx: TenantCtx, user: Result<StaffUser, Response>) -> Response {
+    render(
+        StatusCode::OK,
+        &StaffManual {
+            site: ctx.name.to_string(),
+            nav: user.ok().map(|u| Nav::new(&u, "help")),
+            setup_link_hours: staff::pages::SETUP_LINK_HOURS,
+            min_password: staff::MIN_PASSWORD,
+            free_attempts: staff::FREE_ATTEMPTS,
+            idle_minutes: staff::IDLE_SECS / 60,
+            absolute_hours: staff::ABSOLUTE_SECS / 3600,
+            max_input: grouped(MAX_INPUT),
+            max_pages: MAX_PAGES,
+            max_fields: MAX_FIELDS,
+            page_size: PAGE_SIZE,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn counts_are_grouped_by_thousands() {
+        assert_eq!(super::grouped(7), "7");
+        assert_eq!(super::grouped(200), "200");
+        assert_eq!(super::grouped(10_000), "10,000");
+        assert_eq!(super::grouped(1_234_567), "1,234,567");
+    }
+}

@@ -708,7 +708,7 @@ async fn capacity_holds_under_concurrent_submits() {
     let host = t.hosts[0].clone();
     let admin = staff(&env, &server, &t, Role::Admin, None).await;
     let dept = dept_id(&env, &t, "子育て支援課").await;
-    let (_, public) = build_form(&admin, &server, &host, &dept, "3").await;
+    let (form_id, public) = build_form(&admin, &server, &host, &dept, "3").await;
     let server = std::sync::Arc::new(server);
     let mut tasks = Vec::new();
     for _ in 0..12 {
@@ -752,6 +752,64 @@ async fn capacity_holds_under_concurrent_submits() {
     // And the form now says so on its first page.
     let (_, _, page) = get(&browser(&server, &[&host]), &url(&server, &host, &public)).await;
     assert!(page.contains("定員に達しました"));
+
+    // An application withdrawn (取下げ) or rejected (却下) gives its place back, once;
+    // one returned (差戻し) keeps it.
+    let ids: Vec<uuid::Uuid> = conn
+        .client
+        .query("SELECT id FROM submissions ORDER BY submitted_at", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let change = |id: uuid::Uuid, from: &'static str, to: &'static str| {
+        let (admin, server, host) = (&admin, &server, &host);
+        async move {
+            let (status, _, page) = post(
+                &admin.client,
+                &url(server, host, &format!("/admin/submissions/{id}/status")),
+                &[
+                    ("csrf", admin.csrf.as_str()),
+                    ("from", from),
+                    ("to", to),
+                    ("reason", "記入漏れがあります"),
+                    ("deadline", "2099-12-31"),
+                ],
+            )
+            .await;
+            assert_eq!(status, 303, "{from} → {to}: {page}");
+        }
+    };
+    change(ids[0], "received", "returned").await;
+    assert!(apply(&server, &host, &public, "ソファ").await.is_err());
+    change(ids[0], "returned", "withdrawn").await;
+    let fourth = apply(&server, &host, &public, "ソファ").await;
+    assert!(fourth.is_ok(), "{fourth:?}");
+    assert!(apply(&server, &host, &public, "ソファ").await.is_err());
+    change(ids[1], "received", "reviewing").await;
+    change(ids[1], "reviewing", "rejected").await;
+    assert!(apply(&server, &host, &public, "ソファ").await.is_ok());
+    let refused = apply(&server, &host, &public, "ソファ").await.unwrap_err();
+    assert!(refused.1.contains("定員に達しました"), "{refused:?}");
+    // Publishing again counts the same: 5 received, 2 of them given back, 3 held.
+    let (status, _, page) = post(
+        &admin.client,
+        &url(&server, &host, &format!("/admin/forms/{form_id}/publish")),
+        &[("csrf", &admin.csrf)],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let (count, capacity): (i32, Option<i32>) = {
+        let r = conn
+            .client
+            .query_one("SELECT accepted_count, capacity FROM forms", &[])
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((count, capacity), (3, Some(3)));
+    assert!(apply(&server, &host, &public, "ソファ").await.is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

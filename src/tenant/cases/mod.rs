@@ -97,6 +97,15 @@ impl Status {
     pub fn staff_may(self, to: Status) -> bool {
         self.staff_next().contains(&to)
     }
+
+    /// Whether a case in this status takes a place of its form's 定員: every one but
+    /// 取下げ and 却下.
+    pub fn holds_a_place(self) -> bool {
+        !Self::PLACE_FREED.contains(&self.as_str())
+    }
+
+    /// The statuses that take no place of a 定員, as stored.
+    pub const PLACE_FREED: [&'static str; 2] = ["withdrawn", "rejected"];
 }
 
 impl fmt::Display for Status {
@@ -269,6 +278,18 @@ pub async fn change_status(
                     return_deadline = CASE WHEN status = 'returned' THEN NULL ELSE return_deadline END
               WHERE id = $1",
             &[&id, &change.to.as_str()],
+        )
+        .await?;
+    }
+    if !change.to.holds_a_place() {
+        // 定員 counts the applications that may still be granted: one withdrawn or
+        // rejected gives its place back, and the form takes another. Each case leaves
+        // the counted statuses once (取下げ and 却下 are final).
+        tx.execute(
+            "UPDATE forms SET accepted_count = accepted_count - 1
+              WHERE id = (SELECT form_id FROM submissions WHERE id = $1)
+                AND capacity IS NOT NULL AND accepted_count > 0",
+            &[&id],
         )
         .await?;
     }

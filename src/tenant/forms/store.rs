@@ -10,6 +10,7 @@ use uuid::Uuid;
 use super::definition::FormDefinition;
 use crate::error::AppError;
 use crate::tenant::audit::{self, Actor};
+use crate::tenant::cases::Status;
 
 /// A form as the builder sees it.
 #[derive(Debug, Clone)]
@@ -304,12 +305,13 @@ pub async fn publish(
         .settings
         .capacity
         .map(|c| i32::try_from(c).unwrap_or(i32::MAX));
+    let freed: &[&str] = &Status::PLACE_FREED;
     let updated = tx
         .execute(
-            "WITH n AS (SELECT count(*)::int AS n FROM submissions WHERE form_id = $1)
+            "WITH n AS (SELECT count(*)::int AS n FROM submissions WHERE form_id = $1 AND status <> ALL($4))
              UPDATE forms SET current_version = $2, capacity = $3, accepted_count = (SELECT n FROM n)
               WHERE id = $1 AND ($3::int IS NULL OR (SELECT n FROM n) <= $3)",
-            &[&id, &version, &capacity],
+            &[&id, &version, &capacity, &freed],
         )
         .await?;
     if updated == 0 {

@@ -367,6 +367,14 @@ pub async fn apply_with(
     Ok(capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done))
 }
 
+/// A staff member's id by their e-mail address.
+async fn staff_id(db: &tokio_postgres::Client, email: &str) -> i64 {
+    db.query_one("SELECT id FROM staff WHERE email = $1", &[&email])
+        .await
+        .unwrap()
+        .get(0)
+}
+
 pub async fn dept_id(env: &TestEnv, t: &TenantRecord, name: &str) -> String {
     let conn = env.tenant_conn(t).await;
     madoguchi::tenant::staff::pages::ensure_department(&conn.client, name)
@@ -1170,6 +1178,154 @@ async fn no_personal_data_in_plain_text_in_the_database() {
 /// A staff member who signed in with a password alone and is then given a role that
 /// needs TOTP loses that session; two sign-ins racing with one TOTP code get one
 /// session; the operation log's filters and download stand odd input.
+/// A 所属管理者 manages the accounts of their own department below administrator,
+/// and nothing else: the list, additions, changes and new setup links; not another
+/// department's accounts, not an administrator's, not their own, not departments.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_department_manager_manages_their_own_department_only() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("dm"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let u = |p: &str| url(&server, host, p);
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let manager = staff(&env, &server, &t, Role::DeptManager, Some("総務課")).await;
+    let ours = staff(&env, &server, &t, Role::Staff, Some("総務課")).await;
+    let theirs = staff(&env, &server, &t, Role::Staff, Some("税務課")).await;
+    let (soumu, zeimu) = (
+        dept_id(&env, &t, "総務課").await,
+        dept_id(&env, &t, "税務課").await,
+    );
+    let conn = env.tenant_conn(&t).await;
+    let (ours_id, theirs_id, admin_id, manager_id) = (
+        staff_id(&conn.client, &ours.email).await,
+        staff_id(&conn.client, &theirs.email).await,
+        staff_id(&conn.client, &admin.email).await,
+        staff_id(&conn.client, &manager.email).await,
+    );
+    let role_of = |id: i64| {
+        let conn = &conn;
+        async move {
+            let r = conn
+                .client
+                .query_one(
+                    "SELECT role, department_id FROM staff WHERE id = $1",
+                    &[&id],
+                )
+                .await
+                .unwrap();
+            (r.get::<_, String>(0), r.get::<_, Option<i64>>(1))
+        }
+    };
+    let m = |path: &str, form: Vec<(&'static str, String)>| {
+        let (client, csrf, url) = (&manager.client, manager.csrf.clone(), u(path));
+        async move {
+            let mut all = vec![("csrf", csrf)];
+            all.extend(form);
+            let pairs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post(client, &url, &pairs).await
+        }
+    };
+
+    // The list: their department's accounts below administrator, no departments.
+    let (status, _, page) = get(&manager.client, &u("/admin/staff")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(&ours.email) && page.contains(&manager.email));
+    assert!(
+        !page.contains(&theirs.email) && !page.contains(&admin.email),
+        "{page}"
+    );
+    assert!(
+        !page.contains("所属を追加") && !page.contains("value=\"admin\""),
+        "{page}"
+    );
+    assert!(page.contains(r#"<a href="/admin/staff" aria-current="page">職員</a>"#));
+    // Others without the role have no such screen.
+    assert_eq!(get(&ours.client, &u("/admin/staff")).await.0, 403);
+
+    // Additions: to their own department, below administrator.
+    let new = |role: &'static str, dept: &str| {
+        vec![
+            ("email", format!("{}@city.example.jp", unique("n"))),
+            ("display_name", "新任 職員".to_owned()),
+            ("role", role.to_owned()),
+            ("department", dept.to_owned()),
+        ]
+    };
+    let (status, _, page) = m("/admin/staff", new("viewer", &soumu)).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("設定用リンクを発行しました"), "{page}");
+    assert_eq!(m("/admin/staff", new("staff", &zeimu)).await.0, 403);
+    assert_eq!(m("/admin/staff", new("admin", &soumu)).await.0, 403);
+    assert_eq!(m("/admin/staff", new("admin", "")).await.0, 403);
+
+    // Changes: within their department; not out of it, not up to administrator.
+    let change = |role: &'static str, dept: &str| {
+        vec![("role", role.to_owned()), ("department", dept.to_owned())]
+    };
+    let ours_url = format!("/admin/staff/{ours_id}");
+    assert_eq!(m(&ours_url, change("viewer", &soumu)).await.0, 303);
+    assert_eq!(role_of(ours_id).await.0, "viewer");
+    assert_eq!(m(&ours_url, change("staff", &zeimu)).await.0, 403);
+    assert_eq!(m(&ours_url, change("admin", &soumu)).await.0, 403);
+    assert_eq!(m(&ours_url, change("admin", "")).await.0, 403);
+    assert_eq!(
+        role_of(ours_id).await,
+        ("viewer".to_owned(), soumu.parse().ok())
+    );
+    // Another department's account and an administrator's are not theirs to see.
+    for other in [theirs_id, admin_id] {
+        let path = format!("/admin/staff/{other}");
+        assert_eq!(m(&path, change("staff", &soumu)).await.0, 404);
+        let reset = vec![("action", "reset".to_owned())];
+        assert_eq!(m(&path, reset).await.0, 404);
+    }
+    assert_eq!(
+        role_of(theirs_id).await,
+        ("staff".to_owned(), zeimu.parse().ok())
+    );
+    assert_eq!(role_of(admin_id).await.0, "admin");
+    // Not their own account: an administrator changes that.
+    let (status, _, page) = m(
+        &format!("/admin/staff/{manager_id}"),
+        change("dept_manager", &soumu),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        page.contains("自分自身の権限・所属・状態は変更できません"),
+        "{page}"
+    );
+    // A new setup link for one of theirs.
+    let (status, _, page) = m(&ours_url, vec![("action", "reset".to_owned())]).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("/admin/setup/"), "{page}");
+    // Disabling one of theirs ends that member's sessions.
+    assert_eq!(get(&ours.client, &u("/admin/forms")).await.0, 200);
+    let mut off = change("viewer", &soumu);
+    off.push(("disabled", "yes".to_owned()));
+    assert_eq!(m(&ours_url, off).await.0, 303);
+    let (status, loc, _) = get(&ours.client, &u("/admin/forms")).await;
+    assert_eq!((status, loc.as_str()), (303, "/admin/login"));
+    // No departments.
+    let dept = vec![("name", "新設課".to_owned())];
+    assert_eq!(m("/admin/departments", dept).await.0, 403);
+
+    // The operation log says who did each.
+    let by_manager: i64 = conn
+        .client
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE actor LIKE '%' || $1
+               AND action IN ('staff.create', 'staff.update', 'staff.setup_link')",
+            &[&manager.email],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(by_manager, 4);
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sign_in_holds_under_promotion_races_and_odd_input() {
     let env = TestEnv::new().await;
@@ -2241,17 +2397,10 @@ async fn staff_accounts_hold_under_odd_requests() {
     )
     .await;
     assert_eq!(status, 404);
-    let id_of = |email: String| {
-        let conn = &conn;
-        async move {
-            conn.client
-                .query_one("SELECT id FROM staff WHERE email = $1", &[&email])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-        }
-    };
-    let (a_id, b_id) = (id_of(a.email.clone()).await, id_of(b.email.clone()).await);
+    let (a_id, b_id) = (
+        staff_id(&conn.client, &a.email).await,
+        staff_id(&conn.client, &b.email).await,
+    );
     let (status, _, page) = post(
         &a.client,
         &u(&format!("/admin/staff/{b_id}")),

@@ -12,6 +12,8 @@ pub struct Nav {
     pub role: &'static str,
     pub csrf: String,
     pub is_admin: bool,
+    /// Administrators and 所属管理者: the staff screen.
+    pub manages_staff: bool,
     pub section: &'static str,
 }
 
@@ -22,6 +24,7 @@ impl Nav {
             role: user.role.label(),
             csrf: user.csrf.clone(),
             is_admin: user.is_admin(),
+            manages_staff: user.manages_staff(),
             section,
         }
     }

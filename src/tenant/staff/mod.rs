@@ -142,6 +142,42 @@ impl StaffUser {
         }
     }
 
+    /// Administrators manage every account; a 所属管理者 those of their own department
+    /// below administrator.
+    pub fn manages_staff(&self) -> bool {
+        self.is_admin() || self.role == Role::DeptManager && self.department_id.is_some()
+    }
+
+    /// Whether this member of staff may manage an account with `role` in `department`
+    /// (checked for the account as it is and as it would become).
+    pub fn may_manage(&self, role: Role, department: Option<i64>) -> bool {
+        match self.role {
+            Role::Admin => true,
+            Role::DeptManager => {
+                role != Role::Admin && department.is_some() && department == self.department_id
+            }
+            Role::Staff | Role::Viewer => false,
+        }
+    }
+
+    /// The department whose accounts this member manages: `None` for an
+    /// administrator (every account).
+    pub fn managed_department(&self) -> Option<i64> {
+        if self.is_admin() {
+            None
+        } else {
+            self.department_id
+        }
+    }
+
+    pub fn require_staff_manager(&self) -> Result<(), AppError> {
+        if self.manages_staff() {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden)
+        }
+    }
+
     /// Staff see their own department's forms; administrators see all.
     pub fn can_see(&self, department_id: i64) -> bool {
         self.is_admin() || self.department_id == Some(department_id)

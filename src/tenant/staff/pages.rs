@@ -545,6 +545,9 @@ struct StaffPage {
     new_link: Option<(String, String)>,
     error: Option<String>,
     csrf: String,
+    /// Administrators see every account and the departments; a 所属管理者 their own
+    /// department's accounts below administrator.
+    is_admin: bool,
 }
 
 async fn staff_page(
@@ -554,12 +557,15 @@ async fn staff_page(
     error: Option<String>,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
+    let managed = user.managed_department();
     let rows = db
         .query(
             "SELECT s.id, s.email, s.display_name, s.role, coalesce(d.name, ''), s.department_id, s.disabled, s.totp_enabled,
                     s.password_hash IS NOT NULL
-               FROM staff s LEFT JOIN departments d ON d.id = s.department_id ORDER BY s.email",
-            &[],
+               FROM staff s LEFT JOIN departments d ON d.id = s.department_id
+              WHERE $1::bigint IS NULL OR (s.department_id = $1 AND s.role <> 'admin')
+              ORDER BY s.email",
+            &[&managed],
         )
         .await?;
     let staff = rows
@@ -587,17 +593,26 @@ async fn staff_page(
             site: ctx.name.to_string(),
             nav: Some(Nav::new(user, "staff")),
             staff,
-            departments: departments(&db).await?,
-            roles: Role::ALL.iter().map(|r| (r.as_str(), r.label())).collect(),
+            departments: departments(&db)
+                .await?
+                .into_iter()
+                .filter(|d| managed.is_none_or(|m| m == d.id))
+                .collect(),
+            roles: Role::ALL
+                .iter()
+                .filter(|r| user.may_manage(**r, user.department_id))
+                .map(|r| (r.as_str(), r.label()))
+                .collect(),
             new_link,
             error,
             csrf: user.csrf.clone(),
+            is_admin: user.is_admin(),
         },
     ))
 }
 
 pub async fn staff_list(ctx: TenantCtx, user: StaffUser) -> Result<Response, AppError> {
-    user.require_admin()?;
+    user.require_staff_manager()?;
     staff_page(&ctx, &user, None, None).await
 }
 
@@ -610,7 +625,7 @@ pub async fn staff_add(
     user: StaffUser,
     form: FormData,
 ) -> Result<Response, AppError> {
-    user.require_admin()?;
+    user.require_staff_manager()?;
     user.check_csrf(&form)?;
     let Some(role) = Role::parse(form.get("role")) else {
         return staff_page(&ctx, &user, None, Some("権限を選択してください".into())).await;
@@ -624,6 +639,11 @@ pub async fn staff_add(
             .map(|r| r.get(0)),
         None => None,
     };
+    // A 所属管理者 adds accounts to their own department only, below administrator
+    // (the page offers nothing else).
+    if !user.may_manage(role, dept_id) {
+        return Err(AppError::Forbidden);
+    }
     if role != Role::Admin && dept_name.is_none() {
         return staff_page(
             &ctx,
@@ -671,25 +691,23 @@ pub async fn staff_update(
     Path(id): Path<i64>,
     form: FormData,
 ) -> Result<Response, AppError> {
-    user.require_admin()?;
+    user.require_staff_manager()?;
     user.check_csrf(&form)?;
-    let db = ctx.db().await?;
+    let mut db = ctx.db().await?;
     if form.get("action") == "reset" {
-        let email: String = db
-            .query_opt("SELECT email FROM staff WHERE id = $1", &[&id])
-            .await?
-            .ok_or(AppError::NotFound)?
-            .get(0);
-        let token = new_setup_token(&**db, id).await?;
-        let mut db = db;
-        audit::record(
-            &mut db,
+        let client: &mut tokio_postgres::Client = &mut db;
+        let tx = client.transaction().await?;
+        let email = managed_account(&tx, &user, id).await?;
+        let token = new_setup_token(&tx, id).await?;
+        audit::append(
+            &tx,
             &user.actor(),
             "staff.setup_link",
             &id.to_string(),
             serde_json::json!({}),
         )
         .await?;
+        tx.commit().await?;
         drop(db);
         return staff_page(
             &ctx,
@@ -723,15 +741,18 @@ pub async fn staff_update(
     }
     if id == user.id && (role != Role::Admin || disabled) {
         drop(db);
-        return staff_page(
-            &ctx,
-            &user,
-            None,
-            Some("自分自身の管理者権限は外せません".into()),
-        )
-        .await;
+        let why = if user.is_admin() {
+            "自分自身の管理者権限は外せません"
+        } else {
+            "自分自身の権限・所属・状態は変更できません。管理者に依頼してください"
+        };
+        return staff_page(&ctx, &user, None, Some(why.into())).await;
     }
-    let mut db = db;
+    // A 所属管理者 keeps the account in their department, below administrator (the
+    // page offers nothing else).
+    if !user.may_manage(role, dept) {
+        return Err(AppError::Forbidden);
+    }
     let client: &mut tokio_postgres::Client = &mut db;
     let tx = client.transaction().await?;
     // The administrators, locked: two admins demoting each other at the same moment
@@ -741,6 +762,7 @@ pub async fn staff_update(
         &[],
     )
     .await?;
+    managed_account(&tx, &user, id).await?;
     let n = tx
         .execute(
             "UPDATE staff SET role = $2, department_id = $3, disabled = $4, updated_at = now() WHERE id = $1",
@@ -783,6 +805,29 @@ pub async fn staff_update(
     .await?;
     tx.commit().await?;
     Ok(see_other("/admin/staff"))
+}
+
+/// The e-mail address of account `id`, locked for the transaction, if `user` manages
+/// it as it is now; else not found (an account outside a 所属管理者's department is
+/// not theirs to see).
+async fn managed_account(
+    tx: &tokio_postgres::Transaction<'_>,
+    user: &StaffUser,
+    id: i64,
+) -> Result<String, AppError> {
+    let row = tx
+        .query_opt(
+            "SELECT email, role, department_id FROM staff WHERE id = $1 FOR UPDATE",
+            &[&id],
+        )
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let role = Role::parse(row.get::<_, &str>(1)).unwrap_or(Role::Admin);
+    if user.may_manage(role, row.get(2)) {
+        Ok(row.get(0))
+    } else {
+        Err(AppError::NotFound)
+    }
 }
 
 pub async fn department_add(

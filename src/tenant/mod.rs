@@ -208,6 +208,12 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
                 .layer(lookups.clone()),
         )
         .route(
+            "/status/withdraw",
+            post(status::withdraw)
+                .layer::<_, std::convert::Infallible>(small_body())
+                .layer(lookups.clone()),
+        )
+        .route(
             "/status/resubmit",
             post(status::resubmit)
                 .layer::<_, std::convert::Infallible>(small_body())

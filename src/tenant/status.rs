@@ -29,6 +29,8 @@ pub struct Found {
     pub receipt: String,
     pub title: String,
     pub status: &'static str,
+    /// The status itself (`status` is its label).
+    pub state: Status,
     pub returned: bool,
     /// Returned, and the deadline for the correction has passed.
     pub late: bool,
@@ -36,6 +38,17 @@ pub struct Found {
     pub reason: String,
     pub deadline: String,
     pub messages: Vec<Message>,
+    /// The applicant may withdraw it here ([`may_withdraw`]).
+    pub withdrawable: bool,
+    /// Under review: withdrawn only by asking the department.
+    pub reviewing: bool,
+}
+
+/// Whether the applicant may withdraw an application in this status from the status
+/// page: before the department takes it up (受付) or while a correction is asked
+/// for (差戻し). Under review, they ask the department, which may withdraw it.
+pub fn may_withdraw(status: Status) -> bool {
+    matches!(status, Status::Received | Status::Returned)
 }
 
 #[derive(Template)]
@@ -46,6 +59,8 @@ struct StatusPage {
     email: String,
     error: Option<String>,
     found: Option<Found>,
+    /// What was just done (取下げ).
+    done: Option<&'static str>,
 }
 
 pub async fn form(ctx: TenantCtx) -> Response {
@@ -57,6 +72,7 @@ pub async fn form(ctx: TenantCtx) -> Response {
             email: String::new(),
             error: None,
             found: None,
+            done: None,
         },
     )
 }
@@ -92,19 +108,63 @@ async fn find(
     }))
 }
 
-pub async fn lookup(ctx: TenantCtx, body: FormData) -> Result<Response, AppError> {
-    let mut db = ctx.db().await?;
-    let page = |error: Option<String>, found: Option<Found>| StatusPage {
+/// The status page for what was posted: `found`, or the form again with `error`.
+fn page(
+    ctx: &TenantCtx,
+    body: &FormData,
+    error: Option<String>,
+    found: Option<Found>,
+) -> StatusPage {
+    StatusPage {
         site: ctx.name.to_string(),
         receipt: body.get("receipt").to_owned(),
         email: body.get("email").to_owned(),
         error,
         found,
-    };
-    let id = match find(&ctx, &db, &body).await? {
+        done: None,
+    }
+}
+
+/// The submission the posted receipt number and address point at, or the lookup
+/// form again (404) saying that they did not match.
+async fn find_or_ask(
+    ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
+    body: &FormData,
+) -> Result<Result<Uuid, Response>, AppError> {
+    Ok(find(ctx, db, body)
+        .await?
+        .map_err(|msg| render(StatusCode::NOT_FOUND, &page(ctx, body, Some(msg), None))))
+}
+
+pub async fn lookup(ctx: TenantCtx, body: FormData) -> Result<Response, AppError> {
+    let mut db = ctx.db().await?;
+    let id = match find_or_ask(&ctx, &db, &body).await? {
         Ok(id) => id,
-        Err(msg) => return Ok(render(StatusCode::NOT_FOUND, &page(Some(msg), None))),
+        Err(again) => return Ok(again),
     };
+    let found = describe(&ctx, &db, id).await?;
+    audit::record(
+        &mut db,
+        &Actor::Citizen,
+        "status.lookup",
+        &id.to_string(),
+        serde_json::json!({}),
+    )
+    .await?;
+    Ok(render(
+        StatusCode::OK,
+        &page(&ctx, &body, None, Some(found)),
+    ))
+}
+
+/// What the applicant is shown of application `id`: its status and the messages to
+/// them, never the answers.
+async fn describe(
+    ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
+    id: Uuid,
+) -> Result<Found, AppError> {
     let r = db
         .query_one(
             "SELECT s.receipt_number, f.draft->>'title', s.status, s.updated_at, s.return_reason, s.return_deadline, v.definition->>'title'
@@ -126,18 +186,11 @@ pub async fn lookup(ctx: TenantCtx, body: FormData) -> Result<Response, AppError
             Ok(Message { at: jst(n.get(1)), body: open_text(ctx.cipher(), "submission_notes", "body", &note.to_string(), &n.get::<_, Vec<u8>>(2))? })
         })
         .collect::<Result<Vec<_>, AppError>>()?;
-    audit::record(
-        &mut db,
-        &Actor::Citizen,
-        "status.lookup",
-        &row_id,
-        serde_json::json!({}),
-    )
-    .await?;
-    let found = Found {
+    Ok(Found {
         receipt: r.get(0),
         title: r.get::<_, Option<String>>(6).unwrap_or_default(),
         status: status.label(),
+        state: status,
         returned: status == Status::Returned,
         late: status == Status::Returned && deadline.is_some_and(|d| d < crate::ja::today()),
         updated: jst(r.get(3)),
@@ -155,8 +208,9 @@ pub async fn lookup(ctx: TenantCtx, body: FormData) -> Result<Response, AppError
             String::new()
         },
         messages,
-    };
-    Ok(render(StatusCode::OK, &page(None, Some(found))))
+        withdrawable: may_withdraw(status),
+        reviewing: status == Status::Reviewing,
+    })
 }
 
 /// 差戻し: open the form again with the earlier answers, to correct and send. The
@@ -164,20 +218,9 @@ pub async fn lookup(ctx: TenantCtx, body: FormData) -> Result<Response, AppError
 /// opening is logged as a lookup is.
 pub async fn resubmit(ctx: TenantCtx, body: FormData) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let id = match find(&ctx, &db, &body).await? {
+    let id = match find_or_ask(&ctx, &db, &body).await? {
         Ok(id) => id,
-        Err(msg) => {
-            return Ok(render(
-                StatusCode::NOT_FOUND,
-                &StatusPage {
-                    site: ctx.name.to_string(),
-                    receipt: body.get("receipt").to_owned(),
-                    email: body.get("email").to_owned(),
-                    error: Some(msg),
-                    found: None,
-                },
-            ))
-        }
+        Err(again) => return Ok(again),
     };
     drop(db);
     let (location, cookie) = start_resubmission(&ctx, id).await?;
@@ -194,4 +237,88 @@ pub async fn resubmit(ctx: TenantCtx, body: FormData) -> Result<Response, AppErr
     let mut resp = super::http::see_other(&location);
     resp.headers_mut().append(header::SET_COOKIE, cookie);
     Ok(resp)
+}
+
+#[derive(Template)]
+#[template(path = "citizen/withdraw.html")]
+struct WithdrawPage {
+    site: String,
+    receipt: String,
+    email: String,
+    title: String,
+}
+
+/// 取下げ by the applicant, in two steps: the button on the status page asks for a
+/// confirmation; the confirmation withdraws it (see [`may_withdraw`]), as a member of
+/// staff would, recorded in its history and the operation log as the applicant's. A
+/// withdrawn application gives back its place of a 定員.
+pub async fn withdraw(
+    ctx: TenantCtx,
+    headers: axum::http::HeaderMap,
+    body: FormData,
+) -> Result<Response, AppError> {
+    // Only from this municipality's own pages: nobody else's page can withdraw an
+    // application, even one whose receipt number and address it knows.
+    if !super::forms::citizen::same_origin(&ctx, &headers) {
+        return Err(AppError::Csrf);
+    }
+    let mut db = ctx.db().await?;
+    let id = match find_or_ask(&ctx, &db, &body).await? {
+        Ok(id) => id,
+        Err(again) => return Ok(again),
+    };
+    let found = describe(&ctx, &db, id).await?;
+    if !found.withdrawable {
+        let why = "この申請は、現在の状況ではオンラインで取り下げられません。担当部署にお問い合わせください。";
+        return Ok(render(
+            StatusCode::CONFLICT,
+            &page(&ctx, &body, Some(why.into()), Some(found)),
+        ));
+    }
+    if body.get("confirm") != "yes" {
+        return Ok(render(
+            StatusCode::OK,
+            &WithdrawPage {
+                site: ctx.name.to_string(),
+                receipt: found.receipt,
+                email: body.get("email").to_owned(),
+                title: found.title,
+            },
+        ));
+    }
+    let change = super::cases::Change {
+        to: Status::Withdrawn,
+        comment: String::new(),
+        reason: String::new(),
+        deadline: None,
+    };
+    let outcome = super::cases::change_status(
+        &mut db,
+        ctx.cipher(),
+        &Actor::Citizen,
+        None,
+        id,
+        Some(found.state),
+        &change,
+    )
+    .await?;
+    let found = describe(&ctx, &db, id).await?;
+    let mut shown = page(&ctx, &body, None, Some(found));
+    match outcome {
+        Ok(_) => shown.done = Some("申請を取り下げました。"),
+        // Changed meanwhile (taken up for review, or withdrawn already): as it is now.
+        Err(_) => {
+            shown.error = Some(
+                "この申請の状況が変わったため、取り下げられませんでした。現在の状況をご確認ください。".into(),
+            );
+        }
+    }
+    Ok(render(
+        if shown.error.is_some() {
+            StatusCode::CONFLICT
+        } else {
+            StatusCode::OK
+        },
+        &shown,
+    ))
 }

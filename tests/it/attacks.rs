@@ -248,7 +248,7 @@ fn plain(server: &Server, hosts: &[&str]) -> reqwest::Client {
 }
 
 /// The same, connecting from another loopback address (its own rate-limit bucket).
-fn plain_from(server: &Server, hosts: &[&str], from: Option<u8>) -> reqwest::Client {
+pub fn plain_from(server: &Server, hosts: &[&str], from: Option<u8>) -> reqwest::Client {
     let mut b = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .timeout(Duration::from_secs(30));

@@ -463,9 +463,14 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
         "the answers are never shown"
     );
     check_page(&phone, "citizen-7-status-returned").await;
+    // Withdrawing asks first; going back leaves it as it was.
+    click(&phone, "#withdraw").await;
+    check_page(&phone, "citizen-8-withdraw-confirm").await;
+    click(&phone, "form[action='/status'] button").await;
+    assert_eq!(text(&phone, "#status").await, "差戻し");
     // The guide, from the foot of the page, and a section from its contents.
     click(&phone, ".site-footer a[href='/help']").await;
-    check_page(&phone, "citizen-8-help").await;
+    check_page(&phone, "citizen-9-help").await;
     tap(&phone, ".toc a[href='#status']").await;
     assert_eq!(
         phone.current_url().await.unwrap().fragment(),

@@ -10,7 +10,9 @@ use madoguchi::tenant::cases::{change_status, Change, Refusal, Status};
 use madoguchi::tenant::staff::Role;
 use uuid::Uuid;
 
-use crate::forms::{apply, browser, build_form, capture, dept_id, get, post, staff, Staff};
+use crate::forms::{
+    apply, browser, build_form, capture, dept_id, get, post, post_from, staff, Staff,
+};
 use crate::harness::{unique, url, TestEnv};
 
 /// A one-page form with free text, imported as an operator would; returns its public path.
@@ -86,6 +88,125 @@ async fn setup() -> Setup {
         admin,
         dept,
     }
+}
+
+/// The applicant withdraws an application from the status page: in two steps, only
+/// from the municipality's own pages, only before review (受付 or 差戻し). Its place
+/// of a 定員 goes back, and staff see the change in its history as the applicant's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_applicant_withdraws_from_the_status_page() {
+    let s = setup().await;
+    let (_, public) = build_form(&s.admin, &s.server, &s.host, &s.dept, "1").await;
+    let receipt = apply(&s.server, &s.host, &public, "ソファ").await.unwrap();
+    assert!(
+        apply(&s.server, &s.host, &public, "ソファ").await.is_err(),
+        "full"
+    );
+    let id = id_of(&s.env, &s.t, &receipt).await;
+    let db = s.env.tenant_conn(&s.t).await;
+    let status_of = |id: Uuid| {
+        let db = &db;
+        async move {
+            db.client
+                .query_one("SELECT status FROM submissions WHERE id = $1", &[&id])
+                .await
+                .unwrap()
+                .get::<_, String>(0)
+        }
+    };
+    // Three addresses, each within the lookups' burst.
+    let client = |n: u8| crate::attacks::plain_from(&s.server, &[&s.host], Some(n));
+    let (c, probe, reviewer) = (client(1), client(2), client(3));
+    let u = |p: &str| url(&s.server, &s.host, p);
+    let origin = u("");
+    let origin = Some(origin.trim_end_matches('/'));
+    let who = [
+        ("receipt", receipt.as_str()),
+        ("email", "hanako.kasai@example.jp"),
+    ];
+    let sure = [who[0], who[1], ("confirm", "yes")];
+
+    // The status page offers it.
+    let (_, _, page) = post_from(&c, &u("/status"), origin, &who).await;
+    assert!(page.contains(r#"action="/status/withdraw""#), "{page}");
+    // Not from another site's page, nor without an Origin.
+    for from in [Some("https://elsewhere.example"), None] {
+        let (status, _, _) = post_from(&probe, &u("/status/withdraw"), from, &sure).await;
+        assert_eq!(status, 403, "from {from:?}");
+    }
+    // Nor with another address: the same answer as an unknown receipt number.
+    let wrong = [
+        who[0],
+        ("email", "someone.else@example.jp"),
+        ("confirm", "yes"),
+    ];
+    let (status, _, page) = post_from(&probe, &u("/status/withdraw"), origin, &wrong).await;
+    assert_eq!(status, 404);
+    assert!(page.contains("該当する申請が見つかりません"), "{page}");
+    // The first press asks and changes nothing.
+    let (status, _, page) = post_from(&c, &u("/status/withdraw"), origin, &who).await;
+    assert_eq!(status, 200);
+    assert!(page.contains("この申請を取り下げますか"), "{page}");
+    assert_eq!(status_of(id).await, "received");
+    // The confirmation withdraws it.
+    let (status, _, page) = post_from(&c, &u("/status/withdraw"), origin, &sure).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("申請を取り下げました"), "{page}");
+    assert!(
+        page.contains(r#"<strong id="status">取下げ</strong>"#),
+        "{page}"
+    );
+    assert!(
+        !page.contains(r#"action="/status/withdraw""#),
+        "offered again"
+    );
+    assert_eq!(status_of(id).await, "withdrawn");
+    let (by, to): (String, String) = {
+        let r = db
+            .client
+            .query_one(
+                "SELECT actor_label, to_status FROM submission_events WHERE submission_id = $1 ORDER BY id DESC LIMIT 1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((by.as_str(), to.as_str()), ("citizen", "withdrawn"));
+    let (_, _, case) = get(&s.admin.client, &u(&format!("/admin/submissions/{id}"))).await;
+    assert!(case.contains("申請者"), "{case}");
+    // Its place of the 定員 is free again.
+    let second = apply(&s.server, &s.host, &public, "ソファ").await.unwrap();
+    // Withdrawn already: a second confirmation changes nothing and says so.
+    let (status, _, page) = post_from(&c, &u("/status/withdraw"), origin, &sure).await;
+    assert_eq!(status, 409);
+    assert!(page.contains("オンラインで取り下げられません"), "{page}");
+
+    // Under review: not here; the page says whom to ask.
+    let second_id = id_of(&s.env, &s.t, &second).await;
+    let (status, _, _) = post(
+        &s.admin.client,
+        &u(&format!("/admin/submissions/{second_id}/status")),
+        &[
+            ("csrf", s.admin.csrf.as_str()),
+            ("from", "received"),
+            ("to", "reviewing"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let who = [
+        ("receipt", second.as_str()),
+        ("email", "hanako.kasai@example.jp"),
+    ];
+    let (_, _, page) = post_from(&reviewer, &u("/status"), origin, &who).await;
+    assert!(!page.contains(r#"action="/status/withdraw""#), "{page}");
+    assert!(page.contains("審査中の申請を取り下げるときは"), "{page}");
+    let sure = [who[0], who[1], ("confirm", "yes")];
+    let (status, _, _) = post_from(&reviewer, &u("/status/withdraw"), origin, &sure).await;
+    assert_eq!(status, 409);
+    assert_eq!(status_of(second_id).await, "reviewing");
+    s.server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

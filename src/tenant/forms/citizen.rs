@@ -678,7 +678,7 @@ pub(super) async fn cookie_drafts(
 
 /// Whether the request says it comes from a page of this site: `Origin`, which
 /// browsers send with every form POST, is the address this request reached.
-pub(super) fn same_origin(ctx: &TenantCtx, headers: &HeaderMap) -> bool {
+pub(crate) fn same_origin(ctx: &TenantCtx, headers: &HeaderMap) -> bool {
     headers
         .get(header::ORIGIN)
         .and_then(|v| v.to_str().ok())

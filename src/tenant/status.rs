@@ -143,19 +143,29 @@ pub async fn lookup(ctx: TenantCtx, body: FormData) -> Result<Response, AppError
         Ok(id) => id,
         Err(again) => return Ok(again),
     };
-    let found = describe(&ctx, &db, id).await?;
+    let found = looked_up(&ctx, &mut db, id).await?;
+    Ok(render(
+        StatusCode::OK,
+        &page(&ctx, &body, None, Some(found)),
+    ))
+}
+
+/// [`describe`] for the applicant who looked it up, logged as a lookup.
+async fn looked_up(
+    ctx: &TenantCtx,
+    db: &mut deadpool_postgres::Object,
+    id: Uuid,
+) -> Result<Found, AppError> {
+    let found = describe(ctx, db, id).await?;
     audit::record(
-        &mut db,
+        db,
         &Actor::Citizen,
         "status.lookup",
         &id.to_string(),
         serde_json::json!({}),
     )
     .await?;
-    Ok(render(
-        StatusCode::OK,
-        &page(&ctx, &body, None, Some(found)),
-    ))
+    Ok(found)
 }
 
 /// What the applicant is shown of application `id`: its status and the messages to
@@ -267,7 +277,8 @@ pub async fn withdraw(
         Ok(id) => id,
         Err(again) => return Ok(again),
     };
-    let found = describe(&ctx, &db, id).await?;
+    // Each step shows what a lookup shows, and is logged as one.
+    let found = looked_up(&ctx, &mut db, id).await?;
     if !found.withdrawable {
         let why = "この申請は、現在の状況ではオンラインで取り下げられません。担当部署にお問い合わせください。";
         return Ok(render(

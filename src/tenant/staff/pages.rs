@@ -99,18 +99,27 @@ pub async fn new_setup_token(
 ) -> Result<String, AppError> {
     let token = random_token(32);
     // A new link replaces any earlier one not yet used: only the newest works.
-    db.execute(
-        "UPDATE staff_setup_tokens SET expires_at = least(expires_at, now())
-          WHERE staff_id = $1 AND used_at IS NULL",
-        &[&staff_id],
-    )
-    .await?;
+    void_setup_links(db, staff_id).await?;
     db.execute(
         "INSERT INTO staff_setup_tokens (token_hash, staff_id, expires_at) VALUES ($1, $2, now() + make_interval(hours => $3))",
         &[&token_hash(&token), &staff_id, &(SETUP_LINK_HOURS as i32)],
     )
     .await?;
     Ok(token)
+}
+
+/// Ends every setup link of `staff_id` not yet used.
+async fn void_setup_links(
+    db: &impl tokio_postgres::GenericClient,
+    staff_id: i64,
+) -> Result<(), AppError> {
+    db.execute(
+        "UPDATE staff_setup_tokens SET expires_at = least(expires_at, now())
+          WHERE staff_id = $1 AND used_at IS NULL",
+        &[&staff_id],
+    )
+    .await?;
+    Ok(())
 }
 
 #[derive(Template)]
@@ -556,6 +565,7 @@ async fn staff_page(
     new_link: Option<(String, String)>,
     error: Option<String>,
 ) -> Result<Response, AppError> {
+    user.require_staff_manager()?;
     let db = ctx.db().await?;
     let managed = user.managed_department();
     let rows = db
@@ -697,7 +707,7 @@ pub async fn staff_update(
     if form.get("action") == "reset" {
         let client: &mut tokio_postgres::Client = &mut db;
         let tx = client.transaction().await?;
-        let email = managed_account(&tx, &user, id).await?;
+        let email = managed_account(&tx, &user, id).await?.email;
         let token = new_setup_token(&tx, id).await?;
         audit::append(
             &tx,
@@ -762,7 +772,12 @@ pub async fn staff_update(
         &[],
     )
     .await?;
-    managed_account(&tx, &user, id).await?;
+    let was = managed_account(&tx, &user, id).await?;
+    // A link issued for the account as it was (by a 所属管理者, say) must not open it
+    // as it becomes: an administrator, or a member of another department.
+    if (was.role, was.department_id, was.disabled) != (role, dept, disabled) {
+        void_setup_links(&tx, id).await?;
+    }
     let n = tx
         .execute(
             "UPDATE staff SET role = $2, department_id = $3, disabled = $4, updated_at = now() WHERE id = $1",
@@ -807,24 +822,36 @@ pub async fn staff_update(
     Ok(see_other("/admin/staff"))
 }
 
-/// The e-mail address of account `id`, locked for the transaction, if `user` manages
-/// it as it is now; else not found (an account outside a 所属管理者's department is
-/// not theirs to see).
+/// An account as it is.
+struct Account {
+    email: String,
+    role: Role,
+    department_id: Option<i64>,
+    disabled: bool,
+}
+
+/// Account `id`, locked for the transaction, if `user` manages it as it is now; else
+/// not found (an account outside a 所属管理者's department is not theirs to see).
 async fn managed_account(
     tx: &tokio_postgres::Transaction<'_>,
     user: &StaffUser,
     id: i64,
-) -> Result<String, AppError> {
+) -> Result<Account, AppError> {
     let row = tx
         .query_opt(
-            "SELECT email, role, department_id FROM staff WHERE id = $1 FOR UPDATE",
+            "SELECT email, role, department_id, disabled FROM staff WHERE id = $1 FOR UPDATE",
             &[&id],
         )
         .await?
         .ok_or(AppError::NotFound)?;
-    let role = Role::parse(row.get::<_, &str>(1)).unwrap_or(Role::Admin);
-    if user.may_manage(role, row.get(2)) {
-        Ok(row.get(0))
+    let account = Account {
+        email: row.get(0),
+        role: Role::parse(row.get::<_, &str>(1)).unwrap_or(Role::Admin),
+        department_id: row.get(2),
+        disabled: row.get(3),
+    };
+    if user.may_manage(account.role, account.department_id) {
+        Ok(account)
     } else {
         Err(AppError::NotFound)
     }

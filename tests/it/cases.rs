@@ -90,6 +90,67 @@ async fn setup() -> Setup {
     }
 }
 
+/// 自分の操作ログ: a member of staff reads and downloads their own entries and no
+/// one else's, whatever they ask; administrators read everyone's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staff_read_their_own_operation_log() {
+    let s = setup().await;
+    let u = |p: &str| url(&s.server, &s.host, p);
+    let member = staff(&s.env, &s.server, &s.t, Role::Staff, Some("環境政策課")).await;
+    let other = staff(&s.env, &s.server, &s.t, Role::Staff, Some("環境政策課")).await;
+    let (status, _, page) = get(&member.client, &u("/admin/audit")).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<h1>自分の操作ログ"), "{page}");
+    assert!(page.contains(r#"aria-current="page">自分の操作ログ</a>"#));
+    assert!(
+        page.contains(&member.email) && page.contains("staff.setup"),
+        "{page}"
+    );
+    for someone in [&other.email, &s.admin.email] {
+        assert!(!page.contains(someone.as_str()), "{someone} shown: {page}");
+    }
+    assert!(!page.contains("保存期間"), "the retention setting: {page}");
+    // Asking for someone else's changes nothing.
+    let (_, _, page) = get(
+        &member.client,
+        &u(&format!("/admin/audit?actor={}", s.admin.email)),
+    )
+    .await;
+    assert!(
+        page.contains(&member.email) && !page.contains(&s.admin.email),
+        "{page}"
+    );
+    let csv = get(&member.client, &u("/admin/audit.csv")).await.2;
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    assert!(!rows.is_empty(), "{csv}");
+    assert!(rows.iter().all(|r| r.contains(&member.email)), "{csv}");
+    let (status, _, _) = post(
+        &member.client,
+        &u("/admin/audit/retention"),
+        &[("csrf", member.csrf.as_str()), ("days", "30")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    // An administrator reads everyone's, the member's download among them.
+    let (_, _, page) = get(&s.admin.client, &u("/admin/audit")).await;
+    assert!(page.contains("<h1>操作ログ"), "{page}");
+    for someone in [&member.email, &other.email, &s.admin.email] {
+        assert!(page.contains(someone.as_str()), "{someone} missing: {page}");
+    }
+    let db = s.env.tenant_conn(&s.t).await;
+    let export: String = db
+        .client
+        .query_one(
+            "SELECT detail FROM audit_log WHERE action = 'audit.export' AND actor LIKE '%' || $1",
+            &[&member.email],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(export.contains(r#""own":true"#), "{export}");
+    s.server.shutdown().await;
+}
+
 /// The applicant withdraws an application from the status page: in two steps, only
 /// from the municipality's own pages, only before review (受付 or 差戻し). Its place
 /// of a 定員 goes back, and staff see the change in its history as the applicant's.
@@ -888,12 +949,12 @@ async fn permissions_on_cases() {
     )
     .await;
     assert_eq!(status, 403);
-    assert_eq!(
-        get(&viewer.client, &url(&server, h, "/admin/audit"))
-            .await
-            .0,
-        403,
-        "only administrators read the operation log"
+    // Only administrators read everyone's operation log; a viewer reads their own.
+    let (status, _, log) = get(&viewer.client, &url(&server, h, "/admin/audit")).await;
+    assert_eq!(status, 200);
+    assert!(
+        log.contains("<h1>自分の操作ログ") && !log.contains(&admin.email),
+        "{log}"
     );
     // The bulk form checks each row as its own page does: neither another
     // department's staff nor a read-only user changes the case that way.

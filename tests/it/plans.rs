@@ -259,6 +259,37 @@ async fn hot_queries_are_served_by_indexes() {
         )
         .await,
     );
+    // 自分の操作ログ: a member of staff's own entries, newest first, among many of
+    // others' (the integration API's above all).
+    db.batch_execute(
+        "SET enable_seqscan = on;
+         INSERT INTO audit_log (seq, at, actor, action, target, detail, prev_hash, hash)
+           SELECT m.seq + g, now(), CASE WHEN g % 50 = 0 THEN 'staff:' || g % 7 || ':s@city.example.jp' ELSE 'api:1:bench' END,
+                  'api.use', '', '{}', ''::bytea, ''::bytea
+             FROM generate_series(1, 20000) g, (SELECT coalesce(max(seq), 0) AS seq FROM audit_log) m;
+         ANALYZE audit_log;
+         SET enable_seqscan = off;",
+    )
+    .await
+    .unwrap();
+    let no_text: Option<String> = None;
+    let no_time: Option<time::OffsetDateTime> = None;
+    let no_seq: Option<i64> = None;
+    let own = plan(
+        &db,
+        madoguchi::tenant::audit::pages::OWN_SQL,
+        &[
+            &no_text,
+            &"staff:3:s@city.example.jp",
+            &no_time,
+            &no_time,
+            &no_seq,
+            &101i64,
+        ],
+    )
+    .await;
+    // Not the whole log walked newest first and filtered: the index of staff's entries.
+    assert!(own.contains("audit_log_staff_actor"), "{own}");
     // Every save of a draft looks for a draft moved away from its token.
     assert_indexed(
         "saving a draft",

@@ -7,6 +7,7 @@ mod abuse;
 mod api;
 mod attacks;
 mod backup;
+mod bench_scripts;
 mod browser;
 mod budget;
 mod cases;

@@ -276,6 +276,25 @@ async fn the_applicant_withdraws_from_the_status_page() {
     let (status, _, _) = post_from(&reviewer, &u("/status/withdraw"), origin, &sure).await;
     assert_eq!(status, 409);
     assert_eq!(status_of(second_id).await, "reviewing");
+
+    // Withdrawing shares the lookups' rate limit: guessing receipt numbers there is
+    // no faster than on the status page.
+    let guesser = client(4);
+    let guess = [
+        ("receipt", "AAAA-AAAA"),
+        ("email", "hanako.kasai@example.jp"),
+    ];
+    let mut answers = Vec::new();
+    for _ in 0..=madoguchi::tenant::status::LOOKUP_BURST {
+        answers.push(
+            post_from(&guesser, &u("/status/withdraw"), origin, &guess)
+                .await
+                .0,
+        );
+    }
+    let (last, first) = answers.split_last().unwrap();
+    assert!(first.iter().all(|s| *s == 404), "{answers:?}");
+    assert_eq!(*last, 429, "{answers:?}");
     s.server.shutdown().await;
 }
 

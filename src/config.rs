@@ -59,6 +59,9 @@ pub struct Settings {
     pub mail_sweep_after: Duration,
     /// A client connection with no request in progress for this long is closed.
     pub connection_idle: Duration,
+    /// PEM certificates of CAs trusted for identity providers (本人確認) besides the
+    /// system's store.
+    pub identity_ca: Option<PathBuf>,
 }
 
 /// Where mail leaves: an SMTP relay and the sender address.
@@ -125,6 +128,7 @@ impl Settings {
             mail: None,
             mail_sweep_after: Duration::from_secs(60),
             connection_idle: crate::front::conn::IDLE,
+            identity_ca: None,
         }
     }
 }
@@ -157,6 +161,7 @@ pub struct FileSettings {
     pub smtp_url: Option<String>,
     pub mail_from: Option<String>,
     pub smtp_ca: Option<PathBuf>,
+    pub identity_ca: Option<PathBuf>,
 }
 
 impl FileSettings {

@@ -105,6 +105,15 @@ struct Common {
     /// relay inside LGWAN or a city's network often has a private CA's certificate).
     #[arg(long, global = true, env = "MADOGUCHI_SMTP_CA", value_name = "FILE")]
     smtp_ca: Option<PathBuf>,
+    /// PEM file of CA certificates to trust for identity providers (本人確認)
+    /// besides the system's.
+    #[arg(
+        long,
+        global = true,
+        env = "MADOGUCHI_IDENTITY_CA",
+        value_name = "FILE"
+    )]
+    identity_ca: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -476,6 +485,7 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     let smtp_url = c.smtp_url.clone().or_else(|| file.smtp_url.clone());
     let mail_from = c.mail_from.clone().or_else(|| file.mail_from.clone());
     let smtp_ca = c.smtp_ca.clone().or_else(|| file.smtp_ca.clone());
+    s.identity_ca = c.identity_ca.clone().or_else(|| file.identity_ca.clone());
     s.mail = match (smtp_url, mail_from) {
         (Some(url), Some(from)) => Some(madoguchi::config::MailSettings {
             url: zeroize::Zeroizing::new(url),

@@ -49,12 +49,14 @@ pub struct App {
     ceiling: limits::TenantCeiling,
     /// Tenants whose outbox has new mail, for the deliverer.
     pub mail: Arc<mail::MailQueue>,
+    /// HTTPS client for identity providers (本人確認).
+    idp: reqwest::Client,
 }
 
 pub type AppState = Arc<App>;
 
 impl App {
-    pub fn new(p: &Platform) -> AppState {
+    pub fn new(p: &Platform) -> anyhow::Result<AppState> {
         let pools = TenantPools::new(
             p.settings.pool.clone(),
             p.cluster.clone(),
@@ -65,7 +67,7 @@ impl App {
         metrics
             .budget_limit
             .set(i64::try_from(p.settings.pool.budget).unwrap_or(i64::MAX));
-        Arc::new(Self {
+        Ok(Arc::new(Self {
             catalog: p.catalog.clone(),
             hosts: Arc::new(HostCache::default()),
             pools,
@@ -84,7 +86,8 @@ impl App {
                 )
             },
             mail: Arc::default(),
-        })
+            idp: crate::tenant::identity::oidc::http_client(p.settings.identity_ca.as_deref())?,
+        }))
     }
 
     fn request_id(&self) -> Arc<str> {
@@ -329,6 +332,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                         app.pools.settings().wait,
                         Arc::clone(&rt.cipher),
                         Arc::clone(&app.mail),
+                        app.idp.clone(),
                     );
                     ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
                     ctx.zone = req
@@ -810,7 +814,7 @@ impl Server {
 
     /// Binds every listener, loads the host table and starts serving.
     pub async fn start_with(p: &Platform, l: Listeners) -> anyhow::Result<Self> {
-        let app = App::new(p);
+        let app = App::new(p)?;
         app.hosts.reload(&app.catalog).await?;
         warn_if_cluster_too_small(p).await;
         let latest = crate::control::migrate::latest_tenant_version();

@@ -24,6 +24,7 @@ struct CitizenGuide {
     link_days: i32,
     links_per_draft: i32,
     links_per_address: i64,
+    identity_minutes: i32,
 }
 
 pub async fn citizen_guide(ctx: TenantCtx) -> Response {
@@ -35,6 +36,7 @@ pub async fn citizen_guide(ctx: TenantCtx) -> Response {
             link_days: LINK_DAYS,
             links_per_draft: MAX_LINKS,
             links_per_address: LINKS_PER_ADDRESS,
+            identity_minutes: crate::tenant::identity::REQUEST_MINUTES,
         },
     )
 }

@@ -11,6 +11,7 @@ pub mod forms;
 mod help;
 mod home;
 pub mod http;
+pub mod identity;
 pub mod mail;
 pub mod spreadsheet;
 pub mod staff;
@@ -48,6 +49,8 @@ pub struct TenantCtx {
     wait: Duration,
     cipher: Arc<FieldCipher>,
     mail: Arc<crate::front::mail::MailQueue>,
+    /// HTTPS client for identity providers (本人確認).
+    idp: reqwest::Client,
 }
 
 impl std::fmt::Debug for TenantCtx {
@@ -71,6 +74,7 @@ impl TenantCtx {
         wait: Duration,
         cipher: Arc<FieldCipher>,
         mail: Arc<crate::front::mail::MailQueue>,
+        idp: reqwest::Client,
     ) -> Self {
         Self {
             id,
@@ -84,7 +88,13 @@ impl TenantCtx {
             wait,
             cipher,
             mail,
+            idp,
         }
+    }
+
+    /// The HTTPS client for the municipality's identity provider.
+    pub fn idp(&self) -> &reqwest::Client {
+        &self.idp
     }
 
     /// Mail was queued in this tenant's outbox (and committed): deliver it now.
@@ -183,6 +193,15 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             }
         })
         .route("/f/{form}/done", get(c::done))
+        // 本人確認: to the provider, and back.
+        .route("/f/{form}/identity", {
+            let r = get(forms::verify::start);
+            match &submits {
+                Some(l) => r.layer(l.clone()),
+                None => r,
+            }
+        })
+        .route(identity::CALLBACK_PATH, get(forms::verify::callback))
         // 一時保存: a link mailed to go on later, on any device.
         .route("/f/{form}/save", {
             let r = get(forms::resume::save_form)
@@ -291,6 +310,16 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             get(api::tokens::list).post(api::tokens::add),
         )
         .route("/admin/api-tokens/{id}/revoke", post(api::tokens::revoke))
+        .route(
+            "/admin/identity",
+            get(identity::admin::show)
+                .post(identity::admin::save)
+                .layer::<_, std::convert::Infallible>(small_body()),
+        )
+        .route(
+            "/admin/identity/remove",
+            post(identity::admin::remove).layer::<_, std::convert::Infallible>(small_body()),
+        )
         .route("/admin/audit.csv", get(audit::pages::csv))
         .route("/admin/audit/retention", post(audit::pages::set_retention))
         .merge(api::router())

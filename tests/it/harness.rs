@@ -257,3 +257,15 @@ pub async fn commit_when_two_wait(
     hold.commit().await.unwrap_or_else(|e| panic!("{e}"));
     both
 }
+
+/// A private CA (as a relay or an identity provider inside LGWAN or a city's network
+/// may have) written to `dir/ca.pem`, and a TLS acceptor with a certificate for
+/// 127.0.0.1 that it signed.
+pub fn loopback_tls(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
+    let files = madoguchi::front::tls::local_ca(dir, &["127.0.0.1".to_owned()]).unwrap();
+    let config = madoguchi::front::tls::server_config(
+        madoguchi::front::tls::ReloadingCert::new(files).unwrap(),
+    )
+    .unwrap();
+    (tokio_rustls::TlsAcceptor::from(config), dir.join("ca.pem"))
+}

@@ -67,6 +67,11 @@ async fn the_manuals_are_served_linked_and_lead_to_their_sections() {
         madoguchi::tenant::forms::resume::LINKS_PER_ADDRESS
     );
     assert!(guide.contains(&limits), "{guide}");
+    let identity = format!(
+        "同じブラウザで、{}分以内に終えてください",
+        madoguchi::tenant::identity::REQUEST_MINUTES
+    );
+    assert!(guide.contains(&identity), "{guide}");
 
     // Staff: from the sign-in page, readable before signing in (it explains signing
     // in), without the menu.

@@ -365,7 +365,7 @@ async fn mail_left_queued_by_a_stopped_server_goes_out_after_a_restart() {
     let (second, second_id) = refused_once(&smtp, &server, &db, host, &public).await;
     server.shutdown().await;
     make_due(&db, second_id).await;
-    let app = madoguchi::front::App::new(&env.platform);
+    let app = madoguchi::front::App::new(&env.platform).unwrap();
     let deliverer = madoguchi::front::mail::run(
         std::sync::Arc::clone(&app),
         madoguchi::tenant::mail::Mailer::new(&relay(&relay_url)).unwrap(),
@@ -525,17 +525,10 @@ impl SentOverTls<'_> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relays_over_tls_are_checked_against_the_system_and_the_given_ca() {
-    // A private CA (as a relay inside LGWAN or a city's network may have) and a
-    // certificate for 127.0.0.1 that it signed; relays with STARTTLS and with TLS
-    // from the start, both with that certificate.
+    // A private CA and a certificate for 127.0.0.1 that it signed; relays with
+    // STARTTLS and with TLS from the start, both with that certificate.
     let dir = tempfile::tempdir().unwrap();
-    let files = madoguchi::front::tls::local_ca(dir.path(), &["127.0.0.1".to_owned()]).unwrap();
-    let ca = dir.path().join("ca.pem");
-    let config = madoguchi::front::tls::server_config(
-        madoguchi::front::tls::ReloadingCert::new(files).unwrap(),
-    )
-    .unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let (acceptor, ca) = crate::harness::loopback_tls(dir.path());
     let starttls = SmtpServer::start_with(Security::StartTls(acceptor.clone())).await;
     let wrapper = SmtpServer::start_with(Security::Wrapper(acceptor)).await;
     let starttls_url = format!("smtp://127.0.0.1:{}?tls=required", starttls.port);

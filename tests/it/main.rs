@@ -19,6 +19,7 @@ mod external;
 mod faults;
 mod forms;
 mod help;
+mod identity;
 mod isolation;
 mod mail;
 mod plans;

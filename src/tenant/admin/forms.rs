@@ -222,6 +222,7 @@ struct BuilderPage {
     zone_lgwan: bool,
     proof_of_work: bool,
     mail_without_answers: bool,
+    identity: bool,
     summary_choices: Vec<(String, String, bool)>,
     department_id: i64,
     departments: Vec<Department>,
@@ -372,6 +373,7 @@ async fn builder(
             zone_lgwan: def.settings.published_in(crate::front::conn::Zone::Lgwan),
             proof_of_work: def.settings.proof_of_work,
             mail_without_answers: def.settings.mail_without_answers,
+            identity: def.settings.identity,
             summary_choices: def
                 .fields()
                 .filter(|f| f.kind.takes_answer())
@@ -436,6 +438,7 @@ pub async fn save_settings(
     if body.get("zones_shown") == "1" {
         def.settings.proof_of_work = body.get("proof_of_work") == "yes";
         def.settings.mail_without_answers = body.get("mail_without_answers") == "yes";
+        def.settings.identity = body.get("identity") == "yes";
     }
     if body.get("zones_shown") == "1" {
         use crate::front::conn::Zone;
@@ -1007,6 +1010,20 @@ pub async fn publish(
             &user,
             id,
             Some("!公開できません。下の「確認が必要な点」を直してください".into()),
+        )
+        .await;
+    }
+    if form.draft.settings.identity
+        && crate::tenant::identity::provider_label(&**db)
+            .await?
+            .is_none()
+    {
+        drop(db);
+        return builder(
+            &ctx,
+            &user,
+            id,
+            Some("!公開できません。このフォームは本人確認を求めていますが、本人確認サービスが設定されていません（管理者が「本人確認」の画面で設定します）".into()),
         )
         .await;
     }

@@ -460,6 +460,8 @@ pub async fn submit(
             return Err(p);
         }
     };
+    // The integration API sends no 本人確認: a system entering an application (one
+    // checked at the counter, say) vouches for it itself.
     let stored = store_submission(
         &ctx,
         &mut db,
@@ -468,6 +470,7 @@ pub async fn submit(
         body.idempotency_key,
         None,
         &client.actor,
+        None,
     )
     .await?;
     match stored {

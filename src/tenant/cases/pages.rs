@@ -632,6 +632,10 @@ struct DetailPage {
     next: Vec<Choice>,
     assignees: Vec<Choice>,
     answers: Vec<AnswerLine>,
+    /// 本人確認 as the provider vouched for it (when, which provider, who).
+    identity: Option<(String, String, Vec<crate::tenant::identity::Line>)>,
+    /// The form (this version) asks for 本人確認.
+    identity_asked: bool,
     events: Vec<EventLine>,
     notes: Vec<NoteLine>,
     mails: Vec<MailLine>,
@@ -736,6 +740,9 @@ async fn detail_page(
             })
         })
         .collect::<Result<Vec<_>, AppError>>()?;
+    let identity = crate::tenant::identity::of_submission(ctx, &**db, id)
+        .await?
+        .map(|v| (jst(v.at), v.issuer, crate::tenant::identity::lines(&v.who)));
     let reason: Option<Vec<u8>> = r.get(6);
     let deadline: Option<time::Date> = r.get(7);
     let assignee: Option<i64> = r.get(5);
@@ -774,6 +781,8 @@ async fn detail_page(
                 })
             })
             .collect(),
+        identity,
+        identity_asked: def.settings.identity,
         events,
         notes,
         mails,

@@ -112,7 +112,14 @@ pub async fn purge_expired_drafts(db: &tokio_postgres::Client) -> Result<u64, Ap
             &[],
         )
         .await?;
-    Ok(drafts + links)
+    // 本人確認 started and never finished (ten minutes each).
+    let verifications = db
+        .execute(
+            "DELETE FROM identity_requests WHERE expires_at <= now()",
+            &[],
+        )
+        .await?;
+    Ok(drafts + links + verifications)
 }
 
 /// The draft saved under a token (see [`save_draft`]; $1 id, $2 token hash, $3 form,
@@ -245,6 +252,8 @@ struct FormPage {
     save: bool,
     /// What this browser had saved was moved to another by a mailed link.
     moved: bool,
+    /// The form asks for 本人確認 before it is sent (said on its first page).
+    identity: bool,
 }
 
 impl FormPage {
@@ -286,6 +295,7 @@ impl FormPage {
             correction: false,
             save: false,
             moved: false,
+            identity: step == 0 && def.settings.identity,
         }
     }
 }
@@ -864,6 +874,46 @@ struct ConfirmPage {
     /// The automatic check before sending failed (or was asked for after the page
     /// was drawn), and this page has a fresh one.
     retry: bool,
+    /// 本人確認, when the form asks for it.
+    identity: Option<IdentityStep>,
+}
+
+impl ConfirmPage {
+    /// 本人確認 is asked for and not done yet: no 送信 button.
+    fn unverified(&self) -> bool {
+        self.identity.as_ref().is_some_and(|i| i.verified.is_none())
+    }
+}
+
+/// The confirmation page's 本人確認: who was verified, or the way to verify.
+pub struct IdentityStep {
+    /// The provider's name for citizens (none set: verification is not possible).
+    pub provider: Option<String>,
+    pub start: String,
+    pub verified: Option<Vec<crate::tenant::identity::Line>>,
+    pub at: String,
+}
+
+impl IdentityStep {
+    async fn of(
+        ctx: &TenantCtx,
+        db: &tokio_postgres::Client,
+        public_id: &str,
+        draft: Uuid,
+    ) -> Result<Self, AppError> {
+        let verified = crate::tenant::identity::of_draft(ctx, db, draft).await?;
+        Ok(Self {
+            provider: crate::tenant::identity::provider_label(db).await?,
+            start: format!("/f/{public_id}/identity"),
+            at: verified.as_ref().map(|v| jst(v.at)).unwrap_or_default(),
+            verified: verified.map(|v| crate::tenant::identity::lines(&v.who)),
+        })
+    }
+}
+
+/// Whether a new application (not a correction) must carry a verified identity.
+fn needs_identity(form: &Published, draft: &Draft) -> bool {
+    form.def.settings.identity && draft.resubmit_of.is_none()
 }
 
 /// Rows for every answered field, in the form's order, with the page to change it on.
@@ -939,6 +989,11 @@ pub async fn confirm(
                 .last()
                 .copied()
                 .unwrap_or(0);
+            let identity = if needs_identity(&form, &draft) {
+                Some(IdentityStep::of(&ctx, &db, &public_id, draft.id).await?)
+            } else {
+                None
+            };
             Ok(render(
                 StatusCode::OK,
                 &ConfirmPage {
@@ -956,6 +1011,7 @@ pub async fn confirm(
                         form.def.settings.proof_of_work,
                     )?,
                     retry: q.retry.is_some(),
+                    identity,
                 },
             ))
         }
@@ -1118,6 +1174,15 @@ pub async fn submit(
             ));
         }
     };
+    // 本人確認: without it the confirmation page says what to do.
+    let verified = if needs_identity(&form, &draft) {
+        match crate::tenant::identity::of_draft(&ctx, &**db, draft.id).await? {
+            Some(v) => Some(v),
+            None => return Ok(see_other(&format!("/f/{public_id}/confirm"))),
+        }
+    } else {
+        None
+    };
     if let Some(orig) = draft.resubmit_of {
         let (email, phone) = indexes(&ctx, &form.def, &answers);
         return resubmit_correction(&ctx, &mut db, &form, &draft, orig, &answers, email, phone)
@@ -1131,6 +1196,7 @@ pub async fn submit(
         draft.id,
         Some(draft.id),
         &Actor::Citizen,
+        verified.as_ref(),
     )
     .await?;
     match stored {
@@ -1249,7 +1315,9 @@ pub const STORE_SQL: &str = "WITH ins AS (
 /// Stores checked answers as a new submission in one transaction: encrypted answer by
 /// answer, a fresh receipt number, the 定員 counter, the case history's first row
 /// (受付, by `by`), the applicant's e-mailed copy in the outbox, and (from the web)
-/// the draft's pointer to it. The same `key` twice stores one submission.
+/// the draft's pointer to it, and the identity `verified` (本人確認) if any. The same
+/// `key` twice stores one submission.
+#[allow(clippy::too_many_arguments)]
 pub async fn store_submission(
     ctx: &TenantCtx,
     db: &mut deadpool_postgres::ClientWrapper,
@@ -1258,6 +1326,7 @@ pub async fn store_submission(
     key: Uuid,
     draft: Option<Uuid>,
     by: &Actor,
+    verified: Option<&crate::tenant::identity::Verified>,
 ) -> Result<Stored, AppError> {
     let (email, phone) = indexes(ctx, &form.def, answers);
     let id = Uuid::new_v4();
@@ -1266,7 +1335,7 @@ pub async fn store_submission(
     let by = by.label();
     for _ in 0..3 {
         let receipt = ReceiptNumber::generate();
-        if form.capacity.is_none() {
+        if form.capacity.is_none() && verified.is_none() {
             // Without 定員 there is nothing to count: the row and the draft's pointer
             // to it are one statement, so one round trip and one commit.
             let stmt = db.prepare_cached(STORE_SQL).await?;
@@ -1342,6 +1411,9 @@ pub async fn store_submission(
         )
         .await?;
         queue_receipt(&tx, id, mail.as_deref()).await?;
+        if let Some(v) = verified {
+            crate::tenant::identity::keep_with_submission(ctx.cipher(), &*tx, id, v).await?;
+        }
         tx.commit().await?;
         return Ok(Stored::Accepted {
             id,

@@ -59,6 +59,11 @@ pub struct FormSettings {
     /// by e-mail).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub mail_without_answers: bool,
+    /// 本人確認: a new application is sent only after the municipality's identity
+    /// provider (a My Number card service) vouched for the applicant, whose verified
+    /// name, birth date and address are kept with it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub identity: bool,
     /// Networks the form is published to (internet, LGWAN); empty: both.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zones: Vec<crate::front::conn::Zone>,

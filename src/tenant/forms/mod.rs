@@ -7,4 +7,5 @@ pub mod definition;
 pub mod pow;
 pub mod resume;
 pub mod store;
+pub mod verify;
 pub mod view;

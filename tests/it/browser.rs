@@ -446,6 +446,12 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
     click(&staff, ".admin-nav a[href='/admin/help']").await;
     assert!(text(&staff, "h1").await.starts_with("操作マニュアル"));
     check_page(&staff, "admin-help").await;
+    // The identity provider's settings.
+    click(&staff, ".admin-nav a[href='/admin/identity']").await;
+    assert!(text(&staff, "#redirect-uri")
+        .await
+        .ends_with("/identity/callback"));
+    check_page(&staff, "admin-identity").await;
     staff.close().await.unwrap();
 
     // The citizen's status lookup shows it.
@@ -983,4 +989,48 @@ async fn a_form_saved_on_a_phone_goes_on_on_a_pc() {
         c.close().await.unwrap();
     }
     server.shutdown().await;
+}
+
+/// 本人確認 in a real browser: from the confirmation page to the provider (another
+/// site, over TLS) and back, the browser-binding cookie (SameSite=Lax) comes back
+/// with the provider's redirect, the verified identity is shown, and the application
+/// is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_citizen_verifies_identity_in_the_browser() {
+    let s = crate::identity::site().await;
+    let (status, _, _) = s.configure(&s.idp.issuer, crate::identity::SECRET).await;
+    assert_eq!(status, 303);
+    let (public, form_id) = s.form().await;
+    s.publish(form_id).await;
+    let base = format!("http://{}:{}", s.host, s.server.bound.public.port());
+    let driver = Driver::start();
+    // The provider's certificate is from the test's own CA, which this profile does
+    // not know.
+    let c = driver
+        .session_with(true, &["--ignore-certificate-errors"])
+        .await;
+    c.goto(&format!("{base}{public}")).await.unwrap();
+    fill(&c, "#f-purpose", "年金の手続き").await;
+    click(&c, "button.primary").await;
+    assert!(body(&c).await.contains("本人確認へ進む"));
+    check_page(&c, "identity-1-confirm").await;
+    click(&c, "#identity-start").await;
+    // Through the provider and back, on the confirmation page.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !body(&c).await.contains("本人確認が済みました") {
+        assert!(
+            Instant::now() < deadline,
+            "not verified: {} {}",
+            c.current_url().await.unwrap(),
+            body(&c).await
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(c.current_url().await.unwrap().path().ends_with("/confirm"));
+    assert!(body(&c).await.contains("1990年4月1日（平成2年4月1日）"));
+    check_page(&c, "identity-2-verified").await;
+    click(&c, "button.primary").await;
+    assert!(body(&c).await.contains("受付番号"));
+    c.close().await.unwrap();
+    s.server.shutdown().await;
 }

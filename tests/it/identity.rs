@@ -23,7 +23,7 @@ use crate::harness::{unique, url, TestEnv};
 
 const CLIENT_ID: &str = "city-client";
 /// A secret with characters Basic authentication must encode.
-const SECRET: &str = "s3cret:with/odd chars+";
+pub(crate) const SECRET: &str = "s3cret:with/odd chars+";
 const NAME: &str = "葛\u{E0100}城 花子";
 
 /// How the provider behaves on the next verification.
@@ -60,8 +60,8 @@ struct IdpState {
 type Shared = Arc<Mutex<IdpState>>;
 
 /// The provider: an https URL on 127.0.0.1, and a client trusting its CA.
-struct Idp {
-    issuer: String,
+pub(crate) struct Idp {
+    pub(crate) issuer: String,
     state: Shared,
     ca: std::path::PathBuf,
     client: reqwest::Client,
@@ -262,20 +262,32 @@ impl Idp {
     }
 }
 
-struct Site {
-    idp: Idp,
+/// A municipality (on `<slug>.localhost`, which browsers send to this machine) whose
+/// server trusts the provider's CA, with an administrator signed in.
+pub(crate) struct Site {
+    pub(crate) idp: Idp,
     env: TestEnv,
     t: TenantRecord,
-    server: Server,
-    host: String,
+    pub(crate) server: Server,
+    pub(crate) host: String,
     admin: Staff,
 }
 
-async fn site() -> Site {
+pub(crate) async fn site() -> Site {
     let idp = Idp::start().await;
     let ca = idp.ca.clone();
     let env = TestEnv::with(move |s| s.identity_ca = Some(ca)).await;
-    let t = env.tenant(&unique("idv"), "千代田区", "131016").await;
+    let slug = unique("idv");
+    let spec = madoguchi::control::provision::TenantSpec::parse(
+        &slug,
+        "千代田区",
+        "131016",
+        &[format!("{slug}.localhost")],
+    )
+    .unwrap();
+    let t = madoguchi::control::provision::provision(&env.platform, &spec)
+        .await
+        .unwrap();
     let server = env.serve().await;
     let host = t.hosts[0].clone();
     let admin = staff(&env, &server, &t, Role::Admin, None).await;
@@ -294,7 +306,7 @@ impl Site {
         url(&self.server, &self.host, path)
     }
 
-    async fn configure(&self, issuer: &str, secret: &str) -> (u16, String, String) {
+    pub(crate) async fn configure(&self, issuer: &str, secret: &str) -> (u16, String, String) {
         post(
             &self.admin.client,
             &self.u("/admin/identity"),
@@ -312,7 +324,7 @@ impl Site {
 
     /// A one-page form asking for 本人確認, imported (unpublished); its public path
     /// and id.
-    async fn form(&self) -> (String, i64) {
+    pub(crate) async fn form(&self) -> (String, i64) {
         let json = r#"{ "format": "madoguchi.form/1", "title": "住民票の写しの請求",
             "settings": { "identity": true },
             "pages": [ { "id": "p1", "fields": [
@@ -338,6 +350,17 @@ impl Site {
             .unwrap()
             .get(0);
         (public, id)
+    }
+
+    /// Publishes the form through the builder.
+    pub(crate) async fn publish(&self, form_id: i64) {
+        let (_, _, page) = post(
+            &self.admin.client,
+            &self.u(&format!("/admin/forms/{form_id}/publish")),
+            &[("csrf", &self.admin.csrf)],
+        )
+        .await;
+        assert!(page.contains("第1版を公開しました"), "{page}");
     }
 
     async fn db(&self) -> tokio_postgres::Client {
@@ -450,13 +473,7 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
         .get(0);
     assert!(!sealed.windows(6).any(|w| w == b"s3cret"));
 
-    let (_, _, page) = post(
-        &s.admin.client,
-        &s.u(&format!("/admin/forms/{form_id}/publish")),
-        &[("csrf", &s.admin.csrf)],
-    )
-    .await;
-    assert!(page.contains("第1版を公開しました"), "{page}");
+    s.publish(form_id).await;
 
     // The citizen reaches the confirmation page: no 送信 until verified, and a
     // submit sent anyway stores nothing.
@@ -569,12 +586,7 @@ async fn verifications_are_refused_when_anything_does_not_match() {
     let (public, form_id) = s.form().await;
     let (status, _, _) = s.configure(&s.idp.issuer, SECRET).await;
     assert_eq!(status, 303);
-    post(
-        &s.admin.client,
-        &s.u(&format!("/admin/forms/{form_id}/publish")),
-        &[("csrf", &s.admin.csrf)],
-    )
-    .await;
+    s.publish(form_id).await;
     let (c, _) = s.fill(&public).await;
     let unverified = || async { s.count("SELECT count(*) FROM draft_identities").await == 0 };
 

@@ -557,6 +557,84 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
     ] {
         assert!(section.contains(shown), "{shown} not in {section}");
     }
+    // In the exports, beside the answers: what the provider vouched for.
+    let csv = s
+        .admin
+        .client
+        .get(s.u(&format!("/admin/export.csv?form={form_id}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut lines = csv.trim_start_matches('\u{feff}').lines();
+    let header = lines.next().unwrap();
+    assert!(
+        header.ends_with(",本人確認日時,本人確認: 発行者,本人確認: 氏名,本人確認: フリガナ,本人確認: 生年月日,本人確認: 性別,本人確認: 住所"),
+        "{header}"
+    );
+    let row = lines.next().unwrap();
+    assert!(
+        row.ends_with(&format!(
+            ",{},{NAME},カツラギ ハナコ,1990-04-01,女性,東京都千代田区霞が関一丁目1番1号",
+            s.idp.issuer
+        )),
+        "{row}"
+    );
+    let bytes = s
+        .admin
+        .client
+        .get(s.u(&format!("/admin/export.xlsx?form={form_id}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    use calamine::Reader;
+    let mut book: calamine::Xlsx<_> =
+        calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap();
+    let sheet = book.worksheet_range("申請一覧").unwrap();
+    let rows: Vec<Vec<calamine::Data>> = sheet.rows().map(<[_]>::to_vec).collect();
+    let col = |name: &str| rows[0].iter().position(|c| c.to_string() == name).unwrap();
+    assert_eq!(rows[1][col("本人確認: 氏名")].to_string(), NAME);
+    // The birth date is a date cell, so it sorts.
+    assert!(
+        matches!(
+            rows[1][col("本人確認: 生年月日")],
+            calamine::Data::DateTime(_)
+        ),
+        "{:?}",
+        rows[1]
+    );
+
+    // Through the integration API, with the submission.
+    let token = madoguchi::control::tenant_admin::api_token(
+        &s.env.platform,
+        &s.t,
+        "基幹連携",
+        &["submissions:read".to_owned()],
+    )
+    .await
+    .unwrap();
+    let one: serde_json::Value = s
+        .admin
+        .client
+        .get(s.u(&format!("/api/v1/submissions/{id}")))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let identity = &one["identity"];
+    assert_eq!(identity["name"], NAME, "{one}");
+    assert_eq!(identity["subject"], "pairwise-0001");
+    assert_eq!(identity["birthdate"], "1990-04-01");
+    assert_eq!(identity["issuer"], s.idp.issuer.as_str());
+
     // Logged, without the person's data.
     let log: Vec<(String, String)> = db
         .query(

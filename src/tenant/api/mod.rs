@@ -610,6 +610,34 @@ pub struct SubmissionOut {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub answers: Option<BTreeMap<String, serde_json::Value>>,
+    /// 本人確認: who the municipality's identity provider vouched for, when the form
+    /// asked for it; only when one submission is fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity: Option<IdentityOut>,
+}
+
+/// An identity the municipality's identity provider vouched for (claims as it sent
+/// them; absent ones left out).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct IdentityOut {
+    #[schema(value_type = String, format = DateTime)]
+    pub verified_at: String,
+    /// The provider's issuer URL.
+    pub issuer: String,
+    /// The provider's identifier for the person (`sub`).
+    pub subject: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// フリガナ.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name_kana: Option<String>,
+    /// YYYY-MM-DD.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub birthdate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gender: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -634,6 +662,7 @@ fn row_out(r: &tokio_postgres::Row) -> SubmissionOut {
         submitted_at: rfc3339(r.get(5)),
         updated_at: rfc3339(r.get(6)),
         answers: None,
+        identity: None,
     }
 }
 
@@ -759,6 +788,18 @@ pub async fn get_submission(
         }
     }
     out.answers = Some(map);
+    out.identity = crate::tenant::identity::of_submission(&ctx, &**db, id)
+        .await?
+        .map(|v| IdentityOut {
+            verified_at: rfc3339(v.at),
+            issuer: v.issuer,
+            subject: v.who.subject,
+            name: v.who.name,
+            name_kana: v.who.name_kana,
+            birthdate: v.who.birthdate,
+            gender: v.who.gender,
+            address: v.who.address,
+        });
     audit::record(
         &mut db,
         &client.actor,
@@ -884,7 +925,7 @@ impl utoipa::Modify for SecurityAddon {
     info(title = "Madoguchi integration API", version = "1",
         description = "各自治体のホスト名で提供する連携API。トークンは自治体ごとに発行され、他の自治体では使えません。/ Per-municipality API; tokens are valid on their own municipality's host only."),
     paths(list_forms, get_form, submit, list_submissions, get_submission, set_status),
-    components(schemas(Problem, FieldProblem, FormSummary, NewSubmission, SubmissionCreated, SubmissionOut, SubmissionPage, StatusChange)),
+    components(schemas(Problem, FieldProblem, FormSummary, NewSubmission, SubmissionCreated, SubmissionOut, IdentityOut, SubmissionPage, StatusChange)),
     modifiers(&SecurityAddon),
     tags((name = "forms"), (name = "submissions"))
 )]

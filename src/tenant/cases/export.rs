@@ -24,10 +24,23 @@ use crate::tenant::TenantCtx;
 /// Rows fetched and decrypted per batch.
 const BATCH: i64 = 500;
 
-/// The columns: fixed ones, then (field id, label) in form order, merged over versions.
+/// The columns: fixed ones, then (field id, label) in form order, merged over versions,
+/// then 本人確認's when a version of the form asks for it.
 struct Columns {
     fields: Vec<(String, String)>,
+    identity: bool,
 }
+
+/// 本人確認's columns: what the provider vouched for, not what was typed.
+const IDENTITY_COLUMNS: [&str; 7] = [
+    "本人確認日時",
+    "本人確認: 発行者",
+    "本人確認: 氏名",
+    "本人確認: フリガナ",
+    "本人確認: 生年月日",
+    "本人確認: 性別",
+    "本人確認: 住所",
+];
 
 impl Columns {
     fn header(&self) -> Vec<String> {
@@ -36,6 +49,9 @@ impl Columns {
             .map(|s| (*s).to_owned())
             .collect();
         h.extend(self.fields.iter().map(|(_, l)| l.clone()));
+        if self.identity {
+            h.extend(IDENTITY_COLUMNS.iter().map(|s| (*s).to_owned()));
+        }
         h
     }
 }
@@ -46,15 +62,20 @@ async fn columns(
     version: Option<i32>,
 ) -> Result<Columns, AppError> {
     let Some(form) = form else {
-        return Ok(Columns { fields: Vec::new() });
+        return Ok(Columns {
+            fields: Vec::new(),
+            identity: false,
+        });
     };
     let rows = db
         .query("SELECT definition FROM form_versions WHERE form_id = $1 AND ($2::int IS NULL OR version = $2) ORDER BY version", &[&form, &version])
         .await?;
     let mut fields: Vec<(String, String)> = Vec::new();
+    let mut identity = false;
     for r in rows {
         let def: FormDefinition =
             serde_json::from_value(r.get(0)).map_err(|e| AppError::Internal(e.into()))?;
+        identity |= def.settings.identity;
         for f in def.fields().filter(|f| f.kind.takes_answer()) {
             match fields.iter_mut().find(|(id, _)| *id == f.id) {
                 Some(existing) => existing.1.clone_from(&f.label),
@@ -62,7 +83,39 @@ async fn columns(
             }
         }
     }
-    Ok(Columns { fields })
+    Ok(Columns { fields, identity })
+}
+
+/// 本人確認's cells of one row (empty when it has none).
+fn identity_cells(v: Option<&crate::tenant::identity::Verified>) -> Vec<Cell> {
+    let Some(v) = v else {
+        return IDENTITY_COLUMNS
+            .iter()
+            .map(|_| Cell::Text(String::new()))
+            .collect();
+    };
+    let at = v.at.to_offset(time::macros::offset!(+9));
+    let text = |s: &Option<String>| Cell::Text(s.clone().unwrap_or_default());
+    let who = &v.who;
+    vec![
+        Cell::Time(time::PrimitiveDateTime::new(at.date(), at.time())),
+        Cell::Text(v.issuer.clone()),
+        text(&who.name),
+        text(&who.name_kana),
+        match who.birthdate.as_deref() {
+            Some(b) => {
+                crate::tenant::http::date(b).map_or_else(|| Cell::Text(b.to_owned()), Cell::Date)
+            }
+            None => Cell::Text(String::new()),
+        },
+        Cell::Text(
+            who.gender
+                .as_deref()
+                .map(crate::tenant::identity::gender_label)
+                .unwrap_or_default(),
+        ),
+        text(&who.address),
+    ]
 }
 
 /// One cell of an exported row. Times and dates are written as such, so that a
@@ -140,6 +193,12 @@ impl<'a> Batches<'a> {
             },
         )
         .await?;
+        let identities = if self.cols.identity {
+            let ids: Vec<uuid::Uuid> = rows.iter().map(|r| r.id).collect();
+            crate::tenant::identity::of_submissions(self.ctx, &**db, &ids).await?
+        } else {
+            std::collections::HashMap::new()
+        };
         drop(db);
         self.done = (rows.len() as i64) < BATCH;
         let Some(last) = rows.last() else {
@@ -164,6 +223,9 @@ impl<'a> Batches<'a> {
                     .map(answer_cell)
                     .unwrap_or(Cell::Text(String::new()))
             }));
+            if self.cols.identity {
+                line.extend(identity_cells(identities.get(&r.id)));
+            }
             batch.push(line);
         }
         self.rows += batch.len() as u64;

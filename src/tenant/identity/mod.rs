@@ -166,6 +166,39 @@ pub async fn of_submission(
     .await
 }
 
+/// The identities these submissions were sent with (those that have one).
+pub async fn of_submissions(
+    ctx: &TenantCtx,
+    db: &impl GenericClient,
+    ids: &[Uuid],
+) -> Result<std::collections::HashMap<Uuid, Verified>, AppError> {
+    let rows = db
+        .query(
+            "SELECT submission_id, issuer, claims, verified_at FROM submission_identities WHERE submission_id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let id: Uuid = r.get(0);
+            let who = open(
+                ctx.cipher(),
+                "submission_identities",
+                id,
+                &r.get::<_, Vec<u8>>(2),
+            )?;
+            Ok((
+                id,
+                Verified {
+                    issuer: r.get(1),
+                    at: r.get(3),
+                    who,
+                },
+            ))
+        })
+        .collect()
+}
+
 /// Keeps a verified identity with its draft (replacing one verified before).
 pub async fn keep_with_draft(
     ctx: &TenantCtx,
@@ -205,17 +238,23 @@ pub struct Line {
     pub value: String,
 }
 
+/// A gender claim in Japanese (OpenID Connect's `male` and `female`; any other
+/// value as sent).
+pub fn gender_label(g: &str) -> String {
+    match g {
+        "male" => "男性".to_owned(),
+        "female" => "女性".to_owned(),
+        other => other.to_owned(),
+    }
+}
+
 /// A verified identity as pages show it: 和暦 beside the birth date's 西暦.
 pub fn lines(who: &Identity) -> Vec<Line> {
     let birth = who
         .birthdate
         .as_deref()
         .map(|b| crate::tenant::http::date(b).map_or_else(|| b.to_owned(), crate::ja::date_both));
-    let gender = who.gender.as_deref().map(|g| match g {
-        "male" => "男性".to_owned(),
-        "female" => "女性".to_owned(),
-        other => other.to_owned(),
-    });
+    let gender = who.gender.as_deref().map(gender_label);
     [
         ("氏名", who.name.clone()),
         ("フリガナ", who.name_kana.clone()),

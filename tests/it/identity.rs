@@ -597,7 +597,7 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
         calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap();
     let sheet = book.worksheet_range("申請一覧").unwrap();
     let rows: Vec<Vec<calamine::Data>> = sheet.rows().map(<[_]>::to_vec).collect();
-    let col = |name: &str| rows[0].iter().position(|c| c.to_string() == name).unwrap();
+    let col = |name: &str| rows[0].iter().position(|c| *c == name).unwrap();
     assert_eq!(rows[1][col("本人確認: 氏名")].to_string(), NAME);
     // The birth date is a date cell, so it sorts.
     assert!(

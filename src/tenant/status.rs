@@ -302,6 +302,9 @@ pub async fn withdraw(
         comment: String::new(),
         reason: String::new(),
         deadline: None,
+        // The applicant is told by mail too: a withdrawal made by someone else who
+        // knew the receipt number and the address does not go unnoticed.
+        notify: true,
     };
     let outcome = super::cases::change_status(
         &mut db,
@@ -316,7 +319,10 @@ pub async fn withdraw(
     let found = describe(&ctx, &db, id).await?;
     let mut shown = page(&ctx, &body, None, Some(found));
     match outcome {
-        Ok(_) => shown.done = Some("申請を取り下げました。"),
+        Ok(_) => {
+            ctx.mail_queued();
+            shown.done = Some("申請を取り下げました。");
+        }
         // Changed meanwhile (taken up for review, or withdrawn already): as it is now.
         Err(_) => {
             shown.error = Some(

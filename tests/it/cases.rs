@@ -822,6 +822,7 @@ async fn concurrent_status_changes_do_not_lose_one() {
                 comment: String::new(),
                 reason: "理由".into(),
                 deadline: Some(time::macros::date!(2031 - 01 - 01)),
+                notify: false,
             };
             change_status(
                 &mut client,
@@ -879,6 +880,7 @@ async fn concurrent_status_changes_do_not_lose_one() {
             comment: String::new(),
             reason: String::new(),
             deadline: None,
+            notify: false,
         };
         assert!(
             change_status(&mut client, &cipher, &actor, None, id, None, &c)
@@ -891,6 +893,7 @@ async fn concurrent_status_changes_do_not_lose_one() {
             comment: String::new(),
             reason: String::new(),
             deadline: None,
+            notify: false,
         };
         assert_eq!(
             change_status(&mut client, &cipher, &actor, None, id, None, &c)

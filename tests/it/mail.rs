@@ -680,3 +680,91 @@ async fn a_corrections_copy_gives_the_time_the_correction_was_received() {
     );
     server.shutdown().await;
 }
+
+/// Staff tell the applicant of a new status when they tick the box (and only then);
+/// a withdrawal from the status page is always confirmed by mail, so one made by
+/// someone else who knew the receipt number and address does not go unnoticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn applicants_hear_of_a_new_status_when_staff_say_so_and_of_a_withdrawal() {
+    let smtp = SmtpServer::start().await;
+    let relay_url = format!("smtp://127.0.0.1:{}", smtp.port);
+    let env = TestEnv::with(|s| s.mail = Some(relay(&relay_url))).await;
+    let t = env.tenant(&unique("n"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let db = env.tenant_conn(&t).await.client;
+    let first = apply(&server, host, &public, "ソファ").await.unwrap();
+    let first_id = submission_id(&db, &first).await;
+    smtp.wait_for(1).await;
+    let case = url(&server, host, &format!("/admin/submissions/{first_id}"));
+    let change = |from: &'static str, to: &'static str, notify: bool| {
+        let (case, admin) = (case.clone(), &admin);
+        async move {
+            let mut form = vec![("csrf", admin.csrf.as_str()), ("from", from), ("to", to)];
+            if notify {
+                form.push(("notify", "yes"));
+            }
+            let (status, loc, body) = post(&admin.client, &format!("{case}/status"), &form).await;
+            assert_eq!(status, 303, "{body}");
+            assert!(loc.ends_with(&first_id.to_string()));
+        }
+    };
+    // Without the box: nothing is mailed.
+    change("received", "reviewing", false).await;
+    // With it: the new status, by mail, and as a message on the case.
+    change("reviewing", "completed", true).await;
+    let mails = smtp.wait_for(2).await;
+    let notice = &mails[1];
+    assert_eq!(notice.to, ["hanako.kasai@example.jp"]);
+    assert_eq!(
+        notice.header("Subject"),
+        format!("【千代田区】粗大ごみ収集申込 についてのお知らせ（受付番号 {first}）")
+    );
+    assert!(
+        notice
+            .body()
+            .contains("申請の状況が「完了」になりました。申請の手続きが完了しました。"),
+        "{}",
+        notice.body()
+    );
+    let (_, _, page) = crate::forms::get(&admin.client, &case).await;
+    assert!(
+        page.contains("申請の状況が「完了」になりました。"),
+        "{page}"
+    );
+
+    // The applicant withdraws the second application from the status page.
+    let second = apply(&server, host, &public, "ソファ").await.unwrap();
+    smtp.wait_for(3).await;
+    let c = crate::attacks::plain_from(&server, &[host], Some(7));
+    let origin = url(&server, host, "");
+    let (status, _, page) = crate::forms::post_from(
+        &c,
+        &url(&server, host, "/status/withdraw"),
+        Some(origin.trim_end_matches('/')),
+        &[
+            ("receipt", second.as_str()),
+            ("email", "hanako.kasai@example.jp"),
+            ("confirm", "yes"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let mails = smtp.wait_for(4).await;
+    assert!(
+        mails[3].body().contains(&format!("受付番号 {second}"))
+            && mails[3]
+                .body()
+                .contains("申請は取り下げられました。お心当たりがない場合は"),
+        "{}",
+        mails[3].body()
+    );
+    // The change to 審査中 without the box sent nothing: four mails in all, two of
+    // them receipts.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(smtp.received().len(), 4);
+    server.shutdown().await;
+}

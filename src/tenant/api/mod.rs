@@ -824,6 +824,10 @@ pub struct StatusChange {
     pub reason: String,
     /// For `returned`: YYYY-MM-DD.
     pub deadline: Option<String>,
+    /// Mail the applicant a notice of the new status, when they gave an address
+    /// (`returned` always mails its reason).
+    #[serde(default)]
+    pub notify: bool,
 }
 
 /// Changes a submission's status within the workflow.
@@ -868,6 +872,7 @@ pub async fn set_status(
         comment: body.comment,
         reason: body.reason,
         deadline,
+        notify: body.notify,
     };
     if let Err(refusal) = change_status(
         &mut db,
@@ -887,7 +892,7 @@ pub async fn set_status(
             refusal.message(),
         ));
     }
-    if change.to == Status::Returned {
+    if change.mails() {
         ctx.mail_queued();
     }
     let r = db

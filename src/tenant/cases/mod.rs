@@ -123,6 +123,33 @@ pub struct Change {
     pub reason: String,
     /// For 差戻し: by when.
     pub deadline: Option<time::Date>,
+    /// Tell the applicant by mail (差戻し always does), when they gave an address.
+    pub notify: bool,
+}
+
+impl Change {
+    /// Whether the change queues mail to the applicant (if they gave an address).
+    pub fn mails(&self) -> bool {
+        self.notify || self.to == Status::Returned
+    }
+}
+
+impl Status {
+    /// The applicant's notice of a change to this status (a message on the case,
+    /// mailed with the receipt number and the status-lookup link).
+    pub fn notice(self) -> String {
+        let more = match self {
+            Self::Received => "申請を受け付けた状態に戻しました。",
+            Self::Reviewing => "申請の審査を始めました。結果はあらためてお知らせします。",
+            Self::Completed => "申請の手続きが完了しました。",
+            Self::Rejected => "申請は却下となりました。理由などは担当課へお問い合わせください。",
+            Self::Returned => "申請内容の修正をお願いします。",
+            Self::Withdrawn => {
+                "申請は取り下げられました。お心当たりがない場合は、担当課へお問い合わせください。"
+            }
+        };
+        format!("申請の状況が「{}」になりました。{more}", self.label())
+    }
 }
 
 /// Why a change was refused, in Japanese for the person who asked.
@@ -280,6 +307,17 @@ pub async fn change_status(
             &[&id, &change.to.as_str()],
         )
         .await?;
+        if change.notify && row.get::<_, bool>(1) {
+            add_note_in(
+                &tx,
+                cipher,
+                id,
+                (actor_id, &actor.label()),
+                "message",
+                &change.to.notice(),
+            )
+            .await?;
+        }
     }
     if !change.to.holds_a_place() {
         // 定員 counts the applications that may still be granted: one withdrawn or

@@ -813,6 +813,7 @@ fn change_from(body: &FormData) -> Result<Change, AppError> {
         comment: body.get("comment").chars().take(2000).collect(),
         reason: body.get("reason").chars().take(2000).collect(),
         deadline: date(body.get("deadline")),
+        notify: body.get("notify") == "yes",
     })
 }
 
@@ -830,7 +831,7 @@ pub async fn set_status(
     drop(db);
     match outcome {
         Ok(_) => {
-            if change.to == Status::Returned {
+            if change.mails() {
                 ctx.mail_queued();
             }
             Ok(see_other(&format!("/admin/submissions/{id}")))
@@ -990,7 +991,7 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
                     Err(e) => return Err(e),
                 }
             }
-            if change.to == Status::Returned && done > 0 {
+            if change.mails() && done > 0 {
                 ctx.mail_queued();
             }
         }

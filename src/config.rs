@@ -62,6 +62,9 @@ pub struct Settings {
     /// PEM certificates of CAs trusted for identity providers (本人確認) besides the
     /// system's store.
     pub identity_ca: Option<PathBuf>,
+    /// Identity providers may be on loopback or private addresses (a provider inside
+    /// LGWAN or the city's own network); otherwise only the internet is reached.
+    pub identity_allow_private_networks: bool,
 }
 
 /// Where mail leaves: an SMTP relay and the sender address.
@@ -129,6 +132,7 @@ impl Settings {
             mail_sweep_after: Duration::from_secs(60),
             connection_idle: crate::front::conn::IDLE,
             identity_ca: None,
+            identity_allow_private_networks: false,
         }
     }
 }
@@ -162,6 +166,7 @@ pub struct FileSettings {
     pub mail_from: Option<String>,
     pub smtp_ca: Option<PathBuf>,
     pub identity_ca: Option<PathBuf>,
+    pub identity_allow_private_networks: Option<bool>,
 }
 
 impl FileSettings {

@@ -114,6 +114,10 @@ struct Common {
         value_name = "FILE"
     )]
     identity_ca: Option<PathBuf>,
+    /// Let identity providers be on loopback or private addresses (a provider inside
+    /// LGWAN or the city's network); by default only internet addresses are reached.
+    #[arg(long, global = true, env = "MADOGUCHI_IDENTITY_ALLOW_PRIVATE_NETWORKS")]
+    identity_allow_private_networks: bool,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -486,6 +490,8 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     let mail_from = c.mail_from.clone().or_else(|| file.mail_from.clone());
     let smtp_ca = c.smtp_ca.clone().or_else(|| file.smtp_ca.clone());
     s.identity_ca = c.identity_ca.clone().or_else(|| file.identity_ca.clone());
+    s.identity_allow_private_networks =
+        c.identity_allow_private_networks || file.identity_allow_private_networks == Some(true);
     s.mail = match (smtp_url, mail_from) {
         (Some(url), Some(from)) => Some(madoguchi::config::MailSettings {
             url: zeroize::Zeroizing::new(url),

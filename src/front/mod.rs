@@ -49,8 +49,8 @@ pub struct App {
     ceiling: limits::TenantCeiling,
     /// Tenants whose outbox has new mail, for the deliverer.
     pub mail: Arc<mail::MailQueue>,
-    /// HTTPS client for identity providers (本人確認).
-    idp: reqwest::Client,
+    /// The way to identity providers (本人確認).
+    idp: crate::tenant::identity::oidc::Idp,
 }
 
 pub type AppState = Arc<App>;
@@ -86,7 +86,10 @@ impl App {
                 )
             },
             mail: Arc::default(),
-            idp: crate::tenant::identity::oidc::http_client(p.settings.identity_ca.as_deref())?,
+            idp: crate::tenant::identity::oidc::Idp::new(
+                p.settings.identity_ca.as_deref(),
+                p.settings.identity_allow_private_networks,
+            )?,
         }))
     }
 

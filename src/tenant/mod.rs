@@ -49,8 +49,8 @@ pub struct TenantCtx {
     wait: Duration,
     cipher: Arc<FieldCipher>,
     mail: Arc<crate::front::mail::MailQueue>,
-    /// HTTPS client for identity providers (本人確認).
-    idp: reqwest::Client,
+    /// The way to identity providers (本人確認).
+    idp: identity::oidc::Idp,
 }
 
 impl std::fmt::Debug for TenantCtx {
@@ -74,7 +74,7 @@ impl TenantCtx {
         wait: Duration,
         cipher: Arc<FieldCipher>,
         mail: Arc<crate::front::mail::MailQueue>,
-        idp: reqwest::Client,
+        idp: identity::oidc::Idp,
     ) -> Self {
         Self {
             id,
@@ -92,8 +92,8 @@ impl TenantCtx {
         }
     }
 
-    /// The HTTPS client for the municipality's identity provider.
-    pub fn idp(&self) -> &reqwest::Client {
+    /// The way to the municipality's identity provider.
+    pub fn idp(&self) -> &identity::oidc::Idp {
         &self.idp
     }
 

@@ -276,7 +276,12 @@ pub(crate) struct Site {
 pub(crate) async fn site() -> Site {
     let idp = Idp::start().await;
     let ca = idp.ca.clone();
-    let env = TestEnv::with(move |s| s.identity_ca = Some(ca)).await;
+    // The provider is on 127.0.0.1: private networks allowed, as for one inside LGWAN.
+    let env = TestEnv::with(move |s| {
+        s.identity_ca = Some(ca);
+        s.identity_allow_private_networks = true;
+    })
+    .await;
     let slug = unique("idv");
     let spec = madoguchi::control::provision::TenantSpec::parse(
         &slug,
@@ -523,7 +528,27 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
         "{page}"
     );
 
-    let (status, loc, _) = post(&c, &s.u(&format!("{public}/submit")), &[("_token", &token)]).await;
+    // A page drawn before another tab verified again (someone else, perhaps) does
+    // not send: the confirmation page shows who is verified now.
+    let stamp = capture(r#"name="identity" value="([0-9]+)""#, &confirm);
+    let again = s.idp.consent(&s.start(&c, &public).await).await;
+    let (status, _, _) = fetch(&c, &again).await;
+    assert_eq!(status, 303);
+    let submit = s.u(&format!("{public}/submit"));
+    for stale in [
+        vec![("_token", token.as_str())],
+        vec![("_token", token.as_str()), ("identity", stamp.as_str())],
+    ] {
+        let (status, loc, _) = post(&c, &submit, &stale).await;
+        assert_eq!(
+            (status, loc.as_str()),
+            (303, format!("{public}/confirm").as_str())
+        );
+    }
+    assert_eq!(s.count("SELECT count(*) FROM submissions").await, 0);
+    let (_, _, confirm) = fetch(&c, &s.u(&format!("{public}/confirm"))).await;
+    let stamp = capture(r#"name="identity" value="([0-9]+)""#, &confirm);
+    let (status, loc, _) = post(&c, &submit, &[("_token", &token), ("identity", &stamp)]).await;
     assert_eq!(status, 303);
     let (_, _, done) = fetch(&c, &s.u(&loc)).await;
     let receipt = capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done);
@@ -542,6 +567,8 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
     assert_eq!(row.get::<_, String>(2), s.idp.issuer);
     assert!(!String::from_utf8_lossy(&claims).contains("花子"));
     assert!(!claims.windows(8).any(|w| w == b"pairwise"));
+    // The draft's copy went with the submission.
+    assert_eq!(s.count("SELECT count(*) FROM draft_identities").await, 0);
 
     // Staff see who was verified, with the application.
     let (status, _, page) = fetch(&s.admin.client, &s.u(&format!("/admin/submissions/{id}"))).await;
@@ -647,7 +674,14 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let actions: Vec<&str> = log.iter().map(|(a, _)| a.as_str()).collect();
-    assert_eq!(actions, ["identity_provider.save", "identity.verified"]);
+    assert_eq!(
+        actions,
+        [
+            "identity_provider.save",
+            "identity.verified",
+            "identity.verified"
+        ]
+    );
     assert!(
         log.iter()
             .all(|(_, d)| !d.contains("花子") && !d.contains(SECRET)),
@@ -755,4 +789,175 @@ async fn verifications_are_refused_when_anything_does_not_match() {
     assert_eq!(refused, 4);
     // Nothing of a verification under way is left.
     assert_eq!(s.count("SELECT count(*) FROM identity_requests").await, 0);
+}
+
+/// A verification holds only where it was made: for its own form when two are under
+/// way at once, not in a browser the draft is moved to by a mailed link, not after
+/// the provider is removed or replaced; a framed page says to open the form on its
+/// own; and the saved secret goes to no other issuer or client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_verification_holds_only_where_it_was_made() {
+    let s = site().await;
+    let (status, _, _) = s.configure(&s.idp.issuer, SECRET).await;
+    assert_eq!(status, 303);
+    // The secret is asked for again for another issuer or client.
+    for (issuer, client) in [
+        (format!("{}/other", s.idp.issuer), CLIENT_ID),
+        (s.idp.issuer.clone(), "another-client"),
+    ] {
+        let (status, _, page) = post(
+            &s.admin.client,
+            &s.u("/admin/identity"),
+            &[
+                ("csrf", s.admin.csrf.as_str()),
+                ("issuer", &issuer),
+                ("client_id", client),
+                ("client_secret", ""),
+                ("scopes", "openid"),
+                ("label", "テスト本人確認"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 422, "{issuer} {client}");
+        assert!(
+            page.contains("クライアントシークレットも入力してください"),
+            "{page}"
+        );
+    }
+    let (a, a_id) = s.form().await;
+    let (b, b_id) = s.form().await;
+    s.publish(a_id).await;
+    s.publish(b_id).await;
+
+    // Two forms verified at once in one browser: each keeps its own.
+    let (c, _) = s.fill(&a).await;
+    {
+        let (_, _, page) = fetch(&c, &s.u(&b)).await;
+        let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+        let (status, _, _) = post(
+            &c,
+            &s.u(&b),
+            &[
+                ("_token", &token),
+                ("_page", "0"),
+                ("_nav", "next"),
+                ("purpose", "転居"),
+            ],
+        )
+        .await;
+        assert_eq!(status, 303);
+    }
+    let to_a = s.start(&c, &a).await;
+    let to_b = s.start(&c, &b).await;
+    for (to, public) in [(to_a, &a), (to_b, &b)] {
+        let back = s.idp.consent(&to).await;
+        let (status, loc, page) = fetch(&c, &back).await;
+        assert_eq!(
+            (status, loc.as_str()),
+            (303, format!("{public}/confirm").as_str()),
+            "{page}"
+        );
+    }
+    assert_eq!(s.count("SELECT count(*) FROM draft_identities").await, 2);
+
+    // A framed page cannot reach the provider, and says so.
+    let framed = c
+        .get(s.u(&format!("{b}/confirm")))
+        .header("sec-fetch-dest", "iframe")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let db = s.db().await;
+    db.execute("DELETE FROM draft_identities", &[])
+        .await
+        .unwrap();
+    let framed_unverified = c
+        .get(s.u(&format!("{b}/confirm")))
+        .header("sec-fetch-dest", "iframe")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(framed.contains("本人確認が済みました"), "{framed}");
+    assert!(
+        framed_unverified.contains("ほかのサイトに埋め込まれた画面からは行えません")
+            && !framed_unverified.contains("identity-start"),
+        "{framed_unverified}"
+    );
+
+    // Verified, then moved by a mailed link to another browser: that browser
+    // verifies again.
+    let back = s.idp.consent(&s.start(&c, &a).await).await;
+    assert_eq!(fetch(&c, &back).await.0, 303);
+    let key = "resume-key-0123456789abcdefghijklmnopqrstuv";
+    db.execute(
+        "UPDATE citizen_drafts SET resume_hash = $1 WHERE id = (SELECT draft_id FROM draft_identities)",
+        &[&Sha256::digest(key.as_bytes()).to_vec()],
+    )
+    .await
+    .unwrap();
+    let elsewhere = browser(&s.server, &[&s.host]);
+    let origin = s.u("");
+    let (status, loc, page) = crate::forms::post_from(
+        &elsewhere,
+        &s.u(&format!("{a}/resume/{key}")),
+        Some(origin.trim_end_matches('/')),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        (status, loc.as_str()),
+        (303, format!("{a}/confirm").as_str()),
+        "{page}"
+    );
+    assert_eq!(s.count("SELECT count(*) FROM draft_identities").await, 0);
+    let (_, _, confirm) = fetch(&elsewhere, &s.u(&loc)).await;
+    assert!(confirm.contains("本人確認へ進む"), "{confirm}");
+    assert!(!confirm.contains(NAME));
+
+    // Verified, then the provider is replaced or removed: it no longer counts.
+    let back = s.idp.consent(&s.start(&elsewhere, &a).await).await;
+    assert_eq!(fetch(&elsewhere, &back).await.0, 303);
+    db.execute(
+        "UPDATE identity_provider SET issuer = 'https://replaced.example'",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (_, _, confirm) = fetch(&elsewhere, &s.u(&format!("{a}/confirm"))).await;
+    assert!(!confirm.contains("本人確認が済みました"), "{confirm}");
+    db.execute("UPDATE identity_provider SET issuer = $1", &[&s.idp.issuer])
+        .await
+        .unwrap();
+    let (_, _, confirm) = fetch(&elsewhere, &s.u(&format!("{a}/confirm"))).await;
+    let stamp = capture(r#"name="identity" value="([0-9]+)""#, &confirm);
+    let token = capture(r#"name="_token" value="([^"]+)""#, &confirm);
+    let (status, _, _) = post(
+        &s.admin.client,
+        &s.u("/admin/identity/remove"),
+        &[("csrf", s.admin.csrf.as_str())],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, loc, _) = post(
+        &elsewhere,
+        &s.u(&format!("{a}/submit")),
+        &[("_token", token.as_str()), ("identity", stamp.as_str())],
+    )
+    .await;
+    assert_eq!(
+        (status, loc.as_str()),
+        (303, format!("{a}/confirm").as_str())
+    );
+    assert_eq!(s.count("SELECT count(*) FROM submissions").await, 0);
+    let (_, _, confirm) = fetch(&elsewhere, &s.u(&loc)).await;
+    assert!(
+        confirm.contains("本人確認サービスの準備ができていない"),
+        "{confirm}"
+    );
 }

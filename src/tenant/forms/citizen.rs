@@ -890,8 +890,15 @@ pub struct IdentityStep {
     /// The provider's name for citizens (none set: verification is not possible).
     pub provider: Option<String>,
     pub start: String,
+    /// The form's first page, to open on its own when framed.
+    pub form: String,
     pub verified: Option<Vec<crate::tenant::identity::Line>>,
     pub at: String,
+    /// Sent back with 送信 (see [`crate::tenant::identity::Verified::stamp`]).
+    pub stamp: String,
+    /// The page is in a frame on another site: the provider cannot be reached from
+    /// it (its pages refuse frames, and the draft's cookie is the frame's own).
+    pub framed: bool,
 }
 
 impl IdentityStep {
@@ -900,13 +907,22 @@ impl IdentityStep {
         db: &tokio_postgres::Client,
         public_id: &str,
         draft: Uuid,
+        headers: &HeaderMap,
     ) -> Result<Self, AppError> {
         let verified = crate::tenant::identity::of_draft(ctx, db, draft).await?;
         Ok(Self {
             provider: crate::tenant::identity::provider_label(db).await?,
             start: format!("/f/{public_id}/identity"),
+            form: format!("/f/{public_id}"),
             at: verified.as_ref().map(|v| jst(v.at)).unwrap_or_default(),
+            stamp: verified
+                .as_ref()
+                .map(crate::tenant::identity::Verified::stamp)
+                .unwrap_or_default(),
             verified: verified.map(|v| crate::tenant::identity::lines(&v.who)),
+            framed: headers
+                .get("sec-fetch-dest")
+                .is_some_and(|v| v.as_bytes() == b"iframe"),
         })
     }
 }
@@ -990,7 +1006,7 @@ pub async fn confirm(
                 .copied()
                 .unwrap_or(0);
             let identity = if needs_identity(&form, &draft) {
-                Some(IdentityStep::of(&ctx, &db, &public_id, draft.id).await?)
+                Some(IdentityStep::of(&ctx, &db, &public_id, draft.id, &headers).await?)
             } else {
                 None
             };
@@ -1174,11 +1190,12 @@ pub async fn submit(
             ));
         }
     };
-    // 本人確認: without it the confirmation page says what to do.
+    // 本人確認: without it (or when another tab verified someone else since this
+    // page was drawn) the confirmation page says what to do.
     let verified = if needs_identity(&form, &draft) {
         match crate::tenant::identity::of_draft(&ctx, &**db, draft.id).await? {
-            Some(v) => Some(v),
-            None => return Ok(see_other(&format!("/f/{public_id}/confirm"))),
+            Some(v) if same_secret(&v.stamp(), body.get("identity")) => Some(v),
+            _ => return Ok(see_other(&format!("/f/{public_id}/confirm"))),
         }
     } else {
         None
@@ -1413,6 +1430,12 @@ pub async fn store_submission(
         queue_receipt(&tx, id, mail.as_deref()).await?;
         if let Some(v) = verified {
             crate::tenant::identity::keep_with_submission(ctx.cipher(), &*tx, id, v).await?;
+            // Kept with the submission now: the draft's copy goes.
+            tx.execute(
+                "DELETE FROM draft_identities WHERE draft_id = $1",
+                &[&draft],
+            )
+            .await?;
         }
         tx.commit().await?;
         return Ok(Stored::Accepted {

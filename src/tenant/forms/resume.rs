@@ -451,18 +451,27 @@ pub async fn take_up(
         Err(page) => return Ok(page),
     };
     // The first opening records the browser that saved it and this browser's claim;
-    // a second, within the window, must come with the same claim.
+    // a second, within the window, must come with the same claim. A 本人確認 done (or
+    // under way) in the browser that saved it stays there: whoever opens the link
+    // (sent to an address nobody checked) verifies again.
     let token = random_token(32);
     let moved = db
         .query_opt(
-            "UPDATE citizen_drafts SET token_hash = $3, updated_at = now(),
+            "WITH moved AS (
+             UPDATE citizen_drafts SET token_hash = $3, updated_at = now(),
                     moved_from = CASE WHEN resumed_at IS NULL THEN token_hash ELSE moved_from END,
                     resume_claim = CASE WHEN resumed_at IS NULL THEN $6 ELSE resume_claim END,
                     resumed_at = coalesce(resumed_at, now()),
                     expires_at = now() + make_interval(hours => $4)
               WHERE resume_hash = $1 AND form_id = $2 AND submission_id IS NULL AND expires_at > now()
                 AND (resumed_at IS NULL OR (resumed_at > now() - make_interval(secs => $5) AND resume_claim = $6))
-              RETURNING resume_page",
+              RETURNING id, resume_page
+             ), verified AS (
+               DELETE FROM draft_identities WHERE draft_id IN (SELECT id FROM moved)
+             ), started AS (
+               DELETE FROM identity_requests WHERE draft_id IN (SELECT id FROM moved)
+             )
+             SELECT resume_page FROM moved",
             &[
                 &token_hash(&key),
                 &form.id,

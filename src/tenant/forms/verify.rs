@@ -24,8 +24,14 @@ use crate::tenant::identity::{self, oidc, Verified};
 use crate::tenant::TenantCtx;
 use crate::web::render;
 
-/// The cookie holding a verification's `state` (on the callback's path only).
-pub const STATE_COOKIE: &str = "madoguchi_idv";
+/// The cookie holding a verification's `state` (on the callback's path only), named
+/// after the state's hash: verifications begun for two forms at once each keep theirs.
+fn state_cookie_name(state: &str) -> String {
+    format!("madoguchi_idv_{}", &hex::encode(token_hash(state))[..16])
+}
+/// The longest a verification may take once the provider sends the citizen back:
+/// both calls to it, under the request's own 30 s.
+const CALLBACK_LIMIT: std::time::Duration = std::time::Duration::from_secs(20);
 /// The longest `state` or `code` read from the provider's answer.
 const PARAM_LIMIT: usize = 2048;
 
@@ -67,9 +73,9 @@ fn not_ready(ctx: &TenantCtx, back: Option<String>) -> Response {
     )
 }
 
-fn state_cookie(ctx: &TenantCtx, value: &str, max_age: u64) -> header::HeaderValue {
+fn state_cookie(ctx: &TenantCtx, state: &str, value: &str, max_age: u64) -> header::HeaderValue {
     set_cookie(
-        STATE_COOKIE,
+        &state_cookie_name(state),
         value,
         identity::CALLBACK_PATH,
         Some(max_age),
@@ -118,8 +124,10 @@ pub async fn start(
     .await?;
     let mut resp = see_other(&to);
     let age = u64::try_from(identity::REQUEST_MINUTES).unwrap_or(10) * 60;
-    resp.headers_mut()
-        .append(header::SET_COOKIE, state_cookie(&ctx, &request.state, age));
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        state_cookie(&ctx, &request.state, &request.state, age),
+    );
     Ok(resp)
 }
 
@@ -135,8 +143,10 @@ struct Taken {
     draft: Uuid,
     nonce: String,
     verifier: String,
-    /// Not expired, and its draft neither sent nor expired.
+    /// Not expired, and its draft not expired.
     fresh: bool,
+    /// Its draft was sent meanwhile.
+    sent: bool,
     public_id: String,
 }
 
@@ -168,8 +178,8 @@ pub async fn callback(
             "DELETE FROM identity_requests r USING citizen_drafts d, forms f
               WHERE r.state_hash = $1 AND d.id = r.draft_id AND f.id = d.form_id
              RETURNING r.draft_id, r.nonce, r.verifier,
-                       r.expires_at > now() AND d.submission_id IS NULL AND d.expires_at > now(),
-                       f.public_id",
+                       r.expires_at > now() AND d.expires_at > now(),
+                       f.public_id, d.submission_id IS NOT NULL",
             &[&token_hash(&state)],
         )
         .await?
@@ -179,12 +189,13 @@ pub async fn callback(
             verifier: r.get(2),
             fresh: r.get(3),
             public_id: r.get(4),
+            sent: r.get(5),
         });
     let Some(taken) = taken else {
         return Ok(lost(&ctx));
     };
     let back = Some(format!("/f/{}/confirm", taken.public_id));
-    let mut resp = if !cookies(&headers, STATE_COOKIE)
+    let mut resp = if !cookies(&headers, &state_cookie_name(&state))
         .iter()
         .any(|c| same_secret(c, &state))
     {
@@ -197,6 +208,14 @@ pub async fn callback(
             "本人確認を始めたブラウザと異なります",
             "本人確認は、申請を入力しているブラウザで始めて、同じブラウザで終える必要があります。確認画面から、もう一度「本人確認へ進む」を押してください。",
             back,
+        )
+    } else if taken.sent {
+        outcome(
+            &ctx,
+            StatusCode::CONFLICT,
+            "この申請はすでに送信されています",
+            "本人確認の途中で、この申請は送信されました。受付番号は送信完了の画面か受付完了のメールでご確認ください。",
+            Some(format!("/f/{}/done", taken.public_id)),
         )
     } else if !taken.fresh {
         outcome(
@@ -228,7 +247,7 @@ pub async fn callback(
         verify(&ctx, &taken, &code, back).await?
     };
     resp.headers_mut()
-        .append(header::SET_COOKIE, state_cookie(&ctx, "", 0));
+        .append(header::SET_COOKIE, state_cookie(&ctx, &state, "", 0));
     Ok(resp)
 }
 
@@ -241,7 +260,7 @@ async fn verify(
     let Some(provider) = identity::provider(ctx, &**ctx.db().await?).await? else {
         return Ok(not_ready(ctx, back));
     };
-    let checked = async {
+    let checked = tokio::time::timeout(CALLBACK_LIMIT, async {
         if code.is_empty() {
             return Err(oidc::Problem::BadResponse("code がありません".into()));
         }
@@ -255,8 +274,9 @@ async fn verify(
             &provider.client_id,
             &taken.nonce,
         )
-    }
-    .await;
+    })
+    .await
+    .unwrap_or_else(|_| Err(oidc::Problem::Unreachable("時間切れ".into())));
     let mut db = ctx.db().await?;
     let draft = taken.draft.to_string();
     match checked {
@@ -285,15 +305,18 @@ async fn verify(
                 at: time::OffsetDateTime::now_utc(),
                 who,
             };
-            identity::keep_with_draft(ctx, &**db, taken.draft, &v).await?;
-            audit::record(
-                &mut db,
+            // The identity and its log entry, together.
+            let tx = db.transaction().await?;
+            identity::keep_with_draft(ctx, &*tx, taken.draft, &v).await?;
+            audit::append(
+                &*tx,
                 &Actor::Citizen,
                 "identity.verified",
                 &draft,
                 serde_json::json!({ "issuer": provider.issuer }),
             )
             .await?;
+            tx.commit().await?;
             Ok(see_other(&format!("/f/{}/confirm", taken.public_id)))
         }
     }

@@ -132,7 +132,7 @@ struct Entered {
     label: String,
 }
 
-fn entered(form: &FormData, has_secret: bool) -> Result<Entered, String> {
+fn entered(form: &FormData) -> Result<Entered, String> {
     let issuer = oidc::issuer_url(form.get("issuer")).map_err(|e| e.to_string())?;
     let client_id = one_line(form, "client_id", "クライアントID", TEXT_LIMIT)?;
     let label = one_line(form, "label", "表示名", TEXT_LIMIT)?;
@@ -143,9 +143,6 @@ fn entered(form: &FormData, has_secret: bool) -> Result<Entered, String> {
     let scopes = scopes.split_whitespace().collect::<Vec<_>>().join(" ");
     let secret = form.get("client_secret");
     let secret = if secret.is_empty() {
-        if !has_secret {
-            return Err("クライアントシークレットを入力してください".into());
-        }
         None
     } else if secret.len() > SECRET_LIMIT || secret.chars().any(char::is_control) {
         return Err(format!(
@@ -163,24 +160,39 @@ fn entered(form: &FormData, has_secret: bool) -> Result<Entered, String> {
     })
 }
 
+/// The secret must be given again unless it goes to the same provider for the same
+/// client: otherwise an administrator (or a stolen session) could point the issuer
+/// at a server of their own and have the saved secret sent there.
+const SECRET_AGAIN: &str =
+    "発行者（issuer）かクライアントIDを変えるときは、クライアントシークレットも入力してください";
+
 /// Saves the provider after reading its discovery document; an empty secret keeps
-/// the one saved.
+/// the one saved for the same issuer and client. Identities verified by another
+/// issuer stop counting (drafts must verify again).
 pub async fn save(ctx: TenantCtx, user: StaffUser, form: FormData) -> Result<Response, AppError> {
     user.require_admin()?;
     user.check_csrf(&form)?;
-    let has_secret = {
-        let db = ctx.db().await?;
-        db.query_opt("SELECT 1 FROM identity_provider", &[])
-            .await?
-            .is_some()
-    };
-    let e = match entered(&form, has_secret) {
+    let e = match entered(&form) {
         Ok(e) => e,
         Err(msg) => return page(&ctx, &user, Some(&form), Some(msg), false).await,
     };
+    let same = |r: &tokio_postgres::Row, issuer: &str| {
+        r.get::<_, String>(0).trim_end_matches('/') == issuer.trim_end_matches('/')
+            && r.get::<_, String>(1) == e.client_id
+    };
+    if e.secret.is_none() {
+        let db = ctx.db().await?;
+        let saved = db
+            .query_opt("SELECT issuer, client_id FROM identity_provider", &[])
+            .await?;
+        if !saved.is_some_and(|r| same(&r, &e.issuer)) {
+            drop(db);
+            return page(&ctx, &user, Some(&form), Some(SECRET_AGAIN.into()), false).await;
+        }
+    }
     // The provider is asked without holding a database connection.
-    let endpoints = match oidc::discover(ctx.idp(), &e.issuer).await {
-        Ok(p) => p,
+    let found = match oidc::discover(ctx.idp(), &e.issuer).await {
+        Ok(d) => d,
         Err(problem) => {
             return page(&ctx, &user, Some(&form), Some(problem.to_string()), false).await
         }
@@ -193,36 +205,83 @@ pub async fn save(ctx: TenantCtx, user: StaffUser, form: FormData) -> Result<Res
     let mut db = ctx.db().await?;
     let actor = user.actor();
     let tx = db.transaction().await?;
+    // Checked again under the row's lock: a change or removal meanwhile.
+    let saved = tx
+        .query_opt(
+            "SELECT issuer, client_id FROM identity_provider FOR UPDATE",
+            &[],
+        )
+        .await?;
+    let Some(secret) = sealed else {
+        if !saved.is_some_and(|r| same(&r, &e.issuer)) {
+            drop(tx);
+            drop(db);
+            return page(&ctx, &user, Some(&form), Some(SECRET_AGAIN.into()), false).await;
+        }
+        tx.execute(
+            "UPDATE identity_provider SET issuer = $1, authorization_endpoint = $2, token_endpoint = $3, jwks_uri = $4,
+                    token_auth = $5, scopes = $6, label = $7, updated_at = now(), updated_by = $8",
+            &[
+                &found.issuer,
+                &found.endpoints.authorization,
+                &found.endpoints.token,
+                &found.endpoints.jwks,
+                &found.endpoints.token_auth,
+                &e.scopes,
+                &e.label,
+                &actor.label(),
+            ],
+        )
+        .await?;
+        return finish(tx, &actor, &e, &found.issuer, false).await;
+    };
     tx.execute(
         "INSERT INTO identity_provider (issuer, authorization_endpoint, token_endpoint, jwks_uri, token_auth, client_id, client_secret, scopes, label, updated_by)
-         VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, ''::bytea), $8, $9, $10)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
          ON CONFLICT (id) DO UPDATE SET issuer = EXCLUDED.issuer, authorization_endpoint = EXCLUDED.authorization_endpoint,
            token_endpoint = EXCLUDED.token_endpoint, jwks_uri = EXCLUDED.jwks_uri, token_auth = EXCLUDED.token_auth,
-           client_id = EXCLUDED.client_id, client_secret = coalesce($7, identity_provider.client_secret),
+           client_id = EXCLUDED.client_id, client_secret = EXCLUDED.client_secret,
            scopes = EXCLUDED.scopes, label = EXCLUDED.label, updated_at = now(), updated_by = EXCLUDED.updated_by",
         &[
-            &e.issuer,
-            &endpoints.authorization,
-            &endpoints.token,
-            &endpoints.jwks,
-            &endpoints.token_auth,
+            &found.issuer,
+            &found.endpoints.authorization,
+            &found.endpoints.token,
+            &found.endpoints.jwks,
+            &found.endpoints.token_auth,
             &e.client_id,
-            &sealed,
+            &secret,
             &e.scopes,
             &e.label,
             &actor.label(),
         ],
     )
     .await?;
+    finish(tx, &actor, &e, &found.issuer, true).await
+}
+
+/// Ends a save: identities another issuer vouched for no longer count, and the
+/// change is logged (never the secret).
+async fn finish(
+    tx: deadpool_postgres::Transaction<'_>,
+    actor: &crate::tenant::audit::Actor,
+    e: &Entered,
+    issuer: &str,
+    secret_changed: bool,
+) -> Result<Response, AppError> {
+    tx.execute(
+        "DELETE FROM draft_identities WHERE issuer <> $1",
+        &[&issuer],
+    )
+    .await?;
     audit::append(
         &*tx,
-        &actor,
+        actor,
         "identity_provider.save",
-        &e.issuer,
+        issuer,
         serde_json::json!({
             "client_id": e.client_id,
             "scopes": e.scopes,
-            "secret_changed": e.secret.is_some(),
+            "secret_changed": secret_changed,
         }),
     )
     .await?;
@@ -240,6 +299,8 @@ pub async fn remove(ctx: TenantCtx, user: StaffUser, form: FormData) -> Result<R
         .query_opt("DELETE FROM identity_provider RETURNING issuer", &[])
         .await?
         .map(|r| r.get(0));
+    // Drafts verified through it can no longer be sent as verified.
+    tx.execute("DELETE FROM draft_identities", &[]).await?;
     if let Some(issuer) = issuer {
         audit::append(
             &*tx,

@@ -85,6 +85,14 @@ pub struct Verified {
     pub who: Identity,
 }
 
+impl Verified {
+    /// Names this verification on a confirmation page, so that a submit from a page
+    /// drawn before another tab verified someone else is told apart.
+    pub fn stamp(&self) -> String {
+        self.at.unix_timestamp_nanos().to_string()
+    }
+}
+
 fn seal(cipher: &FieldCipher, table: &str, row: Uuid, who: &Identity) -> Result<Vec<u8>, AppError> {
     let plain = Zeroizing::new(serde_json::to_vec(who).map_err(|e| AppError::Internal(e.into()))?);
     let row = row.to_string();
@@ -134,7 +142,8 @@ async fn read(
     }
 }
 
-/// The identity verified for a draft, if any.
+/// The identity verified for a draft by the provider set now, if any: one that a
+/// provider since removed or replaced vouched for does not count.
 pub async fn of_draft(
     ctx: &TenantCtx,
     db: &impl GenericClient,
@@ -144,7 +153,8 @@ pub async fn of_draft(
         ctx,
         db,
         "draft_identities",
-        "SELECT issuer, claims, verified_at FROM draft_identities WHERE draft_id = $1",
+        "SELECT i.issuer, i.claims, i.verified_at FROM draft_identities i
+           JOIN identity_provider p ON p.issuer = i.issuer WHERE i.draft_id = $1",
         draft,
     )
     .await

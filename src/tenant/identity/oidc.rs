@@ -4,9 +4,11 @@
 //! the provider's JWKS, issuer, audience, expiry, nonce).
 //!
 //! Every call to the provider is HTTPS only (the system's CA certificates and an
-//! optional private CA), follows no redirects, takes at most [`TIMEOUT`] and reads at
+//! optional private CA), goes only to public addresses unless the operator allows
+//! private networks, follows no redirects, takes at most [`TIMEOUT`] and reads at
 //! most [`BODY_LIMIT`] bytes.
 
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,10 +54,112 @@ pub enum Problem {
     TokenRefused(String),
     #[error("IDトークンを確認できませんでした（{0}）")]
     Token(&'static str),
+    #[error("本人確認サービスのアドレスがインターネット上のものではありません（LGWAN など内部のネットワークにある本人確認サービスは、運用者が許可した場合にだけ使えます）")]
+    Private,
+}
+
+/// Text from the provider, cut to `n` characters (never inside one).
+fn clip(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// Whether an address is on the internet: not loopback, private, link-local (cloud
+/// metadata services among them), shared (100.64/10), reserved, documentation,
+/// multicast or unspecified; IPv6 unique-local, link-local, NAT64 and IPv4-mapped
+/// addresses judged as such.
+pub fn public_address(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(a) => {
+            let [o0, o1, o2, _] = a.octets();
+            !(a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || a.is_broadcast()
+                || a.is_documentation()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || o0 == 0
+                || o0 >= 240
+                || (o0 == 100 && (o1 & 0xc0) == 64)
+                || (o0 == 192 && o1 == 0 && o2 == 0)
+                || (o0 == 198 && (o1 & 0xfe) == 18))
+        }
+        IpAddr::V6(a) => {
+            if let Some(v4) = a.to_ipv4_mapped() {
+                return public_address(IpAddr::V4(v4));
+            }
+            let s = a.segments();
+            !(a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || (s[0] == 0x2001 && s[1] == 0x0db8)
+                || (s[0] == 0x0064 && s[1] == 0xff9b))
+        }
+    }
+}
+
+/// Resolves host names to their public addresses only.
+struct PublicOnly;
+
+impl reqwest::dns::Resolve for PublicOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_owned();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
+                .await?
+                .filter(|a| public_address(a.ip()))
+                .collect();
+            if addrs.is_empty() {
+                return Err("no public address".into());
+            }
+            let addrs: reqwest::dns::Addrs = Box::new(addrs.into_iter());
+            Ok(addrs)
+        })
+    }
+}
+
+/// The way to identity providers: an HTTPS client, and whether private networks
+/// may be reached (the operator's `identity_allow_private_networks`).
+#[derive(Clone)]
+pub struct Idp {
+    http: reqwest::Client,
+    allow_private: bool,
+}
+
+impl Idp {
+    pub fn new(extra_ca: Option<&Path>, allow_private: bool) -> anyhow::Result<Self> {
+        Ok(Self {
+            http: http_client(extra_ca, allow_private)?,
+            allow_private,
+        })
+    }
+
+    /// An https URL this client may call: a host name (resolved to public addresses
+    /// unless private networks are allowed) or an address allowed as it stands.
+    fn check(&self, url: &str, what: &str) -> Result<reqwest::Url, Problem> {
+        let u = reqwest::Url::parse(url)
+            .ok()
+            .filter(|u| u.scheme() == "https")
+            .ok_or_else(|| {
+                Problem::BadResponse(format!("{what} が https の URL ではありません"))
+            })?;
+        let literal = match u.host() {
+            Some(url::Host::Ipv4(a)) => Some(IpAddr::V4(a)),
+            Some(url::Host::Ipv6(a)) => Some(IpAddr::V6(a)),
+            Some(url::Host::Domain(_)) => None,
+            None => return Err(Problem::BadResponse(format!("{what} にホストがありません"))),
+        };
+        if literal.is_some_and(|ip| !public_address(ip)) && !self.allow_private {
+            return Err(Problem::Private);
+        }
+        Ok(u)
+    }
 }
 
 /// The HTTP client for identity providers.
-pub fn http_client(extra_ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
+fn http_client(extra_ca: Option<&Path>, allow_private: bool) -> anyhow::Result<reqwest::Client> {
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls_native_certs::load_native_certs().certs {
         // A certificate the store cannot parse is skipped, as browsers do.
@@ -78,8 +182,11 @@ pub fn http_client(extra_ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
     .with_safe_default_protocol_versions()?
     .with_root_certificates(roots)
     .with_no_client_auth();
-    Ok(reqwest::Client::builder()
-        .use_preconfigured_tls(tls)
+    let mut b = reqwest::Client::builder();
+    if !allow_private {
+        b = b.dns_resolver(Arc::new(PublicOnly));
+    }
+    Ok(b.use_preconfigured_tls(tls)
         .https_only(true)
         .redirect(reqwest::redirect::Policy::none())
         .timeout(TIMEOUT)
@@ -88,8 +195,8 @@ pub fn http_client(extra_ca: Option<&Path>) -> anyhow::Result<reqwest::Client> {
         .build()?)
 }
 
-/// An issuer as entered: an https URL without query or fragment, without a trailing
-/// slash (as providers write it in their tokens).
+/// An issuer as entered: an https URL without query, fragment or credentials, with
+/// no trailing slash (the discovery document says how the provider writes it).
 pub fn issuer_url(entered: &str) -> Result<String, Problem> {
     let s = entered.trim().trim_end_matches('/');
     let url = url::Url::parse(s).map_err(|_| Problem::IssuerUrl)?;
@@ -98,6 +205,7 @@ pub fn issuer_url(entered: &str) -> Result<String, Problem> {
         || url.query().is_some()
         || url.fragment().is_some()
         || !url.username().is_empty()
+        || url.password().is_some()
     {
         return Err(Problem::IssuerUrl);
     }
@@ -126,6 +234,14 @@ struct Discovery {
     code_challenge_methods_supported: Vec<String>,
 }
 
+/// What discovery found: the issuer exactly as the provider writes it (tokens must
+/// name it so) and its endpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovered {
+    pub issuer: String,
+    pub endpoints: Endpoints,
+}
+
 async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, Problem> {
     let mut body = Vec::new();
     while let Some(chunk) = resp
@@ -152,17 +268,18 @@ fn short(e: reqwest::Error) -> String {
     } else if e.is_connect() {
         "接続できません".into()
     } else {
-        let mut s = e.to_string();
-        s.truncate(200);
-        s
+        clip(&e.to_string(), 200)
     }
 }
 
 async fn get_json<T: serde::de::DeserializeOwned>(
-    http: &reqwest::Client,
+    idp: &Idp,
     url: &str,
+    what: &str,
 ) -> Result<T, Problem> {
-    let resp = http
+    let url = idp.check(url, what)?;
+    let resp = idp
+        .http
         .get(url)
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
@@ -178,26 +295,24 @@ async fn get_json<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&body).map_err(|e| Problem::BadResponse(format!("JSON: {e}")))
 }
 
-fn https(url: &str, what: &str) -> Result<(), Problem> {
-    match url::Url::parse(url) {
-        Ok(u) if u.scheme() == "https" && u.host_str().is_some() => Ok(()),
-        _ => Err(Problem::BadResponse(format!(
-            "{what} が https の URL ではありません"
-        ))),
-    }
-}
-
 /// Reads `{issuer}/.well-known/openid-configuration` and checks it names this issuer,
-/// https endpoints, and PKCE with S256 where it says which methods it takes.
-pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Endpoints, Problem> {
-    let d: Discovery =
-        get_json(http, &format!("{issuer}/.well-known/openid-configuration")).await?;
+/// https endpoints this client may reach, and PKCE with S256 where it says which
+/// methods it takes.
+pub async fn discover(idp: &Idp, issuer: &str) -> Result<Discovered, Problem> {
+    let d: Discovery = get_json(
+        idp,
+        &format!("{issuer}/.well-known/openid-configuration"),
+        "issuer",
+    )
+    .await?;
     if d.issuer.trim_end_matches('/') != issuer {
-        return Err(Problem::IssuerMismatch { found: d.issuer });
+        return Err(Problem::IssuerMismatch {
+            found: clip(&d.issuer, 200),
+        });
     }
-    https(&d.authorization_endpoint, "authorization_endpoint")?;
-    https(&d.token_endpoint, "token_endpoint")?;
-    https(&d.jwks_uri, "jwks_uri")?;
+    idp.check(&d.authorization_endpoint, "authorization_endpoint")?;
+    idp.check(&d.token_endpoint, "token_endpoint")?;
+    idp.check(&d.jwks_uri, "jwks_uri")?;
     if !d.code_challenge_methods_supported.is_empty()
         && !d
             .code_challenge_methods_supported
@@ -218,11 +333,14 @@ pub async fn discover(http: &reqwest::Client, issuer: &str) -> Result<Endpoints,
             "client_secret_basic にも client_secret_post にも対応していません".into(),
         ));
     };
-    Ok(Endpoints {
-        authorization: d.authorization_endpoint,
-        token: d.token_endpoint,
-        jwks: d.jwks_uri,
-        token_auth: token_auth.into(),
+    Ok(Discovered {
+        issuer: d.issuer,
+        endpoints: Endpoints {
+            authorization: d.authorization_endpoint,
+            token: d.token_endpoint,
+            jwks: d.jwks_uri,
+            token_auth: token_auth.into(),
+        },
     })
 }
 
@@ -291,7 +409,7 @@ struct TokenResponse {
 
 /// Exchanges the code for the ID token.
 pub async fn exchange(
-    http: &reqwest::Client,
+    idp: &Idp,
     p: &Provider,
     code: &str,
     verifier: &str,
@@ -310,8 +428,10 @@ pub async fn exchange(
         }
         Zeroizing::new(form.finish())
     };
-    let mut req = http
-        .post(&p.endpoints.token)
+    let url = idp.check(&p.endpoints.token, "token_endpoint")?;
+    let mut req = idp
+        .http
+        .post(url)
         .header(reqwest::header::ACCEPT, "application/json")
         .header(
             reqwest::header::CONTENT_TYPE,
@@ -325,10 +445,15 @@ pub async fn exchange(
             "Basic {}",
             base64::engine::general_purpose::STANDARD.encode(basic.as_bytes())
         ));
-        req = req.header(reqwest::header::AUTHORIZATION, value.as_str());
+        let mut header = reqwest::header::HeaderValue::from_str(&value)
+            .map_err(|_| Problem::BadResponse("client_id".into()))?;
+        header.set_sensitive(true);
+        req = req.header(reqwest::header::AUTHORIZATION, header);
     }
+    // The request takes the body itself: no copy of the secret is left here.
+    let mut body = body;
     let resp = req
-        .body(body.to_string())
+        .body(std::mem::take(&mut *body))
         .send()
         .await
         .map_err(|e| Problem::Unreachable(short(e)))?;
@@ -337,9 +462,7 @@ pub async fn exchange(
     let t: TokenResponse = serde_json::from_slice(&bytes)
         .map_err(|_| Problem::BadResponse(format!("HTTP {}", status.as_u16())))?;
     if let Some(e) = t.error {
-        let mut e = e;
-        e.truncate(100);
-        return Err(Problem::TokenRefused(e));
+        return Err(Problem::TokenRefused(clip(&e, 100)));
     }
     if !status.is_success() {
         return Err(Problem::TokenRefused(format!("HTTP {}", status.as_u16())));
@@ -349,11 +472,8 @@ pub async fn exchange(
 }
 
 /// The provider's signing keys.
-pub async fn keys(
-    http: &reqwest::Client,
-    p: &Provider,
-) -> Result<jsonwebtoken::jwk::JwkSet, Problem> {
-    get_json(http, &p.endpoints.jwks).await
+pub async fn keys(idp: &Idp, p: &Provider) -> Result<jsonwebtoken::jwk::JwkSet, Problem> {
+    get_json(idp, &p.endpoints.jwks, "jwks_uri").await
 }
 
 /// Who the provider says the citizen is: what is kept with the application.
@@ -377,6 +497,10 @@ pub struct Identity {
 
 #[derive(Deserialize)]
 struct TokenClaims {
+    // One issuer, as a string (jsonwebtoken would take a list too).
+    #[allow(dead_code)]
+    iss: String,
+    iat: Option<i64>,
     sub: String,
     aud: serde_json::Value,
     azp: Option<String>,
@@ -415,6 +539,25 @@ pub fn verify(
         None => None,
     }
     .ok_or(Problem::Token("署名の鍵"))?;
+    // A key the provider marks for encryption, or for another algorithm, is not used.
+    use jsonwebtoken::jwk::{KeyAlgorithm as KA, PublicKeyUse};
+    let for_signing = jwk
+        .common
+        .public_key_use
+        .as_ref()
+        .is_none_or(|u| *u == PublicKeyUse::Signature);
+    let for_this_alg = jwk.common.key_algorithm.is_none_or(|k| {
+        matches!(
+            (k, header.alg),
+            (KA::RS256, Algorithm::RS256)
+                | (KA::PS256, Algorithm::PS256)
+                | (KA::ES256, Algorithm::ES256)
+                | (KA::EdDSA, Algorithm::EdDSA)
+        )
+    });
+    if !for_signing || !for_this_alg {
+        return Err(Problem::Token("署名の鍵"));
+    }
     let key = DecodingKey::from_jwk(jwk).map_err(|_| Problem::Token("署名の鍵"))?;
     let mut v = Validation::new(header.alg);
     v.set_issuer(&[issuer]);
@@ -434,9 +577,21 @@ pub fn verify(
         })
     })?;
     let c = data.claims;
-    // More than one audience: the token must have been issued to us (azp).
-    if c.aud.as_array().is_some_and(|a| a.len() > 1) && c.azp.as_deref() != Some(client_id) {
+    // More than one audience: the token must have been issued to us (azp); an azp
+    // given must name us in any case.
+    if (c.aud.as_array().is_some_and(|a| a.len() > 1) && c.azp.is_none())
+        || c.azp.as_deref().is_some_and(|azp| azp != client_id)
+    {
         return Err(Problem::Token("宛先"));
+    }
+    // Issued for this request: not in the future, not before the request could have
+    // started (jsonwebtoken does not check iat).
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    let leeway = i64::try_from(LEEWAY_SECS).unwrap_or(60);
+    let oldest = now - i64::from(super::REQUEST_MINUTES) * 60 - leeway;
+    match c.iat {
+        Some(iat) if (oldest..=now + leeway).contains(&iat) => {}
+        _ => return Err(Problem::Token("発行時刻")),
     }
     match c.nonce {
         Some(n) if crate::tenant::http::same_secret(&n, nonce) => {}
@@ -575,9 +730,49 @@ mod tests {
                 "nonce",
             ),
             ("no nonce", with("nonce", serde_json::Value::Null), "nonce"),
+            (
+                "issued in the future",
+                with("iat", serde_json::json!(now() + 600)),
+                "発行時刻",
+            ),
+            (
+                "issued long ago",
+                with("iat", serde_json::json!(now() - 3600)),
+                "発行時刻",
+            ),
+            ("no iat", with("iat", serde_json::Value::Null), "発行時刻"),
+            (
+                "azp naming another client",
+                with("azp", serde_json::json!("other")),
+                "宛先",
+            ),
+            (
+                "a list of issuers",
+                with("iss", serde_json::json!([ISSUER, "https://evil.example"])),
+                "形式",
+            ),
         ];
         for (what, token, why) in cases {
             assert_eq!(check(&token), Err(Problem::Token(why)), "{what}");
+        }
+        // A key the provider marks for encryption, or for another algorithm, is not
+        // used even if it would verify.
+        for (field, value) in [("use", "enc"), ("alg", "RS256")] {
+            let mut marked = serde_json::to_value(&s.jwks).unwrap_or_default();
+            marked["keys"][0][field] = serde_json::json!(value);
+            let marked: jsonwebtoken::jwk::JwkSet =
+                serde_json::from_value(marked).unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(
+                verify(
+                    &sign(&s, Some("k1"), &good),
+                    &marked,
+                    ISSUER,
+                    "city-client",
+                    "n-123"
+                ),
+                Err(Problem::Token("署名の鍵")),
+                "{field}: {value}"
+            );
         }
         // Unsigned (alg none) and HMAC with the public key as secret are refused.
         let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
@@ -616,10 +811,79 @@ mod tests {
             "https://idp.example.jp/?x=1",
             "idp.example.jp",
             "https://u:p@idp.example.jp",
+            "https://:p@idp.example.jp",
             "",
         ] {
             assert_eq!(issuer_url(bad), Err(Problem::IssuerUrl), "{bad}");
         }
+    }
+
+    #[test]
+    fn only_internet_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "255.255.255.255",
+            "192.0.0.8",
+            "198.18.0.1",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:10.0.0.1",
+            "64:ff9b::a00:1",
+            "2001:db8::1",
+        ] {
+            let ip: IpAddr = private.parse().unwrap_or_else(|e| panic!("{e}"));
+            assert!(!public_address(ip), "{private}");
+        }
+        for public in ["8.8.8.8", "133.1.2.3", "2400:4050::1", "::ffff:8.8.8.8"] {
+            let ip: IpAddr = public.parse().unwrap_or_else(|e| panic!("{e}"));
+            assert!(public_address(ip), "{public}");
+        }
+    }
+
+    #[test]
+    fn private_addresses_are_refused_unless_allowed() {
+        let strict = Idp::new(None, false).unwrap_or_else(|e| panic!("{e}"));
+        let open = Idp::new(None, true).unwrap_or_else(|e| panic!("{e}"));
+        for url in [
+            "https://127.0.0.1:8443/token",
+            "https://[::1]/jwks",
+            "https://169.254.169.254/",
+        ] {
+            assert_eq!(
+                strict.check(url, "x").err(),
+                Some(Problem::Private),
+                "{url}"
+            );
+            assert!(open.check(url, "x").is_ok(), "{url}");
+        }
+        assert!(strict.check("https://idp.example.jp/token", "x").is_ok());
+        assert!(matches!(
+            strict.check("http://idp.example.jp/", "x"),
+            Err(Problem::BadResponse(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn host_names_resolve_to_public_addresses_only() {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(
+            PublicOnly.resolve(name).await.is_err(),
+            "localhost is not public"
+        );
+    }
+
+    #[test]
+    fn provider_text_is_cut_between_characters() {
+        assert_eq!(clip("あいうえお", 3), "あいう");
+        assert_eq!(clip("ab", 5), "ab");
     }
 
     #[test]

@@ -1030,12 +1030,14 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         Command::PlatformKey => {
             println!(
                 "{}",
-                madoguchi::control::keys::platform_signer(&p.settings.state_dir)?.verifier_key()
+                madoguchi::control::keys::platform_signer(&p)
+                    .await?
+                    .verifier_key()
             );
             Ok(ExitCode::SUCCESS)
         }
         Command::Tlog(cmd) => {
-            let signer = madoguchi::control::keys::log_signer(&p.settings.state_dir)?;
+            let signer = madoguchi::control::keys::log_signer(&p).await?;
             let leaves = p.catalog.tlog_leaves().await?;
             match cmd {
                 TlogCmd::Key => println!("{}", signer.verifier_key()),

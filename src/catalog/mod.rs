@@ -453,6 +453,14 @@ impl Catalog {
     }
 
     /// Every leaf hash of the transparency log, in order.
+    /// How many entries the erasure log holds.
+    pub async fn tlog_size(&self) -> anyhow::Result<i64> {
+        let c = self.client().await?;
+        Ok(c.query_one("SELECT count(*) FROM tlog_entries", &[])
+            .await?
+            .get(0))
+    }
+
     pub async fn tlog_leaves(&self) -> anyhow::Result<Vec<crate::crypto::tlog::Hash>> {
         let c = self.client().await?;
         let rows = c

@@ -910,8 +910,8 @@ pub async fn execute(
     let finished = now();
 
     // The certificate.
-    let log = log_signer(&p.settings.state_dir)?;
-    let platform = platform_signer(&p.settings.state_dir)?;
+    let log = log_signer(p).await?;
+    let platform = platform_signer(p).await?;
     let mut sanitized_by = request.requested_by.clone();
     sanitized_by.date = request.requested_at.clone();
     let mut verified_by = verifier;
@@ -1047,7 +1047,7 @@ pub async fn issue(
         .await?
         .get(0);
     drop(c);
-    let platform = platform_signer(&p.settings.state_dir)?;
+    let platform = platform_signer(p).await?;
     let signed = Signed {
         signatures: Signatures {
             sanitizer: B64.encode(&sanitizer_sig),
@@ -1195,7 +1195,7 @@ pub async fn export_certificate(
     let signed: Signed = serde_json::from_str(row.get::<_, &str>(0))?;
     let seq = usize::try_from(row.get::<_, i64>(1))?;
     let leaves = p.catalog.tlog_leaves().await?;
-    let log = log_signer(&p.settings.state_dir)?;
+    let log = log_signer(p).await?;
     let mut since = since.to_vec();
     // The tree just before this entry: shows the entry was appended, nothing rewritten.
     if seq > 0 {

@@ -52,13 +52,35 @@ pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 /// The platform key (co-signs certificates): `DIR/platform.key`.
-pub fn platform_signer(state_dir: &Path) -> anyhow::Result<NoteSigner> {
-    load_signer(&state_dir.join("platform.key"), "madoguchi-platform", true)
+pub async fn platform_signer(p: &crate::platform::Platform) -> anyhow::Result<NoteSigner> {
+    first_or_kept(p, "platform.key", "madoguchi-platform").await
 }
 
 /// The log key (signs checkpoints): `DIR/tlog.key`; its name is the log's origin.
-pub fn log_signer(state_dir: &Path) -> anyhow::Result<NoteSigner> {
-    load_signer(&state_dir.join("tlog.key"), "madoguchi.erasure-log", true)
+pub async fn log_signer(p: &crate::platform::Platform) -> anyhow::Result<NoteSigner> {
+    first_or_kept(p, "tlog.key", "madoguchi.erasure-log").await
+}
+
+/// A platform signing key, made on first use only while the erasure log is empty.
+/// Once anything was signed (the first erasure signs with both keys), a missing file
+/// is refused: a new key would leave every certificate and checkpoint handed out
+/// unverifiable against the public key municipalities and auditors keep.
+async fn first_or_kept(
+    p: &crate::platform::Platform,
+    file: &str,
+    name: &str,
+) -> anyhow::Result<NoteSigner> {
+    let path = p.settings.state_dir.join(file);
+    if !path.exists() {
+        let signed = p.catalog.tlog_size().await?;
+        if signed > 0 {
+            bail!(
+                "{path} がありません。消去の記録（{signed}件）はこの鍵で署名されています。保管先から鍵を戻してください（新しい鍵を作ると、これまでの証明書とチェックポイントを検証できなくなります） / {path} is missing, but {signed} erasure-log entries were signed with it: restore it from escrow (a new key would leave every certificate and checkpoint unverifiable)",
+                path = path.display()
+            );
+        }
+    }
+    load_signer(&path, name, true)
 }
 
 /// An operator's public key line: `ID ed25519 BASE64`.

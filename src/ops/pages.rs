@@ -784,7 +784,7 @@ pub async fn certificate(
 pub async fn checkpoint(State(s): State<OpsState>, _op: Operator) -> Result<Response, AppError> {
     let p = &s.platform;
     let leaves = p.catalog.tlog_leaves().await?;
-    let log = crate::control::keys::log_signer(&p.settings.state_dir)?;
+    let log = crate::control::keys::log_signer(p).await?;
     let text = crate::crypto::note::checkpoint_text(
         log.name(),
         leaves.len() as u64,

@@ -671,6 +671,26 @@ fn operators_platform_key_and_transparency_log() {
         out.contains("NOT VERIFIED") && out.contains("FAIL"),
         "{out}"
     );
+    // Once something is signed, a missing key file is refused, not replaced by a new
+    // key that would leave the certificate unverifiable; put back, it works again.
+    for (file, cmd) in [("platform.key", "platform-key"), ("tlog.key", "tlog")] {
+        let kept = dir.join(format!("{file}.kept"));
+        std::fs::rename(dir.join(file), &kept).unwrap();
+        let args: &[&str] = if cmd == "tlog" {
+            &["tlog", "key"]
+        } else {
+            &[cmd]
+        };
+        let (ok, _, err) = madoguchi(dir, args);
+        assert!(
+            !ok && err.contains("restore it from escrow"),
+            "{file}: {err}"
+        );
+        assert!(!dir.join(file).exists(), "{file} was made anew");
+        std::fs::rename(&kept, dir.join(file)).unwrap();
+    }
+    let (ok, key3, _) = madoguchi(dir, &["platform-key"]);
+    assert!(ok && key3 == key1);
     let (ok, out, _) = madoguchi(dir, &["cert", "list"]);
     assert!(
         ok && out.contains("yubari") && out.contains("sato / suzuki"),

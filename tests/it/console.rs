@@ -329,7 +329,8 @@ async fn operators_and_auditors_on_the_console() {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("attachment")));
     let file = r.text().await.unwrap();
-    let platform_key = madoguchi::control::keys::platform_signer(env.state.path())
+    let platform_key = madoguchi::control::keys::platform_signer(&env.platform)
+        .await
         .unwrap()
         .verifier_key();
     let checkpoint = get(&k, &ops_url(&server, "/checkpoint")).await.2;

@@ -407,7 +407,7 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
     server.shutdown().await;
 
     // Offline verification.
-    let platform_key = platform_signer(env.state.path()).unwrap().verifier_key();
+    let platform_key = platform_signer(&env.platform).await.unwrap().verifier_key();
     let text = std::fs::read_to_string(&path).unwrap();
     let trust = Trust {
         platform_key: &platform_key,

@@ -479,7 +479,9 @@ impl Catalog {
 /// Figures for monitoring, read at each scrape.
 #[derive(Debug, Default)]
 pub struct ControlFigures {
-    /// (slug, unix time of the newest backup, 0 if none) per active tenant.
+    /// (slug, unix time of the newest backup) per active or suspended tenant; before
+    /// its first backup, when it was provisioned (the catalog: its first tenant's),
+    /// so a new tenant is not taken for one whose backups stopped long ago.
     pub backups: Vec<(String, i64)>,
     /// (slug, ok, seconds) of each tenant's latest drill.
     pub drills: Vec<(String, bool, f64)>,
@@ -494,12 +496,12 @@ impl Catalog {
         let c = self.client().await?;
         let backups = c
             .query(
-                "SELECT t.slug, coalesce(extract(epoch FROM max(b.created_at))::bigint, 0) FROM tenants t
-                   LEFT JOIN backups b ON b.tenant_id = t.id WHERE t.state IN ('active', 'suspended') GROUP BY t.slug
+                "SELECT t.slug, extract(epoch FROM coalesce(max(b.created_at), t.created_at))::bigint FROM tenants t
+                   LEFT JOIN backups b ON b.tenant_id = t.id WHERE t.state IN ('active', 'suspended') GROUP BY t.slug, t.created_at
                  UNION ALL
                  -- The catalog's own backups (they hold the wrapped keys every tenant
                  -- backup needs), under the name they are filed by.
-                 SELECT $1, coalesce(extract(epoch FROM max(created_at))::bigint, 0)
+                 SELECT $1, extract(epoch FROM coalesce(max(created_at), (SELECT min(created_at) FROM tenants), now()))::bigint
                    FROM backups WHERE tenant_id IS NULL",
                 &[&crate::control::backup::CATALOG],
             )

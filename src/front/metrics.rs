@@ -155,7 +155,7 @@ impl Metrics {
         );
         registry.register(
             "backup_last_success_timestamp_seconds",
-            "Unix time of each active or suspended tenant's newest backup (0: none yet)",
+            "Unix time of each active or suspended tenant's newest backup (before the first: when it was provisioned)",
             backup_last.clone(),
         );
         registry.register(

@@ -330,6 +330,16 @@ enum TenantCmd {
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
     },
+    /// Incident response: revoke every valid API token of a tenant (also while it is
+    /// suspended); prints how many.
+    RevokeApiTokens { slug: String },
+    /// Incident response: disable a staff account, end its sessions and unused setup
+    /// links (also while the tenant is suspended, and an administrator's too).
+    DisableStaff {
+        slug: String,
+        #[arg(long)]
+        email: String,
+    },
     /// Import a form definition (madoguchi.form/1 JSON) and print its public path.
     ImportForm {
         slug: String,
@@ -1030,14 +1040,14 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         Command::PlatformKey => {
             println!(
                 "{}",
-                madoguchi::control::keys::platform_signer(&p)
+                madoguchi::control::keys::platform_signer(p)
                     .await?
                     .verifier_key()
             );
             Ok(ExitCode::SUCCESS)
         }
         Command::Tlog(cmd) => {
-            let signer = madoguchi::control::keys::log_signer(&p).await?;
+            let signer = madoguchi::control::keys::log_signer(p).await?;
             let leaves = p.catalog.tlog_leaves().await?;
             match cmd {
                 TlogCmd::Key => println!("{}", signer.verifier_key()),
@@ -1379,6 +1389,45 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 "API token {name:?} for {slug} ({}); it is not shown again",
                 scopes.join(", ")
             );
+        }
+        TenantCmd::RevokeApiTokens { slug } => {
+            let rec =
+                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
+                    format!("テナント「{slug}」はありません / no tenant {slug}")
+                })?;
+            let n = madoguchi::control::tenant_admin::revoke_api_tokens(p, &rec).await?;
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "tenant.revoke_api_tokens",
+                &slug,
+                serde_json::json!({ "revoked": n }),
+            )
+            .await?;
+            println!("{n}");
+            eprintln!("{slug}: APIトークンを{n}件失効させました / {n} API tokens revoked");
+        }
+        TenantCmd::DisableStaff { slug, email } => {
+            let rec =
+                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
+                    format!("テナント「{slug}」はありません / no tenant {slug}")
+                })?;
+            let done = madoguchi::control::tenant_admin::disable_staff(p, &rec, &email).await?;
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "tenant.disable_staff",
+                &slug,
+                serde_json::json!({ "email": email, "changed": done.changed }),
+            )
+            .await?;
+            println!(
+                "{slug}: {email} を無効にし、ログイン中のセッションを終了しました / disabled, sessions ended{}",
+                if done.changed { "" } else { " (already disabled)" }
+            );
+            if done.admins_left == 0 {
+                eprintln!("{slug}: 有効な管理者がいません。`tenant add-staff {slug} --email …` で作成してください / no administrator left: make one with `tenant add-staff`");
+            }
         }
         TenantCmd::ImportForm {
             slug,

@@ -96,6 +96,106 @@ pub async fn reset_access(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()
     Ok(())
 }
 
+/// Incident response: revokes every API token still valid (the integrations stop
+/// until the municipality's administrator issues new ones), each logged in the
+/// tenant's operation log. Works on a suspended tenant. Returns how many.
+pub async fn revoke_api_tokens(p: &Platform, rec: &TenantRecord) -> anyhow::Result<usize> {
+    let mut conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let tx = conn.client.transaction().await?;
+    let revoked = tx
+        .query(
+            "UPDATE api_tokens SET revoked_at = now() WHERE revoked_at IS NULL RETURNING id, name",
+            &[],
+        )
+        .await?;
+    for r in &revoked {
+        let (id, name): (i64, String) = (r.get(0), r.get(1));
+        crate::tenant::audit::append(
+            &tx,
+            &Actor::Operator,
+            "api_token.revoke",
+            &id.to_string(),
+            serde_json::json!({ "name": name, "incident": true }),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    }
+    tx.commit().await?;
+    Ok(revoked.len())
+}
+
+/// What disabling a staff account found.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Disabled {
+    /// It was enabled until now.
+    pub changed: bool,
+    /// Administrators still enabled: none means `add-staff` must make one.
+    pub admins_left: i64,
+}
+
+/// Incident response: disables a staff account, ends its sessions and its unused
+/// setup links (an administrator's too, even the last: `add-staff` makes a new one).
+/// Works on a suspended tenant.
+pub async fn disable_staff(
+    p: &Platform,
+    rec: &TenantRecord,
+    email: &str,
+) -> anyhow::Result<Disabled> {
+    let mut conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let tx = conn.client.transaction().await?;
+    let email = email.trim().to_lowercase();
+    let Some(row) = tx
+        .query_opt(
+            "SELECT id, disabled FROM staff WHERE email = $1 FOR UPDATE",
+            &[&email],
+        )
+        .await?
+    else {
+        anyhow::bail!("職員 {email} はいません / no staff account {email}");
+    };
+    let (id, was): (i64, bool) = (row.get(0), row.get(1));
+    tx.execute(
+        "UPDATE staff SET disabled = true, updated_at = now() WHERE id = $1",
+        &[&id],
+    )
+    .await?;
+    tx.execute("DELETE FROM staff_sessions WHERE staff_id = $1", &[&id])
+        .await?;
+    tx.execute(
+        "UPDATE staff_setup_tokens SET expires_at = least(expires_at, now())
+          WHERE staff_id = $1 AND used_at IS NULL",
+        &[&id],
+    )
+    .await?;
+    crate::tenant::audit::append(
+        &tx,
+        &Actor::Operator,
+        "staff.update",
+        &id.to_string(),
+        serde_json::json!({ "disabled": true, "incident": true }),
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
+    let admins_left: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM staff WHERE role = 'admin' AND NOT disabled",
+            &[],
+        )
+        .await?
+        .get(0);
+    tx.commit().await?;
+    Ok(Disabled {
+        changed: !was,
+        admins_left,
+    })
+}
+
 fn describe(e: crate::error::AppError) -> String {
     match e {
         crate::error::AppError::BadRequest(m) => m,

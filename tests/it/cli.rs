@@ -329,6 +329,64 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
     psql(&format!(
         "ALTER ROLE \"{role}\" SET default_transaction_read_only = on"
     ));
+    // Incident response works on the suspended tenant: its API tokens revoked, a
+    // staff account disabled (the last administrator too, with a word on it).
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "api-token",
+            "sapporo",
+            "--name",
+            "基幹連携",
+            "--scopes",
+            "forms:read",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = madoguchi(dir, &["tenant", "revoke-api-tokens", "sapporo"]);
+    assert!(ok && out.trim() == "1", "{out}{err}");
+    let (ok, out, _) = madoguchi(dir, &["tenant", "revoke-api-tokens", "sapporo"]);
+    assert!(ok && out.trim() == "0", "{out}");
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "add-staff",
+            "sapporo",
+            "--email",
+            "kanri@city.example.jp",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "disable-staff",
+            "sapporo",
+            "--email",
+            "kanri@city.example.jp",
+        ],
+    );
+    assert!(ok && out.contains("disabled, sessions ended"), "{out}{err}");
+    assert!(err.contains("no administrator left"), "{err}");
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "disable-staff",
+            "sapporo",
+            "--email",
+            "nobody@city.example.jp",
+        ],
+    );
+    assert!(!ok && err.contains("no staff account"), "{err}");
+    let (ok, out, _) = madoguchi(dir, &["ops-log", "show"]);
+    assert!(
+        ok && out.contains("tenant.revoke_api_tokens") && out.contains("tenant.disable_staff"),
+        "{out}"
+    );
     let (ok, _, _) = madoguchi(dir, &["tenant", "resume", "sapporo"]);
     assert!(ok);
     assert_eq!(serving.wait_for("sapporo.localhost", 200), 200);

@@ -20,6 +20,7 @@ mod faults;
 mod forms;
 mod help;
 mod identity;
+mod incident;
 mod isolation;
 mod mail;
 mod plans;

@@ -167,12 +167,9 @@ pub async fn disable_staff(
     .await?;
     tx.execute("DELETE FROM staff_sessions WHERE staff_id = $1", &[&id])
         .await?;
-    tx.execute(
-        "UPDATE staff_setup_tokens SET expires_at = least(expires_at, now())
-          WHERE staff_id = $1 AND used_at IS NULL",
-        &[&id],
-    )
-    .await?;
+    crate::tenant::staff::pages::void_setup_links(&tx, id)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     crate::tenant::audit::append(
         &tx,
         &Actor::Operator,

@@ -109,7 +109,7 @@ pub async fn new_setup_token(
 }
 
 /// Ends every setup link of `staff_id` not yet used.
-async fn void_setup_links(
+pub(crate) async fn void_setup_links(
     db: &impl tokio_postgres::GenericClient,
     staff_id: i64,
 ) -> Result<(), AppError> {

@@ -392,6 +392,10 @@ enum BackupCmd {
         into: String,
         #[arg(long = "host", required = true, num_args = 1..)]
         hosts: Vec<String>,
+        /// Leave the copy suspended (503 on its hosts until `tenant resume`): a copy
+        /// to examine, not to serve.
+        #[arg(long)]
+        suspended: bool,
     },
     /// Decrypt a backup file (path under DIR/backups) to a pg_dump archive, checking every byte.
     Decrypt {
@@ -908,10 +912,23 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                         ExitCode::FAILURE
                     })
                 }
-                BackupCmd::Restore { file, into, hosts } => {
+                BackupCmd::Restore {
+                    file,
+                    into,
+                    hosts,
+                    suspended,
+                } => {
+                    use madoguchi::catalog::TenantState;
+                    let state = if suspended {
+                        TenantState::Suspended
+                    } else {
+                        TenantState::Active
+                    };
                     let rec = with_spinner(
                         &format!("restore into {into}"),
-                        madoguchi::control::backup::restore(p, &store, &file, &into, &hosts),
+                        madoguchi::control::backup::restore_as(
+                            p, &store, &file, &into, &hosts, state,
+                        ),
                     )
                     .await?;
                     madoguchi::control::oplog::record(
@@ -923,10 +940,11 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     )
                     .await?;
                     println!(
-                        "restored into {} (database {}, hosts {})",
+                        "restored into {} (database {}, hosts {}, {})",
                         rec.slug,
                         rec.database,
-                        rec.hosts.join(",")
+                        rec.hosts.join(","),
+                        rec.state.as_str()
                     );
                     Ok(ExitCode::SUCCESS)
                 }

@@ -931,6 +931,27 @@ pub async fn restore(
     slug: &str,
     hosts: &[String],
 ) -> anyhow::Result<TenantRecord> {
+    restore_as(
+        p,
+        store,
+        file,
+        slug,
+        hosts,
+        crate::catalog::TenantState::Active,
+    )
+    .await
+}
+
+/// [`restore`], leaving the new tenant in `state`: suspended, it answers 503 on its
+/// hosts until resumed (a copy to examine, in an incident or a drill by hand).
+pub async fn restore_as(
+    p: &Platform,
+    store: &dyn BackupStore,
+    file: &str,
+    slug: &str,
+    hosts: &[String],
+    state: crate::catalog::TenantState,
+) -> anyhow::Result<TenantRecord> {
     use crate::control::provision::{
         create_database, create_role, register_with, write_settings, TenantSpec,
     };
@@ -1007,9 +1028,7 @@ pub async fn restore(
             )),
         });
     }
-    p.catalog
-        .set_state(rec.id, crate::catalog::TenantState::Active)
-        .await?;
+    p.catalog.set_state(rec.id, state).await?;
     p.catalog
         .tenant_by_id(rec.id)
         .await?

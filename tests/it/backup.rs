@@ -128,6 +128,30 @@ async fn backup_restores_the_same_rows_holds_no_plaintext_and_refuses_tampering(
         body.contains("粗大ごみ収集申込"),
         "the restored tenant serves its published form"
     );
+    // A copy to examine, not to serve: restored suspended, it answers 503.
+    let examined = format!("{}.test", unique("x"));
+    let copy = backup::restore_as(
+        &env.platform,
+        &store,
+        &m.file,
+        examined.trim_end_matches(".test"),
+        std::slice::from_ref(&examined),
+        madoguchi::catalog::TenantState::Suspended,
+    )
+    .await
+    .unwrap();
+    assert_eq!(copy.state, madoguchi::catalog::TenantState::Suspended);
+    let mut status = 0;
+    for _ in 0..50 {
+        status = crate::harness::get_with_host(&server, &examined, "/")
+            .await
+            .0;
+        if status != 404 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, 503);
     server.shutdown().await;
 
     // Nothing readable in the file: not the department (stored in clear in the

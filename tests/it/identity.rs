@@ -48,6 +48,9 @@ struct Issued {
 
 struct IdpState {
     issuer: String,
+    /// The provider writes its issuer with a trailing slash and takes the client's
+    /// secret in the body (client_secret_post), as some do.
+    slash_and_post: bool,
     mode: Mode,
     key: EncodingKey,
     other_key: EncodingKey,
@@ -79,10 +82,27 @@ fn es256() -> (EncodingKey, serde_json::Value) {
     (EncodingKey::from_ec_der(&pair.serialize_der()), jwk)
 }
 
+/// The issuer as the provider writes it (in its discovery document and tokens).
+fn written(st: &IdpState) -> String {
+    if st.slash_and_post {
+        format!("{}/", st.issuer)
+    } else {
+        st.issuer.clone()
+    }
+}
+
 async fn discovery(State(s): State<Shared>) -> Json<serde_json::Value> {
-    let issuer = s.lock().unwrap().issuer.clone();
+    let (issuer, written, post) = {
+        let st = s.lock().unwrap();
+        (st.issuer.clone(), written(&st), st.slash_and_post)
+    };
+    let auth = if post {
+        "client_secret_post"
+    } else {
+        "client_secret_basic"
+    };
     Json(serde_json::json!({
-        "issuer": issuer,
+        "issuer": written,
         "authorization_endpoint": format!("{issuer}/authorize"),
         "token_endpoint": format!("{issuer}/token"),
         "jwks_uri": format!("{issuer}/jwks"),
@@ -90,7 +110,7 @@ async fn discovery(State(s): State<Shared>) -> Json<serde_json::Value> {
         "subject_types_supported": ["pairwise"],
         "id_token_signing_alg_values_supported": ["ES256"],
         "code_challenge_methods_supported": ["S256"],
-        "token_endpoint_auth_methods_supported": ["client_secret_basic"],
+        "token_endpoint_auth_methods_supported": [auth],
     }))
 }
 
@@ -144,7 +164,14 @@ async fn token(
         )
             .into_response()
     };
-    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(basic.as_str()) {
+    let authenticated = if st.slash_and_post {
+        headers.get("authorization").is_none()
+            && p("client_id") == CLIENT_ID
+            && p("client_secret") == SECRET
+    } else {
+        headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(basic.as_str())
+    };
+    if !authenticated {
         return refuse(&mut st, "invalid_client");
     }
     let Some(issued) = st.codes.remove(&p("code")) else {
@@ -160,7 +187,7 @@ async fn token(
     }
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     let mut claims = serde_json::json!({
-        "iss": st.issuer, "aud": CLIENT_ID, "sub": "pairwise-0001",
+        "iss": written(&st), "aud": CLIENT_ID, "sub": "pairwise-0001",
         "iat": now, "exp": now + 300, "nonce": issued.nonce,
         "name": NAME, "name#ja-Kana-JP": "カツラギ ハナコ",
         "birthdate": "1990-04-01", "gender": "female",
@@ -200,6 +227,7 @@ impl Idp {
         let (other_key, _) = es256();
         let state: Shared = Arc::new(Mutex::new(IdpState {
             issuer: issuer.clone(),
+            slash_and_post: false,
             mode: Mode::Honest,
             key,
             other_key,
@@ -960,4 +988,32 @@ async fn a_verification_holds_only_where_it_was_made() {
         confirm.contains("本人確認サービスの準備ができていない"),
         "{confirm}"
     );
+}
+
+/// A provider that writes its issuer with a trailing slash (tokens must name it so)
+/// and takes the client's secret in the body: saved as its discovery document says,
+/// and verifying works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_with_a_slashed_issuer_and_the_secret_in_the_body() {
+    let s = site().await;
+    s.idp.state.lock().unwrap().slash_and_post = true;
+    let (status, _, page) = s.configure(&s.idp.issuer, SECRET).await;
+    assert_eq!(status, 303, "{page}");
+    let (_, _, page) = fetch(&s.admin.client, &s.u("/admin/identity")).await;
+    assert!(
+        page.contains(&format!("{}/</dd>", s.idp.issuer)) && page.contains("client_secret_post"),
+        "{page}"
+    );
+    let (public, form_id) = s.form().await;
+    s.publish(form_id).await;
+    let (c, _) = s.fill(&public).await;
+    let back = s.idp.consent(&s.start(&c, &public).await).await;
+    let (status, loc, page) = fetch(&c, &back).await;
+    assert_eq!(
+        (status, loc.as_str()),
+        (303, format!("{public}/confirm").as_str()),
+        "{page}"
+    );
+    assert!(s.idp.state.lock().unwrap().refused.is_empty());
+    assert_eq!(s.count("SELECT count(*) FROM draft_identities").await, 1);
 }

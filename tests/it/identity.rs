@@ -385,6 +385,13 @@ impl Site {
         (public, id)
     }
 
+    /// A file the administrator downloads.
+    async fn download(&self, path: &str) -> Vec<u8> {
+        let r = self.admin.client.get(self.u(path)).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.bytes().await.unwrap().to_vec()
+    }
+
     /// Publishes the form through the builder.
     pub(crate) async fn publish(&self, form_id: i64) {
         let (_, _, page) = post(
@@ -613,16 +620,11 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
         assert!(section.contains(shown), "{shown} not in {section}");
     }
     // In the exports, beside the answers: what the provider vouched for.
-    let csv = s
-        .admin
-        .client
-        .get(s.u(&format!("/admin/export.csv?form={form_id}")))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = String::from_utf8(
+        s.download(&format!("/admin/export.csv?form={form_id}"))
+            .await,
+    )
+    .unwrap();
     let mut lines = csv.trim_start_matches('\u{feff}').lines();
     let header = lines.next().unwrap();
     assert!(
@@ -638,15 +640,8 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
         "{row}"
     );
     let bytes = s
-        .admin
-        .client
-        .get(s.u(&format!("/admin/export.xlsx?form={form_id}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+        .download(&format!("/admin/export.xlsx?form={form_id}"))
+        .await;
     use calamine::Reader;
     let mut book: calamine::Xlsx<_> =
         calamine::open_workbook_from_rs(std::io::Cursor::new(bytes)).unwrap();

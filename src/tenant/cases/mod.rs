@@ -256,7 +256,7 @@ pub async fn change_status(
         }));
     }
     let row_id = id.to_string();
-    if change.to == Status::Returned {
+    let message = if change.to == Status::Returned {
         if change.reason.trim().is_empty() || change.deadline.is_none() {
             return Ok(Err(Refusal::MissingReturnDetails));
         }
@@ -278,23 +278,14 @@ pub async fn change_status(
             &[&id, &change.to.as_str(), &reason, &change.deadline],
         )
         .await?;
-        let message = format!(
+        Some(format!(
             "申請内容の修正をお願いします。\n理由: {}\n期限: {}",
             change.reason.trim(),
             change
                 .deadline
                 .map(crate::ja::date_both)
                 .unwrap_or_default()
-        );
-        add_note_in(
-            &tx,
-            cipher,
-            id,
-            (actor_id, &actor.label()),
-            "message",
-            &message,
-        )
-        .await?;
+        ))
     } else {
         // Leaving 差戻し, the correction asked for is no longer open: its reason and
         // deadline go, as when the applicant resubmits (the message stays in the
@@ -307,17 +298,20 @@ pub async fn change_status(
             &[&id, &change.to.as_str()],
         )
         .await?;
-        if change.notify && row.get::<_, bool>(1) {
-            add_note_in(
-                &tx,
-                cipher,
-                id,
-                (actor_id, &actor.label()),
-                "message",
-                &change.to.notice(),
-            )
-            .await?;
-        }
+        // Told only when asked, and only with an address to tell.
+        (change.notify && row.get::<_, bool>(1)).then(|| change.to.notice())
+    };
+    // To the applicant: a message on the case, mailed in the same transaction.
+    if let Some(message) = message {
+        add_note_in(
+            &tx,
+            cipher,
+            id,
+            (actor_id, &actor.label()),
+            "message",
+            &message,
+        )
+        .await?;
     }
     if !change.to.holds_a_place() {
         // 定員 counts the applications that may still be granted: one withdrawn or

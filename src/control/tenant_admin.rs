@@ -167,7 +167,7 @@ pub async fn disable_staff(
     .await?;
     tx.execute("DELETE FROM staff_sessions WHERE staff_id = $1", &[&id])
         .await?;
-    crate::tenant::staff::pages::void_setup_links(&tx, id)
+    crate::tenant::staff::void_setup_links(&tx, id)
         .await
         .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     crate::tenant::audit::append(

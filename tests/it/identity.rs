@@ -38,6 +38,10 @@ enum Mode {
     OtherNonce,
     /// The ID token was issued for another client.
     OtherAudience,
+    /// The key set is larger than anyone's (over the 256 KiB read).
+    HugeKeys,
+    /// The key set's address sends the client elsewhere (not followed).
+    MovedKeys,
 }
 
 struct Issued {
@@ -210,8 +214,17 @@ async fn token(
         .into_response()
 }
 
-async fn jwks(State(s): State<Shared>) -> Json<serde_json::Value> {
-    Json(s.lock().unwrap().jwks.clone())
+async fn jwks(State(s): State<Shared>) -> Response {
+    let st = s.lock().unwrap();
+    match st.mode {
+        Mode::HugeKeys => {
+            let mut set = st.jwks.clone();
+            set["padding"] = "x".repeat(300 * 1024).into();
+            Json(set).into_response()
+        }
+        Mode::MovedKeys => Redirect::temporary(&format!("{}/elsewhere", st.issuer)).into_response(),
+        _ => Json(st.jwks.clone()).into_response(),
+    }
 }
 
 impl Idp {
@@ -762,7 +775,8 @@ async fn verifications_are_refused_when_anything_does_not_match() {
     assert_eq!(status, 400);
     assert!(page.contains("有効期限が切れました"), "{page}");
 
-    // The token's checks.
+    // The token's checks, and a key set too large to read or moved elsewhere (no
+    // redirect is followed).
     for (mode, why) in [
         (Mode::OtherKey, "IDトークンを確認できませんでした（署名）"),
         (
@@ -772,6 +786,14 @@ async fn verifications_are_refused_when_anything_does_not_match() {
         (
             Mode::OtherNonce,
             "IDトークンを確認できませんでした（nonce）",
+        ),
+        (
+            Mode::HugeKeys,
+            "本人確認サービスの応答が正しくありません（262144 バイトを超えています）",
+        ),
+        (
+            Mode::MovedKeys,
+            "本人確認サービスの応答が正しくありません（HTTP 307）",
         ),
     ] {
         s.idp.mode(mode);
@@ -809,7 +831,7 @@ async fn verifications_are_refused_when_anything_does_not_match() {
     let refused = s
         .count("SELECT count(*) FROM audit_log WHERE action = 'identity.refused'")
         .await;
-    assert_eq!(refused, 4);
+    assert_eq!(refused, 6);
     // Nothing of a verification under way is left.
     assert_eq!(s.count("SELECT count(*) FROM identity_requests").await, 0);
 }

@@ -38,6 +38,20 @@ pub const SESSION_SQL: &str = "WITH s AS (
                   WHERE NOT st.disabled
                     AND (st.totp_enabled OR st.role NOT IN ('admin', 'dept_manager'))";
 
+/// Ends every setup link of `staff_id` not yet used.
+pub async fn void_setup_links(
+    db: &impl tokio_postgres::GenericClient,
+    staff_id: i64,
+) -> Result<(), AppError> {
+    db.execute(
+        "UPDATE staff_setup_tokens SET expires_at = least(expires_at, now())
+          WHERE staff_id = $1 AND used_at IS NULL",
+        &[&staff_id],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Deletes sessions past their absolute lifetime or idle for longer than
 /// [`IDLE_SECS`]: they no longer sign anyone in. Run daily by the server.
 pub async fn purge_expired_sessions(db: &tokio_postgres::Client) -> Result<u64, AppError> {

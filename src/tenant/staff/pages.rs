@@ -9,8 +9,8 @@ use tokio_postgres::Client;
 
 use super::{
     hash_password, new_totp_secret, now_unix, otpauth_uri, password_problem, qr_svg, totp_base32,
-    totp_from_base32, totp_step, verify_password, Role, StaffUser, ABSOLUTE_SECS, FREE_ATTEMPTS,
-    SESSION_COOKIE,
+    totp_from_base32, totp_step, verify_password, void_setup_links, Role, StaffUser, ABSOLUTE_SECS,
+    FREE_ATTEMPTS, SESSION_COOKIE,
 };
 use crate::crypto::{random_token, FieldCipher, FieldRef};
 use crate::error::AppError;
@@ -106,20 +106,6 @@ pub async fn new_setup_token(
     )
     .await?;
     Ok(token)
-}
-
-/// Ends every setup link of `staff_id` not yet used.
-pub(crate) async fn void_setup_links(
-    db: &impl tokio_postgres::GenericClient,
-    staff_id: i64,
-) -> Result<(), AppError> {
-    db.execute(
-        "UPDATE staff_setup_tokens SET expires_at = least(expires_at, now())
-          WHERE staff_id = $1 AND used_at IS NULL",
-        &[&staff_id],
-    )
-    .await?;
-    Ok(())
 }
 
 #[derive(Template)]

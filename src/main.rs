@@ -918,16 +918,10 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     hosts,
                     suspended,
                 } => {
-                    use madoguchi::catalog::TenantState;
-                    let state = if suspended {
-                        TenantState::Suspended
-                    } else {
-                        TenantState::Active
-                    };
                     let rec = with_spinner(
                         &format!("restore into {into}"),
                         madoguchi::control::backup::restore_as(
-                            p, &store, &file, &into, &hosts, state,
+                            p, &store, &file, &into, &hosts, suspended,
                         ),
                     )
                     .await?;
@@ -936,7 +930,7 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                         &cli_actor(),
                         "backup.restore",
                         &rec.slug,
-                        serde_json::json!({ "file": file }),
+                        serde_json::json!({ "file": file, "suspended": suspended }),
                     )
                     .await?;
                     println!(
@@ -1436,11 +1430,11 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 &cli_actor(),
                 "tenant.disable_staff",
                 &slug,
-                serde_json::json!({ "email": email, "changed": done.changed }),
+                serde_json::json!({ "staff_id": done.staff_id, "changed": done.changed }),
             )
             .await?;
             println!(
-                "{slug}: {email} を無効にし、ログイン中のセッションを終了しました / disabled, sessions ended{}",
+                "{slug}: {email} を無効にし、セッションとパスワード・認証アプリの登録を消しました（再び有効にしたら新しい設定用リンクを発行してください） / disabled, sessions ended, password and TOTP cleared (enabled again, it needs a new setup link){}",
                 if done.changed { "" } else { " (already disabled)" }
             );
             if done.admins_left == 0 {

@@ -452,7 +452,28 @@ impl Catalog {
             .collect())
     }
 
-    /// Every leaf hash of the transparency log, in order.
+    /// The public form recorded for a platform key file, if any.
+    pub async fn recorded_key(&self, file: &str) -> anyhow::Result<Option<String>> {
+        let c = self.client().await?;
+        Ok(c.query_opt(
+            "SELECT verifier FROM platform_keys WHERE file = $1",
+            &[&file],
+        )
+        .await?
+        .map(|r| r.get(0)))
+    }
+
+    /// Records a platform key's public form (the first one recorded stays).
+    pub async fn record_key(&self, file: &str, verifier: &str) -> anyhow::Result<()> {
+        let c = self.client().await?;
+        c.execute(
+            "INSERT INTO platform_keys (file, verifier) VALUES ($1, $2) ON CONFLICT (file) DO NOTHING",
+            &[&file, &verifier],
+        )
+        .await?;
+        Ok(())
+    }
+
     /// How many entries the erasure log holds.
     pub async fn tlog_size(&self) -> anyhow::Result<i64> {
         let c = self.client().await?;
@@ -461,6 +482,7 @@ impl Catalog {
             .get(0))
     }
 
+    /// Every leaf hash of the transparency log, in order.
     pub async fn tlog_leaves(&self) -> anyhow::Result<Vec<crate::crypto::tlog::Hash>> {
         let c = self.client().await?;
         let rows = c

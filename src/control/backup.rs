@@ -931,26 +931,18 @@ pub async fn restore(
     slug: &str,
     hosts: &[String],
 ) -> anyhow::Result<TenantRecord> {
-    restore_as(
-        p,
-        store,
-        file,
-        slug,
-        hosts,
-        crate::catalog::TenantState::Active,
-    )
-    .await
+    restore_as(p, store, file, slug, hosts, false).await
 }
 
-/// [`restore`], leaving the new tenant in `state`: suspended, it answers 503 on its
-/// hosts until resumed (a copy to examine, in an incident or a drill by hand).
+/// [`restore`], leaving the new tenant suspended if asked: it answers 503 on its hosts
+/// until resumed (a copy to examine, in an incident or a drill by hand).
 pub async fn restore_as(
     p: &Platform,
     store: &dyn BackupStore,
     file: &str,
     slug: &str,
     hosts: &[String],
-    state: crate::catalog::TenantState,
+    suspended: bool,
 ) -> anyhow::Result<TenantRecord> {
     use crate::control::provision::{
         create_database, create_role, register_with, write_settings, TenantSpec,
@@ -1010,7 +1002,8 @@ pub async fn restore_as(
         crate::control::migrate::migrate_tenant(p, &rec)
             .await
             .context("bringing the restored schema up to date")?;
-        write_settings(p, &rec).await
+        write_settings(p, &rec).await?;
+        hold_outbox(p, &rec).await
     }
     .await;
     if let Err(e) = made {
@@ -1028,12 +1021,38 @@ pub async fn restore_as(
             )),
         });
     }
+    let state = if suspended {
+        crate::catalog::TenantState::Suspended
+    } else {
+        crate::catalog::TenantState::Active
+    };
     p.catalog.set_state(rec.id, state).await?;
     p.catalog
         .tenant_by_id(rec.id)
         .await?
         .context("tenant vanished from the catalog")
 }
+
+/// The mail a restored copy found waiting is held, not sent: the tenant it came from
+/// may have sent it since the backup, and a copy must not write to citizens again.
+/// Staff see each as not sent, with why, on its case.
+async fn hold_outbox(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+    let conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    conn.client
+        .execute(
+            "UPDATE outbox SET next_attempt_at = 'infinity', last_error = $1
+              WHERE sent_at IS NULL AND next_attempt_at <> 'infinity'",
+            &[&HELD_AT_RESTORE],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Why a restored copy's waiting mail was not sent (shown to staff on the case).
+pub const HELD_AT_RESTORE: &str = "復元したため送信を保留 / held at restore";
 
 /// Drops what a failed restore made: its database, its role and its catalog entry.
 async fn undo_restore(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {

@@ -484,6 +484,10 @@ pub async fn execute(
                 args.slug, args.slug
             )
         })?;
+    // The keys that sign the certificate, before anything is destroyed: a missing
+    // one stops the erasure here, not after the tenant is gone.
+    let log = log_signer(p).await?;
+    let platform = platform_signer(p).await?;
     let admin = p.cluster.admin().await?;
     if !tenant_lock(&admin.client, &rec).await? {
         bail!(
@@ -910,8 +914,6 @@ pub async fn execute(
     let finished = now();
 
     // The certificate.
-    let log = log_signer(p).await?;
-    let platform = platform_signer(p).await?;
     let mut sanitized_by = request.requested_by.clone();
     sanitized_by.date = request.requested_at.clone();
     let mut verified_by = verifier;

@@ -61,26 +61,40 @@ pub async fn log_signer(p: &crate::platform::Platform) -> anyhow::Result<NoteSig
     first_or_kept(p, "tlog.key", "madoguchi.erasure-log").await
 }
 
-/// A platform signing key, made on first use only while the erasure log is empty.
-/// Once anything was signed (the first erasure signs with both keys), a missing file
-/// is refused: a new key would leave every certificate and checkpoint handed out
-/// unverifiable against the public key municipalities and auditors keep.
+/// A platform signing key, made on first use only. Its public form is recorded in
+/// the catalog when it is first made or read (it may have been handed out, or put in
+/// a pending certificate, since), and from then on a missing file is refused, and so
+/// is a file holding another key: a new key would leave every certificate and
+/// checkpoint unverifiable against the public key municipalities and auditors keep.
+/// (The erasure log's entries count as a record too, for a catalog from before the
+/// record.)
 async fn first_or_kept(
     p: &crate::platform::Platform,
     file: &str,
     name: &str,
 ) -> anyhow::Result<NoteSigner> {
     let path = p.settings.state_dir.join(file);
+    let recorded = p.catalog.recorded_key(file).await?;
     if !path.exists() {
         let signed = p.catalog.tlog_size().await?;
-        if signed > 0 {
+        if recorded.is_some() || signed > 0 {
             bail!(
-                "{path} がありません。消去の記録（{signed}件）はこの鍵で署名されています。保管先から鍵を戻してください（新しい鍵を作ると、これまでの証明書とチェックポイントを検証できなくなります） / {path} is missing, but {signed} erasure-log entries were signed with it: restore it from escrow (a new key would leave every certificate and checkpoint unverifiable)",
+                "{path} がありません。この鍵の公開鍵は記録済みで、消去の記録（{signed}件）の署名にも使われています。保管先から鍵を戻してください（新しい鍵を作ると、これまでの証明書とチェックポイントを検証できなくなります） / {path} is missing, but its public key was recorded (and {signed} erasure-log entries were signed with it): restore it from escrow (a new key would leave every certificate and checkpoint unverifiable)",
                 path = path.display()
             );
         }
     }
-    load_signer(&path, name, true)
+    let signer = load_signer(&path, name, true)?;
+    let public = signer.verifier_key();
+    match recorded {
+        Some(r) if r != public => bail!(
+            "{path} は記録されている鍵（{r}）ではありません。保管先の鍵を戻してください / {path} is not the key recorded ({r}): restore the escrowed one",
+            path = path.display()
+        ),
+        Some(_) => {}
+        None => p.catalog.record_key(file, &public).await?,
+    }
+    Ok(signer)
 }
 
 /// An operator's public key line: `ID ed25519 BASE64`.

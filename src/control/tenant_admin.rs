@@ -130,6 +130,8 @@ pub async fn revoke_api_tokens(p: &Platform, rec: &TenantRecord) -> anyhow::Resu
 /// What disabling a staff account found.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Disabled {
+    /// The account's id (what the operators' log records, not the address).
+    pub staff_id: i64,
     /// It was enabled until now.
     pub changed: bool,
     /// Administrators still enabled: none means `add-staff` must make one.
@@ -137,8 +139,10 @@ pub struct Disabled {
 }
 
 /// Incident response: disables a staff account, ends its sessions and its unused
-/// setup links (an administrator's too, even the last: `add-staff` makes a new one).
-/// Works on a suspended tenant.
+/// setup links, and clears its password and TOTP secret (an administrator's too, even
+/// the last: `add-staff` makes a new one). Enabled again later, the account signs in
+/// only after a new setup link: whoever took it over does not get it back. Works on a
+/// suspended tenant.
 pub async fn disable_staff(
     p: &Platform,
     rec: &TenantRecord,
@@ -149,7 +153,8 @@ pub async fn disable_staff(
         .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
         .await?;
     let tx = conn.client.transaction().await?;
-    let email = email.trim().to_lowercase();
+    // As sign-in reads an address.
+    let email = crate::ja::nfkc(email.trim()).to_lowercase();
     let Some(row) = tx
         .query_opt(
             "SELECT id, disabled FROM staff WHERE email = $1 FOR UPDATE",
@@ -161,7 +166,8 @@ pub async fn disable_staff(
     };
     let (id, was): (i64, bool) = (row.get(0), row.get(1));
     tx.execute(
-        "UPDATE staff SET disabled = true, updated_at = now() WHERE id = $1",
+        "UPDATE staff SET disabled = true, password_hash = NULL, totp_secret = NULL, totp_enabled = false,
+                totp_last_step = 0, updated_at = now() WHERE id = $1",
         &[&id],
     )
     .await?;
@@ -175,7 +181,7 @@ pub async fn disable_staff(
         &Actor::Operator,
         "staff.update",
         &id.to_string(),
-        serde_json::json!({ "disabled": true, "incident": true }),
+        serde_json::json!({ "disabled": true, "credentials_cleared": true, "incident": true }),
     )
     .await
     .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
@@ -188,6 +194,7 @@ pub async fn disable_staff(
         .get(0);
     tx.commit().await?;
     Ok(Disabled {
+        staff_id: id,
         changed: !was,
         admins_left,
     })

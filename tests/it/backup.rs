@@ -121,6 +121,21 @@ async fn backup_restores_the_same_rows_holds_no_plaintext_and_refuses_tampering(
         .unwrap()
         .get(0);
     assert_eq!(owner, restored.role);
+    // The receipts waiting in the source's outbox are held in the copy, not sent
+    // again to the applicants.
+    let (waiting, held): (i64, i64) = {
+        let r = conn
+            .client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE next_attempt_at <> 'infinity'), count(*) FILTER (WHERE last_error = $1)
+                   FROM outbox WHERE sent_at IS NULL",
+                &[&backup::HELD_AT_RESTORE],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((waiting, held), (0, 2));
     let server = env.serve().await;
     let (status, body) = crate::harness::get_with_host(&server, &new_host, "/").await;
     assert_eq!(status, 200);
@@ -136,7 +151,7 @@ async fn backup_restores_the_same_rows_holds_no_plaintext_and_refuses_tampering(
         &m.file,
         examined.trim_end_matches(".test"),
         std::slice::from_ref(&examined),
-        madoguchi::catalog::TenantState::Suspended,
+        true,
     )
     .await
     .unwrap();

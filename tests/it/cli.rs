@@ -599,6 +599,25 @@ fn operators_platform_key_and_transparency_log() {
     assert!(ok);
     assert_eq!(key1, key2);
     assert!(madoguchi::crypto::note::NoteVerifier::parse(&key1).is_ok());
+    // Once its public form was printed (handed out), a missing key file is refused,
+    // even before anything was signed, and so is a file holding another key.
+    let platform_key = dir.join("platform.key");
+    let kept = dir.join("platform.key.kept");
+    std::fs::rename(&platform_key, &kept).unwrap();
+    let (ok, _, err) = madoguchi(dir, &["platform-key"]);
+    assert!(!ok && err.contains("restore it from escrow"), "{err}");
+    assert!(!platform_key.exists(), "made anew");
+    madoguchi::control::keys::write_secret(
+        &platform_key,
+        "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+    )
+    .unwrap();
+    let (ok, _, err) = madoguchi(dir, &["platform-key"]);
+    assert!(!ok && err.contains("is not the key recorded"), "{err}");
+    std::fs::remove_file(&platform_key).unwrap();
+    std::fs::rename(&kept, &platform_key).unwrap();
+    let (ok, key2, _) = madoguchi(dir, &["platform-key"]);
+    assert!(ok && key2 == key1);
 
     // The checkpoint of the (empty) log is signed by the log key.
     let (ok, log_key, _) = madoguchi(dir, &["tlog", "key"]);

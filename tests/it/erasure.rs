@@ -220,6 +220,16 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
         err.contains("not the registered key of operator bob"),
         "{err}"
     );
+    // A platform key handed out and then lost stops the erasure before anything is
+    // destroyed, not after.
+    let platform_key = env.state.path().join("platform.key");
+    madoguchi::control::keys::platform_signer(&env.platform)
+        .await
+        .unwrap();
+    std::fs::rename(&platform_key, env.state.path().join("kept")).unwrap();
+    let err = format!("{:#}", erase_as("bob", bob_key.clone()).await.unwrap_err());
+    assert!(err.contains("restore it from escrow"), "{err}");
+    std::fs::rename(env.state.path().join("kept"), &platform_key).unwrap();
     assert_eq!(
         count(
             &t.database,

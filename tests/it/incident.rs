@@ -2,7 +2,7 @@
 //! and disabling a staff account, with the municipality suspended meanwhile.
 
 use madoguchi::catalog::TenantState;
-use madoguchi::control::tenant_admin::{self, Disabled};
+use madoguchi::control::tenant_admin;
 use madoguchi::tenant::staff::Role;
 
 use crate::forms::{get, staff};
@@ -63,15 +63,18 @@ async fn operators_revoke_tokens_and_disable_accounts_in_an_incident() {
         0
     );
     let upper = member.email.to_uppercase();
-    assert_eq!(
-        tenant_admin::disable_staff(&env.platform, &t, &upper)
-            .await
-            .unwrap(),
-        Disabled {
-            changed: true,
-            admins_left: 1
-        }
-    );
+    // The address as sign-in reads it (case, full-width letters).
+    let typed: String = upper
+        .chars()
+        .map(|c| match c {
+            '!'..='~' => char::from_u32(c as u32 + 0xFEE0).unwrap(),
+            other => other,
+        })
+        .collect();
+    let done = tenant_admin::disable_staff(&env.platform, &t, &typed)
+        .await
+        .unwrap();
+    assert!(done.changed && done.admins_left == 1, "{done:?}");
     assert!(
         !tenant_admin::disable_staff(&env.platform, &t, &member.email)
             .await
@@ -101,8 +104,19 @@ async fn operators_revoke_tokens_and_disable_accounts_in_an_incident() {
         .unwrap();
     assert_eq!(last.admins_left, 0);
 
-    // In the municipality's operation log, as the operator's.
+    // Its password and TOTP secret are gone: enabled again, it needs a new setup link.
     let db = env.tenant_conn(&t).await.client;
+    let cleared: bool = db
+        .query_one(
+            "SELECT password_hash IS NULL AND totp_secret IS NULL AND NOT totp_enabled FROM staff WHERE email = $1",
+            &[&member.email],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(cleared);
+
+    // In the municipality's operation log, as the operator's.
     let logged: Vec<(String, String)> = db
         .query(
             "SELECT actor, action FROM audit_log WHERE detail LIKE '%\"incident\":true%' ORDER BY seq",

@@ -302,6 +302,7 @@ pub async fn change_status(
         (change.notify && row.get::<_, bool>(1)).then(|| change.to.notice())
     };
     // To the applicant: a message on the case, mailed in the same transaction.
+    let mailed = message.is_some();
     if let Some(message) = message {
         add_note_in(
             &tx,
@@ -346,7 +347,7 @@ pub async fn change_status(
         actor,
         "submission.status",
         &row_id,
-        serde_json::json!({ "from": from.as_str(), "to": change.to.as_str() }),
+        serde_json::json!({ "from": from.as_str(), "to": change.to.as_str(), "mailed": mailed }),
     )
     .await?;
     tx.commit().await?;

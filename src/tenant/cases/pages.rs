@@ -976,6 +976,7 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
     let back = body.get("back").to_owned();
     let mut db = ctx.db().await?;
     let (mut done, mut refused) = (0, 0);
+    let mut notified = false;
     match body.get("action") {
         "status" => {
             let change = change_from(&body)?;
@@ -988,12 +989,19 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
                 match status_one(&mut db, &ctx, &user, *id, Some(*seen), &change).await {
                     Ok(Ok(_)) => done += 1,
                     Ok(Err(_)) | Err(AppError::NotFound | AppError::Forbidden) => refused += 1,
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        // What was changed before stays changed: its notices go now.
+                        if change.mails() && done > 0 {
+                            ctx.mail_queued();
+                        }
+                        return Err(e);
+                    }
                 }
             }
             if change.mails() && done > 0 {
                 ctx.mail_queued();
             }
+            notified = change.notify;
         }
         "assign" => {
             let assignee = body.get("assignee").parse::<i64>().ok().filter(|a| *a != 0);
@@ -1009,8 +1017,15 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
     }
     drop(db);
     let query = back.strip_prefix("/admin/inbox?").map(str::to_owned);
+    let told = if notified && done > 0 {
+        "（メールアドレスの回答がある申請者には、メールで知らせました）"
+    } else {
+        ""
+    };
     let msg = if refused == 0 {
-        format!("{done}件を変更しました")
+        format!("{done}件を変更しました{told}")
+    } else if !told.is_empty() {
+        format!("{done}件を変更しました{told}。{refused}件は変更できませんでした（状態の流れに合わない、ほかの職員が先に変更した、または権限がない）")
     } else {
         format!("{done}件を変更しました。{refused}件は変更できませんでした（状態の流れに合わない、ほかの職員が先に変更した、または権限がない）")
     };

@@ -582,7 +582,7 @@ pub async fn receipt_mails(
 }
 
 /// Operation-log rows as three text columns, as `sql` selects them.
-async fn log_rows(db: &tokio_postgres::Client, sql: &str) -> Vec<(String, String, String)> {
+pub async fn log_rows(db: &tokio_postgres::Client, sql: &str) -> Vec<(String, String, String)> {
     db.query(sql, &[])
         .await
         .unwrap()

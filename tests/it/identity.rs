@@ -699,17 +699,12 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
     assert_eq!(identity["issuer"], s.idp.issuer.as_str());
 
     // Logged, without the person's data.
-    let log: Vec<(String, String)> = db
-        .query(
-            "SELECT action, detail::text FROM audit_log WHERE action LIKE 'identity%' ORDER BY seq",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let actions: Vec<&str> = log.iter().map(|(a, _)| a.as_str()).collect();
+    let log = crate::forms::log_rows(
+        &db,
+        "SELECT actor, action, detail FROM audit_log WHERE action LIKE 'identity%' ORDER BY seq",
+    )
+    .await;
+    let actions: Vec<&str> = log.iter().map(|(_, a, _)| a.as_str()).collect();
     assert_eq!(
         actions,
         [
@@ -720,7 +715,7 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
     );
     assert!(
         log.iter()
-            .all(|(_, d)| !d.contains("花子") && !d.contains(SECRET)),
+            .all(|(_, _, d)| !d.contains("花子") && !d.contains(SECRET)),
         "{log:?}"
     );
 }
@@ -906,28 +901,22 @@ async fn a_verification_holds_only_where_it_was_made() {
     assert_eq!(s.count("SELECT count(*) FROM draft_identities").await, 2);
 
     // A framed page cannot reach the provider, and says so.
-    let framed = c
-        .get(s.u(&format!("{b}/confirm")))
-        .header("sec-fetch-dest", "iframe")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let framed_page = || async {
+        c.get(s.u(&format!("{b}/confirm")))
+            .header("sec-fetch-dest", "iframe")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let framed = framed_page().await;
     let db = s.db().await;
     db.execute("DELETE FROM draft_identities", &[])
         .await
         .unwrap();
-    let framed_unverified = c
-        .get(s.u(&format!("{b}/confirm")))
-        .header("sec-fetch-dest", "iframe")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let framed_unverified = framed_page().await;
     assert!(framed.contains("本人確認が済みました"), "{framed}");
     assert!(
         framed_unverified.contains("ほかのサイトに埋め込まれた画面からは行えません")

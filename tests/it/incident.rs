@@ -117,17 +117,12 @@ async fn operators_revoke_tokens_and_disable_accounts_in_an_incident() {
     assert!(cleared);
 
     // In the municipality's operation log, as the operator's.
-    let logged: Vec<(String, String)> = db
-        .query(
-            "SELECT actor, action FROM audit_log WHERE detail LIKE '%\"incident\":true%' ORDER BY seq",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
-    let actions: Vec<&str> = logged.iter().map(|(_, a)| a.as_str()).collect();
+    let logged = crate::forms::log_rows(
+        &db,
+        "SELECT actor, action, detail FROM audit_log WHERE detail LIKE '%\"incident\":true%' ORDER BY seq",
+    )
+    .await;
+    let actions: Vec<&str> = logged.iter().map(|(_, a, _)| a.as_str()).collect();
     assert_eq!(
         actions,
         [
@@ -138,7 +133,7 @@ async fn operators_revoke_tokens_and_disable_accounts_in_an_incident() {
         ]
     );
     assert!(
-        logged.iter().all(|(actor, _)| actor == "operator"),
+        logged.iter().all(|(actor, _, _)| actor == "operator"),
         "{logged:?}"
     );
     server.shutdown().await;

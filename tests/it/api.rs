@@ -335,7 +335,7 @@ async fn api_end_to_end() {
     let r = c
         .post(api(ha, &format!("/submissions/{id}/status")))
         .bearer_auth(&full)
-        .json(&json!({ "to": "reviewing", "from": "received" }))
+        .json(&json!({ "to": "reviewing", "from": "received", "notify": true }))
         .send()
         .await
         .unwrap();
@@ -380,6 +380,11 @@ async fn api_end_to_end() {
         "{case}"
     );
     assert!(!case.contains("・申請者・申請者へのメッセージ"), "{case}");
+    // Asked to (`notify`), the integration's change to 審査中 told the applicant too.
+    assert!(
+        case.contains("申請の状況が「審査中」になりました。申請の審査を始めました。"),
+        "{case}"
+    );
 
     // Every token use is in the operation log.
     let conn = env.tenant_conn(&a).await;

@@ -1097,6 +1097,43 @@ async fn permissions_on_cases() {
         "{page}"
     );
     assert_eq!(status_now().await, "reviewing");
+    // Told by mail when asked: a message on the case, queued for the applicant.
+    let (_, _, page) = post(
+        &colleague.client,
+        &url(&server, h, "/admin/inbox/bulk"),
+        &[
+            ("csrf", &colleague.csrf),
+            ("ids", &format!("{id2}:reviewing")),
+            ("action", "status"),
+            ("to", "completed"),
+            ("notify", "yes"),
+        ],
+    )
+    .await;
+    assert!(
+        page.contains(
+            "1件を変更しました（メールアドレスの回答がある申請者には、メールで知らせました）"
+        ),
+        "{page}"
+    );
+    let db = env.tenant_conn(&t).await.client;
+    let messages = |id: Uuid| {
+        let db = &db;
+        async move {
+            db.query_one(
+                "SELECT count(*) FROM submission_notes WHERE submission_id = $1 AND kind = 'message'",
+                &[&id],
+            )
+            .await
+            .unwrap()
+            .get::<_, i64>(0)
+        }
+    };
+    assert_eq!(
+        (messages(id).await, messages(id2).await),
+        (0, 1),
+        "only the one asked for"
+    );
     // The inbox filters by assignee and status, and finds by e-mail or phone exactly.
     let (_, _, page) = get(
         &colleague.client,

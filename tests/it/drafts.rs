@@ -607,3 +607,48 @@ async fn a_link_given_up_keeps_nothing() {
     .await;
     assert_eq!(row, (true, 0), "given up, payload length");
 }
+
+/// One municipality mails a bounded number of links a day, whatever the addresses:
+/// the form is not a way to send mail in bulk. Past it, the refusal says what to do
+/// and the draft stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_municipality_mails_a_bounded_number_of_links_a_day() {
+    use madoguchi::tenant::forms::resume::LINKS_PER_DAY;
+    let Site {
+        smtp,
+        _env,
+        server,
+        host,
+        public,
+        db,
+    } = Site::open().await;
+    let host = host.as_str();
+    // The day's link mails so far, one short of the ceiling, each to its own address
+    // (as the service keeps them: sent, a recipient's blind index for a day).
+    db.execute(
+        "INSERT INTO outbox (kind, payload, sent_at, recipient_index)
+         SELECT 'resume', ''::bytea, now(), sha256(g::text::bytea) FROM generate_series(2, $1::bigint) g",
+        &[&LINKS_PER_DAY],
+    )
+    .await
+    .unwrap();
+    let (c, token) = saved_part_way(&server, host, &public).await;
+    let (status, page) = send_link(&c, &server, host, &public, &token, "taro@example.jp").await;
+    assert_eq!(status, 200, "{page}");
+    smtp.wait_for(1).await;
+    let (status, page) = send_link(&c, &server, host, &public, &token, "jiro@example.jp").await;
+    assert_eq!(status, 422);
+    assert!(
+        page.contains("本日この自治体から送れるリンクの数が上限に達しました"),
+        "{page}"
+    );
+    // A day later the oldest no longer count.
+    db.execute(
+        "UPDATE outbox SET created_at = now() - interval '25 hours' WHERE payload = ''::bytea AND kind = 'resume' AND id < (SELECT max(id) - 10 FROM outbox)",
+        &[],
+    )
+    .await
+    .unwrap();
+    let (status, page) = send_link(&c, &server, host, &public, &token, "jiro@example.jp").await;
+    assert_eq!(status, 200, "{page}");
+}

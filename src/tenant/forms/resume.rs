@@ -13,9 +13,9 @@
 //! told where it went.
 //!
 //! Offered only where mail is delivered, and not for a correction (差戻し), which is
-//! reopened from the status page. Links are limited per draft ([`MAX_LINKS`]) and per
-//! address ([`LINKS_PER_ADDRESS`] a day), and ask for the form's proof of work when
-//! its final submit does.
+//! reopened from the status page. Links are limited per draft ([`MAX_LINKS`]), per
+//! address ([`LINKS_PER_ADDRESS`] a day) and per municipality ([`LINKS_PER_DAY`]), and
+//! ask for the form's proof of work when its final submit does.
 
 use askama::Template;
 use axum::extract::{Path, Query};
@@ -44,6 +44,14 @@ pub const MAX_LINKS: i32 = 5;
 /// Links one address is sent in 24 hours, from any draft of the municipality: the
 /// form is not a way to fill a stranger's inbox.
 pub const LINKS_PER_ADDRESS: i64 = 3;
+/// Links one municipality mails in 24 hours, to all addresses: the form is not a way
+/// to send mail in bulk through the city's relay. Past it, a citizen finishes the
+/// application in one go (nothing typed is lost) or asks the next day.
+pub const LINKS_PER_DAY: i64 = 1_000;
+/// Link mails the municipality sent in the last 24 hours (each keeps its recipient's
+/// blind index for a day).
+pub const LINKS_TODAY_SQL: &str = "SELECT count(*) FROM outbox
+  WHERE recipient_index IS NOT NULL AND created_at > now() - interval '1 day'";
 /// How long after a link was opened it still works (a reload, or a second press whose
 /// first answer was lost on the way), moving the draft again.
 const SECOND_PRESS_SECS: f64 = 120.0;
@@ -245,6 +253,12 @@ pub async fn send_link(
                 &format!("このメールアドレスには、24時間に{LINKS_PER_ADDRESS}通までしかリンクを送れません。届いたメールのリンクをお使いいただくか、時間をおいてお試しください"),
             )
         }
+        Issued::MunicipalityFull => {
+            return refused(
+                shown,
+                "本日この自治体から送れるリンクの数が上限に達しました。お手数ですが、このまま入力を続けて送信するか、明日あらためてお試しください",
+            )
+        }
         Issued::DraftFull => {
             return refused(
                 shown,
@@ -268,6 +282,8 @@ enum Issued {
     Until(String),
     /// The address was sent [`LINKS_PER_ADDRESS`] links in the last 24 hours.
     AddressFull,
+    /// The municipality mailed [`LINKS_PER_DAY`] links in the last 24 hours.
+    MunicipalityFull,
     /// The draft sent [`MAX_LINKS`].
     DraftFull,
     /// The draft was sent, expired or moved away meanwhile.
@@ -296,6 +312,16 @@ async fn issue(
     let sent_today: i64 = tx.query_one(LINKS_TO_SQL, &[&recipient]).await?.get(0);
     if sent_today >= LINKS_PER_ADDRESS {
         return Ok(Issued::AddressFull);
+    }
+    // Counted without a lock of its own: two requests at the same moment may pass
+    // the ceiling by one.
+    let all_today: i64 = tx.query_one(LINKS_TODAY_SQL, &[]).await?.get(0);
+    if all_today >= LINKS_PER_DAY {
+        tracing::warn!(
+            limit = LINKS_PER_DAY,
+            "link mails: the municipality's daily ceiling is reached"
+        );
+        return Ok(Issued::MunicipalityFull);
     }
     let key = random_token(32);
     let saved_page = saved_from(form, page).0.and_then(|p| i32::try_from(p).ok());

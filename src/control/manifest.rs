@@ -18,7 +18,9 @@ use crate::platform::Platform;
 /// name = "千代田区"
 /// code = "131016"
 /// hosts = ["chiyoda.localhost"]
-/// state = "active"        # optional: "active" or "suspended"
+/// state = "active"        # optional: "active" or "suspended"; left out, a new
+///                         # tenant is active and an existing one stays as it is
+///                         # (a manifest never resumes a tenant suspended by hand)
 /// ```
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -65,8 +67,9 @@ pub fn paths(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
 pub async fn apply(p: &Platform, m: &Manifest, schema: SchemaTarget) -> anyhow::Result<Applied> {
     let spec = TenantSpec::parse(&m.slug, &m.name, &m.code, &m.hosts)?;
     let wanted_state = match m.state.as_deref() {
-        None | Some("active") => TenantState::Active,
-        Some("suspended") => TenantState::Suspended,
+        None => None,
+        Some("active") => Some(TenantState::Active),
+        Some("suspended") => Some(TenantState::Suspended),
         Some(other) => anyhow::bail!("state must be \"active\" or \"suspended\", not {other:?}"),
     };
     let existing = p.catalog.tenant_by_slug(spec.slug.as_str()).await?;
@@ -99,6 +102,11 @@ pub async fn apply(p: &Platform, m: &Manifest, schema: SchemaTarget) -> anyhow::
         .tenant_by_id(rec.id)
         .await?
         .context("tenant vanished")?;
+    // Without a state, a new tenant is active (as provisioned) and an existing one
+    // keeps its state: an operator's suspension is not undone by the manifests.
+    let Some(wanted_state) = wanted_state else {
+        return Ok(applied);
+    };
     if current.state != wanted_state {
         let open = [TenantState::Active, TenantState::Suspended];
         if !crate::control::tenant_admin::move_state(p, &current, &open, wanted_state).await? {

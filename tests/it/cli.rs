@@ -421,6 +421,18 @@ fn manifests_apply_idempotently_and_migrate_reports() {
     let (ok, out, _) = madoguchi(dir, &["tenant", "apply", path]);
     assert!(ok);
     assert!(out.starts_with("hakodate: unchanged ("), "{out}");
+    // A tenant suspended by hand (an incident, say) stays suspended when the
+    // manifests are applied again, unless one says `state = "active"`.
+    let (ok, _, _) = madoguchi(dir, &["tenant", "suspend", "hakodate"]);
+    assert!(ok);
+    let (ok, out, _) = madoguchi(dir, &["tenant", "apply", path]);
+    assert!(ok && out.starts_with("hakodate: unchanged ("), "{out}");
+    let (_, list, _) = madoguchi(dir, &["tenant", "list", "--json"]);
+    assert!(list.contains("\"suspended\""), "{list}");
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(&file, format!("{text}state = \"active\"\n")).unwrap();
+    let (ok, out, _) = madoguchi(dir, &["tenant", "apply", path]);
+    assert!(ok && out.contains("state: suspended -> active"), "{out}");
 
     // A bad manifest says what is wrong, in Japanese first.
     std::fs::write(

@@ -799,7 +799,7 @@ async fn nothing_is_stored_after_the_final_exports_snapshot() {
     std::fs::write(
         &manifest,
         format!(
-            "slug = \"{}\"\nname = \"夕張市\"\ncode = \"012092\"\nhosts = [\"{}\"]\n",
+            "slug = \"{}\"\nname = \"夕張市\"\ncode = \"012092\"\nhosts = [\"{}\"]\nstate = \"active\"\n",
             t.slug, t.hosts[0]
         ),
     )

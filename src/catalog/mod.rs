@@ -507,6 +507,9 @@ pub struct ControlFigures {
     pub backups: Vec<(String, i64)>,
     /// (slug, ok, seconds) of each tenant's latest drill.
     pub drills: Vec<(String, bool, f64)>,
+    /// (slug, unix time of the latest drill) per active or suspended tenant; before
+    /// its first, when it was provisioned (as for backups).
+    pub drill_last: Vec<(String, i64)>,
     pub tlog_size: i64,
     pub certificates: i64,
     /// (slug, bytes) of each tenant database that exists.
@@ -544,6 +547,16 @@ impl Catalog {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
+        let drill_last = c
+            .query(
+                "SELECT t.slug, extract(epoch FROM coalesce(max(d.at), t.created_at))::bigint FROM tenants t
+                   LEFT JOIN drills d ON d.tenant_id = t.id WHERE t.state IN ('active', 'suspended') GROUP BY t.slug, t.created_at",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
         let tlog_size = c
             .query_one("SELECT count(*) FROM tlog_entries", &[])
             .await?
@@ -567,6 +580,7 @@ impl Catalog {
         Ok(ControlFigures {
             backups,
             drills,
+            drill_last,
             tlog_size,
             certificates,
             database_sizes,

@@ -55,6 +55,7 @@ pub struct Metrics {
     pub catalog_up: Gauge,
     pub backup_last: Family<TenantLabels, Gauge>,
     pub drill_ok: Family<TenantLabels, Gauge>,
+    pub drill_last: Family<TenantLabels, Gauge>,
     pub drill_seconds: Family<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub tlog_size: Gauge,
     pub database_size: Family<TenantLabels, Gauge>,
@@ -91,6 +92,7 @@ impl Metrics {
         let catalog_up = Gauge::default();
         let backup_last = Family::<TenantLabels, Gauge>::default();
         let drill_ok = Family::<TenantLabels, Gauge>::default();
+        let drill_last = Family::<TenantLabels, Gauge>::default();
         let drill_seconds =
             Family::<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let tlog_size = Gauge::default();
@@ -164,6 +166,11 @@ impl Metrics {
             drill_ok.clone(),
         );
         registry.register(
+            "drill_last_timestamp_seconds",
+            "Unix time of each active or suspended tenant's latest restore drill (before the first: when it was provisioned)",
+            drill_last.clone(),
+        );
+        registry.register(
             "drill_duration_seconds",
             "How long the tenant's latest restore drill took",
             drill_seconds.clone(),
@@ -185,6 +192,7 @@ impl Metrics {
             catalog_up,
             backup_last,
             drill_ok,
+            drill_last,
             drill_seconds,
             tlog_size,
             database_size,

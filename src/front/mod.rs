@@ -657,6 +657,12 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
                     .get_or_create(&metrics::TenantLabels { tenant: slug })
                     .set(at);
             }
+            m.drill_last.clear();
+            for (slug, at) in f.drill_last {
+                m.drill_last
+                    .get_or_create(&metrics::TenantLabels { tenant: slug })
+                    .set(at);
+            }
             m.drill_ok.clear();
             m.drill_seconds.clear();
             for (slug, ok, secs) in f.drills {

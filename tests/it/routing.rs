@@ -190,12 +190,11 @@ async fn health_metrics_and_request_ids() {
     ] {
         assert!(metrics.contains(&needle), "missing {needle} in\n{metrics}");
     }
-    // Monitoring of the control plane: before the first backup, when the tenant was
-    // provisioned (so a new tenant is not an old backup: no alert for 26 hours);
-    // after one, its time.
-    let figure = |metrics: &str, tenant: &str| -> i64 {
-        let name =
-            format!("madoguchi_backup_last_success_timestamp_seconds{{tenant=\"{tenant}\"}} ");
+    // Monitoring of the control plane: before the first backup (and drill), when the
+    // tenant was provisioned (so a new tenant is not an old backup: no alert for 26
+    // hours); after one, its time.
+    let figure = |metrics: &str, metric: &str, tenant: &str| -> i64 {
+        let name = format!("madoguchi_{metric}{{tenant=\"{tenant}\"}} ");
         metrics
             .lines()
             .find_map(|l| l.strip_prefix(name.as_str()))
@@ -205,9 +204,11 @@ async fn health_metrics_and_request_ids() {
     };
     let now = time::OffsetDateTime::now_utc().unix_timestamp();
     for tenant in [a.slug.as_str(), "_catalog"] {
-        let at = figure(&metrics, tenant);
+        let at = figure(&metrics, "backup_last_success_timestamp_seconds", tenant);
         assert!((now - at).abs() < 600, "{tenant}: {at}");
     }
+    let undrilled = figure(&metrics, "drill_last_timestamp_seconds", &a.slug);
+    assert!((now - undrilled).abs() < 600, "{undrilled}");
     assert!(metrics.contains("madoguchi_tlog_size 0"));
     let store = madoguchi::control::backup::DirStore::new(env.state.path());
     madoguchi::control::backup::run(&env.platform, &store, &a)
@@ -242,6 +243,21 @@ async fn health_metrics_and_request_ids() {
         metrics.contains(&format!("madoguchi_drill_ok{{tenant=\"{}\"}} 1", a.slug)),
         "{metrics}"
     );
+    // After a drill, its time (as the catalog records it), no longer the provisioning's.
+    let drilled: i64 = crate::harness::admin_client(&env.platform.settings.catalog_db)
+        .await
+        .query_one(
+            "SELECT extract(epoch FROM max(at))::bigint FROM drills WHERE tenant_slug = $1",
+            &[&a.slug],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        figure(&metrics, "drill_last_timestamp_seconds", &a.slug),
+        drilled
+    );
+    assert!(drilled >= undrilled);
     // Error pages carry the request id; the console lists the tenant.
     let (_, body) = get_with_host(&server, &a.hosts[0], "/missing").await;
     assert!(body.contains("受付ID"));

@@ -928,7 +928,7 @@ impl IdentityStep {
 }
 
 /// Whether a new application (not a correction) must carry a verified identity.
-fn needs_identity(form: &Published, draft: &Draft) -> bool {
+pub(super) fn needs_identity(form: &Published, draft: &Draft) -> bool {
     form.def.settings.identity && draft.resubmit_of.is_none()
 }
 

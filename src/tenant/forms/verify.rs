@@ -16,7 +16,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use uuid::Uuid;
 
-use super::citizen::open_draft;
+use super::citizen::{needs_identity, open_draft};
 use crate::error::AppError;
 use crate::tenant::audit::{self, Actor};
 use crate::tenant::http::{cookies, same_secret, see_other, set_cookie, token_hash};
@@ -95,7 +95,7 @@ pub async fn start(
         Err(elsewhere) => return Ok(elsewhere),
     };
     let back = format!("/f/{public_id}/confirm");
-    if !form.def.settings.identity || draft.resubmit_of.is_some() {
+    if !needs_identity(&form, &draft) {
         return Ok(see_other(&back));
     }
     let Some(provider) = identity::provider(&ctx, &**db).await? else {

@@ -1,7 +1,8 @@
 //! The final export handed to a municipality before its data is erased: every form
 //! (all published versions, as `madoguchi.form/1` JSON) and every submission, one
-//! CSV per form (UTF-8 with BOM, as staff exports), in `DIR/exports/<slug>-<time>/`
-//! (directory 0700, files 0600: they hold personal data in clear).
+//! CSV per form (UTF-8 with BOM, as staff exports) and every attached file (添付ファイル,
+//! in `files-<form>/`, named `<受付番号>_<field>.<ext>`), in `DIR/exports/<slug>-<time>/`
+//! (directories 0700, files 0600: they hold personal data in clear).
 
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -15,6 +16,8 @@ use super::tenant_admin::tenant_cipher;
 use crate::catalog::{quote_ident, TenantRecord};
 use crate::platform::Platform;
 use crate::tenant::cases::Status;
+use crate::tenant::forms::answers::Answer;
+use crate::tenant::forms::attachments;
 use crate::tenant::forms::citizen::{decrypt_answers, jst};
 use crate::tenant::forms::definition::FormDefinition;
 
@@ -260,6 +263,7 @@ pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExp
         header.extend(cols.iter().map(|(_, l)| l.clone()));
         out.write(&csv_line(&header)?)?;
         let mut after: Option<(time::OffsetDateTime, uuid::Uuid)> = None;
+        let mut attached = Vec::new();
         loop {
             let rows = db
                 .query(
@@ -285,6 +289,26 @@ pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExp
                         .map(|(f, _)| answers.get(f).map(|a| a.display()).unwrap_or_default()),
                 );
                 out.write(&csv_line(&line)?)?;
+                // 添付ファイル: each in files-<form>/, named by receipt number and field
+                // (the CSV gives the name the applicant's device gave).
+                for (field, a) in &answers {
+                    let Answer::File(file) = a else { continue };
+                    let content = attachments::content(&cipher, db, id, file.id)
+                        .await
+                        .map_err(|e| anyhow::anyhow!("submission {id}, file {}: {e}", file.id))?;
+                    let folder = format!("files-{public_id}");
+                    std::fs::DirBuilder::new()
+                        .recursive(true)
+                        .mode(0o700)
+                        .create(dir.join(&folder))
+                        .with_context(|| format!("creating {folder}"))?;
+                    let mut f = Out::create(
+                        &dir,
+                        &format!("{folder}/{}_{field}.{}", line[0], file.kind.extension()),
+                    )?;
+                    f.write(&content)?;
+                    attached.push(f.finish()?);
+                }
             }
             match rows.last() {
                 Some(last) if rows.len() as i64 == BATCH => {
@@ -294,6 +318,7 @@ pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExp
             }
         }
         files.push(out.finish()?);
+        files.extend(attached);
     }
     Ok(FinalExport {
         directory: dir.display().to_string(),

@@ -501,7 +501,18 @@ async fn header_limit(req: Request, next: Next) -> Response {
 }
 
 async fn request_timeout(req: Request, next: Next) -> Response {
-    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+    // A page carrying files (添付ファイル) from a phone on a slow network takes longer.
+    let uploading = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    let limit = if uploading {
+        crate::tenant::forms::attachments::UPLOAD_TIMEOUT
+    } else {
+        REQUEST_TIMEOUT
+    };
+    match tokio::time::timeout(limit, next.run(req)).await {
         Ok(r) => r,
         Err(_) => {
             tracing::warn!("request timed out");

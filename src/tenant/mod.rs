@@ -177,8 +177,13 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         .route("/", get(home::show))
         .route("/help", get(help::citizen_guide))
         // Citizens
+        // A page may carry files (添付ファイル).
         .route("/f/{form}", {
-            let r = get(c::show).post(c::post_page);
+            let r = get(c::show)
+                .post(c::post_page)
+                .layer::<_, std::convert::Infallible>(axum::extract::DefaultBodyLimit::max(
+                    forms::attachments::MAX_PAGE_BODY,
+                ));
             match &submits {
                 Some(l) => r.layer(l.clone()),
                 None => r,
@@ -296,6 +301,10 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             post(cases::pages::set_status),
         )
         .route("/admin/submissions/{id}/assign", post(cases::pages::assign))
+        .route(
+            "/admin/submissions/{id}/files/{file}",
+            get(cases::pages::attachment),
+        )
         .route(
             "/admin/submissions/{id}/notes",
             post(cases::pages::add_note),

@@ -12,8 +12,8 @@ use super::Nav;
 use crate::error::AppError;
 use crate::tenant::forms::citizen::preview;
 use crate::tenant::forms::definition::{
-    ChoiceDisplay, Condition, ConditionOp, Field, FieldKind, FormDefinition, Page, FIELD_TYPES,
-    MAX_DOCUMENT,
+    ChoiceDisplay, Condition, ConditionOp, Field, FieldKind, FileType, FormDefinition, Page,
+    FIELD_TYPES, MAX_DOCUMENT,
 };
 use crate::tenant::forms::store::{self, FormRow};
 use crate::tenant::http::{see_other, FormData};
@@ -724,6 +724,8 @@ struct FieldPage {
     integer: bool,
     furigana: bool,
     text: String,
+    /// 添付ファイル: each kind (value, label) and whether the field takes it.
+    file_types: Vec<(&'static str, &'static str, bool)>,
     error: Option<String>,
     csrf: String,
     rev: i64,
@@ -784,6 +786,7 @@ fn field_page(
         integer: false,
         furigana: true,
         text: String::new(),
+        file_types: Vec::new(),
         error,
         csrf: user.csrf.clone(),
         rev: form.revision,
@@ -839,6 +842,13 @@ fn field_page(
         FieldKind::Name { furigana } => page.furigana = *furigana,
         FieldKind::Consent { statement } | FieldKind::Paragraph { text: statement } => {
             page.text = statement.clone()
+        }
+        FieldKind::File { types, max_mb } => {
+            page.max = opt(*max_mb);
+            page.file_types = FileType::ALL
+                .iter()
+                .map(|t| (t.as_str(), t.label(), types.contains(t)))
+                .collect();
         }
         FieldKind::Email {} | FieldKind::Tel {} | FieldKind::Address {} | FieldKind::Heading {} => {
         }
@@ -921,6 +931,13 @@ fn field_from(body: &FormData, old: &Field) -> Result<Field, String> {
         },
         FieldKind::Name { .. } => FieldKind::Name {
             furigana: body.get("furigana") == "yes",
+        },
+        FieldKind::File { .. } => FieldKind::File {
+            types: FileType::ALL
+                .into_iter()
+                .filter(|t| body.all("types").iter().any(|v| v == t.as_str()))
+                .collect(),
+            max_mb: num(body, "max", "ファイルの上限")?,
         },
         FieldKind::Consent { .. } => FieldKind::Consent {
             statement: body.get("text").trim().replace("\r\n", "\n"),

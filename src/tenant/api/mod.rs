@@ -21,7 +21,8 @@ use uuid::Uuid;
 
 use super::audit::{self, Actor};
 use super::cases::{change_status, Change, Status};
-use super::forms::answers::{check_all, Raw};
+use super::forms::answers::{check_all, Answer, Raw};
+use super::forms::attachments;
 use super::forms::citizen::{decrypt_answers, store_submission, Stored};
 use super::forms::store::{self, Availability};
 use super::http::token_hash;
@@ -440,6 +441,27 @@ pub async fn submit(
             ),
         ));
     }
+    // Files are attached through the web form only: an answer naming one is refused.
+    let sent_files: Vec<FieldProblem> = f
+        .def
+        .fields()
+        .filter(|field| field.kind.is_file() && raw.get(&field.id).is_some_and(|v| !v.is_empty()))
+        .map(|field| FieldProblem {
+            field: field.id.clone(),
+            input: field.id.clone(),
+            message: format!("{}: 添付ファイルはAPIでは送信できません", field.label),
+        })
+        .collect();
+    if !sent_files.is_empty() {
+        let mut p = Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-answers",
+            "Answers refused",
+            "添付ファイルはAPIでは送信できません（Webのフォームから添付してください）",
+        );
+        p.errors = sent_files;
+        return Err(p);
+    }
     let answers = match check_all(&f.def, &raw) {
         Ok(a) => a,
         Err(errors) => {
@@ -781,10 +803,12 @@ pub async fn get_submission(
     let mut map = BTreeMap::new();
     for f in def.fields() {
         if let Some(a) = answers.get(&f.id) {
-            map.insert(
-                f.id.clone(),
-                serde_json::json!({ "label": f.label, "value": a.display(), "answer": a }),
-            );
+            let mut item =
+                serde_json::json!({ "label": f.label, "value": a.display(), "answer": a });
+            if let Answer::File(file) = a {
+                item["download"] = format!("/api/v1/submissions/{id}/files/{}", file.id).into();
+            }
+            map.insert(f.id.clone(), item);
         }
     }
     out.answers = Some(map);
@@ -809,6 +833,40 @@ pub async fn get_submission(
     )
     .await?;
     Ok(Json(out))
+}
+
+/// A file attached to a submission (添付ファイル): its content as the applicant sent
+/// it, with its kind's media type and its name in `Content-Disposition`. The
+/// answer's `sha256` is the content's.
+#[utoipa::path(get, path = "/api/v1/submissions/{id}/files/{file}", tag = "submissions", security(("bearer" = [])),
+    params(("id" = Uuid, Path), ("file" = Uuid, Path, description = "The file's id, as its answer names it")),
+    responses((status = 200, description = "The file (application/pdf, image/jpeg or image/png)", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No such submission, or no such file in it"), CommonErrors))]
+pub async fn get_attachment(
+    ctx: TenantCtx,
+    client: ApiClient,
+    ApiPath((id, file)): ApiPath<(Uuid, Uuid)>,
+) -> Result<Response, Problem> {
+    client.require("submissions:read")?;
+    let mut db = ctx.db().await?;
+    let stored: serde_json::Value = db
+        .query_opt("SELECT answers FROM submissions WHERE id = $1", &[&id])
+        .await
+        .map_err(AppError::from)?
+        .ok_or(AppError::NotFound)?
+        .get(0);
+    let answers = decrypt_answers(ctx.cipher(), id, &stored)?;
+    let (field, named, content) =
+        attachments::of_submission(ctx.cipher(), &db, id, &answers, file).await?;
+    audit::record(
+        &mut db,
+        &client.actor,
+        "attachment.download",
+        &id.to_string(),
+        serde_json::json!({ "field": field, "file": file }),
+    )
+    .await?;
+    Ok(attachments::download(named, &content))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -929,7 +987,7 @@ impl utoipa::Modify for SecurityAddon {
 #[openapi(
     info(title = "Madoguchi integration API", version = "1",
         description = "各自治体のホスト名で提供する連携API。トークンは自治体ごとに発行され、他の自治体では使えません。/ Per-municipality API; tokens are valid on their own municipality's host only."),
-    paths(list_forms, get_form, submit, list_submissions, get_submission, set_status),
+    paths(list_forms, get_form, submit, list_submissions, get_submission, get_attachment, set_status),
     components(schemas(Problem, FieldProblem, FormSummary, NewSubmission, SubmissionCreated, SubmissionOut, IdentityOut, SubmissionPage, StatusChange)),
     modifiers(&SecurityAddon),
     tags((name = "forms"), (name = "submissions"))
@@ -956,6 +1014,7 @@ pub fn router() -> Router {
         .route("/api/v1/submissions", get(list_submissions))
         .route("/api/v1/submissions/{id}", get(get_submission))
         .route("/api/v1/submissions/{id}/status", post(set_status))
+        .route("/api/v1/submissions/{id}/files/{file}", get(get_attachment))
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,

@@ -14,6 +14,7 @@ use crate::error::AppError;
 use crate::tenant::admin::Nav;
 use crate::tenant::audit;
 use crate::tenant::forms::answers::Answer;
+use crate::tenant::forms::attachments;
 use crate::tenant::forms::citizen::{decrypt_answers, jst};
 use crate::tenant::forms::store;
 use crate::tenant::http::{date, see_other, FormData};
@@ -560,6 +561,8 @@ async fn case_ref(
 pub struct AnswerLine {
     pub label: String,
     pub value: String,
+    /// 添付ファイル: where to download it.
+    pub file: Option<String>,
 }
 
 /// Who made a history row, for people: the applicant, an integration by its token's
@@ -644,6 +647,33 @@ struct DetailPage {
     csrf: String,
     can_edit: bool,
     message: Option<String>,
+}
+
+/// A file attached to a case (添付ファイル), for staff who may see the case; each
+/// download is in the operation log.
+pub async fn attachment(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path((id, file)): Path<(Uuid, Uuid)>,
+) -> Result<Response, AppError> {
+    let mut db = ctx.db().await?;
+    case_ref(&db, &user, id).await?;
+    let stored: serde_json::Value = db
+        .query_one("SELECT answers FROM submissions WHERE id = $1", &[&id])
+        .await?
+        .get(0);
+    let answers = decrypt_answers(ctx.cipher(), id, &stored)?;
+    let (field, named, content) =
+        attachments::of_submission(ctx.cipher(), &db, id, &answers, file).await?;
+    audit::record(
+        &mut db,
+        &user.actor(),
+        "attachment.download",
+        &id.to_string(),
+        serde_json::json!({ "field": field, "file": file }),
+    )
+    .await?;
+    Ok(attachments::download(named, &content))
 }
 
 pub async fn detail(
@@ -778,6 +808,12 @@ async fn detail_page(
                 answers.get(&f.id).map(|a| AnswerLine {
                     label: f.label.clone(),
                     value: a.display(),
+                    file: match a {
+                        Answer::File(file) => {
+                            Some(format!("/admin/submissions/{id}/files/{}", file.id))
+                        }
+                        _ => None,
+                    },
                 })
             })
             .collect(),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use time::Date;
 
-use super::definition::{Condition, ConditionOp, Field, FieldKind, FormDefinition, Page};
+use super::definition::{Condition, ConditionOp, Field, FieldKind, FileType, FormDefinition, Page};
 use crate::ja;
 
 /// The longest single input accepted, whatever the field's own limit (characters).
@@ -63,6 +63,47 @@ pub enum Answer {
         given_kana: String,
     },
     Consent(bool),
+    /// 添付ファイル: the file is kept beside the answers (table `attachments`).
+    File(FileRef),
+}
+
+/// An attached file as the answers name it. Set by the server when a file is
+/// uploaded (see `attachments`), never taken from what a browser or a client sends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileRef {
+    pub id: uuid::Uuid,
+    /// The file's name as the applicant's device gave it (cleaned: no path, no
+    /// control characters, NFC).
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: FileType,
+    pub size: u64,
+    /// SHA-256 of the content, hex.
+    pub sha256: String,
+}
+
+impl FileRef {
+    /// The draft's input that names this file.
+    pub fn to_input(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub fn from_input(v: &str) -> Option<Self> {
+        serde_json::from_str(v).ok()
+    }
+}
+
+/// A size for people: 980 B, 340 KB, 2.4 MB (1 KB = 1,024 bytes).
+pub fn size_label(bytes: u64) -> String {
+    const KIB: u64 = 1024;
+    if bytes < KIB {
+        format!("{bytes} B")
+    } else if bytes < KIB * KIB {
+        format!("{} KB", bytes.div_ceil(KIB))
+    } else {
+        let tenths = (bytes * 10).div_ceil(KIB * KIB);
+        format!("{}.{} MB", tenths / 10, tenths % 10)
+    }
 }
 
 pub type Answers = BTreeMap<String, Answer>;
@@ -102,6 +143,7 @@ impl Answer {
             }
             Self::Consent(true) => "同意する".into(),
             Self::Consent(false) => "同意しない".into(),
+            Self::File(f) => format!("{}（{}）", f.name, size_label(f.size)),
         }
     }
 
@@ -129,6 +171,7 @@ pub fn to_raw(answers: &Answers) -> Raw {
             Answer::Consent(yes) => {
                 put(id.clone(), if *yes { "yes".into() } else { String::new() })
             }
+            Answer::File(f) => put(id.clone(), f.to_input()),
             Answer::Address {
                 postal_code,
                 address1,
@@ -237,10 +280,12 @@ pub fn check_all(def: &FormDefinition, raw: &Raw) -> Result<Answers, Vec<FieldEr
     }
 }
 
-/// The inputs of one page, to keep in a draft: only the names the page uses.
+/// The inputs of one page, to keep in a draft: only the names the page uses. A
+/// 添付ファイル field's input is the server's own (see `attachments`) and is never
+/// taken from what was sent.
 pub fn page_inputs(page: &Page, raw: &Raw) -> Raw {
     let mut out = Raw::new();
-    for f in &page.fields {
+    for f in page.fields.iter().filter(|f| !f.kind.is_file()) {
         for name in input_names(f) {
             if let Some(v) = raw.get(&name) {
                 let v: Vec<String> = v
@@ -672,6 +717,33 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
                 given_kana,
             }))
         }
+        FieldKind::File { types, .. } => {
+            let Some(file) = raw
+                .get(&f.id)
+                .and_then(|v| v.first())
+                .and_then(|v| FileRef::from_input(v))
+            else {
+                return if f.required {
+                    Err(err(f, &f.id, format!("{label}を添付してください")))
+                } else {
+                    Ok(None)
+                };
+            };
+            // Attached before a new version narrowed what the field takes.
+            let most = u64::from(f.kind.file_limit_mb().unwrap_or(0)) * 1024 * 1024;
+            if !types.contains(&file.kind) || file.size > most {
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!(
+                        "{label}の受け付けるファイルが変わりました（{}、{}MBまで）。添付し直してください",
+                        file_types_label(types),
+                        most / (1024 * 1024)
+                    ),
+                ));
+            }
+            Ok(Some(Answer::File(file)))
+        }
         FieldKind::Consent { .. } => {
             let yes = first(raw, &f.id) == "yes";
             if f.required && !yes {
@@ -681,6 +753,15 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
         }
         FieldKind::Heading {} | FieldKind::Paragraph { .. } => Ok(None),
     }
+}
+
+/// The kinds a 添付ファイル field takes, for people: 「PDF・JPEG・PNG」.
+pub fn file_types_label(types: &[FileType]) -> String {
+    types
+        .iter()
+        .map(|t| t.label())
+        .collect::<Vec<_>>()
+        .join("・")
 }
 
 /// A text field's pattern compiled to match the whole answer, or None if it does not

@@ -17,6 +17,7 @@ use super::answers::{
     check_all, check_page, field_visible, input_names, page_inputs, page_visible, Answer, Answers,
     FieldError, Raw,
 };
+use super::attachments::{self, PageBody};
 use super::definition::{FieldKind, FormDefinition};
 use super::store::{self, Availability, Published};
 use super::view::{page_views, FieldView};
@@ -119,7 +120,9 @@ pub async fn purge_expired_drafts(db: &tokio_postgres::Client) -> Result<u64, Ap
             &[],
         )
         .await?;
-    Ok(drafts + links + verifications)
+    // Files of drafts gone (expired or taken over) or sent without them.
+    let files = super::attachments::purge_orphans(db).await?;
+    Ok(drafts + links + verifications + files)
 }
 
 /// The draft saved under a token (see [`save_draft`]; $1 id, $2 token hash, $3 form,
@@ -254,6 +257,8 @@ struct FormPage {
     moved: bool,
     /// The form asks for 本人確認 before it is sent (said on its first page).
     identity: bool,
+    /// The page has a 添付ファイル field: it is sent as multipart/form-data.
+    multipart: bool,
 }
 
 impl FormPage {
@@ -296,6 +301,10 @@ impl FormPage {
             save: false,
             moved: false,
             identity: step == 0 && def.settings.identity,
+            multipart: def
+                .pages
+                .get(page)
+                .is_some_and(|p| p.fields.iter().any(|f| f.kind.is_file())),
         }
     }
 }
@@ -724,8 +733,9 @@ pub async fn post_page(
     ctx: TenantCtx,
     Path(public_id): Path<String>,
     headers: HeaderMap,
-    body: FormData,
+    sent: PageBody,
 ) -> Result<Response, AppError> {
+    let body = &sent.form;
     let db = ctx.db().await?;
     let form = match open_form(&ctx, &db, &public_id, &headers).await? {
         Ok(form) => form,
@@ -736,7 +746,7 @@ pub async fn post_page(
     // draft (24 hours) while the page stayed open, as phone tabs do. This page's
     // answers are kept under a new token rather than lost with an error (unless it is
     // a correction, which must start again from the status page).
-    let token = match posted_token(&ctx, &db, &form, &headers, &body).await? {
+    let token = match posted_token(&ctx, &db, &form, &headers, body).await? {
         // A page of a tab older than the cookie (the same-origin fallback) whose draft
         // a mailed link moved elsewhere: not a page of the cookie's application.
         Posted::Token(t)
@@ -762,7 +772,7 @@ pub async fn post_page(
         }
         Posted::Renew => {
             let token = random_token(32);
-            let back = restart(&ctx, &db, &form, &token, Draft::fresh(), &body, "expired").await?;
+            let back = restart(&ctx, &db, &form, &token, Draft::fresh(), body, "expired").await?;
             return Ok(with_cookie(back, &ctx, &form, &token));
         }
     };
@@ -788,17 +798,21 @@ pub async fn post_page(
         .parse::<i32>()
         .is_ok_and(|v| v != form.version)
     {
-        return restart(&ctx, &db, &form, &token, draft, &body, "updated").await;
+        return restart(&ctx, &db, &form, &token, draft, body, "updated").await;
     }
     // This page's inputs replace what the draft held for them; nothing else is lost.
+    // A 添付ファイル field keeps its file unless a new one is sent or it is removed.
     let p = &def.pages[page];
-    for f in &p.fields {
+    for f in p.fields.iter().filter(|f| !f.kind.is_file()) {
         for name in input_names(f) {
             draft.inputs.remove(&name);
         }
     }
     draft.inputs.extend(page_inputs(p, &body.0));
+    let files =
+        attachments::apply(&ctx, &db, form.id, p, draft.id, &mut draft.inputs, &sent).await?;
     if !save_draft(&ctx, &db, &form, &token, &draft).await? {
+        attachments::discard(&db, draft.id, &files.added).await?;
         // The row under this token was sent meanwhile, or is a correction that
         // expired: its earlier receipt, or a way back in, not a new application.
         let sent = db
@@ -823,6 +837,19 @@ pub async fn post_page(
         ));
     }
 
+    attachments::discard(&db, draft.id, &files.dropped).await?;
+    // A file refused: said at once, whichever button was pressed, with the page as
+    // it was kept.
+    if !files.errors.is_empty() {
+        let before = answers_before(def, &draft.inputs, page);
+        let (_, mut errors) = check_page(p, &draft.inputs, &before);
+        errors.retain(|e| !files.errors.iter().any(|f| f.field == e.field));
+        errors.splice(0..0, files.errors);
+        return Ok(render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &draft_page(&ctx, &form, page, &draft, &errors, &token),
+        ));
+    }
     // 一時保存: this page is kept as typed, errors and all, and the person is asked
     // where to mail the link that brings them back.
     if body.get("_nav") == "save" {
@@ -1350,9 +1377,10 @@ pub async fn store_submission(
     let encrypted = encrypt_answers(ctx.cipher(), id, answers)?;
     let mail = receipt_mail(ctx, &form.def, answers, id, "received")?;
     let by = by.label();
+    let files = !attachments::named(answers).is_empty();
     for _ in 0..3 {
         let receipt = ReceiptNumber::generate();
-        if form.capacity.is_none() && verified.is_none() {
+        if form.capacity.is_none() && verified.is_none() && !files {
             // Without 定員 there is nothing to count: the row and the draft's pointer
             // to it are one statement, so one round trip and one commit.
             let stmt = db.prepare_cached(STORE_SQL).await?;
@@ -1421,6 +1449,11 @@ pub async fn store_submission(
         }
         if let Some(d) = draft {
             tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now() WHERE id = $1", &[&d, &id]).await?;
+            attachments::settle(&tx, id, d, answers).await?;
+        } else if files {
+            return Err(AppError::Internal(anyhow::anyhow!(
+                "answers naming files without the draft they were uploaded to"
+            )));
         }
         tx.execute(
             "INSERT INTO submission_events (submission_id, actor_label, to_status) VALUES ($1, $2, 'received')",
@@ -1624,6 +1657,7 @@ async fn resubmit_correction(
     )
     .await?;
     queue_receipt(&tx, orig, mail.as_deref()).await?;
+    attachments::settle(&tx, orig, draft.id, answers).await?;
     crate::tenant::audit::append(
         &tx,
         &Actor::Citizen,

@@ -171,6 +171,14 @@ pub enum FieldKind {
         #[serde(default = "yes")]
         furigana: bool,
     },
+    /// 添付ファイル: one document or photo of one of `types`, at most `max_mb` MB
+    /// (at most [`MAX_FILE_MB`]; none set: that).
+    File {
+        #[serde(default = "all_file_types")]
+        types: Vec<FileType>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        max_mb: Option<u32>,
+    },
     /// 同意 (yes/no)
     Consent {
         statement: String,
@@ -185,6 +193,83 @@ pub enum FieldKind {
 
 fn yes() -> bool {
     true
+}
+
+fn all_file_types() -> Vec<FileType> {
+    FileType::ALL.to_vec()
+}
+
+/// The largest file a 添付ファイル field takes, in MB (MiB).
+pub const MAX_FILE_MB: u32 = 10;
+/// The 添付ファイル fields of one page together take at most this many MB: what one
+/// page's request may carry (see `attachments::MAX_PAGE_BODY`).
+pub const MAX_PAGE_FILES_MB: u32 = 20;
+/// 添付ファイル fields in one form.
+pub const MAX_FILE_FIELDS: usize = 5;
+
+/// A kind of file a 添付ファイル field takes, known by its first bytes (not by its
+/// name or by what the browser says it is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileType {
+    Pdf,
+    Jpeg,
+    Png,
+}
+
+impl FileType {
+    pub const ALL: [Self; 3] = [Self::Pdf, Self::Jpeg, Self::Png];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pdf => "pdf",
+            Self::Jpeg => "jpeg",
+            Self::Png => "png",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|t| t.as_str() == s)
+    }
+
+    /// As people name it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Pdf => "PDF",
+            Self::Jpeg => "JPEG",
+            Self::Png => "PNG",
+        }
+    }
+
+    pub fn mime(self) -> &'static str {
+        match self {
+            Self::Pdf => "application/pdf",
+            Self::Jpeg => "image/jpeg",
+            Self::Png => "image/png",
+        }
+    }
+
+    /// The file name extension a file of this kind is saved with.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::Pdf => "pdf",
+            Self::Jpeg => "jpg",
+            Self::Png => "png",
+        }
+    }
+
+    /// The kind of a file by its first bytes.
+    pub fn sniff(bytes: &[u8]) -> Option<Self> {
+        if bytes.starts_with(b"%PDF-") {
+            Some(Self::Pdf)
+        } else if bytes.starts_with(&[0xFF, 0xD8, 0xFF]) {
+            Some(Self::Jpeg)
+        } else if bytes.starts_with(b"\x89PNG\r\n\x1a\n") {
+            Some(Self::Png)
+        } else {
+            None
+        }
+    }
 }
 
 /// A date in a definition, written `"2026-04-01"` (ISO 8601), as a person editing an
@@ -252,6 +337,19 @@ pub enum ConditionOp {
 }
 
 impl FieldKind {
+    /// A 添付ファイル field's largest file, in MB; `None` for other fields.
+    pub fn file_limit_mb(&self) -> Option<u32> {
+        match self {
+            Self::File { max_mb, .. } => Some(max_mb.unwrap_or(MAX_FILE_MB)),
+            _ => None,
+        }
+    }
+
+    /// Whether the field is a 添付ファイル.
+    pub fn is_file(&self) -> bool {
+        matches!(self, Self::File { .. })
+    }
+
     /// Whether the field takes an answer.
     pub fn takes_answer(&self) -> bool {
         !matches!(self, Self::Heading {} | Self::Paragraph { .. })
@@ -270,6 +368,7 @@ impl FieldKind {
             Self::MultiChoice { .. } => "multi_choice",
             Self::Address {} => "address",
             Self::Name { .. } => "name",
+            Self::File { .. } => "file",
             Self::Consent { .. } => "consent",
             Self::Heading {} => "heading",
             Self::Paragraph { .. } => "paragraph",
@@ -312,6 +411,10 @@ impl FieldKind {
             },
             "address" => Self::Address {},
             "name" => Self::Name { furigana: true },
+            "file" => Self::File {
+                types: all_file_types(),
+                max_mb: None,
+            },
             "consent" => Self::Consent {
                 statement: "内容に同意します".into(),
             },
@@ -336,6 +439,7 @@ pub const FIELD_TYPES: &[(&str, &str, &str)] = &[
     ("multi_choice", "複数選択", "Multiple choice"),
     ("address", "郵便番号・住所", "Postal code and address"),
     ("name", "氏名（フリガナ付き）", "Name with furigana"),
+    ("file", "添付ファイル", "File attachment"),
     ("consent", "同意", "Consent"),
     ("heading", "見出し", "Heading"),
     ("paragraph", "説明文", "Explanatory text"),
@@ -475,6 +579,17 @@ impl FormDefinition {
                 "capacity must be at least 1".into(),
             ));
         }
+        if self
+            .fields()
+            .filter(|f| matches!(f.kind, FieldKind::File { .. }))
+            .count()
+            > MAX_FILE_FIELDS
+        {
+            out.push(problem(
+                format!("添付ファイルの項目は1つのフォームに{MAX_FILE_FIELDS}個までです"),
+                format!("at most {MAX_FILE_FIELDS} file fields"),
+            ));
+        }
         let mut seen: Vec<&str> = Vec::new();
         let mut page_ids: Vec<&str> = Vec::new();
         for page in &self.pages {
@@ -493,6 +608,20 @@ impl FormDefinition {
             }
             if let Some(c) = &page.show_if {
                 self.check_condition(c, &seen, &format!("ページ「{}」", page.title), &mut out);
+            }
+            let page_mb: u32 = page
+                .fields
+                .iter()
+                .filter_map(|f| f.kind.file_limit_mb())
+                .sum();
+            if page_mb > MAX_PAGE_FILES_MB {
+                out.push(problem(
+                    format!(
+                        "1ページの添付ファイルの上限は合計{MAX_PAGE_FILES_MB}MBまでです（ページ「{}」は{page_mb}MB）。添付ファイルの項目を別のページに分けるか、上限を小さくしてください",
+                        page.title
+                    ),
+                    format!("file fields of page {} allow {page_mb} MB together, at most {MAX_PAGE_FILES_MB}", page.id),
+                ));
             }
             for f in &page.fields {
                 let name = if f.label.is_empty() {
@@ -553,6 +682,16 @@ impl FormDefinition {
             out.push(problem(
                 format!("{what}の表示条件の値は{MAX_OPTIONS}個まで、各{MAX_LABEL}文字までです"),
                 "condition values too many or too long".into(),
+            ));
+        }
+        if c.op != ConditionOp::NotEmpty
+            && self
+                .field(&c.field)
+                .is_some_and(|f| matches!(f.kind, FieldKind::File { .. }))
+        {
+            out.push(problem(
+                format!("{what}の表示条件: 添付ファイルの項目には「回答がある」だけを使えます"),
+                "a condition on a file field can only be not_empty".into(),
             ));
         }
         if matches!(c.op, ConditionOp::Equals | ConditionOp::In) && c.values.is_empty() {
@@ -719,6 +858,23 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
                 out.push(problem(
                     format!("項目「{name}」の文章が長すぎます"),
                     "text too long".into(),
+                ));
+            }
+        }
+        FieldKind::File { types, max_mb } => {
+            let mut distinct = types.clone();
+            distinct.sort_by_key(|t| t.as_str());
+            distinct.dedup();
+            if types.is_empty() || distinct.len() != types.len() {
+                out.push(problem(
+                    format!("項目「{name}」で受け付けるファイルの形式を1つ以上選んでください"),
+                    "file types: one or more, each once".into(),
+                ));
+            }
+            if max_mb.is_some_and(|m| !(1..=MAX_FILE_MB).contains(&m)) {
+                out.push(problem(
+                    format!("項目「{name}」のファイルの上限は1〜{MAX_FILE_MB}MBにしてください"),
+                    format!("max_mb must be 1-{MAX_FILE_MB}"),
                 ));
             }
         }

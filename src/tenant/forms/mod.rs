@@ -2,6 +2,7 @@
 //! builder's storage and the citizen's pages.
 
 pub mod answers;
+pub mod attachments;
 pub mod citizen;
 pub mod definition;
 pub mod pow;

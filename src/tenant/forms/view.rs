@@ -1,8 +1,8 @@
 //! What a form page shows: fields turned into view models the templates render,
 //! with the values typed so far and the errors beside them.
 
-use super::answers::{FieldError, Raw, MAX_INPUT};
-use super::definition::{ChoiceDisplay, Field, FieldKind, Page};
+use super::answers::{file_types_label, Answer, FieldError, FileRef, Raw, MAX_INPUT};
+use super::definition::{ChoiceDisplay, Field, FieldKind, FileType, Page};
 
 pub struct OptionView {
     pub value: String,
@@ -52,6 +52,12 @@ pub struct FieldView {
     pub show_field: String,
     pub show_op: &'static str,
     pub show_values: String,
+    /// 添付ファイル: the kinds the browser offers (`accept`), the largest file in
+    /// bytes (the page's script warns before sending a larger one), and the file
+    /// attached so far, as shown.
+    pub accept: String,
+    pub max_bytes: u64,
+    pub attached: Option<String>,
 }
 
 fn first(raw: &Raw, name: &str) -> String {
@@ -94,6 +100,9 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
         show_field: String::new(),
         show_op: "",
         show_values: String::new(),
+        accept: String::new(),
+        max_bytes: 0,
+        attached: None,
     };
     if let Some(c) = &f.show_if {
         v.show_field.clone_from(&c.field);
@@ -207,14 +216,36 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
                     .push(part("given_kana", "メイ（カタカナ）", "", "", "mid"));
             }
         }
+        FieldKind::File { types, .. } => {
+            v.input_type = "file";
+            v.value.clear();
+            let mb = f.kind.file_limit_mb().unwrap_or(0);
+            v.max_bytes = u64::from(mb) * 1024 * 1024;
+            v.accept = types
+                .iter()
+                .flat_map(|t| match t {
+                    FileType::Pdf => vec!["application/pdf", ".pdf"],
+                    FileType::Jpeg => vec!["image/jpeg", ".jpg", ".jpeg"],
+                    FileType::Png => vec!["image/png", ".png"],
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            v.text = format!("{}、{mb}MBまで", file_types_label(types));
+            v.attached = raw
+                .get(&f.id)
+                .and_then(|vs| vs.first())
+                .and_then(|s| FileRef::from_input(s))
+                .map(|r| Answer::File(r).display());
+        }
         FieldKind::Consent { statement } => v.text = statement.clone(),
         FieldKind::Paragraph { text } => v.text = text.clone(),
         FieldKind::Heading {} => {}
     }
-    let described: [(bool, &str); 5] = [
+    let described: [(bool, &str); 6] = [
         (v.error.is_some(), "error"),
         (!v.help.is_empty(), "help"),
-        (v.maxlength.is_some(), "limit"),
+        (v.maxlength.is_some() || v.max_bytes > 0, "limit"),
+        (v.attached.is_some(), "attached"),
         (!v.unit.is_empty(), "unit"),
         (matches!(f.kind, FieldKind::Consent { .. }), "statement"),
     ];

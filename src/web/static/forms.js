@@ -170,3 +170,22 @@ document.querySelectorAll("form.citizen-form input[autocomplete=postal-code]").f
   postal.addEventListener("input", look);
   postal.addEventListener("change", look);
 });
+
+// 添付ファイル: a file larger than its field takes is said at once and not sent (the
+// server refuses it too, but only after the whole file has travelled).
+(function () {
+  var inputs = document.querySelectorAll("input[type=file][data-max-bytes]");
+  Array.prototype.forEach.call(inputs, function (input) {
+    input.addEventListener("change", function () {
+      var max = Number(input.getAttribute("data-max-bytes"));
+      var warning = document.getElementById("warning-" + input.name);
+      var file = input.files && input.files[0];
+      var tooBig = Boolean(file) && max > 0 && file.size > max;
+      if (warning) {
+        warning.hidden = !tooBig;
+        warning.textContent = tooBig ? "選んだファイルは大きすぎるため、添付されません（" + Math.floor(max / 1048576) + "MBまで）。小さいファイルを選んでください。 The file is too large." : "";
+      }
+      if (tooBig) { input.value = ""; }
+    });
+  });
+})();

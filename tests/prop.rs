@@ -14,7 +14,7 @@ use madoguchi::ja;
 use madoguchi::tenant::forms::answers::{
     check_field, input_names, to_raw, Answer, Answers, Raw, MAX_INPUT,
 };
-use madoguchi::tenant::forms::definition::{ChoiceDisplay, Field, FieldKind};
+use madoguchi::tenant::forms::definition::{ChoiceDisplay, Field, FieldKind, FileType};
 use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
@@ -224,6 +224,14 @@ fn fields() -> &'static [Field] {
                     statement: "同意します".into(),
                 },
             ),
+            field(
+                "fl",
+                false,
+                FieldKind::File {
+                    types: FileType::ALL.to_vec(),
+                    max_mb: None,
+                },
+            ),
         ]
     })
 }
@@ -296,7 +304,10 @@ fn plausible(f: &Field, k: usize) -> BoxedStrategy<String> {
         }
         FieldKind::Name { .. } => regex("[ぁ-ゖ]{1,8}|[ァ-ヺー]{1,8}( [ァ-ヺ]{1,4})?|[ｦ-ﾟ]{1,8}"),
         FieldKind::Consent { .. } => regex("yes|no|YES|ｙｅｓ"),
-        FieldKind::Heading {} | FieldKind::Paragraph { .. } => regex(".{0,4}"),
+        // A file is named by the server only: whatever is sent is not a file.
+        FieldKind::File { .. } | FieldKind::Heading {} | FieldKind::Paragraph { .. } => {
+            regex(".{0,4}")
+        }
     }
 }
 

@@ -5,6 +5,7 @@ mod harness;
 
 mod abuse;
 mod api;
+mod attachments;
 mod attacks;
 mod backup;
 mod bench_scripts;

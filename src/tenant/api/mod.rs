@@ -835,12 +835,18 @@ pub async fn get_submission(
     Ok(Json(out))
 }
 
+/// A file's content (a type for the OpenAPI document only).
+#[derive(ToSchema)]
+#[schema(value_type = String, format = Binary)]
+pub struct FileBytes(#[allow(dead_code)] Vec<u8>);
+
 /// A file attached to a submission (添付ファイル): its content as the applicant sent
 /// it, with its kind's media type and its name in `Content-Disposition`. The
 /// answer's `sha256` is the content's.
 #[utoipa::path(get, path = "/api/v1/submissions/{id}/files/{file}", tag = "submissions", security(("bearer" = [])),
     params(("id" = Uuid, Path), ("file" = Uuid, Path, description = "The file's id, as its answer names it")),
-    responses((status = 200, description = "The file (application/pdf, image/jpeg or image/png)", content_type = "application/octet-stream", body = Vec<u8>),
+    responses((status = 200, description = "The file, of its kind's media type", content(
+            (FileBytes = "application/pdf"), (FileBytes = "image/jpeg"), (FileBytes = "image/png"))),
         (status = 404, body = Problem, content_type = "application/problem+json", description = "No such submission, or no such file in it"), CommonErrors))]
 pub async fn get_attachment(
     ctx: TenantCtx,

@@ -1,0 +1,599 @@
+//! 添付ファイル over HTTP against a real server and database: a citizen attaches,
+//! replaces and removes a file; staff, the API and the final export get it back as
+//! sent; refusals say why and lose nothing; a file is never taken from what a browser
+//! or a client names.
+
+use madoguchi::tenant::staff::Role;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::forms::{browser, capture, get, post, staff};
+use crate::harness::{unique, url, TestEnv};
+
+const FORM: &str = r#"{ "format": "madoguchi.form/1", "title": "道路占用許可申請",
+  "pages": [
+    { "id": "p1", "title": "申請者", "fields": [
+      { "id": "applicant", "type": "text", "label": "申請者名", "required": true },
+      { "id": "email", "type": "email", "label": "メールアドレス", "required": true },
+      { "id": "photo", "type": "file", "label": "現況写真", "required": true, "types": ["png", "pdf"], "max_mb": 1 }
+    ] },
+    { "id": "p2", "title": "備考", "fields": [
+      { "id": "memo", "type": "textarea", "label": "備考" }
+    ] }
+  ] }"#;
+
+/// A PNG's signature and some bytes: what the server checks is the signature.
+fn png(fill: u8, len: usize) -> Vec<u8> {
+    let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+    v.resize(len, fill);
+    v
+}
+
+/// One part of a multipart body.
+pub enum Part<'a> {
+    Text(&'a str, &'a str),
+    /// Input name, file name, content.
+    File(&'a str, &'a str, &'a [u8]),
+}
+
+/// A `multipart/form-data` body as a browser sends it; its content type and bytes.
+pub fn multipart(parts: &[Part<'_>]) -> (String, Vec<u8>) {
+    let boundary = format!("----madoguchi{}", unique("b"));
+    let mut body = Vec::new();
+    for p in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match p {
+            Part::Text(name, value) => {
+                body.extend_from_slice(
+                    format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n")
+                        .as_bytes(),
+                );
+            }
+            Part::File(name, file, data) => {
+                body.extend_from_slice(
+                    format!(
+                        "Content-Disposition: form-data; name=\"{name}\"; filename=\"{file}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
+                    )
+                    .as_bytes(),
+                );
+                body.extend_from_slice(data);
+                body.extend_from_slice(b"\r\n");
+            }
+        }
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+/// A page sent as multipart: status, location and page.
+pub async fn send_parts(c: &reqwest::Client, u: &str, parts: &[Part<'_>]) -> (u16, String, String) {
+    let (ct, body) = multipart(parts);
+    let r = c
+        .post(u)
+        .header("content-type", ct)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let loc = r
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    (r.status().as_u16(), loc, r.text().await.unwrap())
+}
+
+struct Site {
+    env: TestEnv,
+    t: madoguchi::catalog::TenantRecord,
+    server: madoguchi::front::Server,
+    host: String,
+    public: String,
+}
+
+impl Site {
+    async fn new() -> Self {
+        let env = TestEnv::new().await;
+        let t = env.tenant(&unique("att"), "千代田区", "131016").await;
+        let public =
+            madoguchi::control::tenant_admin::import_form(&env.platform, &t, FORM, "道路課", true)
+                .await
+                .unwrap();
+        let server = env.serve().await;
+        let host = t.hosts[0].clone();
+        Self {
+            env,
+            t,
+            server,
+            host,
+            public,
+        }
+    }
+
+    fn u(&self, path: &str) -> String {
+        url(&self.server, &self.host, path)
+    }
+
+    async fn db(&self) -> tokio_postgres::Client {
+        self.env.tenant_conn(&self.t).await.client
+    }
+
+    /// A citizen on the form's first page: their browser and the page's token.
+    async fn open(&self) -> (reqwest::Client, String, String) {
+        let c = browser(&self.server, &[&self.host]);
+        let (status, _, page) = get(&c, &self.u(&self.public)).await;
+        assert_eq!(status, 200, "{page}");
+        let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+        (c, token, page)
+    }
+
+    /// The first page, sent with `extra` parts after the text inputs.
+    async fn first_page(
+        &self,
+        c: &reqwest::Client,
+        token: &str,
+        applicant: &str,
+        extra: &[Part<'_>],
+    ) -> (u16, String, String) {
+        let mut parts = vec![
+            Part::Text("_token", token),
+            Part::Text("_page", "0"),
+            Part::Text("_version", "1"),
+            Part::Text("_nav", "next"),
+            Part::Text("applicant", applicant),
+            Part::Text("email", "taro.kanda@example.jp"),
+        ];
+        for p in extra {
+            parts.push(match p {
+                Part::Text(n, v) => Part::Text(n, v),
+                Part::File(n, f, d) => Part::File(n, f, d),
+            });
+        }
+        send_parts(c, &self.u(&self.public), &parts).await
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        self.db().await.query_one(sql, &[]).await.unwrap().get(0)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_attached_by_a_citizen_reaches_staff_the_api_and_the_final_export_as_sent() {
+    let site = Site::new().await;
+    let photo = png(7, 40_000);
+    let (c, token, page) = site.open().await;
+    assert!(page.contains(r#"enctype="multipart/form-data""#), "{page}");
+    assert!(
+        page.contains(r#"accept="image/png,.png,application/pdf,.pdf""#),
+        "{page}"
+    );
+    assert!(page.contains("PNG・PDF、1MBまで"), "{page}");
+
+    // Some browsers send a path; the name kept is the file's own.
+    let (status, loc, body) = site
+        .first_page(
+            &c,
+            &token,
+            "神田太郎",
+            &[Part::File("photo", "C:\\fakepath\\現況写真.png", &photo)],
+        )
+        .await;
+    assert_eq!(
+        (status, loc.as_str()),
+        (303, format!("{}?page=1", site.public).as_str()),
+        "{body}"
+    );
+    let db = site.db().await;
+    let row = db
+        .query_one(
+            "SELECT content, size, draft_id IS NOT NULL, submission_id IS NULL FROM attachments",
+            &[],
+        )
+        .await
+        .unwrap();
+    let stored: Vec<u8> = row.get(0);
+    assert_eq!(row.get::<_, i64>(1), 40_000);
+    assert!(row.get::<_, bool>(2) && row.get::<_, bool>(3));
+    // Encrypted: neither the signature nor the content is in the database.
+    assert!(!stored.windows(8).any(|w| w == &photo[..8]));
+    assert!(!stored.windows(64).any(|w| w == &photo[100..164]));
+
+    // Back on the page, the file is said to be attached; sending the page again
+    // without choosing a file keeps it.
+    let (_, _, again) = get(&c, &site.u(&format!("{}?page=0", site.public))).await;
+    assert!(again.contains("添付済み: 現況写真.png（40 KB）"), "{again}");
+    let (status, _, body) = site
+        .first_page(&c, &token, "神田 太郎", &[Part::File("photo", "", b"")])
+        .await;
+    assert_eq!(status, 303, "{body}");
+    assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
+
+    let (status, loc, body) = send_parts(
+        &c,
+        &site.u(&site.public),
+        &[
+            Part::Text("_token", &token),
+            Part::Text("_page", "1"),
+            Part::Text("_version", "1"),
+            Part::Text("_nav", "next"),
+            Part::Text("memo", "歩道の一部を使います"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, confirm) = get(&c, &site.u(&loc)).await;
+    assert!(confirm.contains("現況写真.png（40 KB）"), "{confirm}");
+    let (status, loc, body) = post(
+        &c,
+        &site.u(&format!("{}/submit", site.public)),
+        &[("_token", &token)],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, done) = get(&c, &site.u(&loc)).await;
+    let receipt = capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done);
+    let row = db
+        .query_one(
+            "SELECT a.draft_id IS NULL, s.id FROM attachments a JOIN submissions s ON s.id = a.submission_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(
+        row.get::<_, bool>(0),
+        "the file still held by the sent draft"
+    );
+    let sub: uuid::Uuid = row.get(1);
+
+    // Staff: a link on the case page, the file as sent, each download logged.
+    let admin = staff(&site.env, &site.server, &site.t, Role::Admin, None).await;
+    let (status, _, case) = get(&admin.client, &site.u(&format!("/admin/submissions/{sub}"))).await;
+    assert_eq!(status, 200);
+    let href = capture(
+        r#"<a href="(/admin/submissions/[^"]+/files/[^"]+)" download>現況写真.png"#,
+        &case,
+    );
+    let r = admin.client.get(site.u(&href)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let h = r.headers().clone();
+    assert_eq!(h["content-type"], "image/png");
+    assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(h["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .contains("sandbox"));
+    let disposition = h["content-disposition"].to_str().unwrap();
+    assert!(disposition.starts_with("attachment;"), "{disposition}");
+    assert!(
+        disposition.contains("filename*=UTF-8''%E7%8F%BE%E6%B3%81%E5%86%99%E7%9C%9F.png"),
+        "{disposition}"
+    );
+    assert_eq!(r.bytes().await.unwrap().to_vec(), photo);
+    let logged = crate::forms::log_rows(
+        &db,
+        "SELECT actor, target, detail FROM audit_log WHERE action = 'attachment.download'",
+    )
+    .await;
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert_eq!(logged[0].1, sub.to_string());
+    // Which field, never the file's name (it may name a person).
+    assert!(logged[0].2.contains(r#""field":"photo""#), "{logged:?}");
+    assert!(!logged[0].2.contains("現況写真"), "{logged:?}");
+    // Another file id under this case, or this file under another path: not found.
+    let other = href.replace(&href[href.len() - 36..], &uuid::Uuid::new_v4().to_string());
+    assert_eq!(
+        admin
+            .client
+            .get(site.u(&other))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        404
+    );
+
+    // The API: the answer names the file with its hash, and the file comes back.
+    let token_api = madoguchi::control::tenant_admin::api_token(
+        &site.env.platform,
+        &site.t,
+        "文書管理",
+        &[
+            "submissions:read".to_owned(),
+            "submissions:submit".to_owned(),
+        ],
+    )
+    .await
+    .unwrap();
+    let api = crate::harness::client_for(&site.server, &[&site.host]);
+    let one: Value = api
+        .get(site.u(&format!("/api/v1/submissions/{sub}")))
+        .bearer_auth(&token_api)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = &one["answers"]["photo"];
+    assert_eq!(answer["answer"]["t"], "file");
+    assert_eq!(answer["answer"]["v"]["name"], "現況写真.png");
+    assert_eq!(answer["answer"]["v"]["type"], "png");
+    assert_eq!(answer["answer"]["v"]["size"], 40_000);
+    assert_eq!(
+        answer["answer"]["v"]["sha256"],
+        hex::encode(Sha256::digest(&photo))
+    );
+    let download = answer["download"].as_str().unwrap();
+    let r = api
+        .get(site.u(download))
+        .bearer_auth(&token_api)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().to_vec(), photo);
+
+    // A client cannot name a file in its answers (it would be someone else's).
+    let stolen = answer["answer"]["v"].to_string();
+    let r = api
+        .post(site.u(&format!(
+            "/api/v1/forms{}/submissions",
+            site.public.trim_start_matches("/f")
+        )))
+        .bearer_auth(&token_api)
+        .json(&serde_json::json!({
+            "idempotency_key": uuid::Uuid::new_v4(),
+            "answers": { "applicant": "API", "email": "api@example.jp", "photo": stolen },
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let p: Value = r.json().await.unwrap();
+    assert!(
+        p["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("APIでは送信できません"),
+        "{p}"
+    );
+
+    // Nor can a browser: a page naming the file in a plain input is not taken.
+    let (c2, token2, _) = site.open().await;
+    let (status, _, page) = post(
+        &c2,
+        &site.u(&site.public),
+        &[
+            ("_token", &token2),
+            ("_page", "0"),
+            ("_version", "1"),
+            ("_nav", "next"),
+            ("applicant", "他人"),
+            ("email", "other@example.jp"),
+            ("photo", &stolen),
+        ],
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(page.contains("現況写真を添付してください"), "{page}");
+
+    // The final export handed over at decommissioning carries the file, hashed.
+    let export = madoguchi::control::final_export::export(&site.env.platform, &site.t)
+        .await
+        .unwrap();
+    let name = format!(
+        "files-{}/{receipt}_photo.png",
+        site.public.trim_start_matches("/f/")
+    );
+    let listed = export
+        .files
+        .iter()
+        .find(|f| f.name == name)
+        .unwrap_or_else(|| panic!("{name} not in {:?}", export.files));
+    assert_eq!(listed.sha256, hex::encode(Sha256::digest(&photo)));
+    let on_disk = std::fs::read(std::path::Path::new(&export.directory).join(&name)).unwrap();
+    assert_eq!(on_disk, photo);
+    madoguchi::control::final_export::reopen_writes(&site.env.platform, &site.t)
+        .await
+        .unwrap();
+    site.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_file_says_why_and_loses_nothing() {
+    let site = Site::new().await;
+    let (c, token, _) = site.open().await;
+
+    // Too large for the field (1 MB): said, with what was typed kept.
+    let big = png(1, 1024 * 1024 + 1);
+    let (status, _, page) = site
+        .first_page(
+            &c,
+            &token,
+            "神田太郎",
+            &[Part::File("photo", "big.png", &big)],
+        )
+        .await;
+    assert_eq!(status, 422, "{page}");
+    assert!(
+        page.contains("現況写真のファイルが大きすぎます（1MBまで。選ばれたファイルは1.1 MB）"),
+        "{page}"
+    );
+    assert!(page.contains(r#"value="神田太郎""#), "{page}");
+    let (_, _, kept) = get(&c, &site.u(&format!("{}?page=0", site.public))).await;
+    assert!(
+        kept.contains(r#"value="神田太郎""#),
+        "typed text lost: {kept}"
+    );
+
+    // Not a kind the field takes (known by content, whatever its name says).
+    let (status, _, page) = site
+        .first_page(
+            &c,
+            &token,
+            "神田太郎",
+            &[Part::File("photo", "photo.png", b"MZ\x90\0program")],
+        )
+        .await;
+    assert_eq!(status, 422);
+    assert!(
+        page.contains("現況写真にはPNG・PDFのファイルを添付してください"),
+        "{page}"
+    );
+    assert_eq!(site.count("SELECT count(*) FROM attachments").await, 0);
+
+    // Attached, then replaced: the first file goes once the page is saved.
+    let first = png(1, 2000);
+    let second = b"%PDF-1.7\n%second".to_vec();
+    for (name, data) in [("a.png", &first), ("b.pdf", &second)] {
+        let (status, _, page) = site
+            .first_page(&c, &token, "神田太郎", &[Part::File("photo", name, data)])
+            .await;
+        assert_eq!(status, 303, "{page}");
+    }
+    let db = site.db().await;
+    let left = db
+        .query_one("SELECT size FROM attachments", &[])
+        .await
+        .unwrap()
+        .get::<_, i64>(0);
+    assert_eq!(left, second.len() as i64);
+    let (_, _, page) = get(&c, &site.u(&format!("{}?page=0", site.public))).await;
+    assert!(page.contains("添付済み: b.pdf"), "{page}");
+
+    // Removed: the file goes, and the field is required again.
+    let (status, _, page) = site
+        .first_page(&c, &token, "神田太郎", &[Part::Text("photo.remove", "1")])
+        .await;
+    assert_eq!(status, 422);
+    assert!(page.contains("現況写真を添付してください"), "{page}");
+    assert_eq!(site.count("SELECT count(*) FROM attachments").await, 0);
+
+    // A request larger than a page may send: a page that says so, in Japanese.
+    let huge = png(2, 21 * 1024 * 1024);
+    let (status, _, page) = site
+        .first_page(
+            &c,
+            &token,
+            "神田太郎",
+            &[Part::File("photo", "huge.png", &huge)],
+        )
+        .await;
+    assert_eq!(status, 413);
+    assert!(page.contains("送信内容が大きすぎます"), "{page}");
+
+    // Files no open draft holds go with the daily purge (an hour's grace).
+    let form_id: i64 = db
+        .query_one("SELECT id FROM forms", &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.execute(
+        "INSERT INTO attachments (id, form_id, field_id, draft_id, content, size, created_at)
+         VALUES (gen_random_uuid(), $1, 'photo', gen_random_uuid(), '\\x00', 1, now() - interval '2 hours'),
+                (gen_random_uuid(), $1, 'photo', gen_random_uuid(), '\\x00', 1, now())",
+        &[&form_id],
+    )
+    .await
+    .unwrap();
+    madoguchi::tenant::forms::citizen::purge_expired_drafts(&db)
+        .await
+        .unwrap();
+    assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
+    site.server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_correction_keeps_or_replaces_the_applications_file() {
+    let site = Site::new().await;
+    let db = site.db().await;
+    let (c, token, _) = site.open().await;
+    let photo = png(3, 3000);
+    let (status, _, page) = site
+        .first_page(
+            &c,
+            &token,
+            "神田太郎",
+            &[Part::File("photo", "before.png", &photo)],
+        )
+        .await;
+    assert_eq!(status, 303, "{page}");
+    let (status, loc, _) = post(
+        &c,
+        &site.u(&format!("{}/submit", site.public)),
+        &[("_token", &token)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, _, done) = get(&c, &site.u(&loc)).await;
+    let receipt = capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done);
+
+    let reopen = || async {
+        db.execute(
+            "UPDATE submissions SET status = 'returned', return_deadline = current_date + 7 WHERE receipt_number = $1",
+            &[&receipt],
+        )
+        .await
+        .unwrap();
+        let (status, loc, body) = post(
+            &c,
+            &site.u("/status/resubmit"),
+            &[("receipt", &receipt), ("email", "taro.kanda@example.jp")],
+        )
+        .await;
+        assert_eq!(status, 303, "{body}");
+        let (_, _, form) = get(&c, &site.u(&loc)).await;
+        assert!(form.contains("添付済み: before.png"), "{form}");
+        capture(r#"name="_token" value="([^"]+)""#, &form)
+    };
+    let file_of = || async {
+        db.query_one(
+            "SELECT a.size, a.draft_id IS NULL FROM attachments a JOIN submissions s ON s.id = a.submission_id WHERE s.receipt_number = $1",
+            &[&receipt],
+        )
+        .await
+        .unwrap()
+    };
+
+    // Corrected without touching the file: the application keeps it.
+    let token = reopen().await;
+    let (status, _, page) = site.first_page(&c, &token, "神田 太郎", &[]).await;
+    assert_eq!(status, 303, "{page}");
+    let (status, _, _) = post(
+        &c,
+        &site.u(&format!("{}/submit", site.public)),
+        &[("_token", &token)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_eq!(file_of().await.get::<_, i64>(0), 3000);
+    assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
+
+    // Corrected with a new file: the new one replaces it, and the old one goes.
+    let token = reopen().await;
+    let newer = png(4, 5000);
+    let (status, _, page) = site
+        .first_page(
+            &c,
+            &token,
+            "神田 太郎",
+            &[Part::File("photo", "after.png", &newer)],
+        )
+        .await;
+    assert_eq!(status, 303, "{page}");
+    // Until it is sent, staff still see the application's own file.
+    assert_eq!(file_of().await.get::<_, i64>(0), 3000);
+    let (status, _, _) = post(
+        &c,
+        &site.u(&format!("{}/submit", site.public)),
+        &[("_token", &token)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let row = file_of().await;
+    assert_eq!(row.get::<_, i64>(0), 5000);
+    assert!(row.get::<_, bool>(1));
+    assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
+    site.server.shutdown().await;
+}

@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use crate::forms::{browser, capture, get, post, staff};
 use crate::harness::{unique, url, TestEnv};
 
-const FORM: &str = r#"{ "format": "madoguchi.form/1", "title": "道路占用許可申請",
+pub(crate) const FORM: &str = r#"{ "format": "madoguchi.form/1", "title": "道路占用許可申請",
   "pages": [
     { "id": "p1", "title": "申請者", "fields": [
       { "id": "applicant", "type": "text", "label": "申請者名", "required": true },

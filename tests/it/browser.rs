@@ -1034,3 +1034,58 @@ async fn a_citizen_verifies_identity_in_the_browser() {
     c.close().await.unwrap();
     s.server.shutdown().await;
 }
+
+/// 添付ファイル from a phone: a file too large is said at once and not sent; the
+/// photo chosen travels with the page, is shown as attached when the person comes
+/// back, and reaches the 確認画面 and the 受付番号.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_photo_is_attached_from_a_phone() {
+    let env = TestEnv::new().await;
+    let (public, server, base) = one_form_site(&env, "attach", crate::attachments::FORM).await;
+    let files = tempfile::tempdir().unwrap();
+    let photo = files.path().join("道路の写真.png");
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.resize(30_000, 5);
+    std::fs::write(&photo, &png).unwrap();
+    let big = files.path().join("big.png");
+    let mut large = b"\x89PNG\r\n\x1a\n".to_vec();
+    large.resize(1024 * 1024 + 1, 5);
+    std::fs::write(&big, &large).unwrap();
+
+    let driver = Driver::start();
+    let c = driver.session(true).await;
+    c.goto(&format!("{base}{public}")).await.unwrap();
+    fill(&c, "#f-applicant", "神田太郎").await;
+    fill(&c, "#f-email", "taro.kanda@example.jp").await;
+    let input = c.find(Locator::Css("#f-photo")).await.unwrap();
+    input.send_keys(&big.display().to_string()).await.unwrap();
+    let warning = "return document.getElementById('warning-photo').hidden ? '' : document.getElementById('warning-photo').textContent;";
+    let said = c.execute(warning, vec![]).await.unwrap();
+    assert!(
+        said.as_str()
+            .is_some_and(|s| s.contains("大きすぎるため、添付されません（1MBまで）")),
+        "{said}"
+    );
+    let chosen = "return document.getElementById('f-photo').files.length;";
+    assert_eq!(c.execute(chosen, vec![]).await.unwrap(), json!(0));
+    input.send_keys(&photo.display().to_string()).await.unwrap();
+    assert_eq!(c.execute(warning, vec![]).await.unwrap(), json!(""));
+    check_page(&c, "attach-chosen").await;
+    click(&c, "button.primary").await;
+    // Back to the first page: the photo is attached, and kept when sent again.
+    click(&c, "button[value=back]").await;
+    let page = body(&c).await;
+    assert!(page.contains("添付済み: 道路の写真.png（30 KB）"), "{page}");
+    check_page(&c, "attach-attached").await;
+    click(&c, "button.primary").await;
+    click(&c, "button.primary").await;
+    let page = body(&c).await;
+    assert!(page.contains("入力内容の確認"), "{page}");
+    assert!(page.contains("道路の写真.png（30 KB）"), "{page}");
+    check_page(&c, "attach-confirm").await;
+    click(&c, "button.primary").await;
+    let page = body(&c).await;
+    assert!(page.contains("受付番号"), "{page}");
+    c.close().await.unwrap();
+    server.shutdown().await;
+}

@@ -136,6 +136,13 @@ impl<S: Send + Sync> FromRequest<S> for PageBody {
                     .is_some_and(|m| m.trim().eq_ignore_ascii_case("multipart/form-data"))
             });
         if !multipart {
+            // The route takes MAX_PAGE_BODY for files; a page without them takes what
+            // any form does.
+            let (parts, body) = req.into_parts();
+            let bytes = axum::body::to_bytes(body, MAX_FORM_BODY)
+                .await
+                .map_err(|_| AppError::PayloadTooLarge)?;
+            let req = Request::from_parts(parts, axum::body::Body::from(bytes));
             return Ok(Self {
                 form: FormData::from_request(req, state).await?,
                 files: Vec::new(),

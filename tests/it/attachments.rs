@@ -597,3 +597,112 @@ async fn a_correction_keeps_or_replaces_the_applications_file() {
     assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
     site.server.shutdown().await;
 }
+
+/// The builder: a 添付ファイル field's kinds and limit are set without code, with
+/// the reason when they cannot be; a page whose files could pass 20 MB together is
+/// not published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_builder_sets_what_a_file_field_takes() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("attb"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let u = |p: &str| url(&server, host, p);
+    let s = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = crate::forms::dept_id(&env, &t, "道路課").await;
+    let (status, loc, _) = post(
+        &s.client,
+        &u("/admin/forms"),
+        &[
+            ("csrf", &s.csrf),
+            ("title", "道路占用許可申請"),
+            ("department", &dept),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let base = loc.clone();
+    let add = |label: &'static str| {
+        let (c, csrf, target) = (
+            s.client.clone(),
+            s.csrf.clone(),
+            u(&format!("{base}/fields")),
+        );
+        async move {
+            let (status, loc, _) = post(
+                &c,
+                &target,
+                &[
+                    ("csrf", &csrf),
+                    ("page", "0"),
+                    ("type", "file"),
+                    ("label", label),
+                ],
+            )
+            .await;
+            assert_eq!(status, 303);
+            loc.rsplit('/').next().unwrap().to_owned()
+        }
+    };
+    let plan = add("平面図").await;
+    let field = u(&format!("{base}/fields/{plan}"));
+    let (status, _, page) = get(&s.client, &field).await;
+    assert_eq!(status, 200);
+    for kind in ["pdf", "jpeg", "png"] {
+        assert!(
+            page.contains(&format!(r#"name="types" value="{kind}" checked"#)),
+            "{kind} not offered ticked: {page}"
+        );
+    }
+    let save = |types: &'static [&'static str], max: &'static str| {
+        let (c, csrf, target) = (s.client.clone(), s.csrf.clone(), field.clone());
+        async move {
+            let mut form = vec![
+                ("csrf", csrf.as_str()),
+                ("label", "平面図"),
+                ("required", "yes"),
+                ("id", "plan"),
+                ("max", max),
+            ];
+            form.extend(types.iter().map(|t| ("types", *t)));
+            post(&c, &target, &form).await
+        }
+    };
+    let (status, _, page) = save(&["pdf"], "30").await;
+    assert_eq!(status, 422);
+    assert!(
+        page.contains("ファイルの上限は1〜10MBにしてください"),
+        "{page}"
+    );
+    let (status, _, page) = save(&[], "5").await;
+    assert_eq!(status, 422);
+    assert!(
+        page.contains("受け付けるファイルの形式を1つ以上選んでください"),
+        "{page}"
+    );
+    let (status, _, page) = save(&["pdf", "jpeg"], "５").await;
+    assert_eq!(status, 303, "{page}");
+    let (_, _, exported) = get(&s.client, &u(&format!("{base}/export"))).await;
+    let def: Value = serde_json::from_str(&exported).unwrap();
+    let stored = &def["pages"][0]["fields"][0];
+    assert_eq!(stored["type"], "file");
+    assert_eq!(stored["types"], serde_json::json!(["pdf", "jpeg"]));
+    assert_eq!(stored["max_mb"], 5);
+
+    // 5 MB + 10 MB + 10 MB on one page: more than a page may carry.
+    add("写真1").await;
+    add("写真2").await;
+    let (status, _, page) = post(
+        &s.client,
+        &u(&format!("{base}/publish")),
+        &[("csrf", &s.csrf)],
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(page.contains("公開できません"), "{page}");
+    assert!(
+        page.contains("1ページの添付ファイルの上限は合計20MBまでです"),
+        "{page}"
+    );
+    server.shutdown().await;
+}

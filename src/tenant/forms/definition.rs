@@ -888,7 +888,51 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
 
 #[cfg(test)]
 mod tests {
-    use super::FieldKind;
+    use super::{FieldKind, FormDefinition};
+
+    fn with_fields(fields: &str) -> Vec<String> {
+        let json = format!(
+            r#"{{ "format": "madoguchi.form/1", "title": "添付", "pages": [ {{ "id": "p1", "fields": [ {fields} ] }} ] }}"#
+        );
+        match FormDefinition::from_json(&json) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.into_iter().map(|p| p.ja).collect(),
+        }
+    }
+
+    #[test]
+    fn file_fields_have_their_own_rules() {
+        let file = |id: &str, extra: &str| {
+            format!(r#"{{ "id": "{id}", "type": "file", "label": "書類{id}" {extra} }}"#)
+        };
+        // Every kind by default, 10 MB.
+        assert!(with_fields(&file("a", "")).is_empty());
+        let problems = with_fields(&file("a", r#", "types": [], "max_mb": 11"#)).join("\n");
+        assert!(problems.contains("形式を1つ以上"), "{problems}");
+        assert!(problems.contains("1〜10MB"), "{problems}");
+        let twice = with_fields(&file("a", r#", "types": ["pdf", "pdf"]"#));
+        assert_eq!(twice.len(), 1, "{twice:?}");
+        // Two 10 MB fields fit a page; three do not; six do not fit a form.
+        let two = [file("a", ""), file("b", "")].join(",");
+        assert!(with_fields(&two).is_empty());
+        let three = [file("a", ""), file("b", ""), file("c", r#", "max_mb": 1"#)].join(",");
+        assert!(with_fields(&three).join("").contains("合計20MBまで"));
+        let six: Vec<String> = (0..6)
+            .map(|i| file(&format!("f{i}"), r#", "max_mb": 1"#))
+            .collect();
+        assert!(with_fields(&six.join(",")).join("").contains("5個まで"));
+        // A rule on a file field asks whether one is attached, nothing else.
+        let rule = |op: &str| {
+            format!(
+                r#"{}, {{ "id": "note", "type": "text", "label": "備考", "show_if": {{ "field": "a", "op": "{op}", "values": ["x"] }} }}"#,
+                file("a", "")
+            )
+        };
+        assert!(with_fields(&rule("not_empty")).is_empty());
+        assert!(with_fields(&rule("equals"))
+            .join("")
+            .contains("「回答がある」だけ"));
+    }
 
     #[test]
     fn a_dates_range_is_written_as_iso_dates_and_read_in_the_earlier_form_too() {

@@ -145,7 +145,7 @@ impl IntoResponse for AppError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "送信内容が大きすぎます",
                 "Request too large",
-                "送信できる大きさを超えています。入力内容を短くしてから、もう一度送信してください。",
+                "送信できる大きさを超えています。入力内容を短くするか、添付ファイルを小さくしてから、もう一度送信してください。",
             )
             .into_response(),
             AppError::Forbidden => ErrorPage::new(

@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::tenant::forms::attachments as upload;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
@@ -312,9 +313,30 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
         TenantState::Active => {
             // The body is read first: before taking a turn (a client trickling its
             // body must not hold one of the tenant's few turns while it does), and
-            // for a citizen's page to be offered again if it is refused below.
-            let (mut req, body) = read_body_first(req).await;
-            resend = kept::Resend::of(&req, body.as_ref(), &base_url);
+            // for a citizen's page to be offered again if it is refused below. A page
+            // carrying files is read whole, within the uploads' memory budget, whose
+            // room it holds until it is answered.
+            let mut _room = None;
+            let mut req = if upload::is_page_upload(&req) {
+                match upload::read_ahead(req, &base_url).await {
+                    Ok((req, room)) => {
+                        _room = room;
+                        req
+                    }
+                    Err(refused) => {
+                        app.metrics.observe(
+                            &route.slug,
+                            refused.status().as_u16(),
+                            started.elapsed(),
+                        );
+                        return refused;
+                    }
+                }
+            } else {
+                let (req, body) = read_body_first(req).await;
+                resend = kept::Resend::of(&req, body.as_ref(), &base_url);
+                req
+            };
             match app.pools.runtime(route.id).await {
                 Ok(rt) => 'run: {
                     // One tenant's requests take turns beyond a few at once, so a flood
@@ -502,13 +524,8 @@ async fn header_limit(req: Request, next: Next) -> Response {
 
 async fn request_timeout(req: Request, next: Next) -> Response {
     // A page carrying files (添付ファイル) from a phone on a slow network takes longer.
-    let uploading = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("multipart/form-data"));
-    let limit = if uploading {
-        crate::tenant::forms::attachments::UPLOAD_TIMEOUT
+    let limit = if upload::is_page_upload(&req) {
+        upload::UPLOAD_TIMEOUT
     } else {
         REQUEST_TIMEOUT
     };

@@ -483,16 +483,64 @@ async fn a_refused_file_says_why_and_loses_nothing() {
     assert_eq!(status, 413);
     assert!(page.contains("送信内容が大きすぎます"), "{page}");
 
+    // A file whose name says another kind keeps its own kind's extension, so that
+    // opening it on a PC never runs it.
+    let (status, _, page) = site
+        .first_page(
+            &c,
+            &token,
+            "神田太郎",
+            &[Part::File("photo", "手順.bat", &first)],
+        )
+        .await;
+    assert_eq!(status, 303, "{page}");
+    let (_, _, page) = get(&c, &site.u(&format!("{}?page=0", site.public))).await;
+    assert!(page.contains("添付済み: 手順.bat.png"), "{page}");
+
+    // A page of an earlier version keeps the file it carried.
+    let later = b"%PDF-1.4\n%later".to_vec();
+    let (status, loc, page) = send_parts(
+        &c,
+        &site.u(&site.public),
+        &[
+            Part::Text("_token", &token),
+            Part::Text("_page", "0"),
+            Part::Text("_version", "0"),
+            Part::Text("_nav", "next"),
+            Part::File("photo", "later.pdf", &later),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303, "{page}");
+    assert!(loc.contains("updated=1"), "{loc}");
+    let (_, _, page) = get(&c, &site.u(&loc)).await;
+    assert!(page.contains("添付済み: later.pdf"), "{page}");
+
+    // A page with files from elsewhere, without the form's cookie or this site's
+    // Origin, is refused before its body is read.
+    let stranger = browser(&site.server, &[&site.host]);
+    let (status, _, _) = send_parts(
+        &stranger,
+        &site.u(&site.public),
+        &[
+            Part::Text("_token", "x"),
+            Part::File("photo", "x.png", &first),
+        ],
+    )
+    .await;
+    assert_eq!(status, 403);
+
     // Files no open draft holds go with the daily purge (an hour's grace).
     let form_id: i64 = db
         .query_one("SELECT id FROM forms", &[])
         .await
         .unwrap()
         .get(0);
+    let before = site.count("SELECT count(*) FROM attachments").await;
     db.execute(
         "INSERT INTO attachments (id, form_id, field_id, draft_id, content, size, created_at)
-         VALUES (gen_random_uuid(), $1, 'photo', gen_random_uuid(), '\\x00', 1, now() - interval '2 hours'),
-                (gen_random_uuid(), $1, 'photo', gen_random_uuid(), '\\x00', 1, now())",
+         VALUES (gen_random_uuid(), $1, 'orphan', gen_random_uuid(), '\\x00', 1, now() - interval '2 hours'),
+                (gen_random_uuid(), $1, 'fresh', gen_random_uuid(), '\\x00', 1, now())",
         &[&form_id],
     )
     .await
@@ -500,7 +548,22 @@ async fn a_refused_file_says_why_and_loses_nothing() {
     madoguchi::tenant::forms::citizen::purge_expired_drafts(&db)
         .await
         .unwrap();
-    assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
+    assert_eq!(
+        site.count("SELECT count(*) FROM attachments WHERE field_id IN ('orphan', 'fresh')")
+            .await,
+        1
+    );
+    assert_eq!(
+        site.count("SELECT count(*) FROM attachments WHERE field_id = 'fresh'")
+            .await,
+        1
+    );
+    // The open draft's files are left.
+    assert_eq!(
+        site.count("SELECT count(*) FROM attachments WHERE field_id = 'photo'")
+            .await,
+        before
+    );
     site.server.shutdown().await;
 }
 

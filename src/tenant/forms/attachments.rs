@@ -41,8 +41,10 @@ pub const MAX_PAGE_BODY: usize = MAX_PAGE_FILES_MB as usize * MIB + MAX_FORM_BOD
 /// Files read from one request, at most (a form has at most five file fields); any
 /// more are not read.
 const MAX_FILE_PARTS: usize = 10;
-/// Uploaded bytes held in memory at once, across every request of the process.
-pub const MEMORY_BUDGET: usize = 192 * MIB;
+/// Bodies of pages carrying files held in memory at once, across every request of
+/// the process. Handling one holds up to about three times its size for a moment
+/// (the body, the files taken from it, a file's ciphertext).
+pub const MEMORY_BUDGET: usize = 96 * MIB;
 /// How long an upload waits for room within [`MEMORY_BUDGET`].
 pub const MEMORY_WAIT: Duration = Duration::from_secs(5);
 /// How long a request carrying files may take (a phone on a slow network sending
@@ -51,7 +53,7 @@ pub const UPLOAD_TIMEOUT: Duration = Duration::from_secs(120);
 /// Characters of a file's name kept (its extension included).
 pub const MAX_FILE_NAME: usize = 100;
 
-/// Room for uploads in memory, in KiB.
+/// Room for page bodies in memory, in KiB.
 static MEMORY: LazyLock<Arc<Semaphore>> =
     LazyLock::new(|| Arc::new(Semaphore::new(MEMORY_BUDGET / 1024)));
 
@@ -78,8 +80,6 @@ impl Upload {
 pub struct PageBody {
     pub form: FormData,
     pub files: Vec<Upload>,
-    /// Room taken within [`MEMORY_BUDGET`], given back when the request is done.
-    _room: Option<OwnedSemaphorePermit>,
 }
 
 impl PageBody {
@@ -90,10 +90,109 @@ impl PageBody {
     }
 }
 
-fn busy() -> AppError {
-    AppError::Unavailable {
-        retry_after_secs: 10,
+fn is_multipart(headers: &axum::http::HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("multipart/form-data"))
+        })
+}
+
+/// Whether a request is a citizen's page carrying files: a multipart POST to
+/// `/f/<form>` (what [`read_ahead`] reads, and what [`UPLOAD_TIMEOUT`] is for).
+pub fn is_page_upload(req: &Request) -> bool {
+    req.method() == axum::http::Method::POST
+        && is_multipart(req.headers())
+        && req
+            .uri()
+            .path()
+            .strip_prefix("/f/")
+            .is_some_and(|form| !form.is_empty() && !form.contains('/'))
+}
+
+/// Whether a page says it comes from this site: the form's cookie (a draft begun
+/// here) or an `Origin` naming the address it reached (`base_url`). Anything else
+/// is refused before its body is read.
+fn from_this_site(req: &Request, base_url: &str) -> bool {
+    let form = req.uri().path().trim_start_matches("/f/");
+    let cookie = super::citizen::cookie_name(form);
+    !crate::tenant::http::cookies(req.headers(), &cookie).is_empty()
+        || req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|o| o.eq_ignore_ascii_case(base_url))
+}
+
+/// Marks a page body read whole by [`read_ahead`].
+#[derive(Clone, Copy)]
+struct ReadAhead;
+
+/// Reads a citizen's page carrying files (see [`is_page_upload`]) whole, within
+/// [`MAX_PAGE_BODY`] and [`MEMORY_BUDGET`], before the request takes one of the
+/// municipality's turns: a phone sending a photo slowly must not hold one while it
+/// does. Returns the request with its body in memory, and the room it holds, to be
+/// kept until the request is answered; or the refusal (413, or 503 when the room
+/// does not come within [`MEMORY_WAIT`]). A page that does not say it comes from
+/// this site is passed on unread, and refused unread by [`PageBody`].
+pub async fn read_ahead(
+    req: Request,
+    base_url: &str,
+) -> Result<(Request, Option<OwnedSemaphorePermit>), Response> {
+    use futures::StreamExt;
+    if !from_this_site(&req, base_url) {
+        return Ok((req, None));
     }
+    let (mut parts, body) = req.into_parts();
+    let mut stream = body.into_data_stream();
+    let mut chunks = Vec::new();
+    let mut total = 0usize;
+    let mut room: Option<OwnedSemaphorePermit> = None;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(AppError::BadRequest(
+                "送信内容を読み取れませんでした。もう一度送信してください。".into(),
+            )
+            .into_response());
+        };
+        total += chunk.len();
+        if total > MAX_PAGE_BODY {
+            return Err(AppError::PayloadTooLarge.into_response());
+        }
+        // Room for what came so far, in whole KiB: a client sending a byte at a
+        // time holds no more than it sent.
+        let held = room.as_ref().map_or(0, |r| r.num_permits());
+        let need = total.div_ceil(1024).saturating_sub(held);
+        if need > 0 {
+            let more =
+                u32::try_from(need).map_err(|_| AppError::PayloadTooLarge.into_response())?;
+            let got =
+                tokio::time::timeout(MEMORY_WAIT, Arc::clone(&MEMORY).acquire_many_owned(more))
+                    .await;
+            let Ok(Ok(got)) = got else {
+                tracing::warn!(
+                    "page bodies with files in memory at their limit; one was asked to try again"
+                );
+                return Err(AppError::Unavailable {
+                    retry_after_secs: 10,
+                }
+                .into_response());
+            };
+            match room.as_mut() {
+                Some(r) => r.merge(got),
+                None => room = Some(got),
+            }
+        }
+        chunks.push(chunk);
+    }
+    parts.extensions.insert(ReadAhead);
+    let body = axum::body::Body::from_stream(futures::stream::iter(
+        chunks.into_iter().map(Ok::<_, std::convert::Infallible>),
+    ));
+    Ok((Request::from_parts(parts, body), room))
 }
 
 fn unreadable(e: &axum::extract::multipart::MultipartError) -> AppError {
@@ -104,38 +203,11 @@ fn unreadable(e: &axum::extract::multipart::MultipartError) -> AppError {
     }
 }
 
-/// Takes room for `bytes` more within [`MEMORY_BUDGET`], waiting up to
-/// [`MEMORY_WAIT`].
-async fn take_room(room: &mut Option<OwnedSemaphorePermit>, bytes: usize) -> Result<(), AppError> {
-    let kib = u32::try_from(bytes.div_ceil(1024)).map_err(|_| AppError::PayloadTooLarge)?;
-    let more = tokio::time::timeout(MEMORY_WAIT, Arc::clone(&MEMORY).acquire_many_owned(kib))
-        .await
-        .map_err(|_| {
-            tracing::warn!("uploads in memory at their limit; an upload was asked to try again");
-            busy()
-        })?
-        .map_err(|_| busy())?;
-    match room {
-        Some(r) => r.merge(more),
-        None => *room = Some(more),
-    }
-    Ok(())
-}
-
 impl<S: Send + Sync> FromRequest<S> for PageBody {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        let multipart = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(';')
-                    .next()
-                    .is_some_and(|m| m.trim().eq_ignore_ascii_case("multipart/form-data"))
-            });
-        if !multipart {
+        if !is_multipart(req.headers()) {
             // The route takes MAX_PAGE_BODY for files; a page without them takes what
             // any form does.
             let (parts, body) = req.into_parts();
@@ -146,8 +218,12 @@ impl<S: Send + Sync> FromRequest<S> for PageBody {
             return Ok(Self {
                 form: FormData::from_request(req, state).await?,
                 files: Vec::new(),
-                _room: None,
             });
+        }
+        // Only a body the front tier read ahead (a page from this site, within the
+        // memory budget) is read here.
+        if req.extensions().get::<ReadAhead>().is_none() {
+            return Err(AppError::Csrf);
         }
         // Limited by the route's `DefaultBodyLimit` (MAX_PAGE_BODY).
         let mut parts = Multipart::from_request(req, state)
@@ -156,7 +232,6 @@ impl<S: Send + Sync> FromRequest<S> for PageBody {
         let mut raw = Raw::new();
         let mut text_bytes = 0usize;
         let mut files = Vec::new();
-        let mut room = None;
         while let Some(mut part) = parts.next_field().await.map_err(|e| unreadable(&e))? {
             let input = part.name().unwrap_or_default().to_owned();
             let Some(name) = part.file_name().map(str::to_owned) else {
@@ -174,40 +249,44 @@ impl<S: Send + Sync> FromRequest<S> for PageBody {
                 continue;
             };
             let keep = files.len() < MAX_FILE_PARTS;
-            let mut upload = Upload {
-                input,
-                name,
-                data: Zeroizing::new(Vec::new()),
-                too_large: false,
-                size: 0,
-            };
+            let mut size = 0u64;
+            let mut pieces = Vec::new();
             while let Some(chunk) = part.chunk().await.map_err(|e| unreadable(&e))? {
-                upload.size += chunk.len() as u64;
-                if upload.size > MAX_FILE_BYTES as u64 {
-                    upload.too_large = true;
-                    upload.data = Zeroizing::new(Vec::new());
-                }
-                if keep && !upload.too_large {
-                    take_room(&mut room, chunk.len()).await?;
-                    upload.data.extend_from_slice(&chunk);
+                size += chunk.len() as u64;
+                if keep && size <= MAX_FILE_BYTES as u64 {
+                    pieces.push(chunk);
                 }
             }
             if keep {
-                files.push(upload);
+                let too_large = size > MAX_FILE_BYTES as u64;
+                // One allocation of the file's size, wiped when dropped.
+                let mut data = Zeroizing::new(Vec::new());
+                if !too_large {
+                    data.reserve_exact(pieces.iter().map(|p| p.len()).sum());
+                    pieces.iter().for_each(|p| data.extend_from_slice(p));
+                }
+                files.push(Upload {
+                    input,
+                    name,
+                    data,
+                    too_large,
+                    size,
+                });
             }
         }
         Ok(Self {
             form: FormData(raw),
             files,
-            _room: room,
         })
     }
 }
 
 /// A file's name as kept: the last part of a path (some browsers send one), no
 /// control or direction-changing characters (which could disguise its extension),
-/// NFC (macOS sends names decomposed), at most [`MAX_FILE_NAME`] characters with its
-/// extension kept; a name left empty becomes 添付ファイル with the kind's extension.
+/// NFC (macOS sends names decomposed), ending in an extension of its kind (a JPEG
+/// named `写真.bat` becomes `写真.bat.jpg`, so that opening it on a PC never runs
+/// it), at most [`MAX_FILE_NAME`] characters; a name left empty becomes
+/// 添付ファイル with the kind's extension.
 pub fn clean_name(sent: &str, kind: FileType) -> String {
     let base = sent.rsplit(['/', '\\']).next().unwrap_or_default();
     let name: String = base
@@ -216,23 +295,23 @@ pub fn clean_name(sent: &str, kind: FileType) -> String {
             !c.is_control() && !matches!(c, '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
         })
         .collect();
-    let name = name.trim();
+    let name = name.trim().trim_end_matches('.');
     if name.is_empty() || name.chars().all(|c| c == '.') {
         return format!("添付ファイル.{}", kind.extension());
     }
-    if name.chars().count() <= MAX_FILE_NAME {
-        return name.to_owned();
-    }
-    let (stem, ext) = match name.rsplit_once('.') {
-        Some((s, e)) if !s.is_empty() && e.chars().count() <= 10 => (s, Some(e)),
-        _ => (name, None),
+    let own = name.rsplit_once('.').filter(|(stem, ext)| {
+        !stem.is_empty()
+            && kind
+                .extensions()
+                .contains(&ext.to_ascii_lowercase().as_str())
+    });
+    let (stem, ext) = match own {
+        Some((stem, ext)) => (stem, ext.to_owned()),
+        None => (name, kind.extension().to_owned()),
     };
-    let room = MAX_FILE_NAME - ext.map_or(0, |e| e.chars().count() + 1);
+    let room = MAX_FILE_NAME.saturating_sub(ext.chars().count() + 1);
     let stem: String = stem.chars().take(room).collect();
-    match ext {
-        Some(e) => format!("{stem}.{e}"),
-        None => stem,
-    }
+    format!("{stem}.{ext}")
 }
 
 /// Why a file cannot be taken for field `f`, in Japanese; or its kind.
@@ -390,12 +469,22 @@ pub async fn settle(
     draft: Uuid,
     answers: &Answers,
 ) -> Result<(), AppError> {
-    let files = named(answers);
+    let (mut files, mut fields, mut sizes) = (Vec::new(), Vec::new(), Vec::new());
+    for (field, a) in answers {
+        if let Answer::File(f) = a {
+            files.push(f.id);
+            fields.push(field.as_str());
+            sizes.push(i64::try_from(f.size).unwrap_or(-1));
+        }
+    }
+    // Each file as its answer names it: the same field, the same size.
     let moved = tx
         .execute(
-            "UPDATE attachments SET submission_id = $1, draft_id = NULL
-              WHERE id = ANY($2) AND (draft_id = $3 OR submission_id = $1)",
-            &[&submission, &files, &draft],
+            "UPDATE attachments a SET submission_id = $1, draft_id = NULL
+               FROM unnest($2::uuid[], $4::text[], $5::bigint[]) AS n(id, field, size)
+              WHERE a.id = n.id AND a.field_id = n.field AND a.size = n.size
+                AND (a.draft_id = $3 OR a.submission_id = $1)",
+            &[&submission, &files, &draft, &fields, &sizes],
         )
         .await?;
     if usize::try_from(moved).ok() != Some(files.len()) {
@@ -477,7 +566,9 @@ pub fn download(file: &FileRef, content: &[u8]) -> Response {
         .collect();
     let encoded: String = form_urlencoded::byte_serialize(file.name.as_bytes())
         .collect::<String>()
-        .replace('+', "%20");
+        .replace('+', "%20")
+        // RFC 8187: `*` is not an attr-char either.
+        .replace('*', "%2A");
     let disposition = format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}");
     let mut resp = (StatusCode::OK, content.to_vec()).into_response();
     let h = resp.headers_mut();
@@ -513,8 +604,18 @@ mod tests {
         // U+202E would show 「gpj.exe」 as 「exe.jpg」.
         assert_eq!(
             clean_name("写真\u{202E}gpj.exe", FileType::Jpeg),
-            "写真gpj.exe"
+            "写真gpj.exe.jpg"
         );
+        // The name always ends as its kind does, in any case.
+        assert_eq!(clean_name("写真.bat", FileType::Jpeg), "写真.bat.jpg");
+        assert_eq!(clean_name("IMG_0001.JPEG", FileType::Jpeg), "IMG_0001.JPEG");
+        assert_eq!(clean_name("scan.pdf.", FileType::Pdf), "scan.pdf");
+        assert_eq!(clean_name(".pdf", FileType::Pdf), ".pdf.pdf");
+        assert_eq!(clean_name("図面", FileType::Png), "図面.png");
+        let long_exe = format!("{}.exe", "申".repeat(300));
+        let kept = clean_name(&long_exe, FileType::Png);
+        assert_eq!(kept.chars().count(), MAX_FILE_NAME);
+        assert!(kept.ends_with("申.png"), "{kept}");
         assert_eq!(clean_name("a\u{0}b\nc.pdf", FileType::Pdf), "abc.pdf");
         // macOS: が as か + ゛.
         assert_eq!(clean_name("か\u{3099}.pdf", FileType::Pdf), "が.pdf");
@@ -529,6 +630,59 @@ mod tests {
             clean_name("葛\u{E0100}飾.pdf", FileType::Pdf),
             "葛\u{E0100}飾.pdf"
         );
+    }
+
+    fn page(chunks: Vec<Vec<u8>>, origin: Option<&str>) -> Request {
+        let body = axum::body::Body::from_stream(futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(c))),
+        ));
+        let mut b = Request::builder()
+            .method("POST")
+            .uri("/f/abc123")
+            .header(header::CONTENT_TYPE, "multipart/form-data; boundary=x");
+        if let Some(o) = origin {
+            b = b.header(header::ORIGIN, o);
+        }
+        b.body(body).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[tokio::test]
+    async fn a_page_with_files_is_read_ahead_holding_room_for_what_it_sent() {
+        const SITE: &str = "https://city.example.jp";
+        assert!(is_page_upload(&page(Vec::new(), None)));
+        // A byte at a time holds a KiB per 1,024 bytes sent, not per piece.
+        let (req, room) = read_ahead(page(vec![vec![b'a']; 2048], Some(SITE)), SITE)
+            .await
+            .unwrap_or_else(|r| panic!("{}", r.status()));
+        assert_eq!(room.as_ref().map(|r| r.num_permits()), Some(2));
+        assert!(req.extensions().get::<ReadAhead>().is_some());
+        let body = axum::body::to_bytes(req.into_body(), usize::MAX)
+            .await
+            .unwrap_or_default();
+        assert_eq!(body.len(), 2048);
+        drop(room);
+        // Larger than a page may be: refused, its room given back.
+        let before = MEMORY.available_permits();
+        let refused = read_ahead(page(vec![vec![0; MIB]; 21], Some(SITE)), SITE).await;
+        assert_eq!(
+            refused.err().map(|r| r.status()),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        assert_eq!(MEMORY.available_permits(), before);
+        // From elsewhere (another Origin, no cookie): passed on unread, and the
+        // extractor then refuses it.
+        let (req, room) = read_ahead(
+            page(vec![vec![b'a']; 10], Some("https://evil.example")),
+            SITE,
+        )
+        .await
+        .unwrap_or_else(|r| panic!("{}", r.status()));
+        assert!(room.is_none());
+        assert!(req.extensions().get::<ReadAhead>().is_none());
+        let refused = PageBody::from_request(req, &()).await;
+        assert!(matches!(refused, Err(AppError::Csrf)));
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::web::render;
 /// How long an unfinished application is kept.
 pub const DRAFT_HOURS: i32 = 24;
 
-fn cookie_name(public_id: &str) -> String {
+pub(super) fn cookie_name(public_id: &str) -> String {
     format!("md_f_{public_id}")
 }
 
@@ -729,6 +729,26 @@ async fn restart(
     Ok(see_other(&format!("/f/{public_id}?page={first}&{why}=1")))
 }
 
+/// Files a page sent, kept in `draft` for whichever field of the form as published
+/// now they name: for a page of an earlier version, or sent after what was saved
+/// expired (see [`restart`]). A file refused is left out; the page that follows
+/// shows the field without it.
+async fn keep_files(
+    ctx: &TenantCtx,
+    db: &deadpool_postgres::ClientWrapper,
+    form: &Published,
+    draft: &mut Draft,
+    sent: &PageBody,
+) -> Result<(), AppError> {
+    if sent.files.is_empty() {
+        return Ok(());
+    }
+    for p in &form.def.pages {
+        attachments::apply(ctx, db, form.id, p, draft.id, &mut draft.inputs, sent).await?;
+    }
+    Ok(())
+}
+
 pub async fn post_page(
     ctx: TenantCtx,
     Path(public_id): Path<String>,
@@ -772,7 +792,9 @@ pub async fn post_page(
         }
         Posted::Renew => {
             let token = random_token(32);
-            let back = restart(&ctx, &db, &form, &token, Draft::fresh(), body, "expired").await?;
+            let mut draft = Draft::fresh();
+            keep_files(&ctx, &db, &form, &mut draft, &sent).await?;
+            let back = restart(&ctx, &db, &form, &token, draft, body, "expired").await?;
             return Ok(with_cookie(back, &ctx, &form, &token));
         }
     };
@@ -798,6 +820,7 @@ pub async fn post_page(
         .parse::<i32>()
         .is_ok_and(|v| v != form.version)
     {
+        keep_files(&ctx, &db, &form, &mut draft, &sent).await?;
         return restart(&ctx, &db, &form, &token, draft, body, "updated").await;
     }
     // This page's inputs replace what the draft held for them; nothing else is lost.

@@ -249,6 +249,15 @@ impl FileType {
         }
     }
 
+    /// File name extensions of this kind, in lower case.
+    pub fn extensions(self) -> &'static [&'static str] {
+        match self {
+            Self::Pdf => &["pdf"],
+            Self::Jpeg => &["jpg", "jpeg"],
+            Self::Png => &["png"],
+        }
+    }
+
     /// The file name extension a file of this kind is saved with.
     pub fn extension(self) -> &'static str {
         match self {

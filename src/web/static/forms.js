@@ -31,6 +31,15 @@
     Array.prototype.forEach.call(form.elements, function (el) {
       var part = el.name.indexOf(name + ".") === 0;
       if (el.name !== name && !part) { return; }
+      // A file input is answered by a file chosen, or by one attached before and
+      // not being removed; its remove box is not an answer of its own.
+      if (el.type === "file") {
+        var remove = form.elements[name + ".remove"];
+        var kept = el.hasAttribute("data-attached") && !(remove && remove.checked);
+        out.answered = out.answered || el.files.length > 0 || kept;
+        return;
+      }
+      if (el.name === name + ".remove") { return; }
       if (el.hasAttribute("data-consent")) {
         out.vals.push(el.checked ? "yes" : "no");
         out.answered = out.answered || el.checked;
@@ -182,7 +191,6 @@ document.querySelectorAll("form.citizen-form input[autocomplete=postal-code]").f
       var file = input.files && input.files[0];
       var tooBig = Boolean(file) && max > 0 && file.size > max;
       if (warning) {
-        warning.hidden = !tooBig;
         warning.textContent = tooBig ? "選んだファイルは大きすぎるため、添付されません（" + Math.floor(max / 1048576) + "MBまで）。小さいファイルを選んでください。 The file is too large." : "";
       }
       if (tooBig) { input.value = ""; }

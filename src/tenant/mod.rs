@@ -295,6 +295,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         .route("/admin/inbox/bulk", post(cases::pages::bulk))
         .route("/admin/export.csv", get(cases::export::csv_export))
         .route("/admin/export.xlsx", get(cases::export::xlsx_export))
+        .route("/admin/export.zip", get(cases::export::zip_export))
         .route("/admin/submissions/{id}", get(cases::pages::detail))
         .route(
             "/admin/submissions/{id}/status",

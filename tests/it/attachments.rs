@@ -293,6 +293,60 @@ async fn a_file_attached_by_a_citizen_reaches_staff_the_api_and_the_final_export
         404
     );
 
+    // The form's files at once, from the inbox: a folder per 受付番号.
+    let form_id: i64 = db
+        .query_one("SELECT id FROM forms", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let (_, _, inbox) = get(
+        &admin.client,
+        &site.u(&format!("/admin/inbox?form={form_id}")),
+    )
+    .await;
+    assert!(inbox.contains("添付ファイル（ZIP）"), "{inbox}");
+    let r = admin
+        .client
+        .get(site.u(&format!("/admin/export.zip?form={form_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "application/zip");
+    let zipped = r.bytes().await.unwrap().to_vec();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zipped)).unwrap();
+    assert_eq!(archive.len(), 1);
+    let mut entry = archive.by_index(0).unwrap();
+    assert_eq!(entry.name(), format!("{receipt}/現況写真_現況写真.png"));
+    let mut unzipped = Vec::new();
+    std::io::Read::read_to_end(&mut entry, &mut unzipped).unwrap();
+    assert_eq!(unzipped, photo);
+    drop(entry);
+    // Its ending is logged once the last bytes have gone.
+    let mut exported = Vec::new();
+    for _ in 0..50 {
+        exported = crate::forms::log_rows(
+            &db,
+            "SELECT actor, target, detail FROM audit_log WHERE action = 'submission.export'",
+        )
+        .await;
+        if !exported.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(exported.len(), 1, "{exported:?}");
+    assert!(exported[0].2.contains(r#""format":"zip""#), "{exported:?}");
+    assert!(exported[0].2.contains(r#""rows":1"#), "{exported:?}");
+    // Without a form there is nothing to put in it.
+    let r = admin
+        .client
+        .get(site.u("/admin/export.zip"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
     // The API: the answer names the file with its hash, and the file comes back.
     let token_api = madoguchi::control::tenant_admin::api_token(
         &site.env.platform,

@@ -855,24 +855,7 @@ pub async fn get_attachment(
 ) -> Result<Response, Problem> {
     client.require("submissions:read")?;
     let mut db = ctx.db().await?;
-    let stored: serde_json::Value = db
-        .query_opt("SELECT answers FROM submissions WHERE id = $1", &[&id])
-        .await
-        .map_err(AppError::from)?
-        .ok_or(AppError::NotFound)?
-        .get(0);
-    let answers = decrypt_answers(ctx.cipher(), id, &stored)?;
-    let (field, named, content) =
-        attachments::of_submission(ctx.cipher(), &db, id, &answers, file).await?;
-    audit::record(
-        &mut db,
-        &client.actor,
-        "attachment.download",
-        &id.to_string(),
-        serde_json::json!({ "field": field, "file": file }),
-    )
-    .await?;
-    Ok(attachments::download(named, &content))
+    Ok(attachments::serve(ctx.cipher(), &mut db, &client.actor, id, file).await?)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]

@@ -297,18 +297,21 @@ async fn check_form(ctx: &TenantCtx, user: &StaffUser, filters: &Filters) -> Res
     Ok(())
 }
 
-pub async fn csv_export(
-    ctx: TenantCtx,
-    user: StaffUser,
-    RawQuery(query): RawQuery,
-) -> Result<Response, AppError> {
-    let mut filters = Filters::parse(query.as_deref());
+/// A streamed export's selection from its query (all of it, not a page), refused
+/// when its form is not one the member may see, with its columns; and its start in
+/// the operation log, before the first byte leaves, so a restart during a long export
+/// cannot lose the record of it (its ending is logged too, by [`log_export`]).
+async fn begin(
+    ctx: &TenantCtx,
+    user: &StaffUser,
+    query: Option<&str>,
+    format: &str,
+) -> Result<(Filters, Columns), AppError> {
+    let mut filters = Filters::parse(query);
     filters.after = None;
-    check_form(&ctx, &user, &filters).await?;
+    check_form(ctx, user, &filters).await?;
     let version = filters.form.and(filters.version);
     let cols = columns(&*ctx.db().await?, filters.form, version).await?;
-    // Logged before the first row leaves (as the XLSX export is), so a restart during
-    // a long export cannot lose the record of it; its ending is logged too, below.
     let mut db = ctx.db().await?;
     audit::record(
         &mut db,
@@ -318,10 +321,18 @@ pub async fn csv_export(
             .form
             .map(|f| format!("form:{f}"))
             .unwrap_or_default(),
-        serde_json::json!({ "format": "csv", "version": version, "filters": filters.logged() }),
+        serde_json::json!({ "format": format, "version": version, "filters": filters.logged() }),
     )
     .await?;
-    drop(db);
+    Ok((filters, cols))
+}
+
+pub async fn csv_export(
+    ctx: TenantCtx,
+    user: StaffUser,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
+    let (filters, cols) = begin(&ctx, &user, query.as_deref(), "csv").await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(4);
     let header = csv_bytes(&[cols.header().into_iter().map(Cell::Text).collect()], true);
     tokio::spawn(async move {
@@ -697,29 +708,12 @@ pub async fn zip_export(
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
     use std::io::Write;
-    let mut filters = Filters::parse(query.as_deref());
-    filters.after = None;
-    if filters.form.is_none() {
+    if Filters::parse(query.as_deref()).form.is_none() {
         return Err(AppError::BadRequest(
             "添付ファイルを出力するフォームを選んでください。".into(),
         ));
     }
-    check_form(&ctx, &user, &filters).await?;
-    let version = filters.form.and(filters.version);
-    let cols = columns(&*ctx.db().await?, filters.form, version).await?;
-    let mut db = ctx.db().await?;
-    audit::record(
-        &mut db,
-        &user.actor(),
-        "submission.export_start",
-        &filters
-            .form
-            .map(|f| format!("form:{f}"))
-            .unwrap_or_default(),
-        serde_json::json!({ "format": "zip", "version": version, "filters": filters.logged() }),
-    )
-    .await?;
-    drop(db);
+    let (filters, cols) = begin(&ctx, &user, query.as_deref(), "zip").await?;
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     tokio::spawn(async move {
         let tap = Tap::default();

@@ -658,22 +658,7 @@ pub async fn attachment(
 ) -> Result<Response, AppError> {
     let mut db = ctx.db().await?;
     case_ref(&db, &user, id).await?;
-    let stored: serde_json::Value = db
-        .query_one("SELECT answers FROM submissions WHERE id = $1", &[&id])
-        .await?
-        .get(0);
-    let answers = decrypt_answers(ctx.cipher(), id, &stored)?;
-    let (field, named, content) =
-        attachments::of_submission(ctx.cipher(), &db, id, &answers, file).await?;
-    audit::record(
-        &mut db,
-        &user.actor(),
-        "attachment.download",
-        &id.to_string(),
-        serde_json::json!({ "field": field, "file": file }),
-    )
-    .await?;
-    Ok(attachments::download(named, &content))
+    attachments::serve(ctx.cipher(), &mut db, &user.actor(), id, file).await
 }
 
 pub async fn detail(

@@ -513,14 +513,25 @@ pub async fn purge_orphans(db: &tokio_postgres::Client) -> Result<u64, AppError>
         .await?)
 }
 
-/// A submission's file `file` and its content, if the submission's answers name it.
-pub async fn of_submission<'a>(
+/// A submission's file `file`, when its answers name it, as a download for `by`
+/// (staff who may see the case, or an integration with the right scope: the caller
+/// checks), recorded in the operation log with its field and id, never its name.
+pub async fn serve(
     cipher: &FieldCipher,
-    db: &tokio_postgres::Client,
+    db: &mut tokio_postgres::Client,
+    by: &crate::tenant::audit::Actor,
     submission: Uuid,
-    answers: &'a Answers,
     file: Uuid,
-) -> Result<(&'a str, &'a FileRef, Zeroizing<Vec<u8>>), AppError> {
+) -> Result<Response, AppError> {
+    let stored: serde_json::Value = db
+        .query_opt(
+            "SELECT answers FROM submissions WHERE id = $1",
+            &[&submission],
+        )
+        .await?
+        .ok_or(AppError::NotFound)?
+        .get(0);
+    let answers = super::citizen::decrypt_answers(cipher, submission, &stored)?;
     let (field, named) = answers
         .iter()
         .find_map(|(field, a)| match a {
@@ -528,7 +539,16 @@ pub async fn of_submission<'a>(
             _ => None,
         })
         .ok_or(AppError::NotFound)?;
-    Ok((field, named, content(cipher, db, submission, file).await?))
+    let bytes = content(cipher, &*db, submission, file).await?;
+    crate::tenant::audit::record(
+        db,
+        by,
+        "attachment.download",
+        &submission.to_string(),
+        serde_json::json!({ "field": field, "file": file }),
+    )
+    .await?;
+    Ok(download(named, bytes))
 }
 
 /// The content of a submission's file.
@@ -552,7 +572,7 @@ pub async fn content(
 
 /// A file sent to be saved, never shown in the page: its kind's type, its name
 /// (RFC 6266, UTF-8), no sniffing, and a sandbox should a browser open it anyway.
-pub fn download(file: &FileRef, content: &[u8]) -> Response {
+pub fn download(file: &FileRef, mut content: Zeroizing<Vec<u8>>) -> Response {
     let ascii: String = file
         .name
         .chars()
@@ -570,7 +590,8 @@ pub fn download(file: &FileRef, content: &[u8]) -> Response {
         // RFC 8187: `*` is not an attr-char either.
         .replace('*', "%2A");
     let disposition = format!("attachment; filename=\"{ascii}\"; filename*=UTF-8''{encoded}");
-    let mut resp = (StatusCode::OK, content.to_vec()).into_response();
+    // Handed to the response as it is, not copied.
+    let mut resp = (StatusCode::OK, std::mem::take(&mut *content)).into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

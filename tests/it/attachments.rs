@@ -153,6 +153,33 @@ impl Site {
         send_parts(c, &self.u(&self.public), &parts).await
     }
 
+    /// The first page with one file, which the server takes.
+    async fn attach(
+        &self,
+        c: &reqwest::Client,
+        token: &str,
+        applicant: &str,
+        name: &str,
+        data: &[u8],
+    ) {
+        let (status, _, page) = self
+            .first_page(c, token, applicant, &[Part::File("photo", name, data)])
+            .await;
+        assert_eq!(status, 303, "{page}");
+    }
+
+    /// 送信 from the draft under `token`: where the browser goes next.
+    async fn submit(&self, c: &reqwest::Client, token: &str) -> String {
+        let (status, loc, body) = post(
+            c,
+            &self.u(&format!("{}/submit", self.public)),
+            &[("_token", token)],
+        )
+        .await;
+        assert_eq!(status, 303, "{body}");
+        loc
+    }
+
     async fn count(&self, sql: &str) -> i64 {
         self.db().await.query_one(sql, &[]).await.unwrap().get(0)
     }
@@ -501,10 +528,7 @@ async fn a_refused_file_says_why_and_loses_nothing() {
     let first = png(1, 2000);
     let second = b"%PDF-1.7\n%second".to_vec();
     for (name, data) in [("a.png", &first), ("b.pdf", &second)] {
-        let (status, _, page) = site
-            .first_page(&c, &token, "神田太郎", &[Part::File("photo", name, data)])
-            .await;
-        assert_eq!(status, 303, "{page}");
+        site.attach(&c, &token, "神田太郎", name, data).await;
     }
     let db = site.db().await;
     let left = db
@@ -539,15 +563,8 @@ async fn a_refused_file_says_why_and_loses_nothing() {
 
     // A file whose name says another kind keeps its own kind's extension, so that
     // opening it on a PC never runs it.
-    let (status, _, page) = site
-        .first_page(
-            &c,
-            &token,
-            "神田太郎",
-            &[Part::File("photo", "手順.bat", &first)],
-        )
+    site.attach(&c, &token, "神田太郎", "手順.bat", &first)
         .await;
-    assert_eq!(status, 303, "{page}");
     let (_, _, page) = get(&c, &site.u(&format!("{}?page=0", site.public))).await;
     assert!(page.contains("添付済み: 手順.bat.png"), "{page}");
 
@@ -627,22 +644,9 @@ async fn a_correction_keeps_or_replaces_the_applications_file() {
     let db = site.db().await;
     let (c, token, _) = site.open().await;
     let photo = png(3, 3000);
-    let (status, _, page) = site
-        .first_page(
-            &c,
-            &token,
-            "神田太郎",
-            &[Part::File("photo", "before.png", &photo)],
-        )
+    site.attach(&c, &token, "神田太郎", "before.png", &photo)
         .await;
-    assert_eq!(status, 303, "{page}");
-    let (status, loc, _) = post(
-        &c,
-        &site.u(&format!("{}/submit", site.public)),
-        &[("_token", &token)],
-    )
-    .await;
-    assert_eq!(status, 303);
+    let loc = site.submit(&c, &token).await;
     let (_, _, done) = get(&c, &site.u(&loc)).await;
     let receipt = capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done);
 
@@ -677,37 +681,18 @@ async fn a_correction_keeps_or_replaces_the_applications_file() {
     let token = reopen().await;
     let (status, _, page) = site.first_page(&c, &token, "神田 太郎", &[]).await;
     assert_eq!(status, 303, "{page}");
-    let (status, _, _) = post(
-        &c,
-        &site.u(&format!("{}/submit", site.public)),
-        &[("_token", &token)],
-    )
-    .await;
-    assert_eq!(status, 303);
+    site.submit(&c, &token).await;
     assert_eq!(file_of().await.get::<_, i64>(0), 3000);
     assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
 
     // Corrected with a new file: the new one replaces it, and the old one goes.
     let token = reopen().await;
     let newer = png(4, 5000);
-    let (status, _, page) = site
-        .first_page(
-            &c,
-            &token,
-            "神田 太郎",
-            &[Part::File("photo", "after.png", &newer)],
-        )
+    site.attach(&c, &token, "神田 太郎", "after.png", &newer)
         .await;
-    assert_eq!(status, 303, "{page}");
     // Until it is sent, staff still see the application's own file.
     assert_eq!(file_of().await.get::<_, i64>(0), 3000);
-    let (status, _, _) = post(
-        &c,
-        &site.u(&format!("{}/submit", site.public)),
-        &[("_token", &token)],
-    )
-    .await;
-    assert_eq!(status, 303);
+    site.submit(&c, &token).await;
     let row = file_of().await;
     assert_eq!(row.get::<_, i64>(0), 5000);
     assert!(row.get::<_, bool>(1));
@@ -739,28 +724,8 @@ async fn the_builder_sets_what_a_file_field_takes() {
     .await;
     assert_eq!(status, 303);
     let base = loc.clone();
-    let add = |label: &'static str| {
-        let (c, csrf, target) = (
-            s.client.clone(),
-            s.csrf.clone(),
-            u(&format!("{base}/fields")),
-        );
-        async move {
-            let (status, loc, _) = post(
-                &c,
-                &target,
-                &[
-                    ("csrf", &csrf),
-                    ("page", "0"),
-                    ("type", "file"),
-                    ("label", label),
-                ],
-            )
-            .await;
-            assert_eq!(status, 303);
-            loc.rsplit('/').next().unwrap().to_owned()
-        }
-    };
+    let fields = u(&format!("{base}/fields"));
+    let add = |label: &'static str| crate::forms::add_field(&s, &fields, "0", "file", label);
     let plan = add("平面図").await;
     let field = u(&format!("{base}/fields/{plan}"));
     let (status, _, page) = get(&s.client, &field).await;

@@ -166,27 +166,9 @@ pub async fn build_form(
     assert_eq!(status, 303, "{body}");
     let id = loc.trim_start_matches("/admin/forms/").to_owned();
     let base = format!("/admin/forms/{id}");
+    let fields = u(&format!("{base}/fields"));
     let add = |page: &'static str, ty: &'static str, label: &'static str| {
-        let (c, csrf, target) = (
-            s.client.clone(),
-            s.csrf.clone(),
-            u(&format!("{base}/fields")),
-        );
-        async move {
-            let (status, loc, _) = post(
-                &c,
-                &target,
-                &[
-                    ("csrf", &csrf),
-                    ("page", page),
-                    ("type", ty),
-                    ("label", label),
-                ],
-            )
-            .await;
-            assert_eq!(status, 303);
-            loc.rsplit('/').next().unwrap().to_owned()
-        }
+        add_field(s, &fields, page, ty, label)
     };
     let name = add("0", "name", "氏名").await;
     let email = add("0", "email", "メールアドレス").await;
@@ -284,6 +266,24 @@ pub async fn build_form(
     assert!(page.contains("第1版を公開しました"), "{page}");
     let public = capture(r#"id="public-url">https?://[^/]+(/f/[a-z0-9]+)<"#, &page);
     (id, public)
+}
+
+/// Adds a field of type `ty` to page `page` through the builder (`fields`: the
+/// form's `/fields` URL); returns its id.
+pub async fn add_field(s: &Staff, fields: &str, page: &str, ty: &str, label: &str) -> String {
+    let (status, loc, _) = post(
+        &s.client,
+        fields,
+        &[
+            ("csrf", &s.csrf),
+            ("page", page),
+            ("type", ty),
+            ("label", label),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    loc.rsplit('/').next().unwrap().to_owned()
 }
 
 /// A citizen completes the form; returns the receipt number.

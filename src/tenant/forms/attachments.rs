@@ -704,6 +704,18 @@ mod tests {
         assert!(req.extensions().get::<ReadAhead>().is_none());
         let refused = PageBody::from_request(req, &()).await;
         assert!(matches!(refused, Err(AppError::Csrf)));
+        // No room within MEMORY_WAIT: asked to try again, holding nothing.
+        let all = u32::try_from(MEMORY.available_permits()).unwrap_or(u32::MAX);
+        let taken = Arc::clone(&MEMORY).try_acquire_many_owned(all).ok();
+        let started = std::time::Instant::now();
+        let busy = read_ahead(page(vec![vec![b'a']; 10], Some(SITE)), SITE).await;
+        assert_eq!(
+            busy.err().map(|r| r.status()),
+            Some(StatusCode::SERVICE_UNAVAILABLE)
+        );
+        assert!(started.elapsed() >= MEMORY_WAIT);
+        drop(taken);
+        assert_eq!(MEMORY.available_permits(), before);
     }
 
     #[test]

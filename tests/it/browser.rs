@@ -423,6 +423,20 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
 
     // Staff opens the case from the inbox and returns it (差戻し) with a reason.
     staff.goto(&format!("{base}/admin/inbox")).await.unwrap();
+    // A bulk change that would mail applicants asks first, saying to how many;
+    // declining sends nothing.
+    tap(&staff, "input[name=ids]").await;
+    tap(&staff, "#b-notify").await;
+    tap(&staff, "button[data-confirm-notify]").await;
+    let asked = staff.get_alert_text().await.unwrap();
+    assert!(asked.contains("選択した1件の申請者"), "{asked}");
+    staff.dismiss_alert().await.unwrap();
+    assert!(staff
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/admin/inbox"));
     click(&staff, "a[href^='/admin/submissions/']").await;
     assert!(body(&staff).await.contains(&receipt));
     select(&staff, "#to", "returned").await;

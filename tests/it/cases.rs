@@ -1097,7 +1097,8 @@ async fn permissions_on_cases() {
         "{page}"
     );
     assert_eq!(status_now().await, "reviewing");
-    // Told by mail when asked: a message on the case, queued for the applicant.
+    // Told by mail when asked: a message on the case, queued for the applicant; the
+    // page says how many were told.
     let (_, _, page) = post(
         &colleague.client,
         &url(&server, h, "/admin/inbox/bulk"),
@@ -1111,9 +1112,7 @@ async fn permissions_on_cases() {
     )
     .await;
     assert!(
-        page.contains(
-            "1件を変更しました（メールアドレスの回答がある申請者には、メールで知らせました）"
-        ),
+        page.contains("1件を変更しました（1件の申請者にメールで知らせました）"),
         "{page}"
     );
     let db = env.tenant_conn(&t).await.client;
@@ -1192,6 +1191,30 @@ async fn permissions_on_cases() {
         .unwrap()
         .get(0);
     assert_eq!(detail, format!("{{\"from\":{dept},\"to\":{childcare}}}"));
+    // An applicant who gave no address is not told, and the page says how many.
+    let db = env.tenant_conn(&t).await.client;
+    db.execute(
+        "UPDATE submissions SET email_index = NULL WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    let (_, _, page) = post(
+        &admin.client,
+        &url(&server, h, "/admin/inbox/bulk"),
+        &[
+            ("csrf", &admin.csrf),
+            ("ids", &format!("{id}:reviewing")),
+            ("action", "status"),
+            ("to", "completed"),
+            ("notify", "yes"),
+        ],
+    )
+    .await;
+    assert!(
+        page.contains("1件を変更しました（0件の申請者にメールで知らせました。1件はメールアドレスの回答がないため、知らせていません）"),
+        "{page}"
+    );
     server.shutdown().await;
 }
 

@@ -997,6 +997,7 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
     let back = body.get("back").to_owned();
     let mut db = ctx.db().await?;
     let (mut done, mut refused) = (0, 0);
+    let mut changed: Vec<Uuid> = Vec::new();
     let mut notified = false;
     match body.get("action") {
         "status" => {
@@ -1008,7 +1009,10 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
                     continue;
                 };
                 match status_one(&mut db, &ctx, &user, *id, Some(*seen), &change).await {
-                    Ok(Ok(_)) => done += 1,
+                    Ok(Ok(_)) => {
+                        done += 1;
+                        changed.push(*id);
+                    }
                     Ok(Err(_)) | Err(AppError::NotFound | AppError::Forbidden) => refused += 1,
                     Err(e) => {
                         // What was changed before stays changed: its notices go now.
@@ -1036,13 +1040,26 @@ pub async fn bulk(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
         }
         _ => return Err(AppError::BadRequest("一括操作を選択してください".into())),
     }
+    // Who was told: an applicant is mailed only when they gave an address.
+    let told = if notified && done > 0 {
+        let mailed: i64 = db
+            .query_one(
+                "SELECT count(*) FROM submissions WHERE id = ANY($1) AND email_index IS NOT NULL",
+                &[&changed],
+            )
+            .await?
+            .get(0);
+        let without = i64::from(done) - mailed;
+        if without == 0 {
+            format!("（{mailed}件の申請者にメールで知らせました）")
+        } else {
+            format!("（{mailed}件の申請者にメールで知らせました。{without}件はメールアドレスの回答がないため、知らせていません）")
+        }
+    } else {
+        String::new()
+    };
     drop(db);
     let query = back.strip_prefix("/admin/inbox?").map(str::to_owned);
-    let told = if notified && done > 0 {
-        "（メールアドレスの回答がある申請者には、メールで知らせました）"
-    } else {
-        ""
-    };
     let msg = if refused == 0 {
         format!("{done}件を変更しました{told}")
     } else if !told.is_empty() {

@@ -75,13 +75,7 @@ pub async fn send_parts(c: &reqwest::Client, u: &str, parts: &[Part<'_>]) -> (u1
         .send()
         .await
         .unwrap();
-    let loc = r
-        .headers()
-        .get("location")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned();
-    (r.status().as_u16(), loc, r.text().await.unwrap())
+    crate::forms::seen(r).await
 }
 
 struct Site {

@@ -35,7 +35,7 @@ pub async fn get(c: &reqwest::Client, u: &str) -> (u16, String, String) {
 }
 
 /// What a step shows: status, where it sends the browser on, and the page.
-async fn seen(r: reqwest::Response) -> (u16, String, String) {
+pub async fn seen(r: reqwest::Response) -> (u16, String, String) {
     let loc = r
         .headers()
         .get("location")

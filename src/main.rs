@@ -301,6 +301,14 @@ enum TenantCmd {
         #[arg(long)]
         final_export: bool,
     },
+    /// Compare a copy of a tenant's final export (the platform's folder, the medium
+    /// handed over, the municipality's copy) with the files its decommissioning
+    /// request recorded and signed: name, size and SHA-256. Fails when any differs.
+    VerifyExport {
+        slug: String,
+        /// The copy's folder (holding forms.json, the CSVs, files-*/ and SHA256SUMS).
+        dir: std::path::PathBuf,
+    },
     /// Withdraw an open decommissioning request; the tenant returns to its former state.
     WithdrawDecommission {
         slug: String,
@@ -1566,6 +1574,27 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 );
             }
             println!("decommissioning of {slug} requested by {operator} (request {}); the tenant is closed.\nAnother operator completes it with: madoguchi tenant erase {slug} --verifier ID --key FILE", req.id);
+        }
+        TenantCmd::VerifyExport { slug, dir } => {
+            let c = madoguchi::control::final_export::compare(p, &slug, &dir).await?;
+            for name in &c.missing {
+                println!("missing: {name}");
+            }
+            for name in &c.differing {
+                println!("differs: {name}");
+            }
+            if !c.missing.is_empty() || !c.differing.is_empty() {
+                anyhow::bail!(
+                    "最終エクスポートの写しが署名された記録と一致しません / the copy does not match the signed request: {} match, {} missing, {} differ",
+                    c.matching,
+                    c.missing.len(),
+                    c.differing.len()
+                );
+            }
+            println!(
+                "all {} files match the signed decommissioning request (name, size, SHA-256)",
+                c.matching
+            );
         }
         TenantCmd::WithdrawDecommission { slug, operator } => {
             madoguchi::control::erase::withdraw(p, &slug, &operator).await?;

@@ -320,10 +320,95 @@ pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExp
         files.push(out.finish()?);
         files.extend(attached);
     }
+    // Last, the list of every file's hash, which anyone can check the copy handed
+    // over with (`sha256sum -c SHA256SUMS`); the signed request records it too.
+    let mut sums = Out::create(&dir, CHECKSUMS)?;
+    for f in &files {
+        sums.write(format!("{}  {}\n", f.sha256, f.name).as_bytes())?;
+    }
+    files.push(sums.finish()?);
     Ok(FinalExport {
         directory: dir.display().to_string(),
         files,
     })
+}
+
+/// The checksum list written last into every final export, in the form
+/// `sha256sum -c` reads.
+pub const CHECKSUMS: &str = "SHA256SUMS";
+
+/// How a copy of a final export compares with the files its decommissioning request
+/// recorded (name, size and SHA-256), which the requesting operator signed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Comparison {
+    pub matching: usize,
+    /// Recorded, and not in the copy.
+    pub missing: Vec<String>,
+    /// In the copy with another size or content.
+    pub differing: Vec<String>,
+}
+
+/// Compares the files under `dir` (a copy of the tenant's final export, wherever it
+/// is now: the platform's folder, the medium handed over, the municipality's own
+/// copy) with what the tenant's latest decommissioning request recorded. For the
+/// operators before they delete the platform's copy and erase, and for an auditor
+/// after.
+pub async fn compare(p: &Platform, slug: &str, dir: &Path) -> anyhow::Result<Comparison> {
+    let rec = p
+        .catalog
+        .tenant_by_slug(slug)
+        .await?
+        .with_context(|| format!("テナント {slug} はありません / no tenant {slug}"))?;
+    let row = p
+        .catalog
+        .client()
+        .await?
+        .query_opt(
+            "SELECT request FROM decommissions WHERE tenant_id = $1 ORDER BY requested_at DESC LIMIT 1",
+            &[&rec.id],
+        )
+        .await?
+        .with_context(|| {
+            format!("{slug} の廃止依頼はありません / tenant {slug} has no decommissioning request")
+        })?;
+    let request: super::certificate::Request = serde_json::from_str(row.get::<_, &str>(0))?;
+    let export = request.final_export.with_context(|| {
+        format!(
+            "{slug} の廃止依頼は最終エクスポートを作成していません / the request made no final export"
+        )
+    })?;
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut out = Comparison::default();
+        for f in &export.files {
+            match hash_file(&dir.join(&f.name)) {
+                Ok((sha, size)) if sha == f.sha256 && size == f.size => out.matching += 1,
+                Ok(_) => out.differing.push(f.name.clone()),
+                Err(_) => out.missing.push(f.name.clone()),
+            }
+        }
+        out
+    })
+    .await
+    .context("comparing the final export")
+}
+
+/// A file's SHA-256 (hex) and size, read in pieces.
+fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(path)?;
+    let mut hash = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        hash.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok((hex::encode(hash.finalize()), size))
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use regex::Regex;
+
 const BIN: &str = env!("CARGO_BIN_EXE_madoguchi");
 
 pub(crate) struct StateDir(pub(crate) PathBuf);
@@ -673,10 +675,36 @@ fn operators_platform_key_and_transparency_log() {
             "sato",
             "--key",
             sato_key.to_str().unwrap(),
+            "--final-export",
         ],
     );
     assert!(ok, "{err}");
     assert!(out.contains("tenant erase yubari"), "{out}");
+    // The copy handed over is checked against the signed request, then the server's
+    // folder is deleted, as the erasure requires.
+    let export = Regex::new(r"final export: (\S+) \((\d+) files\)")
+        .unwrap()
+        .captures(&out)
+        .unwrap_or_else(|| panic!("{out}"))[1]
+        .to_owned();
+    let copy = dir.join("handed-over");
+    std::fs::create_dir_all(&copy).unwrap();
+    for entry in std::fs::read_dir(&export).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), copy.join(entry.file_name())).unwrap();
+    }
+    let copy_arg = copy.to_str().unwrap();
+    let (ok, out, err) = madoguchi(dir, &["tenant", "verify-export", "yubari", copy_arg]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("files match the signed decommissioning request"),
+        "{out}"
+    );
+    std::fs::write(copy.join("forms.json"), "[\"書き換えた\"]").unwrap();
+    let (ok, out, err) = madoguchi(dir, &["tenant", "verify-export", "yubari", copy_arg]);
+    assert!(!ok && out.contains("differs: forms.json"), "{out}{err}");
+    assert!(err.contains("does not match the signed request"), "{err}");
+    std::fs::remove_dir_all(&export).unwrap();
     let (ok, _, err) = madoguchi(
         dir,
         &[

@@ -160,6 +160,35 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
     assert!(text.contains("古いピアノ椅子"), "{text}");
     assert!(text.contains("葛\u{E0100}西"), "IVS kept: {text}");
     assert!(text.starts_with('\u{feff}'));
+    // The export lists every file's hash for `sha256sum -c`, and a copy of it is
+    // checked against the signed request: whole, then with a file changed and one gone.
+    let dir = Path::new(&export.directory);
+    let sums = std::fs::read_to_string(dir.join("SHA256SUMS")).unwrap();
+    assert_eq!(sums.lines().count(), export.files.len() - 1);
+    assert!(
+        sums.contains(&format!("{}  {}\n", csv.sha256, csv.name)),
+        "{sums}"
+    );
+    let compare = || madoguchi::control::final_export::compare(&env.platform, &t.slug, dir);
+    let whole = compare().await.unwrap();
+    assert_eq!(
+        (whole.matching, whole.missing.len(), whole.differing.len()),
+        (export.files.len(), 0, 0)
+    );
+    let copy = tempfile::tempdir().unwrap();
+    for f in &export.files {
+        let to = copy.path().join(&f.name);
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(dir.join(&f.name), &to).unwrap();
+    }
+    std::fs::write(copy.path().join(&csv.name), "書き換えた").unwrap();
+    std::fs::remove_file(copy.path().join("forms.json")).unwrap();
+    let changed = madoguchi::control::final_export::compare(&env.platform, &t.slug, copy.path())
+        .await
+        .unwrap();
+    assert_eq!(changed.differing, vec![csv.name.clone()]);
+    assert_eq!(changed.missing, vec!["forms.json".to_owned()]);
+    assert_eq!(changed.matching, export.files.len() - 2);
     // Routing follows the catalog through LISTEN/NOTIFY; give it a moment.
     let mut closed = (0, String::new());
     for _ in 0..50 {

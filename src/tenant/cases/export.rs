@@ -274,6 +274,17 @@ fn download(content_type: &'static str, name: &str, body: Body) -> Response {
         .into_response()
 }
 
+/// A download whose body is what a task sends on `rx`, as it comes.
+fn streamed(
+    content_type: &'static str,
+    name: &str,
+    rx: mpsc::Receiver<Result<Bytes, std::io::Error>>,
+) -> Response {
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    download(content_type, name, Body::from_stream(stream))
+}
+
 fn csv_bytes(rows: &[Vec<Cell>], bom: bool) -> Bytes {
     let mut w = spreadsheet::writer(bom);
     for r in rows {
@@ -365,13 +376,7 @@ pub async fn csv_export(
             tracing::error!(error = %e, "recording an export failed");
         }
     });
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-    Ok(download(
-        "text/csv; charset=utf-8",
-        "submissions.csv",
-        Body::from_stream(stream),
-    ))
+    Ok(streamed("text/csv; charset=utf-8", "submissions.csv", rx))
 }
 
 /// The number formats of the XLSX export's typed cells.
@@ -794,11 +799,5 @@ pub async fn zip_export(
             tracing::error!(error = %e, "recording an export failed");
         }
     });
-    let stream =
-        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
-    Ok(download(
-        "application/zip",
-        "attachments.zip",
-        Body::from_stream(stream),
-    ))
+    Ok(streamed("application/zip", "attachments.zip", rx))
 }

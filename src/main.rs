@@ -436,8 +436,20 @@ enum OperatorCmd {
         #[arg(long)]
         auditor: bool,
     },
-    /// List registered operators.
+    /// List registered operators (a revoked one with when, by whom and why).
     List,
+    /// Revoke an operator or auditor for good (a key that may have leaked, a person
+    /// who left): nothing they sign is accepted afterwards and their console access
+    /// ends. What they signed before stays checkable. The person gets a new id.
+    Revoke {
+        id: String,
+        /// The operator revoking (may be ID itself, e.g. after losing their key).
+        #[arg(long)]
+        by: String,
+        /// Why, recorded with the revocation and in the operation log.
+        #[arg(long)]
+        reason: String,
+    },
     /// Set an operator's (or auditor's) console password and a new TOTP secret. The
     /// password is read from MADOGUCHI_OPERATOR_PASSWORD or the first line of stdin.
     SetPassword { id: String },
@@ -1004,6 +1016,7 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     title,
                     role: role.to_owned(),
                     public_key: key,
+                    revoked: None,
                 })
                 .await?;
             madoguchi::control::oplog::record(
@@ -1025,7 +1038,34 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                 } else {
                     madoguchi::control::keys::public_line(&o.id, &key)
                 };
-                println!("{}\t{}\t{}\t{key}", o.id, o.name, o.title);
+                let revoked = o.revoked.map_or(String::new(), |r| {
+                    format!("\trevoked {} by {}: {}", r.at, r.by, r.reason)
+                });
+                println!("{}\t{}\t{}\t{key}{revoked}", o.id, o.name, o.title);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Operator(OperatorCmd::Revoke { id, by, reason }) => {
+            let done =
+                madoguchi::control::operators::revoke(p, &cli_actor(), &id, &by, &reason).await?;
+            println!(
+                "revoked {id} at {}; their console sessions are ended",
+                done.at
+            );
+            for slug in &done.open_requests {
+                println!(
+                    "warning: {id} signed the open decommissioning request of {slug}; no erasure follows it. Withdraw it (madoguchi tenant withdraw-decommission {slug} --operator YOURID) and, if still wanted, request again"
+                );
+            }
+            for (kind, slug) in &done.unsigned {
+                println!(
+                    "warning: a {kind} of {slug} waits for {id}'s signature and can no longer be signed{}",
+                    if kind == "erasure_certificate" {
+                        ": the erasure is done but its certificate stays unsigned; escalate (ops/runbooks/keys.md)"
+                    } else {
+                        ""
+                    }
+                );
             }
             Ok(ExitCode::SUCCESS)
         }

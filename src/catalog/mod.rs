@@ -381,6 +381,17 @@ pub struct Operator {
     /// Ed25519 public key (32 bytes); empty for auditors.
     #[serde(skip)]
     pub public_key: Vec<u8>,
+    /// Set once the operator is revoked: nothing they sign is accepted afterwards.
+    pub revoked: Option<Revocation>,
+}
+
+/// When, by whom and why an operator was revoked.
+#[derive(Debug, Clone, Serialize)]
+pub struct Revocation {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub by: String,
+    pub reason: String,
 }
 
 impl Catalog {
@@ -436,7 +447,9 @@ impl Catalog {
         let c = self.client().await?;
         let rows = c
             .query(
-                "SELECT id, name, title, role, coalesce(public_key, '') FROM operators ORDER BY id",
+                "SELECT id, name, title, role, coalesce(public_key, ''),
+                        to_char(revoked_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'), revoked_by, revoked_reason
+                   FROM operators ORDER BY id",
                 &[],
             )
             .await?;
@@ -448,6 +461,11 @@ impl Catalog {
                 title: r.get(2),
                 role: r.get(3),
                 public_key: r.get(4),
+                revoked: r.get::<_, Option<String>>(5).map(|at| Revocation {
+                    at,
+                    by: r.get::<_, Option<String>>(6).unwrap_or_default(),
+                    reason: r.get::<_, Option<String>>(7).unwrap_or_default(),
+                }),
             })
             .collect())
     }

@@ -93,6 +93,9 @@ pub async fn registered_operator(p: &Platform, id: &str) -> anyhow::Result<(Pers
         .with_context(|| {
             format!("オペレーター {id} は登録されていません / operator {id} is not registered")
         })?;
+    if let Some(revocation) = &op.revoked {
+        return Err(super::operators::refusal(id, revocation));
+    }
     let key: [u8; 32] = match (op.role.as_str(), op.public_key.clone().try_into()) {
         ("operator", Ok(k)) => k,
         _ => {
@@ -499,7 +502,7 @@ pub async fn execute(
     let c = p.catalog.client().await?;
     let req_row = c
         .query_opt(
-            "SELECT id, requested_by, request, signature FROM decommissions WHERE tenant_id = $1 AND state = 'requested'",
+            "SELECT id, requested_by, request, signature, erasure_started_at IS NOT NULL FROM decommissions WHERE tenant_id = $1 AND state = 'requested'",
             &[&rec.id],
         )
         .await?;
@@ -539,14 +542,25 @@ pub async fn execute(
                 &sanitizer_sig,
             )
         });
-    let registered = p
+    let requester = p
         .catalog
         .operators()
         .await?
         .into_iter()
-        .any(|o| o.id == requested_by && o.public_key[..] == requester_key[..]);
-    if !ok || !registered || request.tenant != identity(&rec) {
+        .find(|o| o.id == requested_by && o.public_key[..] == requester_key[..]);
+    if !ok || requester.is_none() || request.tenant != identity(&rec) {
         bail!("the stored decommissioning request does not verify against the requester's registered key; not erasing");
+    }
+    // A request signed by a key revoked since may have been made with a leaked key:
+    // no erasure begins on it. One already begun is finished (its database may be gone).
+    let begun: bool = req_row.get(4);
+    if let (Some(revocation), false) = (requester.and_then(|o| o.revoked), begun) {
+        bail!(
+            "依頼したオペレーター {requested_by} は {} に失効しました。依頼を取り下げ（madoguchi tenant withdraw-decommission {}）、別のオペレーターがもう一度依頼してください / the request was signed by {requested_by}, revoked at {}: withdraw it and have another operator request again; not erasing",
+            revocation.at,
+            rec.slug,
+            revocation.at
+        );
     }
     let sharing: Vec<String> = c
         .query(

@@ -10,6 +10,7 @@ pub mod final_export;
 pub mod keys;
 pub mod manifest;
 pub mod migrate;
+pub mod operators;
 pub mod oplog;
 pub mod progress;
 pub mod provision;

@@ -99,11 +99,21 @@ pub async fn set_credentials(p: &Platform, id: &str, password: &str) -> anyhow::
     let c = p.catalog.client().await?;
     let n = c
         .execute(
-            "UPDATE operators SET password_hash = $2, totp_wrapped = $3, totp_last_step = 0, failed_logins = 0, locked_until = NULL WHERE id = $1",
+            "UPDATE operators SET password_hash = $2, totp_wrapped = $3, totp_last_step = 0, failed_logins = 0, locked_until = NULL WHERE id = $1 AND revoked_at IS NULL",
             &[&id, &hash, &wrapped],
         )
         .await?;
     if n == 0 {
+        if let Some(r) = p
+            .catalog
+            .operators()
+            .await?
+            .into_iter()
+            .find(|o| o.id == id)
+            .and_then(|o| o.revoked)
+        {
+            return Err(crate::control::operators::refusal(id, &r));
+        }
         anyhow::bail!("オペレーター {id} は登録されていません / operator {id} is not registered");
     }
     c.execute("DELETE FROM ops_sessions WHERE operator_id = $1", &[&id])
@@ -167,7 +177,8 @@ impl FromRequestParts<OpsState> for Operator {
                      WHERE token_hash = $1 AND last_seen > now() - make_interval(secs => $2)
                        AND created_at > now() - make_interval(secs => $3)
                     RETURNING operator_id, csrf)
-                 SELECT o.id, o.name, o.role, s.csrf FROM s JOIN operators o ON o.id = s.operator_id",
+                 SELECT o.id, o.name, o.role, s.csrf FROM s JOIN operators o ON o.id = s.operator_id
+                  WHERE o.revoked_at IS NULL",
                 &[&token_hash(&token), &IDLE_SECS, &ABSOLUTE_SECS],
             )
             .await
@@ -210,13 +221,13 @@ async fn login(State(s): State<OpsState>, form: FormData) -> Result<Response, Ap
     let c = p.catalog.client().await?;
     let row = c
         .query_opt(
-            "SELECT password_hash, totp_wrapped, totp_last_step, failed_logins, locked_until > now() FROM operators WHERE id = $1",
+            "SELECT password_hash, totp_wrapped, totp_last_step, failed_logins, locked_until > now() FROM operators WHERE id = $1 AND revoked_at IS NULL",
             &[&id],
         )
         .await?;
     let refuse = |msg: &str| pages::login_page(&id, Some(msg));
     let Some(r) = row else {
-        // As slow as a real check, so unknown ids cannot be told apart.
+        // As slow as a real check, so unknown (or revoked) ids cannot be told apart.
         let _ = tokio::task::spawn_blocking(move || verify_password(&password, dummy_hash())).await;
         return Ok(refuse(REFUSED));
     };

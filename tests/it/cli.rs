@@ -830,6 +830,35 @@ fn operators_platform_key_and_transparency_log() {
         ],
     );
     assert!(ok, "{err}");
+    // The auditor leaves: revoked by an operator, listed with when, by whom and why.
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "operator", "revoke", "kansa", "--by", "kansa", "--reason", "異動",
+        ],
+    );
+    assert!(!ok && err.contains("cannot revoke"), "{err}");
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "operator", "revoke", "kansa", "--by", "sato", "--reason", "異動",
+        ],
+    );
+    assert!(ok && out.contains("revoked kansa at"), "{out}{err}");
+    let (ok, out, _) = madoguchi(dir, &["operator", "list"]);
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("kansa\t"))
+        .unwrap_or_default();
+    assert!(
+        ok && line.contains("revoked 20") && line.ends_with("by sato: 異動"),
+        "{out}"
+    );
+    assert!(!out
+        .lines()
+        .find(|l| l.starts_with("sato\t"))
+        .unwrap_or_default()
+        .contains("revoked"));
     let (ok, out, err) = madoguchi(dir, &["ops-log", "verify"]);
     assert!(ok, "{err}");
     assert!(out.contains("intact"), "{out}");
@@ -837,7 +866,8 @@ fn operators_platform_key_and_transparency_log() {
     assert!(
         ok && out.contains("tenant.erase")
             && out.contains("tenant.decommission")
-            && out.contains("operator.add"),
+            && out.contains("operator.add")
+            && out.contains("operator.revoke"),
         "{out}"
     );
 }

@@ -36,6 +36,7 @@ pub async fn account(env: &TestEnv, id: &str, auditor: bool) -> Account {
                 .as_ref()
                 .map(|s| s.public_key().as_bytes().to_vec())
                 .unwrap_or_default(),
+            revoked: None,
         })
         .await
         .unwrap();
@@ -470,5 +471,63 @@ async fn console_sign_in_holds_under_concurrency() {
     got.sort_unstable();
     assert_eq!(got[0], 303, "{got:?}");
     assert_ne!(got[1], 303, "one TOTP code opened two console sessions");
+    server.shutdown().await;
+}
+
+/// A revoked operator's session ends at once and the right password and code no
+/// longer open the console (refused like a wrong password, telling nothing more).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_operator_is_signed_out_and_cannot_sign_in() {
+    let env = TestEnv::new().await;
+    let server = env.serve().await;
+    let erin = account(&env, "erin", false).await;
+    account(&env, "frank", false).await;
+    let c = sign_in(&server, &erin, 0).await;
+    let (status, _, page) = get(&c, &ops_url(&server, "/")).await;
+    assert_eq!(status, 200, "{page}");
+
+    let done =
+        madoguchi::control::operators::revoke(&env.platform, "cli:test", "erin", "frank", "退職")
+            .await
+            .unwrap();
+    assert!(done.open_requests.is_empty() && done.unsigned.is_empty());
+    let (status, loc, _) = get(&c, &ops_url(&server, "/")).await;
+    assert_eq!(
+        (status, loc.as_str()),
+        (303, "/login"),
+        "the session lives on"
+    );
+    let code = totp_code(&erin.totp, now_unix() + 30);
+    let (status, _, page) = post(
+        &ops_client(),
+        &ops_url(&server, "/login"),
+        &[
+            ("id", "erin"),
+            ("password", &erin.password),
+            ("code", &code),
+        ],
+    )
+    .await;
+    assert_eq!(status, 401, "{page}");
+    assert!(page.contains("正しくありません"), "{page}");
+    // No new password brings the id back.
+    let err = madoguchi::ops::set_credentials(&env.platform, "erin", &erin.password)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("was revoked"), "{err:#}");
+    // The password and TOTP secret are gone from the catalog.
+    let row = admin_client(&env.platform.settings.catalog_db)
+        .await
+        .query_one(
+            "SELECT password_hash IS NULL AND totp_wrapped IS NULL, revoked_by, revoked_reason FROM operators WHERE id = 'erin'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0));
+    assert_eq!(
+        (row.get::<_, String>(1), row.get::<_, String>(2)),
+        ("frank".to_owned(), "退職".to_owned())
+    );
     server.shutdown().await;
 }

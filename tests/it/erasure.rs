@@ -34,10 +34,27 @@ pub(crate) async fn operator(env: &TestEnv, id: &str, name: &str) -> (PathBuf, [
             title: "基盤運用担当".into(),
             role: "operator".into(),
             public_key: public.to_vec(),
+            revoked: None,
         })
         .await
         .unwrap();
     (path, public)
+}
+
+/// Registers an operator's key again under another id: refused, and why.
+async fn register_again(env: &TestEnv, id: &str, public: &[u8; 32]) -> anyhow::Error {
+    env.platform
+        .catalog
+        .add_operator(&Operator {
+            id: id.into(),
+            name: "山田 花子".into(),
+            title: "基盤運用担当".into(),
+            role: "operator".into(),
+            public_key: public.to_vec(),
+            revoked: None,
+        })
+        .await
+        .unwrap_err()
 }
 
 async fn count(db: &str, sql: &str, arg: &str) -> i64 {
@@ -598,18 +615,7 @@ async fn a_withdrawn_request_reopens_the_tenant() {
     let (alice_key, alice_pub) = operator(&env, "alice", "山田 花子").await;
     // One key is one person: it cannot be registered again under another id (which
     // would let one person both request and erase).
-    let err = env
-        .platform
-        .catalog
-        .add_operator(&Operator {
-            id: "alice2".into(),
-            name: "山田 花子".into(),
-            title: "基盤運用担当".into(),
-            role: "operator".into(),
-            public_key: alice_pub.to_vec(),
-        })
-        .await
-        .unwrap_err();
+    let err = register_again(&env, "alice2", &alice_pub).await;
     assert!(
         format!("{err:#}").contains("already registered to operator alice"),
         "{err:#}"
@@ -734,6 +740,190 @@ async fn a_withdrawn_request_reopens_the_tenant() {
         .await,
         1
     );
+}
+
+/// Revoking an operator: nothing they sign afterwards is accepted, a request they
+/// signed before erases nothing until it is withdrawn and made again by someone else,
+/// and their key cannot come back under another id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_operators_signature_is_refused() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("rvk"), "夕張市", "012092").await;
+    let u = env.tenant(&unique("rvk"), "歌志内市", "012271").await;
+    let (alice_key, alice_pub) = operator(&env, "alice", "山田 花子").await;
+    let (bob_key, _) = operator(&env, "bob", "佐藤 一郎").await;
+    let (carol_key, _) = operator(&env, "carol", "鈴木 次郎").await;
+    let decommission = |slug: String, op: &'static str, key: PathBuf| {
+        let p = std::sync::Arc::clone(&env.platform);
+        async move {
+            erase::decommission(
+                &p,
+                &DecommissionArgs {
+                    slug: &slug,
+                    operator: op,
+                    key: &key,
+                    reason: "契約終了",
+                    final_export: false,
+                },
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    let store = DirStore::new(env.state.path());
+    let erase_by = |slug: String, verifier: &'static str| {
+        let p = std::sync::Arc::clone(&env.platform);
+        let store = &store;
+        async move {
+            erase::execute(
+                &p,
+                store,
+                &EraseArgs {
+                    slug: &slug,
+                    verifier,
+                    allow_shared_keys: false,
+                },
+                &Quiet,
+            )
+            .await
+            .map(|_| ())
+        }
+    };
+    let databases = |name: String| async move {
+        count(
+            "postgres",
+            "SELECT count(*) FROM pg_database WHERE datname = $1",
+            &name,
+        )
+        .await
+    };
+    decommission(t.slug.clone(), "alice", alice_key.clone())
+        .await
+        .unwrap();
+
+    // Alice lost her key; Bob revokes it. The open request she signed is named.
+    let done = madoguchi::control::operators::revoke(
+        &env.platform,
+        "cli:test",
+        "alice",
+        "bob",
+        "鍵の紛失",
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.open_requests, vec![t.slug.clone()]);
+    let revoke = |id: &'static str, by: &'static str| {
+        let p = std::sync::Arc::clone(&env.platform);
+        async move {
+            let r = madoguchi::control::operators::revoke(&p, "cli:test", id, by, "テスト").await;
+            format!("{:#}", r.map(|_| ()).unwrap_err())
+        }
+    };
+    assert!(revoke("alice", "bob").await.contains("already revoked"));
+    assert!(revoke("carol", "alice").await.contains("cannot revoke"));
+    assert!(revoke("mallory", "bob").await.contains("not registered"));
+    let no_reason =
+        madoguchi::control::operators::revoke(&env.platform, "cli:test", "carol", "bob", " ")
+            .await
+            .map(|_| ())
+            .unwrap_err();
+    assert!(format!("{no_reason:#}").contains("give a reason"));
+
+    // Her request erases nothing, and nothing was destroyed.
+    let err = format!("{:#}", erase_by(t.slug.clone(), "bob").await.unwrap_err());
+    assert!(err.contains("revoked") && err.contains("withdraw"), "{err}");
+    assert_eq!(databases(t.database.clone()).await, 1);
+    // She can neither request nor withdraw any more.
+    let err = format!(
+        "{:#}",
+        decommission(u.slug.clone(), "alice", alice_key.clone())
+            .await
+            .unwrap_err()
+    );
+    assert!(err.contains("was revoked"), "{err}");
+    assert!(format!(
+        "{:#}",
+        erase::withdraw(&env.platform, &t.slug, "alice")
+            .await
+            .unwrap_err()
+    )
+    .contains("was revoked"));
+    // Another operator withdraws it and requests again; a third erases.
+    erase::withdraw(&env.platform, &t.slug, "bob")
+        .await
+        .unwrap();
+    decommission(t.slug.clone(), "bob", bob_key.clone())
+        .await
+        .unwrap();
+
+    // A verifier revoked (here by herself) erases nothing either.
+    madoguchi::control::operators::revoke(
+        &env.platform,
+        "cli:test",
+        "carol",
+        "carol",
+        "端末の盗難",
+    )
+    .await
+    .unwrap();
+    let err = format!("{:#}", erase_by(t.slug.clone(), "carol").await.unwrap_err());
+    assert!(err.contains("was revoked"), "{err}");
+    assert_eq!(databases(t.database.clone()).await, 1);
+    let err = format!(
+        "{:#}",
+        erase::erase(
+            &env.platform,
+            &store,
+            &EraseArgs {
+                slug: &t.slug,
+                verifier: "carol",
+                allow_shared_keys: false,
+            },
+            &carol_key,
+            &Quiet,
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err()
+    );
+    assert!(err.contains("was revoked"), "{err}");
+    let (dave_key, _) = operator(&env, "dave", "高橋 三郎").await;
+    erase::erase(
+        &env.platform,
+        &store,
+        &EraseArgs {
+            slug: &t.slug,
+            verifier: "dave",
+            allow_shared_keys: false,
+        },
+        &dave_key,
+        &Quiet,
+    )
+    .await
+    .unwrap();
+    assert_eq!(databases(t.database.clone()).await, 0);
+
+    // The rows stay, with who revoked and why; the key cannot return under a new id.
+    let ops = env.platform.catalog.operators().await.unwrap();
+    let alice = ops.iter().find(|o| o.id == "alice").unwrap();
+    let r = alice.revoked.as_ref().unwrap();
+    assert_eq!((r.by.as_str(), r.reason.as_str()), ("bob", "鍵の紛失"));
+    assert!(ops
+        .iter()
+        .find(|o| o.id == "bob")
+        .unwrap()
+        .revoked
+        .is_none());
+    let err = register_again(&env, "alice2", &alice_pub).await;
+    assert!(format!("{err:#}").contains("already registered to operator alice"));
+    // Each revocation is in the chained operation log.
+    let logged = count(
+        &env.platform.settings.catalog_db,
+        "SELECT count(*) FROM ops_log WHERE action = 'operator.revoke' AND detail::jsonb ->> 'by' = $1",
+        "bob",
+    )
+    .await;
+    assert_eq!(logged, 1);
 }
 
 /// A final export is everything the tenant ever stored: a request routed before the

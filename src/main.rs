@@ -189,6 +189,9 @@ enum Command {
     /// Platform operators and their Ed25519 keys.
     #[command(subcommand)]
     Operator(OperatorCmd),
+    /// The master key.
+    #[command(subcommand)]
+    Keys(KeysCmd),
     /// Print the platform's public key (verifier form), which co-signs erasure certificates.
     PlatformKey,
     /// The transparency log of erasure certificates.
@@ -456,6 +459,15 @@ enum OperatorCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum KeysCmd {
+    /// Replace the master key: everything the catalog holds wrapped by it is re-wrapped
+    /// under a new one in one transaction, the old file is kept as
+    /// master.key.retired-<time>, and a catalog backup is made under the new key.
+    /// Refused while `serve` or another command runs on this catalog.
+    RotateMaster,
+}
+
+#[derive(Subcommand, Debug)]
 enum TlogCmd {
     /// Print the current checkpoint, signed by the log key.
     Checkpoint,
@@ -633,6 +645,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         );
     }
     let (settings, file) = settings(&cli.common)?;
+    if let Command::Keys(KeysCmd::RotateMaster) = &cli.command {
+        return rotate_master(settings).await;
+    }
     let platform = Platform::open(settings).await?;
     let result = dispatch(&platform, &file, cli.command).await;
     let closed = platform.close();
@@ -986,7 +1001,7 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                 }
             }
         }
-        Command::Operator(OperatorCmd::Keygen { .. }) => Ok(ExitCode::SUCCESS),
+        Command::Operator(OperatorCmd::Keygen { .. }) | Command::Keys(_) => Ok(ExitCode::SUCCESS),
         Command::Operator(OperatorCmd::Add {
             id,
             name,
@@ -1206,6 +1221,32 @@ fn without_password(url: &str) -> anyhow::Result<(String, Option<zeroize::Zeroiz
 }
 
 /// Who ran a command, for the operation log.
+/// `keys rotate-master`, then a catalog backup under the new key (from a platform
+/// opened anew, which loads it).
+async fn rotate_master(settings: madoguchi::config::Settings) -> anyhow::Result<ExitCode> {
+    let p = Platform::open(settings.clone()).await?;
+    let rotated = madoguchi::control::master_key::rotate(&p, &cli_actor()).await;
+    p.close()?;
+    let rotated = rotated?;
+    println!(
+        "the master key is new: {} tenant keys and {} operators' TOTP secrets re-wrapped\nthe old key is kept as {} (it opens the {} catalog backups made before now): escrow the new master.key, then keep or destroy the old one as your key policy says (ops/runbooks/keys.md)",
+        rotated.tenant_keys,
+        rotated.totp_secrets,
+        rotated.retired.display(),
+        rotated.old_catalog_backups
+    );
+    let p = Platform::open(settings).await?;
+    let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
+    let backup = madoguchi::control::backup::run_catalog(&p, &store).await;
+    p.close()?;
+    let m = backup.context("the key is rotated, but the catalog backup under the new key failed: run `madoguchi backup run --catalog`")?;
+    println!(
+        "catalog backup under the new key: {} ({} bytes)",
+        m.file, m.size
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn cli_actor() -> String {
     format!(
         "cli:{}",

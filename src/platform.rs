@@ -19,6 +19,47 @@ pub struct Platform {
     /// Admin URL of the cluster in use, for `madoguchi db url`.
     admin_url: String,
     embedded: Mutex<Option<EmbeddedPg>>,
+    /// This process's share of the catalog (see [`Presence`]); none in a handle.
+    presence: Mutex<Option<Presence>>,
+}
+
+/// Advisory lock that every process on a catalog holds shared for as long as it runs
+/// ("mdgprsnc"). A master-key rotation holds it alone, so no process keeps wrapping
+/// keys under the master key it replaces, and a process starting meanwhile waits,
+/// then loads the new key.
+const PRESENCE_LOCK: i64 = i64::from_be_bytes(*b"mdgprsnc");
+
+/// A connection of its own to the catalog holding [`PRESENCE_LOCK`].
+struct Presence {
+    client: tokio_postgres::Client,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Presence {
+    async fn take(admin: &tokio_postgres::Config, catalog_db: &str) -> anyhow::Result<Self> {
+        let mut cfg = admin.clone();
+        cfg.dbname(catalog_db)
+            .application_name(format!("madoguchi-presence/{}", std::process::id()));
+        let (client, conn) = cfg
+            .connect(tokio_postgres::NoTls)
+            .await
+            .context("connecting to the catalog")?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::warn!(error = %e, "the catalog connection holding this process's presence ended");
+            }
+        });
+        client
+            .execute("SELECT pg_advisory_lock_shared($1)", &[&PRESENCE_LOCK])
+            .await?;
+        Ok(Self { client, task })
+    }
+}
+
+impl Drop for Presence {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl std::fmt::Debug for Platform {
@@ -95,17 +136,23 @@ impl Platform {
                 return Err(e);
             }
         };
-        let keys: Arc<dyn KeyProvider> =
-            match master_key(&catalog, &settings.state_dir.join("master.key")).await {
-                Ok(k) => Arc::new(k),
-                Err(e) => {
-                    catalog.close();
-                    if let Some(mut pg) = embedded {
-                        let _ = pg.stop_if_last();
-                    }
-                    return Err(e);
+        let opened = match Presence::take(cluster.maintenance_config(), &settings.catalog_db).await
+        {
+            Ok(presence) => master_key(&catalog, &settings.state_dir)
+                .await
+                .map(|k| (presence, k)),
+            Err(e) => Err(e),
+        };
+        let (presence, keys): (Presence, Arc<dyn KeyProvider>) = match opened {
+            Ok((presence, k)) => (presence, Arc::new(k)),
+            Err(e) => {
+                catalog.close();
+                if let Some(mut pg) = embedded {
+                    let _ = pg.stop_if_last();
                 }
-            };
+                return Err(e);
+            }
+        };
         Ok(Self {
             settings,
             cluster,
@@ -113,7 +160,71 @@ impl Platform {
             keys,
             admin_url,
             embedded: Mutex::new(embedded),
+            presence: Mutex::new(Some(presence)),
         })
+    }
+
+    /// Makes this process the only one on the catalog for as long as it runs (a
+    /// master-key rotation). Refused while any other Madoguchi process (`serve`, a
+    /// command) has it open; a process starting afterwards waits for this one to end.
+    pub async fn alone(&self) -> anyhow::Result<()> {
+        let guard = self
+            .presence
+            .lock()
+            .map_err(|_| anyhow::anyhow!("presence lock poisoned"))?
+            .take();
+        let Some(presence) = guard else {
+            anyhow::bail!("this handle does not hold the catalog's presence");
+        };
+        presence
+            .client
+            .execute("SELECT pg_advisory_unlock_shared($1)", &[&PRESENCE_LOCK])
+            .await?;
+        let mut alone: bool = presence
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&PRESENCE_LOCK])
+            .await?
+            .get(0);
+        // A process whose presence connection was cut (a restarted cluster) still
+        // shows its other catalog connections.
+        if alone {
+            let pid = std::process::id();
+            let others: i64 = presence
+                .client
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity
+                      WHERE datname = current_database() AND application_name LIKE 'madoguchi-%'
+                        AND application_name NOT IN ($1, $2)",
+                    &[
+                        &format!("madoguchi-control/{pid}"),
+                        &format!("madoguchi-presence/{pid}"),
+                    ],
+                )
+                .await?
+                .get(0);
+            if others > 0 {
+                presence
+                    .client
+                    .execute("SELECT pg_advisory_unlock($1)", &[&PRESENCE_LOCK])
+                    .await?;
+                alone = false;
+            }
+        }
+        if !alone {
+            presence
+                .client
+                .execute("SELECT pg_advisory_lock_shared($1)", &[&PRESENCE_LOCK])
+                .await?;
+        }
+        if let Ok(mut slot) = self.presence.lock() {
+            *slot = Some(presence);
+        }
+        if !alone {
+            anyhow::bail!(
+                "別のMadoguchiのプロセス（serve、またはコマンド）がこのカタログを使っています。サービスを止めてから（systemctl stop madoguchi）もう一度実行してください / another Madoguchi process (serve, or a command) is using this catalog: stop the service (systemctl stop madoguchi) and run this again"
+            );
+        }
+        Ok(())
     }
 
     /// Admin URL of the catalog database, usable with `psql`.
@@ -131,6 +242,7 @@ impl Platform {
             keys: Arc::clone(&self.keys),
             admin_url: self.admin_url.clone(),
             embedded: Mutex::new(None),
+            presence: Mutex::new(None),
         }
     }
 
@@ -138,6 +250,9 @@ impl Platform {
     /// started by Madoguchi).
     pub fn close(&self) -> anyhow::Result<()> {
         self.catalog.close();
+        if let Ok(mut presence) = self.presence.lock() {
+            presence.take();
+        }
         let mut guard = self
             .embedded
             .lock()
@@ -150,18 +265,54 @@ impl Platform {
 }
 
 /// What the master key's check value is wrapped with.
-const CHECK_AAD: &[u8] = b"madoguchi-master-key-check-v1";
+pub(crate) const CHECK_AAD: &[u8] = b"madoguchi-master-key-check-v1";
+
+/// The master key's file in the state directory.
+pub const MASTER_KEY: &str = "master.key";
+/// Where a rotation writes the new master key before the catalog is re-wrapped.
+pub const NEW_MASTER_KEY: &str = "master.key.new";
+
+/// Finishes a rotation cut short between the catalog's commit and the files' swap
+/// (the catalog opens with `master.key.new`), or drops a `master.key.new` that no
+/// commit took (the catalog opens with `master.key`). Runs under the presence lock,
+/// so no rotation is under way.
+fn settle_rotation(check: Option<&[u8]>, dir: &std::path::Path) -> anyhow::Result<()> {
+    let new = dir.join(NEW_MASTER_KEY);
+    let (Some(check), true) = (check, new.exists()) else {
+        return Ok(());
+    };
+    let opens = |path: &std::path::Path| {
+        FileKeyProvider::load_or_create(path).is_ok_and(|k| k.unwrap(check, CHECK_AAD).is_ok())
+    };
+    let current = dir.join(MASTER_KEY);
+    if current.exists() && opens(&current) {
+        tracing::warn!(
+            "removing {}: a master-key rotation that did not commit",
+            new.display()
+        );
+        std::fs::remove_file(&new)?;
+    } else if opens(&new) {
+        crate::control::master_key::swap_files(dir)?;
+        tracing::warn!(
+            "finished a master-key rotation cut short: {} is the master key now",
+            current.display()
+        );
+    }
+    Ok(())
+}
 
 /// The master key at `path`, if it is the catalog's: a catalog that already holds
 /// keys is never met with a new master key made on the spot (a command run with
 /// the wrong `--state-dir` against the real catalog wrapped a tenant's keys under a
 /// stray key no `serve` could open), nor with another one.
-async fn master_key(catalog: &Catalog, path: &std::path::Path) -> anyhow::Result<FileKeyProvider> {
+async fn master_key(catalog: &Catalog, dir: &std::path::Path) -> anyhow::Result<FileKeyProvider> {
+    let path = &dir.join(MASTER_KEY);
     let c = catalog.client().await?;
     let check: Option<Vec<u8>> = c
         .query_opt("SELECT wrapped FROM master_key_check", &[])
         .await?
         .map(|r| r.get(0));
+    settle_rotation(check.as_deref(), dir)?;
     // A catalog from before the check: one of its wrapped keys, if it has any.
     let sample = c
         .query_opt(

@@ -123,7 +123,9 @@ impl Catalog {
     ) -> anyhow::Result<Self> {
         ensure_database(maintenance, catalog_db).await?;
         let mut cfg = maintenance.clone();
-        cfg.dbname(catalog_db).application_name("madoguchi-control");
+        // The process id tells a master-key rotation whose connections these are.
+        cfg.dbname(catalog_db)
+            .application_name(format!("madoguchi-control/{}", std::process::id()));
         let mgr = deadpool_postgres::Manager::new(cfg, NoTls);
         let pool = Pool::builder(mgr)
             .max_size(6)

@@ -553,14 +553,20 @@ pub async fn decrypt(
     let (header, header_bytes, mut r) = read_header(store, file)?;
     let backup_key = if header.tenant_id.is_nil() {
         // A catalog backup: its key is wrapped by the master key.
+        // Made before a rotation: under a retired master key.
         let wrapped = B64.decode(&header.wrapped_key)?;
-        p.keys
-            .unwrap(&wrapped, &catalog_key_aad(&header.backup_id))
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "the backup key does not unwrap: wrong master key or damaged header"
-                )
-            })?
+        let aad = catalog_key_aad(&header.backup_id);
+        match p.keys.unwrap(&wrapped, &aad) {
+            Ok(key) => key,
+            Err(_) => super::master_key::retired(&p.settings.state_dir)
+                .into_iter()
+                .find_map(|(_, k)| crate::crypto::KeyProvider::unwrap(&k, &wrapped, &aad).ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "the backup key does not unwrap with the master key or any retired one (DIR/master.key.retired-*): a catalog backup made before a rotation needs the retired key put back, otherwise the header is damaged"
+                    )
+                })?,
+        }
     } else {
         tenant_backup_key(p, &header).await?
     };

@@ -9,6 +9,7 @@ pub mod erase;
 pub mod final_export;
 pub mod keys;
 pub mod manifest;
+pub mod master_key;
 pub mod migrate;
 pub mod operators;
 pub mod oplog;

@@ -895,7 +895,10 @@ impl Server {
         // A cluster made or grown by another version gets its autovacuum round here.
         let cluster = p.cluster.clone();
         background.push(tokio::spawn(async move { cluster.tune_autovacuum().await }));
-        let listen_cfg = p.cluster.admin_config(&p.settings.catalog_db);
+        let mut listen_cfg = p.cluster.admin_config(&p.settings.catalog_db);
+        // Named, so a master-key rotation sees a running service even if its presence
+        // connection was cut (the listener reconnects).
+        listen_cfg.application_name(format!("madoguchi-listen/{}", std::process::id()));
         let pools = app.pools.clone();
         background.push(tokio::spawn(routes::keep_fresh(
             Arc::clone(&app.hosts),

@@ -121,7 +121,7 @@ pub async fn set_credentials(p: &Platform, id: &str, password: &str) -> anyhow::
     Ok(secret)
 }
 
-fn totp_aad(id: &str) -> Vec<u8> {
+pub(crate) fn totp_aad(id: &str) -> Vec<u8> {
     crate::crypto::aad(&[b"madoguchi-ops-totp-v1", id.as_bytes()])
 }
 

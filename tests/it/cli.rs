@@ -52,6 +52,17 @@ pub(crate) fn madoguchi(state: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `tenant create` from the command line; the test stops if it fails.
+fn create_tenant(dir: &Path, slug: &str, name: &str, code: &str, host: &str) {
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "tenant", "create", "--slug", slug, "--name", name, "--code", code, "--host", host,
+        ],
+    );
+    assert!(ok, "{out}{err}");
+}
+
 pub(crate) struct Serving {
     pub(crate) child: Child,
     pub(crate) public: String,
@@ -178,22 +189,7 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
     let dir = state.0.as_path();
 
     // A command on a fresh state dir makes everything, and leaves no cluster running.
-    let (ok, out, err) = madoguchi(
-        dir,
-        &[
-            "tenant",
-            "create",
-            "--slug",
-            "chiyoda",
-            "--name",
-            "千代田区",
-            "--code",
-            "131016",
-            "--host",
-            "chiyoda.localhost",
-        ],
-    );
-    assert!(ok, "{out}{err}");
+    create_tenant(dir, "chiyoda", "千代田区", "131016", "chiyoda.localhost");
     assert!(
         !dir.join("pg/data/postmaster.pid").exists(),
         "the command left the cluster running"
@@ -214,22 +210,7 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
     assert_eq!(serving.get("sapporo.localhost"), 404);
 
     // Commands work while serve runs; changes reach it without a restart.
-    let (ok, out, err) = madoguchi(
-        dir,
-        &[
-            "tenant",
-            "create",
-            "--slug",
-            "sapporo",
-            "--name",
-            "札幌市",
-            "--code",
-            "011002",
-            "--host",
-            "sapporo.localhost",
-        ],
-    );
-    assert!(ok, "{out}{err}");
+    create_tenant(dir, "sapporo", "札幌市", "011002", "sapporo.localhost");
     assert_eq!(serving.wait_for("sapporo.localhost", 200), 200);
     let (ok, _, _) = madoguchi(dir, &["tenant", "suspend", "sapporo"]);
     assert!(ok);
@@ -647,22 +628,7 @@ fn operators_platform_key_and_transparency_log() {
     assert!(!ok && err.contains("OLD_SIZE"));
 
     // Decommissioning by one, erasure by the other; the certificate verifies offline.
-    let (ok, _, err) = madoguchi(
-        dir,
-        &[
-            "tenant",
-            "create",
-            "--slug",
-            "yubari",
-            "--name",
-            "夕張市",
-            "--code",
-            "012092",
-            "--host",
-            "yubari.test",
-        ],
-    );
-    assert!(ok, "{err}");
+    create_tenant(dir, "yubari", "夕張市", "012092", "yubari.test");
     let sato_key = dir.join("sato.key");
     let suzuki_key = dir.join("suzuki.key");
     let (ok, out, err) = madoguchi(
@@ -908,4 +874,121 @@ async fn a_command_leaves_the_cluster_to_a_serve_started_meanwhile() {
         .await
         .unwrap();
     assert!(!pid.exists(), "serve left the cluster running");
+}
+
+/// `keys rotate-master`: refused while `serve` runs; afterwards the tenants open with
+/// the new key, the old one is kept for the catalog backups made before, and a
+/// rotation cut short between the catalog's commit and the files' swap is finished by
+/// the next command.
+#[test]
+fn the_master_key_is_rotated_while_the_service_is_stopped() {
+    let state = StateDir::new();
+    let dir = state.0.as_path();
+    create_tenant(dir, "kushiro", "釧路市", "012068", "kushiro.localhost");
+    let (ok, out, err) = madoguchi(dir, &["backup", "run", "--catalog"]);
+    assert!(ok, "{out}{err}");
+    let old_backup = Regex::new(r"catalog: (\S+)")
+        .unwrap()
+        .captures(&out)
+        .unwrap()[1]
+        .to_owned();
+    let key = |name: &str| std::fs::read(dir.join(name)).unwrap_or_default();
+    let first = key("master.key");
+
+    let serving = Serving::start(dir, &["serve"]);
+    assert_eq!(serving.get("kushiro.localhost"), 200);
+    let (ok, _, err) = madoguchi(dir, &["keys", "rotate-master"]);
+    assert!(!ok && err.contains("stop the service"), "{err}");
+    assert_eq!(key("master.key"), first, "refused, yet the key changed");
+    // Even with its presence connection cut (as by a restarted cluster), the running
+    // service is seen by its other catalog connections.
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "db", "psql", "--", "-At", "-c",
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'madoguchi-presence/%'",
+        ],
+    );
+    assert!(ok && out.trim() != "0", "{out}{err}");
+    let (ok, _, err) = madoguchi(dir, &["keys", "rotate-master"]);
+    assert!(!ok && err.contains("stop the service"), "{err}");
+    assert_eq!(key("master.key"), first, "refused, yet the key changed");
+    serving.stop();
+
+    let (ok, out, err) = madoguchi(dir, &["keys", "rotate-master"]);
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains("2 tenant keys") && out.contains("catalog backup under the new key"),
+        "{out}"
+    );
+    let second = key("master.key");
+    assert!(second.len() == 32 && second != first);
+    let retired: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("master.key.retired-"))
+        .collect();
+    assert_eq!(retired.len(), 1, "{retired:?}");
+    assert_eq!(std::fs::read(&retired[0]).unwrap(), first);
+    let mode = std::fs::metadata(&retired[0])
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.ok(), Some(0o600));
+
+    // The catalog backup made before opens with the retired key, and only with it.
+    let decrypt = |file: &str, out: &str| {
+        let out = dir.join(out);
+        madoguchi(
+            dir,
+            &["backup", "decrypt", file, "--out", out.to_str().unwrap()],
+        )
+    };
+    let (ok, _, err) = decrypt(&old_backup, "a.dump");
+    assert!(ok, "{err}");
+    let aside = dir.join("retired.aside");
+    std::fs::rename(&retired[0], &aside).unwrap();
+    let (ok, _, err) = decrypt(&old_backup, "b.dump");
+    assert!(!ok && err.contains("retired"), "{err}");
+    std::fs::rename(&aside, &retired[0]).unwrap();
+
+    // A rotation cut short after the commit: the old key is still master.key and the
+    // new one master.key.new. The next command finishes the swap.
+    let (ok, out, err) = madoguchi(dir, &["keys", "rotate-master"]);
+    assert!(ok, "{out}{err}");
+    let third = key("master.key");
+    std::fs::rename(dir.join("master.key"), dir.join("master.key.new")).unwrap();
+    let newest_retired = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            std::fs::read(p).ok().as_deref() == Some(&second[..])
+                && p.to_string_lossy().contains("retired")
+        })
+        .unwrap();
+    std::fs::rename(&newest_retired, dir.join("master.key")).unwrap();
+    let (ok, out, err) = madoguchi(dir, &["tenant", "list"]);
+    assert!(ok && out.contains("kushiro"), "{out}{err}");
+    assert_eq!(key("master.key"), third);
+    assert!(!dir.join("master.key.new").exists());
+    // A master.key.new that no commit took is dropped.
+    std::fs::write(dir.join("master.key.new"), [7u8; 32]).unwrap();
+    std::fs::set_permissions(
+        dir.join("master.key.new"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    let (ok, _, err) = madoguchi(dir, &["tenant", "list"]);
+    assert!(ok, "{err}");
+    assert!(!dir.join("master.key.new").exists());
+    assert_eq!(key("master.key"), third);
+
+    // The municipality is served with its keys under the new master key, and the
+    // rotations are in the operation log.
+    let serving = Serving::start(dir, &["serve"]);
+    assert_eq!(serving.get("kushiro.localhost"), 200);
+    serving.stop();
+    let (ok, out, _) = madoguchi(dir, &["ops-log", "show"]);
+    assert!(
+        ok && out.matches("keys.rotate_master").count() == 2,
+        "{out}"
+    );
 }

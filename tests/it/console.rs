@@ -531,3 +531,38 @@ async fn a_revoked_operator_is_signed_out_and_cannot_sign_in() {
     );
     server.shutdown().await;
 }
+
+/// A master-key rotation re-wraps operators' TOTP secrets: the console still signs
+/// them in. It waits for every other process on the catalog to be gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operators_sign_in_after_a_master_key_rotation() {
+    use madoguchi::platform::Platform;
+    let env = TestEnv::new().await;
+    let gina = account(&env, "gina", false).await;
+    let settings = env.platform.settings.clone();
+    let second = Platform::open(settings.clone()).await.unwrap();
+    let err = madoguchi::control::master_key::rotate(&second, "cli:test")
+        .await
+        .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("another Madoguchi process"),
+        "{err:#}"
+    );
+    second.close().unwrap();
+    env.platform.close().unwrap();
+
+    let rotating = Platform::open(settings.clone()).await.unwrap();
+    let done = madoguchi::control::master_key::rotate(&rotating, "cli:test")
+        .await
+        .unwrap();
+    assert_eq!((done.tenant_keys, done.totp_secrets), (0, 1));
+    rotating.close().unwrap();
+    let after = std::sync::Arc::new(Platform::open(settings).await.unwrap());
+    let any = "127.0.0.1:0".parse().unwrap();
+    let server = Server::start(&after, any, any).await.unwrap();
+    let c = sign_in(&server, &gina, 1).await;
+    let (status, _, page) = get(&c, &ops_url(&server, "/")).await;
+    assert_eq!(status, 200, "{page}");
+    server.shutdown().await;
+    after.close().unwrap();
+}

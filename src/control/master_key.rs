@@ -1,0 +1,200 @@
+//! Rotating the master key: a new key file, everything the catalog holds wrapped by
+//! the old key (tenants' data keys and database passwords, operators' TOTP secrets,
+//! the key check) re-wrapped under the new one in one transaction, then the files
+//! swapped. The data keys themselves do not change, so no tenant row is touched.
+//!
+//! The old key is kept as `master.key.retired-<time>`: catalog backups made before
+//! the rotation open only with it (tenant backups open with the data keys, which the
+//! catalog still holds).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use time::OffsetDateTime;
+
+use crate::crypto::{DataKey, FileKeyProvider, KeyProvider};
+use crate::platform::{Platform, CHECK_AAD, MASTER_KEY, NEW_MASTER_KEY};
+
+/// Retired master keys are named `master.key.retired-<UTC time>`.
+const RETIRED_PREFIX: &str = "master.key.retired-";
+
+/// What a rotation did.
+#[derive(Debug)]
+pub struct Rotated {
+    /// Rows of `tenant_keys` re-wrapped (data keys and database passwords).
+    pub tenant_keys: usize,
+    /// Operators' TOTP secrets re-wrapped.
+    pub totp_secrets: usize,
+    /// Catalog backups made under the old key (they open only with the retired file).
+    pub old_catalog_backups: i64,
+    /// Where the old key is now.
+    pub retired: PathBuf,
+}
+
+/// Rotates the master key. Refused while any other Madoguchi process uses the
+/// catalog (stop `serve` first); takes seconds even with thousands of tenants.
+pub async fn rotate(p: &Platform, actor: &str) -> anyhow::Result<Rotated> {
+    p.alone().await?;
+    let dir = &p.settings.state_dir;
+    let new_path = dir.join(NEW_MASTER_KEY);
+    if new_path.exists() {
+        // Nothing committed with it: opening the platform settles a rotation that did.
+        fs::remove_file(&new_path)
+            .with_context(|| format!("removing a stale {}", new_path.display()))?;
+    }
+    let new = FileKeyProvider::load_or_create(&new_path)?;
+    let result = rewrap(p, &new, actor).await;
+    let (tenant_keys, totp_secrets, old_catalog_backups) = match result {
+        Ok(counts) => counts,
+        Err(e) => {
+            let _ = fs::remove_file(&new_path);
+            return Err(e);
+        }
+    };
+    let retired = swap_files(dir).with_context(|| {
+        format!(
+            "the catalog is re-wrapped under {}, but the files were not swapped; the next command or start finishes it",
+            new_path.display()
+        )
+    })?;
+    Ok(Rotated {
+        tenant_keys,
+        totp_secrets,
+        old_catalog_backups,
+        retired,
+    })
+}
+
+/// Re-wraps everything in one transaction; returns the counts.
+async fn rewrap(
+    p: &Platform,
+    new: &FileKeyProvider,
+    actor: &str,
+) -> anyhow::Result<(usize, usize, i64)> {
+    let old = p.keys.as_ref();
+    let again = |wrapped: &[u8], aad: &[u8]| -> anyhow::Result<Vec<u8>> {
+        let plain = old.unwrap(wrapped, aad).map_err(|_| {
+            anyhow::anyhow!(
+                "a wrapped key does not open with the current master key; nothing was changed"
+            )
+        })?;
+        Ok(new.wrap(&plain, aad)?)
+    };
+    let mut c = p.catalog.client().await?;
+    let tx = c.transaction().await?;
+    let keys = tx
+        .query(
+            "SELECT tenant_id, purpose, version, wrapped FROM tenant_keys ORDER BY tenant_id, purpose, version FOR UPDATE",
+            &[],
+        )
+        .await?;
+    for r in &keys {
+        let (tenant, purpose, version): (uuid::Uuid, &str, i32) = (r.get(0), r.get(1), r.get(2));
+        let aad = DataKey::wrap_aad(&tenant, purpose, u32::try_from(version)?);
+        let wrapped = again(r.get(3), &aad)
+            .with_context(|| format!("tenant key {tenant} {purpose} v{version}"))?;
+        tx.execute(
+            "UPDATE tenant_keys SET wrapped = $4 WHERE tenant_id = $1 AND purpose = $2 AND version = $3",
+            &[&tenant, &purpose, &version, &wrapped],
+        )
+        .await?;
+    }
+    let totp = tx
+        .query(
+            "SELECT id, totp_wrapped FROM operators WHERE totp_wrapped IS NOT NULL ORDER BY id FOR UPDATE",
+            &[],
+        )
+        .await?;
+    for r in &totp {
+        let id: &str = r.get(0);
+        let wrapped = again(r.get(1), &crate::ops::totp_aad(id))
+            .with_context(|| format!("operator {id}'s TOTP secret"))?;
+        tx.execute(
+            "UPDATE operators SET totp_wrapped = $2 WHERE id = $1",
+            &[&id, &wrapped],
+        )
+        .await?;
+    }
+    let check = tx
+        .query_one("SELECT wrapped FROM master_key_check FOR UPDATE", &[])
+        .await?;
+    let wrapped = again(check.get(0), CHECK_AAD)?;
+    tx.execute("UPDATE master_key_check SET wrapped = $1", &[&wrapped])
+        .await?;
+    let old_backups: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM backups WHERE tenant_id IS NULL AND destroyed_at IS NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    super::oplog::append(
+        &tx,
+        actor,
+        "keys.rotate_master",
+        "",
+        &serde_json::json!({
+            "tenant_keys": keys.len(),
+            "totp_secrets": totp.len(),
+            "old_catalog_backups": old_backups,
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok((keys.len(), totp.len(), old_backups))
+}
+
+/// `master.key` becomes `master.key.retired-<time>` and `master.key.new` becomes
+/// `master.key`; returns the retired file's path.
+pub(crate) fn swap_files(dir: &Path) -> anyhow::Result<PathBuf> {
+    let now = OffsetDateTime::now_utc();
+    let stamp = now
+        .format(&time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap_or_else(|_| now.unix_timestamp().to_string());
+    let mut retired = dir.join(format!("{RETIRED_PREFIX}{stamp}"));
+    let mut n = 1;
+    while retired.exists() {
+        n += 1;
+        retired = dir.join(format!("{RETIRED_PREFIX}{stamp}-{n}"));
+    }
+    let current = dir.join(MASTER_KEY);
+    if current.exists() {
+        fs::rename(&current, &retired)?;
+    }
+    fs::rename(dir.join(NEW_MASTER_KEY), &current)?;
+    fs::File::open(dir)?.sync_all()?;
+    Ok(retired)
+}
+
+/// The retired master keys in `dir`, newest first (a catalog backup made before a
+/// rotation opens with one of them).
+pub fn retired(dir: &Path) -> Vec<(PathBuf, FileKeyProvider)> {
+    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(RETIRED_PREFIX))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    paths.sort();
+    paths.reverse();
+    paths
+        .into_iter()
+        .filter_map(|path| match FileKeyProvider::load_or_create(&path) {
+            Ok(k) => Some((path, k)),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "a retired master key is not usable");
+                None
+            }
+        })
+        .collect()
+}

@@ -312,6 +312,15 @@ enum TenantCmd {
         /// The copy's folder (holding forms.json, the CSVs, files-*/ and SHA256SUMS).
         dir: std::path::PathBuf,
     },
+    /// Give a tenant's database role a new random password (stored wrapped in the
+    /// catalog; the running service picks it up by itself).
+    RotatePassword {
+        slug: String,
+        /// Also end every open session of the role (a password that may have leaked);
+        /// the service's requests on them fail once and it reconnects.
+        #[arg(long)]
+        end_sessions: bool,
+    },
     /// Withdraw an open decommissioning request; the tenant returns to its former state.
     WithdrawDecommission {
         slug: String,
@@ -1675,6 +1684,19 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             println!(
                 "all {} files match the signed decommissioning request (name, size, SHA-256)",
                 c.matching
+            );
+        }
+        TenantCmd::RotatePassword { slug, end_sessions } => {
+            let done = madoguchi::control::provision::rotate_password(
+                p,
+                &slug,
+                end_sessions,
+                &cli_actor(),
+            )
+            .await?;
+            println!(
+                "tenant {slug}: new database password (version {}); {} open sessions ended",
+                done.version, done.ended
             );
         }
         TenantCmd::WithdrawDecommission { slug, operator } => {

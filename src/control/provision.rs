@@ -255,6 +255,99 @@ pub(crate) async fn create_role(
     Ok(())
 }
 
+/// What `tenant rotate-password` did.
+#[derive(Debug)]
+pub struct NewPassword {
+    pub version: u32,
+    /// Sessions of the role ended (with `end_sessions`).
+    pub ended: i64,
+}
+
+/// Gives a tenant's database role a new random password: the role's password, the
+/// catalog's wrapped copy (a new version; older ones are deleted) and the operation
+/// log change in one transaction, so neither is ever ahead of the other. The running
+/// service reads it again when a new connection is refused with the old one; its open
+/// connections go on unless `end_sessions` ends every session of the role (a
+/// password that may have leaked): the service's requests on them fail once (503)
+/// and it reconnects.
+pub async fn rotate_password(
+    p: &Platform,
+    slug: &str,
+    end_sessions: bool,
+    actor: &str,
+) -> anyhow::Result<NewPassword> {
+    let rec = p
+        .catalog
+        .tenant_by_slug(slug)
+        .await?
+        .with_context(|| format!("テナント「{slug}」はありません / no tenant {slug}"))?;
+    if !matches!(rec.state, TenantState::Active | TenantState::Suspended) {
+        bail!(
+            "テナント {slug} は {} の状態です。稼働中か停止中のテナントだけ、パスワードを変更できます / tenant {slug} is {}: only an active or suspended tenant's password is rotated",
+            rec.state.as_str(),
+            rec.state.as_str()
+        );
+    }
+    let password = Zeroizing::new(random_token(32));
+    let verifier = scram_verifier(&password);
+    let mut c = p.catalog.client().await?;
+    let tx = c.transaction().await?;
+    tx.query_one("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&rec.id])
+        .await?;
+    let newest: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM tenant_keys WHERE tenant_id = $1 AND purpose = 'db_password'",
+            &[&rec.id],
+        )
+        .await?
+        .get(0);
+    let version = newest + 1;
+    let wrapped = p.keys.wrap(
+        password.as_bytes(),
+        &password_aad(&rec.id, u32::try_from(version)?),
+    )?;
+    tx.execute(
+        "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped, provider) VALUES ($1, 'db_password', $2, $3, $4)",
+        &[&rec.id, &version, &wrapped, &p.keys.id()],
+    )
+    .await?;
+    tx.execute(
+        "DELETE FROM tenant_keys WHERE tenant_id = $1 AND purpose = 'db_password' AND version < $2",
+        &[&rec.id, &version],
+    )
+    .await?;
+    // As at provisioning: a SCRAM verifier, so no statement log shows the password.
+    tx.batch_execute(&format!(
+        "ALTER ROLE {} PASSWORD '{}'",
+        quote_ident(&rec.role),
+        verifier.replace('\'', "''")
+    ))
+    .await?;
+    crate::control::oplog::append(
+        &tx,
+        actor,
+        "tenant.rotate_password",
+        slug,
+        &serde_json::json!({ "version": version, "end_sessions": end_sessions }),
+    )
+    .await?;
+    tx.commit().await?;
+    let ended = if end_sessions {
+        c.query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = $1",
+            &[&rec.role],
+        )
+        .await?
+        .get(0)
+    } else {
+        0
+    };
+    Ok(NewPassword {
+        version: u32::try_from(version)?,
+        ended,
+    })
+}
+
 /// A SCRAM-SHA-256 verifier with one PBKDF2 iteration. Iterations slow down guessing
 /// of human passwords; a tenant role's password is 256 random bits, which no
 /// iteration count makes stronger, while 4,096 iterations (the usual default) cost

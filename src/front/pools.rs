@@ -28,6 +28,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OnceCell, Semaphore};
 use tokio_postgres::{Client, Config, NoTls};
 use uuid::Uuid;
+use zeroize::Zeroizing;
 
 use crate::catalog::Catalog;
 use crate::config::PoolSettings;
@@ -254,6 +255,7 @@ impl TenantPools {
             budget: Arc::clone(&inner.budget),
             registry: Arc::downgrade(&self.inner),
             tenant,
+            newer_password: Mutex::new(None),
         };
         let mgr = Manager::from_connect(
             config,
@@ -557,51 +559,88 @@ struct BudgetedConnect {
     budget: Arc<Semaphore>,
     registry: Weak<Inner>,
     tenant: Uuid,
+    /// The role's password read again after the one the pool was built with was
+    /// refused (`tenant rotate-password`); every later connection uses it.
+    newer_password: Mutex<Option<Zeroizing<String>>>,
 }
 
+type Connected = Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>;
+
 impl Connect for BudgetedConnect {
-    fn connect(
-        &self,
-        pg_config: &Config,
-    ) -> BoxFuture<'_, Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>> {
-        let pg_config = pg_config.clone();
+    fn connect(&self, pg_config: &Config) -> BoxFuture<'_, Connected> {
+        let mut pg_config = pg_config.clone();
         Box::pin(async move {
-            let permit = loop {
-                if let Ok(p) = Arc::clone(&self.budget).try_acquire_owned() {
-                    break p;
+            if let Some(pw) = self.newer_password.lock().ok().and_then(|p| p.clone()) {
+                pg_config.password(pw.as_bytes());
+            }
+            match self.open(&pg_config).await {
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) => {
+                    // Rotated since: read it again, once.
+                    let Some(pw) = self.read_password().await else {
+                        return Err(e);
+                    };
+                    pg_config.password(pw.as_bytes());
+                    if let Ok(mut slot) = self.newer_password.lock() {
+                        *slot = Some(pw);
+                    }
+                    self.open(&pg_config).await
                 }
-                if let Some(reg) = self.registry.upgrade() {
-                    reg.close_one_idle(self.tenant);
-                }
-                // A closed connection returns its permit as soon as its task ends; the
-                // create timeout every caller passes to the pool bounds this loop.
-                let waited = tokio::time::timeout(
-                    Duration::from_millis(25),
-                    Arc::clone(&self.budget).acquire_owned(),
-                )
-                .await;
-                if let Ok(Ok(p)) = waited {
-                    break p;
-                }
-            };
-            let stream = match open_stream(&pg_config).await {
-                Ok(io) => BudgetedStream {
-                    io,
-                    permit: Some(permit),
-                },
-                // The server never saw this connection: the permit goes back now, and
-                // the handshake below fails with the reason.
-                Err(e) => BudgetedStream {
-                    io: Box::new(Unreachable(e.kind(), e.to_string())),
-                    permit: None,
-                },
-            };
-            let (client, connection) = pg_config.connect_raw(stream, NoTls).await?;
-            let task = tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            Ok((client, task))
+                other => other,
+            }
         })
+    }
+}
+
+impl BudgetedConnect {
+    /// The tenant's newest database password from the catalog.
+    async fn read_password(&self) -> Option<Zeroizing<String>> {
+        let inner = self.registry.upgrade()?;
+        let rec = inner.catalog.tenant_by_id(self.tenant).await.ok()??;
+        match tenant_password(&inner.catalog, inner.keys.as_ref(), &rec).await {
+            Ok(pw) => Some(pw),
+            Err(e) => {
+                tracing::warn!(tenant = %rec.slug, error = %format!("{e:#}"), "reading the database password again");
+                None
+            }
+        }
+    }
+
+    async fn open(&self, pg_config: &Config) -> Connected {
+        let permit = loop {
+            if let Ok(p) = Arc::clone(&self.budget).try_acquire_owned() {
+                break p;
+            }
+            if let Some(reg) = self.registry.upgrade() {
+                reg.close_one_idle(self.tenant);
+            }
+            // A closed connection returns its permit as soon as its task ends; the
+            // create timeout every caller passes to the pool bounds this loop.
+            let waited = tokio::time::timeout(
+                Duration::from_millis(25),
+                Arc::clone(&self.budget).acquire_owned(),
+            )
+            .await;
+            if let Ok(Ok(p)) = waited {
+                break p;
+            }
+        };
+        let stream = match open_stream(pg_config).await {
+            Ok(io) => BudgetedStream {
+                io,
+                permit: Some(permit),
+            },
+            // The server never saw this connection: the permit goes back now, and
+            // the handshake below fails with the reason.
+            Err(e) => BudgetedStream {
+                io: Box::new(Unreachable(e.kind(), e.to_string())),
+                permit: None,
+            },
+        };
+        let (client, connection) = pg_config.connect_raw(stream, NoTls).await?;
+        let task = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok((client, task))
     }
 }
 

@@ -981,6 +981,9 @@ fn the_master_key_is_rotated_while_the_service_is_stopped() {
     assert!(!dir.join("master.key.new").exists());
     assert_eq!(key("master.key"), third);
 
+    // The tenant role's password too can be new (wrapped under the new master key).
+    let (ok, out, err) = madoguchi(dir, &["tenant", "rotate-password", "kushiro"]);
+    assert!(ok && out.contains("version 2"), "{out}{err}");
     // The municipality is served with its keys under the new master key, and the
     // rotations are in the operation log.
     let serving = Serving::start(dir, &["serve"]);
@@ -988,7 +991,8 @@ fn the_master_key_is_rotated_while_the_service_is_stopped() {
     serving.stop();
     let (ok, out, _) = madoguchi(dir, &["ops-log", "show"]);
     assert!(
-        ok && out.matches("keys.rotate_master").count() == 2,
+        ok && out.matches("keys.rotate_master").count() == 2
+            && out.contains("tenant.rotate_password"),
         "{out}"
     );
 }

@@ -226,3 +226,78 @@ async fn bad_input_is_refused_with_a_message() {
         assert!(err.contains(expect), "{slug} {code}: {err}");
     }
 }
+
+/// A tenant role's new password: the old one is refused at once, the running service
+/// reads the new one when a new connection is refused with the old, and with
+/// `end_sessions` nobody stays connected on the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_database_password_is_rotated_while_it_is_served() {
+    use madoguchi::control::provision::rotate_password;
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("pw"), "釧路市", "012068").await;
+    let public = crate::harness::publish_sample(&env, &t).await;
+    let host = format!("{}.test", t.slug);
+    let server = env.serve().await;
+    let c = crate::harness::client_for(&server, &[&host]);
+    let page = crate::harness::url(&server, &host, &public);
+    let status = || async { crate::forms::get(&c, &page).await.0 };
+    assert_eq!(status().await, 200);
+    let p = &env.platform;
+    let old = tenant_password(&p.catalog, p.keys.as_ref(), &t)
+        .await
+        .unwrap();
+
+    let done = rotate_password(p, &t.slug, false, "cli:test")
+        .await
+        .unwrap();
+    assert_eq!((done.version, done.ended), (2, 0));
+    let refused = p
+        .cluster
+        .tenant_config(&t, &old)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .err()
+        .and_then(|e| e.code().cloned());
+    assert_eq!(refused, Some(SqlState::INVALID_PASSWORD));
+    let versions: Vec<u32> = p
+        .catalog
+        .keys(t.id, "db_password")
+        .await
+        .unwrap()
+        .iter()
+        .map(|k| k.version)
+        .collect();
+    assert_eq!(versions, vec![2], "the old password is kept");
+    // The service's open connection goes on.
+    assert_eq!(status().await, 200);
+
+    // Ending the role's sessions: the service reconnects, reading the new password.
+    let done = rotate_password(p, &t.slug, true, "cli:test").await.unwrap();
+    assert!(done.version == 3 && done.ended >= 1, "{done:?}");
+    let mut last = 0;
+    for _ in 0..5 {
+        last = status().await;
+        assert!(last == 200 || last == 503, "{last}");
+        if last == 200 {
+            break;
+        }
+    }
+    assert_eq!(
+        last, 200,
+        "the service did not reconnect with the new password"
+    );
+    let now = tenant_password(&p.catalog, p.keys.as_ref(), &t)
+        .await
+        .unwrap();
+    assert!(p
+        .cluster
+        .tenant_config(&t, &now)
+        .connect(tokio_postgres::NoTls)
+        .await
+        .is_ok());
+    let err = rotate_password(p, "no-such-town", false, "cli:test")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("no tenant"));
+    server.shutdown().await;
+}

@@ -190,6 +190,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             }
         })
         .route("/f/{form}/confirm", get(c::confirm))
+        .route("/f/{form}/files/{file}", get(forms::attachments::own_file))
         .route("/f/{form}/submit", {
             let r = post(c::submit);
             match &submits {

@@ -224,6 +224,38 @@ async fn a_file_attached_by_a_citizen_reaches_staff_the_api_and_the_final_export
     // without choosing a file keeps it.
     let (_, _, again) = get(&c, &site.u(&format!("{}?page=0", site.public))).await;
     assert!(again.contains("添付済み: 現況写真.png（40 KB）"), "{again}");
+    // The citizen can open what they attached, and nobody else can.
+    let own = capture(r#"href="(/f/[^"]+/files/[0-9a-f-]+)" download"#, &again);
+    let fetch = |c: reqwest::Client, path: String| {
+        let u = site.u(&path);
+        async move {
+            let r = c.get(u).send().await.unwrap();
+            let h = r.headers().clone();
+            (r.status().as_u16(), h, r.bytes().await.unwrap().to_vec())
+        }
+    };
+    let (status, h, bytes) = fetch(c.clone(), own.clone()).await;
+    assert_eq!(status, 200);
+    assert!(bytes == photo, "not the file sent");
+    let header = |name: &str| {
+        h.get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(header("content-disposition").starts_with("attachment;"));
+    assert_eq!(header("cache-control"), "no-store, private");
+    assert_eq!(header("x-content-type-options"), "nosniff");
+    let (status, _, bytes) = fetch(browser(&site.server, &[&site.host]), own.clone()).await;
+    assert!(status == 303 && bytes.is_empty(), "a stranger got {status}");
+    let other = format!("{}/files/{}", site.public, uuid::Uuid::new_v4());
+    assert_eq!(fetch(c.clone(), other).await.0, 404);
+    assert_eq!(
+        fetch(c.clone(), format!("{}/files/..", site.public))
+            .await
+            .0,
+        404
+    );
     let (status, _, body) = site
         .first_page(&c, &token, "神田 太郎", &[Part::File("photo", "", b"")])
         .await;
@@ -245,6 +277,10 @@ async fn a_file_attached_by_a_citizen_reaches_staff_the_api_and_the_final_export
     assert_eq!(status, 303, "{body}");
     let (_, _, confirm) = get(&c, &site.u(&loc)).await;
     assert!(confirm.contains("現況写真.png（40 KB）"), "{confirm}");
+    assert!(
+        confirm.contains(&format!(r#"href="{own}" download"#)),
+        "{confirm}"
+    );
     let (status, loc, body) = post(
         &c,
         &site.u(&format!("{}/submit", site.public)),
@@ -254,6 +290,8 @@ async fn a_file_attached_by_a_citizen_reaches_staff_the_api_and_the_final_export
     assert_eq!(status, 303, "{body}");
     let (_, _, done) = get(&c, &site.u(&loc)).await;
     let receipt = capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done);
+    // Once sent, the draft's link leads to the receipt, not the file.
+    assert_eq!(fetch(c.clone(), own.clone()).await.0, 303);
     let row = db
         .query_one(
             "SELECT a.draft_id IS NULL, s.id FROM attachments a JOIN submissions s ON s.id = a.submission_id",
@@ -424,8 +462,9 @@ async fn a_file_attached_by_a_citizen_reaches_staff_the_api_and_the_final_export
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 422);
+    let st = r.status();
     let p: Value = r.json().await.unwrap();
+    assert_eq!(st, 422, "{p}");
     assert!(
         p["errors"][0]["message"]
             .as_str()
@@ -660,6 +699,11 @@ async fn a_correction_keeps_or_replaces_the_applications_file() {
         assert_eq!(status, 303, "{body}");
         let (_, _, form) = get(&c, &site.u(&loc)).await;
         assert!(form.contains("添付済み: before.png"), "{form}");
+        // The application's file opens from the correction's page.
+        let own = capture(r#"href="(/f/[^"]+/files/[0-9a-f-]+)" download"#, &form);
+        let r = c.get(site.u(&own)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.bytes().await.unwrap().to_vec() == photo);
         capture(r#"name="_token" value="([^"]+)""#, &form)
     };
     let file_of = || async {

@@ -551,6 +551,47 @@ pub async fn serve(
     Ok(download(named, bytes))
 }
 
+/// A file of the browser's own open draft (or of the application it corrects),
+/// for the citizen to check what they attached. Only a draft whose answers name the
+/// file opens it; nothing is logged (it is the citizen's own).
+pub async fn own_file(
+    ctx: TenantCtx,
+    axum::extract::Path((public_id, file)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, AppError> {
+    let file = Uuid::parse_str(&file).map_err(|_| AppError::NotFound)?;
+    let db = ctx.db().await?;
+    let (_, _, draft) = match super::citizen::open_draft(&ctx, &db, &public_id, &headers).await? {
+        Ok(found) => found,
+        Err(elsewhere) => return Ok(elsewhere),
+    };
+    let named = draft
+        .inputs
+        .values()
+        .filter_map(|vs| vs.first())
+        .filter_map(|v| FileRef::from_input(v))
+        .find(|f| f.id == file)
+        .ok_or(AppError::NotFound)?;
+    let row = db
+        .query_opt(
+            "SELECT content FROM attachments
+              WHERE id = $1 AND ((draft_id = $2 AND submission_id IS NULL) OR submission_id = $3)",
+            &[&file, &draft.id, &draft.resubmit_of],
+        )
+        .await?
+        .ok_or(AppError::NotFound)?;
+    let bytes = ctx
+        .cipher()
+        .decrypt(&content_ref(&file.to_string()), row.get(0))
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("decrypting an attachment: {e}")))?;
+    let mut resp = download(&named, bytes);
+    resp.headers_mut().insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("no-store, private"),
+    );
+    Ok(resp)
+}
+
 /// The content of a submission's file.
 pub async fn content(
     cipher: &FieldCipher,

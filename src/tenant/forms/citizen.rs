@@ -473,6 +473,9 @@ fn form_page(
         if !same_page.contains(&f.show_field.as_str()) {
             f.show_field.clear();
         }
+        f.attached_href = f
+            .attached_id
+            .map(|id| format!("/f/{}/files/{id}", form.public_id));
     }
     // The summary lists this page's errors only: the confirmation step can find
     // errors on several pages (after a new version), and links to fields of other
@@ -906,6 +909,8 @@ pub struct AnswerRow {
     pub label: String,
     pub value: String,
     pub change: String,
+    /// An attached file, for the citizen to open and check.
+    pub file: Option<String>,
 }
 
 #[derive(Template)]
@@ -994,6 +999,10 @@ fn answer_rows(def: &FormDefinition, answers: &Answers, public_id: &str) -> Vec<
                     label: f.label.clone(),
                     value: a.display(),
                     change: format!("/f/{public_id}?page={i}#{anchor}"),
+                    file: match a {
+                        Answer::File(r) => Some(format!("/f/{public_id}/files/{}", r.id)),
+                        _ => None,
+                    },
                 });
             }
         }

@@ -3,6 +3,7 @@
 
 use super::answers::{file_types_label, Answer, FieldError, FileRef, Raw, MAX_INPUT};
 use super::definition::{ChoiceDisplay, Field, FieldKind, FileType, Page};
+use uuid::Uuid;
 
 pub struct OptionView {
     pub value: String,
@@ -58,6 +59,9 @@ pub struct FieldView {
     pub accept: String,
     pub max_bytes: u64,
     pub attached: Option<String>,
+    /// The attached file itself, for the citizen to check (set by the page).
+    pub attached_id: Option<Uuid>,
+    pub attached_href: Option<String>,
 }
 
 fn first(raw: &Raw, name: &str) -> String {
@@ -103,6 +107,8 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
         accept: String::new(),
         max_bytes: 0,
         attached: None,
+        attached_id: None,
+        attached_href: None,
     };
     if let Some(c) = &f.show_if {
         v.show_field.clone_from(&c.field);
@@ -231,11 +237,12 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
                 .collect::<Vec<_>>()
                 .join(",");
             v.text = format!("{}、{mb}MBまで", file_types_label(types));
-            v.attached = raw
+            let file = raw
                 .get(&f.id)
                 .and_then(|vs| vs.first())
-                .and_then(|s| FileRef::from_input(s))
-                .map(|r| Answer::File(r).display());
+                .and_then(|s| FileRef::from_input(s));
+            v.attached_id = file.as_ref().map(|r| r.id);
+            v.attached = file.map(|r| Answer::File(r).display());
         }
         FieldKind::Consent { statement } => v.text = statement.clone(),
         FieldKind::Paragraph { text } => v.text = text.clone(),

@@ -417,6 +417,10 @@ enum BackupCmd {
         #[arg(long)]
         suspended: bool,
     },
+    /// Replace a lost or damaged catalog with one of its backups (path under
+    /// DIR/backups/_catalog), with the service stopped. The replaced catalog is kept
+    /// renamed; what differs from the cluster and the certificates on disk is listed.
+    RestoreCatalog { file: String },
     /// Decrypt a backup file (path under DIR/backups) to a pg_dump archive, checking every byte.
     Decrypt {
         file: String,
@@ -657,6 +661,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     if let Command::Keys(KeysCmd::RotateMaster) = &cli.command {
         return rotate_master(settings).await;
     }
+    if let Command::Backup(BackupCmd::RestoreCatalog { file }) = &cli.command {
+        return restore_catalog(settings, file).await;
+    }
     let platform = Platform::open(settings).await?;
     let result = dispatch(&platform, &file, cli.command).await;
     let closed = platform.close();
@@ -823,6 +830,8 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         Command::Backup(cmd) => {
             let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
             match cmd {
+                // Handled before the platform is opened for the command.
+                BackupCmd::RestoreCatalog { .. } => Ok(ExitCode::SUCCESS),
                 BackupCmd::Run { slug, all, catalog } => {
                     if catalog || all {
                         let m = with_spinner(
@@ -1253,6 +1262,49 @@ async fn rotate_master(settings: madoguchi::config::Settings) -> anyhow::Result<
         "catalog backup under the new key: {} ({} bytes)",
         m.file, m.size
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `backup restore-catalog`, then the platform opened on the restored catalog (which
+/// migrates it if it is older), and the restore recorded in its operation log.
+async fn restore_catalog(
+    settings: madoguchi::config::Settings,
+    file: &str,
+) -> anyhow::Result<ExitCode> {
+    let p = Platform::open(settings.clone()).await?;
+    let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
+    let restored = madoguchi::control::catalog_restore::restore(&p, &store, file).await;
+    p.close()?;
+    let r = restored?;
+    let p = Platform::open(settings).await?;
+    let logged = madoguchi::control::oplog::record(
+        &p.catalog,
+        &cli_actor(),
+        "catalog.restore",
+        file,
+        serde_json::json!({
+            "replaced": r.replaced,
+            "missing_databases": r.missing_databases,
+            "unknown_databases": r.unknown_databases,
+            "unlogged_certificates": r.unlogged_certificates,
+        }),
+    )
+    .await;
+    p.close()?;
+    logged?;
+    println!(
+        "the catalog is restored from {file}: {} tenants. The catalog it replaced is kept as database {} (drop it once all is well)",
+        r.tenants, r.replaced
+    );
+    for slug in &r.missing_databases {
+        println!("warning: tenant {slug}: its database is not in the cluster (erased or lost since the backup); see ops/runbooks/backup-and-restore.md");
+    }
+    for db in &r.unknown_databases {
+        println!("warning: database {db} is in the cluster but not in the restored catalog (made since the backup): its keys are lost, so its data cannot be read; keep it and escalate");
+    }
+    for cert in &r.unlogged_certificates {
+        println!("warning: certificate {cert} (DIR/certificates) is not in the restored transparency log: keep the file; escalate before issuing checkpoints");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

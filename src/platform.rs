@@ -164,6 +164,15 @@ impl Platform {
         })
     }
 
+    /// Lets go of the catalog: its pool and this process's presence (before the
+    /// catalog database is replaced). The platform is not to be used afterwards.
+    pub fn leave_catalog(&self) {
+        self.catalog.close();
+        if let Ok(mut presence) = self.presence.lock() {
+            presence.take();
+        }
+    }
+
     /// Makes this process the only one on the catalog for as long as it runs (a
     /// master-key rotation). Refused while any other Madoguchi process (`serve`, a
     /// command) has it open; a process starting afterwards waits for this one to end.
@@ -249,10 +258,7 @@ impl Platform {
     /// Stops the embedded cluster if this process is the last to use it (and it was
     /// started by Madoguchi).
     pub fn close(&self) -> anyhow::Result<()> {
-        self.catalog.close();
-        if let Ok(mut presence) = self.presence.lock() {
-            presence.take();
-        }
+        self.leave_catalog();
         let mut guard = self
             .embedded
             .lock()

@@ -905,6 +905,16 @@ async fn check_against_record(
     Ok(())
 }
 
+/// Whether `file` is a backup of the catalog (not of a tenant).
+pub(crate) fn is_catalog_backup(store: &dyn BackupStore, file: &str) -> anyhow::Result<bool> {
+    Ok(read_header(store, file)?.0.tenant_id.is_nil())
+}
+
+/// Restores a decrypted archive into `database`, objects owned by the admin role.
+pub(crate) async fn restore_dump(p: &Platform, database: &str, dump: &Path) -> anyhow::Result<()> {
+    pg_restore(p, database, dump, None).await
+}
+
 fn read_header(
     store: &dyn BackupStore,
     file: &str,

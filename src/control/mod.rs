@@ -3,6 +3,7 @@
 //! decommissioning with erasure certificates.
 
 pub mod backup;
+pub mod catalog_restore;
 pub mod certificate;
 pub mod cluster;
 pub mod erase;

@@ -52,6 +52,11 @@ pub(crate) fn madoguchi(state: &Path, args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// `db psql -At -c SQL` on the catalog.
+fn psql(dir: &Path, sql: &str) -> (bool, String, String) {
+    madoguchi(dir, &["db", "psql", "--", "-At", "-c", sql])
+}
+
 /// `tenant create` from the command line; the test stops if it fails.
 fn create_tenant(dir: &Path, slug: &str, name: &str, code: &str, host: &str) {
     let (ok, out, err) = madoguchi(
@@ -250,17 +255,7 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
     );
 
     // `db psql` runs psql with the password in its environment, not its arguments.
-    let (ok, out, err) = madoguchi(
-        dir,
-        &[
-            "db",
-            "psql",
-            "--",
-            "-At",
-            "-c",
-            "SELECT count(*) FROM tenants",
-        ],
-    );
+    let (ok, out, err) = psql(dir, "SELECT count(*) FROM tenants");
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "2");
 
@@ -497,7 +492,7 @@ fn manifests_apply_idempotently_and_migrate_reports() {
     // A tenant left half-provisioned is not migrated, and the report says so: a
     // failure when it was the one named, a line among all.
     let psql = |sql: &str| {
-        let (ok, _, err) = madoguchi(dir, &["db", "psql", "--", "-At", "-c", sql]);
+        let (ok, _, err) = psql(dir, sql);
         assert!(ok, "{err}");
     };
     psql("UPDATE tenants SET state = 'provisioning' WHERE slug = 'otaru'");
@@ -902,12 +897,9 @@ fn the_master_key_is_rotated_while_the_service_is_stopped() {
     assert_eq!(key("master.key"), first, "refused, yet the key changed");
     // Even with its presence connection cut (as by a restarted cluster), the running
     // service is seen by its other catalog connections.
-    let (ok, out, err) = madoguchi(
+    let (ok, out, err) = psql(
         dir,
-        &[
-            "db", "psql", "--", "-At", "-c",
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'madoguchi-presence/%'",
-        ],
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name LIKE 'madoguchi-presence/%'",
     );
     assert!(ok && out.trim() != "0", "{out}{err}");
     let (ok, _, err) = madoguchi(dir, &["keys", "rotate-master"]);
@@ -995,4 +987,102 @@ fn the_master_key_is_rotated_while_the_service_is_stopped() {
             && out.contains("tenant.rotate_password"),
         "{out}"
     );
+}
+
+/// `backup restore-catalog`: a catalog whose rows were lost comes back from its
+/// backup, with the service stopped; what the backup cannot know (a tenant made
+/// since, a certificate issued since) is named, and the replaced catalog is kept.
+#[test]
+fn the_catalog_is_restored_from_its_backup() {
+    let state = StateDir::new();
+    let dir = state.0.as_path();
+    create_tenant(dir, "nemuro", "根室市", "012238", "nemuro.localhost");
+    create_tenant(dir, "rumoi", "留萌市", "012122", "rumoi.localhost");
+    let (_, list, _) = madoguchi(dir, &["tenant", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let rumoi_db = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["slug"] == "rumoi")
+        .unwrap()["database"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let backup_file = |out: &str, what: &str| {
+        Regex::new(&format!(r"{what}: (\S+)"))
+            .unwrap()
+            .captures(out)
+            .unwrap_or_else(|| panic!("{out}"))[1]
+            .to_owned()
+    };
+    let (ok, out, err) = madoguchi(dir, &["backup", "run", "--catalog"]);
+    assert!(ok, "{out}{err}");
+    let catalog_backup = backup_file(&out, "catalog");
+    let (ok, out, err) = madoguchi(dir, &["backup", "run", "nemuro"]);
+    assert!(ok, "{out}{err}");
+    let tenant_backup = std::fs::read_dir(dir.join("backups/nemuro"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.ends_with(".mdgbak"))
+        .map(|n| format!("nemuro/{n}"))
+        .unwrap();
+    // Made after the backup: the restored catalog cannot know it.
+    create_tenant(dir, "wakkanai", "稚内市", "012149", "wakkanai.localhost");
+    let certificates = dir.join("certificates");
+    std::fs::create_dir_all(&certificates).unwrap();
+    let stray = format!("{}.json", uuid::Uuid::new_v4());
+    std::fs::write(certificates.join(&stray), "{}").unwrap();
+
+    // The catalog loses its tenants, and one tenant's database is lost too.
+    for sql in [
+        "TRUNCATE tenants CASCADE".to_owned(),
+        format!("DROP DATABASE \"{rumoi_db}\""),
+    ] {
+        let (ok, out, err) = psql(dir, &sql);
+        assert!(ok, "{out}{err}");
+    }
+    let (_, out, _) = madoguchi(dir, &["tenant", "list"]);
+    assert!(!out.contains("nemuro"), "{out}");
+
+    let (ok, _, err) = madoguchi(dir, &["backup", "restore-catalog", &tenant_backup]);
+    assert!(!ok && err.contains("not the catalog's"), "{err}");
+    let serving = Serving::start(dir, &["serve"]);
+    let (ok, _, err) = madoguchi(dir, &["backup", "restore-catalog", &catalog_backup]);
+    assert!(!ok && err.contains("stop the service"), "{err}");
+    serving.stop();
+
+    let (ok, out, err) = madoguchi(dir, &["backup", "restore-catalog", &catalog_backup]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("2 tenants"), "{out}");
+    assert!(
+        out.contains("tenant rumoi: its database is not in the cluster"),
+        "{out}"
+    );
+    assert!(out.contains("but not in the restored catalog"), "{out}");
+    assert!(out.contains(&stray), "{out}");
+    let replaced = Regex::new(r"kept as database (\S+)")
+        .unwrap()
+        .captures(&out)
+        .unwrap_or_else(|| panic!("{out}"))[1]
+        .to_owned();
+    let (ok, out, _) = psql(
+        dir,
+        &format!("SELECT count(*) FROM pg_database WHERE datname = '{replaced}'"),
+    );
+    assert!(
+        ok && out.trim() == "1",
+        "the replaced catalog is gone: {out}"
+    );
+
+    let (ok, out, _) = madoguchi(dir, &["tenant", "list"]);
+    assert!(
+        ok && out.contains("nemuro") && !out.contains("wakkanai"),
+        "{out}"
+    );
+    let serving = Serving::start(dir, &["serve"]);
+    assert_eq!(serving.get("nemuro.localhost"), 200);
+    serving.stop();
+    let (ok, out, _) = madoguchi(dir, &["ops-log", "show"]);
+    assert!(ok && out.contains("catalog.restore"), "{out}");
 }

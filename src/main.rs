@@ -492,10 +492,24 @@ enum TlogCmd {
 
 #[derive(Subcommand, Debug)]
 enum AuditCmd {
-    /// Check the hash chain; names the first broken row and exits non-zero if any.
-    Verify { slug: String },
+    /// Check the hash chain from the entry the platform last witnessed (kept in the
+    /// catalog), then witness the new head; names the first broken row and exits
+    /// non-zero if any. --full: every entry from the log's beginning as well.
+    Verify {
+        slug: String,
+        #[arg(long)]
+        full: bool,
+    },
     /// Delete entries older than the tenant's retention period (default 5 years).
     Prune { slug: String },
+    /// After an investigated break: forget the head the platform witnessed and witness
+    /// the log as it is now (checked in full), recorded in the control plane's log.
+    Rewitness {
+        slug: String,
+        /// Why (the incident's reference), recorded with it.
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -792,7 +806,9 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         }
         Command::Audit(cmd) => {
             let slug = match &cmd {
-                AuditCmd::Verify { slug } | AuditCmd::Prune { slug } => slug.clone(),
+                AuditCmd::Verify { slug, .. }
+                | AuditCmd::Prune { slug }
+                | AuditCmd::Rewitness { slug, .. } => slug.clone(),
             };
             let rec =
                 p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
@@ -803,13 +819,13 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                 .connect_tenant(&p.catalog, p.keys.as_ref(), &rec)
                 .await?;
             match cmd {
-                AuditCmd::Verify { .. } => {
-                    match madoguchi::tenant::audit::verify(&conn.client)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("{e}"))?
-                    {
+                AuditCmd::Verify { full, .. } => {
+                    drop(conn);
+                    // From the head the platform witnessed last, which it then moves on.
+                    match madoguchi::control::audit_witness::check(p, &rec, full).await? {
                         madoguchi::tenant::audit::Verdict::Intact(n) => {
-                            println!("OK: operation log of {slug} intact ({n} entries)");
+                            let since = if full { "" } else { " since the last check" };
+                            println!("OK: operation log of {slug} intact ({n} entries{since})");
                             Ok(ExitCode::SUCCESS)
                         }
                         madoguchi::tenant::audit::Verdict::Broken { seq, reason } => {
@@ -817,6 +833,18 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                             Ok(ExitCode::FAILURE)
                         }
                     }
+                }
+                AuditCmd::Rewitness { reason, .. } => {
+                    drop(conn);
+                    let verdict = madoguchi::control::audit_witness::rewitness(
+                        p,
+                        &rec,
+                        &cli_actor(),
+                        &reason,
+                    )
+                    .await?;
+                    println!("{slug}: the operation log is witnessed anew ({verdict:?})");
+                    Ok(ExitCode::SUCCESS)
                 }
                 AuditCmd::Prune { .. } => {
                     let n = madoguchi::tenant::audit::prune(&mut conn.client)

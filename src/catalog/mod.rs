@@ -534,6 +534,9 @@ pub struct ControlFigures {
     pub certificates: i64,
     /// (slug, bytes) of each tenant database that exists.
     pub database_sizes: Vec<(String, i64)>,
+    /// (slug, intact, unix time) of each active or suspended tenant's latest check of
+    /// its operation log against the witnessed head.
+    pub audit: Vec<(String, bool, i64)>,
 }
 
 impl Catalog {
@@ -597,6 +600,16 @@ impl Catalog {
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
+        let audit = c
+            .query(
+                "SELECT t.slug, w.ok, extract(epoch FROM w.checked_at)::bigint FROM audit_witness w
+                   JOIN tenants t ON t.id = w.tenant_id AND t.state IN ('active', 'suspended')",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
         Ok(ControlFigures {
             backups,
             drills,
@@ -604,6 +617,7 @@ impl Catalog {
             tlog_size,
             certificates,
             database_sizes,
+            audit,
         })
     }
 }

@@ -2,6 +2,7 @@
 //! actions inside a tenant (first administrator, demo data), backups, and
 //! decommissioning with erasure certificates.
 
+pub mod audit_witness;
 pub mod backup;
 pub mod catalog_restore;
 pub mod certificate;

@@ -56,6 +56,8 @@ pub struct Metrics {
     pub backup_last: Family<TenantLabels, Gauge>,
     pub drill_ok: Family<TenantLabels, Gauge>,
     pub drill_last: Family<TenantLabels, Gauge>,
+    pub audit_ok: Family<TenantLabels, Gauge>,
+    pub audit_checked: Family<TenantLabels, Gauge>,
     pub drill_seconds: Family<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub tlog_size: Gauge,
     pub database_size: Family<TenantLabels, Gauge>,
@@ -93,6 +95,8 @@ impl Metrics {
         let backup_last = Family::<TenantLabels, Gauge>::default();
         let drill_ok = Family::<TenantLabels, Gauge>::default();
         let drill_last = Family::<TenantLabels, Gauge>::default();
+        let audit_ok = Family::<TenantLabels, Gauge>::default();
+        let audit_checked = Family::<TenantLabels, Gauge>::default();
         let drill_seconds =
             Family::<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let tlog_size = Gauge::default();
@@ -171,6 +175,16 @@ impl Metrics {
             drill_last.clone(),
         );
         registry.register(
+            "audit_chain_ok",
+            "1 when the tenant's operation log still reached the head the platform witnessed and chained on intact at the latest check, 0 when not",
+            audit_ok.clone(),
+        );
+        registry.register(
+            "audit_checked_timestamp_seconds",
+            "Unix time of the latest check of the tenant's operation log",
+            audit_checked.clone(),
+        );
+        registry.register(
             "drill_duration_seconds",
             "How long the tenant's latest restore drill took",
             drill_seconds.clone(),
@@ -193,6 +207,8 @@ impl Metrics {
             backup_last,
             drill_ok,
             drill_last,
+            audit_ok,
+            audit_checked,
             drill_seconds,
             tlog_size,
             database_size,

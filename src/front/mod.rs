@@ -703,6 +703,18 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
                     .get_or_create(&metrics::TenantLabels { tenant: slug })
                     .set(secs);
             }
+            m.audit_ok.clear();
+            m.audit_checked.clear();
+            for (slug, ok, at) in f.audit {
+                m.audit_ok
+                    .get_or_create(&metrics::TenantLabels {
+                        tenant: slug.clone(),
+                    })
+                    .set(i64::from(ok));
+                m.audit_checked
+                    .get_or_create(&metrics::TenantLabels { tenant: slug })
+                    .set(at);
+            }
             m.tlog_size.set(f.tlog_size);
             m.erasure_certificates.set(f.certificates);
             m.database_size.clear();
@@ -750,7 +762,8 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
 }
 
 /// Once a day, in each tenant: deletes operation-log entries past the retention
-/// period, citizens' drafts past their expiry and staff sessions that have ended.
+/// period, citizens' drafts past their expiry and staff sessions that have ended,
+/// then checks the operation log's chain from the head the platform witnessed.
 async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
     // Not at start-up: a restart should not open a connection to every tenant at
     // once. The connections come from the tenants' pools, inside the budget.
@@ -782,6 +795,10 @@ async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
                 let sessions = crate::tenant::staff::purge_expired_sessions(&db)
                     .await
                     .map_err(|e| anyhow::anyhow!("sessions: {e}"))?;
+                // After the pruning, which moves the log's anchor.
+                crate::control::audit_witness::check_on(&catalog, &db, t, false)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("operation log check: {e:#}"))?;
                 anyhow::Ok((entries, drafts, sessions))
             }
             .await;

@@ -1779,6 +1779,150 @@ async fn tampering_with_the_operation_log_is_detected() {
     server.shutdown().await;
 }
 
+/// Someone able to write in a tenant's database can rewrite its whole log so that
+/// it chains again, or cut its newest entries: the head the platform witnessed (kept
+/// in the catalog) no longer matches, the check says so and keeps saying so, and the
+/// metric behind the alert turns 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rewritten_or_cut_log_misses_the_head_the_platform_witnessed() {
+    use madoguchi::control::audit_witness::check;
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("w"), "千代田区", "131016").await;
+    let u = env.tenant(&unique("w"), "札幌市", "011002").await;
+    let p = &env.platform;
+    let write = |rec: TenantRecord, n: usize| {
+        let env = &env;
+        async move {
+            let mut db = env.tenant_conn(&rec).await;
+            for i in 0..n {
+                madoguchi::tenant::audit::record(
+                    &mut db.client,
+                    &Actor::Operator,
+                    "test.append",
+                    &i.to_string(),
+                    serde_json::json!({}),
+                )
+                .await
+                .unwrap();
+            }
+        }
+    };
+    write(t.clone(), 4).await;
+    assert!(matches!(check(p, &t, false).await.unwrap(), Verdict::Intact(n) if n >= 4));
+    write(t.clone(), 2).await;
+    // Only what was written since the last check is walked.
+    assert_eq!(check(p, &t, false).await.unwrap(), Verdict::Intact(2));
+
+    // The whole chain rewritten from entry 2 on, every hash recomputed: the log alone
+    // verifies, the witnessed head does not.
+    let admin_db = crate::harness::admin_client(&t.database).await;
+    admin_db
+        .execute(
+            "UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    let rows = admin_db
+        .query(
+            "SELECT seq, at, actor, action, target, detail FROM audit_log ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap();
+    let mut prev: Vec<u8> = admin_db
+        .query_one("SELECT audit_anchor_hash FROM settings", &[])
+        .await
+        .unwrap()
+        .get(0);
+    for r in &rows {
+        let seq: i64 = r.get(0);
+        let hash = madoguchi::tenant::audit::row_hash(
+            &prev,
+            seq,
+            madoguchi::tenant::audit::micros(r.get(1)),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+        );
+        admin_db
+            .execute(
+                "UPDATE audit_log SET prev_hash = $2, hash = $3 WHERE seq = $1",
+                &[&seq, &prev, &hash],
+            )
+            .await
+            .unwrap();
+        prev = hash;
+    }
+    let db = env.tenant_conn(&t).await;
+    assert!(matches!(
+        madoguchi::tenant::audit::verify(&db.client).await.unwrap(),
+        Verdict::Intact(_)
+    ));
+    for full in [false, true, false] {
+        match check(p, &t, full).await.unwrap() {
+            Verdict::Broken { reason, .. } => assert!(reason.contains("rewritten"), "{reason}"),
+            Verdict::Intact(_) => panic!("a rewritten log passed (full: {full})"),
+        }
+    }
+    // Once investigated, it is witnessed anew, with a reason, in the control log.
+    use madoguchi::control::audit_witness::rewitness;
+    assert!(rewitness(p, &t, "cli:test", " ").await.is_err());
+    assert!(matches!(
+        rewitness(p, &t, "cli:test", "INC-2026-11").await.unwrap(),
+        Verdict::Intact(_)
+    ));
+    assert_eq!(check(p, &t, false).await.unwrap(), Verdict::Intact(0));
+    let logged: i64 = crate::harness::admin_client(&p.settings.catalog_db)
+        .await
+        .query_one(
+            "SELECT count(*) FROM ops_log WHERE action = 'audit.rewitness' AND detail LIKE '%INC-2026-11%'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 1);
+
+    // The newest entries cut: the witnessed one is gone.
+    write(u.clone(), 3).await;
+    assert!(matches!(
+        check(p, &u, false).await.unwrap(),
+        Verdict::Intact(_)
+    ));
+    crate::harness::admin_client(&u.database)
+        .await
+        .execute(
+            "DELETE FROM audit_log WHERE seq = (SELECT max(seq) FROM audit_log)",
+            &[],
+        )
+        .await
+        .unwrap();
+    match check(p, &u, false).await.unwrap() {
+        Verdict::Broken { reason, .. } => assert!(reason.contains("gone"), "{reason}"),
+        Verdict::Intact(_) => panic!("a cut log passed"),
+    }
+
+    // What the alert reads.
+    let v = env.tenant(&unique("w"), "函館市", "012025").await;
+    assert!(matches!(
+        check(p, &v, false).await.unwrap(),
+        Verdict::Intact(_)
+    ));
+    let server = env.serve().await;
+    let metrics = crate::harness::ops_metrics(server.bound.ops).await;
+    for (slug, ok) in [(&t.slug, 1), (&u.slug, 0), (&v.slug, 1)] {
+        assert!(
+            metrics.contains(&format!(
+                "madoguchi_audit_chain_ok{{tenant=\"{slug}\"}} {ok}"
+            )),
+            "{metrics}"
+        );
+    }
+    server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_lookup_is_rate_limited() {
     let Setup { server, host, .. } = setup().await;

@@ -168,15 +168,70 @@ pub enum Verdict {
 
 /// Walks the whole log in order, recomputing every hash.
 pub async fn verify(db: &tokio_postgres::Client) -> Result<Verdict, AppError> {
+    Ok(verify_from(db, None).await?.0)
+}
+
+/// A log entry as seen from outside the tenant's database: its sequence and hash.
+pub type Head = (i64, Vec<u8>);
+
+/// Checks the log from `witnessed` (a head seen before, kept outside the tenant's
+/// database): that entry must still be there unchanged, and every later one must
+/// chain on from it. Without a witness, or when pruning has since passed it, from the
+/// log's own anchor. Returns the verdict and the head now (when intact).
+pub async fn verify_from(
+    db: &tokio_postgres::Client,
+    witnessed: Option<&Head>,
+) -> Result<(Verdict, Option<Head>), AppError> {
     let anchor = db
         .query_one(
             "SELECT audit_anchor_seq, audit_anchor_hash FROM settings",
             &[],
         )
         .await?;
-    let (mut expect_seq, mut prev): (i64, Vec<u8>) = (anchor.get::<_, i64>(0) + 1, anchor.get(1));
+    let (anchor_seq, anchor_hash): (i64, Vec<u8>) = (anchor.get(0), anchor.get(1));
+    let (start_seq, start_hash) = match witnessed {
+        Some((seq, hash)) if *seq > anchor_seq => {
+            let row = db
+                .query_opt("SELECT hash FROM audit_log WHERE seq = $1", &[seq])
+                .await?;
+            match row.map(|r| r.get::<_, Vec<u8>>(0)) {
+                None => {
+                    return Ok((
+                        Verdict::Broken {
+                            seq: *seq,
+                            reason:
+                                "the entry last witnessed by the platform is gone (entries removed)"
+                                    .into(),
+                        },
+                        None,
+                    ))
+                }
+                Some(h) if h != *hash => {
+                    return Ok((
+                        Verdict::Broken {
+                            seq: *seq,
+                            reason: "the entry last witnessed by the platform was rewritten".into(),
+                        },
+                        None,
+                    ))
+                }
+                Some(_) => (*seq, hash.clone()),
+            }
+        }
+        Some((seq, hash)) if *seq == anchor_seq && *hash != anchor_hash => {
+            return Ok((
+                Verdict::Broken {
+                    seq: *seq,
+                    reason: "the log's anchor is not the entry the platform witnessed".into(),
+                },
+                None,
+            ))
+        }
+        _ => (anchor_seq, anchor_hash),
+    };
+    let (mut expect_seq, mut prev) = (start_seq + 1, start_hash);
     let mut n = 0u64;
-    let mut after = expect_seq - 1;
+    let mut after = start_seq;
     loop {
         let rows = db
             .query(
@@ -185,22 +240,28 @@ pub async fn verify(db: &tokio_postgres::Client) -> Result<Verdict, AppError> {
             )
             .await?;
         if rows.is_empty() {
-            return Ok(Verdict::Intact(n));
+            return Ok((Verdict::Intact(n), Some((after, prev))));
         }
         for r in &rows {
             let seq: i64 = r.get(0);
             if seq != expect_seq {
-                return Ok(Verdict::Broken {
-                    seq,
-                    reason: format!("row {expect_seq} is missing (next is {seq})"),
-                });
+                return Ok((
+                    Verdict::Broken {
+                        seq,
+                        reason: format!("row {expect_seq} is missing (next is {seq})"),
+                    },
+                    None,
+                ));
             }
             let stored_prev: Vec<u8> = r.get(6);
             if stored_prev != prev {
-                return Ok(Verdict::Broken {
-                    seq,
-                    reason: "its previous-hash does not match the row before it".into(),
-                });
+                return Ok((
+                    Verdict::Broken {
+                        seq,
+                        reason: "its previous-hash does not match the row before it".into(),
+                    },
+                    None,
+                ));
             }
             let at: OffsetDateTime = r.get(1);
             let hash = row_hash(
@@ -214,10 +275,13 @@ pub async fn verify(db: &tokio_postgres::Client) -> Result<Verdict, AppError> {
             );
             let stored: Vec<u8> = r.get(7);
             if stored != hash {
-                return Ok(Verdict::Broken {
-                    seq,
-                    reason: "its content does not match its hash (edited)".into(),
-                });
+                return Ok((
+                    Verdict::Broken {
+                        seq,
+                        reason: "its content does not match its hash (edited)".into(),
+                    },
+                    None,
+                ));
             }
             prev = stored;
             expect_seq += 1;

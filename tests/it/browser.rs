@@ -1103,3 +1103,85 @@ async fn a_photo_is_attached_from_a_phone() {
     c.close().await.unwrap();
     server.shutdown().await;
 }
+
+/// A show/hide rule on a file field (「回答がある」): the page's script shows the
+/// question when a file is chosen, keeps it for a file attached before, hides it
+/// when that file is to be removed or the choice is cleared, and the server, which
+/// decides the same, requires it only then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_shows_when_a_file_is_attached() {
+    let env = TestEnv::new().await;
+    let form = r#"{ "format": "madoguchi.form/1", "title": "道路占用許可申請",
+      "pages": [ { "id": "p1", "fields": [
+        { "id": "applicant", "type": "text", "label": "申請者名", "required": true },
+        { "id": "plan", "type": "file", "label": "図面", "types": ["pdf", "png"], "max_mb": 1 },
+        { "id": "plan_note", "type": "text", "label": "図面の説明", "required": true,
+          "show_if": { "field": "plan", "op": "not_empty" } } ] },
+        { "id": "p2", "fields": [ { "id": "memo", "type": "textarea", "label": "備考" } ] } ] }"#;
+    let (public, server, base) = one_form_site(&env, "fr", form).await;
+    let files = tempfile::tempdir().unwrap();
+    let plan = files.path().join("図面.pdf");
+    std::fs::write(&plan, b"%PDF-1.4\n% fictional plan\n%%EOF\n").unwrap();
+
+    let driver = Driver::start();
+    let c = driver.session(true).await;
+    c.goto(&format!("{base}{public}")).await.unwrap();
+    let hidden = || {
+        let c = c.clone();
+        async move {
+            c.execute(
+                "return document.getElementById('field-plan_note').hidden;",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_bool()
+            .unwrap()
+        }
+    };
+    assert!(hidden().await, "shown before any file was chosen");
+    fill(&c, "#f-applicant", "神田太郎").await;
+    let input = c.find(Locator::Css("#f-plan")).await.unwrap();
+    input.send_keys(&plan.display().to_string()).await.unwrap();
+    assert!(!hidden().await, "a chosen file did not show its question");
+    // The choice cleared: hidden again.
+    c.execute(
+        "var f = document.getElementById('f-plan'); f.value = ''; f.dispatchEvent(new Event('change', { bubbles: true }));",
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert!(hidden().await, "a cleared choice left the question shown");
+    // Without a file the server does not require it either.
+    click(&c, "button.primary").await;
+    let page = body(&c).await;
+    assert!(page.contains("備考"), "{page}");
+    click(&c, "button[value=back]").await;
+
+    // Attached: the question is required and shown on the way back.
+    let input = c.find(Locator::Css("#f-plan")).await.unwrap();
+    input.send_keys(&plan.display().to_string()).await.unwrap();
+    click(&c, "button.primary").await;
+    let page = body(&c).await;
+    assert!(
+        page.contains("図面の説明"),
+        "the server did not require it: {page}"
+    );
+    fill(&c, "#f-plan_note", "北側の歩道").await;
+    click(&c, "button.primary").await;
+    click(&c, "button[value=back]").await;
+    let page = body(&c).await;
+    assert!(page.contains("添付済み: 図面.pdf"), "{page}");
+    assert!(!hidden().await, "an attached file left its question hidden");
+    check_page(&c, "file-rule-attached").await;
+    // Ticking 「…の添付済みのファイルを削除する」 hides it; unticking shows it again.
+    tap(&c, "#f-plan-remove").await;
+    assert!(
+        hidden().await,
+        "a file to be removed kept its question shown"
+    );
+    tap(&c, "#f-plan-remove").await;
+    assert!(!hidden().await);
+    c.close().await.unwrap();
+    server.shutdown().await;
+}

@@ -618,6 +618,47 @@ mod tests {
         assert_eq!(logged("/f/abc/resume/S2V5a2V5"), "/f/abc/resume/…");
         assert_eq!(logged(&"/f/".repeat(100)).chars().count(), 200);
     }
+
+    /// A citizen's page carrying files may take [`super::upload::UPLOAD_TIMEOUT`]
+    /// (120 s); any other request [`super::REQUEST_TIMEOUT`] (30 s). Time is paused
+    /// and jumps ahead when every task waits.
+    #[tokio::test(start_paused = true)]
+    async fn a_page_with_files_has_longer_than_other_requests() {
+        use axum::body::Body;
+        use axum::http::Request;
+        use tower::ServiceExt;
+        let app = axum::Router::new()
+            .route(
+                "/f/{form}",
+                axum::routing::post(|headers: axum::http::HeaderMap| async move {
+                    let secs = headers
+                        .get("x-takes")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    tokio::time::sleep(std::time::Duration::from_secs(secs)).await;
+                    "sent"
+                }),
+            )
+            .layer(axum::middleware::from_fn(super::request_timeout));
+        let send = |content_type: &str, secs: u64| {
+            let req = Request::post("/f/abc123")
+                .header("content-type", content_type)
+                .header("x-takes", secs.to_string())
+                .body(Body::empty())
+                .unwrap_or_else(|e| panic!("{e}"));
+            app.clone().oneshot(req)
+        };
+        let status = |r: Result<axum::response::Response, std::convert::Infallible>| {
+            r.map(|r| r.status().as_u16()).unwrap_or(0)
+        };
+        let upload = "multipart/form-data; boundary=x";
+        let plain = "application/x-www-form-urlencoded";
+        assert_eq!(status(send(upload, 100).await), 200);
+        assert_eq!(status(send(upload, 121).await), 503);
+        assert_eq!(status(send(plain, 29).await), 200);
+        assert_eq!(status(send(plain, 31).await), 503);
+    }
 }
 
 async fn healthz() -> &'static str {

@@ -1725,6 +1725,20 @@ async fn concurrent_appends_keep_one_unbroken_chain() {
     assert!(all >= 80);
 }
 
+/// Someone with the admin role edits entry 2 of a tenant's operation log; their
+/// connection, for more.
+async fn edit_entry_2(database: &str) -> tokio_postgres::Client {
+    let admin_db = crate::harness::admin_client(database).await;
+    admin_db
+        .execute(
+            "UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2",
+            &[],
+        )
+        .await
+        .unwrap();
+    admin_db
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tampering_with_the_operation_log_is_detected() {
     let Setup {
@@ -1750,14 +1764,7 @@ async fn tampering_with_the_operation_log_is_detected() {
         panic!("chain broken before tampering")
     };
     assert!(n >= 3);
-    let admin_db = crate::harness::admin_client(&t.database).await;
-    admin_db
-        .execute(
-            "UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2",
-            &[],
-        )
-        .await
-        .unwrap();
+    let admin_db = edit_entry_2(&t.database).await;
     assert_eq!(
         madoguchi::tenant::audit::verify(&db.client).await.unwrap(),
         Verdict::Broken {
@@ -1815,14 +1822,7 @@ async fn a_rewritten_or_cut_log_misses_the_head_the_platform_witnessed() {
 
     // The whole chain rewritten from entry 2 on, every hash recomputed: the log alone
     // verifies, the witnessed head does not.
-    let admin_db = crate::harness::admin_client(&t.database).await;
-    admin_db
-        .execute(
-            "UPDATE audit_log SET actor = 'someone-else' WHERE seq = 2",
-            &[],
-        )
-        .await
-        .unwrap();
+    let admin_db = edit_entry_2(&t.database).await;
     let rows = admin_db
         .query(
             "SELECT seq, at, actor, action, target, detail FROM audit_log ORDER BY seq",

@@ -1,6 +1,7 @@
 //! Everything a command needs, opened once: the cluster (embedded or external),
 //! the master key, the catalog.
 
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
@@ -277,6 +278,8 @@ pub(crate) const CHECK_AAD: &[u8] = b"madoguchi-master-key-check-v1";
 pub const MASTER_KEY: &str = "master.key";
 /// Where a rotation writes the new master key before the catalog is re-wrapped.
 pub const NEW_MASTER_KEY: &str = "master.key.new";
+/// Retired master keys are named `master.key.retired-<UTC time>`.
+const RETIRED_PREFIX: &str = "master.key.retired-";
 
 /// Finishes a rotation cut short between the catalog's commit and the files' swap
 /// (the catalog opens with `master.key.new`), or drops a `master.key.new` that no
@@ -298,7 +301,7 @@ fn settle_rotation(check: Option<&[u8]>, dir: &std::path::Path) -> anyhow::Resul
         );
         std::fs::remove_file(&new)?;
     } else if opens(&new) {
-        crate::control::master_key::swap_files(dir)?;
+        swap_master_files(dir)?;
         tracing::warn!(
             "finished a master-key rotation cut short: {} is the master key now",
             current.display()
@@ -366,4 +369,58 @@ async fn master_key(catalog: &Catalog, dir: &std::path::Path) -> anyhow::Result<
         .get(0);
     keys.unwrap(&stored, CHECK_AAD).map_err(|_| wrong_key())?;
     Ok(keys)
+}
+
+/// `master.key` becomes `master.key.retired-<time>` and `master.key.new` becomes
+/// `master.key`; returns the retired file's path.
+pub(crate) fn swap_master_files(dir: &Path) -> anyhow::Result<PathBuf> {
+    let now = time::OffsetDateTime::now_utc();
+    let stamp = now
+        .format(&time::macros::format_description!(
+            "[year][month][day]T[hour][minute][second]Z"
+        ))
+        .unwrap_or_else(|_| now.unix_timestamp().to_string());
+    let mut retired = dir.join(format!("{RETIRED_PREFIX}{stamp}"));
+    let mut n = 1;
+    while retired.exists() {
+        n += 1;
+        retired = dir.join(format!("{RETIRED_PREFIX}{stamp}-{n}"));
+    }
+    let current = dir.join(MASTER_KEY);
+    if current.exists() {
+        std::fs::rename(&current, &retired)?;
+    }
+    std::fs::rename(dir.join(NEW_MASTER_KEY), &current)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(retired)
+}
+
+/// The retired master keys in `dir`, newest first (a catalog backup made before a
+/// rotation opens with one of them).
+pub fn retired_master_keys(dir: &Path) -> Vec<(PathBuf, FileKeyProvider)> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| {
+                    p.file_name()
+                        .and_then(|n| n.to_str())
+                        .is_some_and(|n| n.starts_with(RETIRED_PREFIX))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    paths.sort();
+    paths.reverse();
+    paths
+        .into_iter()
+        .filter_map(|path| match FileKeyProvider::load_or_create(&path) {
+            Ok(k) => Some((path, k)),
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "a retired master key is not usable");
+                None
+            }
+        })
+        .collect()
 }

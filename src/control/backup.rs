@@ -558,7 +558,7 @@ pub async fn decrypt(
         let aad = catalog_key_aad(&header.backup_id);
         match p.keys.unwrap(&wrapped, &aad) {
             Ok(key) => key,
-            Err(_) => super::master_key::retired(&p.settings.state_dir)
+            Err(_) => crate::platform::retired_master_keys(&p.settings.state_dir)
                 .into_iter()
                 .find_map(|(_, k)| crate::crypto::KeyProvider::unwrap(&k, &wrapped, &aad).ok())
                 .ok_or_else(|| {

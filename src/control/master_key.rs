@@ -8,16 +8,12 @@
 //! catalog still holds).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::Context;
-use time::OffsetDateTime;
 
 use crate::crypto::{DataKey, FileKeyProvider, KeyProvider};
-use crate::platform::{Platform, CHECK_AAD, MASTER_KEY, NEW_MASTER_KEY};
-
-/// Retired master keys are named `master.key.retired-<UTC time>`.
-const RETIRED_PREFIX: &str = "master.key.retired-";
+use crate::platform::{swap_master_files, Platform, CHECK_AAD, NEW_MASTER_KEY};
 
 /// What a rotation did.
 #[derive(Debug)]
@@ -52,7 +48,7 @@ pub async fn rotate(p: &Platform, actor: &str) -> anyhow::Result<Rotated> {
             return Err(e);
         }
     };
-    let retired = swap_files(dir).with_context(|| {
+    let retired = swap_master_files(dir).with_context(|| {
         format!(
             "the catalog is re-wrapped under {}, but the files were not swapped; the next command or start finishes it",
             new_path.display()
@@ -108,7 +104,7 @@ async fn rewrap(
         .await?;
     for r in &totp {
         let id: &str = r.get(0);
-        let wrapped = again(r.get(1), &crate::ops::totp_aad(id))
+        let wrapped = again(r.get(1), &crate::crypto::operator_totp_aad(id))
             .with_context(|| format!("operator {id}'s TOTP secret"))?;
         tx.execute(
             "UPDATE operators SET totp_wrapped = $2 WHERE id = $1",
@@ -143,58 +139,4 @@ async fn rewrap(
     .await?;
     tx.commit().await?;
     Ok((keys.len(), totp.len(), old_backups))
-}
-
-/// `master.key` becomes `master.key.retired-<time>` and `master.key.new` becomes
-/// `master.key`; returns the retired file's path.
-pub(crate) fn swap_files(dir: &Path) -> anyhow::Result<PathBuf> {
-    let now = OffsetDateTime::now_utc();
-    let stamp = now
-        .format(&time::macros::format_description!(
-            "[year][month][day]T[hour][minute][second]Z"
-        ))
-        .unwrap_or_else(|_| now.unix_timestamp().to_string());
-    let mut retired = dir.join(format!("{RETIRED_PREFIX}{stamp}"));
-    let mut n = 1;
-    while retired.exists() {
-        n += 1;
-        retired = dir.join(format!("{RETIRED_PREFIX}{stamp}-{n}"));
-    }
-    let current = dir.join(MASTER_KEY);
-    if current.exists() {
-        fs::rename(&current, &retired)?;
-    }
-    fs::rename(dir.join(NEW_MASTER_KEY), &current)?;
-    fs::File::open(dir)?.sync_all()?;
-    Ok(retired)
-}
-
-/// The retired master keys in `dir`, newest first (a catalog backup made before a
-/// rotation opens with one of them).
-pub fn retired(dir: &Path) -> Vec<(PathBuf, FileKeyProvider)> {
-    let mut paths: Vec<PathBuf> = fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| {
-                    p.file_name()
-                        .and_then(|n| n.to_str())
-                        .is_some_and(|n| n.starts_with(RETIRED_PREFIX))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    paths.sort();
-    paths.reverse();
-    paths
-        .into_iter()
-        .filter_map(|path| match FileKeyProvider::load_or_create(&path) {
-            Ok(k) => Some((path, k)),
-            Err(e) => {
-                tracing::warn!(error = %format!("{e:#}"), "a retired master key is not usable");
-                None
-            }
-        })
-        .collect()
 }

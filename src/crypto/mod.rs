@@ -46,3 +46,8 @@ pub fn aad(parts: &[&[u8]]) -> Vec<u8> {
     }
     out
 }
+
+/// What an operator's console TOTP secret is bound to when wrapped by the master key.
+pub fn operator_totp_aad(id: &str) -> Vec<u8> {
+    aad(&[b"madoguchi-ops-totp-v1", id.as_bytes()])
+}

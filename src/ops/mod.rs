@@ -121,8 +121,8 @@ pub async fn set_credentials(p: &Platform, id: &str, password: &str) -> anyhow::
     Ok(secret)
 }
 
-pub(crate) fn totp_aad(id: &str) -> Vec<u8> {
-    crate::crypto::aad(&[b"madoguchi-ops-totp-v1", id.as_bytes()])
+fn totp_aad(id: &str) -> Vec<u8> {
+    crate::crypto::operator_totp_aad(id)
 }
 
 /// A signed-in operator or auditor.

@@ -1345,6 +1345,53 @@ async fn a_department_manager_manages_their_own_department_only() {
         .unwrap()
         .get(0);
     assert_eq!(by_manager, 4);
+
+    // Demoted, the manager no longer holds a working link they were shown; links an
+    // administrator was shown for the same department stay.
+    let (_, _, page) = m("/admin/staff", new("staff", &soumu)).await;
+    let shown = capture(r#"id="setup-link">[^<]*(/admin/setup/[^<]+)<"#, &page);
+    let a = |path: &str, form: &[(&str, &str)]| {
+        let (client, url) = (&admin.client, u(path));
+        let mut all = vec![("csrf", admin.csrf.as_str())];
+        all.extend_from_slice(form);
+        let all: Vec<(String, String)> = all
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        async move {
+            let pairs: Vec<(&str, &str)> =
+                all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            post(client, &url, &pairs).await
+        }
+    };
+    let (_, _, page) = a(
+        "/admin/staff",
+        &[
+            ("email", &format!("{}@city.example.jp", unique("n"))),
+            ("display_name", "新任 職員"),
+            ("role", "staff"),
+            ("department", &soumu),
+        ],
+    )
+    .await;
+    let admins_link = capture(r#"id="setup-link">[^<]*(/admin/setup/[^<]+)<"#, &page);
+    let opens = |link: String| {
+        let (server, u) = (&server, u(&link));
+        async move { get(&browser(server, &[host]), &u).await.0 }
+    };
+    assert_eq!(opens(shown.clone()).await, 200);
+    let (status, _, _) = a(
+        &format!("/admin/staff/{manager_id}"),
+        &[("role", "staff"), ("department", &soumu)],
+    )
+    .await;
+    assert_eq!(status, 303);
+    assert_ne!(
+        opens(shown).await,
+        200,
+        "a demoted manager's link still opens"
+    );
+    assert_eq!(opens(admins_link).await, 200);
     server.shutdown().await;
 }
 
@@ -1412,10 +1459,10 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
     );
 
     // A new setup link (a forgotten password) replaces any earlier unused one.
-    let earlier = madoguchi::tenant::staff::pages::new_setup_token(&conn.client, id)
+    let earlier = madoguchi::tenant::staff::pages::new_setup_token(&conn.client, id, None)
         .await
         .unwrap();
-    let newer = madoguchi::tenant::staff::pages::new_setup_token(&conn.client, id)
+    let newer = madoguchi::tenant::staff::pages::new_setup_token(&conn.client, id, None)
         .await
         .unwrap();
     let setup = |t: &str| url(&server, host, &format!("/admin/setup/{t}"));

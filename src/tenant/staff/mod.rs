@@ -52,6 +52,20 @@ pub async fn void_setup_links(
     Ok(())
 }
 
+/// Ends every setup link not yet used that `issuer` was shown.
+pub async fn void_links_issued_by(
+    db: &impl tokio_postgres::GenericClient,
+    issuer: i64,
+) -> Result<u64, AppError> {
+    Ok(db
+        .execute(
+            "UPDATE staff_setup_tokens SET expires_at = least(expires_at, now())
+              WHERE issued_by = $1 AND used_at IS NULL",
+            &[&issuer],
+        )
+        .await?)
+}
+
 /// Deletes sessions past their absolute lifetime or idle for longer than
 /// [`IDLE_SECS`]: they no longer sign anyone in. Run daily by the server.
 pub async fn purge_expired_sessions(db: &tokio_postgres::Client) -> Result<u64, AppError> {

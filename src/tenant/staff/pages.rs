@@ -9,8 +9,8 @@ use tokio_postgres::Client;
 
 use super::{
     hash_password, new_totp_secret, now_unix, otpauth_uri, password_problem, qr_svg, totp_base32,
-    totp_from_base32, totp_step, verify_password, void_setup_links, Role, StaffUser, ABSOLUTE_SECS,
-    FREE_ATTEMPTS, SESSION_COOKIE,
+    totp_from_base32, totp_step, verify_password, void_links_issued_by, void_setup_links, Role,
+    StaffUser, ABSOLUTE_SECS, FREE_ATTEMPTS, SESSION_COOKIE,
 };
 use crate::crypto::{random_token, FieldCipher, FieldRef};
 use crate::error::AppError;
@@ -64,7 +64,11 @@ pub async fn create_staff(
         )));
     };
     let id: i64 = row.get(0);
-    let token = new_setup_token(&tx, id).await?;
+    let issuer = match actor {
+        Actor::Staff { id, .. } => Some(*id),
+        _ => None,
+    };
+    let token = new_setup_token(&tx, id, issuer).await?;
     audit::append(
         &tx,
         actor,
@@ -92,17 +96,19 @@ pub async fn ensure_department(
     Ok(row.get(0))
 }
 
-/// A new setup link for an existing staff member (e.g. a forgotten password).
+/// A new setup link for an existing staff member (e.g. a forgotten password),
+/// shown to `issued_by` (None: an operator).
 pub async fn new_setup_token(
     db: &impl tokio_postgres::GenericClient,
     staff_id: i64,
+    issued_by: Option<i64>,
 ) -> Result<String, AppError> {
     let token = random_token(32);
     // A new link replaces any earlier one not yet used: only the newest works.
     void_setup_links(db, staff_id).await?;
     db.execute(
-        "INSERT INTO staff_setup_tokens (token_hash, staff_id, expires_at) VALUES ($1, $2, now() + make_interval(hours => $3))",
-        &[&token_hash(&token), &staff_id, &(SETUP_LINK_HOURS as i32)],
+        "INSERT INTO staff_setup_tokens (token_hash, staff_id, expires_at, issued_by) VALUES ($1, $2, now() + make_interval(hours => $3), $4)",
+        &[&token_hash(&token), &staff_id, &(SETUP_LINK_HOURS as i32), &issued_by],
     )
     .await?;
     Ok(token)
@@ -694,7 +700,7 @@ pub async fn staff_update(
         let client: &mut tokio_postgres::Client = &mut db;
         let tx = client.transaction().await?;
         let email = managed_account(&tx, &user, id).await?.email;
-        let token = new_setup_token(&tx, id).await?;
+        let token = new_setup_token(&tx, id, Some(user.id)).await?;
         audit::append(
             &tx,
             &user.actor(),
@@ -763,6 +769,11 @@ pub async fn staff_update(
     // as it becomes: an administrator, or a member of another department.
     if (was.role, was.department_id, was.disabled) != (role, dept, disabled) {
         void_setup_links(&tx, id).await?;
+        // And the links this account was shown as a manager: they were for managing
+        // the accounts it may manage no longer.
+        if matches!(was.role, Role::Admin | Role::DeptManager) {
+            void_links_issued_by(&tx, id).await?;
+        }
     }
     let n = tx
         .execute(

@@ -256,6 +256,27 @@ struct WithdrawPage {
     receipt: String,
     email: String,
     title: String,
+    /// Proves the confirmation comes from this question, for a browser that sends
+    /// no `Origin` (see [`withdraw_token`]).
+    token: String,
+}
+
+/// How long a withdrawal's question stays answerable without an `Origin` header:
+/// its token is bound to a half-hour window, and the one before is taken too.
+const WITHDRAW_WINDOW_SECS: i64 = 1800;
+
+/// A token only this municipality's question page can give (keyed by its data key),
+/// bound to the application and address it was asked for and to a time window.
+fn withdraw_token(ctx: &TenantCtx, receipt: &str, email: &str, window: i64) -> String {
+    hex::encode(ctx.cipher().blind_index(
+        "status_withdraw",
+        "token",
+        &format!("{window}\u{1f}{receipt}\u{1f}{email}"),
+    ))
+}
+
+fn withdraw_window() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp() / WITHDRAW_WINDOW_SECS
 }
 
 /// 取下げ by the applicant, in two steps: the button on the status page asks for a
@@ -268,9 +289,23 @@ pub async fn withdraw(
     body: FormData,
 ) -> Result<Response, AppError> {
     // Only from this municipality's own pages: nobody else's page can withdraw an
-    // application, even one whose receipt number and address it knows.
-    if !super::forms::citizen::same_origin(&ctx, &headers) {
+    // application, even one whose receipt number and address it knows. A browser (or
+    // proxy) that sends no `Origin` may see the question, and confirms with the
+    // token the question carries, which no other site can make.
+    let same = super::forms::citizen::same_origin(&ctx, &headers);
+    if !same && headers.contains_key(axum::http::header::ORIGIN) {
         return Err(AppError::Csrf);
+    }
+    if !same && body.get("confirm") == "yes" {
+        let (receipt, email, sent) = (body.get("receipt"), body.get("email"), body.get("token"));
+        let now = withdraw_window();
+        let proven = !sent.is_empty()
+            && [now, now - 1]
+                .iter()
+                .any(|w| super::http::same_secret(&withdraw_token(&ctx, receipt, email, *w), sent));
+        if !proven {
+            return Err(AppError::Csrf);
+        }
     }
     let mut db = ctx.db().await?;
     let id = match find_or_ask(&ctx, &db, &body).await? {
@@ -291,6 +326,12 @@ pub async fn withdraw(
             StatusCode::OK,
             &WithdrawPage {
                 site: ctx.name.to_string(),
+                token: withdraw_token(
+                    &ctx,
+                    body.get("receipt"),
+                    body.get("email"),
+                    withdraw_window(),
+                ),
                 receipt: found.receipt,
                 email: body.get("email").to_owned(),
                 title: found.title,

@@ -190,7 +190,8 @@ async fn the_applicant_withdraws_from_the_status_page() {
     // The status page offers it.
     let (_, _, page) = post_from(&c, &u("/status"), origin, &who).await;
     assert!(page.contains(r#"action="/status/withdraw""#), "{page}");
-    // Not from another site's page, nor without an Origin.
+    // Not from another site's page, nor without an Origin unless the question's token
+    // comes with it.
     for from in [Some("https://elsewhere.example"), None] {
         let (status, _, _) = post_from(&probe, &u("/status/withdraw"), from, &sure).await;
         assert_eq!(status, 403, "from {from:?}");
@@ -220,8 +221,40 @@ async fn the_applicant_withdraws_from_the_status_page() {
         .unwrap()
         .get(0);
     assert_eq!(lookups, 2, "the status page and the question");
-    // The confirmation withdraws it.
-    let (status, _, page) = post_from(&c, &u("/status/withdraw"), origin, &sure).await;
+    // A browser that sends no Origin confirms with the question's token; another
+    // site cannot use it, and no other token does.
+    let token = capture(r#"name="token" value="([0-9a-f]+)""#, &page);
+    let foreign = Some("https://elsewhere.example");
+    let withdraw = u("/status/withdraw");
+    let stranger = client(5);
+    let with = |email: &'static str, t: &str| {
+        [
+            ("receipt", receipt.clone()),
+            ("email", email.to_owned()),
+            ("confirm", "yes".to_owned()),
+            ("token", t.to_owned()),
+        ]
+    };
+    let send = |from: Option<&'static str>, form: [(&'static str, String); 4]| {
+        let (stranger, withdraw) = (&stranger, &withdraw);
+        async move {
+            let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post_from(stranger, withdraw, from, &pairs).await.0
+        }
+    };
+    let mine = "hanako.kasai@example.jp";
+    assert_eq!(send(foreign, with(mine, &token)).await, 403);
+    assert_eq!(send(None, with(mine, "00ff")).await, 403);
+    assert_eq!(
+        send(None, with("hanako.kasai+x@example.jp", &token)).await,
+        403,
+        "a token for another address"
+    );
+    assert_eq!(status_of(id).await, "received");
+    // The confirmation withdraws it (here from the browser without Origin).
+    let confirmed = with(mine, &token);
+    let confirmed: Vec<(&str, &str)> = confirmed.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let (status, _, page) = post_from(&c, &withdraw, None, &confirmed).await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("申請を取り下げました"), "{page}");
     assert!(

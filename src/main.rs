@@ -417,6 +417,16 @@ enum BackupCmd {
         #[arg(long)]
         suspended: bool,
     },
+    /// Hold a tenant's backups (or the catalog's: _catalog) for an incident or an
+    /// inquiry: retention deletes none of them and no erasure of the tenant begins.
+    Hold {
+        slug: String,
+        /// Why (the incident's or inquiry's reference).
+        #[arg(long)]
+        reason: String,
+    },
+    /// End a hold.
+    Release { slug: String },
     /// Replace a lost or damaged catalog with one of its backups (path under
     /// DIR/backups/_catalog), with the service stopped. The replaced catalog is kept
     /// renamed; what differs from the cluster and the certificates on disk is listed.
@@ -860,6 +870,16 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             match cmd {
                 // Handled before the platform is opened for the command.
                 BackupCmd::RestoreCatalog { .. } => Ok(ExitCode::SUCCESS),
+                BackupCmd::Hold { slug, reason } => {
+                    madoguchi::control::backup::hold(p, &slug, &cli_actor(), &reason).await?;
+                    println!("the backups of {slug} are held: retention deletes none and no erasure begins until `backup release {slug}`");
+                    Ok(ExitCode::SUCCESS)
+                }
+                BackupCmd::Release { slug } => {
+                    madoguchi::control::backup::release(p, &slug, &cli_actor()).await?;
+                    println!("the backups of {slug} are no longer held");
+                    Ok(ExitCode::SUCCESS)
+                }
                 BackupCmd::Run { slug, all, catalog } => {
                     if catalog || all {
                         let m = with_spinner(

@@ -1148,12 +1148,90 @@ impl Retention {
 
 /// Deletes the backups of a tenant that the retention policy does not keep (files,
 /// manifests and catalog rows); returns how many.
+/// Backups held for an incident or an inquiry.
+#[derive(Debug, Clone)]
+pub struct Hold {
+    pub reason: String,
+    pub held_by: String,
+    /// RFC 3339, UTC.
+    pub held_at: String,
+}
+
+/// The hold on `slug`'s backups (a tenant, or [`CATALOG`]), if any.
+pub async fn held(p: &Platform, slug: &str) -> anyhow::Result<Option<Hold>> {
+    let c = p.catalog.client().await?;
+    Ok(c.query_opt(
+        "SELECT reason, held_by, to_char(held_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')
+           FROM backup_holds WHERE tenant_slug = $1",
+        &[&slug],
+    )
+    .await?
+    .map(|r| Hold {
+        reason: r.get(0),
+        held_by: r.get(1),
+        held_at: r.get(2),
+    }))
+}
+
+/// Holds `slug`'s backups (a tenant, or [`CATALOG`]): retention deletes none of them
+/// and no erasure of the tenant begins until [`release`]. Recorded in the
+/// operation log.
+pub async fn hold(p: &Platform, slug: &str, actor: &str, reason: &str) -> anyhow::Result<()> {
+    let reason = reason.trim();
+    if reason.is_empty() || reason.chars().count() > 500 {
+        bail!("理由を1〜500文字で書いてください / give a reason of 1 to 500 characters (--reason)");
+    }
+    if slug != CATALOG && p.catalog.tenant_by_slug(slug).await?.is_none() {
+        bail!("テナント「{slug}」はありません / no tenant {slug}");
+    }
+    let mut c = p.catalog.client().await?;
+    let tx = c.transaction().await?;
+    let n = tx
+        .execute(
+            "INSERT INTO backup_holds (tenant_slug, reason, held_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+            &[&slug, &reason, &actor],
+        )
+        .await?;
+    if n == 0 {
+        bail!("{slug} のバックアップは既に保全中です / the backups of {slug} are held already");
+    }
+    super::oplog::append(
+        &tx,
+        actor,
+        "backup.hold",
+        slug,
+        &serde_json::json!({ "reason": reason }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Ends the hold on `slug`'s backups. Recorded in the operation log.
+pub async fn release(p: &Platform, slug: &str, actor: &str) -> anyhow::Result<()> {
+    let mut c = p.catalog.client().await?;
+    let tx = c.transaction().await?;
+    let n = tx
+        .execute("DELETE FROM backup_holds WHERE tenant_slug = $1", &[&slug])
+        .await?;
+    if n == 0 {
+        bail!("{slug} のバックアップは保全されていません / the backups of {slug} are not held");
+    }
+    super::oplog::append(&tx, actor, "backup.release", slug, &serde_json::json!({})).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
 pub async fn prune(
     p: &Platform,
     store: &dyn BackupStore,
     slug: &str,
     retention: &Retention,
 ) -> anyhow::Result<usize> {
+    if let Some(h) = held(p, slug).await? {
+        tracing::info!(tenant = %slug, reason = %h.reason, "backups held: none pruned");
+        return Ok(0);
+    }
     let c = p.catalog.client().await?;
     let rows = c
         .query(

@@ -603,6 +603,19 @@ pub async fn execute(
                 .join(", ")
         );
     }
+    // Backups held for an incident are not deleted: neither the tenant's nor the
+    // catalog's (the erasure deletes both).
+    for slug in [rec.slug.as_str(), backup::CATALOG] {
+        if let Some(h) = backup::held(p, slug).await? {
+            bail!(
+                "{slug} のバックアップは保全中です（{}）。必要なものを写してから保全を解除し（madoguchi backup release {slug}）、もう一度実行してください / the backups of {slug} are held ({}, by {} at {}): copy out what the inquiry needs, release them, then run the erasure again",
+                h.reason,
+                h.reason,
+                h.held_by,
+                h.held_at
+            );
+        }
+    }
     // From here on the request cannot be withdrawn.
     let began = c
         .execute(

@@ -359,6 +359,27 @@ async fn retention_removes_older_backups_files_and_records() {
         weekly: 0,
         monthly: 0,
     };
+    // Held for an incident: retention deletes nothing until the hold ends.
+    let p = &env.platform;
+    assert!(backup::hold(p, &t.slug, "cli:test", " ").await.is_err());
+    assert!(backup::hold(p, "no-such-town", "cli:test", "INC-1")
+        .await
+        .is_err());
+    backup::hold(p, &t.slug, "cli:test", "INC-1").await.unwrap();
+    assert!(
+        backup::hold(p, &t.slug, "cli:test", "INC-1").await.is_err(),
+        "held twice"
+    );
+    assert_eq!(
+        backup::prune(p, &store, &t.slug, &one_a_day).await.unwrap(),
+        0
+    );
+    assert!(store.path(&first.file).exists());
+    backup::release(p, &t.slug, "cli:test").await.unwrap();
+    assert!(
+        backup::release(p, &t.slug, "cli:test").await.is_err(),
+        "released twice"
+    );
     assert_eq!(
         backup::prune(&env.platform, &store, &t.slug, &one_a_day)
             .await

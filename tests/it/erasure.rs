@@ -888,6 +888,35 @@ async fn a_revoked_operators_signature_is_refused() {
     );
     assert!(err.contains("was revoked"), "{err}");
     let (dave_key, _) = operator(&env, "dave", "高橋 三郎").await;
+    // Catalog backups held for an inquiry: no erasure begins (it would delete them).
+    madoguchi::control::backup::hold(&env.platform, "_catalog", "cli:test", "照会 2026-11")
+        .await
+        .unwrap();
+    let err = format!(
+        "{:#}",
+        erase::erase(
+            &env.platform,
+            &store,
+            &EraseArgs {
+                slug: &t.slug,
+                verifier: "dave",
+                allow_shared_keys: false,
+            },
+            &dave_key,
+            &Quiet,
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err()
+    );
+    assert!(
+        err.contains("are held") && err.contains("照会 2026-11"),
+        "{err}"
+    );
+    assert_eq!(databases(t.database.clone()).await, 1);
+    madoguchi::control::backup::release(&env.platform, "_catalog", "cli:test")
+        .await
+        .unwrap();
     erase::erase(
         &env.platform,
         &store,

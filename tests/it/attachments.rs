@@ -452,7 +452,8 @@ async fn a_file_attached_by_a_citizen_reaches_staff_the_api_and_the_final_export
     let r = api
         .post(site.u(&format!(
             "/api/v1/forms{}/submissions",
-            site.public.trim_start_matches("/f")
+            // `/f/<id>` less `/f` (a public id may itself begin with `f`).
+            site.public.strip_prefix("/f").unwrap_or_default()
         )))
         .bearer_auth(&token_api)
         .json(&serde_json::json!({
@@ -463,7 +464,9 @@ async fn a_file_attached_by_a_citizen_reaches_staff_the_api_and_the_final_export
         .await
         .unwrap();
     let st = r.status();
-    let p: Value = r.json().await.unwrap();
+    let headers = format!("{:?}", r.headers());
+    let text = r.text().await.unwrap_or_default();
+    let p: Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("{st} {headers}: {text}"));
     assert_eq!(st, 422, "{p}");
     assert!(
         p["errors"][0]["message"]

@@ -866,49 +866,36 @@ async fn a_revoked_operators_signature_is_refused() {
     )
     .await
     .unwrap();
+    // The whole erasure, signed with the verifier's key file.
+    let erase_signed = |verifier: &'static str, key: &PathBuf| {
+        let (p, store, slug, key) = (&env.platform, &store, t.slug.clone(), key.clone());
+        async move {
+            erase::erase(
+                p,
+                store,
+                &EraseArgs {
+                    slug: &slug,
+                    verifier,
+                    allow_shared_keys: false,
+                },
+                &key,
+                &Quiet,
+            )
+            .await
+            .map(|_| ())
+        }
+    };
     let err = format!("{:#}", erase_by(t.slug.clone(), "carol").await.unwrap_err());
     assert!(err.contains("was revoked"), "{err}");
     assert_eq!(databases(t.database.clone()).await, 1);
-    let err = format!(
-        "{:#}",
-        erase::erase(
-            &env.platform,
-            &store,
-            &EraseArgs {
-                slug: &t.slug,
-                verifier: "carol",
-                allow_shared_keys: false,
-            },
-            &carol_key,
-            &Quiet,
-        )
-        .await
-        .map(|_| ())
-        .unwrap_err()
-    );
+    let err = format!("{:#}", erase_signed("carol", &carol_key).await.unwrap_err());
     assert!(err.contains("was revoked"), "{err}");
     let (dave_key, _) = operator(&env, "dave", "高橋 三郎").await;
     // Catalog backups held for an inquiry: no erasure begins (it would delete them).
     madoguchi::control::backup::hold(&env.platform, "_catalog", "cli:test", "照会 2026-11")
         .await
         .unwrap();
-    let err = format!(
-        "{:#}",
-        erase::erase(
-            &env.platform,
-            &store,
-            &EraseArgs {
-                slug: &t.slug,
-                verifier: "dave",
-                allow_shared_keys: false,
-            },
-            &dave_key,
-            &Quiet,
-        )
-        .await
-        .map(|_| ())
-        .unwrap_err()
-    );
+    let err = format!("{:#}", erase_signed("dave", &dave_key).await.unwrap_err());
     assert!(
         err.contains("are held") && err.contains("照会 2026-11"),
         "{err}"
@@ -917,19 +904,7 @@ async fn a_revoked_operators_signature_is_refused() {
     madoguchi::control::backup::release(&env.platform, "_catalog", "cli:test")
         .await
         .unwrap();
-    erase::erase(
-        &env.platform,
-        &store,
-        &EraseArgs {
-            slug: &t.slug,
-            verifier: "dave",
-            allow_shared_keys: false,
-        },
-        &dave_key,
-        &Quiet,
-    )
-    .await
-    .unwrap();
+    erase_signed("dave", &dave_key).await.unwrap();
     assert_eq!(databases(t.database.clone()).await, 0);
 
     // The rows stay, with who revoked and why; the key cannot return under a new id.

@@ -34,21 +34,11 @@ pub async fn check_on(
         )
         .await?
         .map(|r| (r.get(0), r.get(1)));
-    let walk = |from: Option<Head>| async move {
-        verify_from(db, from.as_ref())
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))
-    };
-    let whole = if full { Some(walk(None).await?) } else { None };
-    let (verdict, head) = match whole {
-        Some((broken @ Verdict::Broken { .. }, _)) => (broken, None),
-        Some((Verdict::Intact(n), _)) => match walk(witnessed.clone()).await? {
-            // The whole log's count, when the witness agrees.
-            (Verdict::Intact(_), head) => (Verdict::Intact(n), head),
-            other => other,
-        },
-        None => walk(witnessed.clone()).await?,
-    };
+    // One walk: from the witnessed entry, or (`full`) from the log's beginning after
+    // checking that entry is still there unchanged.
+    let (verdict, head) = verify_from(db, witnessed.as_ref(), full)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let (ok, detail) = match &verdict {
         Verdict::Intact(_) => (true, String::new()),
         Verdict::Broken { seq, reason } => (false, format!("entry {seq}: {reason}")),

@@ -168,19 +168,21 @@ pub enum Verdict {
 
 /// Walks the whole log in order, recomputing every hash.
 pub async fn verify(db: &tokio_postgres::Client) -> Result<Verdict, AppError> {
-    Ok(verify_from(db, None).await?.0)
+    Ok(verify_from(db, None, true).await?.0)
 }
 
 /// A log entry as seen from outside the tenant's database: its sequence and hash.
 pub type Head = (i64, Vec<u8>);
 
-/// Checks the log from `witnessed` (a head seen before, kept outside the tenant's
+/// Checks the log against `witnessed` (a head seen before, kept outside the tenant's
 /// database): that entry must still be there unchanged, and every later one must
-/// chain on from it. Without a witness, or when pruning has since passed it, from the
-/// log's own anchor. Returns the verdict and the head now (when intact).
+/// chain on from it. The walk starts there, or from the log's own anchor when there
+/// is no witness, when pruning has since passed it, or when `whole` asks for every
+/// entry. Returns the verdict and the head now (when intact).
 pub async fn verify_from(
     db: &tokio_postgres::Client,
     witnessed: Option<&Head>,
+    whole: bool,
 ) -> Result<(Verdict, Option<Head>), AppError> {
     let anchor = db
         .query_one(
@@ -215,6 +217,7 @@ pub async fn verify_from(
                         None,
                     ))
                 }
+                Some(_) if whole => (anchor_seq, anchor_hash),
                 Some(_) => (*seq, hash.clone()),
             }
         }

@@ -314,21 +314,59 @@ fn settle_rotation(check: Option<&[u8]>, dir: &std::path::Path) -> anyhow::Resul
 /// keys is never met with a new master key made on the spot (a command run with
 /// the wrong `--state-dir` against the real catalog wrapped a tenant's keys under a
 /// stray key no `serve` could open), nor with another one.
+/// What a catalog holds wrapped by the master key, to tell whether a key is its own:
+/// the key check, and (for a catalog from before the check) one wrapped tenant key.
+pub(crate) struct WrappedInCatalog {
+    check: Option<Vec<u8>>,
+    sample: Option<(uuid::Uuid, String, u32, Vec<u8>)>,
+}
+
+impl WrappedInCatalog {
+    pub(crate) async fn read(db: &tokio_postgres::Client) -> anyhow::Result<Self> {
+        let check = match db
+            .query_opt("SELECT wrapped FROM master_key_check", &[])
+            .await
+        {
+            Ok(row) => row.map(|r| r.get(0)),
+            // A catalog (a backup of one) from before the check.
+            Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let sample = db
+            .query_opt(
+                "SELECT tenant_id, purpose, version, wrapped FROM tenant_keys LIMIT 1",
+                &[],
+            )
+            .await?
+            .map(|r| {
+                let version = u32::try_from(r.get::<_, i32>(2)).unwrap_or(0);
+                (r.get(0), r.get(1), version, r.get(3))
+            });
+        Ok(Self { check, sample })
+    }
+
+    /// Whether it holds anything wrapped by a master key yet.
+    fn holds_any(&self) -> bool {
+        self.check.is_some() || self.sample.is_some()
+    }
+
+    /// Whether `keys` opens what it holds (true when it holds nothing yet).
+    pub(crate) fn opens_with(&self, keys: &dyn KeyProvider) -> bool {
+        match (&self.check, &self.sample) {
+            (Some(wrapped), _) => keys.unwrap(wrapped, CHECK_AAD).is_ok(),
+            (None, Some((tenant, purpose, version, wrapped))) => keys
+                .unwrap(wrapped, &DataKey::wrap_aad(tenant, purpose, *version))
+                .is_ok(),
+            (None, None) => true,
+        }
+    }
+}
+
 async fn master_key(catalog: &Catalog, dir: &std::path::Path) -> anyhow::Result<FileKeyProvider> {
     let path = &dir.join(MASTER_KEY);
     let c = catalog.client().await?;
-    let check: Option<Vec<u8>> = c
-        .query_opt("SELECT wrapped FROM master_key_check", &[])
-        .await?
-        .map(|r| r.get(0));
-    settle_rotation(check.as_deref(), dir)?;
-    // A catalog from before the check: one of its wrapped keys, if it has any.
-    let sample = c
-        .query_opt(
-            "SELECT tenant_id, purpose, version, wrapped FROM tenant_keys LIMIT 1",
-            &[],
-        )
-        .await?;
+    let held = WrappedInCatalog::read(&c).await?;
+    settle_rotation(held.check.as_deref(), dir)?;
     let wrong_key = || {
         anyhow::anyhow!(
             "マスターキー {} はこのカタログの鍵ではありません。--state-dir（MADOGUCHI_STATE_DIR）が正しいか確かめてください / the master key {} is not the one this catalog's keys are wrapped with; check --state-dir",
@@ -336,7 +374,7 @@ async fn master_key(catalog: &Catalog, dir: &std::path::Path) -> anyhow::Result<
             path.display()
         )
     };
-    if !path.exists() && (check.is_some() || sample.is_some()) {
+    if !path.exists() && held.holds_any() {
         anyhow::bail!(
             "マスターキー {} がありません。このカタログの鍵は別のマスターキーで保護されています。--state-dir（MADOGUCHI_STATE_DIR）が正しいか確かめてください / no master key at {}, but this catalog holds keys wrapped with one; check --state-dir",
             path.display(),
@@ -344,15 +382,11 @@ async fn master_key(catalog: &Catalog, dir: &std::path::Path) -> anyhow::Result<
         );
     }
     let keys = FileKeyProvider::load_or_create(path)?;
-    if let Some(wrapped) = check {
-        keys.unwrap(&wrapped, CHECK_AAD).map_err(|_| wrong_key())?;
-        return Ok(keys);
+    if !held.opens_with(&keys) {
+        return Err(wrong_key());
     }
-    if let Some(r) = sample {
-        let version = u32::try_from(r.get::<_, i32>(2)).unwrap_or(0);
-        let aad = DataKey::wrap_aad(&r.get(0), r.get(1), version);
-        keys.unwrap(&r.get::<_, Vec<u8>>(3), &aad)
-            .map_err(|_| wrong_key())?;
+    if held.check.is_some() {
+        return Ok(keys);
     }
     let mut value = zeroize::Zeroizing::new([0u8; 32]);
     rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, value.as_mut());

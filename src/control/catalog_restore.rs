@@ -11,10 +11,10 @@ use uuid::Uuid;
 
 use super::backup::{self, BackupStore};
 use crate::catalog::quote_ident;
-use crate::platform::{Platform, CHECK_AAD};
+use crate::platform::{Platform, WrappedInCatalog};
 
 /// What a catalog restore found and did.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Restored {
     /// The catalog database it replaced, kept under this name.
     pub replaced: String,
@@ -123,33 +123,9 @@ async fn compare(
     restored: &str,
 ) -> anyhow::Result<Restored> {
     let db = crate::control::Cluster::connect(&p.cluster.admin_config(restored)).await?;
-    let check: Option<Vec<u8>> = db
-        .client
-        .query_opt("SELECT wrapped FROM master_key_check", &[])
-        .await
-        .ok()
-        .flatten()
-        .map(|r| r.get(0));
-    let opens = match &check {
-        Some(w) => p.keys.unwrap(w, CHECK_AAD).is_ok(),
-        None => {
-            let sample = db
-                .client
-                .query_opt(
-                    "SELECT tenant_id, purpose, version, wrapped FROM tenant_keys LIMIT 1",
-                    &[],
-                )
-                .await?;
-            sample.is_none_or(|r| {
-                let aad = crate::crypto::DataKey::wrap_aad(
-                    &r.get(0),
-                    r.get(1),
-                    u32::try_from(r.get::<_, i32>(2)).unwrap_or(0),
-                );
-                p.keys.unwrap(&r.get::<_, Vec<u8>>(3), &aad).is_ok()
-            })
-        }
-    };
+    let opens = WrappedInCatalog::read(&db.client)
+        .await?
+        .opens_with(p.keys.as_ref());
     if !opens {
         bail!("このバックアップのカタログは、いまのマスターキーでは開けません / the catalog in this backup does not open with the current master key: it was made before a master-key rotation. Put that backup's master key back as master.key (the retired file) first");
     }

@@ -580,10 +580,7 @@ pub async fn own_file(
         )
         .await?
         .ok_or(AppError::NotFound)?;
-    let bytes = ctx
-        .cipher()
-        .decrypt(&content_ref(&file.to_string()), row.get(0))
-        .map_err(|e| AppError::Internal(anyhow::anyhow!("decrypting an attachment: {e}")))?;
+    let bytes = open_content(ctx.cipher(), file, row.get(0))?;
     let mut resp = download(&named, bytes);
     resp.headers_mut().insert(
         header::CACHE_CONTROL,
@@ -606,8 +603,17 @@ pub async fn content(
         )
         .await?
         .ok_or(AppError::NotFound)?;
+    open_content(cipher, file, row.get(0))
+}
+
+/// A file's stored content, decrypted.
+fn open_content(
+    cipher: &FieldCipher,
+    file: Uuid,
+    sealed: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, AppError> {
     cipher
-        .decrypt(&content_ref(&file.to_string()), row.get(0))
+        .decrypt(&content_ref(&file.to_string()), sealed)
         .map_err(|e| AppError::Internal(anyhow::anyhow!("decrypting an attachment: {e}")))
 }
 

@@ -345,6 +345,11 @@ impl WrappedInCatalog {
         Ok(Self { check, sample })
     }
 
+    /// Whether it holds the key check (every catalog this version opened does).
+    pub(crate) fn holds_check(&self) -> bool {
+        self.check.is_some()
+    }
+
     /// Whether it holds anything wrapped by a master key yet.
     fn holds_any(&self) -> bool {
         self.check.is_some() || self.sample.is_some()

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 
 use crate::crypto::{DataKey, FileKeyProvider, KeyProvider};
-use crate::platform::{swap_master_files, Platform, CHECK_AAD, NEW_MASTER_KEY};
+use crate::platform::{swap_master_files, Platform, WrappedInCatalog, CHECK_AAD, NEW_MASTER_KEY};
 
 /// What a rotation did.
 #[derive(Debug)]
@@ -44,8 +44,28 @@ pub async fn rotate(p: &Platform, actor: &str) -> anyhow::Result<Rotated> {
     let (tenant_keys, totp_secrets, old_catalog_backups) = match result {
         Ok(counts) => counts,
         Err(e) => {
-            let _ = fs::remove_file(&new_path);
-            return Err(e);
+            // A commit whose answer was lost may have taken effect: the new key is
+            // removed only when the catalog is known not to be wrapped under it.
+            let committed = match p.catalog.client().await {
+                Ok(c) => WrappedInCatalog::read(&c)
+                    .await
+                    .map(|w| w.holds_check() && w.opens_with(&new)),
+                Err(read) => Err(read),
+            };
+            if let Ok(false) = committed {
+                let _ = fs::remove_file(&new_path);
+            }
+            return Err(e.context(format!(
+                "master key not rotated{}",
+                if matches!(committed, Ok(false)) {
+                    String::new()
+                } else {
+                    format!(
+                        "; {} is kept: the next command or start uses it if the catalog was re-wrapped after all",
+                        new_path.display()
+                    )
+                }
+            )));
         }
     };
     let retired = swap_master_files(dir).with_context(|| {

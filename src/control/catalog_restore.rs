@@ -94,25 +94,33 @@ pub async fn restore(
     // This process's own connections may take a moment to end.
     let mut tries = 0;
     loop {
-        match admin.client.batch_execute(&swap).await {
-            Ok(()) => break,
-            Err(e) if tries < 50 => {
-                let _ = admin.client.batch_execute("ROLLBACK").await;
-                tries += 1;
-                tracing::debug!(error = %e, "waiting for the catalog's connections to end");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(e) => {
-                let _ = admin.client.batch_execute("ROLLBACK").await;
-                return Err(e).with_context(|| {
-                    format!(
-                        "the restored catalog is ready as database {restoring}, but it could not take the catalog's name (is a Madoguchi process connected?); nothing was replaced"
-                    )
-                });
-            }
+        let Err(e) = admin.client.batch_execute(&swap).await else {
+            break;
+        };
+        let _ = admin.client.batch_execute("ROLLBACK").await;
+        // A commit whose answer was lost: the restored database has the name already.
+        if !exists(&admin.client, &restoring).await? {
+            break;
         }
+        if tries >= 50 {
+            return Err(e).with_context(|| {
+                format!(
+                    "the restored catalog is ready as database {restoring}, but it could not take the catalog's name (is a Madoguchi process connected?); nothing was replaced"
+                )
+            });
+        }
+        tries += 1;
+        tracing::debug!(error = %e, "waiting for the catalog's connections to end");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     Ok(report)
+}
+
+async fn exists(admin: &tokio_postgres::Client, database: &str) -> anyhow::Result<bool> {
+    Ok(admin
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&database])
+        .await?
+        .is_some())
 }
 
 /// Checks the restored catalog opens with the master key, and compares it with the

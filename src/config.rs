@@ -44,6 +44,9 @@ pub struct Settings {
     pub state_dir: PathBuf,
     /// Admin connection URL of an external cluster; `None` runs the embedded one.
     pub database_url: Option<String>,
+    /// PEM certificates of CAs trusted for that cluster besides the system's store
+    /// (a managed database's own CA); only with `sslmode=require` in the URL.
+    pub database_ca: Option<PathBuf>,
     /// Name of the catalog (control) database in the cluster.
     pub catalog_db: String,
     pub pool: PoolSettings,
@@ -123,6 +126,7 @@ impl Settings {
         Self {
             state_dir,
             database_url: None,
+            database_ca: None,
             catalog_db: "madoguchi".to_owned(),
             pool: PoolSettings::default(),
             cache_refresh: Duration::from_secs(30),
@@ -144,6 +148,7 @@ pub struct FileSettings {
     pub listen: Option<SocketAddr>,
     pub ops_listen: Option<SocketAddr>,
     pub database_url: Option<String>,
+    pub database_ca: Option<PathBuf>,
     pub catalog_db: Option<String>,
     pub pool_budget: Option<usize>,
     pub pool_per_tenant: Option<usize>,

@@ -53,6 +53,15 @@ struct Common {
         hide_env_values = true
     )]
     database_url: Option<String>,
+    /// PEM file of CA certificates to trust for the cluster of `--database-url`
+    /// besides the system's (a managed database's own CA); with `sslmode=require`.
+    #[arg(
+        long,
+        global = true,
+        env = "MADOGUCHI_DATABASE_CA",
+        value_name = "FILE"
+    )]
+    database_ca: Option<PathBuf>,
     /// Name of the catalog database.
     #[arg(long, global = true, env = "MADOGUCHI_CATALOG_DB")]
     catalog_db: Option<String>,
@@ -539,6 +548,7 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     let file = FileSettings::load(&c.state_dir)?;
     let mut s = Settings::new(c.state_dir.clone());
     s.database_url = c.database_url.clone().or_else(|| file.database_url.clone());
+    s.database_ca = c.database_ca.clone().or_else(|| file.database_ca.clone());
     if let Some(db) = c.catalog_db.clone().or_else(|| file.catalog_db.clone()) {
         s.catalog_db = db;
     }
@@ -1229,7 +1239,13 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         Command::Db(DbCmd::Psql { args }) => {
             let (url, password) = without_password(p.admin_url())?;
             let mut cmd = std::process::Command::new("psql");
-            cmd.arg(url).args(&args);
+            // The URL's own sslmode (require) would not check the server's name.
+            let url = if p.cluster.tls().is_tls() {
+                url.replace("sslmode=require", "sslmode=verify-full")
+            } else {
+                url
+            };
+            cmd.arg(url).args(&args).envs(p.cluster.tls().client_env());
             if let Some(pw) = password {
                 cmd.env("PGPASSWORD", pw.as_str());
             }

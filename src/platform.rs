@@ -37,17 +37,25 @@ struct Presence {
 }
 
 impl Presence {
-    async fn take(admin: &tokio_postgres::Config, catalog_db: &str) -> anyhow::Result<Self> {
+    async fn take(
+        admin: &tokio_postgres::Config,
+        tls: &crate::pg_tls::PgTls,
+        catalog_db: &str,
+    ) -> anyhow::Result<Self> {
         let mut cfg = admin.clone();
         cfg.dbname(catalog_db)
             .application_name(format!("madoguchi-presence/{}", std::process::id()));
-        let (client, conn) = cfg
-            .connect(tokio_postgres::NoTls)
+        let (client, mut messages) = tls
+            .connect(&cfg)
             .await
             .context("connecting to the catalog")?;
         let task = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::warn!(error = %e, "the catalog connection holding this process's presence ended");
+            use futures::StreamExt;
+            while let Some(m) = messages.next().await {
+                if let Err(e) = m {
+                    tracing::warn!(error = %e, "the catalog connection holding this process's presence ended");
+                    break;
+                }
             }
         });
         client
@@ -79,7 +87,7 @@ impl Platform {
         })?;
         let (admin, admin_url, embedded) = match &settings.database_url {
             Some(url) => {
-                let cfg: tokio_postgres::Config = url
+                let cfg: tokio_postgres::Config = crate::pg_tls::normalise_url(url)
                     .parse()
                     .context("MADOGUCHI_DATABASE_URL is not a valid PostgreSQL URL")?;
                 (cfg, url.clone(), None)
@@ -126,8 +134,22 @@ impl Platform {
                 )
             }
         };
-        let cluster = Cluster::new(admin);
-        let catalog = match Catalog::open(cluster.maintenance_config(), &settings.catalog_db).await
+        let tls = match crate::pg_tls::PgTls::for_config(&admin, settings.database_ca.as_deref()) {
+            Ok(tls) => tls,
+            Err(e) => {
+                if let Some(mut pg) = embedded {
+                    let _ = pg.stop_if_last();
+                }
+                return Err(e);
+            }
+        };
+        let cluster = Cluster::new(admin, tls);
+        let catalog = match Catalog::open(
+            cluster.maintenance_config(),
+            cluster.tls(),
+            &settings.catalog_db,
+        )
+        .await
         {
             Ok(c) => c,
             Err(e) => {
@@ -137,7 +159,12 @@ impl Platform {
                 return Err(e);
             }
         };
-        let opened = match Presence::take(cluster.maintenance_config(), &settings.catalog_db).await
+        let opened = match Presence::take(
+            cluster.maintenance_config(),
+            cluster.tls(),
+            &settings.catalog_db,
+        )
+        .await
         {
             Ok(presence) => master_key(&catalog, &settings.state_dir)
                 .await

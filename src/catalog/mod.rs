@@ -4,10 +4,10 @@
 use std::fmt;
 use std::str::FromStr;
 
+use crate::pg_tls::PgTls;
 use anyhow::Context;
 use deadpool_postgres::{Pool, Runtime};
 use serde::Serialize;
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 mod embedded {
@@ -119,14 +119,15 @@ impl Catalog {
     /// `maintenance` is an admin connection to any existing database (e.g. `postgres`).
     pub async fn open(
         maintenance: &tokio_postgres::Config,
+        tls: &PgTls,
         catalog_db: &str,
     ) -> anyhow::Result<Self> {
-        ensure_database(maintenance, catalog_db).await?;
+        ensure_database(maintenance, tls, catalog_db).await?;
         let mut cfg = maintenance.clone();
         // The process id tells a master-key rotation whose connections these are.
         cfg.dbname(catalog_db)
             .application_name(format!("madoguchi-control/{}", std::process::id()));
-        let mgr = deadpool_postgres::Manager::new(cfg, NoTls);
+        let mgr = tls.manager(cfg);
         let pool = Pool::builder(mgr)
             .max_size(6)
             .runtime(Runtime::Tokio1)
@@ -340,12 +341,22 @@ fn record_from_row(r: &tokio_postgres::Row) -> anyhow::Result<TenantRecord> {
 }
 
 /// Creates database `name` unless it exists, with PUBLIC's CONNECT revoked.
-async fn ensure_database(maintenance: &tokio_postgres::Config, name: &str) -> anyhow::Result<()> {
-    let (client, conn) = maintenance
-        .connect(NoTls)
+async fn ensure_database(
+    maintenance: &tokio_postgres::Config,
+    tls: &PgTls,
+    name: &str,
+) -> anyhow::Result<()> {
+    let (client, task) = tls
+        .connect_spawned(maintenance)
         .await
-        .context("connecting to PostgreSQL as the admin role")?;
-    let task = tokio::spawn(conn);
+        .with_context(|| {
+            if tls.is_tls() {
+                "connecting to PostgreSQL as the admin role over TLS (the server's certificate must \
+                 come from a CA in the system's store or in database_ca, for the host name in the URL)"
+            } else {
+                "connecting to PostgreSQL as the admin role"
+            }
+        })?;
     let exists = client
         .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
         .await?
@@ -645,7 +656,7 @@ mod tests {
         });
         let mut cfg = tokio_postgres::Config::new();
         cfg.host("127.0.0.1").port(port).user("x").dbname("x");
-        let pool = Pool::builder(deadpool_postgres::Manager::new(cfg, NoTls))
+        let pool = Pool::builder(deadpool_postgres::Manager::new(cfg, tokio_postgres::NoTls))
             .max_size(1)
             .runtime(Runtime::Tokio1)
             .build()

@@ -210,6 +210,7 @@ fn pg_tool(p: &Platform, program: &str, database: &str) -> anyhow::Result<Comman
     if let Some(pw) = cfg.get_password() {
         cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
     }
+    cmd.envs(p.cluster.tls().client_env());
     cmd.stdin(Stdio::null());
     Ok(cmd)
 }
@@ -789,9 +790,11 @@ async fn drill_backup(
         crate::control::progress::step(&format!("pg_restore into scratch database {scratch}"));
         pg_restore(p, &scratch, dump.path(), None).await?;
         crate::control::progress::step("comparing row counts and checksums, table by table");
-        let source =
-            crate::control::Cluster::connect(&p.cluster.admin_config(&rec.database)).await?;
-        let restored = crate::control::Cluster::connect(&cfg).await?;
+        let source = p
+            .cluster
+            .connect(&p.cluster.admin_config(&rec.database))
+            .await?;
+        let restored = p.cluster.connect(&cfg).await?;
         let a = table_sums(&source.client).await?;
         let b = table_sums(&restored.client).await?;
         let mut tables = Vec::new();

@@ -130,7 +130,7 @@ async fn compare(
     admin: &tokio_postgres::Client,
     restored: &str,
 ) -> anyhow::Result<Restored> {
-    let db = crate::control::Cluster::connect(&p.cluster.admin_config(restored)).await?;
+    let db = p.cluster.connect(&p.cluster.admin_config(restored)).await?;
     let opens = WrappedInCatalog::read(&db.client)
         .await?
         .opens_with(p.keys.as_ref());

@@ -3,16 +3,18 @@
 
 use anyhow::Context;
 use tokio::task::JoinHandle;
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 use zeroize::Zeroizing;
 
 use crate::catalog::{Catalog, TenantRecord};
 use crate::crypto::KeyProvider;
+use crate::pg_tls::PgTls;
 
 /// Admin access to one cluster.
 #[derive(Clone)]
 pub struct Cluster {
     admin: Config,
+    tls: PgTls,
 }
 
 impl std::fmt::Debug for Cluster {
@@ -32,8 +34,14 @@ pub struct Conn {
 
 impl Cluster {
     /// `admin` connects as the admin role; its database is used for maintenance.
-    pub fn new(admin: Config) -> Self {
-        Self { admin }
+    /// Every connection to the cluster uses `tls`.
+    pub fn new(admin: Config, tls: PgTls) -> Self {
+        Self { admin, tls }
+    }
+
+    /// How connections reach the cluster.
+    pub fn tls(&self) -> &PgTls {
+        &self.tls
     }
 
     /// Admin settings for another database of the cluster.
@@ -59,11 +67,9 @@ impl Cluster {
         c
     }
 
-    pub async fn connect(config: &Config) -> anyhow::Result<Conn> {
-        let (client, conn) = config.connect(NoTls).await?;
-        let task = tokio::spawn(async move {
-            let _ = conn.await;
-        });
+    /// Connects with `config` (one of this cluster's, from the methods above).
+    pub async fn connect(&self, config: &Config) -> anyhow::Result<Conn> {
+        let (client, task) = self.tls.connect_spawned(config).await?;
         Ok(Conn {
             client,
             _task: task,
@@ -71,7 +77,7 @@ impl Cluster {
     }
 
     pub async fn admin(&self) -> anyhow::Result<Conn> {
-        Self::connect(&self.admin)
+        self.connect(&self.admin)
             .await
             .context("connecting to PostgreSQL as the admin role")
     }
@@ -88,7 +94,7 @@ impl Cluster {
         // export keeps the tenant's requests from writing (`final_export::quiesce`).
         let mut config = self.tenant_config(rec, &pw);
         config.options("-c jit=off -c default_transaction_read_only=off");
-        Self::connect(&config).await.with_context(|| {
+        self.connect(&config).await.with_context(|| {
             format!(
                 "connecting to database {} as role {}",
                 rec.database, rec.role

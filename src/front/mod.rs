@@ -962,6 +962,7 @@ impl Server {
             Arc::clone(&app.hosts),
             app.catalog.clone(),
             listen_cfg,
+            p.cluster.tls().clone(),
             p.settings.cache_refresh,
             move |map| {
                 let active: std::collections::HashSet<uuid::Uuid> = map

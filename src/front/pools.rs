@@ -26,7 +26,7 @@ use deadpool_postgres::{Connect, Manager, ManagerConfig, Pool, RecyclingMethod, 
 use futures::future::BoxFuture;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::sync::{OnceCell, Semaphore};
-use tokio_postgres::{Client, Config, NoTls};
+use tokio_postgres::{Client, Config};
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
@@ -256,6 +256,7 @@ impl TenantPools {
             registry: Arc::downgrade(&self.inner),
             tenant,
             newer_password: Mutex::new(None),
+            tls: inner.cluster.tls().clone(),
         };
         let mgr = Manager::from_connect(
             config,
@@ -562,6 +563,7 @@ struct BudgetedConnect {
     /// The role's password read again after the one the pool was built with was
     /// refused (`tenant rotate-password`); every later connection uses it.
     newer_password: Mutex<Option<Zeroizing<String>>>,
+    tls: crate::pg_tls::PgTls,
 }
 
 type Connected = Result<(Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>;
@@ -636,11 +638,8 @@ impl BudgetedConnect {
                 permit: None,
             },
         };
-        let (client, connection) = pg_config.connect_raw(stream, NoTls).await?;
-        let task = tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        Ok((client, task))
+        let (client, messages) = self.tls.connect_raw(pg_config, stream).await?;
+        Ok((client, tokio::spawn(crate::pg_tls::drive(messages))))
     }
 }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::sync::mpsc;
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
 use uuid::Uuid;
 
 use crate::catalog::{Catalog, TenantState};
@@ -77,13 +77,14 @@ pub async fn keep_fresh(
     cache: Arc<HostCache>,
     catalog: Catalog,
     listen_config: tokio_postgres::Config,
+    tls: crate::pg_tls::PgTls,
     refresh: Duration,
     on_reload: impl Fn(&HashMap<String, Route>) + Send + Sync + 'static,
 ) {
     loop {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let connected = listen_config.connect(NoTls).await;
-        let (client, mut conn) = match connected {
+        let connected = tls.connect(&listen_config).await;
+        let (client, mut messages) = match connected {
             Ok(pair) => pair,
             Err(e) => {
                 tracing::warn!(error = %e, "catalog listener cannot connect; retrying");
@@ -92,7 +93,6 @@ pub async fn keep_fresh(
             }
         };
         let pump = tokio::spawn(async move {
-            let mut messages = futures::stream::poll_fn(move |cx| conn.poll_message(cx));
             while let Some(Ok(msg)) = messages.next().await {
                 if let AsyncMessage::Notification(_) = msg {
                     if tx.send(()).is_err() {

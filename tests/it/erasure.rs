@@ -10,9 +10,7 @@ use madoguchi::control::certificate::{self, Trust};
 use madoguchi::control::erase::{self, DecommissionArgs, EraseArgs, Quiet};
 use madoguchi::control::keys::platform_signer;
 use madoguchi::crypto::note::NoteSigner;
-use madoguchi::tenant::staff::Role;
 
-use crate::forms::{apply, build_form, dept_id, staff};
 use crate::harness::{admin_client, get_with_host, unique, TestEnv};
 
 /// Registers an operator and writes their private key file.
@@ -118,10 +116,7 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
     let keep = env.tenant(&unique("stay"), "三笠市", "012220").await;
     let server = env.serve().await;
     let host = t.hosts[0].clone();
-    let admin = staff(&env, &server, &t, Role::Admin, None).await;
-    let dept = dept_id(&env, &t, "市民課").await;
-    let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
-    apply(&server, &host, &public, "その他").await.unwrap();
+    crate::forms::one_application(&env, &server, &t).await;
 
     // Backups of the tenant and of the catalog (which holds its wrapped keys); one
     // copied aside, as someone might.
@@ -959,11 +954,8 @@ async fn nothing_is_stored_after_the_final_exports_snapshot() {
     // As the servers' pools connect.
     let as_requests = || {
         let config = env.platform.cluster.tenant_config(&t, &password);
-        async move {
-            madoguchi::control::cluster::Cluster::connect(&config)
-                .await
-                .unwrap()
-        }
+        let cluster = env.platform.cluster.clone();
+        async move { cluster.connect(&config).await.unwrap() }
     };
     let write = "UPDATE forms SET closed = closed";
     let pooled = as_requests().await;

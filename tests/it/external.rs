@@ -3,16 +3,10 @@
 //! provisioning through a submission, a backup, its drill and a restore, to the
 //! erasure and its certificate.
 
-use std::sync::Arc;
-
-use madoguchi::config::Settings;
 use madoguchi::control::backup::{self, DirStore};
-use madoguchi::platform::Platform;
 
 use crate::erasure::{erase_sharing, erase_tenant, operator};
-use crate::forms::{apply, build_form, dept_id, staff};
 use crate::harness::{admin_client, admin_url, unique, TestEnv};
-use madoguchi::tenant::staff::Role;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenants_whole_life_under_an_admin_role_that_is_not_a_superuser() {
@@ -28,26 +22,13 @@ async fn a_tenants_whole_life_under_an_admin_role_that_is_not_a_superuser() {
     let base = admin_url();
     let (scheme, rest) = base.split_once("://").unwrap();
     let (_, place) = rest.split_once('@').unwrap();
-    let state = tempfile::tempdir().unwrap();
-    let mut settings = Settings::new(state.path().to_path_buf());
-    settings.database_url = Some(format!("{scheme}://{role}:{password}@{place}"));
-    settings.catalog_db = unique("cat_");
-    settings.limits.submit_per_minute = 0;
-    let platform = Platform::open(settings)
+    let env = TestEnv::external(format!("{scheme}://{role}:{password}@{place}"), None)
         .await
         .unwrap_or_else(|e| panic!("opening the platform as {role}: {e:#}"));
-    let env = TestEnv {
-        platform: Arc::new(platform),
-        state,
-    };
 
     let t = env.tenant(&unique("ext"), "小樽市", "012033").await;
     let server = env.serve().await;
-    let host = t.hosts[0].clone();
-    let admin = staff(&env, &server, &t, Role::Admin, None).await;
-    let dept = dept_id(&env, &t, "市民課").await;
-    let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
-    apply(&server, &host, &public, "その他").await.unwrap();
+    crate::forms::one_application(&env, &server, &t).await;
 
     // A database named as restore-drill copies once were, made by another role (as
     // another platform on the same cluster might): not this platform's to drop, and

@@ -287,6 +287,17 @@ pub async fn add_field(s: &Staff, fields: &str, page: &str, ty: &str, label: &st
 }
 
 /// A citizen completes the form; returns the receipt number.
+/// An administrator of `t` builds and publishes the sample form, and a citizen applies
+/// to it once; returns the form's public id.
+pub async fn one_application(env: &TestEnv, server: &Server, t: &TenantRecord) -> String {
+    let host = &t.hosts[0];
+    let admin = staff(env, server, t, Role::Admin, None).await;
+    let dept = dept_id(env, t, "市民課").await;
+    let (_, public) = build_form(&admin, server, host, &dept, "").await;
+    apply(server, host, &public, "その他").await.unwrap();
+    public
+}
+
 pub async fn apply(
     server: &Server,
     host: &str,

@@ -103,9 +103,13 @@ impl TestEnv {
         let maintenance: tokio_postgres::Config = url.parse().unwrap_or_else(|e| panic!("{e}"));
         TEMPLATE
             .get_or_init(|| async {
-                let c = Catalog::open(&maintenance, TEMPLATE_DB)
-                    .await
-                    .unwrap_or_else(|e| panic!("{e:#}"));
+                let c = Catalog::open(
+                    &maintenance,
+                    &madoguchi::pg_tls::PgTls::plain(),
+                    TEMPLATE_DB,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e:#}"));
                 c.close();
             })
             .await;
@@ -146,6 +150,22 @@ impl TestEnv {
             platform: Arc::new(platform),
             state,
         }
+    }
+
+    /// A platform on a cluster of its own (`url`, with `database_ca` = `ca`), with a
+    /// new catalog and state directory.
+    pub async fn external(url: String, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        let state = tempfile::tempdir()?;
+        let mut settings = Settings::new(state.path().to_path_buf());
+        settings.database_url = Some(url);
+        settings.database_ca = ca.map(std::path::Path::to_path_buf);
+        settings.catalog_db = unique("cat_");
+        settings.limits.submit_per_minute = 0;
+        let platform = Platform::open(settings).await?;
+        Ok(Self {
+            platform: Arc::new(platform),
+            state,
+        })
     }
 
     /// Provisions a tenant served on `<slug>.test`.

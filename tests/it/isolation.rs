@@ -1,7 +1,6 @@
 //! Layer 2 and 3 of the isolation: each tenant's own database, role and key.
 
 use madoguchi::control::cluster::tenant_password;
-use madoguchi::control::Cluster;
 use tokio_postgres::error::SqlState;
 
 use crate::harness::{admin_client, unique, TestEnv};
@@ -49,7 +48,9 @@ async fn provisioning_gives_each_tenant_its_own_database_and_role() {
         .unwrap();
     let mut into_b = p.cluster.tenant_config(&a, &pw_a);
     into_b.dbname(&b.database);
-    let err = Cluster::connect(&into_b)
+    let err = p
+        .cluster
+        .connect(&into_b)
         .await
         .err()
         .expect("A's role connected to B's database");
@@ -60,12 +61,14 @@ async fn provisioning_gives_each_tenant_its_own_database_and_role() {
     let mut into_catalog = p.cluster.tenant_config(&a, &pw_a);
     into_catalog.dbname(&p.settings.catalog_db);
     assert!(
-        Cluster::connect(&into_catalog).await.is_err(),
+        p.cluster.connect(&into_catalog).await.is_err(),
         "A's role connected to the catalog"
     );
 
     // And it does reach its own.
-    let own = Cluster::connect(&p.cluster.tenant_config(&a, &pw_a))
+    let own = p
+        .cluster
+        .connect(&p.cluster.tenant_config(&a, &pw_a))
         .await
         .unwrap();
     let name: String = own
@@ -79,7 +82,7 @@ async fn provisioning_gives_each_tenant_its_own_database_and_role() {
     // A wrong password is refused: the cluster really authenticates (scram, not trust).
     let wrong = p.cluster.tenant_config(&a, "not-the-password");
     assert!(
-        Cluster::connect(&wrong).await.is_err(),
+        p.cluster.connect(&wrong).await.is_err(),
         "wrong password accepted"
     );
 }

@@ -24,6 +24,7 @@ mod identity;
 mod incident;
 mod isolation;
 mod mail;
+mod pg_tls;
 mod plans;
 mod routing;
 mod smtp;

@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -160,28 +158,8 @@ impl Idp {
 
 /// The HTTP client for identity providers.
 fn http_client(extra_ca: Option<&Path>, allow_private: bool) -> anyhow::Result<reqwest::Client> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        // A certificate the store cannot parse is skipped, as browsers do.
-        let _ = roots.add(cert);
-    }
-    if let Some(path) = extra_ca {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| anyhow::anyhow!("reading the identity CA file {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            anyhow::bail!("{} holds no PEM certificate", path.display());
-        }
-        for cert in certs {
-            roots.add(cert)?;
-        }
-    }
-    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let roots = crate::tls_client::roots(extra_ca, "the identity CA file")?;
+    let tls = crate::tls_client::config(roots)?;
     let mut b = reqwest::Client::builder();
     if !allow_private {
         b = b.dns_resolver(Arc::new(PublicOnly));

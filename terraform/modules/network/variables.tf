@@ -1,0 +1,14 @@
+variable "name" {
+  description = "Prefix of every resource's name."
+  type        = string
+}
+
+variable "cidr" {
+  description = "Address range of the VPC; a /16 gives six /20 subnets."
+  type        = string
+}
+
+variable "logs_kms_key" {
+  description = "KMS key ARN for the flow log group."
+  type        = string
+}

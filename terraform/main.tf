@@ -28,6 +28,7 @@ module "postgresql" {
   subnet_ids         = module.network.db_subnet_ids
   client_sg_id       = module.app.security_group_id
   kms_key_arn        = module.kms.storage_key_arn
+  logs_kms_key       = module.kms.logs_key_arn
   instance_class     = var.db_instance_class
   allocated_gib      = var.db_allocated_gib
   max_allocated_gib  = var.db_max_allocated_gib

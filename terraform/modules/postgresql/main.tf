@@ -87,6 +87,14 @@ resource "aws_db_parameter_group" "this" {
   }
 }
 
+# PostgreSQL's log (no statements, see the parameters): made here, before RDS would
+# make it unencrypted and kept forever.
+resource "aws_cloudwatch_log_group" "postgresql" {
+  name              = "/aws/rds/instance/${var.name}/postgresql"
+  retention_in_days = 400
+  kms_key_id        = var.logs_kms_key
+}
+
 data "aws_iam_policy_document" "monitoring_assume" {
   statement {
     actions = ["sts:AssumeRole"]
@@ -149,4 +157,6 @@ resource "aws_db_instance" "this" {
   performance_insights_kms_key_id = var.kms_key_arn
   # Performance Insights shows statements as sent: placeholders ($1), never the values.
   performance_insights_retention_period = 7
+
+  depends_on = [aws_cloudwatch_log_group.postgresql]
 }

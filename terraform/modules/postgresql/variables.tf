@@ -23,6 +23,11 @@ variable "kms_key_arn" {
   type        = string
 }
 
+variable "logs_kms_key" {
+  description = "KMS key for PostgreSQL's log group."
+  type        = string
+}
+
 variable "major_version" {
   description = "PostgreSQL major version; pg_dump on the service's machine must be this version or newer."
   type        = string

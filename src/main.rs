@@ -140,6 +140,10 @@ struct ServeArgs {
     /// Hours between scheduled backups of every tenant (0: no schedule).
     #[arg(long, env = "MADOGUCHI_BACKUP_INTERVAL_HOURS", default_value_t = 24)]
     backup_interval_hours: u64,
+    /// Days within which every tenant's latest backup is restored and checked by a
+    /// scheduled drill, after the scheduled backups (0: no drill is scheduled).
+    #[arg(long, env = "MADOGUCHI_DRILL_INTERVAL_DAYS", default_value_t = 30)]
+    drill_interval_days: u32,
     /// Certificate chain (PEM) for HTTPS; with it, --listen only redirects to HTTPS.
     #[arg(long, env = "MADOGUCHI_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -1925,7 +1929,7 @@ async fn serve_with(
     println!("ready (Ctrl-C to stop)");
     tokio::select! {
         () = wait_for_signal() => {}
-        () = backup_schedule(p, args.backup_interval_hours) => {}
+        () = backup_schedule(p, args.backup_interval_hours, args.drill_interval_days) => {}
     }
     eprintln!("shutting down: draining requests");
     server.shutdown().await;
@@ -1933,8 +1937,9 @@ async fn serve_with(
 }
 
 /// Backs up every tenant every `hours` (the first run one interval after start) and
-/// applies the retention policy (7 daily, 4 weekly, 12 monthly). Never returns.
-async fn backup_schedule(p: &Platform, hours: u64) {
+/// applies the retention policy (7 daily, 4 weekly, 12 monthly); then runs the restore
+/// drills due, so that every tenant is drilled within `drill_days`. Never returns.
+async fn backup_schedule(p: &Platform, hours: u64, drill_days: u32) {
     if hours == 0 {
         return std::future::pending().await;
     }
@@ -1951,6 +1956,18 @@ async fn backup_schedule(p: &Platform, hours: u64) {
         tracing::info!(backed_up = ok, failed = failed.len(), "scheduled backups");
         for (slug, err) in failed {
             tracing::error!(tenant = %slug, error = %err, "scheduled backup failed");
+        }
+        if drill_days > 0 {
+            let (passed, failed) =
+                madoguchi::control::backup::drill_due(p, &store, drill_days).await;
+            tracing::info!(
+                passed = passed.len(),
+                failed = failed.len(),
+                "scheduled restore drills"
+            );
+            for (slug, err) in failed {
+                tracing::error!(tenant = %slug, error = %err, "scheduled restore drill failed");
+            }
         }
     }
 }

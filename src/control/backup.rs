@@ -238,9 +238,45 @@ async fn pg_restore(
     Ok(())
 }
 
-/// A `pg_dump` (custom format) of a tenant's database, streaming on stdout.
-fn pg_dump(p: &Platform, database: &str) -> anyhow::Result<std::process::Child> {
+/// A transaction holding the snapshot a backup is read from, exported for pg_dump.
+struct Snapshot {
+    conn: crate::control::cluster::Conn,
+    id: String,
+}
+
+impl Snapshot {
+    async fn export(p: &Platform, database: &str) -> anyhow::Result<Self> {
+        let conn = p.cluster.connect(&p.cluster.admin_config(database)).await?;
+        conn.client
+            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let id = conn
+            .client
+            .query_one("SELECT pg_export_snapshot()", &[])
+            .await?
+            .get(0);
+        Ok(Self { conn, id })
+    }
+
+    /// Every table's row count and checksum in the snapshot; ends the transaction.
+    async fn sums(self) -> anyhow::Result<Vec<TableSum>> {
+        let sums = table_sums(&self.conn.client).await?;
+        self.conn.client.batch_execute("COMMIT").await?;
+        Ok(sums)
+    }
+}
+
+/// A `pg_dump` (custom format) of a tenant's database, streaming on stdout; read from
+/// `snapshot` (exported by a transaction still open) when given.
+fn pg_dump(
+    p: &Platform,
+    database: &str,
+    snapshot: Option<&str>,
+) -> anyhow::Result<std::process::Child> {
     let mut cmd = pg_tool(p, "pg_dump", database)?;
+    if let Some(id) = snapshot {
+        cmd.arg(format!("--snapshot={id}"));
+    }
     cmd.args([
         "--format=custom",
         "--no-owner",
@@ -444,9 +480,16 @@ async fn backup(
         "[year][month][day]T[hour][minute][second]Z"
     ))?;
     let file = format!("{slug}/{stamp}-{}.mdgbak", &id.simple().to_string()[..8]);
+    // A tenant's tables are summed in the snapshot pg_dump reads, so that a drill
+    // compares the restored copy with what was backed up, not with a database that
+    // has taken applications since.
+    let snapshot = match tenant_id {
+        Some(_) => Some(Snapshot::export(p, &database).await?),
+        None => None,
+    };
     let out = store.create(&file)?;
     crate::control::progress::step(&format!("pg_dump {database} → encrypting to {file}"));
-    let mut child = pg_dump(p, &database)?;
+    let mut child = pg_dump(p, &database, snapshot.as_ref().map(|s| s.id.as_str()))?;
     let stdout = child.stdout.take().context("pg_dump has no output")?;
     let key = backup_key.clone();
     let encrypted = tokio::task::spawn_blocking(move || {
@@ -474,6 +517,21 @@ async fn backup(
             String::from_utf8_lossy(&status.stderr).trim()
         );
     }
+    let sums = match snapshot {
+        Some(s) => {
+            crate::control::progress::step(
+                "summing every table in the snapshot the dump was read from",
+            );
+            match s.sums().await {
+                Ok(sums) => Some(serde_json::to_value(sums)?),
+                Err(e) => {
+                    let _ = store.delete(&file);
+                    return Err(e.context("summing the backed-up tables"));
+                }
+            }
+        }
+        None => None,
+    };
     let manifest = Manifest {
         id,
         tenant_id: tenant_id.unwrap_or(Uuid::nil()),
@@ -496,9 +554,9 @@ async fn backup(
         let c = p.catalog.client().await?;
         let sha_bytes = hex::decode(&sha)?;
         c.execute(
-            "INSERT INTO backups (id, tenant_id, tenant_slug, created_at, file, size, sha256, schema_version, key_version)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            &[&id, &tenant_id, &slug, &created, &file, &i64::try_from(size)?, &sha_bytes, &schema_version, &i32::try_from(key_version)?],
+            "INSERT INTO backups (id, tenant_id, tenant_slug, created_at, file, size, sha256, schema_version, key_version, table_sums)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[&id, &tenant_id, &slug, &created, &file, &i64::try_from(size)?, &sha_bytes, &schema_version, &i32::try_from(key_version)?, &sums],
         )
         .await?;
         anyhow::Ok(())
@@ -642,8 +700,11 @@ pub struct DrillReport {
     pub tables: Vec<TableCheck>,
 }
 
+/// A table's name, row count and MD5 over its rows in order.
+type TableSum = (String, i64, String);
+
 /// Per table of the public schema: row count and an MD5 over the rows in order.
-async fn table_sums(client: &tokio_postgres::Client) -> anyhow::Result<Vec<(String, i64, String)>> {
+async fn table_sums(client: &tokio_postgres::Client) -> anyhow::Result<Vec<TableSum>> {
     let tables: Vec<String> = client
         .query(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
@@ -789,13 +850,37 @@ async fn drill_backup(
     let result = async {
         crate::control::progress::step(&format!("pg_restore into scratch database {scratch}"));
         pg_restore(p, &scratch, dump.path(), None).await?;
-        crate::control::progress::step("comparing row counts and checksums, table by table");
-        let source = p
-            .cluster
-            .connect(&p.cluster.admin_config(&rec.database))
-            .await?;
+        let recorded: Option<serde_json::Value> = p
+            .catalog
+            .client()
+            .await?
+            .query_one(
+                "SELECT table_sums FROM backups WHERE id = $1",
+                &[&latest.id],
+            )
+            .await?
+            .get(0);
+        // Backups made before their sums were recorded are compared with the live
+        // database, which matches only while nothing was written since.
+        let a: Vec<TableSum> = match recorded {
+            Some(sums) => {
+                crate::control::progress::step(
+                    "comparing row counts and checksums with those of the backup's snapshot",
+                );
+                serde_json::from_value(sums)?
+            }
+            None => {
+                crate::control::progress::step(
+                    "comparing row counts and checksums with the live database",
+                );
+                let source = p
+                    .cluster
+                    .connect(&p.cluster.admin_config(&rec.database))
+                    .await?;
+                table_sums(&source.client).await?
+            }
+        };
         let restored = p.cluster.connect(&cfg).await?;
-        let a = table_sums(&source.client).await?;
         let b = table_sums(&restored.client).await?;
         let mut tables = Vec::new();
         for (t, rows, sum) in &a {
@@ -1327,6 +1412,75 @@ pub async fn run_all(
         Err(e) => failed.push((CATALOG.into(), format!("{e:#}"))),
     }
     (ok, failed)
+}
+
+/// The restore drills of a scheduled round: every active or suspended tenant whose
+/// last drill (before its first: its provisioning) is at least `every_days` old, the
+/// longest waiting first, and at most as many as spreads all tenants over
+/// `every_days` rounds, so that a first round after an upgrade does not drill 1,788
+/// tenants at once. Each drill is recorded (a failed one raises
+/// MadoguchiRestoreDrillFailed). Returns the slugs drilled and passed, and those that
+/// failed with why.
+pub async fn drill_due(
+    p: &Platform,
+    store: &dyn BackupStore,
+    every_days: u32,
+) -> (Vec<String>, Vec<(String, String)>) {
+    let due = async {
+        let c = p.catalog.client().await?;
+        let all: i64 = c
+            .query_one(
+                "SELECT count(*) FROM tenants WHERE state IN ('active', 'suspended')",
+                &[],
+            )
+            .await?
+            .get(0);
+        let every = i64::from(every_days.max(1));
+        let per_round = ((all + every - 1) / every).max(1);
+        let rows = c
+            .query(
+                "SELECT t.slug FROM tenants t LEFT JOIN drills d ON d.tenant_id = t.id
+                  WHERE t.state IN ('active', 'suspended')
+                  GROUP BY t.slug, t.created_at
+                 HAVING coalesce(max(d.at), t.created_at) <= now() - make_interval(days => $1)
+                  ORDER BY coalesce(max(d.at), t.created_at), t.slug
+                  LIMIT $2",
+                &[&i32::try_from(every_days)?, &per_round],
+            )
+            .await?;
+        anyhow::Ok(
+            rows.iter()
+                .map(|r| r.get::<_, String>(0))
+                .collect::<Vec<_>>(),
+        )
+    }
+    .await;
+    let due = match due {
+        Ok(due) => due,
+        Err(e) => return (Vec::new(), vec![("*".into(), format!("{e:#}"))]),
+    };
+    let (mut passed, mut failed) = (Vec::new(), Vec::new());
+    for slug in due {
+        let drilled = match p.catalog.tenant_by_slug(&slug).await {
+            Ok(Some(rec)) => drill(p, store, &rec).await,
+            Ok(None) => continue,
+            Err(e) => Err(e),
+        };
+        match drilled {
+            Ok(report) if report.ok => passed.push(slug),
+            Ok(report) => {
+                let differ: Vec<&str> = report
+                    .tables
+                    .iter()
+                    .filter(|t| !t.same)
+                    .map(|t| t.table.as_str())
+                    .collect();
+                failed.push((slug, format!("tables differ: {}", differ.join(", "))));
+            }
+            Err(e) => failed.push((slug, format!("{e:#}"))),
+        }
+    }
+    (passed, failed)
 }
 
 /// The name every restore-drill copy of the tenant begins with.

@@ -142,7 +142,12 @@ struct ServeArgs {
     backup_interval_hours: u64,
     /// Days within which every tenant's latest backup is restored and checked by a
     /// scheduled drill, after the scheduled backups (0: no drill is scheduled).
-    #[arg(long, env = "MADOGUCHI_DRILL_INTERVAL_DAYS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "MADOGUCHI_DRILL_INTERVAL_DAYS",
+        default_value_t = 30,
+        value_parser = clap::value_parser!(u32).range(0..=3650)
+    )]
     drill_interval_days: u32,
     /// Certificate chain (PEM) for HTTPS; with it, --listen only redirects to HTTPS.
     #[arg(long, env = "MADOGUCHI_TLS_CERT", requires = "tls_key")]
@@ -1945,8 +1950,16 @@ async fn backup_schedule(p: &Platform, hours: u64, drill_days: u32) {
     }
     let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
     let every = Duration::from_secs(hours * 3600);
+    // How many rounds the drill interval holds, to spread the drills over them.
+    let rounds = u32::try_from(u64::from(drill_days) * 24 / hours.max(1))
+        .unwrap_or(u32::MAX)
+        .max(1);
+    // At a fixed rate: a round's backups and drills do not push the next one later
+    // (each tenant's backup age stays near the interval, under its alert).
+    let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tokio::time::sleep(every).await;
+        ticks.tick().await;
         let (ok, failed) = madoguchi::control::backup::run_all(
             p,
             &store,
@@ -1959,14 +1972,18 @@ async fn backup_schedule(p: &Platform, hours: u64, drill_days: u32) {
         }
         if drill_days > 0 {
             let (passed, failed) =
-                madoguchi::control::backup::drill_due(p, &store, drill_days).await;
+                madoguchi::control::backup::drill_due(p, &store, drill_days, rounds).await;
             tracing::info!(
                 passed = passed.len(),
                 failed = failed.len(),
                 "scheduled restore drills"
             );
             for (slug, err) in failed {
-                tracing::error!(tenant = %slug, error = %err, "scheduled restore drill failed");
+                // Up to PostgreSQL's own error text, which may quote a value of a row:
+                // the whole message is in the drill's record (console, `backup drill`).
+                let first = err.lines().next().unwrap_or_default();
+                let first = first.split(" ERROR:").next().unwrap_or_default();
+                tracing::error!(tenant = %slug, error = %first, "scheduled restore drill failed");
             }
         }
     }

@@ -245,11 +245,27 @@ struct Snapshot {
 }
 
 impl Snapshot {
+    /// Every table is locked (ACCESS SHARE, as pg_dump does) before the snapshot is
+    /// taken and until the sums are: a migration that altered a table after pg_dump
+    /// ended would otherwise change what the sums read.
     async fn export(p: &Platform, database: &str) -> anyhow::Result<Self> {
         let conn = p.cluster.connect(&p.cluster.admin_config(database)).await?;
+        let tables = public_tables(&conn.client).await?;
         conn.client
             .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             .await?;
+        if !tables.is_empty() {
+            let list: Vec<String> = tables
+                .iter()
+                .map(|t| crate::catalog::quote_ident(t))
+                .collect();
+            conn.client
+                .batch_execute(&format!(
+                    "LOCK TABLE {} IN ACCESS SHARE MODE",
+                    list.join(", ")
+                ))
+                .await?;
+        }
         let id = conn
             .client
             .query_one("SELECT pg_export_snapshot()", &[])
@@ -491,6 +507,14 @@ async fn backup(
     crate::control::progress::step(&format!("pg_dump {database} → encrypting to {file}"));
     let mut child = pg_dump(p, &database, snapshot.as_ref().map(|s| s.id.as_str()))?;
     let stdout = child.stdout.take().context("pg_dump has no output")?;
+    // Read beside the dump: a pipe left unread would stop pg_dump once full.
+    let stderr = child.stderr.take().map(|mut e| {
+        tokio::task::spawn_blocking(move || {
+            let mut text = Vec::new();
+            let _ = e.read_to_end(&mut text);
+            text
+        })
+    });
     let key = backup_key.clone();
     let encrypted = tokio::task::spawn_blocking(move || {
         encrypt_stream(stdout, out, &header, key.as_ref(), &prefix)
@@ -509,24 +533,27 @@ async fn backup(
             return Err(e.context(format!("writing backup {file}")));
         }
     };
-    let status = tokio::task::spawn_blocking(move || child.wait_with_output()).await??;
-    if !status.status.success() {
+    let status = tokio::task::spawn_blocking(move || child.wait()).await??;
+    if !status.success() {
         let _ = store.delete(&file);
-        bail!(
-            "pg_dump failed: {}",
-            String::from_utf8_lossy(&status.stderr).trim()
-        );
+        let text = match stderr {
+            Some(t) => t.await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        bail!("pg_dump failed: {}", String::from_utf8_lossy(&text).trim());
     }
     let sums = match snapshot {
         Some(s) => {
             crate::control::progress::step(
                 "summing every table in the snapshot the dump was read from",
             );
+            // The backup is good without them: kept, and drilled against the live
+            // database as backups made before the sums were.
             match s.sums().await {
                 Ok(sums) => Some(serde_json::to_value(sums)?),
                 Err(e) => {
-                    let _ = store.delete(&file);
-                    return Err(e.context("summing the backed-up tables"));
+                    tracing::warn!(tenant = %slug, error = %format!("{e:#}"), "summing the backed-up tables failed; the backup is kept without its sums");
+                    None
                 }
             }
         }
@@ -704,8 +731,25 @@ pub struct DrillReport {
 type TableSum = (String, i64, String);
 
 /// Per table of the public schema: row count and an MD5 over the rows in order.
+/// Each row is hashed on its own and the hashes aggregated, so a table of large rows
+/// (attachments of up to 10 MB) stays far below PostgreSQL's 1 GB limit on a value.
 async fn table_sums(client: &tokio_postgres::Client) -> anyhow::Result<Vec<TableSum>> {
-    let tables: Vec<String> = client
+    let mut out = Vec::new();
+    for t in public_tables(client).await? {
+        let q = format!(
+            "SELECT count(*), md5(coalesce(string_agg(h, ',' ORDER BY h), '')) \
+               FROM (SELECT md5(x::text) AS h FROM {} x) rows",
+            crate::catalog::quote_ident(&t)
+        );
+        let r = client.query_one(&q, &[]).await?;
+        out.push((t, r.get(0), r.get(1)));
+    }
+    Ok(out)
+}
+
+/// The tables of the public schema, by name.
+async fn public_tables(client: &tokio_postgres::Client) -> anyhow::Result<Vec<String>> {
+    Ok(client
         .query(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename",
             &[],
@@ -713,17 +757,7 @@ async fn table_sums(client: &tokio_postgres::Client) -> anyhow::Result<Vec<Table
         .await?
         .iter()
         .map(|r| r.get(0))
-        .collect();
-    let mut out = Vec::new();
-    for t in tables {
-        let q = format!(
-            "SELECT count(*), md5(coalesce(string_agg(x::text, ',' ORDER BY x::text), '')) FROM {} x",
-            crate::catalog::quote_ident(&t)
-        );
-        let r = client.query_one(&q, &[]).await?;
-        out.push((t, r.get(0), r.get(1)));
-    }
-    Ok(out)
+        .collect())
 }
 
 /// Restores the tenant's latest backup into a scratch database, compares every table
@@ -1414,17 +1448,18 @@ pub async fn run_all(
     (ok, failed)
 }
 
-/// The restore drills of a scheduled round: every active or suspended tenant whose
-/// last drill (before its first: its provisioning) is at least `every_days` old, the
-/// longest waiting first, and at most as many as spreads all tenants over
-/// `every_days` rounds, so that a first round after an upgrade does not drill 1,788
-/// tenants at once. Each drill is recorded (a failed one raises
-/// MadoguchiRestoreDrillFailed). Returns the slugs drilled and passed, and those that
-/// failed with why.
+/// The restore drills of a scheduled round: every active or suspended tenant with a
+/// backup whose last drill (before its first: its provisioning) is at least
+/// `every_days` old, the longest waiting first, and at most as many as spreads all
+/// tenants over the `rounds` that `every_days` holds, so that a first round after an
+/// upgrade does not drill 1,788 tenants at once. Each drill is recorded (a failed one
+/// raises MadoguchiRestoreDrillFailed). Returns the slugs drilled and passed, and
+/// those that failed with why.
 pub async fn drill_due(
     p: &Platform,
     store: &dyn BackupStore,
     every_days: u32,
+    rounds: u32,
 ) -> (Vec<String>, Vec<(String, String)>) {
     let due = async {
         let c = p.catalog.client().await?;
@@ -1435,12 +1470,13 @@ pub async fn drill_due(
             )
             .await?
             .get(0);
-        let every = i64::from(every_days.max(1));
-        let per_round = ((all + every - 1) / every).max(1);
+        let rounds = i64::from(rounds.max(1));
+        let per_round = ((all + rounds - 1) / rounds).max(1);
         let rows = c
             .query(
                 "SELECT t.slug FROM tenants t LEFT JOIN drills d ON d.tenant_id = t.id
                   WHERE t.state IN ('active', 'suspended')
+                    AND EXISTS (SELECT 1 FROM backups b WHERE b.tenant_id = t.id AND b.destroyed_at IS NULL)
                   GROUP BY t.slug, t.created_at
                  HAVING coalesce(max(d.at), t.created_at) <= now() - make_interval(days => $1)
                   ORDER BY coalesce(max(d.at), t.created_at), t.slug

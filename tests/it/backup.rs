@@ -908,7 +908,7 @@ async fn drills_compare_with_the_backups_snapshot_and_run_on_a_schedule() {
     ] {
         catalog.execute(sql, &[slug]).await.unwrap();
     }
-    let round = || backup::drill_due(p, &store, 30);
+    let round = || backup::drill_due(p, &store, 30, 30);
     assert_eq!(round().await, (vec![b.slug.clone()], vec![]));
     assert_eq!(round().await, (vec![a.slug.clone()], vec![]));
     assert_eq!(round().await, (vec![], vec![]));

@@ -114,12 +114,13 @@ impl PgTls {
         Ok((client, tokio::spawn(drive(messages))))
     }
 
-    /// Connects over a stream already open to the server (the tenant pools open it
-    /// against the connection budget first).
+    /// Connects over a stream already open to `host` (the tenant pools open it against
+    /// the connection budget first); with TLS, the certificate must name `host`.
     pub async fn connect_raw<S>(
         &self,
         config: &Config,
         stream: S,
+        host: &str,
     ) -> Result<(Client, Messages), tokio_postgres::Error>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -130,10 +131,6 @@ impl PgTls {
                 Ok((client, messages(conn)))
             }
             Some(v) => {
-                let host = match config.get_hosts().first() {
-                    Some(tokio_postgres::config::Host::Tcp(h)) => h.as_str(),
-                    _ => "",
-                };
                 let mut make = v.make.clone();
                 let tls = match MakeTlsConnect::<S>::make_tls_connect(&mut make, host) {
                     Ok(tls) => tls,

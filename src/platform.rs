@@ -87,10 +87,13 @@ impl Platform {
         })?;
         let (admin, admin_url, embedded) = match &settings.database_url {
             Some(url) => {
-                let cfg: tokio_postgres::Config = crate::pg_tls::normalise_url(url)
+                // verify-ca / verify-full read as require (which checks as much here),
+                // for the admin URL that `db psql` is given too.
+                let url = crate::pg_tls::normalise_url(url);
+                let cfg: tokio_postgres::Config = url
                     .parse()
                     .context("MADOGUCHI_DATABASE_URL is not a valid PostgreSQL URL")?;
-                (cfg, url.clone(), None)
+                (cfg, url, None)
             }
             None => {
                 // A master key without a private cluster: this directory belongs to a

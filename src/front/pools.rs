@@ -522,8 +522,10 @@ impl AsyncWrite for Unreachable {
     }
 }
 
-/// Opens the stream to the first of the configured hosts that answers.
-async fn open_stream(pg_config: &Config) -> std::io::Result<Box<dyn Io>> {
+/// Opens the stream to the first of the configured hosts that answers; returns it
+/// with that host's name (empty for a unix socket), which TLS checks the certificate
+/// against.
+async fn open_stream(pg_config: &Config) -> std::io::Result<(Box<dyn Io>, String)> {
     use tokio_postgres::config::Host;
     let ports = pg_config.get_ports();
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no host configured");
@@ -547,7 +549,13 @@ async fn open_stream(pg_config: &Config) -> std::io::Result<Box<dyn Io>> {
                 }),
         };
         match opened {
-            Ok(s) => return Ok(s),
+            Ok(s) => {
+                let name = match host {
+                    Host::Tcp(name) => name.clone(),
+                    Host::Unix(_) => String::new(),
+                };
+                return Ok((s, name));
+            }
             Err(e) => last = e,
         }
     }
@@ -626,19 +634,25 @@ impl BudgetedConnect {
                 break p;
             }
         };
-        let stream = match open_stream(pg_config).await {
-            Ok(io) => BudgetedStream {
-                io,
-                permit: Some(permit),
-            },
+        let (stream, host) = match open_stream(pg_config).await {
+            Ok((io, host)) => (
+                BudgetedStream {
+                    io,
+                    permit: Some(permit),
+                },
+                host,
+            ),
             // The server never saw this connection: the permit goes back now, and
             // the handshake below fails with the reason.
-            Err(e) => BudgetedStream {
-                io: Box::new(Unreachable(e.kind(), e.to_string())),
-                permit: None,
-            },
+            Err(e) => (
+                BudgetedStream {
+                    io: Box::new(Unreachable(e.kind(), e.to_string())),
+                    permit: None,
+                },
+                String::new(),
+            ),
         };
-        let (client, messages) = self.tls.connect_raw(pg_config, stream).await?;
+        let (client, messages) = self.tls.connect_raw(pg_config, stream, &host).await?;
         Ok((client, tokio::spawn(crate::pg_tls::drive(messages))))
     }
 }

@@ -194,7 +194,7 @@ async fn every_connection_to_a_cluster_that_requires_tls_is_verified_tls() {
         env.state.path().join("madoguchi.toml"),
         format!(
             "database_url = \"{}\"\ndatabase_ca = \"{}\"\ncatalog_db = \"{}\"\n",
-            cluster.url("localhost", "require"),
+            cluster.url("localhost", "verify-full"),
             cluster.ca.display(),
             env.platform.settings.catalog_db
         ),

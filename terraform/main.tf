@@ -17,6 +17,7 @@ module "kms" {
 module "network" {
   source       = "./modules/network"
   name         = local.name
+  region       = var.region
   cidr         = var.vpc_cidr
   logs_kms_key = module.kms.logs_key_arn
 }

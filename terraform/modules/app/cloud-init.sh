@@ -67,5 +67,5 @@ cat >/etc/systemd/system/madoguchi-offsite.timer <<'UNIT'
 ${offsite_timer}
 UNIT
 systemctl daemon-reload
-systemctl enable madoguchi-offsite.timer
+systemctl enable --now madoguchi-offsite.timer
 # madoguchi.service is enabled once the binary and madoguchi.toml are in place.

@@ -165,8 +165,10 @@ resource "aws_instance" "service" {
 
   tags = { Name = "${var.name}-service" }
 
+  # user_data runs at the first boot only: a changed unit file would otherwise stop and
+  # start the machine and still not reach it (terraform/README.md, "Updating").
   lifecycle {
-    ignore_changes = [ami]
+    ignore_changes = [ami, user_data]
   }
 }
 
@@ -189,9 +191,10 @@ data "aws_subnet" "this" {
 }
 
 resource "aws_volume_attachment" "state" {
-  device_name = "/dev/sdf"
-  volume_id   = aws_ebs_volume.state.id
-  instance_id = aws_instance.service.id
+  device_name                    = "/dev/sdf"
+  volume_id                      = aws_ebs_volume.state.id
+  instance_id                    = aws_instance.service.id
+  stop_instance_before_detaching = true
 }
 
 resource "aws_lb_target_group_attachment" "service" {

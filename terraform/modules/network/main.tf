@@ -116,11 +116,9 @@ resource "aws_route_table_association" "db" {
 }
 
 # Backups go to S3 without crossing NAT.
-data "aws_region" "current" {}
-
 resource "aws_vpc_endpoint" "s3" {
   vpc_id            = aws_vpc.this.id
-  service_name      = "com.amazonaws.${data.aws_region.current.name}.s3"
+  service_name      = "com.amazonaws.${var.region}.s3"
   vpc_endpoint_type = "Gateway"
   route_table_ids   = aws_route_table.app[*].id
   tags              = { Name = "${var.name}-s3" }

@@ -3,6 +3,11 @@ variable "name" {
   type        = string
 }
 
+variable "region" {
+  description = "Region of the VPC (for its S3 endpoint)."
+  type        = string
+}
+
 variable "cidr" {
   description = "Address range of the VPC; a /16 gives six /20 subnets."
   type        = string

@@ -19,8 +19,8 @@ resource "aws_vpc_security_group_ingress_rule" "from_service" {
   security_group_id            = aws_security_group.db.id
   description                  = "PostgreSQL from the service"
   ip_protocol                  = "tcp"
-  from_port                    = 5432
-  to_port                      = 5432
+  from_port                    = var.port
+  to_port                      = var.port
   referenced_security_group_id = var.client_sg_id
 }
 
@@ -122,6 +122,7 @@ resource "aws_db_instance" "this" {
   engine_version = var.major_version
   instance_class = var.instance_class
   multi_az       = true
+  port           = var.port
 
   allocated_storage     = var.allocated_gib
   max_allocated_storage = var.max_allocated_gib
@@ -130,7 +131,7 @@ resource "aws_db_instance" "this" {
   kms_key_id            = var.kms_key_arn
 
   db_name                       = null
-  username                      = "rds_admin"
+  username                      = "madoguchi_master"
   manage_master_user_password   = true
   master_user_secret_kms_key_id = var.kms_key_arn
 
@@ -158,5 +159,5 @@ resource "aws_db_instance" "this" {
   # Performance Insights shows statements as sent: placeholders ($1), never the values.
   performance_insights_retention_period = 7
 
-  depends_on = [aws_cloudwatch_log_group.postgresql]
+  depends_on = [aws_cloudwatch_log_group.postgresql, aws_iam_role_policy_attachment.monitoring]
 }

@@ -28,6 +28,12 @@ variable "logs_kms_key" {
   type        = string
 }
 
+variable "port" {
+  description = "PostgreSQL's port."
+  type        = number
+  default     = 5432
+}
+
 variable "major_version" {
   description = "PostgreSQL major version; pg_dump on the service's machine must be this version or newer."
   type        = string

@@ -195,14 +195,22 @@ fn pg_tool(p: &Platform, program: &str, database: &str) -> anyhow::Result<Comman
     let cfg = p.cluster.admin_config(database);
     let mut cmd = Command::new(crate::embedded_pg::find_client_program(program)?);
     cmd.arg("--dbname").arg(database);
-    if let Some(host) = cfg.get_hosts().first() {
-        match host {
-            tokio_postgres::config::Host::Tcp(h) => cmd.arg("--host").arg(h),
-            tokio_postgres::config::Host::Unix(path) => cmd.arg("--host").arg(path),
-        };
+    // Every host, as libpq takes them (comma-separated, tried in order), as the
+    // service's own connections do.
+    let hosts: Vec<String> = cfg
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(h) => h.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.to_string_lossy().into_owned(),
+        })
+        .collect();
+    if !hosts.is_empty() {
+        cmd.arg("--host").arg(hosts.join(","));
     }
-    if let Some(port) = cfg.get_ports().first() {
-        cmd.arg("--port").arg(port.to_string());
+    let ports: Vec<String> = cfg.get_ports().iter().map(u16::to_string).collect();
+    if !ports.is_empty() {
+        cmd.arg("--port").arg(ports.join(","));
     }
     if let Some(user) = cfg.get_user() {
         cmd.arg("--username").arg(user);

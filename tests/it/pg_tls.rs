@@ -126,8 +126,18 @@ async fn every_connection_to_a_cluster_that_requires_tls_is_verified_tls() {
         .unwrap_or_default();
     assert!(err.contains("sslmode=require"), "{err}");
 
-    // With the CA: the whole round.
-    let env = TestEnv::external(cluster.url("localhost", "verify-full"), Some(&cluster.ca))
+    // With the CA: the whole round, through a URL whose first host answers nothing
+    // (each connection, pg_dump's included, goes on to the next, and checks the
+    // certificate against the name of the host it reached).
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = cluster
+        .url("localhost", "verify-full")
+        .replace("@localhost:", &format!("@127.0.0.1:{dead},localhost:"));
+    let env = TestEnv::external(url, Some(&cluster.ca))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));
     assert!(env.platform.cluster.tls().is_tls());

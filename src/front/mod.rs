@@ -337,53 +337,67 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                 resend = kept::Resend::of(&req, body.as_ref(), &base_url);
                 req
             };
-            match app.pools.runtime(route.id).await {
-                Ok(rt) => 'run: {
-                    // One tenant's requests take turns beyond a few at once, so a flood
-                    // at one municipality queues here, cheaply, instead of on the CPU.
-                    let Some(_turn) = rt.turn(app.pools.settings().wait).await else {
-                        break 'run crate::error::AppError::Unavailable {
-                            retry_after_secs: 1,
+            // Out of time just before the request's limit: answered here, where a
+            // citizen's page is kept, not by the limit outside, which would lose it.
+            let deadline = req
+                .extensions()
+                .get::<Deadline>()
+                .map(|d| d.0.checked_sub(DEADLINE_MARGIN).unwrap_or(d.0));
+            let run = async {
+                match app.pools.runtime(route.id).await {
+                    Ok(rt) => 'run: {
+                        // One tenant's requests take turns beyond a few at once, so a flood
+                        // at one municipality queues here, cheaply, instead of on the CPU.
+                        let Some(_turn) = rt.turn(app.pools.settings().wait).await else {
+                            break 'run crate::error::AppError::Unavailable {
+                                retry_after_secs: 1,
+                            }
+                            .into_response();
+                        };
+                        let mut ctx = TenantCtx::new(
+                            route.id,
+                            Arc::clone(&route.slug),
+                            Arc::clone(&route.name),
+                            base_url,
+                            https,
+                            rt.pool.clone(),
+                            app.pools.settings().wait,
+                            Arc::clone(&rt.cipher),
+                            Arc::clone(&app.mail),
+                            app.idp.clone(),
+                        );
+                        ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
+                        ctx.zone = req
+                            .extensions()
+                            .get::<conn::Transport>()
+                            .map_or(conn::Zone::Internet, |t| t.zone);
+                        req.extensions_mut().insert(ctx);
+                        let (resp, trouble) = crate::error::DB_TROUBLE
+                            .scope(std::cell::Cell::new(false), async {
+                                let resp = next.run(req).await;
+                                (resp, crate::error::DB_TROUBLE.with(std::cell::Cell::get))
+                            })
+                            .await;
+                        if trouble {
+                            tracing::warn!("closing the tenant's pool after a database failure");
+                            app.pools.reset(&route.id);
                         }
-                        .into_response();
-                    };
-                    let mut ctx = TenantCtx::new(
-                        route.id,
-                        Arc::clone(&route.slug),
-                        Arc::clone(&route.name),
-                        base_url,
-                        https,
-                        rt.pool.clone(),
-                        app.pools.settings().wait,
-                        Arc::clone(&rt.cipher),
-                        Arc::clone(&app.mail),
-                        app.idp.clone(),
-                    );
-                    ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
-                    ctx.zone = req
-                        .extensions()
-                        .get::<conn::Transport>()
-                        .map_or(conn::Zone::Internet, |t| t.zone);
-                    req.extensions_mut().insert(ctx);
-                    let (resp, trouble) = crate::error::DB_TROUBLE
-                        .scope(std::cell::Cell::new(false), async {
-                            let resp = next.run(req).await;
-                            (resp, crate::error::DB_TROUBLE.with(std::cell::Cell::get))
-                        })
-                        .await;
-                    if trouble {
-                        tracing::warn!("closing the tenant's pool after a database failure");
-                        app.pools.reset(&route.id);
+                        resp
                     }
-                    resp
-                }
-                Err(e) => {
-                    tracing::error!(error = format!("{e:#}"), "tenant runtime unavailable");
-                    crate::error::AppError::Unavailable {
-                        retry_after_secs: 5,
+                    Err(e) => {
+                        tracing::error!(error = format!("{e:#}"), "tenant runtime unavailable");
+                        crate::error::AppError::Unavailable {
+                            retry_after_secs: 5,
+                        }
+                        .into_response()
                     }
-                    .into_response()
                 }
+            };
+            match deadline {
+                Some(at) => tokio::time::timeout_at(at, run)
+                    .await
+                    .unwrap_or_else(|_| timed_out()),
+                None => run.await,
             }
         }
         TenantState::Suspended | TenantState::Provisioning => {
@@ -522,29 +536,42 @@ async fn header_limit(req: Request, next: Next) -> Response {
     next.run(req).await
 }
 
-async fn request_timeout(req: Request, next: Next) -> Response {
+/// When a request's time is up ([`request_timeout`]), for the tenant routing inside
+/// it to answer a moment before, with what the citizen typed kept.
+#[derive(Debug, Clone, Copy)]
+struct Deadline(tokio::time::Instant);
+
+/// How long before the deadline the tenant routing gives up, to render its answer.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(250);
+
+async fn request_timeout(mut req: Request, next: Next) -> Response {
     // A page carrying files (添付ファイル) from a phone on a slow network takes longer.
     let limit = if upload::is_page_upload(&req) {
         upload::UPLOAD_TIMEOUT
     } else {
         REQUEST_TIMEOUT
     };
-    match tokio::time::timeout(limit, next.run(req)).await {
+    let deadline = tokio::time::Instant::now() + limit;
+    req.extensions_mut().insert(Deadline(deadline));
+    match tokio::time::timeout_at(deadline, next.run(req)).await {
         Ok(r) => r,
-        Err(_) => {
-            tracing::warn!("request timed out");
-            let mut r = ErrorPage::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "処理に時間がかかりすぎました",
-                "Request timed out",
-                "ただいま処理に時間がかかっています。入力内容は送信されていない可能性があります。少し待ってから、もう一度お試しください。",
-            )
-            .into_response();
-            r.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
-            r
-        }
+        Err(_) => timed_out(),
     }
+}
+
+/// 503 for a request whose time ran out.
+fn timed_out() -> Response {
+    tracing::warn!("request timed out");
+    let mut r = ErrorPage::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "処理に時間がかかりすぎました",
+        "Request timed out",
+        "ただいま処理に時間がかかっています。入力内容は送信されていない可能性があります。少し待ってから、もう一度お試しください。",
+    )
+    .into_response();
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+    r
 }
 
 fn bad_request() -> Response {

@@ -302,6 +302,50 @@ async fn a_page_met_by_a_database_outage_keeps_what_was_typed() {
     o.server.shutdown().await;
 }
 
+/// A page that runs out of time (here: its draft's table locked for longer than the
+/// 30 s a request may take) is answered 503 just before the limit, with what was
+/// typed, and sent again once the lock is gone. Takes 30 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_page_that_runs_out_of_time_keeps_what_was_typed() {
+    let env = TestEnv::new().await;
+    let o = open_sample(&env, "kt").await;
+    let (c, form, here, token) = (
+        &o.client,
+        o.form.as_str(),
+        Some(o.origin.as_str()),
+        &o.token,
+    );
+    let typed = first_page(token);
+    let locker = crate::harness::admin_client(&o.t.database).await;
+    locker
+        .batch_execute("BEGIN; LOCK TABLE citizen_drafts IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let body: String = form_urlencoded::Serializer::new(String::new())
+        .extend_pairs(&typed)
+        .finish();
+    let started = Instant::now();
+    let r = c
+        .post(form)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("origin", o.origin.as_str())
+        .timeout(Duration::from_secs(60))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    let (status, refused, _) = refusal(r).await;
+    assert_eq!(status, 503, "{refused}");
+    assert!(took >= Duration::from_secs(29), "answered after {took:?}");
+    let fields = kept_fields(&refused, &o.public, &typed);
+    locker.batch_execute("ROLLBACK").await.unwrap();
+    let (status, loc, body) = post_from(c, form, here, &pairs(&fields)).await;
+    assert_eq!(status, 303, "{body}");
+    assert!(loc.ends_with("?page=1"), "{loc}");
+    o.server.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_page_over_the_clients_limit_keeps_what_was_typed() {
     a_refused_page_is_sent_again_as_typed(

@@ -339,6 +339,11 @@ enum TenantCmd {
         #[arg(long)]
         end_sessions: bool,
     },
+    /// Rotate a suspended tenant's data key (鍵の更新): a new version, escrowed by a
+    /// catalog backup, then every value in its database sealed again with it and its
+    /// blind indexes computed again, in one transaction. Older versions stay for the
+    /// backups made before. Run it again to finish one cut short.
+    RotateDataKey { slug: String },
     /// Withdraw an open decommissioning request; the tenant returns to its former state.
     WithdrawDecommission {
         slug: String,
@@ -1822,6 +1827,34 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             println!(
                 "tenant {slug}: new database password (version {}); {} open sessions ended",
                 done.version, done.ended
+            );
+        }
+        TenantCmd::RotateDataKey { slug } => {
+            let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
+            let done = with_spinner(
+                &format!("rotate the data key of {slug}"),
+                madoguchi::control::data_key::rotate(p, &store, &slug, &cli_actor()),
+            )
+            .await?;
+            let r = &done.rekeyed;
+            if let Some(file) = &done.catalog_backup {
+                println!(
+                    "tenant {slug}: new data key version {} (catalog backup {file})",
+                    r.to
+                );
+            } else {
+                println!(
+                    "tenant {slug}: rotation to data key version {} finished",
+                    r.to
+                );
+            }
+            for (column, n) in &r.resealed {
+                println!("  {column}: {n}");
+            }
+            println!(
+                "  {} values sealed again, {} blind indexes computed again; resume with: madoguchi tenant resume {slug}",
+                r.values(),
+                r.indexes
             );
         }
         TenantCmd::WithdrawDecommission { slug, operator } => {

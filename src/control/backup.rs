@@ -1149,6 +1149,11 @@ pub async fn restore_as(
             .await
             .context("bringing the restored schema up to date")?;
         write_settings(p, &rec).await?;
+        // A backup made before a data-key rotation of its source: the copy holds
+        // every version, and is brought under the newest like the source was.
+        crate::control::data_key::bring_up_to_date(p, &rec)
+            .await
+            .context("sealing the restored values with the newest data key")?;
         hold_outbox(p, &rec).await
     }
     .await;

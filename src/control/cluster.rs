@@ -27,6 +27,12 @@ impl std::fmt::Debug for Cluster {
 
 /// A connection and the task that drives it; dropping the client ends the task
 /// (the connection says goodbye to the server first).
+/// The `application_name` of the service's connections to tenant databases (its
+/// pools), told apart from the control plane's (`CONTROL_APPLICATION`).
+pub const SERVICE_APPLICATION: &str = "madoguchi";
+/// The `application_name` of the control plane's connections to tenant databases.
+pub const CONTROL_APPLICATION: &str = "madoguchi-control";
+
 pub struct Conn {
     pub client: Client,
     _task: JoinHandle<()>,
@@ -62,7 +68,7 @@ impl Cluster {
         c.user(&rec.role)
             .password(password.as_bytes())
             .dbname(&rec.database)
-            .application_name("madoguchi")
+            .application_name(SERVICE_APPLICATION)
             .options("-c jit=off");
         c
     }
@@ -93,7 +99,9 @@ impl Cluster {
         // The control plane writes (migrations, forms, tokens) even while a final
         // export keeps the tenant's requests from writing (`final_export::quiesce`).
         let mut config = self.tenant_config(rec, &pw);
-        config.options("-c jit=off -c default_transaction_read_only=off");
+        config
+            .options("-c jit=off -c default_transaction_read_only=off")
+            .application_name(CONTROL_APPLICATION);
         self.connect(&config).await.with_context(|| {
             format!(
                 "connecting to database {} as role {}",

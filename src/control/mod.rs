@@ -7,6 +7,7 @@ pub mod backup;
 pub mod catalog_restore;
 pub mod certificate;
 pub mod cluster;
+pub mod data_key;
 pub mod erase;
 pub mod final_export;
 pub mod keys;

@@ -51,8 +51,10 @@ pub async fn add_staff(
 }
 
 /// [`crate::catalog::Catalog::move_state`] for a command or the console: a tenant
-/// made active is first opened to writes again, before it takes requests (a final
-/// export may have closed its database to them: `final_export::reopen_writes`).
+/// made active is first checked to be under its newest data key (a data-key
+/// rotation cut short is refused: `data_key::check`) and opened to writes again,
+/// before it takes requests (a final export may have closed its database to them:
+/// `final_export::reopen_writes`).
 pub async fn move_state(
     p: &Platform,
     rec: &TenantRecord,
@@ -60,6 +62,7 @@ pub async fn move_state(
     to: crate::catalog::TenantState,
 ) -> anyhow::Result<bool> {
     if to == crate::catalog::TenantState::Active {
+        crate::control::data_key::check(p, rec).await?;
         crate::control::final_export::reopen_writes(p, rec).await?;
     }
     p.catalog.move_state(rec.id, from, to).await

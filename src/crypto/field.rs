@@ -83,6 +83,19 @@ impl FieldCipher {
         self.tenant_id
     }
 
+    /// The key version new ciphertexts are sealed with (and blind indexes keyed by).
+    pub fn current_version(&self) -> u32 {
+        self.current
+    }
+
+    /// The key version a ciphertext was sealed with, if it is one of ours.
+    pub fn version_of(data: &[u8]) -> Option<u32> {
+        if data.len() < HEADER + 16 || data[0] != FORMAT_V1 {
+            return None;
+        }
+        Some(u32::from_be_bytes([data[1], data[2], data[3], data[4]]))
+    }
+
     fn aad(&self, at: &FieldRef<'_>, version: u32) -> Vec<u8> {
         aad(&[
             &[FORMAT_V1],

@@ -13,6 +13,7 @@ mod home;
 pub mod http;
 pub mod identity;
 pub mod mail;
+pub mod rekey;
 pub mod spreadsheet;
 pub mod staff;
 pub mod status;

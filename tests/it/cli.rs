@@ -360,9 +360,21 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
         ],
     );
     assert!(!ok && err.contains("no staff account"), "{err}");
+    // 鍵の更新: only a suspended tenant's, while serve runs.
+    let (ok, _, err) = madoguchi(dir, &["tenant", "rotate-data-key", "chiyoda"]);
+    assert!(!ok && err.contains("先に一時停止してください"), "{err}");
+    let (ok, out, err) = madoguchi(dir, &["tenant", "rotate-data-key", "sapporo"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("new data key version 2 (catalog backup ")
+            && out.contains("resume with: madoguchi tenant resume sapporo"),
+        "{out}"
+    );
     let (ok, out, _) = madoguchi(dir, &["ops-log", "show"]);
     assert!(
-        ok && out.contains("tenant.revoke_api_tokens") && out.contains("tenant.disable_staff"),
+        ok && out.contains("tenant.revoke_api_tokens")
+            && out.contains("tenant.disable_staff")
+            && out.contains("tenant.rotate_data_key"),
         "{out}"
     );
     let (ok, _, _) = madoguchi(dir, &["tenant", "resume", "sapporo"]);

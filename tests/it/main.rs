@@ -14,6 +14,7 @@ mod budget;
 mod cases;
 mod cli;
 mod console;
+mod data_key;
 mod drafts;
 mod erasure;
 mod external;

@@ -1112,7 +1112,7 @@ pub(super) fn first_error_page(def: &FormDefinition, errors: &[FieldError]) -> u
 }
 
 /// Encrypts each answer on its own, bound to this submission and field.
-fn encrypt_answers(
+pub(crate) fn encrypt_answers(
     cipher: &FieldCipher,
     id: Uuid,
     answers: &Answers,
@@ -1342,16 +1342,22 @@ fn indexes(
     def: &FormDefinition,
     answers: &Answers,
 ) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
+    blind_indexes(ctx.cipher(), def, answers)
+}
+
+/// [`indexes`] under a given cipher (the data-key rotation computes them again).
+pub(crate) fn blind_indexes(
+    cipher: &FieldCipher,
+    def: &FormDefinition,
+    answers: &Answers,
+) -> (Option<Vec<u8>>, Option<Vec<u8>>) {
     let email = first_of_kind(def, answers, |k| matches!(k, FieldKind::Email {})).map(|e| {
-        ctx.cipher()
+        cipher
             .blind_index("submissions", "email", &crate::ja::email_key(&e))
             .to_vec()
     });
-    let phone = first_of_kind(def, answers, |k| matches!(k, FieldKind::Tel {})).map(|p| {
-        ctx.cipher()
-            .blind_index("submissions", "phone", &p)
-            .to_vec()
-    });
+    let phone = first_of_kind(def, answers, |k| matches!(k, FieldKind::Tel {}))
+        .map(|p| cipher.blind_index("submissions", "phone", &p).to_vec());
     (email, phone)
 }
 

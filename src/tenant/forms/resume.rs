@@ -447,7 +447,7 @@ pub async fn link_page(
 
 /// An address as one mailbox, for the per-address limit: lower case, without a
 /// `+tag`, and for Gmail without dots (which it ignores).
-fn mailbox(address: &str) -> String {
+pub(crate) fn mailbox(address: &str) -> String {
     let address = crate::ja::email_key(address);
     let Some((local, domain)) = address.rsplit_once('@') else {
         return address;

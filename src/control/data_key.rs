@@ -1,0 +1,233 @@
+//! Rotating a municipality's data key (`madoguchi tenant rotate-data-key`): a new
+//! version in the catalog, escrowed by a catalog backup before anything is sealed
+//! with it, then every value in the municipality's database sealed again with it
+//! and its blind indexes computed again (`crate::tenant::rekey`).
+//!
+//! The municipality is suspended meanwhile (its pages answer 503), so the service
+//! neither reads a half-done database nor writes with a key it is about to lose.
+//! A rotation cut short (before or during the pass) leaves the database as it was,
+//! under the older key; the catalog's newest version is then ahead of the database's
+//! and the municipality cannot be resumed until the same command is run again, which
+//! finishes it with the key already made.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::catalog::{TenantRecord, TenantState};
+use crate::control::backup::BackupStore;
+use crate::crypto::DataKey;
+use crate::platform::Platform;
+use crate::tenant::rekey::{self, Rekeyed};
+
+/// How long the rotation waits for the service's connections to the database to end
+/// after the municipality was suspended.
+const QUIET_WAIT: Duration = Duration::from_secs(30);
+
+/// What a rotation did.
+#[derive(Debug)]
+pub struct Rotation {
+    /// Whether a new key version was made (false: one cut short was finished).
+    pub new_key: bool,
+    /// The catalog backup made to escrow the new key.
+    pub catalog_backup: Option<String>,
+    pub rekeyed: Rekeyed,
+}
+
+pub async fn rotate(
+    p: &Platform,
+    store: &dyn BackupStore,
+    slug: &str,
+    actor: &str,
+) -> anyhow::Result<Rotation> {
+    let rec = p
+        .catalog
+        .tenant_by_slug(slug)
+        .await?
+        .with_context(|| format!("テナント「{slug}」はありません / no tenant {slug}"))?;
+    match rec.state {
+        TenantState::Suspended => {}
+        TenantState::Active => bail!(
+            "テナント「{slug}」は稼働中です。先に一時停止してください（madoguchi tenant suspend {slug}）。更新の間、窓口は 503 を返します / tenant {slug} is active: suspend it first (madoguchi tenant suspend {slug}); its pages answer 503 during the rotation"
+        ),
+        other => bail!(
+            "テナント「{slug}」は {} の状態です。停止中のテナントだけ鍵を更新できます / tenant {slug} is {}: only a suspended tenant's data key is rotated",
+            other.as_str(),
+            other.as_str()
+        ),
+    }
+    let mut conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), &rec)
+        .await?;
+    wait_until_quiet(&conn.client, slug).await?;
+    let in_database = rekey::index_version(&conn.client).await?;
+    let newest = newest_version(p, &rec).await?;
+    if in_database > newest {
+        bail!(ahead_message(slug, in_database, newest));
+    }
+    let new_key = in_database == newest;
+    let catalog_backup = if new_key {
+        crate::control::progress::step(&format!(
+            "making data key version {} of {slug}",
+            newest + 1
+        ));
+        add_version(p, &rec, newest + 1).await?;
+        // The catalog holds the only wrapped copy of the new key: a backup of it
+        // exists before a single value depends on it.
+        crate::control::progress::step("backing up the catalog (it holds the new key)");
+        Some(
+            crate::control::backup::run_catalog(p, store)
+                .await
+                .context("backing up the catalog with the new key; nothing was sealed with it yet, run the command again")?
+                .file,
+        )
+    } else {
+        crate::control::progress::step(&format!(
+            "finishing the rotation of {slug} to version {newest}, cut short before"
+        ));
+        None
+    };
+    let cipher = crate::control::tenant_admin::tenant_cipher(p, &rec).await?;
+    crate::control::progress::step(&format!(
+        "sealing every value of {slug} again with version {}",
+        cipher.current_version()
+    ));
+    let rekeyed = rekey::rekey(&mut conn.client, &cipher).await.context(
+        "sealing the values again (nothing changed in the database; run the command again)",
+    )?;
+    crate::control::oplog::record(
+        &p.catalog,
+        actor,
+        "tenant.rotate_data_key",
+        slug,
+        serde_json::json!({
+            "from": rekeyed.from,
+            "to": rekeyed.to,
+            "new_key": new_key,
+            "values": rekeyed.values(),
+            "indexes": rekeyed.indexes,
+            "catalog_backup": catalog_backup,
+        }),
+    )
+    .await?;
+    Ok(Rotation {
+        new_key,
+        catalog_backup,
+        rekeyed,
+    })
+}
+
+/// Refuses to open a municipality whose database is not under its newest data key:
+/// a rotation cut short, or a catalog restored from before one. Called before a
+/// tenant is made active.
+pub async fn check(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+    let conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let in_database = rekey::index_version(&conn.client).await?;
+    let newest = newest_version(p, rec).await?;
+    let slug = &rec.slug;
+    if in_database < newest {
+        bail!(
+            "テナント「{slug}」の鍵の更新が終わっていません。madoguchi tenant rotate-data-key {slug} を実行して終えてから再開してください / the data-key rotation of {slug} was cut short (the database is under version {in_database}, the newest key is {newest}): run `madoguchi tenant rotate-data-key {slug}` to finish it, then resume"
+        );
+    }
+    if in_database > newest {
+        bail!(ahead_message(slug, in_database, newest));
+    }
+    Ok(())
+}
+
+/// Brings a database restored from a backup made before a rotation under the newest
+/// key (a copy gets every version of its source's keys). Returns what was done, if
+/// anything was.
+pub async fn bring_up_to_date(p: &Platform, rec: &TenantRecord) -> anyhow::Result<Option<Rekeyed>> {
+    let mut conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let cipher = crate::control::tenant_admin::tenant_cipher(p, rec).await?;
+    if rekey::index_version(&conn.client).await? >= cipher.current_version() {
+        return Ok(None);
+    }
+    crate::control::progress::step(&format!(
+        "sealing the restored values again with data key version {}",
+        cipher.current_version()
+    ));
+    Ok(Some(rekey::rekey(&mut conn.client, &cipher).await?))
+}
+
+fn ahead_message(slug: &str, in_database: u32, newest: u32) -> String {
+    format!(
+        "テナント「{slug}」のデータは鍵の版 {in_database} で暗号化されていますが、カタログには版 {newest} までしかありません。鍵の更新より前のカタログが復元されています / the database of {slug} is sealed with data key version {in_database}, which the catalog does not hold (newest {newest}): the catalog was restored from before a data-key rotation; restore a catalog backup made after it (ops/runbooks/keys.md)"
+    )
+}
+
+async fn newest_version(p: &Platform, rec: &TenantRecord) -> anyhow::Result<u32> {
+    p.catalog
+        .keys(rec.id, "data")
+        .await?
+        .last()
+        .map(|k| k.version)
+        .with_context(|| format!("tenant {} has no data key", rec.slug))
+}
+
+/// Adds data key `version`, unless another rotation added it meanwhile.
+async fn add_version(p: &Platform, rec: &TenantRecord, version: u32) -> anyhow::Result<()> {
+    let key = DataKey::generate();
+    let wrapped = key.wrap(p.keys.as_ref(), &rec.id, version)?;
+    let mut c = p.catalog.client().await?;
+    let tx = c.transaction().await?;
+    tx.query_one("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&rec.id])
+        .await?;
+    let newest: i32 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM tenant_keys WHERE tenant_id = $1 AND purpose = 'data'",
+            &[&rec.id],
+        )
+        .await?
+        .get(0);
+    let version = i32::try_from(version)?;
+    if newest >= version {
+        bail!(
+            "another rotation of {} made key version {newest} meanwhile; run the command again",
+            rec.slug
+        );
+    }
+    tx.execute(
+        "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped, provider) VALUES ($1, 'data', $2, $3, $4)",
+        &[&rec.id, &version, &wrapped, &p.keys.id()],
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Waits for the service to let go of the suspended municipality's database: it
+/// closes the pool when it hears of the suspension, once a request or a mail being
+/// sent has finished. Other sessions (a backup, an operator's psql) may stay: the
+/// pass's locks keep them from writing meanwhile.
+async fn wait_until_quiet(db: &tokio_postgres::Client, slug: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let others: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+                &[&crate::control::cluster::SERVICE_APPLICATION],
+            )
+            .await?
+            .get(0);
+        if others == 0 {
+            return Ok(());
+        }
+        if started.elapsed() >= QUIET_WAIT {
+            bail!(
+                "テナント「{slug}」のデータベースに窓口サービスの接続がまだ {others} 本あります（処理中のリクエストやメール送信）。しばらくしてからもう一度実行してください / the service still holds {others} connections to the database of {slug} after {} s (a request or a mail being sent?); nothing was changed, try again in a minute",
+                QUIET_WAIT.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

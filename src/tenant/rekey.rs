@@ -317,8 +317,9 @@ async fn recipients(tx: &Transaction<'_>, cipher: &FieldCipher) -> anyhow::Resul
                 r.get(1),
             )
             .map_err(|e| anyhow::anyhow!("outbox row {id}: {e}"))?;
-        let payload: serde_json::Value =
-            serde_json::from_slice(&plain).with_context(|| format!("outbox row {id}"))?;
+        // serde's message would quote the payload: only the row is named.
+        let payload: serde_json::Value = serde_json::from_slice(&plain)
+            .map_err(|_| anyhow::anyhow!("outbox row {id}: the payload is not JSON"))?;
         let to = payload
             .get("to")
             .and_then(|v| v.as_str())

@@ -1169,8 +1169,10 @@ pub fn decrypt_answers(
                     &ct,
                 )
                 .map_err(|e| AppError::Internal(anyhow::anyhow!("decrypting an answer: {e}")))?;
-            let a: Answer =
-                serde_json::from_slice(&plain).map_err(|e| AppError::Internal(e.into()))?;
+            // serde's message would quote the answer: only the field is named.
+            let a: Answer = serde_json::from_slice(&plain).map_err(|_| {
+                AppError::Internal(anyhow::anyhow!("stored answer to {field}: not an answer"))
+            })?;
             out.insert(field.clone(), a);
         }
     }
@@ -1772,4 +1774,38 @@ pub async fn start_resubmission(
             ctx.secure_cookies,
         ),
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::DataKey;
+
+    /// A stored answer that does not read as one fails without quoting it: the error
+    /// goes to the log, which holds no personal data.
+    #[test]
+    fn an_unreadable_answer_is_not_quoted_in_the_error() {
+        let cipher = FieldCipher::new(Uuid::new_v4(), vec![(1, DataKey::generate())])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let id = Uuid::new_v4();
+        let row = id.to_string();
+        let sealed = cipher
+            .encrypt(
+                &FieldRef {
+                    table: "submissions",
+                    column: "answer:name",
+                    row_id: &row,
+                },
+                br#""Kasai Hanako, 1-2-3 Chiyoda""#,
+            )
+            .unwrap_or_else(|e| panic!("{e}"));
+        let stored = serde_json::json!({
+            "name": base64::engine::general_purpose::STANDARD.encode(sealed)
+        });
+        let err = match decrypt_answers(&cipher, id, &stored) {
+            Err(AppError::Internal(e)) => format!("{e:#}"),
+            other => panic!("{other:?}"),
+        };
+        assert!(err.contains("name") && !err.contains("Kasai"), "{err}");
+    }
 }

@@ -122,7 +122,9 @@ fn open(cipher: &FieldCipher, table: &str, row: Uuid, sealed: &[u8]) -> Result<I
             )
             .map_err(|e| AppError::Internal(anyhow::anyhow!("opening an identity: {e}")))?,
     );
-    serde_json::from_slice(&plain).map_err(|e| AppError::Internal(e.into()))
+    // serde's message would quote the claims: only the table is named.
+    serde_json::from_slice(&plain)
+        .map_err(|_| AppError::Internal(anyhow::anyhow!("{table}: the stored identity is not one")))
 }
 
 async fn read(

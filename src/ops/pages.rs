@@ -332,17 +332,23 @@ pub async fn tenant_action(
             } else {
                 TenantState::Suspended
             };
-            if allowed && crate::control::tenant_admin::move_state(p, &rec, &[from], want).await? {
-                Ok((
+            // A refusal (e.g. a data-key rotation cut short) is shown, not a 500.
+            let moved = if allowed {
+                crate::control::tenant_admin::move_state(p, &rec, &[from], want).await
+            } else {
+                Ok(false)
+            };
+            match moved {
+                Ok(true) => Ok((
                     format!("{slug}: {}", state_label(want)),
                     vec![format!("{} は{}です", rec.name, state_label(want))],
-                ))
-            } else {
-                Err(anyhow::anyhow!(
+                )),
+                Ok(false) => Err(anyhow::anyhow!(
                     "{} は{}のため、この操作はできません",
                     rec.name,
                     state_label(rec.state)
-                ))
+                )),
+                Err(e) => Err(e),
             }
         }
         "backup" => backup::run(p, &store, &rec).await.map(|m| {

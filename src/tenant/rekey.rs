@@ -114,6 +114,24 @@ const COLUMNS: [Column; 10] = [
     },
 ];
 
+/// Every column a pass covers, as `table.column` of the schema: the sealed ones, the
+/// answers (a JSON object of sealed values) and the blind indexes.
+pub fn covered_columns() -> Vec<String> {
+    COLUMNS
+        .iter()
+        .map(|c| format!("{}.{}", c.table, c.column))
+        .chain(
+            [
+                "submissions.answers",
+                "submissions.email_index",
+                "submissions.phone_index",
+                "outbox.recipient_index",
+            ]
+            .map(String::from),
+        )
+        .collect()
+}
+
 /// What a pass did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Rekeyed {

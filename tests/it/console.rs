@@ -193,6 +193,35 @@ async fn operators_and_auditors_on_the_console() {
         page.contains("分前") && page.contains("一致 ("),
         "backup age and drill: {page}"
     );
+    // A data-key rotation cut short after its key was made: the console's resume is
+    // refused with the reason (not a system error) until the rotation is finished.
+    let action = |a: &'static str| ops_url(&server, &format!("/tenants/{}/{a}", t.slug));
+    let (status, _, page) = post(&a, &action("suspend"), &[("csrf", &token)]).await;
+    assert_eq!(status, 200, "{page}");
+    let wrapped = madoguchi::crypto::DataKey::generate()
+        .wrap(env.platform.keys.as_ref(), &t.id, 2)
+        .unwrap();
+    env.platform
+        .catalog
+        .client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped, provider) VALUES ($1, 'data', 2, $2, 'test')",
+            &[&t.id, &wrapped],
+        )
+        .await
+        .unwrap();
+    let (status, _, page) = post(&a, &action("resume"), &[("csrf", &token)]).await;
+    assert_eq!(status, 422, "{page}");
+    assert!(page.contains("鍵の更新が終わっていません"), "{page}");
+    let store = madoguchi::control::backup::DirStore::new(env.state.path());
+    madoguchi::control::data_key::rotate(&env.platform, &store, &t.slug, "test")
+        .await
+        .unwrap();
+    let (status, _, page) = post(&a, &action("resume"), &[("csrf", &token)]).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("稼働中です"), "{page}");
     // Provisioning from the console.
     let new_slug = unique("new");
     let (status, _, page) = post(

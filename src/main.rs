@@ -959,12 +959,30 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                                 .await?;
                                 if all {
                                     let kept = madoguchi::control::backup::Retention::default();
-                                    match madoguchi::control::backup::prune(p, &store, &t.slug, &kept).await {
-                                        Ok(0) => {}
-                                        Ok(n) => bar.println(format!("{}: {n} old backup(s) removed (retention 7 daily, 4 weekly, 12 monthly)", t.slug)),
+                                    match madoguchi::control::backup::prune(
+                                        p, &store, &t.slug, &kept,
+                                    )
+                                    .await
+                                    {
+                                        Ok(n) => {
+                                            if n > 0 {
+                                                bar.println(format!("{}: {n} old backup(s) removed (retention 7 daily, 4 weekly, 12 monthly)", t.slug));
+                                            }
+                                            match madoguchi::control::data_key::retire_unused(p, t).await {
+                                                Ok(v) if v.is_empty() => {}
+                                                Ok(v) => bar.println(format!("{}: data-key version(s) {v:?} deleted (no backup needs them)", t.slug)),
+                                                Err(e) => {
+                                                    failed += 1;
+                                                    bar.println(format!("{}: retiring data keys FAILED: {e:#}", t.slug));
+                                                }
+                                            }
+                                        }
                                         Err(e) => {
                                             failed += 1;
-                                            bar.println(format!("{}: pruning FAILED: {e:#}", t.slug));
+                                            bar.println(format!(
+                                                "{}: pruning FAILED: {e:#}",
+                                                t.slug
+                                            ));
                                         }
                                     }
                                 }

@@ -142,6 +142,30 @@ impl PgTls {
         }
     }
 
+    /// Sends `token`'s cancel request over a stream already open to `host`. (A boxed
+    /// future of owned parts: spawned, it must be `Send` for every lifetime.)
+    pub fn cancel_raw<S>(
+        &self,
+        token: tokio_postgres::CancelToken,
+        stream: S,
+        host: &str,
+    ) -> futures::future::BoxFuture<'static, Result<(), tokio_postgres::Error>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        match &self.verified {
+            None => Box::pin(async move { token.cancel_query_raw(stream, NoTls).await }),
+            Some(v) => {
+                let mut make = v.make.clone();
+                let tls = match MakeTlsConnect::<S>::make_tls_connect(&mut make, host) {
+                    Ok(tls) => tls,
+                    Err(never) => match never {},
+                };
+                Box::pin(async move { token.cancel_query_raw(stream, tls).await })
+            }
+        }
+    }
+
     /// A deadpool manager for `config`.
     pub fn manager(&self, config: Config) -> deadpool_postgres::Manager {
         match &self.verified {

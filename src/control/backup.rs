@@ -250,6 +250,8 @@ async fn pg_restore(
 struct Snapshot {
     conn: crate::control::cluster::Conn,
     id: String,
+    /// The data-key version the dumped values are sealed with.
+    data_key_version: Option<i32>,
 }
 
 impl Snapshot {
@@ -279,7 +281,20 @@ impl Snapshot {
             .query_one("SELECT pg_export_snapshot()", &[])
             .await?
             .get(0);
-        Ok(Self { conn, id })
+        // Read through to_jsonb: a database not yet migrated to the column has none.
+        let data_key_version = conn
+            .client
+            .query_opt(
+                "SELECT (to_jsonb(s) ->> 'data_key_version')::int FROM settings s",
+                &[],
+            )
+            .await?
+            .and_then(|r| r.get(0));
+        Ok(Self {
+            conn,
+            id,
+            data_key_version,
+        })
     }
 
     /// Every table's row count and checksum in the snapshot; ends the transaction.
@@ -550,6 +565,7 @@ async fn backup(
         };
         bail!("pg_dump failed: {}", String::from_utf8_lossy(&text).trim());
     }
+    let data_key_version = snapshot.as_ref().and_then(|s| s.data_key_version);
     let sums = match snapshot {
         Some(s) => {
             crate::control::progress::step(
@@ -589,9 +605,9 @@ async fn backup(
         let c = p.catalog.client().await?;
         let sha_bytes = hex::decode(&sha)?;
         c.execute(
-            "INSERT INTO backups (id, tenant_id, tenant_slug, created_at, file, size, sha256, schema_version, key_version, table_sums)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-            &[&id, &tenant_id, &slug, &created, &file, &i64::try_from(size)?, &sha_bytes, &schema_version, &i32::try_from(key_version)?, &sums],
+            "INSERT INTO backups (id, tenant_id, tenant_slug, created_at, file, size, sha256, schema_version, key_version, table_sums, data_key_version)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            &[&id, &tenant_id, &slug, &created, &file, &i64::try_from(size)?, &sha_bytes, &schema_version, &i32::try_from(key_version)?, &sums, &data_key_version],
         )
         .await?;
         anyhow::Ok(())
@@ -1442,8 +1458,13 @@ pub async fn run_all(
         match run(p, store, t).await {
             Ok(_) => {
                 ok += 1;
-                if let Err(e) = prune(p, store, &t.slug, retention).await {
-                    failed.push((t.slug.clone(), format!("pruning: {e:#}")));
+                match prune(p, store, &t.slug, retention).await {
+                    Ok(_) => {
+                        if let Err(e) = crate::control::data_key::retire_unused(p, t).await {
+                            failed.push((t.slug.clone(), format!("retiring data keys: {e:#}")));
+                        }
+                    }
+                    Err(e) => failed.push((t.slug.clone(), format!("pruning: {e:#}"))),
                 }
             }
             Err(e) => failed.push((t.slug.clone(), format!("{e:#}"))),

@@ -96,6 +96,7 @@ pub async fn rotate(
     let rekeyed = rekey::rekey(&mut conn.client, &cipher).await.context(
         "sealing the values again (nothing changed in the database; run the command again)",
     )?;
+    canary_under_newest(p, &rec).await?;
     crate::control::oplog::record(
         &p.catalog,
         actor,
@@ -203,6 +204,91 @@ async fn add_version(p: &Platform, rec: &TenantRecord, version: u32) -> anyhow::
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+/// Makes the erasure canary again under the newest data key, if it is under an older
+/// one: older versions may be retired, and an erasure checks that no key opens it.
+async fn canary_under_newest(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
+    let k = p
+        .catalog
+        .keys(rec.id, "data")
+        .await?
+        .pop()
+        .with_context(|| format!("tenant {} has no data key", rec.slug))?;
+    let key = DataKey::unwrap(p.keys.as_ref(), &k.wrapped, &rec.id, k.version)?;
+    let canary = crate::control::erase::make_canary(&key, &rec.crypto_id, k.version)?;
+    p.catalog
+        .client()
+        .await?
+        .execute(
+            "UPDATE tenants SET canary = $2, canary_key_version = $3
+              WHERE id = $1 AND (canary_key_version IS NULL OR canary_key_version < $3)",
+            &[&rec.id, &canary, &i32::try_from(k.version)?],
+        )
+        .await?;
+    Ok(())
+}
+
+/// Deletes the tenant's data-key versions nothing needs any more: older than the
+/// newest, with its database under the newest, and named by none of its backups
+/// (neither the version its values are sealed with nor the one its backup key is
+/// wrapped with; a backup from before the former was recorded keeps every version up
+/// to its key's). Nothing while its backups are held. Run after retention, so that a
+/// version goes with the last backup that needed it; catalog backups made before keep
+/// a wrapped copy until they are pruned too. Returns the versions deleted.
+pub async fn retire_unused(p: &Platform, rec: &TenantRecord) -> anyhow::Result<Vec<u32>> {
+    let conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let in_database = rekey::index_version(&conn.client).await?;
+    drop(conn);
+    let newest = newest_version(p, rec).await?;
+    if in_database != newest {
+        return Ok(Vec::new());
+    }
+    let mut c = p.catalog.client().await?;
+    let tx = c.transaction().await?;
+    tx.query_one("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&rec.id])
+        .await?;
+    let held = tx
+        .query_opt(
+            "SELECT 1 FROM backup_holds WHERE tenant_slug = $1",
+            &[&rec.slug],
+        )
+        .await?
+        .is_some();
+    if held {
+        return Ok(Vec::new());
+    }
+    let retired: Vec<u32> = tx
+        .query(
+            "DELETE FROM tenant_keys k
+              WHERE k.tenant_id = $1 AND k.purpose = 'data' AND k.version < $2
+                AND k.version IS DISTINCT FROM (SELECT canary_key_version FROM tenants WHERE id = $1)
+                AND NOT EXISTS (SELECT 1 FROM backups b
+                                 WHERE b.tenant_id = $1
+                                   AND (b.key_version = k.version OR b.data_key_version = k.version
+                                        OR (b.data_key_version IS NULL AND k.version <= b.key_version)))
+             RETURNING k.version",
+            &[&rec.id, &i32::try_from(newest)?],
+        )
+        .await?
+        .iter()
+        .map(|r| u32::try_from(r.get::<_, i32>(0)))
+        .collect::<Result<_, _>>()?;
+    if !retired.is_empty() {
+        crate::control::oplog::append(
+            &tx,
+            "retention",
+            "tenant.retire_data_keys",
+            &rec.slug,
+            &serde_json::json!({ "versions": retired, "newest": newest }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(retired)
 }
 
 /// Waits for the service to let go of the suspended municipality's database: it

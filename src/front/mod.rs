@@ -343,9 +343,14 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                 .extensions()
                 .get::<Deadline>()
                 .map(|d| d.0.checked_sub(DEADLINE_MARGIN).unwrap_or(d.0));
+            // The connections the request holds, and the way to cancel what they run,
+            // for when it runs out of time.
+            let held = Arc::new(crate::tenant::Held::default());
+            let cancel_way = std::sync::OnceLock::new();
             let run = async {
                 match app.pools.runtime(route.id).await {
                     Ok(rt) => 'run: {
+                        let _ = cancel_way.set(Arc::clone(&rt.cancel));
                         // One tenant's requests take turns beyond a few at once, so a flood
                         // at one municipality queues here, cheaply, instead of on the CPU.
                         let Some(_turn) = rt.turn(app.pools.settings().wait).await else {
@@ -365,6 +370,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                             Arc::clone(&rt.cipher),
                             Arc::clone(&app.mail),
                             app.idp.clone(),
+                            Arc::clone(&held),
                         );
                         ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
                         ctx.zone = req
@@ -394,9 +400,29 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                 }
             };
             match deadline {
-                Some(at) => tokio::time::timeout_at(at, run)
-                    .await
-                    .unwrap_or_else(|_| timed_out()),
+                Some(at) => {
+                    tokio::pin!(run);
+                    tokio::select! {
+                        biased;
+                        resp = &mut run => resp,
+                        () = tokio::time::sleep_until(at) => {
+                            // Dropping the request does not stop what the server runs
+                            // for it: its connections must not go back to the pool busy.
+                            // The pool is closed (fresh connections for the next
+                            // requests) and their statements cancelled.
+                            let stuck = held.take();
+                            if !stuck.is_empty() {
+                                app.pools.reset(&route.id);
+                                if let Some(way) = cancel_way.get() {
+                                    for token in stuck {
+                                        tokio::spawn(way.cancel(token));
+                                    }
+                                }
+                            }
+                            timed_out()
+                        }
+                    }
+                }
                 None => run.await,
             }
         }

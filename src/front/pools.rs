@@ -41,6 +41,8 @@ pub struct TenantRuntime {
     pub pool: Pool,
     pub cipher: Arc<FieldCipher>,
     pub slug: Arc<str>,
+    /// The way to cancel what one of the pool's connections runs.
+    pub cancel: Arc<CancelWay>,
     /// Turns for requests in progress (see [`PoolSettings::tenant_active`]); the
     /// semaphore queues waiters in arrival order. A request uses one connection at
     /// a time, so the turns also bound the connections the tenant needs.
@@ -258,6 +260,10 @@ impl TenantPools {
             newer_password: Mutex::new(None),
             tls: inner.cluster.tls().clone(),
         };
+        let cancel = Arc::new(CancelWay {
+            config: config.clone(),
+            tls: inner.cluster.tls().clone(),
+        });
         let mgr = Manager::from_connect(
             config,
             connect,
@@ -274,6 +280,7 @@ impl TenantPools {
             pool,
             cipher,
             slug: Arc::from(rec.slug),
+            cancel,
             active: Arc::new(Semaphore::new(turns)),
             turns: Mutex::new(turns),
             waiting: std::sync::atomic::AtomicUsize::new(0),
@@ -522,40 +529,69 @@ impl AsyncWrite for Unreachable {
     }
 }
 
+/// How to reach a tenant's database server to cancel what a connection runs.
+pub struct CancelWay {
+    config: Config,
+    tls: crate::pg_tls::PgTls,
+}
+
+impl CancelWay {
+    /// Asks the server to cancel the statement the connection of `token` runs now
+    /// (a connection no longer reused: the caller closed its pool first).
+    /// (Boxed: the compiler cannot prove the future `Send` for `tokio::spawn`
+    /// otherwise.)
+    pub fn cancel(self: &Arc<Self>, token: tokio_postgres::CancelToken) -> BoxFuture<'static, ()> {
+        let way = Arc::clone(self);
+        Box::pin(async move {
+            let done = match open_stream(&way.config).await {
+                Ok((stream, host)) => way
+                    .tls
+                    .cancel_raw(token, stream, &host)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = done {
+                tracing::warn!(error = %e, "cancelling a statement that ran out of time failed");
+            }
+        })
+    }
+}
+
 /// Opens the stream to the first of the configured hosts that answers; returns it
 /// with that host's name (empty for a unix socket), which TLS checks the certificate
 /// against.
 async fn open_stream(pg_config: &Config) -> std::io::Result<(Box<dyn Io>, String)> {
     use tokio_postgres::config::Host;
-    let ports = pg_config.get_ports();
+    let ports = pg_config.get_ports().to_vec();
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no host configured");
-    for (i, host) in pg_config.get_hosts().iter().enumerate() {
+    // Owned hosts and names: a future holding borrowed ones across its awaits is not
+    // `Send` for every lifetime, which `tokio::spawn` needs (the cancel path spawns it).
+    for (i, host) in pg_config.get_hosts().to_vec().into_iter().enumerate() {
         let port = ports
             .get(i)
             .or_else(|| ports.first())
             .copied()
             .unwrap_or(5432);
-        let opened: std::io::Result<Box<dyn Io>> = match host {
-            Host::Unix(dir) => {
+        let (opened, name): (std::io::Result<Box<dyn Io>>, String) = match host {
+            Host::Unix(dir) => (
                 tokio::net::UnixStream::connect(dir.join(format!(".s.PGSQL.{port}")))
                     .await
-                    .map(|s| Box::new(s) as Box<dyn Io>)
-            }
-            Host::Tcp(name) => tokio::net::TcpStream::connect((name.as_str(), port))
-                .await
-                .and_then(|s| {
-                    s.set_nodelay(true)?;
-                    Ok(Box::new(s) as Box<dyn Io>)
-                }),
+                    .map(|s| Box::new(s) as Box<dyn Io>),
+                String::new(),
+            ),
+            Host::Tcp(name) => (
+                tokio::net::TcpStream::connect((name.clone(), port))
+                    .await
+                    .and_then(|s| {
+                        s.set_nodelay(true)?;
+                        Ok(Box::new(s) as Box<dyn Io>)
+                    }),
+                name,
+            ),
         };
         match opened {
-            Ok(s) => {
-                let name = match host {
-                    Host::Tcp(name) => name.clone(),
-                    Host::Unix(_) => String::new(),
-                };
-                return Ok((s, name));
-            }
+            Ok(s) => return Ok((s, name)),
             Err(e) => last = e,
         }
     }

@@ -18,7 +18,9 @@ pub mod spreadsheet;
 pub mod staff;
 pub mod status;
 
-use std::sync::Arc;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::extract::FromRequestParts;
@@ -52,6 +54,68 @@ pub struct TenantCtx {
     mail: Arc<crate::front::mail::MailQueue>,
     /// The way to identity providers (本人確認).
     idp: identity::oidc::Idp,
+    /// The connections this request holds now.
+    held: Arc<Held>,
+}
+
+/// The database connections a request holds now, so that what they run can be
+/// cancelled when the request runs out of time (the front tier does; dropping the
+/// request does not stop a statement the server is running).
+#[derive(Default)]
+pub struct Held {
+    tokens: Mutex<Vec<(u64, tokio_postgres::CancelToken)>>,
+    next: AtomicU64,
+}
+
+impl Held {
+    fn add(&self, token: tokio_postgres::CancelToken) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut t) = self.tokens.lock() {
+            t.push((key, token));
+        }
+        key
+    }
+
+    fn remove(&self, key: u64) {
+        if let Ok(mut t) = self.tokens.lock() {
+            t.retain(|(k, _)| *k != key);
+        }
+    }
+
+    /// The connections held now, taken out of the list.
+    pub fn take(&self) -> Vec<tokio_postgres::CancelToken> {
+        self.tokens
+            .lock()
+            .map(|mut t| t.drain(..).map(|(_, token)| token).collect())
+            .unwrap_or_default()
+    }
+}
+
+/// A connection from the tenant's pool, listed in the request's [`Held`] while it is
+/// held; it goes back to the pool when dropped.
+pub struct Db {
+    obj: Object,
+    held: Arc<Held>,
+    key: u64,
+}
+
+impl Deref for Db {
+    type Target = deadpool_postgres::ClientWrapper;
+    fn deref(&self) -> &deadpool_postgres::ClientWrapper {
+        &self.obj
+    }
+}
+
+impl DerefMut for Db {
+    fn deref_mut(&mut self) -> &mut deadpool_postgres::ClientWrapper {
+        &mut self.obj
+    }
+}
+
+impl Drop for Db {
+    fn drop(&mut self) {
+        self.held.remove(self.key);
+    }
 }
 
 impl std::fmt::Debug for TenantCtx {
@@ -76,6 +140,7 @@ impl TenantCtx {
         cipher: Arc<FieldCipher>,
         mail: Arc<crate::front::mail::MailQueue>,
         idp: identity::oidc::Idp,
+        held: Arc<Held>,
     ) -> Self {
         Self {
             id,
@@ -90,6 +155,7 @@ impl TenantCtx {
             cipher,
             mail,
             idp,
+            held,
         }
     }
 
@@ -111,14 +177,21 @@ impl TenantCtx {
     /// A connection to this tenant's own database, as its own role. When the
     /// global connection budget is exhausted for longer than the configured wait,
     /// the request gets 503 with `Retry-After`, never an extra connection.
-    pub async fn db(&self) -> Result<Object, AppError> {
+    pub async fn db(&self) -> Result<Db, AppError> {
         let timeouts = Timeouts {
             wait: Some(self.wait),
             create: Some(self.wait),
             recycle: Some(Duration::from_secs(5)),
         };
         match self.pool.timeout_get(&timeouts).await {
-            Ok(c) => Ok(c),
+            Ok(c) => {
+                let key = self.held.add(c.cancel_token());
+                Ok(Db {
+                    obj: c,
+                    held: Arc::clone(&self.held),
+                    key,
+                })
+            }
             Err(PoolError::Timeout(_)) => {
                 tracing::warn!("no database connection within the wait limit");
                 Err(AppError::Unavailable {

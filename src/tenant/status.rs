@@ -153,7 +153,7 @@ pub async fn lookup(ctx: TenantCtx, body: FormData) -> Result<Response, AppError
 /// [`describe`] for the applicant who looked it up, logged as a lookup.
 async fn looked_up(
     ctx: &TenantCtx,
-    db: &mut deadpool_postgres::Object,
+    db: &mut deadpool_postgres::ClientWrapper,
     id: Uuid,
 ) -> Result<Found, AppError> {
     let found = describe(ctx, db, id).await?;

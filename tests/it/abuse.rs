@@ -339,6 +339,28 @@ async fn a_page_that_runs_out_of_time_keeps_what_was_typed() {
     assert_eq!(status, 503, "{refused}");
     assert!(took >= Duration::from_secs(29), "answered after {took:?}");
     let fields = kept_fields(&refused, &o.public, &typed);
+    // The statement it was waiting on is cancelled, not left waiting on the lock in a
+    // connection that would go back to the pool busy (the lock is still held here).
+    let mut waiting = -1i64;
+    for _ in 0..50 {
+        waiting = locker
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+                   AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        waiting, 0,
+        "the timed-out statement still waits on the lock"
+    );
     locker.batch_execute("ROLLBACK").await.unwrap();
     let (status, loc, body) = post_from(c, form, here, &pairs(&fields)).await;
     assert_eq!(status, 303, "{body}");

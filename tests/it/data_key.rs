@@ -440,6 +440,87 @@ async fn a_rotated_data_key_seals_every_value_again_and_the_municipality_works_a
     .await;
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("品目の点数を記入してください"), "{page}");
+
+    // After retention: a version no backup needs any more is deleted, none while the
+    // backups are held; the erasure canary is under the newest.
+    let catalog = env.platform.catalog.client().await.unwrap();
+    let data_keys = || async {
+        catalog
+            .query(
+                "SELECT version FROM tenant_keys WHERE tenant_id = $1 AND purpose = 'data' ORDER BY 1",
+                &[&t.id],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get::<_, i32>(0))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(data_keys().await, [1, 2, 3]);
+    backup::hold(&env.platform, &t.slug, "test", "監査のため")
+        .await
+        .unwrap();
+    assert!(data_key::retire_unused(&env.platform, &t)
+        .await
+        .unwrap()
+        .is_empty());
+    backup::release(&env.platform, &t.slug, "test")
+        .await
+        .unwrap();
+    let retired = data_key::retire_unused(&env.platform, &t).await.unwrap();
+    assert_eq!(
+        retired,
+        [2],
+        "version 1 opens the backup made before the rotation"
+    );
+    backup::run(&env.platform, &store, &t).await.unwrap();
+    let newest_only = backup::Retention {
+        daily: 1,
+        weekly: 0,
+        monthly: 0,
+    };
+    assert_eq!(
+        backup::prune(&env.platform, &store, &t.slug, &newest_only)
+            .await
+            .unwrap(),
+        1
+    );
+    let retired = data_key::retire_unused(&env.platform, &t).await.unwrap();
+    assert_eq!(retired, [1]);
+    assert_eq!(data_keys().await, [3]);
+    let canary: i32 = catalog
+        .query_one(
+            "SELECT canary_key_version FROM tenants WHERE id = $1",
+            &[&t.id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(canary, 3);
+    // The backup that is left restores, under the one key left.
+    let latest = backup::list(&env.platform, Some(&t.slug)).await.unwrap();
+    let slug = unique("kl");
+    let host = format!("{slug}.test");
+    backup::restore(
+        &env.platform,
+        &store,
+        &latest[0].file,
+        &slug,
+        std::slice::from_ref(&host),
+    )
+    .await
+    .unwrap();
+    let (status, _, page) = post(
+        &browser(&server, &[&host]),
+        &url(&server, &host, "/status"),
+        &[
+            ("receipt", receipt.as_str()),
+            ("email", "hanako.kasai@example.jp"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("品目の点数を記入してください"), "{page}");
     server.shutdown().await;
 }
 
@@ -498,5 +579,41 @@ async fn the_rotation_covers_every_sealed_column_of_the_schema() {
     assert!(
         missing.is_empty(),
         "covered but not in the schema: {missing:?}"
+    );
+}
+
+/// A rotated municipality whose older key version was retired is erased like any
+/// other: the canary is under the version left, and no key opens it afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_municipality_is_erased_with_every_check_passed() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("ke"), "夕張市", "012092").await;
+    let server = env.serve().await;
+    crate::forms::one_application(&env, &server, &t).await;
+    server.shutdown().await;
+    let store = DirStore::new(env.state.path());
+    set_state(&env, &t, TenantState::Active, TenantState::Suspended).await;
+    data_key::rotate(&env.platform, &store, &t.slug, "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        data_key::retire_unused(&env.platform, &t).await.unwrap(),
+        [1],
+        "no backup needs version 1"
+    );
+    set_state(&env, &t, TenantState::Suspended, TenantState::Active).await;
+    let (alice, _) = crate::erasure::operator(&env, "alice", "山田 花子").await;
+    let (bob, _) = crate::erasure::operator(&env, "bob", "佐藤 一郎").await;
+    let (file, _) = crate::erasure::erase_tenant(&env, &t, ("alice", &alice), ("bob", &bob)).await;
+    let v = &file.certificate.verification;
+    assert!(v.passed, "{:?}", v.results);
+    let canary = v
+        .results
+        .iter()
+        .find(|c| c.check == "canary_undecryptable")
+        .unwrap();
+    assert!(
+        canary.passed && canary.detail.contains("version 2"),
+        "{canary:?}"
     );
 }

@@ -170,6 +170,37 @@ async fn every_connection_to_a_cluster_that_requires_tls_is_verified_tls() {
             r.get::<_, String>(1)
         );
     }
+    // A statement is cancelled over TLS as the front tier cancels one that ran out of
+    // time: a cancel request of its own, over a stream to the host it reaches.
+    let sleeper = env.platform.cluster.admin().await.unwrap();
+    let token = sleeper.client.cancel_token();
+    let sleeping = tokio::spawn(async move {
+        sleeper
+            .client
+            .batch_execute("SELECT pg_sleep(60)")
+            .await
+            .map_err(|e| {
+                e.as_db_error()
+                    .map(|d| d.message().to_owned())
+                    .unwrap_or_else(|| e.to_string())
+            })
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let stream = tokio::net::TcpStream::connect(("127.0.0.1", cluster.port))
+        .await
+        .unwrap();
+    env.platform
+        .cluster
+        .tls()
+        .cancel_raw(token, stream, "localhost")
+        .await
+        .unwrap();
+    let err = tokio::time::timeout(std::time::Duration::from_secs(10), sleeping)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap_err();
+    assert!(err.contains("canceling statement"), "{err}");
     server.shutdown().await;
 
     // pg_dump and pg_restore (libpq) check the certificate too: with another CA in

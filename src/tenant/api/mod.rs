@@ -559,7 +559,7 @@ pub(crate) const BY_KEY_SQL: &str = "SELECT s.id, s.receipt_number, s.form_id, s
 /// refused rather than answered with an application that is not this one.
 async fn earlier_use(
     ctx: &TenantCtx,
-    db: &deadpool_postgres::Object,
+    db: &deadpool_postgres::ClientWrapper,
     client: &ApiClient,
     form: &store::Published,
     key: Uuid,

@@ -137,8 +137,13 @@ struct ServeArgs {
     /// Operators' listener (console, /metrics).
     #[arg(long, env = "MADOGUCHI_OPS_LISTEN")]
     ops_listen: Option<SocketAddr>,
-    /// Hours between scheduled backups of every tenant (0: no schedule).
-    #[arg(long, env = "MADOGUCHI_BACKUP_INTERVAL_HOURS", default_value_t = 24)]
+    /// Hours between scheduled backups of every tenant (0: no schedule; at most 8760).
+    #[arg(
+        long,
+        env = "MADOGUCHI_BACKUP_INTERVAL_HOURS",
+        default_value_t = 24,
+        value_parser = clap::value_parser!(u64).range(0..=8760)
+    )]
     backup_interval_hours: u64,
     /// Days within which every tenant's latest backup is restored and checked by a
     /// scheduled drill, after the scheduled backups (0: no drill is scheduled).
@@ -2009,6 +2014,12 @@ async fn backup_schedule(p: &Platform, hours: u64, drill_days: u32) {
     // (each tenant's backup age stays near the interval, under its alert).
     let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Tenants whose drill could not even begin (no drill recorded: its erasure held
+    // the lock, the admin connection failed): left out until the drill interval has
+    // passed, so that one of them does not take the round's place every time.
+    let mut not_begun: std::collections::HashMap<String, tokio::time::Instant> =
+        std::collections::HashMap::new();
+    let drill_every = Duration::from_secs(u64::from(drill_days) * 86_400);
     loop {
         ticks.tick().await;
         let (ok, failed) = madoguchi::control::backup::run_all(
@@ -2022,8 +2033,13 @@ async fn backup_schedule(p: &Platform, hours: u64, drill_days: u32) {
             tracing::error!(tenant = %slug, error = %err, "scheduled backup failed");
         }
         if drill_days > 0 {
+            not_begun.retain(|_, at| at.elapsed() < drill_every);
+            let skip: Vec<String> = not_begun.keys().cloned().collect();
             let (passed, failed) =
-                madoguchi::control::backup::drill_due(p, &store, drill_days, rounds).await;
+                madoguchi::control::backup::drill_due(p, &store, drill_days, rounds, &skip).await;
+            for (slug, _) in &failed {
+                not_begun.insert(slug.clone(), tokio::time::Instant::now());
+            }
             tracing::info!(
                 passed = passed.len(),
                 failed = failed.len(),

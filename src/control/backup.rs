@@ -1494,6 +1494,7 @@ pub async fn drill_due(
     store: &dyn BackupStore,
     every_days: u32,
     rounds: u32,
+    skip: &[String],
 ) -> (Vec<String>, Vec<(String, String)>) {
     let due = async {
         let c = p.catalog.client().await?;
@@ -1511,11 +1512,12 @@ pub async fn drill_due(
                 "SELECT t.slug FROM tenants t LEFT JOIN drills d ON d.tenant_id = t.id
                   WHERE t.state IN ('active', 'suspended')
                     AND EXISTS (SELECT 1 FROM backups b WHERE b.tenant_id = t.id AND b.destroyed_at IS NULL)
+                    AND t.slug <> ALL($3)
                   GROUP BY t.slug, t.created_at
                  HAVING coalesce(max(d.at), t.created_at) <= now() - make_interval(days => $1)
                   ORDER BY coalesce(max(d.at), t.created_at), t.slug
                   LIMIT $2",
-                &[&i32::try_from(every_days)?, &per_round],
+                &[&i32::try_from(every_days)?, &per_round, &skip],
             )
             .await?;
         anyhow::Ok(

@@ -908,9 +908,13 @@ async fn drills_compare_with_the_backups_snapshot_and_run_on_a_schedule() {
     ] {
         catalog.execute(sql, &[slug]).await.unwrap();
     }
-    let round = || backup::drill_due(p, &store, 30, 30);
+    // One whose drill could not begin last round is left out: the next in line goes.
+    assert_eq!(
+        backup::drill_due(p, &store, 30, 30, std::slice::from_ref(&b.slug)).await,
+        (vec![a.slug.clone()], vec![])
+    );
+    let round = || backup::drill_due(p, &store, 30, 30, &[]);
     assert_eq!(round().await, (vec![b.slug.clone()], vec![]));
-    assert_eq!(round().await, (vec![a.slug.clone()], vec![]));
     assert_eq!(round().await, (vec![], vec![]));
     let b_drills: i64 = catalog
         .query_one(

@@ -1270,7 +1270,24 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             Ok(ExitCode::SUCCESS)
         }
         Command::Db(DbCmd::Url) => {
-            println!("{}", p.admin_url());
+            // For libpq: with TLS, the certificate and the host name checked against
+            // the CA the service trusts (the stored sslmode=require would check neither).
+            let url = p.admin_url().to_owned();
+            let url = match p
+                .cluster
+                .tls()
+                .client_env()
+                .iter()
+                .find(|(k, _)| *k == "PGSSLROOTCERT")
+            {
+                Some((_, root)) => format!(
+                    "{}&sslrootcert={}",
+                    url.replace("sslmode=require", "sslmode=verify-full"),
+                    form_urlencoded::byte_serialize(root.as_bytes()).collect::<String>()
+                ),
+                None => url,
+            };
+            println!("{url}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Db(DbCmd::Psql { args }) => {

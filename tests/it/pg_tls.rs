@@ -254,5 +254,30 @@ async fn every_connection_to_a_cluster_that_requires_tls_is_verified_tls() {
     );
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "t");
+    // `db url`: a URL libpq checks the certificate and the name with, by itself.
+    let (ok, url, err) = crate::cli::madoguchi(env.state.path(), &["db", "url"]);
+    assert!(ok, "{err}");
+    let url = url.trim();
+    assert!(
+        url.contains("sslmode=verify-full") && url.contains("sslrootcert="),
+        "{url}"
+    );
+    let out = std::process::Command::new("psql")
+        .args([
+            url,
+            "-At",
+            "-c",
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+        ])
+        .env_remove("PGSSLMODE")
+        .env_remove("PGSSLROOTCERT")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "t");
     drop(env);
 }

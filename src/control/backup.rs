@@ -218,6 +218,12 @@ fn pg_tool(p: &Platform, program: &str, database: &str) -> anyhow::Result<Comman
     if let Some(pw) = cfg.get_password() {
         cmd.env("PGPASSWORD", String::from_utf8_lossy(pw).into_owned());
     }
+    // The same server as the service's connections: a URL naming a primary and its
+    // standbys with target_session_attrs=read-write sends pg_dump to the primary too
+    // (where the snapshot it reads was exported), and pg_restore never to a standby.
+    if cfg.get_target_session_attrs() == tokio_postgres::config::TargetSessionAttrs::ReadWrite {
+        cmd.env("PGTARGETSESSIONATTRS", "read-write");
+    }
     cmd.envs(p.cluster.tls().client_env());
     cmd.stdin(Stdio::null());
     Ok(cmd)

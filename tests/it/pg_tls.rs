@@ -134,9 +134,12 @@ async fn every_connection_to_a_cluster_that_requires_tls_is_verified_tls() {
         .local_addr()
         .unwrap()
         .port();
+    // (And asking for a primary, as a URL naming a primary and its standbys would:
+    // pg_dump and pg_restore are asked the same.)
     let url = cluster
         .url("localhost", "verify-full")
-        .replace("@localhost:", &format!("@127.0.0.1:{dead},localhost:"));
+        .replace("@localhost:", &format!("@127.0.0.1:{dead},localhost:"))
+        + "&target_session_attrs=read-write";
     let env = TestEnv::external(url, Some(&cluster.ca))
         .await
         .unwrap_or_else(|e| panic!("{e:#}"));

@@ -87,6 +87,8 @@ pub struct TenantRecord {
     /// The id bound into this tenant's ciphertexts (its own, unless restored from another's backup).
     pub crypto_id: Uuid,
     pub hosts: Vec<String>,
+    /// The newest version of its data key (0: none yet).
+    pub data_key: u32,
 }
 
 /// A key as stored: wrapped by the master key.
@@ -193,7 +195,8 @@ impl Catalog {
         let rows = c
             .query(
                 "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version, t.crypto_id,
-                        coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts
+                        coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
+                        (SELECT coalesce(max(k.version), 0) FROM tenant_keys k WHERE k.tenant_id = t.id AND k.purpose = 'data') AS data_key
                    FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
                   GROUP BY t.id ORDER BY t.slug",
                 &[],
@@ -221,7 +224,8 @@ impl Catalog {
         let row = c
             .query_opt(
                 "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version, t.crypto_id,
-                        coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts
+                        coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
+                        (SELECT coalesce(max(k.version), 0) FROM tenant_keys k WHERE k.tenant_id = t.id AND k.purpose = 'data') AS data_key
                    FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
                   WHERE t.slug = $1 GROUP BY t.id",
                 &[&slug],
@@ -235,7 +239,8 @@ impl Catalog {
         let row = c
             .query_opt(
                 "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version, t.crypto_id,
-                        coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts
+                        coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
+                        (SELECT coalesce(max(k.version), 0) FROM tenant_keys k WHERE k.tenant_id = t.id AND k.purpose = 'data') AS data_key
                    FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
                   WHERE t.id = $1 GROUP BY t.id",
                 &[&id],
@@ -337,6 +342,7 @@ fn record_from_row(r: &tokio_postgres::Row) -> anyhow::Result<TenantRecord> {
         schema_version: r.get(7),
         crypto_id: r.get(8),
         hosts: r.get(9),
+        data_key: u32::try_from(r.get::<_, i32>(10))?,
     })
 }
 

@@ -56,6 +56,27 @@ pub async fn rotate(
             other.as_str()
         ),
     }
+    // A resume cannot slip in between this check and the work: it takes the same lock.
+    let lock = key_lock(p, &rec).await?.with_context(|| {
+        format!("テナント「{slug}」の鍵の更新か再開が実行中です / a data-key rotation or a resume of tenant {slug} is running")
+    })?;
+    let done = rotate_locked(p, store, &rec, actor).await;
+    key_unlock(lock, &rec).await;
+    done
+}
+
+async fn rotate_locked(
+    p: &Platform,
+    store: &dyn BackupStore,
+    rec: &TenantRecord,
+    actor: &str,
+) -> anyhow::Result<Rotation> {
+    let slug = rec.slug.as_str();
+    let state = p.catalog.tenant_by_id(rec.id).await?.map(|r| r.state);
+    if state != Some(TenantState::Suspended) {
+        bail!("tenant {slug} changed state meanwhile; nothing was changed");
+    }
+    let rec = rec.clone();
     let mut conn = p
         .cluster
         .connect_tenant(&p.catalog, p.keys.as_ref(), &rec)
@@ -117,6 +138,35 @@ pub async fn rotate(
         catalog_backup,
         rekeyed,
     })
+}
+
+/// The lock a rotation holds, and a tenant being made active takes too (on an admin
+/// connection of its own; `None`: held elsewhere).
+pub async fn key_lock(
+    p: &Platform,
+    rec: &TenantRecord,
+) -> anyhow::Result<Option<crate::control::cluster::Conn>> {
+    let admin = p.cluster.admin().await?;
+    let got: bool = admin
+        .client
+        .query_one(
+            "SELECT pg_try_advisory_lock(hashtextextended('madoguchi.keys:' || $1::uuid::text, 0))",
+            &[&rec.id],
+        )
+        .await?
+        .get(0);
+    Ok(got.then_some(admin))
+}
+
+/// Lets go of [`key_lock`] at once (closing the connection would too, a little later).
+pub async fn key_unlock(lock: crate::control::cluster::Conn, rec: &TenantRecord) {
+    let _ = lock
+        .client
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended('madoguchi.keys:' || $1::uuid::text, 0))",
+            &[&rec.id],
+        )
+        .await;
 }
 
 /// Refuses to open a municipality whose database is not under its newest data key:
@@ -230,7 +280,8 @@ async fn canary_under_newest(p: &Platform, rec: &TenantRecord) -> anyhow::Result
 }
 
 /// Deletes the tenant's data-key versions nothing needs any more: older than the
-/// newest, with its database under the newest, and named by none of its backups
+/// newest and than one made over a day ago, with its database under the newest, and
+/// named by none of its backups
 /// (neither the version its values are sealed with nor the one its backup key is
 /// wrapped with; a backup from before the former was recorded keeps every version up
 /// to its key's). Nothing while its backups are held. Run after retention, so that a
@@ -265,6 +316,11 @@ pub async fn retire_unused(p: &Platform, rec: &TenantRecord) -> anyhow::Result<V
         .query(
             "DELETE FROM tenant_keys k
               WHERE k.tenant_id = $1 AND k.purpose = 'data' AND k.version < $2
+                -- Older than a version made over a day ago: a backup begun before the
+                -- rotation, under the version it replaced, has recorded itself by then.
+                AND k.version < (SELECT coalesce(max(n.version), 0) FROM tenant_keys n
+                                  WHERE n.tenant_id = $1 AND n.purpose = 'data'
+                                    AND n.created_at <= now() - interval '1 day')
                 AND k.version IS DISTINCT FROM (SELECT canary_key_version FROM tenants WHERE id = $1)
                 AND NOT EXISTS (SELECT 1 FROM backups b
                                  WHERE b.tenant_id = $1

@@ -61,11 +61,25 @@ pub async fn move_state(
     from: &[crate::catalog::TenantState],
     to: crate::catalog::TenantState,
 ) -> anyhow::Result<bool> {
-    if to == crate::catalog::TenantState::Active {
+    if to != crate::catalog::TenantState::Active {
+        return p.catalog.move_state(rec.id, from, to).await;
+    }
+    // Not while its data key is being rotated (the rotation takes the same lock).
+    let Some(lock) = crate::control::data_key::key_lock(p, rec).await? else {
+        anyhow::bail!(
+            "テナント「{}」の鍵の更新が実行中です。終わってから再開してください / a data-key rotation of tenant {} is running; resume it when the rotation has finished",
+            rec.slug,
+            rec.slug
+        );
+    };
+    let moved = async {
         crate::control::data_key::check(p, rec).await?;
         crate::control::final_export::reopen_writes(p, rec).await?;
+        p.catalog.move_state(rec.id, from, to).await
     }
-    p.catalog.move_state(rec.id, from, to).await
+    .await;
+    crate::control::data_key::key_unlock(lock, rec).await;
+    moved
 }
 
 /// Opens the admin screen again to every network (no address rule, both zones): for

@@ -167,7 +167,7 @@ async fn deliver_tenant(
         site: record.name.clone(),
         status_url: links.status_url(host),
     };
-    let rt = pools.runtime(tenant).await?;
+    let rt = pools.runtime_under(tenant, record.data_key).await?;
     let mut db = pools.background_connection(&rt).await?;
     let pass = deliver_due(&mut db, &rt.cipher, &head, mailer)
         .await

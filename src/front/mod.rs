@@ -348,7 +348,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
             let held = Arc::new(crate::tenant::Held::default());
             let cancel_way = std::sync::OnceLock::new();
             let run = async {
-                match app.pools.runtime(route.id).await {
+                match app.pools.runtime_under(route.id, route.data_key).await {
                     Ok(rt) => 'run: {
                         let _ = cancel_way.set(Arc::clone(&rt.cancel));
                         // One tenant's requests take turns beyond a few at once, so a flood
@@ -878,7 +878,7 @@ async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
         };
         for t in tenants.iter().filter(|t| t.state == TenantState::Active) {
             let result = async {
-                let rt = pools.runtime(t.id).await?;
+                let rt = pools.runtime_under(t.id, t.data_key).await?;
                 let mut db = pools.background_connection(&rt).await?;
                 let entries = crate::tenant::audit::prune(&mut db)
                     .await

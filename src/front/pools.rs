@@ -179,6 +179,27 @@ impl TenantPools {
         Ok(Arc::clone(rt))
     }
 
+    /// [`Self::runtime`], built again if it was built with an older data key than
+    /// `data_key` (the newest, as the catalog says): after a rotation, nothing is
+    /// sealed or looked up with the key it replaced.
+    pub async fn runtime_under(
+        &self,
+        tenant: Uuid,
+        data_key: u32,
+    ) -> anyhow::Result<Arc<TenantRuntime>> {
+        let rt = self.runtime(tenant).await?;
+        if rt.cipher.current_version() == data_key {
+            return Ok(rt);
+        }
+        drop(rt);
+        self.reset(&tenant);
+        let rt = self.runtime(tenant).await?;
+        if rt.cipher.current_version() < data_key {
+            anyhow::bail!("the tenant's newest data key is not in the catalog yet");
+        }
+        Ok(rt)
+    }
+
     /// A connection from the tenant's pool for background work (mail, housekeeping),
     /// waited for no longer than a request would: a database host that drops packets
     /// must not hold the single mail task for the kernel's connect timeout.

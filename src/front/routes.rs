@@ -19,6 +19,9 @@ pub struct Route {
     pub slug: Arc<str>,
     pub name: Arc<str>,
     pub state: TenantState,
+    /// The newest version of its data key: a runtime built with an older one is
+    /// stale (a rotation happened meanwhile).
+    pub data_key: u32,
 }
 
 /// The host table, swapped whole on every reload.
@@ -44,7 +47,9 @@ impl HostCache {
         let c = catalog.client().await?;
         let rows = c
             .query(
-                "SELECT h.host, t.id, t.slug, t.name, t.state FROM tenant_hosts h JOIN tenants t ON t.id = h.tenant_id",
+                "SELECT h.host, t.id, t.slug, t.name, t.state,
+                        (SELECT coalesce(max(k.version), 0) FROM tenant_keys k WHERE k.tenant_id = t.id AND k.purpose = 'data')
+                   FROM tenant_hosts h JOIN tenants t ON t.id = h.tenant_id",
                 &[],
             )
             .await?;
@@ -58,6 +63,7 @@ impl HostCache {
                     slug: Arc::from(r.get::<_, String>(2)),
                     name: Arc::from(r.get::<_, String>(3)),
                     state: state.parse()?,
+                    data_key: u32::try_from(r.get::<_, i32>(5))?,
                 },
             );
         }

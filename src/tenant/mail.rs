@@ -182,6 +182,13 @@ pub async fn deliver_due(
                 Vec<u8>,
                 i32,
             ) = (r.get(0), r.get(1), r.get(2), r.get(3), r.get(4));
+            // Sealed with a newer data key than this pass holds (a rotation since it
+            // began): not unreadable, only early; the next pass takes the new key.
+            if FieldCipher::version_of(&payload).is_some_and(|v| v > cipher.current_version()) {
+                return Err(AppError::Unavailable {
+                    retry_after_secs: 5,
+                });
+            }
             let outcome = match compose(&tx, cipher, head, id, &kind, submission, &payload).await {
                 Ok(letter) => send(mailer, &head.site, &letter).await,
                 Err(e) => {

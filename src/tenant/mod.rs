@@ -198,6 +198,11 @@ impl TenantCtx {
                     retry_after_secs: 1,
                 })
             }
+            // Closed under it: the front tier renews a pool after a request ran out
+            // of time or the database failed; the next request gets the new one.
+            Err(PoolError::Closed) => Err(AppError::Unavailable {
+                retry_after_secs: 1,
+            }),
             Err(PoolError::Backend(e)) => {
                 tracing::warn!(error = %e, "tenant database unreachable");
                 Err(AppError::Unavailable {

@@ -259,9 +259,31 @@ async fn a_rotated_data_key_seals_every_value_again_and_the_municipality_works_a
     );
 
     set_state(&env, &t, TenantState::Active, TenantState::Suspended).await;
+    let old_cipher = tenant_admin::tenant_cipher(&env.platform, &t)
+        .await
+        .unwrap();
     let done = data_key::rotate(&env.platform, &store, &t.slug, "test")
         .await
         .unwrap();
+    // A mail pass still holding the old key finds mail sealed with the new one: it
+    // stops and leaves it for the next pass, it does not give it up as unreadable.
+    let waiting =
+        "SELECT count(*) FROM outbox WHERE sent_at IS NULL AND attempts = 0 AND last_error IS NULL";
+    let before_pass: i64 = db.query_one(waiting, &[]).await.unwrap().get(0);
+    assert!(before_pass >= 2, "{before_pass} mails waiting");
+    let mailer =
+        madoguchi::tenant::mail::Mailer::new(&crate::mail::relay("smtp://127.0.0.1:9")).unwrap();
+    let head = madoguchi::tenant::mail::Letterhead {
+        site: t.name.clone(),
+        status_url: u("/status"),
+    };
+    let mut mail_db = env.tenant_conn(&t).await.client;
+    let pass =
+        madoguchi::tenant::mail::deliver_due(&mut mail_db, &old_cipher, &head, &mailer).await;
+    assert!(pass.is_err(), "{pass:?}");
+    drop(mail_db);
+    let after_pass: i64 = db.query_one(waiting, &[]).await.unwrap().get(0);
+    assert_eq!(after_pass, before_pass);
     assert!(done.new_key && done.catalog_backup.is_some());
     assert_eq!((done.rekeyed.from, done.rekeyed.to), (1, 2));
     // Each application's answers count once.
@@ -477,6 +499,18 @@ async fn a_rotated_data_key_seals_every_value_again_and_the_municipality_works_a
     backup::release(&env.platform, &t.slug, "test")
         .await
         .unwrap();
+    // Not within a day of the rotation (a backup begun before it may still be running).
+    assert!(data_key::retire_unused(&env.platform, &t)
+        .await
+        .unwrap()
+        .is_empty());
+    catalog
+        .execute(
+            "UPDATE tenant_keys SET created_at = created_at - interval '2 days' WHERE tenant_id = $1",
+            &[&t.id],
+        )
+        .await
+        .unwrap();
     let retired = data_key::retire_unused(&env.platform, &t).await.unwrap();
     assert_eq!(
         retired,
@@ -593,8 +627,66 @@ async fn a_rotated_municipality_is_erased_with_every_check_passed() {
     crate::forms::one_application(&env, &server, &t).await;
     server.shutdown().await;
     let store = DirStore::new(env.state.path());
+    // A runtime built before the rotation (as a mail pass could while the tenant is
+    // being suspended) holds only the old key: it is built again, not used.
+    let pools = madoguchi::front::pools::TenantPools::new(
+        madoguchi::config::PoolSettings::default(),
+        env.platform.cluster.clone(),
+        env.platform.catalog.clone(),
+        std::sync::Arc::clone(&env.platform.keys),
+    );
+    let stale = pools.runtime(t.id).await.unwrap();
+    assert_eq!(stale.cipher.current_version(), 1);
     set_state(&env, &t, TenantState::Active, TenantState::Suspended).await;
+    // While a rotation holds its lock, the tenant is not resumed nor rotated again.
+    let lock = data_key::key_lock(&env.platform, &t)
+        .await
+        .unwrap()
+        .unwrap();
+    let err = tenant_admin::move_state(
+        &env.platform,
+        &t,
+        &[TenantState::Suspended],
+        TenantState::Active,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        format!("{err:#}").contains("鍵の更新が実行中です"),
+        "{err:#}"
+    );
+    let err = data_key::rotate(&env.platform, &store, &t.slug, "test")
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("実行中です"), "{err:#}");
+    data_key::key_unlock(lock, &t).await;
     data_key::rotate(&env.platform, &store, &t.slug, "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        pools.runtime(t.id).await.unwrap().cipher.current_version(),
+        1
+    );
+    let t = env
+        .platform
+        .catalog
+        .tenant_by_id(t.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(t.data_key, 2);
+    let current = pools.runtime_under(t.id, t.data_key).await.unwrap();
+    assert_eq!(current.cipher.current_version(), 2);
+    drop((stale, current, pools));
+    env.platform
+        .catalog
+        .client()
+        .await
+        .unwrap()
+        .execute(
+            "UPDATE tenant_keys SET created_at = created_at - interval '2 days' WHERE tenant_id = $1",
+            &[&t.id],
+        )
         .await
         .unwrap();
     assert_eq!(

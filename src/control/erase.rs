@@ -651,7 +651,12 @@ pub async fn execute(
     .ok();
     let killed: i64 = db
         .query_one(
-            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = $1 OR usename = $2",
+            // Client sessions only (autovacuum's workers go with DROP DATABASE, and
+            // only a superuser may end them), and a superuser's only by a superuser.
+            "SELECT count(pg_terminate_backend(a.pid)) FROM pg_stat_activity a
+              WHERE (a.datname = $1 OR a.usename = $2) AND a.backend_type = 'client backend'
+                AND (NOT coalesce((SELECT r.rolsuper FROM pg_roles r WHERE r.oid = a.usesysid), false)
+                     OR (SELECT r.rolsuper FROM pg_roles r WHERE r.rolname = current_user))",
             &[&rec.database, &rec.role],
         )
         .await?

@@ -231,15 +231,7 @@ async fn add_version(p: &Platform, rec: &TenantRecord, version: u32) -> anyhow::
     let wrapped = key.wrap(p.keys.as_ref(), &rec.id, version)?;
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
-    tx.query_one("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&rec.id])
-        .await?;
-    let newest: i32 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM tenant_keys WHERE tenant_id = $1 AND purpose = 'data'",
-            &[&rec.id],
-        )
-        .await?
-        .get(0);
+    let newest = crate::control::provision::newest_key_locked(&tx, rec.id, "data").await?;
     let version = i32::try_from(version)?;
     if newest >= version {
         bail!(

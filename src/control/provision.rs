@@ -292,15 +292,7 @@ pub async fn rotate_password(
     let verifier = scram_verifier(&password);
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
-    tx.query_one("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&rec.id])
-        .await?;
-    let newest: i32 = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM tenant_keys WHERE tenant_id = $1 AND purpose = 'db_password'",
-            &[&rec.id],
-        )
-        .await?
-        .get(0);
+    let newest = newest_key_locked(&tx, rec.id, "db_password").await?;
     let version = newest + 1;
     let wrapped = p.keys.wrap(
         password.as_bytes(),
@@ -411,6 +403,24 @@ pub(crate) async fn create_database(p: &Platform, rec: &TenantRecord) -> anyhow:
         .batch_execute(&format!("REVOKE ALL ON DATABASE {db} FROM PUBLIC"))
         .await?;
     Ok(())
+}
+
+/// The newest version of the tenant's keys for `purpose` (0: none), with the tenant's
+/// row locked for the rest of `tx`: two rotations at once make one version each.
+pub(crate) async fn newest_key_locked(
+    tx: &tokio_postgres::Transaction<'_>,
+    tenant: Uuid,
+    purpose: &str,
+) -> anyhow::Result<i32> {
+    tx.query_one("SELECT 1 FROM tenants WHERE id = $1 FOR UPDATE", &[&tenant])
+        .await?;
+    Ok(tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM tenant_keys WHERE tenant_id = $1 AND purpose = $2",
+            &[&tenant, &purpose],
+        )
+        .await?
+        .get(0))
 }
 
 pub(crate) async fn write_settings(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {

@@ -198,20 +198,7 @@ async fn operators_and_auditors_on_the_console() {
     let action = |a: &'static str| ops_url(&server, &format!("/tenants/{}/{a}", t.slug));
     let (status, _, page) = post(&a, &action("suspend"), &[("csrf", &token)]).await;
     assert_eq!(status, 200, "{page}");
-    let wrapped = madoguchi::crypto::DataKey::generate()
-        .wrap(env.platform.keys.as_ref(), &t.id, 2)
-        .unwrap();
-    env.platform
-        .catalog
-        .client()
-        .await
-        .unwrap()
-        .execute(
-            "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped, provider) VALUES ($1, 'data', 2, $2, 'test')",
-            &[&t.id, &wrapped],
-        )
-        .await
-        .unwrap();
+    crate::data_key::made_but_not_used(&env, &t, 2).await;
     let (status, _, page) = post(&a, &action("resume"), &[("csrf", &token)]).await;
     assert_eq!(status, 422, "{page}");
     assert!(page.contains("鍵の更新が終わっていません"), "{page}");

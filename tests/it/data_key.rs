@@ -156,6 +156,38 @@ async fn open_again(c: &reqwest::Client, u: &str) -> String {
     panic!("{u} still answers 503");
 }
 
+/// A data-key version `version` of `t` made as a rotation makes it, with nothing sealed
+/// with it yet: a rotation cut short.
+pub(crate) async fn made_but_not_used(env: &TestEnv, t: &TenantRecord, version: u32) {
+    let wrapped = DataKey::generate()
+        .wrap(env.platform.keys.as_ref(), &t.id, version)
+        .unwrap();
+    env.platform
+        .catalog
+        .client()
+        .await
+        .unwrap()
+        .execute(
+            "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped, provider) VALUES ($1, 'data', $2, $3, 'test')",
+            &[&t.id, &i32::try_from(version).unwrap(), &wrapped],
+        )
+        .await
+        .unwrap();
+}
+
+/// Why resuming the suspended `t` is refused.
+async fn resume_refused(env: &TestEnv, t: &TenantRecord) -> String {
+    let err = tenant_admin::move_state(
+        &env.platform,
+        t,
+        &[TenantState::Suspended],
+        TenantState::Active,
+    )
+    .await
+    .unwrap_err();
+    format!("{err:#}")
+}
+
 async fn set_state(env: &TestEnv, t: &TenantRecord, from: TenantState, to: TenantState) {
     assert!(tenant_admin::move_state(&env.platform, t, &[from], to)
         .await
@@ -409,32 +441,9 @@ async fn a_rotated_data_key_seals_every_value_again_and_the_municipality_works_a
     // A rotation cut short after its key was made: the database is under version 2,
     // the catalog's newest is 3. The municipality is not opened until it is finished.
     set_state(&env, &t, TenantState::Active, TenantState::Suspended).await;
-    let wrapped = DataKey::generate()
-        .wrap(env.platform.keys.as_ref(), &t.id, 3)
-        .unwrap();
-    env.platform
-        .catalog
-        .client()
-        .await
-        .unwrap()
-        .execute(
-            "INSERT INTO tenant_keys (tenant_id, purpose, version, wrapped, provider) VALUES ($1, 'data', 3, $2, 'test')",
-            &[&t.id, &wrapped],
-        )
-        .await
-        .unwrap();
-    let err = tenant_admin::move_state(
-        &env.platform,
-        &t,
-        &[TenantState::Suspended],
-        TenantState::Active,
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("madoguchi tenant rotate-data-key"),
-        "{err:#}"
-    );
+    made_but_not_used(&env, &t, 3).await;
+    let err = resume_refused(&env, &t).await;
+    assert!(err.contains("madoguchi tenant rotate-data-key"), "{err}");
     let done = data_key::rotate(&env.platform, &store, &t.slug, "test")
         .await
         .unwrap();
@@ -643,18 +652,8 @@ async fn a_rotated_municipality_is_erased_with_every_check_passed() {
         .await
         .unwrap()
         .unwrap();
-    let err = tenant_admin::move_state(
-        &env.platform,
-        &t,
-        &[TenantState::Suspended],
-        TenantState::Active,
-    )
-    .await
-    .unwrap_err();
-    assert!(
-        format!("{err:#}").contains("鍵の更新が実行中です"),
-        "{err:#}"
-    );
+    let err = resume_refused(&env, &t).await;
+    assert!(err.contains("鍵の更新が実行中です"), "{err}");
     let err = data_key::rotate(&env.platform, &store, &t.slug, "test")
         .await
         .unwrap_err();

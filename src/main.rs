@@ -1877,16 +1877,16 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             )
             .await?;
             let r = &done.rekeyed;
-            if let Some(file) = &done.catalog_backup {
-                println!(
-                    "tenant {slug}: new data key version {} (catalog backup {file})",
-                    r.to
-                );
+            if done.new_key {
+                println!("tenant {slug}: new data key version {}", r.to);
             } else {
                 println!(
                     "tenant {slug}: rotation to data key version {} finished",
                     r.to
                 );
+            }
+            if let Some(file) = &done.catalog_backup {
+                println!("  catalog backup {file} (holds the new key)");
             }
             for (column, n) in &r.resealed {
                 println!("  {column}: {n}");

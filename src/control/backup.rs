@@ -440,6 +440,17 @@ pub async fn run(
     rec: &TenantRecord,
 ) -> anyhow::Result<Manifest> {
     let manifest = backup(p, store, Subject::Tenant(rec)).await?;
+    cover_keys(p, store, rec).await?;
+    Ok(manifest)
+}
+
+/// Backs up the catalog unless one of its backups was made since the tenant's newest
+/// key: the catalog holds the only wrapped copy of a key. Returns the file if made.
+pub(crate) async fn cover_keys(
+    p: &Platform,
+    store: &dyn BackupStore,
+    rec: &TenantRecord,
+) -> anyhow::Result<Option<String>> {
     let covered: bool = p
         .catalog
         .client()
@@ -451,13 +462,11 @@ pub async fn run(
         )
         .await?
         .get(0);
-    if !covered {
-        crate::control::progress::step(
-            "backing up the catalog too (it holds this tenant's newest key)",
-        );
-        run_catalog(p, store).await?;
+    if covered {
+        return Ok(None);
     }
-    Ok(manifest)
+    crate::control::progress::step("backing up the catalog (it holds this tenant's newest key)");
+    Ok(Some(run_catalog(p, store).await?.file))
 }
 
 /// Backs up the catalog itself, its backup key wrapped by the master key.

@@ -88,27 +88,23 @@ async fn rotate_locked(
         bail!(ahead_message(slug, in_database, newest));
     }
     let new_key = in_database == newest;
-    let catalog_backup = if new_key {
+    if new_key {
         crate::control::progress::step(&format!(
             "making data key version {} of {slug}",
             newest + 1
         ));
         add_version(p, &rec, newest + 1).await?;
-        // The catalog holds the only wrapped copy of the new key: a backup of it
-        // exists before a single value depends on it.
-        crate::control::progress::step("backing up the catalog (it holds the new key)");
-        Some(
-            crate::control::backup::run_catalog(p, store)
-                .await
-                .context("backing up the catalog with the new key; nothing was sealed with it yet, run the command again")?
-                .file,
-        )
     } else {
         crate::control::progress::step(&format!(
             "finishing the rotation of {slug} to version {newest}, cut short before"
         ));
-        None
-    };
+    }
+    // The catalog holds the only wrapped copy of the new key: a backup of it exists
+    // before a single value depends on it (also when finishing a rotation whose
+    // catalog backup failed).
+    let catalog_backup = crate::control::backup::cover_keys(p, store, &rec)
+        .await
+        .context("backing up the catalog with the new key; nothing was sealed with it yet, run the command again")?;
     let cipher = crate::control::tenant_admin::tenant_cipher(p, &rec).await?;
     crate::control::progress::step(&format!(
         "sealing every value of {slug} again with version {}",

@@ -366,7 +366,7 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
     let (ok, out, err) = madoguchi(dir, &["tenant", "rotate-data-key", "sapporo"]);
     assert!(ok, "{err}");
     assert!(
-        out.contains("new data key version 2 (catalog backup ")
+        out.contains("new data key version 2\n  catalog backup ")
             && out.contains("resume with: madoguchi tenant resume sapporo"),
         "{out}"
     );

@@ -1352,6 +1352,10 @@ pub async fn hold(p: &Platform, slug: &str, actor: &str, reason: &str) -> anyhow
     }
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
+    // The tenant's row, as a data-key retirement locks it before it looks for a hold:
+    // one running now finishes first, or sees this hold.
+    tx.execute("SELECT 1 FROM tenants WHERE slug = $1 FOR UPDATE", &[&slug])
+        .await?;
     let n = tx
         .execute(
             "INSERT INTO backup_holds (tenant_slug, reason, held_by) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",

@@ -172,7 +172,7 @@ fn backup_key_aad(tenant: &Uuid, backup: &Uuid) -> Vec<u8> {
 }
 
 /// The tenant's newest data key.
-async fn data_key(p: &Platform, rec: &TenantRecord) -> anyhow::Result<(u32, DataKey)> {
+pub(crate) async fn data_key(p: &Platform, rec: &TenantRecord) -> anyhow::Result<(u32, DataKey)> {
     let k = p
         .catalog
         .keys(rec.id, "data")

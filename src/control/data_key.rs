@@ -247,21 +247,15 @@ async fn add_version(p: &Platform, rec: &TenantRecord, version: u32) -> anyhow::
 /// Makes the erasure canary again under the newest data key, if it is under an older
 /// one: older versions may be retired, and an erasure checks that no key opens it.
 async fn canary_under_newest(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
-    let k = p
-        .catalog
-        .keys(rec.id, "data")
-        .await?
-        .pop()
-        .with_context(|| format!("tenant {} has no data key", rec.slug))?;
-    let key = DataKey::unwrap(p.keys.as_ref(), &k.wrapped, &rec.id, k.version)?;
-    let canary = crate::control::erase::make_canary(&key, &rec.crypto_id, k.version)?;
+    let (version, key) = crate::control::backup::data_key(p, rec).await?;
+    let canary = crate::control::erase::make_canary(&key, &rec.crypto_id, version)?;
     p.catalog
         .client()
         .await?
         .execute(
             "UPDATE tenants SET canary = $2, canary_key_version = $3
               WHERE id = $1 AND (canary_key_version IS NULL OR canary_key_version < $3)",
-            &[&rec.id, &canary, &i32::try_from(k.version)?],
+            &[&rec.id, &canary, &i32::try_from(version)?],
         )
         .await?;
     Ok(())

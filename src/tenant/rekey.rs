@@ -20,58 +20,62 @@ use crate::tenant::forms::citizen::{blind_indexes, decrypt_answers, encrypt_answ
 use crate::tenant::forms::definition::FormDefinition;
 use crate::tenant::forms::resume::mailbox;
 
-/// Every table with a sealed value or a blind index, locked against writes for the pass.
-const TABLES: &str = "settings, staff, citizen_drafts, submissions, submission_events, \
-     submission_notes, outbox, attachments, draft_identities, submission_identities, identity_provider";
+/// Every table with a sealed value or a blind index, locked against writes for the
+/// pass (no statement, lock or value waits long on a suspended tenant's database).
+const LOCK_SQL: &str = "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = '10s';
+     LOCK TABLE settings, staff, citizen_drafts, submissions, submission_events, submission_notes,
+                outbox, attachments, draft_identities, submission_identities, identity_provider
+     IN EXCLUSIVE MODE";
 
 /// A sealed column (other than the applications' answers): the table and column its
-/// ciphertexts are bound to, a query giving each row's key, the row id bound into the
-/// ciphertext and the value, and the update taking keys (`$1`) and values (`$2`).
+/// ciphertexts are bound to, a cursor over each row's key, the row id bound into the
+/// ciphertext and the value, how many rows it fetches at once, and the update taking
+/// keys (`$1`) and values (`$2`). Whole statements: no SQL is put together at run time.
 struct Column {
     table: &'static str,
     column: &'static str,
-    select: &'static str,
+    declare: &'static str,
     update: &'static str,
     /// Rows per round trip (attachments are up to 10 MB each).
-    batch: u32,
+    fetch: &'static str,
 }
 
 const COLUMNS: [Column; 10] = [
     Column {
         table: "staff",
         column: "totp_secret",
-        select: "SELECT id::text, id::text, totp_secret FROM staff WHERE totp_secret IS NOT NULL",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT id::text, id::text, totp_secret FROM staff WHERE totp_secret IS NOT NULL",
         update: "UPDATE staff t SET totp_secret = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.id = u.k::bigint",
-        batch: 500,
+        fetch: "FETCH 500 FROM rekey",
     },
     Column {
         table: "citizen_drafts",
         column: "inputs",
-        select: "SELECT id::text, id::text, inputs FROM citizen_drafts WHERE inputs IS NOT NULL",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT id::text, id::text, inputs FROM citizen_drafts WHERE inputs IS NOT NULL",
         update: "UPDATE citizen_drafts t SET inputs = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.id = u.k::uuid",
-        batch: 500,
+        fetch: "FETCH 500 FROM rekey",
     },
     Column {
         table: "submissions",
         column: "return_reason",
-        select: "SELECT id::text, id::text, return_reason FROM submissions WHERE return_reason IS NOT NULL",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT id::text, id::text, return_reason FROM submissions WHERE return_reason IS NOT NULL",
         update: "UPDATE submissions t SET return_reason = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.id = u.k::uuid",
-        batch: 500,
+        fetch: "FETCH 500 FROM rekey",
     },
     // A status change's comment is bound to its application, not to the event.
     Column {
         table: "submission_events",
         column: "comment",
-        select: "SELECT id::text, submission_id::text, comment FROM submission_events WHERE comment IS NOT NULL",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT id::text, submission_id::text, comment FROM submission_events WHERE comment IS NOT NULL",
         update: "UPDATE submission_events t SET comment = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.id = u.k::bigint",
-        batch: 500,
+        fetch: "FETCH 500 FROM rekey",
     },
     Column {
         table: "submission_notes",
         column: "body",
-        select: "SELECT id::text, id::text, body FROM submission_notes",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT id::text, id::text, body FROM submission_notes",
         update: "UPDATE submission_notes t SET body = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.id = u.k::bigint",
-        batch: 500,
+        fetch: "FETCH 500 FROM rekey",
     },
     // Receipts are bound to their application (`citizen::RECEIPT_MAIL`), the rest of
     // the mail to its own row (`mail::queue`).
@@ -79,38 +83,38 @@ const COLUMNS: [Column; 10] = [
         table: "outbox",
         column: "payload",
         // A sent mail's payload is emptied (`mail::deliver_due`): nothing to seal.
-        select: "SELECT id::text, CASE WHEN kind = 'receipt' THEN submission_id::text ELSE id::text END, payload FROM outbox WHERE length(payload) > 0",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT id::text, CASE WHEN kind = 'receipt' THEN submission_id::text ELSE id::text END, payload FROM outbox WHERE length(payload) > 0",
         update: "UPDATE outbox t SET payload = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.id = u.k::bigint",
-        batch: 500,
+        fetch: "FETCH 500 FROM rekey",
     },
     Column {
         table: "attachments",
         column: "content",
-        select: "SELECT id::text, id::text, content FROM attachments",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT id::text, id::text, content FROM attachments",
         update: "UPDATE attachments t SET content = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.id = u.k::uuid",
-        batch: 8,
+        fetch: "FETCH 8 FROM rekey",
     },
     Column {
         table: "draft_identities",
         column: "claims",
-        select: "SELECT draft_id::text, draft_id::text, claims FROM draft_identities",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT draft_id::text, draft_id::text, claims FROM draft_identities",
         update: "UPDATE draft_identities t SET claims = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.draft_id = u.k::uuid",
-        batch: 500,
+        fetch: "FETCH 500 FROM rekey",
     },
     Column {
         table: "submission_identities",
         column: "claims",
-        select: "SELECT submission_id::text, submission_id::text, claims FROM submission_identities",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT submission_id::text, submission_id::text, claims FROM submission_identities",
         update: "UPDATE submission_identities t SET claims = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.submission_id = u.k::uuid",
-        batch: 500,
+        fetch: "FETCH 500 FROM rekey",
     },
     // The single provider row's secret is bound to the name "provider".
     Column {
         table: "identity_provider",
         column: "client_secret",
-        select: "SELECT id::text, 'provider', client_secret FROM identity_provider",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT id::text, 'provider', client_secret FROM identity_provider",
         update: "UPDATE identity_provider t SET client_secret = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.id = u.k::boolean",
-        batch: 1,
+        fetch: "FETCH 1 FROM rekey",
     },
 ];
 
@@ -166,12 +170,9 @@ pub async fn index_version(db: &impl GenericClient) -> anyhow::Result<u32> {
 /// (a pass run again after one that committed changes nothing but the indexes).
 pub async fn rekey(db: &mut Client, cipher: &FieldCipher) -> anyhow::Result<Rekeyed> {
     let tx = db.transaction().await?;
-    tx.batch_execute(&format!(
-        "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = '10s';
-         LOCK TABLE {TABLES} IN EXCLUSIVE MODE"
-    ))
-    .await
-    .context("locking the tables against writes")?;
+    tx.batch_execute(LOCK_SQL)
+        .await
+        .context("locking the tables against writes")?;
     let from = index_version(&tx).await?;
     let to = cipher.current_version();
     let mut done = Rekeyed {
@@ -201,15 +202,10 @@ pub async fn rekey(db: &mut Client, cipher: &FieldCipher) -> anyhow::Result<Reke
 }
 
 async fn reseal(tx: &Transaction<'_>, cipher: &FieldCipher, col: &Column) -> anyhow::Result<u64> {
-    tx.batch_execute(&format!(
-        "DECLARE rekey NO SCROLL CURSOR FOR {}",
-        col.select
-    ))
-    .await?;
-    let fetch = format!("FETCH {} FROM rekey", col.batch);
+    tx.batch_execute(col.declare).await?;
     let mut n = 0u64;
     loop {
-        let rows = tx.query(fetch.as_str(), &[]).await?;
+        let rows = tx.query(col.fetch, &[]).await?;
         if rows.is_empty() {
             break;
         }
@@ -363,6 +359,6 @@ mod tests {
     #[test]
     fn receipts_are_named_as_the_mail_queue_names_them() {
         assert_eq!(crate::tenant::forms::citizen::RECEIPT_MAIL, "receipt");
-        assert!(super::COLUMNS[5].select.contains("kind = 'receipt'"));
+        assert!(super::COLUMNS[5].declare.contains("kind = 'receipt'"));
     }
 }

@@ -216,7 +216,10 @@ enum Command {
     #[command(subcommand)]
     Keys(KeysCmd),
     /// Print the platform's public key (verifier form), which co-signs erasure certificates.
-    PlatformKey,
+    PlatformKey {
+        #[command(subcommand)]
+        cmd: Option<SigningKeyCmd>,
+    },
     /// The transparency log of erasure certificates.
     #[command(subcommand)]
     Tlog(TlogCmd),
@@ -519,11 +522,26 @@ enum KeysCmd {
 }
 
 #[derive(Subcommand, Debug)]
+enum SigningKeyCmd {
+    /// Replace the key: a new key file, and a transition statement signed by the old
+    /// key and the new one, kept in the catalog and carried in certificate files (so
+    /// certificates verify against either key); then a catalog backup. Runs beside
+    /// `serve`. The platform key waits for open decommissioning requests and
+    /// certificates awaiting a signature.
+    Rotate,
+    /// Print the key's signed transitions, oldest first (signed notes).
+    Transitions,
+}
+
+#[derive(Subcommand, Debug)]
 enum TlogCmd {
     /// Print the current checkpoint, signed by the log key.
     Checkpoint,
     /// Print the log key (verifier form) that signs checkpoints.
-    Key,
+    Key {
+        #[command(subcommand)]
+        cmd: Option<SigningKeyCmd>,
+    },
     /// Print the consistency proof from an earlier size to the current tree (base64, one hash per line).
     Consistency { old_size: u64 },
 }
@@ -1225,20 +1243,17 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::PlatformKey => {
-            println!(
-                "{}",
-                madoguchi::control::keys::platform_signer(p)
-                    .await?
-                    .verifier_key()
-            );
-            Ok(ExitCode::SUCCESS)
+        Command::PlatformKey { cmd } => {
+            signing_key(p, madoguchi::control::key_transition::Role::Platform, cmd).await
+        }
+        Command::Tlog(TlogCmd::Key { cmd }) => {
+            signing_key(p, madoguchi::control::key_transition::Role::Log, cmd).await
         }
         Command::Tlog(cmd) => {
             let signer = madoguchi::control::keys::log_signer(p).await?;
             let leaves = p.catalog.tlog_leaves().await?;
             match cmd {
-                TlogCmd::Key => println!("{}", signer.verifier_key()),
+                TlogCmd::Key { .. } => println!("{}", signer.verifier_key()),
                 TlogCmd::Checkpoint => {
                     let root = madoguchi::crypto::tlog::root(&leaves);
                     let text = madoguchi::crypto::note::checkpoint_text(
@@ -1380,6 +1395,52 @@ async fn rotate_master(settings: madoguchi::config::Settings) -> anyhow::Result<
         "catalog backup under the new key: {} ({} bytes)",
         m.file, m.size
     );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `platform-key` and `tlog key`: print, rotate, or list the transitions.
+async fn signing_key(
+    p: &Platform,
+    role: madoguchi::control::key_transition::Role,
+    cmd: Option<SigningKeyCmd>,
+) -> anyhow::Result<ExitCode> {
+    use madoguchi::control::key_transition::{Role, Transition};
+    use madoguchi::control::keys;
+    match cmd {
+        None => {
+            let signer = match role {
+                Role::Platform => keys::platform_signer(p).await?,
+                Role::Log => keys::log_signer(p).await?,
+            };
+            println!("{}", signer.verifier_key());
+        }
+        Some(SigningKeyCmd::Transitions) => {
+            for note in p.catalog.key_transitions().await? {
+                if Transition::open(&note).is_some_and(|t| t.role == role) {
+                    print!("{note}");
+                }
+            }
+        }
+        Some(SigningKeyCmd::Rotate) => {
+            let (file, _) = keys::file_and_name(role);
+            let done = keys::rotate_signer(p, role, &cli_actor()).await?;
+            println!(
+                "{file}: new key {}\n  replaces {} (kept as {}: destroy it once the new key is escrowed, see ops/runbooks/keys.md)\n  transition signed by both keys:\n{}",
+                done.new,
+                done.old,
+                done.retired.display(),
+                done.statement
+            );
+            let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
+            let m = madoguchi::control::backup::run_catalog(p, &store).await.context(
+                "the key is rotated, but the catalog backup holding its transition failed: run `madoguchi backup run --catalog`",
+            )?;
+            println!(
+                "catalog backup with the transition: {} ({} bytes)",
+                m.file, m.size
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -511,6 +511,18 @@ impl Catalog {
         Ok(())
     }
 
+    /// The signed key transitions of the platform and log keys, oldest first.
+    pub async fn key_transitions(&self) -> anyhow::Result<Vec<String>> {
+        let c = self.client().await?;
+        Ok(
+            c.query("SELECT statement FROM key_transitions ORDER BY seq", &[])
+                .await?
+                .iter()
+                .map(|r| r.get(0))
+                .collect(),
+        )
+    }
+
     /// How many entries the erasure log holds.
     pub async fn tlog_size(&self) -> anyhow::Result<i64> {
         let c = self.client().await?;

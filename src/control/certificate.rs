@@ -18,6 +18,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use super::key_transition::{same_key, vouched, Role, Transition, Vouched};
 use crate::crypto::note::{parse_checkpoint, NoteSigner, NoteVerifier};
 use crate::crypto::tlog::{self, Hash};
 
@@ -212,6 +213,11 @@ pub struct CertificateFile {
     pub certificate: Certificate,
     pub signatures: Signatures,
     pub transparency: Transparency,
+    /// Signed transitions of the platform and log keys (see
+    /// [`super::key_transition`]), oldest first: they link the keys that signed this
+    /// file to older and newer ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_transitions: Vec<String>,
 }
 
 /// RFC 8785 canonical JSON. Numbers are written as IEEE doubles there, so integers
@@ -362,6 +368,21 @@ pub fn verify(file_text: &str, trust: &Trust<'_>) -> Verdict {
         ),
     );
 
+    // Key transitions carried in the file: each must be signed by both its keys.
+    let mut transitions = Vec::new();
+    for note in &file.key_transitions {
+        match Transition::open(note) {
+            Some(t) => transitions.push(t),
+            None => {
+                v.check(
+                    false,
+                    "a key transition in the file is not signed by both keys it names",
+                );
+                return v;
+            }
+        }
+    }
+
     // The platform signature.
     let platform = match NoteVerifier::parse(trust.platform_key) {
         Ok(p) => p,
@@ -378,10 +399,33 @@ pub fn verify(file_text: &str, trust: &Trust<'_>) -> Verdict {
         return v;
     };
     let sig = |s: &str| B64.decode(s).unwrap_or_default();
-    v.check(
-        platform.verify_bytes(&cert_msg, &sig(&file.signatures.platform)),
-        "signed by the platform key",
-    );
+    let platform_signed =
+        |k: &NoteVerifier| k.verify_bytes(&cert_msg, &sig(&file.signatures.platform));
+    if platform_signed(&platform) {
+        v.check(true, "signed by the platform key");
+    } else {
+        // Signed by a key the given one was replaced by, or replaced.
+        let linked = vouched(trust.platform_key, Role::Platform, &transitions)
+            .into_iter()
+            .filter(|k| k.hops > 0 && same_key(&k.key, &cert.platform_key))
+            .find_map(|k| NoteVerifier::parse(&k.key).ok().map(|p| (p, k)));
+        match linked {
+            Some((p, k)) => {
+                v.check(
+                    platform_signed(&p),
+                    format!(
+                        "signed by the platform key {}, {} the key given by {} signed key transition(s)",
+                        cert.platform_key,
+                        if k.earlier { "replaced by" } else { "which replaced" },
+                        k.hops
+                    ),
+                );
+            }
+            None => {
+                v.check(false, "signed by the platform key");
+            }
+        }
+    }
 
     // The two operators.
     v.check(
@@ -473,25 +517,48 @@ pub fn verify(file_text: &str, trust: &Trust<'_>) -> Verdict {
     );
 
     // The transparency log.
-    let log = match NoteVerifier::parse(&cert.transparency_log.verifier_key) {
-        Ok(l) => l,
-        Err(_) => {
-            v.check(false, "the log key in the certificate is malformed");
-            return v;
-        }
+    if NoteVerifier::parse(&cert.transparency_log.verifier_key).is_err() {
+        v.check(false, "the log key in the certificate is malformed");
+        return v;
+    }
+    // The log key the certificate names, and those linked to it by transitions
+    // (checkpoints are signed when the file is exported, by the log key of the day).
+    let log_keys: Vec<(NoteVerifier, Vouched)> =
+        vouched(&cert.transparency_log.verifier_key, Role::Log, &transitions)
+            .into_iter()
+            .filter_map(|k| NoteVerifier::parse(&k.key).ok().map(|l| (l, k)))
+            .collect();
+    let open_checkpoint = |note: &str| {
+        log_keys.iter().find_map(|(l, k)| {
+            l.open(note)
+                .ok()
+                .and_then(|text| parse_checkpoint(text).ok())
+                .map(|c| (c, k.clone()))
+        })
+    };
+    let by = |k: &Vouched| match k.hops {
+        0 => String::new(),
+        n => format!(
+            ", by the log key {} {} it in {n} signed key transition(s)",
+            k.key,
+            if k.earlier {
+                "that it replaced"
+            } else {
+                "that replaced"
+            }
+        ),
     };
     let t = &file.transparency;
-    let checkpoint = log
-        .open(&t.checkpoint)
-        .ok()
-        .and_then(|text| parse_checkpoint(text).ok());
-    let Some((origin, size, root)) = checkpoint else {
+    let Some(((origin, size, root), signer)) = open_checkpoint(&t.checkpoint) else {
         v.check(false, "the checkpoint is not signed by the log key");
         return v;
     };
     v.check(
         origin == cert.transparency_log.origin && size == t.tree_size,
-        format!("checkpoint signed by the log key ({origin}, size {size})"),
+        format!(
+            "checkpoint signed by the log key ({origin}, size {size}{})",
+            by(&signer)
+        ),
     );
     let included = match (
         Signed {
@@ -511,11 +578,7 @@ pub fn verify(file_text: &str, trust: &Trust<'_>) -> Verdict {
     );
 
     if let Some(older) = trust.older_checkpoint {
-        match log
-            .open(older)
-            .ok()
-            .and_then(|text| parse_checkpoint(text).ok())
-        {
+        match open_checkpoint(older).map(|(c, _)| c) {
             None => {
                 v.check(false, "the older checkpoint is not signed by the log key");
             }

@@ -1082,6 +1082,13 @@ pub async fn issue(
         .get(0);
     drop(c);
     let platform = platform_signer(p).await?;
+    if !super::key_transition::same_key(&certificate.platform_key, &platform.verifier_key()) {
+        bail!(
+            "この証明書は更新前の基盤鍵（{}）を名指ししています。署名できません / the certificate names the platform key {}, which has been replaced since it was composed: it cannot be signed",
+            certificate.platform_key,
+            certificate.platform_key
+        );
+    }
     let signed = Signed {
         signatures: Signatures {
             sanitizer: B64.encode(&sanitizer_sig),
@@ -1241,6 +1248,7 @@ pub async fn export_certificate(
         transparency: cert::transparency(&leaves, seq, &log, &since)?,
         certificate: signed.certificate,
         signatures: signed.signatures,
+        key_transitions: p.catalog.key_transitions().await?,
     })
 }
 

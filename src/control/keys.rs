@@ -12,6 +12,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use zeroize::Zeroizing;
 
+use super::key_transition::{same_key, Role, Transition};
 use crate::crypto::note::NoteSigner;
 
 /// Loads a signing key from a 0600 file holding its base64 seed, creating it first if
@@ -48,17 +49,69 @@ pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", path.display()))?;
     f.write_all(text.as_bytes())?;
     f.write_all(b"\n")?;
+    f.sync_all()?;
     Ok(())
 }
 
 /// The platform key (co-signs certificates): `DIR/platform.key`.
 pub async fn platform_signer(p: &crate::platform::Platform) -> anyhow::Result<NoteSigner> {
-    first_or_kept(p, "platform.key", "madoguchi-platform").await
+    first_or_kept(p, Role::Platform).await
 }
 
 /// The log key (signs checkpoints): `DIR/tlog.key`; its name is the log's origin.
 pub async fn log_signer(p: &crate::platform::Platform) -> anyhow::Result<NoteSigner> {
-    first_or_kept(p, "tlog.key", "madoguchi.erasure-log").await
+    first_or_kept(p, Role::Log).await
+}
+
+/// The file in the state directory and the key name of each signing key.
+pub fn file_and_name(role: Role) -> (&'static str, &'static str) {
+    match role {
+        Role::Platform => ("platform.key", "madoguchi-platform"),
+        Role::Log => ("tlog.key", "madoguchi.erasure-log"),
+    }
+}
+
+/// Where a rotation writes the new key before the catalog records it.
+fn new_file(file: &str) -> String {
+    format!("{file}.new")
+}
+
+/// Where a rotation keeps the key it replaced: named by the key's hash, so a
+/// restore from before the rotation finds it.
+fn retired_file(file: &str, verifier: &str) -> String {
+    let hash = verifier.split('+').nth(1).unwrap_or("unknown");
+    format!("{file}.retired-{hash}")
+}
+
+/// A rotation that committed in the catalog but did not put its new key in place
+/// (it was cut short, or this process looked in between): the new file is renamed
+/// over the old one, which the rotation kept aside first.
+fn settle_rotation(
+    dir: &Path,
+    file: &str,
+    name: &str,
+    recorded: Option<&str>,
+) -> anyhow::Result<()> {
+    let new_path = dir.join(new_file(file));
+    let Some(recorded) = recorded else {
+        return Ok(());
+    };
+    if !new_path.exists() {
+        return Ok(());
+    }
+    let Ok(next) = load_signer(&new_path, name, false) else {
+        return Ok(());
+    };
+    if !same_key(recorded, &next.verifier_key()) {
+        // Not committed (yet, or ever): the rotation in progress, or the next one,
+        // deals with it.
+        return Ok(());
+    }
+    match fs::rename(&new_path, dir.join(file)) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).with_context(|| format!("putting {} in place", new_path.display())),
+    }
 }
 
 /// A platform signing key, made on first use only. Its public form is recorded in
@@ -68,13 +121,12 @@ pub async fn log_signer(p: &crate::platform::Platform) -> anyhow::Result<NoteSig
 /// checkpoint unverifiable against the public key municipalities and auditors keep.
 /// (The erasure log's entries count as a record too, for a catalog from before the
 /// record.)
-async fn first_or_kept(
-    p: &crate::platform::Platform,
-    file: &str,
-    name: &str,
-) -> anyhow::Result<NoteSigner> {
-    let path = p.settings.state_dir.join(file);
-    let recorded = p.catalog.recorded_key(file).await?;
+async fn first_or_kept(p: &crate::platform::Platform, role: Role) -> anyhow::Result<NoteSigner> {
+    let (file, name) = file_and_name(role);
+    let dir = &p.settings.state_dir;
+    let path = dir.join(file);
+    let mut recorded = p.catalog.recorded_key(file).await?;
+    settle_rotation(dir, file, name, recorded.as_deref())?;
     if !path.exists() {
         let signed = p.catalog.tlog_size().await?;
         if recorded.is_some() || signed > 0 {
@@ -84,13 +136,33 @@ async fn first_or_kept(
             );
         }
     }
-    let signer = load_signer(&path, name, true)?;
-    let public = signer.verifier_key();
+    let mut signer = load_signer(&path, name, true)?;
+    let mut public = signer.verifier_key();
+    if recorded.as_deref().is_some_and(|r| r != public) {
+        // A rotation may have committed and swapped the files between the two reads.
+        recorded = p.catalog.recorded_key(file).await?;
+        settle_rotation(dir, file, name, recorded.as_deref())?;
+        signer = load_signer(&path, name, false)?;
+        public = signer.verifier_key();
+    }
     match recorded {
-        Some(r) if r != public => bail!(
-            "{path} は記録されている鍵（{r}）ではありません。保管先の鍵を戻してください / {path} is not the key recorded ({r}): restore the escrowed one",
-            path = path.display()
-        ),
+        Some(r) if r != public => {
+            let kept = dir.join(retired_file(file, &r));
+            bail!(
+                "{path} は記録されている鍵（{r}）ではありません。保管先の鍵を戻してください{hint} / {path} is not the key recorded ({r}): restore the escrowed one{hint_en}",
+                path = path.display(),
+                hint = if kept.exists() {
+                    format!("（鍵の更新で退けた鍵が {} にあります）", kept.display())
+                } else {
+                    String::new()
+                },
+                hint_en = if kept.exists() {
+                    format!(" (a rotation kept that key as {})", kept.display())
+                } else {
+                    String::new()
+                },
+            )
+        }
         Some(_) => {}
         None => p.catalog.record_key(file, &public).await?,
     }
@@ -125,4 +197,143 @@ pub fn parse_public_lines(text: &str) -> anyhow::Result<Vec<(String, [u8; 32])>>
         out.push((id.to_owned(), key));
     }
     Ok(out)
+}
+
+/// What a signing-key rotation did.
+#[derive(Debug)]
+pub struct SignerRotated {
+    pub old: String,
+    pub new: String,
+    /// The transition, signed by both keys.
+    pub statement: String,
+    /// Where the replaced key is kept.
+    pub retired: std::path::PathBuf,
+}
+
+/// Replaces the platform key or the log key: a new key file, the catalog's record
+/// and a transition statement signed by both keys in one transaction, then the new
+/// file put in place (the old one is kept aside under its hash). Runs beside
+/// `serve`, which reads the keys each time it signs. The platform key is refused
+/// while a decommissioning request or a certificate waiting for its verifier's
+/// signature is open: that certificate already names the current key.
+pub async fn rotate_signer(
+    p: &crate::platform::Platform,
+    role: Role,
+    actor: &str,
+) -> anyhow::Result<SignerRotated> {
+    let (file, name) = file_and_name(role);
+    let dir = &p.settings.state_dir;
+    let old = first_or_kept(p, role).await?;
+    let mut c = p.catalog.client().await?;
+    let tx = c.transaction().await?;
+    let alone: bool = tx
+        .query_one(
+            "SELECT pg_try_advisory_xact_lock(hashtextextended('madoguchi.signing-keys', 0))",
+            &[],
+        )
+        .await?
+        .get(0);
+    if !alone {
+        bail!("署名鍵の更新が別に実行中です / another signing-key rotation is running");
+    }
+    if role == Role::Platform {
+        tx.execute(
+            "LOCK TABLE decommissions, pending_signatures IN SHARE MODE",
+            &[],
+        )
+        .await?;
+        let open: i64 = tx
+            .query_one(
+                "SELECT (SELECT count(*) FROM decommissions WHERE state = 'requested')
+                      + (SELECT count(*) FROM pending_signatures WHERE kind = 'erasure_certificate')",
+                &[],
+            )
+            .await?
+            .get(0);
+        if open > 0 {
+            bail!(
+                "消去の依頼または署名待ちの証明書が{open}件あります。現在の基盤鍵の名がその証明書に入るため、完了（または取り下げ）後に更新してください / {open} decommissioning request(s) or certificate(s) awaiting a signature are open; they name the current platform key: finish or withdraw them first"
+            );
+        }
+    }
+    let recorded: Option<String> = tx
+        .query_opt(
+            "SELECT verifier FROM platform_keys WHERE file = $1 FOR UPDATE",
+            &[&file],
+        )
+        .await?
+        .map(|r| r.get(0));
+    if recorded.as_deref() != Some(old.verifier_key().as_str()) {
+        bail!("the recorded {file} changed meanwhile; run the command again");
+    }
+    let new_path = dir.join(new_file(file));
+    if new_path.exists() {
+        // Never committed: the catalog records the old key (checked just above).
+        fs::remove_file(&new_path)
+            .with_context(|| format!("removing a stale {}", new_path.display()))?;
+    }
+    let new = NoteSigner::generate(name).map_err(|e| anyhow::anyhow!("{e}"))?;
+    write_secret(&new_path, &B64.encode(*new.seed()))?;
+    let retired = dir.join(retired_file(file, &old.verifier_key()));
+    let result = async {
+        match fs::hard_link(dir.join(file), &retired) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e).context("keeping the old key aside"),
+        }
+        let at = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
+            .format(&time::format_description::well_known::Rfc3339)?;
+        let transition = Transition {
+            role,
+            from: old.verifier_key(),
+            to: new.verifier_key(),
+            at,
+        };
+        let statement = transition.sign(&old, &new)?;
+        tx.execute(
+            "UPDATE platform_keys SET verifier = $2, recorded_at = now() WHERE file = $1",
+            &[&file, &transition.to],
+        )
+        .await?;
+        tx.execute(
+            "INSERT INTO key_transitions (file, from_verifier, to_verifier, statement, made_by) VALUES ($1, $2, $3, $4, $5)",
+            &[&file, &transition.from, &transition.to, &statement, &actor],
+        )
+        .await?;
+        super::oplog::append(
+            &tx,
+            actor,
+            match role {
+                Role::Platform => "keys.rotate_platform",
+                Role::Log => "keys.rotate_log",
+            },
+            "",
+            &serde_json::json!({ "from": transition.from, "to": transition.to }),
+        )
+        .await?;
+        Ok::<_, anyhow::Error>(statement)
+    }
+    .await;
+    let statement = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = fs::remove_file(&new_path);
+            return Err(e.context(format!("{file} not rotated")));
+        }
+    };
+    // If the commit's answer is lost, the next use of the key settles it either way.
+    tx.commit().await.with_context(|| {
+        format!(
+            "{file}: the rotation's commit did not answer; the next command or request finishes it if it took effect"
+        )
+    })?;
+    settle_rotation(dir, file, name, Some(&new.verifier_key()))?;
+    Ok(SignerRotated {
+        old: old.verifier_key(),
+        new: new.verifier_key(),
+        statement,
+        retired,
+    })
 }

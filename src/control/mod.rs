@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod data_key;
 pub mod erase;
 pub mod final_export;
+pub mod key_transition;
 pub mod keys;
 pub mod manifest;
 pub mod master_key;

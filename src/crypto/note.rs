@@ -123,6 +123,23 @@ impl NoteSigner {
     }
 }
 
+/// Signs `text` as one note carrying a signature line from each signer, in order.
+pub fn sign_note_by(text: &str, signers: &[&NoteSigner]) -> Result<String, NoteError> {
+    let mut note = String::new();
+    for (n, signer) in signers.iter().enumerate() {
+        let one = signer.sign_note(text)?;
+        if n == 0 {
+            note = one;
+        } else {
+            note.push_str(&one[text.len() + 1..]);
+        }
+    }
+    if note.is_empty() {
+        return Err(NoteError::Malformed);
+    }
+    Ok(note)
+}
+
 /// A verifier parsed from its `name+hash+key` form.
 #[derive(Debug, Clone)]
 pub struct NoteVerifier {

@@ -781,6 +781,52 @@ fn operators_platform_key_and_transparency_log() {
     }
     let (ok, key3, _) = madoguchi(dir, &["platform-key"]);
     assert!(ok && key3 == key1);
+
+    // Both signing keys replaced: each transition is printed, signed by both keys,
+    // and a fresh export of the certificate verifies against the old platform key
+    // and the new one (its checkpoint is signed by the new log key).
+    let (ok, out, err) = madoguchi(dir, &["platform-key", "rotate"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("catalog backup with the transition"), "{out}");
+    let (ok, out, err) = madoguchi(dir, &["tlog", "key", "rotate"]);
+    assert!(ok && out.contains("tlog.key: new key"), "{out}{err}");
+    let (_, key4, _) = madoguchi(dir, &["platform-key"]);
+    assert_ne!(key4, key1);
+    let (ok, notes, _) = madoguchi(dir, &["platform-key", "transitions"]);
+    let t = madoguchi::control::key_transition::Transition::open(&notes).unwrap();
+    assert!(
+        ok && t.from == key1.trim() && t.to == key4.trim(),
+        "{notes}"
+    );
+    let (ok, notes, _) = madoguchi(dir, &["tlog", "key", "transitions"]);
+    assert!(
+        ok && notes.contains("\nlog\n") && !notes.contains("\nplatform\n"),
+        "{notes}"
+    );
+    let id = Path::new(&cert)
+        .file_stem()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let (ok, fresh, err) = madoguchi(dir, &["cert", "export", &id]);
+    assert!(ok, "{err}");
+    std::fs::write(dir.join("fresh.json"), &fresh).unwrap();
+    for key in [&key1, &key4] {
+        let (ok, out, _) = madoguchi(
+            dir,
+            &[
+                "cert",
+                "verify",
+                dir.join("fresh.json").to_str().unwrap(),
+                "--platform-key",
+                key.trim(),
+                "--checkpoint",
+                dir.join("old.checkpoint").to_str().unwrap(),
+            ],
+        );
+        assert!(ok && out.contains("that replaced it"), "{out}");
+    }
     let (ok, out, _) = madoguchi(dir, &["cert", "list"]);
     assert!(
         ok && out.contains("yubari") && out.contains("sato / suzuki"),

@@ -1039,3 +1039,226 @@ async fn nothing_is_stored_after_the_final_exports_snapshot() {
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
+
+/// Verifies a certificate file against a platform key; the report on failure.
+fn verdict(
+    file: &certificate::CertificateFile,
+    platform_key: &str,
+    older: Option<&str>,
+) -> certificate::Verdict {
+    certificate::verify(
+        &serde_json::to_string(file).unwrap(),
+        &Trust {
+            platform_key,
+            operators: None,
+            older_checkpoint: older,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
+    use madoguchi::control::key_transition::{Role, Transition};
+    use madoguchi::control::keys::{log_signer, rotate_signer};
+    let env = TestEnv::new().await;
+    let p = &env.platform;
+    let first = env.tenant(&unique("first"), "夕張市", "012092").await;
+    let second = env.tenant(&unique("second"), "三笠市", "012220").await;
+    let third = env.tenant(&unique("third"), "歌志内市", "012271").await;
+    let (alice, _) = operator(&env, "alice", "山田 花子").await;
+    let (bob, _) = operator(&env, "bob", "佐藤 一郎").await;
+    let p0 = platform_signer(p).await.unwrap().verifier_key();
+    let l0 = log_signer(p).await.unwrap().verifier_key();
+    let (cert1, _) = erase_tenant(&env, &first, ("alice", &alice), ("bob", &bob)).await;
+    let kept_checkpoint = cert1.transparency.checkpoint.clone();
+
+    // An open decommissioning request names no key yet, but its certificate will
+    // name the current platform key: the platform key waits, the log key does not.
+    erase::decommission(
+        p,
+        &DecommissionArgs {
+            slug: &second.slug,
+            operator: "alice",
+            key: &alice,
+            reason: "契約終了",
+            final_export: false,
+        },
+    )
+    .await
+    .unwrap();
+    let err = rotate_signer(p, Role::Platform, "ops").await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("decommissioning request"),
+        "{err:#}"
+    );
+    assert_eq!(platform_signer(p).await.unwrap().verifier_key(), p0);
+    let log = rotate_signer(p, Role::Log, "ops").await.unwrap();
+    assert_eq!(
+        (log.old.as_str(), log.new.as_str()),
+        (
+            l0.as_str(),
+            log_signer(p).await.unwrap().verifier_key().as_str()
+        )
+    );
+    let store = DirStore::new(env.state.path());
+    let (cert2, _) = erase::erase(
+        p,
+        &store,
+        &EraseArgs {
+            slug: &second.slug,
+            verifier: "bob",
+            allow_shared_keys: false,
+        },
+        &bob,
+        &Quiet,
+    )
+    .await
+    .unwrap();
+    // Named the new log key; verifies against the platform key handed out.
+    assert_eq!(cert2.certificate.transparency_log.verifier_key, log.new);
+    let v = verdict(&cert2, &p0, None);
+    assert!(v.ok(), "{}", v.report());
+
+    // Now the platform key: the old file is kept aside under its hash, nothing is
+    // left half-done, and the operation log has it.
+    let rotated = rotate_signer(p, Role::Platform, "ops").await.unwrap();
+    let p1 = platform_signer(p).await.unwrap().verifier_key();
+    assert_eq!(
+        (rotated.old.as_str(), rotated.new.as_str()),
+        (p0.as_str(), p1.as_str())
+    );
+    assert_ne!(p0, p1);
+    let dir = env.state.path();
+    let kept = madoguchi::control::keys::load_signer(&rotated.retired, "madoguchi-platform", false)
+        .unwrap();
+    assert_eq!(kept.verifier_key(), p0);
+    assert!(!dir.join("platform.key.new").exists());
+    let t = Transition::open(&rotated.statement).unwrap();
+    assert_eq!(
+        (t.role, t.from.as_str(), t.to.as_str()),
+        (Role::Platform, p0.as_str(), p1.as_str())
+    );
+    let c = p.catalog.client().await.unwrap();
+    let actions: Vec<String> = c
+        .query(
+            "SELECT action FROM ops_log WHERE action LIKE 'keys.rotate_%' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(actions, ["keys.rotate_log", "keys.rotate_platform"]);
+
+    // A certificate made after: signed by the new platform key, verified against the
+    // old one (it replaced it) and the new one.
+    let (cert3, _) = erase_tenant(&env, &third, ("bob", &bob), ("alice", &alice)).await;
+    assert_eq!(cert3.certificate.platform_key, p1);
+    assert_eq!(cert3.key_transitions.len(), 2);
+    for key in [&p0, &p1] {
+        let v = verdict(&cert3, key, None);
+        assert!(v.ok(), "{}", v.report());
+    }
+    assert!(verdict(&cert3, &p0, None)
+        .report()
+        .contains("which replaced the key given by 1"));
+    // The first certificate, exported now: its checkpoint is signed by the new log
+    // key, linked to the one it names; it verifies against either platform key, and
+    // the auditor's checkpoint from before both rotations still proves the log only
+    // grew.
+    let fresh1 = erase::export_certificate(p, cert1.certificate.id, &[1])
+        .await
+        .unwrap();
+    for key in [&p0, &p1] {
+        let v = verdict(&fresh1, key, Some(&kept_checkpoint));
+        assert!(v.ok(), "{}", v.report());
+        assert!(v.report().contains("that replaced it"), "{}", v.report());
+        assert!(v.report().contains("size 1 → 3"), "{}", v.report());
+    }
+    assert!(verdict(&fresh1, &p1, None)
+        .report()
+        .contains("replaced by the key given by 1"));
+    // The third certificate with the oldest checkpoint, signed by a log key from
+    // before the one it names.
+    let fresh3 = erase::export_certificate(p, cert3.certificate.id, &[1])
+        .await
+        .unwrap();
+    let v = verdict(&fresh3, &p0, Some(&kept_checkpoint));
+    assert!(v.ok(), "{}", v.report());
+
+    // Without the transitions, or with one signed by one key only, it fails.
+    let bare = certificate::CertificateFile {
+        key_transitions: Vec::new(),
+        ..fresh3.clone()
+    };
+    assert!(!verdict(&bare, &p0, None).ok());
+    assert!(!verdict(
+        &certificate::CertificateFile {
+            key_transitions: Vec::new(),
+            ..fresh1.clone()
+        },
+        &p0,
+        None
+    )
+    .ok());
+    let mut one_signature = fresh3.clone();
+    let note = &one_signature.key_transitions[1];
+    let last_line = note.trim_end().rsplit('\n').next().unwrap().to_owned();
+    one_signature.key_transitions[1] = note.replacen(&format!("{last_line}\n"), "", 1);
+    let v = verdict(&one_signature, &p0, None);
+    assert!(
+        !v.ok() && v.report().contains("not signed by both keys"),
+        "{}",
+        v.report()
+    );
+    // An unrelated key is still refused.
+    let stranger = NoteSigner::generate("madoguchi-platform")
+        .unwrap()
+        .verifier_key();
+    assert!(!verdict(&fresh3, &stranger, None).ok());
+
+    // A rotation cut short after its commit (the new file not yet in place) is
+    // finished by the next use of the key; one that never committed leaves the key
+    // as it is, and the next rotation clears its file.
+    let current = std::fs::read(dir.join("platform.key")).unwrap();
+    std::fs::rename(dir.join("platform.key"), dir.join("platform.key.new")).unwrap();
+    std::fs::copy(&rotated.retired, dir.join("platform.key")).unwrap();
+    assert_eq!(platform_signer(p).await.unwrap().verifier_key(), p1);
+    assert_eq!(std::fs::read(dir.join("platform.key")).unwrap(), current);
+    assert!(!dir.join("platform.key.new").exists());
+    let stray = NoteSigner::generate("madoguchi-platform").unwrap();
+    use base64::Engine;
+    madoguchi::control::keys::write_secret(
+        &dir.join("platform.key.new"),
+        &base64::engine::general_purpose::STANDARD.encode(*stray.seed()),
+    )
+    .unwrap();
+    assert_eq!(platform_signer(p).await.unwrap().verifier_key(), p1);
+    let again = rotate_signer(p, Role::Platform, "ops").await.unwrap();
+    assert_ne!(again.new, stray.verifier_key());
+    assert_eq!(platform_signer(p).await.unwrap().verifier_key(), again.new);
+    // Two transitions now chain the first key to the newest.
+    let newest_export = erase::export_certificate(p, cert1.certificate.id, &[])
+        .await
+        .unwrap();
+    let v = verdict(&newest_export, &again.new, None);
+    assert!(
+        v.ok() && v.report().contains("replaced by the key given by 2"),
+        "{}",
+        v.report()
+    );
+    // The catalog restored from before the rotations names the old key: the error
+    // says where the rotation kept it.
+    c.execute(
+        "UPDATE platform_keys SET verifier = $1 WHERE file = 'platform.key'",
+        &[&p0],
+    )
+    .await
+    .unwrap();
+    let err = platform_signer(p).await.unwrap_err();
+    assert!(
+        format!("{err}").contains(&rotated.retired.display().to_string()),
+        "{err}"
+    );
+}

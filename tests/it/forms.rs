@@ -315,6 +315,18 @@ pub async fn apply_with(
     public: &str,
     kind: &str,
 ) -> Result<String, (u16, String)> {
+    let token = fill_in(c, server, host, public, kind).await?;
+    send(c, server, host, public, &token).await
+}
+
+/// [`apply_with`] up to the confirmation page (入力内容の確認); returns the page's token.
+pub async fn fill_in(
+    c: &reqwest::Client,
+    server: &Server,
+    host: &str,
+    public: &str,
+    kind: &str,
+) -> Result<String, (u16, String)> {
     let c = c.clone();
     let u = |p: &str| url(server, host, p);
     let (status, _, page) = get(&c, &u(public)).await;
@@ -366,15 +378,29 @@ pub async fn apply_with(
         "{confirm}"
     );
     assert!(confirm.contains("令和13年7月19日"));
+    Ok(token)
+}
+
+/// [`apply_with`]'s last step: sends what [`fill_in`] left on the confirmation page
+/// (twice, as a double tap would); returns the receipt number.
+pub async fn send(
+    c: &reqwest::Client,
+    server: &Server,
+    host: &str,
+    public: &str,
+    token: &str,
+) -> Result<String, (u16, String)> {
+    let u = |p: &str| url(server, host, p);
+    let token = token.to_owned();
     let submit = format!("{public}/submit");
-    let (status, loc, body) = post(&c, &u(&submit), &[("_token", &token)]).await;
+    let (status, loc, body) = post(c, &u(&submit), &[("_token", &token)]).await;
     if status != 303 {
         return Err((status, body));
     }
     // Sending again (double tap, reload) changes nothing.
-    let (again, loc2, _) = post(&c, &u(&submit), &[("_token", &token)]).await;
+    let (again, loc2, _) = post(c, &u(&submit), &[("_token", &token)]).await;
     assert_eq!((again, loc2.as_str()), (303, loc.as_str()));
-    let (_, _, done) = get(&c, &u(&loc)).await;
+    let (_, _, done) = get(c, &u(&loc)).await;
     Ok(capture(r#"id="receipt">([0-9A-Z-]+)<"#, &done))
 }
 
@@ -830,6 +856,171 @@ async fn capacity_holds_under_concurrent_submits() {
     };
     assert_eq!((count, capacity), (3, Some(3)));
     assert!(full(apply(&server, &host, &public, "ソファ").await));
+}
+
+/// Backends of the tenant's database waiting for a lock.
+async fn lock_waiters(db: &tokio_postgres::Client) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        &[],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
+/// Waits (up to 10 s) until `n` backends wait for a lock or `done` has finished.
+async fn until_waiting<T>(db: &tokio_postgres::Client, n: i64, done: &tokio::task::JoinHandle<T>) {
+    for _ in 0..200 {
+        if lock_waiters(db).await >= n || done.is_finished() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("{n} backends never waited for a lock");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_form_given_capacity_while_applications_are_sent_counts_each_of_them() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = std::sync::Arc::new(env.serve().await);
+    let host = t.hosts[0].clone();
+    let admin = std::sync::Arc::new(staff(&env, &server, &t, Role::Admin, None).await);
+    let dept = dept_id(&env, &t, "子育て支援課").await;
+    let conn = env.tenant_conn(&t).await;
+    let db = &conn.client;
+    let blocker = env.tenant_conn(&t).await;
+    // Staff give a published form without 定員 a limit of 5 and publish it.
+    let limit = |form_id: String| {
+        let (admin, server, host, dept) =
+            (admin.clone(), server.clone(), host.clone(), dept.clone());
+        tokio::spawn(async move {
+            let u = |p: &str| url(&server, &host, &format!("/admin/forms/{form_id}{p}"));
+            let (status, _, page) = post(
+                &admin.client,
+                &u("/settings"),
+                &[
+                    ("csrf", admin.csrf.as_str()),
+                    ("title", "粗大ごみ収集申込"),
+                    ("capacity", "5"),
+                    ("completion_message", "ありがとうございました"),
+                    ("department", &dept),
+                ],
+            )
+            .await;
+            assert!(status < 400, "{page}");
+            let (status, _, page) =
+                post(&admin.client, &u("/publish"), &[("csrf", &admin.csrf)]).await;
+            assert_eq!(status, 200, "{page}");
+        })
+    };
+    let counts = |form_id: String| async move {
+        let id: i64 = form_id.parse().unwrap();
+        let r = db
+            .query_one(
+                "SELECT accepted_count, capacity, (SELECT count(*)::int FROM submissions WHERE form_id = $1) FROM forms WHERE id = $1",
+                &[&id],
+            )
+            .await
+            .unwrap();
+        (
+            r.get::<_, i32>(0),
+            r.get::<_, Option<i32>>(1),
+            r.get::<_, i32>(2),
+        )
+    };
+
+    // 1. An application is being stored (its row written, not yet committed) when
+    //    the publish counts: the publish waits for it and counts it.
+    let (form_id, public) = build_form(&admin, &server, &host, &dept, "").await;
+    let c = browser(&server, &[&host]);
+    let token = fill_in(&c, &server, &host, &public, "ソファ")
+        .await
+        .unwrap();
+    let draft: uuid::Uuid = db
+        .query_one(
+            "SELECT id FROM citizen_drafts WHERE submission_id IS NULL",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    blocker.client.batch_execute("BEGIN").await.unwrap();
+    blocker
+        .client
+        .execute(
+            "SELECT 1 FROM citizen_drafts WHERE id = $1 FOR UPDATE",
+            &[&draft],
+        )
+        .await
+        .unwrap();
+    let sending = {
+        let (c, server, host, public) = (c.clone(), server.clone(), host.clone(), public.clone());
+        tokio::spawn(async move { send(&c, &server, &host, &public, &token).await })
+    };
+    until_waiting(db, 1, &sending).await;
+    assert!(
+        !sending.is_finished(),
+        "the send did not wait for the draft's row"
+    );
+    let publishing = limit(form_id.clone());
+    until_waiting(db, 2, &publishing).await;
+    blocker.client.batch_execute("COMMIT").await.unwrap();
+    sending.await.unwrap().unwrap();
+    publishing.await.unwrap();
+    assert_eq!(counts(form_id).await, (1, Some(5), 1));
+
+    // 2. The page was read before the publish, the send begins while it runs: it
+    //    waits, sees the 定員 and counts itself.
+    let (form_id, public) = build_form(&admin, &server, &host, &dept, "").await;
+    let c = browser(&server, &[&host]);
+    let token = fill_in(&c, &server, &host, &public, "ソファ")
+        .await
+        .unwrap();
+    blocker
+        .client
+        .batch_execute("BEGIN; LOCK TABLE form_versions IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let publishing = limit(form_id.clone());
+    until_waiting(db, 1, &publishing).await;
+    assert!(
+        !publishing.is_finished(),
+        "the publish did not wait for form_versions"
+    );
+    let sending = {
+        let (c, server, host, public) = (c.clone(), server.clone(), host.clone(), public.clone());
+        tokio::spawn(async move { send(&c, &server, &host, &public, &token).await })
+    };
+    until_waiting(db, 2, &sending).await;
+    blocker.client.batch_execute("COMMIT").await.unwrap();
+    publishing.await.unwrap();
+    sending.await.unwrap().unwrap();
+    assert_eq!(counts(form_id.clone()).await, (1, Some(5), 1));
+
+    // 3. The same with the form already limited: published again meanwhile, the
+    //    application is counted under the new version, not turned away as full.
+    let c = browser(&server, &[&host]);
+    let token = fill_in(&c, &server, &host, &public, "ソファ")
+        .await
+        .unwrap();
+    blocker
+        .client
+        .batch_execute("BEGIN; LOCK TABLE form_versions IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let publishing = limit(form_id.clone());
+    until_waiting(db, 1, &publishing).await;
+    let sending = {
+        let (c, server, host, public) = (c.clone(), server.clone(), host.clone(), public.clone());
+        tokio::spawn(async move { send(&c, &server, &host, &public, &token).await })
+    };
+    until_waiting(db, 2, &sending).await;
+    blocker.client.batch_execute("COMMIT").await.unwrap();
+    publishing.await.unwrap();
+    sending.await.unwrap().unwrap();
+    assert_eq!(counts(form_id).await, (2, Some(5), 2));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1383,9 +1383,17 @@ pub enum Stored {
 /// $2 form, $3 version, $4 receipt number, $5 encrypted answers, $6 and $7 the e-mail
 /// and phone blind indexes, $8 idempotency key, $9 draft, $10 by, $11 the outbox kind,
 /// $12 the sealed copy or NULL). Returns the id, or no row when the key was used.
+///
+/// It stores nothing if the form has 定員 by the time it runs (published with one
+/// while this request was under way): the caller then counts it. A publish takes
+/// its count with submissions locked against writes (`store::publish`), so a
+/// statement that began before it is counted by it, and one that begins after sees
+/// the 定員.
 pub const STORE_SQL: &str = "WITH ins AS (
      INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
+     SELECT $1, $2, $3, $4, $5, $6, $7, $8
+      WHERE NOT EXISTS (SELECT 1 FROM forms WHERE id = $2 AND capacity IS NOT NULL)
+     ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
    ), closed AS (
      UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now()
        FROM ins WHERE d.id = $9
@@ -1418,9 +1426,10 @@ pub async fn store_submission(
     let mail = receipt_mail(ctx, &form.def, answers, id, "received")?;
     let by = by.label();
     let files = !attachments::named(answers).is_empty();
+    let mut counted = form.capacity.is_some();
     for _ in 0..3 {
         let receipt = ReceiptNumber::generate();
-        if form.capacity.is_none() && verified.is_none() && !files {
+        if !counted && verified.is_none() && !files {
             // Without 定員 there is nothing to count: the row and the draft's pointer
             // to it are one statement, so one round trip and one commit.
             let stmt = db.prepare_cached(STORE_SQL).await?;
@@ -1446,7 +1455,13 @@ pub async fn store_submission(
             match inserted {
                 Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => continue, // receipt number taken: draw again
                 Err(e) => return Err(e.into()),
-                Ok(None) => return existing_submission(db, key, draft).await,
+                Ok(None) => {
+                    if let Some(stored) = stored_before(db, key, draft).await? {
+                        return Ok(stored);
+                    }
+                    // The form was given 定員 meanwhile: counted like any other.
+                    counted = true;
+                }
                 Ok(Some(_)) => {
                     return Ok(Stored::Accepted {
                         id,
@@ -1475,15 +1490,17 @@ pub async fn store_submission(
         // 定員: the row lock makes concurrent submits to a limited form wait their turn,
         // so none passes the limit. Forms without a limit take no lock, so their
         // submissions do not queue behind each other.
-        if form.capacity.is_some() {
-            let counted = tx
+        // The limit as it is now: a version published since the page was read may
+        // have changed or removed it; the answers stay those of the version checked.
+        if counted {
+            let places = tx
                 .execute(
                     "UPDATE forms SET accepted_count = accepted_count + 1
-                      WHERE id = $1 AND current_version = $2 AND NOT closed AND accepted_count < capacity",
-                    &[&form.id, &form.version],
+                      WHERE id = $1 AND NOT closed AND (capacity IS NULL OR accepted_count < capacity)",
+                    &[&form.id],
                 )
                 .await?;
-            if counted == 0 {
+            if places == 0 {
                 return Ok(Stored::Full);
             }
         }
@@ -1546,12 +1563,28 @@ async fn existing_submission(
     key: Uuid,
     draft: Option<Uuid>,
 ) -> Result<Stored, AppError> {
-    let r = db
-        .query_one(
+    stored_before(db, key, draft).await?.ok_or_else(|| {
+        AppError::Internal(anyhow::anyhow!(
+            "an idempotency key in conflict names no submission"
+        ))
+    })
+}
+
+/// [`existing_submission`], if the key made one.
+async fn stored_before(
+    db: &deadpool_postgres::ClientWrapper,
+    key: Uuid,
+    draft: Option<Uuid>,
+) -> Result<Option<Stored>, AppError> {
+    let Some(r) = db
+        .query_opt(
             "SELECT id, receipt_number FROM submissions WHERE idempotency_key = $1",
             &[&key],
         )
-        .await?;
+        .await?
+    else {
+        return Ok(None);
+    };
     let existing: Uuid = r.get(0);
     if let Some(d) = draft {
         db.execute(
@@ -1560,10 +1593,10 @@ async fn existing_submission(
         )
         .await?;
     }
-    Ok(Stored::Existing {
+    Ok(Some(Stored::Existing {
         id: existing,
         receipt: r.get(1),
-    })
+    }))
 }
 
 #[derive(Template)]

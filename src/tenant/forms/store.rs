@@ -251,6 +251,13 @@ pub async fn publish(
 ) -> Result<i32, AppError> {
     let staff_id = actor.staff_id();
     let tx = db.transaction().await?;
+    // 定員 is counted below with submissions locked against writes (first, before the
+    // form's row, the order submitting and status changes take them in): one stored
+    // meanwhile without a count (the form had no 定員 when it began) is in the count,
+    // and one beginning after sees the new 定員 and counts itself. Submissions to
+    // the municipality's other forms wait for this transaction too (milliseconds).
+    tx.execute("LOCK TABLE submissions IN SHARE MODE", &[])
+        .await?;
     let row = tx
         .query_one(
             "SELECT draft, coalesce(current_version, 0), (extract(epoch FROM draft_updated_at) * 1000000)::bigint

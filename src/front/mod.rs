@@ -856,8 +856,8 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
 }
 
 /// Once a day, in each tenant: deletes operation-log entries past the retention
-/// period, citizens' drafts past their expiry and staff sessions that have ended,
-/// then checks the operation log's chain from the head the platform witnessed.
+/// period, citizens' drafts past their expiry, staff sessions that have ended and
+/// finished applications past their form's 保存期間, then checks the operation log's chain from the head the platform witnessed.
 async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
     // Not at start-up: a restart should not open a connection to every tenant at
     // once. The connections come from the tenants' pools, inside the budget.
@@ -889,21 +889,28 @@ async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
                 let sessions = crate::tenant::staff::purge_expired_sessions(&db)
                     .await
                     .map_err(|e| anyhow::anyhow!("sessions: {e}"))?;
+                let expired = crate::tenant::cases::retention::purge_expired(
+                    &mut db,
+                    time::OffsetDateTime::now_utc(),
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("applications past retention: {e}"))?;
                 // After the pruning, which moves the log's anchor.
                 crate::control::audit_witness::check_on(&catalog, &db, t, false)
                     .await
                     .map_err(|e| anyhow::anyhow!("operation log check: {e:#}"))?;
-                anyhow::Ok((entries, drafts, sessions))
+                anyhow::Ok((entries, drafts, sessions, expired))
             }
             .await;
             match result {
-                Ok((0, 0, 0)) => {}
-                Ok((entries, drafts, sessions)) => tracing::info!(
+                Ok((0, 0, 0, 0)) => {}
+                Ok((entries, drafts, sessions, applications)) => tracing::info!(
                     tenant = %t.slug,
                     entries,
                     drafts,
                     sessions,
-                    "operation log pruned, expired drafts (and link mails done with) and sessions deleted"
+                    applications,
+                    "operation log pruned, expired drafts (and link mails done with), sessions and applications past their retention deleted"
                 ),
                 Err(e) => {
                     tracing::warn!(tenant = %t.slug, error = format!("{e:#}"), "daily housekeeping failed")

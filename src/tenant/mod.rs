@@ -382,6 +382,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             post(cases::pages::set_status),
         )
         .route("/admin/submissions/{id}/assign", post(cases::pages::assign))
+        .route("/admin/submissions/{id}/delete", post(cases::pages::delete))
         .route(
             "/admin/submissions/{id}/files/{file}",
             get(cases::pages::attachment),

@@ -2332,3 +2332,304 @@ async fn an_earlier_application_is_found_by_its_address_as_typed() {
     assert!(page.contains("受付"), "{page}");
     server.shutdown().await;
 }
+
+/// Full-width form of an ASCII string, as a phone's Japanese keyboard may type it.
+fn full_width(s: &str) -> String {
+    s.chars()
+        .map(|c| match c {
+            '!'..='~' => char::from_u32(c as u32 - 0x21 + 0xFF01).unwrap_or(c),
+            _ => c,
+        })
+        .collect()
+}
+
+/// 申請の削除と保存期間: a finished application deleted with all kept with it by a
+/// 管理者 (not by staff, not while under way, not without the receipt number typed),
+/// its place given back; and finished applications past their form's retention
+/// deleted by the daily purge, the others kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finished_applications_are_deleted_by_hand_or_after_their_retention() {
+    use madoguchi::tenant::cases::retention;
+    let s = setup().await;
+    let u = |p: &str| url(&s.server, &s.host, p);
+    let (form_id, public) = build_form(&s.admin, &s.server, &s.host, &s.dept, "3").await;
+    let settings = |years: &'static str| {
+        let (admin, dept, u, form_id) = (&s.admin, &s.dept, &u, &form_id);
+        async move {
+            post(
+                &admin.client,
+                &u(&format!("/admin/forms/{form_id}/settings")),
+                &[
+                    ("csrf", admin.csrf.as_str()),
+                    ("title", "粗大ごみ収集申込"),
+                    ("capacity", "3"),
+                    ("completion_message", "ありがとうございました"),
+                    ("department", dept),
+                    ("zones_shown", "1"),
+                    ("zone", "internet"),
+                    ("zone", "lgwan"),
+                    ("retention_years", years),
+                ],
+            )
+            .await
+        }
+    };
+    let (_, _, page) = settings("2").await;
+    assert!(page.contains("保存期間は一覧から選んでください"), "{page}");
+    let (status, _, page) = settings("1").await;
+    assert!(
+        status < 400 && page.contains(r#"<option value="1" selected>1年</option>"#),
+        "{page}"
+    );
+    let (status, _, page) = post(
+        &s.admin.client,
+        &u(&format!("/admin/forms/{form_id}/publish")),
+        &[("csrf", &s.admin.csrf)],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    let mut receipts = Vec::new();
+    for _ in 0..3 {
+        receipts.push(apply(&s.server, &s.host, &public, "ソファ").await.unwrap());
+    }
+    assert!(
+        apply(&s.server, &s.host, &public, "ソファ").await.is_err(),
+        "full"
+    );
+    let ids = [
+        id_of(&s.env, &s.t, &receipts[0]).await,
+        id_of(&s.env, &s.t, &receipts[1]).await,
+        id_of(&s.env, &s.t, &receipts[2]).await,
+    ];
+    let conn = s.env.tenant_conn(&s.t).await;
+    let db = &conn.client;
+    let count = |sql: &'static str, id: Uuid| async move {
+        db.query_one(sql, &[&id]).await.unwrap().get::<_, i64>(0)
+    };
+    let change = |id: Uuid, from: &'static str, to: &'static str| {
+        let (admin, u) = (&s.admin, &u);
+        async move {
+            let (status, _, page) = post(
+                &admin.client,
+                &u(&format!("/admin/submissions/{id}/status")),
+                &[("csrf", admin.csrf.as_str()), ("from", from), ("to", to)],
+            )
+            .await;
+            assert_eq!(status, 303, "{from} → {to}: {page}");
+        }
+    };
+    let delete = |who: &Staff, id: Uuid, reason: &'static str, typed: String| {
+        let u = &u;
+        let (client, csrf) = (who.client.clone(), who.csrf.clone());
+        async move {
+            post(
+                &client,
+                &u(&format!("/admin/submissions/{id}/delete")),
+                &[
+                    ("csrf", csrf.as_str()),
+                    ("reason", reason),
+                    ("receipt", &typed),
+                ],
+            )
+            .await
+        }
+    };
+
+    // Under way (受付): the page states the retention and offers no deletion, and a
+    // deletion sent anyway is refused.
+    let (_, _, page) = get(
+        &s.admin.client,
+        &u(&format!("/admin/submissions/{}", ids[0])),
+    )
+    .await;
+    assert!(
+        page.contains("保存期間: 1年（完了・却下・取下げになった年度"),
+        "{page}"
+    );
+    assert!(!page.contains("この申請を削除する"), "{page}");
+    let (status, _, page) = delete(&s.admin, ids[0], "test", receipts[0].clone()).await;
+    assert_eq!(status, 409);
+    assert!(
+        page.contains("受付・審査中・差戻しの申請は削除できません"),
+        "{page}"
+    );
+
+    // 完了: the page says when it goes, and offers the deletion to the 管理者.
+    change(ids[0], "received", "reviewing").await;
+    change(ids[0], "reviewing", "completed").await;
+    let (status, _, _) = post(
+        &s.admin.client,
+        &u(&format!("/admin/submissions/{}/notes", ids[0])),
+        &[
+            ("csrf", s.admin.csrf.as_str()),
+            ("kind", "message"),
+            ("body", "収集日が決まりました"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, _, page) = get(
+        &s.admin.client,
+        &u(&format!("/admin/submissions/{}", ids[0])),
+    )
+    .await;
+    let finished: time::OffsetDateTime = db
+        .query_one(
+            "SELECT max(at) FROM submission_events WHERE submission_id = $1",
+            &[&ids[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let goes = retention::deleted_from(finished, 1).unwrap();
+    let goes = madoguchi::ja::date_both(goes.to_offset(time::macros::offset!(+9)).date());
+    assert!(
+        page.contains(&format!("{goes}に自動で削除されます")),
+        "{page}"
+    );
+    assert!(
+        page.contains("この申請を削除する") && page.contains("試験のための申請"),
+        "{page}"
+    );
+    // Not by staff of the department, who see no such form either.
+    let clerk = staff(&s.env, &s.server, &s.t, Role::Staff, Some("環境政策課")).await;
+    let (_, _, page) = get(&clerk.client, &u(&format!("/admin/submissions/{}", ids[0]))).await;
+    assert!(
+        page.contains("保存期間") && !page.contains("この申請を削除する"),
+        "{page}"
+    );
+    let (status, _, _) = delete(&clerk, ids[0], "test", receipts[0].clone()).await;
+    assert_eq!(status, 403);
+    // Not without a reason, nor with another receipt number.
+    let (status, _, page) = delete(&s.admin, ids[0], "", receipts[0].clone()).await;
+    assert!(
+        status == 409 && page.contains("削除する理由を選んでください"),
+        "{page}"
+    );
+    let (status, _, page) = delete(&s.admin, ids[0], "test", receipts[1].clone()).await;
+    assert!(status == 409 && page.contains("一致しません"), "{page}");
+    assert_eq!(
+        count("SELECT count(*) FROM submissions WHERE id = $1", ids[0]).await,
+        1
+    );
+    // Typed on a phone, full width and lower case: deleted with all kept with it.
+    let typed = full_width(&receipts[0].to_lowercase());
+    let (status, _, page) = delete(&s.admin, ids[0], "test", typed).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains(&format!("受付番号 {} の申請を", receipts[0])),
+        "{page}"
+    );
+    for sql in [
+        "SELECT count(*) FROM submissions WHERE id = $1",
+        "SELECT count(*) FROM submission_events WHERE submission_id = $1",
+        "SELECT count(*) FROM submission_notes WHERE submission_id = $1",
+        "SELECT count(*) FROM outbox WHERE submission_id = $1",
+        "SELECT count(*) FROM citizen_drafts WHERE submission_id = $1",
+    ] {
+        assert_eq!(count(sql, ids[0]).await, 0, "{sql}");
+    }
+    let (status, _, _) = get(
+        &s.admin.client,
+        &u(&format!("/admin/submissions/{}", ids[0])),
+    )
+    .await;
+    assert_eq!(status, 404);
+    // Its place is free again; the operation log names it, the reason and who.
+    let fourth = apply(&s.server, &s.host, &public, "ソファ").await.unwrap();
+    let (actor, detail): (String, String) = {
+        let r = db
+            .query_one(
+                "SELECT actor, detail FROM audit_log WHERE action = 'submission.delete' AND target = $1",
+                &[&ids[0].to_string()],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert!(actor.contains(&s.admin.email), "{actor}");
+    assert!(
+        detail.contains(&receipts[0]) && detail.contains("\"reason\":\"test\""),
+        "{detail}"
+    );
+
+    // Retention: withdrawn long ago (gone), completed just now (kept), under review
+    // since long ago (kept), and one of a form without retention withdrawn long ago
+    // (kept).
+    change(ids[1], "received", "withdrawn").await;
+    change(ids[2], "received", "reviewing").await;
+    // The department's 所属管理者 may delete too.
+    let manager = staff(
+        &s.env,
+        &s.server,
+        &s.t,
+        Role::DeptManager,
+        Some("環境政策課"),
+    )
+    .await;
+    let (_, _, page) = get(
+        &manager.client,
+        &u(&format!("/admin/submissions/{}", ids[1])),
+    )
+    .await;
+    assert!(page.contains("この申請を削除する"), "{page}");
+    let (_, other) = build_form(&s.admin, &s.server, &s.host, &s.dept, "").await;
+    let kept = apply(&s.server, &s.host, &other, "ソファ").await.unwrap();
+    let kept = id_of(&s.env, &s.t, &kept).await;
+    change(kept, "received", "withdrawn").await;
+    let newest = id_of(&s.env, &s.t, &fourth).await;
+    change(newest, "received", "reviewing").await;
+    change(newest, "reviewing", "completed").await;
+    for id in [ids[1], ids[2], kept] {
+        db.execute(
+            "UPDATE submission_events SET at = '2020-05-01T10:00:00+09:00' WHERE submission_id = $1",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    }
+    let mut purge = s.env.tenant_conn(&s.t).await;
+    let now = time::OffsetDateTime::now_utc();
+    assert_eq!(
+        retention::purge_expired(&mut purge.client, now)
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        count("SELECT count(*) FROM submissions WHERE id = $1", ids[1]).await,
+        0
+    );
+    for id in [ids[2], kept, newest] {
+        assert_eq!(
+            count("SELECT count(*) FROM submissions WHERE id = $1", id).await,
+            1
+        );
+    }
+    let (actor, detail): (String, String) = {
+        let r = db
+            .query_one(
+                "SELECT actor, detail FROM audit_log WHERE action = 'submission.retention_delete'",
+                &[],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!(actor, "system");
+    assert!(
+        detail.contains(&receipts[1]) && !detail.contains(&receipts[2]),
+        "{detail}"
+    );
+    // Nothing more to do the next day; the chain of the log still verifies.
+    assert_eq!(
+        retention::purge_expired(&mut purge.client, now)
+            .await
+            .unwrap(),
+        0
+    );
+    let verdict = madoguchi::tenant::audit::verify(&purge.client)
+        .await
+        .unwrap();
+    assert!(matches!(verdict, Verdict::Intact(_)), "{verdict:?}");
+}

@@ -217,6 +217,8 @@ struct BuilderPage {
     opens_at: String,
     closes_at: String,
     capacity: String,
+    /// 保存期間: (years, label, selected), "定めない" first.
+    retention: Vec<(String, String, bool)>,
     completion_message: String,
     zone_internet: bool,
     zone_lgwan: bool,
@@ -366,6 +368,19 @@ async fn builder(
                 .capacity
                 .map(|c| c.to_string())
                 .unwrap_or_default(),
+            retention: std::iter::once(None)
+                .chain(crate::tenant::cases::retention::YEARS.map(Some))
+                .map(|y| {
+                    (
+                        y.map(|y| y.to_string()).unwrap_or_default(),
+                        y.map_or_else(
+                            || "定めない（職員が削除するまで保存）".to_owned(),
+                            |y| format!("{y}年"),
+                        ),
+                        y == def.settings.retention_years,
+                    )
+                })
+                .collect(),
             completion_message: def.settings.completion_message.clone(),
             zone_internet: def
                 .settings
@@ -439,6 +454,24 @@ pub async fn save_settings(
         def.settings.proof_of_work = body.get("proof_of_work") == "yes";
         def.settings.mail_without_answers = body.get("mail_without_answers") == "yes";
         def.settings.identity = body.get("identity") == "yes";
+        let years = body.get("retention_years");
+        def.settings.retention_years = if years.is_empty() {
+            None
+        } else {
+            match years.parse::<u8>() {
+                Ok(y) if crate::tenant::cases::retention::YEARS.contains(&y) => Some(y),
+                _ => {
+                    drop(db);
+                    return builder(
+                        &ctx,
+                        &user,
+                        id,
+                        Some("!保存期間は一覧から選んでください".into()),
+                    )
+                    .await;
+                }
+            }
+        };
     }
     if body.get("zones_shown") == "1" {
         use crate::front::conn::Zone;

@@ -37,6 +37,8 @@ pub enum Actor {
     },
     Citizen,
     Operator,
+    /// The service on its own schedule (the applications' 保存期間).
+    System,
     /// An attempt by someone not (yet) known, e.g. a failed sign-in.
     Anonymous,
 }
@@ -56,6 +58,7 @@ impl Actor {
             Self::Api { token_id, name } => format!("api:{token_id}:{name}"),
             Self::Citizen => "citizen".into(),
             Self::Operator => "operator".into(),
+            Self::System => "system".into(),
             Self::Anonymous => "anonymous".into(),
         }
     }

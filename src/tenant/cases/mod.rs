@@ -4,6 +4,7 @@
 
 pub mod export;
 pub mod pages;
+pub mod retention;
 pub mod totals;
 
 use std::fmt;

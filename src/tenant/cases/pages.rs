@@ -8,7 +8,7 @@ use axum::response::Response;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::{add_note_in, change_status, open_text, Change, Refusal, Status};
+use super::{add_note_in, change_status, open_text, retention, Change, Refusal, Status};
 use crate::domain::ReceiptNumber;
 use crate::error::AppError;
 use crate::tenant::admin::Nav;
@@ -646,6 +646,10 @@ struct DetailPage {
     return_deadline: String,
     csrf: String,
     can_edit: bool,
+    /// Finished, and this person may delete it: the reasons to choose from.
+    delete_reasons: Vec<(&'static str, &'static str)>,
+    /// 保存期間: when it will be deleted, or why it is kept.
+    retention: String,
     message: Option<String>,
 }
 
@@ -814,6 +818,17 @@ async fn detail_page(
         return_deadline: deadline.map(crate::ja::date_both).unwrap_or_default(),
         csrf: user.csrf.clone(),
         can_edit: user.can_edit(c.department_id),
+        delete_reasons: if retention::FINISHED.contains(&status.as_str())
+            && user.can_delete_cases(c.department_id)
+        {
+            retention::Reason::ALL
+                .iter()
+                .map(|r| (r.as_str(), r.label()))
+                .collect()
+        } else {
+            Vec::new()
+        },
+        retention: retention_line(&db, &c, id, status).await?,
         message,
     };
     Ok(render(
@@ -824,6 +839,88 @@ async fn detail_page(
         },
         &page,
     ))
+}
+
+/// The case page's line on 保存期間: the form's published setting, and when this
+/// application goes (counted from its last status change) once it is finished.
+async fn retention_line(
+    db: &tokio_postgres::Client,
+    c: &CaseRef,
+    id: Uuid,
+    status: Status,
+) -> Result<String, AppError> {
+    let years = store::current_retention(db, c.form_id).await?;
+    let Some(years) = years else {
+        return Ok("保存期間: 定めなし（削除するまで保存されます）".into());
+    };
+    if !retention::FINISHED.contains(&status.as_str()) {
+        return Ok(format!(
+            "保存期間: {years}年（完了・却下・取下げになった年度の翌年度4月1日から数えます）"
+        ));
+    }
+    let finished: time::OffsetDateTime = db
+        .query_one(
+            "SELECT coalesce((SELECT max(at) FROM submission_events WHERE submission_id = $1), (SELECT updated_at FROM submissions WHERE id = $1))",
+            &[&id],
+        )
+        .await?
+        .get(0);
+    Ok(match retention::deleted_from(finished, years) {
+        Some(at) => format!(
+            "保存期間: {years}年。{}に自動で削除されます",
+            crate::ja::date_both(at.to_offset(jst_offset()).date())
+        ),
+        None => format!("保存期間: {years}年"),
+    })
+}
+
+fn jst_offset() -> time::UtcOffset {
+    time::UtcOffset::from_hms(9, 0, 0).unwrap_or(time::UtcOffset::UTC)
+}
+
+/// 申請の削除: a finished application deleted by a 管理者 or its department's
+/// 所属管理者, who chose a reason and typed its receipt number.
+pub async fn delete(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(id): Path<Uuid>,
+    body: FormData,
+) -> Result<Response, AppError> {
+    user.check_csrf(&body)?;
+    let mut db = ctx.db().await?;
+    let c = case_ref(&db, &user, id).await?;
+    if !user.can_delete_cases(c.department_id) {
+        return Err(AppError::Forbidden);
+    }
+    let Some(reason) = retention::Reason::parse(body.get("reason")) else {
+        drop(db);
+        return detail_page(
+            &ctx,
+            &user,
+            id,
+            Some("!削除する理由を選んでください".into()),
+        )
+        .await;
+    };
+    let client: &mut tokio_postgres::Client = &mut db;
+    match retention::delete_one(client, &user.actor(), id, body.get("receipt"), reason).await? {
+        Ok(receipt) => {
+            drop(db);
+            inbox_page(
+                &ctx,
+                &user,
+                None,
+                Some(format!(
+                    "受付番号 {receipt} の申請を、添付ファイル・経過・メッセージとともに削除しました"
+                )),
+            )
+            .await
+        }
+        Err(refusal) => {
+            drop(db);
+            detail_page(&ctx, &user, id, Some(format!("!{refusal}"))).await
+        }
+    }
 }
 
 fn change_from(body: &FormData) -> Result<Change, AppError> {

@@ -67,6 +67,10 @@ pub struct FormSettings {
     /// Networks the form is published to (internet, LGWAN); empty: both.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zones: Vec<crate::front::conn::Zone>,
+    /// 保存期間 in years: finished applications are deleted from 1 April after that
+    /// many fiscal years (`cases::retention`); none: kept until deleted by staff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_years: Option<u8>,
 }
 
 impl FormSettings {
@@ -564,6 +568,16 @@ impl FormDefinition {
                     "closes_at must be after opens_at".into(),
                 ));
             }
+        }
+        if self
+            .settings
+            .retention_years
+            .is_some_and(|y| !crate::tenant::cases::retention::YEARS.contains(&y))
+        {
+            out.push(problem(
+                "保存期間は1年・3年・5年・10年・30年のいずれかにしてください".into(),
+                "retention_years must be 1, 3, 5, 10 or 30".into(),
+            ));
         }
         if self.settings.completion_message.chars().count() > MAX_TEXT * 5 {
             out.push(problem(

@@ -412,6 +412,23 @@ pub fn forget_definitions(keep: impl Fn(&Uuid) -> bool) {
     }
 }
 
+/// The 保存期間 (years) of a form's published version, if it sets one.
+pub async fn current_retention(
+    db: &tokio_postgres::Client,
+    form_id: i64,
+) -> Result<Option<u8>, AppError> {
+    let years: Option<i32> = db
+        .query_opt(
+            "SELECT (v.definition->'settings'->>'retention_years')::int
+               FROM forms f JOIN form_versions v ON v.form_id = f.id AND v.version = f.current_version
+              WHERE f.id = $1 AND jsonb_typeof(v.definition->'settings'->'retention_years') = 'number'",
+            &[&form_id],
+        )
+        .await?
+        .map(|r| r.get(0));
+    Ok(years.and_then(|y| u8::try_from(y).ok()))
+}
+
 /// How many of `tenant`'s published definitions are cached.
 pub fn cached_definitions(tenant: &Uuid) -> usize {
     definitions()

@@ -211,6 +211,13 @@ impl StaffUser {
         self.is_admin() || self.department_id == Some(department_id)
     }
 
+    /// Deleting a finished application (申請の削除): a 管理者, or the 所属管理者 of
+    /// the form's department.
+    pub fn can_delete_cases(&self, department_id: i64) -> bool {
+        self.is_admin()
+            || self.role == Role::DeptManager && self.department_id == Some(department_id)
+    }
+
     /// Read-only users change nothing.
     pub fn can_edit(&self, department_id: i64) -> bool {
         self.role != Role::Viewer && self.can_see(department_id)

@@ -526,8 +526,8 @@ enum SigningKeyCmd {
     /// Replace the key: a new key file, and a transition statement signed by the old
     /// key and the new one, kept in the catalog and carried in certificate files (so
     /// certificates verify against either key); then a catalog backup. Runs beside
-    /// `serve`. The platform key waits for open decommissioning requests and
-    /// certificates awaiting a signature.
+    /// `serve`. The platform key is refused while a decommissioning request or a
+    /// certificate awaiting its signature is open.
     Rotate,
     /// Print the key's signed transitions, oldest first (signed notes).
     Transitions,

@@ -401,6 +401,9 @@ pub fn verify(file_text: &str, trust: &Trust<'_>) -> Verdict {
     let sig = |s: &str| B64.decode(s).unwrap_or_default();
     let platform_signed =
         |k: &NoteVerifier| k.verify_bytes(&cert_msg, &sig(&file.signatures.platform));
+    // A certificate signed by a key the given one replaced counts only as far as the
+    // log shows it was there before: (log key, size) when the given key took over.
+    let mut logged_before: Option<(String, u64)> = None;
     if platform_signed(&platform) {
         v.check(true, "signed by the platform key");
     } else {
@@ -420,6 +423,21 @@ pub fn verify(file_text: &str, trust: &Trust<'_>) -> Verdict {
                         k.hops
                     ),
                 );
+                if k.earlier {
+                    let arrival = transitions
+                        .iter()
+                        .find(|t| t.role == Role::Platform && same_key(&t.to, trust.platform_key));
+                    match arrival.and_then(|t| t.log.clone()) {
+                        Some(log) => logged_before = Some(log),
+                        None => {
+                            v.check(
+                                false,
+                                "the file lacks the transition by which the key given took over",
+                            );
+                            return v;
+                        }
+                    }
+                }
             }
             None => {
                 v.check(false, "signed by the platform key");
@@ -521,32 +539,51 @@ pub fn verify(file_text: &str, trust: &Trust<'_>) -> Verdict {
         v.check(false, "the log key in the certificate is malformed");
         return v;
     }
-    // The log key the certificate names, and those linked to it by transitions
-    // (checkpoints are signed when the file is exported, by the log key of the day).
-    let log_keys: Vec<(NoteVerifier, Vouched)> =
-        vouched(&cert.transparency_log.verifier_key, Role::Log, &transitions)
-            .into_iter()
+    // The checkpoint is signed when the file is exported, by the log key of the day:
+    // the one the certificate names or one that replaced it (never one it replaced,
+    // which someone may hold since), and for a certificate signed by a replaced
+    // platform key, the log key named when the given key took over or a later one.
+    // An auditor's older checkpoint may be from before the certificate's log key.
+    let parsed = |keys: Vec<Vouched>| -> Vec<(NoteVerifier, Vouched)> {
+        keys.into_iter()
             .filter_map(|k| NoteVerifier::parse(&k.key).ok().map(|l| (l, k)))
-            .collect();
-    let open_checkpoint = |note: &str| {
-        log_keys.iter().find_map(|(l, k)| {
+            .collect()
+    };
+    let anchor = logged_before
+        .as_ref()
+        .map_or(cert.transparency_log.verifier_key.as_str(), |(k, _)| {
+            k.as_str()
+        });
+    let current_keys = parsed(
+        vouched(anchor, Role::Log, &transitions)
+            .into_iter()
+            .filter(|k| !k.earlier)
+            .collect(),
+    );
+    let older_keys = parsed(vouched(
+        &cert.transparency_log.verifier_key,
+        Role::Log,
+        &transitions,
+    ));
+    let open_with = |keys: &[(NoteVerifier, Vouched)], note: &str| {
+        keys.iter().find_map(|(l, k)| {
             l.open(note)
                 .ok()
                 .and_then(|text| parse_checkpoint(text).ok())
                 .map(|c| (c, k.clone()))
         })
     };
-    let by = |k: &Vouched| match k.hops {
-        0 => String::new(),
-        n => format!(
-            ", by the log key {} {} it in {n} signed key transition(s)",
-            k.key,
-            if k.earlier {
-                "that it replaced"
-            } else {
-                "that replaced"
-            }
-        ),
+    let open_checkpoint = |note: &str| open_with(&current_keys, note);
+    let open_older = |note: &str| open_checkpoint(note).or_else(|| open_with(&older_keys, note));
+    let by = |k: &Vouched| {
+        if same_key(&k.key, &cert.transparency_log.verifier_key) {
+            String::new()
+        } else {
+            format!(
+                ", by the log key {} that replaced the one the certificate names",
+                k.key
+            )
+        }
     };
     let t = &file.transparency;
     let Some(((origin, size, root), signer)) = open_checkpoint(&t.checkpoint) else {
@@ -576,9 +613,18 @@ pub fn verify(file_text: &str, trust: &Trust<'_>) -> Verdict {
         included,
         format!("included in the log at index {} of {size}", t.log_index),
     );
+    if let Some((_, before)) = &logged_before {
+        v.check(
+            t.log_index < *before,
+            format!(
+                "in the log before the key given took over (index {} of the {before} entries then)",
+                t.log_index
+            ),
+        );
+    }
 
     if let Some(older) = trust.older_checkpoint {
-        match open_checkpoint(older).map(|(c, _)| c) {
+        match open_older(older).map(|(c, _)| c) {
             None => {
                 v.check(false, "the older checkpoint is not signed by the log key");
             }

@@ -958,7 +958,7 @@ pub async fn execute(
             "cryptographic erase (every version of the AES-256 data key destroyed)".to_owned(),
         );
     }
-    let certificate = Certificate {
+    let mut certificate = Certificate {
         format: cert::FORMAT.to_owned(),
         id: Uuid::new_v4(),
         standard: "NIST SP 800-88 Rev. 2 §4.6 / Rev. 1 Appendix G (certificate of sanitization)".into(),
@@ -997,9 +997,23 @@ pub async fn execute(
         },
         platform_key: platform.verifier_key(),
     };
-    let body = String::from_utf8(cert::canonical(&certificate)?)?;
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
+    // The platform key that will sign it is the one recorded now: a rotation between
+    // the start of the erasure and here replaced the one read then. (Taken in the
+    // order a rotation takes them; once this holds the table, no rotation begins.)
+    tx.execute("LOCK TABLE pending_signatures IN ROW EXCLUSIVE MODE", &[])
+        .await?;
+    if let Some(current) = tx
+        .query_opt(
+            "SELECT verifier FROM platform_keys WHERE file = 'platform.key'",
+            &[],
+        )
+        .await?
+    {
+        certificate.platform_key = current.get(0);
+    }
+    let body = String::from_utf8(cert::canonical(&certificate)?)?;
     tx.execute(
         "INSERT INTO pending_signatures (id, kind, tenant_id, operator_id, body) VALUES ($1, 'erasure_certificate', $2, $3, $4)",
         &[&certificate.id, &rec.id, &args.verifier, &body],

@@ -11,6 +11,7 @@
 //! madoguchi-platform+1a2b3c4d+AQ…   (the key replaced)
 //! madoguchi-platform+5e6f7a8b+AQ…   (the key replacing it)
 //! 2026-11-29T05:00:00Z
+//! log madoguchi.erasure-log+… 42     (platform key only: the log key then, and its size)
 //!
 //! — madoguchi-platform …
 //! — madoguchi-platform …
@@ -20,6 +21,14 @@
 //! by one, never for a mix: whoever obtained a replaced key can sign a transition from
 //! it to a key of their own, and that key is then reached only from the replaced key,
 //! not from the key that replaced it.
+//!
+//! Going back is bound to the log: whoever obtained a replaced platform key could
+//! sign new certificates with it, so a certificate signed by a key the trusted one
+//! replaced counts only if it is in the log before the trusted key took over (its
+//! index below the size its transition names), proved under a checkpoint signed by
+//! the log key that transition names or one that replaced it. Going forward (an
+//! auditor holding an older key) has no such bound: after a leak, auditors hold the
+//! new key instead.
 
 use crate::crypto::note::{sign_note_by, NoteSigner, NoteVerifier};
 
@@ -61,18 +70,25 @@ pub struct Transition {
     pub to: String,
     /// When (RFC 3339).
     pub at: String,
+    /// Of the platform key: the log key (verifier form) and the log's size when the
+    /// new key took over.
+    pub log: Option<(String, u64)>,
 }
 
 impl Transition {
     /// The statement's text.
     pub fn text(&self) -> String {
-        format!(
+        let mut text = format!(
             "{HEADER}\n{}\n{}\n{}\n{}\n",
             self.role.as_str(),
             self.from,
             self.to,
             self.at
-        )
+        );
+        if let Some((key, size)) = &self.log {
+            text.push_str(&format!("log {key} {size}\n"));
+        }
+        text
     }
 
     /// The statement signed by the old key and the new one.
@@ -80,6 +96,10 @@ impl Transition {
         anyhow::ensure!(
             same_key(&old.verifier_key(), &self.from) && same_key(&new.verifier_key(), &self.to),
             "the keys signing a transition must be the ones it names"
+        );
+        anyhow::ensure!(
+            (self.role == Role::Platform) == self.log.is_some(),
+            "a platform key's transition names the log, a log key's does not"
         );
         sign_note_by(&self.text(), &[old, new]).map_err(|e| anyhow::anyhow!("{e}"))
     }
@@ -89,18 +109,37 @@ impl Transition {
         let split = note.rfind("\n\n")?;
         let text = &note[..=split];
         let lines: Vec<&str> = text.lines().collect();
-        let [HEADER, role, from, to, at] = lines[..] else {
-            return None;
+        let (role, from, to, at, log) = match lines[..] {
+            [HEADER, role, from, to, at] => (role, from, to, at, None),
+            [HEADER, role, from, to, at, log] => {
+                let mut parts = log.split(' ');
+                let (Some("log"), Some(key), Some(size), None) =
+                    (parts.next(), parts.next(), parts.next(), parts.next())
+                else {
+                    return None;
+                };
+                NoteVerifier::parse(key).ok()?;
+                (
+                    role,
+                    from,
+                    to,
+                    at,
+                    Some((key.to_owned(), size.parse().ok()?)),
+                )
+            }
+            _ => return None,
         };
+        let role = Role::parse(role)?;
+        if (role == Role::Platform) != log.is_some() || same_key(from, to) {
+            return None;
+        }
         let t = Transition {
-            role: Role::parse(role)?,
+            role,
             from: from.to_owned(),
             to: to.to_owned(),
             at: at.to_owned(),
+            log,
         };
-        if same_key(from, to) {
-            return None;
-        }
         for key in [from, to] {
             if NoteVerifier::parse(key).ok()?.open(note).ok()? != text {
                 return None;
@@ -167,11 +206,13 @@ mod tests {
     }
 
     fn step(old: &NoteSigner, new: &NoteSigner) -> (Transition, String) {
+        let log = NoteSigner::generate("madoguchi.erasure-log").unwrap_or_else(|e| panic!("{e}"));
         let t = Transition {
             role: Role::Platform,
             from: old.verifier_key(),
             to: new.verifier_key(),
             at: "2026-11-29T05:00:00Z".into(),
+            log: Some((log.verifier_key(), 42)),
         };
         let note = t.sign(old, new).unwrap_or_else(|e| panic!("{e}"));
         (t, note)
@@ -197,6 +238,20 @@ mod tests {
             Transition::open(&note.replace("\nplatform\n", "\nlog\n")),
             None
         );
+        assert_eq!(Transition::open(&note.replace(" 42\n", " 43\n")), None);
+        // A platform key's transition names the log; a log key's does not.
+        assert!(Transition {
+            log: None,
+            ..t.clone()
+        }
+        .sign(&a, &b)
+        .is_err());
+        assert!(Transition {
+            role: Role::Log,
+            ..t.clone()
+        }
+        .sign(&a, &b)
+        .is_err());
         let swapped = Transition {
             from: t.to.clone(),
             to: t.from.clone(),
@@ -245,6 +300,7 @@ mod tests {
             .iter()
             .map(|t| Transition {
                 role: Role::Log,
+                log: None,
                 ..t.clone()
             })
             .collect::<Vec<_>>();

@@ -108,10 +108,17 @@ fn settle_rotation(
         return Ok(());
     }
     match fs::rename(&new_path, dir.join(file)) {
-        Ok(()) => Ok(()),
+        Ok(()) => sync_dir(dir),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(e).with_context(|| format!("putting {} in place", new_path.display())),
     }
+}
+
+/// Makes the directory's entries (a new file, a rename) survive a power cut.
+fn sync_dir(dir: &Path) -> anyhow::Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("syncing {}", dir.display()))
 }
 
 /// A platform signing key, made on first use only. Its public form is recorded in
@@ -212,10 +219,11 @@ pub struct SignerRotated {
 
 /// Replaces the platform key or the log key: a new key file, the catalog's record
 /// and a transition statement signed by both keys in one transaction, then the new
-/// file put in place (the old one is kept aside under its hash). Runs beside
-/// `serve`, which reads the keys each time it signs. The platform key is refused
-/// while a decommissioning request or a certificate waiting for its verifier's
-/// signature is open: that certificate already names the current key.
+/// file put in place (a copy of the old one is kept aside under its hash). Runs
+/// beside `serve`, which reads the keys each time it signs. The platform key is
+/// refused while a decommissioning request or a certificate waiting for its
+/// verifier's signature is open (that certificate names the current key); its
+/// transition names the log key and the log's size at that moment.
 pub async fn rotate_signer(
     p: &crate::platform::Platform,
     role: Role,
@@ -224,6 +232,10 @@ pub async fn rotate_signer(
     let (file, name) = file_and_name(role);
     let dir = &p.settings.state_dir;
     let old = first_or_kept(p, role).await?;
+    if role == Role::Platform {
+        // Made if it never was: the transition names it.
+        log_signer(p).await?;
+    }
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
     let alone: bool = tx
@@ -236,9 +248,11 @@ pub async fn rotate_signer(
     if !alone {
         bail!("署名鍵の更新が別に実行中です / another signing-key rotation is running");
     }
-    if role == Role::Platform {
+    let log = if role == Role::Platform {
+        // In the order an erasure takes them (it stores its certificate, then closes
+        // the request), so neither waits for the other in a circle.
         tx.execute(
-            "LOCK TABLE decommissions, pending_signatures IN SHARE MODE",
+            "LOCK TABLE pending_signatures, decommissions, tlog_entries IN SHARE MODE",
             &[],
         )
         .await?;
@@ -252,10 +266,21 @@ pub async fn rotate_signer(
             .get(0);
         if open > 0 {
             bail!(
-                "消去の依頼または署名待ちの証明書が{open}件あります。現在の基盤鍵の名がその証明書に入るため、完了（または取り下げ）後に更新してください / {open} decommissioning request(s) or certificate(s) awaiting a signature are open; they name the current platform key: finish or withdraw them first"
+                "消去の依頼または署名待ちの証明書が{open}件あります。その証明書には現在の基盤鍵の名が入るため、完了（または取り下げ）後に更新してください / {open} decommissioning request(s) or certificate(s) awaiting a signature are open; they name the current platform key: finish or withdraw them, then rotate"
             );
         }
-    }
+        let row = tx
+            .query_one(
+                "SELECT (SELECT verifier FROM platform_keys WHERE file = $1), (SELECT count(*) FROM tlog_entries)",
+                &[&file_and_name(Role::Log).0],
+            )
+            .await?;
+        let key: Option<String> = row.get(0);
+        let size = u64::try_from(row.get::<_, i64>(1))?;
+        Some((key.context("the log key is not recorded")?, size))
+    } else {
+        None
+    };
     let recorded: Option<String> = tx
         .query_opt(
             "SELECT verifier FROM platform_keys WHERE file = $1 FOR UPDATE",
@@ -274,13 +299,16 @@ pub async fn rotate_signer(
     }
     let new = NoteSigner::generate(name).map_err(|e| anyhow::anyhow!("{e}"))?;
     write_secret(&new_path, &B64.encode(*new.seed()))?;
+    // A copy, not a link: destroying it later must not touch the live file.
     let retired = dir.join(retired_file(file, &old.verifier_key()));
+    let made_retired = !retired.exists();
     let result = async {
-        match fs::hard_link(dir.join(file), &retired) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(e).context("keeping the old key aside"),
+        if made_retired {
+            write_secret(&retired, &B64.encode(*old.seed()))?;
+        } else if load_signer(&retired, name, false)?.verifier_key() != old.verifier_key() {
+            bail!("{} holds another key", retired.display());
         }
+        sync_dir(dir)?;
         let at = time::OffsetDateTime::now_utc()
             .replace_nanosecond(0)
             .unwrap_or_else(|_| time::OffsetDateTime::now_utc())
@@ -290,6 +318,7 @@ pub async fn rotate_signer(
             from: old.verifier_key(),
             to: new.verifier_key(),
             at,
+            log,
         };
         let statement = transition.sign(&old, &new)?;
         tx.execute(
@@ -320,6 +349,9 @@ pub async fn rotate_signer(
         Ok(s) => s,
         Err(e) => {
             let _ = fs::remove_file(&new_path);
+            if made_retired {
+                let _ = fs::remove_file(&retired);
+            }
             return Err(e.context(format!("{file} not rotated")));
         }
     };

@@ -825,7 +825,10 @@ fn operators_platform_key_and_transparency_log() {
                 dir.join("old.checkpoint").to_str().unwrap(),
             ],
         );
-        assert!(ok && out.contains("that replaced it"), "{out}");
+        assert!(
+            ok && out.contains("that replaced the one the certificate names"),
+            "{out}"
+        );
     }
     let (ok, out, _) = madoguchi(dir, &["cert", "list"]);
     assert!(

@@ -1065,6 +1065,7 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
     let first = env.tenant(&unique("first"), "夕張市", "012092").await;
     let second = env.tenant(&unique("second"), "三笠市", "012220").await;
     let third = env.tenant(&unique("third"), "歌志内市", "012271").await;
+    let fourth = env.tenant(&unique("fourth"), "赤平市", "012181").await;
     let (alice, _) = operator(&env, "alice", "山田 花子").await;
     let (bob, _) = operator(&env, "bob", "佐藤 一郎").await;
     let p0 = platform_signer(p).await.unwrap().verifier_key();
@@ -1173,7 +1174,12 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
     for key in [&p0, &p1] {
         let v = verdict(&fresh1, key, Some(&kept_checkpoint));
         assert!(v.ok(), "{}", v.report());
-        assert!(v.report().contains("that replaced it"), "{}", v.report());
+        assert!(
+            v.report()
+                .contains("that replaced the one the certificate names"),
+            "{}",
+            v.report()
+        );
         assert!(v.report().contains("size 1 → 3"), "{}", v.report());
     }
     assert!(verdict(&fresh1, &p1, None)
@@ -1217,6 +1223,56 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
         .unwrap()
         .verifier_key();
     assert!(!verdict(&fresh3, &stranger, None).ok());
+    // A checkpoint signed by the log key the certificate's replaced (someone may hold
+    // it since) does not prove inclusion.
+    let old_log =
+        madoguchi::control::keys::load_signer(&log.retired, "madoguchi.erasure-log", false)
+            .unwrap();
+    assert_eq!(old_log.verifier_key(), l0);
+    let body = fresh3
+        .transparency
+        .checkpoint
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .to_owned()
+        + "\n";
+    let mut by_old = fresh3.clone();
+    by_old.transparency.checkpoint = old_log.sign_note(&body).unwrap();
+    let v = verdict(&by_old, &p1, None);
+    assert!(
+        !v.ok()
+            && v.report()
+                .contains("the checkpoint is not signed by the log key"),
+        "{}",
+        v.report()
+    );
+    // The key kept aside is a copy: destroying it leaves the live key alone.
+    use std::os::unix::fs::MetadataExt;
+    let ino = |path: &Path| std::fs::metadata(path).unwrap().ino();
+    assert_ne!(ino(&rotated.retired), ino(&dir.join("platform.key")));
+    // One rotation at a time.
+    let holder = p.catalog.client().await.unwrap();
+    holder
+        .execute(
+            "SELECT pg_advisory_lock(hashtextextended('madoguchi.signing-keys', 0))",
+            &[],
+        )
+        .await
+        .unwrap();
+    let err = rotate_signer(p, Role::Log, "ops").await.unwrap_err();
+    assert!(
+        format!("{err:#}").contains("another signing-key rotation"),
+        "{err:#}"
+    );
+    holder
+        .execute(
+            "SELECT pg_advisory_unlock(hashtextextended('madoguchi.signing-keys', 0))",
+            &[],
+        )
+        .await
+        .unwrap();
+    drop(holder);
 
     // A rotation cut short after its commit (the new file not yet in place) is
     // finished by the next use of the key; one that never committed leaves the key
@@ -1261,4 +1317,27 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
         format!("{err}").contains(&rotated.retired.display().to_string()),
         "{err}"
     );
+    // Whoever holds that replaced key (here: the platform made to use it again) signs
+    // a certificate that the log holds after the newer key took over: against the
+    // newer key it fails, as a forgery made with a leaked key would.
+    std::fs::copy(&rotated.retired, dir.join("platform.key")).unwrap();
+    assert_eq!(platform_signer(p).await.unwrap().verifier_key(), p0);
+    let (cert4, _) = erase_tenant(&env, &fourth, ("alice", &alice), ("bob", &bob)).await;
+    assert_eq!(
+        (
+            cert4.certificate.platform_key.as_str(),
+            cert4.transparency.log_index
+        ),
+        (p0.as_str(), 3)
+    );
+    let v = verdict(&cert4, &p1, None);
+    assert!(!v.ok(), "{}", v.report());
+    assert!(
+        v.report().contains(
+            "FAIL  in the log before the key given took over (index 3 of the 2 entries then)"
+        ),
+        "{}",
+        v.report()
+    );
+    assert!(verdict(&cert4, &p0, None).ok());
 }

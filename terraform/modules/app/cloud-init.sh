@@ -4,7 +4,11 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 apt-get update -q
-apt-get install -y -q --no-install-recommends postgresql-client awscli openssl curl ca-certificates
+# prometheus-node-exporter: disk space and the off-site copy's textfile metric
+# (infra/prometheus/alerts.yml), on 127.0.0.1:9100 like the service's /metrics.
+apt-get install -y -q --no-install-recommends postgresql-client awscli openssl curl ca-certificates prometheus-node-exporter
+echo 'ARGS="--web.listen-address=127.0.0.1:9100"' >/etc/default/prometheus-node-exporter
+systemctl restart prometheus-node-exporter
 
 id madoguchi >/dev/null 2>&1 ||
   useradd --system --home-dir /var/lib/madoguchi --no-create-home --shell /usr/sbin/nologin madoguchi

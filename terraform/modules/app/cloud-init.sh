@@ -7,7 +7,8 @@ apt-get update -q
 # prometheus-node-exporter: disk space and the off-site copy's textfile metric
 # (infra/prometheus/alerts.yml), on 127.0.0.1:9100 like the service's /metrics.
 apt-get install -y -q --no-install-recommends postgresql-client awscli openssl curl ca-certificates prometheus-node-exporter
-echo 'ARGS="--web.listen-address=127.0.0.1:9100"' >/etc/default/prometheus-node-exporter
+echo 'ARGS="--web.listen-address=127.0.0.1:9100 --collector.textfile.directory=/var/lib/prometheus/node-exporter"' \
+  >/etc/default/prometheus-node-exporter
 systemctl restart prometheus-node-exporter
 
 id madoguchi >/dev/null 2>&1 ||
@@ -54,6 +55,9 @@ cat >/etc/madoguchi/madoguchi.toml.example <<TOML
 database_url = "postgresql://madoguchi:PASSWORD@${db_host}:${db_port}/postgres?sslmode=verify-full"
 database_ca = "/etc/madoguchi/db-ca.pem"
 TOML
+
+# The off-site copy (user madoguchi) writes its metric where node_exporter reads.
+install -d -o prometheus -g madoguchi -m 0775 /var/lib/prometheus/node-exporter
 
 cat >/etc/madoguchi/offsite.env <<ENV
 OFFSITE_URL=s3://${backup_bucket}/backups

@@ -1938,6 +1938,13 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             )
             .await?;
             let r = &done.rekeyed;
+            if !done.new_key && r.resealed.is_empty() {
+                println!(
+                    "tenant {slug}: rotation to data key version {} finished (only the erasure canary was left to make); resume with: madoguchi tenant resume {slug}",
+                    r.to
+                );
+                return Ok(ExitCode::SUCCESS);
+            }
             if done.new_key {
                 println!("tenant {slug}: new data key version {}", r.to);
             } else {

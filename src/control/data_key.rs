@@ -87,6 +87,31 @@ async fn rotate_locked(
     if in_database > newest {
         bail!(ahead_message(slug, in_database, newest));
     }
+    if in_database == newest && canary_behind(p, &rec, newest).await? {
+        // The pass committed and only the erasure canary was left to make again.
+        crate::control::progress::step(&format!(
+            "finishing the rotation of {slug}: the erasure canary under version {newest}"
+        ));
+        canary_under_newest(p, &rec).await?;
+        let rekeyed = Rekeyed {
+            from: newest,
+            to: newest,
+            ..Rekeyed::default()
+        };
+        crate::control::oplog::record(
+            &p.catalog,
+            actor,
+            "tenant.rotate_data_key",
+            slug,
+            serde_json::json!({ "to": newest, "new_key": false, "canary_only": true }),
+        )
+        .await?;
+        return Ok(Rotation {
+            new_key: false,
+            catalog_backup: None,
+            rekeyed,
+        });
+    }
     let new_key = in_database == newest;
     if new_key {
         crate::control::progress::step(&format!(
@@ -246,6 +271,22 @@ async fn add_version(p: &Platform, rec: &TenantRecord, version: u32) -> anyhow::
 
 /// Makes the erasure canary again under the newest data key, if it is under an older
 /// one: older versions may be retired, and an erasure checks that no key opens it.
+/// The erasure canary is under an older version than `newest` (a tenant made before
+/// canaries has none, and counts as not behind).
+async fn canary_behind(p: &Platform, rec: &TenantRecord, newest: u32) -> anyhow::Result<bool> {
+    let version: Option<i32> = p
+        .catalog
+        .client()
+        .await?
+        .query_one(
+            "SELECT canary_key_version FROM tenants WHERE id = $1",
+            &[&rec.id],
+        )
+        .await?
+        .get(0);
+    Ok(version.is_some_and(|v| i64::from(v) < i64::from(newest)))
+}
+
 async fn canary_under_newest(p: &Platform, rec: &TenantRecord) -> anyhow::Result<()> {
     let (version, key) = crate::control::backup::data_key(p, rec).await?;
     let canary = crate::control::erase::make_canary(&key, &rec.crypto_id, version)?;

@@ -675,6 +675,35 @@ async fn a_rotated_municipality_is_erased_with_every_check_passed() {
         .unwrap()
         .unwrap();
     assert_eq!(t.data_key, 2);
+    // Cut short after the pass, before the erasure canary was made again: running
+    // the command again makes the canary only, not one more key version.
+    let catalog = env.platform.catalog.client().await.unwrap();
+    catalog
+        .execute(
+            "UPDATE tenants SET canary_key_version = 1 WHERE id = $1",
+            &[&t.id],
+        )
+        .await
+        .unwrap();
+    let again = data_key::rotate(&env.platform, &store, &t.slug, "test")
+        .await
+        .unwrap();
+    assert!(
+        !again.new_key && again.rekeyed.resealed.is_empty(),
+        "{again:?}"
+    );
+    let (canary, newest): (i32, i32) = {
+        let r = catalog
+            .query_one(
+                "SELECT canary_key_version, (SELECT max(version) FROM tenant_keys WHERE tenant_id = $1 AND purpose = 'data') FROM tenants WHERE id = $1",
+                &[&t.id],
+            )
+            .await
+            .unwrap();
+        (r.get(0), r.get(1))
+    };
+    assert_eq!((canary, newest), (2, 2));
+    drop(catalog);
     let current = pools.runtime_under(t.id, t.data_key).await.unwrap();
     assert_eq!(current.cipher.current_version(), 2);
     drop((stale, current, pools));

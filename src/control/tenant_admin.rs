@@ -247,6 +247,16 @@ pub async fn seed_demo(p: &Platform, rec: &TenantRecord) -> anyhow::Result<DemoA
     let secret = new_totp_secret();
     let hash = hash_password(&password).map_err(|e| anyhow::anyhow!("{}", describe(e)))?;
     let tx = conn.client.transaction().await?;
+    // What is sealed here must be under the key the database is at: a data-key
+    // rotation either waits for this transaction (and seals it again) or finished
+    // first, and then this refuses rather than seal with the replaced key.
+    let at = crate::tenant::rekey::index_version_locked(&tx).await?;
+    if at > cipher.current_version() {
+        anyhow::bail!(
+            "tenant {}'s data key was rotated meanwhile (database at version {at}); run the command again",
+            rec.slug
+        );
+    }
     let dept = ensure_department(&tx, "環境政策課")
         .await
         .map_err(|e| anyhow::anyhow!("{}", describe(e)))?;

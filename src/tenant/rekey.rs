@@ -165,6 +165,17 @@ pub async fn index_version(db: &impl GenericClient) -> anyhow::Result<u32> {
     Ok(u32::try_from(v.unwrap_or(1))?)
 }
 
+/// [`index_version`], holding the settings row against a rotation until the
+/// caller's transaction ends (the rotation locks the table first): values sealed in
+/// that transaction are either sealed again by the rotation or were sealed after it.
+pub async fn index_version_locked(db: &impl GenericClient) -> anyhow::Result<u32> {
+    let v: Option<i32> = db
+        .query_opt("SELECT data_key_version FROM settings FOR SHARE", &[])
+        .await?
+        .map(|r| r.get(0));
+    Ok(u32::try_from(v.unwrap_or(1))?)
+}
+
 /// Seals every value again under `cipher`'s newest key and computes the blind indexes
 /// again, in one transaction. Values already under the newest key are left as they are
 /// (a pass run again after one that committed changes nothing but the indexes).

@@ -704,6 +704,25 @@ async fn a_rotated_municipality_is_erased_with_every_check_passed() {
     };
     assert_eq!((canary, newest), (2, 2));
     drop(catalog);
+    // A control-plane command sealing values (the demo's seed) with a key older than
+    // the database's refuses instead of leaving them under a replaced version.
+    let db = env.tenant_conn(&t).await;
+    db.client
+        .execute("UPDATE settings SET data_key_version = 3", &[])
+        .await
+        .unwrap();
+    let err = madoguchi::control::tenant_admin::seed_demo(&env.platform, &t)
+        .await
+        .unwrap_err();
+    assert!(format!("{err:#}").contains("rotated meanwhile"), "{err:#}");
+    db.client
+        .execute("UPDATE settings SET data_key_version = 2", &[])
+        .await
+        .unwrap();
+    madoguchi::control::tenant_admin::seed_demo(&env.platform, &t)
+        .await
+        .unwrap();
+    drop(db);
     let current = pools.runtime_under(t.id, t.data_key).await.unwrap();
     assert_eq!(current.cipher.current_version(), 2);
     drop((stale, current, pools));

@@ -889,16 +889,17 @@ async fn housekeeping_daily(catalog: Catalog, pools: TenantPools) {
                 let sessions = crate::tenant::staff::purge_expired_sessions(&db)
                     .await
                     .map_err(|e| anyhow::anyhow!("sessions: {e}"))?;
+                // After the pruning, which moves the log's anchor.
+                crate::control::audit_witness::check_on(&catalog, &db, t, false)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("operation log check: {e:#}"))?;
+                // Last: a failure here leaves the checks above done.
                 let expired = crate::tenant::cases::retention::purge_expired(
                     &mut db,
                     time::OffsetDateTime::now_utc(),
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("applications past retention: {e}"))?;
-                // After the pruning, which moves the log's anchor.
-                crate::control::audit_witness::check_on(&catalog, &db, t, false)
-                    .await
-                    .map_err(|e| anyhow::anyhow!("operation log check: {e:#}"))?;
                 anyhow::Ok((entries, drafts, sessions, expired))
             }
             .await;

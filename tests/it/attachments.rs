@@ -829,3 +829,96 @@ async fn the_builder_sets_what_a_file_field_takes() {
     );
     server.shutdown().await;
 }
+
+/// An application with a file takes the path of its own transaction: sent while the
+/// form is published with 定員, it is counted as one sent on the one-statement path
+/// is (`forms::a_form_given_capacity_while_applications_are_sent_counts_each_of_them`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_application_with_a_file_sent_while_capacity_is_published_is_counted() {
+    let site = Site::new().await;
+    let db = site.db().await;
+    let (c, token, _) = site.open().await;
+    site.attach(&c, &token, "神田太郎", "a.png", &png(5, 2000))
+        .await;
+    let form_id: i64 = db
+        .query_one("SELECT id FROM forms", &[])
+        .await
+        .unwrap()
+        .get(0);
+    db.execute(
+        "UPDATE forms SET draft = jsonb_set(draft, '{settings}', coalesce(draft->'settings', '{}') || '{\"capacity\": 5}')",
+        &[],
+    )
+    .await
+    .unwrap();
+    // The publish is held up after taking its lock; the send begins meanwhile.
+    let blocker = site.db().await;
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE form_versions IN EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let publishing = {
+        let mut conn = site.env.tenant_conn(&site.t).await;
+        tokio::spawn(async move {
+            madoguchi::tenant::forms::store::publish(
+                &mut conn.client,
+                form_id,
+                &madoguchi::tenant::audit::Actor::Operator,
+                None,
+            )
+            .await
+            .map_err(|e| format!("{e:?}"))
+        })
+    };
+    crate::forms::until_waiting(&db, 1, &publishing).await;
+    assert!(!publishing.is_finished(), "the publish did not wait");
+    let sending = {
+        let (c, u, token) = (
+            c.clone(),
+            site.u(&format!("{}/submit", site.public)),
+            token.clone(),
+        );
+        tokio::spawn(async move { post(&c, &u, &[("_token", &token)]).await })
+    };
+    crate::forms::until_waiting(&db, 2, &sending).await;
+    assert!(
+        !sending.is_finished(),
+        "the send did not wait for the publish"
+    );
+    blocker.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(publishing.await.unwrap(), Ok(2));
+    let (status, _, body) = sending.await.unwrap();
+    assert_eq!(status, 303, "{body}");
+    let r = db
+        .query_one(
+            "SELECT accepted_count, capacity, (SELECT count(*)::int FROM submissions) FROM forms",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            r.get::<_, i32>(0),
+            r.get::<_, Option<i32>>(1),
+            r.get::<_, i32>(2)
+        ),
+        (1, Some(5), 1)
+    );
+    // Behind a long writer, a publish gives up after a few seconds (the others
+    // queued behind its wait go on) and says so; the draft stays as it was.
+    blocker
+        .batch_execute("BEGIN; LOCK TABLE submissions IN ROW EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let mut conn = site.env.tenant_conn(&site.t).await;
+    let err = madoguchi::tenant::forms::store::publish(
+        &mut conn.client,
+        form_id,
+        &madoguchi::tenant::audit::Actor::Operator,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(format!("{err:?}").contains("混み合っていた"), "{err:?}");
+    blocker.batch_execute("ROLLBACK").await.unwrap();
+}

@@ -2374,20 +2374,69 @@ async fn finished_applications_are_deleted_by_hand_or_after_their_retention() {
             .await
         }
     };
+    let publish = |who: &Staff| {
+        let (client, csrf, u, form_id) = (who.client.clone(), who.csrf.clone(), &u, &form_id);
+        async move {
+            post(
+                &client,
+                &u(&format!("/admin/forms/{form_id}/publish")),
+                &[("csrf", csrf.as_str())],
+            )
+            .await
+        }
+    };
     let (_, _, page) = settings("2").await;
     assert!(page.contains("保存期間は一覧から選んでください"), "{page}");
-    let (status, _, page) = settings("1").await;
+    let (status, _, page) = settings("3").await;
     assert!(
-        status < 400 && page.contains(r#"<option value="1" selected>1年</option>"#),
+        status < 400 && page.contains(r#"<option value="3" selected>3年</option>"#),
         "{page}"
     );
-    let (status, _, page) = post(
-        &s.admin.client,
-        &u(&format!("/admin/forms/{form_id}/publish")),
-        &[("csrf", &s.admin.csrf)],
+    let (status, _, page) = publish(&s.admin).await;
+    assert_eq!(status, 200, "{page}");
+    // Staff of the department edit the form, but a shorter 保存期間 (it deletes
+    // applications sooner) is published only by a 管理者 or 所属管理者.
+    let clerk = staff(&s.env, &s.server, &s.t, Role::Staff, Some("環境政策課")).await;
+    let (status, _, _) = post(
+        &clerk.client,
+        &u(&format!("/admin/forms/{form_id}/settings")),
+        &[
+            ("csrf", clerk.csrf.as_str()),
+            ("title", "粗大ごみ収集申込"),
+            ("capacity", "3"),
+            ("department", &s.dept),
+            ("zones_shown", "1"),
+            ("zone", "internet"),
+            ("zone", "lgwan"),
+            ("retention_years", "1"),
+        ],
     )
     .await;
-    assert_eq!(status, 200, "{page}");
+    assert!(status < 400);
+    let (_, _, page) = publish(&clerk).await;
+    assert!(
+        page.contains("保存期間を短くする（または新たに定める）公開は"),
+        "{page}"
+    );
+    let (_, _, page) = publish(&s.admin).await;
+    assert!(page.contains("第3版を公開しました"), "{page}");
+    let detail: String = s
+        .env
+        .tenant_conn(&s.t)
+        .await
+        .client
+        .query_one(
+            "SELECT detail FROM audit_log WHERE action = 'form.publish' ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        detail.contains("\"previous_retention_years\":3")
+            && detail.contains("\"retention_years\":1"),
+        "{detail}"
+    );
     let mut receipts = Vec::new();
     for _ in 0..3 {
         receipts.push(apply(&s.server, &s.host, &public, "ソファ").await.unwrap());
@@ -2484,7 +2533,7 @@ async fn finished_applications_are_deleted_by_hand_or_after_their_retention() {
     let goes = retention::deleted_from(finished, 1).unwrap();
     let goes = madoguchi::ja::date_both(goes.to_offset(time::macros::offset!(+9)).date());
     assert!(
-        page.contains(&format!("{goes}に自動で削除されます")),
+        page.contains(&format!("{goes}以降、毎日の自動削除で削除されます")),
         "{page}"
     );
     assert!(
@@ -2492,7 +2541,6 @@ async fn finished_applications_are_deleted_by_hand_or_after_their_retention() {
         "{page}"
     );
     // Not by staff of the department, who see no such form either.
-    let clerk = staff(&s.env, &s.server, &s.t, Role::Staff, Some("環境政策課")).await;
     let (_, _, page) = get(&clerk.client, &u(&format!("/admin/submissions/{}", ids[0]))).await;
     assert!(
         page.contains("保存期間") && !page.contains("この申請を削除する"),
@@ -2514,8 +2562,9 @@ async fn finished_applications_are_deleted_by_hand_or_after_their_retention() {
     );
     // Typed on a phone, full width and lower case: deleted with all kept with it.
     let typed = full_width(&receipts[0].to_lowercase());
-    let (status, _, page) = delete(&s.admin, ids[0], "test", typed).await;
-    assert_eq!(status, 200, "{page}");
+    let (status, loc, page) = delete(&s.admin, ids[0], "test", typed).await;
+    assert_eq!(status, 303, "{page}");
+    let (_, _, page) = get(&s.admin.client, &u(&loc)).await;
     assert!(
         page.contains(&format!("受付番号 {} の申請を", receipts[0])),
         "{page}"
@@ -2588,6 +2637,12 @@ async fn finished_applications_are_deleted_by_hand_or_after_their_retention() {
         .await
         .unwrap();
     }
+    // Publishing again says what the next daily run deletes.
+    let (_, _, page) = publish(&s.admin).await;
+    assert!(
+        page.contains("保存期間（1年）を過ぎた完了・却下・取下げの申請1件は、次の毎日の自動削除で削除されます"),
+        "{page}"
+    );
     let mut purge = s.env.tenant_conn(&s.t).await;
     let now = time::OffsetDateTime::now_utc();
     assert_eq!(

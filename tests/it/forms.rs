@@ -870,7 +870,11 @@ async fn lock_waiters(db: &tokio_postgres::Client) -> i64 {
 }
 
 /// Waits (up to 10 s) until `n` backends wait for a lock or `done` has finished.
-async fn until_waiting<T>(db: &tokio_postgres::Client, n: i64, done: &tokio::task::JoinHandle<T>) {
+pub(crate) async fn until_waiting<T>(
+    db: &tokio_postgres::Client,
+    n: i64,
+    done: &tokio::task::JoinHandle<T>,
+) {
     for _ in 0..200 {
         if lock_waiters(db).await >= n || done.is_finished() {
             return;
@@ -994,6 +998,10 @@ async fn a_form_given_capacity_while_applications_are_sent_counts_each_of_them()
         tokio::spawn(async move { send(&c, &server, &host, &public, &token).await })
     };
     until_waiting(db, 2, &sending).await;
+    assert!(
+        !sending.is_finished(),
+        "the send did not wait for the publish"
+    );
     blocker.client.batch_execute("COMMIT").await.unwrap();
     publishing.await.unwrap();
     sending.await.unwrap().unwrap();
@@ -1017,6 +1025,10 @@ async fn a_form_given_capacity_while_applications_are_sent_counts_each_of_them()
         tokio::spawn(async move { send(&c, &server, &host, &public, &token).await })
     };
     until_waiting(db, 2, &sending).await;
+    assert!(
+        !sending.is_finished(),
+        "the send did not wait for the publish"
+    );
     blocker.client.batch_execute("COMMIT").await.unwrap();
     publishing.await.unwrap();
     sending.await.unwrap().unwrap();

@@ -1077,7 +1077,16 @@ pub async fn publish(
         )
         .await;
     }
-    let msg = match store::publish(&mut db, id, &user.actor(), seen_revision(&body)).await {
+    let may_shorten = user.can_delete_cases(form.department_id);
+    let published = store::publish_as(
+        &mut db,
+        id,
+        &user.actor(),
+        seen_revision(&body),
+        may_shorten,
+    )
+    .await;
+    let msg = match published {
         // Publishing changes what is asked, not whether applications are taken: a
         // form whose intake was stopped stays stopped.
         Ok(v) if store::is_closed(&db, id).await? => format!(
@@ -1086,6 +1095,24 @@ pub async fn publish(
         Ok(v) => format!("第{v}版を公開しました"),
         Err(AppError::BadRequest(m)) => format!("!{m}"),
         Err(e) => return Err(e),
+    };
+    // Said at once: what the new 保存期間 deletes at the next daily run.
+    let msg = match form.draft.settings.retention_years {
+        Some(years) if !msg.starts_with('!') => {
+            let due = crate::tenant::cases::retention::due(
+                &db,
+                id,
+                years,
+                time::OffsetDateTime::now_utc(),
+            )
+            .await?;
+            if due > 0 {
+                format!("{msg}。保存期間（{years}年）を過ぎた完了・却下・取下げの申請{due}件は、次の毎日の自動削除で削除されます")
+            } else {
+                msg
+            }
+        }
+        _ => msg,
     };
     drop(db);
     builder(&ctx, &user, id, Some(msg)).await

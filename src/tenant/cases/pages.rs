@@ -431,7 +431,17 @@ pub async fn inbox(
     user: StaffUser,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
-    inbox_page(&ctx, &user, query.as_deref(), None).await
+    // Back from a deletion (申請の削除): say which, by its receipt number only.
+    let deleted = form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "deleted")
+        .and_then(|(_, v)| ReceiptNumber::parse(&v).ok());
+    let message = deleted.map(|r| {
+        format!(
+            "受付番号 {} の申請を、添付ファイル・経過・メッセージとともに削除しました",
+            r.as_str()
+        )
+    });
+    inbox_page(&ctx, &user, query.as_deref(), message).await
 }
 
 async fn inbox_page(
@@ -867,7 +877,7 @@ async fn retention_line(
         .get(0);
     Ok(match retention::deleted_from(finished, years) {
         Some(at) => format!(
-            "保存期間: {years}年。{}に自動で削除されます",
+            "保存期間: {years}年。{}以降、毎日の自動削除で削除されます",
             crate::ja::date_both(at.to_offset(jst_offset()).date())
         ),
         None => format!("保存期間: {years}年"),
@@ -905,16 +915,10 @@ pub async fn delete(
     let client: &mut tokio_postgres::Client = &mut db;
     match retention::delete_one(client, &user.actor(), id, body.get("receipt"), reason).await? {
         Ok(receipt) => {
-            drop(db);
-            inbox_page(
-                &ctx,
-                &user,
-                None,
-                Some(format!(
-                    "受付番号 {receipt} の申請を、添付ファイル・経過・メッセージとともに削除しました"
-                )),
-            )
-            .await
+            let query: String = form_urlencoded::Serializer::new(String::new())
+                .append_pair("deleted", &receipt)
+                .finish();
+            Ok(see_other(&format!("/admin/inbox?{query}")))
         }
         Err(refusal) => {
             drop(db);

@@ -110,7 +110,10 @@ pub fn cutoff(now: OffsetDateTime, years: u8) -> Option<OffsetDateTime> {
 const DELETE_SQL: &str = "WITH gone AS (
      DELETE FROM submissions WHERE id = ANY($1) AND status = ANY($2) RETURNING id, form_id, status, receipt_number
    ), drafts AS (
-     DELETE FROM citizen_drafts d USING gone WHERE d.submission_id = gone.id
+     DELETE FROM citizen_drafts d USING gone WHERE d.submission_id = gone.id OR d.resubmit_of = gone.id
+     RETURNING d.id
+   ), files AS (
+     DELETE FROM attachments a USING drafts WHERE a.draft_id = drafts.id AND a.submission_id IS NULL
    ), places AS (
      UPDATE forms f SET accepted_count = greatest(f.accepted_count - g.n, 0)
        FROM (SELECT form_id, count(*)::int AS n FROM gone WHERE status <> ALL($3) GROUP BY form_id) g
@@ -187,6 +190,29 @@ pub async fn delete_one(
     .await?;
     tx.commit().await?;
     Ok(Ok(receipt))
+}
+
+/// Finished applications of a form, finished before $3 (the purge's condition).
+const DUE_SQL: &str = "SELECT count(*) FROM submissions s
+      WHERE s.form_id = $1 AND s.status = ANY($2)
+        AND coalesce((SELECT max(e.at) FROM submission_events e WHERE e.submission_id = s.id), s.updated_at) < $3";
+
+/// How many finished applications of a form the purge would delete at `now` with
+/// `years` of retention.
+pub async fn due(
+    db: &tokio_postgres::Client,
+    form: i64,
+    years: u8,
+    now: OffsetDateTime,
+) -> Result<i64, AppError> {
+    let Some(before) = cutoff(now, years) else {
+        return Ok(0);
+    };
+    let finished: &[&str] = &FINISHED;
+    Ok(db
+        .query_one(DUE_SQL, &[&form, &finished, &before])
+        .await?
+        .get(0))
 }
 
 /// Deletes every finished application past its form's 保存期間 at `now` (the

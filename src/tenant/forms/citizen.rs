@@ -1490,6 +1490,17 @@ pub async fn store_submission(
         // 定員: the row lock makes concurrent submits to a limited form wait their turn,
         // so none passes the limit. Forms without a limit take no lock, so their
         // submissions do not queue behind each other.
+        // A form published with 定員 since the page was read: the insert waited for
+        // that publish (it locks submissions), so this statement sees it.
+        if !counted {
+            counted = tx
+                .query_one(
+                    "SELECT capacity IS NOT NULL FROM forms WHERE id = $1",
+                    &[&form.id],
+                )
+                .await?
+                .get(0);
+        }
         // The limit as it is now: a version published since the page was read may
         // have changed or removed it; the answers stay those of the version checked.
         if counted {

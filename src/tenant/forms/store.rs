@@ -249,6 +249,25 @@ pub async fn publish(
     actor: &Actor,
     seen: Option<i64>,
 ) -> Result<i32, AppError> {
+    publish_as(db, id, actor, seen, true).await
+}
+
+/// Said when a publish that shortens 保存期間 is not this person's to make.
+pub const RETENTION_NOT_YOURS: &str = "保存期間を短くする（または新たに定める）公開は、管理者またはこのフォームの所属の所属管理者が行ってください。保存期間を過ぎた申請は自動で削除されるためです";
+
+/// Said when the publish could not have submissions to itself for its count.
+pub const PUBLISH_BUSY: &str = "申請の処理が混み合っていたため公開できませんでした。少し待ってから、もう一度「公開する」を押してください（編集中の内容はそのままです）";
+
+/// [`publish`], by someone who may (or may not) shorten the form's 保存期間: a
+/// shorter one (or a first one) deletes finished applications sooner, so it takes
+/// the right to delete them.
+pub async fn publish_as(
+    db: &mut Client,
+    id: i64,
+    actor: &Actor,
+    seen: Option<i64>,
+    may_shorten_retention: bool,
+) -> Result<i32, AppError> {
     let staff_id = actor.staff_id();
     let tx = db.transaction().await?;
     // 定員 is counted below with submissions locked against writes (first, before the
@@ -256,8 +275,15 @@ pub async fn publish(
     // meanwhile without a count (the form had no 定員 when it began) is in the count,
     // and one beginning after sees the new 定員 and counts itself. Submissions to
     // the municipality's other forms wait for this transaction too (milliseconds).
-    tx.execute("LOCK TABLE submissions IN SHARE MODE", &[])
-        .await?;
+    // Not behind a long writer for long: others queue behind a waiting lock.
+    tx.batch_execute("SET LOCAL lock_timeout = '5s'; LOCK TABLE submissions IN SHARE MODE")
+        .await
+        .map_err(|e| match e.code() {
+            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+                AppError::BadRequest(PUBLISH_BUSY.into())
+            }
+            _ => e.into(),
+        })?;
     let row = tx
         .query_one(
             "SELECT draft, coalesce(current_version, 0), (extract(epoch FROM draft_updated_at) * 1000000)::bigint
@@ -287,6 +313,19 @@ pub async fn publish(
             &[&id],
         )
         .await?;
+    let previous_retention = earlier
+        .first()
+        .and_then(|r| serde_json::from_value::<FormDefinition>(r.get(1)).ok())
+        .and_then(|d| d.settings.retention_years);
+    let retention = def.settings.retention_years;
+    let shortened = match (previous_retention, retention) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(before), Some(now)) => now < before,
+    };
+    if shortened && !may_shorten_retention {
+        return Err(AppError::BadRequest(RETENTION_NOT_YOURS.into()));
+    }
     for f in def.fields().filter(|f| f.kind.takes_answer()) {
         let before = earlier.iter().find_map(|r| {
             let old: FormDefinition = serde_json::from_value(r.get(1)).ok()?;
@@ -331,7 +370,15 @@ pub async fn publish(
         actor,
         "form.publish",
         &format!("form:{id}"),
-        serde_json::json!({ "version": version }),
+        if retention == previous_retention {
+            serde_json::json!({ "version": version })
+        } else {
+            serde_json::json!({
+                "version": version,
+                "retention_years": retention,
+                "previous_retention_years": previous_retention,
+            })
+        },
     )
     .await?;
     tx.commit().await?;

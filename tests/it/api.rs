@@ -630,3 +630,146 @@ async fn an_idempotency_key_answers_only_its_own_retry() {
     assert_eq!(stored, 6);
     server.shutdown().await;
 }
+
+/// Deleted applications (申請の削除, 保存期間) leave the list of submissions and appear
+/// in `/api/v1/deletions`, oldest first, a page at a time, with only what identifies
+/// them, so a connected system deletes its copies too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletions_are_listed_for_connected_systems() {
+    use madoguchi::tenant::cases::retention;
+    let env = TestEnv::new().await;
+    let a = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &a, FORM, "生活衛生課", true)
+            .await
+            .unwrap();
+    let form = public.trim_start_matches("/f/").to_owned();
+    let server = env.serve().await;
+    let host = a.hosts[0].as_str();
+    let c = client_for(&server, &[host]);
+    let full = token(
+        &env,
+        &a,
+        &[
+            "submissions:read",
+            "submissions:write",
+            "submissions:submit",
+        ],
+    )
+    .await;
+    let forms_only = token(&env, &a, &["forms:read"]).await;
+    let api = |path: &str| url(&server, host, &format!("/api/v1{path}"));
+    let get = |path: String, bearer: String| {
+        let (c, u) = (c.clone(), api(&path));
+        async move {
+            let r = c.get(u).bearer_auth(bearer).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    let mut made = Vec::new();
+    for n in 0..3 {
+        let r = c
+            .post(api(&format!("/forms/{form}/submissions")))
+            .bearer_auth(&full)
+            .json(&json!({ "idempotency_key": uuid::Uuid::new_v4(), "answers": {
+                "owner.family": "山田", "owner.given": format!("花子{n}"), "owner.family_kana": "ヤマダ",
+                "owner.given_kana": "ハナコ", "email": "yamada@example.jp", "breeds": ["柴犬"] } }))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let v: Value = r.json().await.unwrap();
+        let id: uuid::Uuid = v["id"].as_str().unwrap().parse().unwrap();
+        for (from, to) in [("received", "reviewing"), ("reviewing", "completed")] {
+            let r = c
+                .post(api(&format!("/submissions/{id}/status")))
+                .bearer_auth(&full)
+                .json(&json!({ "from": from, "to": to }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        made.push((id, v["receipt_number"].as_str().unwrap().to_owned()));
+    }
+    let (status, page) = get("/deletions".into(), full.clone()).await;
+    assert_eq!((status, page["items"].as_array().unwrap().len()), (200, 0));
+
+    // One deleted by staff; one past its form's 保存期間.
+    let mut conn = env.tenant_conn(&a).await;
+    let staff = madoguchi::tenant::audit::Actor::Staff {
+        id: 1,
+        email: "kanri@city.example.jp".into(),
+    };
+    retention::delete_one(
+        &mut conn.client,
+        &staff,
+        made[0].0,
+        &made[0].1,
+        retention::Reason::Test,
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    conn.client
+        .execute(
+            "UPDATE form_versions SET definition = jsonb_set(definition, '{settings}', coalesce(definition->'settings', '{}') || '{\"retention_years\": 1}')",
+            &[],
+        )
+        .await
+        .unwrap();
+    conn.client
+        .execute(
+            "UPDATE submission_events SET at = '2020-06-01T09:00:00+09:00' WHERE submission_id = $1",
+            &[&made[1].0],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        retention::purge_expired(&mut conn.client, time::OffsetDateTime::now_utc())
+            .await
+            .unwrap(),
+        1
+    );
+
+    // Listed in the order they were deleted, a page at a time; gone from the list of
+    // submissions; nothing of their content.
+    let (_, first) = get("/deletions?limit=1".into(), full.clone()).await;
+    let items = first["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], made[0].0.to_string());
+    assert_eq!(items[0]["receipt_number"], made[0].1.as_str());
+    assert_eq!(items[0]["form"], form.as_str());
+    assert_eq!(items[0]["cause"], "staff");
+    assert_eq!(
+        items[0].as_object().unwrap().keys().collect::<Vec<_>>(),
+        ["cause", "deleted_at", "form", "id", "receipt_number"]
+    );
+    let cursor = first["next_cursor"].as_str().unwrap().to_owned();
+    let (_, second) = get(format!("/deletions?limit=1&cursor={cursor}"), full.clone()).await;
+    let items = second["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0]["id"], made[1].0.to_string());
+    assert_eq!(items[0]["cause"], "retention");
+    assert!(second["next_cursor"].is_null(), "{second}");
+    let (_, left) = get("/submissions".into(), full.clone()).await;
+    let ids: Vec<&str> = left["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [made[2].0.to_string()]);
+    let (status, _) = get(format!("/submissions/{}", made[0].0), full.clone()).await;
+    assert_eq!(status, 404);
+    // `since` after both: none. A bad cursor or time: 400. Without the scope: 403.
+    let (_, none) = get("/deletions?since=2999-01-01T00:00:00Z".into(), full.clone()).await;
+    assert_eq!(none["items"].as_array().unwrap().len(), 0);
+    for bad in ["/deletions?cursor=xyz", "/deletions?since=yesterday"] {
+        let (status, p) = get(bad.into(), full.clone()).await;
+        assert_eq!(status, 400, "{bad}: {p}");
+    }
+    let (status, _) = get("/deletions".into(), forms_only).await;
+    assert_eq!(status, 403);
+    server.shutdown().await;
+}

@@ -606,6 +606,7 @@ async fn earlier_use(
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListParams {
     /// received, reviewing, completed, rejected, returned or withdrawn.
     pub status: Option<String>,
@@ -722,24 +723,11 @@ pub async fn list_submissions(
         ),
         None => None,
     };
-    let cursor: Option<(OffsetDateTime, Uuid)> = match p.cursor.as_deref() {
-        Some(c) => {
-            let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .decode(c)
-                .ok()
-                .and_then(|b| String::from_utf8(b).ok())
-                .ok_or_else(|| bad("cursor が正しくありません"))?;
-            let (t, id) = text
-                .split_once('_')
-                .ok_or_else(|| bad("cursor が正しくありません"))?;
-            Some((
-                crate::tenant::cases::cursor_time(t)
-                    .ok_or_else(|| bad("cursor が正しくありません"))?,
-                id.parse().map_err(|_| bad("cursor が正しくありません"))?,
-            ))
-        }
-        None => None,
-    };
+    let cursor = p
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(c).ok_or_else(|| bad("cursor が正しくありません")))
+        .transpose()?;
     let limit = p.limit.unwrap_or(100).clamp(1, 500);
     let (c_at, c_id) = (cursor.map(|c| c.0), cursor.map(|c| c.1));
     let db = ctx.db().await?;
@@ -765,16 +753,130 @@ pub async fn list_submissions(
     let more = items.len() as i64 > limit;
     items.truncate(usize::try_from(limit).unwrap_or(100));
     let next_cursor = if more {
-        rows.get(items.len().saturating_sub(1)).map(|r| {
-            let at: OffsetDateTime = r.get(6);
-            let id: Uuid = r.get(0);
-            base64::engine::general_purpose::URL_SAFE_NO_PAD
-                .encode(format!("{}_{id}", at.unix_timestamp_nanos() / 1000))
-        })
+        rows.get(items.len().saturating_sub(1))
+            .map(|r| encode_cursor(r.get(6), r.get(0)))
     } else {
         None
     };
     Ok(Json(SubmissionPage { items, next_cursor }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeletionParams {
+    /// Only deletions at or after this time (RFC 3339).
+    pub since: Option<String>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+    /// 1–500, default 100.
+    pub limit: Option<i64>,
+}
+
+/// A deleted application: nothing of its content is left, only what identifies it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletionOut {
+    pub id: Uuid,
+    pub receipt_number: String,
+    /// The form's public id (empty if the form is gone too).
+    pub form: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub deleted_at: String,
+    /// `staff` (deleted by a 管理者 or 所属管理者) or `retention` (its form's 保存期間 ran).
+    pub cause: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletionPage {
+    pub items: Vec<DeletionOut>,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Applications deleted (申請の削除, 保存期間), oldest first, a page at a time, so a
+/// connected system deletes its own copies; kept as long as the operation log. As
+/// with `/api/v1/submissions`, a deletion still being made holds back the ones
+/// after it.
+#[utoipa::path(get, path = "/api/v1/deletions", tag = "submissions", security(("bearer" = [])), params(DeletionParams),
+    responses((status = 200, body = DeletionPage), CommonErrors))]
+pub async fn list_deletions(
+    ctx: TenantCtx,
+    client: ApiClient,
+    ApiQuery(p): ApiQuery<DeletionParams>,
+) -> Result<Json<DeletionPage>, Problem> {
+    client.require("submissions:read")?;
+    let bad = |m: &str| {
+        Problem::new(
+            StatusCode::BAD_REQUEST,
+            "bad-parameter",
+            "Bad parameter",
+            m.to_owned(),
+        )
+    };
+    let since = p
+        .since
+        .as_deref()
+        .map(|s| {
+            OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+                .map_err(|_| bad("since は RFC 3339 の日時で指定してください"))
+        })
+        .transpose()?;
+    let cursor = p
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(c).ok_or_else(|| bad("cursor が正しくありません")))
+        .transpose()?;
+    let limit = p.limit.unwrap_or(100).clamp(1, 500);
+    let (c_at, c_id) = (cursor.map(|c| c.0), cursor.map(|c| c.1));
+    let db = ctx.db().await?;
+    let rows = db
+        .query(
+            "SELECT d.submission_id, d.receipt_number, coalesce(f.public_id, ''), d.deleted_at, d.cause
+               FROM submission_deletions d LEFT JOIN forms f ON f.id = d.form_id
+              WHERE ($1::timestamptz IS NULL OR d.deleted_at >= $1)
+                AND ($2::timestamptz IS NULL OR (d.deleted_at, d.submission_id) > ($2, $3::uuid))
+                -- As for submissions: nothing stamped after a writing transaction
+                -- still open began, which may yet commit rows stamped before them.
+                AND d.deleted_at < (SELECT coalesce(min(xact_start), 'infinity') FROM pg_stat_activity
+                                     WHERE datname = current_database() AND pid <> pg_backend_pid()
+                                       AND backend_type = 'client backend' AND backend_xid IS NOT NULL)
+              ORDER BY d.deleted_at, d.submission_id LIMIT $4",
+            &[&since, &c_at, &c_id, &(limit + 1)],
+        )
+        .await
+        .map_err(AppError::from)?;
+    let more = rows.len() as i64 > limit;
+    let shown = &rows[..rows.len().min(usize::try_from(limit).unwrap_or(100))];
+    let items = shown
+        .iter()
+        .map(|r| DeletionOut {
+            id: r.get(0),
+            receipt_number: r.get(1),
+            form: r.get(2),
+            deleted_at: rfc3339(r.get(3)),
+            cause: r.get(4),
+        })
+        .collect();
+    let next_cursor = if more {
+        shown.last().map(|r| encode_cursor(r.get(3), r.get(0)))
+    } else {
+        None
+    };
+    Ok(Json(DeletionPage { items, next_cursor }))
+}
+
+/// A page's end: `micros_uuid`, base64url.
+fn encode_cursor(at: OffsetDateTime, id: Uuid) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(format!("{}_{id}", at.unix_timestamp_nanos() / 1000))
+}
+
+fn decode_cursor(c: &str) -> Option<(OffsetDateTime, Uuid)> {
+    let text = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())?;
+    let (t, id) = text.split_once('_')?;
+    Some((crate::tenant::cases::cursor_time(t)?, id.parse().ok()?))
 }
 
 /// One submission with its answers (labels of the version it was made against).
@@ -976,8 +1078,8 @@ impl utoipa::Modify for SecurityAddon {
 #[openapi(
     info(title = "Madoguchi integration API", version = "1",
         description = "各自治体のホスト名で提供する連携API。トークンは自治体ごとに発行され、他の自治体では使えません。/ Per-municipality API; tokens are valid on their own municipality's host only."),
-    paths(list_forms, get_form, submit, list_submissions, get_submission, get_attachment, set_status),
-    components(schemas(Problem, FieldProblem, FormSummary, NewSubmission, SubmissionCreated, SubmissionOut, IdentityOut, SubmissionPage, StatusChange)),
+    paths(list_forms, get_form, submit, list_submissions, get_submission, get_attachment, set_status, list_deletions),
+    components(schemas(Problem, FieldProblem, FormSummary, NewSubmission, SubmissionCreated, SubmissionOut, IdentityOut, SubmissionPage, StatusChange, DeletionOut, DeletionPage)),
     modifiers(&SecurityAddon),
     tags((name = "forms"), (name = "submissions"))
 )]
@@ -1004,6 +1106,7 @@ pub fn router() -> Router {
         .route("/api/v1/submissions/{id}", get(get_submission))
         .route("/api/v1/submissions/{id}/status", post(set_status))
         .route("/api/v1/submissions/{id}/files/{file}", get(get_attachment))
+        .route("/api/v1/deletions", get(list_deletions))
         .fallback(|| async {
             Problem::new(
                 StatusCode::NOT_FOUND,

@@ -105,8 +105,9 @@ pub fn cutoff(now: OffsetDateTime, years: u8) -> Option<OffsetDateTime> {
 }
 
 /// Deletes the applications `ids` that are finished, with what is kept with them;
-/// gives their 定員 places back (as a publish would recount). Returns (id, receipt
-/// number) of each deleted.
+/// gives their 定員 places back (as a publish would recount) and notes each in
+/// `submission_deletions` (for the API's deletion list) with the cause ($4).
+/// Returns (id, receipt number) of each deleted.
 const DELETE_SQL: &str = "WITH gone AS (
      DELETE FROM submissions WHERE id = ANY($1) AND status = ANY($2) RETURNING id, form_id, status, receipt_number
    ), drafts AS (
@@ -114,6 +115,9 @@ const DELETE_SQL: &str = "WITH gone AS (
      RETURNING d.id
    ), files AS (
      DELETE FROM attachments a USING drafts WHERE a.draft_id = drafts.id AND a.submission_id IS NULL
+   ), noted AS (
+     INSERT INTO submission_deletions (submission_id, receipt_number, form_id, cause)
+     SELECT id, receipt_number, form_id, $4 FROM gone
    ), places AS (
      UPDATE forms f SET accepted_count = greatest(f.accepted_count - g.n, 0)
        FROM (SELECT form_id, count(*)::int AS n FROM gone WHERE status <> ALL($3) GROUP BY form_id) g
@@ -124,11 +128,12 @@ const DELETE_SQL: &str = "WITH gone AS (
 async fn delete(
     db: &impl tokio_postgres::GenericClient,
     ids: &[Uuid],
+    cause: &str,
 ) -> Result<Vec<(Uuid, String)>, AppError> {
     let finished: &[&str] = &FINISHED;
     let freed: &[&str] = &Status::PLACE_FREED;
     Ok(db
-        .query(DELETE_SQL, &[&ids, &finished, &freed])
+        .query(DELETE_SQL, &[&ids, &finished, &freed, &cause])
         .await?
         .iter()
         .map(|r| (r.get(0), r.get(1)))
@@ -169,7 +174,7 @@ pub async fn delete_one(
             "確認のために入力された受付番号が、この申請の受付番号と一致しません",
         ));
     }
-    let gone = delete(&tx, &[id]).await?;
+    let gone = delete(&tx, &[id], "staff").await?;
     if gone.len() != 1 {
         return Err(AppError::Internal(anyhow::anyhow!(
             "a finished application locked for deletion was not deleted"
@@ -230,6 +235,12 @@ pub async fn purge_expired(
             &[],
         )
         .await?;
+    // The notes of deletions (no content) go with the operation log's entries.
+    db.execute(
+        "DELETE FROM submission_deletions WHERE deleted_at < now() - make_interval(days => (SELECT audit_retention_days FROM settings))",
+        &[],
+    )
+    .await?;
     let finished: &[&str] = &FINISHED;
     let mut total = 0;
     for f in &forms {
@@ -254,7 +265,7 @@ pub async fn purge_expired(
             if ids.is_empty() {
                 break;
             }
-            let gone = delete(&tx, &ids).await?;
+            let gone = delete(&tx, &ids, "retention").await?;
             audit::append(
                 &tx,
                 &Actor::System,

@@ -527,7 +527,8 @@ enum SigningKeyCmd {
     /// key and the new one, kept in the catalog and carried in certificate files (so
     /// certificates verify against either key); then a catalog backup. Runs beside
     /// `serve`. The platform key is refused while a decommissioning request or a
-    /// certificate awaiting its signature is open.
+    /// certificate awaiting its signature is open; its rotation replaces the log key
+    /// first.
     Rotate,
     /// Print the key's signed transitions, oldest first (signed notes).
     Transitions,
@@ -1422,15 +1423,16 @@ async fn signing_key(
             }
         }
         Some(SigningKeyCmd::Rotate) => {
-            let (file, _) = keys::file_and_name(role);
-            let done = keys::rotate_signer(p, role, &cli_actor()).await?;
-            println!(
-                "{file}: new key {}\n  replaces {} (kept as {}: destroy it once the new key is escrowed, see ops/runbooks/keys.md)\n  transition signed by both keys:\n{}",
-                done.new,
-                done.old,
-                done.retired.display(),
-                done.statement
-            );
+            for done in keys::rotate_signer(p, role, &cli_actor()).await? {
+                let (file, _) = keys::file_and_name(done.role);
+                println!(
+                    "{file}: new key {}\n  replaces {} (kept as {}: destroy it once the new key is escrowed, see ops/runbooks/keys.md)\n  transition signed by both keys:\n{}",
+                    done.new,
+                    done.old,
+                    done.retired.display(),
+                    done.statement
+                );
+            }
             let store = madoguchi::control::backup::DirStore::new(&p.settings.state_dir);
             let m = madoguchi::control::backup::run_catalog(p, &store).await.context(
                 "the key is rotated, but the catalog backup holding its transition failed: run `madoguchi backup run --catalog`",

@@ -209,6 +209,7 @@ pub fn parse_public_lines(text: &str) -> anyhow::Result<Vec<(String, [u8; 32])>>
 /// What a signing-key rotation did.
 #[derive(Debug)]
 pub struct SignerRotated {
+    pub role: Role,
     pub old: String,
     pub new: String,
     /// The transition, signed by both keys.
@@ -222,9 +223,56 @@ pub struct SignerRotated {
 /// file put in place (a copy of the old one is kept aside under its hash). Runs
 /// beside `serve`, which reads the keys each time it signs. The platform key is
 /// refused while a decommissioning request or a certificate waiting for its
-/// verifier's signature is open (that certificate names the current key); its
-/// transition names the log key and the log's size at that moment.
+/// verifier's signature is open (that certificate names the current key).
+///
+/// The platform key's transition names the log key and the log's size at that
+/// moment, and certificates signed by the replaced key count against the new one
+/// only as that log shows them. So the log key is replaced first, in the same
+/// command: the key named is a fresh one, not one retired alongside the platform key
+/// (someone holding both retired keys could otherwise sign a private log). Returns
+/// each rotation made, the log key's first.
 pub async fn rotate_signer(
+    p: &crate::platform::Platform,
+    role: Role,
+    actor: &str,
+) -> anyhow::Result<Vec<SignerRotated>> {
+    let mut done = Vec::new();
+    if role == Role::Platform {
+        // Refused early, before the log key changes, when the platform key cannot be.
+        platform_rotation_possible(p).await?;
+        done.push(rotate_one(p, Role::Log, actor).await?);
+    }
+    done.push(rotate_one(p, role, actor).await?);
+    Ok(done)
+}
+
+/// Whether nothing open names the current platform key (checked again, under lock,
+/// by the rotation itself).
+async fn platform_rotation_possible(p: &crate::platform::Platform) -> anyhow::Result<()> {
+    let open: i64 = p
+        .catalog
+        .client()
+        .await?
+        .query_one(OPEN_ERASURES_SQL, &[])
+        .await?
+        .get(0);
+    if open > 0 {
+        bail!(open_erasures_message(open));
+    }
+    Ok(())
+}
+
+const OPEN_ERASURES_SQL: &str =
+    "SELECT (SELECT count(*) FROM decommissions WHERE state = 'requested')
+      + (SELECT count(*) FROM pending_signatures WHERE kind = 'erasure_certificate')";
+
+fn open_erasures_message(open: i64) -> String {
+    format!(
+        "消去の依頼または署名待ちの証明書が{open}件あります。その証明書には現在の基盤鍵の名が入るため、完了（または取り下げ）後に更新してください / {open} decommissioning request(s) or certificate(s) awaiting a signature are open; they name the current platform key: finish or withdraw them, then rotate"
+    )
+}
+
+async fn rotate_one(
     p: &crate::platform::Platform,
     role: Role,
     actor: &str,
@@ -249,25 +297,17 @@ pub async fn rotate_signer(
         bail!("署名鍵の更新が別に実行中です / another signing-key rotation is running");
     }
     let log = if role == Role::Platform {
-        // In the order an erasure takes them (it stores its certificate, then closes
-        // the request), so neither waits for the other in a circle.
+        // In the order the erasure's steps take them (signing a certificate: the log,
+        // then the pending certificate; storing one: the pending certificates, then
+        // the request), so none waits for another in a circle.
         tx.execute(
-            "LOCK TABLE pending_signatures, decommissions, tlog_entries IN SHARE MODE",
+            "LOCK TABLE tlog_entries, pending_signatures, decommissions IN SHARE MODE",
             &[],
         )
         .await?;
-        let open: i64 = tx
-            .query_one(
-                "SELECT (SELECT count(*) FROM decommissions WHERE state = 'requested')
-                      + (SELECT count(*) FROM pending_signatures WHERE kind = 'erasure_certificate')",
-                &[],
-            )
-            .await?
-            .get(0);
+        let open: i64 = tx.query_one(OPEN_ERASURES_SQL, &[]).await?.get(0);
         if open > 0 {
-            bail!(
-                "消去の依頼または署名待ちの証明書が{open}件あります。その証明書には現在の基盤鍵の名が入るため、完了（または取り下げ）後に更新してください / {open} decommissioning request(s) or certificate(s) awaiting a signature are open; they name the current platform key: finish or withdraw them, then rotate"
-            );
+            bail!(open_erasures_message(open));
         }
         let row = tx
             .query_one(
@@ -363,6 +403,7 @@ pub async fn rotate_signer(
     })?;
     settle_rotation(dir, file, name, Some(&new.verifier_key()))?;
     Ok(SignerRotated {
+        role,
         old: old.verifier_key(),
         new: new.verifier_key(),
         statement,

@@ -1093,7 +1093,7 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
         "{err:#}"
     );
     assert_eq!(platform_signer(p).await.unwrap().verifier_key(), p0);
-    let log = rotate_signer(p, Role::Log, "ops").await.unwrap();
+    let log = rotate_signer(p, Role::Log, "ops").await.unwrap().remove(0);
     assert_eq!(
         (log.old.as_str(), log.new.as_str()),
         (
@@ -1122,7 +1122,15 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
 
     // Now the platform key: the old file is kept aside under its hash, nothing is
     // left half-done, and the operation log has it.
-    let rotated = rotate_signer(p, Role::Platform, "ops").await.unwrap();
+    // The log key is replaced first, in the same command: the platform key's
+    // transition names a fresh log key, not one retired with it.
+    let mut both = rotate_signer(p, Role::Platform, "ops").await.unwrap();
+    let rotated = both.pop().unwrap();
+    let log2 = both.pop().unwrap();
+    assert_eq!(
+        (log2.role, log2.old.as_str()),
+        (Role::Log, log.new.as_str())
+    );
     let p1 = platform_signer(p).await.unwrap().verifier_key();
     assert_eq!(
         (rotated.old.as_str(), rotated.new.as_str()),
@@ -1139,6 +1147,7 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
         (t.role, t.from.as_str(), t.to.as_str()),
         (Role::Platform, p0.as_str(), p1.as_str())
     );
+    assert_eq!(t.log, Some((log2.new.clone(), 2)));
     let c = p.catalog.client().await.unwrap();
     let actions: Vec<String> = c
         .query(
@@ -1150,13 +1159,16 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
         .iter()
         .map(|r| r.get(0))
         .collect();
-    assert_eq!(actions, ["keys.rotate_log", "keys.rotate_platform"]);
+    assert_eq!(
+        actions,
+        ["keys.rotate_log", "keys.rotate_log", "keys.rotate_platform"]
+    );
 
     // A certificate made after: signed by the new platform key, verified against the
     // old one (it replaced it) and the new one.
     let (cert3, _) = erase_tenant(&env, &third, ("bob", &bob), ("alice", &alice)).await;
     assert_eq!(cert3.certificate.platform_key, p1);
-    assert_eq!(cert3.key_transitions.len(), 2);
+    assert_eq!(cert3.key_transitions.len(), 3);
     for key in [&p0, &p1] {
         let v = verdict(&cert3, key, None);
         assert!(v.ok(), "{}", v.report());
@@ -1247,6 +1259,30 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
         "{}",
         v.report()
     );
+    // Nor, for a certificate signed by the replaced platform key, one signed by the
+    // log key retired in the same command (both may have leaked together): checked
+    // against the new platform key, only the log key its transition names counts.
+    let retired_with_it =
+        madoguchi::control::keys::load_signer(&log2.retired, "madoguchi.erasure-log", false)
+            .unwrap();
+    let body1 = fresh1
+        .transparency
+        .checkpoint
+        .split("\n\n")
+        .next()
+        .unwrap()
+        .to_owned()
+        + "\n";
+    let mut private = fresh1.clone();
+    private.transparency.checkpoint = retired_with_it.sign_note(&body1).unwrap();
+    let v = verdict(&private, &p1, None);
+    assert!(
+        !v.ok()
+            && v.report()
+                .contains("the checkpoint is not signed by the log key"),
+        "{}",
+        v.report()
+    );
     // The key kept aside is a copy: destroying it leaves the live key alone.
     use std::os::unix::fs::MetadataExt;
     let ino = |path: &Path| std::fs::metadata(path).unwrap().ino();
@@ -1291,7 +1327,11 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
     )
     .unwrap();
     assert_eq!(platform_signer(p).await.unwrap().verifier_key(), p1);
-    let again = rotate_signer(p, Role::Platform, "ops").await.unwrap();
+    let again = rotate_signer(p, Role::Platform, "ops")
+        .await
+        .unwrap()
+        .pop()
+        .unwrap();
     assert_ne!(again.new, stray.verifier_key());
     assert_eq!(platform_signer(p).await.unwrap().verifier_key(), again.new);
     // Two transitions now chain the first key to the newest.

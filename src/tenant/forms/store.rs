@@ -276,14 +276,17 @@ pub async fn publish_as(
     // and one beginning after sees the new 定員 and counts itself. Submissions to
     // the municipality's other forms wait for this transaction too (milliseconds).
     // Not behind a long writer for long: others queue behind a waiting lock.
-    tx.batch_execute("SET LOCAL lock_timeout = '5s'; LOCK TABLE submissions IN SHARE MODE")
-        .await
-        .map_err(|e| match e.code() {
-            Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
-                AppError::BadRequest(PUBLISH_BUSY.into())
-            }
-            _ => e.into(),
-        })?;
+    tx.batch_execute(
+        "SET LOCAL lock_timeout = '5s'; LOCK TABLE submissions IN SHARE MODE;
+         SET LOCAL lock_timeout TO DEFAULT",
+    )
+    .await
+    .map_err(|e| match e.code() {
+        Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) => {
+            AppError::BadRequest(PUBLISH_BUSY.into())
+        }
+        _ => e.into(),
+    })?;
     let row = tx
         .query_one(
             "SELECT draft, coalesce(current_version, 0), (extract(epoch FROM draft_updated_at) * 1000000)::bigint

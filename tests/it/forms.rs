@@ -975,63 +975,48 @@ async fn a_form_given_capacity_while_applications_are_sent_counts_each_of_them()
     publishing.await.unwrap();
     assert_eq!(counts(form_id).await, (1, Some(5), 1));
 
-    // 2. The page was read before the publish, the send begins while it runs: it
-    //    waits, sees the 定員 and counts itself.
-    let (form_id, public) = build_form(&admin, &server, &host, &dept, "").await;
-    let c = browser(&server, &[&host]);
-    let token = fill_in(&c, &server, &host, &public, "ソファ")
-        .await
-        .unwrap();
-    blocker
-        .client
-        .batch_execute("BEGIN; LOCK TABLE form_versions IN EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let publishing = limit(form_id.clone());
-    until_waiting(db, 1, &publishing).await;
-    assert!(
-        !publishing.is_finished(),
-        "the publish did not wait for form_versions"
-    );
-    let sending = {
-        let (c, server, host, public) = (c.clone(), server.clone(), host.clone(), public.clone());
-        tokio::spawn(async move { send(&c, &server, &host, &public, &token).await })
+    // A send whose page was read before a publish of the form begins while the
+    // publish is held (after its lock on submissions): it waits for it.
+    let send_during_publish = |form_id: String, public: String| {
+        let (server, host, blocker, limit) = (server.clone(), host.clone(), &blocker, &limit);
+        async move {
+            let c = browser(&server, &[&host]);
+            let token = fill_in(&c, &server, &host, &public, "ソファ")
+                .await
+                .unwrap();
+            blocker
+                .client
+                .batch_execute("BEGIN; LOCK TABLE form_versions IN EXCLUSIVE MODE")
+                .await
+                .unwrap();
+            let publishing = limit(form_id);
+            until_waiting(db, 1, &publishing).await;
+            assert!(
+                !publishing.is_finished(),
+                "the publish did not wait for form_versions"
+            );
+            let sending =
+                tokio::spawn(async move { send(&c, &server, &host, &public, &token).await });
+            until_waiting(db, 2, &sending).await;
+            assert!(
+                !sending.is_finished(),
+                "the send did not wait for the publish"
+            );
+            blocker.client.batch_execute("COMMIT").await.unwrap();
+            publishing.await.unwrap();
+            sending.await.unwrap().unwrap();
+        }
     };
-    until_waiting(db, 2, &sending).await;
-    assert!(
-        !sending.is_finished(),
-        "the send did not wait for the publish"
-    );
-    blocker.client.batch_execute("COMMIT").await.unwrap();
-    publishing.await.unwrap();
-    sending.await.unwrap().unwrap();
+
+    // 2. The form had no 定員 when the page was read: the send sees it and counts
+    //    itself.
+    let (form_id, public) = build_form(&admin, &server, &host, &dept, "").await;
+    send_during_publish(form_id.clone(), public.clone()).await;
     assert_eq!(counts(form_id.clone()).await, (1, Some(5), 1));
 
     // 3. The same with the form already limited: published again meanwhile, the
     //    application is counted under the new version, not turned away as full.
-    let c = browser(&server, &[&host]);
-    let token = fill_in(&c, &server, &host, &public, "ソファ")
-        .await
-        .unwrap();
-    blocker
-        .client
-        .batch_execute("BEGIN; LOCK TABLE form_versions IN EXCLUSIVE MODE")
-        .await
-        .unwrap();
-    let publishing = limit(form_id.clone());
-    until_waiting(db, 1, &publishing).await;
-    let sending = {
-        let (c, server, host, public) = (c.clone(), server.clone(), host.clone(), public.clone());
-        tokio::spawn(async move { send(&c, &server, &host, &public, &token).await })
-    };
-    until_waiting(db, 2, &sending).await;
-    assert!(
-        !sending.is_finished(),
-        "the send did not wait for the publish"
-    );
-    blocker.client.batch_execute("COMMIT").await.unwrap();
-    publishing.await.unwrap();
-    sending.await.unwrap().unwrap();
+    send_during_publish(form_id.clone(), public).await;
     assert_eq!(counts(form_id).await, (2, Some(5), 2));
 }
 

@@ -1236,53 +1236,37 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
         .verifier_key();
     assert!(!verdict(&fresh3, &stranger, None).ok());
     // A checkpoint signed by the log key the certificate's replaced (someone may hold
-    // it since) does not prove inclusion.
-    let old_log =
-        madoguchi::control::keys::load_signer(&log.retired, "madoguchi.erasure-log", false)
-            .unwrap();
-    assert_eq!(old_log.verifier_key(), l0);
-    let body = fresh3
-        .transparency
-        .checkpoint
-        .split("\n\n")
-        .next()
-        .unwrap()
-        .to_owned()
-        + "\n";
-    let mut by_old = fresh3.clone();
-    by_old.transparency.checkpoint = old_log.sign_note(&body).unwrap();
-    let v = verdict(&by_old, &p1, None);
-    assert!(
-        !v.ok()
-            && v.report()
-                .contains("the checkpoint is not signed by the log key"),
-        "{}",
-        v.report()
-    );
-    // Nor, for a certificate signed by the replaced platform key, one signed by the
-    // log key retired in the same command (both may have leaked together): checked
-    // against the new platform key, only the log key its transition names counts.
-    let retired_with_it =
-        madoguchi::control::keys::load_signer(&log2.retired, "madoguchi.erasure-log", false)
-            .unwrap();
-    let body1 = fresh1
-        .transparency
-        .checkpoint
-        .split("\n\n")
-        .next()
-        .unwrap()
-        .to_owned()
-        + "\n";
-    let mut private = fresh1.clone();
-    private.transparency.checkpoint = retired_with_it.sign_note(&body1).unwrap();
-    let v = verdict(&private, &p1, None);
-    assert!(
-        !v.ok()
-            && v.report()
-                .contains("the checkpoint is not signed by the log key"),
-        "{}",
-        v.report()
-    );
+    // it since) does not prove inclusion. Nor, for a certificate signed by the
+    // replaced platform key, one signed by the log key retired in the same command
+    // (both may have leaked together): checked against the new platform key, only
+    // the log key its transition names counts.
+    let old_log = |retired: &Path| {
+        madoguchi::control::keys::load_signer(retired, "madoguchi.erasure-log", false).unwrap()
+    };
+    assert_eq!(old_log(&log.retired).verifier_key(), l0);
+    for (file, signer) in [
+        (&fresh3, old_log(&log.retired)),
+        (&fresh1, old_log(&log2.retired)),
+    ] {
+        let body = file
+            .transparency
+            .checkpoint
+            .split("\n\n")
+            .next()
+            .unwrap()
+            .to_owned()
+            + "\n";
+        let mut resigned = file.clone();
+        resigned.transparency.checkpoint = signer.sign_note(&body).unwrap();
+        let v = verdict(&resigned, &p1, None);
+        assert!(
+            !v.ok()
+                && v.report()
+                    .contains("the checkpoint is not signed by the log key"),
+            "{}",
+            v.report()
+        );
+    }
     // The key kept aside is a copy: destroying it leaves the live key alone.
     use std::os::unix::fs::MetadataExt;
     let ino = |path: &Path| std::fs::metadata(path).unwrap().ino();

@@ -25,10 +25,23 @@ struct CitizenGuide {
     links_per_draft: i32,
     links_per_address: i64,
     identity_minutes: i32,
+    /// The departments' 問い合わせ先, those that wrote one.
+    contacts: Vec<crate::tenant::forms::store::Contact>,
 }
 
-pub async fn citizen_guide(ctx: TenantCtx) -> Response {
-    render(
+pub async fn citizen_guide(ctx: TenantCtx) -> Result<Response, crate::error::AppError> {
+    let db = ctx.db().await?;
+    let contacts = db
+        .query(
+            "SELECT name, contact FROM departments WHERE contact <> '' ORDER BY name",
+            &[],
+        )
+        .await?
+        .iter()
+        .filter_map(|r| crate::tenant::forms::store::Contact::of(r.get(0), r.get(1)))
+        .collect();
+    drop(db);
+    Ok(render(
         StatusCode::OK,
         &CitizenGuide {
             site: ctx.name.to_string(),
@@ -37,8 +50,9 @@ pub async fn citizen_guide(ctx: TenantCtx) -> Response {
             links_per_draft: MAX_LINKS,
             links_per_address: LINKS_PER_ADDRESS,
             identity_minutes: crate::tenant::identity::REQUEST_MINUTES,
+            contacts,
         },
-    )
+    ))
 }
 
 /// The staff's and administrators' manual: readable before signing in (it explains

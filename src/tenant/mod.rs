@@ -344,6 +344,10 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         .route("/admin/staff", get(s::staff_list).post(s::staff_add))
         .route("/admin/staff/{id}", post(s::staff_update))
         .route("/admin/departments", post(s::department_add))
+        .route(
+            "/admin/departments/{id}/contact",
+            post(s::department_contact),
+        )
         // Staff: form builder
         .route("/admin/forms", get(b::list).post(b::create))
         .route("/admin/forms/{id}", get(b::show))

@@ -42,6 +42,8 @@ pub struct Found {
     pub withdrawable: bool,
     /// Under review: withdrawn only by asking the department.
     pub reviewing: bool,
+    /// The department's 問い合わせ先.
+    pub contact: Option<crate::tenant::forms::store::Contact>,
 }
 
 /// Whether the applicant may withdraw an application in this status from the status
@@ -177,8 +179,8 @@ async fn describe(
 ) -> Result<Found, AppError> {
     let r = db
         .query_one(
-            "SELECT s.receipt_number, f.draft->>'title', s.status, s.updated_at, s.return_reason, s.return_deadline, v.definition->>'title'
-               FROM submissions s JOIN forms f ON f.id = s.form_id
+            "SELECT s.receipt_number, f.draft->>'title', s.status, s.updated_at, s.return_reason, s.return_deadline, v.definition->>'title', d.name, d.contact
+               FROM submissions s JOIN forms f ON f.id = s.form_id JOIN departments d ON d.id = f.department_id
                JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version WHERE s.id = $1",
             &[&id],
         )
@@ -197,6 +199,7 @@ async fn describe(
         })
         .collect::<Result<Vec<_>, AppError>>()?;
     Ok(Found {
+        contact: crate::tenant::forms::store::Contact::of(r.get(7), r.get(8)),
         receipt: r.get(0),
         title: r.get::<_, Option<String>>(6).unwrap_or_default(),
         status: status.label(),

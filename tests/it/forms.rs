@@ -2870,3 +2870,91 @@ async fn citizen_pages_tie_every_message_to_its_input() {
     );
     server.shutdown().await;
 }
+
+/// 問い合わせ先: a 管理者 writes how citizens reach a department; citizens see it
+/// with the department's forms, on the completion and status pages and in the guide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_departments_contact_is_shown_to_citizens() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].clone();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "子育て支援課").await;
+    let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
+    let u = |p: &str| url(&server, &host, p);
+    let citizen = browser(&server, &[&host]);
+    let (_, _, page) = get(&citizen, &u(&public)).await;
+    assert!(!page.contains("お問い合わせ先"), "none written yet: {page}");
+
+    let save = |who: &Staff, text: String| {
+        let (client, csrf, target) = (
+            who.client.clone(),
+            who.csrf.clone(),
+            u(&format!("/admin/departments/{dept}/contact")),
+        );
+        async move { post(&client, &target, &[("csrf", &csrf), ("contact", &text)]).await }
+    };
+    let contact = "電話 03-0000-1234（平日 8:30〜17:15）\r\n区役所本庁舎 3階 12番窓口";
+    // Not by other staff; not longer than 500 characters.
+    let clerk = staff(&env, &server, &t, Role::Staff, Some("子育て支援課")).await;
+    assert_eq!(save(&clerk, contact.into()).await.0, 403);
+    let (_, _, page) = save(&admin, "あ".repeat(501)).await;
+    assert!(
+        page.contains("問い合わせ先は500文字までで入力してください（いま501文字）"),
+        "{page}"
+    );
+    let (status, _, _) = save(&admin, contact.into()).await;
+    assert_eq!(status, 303);
+    let (_, _, page) = get(&admin.client, &u("/admin/staff")).await;
+    assert!(
+        page.contains("区役所本庁舎 3階 12番窓口</textarea>"),
+        "{page}"
+    );
+
+    // The form's pages, the completion page, the status page and the guide.
+    let shown = "<p class=\"contact-dept\">子育て支援課</p><p>電話 03-0000-1234（平日 8:30〜17:15）<br/>区役所本庁舎 3階 12番窓口</p>";
+    let (_, _, page) = get(&citizen, &u(&public)).await;
+    assert!(
+        page.contains("お問い合わせ先") && page.contains(shown),
+        "{page}"
+    );
+    let c = browser(&server, &[&host]);
+    let receipt = apply_with(&c, &server, &host, &public, "ソファ")
+        .await
+        .unwrap();
+    let (_, _, done) = get(&c, &u(&format!("{public}/done"))).await;
+    assert!(done.contains(&receipt) && done.contains(shown), "{done}");
+    let origin = u("");
+    let (_, _, status) = post_from(
+        &c,
+        &u("/status"),
+        Some(origin.trim_end_matches('/')),
+        &[("receipt", &receipt), ("email", "hanako.kasai@example.jp")],
+    )
+    .await;
+    assert!(
+        status.contains("現在の状況") && status.contains(shown),
+        "{status}"
+    );
+    let (_, _, guide) = get(&c, &u("/help")).await;
+    assert!(
+        guide.contains("<dt>子育て支援課</dt><dd>電話 03-0000-1234（平日 8:30〜17:15）<br/>区役所本庁舎 3階 12番窓口</dd>"),
+        "{guide}"
+    );
+    // In the operation log; emptied, it is no longer shown.
+    let conn = env.tenant_conn(&t).await;
+    let logged: i64 = conn
+        .client
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'department.contact' AND target = '子育て支援課'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 1);
+    save(&admin, String::new()).await;
+    let (_, _, page) = get(&citizen, &u(&public)).await;
+    assert!(!page.contains("お問い合わせ先"), "{page}");
+}

@@ -259,6 +259,8 @@ struct FormPage {
     identity: bool,
     /// The page has a 添付ファイル field: it is sent as multipart/form-data.
     multipart: bool,
+    /// The department's 問い合わせ先.
+    contact: Option<store::Contact>,
 }
 
 impl FormPage {
@@ -305,6 +307,7 @@ impl FormPage {
                 .pages
                 .get(page)
                 .is_some_and(|p| p.fields.iter().any(|f| f.kind.is_file())),
+            contact: None,
         }
     }
 }
@@ -491,6 +494,7 @@ fn form_page(
         action: format!("/f/{}", form.public_id),
         version: form.version,
         save: ctx.mail_on(),
+        contact: form.contact.clone(),
         ..FormPage::shell(ctx, def, page, step, visible.len(), fields)
     }
 }
@@ -1619,6 +1623,7 @@ struct DonePage {
     message: String,
     /// The application can be looked up (the lookup asks for its e-mail address).
     lookup: bool,
+    contact: Option<store::Contact>,
 }
 
 pub async fn done(
@@ -1654,6 +1659,7 @@ pub async fn done(
             receipt: row.get(0),
             message: def.settings.completion_message,
             lookup: row.get(2),
+            contact: form.contact.clone(),
         },
     ))
 }

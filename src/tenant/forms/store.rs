@@ -52,6 +52,22 @@ pub struct Published {
     pub availability: Availability,
     /// 定員, if the published version sets one.
     pub capacity: Option<i32>,
+    /// The owning department's 問い合わせ先 (its name and contact text), if it set one.
+    pub contact: Option<Contact>,
+}
+
+/// How citizens reach a department (問い合わせ先).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contact {
+    pub department: String,
+    pub text: String,
+}
+
+impl Contact {
+    /// A department's contact, when it wrote one.
+    pub fn of(department: String, text: String) -> Option<Self> {
+        (!text.trim().is_empty()).then_some(Self { department, text })
+    }
 }
 
 pub fn new_public_id() -> String {
@@ -488,8 +504,9 @@ pub fn cached_definitions(tenant: &Uuid) -> usize {
 
 /// A published form's row by its public id (its definition is cached).
 pub const PUBLISHED_SQL: &str =
-    "SELECT id, public_id, current_version, closed, accepted_count, capacity
-   FROM forms WHERE public_id = $1 AND current_version IS NOT NULL";
+    "SELECT f.id, f.public_id, f.current_version, f.closed, f.accepted_count, f.capacity, d.name, d.contact
+   FROM forms f JOIN departments d ON d.id = f.department_id
+  WHERE f.public_id = $1 AND f.current_version IS NOT NULL";
 
 /// The published version of a form of `tenant` by its public id.
 pub async fn published(
@@ -543,6 +560,7 @@ pub async fn published(
         def,
         availability,
         capacity: r.get(5),
+        contact: Contact::of(r.get(6), r.get(7)),
     })
 }
 

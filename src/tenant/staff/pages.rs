@@ -520,20 +520,29 @@ impl StaffRow {
 pub struct Department {
     pub id: i64,
     pub name: String,
+    /// 問い合わせ先, shown to citizens with the department's forms.
+    pub contact: String,
 }
 
 pub async fn departments(db: &Client) -> Result<Vec<Department>, AppError> {
     let rows = db
-        .query("SELECT id, name FROM departments ORDER BY name", &[])
+        .query(
+            "SELECT id, name, contact FROM departments ORDER BY name",
+            &[],
+        )
         .await?;
     Ok(rows
         .iter()
         .map(|r| Department {
             id: r.get(0),
             name: r.get(1),
+            contact: r.get(2),
         })
         .collect())
 }
+
+/// The longest 問い合わせ先, in characters.
+pub const MAX_CONTACT: usize = 500;
 
 #[derive(Template)]
 #[template(path = "admin/staff.html")]
@@ -549,6 +558,7 @@ struct StaffPage {
     /// Administrators see every account and the departments; a 所属管理者 their own
     /// department's accounts below administrator.
     is_admin: bool,
+    max_contact: usize,
 }
 
 async fn staff_page(
@@ -592,6 +602,7 @@ async fn staff_page(
     Ok(render(
         status,
         &StaffPage {
+            max_contact: MAX_CONTACT,
             site: ctx.name.to_string(),
             nav: Some(Nav::new(user, "staff")),
             staff,
@@ -852,6 +863,52 @@ async fn managed_account(
     } else {
         Err(AppError::NotFound)
     }
+}
+
+/// A department's 問い合わせ先 (管理者): shown to citizens with its forms, on the
+/// completion and status pages and in the citizens' guide; empty: none shown.
+pub async fn department_contact(
+    ctx: TenantCtx,
+    user: StaffUser,
+    axum::extract::Path(id): axum::extract::Path<i64>,
+    form: FormData,
+) -> Result<Response, AppError> {
+    user.require_admin()?;
+    user.check_csrf(&form)?;
+    let text = form.get("contact").trim().replace("\r\n", "\n");
+    if text.chars().count() > MAX_CONTACT {
+        return staff_page(
+            &ctx,
+            &user,
+            None,
+            Some(format!(
+                "問い合わせ先は{MAX_CONTACT}文字までで入力してください（いま{}文字）",
+                text.chars().count()
+            )),
+        )
+        .await;
+    }
+    let mut db = ctx.db().await?;
+    let client: &mut tokio_postgres::Client = &mut db;
+    let tx = client.transaction().await?;
+    let name: String = tx
+        .query_opt(
+            "UPDATE departments SET contact = $2 WHERE id = $1 RETURNING name",
+            &[&id, &text],
+        )
+        .await?
+        .ok_or(AppError::NotFound)?
+        .get(0);
+    audit::append(
+        &tx,
+        &user.actor(),
+        "department.contact",
+        &name,
+        serde_json::json!({ "length": text.chars().count() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(see_other("/admin/staff"))
 }
 
 pub async fn department_add(

@@ -376,9 +376,10 @@ async fn compose(
     let s = db
         .query_opt(
             "SELECT s.receipt_number, s.submitted_at, s.answers, v.definition,
-                    (SELECT o.created_at FROM outbox o WHERE o.id = $2)
+                    (SELECT o.created_at FROM outbox o WHERE o.id = $2), d.name, d.contact
                FROM submissions s
                JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version
+               JOIN forms f ON f.id = s.form_id JOIN departments d ON d.id = f.department_id
               WHERE s.id = $1",
             &[&submission, &id],
         )
@@ -388,6 +389,8 @@ async fn compose(
     let def: FormDefinition = serde_json::from_value(s.get(3))
         .map_err(|e| AppError::Internal(anyhow::anyhow!("stored form definition: {e}")))?;
     let answers = decrypt_answers(cipher, submission, &s.get(2))?;
+    // The department's 問い合わせ先: this address takes no replies.
+    let contact = contact_block(s.get(5), s.get(6));
     let letter = match field("template") {
         t @ ("received" | "resubmitted") => Letter {
             to: field("to").to_owned(),
@@ -410,6 +413,7 @@ async fn compose(
                     at
                 },
                 t == "resubmitted",
+                &contact,
             ),
         },
         "case_message" => Letter {
@@ -417,7 +421,7 @@ async fn compose(
             subject: format!("【{}】{} についてのお知らせ（受付番号 {receipt}）", head.site, def.title),
             body: format!(
                 "{title}（受付番号 {receipt}）について、担当からのお知らせです。\n\n{text}\n\n\
-                 申請の状況とこれまでのお知らせは、受付番号とメールアドレスで次のページから確認できます。\n{url}\n\n{foot}",
+                 申請の状況とこれまでのお知らせは、受付番号とメールアドレスで次のページから確認できます。\n{url}\n\n{contact}{foot}",
                 title = def.title,
                 text = field("body"),
                 url = head.status_url,
@@ -487,6 +491,7 @@ fn receipt_body(
     receipt: &str,
     at: OffsetDateTime,
     corrected: bool,
+    contact: &str,
 ) -> String {
     let mut body = if corrected {
         format!("「{}」の修正を受け付けました。\n", def.title)
@@ -507,11 +512,20 @@ fn receipt_body(
         }
     }
     body.push_str(&format!(
-        "\n申請の状況は、受付番号とこのメールアドレスで次のページから確認できます。\n{}\n\n{}",
+        "\n申請の状況は、受付番号とこのメールアドレスで次のページから確認できます。\n{}\n\n{contact}{}",
         head.status_url,
         footer(&head.site)
     ));
     body
+}
+
+/// 問い合わせ先 as a mail paragraph (empty when the department wrote none).
+fn contact_block(department: String, text: String) -> String {
+    if text.trim().is_empty() {
+        String::new()
+    } else {
+        format!("― お問い合わせ先 ―\n{department}\n{}\n\n", text.trim())
+    }
 }
 
 fn footer(site: &str) -> String {

@@ -172,9 +172,23 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     ] {
         assert!(body.contains(&part), "{part} missing from:\n{body}");
     }
+    // No 問い合わせ先 written yet: none in the mail.
+    assert!(!body.contains("お問い合わせ先"), "{body}");
     // Sent: the time is kept, the recipient and text are not.
     let (attempts, error, sent, payload, _) = receipt_row(&db, id).await;
     assert_eq!((attempts, error, sent, payload), (2, None, true, 0));
+    // The department's 問い合わせ先, written now, is in the mails that follow (the
+    // sender takes no replies).
+    let (status, _, _) = post(
+        &admin.client,
+        &url(&server, host, &format!("/admin/departments/{dept}/contact")),
+        &[
+            ("csrf", &admin.csrf),
+            ("contact", "電話 03-0000-5678（平日 9:00〜17:00）"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
 
     // Staff write to the applicant: the server delivers it by itself.
     let case = url(&server, host, &format!("/admin/submissions/{id}"));
@@ -197,6 +211,14 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
         format!("【千代田区】粗大ごみ収集申込 についてのお知らせ（受付番号 {receipt}）")
     );
     assert!(message.body().contains("収集日を7月20日に変更しました。"));
+    assert!(
+        message
+            .body()
+            .replace("\r\n", "\n")
+            .contains("― お問い合わせ先 ―\n環境政策課\n電話 03-0000-5678（平日 9:00〜17:00）\n"),
+        "{}",
+        message.body()
+    );
 
     // A recipient refused for good is given up at once, and nothing else is held up.
     smtp.refuse_next_for_good();

@@ -499,6 +499,32 @@ pub async fn execute(
             rec.slug
         );
     }
+    let done = execute_locked(
+        p,
+        store,
+        args,
+        progress,
+        &rec,
+        &admin.client,
+        (&log, &platform),
+    )
+    .await;
+    // Let go at once, also after a refusal: a retry right after must not find the
+    // lock still held by a connection the server has not yet seen close.
+    let _ = tenant_unlock(&admin.client, &rec).await;
+    done
+}
+
+/// [`execute`] under the tenant's erasure lock.
+async fn execute_locked(
+    p: &Platform,
+    store: &dyn BackupStore,
+    args: &EraseArgs<'_>,
+    progress: &dyn Progress,
+    rec: &TenantRecord,
+    admin: &tokio_postgres::Client,
+    (log, platform): (&NoteSigner, &NoteSigner),
+) -> anyhow::Result<Certificate> {
     let c = p.catalog.client().await?;
     let req_row = c
         .query_opt(
@@ -548,7 +574,7 @@ pub async fn execute(
         .await?
         .into_iter()
         .find(|o| o.id == requested_by && o.public_key[..] == requester_key[..]);
-    if !ok || requester.is_none() || request.tenant != identity(&rec) {
+    if !ok || requester.is_none() || request.tenant != identity(rec) {
         bail!("the stored decommissioning request does not verify against the requester's registered key; not erasing");
     }
     // A request signed by a key revoked since may have been made with a leaked key:
@@ -638,7 +664,7 @@ pub async fn execute(
         done: Vec::new(),
         progress,
     };
-    let db = &admin.client;
+    let db = admin;
 
     // 1. Connections.
     let t = now();
@@ -675,7 +701,7 @@ pub async fn execute(
     ))
     .await
     .with_context(|| format!("dropping database {}", rec.database))?;
-    let drills = backup::drop_drill_copies(db, &rec).await?;
+    let drills = backup::drop_drill_copies(db, rec).await?;
     steps.record(
         "drop_database",
         t,
@@ -805,7 +831,7 @@ pub async fn execute(
         detail: format!("pg_database has {n} row(s) named {}", rec.database),
     });
     let n = db
-        .query(backup::DRILL_COPIES_SQL, &[&backup::drill_prefix(&rec)])
+        .query(backup::DRILL_COPIES_SQL, &[&backup::drill_prefix(rec)])
         .await?
         .len();
     results.push(Check {
@@ -813,7 +839,7 @@ pub async fn execute(
         passed: n == 0,
         detail: format!(
             "pg_database has {n} restore-drill copy(ies) named {}* or drill_<uuid>",
-            backup::drill_prefix(&rec)
+            backup::drill_prefix(rec)
         ),
     });
     let exports = super::final_export::left_on_disk(&p.settings.state_dir, &rec.slug);
@@ -962,7 +988,7 @@ pub async fn execute(
         format: cert::FORMAT.to_owned(),
         id: Uuid::new_v4(),
         standard: "NIST SP 800-88 Rev. 2 §4.6 / Rev. 1 Appendix G (certificate of sanitization)".into(),
-        organization: identity(&rec),
+        organization: identity(rec),
         media: Media {
             cluster,
             database: rec.database.clone(),

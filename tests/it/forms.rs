@@ -2942,6 +2942,21 @@ async fn a_departments_contact_is_shown_to_citizens() {
         guide.contains("<dt>子育て支援課</dt><dd>電話 03-0000-1234（平日 8:30〜17:15）<br/>区役所本庁舎 3階 12番窓口</dd>"),
         "{guide}"
     );
+    // The department's own 所属管理者 may change it too; another department's may not.
+    let manager = staff(&env, &server, &t, Role::DeptManager, Some("子育て支援課")).await;
+    let elsewhere = staff(&env, &server, &t, Role::DeptManager, Some("環境政策課")).await;
+    let (_, _, page) = get(&manager.client, &u("/admin/staff")).await;
+    assert!(
+        page.contains(&format!("/admin/departments/{dept}/contact")),
+        "{page}"
+    );
+    let (_, _, page) = get(&elsewhere.client, &u("/admin/staff")).await;
+    assert!(
+        !page.contains(&format!("/admin/departments/{dept}/contact")),
+        "{page}"
+    );
+    assert_eq!(save(&elsewhere, contact.into()).await.0, 403);
+    assert_eq!(save(&manager, contact.into()).await.0, 303);
     // In the operation log; emptied, it is no longer shown.
     let conn = env.tenant_conn(&t).await;
     let logged: i64 = conn
@@ -2953,7 +2968,7 @@ async fn a_departments_contact_is_shown_to_citizens() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(logged, 1);
+    assert_eq!(logged, 2);
     save(&admin, String::new()).await;
     let (_, _, page) = get(&citizen, &u(&public)).await;
     assert!(!page.contains("お問い合わせ先"), "{page}");

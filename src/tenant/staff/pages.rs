@@ -865,15 +865,20 @@ async fn managed_account(
     }
 }
 
-/// A department's 問い合わせ先 (管理者): shown to citizens with its forms, on the
-/// completion and status pages and in the citizens' guide; empty: none shown.
+/// A department's 問い合わせ先 (a 管理者, or the department's own 所属管理者): shown
+/// to citizens with its forms, on the completion and status pages, in the citizens'
+/// guide and in their mails; empty: none shown.
 pub async fn department_contact(
     ctx: TenantCtx,
     user: StaffUser,
     axum::extract::Path(id): axum::extract::Path<i64>,
     form: FormData,
 ) -> Result<Response, AppError> {
-    user.require_admin()?;
+    if !(user.is_admin()
+        || user.role == crate::tenant::staff::Role::DeptManager && user.department_id == Some(id))
+    {
+        return Err(AppError::Forbidden);
+    }
     user.check_csrf(&form)?;
     let text = form.get("contact").trim().replace("\r\n", "\n");
     if text.chars().count() > MAX_CONTACT {

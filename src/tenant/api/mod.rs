@@ -700,14 +700,7 @@ pub async fn list_submissions(
     ApiQuery(p): ApiQuery<ListParams>,
 ) -> Result<Json<SubmissionPage>, Problem> {
     client.require("submissions:read")?;
-    let bad = |m: &str| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad-parameter",
-            "Bad parameter",
-            m.to_owned(),
-        )
-    };
+    let bad = bad_parameter;
     let status = match p.status.as_deref() {
         Some(s) => Some(
             Status::parse(s)
@@ -804,14 +797,7 @@ pub async fn list_deletions(
     ApiQuery(p): ApiQuery<DeletionParams>,
 ) -> Result<Json<DeletionPage>, Problem> {
     client.require("submissions:read")?;
-    let bad = |m: &str| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad-parameter",
-            "Bad parameter",
-            m.to_owned(),
-        )
-    };
+    let bad = bad_parameter;
     let since = p
         .since
         .as_deref()
@@ -862,6 +848,16 @@ pub async fn list_deletions(
         None
     };
     Ok(Json(DeletionPage { items, next_cursor }))
+}
+
+/// 400 for a parameter that does not read (its message in Japanese, naming it).
+fn bad_parameter(m: &str) -> Problem {
+    Problem::new(
+        StatusCode::BAD_REQUEST,
+        "bad-parameter",
+        "Bad parameter",
+        m.to_owned(),
+    )
 }
 
 /// A page's end: `micros_uuid`, base64url.
@@ -992,14 +988,7 @@ pub async fn set_status(
     ApiJson(body): ApiJson<StatusChange>,
 ) -> Result<Json<SubmissionOut>, Problem> {
     client.require("submissions:write")?;
-    let bad = |m: &str| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "bad-parameter",
-            "Bad parameter",
-            m.to_owned(),
-        )
-    };
+    let bad = bad_parameter;
     let to = Status::parse(&body.to).ok_or_else(|| bad("to が正しくありません"))?;
     let expected = match body.from.as_deref() {
         Some(s) => Some(Status::parse(s).ok_or_else(|| bad("from が正しくありません"))?),

@@ -878,14 +878,10 @@ async fn retention_line(
     Ok(match retention::deleted_from(finished, years) {
         Some(at) => format!(
             "保存期間: {years}年。{}以降、毎日の自動削除で削除されます",
-            crate::ja::date_both(at.to_offset(jst_offset()).date())
+            crate::ja::date_both(at.date())
         ),
         None => format!("保存期間: {years}年"),
     })
-}
-
-fn jst_offset() -> time::UtcOffset {
-    time::UtcOffset::from_hms(9, 0, 0).unwrap_or(time::UtcOffset::UTC)
 }
 
 /// 申請の削除: a finished application deleted by a 管理者 or its department's

@@ -28,10 +28,7 @@ pub const FINISHED: [&str; 3] = ["completed", "rejected", "withdrawn"];
 /// Applications deleted per transaction by the retention purge.
 const BATCH: i64 = 500;
 
-const JST: UtcOffset = match UtcOffset::from_hms(9, 0, 0) {
-    Ok(o) => o,
-    Err(_) => UtcOffset::UTC,
-};
+const JST: UtcOffset = time::macros::offset!(+9);
 
 /// Why staff delete an application (a closed list: the operation log keeps no
 /// free text that could name someone).
@@ -94,7 +91,8 @@ fn april_first(year: i32) -> Option<OffsetDateTime> {
         .map(|d| d.midnight().assume_offset(JST))
 }
 
-/// When an application finished at `finished` is deleted under `years` of retention.
+/// When an application finished at `finished` is deleted under `years` of retention
+/// (in Japan time).
 pub fn deleted_from(finished: OffsetDateTime, years: u8) -> Option<OffsetDateTime> {
     april_first(fiscal_year(finished) + 1 + i32::from(years))
 }

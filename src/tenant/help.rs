@@ -25,6 +25,8 @@ struct CitizenGuide {
     links_per_draft: i32,
     links_per_address: i64,
     identity_minutes: i32,
+    /// The municipality's 代表の問い合わせ先, if it wrote one.
+    main_contact: Option<String>,
     /// The departments' 問い合わせ先, those that wrote one.
     contacts: Vec<crate::tenant::forms::store::Contact>,
 }
@@ -40,6 +42,11 @@ pub async fn citizen_guide(ctx: TenantCtx) -> Result<Response, crate::error::App
         .iter()
         .filter_map(|r| crate::tenant::forms::store::Contact::of(r.get(0), r.get(1)))
         .collect();
+    let main_contact = db
+        .query_opt("SELECT contact FROM settings", &[])
+        .await?
+        .map(|r| r.get::<_, String>(0))
+        .filter(|c| !c.trim().is_empty());
     drop(db);
     Ok(render(
         StatusCode::OK,
@@ -50,6 +57,7 @@ pub async fn citizen_guide(ctx: TenantCtx) -> Result<Response, crate::error::App
             links_per_draft: MAX_LINKS,
             links_per_address: LINKS_PER_ADDRESS,
             identity_minutes: crate::tenant::identity::REQUEST_MINUTES,
+            main_contact,
             contacts,
         },
     ))

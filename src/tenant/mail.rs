@@ -376,10 +376,11 @@ async fn compose(
     let s = db
         .query_opt(
             "SELECT s.receipt_number, s.submitted_at, s.answers, v.definition,
-                    (SELECT o.created_at FROM outbox o WHERE o.id = $2), d.name, d.contact
+                    (SELECT o.created_at FROM outbox o WHERE o.id = $2), c.name, c.contact
                FROM submissions s
                JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version
-               JOIN forms f ON f.id = s.form_id JOIN departments d ON d.id = f.department_id
+               JOIN forms f ON f.id = s.form_id
+               JOIN department_contacts c ON c.department_id = f.department_id
               WHERE s.id = $1",
             &[&submission, &id],
         )
@@ -389,7 +390,7 @@ async fn compose(
     let def: FormDefinition = serde_json::from_value(s.get(3))
         .map_err(|e| AppError::Internal(anyhow::anyhow!("stored form definition: {e}")))?;
     let answers = decrypt_answers(cipher, submission, &s.get(2))?;
-    // The department's 問い合わせ先: this address takes no replies.
+    // The department's 問い合わせ先, else the municipality's: this address takes no replies.
     let contact = contact_block(s.get(5), s.get(6));
     let letter = match field("template") {
         t @ ("received" | "resubmitted") => Letter {
@@ -519,7 +520,8 @@ fn receipt_body(
     body
 }
 
-/// 問い合わせ先 as a mail paragraph (empty when the department wrote none).
+/// 問い合わせ先 as a mail paragraph (empty when neither the department nor the
+/// municipality wrote one).
 fn contact_block(department: String, text: String) -> String {
     if text.trim().is_empty() {
         String::new()

@@ -348,6 +348,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             "/admin/departments/{id}/contact",
             post(s::department_contact),
         )
+        .route("/admin/contact", post(s::site_contact))
         // Staff: form builder
         .route("/admin/forms", get(b::list).post(b::create))
         .route("/admin/forms/{id}", get(b::show))

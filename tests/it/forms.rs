@@ -2973,3 +2973,129 @@ async fn a_departments_contact_is_shown_to_citizens() {
     let (_, _, page) = get(&citizen, &u(&public)).await;
     assert!(!page.contains("お問い合わせ先"), "{page}");
 }
+
+/// 代表の問い合わせ先: a 管理者 writes how citizens reach the municipality itself; it
+/// is on the home page and in the guide, and stands in wherever a department wrote
+/// no contact of its own (its forms, completion and status pages).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_municipalitys_contact_stands_in_where_a_department_wrote_none() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].clone();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "子育て支援課").await;
+    let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
+    let u = |p: &str| url(&server, &host, p);
+    let citizen = browser(&server, &[&host]);
+    let (_, _, home) = get(&citizen, &u("/")).await;
+    assert!(!home.contains("お問い合わせ先"), "none written yet: {home}");
+
+    let save = |who: &Staff, text: String| {
+        let (client, csrf, target) = (who.client.clone(), who.csrf.clone(), u("/admin/contact"));
+        async move { post(&client, &target, &[("csrf", &csrf), ("contact", &text)]).await }
+    };
+    let contact =
+        "代表電話 03-0000-0000（平日 8:30〜17:15）\r\nオンライン申請の案内: 区役所1階 総合案内";
+    // A 管理者's only: not a department's 所属管理者, nor other staff.
+    let manager = staff(&env, &server, &t, Role::DeptManager, Some("子育て支援課")).await;
+    let clerk = staff(&env, &server, &t, Role::Staff, Some("子育て支援課")).await;
+    assert_eq!(save(&manager, contact.into()).await.0, 403);
+    assert_eq!(save(&clerk, contact.into()).await.0, 403);
+    let (_, _, page) = get(&manager.client, &u("/admin/staff")).await;
+    assert!(!page.contains("/admin/contact\""), "{page}");
+    let (status, _, page) = save(&admin, "い".repeat(501)).await;
+    assert_eq!(status, 422);
+    assert!(
+        page.contains("問い合わせ先は500文字までで入力してください（いま501文字）"),
+        "{page}"
+    );
+    assert_eq!(save(&admin, contact.into()).await.0, 303);
+    let (_, _, page) = get(&admin.client, &u("/admin/staff")).await;
+    assert!(
+        page.contains("オンライン申請の案内: 区役所1階 総合案内</textarea>"),
+        "{page}"
+    );
+
+    let text =
+        "代表電話 03-0000-0000（平日 8:30〜17:15）<br/>オンライン申請の案内: 区役所1階 総合案内";
+    let shown = format!("<p class=\"contact-dept\">千代田区</p><p>{text}</p>");
+    let (_, _, home) = get(&citizen, &u("/")).await;
+    assert!(home.contains(&shown), "{home}");
+    let (_, _, guide) = get(&citizen, &u("/help")).await;
+    assert!(
+        guide.contains(&format!("<dt>千代田区</dt><dd>{text}</dd>")),
+        "{guide}"
+    );
+    // The department wrote none: the form, completion and status pages show the 代表.
+    let (_, _, page) = get(&citizen, &u(&public)).await;
+    assert!(page.contains(&shown), "{page}");
+    let c = browser(&server, &[&host]);
+    let receipt = apply_with(&c, &server, &host, &public, "ソファ")
+        .await
+        .unwrap();
+    let (_, _, done) = get(&c, &u(&format!("{public}/done"))).await;
+    assert!(done.contains(&receipt) && done.contains(&shown), "{done}");
+    let origin = u("");
+    let status_page = |c: reqwest::Client| {
+        let (target, origin, receipt) = (u("/status"), origin.clone(), receipt.clone());
+        async move {
+            post_from(
+                &c,
+                &target,
+                Some(origin.trim_end_matches('/')),
+                &[("receipt", &receipt), ("email", "hanako.kasai@example.jp")],
+            )
+            .await
+            .2
+        }
+    };
+    let page = status_page(c.clone()).await;
+    assert!(
+        page.contains("現在の状況") && page.contains(&shown),
+        "{page}"
+    );
+
+    // Once the department writes its own, that is shown instead (the home page keeps
+    // the 代表).
+    let (status, _, _) = post(
+        &admin.client,
+        &u(&format!("/admin/departments/{dept}/contact")),
+        &[
+            ("csrf", &admin.csrf),
+            ("contact", "子育て支援課 電話 03-0000-1234"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    for page in [
+        get(&citizen, &u(&public)).await.2,
+        status_page(c.clone()).await,
+    ] {
+        assert!(
+            page.contains(
+                "<p class=\"contact-dept\">子育て支援課</p><p>子育て支援課 電話 03-0000-1234</p>"
+            ) && !page.contains("代表電話"),
+            "{page}"
+        );
+    }
+    let (_, _, home) = get(&citizen, &u("/")).await;
+    assert!(home.contains(&shown), "{home}");
+
+    // In the operation log; emptied, the home page shows none.
+    let conn = env.tenant_conn(&t).await;
+    let logged: i64 = conn
+        .client
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'settings.contact'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 1);
+    assert_eq!(save(&admin, String::new()).await.0, 303);
+    let (_, _, home) = get(&citizen, &u("/")).await;
+    assert!(!home.contains("お問い合わせ先"), "{home}");
+    server.shutdown().await;
+}

@@ -177,15 +177,12 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     // Sent: the time is kept, the recipient and text are not.
     let (attempts, error, sent, payload, _) = receipt_row(&db, id).await;
     assert_eq!((attempts, error, sent, payload), (2, None, true, 0));
-    // The department's 問い合わせ先, written now, is in the mails that follow (the
-    // sender takes no replies).
+    // The municipality's 代表の問い合わせ先, written now, is in the mails that follow
+    // (the sender takes no replies) while the department has none of its own.
     let (status, _, _) = post(
         &admin.client,
-        &url(&server, host, &format!("/admin/departments/{dept}/contact")),
-        &[
-            ("csrf", &admin.csrf),
-            ("contact", "電話 03-0000-5678（平日 9:00〜17:00）"),
-        ],
+        &url(&server, host, "/admin/contact"),
+        &[("csrf", &admin.csrf), ("contact", "代表電話 03-0000-0000")],
     )
     .await;
     assert_eq!(status, 303);
@@ -215,10 +212,21 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
         message
             .body()
             .replace("\r\n", "\n")
-            .contains("― お問い合わせ先 ―\n環境政策課\n電話 03-0000-5678（平日 9:00〜17:00）\n"),
+            .contains("― お問い合わせ先 ―\n千代田区\n代表電話 03-0000-0000\n"),
         "{}",
         message.body()
     );
+    // The department's own, once written, instead.
+    let (status, _, _) = post(
+        &admin.client,
+        &url(&server, host, &format!("/admin/departments/{dept}/contact")),
+        &[
+            ("csrf", &admin.csrf),
+            ("contact", "電話 03-0000-5678（平日 9:00〜17:00）"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
 
     // A recipient refused for good is given up at once, and nothing else is held up.
     smtp.refuse_next_for_good();
@@ -232,7 +240,13 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
     );
     let third = apply(&server, host, &public, "ソファ").await.unwrap();
     let mails = smtp.wait_for(3).await;
-    assert!(mails[2].body().contains(&format!("受付番号: {third}")));
+    let body = mails[2].body().replace("\r\n", "\n");
+    assert!(body.contains(&format!("受付番号: {third}")), "{body}");
+    assert!(
+        body.contains("― お問い合わせ先 ―\n環境政策課\n電話 03-0000-5678（平日 9:00〜17:00）\n")
+            && !body.contains("代表電話"),
+        "{body}"
+    );
     // A form whose answers should not travel by mail: the copy has the receipt number
     // and the link, not the answers (the builder's setting, in the next version).
     let base = url(&server, host, &format!("/admin/forms/{form_id}"));

@@ -52,7 +52,8 @@ pub struct Published {
     pub availability: Availability,
     /// 定員, if the published version sets one.
     pub capacity: Option<i32>,
-    /// The owning department's 問い合わせ先 (its name and contact text), if it set one.
+    /// The owning department's 問い合わせ先 (its name and contact text), else the
+    /// municipality's (代表), if either wrote one.
     pub contact: Option<Contact>,
 }
 
@@ -504,8 +505,8 @@ pub fn cached_definitions(tenant: &Uuid) -> usize {
 
 /// A published form's row by its public id (its definition is cached).
 pub const PUBLISHED_SQL: &str =
-    "SELECT f.id, f.public_id, f.current_version, f.closed, f.accepted_count, f.capacity, d.name, d.contact
-   FROM forms f JOIN departments d ON d.id = f.department_id
+    "SELECT f.id, f.public_id, f.current_version, f.closed, f.accepted_count, f.capacity, c.name, c.contact
+   FROM forms f JOIN department_contacts c ON c.department_id = f.department_id
   WHERE f.public_id = $1 AND f.current_version IS NOT NULL";
 
 /// The published version of a form of `tenant` by its public id.

@@ -559,6 +559,8 @@ struct StaffPage {
     /// department's accounts below administrator.
     is_admin: bool,
     max_contact: usize,
+    /// The municipality's 代表の問い合わせ先 (administrators only).
+    site_contact: String,
 }
 
 async fn staff_page(
@@ -603,6 +605,14 @@ async fn staff_page(
         status,
         &StaffPage {
             max_contact: MAX_CONTACT,
+            site_contact: if user.is_admin() {
+                db.query_opt("SELECT contact FROM settings", &[])
+                    .await?
+                    .map(|r| r.get(0))
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            },
             site: ctx.name.to_string(),
             nav: Some(Nav::new(user, "staff")),
             staff,
@@ -880,19 +890,10 @@ pub async fn department_contact(
         return Err(AppError::Forbidden);
     }
     user.check_csrf(&form)?;
-    let text = form.get("contact").trim().replace("\r\n", "\n");
-    if text.chars().count() > MAX_CONTACT {
-        return staff_page(
-            &ctx,
-            &user,
-            None,
-            Some(format!(
-                "問い合わせ先は{MAX_CONTACT}文字までで入力してください（いま{}文字）",
-                text.chars().count()
-            )),
-        )
-        .await;
-    }
+    let text = match contact_text(&form) {
+        Ok(t) => t,
+        Err(e) => return staff_page(&ctx, &user, None, Some(e)).await,
+    };
     let mut db = ctx.db().await?;
     let client: &mut tokio_postgres::Client = &mut db;
     let tx = client.transaction().await?;
@@ -909,6 +910,55 @@ pub async fn department_contact(
         &user.actor(),
         "department.contact",
         &name,
+        serde_json::json!({ "length": text.chars().count() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(see_other("/admin/staff"))
+}
+
+/// A 問い合わせ先 as typed (trimmed, line breaks as `\n`), or why it is refused.
+fn contact_text(form: &FormData) -> Result<String, String> {
+    let text = form.get("contact").trim().replace("\r\n", "\n");
+    let n = text.chars().count();
+    if n > MAX_CONTACT {
+        return Err(format!(
+            "問い合わせ先は{MAX_CONTACT}文字までで入力してください（いま{n}文字）"
+        ));
+    }
+    Ok(text)
+}
+
+/// The municipality's 代表の問い合わせ先 (a 管理者 only): shown on the home page and
+/// in the citizens' guide, and wherever a department wrote no contact of its own.
+pub async fn site_contact(
+    ctx: TenantCtx,
+    user: StaffUser,
+    form: FormData,
+) -> Result<Response, AppError> {
+    user.require_admin()?;
+    user.check_csrf(&form)?;
+    let text = match contact_text(&form) {
+        Ok(t) => t,
+        Err(e) => return staff_page(&ctx, &user, None, Some(e)).await,
+    };
+    let mut db = ctx.db().await?;
+    let client: &mut tokio_postgres::Client = &mut db;
+    let tx = client.transaction().await?;
+    let n = tx
+        .execute(
+            "UPDATE settings SET contact = $1, updated_at = now()",
+            &[&text],
+        )
+        .await?;
+    if n != 1 {
+        return Err(AppError::NotFound);
+    }
+    audit::append(
+        &tx,
+        &user.actor(),
+        "settings.contact",
+        "代表",
         serde_json::json!({ "length": text.chars().count() }),
     )
     .await?;

@@ -667,16 +667,28 @@ async fn deletions_are_listed_for_connected_systems() {
         }
     };
     let mut made = Vec::new();
+    let mut sent = Vec::new();
+    let submit = |body: Value| {
+        let (c, u, bearer) = (
+            c.clone(),
+            api(&format!("/forms/{form}/submissions")),
+            full.clone(),
+        );
+        async move {
+            c.post(u)
+                .bearer_auth(bearer)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
     for n in 0..3 {
-        let r = c
-            .post(api(&format!("/forms/{form}/submissions")))
-            .bearer_auth(&full)
-            .json(&json!({ "idempotency_key": uuid::Uuid::new_v4(), "answers": {
+        let body = json!({ "idempotency_key": uuid::Uuid::new_v4(), "answers": {
                 "owner.family": "山田", "owner.given": format!("花子{n}"), "owner.family_kana": "ヤマダ",
-                "owner.given_kana": "ハナコ", "email": "yamada@example.jp", "breeds": ["柴犬"] } }))
-            .send()
-            .await
-            .unwrap();
+                "owner.given_kana": "ハナコ", "email": "yamada@example.jp", "breeds": ["柴犬"] } });
+        sent.push(body.clone());
+        let r = submit(body).await;
         assert_eq!(r.status(), 201);
         let v: Value = r.json().await.unwrap();
         let id: uuid::Uuid = v["id"].as_str().unwrap().parse().unwrap();
@@ -762,6 +774,27 @@ async fn deletions_are_listed_for_connected_systems() {
     assert_eq!(ids, [made[2].0.to_string()]);
     let (status, _) = get(format!("/submissions/{}", made[0].0), full.clone()).await;
     assert_eq!(status, 404);
+    // A retry with a deleted application's idempotency key is told so, and makes no
+    // second application; the one left is still answered as a retry.
+    for gone in &sent[..2] {
+        let r = submit(gone.clone()).await;
+        assert_eq!(r.status(), 409);
+        let p: Value = r.json().await.unwrap();
+        assert!(
+            p["type"]
+                .as_str()
+                .unwrap()
+                .ends_with("idempotency-key-deleted")
+                && p["detail"].as_str().unwrap().contains("削除されています"),
+            "{p}"
+        );
+    }
+    let r = submit(sent[2].clone()).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], made[2].0.to_string());
+    let (_, left) = get("/submissions".into(), full.clone()).await;
+    assert_eq!(left["items"].as_array().unwrap().len(), 1, "{left}");
     // `since` after both: none. A bad cursor or time: 400. Without the scope: 403.
     let (_, none) = get("/deletions?since=2999-01-01T00:00:00Z".into(), full.clone()).await;
     assert_eq!(none["items"].as_array().unwrap().len(), 0);

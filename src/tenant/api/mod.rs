@@ -412,7 +412,7 @@ pub struct SubmissionCreated {
     params(("form" = String, Path, description = "The form's public id")), request_body = NewSubmission,
     responses((status = 201, body = SubmissionCreated), (status = 200, body = SubmissionCreated, description = "Already submitted with this key"),
         (status = 404, body = Problem, content_type = "application/problem+json", description = "No published form with this id"),
-        (status = 409, body = Problem, content_type = "application/problem+json", description = "Not open, closed or full; or the idempotency key was used for another request (another form, another token or other answers)"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "Not open, closed or full; or the idempotency key was used for another request (another form, another token or other answers) or for an application deleted since"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "Answers refused, each field's error in `errors`"), CommonErrors))]
 pub async fn submit(
     ctx: TenantCtx,
@@ -546,10 +546,13 @@ fn raw_answers(answers: BTreeMap<String, serde_json::Value>) -> Raw {
     raw
 }
 
-/// A submission by its idempotency key, with who made it (its history's first row).
+/// A submission by its idempotency key, with who made it (its history's first row),
+/// and whether an application stored with the key was deleted since: one row always,
+/// the submission's columns null when there is none.
 pub(crate) const BY_KEY_SQL: &str = "SELECT s.id, s.receipt_number, s.form_id, s.form_version, s.answers,
-        (SELECT e.actor_label FROM submission_events e WHERE e.submission_id = s.id ORDER BY e.id LIMIT 1)
-   FROM submissions s WHERE s.idempotency_key = $1";
+        (SELECT e.actor_label FROM submission_events e WHERE e.submission_id = s.id ORDER BY e.id LIMIT 1),
+        EXISTS (SELECT 1 FROM submission_deletions d WHERE d.idempotency_key = k.key)
+   FROM (SELECT $1::uuid AS key) k LEFT JOIN submissions s ON s.idempotency_key = k.key";
 
 /// What an idempotency key used before comes to: `None` if it was not; the stored
 /// application if this request is a retry of the one that stored it (same form, same
@@ -569,7 +572,19 @@ async fn earlier_use(
         .prepare_cached(BY_KEY_SQL)
         .await
         .map_err(AppError::from)?;
-    let Some(r) = db.query_opt(&stmt, &[&key]).await.map_err(AppError::from)? else {
+    let r = db.query_one(&stmt, &[&key]).await.map_err(AppError::from)?;
+    let Some(id) = r.get::<_, Option<Uuid>>(0) else {
+        // Its application was stored and deleted since (申請の削除, 保存期間): a retry
+        // is not made a second application. Nothing of it is told (it is in the
+        // deletion list for tokens that may read it).
+        if r.get::<_, bool>(6) {
+            return Err(Problem::new(
+                StatusCode::CONFLICT,
+                "idempotency-key-deleted",
+                "Idempotency key of a deleted application",
+                "この冪等キー（idempotency_key）の申請は、受け付けた後に削除されています。新しい申請には新しいキーを使ってください。",
+            ));
+        }
         return Ok(None);
     };
     let reused = |detail: &str| {
@@ -580,7 +595,6 @@ async fn earlier_use(
             format!("この冪等キー（idempotency_key）は{detail}に使われています。申請ごとに新しいキーを使ってください。"),
         )
     };
-    let id: Uuid = r.get(0);
     let made_by: Option<String> = r.get(5);
     let this_token = format!("api:{}:", client.id);
     if !made_by.is_some_and(|by| by.starts_with(&this_token)) {

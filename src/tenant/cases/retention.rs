@@ -104,18 +104,19 @@ pub fn cutoff(now: OffsetDateTime, years: u8) -> Option<OffsetDateTime> {
 
 /// Deletes the applications `ids` that are finished, with what is kept with them;
 /// gives their 定員 places back (as a publish would recount) and notes each in
-/// `submission_deletions` (for the API's deletion list) with the cause ($4).
+/// `submission_deletions` (for the API's deletion list and its retries) with the
+/// cause ($4) and the idempotency key.
 /// Returns (id, receipt number) of each deleted.
 const DELETE_SQL: &str = "WITH gone AS (
-     DELETE FROM submissions WHERE id = ANY($1) AND status = ANY($2) RETURNING id, form_id, status, receipt_number
+     DELETE FROM submissions WHERE id = ANY($1) AND status = ANY($2) RETURNING id, form_id, status, receipt_number, idempotency_key
    ), drafts AS (
      DELETE FROM citizen_drafts d USING gone WHERE d.submission_id = gone.id OR d.resubmit_of = gone.id
      RETURNING d.id
    ), files AS (
      DELETE FROM attachments a USING drafts WHERE a.draft_id = drafts.id AND a.submission_id IS NULL
    ), noted AS (
-     INSERT INTO submission_deletions (submission_id, receipt_number, form_id, cause)
-     SELECT id, receipt_number, form_id, $4 FROM gone
+     INSERT INTO submission_deletions (submission_id, receipt_number, form_id, cause, idempotency_key)
+     SELECT id, receipt_number, form_id, $4, idempotency_key FROM gone
    ), places AS (
      UPDATE forms f SET accepted_count = greatest(f.accepted_count - g.n, 0)
        FROM (SELECT form_id, count(*)::int AS n FROM gone WHERE status <> ALL($3) GROUP BY form_id) g

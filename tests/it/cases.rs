@@ -2569,6 +2569,11 @@ async fn finished_applications_are_deleted_by_hand_or_after_their_retention() {
         page.contains(&format!("受付番号 {} の申請を", receipts[0])),
         "{page}"
     );
+    // A link naming an application that was not deleted tells nothing of the kind.
+    let made_up = loc.replace(&receipts[0], &receipts[1]);
+    assert_ne!(made_up, loc);
+    let (status, _, page) = get(&s.admin.client, &u(&made_up)).await;
+    assert!(status == 200 && !page.contains("削除しました"), "{page}");
     for sql in [
         "SELECT count(*) FROM submissions WHERE id = $1",
         "SELECT count(*) FROM submission_events WHERE submission_id = $1",

@@ -431,16 +431,28 @@ pub async fn inbox(
     user: StaffUser,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
-    // Back from a deletion (申請の削除): say which, by its receipt number only.
+    // Back from a deletion (申請の削除): say which, by its receipt number only, and
+    // only if it was deleted (a link cannot make the notice up).
     let deleted = form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "deleted")
         .and_then(|(_, v)| ReceiptNumber::parse(&v).ok());
-    let message = deleted.map(|r| {
-        format!(
-            "受付番号 {} の申請を、添付ファイル・経過・メッセージとともに削除しました",
-            r.as_str()
-        )
-    });
+    let message = match deleted {
+        Some(r) => ctx
+            .db()
+            .await?
+            .query_opt(
+                "SELECT 1 FROM submission_deletions WHERE receipt_number = $1 AND cause = 'staff'",
+                &[&r.as_str()],
+            )
+            .await?
+            .map(|_| {
+                format!(
+                    "受付番号 {} の申請を、添付ファイル・経過・メッセージとともに削除しました",
+                    r.as_str()
+                )
+            }),
+        None => None,
+    };
     inbox_page(&ctx, &user, query.as_deref(), message).await
 }
 

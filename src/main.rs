@@ -380,6 +380,10 @@ enum TenantCmd {
         /// Comma-separated: forms:read, submissions:read, submissions:write, submissions:submit.
         #[arg(long, value_delimiter = ',', required = true)]
         scopes: Vec<String>,
+        /// Where it may be used from: `admin` (the admin screen's network rule, the
+        /// default), `any`, or address ranges (`192.0.2.0/24,198.51.100.7`).
+        #[arg(long, default_value = "admin")]
+        network: String,
     },
     /// Incident response: revoke every valid API token of a tenant (also while it is
     /// suspended); prints how many.
@@ -1720,13 +1724,25 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 role.label()
             );
         }
-        TenantCmd::ApiToken { slug, name, scopes } => {
+        TenantCmd::ApiToken {
+            slug,
+            name,
+            scopes,
+            network,
+        } => {
+            use madoguchi::tenant::api::tokens::TokenNetwork;
+            let network = match network.as_str() {
+                "admin" | "any" => TokenNetwork::parse(&network, ""),
+                ranges => TokenNetwork::parse("listed", ranges),
+            }
+            .map_err(|e| anyhow::anyhow!("{}", madoguchi::control::tenant_admin::describe(e)))?;
             let rec =
                 p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
                     format!("テナント「{slug}」はありません / no tenant {slug}")
                 })?;
             let token =
-                madoguchi::control::tenant_admin::api_token(p, &rec, &name, &scopes).await?;
+                madoguchi::control::tenant_admin::api_token(p, &rec, &name, &scopes, &network)
+                    .await?;
             println!("{token}");
             eprintln!(
                 "API token {name:?} for {slug} ({}); it is not shown again",

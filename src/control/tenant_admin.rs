@@ -217,7 +217,8 @@ pub async fn disable_staff(
     })
 }
 
-fn describe(e: crate::error::AppError) -> String {
+/// An error for an operator: a refusal as it was worded, else the error.
+pub fn describe(e: crate::error::AppError) -> String {
     match e {
         crate::error::AppError::BadRequest(m) => m,
         other => format!("{other:#}"),
@@ -385,12 +386,20 @@ pub async fn api_token(
     rec: &TenantRecord,
     name: &str,
     scopes: &[String],
+    network: &crate::tenant::api::tokens::TokenNetwork,
 ) -> anyhow::Result<String> {
     let mut conn = p
         .cluster
         .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
         .await?;
-    crate::tenant::api::tokens::create(&mut conn.client, &Actor::Operator, None, name, scopes)
-        .await
-        .map_err(|e| anyhow::anyhow!("{}", describe(e)))
+    crate::tenant::api::tokens::create(
+        &mut conn.client,
+        &Actor::Operator,
+        None,
+        name,
+        scopes,
+        network,
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("{}", describe(e)))
 }

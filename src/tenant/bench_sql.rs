@@ -162,7 +162,7 @@ fn the_integration_api_script_sends_the_servers_statements() {
         "ops/bench/api.sql",
         include_str!("../../ops/bench/api.sql"),
         &[
-            sent(TOKEN_SQL, &[":tokhash::bytea"]),
+            sent(TOKEN_SQL, &[":tokhash::bytea", "'127.0.0.1'", "'internet'"]),
             // The operation log's api.use, its own transaction.
             sent("BEGIN", &[]),
             sent(LOCK_SQL, &[&lock]),

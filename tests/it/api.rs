@@ -7,9 +7,15 @@ use crate::harness::{client_for, unique, url, TestEnv};
 
 async fn token(env: &TestEnv, t: &madoguchi::catalog::TenantRecord, scopes: &[&str]) -> String {
     let scopes: Vec<String> = scopes.iter().map(|s| (*s).to_owned()).collect();
-    madoguchi::control::tenant_admin::api_token(&env.platform, t, "基幹連携", &scopes)
-        .await
-        .unwrap()
+    madoguchi::control::tenant_admin::api_token(
+        &env.platform,
+        t,
+        "基幹連携",
+        &scopes,
+        &madoguchi::tenant::api::tokens::TokenNetwork::Admin,
+    )
+    .await
+    .unwrap()
 }
 
 const FORM: &str = r#"{ "format": "madoguchi.form/1", "title": "犬の登録", "pages": [ { "id": "p1", "fields": [
@@ -804,5 +810,184 @@ async fn deletions_are_listed_for_connected_systems() {
     }
     let (status, _) = get("/deletions".into(), forms_only).await;
     assert_eq!(status, 403);
+    server.shutdown().await;
+}
+
+/// Where a token may be used from: by default the admin screen's network rule (its
+/// address ranges and zones, as they are at each use); or only its own address
+/// ranges; or anywhere. A refusal says why, is logged (once a minute per address)
+/// and is not counted as the token's last use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_is_used_only_from_where_it_may_be() {
+    use madoguchi::tenant::api::tokens::TokenNetwork;
+    let env = TestEnv::new().await;
+    let a = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = a.hosts[0].as_str();
+    let c = client_for(&server, &[host]);
+    let made = |name: &'static str, network: TokenNetwork| {
+        let (env, a) = (&env, &a);
+        async move {
+            madoguchi::control::tenant_admin::api_token(
+                &env.platform,
+                a,
+                name,
+                &["forms:read".to_owned()],
+                &network,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let admin_rule = made("管理画面と同じ", TokenNetwork::Admin).await;
+    let here = made(
+        "この端末",
+        TokenNetwork::parse("listed", "１２７．０．０．１\n192.0.2.0/24").unwrap(),
+    )
+    .await;
+    let elsewhere = made(
+        "別の端末",
+        TokenNetwork::parse("listed", "192.0.2.0/24, 2001:db8::/32").unwrap(),
+    )
+    .await;
+    let anywhere = made("どこでも", TokenNetwork::parse("any", "").unwrap()).await;
+    for (choice, ranges) in [
+        ("listed", ""),
+        ("listed", "192.0.2.0/33"),
+        ("somewhere", ""),
+    ] {
+        assert!(
+            TokenNetwork::parse(choice, ranges).is_err(),
+            "{choice} {ranges}"
+        );
+    }
+    let forms = url(&server, host, "/api/v1/forms");
+    let status_of = |token: String| {
+        let (c, forms) = (c.clone(), forms.clone());
+        async move {
+            let r = c.get(forms).bearer_auth(token).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+    // The admin rule allows any address of either zone: all but the other address.
+    for (token, expected) in [
+        (&admin_rule, 200),
+        (&here, 200),
+        (&elsewhere, 403),
+        (&anywhere, 200),
+    ] {
+        let (status, body) = status_of(token.clone()).await;
+        assert_eq!(status, expected, "{body}");
+    }
+    let (_, refused) = status_of(elsewhere.clone()).await;
+    assert!(
+        refused.contains("network-refused")
+            && refused.contains(
+                "このAPIトークンは、このネットワーク（127.0.0.1、internet）からは使えません"
+            ),
+        "{refused}"
+    );
+    // The admin rule narrowed to other addresses, then to LGWAN only: the token that
+    // follows it is refused at once; the others are not.
+    let conn = env.tenant_conn(&a).await;
+    for sql in [
+        "UPDATE settings SET admin_cidrs = '{198.51.100.0/24}'",
+        "UPDATE settings SET admin_cidrs = '{}', admin_zones = '{lgwan}'",
+    ] {
+        conn.client.execute(sql, &[]).await.unwrap();
+        for (token, expected) in [(&admin_rule, 403), (&here, 200), (&anywhere, 200)] {
+            let (status, body) = status_of(token.clone()).await;
+            assert_eq!(status, expected, "{sql}: {body}");
+        }
+    }
+    conn.client
+        .execute(
+            "UPDATE settings SET admin_cidrs = '{127.0.0.0/8}', admin_zones = '{internet}'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status_of(admin_rule.clone()).await.0, 200);
+    // Refusals: logged once a minute per address, never a last use.
+    let refused: Vec<(String, String)> = conn
+        .client
+        .query(
+            "SELECT actor, detail FROM audit_log WHERE action = 'api.refused' ORDER BY seq",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0].0.contains("別の端末") && refused[0].1.contains("127.0.0.1"),
+        "{refused:?}"
+    );
+    let unused: Option<time::OffsetDateTime> = conn
+        .client
+        .query_one(
+            "SELECT last_used_at FROM api_tokens WHERE name = '別の端末'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(unused, None);
+    // The admin screen: the rule by default, a list refused when malformed, and the
+    // list shows where each token may be used from.
+    let admin = crate::forms::staff(
+        &env,
+        &server,
+        &a,
+        madoguchi::tenant::staff::Role::Admin,
+        None,
+    )
+    .await;
+    let screen = url(&server, host, "/admin/api-tokens");
+    let (_, _, page) = crate::forms::get(&admin.client, &screen).await;
+    assert!(
+        page.contains(r#"name="network" value="admin" checked"#),
+        "{page}"
+    );
+    let (status, _, page) = crate::forms::post(
+        &admin.client,
+        &screen,
+        &[
+            ("csrf", admin.csrf.as_str()),
+            ("name", "文書管理"),
+            ("scopes", "forms:read"),
+            ("network", "listed"),
+            ("cidrs", "庁内"),
+        ],
+    )
+    .await;
+    assert!(
+        status == 422 && page.contains("アドレス範囲の形式が正しくありません: 庁内"),
+        "{page}"
+    );
+    let (status, _, page) = crate::forms::post(
+        &admin.client,
+        &screen,
+        &[
+            ("csrf", admin.csrf.as_str()),
+            ("name", "文書管理"),
+            ("scopes", "forms:read"),
+            ("network", "listed"),
+            ("cidrs", "10.1.2.3\r\n10.20.0.0/16"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
+    for shown in [
+        "次のアドレスのみ: 10.1.2.3/32, 10.20.0.0/16",
+        "次のアドレスのみ: 127.0.0.1/32, 192.0.2.0/24",
+        "管理画面と同じネットワーク制限",
+        "制限なし（どこからでも）",
+    ] {
+        assert!(page.contains(shown), "{shown}: {page}");
+    }
     server.shutdown().await;
 }

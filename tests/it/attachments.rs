@@ -415,6 +415,7 @@ async fn a_file_attached_by_a_citizen_reaches_staff_the_api_and_the_final_export
             "submissions:read".to_owned(),
             "submissions:submit".to_owned(),
         ],
+        &madoguchi::tenant::api::tokens::TokenNetwork::Admin,
     )
     .await
     .unwrap();

@@ -130,8 +130,24 @@ impl World {
             .unwrap()
             .get(0);
         let scopes: Vec<String> = SCOPES.iter().map(|s| (*s).to_owned()).collect();
-        let a_token = api_token(p, &a, "基幹連携", &scopes).await.unwrap();
-        let b_token = api_token(p, &b, "基幹連携", &scopes).await.unwrap();
+        let a_token = api_token(
+            p,
+            &a,
+            "基幹連携",
+            &scopes,
+            &madoguchi::tenant::api::tokens::TokenNetwork::Admin,
+        )
+        .await
+        .unwrap();
+        let b_token = api_token(
+            p,
+            &b,
+            "基幹連携",
+            &scopes,
+            &madoguchi::tenant::api::tokens::TokenNetwork::Admin,
+        )
+        .await
+        .unwrap();
         let server = env.serve().await;
         let (ha, hb) = (a.hosts[0].clone(), b.hosts[0].clone());
         let a_email = format!("a-secret-{tag}@example.jp");

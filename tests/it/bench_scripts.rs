@@ -43,6 +43,7 @@ async fn the_benchmarks_pgbench_scripts_run_on_a_tenant_database() {
         &t,
         "bench",
         &["submissions:submit".to_owned()],
+        &madoguchi::tenant::api::tokens::TokenNetwork::Admin,
     )
     .await
     .unwrap();

@@ -309,18 +309,28 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
     ));
     // Incident response works on the suspended tenant: its API tokens revoked, a
     // staff account disabled (the last administrator too, with a word on it).
-    let (ok, _, err) = madoguchi(
-        dir,
-        &[
-            "tenant",
-            "api-token",
-            "sapporo",
-            "--name",
-            "基幹連携",
-            "--scopes",
-            "forms:read",
-        ],
+    let token = |network: &str| {
+        madoguchi(
+            dir,
+            &[
+                "tenant",
+                "api-token",
+                "sapporo",
+                "--name",
+                "基幹連携",
+                "--scopes",
+                "forms:read",
+                "--network",
+                network,
+            ],
+        )
+    };
+    let (ok, _, err) = token("192.0.2.0/33");
+    assert!(
+        !ok && err.contains("アドレス範囲の形式が正しくありません: 192.0.2.0/33"),
+        "{err}"
     );
+    let (ok, _, err) = token("192.0.2.0/24,198.51.100.7");
     assert!(ok, "{err}");
     let (ok, out, err) = madoguchi(dir, &["tenant", "revoke-api-tokens", "sapporo"]);
     assert!(ok && out.trim() == "1", "{out}{err}");

@@ -386,6 +386,7 @@ async fn a_full_disk_answers_503_and_counts() {
         &t,
         "disk",
         &["submissions:submit".to_owned()],
+        &madoguchi::tenant::api::tokens::TokenNetwork::Admin,
     )
     .await
     .unwrap();

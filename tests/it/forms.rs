@@ -647,9 +647,15 @@ async fn operator_commands_are_in_the_operation_log() {
     .await
     .unwrap();
     let path = crate::harness::publish_sample(&env, &t).await;
-    tenant_admin::api_token(&env.platform, &t, "基幹連携", &["forms:read".into()])
-        .await
-        .unwrap();
+    tenant_admin::api_token(
+        &env.platform,
+        &t,
+        "基幹連携",
+        &["forms:read".into()],
+        &madoguchi::tenant::api::tokens::TokenNetwork::Admin,
+    )
+    .await
+    .unwrap();
     let conn = env.tenant_conn(&t).await;
     let (form_id, staff_id): (i64, i64) = {
         let r = conn

@@ -678,6 +678,7 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
         &s.t,
         "基幹連携",
         &["submissions:read".to_owned()],
+        &madoguchi::tenant::api::tokens::TokenNetwork::Admin,
     )
     .await
     .unwrap();

@@ -16,9 +16,15 @@ async fn operators_revoke_tokens_and_disable_accounts_in_an_incident() {
     let host = t.hosts[0].as_str();
     let admin = staff(&env, &server, &t, Role::Admin, None).await;
     let member = staff(&env, &server, &t, Role::Staff, Some("総務課")).await;
-    let token = tenant_admin::api_token(&env.platform, &t, "基幹連携", &["forms:read".into()])
-        .await
-        .unwrap();
+    let token = tenant_admin::api_token(
+        &env.platform,
+        &t,
+        "基幹連携",
+        &["forms:read".into()],
+        &madoguchi::tenant::api::tokens::TokenNetwork::Admin,
+    )
+    .await
+    .unwrap();
     let api = || async {
         // The front tier learns of a state change within a moment.
         let mut status = 0;

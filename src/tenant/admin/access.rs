@@ -160,7 +160,8 @@ async fn load(db: &deadpool_postgres::ClientWrapper) -> Result<Access, AppError>
     })
 }
 
-fn should_log(tenant: uuid::Uuid, ip: Option<IpAddr>) -> bool {
+/// Whether a refusal from `ip` is logged now: at most once a minute per address.
+pub(crate) fn should_log(tenant: uuid::Uuid, ip: Option<IpAddr>) -> bool {
     type Seen = HashMap<(uuid::Uuid, Option<IpAddr>), Instant>;
     static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
     let Ok(mut guard) = SEEN.lock() else {

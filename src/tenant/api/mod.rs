@@ -217,7 +217,10 @@ impl utoipa::IntoResponses for CommonErrors {
                 "401",
                 problem("No token, or one this municipality did not issue or has revoked"),
             )
-            .response("403", problem("The token lacks the operation's scope"))
+            .response(
+                "403",
+                problem("The token lacks the operation's scope, or may not be used from the caller's network (network-refused)"),
+            )
             .response(
                 "503",
                 problem("The municipality's database is busy or restarting (Retry-After)"),
@@ -260,10 +263,20 @@ impl ApiClient {
 }
 
 /// A live token by its hash, touching its last use when that is a minute old.
-pub(crate) const TOKEN_SQL: &str = "WITH t AS (SELECT id, name, scopes, last_used_at FROM api_tokens WHERE token_hash = $1 AND revoked_at IS NULL),
+pub(crate) const TOKEN_SQL: &str = "WITH t AS (
+        SELECT a.id, a.name, a.scopes, a.last_used_at,
+               coalesce(CASE a.network
+                   WHEN 'any' THEN true
+                   WHEN 'listed' THEN $2::inet <<= ANY (a.cidrs::inet[])
+                   ELSE $3 = ANY (s.admin_zones)
+                        AND (cardinality(s.admin_cidrs) = 0 OR $2::inet <<= ANY (s.admin_cidrs::inet[]))
+               END, false) AS allowed
+          FROM api_tokens a LEFT JOIN settings s ON true
+         WHERE a.token_hash = $1 AND a.revoked_at IS NULL),
       touched AS (UPDATE api_tokens a SET last_used_at = now() FROM t
-                   WHERE a.id = t.id AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute'))
- SELECT id, name, scopes FROM t";
+                   WHERE a.id = t.id AND t.allowed
+                     AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute'))
+ SELECT id, name, scopes, allowed FROM t";
 
 impl<S: Send + Sync> FromRequestParts<S> for ApiClient {
     type Rejection = Problem;
@@ -295,8 +308,12 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiClient {
             .prepare_cached(TOKEN_SQL)
             .await
             .map_err(|e| Problem::from(AppError::from(e)))?;
+        // Where the token may be used from is checked in the same statement: the
+        // admin screen's network rule (its address ranges and zones), the token's
+        // own ranges, or anywhere.
+        let ip = ctx.client_ip.map(|ip| ip.to_canonical());
         let row = db
-            .query_opt(&stmt, &[&token_hash(token)])
+            .query_opt(&stmt, &[&token_hash(token), &ip, &ctx.zone.as_str()])
             .await
             .map_err(|e| Problem::from(AppError::from(e)))?;
         let Some(r) = row else {
@@ -307,6 +324,33 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiClient {
             token_id: id,
             name: name.clone(),
         };
+        if !r.get::<_, bool>(3) {
+            // Logged at most once a minute per address, so a flood cannot fill the log.
+            if crate::tenant::admin::access::should_log(ctx.id, ctx.client_ip) {
+                audit::record(
+                    &mut db,
+                    &actor,
+                    "api.refused",
+                    &format!("{} {}", parts.method, parts.uri.path()),
+                    serde_json::json!({
+                        "ip": ctx.client_ip.map(|i| i.to_string()),
+                        "zone": ctx.zone.as_str(),
+                    }),
+                )
+                .await
+                .map_err(Problem::from)?;
+            }
+            return Err(Problem::new(
+                StatusCode::FORBIDDEN,
+                "network-refused",
+                "Not allowed from this network",
+                format!(
+                    "このAPIトークンは、このネットワーク（{}、{}）からは使えません。トークンの利用元の設定（管理画面の「APIトークン」「ネットワーク制限」）を確認してください。",
+                    ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "不明".into()),
+                    ctx.zone.as_str()
+                ),
+            ));
+        }
         // Every use of a token is in the operation log.
         let target = format!("{} {}", parts.method, parts.uri.path());
         audit::record(&mut db, &actor, "api.use", &target, serde_json::json!({}))

@@ -1,6 +1,6 @@
 //! API tokens: created by an administrator (admin screen) or an operator
 //! (`madoguchi tenant api-token`), shown once, stored as a SHA-256 hash, scoped,
-//! revocable, with their last use.
+//! revocable, with their last use and where they may be used from.
 
 use askama::Template;
 use axum::extract::Path;
@@ -19,6 +19,90 @@ use crate::tenant::staff::StaffUser;
 use crate::tenant::TenantCtx;
 use crate::web::render;
 
+/// Where a token may be used from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenNetwork {
+    /// The admin screen's network rule (its address ranges and zones), as it is at
+    /// each use: the default.
+    Admin,
+    /// Only these address ranges (1–200), from either zone.
+    Listed(Vec<ipnet::IpNet>),
+    /// Anywhere (tokens issued before the choice existed, or chosen so).
+    Any,
+}
+
+/// The most address ranges a token may list (as the admin screen's rule).
+pub const MAX_TOKEN_CIDRS: usize = 200;
+
+impl TokenNetwork {
+    /// From the admin screen's or the command line's choice: `admin`, `any`, or
+    /// address ranges (`192.0.2.0/24`, a single address; lines or commas, full width
+    /// accepted).
+    pub fn parse(choice: &str, ranges: &str) -> Result<Self, AppError> {
+        match choice.trim() {
+            "" | "admin" => Ok(Self::Admin),
+            "any" => Ok(Self::Any),
+            "listed" => {
+                let mut cidrs = Vec::new();
+                let mut bad = Vec::new();
+                for part in crate::ja::nfkc(ranges)
+                    .split(['\n', ','])
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                {
+                    match part
+                        .parse::<ipnet::IpNet>()
+                        .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                    {
+                        Ok(n) => cidrs.push(n.trunc()),
+                        Err(_) => bad.push(part.to_owned()),
+                    }
+                }
+                if !bad.is_empty() {
+                    return Err(AppError::BadRequest(format!(
+                        "アドレス範囲の形式が正しくありません: {}（例: 192.0.2.0/24、2001:db8::/32）",
+                        bad.join(", ")
+                    )));
+                }
+                if cidrs.is_empty() || cidrs.len() > MAX_TOKEN_CIDRS {
+                    return Err(AppError::BadRequest(format!(
+                        "利用を許可するアドレス範囲を1〜{MAX_TOKEN_CIDRS}件入力してください"
+                    )));
+                }
+                Ok(Self::Listed(cidrs))
+            }
+            _ => Err(AppError::BadRequest(
+                "利用元は admin（管理画面と同じ）、any（制限なし）またはアドレス範囲で指定してください"
+                    .into(),
+            )),
+        }
+    }
+
+    fn column(&self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Listed(_) => "listed",
+            Self::Any => "any",
+        }
+    }
+
+    fn cidrs(&self) -> Vec<String> {
+        match self {
+            Self::Listed(c) => c.iter().map(ToString::to_string).collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// How the token list shows where a token may be used from.
+fn network_label(network: &str, cidrs: &[String]) -> String {
+    match network {
+        "admin" => "管理画面と同じネットワーク制限".to_owned(),
+        "listed" => format!("次のアドレスのみ: {}", cidrs.join(", ")),
+        _ => "制限なし（どこからでも）".to_owned(),
+    }
+}
+
 /// Creates a token; returns it (the only time it is seen).
 pub async fn create(
     db: &mut Client,
@@ -26,6 +110,7 @@ pub async fn create(
     created_by: Option<i64>,
     name: &str,
     scopes: &[String],
+    network: &TokenNetwork,
 ) -> Result<String, AppError> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
@@ -42,7 +127,10 @@ pub async fn create(
     let token = format!("mdg_{}", random_token(32));
     let tx = db.transaction().await?;
     let id: i64 = tx
-        .query_one("INSERT INTO api_tokens (name, token_hash, scopes, created_by) VALUES ($1, $2, $3, $4) RETURNING id", &[&name, &token_hash(&token), &scopes, &created_by])
+        .query_one(
+            "INSERT INTO api_tokens (name, token_hash, scopes, created_by, network, cidrs) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+            &[&name, &token_hash(&token), &scopes, &created_by, &network.column(), &network.cidrs()],
+        )
         .await?
         .get(0);
     audit::append(
@@ -50,7 +138,7 @@ pub async fn create(
         actor,
         "api_token.create",
         &id.to_string(),
-        serde_json::json!({ "name": name, "scopes": scopes }),
+        serde_json::json!({ "name": name, "scopes": scopes, "network": network.column(), "cidrs": network.cidrs() }),
     )
     .await?;
     tx.commit().await?;
@@ -64,6 +152,8 @@ pub struct TokenRow {
     pub created: String,
     pub last_used: String,
     pub revoked: bool,
+    /// Where it may be used from.
+    pub network: String,
 }
 
 #[derive(Template)]
@@ -76,6 +166,7 @@ struct TokensPage {
     new_token: Option<String>,
     error: Option<String>,
     csrf: String,
+    max_cidrs: usize,
 }
 
 async fn page(
@@ -86,7 +177,7 @@ async fn page(
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
     let tokens = db
-        .query("SELECT id, name, scopes, created_at, last_used_at, revoked_at IS NOT NULL FROM api_tokens ORDER BY id DESC", &[])
+        .query("SELECT id, name, scopes, created_at, last_used_at, revoked_at IS NOT NULL, network, cidrs FROM api_tokens ORDER BY id DESC", &[])
         .await?
         .iter()
         .map(|r| TokenRow {
@@ -96,6 +187,7 @@ async fn page(
             created: jst(r.get(3)),
             last_used: r.get::<_, Option<time::OffsetDateTime>>(4).map(jst).unwrap_or_else(|| "—".into()),
             revoked: r.get(5),
+            network: network_label(r.get(6), &r.get::<_, Vec<String>>(7)),
         })
         .collect();
     let status = if error.is_some() {
@@ -113,6 +205,7 @@ async fn page(
             new_token,
             error,
             csrf: user.csrf.clone(),
+            max_cidrs: MAX_TOKEN_CIDRS,
         },
     ))
 }
@@ -127,15 +220,21 @@ pub async fn add(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Resp
     user.check_csrf(&body)?;
     let mut db = ctx.db().await?;
     let actor = user.actor();
-    match create(
-        &mut db,
-        &actor,
-        Some(user.id),
-        body.get("name"),
-        &body.all("scopes"),
-    )
-    .await
-    {
+    let made = match TokenNetwork::parse(body.get("network"), body.get("cidrs")) {
+        Ok(network) => {
+            create(
+                &mut db,
+                &actor,
+                Some(user.id),
+                body.get("name"),
+                &body.all("scopes"),
+                &network,
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match made {
         Ok(token) => {
             drop(db);
             page(&ctx, &user, Some(token), None).await

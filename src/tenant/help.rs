@@ -25,6 +25,7 @@ struct CitizenGuide {
     links_per_draft: i32,
     links_per_address: i64,
     identity_minutes: i32,
+    copy_minutes: i32,
     /// The municipality's 代表の問い合わせ先, if it wrote one.
     main_contact: Option<String>,
     /// The departments' 問い合わせ先, those that wrote one.
@@ -57,6 +58,7 @@ pub async fn citizen_guide(ctx: TenantCtx) -> Result<Response, crate::error::App
             links_per_draft: MAX_LINKS,
             links_per_address: LINKS_PER_ADDRESS,
             identity_minutes: crate::tenant::identity::REQUEST_MINUTES,
+            copy_minutes: crate::tenant::forms::citizen::COPY_MINUTES,
             main_contact,
             contacts,
         },

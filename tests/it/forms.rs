@@ -3105,3 +3105,75 @@ async fn a_municipalitys_contact_stands_in_where_a_department_wrote_none() {
     assert!(!home.contains("お問い合わせ先"), "{home}");
     server.shutdown().await;
 }
+
+/// 申請内容の控え: the completion page shows what was sent, to print or save, for
+/// half an hour after sending (and again after a correction is sent), in the browser
+/// that sent it only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_completion_page_shows_what_was_sent_for_half_an_hour() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].clone();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "子育て支援課").await;
+    let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
+    let u = |p: &str| url(&server, &host, p);
+    let c = browser(&server, &[&host]);
+    let receipt = apply_with(&c, &server, &host, &public, "その他")
+        .await
+        .unwrap();
+    let done = u(&format!("{public}/done"));
+    let (_, _, page) = get(&c, &done).await;
+    assert!(page.contains("申請内容の控え"), "{page}");
+    for shown in [
+        format!("受付番号 {receipt}・送信日時 "),
+        "<dd class=\"answer-value\">葛\u{E0100}西　花子（カサイ　ハナコ）</dd>".to_owned(),
+        "<dd class=\"answer-value\">hanako.kasai@example.jp</dd>".to_owned(),
+        "<dd class=\"answer-value\">古いピアノ椅子</dd>".to_owned(),
+        "送信から30分のあいだ".to_owned(),
+    ] {
+        assert!(page.contains(&shown), "{shown}: {page}");
+    }
+    // Another browser is sent to the form, as before.
+    let other = browser(&server, &[&host]);
+    let (status, loc, _) = get(&other, &done).await;
+    assert_eq!((status, loc.as_str()), (303, public.as_str()));
+
+    // Half an hour later: the receipt number stays, the answers are not shown.
+    let conn = env.tenant_conn(&t).await;
+    let id: uuid::Uuid = conn
+        .client
+        .query_one(
+            "SELECT id FROM submissions WHERE receipt_number = $1",
+            &[&receipt],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    for sql in [
+        "UPDATE submissions SET submitted_at = now() - interval '31 minutes' WHERE id = $1",
+        "UPDATE submission_events SET at = now() - interval '31 minutes' WHERE submission_id = $1",
+    ] {
+        conn.client.execute(sql, &[&id]).await.unwrap();
+    }
+    let (_, _, page) = get(&c, &done).await;
+    assert!(
+        page.contains(&receipt)
+            && page.contains("送信から30分を過ぎたため表示していません")
+            && !page.contains("古いピアノ椅子")
+            && !page.contains("hanako.kasai@example.jp"),
+        "{page}"
+    );
+    // A correction sent now (差戻し → 受付) counts from its own sending.
+    conn.client
+        .execute(
+            "INSERT INTO submission_events (submission_id, actor_label, from_status, to_status) VALUES ($1, '申請者', 'returned', 'received')",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (_, _, page) = get(&c, &done).await;
+    assert!(page.contains("古いピアノ椅子"), "{page}");
+    server.shutdown().await;
+}

@@ -1624,7 +1624,18 @@ struct DonePage {
     /// The application can be looked up (the lookup asks for its e-mail address).
     lookup: bool,
     contact: Option<store::Contact>,
+    /// 申請内容の控え: what was sent, shown (and printed) for [`COPY_MINUTES`] after
+    /// sending; `None` after that.
+    copy: Option<Vec<(String, String)>>,
+    copy_minutes: i32,
+    /// When it was sent, or sent again corrected (JST, 和暦 beside 西暦).
+    sent_at: String,
 }
+
+/// How long the completion page shows what was sent, in this browser only: long
+/// enough to print or save it, short enough that the next user of a shared computer
+/// does not find it.
+pub const COPY_MINUTES: i32 = 30;
 
 pub async fn done(
     ctx: TenantCtx,
@@ -1646,11 +1657,28 @@ pub async fn done(
     };
     let row = db
         .query_one(
-            "SELECT receipt_number, form_version, email_index IS NOT NULL FROM submissions WHERE id = $1",
-            &[&sub],
+            "SELECT s.receipt_number, s.form_version, s.email_index IS NOT NULL, sent.at,
+                    CASE WHEN sent.at > now() - make_interval(mins => $2) THEN s.answers END
+               FROM submissions s,
+                    LATERAL (SELECT coalesce(max(e.at), s.submitted_at) AS at FROM submission_events e
+                              WHERE e.submission_id = s.id AND e.to_status = 'received') sent
+              WHERE s.id = $1",
+            &[&sub, &COPY_MINUTES],
         )
         .await?;
     let def = store::version(&db, form.id, row.get(1)).await?;
+    // Every answered field in the form's order, as the confirmation page showed it.
+    let copy = match row.get::<_, Option<serde_json::Value>>(4) {
+        Some(stored) => {
+            let answers = decrypt_answers(ctx.cipher(), sub, &stored)?;
+            Some(
+                def.fields()
+                    .filter_map(|f| answers.get(&f.id).map(|a| (f.label.clone(), a.display())))
+                    .collect(),
+            )
+        }
+        None => None,
+    };
     Ok(render(
         StatusCode::OK,
         &DonePage {
@@ -1660,6 +1688,9 @@ pub async fn done(
             message: def.settings.completion_message,
             lookup: row.get(2),
             contact: form.contact.clone(),
+            copy,
+            copy_minutes: COPY_MINUTES,
+            sent_at: jst(row.get(3)),
         },
     ))
 }

@@ -111,6 +111,21 @@ pub fn char_count(s: &str) -> usize {
         .count()
 }
 
+/// What a search compares: NFKC (full-width letters and digits to ASCII, half-width
+/// kana to full-width), lower case, hiragana as katakana, without spaces. So 「ごみ」
+/// finds 「粗大ゴミ」 and 「ｺﾞﾐ」 too; kanji are left as they are.
+pub fn search_key(s: &str) -> String {
+    nfkc(s)
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .flat_map(char::to_lowercase)
+        .map(|c| match c {
+            'ぁ'..='ゖ' => char::from_u32(c as u32 + 0x60).unwrap_or(c),
+            _ => c,
+        })
+        .collect()
+}
+
 /// Furigana as katakana: NFKC (half-width to full-width), hiragana to katakana,
 /// spaces to one ideographic space. `None` if anything but kana remains.
 pub fn to_katakana(s: &str) -> Option<String> {
@@ -197,6 +212,15 @@ mod tests {
         // Not a Japanese number with its country code: left as written.
         assert_eq!(phone_digits("8131234567"), "8131234567");
         assert_eq!(phone_digits("TEL 03"), "TEL03");
+    }
+
+    #[test]
+    fn searches_fold_width_case_and_kana() {
+        assert_eq!(search_key("粗大 ゴミ"), "粗大ゴミ");
+        assert!(search_key("粗大ゴミ収集").contains(&search_key("ごみ")));
+        assert!(search_key("粗大ゴミ収集").contains(&search_key("ｺﾞﾐ")));
+        assert!(search_key("ＰＴＡ申込").contains(&search_key("pta")));
+        assert_eq!(search_key("　"), "");
     }
 
     #[test]

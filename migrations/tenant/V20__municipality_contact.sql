@@ -9,4 +9,4 @@ CREATE VIEW department_contacts AS
 SELECT d.id AS department_id,
        CASE WHEN d.contact <> '' THEN d.name ELSE coalesce(s.name, '') END AS name,
        CASE WHEN d.contact <> '' THEN d.contact ELSE coalesce(s.contact, '') END AS contact
-  FROM departments d LEFT JOIN settings s ON true;
+  FROM departments d LEFT JOIN settings s ON s.id;

@@ -16,7 +16,7 @@
 -- pid, answers and mail (as for flow.sql). ops/bench/run counts the work per
 -- submission of both, side by side in the report.
 \set n random(1, 9000000000000000)
-WITH t AS (SELECT a.id, a.name, a.scopes, a.last_used_at, coalesce(CASE a.network WHEN 'any' THEN true WHEN 'listed' THEN '127.0.0.1'::inet <<= ANY (a.cidrs::inet[]) ELSE 'internet' = ANY (s.admin_zones) AND (cardinality(s.admin_cidrs) = 0 OR '127.0.0.1'::inet <<= ANY (s.admin_cidrs::inet[])) END, false) AS allowed FROM api_tokens a LEFT JOIN settings s ON true WHERE a.token_hash = :tokhash::bytea AND a.revoked_at IS NULL), touched AS (UPDATE api_tokens a SET last_used_at = now() FROM t WHERE a.id = t.id AND t.allowed AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute')) SELECT id, name, scopes, allowed FROM t;
+WITH t AS (SELECT a.id, a.name, a.scopes, a.last_used_at, coalesce(CASE a.network WHEN 'any' THEN true WHEN 'listed' THEN '127.0.0.1'::inet <<= ANY (a.cidrs::inet[]) ELSE 'internet' = ANY (s.admin_zones) AND (cardinality(s.admin_cidrs) = 0 OR '127.0.0.1'::inet <<= ANY (s.admin_cidrs::inet[])) END, false) AS allowed FROM api_tokens a LEFT JOIN settings s ON s.id WHERE a.token_hash = :tokhash::bytea AND a.revoked_at IS NULL), touched AS (UPDATE api_tokens a SET last_used_at = now() FROM t WHERE a.id = t.id AND t.allowed AND (t.last_used_at IS NULL OR t.last_used_at < now() - interval '1 minute')) SELECT id, name, scopes, allowed FROM t;
 BEGIN;
 SELECT pg_advisory_xact_lock(30787856454743396);
 SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1 \gset last_

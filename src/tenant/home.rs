@@ -1,9 +1,11 @@
-//! A municipality's home page: its name and the procedures open now.
+//! A municipality's home page: its name, the procedures open now by department, a
+//! search over them, and its 代表の問い合わせ先.
 
 use askama::Template;
 use axum::http::StatusCode;
 use axum::response::Response;
 
+use super::forms::store::OpenForm;
 use super::TenantCtx;
 use crate::error::AppError;
 use crate::web::render;
@@ -13,34 +15,147 @@ pub struct FormLink {
     pub url: String,
 }
 
+/// The open procedures of one department.
+pub struct Group {
+    pub department: String,
+    /// The section's anchor.
+    pub anchor: String,
+    pub forms: Vec<FormLink>,
+}
+
+/// The longest search kept, in characters (longer is cut).
+const MAX_QUERY: usize = 100;
+
 #[derive(Template)]
 #[template(path = "home.html")]
 struct HomePage {
     site: String,
     code: String,
-    forms: Vec<FormLink>,
+    groups: Vec<Group>,
+    /// How many procedures are open in all.
+    open: usize,
+    /// The search as typed ("" for none).
+    query: String,
+    /// How many the search found.
+    found: usize,
     /// The municipality's 代表の問い合わせ先, if it wrote one.
     contact: Option<String>,
 }
 
-pub async fn show(ctx: TenantCtx) -> Result<Response, AppError> {
+/// The forms `query` finds (by title or department: width, case and kana folded),
+/// grouped by department in the order given.
+fn grouped(forms: Vec<OpenForm>, query: &str) -> Vec<Group> {
+    let key = crate::ja::search_key(query);
+    let mut groups: Vec<Group> = Vec::new();
+    for f in forms {
+        if !key.is_empty()
+            && !crate::ja::search_key(&f.title).contains(&key)
+            && !crate::ja::search_key(&f.department).contains(&key)
+        {
+            continue;
+        }
+        let link = FormLink {
+            url: format!("/f/{}", f.public_id),
+            title: f.title,
+        };
+        match groups.last_mut() {
+            Some(g) if g.department == f.department => g.forms.push(link),
+            _ => groups.push(Group {
+                anchor: format!("dept-{}", groups.len() + 1),
+                department: f.department,
+                forms: vec![link],
+            }),
+        }
+    }
+    groups
+}
+
+pub async fn show(
+    ctx: TenantCtx,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<Response, AppError> {
+    let query: String = form_urlencoded::parse(raw.as_deref().unwrap_or_default().as_bytes())
+        .find(|(k, _)| k == "q")
+        .map(|(_, v)| v.trim().chars().take(MAX_QUERY).collect())
+        .unwrap_or_default();
     let db = ctx.db().await?;
     let stmt = db
         .prepare_cached("SELECT name, local_gov_code, contact FROM settings")
         .await?;
     let row = db.query_opt(&stmt, &[]).await?.ok_or(AppError::NotFound)?;
+    let forms = super::forms::store::open_forms(&db, ctx.zone).await?;
+    drop(db);
+    let open = forms.len();
+    let groups = grouped(forms, &query);
     let page = HomePage {
         site: row.get(0),
         code: row.get(1),
         contact: Some(row.get::<_, String>(2)).filter(|c| !c.trim().is_empty()),
-        forms: super::forms::store::open_forms(&db, ctx.zone)
-            .await?
-            .into_iter()
-            .map(|(public_id, title)| FormLink {
-                url: format!("/f/{public_id}"),
-                title,
-            })
-            .collect(),
+        open,
+        found: groups.iter().map(|g| g.forms.len()).sum(),
+        groups,
+        query,
     };
     Ok(render(StatusCode::OK, &page))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(title: &str, department: &str) -> OpenForm {
+        OpenForm {
+            public_id: "abc".into(),
+            title: title.into(),
+            department: department.into(),
+        }
+    }
+
+    #[test]
+    fn forms_are_grouped_by_department_and_found_by_title_or_department() {
+        let forms = || {
+            vec![
+                form("児童手当の申請", "子育て支援課"),
+                form("保育所の入所申込", "子育て支援課"),
+                form("粗大ゴミ収集申込", "環境政策課"),
+            ]
+        };
+        let shape = |groups: Vec<Group>| {
+            groups
+                .into_iter()
+                .map(|g| {
+                    (
+                        g.department,
+                        g.anchor,
+                        g.forms.into_iter().map(|f| f.title).collect::<Vec<_>>(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            shape(grouped(forms(), "")),
+            [
+                (
+                    "子育て支援課".to_owned(),
+                    "dept-1".to_owned(),
+                    vec!["児童手当の申請".to_owned(), "保育所の入所申込".to_owned()]
+                ),
+                (
+                    "環境政策課".to_owned(),
+                    "dept-2".to_owned(),
+                    vec!["粗大ゴミ収集申込".to_owned()]
+                ),
+            ]
+        );
+        assert_eq!(
+            shape(grouped(forms(), " ごみ ")),
+            [(
+                "環境政策課".to_owned(),
+                "dept-1".to_owned(),
+                vec!["粗大ゴミ収集申込".to_owned()]
+            )]
+        );
+        assert_eq!(shape(grouped(forms(), "子育て")).len(), 1);
+        assert!(grouped(forms(), "パスポート").is_empty());
+    }
 }

@@ -3177,3 +3177,78 @@ async fn the_completion_page_shows_what_was_sent_for_half_an_hour() {
     assert!(page.contains("古いピアノ椅子"), "{page}");
     server.shutdown().await;
 }
+
+/// The home page lists the procedures open now by department, with an index of the
+/// departments, and finds them by title or department (width, case and kana folded);
+/// a form not open yet is not listed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_home_page_lists_procedures_by_department_and_finds_them() {
+    use madoguchi::control::tenant_admin::import_form;
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let form = |title: &str, opens: &str| {
+        format!(
+            r#"{{ "format": "madoguchi.form/1", "title": "{title}", "settings": {{ "opens_at": {opens} }},
+               "pages": [ {{ "id": "p1", "fields": [ {{ "id": "email", "type": "email", "label": "メールアドレス" }} ] }} ] }}"#
+        )
+    };
+    for (title, dept, opens) in [
+        ("児童手当の申請", "子育て支援課", "null"),
+        ("粗大ゴミ収集申込", "環境政策課", "null"),
+        ("保育所の入所申込", "子育て支援課", "null"),
+        (
+            "来年度の説明会",
+            "子育て支援課",
+            "\"2999-04-01T09:00:00+09:00\"",
+        ),
+    ] {
+        import_form(&env.platform, &t, &form(title, opens), dept, true)
+            .await
+            .unwrap();
+    }
+    let server = env.serve().await;
+    let host = t.hosts[0].clone();
+    let c = browser(&server, &[&host]);
+    let home = |q: &str| {
+        let (c, u) = (c.clone(), url(&server, &host, q));
+        async move { get(&c, &u).await.2 }
+    };
+    let page = home("/").await;
+    for shown in [
+        "<a href=\"#dept-1\">子育て支援課（2）</a>",
+        "<a href=\"#dept-2\">環境政策課（1）</a>",
+        "<h3 id=\"dept-1\">子育て支援課</h3>",
+        "児童手当の申請",
+        "保育所の入所申込",
+        "粗大ゴミ収集申込",
+        "手続きを探す",
+    ] {
+        assert!(page.contains(shown), "{shown}: {page}");
+    }
+    assert!(!page.contains("来年度の説明会"), "{page}");
+    // Found by a word of the title in hiragana or half-width kana, or the department.
+    for q in ["/?q=%E3%81%94%E3%81%BF", "/?q=%EF%BD%BA%EF%BE%9E%EF%BE%90"] {
+        let page = home(q).await;
+        assert!(
+            page.contains("件 <span class=\"en\" lang=\"en\">1 found</span>")
+                && page.contains("粗大ゴミ収集申込")
+                && !page.contains("児童手当の申請"),
+            "{q}: {page}"
+        );
+    }
+    let page = home("/?q=%E5%AD%90%E8%82%B2%E3%81%A6").await;
+    assert!(
+        page.contains("「子育て」: 2件")
+            && page.contains("児童手当の申請")
+            && !page.contains("粗大ゴミ収集申込"),
+        "{page}"
+    );
+    // Nothing found: said so, with the way back; the words are shown escaped.
+    let page = home("/?q=%3Cb%3E%E3%83%91%E3%82%B9%E3%83%9D%E3%83%BC%E3%83%88").await;
+    assert!(
+        page.contains("「&#60;b&#62;パスポート」に当てはまる手続きはありません")
+            && !page.contains("<b>パスポート"),
+        "{page}"
+    );
+    server.shutdown().await;
+}

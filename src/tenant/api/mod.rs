@@ -271,7 +271,7 @@ pub(crate) const TOKEN_SQL: &str = "WITH t AS (
                    ELSE $3 = ANY (s.admin_zones)
                         AND (cardinality(s.admin_cidrs) = 0 OR $2::inet <<= ANY (s.admin_cidrs::inet[]))
                END, false) AS allowed
-          FROM api_tokens a LEFT JOIN settings s ON true
+          FROM api_tokens a LEFT JOIN settings s ON s.id
          WHERE a.token_hash = $1 AND a.revoked_at IS NULL),
       touched AS (UPDATE api_tokens a SET last_used_at = now() FROM t
                    WHERE a.id = t.id AND t.allowed

@@ -7,7 +7,7 @@ use time::OffsetDateTime;
 use tokio_postgres::Client;
 use uuid::Uuid;
 
-use super::definition::FormDefinition;
+use super::definition::{FormDefinition, FormSettings};
 use crate::error::AppError;
 use crate::tenant::audit::{self, Actor};
 use crate::tenant::cases::Status;
@@ -440,7 +440,7 @@ pub async fn set_closed(
 }
 
 fn availability(
-    def: &FormDefinition,
+    settings: &FormSettings,
     closed: bool,
     accepted: i32,
     capacity: Option<i32>,
@@ -448,9 +448,9 @@ fn availability(
 ) -> Availability {
     if closed {
         Availability::Closed
-    } else if def.settings.opens_at.is_some_and(|o| now < o) {
+    } else if settings.opens_at.is_some_and(|o| now < o) {
         Availability::NotYetOpen
-    } else if def.settings.closes_at.is_some_and(|c| now >= c) {
+    } else if settings.closes_at.is_some_and(|c| now >= c) {
         Availability::Ended
     } else if capacity.is_some_and(|c| accepted >= c) {
         Availability::Full
@@ -548,7 +548,7 @@ pub async fn published(
         }
     };
     let availability = availability(
-        &def,
+        &def.settings,
         r.get(3),
         r.get(4),
         r.get(5),
@@ -578,25 +578,46 @@ pub async fn version(db: &Client, form_id: i64, version: i32) -> Result<FormDefi
 }
 
 /// Published forms open now, for the home page.
+/// A form open now, for the home page.
+#[derive(Debug, Clone)]
+pub struct OpenForm {
+    pub public_id: String,
+    pub title: String,
+    pub department: String,
+}
+
+/// The forms open now through `zone`, by department (name order), then as created.
+/// Only each definition's title and settings are read, not its fields: a home page
+/// with 200 procedures parses 200 small objects.
 pub async fn open_forms(
     db: &deadpool_postgres::ClientWrapper,
     zone: crate::front::conn::Zone,
-) -> Result<Vec<(String, String)>, AppError> {
+) -> Result<Vec<OpenForm>, AppError> {
     let stmt = db
         .prepare_cached(
-            "SELECT f.public_id, v.definition, f.closed, f.accepted_count, f.capacity
+            "SELECT f.public_id, v.definition->>'title', v.definition->'settings', f.closed, f.accepted_count, f.capacity, d.name
                FROM forms f JOIN form_versions v ON v.form_id = f.id AND v.version = f.current_version
-              WHERE NOT f.closed ORDER BY f.id",
+               JOIN departments d ON d.id = f.department_id
+              WHERE NOT f.closed ORDER BY d.name, f.id",
         )
         .await?;
     let now = OffsetDateTime::now_utc();
     let mut out = Vec::new();
     for r in db.query(&stmt, &[]).await? {
-        let def = parse_def(r.get(1))?;
-        if availability(&def, r.get(2), r.get(3), r.get(4), now) == Availability::Open
-            && def.settings.published_in(zone)
+        let settings: FormSettings = match r.get::<_, Option<serde_json::Value>>(2) {
+            Some(v) => serde_json::from_value(v).map_err(|e| {
+                AppError::Internal(anyhow::anyhow!("stored form settings unreadable: {e}"))
+            })?,
+            None => FormSettings::default(),
+        };
+        if availability(&settings, r.get(3), r.get(4), r.get(5), now) == Availability::Open
+            && settings.published_in(zone)
         {
-            out.push((r.get(0), def.title));
+            out.push(OpenForm {
+                public_id: r.get(0),
+                title: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                department: r.get(6),
+            });
         }
     }
     Ok(out)

@@ -68,6 +68,9 @@ pub struct Settings {
     /// Identity providers may be on loopback or private addresses (a provider inside
     /// LGWAN or the city's own network); otherwise only the internet is reached.
     pub identity_allow_private_networks: bool,
+    /// The operator's help desk (ヘルプデスク) for municipalities' administrators:
+    /// telephone, hours, address, as the staff manual shows it.
+    pub helpdesk: Option<std::sync::Arc<str>>,
 }
 
 /// Where mail leaves: an SMTP relay and the sender address.
@@ -137,6 +140,7 @@ impl Settings {
             connection_idle: crate::front::conn::IDLE,
             identity_ca: None,
             identity_allow_private_networks: false,
+            helpdesk: None,
         }
     }
 }
@@ -172,6 +176,7 @@ pub struct FileSettings {
     pub smtp_ca: Option<PathBuf>,
     pub identity_ca: Option<PathBuf>,
     pub identity_allow_private_networks: Option<bool>,
+    pub helpdesk: Option<String>,
 }
 
 impl FileSettings {

@@ -127,6 +127,10 @@ struct Common {
     /// LGWAN or the city's network); by default only internet addresses are reached.
     #[arg(long, global = true, env = "MADOGUCHI_IDENTITY_ALLOW_PRIVATE_NETWORKS")]
     identity_allow_private_networks: bool,
+    /// The help desk (ヘルプデスク) municipalities' administrators call: telephone,
+    /// hours, address; shown in the staff manual (`\n` for a new line).
+    #[arg(long, global = true, env = "MADOGUCHI_HELPDESK")]
+    helpdesk: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -627,6 +631,19 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     s.identity_ca = c.identity_ca.clone().or_else(|| file.identity_ca.clone());
     s.identity_allow_private_networks =
         c.identity_allow_private_networks || file.identity_allow_private_networks == Some(true);
+    s.helpdesk = c
+        .helpdesk
+        .clone()
+        .or_else(|| file.helpdesk.clone())
+        .map(|h| h.replace("\\n", "\n").trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .map(std::sync::Arc::from);
+    if s.helpdesk
+        .as_ref()
+        .is_some_and(|h| h.chars().count() > 1000)
+    {
+        anyhow::bail!("--helpdesk (MADOGUCHI_HELPDESK): at most 1,000 characters");
+    }
     s.mail = match (smtp_url, mail_from) {
         (Some(url), Some(from)) => Some(madoguchi::config::MailSettings {
             url: zeroize::Zeroizing::new(url),

@@ -52,6 +52,8 @@ pub struct App {
     pub mail: Arc<mail::MailQueue>,
     /// The way to identity providers (本人確認).
     idp: crate::tenant::identity::oidc::Idp,
+    /// The operator's help desk, for the staff manual.
+    helpdesk: Option<Arc<str>>,
 }
 
 pub type AppState = Arc<App>;
@@ -91,6 +93,7 @@ impl App {
                 p.settings.identity_ca.as_deref(),
                 p.settings.identity_allow_private_networks,
             )?,
+            helpdesk: p.settings.helpdesk.clone(),
         }))
     }
 
@@ -373,6 +376,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                             Arc::clone(&held),
                         );
                         ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
+                        ctx.helpdesk.clone_from(&app.helpdesk);
                         ctx.zone = req
                             .extensions()
                             .get::<conn::Transport>()

@@ -73,6 +73,8 @@ pub async fn citizen_guide(ctx: TenantCtx) -> Result<Response, crate::error::App
 struct StaffManual {
     site: String,
     nav: Option<Nav>,
+    /// The operator's help desk, as configured.
+    helpdesk: Option<String>,
     setup_link_hours: i64,
     min_password: usize,
     free_attempts: i32,
@@ -103,6 +105,7 @@ pub async fn staff_manual(ctx: TenantCtx, user: Result<StaffUser, Response>) -> 
         &StaffManual {
             site: ctx.name.to_string(),
             nav: user.ok().map(|u| Nav::new(&u, "help")),
+            helpdesk: ctx.helpdesk.as_deref().map(str::to_owned),
             setup_link_hours: staff::pages::SETUP_LINK_HOURS,
             min_password: staff::MIN_PASSWORD,
             free_attempts: staff::FREE_ATTEMPTS,

@@ -48,6 +48,8 @@ pub struct TenantCtx {
     pub client_ip: Option<std::net::IpAddr>,
     /// The network zone of the listener the request came through.
     pub zone: crate::front::conn::Zone,
+    /// The operator's help desk for administrators, if configured.
+    pub helpdesk: Option<Arc<str>>,
     pool: Pool,
     wait: Duration,
     cipher: Arc<FieldCipher>,
@@ -150,6 +152,7 @@ impl TenantCtx {
             secure_cookies,
             client_ip: None,
             zone: crate::front::conn::Zone::Internet,
+            helpdesk: None,
             pool,
             wait,
             cipher,

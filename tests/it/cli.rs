@@ -131,6 +131,17 @@ impl Serving {
         String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
     }
 
+    /// A page's text.
+    fn body(&self, host: &str, path: &str) -> String {
+        let out = Command::new("curl")
+            .args(["-s", "-H"])
+            .arg(format!("Host: {host}"))
+            .arg(format!("http://{}{path}", self.public))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     fn wait_for(&self, host: &str, status: u16) -> u16 {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
@@ -210,9 +221,26 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
         "trust auth in pg_hba.conf"
     );
 
+    // The help desk, from the settings file (at most 1,000 characters).
+    let toml = dir.join("madoguchi.toml");
+    let mut conf = std::fs::read_to_string(&toml).unwrap_or_default();
+    conf.push_str(
+        "helpdesk = \"窓口ヘルプデスク 電話 03-0000-9999\\n平日 9:00〜17:00（年末年始を除く）\"\n",
+    );
+    std::fs::write(&toml, conf).unwrap();
+    let (ok, _, err) = madoguchi(dir, &["--helpdesk", &"あ".repeat(1001), "tenant", "list"]);
+    assert!(!ok && err.contains("at most 1,000 characters"), "{err}");
+
     let serving = Serving::start(dir, &["serve"]);
     assert_eq!(serving.get("chiyoda.localhost"), 200);
     assert_eq!(serving.get("sapporo.localhost"), 404);
+    let manual = serving.body("chiyoda.localhost", "/admin/help");
+    assert!(
+        manual.contains(
+            "<p id=\"helpdesk-text\">窓口ヘルプデスク 電話 03-0000-9999<br/>平日 9:00〜17:00（年末年始を除く）</p>"
+        ),
+        "{manual}"
+    );
 
     // Commands work while serve runs; changes reach it without a restart.
     create_tenant(dir, "sapporo", "札幌市", "011002", "sapporo.localhost");

@@ -82,6 +82,11 @@ async fn the_manuals_are_served_linked_and_lead_to_their_sections() {
     assert!(manual.contains("<title>操作マニュアル | 千代田区 管理画面</title>"));
     assert!(!manual.contains("管理メニュー"), "a menu without a session");
     assert!(contents_lead_somewhere(&manual) >= 10);
+    // No help desk configured: the manual says where its contact was given.
+    assert!(
+        manual.contains("ヘルプデスクの連絡先は、サービスの契約時にお知らせしています。"),
+        "{manual}"
+    );
     use madoguchi::tenant::staff::{ABSOLUTE_SECS, FREE_ATTEMPTS, IDLE_SECS};
     let rules = [
         format!("{FREE_ATTEMPTS}回続けて失敗すると"),

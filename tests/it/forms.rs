@@ -3107,8 +3107,8 @@ async fn a_municipalitys_contact_stands_in_where_a_department_wrote_none() {
 }
 
 /// 申請内容の控え: the completion page shows what was sent, to print or save, for
-/// half an hour after sending (and again after a correction is sent), in the browser
-/// that sent it only.
+/// half an hour after sending, in the browser whose draft sent it only: a correction
+/// sent from another browser is shown there, not in the first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_completion_page_shows_what_was_sent_for_half_an_hour() {
     let env = TestEnv::new().await;
@@ -3119,12 +3119,12 @@ async fn the_completion_page_shows_what_was_sent_for_half_an_hour() {
     let dept = dept_id(&env, &t, "子育て支援課").await;
     let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
     let u = |p: &str| url(&server, &host, p);
-    let c = browser(&server, &[&host]);
-    let receipt = apply_with(&c, &server, &host, &public, "その他")
+    let first = browser(&server, &[&host]);
+    let receipt = apply_with(&first, &server, &host, &public, "その他")
         .await
         .unwrap();
     let done = u(&format!("{public}/done"));
-    let (_, _, page) = get(&c, &done).await;
+    let (_, _, page) = get(&first, &done).await;
     assert!(page.contains("申請内容の控え"), "{page}");
     for shown in [
         format!("受付番号 {receipt}・送信日時 "),
@@ -3140,7 +3140,7 @@ async fn the_completion_page_shows_what_was_sent_for_half_an_hour() {
     let (status, loc, _) = get(&other, &done).await;
     assert_eq!((status, loc.as_str()), (303, public.as_str()));
 
-    // Half an hour later: the receipt number stays, the answers are not shown.
+    // Returned for correction; corrected and sent from another browser (a phone).
     let conn = env.tenant_conn(&t).await;
     let id: uuid::Uuid = conn
         .client
@@ -3151,30 +3151,80 @@ async fn the_completion_page_shows_what_was_sent_for_half_an_hour() {
         .await
         .unwrap()
         .get(0);
-    for sql in [
-        "UPDATE submissions SET submitted_at = now() - interval '31 minutes' WHERE id = $1",
-        "UPDATE submission_events SET at = now() - interval '31 minutes' WHERE submission_id = $1",
-    ] {
-        conn.client.execute(sql, &[&id]).await.unwrap();
-    }
-    let (_, _, page) = get(&c, &done).await;
-    assert!(
-        page.contains(&receipt)
-            && page.contains("送信から30分を過ぎたため表示していません")
-            && !page.contains("古いピアノ椅子")
-            && !page.contains("hanako.kasai@example.jp"),
-        "{page}"
-    );
-    // A correction sent now (差戻し → 受付) counts from its own sending.
     conn.client
         .execute(
-            "INSERT INTO submission_events (submission_id, actor_label, from_status, to_status) VALUES ($1, '申請者', 'returned', 'received')",
+            "UPDATE submissions SET status = 'returned' WHERE id = $1",
             &[&id],
         )
         .await
         .unwrap();
-    let (_, _, page) = get(&c, &done).await;
-    assert!(page.contains("古いピアノ椅子"), "{page}");
+    let phone = browser(&server, &[&host]);
+    let origin = u("");
+    let (status, loc, body) = post_from(
+        &phone,
+        &u("/status/resubmit"),
+        Some(origin.trim_end_matches('/')),
+        &[("receipt", &receipt), ("email", "hanako.kasai@example.jp")],
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, page) = get(&phone, &u(&loc)).await;
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    for (page, fields) in [
+        (
+            "0",
+            vec![
+                ("name.family", "葛西"),
+                ("name.given", "花子"),
+                ("name.family_kana", "カサイ"),
+                ("name.given_kana", "ハナコ"),
+                ("email", "hanako.kasai@example.jp"),
+                ("kind", "ソファ"),
+            ],
+        ),
+        ("1", vec![("date", "2031-08-20")]),
+    ] {
+        let mut form = vec![
+            ("_token", token.as_str()),
+            ("_page", page),
+            ("_nav", "next"),
+        ];
+        form.extend(fields);
+        let (status, _, body) = post(&phone, &u(&loc), &form).await;
+        assert_eq!(status, 303, "{body}");
+    }
+    let (status, _, body) = post(&phone, &u(&format!("{loc}/submit")), &[("_token", &token)]).await;
+    assert_eq!(status, 303, "{body}");
+    let (_, _, page) = get(&phone, &done).await;
+    assert!(
+        page.contains("<dd class=\"answer-value\">ソファ</dd>") && !page.contains("古いピアノ椅子"),
+        "{page}"
+    );
+    // The first browser still holds the application, but not the copy of what the
+    // phone sent.
+    let (_, _, page) = get(&first, &done).await;
+    assert!(
+        page.contains(&receipt)
+            && page.contains("ここには表示していません")
+            && !page.contains("<dd class=\"answer-value\">ソファ</dd>")
+            && !page.contains("hanako.kasai@example.jp"),
+        "{page}"
+    );
+    // Half an hour later the phone shows the receipt number only.
+    conn.client
+        .execute(
+            "UPDATE citizen_drafts SET sent_at = sent_at - interval '31 minutes' WHERE submission_id = $1 AND sent_at IS NOT NULL",
+            &[&id],
+        )
+        .await
+        .unwrap();
+    let (_, _, page) = get(&phone, &done).await;
+    assert!(
+        page.contains(&receipt)
+            && page.contains("ここには表示していません")
+            && !page.contains("hanako.kasai@example.jp"),
+        "{page}"
+    );
     server.shutdown().await;
 }
 

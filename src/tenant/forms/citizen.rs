@@ -1399,7 +1399,7 @@ pub const STORE_SQL: &str = "WITH ins AS (
       WHERE NOT EXISTS (SELECT 1 FROM forms WHERE id = $2 AND capacity IS NOT NULL)
      ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
    ), closed AS (
-     UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now()
+     UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now(), sent_at = now()
        FROM ins WHERE d.id = $9
    ), received AS (
      INSERT INTO submission_events (submission_id, actor_label, to_status) SELECT id, $10, 'received' FROM ins
@@ -1520,7 +1520,7 @@ pub async fn store_submission(
             }
         }
         if let Some(d) = draft {
-            tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now() WHERE id = $1", &[&d, &id]).await?;
+            tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now(), sent_at = now() WHERE id = $1", &[&d, &id]).await?;
             attachments::settle(&tx, id, d, answers).await?;
         } else if files {
             return Err(AppError::Internal(anyhow::anyhow!(
@@ -1651,19 +1651,22 @@ pub async fn done(
     let sent = cookie_drafts(&ctx, &db, form.id, &public_id, &headers)
         .await?
         .into_iter()
-        .find_map(|(_, d)| d.and_then(|d| d.submission));
-    let Some(sub) = sent else {
+        .find_map(|(_, d)| d.and_then(|d| d.submission.map(|s| (d.id, s))));
+    let Some((draft, sub)) = sent else {
         return Ok(see_other(&format!("/f/{public_id}")));
     };
+    // What was sent is shown only to the browser whose draft sent it, for a while;
+    // the time shown is of the last sending (a correction's, if any).
     let row = db
         .query_one(
-            "SELECT s.receipt_number, s.form_version, s.email_index IS NOT NULL, sent.at,
-                    CASE WHEN sent.at > now() - make_interval(mins => $2) THEN s.answers END
-               FROM submissions s,
+            "SELECT s.receipt_number, s.form_version, s.email_index IS NOT NULL, last.at,
+                    CASE WHEN d.sent_at > now() - make_interval(mins => $3) AND d.sent_at >= last.at
+                         THEN s.answers END
+               FROM submissions s JOIN citizen_drafts d ON d.id = $2,
                     LATERAL (SELECT coalesce(max(e.at), s.submitted_at) AS at FROM submission_events e
-                              WHERE e.submission_id = s.id AND e.to_status = 'received') sent
+                              WHERE e.submission_id = s.id AND e.to_status = 'received') last
               WHERE s.id = $1",
-            &[&sub, &COPY_MINUTES],
+            &[&sub, &draft, &COPY_MINUTES],
         )
         .await?;
     let def = store::version(&db, form.id, row.get(1)).await?;
@@ -1789,11 +1792,13 @@ async fn resubmit_correction(
     .await?;
     // This correction and any other still open for the same application (another
     // browser's, holding older answers) are closed: after a later 差戻し, one of them
-    // would otherwise replace what was sent now.
+    // would otherwise replace what was sent now. Only this one sent it (its browser
+    // is shown what was sent).
     tx.execute(
-        "UPDATE citizen_drafts SET submission_id = $1, inputs = NULL, updated_at = now()
+        "UPDATE citizen_drafts SET submission_id = $1, inputs = NULL, updated_at = now(),
+                sent_at = CASE WHEN id = $2 THEN now() END
           WHERE resubmit_of = $1 AND submission_id IS NULL",
-        &[&orig],
+        &[&orig, &draft.id],
     )
     .await?;
     tx.commit().await?;

@@ -42,15 +42,23 @@ struct HomePage {
     contact: Option<String>,
 }
 
-/// The forms `query` finds (by title or department: width, case and kana folded),
-/// grouped by department in the order given.
+/// The forms `query` finds (every word of it in the title or the department: width,
+/// case and kana folded), grouped by department in the order given.
 fn grouped(forms: Vec<OpenForm>, query: &str) -> Vec<Group> {
-    let key = crate::ja::search_key(query);
+    // NFKC first, so an ideographic space separates words too.
+    let words: Vec<String> = crate::ja::nfkc(query)
+        .split_whitespace()
+        .map(crate::ja::search_key)
+        .collect();
     let mut groups: Vec<Group> = Vec::new();
     for f in forms {
-        if !key.is_empty()
-            && !crate::ja::search_key(&f.title).contains(&key)
-            && !crate::ja::search_key(&f.department).contains(&key)
+        let (title, department) = (
+            crate::ja::search_key(&f.title),
+            crate::ja::search_key(&f.department),
+        );
+        if !words
+            .iter()
+            .all(|w| title.contains(w.as_str()) || department.contains(w.as_str()))
         {
             continue;
         }
@@ -156,6 +164,16 @@ mod tests {
             )]
         );
         assert_eq!(shape(grouped(forms(), "子育て")).len(), 1);
+        // Every word, in the title or the department; an ideographic space parts them.
+        assert_eq!(
+            shape(grouped(forms(), "児童手当　申請"))[0].2,
+            ["児童手当の申請"]
+        );
+        assert_eq!(
+            shape(grouped(forms(), "子育て 保育"))[0].2,
+            ["保育所の入所申込"]
+        );
+        assert!(grouped(forms(), "児童手当 ごみ").is_empty());
         assert!(grouped(forms(), "パスポート").is_empty());
     }
 }

@@ -801,6 +801,16 @@ async fn deletions_are_listed_for_connected_systems() {
     assert_eq!(v["id"], made[2].0.to_string());
     let (_, left) = get("/submissions".into(), full.clone()).await;
     assert_eq!(left["items"].as_array().unwrap().len(), 1, "{left}");
+    // Another system's token learns nothing of it: the key is free for it.
+    let other = token(&env, &a, &["submissions:submit"]).await;
+    let r = c
+        .post(api(&format!("/forms/{form}/submissions")))
+        .bearer_auth(&other)
+        .json(&sent[0])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
     // `since` after both: none. A bad cursor or time: 400. Without the scope: 403.
     let (_, none) = get("/deletions?since=2999-01-01T00:00:00Z".into(), full.clone()).await;
     assert_eq!(none["items"].as_array().unwrap().len(), 0);
@@ -909,7 +919,8 @@ async fn a_token_is_used_only_from_where_it_may_be() {
         .await
         .unwrap();
     assert_eq!(status_of(admin_rule.clone()).await.0, 200);
-    // Refusals: logged once a minute per address, never a last use.
+    // Refusals: logged once a minute per address and token (each of the two refused
+    // twice), never a last use.
     let refused: Vec<(String, String)> = conn
         .client
         .query(
@@ -921,9 +932,11 @@ async fn a_token_is_used_only_from_where_it_may_be() {
         .iter()
         .map(|r| (r.get(0), r.get(1)))
         .collect();
-    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused.len(), 2, "{refused:?}");
     assert!(
-        refused[0].0.contains("別の端末") && refused[0].1.contains("127.0.0.1"),
+        refused[0].0.contains("別の端末")
+            && refused[1].0.contains("管理画面と同じ")
+            && refused.iter().all(|r| r.1.contains("\"ip\":\"127.0.0.1\"")),
         "{refused:?}"
     );
     let unused: Option<time::OffsetDateTime> = conn
@@ -951,6 +964,13 @@ async fn a_token_is_used_only_from_where_it_may_be() {
     assert!(
         page.contains(r#"name="network" value="admin" checked"#),
         "{page}"
+    );
+    // The network page says which tokens its rule reaches (one follows it).
+    let (_, _, access) =
+        crate::forms::get(&admin.client, &url(&server, host, "/admin/access")).await;
+    assert!(
+        access.contains("有効なAPIトークン（1件）にも、保存したときからかかります"),
+        "{access}"
     );
     let (status, _, page) = crate::forms::post(
         &admin.client,

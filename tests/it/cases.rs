@@ -2574,6 +2574,9 @@ async fn finished_applications_are_deleted_by_hand_or_after_their_retention() {
     assert_ne!(made_up, loc);
     let (status, _, page) = get(&s.admin.client, &u(&made_up)).await;
     assert!(status == 200 && !page.contains("削除しました"), "{page}");
+    // Nor does the real one tell staff who may not delete it.
+    let (status, _, page) = get(&clerk.client, &u(&loc)).await;
+    assert!(status == 200 && !page.contains("削除しました"), "{page}");
     for sql in [
         "SELECT count(*) FROM submissions WHERE id = $1",
         "SELECT count(*) FROM submission_events WHERE submission_id = $1",

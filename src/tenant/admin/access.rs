@@ -138,6 +138,40 @@ pub async fn embed_headers(req: Request, next: Next) -> Response {
     resp
 }
 
+/// Address ranges as typed, one a line or comma-separated (full width accepted; a
+/// single address is a range of one), each cut to its network; IPv4 written as IPv6
+/// (`::ffff:192.0.2.0/120`) as IPv4, since client addresses are compared so. Returns
+/// the ranges and what did not parse.
+pub fn parse_cidrs(text: &str) -> (Vec<ipnet::IpNet>, Vec<String>) {
+    let mut cidrs = Vec::new();
+    let mut bad = Vec::new();
+    for part in crate::ja::nfkc(text)
+        .split(['\n', ','])
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+    {
+        match part
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| part.parse::<IpAddr>().map(ipnet::IpNet::from))
+        {
+            Ok(ipnet::IpNet::V6(n))
+                if n.prefix_len() >= 96 && n.addr().to_ipv4_mapped().is_some() =>
+            {
+                let v4 = n.addr().to_ipv4_mapped().map(|a| {
+                    ipnet::Ipv4Net::new(a, n.prefix_len() - 96).map(|n| ipnet::IpNet::V4(n.trunc()))
+                });
+                match v4 {
+                    Some(Ok(n)) => cidrs.push(n),
+                    _ => bad.push(part.to_owned()),
+                }
+            }
+            Ok(n) => cidrs.push(n.trunc()),
+            Err(_) => bad.push(part.to_owned()),
+        }
+    }
+    (cidrs, bad)
+}
+
 impl Access {
     pub fn allows(&self, ip: Option<IpAddr>, zone: Zone) -> bool {
         let ip_ok = self.cidrs.is_empty()
@@ -160,9 +194,11 @@ async fn load(db: &deadpool_postgres::ClientWrapper) -> Result<Access, AppError>
     })
 }
 
-/// Whether a refusal from `ip` is logged now: at most once a minute per address.
-pub(crate) fn should_log(tenant: uuid::Uuid, ip: Option<IpAddr>) -> bool {
-    type Seen = HashMap<(uuid::Uuid, Option<IpAddr>), Instant>;
+/// Whether a refusal from `ip` is logged now: at most once a minute per address, and
+/// per API token (`token`; `None` for the admin screen), so refusals of one kind never
+/// keep another's out of the log.
+pub(crate) fn should_log(tenant: uuid::Uuid, ip: Option<IpAddr>, token: Option<i64>) -> bool {
+    type Seen = HashMap<(uuid::Uuid, Option<IpAddr>, Option<i64>), Instant>;
     static SEEN: Mutex<Option<Seen>> = Mutex::new(None);
     let Ok(mut guard) = SEEN.lock() else {
         return false;
@@ -172,10 +208,10 @@ pub(crate) fn should_log(tenant: uuid::Uuid, ip: Option<IpAddr>) -> bool {
         seen.clear();
     }
     let now = Instant::now();
-    match seen.get(&(tenant, ip)) {
+    match seen.get(&(tenant, ip, token)) {
         Some(t) if now.duration_since(*t) < Duration::from_secs(60) => false,
         _ => {
-            seen.insert((tenant, ip), now);
+            seen.insert((tenant, ip, token), now);
             true
         }
     }
@@ -196,7 +232,7 @@ pub async fn guard(req: Request, next: Next) -> Response {
     match access {
         Ok(a) if a.allows(ctx.client_ip, ctx.zone) => next.run(req).await,
         Ok(_) => {
-            if should_log(ctx.id, ctx.client_ip) {
+            if should_log(ctx.id, ctx.client_ip, None) {
                 if let Ok(mut db) = ctx.db().await {
                     let _ = audit::record(
                         &mut db,
@@ -236,17 +272,28 @@ struct AccessPage {
     your_ip: String,
     your_zone: &'static str,
     error: Option<String>,
+    /// Valid API tokens that follow this rule (利用元「管理画面と同じ」).
+    following_tokens: i64,
 }
 
-fn page(
+async fn page(
     ctx: &TenantCtx,
     user: &StaffUser,
     a: &Access,
     cidrs: String,
     embed: String,
     error: Option<String>,
-) -> Response {
-    render(
+) -> Result<Response, AppError> {
+    let following_tokens: i64 = ctx
+        .db()
+        .await?
+        .query_one(
+            "SELECT count(*) FROM api_tokens WHERE network = 'admin' AND revoked_at IS NULL",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(render(
         if error.is_some() {
             StatusCode::UNPROCESSABLE_ENTITY
         } else {
@@ -262,8 +309,9 @@ fn page(
             your_ip: ctx.client_ip.map(|i| i.to_string()).unwrap_or_default(),
             your_zone: ctx.zone.as_str(),
             error,
+            following_tokens,
         },
-    )
+    ))
 }
 
 pub async fn show(ctx: TenantCtx, user: StaffUser) -> Result<Response, AppError> {
@@ -277,28 +325,15 @@ pub async fn show(ctx: TenantCtx, user: StaffUser) -> Result<Response, AppError>
         .collect::<Vec<_>>()
         .join("\n");
     let embed = a.embed.join("\n");
-    Ok(page(&ctx, &user, &a, cidrs, embed, None))
+    drop(db);
+    page(&ctx, &user, &a, cidrs, embed, None).await
 }
 
 pub async fn save(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Response, AppError> {
     user.require_admin()?;
     user.check_csrf(&body)?;
     let text = body.get("cidrs").to_owned();
-    let mut cidrs = Vec::new();
-    let mut bad = Vec::new();
-    for line in text
-        .lines()
-        .map(|l| crate::ja::nfkc(l.trim()))
-        .filter(|l| !l.is_empty())
-    {
-        match line
-            .parse::<ipnet::IpNet>()
-            .or_else(|_| line.parse::<IpAddr>().map(ipnet::IpNet::from))
-        {
-            Ok(n) => cidrs.push(n.trunc()),
-            Err(_) => bad.push(line),
-        }
-    }
+    let (cidrs, mut bad) = parse_cidrs(&text);
     let zones: Vec<Zone> = body
         .all("zone")
         .iter()
@@ -336,7 +371,7 @@ pub async fn save(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
         None
     };
     if let Some(e) = error {
-        return Ok(page(&ctx, &user, &a, text, embed_text, Some(e)));
+        return page(&ctx, &user, &a, text, embed_text, Some(e)).await;
     }
     let cidr_text: Vec<String> = a.cidrs.iter().map(ToString::to_string).collect();
     let zone_text: Vec<String> = a.zones.iter().map(|z| z.as_str().to_owned()).collect();
@@ -363,4 +398,28 @@ pub async fn save(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Res
         }
     }
     Ok(see_other("/admin/access"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cidrs;
+
+    #[test]
+    fn ranges_are_read_as_typed_and_ipv4_written_as_ipv6_is_ipv4() {
+        let (cidrs, bad) = parse_cidrs(
+            "192.0.2.7\n１９８．５１．１００．０／２４, 2001:db8::1/32\n::ffff:203.0.113.0/120\n\n庁内\n::ffff:0.0.0.0/90",
+        );
+        let shown: Vec<String> = cidrs.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "192.0.2.7/32",
+                "198.51.100.0/24",
+                "2001:db8::/32",
+                "203.0.113.0/24",
+                "::ffc0:0:0/90"
+            ]
+        );
+        assert_eq!(bad, ["庁内"]);
+    }
 }

@@ -325,15 +325,16 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiClient {
             name: name.clone(),
         };
         if !r.get::<_, bool>(3) {
-            // Logged at most once a minute per address, so a flood cannot fill the log.
-            if crate::tenant::admin::access::should_log(ctx.id, ctx.client_ip) {
+            // Logged at most once a minute per address and token, so a flood cannot
+            // fill the log.
+            if crate::tenant::admin::access::should_log(ctx.id, ip, Some(id)) {
                 audit::record(
                     &mut db,
                     &actor,
                     "api.refused",
                     &format!("{} {}", parts.method, parts.uri.path()),
                     serde_json::json!({
-                        "ip": ctx.client_ip.map(|i| i.to_string()),
+                        "ip": ip.map(|i| i.to_string()),
                         "zone": ctx.zone.as_str(),
                     }),
                 )
@@ -346,7 +347,7 @@ impl<S: Send + Sync> FromRequestParts<S> for ApiClient {
                 "Not allowed from this network",
                 format!(
                     "このAPIトークンは、このネットワーク（{}、{}）からは使えません。トークンの利用元の設定（管理画面の「APIトークン」「ネットワーク制限」）を確認してください。",
-                    ctx.client_ip.map(|i| i.to_string()).unwrap_or_else(|| "不明".into()),
+                    ip.map(|i| i.to_string()).unwrap_or_else(|| "不明".into()),
                     ctx.zone.as_str()
                 ),
             ));
@@ -591,11 +592,11 @@ fn raw_answers(answers: BTreeMap<String, serde_json::Value>) -> Raw {
 }
 
 /// A submission by its idempotency key, with who made it (its history's first row),
-/// and whether an application stored with the key was deleted since: one row always,
+/// and who made an application stored with the key and deleted since: one row always,
 /// the submission's columns null when there is none.
 pub(crate) const BY_KEY_SQL: &str = "SELECT s.id, s.receipt_number, s.form_id, s.form_version, s.answers,
         (SELECT e.actor_label FROM submission_events e WHERE e.submission_id = s.id ORDER BY e.id LIMIT 1),
-        EXISTS (SELECT 1 FROM submission_deletions d WHERE d.idempotency_key = k.key)
+        (SELECT d.made_by FROM submission_deletions d WHERE d.idempotency_key = k.key LIMIT 1)
    FROM (SELECT $1::uuid AS key) k LEFT JOIN submissions s ON s.idempotency_key = k.key";
 
 /// What an idempotency key used before comes to: `None` if it was not; the stored
@@ -617,11 +618,14 @@ async fn earlier_use(
         .await
         .map_err(AppError::from)?;
     let r = db.query_one(&stmt, &[&key]).await.map_err(AppError::from)?;
+    let this_token = format!("api:{}:", client.id);
     let Some(id) = r.get::<_, Option<Uuid>>(0) else {
-        // Its application was stored and deleted since (申請の削除, 保存期間): a retry
-        // is not made a second application. Nothing of it is told (it is in the
-        // deletion list for tokens that may read it).
-        if r.get::<_, bool>(6) {
+        // Its application, stored by this token, was deleted since (申請の削除,
+        // 保存期間): a retry is not made a second application. Another token learns
+        // nothing of it (the key is free for it).
+        if r.get::<_, Option<String>>(6)
+            .is_some_and(|by| by.starts_with(&this_token))
+        {
             return Err(Problem::new(
                 StatusCode::CONFLICT,
                 "idempotency-key-deleted",
@@ -640,7 +644,6 @@ async fn earlier_use(
         )
     };
     let made_by: Option<String> = r.get(5);
-    let this_token = format!("api:{}:", client.id);
     if !made_by.is_some_and(|by| by.starts_with(&this_token)) {
         return Err(reused("別の連携（APIトークン）または別の経路の申請"));
     }

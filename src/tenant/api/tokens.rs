@@ -43,21 +43,7 @@ impl TokenNetwork {
             "" | "admin" => Ok(Self::Admin),
             "any" => Ok(Self::Any),
             "listed" => {
-                let mut cidrs = Vec::new();
-                let mut bad = Vec::new();
-                for part in crate::ja::nfkc(ranges)
-                    .split(['\n', ','])
-                    .map(str::trim)
-                    .filter(|p| !p.is_empty())
-                {
-                    match part
-                        .parse::<ipnet::IpNet>()
-                        .or_else(|_| part.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
-                    {
-                        Ok(n) => cidrs.push(n.trunc()),
-                        Err(_) => bad.push(part.to_owned()),
-                    }
-                }
+                let (cidrs, bad) = crate::tenant::admin::access::parse_cidrs(ranges);
                 if !bad.is_empty() {
                     return Err(AppError::BadRequest(format!(
                         "アドレス範囲の形式が正しくありません: {}（例: 192.0.2.0/24、2001:db8::/32）",

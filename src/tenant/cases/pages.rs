@@ -432,7 +432,9 @@ pub async fn inbox(
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
     // Back from a deletion (申請の削除): say which, by its receipt number only, and
-    // only if it was deleted (a link cannot make the notice up).
+    // only if it was deleted by staff in the last minutes from a form of a department
+    // whose applications this user may delete (a link cannot make the notice up, nor
+    // tell anyone else what was deleted).
     let deleted = form_urlencoded::parse(query.as_deref().unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "deleted")
         .and_then(|(_, v)| ReceiptNumber::parse(&v).ok());
@@ -440,12 +442,15 @@ pub async fn inbox(
         Some(r) => ctx
             .db()
             .await?
-            .query_opt(
-                "SELECT 1 FROM submission_deletions WHERE receipt_number = $1 AND cause = 'staff'",
+            .query(
+                "SELECT f.department_id FROM submission_deletions d JOIN forms f ON f.id = d.form_id
+                  WHERE d.deleted_at > now() - interval '10 minutes' AND d.receipt_number = $1 AND d.cause = 'staff'",
                 &[&r.as_str()],
             )
             .await?
-            .map(|_| {
+            .iter()
+            .any(|row| user.can_delete_cases(row.get(0)))
+            .then(|| {
                 format!(
                     "受付番号 {} の申請を、添付ファイル・経過・メッセージとともに削除しました",
                     r.as_str()

@@ -105,7 +105,8 @@ pub fn cutoff(now: OffsetDateTime, years: u8) -> Option<OffsetDateTime> {
 /// Deletes the applications `ids` that are finished, with what is kept with them;
 /// gives their 定員 places back (as a publish would recount) and notes each in
 /// `submission_deletions` (for the API's deletion list and its retries) with the
-/// cause ($4) and the idempotency key.
+/// cause ($4), the idempotency key and who sent it (the history is read as it was
+/// before this statement, as every part of it reads).
 /// Returns (id, receipt number) of each deleted.
 const DELETE_SQL: &str = "WITH gone AS (
      DELETE FROM submissions WHERE id = ANY($1) AND status = ANY($2) RETURNING id, form_id, status, receipt_number, idempotency_key
@@ -115,8 +116,10 @@ const DELETE_SQL: &str = "WITH gone AS (
    ), files AS (
      DELETE FROM attachments a USING drafts WHERE a.draft_id = drafts.id AND a.submission_id IS NULL
    ), noted AS (
-     INSERT INTO submission_deletions (submission_id, receipt_number, form_id, cause, idempotency_key)
-     SELECT id, receipt_number, form_id, $4, idempotency_key FROM gone
+     INSERT INTO submission_deletions (submission_id, receipt_number, form_id, cause, idempotency_key, made_by)
+     SELECT id, receipt_number, form_id, $4, idempotency_key,
+            (SELECT e.actor_label FROM submission_events e WHERE e.submission_id = gone.id ORDER BY e.id LIMIT 1)
+       FROM gone
    ), places AS (
      UPDATE forms f SET accepted_count = greatest(f.accepted_count - g.n, 0)
        FROM (SELECT form_id, count(*)::int AS n FROM gone WHERE status <> ALL($3) GROUP BY form_id) g

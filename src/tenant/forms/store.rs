@@ -577,7 +577,6 @@ pub async fn version(db: &Client, form_id: i64, version: i32) -> Result<FormDefi
     parse_def(r.get(0))
 }
 
-/// Published forms open now, for the home page.
 /// A form open now, for the home page.
 #[derive(Debug, Clone)]
 pub struct OpenForm {
@@ -587,8 +586,8 @@ pub struct OpenForm {
 }
 
 /// The forms open now through `zone`, by department (name order), then as created.
-/// Only each definition's title and settings are read, not its fields: a home page
-/// with 200 procedures parses 200 small objects.
+/// Only each definition's title and settings are sent and parsed, not its fields (the
+/// database still reads each definition to take them out).
 pub async fn open_forms(
     db: &deadpool_postgres::ClientWrapper,
     zone: crate::front::conn::Zone,

@@ -341,9 +341,20 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
         .unwrap()
         .unwrap();
 
-    // Citizen, on a phone.
+    // Citizen, on a phone: finds the procedure from the home page by a word typed in
+    // hiragana, and opens it.
     let phone = driver.session(true).await;
-    phone.goto(&public).await.unwrap();
+    phone.goto(&format!("{base}/")).await.unwrap();
+    fill(&phone, "#q", "あんけーと").await;
+    click(&phone, ".search button[type=submit]").await;
+    check_page(&phone, "citizen-0-home-search").await;
+    let found = body(&phone).await;
+    assert!(
+        found.contains("1件") && found.contains("子育て支援課"),
+        "{found}"
+    );
+    click(&phone, ".form-list a").await;
+    assert_eq!(phone.current_url().await.unwrap().as_str(), public);
     let width: f64 = serde_json::from_value(
         phone
             .execute("return window.innerWidth;", vec![])

@@ -1563,6 +1563,61 @@ async fn exports_round_trip_and_are_logged() {
         page.contains("<td>1</td><td>41</td><td>41</td><td>41</td><td>41</td>"),
         "{page}"
     );
+    assert!(page.contains("対象: 2件（取下げを除く）"), "{page}");
+    // Of one status and a period (受付日, Japan time), as the inbox filters them.
+    let today = madoguchi::ja::today();
+    for (query, scope) in [
+        (
+            "status=completed".to_owned(),
+            "対象: 0件（状態が「完了」）".to_owned(),
+        ),
+        (
+            "status=received&from=2000-01-01&to=2000-01-31".to_owned(),
+            "対象: 0件（状態が「受付」、受付日 2000年1月1日".to_owned(),
+        ),
+        (
+            format!("from={today}&to={today}"),
+            "対象: 2件（取下げを除く、受付日 ".to_owned(),
+        ),
+    ] {
+        let (status, _, page) = get(
+            &admin.client,
+            &url(
+                &server,
+                h,
+                &format!("/admin/forms/{form_id}/totals?{query}"),
+            ),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(page.contains(&scope), "{query}: {page}");
+    }
+    let (_, _, page) = get(
+        &admin.client,
+        &url(
+            &server,
+            h,
+            &format!("/admin/inbox?form={form_id}&status=received"),
+        ),
+    )
+    .await;
+    assert!(
+        page.contains(&format!("/admin/forms/{form_id}/totals?status=received\"")),
+        "{page}"
+    );
+    let detail: String = db
+        .client
+        .query_one(
+            "SELECT detail FROM audit_log WHERE action = 'form.totals' ORDER BY seq DESC LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        detail.contains(&format!("\"from\":\"{today}\"")),
+        "{detail}"
+    );
     // A version without the 分野 question: its answers are still counted, under its
     // label marked with the last version that asked it.
     let mut conn = env.tenant_conn(&t).await;

@@ -385,6 +385,8 @@ struct InboxPage {
     q: String,
     next: Option<String>,
     export: String,
+    /// The totals' conditions: the status and period of these filters.
+    totals: String,
     csrf: String,
     can_edit: bool,
     form_id: Option<i64>,
@@ -552,6 +554,13 @@ async fn inbox_page(
         q: filters.q.clone(),
         next,
         export: filters.query(),
+        totals: Filters {
+            status: filters.status,
+            from: filters.from,
+            to: filters.to,
+            ..Default::default()
+        }
+        .query(),
         csrf: user.csrf.clone(),
         can_edit: user.role != crate::tenant::staff::Role::Viewer,
         form_id: filters.form,

@@ -1,5 +1,7 @@
 //! Survey totals (集計) of a form: counts and percentages per option for choice
-//! fields, min/median/mean/max for number fields, with SVG bar charts that print.
+//! fields, min/median/mean/max for number fields, with SVG bar charts that print;
+//! over every application but the withdrawn, or those of one status and of a period
+//! (受付日, Japan time) as the inbox filters them.
 
 use std::collections::BTreeMap;
 
@@ -9,6 +11,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use uuid::Uuid;
 
+use super::Status;
 use crate::error::AppError;
 use crate::tenant::admin::Nav;
 use crate::tenant::audit;
@@ -56,6 +59,14 @@ struct TotalsPage {
     submissions: u64,
     choices: Vec<ChoiceTotal>,
     numbers: Vec<NumberTotal>,
+    /// The conditions, for the form that changes them.
+    statuses: Vec<super::pages::Choice>,
+    from: String,
+    to: String,
+    /// What was counted, in words (「取下げを除く」, a status, a period).
+    scope: String,
+    /// The inbox with the same conditions.
+    inbox: String,
 }
 
 fn fmt_num(v: f64) -> String {
@@ -80,7 +91,23 @@ pub async fn show(
     ctx: TenantCtx,
     user: StaffUser,
     Path(form_id): Path<i64>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Result<Response, AppError> {
+    // Only the status and the period of the inbox's filters count here.
+    let asked = super::pages::Filters::parse(raw.as_deref());
+    let filters = super::pages::Filters {
+        form: Some(form_id),
+        status: asked.status,
+        from: asked.from,
+        to: asked.to,
+        ..Default::default()
+    };
+    let jst = time::macros::offset!(+9);
+    let since = filters.from.map(|d| d.midnight().assume_offset(jst));
+    let before = filters
+        .to
+        .map(|d| d.next_day().unwrap_or(d).midnight().assume_offset(jst));
+    let status = filters.status.map(Status::as_str);
     let mut db = ctx.db().await?;
     let row = db
         .query_opt(
@@ -144,8 +171,13 @@ pub async fn show(
         let rows = db
             .query(
                 "SELECT id, (SELECT coalesce(jsonb_object_agg(key, value), '{}'::jsonb) FROM jsonb_each(answers) WHERE key = ANY($3))
-                   FROM submissions WHERE form_id = $1 AND status <> 'withdrawn' AND ($2::uuid IS NULL OR id > $2) ORDER BY id LIMIT 1000",
-                &[&form_id, &after, &counted],
+                   FROM submissions
+                  WHERE form_id = $1 AND ($2::uuid IS NULL OR id > $2)
+                    AND CASE WHEN $4::text IS NULL THEN status <> 'withdrawn' ELSE status = $4 END
+                    AND ($5::timestamptz IS NULL OR submitted_at >= $5)
+                    AND ($6::timestamptz IS NULL OR submitted_at < $6)
+                  ORDER BY id LIMIT 1000",
+                &[&form_id, &after, &counted, &status, &since, &before],
             )
             .await?;
         let Some(last) = rows.last() else { break };
@@ -269,9 +301,28 @@ pub async fn show(
         &user.actor(),
         "form.totals",
         &format!("form:{form_id}"),
-        serde_json::json!({}),
+        serde_json::json!({
+            "status": status,
+            "from": filters.from.map(|d| d.to_string()),
+            "to": filters.to.map(|d| d.to_string()),
+        }),
     )
     .await?;
+    let scope = {
+        let mut parts = vec![match filters.status {
+            Some(s) => format!("状態が「{}」", s.label()),
+            None => "取下げを除く".to_owned(),
+        }];
+        match (filters.from, filters.to) {
+            (None, None) => {}
+            (from, to) => parts.push(format!(
+                "受付日 {}〜{}",
+                from.map(crate::ja::date_both).unwrap_or_default(),
+                to.map(crate::ja::date_both).unwrap_or_default()
+            )),
+        }
+        parts.join("、")
+    };
     Ok(render(
         StatusCode::OK,
         &TotalsPage {
@@ -282,6 +333,18 @@ pub async fn show(
             submissions,
             choices,
             numbers: number_totals,
+            statuses: Status::ALL
+                .iter()
+                .map(|s| super::pages::Choice {
+                    value: s.as_str().into(),
+                    label: s.label().into(),
+                    selected: filters.status == Some(*s),
+                })
+                .collect(),
+            from: filters.from.map(|d| d.to_string()).unwrap_or_default(),
+            to: filters.to.map(|d| d.to_string()).unwrap_or_default(),
+            scope,
+            inbox: filters.query(),
         },
     ))
 }

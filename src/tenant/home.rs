@@ -23,6 +23,15 @@ pub struct Group {
     pub forms: Vec<FormLink>,
 }
 
+/// A procedure not open yet (受付開始前), with when it opens.
+pub struct Upcoming {
+    pub title: String,
+    pub url: String,
+    pub department: String,
+    /// 受付開始, JST, 和暦 beside 西暦.
+    pub opens: String,
+}
+
 /// The longest search kept, in characters (longer is cut).
 const MAX_QUERY: usize = 100;
 
@@ -32,8 +41,10 @@ struct HomePage {
     site: String,
     code: String,
     groups: Vec<Group>,
-    /// How many procedures are open in all.
-    open: usize,
+    /// Those not open yet, the soonest first.
+    upcoming: Vec<Upcoming>,
+    /// How many procedures are listed in all (open now or not yet).
+    listed: usize,
     /// The search as typed ("" for none).
     query: String,
     /// How many the search found.
@@ -42,26 +53,32 @@ struct HomePage {
     contact: Option<String>,
 }
 
-/// The forms `query` finds (every word of it in the title or the department: width,
-/// case and kana folded), grouped by department in the order given.
-fn grouped(forms: Vec<OpenForm>, query: &str) -> Vec<Group> {
+/// The forms `query` finds: every word of it in the title or the department (width,
+/// case and kana folded).
+fn found(forms: Vec<OpenForm>, query: &str) -> Vec<OpenForm> {
     // NFKC first, so an ideographic space separates words too.
     let words: Vec<String> = crate::ja::nfkc(query)
         .split_whitespace()
         .map(crate::ja::search_key)
         .collect();
+    forms
+        .into_iter()
+        .filter(|f| {
+            let (title, department) = (
+                crate::ja::search_key(&f.title),
+                crate::ja::search_key(&f.department),
+            );
+            words
+                .iter()
+                .all(|w| title.contains(w.as_str()) || department.contains(w.as_str()))
+        })
+        .collect()
+}
+
+/// Forms grouped by department in the order given.
+fn grouped(forms: Vec<OpenForm>) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     for f in forms {
-        let (title, department) = (
-            crate::ja::search_key(&f.title),
-            crate::ja::search_key(&f.department),
-        );
-        if !words
-            .iter()
-            .all(|w| title.contains(w.as_str()) || department.contains(w.as_str()))
-        {
-            continue;
-        }
         let link = FormLink {
             url: format!("/f/{}", f.public_id),
             title: f.title,
@@ -93,15 +110,32 @@ pub async fn show(
     let row = db.query_opt(&stmt, &[]).await?.ok_or(AppError::NotFound)?;
     let forms = super::forms::store::open_forms(&db, ctx.zone).await?;
     drop(db);
-    let open = forms.len();
-    let groups = grouped(forms, &query);
+    let listed = forms.len();
+    let (mut later, now): (Vec<OpenForm>, Vec<OpenForm>) = found(forms, &query)
+        .into_iter()
+        .partition(|f| f.opens_at.is_some());
+    later.sort_by_key(|f| f.opens_at);
+    let upcoming: Vec<Upcoming> = later
+        .into_iter()
+        .map(|f| Upcoming {
+            url: format!("/f/{}", f.public_id),
+            opens: f
+                .opens_at
+                .map(super::forms::citizen::jst)
+                .unwrap_or_default(),
+            title: f.title,
+            department: f.department,
+        })
+        .collect();
+    let groups = grouped(now);
     let page = HomePage {
         site: row.get(0),
         code: row.get(1),
         contact: Some(row.get::<_, String>(2)).filter(|c| !c.trim().is_empty()),
-        open,
-        found: groups.iter().map(|g| g.forms.len()).sum(),
+        listed,
+        found: groups.iter().map(|g| g.forms.len()).sum::<usize>() + upcoming.len(),
         groups,
+        upcoming,
         query,
     };
     Ok(render(StatusCode::OK, &page))
@@ -116,7 +150,12 @@ mod tests {
             public_id: "abc".into(),
             title: title.into(),
             department: department.into(),
+            opens_at: None,
         }
+    }
+
+    fn grouped(forms: Vec<OpenForm>, query: &str) -> Vec<Group> {
+        super::grouped(found(forms, query))
     }
 
     #[test]

@@ -3230,7 +3230,7 @@ async fn the_completion_page_shows_what_was_sent_for_half_an_hour() {
 
 /// The home page lists the procedures open now by department, with an index of the
 /// departments, and finds them by title or department (width, case and kana folded);
-/// a form not open yet is not listed.
+/// a form not open yet is listed apart with when it opens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_home_page_lists_procedures_by_department_and_finds_them() {
     use madoguchi::control::tenant_admin::import_form;
@@ -3275,7 +3275,25 @@ async fn the_home_page_lists_procedures_by_department_and_finds_them() {
     ] {
         assert!(page.contains(shown), "{shown}: {page}");
     }
-    assert!(!page.contains("来年度の説明会"), "{page}");
+    // Not open yet: listed apart, with when it opens (JST, 和暦 beside 西暦).
+    let upcoming = page
+        .split("これから受付を始める手続き")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no upcoming list: {page}"));
+    assert!(
+        upcoming.contains(
+            "来年度の説明会<span class=\"upcoming-meta\">子育て支援課・受付開始 2999年4月1日"
+        ) && upcoming.contains("09:00"),
+        "{upcoming}"
+    );
+    assert!(
+        !page
+            .split("これから受付を始める手続き")
+            .next()
+            .unwrap()
+            .contains("来年度の説明会"),
+        "{page}"
+    );
     // Found by a word of the title in hiragana or half-width kana, or the department.
     for q in ["/?q=%E3%81%94%E3%81%BF", "/?q=%EF%BD%BA%EF%BE%9E%EF%BE%90"] {
         let page = home(q).await;
@@ -3288,8 +3306,9 @@ async fn the_home_page_lists_procedures_by_department_and_finds_them() {
     }
     let page = home("/?q=%E5%AD%90%E8%82%B2%E3%81%A6").await;
     assert!(
-        page.contains("「子育て」: 2件")
+        page.contains("「子育て」: 3件")
             && page.contains("児童手当の申請")
+            && page.contains("来年度の説明会<span")
             && !page.contains("粗大ゴミ収集申込"),
         "{page}"
     );

@@ -577,15 +577,18 @@ pub async fn version(db: &Client, form_id: i64, version: i32) -> Result<FormDefi
     parse_def(r.get(0))
 }
 
-/// A form open now, for the home page.
+/// A form open now or opening later, for the home page.
 #[derive(Debug, Clone)]
 pub struct OpenForm {
     pub public_id: String,
     pub title: String,
     pub department: String,
+    /// When it opens, for one not open yet (受付開始前); `None` when open now.
+    pub opens_at: Option<OffsetDateTime>,
 }
 
-/// The forms open now through `zone`, by department (name order), then as created.
+/// The forms open now or not yet through `zone`, by department (name order), then as
+/// created.
 /// Only each definition's title and settings are sent and parsed, not its fields (the
 /// database still reads each definition to take them out).
 pub async fn open_forms(
@@ -609,13 +612,17 @@ pub async fn open_forms(
             })?,
             None => FormSettings::default(),
         };
-        if availability(&settings, r.get(3), r.get(4), r.get(5), now) == Availability::Open
-            && settings.published_in(zone)
-        {
+        let opens_at = match availability(&settings, r.get(3), r.get(4), r.get(5), now) {
+            Availability::Open => None,
+            Availability::NotYetOpen => settings.opens_at,
+            _ => continue,
+        };
+        if settings.published_in(zone) {
             out.push(OpenForm {
                 public_id: r.get(0),
                 title: r.get::<_, Option<String>>(1).unwrap_or_default(),
                 department: r.get(6),
+                opens_at,
             });
         }
     }

@@ -71,6 +71,8 @@ pub struct Settings {
     /// The operator's help desk (ヘルプデスク) for municipalities' administrators:
     /// telephone, hours, address, as the staff manual shows it.
     pub helpdesk: Option<std::sync::Arc<str>>,
+    /// ClamAV's daemon, to scan attached files with before they are kept.
+    pub clamd: Option<crate::scan::Clamd>,
 }
 
 /// Where mail leaves: an SMTP relay and the sender address.
@@ -141,6 +143,7 @@ impl Settings {
             identity_ca: None,
             identity_allow_private_networks: false,
             helpdesk: None,
+            clamd: None,
         }
     }
 }
@@ -177,6 +180,7 @@ pub struct FileSettings {
     pub identity_ca: Option<PathBuf>,
     pub identity_allow_private_networks: Option<bool>,
     pub helpdesk: Option<String>,
+    pub clamd: Option<String>,
 }
 
 impl FileSettings {

@@ -14,6 +14,7 @@ pub mod ops;
 pub mod pg_tls;
 pub mod platform;
 pub mod postal;
+pub mod scan;
 pub mod tenant;
 pub mod tls_client;
 pub mod web;

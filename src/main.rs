@@ -131,6 +131,10 @@ struct Common {
     /// hours, address; shown in the staff manual (`\n` for a new line).
     #[arg(long, global = true, env = "MADOGUCHI_HELPDESK")]
     helpdesk: Option<String>,
+    /// ClamAV's daemon, to scan attached files with: its socket path
+    /// (/run/clamav/clamd.ctl) or tcp://HOST:PORT.
+    #[arg(long, global = true, env = "MADOGUCHI_CLAMD")]
+    clamd: Option<String>,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -642,8 +646,16 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
         .as_ref()
         .is_some_and(|h| h.chars().count() > 1000)
     {
-        anyhow::bail!("--helpdesk (MADOGUCHI_HELPDESK): at most 1,000 characters");
+        anyhow::bail!(
+            "the help desk (--helpdesk, MADOGUCHI_HELPDESK or helpdesk in madoguchi.toml): at most 1,000 characters"
+        );
     }
+    s.clamd = c
+        .clamd
+        .clone()
+        .or_else(|| file.clamd.clone())
+        .map(|v| madoguchi::scan::Clamd::parse(&v))
+        .transpose()?;
     s.mail = match (smtp_url, mail_from) {
         (Some(url), Some(from)) => Some(madoguchi::config::MailSettings {
             url: zeroize::Zeroizing::new(url),

@@ -109,6 +109,11 @@ impl Metrics {
             mail.clone(),
         );
         registry.register(
+            "attachment_scans",
+            "Attached files scanned by clamd, by outcome: clean, found (refused) or error (refused: clamd could not say)",
+            crate::scan::scans().clone(),
+        );
+        registry.register(
             "db_errors",
             "Requests refused because a database was read-only, full, restarting or unreachable",
             crate::error::db_errors().clone(),

@@ -54,6 +54,8 @@ pub struct App {
     idp: crate::tenant::identity::oidc::Idp,
     /// The operator's help desk, for the staff manual.
     helpdesk: Option<Arc<str>>,
+    /// ClamAV's daemon, for attached files.
+    clamd: Option<Arc<crate::scan::Clamd>>,
 }
 
 pub type AppState = Arc<App>;
@@ -94,6 +96,7 @@ impl App {
                 p.settings.identity_allow_private_networks,
             )?,
             helpdesk: p.settings.helpdesk.clone(),
+            clamd: p.settings.clamd.clone().map(Arc::new),
         }))
     }
 
@@ -377,6 +380,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                         );
                         ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
                         ctx.helpdesk.clone_from(&app.helpdesk);
+                        ctx.clamd.clone_from(&app.clamd);
                         ctx.zone = req
                             .extensions()
                             .get::<conn::Transport>()

@@ -50,6 +50,8 @@ pub struct TenantCtx {
     pub zone: crate::front::conn::Zone,
     /// The operator's help desk for administrators, if configured.
     pub helpdesk: Option<Arc<str>>,
+    /// ClamAV's daemon, when attached files are scanned.
+    pub clamd: Option<Arc<crate::scan::Clamd>>,
     pool: Pool,
     wait: Duration,
     cipher: Arc<FieldCipher>,
@@ -153,6 +155,7 @@ impl TenantCtx {
             client_ip: None,
             zone: crate::front::conn::Zone::Internet,
             helpdesk: None,
+            clamd: None,
             pool,
             wait,
             cipher,

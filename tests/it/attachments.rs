@@ -88,7 +88,11 @@ struct Site {
 
 impl Site {
     async fn new() -> Self {
-        let env = TestEnv::new().await;
+        Self::with(|_| {}).await
+    }
+
+    async fn with(tweak: impl FnOnce(&mut madoguchi::config::Settings)) -> Self {
+        let env = TestEnv::with(tweak).await;
         let t = env.tenant(&unique("att"), "千代田区", "131016").await;
         let public =
             madoguchi::control::tenant_admin::import_form(&env.platform, &t, FORM, "道路課", true)
@@ -922,4 +926,166 @@ async fn an_application_with_a_file_sent_while_capacity_is_published_is_counted(
     .unwrap_err();
     assert!(format!("{err:?}").contains("混み合っていた"), "{err:?}");
     blocker.batch_execute("ROLLBACK").await.unwrap();
+}
+
+/// ClamAV's daemon, started for a test with a signature database of its own (the
+/// EICAR test string), on a Unix socket in a temporary directory; stopped on drop.
+struct ClamdServer {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl ClamdServer {
+    const EICAR: &'static [u8] =
+        br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("db");
+        std::fs::create_dir(&db).unwrap();
+        let hex: String = Self::EICAR.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(
+            db.join("test.ndb"),
+            format!("MadoguchiTest.EICAR:0:*:{hex}\n"),
+        )
+        .unwrap();
+        let conf = dir.path().join("clamd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "LocalSocket {sock}\nDatabaseDirectory {db}\nForeground yes\nLogFile {dir}/clamd.log\nPidFile {dir}/clamd.pid\n",
+                sock = dir.path().join("clamd.sock").display(),
+                db = db.display(),
+                dir = dir.path().display(),
+            ),
+        )
+        .unwrap();
+        let bin = if std::path::Path::new("/usr/sbin/clamd").exists() {
+            "/usr/sbin/clamd"
+        } else {
+            "clamd"
+        };
+        let child = std::process::Command::new(bin)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("clamd not installed (ops/test installs clamav-daemon)");
+        let server = Self { child, dir };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !server.answers() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "clamd did not start: {}",
+                std::fs::read_to_string(server.dir.path().join("clamd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        server
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.path().join("clamd.sock")
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(self.socket()) else {
+            return false;
+        };
+        let mut reply = [0u8; 5];
+        s.write_all(b"zPING\0").is_ok() && s.read_exact(&mut reply).is_ok() && &reply == b"PONG\0"
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ClamdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// ウイルスチェック: with clamd set, an attached file it finds something in is refused
+/// with the reason (what was typed is kept, nothing of the file is stored; the find is
+/// in the operation log and the metrics); a clean one is kept; while clamd cannot
+/// answer, files are refused and the citizen is asked to attach again later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attached_files_are_scanned_by_clamd_when_set() {
+    let mut clamd = ClamdServer::start();
+    let socket = clamd.socket();
+    let site = Site::with(move |s| s.clamd = Some(madoguchi::scan::Clamd::Unix(socket))).await;
+    let mut infected = b"%PDF-1.4\n".to_vec();
+    infected.extend_from_slice(ClamdServer::EICAR);
+    infected.extend_from_slice(b"\n%%EOF\n");
+    let (c, token, _) = site.open().await;
+    let (status, _, page) = site
+        .first_page(
+            &c,
+            &token,
+            "神田太郎",
+            &[Part::File("photo", "申請書.pdf", &infected)],
+        )
+        .await;
+    assert_eq!(status, 422, "{page}");
+    assert!(
+        page.contains("現況写真のファイルからウイルスなどの不正なプログラムが見つかったため、受け付けられません")
+            && page.contains("value=\"神田太郎\""),
+        "{page}"
+    );
+    assert_eq!(site.count("SELECT count(*) FROM attachments").await, 0);
+    let db = site.db().await;
+    let logged: String = db
+        .query_one(
+            "SELECT detail FROM audit_log WHERE action = 'attachment.infected'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        logged.contains("MadoguchiTest.EICAR")
+            && logged.contains("photo")
+            && !logged.contains("申請書"),
+        "{logged}"
+    );
+    // A clean file is kept.
+    site.attach(&c, &token, "神田太郎", "現況.png", &png(3, 5_000))
+        .await;
+    assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
+    let metrics = reqwest::get(format!("http://{}/metrics", site.server.bound.ops))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "madoguchi_attachment_scans_total{outcome=\"found\"} 1",
+        "madoguchi_attachment_scans_total{outcome=\"clean\"} 1",
+    ] {
+        assert!(metrics.contains(line), "{line} missing from\n{metrics}");
+    }
+
+    // clamd down: refused, to be attached again later; the file kept before stays.
+    clamd.stop();
+    let (c2, token2, _) = site.open().await;
+    let (status, _, page) = site
+        .first_page(
+            &c2,
+            &token2,
+            "神田花子",
+            &[Part::File("photo", "現況.png", &png(4, 5_000))],
+        )
+        .await;
+    assert_eq!(status, 422, "{page}");
+    assert!(
+        page.contains("いまは安全か確認できないため受け付けられません。しばらくしてから、もう一度添付してください")
+            && page.contains("value=\"神田花子\""),
+        "{page}"
+    );
+    assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
 }

@@ -8,6 +8,9 @@
 //! submission. The draft and then the answers name it by a [`FileRef`] the server
 //! writes: an input of that name sent by a browser or a client is never taken.
 //!
+//! With a virus scanner set (`--clamd`, [`crate::scan`]), each file is scanned before
+//! it is kept; a find, or a scanner that cannot answer, refuses the file.
+//!
 //! Limits: a file at most its field's limit ([`MAX_FILE_MB`] at most); one page's
 //! request at most [`MAX_PAGE_BODY`]; uploads held in memory at once, across the
 //! process, at most [`MEMORY_BUDGET`] (more waits up to [`MEMORY_WAIT`], then is asked
@@ -386,6 +389,14 @@ pub async fn apply(
                     message,
                 }),
                 Ok(kind) => {
+                    if let Some(message) = scanned(ctx, db, form_id, f, u).await? {
+                        out.errors.push(FieldError {
+                            field: f.id.clone(),
+                            input: f.id.clone(),
+                            message,
+                        });
+                        continue;
+                    }
                     let file = store(ctx.cipher(), db, form_id, &f.id, draft, u, kind).await?;
                     out.added.push(file.id);
                     out.dropped.extend(had.map(|h| h.id));
@@ -400,6 +411,58 @@ pub async fn apply(
         }
     }
     Ok(out)
+}
+
+/// ウイルスチェック, when the operator set a scanner: why the file is refused (something
+/// found, or the scanner could not say), or `None` to keep it. A find is in the
+/// operation log (the form, the field and the signature; never the file or its name).
+async fn scanned(
+    ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
+    form_id: i64,
+    f: &Field,
+    u: &Upload,
+) -> Result<Option<String>, AppError> {
+    let Some(clamd) = ctx.clamd.as_deref() else {
+        return Ok(None);
+    };
+    let outcome = |o: &str| {
+        crate::scan::scans()
+            .get_or_create(&crate::front::metrics::OutcomeLabels {
+                outcome: o.to_owned(),
+            })
+            .inc();
+    };
+    match crate::scan::scan(clamd, &u.data).await {
+        Ok(crate::scan::Verdict::Clean) => {
+            outcome("clean");
+            Ok(None)
+        }
+        Ok(crate::scan::Verdict::Found(signature)) => {
+            outcome("found");
+            tracing::warn!(tenant = %ctx.slug, form_id, field = %f.id, %signature, "an attached file was refused by the virus scan");
+            crate::tenant::audit::record_shared(
+                db,
+                &crate::tenant::audit::Actor::Citizen,
+                "attachment.infected",
+                &format!("form:{form_id}"),
+                serde_json::json!({ "field": f.id, "signature": signature }),
+            )
+            .await?;
+            Ok(Some(format!(
+                "{}のファイルからウイルスなどの不正なプログラムが見つかったため、受け付けられません。別のファイルを選んでください",
+                f.label
+            )))
+        }
+        Err(e) => {
+            outcome("error");
+            tracing::error!(tenant = %ctx.slug, error = %e, "the virus scan could not check an attached file");
+            Ok(Some(format!(
+                "{}のファイルを、いまは安全か確認できないため受け付けられません。しばらくしてから、もう一度添付してください（ほかの入力内容は保存されています）",
+                f.label
+            )))
+        }
+    }
 }
 
 async fn store(

@@ -6,13 +6,19 @@ export DEBIAN_FRONTEND=noninteractive
 apt-get update -q
 # prometheus-node-exporter: disk space and the off-site copy's textfile metric
 # (infra/prometheus/alerts.yml), on 127.0.0.1:9100 like the service's /metrics.
-apt-get install -y -q --no-install-recommends postgresql-client awscli openssl curl ca-certificates prometheus-node-exporter
+# clamav-daemon and clamav-freshclam: attached files are scanned before they are kept
+# (MADOGUCHI_CLAMD below); freshclam keeps the signatures current.
+apt-get install -y -q --no-install-recommends postgresql-client awscli openssl curl ca-certificates prometheus-node-exporter \
+  clamav-daemon clamav-freshclam
 echo 'ARGS="--web.listen-address=127.0.0.1:9100 --collector.textfile.directory=/var/lib/prometheus/node-exporter"' \
   >/etc/default/prometheus-node-exporter
 systemctl restart prometheus-node-exporter
 
 id madoguchi >/dev/null 2>&1 ||
   useradd --system --home-dir /var/lib/madoguchi --no-create-home --shell /usr/sbin/nologin madoguchi
+# clamd's socket (/run/clamav/clamd.ctl) is the clamav group's.
+usermod -a -G clamav madoguchi
+systemctl enable --now clamav-freshclam clamav-daemon
 
 # The state volume, found by its id (Nitro NVMe names vary); formatted only when blank.
 volume="${state_volume_id}"
@@ -47,6 +53,7 @@ MADOGUCHI_TLS_CERT=/var/lib/madoguchi/tls/internal.pem
 MADOGUCHI_TLS_KEY=/var/lib/madoguchi/tls/internal.key
 MADOGUCHI_TLS_LISTEN=0.0.0.0:8443
 MADOGUCHI_LOG_FORMAT=json
+MADOGUCHI_CLAMD=/run/clamav/clamd.ctl
 ENV
 chmod 0640 /etc/madoguchi/env
 

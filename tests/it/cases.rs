@@ -1564,21 +1564,40 @@ async fn exports_round_trip_and_are_logged() {
         "{page}"
     );
     assert!(page.contains("対象: 2件（取下げを除く）"), "{page}");
-    // Of one status and a period (受付日, Japan time), as the inbox filters them.
-    let today = madoguchi::ja::today();
+    // Of one status and a period (受付日, Japan time), as the inbox filters them: one
+    // application sent at 23:30 on 31 October, the other at 00:30 on 1 November.
+    for (at, receipt) in [
+        ("2026-10-31T23:30:00+09:00", &receipts[0]),
+        ("2026-11-01T00:30:00+09:00", &receipts[1]),
+    ] {
+        db.client
+            .execute(
+                "UPDATE submissions SET submitted_at = $1::text::timestamptz WHERE receipt_number = $2",
+                &[&at, receipt],
+            )
+            .await
+            .unwrap();
+    }
     for (query, scope) in [
+        ("status=received", "対象: 2件（状態が「受付」）"),
+        ("status=completed", "対象: 0件（状態が「完了」）"),
         (
-            "status=completed".to_owned(),
-            "対象: 0件（状態が「完了」）".to_owned(),
+            "to=2026-10-31",
+            "対象: 1件（取下げを除く、受付日 〜2026年10月31日",
         ),
         (
-            "status=received&from=2000-01-01&to=2000-01-31".to_owned(),
-            "対象: 0件（状態が「受付」、受付日 2000年1月1日".to_owned(),
+            "from=2026-11-01",
+            "対象: 1件（取下げを除く、受付日 2026年11月1日",
         ),
+        ("from=2026-11-01&to=2026-11-01", "対象: 1件（"),
+        ("from=2026-10-31&to=2026-11-01", "対象: 2件（"),
         (
-            format!("from={today}&to={today}"),
-            "対象: 2件（取下げを除く、受付日 ".to_owned(),
+            "status=received&from=2026-11-02",
+            "対象: 0件（状態が「受付」、受付日 2026年11月2日",
         ),
+        // Unreadable conditions are said and not used; a period backwards finds none.
+        ("status=bogus&from=2026-02-30", "対象: 2件（取下げを除く）"),
+        ("from=2026-11-02&to=2026-11-01", "対象: 0件（"),
     ] {
         let (status, _, page) = get(
             &admin.client,
@@ -1590,19 +1609,47 @@ async fn exports_round_trip_and_are_logged() {
         )
         .await;
         assert_eq!(status, 200);
-        assert!(page.contains(&scope), "{query}: {page}");
+        assert!(page.contains(scope), "{query}: {page}");
     }
+    for (query, notice) in [
+        (
+            "status=bogus&from=2026-02-30",
+            "状態「bogus」は読み取れないため、使っていません",
+        ),
+        (
+            "status=bogus&from=2026-02-30",
+            "受付日（から）「2026-02-30」は読み取れないため、使っていません",
+        ),
+        (
+            "from=2026-11-02&to=2026-11-01",
+            "受付日の「から」が「まで」より後のため、対象はありません",
+        ),
+    ] {
+        let (_, _, page) = get(
+            &admin.client,
+            &url(
+                &server,
+                h,
+                &format!("/admin/forms/{form_id}/totals?{query}"),
+            ),
+        )
+        .await;
+        assert!(page.contains(notice), "{notice}: {page}");
+    }
+    // The inbox's 集計 carries its status and period, not its assignee or search.
     let (_, _, page) = get(
         &admin.client,
         &url(
             &server,
             h,
-            &format!("/admin/inbox?form={form_id}&status=received"),
+            &format!("/admin/inbox?form={form_id}&status=received&from=2026-10-01&to=2026-11-30&assignee=0&q=x"),
         ),
     )
     .await;
     assert!(
-        page.contains(&format!("/admin/forms/{form_id}/totals?status=received\"")),
+        page.contains(&format!(
+            "/admin/forms/{form_id}/totals?status=received&#38;from=2026-10-01&#38;to=2026-11-30\""
+        )),
         "{page}"
     );
     let detail: String = db
@@ -1614,10 +1661,7 @@ async fn exports_round_trip_and_are_logged() {
         .await
         .unwrap()
         .get(0);
-    assert!(
-        detail.contains(&format!("\"from\":\"{today}\"")),
-        "{detail}"
-    );
+    assert!(detail.contains("\"from\":\"2026-11-02\""), "{detail}");
     // A version without the 分野 question: its answers are still counted, under its
     // label marked with the last version that asked it.
     let mut conn = env.tenant_conn(&t).await;

@@ -295,8 +295,20 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
 
     // Second start reuses everything: same tenants, same keys; the embedded cluster
     // takes as many connections as the pool budget asks for, plus the reserve.
-    let serving = Serving::start(dir, &["--pool-budget", "300", "serve"]);
+    // The help desk given as a flag (`\n` typed for a new line; 1,000 characters is
+    // the most) goes before the file's.
+    let desk = format!("代表ヘルプデスク\\n{}", "あ".repeat(991));
+    assert_eq!(desk.chars().count(), 1001);
+    let serving = Serving::start(dir, &["--pool-budget", "300", "--helpdesk", &desk, "serve"]);
     assert_eq!(serving.get("chiyoda.localhost"), 200);
+    let manual = serving.body("chiyoda.localhost", "/admin/help");
+    assert!(
+        manual.contains(&format!(
+            "<p id=\"helpdesk-text\">代表ヘルプデスク<br/>{}</p>",
+            "あ".repeat(991)
+        )),
+        "{manual}"
+    );
     let out = Command::new("psql")
         .arg(url.trim())
         .args(["-At", "-c", "SHOW max_connections"])

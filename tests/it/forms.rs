@@ -3251,11 +3251,47 @@ async fn the_home_page_lists_procedures_by_department_and_finds_them() {
             "子育て支援課",
             "\"2999-04-01T09:00:00+09:00\"",
         ),
+        (
+            "再来年度の説明会",
+            "子育て支援課",
+            "\"2999-03-01T13:30:00+09:00\"",
+        ),
     ] {
         import_form(&env.platform, &t, &form(title, opens), dept, true)
             .await
             .unwrap();
     }
+    // Neither an ended form, a closed one nor one published on LGWAN only is listed
+    // on the internet.
+    let hidden = [
+        r#"{ "format": "madoguchi.form/1", "title": "終わった募集", "settings": { "opens_at": "2020-04-01T09:00:00+09:00", "closes_at": "2020-05-01T17:00:00+09:00" },
+             "pages": [ { "id": "p1", "fields": [ { "id": "email", "type": "email", "label": "メールアドレス" } ] } ] }"#,
+        r#"{ "format": "madoguchi.form/1", "title": "庁内向けの説明会", "settings": { "opens_at": "2999-04-01T09:00:00+09:00", "zones": ["lgwan"] },
+             "pages": [ { "id": "p1", "fields": [ { "id": "email", "type": "email", "label": "メールアドレス" } ] } ] }"#,
+    ];
+    for def in hidden {
+        import_form(&env.platform, &t, def, "子育て支援課", true)
+            .await
+            .unwrap();
+    }
+    import_form(
+        &env.platform,
+        &t,
+        &form("停止した申込", "null"),
+        "環境政策課",
+        true,
+    )
+    .await
+    .unwrap();
+    env.tenant_conn(&t)
+        .await
+        .client
+        .execute(
+            "UPDATE forms SET closed = true WHERE draft->>'title' = '停止した申込'",
+            &[],
+        )
+        .await
+        .unwrap();
     let server = env.serve().await;
     let host = t.hosts[0].clone();
     let c = browser(&server, &[&host]);
@@ -3280,12 +3316,17 @@ async fn the_home_page_lists_procedures_by_department_and_finds_them() {
         .split("これから受付を始める手続き")
         .nth(1)
         .unwrap_or_else(|| panic!("no upcoming list: {page}"));
+    let soon = "再来年度の説明会<span class=\"upcoming-meta\">子育て支援課・受付開始 2999年3月1日（令和981年3月1日） 13:30</span>";
+    let later = "来年度の説明会<span class=\"upcoming-meta\">子育て支援課・受付開始 2999年4月1日（令和981年4月1日） 09:00</span>";
     assert!(
-        upcoming.contains(
-            "来年度の説明会<span class=\"upcoming-meta\">子育て支援課・受付開始 2999年4月1日"
-        ) && upcoming.contains("09:00"),
-        "{upcoming}"
+        upcoming.contains(soon)
+            && upcoming.contains(later)
+            && upcoming.find(soon) < upcoming.find(later),
+        "soonest first: {upcoming}"
     );
+    for title in ["終わった募集", "庁内向けの説明会", "停止した申込"] {
+        assert!(!page.contains(title), "{title}: {page}");
+    }
     assert!(
         !page
             .split("これから受付を始める手続き")
@@ -3306,7 +3347,7 @@ async fn the_home_page_lists_procedures_by_department_and_finds_them() {
     }
     let page = home("/?q=%E5%AD%90%E8%82%B2%E3%81%A6").await;
     assert!(
-        page.contains("「子育て」: 3件")
+        page.contains("「子育て」: 4件")
             && page.contains("児童手当の申請")
             && page.contains("来年度の説明会<span")
             && !page.contains("粗大ゴミ収集申込"),

@@ -64,6 +64,17 @@ impl Filters {
         f
     }
 
+    /// The period of 受付日 asked for, as instants: from the first day's start, before
+    /// the day after the last (Japan time; the last day there is has no end).
+    pub fn period(&self) -> (Option<OffsetDateTime>, Option<OffsetDateTime>) {
+        let jst = time::macros::offset!(+9);
+        let start = |d: time::Date| d.midnight().assume_offset(jst);
+        (
+            self.from.map(start),
+            self.to.and_then(|d| d.next_day()).map(start),
+        )
+    }
+
     /// The query string for these filters, without the cursor.
     pub fn query(&self) -> String {
         let mut q = form_urlencoded::Serializer::new(String::new());
@@ -199,13 +210,11 @@ pub fn inbox_sql(
     if let Some(v) = f.status {
         add(" AND s.status = ?", Some(Box::new(v.as_str())));
     }
-    let jst = time::macros::offset!(+9);
-    if let Some(v) = f.from {
-        let at = v.midnight().assume_offset(jst);
+    let (since, before) = f.period();
+    if let Some(at) = since {
         add(" AND s.submitted_at >= ?", Some(Box::new(at)));
     }
-    if let Some(v) = f.to {
-        let at = v.next_day().unwrap_or(v).midnight().assume_offset(jst);
+    if let Some(at) = before {
         add(" AND s.submitted_at < ?", Some(Box::new(at)));
     }
     match f.assignee {

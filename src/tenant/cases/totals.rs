@@ -67,6 +67,8 @@ struct TotalsPage {
     scope: String,
     /// The inbox with the same conditions.
     inbox: String,
+    /// Conditions not used, and why.
+    notices: Vec<String>,
 }
 
 fn fmt_num(v: f64) -> String {
@@ -102,11 +104,37 @@ pub async fn show(
         to: asked.to,
         ..Default::default()
     };
-    let jst = time::macros::offset!(+9);
-    let since = filters.from.map(|d| d.midnight().assume_offset(jst));
-    let before = filters
-        .to
-        .map(|d| d.next_day().unwrap_or(d).midnight().assume_offset(jst));
+    let (since, before) = filters.period();
+    // A condition given but not read (a mistyped date or status) is said, not silently
+    // dropped; so is a period that ends before it begins.
+    let mut notices: Vec<String> =
+        form_urlencoded::parse(raw.as_deref().unwrap_or_default().as_bytes())
+            .filter(|(k, v)| {
+                !v.is_empty()
+                    && match &**k {
+                        "status" => asked.status.is_none(),
+                        "from" => asked.from.is_none(),
+                        "to" => asked.to.is_none(),
+                        _ => false,
+                    }
+            })
+            .map(|(k, v)| {
+                let name = match &*k {
+                    "status" => "状態",
+                    "from" => "受付日（から）",
+                    _ => "受付日（まで）",
+                };
+                format!(
+                    "{name}「{}」は読み取れないため、使っていません",
+                    v.chars().take(40).collect::<String>()
+                )
+            })
+            .collect();
+    if let (Some(f), Some(t)) = (filters.from, filters.to) {
+        if f > t {
+            notices.push("受付日の「から」が「まで」より後のため、対象はありません".to_owned());
+        }
+    }
     let status = filters.status.map(Status::as_str);
     let mut db = ctx.db().await?;
     let row = db
@@ -345,6 +373,7 @@ pub async fn show(
             to: filters.to.map(|d| d.to_string()).unwrap_or_default(),
             scope,
             inbox: filters.query(),
+            notices,
         },
     ))
 }

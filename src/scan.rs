@@ -65,19 +65,35 @@ pub async fn scan(clamd: &Clamd, data: &[u8]) -> anyhow::Result<Verdict> {
     verdict(&reply)
 }
 
-/// Streams `data` as `zINSTREAM` and returns the reply.
+/// Streams `data` as `zINSTREAM` and returns the reply. clamd may answer and close
+/// before the stream ends (a file over its `StreamMaxLength`): its reply is read then,
+/// rather than reporting the broken pipe.
 async fn instream<S: AsyncRead + AsyncWrite + Unpin>(
     mut s: S,
     data: &[u8],
 ) -> anyhow::Result<String> {
-    s.write_all(b"zINSTREAM\0").await?;
-    for chunk in data.chunks(CHUNK) {
-        let len = u32::try_from(chunk.len())?;
-        s.write_all(&len.to_be_bytes()).await?;
-        s.write_all(chunk).await?;
+    let sent: std::io::Result<()> = async {
+        s.write_all(b"zINSTREAM\0").await?;
+        for chunk in data.chunks(CHUNK) {
+            let len = u32::try_from(chunk.len()).map_err(std::io::Error::other)?;
+            s.write_all(&len.to_be_bytes()).await?;
+            s.write_all(chunk).await?;
+        }
+        s.write_all(&0u32.to_be_bytes()).await?;
+        s.flush().await
     }
-    s.write_all(&0u32.to_be_bytes()).await?;
-    s.flush().await?;
+    .await;
+    if let Err(e) = sent {
+        return match tokio::time::timeout(Duration::from_secs(2), read_reply(&mut s)).await {
+            Ok(Ok(reply)) if !reply.is_empty() => Ok(reply),
+            _ => Err(e.into()),
+        };
+    }
+    read_reply(&mut s).await
+}
+
+/// clamd's reply: up to its NUL (a reply cut short is an error).
+async fn read_reply<S: AsyncRead + Unpin>(s: &mut S) -> anyhow::Result<String> {
     let mut reply = Vec::new();
     let mut buf = [0u8; 512];
     loop {
@@ -90,7 +106,10 @@ async fn instream<S: AsyncRead + AsyncWrite + Unpin>(
             break;
         }
     }
-    let end = reply.iter().position(|b| *b == 0).unwrap_or(reply.len());
+    let end = reply
+        .iter()
+        .position(|b| *b == 0)
+        .ok_or_else(|| anyhow::anyhow!("clamd's reply ended without its NUL"))?;
     Ok(String::from_utf8_lossy(&reply[..end]).trim().to_owned())
 }
 
@@ -100,7 +119,19 @@ fn verdict(reply: &str) -> anyhow::Result<Verdict> {
     if body == "OK" {
         Ok(Verdict::Clean)
     } else if let Some(name) = body.strip_suffix(" FOUND") {
-        Ok(Verdict::Found(name.trim().to_owned()))
+        // Logged and kept in the operation log: a signature name's own characters
+        // only, and not more than 128 of them, whatever a daemon sends.
+        let name: String = name
+            .trim()
+            .chars()
+            .filter(|c| c.is_ascii_alphanumeric() || "._-:/+".contains(*c))
+            .take(128)
+            .collect();
+        Ok(Verdict::Found(if name.is_empty() {
+            "unnamed".into()
+        } else {
+            name
+        }))
     } else {
         anyhow::bail!("clamd: {}", reply.chars().take(200).collect::<String>())
     }
@@ -130,6 +161,10 @@ mod tests {
         assert_eq!(
             verdict("stream: Eicar-Test-Signature FOUND").ok(),
             Some(Verdict::Found("Eicar-Test-Signature".into()))
+        );
+        assert_eq!(
+            verdict("stream: Bad\u{1b}[31m<b>Name FOUND").ok(),
+            Some(Verdict::Found("Bad31mbName".into()))
         );
         assert!(verdict("INSTREAM size limit exceeded. ERROR").is_err());
         assert!(verdict("").is_err());

@@ -113,6 +113,13 @@ impl Metrics {
             "Attached files scanned by clamd, by outcome: clean, found (refused) or error (refused: clamd could not say)",
             crate::scan::scans().clone(),
         );
+        // Every outcome from the start, so that the first error after a restart is an
+        // increase the alert sees.
+        for outcome in ["clean", "found", "error"] {
+            drop(crate::scan::scans().get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            }));
+        }
         registry.register(
             "db_errors",
             "Requests refused because a database was read-only, full, restarting or unreachable",

@@ -147,30 +147,6 @@ pub async fn append(
 }
 
 /// Appends an entry in a transaction of its own (for acts that are reads, like a view).
-/// [`record`] on a client shared by reference (not in a transaction): its own
-/// transaction, begun and ended by statements.
-pub async fn record_shared(
-    db: &tokio_postgres::Client,
-    actor: &Actor,
-    action: &str,
-    target: &str,
-    detail: serde_json::Value,
-) -> Result<(), AppError> {
-    db.batch_execute("BEGIN").await?;
-    match append(db, actor, action, target, detail).await {
-        Ok(()) => {
-            db.batch_execute("COMMIT").await?;
-            Ok(())
-        }
-        Err(e) => {
-            // The error is the one to report; a failed rollback leaves the connection
-            // broken, which the pool finds.
-            let _ = db.batch_execute("ROLLBACK").await;
-            Err(e)
-        }
-    }
-}
-
 pub async fn record(
     db: &mut tokio_postgres::Client,
     actor: &Actor,

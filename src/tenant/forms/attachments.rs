@@ -70,6 +70,19 @@ pub struct Upload {
     /// Larger than [`MAX_FILE_BYTES`]: not kept, only its size counted.
     pub too_large: bool,
     pub size: u64,
+    /// What the virus scan said, when one is set (scanned as the body is read, before
+    /// the request takes a database connection).
+    pub scan: Option<Scan>,
+}
+
+/// A virus scan's outcome for one file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scan {
+    Clean,
+    /// Something found: the signature's name.
+    Found(String),
+    /// The scanner could not say.
+    Failed,
 }
 
 impl Upload {
@@ -228,6 +241,10 @@ impl<S: Send + Sync> FromRequest<S> for PageBody {
         if req.extensions().get::<ReadAhead>().is_none() {
             return Err(AppError::Csrf);
         }
+        let clamd = req
+            .extensions()
+            .get::<TenantCtx>()
+            .and_then(|c| c.clamd.clone().map(|d| (d, Arc::clone(&c.slug))));
         // Limited by the route's `DefaultBodyLimit` (MAX_PAGE_BODY).
         let mut parts = Multipart::from_request(req, state)
             .await
@@ -274,7 +291,16 @@ impl<S: Send + Sync> FromRequest<S> for PageBody {
                     data,
                     too_large,
                     size,
+                    scan: None,
                 });
+            }
+        }
+        // Scanned here, before the handler takes a database connection, within one
+        // time limit for the page's files together.
+        if let Some((clamd, slug)) = clamd {
+            let deadline = tokio::time::Instant::now() + crate::scan::SCAN_TIMEOUT;
+            for u in files.iter_mut().filter(|u| !u.too_large && u.size > 0) {
+                u.scan = Some(scan_one(&clamd, &slug, &u.data, deadline).await);
             }
         }
         Ok(Self {
@@ -360,6 +386,29 @@ pub struct Applied {
     /// Files the draft no longer names (replaced or removed), to delete once it is saved.
     pub dropped: Vec<Uuid>,
     pub errors: Vec<FieldError>,
+    /// Files the virus scan found something in: (field, signature), for [`log_found`].
+    pub found: Vec<(String, String)>,
+}
+
+/// The virus scan's finds in the operation log (`attachment.infected`: the form, the
+/// field and the signature; never the file or its name), each in a transaction of its
+/// own.
+pub async fn log_found(
+    db: &mut tokio_postgres::Client,
+    form_id: i64,
+    found: &[(String, String)],
+) -> Result<(), AppError> {
+    for (field, signature) in found {
+        crate::tenant::audit::record(
+            db,
+            &crate::tenant::audit::Actor::Citizen,
+            "attachment.infected",
+            &format!("form:{form_id}"),
+            serde_json::json!({ "field": field, "signature": signature }),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 /// Applies a page's file inputs to the draft's `inputs`: a file sent for a field is
@@ -389,7 +438,7 @@ pub async fn apply(
                     message,
                 }),
                 Ok(kind) => {
-                    if let Some(message) = scanned(ctx, db, form_id, f, u).await? {
+                    if let Some(message) = scanned(ctx, form_id, f, u, &mut out.found) {
                         out.errors.push(FieldError {
                             field: f.id.clone(),
                             input: f.id.clone(),
@@ -413,55 +462,59 @@ pub async fn apply(
     Ok(out)
 }
 
+/// Scans one file with clamd by `deadline`, counting the outcome.
+async fn scan_one(
+    clamd: &crate::scan::Clamd,
+    slug: &str,
+    data: &[u8],
+    deadline: tokio::time::Instant,
+) -> Scan {
+    let result = tokio::time::timeout_at(deadline, crate::scan::scan(clamd, data))
+        .await
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("the page's files were not scanned in time")));
+    let (scan, outcome) = match result {
+        Ok(crate::scan::Verdict::Clean) => (Scan::Clean, "clean"),
+        Ok(crate::scan::Verdict::Found(signature)) => (Scan::Found(signature), "found"),
+        Err(e) => {
+            tracing::error!(tenant = %slug, error = %e, "the virus scan could not check an attached file");
+            (Scan::Failed, "error")
+        }
+    };
+    crate::scan::scans()
+        .get_or_create(&crate::front::metrics::OutcomeLabels {
+            outcome: outcome.to_owned(),
+        })
+        .inc();
+    scan
+}
+
 /// ウイルスチェック, when the operator set a scanner: why the file is refused (something
-/// found, or the scanner could not say), or `None` to keep it. A find is in the
-/// operation log (the form, the field and the signature; never the file or its name).
-async fn scanned(
+/// found, noted in `found` for the operation log; or the scanner could not say), or
+/// `None` to keep it.
+fn scanned(
     ctx: &TenantCtx,
-    db: &tokio_postgres::Client,
     form_id: i64,
     f: &Field,
     u: &Upload,
-) -> Result<Option<String>, AppError> {
-    let Some(clamd) = ctx.clamd.as_deref() else {
-        return Ok(None);
-    };
-    let outcome = |o: &str| {
-        crate::scan::scans()
-            .get_or_create(&crate::front::metrics::OutcomeLabels {
-                outcome: o.to_owned(),
-            })
-            .inc();
-    };
-    match crate::scan::scan(clamd, &u.data).await {
-        Ok(crate::scan::Verdict::Clean) => {
-            outcome("clean");
-            Ok(None)
-        }
-        Ok(crate::scan::Verdict::Found(signature)) => {
-            outcome("found");
+    found: &mut Vec<(String, String)>,
+) -> Option<String> {
+    ctx.clamd.as_ref()?;
+    match &u.scan {
+        Some(Scan::Clean) => None,
+        Some(Scan::Found(signature)) => {
             tracing::warn!(tenant = %ctx.slug, form_id, field = %f.id, %signature, "an attached file was refused by the virus scan");
-            crate::tenant::audit::record_shared(
-                db,
-                &crate::tenant::audit::Actor::Citizen,
-                "attachment.infected",
-                &format!("form:{form_id}"),
-                serde_json::json!({ "field": f.id, "signature": signature }),
-            )
-            .await?;
-            Ok(Some(format!(
+            found.push((f.id.clone(), signature.clone()));
+            Some(format!(
                 "{}のファイルからウイルスなどの不正なプログラムが見つかったため、受け付けられません。別のファイルを選んでください",
                 f.label
-            )))
+            ))
         }
-        Err(e) => {
-            outcome("error");
-            tracing::error!(tenant = %ctx.slug, error = %e, "the virus scan could not check an attached file");
-            Ok(Some(format!(
-                "{}のファイルを、いまは安全か確認できないため受け付けられません。しばらくしてから、もう一度添付してください（ほかの入力内容は保存されています）",
-                f.label
-            )))
-        }
+        // Not scanned although a scanner is set (it was set while this page was read),
+        // or the scanner could not say: refused, never kept unscanned.
+        Some(Scan::Failed) | None => Some(format!(
+            "{}のファイルを、いまは安全か確認できないため受け付けられません。しばらくしてから、もう一度添付してください（ほかの入力内容は保存されています）",
+            f.label
+        )),
     }
 }
 
@@ -863,6 +916,7 @@ mod tests {
             data: Zeroizing::new(data.to_vec()),
             too_large: false,
             size: data.len() as u64,
+            scan: None,
         }
     }
 

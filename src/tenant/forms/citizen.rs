@@ -742,7 +742,7 @@ async fn restart(
 /// shows the field without it.
 async fn keep_files(
     ctx: &TenantCtx,
-    db: &deadpool_postgres::ClientWrapper,
+    db: &mut deadpool_postgres::ClientWrapper,
     form: &Published,
     draft: &mut Draft,
     sent: &PageBody,
@@ -751,7 +751,9 @@ async fn keep_files(
         return Ok(());
     }
     for p in &form.def.pages {
-        attachments::apply(ctx, db, form.id, p, draft.id, &mut draft.inputs, sent).await?;
+        let applied =
+            attachments::apply(ctx, db, form.id, p, draft.id, &mut draft.inputs, sent).await?;
+        attachments::log_found(db, form.id, &applied.found).await?;
     }
     Ok(())
 }
@@ -763,7 +765,7 @@ pub async fn post_page(
     sent: PageBody,
 ) -> Result<Response, AppError> {
     let body = &sent.form;
-    let db = ctx.db().await?;
+    let mut db = ctx.db().await?;
     let form = match open_form(&ctx, &db, &public_id, &headers).await? {
         Ok(form) => form,
         Err(page) => return Ok(page),
@@ -800,7 +802,7 @@ pub async fn post_page(
         Posted::Renew => {
             let token = random_token(32);
             let mut draft = Draft::fresh();
-            keep_files(&ctx, &db, &form, &mut draft, &sent).await?;
+            keep_files(&ctx, &mut db, &form, &mut draft, &sent).await?;
             let back = restart(&ctx, &db, &form, &token, draft, body, "expired").await?;
             return Ok(with_cookie(back, &ctx, &form, &token));
         }
@@ -827,7 +829,7 @@ pub async fn post_page(
         .parse::<i32>()
         .is_ok_and(|v| v != form.version)
     {
-        keep_files(&ctx, &db, &form, &mut draft, &sent).await?;
+        keep_files(&ctx, &mut db, &form, &mut draft, &sent).await?;
         return restart(&ctx, &db, &form, &token, draft, body, "updated").await;
     }
     // This page's inputs replace what the draft held for them; nothing else is lost.
@@ -841,6 +843,7 @@ pub async fn post_page(
     draft.inputs.extend(page_inputs(p, &body.0));
     let files =
         attachments::apply(&ctx, &db, form.id, p, draft.id, &mut draft.inputs, &sent).await?;
+    attachments::log_found(&mut db, form.id, &files.found).await?;
     if !save_draft(&ctx, &db, &form, &token, &draft).await? {
         attachments::discard(&db, draft.id, &files.added).await?;
         // The row under this token was sent meanwhile, or is a correction that

@@ -16,9 +16,14 @@ systemctl restart prometheus-node-exporter
 
 id madoguchi >/dev/null 2>&1 ||
   useradd --system --home-dir /var/lib/madoguchi --no-create-home --shell /usr/sbin/nologin madoguchi
-# clamd's socket (/run/clamav/clamd.ctl) is the clamav group's.
-usermod -a -G clamav madoguchi
-systemctl enable --now clamav-freshclam clamav-daemon
+# clamd starts only once its signatures are there (Debian's units ask for them):
+# fetch them now, in the foreground, then start it and its socket
+# (/run/clamav/clamd.ctl, made by clamav-daemon.socket for every local user).
+systemctl stop clamav-freshclam || true
+freshclam --stdout
+systemctl enable --now clamav-freshclam clamav-daemon.socket clamav-daemon
+for _ in $(seq 1 60); do [ -S /run/clamav/clamd.ctl ] && break; sleep 2; done
+[ -S /run/clamav/clamd.ctl ] || { echo "clamd did not start" >&2; exit 1; }
 
 # The state volume, found by its id (Nitro NVMe names vary); formatted only when blank.
 volume="${state_volume_id}"

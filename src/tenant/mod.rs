@@ -381,6 +381,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         .route("/admin/forms/{id}/preview", get(b::preview_page))
         .route("/admin/forms/{id}/qr", get(b::qr))
         .route("/admin/forms/{id}/totals", get(cases::totals::show))
+        .route("/admin/forms/{id}/totals.csv", get(cases::totals::csv))
         // Staff: cases
         .route("/admin/inbox", get(cases::pages::inbox))
         .route("/admin/inbox/bulk", post(cases::pages::bulk))

@@ -6,6 +6,15 @@ use std::borrow::Cow;
 /// A CSV writer with CRLF line ends, after a UTF-8 byte-order mark when `bom` (so
 /// Japanese Excel reads the file as UTF-8 rather than Shift_JIS).
 pub fn writer(bom: bool) -> csv::Writer<Vec<u8>> {
+    writer_with(bom, false)
+}
+
+/// [`writer`], its rows of any length (sections of a report, one under another).
+pub fn sections_writer() -> csv::Writer<Vec<u8>> {
+    writer_with(true, true)
+}
+
+fn writer_with(bom: bool, flexible: bool) -> csv::Writer<Vec<u8>> {
     let start = if bom {
         vec![0xEF, 0xBB, 0xBF]
     } else {
@@ -13,6 +22,7 @@ pub fn writer(bom: bool) -> csv::Writer<Vec<u8>> {
     };
     csv::WriterBuilder::new()
         .terminator(csv::Terminator::CRLF)
+        .flexible(flexible)
         .from_writer(start)
 }
 

@@ -1636,6 +1636,38 @@ async fn exports_round_trip_and_are_logged() {
         .await;
         assert!(page.contains(notice), "{notice}: {page}");
     }
+    // The same totals as CSV, for a report (the conditions of the page).
+    let r = admin
+        .client
+        .get(url(
+            &server,
+            h,
+            &format!("/admin/forms/{form_id}/totals.csv?status=received"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/csv"));
+    let bytes = r.bytes().await.unwrap();
+    assert_eq!(&bytes[..3], b"\xEF\xBB\xBF");
+    let text = String::from_utf8_lossy(&bytes[3..]).into_owned();
+    let lines: Vec<&str> = text.split("\r\n").collect();
+    assert_eq!(lines[1], "対象,2件（状態が「受付」）", "{text}");
+    for line in [
+        "項目,選択肢,件数,割合（%）,回答数",
+        "分野,ごみ,1,50.0,2",
+        "分野,道路,0,0.0,2",
+    ] {
+        assert!(lines.contains(&line), "{line} not in\n{text}");
+    }
+    assert!(
+        lines.iter().any(|l| l.ends_with(",1,41,41,41,41")),
+        "{text}"
+    );
     // The inbox's 集計 carries its status and period, not its assignee or search.
     let (_, _, page) = get(
         &admin.client,
@@ -1661,7 +1693,7 @@ async fn exports_round_trip_and_are_logged() {
         .await
         .unwrap()
         .get(0);
-    assert!(detail.contains("\"from\":\"2026-11-02\""), "{detail}");
+    assert!(detail.contains("\"format\":\"csv\""), "{detail}");
     // A version without the 分野 question: its answers are still counted, under its
     // label marked with the last version that asked it.
     let mut conn = env.tenant_conn(&t).await;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use askama::Template;
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use uuid::Uuid;
 
 use super::Status;
@@ -95,8 +95,105 @@ pub async fn show(
     Path(form_id): Path<i64>,
     axum::extract::RawQuery(raw): axum::extract::RawQuery,
 ) -> Result<Response, AppError> {
+    let page = totals(&ctx, user, form_id, raw.as_deref(), "html").await?;
+    Ok(render(StatusCode::OK, &page))
+}
+
+/// The same totals as CSV (UTF-8 with BOM, CRLF, as the exports): the form, what was
+/// counted, then a section for the choices (項目・選択肢・件数・割合) and one for the
+/// numbers (項目・回答数・最小・中央値・平均・最大), for a report.
+pub async fn csv(
+    ctx: TenantCtx,
+    user: StaffUser,
+    Path(form_id): Path<i64>,
+    axum::extract::RawQuery(raw): axum::extract::RawQuery,
+) -> Result<Response, AppError> {
+    let page = totals(&ctx, user, form_id, raw.as_deref(), "csv").await?;
+    let mut w = crate::tenant::spreadsheet::sections_writer();
+    let mut rows: Vec<Vec<String>> = vec![
+        vec!["フォーム".into(), page.title.clone()],
+        vec![
+            "対象".into(),
+            format!("{}件（{}）", page.submissions, page.scope),
+        ],
+    ];
+    if !page.choices.is_empty() {
+        rows.push(Vec::new());
+        rows.push(
+            ["項目", "選択肢", "件数", "割合（%）", "回答数"]
+                .map(String::from)
+                .to_vec(),
+        );
+        for c in &page.choices {
+            for b in &c.bars {
+                rows.push(vec![
+                    c.label.clone(),
+                    b.label.clone(),
+                    b.count.to_string(),
+                    b.percent.clone(),
+                    c.answered.to_string(),
+                ]);
+            }
+        }
+    }
+    if !page.numbers.is_empty() {
+        rows.push(Vec::new());
+        rows.push(
+            ["項目", "単位", "回答数", "最小", "中央値", "平均", "最大"]
+                .map(String::from)
+                .to_vec(),
+        );
+        for n in &page.numbers {
+            rows.push(vec![
+                n.label.clone(),
+                n.unit.clone(),
+                n.count.to_string(),
+                n.min.clone(),
+                n.median.clone(),
+                n.mean.clone(),
+                n.max.clone(),
+            ]);
+        }
+    }
+    for r in &rows {
+        // An empty row parts the sections (the writer wants one field at least).
+        let r: &[String] = if r.is_empty() { &[String::new()] } else { r };
+        crate::tenant::spreadsheet::write_row(&mut w, r)
+            .map_err(|e| AppError::Internal(e.into()))?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| AppError::Internal(anyhow::anyhow!("writing the totals: {e}")))?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("text/csv; charset=utf-8"),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                axum::http::HeaderValue::from_str(&format!(
+                    "attachment; filename=\"totals-{form_id}.csv\""
+                ))
+                .unwrap_or(axum::http::HeaderValue::from_static("attachment")),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// The totals of a form the user may see, logged (`form.totals`, with its conditions
+/// and `format`).
+async fn totals(
+    ctx: &TenantCtx,
+    user: StaffUser,
+    form_id: i64,
+    raw: Option<&str>,
+    format: &str,
+) -> Result<TotalsPage, AppError> {
     // Only the status and the period of the inbox's filters count here.
-    let asked = super::pages::Filters::parse(raw.as_deref());
+    let asked = super::pages::Filters::parse(raw);
     let filters = super::pages::Filters {
         form: Some(form_id),
         status: asked.status,
@@ -107,29 +204,28 @@ pub async fn show(
     let (since, before) = filters.period();
     // A condition given but not read (a mistyped date or status) is said, not silently
     // dropped; so is a period that ends before it begins.
-    let mut notices: Vec<String> =
-        form_urlencoded::parse(raw.as_deref().unwrap_or_default().as_bytes())
-            .filter(|(k, v)| {
-                !v.is_empty()
-                    && match &**k {
-                        "status" => asked.status.is_none(),
-                        "from" => asked.from.is_none(),
-                        "to" => asked.to.is_none(),
-                        _ => false,
-                    }
-            })
-            .map(|(k, v)| {
-                let name = match &*k {
-                    "status" => "状態",
-                    "from" => "受付日（から）",
-                    _ => "受付日（まで）",
-                };
-                format!(
-                    "{name}「{}」は読み取れないため、使っていません",
-                    v.chars().take(40).collect::<String>()
-                )
-            })
-            .collect();
+    let mut notices: Vec<String> = form_urlencoded::parse(raw.unwrap_or_default().as_bytes())
+        .filter(|(k, v)| {
+            !v.is_empty()
+                && match &**k {
+                    "status" => asked.status.is_none(),
+                    "from" => asked.from.is_none(),
+                    "to" => asked.to.is_none(),
+                    _ => false,
+                }
+        })
+        .map(|(k, v)| {
+            let name = match &*k {
+                "status" => "状態",
+                "from" => "受付日（から）",
+                _ => "受付日（まで）",
+            };
+            format!(
+                "{name}「{}」は読み取れないため、使っていません",
+                v.chars().take(40).collect::<String>()
+            )
+        })
+        .collect();
     if let (Some(f), Some(t)) = (filters.from, filters.to) {
         if f > t {
             notices.push("受付日の「から」が「まで」より後のため、対象はありません".to_owned());
@@ -333,6 +429,7 @@ pub async fn show(
             "status": status,
             "from": filters.from.map(|d| d.to_string()),
             "to": filters.to.map(|d| d.to_string()),
+            "format": format,
         }),
     )
     .await?;
@@ -351,31 +448,28 @@ pub async fn show(
         }
         parts.join("、")
     };
-    Ok(render(
-        StatusCode::OK,
-        &TotalsPage {
-            site: ctx.name.to_string(),
-            nav: Some(Nav::new(&user, "inbox")),
-            form_id,
-            title: versions[0].1.title.clone(),
-            submissions,
-            choices,
-            numbers: number_totals,
-            statuses: Status::ALL
-                .iter()
-                .map(|s| super::pages::Choice {
-                    value: s.as_str().into(),
-                    label: s.label().into(),
-                    selected: filters.status == Some(*s),
-                })
-                .collect(),
-            from: filters.from.map(|d| d.to_string()).unwrap_or_default(),
-            to: filters.to.map(|d| d.to_string()).unwrap_or_default(),
-            scope,
-            inbox: filters.query(),
-            notices,
-        },
-    ))
+    Ok(TotalsPage {
+        site: ctx.name.to_string(),
+        nav: Some(Nav::new(&user, "inbox")),
+        form_id,
+        title: versions[0].1.title.clone(),
+        submissions,
+        choices,
+        numbers: number_totals,
+        statuses: Status::ALL
+            .iter()
+            .map(|s| super::pages::Choice {
+                value: s.as_str().into(),
+                label: s.label().into(),
+                selected: filters.status == Some(*s),
+            })
+            .collect(),
+        from: filters.from.map(|d| d.to_string()).unwrap_or_default(),
+        to: filters.to.map(|d| d.to_string()).unwrap_or_default(),
+        scope,
+        inbox: filters.query(),
+        notices,
+    })
 }
 
 #[cfg(test)]

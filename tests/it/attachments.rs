@@ -1066,6 +1066,40 @@ async fn attached_files_are_scanned_by_clamd_when_set() {
             && !logged.contains("申請書"),
         "{logged}"
     );
+    // Sent from a page of an earlier version, the refused file is said so on the page
+    // the citizen is sent back to.
+    let (c3, token3, _) = site.open().await;
+    let (status, loc, page) = send_parts(
+        &c3,
+        &site.u(&site.public),
+        &[
+            Part::Text("_token", &token3),
+            Part::Text("_page", "0"),
+            Part::Text("_version", "0"),
+            Part::Text("_nav", "next"),
+            Part::Text("applicant", "神田次郎"),
+            Part::File("photo", "申請書.pdf", &infected),
+        ],
+    )
+    .await;
+    assert!(
+        status == 303 && loc.contains("updated=1") && loc.contains("refused=1"),
+        "{loc} {page}"
+    );
+    let (_, _, page) = get(&c3, &site.u(&loc)).await;
+    assert!(
+        page.contains("受け付けられなかったものがあります") && page.contains("value=\"神田次郎\""),
+        "{page}"
+    );
+    let finds: i64 = db
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'attachment.infected'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(finds, 2);
     // A clean file is kept.
     site.attach(&c, &token, "神田太郎", "現況.png", &png(3, 5_000))
         .await;
@@ -1077,7 +1111,7 @@ async fn attached_files_are_scanned_by_clamd_when_set() {
         .await
         .unwrap();
     for line in [
-        "madoguchi_attachment_scans_total{outcome=\"found\"} 1",
+        "madoguchi_attachment_scans_total{outcome=\"found\"} 2",
         "madoguchi_attachment_scans_total{outcome=\"clean\"} 1",
     ] {
         assert!(metrics.contains(line), "{line} missing from\n{metrics}");

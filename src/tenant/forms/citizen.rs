@@ -248,6 +248,9 @@ struct FormPage {
     /// What was saved had expired when this person sent a page: that page's
     /// answers are kept, the others must be given again.
     expired: bool,
+    /// With `updated` or `expired`: a file that page sent was refused (its kind, size
+    /// or the virus scan) and must be attached again.
+    files_refused: bool,
     /// The person is correcting a returned application (sent back as `_correction`,
     /// so that a page sent after its cookie expired is not taken as a new one).
     correction: bool,
@@ -299,6 +302,7 @@ impl FormPage {
             version: 0,
             updated: false,
             expired: false,
+            files_refused: false,
             correction: false,
             save: false,
             moved: false,
@@ -428,6 +432,8 @@ pub struct PageQuery {
     updated: Option<u8>,
     /// Set when a page was sent after what was saved had expired (see [`post_page`]).
     expired: Option<u8>,
+    /// Set with either when a file that page sent was refused.
+    refused: Option<u8>,
 }
 
 /// Links from the error summary to the input at fault: a part's own input (名 of a
@@ -590,6 +596,7 @@ pub async fn show(
         &FormPage {
             updated: q.updated.is_some(),
             expired: q.expired.is_some(),
+            files_refused: q.refused.is_some(),
             correction,
             moved,
             ..form_page(&ctx, &form, page, &raw, &[], &token)
@@ -712,7 +719,8 @@ pub(crate) fn same_origin(ctx: &TenantCtx, headers: &HeaderMap) -> bool {
 }
 
 /// Keeps what a page sent (for any page of the form it names) in `draft`, and sends
-/// the person to the form's first page with a notice (`?…&{why}=1`) of why.
+/// the person to the form's first page with a notice (`?…&{why}=1`) of why, and that a
+/// file the page sent was refused when it was.
 async fn restart(
     ctx: &TenantCtx,
     db: &deadpool_postgres::ClientWrapper,
@@ -720,7 +728,7 @@ async fn restart(
     token: &str,
     mut draft: Draft,
     body: &FormData,
-    why: &str,
+    (why, files_refused): (&str, bool),
 ) -> Result<Response, AppError> {
     let public_id = &form.public_id;
     for p in &form.def.pages {
@@ -733,29 +741,34 @@ async fn restart(
         .first()
         .copied()
         .unwrap_or(0);
-    Ok(see_other(&format!("/f/{public_id}?page={first}&{why}=1")))
+    let refused = if files_refused { "&refused=1" } else { "" };
+    Ok(see_other(&format!(
+        "/f/{public_id}?page={first}&{why}=1{refused}"
+    )))
 }
 
 /// Files a page sent, kept in `draft` for whichever field of the form as published
 /// now they name: for a page of an earlier version, or sent after what was saved
-/// expired (see [`restart`]). A file refused is left out; the page that follows
-/// shows the field without it.
+/// expired (see [`restart`]). A file refused is left out, and said so (`true`): the
+/// page that follows asks for it again.
 async fn keep_files(
     ctx: &TenantCtx,
     db: &mut deadpool_postgres::ClientWrapper,
     form: &Published,
     draft: &mut Draft,
     sent: &PageBody,
-) -> Result<(), AppError> {
+) -> Result<bool, AppError> {
+    let mut refused = false;
     if sent.files.is_empty() {
-        return Ok(());
+        return Ok(refused);
     }
     for p in &form.def.pages {
         let applied =
             attachments::apply(ctx, db, form.id, p, draft.id, &mut draft.inputs, sent).await?;
         attachments::log_found(db, form.id, &applied.found).await?;
+        refused |= !applied.errors.is_empty();
     }
-    Ok(())
+    Ok(refused)
 }
 
 pub async fn post_page(
@@ -802,8 +815,9 @@ pub async fn post_page(
         Posted::Renew => {
             let token = random_token(32);
             let mut draft = Draft::fresh();
-            keep_files(&ctx, &mut db, &form, &mut draft, &sent).await?;
-            let back = restart(&ctx, &db, &form, &token, draft, body, "expired").await?;
+            let refused = keep_files(&ctx, &mut db, &form, &mut draft, &sent).await?;
+            let back =
+                restart(&ctx, &db, &form, &token, draft, body, ("expired", refused)).await?;
             return Ok(with_cookie(back, &ctx, &form, &token));
         }
     };
@@ -829,8 +843,8 @@ pub async fn post_page(
         .parse::<i32>()
         .is_ok_and(|v| v != form.version)
     {
-        keep_files(&ctx, &mut db, &form, &mut draft, &sent).await?;
-        return restart(&ctx, &db, &form, &token, draft, body, "updated").await;
+        let refused = keep_files(&ctx, &mut db, &form, &mut draft, &sent).await?;
+        return restart(&ctx, &db, &form, &token, draft, body, ("updated", refused)).await;
     }
     // This page's inputs replace what the draft held for them; nothing else is lost.
     // A 添付ファイル field keeps its file unless a new one is sent or it is removed.

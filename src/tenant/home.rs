@@ -51,6 +51,8 @@ struct HomePage {
     found: usize,
     /// The municipality's 代表の問い合わせ先, if it wrote one.
     contact: Option<String>,
+    /// お知らせ, while it is shown.
+    notice: Option<String>,
 }
 
 /// The forms `query` finds: every word of it in the title or the department (width,
@@ -105,9 +107,16 @@ pub async fn show(
         .unwrap_or_default();
     let db = ctx.db().await?;
     let stmt = db
-        .prepare_cached("SELECT name, local_gov_code, contact FROM settings")
+        .prepare_cached(
+            "SELECT name, local_gov_code, contact,
+                    CASE WHEN notice_until IS NULL OR notice_until >= $1 THEN notice END
+               FROM settings",
+        )
         .await?;
-    let row = db.query_opt(&stmt, &[]).await?.ok_or(AppError::NotFound)?;
+    let row = db
+        .query_opt(&stmt, &[&crate::ja::today()])
+        .await?
+        .ok_or(AppError::NotFound)?;
     let forms = super::forms::store::open_forms(&db, ctx.zone).await?;
     drop(db);
     let listed = forms.len();
@@ -132,6 +141,9 @@ pub async fn show(
         site: row.get(0),
         code: row.get(1),
         contact: Some(row.get::<_, String>(2)).filter(|c| !c.trim().is_empty()),
+        notice: row
+            .get::<_, Option<String>>(3)
+            .filter(|n| !n.trim().is_empty()),
         listed,
         found: groups.iter().map(|g| g.forms.len()).sum::<usize>() + upcoming.len(),
         groups,

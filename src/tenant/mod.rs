@@ -355,6 +355,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             post(s::department_contact),
         )
         .route("/admin/contact", post(s::site_contact))
+        .route("/admin/notice", post(s::site_notice))
         // Staff: form builder
         .route("/admin/forms", get(b::list).post(b::create))
         .route("/admin/forms/{id}", get(b::show))

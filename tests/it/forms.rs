@@ -3362,3 +3362,87 @@ async fn the_home_page_lists_procedures_by_department_and_finds_them() {
     );
     server.shutdown().await;
 }
+
+/// お知らせ: a 管理者 puts a notice at the top of the home page, shown until the end
+/// of its last day (Japan time) when one is given.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_notice_is_on_the_home_page_until_its_last_day() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("a"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].clone();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let manager = staff(&env, &server, &t, Role::DeptManager, Some("子育て支援課")).await;
+    let u = |p: &str| url(&server, &host, p);
+    let save = |who: &Staff, notice: String, until: String| {
+        let (client, csrf, target) = (who.client.clone(), who.csrf.clone(), u("/admin/notice"));
+        async move {
+            post(
+                &client,
+                &target,
+                &[("csrf", &csrf), ("notice", &notice), ("until", &until)],
+            )
+            .await
+        }
+    };
+    let text = "12月29日から1月3日までは、申請の審査を行いません。\r\n1月4日から順に処理します。";
+    let today = madoguchi::ja::today();
+    assert_eq!(save(&manager, text.into(), String::new()).await.0, 403);
+    let (status, _, page) = save(&admin, text.into(), "12月28日".into()).await;
+    assert!(
+        status == 422
+            && page.contains("お知らせの表示終了日を「2026-12-28」の形で入力してください"),
+        "{page}"
+    );
+    let (status, _, page) = save(&admin, "お".repeat(501), String::new()).await;
+    assert!(
+        status == 422 && page.contains("お知らせは500文字までで入力してください（いま501文字）"),
+        "{page}"
+    );
+    // Until today (typed in full width): shown, and kept on the staff page.
+    let full_width: String = today
+        .to_string()
+        .chars()
+        .map(|c| match c {
+            '0'..='9' => char::from_u32(c as u32 + 0xFEE0).unwrap(),
+            '-' => '－',
+            c => c,
+        })
+        .collect();
+    assert_eq!(save(&admin, text.into(), full_width).await.0, 303);
+    let c = browser(&server, &[&host]);
+    let (_, _, home) = get(&c, &u("/")).await;
+    assert!(
+        home.contains("<h2 id=\"notice-h\">お知らせ")
+            && home.contains(
+                "12月29日から1月3日までは、申請の審査を行いません。<br/>1月4日から順に処理します。"
+            ),
+        "{home}"
+    );
+    let (_, _, page) = get(&admin.client, &u("/admin/staff")).await;
+    assert!(
+        page.contains(&format!("name=\"until\" value=\"{today}\"")),
+        "{page}"
+    );
+    // Its last day past: no longer shown; without a last day: shown.
+    let yesterday = today.previous_day().unwrap().to_string();
+    assert_eq!(save(&admin, text.into(), yesterday).await.0, 303);
+    let (_, _, home) = get(&c, &u("/")).await;
+    assert!(!home.contains("お知らせ"), "{home}");
+    assert_eq!(save(&admin, text.into(), String::new()).await.0, 303);
+    let (_, _, home) = get(&c, &u("/")).await;
+    assert!(home.contains("1月4日から順に処理します。"), "{home}");
+    let logged: i64 = env
+        .tenant_conn(&t)
+        .await
+        .client
+        .query_one(
+            "SELECT count(*) FROM audit_log WHERE action = 'settings.notice'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 3);
+    server.shutdown().await;
+}

@@ -561,6 +561,9 @@ struct StaffPage {
     max_contact: usize,
     /// The municipality's 代表の問い合わせ先 (administrators only).
     site_contact: String,
+    /// The home page's お知らせ and its last day (administrators only).
+    site_notice: String,
+    notice_until: String,
 }
 
 async fn staff_page(
@@ -601,18 +604,30 @@ async fn staff_page(
     } else {
         StatusCode::OK
     };
+    // The municipality's own settings, for administrators.
+    let settings: (String, String, String) = if user.is_admin() {
+        db.query_opt("SELECT contact, notice, notice_until FROM settings", &[])
+            .await?
+            .map(|r| {
+                (
+                    r.get(0),
+                    r.get(1),
+                    r.get::<_, Option<time::Date>>(2)
+                        .map(|d| d.to_string())
+                        .unwrap_or_default(),
+                )
+            })
+            .unwrap_or_default()
+    } else {
+        Default::default()
+    };
     Ok(render(
         status,
         &StaffPage {
             max_contact: MAX_CONTACT,
-            site_contact: if user.is_admin() {
-                db.query_opt("SELECT contact FROM settings", &[])
-                    .await?
-                    .map(|r| r.get(0))
-                    .unwrap_or_default()
-            } else {
-                String::new()
-            },
+            site_contact: settings.0,
+            site_notice: settings.1,
+            notice_until: settings.2,
             site: ctx.name.to_string(),
             nav: Some(Nav::new(user, "staff")),
             staff,
@@ -960,6 +975,71 @@ pub async fn site_contact(
         "settings.contact",
         "代表",
         serde_json::json!({ "length": text.chars().count() }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(see_other("/admin/staff"))
+}
+
+/// The home page's お知らせ (a 管理者 only): a text of [`MAX_CONTACT`] characters,
+/// shown until the end of `until` (Japan time) when given; empty: none shown.
+pub async fn site_notice(
+    ctx: TenantCtx,
+    user: StaffUser,
+    form: FormData,
+) -> Result<Response, AppError> {
+    user.require_admin()?;
+    user.check_csrf(&form)?;
+    let text = form.get("notice").trim().replace("\r\n", "\n");
+    let n = text.chars().count();
+    let until_text = crate::ja::nfkc(form.get("until").trim());
+    let until = if until_text.is_empty() {
+        None
+    } else {
+        match time::Date::parse(
+            &until_text,
+            time::macros::format_description!("[year]-[month]-[day]"),
+        ) {
+            Ok(d) => Some(d),
+            Err(_) => {
+                return staff_page(
+                    &ctx,
+                    &user,
+                    None,
+                    Some(format!(
+                        "お知らせの表示終了日を「2026-12-28」の形で入力してください（いま「{}」）",
+                        until_text.chars().take(20).collect::<String>()
+                    )),
+                )
+                .await
+            }
+        }
+    };
+    if n > MAX_CONTACT {
+        return staff_page(
+            &ctx,
+            &user,
+            None,
+            Some(format!(
+                "お知らせは{MAX_CONTACT}文字までで入力してください（いま{n}文字）"
+            )),
+        )
+        .await;
+    }
+    let mut db = ctx.db().await?;
+    let client: &mut tokio_postgres::Client = &mut db;
+    let tx = client.transaction().await?;
+    tx.execute(
+        "UPDATE settings SET notice = $1, notice_until = $2, updated_at = now()",
+        &[&text, &until],
+    )
+    .await?;
+    audit::append(
+        &tx,
+        &user.actor(),
+        "settings.notice",
+        "トップページ",
+        serde_json::json!({ "length": n, "until": until.map(|d| d.to_string()) }),
     )
     .await?;
     tx.commit().await?;

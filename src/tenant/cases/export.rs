@@ -261,7 +261,8 @@ async fn log_export(
     .await
 }
 
-fn download(content_type: &'static str, name: &str, body: Body) -> Response {
+/// A file download: its type, the name it is saved under, and its body.
+pub(crate) fn download(content_type: &'static str, name: &str, body: Body) -> Response {
     let disposition = HeaderValue::from_str(&format!("attachment; filename=\"{name}\""))
         .unwrap_or(HeaderValue::from_static("attachment"));
     (

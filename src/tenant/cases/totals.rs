@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use askama::Template;
 use axum::extract::Path;
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use uuid::Uuid;
 
 use super::Status;
@@ -164,23 +164,11 @@ pub async fn csv(
     let bytes = w
         .into_inner()
         .map_err(|e| AppError::Internal(anyhow::anyhow!("writing the totals: {e}")))?;
-    Ok((
-        [
-            (
-                axum::http::header::CONTENT_TYPE,
-                axum::http::HeaderValue::from_static("text/csv; charset=utf-8"),
-            ),
-            (
-                axum::http::header::CONTENT_DISPOSITION,
-                axum::http::HeaderValue::from_str(&format!(
-                    "attachment; filename=\"totals-{form_id}.csv\""
-                ))
-                .unwrap_or(axum::http::HeaderValue::from_static("attachment")),
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+    Ok(super::export::download(
+        "text/csv; charset=utf-8",
+        &format!("totals-{form_id}.csv"),
+        axum::body::Body::from(bytes),
+    ))
 }
 
 /// The totals of a form the user may see, logged (`form.totals`, with its conditions

@@ -905,7 +905,7 @@ pub async fn department_contact(
         return Err(AppError::Forbidden);
     }
     user.check_csrf(&form)?;
-    let text = match contact_text(&form) {
+    let text = match short_text(&form, "contact", "問い合わせ先") {
         Ok(t) => t,
         Err(e) => return staff_page(&ctx, &user, None, Some(e)).await,
     };
@@ -932,13 +932,14 @@ pub async fn department_contact(
     Ok(see_other("/admin/staff"))
 }
 
-/// A 問い合わせ先 as typed (trimmed, line breaks as `\n`), or why it is refused.
-fn contact_text(form: &FormData) -> Result<String, String> {
-    let text = form.get("contact").trim().replace("\r\n", "\n");
+/// A text for citizens (問い合わせ先, お知らせ: `what`) as typed in `input`, trimmed,
+/// line breaks as `\n`, at most [`MAX_CONTACT`] characters; or why it is refused.
+fn short_text(form: &FormData, input: &str, what: &str) -> Result<String, String> {
+    let text = form.get(input).trim().replace("\r\n", "\n");
     let n = text.chars().count();
     if n > MAX_CONTACT {
         return Err(format!(
-            "問い合わせ先は{MAX_CONTACT}文字までで入力してください（いま{n}文字）"
+            "{what}は{MAX_CONTACT}文字までで入力してください（いま{n}文字）"
         ));
     }
     Ok(text)
@@ -953,7 +954,7 @@ pub async fn site_contact(
 ) -> Result<Response, AppError> {
     user.require_admin()?;
     user.check_csrf(&form)?;
-    let text = match contact_text(&form) {
+    let text = match short_text(&form, "contact", "問い合わせ先") {
         Ok(t) => t,
         Err(e) => return staff_page(&ctx, &user, None, Some(e)).await,
     };
@@ -990,42 +991,20 @@ pub async fn site_notice(
 ) -> Result<Response, AppError> {
     user.require_admin()?;
     user.check_csrf(&form)?;
-    let text = form.get("notice").trim().replace("\r\n", "\n");
-    let n = text.chars().count();
     let until_text = crate::ja::nfkc(form.get("until").trim());
-    let until = if until_text.is_empty() {
-        None
-    } else {
-        match time::Date::parse(
-            &until_text,
-            time::macros::format_description!("[year]-[month]-[day]"),
-        ) {
-            Ok(d) => Some(d),
-            Err(_) => {
-                return staff_page(
-                    &ctx,
-                    &user,
-                    None,
-                    Some(format!(
-                        "お知らせの表示終了日を「2026-12-28」の形で入力してください（いま「{}」）",
-                        until_text.chars().take(20).collect::<String>()
-                    )),
-                )
-                .await
-            }
-        }
+    let until = crate::tenant::http::date(&until_text);
+    let checked = match short_text(&form, "notice", "お知らせ") {
+        Ok(_) if until.is_none() && !until_text.is_empty() => Err(format!(
+            "お知らせの表示終了日を「2026-12-28」の形で入力してください（いま「{}」）",
+            until_text.chars().take(20).collect::<String>()
+        )),
+        other => other,
     };
-    if n > MAX_CONTACT {
-        return staff_page(
-            &ctx,
-            &user,
-            None,
-            Some(format!(
-                "お知らせは{MAX_CONTACT}文字までで入力してください（いま{n}文字）"
-            )),
-        )
-        .await;
-    }
+    let text = match checked {
+        Ok(t) => t,
+        Err(e) => return staff_page(&ctx, &user, None, Some(e)).await,
+    };
+    let n = text.chars().count();
     let mut db = ctx.db().await?;
     let client: &mut tokio_postgres::Client = &mut db;
     let tx = client.transaction().await?;

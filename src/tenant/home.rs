@@ -63,6 +63,10 @@ fn found(forms: Vec<OpenForm>, query: &str) -> Vec<OpenForm> {
         .split_whitespace()
         .map(crate::ja::search_key)
         .collect();
+    // No search (the usual home page): nothing to fold.
+    if words.is_empty() {
+        return forms;
+    }
     forms
         .into_iter()
         .filter(|f| {

@@ -650,10 +650,10 @@ fn request_host(req: &Request) -> Result<Option<(String, String)>, ()> {
     }
 }
 
-/// The path as logged: secrets that travel in a path (setup tokens) and a citizen's
+/// The path as logged: secrets that travel in a path (setup tokens, mailed links' keys) and a citizen's
 /// postal code (part of an address) are cut off.
 pub fn loggable_path(path: &str) -> String {
-    for cut in ["/admin/setup/", "/postal/"] {
+    for cut in ["/admin/setup/", "/postal/", "/my/open/"] {
         if path.starts_with(cut) {
             return format!("{cut}…");
         }
@@ -677,6 +677,7 @@ mod tests {
         assert_eq!(logged("/postal/0600042"), "/postal/…");
         assert_eq!(logged("/f/abc/confirm"), "/f/abc/confirm");
         assert_eq!(logged("/f/abc/resume/S2V5a2V5"), "/f/abc/resume/…");
+        assert_eq!(logged("/my/open/S2V5a2V5"), "/my/open/…");
         assert_eq!(logged(&"/f/".repeat(100)).chars().count(), 200);
     }
 

@@ -53,6 +53,8 @@ struct HomePage {
     contact: Option<String>,
     /// お知らせ, while it is shown.
     notice: Option<String>,
+    /// 申請一覧 is offered (mail is delivered).
+    mine: bool,
 }
 
 /// The forms `query` finds: every word of it in the title or the department (width,
@@ -153,6 +155,7 @@ pub async fn show(
         groups,
         upcoming,
         query,
+        mine: ctx.mail_on(),
     };
     Ok(render(StatusCode::OK, &page))
 }

@@ -1,6 +1,7 @@
 //! Mail to applicants from the outbox: the e-mailed copy of an application
 //! (受付完了メール, kind `receipt`), staff's messages about a case (kind `mail`) and
-//! the link to go on with a saved form (一時保存, kind `resume`).
+//! the link to go on with a saved form (一時保存, kind `resume`) and the link to the
+//! list of one's applications (申請一覧, kind `sign_in`).
 //!
 //! Rows are written in the same transaction as what caused them; here they are sent
 //! through the platform's SMTP relay, one tenant database at a time, oldest first.
@@ -25,6 +26,7 @@ use super::forms::answers::Answers;
 use super::forms::citizen::{decrypt_answers, jst, RECEIPT_MAIL};
 use super::forms::definition::{FieldKind, FormDefinition};
 use super::forms::resume::RESUME_MAIL;
+use super::mine::SIGN_IN_MAIL;
 use crate::config::MailSettings;
 use crate::crypto::FieldCipher;
 use crate::error::AppError;
@@ -219,15 +221,15 @@ pub async fn deliver_due(
                         pass.retrying += 1;
                     }
                     let secs = retry.map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-                    // A link to a saved form given up loses its key and recipient:
-                    // nothing can send it any more.
+                    // A link (to a saved form, or to the list of applications) given
+                    // up loses its key and recipient: nothing can send it any more.
                     tx.execute(
                         "UPDATE outbox SET attempts = attempts + 1, last_error = $2,
                                 next_attempt_at = CASE WHEN $3::bigint IS NULL THEN 'infinity'::timestamptz
                                                        ELSE now() + make_interval(secs => $3::bigint) END,
-                                payload = CASE WHEN $3::bigint IS NULL AND kind = $4 THEN ''::bytea ELSE payload END
+                                payload = CASE WHEN $3::bigint IS NULL AND kind = ANY($4) THEN ''::bytea ELSE payload END
                           WHERE id = $1",
-                        &[&id, &why, &secs, &RESUME_MAIL],
+                        &[&id, &why, &secs, &[RESUME_MAIL, SIGN_IN_MAIL].as_slice()],
                     )
                     .await?;
                     if let (Refused::RelayDown(_), Some(wait)) = (&refused, retry) {
@@ -362,6 +364,9 @@ async fn compose(
     if kind == RESUME_MAIL {
         return resume_letter(cipher, head, id, payload);
     }
+    if kind == SIGN_IN_MAIL {
+        return sign_in_letter(cipher, head, id, payload);
+    }
     let submission = submission.ok_or(AppError::NotFound)?;
     // Receipts are sealed to their submission (see `RECEIPT_MAIL`), the rest to their own row.
     let bound = if kind == RECEIPT_MAIL {
@@ -449,14 +454,7 @@ fn resume_letter(
     id: i64,
     payload: &[u8],
 ) -> Result<Letter, AppError> {
-    let payload: serde_json::Value = serde_json::from_str(&open_text(
-        cipher,
-        "outbox",
-        "payload",
-        &id.to_string(),
-        payload,
-    )?)
-    .map_err(|e| AppError::Internal(e.into()))?;
+    let payload = own_payload(cipher, id, payload)?;
     let field = |k: &str| payload.get(k).and_then(|v| v.as_str()).unwrap_or_default();
     let (to, title, url, until) = (field("to"), field("title"), field("url"), field("until"));
     if to.is_empty() || url.is_empty() {
@@ -475,6 +473,64 @@ fn resume_letter(
              ・リンクを開いて続きを始めると、このリンクは使えなくなります。\n\n{foot}",
             foot = footer(&head.site),
         ),
+    })
+}
+
+/// A payload sealed to its own outbox row (`id`), as JSON.
+fn own_payload(
+    cipher: &FieldCipher,
+    id: i64,
+    payload: &[u8],
+) -> Result<serde_json::Value, AppError> {
+    serde_json::from_str(&open_text(
+        cipher,
+        "outbox",
+        "payload",
+        &id.to_string(),
+        payload,
+    )?)
+    .map_err(|e| AppError::Internal(e.into()))
+}
+
+/// 申請一覧: the link to see the applications sent with this address, or, to an
+/// address no application was sent with, that none was (and where to look one up by
+/// its receipt number). Nothing about any application is in it.
+fn sign_in_letter(
+    cipher: &FieldCipher,
+    head: &Letterhead,
+    id: i64,
+    payload: &[u8],
+) -> Result<Letter, AppError> {
+    let payload = own_payload(cipher, id, payload)?;
+    let field = |k: &str| payload.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let (to, url, until) = (field("to"), field("url"), field("until"));
+    if to.is_empty() || url.is_empty() {
+        return Err(AppError::NotFound);
+    }
+    let foot = footer(&head.site);
+    let body = if payload
+        .get("none")
+        .is_some_and(|v| v.as_bool() == Some(true))
+    {
+        format!(
+            "申請一覧を見るためのリンクのご依頼を受け付けましたが、このメールアドレスで受け付けた申請は見つかりませんでした。\n\n\
+             ・申請のときに別のメールアドレスを入力した可能性があります。そのアドレスでもう一度お試しください。\n\
+             ・受付番号がわかる場合は、次のページから状況を確認できます。\n{url}\n\n{foot}"
+        )
+    } else {
+        format!(
+            "このメールアドレスで受け付けた申請の一覧を見るためのリンクです。\n\
+             次のリンクを開き、「申請一覧を開く」を押してください。\n\n\
+             {url}\n\n\
+             有効期限: {until}（1回だけ使えます）\n\n\
+             ・このリンクを知っている人は、申請の一覧と状況を見ることができます。他の人に転送しないでください。\n\
+             ・お心当たりのない場合は、リンクを開かずにこのメールを破棄してください。\n\n{foot}"
+        )
+    };
+    Ok(Letter {
+        to: to.to_owned(),
+        subject: format!("【{}】申請一覧のご案内", head.site),
+        body,
     })
 }
 

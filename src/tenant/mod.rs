@@ -13,6 +13,7 @@ mod home;
 pub mod http;
 pub mod identity;
 pub mod mail;
+mod mine;
 pub mod rekey;
 pub mod spreadsheet;
 pub mod staff;
@@ -323,6 +324,16 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
                 .layer::<_, std::convert::Infallible>(small_body())
                 .layer(lookups.clone()),
         )
+        .route(
+            "/my",
+            get(mine::show)
+                .post(mine::ask)
+                .layer::<_, std::convert::Infallible>(small_body())
+                .layer(lookups.clone()),
+        )
+        // The key (32 random bytes) is not guessed: no lookup quota.
+        .route("/my/open/{key}", get(mine::link_page).post(mine::open))
+        .route("/my/sign-out", post(mine::sign_out))
         .route(
             "/status/resubmit",
             post(status::resubmit)

@@ -24,7 +24,8 @@ use crate::tenant::forms::resume::mailbox;
 /// pass (no statement, lock or value waits long on a suspended tenant's database).
 const LOCK_SQL: &str = "SET LOCAL statement_timeout = 0; SET LOCAL lock_timeout = '10s';
      LOCK TABLE settings, staff, citizen_drafts, submissions, submission_events, submission_notes,
-                outbox, attachments, draft_identities, submission_identities, identity_provider
+                outbox, attachments, draft_identities, submission_identities, identity_provider,
+                citizen_sign_ins
      IN EXCLUSIVE MODE";
 
 /// A sealed column (other than the applications' answers): the table and column its
@@ -40,7 +41,7 @@ struct Column {
     fetch: &'static str,
 }
 
-const COLUMNS: [Column; 10] = [
+const COLUMNS: [Column; 11] = [
     Column {
         table: "staff",
         column: "totp_secret",
@@ -106,6 +107,14 @@ const COLUMNS: [Column; 10] = [
         column: "claims",
         declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT submission_id::text, submission_id::text, claims FROM submission_identities",
         update: "UPDATE submission_identities t SET claims = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.submission_id = u.k::uuid",
+        fetch: "FETCH 500 FROM rekey",
+    },
+    // 申請一覧's links and sessions: the address each was asked for.
+    Column {
+        table: "citizen_sign_ins",
+        column: "email",
+        declare: "DECLARE rekey NO SCROLL CURSOR FOR SELECT id::text, id::text, email FROM citizen_sign_ins",
+        update: "UPDATE citizen_sign_ins t SET email = u.v FROM unnest($1::text[], $2::bytea[]) AS u(k, v) WHERE t.id = u.k::uuid",
         fetch: "FETCH 500 FROM rekey",
     },
     // The single provider row's secret is bound to the name "provider".

@@ -63,6 +63,8 @@ struct StatusPage {
     found: Option<Found>,
     /// What was just done (取下げ).
     done: Option<&'static str>,
+    /// 申請一覧 is offered (mail is delivered).
+    mine: bool,
 }
 
 pub async fn form(ctx: TenantCtx) -> Response {
@@ -75,6 +77,7 @@ pub async fn form(ctx: TenantCtx) -> Response {
             error: None,
             found: None,
             done: None,
+            mine: ctx.mail_on(),
         },
     )
 }
@@ -124,6 +127,7 @@ fn page(
         error,
         found,
         done: None,
+        mine: ctx.mail_on(),
     }
 }
 

@@ -30,6 +30,20 @@ pub fn capture(re: &str, body: &str) -> String {
         .to_owned()
 }
 
+/// [`browser`] connecting from another loopback address, 127.0.0.`n` (its own
+/// rate-limit bucket).
+pub fn browser_from(server: &Server, hosts: &[&str], n: u8) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .local_address(std::net::IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, n)));
+    for h in hosts {
+        b = b.resolve(h, server.bound.public);
+    }
+    b.build().unwrap()
+}
+
 pub async fn get(c: &reqwest::Client, u: &str) -> (u16, String, String) {
     seen(c.get(u).send().await.unwrap()).await
 }
@@ -327,6 +341,18 @@ pub async fn fill_in(
     public: &str,
     kind: &str,
 ) -> Result<String, (u16, String)> {
+    fill_in_as(c, server, host, public, kind, "hanako.kasai@example.jp").await
+}
+
+/// [`fill_in`] with another e-mail address.
+pub async fn fill_in_as(
+    c: &reqwest::Client,
+    server: &Server,
+    host: &str,
+    public: &str,
+    kind: &str,
+    email: &str,
+) -> Result<String, (u16, String)> {
     let c = c.clone();
     let u = |p: &str| url(server, host, p);
     let (status, _, page) = get(&c, &u(public)).await;
@@ -342,7 +368,7 @@ pub async fn fill_in(
         ("name.given", "花子"),
         ("name.family_kana", "かさい"),
         ("name.given_kana", "ﾊﾅｺ"),
-        ("email", "hanako.kasai@example.jp"),
+        ("email", email),
         ("kind", kind),
     ];
     if kind == "その他" {

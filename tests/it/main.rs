@@ -25,6 +25,7 @@ mod identity;
 mod incident;
 mod isolation;
 mod mail;
+mod mine;
 mod pg_tls;
 mod plans;
 mod routing;

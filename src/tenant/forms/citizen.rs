@@ -98,7 +98,8 @@ pub(super) async fn load_draft(
 
 /// Deletes drafts past their expiry, sent or not: what a citizen typed and left is
 /// kept [`DRAFT_HOURS`] after their last step (or, saved with a mailed link, until
-/// the link expires), no longer; and the link mails done with a day ago. Returns
+/// the link expires), no longer; the link mails done with a day ago; and 申請一覧's
+/// links and sessions past their end. Returns
 /// the rows deleted. Run daily by the server.
 pub async fn purge_expired_drafts(db: &tokio_postgres::Client) -> Result<u64, AppError> {
     let drafts = db
@@ -120,9 +121,16 @@ pub async fn purge_expired_drafts(db: &tokio_postgres::Client) -> Result<u64, Ap
             &[],
         )
         .await?;
+    // 申請一覧's links unopened and sessions ended.
+    let sign_ins = db
+        .execute(
+            "DELETE FROM citizen_sign_ins WHERE expires_at <= now()",
+            &[],
+        )
+        .await?;
     // Files of drafts gone (expired or taken over) or sent without them.
     let files = super::attachments::purge_orphans(db).await?;
-    Ok(drafts + links + verifications + files)
+    Ok(drafts + links + verifications + sign_ins + files)
 }
 
 /// The draft saved under a token (see [`save_draft`]; $1 id, $2 token hash, $3 form,
@@ -325,7 +333,7 @@ struct NoticePage {
     message: String,
 }
 
-pub(super) fn notice(
+pub(crate) fn notice(
     ctx: &TenantCtx,
     status: StatusCode,
     title: &str,

@@ -1,0 +1,418 @@
+//! 申請一覧: a citizen who applied with an e-mail address sees every application
+//! sent with it, signed in by a link mailed to that address. Nothing else is an
+//! account: the address's mailbox is the proof.
+//!
+//! Asking for the link answers the same whatever the address (nobody learns from it
+//! who applied); the mail says which: a link, or that no application was sent with
+//! that address. The link works once, for [`LINK_MINUTES`]; its page changes nothing
+//! (mail scanners fetch links) and its button, pressed from this site, gives the
+//! browser a session of [`SESSION_MINUTES`]. The list shows each application's
+//! procedure, receipt number, status and dates, never the answers; 詳しく見る opens
+//! the status page (状況照会) for it, with its messages, 取下げ and 差戻し's
+//! correction. The opening is logged as a citizen's lookup.
+//!
+//! Links are limited per address ([`LINKS_PER_ADDRESS`] a day), per municipality
+//! (the link mails' daily ceiling shared with 一時保存) and per client address (the
+//! lookups' rate). Offered only where mail is delivered.
+
+use askama::Template;
+use axum::extract::Path;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use uuid::Uuid;
+
+use super::cases::{open_text, seal, Status};
+use super::forms::citizen::{jst, notice, same_origin};
+use super::forms::resume::{mailbox, LINKS_PER_DAY, LINKS_TODAY_SQL};
+use super::http::{cookies, see_other, set_cookie, token_hash, FormData};
+use super::TenantCtx;
+use crate::crypto::random_token;
+use crate::error::AppError;
+use crate::tenant::audit::{self, Actor};
+use crate::web::render;
+
+/// How long a mailed link works.
+pub const LINK_MINUTES: i32 = 30;
+/// How long the browser that opened a link sees the list.
+pub const SESSION_MINUTES: i32 = 30;
+/// Link mails one address is sent in 24 hours.
+pub const LINKS_PER_ADDRESS: i64 = 5;
+/// Applications listed, newest first.
+pub const LIST_LIMIT: i64 = 100;
+/// The outbox kind of the mail (sealed to its own row, no submission behind it).
+pub const SIGN_IN_MAIL: &str = "sign_in";
+/// The session cookie, for `/my` only.
+const COOKIE: &str = "md_my";
+
+/// Sign-in mails to an address ($1, its mailbox's blind index) in the last 24 hours.
+const SENT_TO_SQL: &str = "SELECT count(*) FROM outbox
+  WHERE recipient_index = $1 AND kind = $2 AND created_at > now() - interval '1 day'";
+/// The session a cookie ($1, hashed) holds: its row, sealed address and end.
+const SESSION_SQL: &str = "SELECT id, email, expires_at FROM citizen_sign_ins
+  WHERE session_hash = $1 AND opened_at IS NOT NULL AND expires_at > now()";
+/// Applications sent with an address ($1, its lookup keys' blind indexes), newest
+/// first: id, receipt number, the procedure's title as sent, status, sent, updated.
+const LIST_SQL: &str =
+    "SELECT s.receipt_number, v.definition->>'title', s.status, s.submitted_at, s.updated_at
+   FROM submissions s JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version
+  WHERE s.email_index = ANY($1) ORDER BY s.submitted_at DESC, s.id LIMIT $2";
+
+#[derive(Template)]
+#[template(path = "citizen/mine.html")]
+struct MinePage {
+    site: String,
+    email: String,
+    error: Option<String>,
+    /// The link was asked for (the same answer whatever the address).
+    sent: bool,
+    /// Signed in: the applications, and until when.
+    list: Option<Listed>,
+    /// Just signed out.
+    out: bool,
+    minutes: i32,
+}
+
+struct Listed {
+    email: String,
+    until: String,
+    items: Vec<Item>,
+    /// More than [`LIST_LIMIT`]: the oldest are not shown.
+    more: bool,
+}
+
+struct Item {
+    receipt: String,
+    title: String,
+    status: &'static str,
+    /// A correction is asked for (差戻し).
+    returned: bool,
+    sent: String,
+    updated: String,
+}
+
+#[derive(Template)]
+#[template(path = "citizen/mine_open.html")]
+struct OpenPage {
+    site: String,
+    action: String,
+    until: String,
+    minutes: i32,
+}
+
+fn page(ctx: &TenantCtx) -> MinePage {
+    MinePage {
+        site: ctx.name.to_string(),
+        email: String::new(),
+        error: None,
+        sent: false,
+        list: None,
+        out: false,
+        minutes: LINK_MINUTES,
+    }
+}
+
+/// The browser's session, if it holds one: its row and the address.
+async fn session(
+    ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
+    headers: &HeaderMap,
+) -> Result<Option<(Uuid, String, time::OffsetDateTime)>, AppError> {
+    for cookie in cookies(headers, COOKIE) {
+        let row = db.query_opt(SESSION_SQL, &[&token_hash(&cookie)]).await?;
+        if let Some(r) = row {
+            let id: Uuid = r.get(0);
+            let email = open_text(
+                ctx.cipher(),
+                "citizen_sign_ins",
+                "email",
+                &id.to_string(),
+                &r.get::<_, Vec<u8>>(1),
+            )?;
+            return Ok(Some((id, email, r.get(2))));
+        }
+    }
+    Ok(None)
+}
+
+/// The blind indexes applications sent with `email` are found by.
+fn indexes(ctx: &TenantCtx, email: &str) -> Vec<Vec<u8>> {
+    crate::ja::email_lookup_keys(email)
+        .iter()
+        .map(|k| ctx.cipher().blind_index("submissions", "email", k).to_vec())
+        .collect()
+}
+
+async fn listed(
+    ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
+    email: String,
+    until: time::OffsetDateTime,
+) -> Result<Listed, AppError> {
+    let rows = db
+        .query(LIST_SQL, &[&indexes(ctx, &email), &(LIST_LIMIT + 1)])
+        .await?;
+    let more = rows.len() > usize::try_from(LIST_LIMIT).unwrap_or(usize::MAX);
+    let items = rows
+        .iter()
+        .take(usize::try_from(LIST_LIMIT).unwrap_or(usize::MAX))
+        .map(|r| {
+            let status = Status::parse(r.get::<_, &str>(2)).unwrap_or(Status::Received);
+            Item {
+                receipt: r.get(0),
+                title: r.get::<_, Option<String>>(1).unwrap_or_default(),
+                status: status.label(),
+                returned: status == Status::Returned,
+                sent: jst(r.get(3)),
+                updated: jst(r.get(4)),
+            }
+        })
+        .collect();
+    Ok(Listed {
+        email,
+        until: jst(until),
+        items,
+        more,
+    })
+}
+
+/// 申請一覧: the list for a signed-in browser, else where to ask for the link.
+pub async fn show(ctx: TenantCtx, headers: HeaderMap) -> Result<Response, AppError> {
+    if !ctx.mail_on() {
+        return Ok(see_other("/status"));
+    }
+    let db = ctx.db().await?;
+    let mut shown = page(&ctx);
+    if let Some((_, email, until)) = session(&ctx, &db, &headers).await? {
+        shown.list = Some(listed(&ctx, &db, email, until).await?);
+    }
+    Ok(render(StatusCode::OK, &shown))
+}
+
+/// Mails the link (or, to an address no application was sent with, says so), and
+/// answers the same either way.
+pub async fn ask(ctx: TenantCtx, body: FormData) -> Result<Response, AppError> {
+    if !ctx.mail_on() {
+        return Ok(see_other("/status"));
+    }
+    let typed: String = body.get("email").chars().take(254).collect();
+    let mut shown = page(&ctx);
+    shown.email = typed.clone();
+    let refused = |mut shown: MinePage, why: String| {
+        shown.error = Some(why);
+        Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &shown))
+    };
+    let address = crate::ja::nfkc(typed.trim());
+    if address.is_empty() {
+        return refused(shown, "メールアドレスを入力してください".into());
+    }
+    let Some(to) = super::forms::answers::email_address(&address) else {
+        return refused(
+            shown,
+            "メールアドレスの形式が正しくありません（例: yamada@example.jp）".into(),
+        );
+    };
+    let mut db = ctx.db().await?;
+    let tx = db.transaction().await?;
+    let recipient = ctx
+        .cipher()
+        .blind_index("outbox", "recipient", &mailbox(&to))
+        .to_vec();
+    // Two requests for one address at once are counted one after the other.
+    let lock = i64::from_be_bytes(recipient[..8].try_into().unwrap_or_default());
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+        .await?;
+    let sent: i64 = tx
+        .query_one(SENT_TO_SQL, &[&recipient, &SIGN_IN_MAIL])
+        .await?
+        .get(0);
+    if sent >= LINKS_PER_ADDRESS {
+        return refused(
+            shown,
+            format!("このメールアドレスには、24時間に{LINKS_PER_ADDRESS}通までしかお送りできません。届いたメールのリンクをお使いいただくか、時間をおいてお試しください"),
+        );
+    }
+    let all_today: i64 = tx.query_one(LINKS_TODAY_SQL, &[]).await?.get(0);
+    if all_today >= LINKS_PER_DAY {
+        tracing::warn!(
+            limit = LINKS_PER_DAY,
+            "link mails: the municipality's daily ceiling is reached"
+        );
+        return refused(
+            shown,
+            "本日この自治体から送れるメールの数が上限に達しました。お手数ですが、受付番号で照会するか、明日あらためてお試しください".into(),
+        );
+    }
+    let any: bool = tx
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM submissions WHERE email_index = ANY($1))",
+            &[&indexes(&ctx, &to)],
+        )
+        .await?
+        .get(0);
+    let payload = if any {
+        let id = Uuid::new_v4();
+        let key = random_token(32);
+        let sealed = seal(
+            ctx.cipher(),
+            "citizen_sign_ins",
+            "email",
+            &id.to_string(),
+            &to,
+        )?;
+        let until: time::OffsetDateTime = tx
+            .query_one(
+                "INSERT INTO citizen_sign_ins (id, key_hash, email, expires_at)
+                 VALUES ($1, $2, $3, now() + make_interval(mins => $4)) RETURNING expires_at",
+                &[&id, &token_hash(&key), &sealed, &LINK_MINUTES],
+            )
+            .await?
+            .get(0);
+        serde_json::json!({
+            "to": to,
+            "url": format!("{}/my/open/{key}", ctx.base_url),
+            "until": jst(until),
+        })
+    } else {
+        serde_json::json!({ "to": to, "url": format!("{}/status", ctx.base_url) , "none": true })
+    };
+    let out =
+        super::mail::queue(&*tx, ctx.cipher(), SIGN_IN_MAIL, None, &payload.to_string()).await?;
+    tx.execute(
+        "UPDATE outbox SET recipient_index = $2 WHERE id = $1",
+        &[&out, &recipient],
+    )
+    .await?;
+    tx.commit().await?;
+    ctx.mail_queued();
+    shown.sent = true;
+    shown.email = to;
+    Ok(render(StatusCode::OK, &shown))
+}
+
+fn spent_link(ctx: &TenantCtx) -> Response {
+    notice(
+        ctx,
+        StatusCode::NOT_FOUND,
+        "申請一覧",
+        "このリンクは使えません",
+        "リンクの有効期限が過ぎたか、すでに開かれています。申請一覧のページから、もう一度メールを受け取ってください。",
+    )
+}
+
+/// The page a mailed link leads to: what opening it does, and a button to do it.
+/// Fetching it changes nothing.
+pub async fn link_page(ctx: TenantCtx, Path(key): Path<String>) -> Result<Response, AppError> {
+    let db = ctx.db().await?;
+    let row = db
+        .query_opt(
+            "SELECT expires_at FROM citizen_sign_ins
+              WHERE key_hash = $1 AND opened_at IS NULL AND expires_at > now()",
+            &[&token_hash(&key)],
+        )
+        .await?;
+    let Some(r) = row else {
+        return Ok(spent_link(&ctx));
+    };
+    let mut resp = render(
+        StatusCode::OK,
+        &OpenPage {
+            site: ctx.name.to_string(),
+            action: format!("/my/open/{key}"),
+            until: jst(r.get(0)),
+            minutes: SESSION_MINUTES,
+        },
+    );
+    // The key is in this page's address: what it loads is told only the origin.
+    resp.headers_mut().insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("strict-origin"),
+    );
+    Ok(resp)
+}
+
+/// Opens the link in this browser: the key spent, a session cookie given, the
+/// opening logged; on to the list.
+pub async fn open(
+    ctx: TenantCtx,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    // Another site must not sign this browser in to somebody's list.
+    if !same_origin(&ctx, &headers) {
+        return Err(AppError::Csrf);
+    }
+    let mut db = ctx.db().await?;
+    let session = random_token(32);
+    let opened = db
+        .query_opt(
+            "UPDATE citizen_sign_ins SET opened_at = now(), session_hash = $2,
+                    expires_at = now() + make_interval(mins => $3)
+              WHERE key_hash = $1 AND opened_at IS NULL AND expires_at > now()
+              RETURNING id, email",
+            &[&token_hash(&key), &token_hash(&session), &SESSION_MINUTES],
+        )
+        .await?;
+    let Some(r) = opened else {
+        return Ok(spent_link(&ctx));
+    };
+    let id: Uuid = r.get(0);
+    let email = open_text(
+        ctx.cipher(),
+        "citizen_sign_ins",
+        "email",
+        &id.to_string(),
+        &r.get::<_, Vec<u8>>(1),
+    )?;
+    let count: i64 = db
+        .query_one(
+            "SELECT count(*) FROM submissions WHERE email_index = ANY($1)",
+            &[&indexes(&ctx, &email)],
+        )
+        .await?
+        .get(0);
+    audit::record(
+        &mut db,
+        &Actor::Citizen,
+        "status.sign_in",
+        &id.to_string(),
+        serde_json::json!({ "applications": count }),
+    )
+    .await?;
+    let mut resp = see_other("/my");
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(
+            COOKIE,
+            &session,
+            "/my",
+            Some(u64::try_from(SESSION_MINUTES).unwrap_or(0) * 60),
+            ctx.secure_cookies,
+        ),
+    );
+    Ok(resp)
+}
+
+/// Ends the browser's session (the row is deleted) and forgets its cookie.
+pub async fn sign_out(ctx: TenantCtx, headers: HeaderMap) -> Result<Response, AppError> {
+    if !same_origin(&ctx, &headers) {
+        return Err(AppError::Csrf);
+    }
+    let db = ctx.db().await?;
+    let hashes: Vec<Vec<u8>> = cookies(&headers, COOKIE)
+        .iter()
+        .map(|c| token_hash(c))
+        .collect();
+    db.execute(
+        "DELETE FROM citizen_sign_ins WHERE session_hash = ANY($1)",
+        &[&hashes],
+    )
+    .await?;
+    let mut shown = page(&ctx);
+    shown.out = true;
+    let mut resp = render(StatusCode::OK, &shown);
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(COOKIE, "", "/my", Some(0), ctx.secure_cookies),
+    );
+    Ok(resp)
+}

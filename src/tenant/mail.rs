@@ -193,6 +193,11 @@ pub async fn deliver_due(
             }
             let outcome = match compose(&tx, cipher, head, id, &kind, submission, &payload).await {
                 Ok(letter) => send(mailer, &head.site, &letter).await,
+                // Out of date before it could go (a link expired): given up as that.
+                Err(AppError::Conflict(why)) => {
+                    tracing::info!(outbox = id, reason = %why, "mail out of date; given up");
+                    Err(Refused::ForGood(why))
+                }
                 Err(e) => {
                     tracing::warn!(outbox = id, error = %e, "mail cannot be composed; given up");
                     Err(Refused::ForGood("unreadable".into()))
@@ -506,6 +511,11 @@ fn sign_in_letter(
     let (to, url, until) = (field("to"), field("url"), field("until"));
     if to.is_empty() || url.is_empty() {
         return Err(AppError::NotFound);
+    }
+    // A link that could not go out before it expired would only disappoint.
+    let expires = payload.get("expires").and_then(serde_json::Value::as_i64);
+    if expires.is_some_and(|e| e <= OffsetDateTime::now_utc().unix_timestamp()) {
+        return Err(AppError::Conflict("expired".into()));
     }
     let foot = footer(&head.site);
     let body = if payload

@@ -11,9 +11,13 @@
 //! the status page (状況照会) for it, with its messages, 取下げ and 差戻し's
 //! correction. The opening is logged as a citizen's lookup.
 //!
-//! Links are limited per address ([`LINKS_PER_ADDRESS`] a day), per municipality
-//! (the link mails' daily ceiling shared with 一時保存) and per client address (the
-//! lookups' rate). Offered only where mail is delivered.
+//! The same work is done for either address (a row is written for both, the one for
+//! an address without applications ended at once), so the time taken tells little.
+//! Links are limited per mailbox ([`LINKS_PER_ADDRESS`] a day), per municipality
+//! ([`SIGN_INS_PER_DAY`], apart from 一時保存's links) and per client address (the
+//! lookups' rate), and asked for from this site's page only. A mail that could not
+//! go out before its link expired is given up. Offered only where mail is
+//! delivered.
 
 use askama::Template;
 use axum::extract::Path;
@@ -23,20 +27,25 @@ use uuid::Uuid;
 
 use super::cases::{open_text, seal, Status};
 use super::forms::citizen::{jst, notice, same_origin};
-use super::forms::resume::{mailbox, LINKS_PER_DAY, LINKS_TODAY_SQL};
+use super::forms::resume::mailbox;
 use super::http::{cookies, see_other, set_cookie, token_hash, FormData};
 use super::TenantCtx;
 use crate::crypto::random_token;
 use crate::error::AppError;
 use crate::tenant::audit::{self, Actor};
 use crate::web::render;
+use tokio_postgres::GenericClient;
 
 /// How long a mailed link works.
 pub const LINK_MINUTES: i32 = 30;
 /// How long the browser that opened a link sees the list.
 pub const SESSION_MINUTES: i32 = 30;
-/// Link mails one address is sent in 24 hours.
+/// These mails one mailbox is sent in 24 hours.
 pub const LINKS_PER_ADDRESS: i64 = 5;
+/// These mails one municipality sends in 24 hours, to all addresses: the page is not
+/// a way to send mail in bulk through the city's relay. Past it, citizens look an
+/// application up by its receipt number (一時保存's links have a ceiling of their own).
+pub const SIGN_INS_PER_DAY: i64 = 1_000;
 /// Applications listed, newest first.
 pub const LIST_LIMIT: i64 = 100;
 /// The outbox kind of the mail (sealed to its own row, no submission behind it).
@@ -44,14 +53,19 @@ pub const SIGN_IN_MAIL: &str = "sign_in";
 /// The session cookie, for `/my` only.
 const COOKIE: &str = "md_my";
 
-/// Sign-in mails to an address ($1, its mailbox's blind index) in the last 24 hours.
+/// These mails to a mailbox ($1, its blind index; $2 the kind) in the last 24 hours.
 const SENT_TO_SQL: &str = "SELECT count(*) FROM outbox
   WHERE recipient_index = $1 AND kind = $2 AND created_at > now() - interval '1 day'";
+/// These mails ($1 the kind) the municipality sent in the last 24 hours (each keeps
+/// its recipient's blind index for a day).
+const SENT_TODAY_SQL: &str = "SELECT count(*) FROM outbox
+  WHERE recipient_index IS NOT NULL AND kind = $1 AND created_at > now() - interval '1 day'";
 /// The session a cookie ($1, hashed) holds: its row, sealed address and end.
 const SESSION_SQL: &str = "SELECT id, email, expires_at FROM citizen_sign_ins
   WHERE session_hash = $1 AND opened_at IS NOT NULL AND expires_at > now()";
 /// Applications sent with an address ($1, its lookup keys' blind indexes), newest
-/// first: id, receipt number, the procedure's title as sent, status, sent, updated.
+/// first, $2 at most: receipt number, the procedure's title as sent, status, sent,
+/// updated.
 const LIST_SQL: &str =
     "SELECT s.receipt_number, v.definition->>'title', s.status, s.submitted_at, s.updated_at
    FROM submissions s JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version
@@ -63,6 +77,8 @@ struct MinePage {
     site: String,
     email: String,
     error: Option<String>,
+    /// The address itself was refused (not a limit reached).
+    invalid: bool,
     /// The link was asked for (the same answer whatever the address).
     sent: bool,
     /// Signed in: the applications, and until when.
@@ -70,6 +86,7 @@ struct MinePage {
     /// Just signed out.
     out: bool,
     minutes: i32,
+    limit: i64,
 }
 
 struct Listed {
@@ -104,10 +121,12 @@ fn page(ctx: &TenantCtx) -> MinePage {
         site: ctx.name.to_string(),
         email: String::new(),
         error: None,
+        invalid: false,
         sent: false,
         list: None,
         out: false,
         minutes: LINK_MINUTES,
+        limit: LIST_LIMIT,
     }
 }
 
@@ -144,7 +163,7 @@ fn indexes(ctx: &TenantCtx, email: &str) -> Vec<Vec<u8>> {
 
 async fn listed(
     ctx: &TenantCtx,
-    db: &tokio_postgres::Client,
+    db: &impl GenericClient,
     email: String,
     until: time::OffsetDateTime,
 ) -> Result<Listed, AppError> {
@@ -183,32 +202,39 @@ pub async fn show(ctx: TenantCtx, headers: HeaderMap) -> Result<Response, AppErr
     let db = ctx.db().await?;
     let mut shown = page(&ctx);
     if let Some((_, email, until)) = session(&ctx, &db, &headers).await? {
-        shown.list = Some(listed(&ctx, &db, email, until).await?);
+        shown.list = Some(listed(&ctx, &**db, email, until).await?);
     }
     Ok(render(StatusCode::OK, &shown))
 }
 
 /// Mails the link (or, to an address no application was sent with, says so), and
 /// answers the same either way.
-pub async fn ask(ctx: TenantCtx, body: FormData) -> Result<Response, AppError> {
+pub async fn ask(ctx: TenantCtx, headers: HeaderMap, body: FormData) -> Result<Response, AppError> {
     if !ctx.mail_on() {
         return Ok(see_other("/status"));
+    }
+    // Another site's page must not make the city mail whom it likes (a browser that
+    // sends no `Origin` at all is let through: the limits still hold).
+    if headers.contains_key(header::ORIGIN) && !same_origin(&ctx, &headers) {
+        return Err(AppError::Csrf);
     }
     let typed: String = body.get("email").chars().take(254).collect();
     let mut shown = page(&ctx);
     shown.email = typed.clone();
-    let refused = |mut shown: MinePage, why: String| {
+    let refused = |mut shown: MinePage, why: String, invalid: bool| {
         shown.error = Some(why);
+        shown.invalid = invalid;
         Ok(render(StatusCode::UNPROCESSABLE_ENTITY, &shown))
     };
     let address = crate::ja::nfkc(typed.trim());
     if address.is_empty() {
-        return refused(shown, "メールアドレスを入力してください".into());
+        return refused(shown, "メールアドレスを入力してください".into(), true);
     }
     let Some(to) = super::forms::answers::email_address(&address) else {
         return refused(
             shown,
             "メールアドレスの形式が正しくありません（例: yamada@example.jp）".into(),
+            true,
         );
     };
     let mut db = ctx.db().await?;
@@ -229,17 +255,21 @@ pub async fn ask(ctx: TenantCtx, body: FormData) -> Result<Response, AppError> {
         return refused(
             shown,
             format!("このメールアドレスには、24時間に{LINKS_PER_ADDRESS}通までしかお送りできません。届いたメールのリンクをお使いいただくか、時間をおいてお試しください"),
+            false,
         );
     }
-    let all_today: i64 = tx.query_one(LINKS_TODAY_SQL, &[]).await?.get(0);
-    if all_today >= LINKS_PER_DAY {
+    // Counted without a lock of its own: two requests at the same moment may pass
+    // the ceiling by one.
+    let all_today: i64 = tx.query_one(SENT_TODAY_SQL, &[&SIGN_IN_MAIL]).await?.get(0);
+    if all_today >= SIGN_INS_PER_DAY {
         tracing::warn!(
-            limit = LINKS_PER_DAY,
-            "link mails: the municipality's daily ceiling is reached"
+            limit = SIGN_INS_PER_DAY,
+            "申請一覧 mails: the municipality's daily ceiling is reached"
         );
         return refused(
             shown,
             "本日この自治体から送れるメールの数が上限に達しました。お手数ですが、受付番号で照会するか、明日あらためてお試しください".into(),
+            false,
         );
     }
     let any: bool = tx
@@ -249,31 +279,35 @@ pub async fn ask(ctx: TenantCtx, body: FormData) -> Result<Response, AppError> {
         )
         .await?
         .get(0);
+    // A row either way (the same work); the one for an address without applications
+    // has ended already, and its key is mailed to nobody.
+    let id = Uuid::new_v4();
+    let key = random_token(32);
+    let sealed = seal(
+        ctx.cipher(),
+        "citizen_sign_ins",
+        "email",
+        &id.to_string(),
+        &to,
+    )?;
+    let minutes = if any { LINK_MINUTES } else { 0 };
+    let until: time::OffsetDateTime = tx
+        .query_one(
+            "INSERT INTO citizen_sign_ins (id, key_hash, email, expires_at)
+             VALUES ($1, $2, $3, now() + make_interval(mins => $4)) RETURNING expires_at",
+            &[&id, &token_hash(&key), &sealed, &minutes],
+        )
+        .await?
+        .get(0);
     let payload = if any {
-        let id = Uuid::new_v4();
-        let key = random_token(32);
-        let sealed = seal(
-            ctx.cipher(),
-            "citizen_sign_ins",
-            "email",
-            &id.to_string(),
-            &to,
-        )?;
-        let until: time::OffsetDateTime = tx
-            .query_one(
-                "INSERT INTO citizen_sign_ins (id, key_hash, email, expires_at)
-                 VALUES ($1, $2, $3, now() + make_interval(mins => $4)) RETURNING expires_at",
-                &[&id, &token_hash(&key), &sealed, &LINK_MINUTES],
-            )
-            .await?
-            .get(0);
         serde_json::json!({
             "to": to,
             "url": format!("{}/my/open/{key}", ctx.base_url),
             "until": jst(until),
+            "expires": until.unix_timestamp(),
         })
     } else {
-        serde_json::json!({ "to": to, "url": format!("{}/status", ctx.base_url) , "none": true })
+        serde_json::json!({ "to": to, "url": format!("{}/status", ctx.base_url), "none": true })
     };
     let out =
         super::mail::queue(&*tx, ctx.cipher(), SIGN_IN_MAIL, None, &payload.to_string()).await?;
@@ -343,12 +377,13 @@ pub async fn open(
     }
     let mut db = ctx.db().await?;
     let session = random_token(32);
-    let opened = db
+    let tx = db.transaction().await?;
+    let opened = tx
         .query_opt(
             "UPDATE citizen_sign_ins SET opened_at = now(), session_hash = $2,
                     expires_at = now() + make_interval(mins => $3)
               WHERE key_hash = $1 AND opened_at IS NULL AND expires_at > now()
-              RETURNING id, email",
+              RETURNING id, email, expires_at",
             &[&token_hash(&key), &token_hash(&session), &SESSION_MINUTES],
         )
         .await?;
@@ -363,21 +398,30 @@ pub async fn open(
         &id.to_string(),
         &r.get::<_, Vec<u8>>(1),
     )?;
-    let count: i64 = db
-        .query_one(
-            "SELECT count(*) FROM submissions WHERE email_index = ANY($1)",
-            &[&indexes(&ctx, &email)],
-        )
-        .await?
-        .get(0);
-    audit::record(
-        &mut db,
+    // A session this browser held before ends: its cookie is replaced.
+    let earlier: Vec<Vec<u8>> = cookies(&headers, COOKIE)
+        .iter()
+        .map(|c| token_hash(c))
+        .collect();
+    tx.execute(
+        "DELETE FROM citizen_sign_ins WHERE session_hash = ANY($1)",
+        &[&earlier],
+    )
+    .await?;
+    // Logged with what the list shows (as a lookup logs the application it shows).
+    let shown = listed(&ctx, &*tx, email, r.get(2)).await?;
+    audit::append(
+        &*tx,
         &Actor::Citizen,
         "status.sign_in",
         &id.to_string(),
-        serde_json::json!({ "applications": count }),
+        serde_json::json!({
+            "applications": shown.items.len(),
+            "receipts": shown.items.iter().map(|i| i.receipt.as_str()).collect::<Vec<_>>(),
+        }),
     )
     .await?;
+    tx.commit().await?;
     let mut resp = see_other("/my");
     resp.headers_mut().append(
         header::SET_COOKIE,

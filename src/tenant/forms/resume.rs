@@ -48,18 +48,19 @@ pub const LINKS_PER_ADDRESS: i64 = 3;
 /// to send mail in bulk through the city's relay. Past it, a citizen finishes the
 /// application in one go (nothing typed is lost) or asks the next day.
 pub const LINKS_PER_DAY: i64 = 1_000;
-/// Link mails the municipality sent in the last 24 hours (each keeps its recipient's
-/// blind index for a day).
+/// Link mails ([`RESUME_MAIL`]) the municipality sent in the last 24 hours (each keeps
+/// its recipient's blind index for a day).
 pub const LINKS_TODAY_SQL: &str = "SELECT count(*) FROM outbox
-  WHERE recipient_index IS NOT NULL AND created_at > now() - interval '1 day'";
+  WHERE recipient_index IS NOT NULL AND kind = 'resume' AND created_at > now() - interval '1 day'";
 /// How long after a link was opened it still works (a reload, or a second press whose
 /// first answer was lost on the way), moving the draft again.
 const SECOND_PRESS_SECS: f64 = 120.0;
 /// How long a browser keeps its claim on a form's links (see `claim_cookie`).
 const CLAIM_SECS: u64 = 3600;
-/// Links mailed to an address ($1, its blind index) in the last 24 hours.
+/// Links ([`RESUME_MAIL`]) mailed to an address ($1, its blind index) in the last 24
+/// hours.
 pub const LINKS_TO_SQL: &str = "SELECT count(*) FROM outbox
-  WHERE recipient_index = $1 AND created_at > now() - interval '1 day'";
+  WHERE recipient_index = $1 AND kind = 'resume' AND created_at > now() - interval '1 day'";
 /// The open draft a link's key ($1, hashed) opens in the form $2, and its expiry,
 /// while the key works: unopened, or opened less than $3 seconds ago by the browser
 /// with the claim $4 (hashed).

@@ -56,6 +56,8 @@ pub struct App {
     helpdesk: Option<Arc<str>>,
     /// ClamAV's daemon, for attached files.
     clamd: Option<Arc<crate::scan::Clamd>>,
+    /// Places for workbooks built at once, for all municipalities together.
+    workbooks: Arc<tokio::sync::Semaphore>,
 }
 
 pub type AppState = Arc<App>;
@@ -97,6 +99,9 @@ impl App {
             )?,
             helpdesk: p.settings.helpdesk.clone(),
             clamd: p.settings.clamd.clone().map(Arc::new),
+            workbooks: Arc::new(tokio::sync::Semaphore::new(
+                crate::tenant::cases::export::WORKBOOKS_AT_ONCE,
+            )),
         }))
     }
 
@@ -381,6 +386,7 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                         ctx.client_ip = req.extensions().get::<conn::ClientIp>().map(|c| c.0);
                         ctx.helpdesk.clone_from(&app.helpdesk);
                         ctx.clamd.clone_from(&app.clamd);
+                        ctx.workbooks = Arc::clone(&app.workbooks);
                         ctx.zone = req
                             .extensions()
                             .get::<conn::Transport>()

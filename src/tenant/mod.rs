@@ -53,6 +53,8 @@ pub struct TenantCtx {
     pub helpdesk: Option<Arc<str>>,
     /// ClamAV's daemon, when attached files are scanned.
     pub clamd: Option<Arc<crate::scan::Clamd>>,
+    /// Places for workbooks (XLSX exports) built at once on the whole server.
+    pub workbooks: Arc<tokio::sync::Semaphore>,
     pool: Pool,
     wait: Duration,
     cipher: Arc<FieldCipher>,
@@ -157,6 +159,9 @@ impl TenantCtx {
             zone: crate::front::conn::Zone::Internet,
             helpdesk: None,
             clamd: None,
+            workbooks: Arc::new(tokio::sync::Semaphore::new(
+                cases::export::WORKBOOKS_AT_ONCE,
+            )),
             pool,
             wait,
             cipher,

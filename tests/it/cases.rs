@@ -1830,8 +1830,7 @@ async fn exports_round_trip_and_are_logged() {
         .unwrap()
         .get::<_, i64>(0)
     };
-    // The two places are the whole process's: other tests' workbooks may hold them
-    // a while on a loaded machine.
+    // (The two places are this server's: no other test's workbook holds one.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while waiting().await < 2 {
         assert!(std::time::Instant::now() < deadline, "no workbook started");

@@ -486,7 +486,7 @@ pub async fn xlsx_export(
     tokio::spawn(async move {
         // A few workbooks are built at once on the whole server, the others wait:
         // building runs outside the tenant's turns and takes a core while it runs.
-        let _permit = WORKBOOKS.acquire().await;
+        let _permit = ctx.workbooks.acquire().await;
         // Building stops when the person has gone (the answer's body was dropped):
         // nothing was handed out, and it is logged so.
         let built = build_xlsx(&ctx, &user, &filters, &cols, &|| tx.is_closed()).await;
@@ -551,8 +551,8 @@ pub async fn xlsx_export(
     ))
 }
 
-/// Workbooks built at once on the whole server.
-static WORKBOOKS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// Workbooks built at once on the whole server (`TenantCtx::workbooks`).
+pub const WORKBOOKS_AT_ONCE: usize = 2;
 
 /// The last row index of a worksheet (Excel's limit is 1,048,576 rows).
 const XLSX_LAST_ROW: u32 = 1_048_575;

@@ -967,7 +967,9 @@ async fn a_postal_code_fills_the_address_line() {
 
 /// 一時保存 on a phone, then on with it on a PC: the link comes by mail (a real SMTP
 /// exchange), its page moves what was typed into the PC's browser, and the
-/// application goes on from there. axe-core runs on the pages this adds.
+/// application goes on from there. Then 申請一覧 on the phone: the address asked
+/// for, the link mailed, opened, the application listed and its status shown.
+/// axe-core runs on the pages this adds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_form_saved_on_a_phone_goes_on_on_a_pc() {
     let smtp = crate::smtp::SmtpServer::start().await;
@@ -976,7 +978,8 @@ async fn a_form_saved_on_a_phone_goes_on_on_a_pc() {
     let form = r#"{ "format": "madoguchi.form/1", "title": "意見募集",
       "pages": [ { "id": "p1", "fields": [
         { "id": "who", "type": "text", "label": "お名前", "required": true },
-        { "id": "memo", "type": "textarea", "label": "ご意見", "required": true } ] } ] }"#;
+        { "id": "memo", "type": "textarea", "label": "ご意見", "required": true },
+        { "id": "mail", "type": "email", "label": "メールアドレス" } ] } ] }"#;
     let (public, server, base) = one_form_site(&env, "save", form).await;
     let driver = Driver::start();
     let phone = driver.session(true).await;
@@ -1006,10 +1009,39 @@ async fn a_form_saved_on_a_phone_goes_on_on_a_pc() {
         .unwrap();
     assert_eq!(who, "葛\u{E0100}西 花子");
     fill(&pc, "#f-memo", "続きはパソコンで書きました").await;
+    fill(&pc, "#f-mail", "hanako.kasai@example.jp").await;
     click(&pc, "button.primary").await;
     let page = body(&pc).await;
     assert!(page.contains("入力内容の確認"), "{page}");
     assert!(page.contains("続きはパソコンで書きました"), "{page}");
+    click(&pc, "button.primary").await;
+    let receipt = crate::forms::capture(r#"id="receipt">([0-9A-Z-]+)<"#, &body(&pc).await);
+
+    // 申請一覧 on the phone, from the home page.
+    phone.goto(&format!("{base}/")).await.unwrap();
+    click(&phone, "#mine-link").await;
+    check_page(&phone, "mine-ask").await;
+    fill(&phone, "#email", "hanako.kasai@example.jp").await;
+    click(&phone, "button.primary").await;
+    assert!(body(&phone).await.contains("メールをお送りしました"));
+    check_page(&phone, "mine-sent").await;
+    let mails = smtp.wait_for(3).await;
+    let link = mails
+        .iter()
+        .find(|m| m.body().contains("/my/open/"))
+        .map(|m| crate::forms::capture(r"(https?://\S+/my/open/\S+)", &m.body()))
+        .unwrap();
+    phone.goto(&link).await.unwrap();
+    check_page(&phone, "mine-open").await;
+    click(&phone, "button.primary").await;
+    let page = body(&phone).await;
+    assert!(page.contains(&receipt), "{page}");
+    assert!(page.contains("意見募集"), "{page}");
+    check_page(&phone, "mine-list").await;
+    click(&phone, "#applications button").await;
+    let page = body(&phone).await;
+    assert!(page.contains(&format!("受付番号 {receipt}")), "{page}");
+    assert!(page.contains("申請一覧へ"), "{page}");
     for c in [phone, pc] {
         c.close().await.unwrap();
     }

@@ -144,6 +144,15 @@ pub struct Letterhead {
     pub status_url: String,
 }
 
+impl Letterhead {
+    /// 申請一覧, beside the status lookup.
+    fn list_url(&self) -> Option<String> {
+        self.status_url
+            .strip_suffix("/status")
+            .map(|base| format!("{base}/my"))
+    }
+}
+
 /// One mail, ready to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Letter {
@@ -579,10 +588,15 @@ fn receipt_body(
         }
     }
     body.push_str(&format!(
-        "\n申請の状況は、受付番号とこのメールアドレスで次のページから確認できます。\n{}\n\n{contact}{}",
+        "\n申請の状況は、受付番号とこのメールアドレスで次のページから確認できます。\n{}\n",
         head.status_url,
-        footer(&head.site)
     ));
+    if let Some(list) = head.list_url() {
+        body.push_str(&format!(
+            "このメールアドレスで受け付けた申請の一覧は、次のページから確認できます。\n{list}\n"
+        ));
+    }
+    body.push_str(&format!("\n{contact}{}", footer(&head.site)));
     body
 }
 

@@ -169,6 +169,8 @@ async fn applicants_get_their_copy_and_messages_by_mail() {
         "収集希望日: 2031年7月19日（令和13年7月19日）".to_owned(),
         "葛\u{E0100}西".to_owned(),
         status_url.clone(),
+        // 申請一覧, beside it.
+        url(&server, host, "/my"),
     ] {
         assert!(body.contains(&part), "{part} missing from:\n{body}");
     }

@@ -541,6 +541,48 @@ async fn paging_does_not_pass_a_change_still_being_made() {
         "the first's change was skipped: {seen:?} then {later:?}"
     );
     assert!(seen.contains(&second) || later.contains(&second.as_str()));
+
+    // The same when the change's transaction reads first and writes only after the
+    // client paged: while the client read, it had no transaction id yet.
+    let tx = conn.client.transaction().await.unwrap();
+    tx.query_one("SELECT status FROM submissions WHERE id = $1", &[&id])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let third = submit(3).await;
+    let page = list(None).await;
+    let items = page["items"].as_array().unwrap();
+    let seen: Vec<&str> = items.iter().map(|i| i["id"].as_str().unwrap()).collect();
+    let last = items.last().unwrap();
+    let at = time::OffsetDateTime::parse(
+        last["updated_at"].as_str().unwrap(),
+        &time::format_description::well_known::Rfc3339,
+    )
+    .unwrap();
+    let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!(
+        "{}_{}",
+        at.unix_timestamp_nanos() / 1000,
+        last["id"].as_str().unwrap()
+    ));
+    tx.execute(
+        "UPDATE submissions SET status = 'completed', updated_at = now() WHERE id = $1",
+        &[&id],
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+    let page = list(Some(cursor)).await;
+    let later: Vec<&str> = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
+    assert!(
+        later.contains(&first.as_str()),
+        "the change of a transaction that read first was skipped: {seen:?} then {later:?}"
+    );
+    assert!(seen.contains(&third.as_str()) || later.contains(&third.as_str()));
     server.shutdown().await;
 }
 

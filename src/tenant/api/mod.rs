@@ -750,9 +750,10 @@ fn row_out(r: &tokio_postgres::Row) -> SubmissionOut {
     }
 }
 
-/// Submissions in the order they last changed, a page at a time. A change still
-/// being made elsewhere holds back the changes after it until it is done, so paging
-/// (or polling with `updated_since`) never passes a change that is still to come.
+/// Submissions in the order they last changed, a page at a time. A transaction
+/// still open elsewhere (which may yet change one) holds back the changes after its
+/// start until it ends, so paging (or polling with `updated_since`) never passes a
+/// change that is still to come; such a wait is usually milliseconds.
 #[utoipa::path(get, path = "/api/v1/submissions", tag = "submissions", security(("bearer" = [])), params(ListParams),
     responses((status = 200, body = SubmissionPage), CommonErrors))]
 pub async fn list_submissions(
@@ -791,13 +792,16 @@ pub async fn list_submissions(
                FROM submissions s JOIN forms f ON f.id = s.form_id
               WHERE ($1::text IS NULL OR s.status = $1) AND ($2::timestamptz IS NULL OR s.updated_at >= $2)
                 AND ($3::timestamptz IS NULL OR (s.updated_at, s.id) > ($3, $4::uuid))
-                -- Only changes older than every writing transaction still open: one
-                -- that commits later stamps its rows with its own start, so a row
-                -- behind a cursor already handed out could otherwise appear after it.
-                -- (Readers and autovacuum hold no row back.)
+                -- Only changes older than every transaction still open: one that
+                -- commits later stamps its rows with its own start, so a row behind a
+                -- cursor already handed out could otherwise appear after it. Any
+                -- transaction, not only those that wrote already: one that reads
+                -- first has no transaction id until it writes. (pg_dump, which never
+                -- writes, and autovacuum hold no row back.)
                 AND s.updated_at < (SELECT coalesce(min(xact_start), 'infinity') FROM pg_stat_activity
                                      WHERE datname = current_database() AND pid <> pg_backend_pid()
-                                       AND backend_type = 'client backend' AND backend_xid IS NOT NULL)
+                                       AND backend_type = 'client backend' AND xact_start IS NOT NULL
+                                       AND application_name <> 'pg_dump')
               ORDER BY s.updated_at, s.id LIMIT $5",
             &[&status, &since, &c_at, &c_id, &(limit + 1)],
         )
@@ -881,11 +885,12 @@ pub async fn list_deletions(
                FROM submission_deletions d LEFT JOIN forms f ON f.id = d.form_id
               WHERE ($1::timestamptz IS NULL OR d.deleted_at >= $1)
                 AND ($2::timestamptz IS NULL OR (d.deleted_at, d.submission_id) > ($2, $3::uuid))
-                -- As for submissions: nothing stamped after a writing transaction
-                -- still open began, which may yet commit rows stamped before them.
+                -- As for submissions: nothing stamped after a transaction still
+                -- open began, which may yet commit rows stamped before them.
                 AND d.deleted_at < (SELECT coalesce(min(xact_start), 'infinity') FROM pg_stat_activity
                                      WHERE datname = current_database() AND pid <> pg_backend_pid()
-                                       AND backend_type = 'client backend' AND backend_xid IS NOT NULL)
+                                       AND backend_type = 'client backend' AND xact_start IS NOT NULL
+                                       AND application_name <> 'pg_dump')
               ORDER BY d.deleted_at, d.submission_id LIMIT $4",
             &[&since, &c_at, &c_id, &(limit + 1)],
         )

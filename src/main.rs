@@ -396,6 +396,19 @@ enum TenantCmd {
     /// Incident response: revoke every valid API token of a tenant (also while it is
     /// suspended); prints how many.
     RevokeApiTokens { slug: String },
+    /// ウイルスチェック of stored files with clamd (--clamd): those kept before a
+    /// scanner was set, or with --again every file with today's signatures. A file
+    /// found infected is no longer handed out; each find is logged. Prints the finds.
+    ScanFiles {
+        /// The tenant (or --all for every active or suspended one).
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        slug: Option<String>,
+        #[arg(long)]
+        all: bool,
+        /// Every file again, not only those never scanned.
+        #[arg(long)]
+        again: bool,
+    },
     /// Incident response: disable a staff account, end its sessions and unused setup
     /// links (also while the tenant is suspended, and an administrator's too).
     DisableStaff {
@@ -1777,6 +1790,60 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 "API token {name:?} for {slug} ({}); it is not shown again",
                 scopes.join(", ")
             );
+        }
+        TenantCmd::ScanFiles { slug, all, again } => {
+            let clamd = p.settings.clamd.clone().context(
+                "ウイルスチェックには --clamd（MADOGUCHI_CLAMD）が必要です / set --clamd (MADOGUCHI_CLAMD) to scan",
+            )?;
+            let tenants = match slug {
+                Some(slug) if !all => {
+                    vec![p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
+                        format!("テナント「{slug}」はありません / no tenant {slug}")
+                    })?]
+                }
+                _ => p
+                    .catalog
+                    .list_tenants()
+                    .await?
+                    .into_iter()
+                    .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
+                    .collect(),
+            };
+            let mut found = 0;
+            for rec in &tenants {
+                let done =
+                    madoguchi::control::scan_files::scan_files(p, rec, &clamd, again).await?;
+                madoguchi::control::oplog::record(
+                    &p.catalog,
+                    &cli_actor(),
+                    "tenant.scan_files",
+                    &rec.slug,
+                    serde_json::json!({ "files": done.files, "found": done.found.len(), "again": again }),
+                )
+                .await?;
+                for f in &done.found {
+                    println!(
+                        "{}\t{}\t{}\t{}\t{}",
+                        rec.slug,
+                        f.receipt.as_deref().unwrap_or("-"),
+                        f.field,
+                        f.file,
+                        f.signature
+                    );
+                }
+                eprintln!(
+                    "{}: {}件を検査し、{}件から不正なプログラムが見つかりました / {} files scanned, {} found",
+                    rec.slug,
+                    done.files,
+                    done.found.len(),
+                    done.files,
+                    done.found.len()
+                );
+                found += done.found.len();
+            }
+            if found > 0 {
+                eprintln!("見つかったファイルは取り出せなくなりました。各自治体に知らせてください / files found are no longer handed out; tell the municipalities");
+            }
         }
         TenantCmd::RevokeApiTokens { slug } => {
             let rec =

@@ -78,4 +78,6 @@ module "app" {
   systemd_unit      = file("${path.module}/../infra/systemd/madoguchi.service")
   offsite_unit      = file("${path.module}/../infra/systemd/madoguchi-offsite.service")
   offsite_timer     = file("${path.module}/../infra/systemd/madoguchi-offsite.timer")
+  scan_files_unit   = file("${path.module}/../infra/systemd/madoguchi-scan-files.service")
+  scan_files_timer  = file("${path.module}/../infra/systemd/madoguchi-scan-files.timer")
 }

@@ -293,19 +293,28 @@ pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExp
                 // (the CSV gives the name the applicant's device gave).
                 for (field, a) in &answers {
                     let Answer::File(file) = a else { continue };
-                    let content = attachments::content(&cipher, db, id, file.id)
-                        .await
-                        .map_err(|e| anyhow::anyhow!("submission {id}, file {}: {e}", file.id))?;
+                    // A file found infected since it was stored: a note in its place.
+                    let (content, extension) =
+                        match attachments::content(&cipher, db, id, file.id).await {
+                            Err(crate::error::AppError::Conflict(why)) => (
+                                zeroize::Zeroizing::new(format!("{why}\r\n").into_bytes()),
+                                "infected.txt",
+                            ),
+                            found => (
+                                found.map_err(|e| {
+                                    anyhow::anyhow!("submission {id}, file {}: {e}", file.id)
+                                })?,
+                                file.kind.extension(),
+                            ),
+                        };
                     let folder = format!("files-{public_id}");
                     std::fs::DirBuilder::new()
                         .recursive(true)
                         .mode(0o700)
                         .create(dir.join(&folder))
                         .with_context(|| format!("creating {folder}"))?;
-                    let mut f = Out::create(
-                        &dir,
-                        &format!("{folder}/{}_{field}.{}", line[0], file.kind.extension()),
-                    )?;
+                    let mut f =
+                        Out::create(&dir, &format!("{folder}/{}_{field}.{extension}", line[0]))?;
                     f.write(&content)?;
                     attached.push(f.finish()?);
                 }

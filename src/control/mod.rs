@@ -19,6 +19,7 @@ pub mod operators;
 pub mod oplog;
 pub mod progress;
 pub mod provision;
+pub mod scan_files;
 pub mod tenant_admin;
 
 pub use cluster::Cluster;

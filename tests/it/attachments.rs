@@ -1104,6 +1104,12 @@ async fn attached_files_are_scanned_by_clamd_when_set() {
     site.attach(&c, &token, "神田太郎", "現況.png", &png(3, 5_000))
         .await;
     assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
+    // Marked as scanned (`tenant scan-files` leaves it, unless asked to scan again).
+    assert_eq!(
+        site.count("SELECT count(*) FROM attachments WHERE scanned_at IS NOT NULL")
+            .await,
+        1
+    );
     let metrics = reqwest::get(format!("http://{}/metrics", site.server.bound.ops))
         .await
         .unwrap()
@@ -1135,4 +1141,128 @@ async fn attached_files_are_scanned_by_clamd_when_set() {
         "{page}"
     );
     assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
+}
+
+/// Files stored before a scanner was set are scanned later (`tenant scan-files`):
+/// one found infected is marked, logged and no longer handed out (staff, the ZIP
+/// export); the clean one stays as it was; a second run has nothing left, and
+/// `again` scans the clean one again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_files_are_scanned_later_and_an_infected_one_is_withheld() {
+    let clamd = ClamdServer::start();
+    let site = Site::new().await;
+    let mut infected = b"%PDF-1.4\n".to_vec();
+    infected.extend_from_slice(&ClamdServer::eicar());
+    infected.extend_from_slice(b"\n%%EOF\n");
+    // Without a scanner both files are kept.
+    let mut receipts = Vec::new();
+    for (who, name, data) in [
+        ("神田太郎", "申請書.pdf", infected.clone()),
+        ("神田花子", "現況.png", png(5, 5_000)),
+    ] {
+        let (c, token, _) = site.open().await;
+        site.attach(&c, &token, who, name, &data).await;
+        let done = site.submit(&c, &token).await;
+        let (_, _, page) = get(&c, &site.u(&done)).await;
+        receipts.push(capture(r#"id="receipt">([0-9A-Z-]+)<"#, &page));
+    }
+    assert_eq!(
+        site.count("SELECT count(*) FROM attachments WHERE scanned_at IS NULL")
+            .await,
+        2
+    );
+
+    let clamd_at = madoguchi::scan::Clamd::Unix(clamd.socket());
+    let run = |again| {
+        madoguchi::control::scan_files::scan_files(&site.env.platform, &site.t, &clamd_at, again)
+    };
+    let done = run(false).await.unwrap();
+    assert_eq!(done.files, 2);
+    assert_eq!(done.found.len(), 1, "{done:?}");
+    let found = &done.found[0];
+    assert_eq!(found.receipt.as_deref(), Some(receipts[0].as_str()));
+    assert_eq!(
+        (found.field.as_str(), found.signature.as_str()),
+        ("photo", "MadoguchiTest.EICAR.UNOFFICIAL")
+    );
+    let db = site.db().await;
+    let logged = crate::forms::log_rows(
+        &db,
+        "SELECT actor, target, detail FROM audit_log WHERE action = 'attachment.infected'",
+    )
+    .await;
+    assert_eq!(logged.len(), 1, "{logged:?}");
+    assert!(
+        logged[0].0 == "operator"
+            && logged[0].2.contains("MadoguchiTest.EICAR")
+            && !logged[0].2.contains("申請書"),
+        "{logged:?}"
+    );
+
+    // Staff see why, and get no link; the file's address answers the same.
+    let admin = staff(&site.env, &site.server, &site.t, Role::Admin, None).await;
+    let sub: uuid::Uuid = db
+        .query_one(
+            "SELECT id FROM submissions WHERE receipt_number = $1",
+            &[&receipts[0]],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let (_, _, case) = get(&admin.client, &site.u(&format!("/admin/submissions/{sub}"))).await;
+    assert!(
+        case.contains("保存後のウイルスチェックで不正なプログラム（MadoguchiTest.EICAR.UNOFFICIAL）が見つかったため、取り出せません"),
+        "{case}"
+    );
+    assert!(!case.contains("/files/"), "{case}");
+    let file = found.file;
+    let (status, _, page) = get(
+        &admin.client,
+        &site.u(&format!("/admin/submissions/{sub}/files/{file}")),
+    )
+    .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("取り出せません"), "{page}");
+    // The ZIP export has a note in its place, and the clean file as it was.
+    let form_id: i64 = db
+        .query_one("SELECT id FROM forms", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let r = admin
+        .client
+        .get(site.u(&format!("/admin/export.zip?form={form_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let zipped = r.bytes().await.unwrap().to_vec();
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(zipped)).unwrap();
+    let names: Vec<String> = archive.file_names().map(str::to_owned).collect();
+    assert!(
+        names.contains(&format!(
+            "{}/現況写真_取り出せないファイル.txt",
+            receipts[0]
+        )) && names.contains(&format!("{}/現況写真_現況.png", receipts[1]))
+            && names.len() == 2,
+        "{names:?}"
+    );
+    let mut note = String::new();
+    std::io::Read::read_to_string(
+        &mut archive
+            .by_name(&format!(
+                "{}/現況写真_取り出せないファイル.txt",
+                receipts[0]
+            ))
+            .unwrap(),
+        &mut note,
+    )
+    .unwrap();
+    assert!(note.contains("MadoguchiTest.EICAR"), "{note}");
+    assert!(!note.contains("EICAR-STANDARD"), "{note}");
+
+    // Nothing left to scan; `again` scans the clean file (not the one found) again.
+    assert_eq!(run(false).await.unwrap().files, 0);
+    let again = run(true).await.unwrap();
+    assert_eq!((again.files, again.found.len()), (1, 0));
 }

@@ -430,6 +430,9 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
     let (ok, _, _) = madoguchi(dir, &["tenant", "resume", "sapporo"]);
     assert!(ok);
     assert_eq!(serving.wait_for("sapporo.localhost", 200), 200);
+    // Stored files are scanned only with a scanner to scan them with.
+    let (ok, _, err) = madoguchi(dir, &["tenant", "scan-files", "--all"]);
+    assert!(!ok && err.contains("--clamd"), "{err}");
     assert_eq!(
         psql(&format!(
             "SELECT count(*) FROM pg_roles WHERE rolname = '{role}' AND rolconfig IS NOT NULL"

@@ -1011,7 +1011,8 @@ pub struct FileBytes(#[allow(dead_code)] Vec<u8>);
     params(("id" = Uuid, Path), ("file" = Uuid, Path, description = "The file's id, as its answer names it")),
     responses((status = 200, description = "The file, of its kind's media type", content(
             (FileBytes = "application/pdf"), (FileBytes = "image/jpeg"), (FileBytes = "image/png"))),
-        (status = 404, body = Problem, content_type = "application/problem+json", description = "No such submission, or no such file in it"), CommonErrors))]
+        (status = 404, body = Problem, content_type = "application/problem+json", description = "No such submission, or no such file in it"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "The file was found infected after it was stored (ウイルスチェック) and is not handed out; `detail` names the signature"), CommonErrors))]
 pub async fn get_attachment(
     ctx: TenantCtx,
     client: ApiClient,

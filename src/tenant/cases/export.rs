@@ -758,15 +758,29 @@ pub async fn zip_export(
                                 .map_err(|e| AppError::Internal(e.into()))?;
                             break 'batches;
                         }
-                        let content =
+                        let found =
                             crate::tenant::forms::attachments::content(ctx.cipher(), &**db, r.id, file.id)
-                                .await?;
-                        let name = format!(
-                            "{}/{}_{}",
-                            zip_part(&r.receipt),
-                            zip_part(label),
-                            zip_part(&file.name)
-                        );
+                                .await;
+                        // A file found infected since it was stored: a note in its place.
+                        let (content, name) = match found {
+                            Err(AppError::Conflict(why)) => (
+                                zeroize::Zeroizing::new(format!("{why}\r\n").into_bytes()),
+                                format!(
+                                    "{}/{}_取り出せないファイル.txt",
+                                    zip_part(&r.receipt),
+                                    zip_part(label)
+                                ),
+                            ),
+                            found => (
+                                found?,
+                                format!(
+                                    "{}/{}_{}",
+                                    zip_part(&r.receipt),
+                                    zip_part(label),
+                                    zip_part(&file.name)
+                                ),
+                            ),
+                        };
                         zip.start_file(name, options)
                             .and_then(|()| zip.write_all(&content).map_err(Into::into))
                             .map_err(|e| AppError::Internal(e.into()))?;

@@ -1,6 +1,7 @@
 //! The staff inbox and a case's detail page: filters, exact search through blind
 //! indexes, keyset pagination, status changes, assignment, comments and messages.
 
+use crate::tenant::forms::attachments::withheld;
 use askama::Template;
 use axum::extract::{Path, RawQuery};
 use axum::http::StatusCode;
@@ -608,6 +609,8 @@ pub struct AnswerLine {
     pub value: String,
     /// 添付ファイル: where to download it.
     pub file: Option<String>,
+    /// 添付ファイル found infected after it was stored: why it is not handed out.
+    pub withheld: Option<String>,
 }
 
 /// Who made a history row, for people: the applicant, an integration by its token's
@@ -735,6 +738,16 @@ async fn detail_page(
     let version: i32 = r.get(1);
     let def = store::version(&db, c.form_id, version).await?;
     let answers = decrypt_answers(ctx.cipher(), id, &r.get(4))?;
+    // Files found infected since they were stored: shown so, not offered.
+    let infected: std::collections::HashMap<Uuid, String> = db
+        .query(
+            "SELECT id, infected FROM attachments WHERE submission_id = $1 AND infected IS NOT NULL",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
     // Opening a case is recorded: who saw which submission, when.
     audit::record(
         &mut db,
@@ -839,15 +852,22 @@ async fn detail_page(
         answers: def
             .fields()
             .filter_map(|f| {
-                answers.get(&f.id).map(|a| AnswerLine {
-                    label: f.label.clone(),
-                    value: a.display(),
-                    file: match a {
-                        Answer::File(file) => {
-                            Some(format!("/admin/submissions/{id}/files/{}", file.id))
-                        }
+                answers.get(&f.id).map(|a| {
+                    let withheld = match a {
+                        Answer::File(file) => infected.get(&file.id).map(|s| withheld(s)),
                         _ => None,
-                    },
+                    };
+                    AnswerLine {
+                        label: f.label.clone(),
+                        value: a.display(),
+                        file: match a {
+                            Answer::File(file) if withheld.is_none() => {
+                                Some(format!("/admin/submissions/{id}/files/{}", file.id))
+                            }
+                            _ => None,
+                        },
+                        withheld,
+                    }
                 })
             })
             .collect(),

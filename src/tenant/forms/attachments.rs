@@ -533,9 +533,12 @@ async fn store(
         .encrypt(&content_ref(&id.to_string()), &u.data)
         .map_err(|e| AppError::Internal(anyhow::anyhow!("encrypting an attachment: {e}")))?;
     let size = i64::try_from(u.data.len()).map_err(|e| AppError::Internal(e.into()))?;
+    // Scanned as the page was read when a scanner is set (else not stored at all).
+    let scanned = matches!(u.scan, Some(Scan::Clean));
     db.execute(
-        "INSERT INTO attachments (id, form_id, field_id, draft_id, content, size) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[&id, &form_id, &field, &draft, &sealed, &size],
+        "INSERT INTO attachments (id, form_id, field_id, draft_id, content, size, scanned_at)
+         VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $7 THEN now() END)",
+        &[&id, &form_id, &field, &draft, &sealed, &size, &scanned],
     )
     .await?;
     Ok(FileRef {
@@ -690,12 +693,15 @@ pub async fn own_file(
         .ok_or(AppError::NotFound)?;
     let row = db
         .query_opt(
-            "SELECT content FROM attachments
+            "SELECT content, infected FROM attachments
               WHERE id = $1 AND ((draft_id = $2 AND submission_id IS NULL) OR submission_id = $3)",
             &[&file, &draft.id, &draft.resubmit_of],
         )
         .await?
         .ok_or(AppError::NotFound)?;
+    if let Some(signature) = row.get::<_, Option<String>>(1) {
+        return Err(AppError::Conflict(withheld(&signature)));
+    }
     let bytes = open_content(ctx.cipher(), file, row.get(0))?;
     let mut resp = download(&named, bytes);
     resp.headers_mut().insert(
@@ -705,7 +711,8 @@ pub async fn own_file(
     Ok(resp)
 }
 
-/// The content of a submission's file.
+/// The content of a submission's file; `Conflict` (with what to do) for a file found
+/// infected since it was stored, which is never handed out.
 pub async fn content(
     cipher: &FieldCipher,
     db: &impl tokio_postgres::GenericClient,
@@ -714,16 +721,26 @@ pub async fn content(
 ) -> Result<Zeroizing<Vec<u8>>, AppError> {
     let row = db
         .query_opt(
-            "SELECT content FROM attachments WHERE id = $1 AND submission_id = $2",
+            "SELECT content, infected FROM attachments WHERE id = $1 AND submission_id = $2",
             &[&file, &submission],
         )
         .await?
         .ok_or(AppError::NotFound)?;
+    if let Some(signature) = row.get::<_, Option<String>>(1) {
+        return Err(AppError::Conflict(withheld(&signature)));
+    }
     open_content(cipher, file, row.get(0))
 }
 
+/// Why a file found infected after it was stored is not handed out, and what to do.
+pub fn withheld(signature: &str) -> String {
+    format!(
+        "このファイルは、保存後のウイルスチェックで不正なプログラム（{signature}）が見つかったため、取り出せません。必要な場合は、申請者に別の方法での提出を依頼してください"
+    )
+}
+
 /// A file's stored content, decrypted.
-fn open_content(
+pub(crate) fn open_content(
     cipher: &FieldCipher,
     file: Uuid,
     sealed: &[u8],

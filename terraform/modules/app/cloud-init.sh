@@ -86,6 +86,13 @@ UNIT
 cat >/etc/systemd/system/madoguchi-offsite.timer <<'UNIT'
 ${offsite_timer}
 UNIT
+# Stored files scanned again weekly with the day's signatures (waits for the binary).
+cat >/etc/systemd/system/madoguchi-scan-files.service <<'UNIT'
+${scan_unit}
+UNIT
+cat >/etc/systemd/system/madoguchi-scan-files.timer <<'UNIT'
+${scan_timer}
+UNIT
 systemctl daemon-reload
-systemctl enable --now madoguchi-offsite.timer
+systemctl enable --now madoguchi-offsite.timer madoguchi-scan-files.timer
 # madoguchi.service is enabled once the binary and madoguchi.toml are in place.

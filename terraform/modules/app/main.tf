@@ -161,6 +161,8 @@ resource "aws_instance" "service" {
     systemd_unit    = var.systemd_unit
     offsite_unit    = var.offsite_unit
     offsite_timer   = var.offsite_timer
+    scan_unit       = var.scan_files_unit
+    scan_timer      = var.scan_files_timer
   })
 
   tags = { Name = "${var.name}-service" }

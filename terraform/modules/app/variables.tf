@@ -96,3 +96,13 @@ variable "offsite_timer" {
   description = "infra/systemd/madoguchi-offsite.timer."
   type        = string
 }
+
+variable "scan_files_unit" {
+  description = "infra/systemd/madoguchi-scan-files.service."
+  type        = string
+}
+
+variable "scan_files_timer" {
+  description = "infra/systemd/madoguchi-scan-files.timer."
+  type        = string
+}

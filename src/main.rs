@@ -1795,30 +1795,43 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             let clamd = p.settings.clamd.clone().context(
                 "ウイルスチェックには --clamd（MADOGUCHI_CLAMD）が必要です / set --clamd (MADOGUCHI_CLAMD) to scan",
             )?;
-            let tenants = match slug {
+            let tenants: Vec<_> = match slug {
                 Some(slug) if !all => {
                     vec![p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
                         format!("テナント「{slug}」はありません / no tenant {slug}")
                     })?]
                 }
-                _ => p
-                    .catalog
-                    .list_tenants()
-                    .await?
-                    .into_iter()
-                    .filter(|t| matches!(t.state, TenantState::Active | TenantState::Suspended))
-                    .collect(),
-            };
-            let mut found = 0;
+                _ => p.catalog.list_tenants().await?,
+            }
+            .into_iter()
+            // A suspended one may be in a key rotation or a decommissioning.
+            .filter(|t| t.state == TenantState::Active)
+            .collect();
+            if tenants.is_empty() {
+                anyhow::bail!(
+                    "検査できる（稼働中の）テナントがありません / no active tenant to scan"
+                );
+            }
+            let (mut found, mut unfinished) = (0, 0);
             for rec in &tenants {
                 let done =
-                    madoguchi::control::scan_files::scan_files(p, rec, &clamd, again).await?;
+                    match madoguchi::control::scan_files::scan_files(p, rec, &clamd, again).await {
+                        Ok(done) => done,
+                        Err(e) => {
+                            eprintln!("{}: 検査できませんでした / not scanned: {e:#}", rec.slug);
+                            unfinished += 1;
+                            continue;
+                        }
+                    };
                 madoguchi::control::oplog::record(
                     &p.catalog,
                     &cli_actor(),
                     "tenant.scan_files",
                     &rec.slug,
-                    serde_json::json!({ "files": done.files, "found": done.found.len(), "again": again }),
+                    serde_json::json!({
+                        "files": done.files, "found": done.found.len(), "errors": done.errors,
+                        "stopped": done.stopped, "again": again,
+                    }),
                 )
                 .await?;
                 for f in &done.found {
@@ -1832,18 +1845,38 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                     );
                 }
                 eprintln!(
-                    "{}: {}件を検査し、{}件から不正なプログラムが見つかりました / {} files scanned, {} found",
+                    "{}: {}件を検査し、{}件から不正なプログラムが見つかりました / {} files scanned, {} found{}{}",
                     rec.slug,
                     done.files,
                     done.found.len(),
                     done.files,
-                    done.found.len()
+                    done.found.len(),
+                    if done.errors > 0 {
+                        format!("; {} not scanned (clamd)", done.errors)
+                    } else {
+                        String::new()
+                    },
+                    done.stopped
+                        .as_deref()
+                        .map(|why| format!("; stopped: {why}"))
+                        .unwrap_or_default(),
                 );
                 found += done.found.len();
+                if done.errors > 0 || done.stopped.is_some() {
+                    unfinished += 1;
+                }
             }
             if found > 0 {
                 eprintln!("見つかったファイルは取り出せなくなりました。各自治体に知らせてください / files found are no longer handed out; tell the municipalities");
             }
+            // 1: not all scanned (run again); 3: all scanned, something found.
+            return Ok(if unfinished > 0 {
+                ExitCode::FAILURE
+            } else if found > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            });
         }
         TenantCmd::RevokeApiTokens { slug } => {
             let rec =

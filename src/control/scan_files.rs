@@ -7,13 +7,17 @@
 //! on its row (`infected`, the signature's name), logged in the municipality's
 //! operation log (`attachment.infected`, as at upload: the form, field, file and
 //! signature, never the file's name) and in the service log; from then on the file
-//! is not handed out (`attachments::content`). Progress is kept file by file: when
-//! clamd stops answering, the run ends with an error and the next run goes on.
+//! is not handed out (`attachments::content`). Progress is kept file by file: a file
+//! clamd cannot answer for is counted and left for the next run; three such in a row
+//! (clamd down) end the municipality's run, as does its leaving the active state (a
+//! suspension for a key rotation or a decommissioning). `again` takes every file not
+//! scanned in the last day, so a run cut short and started again the same day goes
+//! on where it stopped.
 
-use anyhow::Context;
 use uuid::Uuid;
 
-use crate::catalog::TenantRecord;
+use crate::catalog::{TenantRecord, TenantState};
+use crate::crypto::FieldCipher;
 use crate::platform::Platform;
 use crate::scan::{Clamd, Verdict};
 use crate::tenant::audit::{self, Actor};
@@ -27,7 +31,14 @@ pub struct Scanned {
     /// Files found infected: the application's receipt number (none for a file of a
     /// draft), the field and the signature.
     pub found: Vec<Found>,
+    /// Files clamd could not answer for (left for the next run).
+    pub errors: usize,
+    /// Why the run ended before the last file, if it did.
+    pub stopped: Option<String>,
 }
+
+/// clamd failures in a row that end a municipality's run (clamd is down).
+const FAILURES_IN_A_ROW: usize = 3;
 
 #[derive(Debug)]
 pub struct Found {
@@ -37,10 +48,10 @@ pub struct Found {
     pub signature: String,
 }
 
-/// Files not scanned yet, or (with `again`) also those last scanned before `$1`, the
-/// run's start; never one already found infected. Oldest first.
+/// Files not scanned yet, or (with `$1`, again) also those not scanned in the last
+/// day; never one already found infected. Oldest first.
 const TO_SCAN_SQL: &str = "SELECT id FROM attachments
-  WHERE infected IS NULL AND (scanned_at IS NULL OR ($2 AND scanned_at < $1))
+  WHERE infected IS NULL AND (scanned_at IS NULL OR ($1 AND scanned_at < now() - interval '1 day'))
   ORDER BY created_at, id";
 
 /// Scans the municipality's stored files with `clamd`: those never scanned, or with
@@ -51,21 +62,28 @@ pub async fn scan_files(
     clamd: &Clamd,
     again: bool,
 ) -> anyhow::Result<Scanned> {
-    let cipher = super::tenant_admin::tenant_cipher(p, rec).await?;
+    let mut cipher = super::tenant_admin::tenant_cipher(p, rec).await?;
     let mut conn = p
         .cluster
         .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
         .await?;
     let db = &mut conn.client;
-    let started: time::OffsetDateTime = db.query_one("SELECT now()", &[]).await?.get(0);
     let ids: Vec<Uuid> = db
-        .query(TO_SCAN_SQL, &[&started, &again])
+        .query(TO_SCAN_SQL, &[&again])
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
     let mut done = Scanned::default();
+    let mut in_a_row = 0;
     for id in ids {
+        // Only while the municipality is active: a key rotation or a decommissioning
+        // suspends it first.
+        let state = p.catalog.tenant_by_slug(&rec.slug).await?.map(|t| t.state);
+        if state != Some(TenantState::Active) {
+            done.stopped = Some("the municipality is no longer active".into());
+            break;
+        }
         // Gone meanwhile (a draft's file replaced, an application deleted): skipped.
         let Some(row) = db
             .query_opt(
@@ -78,14 +96,35 @@ pub async fn scan_files(
         else {
             continue;
         };
-        let content =
-            open_content(&cipher, id, row.get(0)).map_err(|e| anyhow::anyhow!("file {id}: {e}"))?;
-        let verdict = crate::scan::scan(clamd, &content).await.with_context(|| {
-            format!(
-                "{}: clamd could not scan file {id} ({} scanned before it; run again to go on)",
-                rec.slug, done.files
-            )
-        })?;
+        let sealed: &[u8] = row.get(0);
+        // Sealed with a key newer than the run began with: the keys again.
+        if FieldCipher::version_of(sealed).is_some_and(|v| v > cipher.current_version()) {
+            cipher = super::tenant_admin::tenant_cipher(p, rec).await?;
+        }
+        let content = match open_content(&cipher, id, sealed) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(tenant = %rec.slug, file = %id, error = %e, "a stored file cannot be opened");
+                done.errors += 1;
+                continue;
+            }
+        };
+        let verdict = match crate::scan::scan(clamd, &content).await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(tenant = %rec.slug, file = %id, error = %e, "clamd could not scan a stored file");
+                done.errors += 1;
+                in_a_row += 1;
+                if in_a_row >= FAILURES_IN_A_ROW {
+                    done.stopped = Some(format!(
+                        "clamd failed {in_a_row} times in a row ({e:#}); run again once it answers"
+                    ));
+                    break;
+                }
+                continue;
+            }
+        };
+        in_a_row = 0;
         drop(content);
         done.files += 1;
         let tx = db.transaction().await?;
@@ -101,13 +140,19 @@ pub async fn scan_files(
                 let (form_id, field): (i64, String) = (row.get(1), row.get(2));
                 let (submission, receipt): (Option<Uuid>, Option<String>) =
                     (row.get(3), row.get(4));
+                // Marked once: another run at the same time, or the file gone, writes
+                // and reports nothing.
+                let marked = tx
+                    .execute(
+                        "UPDATE attachments SET scanned_at = now(), infected = $2 WHERE id = $1 AND infected IS NULL",
+                        &[&id, &signature],
+                    )
+                    .await?;
+                if marked == 0 {
+                    continue;
+                }
                 tracing::warn!(tenant = %rec.slug, form_id, field = %field, file = %id, %signature,
                     "a stored file was found infected; it is no longer handed out");
-                tx.execute(
-                    "UPDATE attachments SET scanned_at = now(), infected = $2 WHERE id = $1",
-                    &[&id, &signature],
-                )
-                .await?;
                 audit::append(
                     &tx,
                     &Actor::Operator,

@@ -1223,6 +1223,46 @@ async fn stored_files_are_scanned_later_and_an_infected_one_is_withheld() {
     .await;
     assert_eq!(status, 409, "{page}");
     assert!(page.contains("取り出せません"), "{page}");
+    // The API says so instead of offering it, and refuses it (409) by its address.
+    let token_api = madoguchi::control::tenant_admin::api_token(
+        &site.env.platform,
+        &site.t,
+        "文書管理",
+        &["submissions:read".to_owned()],
+        &madoguchi::tenant::api::tokens::TokenNetwork::Any,
+    )
+    .await
+    .unwrap();
+    let api = crate::harness::client_for(&site.server, &[&site.host]);
+    let one: Value = api
+        .get(site.u(&format!("/api/v1/submissions/{sub}")))
+        .bearer_auth(&token_api)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer = &one["answers"]["photo"];
+    assert!(
+        answer["withheld"] == "MadoguchiTest.EICAR.UNOFFICIAL" && answer["download"].is_null(),
+        "{answer}"
+    );
+    let r = api
+        .get(site.u(&format!("/api/v1/submissions/{sub}/files/{file}")))
+        .bearer_auth(&token_api)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let problem: Value = r.json().await.unwrap();
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("取り出せません"),
+        "{problem}"
+    );
     // The ZIP export has a note in its place, and the clean file as it was.
     let form_id: i64 = db
         .query_one("SELECT id FROM forms", &[])
@@ -1261,8 +1301,61 @@ async fn stored_files_are_scanned_later_and_an_infected_one_is_withheld() {
     assert!(note.contains("MadoguchiTest.EICAR"), "{note}");
     assert!(!note.contains("EICAR-STANDARD"), "{note}");
 
-    // Nothing left to scan; `again` scans the clean file (not the one found) again.
+    // Nothing left to scan. `again` takes the files not scanned in the last day: none
+    // yet (a run started again the same day goes on where it stopped); a week on, the
+    // clean file (not the one found).
     assert_eq!(run(false).await.unwrap().files, 0);
+    assert_eq!(run(true).await.unwrap().files, 0);
+    db.execute(
+        "UPDATE attachments SET scanned_at = scanned_at - interval '7 days'",
+        &[],
+    )
+    .await
+    .unwrap();
     let again = run(true).await.unwrap();
-    assert_eq!((again.files, again.found.len()), (1, 0));
+    assert_eq!((again.files, again.found.len(), again.errors), (1, 0, 0));
+
+    // clamd gone: three files it cannot answer for end the run, which says why and
+    // leaves them for the next.
+    db.execute(
+        "UPDATE attachments SET scanned_at = NULL WHERE infected IS NULL",
+        &[],
+    )
+    .await
+    .unwrap();
+    for who in ["神田次郎", "神田三郎", "神田四郎"] {
+        let (c, token, _) = site.open().await;
+        site.attach(&c, &token, who, "現況.png", &png(6, 5_000))
+            .await;
+        site.submit(&c, &token).await;
+    }
+    drop(clamd);
+    let cut = run(false).await.unwrap();
+    assert_eq!((cut.files, cut.errors), (0, 3), "{cut:?}");
+    assert!(
+        cut.stopped
+            .as_deref()
+            .is_some_and(|w| w.contains("clamd failed 3 times")),
+        "{cut:?}"
+    );
+    assert_eq!(
+        site.count("SELECT count(*) FROM attachments WHERE scanned_at IS NULL")
+            .await,
+        4
+    );
+    // A suspended municipality (a key rotation, a decommissioning) is not scanned.
+    let clamd = ClamdServer::start();
+    let clamd_at = madoguchi::scan::Clamd::Unix(clamd.socket());
+    site.env
+        .platform
+        .catalog
+        .set_state(site.t.id, madoguchi::catalog::TenantState::Suspended)
+        .await
+        .unwrap();
+    let held =
+        madoguchi::control::scan_files::scan_files(&site.env.platform, &site.t, &clamd_at, false)
+            .await
+            .unwrap();
+    assert_eq!(held.files, 0);
+    assert!(held.stopped.is_some(), "{held:?}");
 }

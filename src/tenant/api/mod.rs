@@ -796,12 +796,12 @@ pub async fn list_submissions(
                 -- commits later stamps its rows with its own start, so a row behind a
                 -- cursor already handed out could otherwise appear after it. Any
                 -- transaction, not only those that wrote already: one that reads
-                -- first has no transaction id until it writes. (pg_dump, which never
-                -- writes, and autovacuum hold no row back.)
+                -- first has no transaction id until it writes. Sessions of other roles
+                -- (the operator's pg_dump) show no start to this role and hold no row
+                -- back.
                 AND s.updated_at < (SELECT coalesce(min(xact_start), 'infinity') FROM pg_stat_activity
                                      WHERE datname = current_database() AND pid <> pg_backend_pid()
-                                       AND backend_type = 'client backend' AND xact_start IS NOT NULL
-                                       AND application_name <> 'pg_dump')
+                                       AND backend_type = 'client backend' AND xact_start IS NOT NULL)
               ORDER BY s.updated_at, s.id LIMIT $5",
             &[&status, &since, &c_at, &c_id, &(limit + 1)],
         )
@@ -889,8 +889,7 @@ pub async fn list_deletions(
                 -- open began, which may yet commit rows stamped before them.
                 AND d.deleted_at < (SELECT coalesce(min(xact_start), 'infinity') FROM pg_stat_activity
                                      WHERE datname = current_database() AND pid <> pg_backend_pid()
-                                       AND backend_type = 'client backend' AND xact_start IS NOT NULL
-                                       AND application_name <> 'pg_dump')
+                                       AND backend_type = 'client backend' AND xact_start IS NOT NULL)
               ORDER BY d.deleted_at, d.submission_id LIMIT $4",
             &[&since, &c_at, &c_id, &(limit + 1)],
         )
@@ -964,13 +963,21 @@ pub async fn get_submission(
     let mut out = row_out(&r);
     let def = store::version(&db, r.get(8), out.form_version).await?;
     let answers = decrypt_answers(ctx.cipher(), id, &r.get(7))?;
+    let infected = attachments::infected_files(&**db, id).await?;
     let mut map = BTreeMap::new();
     for f in def.fields() {
         if let Some(a) = answers.get(&f.id) {
             let mut item =
                 serde_json::json!({ "label": f.label, "value": a.display(), "answer": a });
             if let Answer::File(file) = a {
-                item["download"] = format!("/api/v1/submissions/{id}/files/{}", file.id).into();
+                // Found infected since it was stored: not handed out, the signature said.
+                match infected.get(&file.id) {
+                    Some(signature) => item["withheld"] = signature.as_str().into(),
+                    None => {
+                        item["download"] =
+                            format!("/api/v1/submissions/{id}/files/{}", file.id).into()
+                    }
+                }
             }
             map.insert(f.id.clone(), item);
         }

@@ -739,15 +739,7 @@ async fn detail_page(
     let def = store::version(&db, c.form_id, version).await?;
     let answers = decrypt_answers(ctx.cipher(), id, &r.get(4))?;
     // Files found infected since they were stored: shown so, not offered.
-    let infected: std::collections::HashMap<Uuid, String> = db
-        .query(
-            "SELECT id, infected FROM attachments WHERE submission_id = $1 AND infected IS NOT NULL",
-            &[&id],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let infected = crate::tenant::forms::attachments::infected_files(&**db, id).await?;
     // Opening a case is recorded: who saw which submission, when.
     audit::record(
         &mut db,

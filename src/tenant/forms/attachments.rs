@@ -699,8 +699,11 @@ pub async fn own_file(
         )
         .await?
         .ok_or(AppError::NotFound)?;
-    if let Some(signature) = row.get::<_, Option<String>>(1) {
-        return Err(AppError::Conflict(withheld(&signature)));
+    // Found infected since it was attached: the citizen attaches another.
+    if row.get::<_, Option<String>>(1).is_some() {
+        return Err(AppError::Conflict(
+            "このファイルは、ウイルスチェックで不正なプログラムが見つかったため開けません。別のファイルを添付し直してください".into(),
+        ));
     }
     let bytes = open_content(ctx.cipher(), file, row.get(0))?;
     let mut resp = download(&named, bytes);
@@ -730,6 +733,22 @@ pub async fn content(
         return Err(AppError::Conflict(withheld(&signature)));
     }
     open_content(cipher, file, row.get(0))
+}
+
+/// A submission's files found infected since they were stored, with the signature.
+pub async fn infected_files(
+    db: &impl tokio_postgres::GenericClient,
+    submission: Uuid,
+) -> Result<std::collections::HashMap<Uuid, String>, AppError> {
+    Ok(db
+        .query(
+            "SELECT id, infected FROM attachments WHERE submission_id = $1 AND infected IS NOT NULL",
+            &[&submission],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
 }
 
 /// Why a file found infected after it was stored is not handed out, and what to do.

@@ -11,6 +11,11 @@ use crate::crypto::KeyProvider;
 use crate::pg_tls::PgTls;
 
 /// Admin access to one cluster.
+/// How long a service connection may stay idle inside a transaction.
+pub const IDLE_IN_TRANSACTION: &str = "5min";
+/// The service's session settings (see [`Cluster::tenant_config`]).
+const SERVICE_OPTIONS: &str = "-c jit=off -c idle_in_transaction_session_timeout=5min";
+
 #[derive(Clone)]
 pub struct Cluster {
     admin: Config,
@@ -62,14 +67,18 @@ impl Cluster {
         &self.admin
     }
 
-    /// Settings for a tenant's own role on its own database.
+    /// Settings for a tenant's own role on its own database, for the service. A
+    /// transaction left open and idle (a bug, a hung client) ends after
+    /// [`IDLE_IN_TRANSACTION`]: it would hold its locks, and the API's paging waits for
+    /// every transaction still open. The longest a service transaction waits between
+    /// statements is one mail's SMTP exchange (30 s).
     pub fn tenant_config(&self, rec: &TenantRecord, password: &str) -> Config {
         let mut c = self.admin.clone();
         c.user(&rec.role)
             .password(password.as_bytes())
             .dbname(&rec.database)
             .application_name(SERVICE_APPLICATION)
-            .options("-c jit=off");
+            .options(SERVICE_OPTIONS);
         c
     }
 

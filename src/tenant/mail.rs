@@ -621,6 +621,65 @@ fn footer(site: &str) -> String {
 mod tests {
     use super::*;
 
+    /// 申請一覧's mail: the link while it works, given up (`expired`) once it has
+    /// expired, and to an address without applications, word that none was found.
+    #[test]
+    fn a_list_link_goes_out_only_while_it_works() {
+        let cipher = FieldCipher::new(
+            Uuid::new_v4(),
+            vec![(1, crate::crypto::DataKey::generate())],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let head = Letterhead {
+            site: "千代田区".into(),
+            status_url: "https://chiyoda.example.jp/status".into(),
+        };
+        let sealed = |id: i64, payload: serde_json::Value| {
+            seal(
+                &cipher,
+                "outbox",
+                "payload",
+                &id.to_string(),
+                &payload.to_string(),
+            )
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        let link = "https://chiyoda.example.jp/my/open/KEY";
+        let live = sealed(
+            1,
+            serde_json::json!({ "to": "a@example.jp", "url": link, "until": "…", "expires": now + 600 }),
+        );
+        let letter = sign_in_letter(&cipher, &head, 1, &live).ok();
+        assert!(
+            letter.as_ref().is_some_and(|l| l.to == "a@example.jp"
+                && l.subject == "【千代田区】申請一覧のご案内"
+                && l.body.contains(link)),
+            "{letter:?}"
+        );
+        let late = sealed(
+            2,
+            serde_json::json!({ "to": "a@example.jp", "url": link, "until": "…", "expires": now - 1 }),
+        );
+        assert!(matches!(
+            sign_in_letter(&cipher, &head, 2, &late),
+            Err(AppError::Conflict(why)) if why == "expired"
+        ));
+        let none = sealed(
+            3,
+            serde_json::json!({ "to": "b@example.jp", "url": head.status_url, "none": true }),
+        );
+        let letter = sign_in_letter(&cipher, &head, 3, &none).ok();
+        assert!(
+            letter.as_ref().is_some_and(
+                |l| l.body.contains("見つかりませんでした") && !l.body.contains("/my/open/")
+            ),
+            "{letter:?}"
+        );
+        // Sealed to its own row: another row's id does not open it.
+        assert!(sign_in_letter(&cipher, &head, 4, &live).is_err());
+    }
+
     #[test]
     fn plain_mail_to_another_host_is_noticed() {
         assert_eq!(

@@ -79,6 +79,8 @@ struct StaffManual {
     nav: Option<Nav>,
     /// The operator's help desk, as configured.
     helpdesk: Option<String>,
+    /// Attached files are scanned (ClamAV, set by the operator).
+    scanned: bool,
     setup_link_hours: i64,
     min_password: usize,
     free_attempts: i32,
@@ -110,6 +112,7 @@ pub async fn staff_manual(ctx: TenantCtx, user: Result<StaffUser, Response>) -> 
             site: ctx.name.to_string(),
             nav: user.ok().map(|u| Nav::new(&u, "help")),
             helpdesk: ctx.helpdesk.as_deref().map(str::to_owned),
+            scanned: ctx.clamd.is_some(),
             setup_link_hours: staff::pages::SETUP_LINK_HOURS,
             min_password: staff::MIN_PASSWORD,
             free_attempts: staff::FREE_ATTEMPTS,

@@ -1104,6 +1104,13 @@ async fn attached_files_are_scanned_by_clamd_when_set() {
     site.attach(&c, &token, "神田太郎", "現況.png", &png(3, 5_000))
         .await;
     assert_eq!(site.count("SELECT count(*) FROM attachments").await, 1);
+    // The staff manual says files are scanned, and what a find later means.
+    let admin = staff(&site.env, &site.server, &site.t, Role::Admin, None).await;
+    let (_, _, manual) = get(&admin.client, &site.u("/admin/help")).await;
+    assert!(
+        manual.contains(r#"id="help-scanned""#) && !manual.contains("help-unscanned"),
+        "{manual}"
+    );
     // Marked as scanned (`tenant scan-files` leaves it, unless asked to scan again).
     assert_eq!(
         site.count("SELECT count(*) FROM attachments WHERE scanned_at IS NOT NULL")

@@ -114,6 +114,11 @@ async fn the_manuals_are_served_linked_and_lead_to_their_sections() {
     );
     let (status, _, manual) = get(&member.client, &u("/admin/help")).await;
     assert_eq!(status, 200);
+    // No scanner here: the manual says files are not scanned.
+    assert!(
+        manual.contains(r#"id="help-unscanned""#) && !manual.contains("help-scanned"),
+        "{manual}"
+    );
     assert!(
         manual.contains(r#"<a href="/admin/help" aria-current="page">ヘルプ</a>"#),
         "{manual}"

@@ -400,12 +400,12 @@ enum TenantCmd {
     /// scanner was set, or with --again every file with today's signatures. A file
     /// found infected is no longer handed out; each find is logged. Prints the finds.
     ScanFiles {
-        /// The tenant (or --all for every active or suspended one).
+        /// The tenant (or --all for every active one).
         #[arg(required_unless_present = "all", conflicts_with = "all")]
         slug: Option<String>,
         #[arg(long)]
         all: bool,
-        /// Every file again, not only those never scanned.
+        /// Also the files not scanned in the last day (a re-run the same day goes on).
         #[arg(long)]
         again: bool,
     },
@@ -1830,7 +1830,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                     &rec.slug,
                     serde_json::json!({
                         "files": done.files, "found": done.found.len(), "errors": done.errors,
-                        "stopped": done.stopped, "again": again,
+                        "unreadable": done.unreadable, "stopped": done.stopped, "again": again,
                     }),
                 )
                 .await?;
@@ -1851,10 +1851,10 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                     done.found.len(),
                     done.files,
                     done.found.len(),
-                    if done.errors > 0 {
-                        format!("; {} not scanned (clamd)", done.errors)
-                    } else {
-                        String::new()
+                    match (done.errors, done.unreadable) {
+                        (0, 0) => String::new(),
+                        (e, 0) => format!("; {e} not scanned (clamd)"),
+                        (e, u) => format!("; {e} not scanned (clamd); {u} cannot be opened with the municipality's keys (see the log)"),
                     },
                     done.stopped
                         .as_deref()
@@ -1862,18 +1862,24 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                         .unwrap_or_default(),
                 );
                 found += done.found.len();
-                if done.errors > 0 || done.stopped.is_some() {
+                if done.errors > 0 || done.unreadable > 0 || done.stopped.is_some() {
                     unfinished += 1;
+                }
+                // clamd is down: the next municipality would wait for it as long.
+                if done.clamd_down {
+                    eprintln!("clamd が応答しないため、残りのテナントは検査しません / clamd is down: the other tenants are left for the next run");
+                    break;
                 }
             }
             if found > 0 {
                 eprintln!("見つかったファイルは取り出せなくなりました。各自治体に知らせてください / files found are no longer handed out; tell the municipalities");
             }
-            // 1: not all scanned (run again); 3: all scanned, something found.
-            return Ok(if unfinished > 0 {
-                ExitCode::FAILURE
-            } else if found > 0 {
+            // 3: something found (whether or not all was scanned); 1: not all scanned,
+            // nothing found (run again); 0: all scanned, nothing found.
+            return Ok(if found > 0 {
                 ExitCode::from(3)
+            } else if unfinished > 0 {
+                ExitCode::FAILURE
             } else {
                 ExitCode::SUCCESS
             });

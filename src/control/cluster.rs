@@ -10,12 +10,12 @@ use crate::catalog::{Catalog, TenantRecord};
 use crate::crypto::KeyProvider;
 use crate::pg_tls::PgTls;
 
-/// Admin access to one cluster.
 /// How long a service connection may stay idle inside a transaction.
 pub const IDLE_IN_TRANSACTION: &str = "5min";
 /// The service's session settings (see [`Cluster::tenant_config`]).
 const SERVICE_OPTIONS: &str = "-c jit=off -c idle_in_transaction_session_timeout=5min";
 
+/// Admin access to one cluster.
 #[derive(Clone)]
 pub struct Cluster {
     admin: Config,
@@ -71,7 +71,7 @@ impl Cluster {
     /// transaction left open and idle (a bug, a hung client) ends after
     /// [`IDLE_IN_TRANSACTION`]: it would hold its locks, and the API's paging waits for
     /// every transaction still open. The longest a service transaction waits between
-    /// statements is one mail's SMTP exchange (30 s).
+    /// statements is one mail's SMTP exchange (`mail::SEND_TIMEOUT`).
     pub fn tenant_config(&self, rec: &TenantRecord, password: &str) -> Config {
         let mut c = self.admin.clone();
         c.user(&rec.role)

@@ -9,10 +9,11 @@
 //! signature, never the file's name) and in the service log; from then on the file
 //! is not handed out (`attachments::content`). Progress is kept file by file: a file
 //! clamd cannot answer for is counted and left for the next run; three such in a row
-//! (clamd down) end the municipality's run, as does its leaving the active state (a
-//! suspension for a key rotation or a decommissioning). `again` takes every file not
-//! scanned in the last day, so a run cut short and started again the same day goes
-//! on where it stopped.
+//! (clamd down) end the municipality's run, as do its leaving the active state (a
+//! suspension for a key rotation or a decommissioning) and a database error; what was
+//! found before is reported all the same. `again` takes every file not scanned in
+//! the last day, so a run cut short and started again the same day goes on where it
+//! stopped.
 
 use uuid::Uuid;
 
@@ -33,8 +34,13 @@ pub struct Scanned {
     pub found: Vec<Found>,
     /// Files clamd could not answer for (left for the next run).
     pub errors: usize,
+    /// Files that could not be opened with the municipality's keys (a damaged row or
+    /// key: for the operator to look into; never scanned).
+    pub unreadable: usize,
     /// Why the run ended before the last file, if it did.
     pub stopped: Option<String>,
+    /// It ended because clamd did not answer (the next municipality would wait too).
+    pub clamd_down: bool,
 }
 
 /// clamd failures in a row that end a municipality's run (clamd is down).
@@ -55,35 +61,71 @@ const TO_SCAN_SQL: &str = "SELECT id FROM attachments
   ORDER BY created_at, id";
 
 /// Scans the municipality's stored files with `clamd`: those never scanned, or with
-/// `again` every one.
+/// `again` also those not scanned in the last day. An error only when nothing could
+/// be begun; one met on the way ends the run with what it found (`stopped`).
 pub async fn scan_files(
     p: &Platform,
     rec: &TenantRecord,
     clamd: &Clamd,
     again: bool,
 ) -> anyhow::Result<Scanned> {
-    let mut cipher = super::tenant_admin::tenant_cipher(p, rec).await?;
-    let mut conn = p
-        .cluster
-        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
-        .await?;
-    let db = &mut conn.client;
-    let ids: Vec<Uuid> = db
+    let mut run = Run {
+        p,
+        rec,
+        clamd,
+        cipher: super::tenant_admin::tenant_cipher(p, rec).await?,
+        conn: p
+            .cluster
+            .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+            .await?,
+        done: Scanned::default(),
+        in_a_row: 0,
+    };
+    let ids: Vec<Uuid> = run
+        .conn
+        .client
         .query(TO_SCAN_SQL, &[&again])
         .await?
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut done = Scanned::default();
-    let mut in_a_row = 0;
     for id in ids {
+        match run.one(id).await {
+            Ok(None) => {}
+            Ok(Some(why)) => {
+                run.done.stopped = Some(why);
+                break;
+            }
+            Err(e) => {
+                run.done.stopped = Some(format!("{e:#}"));
+                break;
+            }
+        }
+    }
+    Ok(run.done)
+}
+
+struct Run<'a> {
+    p: &'a Platform,
+    rec: &'a TenantRecord,
+    clamd: &'a Clamd,
+    cipher: FieldCipher,
+    conn: super::cluster::Conn,
+    done: Scanned,
+    in_a_row: usize,
+}
+
+impl Run<'_> {
+    /// Scans file `id`; why the run stops, if it does.
+    async fn one(&mut self, id: Uuid) -> anyhow::Result<Option<String>> {
+        let (p, rec) = (self.p, self.rec);
         // Only while the municipality is active: a key rotation or a decommissioning
         // suspends it first.
         let state = p.catalog.tenant_by_slug(&rec.slug).await?.map(|t| t.state);
         if state != Some(TenantState::Active) {
-            done.stopped = Some("the municipality is no longer active".into());
-            break;
+            return Ok(Some("the municipality is no longer active".into()));
         }
+        let db = &mut self.conn.client;
         // Gone meanwhile (a draft's file replaced, an application deleted): skipped.
         let Some(row) = db
             .query_opt(
@@ -94,39 +136,40 @@ pub async fn scan_files(
             )
             .await?
         else {
-            continue;
+            return Ok(None);
         };
         let sealed: &[u8] = row.get(0);
         // Sealed with a key newer than the run began with: the keys again.
-        if FieldCipher::version_of(sealed).is_some_and(|v| v > cipher.current_version()) {
-            cipher = super::tenant_admin::tenant_cipher(p, rec).await?;
+        if FieldCipher::version_of(sealed).is_some_and(|v| v > self.cipher.current_version()) {
+            self.cipher = super::tenant_admin::tenant_cipher(p, rec).await?;
         }
-        let content = match open_content(&cipher, id, sealed) {
+        let content = match open_content(&self.cipher, id, sealed) {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(tenant = %rec.slug, file = %id, error = %e, "a stored file cannot be opened");
-                done.errors += 1;
-                continue;
+                self.done.unreadable += 1;
+                return Ok(None);
             }
         };
-        let verdict = match crate::scan::scan(clamd, &content).await {
+        let verdict = match crate::scan::scan(self.clamd, &content).await {
             Ok(v) => v,
             Err(e) => {
                 tracing::warn!(tenant = %rec.slug, file = %id, error = %e, "clamd could not scan a stored file");
-                done.errors += 1;
-                in_a_row += 1;
-                if in_a_row >= FAILURES_IN_A_ROW {
-                    done.stopped = Some(format!(
-                        "clamd failed {in_a_row} times in a row ({e:#}); run again once it answers"
-                    ));
-                    break;
+                self.done.errors += 1;
+                self.in_a_row += 1;
+                if self.in_a_row >= FAILURES_IN_A_ROW {
+                    self.done.clamd_down = true;
+                    return Ok(Some(format!(
+                        "clamd failed {} times in a row ({e:#}); run again once it answers",
+                        self.in_a_row
+                    )));
                 }
-                continue;
+                return Ok(None);
             }
         };
-        in_a_row = 0;
+        self.in_a_row = 0;
         drop(content);
-        done.files += 1;
+        self.done.files += 1;
         let tx = db.transaction().await?;
         match verdict {
             Verdict::Clean => {
@@ -149,7 +192,8 @@ pub async fn scan_files(
                     )
                     .await?;
                 if marked == 0 {
-                    continue;
+                    drop(tx);
+                    return Ok(None);
                 }
                 tracing::warn!(tenant = %rec.slug, form_id, field = %field, file = %id, %signature,
                     "a stored file was found infected; it is no longer handed out");
@@ -164,15 +208,17 @@ pub async fn scan_files(
                 )
                 .await
                 .map_err(|e| anyhow::anyhow!("{}", super::tenant_admin::describe(e)))?;
-                done.found.push(Found {
+                tx.commit().await?;
+                self.done.found.push(Found {
                     file: id,
                     receipt,
                     field,
                     signature,
                 });
+                return Ok(None);
             }
         }
         tx.commit().await?;
+        Ok(None)
     }
-    Ok(done)
 }

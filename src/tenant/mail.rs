@@ -322,6 +322,9 @@ enum Refused {
     ForGood(String),
 }
 
+/// The longest one mail's SMTP exchange may take, connection included.
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(90);
+
 async fn send(mailer: &Mailer, site: &str, letter: &Letter) -> Result<(), Refused> {
     let to: Mailbox = letter
         .to
@@ -337,7 +340,12 @@ async fn send(mailer: &Mailer, site: &str, letter: &Letter) -> Result<(), Refuse
                 .map_err(|_| Refused::ForGood("body".into()))?,
         )
         .map_err(|e| Refused::ForGood(format!("message: {e}")))?;
-    match mailer.transport.send(message).await {
+    // The whole exchange is bounded (lettre's timeout is per read or write): it runs
+    // inside the outbox's transaction.
+    let sent = tokio::time::timeout(SEND_TIMEOUT, mailer.transport.send(message))
+        .await
+        .map_err(|_| Refused::RelayDown("timeout".into()))?;
+    match sent {
         Ok(_) => Ok(()),
         Err(e) => match e.status() {
             Some(code) if e.is_permanent() => Err(Refused::ForGood(format!("smtp {code}"))),

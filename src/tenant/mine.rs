@@ -140,13 +140,7 @@ async fn session(
         let row = db.query_opt(SESSION_SQL, &[&token_hash(&cookie)]).await?;
         if let Some(r) = row {
             let id: Uuid = r.get(0);
-            let email = open_text(
-                ctx.cipher(),
-                "citizen_sign_ins",
-                "email",
-                &id.to_string(),
-                &r.get::<_, Vec<u8>>(1),
-            )?;
+            let email = address(ctx, id, r.get(1))?;
             return Ok(Some((id, email, r.get(2))));
         }
     }
@@ -391,23 +385,9 @@ pub async fn open(
         return Ok(spent_link(&ctx));
     };
     let id: Uuid = r.get(0);
-    let email = open_text(
-        ctx.cipher(),
-        "citizen_sign_ins",
-        "email",
-        &id.to_string(),
-        &r.get::<_, Vec<u8>>(1),
-    )?;
+    let email = address(&ctx, id, r.get(1))?;
     // A session this browser held before ends: its cookie is replaced.
-    let earlier: Vec<Vec<u8>> = cookies(&headers, COOKIE)
-        .iter()
-        .map(|c| token_hash(c))
-        .collect();
-    tx.execute(
-        "DELETE FROM citizen_sign_ins WHERE session_hash = ANY($1)",
-        &[&earlier],
-    )
-    .await?;
+    end_sessions(&*tx, &headers).await?;
     // Logged with what the list shows (as a lookup logs the application it shows).
     let shown = listed(&ctx, &*tx, email, r.get(2)).await?;
     audit::append(
@@ -436,13 +416,9 @@ pub async fn open(
     Ok(resp)
 }
 
-/// Ends the browser's session (the row is deleted) and forgets its cookie.
-pub async fn sign_out(ctx: TenantCtx, headers: HeaderMap) -> Result<Response, AppError> {
-    if !same_origin(&ctx, &headers) {
-        return Err(AppError::Csrf);
-    }
-    let db = ctx.db().await?;
-    let hashes: Vec<Vec<u8>> = cookies(&headers, COOKIE)
+/// Deletes the sessions the browser's cookies name.
+async fn end_sessions(db: &impl GenericClient, headers: &HeaderMap) -> Result<(), AppError> {
+    let hashes: Vec<Vec<u8>> = cookies(headers, COOKIE)
         .iter()
         .map(|c| token_hash(c))
         .collect();
@@ -451,6 +427,27 @@ pub async fn sign_out(ctx: TenantCtx, headers: HeaderMap) -> Result<Response, Ap
         &[&hashes],
     )
     .await?;
+    Ok(())
+}
+
+/// The address a row keeps, opened.
+fn address(ctx: &TenantCtx, id: Uuid, sealed: &[u8]) -> Result<String, AppError> {
+    open_text(
+        ctx.cipher(),
+        "citizen_sign_ins",
+        "email",
+        &id.to_string(),
+        sealed,
+    )
+}
+
+/// Ends the browser's session (the row is deleted) and forgets its cookie.
+pub async fn sign_out(ctx: TenantCtx, headers: HeaderMap) -> Result<Response, AppError> {
+    if !same_origin(&ctx, &headers) {
+        return Err(AppError::Csrf);
+    }
+    let db = ctx.db().await?;
+    end_sessions(&**db, &headers).await?;
     let mut shown = page(&ctx);
     shown.out = true;
     let mut resp = render(StatusCode::OK, &shown);

@@ -1338,7 +1338,11 @@ async fn stored_files_are_scanned_later_and_an_infected_one_is_withheld() {
     }
     drop(clamd);
     let cut = run(false).await.unwrap();
-    assert_eq!((cut.files, cut.errors), (0, 3), "{cut:?}");
+    assert_eq!(
+        (cut.files, cut.errors, cut.clamd_down),
+        (0, 3, true),
+        "{cut:?}"
+    );
     assert!(
         cut.stopped
             .as_deref()

@@ -753,7 +753,8 @@ fn row_out(r: &tokio_postgres::Row) -> SubmissionOut {
 /// Submissions in the order they last changed, a page at a time. A transaction
 /// still open elsewhere (which may yet change one) holds back the changes after its
 /// start until it ends, so paging (or polling with `updated_since`) never passes a
-/// change that is still to come; such a wait is usually milliseconds.
+/// change that is still to come; such a wait is usually milliseconds (at most
+/// while one mail is being sent).
 #[utoipa::path(get, path = "/api/v1/submissions", tag = "submissions", security(("bearer" = [])), params(ListParams),
     responses((status = 200, body = SubmissionPage), CommonErrors))]
 pub async fn list_submissions(

@@ -301,7 +301,11 @@ pub async fn ask(ctx: TenantCtx, headers: HeaderMap, body: FormData) -> Result<R
             "expires": until.unix_timestamp(),
         })
     } else {
-        serde_json::json!({ "to": to, "url": format!("{}/status", ctx.base_url), "none": true })
+        // An answer to a request made now: stale once a link would have been.
+        let expires = until.unix_timestamp() + i64::from(LINK_MINUTES) * 60;
+        serde_json::json!({
+            "to": to, "url": format!("{}/status", ctx.base_url), "none": true, "expires": expires,
+        })
     };
     let out =
         super::mail::queue(&*tx, ctx.cipher(), SIGN_IN_MAIL, None, &payload.to_string()).await?;

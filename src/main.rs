@@ -408,6 +408,10 @@ enum TenantCmd {
         /// Also the files not scanned in the last day (a re-run the same day goes on).
         #[arg(long)]
         again: bool,
+        /// Leave what the run came to for node_exporter's textfile collector in this
+        /// directory (madoguchi_scan_files.prom), for the alerts.
+        #[arg(long, value_name = "DIR", requires = "all")]
+        metrics_dir: Option<PathBuf>,
     },
     /// Incident response: disable a staff account, end its sessions and unused setup
     /// links (also while the tenant is suspended, and an administrator's too).
@@ -1791,7 +1795,12 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 scopes.join(", ")
             );
         }
-        TenantCmd::ScanFiles { slug, all, again } => {
+        TenantCmd::ScanFiles {
+            slug,
+            all,
+            again,
+            metrics_dir,
+        } => {
             let clamd = p.settings.clamd.clone().context(
                 "ウイルスチェックには --clamd（MADOGUCHI_CLAMD）が必要です / set --clamd (MADOGUCHI_CLAMD) to scan",
             )?;
@@ -1812,14 +1821,14 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                     "検査できる（稼働中の）テナントがありません / no active tenant to scan"
                 );
             }
-            let (mut found, mut unfinished) = (0, 0);
+            // Municipalities scanned whole, and files found in all.
+            let (mut whole, mut found) = (0, 0);
             for rec in &tenants {
                 let done =
                     match madoguchi::control::scan_files::scan_files(p, rec, &clamd, again).await {
                         Ok(done) => done,
                         Err(e) => {
                             eprintln!("{}: 検査できませんでした / not scanned: {e:#}", rec.slug);
-                            unfinished += 1;
                             continue;
                         }
                     };
@@ -1862,8 +1871,8 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                         .unwrap_or_default(),
                 );
                 found += done.found.len();
-                if done.errors > 0 || done.unreadable > 0 || done.stopped.is_some() {
-                    unfinished += 1;
+                if done.errors == 0 && done.unreadable == 0 && done.stopped.is_none() {
+                    whole += 1;
                 }
                 // clamd is down: the next municipality would wait for it as long.
                 if done.clamd_down {
@@ -1871,8 +1880,21 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                     break;
                 }
             }
+            let unfinished = tenants.len() - whole;
             if found > 0 {
                 eprintln!("見つかったファイルは取り出せなくなりました。各自治体に知らせてください / files found are no longer handed out; tell the municipalities");
+            }
+            if let Some(dir) = metrics_dir {
+                let now = time::OffsetDateTime::now_utc().unix_timestamp();
+                if let Err(e) = madoguchi::control::scan_files::write_metrics(
+                    &dir,
+                    found,
+                    unfinished,
+                    unfinished == 0,
+                    now,
+                ) {
+                    eprintln!("{}: the metrics were not written: {e}", dir.display());
+                }
             }
             // 3: something found (whether or not all was scanned); 1: not all scanned,
             // nothing found (run again); 0: all scanned, nothing found.

@@ -222,3 +222,92 @@ impl Run<'_> {
         Ok(None)
     }
 }
+
+/// The textfile node_exporter reads (`--metrics-dir`), for the alerts
+/// `MadoguchiStoredFileInfected` and `MadoguchiFileScanStale`.
+pub const METRICS_FILE: &str = "madoguchi_scan_files.prom";
+
+/// Writes what a whole run (`tenant scan-files --all`) came to as a node_exporter
+/// textfile in `dir`, replacing the last (written aside, then renamed): when it ran,
+/// files found infected, municipalities not scanned whole, and when a run last
+/// scanned everything it had to (`complete`; else the time the last file kept, or
+/// this run's if there is none: a scan that never completes is caught as one that
+/// stopped).
+pub fn write_metrics(
+    dir: &std::path::Path,
+    found: usize,
+    unfinished: usize,
+    complete: bool,
+    now: i64,
+) -> std::io::Result<()> {
+    let path = dir.join(METRICS_FILE);
+    let success = if complete {
+        now
+    } else {
+        std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|l| {
+                    l.strip_prefix("madoguchi_scan_files_last_success_timestamp_seconds ")
+                        .and_then(|v| v.trim().parse().ok())
+                })
+            })
+            .unwrap_or(now)
+    };
+    let text = format!(
+        "# HELP madoguchi_scan_files_last_run_timestamp_seconds When the scan of stored attached files last ran.\n\
+         # TYPE madoguchi_scan_files_last_run_timestamp_seconds gauge\n\
+         madoguchi_scan_files_last_run_timestamp_seconds {now}\n\
+         # HELP madoguchi_scan_files_found Stored files the last scan found infected (now withheld).\n\
+         # TYPE madoguchi_scan_files_found gauge\n\
+         madoguchi_scan_files_found {found}\n\
+         # HELP madoguchi_scan_files_unfinished Municipalities the last scan could not scan whole.\n\
+         # TYPE madoguchi_scan_files_unfinished gauge\n\
+         madoguchi_scan_files_unfinished {unfinished}\n\
+         # HELP madoguchi_scan_files_last_success_timestamp_seconds When a scan last covered every file it had to (until then: when the first ran).\n\
+         # TYPE madoguchi_scan_files_last_success_timestamp_seconds gauge\n\
+         madoguchi_scan_files_last_success_timestamp_seconds {success}\n"
+    );
+    let aside = dir.join(format!("{METRICS_FILE}.tmp"));
+    std::fs::write(&aside, text)?;
+    std::fs::rename(&aside, &path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(dir: &std::path::Path, metric: &str) -> Option<i64> {
+        std::fs::read_to_string(dir.join(METRICS_FILE))
+            .ok()?
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(&format!("{metric} "))
+                    .and_then(|v| v.parse().ok())
+            })
+    }
+
+    #[test]
+    fn the_metrics_keep_the_last_success_through_runs_that_did_not_finish() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let d = dir.path();
+        let success = "madoguchi_scan_files_last_success_timestamp_seconds";
+        // A first run that did not finish: its own time stands in.
+        write_metrics(d, 0, 1, false, 100).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(value(d, success), Some(100));
+        assert_eq!(value(d, "madoguchi_scan_files_unfinished"), Some(1));
+        // A whole run with a find.
+        write_metrics(d, 2, 0, true, 200).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(value(d, success), Some(200));
+        assert_eq!(value(d, "madoguchi_scan_files_found"), Some(2));
+        // A run cut short keeps when the last whole one was.
+        write_metrics(d, 0, 3, false, 300).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(value(d, success), Some(200));
+        assert_eq!(
+            value(d, "madoguchi_scan_files_last_run_timestamp_seconds"),
+            Some(300)
+        );
+        assert_eq!(value(d, "madoguchi_scan_files_found"), Some(0));
+        assert!(!d.join(format!("{METRICS_FILE}.tmp")).exists());
+    }
+}

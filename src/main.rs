@@ -410,7 +410,7 @@ enum TenantCmd {
         again: bool,
         /// Leave what the run came to for node_exporter's textfile collector in this
         /// directory (madoguchi_scan_files.prom), for the alerts.
-        #[arg(long, value_name = "DIR", requires = "all")]
+        #[arg(long, value_name = "DIR")]
         metrics_dir: Option<PathBuf>,
     },
     /// Incident response: disable a staff account, end its sessions and unused setup
@@ -1801,6 +1801,10 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             again,
             metrics_dir,
         } => {
+            // The metrics speak of a whole run.
+            if metrics_dir.is_some() && !all {
+                anyhow::bail!("--metrics-dir は --all と使います / --metrics-dir goes with --all");
+            }
             let clamd = p.settings.clamd.clone().context(
                 "ウイルスチェックには --clamd（MADOGUCHI_CLAMD）が必要です / set --clamd (MADOGUCHI_CLAMD) to scan",
             )?;

@@ -433,6 +433,15 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
     // Stored files are scanned only with a scanner to scan them with.
     let (ok, _, err) = madoguchi(dir, &["tenant", "scan-files", "--all"]);
     assert!(!ok && err.contains("--clamd"), "{err}");
+    // Its metrics speak of a whole run.
+    let (ok, _, err) = madoguchi(
+        dir,
+        &["tenant", "scan-files", "sapporo", "--metrics-dir", "/tmp"],
+    );
+    assert!(
+        !ok && err.contains("--metrics-dir goes with --all"),
+        "{err}"
+    );
     assert_eq!(
         psql(&format!(
             "SELECT count(*) FROM pg_roles WHERE rolname = '{role}' AND rolconfig IS NOT NULL"

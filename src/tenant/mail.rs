@@ -302,6 +302,81 @@ pub(crate) async fn queue(
     Ok(id)
 }
 
+/// Link mails of a kind ($2) one mailbox ($1, its blind index) was sent in the last
+/// 24 hours.
+pub const LINKS_TO_SQL: &str = "SELECT count(*) FROM outbox
+  WHERE recipient_index = $1 AND kind = $2 AND created_at > now() - interval '1 day'";
+/// Link mails of a kind ($1) the municipality sent in the last 24 hours (each keeps
+/// its recipient's blind index for a day).
+const LINKS_TODAY_SQL: &str = "SELECT count(*) FROM outbox
+  WHERE recipient_index IS NOT NULL AND kind = $1 AND created_at > now() - interval '1 day'";
+
+/// Whether a link mail (一時保存, 申請一覧) may go now.
+pub(crate) enum Quota {
+    /// It may: the recipient's mailbox as a blind index, for [`queue_link`].
+    Open(Vec<u8>),
+    /// The mailbox was sent its share of this kind in the last 24 hours.
+    AddressFull,
+    /// The municipality mailed its share of this kind in the last 24 hours.
+    MunicipalityFull,
+}
+
+/// Counts the link mails of `kind` to `to`'s mailbox (at most `per_address`) and the
+/// municipality's (at most `per_day`), in the caller's transaction, which holds the
+/// mailbox's lock until it ends: two requests for one address at once are counted
+/// one after the other. The municipality's count takes no lock of its own: two
+/// requests at the same moment may pass its ceiling by one.
+pub(crate) async fn link_quota(
+    tx: &impl GenericClient,
+    cipher: &FieldCipher,
+    kind: &str,
+    to: &str,
+    per_address: i64,
+    per_day: i64,
+) -> Result<Quota, AppError> {
+    let recipient = cipher
+        .blind_index("outbox", "recipient", &super::forms::resume::mailbox(to))
+        .to_vec();
+    let lock = i64::from_be_bytes(recipient[..8].try_into().unwrap_or_default());
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
+        .await?;
+    let sent: i64 = tx
+        .query_one(LINKS_TO_SQL, &[&recipient, &kind])
+        .await?
+        .get(0);
+    if sent >= per_address {
+        return Ok(Quota::AddressFull);
+    }
+    let all_today: i64 = tx.query_one(LINKS_TODAY_SQL, &[&kind]).await?.get(0);
+    if all_today >= per_day {
+        tracing::warn!(
+            kind,
+            limit = per_day,
+            "link mails: the municipality's daily ceiling is reached"
+        );
+        return Ok(Quota::MunicipalityFull);
+    }
+    Ok(Quota::Open(recipient))
+}
+
+/// Queues a link mail ([`queue`]) keeping its recipient's blind index (from
+/// [`link_quota`]) for the counts; such rows are deleted a day after they are done.
+pub(crate) async fn queue_link(
+    tx: &impl GenericClient,
+    cipher: &FieldCipher,
+    kind: &str,
+    payload: &str,
+    recipient: &[u8],
+) -> Result<(), AppError> {
+    let out = queue(tx, cipher, kind, None, payload).await?;
+    tx.execute(
+        "UPDATE outbox SET recipient_index = $2 WHERE id = $1",
+        &[&out, &recipient],
+    )
+    .await?;
+    Ok(())
+}
+
 /// How long to wait before try number `attempt` (2, 3, …): a minute, doubling, at
 /// most six hours; `None` once [`MAX_ATTEMPTS`] are spent (about 20 hours after the first).
 pub fn retry_after(attempt: i32) -> Option<Duration> {

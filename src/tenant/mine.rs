@@ -27,8 +27,8 @@ use uuid::Uuid;
 
 use super::cases::{open_text, seal, Status};
 use super::forms::citizen::{jst, notice, same_origin};
-use super::forms::resume::mailbox;
 use super::http::{cookies, see_other, set_cookie, token_hash, FormData};
+use super::mail::{link_quota, queue_link, Quota};
 use super::TenantCtx;
 use crate::crypto::random_token;
 use crate::error::AppError;
@@ -53,13 +53,6 @@ pub const SIGN_IN_MAIL: &str = "sign_in";
 /// The session cookie, for `/my` only.
 const COOKIE: &str = "md_my";
 
-/// These mails to a mailbox ($1, its blind index; $2 the kind) in the last 24 hours.
-const SENT_TO_SQL: &str = "SELECT count(*) FROM outbox
-  WHERE recipient_index = $1 AND kind = $2 AND created_at > now() - interval '1 day'";
-/// These mails ($1 the kind) the municipality sent in the last 24 hours (each keeps
-/// its recipient's blind index for a day).
-const SENT_TODAY_SQL: &str = "SELECT count(*) FROM outbox
-  WHERE recipient_index IS NOT NULL AND kind = $1 AND created_at > now() - interval '1 day'";
 /// The session a cookie ($1, hashed) holds: its row, sealed address and end.
 const SESSION_SQL: &str = "SELECT id, email, expires_at FROM citizen_sign_ins
   WHERE session_hash = $1 AND opened_at IS NOT NULL AND expires_at > now()";
@@ -233,39 +226,32 @@ pub async fn ask(ctx: TenantCtx, headers: HeaderMap, body: FormData) -> Result<R
     };
     let mut db = ctx.db().await?;
     let tx = db.transaction().await?;
-    let recipient = ctx
-        .cipher()
-        .blind_index("outbox", "recipient", &mailbox(&to))
-        .to_vec();
-    // Two requests for one address at once are counted one after the other.
-    let lock = i64::from_be_bytes(recipient[..8].try_into().unwrap_or_default());
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
-        .await?;
-    let sent: i64 = tx
-        .query_one(SENT_TO_SQL, &[&recipient, &SIGN_IN_MAIL])
-        .await?
-        .get(0);
-    if sent >= LINKS_PER_ADDRESS {
-        return refused(
-            shown,
-            format!("このメールアドレスには、24時間に{LINKS_PER_ADDRESS}通までしかお送りできません。届いたメールのリンクをお使いいただくか、時間をおいてお試しください"),
-            false,
-        );
-    }
-    // Counted without a lock of its own: two requests at the same moment may pass
-    // the ceiling by one.
-    let all_today: i64 = tx.query_one(SENT_TODAY_SQL, &[&SIGN_IN_MAIL]).await?.get(0);
-    if all_today >= SIGN_INS_PER_DAY {
-        tracing::warn!(
-            limit = SIGN_INS_PER_DAY,
-            "申請一覧 mails: the municipality's daily ceiling is reached"
-        );
-        return refused(
-            shown,
-            "本日この自治体から送れるメールの数が上限に達しました。お手数ですが、受付番号で照会するか、明日あらためてお試しください".into(),
-            false,
-        );
-    }
+    let quota = link_quota(
+        &*tx,
+        ctx.cipher(),
+        SIGN_IN_MAIL,
+        &to,
+        LINKS_PER_ADDRESS,
+        SIGN_INS_PER_DAY,
+    )
+    .await?;
+    let recipient = match quota {
+        Quota::Open(recipient) => recipient,
+        Quota::AddressFull => {
+            return refused(
+                shown,
+                format!("このメールアドレスには、24時間に{LINKS_PER_ADDRESS}通までしかお送りできません。届いたメールのリンクをお使いいただくか、時間をおいてお試しください"),
+                false,
+            )
+        }
+        Quota::MunicipalityFull => {
+            return refused(
+                shown,
+                "本日この自治体から送れるメールの数が上限に達しました。お手数ですが、受付番号で照会するか、明日あらためてお試しください".into(),
+                false,
+            )
+        }
+    };
     let any: bool = tx
         .query_one(
             "SELECT EXISTS (SELECT 1 FROM submissions WHERE email_index = ANY($1))",
@@ -307,11 +293,12 @@ pub async fn ask(ctx: TenantCtx, headers: HeaderMap, body: FormData) -> Result<R
             "to": to, "url": format!("{}/status", ctx.base_url), "none": true, "expires": expires,
         })
     };
-    let out =
-        super::mail::queue(&*tx, ctx.cipher(), SIGN_IN_MAIL, None, &payload.to_string()).await?;
-    tx.execute(
-        "UPDATE outbox SET recipient_index = $2 WHERE id = $1",
-        &[&out, &recipient],
+    queue_link(
+        &*tx,
+        ctx.cipher(),
+        SIGN_IN_MAIL,
+        &payload.to_string(),
+        &recipient,
     )
     .await?;
     tx.commit().await?;

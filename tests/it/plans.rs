@@ -236,8 +236,8 @@ async fn hot_queries_are_served_by_indexes() {
         "links mailed to an address",
         &plan(
             &db,
-            madoguchi::tenant::forms::resume::LINKS_TO_SQL,
-            &[&token],
+            madoguchi::tenant::mail::LINKS_TO_SQL,
+            &[&token, &madoguchi::tenant::forms::resume::RESUME_MAIL],
         )
         .await,
     );

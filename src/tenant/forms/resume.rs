@@ -48,19 +48,11 @@ pub const LINKS_PER_ADDRESS: i64 = 3;
 /// to send mail in bulk through the city's relay. Past it, a citizen finishes the
 /// application in one go (nothing typed is lost) or asks the next day.
 pub const LINKS_PER_DAY: i64 = 1_000;
-/// Link mails ([`RESUME_MAIL`]) the municipality sent in the last 24 hours (each keeps
-/// its recipient's blind index for a day).
-pub const LINKS_TODAY_SQL: &str = "SELECT count(*) FROM outbox
-  WHERE recipient_index IS NOT NULL AND kind = 'resume' AND created_at > now() - interval '1 day'";
 /// How long after a link was opened it still works (a reload, or a second press whose
 /// first answer was lost on the way), moving the draft again.
 const SECOND_PRESS_SECS: f64 = 120.0;
 /// How long a browser keeps its claim on a form's links (see `claim_cookie`).
 const CLAIM_SECS: u64 = 3600;
-/// Links ([`RESUME_MAIL`]) mailed to an address ($1, its blind index) in the last 24
-/// hours.
-pub const LINKS_TO_SQL: &str = "SELECT count(*) FROM outbox
-  WHERE recipient_index = $1 AND kind = 'resume' AND created_at > now() - interval '1 day'";
 /// The open draft a link's key ($1, hashed) opens in the form $2, and its expiry,
 /// while the key works: unopened, or opened less than $3 seconds ago by the browser
 /// with the claim $4 (hashed).
@@ -302,28 +294,21 @@ async fn issue(
     page: Option<usize>,
     to: &str,
 ) -> Result<Issued, AppError> {
-    let recipient = ctx
-        .cipher()
-        .blind_index("outbox", "recipient", &mailbox(to))
-        .to_vec();
-    // Two requests for one address at once are counted one after the other.
-    let lock = i64::from_be_bytes(recipient[..8].try_into().unwrap_or_default());
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&lock])
-        .await?;
-    let sent_today: i64 = tx.query_one(LINKS_TO_SQL, &[&recipient]).await?.get(0);
-    if sent_today >= LINKS_PER_ADDRESS {
-        return Ok(Issued::AddressFull);
-    }
-    // Counted without a lock of its own: two requests at the same moment may pass
-    // the ceiling by one.
-    let all_today: i64 = tx.query_one(LINKS_TODAY_SQL, &[]).await?.get(0);
-    if all_today >= LINKS_PER_DAY {
-        tracing::warn!(
-            limit = LINKS_PER_DAY,
-            "link mails: the municipality's daily ceiling is reached"
-        );
-        return Ok(Issued::MunicipalityFull);
-    }
+    use crate::tenant::mail::{link_quota, Quota};
+    let quota = link_quota(
+        &**tx,
+        ctx.cipher(),
+        RESUME_MAIL,
+        to,
+        LINKS_PER_ADDRESS,
+        LINKS_PER_DAY,
+    )
+    .await?;
+    let recipient = match quota {
+        Quota::Open(recipient) => recipient,
+        Quota::AddressFull => return Ok(Issued::AddressFull),
+        Quota::MunicipalityFull => return Ok(Issued::MunicipalityFull),
+    };
     let key = random_token(32);
     let saved_page = saved_from(form, page).0.and_then(|p| i32::try_from(p).ok());
     let updated = tx
@@ -355,12 +340,7 @@ async fn issue(
         "until": until,
     })
     .to_string();
-    let out = crate::tenant::mail::queue(&**tx, ctx.cipher(), RESUME_MAIL, None, &payload).await?;
-    tx.execute(
-        "UPDATE outbox SET recipient_index = $2 WHERE id = $1",
-        &[&out, &recipient],
-    )
-    .await?;
+    crate::tenant::mail::queue_link(&**tx, ctx.cipher(), RESUME_MAIL, &payload, &recipient).await?;
     Ok(Issued::Until(until))
 }
 

@@ -1,9 +1,10 @@
 //! Rate limits (tower-governor) keyed by (tenant, client address), with a Japanese
 //! 429 page and `Retry-After`.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::ConnectInfo;
@@ -18,10 +19,13 @@ use uuid::Uuid;
 use crate::tenant::TenantCtx;
 use crate::web::ErrorPage;
 
-/// POSTs allowed at once per tenant and client address, before the steady rate
-/// (given where each limit is applied) takes over.
+/// Wrong staff sign-ins allowed at once per tenant and client address, then one
+/// every [`SIGN_IN_EVERY`] ([`Attempts`]: right ones cost nothing).
 pub const SIGN_IN_BURST: u32 = 10;
+pub const SIGN_IN_EVERY: Duration = Duration::from_secs(6);
+/// Posts of a setup link that is not (or no longer) valid, alike.
 pub const SETUP_BURST: u32 = 5;
+pub const SETUP_EVERY: Duration = Duration::from_secs(12);
 
 /// The tenant and the client: its address, or for IPv6 its /64 (one subscriber's
 /// network, whose addresses it can change at will).
@@ -123,6 +127,108 @@ pub fn submit_limit(
             limits.submit_burst,
         )
     })
+}
+
+/// Wrong guesses allowed per tenant and client network: `burst` at once, then one
+/// every `every`, while right ones cost nothing.
+///
+/// Staff sign in from the city's offices, and over LGWAN a whole office (up to some
+/// 200 people) reaches us from one address: a limit on every sign-in would keep most
+/// of them waiting each morning. Each attempt takes its place before it is checked
+/// (so that guesses sent together cannot pass the limit together) and gives it back
+/// when it proves right. While an address is over its limit, every attempt from it
+/// waits, a right one too: that is what stops a guesser, and an office reaches it
+/// only by many wrong guesses in a row.
+pub struct Attempts {
+    every: Duration,
+    burst: u32,
+    /// Per key, the moment its places are all free again (the theoretical arrival
+    /// time of the generic cell rate algorithm); keys at or before now are free.
+    free_at: Mutex<HashMap<(Uuid, IpAddr), Instant>>,
+}
+
+/// One attempt's place, kept (as a wrong guess) unless [`Attempt::was_right`] gives
+/// it back; an attempt dropped half-way (the client went away) stays counted.
+pub struct Attempt {
+    of: Arc<Attempts>,
+    key: (Uuid, IpAddr),
+}
+
+impl Attempts {
+    pub fn new(every: Duration, burst: u32) -> Arc<Self> {
+        Arc::new(Self {
+            every: every.max(Duration::from_millis(1)),
+            burst: burst.max(1),
+            free_at: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn places(&self) -> std::sync::MutexGuard<'_, HashMap<(Uuid, IpAddr), Instant>> {
+        // The map holds only instants, each written whole: usable after a panic.
+        self.free_at
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A place for an attempt from `client` to `tenant`, or the 429 page saying how
+    /// long to wait (boxed, as [`TenantCeiling::check`]'s).
+    pub fn begin(
+        self: &Arc<Self>,
+        tenant: Uuid,
+        client: Option<IpAddr>,
+    ) -> Result<Attempt, Box<Response<Body>>> {
+        let key = (
+            tenant,
+            client_network(client.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))),
+        );
+        let now = Instant::now();
+        let mut places = self.places();
+        let from = places
+            .get(&key)
+            .copied()
+            .filter(|t| *t > now)
+            .unwrap_or(now);
+        let next = from + self.every;
+        let window = self.every * self.burst;
+        let ahead = next.duration_since(now);
+        if ahead > window {
+            let wait = (ahead - window).as_secs();
+            return Err(Box::new(too_many(GovernorError::TooManyRequests {
+                wait_time: wait,
+                headers: None,
+            })));
+        }
+        places.insert(key, next);
+        Ok(Attempt {
+            of: Arc::clone(self),
+            key,
+        })
+    }
+
+    /// Forgets the clients whose places are all free; returns those kept.
+    pub fn forget_quiet(&self) -> usize {
+        let now = Instant::now();
+        let mut places = self.places();
+        places.retain(|_, t| *t > now);
+        places.shrink_to_fit();
+        places.len()
+    }
+}
+
+impl Attempt {
+    /// The attempt was right: its place is given back.
+    pub fn was_right(self) {
+        let now = Instant::now();
+        let mut places = self.of.places();
+        if let Some(t) = places.get_mut(&self.key) {
+            match t.checked_sub(self.of.every).filter(|t| *t > now) {
+                Some(earlier) => *t = earlier,
+                None => {
+                    places.remove(&self.key);
+                }
+            }
+        }
+    }
 }
 
 /// Refusals held at once (all tenants together); beyond this they are sent at once.
@@ -248,6 +354,77 @@ mod tests {
             client_network(ip("::ffff:198.51.100.7")),
             ip("198.51.100.7")
         );
+    }
+
+    #[test]
+    fn only_wrong_attempts_use_up_an_address() {
+        let attempts = Attempts::new(Duration::from_secs(60), 3);
+        let (city, other) = (Uuid::from_u128(1), Uuid::from_u128(2));
+        let office = Some(IpAddr::from([198, 51, 100, 7]));
+        let status = |r: &Result<Attempt, Box<Response<Body>>>| match r {
+            Ok(_) => 200,
+            Err(page) => page.status().as_u16(),
+        };
+        // Any number of right attempts, one after another.
+        for _ in 0..50 {
+            match attempts.begin(city, office) {
+                Ok(a) => a.was_right(),
+                Err(_) => panic!("a right attempt was refused"),
+            }
+        }
+        assert_eq!(attempts.forget_quiet(), 0, "right attempts leave nothing");
+        // Attempts in flight together hold their places: three, not more.
+        let held: Vec<_> = (0..5).map(|_| attempts.begin(city, office)).collect();
+        assert_eq!(
+            held.iter().map(status).collect::<Vec<_>>(),
+            [200, 200, 200, 429, 429]
+        );
+        // One of them proves right: its place is free for the next.
+        let mut held = held.into_iter().flatten();
+        if let Some(a) = held.next() {
+            a.was_right();
+        }
+        let next = attempts.begin(city, office);
+        assert_eq!(status(&next), 200);
+        drop(next);
+        // The others were wrong (dropped): the address waits, a right attempt too,
+        // and is told how long (the page adds a second to the rounded-down wait).
+        drop(held);
+        let refused = attempts.begin(city, office);
+        assert_eq!(status(&refused), 429);
+        if let Err(page) = refused {
+            let wait = page
+                .headers()
+                .get(header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<u64>().ok());
+            assert!(matches!(wait, Some(1..=61)), "{wait:?}");
+        }
+        // Another address, another municipality, an IPv6 network: each its own.
+        assert_eq!(
+            status(&attempts.begin(city, Some(IpAddr::from([198, 51, 100, 8])))),
+            200
+        );
+        assert_eq!(status(&attempts.begin(other, office)), 200);
+        let v6 = |s: &str| s.parse::<IpAddr>().ok();
+        for _ in 0..3 {
+            drop(attempts.begin(city, v6("2001:db8:1:2::1")));
+        }
+        assert_eq!(status(&attempts.begin(city, v6("2001:db8:1:2::99"))), 429);
+        assert_eq!(
+            attempts.forget_quiet(),
+            4,
+            "addresses still waiting are kept"
+        );
+        // Places come free with time, and free addresses are forgotten.
+        let quick = Attempts::new(Duration::from_millis(5), 2);
+        for _ in 0..2 {
+            drop(quick.begin(city, office));
+        }
+        assert_eq!(status(&quick.begin(city, office)), 429);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(quick.forget_quiet(), 0);
+        assert_eq!(status(&quick.begin(city, office)), 200);
     }
 
     #[test]

@@ -58,6 +58,9 @@ pub struct App {
     clamd: Option<Arc<crate::scan::Clamd>>,
     /// Places for workbooks built at once, for all municipalities together.
     workbooks: Arc<tokio::sync::Semaphore>,
+    /// Staff sign-ins and setup-link posts, for all municipalities together.
+    sign_ins: Arc<limits::Attempts>,
+    setups: Arc<limits::Attempts>,
 }
 
 pub type AppState = Arc<App>;
@@ -102,6 +105,8 @@ impl App {
             workbooks: Arc::new(tokio::sync::Semaphore::new(
                 crate::tenant::cases::export::WORKBOOKS_AT_ONCE,
             )),
+            sign_ins: limits::Attempts::new(limits::SIGN_IN_EVERY, limits::SIGN_IN_BURST),
+            setups: limits::Attempts::new(limits::SETUP_EVERY, limits::SETUP_BURST),
         }))
     }
 
@@ -387,6 +392,8 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                         ctx.helpdesk.clone_from(&app.helpdesk);
                         ctx.clamd.clone_from(&app.clamd);
                         ctx.workbooks = Arc::clone(&app.workbooks);
+                        ctx.sign_ins = Arc::clone(&app.sign_ins);
+                        ctx.setups = Arc::clone(&app.setups);
                         ctx.zone = req
                             .extensions()
                             .get::<conn::Transport>()
@@ -1066,6 +1073,8 @@ impl Server {
                 tokio::time::sleep(every).await;
                 pools.evict_idle();
                 app_for_ceiling.ceiling.retain_recent();
+                app_for_ceiling.sign_ins.forget_quiet();
+                app_for_ceiling.setups.forget_quiet();
                 limits::forget_quiet_clients();
             }
         }));

@@ -55,6 +55,10 @@ pub struct TenantCtx {
     pub clamd: Option<Arc<crate::scan::Clamd>>,
     /// Places for workbooks (XLSX exports) built at once on the whole server.
     pub workbooks: Arc<tokio::sync::Semaphore>,
+    /// Staff sign-ins and setup-link posts counted per address on the whole server
+    /// (only wrong ones are limited).
+    pub sign_ins: Arc<crate::front::limits::Attempts>,
+    pub setups: Arc<crate::front::limits::Attempts>,
     pool: Pool,
     wait: Duration,
     cipher: Arc<FieldCipher>,
@@ -162,6 +166,14 @@ impl TenantCtx {
             workbooks: Arc::new(tokio::sync::Semaphore::new(
                 cases::export::WORKBOOKS_AT_ONCE,
             )),
+            sign_ins: crate::front::limits::Attempts::new(
+                crate::front::limits::SIGN_IN_EVERY,
+                crate::front::limits::SIGN_IN_BURST,
+            ),
+            setups: crate::front::limits::Attempts::new(
+                crate::front::limits::SETUP_EVERY,
+                crate::front::limits::SETUP_BURST,
+            ),
             pool,
             wait,
             cipher,
@@ -253,7 +265,6 @@ fn small_body() -> axum::extract::DefaultBodyLimit {
 
 /// Every route of the municipality app.
 pub fn router(rates: &crate::config::RateLimits) -> Router {
-    use crate::front::limits::{self, post_limit};
     use admin::forms as b;
     use forms::citizen as c;
     use staff::pages as s;
@@ -351,8 +362,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             "/admin/login",
             get(s::login_form)
                 .post(s::login)
-                .layer::<_, std::convert::Infallible>(small_body())
-                .layer(post_limit(Duration::from_secs(6), limits::SIGN_IN_BURST)),
+                .layer::<_, std::convert::Infallible>(small_body()),
         )
         .route("/admin/logout", post(s::logout))
         .route("/admin/help", get(help::staff_manual))
@@ -360,8 +370,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             "/admin/setup/{token}",
             get(s::setup_form)
                 .post(s::setup)
-                .layer::<_, std::convert::Infallible>(small_body())
-                .layer(post_limit(Duration::from_secs(12), limits::SETUP_BURST)),
+                .layer::<_, std::convert::Infallible>(small_body()),
         )
         .route("/admin/staff", get(s::staff_list).post(s::staff_add))
         .route("/admin/staff/{id}", post(s::staff_update))

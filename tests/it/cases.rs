@@ -2234,6 +2234,109 @@ async fn sign_in_attempts_are_rate_limited_per_tenant_and_address() {
     server.shutdown().await;
 }
 
+/// Over LGWAN a whole office reaches the service from one address: all its staff
+/// set up their accounts and sign in however many they are; only wrong guesses use
+/// the address up, guesses sent together cannot pass the limit together, and an
+/// address over its limit leaves the office's own untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_office_behind_one_address_signs_all_its_staff_in() {
+    use madoguchi::tenant::staff::{now_unix, totp_code};
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("office"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let burst = madoguchi::front::limits::SIGN_IN_BURST as usize;
+    // Far more accounts set up from this one address than the limit on setup links
+    // (each set-up signs its browser in)...
+    let mut people = Vec::new();
+    for _ in 0..(2 * burst + 2) {
+        people.push(staff(&env, &server, &t, Role::Staff, None).await);
+    }
+    let last = people.pop().unwrap();
+    let sign_in = |c: reqwest::Client, email: String, password: String, code: String| {
+        let u = url(&server, host, "/admin/login");
+        async move {
+            post(
+                &c,
+                &u,
+                &[
+                    ("email", email.as_str()),
+                    ("password", password.as_str()),
+                    ("code", code.as_str()),
+                ],
+            )
+            .await
+        }
+    };
+    // ...and as many sign-ins again, each from a new browser at that address.
+    for p in &people {
+        let code = totp_code(&p.secret, now_unix() + 30);
+        let (status, loc, body) = sign_in(
+            browser(&server, &[host]),
+            p.email.clone(),
+            p.password.clone(),
+            code,
+        )
+        .await;
+        assert_eq!((status, loc.as_str()), (303, "/admin/forms"), "{body}");
+    }
+    // Twice the limit of wrong guesses at once from another address: only the
+    // limit's worth are checked (401), the rest refused unchecked (429).
+    let guesser = crate::forms::browser_from(&server, &[host], 9);
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all((0..2 * burst).map(|i| {
+        sign_in(
+            guesser.clone(),
+            format!("nobody{i}@example.jp"),
+            "wrong wrong wrong".into(),
+            "123456".into(),
+        )
+    }))
+    .await;
+    // A place comes free every SIGN_IN_EVERY: one more may have been checked if the
+    // guesses took that long.
+    let refilled = (started.elapsed().as_secs_f64()
+        / madoguchi::front::limits::SIGN_IN_EVERY.as_secs_f64()) as usize;
+    let checked = answers.iter().filter(|(s, _, _)| *s == 401).count();
+    let refused: Vec<_> = answers.iter().filter(|(s, _, _)| *s == 429).collect();
+    assert_eq!(checked + refused.len(), 2 * burst, "{answers:?}");
+    assert!(
+        (burst..=burst + refilled).contains(&checked),
+        "{checked} guesses checked"
+    );
+    assert!(refused
+        .iter()
+        .all(|(_, _, page)| page.contains("操作の回数が多すぎます")));
+    // Over its limit, the guessing address waits even with the right password...
+    let code = totp_code(&last.secret, now_unix() + 30);
+    let (status, _, _) = sign_in(
+        guesser.clone(),
+        last.email.clone(),
+        last.password.clone(),
+        code.clone(),
+    )
+    .await;
+    assert_eq!(status, 429);
+    // ...while the office's address signs its people in as before.
+    let (status, loc, body) =
+        sign_in(browser(&server, &[host]), last.email, last.password, code).await;
+    assert_eq!((status, loc.as_str()), (303, "/admin/forms"), "{body}");
+    // A setup link that is not valid counts against the address it came from.
+    let mut setup_answers = Vec::new();
+    for _ in 0..(madoguchi::front::limits::SETUP_BURST + 1) {
+        let (status, _, _) = post(
+            &guesser,
+            &url(&server, host, "/admin/setup/not-a-setup-link"),
+            &[("password", "x"), ("password2", "x"), ("code", "")],
+        )
+        .await;
+        setup_answers.push(status);
+    }
+    assert_eq!(setup_answers.last(), Some(&429), "{setup_answers:?}");
+    assert!(!setup_answers[..setup_answers.len() - 1].contains(&429));
+    server.shutdown().await;
+}
+
 /// 差戻し asks the applicant to correct online, which needs their e-mail address
 /// (the message goes there, and the status lookup asks for it): an application
 /// without one is refused a 差戻し with a reason, instead of being stranded in it with

@@ -136,6 +136,11 @@ pub async fn login_form(ctx: TenantCtx) -> Response {
 }
 
 pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError> {
+    // Counted per address before anything is checked; given back when right.
+    let attempt = match ctx.sign_ins.begin(ctx.id, ctx.client_ip) {
+        Ok(a) => a,
+        Err(too_many) => return Ok(*too_many),
+    };
     let email = crate::ja::nfkc(form.get("email").trim()).to_lowercase();
     let fail = |msg: &str| {
         render(
@@ -233,6 +238,8 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         signin_failure(&mut db, id, &email, reason, &from).await?;
         return Ok(fail(GENERIC));
     }
+    // The password (and code) were right: not a guess.
+    attempt.was_right();
     if role.needs_totp() && !totp_enabled {
         return Ok(fail("この権限では二要素認証（確認コード）の設定が必要です。管理者に設定用リンクの再発行を依頼してください。"));
     }
@@ -414,8 +421,14 @@ pub async fn setup(
     Path(token): Path<String>,
     form: FormData,
 ) -> Result<Response, AppError> {
+    // Only a link that is not (or no longer) valid counts against the address.
+    let attempt = match ctx.setups.begin(ctx.id, ctx.client_ip) {
+        Ok(a) => a,
+        Err(too_many) => return Ok(*too_many),
+    };
     let mut db = ctx.db().await?;
     let target = setup_target(&db, &token).await?;
+    attempt.was_right();
     let secret = totp_from_base32(form.get("totp_secret")).unwrap_or_else(new_totp_secret);
     let mut errors = Vec::new();
     let password = form.get("password");

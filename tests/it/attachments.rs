@@ -1322,6 +1322,58 @@ async fn stored_files_are_scanned_later_and_an_infected_one_is_withheld() {
     let again = run(true).await.unwrap();
     assert_eq!((again.files, again.found.len(), again.errors), (1, 0, 0));
 
+    // A draft's file found infected after it was attached: the citizen can neither
+    // open it again nor send it, and is asked for another on its field.
+    let (c, token, _) = site.open().await;
+    site.attach(&c, &token, "神田五郎", "申請書.pdf", &infected)
+        .await;
+    let marked = run(false).await.unwrap();
+    assert_eq!((marked.files, marked.found.len()), (1, 1), "{marked:?}");
+    assert_eq!(marked.found[0].receipt, None);
+    let file = marked.found[0].file;
+    let (status, _, page) = get(&c, &site.u(&format!("{}/files/{file}", site.public))).await;
+    assert_eq!(status, 409, "{page}");
+    assert!(
+        page.contains("別のファイルを添付し直してください"),
+        "{page}"
+    );
+    let sent_before = site.count("SELECT count(*) FROM submissions").await;
+    let (status, _, page) = get(&c, &site.u(&format!("{}/confirm", site.public))).await;
+    assert_eq!(status, 422, "{page}");
+    assert!(
+        page.contains(madoguchi::tenant::forms::attachments::FOUND_SINCE),
+        "{page}"
+    );
+    let (status, _, page) = post(
+        &c,
+        &site.u(&format!("{}/submit", site.public)),
+        &[("_token", token.as_str())],
+    )
+    .await;
+    assert_eq!(status, 422, "{page}");
+    assert!(
+        page.contains(madoguchi::tenant::forms::attachments::FOUND_SINCE),
+        "{page}"
+    );
+    let to = capture(r##"<li><a href="#([^"]+)">このファイルは、添付後"##, &page);
+    assert!(
+        page.contains(&format!(r#"id="{to}""#)) && to.contains("photo"),
+        "the error leads to its field: {page}"
+    );
+    assert_eq!(
+        site.count("SELECT count(*) FROM submissions").await,
+        sent_before
+    );
+    // Another file on that field, and the application goes.
+    site.attach(&c, &token, "神田五郎", "現況.png", &png(8, 5_000))
+        .await;
+    let done = site.submit(&c, &token).await;
+    assert!(done.ends_with("/done"), "{done}");
+    assert_eq!(
+        site.count("SELECT count(*) FROM submissions").await,
+        sent_before + 1
+    );
+
     // clamd gone: three files it cannot answer for end the run, which says why and
     // leaves them for the next.
     db.execute(
@@ -1352,7 +1404,7 @@ async fn stored_files_are_scanned_later_and_an_infected_one_is_withheld() {
     assert_eq!(
         site.count("SELECT count(*) FROM attachments WHERE scanned_at IS NULL")
             .await,
-        4
+        5
     );
     // A suspended municipality (a key rotation, a decommissioning) is not scanned.
     let clamd = ClamdServer::start();

@@ -566,6 +566,43 @@ pub async fn discard(
     Ok(())
 }
 
+/// What a citizen is told of a file found infected after it was attached.
+pub const FOUND_SINCE: &str =
+    "このファイルは、添付後のウイルスチェックで不正なプログラムが見つかったため送信できません。別のファイルを添付し直してください";
+
+/// The answers' files found infected since they were attached (a draft's kept
+/// before the day's signatures knew them, or an application's kept by a
+/// correction), each as an error on its field: such a file is never sent on.
+pub async fn found_since(
+    db: &impl tokio_postgres::GenericClient,
+    answers: &Answers,
+) -> Result<Vec<FieldError>, AppError> {
+    let files = named(answers);
+    if files.is_empty() {
+        return Ok(Vec::new());
+    }
+    let found: Vec<Uuid> = db
+        .query(
+            "SELECT id FROM attachments WHERE id = ANY($1) AND infected IS NOT NULL",
+            &[&files],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(answers
+        .iter()
+        .filter_map(|(field, a)| match a {
+            Answer::File(f) if found.contains(&f.id) => Some(FieldError {
+                field: field.clone(),
+                input: field.clone(),
+                message: FOUND_SINCE.into(),
+            }),
+            _ => None,
+        })
+        .collect())
+}
+
 /// The files the answers name.
 pub fn named(answers: &Answers) -> Vec<Uuid> {
     answers
@@ -602,11 +639,15 @@ pub async fn settle(
             "UPDATE attachments a SET submission_id = $1, draft_id = NULL
                FROM unnest($2::uuid[], $4::text[], $5::bigint[]) AS n(id, field, size)
               WHERE a.id = n.id AND a.field_id = n.field AND a.size = n.size
-                AND (a.draft_id = $3 OR a.submission_id = $1)",
+                AND (a.draft_id = $3 OR a.submission_id = $1) AND a.infected IS NULL",
             &[&submission, &files, &draft, &fields, &sizes],
         )
         .await?;
     if usize::try_from(moved).ok() != Some(files.len()) {
+        // Found infected between the check before sending and now.
+        if !found_since(tx, answers).await?.is_empty() {
+            return Err(AppError::Conflict(FOUND_SINCE.into()));
+        }
         return Err(AppError::Conflict(
             "添付したファイルが見つかりません（保存期間が過ぎた可能性があります）。お手数ですが、ファイルをもう一度添付してから送信してください。".into(),
         ));

@@ -1087,7 +1087,7 @@ pub async fn confirm(
         Ok(found) => found,
         Err(elsewhere) => return Ok(elsewhere),
     };
-    match check_all(&form.def, &draft.inputs) {
+    match sendable(&**db, &form.def, &draft).await? {
         Ok(answers) => {
             let last = visible_pages(&form.def, &draft.inputs)
                 .last()
@@ -1127,6 +1127,25 @@ pub async fn confirm(
             ))
         }
     }
+}
+
+/// The draft's answers checked as they would be sent: every visible page against
+/// the definition, and no file found infected since it was attached.
+async fn sendable(
+    db: &impl tokio_postgres::GenericClient,
+    def: &FormDefinition,
+    draft: &Draft,
+) -> Result<Result<Answers, Vec<FieldError>>, AppError> {
+    let answers = match check_all(def, &draft.inputs) {
+        Ok(a) => a,
+        Err(errors) => return Ok(Err(errors)),
+    };
+    let found = attachments::found_since(db, &answers).await?;
+    Ok(if found.is_empty() {
+        Ok(answers)
+    } else {
+        Err(found)
+    })
 }
 
 pub(super) fn first_error_page(def: &FormDefinition, errors: &[FieldError]) -> usize {
@@ -1270,7 +1289,7 @@ pub async fn submit(
         }
     }
     // Every answer is checked again, against the version published now.
-    let answers = match check_all(&form.def, &draft.inputs) {
+    let answers = match sendable(&**db, &form.def, &draft).await? {
         Ok(a) => a,
         Err(errors) => {
             let page = first_error_page(&form.def, &errors);

@@ -6,10 +6,12 @@
 //! who applied); the mail says which: a link, or that no application was sent with
 //! that address. The link works once, for [`LINK_MINUTES`]; its page changes nothing
 //! (mail scanners fetch links) and its button, pressed from this site, gives the
-//! browser a session of [`SESSION_MINUTES`]. The list shows each application's
-//! procedure, receipt number, status and dates, never the answers; 詳しく見る opens
-//! the status page (状況照会) for it, with its messages, 取下げ and 差戻し's
-//! correction. The opening is logged as a citizen's lookup.
+//! browser a session of [`SESSION_MINUTES`]; for [`SECOND_PRESS_SECS`] more the
+//! link still works in the browser that opened it (told by a claim cookie its page
+//! set), for a reload or a press whose answer was lost, then in none. The list
+//! shows each application's procedure, receipt number, status and dates, never the
+//! answers; 詳しく見る opens the status page (状況照会) for it, with its messages,
+//! 取下げ and 差戻し's correction. The opening is logged as a citizen's lookup.
 //!
 //! The same work is done for either address (a row is written for both, the one for
 //! an address without applications ended at once), so the time taken tells little.
@@ -52,6 +54,22 @@ pub const LIST_LIMIT: i64 = 100;
 pub const SIGN_IN_MAIL: &str = "sign_in";
 /// The session cookie, for `/my` only.
 const COOKIE: &str = "md_my";
+/// How long after a link was opened it still works in the browser that opened it.
+pub const SECOND_PRESS_SECS: f64 = 120.0;
+/// The cookie that tells the browser which opened a link (set by the link's page,
+/// for the links' path only), and how long the browser keeps it.
+const CLAIM_COOKIE: &str = "md_my_claim";
+const CLAIM_PATH: &str = "/my/open";
+const CLAIM_SECS: u64 = 3600;
+/// While a link's key ($1, hashed) works for the browser with the claim $3
+/// (hashed): unopened and not expired, or opened less than $2 seconds ago by that
+/// browser.
+macro_rules! link_works {
+    () => {
+        "key_hash = $1 AND expires_at > now()
+    AND (opened_at IS NULL OR (opened_at > now() - make_interval(secs => $2) AND claim_hash = $3))"
+    };
+}
 
 /// The session a cookie ($1, hashed) holds: its row, sealed address and end.
 const SESSION_SQL: &str = "SELECT id, email, expires_at FROM citizen_sign_ins
@@ -320,13 +338,20 @@ fn spent_link(ctx: &TenantCtx) -> Response {
 
 /// The page a mailed link leads to: what opening it does, and a button to do it.
 /// Fetching it changes nothing.
-pub async fn link_page(ctx: TenantCtx, Path(key): Path<String>) -> Result<Response, AppError> {
+pub async fn link_page(
+    ctx: TenantCtx,
+    Path(key): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
     let db = ctx.db().await?;
+    let held = claim(&headers);
     let row = db
         .query_opt(
-            "SELECT expires_at FROM citizen_sign_ins
-              WHERE key_hash = $1 AND opened_at IS NULL AND expires_at > now()",
-            &[&token_hash(&key)],
+            concat!(
+                "SELECT expires_at FROM citizen_sign_ins WHERE ",
+                link_works!()
+            ),
+            &[&token_hash(&key), &SECOND_PRESS_SECS, &held],
         )
         .await?;
     let Some(r) = row else {
@@ -346,7 +371,26 @@ pub async fn link_page(ctx: TenantCtx, Path(key): Path<String>) -> Result<Respon
         header::REFERRER_POLICY,
         HeaderValue::from_static("strict-origin"),
     );
+    if held.is_none() {
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            set_cookie(
+                CLAIM_COOKIE,
+                &random_token(32),
+                CLAIM_PATH,
+                Some(CLAIM_SECS),
+                ctx.secure_cookies,
+            ),
+        );
+    }
     Ok(resp)
+}
+
+/// This browser's claim on the links it opens (see [`CLAIM_COOKIE`]), hashed.
+fn claim(headers: &HeaderMap) -> Option<Vec<u8>> {
+    cookies(headers, CLAIM_COOKIE)
+        .first()
+        .map(|c| token_hash(c))
 }
 
 /// Opens the link in this browser: the key spent, a session cookie given, the
@@ -363,13 +407,27 @@ pub async fn open(
     let mut db = ctx.db().await?;
     let session = random_token(32);
     let tx = db.transaction().await?;
+    // The first press records this browser's claim; a second, within the window,
+    // must come with the same, and gives a new session in place of the first's.
     let opened = tx
         .query_opt(
-            "UPDATE citizen_sign_ins SET opened_at = now(), session_hash = $2,
-                    expires_at = now() + make_interval(mins => $3)
-              WHERE key_hash = $1 AND opened_at IS NULL AND expires_at > now()
-              RETURNING id, email, expires_at",
-            &[&token_hash(&key), &token_hash(&session), &SESSION_MINUTES],
+            concat!(
+                "UPDATE citizen_sign_ins SET session_hash = $4,
+                        claim_hash = CASE WHEN opened_at IS NULL THEN $3 ELSE claim_hash END,
+                        expires_at = CASE WHEN opened_at IS NULL
+                            THEN now() + make_interval(mins => $5) ELSE expires_at END,
+                        opened_at = coalesce(opened_at, now())
+                  WHERE ",
+                link_works!(),
+                " RETURNING id, email, expires_at, opened_at < now()"
+            ),
+            &[
+                &token_hash(&key),
+                &SECOND_PRESS_SECS,
+                &claim(&headers),
+                &token_hash(&session),
+                &SESSION_MINUTES,
+            ],
         )
         .await?;
     let Some(r) = opened else {
@@ -389,6 +447,7 @@ pub async fn open(
         serde_json::json!({
             "applications": shown.items.len(),
             "receipts": shown.items.iter().map(|i| i.receipt.as_str()).collect::<Vec<_>>(),
+            "again": r.get::<_, bool>(3),
         }),
     )
     .await?;

@@ -13,7 +13,7 @@ mod home;
 pub mod http;
 pub mod identity;
 pub mod mail;
-mod mine;
+pub mod mine;
 pub mod rekey;
 pub mod spreadsheet;
 pub mod staff;

@@ -575,10 +575,11 @@ async fn a_rotated_data_key_seals_every_value_again_and_the_municipality_works_a
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_rotation_covers_every_sealed_column_of_the_schema() {
     // SHA-256 of tokens and links, and the operation log's chain: no key involved.
-    const HASHES: [&str; 13] = [
+    const HASHES: [&str; 14] = [
         "staff_setup_tokens.token_hash",
         "citizen_sign_ins.key_hash",
         "citizen_sign_ins.session_hash",
+        "citizen_sign_ins.claim_hash",
         "staff_sessions.id_hash",
         "citizen_drafts.token_hash",
         "citizen_drafts.resume_hash",

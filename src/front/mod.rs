@@ -429,15 +429,13 @@ async fn route_to_tenant(State(app): State<AppState>, req: Request, next: Next) 
                         () = tokio::time::sleep_until(at) => {
                             // Dropping the request does not stop what the server runs
                             // for it: its connections must not go back to the pool busy.
-                            // The pool is closed (fresh connections for the next
-                            // requests) and their statements cancelled.
+                            // Taken off the request's list, they are closed as it lets
+                            // go of them (`tenant::Db`), and their statements cancelled;
+                            // the pool's other connections go on serving.
                             let stuck = held.take();
-                            if !stuck.is_empty() {
-                                app.pools.reset(&route.id);
-                                if let Some(way) = cancel_way.get() {
-                                    for token in stuck {
-                                        tokio::spawn(way.cancel(token));
-                                    }
+                            if let Some(way) = cancel_way.get() {
+                                for token in stuck {
+                                    tokio::spawn(way.cancel(token));
                                 }
                             }
                             timed_out()

@@ -87,13 +87,21 @@ impl Held {
         key
     }
 
-    fn remove(&self, key: u64) {
-        if let Ok(mut t) = self.tokens.lock() {
-            t.retain(|(k, _)| *k != key);
+    /// Takes a connection off the list; false when it was no longer there (taken
+    /// by [`Held::take`]: its request ran out of time).
+    fn remove(&self, key: u64) -> bool {
+        match self.tokens.lock() {
+            Ok(mut t) => {
+                let before = t.len();
+                t.retain(|(k, _)| *k != key);
+                t.len() < before
+            }
+            Err(_) => false,
         }
     }
 
-    /// The connections held now, taken out of the list.
+    /// The connections held now, taken out of the list: each is closed instead of
+    /// going back to the pool when its request lets go of it ([`Db`]).
     pub fn take(&self) -> Vec<tokio_postgres::CancelToken> {
         self.tokens
             .lock()
@@ -103,9 +111,13 @@ impl Held {
 }
 
 /// A connection from the tenant's pool, listed in the request's [`Held`] while it is
-/// held; it goes back to the pool when dropped.
+/// held; it goes back to the pool when dropped, unless its request ran out of time
+/// meanwhile ([`Held::take`]): what it ran was being cancelled, maybe half-way
+/// through a transaction, so it is closed instead and the pool's other connections
+/// go on serving.
 pub struct Db {
-    obj: Object,
+    /// Always `Some` until dropped.
+    obj: Option<Object>,
     held: Arc<Held>,
     key: u64,
 }
@@ -113,19 +125,30 @@ pub struct Db {
 impl Deref for Db {
     type Target = deadpool_postgres::ClientWrapper;
     fn deref(&self) -> &deadpool_postgres::ClientWrapper {
-        &self.obj
+        match &self.obj {
+            Some(o) => o,
+            None => unreachable!("a connection is taken out only when it is dropped"),
+        }
     }
 }
 
 impl DerefMut for Db {
     fn deref_mut(&mut self) -> &mut deadpool_postgres::ClientWrapper {
-        &mut self.obj
+        match &mut self.obj {
+            Some(o) => o,
+            None => unreachable!("a connection is taken out only when it is dropped"),
+        }
     }
 }
 
 impl Drop for Db {
     fn drop(&mut self) {
-        self.held.remove(self.key);
+        if !self.held.remove(self.key) {
+            // Out of the pool, and closed as the client goes.
+            if let Some(o) = self.obj.take() {
+                drop(Object::take(o));
+            }
+        }
     }
 }
 
@@ -211,7 +234,7 @@ impl TenantCtx {
             Ok(c) => {
                 let key = self.held.add(c.cancel_token());
                 Ok(Db {
-                    obj: c,
+                    obj: Some(c),
                     held: Arc::clone(&self.held),
                     key,
                 })
@@ -222,8 +245,8 @@ impl TenantCtx {
                     retry_after_secs: 1,
                 })
             }
-            // Closed under it: the front tier renews a pool after a request ran out
-            // of time or the database failed; the next request gets the new one.
+            // Closed under it: the front tier renews a pool after the database
+            // failed; the next request gets the new one.
             Err(PoolError::Closed) => Err(AppError::Unavailable {
                 retry_after_secs: 1,
             }),

@@ -302,6 +302,19 @@ async fn a_page_met_by_a_database_outage_keeps_what_was_typed() {
     o.server.shutdown().await;
 }
 
+/// The backends a role has open in the database `db` is connected to.
+async fn service_pids(db: &tokio_postgres::Client, role: &str) -> std::collections::BTreeSet<i32> {
+    db.query(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND usename = $1",
+        &[&role],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
 /// A page that runs out of time (here: its draft's table locked for longer than the
 /// 30 s a request may take) is answered 503 just before the limit, with what was
 /// typed, and sent again once the lock is gone. Takes 30 s.
@@ -317,6 +330,18 @@ async fn a_page_that_runs_out_of_time_keeps_what_was_typed() {
     );
     let typed = first_page(token);
     let locker = crate::harness::admin_client(&o.t.database).await;
+    // The municipality's pool holds a few connections (pages read at once)...
+    let pages = (0..8).map(|_| {
+        let other = crate::forms::browser(&o.server, &[&o.t.hosts[0]]);
+        let u = url(&o.server, &o.t.hosts[0], &o.public);
+        async move { get(&other, &u).await.0 }
+    });
+    assert!(futures::future::join_all(pages)
+        .await
+        .iter()
+        .all(|s| *s == 200));
+    let before = service_pids(&locker, &o.t.role).await;
+    assert!(before.len() >= 2, "{before:?}");
     locker
         .batch_execute("BEGIN; LOCK TABLE citizen_drafts IN ACCESS EXCLUSIVE MODE")
         .await
@@ -361,6 +386,18 @@ async fn a_page_that_runs_out_of_time_keeps_what_was_typed() {
         waiting, 0,
         "the timed-out statement still waits on the lock"
     );
+    // ...of which only the one that ran out of time is closed: the others go on
+    // serving (no pool opened afresh for one slow page).
+    let mut after = service_pids(&locker, &o.t.role).await;
+    for _ in 0..50 {
+        if after.len() < before.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        after = service_pids(&locker, &o.t.role).await;
+    }
+    let kept = before.intersection(&after).count();
+    assert_eq!(kept, before.len() - 1, "before {before:?}, after {after:?}");
     locker.batch_execute("ROLLBACK").await.unwrap();
     let (status, loc, body) = post_from(c, form, here, &pairs(&fields)).await;
     assert_eq!(status, 303, "{body}");

@@ -75,24 +75,53 @@ pub struct Settings {
     pub clamd: Option<crate::scan::Clamd>,
 }
 
-/// Where mail leaves: an SMTP relay and the sender address.
+/// Where mail leaves: an SMTP relay (or, for the demo and training, a directory)
+/// and the sender address.
 #[derive(Clone)]
 pub struct MailSettings {
-    /// `smtp://host[:port]` (plain, for a relay on the same host or segment),
-    /// `smtp://user:password@host:587?tls=required` (STARTTLS) or
-    /// `smtps://user:password@host:465` (TLS from the start).
-    pub url: zeroize::Zeroizing<String>,
+    pub way: MailWay,
     /// The sender's address; the display name is the municipality's.
     pub from: String,
-    /// PEM certificates of CAs trusted for the relay besides the system's store.
-    pub ca: Option<PathBuf>,
+}
+
+#[derive(Clone)]
+pub enum MailWay {
+    Relay {
+        /// `smtp://host[:port]` (plain, for a relay on the same host or segment),
+        /// `smtp://user:password@host:587?tls=required` (STARTTLS) or
+        /// `smtps://user:password@host:465` (TLS from the start).
+        url: zeroize::Zeroizing<String>,
+        /// PEM certificates of CAs trusted for the relay besides the system's store.
+        ca: Option<PathBuf>,
+    },
+    /// Each message written to this directory as a `.eml` file and never sent: the
+    /// demo's and a training site's mail, read there instead of in a mailbox.
+    Files(PathBuf),
+}
+
+impl MailSettings {
+    /// Mail through the relay at `url`.
+    pub fn relay(url: &str, from: &str, ca: Option<PathBuf>) -> Self {
+        Self {
+            way: MailWay::Relay {
+                url: zeroize::Zeroizing::new(url.to_owned()),
+                ca,
+            },
+            from: from.to_owned(),
+        }
+    }
 }
 
 impl std::fmt::Debug for MailSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let way = match &self.way {
+            MailWay::Relay { .. } => "relay".to_owned(),
+            MailWay::Files(dir) => format!("files in {}", dir.display()),
+        };
         f.debug_struct("MailSettings")
+            .field("way", &way)
             .field("from", &self.from)
-            .finish_non_exhaustive()
+            .finish()
     }
 }
 
@@ -177,6 +206,7 @@ pub struct FileSettings {
     pub smtp_url: Option<String>,
     pub mail_from: Option<String>,
     pub smtp_ca: Option<PathBuf>,
+    pub mail_dir: Option<PathBuf>,
     pub identity_ca: Option<PathBuf>,
     pub identity_allow_private_networks: Option<bool>,
     pub helpdesk: Option<String>,

@@ -114,6 +114,10 @@ struct Common {
     /// relay inside LGWAN or a city's network often has a private CA's certificate).
     #[arg(long, global = true, env = "MADOGUCHI_SMTP_CA", value_name = "FILE")]
     smtp_ca: Option<PathBuf>,
+    /// Instead of a relay: write each mail to DIR as a .eml file and never send it
+    /// (the demo, a training site). `demo` without --smtp-url uses STATE_DIR/mail.
+    #[arg(long, global = true, env = "MADOGUCHI_MAIL_DIR", value_name = "DIR")]
+    mail_dir: Option<PathBuf>,
     /// PEM file of CA certificates to trust for identity providers (本人確認)
     /// besides the system's.
     #[arg(
@@ -611,6 +615,10 @@ enum DbCmd {
     },
 }
 
+/// The sender of mail written to files when none is given (`.invalid`: never a
+/// real domain).
+const FILED_MAIL_FROM: &str = "no-reply@madoguchi.invalid";
+
 fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     let file = FileSettings::load(&c.state_dir)?;
     let mut s = Settings::new(c.state_dir.clone());
@@ -673,16 +681,22 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
         .or_else(|| file.clamd.clone())
         .map(|v| madoguchi::scan::Clamd::parse(&v))
         .transpose()?;
-    s.mail = match (smtp_url, mail_from) {
-        (Some(url), Some(from)) => Some(madoguchi::config::MailSettings {
-            url: zeroize::Zeroizing::new(url),
-            from,
-            ca: smtp_ca,
-        }),
-        (Some(_), None) => {
+    let mail_dir = c.mail_dir.clone().or_else(|| file.mail_dir.clone());
+    s.mail = match (smtp_url, mail_dir, mail_from) {
+        (Some(_), Some(_), _) => {
+            anyhow::bail!("--smtp-url and --mail-dir: mail is sent through a relay or written to files, not both")
+        }
+        (Some(url), None, Some(from)) => {
+            Some(madoguchi::config::MailSettings::relay(&url, &from, smtp_ca))
+        }
+        (Some(_), None, None) => {
             anyhow::bail!("--smtp-url needs --mail-from (MADOGUCHI_MAIL_FROM): the sender address")
         }
-        (None, _) => None,
+        (None, Some(dir), from) => Some(madoguchi::config::MailSettings {
+            way: madoguchi::config::MailWay::Files(dir),
+            from: from.unwrap_or_else(|| FILED_MAIL_FROM.to_owned()),
+        }),
+        (None, None, _) => None,
     };
     if let Some(v) = file.connection_idle_secs {
         s.connection_idle = Duration::from_secs(v.clamp(1, 3600));
@@ -779,7 +793,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             checkpoint.as_deref(),
         );
     }
-    let (settings, file) = settings(&cli.common)?;
+    let (mut settings, file) = settings(&cli.common)?;
+    // The demo shows every mail (receipts, 一時保存 and 申請一覧 links) without a relay.
+    if matches!(cli.command, Command::Demo { .. }) && settings.mail.is_none() {
+        settings.mail = Some(madoguchi::config::MailSettings {
+            way: madoguchi::config::MailWay::Files(settings.state_dir.join("mail")),
+            from: FILED_MAIL_FROM.to_owned(),
+        });
+    }
     if let Command::Keys(KeysCmd::RotateMaster) = &cli.command {
         return rotate_master(settings).await;
     }
@@ -2240,6 +2261,16 @@ async fn serve_with(
         println!("lgwan: http://{lgwan}");
     }
     println!("ops: http://{}", server.bound.ops);
+    if let Some(madoguchi::config::MailSettings {
+        way: madoguchi::config::MailWay::Files(dir),
+        ..
+    }) = &p.settings.mail
+    {
+        println!(
+            "mail: written to {} as .eml files, never sent / メールは送信せず、ここに書き出します",
+            dir.display()
+        );
+    }
     for (t, a) in demo {
         let host = t.hosts.first().map_or("localhost", String::as_str);
         println!("{} {}: {scheme}://{host}:{port}/", t.slug, t.name);

@@ -16,7 +16,9 @@ use std::time::Duration;
 use lettre::message::header::{ContentTransferEncoding, ContentType};
 use lettre::message::{Body, Mailbox};
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
-use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use lettre::{
+    Address, AsyncFileTransport, AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor,
+};
 use time::OffsetDateTime;
 use tokio_postgres::GenericClient;
 use uuid::Uuid;
@@ -27,7 +29,7 @@ use super::forms::citizen::{decrypt_answers, jst, RECEIPT_MAIL};
 use super::forms::definition::{FieldKind, FormDefinition};
 use super::forms::resume::RESUME_MAIL;
 use super::mine::SIGN_IN_MAIL;
-use crate::config::MailSettings;
+use crate::config::{MailSettings, MailWay};
 use crate::crypto::FieldCipher;
 use crate::error::AppError;
 
@@ -46,8 +48,14 @@ pub const DUE_SQL: &str = "SELECT id, kind, submission_id, payload, attempts FRO
 
 /// The platform's way out: an SMTP relay and the sender address.
 pub struct Mailer {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+    transport: Transport,
     from: Address,
+}
+
+enum Transport {
+    Relay(AsyncSmtpTransport<Tokio1Executor>),
+    /// Written as files, never sent ([`MailWay::Files`]).
+    Files(AsyncFileTransport<Tokio1Executor>),
 }
 
 impl std::fmt::Debug for Mailer {
@@ -64,19 +72,40 @@ impl Mailer {
             .from
             .parse()
             .map_err(|e| anyhow::anyhow!("the sender address {:?}: {e}", s.from))?;
-        let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(&s.url)
-            .map_err(|e| anyhow::anyhow!("the SMTP URL: {e}"))?
-            .timeout(Some(Duration::from_secs(30)));
-        if let Some(ca) = &s.ca {
-            builder = builder.tls(tls_trusting(&s.url, ca)?);
-        }
-        let transport = builder.build();
-        if let Some(host) = plain_remote(&s.url) {
-            tracing::warn!(
-                host,
-                "mail to the SMTP relay is not encrypted: use smtps:// or ?tls=required unless the relay is on this host or a private segment"
-            );
-        }
+        let transport = match &s.way {
+            MailWay::Relay { url, ca } => {
+                let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
+                    .map_err(|e| anyhow::anyhow!("the SMTP URL: {e}"))?
+                    .timeout(Some(Duration::from_secs(30)));
+                if let Some(ca) = ca {
+                    builder = builder.tls(tls_trusting(url, ca)?);
+                }
+                if let Some(host) = plain_remote(url) {
+                    tracing::warn!(
+                        host,
+                        "mail to the SMTP relay is not encrypted: use smtps:// or ?tls=required unless the relay is on this host or a private segment"
+                    );
+                }
+                Transport::Relay(builder.build())
+            }
+            MailWay::Files(dir) => {
+                // Only this user reads what is written there (it names applicants).
+                std::fs::create_dir_all(dir)
+                    .map_err(|e| anyhow::anyhow!("the mail directory {}: {e}", dir.display()))?;
+                #[cfg(unix)]
+                {
+                    use std::os::unix::fs::PermissionsExt;
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                        |e| anyhow::anyhow!("the mail directory {}: {e}", dir.display()),
+                    )?;
+                }
+                tracing::warn!(
+                    dir = %dir.display(),
+                    "mail is written to files and never sent (demo or training)"
+                );
+                Transport::Files(AsyncFileTransport::new(dir))
+            }
+        };
         Ok(Self { transport, from })
     }
 }
@@ -417,7 +446,17 @@ async fn send(mailer: &Mailer, site: &str, letter: &Letter) -> Result<(), Refuse
         .map_err(|e| Refused::ForGood(format!("message: {e}")))?;
     // The whole exchange is bounded (lettre's timeout is per read or write): it runs
     // inside the outbox's transaction.
-    let sent = tokio::time::timeout(SEND_TIMEOUT, mailer.transport.send(message))
+    let relay = match &mailer.transport {
+        Transport::Relay(relay) => relay,
+        Transport::Files(files) => {
+            return match files.send(message).await {
+                Ok(_) => Ok(()),
+                // The directory gone or full: as a relay that does not answer.
+                Err(_) => Err(Refused::RelayDown("file".into())),
+            };
+        }
+    };
+    let sent = tokio::time::timeout(SEND_TIMEOUT, relay.send(message))
         .await
         .map_err(|_| Refused::RelayDown("timeout".into()))?;
     match sent {

@@ -72,6 +72,8 @@ pub(crate) struct Serving {
     pub(crate) child: Child,
     pub(crate) public: String,
     pub(crate) ops: String,
+    /// What it printed up to `ready`.
+    pub(crate) printed: Vec<String>,
 }
 
 /// A failed test must not leave the service running.
@@ -118,7 +120,12 @@ impl Serving {
         assert!(!public.is_empty(), "serve printed no address: {seen:?}");
         // Keep draining stdout so the child never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, public, ops }
+        Self {
+            child,
+            public,
+            ops,
+            printed: seen,
+        }
     }
 
     fn get(&self, host: &str) -> u16 {
@@ -197,6 +204,46 @@ fn a_command_without_the_external_databases_settings_makes_no_cluster() {
         "{err}"
     );
     assert!(!dir.join("pg").exists(), "a cluster was made");
+}
+
+/// The demo, without a relay, writes its mail to `STATE_DIR/mail` (readable by this
+/// user only) and so offers what needs mail; a relay and a directory at once are
+/// refused.
+#[test]
+fn the_demo_writes_its_mail_to_files() {
+    let state = StateDir::new();
+    let dir = state.0.as_path();
+    let elsewhere = dir.join("elsewhere");
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "--smtp-url",
+            "smtp://127.0.0.1:2525",
+            "--mail-from",
+            "noreply@city.example.jp",
+            "--mail-dir",
+            elsewhere.to_str().unwrap(),
+            "tenant",
+            "list",
+        ],
+    );
+    assert!(!ok && err.contains("not both"), "{err}");
+    let serving = Serving::start(dir, &["demo", "--backup-interval-hours", "0"]);
+    let mail = dir.join("mail");
+    assert!(
+        serving
+            .printed
+            .iter()
+            .any(|l| l.starts_with(&format!("mail: written to {} ", mail.display()))),
+        "{:?}",
+        serving.printed
+    );
+    let mode = std::fs::metadata(&mail)
+        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o777);
+    assert_eq!(mode.ok(), Some(0o700));
+    let page = serving.body("chiyoda.localhost", "/my");
+    assert!(page.contains("リンクを受け取る"), "{page}");
+    serving.stop();
 }
 
 #[test]

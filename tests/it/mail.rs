@@ -41,11 +41,7 @@ async fn receipt_row(
 
 /// Mail through the relay at `url` (plain SMTP), from [`FROM`].
 pub fn relay(url: &str) -> MailSettings {
-    MailSettings {
-        url: zeroize::Zeroizing::new(url.to_owned()),
-        from: FROM.into(),
-        ca: None,
-    }
+    MailSettings::relay(url, FROM, None)
 }
 
 /// The id of the submission with this receipt number.
@@ -571,11 +567,11 @@ async fn relays_over_tls_are_checked_against_the_system_and_the_given_ca() {
     let wrapper = SmtpServer::start_with(Security::Wrapper(acceptor)).await;
     let starttls_url = format!("smtp://127.0.0.1:{}?tls=required", starttls.port);
     let mailer = |url: &str, ca: Option<&std::path::Path>| {
-        madoguchi::tenant::mail::Mailer::new(&MailSettings {
-            url: zeroize::Zeroizing::new(url.to_owned()),
-            from: FROM.into(),
-            ca: ca.map(std::path::Path::to_path_buf),
-        })
+        madoguchi::tenant::mail::Mailer::new(&MailSettings::relay(
+            url,
+            FROM,
+            ca.map(std::path::Path::to_path_buf),
+        ))
     };
 
     // No relay set for the server: the test delivers by itself.
@@ -804,5 +800,65 @@ async fn applicants_hear_of_a_new_status_when_staff_say_so_and_of_a_withdrawal()
     // them receipts.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(smtp.received().len(), 4);
+    server.shutdown().await;
+}
+
+/// Without a relay, mail can be written to a directory as `.eml` files and never
+/// sent (the demo, a training site): the applicant's copy is there whole and its
+/// row marked sent, the pages offer what needs mail (一時保存, 申請一覧), and only this
+/// user may read the directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mail_can_be_written_to_files_instead_of_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mail_dir = dir.path().join("mail");
+    let env = TestEnv::with(|s| {
+        s.mail = Some(MailSettings {
+            way: madoguchi::config::MailWay::Files(mail_dir.clone()),
+            from: FROM.into(),
+        });
+    })
+    .await;
+    let t = env.tenant(&unique("files"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let db = env.tenant_conn(&t).await.client;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&mail_dir).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+    let c = crate::forms::browser(&server, &[host]);
+    let (_, _, page) = crate::forms::get(&c, &url(&server, host, &public)).await;
+    assert!(
+        page.contains(r#"name="_nav" value="save""#),
+        "一時保存 is offered: {page}"
+    );
+    let (_, _, mine) = crate::forms::get(&c, &url(&server, host, "/my")).await;
+    assert!(mine.contains("リンクを受け取る"), "{mine}");
+
+    let receipt = apply(&server, host, &public, "その他").await.unwrap();
+    let id = submission_id(&db, &receipt).await;
+    tried(&db, id, 1).await;
+    let (_, error, sent, _, _) = receipt_row(&db, id).await;
+    assert_eq!((error, sent), (None, true));
+    let files: Vec<_> = std::fs::read_dir(&mail_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_eq!(files[0].extension().and_then(|e| e.to_str()), Some("eml"));
+    let mail = crate::smtp::Received {
+        from: String::new(),
+        to: Vec::new(),
+        data: std::fs::read_to_string(&files[0]).unwrap(),
+        tls: false,
+    };
+    assert!(mail.header("Subject").contains(&receipt), "{}", mail.data);
+    assert!(mail.header("To").contains("@example.jp"), "{}", mail.data);
+    assert!(mail.header("From").contains(FROM), "{}", mail.data);
+    assert!(mail.body().contains(&receipt), "{}", mail.body());
     server.shutdown().await;
 }

@@ -1,5 +1,5 @@
-//! Rate limits (tower-governor) keyed by (tenant, client address), with a Japanese
-//! 429 page and `Retry-After`.
+//! Rate limits keyed by (tenant, client address), with a Japanese 429 page and
+//! `Retry-After`: tower-governor's on requests, and [`Attempts`] on wrong guesses.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -147,11 +147,13 @@ pub struct Attempts {
     free_at: Mutex<HashMap<(Uuid, IpAddr), Instant>>,
 }
 
-/// One attempt's place, kept (as a wrong guess) unless [`Attempt::was_right`] gives
-/// it back; an attempt dropped half-way (the client went away) stays counted.
+/// One attempt's place: kept when [`Attempt::was_wrong`] says so, given back
+/// otherwise, when right or when the attempt ended without a verdict (the database
+/// failed, the request ran out of time): such an answer tells a guesser nothing.
 pub struct Attempt {
     of: Arc<Attempts>,
     key: (Uuid, IpAddr),
+    wrong: bool,
 }
 
 impl Attempts {
@@ -202,6 +204,7 @@ impl Attempts {
         Ok(Attempt {
             of: Arc::clone(self),
             key,
+            wrong: false,
         })
     }
 
@@ -216,8 +219,24 @@ impl Attempts {
 }
 
 impl Attempt {
+    /// The attempt was wrong: its place stays taken until it wears off. Called as
+    /// soon as the verdict is known, before anything else is awaited.
+    pub fn was_wrong(mut self) {
+        self.wrong = true;
+    }
+
     /// The attempt was right: its place is given back.
-    pub fn was_right(self) {
+    pub fn was_right(self) {}
+}
+
+impl Drop for Attempt {
+    /// Gives the place back unless the attempt was wrong: every place after it moves
+    /// one step earlier. (Places taken behind it while it ran gain at most that
+    /// while, which only a right attempt, with a real account, gives.)
+    fn drop(&mut self) {
+        if self.wrong {
+            return;
+        }
         let now = Instant::now();
         let mut places = self.of.places();
         if let Some(t) = places.get_mut(&self.key) {
@@ -379,17 +398,20 @@ mod tests {
             held.iter().map(status).collect::<Vec<_>>(),
             [200, 200, 200, 429, 429]
         );
-        // One of them proves right: its place is free for the next.
+        // One of them proves right, one ends without a verdict: both places are free
+        // for the next.
         let mut held = held.into_iter().flatten();
         if let Some(a) = held.next() {
             a.was_right();
         }
-        let next = attempts.begin(city, office);
-        assert_eq!(status(&next), 200);
-        drop(next);
-        // The others were wrong (dropped): the address waits, a right attempt too,
-        // and is told how long (the page adds a second to the rounded-down wait).
-        drop(held);
+        drop(held.next());
+        let next: Vec<_> = (0..2).map(|_| attempts.begin(city, office)).collect();
+        assert_eq!(next.iter().map(status).collect::<Vec<_>>(), [200, 200]);
+        // All were wrong: the address waits, a right attempt too, and is told how
+        // long (the page adds a second to the rounded-down wait).
+        for a in held.chain(next.into_iter().flatten()) {
+            a.was_wrong();
+        }
         let refused = attempts.begin(city, office);
         assert_eq!(status(&refused), 429);
         if let Err(page) = refused {
@@ -401,14 +423,18 @@ mod tests {
             assert!(matches!(wait, Some(1..=61)), "{wait:?}");
         }
         // Another address, another municipality, an IPv6 network: each its own.
-        assert_eq!(
-            status(&attempts.begin(city, Some(IpAddr::from([198, 51, 100, 8])))),
-            200
-        );
-        assert_eq!(status(&attempts.begin(other, office)), 200);
+        let elsewhere = attempts.begin(city, Some(IpAddr::from([198, 51, 100, 8])));
+        let other_city = attempts.begin(other, office);
+        assert_eq!((status(&elsewhere), status(&other_city)), (200, 200));
+        for a in [elsewhere, other_city].into_iter().flatten() {
+            a.was_wrong();
+        }
         let v6 = |s: &str| s.parse::<IpAddr>().ok();
         for _ in 0..3 {
-            drop(attempts.begin(city, v6("2001:db8:1:2::1")));
+            attempts
+                .begin(city, v6("2001:db8:1:2::1"))
+                .map(Attempt::was_wrong)
+                .ok();
         }
         assert_eq!(status(&attempts.begin(city, v6("2001:db8:1:2::99"))), 429);
         assert_eq!(
@@ -419,7 +445,7 @@ mod tests {
         // Places come free with time, and free addresses are forgotten.
         let quick = Attempts::new(Duration::from_millis(5), 2);
         for _ in 0..2 {
-            drop(quick.begin(city, office));
+            quick.begin(city, office).map(Attempt::was_wrong).ok();
         }
         assert_eq!(status(&quick.begin(city, office)), 429);
         std::thread::sleep(Duration::from_millis(20));

@@ -125,6 +125,8 @@ struct OpenPage {
     action: String,
     until: String,
     minutes: i32,
+    /// Opened already in this browser: it may press again until `until`.
+    again: bool,
 }
 
 fn page(ctx: &TenantCtx) -> MinePage {
@@ -344,11 +346,24 @@ pub async fn link_page(
     headers: HeaderMap,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let held = claim(&headers);
+    // Only a value of the kind this site gives is given again.
+    let kept = cookies(&headers, CLAIM_COOKIE)
+        .into_iter()
+        .next()
+        .filter(|c| {
+            c.len() <= 64
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    let held = kept.as_deref().map(token_hash);
+    // Until when the button works here: the link's expiry, or once opened the end
+    // of the second press.
     let row = db
         .query_opt(
             concat!(
-                "SELECT expires_at FROM citizen_sign_ins WHERE ",
+                "SELECT CASE WHEN opened_at IS NULL THEN expires_at
+                        ELSE opened_at + make_interval(secs => $2) END, opened_at IS NOT NULL
+                   FROM citizen_sign_ins WHERE ",
                 link_works!()
             ),
             &[&token_hash(&key), &SECOND_PRESS_SECS, &held],
@@ -364,6 +379,7 @@ pub async fn link_page(
             action: format!("/my/open/{key}"),
             until: jst(r.get(0)),
             minutes: SESSION_MINUTES,
+            again: r.get(1),
         },
     );
     // The key is in this page's address: what it loads is told only the origin.
@@ -371,18 +387,17 @@ pub async fn link_page(
         header::REFERRER_POLICY,
         HeaderValue::from_static("strict-origin"),
     );
-    if held.is_none() {
-        resp.headers_mut().append(
-            header::SET_COOKIE,
-            set_cookie(
-                CLAIM_COOKIE,
-                &random_token(32),
-                CLAIM_PATH,
-                Some(CLAIM_SECS),
-                ctx.secure_cookies,
-            ),
-        );
-    }
+    // The claim this browser has, kept for another hour (or a new one).
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        set_cookie(
+            CLAIM_COOKIE,
+            &kept.unwrap_or_else(|| random_token(32)),
+            CLAIM_PATH,
+            Some(CLAIM_SECS),
+            ctx.secure_cookies,
+        ),
+    );
     Ok(resp)
 }
 

@@ -2307,6 +2307,28 @@ async fn an_office_behind_one_address_signs_all_its_staff_in() {
     assert!(refused
         .iter()
         .all(|(_, _, page)| page.contains("操作の回数が多すぎます")));
+    // Guesses at a real account count alike: a wrong password, the right one with a
+    // wrong code, and (after five) the locked account's refusals.
+    let other = crate::forms::browser_from(&server, &[host], 10);
+    let target = &people[0];
+    let mut statuses = Vec::new();
+    for i in 0..=burst {
+        let password = if i % 2 == 0 {
+            "wrong wrong wrong".to_owned()
+        } else {
+            target.password.clone()
+        };
+        let (status, _, _) = sign_in(
+            other.clone(),
+            target.email.clone(),
+            password,
+            "000000".into(),
+        )
+        .await;
+        statuses.push(status);
+    }
+    assert_eq!(statuses.last(), Some(&429), "{statuses:?}");
+    assert!(statuses[..burst].iter().all(|s| *s == 401), "{statuses:?}");
     // Over its limit, the guessing address waits even with the right password...
     let code = totp_code(&last.secret, now_unix() + 30);
     let (status, _, _) = sign_in(

@@ -168,10 +168,23 @@ async fn applicants_see_their_applications_by_a_mailed_link() {
     let (status, _, page) = post_from(&phone, &link, Some(origin), &[]).await;
     assert_eq!(status, 404);
     assert!(page.contains("このリンクは使えません"), "{page}");
+    // A claim of its own (as another link's page would give it) does not help.
+    let r = phone
+        .post(&link)
+        .header("origin", origin)
+        .header(
+            "cookie",
+            "md_my_claim=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
     // ...while the browser that opened it may press again for a short while (its
     // first answer lost on the way): a new session in place of the first.
-    let (status, _, _) = get(&pc, &link).await;
+    let (status, _, page) = get(&pc, &link).await;
     assert_eq!(status, 200);
+    assert!(page.contains("もう一度押せます"), "{page}");
     let r = crate::forms::send_form(&pc, &link, Some(origin), &[]).await;
     assert_eq!(r.status(), 303);
     let again = r.headers()["set-cookie"].to_str().unwrap().to_owned();
@@ -186,7 +199,20 @@ async fn applicants_see_their_applications_by_a_mailed_link() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(sessions, 1, "the first press's session is gone");
+    assert_eq!(sessions, 1);
+    // The first press's session is gone.
+    let first_session = cookie.split(';').next().unwrap().to_owned();
+    let r = crate::forms::browser(&server, &[host])
+        .get(u("/my"))
+        .header("cookie", &first_session)
+        .send()
+        .await
+        .unwrap();
+    let page = r.text().await.unwrap();
+    assert!(
+        page.contains("リンクを受け取る") && !page.contains(&first),
+        "{page}"
+    );
     // Past the window, in none.
     db.execute(
         "UPDATE citizen_sign_ins SET opened_at = opened_at - make_interval(secs => $1::float8 + 1)",

@@ -136,7 +136,7 @@ pub async fn login_form(ctx: TenantCtx) -> Response {
 }
 
 pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError> {
-    // Counted per address before anything is checked; given back when right.
+    // A place per address taken before anything is checked; kept only when wrong.
     let attempt = match ctx.sign_ins.begin(ctx.id, ctx.client_ip) {
         Ok(a) => a,
         Err(too_many) => return Ok(*too_many),
@@ -171,6 +171,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
         .await?;
     let Some(row) = row else {
         let _ = verify_password(form.get("password"), dummy_hash());
+        attempt.was_wrong();
         // What was typed is kept as long as an address can be (254), no longer: a
         // password typed into the wrong box is not kept for years in full.
         let typed: String = email.chars().take(254).collect();
@@ -188,6 +189,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     let hash: Option<String> = row.get(1);
     let locked_secs: Option<i64> = row.get(7);
     if let Some(secs) = locked_secs.filter(|s| *s > 0) {
+        attempt.was_wrong();
         let minutes = (secs + 59) / 60;
         signin_failure(&mut db, id, &email, "locked", &from).await?;
         return Ok(fail(&format!("サインインの失敗が続いたため、一時的にロックしています。{minutes}分後にもう一度お試しください。")));
@@ -222,6 +224,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     }
     let ok = password_ok && (!totp_enabled || step.is_some());
     if !ok {
+        attempt.was_wrong();
         db.execute(
             "UPDATE staff SET failed_attempts = failed_attempts + 1,
                     locked_until = CASE WHEN failed_attempts + 1 >= $2
@@ -427,7 +430,15 @@ pub async fn setup(
         Err(too_many) => return Ok(*too_many),
     };
     let mut db = ctx.db().await?;
-    let target = setup_target(&db, &token).await?;
+    let target = match setup_target(&db, &token).await {
+        Ok(t) => t,
+        Err(e) => {
+            if matches!(e, AppError::BadRequest(_)) {
+                attempt.was_wrong();
+            }
+            return Err(e);
+        }
+    };
     attempt.was_right();
     let secret = totp_from_base32(form.get("totp_secret")).unwrap_or_else(new_totp_secret);
     let mut errors = Vec::new();

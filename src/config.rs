@@ -132,6 +132,10 @@ pub struct RateLimits {
     /// client address, after a burst of [`RateLimits::submit_burst`].
     pub submit_per_minute: u32,
     pub submit_burst: u32,
+    /// The same for requests through the LGWAN listener, where a whole city hall
+    /// reaches us from one address (an internal survey answered by all its staff at
+    /// once): off by default there (0), the municipality's ceiling still applying.
+    pub lgwan_submit_per_minute: u32,
     /// Requests per second one tenant may receive in all, after a burst of twice that:
     /// a flood aimed at one municipality is turned away before it costs anything.
     pub tenant_per_second: u32,
@@ -148,6 +152,7 @@ impl Default for RateLimits {
         Self {
             submit_per_minute: 60,
             submit_burst: 30,
+            lgwan_submit_per_minute: 0,
             tenant_per_second: 300,
             pow_spike_per_minute: crate::tenant::forms::pow::SPIKE_PER_MINUTE,
             ceiling_delay: Duration::from_secs(1),
@@ -199,6 +204,7 @@ pub struct FileSettings {
     pub trusted_proxies: Option<Vec<String>>,
     pub submit_per_minute: Option<u32>,
     pub submit_burst: Option<u32>,
+    pub lgwan_submit_per_minute: Option<u32>,
     pub tenant_per_second: Option<u32>,
     pub pow_spike_per_minute: Option<u32>,
     pub ceiling_delay_ms: Option<u64>,

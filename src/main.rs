@@ -648,6 +648,9 @@ fn settings(c: &Common) -> anyhow::Result<(Settings, FileSettings)> {
     if let Some(v) = file.submit_burst {
         s.limits.submit_burst = v.max(1);
     }
+    if let Some(v) = file.lgwan_submit_per_minute {
+        s.limits.lgwan_submit_per_minute = v;
+    }
     if let Some(v) = c.tenant_per_second.or(file.tenant_per_second) {
         s.limits.tenant_per_second = v;
     }

@@ -116,10 +116,18 @@ impl App {
     }
 }
 
-/// Citizens' and staff's listener: health checks, static assets, and everything else
-/// routed by host name to a tenant.
-pub fn public_router(app: AppState) -> Router {
-    let tenant = crate::tenant::router(&app.rates).layer(middleware::from_fn_with_state(
+/// Citizens' and staff's listener of a zone: health checks, static assets, and
+/// everything else routed by host name to a tenant. Over LGWAN, citizens' form posts
+/// have a limit of their own ([`crate::config::RateLimits::lgwan_submit_per_minute`]).
+pub fn public_router(app: AppState, zone: conn::Zone) -> Router {
+    let rates = match zone {
+        conn::Zone::Lgwan => crate::config::RateLimits {
+            submit_per_minute: app.rates.lgwan_submit_per_minute,
+            ..app.rates
+        },
+        conn::Zone::Internet => app.rates,
+    };
+    let tenant = crate::tenant::router(&rates).layer(middleware::from_fn_with_state(
         Arc::clone(&app),
         route_to_tenant,
     ));
@@ -1103,7 +1111,7 @@ impl Server {
         }
 
         let mut tasks = Vec::new();
-        let public = public_router(Arc::clone(&app));
+        let public = public_router(Arc::clone(&app), conn::Zone::Internet);
         let mut listeners: Vec<(
             TcpListener,
             Option<tokio_rustls::TlsAcceptor>,
@@ -1122,10 +1130,11 @@ impl Server {
                     public.clone(),
                 ));
             }
-            None => listeners.push((public_l, None, conn::Zone::Internet, public.clone())),
+            None => listeners.push((public_l, None, conn::Zone::Internet, public)),
         }
         if let Some(l) = lgwan_l {
-            listeners.push((l, None, conn::Zone::Lgwan, public));
+            let lgwan = public_router(Arc::clone(&app), conn::Zone::Lgwan);
+            listeners.push((l, None, conn::Zone::Lgwan, lgwan));
         }
         listeners.push((
             ops_l,

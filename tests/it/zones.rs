@@ -200,3 +200,72 @@ async fn forms_and_the_admin_screen_per_zone() {
     );
     server.shutdown().await;
 }
+
+/// Over LGWAN a whole city hall reaches the service from one address (an internal
+/// survey answered by all its staff at once): citizens' form posts are not limited
+/// per address there unless the operator says so, while over the internet they are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn form_posts_over_lgwan_are_not_limited_per_address_by_default() {
+    let run = |lgwan_per_minute: u32| async move {
+        let env = TestEnv::with(|s| {
+            s.limits.submit_per_minute = 1;
+            s.limits.submit_burst = 3;
+            s.limits.lgwan_submit_per_minute = lgwan_per_minute;
+        })
+        .await;
+        let t = env.tenant(&unique("lgpost"), "千代田区", "131016").await;
+        let public = madoguchi::control::tenant_admin::import_form(
+            &env.platform,
+            &t,
+            include_str!("../../src/control/samples/bulky-waste.json"),
+            "総務課",
+            true,
+        )
+        .await
+        .unwrap();
+        let any = "127.0.0.1:0".parse().unwrap();
+        let server = Server::start_with(
+            &env.platform,
+            Listeners {
+                public: any,
+                ops: any,
+                tls: None,
+                lgwan: Some(any),
+            },
+        )
+        .await
+        .unwrap();
+        let limited_after = |addr: std::net::SocketAddr| {
+            let (host, public) = (t.hosts[0].clone(), public.clone());
+            async move {
+                let c = reqwest::Client::builder()
+                    .redirect(reqwest::redirect::Policy::none())
+                    .build()
+                    .unwrap();
+                for n in 0..12 {
+                    let status = c
+                        .post(format!("http://{addr}{public}"))
+                        .header("host", &host)
+                        .header("origin", format!("http://{host}"))
+                        .header("content-type", "application/x-www-form-urlencoded")
+                        .body("_page=0")
+                        .send()
+                        .await
+                        .unwrap()
+                        .status();
+                    if status == 429 {
+                        return Some(n);
+                    }
+                }
+                None
+            }
+        };
+        let internet = limited_after(server.bound.public).await;
+        let lgwan = limited_after(server.bound.lgwan.unwrap()).await;
+        server.shutdown().await;
+        (internet, lgwan)
+    };
+    assert_eq!(run(0).await, (Some(3), None));
+    // The operator may set one for LGWAN too.
+    assert_eq!(run(1).await, (Some(3), Some(3)));
+}

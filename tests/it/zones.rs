@@ -20,6 +20,35 @@ async fn get_on(addr: std::net::SocketAddr, host: &str, path: &str) -> (u16, Str
     (r.status().as_u16(), r.text().await.unwrap())
 }
 
+/// A server with an LGWAN listener beside the internet's, on free ports.
+async fn serve_with_lgwan(env: &TestEnv) -> Server {
+    let any = "127.0.0.1:0".parse().unwrap();
+    Server::start_with(
+        &env.platform,
+        Listeners {
+            public: any,
+            ops: any,
+            tls: None,
+            lgwan: Some(any),
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The sample form (粗大ごみ), published to both zones; its public path.
+async fn sample_form(env: &TestEnv, t: &madoguchi::catalog::TenantRecord) -> String {
+    madoguchi::control::tenant_admin::import_form(
+        &env.platform,
+        t,
+        include_str!("../../src/control/samples/bulky-waste.json"),
+        "総務課",
+        true,
+    )
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forms_and_the_admin_screen_per_zone() {
     let env = TestEnv::new().await;
@@ -44,27 +73,8 @@ async fn forms_and_the_admin_screen_per_zone() {
     )
     .await
     .unwrap();
-    let p_both = madoguchi::control::tenant_admin::import_form(
-        &env.platform,
-        &t,
-        include_str!("../../src/control/samples/bulky-waste.json"),
-        "総務課",
-        true,
-    )
-    .await
-    .unwrap();
-    let any = "127.0.0.1:0".parse().unwrap();
-    let server = Server::start_with(
-        &env.platform,
-        Listeners {
-            public: any,
-            ops: any,
-            tls: None,
-            lgwan: Some(any),
-        },
-    )
-    .await
-    .unwrap();
+    let p_both = sample_form(&env, &t).await;
+    let server = serve_with_lgwan(&env).await;
     let (internet, lgwan) = (server.bound.public, server.bound.lgwan.unwrap());
     assert_eq!(get_on(internet, &host, &p_lgwan).await.0, 404);
     assert_eq!(get_on(lgwan, &host, &p_lgwan).await.0, 200);
@@ -214,27 +224,8 @@ async fn form_posts_over_lgwan_are_not_limited_per_address_by_default() {
         })
         .await;
         let t = env.tenant(&unique("lgpost"), "千代田区", "131016").await;
-        let public = madoguchi::control::tenant_admin::import_form(
-            &env.platform,
-            &t,
-            include_str!("../../src/control/samples/bulky-waste.json"),
-            "総務課",
-            true,
-        )
-        .await
-        .unwrap();
-        let any = "127.0.0.1:0".parse().unwrap();
-        let server = Server::start_with(
-            &env.platform,
-            Listeners {
-                public: any,
-                ops: any,
-                tls: None,
-                lgwan: Some(any),
-            },
-        )
-        .await
-        .unwrap();
+        let public = sample_form(&env, &t).await;
+        let server = serve_with_lgwan(&env).await;
         let limited_after = |addr: std::net::SocketAddr| {
             let (host, public) = (t.hosts[0].clone(), public.clone());
             async move {

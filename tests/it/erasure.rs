@@ -1363,5 +1363,6 @@ async fn rotated_platform_and_log_keys_leave_every_certificate_verifiable() {
         "{}",
         v.report()
     );
-    assert!(verdict(&cert4, &p0, None).ok());
+    let v = verdict(&cert4, &p0, None);
+    assert!(v.ok(), "{}", v.report());
 }

@@ -1589,6 +1589,13 @@ pub const DRILL_COPIES_SQL: &str = "SELECT datname FROM pg_database
      OR (datname ~ '^drill_[0-9a-f]{32}$' AND datdba = (SELECT oid FROM pg_roles WHERE rolname = current_user))
   ORDER BY datname";
 
+/// The tenant's restore-drill copies still there after [`drop_drill_copies`]: those
+/// named after it ($1, its prefix) and the older `drill_<uuid>` ones it dropped ($2).
+/// Not every `drill_<uuid>`: one that turns up meanwhile (another erasure's, an
+/// operator's) says nothing of this tenant.
+pub const DRILL_COPIES_LEFT_SQL: &str = "SELECT datname FROM pg_database
+  WHERE starts_with(datname, $1) OR datname = ANY($2)";
+
 /// Drops every restore-drill copy of the tenant still in the cluster; returns their names.
 pub async fn drop_drill_copies(
     admin: &tokio_postgres::Client,

@@ -831,15 +831,19 @@ async fn execute_locked(
         detail: format!("pg_database has {n} row(s) named {}", rec.database),
     });
     let n = db
-        .query(backup::DRILL_COPIES_SQL, &[&backup::drill_prefix(rec)])
+        .query(
+            backup::DRILL_COPIES_LEFT_SQL,
+            &[&backup::drill_prefix(rec), &drills],
+        )
         .await?
         .len();
     results.push(Check {
         check: "drill_copies_absent".into(),
         passed: n == 0,
         detail: format!(
-            "pg_database has {n} restore-drill copy(ies) named {}* or drill_<uuid>",
-            backup::drill_prefix(rec)
+            "pg_database has {n} restore-drill copy(ies) named {}* or among the {} older copies dropped",
+            backup::drill_prefix(rec),
+            drills.len()
         ),
     });
     let exports = super::final_export::left_on_disk(&p.settings.state_dir, &rec.slug);

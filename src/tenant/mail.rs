@@ -590,12 +590,9 @@ fn resume_letter(
     id: i64,
     payload: &[u8],
 ) -> Result<Letter, AppError> {
-    let payload = own_payload(cipher, id, payload)?;
-    let field = |k: &str| payload.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let payload = LinkPayload::open(cipher, id, payload)?;
+    let field = |k| payload.text(k);
     let (to, title, url, until) = (field("to"), field("title"), field("url"), field("until"));
-    if to.is_empty() || url.is_empty() {
-        return Err(AppError::NotFound);
-    }
     Ok(Letter {
         to: to.to_owned(),
         subject: format!("【{}】{title} 入力の続きのご案内", head.site),
@@ -612,20 +609,24 @@ fn resume_letter(
     })
 }
 
-/// A payload sealed to its own outbox row (`id`), as JSON.
-fn own_payload(
-    cipher: &FieldCipher,
-    id: i64,
-    payload: &[u8],
-) -> Result<serde_json::Value, AppError> {
-    serde_json::from_str(&open_text(
-        cipher,
-        "outbox",
-        "payload",
-        &id.to_string(),
-        payload,
-    )?)
-    .map_err(|e| AppError::Internal(e.into()))
+/// A link mail's payload (一時保存, 申請一覧), sealed to its own outbox row, as JSON.
+struct LinkPayload(serde_json::Value);
+
+impl LinkPayload {
+    /// Opened; `NotFound` without a recipient or a link (nothing to send).
+    fn open(cipher: &FieldCipher, id: i64, sealed: &[u8]) -> Result<Self, AppError> {
+        let json = open_text(cipher, "outbox", "payload", &id.to_string(), sealed)?;
+        let payload = Self(serde_json::from_str(&json).map_err(|e| AppError::Internal(e.into()))?);
+        if payload.text("to").is_empty() || payload.text("url").is_empty() {
+            return Err(AppError::NotFound);
+        }
+        Ok(payload)
+    }
+
+    /// A text field, or "" when missing.
+    fn text(&self, key: &str) -> &str {
+        self.0.get(key).and_then(|v| v.as_str()).unwrap_or_default()
+    }
 }
 
 /// 申請一覧: the link to see the applications sent with this address, or, to an
@@ -637,12 +638,10 @@ fn sign_in_letter(
     id: i64,
     payload: &[u8],
 ) -> Result<Letter, AppError> {
-    let payload = own_payload(cipher, id, payload)?;
-    let field = |k: &str| payload.get(k).and_then(|v| v.as_str()).unwrap_or_default();
+    let payload = LinkPayload::open(cipher, id, payload)?;
+    let field = |k| payload.text(k);
     let (to, url, until) = (field("to"), field("url"), field("until"));
-    if to.is_empty() || url.is_empty() {
-        return Err(AppError::NotFound);
-    }
+    let payload = &payload.0;
     // A link that could not go out before it expired would only disappoint.
     let expires = payload.get("expires").and_then(serde_json::Value::as_i64);
     if expires.is_some_and(|e| e <= OffsetDateTime::now_utc().unix_timestamp()) {

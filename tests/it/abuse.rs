@@ -330,6 +330,9 @@ async fn a_page_that_runs_out_of_time_keeps_what_was_typed() {
     );
     let typed = first_page(token);
     let locker = crate::harness::admin_client(&o.t.database).await;
+    // Backends are looked at from another session: inside the locker's transaction
+    // PostgreSQL would show the same snapshot of pg_stat_activity at every look.
+    let watch = crate::harness::admin_client(&o.t.database).await;
     // The municipality's pool holds a few connections (pages read at once)...
     let pages = (0..8).map(|_| {
         let other = crate::forms::browser(&o.server, &[&o.t.hosts[0]]);
@@ -340,7 +343,7 @@ async fn a_page_that_runs_out_of_time_keeps_what_was_typed() {
         .await
         .iter()
         .all(|s| *s == 200));
-    let before = service_pids(&locker, &o.t.role).await;
+    let before = service_pids(&watch, &o.t.role).await;
     assert!(before.len() >= 2, "{before:?}");
     locker
         .batch_execute("BEGIN; LOCK TABLE citizen_drafts IN ACCESS EXCLUSIVE MODE")
@@ -368,7 +371,7 @@ async fn a_page_that_runs_out_of_time_keeps_what_was_typed() {
     // connection that would go back to the pool busy (the lock is still held here).
     let mut waiting = -1i64;
     for _ in 0..50 {
-        waiting = locker
+        waiting = watch
             .query_one(
                 "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
                    AND pid <> pg_backend_pid() AND wait_event_type = 'Lock'",
@@ -388,13 +391,13 @@ async fn a_page_that_runs_out_of_time_keeps_what_was_typed() {
     );
     // ...of which only the one that ran out of time is closed: the others go on
     // serving (no pool opened afresh for one slow page).
-    let mut after = service_pids(&locker, &o.t.role).await;
+    let mut after = service_pids(&watch, &o.t.role).await;
     for _ in 0..50 {
         if after.len() < before.len() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-        after = service_pids(&locker, &o.t.role).await;
+        after = service_pids(&watch, &o.t.role).await;
     }
     let kept = before.intersection(&after).count();
     assert_eq!(kept, before.len() - 1, "before {before:?}, after {after:?}");

@@ -1821,15 +1821,10 @@ async fn exports_round_trip_and_are_logged() {
         assert_eq!(r.status(), 200);
         pending.push(r);
     }
-    let waiting = || async {
-        lock.query_one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get::<_, i64>(0)
-    };
+    // Looked at from another session: inside the lock's transaction PostgreSQL would
+    // show the same snapshot of pg_stat_activity at every look.
+    let watch = crate::harness::admin_client(&t.database).await;
+    let waiting = || crate::forms::lock_waiters(&watch);
     // (The two places are this server's: no other test's workbook holds one.)
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while waiting().await < 2 {

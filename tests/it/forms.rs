@@ -890,8 +890,9 @@ async fn capacity_holds_under_concurrent_submits() {
     assert!(full(apply(&server, &host, &public, "ソファ").await));
 }
 
-/// Backends of the tenant's database waiting for a lock.
-async fn lock_waiters(db: &tokio_postgres::Client) -> i64 {
+/// Backends of the tenant's database waiting for a lock. `db` must not be in a
+/// transaction: PostgreSQL shows one snapshot of pg_stat_activity per transaction.
+pub(crate) async fn lock_waiters(db: &tokio_postgres::Client) -> i64 {
     db.query_one(
         "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'",
         &[],

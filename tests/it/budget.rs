@@ -165,16 +165,24 @@ async fn a_spent_budget_answers_503_with_retry_after_never_an_extra_connection()
     assert_eq!(server.app.pools.budget_in_use(), 1);
 
     // Once it is idle again, B takes it over (A's idle connection is closed for it).
+    // Closing one and opening another may take longer than the 300 ms wait on a
+    // loaded machine: then B is told to retry, as any client would be.
     drop(held);
-    assert_eq!(
-        client
+    let mut status = 0;
+    for _ in 0..20 {
+        status = client
             .get(url(&server, &b.hosts[0], "/"))
             .send()
             .await
             .unwrap()
-            .status(),
-        200
-    );
+            .status()
+            .as_u16();
+        if status != 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(status, 200);
     assert_eq!(server.app.pools.budget_in_use(), 1);
     server.shutdown().await;
 }

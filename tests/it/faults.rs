@@ -182,9 +182,12 @@ async fn restarts_and_kills_lose_no_acknowledged_submission() {
     let ready_url = format!("http://{}/readyz", serving.ops);
     let readiness = tokio::spawn(async move {
         let c = reqwest::Client::new();
-        let mut seen = Vec::new();
+        let mut seen: Vec<u16> = Vec::new();
+        // 8 s at least, then until it answers 200 again (a slow restart, a loaded
+        // machine), up to a minute.
         let until = Instant::now() + Duration::from_secs(8);
-        while Instant::now() < until {
+        let latest = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < until || (Instant::now() < latest && seen.last() != Some(&200)) {
             if let Ok(r) = c
                 .get(&ready_url)
                 .timeout(Duration::from_secs(2))

@@ -188,7 +188,29 @@ async fn every_connection_to_a_cluster_that_requires_tls_is_verified_tls() {
                     .unwrap_or_else(|| e.to_string())
             })
     });
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // A cancel that comes before the statement has begun is ignored by PostgreSQL:
+    // sent once it runs.
+    let watch = env.platform.cluster.admin().await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let running: i64 = watch
+            .client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' AND query = 'SELECT pg_sleep(60)'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if running > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sleep never began"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     let stream = tokio::net::TcpStream::connect(("127.0.0.1", cluster.port))
         .await
         .unwrap();

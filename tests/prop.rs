@@ -195,6 +195,7 @@ fn fields() -> &'static [Field] {
                 FieldKind::Choice {
                     options: vec!["はい".into(), "いいえ".into(), "Ａ".into(), "A".into()],
                     display: ChoiceDisplay::Radio,
+                    limits: Default::default(),
                 },
             ),
             field(
@@ -204,6 +205,7 @@ fn fields() -> &'static [Field] {
                     options: vec!["A".into(), "B".into(), "ソファ".into(), "ｿﾌｧ".into()],
                     min_selected: Some(1),
                     max_selected: Some(3),
+                    limits: Default::default(),
                 },
             ),
             field("a", true, FieldKind::Address {}),

@@ -27,6 +27,7 @@ mod isolation;
 mod mail;
 mod mine;
 mod pg_tls;
+mod places;
 mod plans;
 mod routing;
 mod smtp;

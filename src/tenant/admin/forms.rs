@@ -12,8 +12,8 @@ use super::Nav;
 use crate::error::AppError;
 use crate::tenant::forms::citizen::preview;
 use crate::tenant::forms::definition::{
-    ChoiceDisplay, Condition, ConditionOp, Field, FieldKind, FileType, FormDefinition, Page,
-    FIELD_TYPES, MAX_DOCUMENT,
+    ChoiceDisplay, Condition, ConditionOp, Field, FieldKind, FileType, FormDefinition, Limits,
+    Page, FIELD_TYPES, MAX_DOCUMENT,
 };
 use crate::tenant::forms::store::{self, FormRow};
 use crate::tenant::http::{see_other, FormData};
@@ -243,6 +243,8 @@ struct BuilderPage {
     rev: i64,
     json: String,
     accepted: i32,
+    /// 選択肢ごとの定員 as published, taken of each: 「品目「ソファ」 18/20」.
+    places: Vec<String>,
 }
 
 fn type_label(kind: &FieldKind) -> &'static str {
@@ -303,6 +305,22 @@ async fn builder(
     let db = ctx.db().await?;
     let form = load(&db, user, id).await?;
     let def = &form.draft;
+    let places = crate::tenant::forms::places::now(&**db, id)
+        .await?
+        .into_iter()
+        .map(|p| {
+            let label = def
+                .field(&p.field)
+                .map_or(p.field.as_str(), |f| f.label.as_str());
+            format!(
+                "{label}「{}」 {}/{}{}",
+                p.option,
+                p.taken,
+                p.capacity,
+                if p.left() == 0 { "（満員）" } else { "" }
+            )
+        })
+        .collect();
     let pages = def
         .pages
         .iter()
@@ -424,6 +442,7 @@ async fn builder(
             rev: form.revision,
             json: serde_json::to_string_pretty(def).unwrap_or_default(),
             accepted: form.accepted,
+            places,
         },
     ))
 }
@@ -723,6 +742,38 @@ fn lines(s: &str) -> Vec<String> {
         .collect()
 }
 
+/// 選択肢ごとの定員 as the builder shows them: a line 「選択肢=人数」 each.
+fn limits_text(limits: &Limits, options: &[String]) -> String {
+    options
+        .iter()
+        .filter_map(|o| limits.get(o).map(|n| format!("{o}={n}")))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Reads 選択肢ごとの定員 as typed: a line 「選択肢=人数」 each (the last `=` or `＝`
+/// divides; the number may be full-width); blank lines are skipped. Whether each
+/// names an option is checked with the rest of the definition.
+fn limits_from(text: &str) -> Result<Limits, String> {
+    let mut out = Limits::new();
+    for line in lines(text) {
+        let line = line.replace('＝', "=");
+        let Some((option, n)) = line.rsplit_once('=') else {
+            return Err(format!(
+                "選択肢ごとの定員の「{line}」は「選択肢=人数」の形で入力してください"
+            ));
+        };
+        let option = option.trim();
+        let n: u32 = crate::ja::nfkc(n.trim())
+            .parse()
+            .map_err(|_| format!("選択肢ごとの定員の「{option}」の人数は数字で入力してください"))?;
+        if out.insert(option.to_owned(), n).is_some() {
+            return Err(format!("選択肢ごとの定員に「{option}」が2回あります"));
+        }
+    }
+    Ok(out)
+}
+
 pub struct EarlierField {
     pub id: String,
     pub label: String,
@@ -746,6 +797,8 @@ struct FieldPage {
     cond_op: &'static str,
     cond_values: String,
     options: String,
+    /// 選択肢ごとの定員, a line 「選択肢=人数」 each.
+    limits: String,
     select: bool,
     min_length: String,
     max_length: String,
@@ -808,6 +861,7 @@ fn field_page(
         cond_op,
         cond_values,
         options: String::new(),
+        limits: String::new(),
         select: false,
         min_length: String::new(),
         max_length: String::new(),
@@ -859,16 +913,23 @@ fn field_page(
             page.min = opt(*min);
             page.max = opt(*max);
         }
-        FieldKind::Choice { options, display } => {
+        FieldKind::Choice {
+            options,
+            display,
+            limits,
+        } => {
             page.options = options.join("\n");
+            page.limits = limits_text(limits, options);
             page.select = *display == ChoiceDisplay::Select;
         }
         FieldKind::MultiChoice {
             options,
             min_selected,
             max_selected,
+            limits,
         } => {
             page.options = options.join("\n");
+            page.limits = limits_text(limits, options);
             page.min = opt(*min_selected);
             page.max = opt(*max_selected);
         }
@@ -956,11 +1017,13 @@ fn field_from(body: &FormData, old: &Field) -> Result<Field, String> {
             } else {
                 ChoiceDisplay::Radio
             },
+            limits: limits_from(body.get("limits"))?,
         },
         FieldKind::MultiChoice { .. } => FieldKind::MultiChoice {
             options: lines(body.get("options")),
             min_selected: num(body, "min", "最小選択数")?,
             max_selected: num(body, "max", "最大選択数")?,
+            limits: limits_from(body.get("limits"))?,
         },
         FieldKind::Name { .. } => FieldKind::Name {
             furigana: body.get("furigana") == "yes",
@@ -1080,6 +1143,7 @@ pub async fn publish(
     let may_shorten = user.can_delete_cases(form.department_id);
     let published = store::publish_as(
         &mut db,
+        Some(ctx.cipher()),
         id,
         &user.actor(),
         seen_revision(&body),

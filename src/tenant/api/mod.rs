@@ -457,7 +457,7 @@ pub struct SubmissionCreated {
     params(("form" = String, Path, description = "The form's public id")), request_body = NewSubmission,
     responses((status = 201, body = SubmissionCreated), (status = 200, body = SubmissionCreated, description = "Already submitted with this key"),
         (status = 404, body = Problem, content_type = "application/problem+json", description = "No published form with this id"),
-        (status = 409, body = Problem, content_type = "application/problem+json", description = "Not open, closed or full; or the idempotency key was used for another request (another form, another token or other answers) or for an application deleted since"),
+        (status = 409, body = Problem, content_type = "application/problem+json", description = "Not open, closed or full; an option chosen has no place left under its 選択肢ごとの定員 (type `…/problems/option-full`, `errors` naming each question); or the idempotency key was used for another request (another form, another token or other answers) or for an application deleted since"),
         (status = 422, body = Problem, content_type = "application/problem+json", description = "Answers refused, each field's error in `errors`"), CommonErrors))]
 pub async fn submit(
     ctx: TenantCtx,
@@ -570,6 +570,23 @@ pub async fn submit(
             "Form full",
             "定員に達しました",
         )),
+        Stored::OptionsFull(full) => {
+            let mut p = Problem::new(
+                StatusCode::CONFLICT,
+                "option-full",
+                "Option full",
+                "選んだ選択肢の定員に達しました",
+            );
+            p.errors = crate::tenant::forms::places::errors(full)
+                .into_iter()
+                .map(|e| FieldProblem {
+                    field: e.field,
+                    input: e.input,
+                    message: e.message,
+                })
+                .collect();
+            Err(p)
+        }
     }
 }
 

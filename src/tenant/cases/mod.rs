@@ -326,6 +326,8 @@ pub async fn change_status(
             &[&id],
         )
         .await?;
+        // And its places of 選択肢ごとの定員.
+        crate::tenant::forms::places::release(&tx, id).await?;
     }
     let comment = if change.comment.trim().is_empty() {
         None

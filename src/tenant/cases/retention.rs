@@ -103,7 +103,8 @@ pub fn cutoff(now: OffsetDateTime, years: u8) -> Option<OffsetDateTime> {
 }
 
 /// Deletes the applications `ids` that are finished, with what is kept with them;
-/// gives their 定員 places back (as a publish would recount) and notes each in
+/// gives their places of 定員 and 選択肢ごとの定員 back (as a publish would recount)
+/// and notes each in
 /// `submission_deletions` (for the API's deletion list and its retries) with the
 /// cause ($4), the idempotency key and who sent it (the history is read as it was
 /// before this statement, as every part of it reads).
@@ -124,6 +125,12 @@ const DELETE_SQL: &str = "WITH gone AS (
      UPDATE forms f SET accepted_count = greatest(f.accepted_count - g.n, 0)
        FROM (SELECT form_id, count(*)::int AS n FROM gone WHERE status <> ALL($3) GROUP BY form_id) g
       WHERE f.id = g.form_id AND f.capacity IS NOT NULL
+   ), option_places_freed AS (
+     UPDATE option_places o SET taken = greatest(o.taken - g.n, 0)
+       FROM (SELECT p.form_id, p.field_id, p.option, count(*)::int AS n
+               FROM submission_places p JOIN gone ON gone.id = p.submission_id
+              GROUP BY p.form_id, p.field_id, p.option) g
+      WHERE o.form_id = g.form_id AND o.field_id = g.field_id AND o.option = g.option
    )
    SELECT id, receipt_number FROM gone";
 

@@ -570,6 +570,7 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
             options,
             min_selected,
             max_selected,
+            ..
         } => {
             let chosen: Vec<String> = raw
                 .get(&f.id)
@@ -963,6 +964,7 @@ mod tests {
             FieldKind::Choice {
                 options: vec!["はい".into(), "いいえ".into()],
                 display: ChoiceDisplay::Radio,
+                limits: Default::default(),
             },
         );
         assert_eq!(
@@ -979,6 +981,7 @@ mod tests {
                 options: vec!["A".into(), "B".into(), "C".into()],
                 min_selected: Some(2),
                 max_selected: Some(2),
+                limits: Default::default(),
             },
         );
         assert_eq!(
@@ -1072,6 +1075,7 @@ mod tests {
             FieldKind::Choice {
                 options: vec!["ある".into(), "ない".into()],
                 display: ChoiceDisplay::Radio,
+                limits: Default::default(),
             },
         );
         has_items.label = "品目".into();
@@ -1241,6 +1245,7 @@ mod tests {
                     options: options.clone(),
                     min_selected: None,
                     max_selected: None,
+                    limits: Default::default(),
                 },
             ));
         }
@@ -1271,6 +1276,7 @@ mod tests {
             options: vec!["柴犬".into(), "秋田犬".into()],
             min_selected: min,
             max_selected: max,
+            limits: Default::default(),
         };
         for (kind, want) in [
             (text(None, Some(0)), "上限は1以上"),
@@ -1310,6 +1316,7 @@ mod tests {
             FieldKind::Choice {
                 options: vec!["柴犬".into(), "その他".into()],
                 display: ChoiceDisplay::Radio,
+                limits: Default::default(),
             },
         ));
         let mut dependent = field("breed_other", true, text(None, None));

@@ -494,6 +494,7 @@ fn form_page(
             .attached_id
             .map(|id| format!("/f/{}/files/{id}", form.public_id));
     }
+    super::view::mark_places(&mut fields, &form.places);
     // The summary lists this page's errors only: the confirmation step can find
     // errors on several pages (after a new version), and links to fields of other
     // pages lead nowhere.
@@ -1087,7 +1088,7 @@ pub async fn confirm(
         Ok(found) => found,
         Err(elsewhere) => return Ok(elsewhere),
     };
-    match sendable(&**db, &form.def, &draft).await? {
+    match sendable(&**db, &form, &draft).await? {
         Ok(answers) => {
             let last = visible_pages(&form.def, &draft.inputs)
                 .last()
@@ -1130,17 +1131,19 @@ pub async fn confirm(
 }
 
 /// The draft's answers checked as they would be sent: every visible page against
-/// the definition, and no file found infected since it was attached.
+/// the definition, no file found infected since it was attached, and a place left
+/// for each option chosen that has 選択肢ごとの定員 (a correction keeps its own).
 async fn sendable(
     db: &impl tokio_postgres::GenericClient,
-    def: &FormDefinition,
+    form: &Published,
     draft: &Draft,
 ) -> Result<Result<Answers, Vec<FieldError>>, AppError> {
-    let answers = match check_all(def, &draft.inputs) {
+    let answers = match check_all(&form.def, &draft.inputs) {
         Ok(a) => a,
         Err(errors) => return Ok(Err(errors)),
     };
-    let found = attachments::found_since(db, &answers).await?;
+    let mut found = attachments::found_since(db, &answers).await?;
+    found.extend(super::places::full(db, form.id, &form.def, &answers, draft.resubmit_of).await?);
     Ok(if found.is_empty() {
         Ok(answers)
     } else {
@@ -1289,7 +1292,7 @@ pub async fn submit(
         }
     }
     // Every answer is checked again, against the version published now.
-    let answers = match sendable(&**db, &form.def, &draft).await? {
+    let answers = match sendable(&**db, &form, &draft).await? {
         Ok(a) => a,
         Err(errors) => {
             let page = first_error_page(&form.def, &errors);
@@ -1311,8 +1314,12 @@ pub async fn submit(
     };
     if let Some(orig) = draft.resubmit_of {
         let (email, phone) = indexes(&ctx, &form.def, &answers);
-        return resubmit_correction(&ctx, &mut db, &form, &draft, orig, &answers, email, phone)
-            .await;
+        return match resubmit_correction(&ctx, &mut db, &form, &draft, orig, &answers, email, phone)
+            .await?
+        {
+            Ok(resp) => Ok(resp),
+            Err(full) => Ok(option_full_page(&ctx, &form, &draft, full, &token)),
+        };
     }
     let stored = store_submission(
         &ctx,
@@ -1339,6 +1346,8 @@ pub async fn submit(
             "定員に達しました",
             "申し訳ありません。送信の直前に定員に達したため、受け付けられませんでした。",
         )),
+        // Filled just before: the question again, with what was typed.
+        Stored::OptionsFull(full) => Ok(option_full_page(&ctx, &form, &draft, full, &token)),
     }
 }
 
@@ -1425,6 +1434,8 @@ pub enum Stored {
     },
     /// 定員 reached.
     Full,
+    /// 選択肢ごとの定員: these options (question id, option) had no place left.
+    OptionsFull(Vec<(String, String)>),
 }
 
 /// A submission without 定員 and its draft's pointer to it, in one statement ($1 id,
@@ -1432,8 +1443,8 @@ pub enum Stored {
 /// and phone blind indexes, $8 idempotency key, $9 draft, $10 by, $11 the outbox kind,
 /// $12 the sealed copy or NULL). Returns the id, or no row when the key was used.
 ///
-/// It stores nothing if the form has 定員 by the time it runs (published with one
-/// while this request was under way): the caller then counts it. A publish takes
+/// It stores nothing if the form has 定員 or 選択肢ごとの定員 by the time it runs
+/// (published with one while this request was under way): the caller then counts it. A publish takes
 /// its count with submissions locked against writes (`store::publish`), so a
 /// statement that began before it is counted by it, and one that begins after sees
 /// the 定員.
@@ -1441,6 +1452,7 @@ pub const STORE_SQL: &str = "WITH ins AS (
      INSERT INTO submissions (id, form_id, form_version, receipt_number, answers, email_index, phone_index, idempotency_key)
      SELECT $1, $2, $3, $4, $5, $6, $7, $8
       WHERE NOT EXISTS (SELECT 1 FROM forms WHERE id = $2 AND capacity IS NOT NULL)
+        AND NOT EXISTS (SELECT 1 FROM option_places WHERE form_id = $2)
      ON CONFLICT (idempotency_key) DO NOTHING RETURNING id
    ), closed AS (
      UPDATE citizen_drafts d SET submission_id = ins.id, inputs = NULL, updated_at = now(), sent_at = now()
@@ -1475,9 +1487,10 @@ pub async fn store_submission(
     let by = by.label();
     let files = !attachments::named(answers).is_empty();
     let mut counted = form.capacity.is_some();
+    let limited = form.def.has_limits();
     for _ in 0..3 {
         let receipt = ReceiptNumber::generate();
-        if !counted && verified.is_none() && !files {
+        if !counted && !limited && verified.is_none() && !files {
             // Without 定員 there is nothing to count: the row and the draft's pointer
             // to it are one statement, so one round trip and one commit.
             let stmt = db.prepare_cached(STORE_SQL).await?;
@@ -1507,7 +1520,8 @@ pub async fn store_submission(
                     if let Some(stored) = stored_before(db, key, draft).await? {
                         return Ok(stored);
                     }
-                    // The form was given 定員 meanwhile: counted like any other.
+                    // The form was given 定員 (or 選択肢ごとの定員) meanwhile: counted
+                    // like any other.
                     counted = true;
                 }
                 Ok(Some(_)) => {
@@ -1562,6 +1576,12 @@ pub async fn store_submission(
             if places == 0 {
                 return Ok(Stored::Full);
             }
+        }
+        // 選択肢ごとの定員, as they are now (none taken when the form has none).
+        let full = super::places::take(&tx, form.id, id, &super::places::picks(&form.def, answers))
+            .await?;
+        if !full.is_empty() {
+            return Ok(Stored::OptionsFull(full));
         }
         if let Some(d) = draft {
             tx.execute("UPDATE citizen_drafts SET submission_id = $2, inputs = NULL, updated_at = now(), sent_at = now() WHERE id = $1", &[&d, &id]).await?;
@@ -1766,8 +1786,27 @@ pub fn preview(ctx: &TenantCtx, def: &FormDefinition, form_id: i64, page: usize)
     )
 }
 
+/// The page of the first question whose chosen option filled up just before the
+/// send (409), with what was typed and a word on each such question.
+fn option_full_page(
+    ctx: &TenantCtx,
+    form: &Published,
+    draft: &Draft,
+    full: Vec<(String, String)>,
+    token: &str,
+) -> Response {
+    let errors = super::places::errors(full);
+    let page = first_error_page(&form.def, &errors);
+    render(
+        StatusCode::CONFLICT,
+        &draft_page(ctx, form, page, draft, &errors, token),
+    )
+}
+
 /// Replaces the answers of a returned (差戻し) submission with the corrected ones and
-/// puts it back to 受付, with a history row and an operation-log entry.
+/// puts it back to 受付, with a history row and an operation-log entry. Its places of
+/// 選択肢ごとの定員 are given back and those of the corrected answers taken; the
+/// options that had none left are returned instead, with nothing changed.
 #[allow(clippy::too_many_arguments)]
 async fn resubmit_correction(
     ctx: &TenantCtx,
@@ -1778,7 +1817,7 @@ async fn resubmit_correction(
     answers: &Answers,
     email: Option<Vec<u8>>,
     phone: Option<Vec<u8>>,
-) -> Result<Response, AppError> {
+) -> Result<Result<Response, Vec<(String, String)>>, AppError> {
     let encrypted = encrypt_answers(ctx.cipher(), orig, answers)?;
     let mail = receipt_mail(ctx, &form.def, answers, orig, "resubmitted")?;
     let tx = db.transaction().await?;
@@ -1799,7 +1838,7 @@ async fn resubmit_correction(
         .await?
         .is_some_and(|r| r.get::<_, Option<Uuid>>(0).is_some());
     if sent {
-        return Ok(see_other(&format!("/f/{}/done", form.public_id)));
+        return Ok(Ok(see_other(&format!("/f/{}/done", form.public_id))));
     }
     let n = tx
         .execute(
@@ -1811,13 +1850,24 @@ async fn resubmit_correction(
         )
         .await?;
     if n == 0 {
-        return Ok(notice(
+        return Ok(Ok(notice(
             ctx,
             StatusCode::CONFLICT,
             &form.def.title,
             "修正を受け付けられません",
             "この申請は現在、修正を受け付けていません（修正の期限を過ぎた場合を含みます）。状況照会で最新の状況をご確認のうえ、担当の窓口にお問い合わせください。",
-        ));
+        )));
+    }
+    super::places::release(&tx, orig).await?;
+    let full = super::places::take(
+        &tx,
+        form.id,
+        orig,
+        &super::places::picks(&form.def, answers),
+    )
+    .await?;
+    if !full.is_empty() {
+        return Ok(Err(full));
     }
     tx.execute(
         "INSERT INTO submission_events (submission_id, actor_label, from_status, to_status) VALUES ($1, 'citizen', 'returned', 'received')",
@@ -1847,7 +1897,7 @@ async fn resubmit_correction(
     .await?;
     tx.commit().await?;
     ctx.mail_queued();
-    Ok(see_other(&format!("/f/{}/done", form.public_id)))
+    Ok(Ok(see_other(&format!("/f/{}/done", form.public_id))))
 }
 
 /// Opens a returned (差戻し) submission for correction: a new draft holding its answers,

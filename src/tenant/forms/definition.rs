@@ -12,6 +12,12 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
+/// 選択肢ごとの定員: option → the applications that may choose it.
+pub type Limits = std::collections::BTreeMap<String, u32>;
+
+/// The largest 選択肢ごとの定員.
+pub const MAX_OPTION_LIMIT: u32 = 1_000_000;
+
 /// The one format this version reads and writes.
 pub const FORMAT: &str = "madoguchi.form/1";
 
@@ -159,6 +165,9 @@ pub enum FieldKind {
         options: Vec<String>,
         #[serde(default)]
         display: ChoiceDisplay,
+        /// 選択肢ごとの定員: applications that may choose an option (`places`).
+        #[serde(default, skip_serializing_if = "Limits::is_empty")]
+        limits: Limits,
     },
     /// 複数選択
     MultiChoice {
@@ -167,6 +176,9 @@ pub enum FieldKind {
         min_selected: Option<u32>,
         #[serde(default)]
         max_selected: Option<u32>,
+        /// 選択肢ごとの定員, as for [`FieldKind::Choice`]; each option chosen takes a place.
+        #[serde(default, skip_serializing_if = "Limits::is_empty")]
+        limits: Limits,
     },
     /// 郵便番号と住所
     Address {},
@@ -359,6 +371,15 @@ impl FieldKind {
     }
 
     /// Whether the field is a 添付ファイル.
+    /// 選択肢ごとの定員 of a choice question (empty for every other kind).
+    pub fn limits(&self) -> &Limits {
+        static NONE: Limits = Limits::new();
+        match self {
+            Self::Choice { limits, .. } | Self::MultiChoice { limits, .. } => limits,
+            _ => &NONE,
+        }
+    }
+
     pub fn is_file(&self) -> bool {
         matches!(self, Self::File { .. })
     }
@@ -416,11 +437,13 @@ impl FieldKind {
             "choice" => Self::Choice {
                 options: vec!["選択肢1".into(), "選択肢2".into()],
                 display: ChoiceDisplay::Radio,
+                limits: Limits::new(),
             },
             "multi_choice" => Self::MultiChoice {
                 options: vec!["選択肢1".into(), "選択肢2".into()],
                 min_selected: None,
                 max_selected: None,
+                limits: Limits::new(),
             },
             "address" => Self::Address {},
             "name" => Self::Name { furigana: true },
@@ -518,6 +541,11 @@ impl FormDefinition {
         } else {
             Err(problems)
         }
+    }
+
+    /// Whether any question has 選択肢ごとの定員.
+    pub fn has_limits(&self) -> bool {
+        self.fields().any(|f| !f.kind.limits().is_empty())
     }
 
     pub fn fields(&self) -> impl Iterator<Item = &Field> {
@@ -859,6 +887,21 @@ fn check_kind(name: &str, kind: &FieldKind, out: &mut Vec<Problem>) {
                     "empty or long option".into(),
                 ));
             }
+            let limits = kind.limits();
+            if let Some(o) = limits.keys().find(|o| !options.contains(o)) {
+                out.push(problem(
+                    format!("項目「{name}」の定員の「{o}」は選択肢にありません"),
+                    format!("limit for an option that is not offered: {o}"),
+                ));
+            }
+            if limits.values().any(|n| *n == 0 || *n > MAX_OPTION_LIMIT) {
+                out.push(problem(
+                    format!(
+                        "項目「{name}」の選択肢ごとの定員は1〜{MAX_OPTION_LIMIT}にしてください"
+                    ),
+                    format!("option limits must be 1-{MAX_OPTION_LIMIT}"),
+                ));
+            }
             if let FieldKind::MultiChoice {
                 min_selected,
                 max_selected,
@@ -921,6 +964,33 @@ mod tests {
             Ok(_) => Vec::new(),
             Err(problems) => problems.into_iter().map(|p| p.ja).collect(),
         }
+    }
+
+    #[test]
+    fn option_limits_name_offered_options_with_at_least_one_place() {
+        let choice = |kind: &str, limits: &str| {
+            format!(
+                r#"{{ "id": "session", "type": "{kind}", "label": "回", "options": ["午前", "午後"], "limits": {limits} }}"#
+            )
+        };
+        assert!(with_fields(&choice("choice", r#"{"午前": 20}"#)).is_empty());
+        assert!(with_fields(&choice("multi_choice", r#"{"午前": 1, "午後": 2}"#)).is_empty());
+        let unknown = with_fields(&choice("choice", r#"{"夜": 5}"#)).join("");
+        assert!(
+            unknown.contains("定員の「夜」は選択肢にありません"),
+            "{unknown}"
+        );
+        let zero = with_fields(&choice("choice", r#"{"午前": 0}"#)).join("");
+        assert!(zero.contains("1〜1000000"), "{zero}");
+        // Written only when set: a definition without limits reads and writes as before.
+        let def = FormDefinition::from_json(&format!(
+            r#"{{ "format": "madoguchi.form/1", "title": "t", "pages": [ {{ "id": "p1", "fields": [ {} ] }} ] }}"#,
+            choice("choice", "{}")
+        ))
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        assert!(!def.has_limits());
+        let json = serde_json::to_string(&def).unwrap_or_default();
+        assert!(!json.contains("limits"), "{json}");
     }
 
     #[test]

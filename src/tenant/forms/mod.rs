@@ -5,6 +5,7 @@ pub mod answers;
 pub mod attachments;
 pub mod citizen;
 pub mod definition;
+pub mod places;
 pub mod pow;
 pub mod resume;
 pub mod store;

@@ -52,6 +52,8 @@ pub struct Published {
     pub availability: Availability,
     /// 定員, if the published version sets one.
     pub capacity: Option<i32>,
+    /// 選択肢ごとの定員 as they stand (read only for a version that sets some).
+    pub places: Vec<super::places::Place>,
     /// The owning department's 問い合わせ先 (its name and contact text), else the
     /// municipality's (代表), if either wrote one.
     pub contact: Option<Contact>,
@@ -266,7 +268,7 @@ pub async fn publish(
     actor: &Actor,
     seen: Option<i64>,
 ) -> Result<i32, AppError> {
-    publish_as(db, id, actor, seen, true).await
+    publish_as(db, None, id, actor, seen, true).await
 }
 
 /// Said when a publish that shortens 保存期間 is not this person's to make.
@@ -277,9 +279,12 @@ pub const PUBLISH_BUSY: &str = "申請の処理が混み合っていたため公
 
 /// [`publish`], by someone who may (or may not) shorten the form's 保存期間: a
 /// shorter one (or a first one) deletes finished applications sooner, so it takes
-/// the right to delete them.
+/// the right to delete them. 選択肢ごとの定員 are counted again from the
+/// applications, read with `cipher` (without it, a form with such limits and
+/// applications is refused).
 pub async fn publish_as(
     db: &mut Client,
+    cipher: Option<&crate::crypto::field::FieldCipher>,
     id: i64,
     actor: &Actor,
     seen: Option<i64>,
@@ -385,6 +390,7 @@ pub async fn publish_as(
             "定員を、既に受け付けた件数より少なくすることはできません。".into(),
         ));
     }
+    super::places::recount(&tx, cipher, id, &def, freed).await?;
     audit::append(
         &tx,
         actor,
@@ -554,6 +560,11 @@ pub async fn published(
         r.get(5),
         OffsetDateTime::now_utc(),
     );
+    let places = if def.has_limits() {
+        super::places::now(&**db, id).await?
+    } else {
+        Vec::new()
+    };
     Ok(Published {
         id,
         public_id: r.get(1),
@@ -561,6 +572,7 @@ pub async fn published(
         def,
         availability,
         capacity: r.get(5),
+        places,
         contact: Contact::of(r.get(6), r.get(7)),
     })
 }

@@ -9,6 +9,11 @@ pub struct OptionView {
     pub value: String,
     pub input_id: String,
     pub checked: bool,
+    /// 選択肢ごとの定員: the places left (「残り3」, 「満員」), or empty.
+    pub note: String,
+    /// Full, and not the person's choice already (a choice that filled up since is
+    /// left as it is, and the send says so).
+    pub disabled: bool,
 }
 
 /// A sub-input of a composite field (address, name).
@@ -163,7 +168,9 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
             v.min = min.map(|d| d.to_string()).unwrap_or_default();
             v.max = max.map(|d| d.to_string()).unwrap_or_default();
         }
-        FieldKind::Choice { options, display } => {
+        FieldKind::Choice {
+            options, display, ..
+        } => {
             v.select = *display == ChoiceDisplay::Select;
             v.options = options
                 .iter()
@@ -172,6 +179,8 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
                     value: o.clone(),
                     input_id: format!("{}-{i}", v.input_id),
                     checked: v.value == *o,
+                    note: String::new(),
+                    disabled: false,
                 })
                 .collect();
             if !v.select {
@@ -187,6 +196,8 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
                     value: o.clone(),
                     input_id: format!("{}-{i}", v.input_id),
                     checked: chosen.contains(o),
+                    note: String::new(),
+                    disabled: false,
                 })
                 .collect();
             v.input_id = format!("{}-0", v.input_id);
@@ -284,4 +295,25 @@ pub fn page_views(
         .filter(|f| visible(f))
         .map(|f| field_view(f, raw, errors))
         .collect()
+}
+
+/// Marks each option of the page's choice questions that has 選択肢ごとの定員 with
+/// the places left, and disables the full ones the person has not chosen.
+pub fn mark_places(fields: &mut [FieldView], places: &[super::places::Place]) {
+    for f in fields {
+        for o in &mut f.options {
+            let Some(p) = places
+                .iter()
+                .find(|p| p.field == f.id && p.option == o.value)
+            else {
+                continue;
+            };
+            if p.left() == 0 {
+                o.note = "満員".into();
+                o.disabled = !o.checked;
+            } else {
+                o.note = format!("残り{}", p.left());
+            }
+        }
+    }
 }

@@ -50,6 +50,16 @@ pub struct FieldProblem {
     pub message: String,
 }
 
+impl From<crate::tenant::forms::answers::FieldError> for FieldProblem {
+    fn from(e: crate::tenant::forms::answers::FieldError) -> Self {
+        Self {
+            field: e.field,
+            input: e.input,
+            message: e.message,
+        }
+    }
+}
+
 impl Problem {
     fn new(status: StatusCode, kind: &str, title: &str, detail: impl Into<String>) -> Self {
         Self {
@@ -516,14 +526,7 @@ pub async fn submit(
                 "Answers refused",
                 "入力内容に誤りがあります",
             );
-            p.errors = errors
-                .into_iter()
-                .map(|e| FieldProblem {
-                    field: e.field,
-                    input: e.input,
-                    message: e.message,
-                })
-                .collect();
+            p.errors = errors.into_iter().map(FieldProblem::from).collect();
             return Err(p);
         }
     };
@@ -579,11 +582,7 @@ pub async fn submit(
             );
             p.errors = crate::tenant::forms::places::errors(full)
                 .into_iter()
-                .map(|e| FieldProblem {
-                    field: e.field,
-                    input: e.input,
-                    message: e.message,
-                })
+                .map(FieldProblem::from)
                 .collect();
             Err(p)
         }

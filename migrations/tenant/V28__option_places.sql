@@ -11,9 +11,13 @@ CREATE TABLE option_places (
 );
 
 -- The places each application holds: only options with a limit are named here (in
--- clear, as the form definition names them); other answers stay sealed.
+-- clear, as the form definition names them); other answers stay sealed. No foreign
+-- key to submissions: a publish writes these rows with submissions locked in SHARE
+-- mode, and the key check's row locks would deadlock with a status change holding
+-- its application's row; deleting an application deletes its rows in the same
+-- statement (`cases::retention`).
 CREATE TABLE submission_places (
-    submission_id uuid   NOT NULL REFERENCES submissions (id) ON DELETE CASCADE,
+    submission_id uuid   NOT NULL,
     form_id       bigint NOT NULL REFERENCES forms (id) ON DELETE CASCADE,
     field_id      text   NOT NULL,
     option        text   NOT NULL,

@@ -123,7 +123,8 @@ async fn an_option_full_is_offered_no_more_until_a_place_is_given_back() {
     let refused = if r1.0 == 409 { &r1.2 } else { &r2.2 };
     assert!(
         refused.contains("「ソファ」は定員に達しました。別の選択肢を選んでください")
-            && refused.contains("value=\"花子\""),
+            && refused.contains("value=\"花子\"")
+            && refused.contains("ソファ <span class=\"places\">（満員）</span>"),
         "{refused}"
     );
     assert_eq!(places(&db, "kind", "ソファ").await, Some((2, 2)));
@@ -329,6 +330,15 @@ async fn an_option_full_is_offered_no_more_until_a_place_is_given_back() {
     .await;
     assert_eq!(status, 303, "{body}");
     assert_eq!(places(&db, "kind", "ソファ").await, Some((1, 2)));
+    let left: i64 = db
+        .query_one(
+            "SELECT count(*) FROM submission_places WHERE submission_id = $1",
+            &[&second_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(left, 0, "a deleted application's places are listed no more");
 
     // Publishing counts again from the applications (the rejected one holds none);
     // a limit below what is taken is refused.
@@ -349,5 +359,49 @@ async fn an_option_full_is_offered_no_more_until_a_place_is_given_back() {
     );
     assert_eq!(places(&db, "kind", "ソファ").await, Some((2, 2)));
     assert_eq!(places(&db, "kind", "その他").await, None);
+
+    // A publish that reads the applications again (その他 newly limited) while a
+    // member of staff holds one of them for a status change: neither waits for the
+    // other in a circle (40P01 for one of them).
+    let (status, _, _) = kind("ソファ=5\r\nその他=5").await;
+    assert_eq!(status, 303);
+    let staff_change = admin_client(&t.database).await;
+    let held_case: uuid::Uuid = db
+        .query_one(
+            "SELECT submission_id FROM submission_places WHERE option = 'ソファ' LIMIT 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    staff_change.batch_execute("BEGIN").await.unwrap();
+    staff_change
+        .execute(
+            "SELECT status FROM submissions WHERE id = $1 FOR UPDATE",
+            &[&held_case],
+        )
+        .await
+        .unwrap();
+    let publishing = {
+        let (client, csrf, u) = (
+            admin.client.clone(),
+            admin.csrf.clone(),
+            u(&format!("/admin/forms/{form_id}/publish")),
+        );
+        tokio::spawn(async move { post(&client, &u, &[("csrf", &csrf)]).await })
+    };
+    until_waiting(&watch, 1, &publishing).await;
+    let updated = tokio::spawn(async move {
+        staff_change
+            .batch_execute(&format!(
+                "UPDATE submissions SET updated_at = now() WHERE id = '{held_case}'; COMMIT"
+            ))
+            .await
+    });
+    let (status, _, page) = publishing.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(page.contains("第4版を公開しました"), "{page}");
+    updated.await.unwrap().unwrap();
+    assert_eq!(places(&db, "kind", "その他").await, Some((1, 5)));
     server.shutdown().await;
 }

@@ -742,18 +742,22 @@ fn lines(s: &str) -> Vec<String> {
         .collect()
 }
 
-/// 選択肢ごとの定員 as the builder shows them: a line 「選択肢=人数」 each.
+/// 選択肢ごとの定員 as the builder shows them: a line 「選択肢=人数」 each, in the
+/// options' order, then any naming no option (the check's problem points at them).
 fn limits_text(limits: &Limits, options: &[String]) -> String {
-    options
+    let offered = options
         .iter()
-        .filter_map(|o| limits.get(o).map(|n| format!("{o}={n}")))
-        .collect::<Vec<_>>()
-        .join("\n")
+        .filter_map(|o| limits.get(o).map(|n| format!("{o}={n}")));
+    let unknown = limits
+        .iter()
+        .filter(|(o, _)| !options.contains(o))
+        .map(|(o, n)| format!("{o}={n}"));
+    offered.chain(unknown).collect::<Vec<_>>().join("\n")
 }
 
 /// Reads 選択肢ごとの定員 as typed: a line 「選択肢=人数」 each (the last `=` or `＝`
-/// divides; the number may be full-width); blank lines are skipped. Whether each
-/// names an option is checked with the rest of the definition.
+/// divides; the number may be full-width and end in 人 or 名); blank lines are
+/// skipped. Whether each names an option is checked with the rest of the definition.
 fn limits_from(text: &str) -> Result<Limits, String> {
     let mut out = Limits::new();
     for line in lines(text) {
@@ -764,7 +768,10 @@ fn limits_from(text: &str) -> Result<Limits, String> {
             ));
         };
         let option = option.trim();
-        let n: u32 = crate::ja::nfkc(n.trim())
+        let n = crate::ja::nfkc(n.trim());
+        let n: u32 = n
+            .trim_end_matches(['人', '名'])
+            .trim_end()
             .parse()
             .map_err(|_| format!("選択肢ごとの定員の「{option}」の人数は数字で入力してください"))?;
         if out.insert(option.to_owned(), n).is_some() {
@@ -1392,4 +1399,30 @@ fn qr_png(code: &qrcode::QrCode, scale: usize) -> Result<Vec<u8>, png::EncodingE
         writer.write_image_data(&pixels)?;
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod limits_tests {
+    use super::{limits_from, limits_text};
+
+    #[test]
+    fn option_limits_are_read_as_staff_type_them() {
+        let read = limits_from("午前の部=20\r\n\r\n午後の部＝１５人\n夜 = 5名")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(read.get("午前の部"), Some(&20));
+        assert_eq!(read.get("午後の部"), Some(&15));
+        assert_eq!(read.get("夜"), Some(&5));
+        // An option with = in it: the last one divides.
+        let odd = limits_from("A=B=3").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(odd.get("A=B"), Some(&3));
+        assert!(limits_from("午前の部").is_err());
+        assert!(limits_from("午前の部=二十").is_err());
+        assert!(limits_from("午前=1\n午前=2").is_err());
+        // Shown back in the options' order, one naming no option after them.
+        let options = ["午前の部".to_owned(), "午後の部".to_owned()];
+        assert_eq!(
+            limits_text(&read, &options),
+            "午前の部=20\n午後の部=15\n夜=5"
+        );
+    }
 }

@@ -125,6 +125,8 @@ const DELETE_SQL: &str = "WITH gone AS (
      UPDATE forms f SET accepted_count = greatest(f.accepted_count - g.n, 0)
        FROM (SELECT form_id, count(*)::int AS n FROM gone WHERE status <> ALL($3) GROUP BY form_id) g
       WHERE f.id = g.form_id AND f.capacity IS NOT NULL
+   ), places_gone AS (
+     DELETE FROM submission_places p USING gone WHERE p.submission_id = gone.id
    ), option_places_freed AS (
      UPDATE option_places o SET taken = greatest(o.taken - g.n, 0)
        FROM (SELECT p.form_id, p.field_id, p.option, count(*)::int AS n
@@ -139,6 +141,17 @@ async fn delete(
     ids: &[Uuid],
     cause: &str,
 ) -> Result<Vec<(Uuid, String)>, AppError> {
+    // The options' rows whose places these hold are locked first, in the order every
+    // other writer locks them (`forms::places`), so giving them back cannot deadlock
+    // with an application taking several.
+    db.execute(
+        "SELECT 1 FROM option_places o
+           JOIN (SELECT DISTINCT form_id, field_id, option FROM submission_places
+                  WHERE submission_id = ANY($1)) p USING (form_id, field_id, option)
+          ORDER BY o.form_id, o.field_id, o.option FOR UPDATE OF o",
+        &[&ids],
+    )
+    .await?;
     let finished: &[&str] = &FINISHED;
     let freed: &[&str] = &Status::PLACE_FREED;
     Ok(db

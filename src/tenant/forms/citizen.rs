@@ -523,10 +523,20 @@ fn draft_page(
     errors: &[FieldError],
     token: &str,
 ) -> FormPage {
-    FormPage {
+    let mut shown = FormPage {
         correction: draft.resubmit_of.is_some(),
         ..form_page(ctx, form, page, &draft.inputs, errors, token)
+    };
+    if draft.resubmit_of.is_some() {
+        // A correction keeps the places its application holds, full as they may be
+        // now: no option is closed to it here, and the send checks the others.
+        for f in &mut shown.fields {
+            for o in &mut f.options {
+                o.disabled = false;
+            }
+        }
     }
+    shown
 }
 
 pub(super) fn with_cookie(
@@ -1318,7 +1328,7 @@ pub async fn submit(
             .await?
         {
             Ok(resp) => Ok(resp),
-            Err(full) => Ok(option_full_page(&ctx, &form, &draft, full, &token)),
+            Err(full) => option_full_page(&ctx, &db, &form, &draft, full, &token).await,
         };
     }
     let stored = store_submission(
@@ -1347,7 +1357,7 @@ pub async fn submit(
             "申し訳ありません。送信の直前に定員に達したため、受け付けられませんでした。",
         )),
         // Filled just before: the question again, with what was typed.
-        Stored::OptionsFull(full) => Ok(option_full_page(&ctx, &form, &draft, full, &token)),
+        Stored::OptionsFull(full) => option_full_page(&ctx, &db, &form, &draft, full, &token).await,
     }
 }
 
@@ -1487,7 +1497,7 @@ pub async fn store_submission(
     let by = by.label();
     let files = !attachments::named(answers).is_empty();
     let mut counted = form.capacity.is_some();
-    let limited = form.def.has_limits();
+    let mut limited = form.def.has_limits();
     for _ in 0..3 {
         let receipt = ReceiptNumber::generate();
         if !counted && !limited && verified.is_none() && !files {
@@ -1520,9 +1530,9 @@ pub async fn store_submission(
                     if let Some(stored) = stored_before(db, key, draft).await? {
                         return Ok(stored);
                     }
-                    // The form was given 定員 (or 選択肢ごとの定員) meanwhile: counted
-                    // like any other.
-                    counted = true;
+                    // The form was given 定員 or 選択肢ごとの定員 meanwhile: counted like
+                    // any other (below, which of the two it was is read again).
+                    limited = true;
                 }
                 Ok(Some(_)) => {
                     return Ok(Stored::Accepted {
@@ -1787,20 +1797,26 @@ pub fn preview(ctx: &TenantCtx, def: &FormDefinition, form_id: i64, page: usize)
 }
 
 /// The page of the first question whose chosen option filled up just before the
-/// send (409), with what was typed and a word on each such question.
-fn option_full_page(
+/// send (409), with what was typed, a word on each such question and the places as
+/// they are now.
+async fn option_full_page(
     ctx: &TenantCtx,
+    db: &tokio_postgres::Client,
     form: &Published,
     draft: &Draft,
     full: Vec<(String, String)>,
     token: &str,
-) -> Response {
+) -> Result<Response, AppError> {
+    let form = Published {
+        places: super::places::now(db, form.id).await?,
+        ..form.clone()
+    };
     let errors = super::places::errors(full);
     let page = first_error_page(&form.def, &errors);
-    render(
+    Ok(render(
         StatusCode::CONFLICT,
-        &draft_page(ctx, form, page, draft, &errors, token),
-    )
+        &draft_page(ctx, &form, page, draft, &errors, token),
+    ))
 }
 
 /// Replaces the answers of a returned (差戻し) submission with the corrected ones and
@@ -1858,8 +1874,7 @@ async fn resubmit_correction(
             "この申請は現在、修正を受け付けていません（修正の期限を過ぎた場合を含みます）。状況照会で最新の状況をご確認のうえ、担当の窓口にお問い合わせください。",
         )));
     }
-    super::places::release(&tx, orig).await?;
-    let full = super::places::take(
+    let full = super::places::retake(
         &tx,
         form.id,
         orig,

@@ -6,8 +6,10 @@
 //! named there, in clear as the form definition names them; the answers stay
 //! sealed). Submitting takes places in the submission's transaction, a correction
 //! gives its old ones back and takes the new ones, withdrawing, rejecting and
-//! deleting give them back, and publishing counts everything again from the
-//! applications (decrypting only the limited questions' answers).
+//! deleting give them back, and publishing counts them again (reading the
+//! applications again, decrypting only the limited questions' answers, when it
+//! limits an option that was not limited before). Every writer locks the options'
+//! rows in one order (form, question, option).
 
 use super::answers::{Answer, Answers, FieldError};
 use super::definition::{FieldKind, FormDefinition};
@@ -171,6 +173,30 @@ pub async fn take(
     Ok(Vec::new())
 }
 
+/// A correction's places: those `submission` holds are given back and those of its
+/// corrected answers taken, every row involved locked first in one order (giving
+/// back, then taking, would lock in two). Returns the options that had no place
+/// left (the caller rolls back).
+pub async fn retake(
+    tx: &tokio_postgres::Transaction<'_>,
+    form: i64,
+    submission: Uuid,
+    picks: &(Vec<String>, Vec<String>),
+) -> Result<Vec<(String, String)>, AppError> {
+    tx.execute(
+        "SELECT 1 FROM option_places o
+          WHERE o.form_id = $1
+            AND ((o.field_id, o.option) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+                 OR (o.field_id, o.option) IN (SELECT field_id, option FROM submission_places
+                                                WHERE submission_id = $4))
+          ORDER BY o.field_id, o.option FOR UPDATE OF o",
+        &[&form, &picks.0, &picks.1, &submission],
+    )
+    .await?;
+    release(tx, submission).await?;
+    take(tx, form, submission, picks).await
+}
+
 /// Gives back every place `submission` holds (withdrawn, rejected, or corrected
 /// before it takes its new ones), in the caller's transaction, rows locked in the
 /// same order as [`take`] locks them.
@@ -195,10 +221,13 @@ pub async fn release(tx: &impl GenericClient, submission: Uuid) -> Result<(), Ap
 
 /// Counts a form's places again for the version being published, in the publish's
 /// transaction (submissions already locked against writes): every limited option
-/// of `def` gets its capacity, and the applications that still hold a place
-/// (not withdrawn or rejected) are read again for the options they chose. Refused
-/// when an option would have more applications than its new capacity, or when
-/// there are applications to read and no `cipher` to read them with.
+/// of `def` gets its capacity and the places taken of it. When every option limited
+/// now was limited before, the places held are already listed and are counted as
+/// listed (a query); otherwise the applications that still hold a place (not
+/// withdrawn or rejected) are read again, decrypting only the limited questions'
+/// answers, and the list is made anew. Refused when an option would have more
+/// applications than its new capacity, or when there are applications to read and
+/// no `cipher` to read them with.
 pub async fn recount(
     tx: &tokio_postgres::Transaction<'_>,
     cipher: Option<&FieldCipher>,
@@ -206,75 +235,73 @@ pub async fn recount(
     def: &FormDefinition,
     freed: &[&str],
 ) -> Result<(), AppError> {
-    tx.execute("DELETE FROM submission_places WHERE form_id = $1", &[&form])
-        .await?;
+    let before: std::collections::BTreeSet<(String, String)> = tx
+        .query(
+            "SELECT field_id, option FROM option_places WHERE form_id = $1",
+            &[&form],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let limits: Vec<(&super::definition::Field, &String, i32)> = def
+        .fields()
+        .flat_map(|f| {
+            f.kind
+                .limits()
+                .iter()
+                .map(move |(o, cap)| (f, o, i32::try_from(*cap).unwrap_or(i32::MAX)))
+        })
+        .collect();
+    let listed = limits
+        .iter()
+        .all(|(f, o, _)| before.contains(&(f.id.clone(), (*o).clone())));
     tx.execute("DELETE FROM option_places WHERE form_id = $1", &[&form])
         .await?;
-    if !def.has_limits() {
-        return Ok(());
-    }
-    let limited: Vec<String> = def
-        .fields()
-        .filter(|f| !f.kind.limits().is_empty())
-        .map(|f| f.id.clone())
-        .collect();
-    // Only the limited questions' answers are read and decrypted.
-    let rows = tx
-        .query(
-            "SELECT id, (SELECT coalesce(jsonb_object_agg(key, value), '{}') FROM jsonb_each(answers) WHERE key = ANY($2))
-               FROM submissions WHERE form_id = $1 AND status <> ALL($3)",
-            &[&form, &limited, &freed],
+    let mut taken: BTreeMap<(String, String), i32> = BTreeMap::new();
+    if listed {
+        // Places of options no longer limited are no longer held.
+        let (fs, os): (Vec<String>, Vec<String>) = limits
+            .iter()
+            .map(|(f, o, _)| (f.id.clone(), (*o).clone()))
+            .unzip();
+        tx.execute(
+            "DELETE FROM submission_places p WHERE p.form_id = $1
+                AND (p.field_id, p.option) NOT IN (SELECT * FROM unnest($2::text[], $3::text[]))",
+            &[&form, &fs, &os],
         )
         .await?;
-    let mut holders: Vec<Uuid> = Vec::new();
-    let mut fields: Vec<String> = Vec::new();
-    let mut options: Vec<String> = Vec::new();
-    if !rows.is_empty() {
-        let Some(cipher) = cipher else {
-            return Err(AppError::BadRequest(RECOUNT_NEEDS_KEY.into()));
-        };
-        for r in &rows {
-            let id: Uuid = r.get(0);
-            let answers = super::citizen::decrypt_answers(cipher, id, &r.get(1))?;
-            let (fs, os) = picks(def, &answers);
-            for (f, o) in fs.into_iter().zip(os) {
-                let limited = def
-                    .field(&f)
-                    .is_some_and(|field| field.kind.limits().contains_key(&o));
-                if limited {
-                    holders.push(id);
-                    fields.push(f);
-                    options.push(o);
-                }
-            }
+        for r in tx
+            .query(
+                "SELECT field_id, option, count(*)::int FROM submission_places WHERE form_id = $1
+                  GROUP BY field_id, option",
+                &[&form],
+            )
+            .await?
+        {
+            taken.insert((r.get(0), r.get(1)), r.get(2));
         }
-    }
-    let mut taken: BTreeMap<(&str, &str), i32> = BTreeMap::new();
-    for (f, o) in fields.iter().zip(&options) {
-        *taken.entry((f.as_str(), o.as_str())).or_default() += 1;
+    } else {
+        tx.execute("DELETE FROM submission_places WHERE form_id = $1", &[&form])
+            .await?;
+        taken = read_again(tx, cipher, form, def, freed).await?;
     }
     let mut limit_fields = Vec::new();
     let mut limit_options = Vec::new();
     let mut capacities = Vec::new();
     let mut counts = Vec::new();
-    for f in def.fields() {
-        for (o, cap) in f.kind.limits() {
-            let n = taken
-                .get(&(f.id.as_str(), o.as_str()))
-                .copied()
-                .unwrap_or(0);
-            let cap = i32::try_from(*cap).unwrap_or(i32::MAX);
-            if n > cap {
-                return Err(AppError::BadRequest(format!(
-                    "項目「{}」の選択肢「{o}」の定員を、既にこの選択肢を選んだ申請の件数（{n}件）より少なくすることはできません。",
-                    f.label
-                )));
-            }
-            limit_fields.push(f.id.clone());
-            limit_options.push(o.clone());
-            capacities.push(cap);
-            counts.push(n);
+    for (f, o, cap) in limits {
+        let n = taken.get(&(f.id.clone(), o.clone())).copied().unwrap_or(0);
+        if n > cap {
+            return Err(AppError::BadRequest(format!(
+                "項目「{}」の選択肢「{o}」の定員を、既にこの選択肢を選んだ申請の件数（{n}件）より少なくすることはできません。",
+                f.label
+            )));
         }
+        limit_fields.push(f.id.clone());
+        limit_options.push(o.clone());
+        capacities.push(cap);
+        counts.push(n);
     }
     tx.execute(
         "INSERT INTO option_places (form_id, field_id, option, capacity, taken)
@@ -282,13 +309,67 @@ pub async fn recount(
         &[&form, &limit_fields, &limit_options, &capacities, &counts],
     )
     .await?;
+    Ok(())
+}
+
+/// Lists anew the places the applications hold that still hold one, from their
+/// sealed answers (only the limited questions' are read and decrypted); returns the
+/// places taken of each limited option.
+async fn read_again(
+    tx: &tokio_postgres::Transaction<'_>,
+    cipher: Option<&FieldCipher>,
+    form: i64,
+    def: &FormDefinition,
+    freed: &[&str],
+) -> Result<BTreeMap<(String, String), i32>, AppError> {
+    let mut taken = BTreeMap::new();
+    let limited: Vec<String> = def
+        .fields()
+        .filter(|f| !f.kind.limits().is_empty())
+        .map(|f| f.id.clone())
+        .collect();
+    if limited.is_empty() {
+        return Ok(taken);
+    }
+    let rows = tx
+        .query(
+            "SELECT id, (SELECT coalesce(jsonb_object_agg(key, value), '{}') FROM jsonb_each(answers) WHERE key = ANY($2))
+               FROM submissions WHERE form_id = $1 AND status <> ALL($3)",
+            &[&form, &limited, &freed],
+        )
+        .await?;
+    if rows.is_empty() {
+        return Ok(taken);
+    }
+    let Some(cipher) = cipher else {
+        return Err(AppError::BadRequest(RECOUNT_NEEDS_KEY.into()));
+    };
+    let mut holders: Vec<Uuid> = Vec::new();
+    let mut fields: Vec<String> = Vec::new();
+    let mut options: Vec<String> = Vec::new();
+    for r in &rows {
+        let id: Uuid = r.get(0);
+        let answers = super::citizen::decrypt_answers(cipher, id, &r.get(1))?;
+        let (fs, os) = picks(def, &answers);
+        for (f, o) in fs.into_iter().zip(os) {
+            let limited = def
+                .field(&f)
+                .is_some_and(|field| field.kind.limits().contains_key(&o));
+            if limited {
+                *taken.entry((f.clone(), o.clone())).or_default() += 1;
+                holders.push(id);
+                fields.push(f);
+                options.push(o);
+            }
+        }
+    }
     tx.execute(
         "INSERT INTO submission_places (submission_id, form_id, field_id, option)
          SELECT s, $1, f, o FROM unnest($2::uuid[], $3::text[], $4::text[]) AS p (s, f, o)",
         &[&form, &holders, &fields, &options],
     )
     .await?;
-    Ok(())
+    Ok(taken)
 }
 
 /// Said when a form with 選択肢ごとの定員 and applications is published without the

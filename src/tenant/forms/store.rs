@@ -296,7 +296,9 @@ pub async fn publish_as(
     // form's row, the order submitting and status changes take them in): one stored
     // meanwhile without a count (the form had no 定員 when it began) is in the count,
     // and one beginning after sees the new 定員 and counts itself. Submissions to
-    // the municipality's other forms wait for this transaction too (milliseconds).
+    // the municipality's other forms wait for this transaction too (milliseconds; a
+    // publish that limits an option anew reads the form's applications again, which
+    // takes longer on a form with many).
     // Not behind a long writer for long: others queue behind a waiting lock.
     tx.batch_execute(
         "SET LOCAL lock_timeout = '5s'; LOCK TABLE submissions IN SHARE MODE;

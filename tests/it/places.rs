@@ -393,10 +393,12 @@ async fn an_option_full_is_offered_no_more_until_a_place_is_given_back() {
     until_waiting(&watch, 1, &publishing).await;
     let updated = tokio::spawn(async move {
         staff_change
-            .batch_execute(&format!(
-                "UPDATE submissions SET updated_at = now() WHERE id = '{held_case}'; COMMIT"
-            ))
-            .await
+            .execute(
+                "UPDATE submissions SET updated_at = now() WHERE id = $1",
+                &[&held_case],
+            )
+            .await?;
+        staff_change.batch_execute("COMMIT").await
     });
     let (status, _, page) = publishing.await.unwrap();
     assert_eq!(status, 200);

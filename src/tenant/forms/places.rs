@@ -253,6 +253,10 @@ pub async fn recount(
                 .map(move |(o, cap)| (f, o, i32::try_from(*cap).unwrap_or(i32::MAX)))
         })
         .collect();
+    if limits.is_empty() && before.is_empty() {
+        // Never limited, and not now: nothing is listed.
+        return Ok(());
+    }
     let listed = limits
         .iter()
         .all(|(f, o, _)| before.contains(&(f.id.clone(), (*o).clone())));

@@ -429,6 +429,10 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         )
         .route("/admin/forms/{id}/preview", get(b::preview_page))
         .route("/admin/forms/{id}/qr", get(b::qr))
+        .route(
+            "/admin/forms/{id}/proxy",
+            get(forms::proxy::show).post(forms::proxy::post),
+        )
         .route("/admin/forms/{id}/totals", get(cases::totals::show))
         .route("/admin/forms/{id}/totals.csv", get(cases::totals::csv))
         // Staff: cases

@@ -29,6 +29,7 @@ mod mine;
 mod pg_tls;
 mod places;
 mod plans;
+mod proxy;
 mod routing;
 mod smtp;
 mod tls;

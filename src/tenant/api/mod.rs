@@ -541,6 +541,7 @@ pub async fn submit(
         None,
         &client.actor,
         None,
+        None,
     )
     .await?;
     match stored {

@@ -687,6 +687,8 @@ struct DetailPage {
     identity: Option<(String, String, Vec<crate::tenant::identity::Line>)>,
     /// The form (this version) asks for 本人確認.
     identity_asked: bool,
+    /// 代理入力: how the application came and who entered it.
+    proxy: Option<crate::tenant::forms::proxy::Shown>,
     events: Vec<EventLine>,
     notes: Vec<NoteLine>,
     mails: Vec<MailLine>,
@@ -717,8 +719,14 @@ pub async fn detail(
     ctx: TenantCtx,
     user: StaffUser,
     Path(id): Path<Uuid>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
-    detail_page(&ctx, &user, id, None).await
+    // `?entered=1`: just entered by 代理入力, the page says so.
+    let entered = query.is_some_and(|q| q.split('&').any(|p| p == "entered=1"));
+    let message = entered.then(|| {
+        "代理入力で受け付けました。受付番号を申請者に伝えてください（メールアドレスを入力した場合は、受付の控えもメールで届きます）。".to_owned()
+    });
+    detail_page(&ctx, &user, id, message).await
 }
 
 async fn detail_page(
@@ -812,6 +820,7 @@ async fn detail_page(
     let identity = crate::tenant::identity::of_submission(ctx, &**db, id)
         .await?
         .map(|v| (jst(v.at), v.issuer, crate::tenant::identity::lines(&v.who)));
+    let proxy = crate::tenant::forms::proxy::of_submission(&**db, id).await?;
     let reason: Option<Vec<u8>> = r.get(6);
     let deadline: Option<time::Date> = r.get(7);
     let assignee: Option<i64> = r.get(5);
@@ -865,6 +874,7 @@ async fn detail_page(
             .collect(),
         identity,
         identity_asked: def.settings.identity,
+        proxy,
         events,
         notes,
         mails,

@@ -1340,6 +1340,7 @@ pub async fn submit(
         Some(draft.id),
         &Actor::Citizen,
         verified.as_ref(),
+        None,
     )
     .await?;
     match stored {
@@ -1477,8 +1478,9 @@ pub const STORE_SQL: &str = "WITH ins AS (
 /// Stores checked answers as a new submission in one transaction: encrypted answer by
 /// answer, a fresh receipt number, the 定員 counter, the case history's first row
 /// (受付, by `by`), the applicant's e-mailed copy in the outbox, and (from the web)
-/// the draft's pointer to it, and the identity `verified` (本人確認) if any. The same
-/// `key` twice stores one submission.
+/// the draft's pointer to it, the identity `verified` (本人確認) if any, and for
+/// 代理入力 (`proxy`) how it came with its operation-log entry. The same `key` twice
+/// stores one submission.
 #[allow(clippy::too_many_arguments)]
 pub async fn store_submission(
     ctx: &TenantCtx,
@@ -1489,18 +1491,20 @@ pub async fn store_submission(
     draft: Option<Uuid>,
     by: &Actor,
     verified: Option<&crate::tenant::identity::Verified>,
+    proxy: Option<&super::proxy::Entry>,
 ) -> Result<Stored, AppError> {
     let (email, phone) = indexes(ctx, &form.def, answers);
     let id = Uuid::new_v4();
     let encrypted = encrypt_answers(ctx.cipher(), id, answers)?;
     let mail = receipt_mail(ctx, &form.def, answers, id, "received")?;
+    let actor = by;
     let by = by.label();
     let files = !attachments::named(answers).is_empty();
     let mut counted = form.capacity.is_some();
     let mut limited = form.def.has_limits();
     for _ in 0..3 {
         let receipt = ReceiptNumber::generate();
-        if !counted && !limited && verified.is_none() && !files {
+        if !counted && !limited && verified.is_none() && !files && proxy.is_none() {
             // Without 定員 there is nothing to count: the row and the draft's pointer
             // to it are one statement, so one round trip and one commit.
             let stmt = db.prepare_cached(STORE_SQL).await?;
@@ -1602,11 +1606,14 @@ pub async fn store_submission(
             )));
         }
         tx.execute(
-            "INSERT INTO submission_events (submission_id, actor_label, to_status) VALUES ($1, $2, 'received')",
-            &[&id, &by],
+            "INSERT INTO submission_events (submission_id, actor_label, actor_id, to_status) VALUES ($1, $2, $3, 'received')",
+            &[&id, &by, &actor.staff_id()],
         )
         .await?;
         queue_receipt(&tx, id, mail.as_deref()).await?;
+        if let Some(p) = proxy {
+            super::proxy::keep(&tx, actor, id, form.id, p).await?;
+        }
         if let Some(v) = verified {
             crate::tenant::identity::keep_with_submission(ctx.cipher(), &*tx, id, v).await?;
             // Kept with the submission now: the draft's copy goes.

@@ -7,6 +7,7 @@ pub mod citizen;
 pub mod definition;
 pub mod places;
 pub mod pow;
+pub mod proxy;
 pub mod resume;
 pub mod store;
 pub mod verify;

@@ -2,7 +2,7 @@
 //! with the values typed so far and the errors beside them.
 
 use super::answers::{file_types_label, Answer, FieldError, FileRef, Raw, MAX_INPUT};
-use super::definition::{ChoiceDisplay, Field, FieldKind, FileType, Page};
+use super::definition::{ChoiceDisplay, Condition, ConditionOp, Field, FieldKind, FileType, Page};
 use uuid::Uuid;
 
 pub struct OptionView {
@@ -81,6 +81,26 @@ pub fn input_id(name: &str) -> String {
     format!("f-{}", name.replace('.', "-"))
 }
 
+/// A show/hide rule as the page's script reads it (`data-show-field`, `-op`,
+/// `-values`).
+pub fn show_rule(c: &Condition) -> (String, &'static str, String) {
+    let op = match c.op {
+        ConditionOp::Equals => "equals",
+        ConditionOp::In => "in",
+        ConditionOp::NotEmpty => "not_empty",
+    };
+    let values: Vec<&String> = if c.op == ConditionOp::Equals {
+        c.values.iter().take(1).collect()
+    } else {
+        c.values.iter().collect()
+    };
+    (
+        c.field.clone(),
+        op,
+        serde_json::to_string(&values).unwrap_or_default(),
+    )
+}
+
 pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
     let error = errors.iter().find(|e| e.field == f.id);
     let err_input = error.map(|e| e.input.clone()).unwrap_or_default();
@@ -116,18 +136,7 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
         attached_href: None,
     };
     if let Some(c) = &f.show_if {
-        v.show_field.clone_from(&c.field);
-        v.show_op = match c.op {
-            super::definition::ConditionOp::Equals => "equals",
-            super::definition::ConditionOp::In => "in",
-            super::definition::ConditionOp::NotEmpty => "not_empty",
-        };
-        let values = if c.op == super::definition::ConditionOp::Equals {
-            c.values.iter().take(1).cloned().collect()
-        } else {
-            c.values.clone()
-        };
-        v.show_values = serde_json::to_string(&values).unwrap_or_default();
+        (v.show_field, v.show_op, v.show_values) = show_rule(c);
     }
     let part = |name: &str,
                 label: &str,

@@ -132,6 +132,24 @@ async fn staff_enter_an_application_received_by_telephone_or_post() {
     assert!(page.contains(&clerk.email), "who entered it: {page}");
     let receipt = capture(r"<h1>受付番号 ([A-Z0-9-]+)</h1>", &page);
 
+    // The inbox and the export say how it came (the export in its last column).
+    let (_, _, inbox) = get(&clerk.client, &u("/admin/inbox")).await;
+    assert!(inbox.contains("代理入力（電話）"), "{inbox}");
+    let r = clerk
+        .client
+        .get(u(&format!("/admin/export.csv?form={form_id}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let csv = r.text().await.unwrap();
+    let mut lines = csv.trim_start_matches('\u{feff}').lines();
+    assert!(lines.next().unwrap().ends_with(",受付方法"), "{csv}");
+    assert!(
+        lines.next().unwrap().ends_with(",代理入力（電話）"),
+        "{csv}"
+    );
+
     // Sent again (a double click, the browser's back and resend): the same case.
     let (status, again, _) = post(&clerk.client, &entry, &with("send")).await;
     assert_eq!(

@@ -31,6 +31,9 @@ struct Columns {
     identity: bool,
 }
 
+/// How each application came: オンライン, or 代理入力 with its channel.
+const CHANNEL_COLUMN: &str = "受付方法";
+
 /// 本人確認's columns: what the provider vouched for, not what was typed.
 const IDENTITY_COLUMNS: [&str; 7] = [
     "本人確認日時",
@@ -52,6 +55,8 @@ impl Columns {
         if self.identity {
             h.extend(IDENTITY_COLUMNS.iter().map(|s| (*s).to_owned()));
         }
+        // Last, so the columns before it stay where they were.
+        h.push(CHANNEL_COLUMN.to_owned());
         h
     }
 }
@@ -226,6 +231,10 @@ impl<'a> Batches<'a> {
             if self.cols.identity {
                 line.extend(identity_cells(identities.get(&r.id)));
             }
+            line.push(Cell::Text(r.channel.map_or_else(
+                || "オンライン".to_owned(),
+                |c| format!("代理入力（{c}）"),
+            )));
             batch.push(line);
         }
         self.rows += batch.len() as u64;

@@ -169,6 +169,8 @@ pub struct Row {
     pub form_version: i32,
     pub summary: Option<(String, String)>,
     pub answers: serde_json::Value,
+    /// 代理入力: how it came (`Channel::label`), `None` when sent online.
+    pub channel: Option<&'static str>,
 }
 
 /// Parameters of a statement built at run time.
@@ -256,9 +258,10 @@ pub fn inbox_sql(
     } else {
         "CASE WHEN f.summary_field IS NULL THEN '{}'::jsonb ELSE jsonb_build_object(f.summary_field, s.answers -> f.summary_field) END"
     };
+    // 代理入力's channel is read for the rows returned only (one primary-key probe each).
     let columns = format!(
         "s.id, s.receipt_number, s.submitted_at, s.status, coalesce(st.email, ''), s.form_id, s.form_version,
-                f.summary_field, {answers}"
+                f.summary_field, {answers}, (SELECT p.channel FROM proxy_entries p WHERE p.submission_id = s.id)"
     );
     let order = "ORDER BY s.submitted_at DESC, s.id DESC";
     let picked = f.form.is_some() || search.is_some() || matches!(f.assignee, Some(v) if v != 0);
@@ -358,6 +361,10 @@ pub async fn fetch(
             form_version: r.get(6),
             summary,
             answers,
+            channel: r
+                .get::<_, Option<&str>>(9)
+                .and_then(crate::tenant::forms::proxy::Channel::parse)
+                .map(crate::tenant::forms::proxy::Channel::label),
         });
     }
     Ok(out)
@@ -373,6 +380,8 @@ pub struct InboxRow {
     pub assignee: String,
     pub form: String,
     pub summary: String,
+    /// 代理入力: how it came, empty when sent online.
+    pub channel: &'static str,
 }
 
 pub struct Choice {
@@ -540,6 +549,7 @@ async fn inbox_page(
                     .as_ref()
                     .map(|(_, v)| v.clone())
                     .unwrap_or_default(),
+                channel: r.channel.unwrap_or_default(),
             })
             .collect(),
         forms: forms

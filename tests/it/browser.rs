@@ -1228,3 +1228,114 @@ async fn a_question_shows_when_a_file_is_attached() {
     c.close().await.unwrap();
     server.shutdown().await;
 }
+
+/// 代理入力 in the browser: a clerk takes an application by telephone. Every page of
+/// the form is on one screen; a page shown only for one answer appears when that
+/// answer is chosen (the form's own rule, run by the same script); the entry and its
+/// confirmation pass axe; the case opens with its receipt number.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clerk_enters_an_application_taken_by_telephone() {
+    let env = TestEnv::new().await;
+    let form = r#"{ "format": "madoguchi.form/1", "title": "犬の登録申請",
+      "pages": [
+        { "id": "p1", "fields": [
+          { "id": "owner", "type": "name", "label": "飼い主の氏名", "required": true, "furigana": true },
+          { "id": "kind", "type": "choice", "label": "届出の種類", "required": true, "options": ["新規登録", "その他"] } ] },
+        { "id": "p2", "title": "その他の届出",
+          "show_if": { "field": "kind", "op": "equals", "values": ["その他"] },
+          "fields": [ { "id": "detail", "type": "textarea", "label": "届出の内容", "required": true } ] } ] }"#;
+    let slug = unique("pxb");
+    let host = format!("{slug}.localhost");
+    let spec = madoguchi::control::provision::TenantSpec::parse(
+        &slug,
+        "千代田区",
+        "131016",
+        std::slice::from_ref(&host),
+    )
+    .unwrap();
+    let t = madoguchi::control::provision::provision(&env.platform, &spec)
+        .await
+        .unwrap();
+    let public =
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, form, "総務課", true)
+            .await
+            .unwrap();
+    let server = env.serve().await;
+    let base = format!("http://{host}:{}", server.bound.public.port());
+    let token = madoguchi::control::tenant_admin::add_staff(
+        &env.platform,
+        &t,
+        "madoguchi@city.example.jp",
+        "窓口 一郎",
+        Role::Staff,
+        Some("総務課"),
+    )
+    .await
+    .unwrap();
+    let db = env.tenant_conn(&t).await.client;
+    let form_id: i64 = db
+        .query_one(
+            "SELECT id FROM forms WHERE public_id = $1",
+            &[&public.trim_start_matches("/f/")],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let driver = Driver::start();
+    let c = driver.session(false).await;
+    c.goto(&format!("{base}/admin/setup/{token}"))
+        .await
+        .unwrap();
+    let secret = totp_from_base32(&text(&c, "#totp-secret").await).unwrap();
+    fill(&c, "#password", "correct horse battery staple").await;
+    fill(&c, "#password2", "correct horse battery staple").await;
+    fill(&c, "#code", &totp_code(&secret, now_unix())).await;
+    click(&c, "form button.primary").await;
+
+    c.goto(&format!("{base}/admin/forms/{form_id}"))
+        .await
+        .unwrap();
+    click(&c, "#proxy-entry").await;
+    let hidden = || {
+        let c = c.clone();
+        async move {
+            c.execute(
+                "return document.querySelector('section.proxy-page[data-show-field]').hidden;",
+                vec![],
+            )
+            .await
+            .unwrap()
+            .as_bool()
+            .unwrap()
+        }
+    };
+    assert!(
+        hidden().await,
+        "the page for その他 shows before it is chosen"
+    );
+    tap(&c, "label[for='f-kind-1']").await;
+    assert!(!hidden().await, "choosing その他 did not show its page");
+    check_page(&c, "proxy-entry").await;
+    tap(&c, "label[for='proxy-channel-phone']").await;
+    fill(&c, "#f-owner-family", "葛\u{E0100}西").await;
+    fill(&c, "#f-owner-given", "一郎").await;
+    fill(&c, "#f-owner-family_kana", "カサイ").await;
+    fill(&c, "#f-owner-given_kana", "イチロウ").await;
+    fill(&c, "#f-detail", "飼い主の住所が変わりました").await;
+    click(&c, "#proxy-check").await;
+    let page = body(&c).await;
+    assert!(page.contains("入力内容の確認"), "{page}");
+    assert!(
+        page.contains("葛\u{E0100}西\u{3000}一郎（カサイ\u{3000}イチロウ）"),
+        "{page}"
+    );
+    assert!(page.contains("飼い主の住所が変わりました"), "{page}");
+    check_page(&c, "proxy-confirm").await;
+    click(&c, "#proxy-send").await;
+    let page = body(&c).await;
+    assert!(page.contains("代理入力で受け付けました"), "{page}");
+    assert!(page.contains("受付番号"), "{page}");
+    shot(&c, "proxy-case").await;
+    c.close().await.unwrap();
+    server.shutdown().await;
+}

@@ -261,15 +261,29 @@ pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExp
             .map(|s| (*s).to_owned())
             .collect();
         header.extend(cols.iter().map(|(_, l)| l.clone()));
+        // 代理入力: how each application came, who entered it and the identity
+        // document they saw (empty for those sent online).
+        header.extend(
+            [
+                "受付方法",
+                "代理入力した職員",
+                "代理入力の本人確認書類",
+                "受付期間外の代理入力",
+            ]
+            .map(str::to_owned),
+        );
         out.write(&csv_line(&header)?)?;
         let mut after: Option<(time::OffsetDateTime, uuid::Uuid)> = None;
         let mut attached = Vec::new();
         loop {
             let rows = db
                 .query(
-                    "SELECT id, receipt_number, submitted_at, form_version, status, answers FROM submissions
-                      WHERE form_id = $1 AND ($2::timestamptz IS NULL OR (submitted_at, id) > ($2, $3))
-                      ORDER BY submitted_at, id LIMIT $4",
+                    "SELECT s.id, s.receipt_number, s.submitted_at, s.form_version, s.status, s.answers,
+                            p.channel, st.email, p.identity_document, p.outside_period
+                       FROM submissions s LEFT JOIN proxy_entries p ON p.submission_id = s.id
+                       LEFT JOIN staff st ON st.id = p.staff_id
+                      WHERE s.form_id = $1 AND ($2::timestamptz IS NULL OR (s.submitted_at, s.id) > ($2, $3))
+                      ORDER BY s.submitted_at, s.id LIMIT $4",
                     &[&form_id, &after.map(|a| a.0), &after.map(|a| a.1), &BATCH],
                 )
                 .await?;
@@ -288,6 +302,7 @@ pub async fn export(p: &Platform, rec: &TenantRecord) -> anyhow::Result<FinalExp
                     cols.iter()
                         .map(|(f, _)| answers.get(f).map(|a| a.display()).unwrap_or_default()),
                 );
+                line.extend(entered_cells(r));
                 out.write(&csv_line(&line)?)?;
                 // 添付ファイル: each in files-<form>/, named by receipt number and field
                 // (the CSV gives the name the applicant's device gave).
@@ -455,4 +470,29 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// The final export's 代理入力 cells of a row (columns 6 to 9 of its query).
+fn entered_cells(r: &tokio_postgres::Row) -> [String; 4] {
+    use crate::tenant::forms::proxy::{Channel, Document};
+    let Some(channel) = r.get::<_, Option<&str>>(6).and_then(Channel::parse) else {
+        return [
+            "オンライン".to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ];
+    };
+    [
+        format!("代理入力（{}）", channel.label()),
+        r.get::<_, Option<String>>(7).unwrap_or_default(),
+        r.get::<_, Option<&str>>(8)
+            .and_then(Document::parse)
+            .map_or_else(String::new, |d| d.label().to_owned()),
+        if r.get::<_, Option<bool>>(9) == Some(true) {
+            "はい".to_owned()
+        } else {
+            String::new()
+        },
+    ]
 }

@@ -172,6 +172,16 @@ async fn two_operators_erase_a_tenant_and_the_certificate_verifies_offline() {
     assert!(text.contains("古いピアノ椅子"), "{text}");
     assert!(text.contains("葛\u{E0100}西"), "IVS kept: {text}");
     assert!(text.starts_with('\u{feff}'));
+    // How each application came: the last columns (this one was sent online).
+    let mut lines = text.lines();
+    assert!(
+        lines
+            .next()
+            .unwrap()
+            .ends_with(",受付方法,代理入力した職員,代理入力の本人確認書類,受付期間外の代理入力"),
+        "{text}"
+    );
+    assert!(lines.next().unwrap().ends_with(",オンライン,,,"), "{text}");
     // The export lists every file's hash for `sha256sum -c`, and a copy of it is
     // checked against the signed request: whole, then with a file changed and one gone.
     let dir = Path::new(&export.directory);

@@ -641,13 +641,13 @@ async fn a_citizen_verifies_before_sending_and_staff_see_who() {
     let mut lines = csv.trim_start_matches('\u{feff}').lines();
     let header = lines.next().unwrap();
     assert!(
-        header.ends_with(",本人確認日時,本人確認: 発行者,本人確認: 氏名,本人確認: フリガナ,本人確認: 生年月日,本人確認: 性別,本人確認: 住所"),
+        header.ends_with(",本人確認日時,本人確認: 発行者,本人確認: 氏名,本人確認: フリガナ,本人確認: 生年月日,本人確認: 性別,本人確認: 住所,受付方法"),
         "{header}"
     );
     let row = lines.next().unwrap();
     assert!(
         row.ends_with(&format!(
-            ",{},{NAME},カツラギ ハナコ,1990-04-01,女性,東京都千代田区霞が関一丁目1番1号",
+            ",{},{NAME},カツラギ ハナコ,1990-04-01,女性,東京都千代田区霞が関一丁目1番1号,オンライン",
             s.idp.issuer
         )),
         "{row}"

@@ -38,6 +38,27 @@ async fn staff_enter_an_application_received_by_telephone_or_post() {
     );
     assert_eq!(get(&viewer.client, &entry).await.0, 403);
     assert_eq!(get(&elsewhere.client, &entry).await.0, 404);
+    let (status, _, _) = post(&viewer.client, &entry, &[("csrf", &viewer.csrf)]).await;
+    assert_eq!(status, 403);
+    let (status, _, _) = post(&elsewhere.client, &entry, &[("csrf", &elsewhere.csrf)]).await;
+    assert_eq!(status, 404);
+    let (status, _, _) = post(&clerk.client, &entry, &[("proxy:step", "send")]).await;
+    assert_eq!(status, 403, "no CSRF token");
+    // A form never published takes none (its page says why).
+    let (status, loc, _) = post(
+        &admin.client,
+        &u("/admin/forms"),
+        &[
+            ("csrf", &admin.csrf),
+            ("title", "下書きのフォーム"),
+            ("department", &dept),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (status, _, page) = get(&admin.client, &u(&format!("{loc}/proxy"))).await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("まだ公開されていない"), "{page}");
 
     let (status, _, page) = get(&clerk.client, &entry).await;
     assert_eq!(status, 200, "{page}");
@@ -66,7 +87,8 @@ async fn staff_enter_an_application_received_by_telephone_or_post() {
     assert_eq!(status, 422, "{page}");
     assert!(page.contains("受付方法を選んでください"), "{page}");
     assert!(page.contains("href=\"#proxy-channel\""), "{page}");
-    assert!(page.contains("氏名"), "{page}");
+    assert!(page.contains("氏名（姓）を入力してください"), "{page}");
+    assert!(page.contains("href=\"#f-name-family\""), "{page}");
     assert!(page.contains("value=\"taro.kanda@example.jp\""), "{page}");
     assert_eq!(key_of(&page), key, "the same application throughout");
 
@@ -129,7 +151,10 @@ async fn staff_enter_an_application_received_by_telephone_or_post() {
         page.contains("<dd class=\"answer-value\">電話</dd>"),
         "{page}"
     );
-    assert!(page.contains(&clerk.email), "who entered it: {page}");
+    assert!(
+        page.contains(&format!("{}（", clerk.email)),
+        "who entered it, and when: {page}"
+    );
     let receipt = capture(r"<h1>受付番号 ([A-Z0-9-]+)</h1>", &page);
 
     // The inbox and the export say how it came (the export in its last column).
@@ -218,7 +243,7 @@ async fn an_entry_outside_the_period_is_confirmed_and_identity_documents_are_rec
         "pages": [
           { "id": "p1", "fields": [
             { "id": "purpose", "type": "choice", "label": "使用目的", "required": true,
-              "options": ["年金", "その他"] },
+              "options": ["年金", "その他"], "limits": { "年金": 1 } },
             { "id": "copy", "type": "file", "label": "委任状", "required": true, "types": ["pdf"], "max_mb": 1 }
           ] },
           { "id": "p2", "title": "その他の目的",
@@ -325,8 +350,62 @@ async fn an_entry_outside_the_period_is_confirmed_and_identity_documents_are_rec
     assert_eq!(r.get::<_, &str>(1), "drivers_license");
     assert!(r.get::<_, bool>(2));
     assert_eq!(r.get::<_, i64>(3), form_id);
+    let taken: i32 = db
+        .query_one(
+            "SELECT taken FROM option_places WHERE form_id = $1 AND option = '年金'",
+            &[&form_id],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(taken, 1, "選択肢ごとの定員 counts it");
 
-    // Stopped: the page says how to take applications again, and takes none (sent
+    // The same page sent again for another citizen (other answers): not taken as
+    // that one's, and offered as a new application with what was typed.
+    let next = [
+        ("csrf", csrf),
+        ("proxy:key", key.as_str()),
+        ("proxy:channel", "counter"),
+        ("proxy:outside", "yes"),
+        ("proxy:document", "passport"),
+        ("purpose", "その他"),
+        ("detail", "相続の手続き"),
+    ];
+    let (status, _, page) = post(
+        &clerk.client,
+        &entry,
+        &[next.as_slice(), &[("proxy:step", "send")]].concat(),
+    )
+    .await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("この画面の申請は登録済みです"), "{page}");
+    assert!(page.contains("value=\"相続の手続き\""), "{page}");
+    let fresh = key_of(&page);
+    assert_ne!(fresh, key);
+    // 年金 has no place left: said on its question.
+    let mut full = next.to_vec();
+    full[1] = ("proxy:key", fresh.as_str());
+    full[5] = ("purpose", "年金");
+    let (status, _, page) = post(
+        &clerk.client,
+        &entry,
+        &[full.as_slice(), &[("proxy:step", "check")]].concat(),
+    )
+    .await;
+    assert_eq!(status, 422, "{page}");
+    assert!(page.contains("「年金」は定員に達しました"), "{page}");
+    let mut second = next.to_vec();
+    second[1] = ("proxy:key", fresh.as_str());
+    let (status, second_case, body) = post(
+        &clerk.client,
+        &entry,
+        &[second.as_slice(), &[("proxy:step", "send")]].concat(),
+    )
+    .await;
+    assert_eq!(status, 303, "{body}");
+    assert_ne!(second_case, loc);
+
+    // Stopped: the page says how to take applications again, and draws no form (sent
     // again, the application made before is still answered with its case).
     db.execute("UPDATE forms SET closed = true WHERE id = $1", &[&form_id])
         .await
@@ -344,9 +423,9 @@ async fn an_entry_outside_the_period_is_confirmed_and_identity_documents_are_rec
     let (status, _, page) = get(&clerk.client, &entry).await;
     assert_eq!(status, 200);
     assert!(page.contains("受付を停止しているため"), "{page}");
-    let fresh = key_of(&page);
+    assert!(!page.contains("proxy-check"), "{page}");
     let mut other = sent.clone();
-    other[1] = ("proxy:key", fresh.as_str());
+    other[1] = ("proxy:key", "4b8a3f0e-0000-4000-8000-000000000002");
     let (status, _, page) = post(
         &clerk.client,
         &entry,
@@ -359,5 +438,14 @@ async fn an_entry_outside_the_period_is_confirmed_and_identity_documents_are_rec
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
+
+    // An application deleted takes its record of how it came with it.
+    db.execute("DELETE FROM submissions", &[]).await.unwrap();
+    let kept: i64 = db
+        .query_one("SELECT count(*) FROM proxy_entries", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(kept, 0);
 }

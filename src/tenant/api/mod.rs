@@ -715,6 +715,27 @@ pub struct SubmissionOut {
     /// asked for it; only when one submission is fetched.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub identity: Option<IdentityOut>,
+    /// 代理入力: entered by staff for an application received at the counter, by
+    /// telephone or by post; absent when it was sent online (or by the API). Only
+    /// when one submission is fetched.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub entered: Option<EnteredOut>,
+}
+
+/// How an application entered by staff (代理入力) came.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EnteredOut {
+    /// `counter` (窓口), `phone`, `post` (郵送), `fax` or `other`.
+    pub channel: String,
+    #[schema(value_type = String, format = DateTime)]
+    pub entered_at: String,
+    /// The kind of identity document staff saw, for a form that asks for 本人確認:
+    /// `my_number_card`, `drivers_license`, `passport`, `residence_card`,
+    /// `two_documents`, `copy_by_post` or `other`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_document: Option<String>,
+    /// Entered outside the form's 受付期間, as received in time.
+    pub outside_period: bool,
 }
 
 /// An identity the municipality's identity provider vouched for (claims as it sent
@@ -764,6 +785,7 @@ fn row_out(r: &tokio_postgres::Row) -> SubmissionOut {
         updated_at: rfc3339(r.get(6)),
         answers: None,
         identity: None,
+        entered: None,
     }
 }
 
@@ -1013,6 +1035,14 @@ pub async fn get_submission(
             gender: v.who.gender,
             address: v.who.address,
         });
+    out.entered = crate::tenant::forms::proxy::of_submission(&**db, id)
+        .await?
+        .map(|k| EnteredOut {
+            channel: k.channel.as_str().to_owned(),
+            entered_at: rfc3339(k.at),
+            identity_document: k.document.map(|d| d.as_str().to_owned()),
+            outside_period: k.outside_period,
+        });
     audit::record(
         &mut db,
         &client.actor,
@@ -1160,7 +1190,7 @@ impl utoipa::Modify for SecurityAddon {
     info(title = "Madoguchi integration API", version = "1",
         description = "各自治体のホスト名で提供する連携API。トークンは自治体ごとに発行され、他の自治体では使えません。/ Per-municipality API; tokens are valid on their own municipality's host only."),
     paths(list_forms, get_form, submit, list_submissions, get_submission, get_attachment, set_status, list_deletions),
-    components(schemas(Problem, FieldProblem, FormSummary, NewSubmission, SubmissionCreated, SubmissionOut, IdentityOut, SubmissionPage, StatusChange, DeletionOut, DeletionPage)),
+    components(schemas(Problem, FieldProblem, FormSummary, NewSubmission, SubmissionCreated, SubmissionOut, IdentityOut, EnteredOut, SubmissionPage, StatusChange, DeletionOut, DeletionPage)),
     modifiers(&SecurityAddon),
     tags((name = "forms"), (name = "submissions"))
 )]

@@ -830,7 +830,9 @@ async fn detail_page(
     let identity = crate::tenant::identity::of_submission(ctx, &**db, id)
         .await?
         .map(|v| (jst(v.at), v.issuer, crate::tenant::identity::lines(&v.who)));
-    let proxy = crate::tenant::forms::proxy::of_submission(&**db, id).await?;
+    let proxy = crate::tenant::forms::proxy::of_submission(&**db, id)
+        .await?
+        .map(|k| k.shown());
     let reason: Option<Vec<u8>> = r.get(6);
     let deadline: Option<time::Date> = r.get(7);
     let assignee: Option<i64> = r.get(5);

@@ -177,7 +177,18 @@ pub(super) async fn keep(
     .await
 }
 
-/// How a case entered by staff came, for its page.
+/// How a case entered by staff came.
+#[derive(Debug, Clone)]
+pub struct Kept {
+    pub channel: Channel,
+    pub document: Option<Document>,
+    /// The member of staff who entered it (their address).
+    pub by: String,
+    pub at: time::OffsetDateTime,
+    pub outside_period: bool,
+}
+
+/// [`Kept`] as the case page shows it.
 pub struct Shown {
     pub channel: &'static str,
     pub by: String,
@@ -186,8 +197,20 @@ pub struct Shown {
     pub outside_period: bool,
 }
 
-/// [`Shown`] for a submission, `None` when it was sent online.
-pub async fn of_submission(db: &impl GenericClient, id: Uuid) -> Result<Option<Shown>, AppError> {
+impl Kept {
+    pub fn shown(&self) -> Shown {
+        Shown {
+            channel: self.channel.label(),
+            by: self.by.clone(),
+            at: jst(self.at),
+            document: self.document.map(Document::label),
+            outside_period: self.outside_period,
+        }
+    }
+}
+
+/// [`Kept`] for a submission, `None` when it was sent online.
+pub async fn of_submission(db: &impl GenericClient, id: Uuid) -> Result<Option<Kept>, AppError> {
     let Some(r) = db
         .query_opt(
             "SELECT p.channel, st.email, p.entered_at, p.identity_document, p.outside_period
@@ -198,14 +221,13 @@ pub async fn of_submission(db: &impl GenericClient, id: Uuid) -> Result<Option<S
     else {
         return Ok(None);
     };
-    Ok(Some(Shown {
-        channel: Channel::parse(r.get(0)).map_or("", Channel::label),
+    let channel = Channel::parse(r.get(0))
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("proxy_entries: an unknown channel")))?;
+    Ok(Some(Kept {
+        channel,
         by: r.get(1),
-        at: jst(r.get(2)),
-        document: r
-            .get::<_, Option<&str>>(3)
-            .and_then(Document::parse)
-            .map(Document::label),
+        at: r.get(2),
+        document: r.get::<_, Option<&str>>(3).and_then(Document::parse),
         outside_period: r.get(4),
     }))
 }
@@ -231,26 +253,25 @@ fn answer_inputs(def: &FormDefinition, body: &FormData) -> Raw {
         .collect()
 }
 
-/// Why a form takes no 代理入力 now, or whether it asks that the person says it is
-/// entered outside its 受付期間.
+/// Whether a form takes 代理入力 now: after its 受付期間 only when the person says
+/// the application was received in time; before it, stopped or full, not at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Open {
     Yes,
-    OutsidePeriod(&'static str),
+    AfterPeriod,
     No(&'static str),
-}
-
-fn open_now(form: &Published) -> Open {
-    match form.availability {
-        Availability::Open => Open::Yes,
-        Availability::NotYetOpen => Open::OutsidePeriod("受付期間の前です"),
-        Availability::Ended => Open::OutsidePeriod("受付期間を過ぎています"),
-        Availability::Full => Open::No(FULL),
-        Availability::Closed => Open::No(CLOSED),
-    }
 }
 
 const FULL: &str = "このフォームは定員に達しているため、代理入力もできません。";
 const CLOSED: &str = "このフォームは受付を停止しているため、代理入力もできません。受け付ける場合は、フォームの画面で受付を再開してください。";
+const NOT_YET: &str =
+    "このフォームは受付期間の前のため、代理入力もできません。受付開始の日時から入力できます。";
+
+/// The published form and whether it takes an entry now.
+struct Target {
+    form: Published,
+    open: Open,
+}
 
 /// The published form `id` for a member of staff who may enter applications to it.
 async fn form_for(
@@ -258,7 +279,7 @@ async fn form_for(
     db: &deadpool_postgres::ClientWrapper,
     user: &StaffUser,
     id: i64,
-) -> Result<Published, AppError> {
+) -> Result<Target, AppError> {
     let row = store::get(db, id).await?;
     if !user.can_see(row.department_id) {
         return Err(AppError::NotFound);
@@ -271,7 +292,30 @@ async fn form_for(
             "このフォームはまだ公開されていないため、代理入力はできません。公開してから入力してください。".into(),
         ));
     }
-    store::published(ctx.id, db, &row.public_id).await
+    let form = store::published(ctx.id, db, &row.public_id).await?;
+    let open = match form.availability {
+        Availability::Open => Open::Yes,
+        Availability::NotYetOpen => Open::No(NOT_YET),
+        // Past its period a form may be full too (the period is said first to
+        // citizens): 定員 holds all the same.
+        Availability::Ended => {
+            let full: bool = db
+                .query_one(
+                    "SELECT capacity IS NOT NULL AND accepted_count >= capacity FROM forms WHERE id = $1",
+                    &[&form.id],
+                )
+                .await?
+                .get(0);
+            if full {
+                Open::No(FULL)
+            } else {
+                Open::AfterPeriod
+            }
+        }
+        Availability::Full => Open::No(FULL),
+        Availability::Closed => Open::No(CLOSED),
+    };
+    Ok(Target { form, open })
 }
 
 struct PageView {
@@ -300,8 +344,8 @@ struct ProxyPage {
     channels: Vec<Pick>,
     /// The kinds of identity document, when the form asks for 本人確認.
     documents: Vec<Pick>,
-    /// Why the form is not open, when it asks that the person confirms the entry.
-    outside: Option<&'static str>,
+    /// Past its 受付期間: the person says the application was received in time.
+    after_period: bool,
     outside_checked: bool,
     /// The form has file questions (not attached here).
     files: bool,
@@ -312,6 +356,7 @@ struct ProxyPage {
     document_error: Option<String>,
     outside_error: Option<String>,
     refusal: Option<&'static str>,
+    notice: Option<String>,
     /// The confirmation step: the answers as they will be kept, and every input
     /// carried over unchanged.
     confirm: bool,
@@ -357,7 +402,7 @@ impl Sent {
     }
 
     /// What is missing of the entry's own questions.
-    fn errors(&self, form: &Published) -> Vec<FieldError> {
+    fn errors(&self, t: &Target) -> Vec<FieldError> {
         let mut errors = Vec::new();
         let mut missing = |input: &str, message: &str| {
             errors.push(FieldError {
@@ -369,10 +414,10 @@ impl Sent {
         if self.channel.is_none() {
             missing(CHANNEL, "受付方法を選んでください");
         }
-        if form.def.settings.identity && self.document.is_none() {
+        if t.form.def.settings.identity && self.document.is_none() {
             missing(DOCUMENT, "本人確認で確かめた書類を選んでください");
         }
-        if matches!(open_now(form), Open::OutsidePeriod(_)) && !self.outside {
+        if t.open == Open::AfterPeriod && !self.outside {
             missing(
                 OUTSIDE,
                 "受付期間外の入力です。期間内に受け付けた申請であることを確かめて、チェックを入れてください",
@@ -381,11 +426,11 @@ impl Sent {
         errors
     }
 
-    fn entry(&self, form: &Published) -> Option<Entry> {
+    fn entry(&self, t: &Target) -> Option<Entry> {
         Some(Entry {
             channel: self.channel?,
-            document: self.document.filter(|_| form.def.settings.identity),
-            outside_period: matches!(open_now(form), Open::OutsidePeriod(_)),
+            document: self.document.filter(|_| t.form.def.settings.identity),
+            outside_period: t.open == Open::AfterPeriod,
         })
     }
 }
@@ -416,17 +461,27 @@ fn own_error(errors: &[FieldError], input: &str) -> Option<String> {
         .map(|e| e.message.clone())
 }
 
+/// What the page says beside the form, if anything.
+enum Said {
+    Nothing,
+    /// The form takes no entry now (the form is not drawn).
+    Refused(&'static str),
+    /// A word above the form, which is drawn with what was typed.
+    Notice(String),
+}
+
 #[allow(clippy::too_many_arguments)]
 fn page(
     ctx: &TenantCtx,
     user: &StaffUser,
     form_id: i64,
-    form: &Published,
+    t: &Target,
     sent: &Sent,
     errors: &[FieldError],
-    refusal: Option<&'static str>,
+    said: Said,
     confirm: Option<&Answers>,
 ) -> ProxyPage {
+    let form = &t.form;
     let def = for_staff(&form.def);
     let pages: Vec<PageView> = def
         .pages
@@ -441,6 +496,14 @@ fn page(
                 .map(|f| field_view(f, &sent.raw, errors))
                 .collect();
             mark_places(&mut fields, &form.places);
+            // A counter's computer serves one citizen after another: the browser is
+            // not to remember one's name or address and offer it for the next.
+            for f in &mut fields {
+                f.autocomplete = "off";
+                for part in &mut f.parts {
+                    part.autocomplete = "off";
+                }
+            }
             PageView {
                 title: p.title.clone(),
                 show_field,
@@ -464,6 +527,11 @@ fn page(
         .iter()
         .flat_map(|(k, vs)| vs.iter().map(move |v| (k.clone(), v.clone())))
         .collect();
+    let (refusal, notice) = match said {
+        Said::Nothing => (None, None),
+        Said::Refused(why) => (Some(why), None),
+        Said::Notice(text) => (None, Some(text)),
+    };
     ProxyPage {
         site: ctx.name.to_string(),
         nav: Some(Nav::new(user, "forms")),
@@ -491,10 +559,7 @@ fn page(
         } else {
             Vec::new()
         },
-        outside: match open_now(form) {
-            Open::OutsidePeriod(why) => Some(why),
-            _ => None,
-        },
+        after_period: t.open == Open::AfterPeriod,
         outside_checked: sent.outside,
         files: form.def.fields().any(|f| f.kind.is_file()),
         pages,
@@ -503,6 +568,7 @@ fn page(
         document_error: own_error(errors, DOCUMENT),
         outside_error: own_error(errors, OUTSIDE),
         refusal,
+        notice,
         confirm: confirm.is_some(),
         answers,
         hidden,
@@ -518,15 +584,37 @@ pub async fn show(
     Path(id): Path<i64>,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
-    let form = form_for(&ctx, &db, &user, id).await?;
-    let refusal = match open_now(&form) {
-        Open::No(why) => Some(why),
-        _ => None,
+    let t = form_for(&ctx, &db, &user, id).await?;
+    let said = match t.open {
+        Open::No(why) => Said::Refused(why),
+        _ => Said::Nothing,
     };
     Ok(render(
         StatusCode::OK,
-        &page(&ctx, &user, id, &form, &Sent::fresh(), &[], refusal, None),
+        &page(&ctx, &user, id, &t, &Sent::fresh(), &[], said, None),
     ))
+}
+
+/// The application an entry page's key made already, if any: its id, receipt number
+/// and answers.
+async fn made_before(
+    ctx: &TenantCtx,
+    db: &deadpool_postgres::ClientWrapper,
+    form: i64,
+    key: Uuid,
+) -> Result<Option<(Uuid, String, Answers)>, AppError> {
+    let Some(r) = db
+        .query_opt(
+            "SELECT id, receipt_number, answers FROM submissions WHERE idempotency_key = $1 AND form_id = $2",
+            &[&key, &form],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let id: Uuid = r.get(0);
+    let answers = super::citizen::decrypt_answers(ctx.cipher(), id, &r.get(2))?;
+    Ok(Some((id, r.get(1), answers)))
 }
 
 /// The entry page sent: to the confirmation step (`check`), back to the answers
@@ -539,39 +627,17 @@ pub async fn post(
 ) -> Result<Response, AppError> {
     user.check_csrf(&body)?;
     let mut db = ctx.db().await?;
-    let form = form_for(&ctx, &db, &user, id).await?;
-    let def = for_staff(&form.def);
-    let sent = Sent::read(&def, &body)?;
-    let shown = |status, errors: &[FieldError], refusal, confirm: Option<&Answers>| {
-        render(
-            status,
-            &page(&ctx, &user, id, &form, &sent, errors, refusal, confirm),
-        )
-    };
+    let t = form_for(&ctx, &db, &user, id).await?;
+    let def = for_staff(&t.form.def);
+    let mut sent = Sent::read(&def, &body)?;
     let step = body.get(STEP);
     if step == "edit" {
-        return Ok(shown(StatusCode::OK, &[], None, None));
+        return Ok(render(
+            StatusCode::OK,
+            &page(&ctx, &user, id, &t, &sent, &[], Said::Nothing, None),
+        ));
     }
-    // Sent again after it was stored (a double click, a resend): the case it made,
-    // even if that filled the form.
-    if step == "send" {
-        let before = db
-            .query_opt(
-                "SELECT id FROM submissions WHERE idempotency_key = $1 AND form_id = $2",
-                &[&sent.key, &form.id],
-            )
-            .await?;
-        if let Some(r) = before {
-            return Ok(see_other(&format!(
-                "/admin/submissions/{}",
-                r.get::<_, Uuid>(0)
-            )));
-        }
-    }
-    if let Open::No(why) = open_now(&form) {
-        return Ok(shown(StatusCode::CONFLICT, &[], Some(why), None));
-    }
-    let mut errors = sent.errors(&form);
+    let mut errors = sent.errors(&t);
     let answers = match check_all(&def, &sent.raw) {
         Ok(a) => Some(a),
         Err(e) => {
@@ -579,19 +645,57 @@ pub async fn post(
             None
         }
     };
-    if let Some(a) = &answers {
-        errors.extend(super::places::full(&**db, form.id, &def, a, None).await?);
+    // This page's application was stored already. The same answers sent again (a
+    // double click, a resend): its case, even if that filled the form. Other answers
+    // (the page reused for the next citizen): not taken for that one, and offered
+    // as a new application with what was typed.
+    if let Some((case, receipt, kept)) = made_before(&ctx, &db, t.form.id, sent.key).await? {
+        if step == "send" && answers.as_ref() == Some(&kept) {
+            return Ok(see_other(&format!("/admin/submissions/{case}")));
+        }
+        sent.key = Uuid::new_v4();
+        let said = Said::Notice(format!(
+            "この画面の申請は登録済みです（受付番号 {receipt}）。いま入力されている内容は登録していません。別の申請として登録する場合は、内容を確かめて「確認画面へ」を押してください。"
+        ));
+        return Ok(render(
+            StatusCode::CONFLICT,
+            &page(&ctx, &user, id, &t, &sent, &[], said, None),
+        ));
     }
-    let (Some(answers), Some(entry), true) = (answers, sent.entry(&form), errors.is_empty()) else {
-        return Ok(shown(StatusCode::UNPROCESSABLE_ENTITY, &errors, None, None));
+    if let Open::No(why) = t.open {
+        return Ok(render(
+            StatusCode::CONFLICT,
+            &page(&ctx, &user, id, &t, &sent, &[], Said::Refused(why), None),
+        ));
+    }
+    if let Some(a) = &answers {
+        errors.extend(super::places::full(&**db, t.form.id, &def, a, None).await?);
+    }
+    let (Some(answers), Some(entry), true) = (answers, sent.entry(&t), errors.is_empty()) else {
+        return Ok(render(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            &page(&ctx, &user, id, &t, &sent, &errors, Said::Nothing, None),
+        ));
     };
     if step != "send" {
-        return Ok(shown(StatusCode::OK, &[], None, Some(&answers)));
+        return Ok(render(
+            StatusCode::OK,
+            &page(
+                &ctx,
+                &user,
+                id,
+                &t,
+                &sent,
+                &[],
+                Said::Nothing,
+                Some(&answers),
+            ),
+        ));
     }
     let stored = store_submission(
         &ctx,
         &mut db,
-        &form,
+        &t.form,
         &answers,
         sent.key,
         None,
@@ -605,17 +709,24 @@ pub async fn post(
             ctx.mail_queued();
             Ok(see_other(&format!("/admin/submissions/{case}?entered=1")))
         }
+        // Stored by a send of this page running at the same time.
         Stored::Existing { id: case, .. } => Ok(see_other(&format!("/admin/submissions/{case}"))),
-        Stored::Full => Ok(shown(StatusCode::CONFLICT, &[], Some(FULL), None)),
+        Stored::Full => Ok(render(
+            StatusCode::CONFLICT,
+            &page(&ctx, &user, id, &t, &sent, &[], Said::Refused(FULL), None),
+        )),
         Stored::OptionsFull(full) => {
-            let form = Published {
-                places: super::places::now(&**db, form.id).await?,
-                ..form.clone()
+            let t = Target {
+                form: Published {
+                    places: super::places::now(&**db, t.form.id).await?,
+                    ..t.form.clone()
+                },
+                open: t.open,
             };
             let errors = super::places::errors(full);
             Ok(render(
                 StatusCode::CONFLICT,
-                &page(&ctx, &user, id, &form, &sent, &errors, None, None),
+                &page(&ctx, &user, id, &t, &sent, &errors, Said::Nothing, None),
             ))
         }
     }

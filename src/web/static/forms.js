@@ -133,7 +133,7 @@ window.addEventListener("pageshow", function (ev) {
 // address line with the prefecture, city and town (Japan Post's data, from
 // /postal/NNNNNNN), said aloud by the line under it; what the person typed there
 // is never replaced. Without this script the address is typed as usual.
-document.querySelectorAll("form.citizen-form input[autocomplete=postal-code]").forEach(function (postal) {
+document.querySelectorAll("form.citizen-form input[name$='.postal']").forEach(function (postal) {
   var id = postal.name.slice(0, -".postal".length);
   var line = postal.form.elements[id + ".address1"];
   var said = document.getElementById("postal-" + id);

@@ -435,6 +435,31 @@ fn hash_file(path: &Path) -> std::io::Result<(String, u64)> {
     Ok((hex::encode(hash.finalize()), size))
 }
 
+/// The final export's 代理入力 cells of a row (columns 6 to 9 of its query).
+fn entered_cells(r: &tokio_postgres::Row) -> [String; 4] {
+    use crate::tenant::forms::proxy::{Channel, Document};
+    let Some(channel) = r.get::<_, Option<&str>>(6).and_then(Channel::parse) else {
+        return [
+            "オンライン".to_owned(),
+            String::new(),
+            String::new(),
+            String::new(),
+        ];
+    };
+    [
+        format!("代理入力（{}）", channel.label()),
+        r.get::<_, Option<String>>(7).unwrap_or_default(),
+        r.get::<_, Option<&str>>(8)
+            .and_then(Document::parse)
+            .map_or_else(String::new, |d| d.label().to_owned()),
+        if r.get::<_, Option<bool>>(9) == Some(true) {
+            "はい".to_owned()
+        } else {
+            String::new()
+        },
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::left_on_disk;
@@ -470,29 +495,4 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
-}
-
-/// The final export's 代理入力 cells of a row (columns 6 to 9 of its query).
-fn entered_cells(r: &tokio_postgres::Row) -> [String; 4] {
-    use crate::tenant::forms::proxy::{Channel, Document};
-    let Some(channel) = r.get::<_, Option<&str>>(6).and_then(Channel::parse) else {
-        return [
-            "オンライン".to_owned(),
-            String::new(),
-            String::new(),
-            String::new(),
-        ];
-    };
-    [
-        format!("代理入力（{}）", channel.label()),
-        r.get::<_, Option<String>>(7).unwrap_or_default(),
-        r.get::<_, Option<&str>>(8)
-            .and_then(Document::parse)
-            .map_or_else(String::new, |d| d.label().to_owned()),
-        if r.get::<_, Option<bool>>(9) == Some(true) {
-            "はい".to_owned()
-        } else {
-            String::new()
-        },
-    ]
 }

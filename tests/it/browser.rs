@@ -660,6 +660,8 @@ async fn same_page_rules_agree_with_the_server() {
         { "id": "people", "type": "number", "label": "人数", "required": true, "unit": "人", "integer": true },
         { "id": "room", "type": "text", "label": "部屋の希望", "required": true,
           "show_if": { "field": "people", "op": "in", "values": ["2", "3"] } },
+        { "id": "room_note", "type": "text", "label": "部屋についての要望", "required": true,
+          "show_if": { "field": "room", "op": "not_empty" } },
         { "id": "shop", "type": "text", "label": "店名", "max_length": 3 },
         { "id": "agent", "type": "consent", "label": "代理申請", "statement": "代理人が申請します" },
         { "id": "agent_name", "type": "text", "label": "代理人の氏名", "required": true,
@@ -701,6 +703,18 @@ async fn same_page_rules_agree_with_the_server() {
         "an unticked box showed its dependant"
     );
     fill(&c, "#f-room", "和室").await;
+    assert!(!hidden("room_note").await);
+    // A chain: a question hidden by its rule is no answer to the next rule, though
+    // it still holds what was typed (the server leaves it out too).
+    fill(&c, "#f-people", "1").await;
+    assert!(hidden("room").await);
+    assert!(
+        hidden("room_note").await,
+        "a rule on a hidden question saw its answer"
+    );
+    fill(&c, "#f-people", "2").await;
+    assert!(!hidden("room").await && !hidden("room_note").await);
+    fill(&c, "#f-room_note", "窓側").await;
     fill(&c, "#f-self_check", "運転免許証").await;
     // A name is answered once any part of it is filled in.
     fill(&c, "#f-proxy-family", "葛西").await;
@@ -720,6 +734,7 @@ async fn same_page_rules_agree_with_the_server() {
         "{page}"
     );
     assert!(page.contains("運転免許証") && page.contains("夫"), "{page}");
+    assert!(page.contains("窓側"), "{page}");
     assert!(
         page.contains("𠮷野家"),
         "the browser cut a valid name: {page}"

@@ -131,6 +131,30 @@ async fn an_option_full_is_offered_no_more_until_a_place_is_given_back() {
     // Staff see it on the form's page.
     let (_, _, page) = get(&admin.client, &u(&format!("/admin/forms/{form_id}"))).await;
     assert!(page.contains("品目「ソファ」 2/2（満員）"), "{page}");
+    // And beside the totals (as the places stand, whatever the totals' filters).
+    let (_, _, page) = get(
+        &admin.client,
+        &u(&format!("/admin/forms/{form_id}/totals?status=completed")),
+    )
+    .await;
+    assert!(
+        page.contains(
+            "<td>ソファ</td><td>0</td><td>0.0</td><td class=\"places-cell\">2/2（満員）</td>"
+        ),
+        "{page}"
+    );
+    let r = admin
+        .client
+        .get(u(&format!("/admin/forms/{form_id}/totals.csv")))
+        .send()
+        .await
+        .unwrap();
+    let csv = r.text().await.unwrap();
+    assert!(csv.contains(",定員（いまの受付済み/定員）\r\n"), "{csv}");
+    assert!(
+        csv.contains("品目,ソファ,2,100.0,2,2/2（満員）\r\n"),
+        "{csv}"
+    );
     let held: i64 = db
         .query_one(
             "SELECT count(*) FROM submission_places WHERE option = 'ソファ'",

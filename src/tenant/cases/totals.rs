@@ -29,12 +29,17 @@ pub struct Bar {
     /// Bar width in the chart, 0–100.
     pub width: f64,
     pub y: u32,
+    /// 選択肢ごとの定員 as it stands now, whatever the filters: 「2/5」, 「5/5（満員）」;
+    /// empty for an option without one.
+    pub places: String,
 }
 
 pub struct ChoiceTotal {
     pub label: String,
     pub answered: u64,
     pub multiple: bool,
+    /// Some option has 選択肢ごとの定員 (the table gets its column).
+    pub limited: bool,
     pub bars: Vec<Bar>,
     pub height: u32,
 }
@@ -119,20 +124,28 @@ pub async fn csv(
     ];
     if !page.choices.is_empty() {
         rows.push(Vec::new());
-        rows.push(
-            ["項目", "選択肢", "件数", "割合（%）", "回答数"]
-                .map(String::from)
-                .to_vec(),
-        );
+        // 選択肢ごとの定員, when the form has any: one more column, as it stands now.
+        let limited = page.choices.iter().any(|c| c.limited);
+        let mut header = ["項目", "選択肢", "件数", "割合（%）", "回答数"]
+            .map(String::from)
+            .to_vec();
+        if limited {
+            header.push("定員（いまの受付済み/定員）".into());
+        }
+        rows.push(header);
         for c in &page.choices {
             for b in &c.bars {
-                rows.push(vec![
+                let mut row = vec![
                     c.label.clone(),
                     b.label.clone(),
                     b.count.to_string(),
                     b.percent.clone(),
                     c.answered.to_string(),
-                ]);
+                ];
+                if limited {
+                    row.push(b.places.clone());
+                }
+                rows.push(row);
             }
         }
     }
@@ -321,6 +334,12 @@ async fn totals(
             }
         }
     }
+    // 選択肢ごとの定員 as they stand (none read for a form that never had any).
+    let places = if versions.iter().any(|(_, d)| d.has_limits()) {
+        crate::tenant::forms::places::now(&**db, form_id).await?
+    } else {
+        Vec::new()
+    };
     let mut choices = Vec::new();
     let mut number_totals = Vec::new();
     for (f, until) in &fields {
@@ -368,12 +387,19 @@ async fn totals(
                         } else {
                             count as f64 * 100.0 / answered as f64
                         };
+                        let place = places
+                            .iter()
+                            .find(|p| p.field == f.id && p.option == answer);
                         Bar {
                             label,
                             count,
                             percent: format!("{pct:.1}"),
                             width: count as f64 * 100.0 / max as f64,
                             y: u32::try_from(i).unwrap_or(0) * 32,
+                            places: place.map_or_else(String::new, |p| {
+                                let full = if p.left() == 0 { "（満員）" } else { "" };
+                                format!("{}/{}{full}", p.taken, p.capacity)
+                            }),
                         }
                     })
                     .collect();
@@ -382,6 +408,7 @@ async fn totals(
                     label: label.clone(),
                     answered,
                     multiple: matches!(f.kind, FieldKind::MultiChoice { .. }),
+                    limited: bars.iter().any(|b| !b.places.is_empty()),
                     bars,
                     height,
                 });

@@ -31,6 +31,10 @@
     Array.prototype.forEach.call(form.elements, function (el) {
       var part = el.name.indexOf(name + ".") === 0;
       if (el.name !== name && !part) { return; }
+      // A question hidden by its own rule is no answer, whatever it still holds: the
+      // server leaves it out, so a rule on it sees nothing (rules are applied in the
+      // page's order, after the ones they depend on).
+      if (el.closest && el.closest("[hidden]")) { return; }
       // A file input is answered by a file chosen, or by one attached before and
       // not being removed; its remove box is not an answer of its own.
       if (el.type === "file") {

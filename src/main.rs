@@ -305,6 +305,10 @@ enum TenantCmd {
         code: String,
         #[arg(long = "host", required = true, num_args = 1..)]
         hosts: Vec<String>,
+        /// A training site (研修用): `tenant training-reset` may delete its
+        /// applications and forms between sessions. Fixed at creation.
+        #[arg(long)]
+        training: bool,
     },
     /// Apply a manifest file, or every *.toml in a directory (idempotent).
     Apply {
@@ -449,6 +453,25 @@ enum TenantCmd {
         #[arg(long, default_value = "")]
         name: String,
         /// How the tenant's site is reached, for the printed link.
+        #[arg(long)]
+        base_url: Option<String>,
+    },
+    /// Between two sessions of 操作研修 on a training site: deletes every
+    /// application, draft, form, session and setup link, opens the trainees' seats
+    /// with a new setup link each (printed) and publishes the practice forms again.
+    TrainingReset {
+        slug: String,
+        /// Trainees' accounts (trainee01@SLUG.training.invalid …), 1 to 100.
+        #[arg(long, default_value_t = 20)]
+        seats: u32,
+        /// Their department (所属), created if new.
+        #[arg(long, default_value = "研修用")]
+        department: String,
+        /// The practice forms: every *.json (madoguchi.form/1) in DIR; without it,
+        /// the sample 粗大ごみ収集申込.
+        #[arg(long, value_name = "DIR")]
+        forms: Option<PathBuf>,
+        /// How the site is reached, for the printed links.
         #[arg(long)]
         base_url: Option<String>,
     },
@@ -1684,8 +1707,10 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             name,
             code,
             hosts,
+            training,
         } => {
-            let spec = TenantSpec::parse(&slug, &name, &code, &hosts)?;
+            let mut spec = TenantSpec::parse(&slug, &name, &code, &hosts)?;
+            spec.training = training;
             let rec = provision(p, &spec).await?;
             madoguchi::control::oplog::record(
                 &p.catalog,
@@ -1793,6 +1818,70 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 "one-time setup link for {email} ({}), valid 24 hours",
                 role.label()
             );
+        }
+        TenantCmd::TrainingReset {
+            slug,
+            seats,
+            department,
+            forms,
+            base_url,
+        } => {
+            let rec =
+                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
+                    format!("テナント「{slug}」はありません / no tenant {slug}")
+                })?;
+            let documents = match forms {
+                None => Vec::new(),
+                Some(dir) => {
+                    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                        .with_context(|| format!("reading {}", dir.display()))?
+                        .filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|f| f.extension().is_some_and(|x| x == "json"))
+                        .collect();
+                    files.sort();
+                    if files.is_empty() {
+                        anyhow::bail!(
+                            "{} に *.json のフォームがありません / no *.json form in {}",
+                            dir.display(),
+                            dir.display()
+                        );
+                    }
+                    files
+                        .iter()
+                        .map(|f| {
+                            std::fs::read_to_string(f)
+                                .with_context(|| format!("reading {}", f.display()))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?
+                }
+            };
+            let done = madoguchi::control::training::reset(p, &rec, seats, &department, &documents)
+                .await?;
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "tenant.training_reset",
+                &rec.slug,
+                serde_json::json!({ "applications": done.applications, "forms": done.forms, "seats": seats }),
+            )
+            .await?;
+            let base = base_url.unwrap_or_else(|| {
+                format!(
+                    "http://{}:8080",
+                    rec.hosts.first().map_or("localhost", String::as_str)
+                )
+            });
+            let base = base.trim_end_matches('/');
+            eprintln!(
+                "deleted {} applications and {} forms; each seat's setup link is valid 24 hours",
+                done.applications, done.forms
+            );
+            for s in &done.seats {
+                println!("{}\t{base}/admin/setup/{}", s.email, s.setup_token);
+            }
+            for f in &done.published {
+                println!("form\t{base}{f}");
+            }
         }
         TenantCmd::ApiToken {
             slug,

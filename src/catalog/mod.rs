@@ -89,6 +89,9 @@ pub struct TenantRecord {
     pub hosts: Vec<String>,
     /// The newest version of its data key (0: none yet).
     pub data_key: u32,
+    /// A training site (研修用): `tenant training-reset` may delete its applications
+    /// and forms. Set only when the tenant is created.
+    pub training: bool,
 }
 
 /// A key as stored: wrapped by the master key.
@@ -196,7 +199,8 @@ impl Catalog {
             .query(
                 "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version, t.crypto_id,
                         coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
-                        (SELECT coalesce(max(k.version), 0) FROM tenant_keys k WHERE k.tenant_id = t.id AND k.purpose = 'data') AS data_key
+                        (SELECT coalesce(max(k.version), 0) FROM tenant_keys k WHERE k.tenant_id = t.id AND k.purpose = 'data') AS data_key,
+                        t.training
                    FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
                   GROUP BY t.id ORDER BY t.slug",
                 &[],
@@ -225,7 +229,8 @@ impl Catalog {
             .query_opt(
                 "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version, t.crypto_id,
                         coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
-                        (SELECT coalesce(max(k.version), 0) FROM tenant_keys k WHERE k.tenant_id = t.id AND k.purpose = 'data') AS data_key
+                        (SELECT coalesce(max(k.version), 0) FROM tenant_keys k WHERE k.tenant_id = t.id AND k.purpose = 'data') AS data_key,
+                        t.training
                    FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
                   WHERE t.slug = $1 GROUP BY t.id",
                 &[&slug],
@@ -240,7 +245,8 @@ impl Catalog {
             .query_opt(
                 "SELECT t.id, t.slug, t.name, t.local_gov_code, t.state, t.db_name, t.role_name, t.schema_version, t.crypto_id,
                         coalesce(array_agg(h.host ORDER BY h.host) FILTER (WHERE h.host IS NOT NULL), '{}') AS hosts,
-                        (SELECT coalesce(max(k.version), 0) FROM tenant_keys k WHERE k.tenant_id = t.id AND k.purpose = 'data') AS data_key
+                        (SELECT coalesce(max(k.version), 0) FROM tenant_keys k WHERE k.tenant_id = t.id AND k.purpose = 'data') AS data_key,
+                        t.training
                    FROM tenants t LEFT JOIN tenant_hosts h ON h.tenant_id = t.id
                   WHERE t.id = $1 GROUP BY t.id",
                 &[&id],
@@ -343,6 +349,7 @@ fn record_from_row(r: &tokio_postgres::Row) -> anyhow::Result<TenantRecord> {
         crypto_id: r.get(8),
         hosts: r.get(9),
         data_key: u32::try_from(r.get::<_, i32>(10))?,
+        training: r.get(11),
     })
 }
 

@@ -31,6 +31,9 @@ pub struct Manifest {
     pub hosts: Vec<String>,
     #[serde(default)]
     pub state: Option<String>,
+    /// A training site (研修用): set when the tenant is created, never changed after.
+    #[serde(default)]
+    pub training: bool,
 }
 
 /// What applying one manifest did.
@@ -65,7 +68,8 @@ pub fn paths(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
 /// Creates the manifest's tenant (its schema at `schema`) or brings an existing one
 /// in line with it (its schema is `migrate`'s business, not this).
 pub async fn apply(p: &Platform, m: &Manifest, schema: SchemaTarget) -> anyhow::Result<Applied> {
-    let spec = TenantSpec::parse(&m.slug, &m.name, &m.code, &m.hosts)?;
+    let mut spec = TenantSpec::parse(&m.slug, &m.name, &m.code, &m.hosts)?;
+    spec.training = m.training;
     let wanted_state = match m.state.as_deref() {
         None => None,
         Some("active") => Some(TenantState::Active),
@@ -87,6 +91,17 @@ pub async fn apply(p: &Platform, m: &Manifest, schema: SchemaTarget) -> anyhow::
             )
         }
         Some(rec) if rec.state != TenantState::Provisioning => {
+            // A municipality's site never becomes a training site, whose applications
+            // are deleted at every reset; nor the other way round.
+            if rec.training != m.training {
+                anyhow::bail!(
+                    "テナント「{}」の training は作成時にだけ決められます（いまは {}） / tenant {}'s `training` is fixed when it is created (it is {})",
+                    rec.slug,
+                    rec.training,
+                    rec.slug,
+                    rec.training
+                );
+            }
             let changes = reconcile(p, &rec, &spec).await?;
             let applied = if changes.is_empty() {
                 Applied::Unchanged

@@ -21,5 +21,6 @@ pub mod progress;
 pub mod provision;
 pub mod scan_files;
 pub mod tenant_admin;
+pub mod training;
 
 pub use cluster::Cluster;

@@ -22,6 +22,8 @@ pub struct TenantSpec {
     pub name: String,
     pub code: LocalGovCode,
     pub hosts: Vec<HostName>,
+    /// A training site (研修用; see `control::training`). Fixed at creation.
+    pub training: bool,
 }
 
 impl TenantSpec {
@@ -50,6 +52,7 @@ impl TenantSpec {
             name: name.to_owned(),
             code: LocalGovCode::parse(code)?,
             hosts,
+            training: false,
         })
     }
 }
@@ -157,9 +160,9 @@ pub(crate) async fn register_with(
     let mut c = p.catalog.client().await?;
     let tx = c.transaction().await?;
     tx.execute(
-        "INSERT INTO tenants (id, slug, name, local_gov_code, state, db_name, role_name, crypto_id, canary, canary_key_version)
-         VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, $6, $7, $8)",
-        &[&id, &spec.slug.as_str(), &spec.name, &spec.code.as_str(), &db, &crypto_id, &canary, &canary_version],
+        "INSERT INTO tenants (id, slug, name, local_gov_code, state, db_name, role_name, crypto_id, canary, canary_key_version, training)
+         VALUES ($1, $2, $3, $4, 'provisioning', $5, $5, $6, $7, $8, $9)",
+        &[&id, &spec.slug.as_str(), &spec.name, &spec.code.as_str(), &db, &crypto_id, &canary, &canary_version, &spec.training],
     )
     .await
     .map_err(|e| unique_violation(e, spec))?;

@@ -495,6 +495,53 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
         )),
         "0"
     );
+    // A training site is reset between sessions, printing each seat's setup link;
+    // a municipality's own site is not.
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "tenant",
+            "create",
+            "--slug",
+            "kenshu",
+            "--name",
+            "千代田区（研修用）",
+            "--code",
+            "131016",
+            "--host",
+            "kenshu.localhost",
+            "--training",
+        ],
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = madoguchi(dir, &["tenant", "training-reset", "kenshu", "--seats", "2"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(
+            "trainee02@kenshu.training.invalid\thttp://kenshu.localhost:8080/admin/setup/"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("form\thttp://kenshu.localhost:8080/f/"),
+        "{out}"
+    );
+    let (ok, _, err) = madoguchi(dir, &["tenant", "training-reset", "chiyoda"]);
+    assert!(!ok && err.contains("研修用ではありません"), "{err}");
+    let (_, list, _) = madoguchi(dir, &["tenant", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let training: Vec<(&str, bool)> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["slug"].as_str().unwrap(),
+                t["training"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert!(training.contains(&("kenshu", true)) && training.contains(&("chiyoda", false)));
     serving.stop();
 }
 

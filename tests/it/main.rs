@@ -33,4 +33,5 @@ mod proxy;
 mod routing;
 mod smtp;
 mod tls;
+mod training;
 mod zones;

@@ -1833,11 +1833,20 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             let documents = match forms {
                 None => Vec::new(),
                 Some(dir) => {
-                    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+                    let mut files = Vec::new();
+                    for entry in std::fs::read_dir(&dir)
                         .with_context(|| format!("reading {}", dir.display()))?
-                        .filter_map(|e| e.ok().map(|e| e.path()))
-                        .filter(|f| f.extension().is_some_and(|x| x == "json"))
-                        .collect();
+                    {
+                        let path = entry
+                            .with_context(|| format!("reading {}", dir.display()))?
+                            .path();
+                        if path
+                            .extension()
+                            .is_some_and(|x| x.eq_ignore_ascii_case("json"))
+                        {
+                            files.push(path);
+                        }
+                    }
                     files.sort();
                     if files.is_empty() {
                         anyhow::bail!(
@@ -1851,18 +1860,18 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                         .map(|f| {
                             std::fs::read_to_string(f)
                                 .with_context(|| format!("reading {}", f.display()))
+                                .map(|json| (f.display().to_string(), json))
                         })
                         .collect::<anyhow::Result<Vec<_>>>()?
                 }
             };
-            let done = madoguchi::control::training::reset(p, &rec, seats, &department, &documents)
-                .await?;
-            madoguchi::control::oplog::record(
-                &p.catalog,
+            let done = madoguchi::control::training::reset(
+                p,
                 &cli_actor(),
-                "tenant.training_reset",
-                &rec.slug,
-                serde_json::json!({ "applications": done.applications, "forms": done.forms, "seats": seats }),
+                &rec,
+                seats,
+                &department,
+                &documents,
             )
             .await?;
             let base = base_url.unwrap_or_else(|| {
@@ -1873,8 +1882,8 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             });
             let base = base.trim_end_matches('/');
             eprintln!(
-                "deleted {} applications and {} forms; each seat's setup link is valid 24 hours",
-                done.applications, done.forms
+                "申請{}件とフォーム{}件を削除しました。各席の設定用リンクの有効期限は24時間です / deleted {} applications and {} forms; each seat's setup link is valid 24 hours",
+                done.applications, done.forms, done.applications, done.forms
             );
             for s in &done.seats {
                 println!("{}\t{base}/admin/setup/{}", s.email, s.setup_token);

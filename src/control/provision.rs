@@ -78,6 +78,15 @@ pub async fn provision_at(
             rec.slug,
             rec.slug
         ),
+        // Finished as what it was begun as: a municipality's site never becomes a
+        // training site (whose applications a reset deletes), nor the other way.
+        Some(rec) if rec.state == TenantState::Provisioning && rec.training != spec.training => bail!(
+            "テナント「{}」は training = {} で作成が始まっています。同じ指定で実行してください / tenant {} was begun with training = {}; finish it the same way",
+            rec.slug,
+            rec.training,
+            rec.slug,
+            rec.training
+        ),
         Some(rec) if rec.state == TenantState::Provisioning => {
             tracing::info!(tenant = %rec.slug, "resuming provisioning");
             rec

@@ -9,7 +9,7 @@
 
 use anyhow::Context;
 
-use crate::catalog::TenantRecord;
+use crate::catalog::{TenantRecord, TenantState};
 use crate::platform::Platform;
 use crate::tenant::audit::{self, Actor};
 use crate::tenant::forms::definition::FormDefinition;
@@ -45,8 +45,14 @@ pub fn seat_email(slug: &str, n: u32) -> String {
     format!("trainee{n:02}@{slug}.training.invalid")
 }
 
+/// Taken first: a send under way is waited for, and none begins until the reset is
+/// done (its application would name a form being deleted).
+const LOCK_SQL: &str =
+    "LOCK TABLE forms, form_versions, submissions, citizen_drafts IN SHARE ROW EXCLUSIVE MODE";
+
 /// Everything a session leaves behind, children before what they point at. Staff,
-/// departments, the site's settings and the operation log stay.
+/// departments, the site's settings and the operation log stay; so do setup links
+/// not yet used (the instructor's), the seats' own being replaced after.
 const CLEAR_SQL: &str = "DELETE FROM outbox;
 DELETE FROM attachments;
 DELETE FROM submission_places;
@@ -61,18 +67,21 @@ DELETE FROM option_places;
 DELETE FROM form_versions;
 DELETE FROM forms;
 DELETE FROM staff_sessions;
-DELETE FROM staff_setup_tokens;
+DELETE FROM staff_setup_tokens WHERE used_at IS NOT NULL OR expires_at < now();
 UPDATE api_tokens SET revoked_at = now() WHERE revoked_at IS NULL;";
 
 /// Resets the training site `rec` for the next session: see the module's comment.
-/// `forms` are `madoguchi.form/1` documents (none: the sample form), all checked
-/// before anything is deleted; the seats belong to `department` (職員).
+/// `forms` are `madoguchi.form/1` documents, each with the name it is reported by
+/// (none: the sample form), all checked before anything is deleted; the seats belong
+/// to `department` (職員). The deletion is in the operators' log as `by`'s before the
+/// forms are published.
 pub async fn reset(
     p: &Platform,
+    by: &str,
     rec: &TenantRecord,
     seats: u32,
     department: &str,
-    forms: &[String],
+    forms: &[(String, String)],
 ) -> anyhow::Result<Reset> {
     if !rec.training {
         anyhow::bail!(
@@ -90,16 +99,23 @@ pub async fn reset(
             "所属名は1〜100文字で指定してください / the department's name must be 1 to 100 characters"
         );
     }
-    let sample = [SAMPLE_FORM.to_owned()];
+    if !matches!(rec.state, TenantState::Active | TenantState::Suspended) {
+        anyhow::bail!(
+            "テナント「{}」は{}のため、リセットできません / tenant {} is {}: not reset",
+            rec.slug,
+            rec.state,
+            rec.slug,
+            rec.state
+        );
+    }
+    let sample = [("sample".to_owned(), SAMPLE_FORM.to_owned())];
     let documents = if forms.is_empty() { &sample[..] } else { forms };
     let definitions = documents
         .iter()
-        .enumerate()
-        .map(|(i, json)| {
+        .map(|(name, json)| {
             FormDefinition::from_json(json).map_err(|problems| {
                 anyhow::anyhow!(
-                    "form {}: {}",
-                    i + 1,
+                    "{name}: {}",
                     problems
                         .into_iter()
                         .map(|p| format!("{} / {}", p.ja, p.en))
@@ -109,11 +125,71 @@ pub async fn reset(
             })
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
+    // Not while its data key is being rotated (the rotation takes the same lock).
+    let Some(lock) = crate::control::data_key::key_lock(p, rec).await? else {
+        anyhow::bail!(
+            "テナント「{}」の鍵の更新が実行中です。終わってからリセットしてください / a data-key rotation of tenant {} is running",
+            rec.slug,
+            rec.slug
+        );
+    };
+    let cleared = clear(p, rec, seats, department).await;
+    crate::control::data_key::key_unlock(lock, rec).await;
+    let (mut conn, dept, applications, form_count, opened) = cleared?;
+    crate::control::oplog::record(
+        &p.catalog,
+        by,
+        "tenant.training_reset",
+        &rec.slug,
+        serde_json::json!({ "applications": applications, "forms": form_count, "seats": seats }),
+    )
+    .await?;
+    // The practice forms, each created and published as an import is (a failure
+    // here leaves the site clean: running the reset again finishes it).
+    let mut published = Vec::new();
+    for def in &definitions {
+        let id = store::create(
+            &mut conn.client,
+            &Actor::Operator,
+            dept,
+            def,
+            serde_json::json!({ "training": true }),
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+        store::publish(&mut conn.client, id, &Actor::Operator, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let public_id: String = conn
+            .client
+            .query_one("SELECT public_id FROM forms WHERE id = $1", &[&id])
+            .await?
+            .get(0);
+        published.push(format!("/f/{public_id}"));
+    }
+    Ok(Reset {
+        applications,
+        forms: form_count,
+        seats: opened,
+        published,
+    })
+}
+
+/// The reset's one transaction: the last session's traces deleted and the seats
+/// opened. Returns the connection, the seats' department, how many applications and
+/// forms were deleted, and the seats.
+async fn clear(
+    p: &Platform,
+    rec: &TenantRecord,
+    seats: u32,
+    department: &str,
+) -> anyhow::Result<(crate::control::cluster::Conn, i64, i64, i64, Vec<Seat>)> {
     let mut conn = p
         .cluster
         .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
         .await?;
     let tx = conn.client.transaction().await?;
+    tx.batch_execute(LOCK_SQL).await?;
     let counted = tx
         .query_one(
             "SELECT (SELECT count(*) FROM submissions), (SELECT count(*) FROM forms)",
@@ -131,7 +207,8 @@ pub async fn reset(
     // with no password or TOTP, to be set up from a new link each.
     let domain = format!("@{}.training.invalid", rec.slug);
     tx.execute(
-        "UPDATE staff SET disabled = true WHERE email LIKE 'trainee%' AND right(email, length($1)) = $1",
+        "UPDATE staff SET disabled = true, password_hash = NULL, totp_secret = NULL, totp_enabled = false
+          WHERE email LIKE 'trainee%' AND right(email, length($1)) = $1",
         &[&domain],
     )
     .await?;
@@ -169,33 +246,5 @@ pub async fn reset(
     .await
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     tx.commit().await.context("resetting the training site")?;
-    // The practice forms, each created and published as an import is (a failure
-    // here leaves the site clean: running the reset again finishes it).
-    let mut published = Vec::new();
-    for def in &definitions {
-        let id = store::create(
-            &mut conn.client,
-            &Actor::Operator,
-            dept,
-            def,
-            serde_json::json!({ "training": true }),
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-        store::publish(&mut conn.client, id, &Actor::Operator, None)
-            .await
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
-        let public_id: String = conn
-            .client
-            .query_one("SELECT public_id FROM forms WHERE id = $1", &[&id])
-            .await?
-            .get(0);
-        published.push(format!("/f/{public_id}"));
-    }
-    Ok(Reset {
-        applications,
-        forms: form_count,
-        seats: opened,
-        published,
-    })
+    Ok((conn, dept, applications, form_count, opened))
 }

@@ -15,7 +15,9 @@ async fn a_training_site_is_reset_for_the_next_session() {
     let p = &env.platform;
     // A municipality's site: refused, and no manifest makes it a training site.
     let city = env.tenant(&unique("tc"), "千代田区", "131016").await;
-    let refused = reset(p, &city, 20, "研修用", &[]).await.unwrap_err();
+    let refused = reset(p, "test", &city, 20, "研修用", &[])
+        .await
+        .unwrap_err();
     assert!(
         format!("{refused:#}").contains("研修用ではありません"),
         "{refused:#}"
@@ -35,6 +37,26 @@ async fn a_training_site_is_reset_for_the_next_session() {
         .await
         .unwrap_err();
     assert!(format!("{e:#}").contains("training"), "{e:#}");
+    // Nor does finishing a creation left half-way with the other flag.
+    let catalog = p.catalog.client().await.unwrap();
+    let set_state = |state: &'static str| {
+        let (catalog, slug) = (&catalog, city.slug.clone());
+        async move {
+            catalog
+                .execute(
+                    "UPDATE tenants SET state = $1 WHERE slug = $2",
+                    &[&state, &slug],
+                )
+                .await
+                .unwrap();
+        }
+    };
+    set_state("provisioning").await;
+    let mut again = TenantSpec::parse(&city.slug, "千代田区", "131016", &city.hosts).unwrap();
+    again.training = true;
+    let e = provision(p, &again).await.unwrap_err();
+    assert!(format!("{e:#}").contains("training = false"), "{e:#}");
+    set_state("active").await;
 
     // A training site, used by a session: a form built, an application made.
     let slug = unique("tr");
@@ -51,7 +73,7 @@ async fn a_training_site_is_reset_for_the_next_session() {
     let server = env.serve().await;
     let host = t.hosts[0].as_str();
     let u = |path: &str| url(&server, host, path);
-    let first = reset(p, &t, 2, "研修用", &[]).await.unwrap();
+    let first = reset(p, "test", &t, 2, "研修用", &[]).await.unwrap();
     assert_eq!(first.seats.len(), 2);
     assert_eq!(first.published.len(), 1, "the sample form");
     let instructor = staff(&env, &server, &t, Role::Admin, None).await;
@@ -64,12 +86,32 @@ async fn a_training_site_is_reset_for_the_next_session() {
         async move { db.query_one(sql, &[]).await.unwrap().get::<_, i64>(0) }
     };
     assert_eq!(count("SELECT count(*) FROM submissions").await, 1);
+    // The instructor's own setup link, not yet used, outlives the reset.
+    let pending = madoguchi::control::tenant_admin::add_staff(
+        p,
+        &t,
+        "koushi@city.example.jp",
+        "講師",
+        Role::Admin,
+        None,
+    )
+    .await
+    .unwrap();
 
     // The next session: three seats and a practice form of the city's own.
     let form = r#"{ "format": "madoguchi.form/1", "title": "研修用 イベント申込",
         "pages": [ { "id": "p1", "fields": [
           { "id": "memo", "type": "text", "label": "メモ", "required": true } ] } ] }"#;
-    let next = reset(p, &t, 3, "研修用", &[form.to_owned()]).await.unwrap();
+    let next = reset(
+        p,
+        "test",
+        &t,
+        3,
+        "研修用",
+        &[("practice.json".to_owned(), form.to_owned())],
+    )
+    .await
+    .unwrap();
     assert_eq!((next.applications, next.forms), (1, 2));
     for sql in [
         "SELECT count(*) FROM submissions",
@@ -109,9 +151,15 @@ async fn a_training_site_is_reset_for_the_next_session() {
     )
     .await;
     assert_ne!(status, 200);
+    let (status, _, page) = get(
+        &reqwest_for(&server, host),
+        &u(&format!("/admin/setup/{pending}")),
+    )
+    .await;
+    assert_eq!(status, 200, "{page}");
 
     // A smaller session closes the seats it does not use; the log keeps every reset.
-    reset(p, &t, 1, "研修用", &[]).await.unwrap();
+    reset(p, "test", &t, 1, "研修用", &[]).await.unwrap();
     assert_eq!(
         count("SELECT count(*) FROM staff WHERE email LIKE 'trainee%' AND NOT disabled").await,
         1
@@ -120,6 +168,15 @@ async fn a_training_site_is_reset_for_the_next_session() {
         count("SELECT count(*) FROM audit_log WHERE action = 'training.reset'").await,
         3
     );
+    let logged: i64 = catalog
+        .query_one(
+            "SELECT count(*) FROM ops_log WHERE action = 'tenant.training_reset' AND target = $1",
+            &[&t.slug],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(logged, 3, "each reset in the operators' log");
     let verdict = madoguchi::control::audit_witness::check(p, &t, true)
         .await
         .unwrap();

@@ -1586,6 +1586,18 @@ async fn restore_catalog(
     Ok(ExitCode::SUCCESS)
 }
 
+/// Where a tenant's site is reached, for links a command prints: `--base-url`, else
+/// its first host on the default port; without a trailing slash.
+fn site_base(rec: &madoguchi::catalog::TenantRecord, base_url: Option<String>) -> String {
+    let base = base_url.unwrap_or_else(|| {
+        format!(
+            "http://{}:8080",
+            rec.hosts.first().map_or("localhost", String::as_str)
+        )
+    });
+    base.trim_end_matches('/').to_owned()
+}
+
 fn cli_actor() -> String {
     format!(
         "cli:{}",
@@ -1807,13 +1819,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 department.as_deref(),
             )
             .await?;
-            let base = base_url.unwrap_or_else(|| {
-                format!(
-                    "http://{}:8080",
-                    rec.hosts.first().map_or("localhost", String::as_str)
-                )
-            });
-            println!("{}/admin/setup/{token}", base.trim_end_matches('/'));
+            println!("{}/admin/setup/{token}", site_base(&rec, base_url));
             eprintln!(
                 "one-time setup link for {email} ({}), valid 24 hours",
                 role.label()
@@ -1874,13 +1880,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 &documents,
             )
             .await?;
-            let base = base_url.unwrap_or_else(|| {
-                format!(
-                    "http://{}:8080",
-                    rec.hosts.first().map_or("localhost", String::as_str)
-                )
-            });
-            let base = base.trim_end_matches('/');
+            let base = site_base(&rec, base_url);
             eprintln!(
                 "申請{}件とフォーム{}件を削除しました。各席の設定用リンクの有効期限は24時間です / deleted {} applications and {} forms; each seat's setup link is valid 24 hours",
                 done.applications, done.forms, done.applications, done.forms

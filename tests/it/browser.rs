@@ -598,6 +598,21 @@ async fn one_form_site(
     prefix: &str,
     form: &str,
 ) -> (String, madoguchi::front::Server, String) {
+    let (_, public, server, base) = one_form_tenant(env, prefix, form).await;
+    (public, server, base)
+}
+
+/// [`one_form_site`] with the tenant's record.
+async fn one_form_tenant(
+    env: &TestEnv,
+    prefix: &str,
+    form: &str,
+) -> (
+    madoguchi::catalog::TenantRecord,
+    String,
+    madoguchi::front::Server,
+    String,
+) {
     let slug = unique(prefix);
     let host = format!("{slug}.localhost");
     let spec = madoguchi::control::provision::TenantSpec::parse(
@@ -616,7 +631,7 @@ async fn one_form_site(
             .unwrap();
     let server = env.serve().await;
     let base = format!("http://{host}:{}", server.bound.public.port());
-    (public, server, base)
+    (t, public, server, base)
 }
 
 /// A form with proof of work: the confirmation page's script solves the challenge in
@@ -1259,24 +1274,7 @@ async fn a_clerk_enters_an_application_taken_by_telephone() {
         { "id": "p2", "title": "その他の届出",
           "show_if": { "field": "kind", "op": "equals", "values": ["その他"] },
           "fields": [ { "id": "detail", "type": "textarea", "label": "届出の内容", "required": true } ] } ] }"#;
-    let slug = unique("pxb");
-    let host = format!("{slug}.localhost");
-    let spec = madoguchi::control::provision::TenantSpec::parse(
-        &slug,
-        "千代田区",
-        "131016",
-        std::slice::from_ref(&host),
-    )
-    .unwrap();
-    let t = madoguchi::control::provision::provision(&env.platform, &spec)
-        .await
-        .unwrap();
-    let public =
-        madoguchi::control::tenant_admin::import_form(&env.platform, &t, form, "総務課", true)
-            .await
-            .unwrap();
-    let server = env.serve().await;
-    let base = format!("http://{host}:{}", server.bound.public.port());
+    let (t, public, server, base) = one_form_tenant(&env, "pxb", form).await;
     let token = madoguchi::control::tenant_admin::add_staff(
         &env.platform,
         &t,
@@ -1288,14 +1286,7 @@ async fn a_clerk_enters_an_application_taken_by_telephone() {
     .await
     .unwrap();
     let db = env.tenant_conn(&t).await.client;
-    let form_id: i64 = db
-        .query_one(
-            "SELECT id FROM forms WHERE public_id = $1",
-            &[&public.trim_start_matches("/f/")],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let form_id = crate::forms::form_id_of(&db, &public).await;
     let driver = Driver::start();
     let c = driver.session(false).await;
     c.goto(&format!("{base}/admin/setup/{token}"))

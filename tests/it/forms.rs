@@ -282,6 +282,17 @@ pub async fn build_form(
     (id, public)
 }
 
+/// A form's id from its public path (`/f/…`).
+pub async fn form_id_of(db: &tokio_postgres::Client, public: &str) -> i64 {
+    db.query_one(
+        "SELECT id FROM forms WHERE public_id = $1",
+        &[&public.trim_start_matches("/f/")],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 /// Adds a field of type `ty` to page `page` through the builder (`fields`: the
 /// form's `/fields` URL); returns its id.
 pub async fn add_field(s: &Staff, fields: &str, page: &str, ty: &str, label: &str) -> String {

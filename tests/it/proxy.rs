@@ -255,14 +255,7 @@ async fn an_entry_outside_the_period_is_confirmed_and_identity_documents_are_rec
             .await
             .unwrap();
     let db = env.tenant_conn(&t).await.client;
-    let form_id: i64 = db
-        .query_one(
-            "SELECT id FROM forms WHERE public_id = $1",
-            &[&public.trim_start_matches("/f/")],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let form_id = crate::forms::form_id_of(&db, &public).await;
     let entry = u(&format!("/admin/forms/{form_id}/proxy"));
     let (status, _, page) = get(&clerk.client, &entry).await;
     assert_eq!(status, 200, "{page}");

@@ -916,9 +916,7 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             let target = to.map_or(Ok(SchemaTarget::Newest), SchemaTarget::version)?;
             let tenants = match (all, slug) {
                 (_, Some(slug)) => {
-                    vec![p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                        format!("テナント「{slug}」はありません / no tenant {slug}")
-                    })?]
+                    vec![named_tenant(p, &slug).await?]
                 }
                 (true, None) => p.catalog.list_tenants().await?,
                 (false, None) => {
@@ -965,10 +963,7 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                 | AuditCmd::Prune { slug }
                 | AuditCmd::Rewitness { slug, .. } => slug.clone(),
             };
-            let rec =
-                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                    format!("テナント「{slug}」はありません / no tenant {slug}")
-                })?;
+            let rec = named_tenant(p, &slug).await?;
             let mut conn = p
                 .cluster
                 .connect_tenant(&p.catalog, p.keys.as_ref(), &rec)
@@ -1042,9 +1037,7 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     }
                     let tenants = match (slug, all) {
                         (Some(s), _) => {
-                            vec![p.catalog.tenant_by_slug(&s).await?.with_context(|| {
-                                format!("テナント「{s}」はありません / no tenant {s}")
-                            })?]
+                            vec![named_tenant(p, &s).await?]
                         }
                         (None, true) => p
                             .catalog
@@ -1138,9 +1131,7 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     Ok(ExitCode::SUCCESS)
                 }
                 BackupCmd::Drill { slug } => {
-                    let rec = p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                        format!("テナント「{slug}」はありません / no tenant {slug}")
-                    })?;
+                    let rec = named_tenant(p, &slug).await?;
                     let report = with_spinner(
                         &format!("drill {slug}"),
                         madoguchi::control::backup::drill(p, &store, &rec),
@@ -1586,6 +1577,17 @@ async fn restore_catalog(
     Ok(ExitCode::SUCCESS)
 }
 
+/// The tenant a command names, or an error saying there is none.
+async fn named_tenant(
+    p: &Platform,
+    slug: &str,
+) -> anyhow::Result<madoguchi::catalog::TenantRecord> {
+    p.catalog
+        .tenant_by_slug(slug)
+        .await?
+        .with_context(|| format!("テナント「{slug}」はありません / no tenant {slug}"))
+}
+
 /// Where a tenant's site is reached, for links a command prints: `--base-url`, else
 /// its first host on the default port; without a trailing slash.
 fn site_base(rec: &madoguchi::catalog::TenantRecord, base_url: Option<String>) -> String {
@@ -1801,10 +1803,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             name,
             base_url,
         } => {
-            let rec =
-                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                    format!("テナント「{slug}」はありません / no tenant {slug}")
-                })?;
+            let rec = named_tenant(p, &slug).await?;
             let role = madoguchi::tenant::staff::Role::parse(&role)
                 .with_context(|| format!("権限「{role}」はありません（admin, dept_manager, staff, viewer） / unknown role {role:?}"))?;
             if role != madoguchi::tenant::staff::Role::Admin && department.is_none() {
@@ -1832,10 +1831,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             forms,
             base_url,
         } => {
-            let rec =
-                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                    format!("テナント「{slug}」はありません / no tenant {slug}")
-                })?;
+            let rec = named_tenant(p, &slug).await?;
             let documents = match forms {
                 None => Vec::new(),
                 Some(dir) => {
@@ -1904,10 +1900,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
                 ranges => TokenNetwork::parse("listed", ranges),
             }
             .map_err(|e| anyhow::anyhow!("{}", madoguchi::control::tenant_admin::describe(e)))?;
-            let rec =
-                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                    format!("テナント「{slug}」はありません / no tenant {slug}")
-                })?;
+            let rec = named_tenant(p, &slug).await?;
             let token =
                 madoguchi::control::tenant_admin::api_token(p, &rec, &name, &scopes, &network)
                     .await?;
@@ -1932,9 +1925,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             )?;
             let tenants: Vec<_> = match slug {
                 Some(slug) if !all => {
-                    vec![p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                        format!("テナント「{slug}」はありません / no tenant {slug}")
-                    })?]
+                    vec![named_tenant(p, &slug).await?]
                 }
                 _ => p.catalog.list_tenants().await?,
             }
@@ -2033,10 +2024,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             });
         }
         TenantCmd::RevokeApiTokens { slug } => {
-            let rec =
-                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                    format!("テナント「{slug}」はありません / no tenant {slug}")
-                })?;
+            let rec = named_tenant(p, &slug).await?;
             let n = madoguchi::control::tenant_admin::revoke_api_tokens(p, &rec).await?;
             madoguchi::control::oplog::record(
                 &p.catalog,
@@ -2050,10 +2038,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             eprintln!("{slug}: APIトークンを{n}件失効させました / {n} API tokens revoked");
         }
         TenantCmd::DisableStaff { slug, email } => {
-            let rec =
-                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                    format!("テナント「{slug}」はありません / no tenant {slug}")
-                })?;
+            let rec = named_tenant(p, &slug).await?;
             let done = madoguchi::control::tenant_admin::disable_staff(p, &rec, &email).await?;
             madoguchi::control::oplog::record(
                 &p.catalog,
@@ -2077,10 +2062,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             department,
             publish,
         } => {
-            let rec =
-                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                    format!("テナント「{slug}」はありません / no tenant {slug}")
-                })?;
+            let rec = named_tenant(p, &slug).await?;
             let json = std::fs::read_to_string(&file)
                 .with_context(|| format!("reading {}", file.display()))?;
             let path =
@@ -2094,10 +2076,7 @@ async fn tenant(p: &Platform, cmd: TenantCmd) -> anyhow::Result<ExitCode> {
             anyhow::bail!("テナント「{slug}」はありません / no tenant {slug}");
         }
         TenantCmd::AccessReset { slug } => {
-            let rec =
-                p.catalog.tenant_by_slug(&slug).await?.with_context(|| {
-                    format!("テナント「{slug}」はありません / no tenant {slug}")
-                })?;
+            let rec = named_tenant(p, &slug).await?;
             madoguchi::control::tenant_admin::reset_access(p, &rec).await?;
             madoguchi::control::oplog::record(
                 &p.catalog,

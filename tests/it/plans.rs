@@ -52,6 +52,11 @@ async fn hot_queries_are_served_by_indexes() {
                   now() - g * interval '1 minute',
                   CASE WHEN g % 97 = 0 THEN 'returned' WHEN g < 2000 THEN 'received' WHEN g < 4000 THEN 'reviewing' ELSE 'completed' END
              FROM generate_series(1, 20000) g;
+         INSERT INTO staff (email, display_name, role) VALUES ('plans@example.jp', '計画', 'admin');
+         INSERT INTO proxy_entries (submission_id, channel, staff_id)
+           SELECT s.id, (ARRAY['counter', 'phone', 'post'])[1 + (row_number() OVER ()) % 3], st.id
+             FROM submissions s, staff st
+            WHERE st.email = 'plans@example.jp' AND s.receipt_number LIKE '%00';
          ANALYZE;
          SET enable_seqscan = off;"
     ))
@@ -135,6 +140,10 @@ async fn hot_queries_are_served_by_indexes() {
                 ..Default::default()
             },
         ),
+        ("sent online", Filters::parse(Some("came=online"))),
+        // Read from the entered applications' own table (few beside those sent online).
+        ("entered by staff", Filters::parse(Some("came=entered"))),
+        ("entered by telephone", Filters::parse(Some("came=phone"))),
         (
             "next page",
             Filters {
@@ -172,7 +181,12 @@ async fn hot_queries_are_served_by_indexes() {
                 let per_form = scope.is_some()
                     && matches!(
                         *name,
-                        "no filter" | "status" | "dates" | "unassigned" | "next page"
+                        "no filter"
+                            | "status"
+                            | "dates"
+                            | "unassigned"
+                            | "next page"
+                            | "sent online"
                     );
                 if per_form {
                     assert!(

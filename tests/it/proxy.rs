@@ -4,7 +4,7 @@
 //! against 定員, mailed to the applicant, and kept with how it came and who entered
 //! it; a form outside its 受付期間 asks for a word first, a stopped one takes none.
 
-use crate::forms::{build_form, capture, dept_id, get, post, staff};
+use crate::forms::{apply, build_form, capture, dept_id, get, post, staff};
 use crate::harness::{unique, url, TestEnv};
 use madoguchi::tenant::staff::Role;
 
@@ -22,7 +22,7 @@ async fn staff_enter_an_application_received_by_telephone_or_post() {
     let u = |p: &str| url(&server, host, p);
     let admin = staff(&env, &server, &t, Role::Admin, None).await;
     let dept = dept_id(&env, &t, "市民課").await;
-    let (form_id, _public) = build_form(&admin, &server, host, &dept, "1").await;
+    let (form_id, public) = build_form(&admin, &server, host, &dept, "2").await;
     let clerk = staff(&env, &server, &t, Role::Staff, Some("市民課")).await;
     let viewer = staff(&env, &server, &t, Role::Viewer, Some("市民課")).await;
     let elsewhere = staff(&env, &server, &t, Role::Staff, Some("税務課")).await;
@@ -219,7 +219,41 @@ async fn staff_enter_an_application_received_by_telephone_or_post() {
         .get(0);
     assert_eq!(logged, 1);
 
-    // 定員 (1) reached: the page says so and takes nothing.
+    // A citizen applies online: the inbox tells the two apart by 受付方法, and the
+    // export of one kind carries that kind only.
+    let online = apply(&server, host, &public, "ソファ").await.unwrap();
+    let inbox_of = |came: &str| {
+        let c = &clerk.client;
+        let p = u(&format!("/admin/inbox?came={came}"));
+        async move { get(c, &p).await.2 }
+    };
+    for (came, has_phone, has_online) in [
+        ("", true, true),
+        ("online", false, true),
+        ("entered", true, false),
+        ("phone", true, false),
+        ("post", false, false),
+    ] {
+        let page = inbox_of(came).await;
+        assert_eq!(page.contains(&receipt), has_phone, "{came}: {page}");
+        assert_eq!(page.contains(&online), has_online, "{came}: {page}");
+    }
+    let page = inbox_of("phone").await;
+    assert!(
+        page.contains(r#"<option value="phone" selected>代理入力（電話）</option>"#),
+        "{page}"
+    );
+    assert!(page.contains("export.csv?came=phone"), "{page}");
+    let r = clerk
+        .client
+        .get(u(&format!("/admin/export.csv?form={form_id}&came=online")))
+        .send()
+        .await
+        .unwrap();
+    let csv = r.text().await.unwrap();
+    assert!(csv.contains(&online) && !csv.contains(&receipt), "{csv}");
+
+    // 定員 (2) reached: the page says so and takes nothing.
     let (status, _, page) = get(&clerk.client, &entry).await;
     assert_eq!(status, 200);
     assert!(page.contains("定員に達しているため"), "{page}");

@@ -17,6 +17,7 @@ use crate::tenant::audit;
 use crate::tenant::forms::answers::Answer;
 use crate::tenant::forms::attachments;
 use crate::tenant::forms::citizen::{decrypt_answers, jst};
+use crate::tenant::forms::proxy::Channel;
 use crate::tenant::forms::store;
 use crate::tenant::http::{date, see_other, FormData};
 use crate::tenant::staff::StaffUser;
@@ -38,8 +39,54 @@ pub struct Filters {
     /// Staff id, or 0 for "unassigned".
     pub assignee: Option<i64>,
     pub q: String,
+    /// 受付方法: online, or entered by staff (any way or one).
+    pub came: Option<Came>,
     /// Keyset cursor: (submitted_at, id) of the last row shown.
     pub after: Option<(OffsetDateTime, Uuid)>,
+}
+
+/// How the applications asked for came in (the inbox's 受付方法 filter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Came {
+    /// Sent by the citizen (no 代理入力).
+    Online,
+    /// Entered by staff, whichever way it was received.
+    Entered,
+    /// Entered by staff, received this way.
+    By(Channel),
+}
+
+impl Came {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "online" => Some(Self::Online),
+            "entered" => Some(Self::Entered),
+            s => Channel::parse(s).map(Self::By),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "online",
+            Self::Entered => "entered",
+            Self::By(c) => c.as_str(),
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            Self::Online => "オンライン申請".into(),
+            Self::Entered => "代理入力（すべて）".into(),
+            Self::By(c) => format!("代理入力（{}）", c.label()),
+        }
+    }
+
+    /// Every choice, in the order the filter offers them.
+    pub fn all() -> impl Iterator<Item = Self> {
+        [Self::Online, Self::Entered]
+            .into_iter()
+            .chain(Channel::ALL.into_iter().map(Self::By))
+    }
 }
 
 impl Filters {
@@ -53,6 +100,7 @@ impl Filters {
                 "from" => f.from = date(&v),
                 "to" => f.to = date(&v),
                 "assignee" => f.assignee = v.parse().ok(),
+                "came" => f.came = Came::parse(&v),
                 "q" => f.q = v.trim().chars().take(200).collect(),
                 "after" => {
                     f.after = v
@@ -96,6 +144,9 @@ impl Filters {
         }
         if let Some(v) = self.assignee {
             q.append_pair("assignee", &v.to_string());
+        }
+        if let Some(v) = self.came {
+            q.append_pair("came", v.as_str());
         }
         if !self.q.is_empty() {
             q.append_pair("q", &self.q);
@@ -225,6 +276,21 @@ pub fn inbox_sql(
         Some(v) => add(" AND s.assignee_id = ?", Some(Box::new(v))),
         None => {}
     }
+    match f.came {
+        Some(Came::Online) => add(
+            " AND NOT EXISTS (SELECT 1 FROM proxy_entries p WHERE p.submission_id = s.id)",
+            None,
+        ),
+        Some(Came::Entered) => add(
+            " AND EXISTS (SELECT 1 FROM proxy_entries p WHERE p.submission_id = s.id)",
+            None,
+        ),
+        Some(Came::By(c)) => add(
+            " AND EXISTS (SELECT 1 FROM proxy_entries p WHERE p.submission_id = s.id AND p.channel = ?)",
+            Some(Box::new(c.as_str())),
+        ),
+        None => {}
+    }
     let search = f.search();
     match &search {
         Some(Search::Receipt(r)) => add(" AND s.receipt_number = ?", Some(Box::new(r.clone()))),
@@ -264,7 +330,12 @@ pub fn inbox_sql(
                 f.summary_field, {answers}, (SELECT p.channel FROM proxy_entries p WHERE p.submission_id = s.id)"
     );
     let order = "ORDER BY s.submitted_at DESC, s.id DESC";
-    let picked = f.form.is_some() || search.is_some() || matches!(f.assignee, Some(v) if v != 0);
+    // Entered applications are few beside those sent online: found from their own
+    // table rather than by walking each form's newest rows.
+    let picked = f.form.is_some()
+        || search.is_some()
+        || matches!(f.assignee, Some(v) if v != 0)
+        || matches!(f.came, Some(Came::Entered | Came::By(_)));
     let sql = match department {
         // The merge picks ids only; the rows' answers are read for the page's rows
         // alone (an export batch would otherwise carry every form's batch of answers).
@@ -399,6 +470,7 @@ struct InboxPage {
     forms: Vec<Choice>,
     statuses: Vec<Choice>,
     assignees: Vec<Choice>,
+    came: Vec<Choice>,
     from: String,
     to: String,
     q: String,
@@ -569,6 +641,13 @@ async fn inbox_page(
             })
             .collect(),
         assignees,
+        came: Came::all()
+            .map(|c| Choice {
+                value: c.as_str().into(),
+                label: c.label(),
+                selected: filters.came == Some(c),
+            })
+            .collect(),
         from: filters.from.map(|d| d.to_string()).unwrap_or_default(),
         to: filters.to.map(|d| d.to_string()).unwrap_or_default(),
         q: filters.q.clone(),

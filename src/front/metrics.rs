@@ -63,6 +63,8 @@ pub struct Metrics {
     pub database_size: Family<TenantLabels, Gauge>,
     pub erasure_certificates: Gauge,
     pub mail: Family<OutcomeLabels, Counter>,
+    /// When the HTTPS certificate in use expires (0 without `--tls-cert`).
+    pub tls_not_after: Gauge,
     /// The last minute per tenant, for the ops console.
     pub recent: super::recent::Recent,
 }
@@ -103,6 +105,7 @@ impl Metrics {
         let database_size = Family::<TenantLabels, Gauge>::default();
         let erasure_certificates = Gauge::default();
         let mail = Family::<OutcomeLabels, Counter>::default();
+        let tls_not_after = Gauge::default();
         registry.register(
             "mail_attempts",
             "Mail to applicants tried, by outcome: sent, retrying (refused for now) or given_up",
@@ -129,6 +132,11 @@ impl Metrics {
             "tenant_database_size_bytes",
             "Size of each tenant's database",
             database_size.clone(),
+        );
+        registry.register(
+            "tls_certificate_not_after_timestamp_seconds",
+            "When the HTTPS certificate in use expires (0: no HTTPS listener)",
+            tls_not_after.clone(),
         );
         registry.register(
             "erasure_certificates",
@@ -226,6 +234,7 @@ impl Metrics {
             database_size,
             erasure_certificates,
             mail,
+            tls_not_after,
             recent: super::recent::Recent::default(),
         }
     }

@@ -1016,7 +1016,8 @@ impl Server {
         let ops_l = bind(l.ops).await?;
         let tls = match &l.tls {
             Some((files, addr)) => {
-                let cert = tls::ReloadingCert::new(files.clone())?;
+                let cert =
+                    tls::ReloadingCert::new(files.clone(), app.metrics.tls_not_after.clone())?;
                 let config = tls::server_config(std::sync::Arc::clone(&cert))?;
                 Some((
                     cert,

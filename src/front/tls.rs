@@ -2,13 +2,15 @@
 //! forward-secret AEAD suites only (the only kind rustls implements), HTTP/2 and
 //! HTTP/1.1 by ALPN, and the certificate reloaded from its files when they change
 //! (checked every few seconds and on SIGHUP), without a restart. A bad new file is
-//! logged and the previous certificate stays in use.
+//! logged and the previous certificate stays in use. The certificate in use gives its
+//! expiry to a gauge, so an alert warns before it runs out.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
@@ -54,23 +56,44 @@ pub fn load(files: &TlsFiles) -> anyhow::Result<Arc<CertifiedKey>> {
     Ok(Arc::new(ck))
 }
 
+/// When the chain's first (the server's own) certificate stops being valid, in seconds
+/// since the Unix epoch; `None` when it cannot be read as X.509.
+pub fn not_after(ck: &CertifiedKey) -> Option<i64> {
+    use x509_cert::der::Decode;
+    let leaf = ck.cert.first()?;
+    let cert = x509_cert::Certificate::from_der(leaf.as_ref()).ok()?;
+    i64::try_from(
+        cert.tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs(),
+    )
+    .ok()
+}
+
 /// Hands rustls the current certificate; [`ReloadingCert::reload_if_changed`] swaps it.
 #[derive(Debug)]
 pub struct ReloadingCert {
     files: TlsFiles,
     current: RwLock<Loaded>,
+    /// The current certificate's expiry (see [`not_after`]); 0 if unreadable.
+    expiry: Gauge,
 }
 
 /// The certificate in use and the modification times of the files it came from.
 type Loaded = (Arc<CertifiedKey>, Option<(SystemTime, SystemTime)>);
 
 impl ReloadingCert {
-    pub fn new(files: TlsFiles) -> anyhow::Result<Arc<Self>> {
+    /// `expiry` is set to the expiry of every certificate put in use.
+    pub fn new(files: TlsFiles, expiry: Gauge) -> anyhow::Result<Arc<Self>> {
         let stamp = mtimes(&files);
         let ck = load(&files)?;
+        expiry.set(not_after(&ck).unwrap_or(0));
         Ok(Arc::new(Self {
             files,
             current: RwLock::new((ck, stamp)),
+            expiry,
         }))
     }
 
@@ -83,6 +106,7 @@ impl ReloadingCert {
         }
         match load(&self.files) {
             Ok(ck) => {
+                self.expiry.set(not_after(&ck).unwrap_or(0));
                 if let Ok(mut c) = self.current.write() {
                     *c = (ck, stamp);
                 }

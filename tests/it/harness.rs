@@ -284,7 +284,7 @@ pub async fn commit_when_two_wait(
 pub fn loopback_tls(dir: &std::path::Path) -> (tokio_rustls::TlsAcceptor, std::path::PathBuf) {
     let files = madoguchi::front::tls::local_ca(dir, &["127.0.0.1".to_owned()]).unwrap();
     let config = madoguchi::front::tls::server_config(
-        madoguchi::front::tls::ReloadingCert::new(files).unwrap(),
+        madoguchi::front::tls::ReloadingCert::new(files, Default::default()).unwrap(),
     )
     .unwrap();
     (tokio_rustls::TlsAcceptor::from(config), dir.join("ca.pem"))

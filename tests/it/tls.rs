@@ -11,7 +11,7 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{unique, TestEnv};
+use crate::harness::{ops_metrics, unique, TestEnv};
 
 fn connector(ca: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
@@ -102,6 +102,25 @@ async fn https_with_redirect_hsts_secure_cookies_and_reload() {
     assert_eq!(version, "TLSv1_3");
     let (_, _, first_cert, resp) = https_get(&server, &ca, &host, &form, &[b"http/1.1"]).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // The expiry of the certificate served is a metric (the alert's input).
+    let expiry = |der: &[u8]| {
+        use x509_cert::der::Decode;
+        x509_cert::Certificate::from_der(der)
+            .unwrap()
+            .tbs_certificate
+            .validity
+            .not_after
+            .to_unix_duration()
+            .as_secs()
+    };
+    let metric = |text: String| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("madoguchi_tls_certificate_not_after_timestamp_seconds "))
+            .map(|v| v.parse::<u64>().unwrap())
+    };
+    let served = expiry(&first_cert);
+    assert!(served > 1_700_000_000, "{served}");
+    assert_eq!(metric(ops_metrics(server.bound.ops).await), Some(served));
     let lower = resp.to_lowercase();
     assert!(
         lower.contains("strict-transport-security: max-age=63072000"),
@@ -227,6 +246,11 @@ async fn https_with_redirect_hsts_secure_cookies_and_reload() {
     loop {
         let (_, _, cert, _) = https_get(&server, &both, &host, "/", &[b"http/1.1"]).await;
         if cert != first_cert {
+            assert_eq!(
+                metric(ops_metrics(server.bound.ops).await),
+                Some(expiry(&cert)),
+                "the new certificate's expiry"
+            );
             break;
         }
         assert!(

@@ -503,6 +503,14 @@ enum BackupCmd {
         /// to examine, not to serve.
         #[arg(long)]
         suspended: bool,
+        /// Why (the municipality's request or approval, an incident's reference):
+        /// written with the act in the municipality's operation log and the operators'.
+        #[arg(long)]
+        reason: String,
+        /// The municipality's database is lost or unreachable, so its operation log
+        /// cannot be written: go on, the operators' log saying so (tell the municipality).
+        #[arg(long)]
+        without_city_log: bool,
     },
     /// Hold a tenant's backups (or the catalog's: _catalog) for an incident or an
     /// inquiry: retention deletes none of them and no erasure of the tenant begins.
@@ -523,6 +531,14 @@ enum BackupCmd {
         file: String,
         #[arg(long)]
         out: PathBuf,
+        /// Why (the municipality's request or approval, an incident's reference):
+        /// written with the act in the municipality's operation log and the operators'.
+        #[arg(long)]
+        reason: String,
+        /// The municipality's database is lost or unreachable, so its operation log
+        /// cannot be written: go on, the operators' log saying so (tell the municipality).
+        #[arg(long)]
+        without_city_log: bool,
     },
 }
 
@@ -628,10 +644,20 @@ enum AuditCmd {
 #[derive(Subcommand, Debug)]
 enum DbCmd {
     /// Print the admin connection URL (it holds the admin password: prefer `db psql`).
-    Url,
+    Url {
+        /// Why (the municipality's request or approval, an incident's reference):
+        /// written with the act in the municipality's operation log and the operators'.
+        #[arg(long)]
+        reason: String,
+    },
     /// Run psql on the catalog as the admin role, the password passed in the
     /// environment (PGPASSWORD), not on the command line where `ps` shows it.
     Psql {
+        /// Why (the municipality's request or approval, an incident's reference):
+        /// written with the act in the municipality's operation log and the operators'.
+        #[arg(long)]
+        reason: String,
+
         /// Arguments for psql (after `--`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -1172,7 +1198,22 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     into,
                     hosts,
                     suspended,
+                    reason,
+                    without_city_log,
                 } => {
+                    let source = madoguchi::control::backup::backup_tenant(&store, &file)?;
+                    log_reach(
+                        p,
+                        Reach {
+                            tenant: source,
+                            action: "operator.backup_restore",
+                            target: &file,
+                            reason: &reason,
+                            without_city_log,
+                            detail: serde_json::json!({ "into": into, "hosts": hosts }),
+                        },
+                    )
+                    .await?;
                     let rec = with_spinner(
                         &format!("restore into {into}"),
                         madoguchi::control::backup::restore_as(
@@ -1197,8 +1238,26 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     );
                     Ok(ExitCode::SUCCESS)
                 }
-                BackupCmd::Decrypt { file, out } => {
+                BackupCmd::Decrypt {
+                    file,
+                    out,
+                    reason,
+                    without_city_log,
+                } => {
                     use std::os::unix::fs::OpenOptionsExt;
+                    let whose = madoguchi::control::backup::backup_tenant(&store, &file)?;
+                    log_reach(
+                        p,
+                        Reach {
+                            tenant: whose,
+                            action: "operator.backup_decrypt",
+                            target: &file,
+                            reason: &reason,
+                            without_city_log,
+                            detail: serde_json::json!({ "out": out.display().to_string() }),
+                        },
+                    )
+                    .await?;
                     let f = std::fs::OpenOptions::new()
                         .write(true)
                         .create_new(true)
@@ -1373,7 +1432,16 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Db(DbCmd::Url) => {
+        Command::Db(DbCmd::Url { reason }) => {
+            let reason = madoguchi::control::tenant_admin::reason(&reason)?;
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "db.url",
+                "admin",
+                serde_json::json!({ "reason": reason }),
+            )
+            .await?;
             // For libpq: with TLS, the certificate and the host name checked against
             // the CA the service trusts (the stored sslmode=require would check neither).
             let url = p.admin_url().to_owned();
@@ -1394,7 +1462,16 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             println!("{url}");
             Ok(ExitCode::SUCCESS)
         }
-        Command::Db(DbCmd::Psql { args }) => {
+        Command::Db(DbCmd::Psql { args, reason }) => {
+            let reason = madoguchi::control::tenant_admin::reason(&reason)?;
+            madoguchi::control::oplog::record(
+                &p.catalog,
+                &cli_actor(),
+                "db.psql",
+                "admin",
+                serde_json::json!({ "reason": reason }),
+            )
+            .await?;
             let (url, password) = without_password(p.admin_url())?;
             let mut cmd = std::process::Command::new("psql");
             // The URL's own sslmode (require) would not check the server's name.
@@ -1598,6 +1675,66 @@ fn site_base(rec: &madoguchi::catalog::TenantRecord, base_url: Option<String>) -
         )
     });
     base.trim_end_matches('/').to_owned()
+}
+
+/// An operator's reach into data held for a municipality (see [`log_reach`]).
+struct Reach<'a> {
+    /// Whose data: the tenant's id (nil: the catalog's own backup).
+    tenant: uuid::Uuid,
+    action: &'a str,
+    target: &'a str,
+    reason: &'a str,
+    without_city_log: bool,
+    detail: serde_json::Value,
+}
+
+/// Before an operator reaches into a municipality's data: the act, who and why in
+/// the municipality's own operation log (its administrators read it) and in the
+/// operators' log. Refused when the municipality's log cannot be written, unless
+/// `without_city_log` (its database lost), which the operators' log then records
+/// with the error. The catalog's own backups concern no one municipality: the
+/// operators' log alone.
+async fn log_reach(p: &Platform, r: Reach<'_>) -> anyhow::Result<()> {
+    let reason = madoguchi::control::tenant_admin::reason(r.reason)?;
+    let by = cli_actor();
+    let rec = if r.tenant.is_nil() {
+        None
+    } else {
+        p.catalog.tenant_by_id(r.tenant).await?
+    };
+    let city_log = match &rec {
+        None if r.tenant.is_nil() => "none (the catalog's own)".to_owned(),
+        None => "none (the municipality is no longer in the catalog)".to_owned(),
+        Some(rec) => match madoguchi::control::tenant_admin::record_operator_act(
+            p,
+            rec,
+            &by,
+            r.action,
+            r.target,
+            &reason,
+            r.detail.clone(),
+        )
+        .await
+        {
+            Ok(()) => "written".to_owned(),
+            Err(e) if r.without_city_log => format!("not written: {e:#}"),
+            Err(e) => anyhow::bail!(
+                "{}の操作ログに記録できないため中止しました / stopped: the act cannot be written in {}'s operation log: {e:#}\n(its database lost? add --without-city-log to go on, recorded in the operators' log, and tell the municipality)",
+                rec.name,
+                rec.slug
+            ),
+        },
+    };
+    let mut detail = r.detail;
+    if let Some(d) = detail.as_object_mut() {
+        d.insert("reason".into(), reason.into());
+        d.insert("city_log".into(), city_log.into());
+    }
+    let target = rec.as_ref().map_or_else(
+        || r.target.to_owned(),
+        |t| format!("{}:{}", t.slug, r.target),
+    );
+    madoguchi::control::oplog::record(&p.catalog, &by, r.action, &target, detail).await
 }
 
 fn cli_actor() -> String {

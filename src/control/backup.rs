@@ -979,7 +979,7 @@ async fn drill_backup(
 }
 
 /// The tenant a backup file belongs to, from its header.
-fn backup_tenant(store: &dyn BackupStore, file: &str) -> anyhow::Result<Uuid> {
+pub fn backup_tenant(store: &dyn BackupStore, file: &str) -> anyhow::Result<Uuid> {
     Ok(read_header(store, file)?.0.tenant_id)
 }
 

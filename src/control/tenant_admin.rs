@@ -82,6 +82,50 @@ pub async fn move_state(
     moved
 }
 
+/// The longest reason an operator may give for reaching a municipality's data.
+pub const REASON_MAX: usize = 500;
+
+/// The reason given, trimmed; refused when empty or too long.
+pub fn reason(text: &str) -> anyhow::Result<String> {
+    let r = text.trim();
+    anyhow::ensure!(
+        !r.is_empty(),
+        "--reason が空です。自治体からの依頼・承認や障害対応の番号など、理由を書いてください / --reason is empty: say why (the municipality's request or approval, an incident's reference)"
+    );
+    anyhow::ensure!(
+        r.chars().count() <= REASON_MAX,
+        "--reason は{REASON_MAX}文字までです / --reason is longer than {REASON_MAX} characters"
+    );
+    Ok(r.to_owned())
+}
+
+/// An operator reaching into a municipality's data (one of its backups decrypted, a
+/// copy restored from one), put in the municipality's own operation log before it
+/// happens, with who (`by`) and why: the city's administrators see every such act
+/// (operator `operator`, action `operator.…`) and can ask about it.
+pub async fn record_operator_act(
+    p: &Platform,
+    rec: &TenantRecord,
+    by: &str,
+    action: &str,
+    target: &str,
+    reason: &str,
+    detail: serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut conn = p
+        .cluster
+        .connect_tenant(&p.catalog, p.keys.as_ref(), rec)
+        .await?;
+    let mut detail = detail;
+    if let Some(d) = detail.as_object_mut() {
+        d.insert("by".into(), by.into());
+        d.insert("reason".into(), reason.into());
+    }
+    audit::record(&mut conn.client, &Actor::Operator, action, target, detail)
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", describe(e)))
+}
+
 /// Opens the admin screen again to every network (no address rule, both zones): for
 /// a city whose administrators all shut themselves out (an office's address changed,
 /// a rule typed wrong). Logged in the tenant's operation log as the operator's act.

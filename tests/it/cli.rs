@@ -54,7 +54,10 @@ pub(crate) fn madoguchi(state: &Path, args: &[&str]) -> (bool, String, String) {
 
 /// `db psql -At -c SQL` on the catalog.
 fn psql(dir: &Path, sql: &str) -> (bool, String, String) {
-    madoguchi(dir, &["db", "psql", "--", "-At", "-c", sql])
+    madoguchi(
+        dir,
+        &["db", "psql", "--reason", "試験", "--", "-At", "-c", sql],
+    )
 }
 
 /// `tenant create` from the command line; the test stops if it fails.
@@ -315,7 +318,7 @@ fn serve_restart_and_commands_on_the_same_state_dir() {
     }
 
     // `db url` gives a URL psql can use.
-    let (ok, url, _) = madoguchi(dir, &["db", "url"]);
+    let (ok, url, _) = madoguchi(dir, &["db", "url", "--reason", "試験"]);
     assert!(ok);
     let out = Command::new("psql")
         .arg(url.trim())
@@ -1148,7 +1151,15 @@ fn the_master_key_is_rotated_while_the_service_is_stopped() {
         let out = dir.join(out);
         madoguchi(
             dir,
-            &["backup", "decrypt", file, "--out", out.to_str().unwrap()],
+            &[
+                "backup",
+                "decrypt",
+                file,
+                "--out",
+                out.to_str().unwrap(),
+                "--reason",
+                "鍵の入れ替えの確認",
+            ],
         )
     };
     let (ok, _, err) = decrypt(&old_backup, "a.dump");
@@ -1302,4 +1313,135 @@ fn the_catalog_is_restored_from_its_backup() {
     serving.stop();
     let (ok, out, _) = madoguchi(dir, &["ops-log", "show"]);
     assert!(ok && out.contains("catalog.restore"), "{out}");
+}
+
+/// An operator reaching a municipality's data (`backup decrypt`, `backup restore`)
+/// says why, and the act is in the municipality's own operation log before it runs,
+/// with the Unix user and the reason; when that log cannot be written the command
+/// stops, unless told to go on, which the operators' log then records. `db psql`
+/// and `db url` say why too, in the operators' log.
+#[test]
+fn an_operators_reach_into_a_citys_data_is_in_its_own_log() {
+    let state = StateDir::new();
+    let dir = state.0.as_path();
+    create_tenant(dir, "nayoro", "名寄市", "012211", "nayoro.localhost");
+    let (_, list, _) = madoguchi(dir, &["tenant", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let database = list[0]["database"].as_str().unwrap().to_owned();
+    let (ok, out, err) = madoguchi(dir, &["backup", "run", "nayoro"]);
+    assert!(ok, "{out}{err}");
+    let file = std::fs::read_dir(dir.join("backups/nayoro"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .find(|n| n.ends_with(".mdgbak"))
+        .map(|n| format!("nayoro/{n}"))
+        .unwrap();
+    let dump = dir.join("nayoro.dump");
+    let decrypt = |extra: &[&str]| {
+        let mut args = vec!["backup", "decrypt", &file, "--out", dump.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        madoguchi(dir, &args)
+    };
+    // The city's log: (actor, action, detail) of the operators' entries.
+    let city_log = || {
+        let (ok, out, err) = madoguchi(
+            dir,
+            &[
+                "db",
+                "psql",
+                "--reason",
+                "試験の確認",
+                "--",
+                "-At",
+                "-c",
+                &format!("\\c \"{database}\""),
+                "-c",
+                "SELECT actor || '|' || action || '|' || detail FROM audit_log WHERE action LIKE 'operator.%' ORDER BY seq",
+            ],
+        );
+        assert!(ok, "{out}{err}");
+        out.lines()
+            .filter(|l| l.contains('|'))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+
+    // Without a reason, or with a blank one: nothing is decrypted.
+    let (ok, _, err) = decrypt(&[]);
+    assert!(!ok && err.contains("--reason"), "{err}");
+    let (ok, _, err) = decrypt(&["--reason", "  "]);
+    assert!(!ok && err.contains("理由を書いてください"), "{err}");
+    assert!(!dump.exists());
+    assert!(city_log().is_empty());
+
+    // With one: in the city's log first, then done.
+    let (ok, _, err) = decrypt(&["--reason", "名寄市からの依頼 第12号"]);
+    assert!(ok, "{err}");
+    assert!(dump.exists());
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "backup",
+            "restore",
+            &file,
+            "--into",
+            "nayoro-copy",
+            "--host",
+            "nayoro-copy.localhost",
+            "--suspended",
+            "--reason",
+            "復元訓練（名寄市承認 第13号）",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let logged = city_log();
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    let entry = |line: &str| {
+        let mut parts = line.splitn(3, '|');
+        let (actor, action) = (parts.next().unwrap(), parts.next().unwrap());
+        let detail: serde_json::Value = serde_json::from_str(parts.next().unwrap()).unwrap();
+        (actor.to_owned(), action.to_owned(), detail)
+    };
+    let (actor, action, detail) = entry(&logged[0]);
+    assert_eq!(
+        (actor.as_str(), action.as_str()),
+        ("operator", "operator.backup_decrypt")
+    );
+    assert_eq!(detail["reason"], "名寄市からの依頼 第12号");
+    assert!(
+        detail["by"].as_str().unwrap().starts_with("cli:"),
+        "{detail}"
+    );
+    let (_, action, detail) = entry(&logged[1]);
+    assert_eq!(action, "operator.backup_restore");
+    assert_eq!(detail["into"], "nayoro-copy");
+    assert_eq!(detail["reason"], "復元訓練（名寄市承認 第13号）");
+
+    // The city's database lost: its log cannot be written, so the command stops...
+    std::fs::remove_file(&dump).unwrap();
+    let (ok, out, err) = psql(dir, &format!("DROP DATABASE \"{database}\""));
+    assert!(ok, "{out}{err}");
+    let (ok, _, err) = decrypt(&["--reason", "障害対応 INC-7"]);
+    assert!(
+        !ok && err.contains("操作ログに記録できないため中止しました")
+            && err.contains("--without-city-log"),
+        "{err}"
+    );
+    assert!(!dump.exists());
+    // ...unless told to go on, which the operators' log records.
+    let (ok, _, err) = decrypt(&["--reason", "障害対応 INC-7", "--without-city-log"]);
+    assert!(ok, "{err}");
+    assert!(dump.exists());
+    let (ok, out, _) = madoguchi(dir, &["ops-log", "show"]);
+    assert!(ok);
+    assert_eq!(out.matches("operator.backup_decrypt").count(), 2, "{out}");
+    assert!(out.contains("operator.backup_restore"), "{out}");
+    assert!(
+        out.contains("障害対応 INC-7") && out.contains("not written"),
+        "{out}"
+    );
+    assert!(
+        out.contains("db.psql") && out.contains("試験の確認"),
+        "{out}"
+    );
 }

@@ -107,7 +107,7 @@ fn pg_ctl(dir: &std::path::Path, args: &[&str]) {
 }
 
 async fn tenant_db(dir: &std::path::Path) -> tokio_postgres::Client {
-    let (ok, url, err) = madoguchi(dir, &["db", "url"]);
+    let (ok, url, err) = madoguchi(dir, &["db", "url", "--reason", "試験"]);
     assert!(ok, "{err}");
     let (ok, list, _) = madoguchi(dir, &["tenant", "list", "--json"]);
     assert!(ok);

@@ -271,6 +271,8 @@ async fn every_connection_to_a_cluster_that_requires_tls_is_verified_tls() {
         &[
             "db",
             "psql",
+            "--reason",
+            "試験",
             "--",
             "-At",
             "-c",
@@ -280,7 +282,8 @@ async fn every_connection_to_a_cluster_that_requires_tls_is_verified_tls() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "t");
     // `db url`: a URL libpq checks the certificate and the name with, by itself.
-    let (ok, url, err) = crate::cli::madoguchi(env.state.path(), &["db", "url"]);
+    let (ok, url, err) =
+        crate::cli::madoguchi(env.state.path(), &["db", "url", "--reason", "試験"]);
     assert!(ok, "{err}");
     let url = url.trim();
     assert!(

@@ -460,6 +460,7 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
             "/admin/access",
             get(admin::access::show).post(admin::access::save),
         )
+        .route("/admin/access/totp", post(admin::access::save_totp))
         .route("/admin/audit", get(audit::pages::list))
         .route(
             "/admin/api-tokens",

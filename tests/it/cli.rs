@@ -660,6 +660,39 @@ fn manifests_apply_idempotently_and_migrate_reports() {
         )),
         "{out}"
     );
+    // Tenant migration V30: a municipality that existed before it keeps TOTP required
+    // of managers only; one created since starts with it required of all.
+    let (_, list, _) = madoguchi(dir, &["tenant", "list", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    for (slug, made_at) in [("hakodate", newest), ("otaru", newest - 1)] {
+        let database = list
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["slug"] == slug)
+            .unwrap()["database"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let (ok, out, err) = madoguchi(
+            dir,
+            &[
+                "db",
+                "psql",
+                "--reason",
+                "試験",
+                "--",
+                "-At",
+                "-c",
+                &format!("\\c \"{database}\""),
+                "-c",
+                "SELECT 'rule=' || staff_totp FROM settings",
+            ],
+        );
+        assert!(ok, "{err}");
+        let wanted = if made_at < 30 { "managers" } else { "all" };
+        assert!(out.contains(&format!("rule={wanted}")), "{slug}: {out}");
+    }
     // A tenant left half-provisioned is not migrated, and the report says so: a
     // failure when it was the one named, a line among all.
     let psql = |sql: &str| {

@@ -1650,7 +1650,8 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
     let admin = staff(&env, &server, &t, Role::Admin, None).await;
     let login = url(&server, host, "/admin/login");
 
-    // A 職員 may set up without TOTP, and is signed in by it.
+    // A new municipality asks every member of staff for a code: a 職員's setup
+    // without one is refused.
     let email = format!("{}@city.example.jp", unique("s"));
     let token = madoguchi::control::tenant_admin::add_staff(
         &env.platform,
@@ -1664,6 +1665,48 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
     .unwrap();
     let plain = browser(&server, &[host]);
     let password = "correct horse battery staple";
+    let setup = url(&server, host, &format!("/admin/setup/{token}"));
+    let (_, _, page) = get(&plain, &setup).await;
+    assert!(page.contains("二要素認証（必須）"), "{page}");
+    let (status, _, page) = post(
+        &plain,
+        &setup,
+        &[
+            ("password", password),
+            ("password2", password),
+            ("code", ""),
+        ],
+    )
+    .await;
+    assert_eq!(status, 422, "{page}");
+    assert!(page.contains("確認コードが正しくありません"), "{page}");
+    // Only an administrator changes the rule.
+    let access = url(&server, host, "/admin/access");
+    let rule = url(&server, host, "/admin/access/totp");
+    let clerk = staff(&env, &server, &t, Role::DeptManager, Some("環境政策課")).await;
+    let (status, _, _) = post(
+        &clerk.client,
+        &rule,
+        &[("csrf", clerk.csrf.as_str()), ("staff_totp", "managers")],
+    )
+    .await;
+    assert_eq!(status, 403);
+    let set_rule = |to: &'static str| {
+        let (c, csrf, rule) = (admin.client.clone(), admin.csrf.clone(), rule.clone());
+        async move {
+            post(&c, &rule, &[("csrf", csrf.as_str()), ("staff_totp", to)])
+                .await
+                .0
+        }
+    };
+    assert_eq!(set_rule("managers").await, 303);
+    let (_, _, page) = get(&admin.client, &access).await;
+    assert!(
+        page.contains(r#"id="totp-managers" name="staff_totp" value="managers" checked"#),
+        "{page}"
+    );
+
+    // Then a 職員 may set up without TOTP, and is signed in by it.
     let (status, loc, body) = post(
         &plain,
         &url(&server, host, &format!("/admin/setup/{token}")),
@@ -1679,6 +1722,41 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
         get(&plain, &url(&server, host, "/admin/forms")).await.0,
         200
     );
+    // The administrator sees who has no code; required of all, that session ends
+    // and a password alone no longer signs in.
+    let (_, _, page) = get(&admin.client, &access).await;
+    assert!(
+        page.contains("二要素認証を設定していない職員が1人います"),
+        "{page}"
+    );
+    assert_eq!(set_rule("all").await, 303);
+    let (status, loc, _) = get(&plain, &url(&server, host, "/admin/forms")).await;
+    assert_eq!((status, loc.as_str()), (303, "/admin/login"));
+    let by_password = [
+        ("email", email.as_str()),
+        ("password", password),
+        ("code", ""),
+    ];
+    let (status, _, page) = post(&plain, &login, &by_password).await;
+    assert_eq!(status, 401, "{page}");
+    assert!(
+        page.contains("すべての職員に二要素認証（確認コード）が必要です"),
+        "{page}"
+    );
+    let logged = crate::forms::log_rows(
+        &env.tenant_conn(&t).await.client,
+        "SELECT actor, action, detail FROM audit_log WHERE action = 'settings.totp' ORDER BY seq",
+    )
+    .await;
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    assert!(
+        logged[1].2.contains(r#""staff_without_totp":1"#),
+        "{logged:?}"
+    );
+    // Back to managers only: the password signs in again.
+    assert_eq!(set_rule("managers").await, 303);
+    let (status, _, page) = post(&plain, &login, &by_password).await;
+    assert_eq!(status, 303, "{page}");
     // Made 管理者, that password-only session ends at once.
     let conn = env.tenant_conn(&t).await;
     let id: i64 = conn

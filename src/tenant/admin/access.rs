@@ -19,7 +19,7 @@ use crate::error::AppError;
 use crate::front::conn::Zone;
 use crate::tenant::audit::{self, Actor};
 use crate::tenant::http::{see_other, FormData};
-use crate::tenant::staff::StaffUser;
+use crate::tenant::staff::{StaffUser, TotpRule};
 use crate::tenant::TenantCtx;
 use crate::web::{render, ErrorPage};
 
@@ -274,6 +274,10 @@ struct AccessPage {
     error: Option<String>,
     /// Valid API tokens that follow this rule (利用元「管理画面と同じ」).
     following_tokens: i64,
+    /// Every member of staff must use TOTP ([`TotpRule::All`]).
+    totp_all: bool,
+    /// Active staff who signed in with a password alone (no TOTP enrolled).
+    without_totp: i64,
 }
 
 async fn page(
@@ -284,15 +288,17 @@ async fn page(
     embed: String,
     error: Option<String>,
 ) -> Result<Response, AppError> {
-    let following_tokens: i64 = ctx
+    let counts = ctx
         .db()
         .await?
         .query_one(
-            "SELECT count(*) FROM api_tokens WHERE network = 'admin' AND revoked_at IS NULL",
+            "SELECT (SELECT count(*) FROM api_tokens WHERE network = 'admin' AND revoked_at IS NULL),
+                    (SELECT staff_totp FROM settings),
+                    (SELECT count(*) FROM staff WHERE NOT disabled AND password_hash IS NOT NULL AND NOT totp_enabled)",
             &[],
         )
-        .await?
-        .get(0);
+        .await?;
+    let following_tokens: i64 = counts.get(0);
     Ok(render(
         if error.is_some() {
             StatusCode::UNPROCESSABLE_ENTITY
@@ -310,8 +316,65 @@ async fn page(
             your_zone: ctx.zone.as_str(),
             error,
             following_tokens,
+            totp_all: TotpRule::parse(counts.get(1)) == TotpRule::All,
+            without_totp: counts.get(2),
         },
     ))
+}
+
+/// 二要素認証: whether every member of staff must use TOTP, or 管理者 and 所属管理者
+/// only. Required of all, the sessions of staff without TOTP end at their next
+/// request ([`crate::tenant::staff::SESSION_SQL`]), and they are refused at sign-in
+/// until they enrol through a new setup link.
+pub async fn save_totp(
+    ctx: TenantCtx,
+    user: StaffUser,
+    body: FormData,
+) -> Result<Response, AppError> {
+    user.require_admin()?;
+    user.check_csrf(&body)?;
+    let rule = match body.get("staff_totp") {
+        "all" => TotpRule::All,
+        "managers" => TotpRule::Managers,
+        _ => {
+            return Err(AppError::BadRequest(
+                "二要素認証を必須にする範囲を選んでください".into(),
+            ))
+        }
+    };
+    let mut db = ctx.db().await?;
+    let client: &mut tokio_postgres::Client = &mut db;
+    let tx = client.transaction().await?;
+    let without: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM staff WHERE NOT disabled AND password_hash IS NOT NULL AND NOT totp_enabled
+                AND role NOT IN ('admin', 'dept_manager')",
+            &[],
+        )
+        .await?
+        .get(0);
+    let changed = tx
+        .execute(
+            "UPDATE settings SET staff_totp = $1 WHERE staff_totp <> $1",
+            &[&rule.as_str()],
+        )
+        .await?;
+    if changed > 0 {
+        audit::append(
+            &tx,
+            &user.actor(),
+            "settings.totp",
+            "",
+            serde_json::json!({
+                "staff_totp": rule.as_str(),
+                // Staff whose sessions end and who must enrol (for an 'all').
+                "staff_without_totp": (rule == TotpRule::All).then_some(without),
+            }),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(see_other("/admin/access#totp"))
 }
 
 pub async fn show(ctx: TenantCtx, user: StaffUser) -> Result<Response, AppError> {

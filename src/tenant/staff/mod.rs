@@ -23,9 +23,10 @@ pub const SESSION_COOKIE: &str = "md_staff";
 pub const IDLE_SECS: i64 = 30 * 60;
 /// The signed-in member of staff by the hash of their session cookie; the session's
 /// last activity is written at most every `$3` seconds. The role is read live, and a
-/// role that needs TOTP ([`Role::needs_totp`]) held without TOTP enrolled ends the
-/// session: a staff member promoted after signing in with a password alone signs in
-/// again, and is refused until they enrol.
+/// role that needs TOTP ([`Role::needs_totp`], or every role under the municipality's
+/// [`TotpRule::All`]) held without TOTP enrolled ends the session: a staff member
+/// promoted after signing in with a password alone, or whose municipality has just
+/// required TOTP of everyone, signs in again, and is refused until they enrol.
 pub const SESSION_SQL: &str = "WITH s AS (
                     SELECT staff_id, csrf_token, last_seen_at FROM staff_sessions
                      WHERE id_hash = $1 AND last_seen_at > now() - make_interval(secs => $2) AND expires_at > now()),
@@ -36,7 +37,8 @@ pub const SESSION_SQL: &str = "WITH s AS (
                  SELECT st.id, st.email, st.display_name, st.role, st.department_id, s.csrf_token
                    FROM s JOIN staff st ON st.id = s.staff_id
                   WHERE NOT st.disabled
-                    AND (st.totp_enabled OR st.role NOT IN ('admin', 'dept_manager'))";
+                    AND (st.totp_enabled OR (st.role NOT IN ('admin', 'dept_manager')
+                         AND (SELECT staff_totp FROM settings) = 'managers'))";
 
 /// Ends every setup link of `staff_id` not yet used.
 pub async fn void_setup_links(
@@ -134,6 +136,38 @@ impl Role {
 impl fmt::Display for Role {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.label())
+    }
+}
+
+/// Who must sign in with a TOTP code besides the password (the municipality's choice,
+/// on the ネットワーク制限 page; `settings.staff_totp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TotpRule {
+    /// 管理者 and 所属管理者 only ([`Role::needs_totp`]).
+    Managers,
+    /// Every member of staff (new municipalities start so).
+    All,
+}
+
+impl TotpRule {
+    /// The stored value; anything else is read as the stricter rule.
+    pub fn parse(s: &str) -> Self {
+        match s {
+            "managers" => Self::Managers,
+            _ => Self::All,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Managers => "managers",
+            Self::All => "all",
+        }
+    }
+
+    /// Whether someone of `role` must use TOTP under this rule.
+    pub fn requires(self, role: Role) -> bool {
+        role.needs_totp() || self == Self::All
     }
 }
 

@@ -10,7 +10,7 @@ use tokio_postgres::Client;
 use super::{
     hash_password, new_totp_secret, now_unix, otpauth_uri, password_problem, qr_svg, totp_base32,
     totp_from_base32, totp_step, verify_password, void_links_issued_by, void_setup_links, Role,
-    StaffUser, ABSOLUTE_SECS, FREE_ATTEMPTS, SESSION_COOKIE,
+    StaffUser, TotpRule, ABSOLUTE_SECS, FREE_ATTEMPTS, SESSION_COOKIE,
 };
 use crate::crypto::{random_token, FieldCipher, FieldRef};
 use crate::error::AppError;
@@ -164,7 +164,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     let row = db
         .query_opt(
             "SELECT id, password_hash, role, totp_secret, totp_enabled, totp_last_step, disabled,
-                    ceil(extract(epoch FROM locked_until - now()))::bigint
+                    ceil(extract(epoch FROM locked_until - now()))::bigint, (SELECT staff_totp FROM settings)
                FROM staff WHERE email = $1",
             &[&email],
         )
@@ -243,8 +243,13 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     }
     // The password (and code) were right: not a guess.
     attempt.was_right();
-    if role.needs_totp() && !totp_enabled {
-        return Ok(fail("この権限では二要素認証（確認コード）の設定が必要です。管理者に設定用リンクの再発行を依頼してください。"));
+    if !totp_enabled {
+        if role.needs_totp() {
+            return Ok(fail("この権限では二要素認証（確認コード）の設定が必要です。管理者に設定用リンクの再発行を依頼してください。"));
+        }
+        if TotpRule::parse(row.get(8)) == TotpRule::All {
+            return Ok(fail("この団体では、すべての職員に二要素認証（確認コード）が必要です。管理者に設定用リンクの再発行を依頼し、認証アプリを設定してください。"));
+        }
     }
     // The code's time step is taken only if no sign-in took it (or a later one)
     // first: two sign-ins racing with one code get one session (a code is accepted
@@ -367,12 +372,15 @@ struct SetupTarget {
     staff_id: i64,
     email: String,
     role: Role,
+    /// Whether this account must enrol TOTP (its role, or the municipality's rule).
+    totp_required: bool,
 }
 
 async fn setup_target(db: &Client, token: &str) -> Result<SetupTarget, AppError> {
     let row = db
         .query_opt(
-            "SELECT s.id, s.email, s.role FROM staff_setup_tokens t JOIN staff s ON s.id = t.staff_id
+            "SELECT s.id, s.email, s.role, (SELECT staff_totp FROM settings)
+               FROM staff_setup_tokens t JOIN staff s ON s.id = t.staff_id
               WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > now() AND NOT s.disabled",
             &[&token_hash(token)],
         )
@@ -382,10 +390,12 @@ async fn setup_target(db: &Client, token: &str) -> Result<SetupTarget, AppError>
             "この設定用リンクは無効か、有効期限（24時間）が切れています。管理者に再発行を依頼してください。".into(),
         ));
     };
+    let role = Role::parse(r.get::<_, &str>(2)).unwrap_or(Role::Viewer);
     Ok(SetupTarget {
         staff_id: r.get(0),
         email: r.get(1),
-        role: Role::parse(r.get::<_, &str>(2)).unwrap_or(Role::Viewer),
+        role,
+        totp_required: TotpRule::parse(r.get(3)).requires(role),
     })
 }
 
@@ -404,7 +414,7 @@ fn setup_page(ctx: &TenantCtx, t: &SetupTarget, secret: &[u8], errors: Vec<Strin
             nav: None,
             email: t.email.clone(),
             role: t.role.label().to_owned(),
-            totp_required: t.role.needs_totp(),
+            totp_required: t.totp_required,
             secret_b32: totp_base32(secret),
             qr: qr_svg(&otpauth).unwrap_or_default(),
             otpauth,
@@ -449,7 +459,7 @@ pub async fn setup(
         errors.push("確認用のパスワードが一致しません".into());
     }
     let code = form.get("code").trim();
-    let wants_totp = target.role.needs_totp() || !code.is_empty();
+    let wants_totp = target.totp_required || !code.is_empty();
     let step = if wants_totp {
         totp_step(&secret, code, now_unix())
     } else {

@@ -3562,3 +3562,104 @@ async fn a_notice_is_on_the_home_page_until_its_last_day() {
     assert_eq!(logged, 3);
     server.shutdown().await;
 }
+
+/// The list of forms, for a city with hundreds: narrowed by words of the title
+/// (full-width or half-width alike), by department and by state; a department's
+/// staff see their department's forms only, whatever they ask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_list_of_forms_narrows_by_title_department_and_state() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("fl"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let u = |p: &str| url(&server, host, p);
+    let form = |title: &str| {
+        format!(
+            r#"{{ "format": "madoguchi.form/1", "title": "{title}",
+                 "pages": [ {{ "id": "p1", "fields": [ {{ "id": "name", "type": "text", "label": "氏名" }} ] }} ] }}"#
+        )
+    };
+    for (title, dept) in [
+        ("ＰＣ講座 受講申込", "生涯学習課"),
+        ("犬の登録", "生活衛生課"),
+        ("pc教室 アンケート", "生活衛生課"),
+    ] {
+        madoguchi::control::tenant_admin::import_form(&env.platform, &t, &form(title), dept, true)
+            .await
+            .unwrap();
+    }
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let learning = dept_id(&env, &t, "生涯学習課").await;
+    let (status, _, _) = post(
+        &admin.client,
+        &u("/admin/forms"),
+        &[
+            ("csrf", admin.csrf.as_str()),
+            ("title", "PC講座 講師募集"),
+            ("department", &learning),
+        ],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let titles = |page: &str| {
+        let mut found: Vec<String> = regex::Regex::new(r#"<a href="/admin/forms/\d+">([^<]+)</a>"#)
+            .unwrap()
+            .captures_iter(page)
+            .map(|c| c[1].to_owned())
+            .collect();
+        found.sort();
+        found
+    };
+    let list = |c: &reqwest::Client, q: &str| {
+        let (c, p) = (c.clone(), u(&format!("/admin/forms?{q}")));
+        async move {
+            let (status, _, page) = get(&c, &p).await;
+            assert_eq!(status, 200, "{page}");
+            page
+        }
+    };
+
+    let page = list(&admin.client, "").await;
+    assert_eq!(titles(&page).len(), 4, "{page}");
+    assert!(!page.contains("id=\"forms-count\""), "{page}");
+    // 「pc」 finds ＰＣ and PC alike; two words must both be in the title.
+    let page = list(&admin.client, "q=pc").await;
+    assert_eq!(
+        titles(&page),
+        ["PC講座 講師募集", "pc教室 アンケート", "ＰＣ講座 受講申込"],
+        "{page}"
+    );
+    assert!(page.contains("4件中 3件"), "{page}");
+    let page = list(&admin.client, "q=%EF%BD%90%EF%BD%83+%E8%AC%9B%E5%BA%A7").await;
+    assert_eq!(
+        titles(&page),
+        ["PC講座 講師募集", "ＰＣ講座 受講申込"],
+        "ｐｃ 講座: {page}"
+    );
+    let page = list(&admin.client, &format!("department={learning}&state=draft")).await;
+    assert_eq!(titles(&page), ["PC講座 講師募集"], "{page}");
+    assert!(
+        page.contains(&format!(r#"<option value="{learning}" selected>"#)),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"<option value="draft" selected>下書き</option>"#),
+        "{page}"
+    );
+    let page = list(&admin.client, &format!("department={learning}&state=open")).await;
+    assert_eq!(titles(&page), ["ＰＣ講座 受講申込"], "{page}");
+    let page = list(&admin.client, "q=%E7%8C%AB").await;
+    assert!(
+        titles(&page).is_empty() && page.contains("条件に合うフォームはありません"),
+        "{page}"
+    );
+
+    // A department's staff: their own department's forms, even when asking for another's.
+    let clerk = staff(&env, &server, &t, Role::Staff, Some("生活衛生課")).await;
+    let page = list(&clerk.client, "").await;
+    assert_eq!(titles(&page), ["pc教室 アンケート", "犬の登録"], "{page}");
+    let page = list(&clerk.client, &format!("department={learning}")).await;
+    assert!(titles(&page).is_empty(), "{page}");
+    assert!(!page.contains("生涯学習課"), "{page}");
+    server.shutdown().await;
+}

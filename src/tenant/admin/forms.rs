@@ -2,7 +2,7 @@
 //! edits a draft, and publishes immutable versions.
 
 use askama::Template;
-use axum::extract::{Path, Query};
+use axum::extract::{Path, Query, RawQuery};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -98,13 +98,63 @@ struct FormsPage {
     departments: Vec<Department>,
     can_create: bool,
     error: Option<String>,
+    /// The list's filters as asked, and how many forms there are before them.
+    filter: FormFilter,
+    total: usize,
 }
 
-fn status_label(f: &FormRow) -> String {
-    match (f.current_version, f.closed) {
+/// What the list of forms is narrowed to: words of the title, a department, a state.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct FormFilter {
+    pub q: String,
+    pub department: Option<i64>,
+    /// `draft`, `open`, `closed` or `changed` (公開中で未公開の変更あり).
+    pub state: String,
+}
+
+impl FormFilter {
+    pub fn parse(query: Option<&str>) -> Self {
+        let mut f = Self::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            match &*k {
+                "q" => f.q = v.trim().chars().take(100).collect(),
+                "department" => f.department = v.parse().ok(),
+                "state" if matches!(&*v, "draft" | "open" | "closed" | "changed") => {
+                    f.state = v.into_owned()
+                }
+                _ => {}
+            }
+        }
+        f
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// Whether `f` is one of the forms asked for. The title matches each word typed,
+    /// full-width or half-width, upper or lower case alike.
+    pub fn keeps(&self, f: &store::ListedForm) -> bool {
+        let title = crate::ja::nfkc(&f.title).to_lowercase();
+        let words = crate::ja::nfkc(&self.q).to_lowercase();
+        words.split_whitespace().all(|w| title.contains(w))
+            && self.department.is_none_or(|d| d == f.department_id)
+            && match self.state.as_str() {
+                "draft" => f.current_version.is_none(),
+                "open" => f.current_version.is_some() && !f.closed,
+                "closed" => f.current_version.is_some() && f.closed,
+                "changed" => f.current_version.is_some() && f.unpublished_changes,
+                _ => true,
+            }
+    }
+}
+
+/// A form's state as the list and its page say it.
+fn status_label(current_version: Option<i32>, closed: bool, unpublished_changes: bool) -> String {
+    match (current_version, closed) {
         (None, _) => "下書き".into(),
         (Some(v), true) => format!("停止中（第{v}版）"),
-        (Some(v), false) if f.unpublished_changes => format!("公開中（第{v}版）・未公開の変更あり"),
+        (Some(v), false) if unpublished_changes => format!("公開中（第{v}版）・未公開の変更あり"),
         (Some(v), false) => format!("公開中（第{v}版）"),
     }
 }
@@ -112,6 +162,7 @@ fn status_label(f: &FormRow) -> String {
 async fn forms_page(
     ctx: &TenantCtx,
     user: &StaffUser,
+    filter: FormFilter,
     error: Option<String>,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
@@ -121,13 +172,15 @@ async fn forms_page(
     if let Some(s) = &scope {
         depts.retain(|d| s.contains(&d.id));
     }
+    let total = forms.len();
     let rows = forms
         .iter()
+        .filter(|f| filter.keeps(f))
         .map(|f| FormListRow {
             id: f.id,
-            title: f.draft.title.clone(),
+            title: f.title.clone(),
             department: f.department.clone(),
-            status: status_label(f),
+            status: status_label(f.current_version, f.closed, f.unpublished_changes),
             accepted: f.accepted,
         })
         .collect();
@@ -145,19 +198,31 @@ async fn forms_page(
             can_create: user.role != crate::tenant::staff::Role::Viewer && !depts.is_empty(),
             departments: depts,
             error,
+            filter,
+            total,
         },
     ))
 }
 
-pub async fn list(ctx: TenantCtx, user: StaffUser) -> Result<Response, AppError> {
-    forms_page(&ctx, &user, None).await
+pub async fn list(
+    ctx: TenantCtx,
+    user: StaffUser,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
+    forms_page(&ctx, &user, FormFilter::parse(query.as_deref()), None).await
 }
 
 pub async fn create(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<Response, AppError> {
     user.check_csrf(&body)?;
     let title = body.get("title").trim();
     let Ok(dept) = body.get("department").parse::<i64>() else {
-        return forms_page(&ctx, &user, Some("所属を選択してください".into())).await;
+        return forms_page(
+            &ctx,
+            &user,
+            FormFilter::default(),
+            Some("所属を選択してください".into()),
+        )
+        .await;
     };
     if !user.can_edit(dept) {
         return Err(AppError::Forbidden);
@@ -166,6 +231,7 @@ pub async fn create(ctx: TenantCtx, user: StaffUser, body: FormData) -> Result<R
         return forms_page(
             &ctx,
             &user,
+            FormFilter::default(),
             Some("題名を1〜200文字で入力してください".into()),
         )
         .await;
@@ -427,7 +493,7 @@ async fn builder(
             pages,
             field_types: FIELD_TYPES.iter().map(|(t, ja, _)| (*t, *ja)).collect(),
             problems: def.check().into_iter().map(|p| p.ja).collect(),
-            status: status_label(&form),
+            status: status_label(form.current_version, form.closed, form.unpublished_changes),
             published: form.current_version.is_some(),
             closed: form.closed,
             can_edit: user.can_edit(form.department_id),

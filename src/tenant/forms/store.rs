@@ -111,19 +111,45 @@ fn row_to_form(r: &tokio_postgres::Row) -> Result<FormRow, AppError> {
     })
 }
 
-/// Forms of the given departments (`None`: all), newest first.
-pub async fn list(db: &Client, departments: Option<&[i64]>) -> Result<Vec<FormRow>, AppError> {
-    let rows = match departments {
-        None => db.query(&format!("SELECT {FORM_COLUMNS} FROM forms f JOIN departments d ON d.id = f.department_id ORDER BY f.id DESC"), &[]).await?,
-        Some(ids) => {
-            db.query(
-                &format!("SELECT {FORM_COLUMNS} FROM forms f JOIN departments d ON d.id = f.department_id WHERE f.department_id = ANY($1) ORDER BY f.id DESC"),
-                &[&ids],
-            )
-            .await?
-        }
-    };
-    rows.iter().map(row_to_form).collect()
+/// A form as the list of forms shows it: no definition read (a city has hundreds).
+pub struct ListedForm {
+    pub id: i64,
+    pub title: String,
+    pub department_id: i64,
+    pub department: String,
+    pub current_version: Option<i32>,
+    pub closed: bool,
+    pub accepted: i32,
+    pub unpublished_changes: bool,
+}
+
+/// [`ListedForm`]s of the given departments (`None`: all), newest first.
+pub async fn list(db: &Client, departments: Option<&[i64]>) -> Result<Vec<ListedForm>, AppError> {
+    let rows = db
+        .query(
+            "SELECT f.id, coalesce(f.draft->>'title', ''), f.department_id, d.name, f.current_version, f.closed,
+                    (SELECT count(*)::int FROM submissions s WHERE s.form_id = f.id),
+                    f.current_version IS NULL OR f.draft IS DISTINCT FROM
+                      (SELECT v.definition FROM form_versions v WHERE v.form_id = f.id AND v.version = f.current_version)
+               FROM forms f JOIN departments d ON d.id = f.department_id
+              WHERE $1::bigint[] IS NULL OR f.department_id = ANY($1)
+              ORDER BY f.id DESC",
+            &[&departments],
+        )
+        .await?;
+    Ok(rows
+        .iter()
+        .map(|r| ListedForm {
+            id: r.get(0),
+            title: r.get(1),
+            department_id: r.get(2),
+            department: r.get(3),
+            current_version: r.get(4),
+            closed: r.get(5),
+            accepted: r.get(6),
+            unpublished_changes: r.get(7),
+        })
+        .collect())
 }
 
 pub async fn get(db: &Client, id: i64) -> Result<FormRow, AppError> {

@@ -646,7 +646,7 @@ enum DbCmd {
     /// Print the admin connection URL (it holds the admin password: prefer `db psql`).
     Url {
         /// Why (the municipality's request or approval, an incident's reference):
-        /// written with the act in the municipality's operation log and the operators'.
+        /// written with the act in the operators' log.
         #[arg(long)]
         reason: String,
     },
@@ -654,7 +654,7 @@ enum DbCmd {
     /// environment (PGPASSWORD), not on the command line where `ps` shows it.
     Psql {
         /// Why (the municipality's request or approval, an incident's reference):
-        /// written with the act in the municipality's operation log and the operators'.
+        /// written with the act in the operators' log.
         #[arg(long)]
         reason: String,
 
@@ -1202,6 +1202,14 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                     without_city_log,
                 } => {
                     let source = madoguchi::control::backup::backup_tenant(&store, &file)?;
+                    // What can be refused before anything is made is checked before the
+                    // act goes into the city's log (the file against the catalog, the
+                    // new slug and hosts as written).
+                    madoguchi::control::backup::check_against_record(p, &store, &file).await?;
+                    madoguchi::domain::Slug::parse(&into)?;
+                    for h in &hosts {
+                        madoguchi::domain::HostName::parse(h)?;
+                    }
                     log_reach(
                         p,
                         Reach {
@@ -1214,13 +1222,32 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                         },
                     )
                     .await?;
-                    let rec = with_spinner(
+                    let restored = with_spinner(
                         &format!("restore into {into}"),
                         madoguchi::control::backup::restore_as(
                             p, &store, &file, &into, &hosts, suspended,
                         ),
                     )
-                    .await?;
+                    .await;
+                    let rec = match restored {
+                        Ok(rec) => rec,
+                        Err(e) => {
+                            // The city's log said it would happen: it says it did not.
+                            if let Ok(Some(src)) = p.catalog.tenant_by_id(source).await {
+                                let _ = madoguchi::control::tenant_admin::record_operator_act(
+                                    p,
+                                    &src,
+                                    &cli_actor(),
+                                    "operator.backup_restore_failed",
+                                    &file,
+                                    &reason,
+                                    serde_json::json!({ "into": into, "error": format!("{e:#}") }),
+                                )
+                                .await;
+                            }
+                            return Err(e);
+                        }
+                    };
                     madoguchi::control::oplog::record(
                         &p.catalog,
                         &cli_actor(),
@@ -1246,7 +1273,16 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                 } => {
                     use std::os::unix::fs::OpenOptionsExt;
                     let whose = madoguchi::control::backup::backup_tenant(&store, &file)?;
-                    log_reach(
+                    madoguchi::control::tenant_admin::reason(&reason)?;
+                    // The file is made before the act is logged: a log entry says it
+                    // happened, so what can fail first fails before it.
+                    let f = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .mode(0o600)
+                        .open(&out)
+                        .with_context(|| format!("creating {}", out.display()))?;
+                    let logged = log_reach(
                         p,
                         Reach {
                             tenant: whose,
@@ -1257,13 +1293,11 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
                             detail: serde_json::json!({ "out": out.display().to_string() }),
                         },
                     )
-                    .await?;
-                    let f = std::fs::OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&out)
-                        .with_context(|| format!("creating {}", out.display()))?;
+                    .await;
+                    if let Err(e) = logged {
+                        let _ = std::fs::remove_file(&out);
+                        return Err(e);
+                    }
                     if let Err(e) = madoguchi::control::backup::decrypt(
                         p,
                         &store,

@@ -1027,7 +1027,7 @@ async fn tenant_backup_key(p: &Platform, header: &Header) -> anyhow::Result<Zero
 /// header carries: another name, another SHA-256 (an older backup of the same
 /// tenant copied over a newer one decrypts fine, and would be restored as if it were
 /// the newer), or no record at all.
-async fn check_against_record(
+pub async fn check_against_record(
     p: &Platform,
     store: &dyn BackupStore,
     file: &str,

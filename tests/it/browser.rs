@@ -376,6 +376,7 @@ async fn staff_builds_a_form_and_a_citizen_applies_on_a_phone() {
     fill(&phone, "#f-q1-family_kana", "ちよだ").await;
     fill(&phone, "#f-q1-given_kana", "はなこ").await;
     fill(&phone, "#f-q2", "chiyoda.hanako@example.jp").await;
+    fill(&phone, "#f-q2-confirm", "chiyoda.hanako@example.jp").await;
     tap(&phone, "label[for='f-has_children-0']").await;
     click(&phone, "button[value=next]").await;
     assert!(
@@ -1040,6 +1041,7 @@ async fn a_form_saved_on_a_phone_goes_on_on_a_pc() {
     assert_eq!(who, "葛\u{E0100}西 花子");
     fill(&pc, "#f-memo", "続きはパソコンで書きました").await;
     fill(&pc, "#f-mail", "hanako.kasai@example.jp").await;
+    fill(&pc, "#f-mail-confirm", "hanako.kasai@example.jp").await;
     click(&pc, "button.primary").await;
     let page = body(&pc).await;
     assert!(page.contains("入力内容の確認"), "{page}");
@@ -1144,6 +1146,7 @@ async fn a_photo_is_attached_from_a_phone() {
     c.goto(&format!("{base}{public}")).await.unwrap();
     fill(&c, "#f-applicant", "神田太郎").await;
     fill(&c, "#f-email", "taro.kanda@example.jp").await;
+    fill(&c, "#f-email-confirm", "taro.kanda@example.jp").await;
     let input = c.find(Locator::Css("#f-photo")).await.unwrap();
     input.send_keys(&big.display().to_string()).await.unwrap();
     let warning = "return document.getElementById('warning-photo').textContent;";

@@ -1411,6 +1411,10 @@ fn an_operators_reach_into_a_citys_data_is_in_its_own_log() {
     let (ok, _, err) = decrypt(&["--reason", "名寄市からの依頼 第12号"]);
     assert!(ok, "{err}");
     assert!(dump.exists());
+    // Refused before it is logged (the output file exists), so the log holds no act
+    // that did not happen.
+    let (ok, _, err) = decrypt(&["--reason", "名寄市からの依頼 第12号"]);
+    assert!(!ok && err.contains("creating"), "{err}");
     let (ok, out, err) = madoguchi(
         dir,
         &[

@@ -380,6 +380,7 @@ pub async fn fill_in_as(
         ("name.family_kana", "かさい"),
         ("name.given_kana", "ﾊﾅｺ"),
         ("email", email),
+        ("email.confirm", email),
         ("kind", kind),
     ];
     if kind == "その他" {
@@ -1732,6 +1733,21 @@ async fn sign_in_holds_under_promotion_races_and_odd_input() {
     assert_eq!(set_rule("all").await, 303);
     let (status, loc, _) = get(&plain, &url(&server, host, "/admin/forms")).await;
     assert_eq!((status, loc.as_str()), (303, "/admin/login"));
+    let sessions: i64 = env
+        .tenant_conn(&t)
+        .await
+        .client
+        .query_one(
+            "SELECT count(*) FROM staff_sessions s JOIN staff st ON st.id = s.staff_id WHERE st.email = $1",
+            &[&email],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        sessions, 0,
+        "the password-only session was ended, not kept aside"
+    );
     let by_password = [
         ("email", email.as_str()),
         ("password", password),
@@ -3661,5 +3677,84 @@ async fn the_list_of_forms_narrows_by_title_department_and_state() {
     let page = list(&clerk.client, &format!("department={learning}")).await;
     assert!(titles(&page).is_empty(), "{page}");
     assert!(!page.contains("生涯学習課"), "{page}");
+    server.shutdown().await;
+}
+
+/// The applicant's e-mail address is typed twice on the form's page (the copy of the
+/// answers goes to it): a difference or a second box left empty is said on the page
+/// with both as typed; full-width letters and a capitalised domain are the same
+/// address; the way back shows the second box as typed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_email_address_is_typed_twice() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("em"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let dept = dept_id(&env, &t, "環境政策課").await;
+    let (_, public) = build_form(&admin, &server, host, &dept, "").await;
+    let u = |p: &str| url(&server, host, p);
+    let c = browser(&server, &[host]);
+    let (status, _, page) = get(&c, &u(&public)).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(r#"<label for="f-email-confirm" class="confirm-label">メールアドレス（確認のため、もう一度入力してください）</label>"#),
+        "{page}"
+    );
+    let token = capture(r#"name="_token" value="([^"]+)""#, &page);
+    let first = |again: &'static str| {
+        vec![
+            ("_token", token.clone()),
+            ("_page", "0".into()),
+            ("_nav", "next".into()),
+            ("name.family", "葛西".into()),
+            ("name.given", "花子".into()),
+            ("name.family_kana", "カサイ".into()),
+            ("name.given_kana", "ハナコ".into()),
+            ("email", "hanako.kasai@example.jp".into()),
+            ("email.confirm", again.to_owned()),
+            ("kind", "ソファ".into()),
+        ]
+    };
+    let send = |form: Vec<(&'static str, String)>| {
+        let (c, p) = (c.clone(), u(&public));
+        async move {
+            let pairs: Vec<(&str, &str)> = form.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            post(&c, &p, &pairs).await
+        }
+    };
+    // A letter wrong: said at the second box, both kept as typed.
+    let (status, _, page) = send(first("hanako.kasai@exmaple.jp")).await;
+    assert_eq!(status, 422, "{page}");
+    assert!(
+        page.contains("メールアドレスと確認のための入力が一致しません"),
+        "{page}"
+    );
+    assert!(page.contains(r##"href="#f-email-confirm""##), "{page}");
+    assert!(
+        page.contains(r#"name="email.confirm" value="hanako.kasai@exmaple.jp""#),
+        "{page}"
+    );
+    assert!(
+        page.contains(r#"name="email" value="hanako.kasai@example.jp""#),
+        "{page}"
+    );
+    // Left empty: asked for.
+    let (status, _, page) = send(first("")).await;
+    assert_eq!(status, 422, "{page}");
+    assert!(
+        page.contains("確認のため、メールアドレスをもう一度入力してください"),
+        "{page}"
+    );
+    // The same address in full-width letters with the domain in capitals: taken.
+    let (status, loc, page) = send(first("hanako.kasai@ＥＸＡＭＰＬＥ．ＪＰ")).await;
+    assert_eq!(status, 303, "{page}");
+    assert!(loc.ends_with("?page=1"), "{loc}");
+    // Back to the first page: the second box holds it as typed.
+    let (_, _, page) = get(&c, &u(&format!("{public}?page=0"))).await;
+    assert!(
+        page.contains(r#"name="email.confirm" value="hanako.kasai@ＥＸＡＭＰＬＥ．ＪＰ""#),
+        "{page}"
+    );
     server.shutdown().await;
 }

@@ -293,8 +293,9 @@ async fn page(
         .await?
         .query_one(
             "SELECT (SELECT count(*) FROM api_tokens WHERE network = 'admin' AND revoked_at IS NULL),
-                    (SELECT staff_totp FROM settings),
-                    (SELECT count(*) FROM staff WHERE NOT disabled AND password_hash IS NOT NULL AND NOT totp_enabled)",
+                    coalesce((SELECT staff_totp FROM settings), 'all'),
+                    (SELECT count(*) FROM staff WHERE NOT disabled AND password_hash IS NOT NULL AND NOT totp_enabled
+                        AND role NOT IN ('admin', 'dept_manager'))",
             &[],
         )
         .await?;
@@ -359,6 +360,15 @@ pub async fn save_totp(
             &[&rule.as_str()],
         )
         .await?;
+    if changed > 0 && rule == TotpRule::All {
+        // Their sessions end now (not merely refused until the rule is changed back).
+        tx.execute(
+            "DELETE FROM staff_sessions WHERE staff_id IN
+               (SELECT id FROM staff WHERE NOT totp_enabled AND role NOT IN ('admin', 'dept_manager'))",
+            &[],
+        )
+        .await?;
+    }
     if changed > 0 {
         audit::append(
             &tx,

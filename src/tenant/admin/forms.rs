@@ -143,7 +143,7 @@ impl FormFilter {
                 "draft" => f.current_version.is_none(),
                 "open" => f.current_version.is_some() && !f.closed,
                 "closed" => f.current_version.is_some() && f.closed,
-                "changed" => f.current_version.is_some() && f.unpublished_changes,
+                "changed" => f.current_version.is_some() && !f.closed && f.unpublished_changes,
                 _ => true,
             }
     }

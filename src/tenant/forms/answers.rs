@@ -318,6 +318,9 @@ pub fn input_names(f: &Field) -> Vec<String> {
             .iter()
             .map(|p| format!("{}.{p}", f.id))
             .collect(),
+        // The address and the same typed again (checked to agree, never stored as
+        // an answer).
+        FieldKind::Email {} => vec![f.id.clone(), format!("{}.confirm", f.id)],
         _ if f.kind.takes_answer() => vec![f.id.clone()],
         _ => Vec::new(),
     }
@@ -474,14 +477,37 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
                     Ok(None)
                 };
             }
-            match email_address(&v) {
-                Some(a) => Ok(Some(Answer::Text(a))),
-                None => Err(err(
+            let Some(a) = email_address(&v) else {
+                return Err(err(
                     f,
                     &f.id,
                     format!("{label}の形式が正しくありません（例: yamada@example.jp）"),
-                )),
+                ));
+            };
+            // Typed twice where the page asks it twice (a mistyped address would send
+            // the applicant's answers to a stranger); a caller without the second
+            // input (the API, a page of an earlier version) is not asked.
+            let confirm = format!("{}.confirm", f.id);
+            if raw.contains_key(&confirm) {
+                let again = ja::nfkc(&first(raw, &confirm));
+                if again.is_empty() {
+                    return Err(err(
+                        f,
+                        &confirm,
+                        format!("確認のため、{label}をもう一度入力してください"),
+                    ));
+                }
+                if email_address(&again).as_deref() != Some(a.as_str()) {
+                    return Err(err(
+                        f,
+                        &confirm,
+                        format!(
+                            "{label}と確認のための入力が一致しません。もう一度確かめてください"
+                        ),
+                    ));
+                }
             }
+            Ok(Some(Answer::Text(a)))
         }
         FieldKind::Tel {} => {
             let v = ja::nfkc(&first(raw, &f.id));

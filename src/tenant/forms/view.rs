@@ -67,6 +67,9 @@ pub struct FieldView {
     /// The attached file itself, for the citizen to check (set by the page).
     pub attached_id: Option<Uuid>,
     pub attached_href: Option<String>,
+    /// An e-mail address's second input (typed again): its value and whether the
+    /// error is about it.
+    pub confirm: Option<(String, bool)>,
 }
 
 fn first(raw: &Raw, name: &str) -> String {
@@ -134,6 +137,7 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
         attached: None,
         attached_id: None,
         attached_href: None,
+        confirm: None,
     };
     if let Some(c) = &f.show_if {
         (v.show_field, v.show_op, v.show_values) = show_rule(c);
@@ -166,6 +170,15 @@ pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
             v.input_type = "email";
             v.autocomplete = "email";
             v.inputmode = "email";
+            // As typed; the address itself where the page is drawn from what was
+            // kept (a draft, the way back from the confirmation step).
+            let name = format!("{}.confirm", f.id);
+            let again = raw
+                .get(&name)
+                .and_then(|v| v.first())
+                .cloned()
+                .unwrap_or_else(|| v.value.clone());
+            v.confirm = Some((again, err_input == name));
         }
         FieldKind::Tel {} => {
             v.input_type = "tel";

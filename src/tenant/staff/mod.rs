@@ -38,7 +38,7 @@ pub const SESSION_SQL: &str = "WITH s AS (
                    FROM s JOIN staff st ON st.id = s.staff_id
                   WHERE NOT st.disabled
                     AND (st.totp_enabled OR (st.role NOT IN ('admin', 'dept_manager')
-                         AND (SELECT staff_totp FROM settings) = 'managers'))";
+                         AND (SELECT staff_totp FROM settings WHERE id = true) = 'managers'))";
 
 /// Ends every setup link of `staff_id` not yet used.
 pub async fn void_setup_links(

@@ -164,7 +164,7 @@ pub async fn login(ctx: TenantCtx, form: FormData) -> Result<Response, AppError>
     let row = db
         .query_opt(
             "SELECT id, password_hash, role, totp_secret, totp_enabled, totp_last_step, disabled,
-                    ceil(extract(epoch FROM locked_until - now()))::bigint, (SELECT staff_totp FROM settings)
+                    ceil(extract(epoch FROM locked_until - now()))::bigint, coalesce((SELECT staff_totp FROM settings), 'all')
                FROM staff WHERE email = $1",
             &[&email],
         )
@@ -379,7 +379,7 @@ struct SetupTarget {
 async fn setup_target(db: &Client, token: &str) -> Result<SetupTarget, AppError> {
     let row = db
         .query_opt(
-            "SELECT s.id, s.email, s.role, (SELECT staff_totp FROM settings)
+            "SELECT s.id, s.email, s.role, coalesce((SELECT staff_totp FROM settings), 'all')
                FROM staff_setup_tokens t JOIN staff s ON s.id = t.staff_id
               WHERE t.token_hash = $1 AND t.used_at IS NULL AND t.expires_at > now() AND NOT s.disabled",
             &[&token_hash(token)],

@@ -241,6 +241,34 @@ enum Command {
     /// The control plane's own operation log.
     #[command(subcommand)]
     OpsLog(OpsLogCmd),
+    /// Notices on every municipality's pages (a planned stop, an outage).
+    #[command(subcommand)]
+    Notice(NoticeCmd),
+}
+
+#[derive(Subcommand, Debug)]
+enum NoticeCmd {
+    /// Post a notice, shown on citizens' and staff pages of every municipality from
+    /// --from until --until (times with their offset, e.g. 2026-12-05T18:00:00+09:00).
+    Add {
+        #[arg(long, value_parser = rfc3339)]
+        from: time::OffsetDateTime,
+        #[arg(long, value_parser = rfc3339)]
+        until: time::OffsetDateTime,
+        /// The text, in Japanese first (at most 500 characters).
+        #[arg(long)]
+        text: String,
+    },
+    /// Notices not yet over.
+    List,
+    /// Take a notice down at once.
+    Remove { id: i64 },
+}
+
+fn rfc3339(s: &str) -> Result<time::OffsetDateTime, String> {
+    time::OffsetDateTime::parse(s.trim(), &time::format_description::well_known::Rfc3339).map_err(|_| {
+        format!("日時は 2026-12-05T18:00:00+09:00 の形で書いてください / write a time as 2026-12-05T18:00:00+09:00, not {s}")
+    })
 }
 
 #[derive(Subcommand, Debug)]
@@ -914,6 +942,40 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         }
         Command::Tenant(cmd) => tenant(p, cmd).await,
         Command::Cert(cmd) => cert_cmd(p, cmd).await,
+        Command::Notice(NoticeCmd::Add { from, until, text }) => {
+            let id = madoguchi::control::notices::add(p, &cli_actor(), from, until, &text).await?;
+            println!("notice {id} posted: shown from {from} until {until}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Notice(NoticeCmd::List) => {
+            let jst = time::macros::offset!(+9);
+            let shown = |t: time::OffsetDateTime| {
+                t.to_offset(jst)
+                    .format(time::macros::format_description!(
+                        "[year]-[month]-[day] [hour]:[minute] JST"
+                    ))
+                    .unwrap_or_default()
+            };
+            println!("ID\tFROM\tUNTIL\tTEXT");
+            for n in madoguchi::control::notices::current(p).await? {
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    n.id,
+                    shown(n.shown_from),
+                    shown(n.shown_until),
+                    n.body
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Notice(NoticeCmd::Remove { id }) => {
+            if madoguchi::control::notices::remove(p, &cli_actor(), id).await? {
+                println!("notice {id} removed");
+                Ok(ExitCode::SUCCESS)
+            } else {
+                anyhow::bail!("お知らせ {id} はありません / no notice {id}")
+            }
+        }
         Command::OpsLog(OpsLogCmd::Verify) => {
             let n = madoguchi::control::oplog::verify(&p.catalog).await?;
             println!("operation log intact: {n} entries");

@@ -15,6 +15,7 @@ pub mod keys;
 pub mod manifest;
 pub mod master_key;
 pub mod migrate;
+pub mod notices;
 pub mod operators;
 pub mod oplog;
 pub mod progress;

@@ -127,10 +127,15 @@ pub fn public_router(app: AppState, zone: conn::Zone) -> Router {
         },
         conn::Zone::Internet => app.rates,
     };
-    let tenant = crate::tenant::router(&rates).layer(middleware::from_fn_with_state(
-        Arc::clone(&app),
-        route_to_tenant,
-    ));
+    let tenant = crate::tenant::router(&rates)
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            platform_notice,
+        ))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&app),
+            route_to_tenant,
+        ));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -148,6 +153,35 @@ pub fn public_router(app: AppState, zone: conn::Zone) -> Router {
         ))
         .layer(middleware::from_fn_with_state(Arc::clone(&app), client))
         .with_state(app)
+}
+
+/// The operators' notices of the moment, at the top of every municipality's HTML page
+/// (citizens' and staff's); other answers pass untouched.
+async fn platform_notice(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let notices = app.hosts.notices_now();
+    let html = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if notices.is_empty() || !html {
+        return res;
+    }
+    let (mut parts, body) = res.into_parts();
+    // Pages are rendered whole in memory; nothing this large is a page.
+    let Ok(bytes) = axum::body::to_bytes(body, 16 * 1024 * 1024).await else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    let page = match std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|t| crate::control::notices::insert_banner(t, &notices))
+    {
+        Some(p) => axum::body::Body::from(p),
+        None => axum::body::Body::from(bytes),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, page)
 }
 
 /// With TLS on, the plain listener only sends people to HTTPS (health checks stay),

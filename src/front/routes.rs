@@ -24,10 +24,12 @@ pub struct Route {
     pub data_key: u32,
 }
 
-/// The host table, swapped whole on every reload.
+/// The host table, swapped whole on every reload, and the operators' notices not
+/// yet over (read with it).
 #[derive(Debug, Default)]
 pub struct HostCache {
     map: RwLock<Arc<HashMap<String, Route>>>,
+    notices: RwLock<Arc<Vec<crate::control::notices::Notice>>>,
 }
 
 impl HostCache {
@@ -43,8 +45,31 @@ impl HostCache {
         }
     }
 
+    /// The texts of the notices to show now.
+    pub fn notices_now(&self) -> Vec<String> {
+        let all = match self.notices.read() {
+            Ok(g) => Arc::clone(&g),
+            Err(p) => Arc::clone(&p.into_inner()),
+        };
+        let now = time::OffsetDateTime::now_utc();
+        all.iter()
+            .filter(|n| n.shown_at(now))
+            .map(|n| n.body.clone())
+            .collect()
+    }
+
     pub async fn reload(&self, catalog: &Catalog) -> anyhow::Result<()> {
         let c = catalog.client().await?;
+        let notices: Vec<_> = c
+            .query(crate::control::notices::CURRENT_SQL, &[])
+            .await?
+            .iter()
+            .map(crate::control::notices::from_row)
+            .collect();
+        match self.notices.write() {
+            Ok(mut g) => *g = Arc::new(notices),
+            Err(p) => *p.into_inner() = Arc::new(notices),
+        }
         let rows = c
             .query(
                 "SELECT h.host, t.id, t.slug, t.name, t.state,

@@ -1482,3 +1482,62 @@ fn an_operators_reach_into_a_citys_data_is_in_its_own_log() {
         "{out}"
     );
 }
+
+/// `notice add|list|remove` from the command line: times read with their offset (a
+/// time without one is refused with the form to use), listed in Japan time.
+#[test]
+fn notices_are_posted_listed_and_removed_from_the_command_line() {
+    let state = StateDir::new();
+    let dir = state.0.as_path();
+    let (ok, _, err) = madoguchi(
+        dir,
+        &[
+            "notice",
+            "add",
+            "--from",
+            "2030-12-05 18:00",
+            "--until",
+            "2030-12-06T00:00:00+09:00",
+            "--text",
+            "点検",
+        ],
+    );
+    assert!(
+        !ok && err.contains("2026-12-05T18:00:00+09:00 の形で"),
+        "{err}"
+    );
+    let (ok, out, err) = madoguchi(
+        dir,
+        &[
+            "notice",
+            "add",
+            "--from",
+            "2030-12-05T09:00:00Z",
+            "--until",
+            "2030-12-06T00:00:00+09:00",
+            "--text",
+            "12月5日（木）22:00〜24:00 は点検のため停止します",
+        ],
+    );
+    assert!(ok, "{out}{err}");
+    let id = Regex::new(r"notice (\d+) posted")
+        .unwrap()
+        .captures(&out)
+        .unwrap()[1]
+        .to_owned();
+    let (ok, out, _) = madoguchi(dir, &["notice", "list"]);
+    assert!(ok);
+    assert!(
+        out.contains(&format!("{id}\t2030-12-05 18:00 JST\t2030-12-06 00:00 JST\t12月5日（木）22:00〜24:00 は点検のため停止します")),
+        "{out}"
+    );
+    let (ok, out, _) = madoguchi(dir, &["notice", "remove", &id]);
+    assert!(ok && out.contains("removed"), "{out}");
+    let (ok, _, err) = madoguchi(dir, &["notice", "remove", &id]);
+    assert!(!ok && err.contains("はありません"), "{err}");
+    let (_, out, _) = madoguchi(dir, &["ops-log", "show"]);
+    assert!(
+        out.contains("notice.add") && out.contains("notice.remove"),
+        "{out}"
+    );
+}

@@ -26,6 +26,7 @@ mod incident;
 mod isolation;
 mod mail;
 mod mine;
+mod notices;
 mod pg_tls;
 mod places;
 mod plans;

@@ -944,7 +944,15 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
         Command::Cert(cmd) => cert_cmd(p, cmd).await,
         Command::Notice(NoticeCmd::Add { from, until, text }) => {
             let id = madoguchi::control::notices::add(p, &cli_actor(), from, until, &text).await?;
-            println!("notice {id} posted: shown from {from} until {until}");
+            let rfc = |t: time::OffsetDateTime| {
+                t.format(&time::format_description::well_known::Rfc3339)
+                    .unwrap_or_default()
+            };
+            println!(
+                "notice {id} posted: shown from {} until {}",
+                rfc(from),
+                rfc(until)
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Notice(NoticeCmd::List) => {

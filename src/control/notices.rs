@@ -79,11 +79,16 @@ pub async fn add(
         by,
         "notice.add",
         &id.to_string(),
-        &serde_json::json!({ "from": shown_from.to_string(), "until": shown_until.to_string(), "text": body }),
+        &serde_json::json!({ "from": rfc3339(shown_from), "until": rfc3339(shown_until), "text": body }),
     )
     .await?;
     tx.commit().await?;
     Ok(id)
+}
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Takes a notice down at once; whether there was one. Logged.

@@ -127,14 +127,16 @@ pub fn public_router(app: AppState, zone: conn::Zone) -> Router {
         },
         conn::Zone::Internet => app.rates,
     };
+    // The notice outside the routing, so that pages the routing answers itself (a
+    // municipality's database unreachable, too many requests) carry it too.
     let tenant = crate::tenant::router(&rates)
         .layer(middleware::from_fn_with_state(
             Arc::clone(&app),
-            platform_notice,
+            route_to_tenant,
         ))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&app),
-            route_to_tenant,
+            platform_notice,
         ));
     Router::new()
         .route("/healthz", get(healthz))
@@ -156,9 +158,14 @@ pub fn public_router(app: AppState, zone: conn::Zone) -> Router {
 }
 
 /// The operators' notices of the moment, at the top of every municipality's HTML page
-/// (citizens' and staff's); other answers pass untouched.
+/// (citizens' and staff's, and the pages the routing answers itself); other answers,
+/// and HEAD requests (no body to put it in), pass untouched.
 async fn platform_notice(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let head = req.method() == axum::http::Method::HEAD;
     let res = next.run(req).await;
+    if head {
+        return res;
+    }
     let notices = app.hosts.notices_now();
     let html = res
         .headers()
@@ -177,10 +184,12 @@ async fn platform_notice(State(app): State<AppState>, req: Request, next: Next) 
         .ok()
         .and_then(|t| crate::control::notices::insert_banner(t, &notices))
     {
-        Some(p) => axum::body::Body::from(p),
+        Some(p) => {
+            parts.headers.remove(header::CONTENT_LENGTH);
+            axum::body::Body::from(p)
+        }
         None => axum::body::Body::from(bytes),
     };
-    parts.headers.remove(header::CONTENT_LENGTH);
     Response::from_parts(parts, page)
 }
 

@@ -60,16 +60,9 @@ impl HostCache {
 
     pub async fn reload(&self, catalog: &Catalog) -> anyhow::Result<()> {
         let c = catalog.client().await?;
-        let notices: Vec<_> = c
-            .query(crate::control::notices::CURRENT_SQL, &[])
-            .await?
-            .iter()
-            .map(crate::control::notices::from_row)
-            .collect();
-        match self.notices.write() {
-            Ok(mut g) => *g = Arc::new(notices),
-            Err(p) => *p.into_inner() = Arc::new(notices),
-        }
+        // The notices after the hosts, and never in their way: a catalog that cannot
+        // give them (restored from before they existed) keeps the last ones read.
+        let notices = c.query(crate::control::notices::CURRENT_SQL, &[]).await;
         let rows = c
             .query(
                 "SELECT h.host, t.id, t.slug, t.name, t.state,
@@ -96,6 +89,22 @@ impl HostCache {
         match self.map.write() {
             Ok(mut g) => *g = map,
             Err(p) => *p.into_inner() = map,
+        }
+        match notices {
+            Ok(rows) => {
+                let notices = Arc::new(
+                    rows.iter()
+                        .map(crate::control::notices::from_row)
+                        .collect::<Vec<_>>(),
+                );
+                match self.notices.write() {
+                    Ok(mut g) => *g = notices,
+                    Err(p) => *p.into_inner() = notices,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the operators' notices failed; the last ones read stay")
+            }
         }
         Ok(())
     }

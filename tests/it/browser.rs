@@ -686,7 +686,10 @@ async fn same_page_rules_agree_with_the_server() {
           "show_if": { "field": "agent", "op": "equals", "values": ["no"] } },
         { "id": "proxy", "type": "name", "label": "同行者", "furigana": false },
         { "id": "relation", "type": "text", "label": "同行者との続柄", "required": true,
-          "show_if": { "field": "proxy", "op": "not_empty" } } ] } ] }"#;
+          "show_if": { "field": "proxy", "op": "not_empty" } },
+        { "id": "mail", "type": "email", "label": "連絡先メール" },
+        { "id": "mail_when", "type": "text", "label": "連絡してよい時間帯",
+          "show_if": { "field": "mail", "op": "not_empty" } } ] } ] }"#;
     let (public, server, base) = one_form_site(&env, "sr", form).await;
     let driver = Driver::start();
     let c = driver.session(true).await;
@@ -709,6 +712,14 @@ async fn same_page_rules_agree_with_the_server() {
         !hidden("self_check").await,
         "an unticked 同意 is 「no」 to the server: its dependant is required"
     );
+    // The address typed again is not the address: a rule on it waits for the first box.
+    fill(&c, "#f-mail-confirm", "hanako@example.jp").await;
+    assert!(
+        hidden("mail_when").await,
+        "the second box answered the question"
+    );
+    fill(&c, "#f-mail", "hanako@example.jp").await;
+    assert!(!hidden("mail_when").await);
     fill(&c, "#f-people", "３人").await;
     assert!(
         !hidden("room").await,

@@ -3698,7 +3698,7 @@ async fn an_email_address_is_typed_twice() {
     let (status, _, page) = get(&c, &u(&public)).await;
     assert_eq!(status, 200);
     assert!(
-        page.contains(r#"<label for="f-email-confirm" class="confirm-label">メールアドレス（確認のため、もう一度入力してください）</label>"#),
+        page.contains(r#"<label for="f-email-confirm" class="confirm-label">メールアドレス（確認のため、もう一度入力してください）"#),
         "{page}"
     );
     let token = capture(r#"name="_token" value="([^"]+)""#, &page);
@@ -3739,11 +3739,25 @@ async fn an_email_address_is_typed_twice() {
         page.contains(r#"name="email" value="hanako.kasai@example.jp""#),
         "{page}"
     );
+    assert!(
+        !page.contains(r#"autocomplete="email" aria-invalid="true""#),
+        "the first box is not the one in error: {page}"
+    );
     // Left empty: asked for.
     let (status, _, page) = send(first("")).await;
     assert_eq!(status, 422, "{page}");
     assert!(
         page.contains("確認のため、メールアドレスをもう一度入力してください"),
+        "{page}"
+    );
+    // Typed in the second box only: the first is asked for.
+    let mut only_second = first("hanako.kasai@example.jp");
+    only_second[7].1 = String::new();
+    assert_eq!(only_second[7].0, "email");
+    let (status, _, page) = send(only_second).await;
+    assert_eq!(status, 422, "{page}");
+    assert!(
+        page.contains("確認のための欄だけに入力されています"),
         "{page}"
     );
     // The same address in full-width letters with the domain in capitals: taken.

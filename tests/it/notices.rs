@@ -77,6 +77,16 @@ async fn a_notice_is_on_every_municipalitys_pages_while_it_lasts() {
         "first in the main content: {page}"
     );
     assert!(!page.contains("明日の点検"), "{page}");
+    // Pages the routing answers itself carry it too (here: a host no municipality has).
+    let unknown = reqwest::Client::new()
+        .get(format!("http://{}/", server.bound.public))
+        .header("host", "nosuch.localhost")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+    let body = unknown.text().await.unwrap();
+    assert!(body.contains(shown), "{body}");
     // Not on what is not a page (the stylesheet, a health check).
     let css = c
         .get(url(&server, &a.hosts[0], "/static/app.css"))

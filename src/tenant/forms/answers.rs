@@ -470,6 +470,15 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
         }
         FieldKind::Email {} => {
             let v = ja::nfkc(&first(raw, &f.id));
+            let confirm = format!("{}.confirm", f.id);
+            if v.is_empty() && !first(raw, &confirm).is_empty() {
+                // Typed in the second box only: no copy would be sent, unnoticed.
+                return Err(err(
+                    f,
+                    &f.id,
+                    format!("{label}を入力してください（確認のための欄だけに入力されています）"),
+                ));
+            }
             if v.is_empty() {
                 return if f.required {
                     Err(required(&f.id))
@@ -487,7 +496,6 @@ pub fn check_field(f: &Field, raw: &Raw) -> Result<Option<Answer>, FieldError> {
             // Typed twice where the page asks it twice (a mistyped address would send
             // the applicant's answers to a stranger); a caller without the second
             // input (the API, a page of an earlier version) is not asked.
-            let confirm = format!("{}.confirm", f.id);
             if raw.contains_key(&confirm) {
                 let again = ja::nfkc(&first(raw, &confirm));
                 if again.is_empty() {

@@ -104,6 +104,13 @@ pub fn show_rule(c: &Condition) -> (String, &'static str, String) {
     )
 }
 
+impl FieldView {
+    /// The error is about the address typed again, not the first box.
+    pub fn confirm_is_wrong(&self) -> bool {
+        matches!(self.confirm, Some((_, true)))
+    }
+}
+
 pub fn field_view(f: &Field, raw: &Raw, errors: &[FieldError]) -> FieldView {
     let error = errors.iter().find(|e| e.field == f.id);
     let err_input = error.map(|e| e.input.clone()).unwrap_or_default();

@@ -43,7 +43,8 @@
         out.answered = out.answered || el.files.length > 0 || kept;
         return;
       }
-      if (el.name === name + ".remove") { return; }
+      // Nor is an e-mail address typed again to check it.
+      if (el.name === name + ".remove" || el.name === name + ".confirm") { return; }
       if (el.hasAttribute("data-consent")) {
         out.vals.push(el.checked ? "yes" : "no");
         out.answered = out.answered || el.checked;

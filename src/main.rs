@@ -1537,15 +1537,7 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             Ok(ExitCode::SUCCESS)
         }
         Command::Db(DbCmd::Url { reason }) => {
-            let reason = madoguchi::control::tenant_admin::reason(&reason)?;
-            madoguchi::control::oplog::record(
-                &p.catalog,
-                &cli_actor(),
-                "db.url",
-                "admin",
-                serde_json::json!({ "reason": reason }),
-            )
-            .await?;
+            log_admin_use(p, "db.url", &reason).await?;
             // For libpq: with TLS, the certificate and the host name checked against
             // the CA the service trusts (the stored sslmode=require would check neither).
             let url = p.admin_url().to_owned();
@@ -1567,15 +1559,7 @@ async fn dispatch(p: &Platform, file: &FileSettings, command: Command) -> anyhow
             Ok(ExitCode::SUCCESS)
         }
         Command::Db(DbCmd::Psql { args, reason }) => {
-            let reason = madoguchi::control::tenant_admin::reason(&reason)?;
-            madoguchi::control::oplog::record(
-                &p.catalog,
-                &cli_actor(),
-                "db.psql",
-                "admin",
-                serde_json::json!({ "reason": reason }),
-            )
-            .await?;
+            log_admin_use(p, "db.psql", &reason).await?;
             let (url, password) = without_password(p.admin_url())?;
             let mut cmd = std::process::Command::new("psql");
             // The URL's own sslmode (require) would not check the server's name.
@@ -1779,6 +1763,20 @@ fn site_base(rec: &madoguchi::catalog::TenantRecord, base_url: Option<String>) -
         )
     });
     base.trim_end_matches('/').to_owned()
+}
+
+/// A use of the cluster's admin role (`db psql`, `db url`), with its reason, in the
+/// operators' log.
+async fn log_admin_use(p: &Platform, action: &str, reason: &str) -> anyhow::Result<()> {
+    let reason = madoguchi::control::tenant_admin::reason(reason)?;
+    madoguchi::control::oplog::record(
+        &p.catalog,
+        &cli_actor(),
+        action,
+        "admin",
+        serde_json::json!({ "reason": reason }),
+    )
+    .await
 }
 
 /// An operator's reach into data held for a municipality (see [`log_reach`]).

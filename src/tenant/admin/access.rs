@@ -324,9 +324,9 @@ async fn page(
 }
 
 /// 二要素認証: whether every member of staff must use TOTP, or 管理者 and 所属管理者
-/// only. Required of all, the sessions of staff without TOTP end at their next
-/// request ([`crate::tenant::staff::SESSION_SQL`]), and they are refused at sign-in
-/// until they enrol through a new setup link.
+/// only. Required of all, the sessions of staff without TOTP are deleted at once (and
+/// [`crate::tenant::staff::SESSION_SQL`] refuses any that remain), and they are
+/// refused at sign-in until they enrol through a new setup link.
 pub async fn save_totp(
     ctx: TenantCtx,
     user: StaffUser,

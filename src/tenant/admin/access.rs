@@ -280,6 +280,15 @@ struct AccessPage {
     without_totp: i64,
 }
 
+/// How many active staff, other than 管理者 and 所属管理者 (who cannot sign in
+/// without it), signed up with a password alone: those a rule of all would lock out.
+macro_rules! without_totp {
+    () => {
+        "SELECT count(*) FROM staff WHERE NOT disabled AND password_hash IS NOT NULL AND NOT totp_enabled
+            AND role NOT IN ('admin', 'dept_manager')"
+    };
+}
+
 async fn page(
     ctx: &TenantCtx,
     user: &StaffUser,
@@ -292,10 +301,12 @@ async fn page(
         .db()
         .await?
         .query_one(
-            "SELECT (SELECT count(*) FROM api_tokens WHERE network = 'admin' AND revoked_at IS NULL),
-                    coalesce((SELECT staff_totp FROM settings), 'all'),
-                    (SELECT count(*) FROM staff WHERE NOT disabled AND password_hash IS NOT NULL AND NOT totp_enabled
-                        AND role NOT IN ('admin', 'dept_manager'))",
+            concat!(
+                "SELECT (SELECT count(*) FROM api_tokens WHERE network = 'admin' AND revoked_at IS NULL),
+                        coalesce((SELECT staff_totp FROM settings), 'all'), (",
+                without_totp!(),
+                ")"
+            ),
             &[],
         )
         .await?;
@@ -346,14 +357,7 @@ pub async fn save_totp(
     let mut db = ctx.db().await?;
     let client: &mut tokio_postgres::Client = &mut db;
     let tx = client.transaction().await?;
-    let without: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM staff WHERE NOT disabled AND password_hash IS NOT NULL AND NOT totp_enabled
-                AND role NOT IN ('admin', 'dept_manager')",
-            &[],
-        )
-        .await?
-        .get(0);
+    let without: i64 = tx.query_one(without_totp!(), &[]).await?.get(0);
     let changed = tx
         .execute(
             "UPDATE settings SET staff_totp = $1 WHERE staff_totp <> $1",

@@ -1,16 +1,21 @@
 //! The operating manuals (操作マニュアル): the citizens' guide at `/help` and the
-//! staff's and administrators' manual at `/admin/help`, served by every municipality.
+//! staff's and administrators' manual at `/admin/help`, with the training text
+//! (`/admin/help/training`) and the integration API's guide (`/admin/help/api`) beside
+//! it, served by every municipality.
 
 use askama::Template;
 use axum::http::StatusCode;
 use axum::response::Response;
 
 use super::admin::Nav;
+use super::api::{PAGE_DEFAULT, PAGE_MAX};
 use super::cases::pages::PAGE_SIZE;
+use super::cases::Status;
 use super::forms::answers::MAX_INPUT;
 use super::forms::citizen::DRAFT_HOURS;
 use super::forms::definition::{MAX_FIELDS, MAX_PAGES};
 use super::forms::resume::{LINKS_PER_ADDRESS, LINK_DAYS, MAX_LINKS};
+use super::http::MAX_FORM_BODY;
 use super::staff::{self, StaffUser};
 use super::TenantCtx;
 use crate::web::render;
@@ -122,6 +127,68 @@ pub async fn staff_manual(ctx: TenantCtx, user: Result<StaffUser, Response>) -> 
             max_pages: MAX_PAGES,
             max_fields: MAX_FIELDS,
             page_size: PAGE_SIZE,
+        },
+    )
+}
+
+/// The training text (操作研修テキスト) for the operation training held on a 研修用
+/// site: served by every municipality, so that staff who missed a session read it on
+/// their own site, and readable before signing in (its first exercise is signing in).
+#[derive(Template)]
+#[template(path = "admin/training.html")]
+struct TrainingText {
+    site: String,
+    nav: Option<Nav>,
+}
+
+pub async fn training_text(ctx: TenantCtx, user: Result<StaffUser, Response>) -> Response {
+    render(
+        StatusCode::OK,
+        &TrainingText {
+            site: ctx.name.to_string(),
+            nav: user.ok().map(|u| Nav::new(&u, "help")),
+        },
+    )
+}
+
+/// One status of the workflow as the interface guide lists it, with where it may go.
+struct StatusRow {
+    code: &'static str,
+    label: &'static str,
+    next: Vec<&'static str>,
+}
+
+/// The integration API's interface guide in Japanese (連携APIインターフェース仕様),
+/// beside the OpenAPI document it explains; its workflow and limits are the code's.
+#[derive(Template)]
+#[template(path = "admin/api_guide.html")]
+struct ApiGuide {
+    site: String,
+    nav: Option<Nav>,
+    statuses: Vec<StatusRow>,
+    max_body: String,
+    page_default: i64,
+    page_max: i64,
+}
+
+pub async fn api_guide(ctx: TenantCtx, user: Result<StaffUser, Response>) -> Response {
+    let statuses = Status::ALL
+        .into_iter()
+        .map(|s| StatusRow {
+            code: s.as_str(),
+            label: s.label(),
+            next: s.staff_next().iter().map(|n| n.as_str()).collect(),
+        })
+        .collect();
+    render(
+        StatusCode::OK,
+        &ApiGuide {
+            site: ctx.name.to_string(),
+            nav: user.ok().map(|u| Nav::new(&u, "help")),
+            statuses,
+            max_body: format!("{}KB", MAX_FORM_BODY / 1024),
+            page_default: PAGE_DEFAULT,
+            page_max: PAGE_MAX,
         },
     )
 }

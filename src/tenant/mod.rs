@@ -389,6 +389,8 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         )
         .route("/admin/logout", post(s::logout))
         .route("/admin/help", get(help::staff_manual))
+        .route("/admin/help/training", get(help::training_text))
+        .route("/admin/help/api", get(help::api_guide))
         .route(
             "/admin/setup/{token}",
             get(s::setup_form)
@@ -484,7 +486,13 @@ pub fn router(rates: &crate::config::RateLimits) -> Router {
         .layer(axum::middleware::from_fn(admin::access::guard))
         .layer(axum::middleware::from_fn(admin::access::embed_headers))
         .layer(axum::middleware::from_fn(no_store))
-        .fallback(|| async { AppError::NotFound })
+        .fallback(|uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/api/") {
+                axum::response::IntoResponse::into_response(api::not_found())
+            } else {
+                axum::response::IntoResponse::into_response(AppError::NotFound)
+            }
+        })
 }
 
 /// Every municipality page is someone's: a case with its answers, a citizen's form

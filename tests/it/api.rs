@@ -178,6 +178,31 @@ async fn api_end_to_end() {
             "{p}"
         );
     }
+    // An address under /api/ that names nothing is a problem document too, not the
+    // citizens' HTML page; elsewhere the page stays.
+    let r = c
+        .get(api(ha, "/nothing-here"))
+        .bearer_auth(&full)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["content-type"], "application/problem+json");
+    let p: Value = r.json().await.unwrap();
+    assert!(
+        p["type"].as_str().unwrap().ends_with("/problems/not-found"),
+        "{p}"
+    );
+    let r = c
+        .get(url(&server, ha, "/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
     // A retry is answered as such even after the form closed (or filled up), and a
     // key used for one form is refused on another.
     let db = env.tenant_conn(&a).await;

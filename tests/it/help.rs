@@ -130,3 +130,125 @@ async fn the_manuals_are_served_linked_and_lead_to_their_sections() {
     );
     server.shutdown().await;
 }
+
+/// Every link of `page` into `base` (`href="/admin/help#id"`) lands on an id of
+/// `target`, the page it names; returns how many.
+fn links_land(page: &str, base: &str, target: &str) -> usize {
+    let links = Regex::new(&format!(
+        r#"href="{}#([A-Za-z0-9_-]+)""#,
+        regex::escape(base)
+    ))
+    .unwrap();
+    let mut n = 0;
+    for m in links.captures_iter(page) {
+        n += 1;
+        assert!(
+            target.contains(&format!("id=\"{}\"", &m[1])),
+            "a link to {base}#{}, which is not on that page",
+            &m[1]
+        );
+    }
+    n
+}
+
+/// The training text (操作研修テキスト) and the interface guide (連携APIインターフェース
+///仕様) are linked from the manual, lead into it where they say so, and the guide
+/// names every operation of the published OpenAPI document, no other, and the
+/// workflow as the service applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_training_text_and_the_interface_guide_match_the_service() {
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("text"), "千代田区", "131016").await;
+    let server = env.serve().await;
+    let host = t.hosts[0].as_str();
+    let u = |p: &str| url(&server, host, p);
+    let reader = browser(&server, &[host]);
+    let (_, _, manual) = get(&reader, &u("/admin/help")).await;
+    let (_, _, guide) = get(&reader, &u("/help")).await;
+    assert!(
+        manual.contains(r#"href="/admin/help/training""#),
+        "{manual}"
+    );
+    assert!(manual.contains(r#"href="/admin/help/api""#), "{manual}");
+
+    let (status, _, text) = get(&reader, &u("/admin/help/training")).await;
+    assert_eq!(status, 200, "{text}");
+    assert!(text.contains("<title>操作研修テキスト | 千代田区 管理画面</title>"));
+    assert!(contents_lead_somewhere(&text) >= 12);
+    assert!(links_land(&text, "/admin/help", &manual) >= 20);
+    assert!(links_land(&text, "/help", &guide) >= 2);
+
+    let (status, _, api) = get(&reader, &u("/admin/help/api")).await;
+    assert_eq!(status, 200, "{api}");
+    assert!(api.contains("<title>連携APIインターフェース仕様 | 千代田区 管理画面</title>"));
+    assert!(contents_lead_somewhere(&api) >= 10);
+    assert!(links_land(&api, "/admin/help", &manual) >= 1);
+    // The operations table against the document the service publishes.
+    let (_, _, doc) = get(&reader, &u("/api/v1/openapi.json")).await;
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    let mut published = std::collections::BTreeSet::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            published.insert(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    assert!(published.len() >= 8, "{published:?}");
+    let table = Regex::new(r#"(?s)id="operation-table">(.*?)</table>"#)
+        .unwrap()
+        .captures(&api)
+        .unwrap_or_else(|| panic!("no operations table in\n{api}"))[1]
+        .to_owned();
+    let listed: std::collections::BTreeSet<String> =
+        Regex::new(r#"<th scope="row"><code>((?:GET|POST|PUT|PATCH|DELETE) /api/v1/[^<]*)</code>"#)
+            .unwrap()
+            .captures_iter(&table)
+            .map(|m| m[1].to_owned())
+            .collect();
+    assert_eq!(
+        listed, published,
+        "the guide's operations and the OpenAPI document's"
+    );
+    for scope in madoguchi::tenant::api::SCOPES {
+        assert!(
+            api.contains(&format!("<code>{scope}</code>")),
+            "{scope} not in the guide"
+        );
+    }
+    // The workflow as the service applies it: a final status has no next one, and
+    // the guide's limits are the code's.
+    use madoguchi::tenant::cases::Status;
+    for s in Status::ALL {
+        let next = s
+            .staff_next()
+            .iter()
+            .map(|n| format!("<code>{}</code>", n.as_str()))
+            .collect::<Vec<_>>()
+            .join("、");
+        let row = format!(
+            "<code>{}</code></th><td>{}</td><td>{}</td>",
+            s.as_str(),
+            s.label(),
+            if next.is_empty() {
+                "（変えられません）".to_owned()
+            } else {
+                next
+            }
+        );
+        assert!(api.contains(&row), "{row} not in\n{api}");
+    }
+    assert!(api.contains(&format!(
+        "1回に返す件数（1〜{}、既定{}。",
+        madoguchi::tenant::api::PAGE_MAX,
+        madoguchi::tenant::api::PAGE_DEFAULT
+    )));
+    assert!(api.contains(&format!(
+        "要求の本文は{}KBまでです",
+        madoguchi::tenant::http::MAX_FORM_BODY / 1024
+    )));
+
+    // Signed in, the token screen leads to the guide.
+    let admin = staff(&env, &server, &t, Role::Admin, None).await;
+    let (_, _, tokens) = get(&admin.client, &u("/admin/api-tokens")).await;
+    assert!(tokens.contains(r#"href="/admin/help/api""#), "{tokens}");
+    server.shutdown().await;
+}

@@ -240,6 +240,10 @@ impl utoipa::IntoResponses for CommonErrors {
     }
 }
 
+/// Items a list answers with when the caller names no `limit`, and the most it may ask.
+pub const PAGE_DEFAULT: i64 = 100;
+pub const PAGE_MAX: i64 = 500;
+
 /// Scopes a token may carry.
 pub const SCOPES: [&str; 4] = [
     "forms:read",
@@ -765,7 +769,8 @@ pub struct IdentityOut {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SubmissionPage {
     pub items: Vec<SubmissionOut>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; `null` on the last page (then ask again
+    /// later with `updated_since`/`since` set to the last item's time).
     pub next_cursor: Option<String>,
 }
 
@@ -823,7 +828,7 @@ pub async fn list_submissions(
         .as_deref()
         .map(|c| decode_cursor(c).ok_or_else(|| bad("cursor が正しくありません")))
         .transpose()?;
-    let limit = p.limit.unwrap_or(100).clamp(1, 500);
+    let limit = p.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
     let (c_at, c_id) = (cursor.map(|c| c.0), cursor.map(|c| c.1));
     let db = ctx.db().await?;
     let rows = db
@@ -886,7 +891,8 @@ pub struct DeletionOut {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct DeletionPage {
     pub items: Vec<DeletionOut>,
-    /// Pass as `cursor` for the next page; absent on the last page.
+    /// Pass as `cursor` for the next page; `null` on the last page (then ask again
+    /// later with `updated_since`/`since` set to the last item's time).
     pub next_cursor: Option<String>,
 }
 
@@ -916,7 +922,7 @@ pub async fn list_deletions(
         .as_deref()
         .map(|c| decode_cursor(c).ok_or_else(|| bad("cursor が正しくありません")))
         .transpose()?;
-    let limit = p.limit.unwrap_or(100).clamp(1, 500);
+    let limit = p.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
     let (c_at, c_id) = (cursor.map(|c| c.0), cursor.map(|c| c.1));
     let db = ctx.db().await?;
     let rows = db
@@ -1218,12 +1224,16 @@ pub fn router() -> Router {
         .route("/api/v1/submissions/{id}/status", post(set_status))
         .route("/api/v1/submissions/{id}/files/{file}", get(get_attachment))
         .route("/api/v1/deletions", get(list_deletions))
-        .fallback(|| async {
-            Problem::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "Not found",
-                "見つかりません",
-            )
-        })
+}
+
+/// An address under `/api/` that names nothing: a problem document like every other
+/// answer of the API, not the citizens' HTML page (the municipality's router, which
+/// merges this one, has the one fallback for both).
+pub fn not_found() -> Problem {
+    Problem::new(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        "見つかりません",
+    )
 }

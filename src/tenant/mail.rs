@@ -517,11 +517,10 @@ async fn compose(
     let s = db
         .query_opt(
             "SELECT s.receipt_number, s.submitted_at, s.answers, v.definition,
-                    (SELECT o.created_at FROM outbox o WHERE o.id = $2), c.name, c.contact
+                    (SELECT o.created_at FROM outbox o WHERE o.id = $2), f.contact_name, f.contact
                FROM submissions s
                JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version
                JOIN forms f ON f.id = s.form_id
-               JOIN department_contacts c ON c.department_id = f.department_id
               WHERE s.id = $1",
             &[&submission, &id],
         )

@@ -654,6 +654,29 @@ fn manifests_apply_idempotently_and_migrate_reports() {
             .unwrap()
     };
     assert_eq!(schema_of("otaru"), i64::from(newest - 1));
+    let otaru_db = {
+        let (_, list, _) = madoguchi(dir, &["tenant", "list", "--json"]);
+        let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["slug"] == "otaru")
+            .unwrap()["database"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // Forms and contacts made before tenant migration V31 (which keeps the contact
+    // with each form): one department wrote its own, the other none (the 代表's).
+    let (ok, _, err) = tenant_sql(
+        dir,
+        &otaru_db,
+        "UPDATE settings SET contact = '代表 0134-00-0001';
+         WITH d AS (INSERT INTO departments (name, contact) VALUES ('市民課', '電話 0134-00-0002'), ('観光課', '') RETURNING id, name)
+         INSERT INTO forms (public_id, department_id, draft)
+         SELECT CASE name WHEN '市民課' THEN 'v31own' ELSE 'v31main' END, id, '{}' FROM d",
+    );
+    assert!(ok, "{err}");
     // Migrating only to that version leaves both where they are: nothing goes back.
     let (ok, out, err) = madoguchi(dir, &["migrate", "--all", "--to", &older]);
     assert!(ok, "{err}");
@@ -691,6 +714,20 @@ fn manifests_apply_idempotently_and_migrate_reports() {
         let wanted = if made_at < 30 { "managers" } else { "all" };
         assert!(out.contains(&format!("rule={wanted}")), "{slug}: {out}");
     }
+    let (ok, out, err) = tenant_sql(
+        dir,
+        &otaru_db,
+        "SELECT public_id || '=' || contact_name || ':' || contact FROM forms ORDER BY public_id",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.contains('=')).collect::<Vec<_>>(),
+        [
+            "v31main=小樽市:代表 0134-00-0001",
+            "v31own=市民課:電話 0134-00-0002"
+        ],
+        "{out}"
+    );
     // A tenant left half-provisioned is not migrated, and the report says so: a
     // failure when it was the one named, a line among all.
     let psql = |sql: &str| {

@@ -3019,7 +3019,7 @@ async fn a_departments_contact_is_shown_to_citizens() {
     let host = t.hosts[0].clone();
     let admin = staff(&env, &server, &t, Role::Admin, None).await;
     let dept = dept_id(&env, &t, "子育て支援課").await;
-    let (_, public) = build_form(&admin, &server, &host, &dept, "").await;
+    let (form_id, public) = build_form(&admin, &server, &host, &dept, "").await;
     let u = |p: &str| url(&server, &host, p);
     let citizen = browser(&server, &[&host]);
     let (_, _, page) = get(&citizen, &u(&public)).await;
@@ -3080,6 +3080,30 @@ async fn a_departments_contact_is_shown_to_citizens() {
         guide.contains("<dt>子育て支援課</dt><dd>電話 03-0000-1234（平日 8:30〜17:15）<br/>区役所本庁舎 3階 12番窓口</dd>"),
         "{guide}"
     );
+    // Kept with each form (tenant migration V31): a form made since shows it; a form
+    // moved to another department shows that one's (none here), and this one's again
+    // when moved back.
+    let (_, second) = build_form(&admin, &server, &host, &dept, "").await;
+    let (_, _, page) = get(&citizen, &u(&second)).await;
+    assert!(page.contains(shown), "{page}");
+    let other = dept_id(&env, &t, "環境政策課").await;
+    for (to, contact_shown) in [(&other, false), (&dept, true)] {
+        let (status, _, answer) = post(
+            &admin.client,
+            &u(&format!("/admin/forms/{form_id}/settings")),
+            &[
+                ("csrf", admin.csrf.as_str()),
+                ("title", "粗大ごみ収集申込"),
+                ("department", to.as_str()),
+            ],
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert!(answer.contains("設定を保存しました"), "{answer}");
+        let (_, _, page) = get(&citizen, &u(&public)).await;
+        assert_eq!(page.contains(shown), contact_shown, "{page}");
+        assert_eq!(page.contains("お問い合わせ先"), contact_shown, "{page}");
+    }
     // The department's own 所属管理者 may change it too; another department's may not.
     let manager = staff(&env, &server, &t, Role::DeptManager, Some("子育て支援課")).await;
     let elsewhere = staff(&env, &server, &t, Role::DeptManager, Some("環境政策課")).await;
@@ -3219,6 +3243,16 @@ async fn a_municipalitys_contact_stands_in_where_a_department_wrote_none() {
     }
     let (_, _, home) = get(&citizen, &u("/")).await;
     assert!(home.contains(&shown), "{home}");
+    // The department's emptied: the 代表 stands in again.
+    let (status, _, _) = post(
+        &admin.client,
+        &u(&format!("/admin/departments/{dept}/contact")),
+        &[("csrf", &admin.csrf), ("contact", "")],
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, _, page) = get(&citizen, &u(&public)).await;
+    assert!(page.contains(&shown), "{page}");
 
     // In the operation log; emptied, the home page shows none.
     let conn = env.tenant_conn(&t).await;

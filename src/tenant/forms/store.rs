@@ -537,11 +537,11 @@ pub fn cached_definitions(tenant: &Uuid) -> usize {
         .map_or(0, |c| c.keys().filter(|(t, _, _)| t == tenant).count())
 }
 
-/// A published form's row by its public id (its definition is cached).
+/// A published form's row by its public id (its definition is cached), with the
+/// contact citizens see with it (kept on the row by tenant migration V31).
 pub const PUBLISHED_SQL: &str =
-    "SELECT f.id, f.public_id, f.current_version, f.closed, f.accepted_count, f.capacity, c.name, c.contact
-   FROM forms f JOIN department_contacts c ON c.department_id = f.department_id
-  WHERE f.public_id = $1 AND f.current_version IS NOT NULL";
+    "SELECT id, public_id, current_version, closed, accepted_count, capacity, contact_name, contact
+   FROM forms WHERE public_id = $1 AND current_version IS NOT NULL";
 
 /// The published version of a form of `tenant` by its public id.
 pub async fn published(

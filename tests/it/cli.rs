@@ -667,14 +667,17 @@ fn manifests_apply_idempotently_and_migrate_reports() {
             .to_owned()
     };
     // Forms and contacts made before tenant migration V31 (which keeps the contact
-    // with each form): one department wrote its own, the other none (the 代表's).
+    // with each form): one department wrote its own, the other none (the 代表's); and
+    // a published version before V32 (which keeps its title and settings beside it).
     let (ok, _, err) = tenant_sql(
         dir,
         &otaru_db,
         "UPDATE settings SET contact = '代表 0134-00-0001';
          WITH d AS (INSERT INTO departments (name, contact) VALUES ('市民課', '電話 0134-00-0002'), ('観光課', '') RETURNING id, name)
          INSERT INTO forms (public_id, department_id, draft)
-         SELECT CASE name WHEN '市民課' THEN 'v31own' ELSE 'v31main' END, id, '{}' FROM d",
+         SELECT CASE name WHEN '市民課' THEN 'v31own' ELSE 'v31main' END, id, '{}' FROM d;
+         INSERT INTO form_versions (form_id, version, definition)
+         SELECT id, 1, '{\"title\": \"住民票の写しの交付申請\", \"settings\": {\"capacity\": 5}}' FROM forms WHERE public_id = 'v31own'",
     );
     assert!(ok, "{err}");
     // Migrating only to that version leaves both where they are: nothing goes back.
@@ -728,6 +731,13 @@ fn manifests_apply_idempotently_and_migrate_reports() {
         ],
         "{out}"
     );
+    let (ok, out, err) = tenant_sql(
+        dir,
+        &otaru_db,
+        "SELECT 'version=' || title || '|' || (settings->>'capacity') FROM form_versions",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("version=住民票の写しの交付申請|5"), "{out}");
     // A tenant left half-provisioned is not migrated, and the report says so: a
     // failure when it was the one named, a line among all.
     let psql = |sql: &str| {

@@ -629,15 +629,15 @@ pub struct OpenForm {
 
 /// The forms open now or not yet through `zone`, by department (name order), then as
 /// created.
-/// Only each definition's title and settings are sent and parsed, not its fields (the
-/// database still reads each definition to take them out).
+/// Only each version's title and settings are read (kept beside its definition by
+/// tenant migration V32), not its fields.
 pub async fn open_forms(
     db: &deadpool_postgres::ClientWrapper,
     zone: crate::front::conn::Zone,
 ) -> Result<Vec<OpenForm>, AppError> {
     let stmt = db
         .prepare_cached(
-            "SELECT f.public_id, v.definition->>'title', v.definition->'settings', f.closed, f.accepted_count, f.capacity, d.name
+            "SELECT f.public_id, v.title, v.settings, f.closed, f.accepted_count, f.capacity, d.name
                FROM forms f JOIN form_versions v ON v.form_id = f.id AND v.version = f.current_version
                JOIN departments d ON d.id = f.department_id
               WHERE NOT f.closed ORDER BY d.name, f.id",
@@ -646,12 +646,13 @@ pub async fn open_forms(
     let now = OffsetDateTime::now_utc();
     let mut out = Vec::new();
     for r in db.query(&stmt, &[]).await? {
-        let settings: FormSettings = match r.get::<_, Option<serde_json::Value>>(2) {
-            Some(v) => serde_json::from_value(v).map_err(|e| {
+        let settings: FormSettings = r
+            .try_get::<_, Option<tokio_postgres::types::Json<FormSettings>>>(2)
+            .map_err(|e| {
                 AppError::Internal(anyhow::anyhow!("stored form settings unreadable: {e}"))
-            })?,
-            None => FormSettings::default(),
-        };
+            })?
+            .map(|j| j.0)
+            .unwrap_or_default();
         let opens_at = match availability(&settings, r.get(3), r.get(4), r.get(5), now) {
             Availability::Open => None,
             Availability::NotYetOpen => settings.opens_at,

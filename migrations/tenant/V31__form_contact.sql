@@ -25,21 +25,9 @@ $$;
 CREATE TRIGGER form_contact BEFORE INSERT OR UPDATE OF department_id ON forms
     FOR EACH ROW EXECUTE FUNCTION form_contact_of_department();
 
-CREATE FUNCTION department_contact_changed() RETURNS trigger
-LANGUAGE plpgsql AS $$
-BEGIN
-    UPDATE forms f SET contact_name = c.name, contact = c.contact
-      FROM department_contacts c
-     WHERE f.department_id = NEW.id AND c.department_id = NEW.id;
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER form_contacts AFTER UPDATE OF name, contact ON departments
-    FOR EACH ROW EXECUTE FUNCTION department_contact_changed();
-
--- The municipality's own stands in for every department that wrote none.
-CREATE FUNCTION municipality_contact_changed() RETURNS trigger
+-- A department's or the municipality's change (the municipality's stands in for
+-- every department that wrote none): the forms whose contact it changes.
+CREATE FUNCTION form_contacts_changed() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
     UPDATE forms f SET contact_name = c.name, contact = c.contact
@@ -50,5 +38,8 @@ BEGIN
 END
 $$;
 
+CREATE TRIGGER form_contacts AFTER UPDATE OF name, contact ON departments
+    FOR EACH ROW EXECUTE FUNCTION form_contacts_changed();
+
 CREATE TRIGGER form_contacts AFTER INSERT OR UPDATE OF name, contact ON settings
-    FOR EACH ROW EXECUTE FUNCTION municipality_contact_changed();
+    FOR EACH ROW EXECUTE FUNCTION form_contacts_changed();

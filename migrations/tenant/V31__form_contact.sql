@@ -1,7 +1,7 @@
 -- The contact citizens see with a form (department_contacts: the department's own,
 -- else the municipality's), kept on the form's row: every page of a form reads that
 -- row, and reading the contact through the view joined two more tables to it on
--- each page (about a third of the database's work for a form page). Contacts change
+-- each page (more than a quarter of the database's work for a form page). Contacts change
 -- rarely and only here, so the copies are kept by the database itself: a form
 -- takes its department's contact when it is made or moved, and a department's or
 -- the municipality's change is copied to the forms it concerns, in the same

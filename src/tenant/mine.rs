@@ -77,8 +77,7 @@ const SESSION_SQL: &str = "SELECT id, email, expires_at FROM citizen_sign_ins
 /// Applications sent with an address ($1, its lookup keys' blind indexes), newest
 /// first, $2 at most: receipt number, the procedure's title as sent, status, sent,
 /// updated.
-const LIST_SQL: &str =
-    "SELECT s.receipt_number, v.definition->>'title', s.status, s.submitted_at, s.updated_at
+const LIST_SQL: &str = "SELECT s.receipt_number, v.title, s.status, s.submitted_at, s.updated_at
    FROM submissions s JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version
   WHERE s.email_index = ANY($1) ORDER BY s.submitted_at DESC, s.id LIMIT $2";
 

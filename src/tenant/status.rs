@@ -183,7 +183,7 @@ async fn describe(
 ) -> Result<Found, AppError> {
     let r = db
         .query_one(
-            "SELECT s.receipt_number, f.draft->>'title', s.status, s.updated_at, s.return_reason, s.return_deadline, v.definition->>'title', f.contact_name, f.contact
+            "SELECT s.receipt_number, f.draft->>'title', s.status, s.updated_at, s.return_reason, s.return_deadline, v.title, f.contact_name, f.contact
                FROM submissions s JOIN forms f ON f.id = s.form_id
                JOIN form_versions v ON v.form_id = s.form_id AND v.version = s.form_version WHERE s.id = $1",
             &[&id],

@@ -387,7 +387,7 @@ pub async fn fetch(
         // The published title (a draft renamed and not yet published does not rename
         // every case in the inbox).
         .prepare_cached(
-            "SELECT f.id, coalesce(v.definition->>'title', f.draft->>'title', '') FROM forms f
+            "SELECT f.id, coalesce(v.title, f.draft->>'title', '') FROM forms f
                LEFT JOIN form_versions v ON v.form_id = f.id AND v.version = f.current_version
               WHERE f.id = ANY($1)",
         )

@@ -458,6 +458,43 @@ pub async fn dept_id(env: &TestEnv, t: &TenantRecord, name: &str) -> String {
         .to_string()
 }
 
+/// Two sessions adding the same new department at once (two imports, two staff
+/// members) both get it, and it is one department.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_department_added_twice_at_once_is_one_department() {
+    use madoguchi::tenant::staff::pages::ensure_department;
+    let env = TestEnv::new().await;
+    let t = env.tenant(&unique("d"), "千代田区", "131016").await;
+    let mut first = env.tenant_conn(&t).await;
+    let second = env.tenant_conn(&t).await;
+    let tx = first.client.transaction().await.unwrap();
+    let added = ensure_department(&tx, "防災危機管理課").await.unwrap();
+    // The second waits on the first's uncommitted row...
+    let waiting = tokio::spawn(async move {
+        let id = ensure_department(&second.client, "防災危機管理課").await;
+        (id, second)
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the second did not wait for the first"
+    );
+    // ...and, once it commits, finds it.
+    tx.commit().await.unwrap();
+    let (found, _second) = waiting.await.unwrap();
+    assert_eq!(found.unwrap(), added);
+    let n: i64 = first
+        .client
+        .query_one(
+            "SELECT count(*) FROM departments WHERE name = $1",
+            &[&"防災危機管理課"],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
     let env = TestEnv::new().await;

@@ -86,14 +86,24 @@ pub async fn ensure_department(
     db: &impl tokio_postgres::GenericClient,
     name: &str,
 ) -> Result<i64, AppError> {
-    let row = db
-        .query_one(
-            "WITH ins AS (INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
-             SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = $1 LIMIT 1",
-            &[&name],
-        )
-        .await?;
-    Ok(row.get(0))
+    // Two callers adding the same new name at once: the second's insert waits for
+    // the first and does nothing, and its statement's snapshot, taken before the
+    // first committed, does not see the row either. The next statement does.
+    for _ in 0..2 {
+        let row = db
+            .query_opt(
+                "WITH ins AS (INSERT INTO departments (name) VALUES ($1) ON CONFLICT (name) DO NOTHING RETURNING id)
+                 SELECT id FROM ins UNION ALL SELECT id FROM departments WHERE name = $1 LIMIT 1",
+                &[&name],
+            )
+            .await?;
+        if let Some(row) = row {
+            return Ok(row.get(0));
+        }
+    }
+    Err(AppError::Internal(anyhow::anyhow!(
+        "department neither added nor found"
+    )))
 }
 
 /// A new setup link for an existing staff member (e.g. a forgotten password),

@@ -153,7 +153,30 @@ impl EmbeddedPg {
             fs::write(pg.root.join(STARTED_MARKER), b"")
                 .with_context(|| format!("writing {}", pg.root.join(STARTED_MARKER).display()))?;
         }
+        pg.wait_ready()?;
         Ok(pg)
+    }
+
+    /// Waits until the postmaster accepts connections. A cluster that another
+    /// process is starting at this moment counts as running (its postmaster.pid
+    /// exists) before its socket does; the status line of postmaster.pid, which
+    /// `pg_ctl -w` reads too, says when it is ready.
+    fn wait_ready(&self) -> anyhow::Result<()> {
+        let pid_file = self.data.join("postmaster.pid");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let pid = fs::read_to_string(&pid_file).unwrap_or_default();
+            if matches!(pid.lines().nth(7).map(str::trim), Some("ready" | "standby")) {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                bail!(
+                    "PostgreSQL did not become ready within 60 s; see {}",
+                    self.root.join("server.log").display()
+                );
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
 
     /// Directory of the unix socket.

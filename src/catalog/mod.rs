@@ -359,7 +359,7 @@ async fn ensure_database(
     tls: &PgTls,
     name: &str,
 ) -> anyhow::Result<()> {
-    let (client, task) = tls
+    let (mut client, task) = tls
         .connect_spawned(maintenance)
         .await
         .with_context(|| {
@@ -385,12 +385,29 @@ async fn ensure_database(
             }
         }
     }
-    client
-        .batch_execute(&format!(
+    // Two commands starting at once would both rewrite the database's row and one
+    // would fail ("tuple concurrently updated"): one at a time, and only if needed.
+    let tx = client.transaction().await?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtext('madoguchi.ensure_database'))",
+        &[],
+    )
+    .await?;
+    let open: bool = tx
+        .query_one(
+            "SELECT has_database_privilege('public', $1, 'CONNECT')",
+            &[&name],
+        )
+        .await?
+        .get(0);
+    if open {
+        tx.batch_execute(&format!(
             "REVOKE CONNECT ON DATABASE {} FROM PUBLIC",
             quote_ident(name)
         ))
         .await?;
+    }
+    tx.commit().await?;
     drop(client);
     let _ = task.await;
     Ok(())

@@ -1169,6 +1169,59 @@ async fn a_command_leaves_the_cluster_to_a_serve_started_meanwhile() {
     assert!(!pid.exists(), "serve left the cluster running");
 }
 
+/// Commands started at the same moment on one state directory (an operator's
+/// script importing forms two at a time) all succeed: each starts or joins the
+/// cluster and checks the catalog's database, and the first to need a new
+/// department adds it for all.
+#[test]
+fn commands_started_at_once_all_succeed() {
+    let state = StateDir::new();
+    let dir = state.0.clone();
+    create_tenant(&dir, "kofu", "甲府市", "192015", "kofu.localhost");
+    let form = dir.join("form.json");
+    std::fs::write(
+        &form,
+        r#"{ "format": "madoguchi.form/1", "title": "同時取込", "pages": [ { "id": "p1", "fields": [
+            { "id": "name", "type": "name", "label": "氏名", "required": true } ] } ] }"#,
+    )
+    .unwrap();
+    let imports: Vec<_> = (0..6)
+        .map(|_| {
+            let (dir, form) = (dir.clone(), form.clone());
+            std::thread::spawn(move || {
+                madoguchi(
+                    &dir,
+                    &[
+                        "tenant",
+                        "import-form",
+                        "kofu",
+                        form.to_str().unwrap(),
+                        "--department",
+                        "観光課",
+                        "--publish",
+                    ],
+                )
+            })
+        })
+        .collect();
+    let mut paths = std::collections::HashSet::new();
+    for import in imports {
+        let (ok, out, err) = import.join().unwrap();
+        assert!(ok, "{out}{err}");
+        assert!(paths.insert(out.trim().to_owned()), "{out}");
+    }
+    let (ok, out, err) = psql(
+        &dir,
+        "SELECT has_database_privilege('public', current_database(), 'CONNECT')",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "f", "PUBLIC may connect to the catalog");
+    assert!(
+        !dir.join("pg/data/postmaster.pid").exists(),
+        "the commands left the cluster running"
+    );
+}
+
 /// `keys rotate-master`: refused while `serve` runs; afterwards the tenants open with
 /// the new key, the old one is kept for the catalog backups made before, and a
 /// rotation cut short between the catalog's commit and the files' swap is finished by

@@ -60,6 +60,8 @@ pub struct Metrics {
     pub audit_checked: Family<TenantLabels, Gauge>,
     pub drill_seconds: Family<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
     pub tlog_size: Gauge,
+    pub definitions_kept: Gauge,
+    pub definitions_budget: Gauge,
     pub database_size: Family<TenantLabels, Gauge>,
     pub erasure_certificates: Gauge,
     pub mail: Family<OutcomeLabels, Counter>,
@@ -102,6 +104,8 @@ impl Metrics {
         let drill_seconds =
             Family::<TenantLabels, Gauge<f64, std::sync::atomic::AtomicU64>>::default();
         let tlog_size = Gauge::default();
+        let definitions_kept = Gauge::default();
+        let definitions_budget = Gauge::default();
         let database_size = Family::<TenantLabels, Gauge>::default();
         let erasure_certificates = Gauge::default();
         let mail = Family::<OutcomeLabels, Counter>::default();
@@ -214,6 +218,22 @@ impl Metrics {
             "Entries in the erasure transparency log",
             tlog_size.clone(),
         );
+        let kept = crate::tenant::forms::store::definitions();
+        registry.register(
+            "form_definitions_kept_bytes",
+            "Published form definitions kept in memory, all municipalities together (their JSON length)",
+            definitions_kept.clone(),
+        );
+        registry.register(
+            "form_definitions_budget_bytes",
+            "The most form definitions kept in memory may weigh",
+            definitions_budget.clone(),
+        );
+        registry.register(
+            "form_definitions_read_from_database",
+            "Form pages and submissions whose published definition was not kept in memory and was read from the database",
+            kept.missed().clone(),
+        );
         Self {
             registry: Mutex::new(registry),
             requests,
@@ -231,6 +251,8 @@ impl Metrics {
             audit_checked,
             drill_seconds,
             tlog_size,
+            definitions_kept,
+            definitions_budget,
             database_size,
             erasure_certificates,
             mail,

@@ -803,6 +803,11 @@ async fn metrics_text(State(app): State<AppState>) -> Response {
     m.catalog_up.set(i64::from(up));
     m.budget_in_use
         .set(i64::try_from(app.pools.budget_in_use()).unwrap_or(i64::MAX));
+    let kept = crate::tenant::forms::store::definitions();
+    m.definitions_kept
+        .set(i64::try_from(kept.weight()).unwrap_or(i64::MAX));
+    m.definitions_budget
+        .set(i64::try_from(kept.budget()).unwrap_or(i64::MAX));
     m.pool_connections.clear();
     m.tenant_requests.clear();
     for s in app.pools.stats() {

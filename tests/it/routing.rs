@@ -71,6 +71,22 @@ async fn each_host_reaches_its_own_tenant() {
         madoguchi::tenant::forms::store::cached_definitions(&a.id),
         1
     );
+    // ...and the operator sees how much is kept against the budget, and how often a
+    // definition had to be read from the database.
+    let metrics = crate::harness::ops_metrics(server.bound.ops).await;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{metrics}"))
+    };
+    assert!(value("madoguchi_form_definitions_kept_bytes") > 0.0);
+    assert_eq!(
+        value("madoguchi_form_definitions_budget_bytes"),
+        madoguchi::tenant::forms::kept::BUDGET_BYTES as f64
+    );
+    assert!(value("madoguchi_form_definitions_read_from_database_total") >= 1.0);
 
     // Suspended: 503 with a maintenance page; resumed: back.
     env.platform

@@ -5,6 +5,7 @@ pub mod answers;
 pub mod attachments;
 pub mod citizen;
 pub mod definition;
+pub mod kept;
 pub mod places;
 pub mod pow;
 pub mod proxy;

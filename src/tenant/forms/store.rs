@@ -8,6 +8,7 @@ use tokio_postgres::Client;
 use uuid::Uuid;
 
 use super::definition::{FormDefinition, FormSettings};
+use super::kept;
 use crate::error::AppError;
 use crate::tenant::audit::{self, Actor};
 use crate::tenant::cases::Status;
@@ -494,23 +495,17 @@ fn availability(
 }
 
 /// Published versions are immutable, so their parsed definitions are kept in
-/// memory, keyed by tenant, form and version: a form page or submit reads only the
-/// form's row, not its definition. Bounded; emptied when full.
-type DefinitionCache =
-    std::sync::Mutex<std::collections::HashMap<(Uuid, i64, i32), Arc<FormDefinition>>>;
-const DEFINITIONS_KEPT: usize = 2048;
-
-fn definitions() -> &'static DefinitionCache {
-    static CACHE: std::sync::OnceLock<DefinitionCache> = std::sync::OnceLock::new();
-    CACHE.get_or_init(Default::default)
+/// memory, shared by every municipality of the process and bounded by weight
+/// (`kept`): a form page or submit reads only the form's row, not its definition.
+pub fn definitions() -> &'static kept::Definitions {
+    static KEPT: std::sync::OnceLock<kept::Definitions> = std::sync::OnceLock::new();
+    KEPT.get_or_init(|| kept::Definitions::new(kept::BUDGET_BYTES))
 }
 
-/// Drops the cached definitions of every tenant `keep` refuses (suspended, leaving or
+/// Drops the kept definitions of every tenant `keep` refuses (suspended, leaving or
 /// erased municipalities: nothing of theirs stays in memory).
 pub fn forget_definitions(keep: impl Fn(&Uuid) -> bool) {
-    if let Ok(mut c) = definitions().lock() {
-        c.retain(|(tenant, _, _), _| keep(tenant));
-    }
+    definitions().retain(keep);
 }
 
 /// The 保存期間 (years) of a form's published version, if it sets one.
@@ -530,11 +525,9 @@ pub async fn current_retention(
     Ok(years.and_then(|y| u8::try_from(y).ok()))
 }
 
-/// How many of `tenant`'s published definitions are cached.
+/// How many of `tenant`'s published definitions are kept in memory.
 pub fn cached_definitions(tenant: &Uuid) -> usize {
-    definitions()
-        .lock()
-        .map_or(0, |c| c.keys().filter(|(t, _, _)| t == tenant).count())
+    definitions().count(tenant)
 }
 
 /// A published form's row by its public id (its definition is cached), with the
@@ -555,16 +548,13 @@ pub async fn published(
         .await?
         .ok_or(AppError::NotFound)?;
     let (id, version): (i64, i32) = (r.get(0), r.get(2));
-    let cached = definitions()
-        .lock()
-        .ok()
-        .and_then(|c| c.get(&(tenant, id, version)).cloned());
-    let def = match cached {
+    let def = match definitions().get(&(tenant, id, version)) {
         Some(d) => d,
         None => {
             let stmt = db
                 .prepare_cached(
-                    "SELECT definition FROM form_versions WHERE form_id = $1 AND version = $2",
+                    "SELECT definition, octet_length(definition::text)::int8
+                       FROM form_versions WHERE form_id = $1 AND version = $2",
                 )
                 .await?;
             let v = db
@@ -572,12 +562,12 @@ pub async fn published(
                 .await?
                 .ok_or(AppError::NotFound)?;
             let d = Arc::new(parse_def(v.get(0))?);
-            if let Ok(mut c) = definitions().lock() {
-                if c.len() >= DEFINITIONS_KEPT {
-                    c.clear();
-                }
-                c.insert((tenant, id, version), Arc::clone(&d));
-            }
+            let bytes: i64 = v.get(1);
+            definitions().insert(
+                (tenant, id, version),
+                Arc::clone(&d),
+                u64::try_from(bytes).unwrap_or(u64::MAX),
+            );
             d
         }
     };

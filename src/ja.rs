@@ -50,6 +50,18 @@ pub fn date_both(d: Date) -> String {
     }
 }
 
+/// `2026年11月25日（令和8年11月25日）14:03:09`: a time in Japan, to the second.
+pub fn jst_seconds(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::macros::offset!(+9));
+    format!(
+        "{} {:02}:{:02}:{:02}",
+        date_both(t.date()),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
 /// NFKC: full-width digits and letters to ASCII, half-width katakana to full-width.
 /// For codes, numbers, e-mail addresses and kana; never for names in kanji, where
 /// it would replace compatibility ideographs people rely on.

@@ -340,6 +340,29 @@ async fn operators_and_auditors_on_the_console() {
     ] {
         assert!(page.contains(step), "{step}: {page}");
     }
+    // A document to print and keep: the request and its reason, the keys and
+    // backups destroyed, Japan time with 和暦 to the second, the three signers'
+    // keys and the command that checks it offline.
+    let cert_id = cert_loc.trim_start_matches("/certificates/");
+    for part in [
+        "データ消去証明書",
+        "契約終了",
+        "データ鍵 / data key",
+        "JST",
+        "data-print",
+        &format!("madoguchi cert verify erasure-certificate-{cert_id}.json"),
+    ] {
+        assert!(page.contains(part), "{part}: {page}");
+    }
+    assert!(
+        regex::Regex::new(
+            r"\d{4}年\d{1,2}月\d{1,2}日（令和\d+年\d{1,2}月\d{1,2}日） \d{2}:\d{2}:\d{2} JST"
+        )
+        .unwrap()
+        .is_match(&page),
+        "{page}"
+    );
+    let cert_page = page.clone();
     let r = k
         .get(ops_url(&server, &format!("{cert_loc}.json")))
         .send()
@@ -356,6 +379,10 @@ async fn operators_and_auditors_on_the_console() {
         .await
         .unwrap()
         .verifier_key();
+    assert!(
+        cert_page.contains(&platform_key),
+        "{platform_key}: {cert_page}"
+    );
     let checkpoint = get(&k, &ops_url(&server, "/checkpoint")).await.2;
     let v = certificate::verify(
         &file,

@@ -9,7 +9,6 @@ use time::OffsetDateTime;
 
 use crate::error::AppError;
 use crate::tenant::admin::Nav;
-use crate::tenant::forms::citizen::jst;
 use crate::tenant::http::date;
 use crate::tenant::spreadsheet;
 use crate::tenant::staff::StaffUser;
@@ -122,24 +121,13 @@ async fn entries(
         .iter()
         .map(|r| Entry {
             seq: r.get(0),
-            at: jst_full(r.get(1)),
+            at: crate::ja::jst_seconds(r.get(1)),
             actor: r.get(2),
             action: r.get(3),
             target: r.get(4),
             detail: r.get(5),
         })
         .collect())
-}
-
-fn jst_full(t: OffsetDateTime) -> String {
-    let l = t.to_offset(time::macros::offset!(+9));
-    format!(
-        "{} {:02}:{:02}:{:02}",
-        jst(t).split(' ').next().unwrap_or_default(),
-        l.hour(),
-        l.minute(),
-        l.second()
-    )
 }
 
 #[derive(Template)]

@@ -62,3 +62,8 @@ document.addEventListener("DOMContentLoaded", function () {
     });
   });
 });
+
+// The erasure certificate's print button.
+document.addEventListener("click", function (ev) {
+  if (ev.target.closest("[data-print]")) window.print();
+});

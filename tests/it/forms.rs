@@ -593,6 +593,65 @@ async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
         .get(0);
     assert_eq!(v, 2);
 
+    // 公開履歴: both versions, newest first, when and by whom; each can be seen
+    // and downloaded as it was published.
+    let (_, _, page) = get(&admin.client, &url(&server, host, &base)).await;
+    let history = page
+        .split("id=\"versions\"")
+        .nth(1)
+        .and_then(|rest| rest.split("</table>").next())
+        .unwrap_or_else(|| panic!("no 公開履歴: {page}"));
+    let second = history
+        .find("第2版（現在の版）")
+        .expect("version 2 listed as current");
+    let first_row = history
+        .find("第1版</td><td>粗大ごみ収集申込</td>")
+        .expect("version 1 listed");
+    assert!(second < first_row, "{history}");
+    assert!(
+        history.contains("粗大ごみ収集申込（改）")
+            && history.contains("令和")
+            && history.contains("テスト職員"),
+        "{history}"
+    );
+    let (status, _, old) = get(
+        &admin.client,
+        &url(&server, host, &format!("{base}/preview?version=1")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(
+        old.contains("<h1>粗大ごみ収集申込</h1>")
+            && old.contains("（第1版）")
+            && old.contains(r#"<input type="hidden" name="version" value="1">"#),
+        "{old}"
+    );
+    let (status, _, json) = get(
+        &admin.client,
+        &url(&server, host, &format!("{base}/export?version=1")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let old = madoguchi::tenant::forms::definition::FormDefinition::from_json(&json).unwrap();
+    assert_eq!(old.title, "粗大ごみ収集申込");
+    for missing in ["version=3", "version=0", "version=x"] {
+        let (status, _, body) = get(
+            &admin.client,
+            &url(&server, host, &format!("{base}/preview?{missing}")),
+        )
+        .await;
+        assert_eq!(status, 404, "{missing}");
+        assert!(body.contains("ページが見つかりません"), "{missing}: {body}");
+    }
+    // A page number typed wrong shows the first page rather than an error.
+    let (status, _, first) = get(
+        &admin.client,
+        &url(&server, host, &format!("{base}/preview?page=x")),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(first.contains("プレビュー"), "{first}");
+
     // Export, duplicate, preview, QR codes.
     let (status, _, json) = get(
         &admin.client,

@@ -311,6 +311,17 @@ struct BuilderPage {
     accepted: i32,
     /// 選択肢ごとの定員 as published, taken of each: 「品目「ソファ」 18/20」.
     places: Vec<String>,
+    /// 公開履歴: each published version, newest first.
+    versions: Vec<VersionView>,
+}
+
+/// One row of a form's 公開履歴.
+struct VersionView {
+    version: i32,
+    title: String,
+    published_at: String,
+    published_by: String,
+    current: bool,
 }
 
 fn type_label(kind: &FieldKind) -> &'static str {
@@ -509,6 +520,19 @@ async fn builder(
             json: serde_json::to_string_pretty(def).unwrap_or_default(),
             accepted: form.accepted,
             places,
+            versions: store::versions(&db, id)
+                .await?
+                .into_iter()
+                .map(|v| VersionView {
+                    version: v.version,
+                    title: v.title,
+                    published_at: crate::ja::jst_seconds(v.published_at),
+                    published_by: v
+                        .published_by
+                        .unwrap_or_else(|| "運用者（取り込み） / operator".to_owned()),
+                    current: form.current_version == Some(v.version),
+                })
+                .collect(),
         },
     ))
 }
@@ -1303,15 +1327,46 @@ pub async fn duplicate(
     Ok(see_other(&format!("/admin/forms/{new_id}")))
 }
 
+/// `?version=N`: a published version of the form (its 公開履歴), not the draft.
+/// Taken as text, so that an address typed wrong gets the 404 page, not a bare 400.
+#[derive(Deserialize)]
+pub struct VersionQuery {
+    version: Option<String>,
+}
+
+/// The version a `version` parameter names (404 when it is not a number).
+fn version_param(v: Option<&str>) -> Result<Option<i32>, AppError> {
+    v.map(|v| v.trim().parse().map_err(|_| AppError::NotFound))
+        .transpose()
+}
+
+/// The draft, or the published version `version` asks for (404 if it has none).
+async fn draft_or_version(
+    db: &tokio_postgres::Client,
+    form: FormRow,
+    version: Option<i32>,
+) -> Result<FormDefinition, AppError> {
+    match version {
+        None => Ok(form.draft),
+        Some(v) => store::version(db, form.id, v).await,
+    }
+}
+
 pub async fn export(
     ctx: TenantCtx,
     user: StaffUser,
     Path(id): Path<i64>,
+    Query(q): Query<VersionQuery>,
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
     let form = load(&db, &user, id).await?;
-    let json =
-        serde_json::to_string_pretty(&form.draft).map_err(|e| AppError::Internal(e.into()))?;
+    let version = version_param(q.version.as_deref())?;
+    let def = draft_or_version(&db, form, version).await?;
+    let json = serde_json::to_string_pretty(&def).map_err(|e| AppError::Internal(e.into()))?;
+    let filename = match version {
+        Some(v) => format!("form-{id}-v{v}.json"),
+        None => format!("form-{id}.json"),
+    };
     Ok((
         [
             (
@@ -1320,7 +1375,7 @@ pub async fn export(
             ),
             (
                 header::CONTENT_DISPOSITION,
-                HeaderValue::from_str(&format!("attachment; filename=\"form-{id}.json\""))
+                HeaderValue::from_str(&format!("attachment; filename=\"{filename}\""))
                     .unwrap_or(HeaderValue::from_static("attachment")),
             ),
         ],
@@ -1374,7 +1429,9 @@ pub async fn import(
 
 #[derive(Deserialize)]
 pub struct PreviewQuery {
-    page: Option<usize>,
+    page: Option<String>,
+    /// A published version (公開履歴) instead of the draft.
+    version: Option<String>,
 }
 
 pub async fn preview_page(
@@ -1385,7 +1442,11 @@ pub async fn preview_page(
 ) -> Result<Response, AppError> {
     let db = ctx.db().await?;
     let form = load(&db, &user, id).await?;
-    Ok(preview(&ctx, &form.draft, id, q.page.unwrap_or(0)))
+    let version = version_param(q.version.as_deref())?;
+    let def = draft_or_version(&db, form, version).await?;
+    // A page number out of range or not a number shows the first page.
+    let page = q.page.and_then(|p| p.trim().parse().ok()).unwrap_or(0);
+    Ok(preview(&ctx, &def, id, page, version))
 }
 
 /// The public URL as a QR code, for posters and 広報誌: SVG, or PNG with `?format=png`.

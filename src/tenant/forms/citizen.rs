@@ -1781,7 +1781,14 @@ pub async fn done(
 
 /// The builder's preview of one page of a draft definition: what citizens will see,
 /// with nothing sent.
-pub fn preview(ctx: &TenantCtx, def: &FormDefinition, form_id: i64, page: usize) -> Response {
+/// A page of the draft, or of published version `version`, as citizens would see it.
+pub fn preview(
+    ctx: &TenantCtx,
+    def: &FormDefinition,
+    form_id: i64,
+    page: usize,
+    version: Option<i32>,
+) -> Response {
     let page = page.min(def.pages.len().saturating_sub(1));
     let Some(p) = def.pages.get(page) else {
         return notice(
@@ -1798,6 +1805,7 @@ pub fn preview(ctx: &TenantCtx, def: &FormDefinition, form_id: i64, page: usize)
         &FormPage {
             action: format!("/admin/forms/{form_id}/preview"),
             preview: true,
+            version: version.unwrap_or(0),
             ..FormPage::shell(ctx, def, page, page, def.pages.len(), fields)
         },
     )

@@ -595,6 +595,36 @@ pub async fn published(
     })
 }
 
+/// A published version as the form's 公開履歴 lists it.
+#[derive(Debug, Clone)]
+pub struct VersionRow {
+    pub version: i32,
+    pub title: String,
+    pub published_at: OffsetDateTime,
+    /// The staff member who published it; `None` when an operator imported it.
+    pub published_by: Option<String>,
+}
+
+/// Every published version of a form, newest first.
+pub async fn versions(db: &Client, form_id: i64) -> Result<Vec<VersionRow>, AppError> {
+    Ok(db
+        .query(
+            "SELECT v.version, v.title, v.published_at, coalesce(nullif(s.display_name, ''), s.email)
+               FROM form_versions v LEFT JOIN staff s ON s.id = v.published_by
+              WHERE v.form_id = $1 ORDER BY v.version DESC",
+            &[&form_id],
+        )
+        .await?
+        .into_iter()
+        .map(|r| VersionRow {
+            version: r.get(0),
+            title: r.get(1),
+            published_at: r.get(2),
+            published_by: r.get(3),
+        })
+        .collect())
+}
+
 /// A specific version (what a submission was made against).
 pub async fn version(db: &Client, form_id: i64, version: i32) -> Result<FormDefinition, AppError> {
     let r = db

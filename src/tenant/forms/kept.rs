@@ -5,9 +5,10 @@
 //! municipality of the process. It is bounded by weight (each definition weighs
 //! its stored JSON's length in bytes), not by a count: a town's two-field survey
 //! and a prefecture's 200-field application do not cost the same. When full it
-//! evicts what is least likely to be asked for again (quick_cache's S3-FIFO
-//! policy): one municipality walking through all its forms once does not push
-//! out the forms the others are busy with, and nothing is dropped all at once.
+//! evicts by quick_cache's S3-FIFO policy: a definition asked for once goes before
+//! those asked for again, so one municipality walking through all its forms once
+//! does not push out the forms the others are busy with, and nothing is dropped
+//! all at once.
 
 use std::sync::Arc;
 

@@ -2,7 +2,7 @@
 //! keys, redirects, constant-time token comparison.
 
 use axum::body::Bytes;
-use axum::extract::{FromRequest, Request};
+use axum::extract::{FromRequest, FromRequestParts, Request};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use sha2::{Digest, Sha256};
@@ -130,6 +130,30 @@ impl FormData {
     }
     pub fn all(&self, name: &str) -> Vec<String> {
         self.0.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// A query string read into `T`. One that does not fit (a link cut short or
+/// changed on the way: `?page=abc`) gets the 400 page in Japanese, not axum's bare
+/// English text.
+pub struct Query<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
+    type Rejection = AppError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, AppError> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Query(q.0))
+            .map_err(|_| {
+                AppError::BadRequest(
+                    "アドレスの「?」から後が正しくありません。リンクを開き直すか、最初のページからやり直してください。 / The address is not valid after “?”."
+                        .into(),
+                )
+            })
     }
 }
 

@@ -577,6 +577,19 @@ async fn staff_builds_and_publishes_a_form_and_citizens_apply() {
     .await;
     let (_, _, page) = get(&browser(&server, &[host]), &url(&server, host, &public)).await;
     assert!(page.contains("<h1>粗大ごみ収集申込</h1>"));
+    // A link changed on the way (`?page=` not a number) gets a page in Japanese
+    // saying what to do, not a bare error.
+    let (status, _, page) = get(
+        &browser(&server, &[host]),
+        &url(&server, host, &format!("{public}?page=2%29")),
+    )
+    .await;
+    assert_eq!(status, 400);
+    assert!(
+        page.contains("<html lang=\"ja\"")
+            && page.contains("アドレスの「?」から後が正しくありません"),
+        "{page}"
+    );
     let (_, _, page) = post(
         &admin.client,
         &url(&server, host, &format!("{base}/publish")),

@@ -2,7 +2,7 @@
 //! edits a draft, and publishes immutable versions.
 
 use askama::Template;
-use axum::extract::{Path, Query, RawQuery};
+use axum::extract::{Path, RawQuery};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -16,7 +16,7 @@ use crate::tenant::forms::definition::{
     Page, FIELD_TYPES, MAX_DOCUMENT,
 };
 use crate::tenant::forms::store::{self, FormRow};
-use crate::tenant::http::{see_other, FormData};
+use crate::tenant::http::{see_other, FormData, Query};
 use crate::tenant::staff::pages::{departments, Department};
 use crate::tenant::staff::{qr_svg, StaffUser};
 use crate::tenant::TenantCtx;

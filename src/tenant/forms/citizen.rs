@@ -5,7 +5,7 @@
 //! the idempotency key of the submission.
 
 use askama::Template;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use base64::Engine;
@@ -25,7 +25,9 @@ use crate::crypto::{random_token, FieldCipher, FieldRef};
 use crate::domain::ReceiptNumber;
 use crate::error::AppError;
 use crate::tenant::audit::Actor;
-use crate::tenant::http::{cookies, same_secret, see_other, set_cookie, token_hash, FormData};
+use crate::tenant::http::{
+    cookies, same_secret, see_other, set_cookie, token_hash, FormData, Query,
+};
 use crate::tenant::TenantCtx;
 use crate::web::render;
 

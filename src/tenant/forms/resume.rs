@@ -18,7 +18,7 @@
 //! ask for the form's proof of work when its final submit does.
 
 use askama::Template;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
@@ -33,7 +33,7 @@ use super::definition::{FieldKind, FormDefinition};
 use super::store::Published;
 use crate::crypto::random_token;
 use crate::error::AppError;
-use crate::tenant::http::{cookies, see_other, set_cookie, token_hash, FormData};
+use crate::tenant::http::{cookies, see_other, set_cookie, token_hash, FormData, Query};
 use crate::tenant::TenantCtx;
 use crate::web::render;
 

@@ -10,7 +10,7 @@
 //! nonce stay on the server.
 
 use askama::Template;
-use axum::extract::{Path, Query};
+use axum::extract::Path;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use serde::Deserialize;
@@ -19,7 +19,7 @@ use uuid::Uuid;
 use super::citizen::{needs_identity, open_draft};
 use crate::error::AppError;
 use crate::tenant::audit::{self, Actor};
-use crate::tenant::http::{cookies, same_secret, see_other, set_cookie, token_hash};
+use crate::tenant::http::{cookies, same_secret, see_other, set_cookie, token_hash, Query};
 use crate::tenant::identity::{self, oidc, Verified};
 use crate::tenant::TenantCtx;
 use crate::web::render;

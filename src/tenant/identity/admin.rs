@@ -12,7 +12,7 @@ use crate::error::AppError;
 use crate::tenant::admin::Nav;
 use crate::tenant::audit;
 use crate::tenant::forms::citizen::jst;
-use crate::tenant::http::{see_other, FormData};
+use crate::tenant::http::{see_other, FormData, Query};
 use crate::tenant::staff::StaffUser;
 use crate::tenant::TenantCtx;
 use crate::web::render;
@@ -109,7 +109,7 @@ pub struct Shown {
 pub async fn show(
     ctx: TenantCtx,
     user: StaffUser,
-    axum::extract::Query(q): axum::extract::Query<Shown>,
+    Query(q): Query<Shown>,
 ) -> Result<Response, AppError> {
     user.require_admin()?;
     page(&ctx, &user, None, None, q.saved.is_some()).await

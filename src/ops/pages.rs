@@ -727,107 +727,37 @@ pub async fn certificates(State(s): State<OpsState>, op: Operator) -> Result<Res
 #[template(path = "ops/certificate.html")]
 struct CertificatePage {
     nav: Option<Nav>,
-    v: CertificateView,
     c: Certificate,
     tlog_index: u64,
     tree_size: u64,
 }
 
-/// The certificate's times and media as people read them: Japan time with both
-/// calendars, to the second (a signed document's times are exact).
-struct CertificateView {
-    started_at: String,
-    finished_at: String,
-    requested_at: String,
-    sanitized_at: String,
-    verified_at: String,
-    steps: Vec<StepView>,
-    keys: Vec<KeyView>,
-    backups: Vec<BackupView>,
-}
-
-struct StepView {
-    step: String,
-    started_at: String,
-    finished_at: String,
-    detail: String,
-}
-
-struct KeyView {
-    purpose: String,
-    version: u32,
-    key_id: String,
-    provider: String,
-    destroyed_at: String,
-}
-
-struct BackupView {
-    kind: &'static str,
-    file: String,
-    created_at: String,
-    destroyed_at: String,
-    sha256: String,
-}
-
-/// An RFC 3339 time of the certificate in Japan time, or as written if it is not one.
-fn cert_time(s: &str) -> String {
-    match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
-        Ok(t) => format!("{} JST", crate::ja::jst_seconds(t)),
-        Err(_) => s.to_owned(),
+impl CertificatePage {
+    /// An RFC 3339 time of the certificate in Japan time with both calendars, to the
+    /// second (a signed document's times are exact), or as written if it is not one.
+    fn at(&self, s: &str) -> String {
+        match time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339) {
+            Ok(t) => format!("{} JST", crate::ja::jst_seconds(t)),
+            Err(_) => s.to_owned(),
+        }
     }
-}
 
-impl CertificateView {
-    fn of(c: &Certificate) -> Self {
-        let backups = |kind: &'static str, list: &[cert::BackupMedia]| {
-            list.iter()
-                .map(|b| BackupView {
-                    kind,
-                    file: b.file.clone(),
-                    created_at: cert_time(&b.created_at),
-                    destroyed_at: b
-                        .destroyed_at
-                        .as_deref()
-                        .map_or_else(|| "既に削除済み / already gone".to_owned(), cert_time),
-                    sha256: b.sha256.clone(),
-                })
-                .collect::<Vec<_>>()
-        };
-        let mut all = backups("テナント / tenant", &c.media.backups);
-        all.extend(backups("カタログ / catalog", &c.media.catalog_backups));
-        Self {
-            started_at: cert_time(&c.started_at),
-            finished_at: cert_time(&c.finished_at),
-            requested_at: cert_time(&c.request.requested_at),
-            sanitized_at: cert_time(&c.sanitized_by.date),
-            verified_at: cert_time(&c.verified_by.date),
-            steps: c
-                .steps
-                .iter()
-                .map(|s| StepView {
-                    step: s.step.clone(),
-                    started_at: cert_time(&s.started_at),
-                    finished_at: cert_time(&s.finished_at),
-                    detail: s.detail.clone(),
-                })
-                .collect(),
-            keys: c
-                .media
-                .keys
-                .iter()
-                .map(|k| KeyView {
-                    purpose: match k.purpose.as_str() {
-                        "data" => "データ鍵 / data key".to_owned(),
-                        "db_password" => "データベース認証情報 / database credentials".to_owned(),
-                        other => other.to_owned(),
-                    },
-                    version: k.version,
-                    key_id: k.key_id.clone(),
-                    provider: k.provider.clone(),
-                    destroyed_at: cert_time(&k.destroyed_at),
-                })
-                .collect(),
-            backups: all,
+    /// Every backup destroyed: the tenant's, then the catalog's that held its keys.
+    fn backups(&self) -> Vec<(&'static str, &cert::BackupMedia)> {
+        let m = &self.c.media;
+        m.backups
+            .iter()
+            .map(|b| ("テナント / tenant", b))
+            .chain(m.catalog_backups.iter().map(|b| ("カタログ / catalog", b)))
+            .collect()
+    }
+
+    /// What a destroyed key was for, in words.
+    fn purpose<'a>(&self, purpose: &'a str) -> &'a str {
+        match purpose {
+            "data" => "データ鍵 / data key",
+            "db_password" => "データベース認証情報 / database credentials",
+            other => other,
         }
     }
 }
@@ -881,7 +811,6 @@ pub async fn certificate(
             nav: Nav::of(&op),
             tlog_index: file.transparency.log_index,
             tree_size: file.transparency.tree_size,
-            v: CertificateView::of(&file.certificate),
             c: file.certificate,
         },
     ))

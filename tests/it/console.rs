@@ -348,6 +348,8 @@ async fn operators_and_auditors_on_the_console() {
         "データ消去証明書",
         "契約終了",
         "データ鍵 / data key",
+        "<td>テナント / tenant</td>",
+        "<td>カタログ / catalog</td>",
         "JST",
         "data-print",
         &format!("madoguchi cert verify erasure-certificate-{cert_id}.json"),
